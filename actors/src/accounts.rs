@@ -1,0 +1,183 @@
+//! Accounts as stored: who they are (E.164 phone, email) and in what state,
+//! with newtypes that can only hold valid values.
+
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+use crate::ledger::AccountId;
+use crate::money::Money;
+
+/// A phone number in E.164 form: `+`, a country code, at most 15 digits in all.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PhoneNumber(String);
+
+/// Why a string is not an E.164 phone number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an E.164 phone number (a '+', then 8 to 15 digits, the first not 0)")]
+pub struct InvalidPhoneNumber(pub String);
+
+impl PhoneNumber {
+    pub fn parse(text: &str) -> Result<PhoneNumber, InvalidPhoneNumber> {
+        let invalid = || InvalidPhoneNumber(text.chars().take(40).collect());
+        let digits = text.strip_prefix('+').ok_or_else(invalid)?;
+        let valid = (8..=15).contains(&digits.len())
+            && digits.bytes().all(|byte| byte.is_ascii_digit())
+            && !digits.starts_with('0');
+        if valid {
+            Ok(PhoneNumber(text.to_string()))
+        } else {
+            Err(invalid())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.0)
+    }
+}
+
+impl Serialize for PhoneNumber {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// An email address: one `@` with something on both sides, no spaces,
+/// at most 254 characters. (Deliverability is Stripe's business.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Email(String);
+
+/// Why a string is not an email address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not an email address")]
+pub struct InvalidEmail(pub String);
+
+impl Email {
+    pub fn parse(text: &str) -> Result<Email, InvalidEmail> {
+        let invalid = || InvalidEmail(text.chars().take(60).collect());
+        let (local, domain) = text.split_once('@').ok_or_else(invalid)?;
+        let valid = !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !domain.contains('@')
+            && text.len() <= 254
+            && text
+                .chars()
+                .all(|character| !character.is_whitespace() && !character.is_control());
+        if valid {
+            Ok(Email(text.to_string()))
+        } else {
+            Err(invalid())
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for Email {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+/// Where an account is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccountStatus {
+    /// Signed up, access not yet paid.
+    Pending,
+    Active,
+    Suspended,
+    Closed,
+}
+
+impl AccountStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Pending => "pending",
+            AccountStatus::Active => "active",
+            AccountStatus::Suspended => "suspended",
+            AccountStatus::Closed => "closed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<AccountStatus> {
+        match text {
+            "pending" => Some(AccountStatus::Pending),
+            "active" => Some(AccountStatus::Active),
+            "suspended" => Some(AccountStatus::Suspended),
+            "closed" => Some(AccountStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// An account to be created.
+#[derive(Clone, Debug)]
+pub struct NewAccount {
+    pub phone: PhoneNumber,
+    pub email: Option<Email>,
+    pub status: AccountStatus,
+}
+
+/// An account with its committed balance.
+#[derive(Clone, Debug, Serialize)]
+pub struct Account {
+    pub id: AccountId,
+    pub phone: PhoneNumber,
+    pub email: Option<Email>,
+    pub stripe_customer_id: Option<String>,
+    pub status: AccountStatus,
+    pub created_at_ms: i64,
+    #[serde(rename = "balance_micros")]
+    pub balance: Money,
+    pub seq: i64,
+    pub low_balance_warned_at_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_must_be_e164() {
+        assert!(PhoneNumber::parse("+14155551234").is_ok());
+        assert!(PhoneNumber::parse("+447911123456").is_ok());
+        for bad in [
+            "14155551234",
+            "+0123456789",
+            "+1415",
+            "+1415555123456789",
+            "+1 415 555 1234",
+            "",
+            "+",
+        ] {
+            assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn emails_are_checked_loosely() {
+        assert!(Email::parse("hiker@example.com").is_ok());
+        for bad in [
+            "",
+            "hiker",
+            "@example.com",
+            "hiker@example",
+            "a b@example.com",
+            "a@b@c.com",
+            "a@.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The domain core of sms-credit: exact money, the ledger, account actors
+//! with their registry and supervisors, and the durable store. It knows
+//! nothing of HTTP; the server in `src/` drives it.
+//!
+//! Architecture invariants:
+//! - only an [`account_actor::AccountActor`] changes a balance;
+//! - nothing is answered as done before the store has committed it.
+
+pub mod account_actor;
+pub mod accounts;
+pub mod clock;
+pub mod error;
+pub mod ledger;
+pub mod money;
+pub mod registry;
+pub mod store;
+pub mod supervisor;
+pub mod verify;
+
+pub use account_actor::{
+    AccountActor, AccountSettings, Adjust, Credit, Debit, GetBalance, Receipt, Refund,
+};
+pub use error::LedgerError;
+pub use ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
+pub use money::Money;
+pub use registry::Registry;
+pub use store::{Store, StoreError, StoreSettings};

@@ -1,0 +1,292 @@
+//! The writer thread: takes everything queued while the last commit ran and
+//! puts it into the next transaction (group commit), then answers each
+//! write with the outcome of that transaction.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{
+    queries, CustomFailure, ErasedValue, LedgerWrite, StoreError, StoreStats, WriterMessage,
+};
+use crate::ledger::AccountId;
+
+/// A write that went into the open transaction and waits for its commit.
+enum Pending {
+    Ledger {
+        account_id: AccountId,
+        generation: u64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    Custom {
+        value: ErasedValue,
+        done: oneshot::Sender<Result<ErasedValue, CustomFailure>>,
+    },
+}
+
+/// An answer that is already known but is sent only after the commit, so
+/// that whoever receives it and reads the database sees the batch's outcome.
+enum Refused {
+    Ledger(oneshot::Sender<Result<(), StoreError>>, StoreError),
+    Custom(
+        oneshot::Sender<Result<ErasedValue, CustomFailure>>,
+        CustomFailure,
+    ),
+}
+
+pub(super) struct Writer {
+    connection: Connection,
+    max_batch: usize,
+    stats: Arc<StoreStats>,
+    fail_next_commits: Arc<AtomicU64>,
+    /// Accounts with a failed write, and the generation it failed at: later
+    /// writes of that account from the same or an older generation were
+    /// computed on top of the failure and are refused.
+    poisoned: HashMap<AccountId, u64>,
+}
+
+impl Writer {
+    pub(super) fn new(
+        connection: Connection,
+        max_batch: usize,
+        stats: Arc<StoreStats>,
+        fail_next_commits: Arc<AtomicU64>,
+    ) -> Writer {
+        Writer {
+            connection,
+            max_batch,
+            stats,
+            fail_next_commits,
+            poisoned: HashMap::new(),
+        }
+    }
+
+    pub(super) fn run(mut self, queue: Receiver<WriterMessage>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Ok(first) = queue.recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    fn commit_batch(&mut self, batch: &mut Vec<WriterMessage>) {
+        let started = Instant::now();
+        let batch_size = batch.len() as u64;
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut refused = Vec::new();
+        let mut flushes = Vec::new();
+        let mut failure = self
+            .execute("BEGIN IMMEDIATE")
+            .err()
+            .map(|error| error.to_string());
+
+        for message in batch.drain(..) {
+            match message {
+                WriterMessage::Flush(done) => flushes.push(done),
+                WriterMessage::Ledger(write) => {
+                    if let Some(reason) = &failure {
+                        self.poison(write.entry.account_id, write.generation);
+                        refused.push(Refused::Ledger(
+                            write.done,
+                            StoreError::CommitFailed(reason.clone()),
+                        ));
+                        continue;
+                    }
+                    self.apply_ledger_write(write, &mut pending, &mut refused, &mut failure);
+                }
+                WriterMessage::Custom(custom) => {
+                    if let Some(reason) = &failure {
+                        let error = CustomFailure::Store(StoreError::CommitFailed(reason.clone()));
+                        refused.push(Refused::Custom(custom.done, error));
+                        continue;
+                    }
+                    match self.apply_custom(custom.op) {
+                        Ok(Ok(value)) => pending.push(Pending::Custom {
+                            value,
+                            done: custom.done,
+                        }),
+                        Ok(Err(op_error)) => {
+                            refused.push(Refused::Custom(custom.done, CustomFailure::Op(op_error)))
+                        }
+                        Err(reason) => {
+                            let error =
+                                CustomFailure::Store(StoreError::CommitFailed(reason.clone()));
+                            refused.push(Refused::Custom(custom.done, error));
+                            failure = Some(reason);
+                        }
+                    }
+                }
+            }
+        }
+
+        if failure.is_none() {
+            failure = self.commit().err();
+        }
+        if failure.is_some() && !self.connection.is_autocommit() {
+            // Best effort: the transaction may already be gone.
+            let _ = self.execute("ROLLBACK");
+        }
+
+        match &failure {
+            None => {
+                self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .committed_writes
+                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
+                self.stats
+                    .max_batch
+                    .fetch_max(batch_size, Ordering::Relaxed);
+                for write in pending {
+                    match write {
+                        Pending::Ledger { done, .. } => {
+                            let _ = done.send(Ok(()));
+                        }
+                        Pending::Custom { value, done } => {
+                            let _ = done.send(Ok(value));
+                        }
+                    }
+                }
+            }
+            Some(reason) => {
+                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(reason = %reason, writes = pending.len(), "group commit failed");
+                for write in pending {
+                    match write {
+                        Pending::Ledger {
+                            account_id,
+                            generation,
+                            done,
+                        } => {
+                            self.poison(account_id, generation);
+                            let _ = done.send(Err(StoreError::CommitFailed(reason.clone())));
+                        }
+                        Pending::Custom { done, .. } => {
+                            let error = StoreError::CommitFailed(reason.clone());
+                            let _ = done.send(Err(CustomFailure::Store(error)));
+                        }
+                    }
+                }
+            }
+        }
+        for answer in refused {
+            match answer {
+                Refused::Ledger(done, error) => {
+                    let _ = done.send(Err(error));
+                }
+                Refused::Custom(done, error) => {
+                    let _ = done.send(Err(error));
+                }
+            }
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        self.stats
+            .commit_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn apply_ledger_write(
+        &mut self,
+        write: LedgerWrite,
+        pending: &mut Vec<Pending>,
+        refused: &mut Vec<Refused>,
+        failure: &mut Option<String>,
+    ) {
+        let account_id = write.entry.account_id;
+        if let Some(&poisoned_at) = self.poisoned.get(&account_id) {
+            if write.generation <= poisoned_at {
+                refused.push(Refused::Ledger(write.done, StoreError::Aborted));
+                return;
+            }
+            self.poisoned.remove(&account_id);
+        }
+        match queries::append_entry(&self.connection, &write.entry, &write.previous, &write.next) {
+            Ok(true) => pending.push(Pending::Ledger {
+                account_id,
+                generation: write.generation,
+                done: write.done,
+            }),
+            Ok(false) => {
+                self.poison(account_id, write.generation);
+                refused.push(Refused::Ledger(write.done, StoreError::Conflict));
+            }
+            Err(error) => {
+                self.poison(account_id, write.generation);
+                if self.connection.is_autocommit() {
+                    // SQLite rolled the whole transaction back (I/O error,
+                    // disk full): nothing in this batch can commit.
+                    *failure = Some(error.to_string());
+                    refused.push(Refused::Ledger(
+                        write.done,
+                        StoreError::CommitFailed(error.to_string()),
+                    ));
+                } else {
+                    tracing::warn!(%account_id, error = %error, "ledger write refused");
+                    refused.push(Refused::Ledger(write.done, StoreError::Conflict));
+                }
+            }
+        }
+    }
+
+    /// Runs a custom operation in a savepoint. The outer `Err` is a store
+    /// failure that ends the batch; the inner result is the operation's own.
+    fn apply_custom(
+        &mut self,
+        op: super::ErasedOp,
+    ) -> Result<Result<ErasedValue, ErasedValue>, String> {
+        let sql_failure = |error: rusqlite::Error| error.to_string();
+        self.execute("SAVEPOINT custom_write")
+            .map_err(sql_failure)?;
+        let outcome = op(&self.connection);
+        if self.connection.is_autocommit() {
+            return Err("a write operation ended the transaction (I/O error?)".to_string());
+        }
+        match outcome {
+            Ok(value) => {
+                self.execute("RELEASE custom_write").map_err(sql_failure)?;
+                Ok(Ok(value))
+            }
+            Err(op_error) => {
+                self.execute("ROLLBACK TO custom_write")
+                    .map_err(sql_failure)?;
+                self.execute("RELEASE custom_write").map_err(sql_failure)?;
+                Ok(Err(op_error))
+            }
+        }
+    }
+
+    fn commit(&mut self) -> Result<(), String> {
+        let injected = self
+            .fail_next_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+                remaining.checked_sub(1)
+            })
+            .is_ok();
+        if injected {
+            return Err("injected commit failure (test switch)".to_string());
+        }
+        self.execute("COMMIT").map_err(|error| error.to_string())
+    }
+
+    fn poison(&mut self, account_id: AccountId, generation: u64) {
+        let entry = self.poisoned.entry(account_id).or_insert(generation);
+        *entry = (*entry).max(generation);
+    }
+
+    fn execute(&self, sql: &str) -> Result<(), rusqlite::Error> {
+        self.connection.prepare_cached(sql)?.execute([])?;
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! Who is calling: request guards (extractors) for each kind of caller.
+//! For now the administrator, by bearer token.
+
+use std::future::{ready, Ready};
+
+use actix_web::dev::Payload;
+use actix_web::http::header;
+use actix_web::{web, FromRequest, HttpRequest};
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// Proof that the request carries the admin bearer token.
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = Ready<Result<Admin, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(check_admin(request))
+    }
+}
+
+fn check_admin(request: &HttpRequest) -> Result<Admin, ApiError> {
+    let state = request
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::NotFound("no application state".into()))?;
+    let Some(expected) = &state.settings.admin_token else {
+        return Err(ApiError::NotConfigured {
+            code: "admin_not_configured",
+            message: "the admin API is not configured on this server (set SMS_CREDIT_ADMIN_TOKEN)",
+        });
+    };
+    let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+        Ok(Admin)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer_token(request: &HttpRequest) -> Option<&str> {
+    let value = request
+        .headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
+    if left.len() != right.len() {
+        return false;
+    }
+    left.iter()
+        .zip(right)
+        .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+        == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}

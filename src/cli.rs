@@ -1,0 +1,264 @@
+//! The command line: `serve` (the default), `verify`, and account commands
+//! that work on the database file through the same core as the server.
+
+use std::net::TcpListener;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
+use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
+use sms_credit_actors::store::{self, queries};
+use sms_credit_actors::{verify, AccountId, Adjust, IdempotencyKey, Money};
+
+use crate::config::{Options, Settings};
+use crate::startup::{Application, Core};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sms-credit",
+    version,
+    about = "Sells and spends prepaid SMS credit."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve,
+    /// Recompute every account from its ledger; exit 1 if any account's
+    /// ledger does not sum to its snapshot or its seq has a gap.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create, show and adjust accounts.
+    #[command(subcommand)]
+    Accounts(AccountsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Create an active account with a zero balance.
+    Create {
+        /// Phone number in E.164 form, e.g. +14155551234.
+        #[arg(long)]
+        phone: String,
+        #[arg(long)]
+        email: Option<String>,
+    },
+    /// Show an account, its balance and its newest ledger rows.
+    Show {
+        id: i64,
+        /// How many of the newest ledger rows to show.
+        #[arg(long, default_value_t = 20)]
+        transactions: i64,
+    },
+    /// Adjust a balance by a signed amount of dollars (e.g. 5, -1.50).
+    Adjust {
+        id: i64,
+        #[arg(long, allow_hyphen_values = true)]
+        amount: String,
+        #[arg(long)]
+        reason: String,
+        /// Names this adjustment so that running the command again does not apply it twice.
+        #[arg(long)]
+        idempotency_key: String,
+    },
+}
+
+/// Logs go to standard error; `RUST_LOG` filters them (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line; the exit code says how it went.
+pub fn run(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(cli.options) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("configuration error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings),
+        Command::Verify { json } => return verify_command(&settings, json),
+        Command::Accounts(command) => accounts(&settings, command),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(settings: Settings) -> Result<(), String> {
+    let listener = TcpListener::bind(&settings.bind)
+        .map_err(|error| format!("cannot listen on {}: {error}", settings.bind))?;
+    actix_rt::System::new().block_on(async move {
+        let application =
+            Application::build(settings, listener).map_err(|error| error.to_string())?;
+        application
+            .run_until_stopped()
+            .await
+            .map_err(|error| error.to_string())
+    })
+}
+
+fn verify_command(settings: &Settings, as_json: bool) -> ExitCode {
+    let report =
+        store::open_direct(&settings.database).and_then(|connection| verify::verify(&connection));
+    let report = match report {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    if as_json {
+        println!("{}", json!(report));
+    } else {
+        for problem in &report.problems {
+            println!("PROBLEM {}", json!(problem));
+        }
+        println!(
+            "checked {} accounts and {} transactions: {}",
+            report.accounts_checked,
+            report.transactions_checked,
+            if report.is_clean() {
+                "clean".to_string()
+            } else {
+                format!("{} problems", report.problems.len())
+            }
+        );
+    }
+    if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String> {
+    match command {
+        AccountsCommand::Create { phone, email } => {
+            let new_account = NewAccount {
+                phone: PhoneNumber::parse(&phone).map_err(|error| error.to_string())?,
+                email: email
+                    .as_deref()
+                    .map(Email::parse)
+                    .transpose()
+                    .map_err(|error| error.to_string())?,
+                status: AccountStatus::Active,
+            };
+            with_core(settings, |core| async move {
+                let account = core
+                    .store
+                    .create_account(new_account, SystemClock.now_ms())
+                    .await
+                    .map_err(|error| error.to_string())?;
+                println!(
+                    "{}",
+                    json!({"id": account.id, "phone": account.phone, "status": account.status})
+                );
+                Ok(())
+            })
+        }
+        AccountsCommand::Show { id, transactions } => {
+            let connection =
+                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+            let account_id = AccountId(id);
+            let account = queries::get_account(&connection, account_id)
+                .map_err(|error| error.to_string())?
+                .ok_or_else(|| format!("account {id} does not exist"))?;
+            let entries =
+                queries::recent_entries(&connection, account_id, transactions.clamp(0, 10_000))
+                    .map_err(|error| error.to_string())?;
+            println!(
+                "account {} {} ({}) balance {} ({} micro-dollars) seq {}",
+                account.id,
+                account.phone,
+                account.status.as_str(),
+                account.balance,
+                account.balance.micros(),
+                account.seq
+            );
+            for entry in entries.iter().rev() {
+                println!(
+                    "  #{:<6} {} {:<10} {:>14} -> {:>14}  {}  [{}]",
+                    entry.seq,
+                    format_rfc3339_ms(entry.created_at_ms),
+                    entry.kind.as_str(),
+                    entry.amount.micros(),
+                    entry.balance_after.micros(),
+                    entry.description,
+                    entry.idempotency_key
+                );
+            }
+            Ok(())
+        }
+        AccountsCommand::Adjust {
+            id,
+            amount,
+            reason,
+            idempotency_key,
+        } => {
+            let adjustment = Adjust {
+                amount: Money::parse_dollars(&amount).map_err(|error| error.to_string())?,
+                idempotency_key: IdempotencyKey::parse(&idempotency_key)
+                    .map_err(|error| error.to_string())?,
+                reason,
+            };
+            with_core(settings, |core| async move {
+                let receipt = core
+                    .registry
+                    .send(AccountId(id), adjustment)
+                    .await
+                    .map_err(|error| error.to_string())?;
+                println!(
+                    "{}",
+                    json!({
+                        "seq": receipt.entry.seq,
+                        "amount_micros": receipt.entry.amount.micros(),
+                        "balance_after_micros": receipt.entry.balance_after.micros(),
+                        "replayed": receipt.replayed,
+                    })
+                );
+                Ok(())
+            })
+        }
+    }
+}
+
+/// Starts the core on the database, runs `work`, and shuts the core down.
+fn with_core<F, Fut>(settings: &Settings, work: F) -> Result<(), String>
+where
+    F: FnOnce(Arc<Core>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    actix_rt::System::new().block_on(async move {
+        let core = Arc::new(
+            Core::start(settings, Arc::new(SystemClock)).map_err(|error| error.to_string())?,
+        );
+        let outcome = work(Arc::clone(&core)).await;
+        if let Ok(core) = Arc::try_unwrap(core) {
+            core.shutdown().await;
+        }
+        outcome
+    })
+}

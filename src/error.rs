@@ -1,0 +1,178 @@
+//! The one place where errors become HTTP answers: every error body is
+//! `{"error": {"code": "...", "message": "..."}}`, including those of actix's
+//! own extractors (bad JSON, oversized bodies, bad paths).
+
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use sms_credit_actors::store::queries::CreateAccountError;
+use sms_credit_actors::{LedgerError, StoreError};
+
+/// Why a request was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request itself is wrong; `code` says how.
+    #[error("{message}")]
+    InvalidRequest { code: &'static str, message: String },
+    #[error("the request body is larger than this endpoint accepts")]
+    PayloadTooLarge,
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    /// A paid or privileged feature whose credentials are not configured.
+    #[error("{message}")]
+    NotConfigured {
+        code: &'static str,
+        message: &'static str,
+    },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    CreateAccount(#[from] CreateAccountError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::InvalidRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The stable machine-readable code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::InvalidRequest { code, .. } => code,
+            ApiError::PayloadTooLarge => "payload_too_large",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::NotConfigured { code, .. } => code,
+            ApiError::Ledger(error) => match error {
+                LedgerError::AccountNotFound(_) => "account_not_found",
+                LedgerError::InsufficientCredit { .. } => "insufficient_credit",
+                LedgerError::IdempotencyConflict { .. } => "idempotency_conflict",
+                LedgerError::InvalidKey(_) => "invalid_idempotency_key",
+                LedgerError::InvalidAmount(_) => "invalid_amount",
+                LedgerError::Overflow => "amount_out_of_range",
+                LedgerError::Busy => "busy",
+                LedgerError::Store(_) | LedgerError::Interrupted | LedgerError::Passivated => {
+                    "not_applied"
+                }
+            },
+            ApiError::CreateAccount(CreateAccountError::PhoneTaken(_)) => "phone_taken",
+            ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
+                "store_unavailable"
+            }
+        }
+    }
+
+    /// What the client is told. Store failures are told without internals;
+    /// their causes go to the log.
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Ledger(
+                LedgerError::Store(_) | LedgerError::Interrupted | LedgerError::Passivated,
+            ) => {
+                "the operation was not applied; retry it with the same idempotency key".to_string()
+            }
+            ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
+                "the store is unavailable; nothing was changed".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: String,
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Ledger(error) => match error {
+                LedgerError::AccountNotFound(_) => StatusCode::NOT_FOUND,
+                LedgerError::InsufficientCredit { .. } => StatusCode::PAYMENT_REQUIRED,
+                LedgerError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
+                LedgerError::InvalidKey(_)
+                | LedgerError::InvalidAmount(_)
+                | LedgerError::Overflow => StatusCode::BAD_REQUEST,
+                LedgerError::Busy
+                | LedgerError::Store(_)
+                | LedgerError::Interrupted
+                | LedgerError::Passivated => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            ApiError::CreateAccount(CreateAccountError::PhoneTaken(_)) => StatusCode::CONFLICT,
+            ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::error!(code = self.code(), error = %self, "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        match self {
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::Ledger(LedgerError::Busy) => {
+                response.insert_header((header::RETRY_AFTER, "1"));
+            }
+            _ => {}
+        }
+        response.json(ErrorBody {
+            error: ErrorDetail {
+                code: self.code(),
+                message: self.public_message(),
+            },
+        })
+    }
+}
+
+/// Bad or oversized JSON bodies, in the common error body.
+pub fn json_error(error: JsonPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    let api_error = match &error {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            ApiError::PayloadTooLarge
+        }
+        JsonPayloadError::ContentType => ApiError::invalid(
+            "unsupported_content_type",
+            "the body must be JSON (Content-Type: application/json)",
+        ),
+        JsonPayloadError::Deserialize(cause) => {
+            ApiError::invalid("invalid_json", format!("invalid JSON body: {cause}"))
+        }
+        other => ApiError::invalid("invalid_body", format!("could not read the body: {other}")),
+    };
+    api_error.into()
+}
+
+/// Bad path parameters (for example a non-numeric account id).
+pub fn path_error(error: PathError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid("invalid_path", format!("invalid path parameter: {error}")).into()
+}
+
+/// Bad query strings.
+pub fn query_error(error: QueryPayloadError, _request: &HttpRequest) -> actix_web::Error {
+    ApiError::invalid("invalid_query", format!("invalid query string: {error}")).into()
+}

@@ -1,0 +1,9 @@
+//! The sms-credit server: HTTP routes, configuration, CLI and start-up
+//! around the domain core in `sms-credit-actors`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+mod routes;
+pub mod startup;

@@ -1,0 +1,11 @@
+//! The `sms-credit` binary: parses the command line and runs it.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    sms_credit::cli::init_logging();
+    let cli = sms_credit::cli::Cli::parse();
+    sms_credit::cli::run(cli)
+}

@@ -1,0 +1,58 @@
+//! `/v1/admin/accounts/{id}/adjustments`: an administrator's signed
+//! correction of a balance, answered once it is committed.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money};
+
+use super::TransactionView;
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// The longest reason kept with an adjustment, in characters.
+const MAX_REASON_CHARS: usize = 500;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdjustmentRequest {
+    amount_micros: i64,
+    reason: String,
+    idempotency_key: String,
+}
+
+#[derive(Serialize)]
+pub struct AdjustmentResponse {
+    transaction: TransactionView,
+    /// True when this idempotency key had already been applied.
+    replayed: bool,
+}
+
+pub async fn create(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+    body: web::Json<AdjustmentRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    let request = body.into_inner();
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
+        return Err(ApiError::invalid(
+            "invalid_reason",
+            "a reason of 1 to 500 characters is required",
+        ));
+    }
+    let idempotency_key = IdempotencyKey::parse(&request.idempotency_key)
+        .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
+    let adjustment = Adjust {
+        amount: Money::from_micros(request.amount_micros),
+        idempotency_key,
+        reason: reason.to_string(),
+    };
+    let receipt = state.registry.send(account_id, adjustment).await?;
+    Ok(HttpResponse::Ok().json(AdjustmentResponse {
+        transaction: TransactionView::from(&receipt.entry),
+        replayed: receipt.replayed,
+    }))
+}

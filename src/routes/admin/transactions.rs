@@ -1,0 +1,90 @@
+//! `/v1/admin/accounts/{id}/transactions`: an account's ledger, oldest first.
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sms_credit_actors::clock::format_rfc3339_ms;
+use sms_credit_actors::store::queries;
+use sms_credit_actors::{AccountId, LedgerEntry, TransactionKind};
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+/// A ledger row as the API shows it.
+#[derive(Serialize)]
+pub struct TransactionView {
+    account_id: AccountId,
+    seq: i64,
+    #[serde(rename = "type")]
+    kind: TransactionKind,
+    amount_micros: i64,
+    balance_after_micros: i64,
+    idempotency_key: String,
+    order_id: Option<i64>,
+    description: String,
+    created_at: String,
+}
+
+impl From<&LedgerEntry> for TransactionView {
+    fn from(entry: &LedgerEntry) -> TransactionView {
+        TransactionView {
+            account_id: entry.account_id,
+            seq: entry.seq,
+            kind: entry.kind,
+            amount_micros: entry.amount.micros(),
+            balance_after_micros: entry.balance_after.micros(),
+            idempotency_key: entry.idempotency_key.clone(),
+            order_id: entry.order_id,
+            description: entry.description.clone(),
+            created_at: format_rfc3339_ms(entry.created_at_ms),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only rows after this ledger position.
+    #[serde(default)]
+    after_seq: i64,
+    /// At most this many rows (1 to 1000, default 100).
+    limit: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct ListResponse {
+    transactions: Vec<TransactionView>,
+}
+
+pub async fn list(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    let ListQuery { after_seq, limit } = query.into_inner();
+    let limit = limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let (account, entries) = state
+        .store
+        .read(move |connection| {
+            let account = queries::get_account(connection, account_id)?;
+            let entries = queries::list_entries(connection, account_id, after_seq, limit)?;
+            Ok((account, entries))
+        })
+        .await?;
+    if account.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "account {account_id} does not exist"
+        )));
+    }
+    Ok(HttpResponse::Ok().json(ListResponse {
+        transactions: entries.iter().map(TransactionView::from).collect(),
+    }))
+}

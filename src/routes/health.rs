@@ -1,0 +1,20 @@
+//! Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the
+//! store answers a read).
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    state
+        .store
+        .read(|connection| Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
+        .await?;
+    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+}

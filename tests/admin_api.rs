@@ -1,0 +1,316 @@
+//! The admin API and the common error body, over HTTP.
+
+use awc::http::StatusCode;
+use serde_json::json;
+
+use crate::helpers::{fresh_directory, test_settings, TestApp, ADMIN_TOKEN};
+
+#[actix_rt::test]
+async fn health_and_readiness_answer() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.get_healthz().await,
+        (StatusCode::OK, json!({"status": "ok"}))
+    );
+    assert_eq!(
+        app.get_readyz().await,
+        (StatusCode::OK, json!({"status": "ready"}))
+    );
+}
+
+#[actix_rt::test]
+async fn creates_reads_and_adjusts_an_account() {
+    let app = TestApp::spawn().await;
+    let (status, created) = app
+        .post_admin_account("+14155550100", Some("hiker@example.com"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["status"], "active");
+    assert_eq!(created["balance_micros"], 0);
+    let id = created["id"].as_i64().unwrap();
+
+    let (status, adjusted) = app.post_adjustment(id, 2_359_999, "gift-1").await;
+    assert_eq!(status, StatusCode::OK, "{adjusted}");
+    assert_eq!(adjusted["transaction"]["seq"], 1);
+    assert_eq!(adjusted["transaction"]["type"], "adjustment");
+    assert_eq!(adjusted["transaction"]["balance_after_micros"], 2_359_999);
+    assert_eq!(adjusted["replayed"], false);
+
+    let (status, account) = app.get_admin_account(id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(account["phone"], "+14155550100");
+    assert_eq!(account["email"], "hiker@example.com");
+    assert_eq!(account["balance_micros"], 2_359_999);
+    assert_eq!(account["balance"], "$2.35");
+    assert_eq!(account["seq"], 1);
+}
+
+#[actix_rt::test]
+async fn adjustments_take_effect_once_per_key() {
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550101").await;
+    let (_, first) = app.post_adjustment(id, 5_000_000, "same-key").await;
+    let (status, again) = app.post_adjustment(id, 5_000_000, "same-key").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["replayed"], true);
+    assert_eq!(again["transaction"], first["transaction"]);
+    assert_eq!(app.balance_micros(id).await, 5_000_000);
+
+    let (status, conflict) = app.post_adjustment(id, 6_000_000, "same-key").await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(conflict["error"]["code"], "idempotency_conflict");
+    assert_eq!(app.balance_micros(id).await, 5_000_000);
+}
+
+#[actix_rt::test]
+async fn negative_adjustments_may_go_below_zero() {
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550102").await;
+    let (status, body) = app.post_adjustment(id, -1_500_000, "correction").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, account) = app.get_admin_account(id).await;
+    assert_eq!(account["balance_micros"], -1_500_000);
+    assert_eq!(account["balance"], "-$1.50");
+}
+
+#[actix_rt::test]
+async fn bad_requests_get_a_clear_error_and_change_nothing() {
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550103").await;
+    let path = format!("/v1/admin/accounts/{id}/adjustments");
+
+    let cases: Vec<(serde_json::Value, StatusCode, &str)> = vec![
+        (
+            json!({"amount_micros": 0, "reason": "x", "idempotency_key": "k"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_amount",
+        ),
+        (
+            json!({"amount_micros": 5, "reason": "", "idempotency_key": "k"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_reason",
+        ),
+        (
+            json!({"amount_micros": 5, "reason": "x", "idempotency_key": ""}),
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+        ),
+        (
+            json!({"amount_micros": 5, "reason": "x", "idempotency_key": "has space"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_idempotency_key",
+        ),
+        (
+            json!({"amount_micros": "5", "reason": "x", "idempotency_key": "k"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            json!({"amount_micros": 5, "reason": "x", "idempotency_key": "k", "extra": 1}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            json!({"amount_micros": 1e30, "reason": "x", "idempotency_key": "k"}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            json!({"amount_micros": i64::MAX, "reason": "x", "idempotency_key": "big-1"}),
+            StatusCode::OK,
+            "",
+        ),
+        (
+            json!({"amount_micros": i64::MAX, "reason": "x", "idempotency_key": "big-2"}),
+            StatusCode::BAD_REQUEST,
+            "amount_out_of_range",
+        ),
+    ];
+    for (body, expected_status, expected_code) in cases {
+        let (status, answer) = app
+            .request("POST", &path, Some(ADMIN_TOKEN), Some(body.clone()))
+            .await;
+        assert_eq!(status, expected_status, "{body} -> {answer}");
+        if !expected_code.is_empty() {
+            assert_eq!(answer["error"]["code"], expected_code, "{body} -> {answer}");
+            assert!(answer["error"]["message"]
+                .as_str()
+                .is_some_and(|message| !message.is_empty()));
+        }
+    }
+    let (_, account) = app.get_admin_account(id).await;
+    assert_eq!(
+        account["seq"], 1,
+        "only the one valid adjustment is in the ledger"
+    );
+
+    let (status, answer) = app
+        .post_raw(&path, "application/json", b"{\"amount_micros\": 5".to_vec())
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let (status, answer) = app
+        .post_raw(&path, "text/plain", b"amount=5".to_vec())
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_content_type"))
+    );
+    let (status, answer) = app
+        .post_raw(&path, "application/json", vec![0xff, 0xfe, 0x7b])
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_json"))
+    );
+    let huge = format!("{{\"reason\": \"{}\"}}", "x".repeat(100 * 1024));
+    let (status, answer) = app
+        .post_raw(&path, "application/json", huge.into_bytes())
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/admin/accounts/not-a-number",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_path"))
+    );
+    let (status, answer) = app.get_admin_account(9_999).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    let (status, answer) = app.post_adjustment(9_999, 5, "k").await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("account_not_found"))
+    );
+    let (status, answer) = app.request("GET", "/no/such/route", None, None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not_found"))
+    );
+    assert_eq!(app.get_admin_account(id).await.1["seq"], 1);
+}
+
+#[actix_rt::test]
+async fn account_creation_checks_its_input() {
+    let app = TestApp::spawn().await;
+    let (status, answer) = app.post_admin_account("4155550104", None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_phone"))
+    );
+    let (status, answer) = app
+        .post_admin_account("+14155550104", Some("not-an-email"))
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_email"))
+    );
+    let (status, _) = app.post_admin_account("+14155550104", None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, answer) = app.post_admin_account("+14155550104", None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("phone_taken"))
+    );
+}
+
+#[actix_rt::test]
+async fn the_admin_api_needs_its_token() {
+    let app = TestApp::spawn().await;
+    let (status, answer) = app.request("GET", "/v1/admin/accounts/1", None, None).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+    let (status, _) = app
+        .request("GET", "/v1/admin/accounts/1", Some("wrong-token"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app
+        .request(
+            "POST",
+            "/v1/admin/accounts",
+            Some("wrong-token"),
+            Some(json!({"phone": "+14155550105"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.post_admin_account("+14155550105", None).await.0,
+        StatusCode::CREATED,
+        "nothing was created before"
+    );
+}
+
+#[actix_rt::test]
+async fn without_an_admin_token_the_admin_api_is_not_configured() {
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.admin_token = None;
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (status, answer) = app
+        .request("GET", "/v1/admin/accounts/1", Some("anything"), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(answer["error"]["code"], "admin_not_configured");
+    assert_eq!(
+        app.get_healthz().await.0,
+        StatusCode::OK,
+        "everything else works"
+    );
+}
+
+#[actix_rt::test]
+async fn lists_the_ledger_oldest_first() {
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550106").await;
+    for index in 1..=5 {
+        app.post_adjustment(id, index * 1_000, &format!("row-{index}"))
+            .await;
+    }
+    let (status, listed) = app.get_transactions(id).await;
+    assert_eq!(status, StatusCode::OK);
+    let rows = listed["transactions"].as_array().unwrap();
+    let seqs: Vec<i64> = rows
+        .iter()
+        .map(|row| row["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+    assert_eq!(rows[4]["balance_after_micros"], 15_000);
+    let (status, page) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{id}/transactions?after_seq=3"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["transactions"].as_array().map(Vec::len), Some(2));
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{id}/transactions?limit=0"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_limit"))
+    );
+}

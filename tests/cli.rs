@@ -1,0 +1,115 @@
+//! The command line, run as the real binary on a database file.
+
+use crate::helpers::{fresh_directory, run_cli};
+use sms_credit_actors::store;
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn accounts_verify_and_tampering() {
+    let directory = fresh_directory();
+    let created = run_cli(
+        &directory,
+        &[
+            "accounts",
+            "create",
+            "--phone",
+            "+14155550400",
+            "--email",
+            "hiker@example.com",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let account: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    let id = account["id"].as_i64().unwrap().to_string();
+
+    let adjust = |amount: &str, key: &str| {
+        run_cli(
+            &directory,
+            &[
+                "accounts",
+                "adjust",
+                &id,
+                "--amount",
+                amount,
+                "--reason",
+                "cli test",
+                "--idempotency-key",
+                key,
+            ],
+        )
+    };
+    let first = adjust("5.00", "cli-1");
+    assert!(first.status.success(), "{first:?}");
+    assert!(
+        stdout(&first).contains("\"balance_after_micros\":5000000"),
+        "{}",
+        stdout(&first)
+    );
+    let repeated = adjust("5.00", "cli-1");
+    assert!(
+        stdout(&repeated).contains("\"replayed\":true"),
+        "{}",
+        stdout(&repeated)
+    );
+    let negative = adjust("-1.25", "cli-2");
+    assert!(
+        stdout(&negative).contains("\"balance_after_micros\":3750000"),
+        "{}",
+        stdout(&negative)
+    );
+    let bad = adjust("ten", "cli-3");
+    assert!(!bad.status.success());
+
+    let shown = run_cli(&directory, &["accounts", "show", &id]);
+    assert!(shown.status.success());
+    assert!(
+        stdout(&shown).contains("balance $3.75 (3750000 micro-dollars) seq 2"),
+        "{}",
+        stdout(&shown)
+    );
+
+    let verified = run_cli(&directory, &["verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    assert!(
+        stdout(&verified).contains("checked 1 accounts and 2 transactions: clean"),
+        "{}",
+        stdout(&verified)
+    );
+
+    // Tamper with the ledger behind the store's back: verify must notice.
+    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    connection
+        .execute_batch("UPDATE account_balances SET balance = balance + 1")
+        .unwrap();
+    connection
+        .execute_batch("DELETE FROM transactions WHERE seq = 1")
+        .unwrap();
+    drop(connection);
+    let verified = run_cli(&directory, &["verify", "--json"]);
+    assert_eq!(verified.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
+    let problems: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|problem| problem["problem"].as_str().unwrap())
+        .collect();
+    assert!(problems.contains(&"seq_gap"), "{problems:?}");
+    assert!(problems.contains(&"snapshot_mismatch"), "{problems:?}");
+}
+
+#[test]
+fn malformed_configuration_names_the_variable() {
+    let directory = fresh_directory();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["verify"])
+        .env("SMS_CREDIT_DATABASE", directory.path().join("x.db"))
+        .env("SMS_CREDIT_PUBLIC_URL", "not a url")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SMS_CREDIT_PUBLIC_URL"));
+}

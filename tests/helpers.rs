@@ -1,0 +1,217 @@
+//! The test harness: starts the real application on 127.0.0.1:0 with a
+//! fresh database in a temporary directory, with one method per endpoint.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix_web::dev::ServerHandle;
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+use sms_credit::config::Settings;
+use sms_credit::startup::{Application, Core};
+use sms_credit_actors::clock::{Clock, ManualClock};
+use tempfile::TempDir;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
+/// A running server and a client for it.
+pub struct TestApp {
+    pub address: String,
+    /// Keeps the database directory alive for as long as the app (and a restart) needs it.
+    pub directory: Arc<TempDir>,
+    pub client: awc::Client,
+    handle: ServerHandle,
+    finished: actix_rt::task::JoinHandle<std::io::Result<()>>,
+}
+
+pub fn fresh_directory() -> Arc<TempDir> {
+    Arc::new(tempfile::tempdir().unwrap())
+}
+
+/// Settings for a test server: admin token set, nothing else configured.
+pub fn test_settings(directory: &TempDir) -> Settings {
+    let mut settings = Settings::local(directory.path().join("sms-credit.db"));
+    settings.admin_token = Some(sms_credit::config::Secret::new(ADMIN_TOKEN));
+    settings.actor_threads = 2;
+    settings.http_workers = 2;
+    settings
+}
+
+impl TestApp {
+    /// A server on a fresh database.
+    pub async fn spawn() -> TestApp {
+        let directory = fresh_directory();
+        let settings = test_settings(&directory);
+        TestApp::spawn_with(directory, settings).await
+    }
+
+    /// A server with these settings; `directory` holds its database.
+    pub async fn spawn_with(directory: Arc<TempDir>, settings: Settings) -> TestApp {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_795_253_400_000));
+        let application = Application::build_with_clock(settings, listener, clock).unwrap();
+        let address = format!("http://127.0.0.1:{}", application.port());
+        let handle = application.handle();
+        let finished = actix_rt::spawn(application.run_until_stopped());
+        TestApp {
+            address,
+            directory,
+            client: awc::Client::default(),
+            handle,
+            finished,
+        }
+    }
+
+    /// Stops gracefully (in-flight requests finish, the last commit is
+    /// flushed) and gives back the directory so the database can be reopened.
+    pub async fn stop(self) -> Arc<TempDir> {
+        self.handle.stop(true).await;
+        self.finished.await.unwrap().unwrap();
+        self.directory
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// Sends a request and returns the status and the JSON body (`Null` if none).
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.insert_header(("Authorization", format!("Bearer {token}")));
+        }
+        let mut response = match body {
+            Some(body) => request.send_json(&body).await.unwrap(),
+            None => request.send().await.unwrap(),
+        };
+        let bytes = response.body().limit(16 * 1024 * 1024).await.unwrap();
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}))
+        };
+        (response.status(), json)
+    }
+
+    /// Sends raw bytes with a content type, for malformed-body tests.
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut response = self
+            .client
+            .post(self.url(path))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .insert_header(("Content-Type", content_type))
+            .send_body(body)
+            .await
+            .unwrap();
+        let bytes = response.body().limit(1024 * 1024).await.unwrap();
+        (
+            response.status(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    pub async fn get_healthz(&self) -> (StatusCode, Value) {
+        self.request("GET", "/healthz", None, None).await
+    }
+
+    pub async fn get_readyz(&self) -> (StatusCode, Value) {
+        self.request("GET", "/readyz", None, None).await
+    }
+
+    pub async fn post_admin_account(
+        &self,
+        phone: &str,
+        email: Option<&str>,
+    ) -> (StatusCode, Value) {
+        self.request(
+            "POST",
+            "/v1/admin/accounts",
+            Some(ADMIN_TOKEN),
+            Some(json!({"phone": phone, "email": email})),
+        )
+        .await
+    }
+
+    /// Creates an account and returns its id.
+    pub async fn create_account(&self, phone: &str) -> i64 {
+        let (status, body) = self
+            .post_admin_account(phone, Some("hiker@example.com"))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+
+    pub async fn get_admin_account(&self, id: i64) -> (StatusCode, Value) {
+        self.request(
+            "GET",
+            &format!("/v1/admin/accounts/{id}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await
+    }
+
+    pub async fn balance_micros(&self, id: i64) -> i64 {
+        let (status, body) = self.get_admin_account(id).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["balance_micros"].as_i64().unwrap()
+    }
+
+    pub async fn post_adjustment(
+        &self,
+        id: i64,
+        amount_micros: i64,
+        key: &str,
+    ) -> (StatusCode, Value) {
+        self.request(
+            "POST",
+            &format!("/v1/admin/accounts/{id}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": amount_micros, "reason": "test adjustment", "idempotency_key": key})),
+        )
+        .await
+    }
+
+    pub async fn get_transactions(&self, id: i64) -> (StatusCode, Value) {
+        self.request(
+            "GET",
+            &format!("/v1/admin/accounts/{id}/transactions?limit=1000"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await
+    }
+}
+
+/// Starts the core alone (no HTTP) on a database, for actor-level tests.
+pub fn start_core(directory: &TempDir, passivate_after: std::time::Duration) -> Core {
+    let mut settings = test_settings(directory);
+    settings.passivate_after = passivate_after;
+    Core::start(&settings, Arc::new(ManualClock::new(1_795_253_400_000))).unwrap()
+}
+
+/// Runs `sms-credit` (the real binary) with the database of `directory`.
+pub fn run_cli(directory: &TempDir, arguments: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(arguments)
+        .env(
+            "SMS_CREDIT_DATABASE",
+            directory.path().join("sms-credit.db"),
+        )
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap()
+}

@@ -1,0 +1,13 @@
+//! The one integration-test binary: each module tests one area of the real
+//! application, started by `helpers`.
+
+// A failed unwrap is how a test says what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod admin_api;
+mod cli;
+mod ledger_actors;
+mod ledger_properties;
+mod restart;

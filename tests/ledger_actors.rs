@@ -1,0 +1,439 @@
+//! The account actors and the store, driven directly: idempotency,
+//! concurrency, passivation and failed commits.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use sms_credit::startup::Core;
+use sms_credit_actors::accounts::{AccountStatus, NewAccount, PhoneNumber};
+use sms_credit_actors::store::{self, StoreError};
+use sms_credit_actors::supervisor::{ChargeMessage, CreditPayment, RefundPayment};
+use sms_credit_actors::{
+    verify, AccountId, Adjust, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money,
+};
+use tempfile::TempDir;
+
+use crate::helpers::{fresh_directory, start_core};
+
+const NEVER: Duration = Duration::from_secs(3600);
+
+pub async fn new_account(core: &Core, phone: &str) -> AccountId {
+    let new_account = NewAccount {
+        phone: PhoneNumber::parse(phone).unwrap(),
+        email: None,
+        status: AccountStatus::Active,
+    };
+    core.store.create_account(new_account, 0).await.unwrap().id
+}
+
+pub fn key(text: &str) -> IdempotencyKey {
+    IdempotencyKey::parse(text).unwrap()
+}
+
+pub fn credit(micros: i64, idempotency_key: &str) -> Credit {
+    Credit {
+        amount: Money::from_micros(micros),
+        idempotency_key: key(idempotency_key),
+        description: "credit".into(),
+        order_id: None,
+    }
+}
+
+pub fn debit(micros: i64, idempotency_key: &str) -> Debit {
+    Debit {
+        amount: Money::from_micros(micros),
+        idempotency_key: key(idempotency_key),
+        description: "debit".into(),
+    }
+}
+
+pub fn assert_verified(directory: &TempDir) {
+    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    let report = verify::verify(&connection).unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+}
+
+#[actix_rt::test]
+async fn debits_never_take_the_balance_below_zero() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550200").await;
+    core.registry
+        .send(account, credit(100_000, "c1"))
+        .await
+        .unwrap();
+    let refused = core.registry.send(account, debit(100_001, "d1")).await;
+    assert_eq!(
+        refused,
+        Err(LedgerError::InsufficientCredit {
+            balance: Money::from_micros(100_000),
+            needed: Money::from_micros(100_001)
+        })
+    );
+    let spent = core
+        .registry
+        .send(account, debit(100_000, "d2"))
+        .await
+        .unwrap();
+    assert_eq!(spent.entry.balance_after, Money::ZERO);
+    // A refused debit used no key: the same key may succeed once there is credit.
+    core.registry
+        .send(account, credit(200_000, "c2"))
+        .await
+        .unwrap();
+    let retried = core
+        .registry
+        .send(account, debit(100_001, "d1"))
+        .await
+        .unwrap();
+    assert!(!retried.replayed);
+    assert_eq!(
+        core.registry
+            .send(account, GetBalance)
+            .await
+            .unwrap()
+            .balance,
+        Money::from_micros(99_999)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn a_key_repeated_while_in_flight_takes_effect_once() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550201").await;
+    let answers =
+        join_all((0..50).map(|_| core.registry.send(account, credit(1_000, "same")))).await;
+    let receipts: Vec<_> = answers.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        receipts.iter().filter(|receipt| !receipt.replayed).count(),
+        1
+    );
+    assert!(receipts
+        .iter()
+        .all(|receipt| receipt.entry == receipts[0].entry));
+    let conflicting = core.registry.send(account, debit(1_000, "same")).await;
+    assert!(
+        matches!(conflicting, Err(LedgerError::IdempotencyConflict { .. })),
+        "{conflicting:?}"
+    );
+    let snapshot = core.registry.send(account, GetBalance).await.unwrap();
+    assert_eq!(
+        (snapshot.balance, snapshot.seq),
+        (Money::from_micros(1_000), 1)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn many_tasks_on_one_account_and_many_accounts_end_exact() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let mut accounts = Vec::new();
+    for index in 0..20 {
+        accounts.push(new_account(&core, &format!("+1415555{:04}", 3000 + index)).await);
+    }
+    for account in &accounts {
+        core.registry
+            .send(*account, credit(1_000_000, &format!("seed-{account}")))
+            .await
+            .unwrap();
+    }
+    // Per account: 30 credits of 7 µ$ and 30 debits of 11 µ$, all at once.
+    let mut work = Vec::new();
+    for account in &accounts {
+        for index in 0..30 {
+            let registry = core.registry.clone();
+            let account = *account;
+            work.push(actix_rt::spawn(async move {
+                registry
+                    .send(account, credit(7, &format!("credit-{account}-{index}")))
+                    .await
+                    .unwrap();
+            }));
+            let registry = core.registry.clone();
+            work.push(actix_rt::spawn(async move {
+                registry
+                    .send(account, debit(11, &format!("debit-{account}-{index}")))
+                    .await
+                    .unwrap();
+            }));
+        }
+    }
+    for task in join_all(work).await {
+        task.unwrap();
+    }
+    for account in &accounts {
+        let snapshot = core.registry.send(*account, GetBalance).await.unwrap();
+        assert_eq!(
+            snapshot.balance,
+            Money::from_micros(1_000_000 + 30 * 7 - 30 * 11)
+        );
+        assert_eq!(snapshot.seq, 61);
+    }
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn concurrent_debits_succeed_exactly_as_far_as_the_balance_goes() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550202").await;
+    core.registry
+        .send(account, credit(56_500 * 300, "seed"))
+        .await
+        .unwrap();
+    let answers = join_all((0..1000).map(|index| {
+        core.registry
+            .send(account, debit(56_500, &format!("sms-{index}")))
+    }))
+    .await;
+    let succeeded = answers.iter().filter(|answer| answer.is_ok()).count();
+    let refused = answers
+        .iter()
+        .filter(|answer| matches!(answer, Err(LedgerError::InsufficientCredit { .. })))
+        .count();
+    assert_eq!((succeeded, refused), (300, 700));
+    assert_eq!(
+        core.registry
+            .send(account, GetBalance)
+            .await
+            .unwrap()
+            .balance,
+        Money::ZERO
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn idle_actors_passivate_and_come_back_from_their_snapshot() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, Duration::from_millis(30));
+    let account = new_account(&core, "+14155550203").await;
+    core.registry
+        .send(account, credit(5_000, "before"))
+        .await
+        .unwrap();
+    assert_eq!(core.registry.active_count(), 1);
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(core.registry.active_count(), 0, "the idle actor passivated");
+    // A replay after passivation is found in the ledger, not applied again.
+    let replayed = core
+        .registry
+        .send(account, credit(5_000, "before"))
+        .await
+        .unwrap();
+    assert!(replayed.replayed);
+    let after = core
+        .registry
+        .send(account, credit(1_000, "after"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.entry.seq, after.entry.balance_after),
+        (2, Money::from_micros(6_000))
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn messages_racing_passivation_are_never_lost() {
+    let directory = fresh_directory();
+    // Actors passivate after 1 ms idle, so they stop between bursts all the time.
+    let core = start_core(&directory, Duration::from_millis(1));
+    let account = new_account(&core, "+14155550204").await;
+    for burst in 0..40 {
+        let sends = (0..5).map(|index| {
+            core.registry
+                .send(account, credit(1, &format!("b{burst}-{index}")))
+        });
+        for answer in join_all(sends).await {
+            answer.unwrap();
+        }
+        actix_rt::time::sleep(Duration::from_millis(burst % 3)).await;
+    }
+    assert_eq!(
+        core.registry
+            .send(account, GetBalance)
+            .await
+            .unwrap()
+            .balance,
+        Money::from_micros(200)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn unknown_accounts_are_refused() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let answer = core.registry.send(AccountId(77), credit(1, "x")).await;
+    assert_eq!(answer, Err(LedgerError::AccountNotFound(AccountId(77))));
+    core.shutdown().await;
+}
+
+#[actix_rt::test]
+async fn a_failed_commit_fails_its_callers_and_leaves_no_trace() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550205").await;
+    let other = new_account(&core, "+14155550206").await;
+    core.registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    core.registry
+        .send(other, credit(10_000, "seed"))
+        .await
+        .unwrap();
+
+    core.store.fail_next_commits_for_testing(1);
+    let answers = join_all((0..20).map(|index| {
+        core.registry
+            .send(account, debit(100, &format!("d{index}")))
+    }))
+    .await;
+    let failed = answers
+        .iter()
+        .filter(|answer| matches!(answer, Err(LedgerError::Store(_))))
+        .count();
+    let applied: i64 = answers.iter().filter(|answer| answer.is_ok()).count() as i64;
+    assert!(failed >= 1, "{answers:?}");
+    assert_eq!(
+        failed as i64 + applied,
+        20,
+        "every answer is a commit or a store failure: {answers:?}"
+    );
+    for answer in &answers {
+        if let Err(LedgerError::Store(error)) = answer {
+            assert!(
+                matches!(error, StoreError::CommitFailed(_) | StoreError::Aborted),
+                "{error:?}"
+            );
+        }
+    }
+    // Memory fell back to disk: the balance counts exactly the committed debits.
+    let snapshot = core.registry.send(account, GetBalance).await.unwrap();
+    assert_eq!(snapshot.balance, Money::from_micros(10_000 - 100 * applied));
+    // The failed keys were not used: retrying them now succeeds once each.
+    let retries = join_all((0..20).map(|index| {
+        core.registry
+            .send(account, debit(100, &format!("d{index}")))
+    }))
+    .await;
+    assert!(retries.iter().all(Result::is_ok), "{retries:?}");
+    assert_eq!(
+        retries
+            .iter()
+            .filter(|answer| matches!(answer, Ok(receipt) if !receipt.replayed))
+            .count() as i64,
+        failed as i64
+    );
+    assert_eq!(
+        core.registry
+            .send(account, GetBalance)
+            .await
+            .unwrap()
+            .balance,
+        Money::from_micros(8_000)
+    );
+    assert_eq!(
+        core.registry.send(other, GetBalance).await.unwrap().balance,
+        Money::from_micros(10_000)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn supervisors_route_payments_refunds_and_message_charges() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550207").await;
+    let payment = CreditPayment {
+        account_id: account,
+        amount: Money::from_cents(1_000).unwrap(),
+        payment_id: "pi_123".into(),
+        order_id: None,
+        description: "top-up".into(),
+    };
+    let first = core
+        .stripe_supervisor
+        .send(payment.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = core.stripe_supervisor.send(payment).await.unwrap().unwrap();
+    assert!(again.replayed && again.entry == first.entry);
+
+    let charge = ChargeMessage {
+        account_id: account,
+        cost: Money::from_micros(169_500),
+        message_sid: "SM1".into(),
+        description: "3 segments to US".into(),
+    };
+    core.sms_supervisor
+        .send(charge.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        core.sms_supervisor
+            .send(charge)
+            .await
+            .unwrap()
+            .unwrap()
+            .replayed
+    );
+
+    let refund = RefundPayment {
+        account_id: account,
+        amount: Money::from_cents(1_000).unwrap(),
+        refund_id: "re_1".into(),
+        order_id: None,
+        description: "refund".into(),
+    };
+    let refunded = core
+        .stripe_supervisor
+        .send(refund.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        refunded.entry.balance_after,
+        Money::from_micros(-169_500),
+        "a refund may go below zero"
+    );
+    assert!(
+        core.stripe_supervisor
+            .send(refund)
+            .await
+            .unwrap()
+            .unwrap()
+            .replayed
+    );
+
+    let adjust = Adjust {
+        amount: Money::from_micros(169_500),
+        idempotency_key: key("fix"),
+        reason: "goodwill".into(),
+    };
+    assert_eq!(
+        core.registry
+            .send(account, adjust)
+            .await
+            .unwrap()
+            .entry
+            .balance_after,
+        Money::ZERO
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}

@@ -1,0 +1,214 @@
+//! Property: any sequence of credits, debits, refunds and adjustments, with
+//! repeated idempotency keys, keeps the ledger summing to the balance,
+//! never lets a debit go below zero, and makes replays change nothing. A
+//! plain in-memory model predicts every answer.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use proptest::prelude::*;
+use sms_credit_actors::{
+    Adjust, Credit, Debit, GetBalance, LedgerError, Money, Receipt, Refund, TransactionKind,
+};
+
+use crate::helpers::{fresh_directory, start_core};
+use crate::ledger_actors::{assert_verified, key, new_account};
+
+#[derive(Clone, Debug)]
+struct Operation {
+    kind: TransactionKind,
+    /// Signed as it would stand in the ledger.
+    amount: i64,
+    key: String,
+}
+
+fn operation() -> impl Strategy<Value = Operation> {
+    let kind = prop_oneof![
+        Just(TransactionKind::Credit),
+        Just(TransactionKind::Debit),
+        Just(TransactionKind::Refund),
+        Just(TransactionKind::Adjustment),
+    ];
+    // Few keys, so that keys repeat, with the same and with other amounts.
+    (kind, 1_i64..3_000, any::<bool>(), 0_u8..10).prop_map(
+        |(kind, thousands, negative, key_index)| {
+            let magnitude = thousands * 1_000;
+            let amount = match kind {
+                TransactionKind::Credit => magnitude,
+                TransactionKind::Debit => -magnitude,
+                TransactionKind::Refund | TransactionKind::Adjustment if negative => -magnitude,
+                _ => magnitude,
+            };
+            Operation {
+                kind,
+                amount,
+                key: format!("key-{key_index}"),
+            }
+        },
+    )
+}
+
+/// What the model expects of one operation.
+#[derive(Debug, PartialEq)]
+enum Expected {
+    Applied { seq: i64, balance_after: i64 },
+    Replayed { seq: i64 },
+    Conflict,
+    InsufficientCredit,
+}
+
+struct Model {
+    balance: i64,
+    seq: i64,
+    /// Key → (kind, amount, seq) of the row it made.
+    used: HashMap<String, (TransactionKind, i64, i64)>,
+}
+
+impl Model {
+    fn apply(&mut self, operation: &Operation) -> Expected {
+        if let Some((kind, amount, seq)) = self.used.get(&operation.key) {
+            return if *kind == operation.kind && *amount == operation.amount {
+                Expected::Replayed { seq: *seq }
+            } else {
+                Expected::Conflict
+            };
+        }
+        let balance_after = self.balance + operation.amount;
+        if operation.kind == TransactionKind::Debit && balance_after < 0 {
+            return Expected::InsufficientCredit;
+        }
+        self.seq += 1;
+        self.balance = balance_after;
+        self.used.insert(
+            operation.key.clone(),
+            (operation.kind, operation.amount, self.seq),
+        );
+        Expected::Applied {
+            seq: self.seq,
+            balance_after,
+        }
+    }
+}
+
+fn observed(answer: &Result<Receipt, LedgerError>) -> Expected {
+    match answer {
+        Ok(receipt) if receipt.replayed => Expected::Replayed {
+            seq: receipt.entry.seq,
+        },
+        Ok(receipt) => Expected::Applied {
+            seq: receipt.entry.seq,
+            balance_after: receipt.entry.balance_after.micros(),
+        },
+        Err(LedgerError::IdempotencyConflict { .. }) => Expected::Conflict,
+        Err(LedgerError::InsufficientCredit { .. }) => Expected::InsufficientCredit,
+        Err(other) => panic!("unexpected error {other:?}"),
+    }
+}
+
+fn run_sequence(operations: Vec<Operation>, pipelined: bool) {
+    let directory = fresh_directory();
+    actix_rt::System::new().block_on(async {
+        let core = start_core(&directory, Duration::from_secs(3600));
+        let account = new_account(&core, "+14155550300").await;
+        let send = |operation: Operation| {
+            let registry = core.registry.clone();
+            async move {
+                let idempotency_key = key(&operation.key);
+                let amount = Money::from_micros(operation.amount);
+                match operation.kind {
+                    TransactionKind::Credit => {
+                        registry
+                            .send(
+                                account,
+                                Credit {
+                                    amount,
+                                    idempotency_key,
+                                    description: String::new(),
+                                    order_id: None,
+                                },
+                            )
+                            .await
+                    }
+                    TransactionKind::Debit => {
+                        registry
+                            .send(
+                                account,
+                                Debit {
+                                    amount: -amount,
+                                    idempotency_key,
+                                    description: String::new(),
+                                },
+                            )
+                            .await
+                    }
+                    TransactionKind::Refund => {
+                        registry
+                            .send(
+                                account,
+                                Refund {
+                                    amount,
+                                    idempotency_key,
+                                    description: String::new(),
+                                    order_id: None,
+                                },
+                            )
+                            .await
+                    }
+                    TransactionKind::Adjustment => {
+                        registry
+                            .send(
+                                account,
+                                Adjust {
+                                    amount,
+                                    idempotency_key,
+                                    reason: String::new(),
+                                },
+                            )
+                            .await
+                    }
+                }
+            }
+        };
+        // Pipelined: all sent at once, in order (join_all polls in order, so
+        // the mailbox holds them in sequence order) and committed in batches.
+        let answers = if pipelined {
+            join_all(operations.iter().cloned().map(send)).await
+        } else {
+            let mut answers = Vec::new();
+            for operation in operations.iter().cloned() {
+                answers.push(send(operation).await);
+            }
+            answers
+        };
+        let mut model = Model {
+            balance: 0,
+            seq: 0,
+            used: HashMap::new(),
+        };
+        for (operation, answer) in operations.iter().zip(&answers) {
+            assert_eq!(observed(answer), model.apply(operation), "{operation:?}");
+        }
+        let snapshot = core.registry.send(account, GetBalance).await.unwrap();
+        assert_eq!(
+            (snapshot.balance.micros(), snapshot.seq),
+            (model.balance, model.seq)
+        );
+        core.shutdown().await;
+    });
+    assert_verified(&directory);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn sequential_operations_keep_the_ledger_exact(operations in proptest::collection::vec(operation(), 1..25)) {
+        run_sequence(operations, false);
+    }
+
+    #[test]
+    fn pipelined_operations_keep_the_ledger_exact(operations in proptest::collection::vec(operation(), 1..60)) {
+        run_sequence(operations, true);
+    }
+}

@@ -125,7 +125,9 @@ pub struct StoreStats {
     pub failed_commits: AtomicU64,
     /// The largest batch seen.
     pub max_batch: AtomicU64,
-    /// Total time spent committing, in microseconds.
+    /// Total time spent on batches (statements and commit), in microseconds.
+    pub batch_micros: AtomicU64,
+    /// Of that, time spent in COMMIT (WAL write and fsync), in microseconds.
     pub commit_micros: AtomicU64,
 }
 

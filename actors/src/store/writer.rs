@@ -131,7 +131,11 @@ impl Writer {
         }
 
         if failure.is_none() {
+            let committing = Instant::now();
             failure = self.commit().err();
+            self.stats
+                .commit_micros
+                .fetch_add(committing.elapsed().as_micros() as u64, Ordering::Relaxed);
         }
         if failure.is_some() && !self.connection.is_autocommit() {
             // Best effort: the transaction may already be gone.
@@ -193,7 +197,7 @@ impl Writer {
             let _ = done.send(());
         }
         self.stats
-            .commit_micros
+            .batch_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 

@@ -35,7 +35,9 @@ fn options() -> Options {
     let arguments: Vec<String> = std::env::args().collect();
     let mut index = 1;
     while index < arguments.len() {
-        let value = arguments.get(index + 1).and_then(|value| value.parse::<u64>().ok());
+        let value = arguments
+            .get(index + 1)
+            .and_then(|value| value.parse::<u64>().ok());
         match (arguments[index].as_str(), value) {
             ("--debits", Some(value)) => options.debits = value,
             ("--callers", Some(value)) => options.callers = value.max(1),
@@ -153,7 +155,13 @@ fn actor_debits(options: &Options) -> (f64, u32, u32, u64, u64) {
         );
         core.shutdown().await;
         let rate = options.debits as f64 / elapsed.as_secs_f64();
-        (rate, percentile(&latencies, 500), percentile(&latencies, 990), commits, writes)
+        (
+            rate,
+            percentile(&latencies, 500),
+            percentile(&latencies, 990),
+            commits,
+            writes,
+        )
     })
 }
 
@@ -190,7 +198,9 @@ fn naive_debits(options: &Options) -> f64 {
             .execute((account, seq + 1, balance_after, &key))
             .unwrap();
         connection
-            .prepare_cached("UPDATE account_balances SET balance = ?2, seq = ?3 WHERE account_id = ?1")
+            .prepare_cached(
+                "UPDATE account_balances SET balance = ?2, seq = ?3 WHERE account_id = ?1",
+            )
             .unwrap()
             .execute((account, balance_after, seq + 1))
             .unwrap();
@@ -209,9 +219,15 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |cores| cores.get())
     );
     let naive = naive_debits(&options);
-    println!("naive (one transaction per debit, synchronous=FULL): {naive:.0} debits/s over {} debits", options.naive_debits);
+    println!(
+        "naive (one transaction per debit, synchronous=FULL): {naive:.0} debits/s over {} debits",
+        options.naive_debits
+    );
     let (rate, p50, p99, commits, writes) = actor_debits(&options);
-    println!("actors + group commit: {rate:.0} debits/s over {} debits", options.debits);
+    println!(
+        "actors + group commit: {rate:.0} debits/s over {} debits",
+        options.debits
+    );
     println!(
         "acknowledge latency: p50 {:.3} ms, p99 {:.3} ms",
         Duration::from_micros(u64::from(p50)).as_secs_f64() * 1000.0,

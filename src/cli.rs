@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
+use sms_credit_actors::rating::{quote, QuoteRequest};
 use sms_credit_actors::store::{self, queries};
 use sms_credit_actors::{verify, AccountId, Adjust, IdempotencyKey, Money};
 
@@ -38,6 +39,20 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// What a message will cost: segments × the destination's rate.
+    Quote {
+        /// The destination in international form, e.g. +14155551234.
+        #[arg(long)]
+        to: String,
+        /// Quote the message as sent after smart encoding (look-alike characters replaced).
+        #[arg(long)]
+        smart: bool,
+        /// Print the quote as JSON (the same fields as POST /v1/quote).
+        #[arg(long)]
+        json: bool,
+        /// The message text.
+        text: String,
     },
     /// Create, show and adjust accounts.
     #[command(subcommand)]
@@ -96,6 +111,12 @@ pub fn run(cli: Cli) -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(settings),
         Command::Verify { json } => return verify_command(&settings, json),
+        Command::Quote {
+            to,
+            smart,
+            json,
+            text,
+        } => quote_command(&settings, &to, &text, smart, json),
         Command::Accounts(command) => accounts(&settings, command),
     };
     match outcome {
@@ -152,6 +173,58 @@ fn verify_command(settings: &Settings, as_json: bool) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn quote_command(
+    settings: &Settings,
+    to: &str,
+    text: &str,
+    smart: bool,
+    as_json: bool,
+) -> Result<(), String> {
+    let request = QuoteRequest {
+        to,
+        body: text,
+        smart_encoding: smart,
+    };
+    let quoted = quote(request, &settings.rates).map_err(|error| error.to_string())?;
+    if as_json {
+        println!("{}", json!(quoted));
+        return Ok(());
+    }
+    let plural = |count: u32| if count == 1 { "segment" } else { "segments" };
+    println!(
+        "{} ({}): {} {}, {}, at {} each = {}{}",
+        quoted.to,
+        quoted.country,
+        quoted.segments,
+        plural(quoted.segments),
+        quoted.encoding,
+        Money::from_micros(quoted.price_per_segment_micros).precise(),
+        quoted.total().precise(),
+        if quoted.smart_encoding_applied {
+            " (smart encoded)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "$10 buys {} segments to {}",
+        quoted.segments_per_10_dollars, quoted.country
+    );
+    let smart_quote = &quoted.smart_encoding;
+    if !quoted.smart_encoding_applied && smart_quote.replacements > 0 {
+        println!(
+            "smart encoding would send {} {}, {}, for {} (saves {}; {} characters replaced)",
+            smart_quote.segments,
+            plural(smart_quote.segments),
+            smart_quote.encoding,
+            Money::from_micros(smart_quote.total_micros).precise(),
+            Money::from_micros(smart_quote.saved_micros).precise(),
+            smart_quote.replacements
+        );
+    }
+    Ok(())
 }
 
 fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String> {

@@ -7,10 +7,12 @@
 use std::fmt;
 use std::net::ToSocketAddrs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
+use sms_credit_actors::rating::RateTable;
 
 /// A secret value whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -141,6 +143,15 @@ pub struct Options {
     )]
     pub twilio_api_base: Option<String>,
 
+    /// A TOML rate table to use instead of the embedded one (see actors/src/rating/default_rates.toml).
+    #[arg(
+        long,
+        env = "SMS_CREDIT_RATES_FILE",
+        global = true,
+        value_name = "FILE"
+    )]
+    pub rates_file: Option<PathBuf>,
+
     /// Seconds an idle account actor stays in memory [default: 900].
     #[arg(
         long,
@@ -205,6 +216,8 @@ pub struct Settings {
     pub stripe: Option<StripeSettings>,
     /// `None` when Twilio is not configured.
     pub twilio: Option<TwilioSettings>,
+    /// The rate table: per destination country, carrier cost and customer rate.
+    pub rates: Arc<RateTable>,
     pub passivate_after: Duration,
     pub actor_threads: usize,
     pub http_workers: usize,
@@ -306,6 +319,15 @@ impl Settings {
             }
         };
 
+        let rates = match &options.rates_file {
+            Some(path) => RateTable::load(path),
+            None => RateTable::embedded(),
+        }
+        .map_err(|error| ConfigError::Invalid {
+            variable: "SMS_CREDIT_RATES_FILE",
+            reason: error.to_string(),
+        })?;
+
         Ok(Settings {
             bind,
             database: options
@@ -322,6 +344,7 @@ impl Settings {
             public_url,
             stripe,
             twilio,
+            rates: Arc::new(rates),
             passivate_after: Duration::from_secs(options.passivate_after_secs.unwrap_or(900)),
             actor_threads: positive(
                 "SMS_CREDIT_ACTOR_THREADS",
@@ -359,6 +382,7 @@ fn merge(winner: Options, fallback: Options) -> Options {
         twilio_auth_token: winner.twilio_auth_token.or(fallback.twilio_auth_token),
         twilio_from: winner.twilio_from.or(fallback.twilio_from),
         twilio_api_base: winner.twilio_api_base.or(fallback.twilio_api_base),
+        rates_file: winner.rates_file.or(fallback.rates_file),
         passivate_after_secs: winner
             .passivate_after_secs
             .or(fallback.passivate_after_secs),

@@ -6,6 +6,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
+use sms_credit_actors::rating::RatingError;
 use sms_credit_actors::store::queries::CreateAccountError;
 use sms_credit_actors::{LedgerError, StoreError};
 
@@ -33,6 +34,8 @@ pub enum ApiError {
     CreateAccount(#[from] CreateAccountError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Rating(#[from] RatingError),
 }
 
 impl ApiError {
@@ -67,6 +70,14 @@ impl ApiError {
             ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
                 "store_unavailable"
             }
+            ApiError::Rating(error) => match error {
+                RatingError::InvalidNumber(_) => "invalid_phone",
+                RatingError::NoCountry { .. } | RatingError::UnsupportedDestination { .. } => {
+                    "unsupported_destination"
+                }
+                RatingError::BodyTooLong { .. } => "body_too_long",
+                RatingError::Overflow => "amount_out_of_range",
+            },
         }
     }
 
@@ -122,6 +133,10 @@ impl ResponseError for ApiError {
             ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Rating(
+                RatingError::NoCountry { .. } | RatingError::UnsupportedDestination { .. },
+            ) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Rating(_) => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -10,4 +10,6 @@ mod admin_api;
 mod cli;
 mod ledger_actors;
 mod ledger_properties;
+mod quote;
 mod restart;
+mod segment_properties;

@@ -1,52 +1,11 @@
 //! Accounts as stored: who they are (E.164 phone, email) and in what state,
 //! with newtypes that can only hold valid values.
 
-use std::fmt;
-
 use serde::{Serialize, Serializer};
 
 use crate::ledger::AccountId;
 use crate::money::Money;
-
-/// A phone number in E.164 form: `+`, a country code, at most 15 digits in all.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct PhoneNumber(String);
-
-/// Why a string is not an E.164 phone number.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("'{0}' is not an E.164 phone number (a '+', then 8 to 15 digits, the first not 0)")]
-pub struct InvalidPhoneNumber(pub String);
-
-impl PhoneNumber {
-    pub fn parse(text: &str) -> Result<PhoneNumber, InvalidPhoneNumber> {
-        let invalid = || InvalidPhoneNumber(text.chars().take(40).collect());
-        let digits = text.strip_prefix('+').ok_or_else(invalid)?;
-        let valid = (8..=15).contains(&digits.len())
-            && digits.bytes().all(|byte| byte.is_ascii_digit())
-            && !digits.starts_with('0');
-        if valid {
-            Ok(PhoneNumber(text.to_string()))
-        } else {
-            Err(invalid())
-        }
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for PhoneNumber {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str(&self.0)
-    }
-}
-
-impl Serialize for PhoneNumber {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
+pub use crate::phone::{InvalidPhoneNumber, PhoneNumber};
 
 /// An email address: one `@` with something on both sides, no spaces,
 /// at most 254 characters. (Deliverability is Stripe's business.)
@@ -147,23 +106,6 @@ pub struct Account {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn phone_numbers_must_be_e164() {
-        assert!(PhoneNumber::parse("+14155551234").is_ok());
-        assert!(PhoneNumber::parse("+447911123456").is_ok());
-        for bad in [
-            "14155551234",
-            "+0123456789",
-            "+1415",
-            "+1415555123456789",
-            "+1 415 555 1234",
-            "",
-            "+",
-        ] {
-            assert!(PhoneNumber::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn emails_are_checked_loosely() {

@@ -12,6 +12,8 @@ pub mod clock;
 pub mod error;
 pub mod ledger;
 pub mod money;
+pub mod phone;
+pub mod rating;
 pub mod registry;
 pub mod store;
 pub mod supervisor;

@@ -139,6 +139,24 @@ impl Money {
     }
 }
 
+impl Money {
+    /// Shows the exact amount, with at least two decimals and no trailing
+    /// zeros beyond them: `$0.0565`, `$0.113`, `$10.00`, `-$0.000001`.
+    pub fn precise(self) -> String {
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let magnitude = self.0.unsigned_abs();
+        let dollars = magnitude / MICROS_PER_DOLLAR as u64;
+        let fraction = format!("{:06}", magnitude % MICROS_PER_DOLLAR as u64);
+        let trimmed = fraction.trim_end_matches('0');
+        let decimals = if trimmed.len() < 2 {
+            &fraction[..2]
+        } else {
+            trimmed
+        };
+        format!("{sign}${dollars}.{decimals}")
+    }
+}
+
 impl Neg for Money {
     type Output = Money;
 
@@ -171,6 +189,18 @@ mod tests {
         assert_eq!(Money::from_micros(-9_999).to_string(), "$0.00");
         assert_eq!(Money::ZERO.to_string(), "$0.00");
         assert_eq!(Money::from_micros(10_000_000).to_string(), "$10.00");
+    }
+
+    #[test]
+    fn precise_shows_every_micro_dollar() {
+        assert_eq!(Money::from_micros(56_500).precise(), "$0.0565");
+        assert_eq!(Money::from_micros(113_000).precise(), "$0.113");
+        assert_eq!(Money::from_micros(10_000_000).precise(), "$10.00");
+        assert_eq!(Money::from_micros(-1).precise(), "-$0.000001");
+        assert_eq!(
+            Money::from_micros(i64::MIN).precise(),
+            "-$9223372036854.775808"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod admin;
 mod health;
+mod quote;
 
 use actix_web::{web, HttpResponse};
 
@@ -11,6 +12,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/v1/quote", web::post().to(quote::create))
         .service(web::scope("/v1/admin").configure(admin::configure))
         .default_service(web::to(not_found));
 }

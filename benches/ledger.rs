@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use sms_credit::config::Settings;
 use sms_credit::startup::Core;
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store;
-use sms_credit_actors::{AccountId, Debit, IdempotencyKey, Money};
+use sms_credit_actors::store::{self, queries};
+use sms_credit_actors::{
+    AccountId, Debit, IdempotencyKey, LedgerEntry, Money, Snapshot, TransactionKind,
+};
 
 struct Options {
     debits: u64,
@@ -209,6 +211,53 @@ fn naive_debits(options: &Options) -> f64 {
     options.naive_debits as f64 / started.elapsed().as_secs_f64()
 }
 
+/// The store's statements alone on one thread, in batches like the
+/// writer's: the floor under the actor design on this machine.
+fn store_floor(options: &Options) -> f64 {
+    let directory = tempfile::tempdir().unwrap();
+    let path = directory.path().join("floor.db");
+    seed(&path, options.accounts, 1_000_000_000);
+    let connection = store::open_direct(&path).unwrap();
+    let mut snapshots: Vec<Snapshot> = (0..=options.accounts)
+        .map(|_| Snapshot {
+            balance: Money::from_micros(1_000_000_000),
+            seq: 1,
+            low_balance_warned_at_ms: None,
+        })
+        .collect();
+    let total = options.debits.min(200_000);
+    let started = Instant::now();
+    let mut number = 0;
+    while number < total {
+        connection.execute_batch("BEGIN IMMEDIATE").unwrap();
+        for _ in 0..256 {
+            let account = (number % options.accounts as u64) as i64 + 1;
+            let previous = snapshots[account as usize];
+            let next = Snapshot {
+                balance: Money::from_micros(previous.balance.micros() - 56_500),
+                seq: previous.seq + 1,
+                ..previous
+            };
+            let entry = LedgerEntry {
+                account_id: AccountId(account),
+                seq: next.seq,
+                kind: TransactionKind::Debit,
+                amount: Money::from_micros(-56_500),
+                balance_after: next.balance,
+                idempotency_key: format!("floor-{number}"),
+                order_id: None,
+                description: String::new(),
+                created_at_ms: 0,
+            };
+            assert!(queries::append_entry(&connection, &entry, &previous, &next).unwrap());
+            snapshots[account as usize] = next;
+            number += 1;
+        }
+        connection.execute_batch("COMMIT").unwrap();
+    }
+    number as f64 / started.elapsed().as_secs_f64()
+}
+
 fn main() {
     let options = options();
     println!(
@@ -223,6 +272,8 @@ fn main() {
         "naive (one transaction per debit, synchronous=FULL): {naive:.0} debits/s over {} debits",
         options.naive_debits
     );
+    let floor = store_floor(&options);
+    println!("store alone (one thread, batches of 256, no actors): {floor:.0} debits/s");
     let (rate, p50, p99, commits, writes) = actor_debits(&options);
     println!(
         "actors + group commit: {rate:.0} debits/s over {} debits",

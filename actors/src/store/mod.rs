@@ -170,6 +170,11 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     connection
         .pragma_update(None, "cache_size", -65_536)
         .map_err(open_error)?;
+    // Checkpoint the WAL back into the database every 64 MiB rather than
+    // every 4 MiB: fewer, larger checkpoints cost the writer less per row.
+    connection
+        .pragma_update(None, "wal_autocheckpoint", 16_384)
+        .map_err(open_error)?;
     Ok(connection)
 }
 

@@ -1,14 +1,40 @@
-//! Who is calling: request guards (extractors) for each kind of caller.
-//! For now the administrator, by bearer token.
+//! Who is calling: request guards (extractors) for each kind of caller:
+//! the administrator (bearer token from config) and an account holder
+//! (an account token, stored only as a hash).
 
-use std::future::{ready, Ready};
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
 
 use actix_web::dev::Payload;
 use actix_web::http::header;
 use actix_web::{web, FromRequest, HttpRequest};
 
+use sms_credit_actors::{access_tokens, AccountId};
+
 use crate::error::ApiError;
 use crate::startup::AppState;
+
+/// Proof that the request carries a live token of this account.
+pub struct AccountHolder(pub AccountId);
+
+impl FromRequest for AccountHolder {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<AccountHolder, ApiError>>>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        let state = request.app_data::<web::Data<AppState>>().cloned();
+        let token = bearer_token(request).map(str::to_string);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| ApiError::NotFound("no application state".into()))?;
+            let token = token.ok_or(ApiError::Unauthorized)?;
+            let account = state
+                .store
+                .read(move |connection| access_tokens::find_account(connection, &token))
+                .await?;
+            account.map(AccountHolder).ok_or(ApiError::Unauthorized)
+        })
+    }
+}
 
 /// Proof that the request carries the admin bearer token.
 pub struct Admin;

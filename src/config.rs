@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use sms_credit_actors::rating::RateTable;
+use sms_credit_actors::Money;
 
 /// A secret value whose `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
@@ -106,6 +107,24 @@ pub struct Options {
     )]
     pub stripe_api_base: Option<String>,
 
+    /// Let customers type Stripe promotion codes on the Checkout page (true/false) [default: false].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES",
+        global = true,
+        value_name = "BOOL"
+    )]
+    pub stripe_allow_promotion_codes: Option<bool>,
+
+    /// Credit that comes with access, in dollars, credited once when access is paid [default: 0.00].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_INCLUDED_CREDIT",
+        global = true,
+        value_name = "DOLLARS"
+    )]
+    pub included_credit: Option<String>,
+
     /// Twilio account SID (AC…); without it and the auth token the SMS features answer 503 twilio_not_configured.
     #[arg(
         long,
@@ -193,6 +212,7 @@ pub struct StripeSettings {
     pub secret_key: Secret,
     pub webhook_secret: Option<Secret>,
     pub api_base: String,
+    pub allow_promotion_codes: bool,
 }
 
 /// Twilio credentials and where its API is.
@@ -218,12 +238,22 @@ pub struct Settings {
     pub twilio: Option<TwilioSettings>,
     /// The rate table: per destination country, carrier cost and customer rate.
     pub rates: Arc<RateTable>,
+    /// Credit that comes with access.
+    pub included_credit: Money,
     pub passivate_after: Duration,
     pub actor_threads: usize,
     pub http_workers: usize,
 }
 
 impl Settings {
+    /// The URL the world reaches this server at: the configured public URL,
+    /// or the listen address.
+    pub fn public_base_url(&self) -> String {
+        self.public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.bind))
+    }
+
     /// Settings for a server on `database` with nothing else configured.
     pub fn local(database: impl Into<PathBuf>) -> Settings {
         let options = Options {
@@ -269,6 +299,7 @@ impl Settings {
                         .stripe_api_base
                         .unwrap_or_else(|| "https://api.stripe.com".to_string()),
                 )?,
+                allow_promotion_codes: options.stripe_allow_promotion_codes.unwrap_or(false),
             }),
             None => None,
         };
@@ -328,6 +359,17 @@ impl Settings {
             reason: error.to_string(),
         })?;
 
+        let included_credit = match &options.included_credit {
+            Some(text) => Money::parse_dollars(text)
+                .ok()
+                .filter(|amount| !amount.is_negative())
+                .ok_or_else(|| ConfigError::Invalid {
+                    variable: "SMS_CREDIT_INCLUDED_CREDIT",
+                    reason: format!("'{text}' is not an amount of dollars such as 5.00"),
+                })?,
+            None => Money::ZERO,
+        };
+
         Ok(Settings {
             bind,
             database: options
@@ -345,6 +387,7 @@ impl Settings {
             stripe,
             twilio,
             rates: Arc::new(rates),
+            included_credit,
             passivate_after: Duration::from_secs(options.passivate_after_secs.unwrap_or(900)),
             actor_threads: positive(
                 "SMS_CREDIT_ACTOR_THREADS",
@@ -378,6 +421,10 @@ fn merge(winner: Options, fallback: Options) -> Options {
             .stripe_webhook_secret
             .or(fallback.stripe_webhook_secret),
         stripe_api_base: winner.stripe_api_base.or(fallback.stripe_api_base),
+        stripe_allow_promotion_codes: winner
+            .stripe_allow_promotion_codes
+            .or(fallback.stripe_allow_promotion_codes),
+        included_credit: winner.included_credit.or(fallback.included_credit),
         twilio_account_sid: winner.twilio_account_sid.or(fallback.twilio_account_sid),
         twilio_auth_token: winner.twilio_auth_token.or(fallback.twilio_auth_token),
         twilio_from: winner.twilio_from.or(fallback.twilio_from),

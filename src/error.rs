@@ -6,6 +6,7 @@ use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
+use sms_credit_actors::billing::BillingError;
 use sms_credit_actors::rating::RatingError;
 use sms_credit_actors::store::queries::CreateAccountError;
 use sms_credit_actors::{LedgerError, StoreError};
@@ -36,6 +37,11 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Rating(#[from] RatingError),
+    #[error(transparent)]
+    Billing(#[from] BillingError),
+    /// A webhook whose signature does not verify.
+    #[error("{0}")]
+    BadSignature(String),
 }
 
 impl ApiError {
@@ -78,6 +84,19 @@ impl ApiError {
                 RatingError::BodyTooLong { .. } => "body_too_long",
                 RatingError::Overflow => "amount_out_of_range",
             },
+            ApiError::Billing(error) => match error {
+                BillingError::UnknownDiscountCode(_) => "unknown_discount_code",
+                BillingError::InactiveDiscountCode(_) => "inactive_discount_code",
+                BillingError::DiscountCodeUsedUp(_) => "discount_code_used_up",
+                BillingError::BelowMinimumCharge(_) => "below_minimum_charge",
+                BillingError::AlreadyActive(_) => "already_active",
+                BillingError::AccountNotFound(_) => "account_not_found",
+                BillingError::NoSavedCard => "no_saved_card",
+                BillingError::Invalid(_) => "invalid_request",
+                BillingError::Gateway(_) => "stripe_error",
+                BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
+            },
+            ApiError::BadSignature(_) => "bad_signature",
         }
     }
 
@@ -92,6 +111,9 @@ impl ApiError {
             }
             ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
                 "the store is unavailable; nothing was changed".to_string()
+            }
+            ApiError::Billing(BillingError::Ledger(_) | BillingError::Store(_)) => {
+                "the operation was not completed; retry it".to_string()
             }
             other => other.to_string(),
         }
@@ -137,6 +159,21 @@ impl ResponseError for ApiError {
                 RatingError::NoCountry { .. } | RatingError::UnsupportedDestination { .. },
             ) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Rating(_) => StatusCode::BAD_REQUEST,
+            ApiError::Billing(error) => match error {
+                BillingError::UnknownDiscountCode(_) | BillingError::AccountNotFound(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                BillingError::InactiveDiscountCode(_)
+                | BillingError::DiscountCodeUsedUp(_)
+                | BillingError::AlreadyActive(_) => StatusCode::CONFLICT,
+                BillingError::BelowMinimumCharge(_) | BillingError::NoSavedCard => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                BillingError::Invalid(_) => StatusCode::BAD_REQUEST,
+                BillingError::Gateway(_) => StatusCode::BAD_GATEWAY,
+                BillingError::Ledger(_) | BillingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            ApiError::BadSignature(_) => StatusCode::BAD_REQUEST,
         }
     }
 

@@ -7,3 +7,4 @@ pub mod config;
 pub mod error;
 mod routes;
 pub mod startup;
+pub mod stripe;

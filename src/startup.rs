@@ -8,18 +8,22 @@ use std::sync::Arc;
 use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
+use sms_credit_actors::billing::checkout::{Billing, BillingSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::supervisor::{SmsSupervisor, StripeSupervisor};
-use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSettings};
+use sms_credit_actors::{AccountSettings, Money, Registry, Store, StoreError, StoreSettings};
 
 use crate::config::Settings;
 use crate::error;
 use crate::routes;
+use crate::stripe::StripeGateway;
 
 /// The running domain core: everything below HTTP.
 pub struct Core {
     pub store: Store,
     pub registry: Registry,
+    /// The billing flows; `None` when Stripe is not configured.
+    pub billing: Option<Billing>,
     pub sms_supervisor: Addr<SmsSupervisor>,
     pub stripe_supervisor: Addr<StripeSupervisor>,
     /// Threads that run the account actors.
@@ -43,11 +47,27 @@ impl Core {
             account_settings,
             arbiters.iter().map(Arbiter::handle).collect(),
         );
+        let billing = match &settings.stripe {
+            Some(stripe) => {
+                let gateway = StripeGateway::new(stripe).map_err(|reason| StoreError::Open {
+                    path: stripe.api_base.clone(),
+                    reason: format!("cannot build the Stripe client: {reason}"),
+                })?;
+                Some(Billing {
+                    store: store.clone(),
+                    registry: registry.clone(),
+                    gateway: Arc::new(gateway),
+                    settings: Arc::new(billing_settings(settings, stripe.allow_promotion_codes)),
+                })
+            }
+            None => None,
+        };
         let sms_supervisor = SmsSupervisor::new(registry.clone()).start();
-        let stripe_supervisor = StripeSupervisor::new(registry.clone()).start();
+        let stripe_supervisor = StripeSupervisor::new(registry.clone(), billing.clone()).start();
         Ok(Core {
             store,
             registry,
+            billing,
             sms_supervisor,
             stripe_supervisor,
             arbiters,
@@ -65,11 +85,25 @@ impl Core {
     }
 }
 
+/// Where Checkout sends customers, and what access and top-ups are worth.
+fn billing_settings(settings: &Settings, allow_promotion_codes: bool) -> BillingSettings {
+    let base = settings.public_base_url();
+    BillingSettings {
+        success_url: format!("{base}/checkout/success?session_id={{CHECKOUT_SESSION_ID}}"),
+        cancel_url: format!("{base}/checkout/cancel"),
+        allow_promotion_codes,
+        included_credit: settings.included_credit,
+        top_up_amount: Money::from_micros(10_000_000),
+    }
+}
+
 /// What every request handler can reach.
 pub struct AppState {
     pub settings: Settings,
     pub store: Store,
     pub registry: Registry,
+    pub billing: Option<Billing>,
+    pub stripe_supervisor: Addr<StripeSupervisor>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -99,6 +133,8 @@ impl Application {
             settings,
             store: core.store.clone(),
             registry: core.registry.clone(),
+            billing: core.billing.clone(),
+            stripe_supervisor: core.stripe_supervisor.clone(),
             clock,
         });
         let server = HttpServer::new(move || {

@@ -101,6 +101,8 @@ pub struct Account {
     pub balance: Money,
     pub seq: i64,
     pub low_balance_warned_at_ms: Option<i64>,
+    /// The saved card that off-session charges use.
+    pub stripe_payment_method_id: Option<String>,
 }
 
 #[cfg(test)]

@@ -6,8 +6,10 @@
 //! - only an [`account_actor::AccountActor`] changes a balance;
 //! - nothing is answered as done before the store has committed it.
 
+pub mod access_tokens;
 pub mod account_actor;
 pub mod accounts;
+pub mod billing;
 pub mod clock;
 pub mod error;
 pub mod ledger;

@@ -1,8 +1,10 @@
 //! The HTTP routes, one resource per file.
 
 mod admin;
+pub mod checkout;
 mod health;
 mod quote;
+mod webhooks;
 
 use actix_web::{web, HttpResponse};
 
@@ -13,6 +15,13 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/v1/quote", web::post().to(quote::create))
+        .route("/v1/checkout/access", web::post().to(checkout::access))
+        .route("/v1/checkout/topup", web::post().to(checkout::top_up))
+        .service(
+            web::resource("/webhooks/stripe")
+                .app_data(web::PayloadConfig::new(1024 * 1024))
+                .route(web::post().to(webhooks::stripe::receive)),
+        )
         .service(web::scope("/v1/admin").configure(admin::configure))
         .default_service(web::to(not_found));
 }

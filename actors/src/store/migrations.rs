@@ -6,11 +6,23 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Every migration: its number, its name and its SQL.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_core",
-    include_str!("../../../migrations/0001_core.sql"),
-)];
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_core",
+        include_str!("../../../migrations/0001_core.sql"),
+    ),
+    (
+        2,
+        "0002_billing",
+        include_str!("../../../migrations/0002_billing.sql"),
+    ),
+    (
+        3,
+        "0003_account_tokens",
+        include_str!("../../../migrations/0003_account_tokens.sql"),
+    ),
+];
 
 /// Applies the migrations the database has not had yet, each in a
 /// transaction of its own. Refuses a database migrated by a newer release.

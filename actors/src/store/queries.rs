@@ -217,12 +217,13 @@ pub fn insert_account(
         balance: Money::ZERO,
         seq: 0,
         low_balance_warned_at_ms: None,
+        stripe_payment_method_id: None,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
     "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
-                               b.balance, b.seq, b.low_balance_warned_at";
+                               b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let conversion = |index: usize, message: &str| {
@@ -250,6 +251,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         balance: Money::from_micros(row.get(6)?),
         seq: row.get(7)?,
         low_balance_warned_at_ms: row.get(8)?,
+        stripe_payment_method_id: row.get(9)?,
     })
 }
 
@@ -277,4 +279,53 @@ pub fn find_account_by_phone(
         .query_row([phone.as_str()], account_from_row)
         .optional()?;
     Ok(account)
+}
+
+/// Links an account to its Stripe customer, unless it has one already;
+/// returns the customer id the account ends up with.
+pub fn set_stripe_customer(
+    connection: &Connection,
+    account_id: AccountId,
+    customer_id: &str,
+) -> Result<String, StoreError> {
+    connection
+        .prepare_cached("UPDATE accounts SET stripe_customer_id = COALESCE(stripe_customer_id, ?2) WHERE id = ?1")?
+        .execute(params![account_id.0, customer_id])?;
+    let stored: Option<String> = connection
+        .prepare_cached("SELECT stripe_customer_id FROM accounts WHERE id = ?1")?
+        .query_row([account_id.0], |row| row.get(0))?;
+    Ok(stored.unwrap_or_else(|| customer_id.to_string()))
+}
+
+pub fn find_account_by_customer(
+    connection: &Connection,
+    customer_id: &str,
+) -> Result<Option<AccountId>, StoreError> {
+    let found = connection
+        .prepare_cached("SELECT id FROM accounts WHERE stripe_customer_id = ?1")?
+        .query_row([customer_id], |row| row.get(0))
+        .optional()?;
+    Ok(found.map(AccountId))
+}
+
+/// Saves the card to charge off-session.
+pub fn set_payment_method(
+    connection: &Connection,
+    account_id: AccountId,
+    payment_method_id: &str,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE accounts SET stripe_payment_method_id = ?2 WHERE id = ?1")?
+        .execute(params![account_id.0, payment_method_id])?;
+    Ok(())
+}
+
+/// Makes a pending account active (access was paid).
+pub fn activate(connection: &Connection, account_id: AccountId) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE accounts SET status = 'active' WHERE id = ?1 AND status = 'pending'",
+        )?
+        .execute([account_id.0])?;
+    Ok(())
 }

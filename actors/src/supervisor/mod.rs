@@ -6,7 +6,7 @@ pub mod sms;
 pub mod stripe;
 
 pub use sms::{ChargeMessage, SmsSupervisor};
-pub use stripe::{CreditPayment, RefundPayment, StripeSupervisor};
+pub use stripe::{CreditPayment, HandleStripeEvent, RefundPayment, StripeSupervisor};
 
 /// Messages that may wait in a supervisor's mailbox before senders wait.
 const SUPERVISOR_MAILBOX_CAPACITY: usize = 1024;

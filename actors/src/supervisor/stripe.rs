@@ -6,6 +6,9 @@ use actix::prelude::*;
 
 use super::SUPERVISOR_MAILBOX_CAPACITY;
 use crate::account_actor::{Credit, Receipt, Refund};
+use crate::billing::checkout::Billing;
+use crate::billing::events::{EventOutcome, StripeEvent};
+use crate::billing::BillingError;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
@@ -37,14 +40,27 @@ pub struct RefundPayment {
     pub description: String,
 }
 
+/// A verified Stripe event to act on. Events are handled one at a time,
+/// in the order they arrive, so their effects on orders are ordered.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<EventOutcome, BillingError>")]
+pub struct HandleStripeEvent {
+    pub event_id: String,
+    pub event_type: String,
+    pub event: StripeEvent,
+    pub received_at_ms: i64,
+}
+
 pub struct StripeSupervisor {
     /// Where the account actors are found.
     registry: Registry,
+    /// The billing flows; `None` when Stripe is not configured.
+    billing: Option<Billing>,
 }
 
 impl StripeSupervisor {
-    pub fn new(registry: Registry) -> StripeSupervisor {
-        StripeSupervisor { registry }
+    pub fn new(registry: Registry, billing: Option<Billing>) -> StripeSupervisor {
+        StripeSupervisor { registry, billing }
     }
 }
 
@@ -97,5 +113,30 @@ impl Handler<RefundPayment> for StripeSupervisor {
             };
             registry.send(refund.account_id, ledger_refund).await
         })
+    }
+}
+
+impl Handler<HandleStripeEvent> for StripeSupervisor {
+    /// Atomic: the supervisor takes the next event only when this one is done.
+    type Result = AtomicResponse<Self, Result<EventOutcome, BillingError>>;
+
+    fn handle(&mut self, message: HandleStripeEvent, _ctx: &mut Context<Self>) -> Self::Result {
+        let billing = self.billing.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                let Some(billing) = billing else {
+                    return Err(BillingError::Invalid("Stripe is not configured".into()));
+                };
+                billing
+                    .handle_event(
+                        &message.event_id,
+                        &message.event_type,
+                        message.event,
+                        message.received_at_ms,
+                    )
+                    .await
+            }
+            .into_actor(self),
+        ))
     }
 }

@@ -2,6 +2,10 @@
 
 mod accounts;
 mod adjustments;
+mod discount_codes;
+mod orders;
+mod pricing;
+mod tokens;
 mod transactions;
 
 use actix_web::web;
@@ -19,5 +23,16 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route(
             "/accounts/{id}/transactions",
             web::get().to(transactions::list),
+        )
+        .route("/accounts/{id}/orders", web::get().to(orders::list))
+        .route("/accounts/{id}/tokens", web::post().to(tokens::issue))
+        .route("/accounts/{id}/tokens", web::delete().to(tokens::revoke))
+        .route("/pricing", web::get().to(pricing::show))
+        .route("/pricing", web::put().to(pricing::update))
+        .route("/discount-codes", web::post().to(discount_codes::create))
+        .route("/discount-codes", web::get().to(discount_codes::list))
+        .route(
+            "/discount-codes/{code}",
+            web::patch().to(discount_codes::update),
         );
 }

@@ -1,0 +1,92 @@
+//! The payment gateway: the few Stripe operations the product needs, as a
+//! trait, so that the core never sees HTTP. The server implements it with
+//! async-stripe; tests point that client at a fake Stripe.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::money::Money;
+
+/// A boxed future, so the trait can be used as `dyn PaymentGateway`.
+pub type GatewayFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayError>> + Send + 'a>>;
+
+/// Why the gateway did not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// Stripe could not be reached, or answered with a server error.
+    #[error("Stripe is unavailable: {0}")]
+    Unavailable(String),
+    /// Stripe refused the request.
+    #[error("Stripe refused the request: {0}")]
+    Refused(String),
+}
+
+/// A customer to create.
+#[derive(Clone, Debug)]
+pub struct NewCustomer {
+    pub email: Option<String>,
+    pub phone: String,
+    pub metadata: BTreeMap<String, String>,
+    pub idempotency_key: String,
+}
+
+/// A Checkout Session to create (mode payment, one line item, the card
+/// saved for off-session use).
+#[derive(Clone, Debug)]
+pub struct NewCheckoutSession {
+    pub customer_id: String,
+    pub amount: Money,
+    pub product_name: String,
+    pub success_url: String,
+    pub cancel_url: String,
+    pub allow_promotion_codes: bool,
+    /// Set on the session and on its PaymentIntent.
+    pub metadata: BTreeMap<String, String>,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckoutSession {
+    pub id: String,
+    pub url: String,
+}
+
+/// A charge of a saved card without the customer present.
+#[derive(Clone, Debug)]
+pub struct OffSessionCharge {
+    pub customer_id: String,
+    pub payment_method_id: String,
+    pub amount: Money,
+    pub description: String,
+    pub metadata: BTreeMap<String, String>,
+    /// Sent as Stripe's `Idempotency-Key`: a retry never charges twice.
+    pub idempotency_key: String,
+}
+
+/// How an off-session charge went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeOutcome {
+    Succeeded {
+        payment_intent_id: String,
+        amount: Money,
+    },
+    /// Accepted but not final yet; the webhook will say.
+    Processing { payment_intent_id: String },
+    /// The bank wants the customer present (3-D Secure).
+    AuthenticationRequired { payment_intent_id: Option<String> },
+    Declined {
+        decline_code: Option<String>,
+        message: String,
+    },
+}
+
+pub trait PaymentGateway: Send + Sync + 'static {
+    /// Creates a customer and returns its id.
+    fn create_customer(&self, customer: NewCustomer) -> GatewayFuture<'_, String>;
+    fn create_checkout_session(
+        &self,
+        session: NewCheckoutSession,
+    ) -> GatewayFuture<'_, CheckoutSession>;
+    fn charge_off_session(&self, charge: OffSessionCharge) -> GatewayFuture<'_, ChargeOutcome>;
+}

@@ -1,0 +1,46 @@
+//! Selling credit: pricing modes, discount codes, orders, the payment
+//! gateway (Stripe, behind a trait), checkout, off-session charges, and the
+//! Stripe events that complete, fail or refund orders.
+
+pub mod checkout;
+pub mod discounts;
+pub mod events;
+pub mod gateway;
+pub mod orders;
+pub mod pricing;
+
+use crate::error::LedgerError;
+use crate::store::StoreError;
+
+/// Why a billing operation did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BillingError {
+    #[error("there is no discount code {0}")]
+    UnknownDiscountCode(String),
+    #[error("the discount code {0} is no longer active")]
+    InactiveDiscountCode(String),
+    #[error("the discount code {0} has been used as many times as it may be")]
+    DiscountCodeUsedUp(String),
+    #[error("this price comes to {0}, below Stripe's minimum charge of $0.50")]
+    BelowMinimumCharge(crate::money::Money),
+    #[error("the account {0} already has access")]
+    AlreadyActive(crate::ledger::AccountId),
+    #[error("account {0} does not exist")]
+    AccountNotFound(crate::ledger::AccountId),
+    #[error("the account has no saved card; top up on the web first")]
+    NoSavedCard,
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("the payment provider failed: {0}")]
+    Gateway(String),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<rusqlite::Error> for BillingError {
+    fn from(error: rusqlite::Error) -> BillingError {
+        BillingError::Store(StoreError::from(error))
+    }
+}

@@ -1,0 +1,63 @@
+//! `/v1/checkout`: start paying by Stripe Checkout, for access (anyone, by
+//! phone and email, with an optional discount code) or a $10 top-up (an
+//! account holder).
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use sms_credit_actors::accounts::{Email, PhoneNumber};
+use sms_credit_actors::billing::checkout::Billing;
+use sms_credit_actors::billing::discounts::normalize_code;
+
+use crate::auth::AccountHolder;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRequest {
+    phone: String,
+    email: String,
+    discount_code: Option<String>,
+}
+
+/// The billing flows, or `503 stripe_not_configured`.
+pub fn billing(state: &AppState) -> Result<&Billing, ApiError> {
+    state.billing.as_ref().ok_or(ApiError::NotConfigured {
+        code: "stripe_not_configured",
+        message: "payments are not configured on this server (set SMS_CREDIT_STRIPE_SECRET_KEY)",
+    })
+}
+
+pub async fn access(
+    state: web::Data<AppState>,
+    body: web::Json<AccessRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let billing = billing(&state)?;
+    let request = body.into_inner();
+    let phone = PhoneNumber::parse(&request.phone)
+        .map_err(|error| ApiError::invalid("invalid_phone", error.to_string()))?;
+    let email = Email::parse(&request.email)
+        .map_err(|error| ApiError::invalid("invalid_email", error.to_string()))?;
+    let discount_code = request
+        .discount_code
+        .as_deref()
+        .filter(|code| !code.trim().is_empty())
+        .map(normalize_code)
+        .transpose()
+        .map_err(|message| ApiError::invalid("invalid_discount_code", message))?;
+    let started = billing
+        .start_access_checkout(phone, email, discount_code, state.clock.now_ms())
+        .await?;
+    Ok(HttpResponse::Ok().json(started))
+}
+
+pub async fn top_up(
+    state: web::Data<AppState>,
+    holder: AccountHolder,
+) -> Result<HttpResponse, ApiError> {
+    let billing = billing(&state)?;
+    let started = billing
+        .start_top_up_checkout(holder.0, state.clock.now_ms())
+        .await?;
+    Ok(HttpResponse::Ok().json(started))
+}

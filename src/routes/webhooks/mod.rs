@@ -1,0 +1,3 @@
+//! Webhooks from the outside services, each verified on its raw body.
+
+pub mod stripe;

@@ -1,0 +1,57 @@
+//! `POST /webhooks/stripe`: verifies the signature on the raw body and
+//! parses the event; the Stripe supervisor does the rest (deduplication,
+//! routing, ordering). Answers 200 only once the event's effects are
+//! committed, so Stripe retries anything that failed.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
+use sms_credit_actors::supervisor::HandleStripeEvent;
+
+use crate::error::ApiError;
+use crate::routes::checkout::billing;
+use crate::startup::AppState;
+use crate::stripe::{verify_and_parse, WebhookFailure};
+
+pub async fn receive(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    billing(&state)?;
+    let secret = state
+        .settings
+        .stripe
+        .as_ref()
+        .and_then(|stripe| stripe.webhook_secret.as_ref())
+        .ok_or(ApiError::NotConfigured {
+            code: "stripe_not_configured",
+            message: "the Stripe webhook is not configured on this server (set SMS_CREDIT_STRIPE_WEBHOOK_SECRET)",
+        })?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::invalid("invalid_body", "the body is not UTF-8"))?;
+    let signature = request
+        .headers()
+        .get("Stripe-Signature")
+        .and_then(|value| value.to_str().ok());
+    let now_unix = state.clock.now_ms().div_euclid(1000);
+    let verified =
+        verify_and_parse(text, signature, secret.expose(), now_unix).map_err(|failure| {
+            match failure {
+                WebhookFailure::BadSignature(reason) => ApiError::BadSignature(reason),
+                WebhookFailure::Unparseable(reason) => ApiError::invalid("invalid_event", reason),
+            }
+        })?;
+    let outcome = state
+        .stripe_supervisor
+        .send(HandleStripeEvent {
+            event_id: verified.id.clone(),
+            event_type: verified.event_type.clone(),
+            event: verified.event,
+            received_at_ms: state.clock.now_ms(),
+        })
+        .await
+        .map_err(|_| ApiError::Store(sms_credit_actors::StoreError::Closed))??;
+    tracing::info!(event_id = %verified.id, event_type = %verified.event_type, ?outcome, "stripe event");
+    Ok(HttpResponse::Ok()
+        .json(json!({"received": true, "event_id": verified.id, "result": outcome})))
+}

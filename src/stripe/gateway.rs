@@ -1,0 +1,200 @@
+//! The real Stripe client (async-stripe 1.0), pointed at a configurable base
+//! URL so that tests can use a local fake.
+
+use std::collections::{BTreeMap, HashMap};
+
+use sms_credit_actors::billing::gateway::{
+    ChargeOutcome, CheckoutSession, GatewayError, GatewayFuture, NewCheckoutSession, NewCustomer,
+    OffSessionCharge, PaymentGateway,
+};
+use sms_credit_actors::Money;
+use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionLineItems, CreateCheckoutSessionLineItemsPriceData,
+    CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionPaymentIntentDataSetupFutureUsage,
+    ProductData,
+};
+use stripe_core::customer::CreateCustomer;
+use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_shared::{CheckoutSessionMode, PaymentIntentStatus};
+use stripe_types::Currency;
+
+use crate::config::StripeSettings;
+
+/// Stripe's API through async-stripe.
+pub struct StripeGateway {
+    client: Client,
+}
+
+impl StripeGateway {
+    pub fn new(settings: &StripeSettings) -> Result<StripeGateway, String> {
+        let client = ClientBuilder::new(settings.secret_key.expose())
+            .url(format!("{}/", settings.api_base))
+            .build()
+            .map_err(|error| error.to_string())?;
+        Ok(StripeGateway { client })
+    }
+}
+
+fn idempotent(key: &str) -> Result<RequestStrategy, GatewayError> {
+    IdempotencyKey::new(key)
+        .map(RequestStrategy::Idempotent)
+        .map_err(|error| GatewayError::Refused(format!("bad idempotency key: {error}")))
+}
+
+fn to_hash_map(metadata: BTreeMap<String, String>) -> HashMap<String, String> {
+    metadata.into_iter().collect()
+}
+
+fn gateway_error(error: StripeError) -> GatewayError {
+    match error {
+        StripeError::Stripe(api_error, status) if status < 500 => GatewayError::Refused(
+            api_error
+                .message
+                .clone()
+                .unwrap_or_else(|| format!("status {status}")),
+        ),
+        other => GatewayError::Unavailable(other.to_string()),
+    }
+}
+
+fn cents(amount: Money) -> i64 {
+    amount.cents_toward_zero()
+}
+
+impl PaymentGateway for StripeGateway {
+    fn create_customer(&self, customer: NewCustomer) -> GatewayFuture<'_, String> {
+        Box::pin(async move {
+            let mut request = CreateCustomer::new()
+                .phone(customer.phone)
+                .metadata(to_hash_map(customer.metadata));
+            if let Some(email) = customer.email {
+                request = request.email(email);
+            }
+            let created = request
+                .customize()
+                .request_strategy(idempotent(&customer.idempotency_key)?)
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            Ok(created.id.to_string())
+        })
+    }
+
+    fn create_checkout_session(
+        &self,
+        session: NewCheckoutSession,
+    ) -> GatewayFuture<'_, CheckoutSession> {
+        Box::pin(async move {
+            let mut price_data = CreateCheckoutSessionLineItemsPriceData::new(Currency::USD);
+            price_data.unit_amount = Some(cents(session.amount));
+            price_data.product_data = Some(ProductData::new(session.product_name));
+            let mut line_item = CreateCheckoutSessionLineItems::new();
+            line_item.price_data = Some(price_data);
+            line_item.quantity = Some(1);
+            let mut payment_intent_data = CreateCheckoutSessionPaymentIntentData::new();
+            payment_intent_data.setup_future_usage =
+                Some(CreateCheckoutSessionPaymentIntentDataSetupFutureUsage::OffSession);
+            payment_intent_data.metadata = Some(to_hash_map(session.metadata.clone()));
+            let mut request = CreateCheckoutSession::new()
+                .mode(CheckoutSessionMode::Payment)
+                .customer(session.customer_id)
+                .line_items(vec![line_item])
+                .payment_intent_data(payment_intent_data)
+                .metadata(to_hash_map(session.metadata.clone()))
+                .success_url(session.success_url)
+                .cancel_url(session.cancel_url);
+            if let Some(order_id) = session.metadata.get("sms_credit_order_id") {
+                request = request.client_reference_id(order_id.clone());
+            }
+            if session.allow_promotion_codes {
+                request = request.allow_promotion_codes(true);
+            }
+            let created = request
+                .customize()
+                .request_strategy(idempotent(&session.idempotency_key)?)
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            let url = created.url.ok_or_else(|| {
+                GatewayError::Unavailable("Stripe answered a Checkout Session without a URL".into())
+            })?;
+            Ok(CheckoutSession {
+                id: created.id.to_string(),
+                url,
+            })
+        })
+    }
+
+    fn charge_off_session(&self, charge: OffSessionCharge) -> GatewayFuture<'_, ChargeOutcome> {
+        Box::pin(async move {
+            let request = CreatePaymentIntent::new(cents(charge.amount), Currency::USD)
+                .customer(charge.customer_id)
+                .payment_method(charge.payment_method_id)
+                .off_session(CreatePaymentIntentOffSession::Bool(true))
+                .confirm(true)
+                .description(charge.description)
+                .metadata(to_hash_map(charge.metadata));
+            let answered = request
+                .customize()
+                .request_strategy(idempotent(&charge.idempotency_key)?)
+                .send(&self.client)
+                .await;
+            match answered {
+                Ok(intent) => Ok(match intent.status {
+                    PaymentIntentStatus::Succeeded => ChargeOutcome::Succeeded {
+                        payment_intent_id: intent.id.to_string(),
+                        amount: Money::from_cents(intent.amount_received)
+                            .map_err(|_| GatewayError::Unavailable("amount out of range".into()))?,
+                    },
+                    PaymentIntentStatus::RequiresAction => ChargeOutcome::AuthenticationRequired {
+                        payment_intent_id: Some(intent.id.to_string()),
+                    },
+                    PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
+                        ChargeOutcome::Declined {
+                            decline_code: None,
+                            message: "the card was not charged".to_string(),
+                        }
+                    }
+                    _ => ChargeOutcome::Processing {
+                        payment_intent_id: intent.id.to_string(),
+                    },
+                }),
+                Err(StripeError::Stripe(api_error, status)) if status < 500 => {
+                    let code = api_error
+                        .code
+                        .as_ref()
+                        .map(|code| code.as_str().to_string());
+                    let payment_intent_id = api_error
+                        .payment_intent
+                        .as_ref()
+                        .map(|intent| intent.id.to_string());
+                    let message = api_error
+                        .message
+                        .clone()
+                        .unwrap_or_else(|| "the card was declined".to_string());
+                    match code.as_deref() {
+                        Some("authentication_required") => {
+                            Ok(ChargeOutcome::AuthenticationRequired { payment_intent_id })
+                        }
+                        Some("card_declined")
+                        | Some("expired_card")
+                        | Some("incorrect_cvc")
+                        | Some("insufficient_funds") => Ok(ChargeOutcome::Declined {
+                            decline_code: api_error.decline_code.clone().or(code),
+                            message,
+                        }),
+                        _ if api_error.type_.as_str() == "card_error" => {
+                            Ok(ChargeOutcome::Declined {
+                                decline_code: api_error.decline_code.clone().or(code),
+                                message,
+                            })
+                        }
+                        _ => Err(GatewayError::Refused(message)),
+                    }
+                }
+                Err(other) => Err(gateway_error(other)),
+            }
+        })
+    }
+}

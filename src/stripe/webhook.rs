@@ -1,0 +1,114 @@
+//! Verifies a Stripe webhook on its raw body (async-stripe's
+//! `Webhook::construct_event`, 300 s tolerance) and turns the event into
+//! the core's `StripeEvent`.
+
+use sms_credit_actors::billing::events::StripeEvent;
+use stripe_shared::CheckoutSessionPaymentStatus;
+use stripe_webhook::{EventObject, Webhook, WebhookError};
+
+/// Why a webhook request is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WebhookFailure {
+    /// Missing, malformed, wrong or stale signature: 400.
+    BadSignature(String),
+    /// Signed, but not an event we can read: 400.
+    Unparseable(String),
+}
+
+/// A verified event: its id, type and meaning.
+pub struct VerifiedEvent {
+    pub id: String,
+    pub event_type: String,
+    pub event: StripeEvent,
+}
+
+fn metadata_order_id(metadata: Option<&std::collections::HashMap<String, String>>) -> Option<i64> {
+    metadata?.get("sms_credit_order_id")?.parse().ok()
+}
+
+pub fn verify_and_parse(
+    body: &str,
+    signature: Option<&str>,
+    secret: &str,
+    now_unix: i64,
+) -> Result<VerifiedEvent, WebhookFailure> {
+    let signature = signature
+        .ok_or_else(|| WebhookFailure::BadSignature("missing Stripe-Signature header".into()))?;
+    let verified = Webhook::construct_event_with_timestamp(body, signature, secret, now_unix)
+        .map_err(|error| match error {
+            WebhookError::BadParse(reason) => WebhookFailure::Unparseable(reason),
+            WebhookError::BadTimestamp(_) => {
+                WebhookFailure::BadSignature("the signature is too old (over 300 s)".into())
+            }
+            other => WebhookFailure::BadSignature(other.to_string()),
+        })?;
+    let event = match verified.data.object {
+        EventObject::CheckoutSessionCompleted(session)
+        | EventObject::CheckoutSessionAsyncPaymentSucceeded(session) => {
+            StripeEvent::CheckoutCompleted {
+                order_id: metadata_order_id(session.metadata.as_ref()).or_else(|| {
+                    session
+                        .client_reference_id
+                        .as_deref()
+                        .and_then(|id| id.parse().ok())
+                }),
+                session_id: session.id.to_string(),
+                paid: matches!(
+                    session.payment_status,
+                    CheckoutSessionPaymentStatus::Paid
+                        | CheckoutSessionPaymentStatus::NoPaymentRequired
+                ),
+                amount_total_cents: session.amount_total,
+                customer_id: session
+                    .customer
+                    .as_ref()
+                    .map(|customer| customer.id().to_string()),
+                payment_intent_id: session
+                    .payment_intent
+                    .as_ref()
+                    .map(|intent| intent.id().to_string()),
+            }
+        }
+        EventObject::CheckoutSessionAsyncPaymentFailed(session) => StripeEvent::CheckoutFailed {
+            order_id: metadata_order_id(session.metadata.as_ref()),
+            session_id: session.id.to_string(),
+        },
+        EventObject::CheckoutSessionExpired(session) => StripeEvent::CheckoutExpired {
+            order_id: metadata_order_id(session.metadata.as_ref()),
+            session_id: session.id.to_string(),
+        },
+        EventObject::PaymentIntentSucceeded(intent) => StripeEvent::PaymentSucceeded {
+            payment_intent_id: intent.id.to_string(),
+            amount_received_cents: intent.amount_received,
+            customer_id: intent
+                .customer
+                .as_ref()
+                .map(|customer| customer.id().to_string()),
+            payment_method_id: intent
+                .payment_method
+                .as_ref()
+                .map(|method| method.id().to_string()),
+            order_id: metadata_order_id(Some(&intent.metadata)),
+            purpose: intent.metadata.get("sms_credit_purpose").cloned(),
+        },
+        EventObject::PaymentIntentPaymentFailed(intent) => StripeEvent::PaymentFailed {
+            payment_intent_id: intent.id.to_string(),
+            order_id: metadata_order_id(Some(&intent.metadata)),
+            purpose: intent.metadata.get("sms_credit_purpose").cloned(),
+        },
+        EventObject::ChargeRefunded(charge) => StripeEvent::ChargeRefunded {
+            charge_id: charge.id.to_string(),
+            payment_intent_id: charge
+                .payment_intent
+                .as_ref()
+                .map(|intent| intent.id().to_string()),
+            amount_refunded_cents: charge.amount_refunded,
+        },
+        _ => StripeEvent::Other,
+    };
+    Ok(VerifiedEvent {
+        id: verified.id.to_string(),
+        event_type: verified.type_.as_str().to_string(),
+        event,
+    })
+}

@@ -37,6 +37,25 @@ pub fn test_settings(directory: &TempDir) -> Settings {
     settings
 }
 
+/// Settings with Stripe pointed at a fake, and $5.00 of credit with access.
+pub fn stripe_settings(directory: &TempDir, stripe_base: &str) -> Settings {
+    let mut settings = test_settings(directory);
+    settings.stripe = Some(sms_credit::config::StripeSettings {
+        secret_key: sms_credit::config::Secret::new("sk_test_fake"),
+        webhook_secret: Some(sms_credit::config::Secret::new(
+            crate::fake_stripe::WEBHOOK_SECRET,
+        )),
+        api_base: stripe_base.to_string(),
+        allow_promotion_codes: false,
+    });
+    settings.public_url = Some("https://sms.example.com".to_string());
+    settings.included_credit = sms_credit_actors::Money::from_micros(5_000_000);
+    settings
+}
+
+/// The test clock's time, in Unix seconds (for webhook signatures).
+pub const NOW_UNIX: i64 = 1_795_253_400;
+
 impl TestApp {
     /// A server on a fresh database.
     pub async fn spawn() -> TestApp {
@@ -183,6 +202,71 @@ impl TestApp {
             Some(json!({"amount_micros": amount_micros, "reason": "test adjustment", "idempotency_key": key})),
         )
         .await
+    }
+
+    pub async fn post_checkout_access(
+        &self,
+        phone: &str,
+        email: &str,
+        code: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let body = json!({"phone": phone, "email": email, "discount_code": code});
+        self.request("POST", "/v1/checkout/access", None, Some(body))
+            .await
+    }
+
+    /// Posts a webhook body signed with `signature` (as Stripe would).
+    pub async fn post_stripe_webhook(
+        &self,
+        payload: &str,
+        signature: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .client
+            .post(self.url("/webhooks/stripe"))
+            .insert_header(("Content-Type", "application/json"));
+        if let Some(signature) = signature {
+            request = request.insert_header(("Stripe-Signature", signature));
+        }
+        let mut response = request.send_body(payload.to_string()).await.unwrap();
+        let bytes = response.body().await.unwrap();
+        (
+            response.status(),
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// Posts a webhook signed correctly, now.
+    pub async fn deliver(&self, payload: &str) -> (StatusCode, Value) {
+        let signature =
+            crate::fake_stripe::sign(payload, crate::fake_stripe::WEBHOOK_SECRET, NOW_UNIX);
+        self.post_stripe_webhook(payload, Some(signature)).await
+    }
+
+    pub async fn issue_token(&self, id: i64) -> String {
+        let (status, body) = self
+            .request(
+                "POST",
+                &format!("/v1/admin/accounts/{id}/tokens"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["token"].as_str().unwrap().to_string()
+    }
+
+    pub async fn get_orders(&self, id: i64) -> Vec<Value> {
+        let (status, body) = self
+            .request(
+                "GET",
+                &format!("/v1/admin/accounts/{id}/orders"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body["orders"].as_array().unwrap().clone()
     }
 
     pub async fn get_transactions(&self, id: i64) -> (StatusCode, Value) {

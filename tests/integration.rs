@@ -4,6 +4,7 @@
 // A failed unwrap is how a test says what went wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod fake_stripe;
 mod helpers;
 
 mod admin_api;
@@ -13,3 +14,4 @@ mod ledger_properties;
 mod quote;
 mod restart;
 mod segment_properties;
+mod stripe;

@@ -72,10 +72,7 @@ pub async fn create(
 }
 
 pub async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let codes = state
-        .store
-        .read(discounts::list)
-        .await?;
+    let codes = state.store.read(discounts::list).await?;
     Ok(HttpResponse::Ok().json(json!({ "discount_codes": codes })))
 }
 

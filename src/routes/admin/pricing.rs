@@ -27,10 +27,7 @@ fn view(pricing: &Pricing) -> serde_json::Value {
 }
 
 pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let current = state
-        .store
-        .read(pricing::load)
-        .await?;
+    let current = state.store.read(pricing::load).await?;
     Ok(HttpResponse::Ok().json(view(&current)))
 }
 

@@ -1,0 +1,348 @@
+//! A small fake of Stripe's API on a free loopback port, answering the
+//! endpoints the product calls with objects built from Stripe's own
+//! fixtures (`../shared/stripe/fixtures3.json`), honouring Idempotency-Key,
+//! recording every request, and declining or asking for authentication on
+//! demand. Also builds webhook events from the same fixtures and signs them
+//! as Stripe does.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+pub const WEBHOOK_SECRET: &str = "whsec_test_secret";
+
+/// What the fake does with the next off-session PaymentIntents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChargeMode {
+    Succeed,
+    Decline,
+    RequireAuthentication,
+    ServerError,
+}
+
+/// One request the product made.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: String,
+    pub form: Vec<(String, String)>,
+    pub idempotency_key: Option<String>,
+}
+
+impl Recorded {
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.form
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+struct State {
+    fixtures: Value,
+    requests: Vec<Recorded>,
+    next_id: u64,
+    charge_mode: ChargeMode,
+    /// Idempotency-Key → the answer given the first time.
+    answered: HashMap<String, (u16, Value)>,
+    /// Charges actually made (not replayed from an idempotency key).
+    charges_made: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeStripe {
+    pub base_url: String,
+    state: Arc<Mutex<State>>,
+}
+
+pub fn fixtures() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/stripe/fixtures3.json"
+    );
+    let text = std::fs::read_to_string(path)
+        .expect("Stripe's fixtures beside the repository (shared/stripe)");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn resource(fixtures: &Value, name: &str) -> Value {
+    fixtures["resources"][name].clone()
+}
+
+fn metadata_from(form: &[(String, String)], prefix: &str) -> Value {
+    let mut metadata = serde_json::Map::new();
+    for (key, value) in form {
+        if let Some(name) = key
+            .strip_prefix(&format!("{prefix}["))
+            .and_then(|rest| rest.strip_suffix(']'))
+        {
+            metadata.insert(name.to_string(), json!(value));
+        }
+    }
+    Value::Object(metadata)
+}
+
+fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    form.iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+impl FakeStripe {
+    pub async fn start() -> FakeStripe {
+        let state = Arc::new(Mutex::new(State {
+            fixtures: fixtures(),
+            requests: Vec::new(),
+            next_id: 1,
+            charge_mode: ChargeMode::Succeed,
+            answered: HashMap::new(),
+            charges_made: 0,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .default_service(web::to(answer))
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        FakeStripe {
+            base_url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    pub fn set_charge_mode(&self, mode: ChargeMode) {
+        self.state.lock().unwrap().charge_mode = mode;
+    }
+
+    pub fn requests(&self, path: &str) -> Vec<Recorded> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter(|request| request.path == path)
+            .cloned()
+            .collect()
+    }
+
+    pub fn charges_made(&self) -> u64 {
+        self.state.lock().unwrap().charges_made
+    }
+}
+
+async fn answer(
+    state: web::Data<Mutex<State>>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let path = request.path().to_string();
+    let idempotency_key = request
+        .headers()
+        .get("Idempotency-Key")
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_string);
+    let mut state = state.lock().unwrap();
+    state.requests.push(Recorded {
+        path: path.clone(),
+        form: form.clone(),
+        idempotency_key: idempotency_key.clone(),
+    });
+    if let Some((status, body)) = idempotency_key
+        .as_ref()
+        .and_then(|key| state.answered.get(key))
+        .cloned()
+    {
+        return HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap()).json(body);
+    }
+    let id = state.next_id;
+    state.next_id += 1;
+    let (status, body) = match path.as_str() {
+        "/v1/customers" => {
+            let mut customer = resource(&state.fixtures, "customer");
+            customer["id"] = json!(format!("cus_fake{id}"));
+            customer["email"] = json!(field(&form, "email"));
+            customer["phone"] = json!(field(&form, "phone"));
+            customer["metadata"] = metadata_from(&form, "metadata");
+            (200, customer)
+        }
+        "/v1/checkout/sessions" => {
+            let mut session = resource(&state.fixtures, "checkout.session");
+            let session_id = format!("cs_test_fake{id}");
+            let unit_amount: i64 = field(&form, "line_items[0][price_data][unit_amount]")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let quantity: i64 = field(&form, "line_items[0][quantity]")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            session["url"] = json!(format!("https://checkout.stripe.test/c/pay/{session_id}"));
+            session["id"] = json!(session_id);
+            session["customer"] = json!(field(&form, "customer"));
+            session["amount_total"] = json!(unit_amount * quantity);
+            session["amount_subtotal"] = json!(unit_amount * quantity);
+            session["metadata"] = metadata_from(&form, "metadata");
+            session["client_reference_id"] = json!(field(&form, "client_reference_id"));
+            session["payment_intent"] = Value::Null;
+            (200, session)
+        }
+        "/v1/payment_intents" => {
+            let mut intent = resource(&state.fixtures, "payment_intent");
+            let amount: i64 = field(&form, "amount")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            intent["id"] = json!(format!("pi_fake{id}"));
+            intent["amount"] = json!(amount);
+            intent["customer"] = json!(field(&form, "customer"));
+            intent["payment_method"] = json!(field(&form, "payment_method"));
+            intent["metadata"] = metadata_from(&form, "metadata");
+            match state.charge_mode {
+                ChargeMode::Succeed => {
+                    state.charges_made += 1;
+                    intent["status"] = json!("succeeded");
+                    intent["amount_received"] = json!(amount);
+                    (200, intent)
+                }
+                ChargeMode::Decline => {
+                    intent["status"] = json!("requires_payment_method");
+                    (
+                        402,
+                        json!({"error": {
+                            "type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+                            "message": "Your card was declined.", "payment_intent": intent
+                        }}),
+                    )
+                }
+                ChargeMode::RequireAuthentication => {
+                    intent["status"] = json!("requires_payment_method");
+                    (
+                        402,
+                        json!({"error": {
+                            "type": "card_error", "code": "authentication_required",
+                            "message": "This payment requires authentication.", "payment_intent": intent
+                        }}),
+                    )
+                }
+                ChargeMode::ServerError => (
+                    500,
+                    json!({"error": {"type": "api_error", "message": "fake outage"}}),
+                ),
+            }
+        }
+        _ => (
+            404,
+            json!({"error": {"type": "invalid_request_error", "message": format!("no fake for {path}")}}),
+        ),
+    };
+    if let Some(key) = idempotency_key {
+        if status < 500 {
+            state.answered.insert(key, (status, body.clone()));
+        }
+    }
+    HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap()).json(body)
+}
+
+/// Builds Stripe webhook events from the fixtures.
+pub struct EventFactory {
+    fixtures: Value,
+    next_id: u64,
+}
+
+impl EventFactory {
+    pub fn new() -> EventFactory {
+        EventFactory {
+            fixtures: fixtures(),
+            next_id: 1,
+        }
+    }
+
+    fn event(&mut self, event_type: &str, object: Value) -> String {
+        let mut event = resource(&self.fixtures, "event");
+        event["id"] = json!(format!("evt_fake{}", self.next_id));
+        self.next_id += 1;
+        event["type"] = json!(event_type);
+        event["data"] = json!({ "object": object });
+        event.to_string()
+    }
+
+    /// `checkout.session.completed` (paid) for a session the product created.
+    pub fn checkout_completed(
+        &mut self,
+        session_id: &str,
+        order_id: i64,
+        customer: &str,
+        amount_total: i64,
+        payment_intent: &str,
+    ) -> String {
+        let mut session = resource(&self.fixtures, "checkout.session");
+        session["id"] = json!(session_id);
+        session["metadata"] = json!({"sms_credit_order_id": order_id.to_string()});
+        session["customer"] = json!(customer);
+        session["amount_total"] = json!(amount_total);
+        session["payment_status"] = json!("paid");
+        session["status"] = json!("complete");
+        session["payment_intent"] = json!(payment_intent);
+        self.event("checkout.session.completed", session)
+    }
+
+    pub fn checkout_expired(&mut self, session_id: &str, order_id: i64) -> String {
+        let mut session = resource(&self.fixtures, "checkout.session");
+        session["id"] = json!(session_id);
+        session["metadata"] = json!({"sms_credit_order_id": order_id.to_string()});
+        session["status"] = json!("expired");
+        self.event("checkout.session.expired", session)
+    }
+
+    pub fn payment_intent_succeeded(
+        &mut self,
+        intent_id: &str,
+        amount: i64,
+        customer: &str,
+        metadata: Value,
+    ) -> String {
+        let mut intent = resource(&self.fixtures, "payment_intent");
+        intent["id"] = json!(intent_id);
+        intent["amount"] = json!(amount);
+        intent["amount_received"] = json!(amount);
+        intent["status"] = json!("succeeded");
+        intent["customer"] = json!(customer);
+        intent["payment_method"] = json!("pm_card_visa_saved");
+        intent["metadata"] = metadata;
+        self.event("payment_intent.succeeded", intent)
+    }
+
+    pub fn charge_refunded(
+        &mut self,
+        charge_id: &str,
+        payment_intent: &str,
+        amount: i64,
+        amount_refunded: i64,
+    ) -> String {
+        let mut charge = resource(&self.fixtures, "charge");
+        charge["id"] = json!(charge_id);
+        charge["payment_intent"] = json!(payment_intent);
+        charge["amount"] = json!(amount);
+        charge["amount_captured"] = json!(amount);
+        charge["amount_refunded"] = json!(amount_refunded);
+        charge["refunded"] = json!(amount_refunded >= amount);
+        self.event("charge.refunded", charge)
+    }
+
+    pub fn other(&mut self) -> String {
+        let object = resource(&self.fixtures, "customer");
+        self.event("customer.created", object)
+    }
+}
+
+/// The `Stripe-Signature` header for a payload, as Stripe computes it.
+pub fn sign(payload: &str, secret: &str, timestamp: i64) -> String {
+    stripe_webhook::Webhook::generate_test_header(payload, secret, Some(timestamp))
+}

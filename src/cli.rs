@@ -8,6 +8,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
+use sms_credit_actors::billing::discounts::{self, normalize_code, Discount};
+use sms_credit_actors::billing::pricing::{self, Pricing, PricingMode};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::rating::{quote, QuoteRequest};
 use sms_credit_actors::store::{self, queries};
@@ -57,6 +59,37 @@ pub enum Command {
     /// Create, show and adjust accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
+    /// Show or set the pricing mode of access: launch ($29.99), rrp ($49.99) or sale.
+    Pricing {
+        /// The new mode; without it, the current pricing is shown.
+        mode: Option<String>,
+        /// The sale price in dollars, with the sale mode (e.g. 19.99).
+        #[arg(long)]
+        sale_price: Option<String>,
+    },
+    /// Create, list, activate and deactivate discount codes.
+    #[command(subcommand)]
+    DiscountCodes(DiscountCodesCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DiscountCodesCommand {
+    /// Create a code: --percent N or --amount DOLLARS off, optionally --max-uses N.
+    Create {
+        code: String,
+        #[arg(long, conflicts_with = "amount")]
+        percent: Option<i64>,
+        #[arg(long)]
+        amount: Option<String>,
+        #[arg(long)]
+        max_uses: Option<i64>,
+    },
+    /// List every code with its uses.
+    List,
+    /// Let a code be used again.
+    Activate { code: String },
+    /// Stop a code from being used.
+    Deactivate { code: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -118,6 +151,8 @@ pub fn run(cli: Cli) -> ExitCode {
             text,
         } => quote_command(&settings, &to, &text, smart, json),
         Command::Accounts(command) => accounts(&settings, command),
+        Command::Pricing { mode, sale_price } => pricing_command(&settings, mode, sale_price),
+        Command::DiscountCodes(command) => discount_codes_command(&settings, command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -225,6 +260,109 @@ fn quote_command(
         );
     }
     Ok(())
+}
+
+fn pricing_command(
+    settings: &Settings,
+    mode: Option<String>,
+    sale_price: Option<String>,
+) -> Result<(), String> {
+    let Some(mode) = mode else {
+        let connection =
+            store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+        let current = pricing::load(&connection).map_err(|error| error.to_string())?;
+        println!(
+            "{}",
+            json!({"mode": current.mode, "price_micros": current.price().micros(), "price": current.price().to_string()})
+        );
+        return Ok(());
+    };
+    let mode = PricingMode::parse(&mode).ok_or("the mode is launch, rrp or sale")?;
+    let sale_price = sale_price
+        .map(|text| Money::parse_dollars(&text))
+        .transpose()
+        .map_err(|error| error.to_string())?;
+    let new_pricing = Pricing::new(mode, sale_price)?;
+    with_core(settings, |core| async move {
+        core.store
+            .write(move |connection| pricing::save(connection, &new_pricing, SystemClock.now_ms()))
+            .await
+            .map_err(|error| error.to_string())?;
+        println!(
+            "{}",
+            json!({"mode": new_pricing.mode, "price_micros": new_pricing.price().micros()})
+        );
+        Ok(())
+    })
+}
+
+fn discount_codes_command(
+    settings: &Settings,
+    command: DiscountCodesCommand,
+) -> Result<(), String> {
+    match command {
+        DiscountCodesCommand::List => {
+            let connection =
+                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+            for code in discounts::list(&connection).map_err(|error| error.to_string())? {
+                println!("{}", json!(code));
+            }
+            Ok(())
+        }
+        DiscountCodesCommand::Create {
+            code,
+            percent,
+            amount,
+            max_uses,
+        } => {
+            let code = normalize_code(&code)?;
+            let discount = match (percent, amount) {
+                (Some(percent), None) => Discount::new_percent(percent)?,
+                (None, Some(amount)) => Discount::new_fixed(
+                    Money::parse_dollars(&amount).map_err(|error| error.to_string())?,
+                )?,
+                _ => return Err("give --percent N or --amount DOLLARS".to_string()),
+            };
+            if max_uses.is_some_and(|uses| uses < 1) {
+                return Err("--max-uses must be at least 1".to_string());
+            }
+            with_core(settings, |core| async move {
+                let created = core
+                    .store
+                    .write(move |connection| {
+                        discounts::create(
+                            connection,
+                            &code,
+                            discount,
+                            max_uses,
+                            SystemClock.now_ms(),
+                        )
+                    })
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .ok_or("that code exists already")?;
+                println!("{}", json!(created));
+                Ok(())
+            })
+        }
+        DiscountCodesCommand::Activate { ref code }
+        | DiscountCodesCommand::Deactivate { ref code } => {
+            let active = matches!(command, DiscountCodesCommand::Activate { .. });
+            let code = normalize_code(code)?;
+            with_core(settings, |core| async move {
+                let found = core
+                    .store
+                    .write(move |connection| discounts::set_active(connection, &code, active))
+                    .await
+                    .map_err(|error| error.to_string())?;
+                if !found {
+                    return Err("there is no such code".to_string());
+                }
+                println!("{}", json!({"active": active}));
+                Ok(())
+            })
+        }
+    }
 }
 
 fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String> {

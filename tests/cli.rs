@@ -113,3 +113,64 @@ fn malformed_configuration_names_the_variable() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("SMS_CREDIT_PUBLIC_URL"));
 }
+
+#[test]
+fn pricing_mode_and_discount_codes_from_the_command_line() {
+    let directory = fresh_directory();
+    let shown = run_cli(&directory, &["pricing"]);
+    assert!(
+        stdout(&shown).contains("\"mode\":\"launch\"")
+            && stdout(&shown).contains("\"price_micros\":29990000"),
+        "{}",
+        stdout(&shown)
+    );
+    let set = run_cli(&directory, &["pricing", "sale", "--sale-price", "19.99"]);
+    assert!(set.status.success(), "{set:?}");
+    assert!(stdout(&run_cli(&directory, &["pricing"])).contains("\"price_micros\":19990000"));
+    assert!(
+        !run_cli(&directory, &["pricing", "sale"]).status.success(),
+        "sale needs a price"
+    );
+    assert!(!run_cli(&directory, &["pricing", "cheap"]).status.success());
+
+    let created = run_cli(
+        &directory,
+        &[
+            "discount-codes",
+            "create",
+            "spring",
+            "--percent",
+            "20",
+            "--max-uses",
+            "5",
+        ],
+    );
+    assert!(created.status.success(), "{created:?}");
+    assert!(stdout(&created).contains("\"code\":\"SPRING\""));
+    assert!(
+        !run_cli(
+            &directory,
+            &["discount-codes", "create", "SPRING", "--percent", "20"]
+        )
+        .status
+        .success(),
+        "duplicate code"
+    );
+    assert!(run_cli(
+        &directory,
+        &["discount-codes", "create", "FLAT", "--amount", "5.00"]
+    )
+    .status
+    .success());
+    assert!(
+        run_cli(&directory, &["discount-codes", "deactivate", "spring"])
+            .status
+            .success()
+    );
+    let listed = stdout(&run_cli(&directory, &["discount-codes", "list"]));
+    assert!(
+        listed.contains("\"code\":\"SPRING\"") && listed.contains("\"active\":false"),
+        "{listed}"
+    );
+    assert!(listed.contains("\"amount_micros\":5000000"), "{listed}");
+}

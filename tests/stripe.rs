@@ -660,3 +660,49 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     );
     core.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn promotion_codes_are_opt_in_and_what_stripe_says_was_paid_is_credited() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let mut settings = stripe_settings(&directory, &fake.base_url);
+    if let Some(stripe) = settings.stripe.as_mut() {
+        stripe.allow_promotion_codes = true;
+    }
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, customer, token) = active_account(&app, &mut events, "+14155551400").await;
+    let (_, started) = app
+        .request("POST", "/v1/checkout/topup", Some(&token), None)
+        .await;
+    let sessions = fake.requests("/v1/checkout/sessions");
+    assert_eq!(
+        sessions.last().unwrap().field("allow_promotion_codes"),
+        Some("true")
+    );
+    assert_eq!(
+        sessions.last().unwrap().field("customer"),
+        Some(customer.as_str()),
+        "the customer is reused"
+    );
+    assert_eq!(fake.requests("/v1/customers").len(), 1);
+    let order = started["order_id"].as_i64().unwrap();
+    let session = app
+        .get_orders(account)
+        .await
+        .iter()
+        .find(|row| row["id"] == order)
+        .unwrap()["stripe_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A Stripe promotion code took $2 off: $8 was paid, $8 is credited.
+    app.deliver(&events.checkout_completed(&session, order, &customer, 800, "pi_promo"))
+        .await;
+    assert_eq!(app.balance_micros(account).await, 5_000_000 + 8_000_000);
+    let orders = app.get_orders(account).await;
+    assert_eq!(
+        orders.iter().find(|row| row["id"] == order).unwrap()["amount_micros"],
+        8_000_000
+    );
+}

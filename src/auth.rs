@@ -14,6 +14,37 @@ use sms_credit_actors::{access_tokens, AccountId};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// Proof that the request carries the host application's API key.
+pub struct HostApplication;
+
+impl FromRequest for HostApplication {
+    type Error = ApiError;
+    type Future = Ready<Result<HostApplication, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(check_host_application(request))
+    }
+}
+
+fn check_host_application(request: &HttpRequest) -> Result<HostApplication, ApiError> {
+    let state = request
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| ApiError::NotFound("no application state".into()))?;
+    let Some(expected) = &state.settings.api_key else {
+        return Err(ApiError::NotConfigured {
+            code: "api_key_not_configured",
+            message:
+                "the host application API is not configured on this server (set SMS_CREDIT_API_KEY)",
+        });
+    };
+    let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+        Ok(HostApplication)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
 /// Proof that the request carries a live token of this account.
 pub struct AccountHolder(pub AccountId);
 

@@ -11,6 +11,7 @@ use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber}
 use sms_credit_actors::billing::discounts::{self, normalize_code, Discount};
 use sms_credit_actors::billing::pricing::{self, Pricing, PricingMode};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
+use sms_credit_actors::messaging::reconcile;
 use sms_credit_actors::rating::{quote, QuoteRequest};
 use sms_credit_actors::store::{self, queries};
 use sms_credit_actors::{verify, AccountId, Adjust, IdempotencyKey, Money};
@@ -55,6 +56,13 @@ pub enum Command {
         json: bool,
         /// The message text.
         text: String,
+    },
+    /// Compare what messages were charged with what Twilio actually
+    /// charged, per country and overall.
+    Reconcile {
+        /// Print the report as JSON (the same as GET /v1/admin/reconciliation).
+        #[arg(long)]
+        json: bool,
     },
     /// Create, show and adjust accounts.
     #[command(subcommand)]
@@ -151,6 +159,7 @@ pub fn run(cli: Cli) -> ExitCode {
             text,
         } => quote_command(&settings, &to, &text, smart, json),
         Command::Accounts(command) => accounts(&settings, command),
+        Command::Reconcile { json } => reconcile_command(&settings, json),
         Command::Pricing { mode, sale_price } => pricing_command(&settings, mode, sale_price),
         Command::DiscountCodes(command) => discount_codes_command(&settings, command),
     };
@@ -257,6 +266,50 @@ fn quote_command(
             Money::from_micros(smart_quote.total_micros).precise(),
             Money::from_micros(smart_quote.saved_micros).precise(),
             smart_quote.replacements
+        );
+    }
+    Ok(())
+}
+
+fn reconcile_command(settings: &Settings, as_json: bool) -> Result<(), String> {
+    let connection = store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+    let report = reconcile::report(&connection).map_err(|error| error.to_string())?;
+    if as_json {
+        println!("{}", json!(report));
+        return Ok(());
+    }
+    let margin = |basis_points: Option<i64>| {
+        basis_points.map_or("n/a".to_string(), |points| {
+            format!("{}.{:02}%", points / 100, (points % 100).abs())
+        })
+    };
+    let line = |name: &str, line: &reconcile::ReconciliationLine| {
+        println!(
+            "{name:<8} {:>8} {:>9} {:>14} {:>14} {:>14} {:>8}",
+            line.messages,
+            line.segments,
+            Money::from_micros(line.charged_micros).precise(),
+            Money::from_micros(line.expected_carrier_cost_micros).precise(),
+            Money::from_micros(line.actual_carrier_cost_micros).precise(),
+            margin(line.margin_basis_points)
+        );
+    };
+    println!(
+        "{:<8} {:>8} {:>9} {:>14} {:>14} {:>14} {:>8}",
+        "country", "messages", "segments", "charged", "expected cost", "actual cost", "margin"
+    );
+    for (country, country_line) in &report.by_country {
+        line(country, country_line);
+    }
+    line("all", &report.overall);
+    for mismatch in &report.mismatches {
+        println!(
+            "MISMATCH message {} ({}) to {}: {} per segment charged by Twilio, {} in the rate table",
+            mismatch.message_id,
+            mismatch.twilio_sid.as_deref().unwrap_or("-"),
+            mismatch.country,
+            Money::from_micros(mismatch.actual_per_segment_micros).precise(),
+            Money::from_micros(mismatch.expected_per_segment_micros).precise()
         );
     }
     Ok(())

@@ -171,6 +171,37 @@ pub struct Options {
     )]
     pub rates_file: Option<PathBuf>,
 
+    /// A debit that leaves the balance below this (dollars) sends a warning SMS [default: 2.00].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_LOW_BALANCE_THRESHOLD",
+        global = true,
+        value_name = "DOLLARS"
+    )]
+    pub low_balance_threshold: Option<String>,
+
+    /// At most one low-balance warning per account in this many seconds [default: 86400].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_LOW_BALANCE_COOLDOWN_SECS",
+        global = true,
+        value_name = "SECONDS"
+    )]
+    pub low_balance_cooldown_secs: Option<u64>,
+
+    /// Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account].
+    #[arg(long, env = "SMS_CREDIT_SIGNUP_URL", global = true, value_name = "URL")]
+    pub signup_url: Option<String>,
+
+    /// Seconds after sending before Twilio's actual price is fetched for reconciliation [default: 300].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_RECONCILE_DELAY_SECS",
+        global = true,
+        value_name = "SECONDS"
+    )]
+    pub reconcile_delay_secs: Option<u64>,
+
     /// Seconds an idle account actor stays in memory [default: 900].
     #[arg(
         long,
@@ -240,6 +271,11 @@ pub struct Settings {
     pub rates: Arc<RateTable>,
     /// Credit that comes with access.
     pub included_credit: Money,
+    pub low_balance_threshold: Money,
+    pub low_balance_cooldown: Duration,
+    /// Sent in SMS replies: where to sign up and top up.
+    pub signup_url: Option<String>,
+    pub reconcile_delay: Duration,
     pub passivate_after: Duration,
     pub actor_threads: usize,
     pub http_workers: usize,
@@ -252,6 +288,13 @@ impl Settings {
         self.public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", self.bind))
+    }
+
+    /// Where SMS replies send people to sign up or top up.
+    pub fn web_link(&self) -> String {
+        self.signup_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/account", self.public_base_url()))
     }
 
     /// Settings for a server on `database` with nothing else configured.
@@ -312,10 +355,16 @@ impl Settings {
                         reason: "a Twilio account SID starts with 'AC'".to_string(),
                     });
                 }
+                let from = options.twilio_from.ok_or_else(|| ConfigError::Invalid {
+                    variable: "SMS_CREDIT_TWILIO_FROM",
+                    reason:
+                        "is required when Twilio is configured (the number messages are sent from)"
+                            .to_string(),
+                })?;
                 Some(TwilioSettings {
                     account_sid,
                     auth_token: non_empty_secret("SMS_CREDIT_TWILIO_AUTH_TOKEN", auth_token)?,
-                    from: options.twilio_from,
+                    from: Some(from),
                     api_base: checked_url(
                         "SMS_CREDIT_TWILIO_API_BASE",
                         options
@@ -370,6 +419,21 @@ impl Settings {
             None => Money::ZERO,
         };
 
+        let low_balance_threshold = match &options.low_balance_threshold {
+            Some(text) => Money::parse_dollars(text)
+                .ok()
+                .filter(|amount| !amount.is_negative())
+                .ok_or_else(|| ConfigError::Invalid {
+                    variable: "SMS_CREDIT_LOW_BALANCE_THRESHOLD",
+                    reason: format!("'{text}' is not an amount of dollars such as 2.00"),
+                })?,
+            None => Money::from_micros(2_000_000),
+        };
+        let signup_url = options
+            .signup_url
+            .map(|url| checked_url("SMS_CREDIT_SIGNUP_URL", url))
+            .transpose()?;
+
         Ok(Settings {
             bind,
             database: options
@@ -388,6 +452,12 @@ impl Settings {
             twilio,
             rates: Arc::new(rates),
             included_credit,
+            low_balance_threshold,
+            low_balance_cooldown: Duration::from_secs(
+                options.low_balance_cooldown_secs.unwrap_or(86_400),
+            ),
+            signup_url,
+            reconcile_delay: Duration::from_secs(options.reconcile_delay_secs.unwrap_or(300)),
             passivate_after: Duration::from_secs(options.passivate_after_secs.unwrap_or(900)),
             actor_threads: positive(
                 "SMS_CREDIT_ACTOR_THREADS",
@@ -430,6 +500,16 @@ fn merge(winner: Options, fallback: Options) -> Options {
         twilio_from: winner.twilio_from.or(fallback.twilio_from),
         twilio_api_base: winner.twilio_api_base.or(fallback.twilio_api_base),
         rates_file: winner.rates_file.or(fallback.rates_file),
+        low_balance_threshold: winner
+            .low_balance_threshold
+            .or(fallback.low_balance_threshold),
+        low_balance_cooldown_secs: winner
+            .low_balance_cooldown_secs
+            .or(fallback.low_balance_cooldown_secs),
+        signup_url: winner.signup_url.or(fallback.signup_url),
+        reconcile_delay_secs: winner
+            .reconcile_delay_secs
+            .or(fallback.reconcile_delay_secs),
         passivate_after_secs: winner
             .passivate_after_secs
             .or(fallback.passivate_after_secs),

@@ -7,8 +7,10 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use sms_credit_actors::billing::BillingError;
+use sms_credit_actors::messaging::MessagingError;
 use sms_credit_actors::rating::RatingError;
 use sms_credit_actors::store::queries::CreateAccountError;
+use sms_credit_actors::supervisor::SmsError;
 use sms_credit_actors::{LedgerError, StoreError};
 
 /// Why a request was not done.
@@ -42,6 +44,13 @@ pub enum ApiError {
     /// A webhook whose signature does not verify.
     #[error("{0}")]
     BadSignature(String),
+    /// A Twilio webhook whose `X-Twilio-Signature` does not verify.
+    #[error("the X-Twilio-Signature header is missing or wrong")]
+    Forbidden,
+    #[error(transparent)]
+    Messaging(#[from] MessagingError),
+    #[error(transparent)]
+    Sms(#[from] SmsError),
 }
 
 impl ApiError {
@@ -96,7 +105,20 @@ impl ApiError {
                 BillingError::Gateway(_) => "stripe_error",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
             },
-            ApiError::BadSignature(_) => "bad_signature",
+            ApiError::BadSignature(_) | ApiError::Forbidden => "bad_signature",
+            ApiError::Messaging(error) => match error {
+                MessagingError::Rating(rating) => ApiError::Rating(rating.clone()).code(),
+                MessagingError::Ledger(ledger) => ApiError::Ledger(ledger.clone()).code(),
+                MessagingError::Store(_) => "store_unavailable",
+                MessagingError::AccountNotFound(_) => "account_not_found",
+                MessagingError::UnknownNumber(_) => "unknown_number",
+                MessagingError::NumberMismatch { .. } => "number_mismatch",
+                MessagingError::NoDestination => "no_destination",
+                MessagingError::InvalidKey(_) => "invalid_idempotency_key",
+                MessagingError::InProgress => "in_progress",
+                MessagingError::NotSent(_) => "twilio_error",
+            },
+            ApiError::Sms(_) => "not_applied",
         }
     }
 
@@ -112,8 +134,11 @@ impl ApiError {
             ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
                 "the store is unavailable; nothing was changed".to_string()
             }
-            ApiError::Billing(BillingError::Ledger(_) | BillingError::Store(_)) => {
-                "the operation was not completed; retry it".to_string()
+            ApiError::Billing(BillingError::Ledger(_) | BillingError::Store(_))
+            | ApiError::Messaging(MessagingError::Store(_))
+            | ApiError::Sms(_) => "the operation was not completed; retry it".to_string(),
+            ApiError::Messaging(MessagingError::Ledger(ledger)) => {
+                ApiError::Ledger(ledger.clone()).public_message()
             }
             other => other.to_string(),
         }
@@ -174,6 +199,21 @@ impl ResponseError for ApiError {
                 BillingError::Ledger(_) | BillingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::BadSignature(_) => StatusCode::BAD_REQUEST,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Messaging(error) => match error {
+                MessagingError::Rating(rating) => ApiError::Rating(rating.clone()).status_code(),
+                MessagingError::Ledger(ledger) => ApiError::Ledger(ledger.clone()).status_code(),
+                MessagingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+                MessagingError::AccountNotFound(_) | MessagingError::UnknownNumber(_) => {
+                    StatusCode::NOT_FOUND
+                }
+                MessagingError::NumberMismatch { .. }
+                | MessagingError::NoDestination
+                | MessagingError::InvalidKey(_) => StatusCode::BAD_REQUEST,
+                MessagingError::InProgress => StatusCode::CONFLICT,
+                MessagingError::NotSent(_) => StatusCode::BAD_GATEWAY,
+            },
+            ApiError::Sms(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 

@@ -8,3 +8,4 @@ pub mod error;
 mod routes;
 pub mod startup;
 pub mod stripe;
+pub mod twilio;

@@ -10,13 +10,15 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 use sms_credit_actors::billing::checkout::{Billing, BillingSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
-use sms_credit_actors::supervisor::{SmsSupervisor, StripeSupervisor};
+use sms_credit_actors::messaging::{Messaging, MessagingSettings};
+use sms_credit_actors::supervisor::{SmsContext, SmsSupervisor, StripeSupervisor};
 use sms_credit_actors::{AccountSettings, Money, Registry, Store, StoreError, StoreSettings};
 
 use crate::config::Settings;
 use crate::error;
 use crate::routes;
 use crate::stripe::StripeGateway;
+use crate::twilio::TwilioClient;
 
 /// The running domain core: everything below HTTP.
 pub struct Core {
@@ -24,6 +26,8 @@ pub struct Core {
     pub registry: Registry,
     /// The billing flows; `None` when Stripe is not configured.
     pub billing: Option<Billing>,
+    /// Sending SMS; `None` when Twilio is not configured.
+    pub messaging: Option<Messaging>,
     pub sms_supervisor: Addr<SmsSupervisor>,
     pub stripe_supervisor: Addr<StripeSupervisor>,
     /// Threads that run the account actors.
@@ -39,6 +43,8 @@ impl Core {
             .collect();
         let account_settings = AccountSettings {
             passivate_after: settings.passivate_after,
+            low_balance_threshold: settings.low_balance_threshold,
+            low_balance_cooldown: settings.low_balance_cooldown,
             ..AccountSettings::default()
         };
         let registry = Registry::new(
@@ -62,12 +68,40 @@ impl Core {
             }
             None => None,
         };
-        let sms_supervisor = SmsSupervisor::new(registry.clone()).start();
+        let messaging = match &settings.twilio {
+            Some(twilio) => {
+                let client = TwilioClient::new(twilio).map_err(|reason| StoreError::Open {
+                    path: twilio.api_base.clone(),
+                    reason: format!("cannot build the Twilio client: {reason}"),
+                })?;
+                Some(Messaging {
+                    store: store.clone(),
+                    registry: registry.clone(),
+                    rates: Arc::clone(&settings.rates),
+                    sender: Arc::new(client),
+                    settings: Arc::new(MessagingSettings {
+                        price_check_delay: settings.reconcile_delay,
+                        web_link: settings.web_link(),
+                    }),
+                })
+            }
+            None => None,
+        };
+        let sms_context = SmsContext {
+            store: store.clone(),
+            registry: registry.clone(),
+            rates: Arc::clone(&settings.rates),
+            billing: billing.clone(),
+            messaging: messaging.clone(),
+            web_link: settings.web_link(),
+        };
+        let sms_supervisor = SmsSupervisor::with_context(registry.clone(), sms_context).start();
         let stripe_supervisor = StripeSupervisor::new(registry.clone(), billing.clone()).start();
         Ok(Core {
             store,
             registry,
             billing,
+            messaging,
             sms_supervisor,
             stripe_supervisor,
             arbiters,
@@ -97,13 +131,36 @@ fn billing_settings(settings: &Settings, allow_promotion_codes: bool) -> Billing
     }
 }
 
+/// How often Twilio's prices of sent messages are looked up.
+const PRICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Resolves reservations a crash left open, then looks up Twilio's prices
+/// of sent messages periodically, for reconciliation.
+fn start_messaging_jobs(messaging: Messaging, clock: Arc<dyn Clock>) {
+    actix_rt::spawn(async move {
+        match messaging.recover_unresolved().await {
+            Ok(0) => {}
+            Ok(count) => tracing::warn!(count, "resolved messages left reserved by a crash"),
+            Err(error) => tracing::error!(%error, "could not resolve messages left reserved"),
+        }
+        loop {
+            actix_rt::time::sleep(PRICE_CHECK_INTERVAL).await;
+            if let Err(error) = messaging.check_prices(clock.now_ms()).await {
+                tracing::warn!(%error, "price check failed");
+            }
+        }
+    });
+}
+
 /// What every request handler can reach.
 pub struct AppState {
     pub settings: Settings,
     pub store: Store,
     pub registry: Registry,
     pub billing: Option<Billing>,
+    pub messaging: Option<Messaging>,
     pub stripe_supervisor: Addr<StripeSupervisor>,
+    pub sms_supervisor: Addr<SmsSupervisor>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -134,9 +191,14 @@ impl Application {
             store: core.store.clone(),
             registry: core.registry.clone(),
             billing: core.billing.clone(),
+            messaging: core.messaging.clone(),
             stripe_supervisor: core.stripe_supervisor.clone(),
-            clock,
+            sms_supervisor: core.sms_supervisor.clone(),
+            clock: Arc::clone(&clock),
         });
+        if let Some(messaging) = core.messaging.clone() {
+            start_messaging_jobs(messaging, Arc::clone(&clock));
+        }
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())

@@ -76,6 +76,11 @@ pub struct Receipt {
     pub entry: LedgerEntry,
     /// True when this key was seen before and nothing new happened.
     pub replayed: bool,
+    /// True when this debit left the balance below the low-balance
+    /// threshold and no warning went out within the cooldown: the caller
+    /// sends one. The cooldown is committed with the debit, so it survives
+    /// restarts and no second warning follows.
+    pub low_balance_warning_due: bool,
 }
 
 // ---------------------------------------------------------------- the actor
@@ -91,6 +96,10 @@ pub struct AccountSettings {
     /// Writes that may wait for their commit in one actor before further
     /// mutations are refused as busy.
     pub max_in_flight: usize,
+    /// A debit that leaves the balance below this is followed by a warning.
+    pub low_balance_threshold: Money,
+    /// At most one warning per account in this long.
+    pub low_balance_cooldown: Duration,
 }
 
 impl Default for AccountSettings {
@@ -99,6 +108,8 @@ impl Default for AccountSettings {
             passivate_after: Duration::from_secs(15 * 60),
             mailbox_capacity: 256,
             max_in_flight: 4096,
+            low_balance_threshold: Money::from_micros(2_000_000),
+            low_balance_cooldown: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -124,6 +135,8 @@ enum Lifecycle {
 /// A write queued to the store whose commit has not been seen yet.
 struct InFlight {
     entry: LedgerEntry,
+    /// Whether this write also starts a low-balance warning's cooldown.
+    warning_due: bool,
     /// Callers waiting for this write: the first asked for it, the others
     /// repeated its idempotency key while it was in flight.
     waiters: Vec<oneshot::Sender<Result<Receipt, LedgerError>>>,
@@ -296,10 +309,24 @@ impl AccountActor {
                 needed: -mutation.amount,
             });
         }
+        let now_ms = self.clock.now_ms();
+        let warning_due = mutation.kind == TransactionKind::Debit
+            && balance_after < self.settings.low_balance_threshold
+            && self
+                .working
+                .low_balance_warned_at_ms
+                .is_none_or(|warned_at| {
+                    now_ms.saturating_sub(warned_at)
+                        >= self.settings.low_balance_cooldown.as_millis() as i64
+                });
         let snapshot_after = Snapshot {
             balance: balance_after,
             seq: self.working.seq + 1,
-            low_balance_warned_at_ms: self.working.low_balance_warned_at_ms,
+            low_balance_warned_at_ms: if warning_due {
+                Some(now_ms)
+            } else {
+                self.working.low_balance_warned_at_ms
+            },
         };
         let entry = LedgerEntry {
             account_id: self.account_id,
@@ -310,7 +337,7 @@ impl AccountActor {
             idempotency_key: mutation.idempotency_key.as_str().to_string(),
             order_id: mutation.order_id,
             description: mutation.description,
-            created_at_ms: self.clock.now_ms(),
+            created_at_ms: now_ms,
         };
         let (done, committed) = oneshot::channel();
         self.store.submit_ledger_write(LedgerWrite {
@@ -331,6 +358,7 @@ impl AccountActor {
         }));
         Ok(self.in_flight.entry(key).or_insert(InFlight {
             entry,
+            warning_due,
             waiters: Vec::with_capacity(1),
             snapshot_after,
         }))
@@ -356,6 +384,7 @@ impl AccountActor {
                     let _ = waiter.send(Ok(Receipt {
                         entry: in_flight.entry.clone(),
                         replayed: index > 0,
+                        low_balance_warning_due: in_flight.warning_due && index == 0,
                     }));
                 }
             }
@@ -420,6 +449,7 @@ fn replay(existing: LedgerEntry, mutation: &Mutation) -> Result<Receipt, LedgerE
         Ok(Receipt {
             entry: existing,
             replayed: true,
+            low_balance_warning_due: false,
         })
     } else {
         Err(conflict(&existing))

@@ -3,6 +3,7 @@
 mod admin;
 pub mod checkout;
 mod health;
+mod messages;
 mod quote;
 mod webhooks;
 
@@ -17,6 +18,17 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/v1/quote", web::post().to(quote::create))
         .route("/v1/checkout/access", web::post().to(checkout::access))
         .route("/v1/checkout/topup", web::post().to(checkout::top_up))
+        .route("/v1/messages", web::post().to(messages::create))
+        .service(
+            web::resource("/webhooks/twilio/sms")
+                .app_data(web::PayloadConfig::new(64 * 1024))
+                .route(web::post().to(webhooks::twilio::inbound_sms)),
+        )
+        .service(
+            web::resource("/webhooks/twilio/status")
+                .app_data(web::PayloadConfig::new(64 * 1024))
+                .route(web::post().to(webhooks::twilio::status)),
+        )
         .service(
             web::resource("/webhooks/stripe")
                 .app_data(web::PayloadConfig::new(1024 * 1024))

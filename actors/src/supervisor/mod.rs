@@ -5,7 +5,7 @@
 pub mod sms;
 pub mod stripe;
 
-pub use sms::{ChargeMessage, SmsSupervisor};
+pub use sms::{ChargeMessage, InboundSms, SmsContext, SmsError, SmsSupervisor};
 pub use stripe::{CreditPayment, HandleStripeEvent, RefundPayment, StripeSupervisor};
 
 /// Messages that may wait in a supervisor's mailbox before senders wait.

@@ -1,14 +1,28 @@
-//! The SMS supervisor: routes the charge for a message to its account's
-//! actor, keyed by the Twilio MessageSid so a repeated delivery is charged once.
+//! The SMS supervisor: owns what happens to an inbound SMS once the HTTP
+//! layer has verified it: MessageSid deduplication (a retry gets the same
+//! reply), phone → account routing, and command dispatch. Only account
+//! actors change balances; the reply is sent only after it is committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use actix::prelude::*;
+use tokio::sync::oneshot;
 
 use super::SUPERVISOR_MAILBOX_CAPACITY;
-use crate::account_actor::{Debit, Receipt};
+use crate::account_actor::{Debit, GetBalance, Receipt};
+use crate::accounts::PhoneNumber;
+use crate::billing::checkout::{Billing, ChargeResult};
+use crate::billing::BillingError;
+use crate::commands::buy::{self, BuyOutcome, SMS_TOP_UP};
+use crate::commands::{balance, help, unknown_reply, BuyAmount, Command};
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
+use crate::messaging::{records, Messaging};
 use crate::money::Money;
+use crate::rating::RateTable;
 use crate::registry::Registry;
+use crate::store::{queries, Store, StoreError};
 
 /// Charge an account for one SMS.
 #[derive(Message, Clone, Debug)]
@@ -22,14 +36,70 @@ pub struct ChargeMessage {
     pub description: String,
 }
 
+/// A verified inbound SMS. The answer is the reply text (`None`: no reply).
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<Option<String>, SmsError>")]
+pub struct InboundSms {
+    pub message_sid: String,
+    pub from: String,
+    pub body: String,
+    pub received_at_ms: i64,
+}
+
+/// Why an inbound SMS could not be answered now (Twilio will retry).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SmsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error("the supervisor stopped before it answered")]
+    Interrupted,
+}
+
+/// What the SMS flows use.
+#[derive(Clone)]
+pub struct SmsContext {
+    pub store: Store,
+    pub registry: Registry,
+    pub rates: Arc<RateTable>,
+    /// `None` when Stripe is not configured (no `BUY` by SMS).
+    pub billing: Option<Billing>,
+    /// `None` when Twilio is not configured (reply costs are not recorded).
+    pub messaging: Option<Messaging>,
+    /// Where replies send people to sign up and top up.
+    pub web_link: String,
+}
+
+/// A delivery waiting for the reply to a MessageSid handled right now.
+type ReplyWaiter = oneshot::Sender<Result<Option<String>, SmsError>>;
+
 pub struct SmsSupervisor {
     /// Where the account actors are found.
     registry: Registry,
+    /// The inbound flows; `None` in a core without them (tests, CLI).
+    context: Option<SmsContext>,
+    /// MessageSids being handled now, with the deliveries waiting for the
+    /// same answer, so that a retry racing the first delivery is answered
+    /// once and alike.
+    in_progress: HashMap<String, Vec<ReplyWaiter>>,
 }
 
 impl SmsSupervisor {
     pub fn new(registry: Registry) -> SmsSupervisor {
-        SmsSupervisor { registry }
+        SmsSupervisor {
+            registry,
+            context: None,
+            in_progress: HashMap::new(),
+        }
+    }
+
+    pub fn with_context(registry: Registry, context: SmsContext) -> SmsSupervisor {
+        SmsSupervisor {
+            registry,
+            context: Some(context),
+            in_progress: HashMap::new(),
+        }
     }
 }
 
@@ -57,6 +127,156 @@ impl Handler<ChargeMessage> for SmsSupervisor {
                 description: message.description,
             };
             registry.send(message.account_id, debit).await
+        })
+    }
+}
+
+impl Handler<InboundSms> for SmsSupervisor {
+    type Result = ResponseActFuture<Self, Result<Option<String>, SmsError>>;
+
+    fn handle(&mut self, message: InboundSms, _ctx: &mut Context<Self>) -> Self::Result {
+        let sid = message.message_sid.clone();
+        if let Some(waiters) = self.in_progress.get_mut(&sid) {
+            let (waiter, answer) = oneshot::channel();
+            waiters.push(waiter);
+            return Box::pin(fut::wrap_future(async move {
+                answer.await.unwrap_or(Err(SmsError::Interrupted))
+            }));
+        }
+        let Some(context) = self.context.clone() else {
+            return Box::pin(fut::ready(Ok(None)));
+        };
+        self.in_progress.insert(sid.clone(), Vec::new());
+        Box::pin(
+            context
+                .answer(message)
+                .into_actor(self)
+                .map(move |answer, actor, _ctx| {
+                    for waiter in actor.in_progress.remove(&sid).unwrap_or_default() {
+                        let _ = waiter.send(answer.clone());
+                    }
+                    answer
+                }),
+        )
+    }
+}
+
+impl SmsContext {
+    /// Answers an inbound SMS, once per MessageSid.
+    async fn answer(self, message: InboundSms) -> Result<Option<String>, SmsError> {
+        let sid = message.message_sid.clone();
+        if let Some(reply) = self
+            .store
+            .read(move |connection| records::inbound_reply(connection, &sid))
+            .await?
+        {
+            return Ok(reply);
+        }
+        let now_ms = message.received_at_ms;
+        let phone = PhoneNumber::parse(&message.from).ok();
+        let account = match &phone {
+            Some(phone) => {
+                let lookup = phone.clone();
+                self.store
+                    .read(move |connection| queries::find_account_by_phone(connection, &lookup))
+                    .await?
+            }
+            None => None,
+        };
+        let reply = match &account {
+            None => format!(
+                "This number has no SMS credit account. Sign up at {}",
+                self.web_link
+            ),
+            Some(account) => {
+                self.run(Command::parse(&message.body), account, &message)
+                    .await?
+            }
+        };
+        let account_id = account.as_ref().map(|account| account.id);
+        let (sid, from, body, text) = (
+            message.message_sid.clone(),
+            message.from.clone(),
+            message.body.clone(),
+            reply.clone(),
+        );
+        self.store
+            .write(move |connection| {
+                records::record_inbound(
+                    connection,
+                    &sid,
+                    &from,
+                    account_id,
+                    &body,
+                    Some(&text),
+                    now_ms,
+                )
+            })
+            .await?;
+        if let (Some(messaging), Some(phone)) = (&self.messaging, &phone) {
+            // A reply is a service message: not charged, but costed.
+            if let Err(error) = messaging
+                .record_service(account_id, phone.as_str(), &reply, "reply", None, now_ms)
+                .await
+            {
+                tracing::debug!(%error, "reply cost not recorded");
+            }
+        }
+        Ok(Some(reply))
+    }
+
+    async fn run(
+        &self,
+        command: Command,
+        account: &crate::accounts::Account,
+        message: &InboundSms,
+    ) -> Result<String, SmsError> {
+        Ok(match command {
+            Command::Help => help::reply(),
+            Command::Unknown => unknown_reply(),
+            Command::Balance => {
+                let snapshot = self.registry.send(account.id, GetBalance).await?;
+                let own_rate = account
+                    .phone
+                    .country()
+                    .and_then(|country| self.rates.rate_for(country));
+                balance::reply(snapshot.balance, own_rate)
+            }
+            Command::Buy(BuyAmount::Other(_) | BuyAmount::Missing) => {
+                buy::other_amount_reply(&self.web_link)
+            }
+            Command::Buy(BuyAmount::Ten) => {
+                let outcome = match &self.billing {
+                    None => BuyOutcome::Unavailable,
+                    Some(billing) => {
+                        // Keyed by the MessageSid: a retried delivery never charges twice.
+                        let key = format!("sms-buy-{}", message.message_sid);
+                        match billing
+                            .charge_saved_card(account.id, SMS_TOP_UP, &key, message.received_at_ms)
+                            .await
+                        {
+                            Ok(ChargeResult::Credited { receipt, .. }) => BuyOutcome::Credited {
+                                balance: receipt.entry.balance_after,
+                            },
+                            Ok(ChargeResult::Pending { .. }) => BuyOutcome::Pending,
+                            Ok(ChargeResult::AuthenticationRequired) => {
+                                BuyOutcome::AuthenticationRequired
+                            }
+                            Ok(ChargeResult::Declined { message }) => {
+                                BuyOutcome::Declined { message }
+                            }
+                            Err(BillingError::NoSavedCard) => BuyOutcome::NoSavedCard,
+                            Err(BillingError::Store(error)) => return Err(error.into()),
+                            Err(BillingError::Ledger(error)) => return Err(error.into()),
+                            Err(error) => {
+                                tracing::warn!(%error, "BUY by SMS failed");
+                                BuyOutcome::Unavailable
+                            }
+                        }
+                    }
+                };
+                buy::reply(&outcome, &self.web_link)
+            }
         })
     }
 }

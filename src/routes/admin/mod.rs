@@ -5,6 +5,7 @@ mod adjustments;
 mod discount_codes;
 mod orders;
 mod pricing;
+mod reconciliation;
 mod tokens;
 mod transactions;
 
@@ -34,5 +35,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route(
             "/discount-codes/{code}",
             web::patch().to(discount_codes::update),
+        )
+        .route("/reconciliation", web::get().to(reconciliation::show))
+        .route(
+            "/reconciliation/check-prices",
+            web::post().to(reconciliation::check_prices),
         );
 }

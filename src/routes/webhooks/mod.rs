@@ -1,3 +1,4 @@
 //! Webhooks from the outside services, each verified on its raw body.
 
 pub mod stripe;
+pub mod twilio;

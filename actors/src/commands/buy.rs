@@ -1,0 +1,91 @@
+//! `BUY $10`: charge the saved card for $10 off-session. Only $10 can be
+//! bought by SMS; other amounts are for the web.
+
+use crate::money::Money;
+
+/// What followed `BUY`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuyAmount {
+    /// `$10`, `10`, `$10.00`.
+    Ten,
+    /// Any other amount or word.
+    Other(String),
+    /// Nothing.
+    Missing,
+}
+
+/// The one amount that can be bought by SMS.
+pub const SMS_TOP_UP: Money = Money::from_micros(10_000_000);
+
+impl BuyAmount {
+    pub fn parse(text: &str) -> BuyAmount {
+        let text = text.trim();
+        if text.is_empty() {
+            return BuyAmount::Missing;
+        }
+        match Money::parse_dollars(text) {
+            Ok(amount) if amount == SMS_TOP_UP => BuyAmount::Ten,
+            _ => BuyAmount::Other(text.to_string()),
+        }
+    }
+}
+
+/// How a `BUY $10` went, for the reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuyOutcome {
+    Credited {
+        balance: Money,
+    },
+    Pending,
+    AuthenticationRequired,
+    Declined {
+        message: String,
+    },
+    NoSavedCard,
+    /// Payments are not configured, or Stripe could not be reached.
+    Unavailable,
+}
+
+pub fn reply(outcome: &BuyOutcome, web_link: &str) -> String {
+    match outcome {
+        BuyOutcome::Credited { balance } => {
+            format!("Thanks! $10.00 was added. Your balance is {balance}.")
+        }
+        BuyOutcome::Pending => {
+            "Your $10.00 payment is processing; your balance will update shortly.".to_string()
+        }
+        BuyOutcome::AuthenticationRequired => {
+            format!("Your bank needs you to confirm this payment. Finish it on the web: {web_link}")
+        }
+        BuyOutcome::Declined { message } => {
+            format!("Your card was not charged: {message} Update your card at {web_link}")
+        }
+        BuyOutcome::NoSavedCard => format!(
+            "There is no saved card on your account yet. Top up on the web first: {web_link}"
+        ),
+        BuyOutcome::Unavailable => {
+            format!("Top-ups by SMS are not available right now. Top up on the web: {web_link}")
+        }
+    }
+}
+
+pub fn other_amount_reply(web_link: &str) -> String {
+    format!("By SMS you can buy $10 of credit: text BUY $10. For other amounts, top up on the web: {web_link}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ten_dollars() {
+        assert_eq!(BuyAmount::parse("$10"), BuyAmount::Ten);
+        assert_eq!(BuyAmount::parse("10.00"), BuyAmount::Ten);
+        assert_eq!(
+            BuyAmount::parse("$10.001"),
+            BuyAmount::Other("$10.001".into())
+        );
+        assert_eq!(BuyAmount::parse("$5"), BuyAmount::Other("$5".into()));
+        assert_eq!(BuyAmount::parse(""), BuyAmount::Missing);
+    }
+}

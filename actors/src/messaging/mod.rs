@@ -1,0 +1,499 @@
+//! Sending SMS: charged messages for the host application (quoted, then
+//! reserved on the account, then sent, then the reservation resolved exactly
+//! once), service messages (replies and low-balance warnings: costed, not
+//! charged), Twilio's status callbacks, and reconciliation with what Twilio
+//! actually charged. Twilio itself is behind the `SmsSender` trait.
+
+pub mod reconcile;
+pub mod records;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use self::records::{MessageRecord, NewMessage};
+use crate::account_actor::{Debit, Receipt, Refund};
+use crate::accounts::PhoneNumber;
+use crate::error::LedgerError;
+use crate::ledger::{AccountId, IdempotencyKey};
+use crate::money::Money;
+use crate::rating::{quote, Quote, QuoteRequest, RateTable, RatingError};
+use crate::registry::Registry;
+use crate::store::{queries, Store, StoreError};
+
+pub type SenderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SenderError>> + Send + 'a>>;
+
+/// Why Twilio did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SenderError {
+    #[error("Twilio is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Twilio refused the message: {0}")]
+    Refused(String),
+}
+
+/// A message Twilio accepted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub sid: String,
+    pub status: String,
+}
+
+/// The SMS provider: sending, and looking up what a message cost.
+pub trait SmsSender: Send + Sync + 'static {
+    fn send(&self, to: &str, body: &str) -> SenderFuture<'_, Accepted>;
+    /// Twilio's price of a sent message, as a positive amount; `None` while
+    /// Twilio does not know it yet.
+    fn fetch_price(&self, sid: &str) -> SenderFuture<'_, Option<Money>>;
+}
+
+/// Why a message was not sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessagingError {
+    #[error(transparent)]
+    Rating(#[from] RatingError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("account {0} does not exist")]
+    AccountNotFound(AccountId),
+    #[error("no account has the number {0}")]
+    UnknownNumber(String),
+    #[error("the account's number is {account_phone}, not {to}")]
+    NumberMismatch { account_phone: String, to: String },
+    #[error("give account_id or to")]
+    NoDestination,
+    #[error("invalid idempotency key: {0}")]
+    InvalidKey(String),
+    #[error("a message with this idempotency key is still being sent")]
+    InProgress,
+    #[error("the message was not sent and its cost was given back: {0}")]
+    NotSent(String),
+}
+
+impl From<rusqlite::Error> for MessagingError {
+    fn from(error: rusqlite::Error) -> MessagingError {
+        MessagingError::Store(StoreError::from(error))
+    }
+}
+
+/// What messaging needs to know beyond the request.
+#[derive(Clone, Debug)]
+pub struct MessagingSettings {
+    /// How long after sending Twilio's price is first fetched.
+    pub price_check_delay: Duration,
+    /// Where warnings send people to top up.
+    pub web_link: String,
+}
+
+/// Everything the messaging flows use.
+#[derive(Clone)]
+pub struct Messaging {
+    pub store: Store,
+    pub registry: Registry,
+    pub rates: Arc<RateTable>,
+    pub sender: Arc<dyn SmsSender>,
+    pub settings: Arc<MessagingSettings>,
+}
+
+/// A message for the host application.
+#[derive(Clone, Debug)]
+pub struct OutboundRequest {
+    pub account_id: Option<AccountId>,
+    pub to: Option<String>,
+    pub body: String,
+    pub idempotency_key: String,
+}
+
+/// The answer to a sent message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SentMessage {
+    pub message: MessageRecord,
+    pub balance_after_micros: Option<i64>,
+    /// True when this idempotency key was sent before.
+    pub replayed: bool,
+}
+
+fn ledger_key(text: String) -> Result<IdempotencyKey, MessagingError> {
+    IdempotencyKey::parse(&text).map_err(|error| MessagingError::InvalidKey(error.to_string()))
+}
+
+impl Messaging {
+    /// Quotes, reserves the cost on the account (refused with
+    /// `InsufficientCredit`, and nothing sent, if it cannot be covered),
+    /// sends through Twilio, then resolves the reservation exactly once:
+    /// kept as the debit if Twilio accepted, given back if not.
+    pub async fn send_outbound(
+        &self,
+        request: OutboundRequest,
+        now_ms: i64,
+    ) -> Result<SentMessage, MessagingError> {
+        IdempotencyKey::parse(&request.idempotency_key)
+            .map_err(|error| MessagingError::InvalidKey(error.to_string()))?;
+        let account = self.resolve_account(&request).await?;
+        let to = account.phone.as_str().to_string();
+        let quoted = quote(
+            QuoteRequest {
+                to: &to,
+                body: &request.body,
+                smart_encoding: false,
+            },
+            &self.rates,
+        )?;
+        let carrier_cost = self
+            .rates
+            .rate_for(quoted.country)
+            .map(|rate| rate.carrier_cost)
+            .unwrap_or(Money::ZERO);
+
+        // Record the reservation, or find the earlier attempt with this key.
+        let account_id = account.id;
+        let key = request.idempotency_key.clone();
+        let (record, fresh) = {
+            let quoted = quoted.clone();
+            self.store
+                .write(move |connection| {
+                    if let Some(existing) = records::find_by_key(connection, account_id, &key)? {
+                        return Ok::<_, MessagingError>((existing, false));
+                    }
+                    let record = records::insert(
+                        connection,
+                        &new_message(
+                            Some(account_id),
+                            "outbound",
+                            Some(&key),
+                            &quoted,
+                            carrier_cost,
+                            quoted.total(),
+                            "reserved",
+                        ),
+                        now_ms,
+                    )?;
+                    Ok((record, true))
+                })
+                .await?
+        };
+        if !fresh {
+            return match record.state.as_str() {
+                "sent" => Ok(SentMessage {
+                    message: record,
+                    balance_after_micros: None,
+                    replayed: true,
+                }),
+                "voided" => Err(MessagingError::NotSent(
+                    "an earlier attempt with this key was not sent".into(),
+                )),
+                _ => Err(MessagingError::InProgress),
+            };
+        }
+
+        let debit = Debit {
+            amount: quoted.total(),
+            idempotency_key: ledger_key(format!("msg:{}", record.id))?,
+            description: format!(
+                "SMS to {} ({} {} segments)",
+                quoted.country, quoted.segments, quoted.encoding
+            ),
+        };
+        let receipt = match self.registry.send(account_id, debit).await {
+            Ok(receipt) => receipt,
+            Err(error) => {
+                let definitely_not_applied = !matches!(
+                    error,
+                    LedgerError::Interrupted | LedgerError::Store(StoreError::Closed)
+                );
+                if definitely_not_applied {
+                    // Nothing was reserved: forget the attempt, so the same
+                    // key can be tried again (after a top-up, say). An
+                    // ambiguous failure stays reserved for recovery.
+                    let id = record.id;
+                    self.store
+                        .write(move |connection| records::delete_reserved(connection, id))
+                        .await?;
+                }
+                return Err(error.into());
+            }
+        };
+
+        let sent = self.sender.send(&to, &request.body).await;
+        let message = match sent {
+            Ok(accepted) => {
+                let id = record.id;
+                let check_at = now_ms + self.settings.price_check_delay.as_millis() as i64;
+                let sid = accepted.sid.clone();
+                self.store
+                    .write(move |connection| {
+                        records::resolve(
+                            connection,
+                            id,
+                            "sent",
+                            Some(&sid),
+                            Some(&accepted.status),
+                            Some(check_at),
+                        )?;
+                        Ok::<_, MessagingError>(records::get(connection, id)?)
+                    })
+                    .await?
+            }
+            Err(error) => {
+                self.void(&record).await?;
+                return Err(MessagingError::NotSent(error.to_string()));
+            }
+        };
+        self.warn_if_due(account_id, &receipt, now_ms).await;
+        Ok(SentMessage {
+            message: message.unwrap_or(record),
+            balance_after_micros: Some(receipt.entry.balance_after.micros()),
+            replayed: false,
+        })
+    }
+
+    async fn resolve_account(
+        &self,
+        request: &OutboundRequest,
+    ) -> Result<crate::accounts::Account, MessagingError> {
+        match (request.account_id, request.to.as_deref()) {
+            (Some(account_id), to) => {
+                let account = self
+                    .store
+                    .get_account(account_id)
+                    .await?
+                    .ok_or(MessagingError::AccountNotFound(account_id))?;
+                if let Some(to) = to {
+                    let wanted = PhoneNumber::parse(to).map_err(RatingError::from)?;
+                    if wanted != account.phone {
+                        return Err(MessagingError::NumberMismatch {
+                            account_phone: account.phone.to_string(),
+                            to: wanted.to_string(),
+                        });
+                    }
+                }
+                Ok(account)
+            }
+            (None, Some(to)) => {
+                let phone = PhoneNumber::parse(to).map_err(RatingError::from)?;
+                let lookup = phone.clone();
+                self.store
+                    .read(move |connection| queries::find_account_by_phone(connection, &lookup))
+                    .await?
+                    .ok_or_else(|| MessagingError::UnknownNumber(phone.to_string()))
+            }
+            (None, None) => Err(MessagingError::NoDestination),
+        }
+    }
+
+    /// Gives a reserved message's cost back, once.
+    async fn void(&self, record: &MessageRecord) -> Result<(), MessagingError> {
+        if let Some(account_id) = record.account_id {
+            let refund = Refund {
+                amount: record.charged,
+                idempotency_key: ledger_key(format!("msg-void:{}", record.id))?,
+                description: "SMS not sent: cost given back".to_string(),
+                order_id: None,
+            };
+            self.registry.send(account_id, refund).await?;
+        }
+        let id = record.id;
+        self.store
+            .write(move |connection| records::resolve(connection, id, "voided", None, None, None))
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves reservations a crash left open: the send is not known to
+    /// have happened, so the cost is given back (the service, not the
+    /// customer, carries that doubt).
+    pub async fn recover_unresolved(&self) -> Result<usize, MessagingError> {
+        let open = self
+            .store
+            .read(records::unresolved)
+            .await?;
+        let count = open.len();
+        for record in open {
+            // Whether the debit itself committed is unknown: a refund keyed
+            // to a debit that never happened would create money, so look.
+            let debited = match record.account_id {
+                Some(account_id) => {
+                    let key = ledger_key(format!("msg:{}", record.id))?;
+                    self.store
+                        .find_entry_by_key(account_id, key)
+                        .await?
+                        .is_some()
+                }
+                None => false,
+            };
+            if debited {
+                self.void(&record).await?;
+            } else {
+                let id = record.id;
+                self.store
+                    .write(move |connection| {
+                        records::resolve(connection, id, "voided", None, None, None)
+                    })
+                    .await?;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Sends a low-balance warning when the debit says one is due.
+    async fn warn_if_due(&self, account_id: AccountId, receipt: &Receipt, now_ms: i64) {
+        if !receipt.low_balance_warning_due {
+            return;
+        }
+        let text = format!(
+            "Your SMS credit is low: {} left. Text BUY $10 or top up at {}",
+            receipt.entry.balance_after, self.settings.web_link
+        );
+        let account = match self.store.get_account(account_id).await {
+            Ok(Some(account)) => account,
+            _ => return,
+        };
+        if let Err(error) = self
+            .send_service(
+                Some(account_id),
+                account.phone.as_str(),
+                &text,
+                "warning",
+                now_ms,
+            )
+            .await
+        {
+            tracing::warn!(%account_id, %error, "could not send the low-balance warning");
+        }
+    }
+
+    /// Sends a service message (not charged) and records its cost.
+    pub async fn send_service(
+        &self,
+        account_id: Option<AccountId>,
+        to: &str,
+        body: &str,
+        kind: &'static str,
+        now_ms: i64,
+    ) -> Result<MessageRecord, MessagingError> {
+        let accepted = self
+            .sender
+            .send(to, body)
+            .await
+            .map_err(|error| MessagingError::NotSent(error.to_string()))?;
+        self.record_service(account_id, to, body, kind, Some(accepted.sid), now_ms)
+            .await
+    }
+
+    /// Records the cost of a service message (a TwiML reply is sent by
+    /// Twilio itself, so it has no id here).
+    pub async fn record_service(
+        &self,
+        account_id: Option<AccountId>,
+        to: &str,
+        body: &str,
+        kind: &'static str,
+        sid: Option<String>,
+        now_ms: i64,
+    ) -> Result<MessageRecord, MessagingError> {
+        let quoted = quote(
+            QuoteRequest {
+                to,
+                body,
+                smart_encoding: false,
+            },
+            &self.rates,
+        )?;
+        let carrier_cost = self
+            .rates
+            .rate_for(quoted.country)
+            .map(|rate| rate.carrier_cost)
+            .unwrap_or(Money::ZERO);
+        let check_at = sid
+            .as_ref()
+            .map(|_| now_ms + self.settings.price_check_delay.as_millis() as i64);
+        Ok(self
+            .store
+            .write(move |connection| {
+                let mut message = new_message(
+                    account_id,
+                    kind,
+                    None,
+                    &quoted,
+                    carrier_cost,
+                    Money::ZERO,
+                    "sent",
+                );
+                message.twilio_sid = sid.as_deref();
+                message.next_price_check_at = check_at;
+                records::insert(connection, &message, now_ms)
+            })
+            .await?)
+    }
+
+    /// A status callback: records the status; a message that `failed`
+    /// before leaving Twilio is refunded once.
+    pub async fn handle_status(
+        &self,
+        sid: &str,
+        status: &str,
+    ) -> Result<Option<MessageRecord>, MessagingError> {
+        let lookup = sid.to_string();
+        let status_text = status.to_string();
+        let record = self
+            .store
+            .write(move |connection| {
+                let Some(record) = records::find_by_sid(connection, &lookup)? else {
+                    return Ok::<_, MessagingError>(None);
+                };
+                records::set_twilio_status(connection, record.id, &status_text)?;
+                Ok(Some(record))
+            })
+            .await?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        if status == "failed" && record.charged.is_positive() && !record.refunded {
+            if let Some(account_id) = record.account_id {
+                let refund = Refund {
+                    amount: record.charged,
+                    idempotency_key: ledger_key(format!("msg-refund:{}", record.id))?,
+                    description: "SMS failed before leaving Twilio: refunded".to_string(),
+                    order_id: None,
+                };
+                self.registry.send(account_id, refund).await?;
+                let id = record.id;
+                self.store
+                    .write(move |connection| records::mark_refunded(connection, id))
+                    .await?;
+            }
+        }
+        Ok(Some(record))
+    }
+}
+
+fn new_message<'a>(
+    account_id: Option<AccountId>,
+    kind: &'a str,
+    idempotency_key: Option<&'a str>,
+    quoted: &'a Quote,
+    carrier_cost: Money,
+    charged: Money,
+    state: &'a str,
+) -> NewMessage<'a> {
+    NewMessage {
+        account_id,
+        kind,
+        idempotency_key,
+        to: &quoted.to,
+        country: quoted.country.as_str(),
+        encoding: quoted.encoding.as_str(),
+        segments: i64::from(quoted.segments),
+        price_per_segment: Money::from_micros(quoted.price_per_segment_micros),
+        carrier_cost_per_segment: carrier_cost,
+        charged,
+        state,
+        twilio_sid: None,
+        next_price_check_at: None,
+    }
+}

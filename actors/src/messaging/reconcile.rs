@@ -1,0 +1,194 @@
+//! Reconciliation with Twilio's bill: fetching each sent message's actual
+//! price some time after sending (Twilio's `price` is null until known and
+//! not reliably in status callbacks), and the report that compares what was
+//! charged with what Twilio charged, per country and overall.
+
+use std::collections::BTreeMap;
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use super::{records, Messaging};
+use crate::money::Money;
+use crate::store::StoreError;
+
+/// How many times a price is looked up before giving up, and the wait
+/// between looks (doubling).
+pub const MAX_PRICE_CHECKS: i64 = 6;
+
+/// One line of the report: a country, or everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReconciliationLine {
+    pub messages: i64,
+    pub segments: i64,
+    pub charged_micros: i64,
+    /// What the rate table expected the carrier to charge.
+    pub expected_carrier_cost_micros: i64,
+    /// What Twilio charged, for the messages whose price is known.
+    pub actual_carrier_cost_micros: i64,
+    pub messages_with_actual_cost: i64,
+    /// (charged − actual) / charged, in hundredths of a percent, over the
+    /// messages whose price is known; `None` when nothing was charged.
+    pub margin_basis_points: Option<i64>,
+}
+
+/// A message whose actual cost per segment is not the table's carrier cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CostMismatch {
+    pub message_id: i64,
+    pub twilio_sid: Option<String>,
+    pub country: String,
+    pub segments: i64,
+    pub expected_per_segment_micros: i64,
+    pub actual_per_segment_micros: i64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ReconciliationReport {
+    pub overall: ReconciliationLine,
+    pub by_country: BTreeMap<String, ReconciliationLine>,
+    pub mismatches: Vec<CostMismatch>,
+}
+
+fn add(
+    line: &mut ReconciliationLine,
+    segments: i64,
+    charged: i64,
+    expected: i64,
+    actual: Option<i64>,
+) {
+    line.messages += 1;
+    line.segments += segments;
+    line.charged_micros += charged;
+    line.expected_carrier_cost_micros += expected;
+    if let Some(actual) = actual {
+        line.actual_carrier_cost_micros += actual;
+        line.messages_with_actual_cost += 1;
+    }
+}
+
+/// Builds the report from the `messages` table.
+pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreError> {
+    let mut report = ReconciliationReport::default();
+    // Charged amounts of the messages whose actual price is known, for margins.
+    let mut charged_with_actual: BTreeMap<String, i64> = BTreeMap::new();
+    let mut statement = connection.prepare(
+        "SELECT id, twilio_sid, country, segments, charged, carrier_cost_per_segment, actual_cost
+           FROM messages WHERE state = 'sent' ORDER BY id",
+    )?;
+    let mut rows = statement.query([])?;
+    while let Some(row) = rows.next()? {
+        let id: i64 = row.get(0)?;
+        let sid: Option<String> = row.get(1)?;
+        let country: String = row.get(2)?;
+        let segments: i64 = row.get(3)?;
+        let charged: i64 = row.get(4)?;
+        let carrier_per_segment: i64 = row.get(5)?;
+        let actual: Option<i64> = row.get(6)?;
+        let expected = carrier_per_segment * segments;
+        add(&mut report.overall, segments, charged, expected, actual);
+        add(
+            report.by_country.entry(country.clone()).or_default(),
+            segments,
+            charged,
+            expected,
+            actual,
+        );
+        if let Some(actual) = actual {
+            *charged_with_actual.entry(country.clone()).or_default() += charged;
+            *charged_with_actual.entry(String::new()).or_default() += charged;
+            if actual != expected {
+                report.mismatches.push(CostMismatch {
+                    message_id: id,
+                    twilio_sid: sid,
+                    country,
+                    segments,
+                    expected_per_segment_micros: carrier_per_segment,
+                    actual_per_segment_micros: actual / segments.max(1),
+                });
+            }
+        }
+    }
+    let margin =
+        |charged: i64, actual: i64| (charged > 0).then(|| (charged - actual) * 10_000 / charged);
+    report.overall.margin_basis_points = margin(
+        charged_with_actual.get("").copied().unwrap_or(0),
+        report.overall.actual_carrier_cost_micros,
+    );
+    for (country, line) in report.by_country.iter_mut() {
+        line.margin_basis_points = margin(
+            charged_with_actual.get(country).copied().unwrap_or(0),
+            line.actual_carrier_cost_micros,
+        );
+    }
+    Ok(report)
+}
+
+impl Messaging {
+    /// Looks up Twilio's price of the messages that are due; returns how
+    /// many prices became known. Run periodically.
+    pub async fn check_prices(&self, now_ms: i64) -> Result<usize, super::MessagingError> {
+        let due = self
+            .store
+            .read(move |connection| records::price_checks_due(connection, now_ms, 100))
+            .await?;
+        let mut known = 0;
+        let base_delay = self.settings.price_check_delay.as_millis().max(1000) as i64;
+        for (id, sid, checks) in due {
+            let price = match self.sender.fetch_price(&sid).await {
+                Ok(price) => price,
+                Err(error) => {
+                    tracing::warn!(%sid, %error, "could not fetch the Twilio price; will retry");
+                    None
+                }
+            };
+            if price.is_some() {
+                known += 1;
+            }
+            let next_check_at = match price {
+                Some(_) => None,
+                None if checks + 1 >= MAX_PRICE_CHECKS => None,
+                None => Some(now_ms + base_delay * (1 << (checks + 1).min(10))),
+            };
+            self.store
+                .write(move |connection| {
+                    records::record_price_check(connection, id, price, next_check_at)
+                })
+                .await?;
+        }
+        Ok(known)
+    }
+}
+
+/// Parses Twilio's price (a negative decimal string such as "-0.00750")
+/// into a positive amount.
+pub fn parse_twilio_price(text: &str) -> Option<Money> {
+    let amount = Money::parse_dollars(text).ok()?;
+    Some(if amount.is_negative() {
+        -amount
+    } else {
+        amount
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn twilio_prices_are_negative_strings() {
+        assert_eq!(
+            parse_twilio_price("-0.00750"),
+            Some(Money::from_micros(7_500))
+        );
+        assert_eq!(
+            parse_twilio_price("-0.0113"),
+            Some(Money::from_micros(11_300))
+        );
+        assert_eq!(
+            parse_twilio_price("0.0113"),
+            Some(Money::from_micros(11_300))
+        );
+        assert_eq!(parse_twilio_price("n/a"), None);
+    }
+}

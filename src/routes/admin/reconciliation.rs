@@ -1,0 +1,28 @@
+//! `/v1/admin/reconciliation`: what messages were charged against what
+//! Twilio actually charged, per country and overall; and a way to look up
+//! the prices that are due now.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use sms_credit_actors::messaging::reconcile;
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let report = state.store.read(reconcile::report).await?;
+    Ok(HttpResponse::Ok().json(report))
+}
+
+pub async fn check_prices(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
+        code: "twilio_not_configured",
+        message: "Twilio is not configured on this server",
+    })?;
+    let found = messaging.check_prices(state.clock.now_ms()).await?;
+    Ok(HttpResponse::Ok().json(json!({ "prices_found": found })))
+}

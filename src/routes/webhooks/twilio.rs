@@ -1,0 +1,114 @@
+//! `POST /webhooks/twilio/sms` and `/webhooks/twilio/status`: verify
+//! `X-Twilio-Signature` over the public URL and every form field, parse, and
+//! hand over: inbound commands to the SMS supervisor (its reply rendered as
+//! TwiML), status callbacks to messaging.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use sms_credit_actors::supervisor::InboundSms;
+
+use crate::error::ApiError;
+use crate::startup::AppState;
+use crate::twilio::{signature, twiml};
+
+/// The verified form fields of a Twilio request.
+struct SignedForm {
+    fields: Vec<(String, String)>,
+}
+
+impl SignedForm {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+
+    fn require(&self, name: &'static str) -> Result<&str, ApiError> {
+        self.get(name)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| ApiError::invalid("invalid_form", format!("the form has no {name}")))
+    }
+}
+
+/// Checks Twilio is configured, parses the form and verifies the signature
+/// over every field received.
+fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<SignedForm, ApiError> {
+    let twilio = state.settings.twilio.as_ref().ok_or(ApiError::NotConfigured {
+        code: "twilio_not_configured",
+        message: "Twilio is not configured on this server (set SMS_CREDIT_TWILIO_ACCOUNT_SID and _AUTH_TOKEN)",
+    })?;
+    let content_type = request
+        .headers()
+        .get("Content-Type")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    if !content_type.starts_with("application/x-www-form-urlencoded") {
+        return Err(ApiError::invalid(
+            "unsupported_content_type",
+            "Twilio webhooks are application/x-www-form-urlencoded",
+        ));
+    }
+    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|error| {
+        ApiError::invalid(
+            "invalid_form",
+            format!("the form could not be read: {error}"),
+        )
+    })?;
+    let presented = request
+        .headers()
+        .get("X-Twilio-Signature")
+        .and_then(|value| value.to_str().ok())
+        .ok_or(ApiError::Forbidden)?;
+    let query = request.query_string();
+    let url = if query.is_empty() {
+        format!("{}{}", state.settings.public_base_url(), request.path())
+    } else {
+        format!(
+            "{}{}?{query}",
+            state.settings.public_base_url(),
+            request.path()
+        )
+    };
+    if !signature::is_valid(twilio.auth_token.expose(), &url, &fields, presented) {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(SignedForm { fields })
+}
+
+pub async fn inbound_sms(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let form = verify(&state, &request, &body)?;
+    let inbound = InboundSms {
+        message_sid: form.require("MessageSid")?.to_string(),
+        from: form.require("From")?.to_string(),
+        body: form.get("Body").unwrap_or("").to_string(),
+        received_at_ms: state.clock.now_ms(),
+    };
+    let reply = state
+        .sms_supervisor
+        .send(inbound)
+        .await
+        .map_err(|_| ApiError::Store(sms_credit_actors::StoreError::Closed))??;
+    Ok(HttpResponse::Ok()
+        .content_type(twiml::CONTENT_TYPE)
+        .body(twiml::render(reply.as_deref())))
+}
+
+pub async fn status(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Bytes,
+) -> Result<HttpResponse, ApiError> {
+    let form = verify(&state, &request, &body)?;
+    let sid = form.require("MessageSid")?.to_string();
+    let status = form.require("MessageStatus")?.to_string();
+    if let Some(messaging) = &state.messaging {
+        messaging.handle_status(&sid, &status).await?;
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(twiml::CONTENT_TYPE)
+        .body(twiml::render(None)))
+}

@@ -302,6 +302,7 @@ fn reconcile_command(settings: &Settings, as_json: bool) -> Result<(), String> {
         line(country, country_line);
     }
     line("all", &report.overall);
+    line("service", &report.service);
     for mismatch in &report.mismatches {
         println!(
             "MISMATCH message {} ({}) to {}: {} per segment charged by Twilio, {} in the rate table",

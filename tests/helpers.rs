@@ -53,6 +53,21 @@ pub fn stripe_settings(directory: &TempDir, stripe_base: &str) -> Settings {
     settings
 }
 
+pub const API_KEY: &str = "host-application-key";
+
+/// Adds Twilio (pointed at a fake) and the host application's API key.
+pub fn with_twilio(mut settings: Settings, twilio_base: &str) -> Settings {
+    settings.twilio = Some(sms_credit::config::TwilioSettings {
+        account_sid: crate::fake_twilio::ACCOUNT_SID.to_string(),
+        auth_token: sms_credit::config::Secret::new(crate::fake_twilio::AUTH_TOKEN),
+        from: Some(crate::fake_twilio::FROM.to_string()),
+        api_base: twilio_base.to_string(),
+    });
+    settings.api_key = Some(sms_credit::config::Secret::new(API_KEY));
+    settings.public_url = Some("https://sms.example.com".to_string());
+    settings
+}
+
 /// The test clock's time, in Unix seconds (for webhook signatures).
 pub const NOW_UNIX: i64 = 1_795_253_400;
 
@@ -66,8 +81,17 @@ impl TestApp {
 
     /// A server with these settings; `directory` holds its database.
     pub async fn spawn_with(directory: Arc<TempDir>, settings: Settings) -> TestApp {
+        TestApp::spawn_with_clock(directory, settings, ManualClock::new(1_795_253_400_000)).await
+    }
+
+    /// As `spawn_with`, on a clock the test moves.
+    pub async fn spawn_with_clock(
+        directory: Arc<TempDir>,
+        settings: Settings,
+        clock: ManualClock,
+    ) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_795_253_400_000));
+        let clock: Arc<dyn Clock> = Arc::new(clock);
         let application = Application::build_with_clock(settings, listener, clock).unwrap();
         let address = format!("http://127.0.0.1:{}", application.port());
         let handle = application.handle();
@@ -241,6 +265,69 @@ impl TestApp {
         let signature =
             crate::fake_stripe::sign(payload, crate::fake_stripe::WEBHOOK_SECRET, NOW_UNIX);
         self.post_stripe_webhook(payload, Some(signature)).await
+    }
+
+    /// Posts a Twilio webhook form, signed as Twilio signs it for the
+    /// public URL (or with `signature` given as is).
+    pub async fn post_twilio(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        signature: Option<&str>,
+    ) -> (StatusCode, String) {
+        let owned: Vec<(String, String)> = fields
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect();
+        let computed = sms_credit::twilio::signature::compute(
+            crate::fake_twilio::AUTH_TOKEN,
+            &format!("https://sms.example.com{path}"),
+            &owned,
+        );
+        let body = serde_urlencoded::to_string(&owned).unwrap();
+        let mut response = self
+            .client
+            .post(self.url(path))
+            .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+            .insert_header((
+                "X-Twilio-Signature",
+                signature.unwrap_or(&computed).to_string(),
+            ))
+            .send_body(body)
+            .await
+            .unwrap();
+        let bytes = response.body().await.unwrap();
+        (
+            response.status(),
+            String::from_utf8_lossy(&bytes).into_owned(),
+        )
+    }
+
+    /// An inbound SMS, signed, as Twilio would post it.
+    pub async fn post_twilio_sms(
+        &self,
+        message_sid: &str,
+        from: &str,
+        text: &str,
+    ) -> (StatusCode, String) {
+        let fields = [
+            ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
+            ("ApiVersion", "2010-04-01"),
+            ("Body", text),
+            ("From", from),
+            ("MessageSid", message_sid),
+            ("NumMedia", "0"),
+            ("NumSegments", "1"),
+            ("SmsSid", message_sid),
+            ("To", crate::fake_twilio::FROM),
+        ];
+        self.post_twilio("/webhooks/twilio/sms", &fields, None)
+            .await
+    }
+
+    pub async fn post_message(&self, body: Value) -> (StatusCode, Value) {
+        self.request("POST", "/v1/messages", Some(API_KEY), Some(body))
+            .await
     }
 
     pub async fn issue_token(&self, id: i64) -> String {

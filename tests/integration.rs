@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod fake_stripe;
+mod fake_twilio;
 mod helpers;
 
 mod admin_api;
@@ -15,3 +16,4 @@ mod quote;
 mod restart;
 mod segment_properties;
 mod stripe;
+mod twilio;

@@ -1,7 +1,8 @@
-//! Twilio at the edge: request signatures, TwiML replies, and the REST
+//! Twilio at the edge: strict form parsing, request signatures, TwiML replies, and the REST
 //! client behind the core's `SmsSender` trait.
 
 mod client;
+pub mod form;
 pub mod signature;
 pub mod twiml;
 

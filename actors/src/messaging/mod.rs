@@ -308,10 +308,7 @@ impl Messaging {
     /// have happened, so the cost is given back (the service, not the
     /// customer, carries that doubt).
     pub async fn recover_unresolved(&self) -> Result<usize, MessagingError> {
-        let open = self
-            .store
-            .read(records::unresolved)
-            .await?;
+        let open = self.store.read(records::unresolved).await?;
         let count = open.len();
         for record in open {
             // Whether the debit itself committed is unknown: a refund keyed

@@ -43,10 +43,14 @@ pub struct CostMismatch {
     pub actual_per_segment_micros: i64,
 }
 
+/// The report: charged messages per country and overall; service messages
+/// (command replies and warnings, not charged) apart, as the cost of
+/// running the service, so they do not blur the margin on what was sold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ReconciliationReport {
     pub overall: ReconciliationLine,
     pub by_country: BTreeMap<String, ReconciliationLine>,
+    pub service: ReconciliationLine,
     pub mismatches: Vec<CostMismatch>,
 }
 
@@ -73,7 +77,8 @@ pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreErro
     // Charged amounts of the messages whose actual price is known, for margins.
     let mut charged_with_actual: BTreeMap<String, i64> = BTreeMap::new();
     let mut statement = connection.prepare(
-        "SELECT id, twilio_sid, country, segments, charged, carrier_cost_per_segment, actual_cost
+        "SELECT id, twilio_sid, country, segments, charged, carrier_cost_per_segment, actual_cost,
+                kind = 'outbound'
            FROM messages WHERE state = 'sent' ORDER BY id",
     )?;
     let mut rows = statement.query([])?;
@@ -85,18 +90,25 @@ pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreErro
         let charged: i64 = row.get(4)?;
         let carrier_per_segment: i64 = row.get(5)?;
         let actual: Option<i64> = row.get(6)?;
+        let charged_to_account: bool = row.get(7)?;
         let expected = carrier_per_segment * segments;
-        add(&mut report.overall, segments, charged, expected, actual);
-        add(
-            report.by_country.entry(country.clone()).or_default(),
-            segments,
-            charged,
-            expected,
-            actual,
-        );
+        if charged_to_account {
+            add(&mut report.overall, segments, charged, expected, actual);
+            add(
+                report.by_country.entry(country.clone()).or_default(),
+                segments,
+                charged,
+                expected,
+                actual,
+            );
+        } else {
+            add(&mut report.service, segments, charged, expected, actual);
+        }
         if let Some(actual) = actual {
-            *charged_with_actual.entry(country.clone()).or_default() += charged;
-            *charged_with_actual.entry(String::new()).or_default() += charged;
+            if charged_to_account {
+                *charged_with_actual.entry(country.clone()).or_default() += charged;
+                *charged_with_actual.entry(String::new()).or_default() += charged;
+            }
             if actual != expected {
                 report.mismatches.push(CostMismatch {
                     message_id: id,

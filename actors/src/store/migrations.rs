@@ -22,6 +22,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0003_account_tokens",
         include_str!("../../../migrations/0003_account_tokens.sql"),
     ),
+    (
+        4,
+        "0004_messaging",
+        include_str!("../../../migrations/0004_messaging.sql"),
+    ),
 ];
 
 /// Applies the migrations the database has not had yet, each in a

@@ -12,12 +12,16 @@ use crate::routes::checkout::billing;
 use crate::startup::AppState;
 use crate::stripe::{verify_and_parse, WebhookFailure};
 
+/// The largest event accepted (Stripe's events are a few KiB).
+const BODY_LIMIT: usize = 512 * 1024;
+
 pub async fn receive(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     billing(&state)?;
+    let body = super::raw_body(payload, BODY_LIMIT).await?;
     let secret = state
         .settings
         .stripe

@@ -8,7 +8,11 @@ use sms_credit_actors::supervisor::InboundSms;
 
 use crate::error::ApiError;
 use crate::startup::AppState;
-use crate::twilio::{signature, twiml};
+use crate::twilio::{form, signature, twiml};
+
+/// The largest form accepted: an SMS body is at most 1 600 characters, and
+/// Twilio's other fields are short.
+const BODY_LIMIT: usize = 64 * 1024;
 
 /// The verified form fields of a Twilio request.
 struct SignedForm {
@@ -48,7 +52,7 @@ fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<Signed
             "Twilio webhooks are application/x-www-form-urlencoded",
         ));
     }
-    let fields: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|error| {
+    let fields = form::parse(body).map_err(|error| {
         ApiError::invalid(
             "invalid_form",
             format!("the form could not be read: {error}"),
@@ -78,8 +82,9 @@ fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<Signed
 pub async fn inbound_sms(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body = super::raw_body(payload, BODY_LIMIT).await?;
     let form = verify(&state, &request, &body)?;
     let inbound = InboundSms {
         message_sid: form.require("MessageSid")?.to_string(),
@@ -100,8 +105,9 @@ pub async fn inbound_sms(
 pub async fn status(
     state: web::Data<AppState>,
     request: HttpRequest,
-    body: web::Bytes,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
+    let body = super::raw_body(payload, BODY_LIMIT).await?;
     let form = verify(&state, &request, &body)?;
     let sid = form.require("MessageSid")?.to_string();
     let status = form.require("MessageStatus")?.to_string();

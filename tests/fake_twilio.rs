@@ -1,0 +1,159 @@
+//! A small fake of Twilio's Messages API on a free loopback port: it checks
+//! basic auth, records every message, answers like Twilio (a queued message
+//! resource, `price` null until told otherwise), and fails on demand.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use base64::Engine;
+use serde_json::json;
+
+pub const ACCOUNT_SID: &str = "ACfake0000000000000000000000000000";
+pub const AUTH_TOKEN: &str = "twilio-auth-token";
+pub const FROM: &str = "+15005550006";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendMode {
+    Accept,
+    /// 400 with Twilio's error body (for example an unreachable number).
+    Refuse,
+    ServerError,
+}
+
+#[derive(Clone, Debug)]
+pub struct SentSms {
+    pub sid: String,
+    pub to: String,
+    pub from: String,
+    pub body: String,
+}
+
+struct State {
+    mode: SendMode,
+    sent: Vec<SentSms>,
+    prices: HashMap<String, String>,
+    next_id: u64,
+}
+
+#[derive(Clone)]
+pub struct FakeTwilio {
+    pub base_url: String,
+    state: Arc<Mutex<State>>,
+}
+
+impl FakeTwilio {
+    pub async fn start() -> FakeTwilio {
+        let state = Arc::new(Mutex::new(State {
+            mode: SendMode::Accept,
+            sent: Vec::new(),
+            prices: HashMap::new(),
+            next_id: 1,
+        }));
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .route(
+                    "/2010-04-01/Accounts/{account}/Messages.json",
+                    web::post().to(create_message),
+                )
+                .route(
+                    "/2010-04-01/Accounts/{account}/Messages/{sid}.json",
+                    web::get().to(fetch_message),
+                )
+        })
+        .workers(1)
+        .listen(listener)
+        .unwrap()
+        .run();
+        actix_rt::spawn(server);
+        FakeTwilio {
+            base_url: format!("http://127.0.0.1:{port}"),
+            state,
+        }
+    }
+
+    pub fn set_mode(&self, mode: SendMode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    pub fn sent(&self) -> Vec<SentSms> {
+        self.state.lock().unwrap().sent.clone()
+    }
+
+    /// What Twilio will say a message cost (a negative decimal string).
+    pub fn set_price(&self, sid: &str, price: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .prices
+            .insert(sid.to_string(), price.to_string());
+    }
+}
+
+fn authorized(request: &HttpRequest, account: &str) -> bool {
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{ACCOUNT_SID}:{AUTH_TOKEN}"))
+    );
+    account == ACCOUNT_SID
+        && request
+            .headers()
+            .get("Authorization")
+            .and_then(|value| value.to_str().ok())
+            == Some(expected.as_str())
+}
+
+async fn create_message(
+    state: web::Data<Mutex<State>>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    form: web::Form<HashMap<String, String>>,
+) -> HttpResponse {
+    if !authorized(&request, &path) {
+        return HttpResponse::Unauthorized()
+            .json(json!({"code": 20003, "message": "Authenticate", "status": 401}));
+    }
+    let mut state = state.lock().unwrap();
+    match state.mode {
+        SendMode::Refuse => return HttpResponse::BadRequest().json(json!({
+            "code": 21211, "message": "The 'To' number is not a valid phone number.", "status": 400
+        })),
+        SendMode::ServerError => return HttpResponse::InternalServerError().finish(),
+        SendMode::Accept => {}
+    }
+    let sid = format!("SMfake{:026}", state.next_id);
+    state.next_id += 1;
+    let message = SentSms {
+        sid: sid.clone(),
+        to: form.get("To").cloned().unwrap_or_default(),
+        from: form.get("From").cloned().unwrap_or_default(),
+        body: form.get("Body").cloned().unwrap_or_default(),
+    };
+    state.sent.push(message.clone());
+    HttpResponse::Created().json(json!({
+        "account_sid": ACCOUNT_SID, "sid": sid, "to": message.to, "from": message.from, "body": message.body,
+        "status": "queued", "num_segments": "1", "price": null, "price_unit": "USD", "direction": "outbound-api",
+        "uri": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json")
+    }))
+}
+
+async fn fetch_message(
+    state: web::Data<Mutex<State>>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let (account, sid) = path.into_inner();
+    if !authorized(&request, &account) {
+        return HttpResponse::Unauthorized().finish();
+    }
+    let state = state.lock().unwrap();
+    HttpResponse::Ok().json(json!({
+        "account_sid": ACCOUNT_SID, "sid": sid, "status": "delivered",
+        "price": state.prices.get(&sid), "price_unit": "USD"
+    }))
+}

@@ -1,0 +1,663 @@
+//! Twilio: signed inbound SMS and their commands, charged outbound messages,
+//! status callbacks, low-balance warnings across a restart, and
+//! reconciliation, against a fake Twilio (and a fake Stripe for BUY).
+
+use awc::http::StatusCode;
+use serde_json::json;
+use sms_credit_actors::clock::ManualClock;
+
+use crate::fake_stripe::{ChargeMode, EventFactory, FakeStripe};
+use crate::fake_twilio::{FakeTwilio, SendMode};
+use crate::helpers::{
+    fresh_directory, run_cli, stripe_settings, test_settings, with_twilio, TestApp,
+};
+use crate::ledger_actors::assert_verified;
+
+const START_MS: i64 = 1_795_253_400_000;
+
+async fn app_with_twilio() -> (TestApp, FakeTwilio) {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    (TestApp::spawn_with(directory, settings).await, fake)
+}
+
+/// The text of a TwiML reply.
+fn reply_text(twiml: &str) -> Option<String> {
+    let start = twiml.find("<Message>")? + "<Message>".len();
+    let end = twiml.find("</Message>")?;
+    Some(
+        twiml[start..end]
+            .replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&amp;", "&"),
+    )
+}
+
+async fn account_with_balance(app: &TestApp, phone: &str, micros: i64) -> i64 {
+    let id = app.create_account(phone).await;
+    if micros != 0 {
+        let (status, body) = app.post_adjustment(id, micros, &format!("seed-{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    id
+}
+
+#[actix_rt::test]
+async fn without_twilio_the_sms_features_are_not_configured() {
+    let app = TestApp::spawn().await;
+    for path in ["/webhooks/twilio/sms", "/webhooks/twilio/status"] {
+        let (status, body) = app.post_twilio(path, &[("MessageSid", "SM1")], None).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body.contains("twilio_not_configured"));
+    }
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.api_key = Some(sms_credit::config::Secret::new(crate::helpers::API_KEY));
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (status, body) = app
+        .post_message(json!({"to": "+14155551234", "body": "hi", "idempotency_key": "k"}))
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("twilio_not_configured")
+        )
+    );
+}
+
+#[actix_rt::test]
+async fn inbound_commands_answer_in_twiml() {
+    let (app, _fake) = app_with_twilio().await;
+    account_with_balance(&app, "+14155552000", 2_350_000).await;
+
+    let (status, twiml) = app
+        .post_twilio_sms("SMin1", "+14155552000", "  balance ")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        twiml.starts_with("<?xml") && twiml.contains("<Response><Message>"),
+        "{twiml}"
+    );
+    assert_eq!(
+        reply_text(&twiml).as_deref(),
+        Some("Your balance is $2.35: about 41 SMS segments to US at $0.0565 each.")
+    );
+    let (_, twiml) = app.post_twilio_sms("SMin2", "+14155552000", "BAL").await;
+    assert!(reply_text(&twiml)
+        .unwrap()
+        .starts_with("Your balance is $2.35"));
+    let (_, twiml) = app.post_twilio_sms("SMin3", "+14155552000", "help").await;
+    assert!(reply_text(&twiml).unwrap().contains("BUY $10"));
+    let (_, twiml) = app
+        .post_twilio_sms("SMin4", "+14155552000", "what is the weather")
+        .await;
+    assert!(reply_text(&twiml).unwrap().contains("Text HELP"));
+    let (_, twiml) = app
+        .post_twilio_sms("SMin5", "+14155552000", "BUY $25")
+        .await;
+    assert!(
+        reply_text(&twiml).unwrap().contains("only")
+            || reply_text(&twiml).unwrap().contains("other amounts"),
+        "{twiml}"
+    );
+    let (_, twiml) = app
+        .post_twilio_sms("SMin6", "+14155552000", "BUY $10")
+        .await;
+    assert!(
+        reply_text(&twiml).unwrap().contains("not available"),
+        "no Stripe here: {twiml}"
+    );
+
+    // An unknown number gets the sign-up link and nothing else happens.
+    let (status, twiml) = app
+        .post_twilio_sms("SMin7", "+14155552999", "BALANCE")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        reply_text(&twiml)
+            .unwrap()
+            .contains("https://sms.example.com/account"),
+        "{twiml}"
+    );
+    let (status, _) = app.post_admin_account("+14155552999", None).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "no account was made for the unknown number"
+    );
+}
+
+#[actix_rt::test]
+async fn a_repeated_message_sid_gets_the_same_reply() {
+    let (app, _fake) = app_with_twilio().await;
+    let id = account_with_balance(&app, "+14155552100", 1_000_000).await;
+    let (first_status, first) = app
+        .post_twilio_sms("SMdup", "+14155552100", "BALANCE")
+        .await;
+    assert_eq!(first_status, StatusCode::OK, "{first}");
+    app.post_adjustment(id, 5_000_000, "later").await;
+    let (status, again) = app
+        .post_twilio_sms("SMdup", "+14155552100", "BALANCE")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        again, first,
+        "the retry is answered as the first delivery was"
+    );
+    let (_, fresh) = app
+        .post_twilio_sms("SMdup2", "+14155552100", "BALANCE")
+        .await;
+    assert!(reply_text(&fresh)
+        .unwrap()
+        .starts_with("Your balance is $6.00"));
+}
+
+#[actix_rt::test]
+async fn bad_signatures_and_malformed_forms_are_refused() {
+    let (app, _fake) = app_with_twilio().await;
+    let id = account_with_balance(&app, "+14155552200", 1_000_000).await;
+    let fields = [
+        ("MessageSid", "SMsig"),
+        ("From", "+14155552200"),
+        ("Body", "BALANCE"),
+    ];
+    let (status, _) = app
+        .post_twilio("/webhooks/twilio/sms", &fields, Some("not-the-signature"))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = app
+        .post_twilio("/webhooks/twilio/sms", &fields, Some(""))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Signed over other values than those sent.
+    let forged = sms_credit::twilio::signature::compute(
+        crate::fake_twilio::AUTH_TOKEN,
+        "https://sms.example.com/webhooks/twilio/sms",
+        &[
+            ("MessageSid".into(), "SMsig".into()),
+            ("From".into(), "+14155552200".into()),
+            ("Body".into(), "HELP".into()),
+        ],
+    );
+    let (status, _) = app
+        .post_twilio("/webhooks/twilio/sms", &fields, Some(&forged))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // No MessageSid: 400 with a reason.
+    let (status, body) = app
+        .post_twilio(
+            "/webhooks/twilio/sms",
+            &[("From", "+14155552200"), ("Body", "BALANCE")],
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("MessageSid"), "{body}");
+    let (status, _) = app
+        .post_raw("/webhooks/twilio/sms", "application/json", b"{}".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = app
+        .post_raw(
+            "/webhooks/twilio/sms",
+            "application/x-www-form-urlencoded",
+            b"%ZZ=%G1&".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_form"))
+    );
+    let (status, body) = app
+        .post_raw(
+            "/webhooks/twilio/sms",
+            "application/x-www-form-urlencoded",
+            b"MessageSid=SMx&Body=%FF".to_vec(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_form"))
+    );
+    let oversized = format!(
+        "MessageSid=SMbig&From=%2B14155552200&Body={}",
+        "a".repeat(70 * 1024)
+    );
+    let (status, body) = app
+        .post_raw(
+            "/webhooks/twilio/sms",
+            "application/x-www-form-urlencoded",
+            oversized.into_bytes(),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
+    );
+    // Nothing was recorded for SMsig: a genuine delivery is handled afresh.
+    let (status, twiml) = app.post_twilio("/webhooks/twilio/sms", &fields, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(reply_text(&twiml)
+        .unwrap()
+        .starts_with("Your balance is $1.00"));
+    assert_eq!(app.get_admin_account(id).await.1["seq"], 1);
+}
+
+#[actix_rt::test]
+async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+
+    // Access bought by Checkout; no card saved yet.
+    let (_, started) = app
+        .post_checkout_access("+14155552300", "hiker@example.com", None)
+        .await;
+    let (account, order) = (
+        started["account_id"].as_i64().unwrap(),
+        started["order_id"].as_i64().unwrap(),
+    );
+    let session = app.get_orders(account).await[0]["stripe_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = app.get_admin_account(account).await.1["stripe_customer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.deliver(&events.checkout_completed(&session, order, &customer, 2999, "pi_access"))
+        .await;
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy0", "+14155552300", "BUY $10")
+        .await;
+    assert!(
+        reply_text(&twiml).unwrap().contains("no saved card"),
+        "{twiml}"
+    );
+
+    app.deliver(&events.payment_intent_succeeded(
+        "pi_access",
+        2999,
+        &customer,
+        json!({"sms_credit_purpose": "checkout"}),
+    ))
+    .await;
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy1", "+14155552300", "buy 10")
+        .await;
+    assert_eq!(
+        reply_text(&twiml).as_deref(),
+        Some("Thanks! $10.00 was added. Your balance is $15.00.")
+    );
+    let (_, again) = app
+        .post_twilio_sms("SMbuy1", "+14155552300", "buy 10")
+        .await;
+    assert_eq!(again, twiml);
+    assert_eq!(
+        stripe.charges_made(),
+        1,
+        "a retried MessageSid never charges twice"
+    );
+    let charge = stripe.requests("/v1/payment_intents");
+    assert!(charge[0]
+        .idempotency_key
+        .as_deref()
+        .unwrap()
+        .contains("SMbuy1"));
+
+    stripe.set_charge_mode(ChargeMode::Decline);
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy2", "+14155552300", "BUY $10.00")
+        .await;
+    assert!(
+        reply_text(&twiml).unwrap().contains("not charged"),
+        "{twiml}"
+    );
+    stripe.set_charge_mode(ChargeMode::RequireAuthentication);
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy3", "+14155552300", "BUY $10")
+        .await;
+    assert!(
+        reply_text(&twiml).unwrap().contains("confirm this payment"),
+        "{twiml}"
+    );
+    assert!(reply_text(&twiml)
+        .unwrap()
+        .contains("https://sms.example.com/account"));
+    stripe.set_charge_mode(ChargeMode::ServerError);
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy4", "+14155552300", "BUY $10")
+        .await;
+    assert!(
+        reply_text(&twiml)
+            .unwrap()
+            .contains("not available right now"),
+        "{twiml}"
+    );
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy5", "+14155552300", "BUY $5")
+        .await;
+    assert!(
+        reply_text(&twiml).unwrap().contains("top up on the web"),
+        "{twiml}"
+    );
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
+}
+
+#[actix_rt::test]
+async fn outbound_messages_reserve_send_and_resolve_once() {
+    let (app, fake) = app_with_twilio().await;
+    let account = account_with_balance(&app, "+14155552400", 200_000).await;
+    let body = "a".repeat(200); // 2 GSM-7 segments × 5.65¢ = 11.3¢
+
+    let (status, answer) = app
+        .request(
+            "POST",
+            "/v1/messages",
+            None,
+            Some(json!({"account_id": account, "body": "x", "idempotency_key": "k"})),
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unauthorized"))
+    );
+
+    let (status, sent) = app
+        .post_message(json!({"account_id": account, "body": body, "idempotency_key": "forecast-1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    assert_eq!(sent["message"]["segments"], 2);
+    assert_eq!(sent["message"]["charged_micros"], 113_000);
+    assert_eq!(sent["message"]["state"], "sent");
+    assert_eq!(sent["balance_after_micros"], 87_000);
+    let messages = fake.sent();
+    assert_eq!(
+        messages.len(),
+        2,
+        "the message, then the low-balance warning it caused"
+    );
+    assert_eq!(
+        (messages[0].to.as_str(), messages[0].from.as_str()),
+        ("+14155552400", crate::fake_twilio::FROM)
+    );
+    assert_eq!(
+        sent["message"]["twilio_sid"].as_str(),
+        Some(messages[0].sid.as_str())
+    );
+    assert!(
+        messages[1]
+            .body
+            .starts_with("Your SMS credit is low: $0.08 left"),
+        "{}",
+        messages[1].body
+    );
+
+    let (status, again) = app
+        .post_message(json!({"to": "+14155552400", "body": body, "idempotency_key": "forecast-1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (again["replayed"].as_bool(), again["message"]["id"].clone()),
+        (Some(true), sent["message"]["id"].clone())
+    );
+    assert_eq!(fake.sent().len(), 2, "the same key is sent once");
+
+    // Not enough credit: 402 and nothing sent.
+    let (status, refused) = app
+        .post_message(json!({"account_id": account, "body": body, "idempotency_key": "forecast-2"}))
+        .await;
+    assert_eq!(
+        (status, refused["error"]["code"].as_str()),
+        (StatusCode::PAYMENT_REQUIRED, Some("insufficient_credit"))
+    );
+    assert_eq!(fake.sent().len(), 2);
+
+    // Twilio refuses: the reservation is given back.
+    app.post_adjustment(account, 1_000_000, "top-up").await;
+    fake.set_mode(SendMode::Refuse);
+    let (status, failed) = app
+        .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-3"}))
+        .await;
+    assert_eq!(
+        (status, failed["error"]["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("twilio_error"))
+    );
+    assert_eq!(app.balance_micros(account).await, 1_087_000);
+    fake.set_mode(SendMode::ServerError);
+    let (status, failed) = app
+        .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-4"}))
+        .await;
+    assert_eq!(
+        (status, failed["error"]["code"].as_str()),
+        (StatusCode::BAD_GATEWAY, Some("twilio_error"))
+    );
+    assert_eq!(
+        app.balance_micros(account).await,
+        1_087_000,
+        "an outage voids the reservation too"
+    );
+    fake.set_mode(SendMode::Accept);
+    let (status, _) = app
+        .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-2"}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a refused key can be used again once there is credit"
+    );
+
+    let (status, bad) = app
+        .post_message(json!({"to": "+4915112345678", "body": "hi", "idempotency_key": "k9"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+    let (status, bad) = app.post_message(json!({"account_id": account, "to": "+14155559999", "body": "hi", "idempotency_key": "k10"})).await;
+    assert_eq!(
+        (status, bad["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("number_mismatch"))
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn a_message_that_failed_in_twilio_is_refunded_once() {
+    let (app, fake) = app_with_twilio().await;
+    let account = account_with_balance(&app, "+14155552500", 1_000_000).await;
+    let (_, sent) = app
+        .post_message(json!({"account_id": account, "body": "storm", "idempotency_key": "s1"}))
+        .await;
+    let sid = sent["message"]["twilio_sid"].as_str().unwrap().to_string();
+    assert_eq!(
+        fake.sent().len(),
+        2,
+        "the message and a low-balance warning"
+    );
+    assert_eq!(app.balance_micros(account).await, 943_500);
+    for status in ["sent", "failed", "failed"] {
+        let (answered, _) = app
+            .post_twilio(
+                "/webhooks/twilio/status",
+                &[
+                    ("MessageSid", &sid),
+                    ("MessageStatus", status),
+                    ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(answered, StatusCode::OK);
+    }
+    assert_eq!(
+        app.balance_micros(account).await,
+        1_000_000,
+        "refunded once"
+    );
+    let (status, _) = app
+        .post_twilio(
+            "/webhooks/twilio/status",
+            &[("MessageSid", &sid), ("MessageStatus", "failed")],
+            Some("bad"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[actix_rt::test]
+async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let clock = ManualClock::new(START_MS);
+    let app = TestApp::spawn_with_clock(
+        std::sync::Arc::clone(&directory),
+        settings.clone(),
+        clock.clone(),
+    )
+    .await;
+    let account = account_with_balance(&app, "+14155552600", 2_100_000).await;
+    let warnings = |fake: &FakeTwilio| {
+        fake.sent()
+            .iter()
+            .filter(|sms| sms.body.contains("credit is low"))
+            .count()
+    };
+
+    app.post_message(
+        json!({"account_id": account, "body": "a".repeat(200), "idempotency_key": "m1"}),
+    )
+    .await;
+    assert_eq!(app.balance_micros(account).await, 1_987_000);
+    assert_eq!(warnings(&fake), 1, "below $2.00: one warning");
+    app.post_message(json!({"account_id": account, "body": "b", "idempotency_key": "m2"}))
+        .await;
+    assert_eq!(warnings(&fake), 1, "not again within 24 h");
+
+    let directory = app.stop().await;
+    let app = TestApp::spawn_with_clock(
+        std::sync::Arc::clone(&directory),
+        settings.clone(),
+        clock.clone(),
+    )
+    .await;
+    clock.advance_ms(23 * 3600 * 1000);
+    app.post_message(json!({"account_id": account, "body": "c", "idempotency_key": "m3"}))
+        .await;
+    assert_eq!(warnings(&fake), 1, "the cooldown survived the restart");
+    clock.advance_ms(3600 * 1000);
+    app.post_message(json!({"account_id": account, "body": "d", "idempotency_key": "m4"}))
+        .await;
+    assert_eq!(warnings(&fake), 2, "24 h later, one more");
+    let warning = fake
+        .sent()
+        .into_iter()
+        .find(|sms| sms.body.contains("credit is low"))
+        .unwrap();
+    assert_eq!(warning.to, "+14155552600");
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_100_000 - 113_000 - 3 * 56_500,
+        "warnings are not charged"
+    );
+}
+
+#[actix_rt::test]
+async fn reconciliation_compares_charges_with_twilios_prices() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let clock = ManualClock::new(START_MS);
+    let app =
+        TestApp::spawn_with_clock(std::sync::Arc::clone(&directory), settings, clock.clone()).await;
+    let us = account_with_balance(&app, "+14155552700", 10_000_000).await;
+    let gb = account_with_balance(&app, "+447400123456", 10_000_000).await;
+    let (_, first) = app
+        .post_message(json!({"account_id": us, "body": "a".repeat(200), "idempotency_key": "r1"}))
+        .await;
+    let (_, second) = app
+        .post_message(json!({"account_id": gb, "body": "hello", "idempotency_key": "r2"}))
+        .await;
+    // A command reply is a service message: costed, not charged.
+    let (_, reply) = app.post_twilio_sms("SMrec1", "+14155552700", "HELP").await;
+    assert!(reply_text(&reply).is_some());
+    let first_sid = first["message"]["twilio_sid"].as_str().unwrap();
+    let second_sid = second["message"]["twilio_sid"].as_str().unwrap();
+    // Twilio charged the table's cost for the US message, more for the GB one.
+    fake.set_price(first_sid, "-0.02260");
+    fake.set_price(second_sid, "-0.06000");
+
+    let (_, checked) = app
+        .request(
+            "POST",
+            "/v1/admin/reconciliation/check-prices",
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(checked["prices_found"], 0, "not due before the delay");
+    clock.advance_ms(301_000);
+    let (_, checked) = app
+        .request(
+            "POST",
+            "/v1/admin/reconciliation/check-prices",
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(checked["prices_found"], 2);
+
+    let (status, report) = app
+        .request(
+            "GET",
+            "/v1/admin/reconciliation",
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["by_country"]["US"]["charged_micros"], 113_000);
+    assert_eq!(
+        report["by_country"]["US"]["actual_carrier_cost_micros"],
+        22_600
+    );
+    assert_eq!(report["by_country"]["US"]["margin_basis_points"], 8_000);
+    assert_eq!(
+        report["by_country"]["GB"]["expected_carrier_cost_micros"],
+        52_400
+    );
+    assert_eq!(
+        report["by_country"]["GB"]["actual_carrier_cost_micros"],
+        60_000
+    );
+    assert_eq!(report["overall"]["messages"], 2);
+    assert_eq!(report["service"]["messages"], 1, "the HELP reply");
+    assert_eq!(report["service"]["charged_micros"], 0);
+    assert!(
+        report["service"]["expected_carrier_cost_micros"]
+            .as_i64()
+            .unwrap()
+            >= 11_300
+    );
+    let mismatches = report["mismatches"].as_array().unwrap();
+    assert_eq!(mismatches.len(), 1);
+    assert_eq!(mismatches[0]["country"], "GB");
+    assert_eq!(mismatches[0]["actual_per_segment_micros"], 60_000);
+
+    let directory = app.stop().await;
+    let output = run_cli(&directory, &["reconcile"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("80.00%") && text.contains("MISMATCH") && text.contains("service"),
+        "{text}"
+    );
+}

@@ -70,7 +70,14 @@ impl Core {
         };
         let messaging = match &settings.twilio {
             Some(twilio) => {
-                let client = TwilioClient::new(twilio).map_err(|reason| StoreError::Open {
+                let client = TwilioClient::new(
+                    twilio,
+                    settings
+                        .public_url
+                        .as_ref()
+                        .map(|url| format!("{url}/webhooks/twilio/status")),
+                )
+                .map_err(|reason| StoreError::Open {
                     path: twilio.api_base.clone(),
                     reason: format!("cannot build the Twilio client: {reason}"),
                 })?;

@@ -28,6 +28,7 @@ pub struct SentSms {
     pub to: String,
     pub from: String,
     pub body: String,
+    pub status_callback: Option<String>,
 }
 
 struct State {
@@ -86,6 +87,11 @@ impl FakeTwilio {
     }
 
     /// What Twilio will say a message cost (a negative decimal string).
+    /// The sid the next accepted message will get.
+    pub fn next_sid(&self) -> String {
+        format!("SMfake{:026}", self.state.lock().unwrap().next_id)
+    }
+
     pub fn set_price(&self, sid: &str, price: &str) {
         self.state
             .lock()
@@ -133,6 +139,7 @@ async fn create_message(
         to: form.get("To").cloned().unwrap_or_default(),
         from: form.get("From").cloned().unwrap_or_default(),
         body: form.get("Body").cloned().unwrap_or_default(),
+        status_callback: form.get("StatusCallback").cloned(),
     };
     state.sent.push(message.clone());
     HttpResponse::Created().json(json!({

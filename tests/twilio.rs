@@ -395,6 +395,10 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
         sent["message"]["twilio_sid"].as_str(),
         Some(messages[0].sid.as_str())
     );
+    assert_eq!(
+        messages[0].status_callback.as_deref(),
+        Some("https://sms.example.com/webhooks/twilio/status")
+    );
     assert!(
         messages[1]
             .body
@@ -511,6 +515,37 @@ async fn a_message_that_failed_in_twilio_is_refunded_once() {
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+
+    // Twilio may call back before its answer to the send is recorded: the
+    // status waits for the sid, and the failed message is still refunded.
+    let early_sid = fake.next_sid();
+    for status in ["queued", "failed", "sent"] {
+        let (answered, _) = app
+            .post_twilio(
+                "/webhooks/twilio/status",
+                &[
+                    ("MessageSid", early_sid.as_str()),
+                    ("MessageStatus", status),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(answered, StatusCode::OK);
+    }
+    let (_, sent) = app
+        .post_message(json!({"account_id": account, "body": "storm", "idempotency_key": "s2"}))
+        .await;
+    assert_eq!(
+        sent["message"]["twilio_sid"].as_str(),
+        Some(early_sid.as_str())
+    );
+    assert_eq!(
+        app.balance_micros(account).await,
+        1_000_000,
+        "the early `failed` refunded it"
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
 }
 
 #[actix_rt::test]

@@ -26,6 +26,9 @@ pub struct TwilioClient {
     messages_url: String,
     authorization: String,
     from: String,
+    /// Where Twilio posts the message's status changes; `None` when the
+    /// server has no public URL Twilio could reach.
+    status_callback: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -42,7 +45,10 @@ struct ErrorResource {
 }
 
 impl TwilioClient {
-    pub fn new(settings: &TwilioSettings) -> Result<TwilioClient, String> {
+    pub fn new(
+        settings: &TwilioSettings,
+        status_callback: Option<String>,
+    ) -> Result<TwilioClient, String> {
         let from = settings
             .from
             .clone()
@@ -64,6 +70,7 @@ impl TwilioClient {
                 base64::engine::general_purpose::STANDARD.encode(credentials)
             ),
             from,
+            status_callback,
         })
     }
 
@@ -119,8 +126,11 @@ fn refusal(status: u16, body: &[u8]) -> SenderError {
 
 impl SmsSender for TwilioClient {
     fn send(&self, to: &str, body: &str) -> SenderFuture<'_, Accepted> {
-        let form =
-            serde_urlencoded::to_string([("To", to), ("From", self.from.as_str()), ("Body", body)]);
+        let mut fields = vec![("To", to), ("From", self.from.as_str()), ("Body", body)];
+        if let Some(url) = &self.status_callback {
+            fields.push(("StatusCallback", url.as_str()));
+        }
+        let form = serde_urlencoded::to_string(fields);
         Box::pin(async move {
             let form = form.map_err(|error| SenderError::Refused(error.to_string()))?;
             let (status, response) = self

@@ -225,7 +225,8 @@ impl Messaging {
                 let id = record.id;
                 let check_at = now_ms + self.settings.price_check_delay.as_millis() as i64;
                 let sid = accepted.sid.clone();
-                self.store
+                let (message, early_status) = self
+                    .store
                     .write(move |connection| {
                         records::resolve(
                             connection,
@@ -235,9 +236,15 @@ impl Messaging {
                             Some(&accepted.status),
                             Some(check_at),
                         )?;
-                        Ok::<_, MessagingError>(records::get(connection, id)?)
+                        let early = records::take_early_status(connection, &sid)?;
+                        Ok::<_, MessagingError>((records::get(connection, id)?, early))
                     })
-                    .await?
+                    .await?;
+                if let Some(status) = early_status {
+                    // Twilio called back before its answer was recorded.
+                    self.handle_status(&accepted.sid, &status, now_ms).await?;
+                }
+                message
             }
             Err(error) => {
                 self.void(&record).await?;
@@ -430,10 +437,13 @@ impl Messaging {
 
     /// A status callback: records the status; a message that `failed`
     /// before leaving Twilio is refunded once.
+    /// A status for a sid not recorded yet is kept and applied when the
+    /// send's answer is recorded.
     pub async fn handle_status(
         &self,
         sid: &str,
         status: &str,
+        now_ms: i64,
     ) -> Result<Option<MessageRecord>, MessagingError> {
         let lookup = sid.to_string();
         let status_text = status.to_string();
@@ -441,6 +451,7 @@ impl Messaging {
             .store
             .write(move |connection| {
                 let Some(record) = records::find_by_sid(connection, &lookup)? else {
+                    records::keep_early_status(connection, &lookup, &status_text, now_ms)?;
                     return Ok::<_, MessagingError>(None);
                 };
                 records::set_twilio_status(connection, record.id, &status_text)?;

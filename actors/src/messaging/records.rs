@@ -166,6 +166,35 @@ pub fn set_twilio_status(connection: &Connection, id: i64, status: &str) -> Resu
     Ok(())
 }
 
+/// Keeps a status for a sid no message has yet (see `take_early_status`).
+pub fn keep_early_status(
+    connection: &Connection,
+    sid: &str,
+    status: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO early_message_statuses (twilio_sid, status, received_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (twilio_sid) DO UPDATE
+                SET status = CASE WHEN status = 'failed' THEN status ELSE excluded.status END,
+                    received_at = excluded.received_at",
+        )?
+        .execute(params![sid, status, now_ms])?;
+    Ok(())
+}
+
+/// Removes and returns a status that arrived before its message's sid was
+/// recorded.
+pub fn take_early_status(connection: &Connection, sid: &str) -> Result<Option<String>, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "DELETE FROM early_message_statuses WHERE twilio_sid = ?1 RETURNING status",
+        )?
+        .query_row([sid], |row| row.get(0))
+        .optional()?)
+}
+
 /// Marks a message refunded; `false` if it already was.
 pub fn mark_refunded(connection: &Connection, id: i64) -> Result<bool, StoreError> {
     let changed = connection

@@ -27,6 +27,11 @@ pub const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0004_messaging",
         include_str!("../../../migrations/0004_messaging.sql"),
     ),
+    (
+        5,
+        "0005_early_statuses",
+        include_str!("../../../migrations/0005_early_statuses.sql"),
+    ),
 ];
 
 /// Applies the migrations the database has not had yet, each in a

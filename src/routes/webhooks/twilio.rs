@@ -112,7 +112,9 @@ pub async fn status(
     let sid = form.require("MessageSid")?.to_string();
     let status = form.require("MessageStatus")?.to_string();
     if let Some(messaging) = &state.messaging {
-        messaging.handle_status(&sid, &status).await?;
+        messaging
+            .handle_status(&sid, &status, state.clock.now_ms())
+            .await?;
     }
     Ok(HttpResponse::Ok()
         .content_type(twiml::CONTENT_TYPE)

@@ -223,6 +223,19 @@ pub struct Options {
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "SMS_CREDIT_HTTP_WORKERS", global = true, value_name = "N")]
     pub http_workers: Option<usize>,
+
+    /// Seconds between the balance feed's pings; a client silent for three is dropped [default: 15].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_FEED_HEARTBEAT_SECS",
+        global = true,
+        value_name = "SECONDS"
+    )]
+    pub feed_heartbeat_secs: Option<u64>,
+
+    /// Ledger rows queued per feed client before it is dropped as too slow [default: 256].
+    #[arg(long, env = "SMS_CREDIT_FEED_QUEUE", global = true, value_name = "N")]
+    pub feed_queue: Option<usize>,
 }
 
 /// Why the configuration could not be loaded.
@@ -279,6 +292,8 @@ pub struct Settings {
     pub passivate_after: Duration,
     pub actor_threads: usize,
     pub http_workers: usize,
+    pub feed_heartbeat: Duration,
+    pub feed_queue: usize,
 }
 
 impl Settings {
@@ -464,6 +479,11 @@ impl Settings {
                 options.actor_threads.unwrap_or(2),
             )?,
             http_workers: positive("SMS_CREDIT_HTTP_WORKERS", options.http_workers.unwrap_or(2))?,
+            feed_heartbeat: Duration::from_secs(positive(
+                "SMS_CREDIT_FEED_HEARTBEAT_SECS",
+                options.feed_heartbeat_secs.unwrap_or(15) as usize,
+            )? as u64),
+            feed_queue: positive("SMS_CREDIT_FEED_QUEUE", options.feed_queue.unwrap_or(256))?,
         })
     }
 }
@@ -515,6 +535,8 @@ fn merge(winner: Options, fallback: Options) -> Options {
             .or(fallback.passivate_after_secs),
         actor_threads: winner.actor_threads.or(fallback.actor_threads),
         http_workers: winner.http_workers.or(fallback.http_workers),
+        feed_heartbeat_secs: winner.feed_heartbeat_secs.or(fallback.feed_heartbeat_secs),
+        feed_queue: winner.feed_queue.or(fallback.feed_queue),
     }
 }
 

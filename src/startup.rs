@@ -16,6 +16,7 @@ use sms_credit_actors::{AccountSettings, Money, Registry, Store, StoreError, Sto
 
 use crate::config::Settings;
 use crate::error;
+use crate::feed::Tickets;
 use crate::routes;
 use crate::stripe::StripeGateway;
 use crate::twilio::TwilioClient;
@@ -169,6 +170,7 @@ pub struct AppState {
     pub stripe_supervisor: Addr<StripeSupervisor>,
     pub sms_supervisor: Addr<SmsSupervisor>,
     pub clock: Arc<dyn Clock>,
+    pub tickets: Arc<Tickets>,
 }
 
 /// The running server.
@@ -202,6 +204,7 @@ impl Application {
             stripe_supervisor: core.stripe_supervisor.clone(),
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
+            tickets: Arc::new(Tickets::default()),
         });
         if let Some(messaging) = core.messaging.clone() {
             start_messaging_jobs(messaging, Arc::clone(&clock));

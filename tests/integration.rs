@@ -10,6 +10,7 @@ mod helpers;
 
 mod admin_api;
 mod cli;
+mod feed;
 mod ledger_actors;
 mod ledger_properties;
 mod quote;

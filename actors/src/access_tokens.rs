@@ -16,10 +16,15 @@ fn hash(token: &str) -> String {
 
 /// A new random token (256 bits from the operating system).
 pub fn generate() -> Result<String, StoreError> {
+    random_secret(PREFIX)
+}
+
+/// `prefix` and 256 random bits from the operating system, in hex.
+pub fn random_secret(prefix: &str) -> Result<String, StoreError> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)
         .map_err(|error| StoreError::Database(format!("no randomness: {error}")))?;
-    Ok(format!("{PREFIX}{}", hex::encode(bytes)))
+    Ok(format!("{prefix}{}", hex::encode(bytes)))
 }
 
 /// Stores the hash of a new token for an account and returns the token.

@@ -1,7 +1,9 @@
 //! The HTTP routes, one resource per file.
 
-mod admin;
+mod account;
+pub(crate) mod admin;
 pub mod checkout;
+mod feed;
 mod health;
 mod messages;
 mod quote;
@@ -19,21 +21,28 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/v1/checkout/access", web::post().to(checkout::access))
         .route("/v1/checkout/topup", web::post().to(checkout::top_up))
         .route("/v1/messages", web::post().to(messages::create))
+        .route("/v1/accounts/me", web::get().to(account::me))
+        .route("/v1/accounts/{id}", web::get().to(account::show))
+        .route(
+            "/v1/accounts/{id}/transactions",
+            web::get().to(account::transactions),
+        )
+        .route(
+            "/v1/accounts/{id}/feed-tickets",
+            web::post().to(account::feed_ticket),
+        )
+        .route("/v1/accounts/{id}/feed", web::get().to(feed::account_feed))
+        .route("/v1/admin/feed", web::get().to(feed::admin_feed))
+        .route("/v1/admin/feed-tickets", web::post().to(feed::admin_ticket))
         .service(
             web::resource("/webhooks/twilio/sms")
-                .app_data(web::PayloadConfig::new(64 * 1024))
                 .route(web::post().to(webhooks::twilio::inbound_sms)),
         )
         .service(
             web::resource("/webhooks/twilio/status")
-                .app_data(web::PayloadConfig::new(64 * 1024))
                 .route(web::post().to(webhooks::twilio::status)),
         )
-        .service(
-            web::resource("/webhooks/stripe")
-                .app_data(web::PayloadConfig::new(1024 * 1024))
-                .route(web::post().to(webhooks::stripe::receive)),
-        )
+        .service(web::resource("/webhooks/stripe").route(web::post().to(webhooks::stripe::receive)))
         .service(web::scope("/v1/admin").configure(admin::configure))
         .default_service(web::to(not_found));
 }

@@ -21,6 +21,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use crate::feed::FeedHub;
 use crate::ledger::{AccountId, LedgerEntry, Snapshot};
 
 pub use migrations::{applied_migrations, MIGRATIONS};
@@ -144,6 +145,7 @@ struct Shared {
     next_generation: AtomicU64,
     fail_next_commits: Arc<AtomicU64>,
     stats: Arc<StoreStats>,
+    feed: Arc<FeedHub>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
 }
@@ -195,6 +197,7 @@ impl Store {
 
         let stats = Arc::new(StoreStats::default());
         let fail_next_commits = Arc::new(AtomicU64::new(0));
+        let feed = FeedHub::new();
         let mut threads = Vec::new();
 
         let (writer_sender, writer_receiver) = mpsc::channel();
@@ -203,6 +206,7 @@ impl Store {
             settings.max_batch.max(1),
             Arc::clone(&stats),
             Arc::clone(&fail_next_commits),
+            Arc::clone(&feed),
         );
         threads.push(spawn_thread("store-writer", move || {
             writer_state.run(writer_receiver)
@@ -227,6 +231,7 @@ impl Store {
                 next_generation: AtomicU64::new(1),
                 fail_next_commits,
                 stats,
+                feed,
                 threads: Mutex::new(threads),
                 path: settings.path.clone(),
             }),
@@ -235,6 +240,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// The fan-out of committed ledger rows (the balance feed).
+    pub fn feed(&self) -> &Arc<FeedHub> {
+        &self.shared.feed
     }
 
     pub fn stats(&self) -> &StoreStats {

@@ -14,12 +14,13 @@ use tokio::sync::oneshot;
 use super::{
     queries, CustomFailure, ErasedValue, LedgerWrite, StoreError, StoreStats, WriterMessage,
 };
-use crate::ledger::AccountId;
+use crate::feed::FeedHub;
+use crate::ledger::{AccountId, LedgerEntry};
 
 /// A write that went into the open transaction and waits for its commit.
 enum Pending {
     Ledger {
-        account_id: AccountId,
+        entry: LedgerEntry,
         generation: u64,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
@@ -44,6 +45,8 @@ pub(super) struct Writer {
     max_batch: usize,
     stats: Arc<StoreStats>,
     fail_next_commits: Arc<AtomicU64>,
+    /// Where committed ledger rows are published for the balance feed.
+    feed: Arc<FeedHub>,
     /// Accounts with a failed write, and the generation it failed at: later
     /// writes of that account from the same or an older generation were
     /// computed on top of the failure and are refused.
@@ -56,12 +59,14 @@ impl Writer {
         max_batch: usize,
         stats: Arc<StoreStats>,
         fail_next_commits: Arc<AtomicU64>,
+        feed: Arc<FeedHub>,
     ) -> Writer {
         Writer {
             connection,
             max_batch,
             stats,
             fail_next_commits,
+            feed,
             poisoned: HashMap::new(),
         }
     }
@@ -151,9 +156,15 @@ impl Writer {
                 self.stats
                     .max_batch
                     .fetch_max(batch_size, Ordering::Relaxed);
+                // Checked after the commit: a subscriber that arrives later
+                // reads these rows from the database instead.
+                let publish = !self.feed.is_idle();
                 for write in pending {
                     match write {
-                        Pending::Ledger { done, .. } => {
+                        Pending::Ledger { entry, done, .. } => {
+                            if publish {
+                                self.feed.publish(Arc::new(entry));
+                            }
                             let _ = done.send(Ok(()));
                         }
                         Pending::Custom { value, done } => {
@@ -168,11 +179,11 @@ impl Writer {
                 for write in pending {
                     match write {
                         Pending::Ledger {
-                            account_id,
+                            entry,
                             generation,
                             done,
                         } => {
-                            self.poison(account_id, generation);
+                            self.poison(entry.account_id, generation);
                             let _ = done.send(Err(StoreError::CommitFailed(reason.clone())));
                         }
                         Pending::Custom { done, .. } => {
@@ -218,7 +229,7 @@ impl Writer {
         }
         match queries::append_entry(&self.connection, &write.entry, &write.previous, &write.next) {
             Ok(true) => pending.push(Pending::Ledger {
-                account_id,
+                entry: write.entry,
                 generation: write.generation,
                 done: write.done,
             }),

@@ -7,7 +7,7 @@ mod orders;
 mod pricing;
 mod reconciliation;
 mod tokens;
-mod transactions;
+pub(crate) mod transactions;
 
 use actix_web::web;
 

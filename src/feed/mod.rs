@@ -1,0 +1,10 @@
+//! The websocket balance feed: short-lived tickets for browsers, and the
+//! session that sends a snapshot, replays what a client missed from the
+//! ledger and then forwards committed rows live, in `seq` order, with
+//! heartbeats and a bounded queue.
+
+mod session;
+mod tickets;
+
+pub use session::{run, FeedStart};
+pub use tickets::{FeedScope, Tickets, TICKET_LIFETIME};

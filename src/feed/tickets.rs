@@ -1,0 +1,62 @@
+//! Feed tickets: a browser cannot put a header on a websocket, so an
+//! authenticated `POST` gets a random ticket, usable once within
+//! [`TICKET_LIFETIME`], to put in the feed URL instead of a long-lived token.
+
+use std::time::Duration;
+
+use dashmap::DashMap;
+use sms_credit_actors::{access_tokens, AccountId, StoreError};
+
+/// How long a ticket stays valid.
+pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
+
+/// What a feed caller may watch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedScope {
+    Account(AccountId),
+    /// Every account (the admin feed).
+    Admin,
+}
+
+/// The tickets issued and not yet used or expired.
+#[derive(Default)]
+pub struct Tickets {
+    open: DashMap<String, (FeedScope, i64)>,
+}
+
+impl Tickets {
+    /// A new single-use ticket for `scope`.
+    pub fn issue(&self, scope: FeedScope, now_ms: i64) -> Result<String, StoreError> {
+        self.open.retain(|_, (_, expires_at)| *expires_at > now_ms);
+        let ticket = access_tokens::random_secret("sft_")?;
+        let expires_at = now_ms + TICKET_LIFETIME.as_millis() as i64;
+        self.open.insert(ticket.clone(), (scope, expires_at));
+        Ok(ticket)
+    }
+
+    /// Uses a ticket up: its scope if it was open and unexpired.
+    pub fn redeem(&self, ticket: &str, now_ms: i64) -> Option<FeedScope> {
+        let (_, (scope, expires_at)) = self.open.remove(ticket)?;
+        (expires_at > now_ms).then_some(scope)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_ticket_works_once_and_not_after_it_expires() {
+        let tickets = Tickets::default();
+        let scope = FeedScope::Account(AccountId(7));
+        let ticket = tickets.issue(scope, 1_000).unwrap();
+        assert!(ticket.starts_with("sft_"));
+        assert_eq!(tickets.redeem(&ticket, 2_000), Some(scope));
+        assert_eq!(tickets.redeem(&ticket, 2_000), None, "single use");
+        let late = tickets.issue(FeedScope::Admin, 1_000).unwrap();
+        assert_eq!(tickets.redeem(&late, 1_000 + 30_000), None, "expired");
+        assert_eq!(tickets.redeem("sft_guess", 1_000), None);
+    }
+}

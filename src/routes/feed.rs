@@ -1,0 +1,152 @@
+//! `GET /v1/accounts/{id}/feed` and `GET /v1/admin/feed`: the websocket
+//! balance feeds. The caller proves who it is by a ticket (`?ticket=`, from
+//! a `POST …/feed-tickets`), by an account token offered as a websocket
+//! subprotocol next to `sms-credit-feed` (browsers cannot set headers), or
+//! by an `Authorization: Bearer` header; never by a long-lived token in the URL.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+use sms_credit_actors::{access_tokens, AccountId};
+
+use crate::auth::{bearer_token, constant_time_eq, Admin};
+use crate::error::ApiError;
+use crate::feed::{self, FeedScope, FeedStart, TICKET_LIFETIME};
+use crate::startup::AppState;
+
+/// The subprotocol the server answers with.
+pub const PROTOCOL: &str = "sms-credit-feed";
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedQuery {
+    since: Option<i64>,
+    ticket: Option<String>,
+}
+
+/// An account token offered as a subprotocol.
+fn protocol_token(request: &HttpRequest) -> Option<String> {
+    request
+        .headers()
+        .get_all(actix_web::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .find(|item| item.starts_with("sct_"))
+        .map(str::to_string)
+}
+
+/// Who is opening the feed.
+async fn caller(
+    state: &AppState,
+    request: &HttpRequest,
+    ticket: Option<&str>,
+) -> Result<FeedScope, ApiError> {
+    if let Some(ticket) = ticket {
+        return state
+            .tickets
+            .redeem(ticket, state.clock.now_ms())
+            .ok_or(ApiError::Unauthorized);
+    }
+    let presented = protocol_token(request).or_else(|| bearer_token(request).map(str::to_string));
+    let presented = presented.ok_or(ApiError::Unauthorized)?;
+    if let Some(admin_token) = &state.settings.admin_token {
+        if constant_time_eq(presented.as_bytes(), admin_token.expose().as_bytes()) {
+            return Ok(FeedScope::Admin);
+        }
+    }
+    let account = state
+        .store
+        .read(move |connection| access_tokens::find_account(connection, &presented))
+        .await?;
+    account
+        .map(FeedScope::Account)
+        .ok_or(ApiError::Unauthorized)
+}
+
+fn start_session(
+    state: &AppState,
+    request: &HttpRequest,
+    payload: web::Payload,
+    scope: FeedScope,
+    since: Option<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let (response, session, incoming) =
+        actix_ws::handle_with_protocols(request, payload, &[PROTOCOL]).map_err(|error| {
+            ApiError::invalid(
+                "not_a_websocket",
+                format!("the feed is a websocket: {error}"),
+            )
+        })?;
+    let start = FeedStart {
+        scope,
+        since,
+        store: state.store.clone(),
+        heartbeat: state.settings.feed_heartbeat,
+        queue: state.settings.feed_queue,
+    };
+    actix_rt::spawn(feed::run(start, session, incoming));
+    Ok(response)
+}
+
+pub async fn account_feed(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    path: web::Path<i64>,
+    query: web::Query<FeedQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    let query = query.into_inner();
+    let scope = caller(&state, &request, query.ticket.as_deref()).await?;
+    let allowed = match scope {
+        FeedScope::Admin => true,
+        FeedScope::Account(own) => own == account_id,
+    };
+    let exists = state.store.get_account(account_id).await?.is_some();
+    if !allowed || !exists {
+        return Err(ApiError::NotFound(format!(
+            "account {account_id} does not exist"
+        )));
+    }
+    start_session(
+        &state,
+        &request,
+        payload,
+        FeedScope::Account(account_id),
+        query.since,
+    )
+}
+
+pub async fn admin_feed(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+    query: web::Query<FeedQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    if query.since.is_some() {
+        return Err(ApiError::invalid(
+            "invalid_query",
+            "the admin feed is live only; replay one account with its own feed",
+        ));
+    }
+    match caller(&state, &request, query.ticket.as_deref()).await? {
+        FeedScope::Admin => start_session(&state, &request, payload, FeedScope::Admin, None),
+        FeedScope::Account(_) => Err(ApiError::Unauthorized),
+    }
+}
+
+/// `POST /v1/admin/feed-tickets`.
+pub async fn admin_ticket(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let ticket = state
+        .tickets
+        .issue(FeedScope::Admin, state.clock.now_ms())?;
+    Ok(HttpResponse::Created().json(json!({
+        "ticket": ticket,
+        "expires_in_secs": TICKET_LIFETIME.as_secs(),
+    })))
+}

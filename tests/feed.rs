@@ -1,0 +1,369 @@
+//! The websocket balance feed and who may see what: snapshot then every
+//! committed change in order, resume with `since` without gaps or
+//! duplicates, tickets, heartbeats, and no account reading another's.
+
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+use crate::helpers::{fresh_directory, test_settings, TestApp, ADMIN_TOKEN};
+
+type Connection = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+fn ws_url(app: &TestApp, path: &str) -> String {
+    app.url(path).replacen("http://", "ws://", 1)
+}
+
+/// Opens a feed offering `protocols`; the handshake's status on refusal.
+async fn open(app: &TestApp, path: &str, protocols: &[&str]) -> Result<Connection, StatusCode> {
+    let mut request = awc::Client::new().ws(ws_url(app, path));
+    if !protocols.is_empty() {
+        request = request.protocols(protocols);
+    }
+    match request.connect().await {
+        Ok((response, connection)) => {
+            if !protocols.is_empty() {
+                let chosen = response.headers().get("Sec-WebSocket-Protocol").unwrap();
+                assert_eq!(chosen, "sms-credit-feed");
+            }
+            Ok(connection)
+        }
+        Err(awc::error::WsClientError::InvalidResponseStatus(status)) => Err(status),
+        Err(other) => panic!("unexpected websocket failure: {other}"),
+    }
+}
+
+/// The next JSON message, answering pings on the way.
+async fn next_json(connection: &mut Connection) -> Value {
+    loop {
+        let frame = actix_rt::time::timeout(Duration::from_secs(10), connection.next())
+            .await
+            .expect("a feed message within 10 s")
+            .expect("the feed is open")
+            .unwrap();
+        match frame {
+            ws::Frame::Text(bytes) => return serde_json::from_slice(&bytes).unwrap(),
+            ws::Frame::Ping(bytes) => connection.send(ws::Message::Pong(bytes)).await.unwrap(),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+async fn account_with_token(app: &TestApp, phone: &str) -> (i64, String) {
+    let id = app.create_account(phone).await;
+    (id, app.issue_token(id).await)
+}
+
+#[actix_rt::test]
+async fn the_feed_sends_the_snapshot_then_each_committed_change_in_order() {
+    let app = TestApp::spawn().await;
+    let (id, token) = account_with_token(&app, "+14155553000").await;
+    app.post_adjustment(id, 1_500_000, "before").await;
+
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut feed).await,
+        json!({"seq": 1, "balance_micros": 1_500_000})
+    );
+    for (index, amount) in [250_000, -100_000, 50_000].into_iter().enumerate() {
+        let (status, _) = app
+            .post_adjustment(id, amount, &format!("live-{index}"))
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut balance = 1_500_000;
+    for (seq, amount) in [(2, 250_000), (3, -100_000), (4, 50_000)] {
+        balance += amount;
+        let event = next_json(&mut feed).await;
+        assert_eq!(event["seq"], seq);
+        assert_eq!(event["type"], "adjustment");
+        assert_eq!(event["amount_micros"], amount);
+        assert_eq!(event["balance_micros"], balance);
+        assert_eq!(event["description"], "test adjustment");
+        assert!(event["at"].as_str().unwrap().ends_with('Z'));
+    }
+    feed.send(ws::Message::Close(None)).await.unwrap();
+}
+
+#[actix_rt::test]
+async fn since_replays_what_was_missed_then_goes_live_without_gaps_or_duplicates() {
+    let app = TestApp::spawn().await;
+    let (id, token) = account_with_token(&app, "+14155553100").await;
+    for index in 0..5 {
+        app.post_adjustment(id, 100_000, &format!("missed-{index}"))
+            .await;
+    }
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since=2"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut feed).await,
+        json!({"seq": 5, "balance_micros": 500_000})
+    );
+
+    // Changes keep coming while the missed ones are replayed.
+    let writer = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/v1/admin/accounts/{id}/adjustments"));
+        actix_rt::spawn(async move {
+            for index in 0..40 {
+                let response = client
+                    .post(&url)
+                    .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+                    .send_json(&json!({"amount_micros": 10_000, "reason": "live", "idempotency_key": format!("live-{index}")}))
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        })
+    };
+    let mut seqs = Vec::new();
+    while seqs.len() < 43 {
+        let event = next_json(&mut feed).await;
+        seqs.push(event["seq"].as_i64().unwrap());
+    }
+    writer.await.unwrap();
+    assert_eq!(
+        seqs,
+        (3..=45).collect::<Vec<_>>(),
+        "every change once, in order"
+    );
+
+    // A client claiming to be ahead of the ledger gets everything after the snapshot.
+    let mut ahead = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since=999"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ahead).await["seq"], 45);
+    app.post_adjustment(id, 1, "after-ahead").await;
+    assert_eq!(next_json(&mut ahead).await["seq"], 46);
+}
+
+#[actix_rt::test]
+async fn tickets_open_the_feed_once_and_the_admin_feed_sees_every_account() {
+    let app = TestApp::spawn().await;
+    let (first, token) = account_with_token(&app, "+14155553200").await;
+    let second = app.create_account("+14155553201").await;
+
+    let (status, issued) = app
+        .request(
+            "POST",
+            &format!("/v1/accounts/{first}/feed-tickets"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let ticket = issued["ticket"].as_str().unwrap().to_string();
+    assert_eq!(issued["expires_in_secs"], 30);
+    let path = format!("/v1/accounts/{first}/feed?ticket={ticket}");
+    let mut feed = open(&app, &path, &[]).await.unwrap();
+    assert_eq!(next_json(&mut feed).await["seq"], 0);
+    assert_eq!(
+        open(&app, &path, &[]).await.err(),
+        Some(StatusCode::UNAUTHORIZED),
+        "single use"
+    );
+
+    let (_, issued) = app
+        .request("POST", "/v1/admin/feed-tickets", Some(ADMIN_TOKEN), None)
+        .await;
+    let mut admin = open(
+        &app,
+        &format!(
+            "/v1/admin/feed?ticket={}",
+            issued["ticket"].as_str().unwrap()
+        ),
+        &[],
+    )
+    .await
+    .unwrap();
+    app.post_adjustment(first, 10, "a").await;
+    app.post_adjustment(second, 20, "b").await;
+    let seen: Vec<(i64, i64)> = [next_json(&mut admin).await, next_json(&mut admin).await]
+        .iter()
+        .map(|event| {
+            (
+                event["account_id"].as_i64().unwrap(),
+                event["amount_micros"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(seen, vec![(first, 10), (second, 20)]);
+    assert_eq!(
+        next_json(&mut feed).await["amount_micros"],
+        10,
+        "the account feed sees only its own"
+    );
+
+    // An account token does not open the admin feed.
+    assert_eq!(
+        open(&app, "/v1/admin/feed", &["sms-credit-feed", &token])
+            .await
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+}
+
+#[actix_rt::test]
+async fn no_account_token_reads_another_account() {
+    let app = TestApp::spawn().await;
+    let (own, token) = account_with_token(&app, "+14155553300").await;
+    let (other, other_token) = account_with_token(&app, "+14155553301").await;
+    app.post_adjustment(other, 5_000_000, "secret").await;
+
+    let (status, me) = app
+        .request("GET", "/v1/accounts/me", Some(&token), None)
+        .await;
+    assert_eq!((status, me["id"].as_i64()), (StatusCode::OK, Some(own)));
+    let (status, mine) = app
+        .request("GET", &format!("/v1/accounts/{own}"), Some(&token), None)
+        .await;
+    assert_eq!(
+        (status, mine["balance_micros"].as_i64()),
+        (StatusCode::OK, Some(0))
+    );
+    let (status, _) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{own}/transactions?latest=5"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Every account-scoped route, with a token of another account, without a
+    // token, with the admin token (not an account token) and with a revoked one.
+    let routes = [
+        ("GET", format!("/v1/accounts/{other}")),
+        ("GET", format!("/v1/accounts/{other}/transactions")),
+        ("GET", format!("/v1/accounts/{other}/transactions?latest=5")),
+        ("POST", format!("/v1/accounts/{other}/feed-tickets")),
+    ];
+    for (method, path) in &routes {
+        let (status, body) = app.request(method, path, Some(&token), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
+        assert!(!body.to_string().contains("5000000"), "{body}");
+        let (status, _) = app.request(method, path, None, None).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} without a token"
+        );
+        let (status, _) = app.request(method, path, Some("sct_0000"), None).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {path} with a made-up token"
+        );
+    }
+    let feed = format!("/v1/accounts/{other}/feed");
+    assert_eq!(
+        open(&app, &feed, &["sms-credit-feed", &token]).await.err(),
+        Some(StatusCode::NOT_FOUND)
+    );
+    assert_eq!(
+        open(&app, &feed, &[]).await.err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(
+        open(&app, &format!("{feed}?ticket=sft_guess"), &[])
+            .await
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+    let (_, own_ticket) = app
+        .request(
+            "POST",
+            &format!("/v1/accounts/{own}/feed-tickets"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        open(
+            &app,
+            &format!("{feed}?ticket={}", own_ticket["ticket"].as_str().unwrap()),
+            &[]
+        )
+        .await
+        .err(),
+        Some(StatusCode::NOT_FOUND),
+        "a ticket is for its own account only"
+    );
+
+    // A revoked token opens nothing.
+    let (status, _) = app
+        .request(
+            "DELETE",
+            &format!("/v1/admin/accounts/{other}/tokens"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .request("GET", "/v1/accounts/me", Some(&other_token), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        open(&app, &feed, &["sms-credit-feed", &other_token])
+            .await
+            .err(),
+        Some(StatusCode::UNAUTHORIZED)
+    );
+}
+
+#[actix_rt::test]
+async fn the_feed_pings_and_drops_a_silent_client() {
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.feed_heartbeat = Duration::from_millis(200);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (id, token) = account_with_token(&app, "+14155553400").await;
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    let mut pings = 0;
+    // Never answer: after the snapshot, pings, then a close for silence.
+    loop {
+        let frame = actix_rt::time::timeout(Duration::from_secs(10), feed.next())
+            .await
+            .expect("the server acts within 10 s");
+        match frame {
+            Some(Ok(ws::Frame::Text(_))) => {}
+            Some(Ok(ws::Frame::Ping(_))) => pings += 1,
+            Some(Ok(ws::Frame::Close(reason))) => {
+                assert_eq!(
+                    reason.unwrap().description.as_deref(),
+                    Some("no answer to pings")
+                );
+                break;
+            }
+            None => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 2, "pinged {pings} times before giving up");
+}

@@ -9,6 +9,7 @@ mod fake_twilio;
 mod helpers;
 
 mod admin_api;
+mod browser;
 mod cli;
 mod feed;
 mod ledger_actors;

@@ -6,6 +6,7 @@ pub mod checkout;
 mod feed;
 mod health;
 mod messages;
+mod page;
 mod quote;
 mod webhooks;
 
@@ -17,6 +18,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
+        .route("/account", web::get().to(page::account_page))
         .route("/v1/quote", web::post().to(quote::create))
         .route("/v1/checkout/access", web::post().to(checkout::access))
         .route("/v1/checkout/topup", web::post().to(checkout::top_up))

@@ -1,0 +1,20 @@
+//! `GET /account`: the account holder's page, static HTML and JavaScript
+//! built into the binary (no build step). It signs in with an account token
+//! and shows the live balance from the feed.
+
+use actix_web::http::header;
+use actix_web::HttpResponse;
+
+const ACCOUNT_PAGE: &str = include_str!("../web/account.html");
+
+pub async fn account_page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+        ))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .body(ACCOUNT_PAGE)
+}

@@ -1,0 +1,256 @@
+//! The account page in headless Chromium (Debian's `chromium`, installed by
+//! `.ci/run`), driven over the DevTools protocol: sign in with a token, see
+//! the balance, and see an admin adjustment arrive without a reload.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::http::StatusCode;
+use awc::ws;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
+
+type Connection = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+
+/// A headless Chromium, killed when dropped.
+struct Browser {
+    child: Child,
+    _profile: tempfile::TempDir,
+    devtools_port: u16,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    fn start() -> Browser {
+        let binary = std::env::var("SMS_CREDIT_CHROMIUM")
+            .unwrap_or_else(|_| "/usr/bin/chromium".to_string());
+        assert!(
+            std::path::Path::new(&binary).exists(),
+            "{binary} is missing: install Debian's chromium package (.ci/run does) or set SMS_CREDIT_CHROMIUM"
+        );
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = Command::new(&binary)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--disable-dev-shm-usage",
+                "--remote-debugging-address=127.0.0.1",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Chromium says where DevTools listens on stderr.
+        let stderr = child.stderr.take().unwrap();
+        let (found, port) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("DevTools listening on ws://127.0.0.1:") {
+                    if !sent {
+                        let number: String =
+                            rest.chars().take_while(char::is_ascii_digit).collect();
+                        let _ = found.send(number.parse::<u16>().unwrap());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let devtools_port = port
+            .recv_timeout(Duration::from_secs(60))
+            .expect("Chromium started DevTools within 60 s");
+        Browser {
+            child,
+            _profile: profile,
+            devtools_port,
+        }
+    }
+
+    /// Connects to the browser's first page.
+    async fn page(&self) -> Page {
+        let client = awc::Client::new();
+        let mut response = client
+            .get(format!("http://127.0.0.1:{}/json/list", self.devtools_port))
+            .send()
+            .await
+            .unwrap();
+        let targets: Vec<Value> = response.json().await.unwrap();
+        let target = targets
+            .iter()
+            .find(|target| target["type"] == "page")
+            .expect("a page target");
+        let url = target["webSocketDebuggerUrl"].as_str().unwrap().to_string();
+        let (_, connection) = client
+            .ws(url)
+            .max_frame_size(64 * 1024 * 1024)
+            .connect()
+            .await
+            .unwrap();
+        Page {
+            connection,
+            next_id: 1,
+        }
+    }
+}
+
+/// One page, over the DevTools protocol.
+struct Page {
+    connection: Connection,
+    next_id: u64,
+}
+
+impl Page {
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"id": id, "method": method, "params": params});
+        self.connection
+            .send(ws::Message::Text(request.to_string().into()))
+            .await
+            .unwrap();
+        loop {
+            let frame = actix_rt::time::timeout(Duration::from_secs(30), self.connection.next())
+                .await
+                .expect("DevTools answers within 30 s")
+                .expect("DevTools connection open")
+                .unwrap();
+            if let ws::Frame::Text(bytes) = frame {
+                let message: Value = serde_json::from_slice(&bytes).unwrap();
+                if message["id"] == id {
+                    assert!(message.get("error").is_none(), "{method}: {message}");
+                    return message["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let result = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(
+            result.get("exceptionDetails").is_none(),
+            "{expression}: {result}"
+        );
+        result["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it equals `expected` (30 s at most).
+    async fn wait_for(&mut self, expression: &str, expected: Value) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.eval(expression).await;
+            if last == expected {
+                return;
+            }
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("{expression} is {last}, not {expected}, after 30 s");
+    }
+}
+
+#[actix_rt::test]
+async fn the_account_page_shows_the_live_balance_without_a_reload() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155553500").await;
+    app.post_adjustment(account, 5_000_000, "opening").await;
+    let token = app.issue_token(account).await;
+
+    let browser = Browser::start();
+    let mut page = browser.page().await;
+    page.call("Page.navigate", json!({"url": app.url("/account")}))
+        .await;
+    page.wait_for(
+        "document.readyState === 'complete' && !!document.getElementById('token')",
+        json!(true),
+    )
+    .await;
+
+    // A wrong token is refused on the page.
+    page.eval("document.getElementById('token').value = 'sct_wrong'; document.getElementById('signin-button').click(); true").await;
+    page.wait_for(
+        "document.getElementById('signin-error').textContent",
+        json!("That token is not valid."),
+    )
+    .await;
+
+    page.eval(&format!(
+        "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
+    ))
+    .await;
+    page.wait_for(
+        "document.getElementById('balance').textContent",
+        json!("$5.00"),
+    )
+    .await;
+    page.wait_for("document.getElementById('account').hidden", json!(false))
+        .await;
+    page.wait_for(
+        "document.querySelectorAll('#transactions tr').length",
+        json!(1),
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('live').textContent",
+        json!("· live"),
+    )
+    .await;
+    // Marks this page load: a reload would lose it.
+    page.eval("window.sameLoad = 'yes'; true").await;
+
+    let (status, _) = app.post_adjustment(account, 1_250_000, "goodwill").await;
+    assert_eq!(status, StatusCode::OK);
+    page.wait_for(
+        "document.getElementById('balance').textContent",
+        json!("$6.25"),
+    )
+    .await;
+    page.wait_for(
+        "document.querySelectorAll('#transactions tr').length",
+        json!(2),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.querySelector('#transactions tr td.amount').textContent")
+            .await,
+        json!("+$1.25")
+    );
+    assert_eq!(
+        page.eval("window.sameLoad").await,
+        json!("yes"),
+        "no reload"
+    );
+
+    // Stripe is not configured here: the top-up button says so.
+    page.eval("document.getElementById('topup').click(); true")
+        .await;
+    page.wait_for(
+        "document.getElementById('topup-message').textContent.includes('not configured')",
+        json!(true),
+    )
+    .await;
+}

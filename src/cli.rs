@@ -14,7 +14,7 @@ use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::messaging::reconcile;
 use sms_credit_actors::rating::{quote, QuoteRequest};
 use sms_credit_actors::store::{self, queries};
-use sms_credit_actors::{verify, AccountId, Adjust, IdempotencyKey, Money};
+use sms_credit_actors::{access_tokens, export, verify, AccountId, Adjust, IdempotencyKey, Money};
 
 use crate::config::{Options, Settings};
 use crate::startup::{Application, Core};
@@ -116,6 +116,24 @@ pub enum AccountsCommand {
         /// How many of the newest ledger rows to show.
         #[arg(long, default_value_t = 20)]
         transactions: i64,
+    },
+    /// List accounts, or search them by part of a phone number or email.
+    List {
+        #[arg(long)]
+        search: Option<String>,
+        /// Accounts after this id (paging).
+        #[arg(long, default_value_t = 0)]
+        after_id: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Write an account's whole ledger as CSV to standard output.
+    Export { id: i64 },
+    /// Issue, revoke or rotate an account's sign-in tokens.
+    Token {
+        #[arg(value_parser = ["issue", "revoke", "rotate"])]
+        action: String,
+        id: i64,
     },
     /// Adjust a balance by a signed amount of dollars (e.g. 5, -1.50).
     Adjust {
@@ -475,6 +493,90 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                     entry.idempotency_key
                 );
             }
+            Ok(())
+        }
+        AccountsCommand::List {
+            search,
+            after_id,
+            limit,
+        } => {
+            let connection =
+                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+            let accounts = queries::list_accounts(
+                &connection,
+                search.as_deref(),
+                after_id,
+                limit.clamp(1, 100_000),
+            )
+            .map_err(|error| error.to_string())?;
+            for account in &accounts {
+                println!(
+                    "{:<8} {:<16} {:<8} {:>12}  {}",
+                    account.id,
+                    account.phone,
+                    account.status.as_str(),
+                    account.balance.to_string(),
+                    account.email.as_ref().map_or("", |email| email.as_str())
+                );
+            }
+            Ok(())
+        }
+        AccountsCommand::Export { id } => {
+            let connection =
+                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+            let account_id = AccountId(id);
+            queries::get_account(&connection, account_id)
+                .map_err(|error| error.to_string())?
+                .ok_or_else(|| format!("account {id} does not exist"))?;
+            let mut out = std::io::stdout().lock();
+            let mut write = |text: &str| {
+                std::io::Write::write_all(&mut out, text.as_bytes())
+                    .map_err(|error| error.to_string())
+            };
+            write(export::CSV_HEADER)?;
+            let mut after_seq = 0;
+            loop {
+                let page = queries::list_entries(&connection, account_id, after_seq, 1000)
+                    .map_err(|error| error.to_string())?;
+                for entry in &page {
+                    write(&export::csv_row(entry))?;
+                    after_seq = entry.seq;
+                }
+                if page.len() < 1000 {
+                    return Ok(());
+                }
+            }
+        }
+        AccountsCommand::Token { action, id } => {
+            let mut connection =
+                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
+            let account_id = AccountId(id);
+            let now_ms = SystemClock.now_ms();
+            let transaction = connection
+                .transaction()
+                .map_err(|error| error.to_string())?;
+            queries::get_account(&transaction, account_id)
+                .map_err(|error| error.to_string())?
+                .ok_or_else(|| format!("account {id} does not exist"))?;
+            let revoked = if action == "issue" {
+                0
+            } else {
+                access_tokens::revoke_all(&transaction, account_id, now_ms)
+                    .map_err(|error| error.to_string())?
+            };
+            let token = if action == "revoke" {
+                None
+            } else {
+                Some(
+                    access_tokens::issue(&transaction, account_id, now_ms)
+                        .map_err(|error| error.to_string())?,
+                )
+            };
+            transaction.commit().map_err(|error| error.to_string())?;
+            println!(
+                "{}",
+                json!({"account_id": account_id, "token": token, "revoked": revoked})
+            );
             Ok(())
         }
         AccountsCommand::Adjust {

@@ -314,3 +314,139 @@ async fn lists_the_ledger_oldest_first() {
         (StatusCode::BAD_REQUEST, Some("invalid_limit"))
     );
 }
+
+#[actix_rt::test]
+async fn admins_list_search_export_verify_and_rotate_tokens() {
+    let app = TestApp::spawn().await;
+    let mut ids = Vec::new();
+    for (phone, email) in [
+        ("+14155553600", Some("ann@example.com")),
+        ("+14155553601", None),
+        ("+447400123456", Some("bob@example.co.uk")),
+    ] {
+        let (status, body) = app.post_admin_account(phone, email).await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        ids.push(body["id"].as_i64().unwrap());
+    }
+    let (status, page) = app
+        .request("GET", "/v1/admin/accounts?limit=2", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["accounts"].as_array().unwrap().len(), 2);
+    let next = page["next_after_id"].as_i64().unwrap();
+    let (_, rest) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts?limit=2&after_id={next}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(rest["accounts"][0]["id"].as_i64(), Some(ids[2]));
+    assert!(rest["next_after_id"].is_null());
+    for (search, expected) in [
+        ("bob@", vec![ids[2]]),
+        ("4155553", vec![ids[0], ids[1]]),
+        ("%", vec![]),
+        ("_", vec![]),
+    ] {
+        let (_, found) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/accounts?q={}", search.replace('%', "%25")),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        let found: Vec<i64> = found["accounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|account| account["id"].as_i64().unwrap())
+            .collect();
+        assert_eq!(found, expected, "search {search:?}");
+    }
+
+    // The ledger as CSV.
+    app.post_adjustment(ids[0], 2_500_000, "csv-1").await;
+    app.request(
+        "POST",
+        &format!("/v1/admin/accounts/{}/adjustments", ids[0]),
+        Some(ADMIN_TOKEN),
+        Some(json!({"amount_micros": -56_500, "reason": "=cmd|' /C calc'!A0, oops", "idempotency_key": "csv-2"})),
+    )
+    .await;
+    let mut response = app
+        .client
+        .get(app.url(&format!("/v1/admin/accounts/{}/transactions.csv", ids[0])))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers().get("Content-Type").unwrap(),
+        "text/csv; charset=utf-8"
+    );
+    let csv = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").filter(|line| !line.is_empty()).collect();
+    assert_eq!(lines.len(), 3, "{csv}");
+    assert!(lines[0].starts_with("account_id,seq,type,amount_micros"));
+    assert!(
+        lines[1].contains(",1,adjustment,2500000,2.50,2500000,2.50,csv-1,,test adjustment,"),
+        "{}",
+        lines[1]
+    );
+    assert!(
+        lines[2].contains(",-56500,-0.0565,2443500,2.4435,csv-2,,\"'=cmd|' /C calc'!A0, oops\","),
+        "{}",
+        lines[2]
+    );
+    let (status, _) = app
+        .request(
+            "GET",
+            "/v1/admin/accounts/999/transactions.csv",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, verified) = app
+        .request("GET", "/v1/admin/verify", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(
+        (status, verified["clean"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{verified}"
+    );
+    assert_eq!(verified["report"]["transactions_checked"], 2);
+
+    // Rotation: the old token stops working, the new one works.
+    let old = app.issue_token(ids[1]).await;
+    let (status, rotated) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{}/tokens/rotate", ids[1]),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, rotated["revoked"].as_i64()),
+        (StatusCode::CREATED, Some(1))
+    );
+    let new = rotated["token"].as_str().unwrap();
+    assert_eq!(
+        app.request("GET", "/v1/accounts/me", Some(&old), None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.request("GET", "/v1/accounts/me", Some(new), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}

@@ -174,3 +174,70 @@ fn pricing_mode_and_discount_codes_from_the_command_line() {
     );
     assert!(listed.contains("\"amount_micros\":5000000"), "{listed}");
 }
+
+#[test]
+fn admin_tools_from_the_command_line() {
+    let directory = fresh_directory();
+    for phone in ["+14155553700", "+14155553701"] {
+        let created = run_cli(&directory, &["accounts", "create", "--phone", phone]);
+        assert!(created.status.success(), "{created:?}");
+    }
+    let listed = stdout(&run_cli(
+        &directory,
+        &["accounts", "list", "--search", "3701"],
+    ));
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("+14155553701"));
+
+    let adjusted = run_cli(
+        &directory,
+        &[
+            "accounts",
+            "adjust",
+            "1",
+            "--amount",
+            "3.10",
+            "--reason",
+            "hello, world",
+            "--idempotency-key",
+            "k1",
+        ],
+    );
+    assert!(adjusted.status.success(), "{adjusted:?}");
+    let csv = stdout(&run_cli(&directory, &["accounts", "export", "1"]));
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(
+        lines[1].starts_with("1,1,adjustment,3100000,3.10,3100000,3.10,k1,,\"hello, world\","),
+        "{csv}"
+    );
+    assert!(!run_cli(&directory, &["accounts", "export", "9"])
+        .status
+        .success());
+
+    let issued: serde_json::Value =
+        serde_json::from_slice(&run_cli(&directory, &["accounts", "token", "issue", "1"]).stdout)
+            .unwrap();
+    assert!(issued["token"].as_str().unwrap().starts_with("sct_"));
+    let rotated: serde_json::Value =
+        serde_json::from_slice(&run_cli(&directory, &["accounts", "token", "rotate", "1"]).stdout)
+            .unwrap();
+    assert_eq!(rotated["revoked"], 1);
+    assert_ne!(rotated["token"], issued["token"]);
+    let revoked: serde_json::Value =
+        serde_json::from_slice(&run_cli(&directory, &["accounts", "token", "revoke", "1"]).stdout)
+            .unwrap();
+    assert_eq!(
+        (revoked["revoked"].as_i64(), revoked["token"].is_null()),
+        (Some(1), true)
+    );
+    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    let live: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(live, 0);
+}

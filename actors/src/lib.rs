@@ -13,6 +13,7 @@ pub mod billing;
 pub mod clock;
 pub mod commands;
 pub mod error;
+pub mod export;
 pub mod feed;
 pub mod ledger;
 pub mod messaging;

@@ -268,6 +268,34 @@ pub fn get_account(
     Ok(account)
 }
 
+/// Accounts in id order after `after_id`, at most `limit`; with `search`,
+/// only those whose phone or email contains it (or whose id it is).
+pub fn list_accounts(
+    connection: &Connection,
+    search: Option<&str>,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<Account>, StoreError> {
+    let pattern = search.map(|text| {
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let exact_id = search.and_then(|text| text.trim().parse::<i64>().ok());
+    let accounts = connection
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+              WHERE a.id > ?1
+                AND (?2 IS NULL OR a.phone LIKE ?2 ESCAPE '\\' OR a.email LIKE ?2 ESCAPE '\\' OR a.id = ?3)
+              ORDER BY a.id LIMIT ?4"
+        ))?
+        .query_map(params![after_id, pattern, exact_id, limit], account_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(accounts)
+}
+
 pub fn find_account_by_phone(
     connection: &Connection,
     phone: &PhoneNumber,

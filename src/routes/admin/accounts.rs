@@ -1,9 +1,11 @@
-//! `/v1/admin/accounts`: create an active account, read one with its balance.
+//! `/v1/admin/accounts`: create an active account, list and search them,
+//! read one with its balance.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::clock::format_rfc3339_ms;
+use sms_credit_actors::store::queries;
 use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
@@ -92,4 +94,48 @@ pub async fn show(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
     Ok(HttpResponse::Ok().json(AccountView::from(&account)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Part of a phone number or email, or an account id.
+    q: Option<String>,
+    /// Accounts after this id (paging).
+    #[serde(default)]
+    after_id: i64,
+    /// At most this many (1 to 1000, default 100).
+    limit: Option<i64>,
+}
+
+/// `GET /v1/admin/accounts?q=&after_id=&limit=`.
+pub async fn list(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "invalid_limit",
+            "limit must be between 1 and 1000",
+        ));
+    }
+    let search = query.q.filter(|text| !text.trim().is_empty());
+    let after_id = query.after_id;
+    let accounts = state
+        .store
+        .read(move |connection| {
+            queries::list_accounts(connection, search.as_deref(), after_id, limit)
+        })
+        .await?;
+    let next_after_id = (accounts.len() as i64 == limit)
+        .then(|| accounts.last().map(|account| account.id.0))
+        .flatten();
+    let views: Vec<AccountView> = accounts.iter().map(AccountView::from).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "accounts": views,
+        "next_after_id": next_after_id,
+    })))
 }

@@ -8,6 +8,7 @@ mod pricing;
 mod reconciliation;
 mod tokens;
 pub(crate) mod transactions;
+mod verify;
 
 use actix_web::web;
 
@@ -16,6 +17,7 @@ pub use transactions::TransactionView;
 pub fn configure(config: &mut web::ServiceConfig) {
     config
         .route("/accounts", web::post().to(accounts::create))
+        .route("/accounts", web::get().to(accounts::list))
         .route("/accounts/{id}", web::get().to(accounts::show))
         .route(
             "/accounts/{id}/adjustments",
@@ -25,9 +27,18 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/accounts/{id}/transactions",
             web::get().to(transactions::list),
         )
+        .route(
+            "/accounts/{id}/transactions.csv",
+            web::get().to(transactions::export_csv),
+        )
         .route("/accounts/{id}/orders", web::get().to(orders::list))
         .route("/accounts/{id}/tokens", web::post().to(tokens::issue))
         .route("/accounts/{id}/tokens", web::delete().to(tokens::revoke))
+        .route(
+            "/accounts/{id}/tokens/rotate",
+            web::post().to(tokens::rotate),
+        )
+        .route("/verify", web::get().to(verify::show))
         .route("/pricing", web::get().to(pricing::show))
         .route("/pricing", web::put().to(pricing::update))
         .route("/discount-codes", web::post().to(discount_codes::create))

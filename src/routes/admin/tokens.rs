@@ -1,5 +1,6 @@
 //! `/v1/admin/accounts/{id}/tokens`: issue an account token (shown once,
-//! stored as a hash) or revoke all of an account's tokens.
+//! stored as a hash), revoke all of an account's tokens, or rotate (revoke
+//! all and issue one, in one transaction).
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -45,4 +46,30 @@ pub async fn revoke(
         .await
         .map_err(|error: StoreError| ApiError::Store(error))?;
     Ok(HttpResponse::Ok().json(json!({ "account_id": account_id, "revoked": revoked })))
+}
+
+/// `POST /v1/admin/accounts/{id}/tokens/rotate`.
+pub async fn rotate(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    let now_ms = state.clock.now_ms();
+    let rotated = state
+        .store
+        .write(move |connection| {
+            if queries::get_account(connection, account_id)?.is_none() {
+                return Ok(None);
+            }
+            let revoked = access_tokens::revoke_all(connection, account_id, now_ms)?;
+            let token = access_tokens::issue(connection, account_id, now_ms)?;
+            Ok(Some((revoked, token)))
+        })
+        .await
+        .map_err(|error: StoreError| ApiError::Store(error))?;
+    let (revoked, token) = rotated
+        .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
+    Ok(HttpResponse::Created()
+        .json(json!({ "account_id": account_id, "token": token, "revoked": revoked })))
 }

@@ -1,4 +1,5 @@
-//! `/v1/admin/accounts/{id}/transactions`: an account's ledger, oldest first.
+//! `/v1/admin/accounts/{id}/transactions`: an account's ledger, oldest
+//! first, as JSON pages or (`.csv`) the whole ledger as CSV.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -87,4 +88,41 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(ListResponse {
         transactions: entries.iter().map(TransactionView::from).collect(),
     }))
+}
+
+/// `GET /v1/admin/accounts/{id}/transactions.csv`: the whole ledger, read
+/// in pages so a long ledger never sits in memory twice.
+pub async fn export_csv(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    if state.store.get_account(account_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "account {account_id} does not exist"
+        )));
+    }
+    let mut csv = String::from(sms_credit_actors::export::CSV_HEADER);
+    let mut after_seq = 0;
+    loop {
+        let page = state
+            .store
+            .read(move |connection| queries::list_entries(connection, account_id, after_seq, 1000))
+            .await?;
+        for entry in &page {
+            csv.push_str(&sms_credit_actors::export::csv_row(entry));
+            after_seq = entry.seq;
+        }
+        if page.len() < 1000 {
+            break;
+        }
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .insert_header((
+            actix_web::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"account-{account_id}-ledger.csv\""),
+        ))
+        .body(csv))
 }

@@ -9,4 +9,5 @@ pub mod feed;
 mod routes;
 pub mod startup;
 pub mod stripe;
+pub mod telemetry;
 pub mod twilio;

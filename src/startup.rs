@@ -19,6 +19,7 @@ use crate::error;
 use crate::feed::Tickets;
 use crate::routes;
 use crate::stripe::StripeGateway;
+use crate::telemetry::{self, HttpMetrics};
 use crate::twilio::TwilioClient;
 
 /// The running domain core: everything below HTTP.
@@ -118,8 +119,9 @@ impl Core {
 
     /// Waits for the last commit, then stops the actor threads.
     pub async fn shutdown(self) {
-        if let Err(error) = self.store.flush().await {
-            tracing::error!(%error, "could not flush the store at shutdown");
+        match self.store.flush().await {
+            Ok(()) => tracing::info!("the last commit is flushed; stopping"),
+            Err(error) => tracing::error!(%error, "could not flush the store at shutdown"),
         }
         for arbiter in &self.arbiters {
             arbiter.stop();
@@ -171,6 +173,7 @@ pub struct AppState {
     pub sms_supervisor: Addr<SmsSupervisor>,
     pub clock: Arc<dyn Clock>,
     pub tickets: Arc<Tickets>,
+    pub http_metrics: Arc<HttpMetrics>,
 }
 
 /// The running server.
@@ -205,6 +208,7 @@ impl Application {
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
             tickets: Arc::new(Tickets::default()),
+            http_metrics: Arc::new(HttpMetrics::new()),
         });
         if let Some(messaging) = core.messaging.clone() {
             start_messaging_jobs(messaging, Arc::clone(&clock));
@@ -220,8 +224,12 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .configure(routes::configure)
+                .wrap_fn(telemetry::observe)
         })
         .workers(http_workers)
+        // On SIGTERM/SIGINT: stop accepting, give requests in flight (and
+        // open feeds) this long, then the core flushes the last commit.
+        .shutdown_timeout(10)
         .listen(listener)?
         .run();
         tracing::info!(port, "listening");

@@ -21,6 +21,7 @@ pub mod money;
 pub mod phone;
 pub mod rating;
 pub mod registry;
+pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod verify;

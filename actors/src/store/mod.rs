@@ -16,13 +16,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::feed::FeedHub;
-use crate::ledger::{AccountId, LedgerEntry, Snapshot};
+use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
+use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
 pub use migrations::{applied_migrations, MIGRATIONS};
 
@@ -107,7 +108,8 @@ struct CustomWrite {
 }
 
 enum WriterMessage {
-    Ledger(LedgerWrite),
+    /// A ledger write and when it was submitted.
+    Ledger(LedgerWrite, Instant),
     Custom(CustomWrite),
     /// Answered once everything queued before it has committed.
     Flush(oneshot::Sender<()>),
@@ -116,7 +118,6 @@ enum WriterMessage {
 type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Counters of the writer, for benchmarks and metrics.
-#[derive(Debug, Default)]
 pub struct StoreStats {
     /// Transactions committed.
     pub commits: AtomicU64,
@@ -130,6 +131,49 @@ pub struct StoreStats {
     pub batch_micros: AtomicU64,
     /// Of that, time spent in COMMIT (WAL write and fsync), in microseconds.
     pub commit_micros: AtomicU64,
+    /// Writes per committed batch.
+    pub batch_sizes: Histogram,
+    /// Time of each COMMIT, in microseconds.
+    pub commit_latency: Histogram,
+    /// From a ledger write's submission to its answer, in microseconds.
+    pub ack_latency: Histogram,
+    /// Committed ledger rows by kind.
+    pub credits: KindTotals,
+    pub debits: KindTotals,
+    pub refunds: KindTotals,
+    pub adjustments: KindTotals,
+}
+
+impl Default for StoreStats {
+    fn default() -> StoreStats {
+        StoreStats {
+            commits: AtomicU64::new(0),
+            committed_writes: AtomicU64::new(0),
+            failed_commits: AtomicU64::new(0),
+            max_batch: AtomicU64::new(0),
+            batch_micros: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            batch_sizes: Histogram::new(BATCH_SIZES),
+            commit_latency: Histogram::new(LATENCY_MICROS),
+            ack_latency: Histogram::new(LATENCY_MICROS),
+            credits: KindTotals::default(),
+            debits: KindTotals::default(),
+            refunds: KindTotals::default(),
+            adjustments: KindTotals::default(),
+        }
+    }
+}
+
+impl StoreStats {
+    /// The totals of one kind of ledger row.
+    pub fn totals(&self, kind: TransactionKind) -> &KindTotals {
+        match kind {
+            TransactionKind::Credit => &self.credits,
+            TransactionKind::Debit => &self.debits,
+            TransactionKind::Refund => &self.refunds,
+            TransactionKind::Adjustment => &self.adjustments,
+        }
+    }
 }
 
 /// A handle to the store's threads; cheap to clone.
@@ -266,7 +310,7 @@ impl Store {
     pub fn submit_ledger_write(&self, write: LedgerWrite) -> Result<(), StoreError> {
         self.shared
             .writer
-            .send(WriterMessage::Ledger(write))
+            .send(WriterMessage::Ledger(write, Instant::now()))
             .map_err(|_| StoreError::Closed)
     }
 

@@ -22,6 +22,7 @@ enum Pending {
     Ledger {
         entry: LedgerEntry,
         generation: u64,
+        queued_at: Instant,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     Custom {
@@ -99,7 +100,7 @@ impl Writer {
         for message in batch.drain(..) {
             match message {
                 WriterMessage::Flush(done) => flushes.push(done),
-                WriterMessage::Ledger(write) => {
+                WriterMessage::Ledger(write, queued_at) => {
                     if let Some(reason) = &failure {
                         self.poison(write.entry.account_id, write.generation);
                         refused.push(Refused::Ledger(
@@ -108,7 +109,13 @@ impl Writer {
                         ));
                         continue;
                     }
-                    self.apply_ledger_write(write, &mut pending, &mut refused, &mut failure);
+                    self.apply_ledger_write(
+                        write,
+                        queued_at,
+                        &mut pending,
+                        &mut refused,
+                        &mut failure,
+                    );
                 }
                 WriterMessage::Custom(custom) => {
                     if let Some(reason) = &failure {
@@ -138,9 +145,11 @@ impl Writer {
         if failure.is_none() {
             let committing = Instant::now();
             failure = self.commit().err();
+            let commit_micros = committing.elapsed().as_micros() as u64;
             self.stats
                 .commit_micros
-                .fetch_add(committing.elapsed().as_micros() as u64, Ordering::Relaxed);
+                .fetch_add(commit_micros, Ordering::Relaxed);
+            self.stats.commit_latency.observe(commit_micros);
         }
         if failure.is_some() && !self.connection.is_autocommit() {
             // Best effort: the transaction may already be gone.
@@ -156,16 +165,26 @@ impl Writer {
                 self.stats
                     .max_batch
                     .fetch_max(batch_size, Ordering::Relaxed);
+                self.stats.batch_sizes.observe(batch_size);
                 // Checked after the commit: a subscriber that arrives later
                 // reads these rows from the database instead.
                 let publish = !self.feed.is_idle();
                 for write in pending {
                     match write {
-                        Pending::Ledger { entry, done, .. } => {
+                        Pending::Ledger {
+                            entry,
+                            done,
+                            queued_at,
+                            ..
+                        } => {
+                            self.stats.totals(entry.kind).add(entry.amount.micros());
                             if publish {
                                 self.feed.publish(Arc::new(entry));
                             }
                             let _ = done.send(Ok(()));
+                            self.stats
+                                .ack_latency
+                                .observe(queued_at.elapsed().as_micros() as u64);
                         }
                         Pending::Custom { value, done } => {
                             let _ = done.send(Ok(value));
@@ -182,6 +201,7 @@ impl Writer {
                             entry,
                             generation,
                             done,
+                            ..
                         } => {
                             self.poison(entry.account_id, generation);
                             let _ = done.send(Err(StoreError::CommitFailed(reason.clone())));
@@ -215,6 +235,7 @@ impl Writer {
     fn apply_ledger_write(
         &mut self,
         write: LedgerWrite,
+        queued_at: Instant,
         pending: &mut Vec<Pending>,
         refused: &mut Vec<Refused>,
         failure: &mut Option<String>,
@@ -231,6 +252,7 @@ impl Writer {
             Ok(true) => pending.push(Pending::Ledger {
                 entry: write.entry,
                 generation: write.generation,
+                queued_at,
                 done: write.done,
             }),
             Ok(false) => {

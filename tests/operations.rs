@@ -1,0 +1,153 @@
+//! Operations, on the real binary: request ids on log lines (and no secrets
+//! there), `/metrics`, and a graceful stop on SIGTERM that keeps everything
+//! acknowledged.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::helpers::{fresh_directory, run_cli, ADMIN_TOKEN};
+
+#[actix_rt::test]
+async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
+    let directory = fresh_directory();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .arg("serve")
+        .env(
+            "SMS_CREDIT_DATABASE",
+            directory.path().join("sms-credit.db"),
+        )
+        .env("SMS_CREDIT_BIND", "127.0.0.1:0")
+        .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (lines_sender, lines) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_sender.send(line);
+        }
+    });
+    let mut log = Vec::new();
+    let port = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server logs that it listens");
+        log.push(line.clone());
+        if line.contains("listening") {
+            let digits: String = line
+                .split("port=")
+                .nth(1)
+                .unwrap()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            break digits.parse::<u16>().unwrap();
+        }
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let client = awc::Client::new();
+
+    let mut created = client
+        .post(format!("{base}/v1/admin/accounts"))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .insert_header(("X-Request-Id", "ops-create-1"))
+        .send_json(&json!({"phone": "+14155553800"}))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    assert_eq!(
+        created.headers().get("X-Request-Id").unwrap(),
+        "ops-create-1"
+    );
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    for (amount, key) in [(2_000_000, "ops-1"), (-56_500, "ops-2")] {
+        let response = client
+            .post(format!("{base}/v1/admin/accounts/{id}/adjustments"))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .send_json(&json!({"amount_micros": amount, "reason": "ops", "idempotency_key": key}))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let generated = response
+            .headers()
+            .get("X-Request-Id")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert!(!generated.is_empty() && generated != "ops-create-1");
+    }
+    let webhook = client
+        .post(format!("{base}/webhooks/stripe"))
+        .send_body("{}")
+        .await
+        .unwrap();
+    assert_eq!(webhook.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let mut response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    for expected in [
+        "sms_credit_ledger_rows_total{type=\"adjustment\"} 2",
+        "sms_credit_ledger_amount_micros{type=\"adjustment\"} 1943500",
+        "sms_credit_http_requests_total{route=\"/v1/admin/accounts\",status=\"201\"} 1",
+        "sms_credit_http_requests_total{route=\"/v1/admin/accounts/{id}/adjustments\",status=\"200\"} 2",
+        "sms_credit_http_requests_total{route=\"/webhooks/stripe\",status=\"503\"} 1",
+        "sms_credit_active_account_actors 1",
+        "sms_credit_commit_batch_size_bucket{le=\"+Inf\"}",
+        "sms_credit_ack_seconds_count 2",
+        "# TYPE sms_credit_commit_seconds histogram",
+    ] {
+        assert!(metrics.contains(expected), "missing {expected} in\n{metrics}");
+    }
+
+    // SIGTERM: a graceful stop, the last commit flushed, exit 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    log.extend(lines.try_iter());
+    let text = log.join("\n");
+    assert!(text.contains("the last commit is flushed"), "{text}");
+    let create_lines: Vec<&String> = log
+        .iter()
+        .filter(|line| line.contains("id=ops-create-1"))
+        .collect();
+    assert!(
+        create_lines
+            .iter()
+            .any(|line| line.contains("answered") && line.contains("status=201")),
+        "{text}"
+    );
+    assert!(
+        create_lines
+            .iter()
+            .any(|line| line.contains("account created")),
+        "the handler's own line carries the id: {text}"
+    );
+    assert!(
+        !text.contains(ADMIN_TOKEN),
+        "a secret reached the log:\n{text}"
+    );
+
+    let verified = run_cli(&directory, &["verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+    let shown =
+        String::from_utf8(run_cli(&directory, &["accounts", "show", &id.to_string()]).stdout)
+            .unwrap();
+    assert!(shown.contains("(1943500 micro-dollars) seq 2"), "{shown}");
+}

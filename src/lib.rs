@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod openapi;
 mod routes;
 pub mod startup;
 pub mod stripe;

@@ -14,6 +14,7 @@ mod cli;
 mod feed;
 mod ledger_actors;
 mod ledger_properties;
+mod openapi;
 mod operations;
 mod quote;
 mod restart;

@@ -20,6 +20,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/account", web::get().to(page::account_page))
         .route("/metrics", web::get().to(crate::telemetry::metrics))
+        .route("/openapi.json", web::get().to(crate::openapi::serve))
         .route("/v1/quote", web::post().to(quote::create))
         .route("/v1/checkout/access", web::post().to(checkout::access))
         .route("/v1/checkout/topup", web::post().to(checkout::top_up))

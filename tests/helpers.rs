@@ -386,3 +386,84 @@ pub fn run_cli(directory: &TempDir, arguments: &[&str]) -> std::process::Output 
         .output()
         .unwrap()
 }
+
+/// The real `sms-credit serve` binary as a child process on a free port,
+/// its log lines collected. Killed (SIGKILL) when dropped.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub base_url: String,
+    pub log: std::sync::mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    /// Starts the binary on the database in `directory` with `env` set,
+    /// and waits until it listens.
+    pub fn start(directory: &TempDir, env: &[(&str, &str)]) -> ServerProcess {
+        use std::io::BufRead;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
+        command
+            .arg("serve")
+            .env(
+                "SMS_CREDIT_DATABASE",
+                directory.path().join("sms-credit.db"),
+            )
+            .env("SMS_CREDIT_BIND", "127.0.0.1:0")
+            .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let (sender, log) = std::sync::mpsc::channel::<String>();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = sender.send(line);
+            }
+        });
+        let (port, log) = loop {
+            let line = log
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .expect("the server logs that it listens within 30 s");
+            if line.contains("listening") {
+                let digits: String = line
+                    .split("port=")
+                    .nth(1)
+                    .unwrap()
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                break (digits.parse::<u16>().unwrap(), log);
+            }
+        };
+        ServerProcess {
+            child,
+            base_url: format!("http://127.0.0.1:{port}"),
+            log,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

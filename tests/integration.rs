@@ -11,6 +11,7 @@ mod helpers;
 mod admin_api;
 mod browser;
 mod cli;
+mod crash;
 mod feed;
 mod ledger_actors;
 mod ledger_properties;

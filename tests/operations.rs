@@ -2,59 +2,18 @@
 //! there), `/metrics`, and a graceful stop on SIGTERM that keeps everything
 //! acknowledged.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::process::Command;
 
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{fresh_directory, run_cli, ADMIN_TOKEN};
+use crate::helpers::{fresh_directory, run_cli, ServerProcess, ADMIN_TOKEN};
 
 #[actix_rt::test]
 async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
     let directory = fresh_directory();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
-        .arg("serve")
-        .env(
-            "SMS_CREDIT_DATABASE",
-            directory.path().join("sms-credit.db"),
-        )
-        .env("SMS_CREDIT_BIND", "127.0.0.1:0")
-        .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("SMS_CREDIT_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (lines_sender, lines) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_sender.send(line);
-        }
-    });
-    let mut log = Vec::new();
-    let port = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the server logs that it listens");
-        log.push(line.clone());
-        if line.contains("listening") {
-            let digits: String = line
-                .split("port=")
-                .nth(1)
-                .unwrap()
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            break digits.parse::<u16>().unwrap();
-        }
-    };
-    let base = format!("http://127.0.0.1:{port}");
+    let server = ServerProcess::start(&directory, &[]);
+    let base = server.base_url.clone();
     let client = awc::Client::new();
 
     let mut created = client
@@ -113,14 +72,16 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
     }
 
     // SIGTERM: a graceful stop, the last commit flushed, exit 0.
+    let mut server = server;
     let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let status = child.wait().unwrap();
+    let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    log.extend(lines.try_iter());
+    // The reader thread ends with the process; give it the last lines.
+    let log: Vec<String> = server.log.iter().collect();
     let text = log.join("\n");
     assert!(text.contains("the last commit is flushed"), "{text}");
     let create_lines: Vec<&String> = log

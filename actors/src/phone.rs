@@ -19,6 +19,12 @@ pub struct PhoneNumber {
 #[error("'{0}' is not a valid phone number in international form (for example +14155551234)")]
 pub struct InvalidPhoneNumber(pub String);
 
+/// Loads libphonenumber's metadata now (it is parsed on first use, which
+/// takes long enough to stall the first request that needs it).
+pub fn warm_up() {
+    let _ = PhoneNumber::parse("+14155550100");
+}
+
 impl PhoneNumber {
     /// Parses a number in international form (`+` and the country code);
     /// spaces, dashes and brackets are allowed and dropped. Numbers that

@@ -21,4 +21,5 @@ mod quote;
 mod restart;
 mod segment_properties;
 mod stripe;
+mod stripe_chaos;
 mod twilio;

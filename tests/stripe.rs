@@ -15,7 +15,7 @@ use crate::fake_stripe::{sign, ChargeMode, EventFactory, FakeStripe, WEBHOOK_SEC
 use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN, NOW_UNIX};
 use crate::ledger_actors::assert_verified;
 
-async fn app_with_fake_stripe() -> (TestApp, FakeStripe) {
+pub(crate) async fn app_with_fake_stripe() -> (TestApp, FakeStripe) {
     let fake = FakeStripe::start().await;
     let directory = fresh_directory();
     let settings = stripe_settings(&directory, &fake.base_url);
@@ -23,7 +23,7 @@ async fn app_with_fake_stripe() -> (TestApp, FakeStripe) {
 }
 
 /// Starts an access checkout and returns (account id, order id, session id, customer id).
-async fn start_access(
+pub(crate) async fn start_access(
     app: &TestApp,
     phone: &str,
     code: Option<&str>,

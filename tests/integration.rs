@@ -7,6 +7,7 @@
 mod fake_stripe;
 mod fake_twilio;
 mod helpers;
+mod hostile;
 
 mod admin_api;
 mod browser;

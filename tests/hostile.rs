@@ -1,0 +1,255 @@
+//! Hostile requests on every public endpoint, table-driven: bad, expired
+//! and replayed signatures, wrong content types, truncated and oversized
+//! bodies, invalid UTF-8, huge and negative numbers, SQL-ish strings and
+//! unknown fields. Each gets its 4xx with a JSON error; the ledger, the
+//! orders and the messages do not change.
+
+use actix_web::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::fake_stripe::{sign, EventFactory, FakeStripe, WEBHOOK_SECRET};
+use crate::fake_twilio::{FakeTwilio, AUTH_TOKEN};
+use crate::helpers::{
+    fresh_directory, stripe_settings, with_twilio, TestApp, ADMIN_TOKEN, API_KEY, NOW_UNIX,
+};
+
+/// Who a request claims to be.
+#[derive(Clone, Copy)]
+enum As {
+    Nobody,
+    Admin,
+    Host,
+    Holder,
+}
+
+struct Case {
+    name: &'static str,
+    method: &'static str,
+    path: String,
+    caller: As,
+    content_type: &'static str,
+    headers: Vec<(&'static str, String)>,
+    body: Vec<u8>,
+    status: StatusCode,
+    /// The error code, when one exact code is expected.
+    code: Option<&'static str>,
+}
+
+fn case(
+    name: &'static str,
+    method: &'static str,
+    path: &str,
+    caller: As,
+    body: impl Into<Vec<u8>>,
+    status: u16,
+    code: Option<&'static str>,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.to_string(),
+        caller,
+        content_type: "application/json",
+        headers: Vec::new(),
+        body: body.into(),
+        status: StatusCode::from_u16(status).unwrap(),
+        code,
+    }
+}
+
+fn with_type(mut case: Case, content_type: &'static str) -> Case {
+    case.content_type = content_type;
+    case
+}
+
+fn with_header(mut case: Case, name: &'static str, value: String) -> Case {
+    case.headers.push((name, value));
+    case
+}
+
+/// Everything that must not change: ledger, orders, messages, inbound sids.
+async fn footprint(app: &TestApp) -> Value {
+    let (_, verified) = app
+        .request("GET", "/v1/admin/verify", Some(ADMIN_TOKEN), None)
+        .await;
+    let (_, accounts) = app
+        .request(
+            "GET",
+            "/v1/admin/accounts?limit=1000",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let (_, reconciliation) = app
+        .request("GET", "/v1/admin/reconciliation", Some(ADMIN_TOKEN), None)
+        .await;
+    let (_, codes) = app
+        .request("GET", "/v1/admin/discount-codes", Some(ADMIN_TOKEN), None)
+        .await;
+    let (_, pricing) = app
+        .request("GET", "/v1/admin/pricing", Some(ADMIN_TOKEN), None)
+        .await;
+    json!({
+        "transactions": verified["report"]["transactions_checked"],
+        "clean": verified["clean"],
+        "accounts": accounts["accounts"],
+        "messages": reconciliation["overall"]["messages"],
+        "service": reconciliation["service"]["messages"],
+        "codes": codes,
+        "pricing": pricing,
+    })
+}
+
+#[actix_rt::test]
+async fn hostile_requests_get_a_clear_4xx_and_change_nothing() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let app = TestApp::spawn_with(directory, settings).await;
+    let account = app.create_account("+14155553900").await;
+    app.post_adjustment(account, 1_000_000, "seed").await;
+    let other = app.create_account("+14155553901").await;
+    let token = app.issue_token(account).await;
+    let (status, _) = app
+        .request(
+            "POST",
+            "/v1/admin/discount-codes",
+            Some(ADMIN_TOKEN),
+            Some(json!({"code": "SPRING", "type": "percent", "percent": 10})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let before = footprint(&app).await;
+
+    let huge = "9".repeat(400);
+    let sqlish = "'; DROP TABLE transactions; --";
+    let mut events = EventFactory::new();
+    let event = events.other();
+    let other_event = events.other();
+    let signed_other = sign(&other_event, WEBHOOK_SECRET, NOW_UNIX);
+    let twilio_url = "https://sms.example.com/webhooks/twilio/sms";
+    let fields = |body: &str| {
+        vec![
+            ("MessageSid".to_string(), "SMhostile".to_string()),
+            ("From".to_string(), "+14155553900".to_string()),
+            ("Body".to_string(), body.to_string()),
+        ]
+    };
+    let form = |body: &str| serde_urlencoded::to_string(fields(body)).unwrap();
+    let signature_for =
+        |body: &str| sms_credit::twilio::signature::compute(AUTH_TOKEN, twilio_url, &fields(body));
+    let adjustments = format!("/v1/admin/accounts/{account}/adjustments");
+
+    let cases = vec![
+        // /v1/quote (public)
+        with_type(case("quote: text/plain", "POST", "/v1/quote", As::Nobody, r#"{"to":"+14155550100","body":"hi"}"#, 400, Some("unsupported_content_type")), "text/plain"),
+        case("quote: truncated", "POST", "/v1/quote", As::Nobody, r#"{"to": "+1415"#, 400, Some("invalid_json")),
+        case("quote: invalid UTF-8", "POST", "/v1/quote", As::Nobody, b"{\"to\":\"+14155550100\",\"body\":\"\xff\xfe\"}".to_vec(), 400, Some("invalid_json")),
+        case("quote: unknown field", "POST", "/v1/quote", As::Nobody, r#"{"to":"+14155550100","body":"hi","rate":0}"#, 400, Some("invalid_json")),
+        case("quote: oversized", "POST", "/v1/quote", As::Nobody, format!(r#"{{"to":"+14155550100","body":"{}"}}"#, "a".repeat(70_000)), 413, Some("payload_too_large")),
+        case("quote: SQL-ish number", "POST", "/v1/quote", As::Nobody, json!({"to": sqlish, "body": "hi"}).to_string(), 400, None),
+        case("quote: unknown country", "POST", "/v1/quote", As::Nobody, json!({"to": "+4915112345678", "body": "hi"}).to_string(), 422, Some("unsupported_destination")),
+        case("quote: number as a number", "POST", "/v1/quote", As::Nobody, r#"{"to":14155550100,"body":"hi"}"#, 400, Some("invalid_json")),
+        // /v1/checkout/access (public)
+        case("access: bad email", "POST", "/v1/checkout/access", As::Nobody, json!({"phone": "+14155553902", "email": "not an email"}).to_string(), 400, None),
+        case("access: SQL-ish phone", "POST", "/v1/checkout/access", As::Nobody, json!({"phone": sqlish, "email": "a@example.com"}).to_string(), 400, None),
+        case("access: SQL-ish code", "POST", "/v1/checkout/access", As::Nobody, json!({"phone": "+14155553903", "email": "a@example.com", "discount_code": "' OR 1=1 --"}).to_string(), 400, Some("invalid_discount_code")),
+        case("access: unknown field", "POST", "/v1/checkout/access", As::Nobody, json!({"phone": "+14155553904", "email": "a@example.com", "price": 0}).to_string(), 400, Some("invalid_json")),
+        // /v1/checkout/topup (account token)
+        case("topup: no token", "POST", "/v1/checkout/topup", As::Nobody, "", 401, Some("unauthorized")),
+        with_header(case("topup: garbage token", "POST", "/v1/checkout/topup", As::Nobody, "", 401, Some("unauthorized")), "Authorization", "Bearer sct_' OR '1'='1".to_string()),
+        // /v1/messages (host application)
+        case("messages: no key", "POST", "/v1/messages", As::Nobody, json!({"account_id": account, "body": "hi", "idempotency_key": "h1"}).to_string(), 401, Some("unauthorized")),
+        case("messages: huge account id", "POST", "/v1/messages", As::Host, format!(r#"{{"account_id":{huge},"body":"hi","idempotency_key":"h2"}}"#), 400, Some("invalid_json")),
+        case("messages: negative account id", "POST", "/v1/messages", As::Host, json!({"account_id": -1, "body": "hi", "idempotency_key": "h3"}).to_string(), 404, None),
+        case("messages: no destination", "POST", "/v1/messages", As::Host, json!({"body": "hi", "idempotency_key": "h4"}).to_string(), 400, None),
+        case("messages: long key", "POST", "/v1/messages", As::Host, json!({"account_id": account, "body": "hi", "idempotency_key": "k".repeat(1000)}).to_string(), 400, None),
+        case("messages: truncated", "POST", "/v1/messages", As::Host, r#"{"account_id": 1, "body"#, 400, Some("invalid_json")),
+        case("messages: unaffordable", "POST", "/v1/messages", As::Host, json!({"account_id": account, "body": "ж".repeat(1500), "idempotency_key": "h5"}).to_string(), 402, Some("insufficient_credit")),
+        // /v1/accounts/… (account token)
+        case("account: another's id", "GET", &format!("/v1/accounts/{other}"), As::Holder, "", 404, None),
+        case("account: id not a number", "GET", "/v1/accounts/1%20OR%201=1", As::Holder, "", 400, Some("invalid_path")),
+        case("account: huge limit", "GET", &format!("/v1/accounts/{account}/transactions?limit={huge}"), As::Holder, "", 400, Some("invalid_query")),
+        case("account: negative limit", "GET", &format!("/v1/accounts/{account}/transactions?limit=-5"), As::Holder, "", 400, Some("invalid_limit")),
+        case("account: unknown query", "GET", &format!("/v1/accounts/{account}/transactions?all=1"), As::Holder, "", 400, Some("invalid_query")),
+        // /v1/admin (admin token)
+        case("admin: wrong token", "POST", &adjustments, As::Holder, json!({"amount_micros": 1, "reason": "x", "idempotency_key": "a0"}).to_string(), 401, Some("unauthorized")),
+        case("admin: huge amount", "POST", &adjustments, As::Admin, format!(r#"{{"amount_micros":{huge},"reason":"x","idempotency_key":"a1"}}"#), 400, Some("invalid_json")),
+        case("admin: overflowing amount", "POST", &adjustments, As::Admin, json!({"amount_micros": i64::MAX, "reason": "x", "idempotency_key": "a2"}).to_string(), 400, None),
+        case("admin: fractional amount", "POST", &adjustments, As::Admin, r#"{"amount_micros":1.5,"reason":"x","idempotency_key":"a3"}"#, 400, Some("invalid_json")),
+        case("admin: amount as a string", "POST", &adjustments, As::Admin, r#"{"amount_micros":"5","reason":"x","idempotency_key":"a4"}"#, 400, Some("invalid_json")),
+        case("admin: zero amount", "POST", &adjustments, As::Admin, json!({"amount_micros": 0, "reason": "x", "idempotency_key": "a5"}).to_string(), 400, None),
+        case("admin: empty key", "POST", &adjustments, As::Admin, json!({"amount_micros": 5, "reason": "x", "idempotency_key": ""}).to_string(), 400, None),
+        case("admin: SQL-ish phone", "POST", "/v1/admin/accounts", As::Admin, json!({"phone": sqlish}).to_string(), 400, None),
+        case("admin: percent over 100", "POST", "/v1/admin/discount-codes", As::Admin, json!({"code": "BIG", "type": "percent", "percent": 150}).to_string(), 400, None),
+        case("admin: negative fixed code", "POST", "/v1/admin/discount-codes", As::Admin, json!({"code": "NEG", "type": "fixed", "amount_micros": -5_000_000}).to_string(), 400, None),
+        case("admin: negative max uses", "POST", "/v1/admin/discount-codes", As::Admin, json!({"code": "MAXNEG", "type": "percent", "percent": 10, "max_uses": -1}).to_string(), 400, None),
+        case("admin: negative sale price", "PUT", "/v1/admin/pricing", As::Admin, json!({"mode": "sale", "sale_price_micros": -1}).to_string(), 400, None),
+        case("admin: unknown mode", "PUT", "/v1/admin/pricing", As::Admin, json!({"mode": "free"}).to_string(), 400, None),
+        // /webhooks/stripe (Stripe-Signature)
+        case("stripe: no signature", "POST", "/webhooks/stripe", As::Nobody, event.clone(), 400, Some("bad_signature")),
+        with_header(case("stripe: garbage signature", "POST", "/webhooks/stripe", As::Nobody, event.clone(), 400, Some("bad_signature")), "Stripe-Signature", "t=abc,v1=zzz".to_string()),
+        with_header(case("stripe: expired", "POST", "/webhooks/stripe", As::Nobody, event.clone(), 400, Some("bad_signature")), "Stripe-Signature", sign(&event, WEBHOOK_SECRET, NOW_UNIX - 3_600)),
+        with_header(case("stripe: replayed for another body", "POST", "/webhooks/stripe", As::Nobody, event.clone(), 400, Some("bad_signature")), "Stripe-Signature", signed_other.clone()),
+        with_header(case("stripe: invalid UTF-8", "POST", "/webhooks/stripe", As::Nobody, b"{\"id\":\"\xff\"}".to_vec(), 400, None), "Stripe-Signature", signed_other.clone()),
+        with_header(case("stripe: signed garbage", "POST", "/webhooks/stripe", As::Nobody, "not json", 400, None), "Stripe-Signature", sign("not json", WEBHOOK_SECRET, NOW_UNIX)),
+        with_header(case("stripe: oversized", "POST", "/webhooks/stripe", As::Nobody, "x".repeat(600 * 1024), 413, Some("payload_too_large")), "Stripe-Signature", signed_other.clone()),
+        // /webhooks/twilio/* (X-Twilio-Signature)
+        with_type(case("twilio: no signature", "POST", "/webhooks/twilio/sms", As::Nobody, form("BALANCE"), 403, None), "application/x-www-form-urlencoded"),
+        with_header(with_type(case("twilio: garbage signature", "POST", "/webhooks/twilio/sms", As::Nobody, form("BALANCE"), 403, None), "application/x-www-form-urlencoded"), "X-Twilio-Signature", "AAAA".to_string()),
+        with_header(with_type(case("twilio: replayed for another body", "POST", "/webhooks/twilio/sms", As::Nobody, form("BUY $10"), 403, None), "application/x-www-form-urlencoded"), "X-Twilio-Signature", signature_for("BALANCE")),
+        with_header(with_type(case("twilio: status signed as sms", "POST", "/webhooks/twilio/status", As::Nobody, form("BALANCE"), 403, None), "application/x-www-form-urlencoded"), "X-Twilio-Signature", signature_for("BALANCE")),
+        with_header(case("twilio: JSON", "POST", "/webhooks/twilio/sms", As::Nobody, r#"{"MessageSid":"SM1"}"#, 400, Some("unsupported_content_type")), "X-Twilio-Signature", signature_for("BALANCE")),
+        with_type(case("twilio: invalid UTF-8", "POST", "/webhooks/twilio/sms", As::Nobody, b"MessageSid=SM1&Body=%FF%FE".to_vec(), 400, Some("invalid_form")), "application/x-www-form-urlencoded"),
+        with_type(case("twilio: truncated escape", "POST", "/webhooks/twilio/sms", As::Nobody, "MessageSid=SM1&From=%2", 400, Some("invalid_form")), "application/x-www-form-urlencoded"),
+        with_type(case("twilio: oversized", "POST", "/webhooks/twilio/sms", As::Nobody, format!("Body={}", "a".repeat(70_000)), 413, Some("payload_too_large")), "application/x-www-form-urlencoded"),
+    ];
+
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let method = awc::http::Method::from_bytes(case.method.as_bytes()).unwrap();
+        let mut request = app
+            .client
+            .request(method, app.url(&case.path))
+            .insert_header(("Content-Type", case.content_type));
+        let bearer = match case.caller {
+            As::Nobody => None,
+            As::Admin => Some(ADMIN_TOKEN.to_string()),
+            As::Host => Some(API_KEY.to_string()),
+            As::Holder => Some(token.clone()),
+        };
+        if let Some(bearer) = bearer {
+            request = request.insert_header(("Authorization", format!("Bearer {bearer}")));
+        }
+        for (name, value) in &case.headers {
+            request = request.insert_header((*name, value.as_str()));
+        }
+        let mut response = request.send_body(case.body.clone()).await.unwrap();
+        let bytes = response.body().limit(1 << 20).await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str();
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        let right = response.status() == case.status
+            && code.is_some()
+            && !message.is_empty()
+            && case.code.is_none_or(|expected| code == Some(expected));
+        if !right {
+            wrong.push(format!(
+                "{}: {} {} (wanted {} {:?})",
+                case.name,
+                response.status(),
+                String::from_utf8_lossy(&bytes),
+                case.status,
+                case.code
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+    assert!(cases.len() >= 50);
+    assert_eq!(footprint(&app).await, before, "nothing changed");
+    assert_eq!(twilio.sent().len(), 0, "nothing was sent");
+}

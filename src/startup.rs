@@ -104,6 +104,7 @@ impl Core {
             billing: billing.clone(),
             messaging: messaging.clone(),
             web_link: settings.web_link(),
+            known_numbers: Default::default(),
         };
         let sms_supervisor = SmsSupervisor::with_context(registry.clone(), sms_context).start();
         let stripe_supervisor = StripeSupervisor::new(registry.clone(), billing.clone()).start();

@@ -8,6 +8,7 @@ mod fake_stripe;
 mod fake_twilio;
 mod helpers;
 mod hostile;
+mod input_properties;
 
 mod admin_api;
 mod browser;

@@ -389,9 +389,9 @@ impl Messaging {
             .await
     }
 
-    /// Records the cost of a service message (a TwiML reply is sent by
-    /// Twilio itself, so it has no id here).
-    pub async fn record_service(
+    /// Quotes a service message ahead, so that its record can go into the
+    /// same write as whatever caused it.
+    pub fn prepare_service(
         &self,
         account_id: Option<AccountId>,
         to: &str,
@@ -399,7 +399,7 @@ impl Messaging {
         kind: &'static str,
         sid: Option<String>,
         now_ms: i64,
-    ) -> Result<MessageRecord, MessagingError> {
+    ) -> Result<ServiceRecord, MessagingError> {
         let quoted = quote(
             QuoteRequest {
                 to,
@@ -413,25 +413,35 @@ impl Messaging {
             .rate_for(quoted.country)
             .map(|rate| rate.carrier_cost)
             .unwrap_or(Money::ZERO);
-        let check_at = sid
+        let next_price_check_at = sid
             .as_ref()
             .map(|_| now_ms + self.settings.price_check_delay.as_millis() as i64);
+        Ok(ServiceRecord {
+            account_id,
+            kind,
+            quoted,
+            carrier_cost,
+            sid,
+            next_price_check_at,
+            now_ms,
+        })
+    }
+
+    /// Records the cost of a service message (a TwiML reply is sent by
+    /// Twilio itself, so it has no id here).
+    pub async fn record_service(
+        &self,
+        account_id: Option<AccountId>,
+        to: &str,
+        body: &str,
+        kind: &'static str,
+        sid: Option<String>,
+        now_ms: i64,
+    ) -> Result<MessageRecord, MessagingError> {
+        let prepared = self.prepare_service(account_id, to, body, kind, sid, now_ms)?;
         Ok(self
             .store
-            .write(move |connection| {
-                let mut message = new_message(
-                    account_id,
-                    kind,
-                    None,
-                    &quoted,
-                    carrier_cost,
-                    Money::ZERO,
-                    "sent",
-                );
-                message.twilio_sid = sid.as_deref();
-                message.next_price_check_at = check_at;
-                records::insert(connection, &message, now_ms)
-            })
+            .write(move |connection| prepared.insert(connection))
             .await?)
     }
 
@@ -477,6 +487,35 @@ impl Messaging {
             }
         }
         Ok(Some(record))
+    }
+}
+
+/// A service message (not charged, but costed), quoted and ready to record.
+pub struct ServiceRecord {
+    account_id: Option<AccountId>,
+    kind: &'static str,
+    quoted: Quote,
+    carrier_cost: Money,
+    sid: Option<String>,
+    next_price_check_at: Option<i64>,
+    now_ms: i64,
+}
+
+impl ServiceRecord {
+    /// Inserts the record (inside whatever write the caller runs).
+    pub fn insert(&self, connection: &rusqlite::Connection) -> Result<MessageRecord, StoreError> {
+        let mut message = new_message(
+            self.account_id,
+            self.kind,
+            None,
+            &self.quoted,
+            self.carrier_cost,
+            Money::ZERO,
+            "sent",
+        );
+        message.twilio_sid = self.sid.as_deref();
+        message.next_price_check_at = self.next_price_check_at;
+        records::insert(connection, &message, self.now_ms)
     }
 }
 

@@ -228,6 +228,8 @@ pub fn inbound_reply(
     Ok(found)
 }
 
+/// Records an inbound message and its reply, unless its MessageSid was
+/// recorded before: then the reply it got then (`Some`) and nothing changes.
 pub fn record_inbound(
     connection: &Connection,
     message_sid: &str,
@@ -236,14 +238,18 @@ pub fn record_inbound(
     body: &str,
     reply: Option<&str>,
     now_ms: i64,
-) -> Result<(), StoreError> {
-    connection
+) -> Result<Option<Option<String>>, StoreError> {
+    let inserted = connection
         .prepare_cached(
             "INSERT INTO inbound_messages (message_sid, from_number, account_id, body, reply, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_sid) DO NOTHING",
         )?
         .execute(params![message_sid, from, account_id.map(|id| id.0), body, reply, now_ms])?;
-    Ok(())
+    if inserted == 1 {
+        Ok(None)
+    } else {
+        inbound_reply(connection, message_sid)
+    }
 }
 
 /// Forgets a reservation whose debit was refused (nothing was reserved).

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use super::SUPERVISOR_MAILBOX_CAPACITY;
@@ -20,6 +21,7 @@ use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::messaging::{records, Messaging};
 use crate::money::Money;
+use crate::phone::CountryCode;
 use crate::rating::RateTable;
 use crate::registry::Registry;
 use crate::store::{queries, Store, StoreError};
@@ -69,6 +71,16 @@ pub struct SmsContext {
     pub messaging: Option<Messaging>,
     /// Where replies send people to sign up and top up.
     pub web_link: String,
+    /// Numbers known to have an account: an account's phone never changes,
+    /// so the common path needs no read before its one write.
+    pub known_numbers: Arc<DashMap<String, KnownNumber>>,
+}
+
+/// An account found by its phone number.
+#[derive(Clone, Copy, Debug)]
+pub struct KnownNumber {
+    pub account_id: AccountId,
+    pub country: Option<CountryCode>,
 }
 
 /// A delivery waiting for the reply to a MessageSid handled right now.
@@ -162,47 +174,76 @@ impl Handler<InboundSms> for SmsSupervisor {
 }
 
 impl SmsContext {
-    /// Answers an inbound SMS, once per MessageSid.
+    /// Answers an inbound SMS, once per MessageSid. The common path (a
+    /// known number, any command but `BUY $10`) is one actor call and one
+    /// write: the write records the MessageSid with its reply and the
+    /// reply's cost together, or finds the reply a first delivery got.
     async fn answer(self, message: InboundSms) -> Result<Option<String>, SmsError> {
-        let sid = message.message_sid.clone();
-        if let Some(reply) = self
-            .store
-            .read(move |connection| records::inbound_reply(connection, &sid))
-            .await?
-        {
-            return Ok(reply);
-        }
         let now_ms = message.received_at_ms;
         let phone = PhoneNumber::parse(&message.from).ok();
-        let account = match &phone {
-            Some(phone) => {
-                let lookup = phone.clone();
-                self.store
-                    .read(move |connection| queries::find_account_by_phone(connection, &lookup))
-                    .await?
+        let command = Command::parse(&message.body);
+        let known = phone
+            .as_ref()
+            .and_then(|phone| self.known_numbers.get(phone.as_str()).map(|known| *known));
+        // A charge, or a number not known yet: look before doing anything.
+        let look_first = known.is_none() || matches!(command, Command::Buy(BuyAmount::Ten));
+        let account = if look_first {
+            let sid = message.message_sid.clone();
+            let lookup = phone.clone();
+            let (earlier, found) = self
+                .store
+                .read(move |connection| {
+                    let earlier = records::inbound_reply(connection, &sid)?;
+                    let found = match &lookup {
+                        Some(phone) if earlier.is_none() => {
+                            queries::find_account_by_phone(connection, phone)?
+                        }
+                        _ => None,
+                    };
+                    Ok::<_, StoreError>((earlier, found))
+                })
+                .await?;
+            if let Some(reply) = earlier {
+                return Ok(reply);
             }
-            None => None,
+            found.map(|account| {
+                let known = KnownNumber {
+                    account_id: account.id,
+                    country: account.phone.country(),
+                };
+                self.known_numbers
+                    .insert(account.phone.as_str().to_string(), known);
+                known
+            })
+        } else {
+            known
         };
-        let reply = match &account {
+        let reply = match account {
             None => format!(
                 "This number has no SMS credit account. Sign up at {}",
                 self.web_link
             ),
-            Some(account) => {
-                self.run(Command::parse(&message.body), account, &message)
-                    .await?
-            }
+            Some(known) => self.run(command, known, &message).await?,
         };
-        let account_id = account.as_ref().map(|account| account.id);
+        let account_id = account.map(|known| known.account_id);
+        // A reply is a service message: not charged, but costed.
+        let service = match (&self.messaging, &phone) {
+            (Some(messaging), Some(phone)) => messaging
+                .prepare_service(account_id, phone.as_str(), &reply, "reply", None, now_ms)
+                .map_err(|error| tracing::debug!(%error, "reply cost not recorded"))
+                .ok(),
+            _ => None,
+        };
         let (sid, from, body, text) = (
             message.message_sid.clone(),
             message.from.clone(),
             message.body.clone(),
             reply.clone(),
         );
-        self.store
+        let earlier = self
+            .store
             .write(move |connection| {
-                records::record_inbound(
+                let earlier = records::record_inbound(
                     connection,
                     &sid,
                     &from,
@@ -210,35 +251,32 @@ impl SmsContext {
                     &body,
                     Some(&text),
                     now_ms,
-                )
+                )?;
+                if earlier.is_none() {
+                    if let Some(service) = &service {
+                        service.insert(connection)?;
+                    }
+                }
+                Ok::<_, StoreError>(earlier)
             })
             .await?;
-        if let (Some(messaging), Some(phone)) = (&self.messaging, &phone) {
-            // A reply is a service message: not charged, but costed.
-            if let Err(error) = messaging
-                .record_service(account_id, phone.as_str(), &reply, "reply", None, now_ms)
-                .await
-            {
-                tracing::debug!(%error, "reply cost not recorded");
-            }
-        }
-        Ok(Some(reply))
+        // A delivery handled meanwhile (after a restart) answered first.
+        Ok(earlier.unwrap_or(Some(reply)))
     }
 
     async fn run(
         &self,
         command: Command,
-        account: &crate::accounts::Account,
+        account: KnownNumber,
         message: &InboundSms,
     ) -> Result<String, SmsError> {
         Ok(match command {
             Command::Help => help::reply(),
             Command::Unknown => unknown_reply(),
             Command::Balance => {
-                let snapshot = self.registry.send(account.id, GetBalance).await?;
+                let snapshot = self.registry.send(account.account_id, GetBalance).await?;
                 let own_rate = account
-                    .phone
-                    .country()
+                    .country
                     .and_then(|country| self.rates.rate_for(country));
                 balance::reply(snapshot.balance, own_rate)
             }
@@ -252,7 +290,12 @@ impl SmsContext {
                         // Keyed by the MessageSid: a retried delivery never charges twice.
                         let key = format!("sms-buy-{}", message.message_sid);
                         match billing
-                            .charge_saved_card(account.id, SMS_TOP_UP, &key, message.received_at_ms)
+                            .charge_saved_card(
+                                account.account_id,
+                                SMS_TOP_UP,
+                                &key,
+                                message.received_at_ms,
+                            )
                             .await
                         {
                             Ok(ChargeResult::Credited { receipt, .. }) => BuyOutcome::Credited {

@@ -228,9 +228,39 @@ fn main() {
         for make in [&healthz, &inbound, &outbound] {
             run_phase("warm-up", 1, options.connections, Rc::clone(make)).await;
         }
-        phases.push(run_phase("GET /healthz", options.seconds, options.connections, healthz).await);
-        phases.push(run_phase("POST /webhooks/twilio/sms", options.seconds, options.connections, inbound).await);
-        phases.push(run_phase("POST /v1/messages", options.seconds, options.connections, outbound).await);
+        let metrics_url = format!("{base}/metrics");
+        let store_figures = |client: awc::Client, url: String| async move {
+            let mut response = client.get(url).send().await.unwrap();
+            let text = String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
+            let value = |name: &str| -> f64 {
+                text.lines()
+                    .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.trim().parse().ok()))
+                    .unwrap_or(0.0)
+            };
+            [
+                value("sms_credit_commits_total "),
+                value("sms_credit_commit_batch_size_sum "),
+                value("sms_credit_commit_seconds_sum "),
+            ]
+        };
+        let mut store_lines = Vec::new();
+        for (name, make) in [
+            ("GET /healthz", healthz),
+            ("POST /webhooks/twilio/sms", inbound),
+            ("POST /v1/messages", outbound),
+        ] {
+            let before = store_figures(client.clone(), metrics_url.clone()).await;
+            phases.push(run_phase(name, options.seconds, options.connections, make).await);
+            let after = store_figures(client.clone(), metrics_url.clone()).await;
+            let commits = after[0] - before[0];
+            if commits > 0.0 {
+                store_lines.push(format!(
+                    "{name:<28} store: {commits:.0} commits, {:.1} writes per commit, {:.3} ms per commit",
+                    (after[1] - before[1]) / commits,
+                    1000.0 * (after[2] - before[2]) / commits
+                ));
+            }
+        }
         let _ = server.kill();
         let _ = server.wait();
 
@@ -251,6 +281,9 @@ fn main() {
                 phase.percentile(990),
                 100.0 * phase.per_second() / baseline
             );
+        }
+        for line in store_lines {
+            println!("{line}");
         }
     });
 }

@@ -61,6 +61,13 @@ impl Registry {
         &self.inner.clock
     }
 
+    /// One of the actor arbiters, chosen by `key` (`None` if the registry
+    /// runs actors on the caller's arbiter).
+    pub fn arbiter(&self, key: u64) -> Option<ArbiterHandle> {
+        let arbiters = &self.inner.arbiters;
+        (!arbiters.is_empty()).then(|| arbiters[(key % arbiters.len() as u64) as usize].clone())
+    }
+
     /// How many account actors are live.
     pub fn active_count(&self) -> usize {
         self.inner.table.len()

@@ -20,7 +20,7 @@ use crate::accounts::PhoneNumber;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
-use crate::rating::{quote, Quote, QuoteRequest, RateTable, RatingError};
+use crate::rating::{quote, quote_to, Quote, QuoteRequest, RateTable, RatingError};
 use crate::registry::Registry;
 use crate::store::{queries, Store, StoreError};
 
@@ -394,20 +394,13 @@ impl Messaging {
     pub fn prepare_service(
         &self,
         account_id: Option<AccountId>,
-        to: &str,
+        to: &PhoneNumber,
         body: &str,
         kind: &'static str,
         sid: Option<String>,
         now_ms: i64,
     ) -> Result<ServiceRecord, MessagingError> {
-        let quoted = quote(
-            QuoteRequest {
-                to,
-                body,
-                smart_encoding: false,
-            },
-            &self.rates,
-        )?;
+        let quoted = quote_to(to, body, false, &self.rates)?;
         let carrier_cost = self
             .rates
             .rate_for(quoted.country)
@@ -438,7 +431,8 @@ impl Messaging {
         sid: Option<String>,
         now_ms: i64,
     ) -> Result<MessageRecord, MessagingError> {
-        let prepared = self.prepare_service(account_id, to, body, kind, sid, now_ms)?;
+        let to = PhoneNumber::parse(to).map_err(RatingError::from)?;
+        let prepared = self.prepare_service(account_id, &to, body, kind, sid, now_ms)?;
         Ok(self
             .store
             .write(move |connection| prepared.insert(connection))

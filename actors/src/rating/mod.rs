@@ -5,6 +5,6 @@ pub mod quote;
 pub mod rates;
 pub mod segments;
 
-pub use quote::{quote, Quote, QuoteRequest, RatingError, SmartEncodingQuote};
+pub use quote::{quote, quote_to, Quote, QuoteRequest, RatingError, SmartEncodingQuote};
 pub use rates::{Rate, RateTable, RateTableError};
 pub use segments::{count_segments, smart_encode, Encoding, SegmentCount};

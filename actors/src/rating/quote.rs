@@ -79,6 +79,25 @@ pub fn quote(request: QuoteRequest<'_>, table: &RateTable) -> Result<Quote, Rati
         return Err(RatingError::BodyTooLong { characters });
     }
     let number = PhoneNumber::parse(request.to)?;
+    quote_to(&number, request.body, request.smart_encoding, table)
+}
+
+/// [`quote`] for a number already parsed.
+pub fn quote_to(
+    number: &PhoneNumber,
+    body: &str,
+    smart_encoding: bool,
+    table: &RateTable,
+) -> Result<Quote, RatingError> {
+    let characters = body.chars().count();
+    if characters > MAX_BODY_CHARACTERS {
+        return Err(RatingError::BodyTooLong { characters });
+    }
+    let request = QuoteRequest {
+        to: number.as_str(),
+        body,
+        smart_encoding,
+    };
     let country = number.country().ok_or_else(|| RatingError::NoCountry {
         number: number.to_string(),
     })?;

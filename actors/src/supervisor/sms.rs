@@ -4,6 +4,8 @@
 //! actors change balances; the reply is sent only after it is committed.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -95,6 +97,8 @@ pub struct SmsSupervisor {
     /// same answer, so that a retry racing the first delivery is answered
     /// once and alike.
     in_progress: HashMap<String, Vec<ReplyWaiter>>,
+    /// Answers started, to spread them over the actor threads.
+    started: u64,
 }
 
 impl SmsSupervisor {
@@ -103,6 +107,7 @@ impl SmsSupervisor {
             registry,
             context: None,
             in_progress: HashMap::new(),
+            started: 0,
         }
     }
 
@@ -111,6 +116,7 @@ impl SmsSupervisor {
             registry,
             context: Some(context),
             in_progress: HashMap::new(),
+            started: 0,
         }
     }
 }
@@ -159,17 +165,32 @@ impl Handler<InboundSms> for SmsSupervisor {
             return Box::pin(fut::ready(Ok(None)));
         };
         self.in_progress.insert(sid.clone(), Vec::new());
-        Box::pin(
-            context
-                .answer(message)
-                .into_actor(self)
-                .map(move |answer, actor, _ctx| {
-                    for waiter in actor.in_progress.remove(&sid).unwrap_or_default() {
-                        let _ = waiter.send(answer.clone());
-                    }
-                    answer
-                }),
-        )
+        // The supervisor decides (dedupe, routing, dispatch); the work of an
+        // answer (parsing, rating, waiting for the store) runs on the actor
+        // threads in turn, so one supervisor thread is not the limit.
+        self.started = self.started.wrapping_add(1);
+        let answer: Pin<Box<dyn Future<Output = Result<Option<String>, SmsError>>>> =
+            match self.registry.arbiter(self.started) {
+                Some(arbiter) => {
+                    let (sender, receiver) = oneshot::channel();
+                    let spawned = arbiter.spawn(async move {
+                        let _ = sender.send(context.answer(message).await);
+                    });
+                    Box::pin(async move {
+                        if !spawned {
+                            return Err(SmsError::Interrupted);
+                        }
+                        receiver.await.unwrap_or(Err(SmsError::Interrupted))
+                    })
+                }
+                None => Box::pin(context.answer(message)),
+            };
+        Box::pin(answer.into_actor(self).map(move |answer, actor, _ctx| {
+            for waiter in actor.in_progress.remove(&sid).unwrap_or_default() {
+                let _ = waiter.send(answer.clone());
+            }
+            answer
+        }))
     }
 }
 
@@ -229,7 +250,7 @@ impl SmsContext {
         // A reply is a service message: not charged, but costed.
         let service = match (&self.messaging, &phone) {
             (Some(messaging), Some(phone)) => messaging
-                .prepare_service(account_id, phone.as_str(), &reply, "reply", None, now_ms)
+                .prepare_service(account_id, phone, &reply, "reply", None, now_ms)
                 .map_err(|error| tracing::debug!(%error, "reply cost not recorded"))
                 .ok(),
             _ => None,

@@ -353,6 +353,84 @@ async fn a_failed_commit_fails_its_callers_and_leaves_no_trace() {
 }
 
 #[actix_rt::test]
+async fn a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let mut accounts = Vec::new();
+    for index in 0..40 {
+        let account = new_account(&core, &format!("+141555507{index:02}")).await;
+        core.registry
+            .send(account, credit(1_000_000, "seed"))
+            .await
+            .unwrap();
+        accounts.push(account);
+    }
+    // 40 accounts × 25 debits, in two waves of concurrent debits; the
+    // first commit of the second wave fails.
+    let wave = |range: std::ops::Range<i32>| {
+        join_all(
+            accounts
+                .iter()
+                .flat_map(move |account| range.clone().map(move |index| (*account, index)))
+                .map(|(account, index)| {
+                    let registry = core.registry.clone();
+                    async move {
+                        let answer = registry
+                            .send(account, debit(1_000, &format!("load-{index}")))
+                            .await;
+                        (account, index, answer)
+                    }
+                }),
+        )
+    };
+    let mut answers = wave(0..12).await;
+    assert!(answers.iter().all(|(_, _, answer)| answer.is_ok()));
+    core.store.fail_next_commits_for_testing(1);
+    answers.extend(wave(12..25).await);
+    let failed: Vec<_> = answers
+        .iter()
+        .filter(|(_, _, answer)| matches!(answer, Err(LedgerError::Store(_))))
+        .collect();
+    assert!(answers
+        .iter()
+        .all(|(_, _, answer)| answer.is_ok() || matches!(answer, Err(LedgerError::Store(_)))));
+    assert!(!failed.is_empty(), "the injected failure hit some callers");
+    assert!(failed.len() < answers.len(), "and only some");
+
+    // On disk: exactly the acknowledged debits, none of the failed ones.
+    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    for (account, index, answer) in &answers {
+        let rows: i64 = connection
+            .query_row(
+                "SELECT COUNT(*) FROM transactions WHERE account_id = ?1 AND idempotency_key = ?2",
+                (account.0, format!("load-{index}")),
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(
+            rows,
+            i64::from(answer.is_ok()),
+            "{account} load-{index}: {answer:?}"
+        );
+    }
+    // In memory: each actor agrees with its own acknowledged debits.
+    for account in &accounts {
+        let acknowledged = answers
+            .iter()
+            .filter(|(owner, _, answer)| owner == account && answer.is_ok())
+            .count() as i64;
+        let snapshot = core.registry.send(*account, GetBalance).await.unwrap();
+        assert_eq!(
+            snapshot.balance,
+            Money::from_micros(1_000_000 - 1_000 * acknowledged),
+            "{account}"
+        );
+    }
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
 async fn supervisors_route_payments_refunds_and_message_charges() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);

@@ -23,7 +23,6 @@ use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::messaging::{records, Messaging};
 use crate::money::Money;
-use crate::phone::CountryCode;
 use crate::rating::RateTable;
 use crate::registry::Registry;
 use crate::store::{queries, Store, StoreError};
@@ -73,16 +72,17 @@ pub struct SmsContext {
     pub messaging: Option<Messaging>,
     /// Where replies send people to sign up and top up.
     pub web_link: String,
-    /// Numbers known to have an account: an account's phone never changes,
-    /// so the common path needs no read before its one write.
+    /// Numbers known to have an account, by the `From` text Twilio sends:
+    /// an account's phone never changes, so the common path needs neither a
+    /// read nor libphonenumber before its one write.
     pub known_numbers: Arc<DashMap<String, KnownNumber>>,
 }
 
 /// An account found by its phone number.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct KnownNumber {
     pub account_id: AccountId,
-    pub country: Option<CountryCode>,
+    pub phone: PhoneNumber,
 }
 
 /// A delivery waiting for the reply to a MessageSid handled right now.
@@ -201,14 +201,18 @@ impl SmsContext {
     /// reply's cost together, or finds the reply a first delivery got.
     async fn answer(self, message: InboundSms) -> Result<Option<String>, SmsError> {
         let now_ms = message.received_at_ms;
-        let phone = PhoneNumber::parse(&message.from).ok();
         let command = Command::parse(&message.body);
-        let known = phone
-            .as_ref()
-            .and_then(|phone| self.known_numbers.get(phone.as_str()).map(|known| *known));
+        let known = self
+            .known_numbers
+            .get(&message.from)
+            .map(|known| known.clone());
         // A charge, or a number not known yet: look before doing anything.
         let look_first = known.is_none() || matches!(command, Command::Buy(BuyAmount::Ten));
-        let account = if look_first {
+        let (account, phone) = if look_first {
+            let phone = match &known {
+                Some(known) => Some(known.phone.clone()),
+                None => PhoneNumber::parse(&message.from).ok(),
+            };
             let sid = message.message_sid.clone();
             let lookup = phone.clone();
             let (earlier, found) = self
@@ -227,26 +231,28 @@ impl SmsContext {
             if let Some(reply) = earlier {
                 return Ok(reply);
             }
-            found.map(|account| {
+            let account = found.map(|account| {
                 let known = KnownNumber {
                     account_id: account.id,
-                    country: account.phone.country(),
+                    phone: account.phone,
                 };
                 self.known_numbers
-                    .insert(account.phone.as_str().to_string(), known);
+                    .insert(message.from.clone(), known.clone());
                 known
-            })
+            });
+            (account, phone)
         } else {
-            known
+            let phone = known.as_ref().map(|known| known.phone.clone());
+            (known, phone)
         };
-        let reply = match account {
+        let reply = match &account {
             None => format!(
                 "This number has no SMS credit account. Sign up at {}",
                 self.web_link
             ),
             Some(known) => self.run(command, known, &message).await?,
         };
-        let account_id = account.map(|known| known.account_id);
+        let account_id = account.as_ref().map(|known| known.account_id);
         // A reply is a service message: not charged, but costed.
         let service = match (&self.messaging, &phone) {
             (Some(messaging), Some(phone)) => messaging
@@ -288,7 +294,7 @@ impl SmsContext {
     async fn run(
         &self,
         command: Command,
-        account: KnownNumber,
+        account: &KnownNumber,
         message: &InboundSms,
     ) -> Result<String, SmsError> {
         Ok(match command {
@@ -297,7 +303,8 @@ impl SmsContext {
             Command::Balance => {
                 let snapshot = self.registry.send(account.account_id, GetBalance).await?;
                 let own_rate = account
-                    .country
+                    .phone
+                    .country()
                     .and_then(|country| self.rates.rate_for(country));
                 balance::reply(snapshot.balance, own_rate)
             }

@@ -140,7 +140,7 @@ struct InFlight {
     /// Callers waiting for this write: the first asked for it, the others
     /// repeated its idempotency key while it was in flight.
     waiters: Vec<oneshot::Sender<Result<Receipt, LedgerError>>>,
-    snapshot_after: Snapshot,
+    snapshot_after: Packed,
 }
 
 /// One change of balance, whatever message asked for it.
@@ -155,71 +155,135 @@ struct Mutation {
 
 type Reply = oneshot::Sender<Result<Receipt, LedgerError>>;
 
+/// What every account actor shares: one pointer per actor instead of one
+/// per field, because an actor's size is paid once per active account.
+pub(crate) struct ActorShared {
+    /// Where ledger rows and snapshots become durable.
+    pub(crate) store: Store,
+    /// Where actors are listed; an actor unlists itself when it passivates.
+    pub(crate) table: Arc<ActorTable>,
+    /// Timestamps for ledger rows (injectable for tests).
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) settings: AccountSettings,
+    /// The instant activity times count from (see [`AccountActor::idle_since_ms`]).
+    pub(crate) epoch: Instant,
+}
+
+impl ActorShared {
+    /// Milliseconds since `epoch`: a coarse monotonic clock for idleness.
+    pub(crate) fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// A [`Snapshot`] packed for the actor (24 bytes instead of 32): the
+/// warning time uses `i64::MIN` for "never".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Packed {
+    balance: Money,
+    seq: i64,
+    warned_at_ms: i64,
+}
+
+const NEVER_WARNED: i64 = i64::MIN;
+
+impl Packed {
+    const EMPTY: Packed = Packed {
+        balance: Money::ZERO,
+        seq: 0,
+        warned_at_ms: NEVER_WARNED,
+    };
+
+    fn pack(snapshot: Snapshot) -> Packed {
+        Packed {
+            balance: snapshot.balance,
+            seq: snapshot.seq,
+            warned_at_ms: snapshot.low_balance_warned_at_ms.unwrap_or(NEVER_WARNED),
+        }
+    }
+
+    fn unpack(self) -> Snapshot {
+        Snapshot {
+            balance: self.balance,
+            seq: self.seq,
+            low_balance_warned_at_ms: (self.warned_at_ms != NEVER_WARNED)
+                .then_some(self.warned_at_ms),
+        }
+    }
+}
+
+/// The actor's state. Kept small on purpose: with many accounts active,
+/// every byte here is paid once per account (see the scale benchmark).
 pub struct AccountActor {
     /// The account this actor owns; no other code changes its balance.
     account_id: AccountId,
-    /// Where ledger rows and snapshots become durable.
-    store: Store,
-    /// Where this actor is listed; it unlists itself when it passivates.
-    table: Arc<ActorTable>,
-    /// Timestamps for ledger rows (injectable for tests).
-    clock: Arc<dyn Clock>,
-    settings: Arc<AccountSettings>,
-    lifecycle: Lifecycle,
-    /// The last committed snapshot: what `GetBalance` answers and what a
-    /// failed commit falls back to.
-    committed: Snapshot,
-    /// The committed snapshot plus every write queued but not yet committed:
-    /// what the next mutation is computed on.
-    working: Snapshot,
-    /// Writes queued to the store and not yet answered, by idempotency key,
-    /// so a repeated key joins the write instead of making another.
-    in_flight: HashMap<IdempotencyKey, InFlight>,
+    /// Store, actor table, clock and settings, shared by all actors.
+    shared: Arc<ActorShared>,
+    /// The committed snapshot plus every write queued but not yet
+    /// committed: what the next mutation is computed on. With nothing in
+    /// flight it is the committed snapshot.
+    working: Packed,
+    /// Writes queued to the store and not yet answered. Boxed and made on
+    /// demand: an idle actor has none.
+    in_flight: Option<Box<Pipeline>>,
     /// The store refuses writes of older generations of this account after
     /// a failure; a reload takes a new one.
     generation: u64,
-    /// When a message last arrived, for passivation.
-    last_activity: Instant,
+    /// When a message last arrived, in [`ActorShared::elapsed_ms`] truncated
+    /// to 32 bits (compared with wrapping arithmetic), for passivation.
+    last_activity_ms: u32,
+    lifecycle: Lifecycle,
+}
+
+/// What an actor with writes in flight keeps besides its working state.
+struct Pipeline {
+    /// The writes by idempotency key, so a repeated key joins the write
+    /// instead of making another.
+    writes: HashMap<IdempotencyKey, InFlight>,
+    /// The last committed snapshot: what `GetBalance` answers while writes
+    /// are in flight.
+    committed: Packed,
 }
 
 impl AccountActor {
-    pub(crate) fn new(
-        account_id: AccountId,
-        store: Store,
-        table: Arc<ActorTable>,
-        clock: Arc<dyn Clock>,
-        settings: Arc<AccountSettings>,
-    ) -> AccountActor {
-        let generation = store.next_generation();
-        let empty = Snapshot {
-            balance: Money::ZERO,
-            seq: 0,
-            low_balance_warned_at_ms: None,
-        };
+    pub(crate) fn new(account_id: AccountId, shared: Arc<ActorShared>) -> AccountActor {
+        let generation = shared.store.next_generation();
+        let last_activity_ms = shared.elapsed_ms() as u32;
         AccountActor {
             account_id,
-            store,
-            table,
-            clock,
-            settings,
-            lifecycle: Lifecycle::Ready,
-            committed: empty,
-            working: empty,
-            in_flight: HashMap::new(),
+            shared,
+            working: Packed::EMPTY,
+            in_flight: None,
             generation,
-            last_activity: Instant::now(),
+            last_activity_ms,
+            lifecycle: Lifecycle::Ready,
         }
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.in_flight
+            .as_ref()
+            .map_or(0, |pipeline| pipeline.writes.len())
+    }
+
+    /// The last committed snapshot.
+    fn committed(&self) -> Packed {
+        self.in_flight
+            .as_ref()
+            .map_or(self.working, |pipeline| pipeline.committed)
     }
 
     /// Loads the committed snapshot, holding every message until it is in.
     /// A store that cannot be read is retried, because answering from a
     /// guessed state is never right.
     fn load_snapshot(&mut self, ctx: &mut Context<Self>) {
-        let load = self.store.load_snapshot(self.account_id);
+        let load = self.shared.store.load_snapshot(self.account_id);
         ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
             Ok(Some(snapshot)) => {
-                actor.committed = snapshot;
-                actor.working = snapshot;
+                actor.working = Packed::pack(snapshot);
+                if let Some(pipeline) = actor.in_flight.as_mut() {
+                    pipeline.committed = actor.working;
+                }
             }
             Ok(None) => {
                 // Answer what arrives for a short while, then stop: a later
@@ -239,7 +303,7 @@ impl AccountActor {
 
     /// Refuses what cannot be served right now.
     fn admit(&mut self) -> Result<(), LedgerError> {
-        self.last_activity = Instant::now();
+        self.last_activity_ms = self.shared.elapsed_ms() as u32;
         match self.lifecycle {
             Lifecycle::Ready => Ok(()),
             Lifecycle::Missing => Err(LedgerError::AccountNotFound(self.account_id)),
@@ -262,7 +326,11 @@ impl AccountActor {
             let _ = reply.send(Err(error));
             return;
         }
-        if let Some(in_flight) = self.in_flight.get_mut(&mutation.idempotency_key) {
+        let joined = self
+            .in_flight
+            .as_mut()
+            .and_then(|pipeline| pipeline.writes.get_mut(&mutation.idempotency_key));
+        if let Some(in_flight) = joined {
             if in_flight.entry.kind == mutation.kind && in_flight.entry.amount == mutation.amount {
                 in_flight.waiters.push(reply);
             } else {
@@ -270,13 +338,14 @@ impl AccountActor {
             }
             return;
         }
-        if self.in_flight.len() >= self.settings.max_in_flight {
+        if self.in_flight_count() >= self.shared.settings.max_in_flight {
             let _ = reply.send(Err(LedgerError::Busy));
             return;
         }
         // The key may have been used by an earlier activation: ask the
         // ledger, holding later messages so that they are applied in order.
         let lookup = self
+            .shared
             .store
             .find_entry_by_key(self.account_id, mutation.idempotency_key.clone());
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
@@ -309,23 +378,20 @@ impl AccountActor {
                 needed: -mutation.amount,
             });
         }
-        let now_ms = self.clock.now_ms();
+        let now_ms = self.shared.clock.now_ms();
+        let settings = &self.shared.settings;
         let warning_due = mutation.kind == TransactionKind::Debit
-            && balance_after < self.settings.low_balance_threshold
-            && self
-                .working
-                .low_balance_warned_at_ms
-                .is_none_or(|warned_at| {
-                    now_ms.saturating_sub(warned_at)
-                        >= self.settings.low_balance_cooldown.as_millis() as i64
-                });
-        let snapshot_after = Snapshot {
+            && balance_after < settings.low_balance_threshold
+            && (self.working.warned_at_ms == NEVER_WARNED
+                || now_ms.saturating_sub(self.working.warned_at_ms)
+                    >= settings.low_balance_cooldown.as_millis() as i64);
+        let snapshot_after = Packed {
             balance: balance_after,
             seq: self.working.seq + 1,
-            low_balance_warned_at_ms: if warning_due {
-                Some(now_ms)
+            warned_at_ms: if warning_due {
+                now_ms
             } else {
-                self.working.low_balance_warned_at_ms
+                self.working.warned_at_ms
             },
         };
         let entry = LedgerEntry {
@@ -340,10 +406,10 @@ impl AccountActor {
             created_at_ms: now_ms,
         };
         let (done, committed) = oneshot::channel();
-        self.store.submit_ledger_write(LedgerWrite {
+        self.shared.store.submit_ledger_write(LedgerWrite {
             entry: entry.clone(),
-            previous: self.working,
-            next: snapshot_after,
+            previous: self.working.unpack(),
+            next: snapshot_after.unpack(),
             generation: self.generation,
             done,
         })?;
@@ -356,12 +422,23 @@ impl AccountActor {
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             actor.on_write_done(&done_key, generation, result, ctx)
         }));
-        Ok(self.in_flight.entry(key).or_insert(InFlight {
-            entry,
-            warning_due,
-            waiters: Vec::with_capacity(1),
-            snapshot_after,
-        }))
+        let committed = self.committed();
+        Ok(self
+            .in_flight
+            .get_or_insert_with(|| {
+                Box::new(Pipeline {
+                    writes: HashMap::new(),
+                    committed,
+                })
+            })
+            .writes
+            .entry(key)
+            .or_insert(InFlight {
+                entry,
+                warning_due,
+                waiters: Vec::with_capacity(1),
+                snapshot_after,
+            }))
     }
 
     /// Answers the callers of one write once the store has decided it.
@@ -372,14 +449,22 @@ impl AccountActor {
         result: Result<(), StoreError>,
         ctx: &mut Context<Self>,
     ) {
-        let Some(in_flight) = self.in_flight.remove(key) else {
+        let Some(pipeline) = self.in_flight.as_mut() else {
             return;
         };
+        let Some(in_flight) = pipeline.writes.remove(key) else {
+            return;
+        };
+        if result.is_ok() && in_flight.snapshot_after.seq > pipeline.committed.seq {
+            pipeline.committed = in_flight.snapshot_after;
+        }
+        if pipeline.writes.is_empty() {
+            // Every write is answered: what is committed is the working
+            // state (after a failure, the reload below replaces both).
+            self.in_flight = None;
+        }
         match result {
             Ok(()) => {
-                if in_flight.snapshot_after.seq > self.committed.seq {
-                    self.committed = in_flight.snapshot_after;
-                }
                 for (index, waiter) in in_flight.waiters.into_iter().enumerate() {
                     let _ = waiter.send(Ok(Receipt {
                         entry: in_flight.entry.clone(),
@@ -396,30 +481,24 @@ impl AccountActor {
                     // Memory ran ahead of a write that did not land: drop it
                     // and start again from what is on disk.
                     tracing::warn!(account_id = %self.account_id, %error, "write failed; reloading snapshot");
-                    self.generation = self.store.next_generation();
+                    self.generation = self.shared.store.next_generation();
                     self.load_snapshot(ctx);
                 }
             }
         }
     }
 
-    fn schedule_passivation_check(&mut self, ctx: &mut Context<Self>, after: Duration) {
-        ctx.run_later(after, |actor, ctx| {
-            let idle = actor.last_activity.elapsed();
-            let passivate_after = actor.settings.passivate_after;
-            if idle >= passivate_after
-                && actor.in_flight.is_empty()
-                && actor.lifecycle == Lifecycle::Ready
-            {
-                actor.lifecycle = Lifecycle::Passivating;
-                actor.unlist_and_stop(ctx);
-            } else {
-                let remaining = passivate_after
-                    .saturating_sub(idle)
-                    .max(Duration::from_millis(10));
-                actor.schedule_passivation_check(ctx, remaining);
-            }
-        });
+    /// Stops this actor if it has been idle for the passivation time with
+    /// nothing in flight (asked by the registry's sweeper).
+    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
+        let idle_ms = (self.shared.elapsed_ms() as u32).wrapping_sub(self.last_activity_ms);
+        if u128::from(idle_ms) >= passivation_millis(self.shared.settings.passivate_after)
+            && self.in_flight.is_none()
+            && self.lifecycle == Lifecycle::Ready
+        {
+            self.lifecycle = Lifecycle::Passivating;
+            self.unlist_and_stop(ctx);
+        }
     }
 
     /// Leaves the registry, so the next message activates a fresh actor,
@@ -428,7 +507,8 @@ impl AccountActor {
     /// the registry sends it again to a fresh actor: none is lost.
     fn unlist_and_stop(&mut self, ctx: &mut Context<Self>) {
         let own_address = ctx.address();
-        self.table
+        self.shared
+            .table
             .remove_if(&self.account_id, |_, listed| *listed == own_address);
         ctx.stop();
     }
@@ -460,10 +540,8 @@ impl Actor for AccountActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.set_mailbox_capacity(self.settings.mailbox_capacity);
+        ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
         self.load_snapshot(ctx);
-        let passivate_after = self.settings.passivate_after;
-        self.schedule_passivation_check(ctx, passivate_after);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -564,6 +642,26 @@ impl Handler<GetBalance> for AccountActor {
 
     fn handle(&mut self, _message: GetBalance, _ctx: &mut Context<Self>) -> Self::Result {
         self.admit()?;
-        Ok(self.committed)
+        Ok(self.committed().unpack())
+    }
+}
+
+/// The passivation time in milliseconds, at most 2³¹ − 1 (24 days), so that
+/// 32-bit activity times compared with wrapping arithmetic stay exact.
+fn passivation_millis(passivate_after: Duration) -> u128 {
+    passivate_after.as_millis().min(i32::MAX as u128)
+}
+
+/// Asks an actor to stop if it has been idle for the passivation time. Sent
+/// by the registry's sweeper, so that an actor needs no timer of its own.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct PassivateIfIdle;
+
+impl Handler<PassivateIfIdle> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: PassivateIfIdle, ctx: &mut Context<Self>) {
+        self.passivate_if_idle(ctx);
     }
 }

@@ -2,13 +2,16 @@
 //! the arbiter its account maps to, and delivers messages so that none is
 //! lost to a passivation racing it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
 
 use actix::dev::ToEnvelope;
 use actix::prelude::*;
 use dashmap::DashMap;
 
-use crate::account_actor::{AccountActor, AccountSettings, ActorTable};
+use crate::account_actor::{
+    AccountActor, AccountSettings, ActorShared, ActorTable, PassivateIfIdle,
+};
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
@@ -27,9 +30,8 @@ pub struct Registry {
 struct RegistryInner {
     /// The live actors; an actor removes itself when it passivates.
     table: Arc<ActorTable>,
-    store: Store,
-    clock: Arc<dyn Clock>,
-    settings: Arc<AccountSettings>,
+    /// What every actor shares (store, table, clock, settings).
+    shared: Arc<ActorShared>,
     /// Where actors run: an account always maps to the same arbiter.
     /// Empty means the arbiter of whoever activates it.
     arbiters: Vec<ArbiterHandle>,
@@ -42,23 +44,39 @@ impl Registry {
         settings: AccountSettings,
         arbiters: Vec<ArbiterHandle>,
     ) -> Registry {
+        let table = Arc::new(DashMap::new());
+        let sweep_every = sweep_interval(settings.passivate_after);
+        let shared = Arc::new(ActorShared {
+            store,
+            table: Arc::clone(&table),
+            clock,
+            settings,
+            epoch: Instant::now(),
+        });
+        let sweeper = sweep(Arc::downgrade(&table), sweep_every);
+        match arbiters.first() {
+            Some(arbiter) => {
+                arbiter.spawn(sweeper);
+            }
+            None => {
+                actix::spawn(sweeper);
+            }
+        }
         Registry {
             inner: Arc::new(RegistryInner {
-                table: Arc::new(DashMap::new()),
-                store,
-                clock,
-                settings: Arc::new(settings),
+                table,
+                shared,
                 arbiters,
             }),
         }
     }
 
     pub fn store(&self) -> &Store {
-        &self.inner.store
+        &self.inner.shared.store
     }
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
-        &self.inner.clock
+        &self.inner.shared.clock
     }
 
     /// One of the actor arbiters, chosen by `key` (`None` if the registry
@@ -75,9 +93,20 @@ impl Registry {
 
     /// The live actor of an account, activated if there is none.
     pub fn activate(&self, account_id: AccountId) -> Addr<AccountActor> {
+        self.with_actor(account_id, Addr::clone)
+    }
+
+    /// Runs `use_actor` on the live actor of an account (activated if there
+    /// is none) while it is listed, without cloning its address: a clone
+    /// allocates, and every message would pay for it.
+    fn with_actor<R>(
+        &self,
+        account_id: AccountId,
+        use_actor: impl FnOnce(&Addr<AccountActor>) -> R,
+    ) -> R {
         if let Some(listed) = self.inner.table.get(&account_id) {
             if listed.connected() {
-                return listed.clone();
+                return use_actor(&listed);
             }
         }
         let mut slot = self
@@ -88,19 +117,14 @@ impl Registry {
         if !slot.connected() {
             *slot = self.start(account_id);
         }
-        slot.clone()
+        use_actor(&slot)
     }
 
     fn start(&self, account_id: AccountId) -> Addr<AccountActor> {
         let inner = &self.inner;
         let build = {
-            let store = inner.store.clone();
-            let table = Arc::clone(&inner.table);
-            let clock = Arc::clone(&inner.clock);
-            let settings = Arc::clone(&inner.settings);
-            move |_: &mut Context<AccountActor>| {
-                AccountActor::new(account_id, store, table, clock, settings)
-            }
+            let shared = Arc::clone(&inner.shared);
+            move |_: &mut Context<AccountActor>| AccountActor::new(account_id, shared)
         };
         if inner.arbiters.is_empty() {
             AccountActor::create(build)
@@ -121,17 +145,42 @@ impl Registry {
         <AccountActor as Actor>::Context: ToEnvelope<AccountActor, M>,
     {
         for _ in 0..MAX_DELIVERY_ATTEMPTS {
-            let address = self.activate(account_id);
-            match address.send(message.clone()).await {
+            let request = self.with_actor(account_id, |address| address.send(message.clone()));
+            match request.await {
                 Ok(Err(LedgerError::Passivated)) | Err(MailboxError::Closed) => {
+                    // The actor stopped (it unlists itself first); drop its
+                    // listing if it is still there, but never a fresh one.
                     self.inner
                         .table
-                        .remove_if(&account_id, |_, listed| *listed == address);
+                        .remove_if(&account_id, |_, listed| !listed.connected());
                 }
                 Ok(answer) => return answer,
                 Err(MailboxError::Timeout) => return Err(LedgerError::Busy),
             }
         }
         Err(LedgerError::Interrupted)
+    }
+}
+
+/// How often the sweeper looks for idle actors: often enough that an actor
+/// stops within a quarter of the passivation time after it, rarely enough
+/// to cost nothing (at most every 30 s, at least every millisecond).
+fn sweep_interval(passivate_after: Duration) -> Duration {
+    (passivate_after / 4).clamp(Duration::from_millis(1), Duration::from_secs(30))
+}
+
+/// Asks every live actor, now and then, to stop if it is idle: one task for
+/// all actors instead of a timer in each. A full mailbox is skipped (that
+/// actor is busy, not idle). Ends when the registry is gone.
+async fn sweep(table: Weak<ActorTable>, every: Duration) {
+    let mut ticks = actix::clock::interval(every);
+    loop {
+        ticks.tick().await;
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        for listed in table.iter() {
+            let _ = listed.value().try_send(PassivateIfIdle);
+        }
     }
 }

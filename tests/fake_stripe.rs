@@ -340,6 +340,23 @@ impl EventFactory {
         let object = resource(&self.fixtures, "customer");
         self.event("customer.created", object)
     }
+
+    /// An event Stripe sends around a payment that the product has no use
+    /// for (`payment_intent.created`, `charge.succeeded`, `refund.created`,
+    /// `customer.updated`, …): the fixture object of `resource`, with its id
+    /// and the given fields set.
+    pub fn companion(
+        &mut self,
+        event_type: &str,
+        resource_name: &str,
+        fields: &[(&str, Value)],
+    ) -> String {
+        let mut object = resource(&self.fixtures, resource_name);
+        for (name, value) in fields {
+            object[*name] = value.clone();
+        }
+        self.event(event_type, object)
+    }
 }
 
 /// The `Stripe-Signature` header for a payload, as Stripe computes it.

@@ -1,7 +1,9 @@
-//! Stripe replay chaos: about 10 000 signed deliveries for 1 000 orders —
-//! every event three times, shuffled, refunds among them (often before the
-//! payment they refund), delivered concurrently. Every order is credited
-//! once, every refund taken once, and each balance is exactly what it should be.
+//! Stripe replay chaos: 10 000 signed events for 1 000 orders — the ones
+//! that move money and the ones Stripe sends around them — each delivered
+//! three times (30 000 deliveries), shuffled, refunds among them (often
+//! before the payment they refund), delivered concurrently. Every order is
+//! credited once, every refund taken once, and each balance is exactly what
+//! it should be.
 
 use std::collections::HashMap;
 
@@ -15,6 +17,36 @@ use crate::stripe::{app_with_fake_stripe, start_access};
 
 const ACCOUNTS: usize = 100;
 const TOP_UPS_PER_ACCOUNT: usize = 9;
+const UNIQUE_EVENTS: usize = 10_000;
+
+/// The events Stripe sends around one payment besides the two that count.
+fn companions(
+    events: &mut EventFactory,
+    intent: &str,
+    charge: &str,
+    customer: &str,
+) -> Vec<String> {
+    vec![
+        events.companion(
+            "payment_intent.created",
+            "payment_intent",
+            &[
+                ("id", json!(intent)),
+                ("customer", json!(customer)),
+                ("status", json!("requires_payment_method")),
+            ],
+        ),
+        events.companion(
+            "charge.succeeded",
+            "charge",
+            &[
+                ("id", json!(charge)),
+                ("payment_intent", json!(intent)),
+                ("customer", json!(customer)),
+            ],
+        ),
+    ]
+}
 
 /// Fisher–Yates with a fixed xorshift seed: the same shuffle every run.
 fn shuffle<T>(items: &mut [T], mut seed: u64) {
@@ -27,7 +59,7 @@ fn shuffle<T>(items: &mut [T], mut seed: u64) {
 }
 
 #[actix_rt::test]
-async fn ten_thousand_shuffled_deliveries_credit_and_refund_exactly_once() {
+async fn ten_thousand_events_delivered_three_times_shuffled_credit_and_refund_exactly_once() {
     let (app, _fake) = app_with_fake_stripe().await;
     let mut events = EventFactory::new();
     let mut unique = Vec::new();
@@ -49,6 +81,12 @@ async fn ten_thousand_shuffled_deliveries_credit_and_refund_exactly_once() {
             2999,
             &customer,
             json!({"sms_credit_purpose": "checkout"}),
+        ));
+        unique.extend(companions(
+            &mut events,
+            &access_intent,
+            &format!("ch_access_{order}"),
+            &customer,
         ));
         *expected.entry(account).or_default() += 5_000_000;
 
@@ -78,17 +116,32 @@ async fn ten_thousand_shuffled_deliveries_credit_and_refund_exactly_once() {
                 &customer,
                 json!({"sms_credit_purpose": "checkout"}),
             ));
+            unique.extend(companions(&mut events, &intent, &charge, &customer));
             *expected.entry(account).or_default() += 10_000_000;
+            let refund_created = |events: &mut EventFactory, amount: i64| {
+                events.companion(
+                    "refund.created",
+                    "refund",
+                    &[
+                        ("charge", json!(charge)),
+                        ("payment_intent", json!(intent)),
+                        ("amount", json!(amount)),
+                    ],
+                )
+            };
             match top_up % 3 {
                 // Two partial refunds: 3.00 then 7.00 cumulative.
                 0 => {
                     unique.push(events.charge_refunded(&charge, &intent, 1000, 300));
+                    unique.push(refund_created(&mut events, 300));
                     unique.push(events.charge_refunded(&charge, &intent, 1000, 700));
+                    unique.push(refund_created(&mut events, 400));
                     *expected.entry(account).or_default() -= 7_000_000;
                 }
                 // One full refund.
                 1 => {
                     unique.push(events.charge_refunded(&charge, &intent, 1000, 1000));
+                    unique.push(refund_created(&mut events, 1000));
                     *expected.entry(account).or_default() -= 10_000_000;
                 }
                 _ => {}
@@ -96,11 +149,13 @@ async fn ten_thousand_shuffled_deliveries_credit_and_refund_exactly_once() {
         }
     }
     assert_eq!(orders, 1_000);
-    while unique.len() < 3_334 {
+    // The rest: customer and payment-method events Stripe sends as well.
+    while unique.len() < UNIQUE_EVENTS {
         unique.push(events.other());
     }
+    assert_eq!(unique.len(), UNIQUE_EVENTS);
     let mut deliveries: Vec<&String> = unique.iter().chain(&unique).chain(&unique).collect();
-    assert!(deliveries.len() >= 10_000);
+    assert_eq!(deliveries.len(), 3 * UNIQUE_EVENTS);
     shuffle(&mut deliveries, 0x00C0_FFEE);
 
     // Eight deliveries in flight at a time, as Stripe does.

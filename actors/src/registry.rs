@@ -80,7 +80,8 @@ impl Registry {
     }
 
     /// One of the actor arbiters, chosen by `key` (`None` if the registry
-    /// runs actors on the caller's arbiter).
+    /// runs actors on the caller's arbiter). An account id's absolute value
+    /// as the key names the arbiter its actor runs on.
     pub fn arbiter(&self, key: u64) -> Option<ArbiterHandle> {
         let arbiters = &self.inner.arbiters;
         (!arbiters.is_empty()).then(|| arbiters[(key % arbiters.len() as u64) as usize].clone())

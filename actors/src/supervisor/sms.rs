@@ -168,9 +168,15 @@ impl Handler<InboundSms> for SmsSupervisor {
         // The supervisor decides (dedupe, routing, dispatch); the work of an
         // answer (parsing, rating, waiting for the store) runs on the actor
         // threads in turn, so one supervisor thread is not the limit.
+        // A known number's answer runs on its account actor's thread, so
+        // asking the actor is no extra thread hop; others in turn.
         self.started = self.started.wrapping_add(1);
+        let placement = context
+            .known_numbers
+            .get(&message.from)
+            .map_or(self.started, |known| known.account_id.0.unsigned_abs());
         let answer: Pin<Box<dyn Future<Output = Result<Option<String>, SmsError>>>> =
-            match self.registry.arbiter(self.started) {
+            match self.registry.arbiter(placement) {
                 Some(arbiter) => {
                     let (sender, receiver) = oneshot::channel();
                     let spawned = arbiter.spawn(async move {

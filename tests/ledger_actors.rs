@@ -280,6 +280,53 @@ async fn unknown_accounts_are_refused() {
 }
 
 #[actix_rt::test]
+async fn the_balance_never_shows_a_write_that_has_not_committed() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550207").await;
+    core.registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+
+    // The next commit fails. A credit is queued and, behind it in the same
+    // mailbox, balance reads: while the credit is in flight (or after it
+    // failed) they answer the committed balance, never the working one.
+    core.store.fail_next_commits_for_testing(1);
+    let queued = core.registry.send(account, credit(5_000, "never-lands"));
+    let reads = join_all((0..3).map(|_| core.registry.send(account, GetBalance)));
+    let (credited, reads) = futures_util::join!(queued, reads);
+    assert!(
+        matches!(credited, Err(LedgerError::Store(_))),
+        "{credited:?}"
+    );
+    for read in reads {
+        let snapshot = read.unwrap();
+        assert_eq!(
+            (snapshot.seq, snapshot.balance),
+            (1, Money::from_micros(10_000))
+        );
+    }
+    // After the failure the actor holds what is on disk, and goes on from it.
+    let after = core
+        .registry
+        .send(account, credit(5_000, "lands"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.entry.seq, after.entry.balance_after),
+        (2, Money::from_micros(15_000))
+    );
+    let snapshot = core.registry.send(account, GetBalance).await.unwrap();
+    assert_eq!(
+        (snapshot.seq, snapshot.balance),
+        (2, Money::from_micros(15_000))
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
 async fn a_failed_commit_fails_its_callers_and_leaves_no_trace() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);

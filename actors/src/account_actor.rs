@@ -405,6 +405,8 @@ impl AccountActor {
             description: mutation.description,
             created_at_ms: now_ms,
         };
+        // What is committed, read before the working state moves on.
+        let committed_before = self.committed();
         let (done, committed) = oneshot::channel();
         self.shared.store.submit_ledger_write(LedgerWrite {
             entry: entry.clone(),
@@ -422,13 +424,12 @@ impl AccountActor {
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             actor.on_write_done(&done_key, generation, result, ctx)
         }));
-        let committed = self.committed();
         Ok(self
             .in_flight
             .get_or_insert_with(|| {
                 Box::new(Pipeline {
                     writes: HashMap::new(),
-                    committed,
+                    committed: committed_before,
                 })
             })
             .writes

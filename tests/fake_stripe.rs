@@ -343,8 +343,7 @@ impl EventFactory {
 
     /// An event Stripe sends around a payment that the product has no use
     /// for (`payment_intent.created`, `charge.succeeded`, `refund.created`,
-    /// `customer.updated`, …): the fixture object of `resource`, with its id
-    /// and the given fields set.
+    /// …): the fixture object named `resource_name` with the given fields set.
     pub fn companion(
         &mut self,
         event_type: &str,

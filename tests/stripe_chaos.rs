@@ -149,7 +149,7 @@ async fn ten_thousand_events_delivered_three_times_shuffled_credit_and_refund_ex
         }
     }
     assert_eq!(orders, 1_000);
-    // The rest: customer and payment-method events Stripe sends as well.
+    // The rest: `customer.created` events, which Stripe sends as well.
     while unique.len() < UNIQUE_EVENTS {
         unique.push(events.other());
     }

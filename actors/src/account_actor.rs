@@ -165,14 +165,15 @@ pub(crate) struct ActorShared {
     /// Timestamps for ledger rows (injectable for tests).
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) settings: AccountSettings,
-    /// The instant activity times count from (see [`AccountActor::idle_since_ms`]).
+    /// The instant activity times count from.
     pub(crate) epoch: Instant,
 }
 
 impl ActorShared {
-    /// Milliseconds since `epoch`: a coarse monotonic clock for idleness.
-    pub(crate) fn elapsed_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Milliseconds since `epoch`, truncated to 32 bits: the clock of idle
+    /// times, compared with wrapping arithmetic (see [`passivation_millis`]).
+    fn activity_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
     }
 }
 
@@ -229,8 +230,8 @@ pub struct AccountActor {
     /// The store refuses writes of older generations of this account after
     /// a failure; a reload takes a new one.
     generation: u64,
-    /// When a message last arrived, in [`ActorShared::elapsed_ms`] truncated
-    /// to 32 bits (compared with wrapping arithmetic), for passivation.
+    /// When a message last arrived, in [`ActorShared::activity_ms`], for
+    /// passivation.
     last_activity_ms: u32,
     lifecycle: Lifecycle,
 }
@@ -248,7 +249,7 @@ struct Pipeline {
 impl AccountActor {
     pub(crate) fn new(account_id: AccountId, shared: Arc<ActorShared>) -> AccountActor {
         let generation = shared.store.next_generation();
-        let last_activity_ms = shared.elapsed_ms() as u32;
+        let last_activity_ms = shared.activity_ms();
         AccountActor {
             account_id,
             shared,
@@ -303,7 +304,7 @@ impl AccountActor {
 
     /// Refuses what cannot be served right now.
     fn admit(&mut self) -> Result<(), LedgerError> {
-        self.last_activity_ms = self.shared.elapsed_ms() as u32;
+        self.last_activity_ms = self.shared.activity_ms();
         match self.lifecycle {
             Lifecycle::Ready => Ok(()),
             Lifecycle::Missing => Err(LedgerError::AccountNotFound(self.account_id)),
@@ -492,7 +493,10 @@ impl AccountActor {
     /// Stops this actor if it has been idle for the passivation time with
     /// nothing in flight (asked by the registry's sweeper).
     fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
-        let idle_ms = (self.shared.elapsed_ms() as u32).wrapping_sub(self.last_activity_ms);
+        let idle_ms = self
+            .shared
+            .activity_ms()
+            .wrapping_sub(self.last_activity_ms);
         if u128::from(idle_ms) >= passivation_millis(self.shared.settings.passivate_after)
             && self.in_flight.is_none()
             && self.lifecycle == Lifecycle::Ready

@@ -28,9 +28,8 @@ pub struct Registry {
 }
 
 struct RegistryInner {
-    /// The live actors; an actor removes itself when it passivates.
-    table: Arc<ActorTable>,
-    /// What every actor shares (store, table, clock, settings).
+    /// What every actor shares: the store, the clock, the settings and the
+    /// table of live actors (an actor removes itself when it passivates).
     shared: Arc<ActorShared>,
     /// Where actors run: an account always maps to the same arbiter.
     /// Empty means the arbiter of whoever activates it.
@@ -63,11 +62,7 @@ impl Registry {
             }
         }
         Registry {
-            inner: Arc::new(RegistryInner {
-                table,
-                shared,
-                arbiters,
-            }),
+            inner: Arc::new(RegistryInner { shared, arbiters }),
         }
     }
 
@@ -80,16 +75,21 @@ impl Registry {
     }
 
     /// One of the actor arbiters, chosen by `key` (`None` if the registry
-    /// runs actors on the caller's arbiter). An account id's absolute value
-    /// as the key names the arbiter its actor runs on.
+    /// runs actors on the caller's arbiter).
     pub fn arbiter(&self, key: u64) -> Option<ArbiterHandle> {
         let arbiters = &self.inner.arbiters;
         (!arbiters.is_empty()).then(|| arbiters[(key % arbiters.len() as u64) as usize].clone())
     }
 
+    /// The arbiter an account's actor runs on (`None` if the registry runs
+    /// actors on the caller's arbiter).
+    pub fn arbiter_of(&self, account_id: AccountId) -> Option<ArbiterHandle> {
+        self.arbiter(account_id.0.unsigned_abs())
+    }
+
     /// How many account actors are live.
     pub fn active_count(&self) -> usize {
-        self.inner.table.len()
+        self.inner.shared.table.len()
     }
 
     /// The live actor of an account, activated if there is none.
@@ -105,13 +105,14 @@ impl Registry {
         account_id: AccountId,
         use_actor: impl FnOnce(&Addr<AccountActor>) -> R,
     ) -> R {
-        if let Some(listed) = self.inner.table.get(&account_id) {
+        if let Some(listed) = self.inner.shared.table.get(&account_id) {
             if listed.connected() {
                 return use_actor(&listed);
             }
         }
         let mut slot = self
             .inner
+            .shared
             .table
             .entry(account_id)
             .or_insert_with(|| self.start(account_id));
@@ -127,11 +128,9 @@ impl Registry {
             let shared = Arc::clone(&inner.shared);
             move |_: &mut Context<AccountActor>| AccountActor::new(account_id, shared)
         };
-        if inner.arbiters.is_empty() {
-            AccountActor::create(build)
-        } else {
-            let index = account_id.0.unsigned_abs() as usize % inner.arbiters.len();
-            AccountActor::start_in_arbiter(&inner.arbiters[index], build)
+        match self.arbiter_of(account_id) {
+            None => AccountActor::create(build),
+            Some(arbiter) => AccountActor::start_in_arbiter(&arbiter, build),
         }
     }
 
@@ -152,6 +151,7 @@ impl Registry {
                     // The actor stopped (it unlists itself first); drop its
                     // listing if it is still there, but never a fresh one.
                     self.inner
+                        .shared
                         .table
                         .remove_if(&account_id, |_, listed| !listed.connected());
                 }

@@ -167,30 +167,30 @@ impl Handler<InboundSms> for SmsSupervisor {
         self.in_progress.insert(sid.clone(), Vec::new());
         // The supervisor decides (dedupe, routing, dispatch); the work of an
         // answer (parsing, rating, waiting for the store) runs on the actor
-        // threads in turn, so one supervisor thread is not the limit.
-        // A known number's answer runs on its account actor's thread, so
-        // asking the actor is no extra thread hop; others in turn.
+        // threads, so one supervisor thread is not the limit: a known
+        // number's on its account actor's thread (asking the actor is then
+        // no extra thread hop), others in turn.
         self.started = self.started.wrapping_add(1);
-        let placement = context
-            .known_numbers
-            .get(&message.from)
-            .map_or(self.started, |known| known.account_id.0.unsigned_abs());
-        let answer: Pin<Box<dyn Future<Output = Result<Option<String>, SmsError>>>> =
-            match self.registry.arbiter(placement) {
-                Some(arbiter) => {
-                    let (sender, receiver) = oneshot::channel();
-                    let spawned = arbiter.spawn(async move {
-                        let _ = sender.send(context.answer(message).await);
-                    });
-                    Box::pin(async move {
-                        if !spawned {
-                            return Err(SmsError::Interrupted);
-                        }
-                        receiver.await.unwrap_or(Err(SmsError::Interrupted))
-                    })
-                }
-                None => Box::pin(context.answer(message)),
-            };
+        let arbiter = match context.known_numbers.get(&message.from) {
+            Some(known) => self.registry.arbiter_of(known.account_id),
+            None => self.registry.arbiter(self.started),
+        };
+        let answer: Pin<Box<dyn Future<Output = Result<Option<String>, SmsError>>>> = match arbiter
+        {
+            Some(arbiter) => {
+                let (sender, receiver) = oneshot::channel();
+                let spawned = arbiter.spawn(async move {
+                    let _ = sender.send(context.answer(message).await);
+                });
+                Box::pin(async move {
+                    if !spawned {
+                        return Err(SmsError::Interrupted);
+                    }
+                    receiver.await.unwrap_or(Err(SmsError::Interrupted))
+                })
+            }
+            None => Box::pin(context.answer(message)),
+        };
         Box::pin(answer.into_actor(self).map(move |answer, actor, _ctx| {
             for waiter in actor.in_progress.remove(&sid).unwrap_or_default() {
                 let _ = waiter.send(answer.clone());

@@ -1,6 +1,7 @@
 //! A small fake of Stripe's API on a free loopback port, answering the
 //! endpoints the product calls with objects built from Stripe's own
-//! fixtures (`../shared/stripe/fixtures3.json`), honouring Idempotency-Key,
+//! example objects (`tests/fixtures/stripe/fixtures.json`, MIT, with its
+//! licence beside it), honouring Idempotency-Key,
 //! recording every request, and declining or asking for authentication on
 //! demand. Also builds webhook events from the same fixtures and signs them
 //! as Stripe does.
@@ -58,13 +59,8 @@ pub struct FakeStripe {
 }
 
 pub fn fixtures() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/stripe/fixtures3.json"
-    );
-    let text = std::fs::read_to_string(path)
-        .expect("Stripe's fixtures beside the repository (shared/stripe)");
-    serde_json::from_str(&text).unwrap()
+    serde_json::from_str(include_str!("fixtures/stripe/fixtures.json"))
+        .expect("the Stripe fixtures in tests/fixtures/stripe are JSON")
 }
 
 fn resource(fixtures: &Value, name: &str) -> Value {

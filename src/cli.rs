@@ -587,7 +587,7 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
         } => {
             let adjustment = Adjust {
                 amount: Money::parse_dollars(&amount).map_err(|error| error.to_string())?,
-                idempotency_key: IdempotencyKey::parse(&idempotency_key)
+                idempotency_key: IdempotencyKey::from_caller(&idempotency_key)
                     .map_err(|error| error.to_string())?,
                 reason,
             };

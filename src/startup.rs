@@ -12,7 +12,7 @@ use sms_credit_actors::billing::checkout::{Billing, BillingSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::messaging::{Messaging, MessagingSettings};
 use sms_credit_actors::supervisor::{SmsContext, SmsSupervisor, StripeSupervisor};
-use sms_credit_actors::{AccountSettings, Money, Registry, Store, StoreError, StoreSettings};
+use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSettings};
 
 use crate::config::Settings;
 use crate::error;
@@ -106,8 +106,8 @@ impl Core {
             web_link: settings.web_link(),
             known_numbers: Default::default(),
         };
-        let sms_supervisor = SmsSupervisor::with_context(registry.clone(), sms_context).start();
-        let stripe_supervisor = StripeSupervisor::new(registry.clone(), billing.clone()).start();
+        let sms_supervisor = SmsSupervisor::new(sms_context).start();
+        let stripe_supervisor = StripeSupervisor::new(billing.clone()).start();
         Ok(Core {
             store,
             registry,
@@ -139,7 +139,6 @@ fn billing_settings(settings: &Settings, allow_promotion_codes: bool) -> Billing
         cancel_url: format!("{base}/checkout/cancel"),
         allow_promotion_codes,
         included_credit: settings.included_credit,
-        top_up_amount: Money::from_micros(10_000_000),
     }
 }
 

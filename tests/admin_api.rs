@@ -63,6 +63,34 @@ async fn adjustments_take_effect_once_per_key() {
 }
 
 #[actix_rt::test]
+async fn an_adjustment_cannot_take_a_key_the_service_keeps_for_itself() {
+    // An admin key such as "stripe-order:1" would block the credit of order
+    // 1 (or be replayed as it): the service's own keys are refused.
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550109").await;
+    for key in [
+        "stripe-order:1",
+        "stripe-payment:pi_1",
+        "msg:4",
+        "msg-void:4",
+    ] {
+        let (status, body) = app.post_adjustment(id, 1_000_000, key).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{key}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_idempotency_key", "{key}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("reserved"),
+            "{body}"
+        );
+    }
+    assert_eq!(app.balance_micros(id).await, 0);
+    let (_, ledger) = app.get_transactions(id).await;
+    assert_eq!(ledger["transactions"], serde_json::json!([]));
+}
+
+#[actix_rt::test]
 async fn negative_adjustments_may_go_below_zero() {
     let app = TestApp::spawn().await;
     let id = app.create_account("+14155550102").await;

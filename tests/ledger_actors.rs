@@ -7,9 +7,8 @@ use futures_util::future::join_all;
 use sms_credit::startup::Core;
 use sms_credit_actors::accounts::{AccountStatus, NewAccount, PhoneNumber};
 use sms_credit_actors::store::{self, StoreError};
-use sms_credit_actors::supervisor::{ChargeMessage, CreditPayment, RefundPayment};
 use sms_credit_actors::{
-    verify, AccountId, Adjust, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money,
+    verify, AccountId, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money,
 };
 use tempfile::TempDir;
 
@@ -473,92 +472,6 @@ async fn a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace() 
             "{account}"
         );
     }
-    core.shutdown().await;
-    assert_verified(&directory);
-}
-
-#[actix_rt::test]
-async fn supervisors_route_payments_refunds_and_message_charges() {
-    let directory = fresh_directory();
-    let core = start_core(&directory, NEVER);
-    let account = new_account(&core, "+14155550207").await;
-    let payment = CreditPayment {
-        account_id: account,
-        amount: Money::from_cents(1_000).unwrap(),
-        payment_id: "pi_123".into(),
-        order_id: None,
-        description: "top-up".into(),
-    };
-    let first = core
-        .stripe_supervisor
-        .send(payment.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    let again = core.stripe_supervisor.send(payment).await.unwrap().unwrap();
-    assert!(again.replayed && again.entry == first.entry);
-
-    let charge = ChargeMessage {
-        account_id: account,
-        cost: Money::from_micros(169_500),
-        message_sid: "SM1".into(),
-        description: "3 segments to US".into(),
-    };
-    core.sms_supervisor
-        .send(charge.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        core.sms_supervisor
-            .send(charge)
-            .await
-            .unwrap()
-            .unwrap()
-            .replayed
-    );
-
-    let refund = RefundPayment {
-        account_id: account,
-        amount: Money::from_cents(1_000).unwrap(),
-        refund_id: "re_1".into(),
-        order_id: None,
-        description: "refund".into(),
-    };
-    let refunded = core
-        .stripe_supervisor
-        .send(refund.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        refunded.entry.balance_after,
-        Money::from_micros(-169_500),
-        "a refund may go below zero"
-    );
-    assert!(
-        core.stripe_supervisor
-            .send(refund)
-            .await
-            .unwrap()
-            .unwrap()
-            .replayed
-    );
-
-    let adjust = Adjust {
-        amount: Money::from_micros(169_500),
-        idempotency_key: key("fix"),
-        reason: "goodwill".into(),
-    };
-    assert_eq!(
-        core.registry
-            .send(account, adjust)
-            .await
-            .unwrap()
-            .entry
-            .balance_after,
-        Money::ZERO
-    );
     core.shutdown().await;
     assert_verified(&directory);
 }

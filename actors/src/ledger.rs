@@ -32,7 +32,31 @@ pub struct IdempotencyKey(Arc<str>);
 #[error("an idempotency key is 1 to 255 printable ASCII characters without spaces")]
 pub struct InvalidIdempotencyKey;
 
+/// The prefixes of the keys the service makes itself (see the constructors
+/// below). A key a caller chooses may not start with one, so that no
+/// caller's key can ever stand in for, or block, one of the service's own.
+pub const RESERVED_KEY_PREFIXES: &[&str] = &[
+    "stripe-order:",
+    "stripe-payment:",
+    "stripe-refund:",
+    "msg:",
+    "msg-void:",
+    "msg-refund:",
+];
+
+/// Why a caller's key was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallerKeyError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidIdempotencyKey),
+    #[error("idempotency keys starting with '{0}' are reserved for the service's own entries")]
+    Reserved(&'static str),
+}
+
 impl IdempotencyKey {
+    /// Any well-formed key. Callers outside the core use
+    /// [`IdempotencyKey::from_caller`]; the service's own keys come from the
+    /// named constructors, the one place each of them is spelled.
     pub fn parse(text: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
         let valid = !text.is_empty()
             && text.len() <= MAX_IDEMPOTENCY_KEY_LEN
@@ -42,6 +66,64 @@ impl IdempotencyKey {
         } else {
             Err(InvalidIdempotencyKey)
         }
+    }
+
+    /// A key chosen by a caller (an admin's adjustment): well-formed and not
+    /// in the service's own namespace.
+    pub fn from_caller(text: &str) -> Result<IdempotencyKey, CallerKeyError> {
+        let key = IdempotencyKey::parse(text)?;
+        match RESERVED_KEY_PREFIXES
+            .iter()
+            .find(|prefix| text.starts_with(**prefix))
+        {
+            Some(prefix) => Err(CallerKeyError::Reserved(prefix)),
+            None => Ok(key),
+        }
+    }
+
+    /// A key the service builds from parts it trusts to be well-formed
+    /// (its own ids); anything else goes through [`IdempotencyKey::parse`].
+    fn internal(text: String) -> IdempotencyKey {
+        IdempotencyKey(Arc::from(text))
+    }
+
+    /// The credit of an order paid by Checkout (access or a top-up): one per order.
+    pub fn stripe_order(order_id: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("stripe-order:{order_id}"))
+    }
+
+    /// The credit of an off-session payment: one per PaymentIntent, whether
+    /// learnt from Stripe's answer or from its webhook.
+    pub fn stripe_payment(
+        payment_intent_id: &str,
+    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!("stripe-payment:{payment_intent_id}"))
+    }
+
+    /// What a refund of a charge takes back: one per charge and cumulative
+    /// refunded amount, since Stripe reports refunds as a running total.
+    pub fn stripe_refund(
+        charge_id: &str,
+        cumulative_refunded_cents: i64,
+    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!(
+            "stripe-refund:{charge_id}:{cumulative_refunded_cents}"
+        ))
+    }
+
+    /// The debit that reserves an outbound message's cost.
+    pub fn message(message_id: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("msg:{message_id}"))
+    }
+
+    /// The cost of a message that was not sent, given back.
+    pub fn message_void(message_id: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("msg-void:{message_id}"))
+    }
+
+    /// The cost of a message that failed inside Twilio, refunded.
+    pub fn message_refund(message_id: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("msg-refund:{message_id}"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -125,4 +207,56 @@ pub struct Snapshot {
     pub balance: Money,
     pub seq: i64,
     pub low_balance_warned_at_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_of_the_services_keys_is_spelled_in_one_place() {
+        assert_eq!(IdempotencyKey::stripe_order(7).as_str(), "stripe-order:7");
+        assert_eq!(
+            IdempotencyKey::stripe_payment("pi_1").map(|key| key.to_string()),
+            Ok("stripe-payment:pi_1".to_string())
+        );
+        assert_eq!(
+            IdempotencyKey::stripe_refund("ch_1", 500).map(|key| key.to_string()),
+            Ok("stripe-refund:ch_1:500".to_string())
+        );
+        assert_eq!(IdempotencyKey::message(3).as_str(), "msg:3");
+        assert_eq!(IdempotencyKey::message_void(3).as_str(), "msg-void:3");
+        assert_eq!(IdempotencyKey::message_refund(3).as_str(), "msg-refund:3");
+        assert!(IdempotencyKey::stripe_payment("pi with space").is_err());
+        // Every constructor's prefix is reserved.
+        for key in [
+            IdempotencyKey::stripe_order(1),
+            IdempotencyKey::message(1),
+            IdempotencyKey::message_void(1),
+            IdempotencyKey::message_refund(1),
+        ] {
+            assert!(matches!(
+                IdempotencyKey::from_caller(key.as_str()),
+                Err(CallerKeyError::Reserved(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_callers_key_cannot_use_the_services_namespace() {
+        assert!(IdempotencyKey::from_caller("fix-42").is_ok());
+        assert_eq!(
+            IdempotencyKey::from_caller("stripe-order:12"),
+            Err(CallerKeyError::Reserved("stripe-order:"))
+        );
+        assert_eq!(
+            IdempotencyKey::from_caller("msg-void:3"),
+            Err(CallerKeyError::Reserved("msg-void:"))
+        );
+        assert!(IdempotencyKey::from_caller("message-1").is_ok());
+        assert!(matches!(
+            IdempotencyKey::from_caller(""),
+            Err(CallerKeyError::Invalid(_))
+        ));
+    }
 }

@@ -92,11 +92,6 @@ impl Registry {
         self.inner.shared.table.len()
     }
 
-    /// The live actor of an account, activated if there is none.
-    pub fn activate(&self, account_id: AccountId) -> Addr<AccountActor> {
-        self.with_actor(account_id, Addr::clone)
-    }
-
     /// Runs `use_actor` on the live actor of an account (activated if there
     /// is none) while it is listed, without cloning its address: a clone
     /// allocates, and every message would pay for it.

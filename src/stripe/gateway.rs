@@ -4,8 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use sms_credit_actors::billing::gateway::{
-    ChargeOutcome, CheckoutSession, GatewayError, GatewayFuture, NewCheckoutSession, NewCustomer,
-    OffSessionCharge, PaymentGateway,
+    metadata, ChargeOutcome, CheckoutSession, GatewayError, GatewayFuture, NewCheckoutSession,
+    NewCustomer, OffSessionCharge, PaymentGateway,
 };
 use sms_credit_actors::Money;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
@@ -104,7 +104,7 @@ impl PaymentGateway for StripeGateway {
                 .metadata(to_hash_map(session.metadata.clone()))
                 .success_url(session.success_url)
                 .cancel_url(session.cancel_url);
-            if let Some(order_id) = session.metadata.get("sms_credit_order_id") {
+            if let Some(order_id) = session.metadata.get(metadata::ORDER_ID) {
                 request = request.client_reference_id(order_id.clone());
             }
             if session.allow_promotion_codes {

@@ -3,6 +3,7 @@
 //! the core's `StripeEvent`.
 
 use sms_credit_actors::billing::events::StripeEvent;
+use sms_credit_actors::billing::gateway::{metadata, PaymentPurpose};
 use stripe_shared::CheckoutSessionPaymentStatus;
 use stripe_webhook::{EventObject, Webhook, WebhookError};
 
@@ -23,7 +24,11 @@ pub struct VerifiedEvent {
 }
 
 fn metadata_order_id(metadata: Option<&std::collections::HashMap<String, String>>) -> Option<i64> {
-    metadata?.get("sms_credit_order_id")?.parse().ok()
+    metadata?.get(metadata::ORDER_ID)?.parse().ok()
+}
+
+fn purpose(metadata: &std::collections::HashMap<String, String>) -> Option<PaymentPurpose> {
+    PaymentPurpose::parse(metadata.get(metadata::PURPOSE)?)
 }
 
 pub fn verify_and_parse(
@@ -89,12 +94,12 @@ pub fn verify_and_parse(
                 .as_ref()
                 .map(|method| method.id().to_string()),
             order_id: metadata_order_id(Some(&intent.metadata)),
-            purpose: intent.metadata.get("sms_credit_purpose").cloned(),
+            purpose: purpose(&intent.metadata),
         },
         EventObject::PaymentIntentPaymentFailed(intent) => StripeEvent::PaymentFailed {
             payment_intent_id: intent.id.to_string(),
             order_id: metadata_order_id(Some(&intent.metadata)),
-            purpose: intent.metadata.get("sms_credit_purpose").cloned(),
+            purpose: purpose(&intent.metadata),
         },
         EventObject::ChargeRefunded(charge) => StripeEvent::ChargeRefunded {
             charge_id: charge.id.to_string(),

@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::discounts;
 use super::gateway::{
-    ChargeOutcome, GatewayError, NewCheckoutSession, NewCustomer, OffSessionCharge, PaymentGateway,
+    metadata, ChargeOutcome, GatewayError, NewCheckoutSession, NewCustomer, OffSessionCharge,
+    PaymentGateway, PaymentPurpose,
 };
 use super::orders::{self, NewOrder, Order, OrderStatus, OrderType};
 use super::pricing;
@@ -33,8 +34,6 @@ pub struct BillingSettings {
     pub allow_promotion_codes: bool,
     /// Credit that comes with access, credited once on completion.
     pub included_credit: Money,
-    /// The one top-up amount: $10.
-    pub top_up_amount: Money,
 }
 
 /// Everything the billing flows use.
@@ -75,7 +74,7 @@ fn gateway_error(error: GatewayError) -> BillingError {
     BillingError::Gateway(error.to_string())
 }
 
-fn metadata(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+fn metadata_map(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(key, value)| ((*key).to_string(), value.clone()))
@@ -156,7 +155,7 @@ impl Billing {
         account_id: AccountId,
         now_ms: i64,
     ) -> Result<CheckoutStarted, BillingError> {
-        let amount = self.settings.top_up_amount;
+        let amount = super::TOP_UP;
         let (account, order) = self
             .store
             .write(move |connection| {
@@ -199,10 +198,13 @@ impl Billing {
     ) -> Result<CheckoutStarted, BillingError> {
         let opened = async {
             let customer_id = self.ensure_customer(account, email).await?;
-            let order_metadata = metadata(&[
-                ("sms_credit_order_id", order.id.to_string()),
-                ("sms_credit_account_id", account.id.to_string()),
-                ("sms_credit_purpose", "checkout".to_string()),
+            let order_metadata = metadata_map(&[
+                (metadata::ORDER_ID, order.id.to_string()),
+                (metadata::ACCOUNT_ID, account.id.to_string()),
+                (
+                    metadata::PURPOSE,
+                    PaymentPurpose::Checkout.as_str().to_string(),
+                ),
             ]);
             let session = self
                 .gateway
@@ -260,7 +262,7 @@ impl Billing {
             .create_customer(NewCustomer {
                 email: email.map(|email| email.as_str().to_string()),
                 phone: account.phone.as_str().to_string(),
-                metadata: metadata(&[("sms_credit_account_id", account.id.to_string())]),
+                metadata: metadata_map(&[(metadata::ACCOUNT_ID, account.id.to_string())]),
                 idempotency_key: format!("sms-credit-customer-{}", account.id),
             })
             .await
@@ -333,10 +335,13 @@ impl Billing {
                 payment_method_id,
                 amount: order.amount,
                 description: "SMS credit top-up".to_string(),
-                metadata: metadata(&[
-                    ("sms_credit_order_id", order_id.to_string()),
-                    ("sms_credit_account_id", account_id.to_string()),
-                    ("sms_credit_purpose", "off_session_top_up".to_string()),
+                metadata: metadata_map(&[
+                    (metadata::ORDER_ID, order_id.to_string()),
+                    (metadata::ACCOUNT_ID, account_id.to_string()),
+                    (
+                        metadata::PURPOSE,
+                        PaymentPurpose::OffSessionTopUp.as_str().to_string(),
+                    ),
                 ]),
                 idempotency_key: format!("sms-credit-charge-{idempotency_key}"),
             })
@@ -401,8 +406,8 @@ impl Billing {
                 orders::complete(connection, order_id, amount, Some(&recorded), now_ms)
             })
             .await?;
-        let idempotency_key = IdempotencyKey::parse(&format!("stripe-payment:{payment_intent_id}"))
-            .map_err(|_| BillingError::Invalid("the PaymentIntent id is not a valid key".into()))?;
+        let idempotency_key = IdempotencyKey::stripe_payment(payment_intent_id)
+            .map_err(|_| super::events::invalid_id("PaymentIntent", payment_intent_id))?;
         let credit = Credit {
             amount,
             idempotency_key,

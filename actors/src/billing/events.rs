@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
 use super::discounts;
+use super::gateway::PaymentPurpose;
 use super::orders::{self, Order, OrderStatus, OrderType};
 use super::BillingError;
 use crate::account_actor::{Credit, Refund};
@@ -47,13 +48,13 @@ pub enum StripeEvent {
         customer_id: Option<String>,
         payment_method_id: Option<String>,
         order_id: Option<i64>,
-        purpose: Option<String>,
+        purpose: Option<PaymentPurpose>,
     },
     /// `payment_intent.payment_failed`.
     PaymentFailed {
         payment_intent_id: String,
         order_id: Option<i64>,
-        purpose: Option<String>,
+        purpose: Option<PaymentPurpose>,
     },
     /// `charge.refunded`: `amount_refunded_cents` is the charge's cumulative total.
     ChargeRefunded {
@@ -77,11 +78,10 @@ pub enum EventOutcome {
     Ignored(String),
 }
 
-const OFF_SESSION: &str = "off_session_top_up";
-
-fn key(text: String) -> Result<IdempotencyKey, BillingError> {
-    IdempotencyKey::parse(&text)
-        .map_err(|_| BillingError::Invalid(format!("'{text}' is not a valid key")))
+/// A Stripe id that cannot be part of a ledger key (too long, or with
+/// spaces): refused rather than keyed some other way.
+pub(crate) fn invalid_id(what: &str, id: &str) -> BillingError {
+    BillingError::Invalid(format!("the {what} id '{id}' is not a valid Stripe id"))
 }
 
 fn cents(amount_cents: i64) -> Result<Money, BillingError> {
@@ -287,7 +287,7 @@ impl Billing {
                         })
                         .await?;
                 }
-                if purpose.as_deref() != Some(OFF_SESSION) {
+                if *purpose != Some(PaymentPurpose::OffSessionTopUp) {
                     return Ok(EventOutcome::Applied("payment method saved".into()));
                 }
                 let Some(order) = self.find_order(*order_id, None).await? else {
@@ -314,7 +314,7 @@ impl Billing {
                 purpose,
                 payment_intent_id,
             } => {
-                if purpose.as_deref() != Some(OFF_SESSION) {
+                if *purpose != Some(PaymentPurpose::OffSessionTopUp) {
                     return Ok(EventOutcome::Ignored(
                         "a Checkout payment; the session events decide".into(),
                     ));
@@ -397,7 +397,7 @@ impl Billing {
                     account_id,
                     Credit {
                         amount: credit,
-                        idempotency_key: key(format!("stripe-order:{order_id}"))?,
+                        idempotency_key: IdempotencyKey::stripe_order(order_id),
                         description: description.to_string(),
                         order_id: Some(order_id),
                     },
@@ -449,9 +449,11 @@ impl Billing {
                     order.account_id,
                     Refund {
                         amount: -take_back,
-                        idempotency_key: key(format!(
-                            "stripe-refund:{charge_id}:{amount_refunded_cents}"
-                        ))?,
+                        idempotency_key: IdempotencyKey::stripe_refund(
+                            charge_id,
+                            amount_refunded_cents,
+                        )
+                        .map_err(|_| invalid_id("charge", charge_id))?,
                         description: format!("refund of order {}", order.id),
                         order_id: Some(order.id),
                     },

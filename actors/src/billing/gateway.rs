@@ -6,7 +6,51 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use serde::{Deserialize, Serialize};
+
 use crate::money::Money;
+
+/// The metadata keys the product sets on Stripe objects (sessions,
+/// PaymentIntents, customers) and reads back from Stripe's events.
+pub mod metadata {
+    /// The product's order the payment is for.
+    pub const ORDER_ID: &str = "sms_credit_order_id";
+    /// The account the Stripe object belongs to.
+    pub const ACCOUNT_ID: &str = "sms_credit_account_id";
+    /// Why the payment was made: a [`super::PaymentPurpose`].
+    pub const PURPOSE: &str = "sms_credit_purpose";
+}
+
+/// Why a payment was made, as stored in its metadata: it decides who
+/// credits it (a Checkout's session events, or the PaymentIntent's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentPurpose {
+    /// Paid on a Checkout page; `checkout.session.*` events complete it.
+    Checkout,
+    /// A saved card charged without the customer (`BUY $10`);
+    /// `payment_intent.*` events complete it.
+    OffSessionTopUp,
+}
+
+impl PaymentPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentPurpose::Checkout => "checkout",
+            PaymentPurpose::OffSessionTopUp => "off_session_top_up",
+        }
+    }
+
+    /// The purpose in a payment's metadata; `None` for a payment this
+    /// product did not make (another product on the same Stripe account).
+    pub fn parse(text: &str) -> Option<PaymentPurpose> {
+        match text {
+            "checkout" => Some(PaymentPurpose::Checkout),
+            "off_session_top_up" => Some(PaymentPurpose::OffSessionTopUp),
+            _ => None,
+        }
+    }
+}
 
 /// A boxed future, so the trait can be used as `dyn PaymentGateway`.
 pub type GatewayFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayError>> + Send + 'a>>;

@@ -10,7 +10,11 @@ pub mod orders;
 pub mod pricing;
 
 use crate::error::LedgerError;
+use crate::money::Money;
 use crate::store::StoreError;
+
+/// The one amount of a top-up, by Checkout on the web or by `BUY $10`: $10.
+pub const TOP_UP: Money = Money::from_micros(10_000_000);
 
 /// Why a billing operation did not happen.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -14,9 +14,6 @@ pub enum BuyAmount {
     Missing,
 }
 
-/// The one amount that can be bought by SMS.
-pub const SMS_TOP_UP: Money = Money::from_micros(10_000_000);
-
 impl BuyAmount {
     pub fn parse(text: &str) -> BuyAmount {
         let text = text.trim();
@@ -24,7 +21,7 @@ impl BuyAmount {
             return BuyAmount::Missing;
         }
         match Money::parse_dollars(text) {
-            Ok(amount) if amount == SMS_TOP_UP => BuyAmount::Ten,
+            Ok(amount) if amount == crate::billing::TOP_UP => BuyAmount::Ten,
             _ => BuyAmount::Other(text.to_string()),
         }
     }
@@ -49,10 +46,16 @@ pub enum BuyOutcome {
 pub fn reply(outcome: &BuyOutcome, web_link: &str) -> String {
     match outcome {
         BuyOutcome::Credited { balance } => {
-            format!("Thanks! $10.00 was added. Your balance is {balance}.")
+            format!(
+                "Thanks! {} was added. Your balance is {balance}.",
+                crate::billing::TOP_UP
+            )
         }
         BuyOutcome::Pending => {
-            "Your $10.00 payment is processing; your balance will update shortly.".to_string()
+            format!(
+                "Your {} payment is processing; your balance will update shortly.",
+                crate::billing::TOP_UP
+            )
         }
         BuyOutcome::AuthenticationRequired => {
             format!("Your bank needs you to confirm this payment. Finish it on the web: {web_link}")

@@ -118,10 +118,6 @@ pub struct SentMessage {
     pub replayed: bool,
 }
 
-fn ledger_key(text: String) -> Result<IdempotencyKey, MessagingError> {
-    IdempotencyKey::parse(&text).map_err(|error| MessagingError::InvalidKey(error.to_string()))
-}
-
 impl Messaging {
     /// Quotes, reserves the cost on the account (refused with
     /// `InsufficientCredit`, and nothing sent, if it cannot be covered),
@@ -193,7 +189,7 @@ impl Messaging {
 
         let debit = Debit {
             amount: quoted.total(),
-            idempotency_key: ledger_key(format!("msg:{}", record.id))?,
+            idempotency_key: IdempotencyKey::message(record.id),
             description: format!(
                 "SMS to {} ({} {} segments)",
                 quoted.country, quoted.segments, quoted.encoding
@@ -298,7 +294,7 @@ impl Messaging {
         if let Some(account_id) = record.account_id {
             let refund = Refund {
                 amount: record.charged,
-                idempotency_key: ledger_key(format!("msg-void:{}", record.id))?,
+                idempotency_key: IdempotencyKey::message_void(record.id),
                 description: "SMS not sent: cost given back".to_string(),
                 order_id: None,
             };
@@ -322,7 +318,7 @@ impl Messaging {
             // to a debit that never happened would create money, so look.
             let debited = match record.account_id {
                 Some(account_id) => {
-                    let key = ledger_key(format!("msg:{}", record.id))?;
+                    let key = IdempotencyKey::message(record.id);
                     self.store
                         .find_entry_by_key(account_id, key)
                         .await?
@@ -469,7 +465,7 @@ impl Messaging {
             if let Some(account_id) = record.account_id {
                 let refund = Refund {
                     amount: record.charged,
-                    idempotency_key: ledger_key(format!("msg-refund:{}", record.id))?,
+                    idempotency_key: IdempotencyKey::message_refund(record.id),
                     description: "SMS failed before leaving Twilio: refunded".to_string(),
                     order_id: None,
                 };

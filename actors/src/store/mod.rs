@@ -14,8 +14,7 @@ use std::any::Any;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
@@ -190,7 +189,6 @@ struct Shared {
     fail_next_commits: Arc<AtomicU64>,
     stats: Arc<StoreStats>,
     feed: Arc<FeedHub>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
     path: PathBuf,
 }
 
@@ -242,7 +240,6 @@ impl Store {
         let stats = Arc::new(StoreStats::default());
         let fail_next_commits = Arc::new(AtomicU64::new(0));
         let feed = FeedHub::new();
-        let mut threads = Vec::new();
 
         let (writer_sender, writer_receiver) = mpsc::channel();
         let writer_state = writer::Writer::new(
@@ -252,18 +249,17 @@ impl Store {
             Arc::clone(&fail_next_commits),
             Arc::clone(&feed),
         );
-        threads.push(spawn_thread("store-writer", move || {
-            writer_state.run(writer_receiver)
-        })?);
+        // The threads end when the last handle (and so their queue) is dropped.
+        spawn_thread("store-writer", move || writer_state.run(writer_receiver))?;
 
         let mut readers = Vec::new();
         for index in 0..settings.readers.max(1) {
             let read_connection = open_connection(&settings.path)?;
             read_connection.pragma_update(None, "query_only", "ON")?;
             let (reader_sender, reader_receiver) = mpsc::channel();
-            threads.push(spawn_thread(&format!("store-reader-{index}"), move || {
+            spawn_thread(&format!("store-reader-{index}"), move || {
                 reader::run(read_connection, reader_receiver)
-            })?);
+            })?;
             readers.push(reader_sender);
         }
 
@@ -276,7 +272,6 @@ impl Store {
                 fail_next_commits,
                 stats,
                 feed,
-                threads: Mutex::new(threads),
                 path: settings.path.clone(),
             }),
         })
@@ -426,30 +421,13 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)
     }
-
-    /// Flushes, then stops the threads once the last handle is dropped.
-    /// Joins them if this is the last handle.
-    pub async fn close(self) -> Result<(), StoreError> {
-        self.flush().await?;
-        if let Ok(shared) = Arc::try_unwrap(self.shared) {
-            let threads =
-                std::mem::take(&mut *shared.threads.lock().map_err(|_| StoreError::Closed)?);
-            drop(shared);
-            for thread in threads {
-                let _ = thread.join();
-            }
-        }
-        Ok(())
-    }
 }
 
-fn spawn_thread(
-    name: &str,
-    body: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, StoreError> {
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name(name.to_string())
         .spawn(body)
+        .map(drop)
         .map_err(|error| StoreError::Open {
             path: String::new(),
             reason: format!("could not start thread {name}: {error}"),

@@ -5,8 +5,8 @@
 pub mod sms;
 pub mod stripe;
 
-pub use sms::{ChargeMessage, InboundSms, SmsContext, SmsError, SmsSupervisor};
-pub use stripe::{CreditPayment, HandleStripeEvent, RefundPayment, StripeSupervisor};
+pub use sms::{InboundSms, SmsContext, SmsError, SmsSupervisor};
+pub use stripe::{HandleStripeEvent, StripeSupervisor};
 
 /// Messages that may wait in a supervisor's mailbox before senders wait.
 const SUPERVISOR_MAILBOX_CAPACITY: usize = 1024;

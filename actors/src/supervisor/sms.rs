@@ -13,31 +13,19 @@ use dashmap::DashMap;
 use tokio::sync::oneshot;
 
 use super::SUPERVISOR_MAILBOX_CAPACITY;
-use crate::account_actor::{Debit, GetBalance, Receipt};
+use crate::account_actor::GetBalance;
 use crate::accounts::PhoneNumber;
 use crate::billing::checkout::{Billing, ChargeResult};
 use crate::billing::BillingError;
-use crate::commands::buy::{self, BuyOutcome, SMS_TOP_UP};
+use crate::billing::TOP_UP;
+use crate::commands::buy::{self, BuyOutcome};
 use crate::commands::{balance, help, unknown_reply, BuyAmount, Command};
 use crate::error::LedgerError;
-use crate::ledger::{AccountId, IdempotencyKey};
+use crate::ledger::AccountId;
 use crate::messaging::{records, Messaging};
-use crate::money::Money;
 use crate::rating::RateTable;
 use crate::registry::Registry;
 use crate::store::{queries, Store, StoreError};
-
-/// Charge an account for one SMS.
-#[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<Receipt, LedgerError>")]
-pub struct ChargeMessage {
-    pub account_id: AccountId,
-    /// The whole cost: segments × the destination's rate.
-    pub cost: Money,
-    /// Twilio's id of the message; the charge takes effect once per id.
-    pub message_sid: String,
-    pub description: String,
-}
 
 /// A verified inbound SMS. The answer is the reply text (`None`: no reply).
 #[derive(Message, Clone, Debug)]
@@ -89,10 +77,8 @@ pub struct KnownNumber {
 type ReplyWaiter = oneshot::Sender<Result<Option<String>, SmsError>>;
 
 pub struct SmsSupervisor {
-    /// Where the account actors are found.
-    registry: Registry,
-    /// The inbound flows; `None` in a core without them (tests, CLI).
-    context: Option<SmsContext>,
+    /// The inbound flows, and the registry where account actors are found.
+    context: SmsContext,
     /// MessageSids being handled now, with the deliveries waiting for the
     /// same answer, so that a retry racing the first delivery is answered
     /// once and alike.
@@ -102,19 +88,9 @@ pub struct SmsSupervisor {
 }
 
 impl SmsSupervisor {
-    pub fn new(registry: Registry) -> SmsSupervisor {
+    pub fn new(context: SmsContext) -> SmsSupervisor {
         SmsSupervisor {
-            registry,
-            context: None,
-            in_progress: HashMap::new(),
-            started: 0,
-        }
-    }
-
-    pub fn with_context(registry: Registry, context: SmsContext) -> SmsSupervisor {
-        SmsSupervisor {
-            registry,
-            context: Some(context),
+            context,
             in_progress: HashMap::new(),
             started: 0,
         }
@@ -126,26 +102,6 @@ impl Actor for SmsSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(SUPERVISOR_MAILBOX_CAPACITY);
-    }
-}
-
-impl Handler<ChargeMessage> for SmsSupervisor {
-    type Result = ResponseFuture<Result<Receipt, LedgerError>>;
-
-    fn handle(&mut self, message: ChargeMessage, _ctx: &mut Context<Self>) -> Self::Result {
-        let registry = self.registry.clone();
-        Box::pin(async move {
-            let key =
-                IdempotencyKey::parse(&format!("sms:{}", message.message_sid)).map_err(|_| {
-                    LedgerError::InvalidKey("a MessageSid is 1 to 250 printable ASCII characters")
-                })?;
-            let debit = Debit {
-                amount: message.cost,
-                idempotency_key: key,
-                description: message.description,
-            };
-            registry.send(message.account_id, debit).await
-        })
     }
 }
 
@@ -161,9 +117,7 @@ impl Handler<InboundSms> for SmsSupervisor {
                 answer.await.unwrap_or(Err(SmsError::Interrupted))
             }));
         }
-        let Some(context) = self.context.clone() else {
-            return Box::pin(fut::ready(Ok(None)));
-        };
+        let context = self.context.clone();
         self.in_progress.insert(sid.clone(), Vec::new());
         // The supervisor decides (dedupe, routing, dispatch); the work of an
         // answer (parsing, rating, waiting for the store) runs on the actor
@@ -172,8 +126,8 @@ impl Handler<InboundSms> for SmsSupervisor {
         // no extra thread hop), others in turn.
         self.started = self.started.wrapping_add(1);
         let arbiter = match context.known_numbers.get(&message.from) {
-            Some(known) => self.registry.arbiter_of(known.account_id),
-            None => self.registry.arbiter(self.started),
+            Some(known) => context.registry.arbiter_of(known.account_id),
+            None => context.registry.arbiter(self.started),
         };
         let answer: Pin<Box<dyn Future<Output = Result<Option<String>, SmsError>>>> = match arbiter
         {
@@ -326,7 +280,7 @@ impl SmsContext {
                         match billing
                             .charge_saved_card(
                                 account.account_id,
-                                SMS_TOP_UP,
+                                TOP_UP,
                                 &key,
                                 message.received_at_ms,
                             )

@@ -43,7 +43,7 @@ pub async fn create(
             "a reason of 1 to 500 characters is required",
         ));
     }
-    let idempotency_key = IdempotencyKey::parse(&request.idempotency_key)
+    let idempotency_key = IdempotencyKey::from_caller(&request.idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
     let adjustment = Adjust {
         amount: Money::from_micros(request.amount_micros),

@@ -14,6 +14,18 @@ use sms_credit_actors::{access_tokens, AccountId};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// The application's state: always there in a server built by
+/// `Application::build`, so its absence is the server's fault (500).
+fn app_state(request: &HttpRequest) -> Result<&web::Data<AppState>, ApiError> {
+    request
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(missing_state)
+}
+
+fn missing_state() -> ApiError {
+    ApiError::Internal("the request has no application state".into())
+}
+
 /// Proof that the request carries the host application's API key.
 pub struct HostApplication;
 
@@ -27,9 +39,7 @@ impl FromRequest for HostApplication {
 }
 
 fn check_host_application(request: &HttpRequest) -> Result<HostApplication, ApiError> {
-    let state = request
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::NotFound("no application state".into()))?;
+    let state = app_state(request)?;
     let Some(expected) = &state.settings.api_key else {
         return Err(ApiError::NotConfigured {
             code: "api_key_not_configured",
@@ -56,7 +66,7 @@ impl FromRequest for AccountHolder {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(request).map(str::to_string);
         Box::pin(async move {
-            let state = state.ok_or_else(|| ApiError::NotFound("no application state".into()))?;
+            let state = state.ok_or_else(missing_state)?;
             let token = token.ok_or(ApiError::Unauthorized)?;
             let account = state
                 .store
@@ -80,9 +90,7 @@ impl FromRequest for Admin {
 }
 
 fn check_admin(request: &HttpRequest) -> Result<Admin, ApiError> {
-    let state = request
-        .app_data::<web::Data<AppState>>()
-        .ok_or_else(|| ApiError::NotFound("no application state".into()))?;
+    let state = app_state(request)?;
     let Some(expected) = &state.settings.admin_token else {
         return Err(ApiError::NotConfigured {
             code: "admin_not_configured",

@@ -51,6 +51,29 @@ pub enum ApiError {
     Messaging(#[from] MessagingError),
     #[error(transparent)]
     Sms(#[from] SmsError),
+    /// A supervisor or worker that answers requests has stopped (the
+    /// server is shutting down): nothing was done.
+    #[error("the server is stopping; nothing was done, retry shortly")]
+    Stopping,
+    /// A fault of the server itself (it is logged).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// The store error inside an error, if that is what it comes down to.
+fn store_cause(error: &ApiError) -> Option<&StoreError> {
+    match error {
+        ApiError::Store(store)
+        | ApiError::CreateAccount(CreateAccountError::Store(store))
+        | ApiError::Ledger(LedgerError::Store(store))
+        | ApiError::Billing(BillingError::Store(store))
+        | ApiError::Billing(BillingError::Ledger(LedgerError::Store(store)))
+        | ApiError::Messaging(MessagingError::Store(store))
+        | ApiError::Messaging(MessagingError::Ledger(LedgerError::Store(store)))
+        | ApiError::Sms(SmsError::Store(store))
+        | ApiError::Sms(SmsError::Ledger(LedgerError::Store(store))) => Some(store),
+        _ => None,
+    }
 }
 
 impl ApiError {
@@ -63,6 +86,9 @@ impl ApiError {
 
     /// The stable machine-readable code of this error.
     pub fn code(&self) -> &'static str {
+        if let Some(StoreError::UnknownValue(_)) = store_cause(self) {
+            return "unknown_stored_value";
+        }
         match self {
             ApiError::InvalidRequest { code, .. } => code,
             ApiError::PayloadTooLarge => "payload_too_large",
@@ -119,12 +145,19 @@ impl ApiError {
                 MessagingError::NotSent(_) => "twilio_error",
             },
             ApiError::Sms(_) => "not_applied",
+            ApiError::Stopping => "stopping",
+            ApiError::Internal(_) => "internal_error",
         }
     }
 
     /// What the client is told. Store failures are told without internals;
     /// their causes go to the log.
     fn public_message(&self) -> String {
+        if let Some(StoreError::UnknownValue(unknown)) = store_cause(self) {
+            return format!(
+                "the database holds a value this release does not know ({unknown}); nothing was changed"
+            );
+        }
         match self {
             ApiError::Ledger(
                 LedgerError::Store(_) | LedgerError::Interrupted | LedgerError::Passivated,
@@ -140,6 +173,7 @@ impl ApiError {
             ApiError::Messaging(MessagingError::Ledger(ledger)) => {
                 ApiError::Ledger(ledger.clone()).public_message()
             }
+            ApiError::Internal(_) => "the server failed; nothing was changed".to_string(),
             other => other.to_string(),
         }
     }
@@ -158,6 +192,9 @@ struct ErrorDetail<'a> {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
+        if let Some(StoreError::UnknownValue(_)) = store_cause(self) {
+            return StatusCode::INTERNAL_SERVER_ERROR;
+        }
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -213,7 +250,8 @@ impl ResponseError for ApiError {
                 MessagingError::InProgress => StatusCode::CONFLICT,
                 MessagingError::NotSent(_) => StatusCode::BAD_GATEWAY,
             },
-            ApiError::Sms(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Sms(_) | ApiError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -22,6 +22,7 @@ mod operations;
 mod quote;
 mod restart;
 mod segment_properties;
+mod stored_values;
 mod stripe;
 mod stripe_chaos;
 mod twilio;

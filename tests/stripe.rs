@@ -57,7 +57,7 @@ async fn set_pricing(app: &TestApp, body: Value) {
     assert_eq!(status, StatusCode::OK, "{answer}");
 }
 
-async fn create_code(app: &TestApp, body: Value) {
+pub(crate) async fn create_code(app: &TestApp, body: Value) {
     let (status, answer) = app
         .request(
             "POST",

@@ -15,7 +15,7 @@ use crate::ledger_actors::assert_verified;
 
 const START_MS: i64 = 1_795_253_400_000;
 
-async fn app_with_twilio() -> (TestApp, FakeTwilio) {
+pub(crate) async fn app_with_twilio() -> (TestApp, FakeTwilio) {
     let fake = FakeTwilio::start().await;
     let directory = fresh_directory();
     let settings = with_twilio(test_settings(&directory), &fake.base_url);
@@ -36,7 +36,7 @@ fn reply_text(twiml: &str) -> Option<String> {
     )
 }
 
-async fn account_with_balance(app: &TestApp, phone: &str, micros: i64) -> i64 {
+pub(crate) async fn account_with_balance(app: &TestApp, phone: &str, micros: i64) -> i64 {
     let id = app.create_account(phone).await;
     if micros != 0 {
         let (status, body) = app.post_adjustment(id, micros, &format!("seed-{id}")).await;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::BillingError;
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::{StoreError, UnknownValue};
 
 /// What a code takes off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -83,17 +83,22 @@ const COLUMNS: &str =
     "id, code, discount_type, value, max_uses, current_uses, active, stripe_coupon_id, created_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<DiscountCode> {
+    let id: i64 = row.get(0)?;
     let kind: String = row.get(2)?;
     let value: i64 = row.get(3)?;
-    let discount = if kind == "percent" {
-        Discount::Percent { percent: value }
-    } else {
-        Discount::Fixed {
+    let discount = match kind.as_str() {
+        "percent" => Discount::Percent { percent: value },
+        "fixed" => Discount::Fixed {
             amount: Money::from_micros(value),
+        },
+        _ => {
+            return Err(
+                UnknownValue::new("discount_codes", id, "discount_type", kind).into_sql_error(2),
+            )
         }
     };
     Ok(DiscountCode {
-        id: row.get(0)?,
+        id,
         code: row.get(1)?,
         discount,
         max_uses: row.get(4)?,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::ledger::AccountId;
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::{StoreError, UnknownValue};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -20,6 +20,14 @@ impl OrderType {
         match self {
             OrderType::InitialAccess => "initial_access",
             OrderType::TopUp => "top_up",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<OrderType> {
+        match text {
+            "initial_access" => Some(OrderType::InitialAccess),
+            "top_up" => Some(OrderType::TopUp),
+            _ => None,
         }
     }
 }
@@ -93,16 +101,17 @@ const COLUMNS: &str = "id, account_id, order_type, amount, list_price, pricing_m
                        stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+    let id: i64 = row.get(0)?;
+    let unknown = |index: usize, column: &'static str, value: String| {
+        UnknownValue::new("orders", id, column, value).into_sql_error(index)
+    };
     let order_type: String = row.get(2)?;
     let status: String = row.get(10)?;
     Ok(Order {
-        id: row.get(0)?,
+        id,
         account_id: AccountId(row.get(1)?),
-        order_type: if order_type == "top_up" {
-            OrderType::TopUp
-        } else {
-            OrderType::InitialAccess
-        },
+        order_type: OrderType::parse(&order_type)
+            .ok_or_else(|| unknown(2, "order_type", order_type.clone()))?,
         amount: Money::from_micros(row.get(3)?),
         list_price: Money::from_micros(row.get(4)?),
         pricing_mode: row.get(5)?,
@@ -110,13 +119,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         stripe_payment_intent_id: row.get(7)?,
         discount_code_id: row.get(8)?,
         amount_refunded: Money::from_micros(row.get(9)?),
-        status: OrderStatus::parse(&status).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                10,
-                rusqlite::types::Type::Text,
-                "unknown order status".into(),
-            )
-        })?,
+        status: OrderStatus::parse(&status).ok_or_else(|| unknown(10, "status", status.clone()))?,
         created_at_ms: row.get(11)?,
         completed_at_ms: row.get(12)?,
     })

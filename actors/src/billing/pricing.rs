@@ -7,7 +7,7 @@ use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::{StoreError, UnknownValue};
 
 /// The launch price of access: $29.99.
 pub const LAUNCH_PRICE: Money = Money::from_micros(29_990_000);
@@ -97,7 +97,7 @@ pub fn load(connection: &Connection) -> Result<Pricing, StoreError> {
         .prepare_cached("SELECT mode, sale_price FROM pricing WHERE id = 1")?
         .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
     let mode = PricingMode::parse(&mode)
-        .ok_or_else(|| StoreError::Database(format!("unknown pricing mode {mode}")))?;
+        .ok_or_else(|| StoreError::UnknownValue(UnknownValue::new("pricing", 1, "mode", mode)))?;
     Ok(Pricing {
         mode,
         sale_price: sale_price.map(Money::from_micros),

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use self::records::{MessageRecord, NewMessage};
+use self::records::{MessageKind, MessageRecord, MessageState, NewMessage};
 use crate::account_actor::{Debit, Receipt, Refund};
 use crate::accounts::PhoneNumber;
 use crate::error::LedgerError;
@@ -160,12 +160,12 @@ impl Messaging {
                         connection,
                         &new_message(
                             Some(account_id),
-                            "outbound",
+                            MessageKind::Outbound,
                             Some(&key),
                             &quoted,
                             carrier_cost,
                             quoted.total(),
-                            "reserved",
+                            MessageState::Reserved,
                         ),
                         now_ms,
                     )?;
@@ -174,16 +174,16 @@ impl Messaging {
                 .await?
         };
         if !fresh {
-            return match record.state.as_str() {
-                "sent" => Ok(SentMessage {
+            return match record.state {
+                MessageState::Sent => Ok(SentMessage {
                     message: record,
                     balance_after_micros: None,
                     replayed: true,
                 }),
-                "voided" => Err(MessagingError::NotSent(
+                MessageState::Voided => Err(MessagingError::NotSent(
                     "an earlier attempt with this key was not sent".into(),
                 )),
-                _ => Err(MessagingError::InProgress),
+                MessageState::Reserved => Err(MessagingError::InProgress),
             };
         }
 
@@ -227,7 +227,7 @@ impl Messaging {
                         records::resolve(
                             connection,
                             id,
-                            "sent",
+                            MessageState::Sent,
                             Some(&sid),
                             Some(&accepted.status),
                             Some(check_at),
@@ -302,7 +302,9 @@ impl Messaging {
         }
         let id = record.id;
         self.store
-            .write(move |connection| records::resolve(connection, id, "voided", None, None, None))
+            .write(move |connection| {
+                records::resolve(connection, id, MessageState::Voided, None, None, None)
+            })
             .await?;
         Ok(())
     }
@@ -332,7 +334,7 @@ impl Messaging {
                 let id = record.id;
                 self.store
                     .write(move |connection| {
-                        records::resolve(connection, id, "voided", None, None, None)
+                        records::resolve(connection, id, MessageState::Voided, None, None, None)
                     })
                     .await?;
             }
@@ -358,7 +360,7 @@ impl Messaging {
                 Some(account_id),
                 account.phone.as_str(),
                 &text,
-                "warning",
+                MessageKind::Warning,
                 now_ms,
             )
             .await
@@ -373,7 +375,7 @@ impl Messaging {
         account_id: Option<AccountId>,
         to: &str,
         body: &str,
-        kind: &'static str,
+        kind: MessageKind,
         now_ms: i64,
     ) -> Result<MessageRecord, MessagingError> {
         let accepted = self
@@ -392,7 +394,7 @@ impl Messaging {
         account_id: Option<AccountId>,
         to: &PhoneNumber,
         body: &str,
-        kind: &'static str,
+        kind: MessageKind,
         sid: Option<String>,
         now_ms: i64,
     ) -> Result<ServiceRecord, MessagingError> {
@@ -423,7 +425,7 @@ impl Messaging {
         account_id: Option<AccountId>,
         to: &str,
         body: &str,
-        kind: &'static str,
+        kind: MessageKind,
         sid: Option<String>,
         now_ms: i64,
     ) -> Result<MessageRecord, MessagingError> {
@@ -483,7 +485,7 @@ impl Messaging {
 /// A service message (not charged, but costed), quoted and ready to record.
 pub struct ServiceRecord {
     account_id: Option<AccountId>,
-    kind: &'static str,
+    kind: MessageKind,
     quoted: Quote,
     carrier_cost: Money,
     sid: Option<String>,
@@ -501,7 +503,7 @@ impl ServiceRecord {
             &self.quoted,
             self.carrier_cost,
             Money::ZERO,
-            "sent",
+            MessageState::Sent,
         );
         message.twilio_sid = self.sid.as_deref();
         message.next_price_check_at = self.next_price_check_at;
@@ -511,12 +513,12 @@ impl ServiceRecord {
 
 fn new_message<'a>(
     account_id: Option<AccountId>,
-    kind: &'a str,
+    kind: MessageKind,
     idempotency_key: Option<&'a str>,
     quoted: &'a Quote,
     carrier_cost: Money,
     charged: Money,
-    state: &'a str,
+    state: MessageState,
 ) -> NewMessage<'a> {
     NewMessage {
         account_id,

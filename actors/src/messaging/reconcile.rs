@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use rusqlite::Connection;
 use serde::Serialize;
 
-use super::{records, Messaging};
+use super::records::{self, MessageKind};
+use super::Messaging;
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::{StoreError, UnknownValue};
 
 /// How many times a price is looked up before giving up, and the wait
 /// between looks (doubling).
@@ -77,8 +78,7 @@ pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreErro
     // Charged amounts of the messages whose actual price is known, for margins.
     let mut charged_with_actual: BTreeMap<String, i64> = BTreeMap::new();
     let mut statement = connection.prepare(
-        "SELECT id, twilio_sid, country, segments, charged, carrier_cost_per_segment, actual_cost,
-                kind = 'outbound'
+        "SELECT id, twilio_sid, country, segments, charged, carrier_cost_per_segment, actual_cost, kind
            FROM messages WHERE state = 'sent' ORDER BY id",
     )?;
     let mut rows = statement.query([])?;
@@ -90,7 +90,15 @@ pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreErro
         let charged: i64 = row.get(4)?;
         let carrier_per_segment: i64 = row.get(5)?;
         let actual: Option<i64> = row.get(6)?;
-        let charged_to_account: bool = row.get(7)?;
+        let kind: String = row.get(7)?;
+        let charged_to_account = match MessageKind::parse(&kind) {
+            Some(kind) => kind == MessageKind::Outbound,
+            None => {
+                return Err(StoreError::UnknownValue(UnknownValue::new(
+                    "messages", id, "kind", kind,
+                )))
+            }
+        };
         let expected = carrier_per_segment * segments;
         if charged_to_account {
             add(&mut report.overall, segments, charged, expected, actual);

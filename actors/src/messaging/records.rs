@@ -5,14 +5,76 @@ use serde::Serialize;
 
 use crate::ledger::AccountId;
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::{StoreError, UnknownValue};
+
+/// What a message is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// For the host application; charged to the account.
+    Outbound,
+    /// A reply to an SMS command: a service message, costed, not charged.
+    Reply,
+    /// A low-balance warning: a service message.
+    Warning,
+}
+
+impl MessageKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Outbound => "outbound",
+            MessageKind::Reply => "reply",
+            MessageKind::Warning => "warning",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MessageKind> {
+        match text {
+            "outbound" => Some(MessageKind::Outbound),
+            "reply" => Some(MessageKind::Reply),
+            "warning" => Some(MessageKind::Warning),
+            _ => None,
+        }
+    }
+}
+
+/// Where a message's reservation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    /// Debited, not yet handed to Twilio.
+    Reserved,
+    /// Accepted by Twilio.
+    Sent,
+    /// Not sent; the debit was given back.
+    Voided,
+}
+
+impl MessageState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Reserved => "reserved",
+            MessageState::Sent => "sent",
+            MessageState::Voided => "voided",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<MessageState> {
+        match text {
+            "reserved" => Some(MessageState::Reserved),
+            "sent" => Some(MessageState::Sent),
+            "voided" => Some(MessageState::Voided),
+            _ => None,
+        }
+    }
+}
 
 /// A message sent (or being sent), with its costs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MessageRecord {
     pub id: i64,
     pub account_id: Option<AccountId>,
-    pub kind: String,
+    pub kind: MessageKind,
     pub idempotency_key: Option<String>,
     pub to: String,
     pub country: String,
@@ -22,7 +84,7 @@ pub struct MessageRecord {
     pub price_per_segment: Money,
     #[serde(rename = "charged_micros")]
     pub charged: Money,
-    pub state: String,
+    pub state: MessageState,
     pub twilio_sid: Option<String>,
     pub twilio_status: Option<String>,
     pub refunded: bool,
@@ -34,7 +96,7 @@ pub struct MessageRecord {
 /// A message to record.
 pub struct NewMessage<'a> {
     pub account_id: Option<AccountId>,
-    pub kind: &'a str,
+    pub kind: MessageKind,
     pub idempotency_key: Option<&'a str>,
     pub to: &'a str,
     pub country: &'a str,
@@ -43,7 +105,7 @@ pub struct NewMessage<'a> {
     pub price_per_segment: Money,
     pub carrier_cost_per_segment: Money,
     pub charged: Money,
-    pub state: &'a str,
+    pub state: MessageState,
     pub twilio_sid: Option<&'a str>,
     pub next_price_check_at: Option<i64>,
 }
@@ -52,10 +114,15 @@ const COLUMNS: &str = "id, account_id, kind, idempotency_key, to_number, country
                        price_per_segment, charged, state, twilio_sid, twilio_status, refunded, actual_cost, created_at";
 
 fn from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
+    let id: i64 = row.get(0)?;
+    let kind: String = row.get(2)?;
+    let state: String = row.get(10)?;
     Ok(MessageRecord {
-        id: row.get(0)?,
+        id,
         account_id: row.get::<_, Option<i64>>(1)?.map(AccountId),
-        kind: row.get(2)?,
+        kind: MessageKind::parse(&kind).ok_or_else(|| {
+            UnknownValue::new("messages", id, "kind", kind.clone()).into_sql_error(2)
+        })?,
         idempotency_key: row.get(3)?,
         to: row.get(4)?,
         country: row.get(5)?,
@@ -63,7 +130,9 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         segments: row.get(7)?,
         price_per_segment: Money::from_micros(row.get(8)?),
         charged: Money::from_micros(row.get(9)?),
-        state: row.get(10)?,
+        state: MessageState::parse(&state).ok_or_else(|| {
+            UnknownValue::new("messages", id, "state", state.clone()).into_sql_error(10)
+        })?,
         twilio_sid: row.get(11)?,
         twilio_status: row.get(12)?,
         refunded: row.get::<_, i64>(13)? == 1,
@@ -86,7 +155,7 @@ pub fn insert(
         )?
         .execute(params![
             message.account_id.map(|id| id.0),
-            message.kind,
+            message.kind.as_str(),
             message.idempotency_key,
             message.to,
             message.country,
@@ -95,7 +164,7 @@ pub fn insert(
             message.price_per_segment.micros(),
             message.carrier_cost_per_segment.micros(),
             message.charged.micros(),
-            message.state,
+            message.state.as_str(),
             message.twilio_sid,
             message.next_price_check_at,
             now_ms,
@@ -144,7 +213,7 @@ pub fn find_by_sid(
 pub fn resolve(
     connection: &Connection,
     id: i64,
-    state: &str,
+    state: MessageState,
     twilio_sid: Option<&str>,
     twilio_status: Option<&str>,
     next_price_check_at: Option<i64>,
@@ -154,7 +223,13 @@ pub fn resolve(
             "UPDATE messages SET state = ?2, twilio_sid = ?3, twilio_status = ?4, next_price_check_at = ?5
               WHERE id = ?1 AND state = 'reserved'",
         )?
-        .execute(params![id, state, twilio_sid, twilio_status, next_price_check_at])?;
+        .execute(params![
+            id,
+            state.as_str(),
+            twilio_sid,
+            twilio_status,
+            next_price_check_at
+        ])?;
     Ok(changed == 1)
 }
 

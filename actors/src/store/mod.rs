@@ -67,10 +67,56 @@ pub enum StoreError {
     Closed,
     #[error("database error: {0}")]
     Database(String),
+    /// A value read back that this release does not know: never read as
+    /// some default, because a default could move money.
+    #[error("the database holds a value this release does not know: {0}")]
+    UnknownValue(UnknownValue),
+}
+
+/// A stored value outside what its column may hold, with the row it is in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{table} row {row}: unknown {column} '{value}'")]
+pub struct UnknownValue {
+    pub table: &'static str,
+    /// The row's key, as text (`12`, or `account 3 seq 7`).
+    pub row: String,
+    pub column: &'static str,
+    pub value: String,
+}
+
+impl UnknownValue {
+    pub fn new(
+        table: &'static str,
+        row: impl ToString,
+        column: &'static str,
+        value: impl Into<String>,
+    ) -> UnknownValue {
+        UnknownValue {
+            table,
+            row: row.to_string(),
+            column,
+            value: value.into(),
+        }
+    }
+
+    /// As a row decoder's error, so that it travels through rusqlite and
+    /// comes out as [`StoreError::UnknownValue`].
+    pub fn into_sql_error(self, column_index: usize) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(
+            column_index,
+            rusqlite::types::Type::Text,
+            Box::new(self),
+        )
+    }
 }
 
 impl From<rusqlite::Error> for StoreError {
     fn from(error: rusqlite::Error) -> StoreError {
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &error {
+            if let Some(unknown) = cause.downcast_ref::<UnknownValue>() {
+                return StoreError::UnknownValue(unknown.clone());
+            }
+        }
         StoreError::Database(error.to_string())
     }
 }

@@ -3,23 +3,27 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::StoreError;
+use super::{StoreError, UnknownValue};
 use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
 use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
 use crate::money::Money;
 
 fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
+    let account_id = AccountId(row.get(0)?);
+    let seq: i64 = row.get(1)?;
     let kind_text: String = row.get(2)?;
     let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            2,
-            rusqlite::types::Type::Text,
-            "unknown transaction type".into(),
+        UnknownValue::new(
+            "transactions",
+            format!("account {account_id} seq {seq}"),
+            "type",
+            kind_text,
         )
+        .into_sql_error(2)
     })?;
     Ok(LedgerEntry {
-        account_id: AccountId(row.get(0)?),
-        seq: row.get(1)?,
+        account_id,
+        seq,
         kind,
         amount: Money::from_micros(row.get(3)?),
         balance_after: Money::from_micros(row.get(4)?),
@@ -226,27 +230,23 @@ const ACCOUNT_COLUMNS: &str =
                                b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
-    let conversion = |index: usize, message: &str| {
-        rusqlite::Error::FromSqlConversionFailure(
-            index,
-            rusqlite::types::Type::Text,
-            message.to_string().into(),
-        )
+    let id: i64 = row.get(0)?;
+    let unknown = |index: usize, column: &'static str, value: &str| {
+        UnknownValue::new("accounts", id, column, value).into_sql_error(index)
     };
     let phone_text: String = row.get(1)?;
     let email_text: Option<String> = row.get(2)?;
     let status_text: String = row.get(4)?;
     Ok(Account {
-        id: AccountId(row.get(0)?),
-        phone: PhoneNumber::parse(&phone_text)
-            .map_err(|_| conversion(1, "stored phone is not E.164"))?,
-        email: email_text
-            .map(|text| Email::parse(&text))
-            .transpose()
-            .map_err(|_| conversion(2, "stored email is invalid"))?,
+        id: AccountId(id),
+        phone: PhoneNumber::parse(&phone_text).map_err(|_| unknown(1, "phone", &phone_text))?,
+        email: match email_text {
+            Some(text) => Some(Email::parse(&text).map_err(|_| unknown(2, "email", &text))?),
+            None => None,
+        },
         stripe_customer_id: row.get(3)?,
         status: AccountStatus::parse(&status_text)
-            .ok_or_else(|| conversion(4, "unknown account status"))?,
+            .ok_or_else(|| unknown(4, "status", &status_text))?,
         created_at_ms: row.get(5)?,
         balance: Money::from_micros(row.get(6)?),
         seq: row.get(7)?,

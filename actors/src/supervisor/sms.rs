@@ -22,7 +22,8 @@ use crate::commands::buy::{self, BuyOutcome};
 use crate::commands::{balance, help, unknown_reply, BuyAmount, Command};
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
-use crate::messaging::{records, Messaging};
+use crate::messaging::records::{self, MessageKind};
+use crate::messaging::Messaging;
 use crate::rating::RateTable;
 use crate::registry::Registry;
 use crate::store::{queries, Store, StoreError};
@@ -216,7 +217,7 @@ impl SmsContext {
         // A reply is a service message: not charged, but costed.
         let service = match (&self.messaging, &phone) {
             (Some(messaging), Some(phone)) => messaging
-                .prepare_service(account_id, phone, &reply, "reply", None, now_ms)
+                .prepare_service(account_id, phone, &reply, MessageKind::Reply, None, now_ms)
                 .map_err(|error| tracing::debug!(%error, "reply cost not recorded"))
                 .ok(),
             _ => None,

@@ -54,7 +54,7 @@ pub async fn receive(
             received_at_ms: state.clock.now_ms(),
         })
         .await
-        .map_err(|_| ApiError::Store(sms_credit_actors::StoreError::Closed))??;
+        .map_err(|_| ApiError::Stopping)??;
     tracing::info!(event_id = %verified.id, event_type = %verified.event_type, ?outcome, "stripe event");
     Ok(HttpResponse::Ok()
         .json(json!({"received": true, "event_id": verified.id, "result": outcome})))

@@ -96,7 +96,7 @@ pub async fn inbound_sms(
         .sms_supervisor
         .send(inbound)
         .await
-        .map_err(|_| ApiError::Store(sms_credit_actors::StoreError::Closed))??;
+        .map_err(|_| ApiError::Stopping)??;
     Ok(HttpResponse::Ok()
         .content_type(twiml::CONTENT_TYPE)
         .body(twiml::render(reply.as_deref())))

@@ -1,0 +1,147 @@
+//! A value read back from the database that this release does not know is
+//! an error that names its row, never read as some default: an unknown
+//! order type is not "access" (which would credit the included credit), an
+//! unknown discount type is not "fixed", an unknown message state or kind
+//! is not "in progress" or "service message".
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+use tempfile::TempDir;
+
+use crate::fake_stripe::EventFactory;
+use crate::helpers::{TestApp, ADMIN_TOKEN};
+use crate::stripe::{app_with_fake_stripe, create_code, start_access};
+use crate::twilio::{account_with_balance, app_with_twilio};
+
+/// Writes a value the schema's CHECK constraints would refuse, as a newer
+/// release (or a hand edit) might have left it.
+fn tamper(directory: &TempDir, sql: &str) {
+    let connection =
+        sms_credit_actors::store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    connection
+        .execute_batch(&format!(
+            "PRAGMA ignore_check_constraints = ON; {sql}; PRAGMA ignore_check_constraints = OFF;"
+        ))
+        .unwrap();
+}
+
+fn assert_unknown_value(status: StatusCode, answer: &Value, names: &str) {
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    assert_eq!(answer["error"]["code"], "unknown_stored_value", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(message.contains(names), "{message} should name {names}");
+}
+
+#[actix_rt::test]
+async fn an_order_of_an_unknown_type_is_an_error_not_access() {
+    let (app, _fake) = app_with_fake_stripe().await;
+    let (account, order, session, customer) = start_access(&app, "+14155550900", None).await;
+    tamper(
+        &app.directory,
+        &format!("UPDATE orders SET order_type = 'gift' WHERE id = {order}"),
+    );
+    let mut events = EventFactory::new();
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_gift");
+    let (status, answer) = app.deliver(&completed).await;
+    assert_unknown_value(
+        status,
+        &answer,
+        &format!("orders row {order}: unknown order_type 'gift'"),
+    );
+    let (_, view) = app.get_admin_account(account).await;
+    assert_eq!(view["status"], "pending", "not activated");
+    assert_eq!(view["balance_micros"], 0, "no included credit");
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/orders"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_unknown_value(status, &answer, "order_type 'gift'");
+}
+
+#[actix_rt::test]
+async fn a_discount_code_of_an_unknown_type_is_an_error_not_a_fixed_discount() {
+    let (app, fake) = app_with_fake_stripe().await;
+    create_code(
+        &app,
+        json!({"code": "HALF", "type": "percent", "percent": 50, "max_uses": 3}),
+    )
+    .await;
+    tamper(
+        &app.directory,
+        "UPDATE discount_codes SET discount_type = 'bogof' WHERE code = 'HALF'",
+    );
+    let (status, answer) = app
+        .post_checkout_access("+14155550901", "hiker@example.com", Some("HALF"))
+        .await;
+    assert_unknown_value(status, &answer, "discount_type 'bogof'");
+    assert!(fake.requests("/v1/checkout/sessions").is_empty());
+    tamper(
+        &app.directory,
+        "UPDATE discount_codes SET discount_type = 'percent' WHERE code = 'HALF'",
+    );
+    let (_, codes) = app
+        .request("GET", "/v1/admin/discount-codes", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(
+        codes["discount_codes"][0]["current_uses"], 0,
+        "the refused checkout took no use"
+    );
+}
+
+#[actix_rt::test]
+async fn a_message_of_an_unknown_state_or_kind_is_an_error() {
+    let (app, fake) = app_with_twilio().await;
+    let account = account_with_balance(&app, "+14155550902", 5_000_000).await;
+    let (status, sent) = app
+        .post_message(json!({"account_id": account, "body": "storm", "idempotency_key": "k1"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let id = sent["message"]["id"].as_i64().unwrap();
+
+    tamper(
+        &app.directory,
+        &format!("UPDATE messages SET state = 'lost' WHERE id = {id}"),
+    );
+    let (status, answer) = app
+        .post_message(json!({"account_id": account, "body": "storm", "idempotency_key": "k1"}))
+        .await;
+    assert_unknown_value(
+        status,
+        &answer,
+        &format!("messages row {id}: unknown state 'lost'"),
+    );
+    assert_eq!(fake.sent().len(), 1, "nothing sent again");
+
+    tamper(
+        &app.directory,
+        &format!("UPDATE messages SET state = 'sent', kind = 'promo' WHERE id = {id}"),
+    );
+    let (status, answer) = app
+        .request("GET", "/v1/admin/reconciliation", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_unknown_value(status, &answer, "kind 'promo'");
+}
+
+#[actix_rt::test]
+async fn a_ledger_row_of_an_unknown_type_is_an_error() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550903").await;
+    assert_eq!(
+        app.post_adjustment(account, 1_000_000, "a").await.0,
+        StatusCode::OK
+    );
+    tamper(
+        &app.directory,
+        &format!("UPDATE transactions SET type = 'bonus' WHERE account_id = {account}"),
+    );
+    let (status, answer) = app.get_transactions(account).await;
+    assert_unknown_value(
+        status,
+        &answer,
+        &format!("transactions row account {account} seq 1: unknown type 'bonus'"),
+    );
+}

@@ -35,6 +35,43 @@ impl fmt::Debug for Secret {
     }
 }
 
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(text: &str) -> Result<Secret, Self::Err> {
+        Ok(Secret::new(text))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
+/// A scalar from the config file (a string, a whole number or a boolean)
+/// as text, so that every option is checked in one place and its errors
+/// name its variable. Floats are refused: amounts of money are written as
+/// strings ("2.00") or whole numbers, never as binary fractions.
+fn scalar_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Scalar {
+        Text(String),
+        Integer(i64),
+        Boolean(bool),
+    }
+    Ok(
+        Option::<Scalar>::deserialize(deserializer)?.map(|scalar| match scalar {
+            Scalar::Text(text) => text,
+            Scalar::Integer(number) => number.to_string(),
+            Scalar::Boolean(flag) => flag.to_string(),
+        }),
+    )
+}
+
 /// The options as given on the command line, in the environment or in the
 /// config file, before they are checked.
 #[derive(Args, Clone, Debug, Default, Deserialize)]
@@ -62,7 +99,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
 
     /// API key of the host application (for /v1/messages).
     #[arg(
@@ -72,7 +109,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "KEY"
     )]
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
 
     /// The URL the world reaches this server at (Checkout redirects, Twilio signatures), e.g. https://sms.example.com.
     #[arg(long, env = "SMS_CREDIT_PUBLIC_URL", global = true, value_name = "URL")]
@@ -86,7 +123,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "KEY"
     )]
-    pub stripe_secret_key: Option<String>,
+    pub stripe_secret_key: Option<Secret>,
 
     /// Stripe webhook endpoint secret (whsec_…), used to verify /webhooks/stripe.
     #[arg(
@@ -96,7 +133,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "SECRET"
     )]
-    pub stripe_webhook_secret: Option<String>,
+    pub stripe_webhook_secret: Option<Secret>,
 
     /// Base URL of the Stripe API [default: https://api.stripe.com].
     #[arg(
@@ -114,7 +151,8 @@ pub struct Options {
         global = true,
         value_name = "BOOL"
     )]
-    pub stripe_allow_promotion_codes: Option<bool>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub stripe_allow_promotion_codes: Option<String>,
 
     /// Credit that comes with access, in dollars, credited once when access is paid [default: 0.00].
     #[arg(
@@ -123,6 +161,7 @@ pub struct Options {
         global = true,
         value_name = "DOLLARS"
     )]
+    #[serde(deserialize_with = "scalar_text")]
     pub included_credit: Option<String>,
 
     /// Twilio account SID (AC…); without it and the auth token the SMS features answer 503 twilio_not_configured.
@@ -142,7 +181,7 @@ pub struct Options {
         hide_env_values = true,
         value_name = "TOKEN"
     )]
-    pub twilio_auth_token: Option<String>,
+    pub twilio_auth_token: Option<Secret>,
 
     /// The Twilio number messages are sent from (E.164).
     #[arg(
@@ -178,6 +217,7 @@ pub struct Options {
         global = true,
         value_name = "DOLLARS"
     )]
+    #[serde(deserialize_with = "scalar_text")]
     pub low_balance_threshold: Option<String>,
 
     /// At most one low-balance warning per account in this many seconds [default: 86400].
@@ -187,7 +227,8 @@ pub struct Options {
         global = true,
         value_name = "SECONDS"
     )]
-    pub low_balance_cooldown_secs: Option<u64>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub low_balance_cooldown_secs: Option<String>,
 
     /// Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account].
     #[arg(long, env = "SMS_CREDIT_SIGNUP_URL", global = true, value_name = "URL")]
@@ -200,7 +241,8 @@ pub struct Options {
         global = true,
         value_name = "SECONDS"
     )]
-    pub reconcile_delay_secs: Option<u64>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub reconcile_delay_secs: Option<String>,
 
     /// Seconds an idle account actor stays in memory [default: 900].
     #[arg(
@@ -209,7 +251,8 @@ pub struct Options {
         global = true,
         value_name = "SECONDS"
     )]
-    pub passivate_after_secs: Option<u64>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub passivate_after_secs: Option<String>,
 
     /// Threads that run account actors [default: 2].
     #[arg(
@@ -218,11 +261,13 @@ pub struct Options {
         global = true,
         value_name = "N"
     )]
-    pub actor_threads: Option<usize>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub actor_threads: Option<String>,
 
     /// HTTP worker threads [default: 2].
     #[arg(long, env = "SMS_CREDIT_HTTP_WORKERS", global = true, value_name = "N")]
-    pub http_workers: Option<usize>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub http_workers: Option<String>,
 
     /// Seconds between the balance feed's pings; a client silent for three is dropped [default: 15].
     #[arg(
@@ -231,11 +276,13 @@ pub struct Options {
         global = true,
         value_name = "SECONDS"
     )]
-    pub feed_heartbeat_secs: Option<u64>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub feed_heartbeat_secs: Option<String>,
 
     /// Ledger rows queued per feed client before it is dropped as too slow [default: 256].
     #[arg(long, env = "SMS_CREDIT_FEED_QUEUE", global = true, value_name = "N")]
-    pub feed_queue: Option<usize>,
+    #[serde(deserialize_with = "scalar_text")]
+    pub feed_queue: Option<String>,
 }
 
 /// Why the configuration could not be loaded.
@@ -254,7 +301,7 @@ pub enum ConfigError {
 #[derive(Clone, Debug)]
 pub struct StripeSettings {
     pub secret_key: Secret,
-    pub webhook_secret: Option<Secret>,
+    pub webhook_secret: Secret,
     pub api_base: String,
     pub allow_promotion_codes: bool,
 }
@@ -344,22 +391,51 @@ impl Settings {
             .map(|url| checked_url("SMS_CREDIT_PUBLIC_URL", url))
             .transpose()?;
 
-        let stripe = match options.stripe_secret_key {
-            Some(secret_key) => Some(StripeSettings {
-                secret_key: non_empty_secret("SMS_CREDIT_STRIPE_SECRET_KEY", secret_key)?,
-                webhook_secret: options
-                    .stripe_webhook_secret
-                    .map(|secret| non_empty_secret("SMS_CREDIT_STRIPE_WEBHOOK_SECRET", secret))
-                    .transpose()?,
-                api_base: checked_url(
-                    "SMS_CREDIT_STRIPE_API_BASE",
-                    options
-                        .stripe_api_base
-                        .unwrap_or_else(|| "https://api.stripe.com".to_string()),
-                )?,
-                allow_promotion_codes: options.stripe_allow_promotion_codes.unwrap_or(false),
-            }),
-            None => None,
+        // Stripe is all or nothing: a secret key without the webhook secret
+        // would take customers' money and never credit it (the webhook could
+        // not be verified), and without a public URL Checkout cannot send
+        // customers back.
+        let allow_promotion_codes = parse_bool(
+            "SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES",
+            options.stripe_allow_promotion_codes,
+            false,
+        )?;
+        let stripe = match (options.stripe_secret_key, options.stripe_webhook_secret) {
+            (Some(secret_key), Some(webhook_secret)) => {
+                if public_url.is_none() {
+                    return Err(ConfigError::Invalid {
+                        variable: "SMS_CREDIT_PUBLIC_URL",
+                        reason: "is required when SMS_CREDIT_STRIPE_SECRET_KEY is set (Checkout sends customers back to it and Stripe's webhook is pointed at it)".to_string(),
+                    });
+                }
+                Some(StripeSettings {
+                    secret_key: non_empty_secret("SMS_CREDIT_STRIPE_SECRET_KEY", secret_key)?,
+                    webhook_secret: non_empty_secret(
+                        "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
+                        webhook_secret,
+                    )?,
+                    api_base: checked_url(
+                        "SMS_CREDIT_STRIPE_API_BASE",
+                        options
+                            .stripe_api_base
+                            .unwrap_or_else(|| "https://api.stripe.com".to_string()),
+                    )?,
+                    allow_promotion_codes,
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::Invalid {
+                    variable: "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
+                    reason: "is required when SMS_CREDIT_STRIPE_SECRET_KEY is set: without it Stripe's events cannot be verified, and payments would never be credited".to_string(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    variable: "SMS_CREDIT_STRIPE_SECRET_KEY",
+                    reason: "is required when SMS_CREDIT_STRIPE_WEBHOOK_SECRET is set".to_string(),
+                })
+            }
         };
 
         let twilio = match (options.twilio_account_sid, options.twilio_auth_token) {
@@ -400,17 +476,6 @@ impl Settings {
                     variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID",
                     reason: "is required when SMS_CREDIT_TWILIO_AUTH_TOKEN is set".to_string(),
                 })
-            }
-        };
-
-        let positive = |variable: &'static str, value: usize| {
-            if value == 0 {
-                Err(ConfigError::Invalid {
-                    variable,
-                    reason: "must be at least 1".to_string(),
-                })
-            } else {
-                Ok(value)
             }
         };
 
@@ -468,22 +533,50 @@ impl Settings {
             rates: Arc::new(rates),
             included_credit,
             low_balance_threshold,
-            low_balance_cooldown: Duration::from_secs(
-                options.low_balance_cooldown_secs.unwrap_or(86_400),
-            ),
+            low_balance_cooldown: Duration::from_secs(parse_number(
+                "SMS_CREDIT_LOW_BALANCE_COOLDOWN_SECS",
+                options.low_balance_cooldown_secs,
+                86_400,
+                0..=MAX_DAYS_IN_SECONDS,
+            )?),
             signup_url,
-            reconcile_delay: Duration::from_secs(options.reconcile_delay_secs.unwrap_or(300)),
-            passivate_after: Duration::from_secs(options.passivate_after_secs.unwrap_or(900)),
-            actor_threads: positive(
+            reconcile_delay: Duration::from_secs(parse_number(
+                "SMS_CREDIT_RECONCILE_DELAY_SECS",
+                options.reconcile_delay_secs,
+                300,
+                0..=MAX_DAYS_IN_SECONDS,
+            )?),
+            passivate_after: Duration::from_secs(parse_number(
+                "SMS_CREDIT_PASSIVATE_AFTER_SECS",
+                options.passivate_after_secs,
+                900,
+                // Actors keep idle times in 32-bit milliseconds (24 days).
+                1..=MAX_PASSIVATE_AFTER_SECS,
+            )?),
+            actor_threads: parse_number(
                 "SMS_CREDIT_ACTOR_THREADS",
-                options.actor_threads.unwrap_or(2),
+                options.actor_threads,
+                2,
+                1..=MAX_THREADS,
             )?,
-            http_workers: positive("SMS_CREDIT_HTTP_WORKERS", options.http_workers.unwrap_or(2))?,
-            feed_heartbeat: Duration::from_secs(positive(
+            http_workers: parse_number(
+                "SMS_CREDIT_HTTP_WORKERS",
+                options.http_workers,
+                2,
+                1..=MAX_THREADS,
+            )?,
+            feed_heartbeat: Duration::from_secs(parse_number(
                 "SMS_CREDIT_FEED_HEARTBEAT_SECS",
-                options.feed_heartbeat_secs.unwrap_or(15) as usize,
-            )? as u64),
-            feed_queue: positive("SMS_CREDIT_FEED_QUEUE", options.feed_queue.unwrap_or(256))?,
+                options.feed_heartbeat_secs,
+                15,
+                1..=3_600,
+            )?),
+            feed_queue: parse_number(
+                "SMS_CREDIT_FEED_QUEUE",
+                options.feed_queue,
+                256,
+                1..=1_000_000,
+            )?,
         })
     }
 }
@@ -540,14 +633,71 @@ fn merge(winner: Options, fallback: Options) -> Options {
     }
 }
 
-fn non_empty_secret(variable: &'static str, value: String) -> Result<Secret, ConfigError> {
-    if value.trim().is_empty() {
+fn non_empty_secret(variable: &'static str, value: Secret) -> Result<Secret, ConfigError> {
+    if value.expose().trim().is_empty() {
         return Err(ConfigError::Invalid {
             variable,
             reason: "is set but empty".to_string(),
         });
     }
-    Ok(Secret::new(value))
+    Ok(value)
+}
+
+/// The longest span a duration setting may have: a year. Longer ones are
+/// surely mistakes, and every duration must fit in i64 milliseconds.
+const MAX_DAYS_IN_SECONDS: u64 = 366 * 86_400;
+/// The longest passivation time: what 32-bit milliseconds hold (24 days).
+const MAX_PASSIVATE_AFTER_SECS: u64 = i32::MAX as u64 / 1000;
+/// The most threads of one kind.
+const MAX_THREADS: usize = 1024;
+
+/// A whole number within `range`, or `default` when unset; anything else
+/// names its variable.
+fn parse_number<T>(
+    variable: &'static str,
+    text: Option<String>,
+    default: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display,
+{
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    let out_of_range = || ConfigError::Invalid {
+        variable,
+        reason: format!(
+            "'{text}' is not a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ),
+    };
+    let value: T = text.trim().parse().map_err(|_| out_of_range())?;
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(out_of_range())
+    }
+}
+
+/// `true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`), or `default`.
+fn parse_bool(
+    variable: &'static str,
+    text: Option<String>,
+    default: bool,
+) -> Result<bool, ConfigError> {
+    let Some(text) = text else {
+        return Ok(default);
+    };
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(ConfigError::Invalid {
+            variable,
+            reason: format!("'{text}' is not true or false"),
+        }),
+    }
 }
 
 fn checked_url(variable: &'static str, url: String) -> Result<String, ConfigError> {
@@ -611,14 +761,134 @@ mod tests {
         assert!(message.is_some_and(|message| message.starts_with("SMS_CREDIT_PUBLIC_URL")));
     }
 
+    fn error_of(options: Options) -> String {
+        match Settings::from_options(options) {
+            Ok(_) => "accepted".to_string(),
+            Err(error) => error.to_string(),
+        }
+    }
+
     #[test]
     fn secrets_do_not_show_in_debug() {
         let options = Options {
-            admin_token: Some("hunter2".into()),
+            admin_token: Some(Secret::new("hunter2")),
+            api_key: Some(Secret::new("hunter3")),
+            stripe_secret_key: Some(Secret::new("sk_live_hunter4")),
+            stripe_webhook_secret: Some(Secret::new("whsec_hunter5")),
+            twilio_auth_token: Some(Secret::new("hunter6")),
             ..Options::default()
         };
+        let shown = format!("{options:?}");
+        for secret in ["hunter2", "hunter3", "hunter4", "hunter5", "hunter6"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
         let settings = Settings::from_options(options);
         assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_stripe_key_without_its_webhook_secret_or_public_url_is_refused() {
+        let stripe_key_only = Options {
+            stripe_secret_key: Some(Secret::new("sk_test_1")),
+            public_url: Some("https://sms.example.com".into()),
+            ..Options::default()
+        };
+        assert!(error_of(stripe_key_only).starts_with("SMS_CREDIT_STRIPE_WEBHOOK_SECRET"));
+        let no_public_url = Options {
+            stripe_secret_key: Some(Secret::new("sk_test_1")),
+            stripe_webhook_secret: Some(Secret::new("whsec_1")),
+            ..Options::default()
+        };
+        assert!(error_of(no_public_url).starts_with("SMS_CREDIT_PUBLIC_URL"));
+        let webhook_secret_only = Options {
+            stripe_webhook_secret: Some(Secret::new("whsec_1")),
+            ..Options::default()
+        };
+        assert!(error_of(webhook_secret_only).starts_with("SMS_CREDIT_STRIPE_SECRET_KEY"));
+        let complete = Options {
+            stripe_secret_key: Some(Secret::new("sk_test_1")),
+            stripe_webhook_secret: Some(Secret::new("whsec_1")),
+            public_url: Some("https://sms.example.com".into()),
+            ..Options::default()
+        };
+        assert_eq!(error_of(complete), "accepted");
+    }
+
+    #[test]
+    fn numbers_are_bounded_and_name_their_variable() {
+        type Setter = fn(&mut Options, String);
+        let cases: [(&str, Setter); 7] = [
+            ("SMS_CREDIT_LOW_BALANCE_COOLDOWN_SECS", |o, v| {
+                o.low_balance_cooldown_secs = Some(v)
+            }),
+            ("SMS_CREDIT_RECONCILE_DELAY_SECS", |o, v| {
+                o.reconcile_delay_secs = Some(v)
+            }),
+            ("SMS_CREDIT_PASSIVATE_AFTER_SECS", |o, v| {
+                o.passivate_after_secs = Some(v)
+            }),
+            ("SMS_CREDIT_ACTOR_THREADS", |o, v| o.actor_threads = Some(v)),
+            ("SMS_CREDIT_HTTP_WORKERS", |o, v| o.http_workers = Some(v)),
+            ("SMS_CREDIT_FEED_HEARTBEAT_SECS", |o, v| {
+                o.feed_heartbeat_secs = Some(v)
+            }),
+            ("SMS_CREDIT_FEED_QUEUE", |o, v| o.feed_queue = Some(v)),
+        ];
+        for (variable, set) in cases {
+            // u64::MAX seconds would wrap to a negative i64 of milliseconds.
+            for bad in [
+                "abc",
+                "-1",
+                "18446744073709551615",
+                "9223372036854775807",
+                "1.5",
+            ] {
+                let mut options = Options::default();
+                set(&mut options, bad.to_string());
+                let error = error_of(options);
+                assert!(error.starts_with(variable), "{variable}={bad}: {error}");
+            }
+            let mut options = Options::default();
+            set(&mut options, "30".to_string());
+            assert_eq!(error_of(options), "accepted", "{variable}=30");
+        }
+        let options = Options {
+            stripe_allow_promotion_codes: Some("maybe".into()),
+            ..Options::default()
+        };
+        assert!(error_of(options).starts_with("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES"));
+    }
+
+    #[test]
+    fn dollar_amounts_may_have_a_dollar_sign() {
+        let options = Options {
+            low_balance_threshold: Some("$2".into()),
+            included_credit: Some("5".into()),
+            ..Options::default()
+        };
+        let settings = Settings::from_options(options).ok();
+        assert_eq!(
+            settings.map(|settings| (settings.low_balance_threshold, settings.included_credit)),
+            Some((Money::from_micros(2_000_000), Money::from_micros(5_000_000)))
+        );
+    }
+
+    #[test]
+    fn the_file_may_write_numbers_and_booleans_as_toml_scalars() {
+        let file: Result<Options, _> = toml::from_str(
+            "feed_queue = 512\nstripe_allow_promotion_codes = true\nlow_balance_threshold = \"1.50\"",
+        );
+        let file = file.ok();
+        assert_eq!(
+            file.as_ref().and_then(|file| file.feed_queue.clone()),
+            Some("512".to_string())
+        );
+        assert_eq!(
+            file.and_then(|file| file.stripe_allow_promotion_codes),
+            Some("true".to_string())
+        );
+        let float: Result<Options, _> = toml::from_str("low_balance_threshold = 1.5");
+        assert!(float.is_err(), "money is never a binary fraction");
     }
 
     #[test]

@@ -104,14 +104,63 @@ fn accounts_verify_and_tampering() {
 #[test]
 fn malformed_configuration_names_the_variable() {
     let directory = fresh_directory();
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
-        .args(["verify"])
-        .env("SMS_CREDIT_DATABASE", directory.path().join("x.db"))
-        .env("SMS_CREDIT_PUBLIC_URL", "not a url")
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("SMS_CREDIT_PUBLIC_URL"));
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("SMS_CREDIT_PUBLIC_URL", "not a url")],
+            "SMS_CREDIT_PUBLIC_URL",
+        ),
+        (&[("SMS_CREDIT_FEED_QUEUE", "abc")], "SMS_CREDIT_FEED_QUEUE"),
+        (
+            &[("SMS_CREDIT_HTTP_WORKERS", "0")],
+            "SMS_CREDIT_HTTP_WORKERS",
+        ),
+        (
+            &[(
+                "SMS_CREDIT_LOW_BALANCE_COOLDOWN_SECS",
+                "18446744073709551615",
+            )],
+            "SMS_CREDIT_LOW_BALANCE_COOLDOWN_SECS",
+        ),
+        (
+            &[("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES", "perhaps")],
+            "SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES",
+        ),
+        // Half a Stripe configuration would take money and never credit it.
+        (
+            &[
+                ("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_1"),
+                ("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com"),
+            ],
+            "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
+        ),
+        (
+            &[
+                ("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_1"),
+                ("SMS_CREDIT_STRIPE_WEBHOOK_SECRET", "whsec_1"),
+            ],
+            "SMS_CREDIT_PUBLIC_URL",
+        ),
+    ];
+    for (env, variable) in cases {
+        for command in ["verify", "serve"] {
+            let mut process = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
+            process
+                .arg(command)
+                .env("SMS_CREDIT_DATABASE", directory.path().join("x.db"))
+                .env("SMS_CREDIT_BIND", "127.0.0.1:0")
+                .env_remove("SMS_CREDIT_CONFIG");
+            for (name, value) in env.iter() {
+                process.env(name, value);
+            }
+            let output = process.output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{command} {env:?}: {stderr}");
+            assert!(
+                stderr.contains(variable),
+                "{command} {env:?} should name {variable}: {stderr}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -42,9 +42,7 @@ pub fn stripe_settings(directory: &TempDir, stripe_base: &str) -> Settings {
     let mut settings = test_settings(directory);
     settings.stripe = Some(sms_credit::config::StripeSettings {
         secret_key: sms_credit::config::Secret::new("sk_test_fake"),
-        webhook_secret: Some(sms_credit::config::Secret::new(
-            crate::fake_stripe::WEBHOOK_SECRET,
-        )),
+        webhook_secret: sms_credit::config::Secret::new(crate::fake_stripe::WEBHOOK_SECRET),
         api_base: stripe_base.to_string(),
         allow_promotion_codes: false,
     });

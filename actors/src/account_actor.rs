@@ -385,7 +385,7 @@ impl AccountActor {
             && balance_after < settings.low_balance_threshold
             && (self.working.warned_at_ms == NEVER_WARNED
                 || now_ms.saturating_sub(self.working.warned_at_ms)
-                    >= settings.low_balance_cooldown.as_millis() as i64);
+                    >= crate::clock::millis(settings.low_balance_cooldown));
         let snapshot_after = Packed {
             balance: balance_after,
             seq: self.working.seq + 1,

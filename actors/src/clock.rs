@@ -4,6 +4,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A duration in whole milliseconds as an i64, saturating rather than
+/// wrapping to a negative number.
+pub fn millis(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// A source of the current time as Unix milliseconds.
 pub trait Clock: Send + Sync + 'static {
     fn now_ms(&self) -> i64;

@@ -29,7 +29,7 @@ impl Tickets {
     pub fn issue(&self, scope: FeedScope, now_ms: i64) -> Result<String, StoreError> {
         self.open.retain(|_, (_, expires_at)| *expires_at > now_ms);
         let ticket = access_tokens::random_secret("sft_")?;
-        let expires_at = now_ms + TICKET_LIFETIME.as_millis() as i64;
+        let expires_at = now_ms + sms_credit_actors::clock::millis(TICKET_LIFETIME);
         self.open.insert(ticket.clone(), (scope, expires_at));
         Ok(ticket)
     }

@@ -219,7 +219,8 @@ impl Messaging {
         let message = match sent {
             Ok(accepted) => {
                 let id = record.id;
-                let check_at = now_ms + self.settings.price_check_delay.as_millis() as i64;
+                let check_at =
+                    now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay));
                 let sid = accepted.sid.clone();
                 let (message, early_status) = self
                     .store
@@ -406,7 +407,7 @@ impl Messaging {
             .unwrap_or(Money::ZERO);
         let next_price_check_at = sid
             .as_ref()
-            .map(|_| now_ms + self.settings.price_check_delay.as_millis() as i64);
+            .map(|_| now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay)));
         Ok(ServiceRecord {
             account_id,
             kind,

@@ -22,14 +22,15 @@ pub async fn receive(
 ) -> Result<HttpResponse, ApiError> {
     billing(&state)?;
     let body = super::raw_body(payload, BODY_LIMIT).await?;
+    // Configured together with the secret key (the configuration refuses one without the other).
     let secret = state
         .settings
         .stripe
         .as_ref()
-        .and_then(|stripe| stripe.webhook_secret.as_ref())
+        .map(|stripe| &stripe.webhook_secret)
         .ok_or(ApiError::NotConfigured {
             code: "stripe_not_configured",
-            message: "the Stripe webhook is not configured on this server (set SMS_CREDIT_STRIPE_WEBHOOK_SECRET)",
+            message: "payments are not available on this server",
         })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("invalid_body", "the body is not UTF-8"))?;

@@ -211,6 +211,11 @@ fn render(state: &AppState) -> String {
             "Group commits that failed.",
             load(&stats.failed_commits),
         ),
+        (
+            "sms_credit_ledger_conflicts_total",
+            "Ledger writes refused because another process or instance wrote the account first (computed again).",
+            load(&stats.conflicts),
+        ),
     ];
     for (name, help, value) in counters {
         let _ = writeln!(

@@ -21,6 +21,7 @@ mod openapi;
 mod operations;
 mod quote;
 mod restart;
+mod second_writer;
 mod segment_properties;
 mod stored_values;
 mod stripe;

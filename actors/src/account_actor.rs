@@ -132,6 +132,11 @@ enum Lifecycle {
     Passivating,
 }
 
+/// How many times one mutation is computed again after the ledger moved on
+/// under it (another process or instance wrote to the account first)
+/// before its callers are told it was not applied.
+const MAX_ATTEMPTS: u8 = 16;
+
 /// A write queued to the store whose commit has not been seen yet.
 struct InFlight {
     entry: LedgerEntry,
@@ -139,8 +144,35 @@ struct InFlight {
     warning_due: bool,
     /// Callers waiting for this write: the first asked for it, the others
     /// repeated its idempotency key while it was in flight.
-    waiters: Vec<oneshot::Sender<Result<Receipt, LedgerError>>>,
+    waiters: Vec<Reply>,
     snapshot_after: Packed,
+    /// How many times this mutation has been computed (1 the first time).
+    attempts: u8,
+}
+
+/// A mutation to compute again on a reloaded snapshot, with its callers.
+struct Retry {
+    mutation: Mutation,
+    waiters: Vec<Reply>,
+    attempts: u8,
+}
+
+impl Retry {
+    /// The mutation an unapplied write (keyed `key`) was made from.
+    fn of(key: IdempotencyKey, in_flight: InFlight) -> Retry {
+        let entry = in_flight.entry;
+        Retry {
+            mutation: Mutation {
+                kind: entry.kind,
+                amount: entry.amount,
+                idempotency_key: key,
+                description: entry.description,
+                order_id: entry.order_id,
+            },
+            waiters: in_flight.waiters,
+            attempts: in_flight.attempts,
+        }
+    }
 }
 
 /// One change of balance, whatever message asked for it.
@@ -274,16 +306,19 @@ impl AccountActor {
             .map_or(self.working, |pipeline| pipeline.committed)
     }
 
-    /// Loads the committed snapshot, holding every message until it is in.
-    /// A store that cannot be read is retried, because answering from a
-    /// guessed state is never right.
-    fn load_snapshot(&mut self, ctx: &mut Context<Self>) {
+    /// Loads the committed snapshot, holding every message until it is in,
+    /// then computes `then` again on it. A store that cannot be read is
+    /// retried, because answering from a guessed state is never right.
+    fn load_snapshot(&mut self, then: Option<Retry>, ctx: &mut Context<Self>) {
         let load = self.shared.store.load_snapshot(self.account_id);
         ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
             Ok(Some(snapshot)) => {
                 actor.working = Packed::pack(snapshot);
                 if let Some(pipeline) = actor.in_flight.as_mut() {
                     pipeline.committed = actor.working;
+                }
+                if let Some(retry) = then {
+                    actor.begin_retry(retry, ctx);
                 }
             }
             Ok(None) => {
@@ -292,12 +327,19 @@ impl AccountActor {
                 // account created meanwhile is found. (A stopping actor
                 // drops its queued messages, which the registry resends.)
                 actor.lifecycle = Lifecycle::Missing;
+                if let Some(retry) = then {
+                    actor.begin_retry(retry, ctx);
+                }
                 ctx.run_later(MISSING_ACCOUNT_LINGER, |actor, ctx| actor.unlist_and_stop(ctx));
             }
             Err(error) => {
                 tracing::error!(account_id = %actor.account_id, %error, "cannot load snapshot; retrying");
                 let pause = actix::clock::sleep(Duration::from_millis(100));
-                ctx.wait(pause.into_actor(actor).map(|_, actor, ctx| actor.load_snapshot(ctx)));
+                ctx.wait(
+                    pause
+                        .into_actor(actor)
+                        .map(|_, actor, ctx| actor.load_snapshot(then, ctx)),
+                );
             }
         }));
     }
@@ -323,9 +365,35 @@ impl AccountActor {
     }
 
     fn begin_mutation(&mut self, mutation: Mutation, reply: Reply, ctx: &mut Context<Self>) {
+        self.begin_retry(
+            Retry {
+                mutation,
+                waiters: vec![reply],
+                attempts: 0,
+            },
+            ctx,
+        );
+    }
+
+    /// Computes a mutation (for the first time, or again after the ledger
+    /// moved on under it) and queues its write; its callers are answered
+    /// when the write is decided.
+    fn begin_retry(&mut self, retry: Retry, ctx: &mut Context<Self>) {
+        let Retry {
+            mutation,
+            mut waiters,
+            attempts,
+        } = retry;
+        let answer_all = |waiters: Vec<Reply>, outcome: Result<Receipt, LedgerError>| {
+            for (index, waiter) in waiters.into_iter().enumerate() {
+                let _ = waiter.send(outcome.clone().map(|receipt| Receipt {
+                    replayed: receipt.replayed || index > 0,
+                    ..receipt
+                }));
+            }
+        };
         if let Err(error) = self.admit() {
-            let _ = reply.send(Err(error));
-            return;
+            return answer_all(waiters, Err(error));
         }
         let joined = self
             .in_flight
@@ -333,18 +401,18 @@ impl AccountActor {
             .and_then(|pipeline| pipeline.writes.get_mut(&mutation.idempotency_key));
         if let Some(in_flight) = joined {
             if in_flight.entry.kind == mutation.kind && in_flight.entry.amount == mutation.amount {
-                in_flight.waiters.push(reply);
-            } else {
-                let _ = reply.send(Err(conflict(&in_flight.entry)));
+                in_flight.waiters.append(&mut waiters);
+                return;
             }
-            return;
+            let refusal = conflict(&in_flight.entry);
+            return answer_all(waiters, Err(refusal));
         }
         if self.in_flight_count() >= self.shared.settings.max_in_flight {
-            let _ = reply.send(Err(LedgerError::Busy));
-            return;
+            return answer_all(waiters, Err(LedgerError::Busy));
         }
-        // The key may have been used by an earlier activation: ask the
-        // ledger, holding later messages so that they are applied in order.
+        // The key may have been used by an earlier activation (or another
+        // process): ask the ledger, holding later messages so that they are
+        // applied in order.
         let lookup = self
             .shared
             .store
@@ -353,15 +421,15 @@ impl AccountActor {
             let outcome = match found {
                 Err(error) => Err(LedgerError::from(error)),
                 Ok(Some(existing)) => replay(existing, &mutation),
-                Ok(None) => match actor.apply(mutation, ctx) {
+                Ok(None) => match actor.apply(mutation, attempts + 1, ctx) {
                     Ok(in_flight) => {
-                        in_flight.waiters.push(reply);
+                        in_flight.waiters.append(&mut waiters);
                         return;
                     }
                     Err(error) => Err(error),
                 },
             };
-            let _ = reply.send(outcome);
+            answer_all(waiters, outcome);
         }));
     }
 
@@ -370,6 +438,7 @@ impl AccountActor {
     fn apply(
         &mut self,
         mutation: Mutation,
+        attempts: u8,
         ctx: &mut Context<Self>,
     ) -> Result<&mut InFlight, LedgerError> {
         let balance_after = self.working.balance.checked_add(mutation.amount)?;
@@ -440,6 +509,7 @@ impl AccountActor {
                 warning_due,
                 waiters: Vec::with_capacity(1),
                 snapshot_after,
+                attempts,
             }))
     }
 
@@ -476,15 +546,37 @@ impl AccountActor {
                 }
             }
             Err(error) => {
+                // Memory ran ahead of a write that did not land: start again
+                // from what is on disk (once per generation: later writes of
+                // the same generation are refused by the store, and come
+                // here too).
+                let reload = generation == self.generation;
+                if reload {
+                    self.generation = self.shared.store.next_generation();
+                }
+                // Nothing was applied, and the write was computed on a state
+                // that is gone (the ledger moved on under this actor, or an
+                // earlier write of it failed): compute it again, invisibly
+                // to its callers. A failed commit is answered instead: the
+                // store itself is in trouble.
+                let again = matches!(error, StoreError::Conflict | StoreError::Aborted)
+                    && in_flight.attempts < MAX_ATTEMPTS;
+                if again {
+                    let retry = Retry::of(key.clone(), in_flight);
+                    if reload {
+                        tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");
+                        self.load_snapshot(Some(retry), ctx);
+                    } else {
+                        self.begin_retry(retry, ctx);
+                    }
+                    return;
+                }
                 for waiter in in_flight.waiters {
                     let _ = waiter.send(Err(LedgerError::Store(error.clone())));
                 }
-                if generation == self.generation {
-                    // Memory ran ahead of a write that did not land: drop it
-                    // and start again from what is on disk.
+                if reload {
                     tracing::warn!(account_id = %self.account_id, %error, "write failed; reloading snapshot");
-                    self.generation = self.shared.store.next_generation();
-                    self.load_snapshot(ctx);
+                    self.load_snapshot(None, ctx);
                 }
             }
         }
@@ -546,7 +638,7 @@ impl Actor for AccountActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
-        self.load_snapshot(ctx);
+        self.load_snapshot(None, ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {

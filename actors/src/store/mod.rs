@@ -170,6 +170,10 @@ pub struct StoreStats {
     pub committed_writes: AtomicU64,
     /// Transactions that failed.
     pub failed_commits: AtomicU64,
+    /// Ledger writes refused because the account's snapshot had moved on
+    /// (another process or instance wrote first); their actors reload and
+    /// compute them again.
+    pub conflicts: AtomicU64,
     /// The largest batch seen.
     pub max_batch: AtomicU64,
     /// Total time spent on batches (statements and commit), in microseconds.
@@ -195,6 +199,7 @@ impl Default for StoreStats {
             commits: AtomicU64::new(0),
             committed_writes: AtomicU64::new(0),
             failed_commits: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
             max_batch: AtomicU64::new(0),
             batch_micros: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),

@@ -256,6 +256,7 @@ impl Writer {
                 done: write.done,
             }),
             Ok(false) => {
+                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 self.poison(account_id, write.generation);
                 refused.push(Refused::Ledger(write.done, StoreError::Conflict));
             }

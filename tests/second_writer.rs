@@ -1,0 +1,111 @@
+//! A second writer on the same database (a CLI command while the server
+//! runs, another process, another instance): a write whose snapshot guard
+//! finds the ledger moved on reloads and is computed again, invisibly to
+//! its caller, and nothing is applied twice.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use futures_util::future::join_all;
+use sms_credit_actors::{Adjust, IdempotencyKey, Money};
+
+use crate::helpers::{fresh_directory, run_cli, start_core, TestApp};
+use crate::ledger_actors::{assert_verified, new_account};
+
+const NEVER: Duration = Duration::from_secs(3600);
+
+#[actix_rt::test]
+async fn a_cli_write_while_the_server_runs_does_not_fail_the_next_http_write() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550950").await;
+    // The server's actor for the account is live with seq 1.
+    let (status, first) = app.post_adjustment(account, 5_000_000, "http-1").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+
+    let cli = run_cli(
+        &app.directory,
+        &[
+            "accounts",
+            "adjust",
+            &account.to_string(),
+            "--amount",
+            "2.00",
+            "--reason",
+            "goodwill",
+            "--idempotency-key",
+            "cli-1",
+        ],
+    );
+    assert!(cli.status.success(), "{cli:?}");
+
+    // The actor's snapshot is stale; its write is refused by the guard,
+    // reloaded and computed again: the caller sees a plain success.
+    let (status, second) = app.post_adjustment(account, 1_000_000, "http-2").await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert_eq!(second["transaction"]["seq"], 3);
+    assert_eq!(second["transaction"]["balance_after_micros"], 8_000_000);
+    assert_eq!(second["replayed"], false);
+    // The CLI's key, sent again through the server, is found, not applied again.
+    let (status, replayed) = app.post_adjustment(account, 2_000_000, "cli-1").await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    assert_eq!(replayed["replayed"], true);
+    assert_eq!(replayed["transaction"]["seq"], 2);
+    assert_eq!(app.balance_micros(account).await, 8_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() {
+    let directory = fresh_directory();
+    // Two cores on one database file: two writers, as two processes would be.
+    let first = start_core(&directory, NEVER);
+    let second = start_core(&directory, NEVER);
+    let mut accounts = Vec::new();
+    for index in 0..4 {
+        accounts.push(new_account(&first, &format!("+1415555096{index}")).await);
+    }
+    let mut requests = Vec::new();
+    for round in 0..50 {
+        for (index, account) in accounts.iter().enumerate() {
+            for (core_name, core) in [("a", &first), ("b", &second)] {
+                let adjust = Adjust {
+                    amount: Money::from_micros(1_000 + index as i64),
+                    idempotency_key: IdempotencyKey::parse(&format!("{core_name}-{round}"))
+                        .unwrap(),
+                    reason: "contended".into(),
+                };
+                requests.push(core.registry.send(*account, adjust));
+            }
+        }
+    }
+    let answers = join_all(requests).await;
+    let conflicts = |core: &sms_credit::startup::Core| {
+        core.store
+            .stats()
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    assert!(
+        conflicts(&first) + conflicts(&second) > 0,
+        "the two writers met on the same accounts"
+    );
+    let failures: Vec<_> = answers.iter().filter(|answer| answer.is_err()).collect();
+    assert!(failures.is_empty(), "every write succeeds: {failures:?}");
+    for (index, account) in accounts.iter().enumerate() {
+        let account = first.store.get_account(*account).await.unwrap().unwrap();
+        assert_eq!(account.seq, 100, "50 rounds × 2 processes, each once");
+        assert_eq!(account.balance.micros(), 100 * (1_000 + index as i64));
+    }
+    // The same keys again, through either process: replayed, never applied twice.
+    let again = Adjust {
+        amount: Money::from_micros(1_000),
+        idempotency_key: IdempotencyKey::parse("a-7").unwrap(),
+        reason: "contended".into(),
+    };
+    let receipt = second.registry.send(accounts[0], again).await.unwrap();
+    assert!(receipt.replayed);
+    first.shutdown().await;
+    second.shutdown().await;
+    assert_verified(&directory);
+}

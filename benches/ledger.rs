@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use sms_credit::config::Settings;
 use sms_credit::startup::Core;
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store::{self, queries};
+use sms_credit_actors::store::{self, LedgerWrite, Store, StoreSettings};
 use sms_credit_actors::{
     AccountId, Debit, IdempotencyKey, LedgerEntry, Money, Snapshot, TransactionKind,
 };
@@ -58,7 +58,7 @@ fn options() -> Options {
 
 /// Creates the accounts, each with one opening credit, in one transaction.
 fn seed(path: &std::path::Path, accounts: i64, opening_micros: i64) {
-    let mut connection = store::open_direct(path).unwrap();
+    let mut connection = store::sqlite::raw_connection(path).unwrap();
     let transaction = connection.transaction().unwrap();
     for id in 1..=accounts {
         transaction
@@ -172,7 +172,7 @@ fn naive_debits(options: &Options) -> f64 {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("naive.db");
     seed(&path, options.accounts, 1_000_000_000);
-    let connection = store::open_direct(&path).unwrap();
+    let connection = store::sqlite::raw_connection(&path).unwrap();
     let started = Instant::now();
     for number in 0..options.naive_debits {
         let account = (number % options.accounts as u64) as i64 + 1;
@@ -211,26 +211,27 @@ fn naive_debits(options: &Options) -> f64 {
     options.naive_debits as f64 / started.elapsed().as_secs_f64()
 }
 
-/// The store's statements alone on one thread, in batches like the
-/// writer's: the floor under the actor design on this machine.
+/// Ledger writes submitted straight to the store's port, no actors, from
+/// one thread, each account's writes chained: the floor under the actor
+/// design on this machine.
 fn store_floor(options: &Options) -> f64 {
     let directory = tempfile::tempdir().unwrap();
     let path = directory.path().join("floor.db");
     seed(&path, options.accounts, 1_000_000_000);
-    let connection = store::open_direct(&path).unwrap();
-    let mut snapshots: Vec<Snapshot> = (0..=options.accounts)
-        .map(|_| Snapshot {
-            balance: Money::from_micros(1_000_000_000),
-            seq: 1,
-            low_balance_warned_at_ms: None,
-        })
-        .collect();
-    let total = options.debits.min(200_000);
-    let started = Instant::now();
-    let mut number = 0;
-    while number < total {
-        connection.execute_batch("BEGIN IMMEDIATE").unwrap();
-        for _ in 0..256 {
+    actix_rt::System::new().block_on(async move {
+        let store = Store::open(&StoreSettings::sqlite(&path)).unwrap();
+        let mut snapshots: Vec<Snapshot> = (0..=options.accounts)
+            .map(|_| Snapshot {
+                balance: Money::from_micros(1_000_000_000),
+                seq: 1,
+                low_balance_warned_at_ms: None,
+            })
+            .collect();
+        let total = options.debits.min(200_000);
+        let generation = store.next_generation();
+        let started = Instant::now();
+        let mut answers = Vec::with_capacity(total as usize);
+        for number in 0..total {
             let account = (number % options.accounts as u64) as i64 + 1;
             let previous = snapshots[account as usize];
             let next = Snapshot {
@@ -238,24 +239,36 @@ fn store_floor(options: &Options) -> f64 {
                 seq: previous.seq + 1,
                 ..previous
             };
-            let entry = LedgerEntry {
-                account_id: AccountId(account),
-                seq: next.seq,
-                kind: TransactionKind::Debit,
-                amount: Money::from_micros(-56_500),
-                balance_after: next.balance,
-                idempotency_key: format!("floor-{number}"),
-                order_id: None,
-                description: String::new(),
-                created_at_ms: 0,
-            };
-            assert!(queries::append_entry(&connection, &entry, &previous, &next).unwrap());
+            let (done, answer) = tokio::sync::oneshot::channel();
+            store
+                .ledger()
+                .submit(LedgerWrite {
+                    entry: LedgerEntry {
+                        account_id: AccountId(account),
+                        seq: next.seq,
+                        kind: TransactionKind::Debit,
+                        amount: Money::from_micros(-56_500),
+                        balance_after: next.balance,
+                        idempotency_key: format!("floor-{number}"),
+                        order_id: None,
+                        description: String::new(),
+                        created_at_ms: 0,
+                    },
+                    previous,
+                    next,
+                    generation,
+                    done,
+                    submitted_at: Instant::now(),
+                })
+                .unwrap();
+            answers.push(answer);
             snapshots[account as usize] = next;
-            number += 1;
         }
-        connection.execute_batch("COMMIT").unwrap();
-    }
-    number as f64 / started.elapsed().as_secs_f64()
+        for answer in answers {
+            answer.await.unwrap().unwrap();
+        }
+        total as f64 / started.elapsed().as_secs_f64()
+    })
 }
 
 fn main() {
@@ -273,7 +286,7 @@ fn main() {
         options.naive_debits
     );
     let floor = store_floor(&options);
-    println!("store alone (one thread, batches of 256, no actors): {floor:.0} debits/s");
+    println!("store alone (writes submitted to the port from one thread, no actors): {floor:.0} debits/s");
     let (rate, p50, p99, commits, writes) = actor_debits(&options);
     println!(
         "actors + group commit: {rate:.0} debits/s over {} debits",

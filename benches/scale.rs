@@ -63,7 +63,7 @@ fn rss_kib(pid: &str) -> u64 {
 /// Accounts with valid US numbers and `rows` credits each, written with
 /// the journal off (it is a benchmark fixture, not data).
 fn build_database(path: &Path, accounts: i64, rows: i64) {
-    let connection = store::open_direct(path).unwrap();
+    let connection = store::sqlite::raw_connection(path).unwrap();
     connection
         .pragma_update(None, "journal_mode", "OFF")
         .unwrap();
@@ -114,21 +114,15 @@ fn activate(path: &Path, count: i64) -> (u64, u64) {
         let core = Core::start(&settings, Arc::new(SystemClock)).unwrap();
         // One actor first, so that the arbiters and the store have warmed up.
         core.registry.send(AccountId(1), GetBalance).await.unwrap();
-        // Warm every reader's page cache with the snapshots, so that the
-        // figure is the actors' memory, not SQLite's cache.
-        for _ in 0..8 {
-            core.store
-                .read(|connection| {
-                    connection
-                        .query_row(
-                            "SELECT SUM(balance), SUM(seq) FROM account_balances",
-                            [],
-                            |row| row.get::<_, i64>(0),
-                        )
-                        .map_err(sms_credit_actors::StoreError::from)
-                })
-                .await
-                .unwrap();
+        // Warm the store's page cache with the snapshots the actors will
+        // load, so that the figure is the actors' memory, not SQLite's cache.
+        for chunk in (1..=count).collect::<Vec<_>>().chunks(1_000) {
+            join_all(
+                chunk
+                    .iter()
+                    .map(|id| core.store.ledger().snapshot(AccountId(*id))),
+            )
+            .await;
         }
         let before = rss_kib("self");
         for chunk in (2..=count).collect::<Vec<_>>().chunks(1_000) {

@@ -68,10 +68,7 @@ impl FromRequest for AccountHolder {
         Box::pin(async move {
             let state = state.ok_or_else(missing_state)?;
             let token = token.ok_or(ApiError::Unauthorized)?;
-            let account = state
-                .store
-                .read(move |connection| access_tokens::find_account(connection, &token))
-                .await?;
+            let account = access_tokens::account_of(&state.store, &token).await?;
             account.map(AccountHolder).ok_or(ApiError::Unauthorized)
         })
     }

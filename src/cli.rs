@@ -8,13 +8,13 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
-use sms_credit_actors::billing::discounts::{self, normalize_code, Discount};
-use sms_credit_actors::billing::pricing::{self, Pricing, PricingMode};
+use sms_credit_actors::billing::discounts::{normalize_code, Discount};
+use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::messaging::reconcile;
 use sms_credit_actors::rating::{quote, QuoteRequest};
-use sms_credit_actors::store::{self, queries};
-use sms_credit_actors::{access_tokens, export, verify, AccountId, Adjust, IdempotencyKey, Money};
+use sms_credit_actors::store::{Store, StoreSettings};
+use sms_credit_actors::{access_tokens, export, AccountId, Adjust, IdempotencyKey, Money};
 
 use crate::config::{Options, Settings};
 use crate::startup::{Application, Core};
@@ -204,8 +204,13 @@ fn serve(settings: Settings) -> Result<(), String> {
 }
 
 fn verify_command(settings: &Settings, as_json: bool) -> ExitCode {
-    let report =
-        store::open_direct(&settings.database).and_then(|connection| verify::verify(&connection));
+    let report = with_store(settings, |store| async move {
+        store
+            .ledger()
+            .verify()
+            .await
+            .map_err(|error| error.to_string())
+    });
     let report = match report {
         Ok(report) => report,
         Err(error) => {
@@ -290,8 +295,11 @@ fn quote_command(
 }
 
 fn reconcile_command(settings: &Settings, as_json: bool) -> Result<(), String> {
-    let connection = store::open_direct(&settings.database).map_err(|error| error.to_string())?;
-    let report = reconcile::report(&connection).map_err(|error| error.to_string())?;
+    let report = with_store(settings, |store| async move {
+        reconcile::report_from(&store)
+            .await
+            .map_err(|error| error.to_string())
+    })?;
     if as_json {
         println!("{}", json!(report));
         return Ok(());
@@ -340,9 +348,13 @@ fn pricing_command(
     sale_price: Option<String>,
 ) -> Result<(), String> {
     let Some(mode) = mode else {
-        let connection =
-            store::open_direct(&settings.database).map_err(|error| error.to_string())?;
-        let current = pricing::load(&connection).map_err(|error| error.to_string())?;
+        let current = with_store(settings, |store| async move {
+            store
+                .billing()
+                .pricing()
+                .await
+                .map_err(|error| error.to_string())
+        })?;
         println!(
             "{}",
             json!({"mode": current.mode, "price_micros": current.price().micros(), "price": current.price().to_string()})
@@ -355,9 +367,10 @@ fn pricing_command(
         .transpose()
         .map_err(|error| error.to_string())?;
     let new_pricing = Pricing::new(mode, sale_price)?;
-    with_core(settings, |core| async move {
-        core.store
-            .write(move |connection| pricing::save(connection, &new_pricing, SystemClock.now_ms()))
+    with_store(settings, |store| async move {
+        store
+            .billing()
+            .set_pricing(new_pricing, SystemClock.now_ms())
             .await
             .map_err(|error| error.to_string())?;
         println!(
@@ -374,9 +387,14 @@ fn discount_codes_command(
 ) -> Result<(), String> {
     match command {
         DiscountCodesCommand::List => {
-            let connection =
-                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
-            for code in discounts::list(&connection).map_err(|error| error.to_string())? {
+            let codes = with_store(settings, |store| async move {
+                store
+                    .billing()
+                    .discount_codes()
+                    .await
+                    .map_err(|error| error.to_string())
+            })?;
+            for code in codes {
                 println!("{}", json!(code));
             }
             Ok(())
@@ -398,18 +416,10 @@ fn discount_codes_command(
             if max_uses.is_some_and(|uses| uses < 1) {
                 return Err("--max-uses must be at least 1".to_string());
             }
-            with_core(settings, |core| async move {
-                let created = core
-                    .store
-                    .write(move |connection| {
-                        discounts::create(
-                            connection,
-                            &code,
-                            discount,
-                            max_uses,
-                            SystemClock.now_ms(),
-                        )
-                    })
+            with_store(settings, |store| async move {
+                let created = store
+                    .billing()
+                    .create_discount_code(code, discount, max_uses, SystemClock.now_ms())
                     .await
                     .map_err(|error| error.to_string())?
                     .ok_or("that code exists already")?;
@@ -421,15 +431,13 @@ fn discount_codes_command(
         | DiscountCodesCommand::Deactivate { ref code } => {
             let active = matches!(command, DiscountCodesCommand::Activate { .. });
             let code = normalize_code(code)?;
-            with_core(settings, |core| async move {
-                let found = core
-                    .store
-                    .write(move |connection| discounts::set_active(connection, &code, active))
+            with_store(settings, |store| async move {
+                store
+                    .billing()
+                    .set_discount_code_active(code, active)
                     .await
-                    .map_err(|error| error.to_string())?;
-                if !found {
-                    return Err("there is no such code".to_string());
-                }
+                    .map_err(|error| error.to_string())?
+                    .ok_or("there is no such code")?;
                 println!("{}", json!({"active": active}));
                 Ok(())
             })
@@ -449,10 +457,10 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                     .map_err(|error| error.to_string())?,
                 status: AccountStatus::Active,
             };
-            with_core(settings, |core| async move {
-                let account = core
-                    .store
-                    .create_account(new_account, SystemClock.now_ms())
+            with_store(settings, |store| async move {
+                let account = store
+                    .accounts()
+                    .create(new_account, SystemClock.now_ms())
                     .await
                     .map_err(|error| error.to_string())?;
                 println!(
@@ -463,15 +471,21 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             })
         }
         AccountsCommand::Show { id, transactions } => {
-            let connection =
-                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
             let account_id = AccountId(id);
-            let account = queries::get_account(&connection, account_id)
-                .map_err(|error| error.to_string())?
-                .ok_or_else(|| format!("account {id} does not exist"))?;
-            let entries =
-                queries::recent_entries(&connection, account_id, transactions.clamp(0, 10_000))
+            let (account, entries) = with_store(settings, |store| async move {
+                let account = store
+                    .accounts()
+                    .get(account_id)
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .ok_or_else(|| format!("account {id} does not exist"))?;
+                let entries = store
+                    .ledger()
+                    .latest_entries(account_id, transactions.clamp(0, 10_000))
+                    .await
                     .map_err(|error| error.to_string())?;
+                Ok((account, entries))
+            })?;
             println!(
                 "account {} {} ({}) balance {} ({} micro-dollars) seq {}",
                 account.id,
@@ -500,15 +514,13 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             after_id,
             limit,
         } => {
-            let connection =
-                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
-            let accounts = queries::list_accounts(
-                &connection,
-                search.as_deref(),
-                after_id,
-                limit.clamp(1, 100_000),
-            )
-            .map_err(|error| error.to_string())?;
+            let accounts = with_store(settings, |store| async move {
+                store
+                    .accounts()
+                    .list(search, after_id, limit.clamp(1, 100_000))
+                    .await
+                    .map_err(|error| error.to_string())
+            })?;
             for account in &accounts {
                 println!(
                     "{:<8} {:<16} {:<8} {:>12}  {}",
@@ -522,57 +534,72 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             Ok(())
         }
         AccountsCommand::Export { id } => {
-            let connection =
-                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
             let account_id = AccountId(id);
-            queries::get_account(&connection, account_id)
-                .map_err(|error| error.to_string())?
-                .ok_or_else(|| format!("account {id} does not exist"))?;
-            let mut out = std::io::stdout().lock();
-            let mut write = |text: &str| {
-                std::io::Write::write_all(&mut out, text.as_bytes())
-                    .map_err(|error| error.to_string())
-            };
-            write(export::CSV_HEADER)?;
-            let mut after_seq = 0;
-            loop {
-                let page = queries::list_entries(&connection, account_id, after_seq, 1000)
-                    .map_err(|error| error.to_string())?;
-                for entry in &page {
-                    write(&export::csv_row(entry))?;
-                    after_seq = entry.seq;
+            with_store(settings, |store| async move {
+                store
+                    .accounts()
+                    .get(account_id)
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .ok_or_else(|| format!("account {id} does not exist"))?;
+                let mut out = std::io::stdout().lock();
+                let mut write = |text: &str| {
+                    std::io::Write::write_all(&mut out, text.as_bytes())
+                        .map_err(|error| error.to_string())
+                };
+                write(export::CSV_HEADER)?;
+                let mut after_seq = 0;
+                loop {
+                    let page = store
+                        .ledger()
+                        .entries_after(account_id, after_seq, 1000)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                    for entry in &page {
+                        write(&export::csv_row(entry))?;
+                        after_seq = entry.seq;
+                    }
+                    if page.len() < 1000 {
+                        return Ok(());
+                    }
                 }
-                if page.len() < 1000 {
-                    return Ok(());
-                }
-            }
+            })
         }
         AccountsCommand::Token { action, id } => {
-            let mut connection =
-                store::open_direct(&settings.database).map_err(|error| error.to_string())?;
             let account_id = AccountId(id);
             let now_ms = SystemClock.now_ms();
-            let transaction = connection
-                .transaction()
-                .map_err(|error| error.to_string())?;
-            queries::get_account(&transaction, account_id)
-                .map_err(|error| error.to_string())?
-                .ok_or_else(|| format!("account {id} does not exist"))?;
-            let revoked = if action == "issue" {
-                0
-            } else {
-                access_tokens::revoke_all(&transaction, account_id, now_ms)
-                    .map_err(|error| error.to_string())?
-            };
-            let token = if action == "revoke" {
-                None
-            } else {
-                Some(
-                    access_tokens::issue(&transaction, account_id, now_ms)
-                        .map_err(|error| error.to_string())?,
-                )
-            };
-            transaction.commit().map_err(|error| error.to_string())?;
+            let missing = || format!("account {id} does not exist");
+            let (revoked, token) = with_store(settings, |store| async move {
+                let answer = match action.as_str() {
+                    "issue" => access_tokens::issue(&store, account_id, now_ms)
+                        .await
+                        .map_err(|error| error.to_string())?
+                        .map(|token| (0, Some(token))),
+                    "rotate" => access_tokens::rotate(&store, account_id, now_ms)
+                        .await
+                        .map_err(|error| error.to_string())?
+                        .map(|(revoked, token)| (revoked, Some(token))),
+                    _ => {
+                        let exists = store
+                            .accounts()
+                            .get(account_id)
+                            .await
+                            .map_err(|error| error.to_string())?
+                            .is_some();
+                        if exists {
+                            let revoked = store
+                                .tokens()
+                                .revoke_all(account_id, now_ms)
+                                .await
+                                .map_err(|error| error.to_string())?;
+                            Some((revoked, None))
+                        } else {
+                            None
+                        }
+                    }
+                };
+                answer.ok_or_else(missing)
+            })?;
             println!(
                 "{}",
                 json!({"account_id": account_id, "token": token, "revoked": revoked})
@@ -610,6 +637,21 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             })
         }
     }
+}
+
+/// Opens the store (no actors), runs `work`, and waits for its last commit.
+fn with_store<T, F, Fut>(settings: &Settings, work: F) -> Result<T, String>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    actix_rt::System::new().block_on(async move {
+        let store = Store::open(&StoreSettings::new(settings.database.clone()))
+            .map_err(|error| error.to_string())?;
+        let outcome = work(store.clone()).await;
+        store.flush().await.map_err(|error| error.to_string())?;
+        outcome
+    })
 }
 
 /// Starts the core on the database, runs `work`, and shuts the core down.

@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 use sms_credit_actors::rating::RateTable;
+use sms_credit_actors::store::DatabaseLocation;
 use sms_credit_actors::Money;
 
 /// A secret value whose `Debug` and `Display` never show it.
@@ -87,9 +88,9 @@ pub struct Options {
     #[arg(long, env = "SMS_CREDIT_BIND", global = true, value_name = "ADDR")]
     pub bind: Option<String>,
 
-    /// SQLite database file; created and migrated if absent [default: ./sms-credit.db].
+    /// The database: an SQLite file path or sqlite://path (created and migrated if absent) [default: ./sms-credit.db].
     #[arg(long, env = "SMS_CREDIT_DATABASE", global = true, value_name = "FILE")]
-    pub database: Option<PathBuf>,
+    pub database: Option<String>,
 
     /// Bearer token for the admin API under /v1/admin; without it the admin API answers 503.
     #[arg(
@@ -319,7 +320,7 @@ pub struct TwilioSettings {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub bind: String,
-    pub database: PathBuf,
+    pub database: DatabaseLocation,
     pub admin_token: Option<Secret>,
     pub api_key: Option<Secret>,
     pub public_url: Option<String>,
@@ -361,13 +362,10 @@ impl Settings {
 
     /// Settings for a server on `database` with nothing else configured.
     pub fn local(database: impl Into<PathBuf>) -> Settings {
-        let options = Options {
-            database: Some(database.into()),
-            ..Options::default()
-        };
-        // Defaults only: cannot fail.
-        Settings::from_options(options)
-            .unwrap_or_else(|_| unreachable!("default settings are valid"))
+        let mut settings = Settings::from_options(Options::default())
+            .unwrap_or_else(|_| unreachable!("default settings are valid"));
+        settings.database = DatabaseLocation::Sqlite(database.into());
+        settings
     }
 
     /// Merges flags/environment over the config file over defaults, and checks the result.
@@ -509,6 +507,12 @@ impl Settings {
                 })?,
             None => Money::from_micros(2_000_000),
         };
+        let database =
+            DatabaseLocation::parse(options.database.as_deref().unwrap_or("./sms-credit.db"))
+                .map_err(|reason| ConfigError::Invalid {
+                    variable: "SMS_CREDIT_DATABASE",
+                    reason,
+                })?;
         let signup_url = options
             .signup_url
             .map(|url| checked_url("SMS_CREDIT_SIGNUP_URL", url))
@@ -516,9 +520,7 @@ impl Settings {
 
         Ok(Settings {
             bind,
-            database: options
-                .database
-                .unwrap_or_else(|| PathBuf::from("./sms-credit.db")),
+            database,
             admin_token: options
                 .admin_token
                 .map(|token| non_empty_secret("SMS_CREDIT_ADMIN_TOKEN", token))
@@ -897,11 +899,11 @@ mod tests {
             toml::from_str("bind = \"127.0.0.1:9000\"\ndatabase = \"from-file.db\"")
                 .unwrap_or_default();
         let flags = Options {
-            database: Some(PathBuf::from("from-flag.db")),
+            database: Some("from-flag.db".to_string()),
             ..Options::default()
         };
         let merged = merge(flags, file);
         assert_eq!(merged.bind.as_deref(), Some("127.0.0.1:9000"));
-        assert_eq!(merged.database, Some(PathBuf::from("from-flag.db")));
+        assert_eq!(merged.database.as_deref(), Some("from-flag.db"));
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use sms_credit_actors::billing::BillingError;
 use sms_credit_actors::messaging::MessagingError;
 use sms_credit_actors::rating::RatingError;
-use sms_credit_actors::store::queries::CreateAccountError;
+use sms_credit_actors::store::CreateAccountError;
 use sms_credit_actors::supervisor::SmsError;
 use sms_credit_actors::{LedgerError, StoreError};
 

@@ -39,7 +39,7 @@ pub struct Core {
 impl Core {
     /// Opens the store and starts the actors. Must run inside an actix system.
     pub fn start(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Core, StoreError> {
-        let store = Store::open(&StoreSettings::new(&settings.database))?;
+        let store = Store::open(&StoreSettings::new(settings.database.clone()))?;
         sms_credit_actors::phone::warm_up();
         let arbiters: Vec<Arbiter> = (0..settings.actor_threads)
             .map(|_| Arbiter::new())

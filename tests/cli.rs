@@ -80,7 +80,8 @@ fn accounts_verify_and_tampering() {
     );
 
     // Tamper with the ledger behind the store's back: verify must notice.
-    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    let connection =
+        store::sqlite::raw_connection(&directory.path().join("sms-credit.db")).unwrap();
     connection
         .execute_batch("UPDATE account_balances SET balance = balance + 1")
         .unwrap();
@@ -280,7 +281,8 @@ fn admin_tools_from_the_command_line() {
         (revoked["revoked"].as_i64(), revoked["token"].is_null()),
         (Some(1), true)
     );
-    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    let connection =
+        store::sqlite::raw_connection(&directory.path().join("sms-credit.db")).unwrap();
     let live: i64 = connection
         .query_row(
             "SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL",

@@ -219,7 +219,8 @@ async fn acknowledged_operations_survive_sigkill() {
         String::from_utf8_lossy(&verified.stdout)
     );
     let connection =
-        sms_credit_actors::store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+        sms_credit_actors::store::sqlite::raw_connection(&directory.path().join("sms-credit.db"))
+            .unwrap();
     let count_rows = |account: i64, key: &str, amount: i64| -> i64 {
         connection
             .query_row(

@@ -7,9 +7,7 @@ use futures_util::future::join_all;
 use sms_credit::startup::Core;
 use sms_credit_actors::accounts::{AccountStatus, NewAccount, PhoneNumber};
 use sms_credit_actors::store::{self, StoreError};
-use sms_credit_actors::{
-    verify, AccountId, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money,
-};
+use sms_credit_actors::{AccountId, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money};
 use tempfile::TempDir;
 
 use crate::helpers::{fresh_directory, start_core};
@@ -22,7 +20,12 @@ pub async fn new_account(core: &Core, phone: &str) -> AccountId {
         email: None,
         status: AccountStatus::Active,
     };
-    core.store.create_account(new_account, 0).await.unwrap().id
+    core.store
+        .accounts()
+        .create(new_account, 0)
+        .await
+        .unwrap()
+        .id
 }
 
 pub fn key(text: &str) -> IdempotencyKey {
@@ -46,9 +49,18 @@ pub fn debit(micros: i64, idempotency_key: &str) -> Debit {
     }
 }
 
+/// Recomputes every account of the database in `directory` from its
+/// ledger (through a store of its own) and fails on any problem.
 pub fn assert_verified(directory: &TempDir) {
-    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
-    let report = verify::verify(&connection).unwrap();
+    let path = directory.path().join("sms-credit.db");
+    let report = std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let store = store::Store::open(&store::StoreSettings::sqlite(path)).unwrap();
+            store.ledger().verify().await.unwrap()
+        })
+    })
+    .join()
+    .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
@@ -444,7 +456,8 @@ async fn a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace() 
     assert!(failed.len() < answers.len(), "and only some");
 
     // On disk: exactly the acknowledged debits, none of the failed ones.
-    let connection = store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+    let connection =
+        store::sqlite::raw_connection(&directory.path().join("sms-credit.db")).unwrap();
     for (account, index, answer) in &answers {
         let rows: i64 = connection
             .query_row(

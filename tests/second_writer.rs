@@ -93,7 +93,7 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
     let failures: Vec<_> = answers.iter().filter(|answer| answer.is_err()).collect();
     assert!(failures.is_empty(), "every write succeeds: {failures:?}");
     for (index, account) in accounts.iter().enumerate() {
-        let account = first.store.get_account(*account).await.unwrap().unwrap();
+        let account = first.store.accounts().get(*account).await.unwrap().unwrap();
         assert_eq!(account.seq, 100, "50 rounds × 2 processes, each once");
         assert_eq!(account.balance.micros(), 100 * (1_000 + index as i64));
     }

@@ -17,7 +17,8 @@ use crate::twilio::{account_with_balance, app_with_twilio};
 /// release (or a hand edit) might have left it.
 fn tamper(directory: &TempDir, sql: &str) {
     let connection =
-        sms_credit_actors::store::open_direct(&directory.path().join("sms-credit.db")).unwrap();
+        sms_credit_actors::store::sqlite::raw_connection(&directory.path().join("sms-credit.db"))
+            .unwrap();
     connection
         .execute_batch(&format!(
             "PRAGMA ignore_check_constraints = ON; {sql}; PRAGMA ignore_check_constraints = OFF;"

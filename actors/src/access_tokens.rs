@@ -1,16 +1,16 @@
 //! Account tokens: random secrets an account holder signs in with, shown
 //! once at issue and stored only as their SHA-256, revocable by an admin.
 
-use rusqlite::{params, Connection, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use crate::ledger::AccountId;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 
 /// Every token starts with this, so a leaked one is recognisable.
 const PREFIX: &str = "sct_";
 
-fn hash(token: &str) -> String {
+/// What the store keeps of a token.
+pub fn hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
 
@@ -27,43 +27,40 @@ pub fn random_secret(prefix: &str) -> Result<String, StoreError> {
     Ok(format!("{prefix}{}", hex::encode(bytes)))
 }
 
-/// Stores the hash of a new token for an account and returns the token.
-pub fn issue(
-    connection: &Connection,
+/// Issues a token for an account; `None` if there is no such account.
+pub async fn issue(
+    store: &Store,
     account_id: AccountId,
     now_ms: i64,
-) -> Result<String, StoreError> {
+) -> Result<Option<String>, StoreError> {
     let token = generate()?;
-    connection
-        .prepare_cached(
-            "INSERT INTO account_tokens (account_id, token_hash, created_at) VALUES (?1, ?2, ?3)",
-        )?
-        .execute(params![account_id.0, hash(&token), now_ms])?;
-    Ok(token)
+    let stored = store
+        .tokens()
+        .issue(account_id, hash(&token), now_ms)
+        .await?;
+    Ok(stored.then_some(token))
 }
 
-/// Revokes every live token of an account; returns how many.
-pub fn revoke_all(
-    connection: &Connection,
+/// Revokes every token of an account and issues a new one, in one
+/// transaction: how many were revoked and the new token, or `None` if
+/// there is no such account.
+pub async fn rotate(
+    store: &Store,
     account_id: AccountId,
     now_ms: i64,
-) -> Result<usize, StoreError> {
-    let revoked = connection
-        .prepare_cached("UPDATE account_tokens SET revoked_at = ?2 WHERE account_id = ?1 AND revoked_at IS NULL")?
-        .execute(params![account_id.0, now_ms])?;
-    Ok(revoked)
+) -> Result<Option<(usize, String)>, StoreError> {
+    let token = generate()?;
+    let revoked = store
+        .tokens()
+        .rotate(account_id, hash(&token), now_ms)
+        .await?;
+    Ok(revoked.map(|revoked| (revoked, token)))
 }
 
 /// The account a live token belongs to.
-pub fn find_account(connection: &Connection, token: &str) -> Result<Option<AccountId>, StoreError> {
+pub async fn account_of(store: &Store, token: &str) -> Result<Option<AccountId>, StoreError> {
     if !token.starts_with(PREFIX) {
         return Ok(None);
     }
-    let found = connection
-        .prepare_cached(
-            "SELECT account_id FROM account_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
-        )?
-        .query_row([hash(token)], |row| row.get(0))
-        .optional()?;
-    Ok(found.map(AccountId))
+    store.tokens().account_of(hash(token)).await
 }

@@ -310,7 +310,7 @@ impl AccountActor {
     /// then computes `then` again on it. A store that cannot be read is
     /// retried, because answering from a guessed state is never right.
     fn load_snapshot(&mut self, then: Option<Retry>, ctx: &mut Context<Self>) {
-        let load = self.shared.store.load_snapshot(self.account_id);
+        let load = self.shared.store.ledger().snapshot(self.account_id);
         ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
             Ok(Some(snapshot)) => {
                 actor.working = Packed::pack(snapshot);
@@ -416,7 +416,8 @@ impl AccountActor {
         let lookup = self
             .shared
             .store
-            .find_entry_by_key(self.account_id, mutation.idempotency_key.clone());
+            .ledger()
+            .entry_by_key(self.account_id, mutation.idempotency_key.clone());
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
                 Err(error) => Err(LedgerError::from(error)),
@@ -478,12 +479,13 @@ impl AccountActor {
         // What is committed, read before the working state moves on.
         let committed_before = self.committed();
         let (done, committed) = oneshot::channel();
-        self.shared.store.submit_ledger_write(LedgerWrite {
+        self.shared.store.ledger().submit(LedgerWrite {
             entry: entry.clone(),
             previous: self.working.unpack(),
             next: snapshot_after.unpack(),
             generation: self.generation,
             done,
+            submitted_at: Instant::now(),
         })?;
         self.working = snapshot_after;
 

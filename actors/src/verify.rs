@@ -1,13 +1,10 @@
 //! Recomputes every account from its ledger and reports where the ledger
-//! and the snapshots disagree: what `sms-credit verify` prints.
+//! and the snapshots disagree: what `sms-credit verify` prints. A store
+//! feeds the rows ([`Verifier`]); the rules are here.
 
-use std::collections::HashSet;
-
-use rusqlite::Connection;
 use serde::Serialize;
 
-use crate::ledger::AccountId;
-use crate::store::StoreError;
+use crate::ledger::{AccountId, TransactionKind};
 
 /// One disagreement between the ledger and the snapshots.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -42,6 +39,12 @@ pub enum Problem {
     },
     /// An account has no snapshot row.
     MissingSnapshot { account_id: AccountId },
+    /// A row's type is not one this release knows.
+    UnknownType {
+        account_id: AccountId,
+        seq: i64,
+        stored: String,
+    },
 }
 
 /// What a verification found.
@@ -63,29 +66,118 @@ struct AccountScan {
     account_id: AccountId,
     sum: i128,
     last_seq: i64,
+    /// The account's snapshot (balance, seq), if it has one.
+    snapshot: Option<(i64, i64)>,
 }
 
-/// Scans every ledger row in (account, seq) order and every snapshot.
-pub fn verify(connection: &Connection) -> Result<VerifyReport, StoreError> {
-    let mut report = VerifyReport::default();
-    let mut scanned = HashSet::new();
-    let mut snapshot_query =
-        connection.prepare("SELECT balance, seq FROM account_balances WHERE account_id = ?1")?;
-    let mut finish = |scan: &AccountScan, report: &mut VerifyReport| -> Result<(), StoreError> {
-        report.accounts_checked += 1;
-        let snapshot: Option<(i64, i64)> = snapshot_query
-            .query_row([scan.account_id.0], |row| Ok((row.get(0)?, row.get(1)?)))
-            .map(Some)
-            .or_else(|error| match error {
-                rusqlite::Error::QueryReturnedNoRows => Ok(None),
-                other => Err(other),
-            })?;
+/// One ledger row as the verifier needs it, with its account's snapshot.
+pub struct VerifyRow {
+    pub account_id: AccountId,
+    pub seq: i64,
+    /// The stored type, as text (an unknown one is reported, not fatal).
+    pub kind: String,
+    pub amount: i64,
+    pub balance_after: i64,
+    /// The account's snapshot (balance, seq), if it has one.
+    pub snapshot: Option<(i64, i64)>,
+}
+
+/// Recomputes accounts from rows a store feeds it: every ledger row in
+/// (account, seq) order, then every account that has no rows. The store
+/// reads; the verifier decides what is a problem.
+#[derive(Default)]
+pub struct Verifier {
+    report: VerifyReport,
+    current: Option<AccountScan>,
+}
+
+impl Verifier {
+    pub fn new() -> Verifier {
+        Verifier::default()
+    }
+
+    /// The next ledger row, in (account, seq) order.
+    pub fn row(&mut self, row: VerifyRow) {
+        self.report.transactions_checked += 1;
+        if self.current.as_ref().map(|scan| scan.account_id) != Some(row.account_id) {
+            self.finish_account();
+            self.current = Some(AccountScan {
+                account_id: row.account_id,
+                sum: 0,
+                last_seq: 0,
+                snapshot: row.snapshot,
+            });
+        }
+        let Some(scan) = self.current.as_mut() else {
+            return;
+        };
+        let problems = &mut self.report.problems;
+        if row.seq != scan.last_seq + 1 {
+            problems.push(Problem::SeqGap {
+                account_id: row.account_id,
+                expected_seq: scan.last_seq + 1,
+                found_seq: row.seq,
+            });
+        }
+        scan.last_seq = row.seq;
+        scan.sum += i128::from(row.amount);
+        if scan.sum != i128::from(row.balance_after) {
+            problems.push(Problem::BalanceAfterMismatch {
+                account_id: row.account_id,
+                seq: row.seq,
+                running_sum_micros: scan.sum,
+                recorded_micros: row.balance_after,
+            });
+        }
+        match TransactionKind::parse(&row.kind) {
+            Some(TransactionKind::Debit) if row.balance_after < 0 => {
+                problems.push(Problem::DebitBelowZero {
+                    account_id: row.account_id,
+                    seq: row.seq,
+                    balance_micros: row.balance_after,
+                })
+            }
+            Some(_) => {}
+            None => problems.push(Problem::UnknownType {
+                account_id: row.account_id,
+                seq: row.seq,
+                stored: row.kind,
+            }),
+        }
+    }
+
+    /// An account with no ledger row: its snapshot must be empty.
+    pub fn account_without_rows(&mut self, account_id: AccountId, snapshot: Option<(i64, i64)>) {
+        self.finish_account();
+        self.report.accounts_checked += 1;
         match snapshot {
-            None => report.problems.push(Problem::MissingSnapshot {
+            Some((0, 0)) => {}
+            Some((balance, seq)) => self.report.problems.push(Problem::SnapshotMismatch {
+                account_id,
+                ledger_sum_micros: 0,
+                ledger_seq: 0,
+                snapshot_balance_micros: balance,
+                snapshot_seq: seq,
+            }),
+            None => self
+                .report
+                .problems
+                .push(Problem::MissingSnapshot { account_id }),
+        }
+    }
+
+    /// Compares the account just scanned with its snapshot.
+    fn finish_account(&mut self) {
+        let Some(scan) = self.current.take() else {
+            return;
+        };
+        self.report.accounts_checked += 1;
+        match scan.snapshot {
+            None => self.report.problems.push(Problem::MissingSnapshot {
                 account_id: scan.account_id,
             }),
             Some((balance, seq)) if i128::from(balance) != scan.sum || seq != scan.last_seq => {
-                report.problems.push(Problem::SnapshotMismatch {
+                self.report.problems.push(Problem::SnapshotMismatch {
                     account_id: scan.account_id,
                     ledger_sum_micros: scan.sum,
                     ledger_seq: scan.last_seq,
@@ -95,90 +187,10 @@ pub fn verify(connection: &Connection) -> Result<VerifyReport, StoreError> {
             }
             Some(_) => {}
         }
-        Ok(())
-    };
-
-    let mut rows = connection.prepare(
-        "SELECT account_id, seq, type, amount, balance_after FROM transactions ORDER BY account_id, seq",
-    )?;
-    let mut cursor = rows.query([])?;
-    let mut current: Option<AccountScan> = None;
-    while let Some(row) = cursor.next()? {
-        let account_id = AccountId(row.get(0)?);
-        let seq: i64 = row.get(1)?;
-        let kind: String = row.get(2)?;
-        let amount: i64 = row.get(3)?;
-        let balance_after: i64 = row.get(4)?;
-        report.transactions_checked += 1;
-        if current.as_ref().map(|scan| scan.account_id) != Some(account_id) {
-            if let Some(done) = current.take() {
-                finish(&done, &mut report)?;
-            }
-            scanned.insert(account_id);
-            current = Some(AccountScan {
-                account_id,
-                sum: 0,
-                last_seq: 0,
-            });
-        }
-        let Some(scan) = current.as_mut() else {
-            continue;
-        };
-        if seq != scan.last_seq + 1 {
-            report.problems.push(Problem::SeqGap {
-                account_id,
-                expected_seq: scan.last_seq + 1,
-                found_seq: seq,
-            });
-        }
-        scan.last_seq = seq;
-        scan.sum += i128::from(amount);
-        if scan.sum != i128::from(balance_after) {
-            report.problems.push(Problem::BalanceAfterMismatch {
-                account_id,
-                seq,
-                running_sum_micros: scan.sum,
-                recorded_micros: balance_after,
-            });
-        }
-        if kind == "debit" && balance_after < 0 {
-            report.problems.push(Problem::DebitBelowZero {
-                account_id,
-                seq,
-                balance_micros: balance_after,
-            });
-        }
-    }
-    if let Some(done) = current.take() {
-        finish(&done, &mut report)?;
     }
 
-    // Accounts without any ledger row must have an empty snapshot.
-    let mut accounts = connection.prepare(
-        "SELECT a.id, b.balance, b.seq FROM accounts a LEFT JOIN account_balances b ON b.account_id = a.id",
-    )?;
-    let mut cursor = accounts.query([])?;
-    while let Some(row) = cursor.next()? {
-        let account_id = AccountId(row.get(0)?);
-        if scanned.contains(&account_id) {
-            continue;
-        }
-        report.accounts_checked += 1;
-        let balance: Option<i64> = row.get(1)?;
-        let seq: Option<i64> = row.get(2)?;
-        match (balance, seq) {
-            (Some(0), Some(0)) => {}
-            (Some(balance), Some(seq)) => report.problems.push(Problem::SnapshotMismatch {
-                account_id,
-                ledger_sum_micros: 0,
-                ledger_seq: 0,
-                snapshot_balance_micros: balance,
-                snapshot_seq: seq,
-            }),
-            _ => report
-                .problems
-                .push(Problem::MissingSnapshot { account_id }),
-        }
+    pub fn finish(mut self) -> VerifyReport {
+        self.finish_account();
+        self.report
     }
-    Ok(report)
 }

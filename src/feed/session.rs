@@ -9,7 +9,6 @@ use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use serde_json::{json, Value};
 use sms_credit_actors::clock::format_rfc3339_ms;
 use sms_credit_actors::feed::Subscription;
-use sms_credit_actors::store::queries;
 use sms_credit_actors::{AccountId, LedgerEntry, Store, StoreError};
 
 use super::FeedScope;
@@ -113,19 +112,20 @@ async fn read_page(
     limit: i64,
     snapshot: bool,
 ) -> Result<(Option<(i64, i64)>, Vec<LedgerEntry>), StoreError> {
-    store
-        .read(move |connection| {
-            // A reader runs each job in one read transaction.
-            let current = if snapshot {
-                queries::load_snapshot(connection, account_id)?
-                    .map(|snapshot| (snapshot.seq, snapshot.balance.micros()))
-            } else {
-                None
-            };
-            let entries = queries::list_entries(connection, account_id, after_seq, limit)?;
-            Ok((current, entries))
-        })
-        .await
+    let ledger = store.ledger();
+    if !snapshot {
+        return Ok((
+            None,
+            ledger.entries_after(account_id, after_seq, limit).await?,
+        ));
+    }
+    let (current, entries) = ledger
+        .snapshot_and_entries_after(account_id, after_seq, limit)
+        .await?;
+    Ok((
+        current.map(|snapshot| (snapshot.seq, snapshot.balance.micros())),
+        entries,
+    ))
 }
 
 /// Sends the rows after `*last` up to `until` (inclusive; `None`: all), in

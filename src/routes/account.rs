@@ -5,7 +5,6 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sms_credit_actors::store::queries;
 use sms_credit_actors::AccountId;
 
 use crate::auth::AccountHolder;
@@ -40,7 +39,8 @@ fn own_account(holder: &AccountHolder, path_id: i64) -> Result<AccountId, ApiErr
 async fn view(state: &AppState, account_id: AccountId) -> Result<HttpResponse, ApiError> {
     let account = state
         .store
-        .get_account(account_id)
+        .accounts()
+        .get(account_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
     Ok(HttpResponse::Ok().json(HolderView {
@@ -100,16 +100,12 @@ pub async fn transactions(
     }
     let newest_first = query.latest.is_some();
     let after_seq = query.after_seq.unwrap_or(0);
-    let entries = state
-        .store
-        .read(move |connection| {
-            if newest_first {
-                queries::recent_entries(connection, account_id, limit)
-            } else {
-                queries::list_entries(connection, account_id, after_seq, limit)
-            }
-        })
-        .await?;
+    let ledger = state.store.ledger();
+    let entries = if newest_first {
+        ledger.latest_entries(account_id, limit).await?
+    } else {
+        ledger.entries_after(account_id, after_seq, limit).await?
+    };
     let rows: Vec<TransactionView> = entries.iter().map(TransactionView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "transactions": rows })))
 }

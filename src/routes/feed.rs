@@ -55,10 +55,7 @@ async fn caller(
             return Ok(FeedScope::Admin);
         }
     }
-    let account = state
-        .store
-        .read(move |connection| access_tokens::find_account(connection, &presented))
-        .await?;
+    let account = access_tokens::account_of(&state.store, &presented).await?;
     account
         .map(FeedScope::Account)
         .ok_or(ApiError::Unauthorized)
@@ -103,7 +100,7 @@ pub async fn account_feed(
         FeedScope::Admin => true,
         FeedScope::Account(own) => own == account_id,
     };
-    let exists = state.store.get_account(account_id).await?.is_some();
+    let exists = state.store.accounts().get(account_id).await?.is_some();
     if !allowed || !exists {
         return Err(ApiError::NotFound(format!(
             "account {account_id} does not exist"

@@ -12,9 +12,6 @@ pub async fn healthz() -> HttpResponse {
 }
 
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    state
-        .store
-        .read(|connection| Ok(connection.query_row("SELECT 1", [], |row| row.get::<_, i64>(0))?))
-        .await?;
+    state.store.ledger().ping().await?;
     Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
 }

@@ -16,11 +16,30 @@ pub enum WebhookFailure {
     Unparseable(String),
 }
 
-/// A verified event: its id, type and meaning.
+/// A verified event: its id, type and meaning (or, for an event Stripe
+/// signed that could not be read, why: it is recorded as failed).
 pub struct VerifiedEvent {
     pub id: String,
     pub event_type: String,
-    pub event: StripeEvent,
+    pub event: Result<StripeEvent, String>,
+}
+
+/// The id and type of a signed event that async-stripe could not read
+/// (an object of a newer API version, say), read loosely.
+fn unreadable(body: &str, reason: String) -> Result<VerifiedEvent, WebhookFailure> {
+    let value: serde_json::Value = serde_json::from_str(body)
+        .map_err(|error| WebhookFailure::Unparseable(format!("{reason}: {error}")))?;
+    let text = |field: &str| value.get(field).and_then(serde_json::Value::as_str);
+    match (text("id"), text("type")) {
+        (Some(id), Some(event_type)) if !id.is_empty() => Ok(VerifiedEvent {
+            id: id.to_string(),
+            event_type: event_type.to_string(),
+            event: Err(reason),
+        }),
+        _ => Err(WebhookFailure::Unparseable(format!(
+            "{reason}; the body has no event id and type"
+        ))),
+    }
 }
 
 fn metadata_order_id(metadata: Option<&std::collections::HashMap<String, String>>) -> Option<i64> {
@@ -39,14 +58,18 @@ pub fn verify_and_parse(
 ) -> Result<VerifiedEvent, WebhookFailure> {
     let signature = signature
         .ok_or_else(|| WebhookFailure::BadSignature("missing Stripe-Signature header".into()))?;
-    let verified = Webhook::construct_event_with_timestamp(body, signature, secret, now_unix)
-        .map_err(|error| match error {
-            WebhookError::BadParse(reason) => WebhookFailure::Unparseable(reason),
-            WebhookError::BadTimestamp(_) => {
-                WebhookFailure::BadSignature("the signature is too old (over 300 s)".into())
-            }
-            other => WebhookFailure::BadSignature(other.to_string()),
-        })?;
+    let verified = match Webhook::construct_event_with_timestamp(body, signature, secret, now_unix)
+    {
+        Ok(verified) => verified,
+        // Only a signed, fresh event gets this far.
+        Err(WebhookError::BadParse(reason)) => return unreadable(body, reason),
+        Err(WebhookError::BadTimestamp(_)) => {
+            return Err(WebhookFailure::BadSignature(
+                "the signature is too old (over 300 s)".into(),
+            ))
+        }
+        Err(other) => return Err(WebhookFailure::BadSignature(other.to_string())),
+    };
     let event = match verified.data.object {
         EventObject::CheckoutSessionCompleted(session)
         | EventObject::CheckoutSessionAsyncPaymentSucceeded(session) => {
@@ -114,6 +137,6 @@ pub fn verify_and_parse(
     Ok(VerifiedEvent {
         id: verified.id.to_string(),
         event_type: verified.type_.as_str().to_string(),
-        event,
+        event: Ok(event),
     })
 }

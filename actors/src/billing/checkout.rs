@@ -6,23 +6,41 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::discounts;
+use super::discounts::Discount;
 use super::gateway::{
     metadata, ChargeOutcome, GatewayError, NewCheckoutSession, NewCustomer, OffSessionCharge,
     PaymentGateway, PaymentPurpose,
 };
-use super::orders::{self, NewOrder, Order, OrderStatus, OrderType};
-use super::pricing;
+use super::orders::{NewOrder, Order, OrderStatus, OrderType};
+use super::pricing::Pricing;
 use super::BillingError;
 use crate::account_actor::{Credit, Receipt};
-use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
+use crate::accounts::{Account, Email, PhoneNumber};
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
 use crate::registry::Registry;
-use crate::store::{queries, Store};
+use crate::store::{AccessOrderRequest, OrderCompletion, Store};
 
 /// Stripe's smallest charge in US dollars.
 const MINIMUM_CHARGE: Money = Money::from_micros(500_000);
+
+/// The price of access in the current mode, less the discount of a code
+/// (if any): the list price and what to charge. A price below Stripe's
+/// minimum charge is refused (and the code's use given back).
+fn price_access(
+    pricing: &Pricing,
+    discount: Option<Discount>,
+) -> Result<(Money, Money), BillingError> {
+    let list_price = pricing.price();
+    let amount = match discount {
+        Some(discount) => discount.apply(list_price),
+        None => list_price,
+    };
+    if amount < MINIMUM_CHARGE {
+        return Err(BillingError::BelowMinimumCharge(amount));
+    }
+    Ok((list_price, amount))
+}
 
 /// What checkout needs to know beyond the request.
 #[derive(Clone, Debug)]
@@ -92,57 +110,15 @@ impl Billing {
         discount_code: Option<String>,
         now_ms: i64,
     ) -> Result<CheckoutStarted, BillingError> {
-        let email_for_account = email.clone();
         let (account, order) = self
             .store
-            .write(move |connection| {
-                let account = match queries::find_account_by_phone(connection, &phone)? {
-                    Some(account) if account.status == AccountStatus::Active => {
-                        return Err(BillingError::AlreadyActive(account.id))
-                    }
-                    Some(account) => account,
-                    None => {
-                        let new_account = NewAccount {
-                            phone,
-                            email: Some(email_for_account),
-                            status: AccountStatus::Pending,
-                        };
-                        queries::insert_account(connection, &new_account, now_ms).map_err(
-                            |error| match error {
-                                queries::CreateAccountError::Store(store) => {
-                                    BillingError::Store(store)
-                                }
-                                other => BillingError::Invalid(other.to_string()),
-                            },
-                        )?
-                    }
-                };
-                let pricing = pricing::load(connection)?;
-                let list_price = pricing.price();
-                let (discount_code_id, amount) = match discount_code {
-                    Some(code) => {
-                        let reserved = discounts::reserve(connection, &code)?;
-                        (Some(reserved.id), reserved.discount.apply(list_price))
-                    }
-                    None => (None, list_price),
-                };
-                if amount < MINIMUM_CHARGE {
-                    return Err(BillingError::BelowMinimumCharge(amount));
-                }
-                let order = orders::insert(
-                    connection,
-                    &NewOrder {
-                        account_id: account.id,
-                        order_type: OrderType::InitialAccess,
-                        amount,
-                        list_price,
-                        pricing_mode: Some(pricing.mode.as_str()),
-                        discount_code_id,
-                        charge_key: None,
-                    },
-                    now_ms,
-                )?;
-                Ok((account, order))
+            .billing()
+            .open_access_order(AccessOrderRequest {
+                phone,
+                email: email.clone(),
+                discount_code,
+                price: price_access,
+                now_ms,
             })
             .await?;
         self.open_checkout(&account, Some(&email), &order, "SMS forecasts: access")
@@ -155,32 +131,20 @@ impl Billing {
         account_id: AccountId,
         now_ms: i64,
     ) -> Result<CheckoutStarted, BillingError> {
-        let amount = super::TOP_UP;
         let (account, order) = self
             .store
-            .write(move |connection| {
-                let account = queries::get_account(connection, account_id)?
-                    .ok_or(BillingError::AccountNotFound(account_id))?;
-                if account.status != AccountStatus::Active {
-                    return Err(BillingError::Invalid(
-                        "only an active account can top up; buy access first".into(),
-                    ));
-                }
-                let order = orders::insert(
-                    connection,
-                    &NewOrder {
-                        account_id,
-                        order_type: OrderType::TopUp,
-                        amount,
-                        list_price: amount,
-                        pricing_mode: None,
-                        discount_code_id: None,
-                        charge_key: None,
-                    },
-                    now_ms,
-                )?;
-                Ok((account, order))
-            })
+            .billing()
+            .open_order(
+                NewOrder {
+                    account_id,
+                    order_type: OrderType::TopUp,
+                    amount: super::TOP_UP,
+                    list_price: super::TOP_UP,
+                    pricing_mode: None,
+                    discount_code_id: None,
+                },
+                now_ms,
+            )
             .await?;
         let email = account.email.clone();
         self.open_checkout(&account, email.as_ref(), &order, "SMS credit: $10 top-up")
@@ -226,9 +190,9 @@ impl Billing {
         let order_id = order.id;
         match opened {
             Ok(session) => {
-                let session_id = session.id.clone();
                 self.store
-                    .write(move |connection| orders::set_session(connection, order_id, &session_id))
+                    .billing()
+                    .set_order_session(order_id, session.id.clone())
                     .await?;
                 Ok(CheckoutStarted {
                     order_id,
@@ -238,10 +202,8 @@ impl Billing {
             }
             Err(error) => {
                 self.store
-                    .write(move |connection| {
-                        orders::end_pending(connection, order_id, OrderStatus::Failed)?;
-                        discounts::release_for_order(connection, order_id)
-                    })
+                    .billing()
+                    .end_order(order_id, OrderStatus::Failed)
                     .await?;
                 Err(error)
             }
@@ -267,10 +229,10 @@ impl Billing {
             })
             .await
             .map_err(gateway_error)?;
-        let account_id = account.id;
         let stored = self
             .store
-            .write(move |connection| queries::set_stripe_customer(connection, account_id, &created))
+            .accounts()
+            .set_stripe_customer(account.id, created)
             .await?;
         Ok(stored)
     }
@@ -292,35 +254,21 @@ impl Billing {
                 "a charge is a positive amount in whole cents".into(),
             ));
         }
-        let charge_key = idempotency_key.to_string();
         let (account, order) = self
             .store
-            .write(move |connection| {
-                let account = queries::get_account(connection, account_id)?
-                    .ok_or(BillingError::AccountNotFound(account_id))?;
-                if account.stripe_customer_id.is_none()
-                    || account.stripe_payment_method_id.is_none()
-                {
-                    return Err(BillingError::NoSavedCard);
-                }
-                let order = match orders::find_by_charge_key(connection, &charge_key)? {
-                    Some(order) => order,
-                    None => orders::insert(
-                        connection,
-                        &NewOrder {
-                            account_id,
-                            order_type: OrderType::TopUp,
-                            amount,
-                            list_price: amount,
-                            pricing_mode: None,
-                            discount_code_id: None,
-                            charge_key: Some(&charge_key),
-                        },
-                        now_ms,
-                    )?,
-                };
-                Ok((account, order))
-            })
+            .billing()
+            .open_off_session_order(
+                NewOrder {
+                    account_id,
+                    order_type: OrderType::TopUp,
+                    amount,
+                    list_price: amount,
+                    pricing_mode: None,
+                    discount_code_id: None,
+                },
+                idempotency_key.to_string(),
+                now_ms,
+            )
             .await?;
         let (Some(customer_id), Some(payment_method_id)) =
             (account.stripe_customer_id, account.stripe_payment_method_id)
@@ -361,29 +309,25 @@ impl Billing {
                 })
             }
             ChargeOutcome::Processing { payment_intent_id } => {
-                let recorded = payment_intent_id.clone();
                 self.store
-                    .write(move |connection| {
-                        orders::set_payment_intent(connection, order_id, &recorded)
-                    })
+                    .billing()
+                    .set_order_payment_intent(order_id, payment_intent_id.clone())
                     .await?;
                 Ok(ChargeResult::Pending { payment_intent_id })
             }
             ChargeOutcome::AuthenticationRequired { payment_intent_id } => {
                 if let Some(payment_intent_id) = payment_intent_id {
                     self.store
-                        .write(move |connection| {
-                            orders::set_payment_intent(connection, order_id, &payment_intent_id)
-                        })
+                        .billing()
+                        .set_order_payment_intent(order_id, payment_intent_id)
                         .await?;
                 }
                 Ok(ChargeResult::AuthenticationRequired)
             }
             ChargeOutcome::Declined { message, .. } => {
                 self.store
-                    .write(move |connection| {
-                        orders::end_pending(connection, order_id, OrderStatus::Failed)
-                    })
+                    .billing()
+                    .end_order(order_id, OrderStatus::Failed)
                     .await?;
                 Ok(ChargeResult::Declined { message })
             }
@@ -400,10 +344,15 @@ impl Billing {
         amount: Money,
         now_ms: i64,
     ) -> Result<Receipt, BillingError> {
-        let recorded = payment_intent_id.to_string();
         self.store
-            .write(move |connection| {
-                orders::complete(connection, order_id, amount, Some(&recorded), now_ms)
+            .billing()
+            .complete_order(OrderCompletion {
+                order_id,
+                paid: amount,
+                payment_intent_id: Some(payment_intent_id.to_string()),
+                customer: None,
+                activate: None,
+                now_ms,
             })
             .await?;
         let idempotency_key = IdempotencyKey::stripe_payment(payment_intent_id)

@@ -1,13 +1,11 @@
 //! Discount codes: percent or fixed, with a use limit that is never
 //! exceeded because a use is reserved when a checkout starts (in the same
-//! transaction that checks the limit) and given back if it expires or fails.
+//! transaction that checks the limit, see `BillingStore::open_access_order`)
+//! and given back if it expires or fails.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::BillingError;
 use crate::money::Money;
-use crate::store::{StoreError, UnknownValue};
 
 /// What a code takes off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,129 +75,6 @@ pub struct DiscountCode {
     pub active: bool,
     pub stripe_coupon_id: Option<String>,
     pub created_at_ms: i64,
-}
-
-const COLUMNS: &str =
-    "id, code, discount_type, value, max_uses, current_uses, active, stripe_coupon_id, created_at";
-
-fn from_row(row: &Row<'_>) -> rusqlite::Result<DiscountCode> {
-    let id: i64 = row.get(0)?;
-    let kind: String = row.get(2)?;
-    let value: i64 = row.get(3)?;
-    let discount = match kind.as_str() {
-        "percent" => Discount::Percent { percent: value },
-        "fixed" => Discount::Fixed {
-            amount: Money::from_micros(value),
-        },
-        _ => {
-            return Err(
-                UnknownValue::new("discount_codes", id, "discount_type", kind).into_sql_error(2),
-            )
-        }
-    };
-    Ok(DiscountCode {
-        id,
-        code: row.get(1)?,
-        discount,
-        max_uses: row.get(4)?,
-        current_uses: row.get(5)?,
-        active: row.get::<_, i64>(6)? == 1,
-        stripe_coupon_id: row.get(7)?,
-        created_at_ms: row.get(8)?,
-    })
-}
-
-/// Creates a code; `Ok(None)` if the code exists already.
-pub fn create(
-    connection: &Connection,
-    code: &str,
-    discount: Discount,
-    max_uses: Option<i64>,
-    now_ms: i64,
-) -> Result<Option<DiscountCode>, StoreError> {
-    let (kind, value) = match discount {
-        Discount::Percent { percent } => ("percent", percent),
-        Discount::Fixed { amount } => ("fixed", amount.micros()),
-    };
-    let inserted = connection
-        .prepare_cached(
-            "INSERT INTO discount_codes (code, discount_type, value, max_uses, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (code) DO NOTHING",
-        )?
-        .execute(params![code, kind, value, max_uses, now_ms])?;
-    if inserted == 0 {
-        return Ok(None);
-    }
-    find(connection, code)
-}
-
-pub fn find(connection: &Connection, code: &str) -> Result<Option<DiscountCode>, StoreError> {
-    let found = connection
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM discount_codes WHERE code = ?1"
-        ))?
-        .query_row([code], from_row)
-        .optional()?;
-    Ok(found)
-}
-
-pub fn list(connection: &Connection) -> Result<Vec<DiscountCode>, StoreError> {
-    let mut statement = connection.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM discount_codes ORDER BY code"
-    ))?;
-    let codes = statement
-        .query_map([], from_row)?
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(codes)
-}
-
-/// Turns a code on or off; `false` if there is no such code.
-pub fn set_active(connection: &Connection, code: &str, active: bool) -> Result<bool, StoreError> {
-    let changed = connection
-        .prepare_cached("UPDATE discount_codes SET active = ?2 WHERE code = ?1")?
-        .execute(params![code, i64::from(active)])?;
-    Ok(changed == 1)
-}
-
-/// Takes one use of a code, refusing unknown, inactive and used-up codes
-/// with distinct errors. Runs inside a store write, so no two checkouts can
-/// take the last use.
-pub fn reserve(connection: &Connection, code: &str) -> Result<DiscountCode, BillingError> {
-    let reserved = connection
-        .prepare_cached(
-            "UPDATE discount_codes SET current_uses = current_uses + 1
-              WHERE code = ?1 AND active = 1 AND (max_uses IS NULL OR current_uses < max_uses)",
-        )
-        .and_then(|mut statement| statement.execute([code]))
-        .map_err(StoreError::from)?;
-    let found = find(connection, code)?;
-    match found {
-        Some(discount_code) if reserved == 1 => Ok(discount_code),
-        Some(discount_code) if !discount_code.active => {
-            Err(BillingError::InactiveDiscountCode(code.to_string()))
-        }
-        Some(_) => Err(BillingError::DiscountCodeUsedUp(code.to_string())),
-        None => Err(BillingError::UnknownDiscountCode(code.to_string())),
-    }
-}
-
-/// Gives back the use an order reserved, once.
-pub fn release_for_order(connection: &Connection, order_id: i64) -> Result<(), StoreError> {
-    let claimed = connection
-        .prepare_cached(
-            "UPDATE orders SET discount_released = 1
-              WHERE id = ?1 AND discount_code_id IS NOT NULL AND discount_released = 0",
-        )?
-        .execute([order_id])?;
-    if claimed == 1 {
-        connection
-            .prepare_cached(
-                "UPDATE discount_codes SET current_uses = current_uses - 1
-                  WHERE id = (SELECT discount_code_id FROM orders WHERE id = ?1) AND current_uses > 0",
-            )?
-            .execute([order_id])?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -4,18 +4,16 @@
 //! is idempotent on its own key, and an event that arrives before the state
 //! it refers to waits, stored, until that state exists.
 
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
-use super::discounts;
 use super::gateway::PaymentPurpose;
-use super::orders::{self, Order, OrderStatus, OrderType};
+use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
 use crate::account_actor::{Credit, Refund};
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
-use crate::store::queries;
+use crate::store::{EventDecision, OrderCompletion, ReceivedEvent};
 
 /// The Stripe events the product acts on, parsed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,15 +65,44 @@ pub enum StripeEvent {
 }
 
 /// What handling an event came to.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "outcome", content = "detail", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EventOutcome {
     Applied(String),
-    /// This event id was handled before.
+    /// This event id was decided before.
     Duplicate,
-    /// The state it refers to does not exist yet; kept and retried.
-    Waiting(String),
+    /// The state it refers to does not exist yet (`on` names it); kept and
+    /// applied when it appears.
+    Waiting {
+        detail: String,
+        on: String,
+    },
     Ignored(String),
+    /// The event could not be read; recorded, so an admin sees it.
+    Failed(String),
+}
+
+impl Serialize for EventOutcome {
+    /// `{"outcome": "applied", "detail": "…"}`, with `waiting_on` for a
+    /// waiting event.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (outcome, detail, waiting_on) = match self {
+            EventOutcome::Applied(detail) => ("applied", Some(detail), None),
+            EventOutcome::Duplicate => ("duplicate", None, None),
+            EventOutcome::Waiting { detail, on } => ("waiting", Some(detail), Some(on)),
+            EventOutcome::Ignored(detail) => ("ignored", Some(detail), None),
+            EventOutcome::Failed(detail) => ("failed", Some(detail), None),
+        };
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("outcome", outcome)?;
+        if let Some(detail) = detail {
+            map.serialize_entry("detail", detail)?;
+        }
+        if let Some(waiting_on) = waiting_on {
+            map.serialize_entry("waiting_on", waiting_on)?;
+        }
+        map.end()
+    }
 }
 
 /// A Stripe id that cannot be part of a ledger key (too long, or with
@@ -88,99 +115,229 @@ fn cents(amount_cents: i64) -> Result<Money, BillingError> {
     Money::from_cents(amount_cents).map_err(|_| BillingError::Invalid("amount out of range".into()))
 }
 
+/// What became of an event, as stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    /// Seen, not decided yet (being handled, or the handling was cut off:
+    /// Stripe's retry decides it).
+    Received,
+    /// It took effect.
+    Applied,
+    /// Nothing to do (not an event this service acts on, not one of its orders).
+    Ignored,
+    /// It refers to state that does not exist yet (a refund before its
+    /// payment); applied when that state appears.
+    Waiting,
+    /// It waited longer than Stripe retries (3 days) and was given up.
+    Expired,
+    /// It could not be read.
+    Failed,
+}
+
+impl EventStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Received => "received",
+            EventStatus::Applied => "applied",
+            EventStatus::Ignored => "ignored",
+            EventStatus::Waiting => "waiting",
+            EventStatus::Expired => "expired",
+            EventStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventStatus> {
+        match text {
+            "received" => Some(EventStatus::Received),
+            "applied" => Some(EventStatus::Applied),
+            "ignored" => Some(EventStatus::Ignored),
+            "waiting" => Some(EventStatus::Waiting),
+            "expired" => Some(EventStatus::Expired),
+            "failed" => Some(EventStatus::Failed),
+            _ => None,
+        }
+    }
+
+    /// Whether the event is decided for good: a delivery of it again does nothing.
+    pub fn is_final(self) -> bool {
+        !matches!(self, EventStatus::Received | EventStatus::Waiting)
+    }
+}
+
+/// A stored event, for admins and for waking waiting ones.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub event_type: String,
+    pub status: EventStatus,
+    /// What a waiting event waits for (`payment_intent:pi_…`).
+    pub waiting_on: Option<String>,
+    /// What happened, in words.
+    pub detail: Option<String>,
+    /// The event in the core's words, as JSON.
+    #[serde(skip)]
+    pub payload: Option<String>,
+    pub received_at_ms: i64,
+    pub decided_at_ms: Option<i64>,
+}
+
+/// How long a waiting event is kept trying: Stripe retries an event for up
+/// to 3 days, so state that has not appeared by then will not.
+pub const WAITING_HORIZON_MS: i64 = 3 * 24 * 3600 * 1000;
+
+/// The key waiting events wait on until a payment is completed.
+fn payment_intent_key(payment_intent_id: &str) -> String {
+    format!("payment_intent:{payment_intent_id}")
+}
+
+impl StripeEvent {
+    /// What applying this event may have made exist, as the keys waiting
+    /// events wait on: completing a payment lets its refunds apply.
+    fn unblocks(&self) -> Vec<String> {
+        match self {
+            StripeEvent::CheckoutCompleted {
+                payment_intent_id: Some(payment_intent_id),
+                ..
+            }
+            | StripeEvent::PaymentSucceeded {
+                payment_intent_id, ..
+            } => vec![payment_intent_key(payment_intent_id)],
+            _ => Vec::new(),
+        }
+    }
+}
+
 impl Billing {
-    /// Handles one verified event: takes effect once per event id.
+    /// Handles one verified event (or one signed by Stripe that could not be
+    /// read: `Err` with why): takes effect once per event id. When it
+    /// applies, the events waiting for what it made exist are applied too,
+    /// and only those.
     pub async fn handle_event(
         &self,
         event_id: &str,
         event_type: &str,
-        event: StripeEvent,
+        event: Result<StripeEvent, String>,
         now_ms: i64,
     ) -> Result<EventOutcome, BillingError> {
-        let (id, kind) = (event_id.to_string(), event_type.to_string());
-        let already_processed = self
+        let payload = match &event {
+            Ok(event) => Some(
+                serde_json::to_string(event)
+                    .map_err(|error| BillingError::Invalid(error.to_string()))?,
+            ),
+            Err(_) => None,
+        };
+        let status = self
             .store
-            .write(move |connection| {
-                connection
-                    .prepare_cached(
-                        "INSERT INTO stripe_events (event_id, event_type, received_at) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (event_id) DO NOTHING",
-                    )?
-                    .execute(params![id, kind, now_ms])?;
-                let processed: Option<Option<i64>> = connection
-                    .prepare_cached("SELECT processed_at FROM stripe_events WHERE event_id = ?1")?
-                    .query_row([&id], |row| row.get(0))
-                    .optional()?;
-                Ok::<_, BillingError>(matches!(processed, Some(Some(_))))
+            .events()
+            .receive(ReceivedEvent {
+                event_id: event_id.to_string(),
+                event_type: event_type.to_string(),
+                payload,
+                now_ms,
             })
             .await?;
-        if already_processed {
+        if status.is_final() {
             return Ok(EventOutcome::Duplicate);
         }
+        let event = match event {
+            Ok(event) => event,
+            Err(reason) => {
+                let outcome = EventOutcome::Failed(format!("could not read the event: {reason}"));
+                self.decide(event_id, &outcome, now_ms).await?;
+                return Ok(outcome);
+            }
+        };
         let outcome = self.apply(&event, now_ms).await?;
-        self.record(event_id, &event, &outcome, now_ms).await?;
+        self.decide(event_id, &outcome, now_ms).await?;
         if matches!(outcome, EventOutcome::Applied(_)) {
-            self.retry_waiting(now_ms).await?;
+            self.wake_waiting(event.unblocks(), now_ms).await?;
         }
         Ok(outcome)
     }
 
-    async fn record(
+    async fn decide(
         &self,
         event_id: &str,
-        event: &StripeEvent,
         outcome: &EventOutcome,
         now_ms: i64,
     ) -> Result<(), BillingError> {
-        let id = event_id.to_string();
-        let payload = serde_json::to_string(event)
-            .map_err(|error| BillingError::Invalid(error.to_string()))?;
-        let (processed_at, detail) = match outcome {
-            EventOutcome::Applied(detail) | EventOutcome::Ignored(detail) => {
-                (Some(now_ms), detail.clone())
+        let (status, waiting_on, detail) = match outcome {
+            EventOutcome::Applied(detail) => (EventStatus::Applied, None, detail.clone()),
+            EventOutcome::Ignored(detail) => (EventStatus::Ignored, None, detail.clone()),
+            EventOutcome::Failed(detail) => (EventStatus::Failed, None, detail.clone()),
+            EventOutcome::Waiting { detail, on } => {
+                (EventStatus::Waiting, Some(on.clone()), detail.clone())
             }
-            EventOutcome::Waiting(detail) => (None, detail.clone()),
             EventOutcome::Duplicate => return Ok(()),
         };
         self.store
-            .write(move |connection| {
-                connection
-                    .prepare_cached("UPDATE stripe_events SET processed_at = ?2, outcome = ?3, payload = ?4 WHERE event_id = ?1")?
-                    .execute(params![id, processed_at, detail, payload])?;
-                Ok::<_, BillingError>(())
+            .events()
+            .decide(EventDecision {
+                event_id: event_id.to_string(),
+                status,
+                waiting_on,
+                detail,
+                now_ms,
             })
-            .await
+            .await?;
+        Ok(())
     }
 
-    /// Applies the waiting events again, oldest first, while any applies.
-    async fn retry_waiting(&self, now_ms: i64) -> Result<(), BillingError> {
-        loop {
-            let waiting: Vec<(String, String)> = self
-                .store
-                .read(|connection| {
-                    let mut statement = connection.prepare_cached(
-                        "SELECT event_id, payload FROM stripe_events
-                          WHERE processed_at IS NULL AND payload IS NOT NULL ORDER BY received_at, event_id",
-                    )?;
-                    let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                })
-                .await?;
-            let mut progressed = false;
-            for (event_id, payload) in waiting {
-                let Ok(event) = serde_json::from_str::<StripeEvent>(&payload) else {
-                    continue;
+    /// Applies the waiting events that wait for any of `keys`, and, in turn,
+    /// those that what they did unblocks. Events waiting for anything else
+    /// are not read at all, so a backlog of events that will never apply (a
+    /// refund of a payment another product made) costs nothing here.
+    async fn wake_waiting(&self, mut keys: Vec<String>, now_ms: i64) -> Result<(), BillingError> {
+        while !keys.is_empty() {
+            let waiting = self.store.events().waiting_on(keys).await?;
+            keys = Vec::new();
+            for record in waiting {
+                let parsed = record
+                    .payload
+                    .as_deref()
+                    .ok_or_else(|| "no payload was kept".to_string())
+                    .and_then(|payload| {
+                        serde_json::from_str::<StripeEvent>(payload)
+                            .map_err(|error| error.to_string())
+                    });
+                let event = match parsed {
+                    Ok(event) => event,
+                    Err(reason) => {
+                        let outcome = EventOutcome::Failed(format!(
+                            "the waiting event could not be read back: {reason}"
+                        ));
+                        self.decide(&record.event_id, &outcome, now_ms).await?;
+                        continue;
+                    }
                 };
                 let outcome = self.apply(&event, now_ms).await?;
-                if !matches!(outcome, EventOutcome::Waiting(_)) {
-                    progressed = true;
-                    self.record(&event_id, &event, &outcome, now_ms).await?;
+                if !matches!(outcome, EventOutcome::Waiting { .. }) {
+                    self.decide(&record.event_id, &outcome, now_ms).await?;
+                }
+                if matches!(outcome, EventOutcome::Applied(_)) {
+                    keys.extend(event.unblocks());
                 }
             }
-            if !progressed {
-                return Ok(());
-            }
         }
+        Ok(())
+    }
+
+    /// Gives up on events that have waited longer than Stripe retries;
+    /// they stay visible to admins as `expired`. Answers how many.
+    pub async fn expire_waiting(&self, now_ms: i64) -> Result<usize, BillingError> {
+        let expired = self
+            .store
+            .events()
+            .expire_waiting(now_ms - WAITING_HORIZON_MS, now_ms)
+            .await?;
+        if expired > 0 {
+            tracing::warn!(
+                expired,
+                "Stripe events waited over 3 days for state that never appeared; gave up on them"
+            );
+        }
+        Ok(expired)
     }
 
     async fn find_order(
@@ -188,15 +345,12 @@ impl Billing {
         order_id: Option<i64>,
         session_id: Option<&str>,
     ) -> Result<Option<Order>, BillingError> {
-        let session_id = session_id.map(str::to_string);
-        Ok(self
-            .store
-            .read(move |connection| match (order_id, session_id) {
-                (Some(id), _) => orders::get(connection, id),
-                (None, Some(session)) => orders::find_by_session(connection, &session),
-                (None, None) => Ok(None),
-            })
-            .await?)
+        let billing = self.store.billing();
+        Ok(match (order_id, session_id) {
+            (Some(id), _) => billing.order(id).await?,
+            (None, Some(session)) => billing.order_by_session(session.to_string()).await?,
+            (None, None) => None,
+        })
     }
 
     async fn apply(&self, event: &StripeEvent, now_ms: i64) -> Result<EventOutcome, BillingError> {
@@ -249,13 +403,7 @@ impl Billing {
                     OrderStatus::Failed
                 };
                 let order_id = order.id;
-                self.store
-                    .write(move |connection| {
-                        orders::end_pending(connection, order_id, status)?;
-                        discounts::release_for_order(connection, order_id)?;
-                        Ok::<_, BillingError>(())
-                    })
-                    .await?;
+                self.store.billing().end_order(order_id, status).await?;
                 Ok(EventOutcome::Applied(format!(
                     "order {order_id} {}",
                     status.as_str()
@@ -273,18 +421,8 @@ impl Billing {
                     (customer_id.clone(), payment_method_id.clone())
                 {
                     self.store
-                        .write(move |connection| {
-                            if let Some(account_id) =
-                                queries::find_account_by_customer(connection, &customer_id)?
-                            {
-                                queries::set_payment_method(
-                                    connection,
-                                    account_id,
-                                    &payment_method_id,
-                                )?;
-                            }
-                            Ok::<_, BillingError>(())
-                        })
+                        .billing()
+                        .save_card(customer_id, payment_method_id)
                         .await?;
                 }
                 if *purpose != Some(PaymentPurpose::OffSessionTopUp) {
@@ -326,9 +464,8 @@ impl Billing {
                 };
                 let id = order.id;
                 self.store
-                    .write(move |connection| {
-                        orders::end_pending(connection, id, OrderStatus::Failed)
-                    })
+                    .billing()
+                    .end_order(id, OrderStatus::Failed)
                     .await?;
                 Ok(EventOutcome::Applied(format!("order {id} failed")))
             }
@@ -369,21 +506,14 @@ impl Billing {
     ) -> Result<EventOutcome, BillingError> {
         let (order_id, account_id, order_type) = (order.id, order.account_id, order.order_type);
         self.store
-            .write(move |connection| {
-                orders::complete(
-                    connection,
-                    order_id,
-                    paid,
-                    payment_intent_id.as_deref(),
-                    now_ms,
-                )?;
-                if let Some(customer_id) = &customer_id {
-                    queries::set_stripe_customer(connection, account_id, customer_id)?;
-                }
-                if order_type == OrderType::InitialAccess {
-                    queries::activate(connection, account_id)?;
-                }
-                Ok::<_, BillingError>(())
+            .billing()
+            .complete_order(OrderCompletion {
+                order_id,
+                paid,
+                payment_intent_id,
+                customer: customer_id.map(|customer_id| (account_id, customer_id)),
+                activate: (order_type == OrderType::InitialAccess).then_some(account_id),
+                now_ms,
             })
             .await?;
         let credit = self.credit_for(order, paid);
@@ -418,17 +548,18 @@ impl Billing {
                 "a refund of a charge without a PaymentIntent".into(),
             ));
         };
-        let lookup = payment_intent_id.clone();
         let order = self
             .store
-            .read(move |connection| orders::find_by_payment_intent(connection, &lookup))
+            .billing()
+            .order_by_payment_intent(payment_intent_id.clone())
             .await?;
         let order = match order {
             Some(order) if order.status != OrderStatus::Pending => order,
             _ => {
-                return Ok(EventOutcome::Waiting(format!(
-                    "no completed order for PaymentIntent {payment_intent_id} yet"
-                )))
+                return Ok(EventOutcome::Waiting {
+                    detail: format!("no completed order for PaymentIntent {payment_intent_id} yet"),
+                    on: payment_intent_key(&payment_intent_id),
+                })
             }
         };
         let cumulative = cents(amount_refunded_cents)?;
@@ -462,7 +593,8 @@ impl Billing {
         }
         let order_id = order.id;
         self.store
-            .write(move |connection| orders::record_refunded(connection, order_id, cumulative))
+            .billing()
+            .record_refunded(order_id, cumulative)
             .await?;
         Ok(EventOutcome::Applied(format!(
             "order {order_id}: {} refunded in all",

@@ -42,9 +42,3 @@ pub enum BillingError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
-
-impl From<rusqlite::Error> for BillingError {
-    fn from(error: rusqlite::Error) -> BillingError {
-        BillingError::Store(StoreError::from(error))
-    }
-}

@@ -3,11 +3,9 @@
 
 use std::fmt;
 
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use crate::money::Money;
-use crate::store::{StoreError, UnknownValue};
 
 /// The launch price of access: $29.99.
 pub const LAUNCH_PRICE: Money = Money::from_micros(29_990_000);
@@ -90,31 +88,6 @@ impl Pricing {
             PricingMode::Sale => self.sale_price.unwrap_or(RRP_PRICE),
         }
     }
-}
-
-pub fn load(connection: &Connection) -> Result<Pricing, StoreError> {
-    let (mode, sale_price): (String, Option<i64>) = connection
-        .prepare_cached("SELECT mode, sale_price FROM pricing WHERE id = 1")?
-        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    let mode = PricingMode::parse(&mode)
-        .ok_or_else(|| StoreError::UnknownValue(UnknownValue::new("pricing", 1, "mode", mode)))?;
-    Ok(Pricing {
-        mode,
-        sale_price: sale_price.map(Money::from_micros),
-    })
-}
-
-pub fn save(connection: &Connection, pricing: &Pricing, now_ms: i64) -> Result<(), StoreError> {
-    connection
-        .prepare_cached(
-            "UPDATE pricing SET mode = ?1, sale_price = ?2, updated_at = ?3 WHERE id = 1",
-        )?
-        .execute(params![
-            pricing.mode.as_str(),
-            pricing.sale_price.map(Money::micros),
-            now_ms
-        ])?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
 use crate::rating::{quote, quote_to, Quote, QuoteRequest, RateTable, RatingError};
 use crate::registry::Registry;
-use crate::store::{queries, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 pub type SenderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SenderError>> + Send + 'a>>;
 
@@ -73,12 +73,6 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
-}
-
-impl From<rusqlite::Error> for MessagingError {
-    fn from(error: rusqlite::Error) -> MessagingError {
-        MessagingError::Store(StoreError::from(error))
-    }
 }
 
 /// What messaging needs to know beyond the request.
@@ -140,39 +134,21 @@ impl Messaging {
             },
             &self.rates,
         )?;
-        let carrier_cost = self
-            .rates
-            .rate_for(quoted.country)
-            .map(|rate| rate.carrier_cost)
-            .unwrap_or(Money::ZERO);
+        let carrier_cost = self.carrier_cost(&quoted)?;
 
         // Record the reservation, or find the earlier attempt with this key.
         let account_id = account.id;
-        let key = request.idempotency_key.clone();
-        let (record, fresh) = {
-            let quoted = quoted.clone();
-            self.store
-                .write(move |connection| {
-                    if let Some(existing) = records::find_by_key(connection, account_id, &key)? {
-                        return Ok::<_, MessagingError>((existing, false));
-                    }
-                    let record = records::insert(
-                        connection,
-                        &new_message(
-                            Some(account_id),
-                            MessageKind::Outbound,
-                            Some(&key),
-                            &quoted,
-                            carrier_cost,
-                            quoted.total(),
-                            MessageState::Reserved,
-                        ),
-                        now_ms,
-                    )?;
-                    Ok((record, true))
-                })
-                .await?
-        };
+        let mut message = new_message(
+            Some(account_id),
+            MessageKind::Outbound,
+            &quoted,
+            carrier_cost,
+            quoted.total(),
+            MessageState::Reserved,
+            now_ms,
+        );
+        message.idempotency_key = Some(request.idempotency_key.clone());
+        let (record, fresh) = self.store.messages().reserve_outbound(message).await?;
         if !fresh {
             return match record.state {
                 MessageState::Sent => Ok(SentMessage {
@@ -206,10 +182,7 @@ impl Messaging {
                     // Nothing was reserved: forget the attempt, so the same
                     // key can be tried again (after a top-up, say). An
                     // ambiguous failure stays reserved for recovery.
-                    let id = record.id;
-                    self.store
-                        .write(move |connection| records::delete_reserved(connection, id))
-                        .await?;
+                    self.store.messages().forget_reservation(record.id).await?;
                 }
                 return Err(error.into());
             }
@@ -218,24 +191,17 @@ impl Messaging {
         let sent = self.sender.send(&to, &request.body).await;
         let message = match sent {
             Ok(accepted) => {
-                let id = record.id;
                 let check_at =
                     now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay));
-                let sid = accepted.sid.clone();
                 let (message, early_status) = self
                     .store
-                    .write(move |connection| {
-                        records::resolve(
-                            connection,
-                            id,
-                            MessageState::Sent,
-                            Some(&sid),
-                            Some(&accepted.status),
-                            Some(check_at),
-                        )?;
-                        let early = records::take_early_status(connection, &sid)?;
-                        Ok::<_, MessagingError>((records::get(connection, id)?, early))
-                    })
+                    .messages()
+                    .mark_sent(
+                        record.id,
+                        accepted.sid.clone(),
+                        accepted.status.clone(),
+                        check_at,
+                    )
                     .await?;
                 if let Some(status) = early_status {
                     // Twilio called back before its answer was recorded.
@@ -264,7 +230,8 @@ impl Messaging {
             (Some(account_id), to) => {
                 let account = self
                     .store
-                    .get_account(account_id)
+                    .accounts()
+                    .get(account_id)
                     .await?
                     .ok_or(MessagingError::AccountNotFound(account_id))?;
                 if let Some(to) = to {
@@ -280,14 +247,27 @@ impl Messaging {
             }
             (None, Some(to)) => {
                 let phone = PhoneNumber::parse(to).map_err(RatingError::from)?;
-                let lookup = phone.clone();
                 self.store
-                    .read(move |connection| queries::find_account_by_phone(connection, &lookup))
+                    .accounts()
+                    .by_phone(phone.clone())
                     .await?
                     .ok_or_else(|| MessagingError::UnknownNumber(phone.to_string()))
             }
             (None, None) => Err(MessagingError::NoDestination),
         }
+    }
+
+    /// What the carrier charges per segment to where a quote sends: the
+    /// rate the quote was made with, so it is always there.
+    fn carrier_cost(&self, quoted: &Quote) -> Result<Money, MessagingError> {
+        self.rates
+            .rate_for(quoted.country)
+            .map(|rate| rate.carrier_cost)
+            .ok_or(MessagingError::Rating(
+                RatingError::UnsupportedDestination {
+                    country: quoted.country,
+                },
+            ))
     }
 
     /// Gives a reserved message's cost back, once.
@@ -301,12 +281,7 @@ impl Messaging {
             };
             self.registry.send(account_id, refund).await?;
         }
-        let id = record.id;
-        self.store
-            .write(move |connection| {
-                records::resolve(connection, id, MessageState::Voided, None, None, None)
-            })
-            .await?;
+        self.store.messages().mark_voided(record.id).await?;
         Ok(())
     }
 
@@ -314,30 +289,24 @@ impl Messaging {
     /// have happened, so the cost is given back (the service, not the
     /// customer, carries that doubt).
     pub async fn recover_unresolved(&self) -> Result<usize, MessagingError> {
-        let open = self.store.read(records::unresolved).await?;
+        let open = self.store.messages().unresolved().await?;
         let count = open.len();
         for record in open {
             // Whether the debit itself committed is unknown: a refund keyed
             // to a debit that never happened would create money, so look.
             let debited = match record.account_id {
-                Some(account_id) => {
-                    let key = IdempotencyKey::message(record.id);
-                    self.store
-                        .find_entry_by_key(account_id, key)
-                        .await?
-                        .is_some()
-                }
+                Some(account_id) => self
+                    .store
+                    .ledger()
+                    .entry_by_key(account_id, IdempotencyKey::message(record.id))
+                    .await?
+                    .is_some(),
                 None => false,
             };
             if debited {
                 self.void(&record).await?;
             } else {
-                let id = record.id;
-                self.store
-                    .write(move |connection| {
-                        records::resolve(connection, id, MessageState::Voided, None, None, None)
-                    })
-                    .await?;
+                self.store.messages().mark_voided(record.id).await?;
             }
         }
         Ok(count)
@@ -352,7 +321,7 @@ impl Messaging {
             "Your SMS credit is low: {} left. Text BUY $10 or top up at {}",
             receipt.entry.balance_after, self.settings.web_link
         );
-        let account = match self.store.get_account(account_id).await {
+        let account = match self.store.accounts().get(account_id).await {
             Ok(Some(account)) => account,
             _ => return,
         };
@@ -398,25 +367,23 @@ impl Messaging {
         kind: MessageKind,
         sid: Option<String>,
         now_ms: i64,
-    ) -> Result<ServiceRecord, MessagingError> {
+    ) -> Result<NewMessage, MessagingError> {
         let quoted = quote_to(to, body, false, &self.rates)?;
-        let carrier_cost = self
-            .rates
-            .rate_for(quoted.country)
-            .map(|rate| rate.carrier_cost)
-            .unwrap_or(Money::ZERO);
-        let next_price_check_at = sid
-            .as_ref()
-            .map(|_| now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay)));
-        Ok(ServiceRecord {
+        let carrier_cost = self.carrier_cost(&quoted)?;
+        let mut message = new_message(
             account_id,
             kind,
-            quoted,
+            &quoted,
             carrier_cost,
-            sid,
-            next_price_check_at,
+            Money::ZERO,
+            MessageState::Sent,
             now_ms,
-        })
+        );
+        message.next_price_check_at = sid
+            .as_ref()
+            .map(|_| now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay)));
+        message.twilio_sid = sid;
+        Ok(message)
     }
 
     /// Records the cost of a service message (a TwiML reply is sent by
@@ -432,10 +399,7 @@ impl Messaging {
     ) -> Result<MessageRecord, MessagingError> {
         let to = PhoneNumber::parse(to).map_err(RatingError::from)?;
         let prepared = self.prepare_service(account_id, &to, body, kind, sid, now_ms)?;
-        Ok(self
-            .store
-            .write(move |connection| prepared.insert(connection))
-            .await?)
+        Ok(self.store.messages().record_service(prepared).await?)
     }
 
     /// A status callback: records the status; a message that `failed`
@@ -448,18 +412,10 @@ impl Messaging {
         status: &str,
         now_ms: i64,
     ) -> Result<Option<MessageRecord>, MessagingError> {
-        let lookup = sid.to_string();
-        let status_text = status.to_string();
         let record = self
             .store
-            .write(move |connection| {
-                let Some(record) = records::find_by_sid(connection, &lookup)? else {
-                    records::keep_early_status(connection, &lookup, &status_text, now_ms)?;
-                    return Ok::<_, MessagingError>(None);
-                };
-                records::set_twilio_status(connection, record.id, &status_text)?;
-                Ok(Some(record))
-            })
+            .messages()
+            .record_status(sid.to_string(), status.to_string(), now_ms)
             .await?;
         let Some(record) = record else {
             return Ok(None);
@@ -473,61 +429,29 @@ impl Messaging {
                     order_id: None,
                 };
                 self.registry.send(account_id, refund).await?;
-                let id = record.id;
-                self.store
-                    .write(move |connection| records::mark_refunded(connection, id))
-                    .await?;
+                self.store.messages().mark_refunded(record.id).await?;
             }
         }
         Ok(Some(record))
     }
 }
 
-/// A service message (not charged, but costed), quoted and ready to record.
-pub struct ServiceRecord {
+fn new_message(
     account_id: Option<AccountId>,
     kind: MessageKind,
-    quoted: Quote,
-    carrier_cost: Money,
-    sid: Option<String>,
-    next_price_check_at: Option<i64>,
-    now_ms: i64,
-}
-
-impl ServiceRecord {
-    /// Inserts the record (inside whatever write the caller runs).
-    pub fn insert(&self, connection: &rusqlite::Connection) -> Result<MessageRecord, StoreError> {
-        let mut message = new_message(
-            self.account_id,
-            self.kind,
-            None,
-            &self.quoted,
-            self.carrier_cost,
-            Money::ZERO,
-            MessageState::Sent,
-        );
-        message.twilio_sid = self.sid.as_deref();
-        message.next_price_check_at = self.next_price_check_at;
-        records::insert(connection, &message, self.now_ms)
-    }
-}
-
-fn new_message<'a>(
-    account_id: Option<AccountId>,
-    kind: MessageKind,
-    idempotency_key: Option<&'a str>,
-    quoted: &'a Quote,
+    quoted: &Quote,
     carrier_cost: Money,
     charged: Money,
     state: MessageState,
-) -> NewMessage<'a> {
+    now_ms: i64,
+) -> NewMessage {
     NewMessage {
         account_id,
         kind,
-        idempotency_key,
-        to: &quoted.to,
-        country: quoted.country.as_str(),
-        encoding: quoted.encoding.as_str(),
+        idempotency_key: None,
+        to: quoted.to.clone(),
+        country: quoted.country.as_str().to_string(),
+        encoding: quoted.encoding.as_str().to_string(),
         segments: i64::from(quoted.segments),
         price_per_segment: Money::from_micros(quoted.price_per_segment_micros),
         carrier_cost_per_segment: carrier_cost,
@@ -535,5 +459,6 @@ fn new_message<'a>(
         state,
         twilio_sid: None,
         next_price_check_at: None,
+        created_at_ms: now_ms,
     }
 }

@@ -5,13 +5,12 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::Connection;
 use serde::Serialize;
 
-use super::records::{self, MessageKind};
+use super::records::{MessageKind, SentCost};
 use super::Messaging;
 use crate::money::Money;
-use crate::store::{StoreError, UnknownValue};
+use crate::store::{Store, StoreError};
 
 /// How many times a price is looked up before giving up, and the wait
 /// between looks (doubling).
@@ -72,38 +71,22 @@ fn add(
     }
 }
 
-/// Builds the report from the `messages` table.
-pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreError> {
+/// Builds the report from what every sent message cost.
+pub fn report(costs: &[SentCost]) -> ReconciliationReport {
     let mut report = ReconciliationReport::default();
     // Charged amounts of the messages whose actual price is known, for margins.
     let mut charged_with_actual: BTreeMap<String, i64> = BTreeMap::new();
-    let mut statement = connection.prepare(
-        "SELECT id, twilio_sid, country, segments, charged, carrier_cost_per_segment, actual_cost, kind
-           FROM messages WHERE state = 'sent' ORDER BY id",
-    )?;
-    let mut rows = statement.query([])?;
-    while let Some(row) = rows.next()? {
-        let id: i64 = row.get(0)?;
-        let sid: Option<String> = row.get(1)?;
-        let country: String = row.get(2)?;
-        let segments: i64 = row.get(3)?;
-        let charged: i64 = row.get(4)?;
-        let carrier_per_segment: i64 = row.get(5)?;
-        let actual: Option<i64> = row.get(6)?;
-        let kind: String = row.get(7)?;
-        let charged_to_account = match MessageKind::parse(&kind) {
-            Some(kind) => kind == MessageKind::Outbound,
-            None => {
-                return Err(StoreError::UnknownValue(UnknownValue::new(
-                    "messages", id, "kind", kind,
-                )))
-            }
-        };
+    for cost in costs {
+        let segments = cost.segments;
+        let charged = cost.charged.micros();
+        let carrier_per_segment = cost.carrier_cost_per_segment.micros();
+        let actual = cost.actual_cost.map(Money::micros);
+        let charged_to_account = cost.kind == MessageKind::Outbound;
         let expected = carrier_per_segment * segments;
         if charged_to_account {
             add(&mut report.overall, segments, charged, expected, actual);
             add(
-                report.by_country.entry(country.clone()).or_default(),
+                report.by_country.entry(cost.country.clone()).or_default(),
                 segments,
                 charged,
                 expected,
@@ -114,14 +97,14 @@ pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreErro
         }
         if let Some(actual) = actual {
             if charged_to_account {
-                *charged_with_actual.entry(country.clone()).or_default() += charged;
+                *charged_with_actual.entry(cost.country.clone()).or_default() += charged;
                 *charged_with_actual.entry(String::new()).or_default() += charged;
             }
             if actual != expected {
                 report.mismatches.push(CostMismatch {
-                    message_id: id,
-                    twilio_sid: sid,
-                    country,
+                    message_id: cost.message_id,
+                    twilio_sid: cost.twilio_sid.clone(),
+                    country: cost.country.clone(),
                     segments,
                     expected_per_segment_micros: carrier_per_segment,
                     actual_per_segment_micros: actual / segments.max(1),
@@ -141,8 +124,17 @@ pub fn report(connection: &Connection) -> Result<ReconciliationReport, StoreErro
             line.actual_carrier_cost_micros,
         );
     }
-    Ok(report)
+    report
 }
+
+/// The report, read from a store.
+pub async fn report_from(store: &Store) -> Result<ReconciliationReport, StoreError> {
+    Ok(report(&store.messages().sent_costs().await?))
+}
+
+/// How long a worker may take to look up one batch of prices before
+/// another worker may look them up again.
+const PRICE_CHECK_LEASE_MS: i64 = 60_000;
 
 impl Messaging {
     /// Looks up Twilio's price of the messages that are due; returns how
@@ -150,15 +142,16 @@ impl Messaging {
     pub async fn check_prices(&self, now_ms: i64) -> Result<usize, super::MessagingError> {
         let due = self
             .store
-            .read(move |connection| records::price_checks_due(connection, now_ms, 100))
+            .messages()
+            .claim_price_checks(now_ms, now_ms + PRICE_CHECK_LEASE_MS, 100)
             .await?;
         let mut known = 0;
-        let base_delay = self.settings.price_check_delay.as_millis().max(1000) as i64;
-        for (id, sid, checks) in due {
-            let price = match self.sender.fetch_price(&sid).await {
+        let base_delay = crate::clock::millis(self.settings.price_check_delay).max(1000);
+        for check in due {
+            let price = match self.sender.fetch_price(&check.twilio_sid).await {
                 Ok(price) => price,
                 Err(error) => {
-                    tracing::warn!(%sid, %error, "could not fetch the Twilio price; will retry");
+                    tracing::warn!(sid = %check.twilio_sid, %error, "could not fetch the Twilio price; will retry");
                     None
                 }
             };
@@ -167,13 +160,12 @@ impl Messaging {
             }
             let next_check_at = match price {
                 Some(_) => None,
-                None if checks + 1 >= MAX_PRICE_CHECKS => None,
-                None => Some(now_ms + base_delay * (1 << (checks + 1).min(10))),
+                None if check.checks + 1 >= MAX_PRICE_CHECKS => None,
+                None => Some(now_ms + base_delay * (1 << (check.checks + 1).min(10))),
             };
             self.store
-                .write(move |connection| {
-                    records::record_price_check(connection, id, price, next_check_at)
-                })
+                .messages()
+                .record_price_check(check.message_id, price, next_check_at)
                 .await?;
         }
         Ok(known)

@@ -1,49 +1,97 @@
-//! The durable store: one writer thread that owns the SQLite write connection
-//! and group-commits, and reader threads that answer look-ups.
+//! The durable store: the storage port the domain talks to ([`ports`]),
+//! the handle that routes it to an adapter, and what both adapters share
+//! (errors, ledger writes, counters, the balance feed's fan-out).
 //!
-//! Blocking SQLite calls never run on an async thread: callers hand work to
-//! these threads and await a oneshot answer. A write's answer is sent only
-//! after the transaction that holds it has committed (or failed).
+//! Adapters: SQLite (`sqlite/`, the embedded default: one writer thread that
+//! group-commits, reader threads) and Postgres. Each keeps its SQL, its
+//! migrations and its connections to itself. Whatever the adapter, a write
+//! is answered only after the transaction that holds it has committed.
 
-mod migrations;
-pub mod queries;
-mod reader;
-mod writer;
+pub mod ports;
+pub mod sqlite;
 
-use std::any::Any;
-use std::future::Future;
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
 
-use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use crate::feed::FeedHub;
-use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
+use crate::ledger::{LedgerEntry, Snapshot, TransactionKind};
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
-pub use migrations::{applied_migrations, MIGRATIONS};
+pub use ports::{
+    AccessOrderRequest, AccountStore, Backend, BillingStore, EventDecision, InboundRecord,
+    LedgerStore, MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent,
+    StoreFuture, StripeEventStore, TokenStore,
+};
+
+/// Where the database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// An SQLite file, created and migrated if absent.
+    Sqlite(PathBuf),
+}
+
+impl DatabaseLocation {
+    /// A file path or `sqlite://path` is SQLite.
+    pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("is empty".to_string());
+        }
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
+        }
+        Ok(DatabaseLocation::Sqlite(PathBuf::from(text)))
+    }
+
+    /// The SQLite file, for commands that only work on one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            DatabaseLocation::Sqlite(path) => Some(path),
+        }
+    }
+}
+
+impl fmt::Display for DatabaseLocation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseLocation::Sqlite(path) => write!(formatter, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseLocation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, formatter)
+    }
+}
 
 /// How the store is opened.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
-    /// The SQLite database file; created and migrated if absent.
-    pub path: PathBuf,
+    pub location: DatabaseLocation,
     /// The most writes one group commit takes.
     pub max_batch: usize,
-    /// How many reader threads answer look-ups.
+    /// How many reader threads (or connections) answer look-ups.
     pub readers: usize,
 }
 
 impl StoreSettings {
-    pub fn new(path: impl Into<PathBuf>) -> StoreSettings {
+    pub fn new(location: DatabaseLocation) -> StoreSettings {
         StoreSettings {
-            path: path.into(),
+            location,
             max_batch: 8192,
             readers: 1,
         }
+    }
+
+    /// Settings for an SQLite file.
+    pub fn sqlite(path: impl Into<PathBuf>) -> StoreSettings {
+        StoreSettings::new(DatabaseLocation::Sqlite(path.into()))
     }
 }
 
@@ -98,27 +146,15 @@ impl UnknownValue {
             value: value.into(),
         }
     }
-
-    /// As a row decoder's error, so that it travels through rusqlite and
-    /// comes out as [`StoreError::UnknownValue`].
-    pub fn into_sql_error(self, column_index: usize) -> rusqlite::Error {
-        rusqlite::Error::FromSqlConversionFailure(
-            column_index,
-            rusqlite::types::Type::Text,
-            Box::new(self),
-        )
-    }
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(error: rusqlite::Error) -> StoreError {
-        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &error {
-            if let Some(unknown) = cause.downcast_ref::<UnknownValue>() {
-                return StoreError::UnknownValue(unknown.clone());
-            }
-        }
-        StoreError::Database(error.to_string())
-    }
+/// Why an account could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateAccountError {
+    #[error("an account with phone number {0} already exists")]
+    PhoneTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -134,33 +170,9 @@ pub struct LedgerWrite {
     /// generation, because they were computed on top of the failed one.
     pub generation: u64,
     pub done: oneshot::Sender<Result<(), StoreError>>,
+    /// When it was submitted, for the acknowledgement latency.
+    pub submitted_at: Instant,
 }
-
-type ErasedValue = Box<dyn Any + Send>;
-type ErasedOp = Box<dyn FnOnce(&Connection) -> Result<ErasedValue, ErasedValue> + Send>;
-
-/// Why an erased custom write did not succeed.
-enum CustomFailure {
-    /// The operation itself refused; its savepoint was rolled back.
-    Op(ErasedValue),
-    /// The batch it was in did not commit.
-    Store(StoreError),
-}
-
-struct CustomWrite {
-    op: ErasedOp,
-    done: oneshot::Sender<Result<ErasedValue, CustomFailure>>,
-}
-
-enum WriterMessage {
-    /// A ledger write and when it was submitted.
-    Ledger(LedgerWrite, Instant),
-    Custom(CustomWrite),
-    /// Answered once everything queued before it has committed.
-    Flush(oneshot::Sender<()>),
-}
-
-type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// Counters of the writer, for benchmarks and metrics.
 pub struct StoreStats {
@@ -224,112 +236,114 @@ impl StoreStats {
             TransactionKind::Adjustment => &self.adjustments,
         }
     }
+
+    /// Counts a committed batch (of `batch_size` queued items, of which
+    /// `writes` were applied) and its ledger rows.
+    pub(crate) fn committed(&self, batch_size: usize, writes: usize, entries: &[&LedgerEntry]) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.committed_writes
+            .fetch_add(writes as u64, Ordering::Relaxed);
+        self.max_batch
+            .fetch_max(batch_size as u64, Ordering::Relaxed);
+        self.batch_sizes.observe(batch_size as u64);
+        for entry in entries {
+            self.totals(entry.kind).add(entry.amount.micros());
+        }
+    }
 }
 
-/// A handle to the store's threads; cheap to clone.
+/// What the handle and its adapter share.
+pub(crate) struct Shared {
+    pub(crate) stats: Arc<StoreStats>,
+    /// Where committed ledger rows are published for the balance feed.
+    pub(crate) feed: Arc<FeedHub>,
+    /// Test-only: how many of the next commits fail as a full disk would.
+    pub(crate) fail_next_commits: AtomicU64,
+    next_generation: AtomicU64,
+}
+
+impl Shared {
+    fn new() -> Arc<Shared> {
+        Arc::new(Shared {
+            stats: Arc::new(StoreStats::default()),
+            feed: FeedHub::new(),
+            fail_next_commits: AtomicU64::new(0),
+            next_generation: AtomicU64::new(1),
+        })
+    }
+
+    /// Whether the next commit is to fail (the test switch), counting it.
+    pub(crate) fn take_injected_failure(&self) -> bool {
+        self.fail_next_commits
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+                remaining.checked_sub(1)
+            })
+            .is_ok()
+    }
+}
+
+/// A handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    backend: Arc<dyn Backend>,
     shared: Arc<Shared>,
-}
-
-struct Shared {
-    writer: mpsc::Sender<WriterMessage>,
-    readers: Vec<mpsc::Sender<ReadJob>>,
-    next_reader: AtomicUsize,
-    next_generation: AtomicU64,
-    fail_next_commits: Arc<AtomicU64>,
-    stats: Arc<StoreStats>,
-    feed: Arc<FeedHub>,
-    path: PathBuf,
-}
-
-/// Opens a connection with the pragmas every connection of the store uses.
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
-    let open_error = |error: rusqlite::Error| StoreError::Open {
-        path: path.display().to_string(),
-        reason: error.to_string(),
-    };
-    let connection = Connection::open(path).map_err(open_error)?;
-    connection
-        .busy_timeout(Duration::from_secs(5))
-        .map_err(open_error)?;
-    connection
-        .pragma_update(None, "journal_mode", "WAL")
-        .map_err(open_error)?;
-    connection
-        .pragma_update(None, "synchronous", "FULL")
-        .map_err(open_error)?;
-    connection
-        .pragma_update(None, "foreign_keys", "ON")
-        .map_err(open_error)?;
-    connection
-        .pragma_update(None, "cache_size", -65_536)
-        .map_err(open_error)?;
-    // Checkpoint the WAL back into the database every 64 MiB rather than
-    // every 4 MiB: fewer, larger checkpoints cost the writer less per row.
-    connection
-        .pragma_update(None, "wal_autocheckpoint", 16_384)
-        .map_err(open_error)?;
-    Ok(connection)
-}
-
-/// Opens the database for a one-off command (CLI), migrated, on the calling
-/// thread. The server uses [`Store::open`] instead.
-pub fn open_direct(path: &Path) -> Result<Connection, StoreError> {
-    let mut connection = open_connection(path)?;
-    migrations::migrate(&mut connection)?;
-    Ok(connection)
+    location: Arc<DatabaseLocation>,
 }
 
 impl Store {
     /// Opens (creating and migrating if needed) the database and starts the
-    /// writer and reader threads.
+    /// adapter's threads and connections.
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let mut write_connection = open_connection(&settings.path)?;
-        migrations::migrate(&mut write_connection)?;
-
-        let stats = Arc::new(StoreStats::default());
-        let fail_next_commits = Arc::new(AtomicU64::new(0));
-        let feed = FeedHub::new();
-
-        let (writer_sender, writer_receiver) = mpsc::channel();
-        let writer_state = writer::Writer::new(
-            write_connection,
-            settings.max_batch.max(1),
-            Arc::clone(&stats),
-            Arc::clone(&fail_next_commits),
-            Arc::clone(&feed),
-        );
-        // The threads end when the last handle (and so their queue) is dropped.
-        spawn_thread("store-writer", move || writer_state.run(writer_receiver))?;
-
-        let mut readers = Vec::new();
-        for index in 0..settings.readers.max(1) {
-            let read_connection = open_connection(&settings.path)?;
-            read_connection.pragma_update(None, "query_only", "ON")?;
-            let (reader_sender, reader_receiver) = mpsc::channel();
-            spawn_thread(&format!("store-reader-{index}"), move || {
-                reader::run(read_connection, reader_receiver)
-            })?;
-            readers.push(reader_sender);
-        }
-
+        let shared = Shared::new();
+        let backend: Arc<dyn Backend> = match &settings.location {
+            DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
+                path,
+                settings.max_batch.max(1),
+                settings.readers.max(1),
+                Arc::clone(&shared),
+            )?),
+        };
         Ok(Store {
-            shared: Arc::new(Shared {
-                writer: writer_sender,
-                readers,
-                next_reader: AtomicUsize::new(0),
-                next_generation: AtomicU64::new(1),
-                fail_next_commits,
-                stats,
-                feed,
-                path: settings.path.clone(),
-            }),
+            backend,
+            shared,
+            location: Arc::new(settings.location.clone()),
         })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.shared.path
+    /// Applies the migrations the database has not had yet, without
+    /// starting anything else (`sms-credit migrate`).
+    pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
+        match location {
+            DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
+        }
+    }
+
+    pub fn location(&self) -> &DatabaseLocation {
+        &self.location
+    }
+
+    pub fn ledger(&self) -> &dyn LedgerStore {
+        &*self.backend
+    }
+
+    pub fn accounts(&self) -> &dyn AccountStore {
+        &*self.backend
+    }
+
+    pub fn tokens(&self) -> &dyn TokenStore {
+        &*self.backend
+    }
+
+    pub fn billing(&self) -> &dyn BillingStore {
+        &*self.backend
+    }
+
+    pub fn events(&self) -> &dyn StripeEventStore {
+        &*self.backend
+    }
+
+    pub fn messages(&self) -> &dyn MessageStore {
+        &*self.backend
     }
 
     /// The fan-out of committed ledger rows (the balance feed).
@@ -352,135 +366,8 @@ impl Store {
         self.shared.fail_next_commits.store(count, Ordering::SeqCst);
     }
 
-    /// Queues a ledger write; its `done` is answered after its batch commits.
-    pub fn submit_ledger_write(&self, write: LedgerWrite) -> Result<(), StoreError> {
-        self.shared
-            .writer
-            .send(WriterMessage::Ledger(write, Instant::now()))
-            .map_err(|_| StoreError::Closed)
-    }
-
-    /// Runs `op` inside the next group commit, in a savepoint of its own:
-    /// an `Err` from `op` rolls back only `op`, and is answered at once; an
-    /// `Ok` is answered once the batch has committed.
-    pub async fn write<T, E, F>(&self, op: F) -> Result<T, E>
-    where
-        T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
-    {
-        let erased: ErasedOp = Box::new(move |connection| match op(connection) {
-            Ok(value) => Ok(Box::new(value) as ErasedValue),
-            Err(error) => Err(Box::new(error) as ErasedValue),
-        });
-        let (done, answer) = oneshot::channel();
-        self.shared
-            .writer
-            .send(WriterMessage::Custom(CustomWrite { op: erased, done }))
-            .map_err(|_| E::from(StoreError::Closed))?;
-        match answer.await {
-            Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
-                E::from(StoreError::Database(
-                    "write answered with the wrong type".into(),
-                ))
-            }),
-            Ok(Err(CustomFailure::Op(error))) => Err(error
-                .downcast::<E>()
-                .map(|error| *error)
-                .unwrap_or_else(|_| {
-                    E::from(StoreError::Database(
-                        "write failed with the wrong type".into(),
-                    ))
-                })),
-            Ok(Err(CustomFailure::Store(error))) => Err(E::from(error)),
-            Err(_) => Err(E::from(StoreError::Closed)),
-        }
-    }
-
-    /// Runs `query` on a reader thread, inside a read transaction that
-    /// started after the query was queued, so it sees every commit that was
-    /// answered before this call. The query is queued at once; the returned
-    /// future only waits for the answer.
-    pub fn read<T, F>(
-        &self,
-        query: F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
-    {
-        let (done, answer) = oneshot::channel();
-        let job: ReadJob = Box::new(move |connection| {
-            // The caller may have gone away; nothing to do then.
-            let _ = done.send(query(connection));
-        });
-        let readers = &self.shared.readers;
-        let index = self.shared.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
-        let queued = readers[index].send(job).map_err(|_| StoreError::Closed);
-        async move {
-            queued?;
-            answer.await.map_err(|_| StoreError::Closed)?
-        }
-    }
-
-    /// The committed snapshot of an account, or `None` if there is no such account.
-    pub fn load_snapshot(
-        &self,
-        account_id: AccountId,
-    ) -> impl Future<Output = Result<Option<Snapshot>, StoreError>> + Send + 'static {
-        self.read(move |connection| queries::load_snapshot(connection, account_id))
-    }
-
-    /// The committed ledger row of an account with this idempotency key, if any.
-    pub fn find_entry_by_key(
-        &self,
-        account_id: AccountId,
-        key: crate::ledger::IdempotencyKey,
-    ) -> impl Future<Output = Result<Option<LedgerEntry>, StoreError>> + Send + 'static {
-        self.read(move |connection| {
-            queries::find_entry_by_key(connection, account_id, key.as_str())
-        })
-    }
-
-    /// Creates an account with a zero balance, in the next group commit.
-    pub async fn create_account(
-        &self,
-        new_account: crate::accounts::NewAccount,
-        created_at_ms: i64,
-    ) -> Result<crate::accounts::Account, queries::CreateAccountError> {
-        self.write(move |connection| {
-            queries::insert_account(connection, &new_account, created_at_ms)
-        })
-        .await
-    }
-
-    /// An account with its committed balance.
-    pub fn get_account(
-        &self,
-        account_id: AccountId,
-    ) -> impl Future<Output = Result<Option<crate::accounts::Account>, StoreError>> + Send + 'static
-    {
-        self.read(move |connection| queries::get_account(connection, account_id))
-    }
-
     /// Waits until everything queued before this call has committed or failed.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let (done, answer) = oneshot::channel();
-        self.shared
-            .writer
-            .send(WriterMessage::Flush(done))
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)
+        self.backend.flush().await
     }
-}
-
-fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
-    std::thread::Builder::new()
-        .name(name.to_string())
-        .spawn(body)
-        .map(drop)
-        .map_err(|error| StoreError::Open {
-            path: String::new(),
-            reason: format!("could not start thread {name}: {error}"),
-        })
 }

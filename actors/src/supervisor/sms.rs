@@ -22,11 +22,11 @@ use crate::commands::buy::{self, BuyOutcome};
 use crate::commands::{balance, help, unknown_reply, BuyAmount, Command};
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
-use crate::messaging::records::{self, MessageKind};
+use crate::messaging::records::MessageKind;
 use crate::messaging::Messaging;
 use crate::rating::RateTable;
 use crate::registry::Registry;
-use crate::store::{queries, Store, StoreError};
+use crate::store::{InboundRecord, Store, StoreError};
 
 /// A verified inbound SMS. The answer is the reply text (`None`: no reply).
 #[derive(Message, Clone, Debug)]
@@ -174,20 +174,10 @@ impl SmsContext {
                 Some(known) => Some(known.phone.clone()),
                 None => PhoneNumber::parse(&message.from).ok(),
             };
-            let sid = message.message_sid.clone();
-            let lookup = phone.clone();
             let (earlier, found) = self
                 .store
-                .read(move |connection| {
-                    let earlier = records::inbound_reply(connection, &sid)?;
-                    let found = match &lookup {
-                        Some(phone) if earlier.is_none() => {
-                            queries::find_account_by_phone(connection, phone)?
-                        }
-                        _ => None,
-                    };
-                    Ok::<_, StoreError>((earlier, found))
-                })
+                .messages()
+                .inbound_reply_and_account(message.message_sid.clone(), phone.clone())
                 .await?;
             if let Some(reply) = earlier {
                 return Ok(reply);
@@ -222,30 +212,17 @@ impl SmsContext {
                 .ok(),
             _ => None,
         };
-        let (sid, from, body, text) = (
-            message.message_sid.clone(),
-            message.from.clone(),
-            message.body.clone(),
-            reply.clone(),
-        );
         let earlier = self
             .store
-            .write(move |connection| {
-                let earlier = records::record_inbound(
-                    connection,
-                    &sid,
-                    &from,
-                    account_id,
-                    &body,
-                    Some(&text),
-                    now_ms,
-                )?;
-                if earlier.is_none() {
-                    if let Some(service) = &service {
-                        service.insert(connection)?;
-                    }
-                }
-                Ok::<_, StoreError>(earlier)
+            .messages()
+            .record_inbound(InboundRecord {
+                message_sid: message.message_sid.clone(),
+                from: message.from.clone(),
+                account_id,
+                body: message.body.clone(),
+                reply: Some(reply.clone()),
+                reply_cost: service,
+                now_ms,
             })
             .await?;
         // A delivery handled meanwhile (after a restart) answered first.

@@ -16,7 +16,9 @@ use crate::billing::BillingError;
 pub struct HandleStripeEvent {
     pub event_id: String,
     pub event_type: String,
-    pub event: StripeEvent,
+    /// The event, or why a signed event could not be read (it is recorded
+    /// as failed, for an admin to see).
+    pub event: Result<StripeEvent, String>,
     pub received_at_ms: i64,
 }
 

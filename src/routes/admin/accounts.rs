@@ -5,7 +5,6 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::clock::format_rfc3339_ms;
-use sms_credit_actors::store::queries;
 use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
@@ -76,7 +75,8 @@ pub async fn create(
     };
     let account = state
         .store
-        .create_account(new_account, state.clock.now_ms())
+        .accounts()
+        .create(new_account, state.clock.now_ms())
         .await?;
     tracing::info!(account_id = %account.id, "account created");
     Ok(HttpResponse::Created().json(AccountView::from(&account)))
@@ -90,7 +90,8 @@ pub async fn show(
     let account_id = AccountId(path.into_inner());
     let account = state
         .store
-        .get_account(account_id)
+        .accounts()
+        .get(account_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
     Ok(HttpResponse::Ok().json(AccountView::from(&account)))
@@ -123,12 +124,10 @@ pub async fn list(
         ));
     }
     let search = query.q.filter(|text| !text.trim().is_empty());
-    let after_id = query.after_id;
     let accounts = state
         .store
-        .read(move |connection| {
-            queries::list_accounts(connection, search.as_deref(), after_id, limit)
-        })
+        .accounts()
+        .list(search, query.after_id, limit)
         .await?;
     let next_after_id = (accounts.len() as i64 == limit)
         .then(|| accounts.last().map(|account| account.id.0))

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use sms_credit_actors::billing::discounts::{self, normalize_code, Discount};
+use sms_credit_actors::billing::discounts::{normalize_code, Discount};
 use sms_credit_actors::Money;
 
 use crate::auth::Admin;
@@ -54,13 +54,10 @@ pub async fn create(
         return Err(invalid("max_uses must be at least 1".to_string()));
     }
     let now_ms = state.clock.now_ms();
-    let max_uses = request.max_uses;
-    let code_for_write = code.clone();
     let created = state
         .store
-        .write(move |connection| {
-            discounts::create(connection, &code_for_write, discount, max_uses, now_ms)
-        })
+        .billing()
+        .create_discount_code(code.clone(), discount, request.max_uses, now_ms)
         .await?;
     match created {
         Some(created) => Ok(HttpResponse::Created().json(created)),
@@ -72,7 +69,7 @@ pub async fn create(
 }
 
 pub async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let codes = state.store.read(discounts::list).await?;
+    let codes = state.store.billing().discount_codes().await?;
     Ok(HttpResponse::Ok().json(json!({ "discount_codes": codes })))
 }
 
@@ -84,17 +81,10 @@ pub async fn update(
 ) -> Result<HttpResponse, ApiError> {
     let code = normalize_code(&path.into_inner())
         .map_err(|message| ApiError::invalid("invalid_discount_code", message))?;
-    let active = body.active;
-    let code_for_write = code.clone();
     let found = state
         .store
-        .write(move |connection| {
-            if discounts::set_active(connection, &code_for_write, active)? {
-                discounts::find(connection, &code_for_write)
-            } else {
-                Ok(None)
-            }
-        })
+        .billing()
+        .set_discount_code_active(code.clone(), body.active)
         .await?;
     let updated =
         found.ok_or_else(|| ApiError::NotFound(format!("there is no discount code {code}")))?;

@@ -2,7 +2,6 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
-use sms_credit_actors::billing::orders;
 use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
@@ -15,9 +14,6 @@ pub async fn list(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    let found = state
-        .store
-        .read(move |connection| orders::list_for_account(connection, account_id))
-        .await?;
+    let found = state.store.billing().orders_of(account_id).await?;
     Ok(HttpResponse::Ok().json(json!({ "orders": found })))
 }

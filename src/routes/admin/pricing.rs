@@ -4,7 +4,7 @@
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
-use sms_credit_actors::billing::pricing::{self, Pricing, PricingMode};
+use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::Money;
 
 use crate::auth::Admin;
@@ -27,7 +27,7 @@ fn view(pricing: &Pricing) -> serde_json::Value {
 }
 
 pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let current = state.store.read(pricing::load).await?;
+    let current = state.store.billing().pricing().await?;
     Ok(HttpResponse::Ok().json(view(&current)))
 }
 
@@ -44,7 +44,8 @@ pub async fn update(
     let now_ms = state.clock.now_ms();
     state
         .store
-        .write(move |connection| pricing::save(connection, &new_pricing, now_ms))
+        .billing()
+        .set_pricing(new_pricing, now_ms)
         .await?;
     tracing::info!(mode = %new_pricing.mode, "pricing mode changed");
     Ok(HttpResponse::Ok().json(view(&new_pricing)))

@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 
 pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let report = state.store.read(reconcile::report).await?;
+    let report = reconcile::report_from(&state.store).await?;
     Ok(HttpResponse::Ok().json(report))
 }
 

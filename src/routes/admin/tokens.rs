@@ -4,12 +4,15 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
-use sms_credit_actors::store::queries;
-use sms_credit_actors::{access_tokens, AccountId, StoreError};
+use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
+
+fn no_such_account(account_id: AccountId) -> ApiError {
+    ApiError::NotFound(format!("account {account_id} does not exist"))
+}
 
 pub async fn issue(
     _admin: Admin,
@@ -17,19 +20,9 @@ pub async fn issue(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    let now_ms = state.clock.now_ms();
-    let token = state
-        .store
-        .write(move |connection| {
-            if queries::get_account(connection, account_id)?.is_none() {
-                return Ok(None);
-            }
-            access_tokens::issue(connection, account_id, now_ms).map(Some)
-        })
-        .await
-        .map_err(|error: StoreError| ApiError::Store(error))?;
-    let token =
-        token.ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
+    let token = access_tokens::issue(&state.store, account_id, state.clock.now_ms())
+        .await?
+        .ok_or_else(|| no_such_account(account_id))?;
     Ok(HttpResponse::Created().json(json!({ "account_id": account_id, "token": token })))
 }
 
@@ -39,12 +32,11 @@ pub async fn revoke(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    let now_ms = state.clock.now_ms();
     let revoked = state
         .store
-        .write(move |connection| access_tokens::revoke_all(connection, account_id, now_ms))
-        .await
-        .map_err(|error: StoreError| ApiError::Store(error))?;
+        .tokens()
+        .revoke_all(account_id, state.clock.now_ms())
+        .await?;
     Ok(HttpResponse::Ok().json(json!({ "account_id": account_id, "revoked": revoked })))
 }
 
@@ -55,21 +47,9 @@ pub async fn rotate(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    let now_ms = state.clock.now_ms();
-    let rotated = state
-        .store
-        .write(move |connection| {
-            if queries::get_account(connection, account_id)?.is_none() {
-                return Ok(None);
-            }
-            let revoked = access_tokens::revoke_all(connection, account_id, now_ms)?;
-            let token = access_tokens::issue(connection, account_id, now_ms)?;
-            Ok(Some((revoked, token)))
-        })
-        .await
-        .map_err(|error: StoreError| ApiError::Store(error))?;
-    let (revoked, token) = rotated
-        .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
+    let (revoked, token) = access_tokens::rotate(&state.store, account_id, state.clock.now_ms())
+        .await?
+        .ok_or_else(|| no_such_account(account_id))?;
     Ok(HttpResponse::Created()
         .json(json!({ "account_id": account_id, "token": token, "revoked": revoked })))
 }

@@ -4,7 +4,6 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::clock::format_rfc3339_ms;
-use sms_credit_actors::store::queries;
 use sms_credit_actors::{AccountId, LedgerEntry, TransactionKind};
 
 use crate::auth::Admin;
@@ -72,15 +71,12 @@ pub async fn list(
             "limit must be between 1 and 1000",
         ));
     }
-    let (account, entries) = state
+    let (snapshot, entries) = state
         .store
-        .read(move |connection| {
-            let account = queries::get_account(connection, account_id)?;
-            let entries = queries::list_entries(connection, account_id, after_seq, limit)?;
-            Ok((account, entries))
-        })
+        .ledger()
+        .snapshot_and_entries_after(account_id, after_seq, limit)
         .await?;
-    if account.is_none() {
+    if snapshot.is_none() {
         return Err(ApiError::NotFound(format!(
             "account {account_id} does not exist"
         )));
@@ -98,7 +94,7 @@ pub async fn export_csv(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    if state.store.get_account(account_id).await?.is_none() {
+    if state.store.accounts().get(account_id).await?.is_none() {
         return Err(ApiError::NotFound(format!(
             "account {account_id} does not exist"
         )));
@@ -108,7 +104,8 @@ pub async fn export_csv(
     loop {
         let page = state
             .store
-            .read(move |connection| queries::list_entries(connection, account_id, after_seq, 1000))
+            .ledger()
+            .entries_after(account_id, after_seq, 1000)
             .await?;
         for entry in &page {
             csv.push_str(&sms_credit_actors::export::csv_row(entry));

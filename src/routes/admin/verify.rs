@@ -3,14 +3,13 @@
 
 use actix_web::{web, HttpResponse};
 use serde_json::json;
-use sms_credit_actors::verify;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
 pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let report = state.store.read(verify::verify).await?;
+    let report = state.store.ledger().verify().await?;
     Ok(HttpResponse::Ok().json(json!({
         "clean": report.is_clean(),
         "report": report,

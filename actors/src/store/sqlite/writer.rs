@@ -3,7 +3,7 @@
 //! write with the outcome of that transaction.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
@@ -11,11 +11,9 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{
-    queries, CustomFailure, ErasedValue, LedgerWrite, StoreError, StoreStats, WriterMessage,
-};
-use crate::feed::FeedHub;
+use super::{ledger, CustomFailure, ErasedOp, ErasedValue, WriterMessage};
 use crate::ledger::{AccountId, LedgerEntry};
+use crate::store::{LedgerWrite, Shared, StoreError};
 
 /// A write that went into the open transaction and waits for its commit.
 enum Pending {
@@ -44,10 +42,8 @@ enum Refused {
 pub(super) struct Writer {
     connection: Connection,
     max_batch: usize,
-    stats: Arc<StoreStats>,
-    fail_next_commits: Arc<AtomicU64>,
-    /// Where committed ledger rows are published for the balance feed.
-    feed: Arc<FeedHub>,
+    /// Counters, the balance feed's fan-out and the test switch.
+    shared: Arc<Shared>,
     /// Accounts with a failed write, and the generation it failed at: later
     /// writes of that account from the same or an older generation were
     /// computed on top of the failure and are refused.
@@ -55,19 +51,11 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(
-        connection: Connection,
-        max_batch: usize,
-        stats: Arc<StoreStats>,
-        fail_next_commits: Arc<AtomicU64>,
-        feed: Arc<FeedHub>,
-    ) -> Writer {
+    pub(super) fn new(connection: Connection, max_batch: usize, shared: Arc<Shared>) -> Writer {
         Writer {
             connection,
             max_batch,
-            stats,
-            fail_next_commits,
-            feed,
+            shared,
             poisoned: HashMap::new(),
         }
     }
@@ -100,7 +88,7 @@ impl Writer {
         for message in batch.drain(..) {
             match message {
                 WriterMessage::Flush(done) => flushes.push(done),
-                WriterMessage::Ledger(write, queued_at) => {
+                WriterMessage::Ledger(write) => {
                     if let Some(reason) = &failure {
                         self.poison(write.entry.account_id, write.generation);
                         refused.push(Refused::Ledger(
@@ -109,13 +97,7 @@ impl Writer {
                         ));
                         continue;
                     }
-                    self.apply_ledger_write(
-                        write,
-                        queued_at,
-                        &mut pending,
-                        &mut refused,
-                        &mut failure,
-                    );
+                    self.apply_ledger_write(write, &mut pending, &mut refused, &mut failure);
                 }
                 WriterMessage::Custom(custom) => {
                     if let Some(reason) = &failure {
@@ -146,10 +128,11 @@ impl Writer {
             let committing = Instant::now();
             failure = self.commit().err();
             let commit_micros = committing.elapsed().as_micros() as u64;
-            self.stats
+            self.shared
+                .stats
                 .commit_micros
                 .fetch_add(commit_micros, Ordering::Relaxed);
-            self.stats.commit_latency.observe(commit_micros);
+            self.shared.stats.commit_latency.observe(commit_micros);
         }
         if failure.is_some() && !self.connection.is_autocommit() {
             // Best effort: the transaction may already be gone.
@@ -158,17 +141,19 @@ impl Writer {
 
         match &failure {
             None => {
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats
-                    .committed_writes
-                    .fetch_add(pending.len() as u64, Ordering::Relaxed);
-                self.stats
-                    .max_batch
-                    .fetch_max(batch_size, Ordering::Relaxed);
-                self.stats.batch_sizes.observe(batch_size);
+                let entries: Vec<&LedgerEntry> = pending
+                    .iter()
+                    .filter_map(|write| match write {
+                        Pending::Ledger { entry, .. } => Some(entry),
+                        Pending::Custom { .. } => None,
+                    })
+                    .collect();
+                self.shared
+                    .stats
+                    .committed(batch_size as usize, pending.len(), &entries);
                 // Checked after the commit: a subscriber that arrives later
                 // reads these rows from the database instead.
-                let publish = !self.feed.is_idle();
+                let publish = !self.shared.feed.is_idle();
                 for write in pending {
                     match write {
                         Pending::Ledger {
@@ -177,12 +162,12 @@ impl Writer {
                             queued_at,
                             ..
                         } => {
-                            self.stats.totals(entry.kind).add(entry.amount.micros());
                             if publish {
-                                self.feed.publish(Arc::new(entry));
+                                self.shared.feed.publish(Arc::new(entry));
                             }
                             let _ = done.send(Ok(()));
-                            self.stats
+                            self.shared
+                                .stats
                                 .ack_latency
                                 .observe(queued_at.elapsed().as_micros() as u64);
                         }
@@ -193,7 +178,10 @@ impl Writer {
                 }
             }
             Some(reason) => {
-                self.stats.failed_commits.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .stats
+                    .failed_commits
+                    .fetch_add(1, Ordering::Relaxed);
                 tracing::error!(reason = %reason, writes = pending.len(), "group commit failed");
                 for write in pending {
                     match write {
@@ -227,7 +215,8 @@ impl Writer {
         for done in flushes {
             let _ = done.send(());
         }
-        self.stats
+        self.shared
+            .stats
             .batch_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
@@ -235,7 +224,6 @@ impl Writer {
     fn apply_ledger_write(
         &mut self,
         write: LedgerWrite,
-        queued_at: Instant,
         pending: &mut Vec<Pending>,
         refused: &mut Vec<Refused>,
         failure: &mut Option<String>,
@@ -248,15 +236,15 @@ impl Writer {
             }
             self.poisoned.remove(&account_id);
         }
-        match queries::append_entry(&self.connection, &write.entry, &write.previous, &write.next) {
+        match ledger::append_entry(&self.connection, &write.entry, &write.previous, &write.next) {
             Ok(true) => pending.push(Pending::Ledger {
                 entry: write.entry,
                 generation: write.generation,
-                queued_at,
+                queued_at: write.submitted_at,
                 done: write.done,
             }),
             Ok(false) => {
-                self.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 self.poison(account_id, write.generation);
                 refused.push(Refused::Ledger(write.done, StoreError::Conflict));
             }
@@ -280,10 +268,7 @@ impl Writer {
 
     /// Runs a custom operation in a savepoint. The outer `Err` is a store
     /// failure that ends the batch; the inner result is the operation's own.
-    fn apply_custom(
-        &mut self,
-        op: super::ErasedOp,
-    ) -> Result<Result<ErasedValue, ErasedValue>, String> {
+    fn apply_custom(&mut self, op: ErasedOp) -> Result<Result<ErasedValue, ErasedValue>, String> {
         let sql_failure = |error: rusqlite::Error| error.to_string();
         self.execute("SAVEPOINT custom_write")
             .map_err(sql_failure)?;
@@ -306,13 +291,7 @@ impl Writer {
     }
 
     fn commit(&mut self) -> Result<(), String> {
-        let injected = self
-            .fail_next_commits
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
-                remaining.checked_sub(1)
-            })
-            .is_ok();
-        if injected {
+        if self.shared.take_injected_failure() {
             return Err("injected commit failure (test switch)".to_string());
         }
         self.execute("COMMIT").map_err(|error| error.to_string())

@@ -1,0 +1,321 @@
+//! The storage port: every operation the domain asks of a durable store,
+//! grouped by what it is about, each with its own typed result and error.
+//! Adapters (SQLite in `sqlite/`, Postgres in `postgres/`) implement these
+//! traits and keep their SQL to themselves; the domain never sees a
+//! connection.
+//!
+//! Every write is durable when its future answers: an adapter answers only
+//! after the transaction that holds the write has committed.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::accounts::{Account, Email, NewAccount, PhoneNumber};
+use crate::billing::discounts::{Discount, DiscountCode};
+use crate::billing::events::{EventRecord, EventStatus};
+use crate::billing::orders::{NewOrder, Order, OrderStatus};
+use crate::billing::pricing::Pricing;
+use crate::billing::BillingError;
+use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
+use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
+use crate::money::Money;
+use crate::verify::VerifyReport;
+
+use super::{CreateAccountError, LedgerWrite, StoreError};
+
+/// What every operation returns: a future that owns what it needs, so it
+/// can be awaited on any thread.
+pub type StoreFuture<T, E = StoreError> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+/// The ledger and the account actors' snapshots.
+pub trait LedgerStore: Send + Sync {
+    /// Queues a ledger row with the snapshot it leads to. `write.done` is
+    /// answered once the transaction that holds it has committed (group
+    /// commit), or with why it was not applied: the snapshot on disk was not
+    /// `write.previous` (`Conflict`), an earlier write of the same account
+    /// and generation failed (`Aborted`), or the commit failed.
+    fn submit(&self, write: LedgerWrite) -> Result<(), StoreError>;
+    /// The committed snapshot of an account; `None` if there is no such account.
+    fn snapshot(&self, account_id: AccountId) -> StoreFuture<Option<Snapshot>>;
+    /// The committed row of an account with this idempotency key.
+    fn entry_by_key(
+        &self,
+        account_id: AccountId,
+        key: IdempotencyKey,
+    ) -> StoreFuture<Option<LedgerEntry>>;
+    /// Rows with `seq > after_seq`, oldest first, at most `limit`.
+    fn entries_after(
+        &self,
+        account_id: AccountId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LedgerEntry>>;
+    /// The newest rows, newest first, at most `limit`.
+    fn latest_entries(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<LedgerEntry>>;
+    /// The snapshot and the rows after `after_seq`, read at one moment.
+    fn snapshot_and_entries_after(
+        &self,
+        account_id: AccountId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreFuture<(Option<Snapshot>, Vec<LedgerEntry>)>;
+    /// Recomputes every account from its ledger (see [`crate::verify`]).
+    fn verify(&self) -> StoreFuture<VerifyReport>;
+    /// Answers once everything submitted before it has committed or failed.
+    fn flush(&self) -> StoreFuture<()>;
+    /// Answers once the database answers a read (readiness).
+    fn ping(&self) -> StoreFuture<()>;
+}
+
+/// Accounts.
+pub trait AccountStore: Send + Sync {
+    /// Creates an account with a zero balance.
+    fn create(&self, account: NewAccount, now_ms: i64) -> StoreFuture<Account, CreateAccountError>;
+    /// An account with its committed balance.
+    fn get(&self, account_id: AccountId) -> StoreFuture<Option<Account>>;
+    fn by_phone(&self, phone: PhoneNumber) -> StoreFuture<Option<Account>>;
+    /// Accounts in id order after `after_id`, at most `limit`; with `search`,
+    /// only those whose phone or email contains it (or whose id it is).
+    fn list(&self, search: Option<String>, after_id: i64, limit: i64) -> StoreFuture<Vec<Account>>;
+    /// Links an account to its Stripe customer unless it has one already;
+    /// answers the customer id the account ends up with.
+    fn set_stripe_customer(
+        &self,
+        account_id: AccountId,
+        customer_id: String,
+    ) -> StoreFuture<String>;
+}
+
+/// Account tokens, kept only as hashes.
+pub trait TokenStore: Send + Sync {
+    /// Stores a new token's hash; `false` (and nothing stored) if there is
+    /// no such account.
+    fn issue(&self, account_id: AccountId, token_hash: String, now_ms: i64) -> StoreFuture<bool>;
+    /// Revokes every live token of an account; answers how many.
+    fn revoke_all(&self, account_id: AccountId, now_ms: i64) -> StoreFuture<usize>;
+    /// Revokes every live token and stores a new one, in one transaction;
+    /// answers how many were revoked, or `None` if there is no such account.
+    fn rotate(
+        &self,
+        account_id: AccountId,
+        token_hash: String,
+        now_ms: i64,
+    ) -> StoreFuture<Option<usize>>;
+    /// The account a live token (by hash) belongs to.
+    fn account_of(&self, token_hash: String) -> StoreFuture<Option<AccountId>>;
+}
+
+/// How the domain prices access: from the current pricing and the
+/// discount of the code reserved (if any), the list price and the amount
+/// to charge, or a refusal (which undoes the reservation).
+pub type PriceAccess = fn(&Pricing, Option<Discount>) -> Result<(Money, Money), BillingError>;
+
+/// An access order to open, with its (pending) account.
+pub struct AccessOrderRequest {
+    pub phone: PhoneNumber,
+    pub email: Email,
+    /// A normalized discount code, one use of which is reserved.
+    pub discount_code: Option<String>,
+    pub price: PriceAccess,
+    pub now_ms: i64,
+}
+
+/// An order that Stripe says is paid.
+pub struct OrderCompletion {
+    pub order_id: i64,
+    /// What Stripe says was paid.
+    pub paid: Money,
+    pub payment_intent_id: Option<String>,
+    /// The Stripe customer the account is linked to, if not linked yet.
+    pub customer: Option<(AccountId, String)>,
+    /// Initial access: the account becomes active.
+    pub activate: Option<AccountId>,
+    pub now_ms: i64,
+}
+
+/// Pricing, discount codes and orders.
+pub trait BillingStore: Send + Sync {
+    fn pricing(&self) -> StoreFuture<Pricing>;
+    fn set_pricing(&self, pricing: Pricing, now_ms: i64) -> StoreFuture<()>;
+    /// Creates a code; `None` if the code exists already.
+    fn create_discount_code(
+        &self,
+        code: String,
+        discount: Discount,
+        max_uses: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<Option<DiscountCode>>;
+    fn discount_codes(&self) -> StoreFuture<Vec<DiscountCode>>;
+    /// Turns a code on or off; `None` if there is no such code.
+    fn set_discount_code_active(
+        &self,
+        code: String,
+        active: bool,
+    ) -> StoreFuture<Option<DiscountCode>>;
+    /// Finds or creates the phone's pending account (refusing an active
+    /// one), reserves one use of the discount code, prices the order and
+    /// records it as pending: all or nothing, so that a code's `max_uses`
+    /// holds however many checkouts race for its last use.
+    fn open_access_order(
+        &self,
+        request: AccessOrderRequest,
+    ) -> StoreFuture<(Account, Order), BillingError>;
+    /// Records a pending order for an active account.
+    fn open_order(
+        &self,
+        order: NewOrder,
+        now_ms: i64,
+    ) -> StoreFuture<(Account, Order), BillingError>;
+    /// The order of an off-session charge by its caller's key (created if
+    /// new) with the account, which must have a saved card.
+    fn open_off_session_order(
+        &self,
+        order: NewOrder,
+        charge_key: String,
+        now_ms: i64,
+    ) -> StoreFuture<(Account, Order), BillingError>;
+    fn set_order_session(&self, order_id: i64, session_id: String) -> StoreFuture<()>;
+    /// Records the PaymentIntent of an order that has none yet.
+    fn set_order_payment_intent(&self, order_id: i64, payment_intent_id: String)
+        -> StoreFuture<()>;
+    /// Ends a pending order as failed or expired and gives back the
+    /// discount use it reserved (once); `false` if it was not pending.
+    fn end_order(&self, order_id: i64, status: OrderStatus) -> StoreFuture<bool>;
+    /// Marks an order paid (idempotent), links the customer and activates
+    /// the account, in one transaction.
+    fn complete_order(&self, completion: OrderCompletion) -> StoreFuture<()>;
+    /// Records the cumulative refunded amount (only ever upwards).
+    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()>;
+    fn order(&self, order_id: i64) -> StoreFuture<Option<Order>>;
+    fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>>;
+    fn order_by_payment_intent(&self, payment_intent_id: String) -> StoreFuture<Option<Order>>;
+    fn orders_of(&self, account_id: AccountId) -> StoreFuture<Vec<Order>>;
+    /// Saves the card to charge off-session on the account of a Stripe customer.
+    fn save_card(&self, customer_id: String, payment_method_id: String) -> StoreFuture<()>;
+}
+
+/// A Stripe event as received, before it is decided.
+pub struct ReceivedEvent {
+    pub event_id: String,
+    pub event_type: String,
+    /// The event in the core's words (`StripeEvent` as JSON), or `None`
+    /// when it could not be read.
+    pub payload: Option<String>,
+    pub now_ms: i64,
+}
+
+/// What became of an event.
+pub struct EventDecision {
+    pub event_id: String,
+    pub status: EventStatus,
+    /// What a waiting event waits for (for example `payment_intent:pi_1`).
+    pub waiting_on: Option<String>,
+    pub detail: String,
+    pub now_ms: i64,
+}
+
+/// Stripe's events, each decided once.
+pub trait StripeEventStore: Send + Sync {
+    /// Records an event the first time it is seen; answers its status
+    /// (`Received` for one not decided yet).
+    fn receive(&self, event: ReceivedEvent) -> StoreFuture<EventStatus>;
+    /// Records what became of an event. An event already decided stays so.
+    fn decide(&self, decision: EventDecision) -> StoreFuture<()>;
+    /// The waiting events that wait for any of `keys`, oldest first.
+    fn waiting_on(&self, keys: Vec<String>) -> StoreFuture<Vec<EventRecord>>;
+    /// Gives up on events still waiting that were received before
+    /// `received_before_ms`; answers how many.
+    fn expire_waiting(&self, received_before_ms: i64, now_ms: i64) -> StoreFuture<usize>;
+    /// Events, newest first, optionally of one status.
+    fn list(&self, status: Option<EventStatus>, limit: i64) -> StoreFuture<Vec<EventRecord>>;
+}
+
+/// An inbound SMS answered, with the cost of its reply.
+pub struct InboundRecord {
+    pub message_sid: String,
+    pub from: String,
+    pub account_id: Option<AccountId>,
+    pub body: String,
+    pub reply: Option<String>,
+    /// The reply as a service message, recorded only if this MessageSid is new.
+    pub reply_cost: Option<NewMessage>,
+    pub now_ms: i64,
+}
+
+/// A message whose Twilio price is due to be looked up.
+pub struct PriceCheck {
+    pub message_id: i64,
+    pub twilio_sid: String,
+    /// Looks so far.
+    pub checks: i64,
+}
+
+/// Messages sent and received.
+pub trait MessageStore: Send + Sync {
+    /// Records a reserved outbound message, or finds the earlier one with
+    /// the same account and idempotency key; `true` when it is new.
+    fn reserve_outbound(&self, message: NewMessage) -> StoreFuture<(MessageRecord, bool)>;
+    /// Forgets a reservation whose debit was refused (nothing was reserved).
+    fn forget_reservation(&self, message_id: i64) -> StoreFuture<()>;
+    /// Moves a reserved message to sent with Twilio's sid; answers it, and
+    /// a status Twilio reported for the sid before it was recorded.
+    fn mark_sent(
+        &self,
+        message_id: i64,
+        twilio_sid: String,
+        twilio_status: String,
+        price_check_at: i64,
+    ) -> StoreFuture<(Option<MessageRecord>, Option<String>)>;
+    /// Moves a reserved message to voided; `false` if it was not reserved.
+    fn mark_voided(&self, message_id: i64) -> StoreFuture<bool>;
+    /// Messages whose reservation was never resolved (a crash between the
+    /// debit and the send).
+    fn unresolved(&self) -> StoreFuture<Vec<MessageRecord>>;
+    /// Records a status Twilio reported; a status for a sid not recorded
+    /// yet is kept for [`MessageStore::mark_sent`] (and `None` answered).
+    fn record_status(
+        &self,
+        twilio_sid: String,
+        status: String,
+        now_ms: i64,
+    ) -> StoreFuture<Option<MessageRecord>>;
+    /// Marks a message refunded; `false` if it already was.
+    fn mark_refunded(&self, message_id: i64) -> StoreFuture<bool>;
+    /// Records a service message (not charged, but costed).
+    fn record_service(&self, message: NewMessage) -> StoreFuture<MessageRecord>;
+    /// The reply a MessageSid got if it was answered before (`Some(reply)`,
+    /// where `reply` is `None` for "no reply") and, if not, the account of
+    /// `phone`: read at one moment.
+    fn inbound_reply_and_account(
+        &self,
+        message_sid: String,
+        phone: Option<PhoneNumber>,
+    ) -> StoreFuture<(Option<Option<String>>, Option<Account>)>;
+    /// Records an inbound SMS and its reply (and the reply's cost), unless
+    /// its MessageSid was recorded before: then answers the reply it got.
+    fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<Option<Option<String>>>;
+    /// Sent messages whose Twilio price is due; each is put off to
+    /// `lease_until` in the same transaction, so that no other worker looks
+    /// it up at the same time.
+    fn claim_price_checks(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<PriceCheck>>;
+    /// Stores Twilio's price, or when to look again (`None`: give up).
+    fn record_price_check(
+        &self,
+        message_id: i64,
+        actual_cost: Option<Money>,
+        next_check_at: Option<i64>,
+    ) -> StoreFuture<()>;
+    /// What every sent message cost, for the reconciliation report.
+    fn sent_costs(&self) -> StoreFuture<Vec<SentCost>>;
+}
+
+/// A store: every port, from one adapter.
+pub trait Backend:
+    LedgerStore + AccountStore + TokenStore + BillingStore + StripeEventStore + MessageStore
+{
+}

@@ -1,0 +1,277 @@
+//! Accounts and account tokens in SQLite.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::SqliteStore;
+use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
+use crate::ledger::AccountId;
+use crate::money::Money;
+use crate::store::{
+    AccountStore, CreateAccountError, StoreError, StoreFuture, TokenStore, UnknownValue,
+};
+
+/// Inserts an account with a zero balance. Runs inside a store write.
+pub(super) fn insert_account(
+    connection: &Connection,
+    new_account: &NewAccount,
+    created_at_ms: i64,
+) -> Result<Account, CreateAccountError> {
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO accounts (phone, email, status, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                new_account.phone.as_str(),
+                new_account.email.as_ref().map(Email::as_str),
+                new_account.status.as_str(),
+                created_at_ms,
+            ])
+        });
+    match inserted {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(failure, _))
+            if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE =>
+        {
+            return Err(CreateAccountError::PhoneTaken(
+                new_account.phone.as_str().to_string(),
+            ));
+        }
+        Err(error) => return Err(StoreError::from(error).into()),
+    }
+    let id = AccountId(connection.last_insert_rowid());
+    connection
+        .prepare_cached(
+            "INSERT INTO account_balances (account_id, balance, seq, low_balance_warned_at, updated_at)
+             VALUES (?1, 0, 0, NULL, ?2)",
+        )
+        .and_then(|mut statement| statement.execute(params![id.0, created_at_ms]))
+        .map_err(StoreError::from)?;
+    Ok(Account {
+        id,
+        phone: new_account.phone.clone(),
+        email: new_account.email.clone(),
+        stripe_customer_id: None,
+        status: new_account.status,
+        created_at_ms,
+        balance: Money::ZERO,
+        seq: 0,
+        low_balance_warned_at_ms: None,
+        stripe_payment_method_id: None,
+    })
+}
+
+const ACCOUNT_COLUMNS: &str =
+    "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
+                               b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id";
+
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    let id: i64 = row.get(0)?;
+    let unknown = |index: usize, column: &'static str, value: &str| {
+        UnknownValue::new("accounts", id, column, value).into_sql_error(index)
+    };
+    let phone_text: String = row.get(1)?;
+    let email_text: Option<String> = row.get(2)?;
+    let status_text: String = row.get(4)?;
+    Ok(Account {
+        id: AccountId(id),
+        phone: PhoneNumber::parse(&phone_text).map_err(|_| unknown(1, "phone", &phone_text))?,
+        email: match email_text {
+            Some(text) => Some(Email::parse(&text).map_err(|_| unknown(2, "email", &text))?),
+            None => None,
+        },
+        stripe_customer_id: row.get(3)?,
+        status: AccountStatus::parse(&status_text)
+            .ok_or_else(|| unknown(4, "status", &status_text))?,
+        created_at_ms: row.get(5)?,
+        balance: Money::from_micros(row.get(6)?),
+        seq: row.get(7)?,
+        low_balance_warned_at_ms: row.get(8)?,
+        stripe_payment_method_id: row.get(9)?,
+    })
+}
+
+pub(super) fn get_account(
+    connection: &Connection,
+    account_id: AccountId,
+) -> Result<Option<Account>, StoreError> {
+    let account = connection
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id WHERE a.id = ?1"
+        ))?
+        .query_row([account_id.0], account_from_row)
+        .optional()?;
+    Ok(account)
+}
+
+/// Accounts in id order after `after_id`, at most `limit`; with `search`,
+/// only those whose phone or email contains it (or whose id it is).
+pub(super) fn list_accounts(
+    connection: &Connection,
+    search: Option<&str>,
+    after_id: i64,
+    limit: i64,
+) -> Result<Vec<Account>, StoreError> {
+    let pattern = search.map(|text| {
+        let escaped = text
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        format!("%{escaped}%")
+    });
+    let exact_id = search.and_then(|text| text.trim().parse::<i64>().ok());
+    let accounts = connection
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+              WHERE a.id > ?1
+                AND (?2 IS NULL OR a.phone LIKE ?2 ESCAPE '\\' OR a.email LIKE ?2 ESCAPE '\\' OR a.id = ?3)
+              ORDER BY a.id LIMIT ?4"
+        ))?
+        .query_map(params![after_id, pattern, exact_id, limit], account_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(accounts)
+}
+
+pub(super) fn find_account_by_phone(
+    connection: &Connection,
+    phone: &PhoneNumber,
+) -> Result<Option<Account>, StoreError> {
+    let account = connection
+        .prepare_cached(&format!(
+            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id WHERE a.phone = ?1"
+        ))?
+        .query_row([phone.as_str()], account_from_row)
+        .optional()?;
+    Ok(account)
+}
+
+/// Links an account to its Stripe customer, unless it has one already;
+/// returns the customer id the account ends up with.
+pub(super) fn set_stripe_customer(
+    connection: &Connection,
+    account_id: AccountId,
+    customer_id: &str,
+) -> Result<String, StoreError> {
+    connection
+        .prepare_cached("UPDATE accounts SET stripe_customer_id = COALESCE(stripe_customer_id, ?2) WHERE id = ?1")?
+        .execute(params![account_id.0, customer_id])?;
+    let stored: Option<String> = connection
+        .prepare_cached("SELECT stripe_customer_id FROM accounts WHERE id = ?1")?
+        .query_row([account_id.0], |row| row.get(0))?;
+    Ok(stored.unwrap_or_else(|| customer_id.to_string()))
+}
+
+/// Makes a pending account active (access was paid).
+pub(super) fn activate(connection: &Connection, account_id: AccountId) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE accounts SET status = 'active' WHERE id = ?1 AND status = 'pending'",
+        )?
+        .execute([account_id.0])?;
+    Ok(())
+}
+
+fn insert_token(
+    connection: &Connection,
+    account_id: AccountId,
+    token_hash: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO account_tokens (account_id, token_hash, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![account_id.0, token_hash, now_ms])?;
+    Ok(())
+}
+
+fn revoke_tokens(
+    connection: &Connection,
+    account_id: AccountId,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let revoked = connection
+        .prepare_cached(
+            "UPDATE account_tokens SET revoked_at = ?2 WHERE account_id = ?1 AND revoked_at IS NULL",
+        )?
+        .execute(params![account_id.0, now_ms])?;
+    Ok(revoked)
+}
+
+fn account_exists(connection: &Connection, account_id: AccountId) -> Result<bool, StoreError> {
+    Ok(connection
+        .prepare_cached("SELECT 1 FROM accounts WHERE id = ?1")?
+        .query_row([account_id.0], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+impl AccountStore for SqliteStore {
+    fn create(&self, account: NewAccount, now_ms: i64) -> StoreFuture<Account, CreateAccountError> {
+        self.write(move |connection| insert_account(connection, &account, now_ms))
+    }
+
+    fn get(&self, account_id: AccountId) -> StoreFuture<Option<Account>> {
+        self.read(move |connection| get_account(connection, account_id))
+    }
+
+    fn by_phone(&self, phone: PhoneNumber) -> StoreFuture<Option<Account>> {
+        self.read(move |connection| find_account_by_phone(connection, &phone))
+    }
+
+    fn list(&self, search: Option<String>, after_id: i64, limit: i64) -> StoreFuture<Vec<Account>> {
+        self.read(move |connection| list_accounts(connection, search.as_deref(), after_id, limit))
+    }
+
+    fn set_stripe_customer(
+        &self,
+        account_id: AccountId,
+        customer_id: String,
+    ) -> StoreFuture<String> {
+        self.write(move |connection| set_stripe_customer(connection, account_id, &customer_id))
+    }
+}
+
+impl TokenStore for SqliteStore {
+    fn issue(&self, account_id: AccountId, token_hash: String, now_ms: i64) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            if !account_exists(connection, account_id)? {
+                return Ok(false);
+            }
+            insert_token(connection, account_id, &token_hash, now_ms)?;
+            Ok(true)
+        })
+    }
+
+    fn revoke_all(&self, account_id: AccountId, now_ms: i64) -> StoreFuture<usize> {
+        self.write(move |connection| revoke_tokens(connection, account_id, now_ms))
+    }
+
+    fn rotate(
+        &self,
+        account_id: AccountId,
+        token_hash: String,
+        now_ms: i64,
+    ) -> StoreFuture<Option<usize>> {
+        self.write(move |connection| {
+            if !account_exists(connection, account_id)? {
+                return Ok(None);
+            }
+            let revoked = revoke_tokens(connection, account_id, now_ms)?;
+            insert_token(connection, account_id, &token_hash, now_ms)?;
+            Ok(Some(revoked))
+        })
+    }
+
+    fn account_of(&self, token_hash: String) -> StoreFuture<Option<AccountId>> {
+        self.read(move |connection| {
+            let found = connection
+                .prepare_cached(
+                    "SELECT account_id FROM account_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                )?
+                .query_row([token_hash], |row| row.get(0))
+                .optional()?;
+            Ok(found.map(AccountId))
+        })
+    }
+}

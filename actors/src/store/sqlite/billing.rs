@@ -1,0 +1,530 @@
+//! Pricing, discount codes and orders in SQLite. The compound operations
+//! (opening an order with its account and discount use) run in one write,
+//! so that a code's use limit holds under any concurrency.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::accounts::{
+    activate, find_account_by_phone, get_account, insert_account, set_stripe_customer,
+};
+use super::SqliteStore;
+use crate::accounts::{Account, AccountStatus, NewAccount};
+use crate::billing::discounts::{Discount, DiscountCode};
+use crate::billing::orders::{NewOrder, Order, OrderStatus, OrderType};
+use crate::billing::pricing::{Pricing, PricingMode};
+use crate::billing::BillingError;
+use crate::ledger::AccountId;
+use crate::money::Money;
+use crate::store::{
+    AccessOrderRequest, BillingStore, CreateAccountError, OrderCompletion, StoreError, StoreFuture,
+    UnknownValue,
+};
+
+fn load_pricing(connection: &Connection) -> Result<Pricing, StoreError> {
+    let (mode, sale_price): (String, Option<i64>) = connection
+        .prepare_cached("SELECT mode, sale_price FROM pricing WHERE id = 1")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let mode = PricingMode::parse(&mode)
+        .ok_or_else(|| StoreError::UnknownValue(UnknownValue::new("pricing", 1, "mode", mode)))?;
+    Ok(Pricing {
+        mode,
+        sale_price: sale_price.map(Money::from_micros),
+    })
+}
+
+fn save_pricing(connection: &Connection, pricing: &Pricing, now_ms: i64) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE pricing SET mode = ?1, sale_price = ?2, updated_at = ?3 WHERE id = 1",
+        )?
+        .execute(params![
+            pricing.mode.as_str(),
+            pricing.sale_price.map(Money::micros),
+            now_ms
+        ])?;
+    Ok(())
+}
+
+const CODE_COLUMNS: &str =
+    "id, code, discount_type, value, max_uses, current_uses, active, stripe_coupon_id, created_at";
+
+fn code_from_row(row: &Row<'_>) -> rusqlite::Result<DiscountCode> {
+    let id: i64 = row.get(0)?;
+    let kind: String = row.get(2)?;
+    let value: i64 = row.get(3)?;
+    let discount = match kind.as_str() {
+        "percent" => Discount::Percent { percent: value },
+        "fixed" => Discount::Fixed {
+            amount: Money::from_micros(value),
+        },
+        _ => {
+            return Err(
+                UnknownValue::new("discount_codes", id, "discount_type", kind).into_sql_error(2),
+            )
+        }
+    };
+    Ok(DiscountCode {
+        id,
+        code: row.get(1)?,
+        discount,
+        max_uses: row.get(4)?,
+        current_uses: row.get(5)?,
+        active: row.get::<_, i64>(6)? == 1,
+        stripe_coupon_id: row.get(7)?,
+        created_at_ms: row.get(8)?,
+    })
+}
+
+/// Creates a code; `Ok(None)` if the code exists already.
+fn create_code(
+    connection: &Connection,
+    code: &str,
+    discount: Discount,
+    max_uses: Option<i64>,
+    now_ms: i64,
+) -> Result<Option<DiscountCode>, StoreError> {
+    let (kind, value) = match discount {
+        Discount::Percent { percent } => ("percent", percent),
+        Discount::Fixed { amount } => ("fixed", amount.micros()),
+    };
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO discount_codes (code, discount_type, value, max_uses, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (code) DO NOTHING",
+        )?
+        .execute(params![code, kind, value, max_uses, now_ms])?;
+    if inserted == 0 {
+        return Ok(None);
+    }
+    find_code(connection, code)
+}
+
+fn find_code(connection: &Connection, code: &str) -> Result<Option<DiscountCode>, StoreError> {
+    let found = connection
+        .prepare_cached(&format!(
+            "SELECT {CODE_COLUMNS} FROM discount_codes WHERE code = ?1"
+        ))?
+        .query_row([code], code_from_row)
+        .optional()?;
+    Ok(found)
+}
+
+fn list_codes(connection: &Connection) -> Result<Vec<DiscountCode>, StoreError> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {CODE_COLUMNS} FROM discount_codes ORDER BY code"
+    ))?;
+    let codes = statement
+        .query_map([], code_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(codes)
+}
+
+/// Turns a code on or off; `false` if there is no such code.
+fn set_code_active(connection: &Connection, code: &str, active: bool) -> Result<bool, StoreError> {
+    let changed = connection
+        .prepare_cached("UPDATE discount_codes SET active = ?2 WHERE code = ?1")?
+        .execute(params![code, i64::from(active)])?;
+    Ok(changed == 1)
+}
+
+/// Takes one use of a code, refusing unknown, inactive and used-up codes
+/// with distinct errors. Runs inside a store write, so no two checkouts can
+/// take the last use.
+fn reserve_code(connection: &Connection, code: &str) -> Result<DiscountCode, BillingError> {
+    let reserved = connection
+        .prepare_cached(
+            "UPDATE discount_codes SET current_uses = current_uses + 1
+              WHERE code = ?1 AND active = 1 AND (max_uses IS NULL OR current_uses < max_uses)",
+        )
+        .and_then(|mut statement| statement.execute([code]))
+        .map_err(StoreError::from)?;
+    let found = find_code(connection, code)?;
+    match found {
+        Some(discount_code) if reserved == 1 => Ok(discount_code),
+        Some(discount_code) if !discount_code.active => {
+            Err(BillingError::InactiveDiscountCode(code.to_string()))
+        }
+        Some(_) => Err(BillingError::DiscountCodeUsedUp(code.to_string())),
+        None => Err(BillingError::UnknownDiscountCode(code.to_string())),
+    }
+}
+
+/// Gives back the use an order reserved, once.
+fn release_code_of_order(connection: &Connection, order_id: i64) -> Result<(), StoreError> {
+    let claimed = connection
+        .prepare_cached(
+            "UPDATE orders SET discount_released = 1
+              WHERE id = ?1 AND discount_code_id IS NOT NULL AND discount_released = 0",
+        )?
+        .execute([order_id])?;
+    if claimed == 1 {
+        connection
+            .prepare_cached(
+                "UPDATE discount_codes SET current_uses = current_uses - 1
+                  WHERE id = (SELECT discount_code_id FROM orders WHERE id = ?1) AND current_uses > 0",
+            )?
+            .execute([order_id])?;
+    }
+    Ok(())
+}
+
+const ORDER_COLUMNS: &str = "id, account_id, order_type, amount, list_price, pricing_mode, stripe_session_id,
+                       stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at";
+
+fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
+    let id: i64 = row.get(0)?;
+    let unknown = |index: usize, column: &'static str, value: String| {
+        UnknownValue::new("orders", id, column, value).into_sql_error(index)
+    };
+    let order_type: String = row.get(2)?;
+    let status: String = row.get(10)?;
+    Ok(Order {
+        id,
+        account_id: AccountId(row.get(1)?),
+        order_type: OrderType::parse(&order_type)
+            .ok_or_else(|| unknown(2, "order_type", order_type.clone()))?,
+        amount: Money::from_micros(row.get(3)?),
+        list_price: Money::from_micros(row.get(4)?),
+        pricing_mode: match row.get::<_, Option<String>>(5)? {
+            Some(mode) => Some(
+                PricingMode::parse(&mode)
+                    .ok_or_else(|| unknown(5, "pricing_mode", mode.clone()))?,
+            ),
+            None => None,
+        },
+        stripe_session_id: row.get(6)?,
+        stripe_payment_intent_id: row.get(7)?,
+        discount_code_id: row.get(8)?,
+        amount_refunded: Money::from_micros(row.get(9)?),
+        status: OrderStatus::parse(&status).ok_or_else(|| unknown(10, "status", status.clone()))?,
+        created_at_ms: row.get(11)?,
+        completed_at_ms: row.get(12)?,
+    })
+}
+
+fn insert_order(
+    connection: &Connection,
+    order: &NewOrder,
+    charge_key: Option<&str>,
+    now_ms: i64,
+) -> Result<Order, StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO orders (account_id, order_type, amount, list_price, pricing_mode, discount_code_id,
+                                 charge_key, status, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
+        )?
+        .execute(params![
+            order.account_id.0,
+            order.order_type.as_str(),
+            order.amount.micros(),
+            order.list_price.micros(),
+            order.pricing_mode.map(PricingMode::as_str),
+            order.discount_code_id,
+            charge_key,
+            now_ms,
+        ])?;
+    let id = connection.last_insert_rowid();
+    get_order(connection, id)?.ok_or_else(|| StoreError::Database("inserted order vanished".into()))
+}
+
+fn find_by(
+    connection: &Connection,
+    column: &str,
+    value: &dyn rusqlite::ToSql,
+) -> Result<Option<Order>, StoreError> {
+    let order = connection
+        .prepare_cached(&format!(
+            "SELECT {ORDER_COLUMNS} FROM orders WHERE {column} = ?1"
+        ))?
+        .query_row([value], order_from_row)
+        .optional()?;
+    Ok(order)
+}
+
+fn get_order(connection: &Connection, id: i64) -> Result<Option<Order>, StoreError> {
+    find_by(connection, "id", &id)
+}
+
+fn order_by_session(
+    connection: &Connection,
+    session_id: &str,
+) -> Result<Option<Order>, StoreError> {
+    find_by(connection, "stripe_session_id", &session_id)
+}
+
+fn order_by_payment_intent(
+    connection: &Connection,
+    payment_intent_id: &str,
+) -> Result<Option<Order>, StoreError> {
+    find_by(connection, "stripe_payment_intent_id", &payment_intent_id)
+}
+
+fn order_by_charge_key(
+    connection: &Connection,
+    charge_key: &str,
+) -> Result<Option<Order>, StoreError> {
+    find_by(connection, "charge_key", &charge_key)
+}
+
+fn orders_of(connection: &Connection, account_id: AccountId) -> Result<Vec<Order>, StoreError> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = ?1 ORDER BY id"
+    ))?;
+    let orders = statement
+        .query_map([account_id.0], order_from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(orders)
+}
+
+fn set_session(connection: &Connection, id: i64, session_id: &str) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE orders SET stripe_session_id = ?2 WHERE id = ?1")?
+        .execute(params![id, session_id])?;
+    Ok(())
+}
+
+fn set_payment_intent(
+    connection: &Connection,
+    id: i64,
+    payment_intent_id: &str,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE orders SET stripe_payment_intent_id = ?2 WHERE id = ?1 AND stripe_payment_intent_id IS NULL")?
+        .execute(params![id, payment_intent_id])?;
+    Ok(())
+}
+
+/// Marks an order paid with what Stripe says was paid. Idempotent.
+fn complete(
+    connection: &Connection,
+    id: i64,
+    amount_paid: Money,
+    payment_intent_id: Option<&str>,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE orders SET status = 'completed', amount = ?2,
+                    stripe_payment_intent_id = COALESCE(stripe_payment_intent_id, ?3),
+                    completed_at = COALESCE(completed_at, ?4)
+              WHERE id = ?1 AND status IN ('pending', 'failed', 'expired')",
+        )?
+        .execute(params![id, amount_paid.micros(), payment_intent_id, now_ms])?;
+    Ok(())
+}
+
+/// Ends a pending order as failed or expired.
+fn end_pending(connection: &Connection, id: i64, status: OrderStatus) -> Result<bool, StoreError> {
+    let changed = connection
+        .prepare_cached("UPDATE orders SET status = ?2 WHERE id = ?1 AND status = 'pending'")?
+        .execute(params![id, status.as_str()])?;
+    Ok(changed == 1)
+}
+
+/// Records the cumulative refunded amount (only ever upwards).
+fn record_refunded(connection: &Connection, id: i64, cumulative: Money) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE orders SET amount_refunded = ?2,
+                    status = CASE WHEN ?2 >= amount THEN 'refunded' ELSE status END
+              WHERE id = ?1 AND amount_refunded < ?2",
+        )?
+        .execute(params![id, cumulative.micros()])?;
+    Ok(())
+}
+
+impl BillingStore for SqliteStore {
+    fn pricing(&self) -> StoreFuture<Pricing> {
+        self.read(load_pricing)
+    }
+
+    fn set_pricing(&self, pricing: Pricing, now_ms: i64) -> StoreFuture<()> {
+        self.write(move |connection| save_pricing(connection, &pricing, now_ms))
+    }
+
+    fn create_discount_code(
+        &self,
+        code: String,
+        discount: Discount,
+        max_uses: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<Option<DiscountCode>> {
+        self.write(move |connection| create_code(connection, &code, discount, max_uses, now_ms))
+    }
+
+    fn discount_codes(&self) -> StoreFuture<Vec<DiscountCode>> {
+        self.read(list_codes)
+    }
+
+    fn set_discount_code_active(
+        &self,
+        code: String,
+        active: bool,
+    ) -> StoreFuture<Option<DiscountCode>> {
+        self.write(move |connection| {
+            if set_code_active(connection, &code, active)? {
+                find_code(connection, &code)
+            } else {
+                Ok(None)
+            }
+        })
+    }
+
+    fn open_access_order(
+        &self,
+        request: AccessOrderRequest,
+    ) -> StoreFuture<(Account, Order), BillingError> {
+        self.write(move |connection| {
+            let account = match find_account_by_phone(connection, &request.phone)? {
+                Some(account) if account.status == AccountStatus::Active => {
+                    return Err(BillingError::AlreadyActive(account.id))
+                }
+                Some(account) => account,
+                None => {
+                    let new_account = NewAccount {
+                        phone: request.phone,
+                        email: Some(request.email),
+                        status: AccountStatus::Pending,
+                    };
+                    insert_account(connection, &new_account, request.now_ms).map_err(|error| {
+                        match error {
+                            CreateAccountError::Store(store) => BillingError::Store(store),
+                            other => BillingError::Invalid(other.to_string()),
+                        }
+                    })?
+                }
+            };
+            let pricing = load_pricing(connection)?;
+            let reserved = match &request.discount_code {
+                Some(code) => Some(reserve_code(connection, code)?),
+                None => None,
+            };
+            // A refusal here rolls the reservation back with the rest.
+            let (list_price, amount) =
+                (request.price)(&pricing, reserved.as_ref().map(|code| code.discount))?;
+            let order = insert_order(
+                connection,
+                &NewOrder {
+                    account_id: account.id,
+                    order_type: OrderType::InitialAccess,
+                    amount,
+                    list_price,
+                    pricing_mode: Some(pricing.mode),
+                    discount_code_id: reserved.map(|code| code.id),
+                },
+                None,
+                request.now_ms,
+            )?;
+            Ok((account, order))
+        })
+    }
+
+    fn open_order(
+        &self,
+        order: NewOrder,
+        now_ms: i64,
+    ) -> StoreFuture<(Account, Order), BillingError> {
+        self.write(move |connection| {
+            let account = get_account(connection, order.account_id)?
+                .ok_or(BillingError::AccountNotFound(order.account_id))?;
+            if account.status != AccountStatus::Active {
+                return Err(BillingError::Invalid(
+                    "only an active account can top up; buy access first".into(),
+                ));
+            }
+            let order = insert_order(connection, &order, None, now_ms)?;
+            Ok((account, order))
+        })
+    }
+
+    fn open_off_session_order(
+        &self,
+        order: NewOrder,
+        charge_key: String,
+        now_ms: i64,
+    ) -> StoreFuture<(Account, Order), BillingError> {
+        self.write(move |connection| {
+            let account = get_account(connection, order.account_id)?
+                .ok_or(BillingError::AccountNotFound(order.account_id))?;
+            if account.stripe_customer_id.is_none() || account.stripe_payment_method_id.is_none() {
+                return Err(BillingError::NoSavedCard);
+            }
+            let order = match order_by_charge_key(connection, &charge_key)? {
+                Some(existing) => existing,
+                None => insert_order(connection, &order, Some(&charge_key), now_ms)?,
+            };
+            Ok((account, order))
+        })
+    }
+
+    fn set_order_session(&self, order_id: i64, session_id: String) -> StoreFuture<()> {
+        self.write(move |connection| set_session(connection, order_id, &session_id))
+    }
+
+    fn set_order_payment_intent(
+        &self,
+        order_id: i64,
+        payment_intent_id: String,
+    ) -> StoreFuture<()> {
+        self.write(move |connection| set_payment_intent(connection, order_id, &payment_intent_id))
+    }
+
+    fn end_order(&self, order_id: i64, status: OrderStatus) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let ended = end_pending(connection, order_id, status)?;
+            release_code_of_order(connection, order_id)?;
+            Ok(ended)
+        })
+    }
+
+    fn complete_order(&self, completion: OrderCompletion) -> StoreFuture<()> {
+        self.write(move |connection| {
+            complete(
+                connection,
+                completion.order_id,
+                completion.paid,
+                completion.payment_intent_id.as_deref(),
+                completion.now_ms,
+            )?;
+            if let Some((account_id, customer_id)) = &completion.customer {
+                set_stripe_customer(connection, *account_id, customer_id)?;
+            }
+            if let Some(account_id) = completion.activate {
+                activate(connection, account_id)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()> {
+        self.write(move |connection| record_refunded(connection, order_id, cumulative))
+    }
+
+    fn order(&self, order_id: i64) -> StoreFuture<Option<Order>> {
+        self.read(move |connection| get_order(connection, order_id))
+    }
+
+    fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>> {
+        self.read(move |connection| order_by_session(connection, &session_id))
+    }
+
+    fn order_by_payment_intent(&self, payment_intent_id: String) -> StoreFuture<Option<Order>> {
+        self.read(move |connection| order_by_payment_intent(connection, &payment_intent_id))
+    }
+
+    fn orders_of(&self, account_id: AccountId) -> StoreFuture<Vec<Order>> {
+        self.read(move |connection| orders_of(connection, account_id))
+    }
+
+    fn save_card(&self, customer_id: String, payment_method_id: String) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE accounts SET stripe_payment_method_id = ?2 WHERE stripe_customer_id = ?1",
+                )?
+                .execute(params![customer_id, payment_method_id])?;
+            Ok(())
+        })
+    }
+}

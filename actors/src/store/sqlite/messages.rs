@@ -1,0 +1,442 @@
+//! Messages sent and received in SQLite: outbound reservations and their
+//! resolution, service messages, Twilio's statuses and prices, inbound
+//! commands deduplicated by MessageSid.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::accounts::find_account_by_phone;
+use super::SqliteStore;
+use crate::accounts::{Account, PhoneNumber};
+use crate::ledger::AccountId;
+use crate::messaging::records::{MessageKind, MessageRecord, MessageState, NewMessage, SentCost};
+use crate::money::Money;
+use crate::store::{
+    InboundRecord, MessageStore, PriceCheck, StoreError, StoreFuture, UnknownValue,
+};
+
+const COLUMNS: &str = "id, account_id, kind, idempotency_key, to_number, country, encoding, segments,
+                       price_per_segment, charged, state, twilio_sid, twilio_status, refunded, actual_cost, created_at";
+
+fn from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
+    let id: i64 = row.get(0)?;
+    let kind: String = row.get(2)?;
+    let state: String = row.get(10)?;
+    Ok(MessageRecord {
+        id,
+        account_id: row.get::<_, Option<i64>>(1)?.map(AccountId),
+        kind: MessageKind::parse(&kind).ok_or_else(|| {
+            UnknownValue::new("messages", id, "kind", kind.clone()).into_sql_error(2)
+        })?,
+        idempotency_key: row.get(3)?,
+        to: row.get(4)?,
+        country: row.get(5)?,
+        encoding: row.get(6)?,
+        segments: row.get(7)?,
+        price_per_segment: Money::from_micros(row.get(8)?),
+        charged: Money::from_micros(row.get(9)?),
+        state: MessageState::parse(&state).ok_or_else(|| {
+            UnknownValue::new("messages", id, "state", state.clone()).into_sql_error(10)
+        })?,
+        twilio_sid: row.get(11)?,
+        twilio_status: row.get(12)?,
+        refunded: row.get::<_, i64>(13)? == 1,
+        actual_cost: row.get::<_, Option<i64>>(14)?.map(Money::from_micros),
+        created_at_ms: row.get(15)?,
+    })
+}
+
+fn insert(connection: &Connection, message: &NewMessage) -> Result<MessageRecord, StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO messages (account_id, kind, idempotency_key, to_number, country, encoding, segments,
+                                   price_per_segment, carrier_cost_per_segment, charged, state, twilio_sid,
+                                   next_price_check_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        )?
+        .execute(params![
+            message.account_id.map(|id| id.0),
+            message.kind.as_str(),
+            message.idempotency_key,
+            message.to,
+            message.country,
+            message.encoding,
+            message.segments,
+            message.price_per_segment.micros(),
+            message.carrier_cost_per_segment.micros(),
+            message.charged.micros(),
+            message.state.as_str(),
+            message.twilio_sid,
+            message.next_price_check_at,
+            message.created_at_ms,
+        ])?;
+    get(connection, connection.last_insert_rowid())?
+        .ok_or_else(|| StoreError::Database("inserted message vanished".into()))
+}
+
+fn find_by(
+    connection: &Connection,
+    condition: &str,
+    values: &[&dyn rusqlite::ToSql],
+) -> Result<Option<MessageRecord>, StoreError> {
+    let found = connection
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM messages WHERE {condition}"))?
+        .query_row(values, from_row)
+        .optional()?;
+    Ok(found)
+}
+
+fn get(connection: &Connection, id: i64) -> Result<Option<MessageRecord>, StoreError> {
+    find_by(connection, "id = ?1", &[&id])
+}
+
+fn find_by_key(
+    connection: &Connection,
+    account_id: AccountId,
+    key: &str,
+) -> Result<Option<MessageRecord>, StoreError> {
+    find_by(
+        connection,
+        "account_id = ?1 AND idempotency_key = ?2",
+        &[&account_id.0, &key],
+    )
+}
+
+fn find_by_sid(connection: &Connection, sid: &str) -> Result<Option<MessageRecord>, StoreError> {
+    find_by(connection, "twilio_sid = ?1", &[&sid])
+}
+
+/// Moves a reserved message to sent (with Twilio's id) or voided. Returns
+/// whether it was still reserved: a reservation is resolved exactly once.
+fn resolve(
+    connection: &Connection,
+    id: i64,
+    state: MessageState,
+    twilio_sid: Option<&str>,
+    twilio_status: Option<&str>,
+    next_price_check_at: Option<i64>,
+) -> Result<bool, StoreError> {
+    let changed = connection
+        .prepare_cached(
+            "UPDATE messages SET state = ?2, twilio_sid = ?3, twilio_status = ?4, next_price_check_at = ?5
+              WHERE id = ?1 AND state = 'reserved'",
+        )?
+        .execute(params![
+            id,
+            state.as_str(),
+            twilio_sid,
+            twilio_status,
+            next_price_check_at
+        ])?;
+    Ok(changed == 1)
+}
+
+/// Records a status Twilio reported.
+fn set_twilio_status(connection: &Connection, id: i64, status: &str) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("UPDATE messages SET twilio_status = ?2 WHERE id = ?1")?
+        .execute(params![id, status])?;
+    Ok(())
+}
+
+/// Keeps a status for a sid no message has yet (see `take_early_status`).
+fn keep_early_status(
+    connection: &Connection,
+    sid: &str,
+    status: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "INSERT INTO early_message_statuses (twilio_sid, status, received_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (twilio_sid) DO UPDATE
+                SET status = CASE WHEN status = 'failed' THEN status ELSE excluded.status END,
+                    received_at = excluded.received_at",
+        )?
+        .execute(params![sid, status, now_ms])?;
+    Ok(())
+}
+
+/// Removes and returns a status that arrived before its message's sid was
+/// recorded.
+fn take_early_status(connection: &Connection, sid: &str) -> Result<Option<String>, StoreError> {
+    Ok(connection
+        .prepare_cached(
+            "DELETE FROM early_message_statuses WHERE twilio_sid = ?1 RETURNING status",
+        )?
+        .query_row([sid], |row| row.get(0))
+        .optional()?)
+}
+
+/// Marks a message refunded; `false` if it already was.
+fn mark_refunded(connection: &Connection, id: i64) -> Result<bool, StoreError> {
+    let changed = connection
+        .prepare_cached("UPDATE messages SET refunded = 1 WHERE id = ?1 AND refunded = 0")?
+        .execute([id])?;
+    Ok(changed == 1)
+}
+
+/// Messages whose reservation was never resolved (a crash between the
+/// debit and the send).
+fn unresolved(connection: &Connection) -> Result<Vec<MessageRecord>, StoreError> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM messages WHERE state = 'reserved' ORDER BY id"
+    ))?;
+    let rows = statement
+        .query_map([], from_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// The reply an inbound MessageSid got, if it was handled before:
+/// `Some(reply)` where `reply` is `None` for "no reply".
+fn inbound_reply(
+    connection: &Connection,
+    message_sid: &str,
+) -> Result<Option<Option<String>>, StoreError> {
+    let found = connection
+        .prepare_cached("SELECT reply FROM inbound_messages WHERE message_sid = ?1")?
+        .query_row([message_sid], |row| row.get(0))
+        .optional()?;
+    Ok(found)
+}
+
+/// Records an inbound message and its reply, unless its MessageSid was
+/// recorded before: then the reply it got then (`Some`) and nothing changes.
+fn record_inbound(
+    connection: &Connection,
+    message_sid: &str,
+    from: &str,
+    account_id: Option<AccountId>,
+    body: &str,
+    reply: Option<&str>,
+    now_ms: i64,
+) -> Result<Option<Option<String>>, StoreError> {
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO inbound_messages (message_sid, from_number, account_id, body, reply, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_sid) DO NOTHING",
+        )?
+        .execute(params![message_sid, from, account_id.map(|id| id.0), body, reply, now_ms])?;
+    if inserted == 1 {
+        Ok(None)
+    } else {
+        inbound_reply(connection, message_sid)
+    }
+}
+
+/// Forgets a reservation whose debit was refused (nothing was reserved).
+fn delete_reserved(connection: &Connection, id: i64) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("DELETE FROM messages WHERE id = ?1 AND state = 'reserved'")?
+        .execute([id])?;
+    Ok(())
+}
+
+/// Stores Twilio's price, or schedules another look (`None` after the last try).
+fn record_price_check(
+    connection: &Connection,
+    id: i64,
+    actual_cost: Option<Money>,
+    next_check_at: Option<i64>,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached(
+            "UPDATE messages SET actual_cost = COALESCE(?2, actual_cost), price_checks = price_checks + 1,
+                    next_price_check_at = ?3
+              WHERE id = ?1",
+        )?
+        .execute(params![id, actual_cost.map(Money::micros), next_check_at])?;
+    Ok(())
+}
+
+/// Sent messages whose Twilio price is due, each put off to `lease_until`
+/// so that no other worker looks it up meanwhile.
+fn claim_price_checks(
+    connection: &Connection,
+    now_ms: i64,
+    lease_until_ms: i64,
+    limit: i64,
+) -> Result<Vec<PriceCheck>, StoreError> {
+    let mut statement = connection.prepare_cached(
+        "UPDATE messages SET next_price_check_at = ?2
+          WHERE id IN (SELECT id FROM messages
+                        WHERE actual_cost IS NULL AND twilio_sid IS NOT NULL AND next_price_check_at <= ?1
+                        ORDER BY next_price_check_at LIMIT ?3)
+         RETURNING id, twilio_sid, price_checks",
+    )?;
+    let mut rows = statement
+        .query_map(params![now_ms, lease_until_ms, limit], |row| {
+            Ok(PriceCheck {
+                message_id: row.get(0)?,
+                twilio_sid: row.get(1)?,
+                checks: row.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    rows.sort_by_key(|check| check.message_id);
+    Ok(rows)
+}
+
+fn sent_costs(connection: &Connection) -> Result<Vec<SentCost>, StoreError> {
+    let mut statement = connection.prepare(
+        "SELECT id, twilio_sid, kind, country, segments, charged, carrier_cost_per_segment, actual_cost
+           FROM messages WHERE state = 'sent' ORDER BY id",
+    )?;
+    let rows = statement
+        .query_map([], |row| {
+            let id: i64 = row.get(0)?;
+            let kind: String = row.get(2)?;
+            Ok(SentCost {
+                message_id: id,
+                twilio_sid: row.get(1)?,
+                kind: MessageKind::parse(&kind).ok_or_else(|| {
+                    UnknownValue::new("messages", id, "kind", kind.clone()).into_sql_error(2)
+                })?,
+                country: row.get(3)?,
+                segments: row.get(4)?,
+                charged: Money::from_micros(row.get(5)?),
+                carrier_cost_per_segment: Money::from_micros(row.get(6)?),
+                actual_cost: row.get::<_, Option<i64>>(7)?.map(Money::from_micros),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+impl MessageStore for SqliteStore {
+    fn reserve_outbound(&self, message: NewMessage) -> StoreFuture<(MessageRecord, bool)> {
+        self.write(move |connection| {
+            if let (Some(account_id), Some(key)) = (message.account_id, &message.idempotency_key) {
+                if let Some(existing) = find_by_key(connection, account_id, key)? {
+                    return Ok((existing, false));
+                }
+            }
+            Ok((insert(connection, &message)?, true))
+        })
+    }
+
+    fn forget_reservation(&self, message_id: i64) -> StoreFuture<()> {
+        self.write(move |connection| delete_reserved(connection, message_id))
+    }
+
+    fn mark_sent(
+        &self,
+        message_id: i64,
+        twilio_sid: String,
+        twilio_status: String,
+        price_check_at: i64,
+    ) -> StoreFuture<(Option<MessageRecord>, Option<String>)> {
+        self.write(move |connection| {
+            resolve(
+                connection,
+                message_id,
+                MessageState::Sent,
+                Some(&twilio_sid),
+                Some(&twilio_status),
+                Some(price_check_at),
+            )?;
+            let early = take_early_status(connection, &twilio_sid)?;
+            Ok((get(connection, message_id)?, early))
+        })
+    }
+
+    fn mark_voided(&self, message_id: i64) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            resolve(
+                connection,
+                message_id,
+                MessageState::Voided,
+                None,
+                None,
+                None,
+            )
+        })
+    }
+
+    fn unresolved(&self) -> StoreFuture<Vec<MessageRecord>> {
+        self.read(unresolved)
+    }
+
+    fn record_status(
+        &self,
+        twilio_sid: String,
+        status: String,
+        now_ms: i64,
+    ) -> StoreFuture<Option<MessageRecord>> {
+        self.write(move |connection| {
+            let Some(record) = find_by_sid(connection, &twilio_sid)? else {
+                keep_early_status(connection, &twilio_sid, &status, now_ms)?;
+                return Ok(None);
+            };
+            set_twilio_status(connection, record.id, &status)?;
+            Ok(Some(record))
+        })
+    }
+
+    fn mark_refunded(&self, message_id: i64) -> StoreFuture<bool> {
+        self.write(move |connection| mark_refunded(connection, message_id))
+    }
+
+    fn record_service(&self, message: NewMessage) -> StoreFuture<MessageRecord> {
+        self.write(move |connection| insert(connection, &message))
+    }
+
+    fn inbound_reply_and_account(
+        &self,
+        message_sid: String,
+        phone: Option<PhoneNumber>,
+    ) -> StoreFuture<(Option<Option<String>>, Option<Account>)> {
+        self.read(move |connection| {
+            let earlier = inbound_reply(connection, &message_sid)?;
+            let found = match &phone {
+                Some(phone) if earlier.is_none() => find_account_by_phone(connection, phone)?,
+                _ => None,
+            };
+            Ok((earlier, found))
+        })
+    }
+
+    fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<Option<Option<String>>> {
+        self.write(move |connection| {
+            let earlier = record_inbound(
+                connection,
+                &inbound.message_sid,
+                &inbound.from,
+                inbound.account_id,
+                &inbound.body,
+                inbound.reply.as_deref(),
+                inbound.now_ms,
+            )?;
+            if earlier.is_none() {
+                if let Some(reply_cost) = &inbound.reply_cost {
+                    insert(connection, reply_cost)?;
+                }
+            }
+            Ok(earlier)
+        })
+    }
+
+    fn claim_price_checks(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<PriceCheck>> {
+        self.write(move |connection| claim_price_checks(connection, now_ms, lease_until_ms, limit))
+    }
+
+    fn record_price_check(
+        &self,
+        message_id: i64,
+        actual_cost: Option<Money>,
+        next_check_at: Option<i64>,
+    ) -> StoreFuture<()> {
+        self.write(move |connection| {
+            record_price_check(connection, message_id, actual_cost, next_check_at)
+        })
+    }
+
+    fn sent_costs(&self) -> StoreFuture<Vec<SentCost>> {
+        self.read(sent_costs)
+    }
+}

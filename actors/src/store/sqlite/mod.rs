@@ -1,0 +1,263 @@
+//! The SQLite adapter: one writer thread that owns the write connection and
+//! group-commits everything queued while its last commit ran, and reader
+//! threads that answer look-ups, each on its own connection (WAL,
+//! `synchronous=FULL`). Blocking SQLite calls run only on these threads:
+//! callers hand them work and await a oneshot answer. A write is answered
+//! only after the transaction that holds it has committed (or failed).
+//!
+//! The SQL lives in this folder, one file per part of the port.
+
+mod accounts;
+mod billing;
+mod events;
+mod ledger;
+mod messages;
+mod migrations;
+mod reader;
+mod writer;
+
+use std::any::Any;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{Backend, LedgerWrite, Shared, StoreError, StoreFuture, UnknownValue};
+
+pub use migrations::applied_migrations;
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(error: rusqlite::Error) -> StoreError {
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, cause) = &error {
+            if let Some(unknown) = cause.downcast_ref::<UnknownValue>() {
+                return StoreError::UnknownValue(unknown.clone());
+            }
+        }
+        StoreError::Database(error.to_string())
+    }
+}
+
+impl UnknownValue {
+    /// As a row decoder's error, so that it travels through rusqlite and
+    /// comes out as [`StoreError::UnknownValue`].
+    pub(crate) fn into_sql_error(self, column_index: usize) -> rusqlite::Error {
+        rusqlite::Error::FromSqlConversionFailure(
+            column_index,
+            rusqlite::types::Type::Text,
+            Box::new(self),
+        )
+    }
+}
+
+type ErasedValue = Box<dyn Any + Send>;
+type ErasedOp = Box<dyn FnOnce(&Connection) -> Result<ErasedValue, ErasedValue> + Send>;
+
+/// Why an erased custom write did not succeed.
+enum CustomFailure {
+    /// The operation itself refused; its savepoint was rolled back.
+    Op(ErasedValue),
+    /// The batch it was in did not commit.
+    Store(StoreError),
+}
+
+struct CustomWrite {
+    op: ErasedOp,
+    done: oneshot::Sender<Result<ErasedValue, CustomFailure>>,
+}
+
+enum WriterMessage {
+    Ledger(LedgerWrite),
+    Custom(CustomWrite),
+    /// Answered once everything queued before it has committed.
+    Flush(oneshot::Sender<()>),
+}
+
+type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The adapter: queues to its threads.
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriterMessage>,
+    readers: Vec<mpsc::Sender<ReadJob>>,
+    next_reader: AtomicUsize,
+}
+
+/// Opens a connection with the pragmas every connection of the store uses.
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open_error = |error: rusqlite::Error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    };
+    let connection = Connection::open(path).map_err(open_error)?;
+    connection
+        .busy_timeout(Duration::from_secs(5))
+        .map_err(open_error)?;
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .map_err(open_error)?;
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .map_err(open_error)?;
+    connection
+        .pragma_update(None, "foreign_keys", "ON")
+        .map_err(open_error)?;
+    connection
+        .pragma_update(None, "cache_size", -65_536)
+        .map_err(open_error)?;
+    // Checkpoint the WAL back into the database every 64 MiB rather than
+    // every 4 MiB: fewer, larger checkpoints cost the writer less per row.
+    connection
+        .pragma_update(None, "wal_autocheckpoint", 16_384)
+        .map_err(open_error)?;
+    Ok(connection)
+}
+
+/// A migrated connection on the calling thread, for benchmarks that fill a
+/// database in bulk and tests that tamper with one. The server and the
+/// domain never use one: they go through the port.
+pub fn raw_connection(path: &Path) -> Result<Connection, StoreError> {
+    let mut connection = open_connection(path)?;
+    migrations::migrate(&mut connection)?;
+    Ok(connection)
+}
+
+/// Applies the migrations the database has not had yet; answers their names.
+pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
+    let mut connection = open_connection(path)?;
+    migrations::migrate(&mut connection)
+}
+
+fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(body)
+        .map(drop)
+        .map_err(|error| StoreError::Open {
+            path: String::new(),
+            reason: format!("could not start thread {name}: {error}"),
+        })
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating if needed) the database and starts the
+    /// writer and reader threads. The threads end when the adapter (and so
+    /// their queues) is dropped.
+    pub(crate) fn open(
+        path: &Path,
+        max_batch: usize,
+        readers: usize,
+        shared: Arc<Shared>,
+    ) -> Result<SqliteStore, StoreError> {
+        let mut write_connection = open_connection(path)?;
+        migrations::migrate(&mut write_connection)?;
+        let (writer_sender, writer_receiver) = mpsc::channel();
+        let writer_state = writer::Writer::new(write_connection, max_batch, shared);
+        spawn_thread("store-writer", move || writer_state.run(writer_receiver))?;
+
+        let mut reader_senders = Vec::new();
+        for index in 0..readers {
+            let read_connection = open_connection(path)?;
+            read_connection.pragma_update(None, "query_only", "ON")?;
+            let (reader_sender, reader_receiver) = mpsc::channel();
+            spawn_thread(&format!("store-reader-{index}"), move || {
+                reader::run(read_connection, reader_receiver)
+            })?;
+            reader_senders.push(reader_sender);
+        }
+        Ok(SqliteStore {
+            writer: writer_sender,
+            readers: reader_senders,
+            next_reader: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `op` inside the next group commit, in a savepoint of its own:
+    /// an `Err` from `op` rolls back only `op`, and is answered at once; an
+    /// `Ok` is answered once the batch has committed.
+    fn write<T, E, F>(&self, op: F) -> StoreFuture<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
+    {
+        let erased: ErasedOp = Box::new(move |connection| match op(connection) {
+            Ok(value) => Ok(Box::new(value) as ErasedValue),
+            Err(error) => Err(Box::new(error) as ErasedValue),
+        });
+        let (done, answer) = oneshot::channel();
+        let queued = self
+            .writer
+            .send(WriterMessage::Custom(CustomWrite { op: erased, done }))
+            .map_err(|_| StoreError::Closed);
+        Box::pin(async move {
+            queued.map_err(E::from)?;
+            match answer.await {
+                Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
+                    E::from(StoreError::Database(
+                        "write answered with the wrong type".into(),
+                    ))
+                }),
+                Ok(Err(CustomFailure::Op(error))) => Err(error
+                    .downcast::<E>()
+                    .map(|error| *error)
+                    .unwrap_or_else(|_| {
+                        E::from(StoreError::Database(
+                            "write failed with the wrong type".into(),
+                        ))
+                    })),
+                Ok(Err(CustomFailure::Store(error))) => Err(E::from(error)),
+                Err(_) => Err(E::from(StoreError::Closed)),
+            }
+        })
+    }
+
+    /// Runs `query` on a reader thread, inside a read transaction that
+    /// started after the query was queued, so it sees every commit that was
+    /// answered before this call. The query is queued at once; the returned
+    /// future only waits for the answer.
+    fn read<T, F>(&self, query: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        Box::pin(self.read_now(query))
+    }
+
+    fn read_now<T, F>(&self, query: F) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (done, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |connection| {
+            // The caller may have gone away; nothing to do then.
+            let _ = done.send(query(connection));
+        });
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let queued = self.readers[index]
+            .send(job)
+            .map_err(|_| StoreError::Closed);
+        async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        }
+    }
+
+    /// Answers once everything queued before it has committed or failed.
+    fn flush_writer(&self) -> StoreFuture<()> {
+        let (done, answer) = oneshot::channel();
+        let queued = self
+            .writer
+            .send(WriterMessage::Flush(done))
+            .map_err(|_| StoreError::Closed);
+        Box::pin(async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Closed)
+        })
+    }
+}
+
+impl Backend for SqliteStore {}

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::billing::discounts::{normalize_code, Discount};
+use sms_credit_actors::billing::events::EventStatus;
 use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::messaging::reconcile;
@@ -64,6 +65,22 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The Stripe events received and what became of each (applied,
+    /// ignored, waiting, expired, failed), newest first.
+    StripeEvents {
+        /// Only events of this status.
+        #[arg(long, value_parser = ["received", "applied", "ignored", "waiting", "expired", "failed"])]
+        status: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print the events as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply the database migrations this release has and the database has
+    /// not, then exit (the server applies them at start too).
+    Migrate,
     /// Create, show and adjust accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -178,6 +195,12 @@ pub fn run(cli: Cli) -> ExitCode {
         } => quote_command(&settings, &to, &text, smart, json),
         Command::Accounts(command) => accounts(&settings, command),
         Command::Reconcile { json } => reconcile_command(&settings, json),
+        Command::StripeEvents {
+            status,
+            limit,
+            json,
+        } => stripe_events_command(&settings, status, limit, json),
+        Command::Migrate => migrate_command(&settings),
         Command::Pricing { mode, sale_price } => pricing_command(&settings, mode, sale_price),
         Command::DiscountCodes(command) => discount_codes_command(&settings, command),
     };
@@ -338,6 +361,52 @@ fn reconcile_command(settings: &Settings, as_json: bool) -> Result<(), String> {
             Money::from_micros(mismatch.actual_per_segment_micros).precise(),
             Money::from_micros(mismatch.expected_per_segment_micros).precise()
         );
+    }
+    Ok(())
+}
+
+fn stripe_events_command(
+    settings: &Settings,
+    status: Option<String>,
+    limit: i64,
+    as_json: bool,
+) -> Result<(), String> {
+    let status = status.as_deref().and_then(EventStatus::parse);
+    let events = with_store(settings, |store| async move {
+        store
+            .events()
+            .list(status, limit.clamp(1, 100_000))
+            .await
+            .map_err(|error| error.to_string())
+    })?;
+    if as_json {
+        println!("{}", json!({ "events": events }));
+        return Ok(());
+    }
+    println!(
+        "{:<28} {:<34} {:<8} {:<24} detail",
+        "received", "event", "status", "type"
+    );
+    for event in events {
+        println!(
+            "{:<28} {:<34} {:<8} {:<24} {}",
+            format_rfc3339_ms(event.received_at_ms),
+            event.event_id,
+            event.status.as_str(),
+            event.event_type,
+            event.detail.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn migrate_command(settings: &Settings) -> Result<(), String> {
+    let applied = Store::migrate(&settings.database).map_err(|error| error.to_string())?;
+    if applied.is_empty() {
+        println!("{}: up to date", settings.database);
+    }
+    for name in applied {
+        println!("{}: applied {name}", settings.database);
     }
     Ok(())
 }

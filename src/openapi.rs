@@ -368,6 +368,14 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "get",
+        "/v1/admin/stripe-events",
+        "Stripe events received and what became of each.",
+        Admin,
+        None,
+        200,
+    ),
+    op(
+        "get",
         "/v1/admin/reconciliation",
         "Charged vs Twilio's actual cost, per country.",
         Admin,

@@ -67,6 +67,7 @@ impl Core {
                     registry: registry.clone(),
                     gateway: Arc::new(gateway),
                     settings: Arc::new(billing_settings(settings, stripe.allow_promotion_codes)),
+                    last_expiry_check_ms: Default::default(),
                 })
             }
             None => None,
@@ -163,6 +164,22 @@ fn start_messaging_jobs(messaging: Messaging, clock: Arc<dyn Clock>) {
     });
 }
 
+/// How often waiting Stripe events are checked for expiry when none arrive.
+const EVENT_EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Gives up, now and then, on Stripe events that have waited longer than
+/// Stripe retries (they stay visible as `expired`).
+fn start_billing_jobs(billing: Billing, clock: Arc<dyn Clock>) {
+    actix_rt::spawn(async move {
+        loop {
+            if let Err(error) = billing.expire_waiting(clock.now_ms()).await {
+                tracing::warn!(%error, "could not expire waiting Stripe events");
+            }
+            actix_rt::time::sleep(EVENT_EXPIRY_INTERVAL).await;
+        }
+    });
+}
+
 /// What every request handler can reach.
 pub struct AppState {
     pub settings: Settings,
@@ -213,6 +230,9 @@ impl Application {
         });
         if let Some(messaging) = core.messaging.clone() {
             start_messaging_jobs(messaging, Arc::clone(&clock));
+        }
+        if let Some(billing) = core.billing.clone() {
+            start_billing_jobs(billing, Arc::clone(&clock));
         }
         let server = HttpServer::new(move || {
             App::new()

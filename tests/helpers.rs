@@ -258,10 +258,14 @@ impl TestApp {
         )
     }
 
-    /// Posts a webhook signed correctly, now.
+    /// Posts a webhook signed correctly, at the test clock's start.
     pub async fn deliver(&self, payload: &str) -> (StatusCode, Value) {
-        let signature =
-            crate::fake_stripe::sign(payload, crate::fake_stripe::WEBHOOK_SECRET, NOW_UNIX);
+        self.deliver_at(payload, NOW_UNIX).await
+    }
+
+    /// Posts a webhook signed correctly at `unix` seconds (the clock's time).
+    pub async fn deliver_at(&self, payload: &str, unix: i64) -> (StatusCode, Value) {
+        let signature = crate::fake_stripe::sign(payload, crate::fake_stripe::WEBHOOK_SECRET, unix);
         self.post_stripe_webhook(payload, Some(signature)).await
     }
 

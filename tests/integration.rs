@@ -26,4 +26,5 @@ mod segment_properties;
 mod stored_values;
 mod stripe;
 mod stripe_chaos;
+mod stripe_events;
 mod twilio;

@@ -360,7 +360,7 @@ async fn max_uses_holds_under_concurrent_checkouts_and_expiry_gives_a_use_back()
 }
 
 /// An active account with a token, by a completed access checkout.
-async fn active_account(
+pub(crate) async fn active_account(
     app: &TestApp,
     events: &mut EventFactory,
     phone: &str,

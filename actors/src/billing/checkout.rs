@@ -61,6 +61,8 @@ pub struct Billing {
     pub registry: Registry,
     pub gateway: Arc<dyn PaymentGateway>,
     pub settings: Arc<BillingSettings>,
+    /// When waiting Stripe events were last checked for expiry (clock ms).
+    pub last_expiry_check_ms: Arc<std::sync::atomic::AtomicI64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

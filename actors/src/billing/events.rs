@@ -4,6 +4,8 @@
 //! is idempotent on its own key, and an event that arrives before the state
 //! it refers to waits, stored, until that state exists.
 
+use std::sync::atomic::Ordering;
+
 use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
@@ -186,6 +188,9 @@ pub struct EventRecord {
 /// to 3 days, so state that has not appeared by then will not.
 pub const WAITING_HORIZON_MS: i64 = 3 * 24 * 3600 * 1000;
 
+/// How often (at most) handling an event also looks for expired ones.
+const EXPIRY_CHECK_EVERY_MS: i64 = 60_000;
+
 /// The key waiting events wait on until a payment is completed.
 fn payment_intent_key(payment_intent_id: &str) -> String {
     format!("payment_intent:{payment_intent_id}")
@@ -240,6 +245,7 @@ impl Billing {
         if status.is_final() {
             return Ok(EventOutcome::Duplicate);
         }
+        self.expire_waiting_now_and_then(now_ms).await?;
         let event = match event {
             Ok(event) => event,
             Err(reason) => {
@@ -321,6 +327,21 @@ impl Billing {
             }
         }
         Ok(())
+    }
+
+    /// Expires waiting events at most once a minute (of the clock), as
+    /// events arrive; a background job does it too when none arrive.
+    async fn expire_waiting_now_and_then(&self, now_ms: i64) -> Result<(), BillingError> {
+        let last = self.last_expiry_check_ms.load(Ordering::Relaxed);
+        if now_ms - last < EXPIRY_CHECK_EVERY_MS
+            || self
+                .last_expiry_check_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return Ok(());
+        }
+        self.expire_waiting(now_ms).await.map(drop)
     }
 
     /// Gives up on events that have waited longer than Stripe retries;

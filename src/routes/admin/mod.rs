@@ -6,6 +6,7 @@ mod discount_codes;
 mod orders;
 mod pricing;
 mod reconciliation;
+mod stripe_events;
 mod tokens;
 pub(crate) mod transactions;
 mod verify;
@@ -47,6 +48,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/discount-codes/{code}",
             web::patch().to(discount_codes::update),
         )
+        .route("/stripe-events", web::get().to(stripe_events::list))
         .route("/reconciliation", web::get().to(reconciliation::show))
         .route(
             "/reconciliation/check-prices",

@@ -84,9 +84,10 @@ impl StripeEventStore for SqliteStore {
 
     fn waiting_on(&self, keys: Vec<String>) -> StoreFuture<Vec<EventRecord>> {
         self.read(move |connection| {
+            // No ORDER BY here: it would tempt SQLite to walk every waiting
+            // event in received order instead of using the waiting_on index.
             let mut statement = connection.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM stripe_events
-                  WHERE status = 'waiting' AND waiting_on = ?1 ORDER BY received_at, event_id"
+                "SELECT {COLUMNS} FROM stripe_events WHERE status = 'waiting' AND waiting_on = ?1"
             ))?;
             let mut found = Vec::new();
             for key in &keys {

@@ -1,0 +1,176 @@
+//! Stripe events that never apply: a refund of a payment this product did
+//! not make waits (indexed by what it waits for, so it slows nothing down),
+//! is given up after Stripe's 3-day retry horizon with an outcome an admin
+//! sees, and an event Stripe signed that cannot be read is recorded as
+//! failed rather than skipped in silence.
+
+use std::sync::Arc;
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+use sms_credit_actors::clock::ManualClock;
+
+use crate::fake_stripe::{sign, EventFactory, FakeStripe, WEBHOOK_SECRET};
+use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN, NOW_UNIX};
+use crate::stripe::{active_account, start_access};
+
+const THREE_DAYS_MS: i64 = 3 * 24 * 3600 * 1000;
+
+async fn events_with_status(app: &TestApp, status: &str) -> Vec<Value> {
+    let (code, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/stripe-events?status={status}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(code, StatusCode::OK, "{answer}");
+    answer["events"].as_array().unwrap().clone()
+}
+
+#[actix_rt::test]
+async fn a_foreign_refund_waits_without_blocking_then_expires_visibly() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(Arc::clone(&directory), settings, clock.clone()).await;
+    let mut events = EventFactory::new();
+
+    // A refund of a charge another product on the same Stripe account made.
+    let foreign = events.charge_refunded("ch_foreign", "pi_foreign", 4000, 4000);
+    let (status, answer) = app.deliver(&foreign).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "waiting", "{answer}");
+    assert_eq!(answer["result"]["waiting_on"], "payment_intent:pi_foreign");
+
+    // Our own payments still apply, with the foreign refund waiting beside them.
+    let (account, _customer, _token) = active_account(&app, &mut events, "+14155551300").await;
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+    let waiting = events_with_status(&app, "waiting").await;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0]["waiting_on"], "payment_intent:pi_foreign");
+    assert_eq!(waiting[0]["event_type"], "charge.refunded");
+
+    // Stripe stops retrying after 3 days, and so does the service.
+    clock.advance_ms(THREE_DAYS_MS + 1);
+    let later = NOW_UNIX + THREE_DAYS_MS / 1000 + 1;
+    let (status, _) = app.deliver_at(&events.other(), later).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(events_with_status(&app, "waiting").await.is_empty());
+    let expired = events_with_status(&app, "expired").await;
+    assert_eq!(expired.len(), 1, "{expired:?}");
+    assert!(expired[0]["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with("gave up after 3 days"));
+    // The same event again is a duplicate: nothing changes.
+    let (status, answer) = app.deliver_at(&foreign, later).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["result"]["outcome"], "duplicate");
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+
+    // The CLI shows the same.
+    let directory = app.stop().await;
+    let listed = crate::helpers::run_cli(&directory, &["stripe-events", "--status", "expired"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        text.contains("charge.refunded") && text.contains("gave up"),
+        "{text}"
+    );
+}
+
+#[actix_rt::test]
+async fn a_refund_before_its_payment_is_woken_by_the_payment_only() {
+    let (app, _fake) = crate::stripe::app_with_fake_stripe().await;
+    let mut events = EventFactory::new();
+    let (account, order, session, customer) = start_access(&app, "+14155551301", None).await;
+    for index in 0..20 {
+        let foreign = events.charge_refunded(
+            &format!("ch_other_{index}"),
+            &format!("pi_other_{index}"),
+            1000,
+            1000,
+        );
+        assert_eq!(app.deliver(&foreign).await.0, StatusCode::OK);
+    }
+    let refund = events.charge_refunded("ch_access", "pi_access", 2999, 2999);
+    let (_, answer) = app.deliver(&refund).await;
+    assert_eq!(answer["result"]["outcome"], "waiting");
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_access");
+    let (_, answer) = app.deliver(&completed).await;
+    assert_eq!(answer["result"]["outcome"], "applied");
+    // The included credit, then taken back by the refund that waited for it.
+    assert_eq!(app.balance_micros(account).await, 0);
+    assert_eq!(
+        events_with_status(&app, "waiting").await.len(),
+        20,
+        "the unrelated refunds still wait"
+    );
+}
+
+#[actix_rt::test]
+async fn a_signed_event_that_cannot_be_read_is_recorded_as_failed() {
+    let (app, _fake) = crate::stripe::app_with_fake_stripe().await;
+    // Signed by Stripe, but its object is not a Checkout Session.
+    let payload = json!({
+        "id": "evt_unreadable",
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": NOW_UNIX,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "api_version": "2025-09-30.clover",
+        "request": {"id": null, "idempotency_key": null},
+        "data": {"object": {"id": 42}},
+    })
+    .to_string();
+    let signature = sign(&payload, WEBHOOK_SECRET, NOW_UNIX);
+    let (status, answer) = app.post_stripe_webhook(&payload, Some(signature)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "failed", "{answer}");
+    let failed = events_with_status(&app, "failed").await;
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["event_id"], "evt_unreadable");
+    assert!(failed[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("could not read"));
+    // A body that is not even JSON (but signed) cannot be recorded: 400.
+    let signature = sign("not json", WEBHOOK_SECRET, NOW_UNIX);
+    let (status, answer) = app.post_stripe_webhook("not json", Some(signature)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_event");
+}
+
+#[actix_rt::test]
+async fn a_waiting_event_that_cannot_be_read_back_is_recorded_as_failed() {
+    let (app, _fake) = crate::stripe::app_with_fake_stripe().await;
+    let mut events = EventFactory::new();
+    let (account, order, session, customer) = start_access(&app, "+14155551302", None).await;
+    let refund = events.charge_refunded("ch_1", "pi_garbled", 2999, 2999);
+    assert_eq!(app.deliver(&refund).await.0, StatusCode::OK);
+    let connection = sms_credit_actors::store::sqlite::raw_connection(
+        &app.directory.path().join("sms-credit.db"),
+    )
+    .unwrap();
+    connection
+        .execute_batch("UPDATE stripe_events SET payload = '{\"kind\": \"from_the_future\"}' WHERE status = 'waiting'")
+        .unwrap();
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_garbled");
+    let (_, answer) = app.deliver(&completed).await;
+    assert_eq!(answer["result"]["outcome"], "applied");
+    let failed = events_with_status(&app, "failed").await;
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["detail"]
+        .as_str()
+        .unwrap()
+        .contains("could not be read back"));
+    assert_eq!(
+        app.balance_micros(account).await,
+        5_000_000,
+        "nothing taken back"
+    );
+}

@@ -17,6 +17,7 @@ mod crash;
 mod feed;
 mod ledger_actors;
 mod ledger_properties;
+mod migrations;
 mod openapi;
 mod operations;
 mod quote;

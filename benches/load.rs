@@ -144,6 +144,7 @@ fn main() {
             .env("SMS_CREDIT_DATABASE", directory.path().join("load.db"))
             .env("SMS_CREDIT_BIND", "127.0.0.1:0")
             .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("SMS_CREDIT_METRICS_TOKEN", ADMIN_TOKEN)
             .env("SMS_CREDIT_API_KEY", API_KEY)
             .env("SMS_CREDIT_PUBLIC_URL", PUBLIC_URL)
             .env("SMS_CREDIT_TWILIO_ACCOUNT_SID", fake_twilio::ACCOUNT_SID)
@@ -230,7 +231,12 @@ fn main() {
         }
         let metrics_url = format!("{base}/metrics");
         let store_figures = |client: awc::Client, url: String| async move {
-            let mut response = client.get(url).send().await.unwrap();
+            let mut response = client
+                .get(url)
+                .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+                .send()
+                .await
+                .unwrap();
             let text = String::from_utf8(response.body().limit(1 << 22).await.unwrap().to_vec()).unwrap();
             let value = |name: &str| -> f64 {
                 text.lines()

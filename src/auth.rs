@@ -102,6 +102,35 @@ fn check_admin(request: &HttpRequest) -> Result<Admin, ApiError> {
     }
 }
 
+/// Proof that the request may read `/metrics` on the main address (which
+/// reports the ledger's money totals): it carries the metrics token.
+pub struct MetricsReader;
+
+impl FromRequest for MetricsReader {
+    type Error = ApiError;
+    type Future = Ready<Result<MetricsReader, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(check_metrics_reader(request))
+    }
+}
+
+fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError> {
+    let state = app_state(request)?;
+    let Some(expected) = &state.settings.metrics_token else {
+        return Err(ApiError::NotConfigured {
+            code: "metrics_not_configured",
+            message: "metrics are not published on this address (set SMS_CREDIT_METRICS_TOKEN, or SMS_CREDIT_METRICS_BIND for an address of their own)",
+        });
+    };
+    let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
+    if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
+        Ok(MetricsReader)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` header.
 pub fn bearer_token(request: &HttpRequest) -> Option<&str> {
     let value = request

@@ -280,6 +280,25 @@ pub struct Options {
     #[serde(deserialize_with = "scalar_text")]
     pub feed_heartbeat_secs: Option<String>,
 
+    /// Bearer token that opens GET /metrics on the main listen address; without it (and without --metrics-bind) /metrics answers 503, because it reports the ledger's money totals.
+    #[arg(
+        long,
+        env = "SMS_CREDIT_METRICS_TOKEN",
+        global = true,
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub metrics_token: Option<Secret>,
+
+    /// A separate address (for example 127.0.0.1:9464) that serves only GET /metrics, without a token, for a Prometheus that can reach it.
+    #[arg(
+        long,
+        env = "SMS_CREDIT_METRICS_BIND",
+        global = true,
+        value_name = "ADDR"
+    )]
+    pub metrics_bind: Option<String>,
+
     /// Ledger rows queued per feed client before it is dropped as too slow [default: 256].
     #[arg(long, env = "SMS_CREDIT_FEED_QUEUE", global = true, value_name = "N")]
     #[serde(deserialize_with = "scalar_text")]
@@ -342,6 +361,10 @@ pub struct Settings {
     pub http_workers: usize,
     pub feed_heartbeat: Duration,
     pub feed_queue: usize,
+    /// Opens `/metrics` on the main address.
+    pub metrics_token: Option<Secret>,
+    /// A separate address that serves only `/metrics`.
+    pub metrics_bind: Option<String>,
 }
 
 impl Settings {
@@ -378,12 +401,10 @@ impl Settings {
     }
 
     pub fn from_options(options: Options) -> Result<Settings, ConfigError> {
-        let bind = options.bind.unwrap_or_else(|| "127.0.0.1:8080".to_string());
-        bind.to_socket_addrs()
-            .map_err(|error| ConfigError::Invalid {
-                variable: "SMS_CREDIT_BIND",
-                reason: format!("'{bind}' is not an address to listen on ({error})"),
-            })?;
+        let bind = listen_address(
+            "SMS_CREDIT_BIND",
+            options.bind.unwrap_or_else(|| "127.0.0.1:8080".to_string()),
+        )?;
         let public_url = options
             .public_url
             .map(|url| checked_url("SMS_CREDIT_PUBLIC_URL", url))
@@ -579,6 +600,14 @@ impl Settings {
                 256,
                 1..=1_000_000,
             )?,
+            metrics_token: options
+                .metrics_token
+                .map(|token| non_empty_secret("SMS_CREDIT_METRICS_TOKEN", token))
+                .transpose()?,
+            metrics_bind: options
+                .metrics_bind
+                .map(|address| listen_address("SMS_CREDIT_METRICS_BIND", address))
+                .transpose()?,
         })
     }
 }
@@ -632,6 +661,18 @@ fn merge(winner: Options, fallback: Options) -> Options {
         http_workers: winner.http_workers.or(fallback.http_workers),
         feed_heartbeat_secs: winner.feed_heartbeat_secs.or(fallback.feed_heartbeat_secs),
         feed_queue: winner.feed_queue.or(fallback.feed_queue),
+        metrics_token: winner.metrics_token.or(fallback.metrics_token),
+        metrics_bind: winner.metrics_bind.or(fallback.metrics_bind),
+    }
+}
+
+fn listen_address(variable: &'static str, address: String) -> Result<String, ConfigError> {
+    match address.to_socket_addrs() {
+        Ok(_) => Ok(address),
+        Err(error) => Err(ConfigError::Invalid {
+            variable,
+            reason: format!("'{address}' is not an address to listen on ({error})"),
+        }),
     }
 }
 

@@ -257,8 +257,15 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let status = self.status_code();
-        if status.is_server_error() {
-            tracing::error!(code = self.code(), error = %self, "request failed");
+        match self {
+            // The operator's choice, not a fault.
+            ApiError::NotConfigured { .. } => {
+                tracing::debug!(code = self.code(), "feature not configured")
+            }
+            _ if status.is_server_error() => {
+                tracing::error!(code = self.code(), error = %self, "request failed")
+            }
+            _ => {}
         }
         let mut response = HttpResponse::build(status);
         match self {

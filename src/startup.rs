@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpServer};
+use actix_web::{web, App, HttpServer, ResponseError};
 use sms_credit_actors::billing::checkout::{Billing, BillingSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::messaging::{Messaging, MessagingSettings};
@@ -198,7 +198,35 @@ pub struct AppState {
 pub struct Application {
     port: u16,
     server: Server,
+    /// The metrics address's port and server, when there is one.
+    metrics: Option<(u16, ServerHandle)>,
     core: Core,
+}
+
+/// A server of its own for `GET /metrics` (no token: it is for a
+/// Prometheus on a network the public cannot reach), like an exporter's.
+fn metrics_server(
+    state: web::Data<AppState>,
+    listener: TcpListener,
+) -> std::io::Result<(u16, ServerHandle)> {
+    let port = listener.local_addr()?.port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/metrics", web::get().to(telemetry::metrics))
+            .default_service(web::to(|| async {
+                error::ApiError::NotFound("this address serves only /metrics".into())
+                    .error_response()
+            }))
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    actix_rt::spawn(server);
+    tracing::info!(port, "metrics listening");
+    Ok((port, handle))
 }
 
 impl Application {
@@ -214,6 +242,15 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Application> {
         let port = listener.local_addr()?.port();
+        // Bound before anything starts, so that a taken address stops the start.
+        let metrics_listener = match &settings.metrics_bind {
+            Some(address) => Some(TcpListener::bind(address).map_err(|error| {
+                std::io::Error::other(format!(
+                    "cannot listen on SMS_CREDIT_METRICS_BIND {address}: {error}"
+                ))
+            })?),
+            None => None,
+        };
         let core = Core::start(&settings, Arc::clone(&clock)).map_err(std::io::Error::other)?;
         let http_workers = settings.http_workers;
         let state = web::Data::new(AppState {
@@ -234,6 +271,10 @@ impl Application {
         if let Some(billing) = core.billing.clone() {
             start_billing_jobs(billing, Arc::clone(&clock));
         }
+        let metrics = match metrics_listener {
+            Some(listener) => Some(metrics_server(state.clone(), listener)?),
+            None => None,
+        };
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
@@ -254,11 +295,21 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "listening");
-        Ok(Application { port, server, core })
+        Ok(Application {
+            port,
+            server,
+            metrics,
+            core,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The port of the metrics address, when there is one.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics.as_ref().map(|(port, _)| *port)
     }
 
     /// A handle that stops the server (gracefully with `stop(true)`).
@@ -270,6 +321,9 @@ impl Application {
     /// finishes requests in flight, then flushes the last commit.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let served = self.server.await;
+        if let Some((_, metrics)) = self.metrics {
+            metrics.stop(true).await;
+        }
         self.core.shutdown().await;
         served
     }

@@ -123,7 +123,15 @@ where
     .instrument(span)
 }
 
-/// `GET /metrics`.
+/// `GET /metrics` on the main address: with the metrics token only.
+pub async fn metrics_with_token(
+    _reader: crate::auth::MetricsReader,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    metrics(state).await
+}
+
+/// `GET /metrics` on the metrics address (`SMS_CREDIT_METRICS_BIND`).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")

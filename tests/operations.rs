@@ -7,12 +7,69 @@ use std::process::Command;
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::helpers::{fresh_directory, run_cli, ServerProcess, ADMIN_TOKEN};
+use crate::helpers::{
+    fresh_directory, run_cli, test_settings, ServerProcess, TestApp, ADMIN_TOKEN,
+};
+
+const METRICS_TOKEN: &str = "metrics-reader-token";
+
+#[actix_rt::test]
+async fn metrics_are_not_published_on_the_main_address_by_default() {
+    let app = TestApp::spawn().await;
+    assert_eq!(
+        app.post_adjustment(app.create_account("+14155553801").await, 1_000_000, "m")
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let (status, body) = app.request("GET", "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "metrics_not_configured");
+    assert!(!body.to_string().contains("ledger_amount"), "{body}");
+    // Not even the admin token opens it: it is its own secret.
+    let (status, _) = app
+        .request("GET", "/metrics", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
+
+#[actix_rt::test]
+async fn a_metrics_address_of_its_own_serves_them_without_a_token() {
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.metrics_bind = Some("127.0.0.1:0".to_string());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let application = sms_credit::startup::Application::build(settings, listener).unwrap();
+    let main = format!("http://127.0.0.1:{}", application.port());
+    let metrics = format!("http://127.0.0.1:{}", application.metrics_port().unwrap());
+    let handle = application.handle();
+    let running = actix_rt::spawn(application.run_until_stopped());
+    let client = awc::Client::new();
+    let mut answer = client
+        .get(format!("{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let text = String::from_utf8(answer.body().await.unwrap().to_vec()).unwrap();
+    assert!(text.contains("sms_credit_ledger_amount_micros"), "{text}");
+    // Only metrics there; and still nothing on the main address.
+    let other = client
+        .get(format!("{metrics}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    let main_metrics = client.get(format!("{main}/metrics")).send().await.unwrap();
+    assert_eq!(main_metrics.status(), StatusCode::SERVICE_UNAVAILABLE);
+    handle.stop(true).await;
+    running.await.unwrap().unwrap();
+}
 
 #[actix_rt::test]
 async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
     let directory = fresh_directory();
-    let server = ServerProcess::start(&directory, &[]);
+    let server = ServerProcess::start(&directory, &[("SMS_CREDIT_METRICS_TOKEN", METRICS_TOKEN)]);
     let base = server.base_url.clone();
     let client = awc::Client::new();
 
@@ -54,7 +111,14 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
         .unwrap();
     assert_eq!(webhook.status(), StatusCode::SERVICE_UNAVAILABLE);
 
-    let mut response = client.get(format!("{base}/metrics")).send().await.unwrap();
+    let refused = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let mut response = client
+        .get(format!("{base}/metrics"))
+        .insert_header(("Authorization", format!("Bearer {METRICS_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let metrics = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
     for expected in [

@@ -19,7 +19,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/account", web::get().to(page::account_page))
-        .route("/metrics", web::get().to(crate::telemetry::metrics))
+        .route(
+            "/metrics",
+            web::get().to(crate::telemetry::metrics_with_token),
+        )
         .route("/openapi.json", web::get().to(crate::openapi::serve))
         .route("/v1/quote", web::post().to(quote::create))
         .route("/v1/checkout/access", web::post().to(checkout::access))

@@ -259,6 +259,7 @@ fn store_floor(options: &Options) -> f64 {
                     generation,
                     done,
                     submitted_at: Instant::now(),
+                    notice: None,
                 })
                 .unwrap();
             answers.push(answer);

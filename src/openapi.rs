@@ -368,6 +368,14 @@ pub const OPERATIONS: &[Operation] = &[
     ),
     op(
         "get",
+        "/v1/admin/accounts/{id}/notices",
+        "The SMS notices queued for an account and where each stands.",
+        Admin,
+        None,
+        200,
+    ),
+    op(
+        "get",
         "/v1/admin/stripe-events",
         "Stripe events received and what became of each.",
         Admin,

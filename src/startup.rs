@@ -146,6 +146,23 @@ fn billing_settings(settings: &Settings, allow_promotion_codes: bool) -> Billing
 /// How often Twilio's prices of sent messages are looked up.
 const PRICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often queued notices are looked at when no commit says there are new ones.
+const NOTICE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends queued notices (low-balance warnings) as soon as a commit queues
+/// them, and now and then for those waiting for a retry.
+fn start_notice_worker(messaging: Messaging, clock: Arc<dyn Clock>) {
+    actix_rt::spawn(async move {
+        loop {
+            if let Err(error) = messaging.deliver_notices(clock.now_ms()).await {
+                tracing::warn!(%error, "could not deliver notices");
+            }
+            let ready = messaging.store.notices_ready().notified();
+            let _ = actix_rt::time::timeout(NOTICE_INTERVAL, ready).await;
+        }
+    });
+}
+
 /// Resolves reservations a crash left open, then looks up Twilio's prices
 /// of sent messages periodically, for reconciliation.
 fn start_messaging_jobs(messaging: Messaging, clock: Arc<dyn Clock>) {
@@ -266,6 +283,7 @@ impl Application {
             http_metrics: Arc::new(HttpMetrics::new()),
         });
         if let Some(messaging) = core.messaging.clone() {
+            start_notice_worker(messaging.clone(), Arc::clone(&clock));
             start_messaging_jobs(messaging, Arc::clone(&clock));
         }
         if let Some(billing) = core.billing.clone() {

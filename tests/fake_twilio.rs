@@ -33,6 +33,8 @@ pub struct SentSms {
 
 struct State {
     mode: SendMode,
+    /// Messages whose body contains this wait for `gate` before they are answered.
+    held: Option<String>,
     sent: Vec<SentSms>,
     prices: HashMap<String, String>,
     next_id: u64,
@@ -42,12 +44,14 @@ struct State {
 pub struct FakeTwilio {
     pub base_url: String,
     state: Arc<Mutex<State>>,
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 impl FakeTwilio {
     pub async fn start() -> FakeTwilio {
         let state = Arc::new(Mutex::new(State {
             mode: SendMode::Accept,
+            held: None,
             sent: Vec::new(),
             prices: HashMap::new(),
             next_id: 1,
@@ -55,9 +59,12 @@ impl FakeTwilio {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let shared = web::Data::from(Arc::clone(&state));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let shared_gate = web::Data::from(Arc::clone(&gate));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
+                .app_data(shared_gate.clone())
                 .route(
                     "/2010-04-01/Accounts/{account}/Messages.json",
                     web::post().to(create_message),
@@ -75,6 +82,38 @@ impl FakeTwilio {
         FakeTwilio {
             base_url: format!("http://127.0.0.1:{port}"),
             state,
+            gate,
+        }
+    }
+
+    /// From now on, messages whose body contains `text` are answered only
+    /// after [`FakeTwilio::release`] (they are not recorded before).
+    pub fn hold(&self, text: &str) {
+        self.state.lock().unwrap().held = Some(text.to_string());
+    }
+
+    /// Lets held messages (and any later ones) through.
+    pub fn release(&self) {
+        self.state.lock().unwrap().held = None;
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Waits (up to 10 s) until at least `count` messages were sent, and
+    /// answers them.
+    pub async fn wait_for(&self, count: usize) -> Vec<SentSms> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let sent = self.sent();
+            if sent.len() >= count {
+                return sent;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "only {} of {count} messages were sent: {sent:?}",
+                sent.len()
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 
@@ -116,6 +155,7 @@ fn authorized(request: &HttpRequest, account: &str) -> bool {
 
 async fn create_message(
     state: web::Data<Mutex<State>>,
+    gate: web::Data<tokio::sync::Semaphore>,
     request: HttpRequest,
     path: web::Path<String>,
     form: web::Form<HashMap<String, String>>,
@@ -123,6 +163,17 @@ async fn create_message(
     if !authorized(&request, &path) {
         return HttpResponse::Unauthorized()
             .json(json!({"code": 20003, "message": "Authenticate", "status": 401}));
+    }
+    let body = form.get("Body").cloned().unwrap_or_default();
+    let held = {
+        let state = state.lock().unwrap();
+        state
+            .held
+            .as_ref()
+            .is_some_and(|text| body.contains(text.as_str()))
+    };
+    if held {
+        let _permit = gate.acquire().await.unwrap();
     }
     let mut state = state.lock().unwrap();
     match state.mode {

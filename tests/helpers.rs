@@ -327,6 +327,35 @@ impl TestApp {
             .await
     }
 
+    /// Waits (up to 10 s) until no notice of the account is waiting to be
+    /// sent, and answers its notices (newest first).
+    pub async fn settle_notices(&self, account: i64) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (status, body) = self
+                .request(
+                    "GET",
+                    &format!("/v1/admin/accounts/{account}/notices"),
+                    Some(ADMIN_TOKEN),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            let notices = body["notices"].as_array().unwrap().clone();
+            if notices
+                .iter()
+                .all(|notice| notice["state"] != "pending" && notice["state"] != "sending")
+            {
+                return notices;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "notices still waiting: {notices:?}"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn post_message(&self, body: Value) -> (StatusCode, Value) {
         self.request("POST", "/v1/messages", Some(API_KEY), Some(body))
             .await

@@ -381,7 +381,7 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
     assert_eq!(sent["message"]["charged_micros"], 113_000);
     assert_eq!(sent["message"]["state"], "sent");
     assert_eq!(sent["balance_after_micros"], 87_000);
-    let messages = fake.sent();
+    let messages = fake.wait_for(2).await;
     assert_eq!(
         messages.len(),
         2,
@@ -415,6 +415,7 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
         (again["replayed"].as_bool(), again["message"]["id"].clone()),
         (Some(true), sent["message"]["id"].clone())
     );
+    app.settle_notices(account).await;
     assert_eq!(fake.sent().len(), 2, "the same key is sent once");
 
     // Not enough credit: 402 and nothing sent.
@@ -482,6 +483,7 @@ async fn a_message_that_failed_in_twilio_is_refunded_once() {
         .post_message(json!({"account_id": account, "body": "storm", "idempotency_key": "s1"}))
         .await;
     let sid = sent["message"]["twilio_sid"].as_str().unwrap().to_string();
+    app.settle_notices(account).await;
     assert_eq!(
         fake.sent().len(),
         2,
@@ -573,9 +575,11 @@ async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     )
     .await;
     assert_eq!(app.balance_micros(account).await, 1_987_000);
+    app.settle_notices(account).await;
     assert_eq!(warnings(&fake), 1, "below $2.00: one warning");
     app.post_message(json!({"account_id": account, "body": "b", "idempotency_key": "m2"}))
         .await;
+    app.settle_notices(account).await;
     assert_eq!(warnings(&fake), 1, "not again within 24 h");
 
     let directory = app.stop().await;
@@ -588,11 +592,18 @@ async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     clock.advance_ms(23 * 3600 * 1000);
     app.post_message(json!({"account_id": account, "body": "c", "idempotency_key": "m3"}))
         .await;
+    app.settle_notices(account).await;
     assert_eq!(warnings(&fake), 1, "the cooldown survived the restart");
     clock.advance_ms(3600 * 1000);
     app.post_message(json!({"account_id": account, "body": "d", "idempotency_key": "m4"}))
         .await;
+    let notices = app.settle_notices(account).await;
     assert_eq!(warnings(&fake), 2, "24 h later, one more");
+    assert_eq!(notices.len(), 2);
+    assert!(
+        notices.iter().all(|notice| notice["state"] == "sent"),
+        "{notices:?}"
+    );
     let warning = fake
         .sent()
         .into_iter()
@@ -695,4 +706,58 @@ async fn reconciliation_compares_charges_with_twilios_prices() {
         text.contains("80.00%") && text.contains("MISMATCH") && text.contains("service"),
         "{text}"
     );
+}
+
+#[actix_rt::test]
+async fn the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_goes() {
+    let (app, fake) = app_with_twilio().await;
+    let account = account_with_balance(&app, "+14155552700", 2_100_000).await;
+    // Twilio holds the warning: if the request waited for it, it would
+    // not come back while it is held.
+    fake.hold("credit is low");
+    let (status, sent) = app
+        .post_message(
+            json!({"account_id": account, "body": "a".repeat(200), "idempotency_key": "w1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    assert_eq!(fake.sent().len(), 1, "the message only, so far");
+    fake.release();
+    let messages = fake.wait_for(2).await;
+    assert!(messages[1]
+        .body
+        .starts_with("Your SMS credit is low: $1.98"));
+    let notices = app.settle_notices(account).await;
+    assert_eq!(
+        (notices.len(), notices[0]["state"].as_str()),
+        (1, Some("sent"))
+    );
+
+    // Twilio down when the next one is due: the notice waits and goes
+    // out once Twilio is back, once.
+    let directory = app.stop().await;
+    let clock = ManualClock::new(START_MS + 25 * 3600 * 1000);
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let app =
+        TestApp::spawn_with_clock(std::sync::Arc::clone(&directory), settings, clock.clone()).await;
+    fake.set_mode(SendMode::ServerError);
+    let (status, _) = app
+        .post_message(json!({"account_id": account, "body": "b", "idempotency_key": "w2"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "the message itself fails");
+    fake.set_mode(SendMode::Accept);
+    let (status, _) = app
+        .post_message(json!({"account_id": account, "body": "c", "idempotency_key": "w3"}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The warning's next try is a minute later (and the worker looks every 5 s).
+    clock.advance_ms(61_000);
+    let notices = app.settle_notices(account).await;
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    let warnings = fake
+        .sent()
+        .iter()
+        .filter(|sms| sms.body.contains("credit is low"))
+        .count();
+    assert_eq!(warnings, 2, "one per cooldown, none twice");
 }

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
+use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
 use crate::store::{LedgerWrite, Store, StoreError};
 
@@ -77,9 +78,10 @@ pub struct Receipt {
     /// True when this key was seen before and nothing new happened.
     pub replayed: bool,
     /// True when this debit left the balance below the low-balance
-    /// threshold and no warning went out within the cooldown: the caller
-    /// sends one. The cooldown is committed with the debit, so it survives
-    /// restarts and no second warning follows.
+    /// threshold and no warning went out within the cooldown: a warning was
+    /// queued with the debit (and goes out after the caller is answered).
+    /// The cooldown is committed with the debit, so it survives restarts
+    /// and no second warning follows.
     pub low_balance_warning_due: bool,
 }
 
@@ -486,6 +488,18 @@ impl AccountActor {
             generation: self.generation,
             done,
             submitted_at: Instant::now(),
+            // The warning goes out after the caller is answered, queued
+            // with the debit so that it is neither lost nor sent twice.
+            notice: warning_due.then(|| {
+                Box::new(NewNotice {
+                    account_id: self.account_id,
+                    kind: NoticeKind::LowBalanceWarning {
+                        balance: balance_after,
+                    },
+                    dedupe_key: format!("low-balance:{}:{}", self.account_id, snapshot_after.seq),
+                    created_at_ms: now_ms,
+                })
+            }),
         })?;
         self.working = snapshot_after;
 

@@ -93,14 +93,21 @@ impl TwilioClient {
             .map_err(|error| SenderError::Unavailable(error.to_string()))?;
         let response = actix_rt::time::timeout(TIMEOUT, self.http.request(request))
             .await
-            .map_err(|_| SenderError::Unavailable("Twilio did not answer in time".into()))?
-            .map_err(|error| SenderError::Unavailable(error.to_string()))?;
+            .map_err(|_| SenderError::Unanswered("no answer in time".into()))?
+            .map_err(|error| {
+                // Only a failed connection is sure to have sent nothing.
+                if error.is_connect() {
+                    SenderError::Unavailable(error.to_string())
+                } else {
+                    SenderError::Unanswered(error.to_string())
+                }
+            })?;
         let status = response.status().as_u16();
         let body = response
             .into_body()
             .collect()
             .await
-            .map_err(|error| SenderError::Unavailable(error.to_string()))?
+            .map_err(|error| SenderError::Unanswered(error.to_string()))?
             .to_bytes();
         Ok((status, body))
     }
@@ -144,7 +151,7 @@ impl SmsSender for TwilioClient {
                 return Err(refusal(status, &response));
             }
             let message: MessageResource = serde_json::from_slice(&response)
-                .map_err(|error| SenderError::Unavailable(format!("unreadable answer: {error}")))?;
+                .map_err(|error| SenderError::Unanswered(format!("unreadable answer: {error}")))?;
             Ok(Accepted {
                 sid: message.sid,
                 status: message.status.unwrap_or_else(|| "queued".to_string()),

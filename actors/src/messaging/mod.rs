@@ -4,6 +4,7 @@
 //! charged), Twilio's status callbacks, and reconciliation with what Twilio
 //! actually charged. Twilio itself is behind the `SmsSender` trait.
 
+pub mod notices;
 pub mod reconcile;
 pub mod records;
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use self::records::{MessageKind, MessageRecord, MessageState, NewMessage};
-use crate::account_actor::{Debit, Receipt, Refund};
+use crate::account_actor::{Debit, Refund};
 use crate::accounts::PhoneNumber;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
@@ -29,10 +30,16 @@ pub type SenderFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, SenderError
 /// Why Twilio did not take a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SenderError {
+    /// Twilio could not be reached, or answered that it failed (5xx, 429):
+    /// the request did nothing.
     #[error("Twilio is unavailable: {0}")]
     Unavailable(String),
     #[error("Twilio refused the message: {0}")]
     Refused(String),
+    /// The request may have reached Twilio but no answer came (a timeout,
+    /// a connection lost mid-request): whether it was taken is not known.
+    #[error("Twilio did not answer: {0}")]
+    Unanswered(String),
 }
 
 /// A message Twilio accepted.
@@ -214,7 +221,6 @@ impl Messaging {
                 return Err(MessagingError::NotSent(error.to_string()));
             }
         };
-        self.warn_if_due(account_id, &receipt, now_ms).await;
         Ok(SentMessage {
             message: message.unwrap_or(record),
             balance_after_micros: Some(receipt.entry.balance_after.micros()),
@@ -310,33 +316,6 @@ impl Messaging {
             }
         }
         Ok(count)
-    }
-
-    /// Sends a low-balance warning when the debit says one is due.
-    async fn warn_if_due(&self, account_id: AccountId, receipt: &Receipt, now_ms: i64) {
-        if !receipt.low_balance_warning_due {
-            return;
-        }
-        let text = format!(
-            "Your SMS credit is low: {} left. Text BUY $10 or top up at {}",
-            receipt.entry.balance_after, self.settings.web_link
-        );
-        let account = match self.store.accounts().get(account_id).await {
-            Ok(Some(account)) => account,
-            _ => return,
-        };
-        if let Err(error) = self
-            .send_service(
-                Some(account_id),
-                account.phone.as_str(),
-                &text,
-                MessageKind::Warning,
-                now_ms,
-            )
-            .await
-        {
-            tracing::warn!(%account_id, %error, "could not send the low-balance warning");
-        }
     }
 
     /// Sends a service message (not charged) and records its cost.

@@ -16,10 +16,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use crate::feed::FeedHub;
 use crate::ledger::{LedgerEntry, Snapshot, TransactionKind};
+use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
 pub use ports::{
@@ -172,6 +173,9 @@ pub struct LedgerWrite {
     pub done: oneshot::Sender<Result<(), StoreError>>,
     /// When it was submitted, for the acknowledgement latency.
     pub submitted_at: Instant,
+    /// A notice this write makes due (a low-balance warning), queued in the
+    /// same transaction. Boxed: it is rare, and a write is paid per debit.
+    pub notice: Option<Box<NewNotice>>,
 }
 
 /// Counters of the writer, for benchmarks and metrics.
@@ -259,6 +263,8 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<FeedHub>,
     /// Test-only: how many of the next commits fail as a full disk would.
     pub(crate) fail_next_commits: AtomicU64,
+    /// Told after a commit that queued notices, so they go out at once.
+    pub(crate) notices_ready: Notify,
     next_generation: AtomicU64,
 }
 
@@ -268,6 +274,7 @@ impl Shared {
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
+            notices_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
         })
     }
@@ -344,6 +351,11 @@ impl Store {
 
     pub fn messages(&self) -> &dyn MessageStore {
         &*self.backend
+    }
+
+    /// Told after each commit that queued notices.
+    pub fn notices_ready(&self) -> &Notify {
+        &self.shared.notices_ready
     }
 
     /// The fan-out of committed ledger rows (the balance feed).

@@ -17,6 +17,7 @@ use crate::billing::orders::{NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::BillingError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
+use crate::messaging::notices::{Notice, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
 use crate::verify::VerifyReport;
@@ -312,6 +313,32 @@ pub trait MessageStore: Send + Sync {
     ) -> StoreFuture<()>;
     /// What every sent message cost, for the reconciliation report.
     fn sent_costs(&self) -> StoreFuture<Vec<SentCost>>;
+    /// Pending notices that are due, each moved to `sending` under a lease
+    /// until `lease_until_ms` (its attempts counted), oldest first.
+    fn claim_notices(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<Notice>>;
+    /// An account's notices, newest first.
+    fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>>;
+    /// Notices still `sending` after their lease (their worker stopped
+    /// mid-send) become `unknown`; answers how many.
+    fn abandon_stale_notices(&self, now_ms: i64) -> StoreFuture<usize>;
+    /// A notice Twilio took, with what it cost (a service message), in one
+    /// transaction.
+    fn notice_sent(
+        &self,
+        notice_id: i64,
+        twilio_sid: String,
+        cost: NewMessage,
+        now_ms: i64,
+    ) -> StoreFuture<()>;
+    /// A notice to try again from `next_attempt_at`.
+    fn notice_retry(&self, notice_id: i64, next_attempt_at: i64, error: String) -> StoreFuture<()>;
+    /// A notice that will not be sent (again): `failed` or `unknown`.
+    fn notice_ended(&self, notice_id: i64, state: NoticeState, error: String) -> StoreFuture<()>;
 }
 
 /// A store: every port, from one adapter.

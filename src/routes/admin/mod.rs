@@ -3,6 +3,7 @@
 mod accounts;
 mod adjustments;
 mod discount_codes;
+mod notices;
 mod orders;
 mod pricing;
 mod reconciliation;
@@ -33,6 +34,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::get().to(transactions::export_csv),
         )
         .route("/accounts/{id}/orders", web::get().to(orders::list))
+        .route("/accounts/{id}/notices", web::get().to(notices::list))
         .route("/accounts/{id}/tokens", web::post().to(tokens::issue))
         .route("/accounts/{id}/tokens", web::delete().to(tokens::revoke))
         .route(

@@ -8,6 +8,7 @@ use super::accounts::find_account_by_phone;
 use super::SqliteStore;
 use crate::accounts::{Account, PhoneNumber};
 use crate::ledger::AccountId;
+use crate::messaging::notices::{NewNotice, Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageKind, MessageRecord, MessageState, NewMessage, SentCost};
 use crate::money::Money;
 use crate::store::{
@@ -303,6 +304,48 @@ fn sent_costs(connection: &Connection) -> Result<Vec<SentCost>, StoreError> {
     Ok(rows)
 }
 
+/// Queues a notice (once per dedupe key); runs in the ledger write's transaction.
+pub(super) fn queue(connection: &Connection, notice: &NewNotice) -> rusqlite::Result<()> {
+    let payload = serde_json::to_string(&notice.kind)
+        .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
+    connection
+        .prepare_cached(
+            "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) ON CONFLICT (dedupe_key) DO NOTHING",
+        )?
+        .execute(params![
+            notice.account_id.0,
+            notice.kind.as_str(),
+            notice.dedupe_key,
+            payload,
+            notice.created_at_ms,
+        ])?;
+    Ok(())
+}
+
+fn notice_from_row(row: &Row<'_>) -> rusqlite::Result<Notice> {
+    let id: i64 = row.get(0)?;
+    let payload: String = row.get(2)?;
+    let state: String = row.get(3)?;
+    Ok(Notice {
+        id,
+        account_id: AccountId(row.get(1)?),
+        kind: serde_json::from_str::<NoticeKind>(&payload).map_err(|_| {
+            UnknownValue::new("notices", id, "payload", payload.clone()).into_sql_error(2)
+        })?,
+        state: NoticeState::parse(&state).ok_or_else(|| {
+            UnknownValue::new("notices", id, "state", state.clone()).into_sql_error(3)
+        })?,
+        attempts: row.get(4)?,
+        created_at_ms: row.get(5)?,
+        sent_at_ms: row.get(6)?,
+        last_error: row.get(7)?,
+    })
+}
+
+const NOTICE_COLUMNS: &str =
+    "id, account_id, payload, state, attempts, created_at, sent_at, last_error";
+
 impl MessageStore for SqliteStore {
     fn reserve_outbound(&self, message: NewMessage) -> StoreFuture<(MessageRecord, bool)> {
         self.write(move |connection| {
@@ -438,5 +481,93 @@ impl MessageStore for SqliteStore {
 
     fn sent_costs(&self) -> StoreFuture<Vec<SentCost>> {
         self.read(sent_costs)
+    }
+
+    fn claim_notices(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<Notice>> {
+        self.write(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "UPDATE notices SET state = 'sending', attempts = attempts + 1, claimed_until = ?2
+                  WHERE id IN (SELECT id FROM notices WHERE state = 'pending' AND next_attempt_at <= ?1
+                                ORDER BY next_attempt_at, id LIMIT ?3)
+                 RETURNING id, account_id, payload, state, attempts, created_at, sent_at, last_error",
+            )?;
+            let mut claimed = statement
+                .query_map(params![now_ms, lease_until_ms, limit], notice_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            claimed.sort_by_key(|notice| notice.id);
+            Ok(claimed)
+        })
+    }
+
+    fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {NOTICE_COLUMNS} FROM notices WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2"
+            ))?;
+            let notices = statement
+                .query_map(params![account_id.0, limit], notice_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(notices)
+        })
+    }
+
+    fn abandon_stale_notices(&self, now_ms: i64) -> StoreFuture<usize> {
+        self.write(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "UPDATE notices SET state = 'unknown', last_error = 'its worker stopped mid-send'
+                      WHERE state = 'sending' AND claimed_until < ?1",
+                )?
+                .execute([now_ms])?)
+        })
+    }
+
+    fn notice_sent(
+        &self,
+        notice_id: i64,
+        twilio_sid: String,
+        cost: NewMessage,
+        now_ms: i64,
+    ) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE notices SET state = 'sent', sent_at = ?2, twilio_sid = ?3, claimed_until = NULL
+                      WHERE id = ?1",
+                )?
+                .execute(params![notice_id, now_ms, twilio_sid])?;
+            insert(connection, &cost)?;
+            Ok(())
+        })
+    }
+
+    fn notice_retry(&self, notice_id: i64, next_attempt_at: i64, error: String) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE notices SET state = 'pending', next_attempt_at = ?2, last_error = ?3,
+                            claimed_until = NULL
+                      WHERE id = ?1 AND state = 'sending'",
+                )?
+                .execute(params![notice_id, next_attempt_at, error])?;
+            Ok(())
+        })
+    }
+
+    fn notice_ended(&self, notice_id: i64, state: NoticeState, error: String) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE notices SET state = ?2, last_error = ?3, claimed_until = NULL
+                      WHERE id = ?1 AND state = 'sending'",
+                )?
+                .execute(params![notice_id, state.as_str(), error])?;
+            Ok(())
+        })
     }
 }

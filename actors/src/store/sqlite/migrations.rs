@@ -35,6 +35,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V6__stripe_event_status",
         include_str!("../../../../migrations/sqlite/V6__stripe_event_status.sql"),
     ),
+    (
+        "V7__notices",
+        include_str!("../../../../migrations/sqlite/V7__notices.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -11,7 +11,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{ledger, CustomFailure, ErasedOp, ErasedValue, WriterMessage};
+use super::{ledger, messages as notices, CustomFailure, ErasedOp, ErasedValue, WriterMessage};
 use crate::ledger::{AccountId, LedgerEntry};
 use crate::store::{LedgerWrite, Shared, StoreError};
 
@@ -44,6 +44,9 @@ pub(super) struct Writer {
     max_batch: usize,
     /// Counters, the balance feed's fan-out and the test switch.
     shared: Arc<Shared>,
+    /// Whether the open transaction queued notices (the notice worker is
+    /// told after it commits).
+    notices_queued: bool,
     /// Accounts with a failed write, and the generation it failed at: later
     /// writes of that account from the same or an older generation were
     /// computed on top of the failure and are refused.
@@ -56,6 +59,7 @@ impl Writer {
             connection,
             max_batch,
             shared,
+            notices_queued: false,
             poisoned: HashMap::new(),
         }
     }
@@ -139,8 +143,12 @@ impl Writer {
             let _ = self.execute("ROLLBACK");
         }
 
+        let notices_queued = std::mem::take(&mut self.notices_queued);
         match &failure {
             None => {
+                if notices_queued {
+                    self.shared.notices_ready.notify_one();
+                }
                 let entries: Vec<&LedgerEntry> = pending
                     .iter()
                     .filter_map(|write| match write {
@@ -236,7 +244,16 @@ impl Writer {
             }
             self.poisoned.remove(&account_id);
         }
-        match ledger::append_entry(&self.connection, &write.entry, &write.previous, &write.next) {
+        let appended =
+            ledger::append_entry(&self.connection, &write.entry, &write.previous, &write.next)
+                .and_then(|appended| {
+                    if let (true, Some(notice)) = (appended, &write.notice) {
+                        notices::queue(&self.connection, notice)?;
+                        self.notices_queued = true;
+                    }
+                    Ok(appended)
+                });
+        match appended {
             Ok(true) => pending.push(Pending::Ledger {
                 entry: write.entry,
                 generation: write.generation,

@@ -1,0 +1,203 @@
+//! Notices: SMS the service owes a customer because of something that
+//! happened to their account (a debit left the balance low, …). A notice is
+//! queued in the same transaction as the ledger write that made it due, so
+//! it is never lost, and sent by a worker after the request that caused it
+//! has been answered, so Twilio's latency is nobody's wait. It is sent at
+//! most once: when Twilio may have taken it but did not say (a timeout), or
+//! its worker stopped mid-send, it is left `unknown`, never sent again;
+//! when Twilio said no, or could not be reached, it is tried again later.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::records::MessageKind;
+use super::{Messaging, MessagingError, SenderError};
+use crate::ledger::AccountId;
+use crate::money::Money;
+
+/// What a notice says, with what it needs to say it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NoticeKind {
+    /// A debit left the balance below the low-balance threshold.
+    LowBalanceWarning {
+        #[serde(rename = "balance_micros")]
+        balance: Money,
+    },
+}
+
+impl NoticeKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            NoticeKind::LowBalanceWarning { .. } => "low_balance_warning",
+        }
+    }
+
+    /// The kind of service message it is sent as.
+    fn message_kind(&self) -> MessageKind {
+        match self {
+            NoticeKind::LowBalanceWarning { .. } => MessageKind::Warning,
+        }
+    }
+}
+
+/// A notice to queue with a ledger write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewNotice {
+    pub account_id: AccountId,
+    pub kind: NoticeKind,
+    /// Names the notice, so that it is queued once however often the write
+    /// that causes it is retried.
+    pub dedupe_key: String,
+    pub created_at_ms: i64,
+}
+
+/// Where a notice stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NoticeState {
+    Pending,
+    Sending,
+    Sent,
+    Failed,
+    Unknown,
+}
+
+impl NoticeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NoticeState::Pending => "pending",
+            NoticeState::Sending => "sending",
+            NoticeState::Sent => "sent",
+            NoticeState::Failed => "failed",
+            NoticeState::Unknown => "unknown",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<NoticeState> {
+        match text {
+            "pending" => Some(NoticeState::Pending),
+            "sending" => Some(NoticeState::Sending),
+            "sent" => Some(NoticeState::Sent),
+            "failed" => Some(NoticeState::Failed),
+            "unknown" => Some(NoticeState::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// A queued notice, as claimed by a worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Notice {
+    pub id: i64,
+    pub account_id: AccountId,
+    pub kind: NoticeKind,
+    pub state: NoticeState,
+    /// Sends tried so far, this one included when claimed.
+    pub attempts: i64,
+    pub created_at_ms: i64,
+    pub sent_at_ms: Option<i64>,
+    /// Why the last try did not send it.
+    pub last_error: Option<String>,
+}
+
+/// How long a worker may take to send a claimed notice before the notice
+/// counts as `unknown` (its worker stopped mid-send).
+pub const NOTICE_LEASE_MS: i64 = 60_000;
+/// Sends tried before a notice Twilio keeps refusing is given up.
+const MAX_NOTICE_ATTEMPTS: i64 = 5;
+/// Notices sent per round.
+const NOTICES_PER_ROUND: i64 = 100;
+
+/// The wait before the next try of a notice Twilio could not take.
+fn retry_delay(attempts: i64) -> Duration {
+    Duration::from_secs(30 * (1 << attempts.clamp(0, 6)))
+}
+
+impl Messaging {
+    /// The text a notice is sent as.
+    fn notice_text(&self, kind: &NoticeKind) -> String {
+        match kind {
+            NoticeKind::LowBalanceWarning { balance } => format!(
+                "Your SMS credit is low: {balance} left. Text BUY $10 or top up at {}",
+                self.settings.web_link
+            ),
+        }
+    }
+
+    /// Sends the notices that are due; answers how many went out. Run after
+    /// every commit that queued some, and now and then.
+    pub async fn deliver_notices(&self, now_ms: i64) -> Result<usize, MessagingError> {
+        let notices = self.store.messages();
+        let abandoned = notices.abandon_stale_notices(now_ms).await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "notices whose worker stopped mid-send are marked unknown, not sent again"
+            );
+        }
+        let claimed = notices
+            .claim_notices(now_ms, now_ms + NOTICE_LEASE_MS, NOTICES_PER_ROUND)
+            .await?;
+        let mut sent = 0;
+        for notice in claimed {
+            match self.send_notice(&notice, now_ms).await {
+                Ok(()) => sent += 1,
+                Err(error) => {
+                    tracing::warn!(notice = notice.id, %error, "could not send a notice");
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    async fn send_notice(&self, notice: &Notice, now_ms: i64) -> Result<(), MessagingError> {
+        let notices = self.store.messages();
+        let account = self
+            .store
+            .accounts()
+            .get(notice.account_id)
+            .await?
+            .ok_or(MessagingError::AccountNotFound(notice.account_id))?;
+        let text = self.notice_text(&notice.kind);
+        match self.sender.send(account.phone.as_str(), &text).await {
+            Ok(accepted) => {
+                let cost = self.prepare_service(
+                    Some(account.id),
+                    &account.phone,
+                    &text,
+                    notice.kind.message_kind(),
+                    Some(accepted.sid.clone()),
+                    now_ms,
+                )?;
+                notices
+                    .notice_sent(notice.id, accepted.sid, cost, now_ms)
+                    .await?;
+                Ok(())
+            }
+            // It may have gone out: never send it again.
+            Err(error @ SenderError::Unanswered(_)) => {
+                notices
+                    .notice_ended(notice.id, NoticeState::Unknown, error.to_string())
+                    .await?;
+                Err(MessagingError::NotSent(error.to_string()))
+            }
+            // Twilio did not take it: try again later, or give up after a few.
+            Err(error) if notice.attempts >= MAX_NOTICE_ATTEMPTS => {
+                notices
+                    .notice_ended(notice.id, NoticeState::Failed, error.to_string())
+                    .await?;
+                Err(MessagingError::NotSent(error.to_string()))
+            }
+            Err(error) => {
+                let next =
+                    now_ms.saturating_add(crate::clock::millis(retry_delay(notice.attempts)));
+                notices
+                    .notice_retry(notice.id, next, error.to_string())
+                    .await?;
+                Err(MessagingError::NotSent(error.to_string()))
+            }
+        }
+    }
+}

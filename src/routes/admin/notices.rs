@@ -1,0 +1,22 @@
+//! `/v1/admin/accounts/{id}/notices`: the SMS notices the service queued
+//! for an account (low-balance warnings, …), newest first, with where each
+//! stands: pending, sending, sent, failed, or unknown (its sender stopped
+//! mid-send; never sent again).
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+use sms_credit_actors::AccountId;
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::startup::AppState;
+
+pub async fn list(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    let notices = state.store.messages().notices_of(account_id, 100).await?;
+    Ok(HttpResponse::Ok().json(json!({ "notices": notices })))
+}

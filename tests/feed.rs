@@ -11,14 +11,18 @@ use serde_json::{json, Value};
 
 use crate::helpers::{fresh_directory, test_settings, TestApp, ADMIN_TOKEN};
 
-type Connection = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
+pub(crate) type Connection = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 
 fn ws_url(app: &TestApp, path: &str) -> String {
     app.url(path).replacen("http://", "ws://", 1)
 }
 
 /// Opens a feed offering `protocols`; the handshake's status on refusal.
-async fn open(app: &TestApp, path: &str, protocols: &[&str]) -> Result<Connection, StatusCode> {
+pub(crate) async fn open(
+    app: &TestApp,
+    path: &str,
+    protocols: &[&str],
+) -> Result<Connection, StatusCode> {
     let mut request = awc::Client::new().ws(ws_url(app, path));
     if !protocols.is_empty() {
         request = request.protocols(protocols);
@@ -37,7 +41,7 @@ async fn open(app: &TestApp, path: &str, protocols: &[&str]) -> Result<Connectio
 }
 
 /// The next JSON message, answering pings on the way.
-async fn next_json(connection: &mut Connection) -> Value {
+pub(crate) async fn next_json(connection: &mut Connection) -> Value {
     loop {
         let frame = actix_rt::time::timeout(Duration::from_secs(10), connection.next())
             .await

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use awc::http::StatusCode;
 use futures_util::future::join_all;
-use sms_credit_actors::{Adjust, IdempotencyKey, Money};
+use sms_credit_actors::{Adjust, GetBalance, IdempotencyKey, Money};
 
+use crate::feed::{next_json, open};
 use crate::helpers::{fresh_directory, run_cli, start_core, TestApp};
 use crate::ledger_actors::{assert_verified, new_account};
 
@@ -108,4 +109,79 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
     first.shutdown().await;
     second.shutdown().await;
     assert_verified(&directory);
+}
+
+#[actix_rt::test]
+async fn a_cli_write_reaches_the_servers_balance_feed() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550970").await;
+    let token = app.issue_token(account).await;
+    assert_eq!(
+        app.post_adjustment(account, 1_000_000, "http-1").await.0,
+        StatusCode::OK
+    );
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{account}/feed"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut feed).await["seq"], 1, "the snapshot");
+
+    let cli = run_cli(
+        &app.directory,
+        &[
+            "accounts",
+            "adjust",
+            &account.to_string(),
+            "--amount",
+            "0.25",
+            "--reason",
+            "goodwill",
+            "--idempotency-key",
+            "cli-1",
+        ],
+    );
+    assert!(cli.status.success(), "{cli:?}");
+    // The page's feed shows the CLI's change, written by another process.
+    let change = next_json(&mut feed).await;
+    assert_eq!(change["seq"], 2);
+    assert_eq!(change["amount_micros"], 250_000);
+    assert_eq!(change["balance_micros"], 1_250_000);
+    assert_eq!(change["description"], "goodwill");
+}
+
+#[actix_rt::test]
+async fn a_live_actor_learns_of_another_processs_write_without_writing() {
+    let directory = fresh_directory();
+    let first = start_core(&directory, NEVER);
+    let second = start_core(&directory, NEVER);
+    let account = new_account(&first, "+14155550971").await;
+    // The second process's actor is live, at seq 0.
+    let before = second.registry.send(account, GetBalance).await.unwrap();
+    assert_eq!(before.seq, 0);
+    let adjust = Adjust {
+        amount: Money::from_micros(700_000),
+        idempotency_key: IdempotencyKey::parse("first-1").unwrap(),
+        reason: "from the first process".into(),
+    };
+    first.registry.send(account, adjust).await.unwrap();
+    // Within the watcher's poll (100 ms), the second process's actor has
+    // reloaded: its balance (what BALANCE answers) is current.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = second.registry.send(account, GetBalance).await.unwrap();
+        if seen.seq == 1 {
+            assert_eq!(seen.balance, Money::from_micros(700_000));
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still stale: {seen:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.shutdown().await;
+    second.shutdown().await;
 }

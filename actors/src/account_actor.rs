@@ -765,6 +765,28 @@ fn passivation_millis(passivate_after: Duration) -> u128 {
     passivate_after.as_millis().min(i32::MAX as u128)
 }
 
+/// Another process (or instance) committed to this account up to `seq`:
+/// the actor reloads its snapshot if it is behind and has nothing in flight
+/// (a write in flight will find out from the store's guard, and reload).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct LedgerMoved {
+    pub(crate) seq: i64,
+}
+
+impl Handler<LedgerMoved> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, message: LedgerMoved, ctx: &mut Context<Self>) {
+        if self.lifecycle == Lifecycle::Ready
+            && self.in_flight.is_none()
+            && self.working.seq < message.seq
+        {
+            self.load_snapshot(None, ctx);
+        }
+    }
+}
+
 /// Asks an actor to stop if it has been idle for the passivation time. Sent
 /// by the registry's sweeper, so that an actor needs no timer of its own.
 #[derive(Message, Clone, Copy, Debug)]

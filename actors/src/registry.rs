@@ -10,12 +10,13 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use crate::account_actor::{
-    AccountActor, AccountSettings, ActorShared, ActorTable, PassivateIfIdle,
+    AccountActor, AccountSettings, ActorShared, ActorTable, LedgerMoved, PassivateIfIdle,
 };
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
-use crate::store::Store;
+use crate::store::{Moved, Store};
+use tokio::sync::mpsc;
 
 /// How often one message is offered again after finding its actor gone.
 /// Each retry activates a fresh actor, so more than one is already rare.
@@ -53,12 +54,22 @@ impl Registry {
             epoch: Instant::now(),
         });
         let sweeper = sweep(Arc::downgrade(&table), sweep_every);
+        let moved = shared
+            .store
+            .take_moved()
+            .map(|moved| tell_moved(Arc::downgrade(&table), moved));
         match arbiters.first() {
             Some(arbiter) => {
                 arbiter.spawn(sweeper);
+                if let Some(moved) = moved {
+                    arbiter.spawn(moved);
+                }
             }
             None => {
                 actix::spawn(sweeper);
+                if let Some(moved) = moved {
+                    actix::spawn(moved);
+                }
             }
         }
         Registry {
@@ -163,6 +174,20 @@ impl Registry {
 /// to cost nothing (at most every 30 s, at least every millisecond).
 fn sweep_interval(passivate_after: Duration) -> Duration {
     (passivate_after / 4).clamp(Duration::from_millis(1), Duration::from_secs(30))
+}
+
+/// Tells the live actor of each account another process wrote to, so that
+/// it reloads (an account without a live actor needs nothing: its next
+/// actor loads the snapshot). Ends when the store or the registry is gone.
+async fn tell_moved(table: Weak<ActorTable>, mut moved: mpsc::UnboundedReceiver<Moved>) {
+    while let Some(change) = moved.recv().await {
+        let Some(table) = table.upgrade() else {
+            return;
+        };
+        if let Some(listed) = table.get(&change.account_id) {
+            let _ = listed.try_send(LedgerMoved { seq: change.seq });
+        };
+    }
 }
 
 /// Asks every live actor, now and then, to stop if it is idle: one task for

@@ -13,13 +13,13 @@ pub mod sqlite;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::feed::FeedHub;
-use crate::ledger::{LedgerEntry, Snapshot, TransactionKind};
+use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
@@ -256,8 +256,23 @@ impl StoreStats {
     }
 }
 
+/// Ledger rows another process (or instance) committed to one account, as
+/// an adapter learnt of them.
+pub struct Moved {
+    pub account_id: AccountId,
+    /// The account's seq after them.
+    pub seq: i64,
+}
+
 /// What the handle and its adapter share.
 pub(crate) struct Shared {
+    /// Names this store among the processes sharing the database, so that
+    /// each learns only of the others' writes.
+    pub(crate) origin: String,
+    /// Where the accounts that moved under this process are sent (the
+    /// registry listens, so that live actors reload).
+    moved: mpsc::UnboundedSender<Moved>,
+    moved_receiver: Mutex<Option<mpsc::UnboundedReceiver<Moved>>>,
     pub(crate) stats: Arc<StoreStats>,
     /// Where committed ledger rows are published for the balance feed.
     pub(crate) feed: Arc<FeedHub>,
@@ -269,14 +284,36 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new() -> Arc<Shared> {
-        Arc::new(Shared {
+    fn new() -> Result<Arc<Shared>, StoreError> {
+        let (moved, moved_receiver) = mpsc::unbounded_channel();
+        Ok(Arc::new(Shared {
+            origin: crate::access_tokens::random_secret("")?[..16].to_string(),
+            moved,
+            moved_receiver: Mutex::new(Some(moved_receiver)),
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
             notices_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
-        })
+        }))
+    }
+
+    /// Rows another process committed: published to the balance feed like
+    /// this process's own, and the account's live actor told.
+    pub(crate) fn external(&self, entries: Vec<LedgerEntry>) {
+        let Some(last) = entries.last() else {
+            return;
+        };
+        let moved = Moved {
+            account_id: last.account_id,
+            seq: last.seq,
+        };
+        if !self.feed.is_idle() {
+            for entry in entries {
+                self.feed.publish(Arc::new(entry));
+            }
+        }
+        let _ = self.moved.send(moved);
     }
 
     /// Whether the next commit is to fail (the test switch), counting it.
@@ -301,7 +338,7 @@ impl Store {
     /// Opens (creating and migrating if needed) the database and starts the
     /// adapter's threads and connections.
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let shared = Shared::new();
+        let shared = Shared::new()?;
         let backend: Arc<dyn Backend> = match &settings.location {
             DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
                 path,
@@ -351,6 +388,16 @@ impl Store {
 
     pub fn messages(&self) -> &dyn MessageStore {
         &*self.backend
+    }
+
+    /// The accounts other processes wrote to, as this store learns of them
+    /// (once: the registry takes it).
+    pub fn take_moved(&self) -> Option<mpsc::UnboundedReceiver<Moved>> {
+        self.shared
+            .moved_receiver
+            .lock()
+            .ok()
+            .and_then(|mut receiver| receiver.take())
     }
 
     /// Told after each commit that queued notices.

@@ -167,6 +167,16 @@ fn recent_entries(
     Ok(entries)
 }
 
+/// The rows of an account from seq `first` to `last`, in order.
+pub(super) fn entries_between(
+    connection: &Connection,
+    account_id: AccountId,
+    first: i64,
+    last: i64,
+) -> Result<Vec<LedgerEntry>, StoreError> {
+    list_entries(connection, account_id, first - 1, last - first + 1)
+}
+
 /// Feeds every ledger row (with its account's snapshot), then every
 /// account without rows, to a [`Verifier`].
 fn verify(connection: &Connection) -> Result<VerifyReport, StoreError> {

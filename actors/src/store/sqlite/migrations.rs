@@ -39,6 +39,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V7__notices",
         include_str!("../../../../migrations/sqlite/V7__notices.sql"),
     ),
+    (
+        "V8__ledger_changes",
+        include_str!("../../../../migrations/sqlite/V8__ledger_changes.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

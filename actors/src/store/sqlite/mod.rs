@@ -14,6 +14,7 @@ mod ledger;
 mod messages;
 mod migrations;
 mod reader;
+mod watcher;
 mod writer;
 
 use std::any::Any;
@@ -154,6 +155,12 @@ impl SqliteStore {
         let mut write_connection = open_connection(path)?;
         migrations::migrate(&mut write_connection)?;
         let (writer_sender, writer_receiver) = mpsc::channel();
+        let watch_connection = open_connection(path)?;
+        watch_connection.pragma_update(None, "query_only", "ON")?;
+        let watched = Arc::downgrade(&shared);
+        spawn_thread("store-watcher", move || {
+            watcher::run(watch_connection, watched)
+        })?;
         let writer_state = writer::Writer::new(write_connection, max_batch, shared);
         spawn_thread("store-writer", move || writer_state.run(writer_receiver))?;
 

@@ -11,9 +11,18 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{ledger, messages as notices, CustomFailure, ErasedOp, ErasedValue, WriterMessage};
+use super::{
+    ledger, messages as notices, watcher, CustomFailure, ErasedOp, ErasedValue, WriterMessage,
+};
+use crate::clock::Clock;
 use crate::ledger::{AccountId, LedgerEntry};
 use crate::store::{LedgerWrite, Shared, StoreError};
+
+/// How often (in batches that wrote ledger rows) old change notes are dropped.
+const PRUNE_CHANGES_EVERY: u32 = 1024;
+/// How long change notes are kept: far longer than any process sharing the
+/// file takes to read them.
+const KEEP_CHANGES_MS: i64 = 10 * 60 * 1000;
 
 /// A write that went into the open transaction and waits for its commit.
 enum Pending {
@@ -47,6 +56,8 @@ pub(super) struct Writer {
     /// Whether the open transaction queued notices (the notice worker is
     /// told after it commits).
     notices_queued: bool,
+    /// Batches since old change notes were last dropped.
+    batches_since_prune: u32,
     /// Accounts with a failed write, and the generation it failed at: later
     /// writes of that account from the same or an older generation were
     /// computed on top of the failure and are refused.
@@ -60,6 +71,7 @@ impl Writer {
             max_batch,
             shared,
             notices_queued: false,
+            batches_since_prune: 0,
             poisoned: HashMap::new(),
         }
     }
@@ -128,6 +140,11 @@ impl Writer {
             }
         }
 
+        if failure.is_none() {
+            if let Err(error) = self.record_changes(&pending) {
+                failure = Some(error.to_string());
+            }
+        }
         if failure.is_none() {
             let committing = Instant::now();
             failure = self.commit().err();
@@ -305,6 +322,39 @@ impl Writer {
                 Ok(Err(op_error))
             }
         }
+    }
+
+    /// Notes, in the batch's transaction, which accounts it moved (for the
+    /// other processes sharing the file), and now and then drops old notes.
+    fn record_changes(&mut self, pending: &[Pending]) -> Result<(), rusqlite::Error> {
+        let mut moved: HashMap<AccountId, (i64, i64)> = HashMap::new();
+        for write in pending {
+            if let Pending::Ledger { entry, .. } = write {
+                let (first, last) = moved
+                    .entry(entry.account_id)
+                    .or_insert((entry.seq, entry.seq));
+                *first = (*first).min(entry.seq);
+                *last = (*last).max(entry.seq);
+            }
+        }
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let changes = watcher::encode_changes(&moved);
+        let now_ms = crate::clock::SystemClock.now_ms();
+        self.connection
+            .prepare_cached(
+                "INSERT INTO ledger_changes (origin, changes, created_at) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(rusqlite::params![self.shared.origin, changes, now_ms])?;
+        self.batches_since_prune += 1;
+        if self.batches_since_prune >= PRUNE_CHANGES_EVERY {
+            self.batches_since_prune = 0;
+            self.connection
+                .prepare_cached("DELETE FROM ledger_changes WHERE created_at < ?1")?
+                .execute([now_ms - KEEP_CHANGES_MS])?;
+        }
+        Ok(())
     }
 
     fn commit(&mut self) -> Result<(), String> {

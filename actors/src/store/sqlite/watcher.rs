@@ -1,0 +1,142 @@
+//! The watcher thread: learns of ledger rows other processes sharing the
+//! database file committed (the CLI beside a running server). SQLite tells
+//! a connection, through `PRAGMA data_version`, that another connection
+//! committed; the watcher then reads the change notes those commits left
+//! (`ledger_changes`, written by each process's writer with its batch),
+//! skips its own process's, reads the rows they name, and hands them to the
+//! store: to the balance feed, and to the registry so that live actors
+//! reload. A change is seen within [`POLL_EVERY`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use rusqlite::{params, Connection};
+
+use super::ledger;
+use crate::ledger::AccountId;
+use crate::store::{Shared, StoreError};
+
+/// How often the watcher asks SQLite whether another connection committed.
+pub(crate) const POLL_EVERY: Duration = Duration::from_millis(100);
+
+/// `account:first-last` pairs, `;`-separated.
+pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, i64)>) -> String {
+    let mut text = String::with_capacity(moved.len() * 16);
+    for (account_id, (first, last)) in moved {
+        if !text.is_empty() {
+            text.push(';');
+        }
+        text.push_str(&format!("{account_id}:{first}-{last}"));
+    }
+    text
+}
+
+/// The pairs of [`encode_changes`]; a malformed one is skipped (it names
+/// nothing this release could read).
+fn decode_changes(text: &str) -> Vec<(AccountId, i64, i64)> {
+    text.split(';')
+        .filter_map(|pair| {
+            let (account, range) = pair.split_once(':')?;
+            let (first, last) = range.split_once('-')?;
+            Some((
+                AccountId(account.parse().ok()?),
+                first.parse().ok()?,
+                last.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+pub(super) fn run(connection: Connection, shared: Weak<Shared>) {
+    let data_version = |connection: &Connection| -> Result<i64, StoreError> {
+        Ok(connection.query_row("PRAGMA data_version", [], |row| row.get(0))?)
+    };
+    let (Ok(mut seen_version), Ok(mut last_id)) = (
+        data_version(&connection),
+        connection.query_row(
+            "SELECT COALESCE(MAX(id), 0) FROM ledger_changes",
+            [],
+            |row| row.get::<_, i64>(0),
+        ),
+    ) else {
+        tracing::error!("the change watcher could not start; other processes' writes are seen only when they conflict");
+        return;
+    };
+    loop {
+        std::thread::sleep(POLL_EVERY);
+        // The store is gone: so is the watcher.
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        match data_version(&connection) {
+            Ok(version) if version != seen_version => seen_version = version,
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "the change watcher could not read the database");
+                continue;
+            }
+        }
+        match read_changes(&connection, &shared, last_id) {
+            Ok(read_up_to) => last_id = read_up_to,
+            Err(error) => tracing::warn!(%error, "the change watcher could not read changes"),
+        }
+    }
+}
+
+/// Hands the rows other processes committed since note `after_id` to the
+/// store; answers the last note read.
+fn read_changes(
+    connection: &Connection,
+    shared: &Arc<Shared>,
+    after_id: i64,
+) -> Result<i64, StoreError> {
+    connection.execute_batch("BEGIN")?;
+    let read = (|| {
+        let mut statement = connection.prepare_cached(
+            "SELECT id, origin, changes FROM ledger_changes WHERE id > ?1 ORDER BY id",
+        )?;
+        let notes: Vec<(i64, String, String)> = statement
+            .query_map(params![after_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        let mut last_id = after_id;
+        let mut moved = Vec::new();
+        for (id, origin, changes) in notes {
+            last_id = id;
+            if origin != shared.origin {
+                moved.extend(decode_changes(&changes));
+            }
+        }
+        let mut rows = Vec::with_capacity(moved.len());
+        for (account_id, first, last) in moved {
+            rows.push(ledger::entries_between(
+                connection, account_id, first, last,
+            )?);
+        }
+        Ok::<_, StoreError>((last_id, rows))
+    })();
+    let _ = connection.execute_batch("COMMIT");
+    let (last_id, rows) = read?;
+    for entries in rows {
+        shared.external(entries);
+    }
+    Ok(last_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_notes_read_back_what_was_written() {
+        let mut moved = HashMap::new();
+        moved.insert(AccountId(7), (12, 14));
+        moved.insert(AccountId(9), (3, 3));
+        let mut decoded = decode_changes(&encode_changes(&moved));
+        decoded.sort();
+        assert_eq!(decoded, vec![(AccountId(7), 12, 14), (AccountId(9), 3, 3)]);
+        assert!(decode_changes("garbage;7:1").is_empty());
+    }
+}

@@ -55,6 +55,9 @@ pub enum ApiError {
     /// server is shutting down): nothing was done.
     #[error("the server is stopping; nothing was done, retry shortly")]
     Stopping,
+    /// The path is a route, but not for this method; the `Allow` list.
+    #[error("this route takes {0}")]
+    MethodNotAllowed(String),
     /// A fault of the server itself (it is logged).
     #[error("internal error: {0}")]
     Internal(String),
@@ -146,6 +149,7 @@ impl ApiError {
             },
             ApiError::Sms(_) => "not_applied",
             ApiError::Stopping => "stopping",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
             ApiError::Internal(_) => "internal_error",
         }
     }
@@ -179,14 +183,17 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error the API answers: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
     error: ErrorDetail<'a>,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// Stable and machine-readable (`insufficient_credit`, `invalid_json`, …).
     code: &'a str,
+    /// For people.
     message: String,
 }
 
@@ -252,6 +259,7 @@ impl ResponseError for ApiError {
             },
             ApiError::Sms(_) | ApiError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
         }
     }
 

@@ -1,523 +1,260 @@
-//! `GET /openapi.json`: the OpenAPI 3.1 document of every route, built
-//! from one table ([`OPERATIONS`]); a test holds it to the routes that are
-//! actually registered.
+//! `GET /openapi.json`: the OpenAPI 3.1 document, derived by utoipa from the
+//! handlers' own request, query and response types (each handler carries
+//! its `#[utoipa::path]`), so it describes what the code does; a test holds
+//! it to the routes that are registered. The same document tells which
+//! methods a path allows, for the `405 Method Not Allowed` every route
+//! answers to another method.
 
-use actix_web::HttpResponse;
-use serde_json::{json, Map, Value};
+use std::sync::OnceLock;
 
-/// Who may call an operation.
-#[derive(Clone, Copy)]
-pub enum Access {
-    Public,
-    Admin,
-    HostApplication,
-    AccountToken,
-    /// An account token or a feed ticket, or the admin token.
-    FeedCaller,
-    TwilioSignature,
-    StripeSignature,
-}
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
+use utoipa::{Modify, OpenApi};
 
-/// A request body field: name, JSON type, required.
-type Field = (&'static str, &'static str, bool);
+use crate::error::{ApiError, ErrorBody};
+use crate::routes;
+use crate::telemetry;
 
-/// One documented operation.
-pub struct Operation {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub summary: &'static str,
-    pub access: Access,
-    /// JSON body fields; `None` for no JSON body.
-    pub body: Option<&'static [Field]>,
-    /// The status of success.
-    pub success: u16,
-    /// What success returns, when it is not JSON.
-    pub content_type: &'static str,
-}
+/// The document's root: every operation of the server.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "sms-credit",
+        description = "Sells and spends prepaid SMS credit. Amounts are integer micro-dollars in fields named *_micros; every error is {\"error\": {\"code\", \"message\"}}."
+    ),
+    paths(
+        routes::health::healthz,
+        routes::health::readyz,
+        routes::page::account_page,
+        telemetry::metrics_with_token,
+        serve,
+        routes::quote::create,
+        routes::checkout::access,
+        routes::checkout::top_up,
+        routes::messages::create,
+        routes::account::me,
+        routes::account::show,
+        routes::account::transactions,
+        routes::account::feed_ticket,
+        routes::feed::account_feed,
+        routes::feed::admin_feed,
+        routes::feed::admin_ticket,
+        routes::webhooks::twilio::inbound_sms,
+        routes::webhooks::twilio::status,
+        routes::webhooks::stripe::receive,
+        routes::admin::accounts::create,
+        routes::admin::accounts::list,
+        routes::admin::accounts::show,
+        routes::admin::adjustments::create,
+        routes::admin::transactions::list,
+        routes::admin::transactions::export_csv,
+        routes::admin::orders::list,
+        routes::admin::notices::list,
+        routes::admin::tokens::issue,
+        routes::admin::tokens::revoke,
+        routes::admin::tokens::rotate,
+        routes::admin::verify::show,
+        routes::admin::pricing::show,
+        routes::admin::pricing::update,
+        routes::admin::discount_codes::create,
+        routes::admin::discount_codes::list,
+        routes::admin::discount_codes::update,
+        routes::admin::reconciliation::show,
+        routes::admin::reconciliation::check_prices,
+        routes::admin::stripe_events::list,
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&Security, &Errors)
+)]
+pub struct ApiDoc;
 
-const JSON: &str = "application/json";
+/// The ways callers prove who they are.
+struct Security;
 
-const fn op(
-    method: &'static str,
-    path: &'static str,
-    summary: &'static str,
-    access: Access,
-    body: Option<&'static [Field]>,
-    success: u16,
-) -> Operation {
-    Operation {
-        method,
-        path,
-        summary,
-        access,
-        body,
-        success,
-        content_type: JSON,
+impl Modify for Security {
+    fn modify(&self, document: &mut utoipa::openapi::OpenApi) {
+        let components = document.components.get_or_insert_with(Default::default);
+        let bearer = |description: &str| {
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(description))
+                    .build(),
+            )
+        };
+        let schemes = [
+            ("adminToken", bearer("SMS_CREDIT_ADMIN_TOKEN")),
+            ("apiKey", bearer("SMS_CREDIT_API_KEY (the host application)")),
+            (
+                "accountToken",
+                bearer("An account token (sct_…); on the feed also as a websocket subprotocol next to sms-credit-feed"),
+            ),
+            ("metricsToken", bearer("SMS_CREDIT_METRICS_TOKEN")),
+            (
+                "feedTicket",
+                SecurityScheme::ApiKey(ApiKey::Query(ApiKeyValue::with_description(
+                    "ticket",
+                    "A single-use feed ticket",
+                ))),
+            ),
+            (
+                "twilioSignature",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "X-Twilio-Signature",
+                    "Twilio's signature over the public URL and every form field",
+                ))),
+            ),
+            (
+                "stripeSignature",
+                SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                    "Stripe-Signature",
+                    "Stripe's signature over the raw body",
+                ))),
+            ),
+        ];
+        for (name, scheme) in schemes {
+            components.add_security_scheme(name, scheme);
+        }
     }
 }
 
-const fn with_content(mut operation: Operation, content_type: &'static str) -> Operation {
-    operation.content_type = content_type;
-    operation
-}
+/// Every operation may answer an error, in the one error body.
+struct Errors;
 
-use Access::*;
-
-/// Every route of the server.
-pub const OPERATIONS: &[Operation] = &[
-    op("get", "/healthz", "The process answers.", Public, None, 200),
-    op(
-        "get",
-        "/readyz",
-        "The store answers a read.",
-        Public,
-        None,
-        200,
-    ),
-    with_content(
-        op(
-            "get",
-            "/metrics",
-            "Metrics in Prometheus text format.",
-            Public,
-            None,
-            200,
-        ),
-        "text/plain",
-    ),
-    op("get", "/openapi.json", "This document.", Public, None, 200),
-    with_content(
-        op(
-            "get",
-            "/account",
-            "The account holder's web page.",
-            Public,
-            None,
-            200,
-        ),
-        "text/html",
-    ),
-    op(
-        "post",
-        "/v1/quote",
-        "What a message to a number will cost.",
-        Public,
-        Some(&[
-            ("to", "string", true),
-            ("body", "string", true),
-            ("smart_encoding", "boolean", false),
-        ]),
-        200,
-    ),
-    op(
-        "post",
-        "/v1/checkout/access",
-        "Start a Stripe Checkout for initial access.",
-        Public,
-        Some(&[
-            ("phone", "string", true),
-            ("email", "string", true),
-            ("discount_code", "string", false),
-        ]),
-        200,
-    ),
-    op(
-        "post",
-        "/v1/checkout/topup",
-        "Start a Stripe Checkout for a $10 top-up.",
-        AccountToken,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/messages",
-        "Send an SMS charged to an account (reserve, send, resolve once).",
-        HostApplication,
-        Some(&[
-            ("account_id", "integer", false),
-            ("to", "string", false),
-            ("body", "string", true),
-            ("idempotency_key", "string", true),
-        ]),
-        200,
-    ),
-    op(
-        "get",
-        "/v1/accounts/me",
-        "The token's own account.",
-        AccountToken,
-        None,
-        200,
-    ),
-    op(
-        "get",
-        "/v1/accounts/{id}",
-        "An account and its balance (own account only).",
-        AccountToken,
-        None,
-        200,
-    ),
-    op(
-        "get",
-        "/v1/accounts/{id}/transactions",
-        "The account's ledger: ?after_seq=&limit= or ?latest=.",
-        AccountToken,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/accounts/{id}/feed-tickets",
-        "A single-use ticket (30 s) to open the feed from a browser.",
-        AccountToken,
-        None,
-        201,
-    ),
-    op(
-        "get",
-        "/v1/accounts/{id}/feed",
-        "Websocket: the snapshot, then every committed change; ?since=SEQ replays; ?ticket=.",
-        FeedCaller,
-        None,
-        101,
-    ),
-    op(
-        "get",
-        "/v1/admin/feed",
-        "Websocket: every account's committed changes (admin token or ?ticket=).",
-        FeedCaller,
-        None,
-        101,
-    ),
-    op(
-        "post",
-        "/v1/admin/feed-tickets",
-        "A single-use ticket for the admin feed.",
-        Admin,
-        None,
-        201,
-    ),
-    op(
-        "post",
-        "/webhooks/twilio/sms",
-        "Twilio inbound SMS (signed): commands, answered in TwiML.",
-        TwilioSignature,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/webhooks/twilio/status",
-        "Twilio status callbacks (signed).",
-        TwilioSignature,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/webhooks/stripe",
-        "Stripe events (signed).",
-        StripeSignature,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/admin/accounts",
-        "Create an active account.",
-        Admin,
-        Some(&[("phone", "string", true), ("email", "string", false)]),
-        201,
-    ),
-    op(
-        "get",
-        "/v1/admin/accounts",
-        "List or search accounts: ?q=&after_id=&limit=.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "get",
-        "/v1/admin/accounts/{id}",
-        "An account with its balance.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/admin/accounts/{id}/adjustments",
-        "A signed correction (may go below zero).",
-        Admin,
-        Some(&[
-            ("amount_micros", "integer", true),
-            ("reason", "string", true),
-            ("idempotency_key", "string", true),
-        ]),
-        200,
-    ),
-    op(
-        "get",
-        "/v1/admin/accounts/{id}/transactions",
-        "The ledger, oldest first: ?after_seq=&limit=.",
-        Admin,
-        None,
-        200,
-    ),
-    with_content(
-        op(
-            "get",
-            "/v1/admin/accounts/{id}/transactions.csv",
-            "The whole ledger as CSV.",
-            Admin,
-            None,
-            200,
-        ),
-        "text/csv",
-    ),
-    op(
-        "get",
-        "/v1/admin/accounts/{id}/orders",
-        "The account's Stripe orders.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/admin/accounts/{id}/tokens",
-        "Issue an account token (shown once).",
-        Admin,
-        None,
-        201,
-    ),
-    op(
-        "delete",
-        "/v1/admin/accounts/{id}/tokens",
-        "Revoke every token of the account.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/admin/accounts/{id}/tokens/rotate",
-        "Revoke every token and issue a new one.",
-        Admin,
-        None,
-        201,
-    ),
-    op(
-        "get",
-        "/v1/admin/verify",
-        "Recompute every account from its ledger.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "get",
-        "/v1/admin/pricing",
-        "The pricing mode of access.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "put",
-        "/v1/admin/pricing",
-        "Set the pricing mode: launch, rrp or sale.",
-        Admin,
-        Some(&[
-            ("mode", "string", true),
-            ("sale_price_micros", "integer", false),
-        ]),
-        200,
-    ),
-    op(
-        "post",
-        "/v1/admin/discount-codes",
-        "Create a percent or fixed discount code.",
-        Admin,
-        Some(&[
-            ("code", "string", true),
-            ("type", "string", true),
-            ("percent", "integer", false),
-            ("amount_micros", "integer", false),
-            ("max_uses", "integer", false),
-        ]),
-        201,
-    ),
-    op(
-        "get",
-        "/v1/admin/discount-codes",
-        "Every discount code.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "patch",
-        "/v1/admin/discount-codes/{code}",
-        "Activate or deactivate a code.",
-        Admin,
-        Some(&[("active", "boolean", true)]),
-        200,
-    ),
-    op(
-        "get",
-        "/v1/admin/accounts/{id}/notices",
-        "The SMS notices queued for an account and where each stands.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "get",
-        "/v1/admin/stripe-events",
-        "Stripe events received and what became of each.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "get",
-        "/v1/admin/reconciliation",
-        "Charged vs Twilio's actual cost, per country.",
-        Admin,
-        None,
-        200,
-    ),
-    op(
-        "post",
-        "/v1/admin/reconciliation/check-prices",
-        "Fetch Twilio's prices that are due now.",
-        Admin,
-        None,
-        200,
-    ),
-];
-
-fn security(access: Access) -> Value {
-    match access {
-        Public | TwilioSignature | StripeSignature => json!([]),
-        Admin => json!([{"adminToken": []}]),
-        HostApplication => json!([{"apiKey": []}]),
-        AccountToken => json!([{"accountToken": []}]),
-        FeedCaller => json!([{"accountToken": []}, {"adminToken": []}, {"feedTicket": []}]),
-    }
-}
-
-fn operation_object(operation: &Operation) -> Value {
-    let mut object = Map::new();
-    object.insert("summary".into(), json!(operation.summary));
-    object.insert("security".into(), security(operation.access));
-    let mut parameters: Vec<Value> = operation
-        .path
-        .split('/')
-        .filter_map(|segment| segment.strip_prefix('{'))
-        .filter_map(|segment| segment.split('}').next())
-        .map(|name| {
-            let schema = if name == "id" { "integer" } else { "string" };
-            json!({"name": name, "in": "path", "required": true, "schema": {"type": schema}})
-        })
-        .collect();
-    match operation.access {
-        TwilioSignature => parameters.push(json!({"name": "X-Twilio-Signature", "in": "header", "required": true, "schema": {"type": "string"}})),
-        StripeSignature => parameters.push(json!({"name": "Stripe-Signature", "in": "header", "required": true, "schema": {"type": "string"}})),
-        _ => {}
-    }
-    if !parameters.is_empty() {
-        object.insert("parameters".into(), json!(parameters));
-    }
-    if let Some(fields) = operation.body {
-        let properties: Map<String, Value> = fields
-            .iter()
-            .map(|(name, kind, _)| (name.to_string(), json!({"type": kind})))
-            .collect();
-        let required: Vec<&str> = fields
-            .iter()
-            .filter(|(_, _, required)| *required)
-            .map(|(name, _, _)| *name)
-            .collect();
-        object.insert(
-            "requestBody".into(),
-            json!({"required": true, "content": {JSON: {"schema": {
-                "type": "object", "additionalProperties": false,
-                "properties": properties, "required": required
-            }}}}),
-        );
-    } else if matches!(operation.access, TwilioSignature) {
-        object.insert(
-            "requestBody".into(),
-            json!({"required": true, "content": {"application/x-www-form-urlencoded": {"schema": {"type": "object"}}}}),
-        );
-    } else if matches!(operation.access, StripeSignature) {
-        object.insert(
-            "requestBody".into(),
-            json!({"required": true, "content": {JSON: {"schema": {"type": "object"}}}}),
-        );
-    }
-    let success_content = if operation.success == 101 {
-        json!(null)
-    } else if matches!(operation.access, TwilioSignature) {
-        json!({"text/xml": {"schema": {"type": "string"}}})
-    } else if operation.content_type == JSON {
-        json!({JSON: {"schema": {"type": "object"}}})
-    } else {
-        json!({operation.content_type: {"schema": {"type": "string"}}})
-    };
-    let mut success = json!({"description": "success"});
-    if !success_content.is_null() {
-        success["content"] = success_content;
-    }
-    let error = json!({"description": "an error", "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}});
-    object.insert(
-        "responses".into(),
-        json!({operation.success.to_string(): success, "4XX": error, "5XX": error}),
-    );
-    Value::Object(object)
-}
-
-/// The whole document.
-pub fn document() -> Value {
-    let mut paths = Map::new();
-    for operation in OPERATIONS {
-        let item = paths
-            .entry(operation.path.to_string())
-            .or_insert_with(|| json!({}));
-        item[operation.method] = operation_object(operation);
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "sms-credit",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "Sells and spends prepaid SMS credit. Amounts are integer micro-dollars in fields named *_micros."
-        },
-        "paths": paths,
-        "components": {
-            "securitySchemes": {
-                "adminToken": {"type": "http", "scheme": "bearer", "description": "SMS_CREDIT_ADMIN_TOKEN"},
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "SMS_CREDIT_API_KEY (the host application)"},
-                "accountToken": {"type": "http", "scheme": "bearer", "description": "An account token (sct_…); on the feed also as a websocket subprotocol next to sms-credit-feed"},
-                "feedTicket": {"type": "apiKey", "in": "query", "name": "ticket", "description": "A single-use feed ticket"}
-            },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
-                        "code": {"type": "string"}, "message": {"type": "string"}
-                    }}}
-                }
+impl Modify for Errors {
+    fn modify(&self, document: &mut utoipa::openapi::OpenApi) {
+        let error = |description: &str| {
+            RefOr::T(
+                utoipa::openapi::ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in document.paths.paths.values_mut() {
+            for operation in operations_mut(item) {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("4XX".to_string())
+                    .or_insert_with(|| error("The request was refused"));
+                responses.entry("5XX".to_string()).or_insert_with(|| {
+                    error("The server or a service it needs failed; nothing was done")
+                });
             }
         }
+    }
+}
+
+/// The operations of a path item, to edit.
+fn operations_mut(
+    item: &mut utoipa::openapi::path::PathItem,
+) -> impl Iterator<Item = &mut utoipa::openapi::path::Operation> {
+    [
+        item.get.as_mut(),
+        item.put.as_mut(),
+        item.post.as_mut(),
+        item.delete.as_mut(),
+        item.patch.as_mut(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// The document, built once.
+pub fn document() -> &'static serde_json::Value {
+    static DOCUMENT: OnceLock<serde_json::Value> = OnceLock::new();
+    DOCUMENT.get_or_init(|| {
+        let mut document = ApiDoc::openapi();
+        document.info.version = env!("CARGO_PKG_VERSION").to_string();
+        serde_json::to_value(document).unwrap_or_default()
     })
 }
 
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)))]
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok().json(document())
+}
+
+/// Whether a request path matches a documented path template.
+fn matches(template: &str, path: &str) -> bool {
+    let mut wanted = template.split('/');
+    let mut given = path.split('/');
+    loop {
+        match (wanted.next(), given.next()) {
+            (None, None) => return true,
+            (Some(want), Some(have)) => {
+                let variable = want.starts_with('{') && want.ends_with('}');
+                if !(variable && !have.is_empty() || want == have) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// The methods the document allows on a path, upper-case; empty if the
+/// path is not one of the server's.
+pub fn allowed_methods(path: &str) -> Vec<String> {
+    let Some(paths) = document()["paths"].as_object() else {
+        return Vec::new();
+    };
+    let mut methods: Vec<String> = paths
+        .iter()
+        .filter(|(template, _)| matches(template, path))
+        .flat_map(|(_, item)| {
+            item.as_object()
+                .map(|operations| operations.keys().cloned().collect::<Vec<_>>())
+                .unwrap_or_default()
+        })
+        .filter(|method| ["get", "put", "post", "delete", "patch"].contains(&method.as_str()))
+        .map(|method| method.to_uppercase())
+        .collect();
+    methods.sort();
+    methods.dedup();
+    methods
+}
+
+/// What no route takes: `405` with `Allow` when the path is one of the
+/// server's (another method would do), `404` otherwise; both in the one
+/// error body.
+pub async fn unrouted(request: HttpRequest) -> HttpResponse {
+    let allowed = allowed_methods(request.path());
+    if allowed.is_empty() {
+        return ApiError::NotFound("no such route".to_string()).error_response();
+    }
+    let allow = allowed.join(", ");
+    let mut response = ApiError::MethodNotAllowed(allow.clone()).error_response();
+    if let Ok(value) = header::HeaderValue::from_str(&allow) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_their_templates() {
+        assert!(matches("/v1/accounts/{id}", "/v1/accounts/7"));
+        assert!(!matches("/v1/accounts/{id}", "/v1/accounts/"));
+        assert!(!matches("/v1/accounts/{id}", "/v1/accounts/7/feed"));
+        assert!(matches("/healthz", "/healthz"));
+        assert_eq!(allowed_methods("/v1/admin/accounts"), vec!["GET", "POST"]);
+        assert_eq!(
+            allowed_methods("/v1/admin/accounts/3/tokens"),
+            vec!["DELETE", "POST"]
+        );
+        assert!(allowed_methods("/nope").is_empty());
+    }
 }

@@ -124,6 +124,8 @@ where
 }
 
 /// `GET /metrics` on the main address: with the metrics token only.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("metricsToken" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 pub async fn metrics_with_token(
     _reader: crate::auth::MetricsReader,
     state: web::Data<AppState>,

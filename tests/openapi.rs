@@ -1,12 +1,17 @@
-//! `/openapi.json` matches the routes: every registered route is documented,
-//! every documented operation is routed.
+//! `/openapi.json` is derived from the handlers and matches the routes:
+//! every registered route is documented, every documented operation is
+//! routed; request bodies, queries and answers are typed, with formats and
+//! enums; and a route asked with another method answers 405 with `Allow`.
 
 use std::collections::BTreeSet;
 
 use actix_web::http::StatusCode;
-use sms_credit::openapi::{document, OPERATIONS};
+use serde_json::Value;
+use sms_credit::openapi::document;
 
 use crate::helpers::{TestApp, ADMIN_TOKEN};
+
+const METHODS: [&str; 5] = ["get", "put", "post", "delete", "patch"];
 
 /// The (method, path) pairs registered with `.route("…", web::method()…)`
 /// in a routes file, under `prefix`.
@@ -32,6 +37,29 @@ fn registered(source: &str, prefix: &str) -> BTreeSet<(String, String)> {
     routes
 }
 
+fn documented(document: &Value) -> BTreeSet<(String, String)> {
+    let mut operations = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(method).is_some() {
+                operations.insert((method.to_string(), path.clone()));
+            }
+        }
+    }
+    operations
+}
+
+/// The schema a `$ref` points to, or the schema itself.
+fn resolve<'a>(document: &'a Value, schema: &'a Value) -> &'a Value {
+    match schema["$ref"].as_str() {
+        Some(reference) => {
+            let name = reference.rsplit('/').next().unwrap();
+            &document["components"]["schemas"][name]
+        }
+        None => schema,
+    }
+}
+
 #[actix_rt::test]
 async fn every_route_is_in_the_document_and_every_documented_route_exists() {
     let mut routes = registered(include_str!("../src/routes/mod.rs"), "");
@@ -39,31 +67,16 @@ async fn every_route_is_in_the_document_and_every_documented_route_exists() {
         include_str!("../src/routes/admin/mod.rs"),
         "/v1/admin",
     ));
-    // The webhook resources are registered with web::resource(...).route(...).
-    let source = include_str!("../src/routes/mod.rs");
-    for chunk in source.split("web::resource(\"").skip(1) {
-        let path = chunk.split('"').next().unwrap();
-        let method = chunk
-            .split(".route(web::")
-            .nth(1)
-            .unwrap()
-            .split('(')
-            .next()
-            .unwrap();
-        routes.insert((method.to_string(), path.to_string()));
-    }
-    assert!(routes.len() > 30, "the parse found the routes: {routes:?}");
-    let documented: BTreeSet<(String, String)> = OPERATIONS
-        .iter()
-        .map(|operation| (operation.method.to_string(), operation.path.to_string()))
-        .collect();
+    assert!(routes.len() > 35, "the parse found the routes: {routes:?}");
+    let document = document();
+    let operations = documented(document);
     assert_eq!(
-        routes.difference(&documented).collect::<Vec<_>>(),
+        routes.difference(&operations).collect::<Vec<_>>(),
         Vec::<&(String, String)>::new(),
         "registered but not documented"
     );
     assert_eq!(
-        documented.difference(&routes).collect::<Vec<_>>(),
+        operations.difference(&routes).collect::<Vec<_>>(),
         Vec::<&(String, String)>::new(),
         "documented but not registered"
     );
@@ -71,34 +84,130 @@ async fn every_route_is_in_the_document_and_every_documented_route_exists() {
     let app = TestApp::spawn().await;
     let (status, served) = app.request("GET", "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(served, document());
-    assert_eq!(served["openapi"], "3.1.0");
-    for operation in OPERATIONS {
-        let path = operation
-            .path
-            .replace("{id}", "1")
-            .replace("{code}", "NOPE");
+    assert_eq!(&served, document);
+    assert!(served["openapi"].as_str().unwrap().starts_with("3.1"));
+    for (method, path) in &operations {
+        let concrete = path.replace("{id}", "1").replace("{code}", "NOPE");
         let (status, body) = app
-            .request(
-                &operation.method.to_uppercase(),
-                &path,
-                Some(ADMIN_TOKEN),
-                None,
-            )
+            .request(&method.to_uppercase(), &concrete, Some(ADMIN_TOKEN), None)
             .await;
-        let unrouted =
-            status == StatusCode::NOT_FOUND && body["error"]["message"] == "no such route";
+        let unrouted = matches!(
+            status,
+            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) && matches!(body["error"]["code"].as_str(), Some("method_not_allowed"))
+            || body["error"]["message"] == "no such route";
+        assert!(!unrouted, "{method} {path} is documented but not routed");
+        let operation = &served["paths"][path][method];
+        let responses = operation["responses"].as_object().unwrap();
         assert!(
-            !unrouted,
-            "{} {} is documented but not routed",
-            operation.method, operation.path
+            responses.contains_key("4XX") && responses.contains_key("5XX"),
+            "{method} {path}: {responses:?}"
         );
-        let documented = &served["paths"][operation.path][operation.method];
-        assert!(
-            documented["responses"].is_object(),
-            "{} {}",
-            operation.method,
-            operation.path
+        let success = responses
+            .iter()
+            .find(|(code, _)| code.starts_with('2') || code.as_str() == "101")
+            .unwrap_or_else(|| panic!("{method} {path} documents its success"));
+        if success.0 != "101" {
+            assert!(
+                success.1["content"].is_object(),
+                "{method} {path}: the success body is described"
+            );
+        }
+    }
+}
+
+#[actix_rt::test]
+async fn the_document_types_bodies_queries_and_answers() {
+    let document = document();
+    let operation = |method: &str, path: &str| &document["paths"][path][method];
+    // Query parameters are declared.
+    let parameters = |method: &str, path: &str| -> BTreeSet<String> {
+        operation(method, path)["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|parameter| parameter["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        parameters("get", "/v1/admin/accounts"),
+        ["after_id", "limit", "q"].map(String::from).into()
+    );
+    assert!(parameters("get", "/v1/accounts/{id}/transactions")
+        .is_superset(&["after_seq", "latest", "limit"].map(String::from).into()));
+    assert!(parameters("get", "/v1/admin/accounts/{id}/transactions").contains("after_seq"));
+    assert!(parameters("get", "/v1/accounts/{id}/feed").contains("since"));
+
+    // Enums and formats.
+    let request_schema = |method: &str, path: &str| {
+        resolve(
+            document,
+            &operation(method, path)["requestBody"]["content"]["application/json"]["schema"],
+        )
+        .clone()
+    };
+    let pricing = request_schema("put", "/v1/admin/pricing");
+    let mode = resolve(document, &pricing["properties"]["mode"]);
+    assert_eq!(mode["enum"], serde_json::json!(["launch", "rrp", "sale"]));
+    let code = request_schema("post", "/v1/admin/discount-codes");
+    let kind = resolve(document, &code["properties"]["type"]);
+    assert_eq!(kind["enum"], serde_json::json!(["percent", "fixed"]));
+    let account = request_schema("post", "/v1/admin/accounts");
+    assert_eq!(account["properties"]["phone"]["format"], "e164");
+    assert_eq!(account["properties"]["email"]["format"], "email");
+    let access = request_schema("post", "/v1/checkout/access");
+    assert_eq!(access["properties"]["email"]["format"], "email");
+
+    // Answers are their types, not bare objects.
+    let answer = |method: &str, path: &str, status: &str| {
+        resolve(
+            document,
+            &operation(method, path)["responses"][status]["content"]["application/json"]["schema"],
+        )
+        .clone()
+    };
+    let view = answer("get", "/v1/admin/accounts/{id}", "200");
+    assert!(view["properties"]["balance_micros"].is_object(), "{view}");
+    let quote = answer("post", "/v1/quote", "200");
+    assert!(quote["properties"]["segments"].is_object(), "{quote}");
+    let orders = answer("get", "/v1/admin/accounts/{id}/orders", "200");
+    assert!(orders["properties"]["orders"].is_object(), "{orders}");
+    assert!(document["components"]["securitySchemes"]["adminToken"].is_object());
+}
+
+#[actix_rt::test]
+async fn another_method_on_any_route_is_405_with_allow_and_the_error_body() {
+    let app = TestApp::spawn().await;
+    for (method, path, allowed) in [
+        ("GET", "/webhooks/stripe", "POST"),
+        ("PUT", "/webhooks/twilio/sms", "POST"),
+        ("DELETE", "/v1/quote", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("PATCH", "/v1/admin/accounts", "GET, POST"),
+        ("PUT", "/v1/admin/accounts/7/tokens", "DELETE, POST"),
+        ("DELETE", "/v1/admin/pricing", "GET, PUT"),
+    ] {
+        let method_value = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut response = app
+            .client
+            .request(method_value, app.url(path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}"
+        );
+        assert_eq!(
+            response.headers().get("Allow").unwrap(),
+            allowed,
+            "{method} {path}"
+        );
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            body["error"]["code"], "method_not_allowed",
+            "{method} {path}"
         );
     }
     let (status, body) = app.request("GET", "/v1/not-a-route", None, None).await;

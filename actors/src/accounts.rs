@@ -50,6 +50,7 @@ impl Serialize for Email {
 
 /// Where an account is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum AccountStatus {
     /// Signed up, access not yet paid.

@@ -10,6 +10,7 @@ use crate::money::Money;
 
 /// The id of an account (the `accounts.id` row id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct AccountId(pub i64);
 
@@ -139,6 +140,7 @@ impl fmt::Display for IdempotencyKey {
 
 /// What a ledger row records; stored as its lower-case name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TransactionKind {
     /// Money paid in (Stripe checkout, top-up, off-session charge).

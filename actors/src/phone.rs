@@ -105,6 +105,22 @@ impl fmt::Display for CountryCode {
     }
 }
 
+/// In the API's schema: two capital letters.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for CountryCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[A-Z]{2}$"))
+            .description(Some("An ISO 3166-1 alpha-2 country code"))
+            .examples([serde_json::json!("US")])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for CountryCode {}
+
 impl Serialize for CountryCode {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())

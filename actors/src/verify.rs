@@ -8,6 +8,7 @@ use crate::ledger::{AccountId, TransactionKind};
 
 /// One disagreement between the ledger and the snapshots.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "problem", rename_all = "snake_case")]
 pub enum Problem {
     /// The account's ledger skips or repeats a position.
@@ -49,6 +50,7 @@ pub enum Problem {
 
 /// What a verification found.
 #[derive(Clone, Debug, Default, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VerifyReport {
     pub accounts_checked: u64,
     pub transactions_checked: u64,

@@ -4,7 +4,6 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sms_credit_actors::AccountId;
 
 use crate::auth::AccountHolder;
@@ -14,14 +13,41 @@ use crate::routes::admin::transactions::TransactionView;
 use crate::startup::AppState;
 
 /// An account as its holder sees it.
-#[derive(Serialize)]
-struct HolderView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HolderView {
     id: AccountId,
+    #[schema(format = "e164", examples("+14155551234"))]
     phone: String,
     status: sms_credit_actors::accounts::AccountStatus,
     balance_micros: i64,
+    /// The balance for people, rounded toward zero to the cent.
+    #[schema(examples("$4.35"))]
     balance: String,
+    /// The ledger position the balance is at.
     seq: i64,
+}
+
+/// Ledger rows.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Transactions {
+    pub transactions: Vec<TransactionView>,
+}
+
+/// A single-use ticket for the balance feed.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FeedTicket {
+    /// Put it in the feed URL as `?ticket=…` within `expires_in_secs`.
+    ticket: String,
+    expires_in_secs: u64,
+}
+
+impl FeedTicket {
+    pub fn new(ticket: String) -> FeedTicket {
+        FeedTicket {
+            ticket,
+            expires_in_secs: TICKET_LIFETIME.as_secs(),
+        }
+    }
 }
 
 /// The account in the path, if the token is for it.
@@ -53,7 +79,9 @@ async fn view(state: &AppState, account_id: AccountId) -> Result<HttpResponse, A
     }))
 }
 
-/// `GET /v1/accounts/me`: the token's own account.
+/// The token's own account and its balance.
+#[utoipa::path(get, path = "/v1/accounts/me", tag = "account holders", security(("accountToken" = [])),
+    responses((status = 200, body = HolderView)))]
 pub async fn me(
     holder: AccountHolder,
     state: web::Data<AppState>,
@@ -61,7 +89,11 @@ pub async fn me(
     view(&state, holder.0).await
 }
 
-/// `GET /v1/accounts/{id}`.
+/// An account and its balance (the token's own account only; any other id
+/// is answered as not found).
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "account holders", security(("accountToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = HolderView)))]
 pub async fn show(
     holder: AccountHolder,
     state: web::Data<AppState>,
@@ -71,7 +103,8 @@ pub async fn show(
     view(&state, account_id).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionsQuery {
     /// Rows after this seq, oldest first.
@@ -82,7 +115,12 @@ pub struct TransactionsQuery {
     limit: Option<i64>,
 }
 
-/// `GET /v1/accounts/{id}/transactions`.
+/// The account's ledger: rows after `after_seq` oldest first, or the
+/// `latest` N newest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/transactions", tag = "account holders",
+    security(("accountToken" = [])),
+    params(("id" = i64, Path, description = "The account"), TransactionsQuery),
+    responses((status = 200, body = Transactions)))]
 pub async fn transactions(
     holder: AccountHolder,
     state: web::Data<AppState>,
@@ -106,12 +144,17 @@ pub async fn transactions(
     } else {
         ledger.entries_after(account_id, after_seq, limit).await?
     };
-    let rows: Vec<TransactionView> = entries.iter().map(TransactionView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "transactions": rows })))
+    Ok(HttpResponse::Ok().json(Transactions {
+        transactions: entries.iter().map(TransactionView::from).collect(),
+    }))
 }
 
-/// `POST /v1/accounts/{id}/feed-tickets`: a single-use ticket to open the
-/// feed from a browser.
+/// A single-use ticket (valid 30 s) to open the account's balance feed
+/// from a browser without putting the token in the URL.
+#[utoipa::path(post, path = "/v1/accounts/{id}/feed-tickets", tag = "account holders",
+    security(("accountToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 201, body = FeedTicket)))]
 pub async fn feed_ticket(
     holder: AccountHolder,
     state: web::Data<AppState>,
@@ -121,8 +164,5 @@ pub async fn feed_ticket(
     let ticket = state
         .tickets
         .issue(FeedScope::Account(account_id), state.clock.now_ms())?;
-    Ok(HttpResponse::Created().json(json!({
-        "ticket": ticket,
-        "expires_in_secs": TICKET_LIFETIME.as_secs(),
-    })))
+    Ok(HttpResponse::Created().json(FeedTicket::new(ticket)))
 }

@@ -12,11 +12,17 @@ use crate::auth::AccountHolder;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+/// Who is buying access.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AccessRequest {
+    /// The phone that will receive the messages, in international form.
+    #[schema(format = "e164", examples("+14155551234"))]
     phone: String,
+    #[schema(format = Email)]
     email: String,
+    /// A discount code (letters, digits, '-' and '_'; case does not matter).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     discount_code: Option<String>,
 }
 
@@ -28,6 +34,10 @@ pub fn billing(state: &AppState) -> Result<&Billing, ApiError> {
     })
 }
 
+/// Starts a Stripe Checkout for initial access at the current pricing mode's
+/// price, less a discount code; a pending account is made for the phone.
+#[utoipa::path(post, path = "/v1/checkout/access", tag = "selling", request_body = AccessRequest,
+    responses((status = 200, body = sms_credit_actors::billing::checkout::CheckoutStarted)))]
 pub async fn access(
     state: web::Data<AppState>,
     body: web::Json<AccessRequest>,
@@ -51,6 +61,9 @@ pub async fn access(
     Ok(HttpResponse::Ok().json(started))
 }
 
+/// Starts a Stripe Checkout for a $10 top-up (the card is saved for `BUY $10`).
+#[utoipa::path(post, path = "/v1/checkout/topup", tag = "selling", security(("accountToken" = [])),
+    responses((status = 200, body = sms_credit_actors::billing::checkout::CheckoutStarted)))]
 pub async fn top_up(
     state: web::Data<AppState>,
     holder: AccountHolder,

@@ -6,21 +6,23 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::auth::{bearer_token, constant_time_eq, Admin};
 use crate::error::ApiError;
-use crate::feed::{self, FeedScope, FeedStart, TICKET_LIFETIME};
+use crate::feed::{self, FeedScope, FeedStart};
 use crate::startup::AppState;
 
 /// The subprotocol the server answers with.
 pub const PROTOCOL: &str = "sms-credit-feed";
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FeedQuery {
+    /// Replay the changes after this ledger position, then go live.
     since: Option<i64>,
+    /// A single-use feed ticket (instead of a token).
     ticket: Option<String>,
 }
 
@@ -86,6 +88,14 @@ fn start_session(
     Ok(response)
 }
 
+/// The account's balance as a websocket feed: the snapshot, then every
+/// committed change in `seq` order (`?since=N` replays what came after N
+/// first). Authenticate with the account token as a subprotocol next to
+/// `sms-credit-feed`, a ticket, or a bearer header.
+#[utoipa::path(get, path = "/v1/accounts/{id}/feed", tag = "account holders",
+    security(("accountToken" = []), ("feedTicket" = []), ("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account"), FeedQuery),
+    responses((status = 101, description = "Switching to the websocket protocol `sms-credit-feed`")))]
 pub async fn account_feed(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -115,6 +125,11 @@ pub async fn account_feed(
     )
 }
 
+/// Every account's changes as they commit (live only), for the admin.
+#[utoipa::path(get, path = "/v1/admin/feed", tag = "admin",
+    security(("adminToken" = []), ("feedTicket" = [])),
+    params(FeedQuery),
+    responses((status = 101, description = "Switching to the websocket protocol `sms-credit-feed`")))]
 pub async fn admin_feed(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -134,7 +149,9 @@ pub async fn admin_feed(
     }
 }
 
-/// `POST /v1/admin/feed-tickets`.
+/// A single-use ticket (valid 30 s) to open the admin feed from a browser.
+#[utoipa::path(post, path = "/v1/admin/feed-tickets", tag = "admin", security(("adminToken" = [])),
+    responses((status = 201, body = crate::routes::account::FeedTicket)))]
 pub async fn admin_ticket(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -142,8 +159,5 @@ pub async fn admin_ticket(
     let ticket = state
         .tickets
         .issue(FeedScope::Admin, state.clock.now_ms())?;
-    Ok(HttpResponse::Created().json(json!({
-        "ticket": ticket,
-        "expires_in_secs": TICKET_LIFETIME.as_secs(),
-    })))
+    Ok(HttpResponse::Created().json(crate::routes::account::FeedTicket::new(ticket)))
 }

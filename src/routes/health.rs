@@ -2,16 +2,28 @@
 //! store answers a read).
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+/// How the server is.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` (it answers) or `ready` (its store answers too).
+    #[schema(examples("ok"))]
+    status: &'static str,
 }
 
+/// The process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok" })
+}
+
+/// The store answers a read (503 while it cannot).
+#[utoipa::path(get, path = "/readyz", tag = "operations", responses((status = 200, body = Health)))]
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     state.store.ledger().ping().await?;
-    Ok(HttpResponse::Ok().json(json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(Health { status: "ready" }))
 }

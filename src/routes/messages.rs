@@ -11,15 +11,25 @@ use crate::auth::HostApplication;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+/// A message to send to an account (by id, by number, or both if they agree).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     account_id: Option<i64>,
+    #[schema(format = "e164", examples("+14155551234"))]
     to: Option<String>,
     body: String,
+    /// Names this message: the same key again answers the same message and sends nothing.
+    #[schema(pattern = "^[!-~]{1,255}$")]
     idempotency_key: String,
 }
 
+/// Sends an SMS charged to an account: quoted, its cost reserved (402 if the
+/// balance cannot cover it), sent through Twilio, and the reservation kept
+/// as the debit or given back, once.
+#[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("apiKey" = [])),
+    request_body = SendMessage,
+    responses((status = 200, body = sms_credit_actors::messaging::SentMessage)))]
 pub async fn create(
     _host: HostApplication,
     state: web::Data<AppState>,

@@ -1,18 +1,16 @@
 //! The HTTP routes, one resource per file.
 
-mod account;
+pub(crate) mod account;
 pub(crate) mod admin;
-pub mod checkout;
-mod feed;
-mod health;
-mod messages;
-mod page;
-mod quote;
-mod webhooks;
+pub(crate) mod checkout;
+pub(crate) mod feed;
+pub(crate) mod health;
+pub(crate) mod messages;
+pub(crate) mod page;
+pub(crate) mod quote;
+pub(crate) mod webhooks;
 
-use actix_web::{web, HttpResponse};
-
-use crate::error::ApiError;
+use actix_web::web;
 
 pub fn configure(config: &mut web::ServiceConfig) {
     config
@@ -41,19 +39,19 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/v1/accounts/{id}/feed", web::get().to(feed::account_feed))
         .route("/v1/admin/feed", web::get().to(feed::admin_feed))
         .route("/v1/admin/feed-tickets", web::post().to(feed::admin_ticket))
-        .service(
-            web::resource("/webhooks/twilio/sms")
-                .route(web::post().to(webhooks::twilio::inbound_sms)),
+        .route(
+            "/webhooks/twilio/sms",
+            web::post().to(webhooks::twilio::inbound_sms),
         )
-        .service(
-            web::resource("/webhooks/twilio/status")
-                .route(web::post().to(webhooks::twilio::status)),
+        .route(
+            "/webhooks/twilio/status",
+            web::post().to(webhooks::twilio::status),
         )
-        .service(web::resource("/webhooks/stripe").route(web::post().to(webhooks::stripe::receive)))
+        .route(
+            "/webhooks/stripe",
+            web::post().to(webhooks::stripe::receive),
+        )
         .service(web::scope("/v1/admin").configure(admin::configure))
-        .default_service(web::to(not_found));
-}
-
-async fn not_found() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::NotFound("no such route".to_string()))
+        // A path that is a route, with another method: 405 and Allow; else 404.
+        .default_service(web::to(crate::openapi::unrouted));
 }

@@ -7,6 +7,9 @@ use actix_web::HttpResponse;
 
 const ACCOUNT_PAGE: &str = include_str!("../web/account.html");
 
+/// The account holder's web page (sign in with a token; live balance).
+#[utoipa::path(get, path = "/account", tag = "account holders",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
 pub async fn account_page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

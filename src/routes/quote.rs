@@ -7,15 +7,23 @@ use sms_credit_actors::rating::{quote, QuoteRequest};
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+/// A message to price.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QuoteBody {
+    /// The destination in international form.
+    #[schema(format = "e164", examples("+14155551234"))]
     to: String,
+    /// The text, at most 1600 characters.
     body: String,
+    /// Quote it as sent after replacing look-alikes with GSM-7 characters.
     #[serde(default)]
     smart_encoding: bool,
 }
 
+/// What a message to a number will cost: segments × the destination's rate.
+#[utoipa::path(post, path = "/v1/quote", tag = "rating", request_body = QuoteBody,
+    responses((status = 200, body = sms_credit_actors::rating::Quote)))]
 pub async fn create(
     state: web::Data<AppState>,
     request: web::Json<QuoteBody>,

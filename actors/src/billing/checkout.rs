@@ -66,6 +66,7 @@ pub struct Billing {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckoutStarted {
     pub order_id: i64,
     pub account_id: AccountId,

@@ -9,6 +9,7 @@ use crate::money::Money;
 
 /// What a code takes off.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Discount {
     /// Whole percent, 1 to 100.
@@ -65,6 +66,7 @@ pub fn normalize_code(text: &str) -> Result<String, String> {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DiscountCode {
     pub id: i64,
     pub code: String,

@@ -83,6 +83,46 @@ pub enum EventOutcome {
     Failed(String),
 }
 
+/// In the API's schema: what the webhook answers about an event.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for EventOutcome {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .property(
+                "outcome",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([
+                        "applied",
+                        "duplicate",
+                        "waiting",
+                        "ignored",
+                        "failed",
+                    ])),
+            )
+            .required("outcome")
+            .property(
+                "detail",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some("What happened, in words (all but duplicate)")),
+            )
+            .property(
+                "waiting_on",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .description(Some(
+                        "What a waiting event waits for, e.g. payment_intent:pi_…",
+                    )),
+            )
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for EventOutcome {}
+
 impl Serialize for EventOutcome {
     /// `{"outcome": "applied", "detail": "…"}`, with `waiting_on` for a
     /// waiting event.
@@ -119,6 +159,7 @@ fn cents(amount_cents: i64) -> Result<Money, BillingError> {
 
 /// What became of an event, as stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum EventStatus {
     /// Seen, not decided yet (being handled, or the handling was cut off:
@@ -169,6 +210,7 @@ impl EventStatus {
 
 /// A stored event, for admins and for waking waiting ones.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventRecord {
     pub event_id: String,
     pub event_type: String,

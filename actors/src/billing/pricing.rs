@@ -13,6 +13,7 @@ pub const LAUNCH_PRICE: Money = Money::from_micros(29_990_000);
 pub const RRP_PRICE: Money = Money::from_micros(49_990_000);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum PricingMode {
     Launch,

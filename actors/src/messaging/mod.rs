@@ -112,6 +112,7 @@ pub struct OutboundRequest {
 
 /// The answer to a sent message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SentMessage {
     pub message: MessageRecord,
     pub balance_after_micros: Option<i64>,

@@ -18,6 +18,7 @@ use crate::money::Money;
 
 /// What a notice says, with what it needs to say it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NoticeKind {
     /// A debit left the balance below the low-balance threshold.
@@ -55,6 +56,7 @@ pub struct NewNotice {
 
 /// Where a notice stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum NoticeState {
     Pending,
@@ -89,6 +91,7 @@ impl NoticeState {
 
 /// A queued notice, as claimed by a worker.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Notice {
     pub id: i64,
     pub account_id: AccountId,

@@ -18,6 +18,7 @@ pub const MAX_PRICE_CHECKS: i64 = 6;
 
 /// One line of the report: a country, or everything.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconciliationLine {
     pub messages: i64,
     pub segments: i64,
@@ -34,6 +35,7 @@ pub struct ReconciliationLine {
 
 /// A message whose actual cost per segment is not the table's carrier cost.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CostMismatch {
     pub message_id: i64,
     pub twilio_sid: Option<String>,
@@ -47,6 +49,7 @@ pub struct CostMismatch {
 /// (command replies and warnings, not charged) apart, as the cost of
 /// running the service, so they do not blur the margin on what was sold.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReconciliationReport {
     pub overall: ReconciliationLine,
     pub by_country: BTreeMap<String, ReconciliationLine>,

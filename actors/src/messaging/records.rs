@@ -8,6 +8,7 @@ use crate::money::Money;
 
 /// What a message is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MessageKind {
     /// For the host application; charged to the account.
@@ -39,6 +40,7 @@ impl MessageKind {
 
 /// Where a message's reservation stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MessageState {
     /// Debited, not yet handed to Twilio.
@@ -70,6 +72,7 @@ impl MessageState {
 
 /// A message sent (or being sent), with its costs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessageRecord {
     pub id: i64,
     pub account_id: Option<AccountId>,

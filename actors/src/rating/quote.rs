@@ -38,6 +38,7 @@ pub enum RatingError {
 
 /// The same message after smart encoding, and what that changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SmartEncodingQuote {
     pub encoding: Encoding,
     pub segments: u32,
@@ -51,6 +52,7 @@ pub struct SmartEncodingQuote {
 
 /// What a message costs: `segments × price_per_segment`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Quote {
     /// The destination in E.164 form.
     pub to: String,

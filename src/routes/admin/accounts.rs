@@ -11,18 +11,24 @@ use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+/// An account to create (active, with a zero balance).
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAccountRequest {
+    /// In international form.
+    #[schema(format = "e164", examples("+14155551234"))]
     phone: String,
+    #[schema(format = Email)]
     email: Option<String>,
 }
 
 /// An account as the admin API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountView {
     id: AccountId,
+    #[schema(format = "e164", examples("+14155551234"))]
     phone: String,
+    #[schema(format = Email)]
     email: Option<String>,
     status: AccountStatus,
     balance_micros: i64,
@@ -30,8 +36,19 @@ pub struct AccountView {
     balance: String,
     seq: i64,
     stripe_customer_id: Option<String>,
+    /// When the last low-balance warning was queued.
+    #[schema(format = DateTime)]
     low_balance_warned_at: Option<String>,
+    #[schema(format = DateTime)]
     created_at: String,
+}
+
+/// A page of accounts.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AccountList {
+    accounts: Vec<AccountView>,
+    /// The `after_id` of the next page, when this one is full.
+    next_after_id: Option<i64>,
 }
 
 impl From<&Account> for AccountView {
@@ -54,6 +71,10 @@ impl From<&Account> for AccountView {
     }
 }
 
+/// Creates an active account with a zero balance.
+#[utoipa::path(post, path = "/v1/admin/accounts", tag = "admin", security(("adminToken" = [])),
+    request_body = CreateAccountRequest,
+    responses((status = 201, body = AccountView)))]
 pub async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -82,6 +103,10 @@ pub async fn create(
     Ok(HttpResponse::Created().json(AccountView::from(&account)))
 }
 
+/// An account with its committed balance.
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = AccountView)))]
 pub async fn show(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -97,7 +122,8 @@ pub async fn show(
     Ok(HttpResponse::Ok().json(AccountView::from(&account)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Part of a phone number or email, or an account id.
@@ -109,7 +135,11 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-/// `GET /v1/admin/accounts?q=&after_id=&limit=`.
+/// Accounts in id order, or those whose phone or email contains `q` (or
+/// whose id it is); `next_after_id` pages.
+#[utoipa::path(get, path = "/v1/admin/accounts", tag = "admin", security(("adminToken" = [])),
+    params(ListQuery),
+    responses((status = 200, body = AccountList)))]
 pub async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -132,9 +162,8 @@ pub async fn list(
     let next_after_id = (accounts.len() as i64 == limit)
         .then(|| accounts.last().map(|account| account.id.0))
         .flatten();
-    let views: Vec<AccountView> = accounts.iter().map(AccountView::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "accounts": views,
-        "next_after_id": next_after_id,
-    })))
+    Ok(HttpResponse::Ok().json(AccountList {
+        accounts: accounts.iter().map(AccountView::from).collect(),
+        next_after_id,
+    }))
 }

@@ -13,21 +13,33 @@ use crate::startup::AppState;
 /// The longest reason kept with an adjustment, in characters.
 const MAX_REASON_CHARS: usize = 500;
 
-#[derive(Deserialize)]
+/// A signed correction of a balance.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdjustmentRequest {
+    /// Signed; may take the balance below zero. Not zero.
     amount_micros: i64,
+    /// 1 to 500 characters, kept with the ledger row.
     reason: String,
+    /// Names the adjustment: the same key again answers the original row.
+    /// The service's own prefixes (`stripe-order:`, `msg:`, …) are refused.
+    #[schema(pattern = "^[!-~]{1,255}$")]
     idempotency_key: String,
 }
 
-#[derive(Serialize)]
+/// The adjustment's ledger row.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AdjustmentResponse {
     transaction: TransactionView,
     /// True when this idempotency key had already been applied.
     replayed: bool,
 }
 
+/// An administrator's signed correction of a balance, answered once committed.
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/adjustments", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    request_body = AdjustmentRequest,
+    responses((status = 200, body = AdjustmentResponse)))]
 pub async fn create(
     _admin: Admin,
     state: web::Data<AppState>,

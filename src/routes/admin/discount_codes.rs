@@ -2,34 +2,62 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
-use sms_credit_actors::billing::discounts::{normalize_code, Discount};
+use sms_credit_actors::billing::discounts::{normalize_code, Discount, DiscountCode};
 use sms_credit_actors::Money;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+/// What a code takes off (for the document: the request reads it as text,
+/// so that an unknown type gets this route's own error).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+enum DiscountType {
+    Percent,
+    Fixed,
+}
+
+/// A discount code to create.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCode {
+    /// Letters, digits, '-' and '_'; stored upper-case.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$", examples("SPRING"))]
     code: String,
-    /// `percent` or `fixed`.
+    /// `percent` (with `percent`) or `fixed` (with `amount_micros`).
     #[serde(rename = "type")]
+    #[schema(value_type = DiscountType)]
     kind: String,
-    /// For `percent`.
+    /// For `percent`: 1 to 100.
+    #[schema(minimum = 1, maximum = 100)]
     percent: Option<i64>,
-    /// For `fixed`.
+    /// For `fixed`: a positive amount in whole cents.
+    #[schema(minimum = 10_000, multiple_of = 10_000)]
     amount_micros: Option<i64>,
+    /// How many checkouts may use it; unlimited without.
+    #[schema(minimum = 1)]
     max_uses: Option<i64>,
 }
 
-#[derive(Deserialize)]
+/// Turns a code on or off.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCode {
     active: bool,
 }
 
+/// The discount codes.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct DiscountCodes {
+    discount_codes: Vec<DiscountCode>,
+}
+
+/// Creates a code, percent or fixed, optionally limited in uses.
+#[utoipa::path(post, path = "/v1/admin/discount-codes", tag = "admin", security(("adminToken" = [])),
+    request_body = CreateCode,
+    responses((status = 201, body = DiscountCode)))]
 pub async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -68,11 +96,21 @@ pub async fn create(
     }
 }
 
+/// Every code with its uses.
+#[utoipa::path(get, path = "/v1/admin/discount-codes", tag = "admin", security(("adminToken" = [])),
+    responses((status = 200, body = DiscountCodes)))]
 pub async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let codes = state.store.billing().discount_codes().await?;
-    Ok(HttpResponse::Ok().json(json!({ "discount_codes": codes })))
+    Ok(HttpResponse::Ok().json(DiscountCodes {
+        discount_codes: codes,
+    }))
 }
 
+/// Turns a code on or off.
+#[utoipa::path(patch, path = "/v1/admin/discount-codes/{code}", tag = "admin", security(("adminToken" = [])),
+    params(("code" = String, Path, description = "The code")),
+    request_body = UpdateCode,
+    responses((status = 200, body = DiscountCode)))]
 pub async fn update(
     _admin: Admin,
     state: web::Data<AppState>,

@@ -1,16 +1,16 @@
 //! The admin API under `/v1/admin`: every route takes the admin bearer token.
 
-mod accounts;
-mod adjustments;
-mod discount_codes;
-mod notices;
-mod orders;
-mod pricing;
-mod reconciliation;
-mod stripe_events;
-mod tokens;
+pub(crate) mod accounts;
+pub(crate) mod adjustments;
+pub(crate) mod discount_codes;
+pub(crate) mod notices;
+pub(crate) mod orders;
+pub(crate) mod pricing;
+pub(crate) mod reconciliation;
+pub(crate) mod stripe_events;
+pub(crate) mod tokens;
 pub(crate) mod transactions;
-mod verify;
+pub(crate) mod verify;
 
 use actix_web::web;
 

@@ -4,13 +4,23 @@
 //! mid-send; never sent again).
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
+use sms_credit_actors::messaging::notices::Notice;
 use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// An account's notices.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Notices {
+    notices: Vec<Notice>,
+}
+
+/// The SMS notices queued for an account, newest first, and where each stands.
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/notices", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = Notices)))]
 pub async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -18,5 +28,5 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
     let notices = state.store.messages().notices_of(account_id, 100).await?;
-    Ok(HttpResponse::Ok().json(json!({ "notices": notices })))
+    Ok(HttpResponse::Ok().json(Notices { notices }))
 }

@@ -5,22 +5,33 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
-use sms_credit_actors::billing::events::EventStatus;
+use sms_credit_actors::billing::events::{EventRecord, EventStatus};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only events of this status.
+    #[param(value_type = Option<EventStatus>)]
     status: Option<String>,
     /// At most this many (1 to 1000, default 100).
     limit: Option<i64>,
 }
 
+/// Stripe events.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StripeEvents {
+    events: Vec<EventRecord>,
+}
+
+/// The Stripe events received, newest first, and what became of each.
+#[utoipa::path(get, path = "/v1/admin/stripe-events", tag = "admin", security(("adminToken" = [])),
+    params(ListQuery),
+    responses((status = 200, body = StripeEvents)))]
 pub async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -47,5 +58,5 @@ pub async fn list(
         ));
     }
     let events = state.store.events().list(status, limit).await?;
-    Ok(HttpResponse::Ok().json(json!({ "events": events })))
+    Ok(HttpResponse::Ok().json(StripeEvents { events }))
 }

@@ -3,17 +3,37 @@
 //! all and issue one, in one transaction).
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::startup::AppState;
 
+/// A token, shown this once.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct IssuedToken {
+    account_id: AccountId,
+    #[schema(examples("sct_4f1c…"))]
+    token: String,
+}
+
+/// Tokens revoked (and, on rotation, the new one).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RevokedTokens {
+    account_id: AccountId,
+    revoked: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
 fn no_such_account(account_id: AccountId) -> ApiError {
     ApiError::NotFound(format!("account {account_id} does not exist"))
 }
 
+/// Issues an account token (shown once, stored as its SHA-256).
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/tokens", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 201, body = IssuedToken)))]
 pub async fn issue(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -23,9 +43,13 @@ pub async fn issue(
     let token = access_tokens::issue(&state.store, account_id, state.clock.now_ms())
         .await?
         .ok_or_else(|| no_such_account(account_id))?;
-    Ok(HttpResponse::Created().json(json!({ "account_id": account_id, "token": token })))
+    Ok(HttpResponse::Created().json(IssuedToken { account_id, token }))
 }
 
+/// Revokes every token of an account.
+#[utoipa::path(delete, path = "/v1/admin/accounts/{id}/tokens", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = RevokedTokens)))]
 pub async fn revoke(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -37,10 +61,18 @@ pub async fn revoke(
         .tokens()
         .revoke_all(account_id, state.clock.now_ms())
         .await?;
-    Ok(HttpResponse::Ok().json(json!({ "account_id": account_id, "revoked": revoked })))
+    Ok(HttpResponse::Ok().json(RevokedTokens {
+        account_id,
+        revoked,
+        token: None,
+    }))
 }
 
-/// `POST /v1/admin/accounts/{id}/tokens/rotate`.
+/// Revokes every token of an account and issues one, in one transaction.
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/tokens/rotate", tag = "admin",
+    security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 201, body = RevokedTokens)))]
 pub async fn rotate(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -50,6 +82,9 @@ pub async fn rotate(
     let (revoked, token) = access_tokens::rotate(&state.store, account_id, state.clock.now_ms())
         .await?
         .ok_or_else(|| no_such_account(account_id))?;
-    Ok(HttpResponse::Created()
-        .json(json!({ "account_id": account_id, "token": token, "revoked": revoked })))
+    Ok(HttpResponse::Created().json(RevokedTokens {
+        account_id,
+        revoked,
+        token: Some(token),
+    }))
 }

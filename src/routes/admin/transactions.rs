@@ -11,7 +11,7 @@ use crate::error::ApiError;
 use crate::startup::AppState;
 
 /// A ledger row as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TransactionView {
     account_id: AccountId,
     seq: i64,
@@ -22,6 +22,7 @@ pub struct TransactionView {
     idempotency_key: String,
     order_id: Option<i64>,
     description: String,
+    #[schema(format = DateTime)]
     created_at: String,
 }
 
@@ -41,7 +42,8 @@ impl From<&LedgerEntry> for TransactionView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only rows after this ledger position.
@@ -51,11 +53,10 @@ pub struct ListQuery {
     limit: Option<i64>,
 }
 
-#[derive(Serialize)]
-struct ListResponse {
-    transactions: Vec<TransactionView>,
-}
-
+/// An account's ledger, oldest first.
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/transactions", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account"), ListQuery),
+    responses((status = 200, body = crate::routes::account::Transactions)))]
 pub async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -81,13 +82,19 @@ pub async fn list(
             "account {account_id} does not exist"
         )));
     }
-    Ok(HttpResponse::Ok().json(ListResponse {
-        transactions: entries.iter().map(TransactionView::from).collect(),
-    }))
+    Ok(
+        HttpResponse::Ok().json(crate::routes::account::Transactions {
+            transactions: entries.iter().map(TransactionView::from).collect(),
+        }),
+    )
 }
 
-/// `GET /v1/admin/accounts/{id}/transactions.csv`: the whole ledger, read
-/// in pages so a long ledger never sits in memory twice.
+/// The whole ledger as CSV (amounts in micro-dollars and in dollars; text a
+/// spreadsheet would run as a formula is defused), read in pages.
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/transactions.csv", tag = "admin",
+    security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, description = "The ledger", content_type = "text/csv", body = String)))]
 pub async fn export_csv(
     _admin: Admin,
     state: web::Data<AppState>,

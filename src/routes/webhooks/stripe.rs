@@ -4,7 +4,6 @@
 //! committed, so Stripe retries anything that failed.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::json;
 use sms_credit_actors::supervisor::HandleStripeEvent;
 
 use crate::error::ApiError;
@@ -15,6 +14,19 @@ use crate::stripe::{verify_and_parse, WebhookFailure};
 /// The largest event accepted (Stripe's events are a few KiB).
 const BODY_LIMIT: usize = 512 * 1024;
 
+/// What the webhook answers about an event.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct WebhookAnswer {
+    received: bool,
+    event_id: String,
+    result: sms_credit_actors::billing::events::EventOutcome,
+}
+
+/// A Stripe event, verified on its raw body; 200 only once its effects are
+/// committed (Stripe retries anything else). Each event id takes effect once.
+#[utoipa::path(post, path = "/webhooks/stripe", tag = "webhooks", security(("stripeSignature" = [])),
+    request_body(content = String, content_type = "application/json", description = "Stripe's event"),
+    responses((status = 200, body = WebhookAnswer)))]
 pub async fn receive(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -57,6 +69,9 @@ pub async fn receive(
         .await
         .map_err(|_| ApiError::Stopping)??;
     tracing::info!(event_id = %verified.id, event_type = %verified.event_type, ?outcome, "stripe event");
-    Ok(HttpResponse::Ok()
-        .json(json!({"received": true, "event_id": verified.id, "result": outcome})))
+    Ok(HttpResponse::Ok().json(WebhookAnswer {
+        received: true,
+        event_id: verified.id,
+        result: outcome,
+    }))
 }

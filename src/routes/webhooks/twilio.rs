@@ -79,6 +79,12 @@ fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<Signed
     Ok(SignedForm { fields })
 }
 
+/// An inbound SMS from Twilio (`BALANCE`, `BUY $10`, `HELP`), answered in
+/// TwiML once its effects are committed; a MessageSid has one effect.
+#[utoipa::path(post, path = "/webhooks/twilio/sms", tag = "webhooks", security(("twilioSignature" = [])),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Twilio's form: MessageSid, From, Body, …"),
+    responses((status = 200, description = "The reply", content_type = "text/xml", body = String)))]
 pub async fn inbound_sms(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -102,6 +108,12 @@ pub async fn inbound_sms(
         .body(twiml::render(reply.as_deref())))
 }
 
+/// A Twilio status callback for a message sent; a message that `failed`
+/// before leaving Twilio is refunded once.
+#[utoipa::path(post, path = "/webhooks/twilio/status", tag = "webhooks", security(("twilioSignature" = [])),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded",
+        description = "Twilio's form: MessageSid, MessageStatus, …"),
+    responses((status = 200, description = "An empty reply", content_type = "text/xml", body = String)))]
 pub async fn status(
     state: web::Data<AppState>,
     request: HttpRequest,

@@ -321,3 +321,41 @@ pub fn path_error(error: PathError, _request: &HttpRequest) -> actix_web::Error 
 pub fn query_error(error: QueryPayloadError, _request: &HttpRequest) -> actix_web::Error {
     ApiError::invalid("invalid_query", format!("invalid query string: {error}")).into()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stopped_supervisor_is_not_a_store_failure() {
+        let stopping = ApiError::Stopping;
+        assert_eq!(stopping.status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(stopping.code(), "stopping");
+        assert_eq!(
+            ApiError::Store(StoreError::Closed).code(),
+            "store_unavailable",
+            "what a closed mailbox used to be reported as"
+        );
+    }
+
+    #[test]
+    fn an_unknown_stored_value_is_a_500_that_names_its_row() {
+        let unknown = StoreError::UnknownValue(sms_credit_actors::store::UnknownValue::new(
+            "orders",
+            12,
+            "order_type",
+            "gift",
+        ));
+        for error in [
+            ApiError::Store(unknown.clone()),
+            ApiError::Ledger(LedgerError::Store(unknown.clone())),
+            ApiError::Billing(BillingError::Store(unknown.clone())),
+        ] {
+            assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(error.code(), "unknown_stored_value");
+            assert!(error
+                .public_message()
+                .contains("orders row 12: unknown order_type 'gift'"));
+        }
+    }
+}

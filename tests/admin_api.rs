@@ -478,3 +478,23 @@ async fn admins_list_search_export_verify_and_rotate_tokens() {
         StatusCode::OK
     );
 }
+
+#[actix_rt::test]
+async fn a_server_without_its_state_answers_500_not_404() {
+    // Every guard needs the application's state; its absence is the
+    // server's fault, never "not found".
+    async fn guarded(_admin: sms_credit::auth::Admin) -> actix_web::HttpResponse {
+        actix_web::HttpResponse::Ok().finish()
+    }
+    let app = actix_web::test::init_service(
+        actix_web::App::new().route("/guarded", actix_web::web::get().to(guarded)),
+    )
+    .await;
+    let request = actix_web::test::TestRequest::get()
+        .uri("/guarded")
+        .to_request();
+    let response = actix_web::test::call_service(&app, request).await;
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: serde_json::Value = actix_web::test::read_body_json(response).await;
+    assert_eq!(body["error"]["code"], "internal_error");
+}

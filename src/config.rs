@@ -280,6 +280,16 @@ pub struct Options {
     #[serde(deserialize_with = "scalar_text")]
     pub feed_heartbeat_secs: Option<String>,
 
+    /// Seconds after its last heartbeat that an instance counts as gone, so that what it left half-done (a reservation of a message being sent) is resolved by another [default: 30].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_INSTANCE_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECONDS"
+    )]
+    #[serde(deserialize_with = "scalar_text")]
+    pub instance_timeout_secs: Option<String>,
+
     /// Bearer token that opens GET /metrics on the main listen address; without it (and without --metrics-bind) /metrics answers 503, because it reports the ledger's money totals.
     #[arg(
         long,
@@ -363,6 +373,8 @@ pub struct Settings {
     pub feed_queue: usize,
     /// Opens `/metrics` on the main address.
     pub metrics_token: Option<Secret>,
+    /// After this long without a heartbeat an instance counts as gone.
+    pub instance_timeout: Duration,
     /// A separate address that serves only `/metrics`.
     pub metrics_bind: Option<String>,
 }
@@ -600,6 +612,12 @@ impl Settings {
                 256,
                 1..=1_000_000,
             )?,
+            instance_timeout: Duration::from_secs(parse_number(
+                "SMS_CREDIT_INSTANCE_TIMEOUT_SECS",
+                options.instance_timeout_secs,
+                30,
+                2..=3_600,
+            )?),
             metrics_token: options
                 .metrics_token
                 .map(|token| non_empty_secret("SMS_CREDIT_METRICS_TOKEN", token))
@@ -662,6 +680,9 @@ fn merge(winner: Options, fallback: Options) -> Options {
         feed_heartbeat_secs: winner.feed_heartbeat_secs.or(fallback.feed_heartbeat_secs),
         feed_queue: winner.feed_queue.or(fallback.feed_queue),
         metrics_token: winner.metrics_token.or(fallback.metrics_token),
+        instance_timeout_secs: winner
+            .instance_timeout_secs
+            .or(fallback.instance_timeout_secs),
         metrics_bind: winner.metrics_bind.or(fallback.metrics_bind),
     }
 }

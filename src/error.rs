@@ -132,6 +132,7 @@ impl ApiError {
                 BillingError::NoSavedCard => "no_saved_card",
                 BillingError::Invalid(_) => "invalid_request",
                 BillingError::Gateway(_) => "stripe_error",
+                BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
             },
             ApiError::BadSignature(_) | ApiError::Forbidden => "bad_signature",
@@ -147,6 +148,7 @@ impl ApiError {
                 MessagingError::InProgress => "in_progress",
                 MessagingError::NotSent(_) => "twilio_error",
             },
+            ApiError::Sms(SmsError::Busy) => "busy",
             ApiError::Sms(_) => "not_applied",
             ApiError::Stopping => "stopping",
             ApiError::MethodNotAllowed(_) => "method_not_allowed",
@@ -240,6 +242,7 @@ impl ResponseError for ApiError {
                 }
                 BillingError::Invalid(_) => StatusCode::BAD_REQUEST,
                 BillingError::Gateway(_) => StatusCode::BAD_GATEWAY,
+                BillingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 BillingError::Ledger(_) | BillingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::BadSignature(_) => StatusCode::BAD_REQUEST,
@@ -280,7 +283,9 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::Ledger(LedgerError::Busy) => {
+            ApiError::Ledger(LedgerError::Busy)
+            | ApiError::Billing(BillingError::Busy(_))
+            | ApiError::Sms(SmsError::Busy) => {
                 response.insert_header((header::RETRY_AFTER, "1"));
             }
             _ => {}

@@ -120,8 +120,13 @@ impl Core {
         })
     }
 
-    /// Waits for the last commit, then stops the actor threads.
+    /// Leaves the instances (what this one left is at once anyone's), waits
+    /// for the last commit, then stops the actor threads.
     pub async fn shutdown(self) {
+        let instance_id = self.store.instance_id().to_string();
+        if let Err(error) = self.store.instances().leave(instance_id).await {
+            tracing::warn!(%error, "could not leave the instances");
+        }
         match self.store.flush().await {
             Ok(()) => tracing::info!("the last commit is flushed; stopping"),
             Err(error) => tracing::error!(%error, "could not flush the store at shutdown"),
@@ -167,16 +172,51 @@ fn start_notice_worker(messaging: Messaging, clock: Arc<dyn Clock>) {
 /// of sent messages periodically, for reconciliation.
 fn start_messaging_jobs(messaging: Messaging, clock: Arc<dyn Clock>) {
     actix_rt::spawn(async move {
-        match messaging.recover_unresolved().await {
-            Ok(0) => {}
-            Ok(count) => tracing::warn!(count, "resolved messages left reserved by a crash"),
-            Err(error) => tracing::error!(%error, "could not resolve messages left reserved"),
-        }
         loop {
             actix_rt::time::sleep(PRICE_CHECK_INTERVAL).await;
             if let Err(error) = messaging.check_prices(clock.now_ms()).await {
                 tracing::warn!(%error, "price check failed");
             }
+        }
+    });
+}
+
+/// Keeps this instance's heartbeat fresh, and resolves what instances that
+/// stopped beating left half-done (reservations of messages being sent),
+/// at start and then now and then.
+fn start_instance_jobs(
+    store: Store,
+    messaging: Option<Messaging>,
+    clock: Arc<dyn Clock>,
+    timeout: std::time::Duration,
+) {
+    let timeout_ms = sms_credit_actors::clock::millis(timeout);
+    actix_rt::spawn(async move {
+        let mut ticks = actix_rt::time::interval(timeout / 4);
+        let mut round: u64 = 0;
+        loop {
+            ticks.tick().await;
+            let now_ms = clock.now_ms();
+            let instance_id = store.instance_id().to_string();
+            if let Err(error) = store.instances().heartbeat(instance_id, now_ms).await {
+                tracing::warn!(%error, "could not record this instance's heartbeat");
+            }
+            // At start, then every other tick (half the timeout).
+            if let (Some(messaging), true) = (&messaging, round.is_multiple_of(2)) {
+                match messaging.recover_unresolved(now_ms - timeout_ms).await {
+                    Ok(0) => {}
+                    Ok(count) => {
+                        tracing::warn!(
+                            count,
+                            "resolved messages left reserved by a stopped instance"
+                        )
+                    }
+                    Err(error) => {
+                        tracing::error!(%error, "could not resolve messages left reserved")
+                    }
+                }
+            }
+            round += 1;
         }
     });
 }
@@ -282,6 +322,12 @@ impl Application {
             tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
         });
+        start_instance_jobs(
+            core.store.clone(),
+            core.messaging.clone(),
+            Arc::clone(&clock),
+            state.settings.instance_timeout,
+        );
         if let Some(messaging) = core.messaging.clone() {
             start_notice_worker(messaging.clone(), Arc::clone(&clock));
             start_messaging_jobs(messaging, Arc::clone(&clock));

@@ -138,6 +138,8 @@ async fn acknowledged_operations_survive_sigkill() {
         ("SMS_CREDIT_TWILIO_FROM", FROM),
         ("SMS_CREDIT_TWILIO_API_BASE", twilio.base_url.as_str()),
         ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
+        // A killed instance counts as gone 2 s after its last heartbeat.
+        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
     ];
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(Mutex::new(Vec::new()));
@@ -201,10 +203,32 @@ async fn acknowledged_operations_survive_sigkill() {
         "every cycle got work done before the kill: {per_cycle:?}"
     );
 
-    // Recovery runs at start-up; then a clean stop.
+    // Recovery runs once the killed instance counts as gone; then a clean stop.
     let server = ServerProcess::start(&directory, &env);
     let health = client.get(server.url("/readyz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let connection = sms_credit_actors::store::sqlite::raw_connection(
+            &directory.path().join("sms-credit.db"),
+        )
+        .unwrap();
+        let open: i64 = connection
+            .query_row(
+                "SELECT COUNT(*) FROM messages WHERE state = 'reserved'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} reservations still open 20 s after the restart"
+        );
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+    }
     let mut server = server;
     std::process::Command::new("kill")
         .args(["-TERM", &server.child.id().to_string()])

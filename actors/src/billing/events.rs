@@ -15,7 +15,7 @@ use super::BillingError;
 use crate::account_actor::{Credit, Refund};
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
-use crate::store::{EventDecision, OrderCompletion, ReceivedEvent};
+use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
 
 /// The Stripe events the product acts on, parsed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -230,6 +230,14 @@ pub struct EventRecord {
 /// to 3 days, so state that has not appeared by then will not.
 pub const WAITING_HORIZON_MS: i64 = 3 * 24 * 3600 * 1000;
 
+/// How long an instance may take to apply an event before another instance
+/// that receives it may apply it instead.
+const CLAIM_LEASE_MS: i64 = 30_000;
+/// How long, and how often, an instance that receives an event another
+/// instance is applying waits for it to be decided before answering busy.
+const CLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+const CLAIM_WAITS: u32 = 50;
+
 /// How often (at most) handling an event also looks for expired ones.
 const EXPIRY_CHECK_EVERY_MS: i64 = 60_000;
 
@@ -274,17 +282,10 @@ impl Billing {
             ),
             Err(_) => None,
         };
-        let status = self
-            .store
-            .events()
-            .receive(ReceivedEvent {
-                event_id: event_id.to_string(),
-                event_type: event_type.to_string(),
-                payload,
-                now_ms,
-            })
-            .await?;
-        if status.is_final() {
+        if !self
+            .claim(event_id, event_type, payload, now_ms, CLAIM_WAITS)
+            .await?
+        {
             return Ok(EventOutcome::Duplicate);
         }
         self.expire_waiting_now_and_then(now_ms).await?;
@@ -302,6 +303,45 @@ impl Billing {
             self.wake_waiting(event.unblocks(), now_ms).await?;
         }
         Ok(outcome)
+    }
+
+    /// Claims an event for this instance: `true` when it is this instance's
+    /// to apply, `false` when it was decided before. Another instance's live
+    /// claim is waited out (`waits` times a short pause), then answered as
+    /// busy (Stripe retries).
+    async fn claim(
+        &self,
+        event_id: &str,
+        event_type: &str,
+        payload: Option<String>,
+        now_ms: i64,
+        waits: u32,
+    ) -> Result<bool, BillingError> {
+        for attempt in 0..=waits {
+            let reception = self
+                .store
+                .events()
+                .receive(ReceivedEvent {
+                    event_id: event_id.to_string(),
+                    event_type: event_type.to_string(),
+                    payload: payload.clone(),
+                    instance_id: self.store.instance_id().to_string(),
+                    lease_until_ms: now_ms + CLAIM_LEASE_MS,
+                    now_ms,
+                })
+                .await?;
+            match reception {
+                Reception::Claimed => return Ok(true),
+                Reception::Decided(_) => return Ok(false),
+                Reception::Busy if attempt < waits => {
+                    tokio::time::sleep(CLAIM_PAUSE).await;
+                }
+                Reception::Busy => {}
+            }
+        }
+        Err(BillingError::Busy(format!(
+            "another instance is applying event {event_id}"
+        )))
     }
 
     async fn decide(
@@ -341,6 +381,13 @@ impl Billing {
             let waiting = self.store.events().waiting_on(keys).await?;
             keys = Vec::new();
             for record in waiting {
+                // Another instance may be waking it too: one applies it.
+                if !self
+                    .claim(&record.event_id, &record.event_type, None, now_ms, 0)
+                    .await?
+                {
+                    continue;
+                }
                 let parsed = record
                     .payload
                     .as_deref()

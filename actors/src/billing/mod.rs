@@ -37,6 +37,9 @@ pub enum BillingError {
     Invalid(String),
     #[error("the payment provider failed: {0}")]
     Gateway(String),
+    /// Another instance is doing the same thing right now; retry shortly.
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
     #[error(transparent)]

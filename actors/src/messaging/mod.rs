@@ -156,6 +156,7 @@ impl Messaging {
             now_ms,
         );
         message.idempotency_key = Some(request.idempotency_key.clone());
+        message.instance_id = Some(self.store.instance_id().to_string());
         let (record, fresh) = self.store.messages().reserve_outbound(message).await?;
         if !fresh {
             return match record.state {
@@ -292,11 +293,13 @@ impl Messaging {
         Ok(())
     }
 
-    /// Resolves reservations a crash left open: the send is not known to
-    /// have happened, so the cost is given back (the service, not the
-    /// customer, carries that doubt).
-    pub async fn recover_unresolved(&self) -> Result<usize, MessagingError> {
-        let open = self.store.messages().unresolved().await?;
+    /// Resolves reservations a crash left open, of instances that are gone
+    /// (no heartbeat at or after `alive_since_ms`; a live instance's sends
+    /// in flight are its own): the send is not known to have happened, so
+    /// the cost is given back (the service, not the customer, carries that
+    /// doubt).
+    pub async fn recover_unresolved(&self, alive_since_ms: i64) -> Result<usize, MessagingError> {
+        let open = self.store.messages().unresolved(alive_since_ms).await?;
         let count = open.len();
         for record in open {
             // Whether the debit itself committed is unknown: a refund keyed
@@ -440,5 +443,6 @@ fn new_message(
         twilio_sid: None,
         next_price_check_at: None,
         created_at_ms: now_ms,
+        instance_id: None,
     }
 }

@@ -113,6 +113,8 @@ pub struct NewMessage {
     pub twilio_sid: Option<String>,
     pub next_price_check_at: Option<i64>,
     pub created_at_ms: i64,
+    /// The instance that reserved it (outbound messages), for crash recovery.
+    pub instance_id: Option<String>,
 }
 
 /// What a sent message cost: the reconciliation report's input.

@@ -24,9 +24,9 @@ use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
 pub use ports::{
-    AccessOrderRequest, AccountStore, Backend, BillingStore, EventDecision, InboundRecord,
-    LedgerStore, MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent,
-    StoreFuture, StripeEventStore, TokenStore,
+    AccessOrderRequest, AccountStore, Backend, BillingStore, EventDecision, InboundClaim,
+    InboundRecord, InstanceStore, LedgerStore, MessageStore, OrderCompletion, PriceAccess,
+    PriceCheck, ReceivedEvent, Reception, StoreFuture, StripeEventStore, TokenStore,
 };
 
 /// Where the database is.
@@ -388,6 +388,15 @@ impl Store {
 
     pub fn messages(&self) -> &dyn MessageStore {
         &*self.backend
+    }
+
+    pub fn instances(&self) -> &dyn InstanceStore {
+        &*self.backend
+    }
+
+    /// This store's name among the instances sharing the database.
+    pub fn instance_id(&self) -> &str {
+        &self.shared.origin
     }
 
     /// The accounts other processes wrote to, as this store learns of them

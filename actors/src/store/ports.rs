@@ -202,7 +202,23 @@ pub struct ReceivedEvent {
     /// The event in the core's words (`StripeEvent` as JSON), or `None`
     /// when it could not be read.
     pub payload: Option<String>,
+    /// The instance that received it, and until when it may apply it
+    /// alone (another instance receiving it meanwhile waits).
+    pub instance_id: String,
+    pub lease_until_ms: i64,
     pub now_ms: i64,
+}
+
+/// What receiving an event came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reception {
+    /// Decided before (applied, ignored, expired, failed): nothing to do.
+    Decided(EventStatus),
+    /// This instance applies it now (it was new, waiting, or its earlier
+    /// claim lapsed).
+    Claimed,
+    /// Another instance is applying it right now.
+    Busy,
 }
 
 /// What became of an event.
@@ -217,10 +233,11 @@ pub struct EventDecision {
 
 /// Stripe's events, each decided once.
 pub trait StripeEventStore: Send + Sync {
-    /// Records an event the first time it is seen; answers its status
-    /// (`Received` for one not decided yet).
-    fn receive(&self, event: ReceivedEvent) -> StoreFuture<EventStatus>;
-    /// Records what became of an event. An event already decided stays so.
+    /// Records an event the first time it is seen and claims it for this
+    /// instance unless it is decided or another instance's claim is live.
+    fn receive(&self, event: ReceivedEvent) -> StoreFuture<Reception>;
+    /// Records what became of an event (and lets go of its claim). An event
+    /// already decided stays so.
     fn decide(&self, decision: EventDecision) -> StoreFuture<()>;
     /// The waiting events that wait for any of `keys`, oldest first.
     fn waiting_on(&self, keys: Vec<String>) -> StoreFuture<Vec<EventRecord>>;
@@ -231,9 +248,22 @@ pub trait StripeEventStore: Send + Sync {
     fn list(&self, status: Option<EventStatus>, limit: i64) -> StoreFuture<Vec<EventRecord>>;
 }
 
+/// What claiming an inbound SMS came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InboundClaim {
+    /// This instance answers it now.
+    Mine,
+    /// It was answered before: the reply it got (`None`: no reply).
+    Answered(Option<String>),
+    /// Another instance is answering it right now.
+    Busy,
+}
+
 /// An inbound SMS answered, with the cost of its reply.
 pub struct InboundRecord {
     pub message_sid: String,
+    /// The instance answering it.
+    pub instance_id: String,
     pub from: String,
     pub account_id: Option<AccountId>,
     pub body: String,
@@ -269,9 +299,10 @@ pub trait MessageStore: Send + Sync {
     ) -> StoreFuture<(Option<MessageRecord>, Option<String>)>;
     /// Moves a reserved message to voided; `false` if it was not reserved.
     fn mark_voided(&self, message_id: i64) -> StoreFuture<bool>;
-    /// Messages whose reservation was never resolved (a crash between the
-    /// debit and the send).
-    fn unresolved(&self) -> StoreFuture<Vec<MessageRecord>>;
+    /// Messages whose reservation was never resolved by an instance that is
+    /// gone (a crash between the debit and the send): reserved by no live
+    /// instance, that is none whose heartbeat is at or after `alive_since_ms`.
+    fn unresolved(&self, alive_since_ms: i64) -> StoreFuture<Vec<MessageRecord>>;
     /// Records a status Twilio reported; a status for a sid not recorded
     /// yet is kept for [`MessageStore::mark_sent`] (and `None` answered).
     fn record_status(
@@ -292,9 +323,23 @@ pub trait MessageStore: Send + Sync {
         message_sid: String,
         phone: Option<PhoneNumber>,
     ) -> StoreFuture<(Option<Option<String>>, Option<Account>)>;
+    /// Claims an inbound SMS for this instance before a command with an
+    /// effect outside the store (a charge) runs, so that a retry of the same
+    /// MessageSid reaching another instance waits for this one's reply.
+    fn claim_inbound(
+        &self,
+        message_sid: String,
+        from: String,
+        body: String,
+        instance_id: String,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreFuture<InboundClaim>;
     /// Records an inbound SMS and its reply (and the reply's cost), unless
-    /// its MessageSid was recorded before: then answers the reply it got.
-    fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<Option<Option<String>>>;
+    /// its MessageSid was answered before (then the reply it got) or
+    /// another instance is answering it. A claim of this instance on it
+    /// becomes the answer (`Mine`: this reply was recorded).
+    fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<InboundClaim>;
     /// Sent messages whose Twilio price is due; each is put off to
     /// `lease_until` in the same transaction, so that no other worker looks
     /// it up at the same time.
@@ -341,8 +386,22 @@ pub trait MessageStore: Send + Sync {
     fn notice_ended(&self, notice_id: i64, state: NoticeState, error: String) -> StoreFuture<()>;
 }
 
+/// The instances (processes) sharing the database.
+pub trait InstanceStore: Send + Sync {
+    /// Records this instance as alive now (at start, then every few seconds).
+    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()>;
+    /// Forgets this instance (a clean stop): what it left is anyone's.
+    fn leave(&self, instance_id: String) -> StoreFuture<()>;
+}
+
 /// A store: every port, from one adapter.
 pub trait Backend:
-    LedgerStore + AccountStore + TokenStore + BillingStore + StripeEventStore + MessageStore
+    LedgerStore
+    + AccountStore
+    + TokenStore
+    + BillingStore
+    + StripeEventStore
+    + MessageStore
+    + InstanceStore
 {
 }

@@ -26,7 +26,11 @@ use crate::messaging::records::MessageKind;
 use crate::messaging::Messaging;
 use crate::rating::RateTable;
 use crate::registry::Registry;
-use crate::store::{InboundRecord, Store, StoreError};
+use crate::store::{InboundClaim, InboundRecord, Store, StoreError};
+
+/// How long an instance may take to answer a `BUY` before another instance
+/// that receives the same MessageSid may answer it instead.
+const INBOUND_CLAIM_LEASE_MS: i64 = 60_000;
 
 /// A verified inbound SMS. The answer is the reply text (`None`: no reply).
 #[derive(Message, Clone, Debug)]
@@ -47,6 +51,10 @@ pub enum SmsError {
     Ledger(#[from] LedgerError),
     #[error("the supervisor stopped before it answered")]
     Interrupted,
+    /// Another instance is answering this MessageSid right now; Twilio's
+    /// retry gets its reply.
+    #[error("another instance is answering this message")]
+    Busy,
 }
 
 /// What the SMS flows use.
@@ -196,6 +204,28 @@ impl SmsContext {
             let phone = known.as_ref().map(|known| known.phone.clone());
             (known, phone)
         };
+        // A charge goes to Stripe, outside the store: claim the MessageSid
+        // first, so that a retry reaching another instance meanwhile waits
+        // for this reply instead of charging (or answering) on its own.
+        if account.is_some() && matches!(command, Command::Buy(BuyAmount::Ten)) {
+            let claim = self
+                .store
+                .messages()
+                .claim_inbound(
+                    message.message_sid.clone(),
+                    message.from.clone(),
+                    message.body.clone(),
+                    self.store.instance_id().to_string(),
+                    now_ms,
+                    now_ms + INBOUND_CLAIM_LEASE_MS,
+                )
+                .await?;
+            match claim {
+                InboundClaim::Mine => {}
+                InboundClaim::Answered(reply) => return Ok(reply),
+                InboundClaim::Busy => return Err(SmsError::Busy),
+            }
+        }
         let reply = match &account {
             None => format!(
                 "This number has no SMS credit account. Sign up at {}",
@@ -212,11 +242,12 @@ impl SmsContext {
                 .ok(),
             _ => None,
         };
-        let earlier = self
+        let recorded = self
             .store
             .messages()
             .record_inbound(InboundRecord {
                 message_sid: message.message_sid.clone(),
+                instance_id: self.store.instance_id().to_string(),
                 from: message.from.clone(),
                 account_id,
                 body: message.body.clone(),
@@ -225,8 +256,13 @@ impl SmsContext {
                 now_ms,
             })
             .await?;
-        // A delivery handled meanwhile (after a restart) answered first.
-        Ok(earlier.unwrap_or(Some(reply)))
+        match recorded {
+            InboundClaim::Mine => Ok(Some(reply)),
+            // A delivery handled meanwhile (after a restart, or by another
+            // instance) answered first.
+            InboundClaim::Answered(earlier) => Ok(earlier),
+            InboundClaim::Busy => Err(SmsError::Busy),
+        }
     }
 
     async fn run(

@@ -7,7 +7,8 @@ use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::store::{
-    AccountStore, CreateAccountError, StoreError, StoreFuture, TokenStore, UnknownValue,
+    AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
+    UnknownValue,
 };
 
 /// Inserts an account with a zero balance. Runs inside a store write.
@@ -229,6 +230,29 @@ impl AccountStore for SqliteStore {
         customer_id: String,
     ) -> StoreFuture<String> {
         self.write(move |connection| set_stripe_customer(connection, account_id, &customer_id))
+    }
+}
+
+impl InstanceStore for SqliteStore {
+    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                )?
+                .execute(params![instance_id, now_ms])?;
+            Ok(())
+        })
+    }
+
+    fn leave(&self, instance_id: String) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached("DELETE FROM instances WHERE id = ?1")?
+                .execute([instance_id])?;
+            Ok(())
+        })
     }
 }
 

@@ -6,7 +6,8 @@ use rusqlite::{params, Connection, Row};
 use super::SqliteStore;
 use crate::billing::events::{EventRecord, EventStatus};
 use crate::store::{
-    EventDecision, ReceivedEvent, StoreError, StoreFuture, StripeEventStore, UnknownValue,
+    EventDecision, ReceivedEvent, Reception, StoreError, StoreFuture, StripeEventStore,
+    UnknownValue,
 };
 
 const COLUMNS: &str =
@@ -45,20 +46,49 @@ fn status_of(connection: &Connection, event_id: &str) -> Result<EventStatus, Sto
 }
 
 impl StripeEventStore for SqliteStore {
-    fn receive(&self, event: ReceivedEvent) -> StoreFuture<EventStatus> {
+    fn receive(&self, event: ReceivedEvent) -> StoreFuture<Reception> {
         self.write(move |connection| {
-            connection
+            let inserted = connection
                 .prepare_cached(
-                    "INSERT INTO stripe_events (event_id, event_type, received_at, payload, status)
-                     VALUES (?1, ?2, ?3, ?4, 'received') ON CONFLICT (event_id) DO NOTHING",
+                    "INSERT INTO stripe_events (event_id, event_type, received_at, payload, status,
+                                                claimed_by, claimed_until)
+                     VALUES (?1, ?2, ?3, ?4, 'received', ?5, ?6) ON CONFLICT (event_id) DO NOTHING",
                 )?
                 .execute(params![
                     event.event_id,
                     event.event_type,
                     event.now_ms,
-                    event.payload
+                    event.payload,
+                    event.instance_id,
+                    event.lease_until_ms,
                 ])?;
-            status_of(connection, &event.event_id)
+            if inserted == 1 {
+                return Ok(Reception::Claimed);
+            }
+            // Not decided yet: this instance's, or anyone's whose claim lapsed.
+            let claimed = connection
+                .prepare_cached(
+                    "UPDATE stripe_events
+                        SET claimed_by = ?2, claimed_until = ?3, payload = COALESCE(payload, ?5)
+                      WHERE event_id = ?1 AND status IN ('received', 'waiting')
+                        AND (claimed_by IS NULL OR claimed_by = ?2 OR claimed_until < ?4)",
+                )?
+                .execute(params![
+                    event.event_id,
+                    event.instance_id,
+                    event.lease_until_ms,
+                    event.now_ms,
+                    event.payload,
+                ])?;
+            if claimed == 1 {
+                return Ok(Reception::Claimed);
+            }
+            let status = status_of(connection, &event.event_id)?;
+            Ok(if status.is_final() {
+                Reception::Decided(status)
+            } else {
+                Reception::Busy
+            })
         })
     }
 
@@ -68,7 +98,8 @@ impl StripeEventStore for SqliteStore {
             connection
                 .prepare_cached(
                     "UPDATE stripe_events
-                        SET status = ?2, waiting_on = ?3, outcome = ?4, processed_at = ?5
+                        SET status = ?2, waiting_on = ?3, outcome = ?4, processed_at = ?5,
+                            claimed_by = NULL, claimed_until = NULL
                       WHERE event_id = ?1 AND status IN ('received', 'waiting')",
                 )?
                 .execute(params![

@@ -12,7 +12,7 @@ use crate::messaging::notices::{NewNotice, Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageKind, MessageRecord, MessageState, NewMessage, SentCost};
 use crate::money::Money;
 use crate::store::{
-    InboundRecord, MessageStore, PriceCheck, StoreError, StoreFuture, UnknownValue,
+    InboundClaim, InboundRecord, MessageStore, PriceCheck, StoreError, StoreFuture, UnknownValue,
 };
 
 const COLUMNS: &str = "id, account_id, kind, idempotency_key, to_number, country, encoding, segments,
@@ -51,8 +51,8 @@ fn insert(connection: &Connection, message: &NewMessage) -> Result<MessageRecord
         .prepare_cached(
             "INSERT INTO messages (account_id, kind, idempotency_key, to_number, country, encoding, segments,
                                    price_per_segment, carrier_cost_per_segment, charged, state, twilio_sid,
-                                   next_price_check_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                                   next_price_check_at, created_at, instance_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )?
         .execute(params![
             message.account_id.map(|id| id.0),
@@ -69,6 +69,7 @@ fn insert(connection: &Connection, message: &NewMessage) -> Result<MessageRecord
             message.twilio_sid,
             message.next_price_check_at,
             message.created_at_ms,
+            message.instance_id,
         ])?;
     get(connection, connection.last_insert_rowid())?
         .ok_or_else(|| StoreError::Database("inserted message vanished".into()))
@@ -178,12 +179,19 @@ fn mark_refunded(connection: &Connection, id: i64) -> Result<bool, StoreError> {
 
 /// Messages whose reservation was never resolved (a crash between the
 /// debit and the send).
-fn unresolved(connection: &Connection) -> Result<Vec<MessageRecord>, StoreError> {
+fn unresolved(
+    connection: &Connection,
+    alive_since_ms: i64,
+) -> Result<Vec<MessageRecord>, StoreError> {
     let mut statement = connection.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM messages WHERE state = 'reserved' ORDER BY id"
+        "SELECT {COLUMNS} FROM messages
+          WHERE state = 'reserved'
+            AND (instance_id IS NULL
+                 OR instance_id NOT IN (SELECT id FROM instances WHERE heartbeat_at >= ?1))
+          ORDER BY id"
     ))?;
     let rows = statement
-        .query_map([], from_row)?
+        .query_map([alive_since_ms], from_row)?
         .collect::<Result<Vec<_>, _>>()?;
     Ok(rows)
 }
@@ -195,34 +203,88 @@ fn inbound_reply(
     message_sid: &str,
 ) -> Result<Option<Option<String>>, StoreError> {
     let found = connection
-        .prepare_cached("SELECT reply FROM inbound_messages WHERE message_sid = ?1")?
+        .prepare_cached(
+            "SELECT reply FROM inbound_messages WHERE message_sid = ?1 AND state = 'answered'",
+        )?
         .query_row([message_sid], |row| row.get(0))
         .optional()?;
     Ok(found)
 }
 
-/// Records an inbound message and its reply, unless its MessageSid was
-/// recorded before: then the reply it got then (`Some`) and nothing changes.
+/// Records an inbound message and its reply: this instance's claim on it
+/// becomes the answer, or it is recorded if new; if it was answered before,
+/// the reply it got; if another instance is answering it, `Busy`.
 fn record_inbound(
+    connection: &Connection,
+    inbound: &InboundRecord,
+) -> Result<InboundClaim, StoreError> {
+    let account_id = inbound.account_id.map(|id| id.0);
+    let answered = connection
+        .prepare_cached(
+            "UPDATE inbound_messages
+                SET state = 'answered', reply = ?2, account_id = ?3, claimed_by = NULL, claimed_until = NULL
+              WHERE message_sid = ?1 AND state = 'claimed' AND claimed_by = ?4",
+        )?
+        .execute(params![inbound.message_sid, inbound.reply, account_id, inbound.instance_id])?;
+    if answered == 1 {
+        return Ok(InboundClaim::Mine);
+    }
+    let inserted = connection
+        .prepare_cached(
+            "INSERT INTO inbound_messages (message_sid, from_number, account_id, body, reply, created_at, state)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'answered') ON CONFLICT (message_sid) DO NOTHING",
+        )?
+        .execute(params![
+            inbound.message_sid,
+            inbound.from,
+            account_id,
+            inbound.body,
+            inbound.reply,
+            inbound.now_ms
+        ])?;
+    if inserted == 1 {
+        return Ok(InboundClaim::Mine);
+    }
+    Ok(match inbound_reply(connection, &inbound.message_sid)? {
+        Some(reply) => InboundClaim::Answered(reply),
+        None => InboundClaim::Busy,
+    })
+}
+
+/// Claims an inbound message for an instance (see `MessageStore::claim_inbound`).
+fn claim_inbound(
     connection: &Connection,
     message_sid: &str,
     from: &str,
-    account_id: Option<AccountId>,
     body: &str,
-    reply: Option<&str>,
+    instance_id: &str,
     now_ms: i64,
-) -> Result<Option<Option<String>>, StoreError> {
+    lease_until_ms: i64,
+) -> Result<InboundClaim, StoreError> {
     let inserted = connection
         .prepare_cached(
-            "INSERT INTO inbound_messages (message_sid, from_number, account_id, body, reply, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (message_sid) DO NOTHING",
+            "INSERT INTO inbound_messages (message_sid, from_number, body, reply, created_at, state,
+                                           claimed_by, claimed_until)
+             VALUES (?1, ?2, ?3, NULL, ?4, 'claimed', ?5, ?6) ON CONFLICT (message_sid) DO NOTHING",
         )?
-        .execute(params![message_sid, from, account_id.map(|id| id.0), body, reply, now_ms])?;
+        .execute(params![message_sid, from, body, now_ms, instance_id, lease_until_ms])?;
     if inserted == 1 {
-        Ok(None)
-    } else {
-        inbound_reply(connection, message_sid)
+        return Ok(InboundClaim::Mine);
     }
+    // Taken over when the claim is this instance's or has lapsed.
+    let taken = connection
+        .prepare_cached(
+            "UPDATE inbound_messages SET claimed_by = ?2, claimed_until = ?3
+              WHERE message_sid = ?1 AND state = 'claimed' AND (claimed_by = ?2 OR claimed_until < ?4)",
+        )?
+        .execute(params![message_sid, instance_id, lease_until_ms, now_ms])?;
+    if taken == 1 {
+        return Ok(InboundClaim::Mine);
+    }
+    Ok(match inbound_reply(connection, message_sid)? {
+        Some(reply) => InboundClaim::Answered(reply),
+        None => InboundClaim::Busy,
+    })
 }
 
 /// Forgets a reservation whose debit was refused (nothing was reserved).
@@ -396,8 +458,8 @@ impl MessageStore for SqliteStore {
         })
     }
 
-    fn unresolved(&self) -> StoreFuture<Vec<MessageRecord>> {
-        self.read(unresolved)
+    fn unresolved(&self, alive_since_ms: i64) -> StoreFuture<Vec<MessageRecord>> {
+        self.read(move |connection| unresolved(connection, alive_since_ms))
     }
 
     fn record_status(
@@ -439,23 +501,37 @@ impl MessageStore for SqliteStore {
         })
     }
 
-    fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<Option<Option<String>>> {
+    fn claim_inbound(
+        &self,
+        message_sid: String,
+        from: String,
+        body: String,
+        instance_id: String,
+        now_ms: i64,
+        lease_until_ms: i64,
+    ) -> StoreFuture<InboundClaim> {
         self.write(move |connection| {
-            let earlier = record_inbound(
+            claim_inbound(
                 connection,
-                &inbound.message_sid,
-                &inbound.from,
-                inbound.account_id,
-                &inbound.body,
-                inbound.reply.as_deref(),
-                inbound.now_ms,
-            )?;
-            if earlier.is_none() {
+                &message_sid,
+                &from,
+                &body,
+                &instance_id,
+                now_ms,
+                lease_until_ms,
+            )
+        })
+    }
+
+    fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<InboundClaim> {
+        self.write(move |connection| {
+            let recorded = record_inbound(connection, &inbound)?;
+            if recorded == InboundClaim::Mine {
                 if let Some(reply_cost) = &inbound.reply_cost {
                     insert(connection, reply_cost)?;
                 }
             }
-            Ok(earlier)
+            Ok(recorded)
         })
     }
 

@@ -43,6 +43,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V8__ledger_changes",
         include_str!("../../../../migrations/sqlite/V8__ledger_changes.sql"),
     ),
+    (
+        "V9__instances_and_claims",
+        include_str!("../../../../migrations/sqlite/V9__instances_and_claims.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

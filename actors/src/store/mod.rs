@@ -8,6 +8,7 @@
 //! is answered only after the transaction that holds it has committed.
 
 pub mod ports;
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
@@ -34,14 +35,20 @@ pub use ports::{
 pub enum DatabaseLocation {
     /// An SQLite file, created and migrated if absent.
     Sqlite(PathBuf),
+    /// A Postgres database, migrated if needed.
+    Postgres(postgres::PostgresUrl),
 }
 
 impl DatabaseLocation {
-    /// A file path or `sqlite://path` is SQLite.
+    /// `postgres://…` or `postgresql://…` is Postgres; a file path or
+    /// `sqlite://path` is SQLite.
     pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("is empty".to_string());
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return postgres::PostgresUrl::parse(text).map(DatabaseLocation::Postgres);
         }
         if let Some(path) = text.strip_prefix("sqlite://") {
             return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
@@ -53,6 +60,7 @@ impl DatabaseLocation {
     pub fn sqlite_path(&self) -> Option<&Path> {
         match self {
             DatabaseLocation::Sqlite(path) => Some(path),
+            DatabaseLocation::Postgres(_) => None,
         }
     }
 }
@@ -61,6 +69,7 @@ impl fmt::Display for DatabaseLocation {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DatabaseLocation::Sqlite(path) => write!(formatter, "sqlite://{}", path.display()),
+            DatabaseLocation::Postgres(url) => url.fmt(formatter),
         }
     }
 }
@@ -346,6 +355,12 @@ impl Store {
                 settings.readers.max(1),
                 Arc::clone(&shared),
             )?),
+            DatabaseLocation::Postgres(url) => Arc::new(postgres::PostgresStore::open(
+                url,
+                settings.max_batch.max(1),
+                settings.readers.max(1),
+                Arc::clone(&shared),
+            )?),
         };
         Ok(Store {
             backend,
@@ -359,6 +374,7 @@ impl Store {
     pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
         match location {
             DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
+            DatabaseLocation::Postgres(url) => postgres::migrate(url),
         }
     }
 

@@ -1,0 +1,338 @@
+//! Accounts, account tokens and instances in Postgres.
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::{boxed, is_unique_violation, PostgresStore};
+use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
+use crate::ledger::AccountId;
+use crate::money::Money;
+use crate::store::{
+    AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
+    UnknownValue,
+};
+
+pub(super) const ACCOUNT_COLUMNS: &str =
+    "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
+     b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id";
+
+pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let unknown = |column: &'static str, value: &str| {
+        StoreError::UnknownValue(UnknownValue::new("accounts", id, column, value))
+    };
+    let phone_text: String = row.try_get(1)?;
+    let email_text: Option<String> = row.try_get(2)?;
+    let status_text: String = row.try_get(4)?;
+    Ok(Account {
+        id: AccountId(id),
+        phone: PhoneNumber::parse(&phone_text).map_err(|_| unknown("phone", &phone_text))?,
+        email: match email_text {
+            Some(text) => Some(Email::parse(&text).map_err(|_| unknown("email", &text))?),
+            None => None,
+        },
+        stripe_customer_id: row.try_get(3)?,
+        status: AccountStatus::parse(&status_text).ok_or_else(|| unknown("status", &status_text))?,
+        created_at_ms: row.try_get(5)?,
+        balance: Money::from_micros(row.try_get(6)?),
+        seq: row.try_get(7)?,
+        low_balance_warned_at_ms: row.try_get(8)?,
+        stripe_payment_method_id: row.try_get(9)?,
+    })
+}
+
+pub(super) async fn get_account(
+    client: &impl GenericClient,
+    account_id: AccountId,
+) -> Result<Option<Account>, StoreError> {
+    client
+        .query_opt(
+            &format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                  WHERE a.id = $1"
+            ),
+            &[&account_id.0],
+        )
+        .await?
+        .map(|row| account_from_row(&row))
+        .transpose()
+}
+
+pub(super) async fn find_account_by_phone(
+    client: &impl GenericClient,
+    phone: &PhoneNumber,
+) -> Result<Option<Account>, StoreError> {
+    client
+        .query_opt(
+            &format!(
+                "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                  WHERE a.phone = $1"
+            ),
+            &[&phone.as_str()],
+        )
+        .await?
+        .map(|row| account_from_row(&row))
+        .transpose()
+}
+
+/// Inserts an account with a zero balance (inside a write's savepoint).
+pub(super) async fn insert_account(
+    client: &impl GenericClient,
+    new_account: &NewAccount,
+    created_at_ms: i64,
+) -> Result<Account, CreateAccountError> {
+    let inserted = client
+        .query_one(
+            "INSERT INTO accounts (phone, email, status, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[
+                &new_account.phone.as_str(),
+                &new_account.email.as_ref().map(Email::as_str),
+                &new_account.status.as_str(),
+                &created_at_ms,
+            ],
+        )
+        .await;
+    let id: i64 = match inserted {
+        Ok(row) => row.try_get(0).map_err(StoreError::from)?,
+        Err(error) if is_unique_violation(&error) => {
+            return Err(CreateAccountError::PhoneTaken(
+                new_account.phone.as_str().to_string(),
+            ))
+        }
+        Err(error) => return Err(StoreError::from(error).into()),
+    };
+    client
+        .execute(
+            "INSERT INTO account_balances (account_id, balance, seq, low_balance_warned_at, updated_at)
+             VALUES ($1, 0, 0, NULL, $2)",
+            &[&id, &created_at_ms],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    Ok(Account {
+        id: AccountId(id),
+        phone: new_account.phone.clone(),
+        email: new_account.email.clone(),
+        stripe_customer_id: None,
+        status: new_account.status,
+        created_at_ms,
+        balance: Money::ZERO,
+        seq: 0,
+        low_balance_warned_at_ms: None,
+        stripe_payment_method_id: None,
+    })
+}
+
+pub(super) async fn set_stripe_customer(
+    client: &impl GenericClient,
+    account_id: AccountId,
+    customer_id: &str,
+) -> Result<String, StoreError> {
+    let row = client
+        .query_one(
+            "UPDATE accounts SET stripe_customer_id = COALESCE(stripe_customer_id, $2) WHERE id = $1
+             RETURNING stripe_customer_id",
+            &[&account_id.0, &customer_id],
+        )
+        .await?;
+    let stored: Option<String> = row.try_get(0)?;
+    Ok(stored.unwrap_or_else(|| customer_id.to_string()))
+}
+
+pub(super) async fn activate(
+    client: &impl GenericClient,
+    account_id: AccountId,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "UPDATE accounts SET status = 'active' WHERE id = $1 AND status = 'pending'",
+            &[&account_id.0],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn account_exists(
+    client: &impl GenericClient,
+    account_id: AccountId,
+) -> Result<bool, StoreError> {
+    Ok(client
+        .query_opt("SELECT 1 FROM accounts WHERE id = $1", &[&account_id.0])
+        .await?
+        .is_some())
+}
+
+async fn insert_token(
+    client: &impl GenericClient,
+    account_id: AccountId,
+    token_hash: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    client
+        .execute(
+            "INSERT INTO account_tokens (account_id, token_hash, created_at) VALUES ($1, $2, $3)",
+            &[&account_id.0, &token_hash, &now_ms],
+        )
+        .await?;
+    Ok(())
+}
+
+async fn revoke_tokens(
+    client: &impl GenericClient,
+    account_id: AccountId,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    Ok(client
+        .execute(
+            "UPDATE account_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
+            &[&account_id.0, &now_ms],
+        )
+        .await? as usize)
+}
+
+impl AccountStore for PostgresStore {
+    fn create(
+        &self,
+        account: NewAccount,
+        now_ms: i64,
+    ) -> StoreFuture<Account, CreateAccountError> {
+        self.write(move |transaction| {
+            let account = account.clone();
+            boxed(async move { insert_account(transaction, &account, now_ms).await })
+        })
+    }
+
+    fn get(&self, account_id: AccountId) -> StoreFuture<Option<Account>> {
+        self.read(move |client| async move { get_account(&*client, account_id).await })
+    }
+
+    fn by_phone(&self, phone: PhoneNumber) -> StoreFuture<Option<Account>> {
+        self.read(move |client| async move { find_account_by_phone(&*client, &phone).await })
+    }
+
+    fn list(
+        &self,
+        search: Option<String>,
+        after_id: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<Account>> {
+        self.read(move |client| async move {
+            let pattern = search.as_ref().map(|text| {
+                let escaped = text
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                format!("%{escaped}%")
+            });
+            let exact_id = search.as_deref().and_then(|text| text.trim().parse::<i64>().ok());
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                          WHERE a.id > $1
+                            AND ($2::text IS NULL OR a.phone LIKE $2 ESCAPE '\\' OR a.email LIKE $2 ESCAPE '\\'
+                                 OR a.id = $3)
+                          ORDER BY a.id LIMIT $4"
+                    ),
+                    &[&after_id, &pattern, &exact_id, &limit],
+                )
+                .await?;
+            rows.iter().map(account_from_row).collect()
+        })
+    }
+
+    fn set_stripe_customer(
+        &self,
+        account_id: AccountId,
+        customer_id: String,
+    ) -> StoreFuture<String> {
+        self.write(move |transaction| {
+            let customer_id = customer_id.clone();
+            boxed(async move { set_stripe_customer(transaction, account_id, &customer_id).await })
+        })
+    }
+}
+
+impl TokenStore for PostgresStore {
+    fn issue(&self, account_id: AccountId, token_hash: String, now_ms: i64) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let token_hash = token_hash.clone();
+            boxed(async move {
+                if !account_exists(transaction, account_id).await? {
+                    return Ok(false);
+                }
+                insert_token(transaction, account_id, &token_hash, now_ms).await?;
+                Ok(true)
+            })
+        })
+    }
+
+    fn revoke_all(&self, account_id: AccountId, now_ms: i64) -> StoreFuture<usize> {
+        self.write(move |transaction| {
+            boxed(async move { revoke_tokens(transaction, account_id, now_ms).await })
+        })
+    }
+
+    fn rotate(
+        &self,
+        account_id: AccountId,
+        token_hash: String,
+        now_ms: i64,
+    ) -> StoreFuture<Option<usize>> {
+        self.write(move |transaction| {
+            let token_hash = token_hash.clone();
+            boxed(async move {
+                if !account_exists(transaction, account_id).await? {
+                    return Ok(None);
+                }
+                let revoked = revoke_tokens(transaction, account_id, now_ms).await?;
+                insert_token(transaction, account_id, &token_hash, now_ms).await?;
+                Ok(Some(revoked))
+            })
+        })
+    }
+
+    fn account_of(&self, token_hash: String) -> StoreFuture<Option<AccountId>> {
+        self.read(move |client| async move {
+            let found = client
+                .query_opt(
+                    "SELECT account_id FROM account_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
+                    &[&token_hash],
+                )
+                .await?;
+            Ok(found
+                .map(|row| row.try_get::<_, i64>(0))
+                .transpose()?
+                .map(AccountId))
+        })
+    }
+}
+
+impl InstanceStore for PostgresStore {
+    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let instance_id = instance_id.clone();
+            boxed(async move {
+                transaction
+                    .execute(
+                        "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
+                         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                        &[&instance_id, &now_ms],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn leave(&self, instance_id: String) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let instance_id = instance_id.clone();
+            boxed(async move {
+                transaction
+                    .execute("DELETE FROM instances WHERE id = $1", &[&instance_id])
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+}

@@ -1,0 +1,558 @@
+//! Pricing, discount codes and orders in Postgres. The compound operations
+//! (opening an order with its account and discount use) run in one write,
+//! so that a code's use limit holds however many instances race for it.
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::accounts::{
+    activate, find_account_by_phone, get_account, insert_account, set_stripe_customer,
+};
+use super::{boxed, PostgresStore};
+use crate::accounts::{Account, AccountStatus, NewAccount};
+use crate::billing::discounts::{Discount, DiscountCode};
+use crate::billing::orders::{NewOrder, Order, OrderStatus, OrderType};
+use crate::billing::pricing::{Pricing, PricingMode};
+use crate::billing::BillingError;
+use crate::ledger::AccountId;
+use crate::money::Money;
+use crate::store::{
+    AccessOrderRequest, BillingStore, CreateAccountError, OrderCompletion, StoreError,
+    StoreFuture, UnknownValue,
+};
+
+async fn load_pricing(client: &impl GenericClient) -> Result<Pricing, StoreError> {
+    let row = client
+        .query_one("SELECT mode, sale_price FROM pricing WHERE id = 1", &[])
+        .await?;
+    let mode: String = row.try_get(0)?;
+    let sale_price: Option<i64> = row.try_get(1)?;
+    let mode = PricingMode::parse(&mode)
+        .ok_or_else(|| StoreError::UnknownValue(UnknownValue::new("pricing", 1, "mode", mode)))?;
+    Ok(Pricing {
+        mode,
+        sale_price: sale_price.map(Money::from_micros),
+    })
+}
+
+const CODE_COLUMNS: &str =
+    "id, code, discount_type, value, max_uses, current_uses, active, stripe_coupon_id, created_at";
+
+fn code_from_row(row: &Row) -> Result<DiscountCode, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let kind: String = row.try_get(2)?;
+    let value: i64 = row.try_get(3)?;
+    let discount = match kind.as_str() {
+        "percent" => Discount::Percent { percent: value },
+        "fixed" => Discount::Fixed {
+            amount: Money::from_micros(value),
+        },
+        _ => {
+            return Err(StoreError::UnknownValue(UnknownValue::new(
+                "discount_codes",
+                id,
+                "discount_type",
+                kind,
+            )))
+        }
+    };
+    Ok(DiscountCode {
+        id,
+        code: row.try_get(1)?,
+        discount,
+        max_uses: row.try_get(4)?,
+        current_uses: row.try_get(5)?,
+        active: row.try_get::<_, i64>(6)? == 1,
+        stripe_coupon_id: row.try_get(7)?,
+        created_at_ms: row.try_get(8)?,
+    })
+}
+
+async fn find_code(
+    client: &impl GenericClient,
+    code: &str,
+) -> Result<Option<DiscountCode>, StoreError> {
+    client
+        .query_opt(
+            &format!("SELECT {CODE_COLUMNS} FROM discount_codes WHERE code = $1"),
+            &[&code],
+        )
+        .await?
+        .map(|row| code_from_row(&row))
+        .transpose()
+}
+
+/// Takes one use of a code, refusing unknown, inactive and used-up codes
+/// with distinct errors; the conditional update is atomic, so no two
+/// checkouts on any instances can take the last use.
+async fn reserve_code(
+    client: &impl GenericClient,
+    code: &str,
+) -> Result<DiscountCode, BillingError> {
+    let reserved = client
+        .execute(
+            "UPDATE discount_codes SET current_uses = current_uses + 1
+              WHERE code = $1 AND active = 1 AND (max_uses IS NULL OR current_uses < max_uses)",
+            &[&code],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    match find_code(client, code).await? {
+        Some(discount_code) if reserved == 1 => Ok(discount_code),
+        Some(discount_code) if !discount_code.active => {
+            Err(BillingError::InactiveDiscountCode(code.to_string()))
+        }
+        Some(_) => Err(BillingError::DiscountCodeUsedUp(code.to_string())),
+        None => Err(BillingError::UnknownDiscountCode(code.to_string())),
+    }
+}
+
+async fn release_code_of_order(
+    client: &impl GenericClient,
+    order_id: i64,
+) -> Result<(), StoreError> {
+    let claimed = client
+        .execute(
+            "UPDATE orders SET discount_released = 1
+              WHERE id = $1 AND discount_code_id IS NOT NULL AND discount_released = 0",
+            &[&order_id],
+        )
+        .await?;
+    if claimed == 1 {
+        client
+            .execute(
+                "UPDATE discount_codes SET current_uses = current_uses - 1
+                  WHERE id = (SELECT discount_code_id FROM orders WHERE id = $1) AND current_uses > 0",
+                &[&order_id],
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+const ORDER_COLUMNS: &str = "id, account_id, order_type, amount, list_price, pricing_mode, stripe_session_id,
+                       stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at";
+
+fn order_from_row(row: &Row) -> Result<Order, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let unknown = |column: &'static str, value: String| {
+        StoreError::UnknownValue(UnknownValue::new("orders", id, column, value))
+    };
+    let order_type: String = row.try_get(2)?;
+    let status: String = row.try_get(10)?;
+    let pricing_mode: Option<String> = row.try_get(5)?;
+    Ok(Order {
+        id,
+        account_id: AccountId(row.try_get(1)?),
+        order_type: OrderType::parse(&order_type)
+            .ok_or_else(|| unknown("order_type", order_type.clone()))?,
+        amount: Money::from_micros(row.try_get(3)?),
+        list_price: Money::from_micros(row.try_get(4)?),
+        pricing_mode: match pricing_mode {
+            Some(mode) => Some(
+                PricingMode::parse(&mode).ok_or_else(|| unknown("pricing_mode", mode.clone()))?,
+            ),
+            None => None,
+        },
+        stripe_session_id: row.try_get(6)?,
+        stripe_payment_intent_id: row.try_get(7)?,
+        discount_code_id: row.try_get(8)?,
+        amount_refunded: Money::from_micros(row.try_get(9)?),
+        status: OrderStatus::parse(&status).ok_or_else(|| unknown("status", status.clone()))?,
+        created_at_ms: row.try_get(11)?,
+        completed_at_ms: row.try_get(12)?,
+    })
+}
+
+async fn insert_order(
+    client: &impl GenericClient,
+    order: &NewOrder,
+    charge_key: Option<&str>,
+    now_ms: i64,
+) -> Result<Order, StoreError> {
+    let row = client
+        .query_one(
+            &format!(
+                "INSERT INTO orders (account_id, order_type, amount, list_price, pricing_mode, discount_code_id,
+                                     charge_key, status, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8) RETURNING {ORDER_COLUMNS}"
+            ),
+            &[
+                &order.account_id.0,
+                &order.order_type.as_str(),
+                &order.amount.micros(),
+                &order.list_price.micros(),
+                &order.pricing_mode.map(PricingMode::as_str),
+                &order.discount_code_id,
+                &charge_key,
+                &now_ms,
+            ],
+        )
+        .await?;
+    order_from_row(&row)
+}
+
+async fn order_where(
+    client: &impl GenericClient,
+    condition: &str,
+    value: &(dyn tokio_postgres::types::ToSql + Sync),
+) -> Result<Option<Order>, StoreError> {
+    client
+        .query_opt(
+            &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {condition} = $1"),
+            &[value],
+        )
+        .await?
+        .map(|row| order_from_row(&row))
+        .transpose()
+}
+
+impl BillingStore for PostgresStore {
+    fn pricing(&self) -> StoreFuture<Pricing> {
+        self.read(move |client| async move { load_pricing(&*client).await })
+    }
+
+    fn set_pricing(&self, pricing: Pricing, now_ms: i64) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE pricing SET mode = $1, sale_price = $2, updated_at = $3 WHERE id = 1",
+                        &[
+                            &pricing.mode.as_str(),
+                            &pricing.sale_price.map(Money::micros),
+                            &now_ms,
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn create_discount_code(
+        &self,
+        code: String,
+        discount: Discount,
+        max_uses: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<Option<DiscountCode>> {
+        self.write(move |transaction| {
+            let code = code.clone();
+            boxed(async move {
+                let (kind, value) = match discount {
+                    Discount::Percent { percent } => ("percent", percent),
+                    Discount::Fixed { amount } => ("fixed", amount.micros()),
+                };
+                let inserted = transaction
+                    .execute(
+                        "INSERT INTO discount_codes (code, discount_type, value, max_uses, created_at)
+                         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (code) DO NOTHING",
+                        &[&code, &kind, &value, &max_uses, &now_ms],
+                    )
+                    .await?;
+                if inserted == 0 {
+                    return Ok(None);
+                }
+                find_code(transaction, &code).await
+            })
+        })
+    }
+
+    fn discount_codes(&self) -> StoreFuture<Vec<DiscountCode>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    &format!("SELECT {CODE_COLUMNS} FROM discount_codes ORDER BY code"),
+                    &[],
+                )
+                .await?;
+            rows.iter().map(code_from_row).collect()
+        })
+    }
+
+    fn set_discount_code_active(
+        &self,
+        code: String,
+        active: bool,
+    ) -> StoreFuture<Option<DiscountCode>> {
+        self.write(move |transaction| {
+            let code = code.clone();
+            boxed(async move {
+                let changed = transaction
+                    .execute(
+                        "UPDATE discount_codes SET active = $2 WHERE code = $1",
+                        &[&code, &i64::from(active)],
+                    )
+                    .await?;
+                if changed == 1 {
+                    find_code(transaction, &code).await
+                } else {
+                    Ok(None)
+                }
+            })
+        })
+    }
+
+    fn open_access_order(
+        &self,
+        request: AccessOrderRequest,
+    ) -> StoreFuture<(Account, Order), BillingError> {
+        self.write(move |transaction| {
+            let phone = request.phone.clone();
+            let email = request.email.clone();
+            let discount_code = request.discount_code.clone();
+            let price = request.price;
+            let now_ms = request.now_ms;
+            boxed(async move {
+                let account = match find_account_by_phone(transaction, &phone).await? {
+                    Some(account) if account.status == AccountStatus::Active => {
+                        return Err(BillingError::AlreadyActive(account.id))
+                    }
+                    Some(account) => account,
+                    None => {
+                        let new_account = NewAccount {
+                            phone,
+                            email: Some(email),
+                            status: AccountStatus::Pending,
+                        };
+                        insert_account(transaction, &new_account, now_ms)
+                            .await
+                            .map_err(|error| match error {
+                                CreateAccountError::Store(store) => BillingError::Store(store),
+                                other => BillingError::Invalid(other.to_string()),
+                            })?
+                    }
+                };
+                let pricing = load_pricing(transaction).await?;
+                let reserved = match &discount_code {
+                    Some(code) => Some(reserve_code(transaction, code).await?),
+                    None => None,
+                };
+                let (list_price, amount) =
+                    price(&pricing, reserved.as_ref().map(|code| code.discount))?;
+                let order = insert_order(
+                    transaction,
+                    &NewOrder {
+                        account_id: account.id,
+                        order_type: OrderType::InitialAccess,
+                        amount,
+                        list_price,
+                        pricing_mode: Some(pricing.mode),
+                        discount_code_id: reserved.map(|code| code.id),
+                    },
+                    None,
+                    now_ms,
+                )
+                .await?;
+                Ok((account, order))
+            })
+        })
+    }
+
+    fn open_order(
+        &self,
+        order: NewOrder,
+        now_ms: i64,
+    ) -> StoreFuture<(Account, Order), BillingError> {
+        self.write(move |transaction| {
+            let order = order.clone();
+            boxed(async move {
+                let account = get_account(transaction, order.account_id)
+                    .await?
+                    .ok_or(BillingError::AccountNotFound(order.account_id))?;
+                if account.status != AccountStatus::Active {
+                    return Err(BillingError::Invalid(
+                        "only an active account can top up; buy access first".into(),
+                    ));
+                }
+                let order = insert_order(transaction, &order, None, now_ms).await?;
+                Ok((account, order))
+            })
+        })
+    }
+
+    fn open_off_session_order(
+        &self,
+        order: NewOrder,
+        charge_key: String,
+        now_ms: i64,
+    ) -> StoreFuture<(Account, Order), BillingError> {
+        self.write(move |transaction| {
+            let order = order.clone();
+            let charge_key = charge_key.clone();
+            boxed(async move {
+                let account = get_account(transaction, order.account_id)
+                    .await?
+                    .ok_or(BillingError::AccountNotFound(order.account_id))?;
+                if account.stripe_customer_id.is_none()
+                    || account.stripe_payment_method_id.is_none()
+                {
+                    return Err(BillingError::NoSavedCard);
+                }
+                // Another instance may open the same charge at the same
+                // moment: the key is unique, and the loser reads the winner's.
+                let inserted = transaction
+                    .query_opt(
+                        "INSERT INTO orders (account_id, order_type, amount, list_price, charge_key, status, created_at)
+                         VALUES ($1, $2, $3, $4, $5, 'pending', $6)
+                         ON CONFLICT (charge_key) DO NOTHING RETURNING id",
+                        &[
+                            &order.account_id.0,
+                            &order.order_type.as_str(),
+                            &order.amount.micros(),
+                            &order.list_price.micros(),
+                            &charge_key,
+                            &now_ms,
+                        ],
+                    )
+                    .await
+                    .map_err(StoreError::from)?;
+                let _ = inserted;
+                let found = order_where(transaction, "charge_key", &charge_key)
+                    .await?
+                    .ok_or_else(|| StoreError::Database("the charge's order vanished".into()))?;
+                Ok((account, found))
+            })
+        })
+    }
+
+    fn set_order_session(&self, order_id: i64, session_id: String) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let session_id = session_id.clone();
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE orders SET stripe_session_id = $2 WHERE id = $1",
+                        &[&order_id, &session_id],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn set_order_payment_intent(
+        &self,
+        order_id: i64,
+        payment_intent_id: String,
+    ) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let payment_intent_id = payment_intent_id.clone();
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE orders SET stripe_payment_intent_id = $2
+                          WHERE id = $1 AND stripe_payment_intent_id IS NULL",
+                        &[&order_id, &payment_intent_id],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn end_order(&self, order_id: i64, status: OrderStatus) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let ended = transaction
+                    .execute(
+                        "UPDATE orders SET status = $2 WHERE id = $1 AND status = 'pending'",
+                        &[&order_id, &status.as_str()],
+                    )
+                    .await?;
+                release_code_of_order(transaction, order_id).await?;
+                Ok(ended == 1)
+            })
+        })
+    }
+
+    fn complete_order(&self, completion: OrderCompletion) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let payment_intent_id = completion.payment_intent_id.clone();
+            let customer = completion.customer.clone();
+            let (order_id, paid, activate_account, now_ms) = (
+                completion.order_id,
+                completion.paid,
+                completion.activate,
+                completion.now_ms,
+            );
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE orders SET status = 'completed', amount = $2,
+                                stripe_payment_intent_id = COALESCE(stripe_payment_intent_id, $3),
+                                completed_at = COALESCE(completed_at, $4)
+                          WHERE id = $1 AND status IN ('pending', 'failed', 'expired')",
+                        &[&order_id, &paid.micros(), &payment_intent_id, &now_ms],
+                    )
+                    .await?;
+                if let Some((account_id, customer_id)) = &customer {
+                    set_stripe_customer(transaction, *account_id, customer_id).await?;
+                }
+                if let Some(account_id) = activate_account {
+                    activate(transaction, account_id).await?;
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE orders SET amount_refunded = $2,
+                                status = CASE WHEN $2 >= amount THEN 'refunded' ELSE status END
+                          WHERE id = $1 AND amount_refunded < $2",
+                        &[&order_id, &cumulative.micros()],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn order(&self, order_id: i64) -> StoreFuture<Option<Order>> {
+        self.read(move |client| async move { order_where(&*client, "id", &order_id).await })
+    }
+
+    fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>> {
+        self.read(move |client| async move {
+            order_where(&*client, "stripe_session_id", &session_id).await
+        })
+    }
+
+    fn order_by_payment_intent(&self, payment_intent_id: String) -> StoreFuture<Option<Order>> {
+        self.read(move |client| async move {
+            order_where(&*client, "stripe_payment_intent_id", &payment_intent_id).await
+        })
+    }
+
+    fn orders_of(&self, account_id: AccountId) -> StoreFuture<Vec<Order>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = $1 ORDER BY id"),
+                    &[&account_id.0],
+                )
+                .await?;
+            rows.iter().map(order_from_row).collect()
+        })
+    }
+
+    fn save_card(&self, customer_id: String, payment_method_id: String) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let (customer_id, payment_method_id) = (customer_id.clone(), payment_method_id.clone());
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE accounts SET stripe_payment_method_id = $2 WHERE stripe_customer_id = $1",
+                        &[&customer_id, &payment_method_id],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+}

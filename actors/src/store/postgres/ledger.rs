@@ -1,0 +1,275 @@
+//! The ledger and the snapshots in Postgres: the look-ups of the account
+//! actors and the feed, and the scans of `verify` (the writer has the
+//! guarded append).
+
+use tokio_postgres::{Client, Row};
+
+use super::PostgresStore;
+use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
+use crate::money::Money;
+use crate::store::{LedgerStore, LedgerWrite, StoreError, StoreFuture, UnknownValue};
+use crate::verify::{Verifier, VerifyReport, VerifyRow};
+
+const ENTRY_COLUMNS: &str =
+    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at";
+
+fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
+    let account_id = AccountId(row.try_get(0)?);
+    let seq: i64 = row.try_get(1)?;
+    let kind_text: String = row.try_get(2)?;
+    let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
+        StoreError::UnknownValue(UnknownValue::new(
+            "transactions",
+            format!("account {account_id} seq {seq}"),
+            "type",
+            kind_text,
+        ))
+    })?;
+    Ok(LedgerEntry {
+        account_id,
+        seq,
+        kind,
+        amount: Money::from_micros(row.try_get(3)?),
+        balance_after: Money::from_micros(row.try_get(4)?),
+        idempotency_key: row.try_get(5)?,
+        order_id: row.try_get(6)?,
+        description: row.try_get(7)?,
+        created_at_ms: row.try_get(8)?,
+    })
+}
+
+fn entries(rows: &[Row]) -> Result<Vec<LedgerEntry>, StoreError> {
+    rows.iter().map(entry_from_row).collect()
+}
+
+pub(super) fn snapshot_from_row(row: &Row) -> Result<Snapshot, StoreError> {
+    Ok(Snapshot {
+        balance: Money::from_micros(row.try_get(0)?),
+        seq: row.try_get(1)?,
+        low_balance_warned_at_ms: row.try_get(2)?,
+    })
+}
+
+async fn load_snapshot(
+    client: &Client,
+    account_id: AccountId,
+) -> Result<Option<Snapshot>, StoreError> {
+    client
+        .query_opt(
+            "SELECT balance, seq, low_balance_warned_at FROM account_balances WHERE account_id = $1",
+            &[&account_id.0],
+        )
+        .await?
+        .map(|row| snapshot_from_row(&row))
+        .transpose()
+}
+
+async fn list_entries(
+    client: &Client,
+    account_id: AccountId,
+    after_seq: i64,
+    limit: i64,
+) -> Result<Vec<LedgerEntry>, StoreError> {
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {ENTRY_COLUMNS} FROM transactions WHERE account_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+            ),
+            &[&account_id.0, &after_seq, &limit],
+        )
+        .await?;
+    entries(&rows)
+}
+
+/// The rows of an account from seq `first` to `last`, in order.
+pub(super) async fn entries_between(
+    client: &Client,
+    account_id: AccountId,
+    first: i64,
+    last: i64,
+) -> Result<Vec<LedgerEntry>, StoreError> {
+    list_entries(client, account_id, first - 1, last - first + 1).await
+}
+
+/// Feeds every ledger row (with its account's snapshot), then every
+/// account without rows, to a [`Verifier`], all read in one snapshot of the
+/// database (a repeatable-read transaction on a connection of its own).
+async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
+    let transaction = client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let mut verifier = Verifier::new();
+    let rows = transaction
+        .query_raw(
+            "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq
+               FROM transactions t LEFT JOIN account_balances b ON b.account_id = t.account_id
+              ORDER BY t.account_id, t.seq",
+            std::iter::empty::<i64>(),
+        )
+        .await?;
+    futures_util::pin_mut!(rows);
+    while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
+        let balance: Option<i64> = row.try_get(5)?;
+        let seq: Option<i64> = row.try_get(6)?;
+        verifier.row(VerifyRow {
+            account_id: AccountId(row.try_get(0)?),
+            seq: row.try_get(1)?,
+            kind: row.try_get(2)?,
+            amount: row.try_get(3)?,
+            balance_after: row.try_get(4)?,
+            snapshot: balance.zip(seq),
+        });
+    }
+    let accounts = transaction
+        .query(
+            "SELECT a.id, b.balance, b.seq FROM accounts a
+               LEFT JOIN account_balances b ON b.account_id = a.id
+              WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.account_id = a.id)
+              ORDER BY a.id",
+            &[],
+        )
+        .await?;
+    for row in accounts {
+        let balance: Option<i64> = row.try_get(1)?;
+        let seq: Option<i64> = row.try_get(2)?;
+        verifier.account_without_rows(AccountId(row.try_get(0)?), balance.zip(seq));
+    }
+    transaction.commit().await?;
+    Ok(verifier.finish())
+}
+
+impl LedgerStore for PostgresStore {
+    fn submit(&self, write: LedgerWrite) -> Result<(), StoreError> {
+        self.writer
+            .send(super::WriterMessage::Ledger(write))
+            .map_err(|_| StoreError::Closed)
+    }
+
+    fn snapshot(&self, account_id: AccountId) -> StoreFuture<Option<Snapshot>> {
+        self.read(move |client| async move { load_snapshot(&client, account_id).await })
+    }
+
+    fn entry_by_key(
+        &self,
+        account_id: AccountId,
+        key: IdempotencyKey,
+    ) -> StoreFuture<Option<LedgerEntry>> {
+        self.read(move |client| async move {
+            client
+                .query_opt(
+                    &format!(
+                        "SELECT {ENTRY_COLUMNS} FROM transactions WHERE account_id = $1 AND idempotency_key = $2"
+                    ),
+                    &[&account_id.0, &key.as_str()],
+                )
+                .await?
+                .map(|row| entry_from_row(&row))
+                .transpose()
+        })
+    }
+
+    fn entries_after(
+        &self,
+        account_id: AccountId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LedgerEntry>> {
+        self.read(move |client| async move {
+            list_entries(&client, account_id, after_seq, limit).await
+        })
+    }
+
+    fn latest_entries(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<LedgerEntry>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {ENTRY_COLUMNS} FROM transactions WHERE account_id = $1 ORDER BY seq DESC LIMIT $2"
+                    ),
+                    &[&account_id.0, &limit],
+                )
+                .await?;
+            entries(&rows)
+        })
+    }
+
+    fn snapshot_and_entries_after(
+        &self,
+        account_id: AccountId,
+        after_seq: i64,
+        limit: i64,
+    ) -> StoreFuture<(Option<Snapshot>, Vec<LedgerEntry>)> {
+        // One statement: one snapshot of the database.
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT b.balance, b.seq, b.low_balance_warned_at, t.*
+                           FROM account_balances b
+                           LEFT JOIN LATERAL (SELECT {ENTRY_COLUMNS} FROM transactions
+                                               WHERE account_id = b.account_id AND seq > $2
+                                               ORDER BY seq LIMIT $3) t ON true
+                          WHERE b.account_id = $1
+                          ORDER BY t.seq"
+                    ),
+                    &[&account_id.0, &after_seq, &limit],
+                )
+                .await?;
+            let Some(first) = rows.first() else {
+                return Ok((None, Vec::new()));
+            };
+            let snapshot = snapshot_from_row(first)?;
+            let mut found = Vec::new();
+            for row in &rows {
+                if row.try_get::<_, Option<i64>>(3)?.is_none() {
+                    continue;
+                }
+                let account_id = AccountId(row.try_get(3)?);
+                let seq: i64 = row.try_get(4)?;
+                let kind_text: String = row.try_get(5)?;
+                let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
+                    StoreError::UnknownValue(UnknownValue::new(
+                        "transactions",
+                        format!("account {account_id} seq {seq}"),
+                        "type",
+                        kind_text,
+                    ))
+                })?;
+                found.push(LedgerEntry {
+                    account_id,
+                    seq,
+                    kind,
+                    amount: Money::from_micros(row.try_get(6)?),
+                    balance_after: Money::from_micros(row.try_get(7)?),
+                    idempotency_key: row.try_get(8)?,
+                    order_id: row.try_get(9)?,
+                    description: row.try_get(10)?,
+                    created_at_ms: row.try_get(11)?,
+                });
+            }
+            Ok((Some(snapshot), found))
+        })
+    }
+
+    fn verify(&self) -> StoreFuture<VerifyReport> {
+        let connector = self.readers.connector.clone();
+        Box::pin(async move {
+            let mut client = connector.connect(None).await?;
+            verify(&mut client).await
+        })
+    }
+
+    fn flush(&self) -> StoreFuture<()> {
+        self.flush_writer()
+    }
+
+    fn ping(&self) -> StoreFuture<()> {
+        self.read(move |client| async move {
+            client.query_one("SELECT 1", &[]).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,104 @@
+//! The listener task: `LISTEN`s on the ledger channel on a connection of
+//! its own and, for each notification another instance's writer sent with
+//! its commit (`origin;account:first-last;…`), reads the rows it names and
+//! hands them to the store: to the balance feed, and to the registry so
+//! that live actors reload. Notifications arrive in commit order, within
+//! milliseconds of the commit. A lost connection is made again (a second
+//! later, then longer); what was committed meanwhile reaches actors through
+//! their snapshot guard, and feed clients through their gap filling.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use super::writer::CHANNEL;
+use super::{ledger, Connector, Readers};
+use crate::ledger::AccountId;
+use crate::store::Shared;
+
+/// The `account:first-last` pairs after the origin; a malformed pair is
+/// skipped (it names nothing this release could read).
+fn decode(payload: &str) -> Option<(&str, Vec<(AccountId, i64, i64)>)> {
+    let mut parts = payload.split(';');
+    let origin = parts.next()?;
+    let pairs = parts
+        .filter_map(|pair| {
+            let (account, range) = pair.split_once(':')?;
+            let (first, last) = range.split_once('-')?;
+            Some((
+                AccountId(account.parse().ok()?),
+                first.parse().ok()?,
+                last.parse().ok()?,
+            ))
+        })
+        .collect();
+    Some((origin, pairs))
+}
+
+pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Weak<Shared>) {
+    let mut pause = Duration::from_secs(1);
+    loop {
+        let (notifications, mut received) = mpsc::unbounded_channel();
+        let listening = async {
+            let client = connector.connect(Some(notifications)).await?;
+            client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+            Ok::<_, crate::store::StoreError>(client)
+        }
+        .await;
+        let client = match listening {
+            Ok(client) => client,
+            Err(error) => {
+                if shared.upgrade().is_none() {
+                    return;
+                }
+                tracing::warn!(%error, "cannot listen for other instances' writes; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(30));
+                continue;
+            }
+        };
+        pause = Duration::from_secs(1);
+        while let Some(notification) = received.recv().await {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let Some((origin, moved)) = decode(notification.payload()) else {
+                continue;
+            };
+            if origin == shared.origin {
+                continue;
+            }
+            for (account_id, first, last) in moved {
+                let rows = async {
+                    let client = readers.client().await?;
+                    ledger::entries_between(&client, account_id, first, last).await
+                }
+                .await;
+                match rows {
+                    Ok(entries) => shared.external(entries),
+                    Err(error) => {
+                        tracing::warn!(%account_id, %error, "could not read another instance's rows")
+                    }
+                }
+            }
+        }
+        drop(client);
+        if shared.upgrade().is_none() {
+            return;
+        }
+        tracing::warn!("the listening connection closed; listening again");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_read_back() {
+        let (origin, moved) = decode("abc;7:12-14;9:3-3;garbage").unwrap_or(("", Vec::new()));
+        assert_eq!(origin, "abc");
+        assert_eq!(moved, vec![(AccountId(7), 12, 14), (AccountId(9), 3, 3)]);
+    }
+}

@@ -1,0 +1,53 @@
+//! The Postgres migrations (`migrations/postgres/`), embedded and applied by
+//! refinery, each in a transaction with its row in `refinery_schema_history`.
+//! Instances that start at the same moment take a session advisory lock
+//! first, so that each migration runs exactly once.
+
+use refinery::{Migration, Runner};
+use tokio_postgres::Client;
+
+use crate::store::StoreError;
+
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "V1__schema",
+    include_str!("../../../../migrations/postgres/V1__schema.sql"),
+)];
+
+/// The advisory lock's key: "sms-credit migrations".
+const LOCK: i64 = 0x736d_735f_6d69_6772;
+
+fn migration_error(error: impl std::fmt::Display) -> StoreError {
+    StoreError::Migration(error.to_string())
+}
+
+pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreError> {
+    let migrations: Vec<Migration> = MIGRATIONS
+        .iter()
+        .map(|(name, sql)| Migration::unapplied(name, sql).map_err(migration_error))
+        .collect::<Result<_, _>>()?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
+        .await
+        .map_err(migration_error)?;
+    let report = Runner::new(&migrations)
+        .set_abort_missing(true)
+        .set_abort_divergent(true)
+        .run_async(client)
+        .await
+        .map_err(migration_error);
+    let unlocked = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
+        .await
+        .map_err(migration_error);
+    let report = report?;
+    unlocked?;
+    let applied: Vec<String> = report
+        .applied_migrations()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    for name in &applied {
+        tracing::info!(migration = %name, "applied migration");
+    }
+    Ok(applied)
+}

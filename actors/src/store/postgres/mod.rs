@@ -1,0 +1,546 @@
+//! The Postgres adapter (tokio-postgres): a writer task that owns one
+//! connection and group-commits everything queued while its last commit
+//! ran, a few reader connections that pipeline look-ups, and a listener
+//! connection that learns, by `LISTEN/NOTIFY`, of the ledger rows other
+//! instances commit. They all run on a runtime of the adapter's own, on its
+//! own thread; callers on any thread await their answers. A write is
+//! answered only after the `COMMIT` that holds it has returned, and the
+//! server never turns `synchronous_commit` off.
+//!
+//! The SQL lives in this folder, one file per part of the port.
+
+mod accounts;
+mod billing;
+mod events;
+mod ledger;
+mod listener;
+mod messages;
+mod migrations;
+mod writer;
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, Transaction};
+
+use super::{Backend, LedgerWrite, Shared, StoreError, StoreFuture};
+
+/// A Postgres URL (`postgres://` or `postgresql://`), parsed once. Its
+/// password never shows: `Display` and `Debug` print the URL without it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PostgresUrl {
+    /// The URL as given, less the parameters only this adapter reads.
+    url: String,
+    /// The URL with its password replaced, for messages.
+    shown: String,
+    /// A PEM file of the certificate authorities to trust (`sslrootcert`),
+    /// instead of the public web's.
+    root_certificates: Option<String>,
+}
+
+impl PostgresUrl {
+    pub fn parse(text: &str) -> Result<PostgresUrl, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| "is not a postgres:// URL".to_string())?;
+        if scheme != "postgres" && scheme != "postgresql" {
+            return Err("is not a postgres:// URL".to_string());
+        }
+        let (before_query, query) = match rest.split_once('?') {
+            Some((before, query)) => (before, Some(query)),
+            None => (rest, None),
+        };
+        let mut kept = Vec::new();
+        let mut root_certificates = None;
+        for pair in query.into_iter().flat_map(|query| query.split('&')) {
+            match pair.split_once('=') {
+                Some(("sslrootcert", path)) => root_certificates = Some(path.to_string()),
+                _ => kept.push(pair),
+            }
+        }
+        let url = if kept.is_empty() {
+            format!("{scheme}://{before_query}")
+        } else {
+            format!("{scheme}://{before_query}?{}", kept.join("&"))
+        };
+        tokio_postgres::Config::from_str(&url)
+            .map_err(|error| format!("is not a Postgres URL this server can use ({error})"))?;
+        // user:password@host → user:***@host
+        let shown_authority = match before_query.rsplit_once('@') {
+            Some((credentials, host)) => match credentials.split_once(':') {
+                Some((user, _password)) => format!("{user}:***@{host}"),
+                None => format!("{credentials}@{host}"),
+            },
+            None => before_query.to_string(),
+        };
+        let shown = match query {
+            Some(query) => format!("{scheme}://{shown_authority}?{query}"),
+            None => format!("{scheme}://{shown_authority}"),
+        };
+        Ok(PostgresUrl {
+            url,
+            shown,
+            root_certificates,
+        })
+    }
+
+    fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
+        tokio_postgres::Config::from_str(&self.url).map_err(|error| StoreError::Open {
+            path: self.shown.clone(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// Whether the URL asks for TLS (`sslmode=require`).
+    fn wants_tls(&self) -> Result<bool, StoreError> {
+        Ok(matches!(
+            self.config()?.get_ssl_mode(),
+            tokio_postgres::config::SslMode::Require
+        ))
+    }
+}
+
+impl fmt::Display for PostgresUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for PostgresUrl {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(&self.shown)
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> StoreError {
+        StoreError::Database(describe(&error))
+    }
+}
+
+/// An error with its database cause (tokio-postgres's own text says little).
+fn describe(error: &tokio_postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => error.to_string(),
+    }
+}
+
+/// Whether a failed transaction may simply be tried again: a deadlock or a
+/// serialization failure between instances.
+fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    matches!(
+        error.code(),
+        Some(&SqlState::T_R_DEADLOCK_DETECTED) | Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+    )
+}
+
+/// Whether an error is a unique-constraint violation.
+fn is_unique_violation(error: &tokio_postgres::Error) -> bool {
+    error.code() == Some(&SqlState::UNIQUE_VIOLATION)
+}
+
+/// How connections are made: the URL and TLS (rustls when the URL asks).
+#[derive(Clone)]
+struct Connector {
+    url: PostgresUrl,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Connector {
+    fn new(url: &PostgresUrl, runtime: tokio::runtime::Handle) -> Result<Connector, StoreError> {
+        let tls = if url.wants_tls()? {
+            let mut roots = rustls::RootCertStore::empty();
+            match &url.root_certificates {
+                Some(path) => {
+                    use rustls::pki_types::pem::PemObject;
+                    let certificates =
+                        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|error| {
+                            StoreError::Open {
+                                path: url.to_string(),
+                                reason: format!("cannot read sslrootcert {path}: {error}"),
+                            }
+                        })?;
+                    for certificate in certificates {
+                        let certificate = certificate.map_err(|error| StoreError::Open {
+                            path: url.to_string(),
+                            reason: format!("cannot read sslrootcert {path}: {error}"),
+                        })?;
+                        roots.add(certificate).map_err(|error| StoreError::Open {
+                            path: url.to_string(),
+                            reason: format!("sslrootcert {path}: {error}"),
+                        })?;
+                    }
+                }
+                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            }
+            let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map_err(|error| StoreError::Open {
+                path: url.to_string(),
+                reason: error.to_string(),
+            })?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            Some(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+        } else {
+            None
+        };
+        Ok(Connector {
+            url: url.clone(),
+            tls,
+            runtime,
+        })
+    }
+
+    /// A new connection, driven on the adapter's runtime; with `on_message`,
+    /// the connection's notifications go to it (the listener).
+    async fn connect(
+        &self,
+        notifications: Option<mpsc::UnboundedSender<tokio_postgres::Notification>>,
+    ) -> Result<Client, StoreError> {
+        let config = self.url.config()?;
+        let tls = self.tls.clone();
+        let shown = self.url.to_string();
+        let connected = self
+            .runtime
+            .spawn(async move {
+                match tls {
+                    Some(tls) => {
+                        let (client, connection) = config.connect(tls).await?;
+                        tokio::spawn(drive(connection, notifications));
+                        Ok::<_, tokio_postgres::Error>(client)
+                    }
+                    None => {
+                        let (client, connection) =
+                            config.connect(tokio_postgres::NoTls).await?;
+                        tokio::spawn(drive(connection, notifications));
+                        Ok(client)
+                    }
+                }
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        connected.map_err(|error| StoreError::Open {
+            path: shown,
+            reason: describe(&error),
+        })
+    }
+}
+
+/// Drives a connection until it closes, handing notifications on.
+async fn drive<S, T>(
+    mut connection: tokio_postgres::Connection<S, T>,
+    notifications: Option<mpsc::UnboundedSender<tokio_postgres::Notification>>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    loop {
+        let message = std::future::poll_fn(|cx| connection.poll_message(cx)).await;
+        match message {
+            Some(Ok(tokio_postgres::AsyncMessage::Notification(notification))) => {
+                if let Some(sender) = &notifications {
+                    let _ = sender.send(notification);
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(error)) => {
+                tracing::warn!(error = %describe(&error), "a Postgres connection failed");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+/// A few reader connections, used in turn; concurrent queries on one are
+/// pipelined by tokio-postgres. A closed one is replaced on next use.
+struct Readers {
+    connector: Connector,
+    slots: Vec<Mutex<Option<Arc<Client>>>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        let current = self.slots[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if let Some(client) = current {
+            if !client.is_closed() {
+                return Ok(client);
+            }
+        }
+        let client = Arc::new(self.connector.connect(None).await?);
+        *self.slots[index]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&client));
+        Ok(client)
+    }
+}
+
+type ErasedValue = Box<dyn Any + Send>;
+type OpFuture<'t> = Pin<Box<dyn Future<Output = Result<ErasedValue, ErasedValue>> + Send + 't>>;
+/// A write of the port, run in a savepoint of the group commit's
+/// transaction. `Fn`: a batch that meets a deadlock with another instance is
+/// run again from the start.
+type ErasedOp = Box<dyn for<'t> Fn(&'t Transaction<'_>) -> OpFuture<'t> + Send + Sync>;
+
+/// Why an erased write did not succeed.
+enum CustomFailure {
+    /// The operation itself refused; its savepoint was rolled back.
+    Op(ErasedValue),
+    /// The batch it was in did not commit.
+    Store(StoreError),
+}
+
+struct CustomWrite {
+    op: ErasedOp,
+    done: oneshot::Sender<Result<ErasedValue, CustomFailure>>,
+}
+
+enum WriterMessage {
+    Ledger(LedgerWrite),
+    Custom(CustomWrite),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The adapter.
+pub struct PostgresStore {
+    writer: mpsc::UnboundedSender<WriterMessage>,
+    readers: Arc<Readers>,
+    url: PostgresUrl,
+    /// Dropped with the adapter: tells its runtime's thread to stop.
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts the adapter's runtime on a thread of its own; answers its handle
+/// and the sender that stops it (when dropped).
+fn start_runtime() -> Result<(tokio::runtime::Handle, oneshot::Sender<()>), StoreError> {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (handle_sender, handle_receiver) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("store-postgres".to_string())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("store-postgres-io")
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    let _ = handle_sender.send(Err(error.to_string()));
+                    return;
+                }
+            };
+            let _ = handle_sender.send(Ok(runtime.handle().clone()));
+            runtime.block_on(async move {
+                let _ = stopped.await;
+            });
+        })
+        .map_err(|error| StoreError::Open {
+            path: String::new(),
+            reason: format!("could not start the Postgres thread: {error}"),
+        })?;
+    let handle = handle_receiver
+        .recv()
+        .map_err(|_| StoreError::Closed)?
+        .map_err(|reason| StoreError::Open {
+            path: String::new(),
+            reason,
+        })?;
+    Ok((handle, stop))
+}
+
+/// Applies the migrations the database has not had yet; answers their names.
+pub fn migrate(url: &PostgresUrl) -> Result<Vec<String>, StoreError> {
+    let (runtime, stop) = start_runtime()?;
+    let connector = Connector::new(url, runtime.clone())?;
+    let applied = block_on(&runtime, async move {
+        let mut client = connector.connect(None).await?;
+        migrations::migrate(&mut client).await
+    });
+    drop(stop);
+    applied
+}
+
+/// Runs `work` on the adapter's runtime and waits for it on this thread
+/// (start-up and one-off commands only).
+fn block_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    let (done, answer) = std::sync::mpsc::channel();
+    runtime.spawn(async move {
+        let _ = done.send(work.await);
+    });
+    answer.recv().map_err(|_| StoreError::Closed)?
+}
+
+impl PostgresStore {
+    /// Connects (migrating the database if needed, under an advisory lock
+    /// so that instances starting together migrate once) and starts the
+    /// writer, the readers and the listener.
+    pub(crate) fn open(
+        url: &PostgresUrl,
+        max_batch: usize,
+        readers: usize,
+        shared: Arc<Shared>,
+    ) -> Result<PostgresStore, StoreError> {
+        let (runtime, stop) = start_runtime()?;
+        let connector = Connector::new(url, runtime.clone())?;
+        let migrating = connector.clone();
+        block_on(&runtime, async move {
+            let mut client = migrating.connect(None).await?;
+            migrations::migrate(&mut client).await
+        })?;
+        let readers = Arc::new(Readers {
+            connector: connector.clone(),
+            slots: (0..readers.max(2)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        });
+        let (writer, queue) = mpsc::unbounded_channel();
+        let writer_state = writer::Writer::new(connector.clone(), max_batch, Arc::clone(&shared));
+        runtime.spawn(writer_state.run(queue));
+        runtime.spawn(listener::run(
+            connector,
+            Arc::clone(&readers),
+            Arc::downgrade(&shared),
+        ));
+        Ok(PostgresStore {
+            writer,
+            readers,
+            url: url.clone(),
+            _stop: stop,
+        })
+    }
+
+    /// Runs `op` inside the next group commit, in a savepoint of its own:
+    /// an `Err` from `op` rolls back only `op`; an `Ok` is answered once the
+    /// batch has committed.
+    fn write<T, E, F>(&self, op: F) -> StoreFuture<T, E>
+    where
+        T: Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: for<'t> Fn(&'t Transaction<'_>) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        let erased: ErasedOp = Box::new(move |transaction| {
+            let future = op(transaction);
+            Box::pin(async move {
+                match future.await {
+                    Ok(value) => Ok(Box::new(value) as ErasedValue),
+                    Err(error) => Err(Box::new(error) as ErasedValue),
+                }
+            })
+        });
+        let (done, answer) = oneshot::channel();
+        let queued = self
+            .writer
+            .send(WriterMessage::Custom(CustomWrite { op: erased, done }))
+            .map_err(|_| StoreError::Closed);
+        Box::pin(async move {
+            queued.map_err(E::from)?;
+            match answer.await {
+                Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
+                    E::from(StoreError::Database(
+                        "write answered with the wrong type".into(),
+                    ))
+                }),
+                Ok(Err(CustomFailure::Op(error))) => Err(error
+                    .downcast::<E>()
+                    .map(|error| *error)
+                    .unwrap_or_else(|_| {
+                        E::from(StoreError::Database(
+                            "write failed with the wrong type".into(),
+                        ))
+                    })),
+                Ok(Err(CustomFailure::Store(error))) => Err(E::from(error)),
+                Err(_) => Err(E::from(StoreError::Closed)),
+            }
+        })
+    }
+
+    /// Runs `query` on a reader connection (outside any transaction: it
+    /// sees every commit answered before it started).
+    fn read<T, F, Fut>(&self, query: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Client>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let readers = Arc::clone(&self.readers);
+        Box::pin(async move {
+            let client = readers.client().await?;
+            query(client).await
+        })
+    }
+
+    fn flush_writer(&self) -> StoreFuture<()> {
+        let (done, answer) = oneshot::channel();
+        let queued = self
+            .writer
+            .send(WriterMessage::Flush(done))
+            .map_err(|_| StoreError::Closed);
+        Box::pin(async move {
+            queued?;
+            answer.await.map_err(|_| StoreError::Closed)
+        })
+    }
+}
+
+impl Backend for PostgresStore {}
+
+impl fmt::Debug for PostgresStore {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "PostgresStore({})", self.url)
+    }
+}
+
+/// Boxes a write's future (the signature `PostgresStore::write` wants).
+fn boxed<'t, T>(
+    future: impl Future<Output = T> + Send + 't,
+) -> Pin<Box<dyn Future<Output = T> + Send + 't>> {
+    Box::pin(future)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_urls_password_never_shows() {
+        let url = PostgresUrl::parse("postgres://app:s3cret@db.example.com:5432/credit?sslmode=require")
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            url.to_string(),
+            "postgres://app:***@db.example.com:5432/credit?sslmode=require"
+        );
+        assert!(!format!("{url:?}").contains("s3cret"));
+        assert!(url.wants_tls().unwrap_or(false));
+        let plain = PostgresUrl::parse("postgresql://localhost/credit")
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(!plain.wants_tls().unwrap_or(true));
+        let rooted =
+            PostgresUrl::parse("postgres://u:p@h/d?sslmode=require&sslrootcert=/etc/ca.pem")
+                .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(rooted.root_certificates.as_deref(), Some("/etc/ca.pem"));
+        assert!(PostgresUrl::parse("mysql://x/y").is_err());
+    }
+}

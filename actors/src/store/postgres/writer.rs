@@ -1,0 +1,645 @@
+//! The writer task: takes everything queued while the last commit ran and
+//! puts it into the next transaction (group commit). Ledger writes go in
+//! bulk: the accounts' snapshot rows are locked in account order (so two
+//! instances never deadlock on them), each account's chain of writes moves
+//! its snapshot from the first write's `previous` to the last one's `next`
+//! in one guarded `UPDATE … FROM unnest(…)`, and the rows of the chains
+//! that passed their guard go in with one `INSERT … SELECT unnest(…)`. A
+//! chain whose guard failed (another instance wrote first) fails alone. The
+//! other writes each run in a savepoint. After `COMMIT` returns, each write
+//! is answered, the rows published to the feed, and other instances told
+//! (`pg_notify`, sent in the same transaction, delivered on commit).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, Transaction};
+
+use super::{
+    describe, is_retryable, is_unique_violation, Connector, CustomFailure, CustomWrite,
+    ErasedValue, WriterMessage,
+};
+use crate::ledger::{AccountId, LedgerEntry};
+use crate::store::{LedgerWrite, Shared, StoreError};
+
+/// The channel other instances listen on.
+pub(super) const CHANNEL: &str = "sms_credit_ledger";
+/// Postgres refuses notification payloads of 8 000 bytes or more.
+const MAX_PAYLOAD: usize = 7_900;
+/// How many times a batch that met a deadlock or a serialization failure
+/// (another instance's transaction) is run again before its callers are
+/// told it was not applied.
+const BATCH_ATTEMPTS: u32 = 4;
+
+pub(super) struct Writer {
+    connector: Connector,
+    client: Option<Client>,
+    max_batch: usize,
+    shared: Arc<Shared>,
+    /// Accounts with a failed write and the generation it failed at (as in
+    /// the SQLite writer: later writes of that generation are refused).
+    poisoned: HashMap<AccountId, u64>,
+}
+
+/// What became of one ledger write in a batch.
+#[derive(Clone, Debug)]
+enum Fate {
+    Committed,
+    Refused(StoreError),
+}
+
+/// Why a batch's transaction did not commit.
+enum BatchFailure {
+    /// A deadlock or serialization failure: run it again.
+    Retry(String),
+    /// Anything else: its writes fail.
+    Failed(String),
+}
+
+impl From<tokio_postgres::Error> for BatchFailure {
+    fn from(error: tokio_postgres::Error) -> BatchFailure {
+        if is_retryable(&error) {
+            BatchFailure::Retry(describe(&error))
+        } else {
+            BatchFailure::Failed(describe(&error))
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn new(connector: Connector, max_batch: usize, shared: Arc<Shared>) -> Writer {
+        Writer {
+            connector,
+            client: None,
+            max_batch,
+            shared,
+            poisoned: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut queue: mpsc::UnboundedReceiver<WriterMessage>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while let Some(first) = queue.recv().await {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match queue.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(std::mem::take(&mut batch)).await;
+        }
+    }
+
+    /// The writer's connection, made again after it was lost.
+    async fn client(&mut self) -> Result<&mut Client, String> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            let client = self
+                .connector
+                .connect(None)
+                .await
+                .map_err(|error| error.to_string())?;
+            self.client = Some(client);
+        }
+        self.client.as_mut().ok_or_else(|| "no connection".to_string())
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<WriterMessage>) {
+        let started = Instant::now();
+        let batch_size = batch.len();
+        let mut ledger: Vec<LedgerWrite> = Vec::new();
+        let mut custom: Vec<CustomWrite> = Vec::new();
+        let mut flushes = Vec::new();
+        let mut refused: Vec<(oneshot::Sender<Result<(), StoreError>>, StoreError)> = Vec::new();
+        for message in batch {
+            match message {
+                WriterMessage::Ledger(write) => {
+                    let account_id = write.entry.account_id;
+                    match self.poisoned.get(&account_id) {
+                        Some(&poisoned_at) if write.generation <= poisoned_at => {
+                            refused.push((write.done, StoreError::Aborted));
+                        }
+                        Some(_) => {
+                            self.poisoned.remove(&account_id);
+                            ledger.push(write);
+                        }
+                        None => ledger.push(write),
+                    }
+                }
+                WriterMessage::Custom(write) => custom.push(write),
+                WriterMessage::Flush(done) => flushes.push(done),
+            }
+        }
+
+        let mut outcome = Err(BatchFailure::Failed("not tried".into()));
+        for attempt in 1..=BATCH_ATTEMPTS {
+            outcome = self.try_batch(&ledger, &custom).await;
+            match &outcome {
+                Err(BatchFailure::Retry(reason)) if attempt < BATCH_ATTEMPTS => {
+                    tracing::info!(%reason, attempt, "a group commit met another instance's transaction; running it again");
+                }
+                _ => break,
+            }
+        }
+        let outcome = outcome.map_err(|failure| match failure {
+            BatchFailure::Retry(reason) | BatchFailure::Failed(reason) => reason,
+        });
+
+        match outcome {
+            Ok((fates, custom_results, commit_micros)) => {
+                self.shared
+                    .stats
+                    .commit_micros
+                    .fetch_add(commit_micros, Ordering::Relaxed);
+                self.shared.stats.commit_latency.observe(commit_micros);
+                let committed: Vec<&LedgerEntry> = ledger
+                    .iter()
+                    .zip(&fates)
+                    .filter(|(_, fate)| matches!(fate, Fate::Committed))
+                    .map(|(write, _)| &write.entry)
+                    .collect();
+                let applied = committed.len()
+                    + custom_results.iter().filter(|result| result.is_ok()).count();
+                self.shared
+                    .stats
+                    .committed(batch_size, applied, &committed);
+                if ledger
+                    .iter()
+                    .zip(&fates)
+                    .any(|(write, fate)| write.notice.is_some() && matches!(fate, Fate::Committed))
+                {
+                    self.shared.notices_ready.notify_one();
+                }
+                let publish = !self.shared.feed.is_idle();
+                for (write, fate) in ledger.into_iter().zip(fates) {
+                    match fate {
+                        Fate::Committed => {
+                            let queued_at = write.submitted_at;
+                            if publish {
+                                self.shared.feed.publish(Arc::new(write.entry));
+                            }
+                            let _ = write.done.send(Ok(()));
+                            self.shared
+                                .stats
+                                .ack_latency
+                                .observe(queued_at.elapsed().as_micros() as u64);
+                        }
+                        Fate::Refused(error) => {
+                            if matches!(error, StoreError::Conflict) {
+                                self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
+                            }
+                            self.poison(write.entry.account_id, write.generation);
+                            let _ = write.done.send(Err(error));
+                        }
+                    }
+                }
+                for (write, result) in custom.into_iter().zip(custom_results) {
+                    let _ = write.done.send(result.map_err(CustomFailure::Op));
+                }
+            }
+            Err(reason) => {
+                self.shared
+                    .stats
+                    .failed_commits
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%reason, writes = ledger.len() + custom.len(), "group commit failed");
+                for write in ledger {
+                    self.poison(write.entry.account_id, write.generation);
+                    let _ = write
+                        .done
+                        .send(Err(StoreError::CommitFailed(reason.clone())));
+                }
+                for write in custom {
+                    let _ = write.done.send(Err(CustomFailure::Store(
+                        StoreError::CommitFailed(reason.clone()),
+                    )));
+                }
+            }
+        }
+        for (done, error) in refused {
+            let _ = done.send(Err(error));
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+        self.shared
+            .stats
+            .batch_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// One try of a batch: its fates, the custom writes' own results, and
+    /// the time COMMIT took.
+    #[allow(clippy::type_complexity)]
+    async fn try_batch(
+        &mut self,
+        ledger: &[LedgerWrite],
+        custom: &[CustomWrite],
+    ) -> Result<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64), BatchFailure> {
+        let inject = self.shared.take_injected_failure();
+        let shared = Arc::clone(&self.shared);
+        let origin = shared.origin.as_str();
+        let client = self.client().await.map_err(BatchFailure::Failed)?;
+        let mut transaction = client.transaction().await?;
+        let fates = if ledger.is_empty() {
+            Vec::new()
+        } else {
+            match apply_ledger(&transaction, origin, ledger).await {
+                Ok(fates) => fates,
+                Err(error) if is_unique_violation(&error) => {
+                    // A row the guard let through clashed with one already
+                    // there: start over with each write on its own, so that
+                    // only the clashing one fails.
+                    transaction.rollback().await?;
+                    transaction = client.transaction().await?;
+                    apply_ledger_one_by_one(&mut transaction, origin, ledger).await?
+                }
+                Err(error) => return Err(error.into()),
+            }
+        };
+        let mut results = Vec::with_capacity(custom.len());
+        for write in custom {
+            let savepoint = transaction.savepoint("custom_write").await?;
+            let result = (write.op)(&savepoint).await;
+            match result {
+                Ok(value) => {
+                    savepoint.commit().await?;
+                    results.push(Ok(value));
+                }
+                Err(error) => {
+                    // A database error of the op itself is rolled back with
+                    // its savepoint; a broken connection fails the batch.
+                    savepoint.rollback().await?;
+                    results.push(Err(error));
+                }
+            }
+        }
+        if inject {
+            transaction.rollback().await?;
+            return Err(BatchFailure::Failed(
+                "injected commit failure (test switch)".into(),
+            ));
+        }
+        let committing = Instant::now();
+        transaction.commit().await?;
+        Ok((fates, results, committing.elapsed().as_micros() as u64))
+    }
+
+    fn poison(&mut self, account_id: AccountId, generation: u64) {
+        let entry = self.poisoned.entry(account_id).or_insert(generation);
+        *entry = (*entry).max(generation);
+    }
+}
+
+/// Each account's writes in the batch, in order, as far as they chain
+/// (each starts from the snapshot the one before leads to); the rest of an
+/// account's writes are refused without trying.
+struct Chains {
+    /// Per account: the indexes of its chained writes, in order.
+    chains: Vec<(AccountId, Vec<usize>)>,
+    broken: Vec<usize>,
+}
+
+fn chains(ledger: &[LedgerWrite]) -> Chains {
+    let mut by_account: HashMap<AccountId, usize> = HashMap::new();
+    let mut chains: Vec<(AccountId, Vec<usize>)> = Vec::new();
+    let mut broken = Vec::new();
+    let mut broken_accounts: HashSet<AccountId> = HashSet::new();
+    for (index, write) in ledger.iter().enumerate() {
+        let account_id = write.entry.account_id;
+        if broken_accounts.contains(&account_id) {
+            broken.push(index);
+            continue;
+        }
+        match by_account.get(&account_id) {
+            None => {
+                by_account.insert(account_id, chains.len());
+                chains.push((account_id, vec![index]));
+            }
+            Some(&chain) => {
+                let indexes = &mut chains[chain].1;
+                let last = &ledger[indexes[indexes.len() - 1]];
+                if last.next == write.previous {
+                    indexes.push(index);
+                } else {
+                    broken_accounts.insert(account_id);
+                    broken.push(index);
+                }
+            }
+        }
+    }
+    Chains { chains, broken }
+}
+
+/// The bulk path: lock, guarded update, insert, notices, notification.
+async fn apply_ledger(
+    transaction: &Transaction<'_>,
+    origin: &str,
+    ledger: &[LedgerWrite],
+) -> Result<Vec<Fate>, tokio_postgres::Error> {
+    let Chains {
+        mut chains,
+        broken,
+    } = chains(ledger);
+    chains.sort_by_key(|(account_id, _)| *account_id);
+    let accounts: Vec<i64> = chains.iter().map(|(account_id, _)| account_id.0).collect();
+    // Lock in account order, so that two instances' batches never wait for
+    // each other in a circle.
+    transaction
+        .execute(
+            "SELECT 1 FROM account_balances WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE",
+            &[&accounts],
+        )
+        .await?;
+    let mut previous_seq = Vec::with_capacity(chains.len());
+    let mut previous_balance = Vec::with_capacity(chains.len());
+    let mut balance = Vec::with_capacity(chains.len());
+    let mut seq = Vec::with_capacity(chains.len());
+    let mut warned: Vec<Option<i64>> = Vec::with_capacity(chains.len());
+    let mut updated = Vec::with_capacity(chains.len());
+    for (_, indexes) in &chains {
+        let first = &ledger[indexes[0]];
+        let last = &ledger[indexes[indexes.len() - 1]];
+        previous_seq.push(first.previous.seq);
+        previous_balance.push(first.previous.balance.micros());
+        balance.push(last.next.balance.micros());
+        seq.push(last.next.seq);
+        warned.push(last.next.low_balance_warned_at_ms);
+        updated.push(last.entry.created_at_ms);
+    }
+    let passed: HashSet<i64> = transaction
+        .query(
+            "UPDATE account_balances b
+                SET balance = u.balance, seq = u.seq, low_balance_warned_at = u.warned,
+                    updated_at = u.updated
+               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+                           $6::bigint[], $7::bigint[])
+                    AS u (account_id, previous_seq, previous_balance, balance, seq, warned, updated)
+              WHERE b.account_id = u.account_id AND b.seq = u.previous_seq
+                AND b.balance = u.previous_balance
+          RETURNING b.account_id",
+            &[
+                &accounts,
+                &previous_seq,
+                &previous_balance,
+                &balance,
+                &seq,
+                &warned,
+                &updated,
+            ],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get::<_, i64>(0))
+        .collect();
+
+    let mut fates = vec![Fate::Refused(StoreError::Conflict); ledger.len()];
+    let mut rows = Rows::default();
+    let mut notices = Notices::default();
+    let mut moved = Vec::new();
+    for (account_id, indexes) in &chains {
+        if !passed.contains(&account_id.0) {
+            continue;
+        }
+        let first = ledger[indexes[0]].entry.seq;
+        let last = ledger[indexes[indexes.len() - 1]].entry.seq;
+        moved.push((*account_id, first, last));
+        for &index in indexes {
+            fates[index] = Fate::Committed;
+            rows.push(&ledger[index].entry);
+            if let Some(notice) = &ledger[index].notice {
+                notices.push(notice);
+            }
+        }
+    }
+    for index in broken {
+        fates[index] = Fate::Refused(StoreError::Conflict);
+    }
+    rows.insert(transaction).await?;
+    notices.insert(transaction).await?;
+    notify(transaction, origin, &moved).await?;
+    Ok(fates)
+}
+
+/// The careful path, after the bulk path met a clash: each write in a
+/// savepoint of its own, so that only the clashing one fails.
+async fn apply_ledger_one_by_one(
+    transaction: &mut Transaction<'_>,
+    origin: &str,
+    ledger: &[LedgerWrite],
+) -> Result<Vec<Fate>, tokio_postgres::Error> {
+    let mut fates = Vec::with_capacity(ledger.len());
+    let mut failed_accounts: HashSet<AccountId> = HashSet::new();
+    let mut moved: HashMap<AccountId, (i64, i64)> = HashMap::new();
+    let mut accounts: Vec<i64> = ledger.iter().map(|write| write.entry.account_id.0).collect();
+    accounts.sort_unstable();
+    accounts.dedup();
+    transaction
+        .execute(
+            "SELECT 1 FROM account_balances WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE",
+            &[&accounts],
+        )
+        .await?;
+    for write in ledger {
+        let account_id = write.entry.account_id;
+        if failed_accounts.contains(&account_id) {
+            fates.push(Fate::Refused(StoreError::Aborted));
+            continue;
+        }
+        let savepoint = transaction.savepoint("ledger_write").await?;
+        let applied = apply_one(&savepoint, write).await;
+        match applied {
+            Ok(true) => {
+                savepoint.commit().await?;
+                let range = moved
+                    .entry(account_id)
+                    .or_insert((write.entry.seq, write.entry.seq));
+                range.1 = write.entry.seq;
+                fates.push(Fate::Committed);
+            }
+            Ok(false) => {
+                savepoint.rollback().await?;
+                failed_accounts.insert(account_id);
+                fates.push(Fate::Refused(StoreError::Conflict));
+            }
+            Err(error) if error.as_db_error().is_some() && !is_retryable(&error) => {
+                savepoint.rollback().await?;
+                tracing::warn!(%account_id, error = %describe(&error), "ledger write refused");
+                failed_accounts.insert(account_id);
+                fates.push(Fate::Refused(StoreError::Conflict));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    let moved: Vec<(AccountId, i64, i64)> = moved
+        .into_iter()
+        .map(|(account_id, (first, last))| (account_id, first, last))
+        .collect();
+    notify(transaction, origin, &moved).await?;
+    Ok(fates)
+}
+
+async fn apply_one(
+    transaction: &Transaction<'_>,
+    write: &LedgerWrite,
+) -> Result<bool, tokio_postgres::Error> {
+    let moved = transaction
+        .execute(
+            "UPDATE account_balances SET balance = $2, seq = $3, low_balance_warned_at = $4, updated_at = $5
+              WHERE account_id = $1 AND seq = $6 AND balance = $7",
+            &[
+                &write.entry.account_id.0,
+                &write.next.balance.micros(),
+                &write.next.seq,
+                &write.next.low_balance_warned_at_ms,
+                &write.entry.created_at_ms,
+                &write.previous.seq,
+                &write.previous.balance.micros(),
+            ],
+        )
+        .await?;
+    if moved != 1 {
+        return Ok(false);
+    }
+    let mut rows = Rows::default();
+    rows.push(&write.entry);
+    rows.insert(transaction).await?;
+    if let Some(notice) = &write.notice {
+        let mut notices = Notices::default();
+        notices.push(notice);
+        notices.insert(transaction).await?;
+    }
+    Ok(true)
+}
+
+/// Ledger rows as columns, for one `INSERT … SELECT unnest(…)`.
+#[derive(Default)]
+struct Rows<'a> {
+    account_id: Vec<i64>,
+    seq: Vec<i64>,
+    kind: Vec<&'a str>,
+    amount: Vec<i64>,
+    balance_after: Vec<i64>,
+    idempotency_key: Vec<&'a str>,
+    order_id: Vec<Option<i64>>,
+    description: Vec<&'a str>,
+    created_at: Vec<i64>,
+}
+
+impl<'a> Rows<'a> {
+    fn push(&mut self, entry: &'a LedgerEntry) {
+        self.account_id.push(entry.account_id.0);
+        self.seq.push(entry.seq);
+        self.kind.push(entry.kind.as_str());
+        self.amount.push(entry.amount.micros());
+        self.balance_after.push(entry.balance_after.micros());
+        self.idempotency_key.push(&entry.idempotency_key);
+        self.order_id.push(entry.order_id);
+        self.description.push(&entry.description);
+        self.created_at.push(entry.created_at_ms);
+    }
+
+    async fn insert(&self, transaction: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+        if self.account_id.is_empty() {
+            return Ok(());
+        }
+        transaction
+            .execute(
+                "INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                           order_id, description, created_at)
+                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
+                                      $6::text[], $7::bigint[], $8::text[], $9::bigint[])",
+                &[
+                    &self.account_id,
+                    &self.seq,
+                    &self.kind,
+                    &self.amount,
+                    &self.balance_after,
+                    &self.idempotency_key,
+                    &self.order_id,
+                    &self.description,
+                    &self.created_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Notices as columns, queued with the writes that made them due.
+#[derive(Default)]
+struct Notices {
+    account_id: Vec<i64>,
+    kind: Vec<&'static str>,
+    dedupe_key: Vec<String>,
+    payload: Vec<String>,
+    created_at: Vec<i64>,
+}
+
+impl Notices {
+    fn push(&mut self, notice: &crate::messaging::notices::NewNotice) {
+        self.account_id.push(notice.account_id.0);
+        self.kind.push(notice.kind.as_str());
+        self.dedupe_key.push(notice.dedupe_key.clone());
+        self.payload
+            .push(serde_json::to_string(&notice.kind).unwrap_or_default());
+        self.created_at.push(notice.created_at_ms);
+    }
+
+    async fn insert(&self, transaction: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+        if self.account_id.is_empty() {
+            return Ok(());
+        }
+        transaction
+            .execute(
+                "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at)
+                 SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at
+                   FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                        AS n (account_id, kind, dedupe_key, payload, created_at)
+                 ON CONFLICT (dedupe_key) DO NOTHING",
+                &[
+                    &self.account_id,
+                    &self.kind,
+                    &self.dedupe_key,
+                    &self.payload,
+                    &self.created_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+/// Tells other instances which accounts moved: `origin;account:first-last;…`,
+/// in as many notifications as the payload limit needs. Delivered only if
+/// the transaction commits.
+async fn notify(
+    transaction: &Transaction<'_>,
+    origin: &str,
+    moved: &[(AccountId, i64, i64)],
+) -> Result<(), tokio_postgres::Error> {
+    if moved.is_empty() {
+        return Ok(());
+    }
+    let mut payloads = Vec::new();
+    let mut payload = String::from(origin);
+    for (account_id, first, last) in moved {
+        let pair = format!(";{account_id}:{first}-{last}");
+        if payload.len() + pair.len() > MAX_PAYLOAD {
+            payloads.push(std::mem::replace(&mut payload, origin.to_string()));
+        }
+        payload.push_str(&pair);
+    }
+    payloads.push(payload);
+    transaction
+        .execute(
+            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)",
+            &[&CHANNEL, &payloads],
+        )
+        .await?;
+    Ok(())
+}

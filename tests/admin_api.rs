@@ -5,7 +5,7 @@ use serde_json::json;
 
 use crate::helpers::{fresh_directory, test_settings, TestApp, ADMIN_TOKEN};
 
-#[actix_rt::test]
+on_both_stores!(health_and_readiness_answer);
 async fn health_and_readiness_answer() {
     let app = TestApp::spawn().await;
     assert_eq!(
@@ -18,7 +18,7 @@ async fn health_and_readiness_answer() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(creates_reads_and_adjusts_an_account);
 async fn creates_reads_and_adjusts_an_account() {
     let app = TestApp::spawn().await;
     let (status, created) = app
@@ -45,7 +45,7 @@ async fn creates_reads_and_adjusts_an_account() {
     assert_eq!(account["seq"], 1);
 }
 
-#[actix_rt::test]
+on_both_stores!(adjustments_take_effect_once_per_key);
 async fn adjustments_take_effect_once_per_key() {
     let app = TestApp::spawn().await;
     let id = app.create_account("+14155550101").await;
@@ -62,7 +62,7 @@ async fn adjustments_take_effect_once_per_key() {
     assert_eq!(app.balance_micros(id).await, 5_000_000);
 }
 
-#[actix_rt::test]
+on_both_stores!(an_adjustment_cannot_take_a_key_the_service_keeps_for_itself);
 async fn an_adjustment_cannot_take_a_key_the_service_keeps_for_itself() {
     // An admin key such as "stripe-order:1" would block the credit of order
     // 1 (or be replayed as it): the service's own keys are refused.
@@ -90,7 +90,7 @@ async fn an_adjustment_cannot_take_a_key_the_service_keeps_for_itself() {
     assert_eq!(ledger["transactions"], serde_json::json!([]));
 }
 
-#[actix_rt::test]
+on_both_stores!(negative_adjustments_may_go_below_zero);
 async fn negative_adjustments_may_go_below_zero() {
     let app = TestApp::spawn().await;
     let id = app.create_account("+14155550102").await;
@@ -101,7 +101,7 @@ async fn negative_adjustments_may_go_below_zero() {
     assert_eq!(account["balance"], "-$1.50");
 }
 
-#[actix_rt::test]
+on_both_stores!(bad_requests_get_a_clear_error_and_change_nothing);
 async fn bad_requests_get_a_clear_error_and_change_nothing() {
     let app = TestApp::spawn().await;
     let id = app.create_account("+14155550103").await;
@@ -232,7 +232,7 @@ async fn bad_requests_get_a_clear_error_and_change_nothing() {
     assert_eq!(app.get_admin_account(id).await.1["seq"], 1);
 }
 
-#[actix_rt::test]
+on_both_stores!(account_creation_checks_its_input);
 async fn account_creation_checks_its_input() {
     let app = TestApp::spawn().await;
     let (status, answer) = app.post_admin_account("4155550104", None).await;
@@ -256,7 +256,7 @@ async fn account_creation_checks_its_input() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(the_admin_api_needs_its_token);
 async fn the_admin_api_needs_its_token() {
     let app = TestApp::spawn().await;
     let (status, answer) = app.request("GET", "/v1/admin/accounts/1", None, None).await;
@@ -284,7 +284,7 @@ async fn the_admin_api_needs_its_token() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(without_an_admin_token_the_admin_api_is_not_configured);
 async fn without_an_admin_token_the_admin_api_is_not_configured() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
@@ -302,7 +302,7 @@ async fn without_an_admin_token_the_admin_api_is_not_configured() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(lists_the_ledger_oldest_first);
 async fn lists_the_ledger_oldest_first() {
     let app = TestApp::spawn().await;
     let id = app.create_account("+14155550106").await;
@@ -343,7 +343,7 @@ async fn lists_the_ledger_oldest_first() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(admins_list_search_export_verify_and_rotate_tokens);
 async fn admins_list_search_export_verify_and_rotate_tokens() {
     let app = TestApp::spawn().await;
     let mut ids = Vec::new();
@@ -479,7 +479,7 @@ async fn admins_list_search_export_verify_and_rotate_tokens() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(a_server_without_its_state_answers_500_not_404);
 async fn a_server_without_its_state_answers_500_not_404() {
     // Every guard needs the application's state; its absence is the
     // server's fault, never "not found".

@@ -1,13 +1,12 @@
 //! The command line, run as the real binary on a database file.
 
 use crate::helpers::{fresh_directory, run_cli};
-use sms_credit_actors::store;
 
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-#[test]
+on_both_stores!(sync accounts_verify_and_tampering);
 fn accounts_verify_and_tampering() {
     let directory = fresh_directory();
     let created = run_cli(
@@ -80,15 +79,8 @@ fn accounts_verify_and_tampering() {
     );
 
     // Tamper with the ledger behind the store's back: verify must notice.
-    let connection =
-        store::sqlite::raw_connection(&directory.path().join("sms-credit.db")).unwrap();
-    connection
-        .execute_batch("UPDATE account_balances SET balance = balance + 1")
-        .unwrap();
-    connection
-        .execute_batch("DELETE FROM transactions WHERE seq = 1")
-        .unwrap();
-    drop(connection);
+    directory.execute("UPDATE account_balances SET balance = balance + 1");
+    directory.execute("DELETE FROM transactions WHERE seq = 1");
     let verified = run_cli(&directory, &["verify", "--json"]);
     assert_eq!(verified.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&verified.stdout).unwrap();
@@ -102,7 +94,7 @@ fn accounts_verify_and_tampering() {
     assert!(problems.contains(&"snapshot_mismatch"), "{problems:?}");
 }
 
-#[test]
+on_both_stores!(sync malformed_configuration_names_the_variable);
 fn malformed_configuration_names_the_variable() {
     let directory = fresh_directory();
     let cases: &[(&[(&str, &str)], &str)] = &[
@@ -164,7 +156,7 @@ fn malformed_configuration_names_the_variable() {
     }
 }
 
-#[test]
+on_both_stores!(sync pricing_mode_and_discount_codes_from_the_command_line);
 fn pricing_mode_and_discount_codes_from_the_command_line() {
     let directory = fresh_directory();
     let shown = run_cli(&directory, &["pricing"]);
@@ -225,7 +217,7 @@ fn pricing_mode_and_discount_codes_from_the_command_line() {
     assert!(listed.contains("\"amount_micros\":5000000"), "{listed}");
 }
 
-#[test]
+on_both_stores!(sync admin_tools_from_the_command_line);
 fn admin_tools_from_the_command_line() {
     let directory = fresh_directory();
     for phone in ["+14155553700", "+14155553701"] {
@@ -281,14 +273,6 @@ fn admin_tools_from_the_command_line() {
         (revoked["revoked"].as_i64(), revoked["token"].is_null()),
         (Some(1), true)
     );
-    let connection =
-        store::sqlite::raw_connection(&directory.path().join("sms-credit.db")).unwrap();
-    let live: i64 = connection
-        .query_row(
-            "SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let live = directory.number("SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL");
     assert_eq!(live, 0);
 }

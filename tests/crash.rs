@@ -117,7 +117,7 @@ async fn worker(
     }
 }
 
-#[actix_rt::test]
+on_both_stores!(acknowledged_operations_survive_sigkill);
 async fn acknowledged_operations_survive_sigkill() {
     let cycles: u64 = std::env::var("SMS_CREDIT_CRASH_CYCLES")
         .ok()
@@ -209,17 +209,7 @@ async fn acknowledged_operations_survive_sigkill() {
     assert_eq!(health.status(), StatusCode::OK);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let connection = sms_credit_actors::store::sqlite::raw_connection(
-            &directory.path().join("sms-credit.db"),
-        )
-        .unwrap();
-        let open: i64 = connection
-            .query_row(
-                "SELECT COUNT(*) FROM messages WHERE state = 'reserved'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
+        let open = directory.number("SELECT COUNT(*) FROM messages WHERE state = 'reserved'");
         if open == 0 {
             break;
         }
@@ -242,17 +232,10 @@ async fn acknowledged_operations_survive_sigkill() {
         "{}",
         String::from_utf8_lossy(&verified.stdout)
     );
-    let connection =
-        sms_credit_actors::store::sqlite::raw_connection(&directory.path().join("sms-credit.db"))
-            .unwrap();
     let count_rows = |account: i64, key: &str, amount: i64| -> i64 {
-        connection
-            .query_row(
-                "SELECT COUNT(*) FROM transactions WHERE account_id = ?1 AND idempotency_key = ?2 AND amount = ?3",
-                (account, key, amount),
-                |row| row.get(0),
-            )
-            .unwrap()
+        directory.number(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE account_id = {account} AND idempotency_key = '{key}' AND amount = {amount}"
+        ))
     };
     let acknowledged = acknowledged.lock().unwrap();
     let mut messages = 0;
@@ -276,36 +259,25 @@ async fn acknowledged_operations_survive_sigkill() {
                     1,
                     "{operation:?}"
                 );
-                let (state, voids): (String, i64) = connection
-                    .query_row(
-                        "SELECT state, (SELECT COUNT(*) FROM transactions WHERE account_id = ?2 AND idempotency_key = 'msg-void:' || ?1)
-                           FROM messages WHERE id = ?1",
-                        (message_id, account),
-                        |row| Ok((row.get(0)?, row.get(1)?)),
-                    )
-                    .unwrap();
-                assert_eq!((state.as_str(), voids), ("sent", 0), "{operation:?}");
+                let sent = directory.number(&format!(
+                    "SELECT COUNT(*) FROM messages WHERE id = {message_id} AND state = 'sent'"
+                ));
+                let voids = directory.number(&format!(
+                    "SELECT COUNT(*) FROM transactions WHERE account_id = {account} AND idempotency_key = 'msg-void:{message_id}'"
+                ));
+                assert_eq!((sent, voids), (1, 0), "{operation:?}");
             }
         }
     }
     for refusal in refused.lock().unwrap().iter() {
-        let debited: i64 = connection
-            .query_row(
-                "SELECT COUNT(*) FROM messages m JOIN transactions t ON t.account_id = m.account_id AND t.idempotency_key = 'msg:' || m.id
-                  WHERE m.account_id = ?1 AND m.idempotency_key = ?2 AND m.state != 'voided'",
-                (refusal.account, &refusal.key),
-                |row| row.get(0),
-            )
-            .unwrap();
+        let debited = directory.number(&format!(
+            "SELECT COUNT(*) FROM messages m JOIN transactions t ON t.account_id = m.account_id AND t.idempotency_key = 'msg:' || m.id
+              WHERE m.account_id = {} AND m.idempotency_key = '{}' AND m.state != 'voided'",
+            refusal.account, refusal.key
+        ));
         assert_eq!(debited, 0, "a refused message left a debit: {refusal:?}");
     }
-    let open: i64 = connection
-        .query_row(
-            "SELECT COUNT(*) FROM messages WHERE state = 'reserved'",
-            [],
-            |row| row.get(0),
-        )
-        .unwrap();
+    let open = directory.number("SELECT COUNT(*) FROM messages WHERE state = 'reserved'");
     assert_eq!(open, 0, "no reservation is left unresolved after recovery");
     assert!(messages > 0, "some messages were acknowledged");
 }

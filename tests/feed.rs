@@ -61,7 +61,7 @@ async fn account_with_token(app: &TestApp, phone: &str) -> (i64, String) {
     (id, app.issue_token(id).await)
 }
 
-#[actix_rt::test]
+on_both_stores!(the_feed_sends_the_snapshot_then_each_committed_change_in_order);
 async fn the_feed_sends_the_snapshot_then_each_committed_change_in_order() {
     let app = TestApp::spawn().await;
     let (id, token) = account_with_token(&app, "+14155553000").await;
@@ -98,7 +98,7 @@ async fn the_feed_sends_the_snapshot_then_each_committed_change_in_order() {
     feed.send(ws::Message::Close(None)).await.unwrap();
 }
 
-#[actix_rt::test]
+on_both_stores!(since_replays_what_was_missed_then_goes_live_without_gaps_or_duplicates);
 async fn since_replays_what_was_missed_then_goes_live_without_gaps_or_duplicates() {
     let app = TestApp::spawn().await;
     let (id, token) = account_with_token(&app, "+14155553100").await;
@@ -159,7 +159,7 @@ async fn since_replays_what_was_missed_then_goes_live_without_gaps_or_duplicates
     assert_eq!(next_json(&mut ahead).await["seq"], 46);
 }
 
-#[actix_rt::test]
+on_both_stores!(tickets_open_the_feed_once_and_the_admin_feed_sees_every_account);
 async fn tickets_open_the_feed_once_and_the_admin_feed_sees_every_account() {
     let app = TestApp::spawn().await;
     let (first, token) = account_with_token(&app, "+14155553200").await;
@@ -225,7 +225,7 @@ async fn tickets_open_the_feed_once_and_the_admin_feed_sees_every_account() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(no_account_token_reads_another_account);
 async fn no_account_token_reads_another_account() {
     let app = TestApp::spawn().await;
     let (own, token) = account_with_token(&app, "+14155553300").await;
@@ -335,7 +335,7 @@ async fn no_account_token_reads_another_account() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(the_feed_pings_and_drops_a_silent_client);
 async fn the_feed_pings_and_drops_a_silent_client() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);

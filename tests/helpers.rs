@@ -1,36 +1,39 @@
 //! The test harness: starts the real application on 127.0.0.1:0 with a
-//! fresh database in a temporary directory, with one method per endpoint.
+//! fresh database (SQLite or Postgres, see `database.rs`), with one method
+//! per endpoint.
 
 use std::net::TcpListener;
 use std::sync::Arc;
 
+pub use crate::database::TestDatabase;
 use actix_web::dev::ServerHandle;
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 use sms_credit::config::Settings;
 use sms_credit::startup::{Application, Core};
 use sms_credit_actors::clock::{Clock, ManualClock};
-use tempfile::TempDir;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// A running server and a client for it.
 pub struct TestApp {
     pub address: String,
-    /// Keeps the database directory alive for as long as the app (and a restart) needs it.
-    pub directory: Arc<TempDir>,
+    /// Keeps the database alive for as long as the app (and a restart) needs it.
+    pub directory: TestDatabase,
     pub client: awc::Client,
     handle: ServerHandle,
     finished: actix_rt::task::JoinHandle<std::io::Result<()>>,
 }
 
-pub fn fresh_directory() -> Arc<TempDir> {
-    Arc::new(tempfile::tempdir().unwrap())
+/// A fresh database of the store the running test uses.
+pub fn fresh_directory() -> TestDatabase {
+    TestDatabase::fresh()
 }
 
 /// Settings for a test server: admin token set, nothing else configured.
-pub fn test_settings(directory: &TempDir) -> Settings {
-    let mut settings = Settings::local(directory.path().join("sms-credit.db"));
+pub fn test_settings(directory: &TestDatabase) -> Settings {
+    let mut settings = Settings::local(directory.path().join("unused.db"));
+    settings.database = directory.location();
     settings.admin_token = Some(sms_credit::config::Secret::new(ADMIN_TOKEN));
     settings.actor_threads = 2;
     settings.http_workers = 2;
@@ -38,7 +41,7 @@ pub fn test_settings(directory: &TempDir) -> Settings {
 }
 
 /// Settings with Stripe pointed at a fake, and $5.00 of credit with access.
-pub fn stripe_settings(directory: &TempDir, stripe_base: &str) -> Settings {
+pub fn stripe_settings(directory: &TestDatabase, stripe_base: &str) -> Settings {
     let mut settings = test_settings(directory);
     settings.stripe = Some(sms_credit::config::StripeSettings {
         secret_key: sms_credit::config::Secret::new("sk_test_fake"),
@@ -78,13 +81,13 @@ impl TestApp {
     }
 
     /// A server with these settings; `directory` holds its database.
-    pub async fn spawn_with(directory: Arc<TempDir>, settings: Settings) -> TestApp {
+    pub async fn spawn_with(directory: TestDatabase, settings: Settings) -> TestApp {
         TestApp::spawn_with_clock(directory, settings, ManualClock::new(1_795_253_400_000)).await
     }
 
     /// As `spawn_with`, on a clock the test moves.
     pub async fn spawn_with_clock(
-        directory: Arc<TempDir>,
+        directory: TestDatabase,
         settings: Settings,
         clock: ManualClock,
     ) -> TestApp {
@@ -105,7 +108,7 @@ impl TestApp {
 
     /// Stops gracefully (in-flight requests finish, the last commit is
     /// flushed) and gives back the directory so the database can be reopened.
-    pub async fn stop(self) -> Arc<TempDir> {
+    pub async fn stop(self) -> TestDatabase {
         self.handle.stop(true).await;
         self.finished.await.unwrap().unwrap();
         self.directory
@@ -399,20 +402,17 @@ impl TestApp {
 }
 
 /// Starts the core alone (no HTTP) on a database, for actor-level tests.
-pub fn start_core(directory: &TempDir, passivate_after: std::time::Duration) -> Core {
+pub fn start_core(directory: &TestDatabase, passivate_after: std::time::Duration) -> Core {
     let mut settings = test_settings(directory);
     settings.passivate_after = passivate_after;
     Core::start(&settings, Arc::new(ManualClock::new(1_795_253_400_000))).unwrap()
 }
 
 /// Runs `sms-credit` (the real binary) with the database of `directory`.
-pub fn run_cli(directory: &TempDir, arguments: &[&str]) -> std::process::Output {
+pub fn run_cli(directory: &TestDatabase, arguments: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
         .args(arguments)
-        .env(
-            "SMS_CREDIT_DATABASE",
-            directory.path().join("sms-credit.db"),
-        )
+        .env("SMS_CREDIT_DATABASE", directory.url())
         .env_remove("SMS_CREDIT_CONFIG")
         .output()
         .unwrap()
@@ -429,15 +429,12 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the binary on the database in `directory` with `env` set,
     /// and waits until it listens.
-    pub fn start(directory: &TempDir, env: &[(&str, &str)]) -> ServerProcess {
+    pub fn start(directory: &TestDatabase, env: &[(&str, &str)]) -> ServerProcess {
         use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
         command
             .arg("serve")
-            .env(
-                "SMS_CREDIT_DATABASE",
-                directory.path().join("sms-credit.db"),
-            )
+            .env("SMS_CREDIT_DATABASE", directory.url())
             .env("SMS_CREDIT_BIND", "127.0.0.1:0")
             .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("RUST_LOG", "info")

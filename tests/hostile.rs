@@ -100,7 +100,7 @@ async fn footprint(app: &TestApp) -> Value {
     })
 }
 
-#[actix_rt::test]
+on_both_stores!(hostile_requests_get_a_clear_4xx_and_change_nothing);
 async fn hostile_requests_get_a_clear_4xx_and_change_nothing() {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;

@@ -4,6 +4,8 @@
 // A failed unwrap is how a test says what went wrong.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[macro_use]
+mod database;
 mod fake_stripe;
 mod fake_twilio;
 mod helpers;

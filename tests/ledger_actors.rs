@@ -8,9 +8,8 @@ use sms_credit::startup::Core;
 use sms_credit_actors::accounts::{AccountStatus, NewAccount, PhoneNumber};
 use sms_credit_actors::store::{self, StoreError};
 use sms_credit_actors::{AccountId, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money};
-use tempfile::TempDir;
 
-use crate::helpers::{fresh_directory, start_core};
+use crate::helpers::{fresh_directory, start_core, TestDatabase};
 
 const NEVER: Duration = Duration::from_secs(3600);
 
@@ -51,11 +50,11 @@ pub fn debit(micros: i64, idempotency_key: &str) -> Debit {
 
 /// Recomputes every account of the database in `directory` from its
 /// ledger (through a store of its own) and fails on any problem.
-pub fn assert_verified(directory: &TempDir) {
-    let path = directory.path().join("sms-credit.db");
+pub fn assert_verified(directory: &TestDatabase) {
+    let location = directory.location();
     let report = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            let store = store::Store::open(&store::StoreSettings::sqlite(path)).unwrap();
+            let store = store::Store::open(&store::StoreSettings::new(location)).unwrap();
             store.ledger().verify().await.unwrap()
         })
     })
@@ -64,7 +63,7 @@ pub fn assert_verified(directory: &TempDir) {
     assert!(report.is_clean(), "{:?}", report.problems);
 }
 
-#[actix_rt::test]
+on_both_stores!(debits_never_take_the_balance_below_zero);
 async fn debits_never_take_the_balance_below_zero() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -110,7 +109,7 @@ async fn debits_never_take_the_balance_below_zero() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_key_repeated_while_in_flight_takes_effect_once);
 async fn a_key_repeated_while_in_flight_takes_effect_once() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -139,7 +138,7 @@ async fn a_key_repeated_while_in_flight_takes_effect_once() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(many_tasks_on_one_account_and_many_accounts_end_exact);
 async fn many_tasks_on_one_account_and_many_accounts_end_exact() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -189,7 +188,7 @@ async fn many_tasks_on_one_account_and_many_accounts_end_exact() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(concurrent_debits_succeed_exactly_as_far_as_the_balance_goes);
 async fn concurrent_debits_succeed_exactly_as_far_as_the_balance_goes() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -221,7 +220,7 @@ async fn concurrent_debits_succeed_exactly_as_far_as_the_balance_goes() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(idle_actors_passivate_and_come_back_from_their_snapshot);
 async fn idle_actors_passivate_and_come_back_from_their_snapshot() {
     let directory = fresh_directory();
     let core = start_core(&directory, Duration::from_millis(30));
@@ -253,7 +252,7 @@ async fn idle_actors_passivate_and_come_back_from_their_snapshot() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(messages_racing_passivation_are_never_lost);
 async fn messages_racing_passivation_are_never_lost() {
     let directory = fresh_directory();
     // Actors passivate after 1 ms idle, so they stop between bursts all the time.
@@ -281,7 +280,7 @@ async fn messages_racing_passivation_are_never_lost() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(unknown_accounts_are_refused);
 async fn unknown_accounts_are_refused() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -290,7 +289,7 @@ async fn unknown_accounts_are_refused() {
     core.shutdown().await;
 }
 
-#[actix_rt::test]
+on_both_stores!(the_balance_never_shows_a_write_that_has_not_committed);
 async fn the_balance_never_shows_a_write_that_has_not_committed() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -337,7 +336,7 @@ async fn the_balance_never_shows_a_write_that_has_not_committed() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_failed_commit_fails_its_callers_and_leaves_no_trace);
 async fn a_failed_commit_fails_its_callers_and_leaves_no_trace() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -410,7 +409,7 @@ async fn a_failed_commit_fails_its_callers_and_leaves_no_trace() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace);
 async fn a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace() {
     let directory = fresh_directory();
     let core = start_core(&directory, NEVER);
@@ -456,16 +455,10 @@ async fn a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace() 
     assert!(failed.len() < answers.len(), "and only some");
 
     // On disk: exactly the acknowledged debits, none of the failed ones.
-    let connection =
-        store::sqlite::raw_connection(&directory.path().join("sms-credit.db")).unwrap();
     for (account, index, answer) in &answers {
-        let rows: i64 = connection
-            .query_row(
-                "SELECT COUNT(*) FROM transactions WHERE account_id = ?1 AND idempotency_key = ?2",
-                (account.0, format!("load-{index}")),
-                |row| row.get(0),
-            )
-            .unwrap();
+        let rows = directory.number(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE account_id = {account} AND idempotency_key = 'load-{index}'"
+        ));
         assert_eq!(
             rows,
             i64::from(answer.is_ok()),

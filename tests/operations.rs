@@ -13,7 +13,7 @@ use crate::helpers::{
 
 const METRICS_TOKEN: &str = "metrics-reader-token";
 
-#[actix_rt::test]
+on_both_stores!(metrics_are_not_published_on_the_main_address_by_default);
 async fn metrics_are_not_published_on_the_main_address_by_default() {
     let app = TestApp::spawn().await;
     assert_eq!(
@@ -33,7 +33,7 @@ async fn metrics_are_not_published_on_the_main_address_by_default() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_metrics_address_of_its_own_serves_them_without_a_token);
 async fn a_metrics_address_of_its_own_serves_them_without_a_token() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
@@ -66,7 +66,7 @@ async fn a_metrics_address_of_its_own_serves_them_without_a_token() {
     running.await.unwrap().unwrap();
 }
 
-#[actix_rt::test]
+on_both_stores!(logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly);
 async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
     let directory = fresh_directory();
     let server = ServerProcess::start(&directory, &[("SMS_CREDIT_METRICS_TOKEN", METRICS_TOKEN)]);

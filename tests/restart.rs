@@ -7,7 +7,7 @@ use futures_util::future::join_all;
 use crate::helpers::{test_settings, TestApp};
 use crate::ledger_actors::assert_verified;
 
-#[actix_rt::test]
+on_both_stores!(acknowledged_operations_survive_a_restart);
 async fn acknowledged_operations_survive_a_restart() {
     let app = TestApp::spawn().await;
     let mut accounts = Vec::new();

@@ -15,7 +15,7 @@ use crate::ledger_actors::{assert_verified, new_account};
 
 const NEVER: Duration = Duration::from_secs(3600);
 
-#[actix_rt::test]
+on_both_stores!(a_cli_write_while_the_server_runs_does_not_fail_the_next_http_write);
 async fn a_cli_write_while_the_server_runs_does_not_fail_the_next_http_write() {
     let app = TestApp::spawn().await;
     let account = app.create_account("+14155550950").await;
@@ -56,7 +56,7 @@ async fn a_cli_write_while_the_server_runs_does_not_fail_the_next_http_write() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(two_processes_writing_the_same_accounts_at_once_both_succeed_exactly);
 async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() {
     let directory = fresh_directory();
     // Two cores on one database file: two writers, as two processes would be.
@@ -111,7 +111,7 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_cli_write_reaches_the_servers_balance_feed);
 async fn a_cli_write_reaches_the_servers_balance_feed() {
     let app = TestApp::spawn().await;
     let account = app.create_account("+14155550970").await;
@@ -152,7 +152,7 @@ async fn a_cli_write_reaches_the_servers_balance_feed() {
     assert_eq!(change["description"], "goodwill");
 }
 
-#[actix_rt::test]
+on_both_stores!(a_live_actor_learns_of_another_processs_write_without_writing);
 async fn a_live_actor_learns_of_another_processs_write_without_writing() {
     let directory = fresh_directory();
     let first = start_core(&directory, NEVER);

@@ -6,25 +6,11 @@
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
-use tempfile::TempDir;
 
 use crate::fake_stripe::EventFactory;
 use crate::helpers::{TestApp, ADMIN_TOKEN};
 use crate::stripe::{app_with_fake_stripe, create_code, start_access};
 use crate::twilio::{account_with_balance, app_with_twilio};
-
-/// Writes a value the schema's CHECK constraints would refuse, as a newer
-/// release (or a hand edit) might have left it.
-fn tamper(directory: &TempDir, sql: &str) {
-    let connection =
-        sms_credit_actors::store::sqlite::raw_connection(&directory.path().join("sms-credit.db"))
-            .unwrap();
-    connection
-        .execute_batch(&format!(
-            "PRAGMA ignore_check_constraints = ON; {sql}; PRAGMA ignore_check_constraints = OFF;"
-        ))
-        .unwrap();
-}
 
 fn assert_unknown_value(status: StatusCode, answer: &Value, names: &str) {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
@@ -33,12 +19,12 @@ fn assert_unknown_value(status: StatusCode, answer: &Value, names: &str) {
     assert!(message.contains(names), "{message} should name {names}");
 }
 
-#[actix_rt::test]
+on_both_stores!(an_order_of_an_unknown_type_is_an_error_not_access);
 async fn an_order_of_an_unknown_type_is_an_error_not_access() {
     let (app, _fake) = app_with_fake_stripe().await;
     let (account, order, session, customer) = start_access(&app, "+14155550900", None).await;
-    tamper(
-        &app.directory,
+    app.directory.tamper(
+        "orders",
         &format!("UPDATE orders SET order_type = 'gift' WHERE id = {order}"),
     );
     let mut events = EventFactory::new();
@@ -63,7 +49,7 @@ async fn an_order_of_an_unknown_type_is_an_error_not_access() {
     assert_unknown_value(status, &answer, "order_type 'gift'");
 }
 
-#[actix_rt::test]
+on_both_stores!(a_discount_code_of_an_unknown_type_is_an_error_not_a_fixed_discount);
 async fn a_discount_code_of_an_unknown_type_is_an_error_not_a_fixed_discount() {
     let (app, fake) = app_with_fake_stripe().await;
     create_code(
@@ -71,8 +57,8 @@ async fn a_discount_code_of_an_unknown_type_is_an_error_not_a_fixed_discount() {
         json!({"code": "HALF", "type": "percent", "percent": 50, "max_uses": 3}),
     )
     .await;
-    tamper(
-        &app.directory,
+    app.directory.tamper(
+        "discount_codes",
         "UPDATE discount_codes SET discount_type = 'bogof' WHERE code = 'HALF'",
     );
     let (status, answer) = app
@@ -80,8 +66,8 @@ async fn a_discount_code_of_an_unknown_type_is_an_error_not_a_fixed_discount() {
         .await;
     assert_unknown_value(status, &answer, "discount_type 'bogof'");
     assert!(fake.requests("/v1/checkout/sessions").is_empty());
-    tamper(
-        &app.directory,
+    app.directory.tamper(
+        "discount_codes",
         "UPDATE discount_codes SET discount_type = 'percent' WHERE code = 'HALF'",
     );
     let (_, codes) = app
@@ -93,7 +79,7 @@ async fn a_discount_code_of_an_unknown_type_is_an_error_not_a_fixed_discount() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(a_message_of_an_unknown_state_or_kind_is_an_error);
 async fn a_message_of_an_unknown_state_or_kind_is_an_error() {
     let (app, fake) = app_with_twilio().await;
     let account = account_with_balance(&app, "+14155550902", 5_000_000).await;
@@ -103,8 +89,8 @@ async fn a_message_of_an_unknown_state_or_kind_is_an_error() {
     assert_eq!(status, StatusCode::OK, "{sent}");
     let id = sent["message"]["id"].as_i64().unwrap();
 
-    tamper(
-        &app.directory,
+    app.directory.tamper(
+        "messages",
         &format!("UPDATE messages SET state = 'lost' WHERE id = {id}"),
     );
     let (status, answer) = app
@@ -117,8 +103,8 @@ async fn a_message_of_an_unknown_state_or_kind_is_an_error() {
     );
     assert_eq!(fake.sent().len(), 1, "nothing sent again");
 
-    tamper(
-        &app.directory,
+    app.directory.tamper(
+        "messages",
         &format!("UPDATE messages SET state = 'sent', kind = 'promo' WHERE id = {id}"),
     );
     let (status, answer) = app
@@ -127,7 +113,7 @@ async fn a_message_of_an_unknown_state_or_kind_is_an_error() {
     assert_unknown_value(status, &answer, "kind 'promo'");
 }
 
-#[actix_rt::test]
+on_both_stores!(a_ledger_row_of_an_unknown_type_is_an_error);
 async fn a_ledger_row_of_an_unknown_type_is_an_error() {
     let app = TestApp::spawn().await;
     let account = app.create_account("+14155550903").await;
@@ -135,8 +121,8 @@ async fn a_ledger_row_of_an_unknown_type_is_an_error() {
         app.post_adjustment(account, 1_000_000, "a").await.0,
         StatusCode::OK
     );
-    tamper(
-        &app.directory,
+    app.directory.tamper(
+        "transactions",
         &format!("UPDATE transactions SET type = 'bonus' WHERE account_id = {account}"),
     );
     let (status, answer) = app.get_transactions(account).await;

@@ -80,7 +80,7 @@ fn last_session_amount(fake: &FakeStripe) -> i64 {
         .unwrap()
 }
 
-#[actix_rt::test]
+on_both_stores!(without_stripe_the_paid_features_are_not_configured);
 async fn without_stripe_the_paid_features_are_not_configured() {
     let app = TestApp::spawn().await;
     let (status, answer) = app
@@ -106,7 +106,7 @@ async fn without_stripe_the_paid_features_are_not_configured() {
     assert_eq!(app.get_healthz().await.0, StatusCode::OK);
 }
 
-#[actix_rt::test]
+on_both_stores!(access_checkout_completes_once_however_often_stripe_says_so);
 async fn access_checkout_completes_once_however_often_stripe_says_so() {
     let (app, fake) = app_with_fake_stripe().await;
     let (account, order, session, customer) = start_access(&app, "+14155550500", None).await;
@@ -177,7 +177,7 @@ async fn access_checkout_completes_once_however_often_stripe_says_so() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(each_pricing_mode_and_code_type_prices_access);
 async fn each_pricing_mode_and_code_type_prices_access() {
     let (app, fake) = app_with_fake_stripe().await;
     let cases = [
@@ -229,7 +229,7 @@ async fn each_pricing_mode_and_code_type_prices_access() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(refused_codes_get_distinct_errors_and_change_nothing);
 async fn refused_codes_get_distinct_errors_and_change_nothing() {
     let (app, fake) = app_with_fake_stripe().await;
     create_code(
@@ -306,7 +306,7 @@ async fn refused_codes_get_distinct_errors_and_change_nothing() {
     assert_eq!(once["current_uses"], 1);
 }
 
-#[actix_rt::test]
+on_both_stores!(max_uses_holds_under_concurrent_checkouts_and_expiry_gives_a_use_back);
 async fn max_uses_holds_under_concurrent_checkouts_and_expiry_gives_a_use_back() {
     let (app, _fake) = app_with_fake_stripe().await;
     create_code(
@@ -378,7 +378,7 @@ pub(crate) async fn active_account(
     (account, customer, token)
 }
 
-#[actix_rt::test]
+on_both_stores!(top_ups_with_duplicates_reordering_and_partial_refunds_end_exact);
 async fn top_ups_with_duplicates_reordering_and_partial_refunds_end_exact() {
     let (app, fake) = app_with_fake_stripe().await;
     let mut events = EventFactory::new();
@@ -477,7 +477,7 @@ async fn top_ups_with_duplicates_reordering_and_partial_refunds_end_exact() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_full_refund_may_take_the_balance_negative);
 async fn a_full_refund_may_take_the_balance_negative() {
     let (app, _fake) = app_with_fake_stripe().await;
     let mut events = EventFactory::new();
@@ -508,7 +508,7 @@ async fn a_full_refund_may_take_the_balance_negative() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(bad_signatures_are_refused_and_change_nothing);
 async fn bad_signatures_are_refused_and_change_nothing() {
     let (app, _fake) = app_with_fake_stripe().await;
     let (account, order, session, customer) = start_access(&app, "+14155551200", None).await;
@@ -552,12 +552,12 @@ async fn bad_signatures_are_refused_and_change_nothing() {
     assert_eq!(app.get_admin_account(account).await.1["status"], "active");
 }
 
-#[actix_rt::test]
+on_both_stores!(off_session_charges_succeed_once_decline_or_need_authentication);
 async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     let fake = FakeStripe::start().await;
     let directory = fresh_directory();
     let settings = stripe_settings(&directory, &fake.base_url);
-    let app = TestApp::spawn_with(std::sync::Arc::clone(&directory), settings.clone()).await;
+    let app = TestApp::spawn_with(directory.clone(), settings.clone()).await;
     let mut events = EventFactory::new();
     let (account, customer, _) = active_account(&app, &mut events, "+14155551300").await;
     let id = AccountId(account);
@@ -661,7 +661,7 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     core.shutdown().await;
 }
 
-#[actix_rt::test]
+on_both_stores!(promotion_codes_are_opt_in_and_what_stripe_says_was_paid_is_credited);
 async fn promotion_codes_are_opt_in_and_what_stripe_says_was_paid_is_credited() {
     let fake = FakeStripe::start().await;
     let directory = fresh_directory();

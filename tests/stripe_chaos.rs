@@ -58,7 +58,7 @@ fn shuffle<T>(items: &mut [T], mut seed: u64) {
     }
 }
 
-#[actix_rt::test]
+on_both_stores!(ten_thousand_events_delivered_three_times_shuffled_credit_and_refund_exactly_once);
 async fn ten_thousand_events_delivered_three_times_shuffled_credit_and_refund_exactly_once() {
     let (app, _fake) = app_with_fake_stripe().await;
     let mut events = EventFactory::new();

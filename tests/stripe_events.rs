@@ -4,8 +4,6 @@
 //! sees, and an event Stripe signed that cannot be read is recorded as
 //! failed rather than skipped in silence.
 
-use std::sync::Arc;
-
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 use sms_credit_actors::clock::ManualClock;
@@ -29,13 +27,13 @@ async fn events_with_status(app: &TestApp, status: &str) -> Vec<Value> {
     answer["events"].as_array().unwrap().clone()
 }
 
-#[actix_rt::test]
+on_both_stores!(a_foreign_refund_waits_without_blocking_then_expires_visibly);
 async fn a_foreign_refund_waits_without_blocking_then_expires_visibly() {
     let fake = FakeStripe::start().await;
     let directory = fresh_directory();
     let settings = stripe_settings(&directory, &fake.base_url);
     let clock = ManualClock::new(NOW_UNIX * 1000);
-    let app = TestApp::spawn_with_clock(Arc::clone(&directory), settings, clock.clone()).await;
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
     let mut events = EventFactory::new();
 
     // A refund of a charge another product on the same Stripe account made.
@@ -82,7 +80,7 @@ async fn a_foreign_refund_waits_without_blocking_then_expires_visibly() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(a_refund_before_its_payment_is_woken_by_the_payment_only);
 async fn a_refund_before_its_payment_is_woken_by_the_payment_only() {
     let (app, _fake) = crate::stripe::app_with_fake_stripe().await;
     let mut events = EventFactory::new();
@@ -111,7 +109,7 @@ async fn a_refund_before_its_payment_is_woken_by_the_payment_only() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(a_signed_event_that_cannot_be_read_is_recorded_as_failed);
 async fn a_signed_event_that_cannot_be_read_is_recorded_as_failed() {
     let (app, _fake) = crate::stripe::app_with_fake_stripe().await;
     // Signed by Stripe, but its object is not a Checkout Session.
@@ -145,20 +143,16 @@ async fn a_signed_event_that_cannot_be_read_is_recorded_as_failed() {
     assert_eq!(answer["error"]["code"], "invalid_event");
 }
 
-#[actix_rt::test]
+on_both_stores!(a_waiting_event_that_cannot_be_read_back_is_recorded_as_failed);
 async fn a_waiting_event_that_cannot_be_read_back_is_recorded_as_failed() {
     let (app, _fake) = crate::stripe::app_with_fake_stripe().await;
     let mut events = EventFactory::new();
     let (account, order, session, customer) = start_access(&app, "+14155551302", None).await;
     let refund = events.charge_refunded("ch_1", "pi_garbled", 2999, 2999);
     assert_eq!(app.deliver(&refund).await.0, StatusCode::OK);
-    let connection = sms_credit_actors::store::sqlite::raw_connection(
-        &app.directory.path().join("sms-credit.db"),
-    )
-    .unwrap();
-    connection
-        .execute_batch("UPDATE stripe_events SET payload = '{\"kind\": \"from_the_future\"}' WHERE status = 'waiting'")
-        .unwrap();
+    app.directory.execute(
+        "UPDATE stripe_events SET payload = '{\"kind\": \"from_the_future\"}' WHERE status = 'waiting'",
+    );
     let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_garbled");
     let (_, answer) = app.deliver(&completed).await;
     assert_eq!(answer["result"]["outcome"], "applied");

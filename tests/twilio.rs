@@ -45,7 +45,7 @@ pub(crate) async fn account_with_balance(app: &TestApp, phone: &str, micros: i64
     id
 }
 
-#[actix_rt::test]
+on_both_stores!(without_twilio_the_sms_features_are_not_configured);
 async fn without_twilio_the_sms_features_are_not_configured() {
     let app = TestApp::spawn().await;
     for path in ["/webhooks/twilio/sms", "/webhooks/twilio/status"] {
@@ -69,7 +69,7 @@ async fn without_twilio_the_sms_features_are_not_configured() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(inbound_commands_answer_in_twiml);
 async fn inbound_commands_answer_in_twiml() {
     let (app, _fake) = app_with_twilio().await;
     account_with_balance(&app, "+14155552000", 2_350_000).await;
@@ -131,7 +131,7 @@ async fn inbound_commands_answer_in_twiml() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(a_repeated_message_sid_gets_the_same_reply);
 async fn a_repeated_message_sid_gets_the_same_reply() {
     let (app, _fake) = app_with_twilio().await;
     let id = account_with_balance(&app, "+14155552100", 1_000_000).await;
@@ -156,7 +156,7 @@ async fn a_repeated_message_sid_gets_the_same_reply() {
         .starts_with("Your balance is $6.00"));
 }
 
-#[actix_rt::test]
+on_both_stores!(bad_signatures_and_malformed_forms_are_refused);
 async fn bad_signatures_and_malformed_forms_are_refused() {
     let (app, _fake) = app_with_twilio().await;
     let id = account_with_balance(&app, "+14155552200", 1_000_000).await;
@@ -247,7 +247,7 @@ async fn bad_signatures_and_malformed_forms_are_refused() {
     assert_eq!(app.get_admin_account(id).await.1["seq"], 1);
 }
 
-#[actix_rt::test]
+on_both_stores!(buy_by_sms_charges_the_saved_card_once_or_says_why_not);
 async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
@@ -354,7 +354,7 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
     assert_eq!(app.balance_micros(account).await, 15_000_000);
 }
 
-#[actix_rt::test]
+on_both_stores!(outbound_messages_reserve_send_and_resolve_once);
 async fn outbound_messages_reserve_send_and_resolve_once() {
     let (app, fake) = app_with_twilio().await;
     let account = account_with_balance(&app, "+14155552400", 200_000).await;
@@ -475,7 +475,7 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(a_message_that_failed_in_twilio_is_refunded_once);
 async fn a_message_that_failed_in_twilio_is_refunded_once() {
     let (app, fake) = app_with_twilio().await;
     let account = account_with_balance(&app, "+14155552500", 1_000_000).await;
@@ -550,18 +550,13 @@ async fn a_message_that_failed_in_twilio_is_refunded_once() {
     assert_verified(&directory);
 }
 
-#[actix_rt::test]
+on_both_stores!(low_balance_warnings_come_once_per_cooldown_even_across_a_restart);
 async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     let fake = FakeTwilio::start().await;
     let directory = fresh_directory();
     let settings = with_twilio(test_settings(&directory), &fake.base_url);
     let clock = ManualClock::new(START_MS);
-    let app = TestApp::spawn_with_clock(
-        std::sync::Arc::clone(&directory),
-        settings.clone(),
-        clock.clone(),
-    )
-    .await;
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
     let account = account_with_balance(&app, "+14155552600", 2_100_000).await;
     let warnings = |fake: &FakeTwilio| {
         fake.sent()
@@ -583,12 +578,7 @@ async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     assert_eq!(warnings(&fake), 1, "not again within 24 h");
 
     let directory = app.stop().await;
-    let app = TestApp::spawn_with_clock(
-        std::sync::Arc::clone(&directory),
-        settings.clone(),
-        clock.clone(),
-    )
-    .await;
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
     clock.advance_ms(23 * 3600 * 1000);
     app.post_message(json!({"account_id": account, "body": "c", "idempotency_key": "m3"}))
         .await;
@@ -617,14 +607,13 @@ async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(reconciliation_compares_charges_with_twilios_prices);
 async fn reconciliation_compares_charges_with_twilios_prices() {
     let fake = FakeTwilio::start().await;
     let directory = fresh_directory();
     let settings = with_twilio(test_settings(&directory), &fake.base_url);
     let clock = ManualClock::new(START_MS);
-    let app =
-        TestApp::spawn_with_clock(std::sync::Arc::clone(&directory), settings, clock.clone()).await;
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
     let us = account_with_balance(&app, "+14155552700", 10_000_000).await;
     let gb = account_with_balance(&app, "+447400123456", 10_000_000).await;
     let (_, first) = app
@@ -708,7 +697,7 @@ async fn reconciliation_compares_charges_with_twilios_prices() {
     );
 }
 
-#[actix_rt::test]
+on_both_stores!(the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_goes);
 async fn the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_goes() {
     let (app, fake) = app_with_twilio().await;
     let account = account_with_balance(&app, "+14155552700", 2_100_000).await;
@@ -738,8 +727,7 @@ async fn the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_g
     let directory = app.stop().await;
     let clock = ManualClock::new(START_MS + 25 * 3600 * 1000);
     let settings = with_twilio(test_settings(&directory), &fake.base_url);
-    let app =
-        TestApp::spawn_with_clock(std::sync::Arc::clone(&directory), settings, clock.clone()).await;
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
     fake.set_mode(SendMode::ServerError);
     let (status, _) = app
         .post_message(json!({"account_id": account, "body": "b", "idempotency_key": "w2"}))

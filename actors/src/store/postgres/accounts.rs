@@ -31,7 +31,8 @@ pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
             None => None,
         },
         stripe_customer_id: row.try_get(3)?,
-        status: AccountStatus::parse(&status_text).ok_or_else(|| unknown("status", &status_text))?,
+        status: AccountStatus::parse(&status_text)
+            .ok_or_else(|| unknown("status", &status_text))?,
         created_at_ms: row.try_get(5)?,
         balance: Money::from_micros(row.try_get(6)?),
         seq: row.try_get(7)?,
@@ -190,11 +191,7 @@ async fn revoke_tokens(
 }
 
 impl AccountStore for PostgresStore {
-    fn create(
-        &self,
-        account: NewAccount,
-        now_ms: i64,
-    ) -> StoreFuture<Account, CreateAccountError> {
+    fn create(&self, account: NewAccount, now_ms: i64) -> StoreFuture<Account, CreateAccountError> {
         self.write(move |transaction| {
             let account = account.clone();
             boxed(async move { insert_account(transaction, &account, now_ms).await })
@@ -209,12 +206,7 @@ impl AccountStore for PostgresStore {
         self.read(move |client| async move { find_account_by_phone(&*client, &phone).await })
     }
 
-    fn list(
-        &self,
-        search: Option<String>,
-        after_id: i64,
-        limit: i64,
-    ) -> StoreFuture<Vec<Account>> {
+    fn list(&self, search: Option<String>, after_id: i64, limit: i64) -> StoreFuture<Vec<Account>> {
         self.read(move |client| async move {
             let pattern = search.as_ref().map(|text| {
                 let escaped = text

@@ -16,8 +16,8 @@ use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::store::{
-    AccessOrderRequest, BillingStore, CreateAccountError, OrderCompletion, StoreError,
-    StoreFuture, UnknownValue,
+    AccessOrderRequest, BillingStore, CreateAccountError, OrderCompletion, StoreError, StoreFuture,
+    UnknownValue,
 };
 
 async fn load_pricing(client: &impl GenericClient) -> Result<Pricing, StoreError> {
@@ -533,7 +533,9 @@ impl BillingStore for PostgresStore {
         self.read(move |client| async move {
             let rows = client
                 .query(
-                    &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = $1 ORDER BY id"),
+                    &format!(
+                        "SELECT {ORDER_COLUMNS} FROM orders WHERE account_id = $1 ORDER BY id"
+                    ),
                     &[&account_id.0],
                 )
                 .await?;

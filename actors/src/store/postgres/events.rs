@@ -36,18 +36,22 @@ fn event_from_row(row: &Row) -> Result<EventRecord, StoreError> {
     })
 }
 
+/// The status of an event recorded already, if it is.
 async fn status_of(
     client: &impl GenericClient,
     event_id: &str,
-) -> Result<EventStatus, StoreError> {
-    let row = client
-        .query_one(
+) -> Result<Option<EventStatus>, StoreError> {
+    let Some(row) = client
+        .query_opt(
             "SELECT status FROM stripe_events WHERE event_id = $1",
             &[&event_id],
         )
-        .await?;
+        .await?
+    else {
+        return Ok(None);
+    };
     let status: String = row.try_get(0)?;
-    EventStatus::parse(&status).ok_or_else(|| {
+    EventStatus::parse(&status).map(Some).ok_or_else(|| {
         StoreError::UnknownValue(UnknownValue::new(
             "stripe_events",
             event_id,
@@ -59,45 +63,21 @@ async fn status_of(
 
 impl StripeEventStore for PostgresStore {
     fn receive(&self, event: ReceivedEvent) -> StoreFuture<Reception> {
-        self.write(move |transaction| {
-            let (event_id, event_type, payload, instance_id) = (
-                event.event_id.clone(),
-                event.event_type.clone(),
-                event.payload.clone(),
-                event.instance_id.clone(),
-            );
-            let (now_ms, lease_until_ms) = (event.now_ms, event.lease_until_ms);
-            boxed(async move {
-                let inserted = transaction
-                    .execute(
-                        "INSERT INTO stripe_events (event_id, event_type, received_at, payload, status,
-                                                    claimed_by, claimed_until)
-                         VALUES ($1, $2, $3, $4, 'received', $5, $6) ON CONFLICT (event_id) DO NOTHING",
-                        &[&event_id, &event_type, &now_ms, &payload, &instance_id, &lease_until_ms],
-                    )
-                    .await?;
-                if inserted == 1 {
-                    return Ok(Reception::Claimed);
-                }
-                let claimed = transaction
-                    .execute(
-                        "UPDATE stripe_events
-                            SET claimed_by = $2, claimed_until = $3, payload = COALESCE(payload, $5)
-                          WHERE event_id = $1 AND status IN ('received', 'waiting')
-                            AND (claimed_by IS NULL OR claimed_by = $2 OR claimed_until < $4)",
-                        &[&event_id, &instance_id, &lease_until_ms, &now_ms, &payload],
-                    )
-                    .await?;
-                if claimed == 1 {
-                    return Ok(Reception::Claimed);
-                }
-                let status = status_of(transaction, &event_id).await?;
-                Ok(if status.is_final() {
-                    Reception::Decided(status)
-                } else {
-                    Reception::Busy
-                })
-            })
+        // Most deliveries of a decided event are Stripe's retries: a
+        // reader answers them without a place in the writer's queue (a
+        // decision is final, so what a reader sees of one stays true).
+        let writer = self.writer.clone();
+        let event_id = event.event_id.clone();
+        let decided = self.read(move |client| async move {
+            Ok(status_of(client.as_ref(), &event_id)
+                .await?
+                .filter(|status| status.is_final()))
+        });
+        Box::pin(async move {
+            if let Some(status) = decided.await? {
+                return Ok(Reception::Decided(status));
+            }
+            claim(&writer, event).await
         })
     }
 
@@ -117,7 +97,13 @@ impl StripeEventStore for PostgresStore {
                             SET status = $2, waiting_on = $3, outcome = $4, processed_at = $5,
                                 claimed_by = NULL, claimed_until = NULL
                           WHERE event_id = $1 AND status IN ('received', 'waiting')",
-                        &[&event_id, &status.as_str(), &waiting_on, &detail, &decided_at],
+                        &[
+                            &event_id,
+                            &status.as_str(),
+                            &waiting_on,
+                            &detail,
+                            &decided_at,
+                        ],
                     )
                     .await?;
                 Ok(())
@@ -176,4 +162,53 @@ impl StripeEventStore for PostgresStore {
             rows.iter().map(event_from_row).collect()
         })
     }
+}
+
+/// Records a delivery or claims the event for this instance, in the writer.
+fn claim(
+    writer: &tokio::sync::mpsc::UnboundedSender<super::WriterMessage>,
+    event: ReceivedEvent,
+) -> StoreFuture<Reception> {
+    super::write_on(writer, move |transaction| {
+        let (event_id, event_type, payload, instance_id) = (
+            event.event_id.clone(),
+            event.event_type.clone(),
+            event.payload.clone(),
+            event.instance_id.clone(),
+        );
+        let (now_ms, lease_until_ms) = (event.now_ms, event.lease_until_ms);
+        boxed(async move {
+            let inserted = transaction
+                    .execute(
+                        "INSERT INTO stripe_events (event_id, event_type, received_at, payload, status,
+                                                    claimed_by, claimed_until)
+                         VALUES ($1, $2, $3, $4, 'received', $5, $6) ON CONFLICT (event_id) DO NOTHING",
+                        &[&event_id, &event_type, &now_ms, &payload, &instance_id, &lease_until_ms],
+                    )
+                    .await?;
+            if inserted == 1 {
+                return Ok(Reception::Claimed);
+            }
+            let claimed = transaction
+                .execute(
+                    "UPDATE stripe_events
+                            SET claimed_by = $2, claimed_until = $3, payload = COALESCE(payload, $5)
+                          WHERE event_id = $1 AND status IN ('received', 'waiting')
+                            AND (claimed_by IS NULL OR claimed_by = $2 OR claimed_until < $4)",
+                    &[&event_id, &instance_id, &lease_until_ms, &now_ms, &payload],
+                )
+                .await?;
+            if claimed == 1 {
+                return Ok(Reception::Claimed);
+            }
+            let status = status_of(transaction, &event_id)
+                .await?
+                .ok_or_else(|| StoreError::Database(format!("event {event_id} vanished")))?;
+            Ok(if status.is_final() {
+                Reception::Decided(status)
+            } else {
+                Reception::Busy
+            })
+        })
+    })
 }

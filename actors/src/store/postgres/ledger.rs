@@ -177,9 +177,9 @@ impl LedgerStore for PostgresStore {
         after_seq: i64,
         limit: i64,
     ) -> StoreFuture<Vec<LedgerEntry>> {
-        self.read(move |client| async move {
-            list_entries(&client, account_id, after_seq, limit).await
-        })
+        self.read(
+            move |client| async move { list_entries(&client, account_id, after_seq, limit).await },
+        )
     }
 
     fn latest_entries(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<LedgerEntry>> {

@@ -17,9 +17,12 @@ use super::{ledger, Connector, Readers};
 use crate::ledger::AccountId;
 use crate::store::Shared;
 
+/// An account and the first and last `seq` a commit wrote for it.
+type Moved = (AccountId, i64, i64);
+
 /// The `account:first-last` pairs after the origin; a malformed pair is
 /// skipped (it names nothing this release could read).
-fn decode(payload: &str) -> Option<(&str, Vec<(AccountId, i64, i64)>)> {
+fn decode(payload: &str) -> Option<(&str, Vec<Moved>)> {
     let mut parts = payload.split(';');
     let origin = parts.next()?;
     let pairs = parts

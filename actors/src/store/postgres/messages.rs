@@ -140,7 +140,8 @@ impl MessageStore for PostgresStore {
         self.write(move |transaction| {
             let message = message.clone();
             boxed(async move {
-                if let (Some(account_id), Some(key)) = (message.account_id, &message.idempotency_key)
+                if let (Some(account_id), Some(key)) =
+                    (message.account_id, &message.idempotency_key)
                 {
                     let existing = find_where(
                         transaction,
@@ -574,12 +575,7 @@ impl MessageStore for PostgresStore {
         })
     }
 
-    fn notice_retry(
-        &self,
-        notice_id: i64,
-        next_attempt_at: i64,
-        error: String,
-    ) -> StoreFuture<()> {
+    fn notice_retry(&self, notice_id: i64, next_attempt_at: i64, error: String) -> StoreFuture<()> {
         self.write(move |transaction| {
             let error = error.clone();
             boxed(async move {

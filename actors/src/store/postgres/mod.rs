@@ -162,12 +162,10 @@ impl Connector {
             match &url.root_certificates {
                 Some(path) => {
                     use rustls::pki_types::pem::PemObject;
-                    let certificates =
-                        rustls::pki_types::CertificateDer::pem_file_iter(path).map_err(|error| {
-                            StoreError::Open {
-                                path: url.to_string(),
-                                reason: format!("cannot read sslrootcert {path}: {error}"),
-                            }
+                    let certificates = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                        .map_err(|error| StoreError::Open {
+                            path: url.to_string(),
+                            reason: format!("cannot read sslrootcert {path}: {error}"),
                         })?;
                     for certificate in certificates {
                         let certificate = certificate.map_err(|error| StoreError::Open {
@@ -222,8 +220,7 @@ impl Connector {
                         Ok::<_, tokio_postgres::Error>(client)
                     }
                     None => {
-                        let (client, connection) =
-                            config.connect(tokio_postgres::NoTls).await?;
+                        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
                         tokio::spawn(drive(connection, notifications));
                         Ok(client)
                     }
@@ -273,6 +270,18 @@ struct Readers {
 }
 
 impl Readers {
+    /// Opens every reader connection at once.
+    async fn connect_all(&self) -> Result<(), StoreError> {
+        let clients = futures_util::future::try_join_all(
+            self.slots.iter().map(|_| self.connector.connect(None)),
+        )
+        .await?;
+        for (slot, client) in self.slots.iter().zip(clients) {
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(client));
+        }
+        Ok(())
+    }
+
     async fn client(&self) -> Result<Arc<Client>, StoreError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
         let current = self.slots[index]
@@ -403,18 +412,28 @@ impl PostgresStore {
     ) -> Result<PostgresStore, StoreError> {
         let (runtime, stop) = start_runtime()?;
         let connector = Connector::new(url, runtime.clone())?;
-        let migrating = connector.clone();
-        block_on(&runtime, async move {
-            let mut client = migrating.connect(None).await?;
-            migrations::migrate(&mut client).await
-        })?;
         let readers = Arc::new(Readers {
             connector: connector.clone(),
             slots: (0..readers.max(2)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
         });
+        // Every connection is made before the server listens, so that the
+        // first requests do not pay for authentication.
+        let migrating = connector.clone();
+        let warming = Arc::clone(&readers);
+        let writer_client = block_on(&runtime, async move {
+            let mut client = migrating.connect(None).await?;
+            migrations::migrate(&mut client).await?;
+            warming.connect_all().await?;
+            Ok(client)
+        })?;
         let (writer, queue) = mpsc::unbounded_channel();
-        let writer_state = writer::Writer::new(connector.clone(), max_batch, Arc::clone(&shared));
+        let writer_state = writer::Writer::new(
+            connector.clone(),
+            writer_client,
+            max_batch,
+            Arc::clone(&shared),
+        );
         runtime.spawn(writer_state.run(queue));
         runtime.spawn(listener::run(
             connector,
@@ -436,45 +455,14 @@ impl PostgresStore {
     where
         T: Send + 'static,
         E: From<StoreError> + Send + 'static,
-        F: for<'t> Fn(&'t Transaction<'_>) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
+        F: for<'t> Fn(
+                &'t Transaction<'_>,
+            ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
             + Send
             + Sync
             + 'static,
     {
-        let erased: ErasedOp = Box::new(move |transaction| {
-            let future = op(transaction);
-            Box::pin(async move {
-                match future.await {
-                    Ok(value) => Ok(Box::new(value) as ErasedValue),
-                    Err(error) => Err(Box::new(error) as ErasedValue),
-                }
-            })
-        });
-        let (done, answer) = oneshot::channel();
-        let queued = self
-            .writer
-            .send(WriterMessage::Custom(CustomWrite { op: erased, done }))
-            .map_err(|_| StoreError::Closed);
-        Box::pin(async move {
-            queued.map_err(E::from)?;
-            match answer.await {
-                Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
-                    E::from(StoreError::Database(
-                        "write answered with the wrong type".into(),
-                    ))
-                }),
-                Ok(Err(CustomFailure::Op(error))) => Err(error
-                    .downcast::<E>()
-                    .map(|error| *error)
-                    .unwrap_or_else(|_| {
-                        E::from(StoreError::Database(
-                            "write failed with the wrong type".into(),
-                        ))
-                    })),
-                Ok(Err(CustomFailure::Store(error))) => Err(E::from(error)),
-                Err(_) => Err(E::from(StoreError::Closed)),
-            }
-        })
+        write_on(&self.writer, op)
     }
 
     /// Runs `query` on a reader connection (outside any transaction: it
@@ -520,14 +508,61 @@ fn boxed<'t, T>(
     Box::pin(future)
 }
 
+/// [`PostgresStore::write`] on the writer's queue, for an operation that
+/// reads before it decides to write.
+fn write_on<T, E, F>(writer: &mpsc::UnboundedSender<WriterMessage>, op: F) -> StoreFuture<T, E>
+where
+    T: Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: for<'t> Fn(&'t Transaction<'_>) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let erased: ErasedOp = Box::new(move |transaction| {
+        let future = op(transaction);
+        Box::pin(async move {
+            match future.await {
+                Ok(value) => Ok(Box::new(value) as ErasedValue),
+                Err(error) => Err(Box::new(error) as ErasedValue),
+            }
+        })
+    });
+    let (done, answer) = oneshot::channel();
+    let queued = writer
+        .send(WriterMessage::Custom(CustomWrite { op: erased, done }))
+        .map_err(|_| StoreError::Closed);
+    Box::pin(async move {
+        queued.map_err(E::from)?;
+        match answer.await {
+            Ok(Ok(value)) => value.downcast::<T>().map(|value| *value).map_err(|_| {
+                E::from(StoreError::Database(
+                    "write answered with the wrong type".into(),
+                ))
+            }),
+            Ok(Err(CustomFailure::Op(error))) => Err(error
+                .downcast::<E>()
+                .map(|error| *error)
+                .unwrap_or_else(|_| {
+                    E::from(StoreError::Database(
+                        "write failed with the wrong type".into(),
+                    ))
+                })),
+            Ok(Err(CustomFailure::Store(error))) => Err(E::from(error)),
+            Err(_) => Err(E::from(StoreError::Closed)),
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_urls_password_never_shows() {
-        let url = PostgresUrl::parse("postgres://app:s3cret@db.example.com:5432/credit?sslmode=require")
-            .unwrap_or_else(|error| panic!("{error}"));
+        let url =
+            PostgresUrl::parse("postgres://app:s3cret@db.example.com:5432/credit?sslmode=require")
+                .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(
             url.to_string(),
             "postgres://app:***@db.example.com:5432/credit?sslmode=require"

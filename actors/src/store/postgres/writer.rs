@@ -70,10 +70,15 @@ impl From<tokio_postgres::Error> for BatchFailure {
 }
 
 impl Writer {
-    pub(super) fn new(connector: Connector, max_batch: usize, shared: Arc<Shared>) -> Writer {
+    pub(super) fn new(
+        connector: Connector,
+        client: Client,
+        max_batch: usize,
+        shared: Arc<Shared>,
+    ) -> Writer {
         Writer {
             connector,
-            client: None,
+            client: Some(client),
             max_batch,
             shared,
             poisoned: HashMap::new(),
@@ -105,7 +110,9 @@ impl Writer {
                 .map_err(|error| error.to_string())?;
             self.client = Some(client);
         }
-        self.client.as_mut().ok_or_else(|| "no connection".to_string())
+        self.client
+            .as_mut()
+            .ok_or_else(|| "no connection".to_string())
     }
 
     async fn commit_batch(&mut self, batch: Vec<WriterMessage>) {
@@ -163,10 +170,11 @@ impl Writer {
                     .map(|(write, _)| &write.entry)
                     .collect();
                 let applied = committed.len()
-                    + custom_results.iter().filter(|result| result.is_ok()).count();
-                self.shared
-                    .stats
-                    .committed(batch_size, applied, &committed);
+                    + custom_results
+                        .iter()
+                        .filter(|result| result.is_ok())
+                        .count();
+                self.shared.stats.committed(batch_size, applied, &committed);
                 if ledger
                     .iter()
                     .zip(&fates)
@@ -214,9 +222,11 @@ impl Writer {
                         .send(Err(StoreError::CommitFailed(reason.clone())));
                 }
                 for write in custom {
-                    let _ = write.done.send(Err(CustomFailure::Store(
-                        StoreError::CommitFailed(reason.clone()),
-                    )));
+                    let _ = write
+                        .done
+                        .send(Err(CustomFailure::Store(StoreError::CommitFailed(
+                            reason.clone(),
+                        ))));
                 }
             }
         }
@@ -262,6 +272,28 @@ impl Writer {
             }
         };
         let mut results = Vec::with_capacity(custom.len());
+        if let ([], [only]) = (ledger, custom) {
+            // A write alone in its batch needs no savepoint: its own
+            // refusal rolls back the whole transaction, which is only its.
+            let result = (only.op)(&transaction).await;
+            if inject {
+                transaction.rollback().await?;
+                return Err(BatchFailure::Failed(
+                    "injected commit failure (test switch)".into(),
+                ));
+            }
+            if result.is_err() {
+                transaction.rollback().await?;
+                return Ok((Vec::new(), vec![result], 0));
+            }
+            let committing = Instant::now();
+            transaction.commit().await?;
+            return Ok((
+                Vec::new(),
+                vec![result],
+                committing.elapsed().as_micros() as u64,
+            ));
+        }
         for write in custom {
             let savepoint = transaction.savepoint("custom_write").await?;
             let result = (write.op)(&savepoint).await;
@@ -341,10 +373,7 @@ async fn apply_ledger(
     origin: &str,
     ledger: &[LedgerWrite],
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
-    let Chains {
-        mut chains,
-        broken,
-    } = chains(ledger);
+    let Chains { mut chains, broken } = chains(ledger);
     chains.sort_by_key(|(account_id, _)| *account_id);
     let accounts: Vec<i64> = chains.iter().map(|(account_id, _)| account_id.0).collect();
     // Lock in account order, so that two instances' batches never wait for
@@ -435,7 +464,10 @@ async fn apply_ledger_one_by_one(
     let mut fates = Vec::with_capacity(ledger.len());
     let mut failed_accounts: HashSet<AccountId> = HashSet::new();
     let mut moved: HashMap<AccountId, (i64, i64)> = HashMap::new();
-    let mut accounts: Vec<i64> = ledger.iter().map(|write| write.entry.account_id.0).collect();
+    let mut accounts: Vec<i64> = ledger
+        .iter()
+        .map(|write| write.entry.account_id.0)
+        .collect();
     accounts.sort_unstable();
     accounts.dedup();
     transaction

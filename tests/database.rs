@@ -1,0 +1,317 @@
+//! The database a test runs on: an SQLite file in a temporary directory, or
+//! a fresh Postgres database on the server named by `SMS_CREDIT_TEST_POSTGRES`
+//! (default `postgres://postgres:postgres@127.0.0.1:5432/postgres`). Tests
+//! written with [`on_both_stores!`] run once on each, so that every promise
+//! the stores make is proven by the same test on both. Without a reachable
+//! Postgres the Postgres half fails, saying how to get one; it never passes
+//! by skipping.
+
+use std::cell::Cell;
+use std::path::Path;
+use std::sync::Arc;
+
+use sms_credit_actors::store::DatabaseLocation;
+use tempfile::TempDir;
+
+/// Which store a test runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Postgres,
+}
+
+thread_local! {
+    /// The store the test running on this thread uses (set by `on_both_stores!`).
+    static KIND: Cell<StoreKind> = const { Cell::new(StoreKind::Sqlite) };
+}
+
+/// Makes the test on this thread use `kind` (see [`on_both_stores!`]).
+pub fn use_store(kind: StoreKind) {
+    KIND.with(|current| current.set(kind));
+}
+
+pub fn current_store() -> StoreKind {
+    KIND.with(Cell::get)
+}
+
+/// Runs the test function `name` once on SQLite and once on Postgres, as
+/// the tests `name::sqlite` and `name::postgres`. Written just above the
+/// function, in place of `#[actix_rt::test]` (or, with `sync`, `#[test]`).
+/// A function not listed is dead code, which the build refuses.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($name:ident) => {
+        mod $name {
+            #[actix_rt::test]
+            async fn sqlite() {
+                $crate::database::use_store($crate::database::StoreKind::Sqlite);
+                super::$name().await
+            }
+
+            #[actix_rt::test]
+            async fn postgres() {
+                $crate::database::use_store($crate::database::StoreKind::Postgres);
+                super::$name().await
+            }
+        }
+    };
+    (sync $name:ident) => {
+        mod $name {
+            #[test]
+            fn sqlite() {
+                $crate::database::use_store($crate::database::StoreKind::Sqlite);
+                super::$name()
+            }
+
+            #[test]
+            fn postgres() {
+                $crate::database::use_store($crate::database::StoreKind::Postgres);
+                super::$name()
+            }
+        }
+    };
+}
+
+/// A test's database; cheap to clone. A Postgres database is dropped when
+/// the last clone is.
+#[derive(Clone)]
+pub struct TestDatabase {
+    directory: Arc<TempDir>,
+    kind: StoreKind,
+    /// What `SMS_CREDIT_DATABASE` is set to (a Postgres URL with its password).
+    url: String,
+    postgres: Option<Arc<PostgresDatabase>>,
+}
+
+const DEFAULT_SERVER: &str = "postgres://postgres:postgres@127.0.0.1:5432/postgres";
+
+fn server_url() -> String {
+    std::env::var("SMS_CREDIT_TEST_POSTGRES").unwrap_or_else(|_| DEFAULT_SERVER.to_string())
+}
+
+type Answer = Result<Vec<Option<String>>, String>;
+
+/// A connection to one Postgres database, driven by a thread of its own (a
+/// test may be inside a runtime already); answers the first column of each
+/// row of the statements it is given. Closed when dropped.
+struct Session {
+    requests: std::sync::mpsc::Sender<(String, std::sync::mpsc::Sender<Answer>)>,
+}
+
+impl Session {
+    fn open(url: &str) -> Result<Session, String> {
+        let url = url.to_string();
+        let (requests, incoming) =
+            std::sync::mpsc::channel::<(String, std::sync::mpsc::Sender<Answer>)>();
+        let (opened, ready) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => return drop(opened.send(Err(error.to_string()))),
+            };
+            runtime.block_on(async move {
+                let client = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
+                    Ok((client, connection)) => {
+                        tokio::spawn(connection);
+                        let _ = opened.send(Ok(()));
+                        client
+                    }
+                    Err(error) => return drop(opened.send(Err(error.to_string()))),
+                };
+                while let Ok((sql, answer)) = incoming.recv() {
+                    let _ = answer.send(run(&client, &sql).await);
+                }
+            });
+        });
+        ready
+            .recv()
+            .map_err(|_| "the Postgres helper thread stopped".to_string())??;
+        Ok(Session { requests })
+    }
+
+    fn run(&self, sql: &str) -> Answer {
+        let (answer, answered) = std::sync::mpsc::channel();
+        self.requests
+            .send((sql.to_string(), answer))
+            .map_err(|_| "the Postgres helper thread stopped".to_string())?;
+        answered
+            .recv()
+            .map_err(|_| "the Postgres helper thread stopped".to_string())?
+    }
+}
+
+async fn run(client: &tokio_postgres::Client, sql: &str) -> Answer {
+    let messages = client
+        .simple_query(sql)
+        .await
+        .map_err(|error| match error.as_db_error() {
+            Some(db) => db.message().to_string(),
+            None => error.to_string(),
+        })?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|message| match message {
+            tokio_postgres::SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_string)),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Runs SQL once on a Postgres database, on a connection of its own.
+fn postgres_run(url: &str, sql: &str) -> Answer {
+    Session::open(url)?.run(sql)
+}
+
+/// A fresh database on the test server, dropped with its handle.
+struct PostgresDatabase {
+    name: String,
+    url: String,
+    /// The connection `execute` and `number` use, made on first use.
+    session: std::sync::Mutex<Option<Session>>,
+}
+
+impl PostgresDatabase {
+    fn run(&self, sql: &str) -> Answer {
+        let mut session = self.session.lock().unwrap();
+        if session.is_none() {
+            *session = Some(Session::open(&self.url)?);
+        }
+        session.as_ref().unwrap().run(sql)
+    }
+}
+
+impl Drop for PostgresDatabase {
+    fn drop(&mut self) {
+        self.session.get_mut().unwrap().take();
+        let _ = postgres_run(
+            &server_url(),
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+impl TestDatabase {
+    /// A fresh database of the store the running test uses.
+    pub fn fresh() -> TestDatabase {
+        TestDatabase::of(current_store())
+    }
+
+    pub fn of(kind: StoreKind) -> TestDatabase {
+        let directory = Arc::new(tempfile::tempdir().unwrap());
+        match kind {
+            StoreKind::Sqlite => TestDatabase {
+                url: directory.path().join("sms-credit.db").display().to_string(),
+                directory,
+                kind,
+                postgres: None,
+            },
+            StoreKind::Postgres => {
+                let server = server_url();
+                let name = format!(
+                    "sms_credit_test_{}",
+                    sms_credit_actors::access_tokens::random_secret("")
+                        .unwrap()
+                        .get(..16)
+                        .unwrap()
+                );
+                if let Err(error) = postgres_run(&server, &format!("CREATE DATABASE {name}")) {
+                    panic!(
+                        "The Postgres half of this test needs a PostgreSQL server at {server} \
+                         (set SMS_CREDIT_TEST_POSTGRES to another one). On Debian: \
+                         `sudo pg_ctlcluster 15 main start` and a password for the postgres user \
+                         (`.ci/run` does both). It could not create a database: {error}"
+                    );
+                }
+                let base = server
+                    .rsplit_once('/')
+                    .map(|(base, _)| base)
+                    .unwrap_or(&server);
+                let url = format!("{base}/{name}");
+                TestDatabase {
+                    url: url.clone(),
+                    directory,
+                    kind,
+                    postgres: Some(Arc::new(PostgresDatabase {
+                        name,
+                        url,
+                        session: std::sync::Mutex::new(None),
+                    })),
+                }
+            }
+        }
+    }
+
+    /// A temporary directory that lives as long as the database (for
+    /// other files a test needs).
+    pub fn path(&self) -> &Path {
+        self.directory.path()
+    }
+
+    /// What `SMS_CREDIT_DATABASE` is set to.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn location(&self) -> DatabaseLocation {
+        DatabaseLocation::parse(&self.url).unwrap()
+    }
+
+    fn session(&self) -> &PostgresDatabase {
+        self.postgres.as_deref().expect("a Postgres test database")
+    }
+
+    /// Runs SQL behind the store's back (to check or tamper with rows).
+    pub fn execute(&self, sql: &str) {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let connection = rusqlite::Connection::open(&self.url).unwrap();
+                connection.execute_batch(sql).unwrap();
+            }
+            StoreKind::Postgres => {
+                self.session().run(sql).unwrap();
+            }
+        }
+    }
+
+    /// The first column of the first row of a query, as a whole number.
+    pub fn number(&self, sql: &str) -> i64 {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let connection = rusqlite::Connection::open(&self.url).unwrap();
+                connection.query_row(sql, [], |row| row.get(0)).unwrap()
+            }
+            StoreKind::Postgres => self.session().run(sql).unwrap()[0]
+                .as_deref()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        }
+    }
+
+    /// Writes a value the schema's CHECK constraints would refuse, as a
+    /// newer release (or a hand edit) might have left it in `table`.
+    pub fn tamper(&self, table: &str, sql: &str) {
+        match self.kind {
+            StoreKind::Sqlite => self.execute(&format!(
+                "PRAGMA ignore_check_constraints = ON; {sql}; PRAGMA ignore_check_constraints = OFF;"
+            )),
+            StoreKind::Postgres => {
+                let constraints = self
+                    .session()
+                    .run(&format!(
+                        "SELECT conname FROM pg_constraint
+                          WHERE conrelid = '{table}'::regclass AND contype = 'c'"
+                    ),
+                )
+                .unwrap();
+                for name in constraints.into_iter().flatten() {
+                    self.execute(&format!("ALTER TABLE {table} DROP CONSTRAINT {name}"));
+                }
+                self.execute(sql);
+            }
+        }
+    }
+}

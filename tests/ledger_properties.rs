@@ -12,7 +12,8 @@ use sms_credit_actors::{
     Adjust, Credit, Debit, GetBalance, LedgerError, Money, Receipt, Refund, TransactionKind,
 };
 
-use crate::helpers::{fresh_directory, start_core};
+use crate::database::{StoreKind, TestDatabase};
+use crate::helpers::start_core;
 use crate::ledger_actors::{assert_verified, key, new_account};
 
 #[derive(Clone, Debug)]
@@ -106,8 +107,8 @@ fn observed(answer: &Result<Receipt, LedgerError>) -> Expected {
     }
 }
 
-fn run_sequence(operations: Vec<Operation>, pipelined: bool) {
-    let directory = fresh_directory();
+fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
+    let directory = TestDatabase::of(store);
     actix_rt::System::new().block_on(async {
         let core = start_core(&directory, Duration::from_secs(3600));
         let account = new_account(&core, "+14155550300").await;
@@ -203,12 +204,22 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     #[test]
-    fn sequential_operations_keep_the_ledger_exact(operations in proptest::collection::vec(operation(), 1..25)) {
-        run_sequence(operations, false);
+    fn sequential_operations_keep_the_ledger_exact_on_sqlite(operations in proptest::collection::vec(operation(), 1..25)) {
+        run_sequence(operations, false, StoreKind::Sqlite);
     }
 
     #[test]
-    fn pipelined_operations_keep_the_ledger_exact(operations in proptest::collection::vec(operation(), 1..60)) {
-        run_sequence(operations, true);
+    fn sequential_operations_keep_the_ledger_exact_on_postgres(operations in proptest::collection::vec(operation(), 1..25)) {
+        run_sequence(operations, false, StoreKind::Postgres);
+    }
+
+    #[test]
+    fn pipelined_operations_keep_the_ledger_exact_on_sqlite(operations in proptest::collection::vec(operation(), 1..60)) {
+        run_sequence(operations, true, StoreKind::Sqlite);
+    }
+
+    #[test]
+    fn pipelined_operations_keep_the_ledger_exact_on_postgres(operations in proptest::collection::vec(operation(), 1..60)) {
+        run_sequence(operations, true, StoreKind::Postgres);
     }
 }

@@ -94,19 +94,14 @@ fn a_database_of_an_earlier_release_is_adopted_without_being_rebuilt() {
     assert_eq!(waiting["events"][0]["waiting_on"], "payment_intent:pi_1");
 }
 
-#[test]
+on_both_stores!(sync a_database_migrated_by_a_newer_release_is_refused);
 fn a_database_migrated_by_a_newer_release_is_refused() {
     let directory = fresh_directory();
     assert!(run_cli(&directory, &["migrate"]).status.success());
-    let connection = rusqlite::Connection::open(directory.path().join("sms-credit.db")).unwrap();
-    connection
-        .execute(
-            "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
-             VALUES (99, 'from_the_future', '2027-01-01T00:00:00Z', '1')",
-            [],
-        )
-        .unwrap();
-    drop(connection);
+    directory.execute(
+        "INSERT INTO refinery_schema_history (version, name, applied_on, checksum)
+         VALUES (99, 'from_the_future', '2027-01-01T00:00:00Z', '1')",
+    );
     for command in [&["migrate"][..], &["verify"][..]] {
         let refused = run_cli(&directory, command);
         assert!(!refused.status.success(), "{command:?}: {refused:?}");

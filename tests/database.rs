@@ -255,6 +255,32 @@ impl TestDatabase {
         &self.url
     }
 
+    /// The Postgres server's address, and the URL with another port on
+    /// loopback in its place (for a proxy in between).
+    pub fn postgres_address(&self) -> std::net::SocketAddr {
+        use std::net::ToSocketAddrs;
+        let (_, host_port, _) = self.authority();
+        host_port.to_socket_addrs().unwrap().next().unwrap()
+    }
+
+    pub fn url_through(&self, port: u16) -> String {
+        let (before, _, after) = self.authority();
+        format!("{before}127.0.0.1:{port}{after}")
+    }
+
+    /// The URL cut around its `host:port`.
+    fn authority(&self) -> (&str, &str, &str) {
+        let scheme_end = self.url.find("://").expect("a Postgres URL") + 3;
+        let path = scheme_end
+            + self.url[scheme_end..]
+                .find('/')
+                .unwrap_or(self.url.len() - scheme_end);
+        let host = self.url[scheme_end..path]
+            .rfind('@')
+            .map_or(scheme_end, |at| scheme_end + at + 1);
+        (&self.url[..host], &self.url[host..path], &self.url[path..])
+    }
+
     pub fn location(&self) -> DatabaseLocation {
         DatabaseLocation::parse(&self.url).unwrap()
     }

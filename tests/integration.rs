@@ -11,6 +11,7 @@ mod fake_twilio;
 mod helpers;
 mod hostile;
 mod input_properties;
+mod proxy;
 
 mod admin_api;
 mod browser;
@@ -22,6 +23,7 @@ mod ledger_properties;
 mod migrations;
 mod openapi;
 mod operations;
+mod outage;
 mod quote;
 mod restart;
 mod second_writer;

@@ -25,6 +25,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -91,11 +92,27 @@ impl PostgresUrl {
         })
     }
 
+    /// The connection settings: the URL's, with defaults for what it does
+    /// not say — a connection attempt gives up after 5 s and a write the
+    /// server does not acknowledge within 30 s breaks the connection (so a
+    /// vanished server becomes an error, not a hang), and the connections
+    /// show as `sms-credit` in `pg_stat_activity`.
     fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
-        tokio_postgres::Config::from_str(&self.url).map_err(|error| StoreError::Open {
-            path: self.shown.clone(),
-            reason: error.to_string(),
-        })
+        let mut config =
+            tokio_postgres::Config::from_str(&self.url).map_err(|error| StoreError::Open {
+                path: self.shown.clone(),
+                reason: error.to_string(),
+            })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(30));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("sms-credit");
+        }
+        Ok(config)
     }
 
     /// Whether the URL asks for TLS (`sslmode=require`).

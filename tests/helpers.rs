@@ -21,8 +21,11 @@ pub struct TestApp {
     /// Keeps the database alive for as long as the app (and a restart) needs it.
     pub directory: TestDatabase,
     pub client: awc::Client,
-    handle: ServerHandle,
-    finished: actix_rt::task::JoinHandle<std::io::Result<()>>,
+    /// The in-process server (none when attached to a server process).
+    server: Option<(
+        ServerHandle,
+        actix_rt::task::JoinHandle<std::io::Result<()>>,
+    )>,
 }
 
 /// A fresh database of the store the running test uses.
@@ -101,16 +104,30 @@ impl TestApp {
             address,
             directory,
             client: awc::Client::default(),
-            handle,
-            finished,
+            server: Some((handle, finished)),
+        }
+    }
+
+    /// The helpers of this type, for a server process (which the caller
+    /// starts and stops).
+    pub fn attach(process: &ServerProcess, directory: &TestDatabase) -> TestApp {
+        TestApp {
+            address: process.base_url.clone(),
+            directory: directory.clone(),
+            client: awc::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .finish(),
+            server: None,
         }
     }
 
     /// Stops gracefully (in-flight requests finish, the last commit is
     /// flushed) and gives back the directory so the database can be reopened.
     pub async fn stop(self) -> TestDatabase {
-        self.handle.stop(true).await;
-        self.finished.await.unwrap().unwrap();
+        if let Some((handle, finished)) = self.server {
+            handle.stop(true).await;
+            finished.await.unwrap().unwrap();
+        }
         self.directory
     }
 

@@ -18,6 +18,7 @@ mod browser;
 mod cli;
 mod crash;
 mod feed;
+mod instances;
 mod ledger_actors;
 mod ledger_properties;
 mod migrations;

@@ -3,6 +3,7 @@
 //! afterwards (both, at worst: duplicates are skipped by `seq`). A gap in
 //! the live rows is filled from the ledger before going on.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
@@ -242,12 +243,40 @@ async fn account_feed(
     }
 }
 
+/// Every account's `seq` now, read in pages: where the admin feed starts.
+async fn every_seq(store: &Store) -> Result<HashMap<AccountId, i64>, StoreError> {
+    let mut seqs = HashMap::new();
+    let mut after_id = 0;
+    loop {
+        let page = store.accounts().list(None, after_id, PAGE).await?;
+        let Some(last) = page.last() else {
+            return Ok(seqs);
+        };
+        after_id = last.id.0;
+        let complete = (page.len() as i64) < PAGE;
+        seqs.extend(page.iter().map(|account| (account.id, account.seq)));
+        if complete {
+            return Ok(seqs);
+        }
+    }
+}
+
+/// Every account's rows from the moment it opened, each account's in `seq`
+/// order without gaps or duplicates: rows committed by other instances (or
+/// processes) can reach this one's hub after its own later ones, so the
+/// feed keeps each account's last `seq` (starting from what every account
+/// had when it opened) and fills a gap from the ledger.
 async fn admin_feed(
     start: &FeedStart,
     mut subscription: Subscription,
     session: &mut Session,
     incoming: &mut MessageStream,
 ) -> End {
+    // Subscribed first, so no row committed after this read is missed.
+    let mut last = match every_seq(&start.store).await {
+        Ok(seqs) => seqs,
+        Err(error) => return End::Store(error.to_string()),
+    };
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
@@ -257,9 +286,22 @@ async fn admin_feed(
                 let Some(entry) = live else {
                     return End::TooSlow { last_seq: -1 };
                 };
+                // An account not there when the feed opened starts at 0.
+                let last = last.entry(entry.account_id).or_insert(0);
+                if entry.seq <= *last {
+                    continue;
+                }
+                if entry.seq > *last + 1 {
+                    if let Err(end) =
+                        replay(&start.store, entry.account_id, last, Some(entry.seq - 1), session).await
+                    {
+                        return end;
+                    }
+                }
                 if let Err(end) = send(session, &event(&entry)).await {
                     return end;
                 }
+                *last = entry.seq;
             }
             message = incoming.recv() => {
                 if let Some(end) = heard(message, session, &mut last_heard).await {

@@ -32,6 +32,11 @@ use crate::store::{InboundClaim, InboundRecord, Store, StoreError};
 /// that receives the same MessageSid may answer it instead.
 const INBOUND_CLAIM_LEASE_MS: i64 = 60_000;
 
+/// How often, and how long apart, a delivery of a `BUY` another instance is
+/// answering looks for that answer before saying busy (503).
+const INBOUND_CLAIM_WAITS: u32 = 80;
+const INBOUND_CLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// A verified inbound SMS. The answer is the reply text (`None`: no reply).
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<Option<String>, SmsError>")]
@@ -207,23 +212,32 @@ impl SmsContext {
         // A charge goes to Stripe, outside the store: claim the MessageSid
         // first, so that a retry reaching another instance meanwhile waits
         // for this reply instead of charging (or answering) on its own.
+        // The first one's reply is waited for (a moment at a time, well
+        // inside Twilio's 15 s), so that both deliveries answer alike.
         if account.is_some() && matches!(command, Command::Buy(BuyAmount::Ten)) {
-            let claim = self
-                .store
-                .messages()
-                .claim_inbound(
-                    message.message_sid.clone(),
-                    message.from.clone(),
-                    message.body.clone(),
-                    self.store.instance_id().to_string(),
-                    now_ms,
-                    now_ms + INBOUND_CLAIM_LEASE_MS,
-                )
-                .await?;
-            match claim {
-                InboundClaim::Mine => {}
-                InboundClaim::Answered(reply) => return Ok(reply),
-                InboundClaim::Busy => return Err(SmsError::Busy),
+            let mut waits = 0;
+            loop {
+                let claim = self
+                    .store
+                    .messages()
+                    .claim_inbound(
+                        message.message_sid.clone(),
+                        message.from.clone(),
+                        message.body.clone(),
+                        self.store.instance_id().to_string(),
+                        now_ms,
+                        now_ms + INBOUND_CLAIM_LEASE_MS,
+                    )
+                    .await?;
+                match claim {
+                    InboundClaim::Mine => break,
+                    InboundClaim::Answered(reply) => return Ok(reply),
+                    InboundClaim::Busy if waits < INBOUND_CLAIM_WAITS => {
+                        waits += 1;
+                        tokio::time::sleep(INBOUND_CLAIM_PAUSE).await;
+                    }
+                    InboundClaim::Busy => return Err(SmsError::Busy),
+                }
             }
         }
         let reply = match &account {

@@ -14,7 +14,7 @@ use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::messaging::reconcile;
 use sms_credit_actors::rating::{quote, QuoteRequest};
-use sms_credit_actors::store::{Store, StoreSettings};
+use sms_credit_actors::store::{copy, DatabaseLocation, Store, StoreSettings};
 use sms_credit_actors::{access_tokens, export, AccountId, Adjust, IdempotencyKey, Money};
 
 use crate::config::{Options, Settings};
@@ -81,6 +81,17 @@ pub enum Command {
     /// Apply the database migrations this release has and the database has
     /// not, then exit (the server applies them at start too).
     Migrate,
+    /// Copy every row of one database into another that holds no data yet
+    /// (an SQLite file into Postgres, say), then verify both. Stop the
+    /// servers on the source first.
+    Copy {
+        /// The database to copy: a file path, sqlite://path or postgres://…
+        #[arg(long)]
+        from: String,
+        /// The empty database to copy into (created and migrated if needed).
+        #[arg(long)]
+        to: String,
+    },
     /// Create, show and adjust accounts.
     #[command(subcommand)]
     Accounts(AccountsCommand),
@@ -201,6 +212,7 @@ pub fn run(cli: Cli) -> ExitCode {
             json,
         } => stripe_events_command(&settings, status, limit, json),
         Command::Migrate => migrate_command(&settings),
+        Command::Copy { from, to } => copy_command(&from, &to),
         Command::Pricing { mode, sale_price } => pricing_command(&settings, mode, sale_price),
         Command::DiscountCodes(command) => discount_codes_command(&settings, command),
     };
@@ -409,6 +421,39 @@ fn migrate_command(settings: &Settings) -> Result<(), String> {
         println!("{}: applied {name}", settings.database);
     }
     Ok(())
+}
+
+fn copy_command(from: &str, to: &str) -> Result<(), String> {
+    let parse = |name: &str, text: &str| {
+        DatabaseLocation::parse(text).map_err(|error| format!("--{name}: {error}"))
+    };
+    let (source, target) = (parse("from", from)?, parse("to", to)?);
+    if source == target {
+        return Err("--from and --to are the same database".to_string());
+    }
+    if let Some(path) = source.sqlite_path() {
+        if !path.exists() {
+            return Err(format!("--from: {} does not exist", path.display()));
+        }
+    }
+    actix_rt::System::new().block_on(async move {
+        let open = |location: &DatabaseLocation| {
+            Store::open(&StoreSettings::new(location.clone()))
+                .map_err(|error| format!("{location}: {error}"))
+        };
+        let (source_store, target_store) = (open(&source)?, open(&target)?);
+        let report = copy::copy(&source_store, &target_store, SystemClock.now_ms())
+            .await
+            .map_err(|error| error.to_string())?;
+        for (table, rows) in &report.tables {
+            println!("{table:<24} {rows:>10} rows");
+        }
+        println!(
+            "copied {source} to {target}; verify is clean on both: {} accounts, {} transactions",
+            report.target.accounts_checked, report.target.transactions_checked
+        );
+        Ok(())
+    })
 }
 
 fn pricing_command(

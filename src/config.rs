@@ -88,8 +88,14 @@ pub struct Options {
     #[arg(long, env = "SMS_CREDIT_BIND", global = true, value_name = "ADDR")]
     pub bind: Option<String>,
 
-    /// The database: an SQLite file path or sqlite://path (created and migrated if absent) [default: ./sms-credit.db].
-    #[arg(long, env = "SMS_CREDIT_DATABASE", global = true, value_name = "FILE")]
+    /// The database: an SQLite file path or sqlite://path, or postgres://user:password@host/name (created or migrated as needed) [default: ./sms-credit.db].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_DATABASE",
+        global = true,
+        hide_env_values = true,
+        value_name = "PATH|URL"
+    )]
     pub database: Option<String>,
 
     /// Bearer token for the admin API under /v1/admin; without it the admin API answers 503.

@@ -276,3 +276,18 @@ fn admin_tools_from_the_command_line() {
     let live = directory.number("SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL");
     assert_eq!(live, 0);
 }
+
+#[test]
+fn help_never_shows_the_database_password() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .arg("--help")
+        .env(
+            "SMS_CREDIT_DATABASE",
+            "postgres://billing:hunter2secret@db.internal/sms",
+        )
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("--database"), "{help}");
+    assert!(!help.contains("hunter2secret"), "{help}");
+}

@@ -16,6 +16,7 @@ mod proxy;
 mod admin_api;
 mod browser;
 mod cli;
+mod copy;
 mod crash;
 mod feed;
 mod instances;

@@ -7,6 +7,7 @@
 //! migrations and its connections to itself. Whatever the adapter, a write
 //! is answered only after the transaction that holds it has committed.
 
+pub mod copy;
 pub mod ports;
 pub mod postgres;
 pub mod sqlite;
@@ -25,9 +26,9 @@ use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
 pub use ports::{
-    AccessOrderRequest, AccountStore, Backend, BillingStore, EventDecision, InboundClaim,
-    InboundRecord, InstanceStore, LedgerStore, MessageStore, OrderCompletion, PriceAccess,
-    PriceCheck, ReceivedEvent, Reception, StoreFuture, StripeEventStore, TokenStore,
+    AccessOrderRequest, AccountStore, Backend, BillingStore, CopyStore, EventDecision,
+    InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore, OrderCompletion,
+    PriceAccess, PriceCheck, ReceivedEvent, Reception, StoreFuture, StripeEventStore, TokenStore,
 };
 
 /// Where the database is.
@@ -407,6 +408,10 @@ impl Store {
     }
 
     pub fn instances(&self) -> &dyn InstanceStore {
+        &*self.backend
+    }
+
+    pub fn copying(&self) -> &dyn CopyStore {
         &*self.backend
     }
 

@@ -22,6 +22,7 @@ use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
 use crate::verify::VerifyReport;
 
+use super::copy::{CopyError, CopyRow, Page, Table};
 use super::{CreateAccountError, LedgerWrite, StoreError};
 
 /// What every operation returns: a future that owns what it needs, so it
@@ -392,6 +393,26 @@ pub trait InstanceStore: Send + Sync {
     fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()>;
     /// Forgets this instance (a clean stop): what it left is anyone's.
     fn leave(&self, instance_id: String) -> StoreFuture<()>;
+    /// The instances whose last heartbeat is at or after `since_ms`.
+    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<String>>;
+}
+
+/// Moving every row from one store to another (`sms-credit copy`).
+pub trait CopyStore: Send + Sync {
+    /// Up to `limit` rows of `table` whose key comes after `after` (from
+    /// the first when `None`), in key order.
+    fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<CopyRow>,
+        limit: i64,
+    ) -> StoreFuture<Vec<CopyRow>>;
+    /// Checks that this store holds no data, then writes every page it
+    /// receives, all in one transaction; answers each table's row count.
+    fn import(
+        &self,
+        pages: tokio::sync::mpsc::Receiver<Page>,
+    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
 }
 
 /// A store: every port, from one adapter.
@@ -403,5 +424,6 @@ pub trait Backend:
     + StripeEventStore
     + MessageStore
     + InstanceStore
+    + CopyStore
 {
 }

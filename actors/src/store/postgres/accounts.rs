@@ -327,4 +327,18 @@ impl InstanceStore for PostgresStore {
             })
         })
     }
+
+    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<String>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT id FROM instances WHERE heartbeat_at >= $1 ORDER BY id",
+                    &[&since_ms],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| row.try_get(0).map_err(StoreError::from))
+                .collect()
+        })
+    }
 }

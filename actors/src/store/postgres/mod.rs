@@ -11,6 +11,7 @@
 
 mod accounts;
 mod billing;
+mod copy;
 mod events;
 mod ledger;
 mod listener;

@@ -254,6 +254,17 @@ impl InstanceStore for SqliteStore {
             Ok(())
         })
     }
+
+    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<String>> {
+        self.read(move |connection| {
+            let mut statement = connection
+                .prepare_cached("SELECT id FROM instances WHERE heartbeat_at >= ?1 ORDER BY id")?;
+            let ids = statement
+                .query_map([since_ms], |row| row.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+    }
 }
 
 impl TokenStore for SqliteStore {

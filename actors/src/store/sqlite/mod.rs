@@ -9,6 +9,7 @@
 
 mod accounts;
 mod billing;
+mod copy;
 mod events;
 mod ledger;
 mod messages;

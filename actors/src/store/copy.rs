@@ -1,0 +1,404 @@
+//! `sms-credit copy`: every row of one store into another that holds no
+//! data yet (the way a user moves from the embedded SQLite file to Postgres,
+//! or back). The source is read a page at a time in key order; the target
+//! takes every page in one transaction, so a copy that fails leaves it
+//! empty. Both sides are verified afterwards and the row counts compared.
+//!
+//! The tables and their columns are listed here once; both schemas have
+//! them with the same names and values (times in Unix milliseconds, money in
+//! micro-dollars, flags as 0/1), so rows move as they are.
+
+use tokio::sync::mpsc;
+
+use super::{Store, StoreError};
+use crate::verify::VerifyReport;
+
+/// What a column holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    Integer,
+    Text,
+}
+
+/// A table that is copied: its columns and the key that orders it.
+#[derive(Debug)]
+pub struct Table {
+    pub name: &'static str,
+    pub columns: &'static [(&'static str, ColumnType)],
+    /// Indexes into `columns` of the primary key, in order.
+    pub key: &'static [usize],
+    /// Whose `id` a sequence hands out (the target's is moved past the
+    /// copied rows).
+    pub has_id_sequence: bool,
+    /// A table the migrations fill with a default row, replaced by the copy.
+    pub seeded: bool,
+}
+
+impl Table {
+    pub fn column_names(&self) -> String {
+        self.columns
+            .iter()
+            .map(|(name, _)| *name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn key_names(&self) -> String {
+        self.key
+            .iter()
+            .map(|index| self.columns[*index].0)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// The key of `row`, to read the next page after it.
+    pub fn key_of(&self, row: &[CopyValue]) -> Vec<CopyValue> {
+        self.key.iter().map(|index| row[*index].clone()).collect()
+    }
+}
+
+use ColumnType::{Integer as I, Text as T};
+
+/// Every table with data, parents before children. Not copied: which
+/// instances are running (`instances`), SQLite's change notes for other
+/// processes (`ledger_changes`) and the migration history (each side has its
+/// own).
+pub const TABLES: &[Table] = &[
+    Table {
+        name: "accounts",
+        columns: &[
+            ("id", I),
+            ("phone", T),
+            ("email", T),
+            ("stripe_customer_id", T),
+            ("status", T),
+            ("created_at", I),
+            ("stripe_payment_method_id", T),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "account_balances",
+        columns: &[
+            ("account_id", I),
+            ("balance", I),
+            ("seq", I),
+            ("low_balance_warned_at", I),
+            ("updated_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "transactions",
+        columns: &[
+            ("account_id", I),
+            ("seq", I),
+            ("type", T),
+            ("amount", I),
+            ("balance_after", I),
+            ("idempotency_key", T),
+            ("order_id", I),
+            ("description", T),
+            ("created_at", I),
+        ],
+        key: &[0, 1],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "pricing",
+        columns: &[("id", I), ("mode", T), ("sale_price", I), ("updated_at", I)],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: true,
+    },
+    Table {
+        name: "discount_codes",
+        columns: &[
+            ("id", I),
+            ("code", T),
+            ("discount_type", T),
+            ("value", I),
+            ("max_uses", I),
+            ("current_uses", I),
+            ("active", I),
+            ("stripe_coupon_id", T),
+            ("created_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "orders",
+        columns: &[
+            ("id", I),
+            ("account_id", I),
+            ("order_type", T),
+            ("amount", I),
+            ("list_price", I),
+            ("pricing_mode", T),
+            ("stripe_session_id", T),
+            ("stripe_payment_intent_id", T),
+            ("discount_code_id", I),
+            ("discount_released", I),
+            ("charge_key", T),
+            ("amount_refunded", I),
+            ("status", T),
+            ("created_at", I),
+            ("completed_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "stripe_events",
+        columns: &[
+            ("event_id", T),
+            ("event_type", T),
+            ("received_at", I),
+            ("processed_at", I),
+            ("outcome", T),
+            ("payload", T),
+            ("status", T),
+            ("waiting_on", T),
+            ("claimed_by", T),
+            ("claimed_until", I),
+        ],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "account_tokens",
+        columns: &[
+            ("id", I),
+            ("account_id", I),
+            ("token_hash", T),
+            ("created_at", I),
+            ("revoked_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "inbound_messages",
+        columns: &[
+            ("message_sid", T),
+            ("from_number", T),
+            ("account_id", I),
+            ("body", T),
+            ("reply", T),
+            ("created_at", I),
+            ("state", T),
+            ("claimed_by", T),
+            ("claimed_until", I),
+        ],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "messages",
+        columns: &[
+            ("id", I),
+            ("account_id", I),
+            ("kind", T),
+            ("idempotency_key", T),
+            ("to_number", T),
+            ("country", T),
+            ("encoding", T),
+            ("segments", I),
+            ("price_per_segment", I),
+            ("carrier_cost_per_segment", I),
+            ("charged", I),
+            ("state", T),
+            ("twilio_sid", T),
+            ("twilio_status", T),
+            ("refunded", I),
+            ("actual_cost", I),
+            ("price_checks", I),
+            ("next_price_check_at", I),
+            ("created_at", I),
+            ("instance_id", T),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "early_message_statuses",
+        columns: &[("twilio_sid", T), ("status", T), ("received_at", I)],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "notices",
+        columns: &[
+            ("id", I),
+            ("account_id", I),
+            ("kind", T),
+            ("dedupe_key", T),
+            ("payload", T),
+            ("state", T),
+            ("attempts", I),
+            ("next_attempt_at", I),
+            ("claimed_until", I),
+            ("created_at", I),
+            ("sent_at", I),
+            ("twilio_sid", T),
+            ("last_error", T),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+];
+
+/// One value of a copied row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CopyValue {
+    Null,
+    Integer(i64),
+    Text(String),
+}
+
+pub type CopyRow = Vec<CopyValue>;
+
+/// Rows of one table, in key order.
+#[derive(Debug)]
+pub struct Page {
+    pub table: &'static Table,
+    pub rows: Vec<CopyRow>,
+}
+
+/// Rows read from the source at a time.
+pub const PAGE_ROWS: i64 = 1_000;
+
+/// Why a copy did not happen (the target is left as it was).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    #[error("the target already holds data (table {0}); copy only into a database with none")]
+    TargetNotEmpty(&'static str),
+    #[error("instances are running on the source ({0}); stop them first so nothing changes during the copy")]
+    SourceInUse(String),
+    #[error(
+        "table {table}: {exported} rows read from the source but {imported} written to the target"
+    )]
+    CountMismatch {
+        table: &'static str,
+        exported: u64,
+        imported: u64,
+    },
+    #[error("verify is not clean on the {side} after the copy: {problems} problems")]
+    NotClean { side: &'static str, problems: usize },
+    #[error("the two sides differ after the copy: {0}")]
+    Differs(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What was copied, and both sides' verify reports.
+#[derive(Debug)]
+pub struct CopyReport {
+    pub tables: Vec<(&'static str, u64)>,
+    pub source: VerifyReport,
+    pub target: VerifyReport,
+}
+
+/// How long an instance's heartbeat counts as alive, for the refusal to
+/// copy from a database instances are using.
+const ALIVE_WITHIN_MS: i64 = 60_000;
+
+/// Copies every row of `source` into `target` (which must hold no data),
+/// then verifies both and compares them.
+pub async fn copy(source: &Store, target: &Store, now_ms: i64) -> Result<CopyReport, CopyError> {
+    let running = source
+        .instances()
+        .alive(now_ms.saturating_sub(ALIVE_WITHIN_MS))
+        .await?;
+    if !running.is_empty() {
+        return Err(CopyError::SourceInUse(running.join(", ")));
+    }
+    let (pages, receiver) = mpsc::channel::<Page>(4);
+    let import = target.copying().import(receiver);
+    let export = async move {
+        let mut counts = Vec::new();
+        for table in TABLES {
+            let mut after = None;
+            let mut count = 0_u64;
+            loop {
+                let rows = source
+                    .copying()
+                    .export_page(table, after.take(), PAGE_ROWS)
+                    .await?;
+                let full = rows.len() as i64 == PAGE_ROWS;
+                count += rows.len() as u64;
+                after = rows.last().map(|row| table.key_of(row));
+                if !rows.is_empty() && pages.send(Page { table, rows }).await.is_err() {
+                    // The target stopped taking pages: its error says why.
+                    return Ok(counts);
+                }
+                if !full {
+                    break;
+                }
+            }
+            counts.push((table.name, count));
+        }
+        Ok::<_, CopyError>(counts)
+    };
+    let (exported, imported) = futures_util::join!(export, import);
+    let imported = imported?;
+    let exported = exported?;
+    for (table, exported) in &exported {
+        let imported = imported
+            .iter()
+            .find(|(name, _)| name == table)
+            .map_or(0, |(_, count)| *count);
+        if imported != *exported {
+            return Err(CopyError::CountMismatch {
+                table,
+                exported: *exported,
+                imported,
+            });
+        }
+    }
+
+    let source_report = source.ledger().verify().await?;
+    let target_report = target.ledger().verify().await?;
+    for (side, report) in [("source", &source_report), ("target", &target_report)] {
+        if !report.is_clean() {
+            return Err(CopyError::NotClean {
+                side,
+                problems: report.problems.len(),
+            });
+        }
+    }
+    if (
+        source_report.accounts_checked,
+        source_report.transactions_checked,
+    ) != (
+        target_report.accounts_checked,
+        target_report.transactions_checked,
+    ) {
+        return Err(CopyError::Differs(format!(
+            "{} accounts and {} transactions on the source, {} and {} on the target",
+            source_report.accounts_checked,
+            source_report.transactions_checked,
+            target_report.accounts_checked,
+            target_report.transactions_checked
+        )));
+    }
+    Ok(CopyReport {
+        tables: exported,
+        source: source_report,
+        target: target_report,
+    })
+}

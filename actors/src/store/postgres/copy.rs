@@ -1,0 +1,216 @@
+//! Copying in Postgres: pages read in key order on a reader; the import
+//! runs on a connection of its own, in one transaction: many rows per
+//! INSERT, then each `id` sequence moved past the copied rows.
+
+use tokio::sync::mpsc;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{GenericClient, Row};
+
+use super::PostgresStore;
+use crate::store::copy::{ColumnType, CopyError, CopyRow, CopyValue, Page, Table, TABLES};
+use crate::store::{CopyStore, StoreError, StoreFuture};
+
+/// Postgres takes at most 65 535 parameters per statement.
+const MAX_PARAMETERS: usize = 60_000;
+
+type Parameter = Box<dyn ToSql + Sync + Send>;
+
+fn cast(kind: ColumnType) -> &'static str {
+    match kind {
+        ColumnType::Integer => "bigint",
+        ColumnType::Text => "text",
+    }
+}
+
+/// A value as a parameter of its column's type.
+fn parameter(table: &Table, column: usize, value: &CopyValue) -> Result<Parameter, StoreError> {
+    let (name, kind) = table.columns[column];
+    Ok(match (kind, value) {
+        (ColumnType::Integer, CopyValue::Null) => Box::new(None::<i64>),
+        (ColumnType::Text, CopyValue::Null) => Box::new(None::<String>),
+        (ColumnType::Integer, CopyValue::Integer(number)) => Box::new(Some(*number)),
+        (ColumnType::Text, CopyValue::Text(text)) => Box::new(Some(text.clone())),
+        (_, other) => {
+            return Err(StoreError::Database(format!(
+                "{}.{name}: {other:?} is not a {}",
+                table.name,
+                cast(kind)
+            )))
+        }
+    })
+}
+
+fn read_row(table: &Table, row: &Row) -> Result<CopyRow, StoreError> {
+    table
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(index, (_, kind))| {
+            Ok(match kind {
+                ColumnType::Integer => row
+                    .try_get::<_, Option<i64>>(index)?
+                    .map_or(CopyValue::Null, CopyValue::Integer),
+                ColumnType::Text => row
+                    .try_get::<_, Option<String>>(index)?
+                    .map_or(CopyValue::Null, CopyValue::Text),
+            })
+        })
+        .collect()
+}
+
+async fn insert(
+    client: &impl GenericClient,
+    table: &Table,
+    rows: &[CopyRow],
+) -> Result<(), StoreError> {
+    let width = table.columns.len();
+    for chunk in rows.chunks((MAX_PARAMETERS / width).max(1)) {
+        let mut values = Vec::with_capacity(chunk.len());
+        let mut parameters: Vec<Parameter> = Vec::with_capacity(chunk.len() * width);
+        for row in chunk {
+            let start = parameters.len();
+            let placeholders: Vec<String> = table
+                .columns
+                .iter()
+                .enumerate()
+                .map(|(column, (_, kind))| format!("${}::{}", start + column + 1, cast(*kind)))
+                .collect();
+            values.push(format!("({})", placeholders.join(", ")));
+            for (column, value) in row.iter().enumerate() {
+                parameters.push(parameter(table, column, value)?);
+            }
+        }
+        let references: Vec<&(dyn ToSql + Sync)> = parameters
+            .iter()
+            .map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        client
+            .execute(
+                &format!(
+                    "INSERT INTO {} ({}) VALUES {}",
+                    table.name,
+                    table.column_names(),
+                    values.join(", ")
+                ),
+                &references,
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+impl CopyStore for PostgresStore {
+    fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<CopyRow>,
+        limit: i64,
+    ) -> StoreFuture<Vec<CopyRow>> {
+        self.read(move |client| async move {
+            let mut parameters: Vec<Parameter> = Vec::new();
+            let filter = match &after {
+                Some(key) => {
+                    let mut placeholders = Vec::new();
+                    for (position, value) in key.iter().enumerate() {
+                        let column = table.key[position];
+                        parameters.push(parameter(table, column, value)?);
+                        placeholders.push(format!(
+                            "${}::{}",
+                            position + 1,
+                            cast(table.columns[column].1)
+                        ));
+                    }
+                    format!(
+                        "WHERE ({}) > ({})",
+                        table.key_names(),
+                        placeholders.join(", ")
+                    )
+                }
+                None => String::new(),
+            };
+            // Integer columns read as bigint (`pricing.id` is an integer).
+            let columns: Vec<String> = table
+                .columns
+                .iter()
+                .map(|(name, kind)| format!("{name}::{}", cast(*kind)))
+                .collect();
+            let references: Vec<&(dyn ToSql + Sync)> = parameters
+                .iter()
+                .map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync))
+                .collect();
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}",
+                        columns.join(", "),
+                        table.name,
+                        table.key_names()
+                    ),
+                    &references,
+                )
+                .await?;
+            rows.iter().map(|row| read_row(table, row)).collect()
+        })
+    }
+
+    fn import(
+        &self,
+        mut pages: mpsc::Receiver<Page>,
+    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
+        let connector = self.readers.connector.clone();
+        Box::pin(async move {
+            let mut client = connector.connect(None).await?;
+            let transaction = client.transaction().await.map_err(StoreError::from)?;
+            for table in TABLES.iter().filter(|table| !table.seeded) {
+                let holds_rows: bool = transaction
+                    .query_one(
+                        &format!("SELECT EXISTS (SELECT 1 FROM {})", table.name),
+                        &[],
+                    )
+                    .await
+                    .map_err(StoreError::from)?
+                    .try_get(0)
+                    .map_err(StoreError::from)?;
+                if holds_rows {
+                    return Err(CopyError::TargetNotEmpty(table.name));
+                }
+            }
+            let mut counts: Vec<(&'static str, u64)> = Vec::new();
+            while let Some(page) = pages.recv().await {
+                let table = page.table;
+                let index = match counts.iter().position(|(name, _)| *name == table.name) {
+                    Some(index) => index,
+                    None => {
+                        if table.seeded {
+                            // The migrations' default row gives way to the source's.
+                            transaction
+                                .execute(&format!("DELETE FROM {}", table.name), &[])
+                                .await
+                                .map_err(StoreError::from)?;
+                        }
+                        counts.push((table.name, 0));
+                        counts.len() - 1
+                    }
+                };
+                insert(&transaction, table, &page.rows).await?;
+                counts[index].1 += page.rows.len() as u64;
+            }
+            for table in TABLES.iter().filter(|table| table.has_id_sequence) {
+                transaction
+                    .execute(
+                        &format!(
+                            "SELECT setval(pg_get_serial_sequence('{0}', 'id'),
+                                           GREATEST((SELECT MAX(id) FROM {0}), 1),
+                                           EXISTS (SELECT 1 FROM {0}))",
+                            table.name
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(StoreError::from)?;
+            }
+            transaction.commit().await.map_err(StoreError::from)?;
+            Ok(counts)
+        })
+    }
+}

@@ -1,0 +1,158 @@
+//! `sms-credit copy`: an SQLite database with every kind of row moved into
+//! an empty Postgres one (and back), row for row, verified on both sides; a
+//! server on the copy carries on where the original stopped; a target that
+//! holds data, or a source a server is running on, is refused.
+
+use actix_web::http::StatusCode;
+use serde_json::json;
+use sms_credit_actors::store::copy::TABLES;
+use sms_credit_actors::store::{Store, StoreSettings};
+
+use crate::database::{StoreKind, TestDatabase};
+use crate::fake_stripe::{EventFactory, FakeStripe};
+use crate::fake_twilio::FakeTwilio;
+use crate::helpers::{
+    run_cli, stripe_settings, test_settings, with_twilio, ServerProcess, TestApp,
+};
+use crate::ledger_actors::assert_verified;
+use crate::stripe::{create_code, start_access};
+
+fn copy(from: &TestDatabase, to: &TestDatabase) -> std::process::Output {
+    run_cli(to, &["copy", "--from", from.url(), "--to", to.url()])
+}
+
+/// Every row of every copied table, in key order, read through the port.
+async fn every_row(database: &TestDatabase) -> Vec<(&'static str, Vec<String>)> {
+    let store = Store::open(&StoreSettings::new(database.location())).unwrap();
+    let mut rows = Vec::new();
+    for table in TABLES {
+        let page = store
+            .copying()
+            .export_page(table, None, 1_000_000)
+            .await
+            .unwrap();
+        rows.push((
+            table.name,
+            page.iter().map(|row| format!("{row:?}")).collect(),
+        ));
+    }
+    rows
+}
+
+#[actix_rt::test]
+async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
+    // A source with accounts, ledger rows, orders, a discount code, Stripe
+    // events, messages (sent and inbound), tokens and a low-balance notice.
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    let settings = with_twilio(stripe_settings(&source, &stripe.base_url), &twilio.base_url);
+    let app = TestApp::spawn_with(source.clone(), settings).await;
+    create_code(
+        &app,
+        json!({"code": "MOVE10", "type": "percent", "percent": 10, "max_uses": 5}),
+    )
+    .await;
+    let mut events = EventFactory::new();
+    let (account, order, session, customer) =
+        start_access(&app, "+14155550990", Some("MOVE10")).await;
+    app.deliver(&events.checkout_completed(&session, order, &customer, 2699, "pi_move"))
+        .await;
+    let token = app.issue_token(account).await;
+    let (status, sent) = app
+        .post_message(
+            json!({"account_id": account, "body": "Forecast: sun", "idempotency_key": "move-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let (status, _) = app
+        .post_twilio_sms("SMmove1", "+14155550990", "BALANCE")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app.post_adjustment(account, -3_000_000, "move-adj").await;
+    assert_eq!(status, StatusCode::OK);
+    app.settle_notices(account).await;
+    let other = app.create_account("+14155550991").await;
+    app.post_adjustment(other, 1_234_567, "other").await;
+    let balance = app.balance_micros(account).await;
+    let source = app.stop().await;
+
+    // Into Postgres.
+    let target = TestDatabase::of(StoreKind::Postgres);
+    let copied = copy(&source, &target);
+    let stdout = String::from_utf8_lossy(&copied.stdout);
+    assert!(copied.status.success(), "{copied:?}");
+    assert!(stdout.contains("verify is clean on both"), "{stdout}");
+    assert!(stdout.contains("transactions"), "{stdout}");
+    let original = every_row(&source).await;
+    assert_eq!(every_row(&target).await, original, "row for row");
+    for (table, rows) in &original {
+        if [
+            "accounts",
+            "transactions",
+            "orders",
+            "messages",
+            "stripe_events",
+        ]
+        .contains(table)
+        {
+            assert!(!rows.is_empty(), "the source has {table} rows");
+        }
+    }
+
+    // A second copy into it is refused and changes nothing.
+    let again = copy(&source, &target);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already holds data"), "{stderr}");
+    assert_eq!(every_row(&target).await, original);
+
+    // A server on the copy carries on: the same balance and token, an old
+    // key replayed, new rows after the copied ones.
+    let app = TestApp::spawn_with(target.clone(), test_settings(&target)).await;
+    assert_eq!(app.balance_micros(account).await, balance);
+    let (status, replayed) = app.post_adjustment(account, -3_000_000, "move-adj").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(replayed["replayed"], true);
+    let (status, me) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    let newer = app.create_account("+14155550992").await;
+    assert_eq!(
+        newer,
+        other + 1,
+        "the id sequence moved past the copied rows"
+    );
+    let (status, _) = app.post_adjustment(account, 500_000, "after-copy").await;
+    assert_eq!(status, StatusCode::OK);
+    let target = app.stop().await;
+    assert_verified(&target);
+
+    // And back into a fresh SQLite file.
+    let back = TestDatabase::of(StoreKind::Sqlite);
+    let copied = copy(&target, &back);
+    assert!(copied.status.success(), "{copied:?}");
+    assert_eq!(every_row(&back).await, every_row(&target).await);
+    assert_verified(&back);
+}
+
+#[actix_rt::test]
+async fn a_source_in_use_is_refused() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    let server = ServerProcess::start(&source, &[]);
+    let target = TestDatabase::of(StoreKind::Postgres);
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("instances are running on the source"),
+        "{stderr}"
+    );
+    drop(server);
+}

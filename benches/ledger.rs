@@ -2,7 +2,11 @@
 //! them: prints debits/s, acknowledge latency and the ratio.
 //!
 //! `cargo bench --bench ledger` (options: `-- --debits N --callers N
-//! --accounts N --naive-debits N --actor-threads N`).
+//! --accounts N --naive-debits N --actor-threads N`) runs on SQLite files in
+//! a temporary directory. With `-- --database postgres://user:pw@host/db`
+//! it runs on Postgres instead (in fresh databases named after `db`, made
+//! and dropped by the bench), and adds three instances on shared accounts
+//! and how stale another instance's view is.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +17,7 @@ use std::time::{Duration, Instant};
 use sms_credit::config::Settings;
 use sms_credit::startup::Core;
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store::{self, LedgerWrite, Store, StoreSettings};
+use sms_credit_actors::store::{self, DatabaseLocation, LedgerWrite, Store, StoreSettings};
 use sms_credit_actors::{
     AccountId, Debit, IdempotencyKey, LedgerEntry, Money, Snapshot, TransactionKind,
 };
@@ -24,6 +28,8 @@ struct Options {
     accounts: i64,
     naive_debits: u64,
     actor_threads: usize,
+    /// A Postgres URL; SQLite when absent.
+    postgres: Option<String>,
 }
 
 fn options() -> Options {
@@ -33,6 +39,7 @@ fn options() -> Options {
         accounts: 10_000,
         naive_debits: 3_000,
         actor_threads: 1,
+        postgres: None,
     };
     let arguments: Vec<String> = std::env::args().collect();
     let mut index = 1;
@@ -40,6 +47,11 @@ fn options() -> Options {
         let value = arguments
             .get(index + 1)
             .and_then(|value| value.parse::<u64>().ok());
+        if arguments[index] == "--database" {
+            options.postgres = arguments.get(index + 1).cloned();
+            index += 2;
+            continue;
+        }
         match (arguments[index].as_str(), value) {
             ("--debits", Some(value)) => options.debits = value,
             ("--callers", Some(value)) => options.callers = value.max(1),
@@ -56,8 +68,103 @@ fn options() -> Options {
     options
 }
 
+/// A fresh database for one part of the run: an SQLite file, or a Postgres
+/// database made for it (dropped when this is).
+struct BenchDatabase {
+    location: DatabaseLocation,
+    _directory: tempfile::TempDir,
+    postgres: Option<(String, String)>,
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = &self.postgres {
+            postgres_batch(
+                admin,
+                &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            );
+        }
+    }
+}
+
+/// Runs SQL on a Postgres database from a runtime of its own.
+fn postgres_batch(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            client.batch_execute(&sql).await.unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+}
+
+fn fresh(options: &Options, part: &str) -> BenchDatabase {
+    let directory = tempfile::tempdir().unwrap();
+    match &options.postgres {
+        None => BenchDatabase {
+            location: DatabaseLocation::Sqlite(directory.path().join(format!("{part}.db"))),
+            _directory: directory,
+            postgres: None,
+        },
+        Some(url) => {
+            let (base, database) = url.rsplit_once('/').expect("a URL ending in /database");
+            let database = database.split('?').next().unwrap_or(database);
+            let name = format!("{database}_bench_{part}_{}", std::process::id());
+            postgres_batch(url, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            postgres_batch(url, &format!("CREATE DATABASE {name}"));
+            BenchDatabase {
+                location: DatabaseLocation::parse(&format!("{base}/{name}")).unwrap(),
+                _directory: directory,
+                postgres: Some((url.clone(), name)),
+            }
+        }
+    }
+}
+
 /// Creates the accounts, each with one opening credit, in one transaction.
-fn seed(path: &std::path::Path, accounts: i64, opening_micros: i64) {
+fn seed(database: &BenchDatabase, accounts: i64, opening_micros: i64) {
+    match &database.location {
+        DatabaseLocation::Sqlite(path) => seed_sqlite(path, accounts, opening_micros),
+        DatabaseLocation::Postgres(_) => {
+            // Migrated by opening it once.
+            drop(Store::open(&StoreSettings::new(database.location.clone())).unwrap());
+            postgres_batch(
+                &postgres_url(database),
+                &format!(
+                    "BEGIN;
+                     INSERT INTO accounts (id, phone, status, created_at)
+                       SELECT g, '+1415' || lpad(g::text, 7, '0'), 'active', 0 FROM generate_series(1, {accounts}) g;
+                     INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, description, created_at)
+                       SELECT g, 1, 'credit', {opening_micros}, {opening_micros}, 'opening', 'opening credit', 0 FROM generate_series(1, {accounts}) g;
+                     INSERT INTO account_balances (account_id, balance, seq, updated_at)
+                       SELECT g, {opening_micros}, 1, 0 FROM generate_series(1, {accounts}) g;
+                     SELECT setval(pg_get_serial_sequence('accounts', 'id'), {accounts});
+                     COMMIT;
+                     ANALYZE;"
+                ),
+            );
+        }
+    }
+}
+
+/// The URL of a bench database, password included (for the bench's own
+/// connections).
+fn postgres_url(database: &BenchDatabase) -> String {
+    let (admin, name) = database.postgres.as_ref().unwrap();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{name}")
+}
+
+fn seed_sqlite(path: &std::path::Path, accounts: i64, opening_micros: i64) {
     let mut connection = store::sqlite::raw_connection(path).unwrap();
     let transaction = connection.transaction().unwrap();
     for id in 1..=accounts {
@@ -91,32 +198,52 @@ fn percentile(sorted: &[u32], fraction_per_mille: usize) -> u32 {
     sorted[(sorted.len() - 1) * fraction_per_mille / 1000]
 }
 
-/// Durable debits through the actors with many concurrent callers.
-fn actor_debits(options: &Options) -> (f64, u32, u32, u64, u64) {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("bench.db");
-    seed(&path, options.accounts, 1_000_000_000);
-    let mut settings = Settings::local(&path);
+fn millis(micros: u32) -> f64 {
+    Duration::from_micros(u64::from(micros)).as_secs_f64() * 1000.0
+}
+
+/// What a run of debits through the actors came to.
+struct Run {
+    rate: f64,
+    p50: u32,
+    p99: u32,
+    commits: u64,
+    writes: u64,
+    conflicts: u64,
+}
+
+/// Durable debits through the actors of `instances` cores on one database
+/// (each with its own store, as separate servers would have), with many
+/// concurrent callers spread over them and over the accounts.
+fn actor_debits(options: &Options, instances: usize) -> Run {
+    let database = fresh(options, &format!("actors{instances}"));
+    seed(&database, options.accounts, 1_000_000_000);
+    let mut settings = Settings::local("unused.db");
+    settings.database = database.location.clone();
     settings.actor_threads = options.actor_threads;
 
     actix_rt::System::new().block_on(async move {
-        let core = Core::start(&settings, Arc::new(SystemClock)).unwrap();
-        // Warm up: activate every account actor once.
-        let warm = (1..=options.accounts).map(|id| {
-            let registry = core.registry.clone();
-            async move {
-                registry
-                    .send(AccountId(id), sms_credit_actors::GetBalance)
-                    .await
-                    .unwrap();
-            }
-        });
-        futures_util::future::join_all(warm).await;
+        let cores: Vec<Core> = (0..instances)
+            .map(|_| Core::start(&settings, Arc::new(SystemClock)).unwrap())
+            .collect();
+        // Warm up: activate every account actor once on every instance.
+        for core in &cores {
+            let warm = (1..=options.accounts).map(|id| {
+                let registry = core.registry.clone();
+                async move {
+                    registry
+                        .send(AccountId(id), sms_credit_actors::GetBalance)
+                        .await
+                        .unwrap();
+                }
+            });
+            futures_util::future::join_all(warm).await;
+        }
 
         let next = Arc::new(AtomicU64::new(0));
         let started = Instant::now();
-        let callers = (0..options.callers).map(|_| {
-            let registry = core.registry.clone();
+        let callers = (0..options.callers).map(|caller| {
+            let registry = cores[caller as usize % instances].registry.clone();
             let next = Arc::clone(&next);
             let total = options.debits;
             let accounts = options.accounts as u64;
@@ -145,34 +272,47 @@ fn actor_debits(options: &Options) -> (f64, u32, u32, u64, u64) {
         }
         let elapsed = started.elapsed();
         latencies.sort_unstable();
-        let commits = core.store.stats().commits.load(Ordering::Relaxed);
-        let writes = core.store.stats().committed_writes.load(Ordering::Relaxed);
-        let batch_micros = core.store.stats().batch_micros.load(Ordering::Relaxed);
-        let commit_micros = core.store.stats().commit_micros.load(Ordering::Relaxed);
+        let stat = |read: fn(&sms_credit_actors::store::StoreStats) -> u64| -> u64 {
+            cores.iter().map(|core| read(core.store.stats())).sum()
+        };
+        let commits = stat(|stats| stats.commits.load(Ordering::Relaxed));
+        let writes = stat(|stats| stats.committed_writes.load(Ordering::Relaxed));
+        let batch_micros = stat(|stats| stats.batch_micros.load(Ordering::Relaxed));
+        let commit_micros = stat(|stats| stats.commit_micros.load(Ordering::Relaxed));
+        let conflicts = stat(|stats| stats.conflicts.load(Ordering::Relaxed));
         println!(
-            "writer busy {:.0}% of the run; per write {:.2} µs in statements, {:.2} µs in COMMIT",
+            "  writers busy {:.0}% of the run (summed over instances); per write {:.2} µs in statements, {:.2} µs in COMMIT",
             batch_micros as f64 / elapsed.as_micros() as f64 * 100.0,
             (batch_micros - commit_micros) as f64 / writes.max(1) as f64,
             commit_micros as f64 / writes.max(1) as f64
         );
-        core.shutdown().await;
-        let rate = options.debits as f64 / elapsed.as_secs_f64();
-        (
-            rate,
-            percentile(&latencies, 500),
-            percentile(&latencies, 990),
+        for core in cores {
+            core.shutdown().await;
+        }
+        Run {
+            rate: options.debits as f64 / elapsed.as_secs_f64(),
+            p50: percentile(&latencies, 500),
+            p99: percentile(&latencies, 990),
             commits,
             writes,
-        )
+            conflicts,
+        }
     })
 }
 
-/// The naive design: one SQLite transaction per debit, synchronous=FULL.
+/// The naive design: one transaction per debit (SQLite with
+/// synchronous=FULL; Postgres with synchronous_commit on), one at a time.
 fn naive_debits(options: &Options) -> f64 {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("naive.db");
-    seed(&path, options.accounts, 1_000_000_000);
-    let connection = store::sqlite::raw_connection(&path).unwrap();
+    let database = fresh(options, "naive");
+    seed(&database, options.accounts, 1_000_000_000);
+    match &database.location {
+        DatabaseLocation::Sqlite(path) => naive_sqlite(options, path),
+        DatabaseLocation::Postgres(_) => naive_postgres(options, &postgres_url(&database)),
+    }
+}
+
+fn naive_sqlite(options: &Options, path: &std::path::Path) -> f64 {
+    let connection = store::sqlite::raw_connection(path).unwrap();
     let started = Instant::now();
     for number in 0..options.naive_debits {
         let account = (number % options.accounts as u64) as i64 + 1;
@@ -211,15 +351,73 @@ fn naive_debits(options: &Options) -> f64 {
     options.naive_debits as f64 / started.elapsed().as_secs_f64()
 }
 
+fn naive_postgres(options: &Options, url: &str) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let exists = client
+            .prepare("SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = $1 AND idempotency_key = $2)")
+            .await
+            .unwrap();
+        let snapshot = client
+            .prepare("SELECT balance, seq FROM account_balances WHERE account_id = $1 FOR UPDATE")
+            .await
+            .unwrap();
+        let insert = client
+            .prepare(
+                "INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, description, created_at)
+                 VALUES ($1, $2, 'debit', -56500, $3, $4, '', 0)",
+            )
+            .await
+            .unwrap();
+        let update = client
+            .prepare("UPDATE account_balances SET balance = $2, seq = $3 WHERE account_id = $1")
+            .await
+            .unwrap();
+        let started = Instant::now();
+        for number in 0..options.naive_debits {
+            let account = (number % options.accounts as u64) as i64 + 1;
+            let key = format!("naive-{number}");
+            let transaction = client.transaction().await.unwrap();
+            let found: bool = transaction
+                .query_one(&exists, &[&account, &key])
+                .await
+                .unwrap()
+                .get(0);
+            assert!(!found);
+            let row = transaction.query_one(&snapshot, &[&account]).await.unwrap();
+            let (balance, seq): (i64, i64) = (row.get(0), row.get(1));
+            let balance_after = balance - 56_500;
+            assert!(balance_after >= 0);
+            transaction
+                .execute(&insert, &[&account, &(seq + 1), &balance_after, &key])
+                .await
+                .unwrap();
+            transaction
+                .execute(&update, &[&account, &balance_after, &(seq + 1)])
+                .await
+                .unwrap();
+            transaction.commit().await.unwrap();
+        }
+        options.naive_debits as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
 /// Ledger writes submitted straight to the store's port, no actors, from
 /// one thread, each account's writes chained: the floor under the actor
 /// design on this machine.
 fn store_floor(options: &Options) -> f64 {
-    let directory = tempfile::tempdir().unwrap();
-    let path = directory.path().join("floor.db");
-    seed(&path, options.accounts, 1_000_000_000);
+    let database = fresh(options, "floor");
+    seed(&database, options.accounts, 1_000_000_000);
+    let location = database.location.clone();
     actix_rt::System::new().block_on(async move {
-        let store = Store::open(&StoreSettings::sqlite(&path)).unwrap();
+        let store = Store::open(&StoreSettings::new(location)).unwrap();
         let mut snapshots: Vec<Snapshot> = (0..=options.accounts)
             .map(|_| Snapshot {
                 balance: Money::from_micros(1_000_000_000),
@@ -272,10 +470,61 @@ fn store_floor(options: &Options) -> f64 {
     })
 }
 
+/// How long after one instance acknowledges a debit another instance's
+/// balance feed has the row (Postgres: NOTIFY, then a read): the most a
+/// read on the other instance can lag, when it does not reload itself.
+fn staleness(options: &Options) -> (u32, u32, u32) {
+    let database = fresh(options, "stale");
+    seed(&database, 100, 1_000_000_000);
+    let mut settings = Settings::local("unused.db");
+    settings.database = database.location.clone();
+    actix_rt::System::new().block_on(async move {
+        let writer = Core::start(&settings, Arc::new(SystemClock)).unwrap();
+        let reader = Core::start(&settings, Arc::new(SystemClock)).unwrap();
+        let mut seen = reader.store.feed().subscribe(None, 1024);
+        let mut lags = Vec::new();
+        for number in 0..500_i64 {
+            let account = AccountId(number % 100 + 1);
+            let debit = Debit {
+                amount: Money::from_micros(56_500),
+                idempotency_key: IdempotencyKey::parse(&format!("stale-{number}")).unwrap(),
+                description: String::new(),
+            };
+            let receipt = writer.registry.send(account, debit).await.unwrap();
+            let acknowledged = Instant::now();
+            loop {
+                let entry = tokio::time::timeout(Duration::from_secs(10), seen.receiver.recv())
+                    .await
+                    .expect("the other instance sees the row within 10 s")
+                    .unwrap();
+                if entry.account_id == account && entry.seq == receipt.entry.seq {
+                    break;
+                }
+            }
+            lags.push(acknowledged.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+        }
+        lags.sort_unstable();
+        writer.shutdown().await;
+        reader.shutdown().await;
+        (
+            percentile(&lags, 500),
+            percentile(&lags, 990),
+            *lags.last().unwrap(),
+        )
+    })
+}
+
 fn main() {
     let options = options();
+    let store = match &options.postgres {
+        None => "SQLite (synchronous=FULL)".to_string(),
+        Some(url) => format!(
+            "Postgres ({}; synchronous_commit on)",
+            DatabaseLocation::parse(url).expect("a Postgres URL")
+        ),
+    };
     println!(
-        "durable debits over {} accounts, {} concurrent callers, {} actor thread(s), {} cores",
+        "durable debits on {store} over {} accounts, {} concurrent callers, {} actor thread(s), {} cores",
         options.accounts,
         options.callers,
         options.actor_threads,
@@ -283,24 +532,43 @@ fn main() {
     );
     let naive = naive_debits(&options);
     println!(
-        "naive (one transaction per debit, synchronous=FULL): {naive:.0} debits/s over {} debits",
+        "naive (one transaction per debit): {naive:.0} debits/s over {} debits",
         options.naive_debits
     );
     let floor = store_floor(&options);
     println!("store alone (writes submitted to the port from one thread, no actors): {floor:.0} debits/s");
-    let (rate, p50, p99, commits, writes) = actor_debits(&options);
+    let run = actor_debits(&options, 1);
     println!(
-        "actors + group commit: {rate:.0} debits/s over {} debits",
-        options.debits
+        "actors + group commit: {:.0} debits/s over {} debits",
+        run.rate, options.debits
     );
     println!(
         "acknowledge latency: p50 {:.3} ms, p99 {:.3} ms",
-        Duration::from_micros(u64::from(p50)).as_secs_f64() * 1000.0,
-        Duration::from_micros(u64::from(p99)).as_secs_f64() * 1000.0
+        millis(run.p50),
+        millis(run.p99)
     );
     println!(
-        "commits: {commits}, mean batch {:.0} writes",
-        writes as f64 / commits.max(1) as f64
+        "commits: {}, mean batch {:.0} writes",
+        run.commits,
+        run.writes as f64 / run.commits.max(1) as f64
     );
-    println!("ratio to naive: {:.1}x", rate / naive);
+    println!("ratio to naive: {:.1}x", run.rate / naive);
+    if options.postgres.is_some() {
+        let shared = actor_debits(&options, 3);
+        println!(
+            "three instances on the same accounts: {:.0} debits/s, p50 {:.3} ms, p99 {:.3} ms, {} conflicts reloaded and retried ({:.1} per 1000 debits)",
+            shared.rate,
+            millis(shared.p50),
+            millis(shared.p99),
+            shared.conflicts,
+            shared.conflicts as f64 * 1000.0 / options.debits as f64
+        );
+        let (p50, p99, max) = staleness(&options);
+        println!(
+            "another instance's feed has a row after its acknowledgement: p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            millis(p50),
+            millis(p99),
+            millis(max)
+        );
+    }
 }

@@ -419,7 +419,12 @@ async fn three_instances_on_one_database_keep_every_promise() {
     }
     for replies in bought {
         for (status, reply) in &replies {
-            assert_eq!(*status, StatusCode::OK, "{reply}");
+            assert_eq!(
+                *status,
+                StatusCode::OK,
+                "{reply}\nwhat the instances logged:\n{}",
+                warnings_of(&servers)
+            );
             assert!(reply.contains("$10.00 was added"), "{reply}");
         }
         assert_eq!(replies[0].1, replies[1].1, "both instances answer alike");
@@ -632,4 +637,18 @@ async fn two_instances_warn_of_low_credit_once_per_cooldown() {
     first.stop().await;
     let directory = second.stop().await;
     assert_verified(&directory);
+}
+
+/// The warnings and errors the instances have logged so far (for a failed
+/// assertion's message: the reason is in the server's log, not the reply).
+fn warnings_of(servers: &[ServerProcess]) -> String {
+    let mut lines = Vec::new();
+    for server in servers {
+        for line in server.log.try_iter() {
+            if line.contains("WARN") || line.contains("ERROR") {
+                lines.push(line);
+            }
+        }
+    }
+    lines.join("\n")
 }

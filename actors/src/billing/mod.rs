@@ -45,3 +45,12 @@ pub enum BillingError {
     #[error(transparent)]
     Store(#[from] StoreError),
 }
+
+impl crate::store::StoreCause for BillingError {
+    fn store_cause(&self) -> Option<&StoreError> {
+        match self {
+            BillingError::Store(error) => Some(error),
+            _ => None,
+        }
+    }
+}

@@ -126,6 +126,11 @@ pub enum StoreError {
     Closed,
     #[error("database error: {0}")]
     Database(String),
+    /// The database broke a deadlock or a serialization conflict with
+    /// another instance's transaction by giving up this one: nothing was
+    /// applied, and running it again is safe.
+    #[error("the database gave way to another instance's transaction: {0}; nothing was applied")]
+    Contention(String),
     /// A value read back that this release does not know: never read as
     /// some default, because a default could move money.
     #[error("the database holds a value this release does not know: {0}")]
@@ -166,6 +171,28 @@ pub enum CreateAccountError {
     PhoneTaken(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// An operation's error that may be a store error underneath: lets an
+/// adapter see a transient failure (a deadlock with another instance)
+/// inside an operation's own error type and run the batch again.
+pub trait StoreCause {
+    fn store_cause(&self) -> Option<&StoreError>;
+}
+
+impl StoreCause for StoreError {
+    fn store_cause(&self) -> Option<&StoreError> {
+        Some(self)
+    }
+}
+
+impl StoreCause for CreateAccountError {
+    fn store_cause(&self) -> Option<&StoreError> {
+        match self {
+            CreateAccountError::Store(error) => Some(error),
+            CreateAccountError::PhoneTaken(_) => None,
+        }
+    }
 }
 
 /// A ledger row with the snapshot it leads to, from an account actor.

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
-use super::{Backend, LedgerWrite, Shared, StoreError, StoreFuture};
+use super::{Backend, LedgerWrite, Shared, StoreCause, StoreError, StoreFuture};
 
 /// A Postgres URL (`postgres://` or `postgresql://`), parsed once. Its
 /// password never shows: `Display` and `Debug` print the URL without it.
@@ -139,7 +139,11 @@ impl fmt::Debug for PostgresUrl {
 
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> StoreError {
-        StoreError::Database(describe(&error))
+        if is_retryable(&error) {
+            StoreError::Contention(describe(&error))
+        } else {
+            StoreError::Database(describe(&error))
+        }
     }
 }
 
@@ -320,7 +324,16 @@ impl Readers {
 }
 
 type ErasedValue = Box<dyn Any + Send>;
-type OpFuture<'t> = Pin<Box<dyn Future<Output = Result<ErasedValue, ErasedValue>> + Send + 't>>;
+type OpFuture<'t> = Pin<Box<dyn Future<Output = Result<ErasedValue, OpFailure>> + Send + 't>>;
+
+/// How an erased write failed.
+enum OpFailure {
+    /// The operation refused (its own error, erased): only it is rolled back.
+    Refused(ErasedValue),
+    /// The database gave way to another instance (a deadlock, a
+    /// serialization failure): the whole batch runs again.
+    Contention(String),
+}
 /// A write of the port, run in a savepoint of the group commit's
 /// transaction. `Fn`: a batch that meets a deadlock with another instance is
 /// run again from the start.
@@ -443,7 +456,8 @@ impl PostgresStore {
             let mut client = migrating.connect(None).await?;
             migrations::migrate(&mut client).await?;
             warming.connect_all().await?;
-            Ok(client)
+            let prepared = writer::Prepared::new(&client).await?;
+            Ok((client, prepared))
         })?;
         let (writer, queue) = mpsc::unbounded_channel();
         let writer_state = writer::Writer::new(
@@ -472,7 +486,7 @@ impl PostgresStore {
     fn write<T, E, F>(&self, op: F) -> StoreFuture<T, E>
     where
         T: Send + 'static,
-        E: From<StoreError> + Send + 'static,
+        E: From<StoreError> + StoreCause + Send + 'static,
         F: for<'t> Fn(
                 &'t Transaction<'_>,
             ) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
@@ -531,7 +545,7 @@ fn boxed<'t, T>(
 fn write_on<T, E, F>(writer: &mpsc::UnboundedSender<WriterMessage>, op: F) -> StoreFuture<T, E>
 where
     T: Send + 'static,
-    E: From<StoreError> + Send + 'static,
+    E: From<StoreError> + StoreCause + Send + 'static,
     F: for<'t> Fn(&'t Transaction<'_>) -> Pin<Box<dyn Future<Output = Result<T, E>> + Send + 't>>
         + Send
         + Sync
@@ -542,7 +556,12 @@ where
         Box::pin(async move {
             match future.await {
                 Ok(value) => Ok(Box::new(value) as ErasedValue),
-                Err(error) => Err(Box::new(error) as ErasedValue),
+                Err(error) => match error.store_cause() {
+                    Some(StoreError::Contention(reason)) => {
+                        Err(OpFailure::Contention(reason.clone()))
+                    }
+                    _ => Err(OpFailure::Refused(Box::new(error) as ErasedValue)),
+                },
             }
         })
     });

@@ -16,11 +16,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, Transaction};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Statement, Transaction};
 
 use super::{
     describe, is_retryable, is_unique_violation, Connector, CustomFailure, CustomWrite,
-    ErasedValue, WriterMessage,
+    ErasedValue, OpFailure, WriterMessage,
 };
 use crate::ledger::{AccountId, LedgerEntry};
 use crate::store::{LedgerWrite, Shared, StoreError};
@@ -34,9 +35,60 @@ const MAX_PAYLOAD: usize = 7_900;
 /// told it was not applied.
 const BATCH_ATTEMPTS: u32 = 4;
 
+/// The ledger path's statements, prepared once per connection: each batch
+/// then costs one round trip per step, not two (no parse, no plan).
+pub(super) struct Prepared {
+    lock: Statement,
+    update: Statement,
+    insert_rows: Statement,
+    insert_notices: Statement,
+    notify: Statement,
+}
+
+const LOCK: &str =
+    "SELECT 1 FROM account_balances WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE";
+const UPDATE: &str = "UPDATE account_balances b
+    SET balance = u.balance, seq = u.seq, low_balance_warned_at = u.warned, updated_at = u.updated
+   FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
+               $6::bigint[], $7::bigint[])
+        AS u (account_id, previous_seq, previous_balance, balance, seq, warned, updated)
+  WHERE b.account_id = u.account_id AND b.seq = u.previous_seq
+    AND b.balance = u.previous_balance
+RETURNING b.account_id";
+const INSERT_ROWS: &str = "INSERT INTO transactions (account_id, seq, type, amount, balance_after,
+                          idempotency_key, order_id, description, created_at)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
+                     $6::text[], $7::bigint[], $8::text[], $9::bigint[])";
+const INSERT_NOTICES: &str = "INSERT INTO notices (account_id, kind, dedupe_key, payload, state,
+                     next_attempt_at, created_at)
+SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+       AS n (account_id, kind, dedupe_key, payload, created_at)
+ON CONFLICT (dedupe_key) DO NOTHING";
+const NOTIFY: &str = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)";
+
+impl Prepared {
+    pub(super) async fn new(client: &Client) -> Result<Prepared, tokio_postgres::Error> {
+        let (lock, update, insert_rows, insert_notices, notify) = futures_util::try_join!(
+            client.prepare(LOCK),
+            client.prepare(UPDATE),
+            client.prepare(INSERT_ROWS),
+            client.prepare(INSERT_NOTICES),
+            client.prepare(NOTIFY),
+        )?;
+        Ok(Prepared {
+            lock,
+            update,
+            insert_rows,
+            insert_notices,
+            notify,
+        })
+    }
+}
+
 pub(super) struct Writer {
     connector: Connector,
-    client: Option<Client>,
+    client: Option<(Client, Prepared)>,
     max_batch: usize,
     shared: Arc<Shared>,
     /// Accounts with a failed write and the generation it failed at (as in
@@ -72,7 +124,7 @@ impl From<tokio_postgres::Error> for BatchFailure {
 impl Writer {
     pub(super) fn new(
         connector: Connector,
-        client: Client,
+        client: (Client, Prepared),
         max_batch: usize,
         shared: Arc<Shared>,
     ) -> Writer {
@@ -99,16 +151,23 @@ impl Writer {
         }
     }
 
-    /// The writer's connection, made again after it was lost.
-    async fn client(&mut self) -> Result<&mut Client, String> {
-        if self.client.as_ref().is_none_or(Client::is_closed) {
+    /// The writer's connection and its statements, made again after it was lost.
+    async fn client(&mut self) -> Result<&mut (Client, Prepared), String> {
+        if self
+            .client
+            .as_ref()
+            .is_none_or(|(client, _)| client.is_closed())
+        {
             self.client = None;
             let client = self
                 .connector
                 .connect(None)
                 .await
                 .map_err(|error| error.to_string())?;
-            self.client = Some(client);
+            let prepared = Prepared::new(&client)
+                .await
+                .map_err(|error| describe(&error))?;
+            self.client = Some((client, prepared));
         }
         self.client
             .as_mut()
@@ -253,12 +312,12 @@ impl Writer {
         let inject = self.shared.take_injected_failure();
         let shared = Arc::clone(&self.shared);
         let origin = shared.origin.as_str();
-        let client = self.client().await.map_err(BatchFailure::Failed)?;
+        let (client, prepared) = self.client().await.map_err(BatchFailure::Failed)?;
         let mut transaction = client.transaction().await?;
         let fates = if ledger.is_empty() {
             Vec::new()
         } else {
-            match apply_ledger(&transaction, origin, ledger).await {
+            match apply_ledger(&transaction, prepared, origin, ledger).await {
                 Ok(fates) => fates,
                 Err(error) if is_unique_violation(&error) => {
                     // A row the guard let through clashed with one already
@@ -266,7 +325,7 @@ impl Writer {
                     // only the clashing one fails.
                     transaction.rollback().await?;
                     transaction = client.transaction().await?;
-                    apply_ledger_one_by_one(&mut transaction, origin, ledger).await?
+                    apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -275,7 +334,14 @@ impl Writer {
         if let ([], [only]) = (ledger, custom) {
             // A write alone in its batch needs no savepoint: its own
             // refusal rolls back the whole transaction, which is only its.
-            let result = (only.op)(&transaction).await;
+            let result = match (only.op)(&transaction).await {
+                Ok(value) => Ok(value),
+                Err(OpFailure::Refused(error)) => Err(error),
+                Err(OpFailure::Contention(reason)) => {
+                    transaction.rollback().await?;
+                    return Err(BatchFailure::Retry(reason));
+                }
+            };
             if inject {
                 transaction.rollback().await?;
                 return Err(BatchFailure::Failed(
@@ -302,7 +368,12 @@ impl Writer {
                     savepoint.commit().await?;
                     results.push(Ok(value));
                 }
-                Err(error) => {
+                Err(OpFailure::Contention(reason)) => {
+                    savepoint.rollback().await?;
+                    transaction.rollback().await?;
+                    return Err(BatchFailure::Retry(reason));
+                }
+                Err(OpFailure::Refused(error)) => {
                     // A database error of the op itself is rolled back with
                     // its savepoint; a broken connection fails the batch.
                     savepoint.rollback().await?;
@@ -370,20 +441,13 @@ fn chains(ledger: &[LedgerWrite]) -> Chains {
 /// The bulk path: lock, guarded update, insert, notices, notification.
 async fn apply_ledger(
     transaction: &Transaction<'_>,
+    prepared: &Prepared,
     origin: &str,
     ledger: &[LedgerWrite],
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
     let Chains { mut chains, broken } = chains(ledger);
     chains.sort_by_key(|(account_id, _)| *account_id);
     let accounts: Vec<i64> = chains.iter().map(|(account_id, _)| account_id.0).collect();
-    // Lock in account order, so that two instances' batches never wait for
-    // each other in a circle.
-    transaction
-        .execute(
-            "SELECT 1 FROM account_balances WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE",
-            &[&accounts],
-        )
-        .await?;
     let mut previous_seq = Vec::with_capacity(chains.len());
     let mut previous_balance = Vec::with_capacity(chains.len());
     let mut balance = Vec::with_capacity(chains.len());
@@ -400,28 +464,23 @@ async fn apply_ledger(
         warned.push(last.next.low_balance_warned_at_ms);
         updated.push(last.entry.created_at_ms);
     }
-    let passed: HashSet<i64> = transaction
-        .query(
-            "UPDATE account_balances b
-                SET balance = u.balance, seq = u.seq, low_balance_warned_at = u.warned,
-                    updated_at = u.updated
-               FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-                           $6::bigint[], $7::bigint[])
-                    AS u (account_id, previous_seq, previous_balance, balance, seq, warned, updated)
-              WHERE b.account_id = u.account_id AND b.seq = u.previous_seq
-                AND b.balance = u.previous_balance
-          RETURNING b.account_id",
-            &[
-                &accounts,
-                &previous_seq,
-                &previous_balance,
-                &balance,
-                &seq,
-                &warned,
-                &updated,
-            ],
-        )
-        .await?
+    // Lock in account order, so that two instances' batches never wait for
+    // each other in a circle; the guarded update follows in the same round
+    // trip (tokio-postgres pipelines the two).
+    let lock_parameters: [&(dyn ToSql + Sync); 1] = [&accounts];
+    let update_parameters: [&(dyn ToSql + Sync); 7] = [
+        &accounts,
+        &previous_seq,
+        &previous_balance,
+        &balance,
+        &seq,
+        &warned,
+        &updated,
+    ];
+    let lock = transaction.execute(&prepared.lock, &lock_parameters);
+    let update = transaction.query(&prepared.update, &update_parameters);
+    let (_, updated_rows) = futures_util::try_join!(lock, update)?;
+    let passed: HashSet<i64> = updated_rows
         .iter()
         .map(|row| row.get::<_, i64>(0))
         .collect();
@@ -448,9 +507,12 @@ async fn apply_ledger(
     for index in broken {
         fates[index] = Fate::Refused(StoreError::Conflict);
     }
-    rows.insert(transaction).await?;
-    notices.insert(transaction).await?;
-    notify(transaction, origin, &moved).await?;
+    // The rows, the notices and the notification: one more round trip.
+    futures_util::try_join!(
+        rows.insert(transaction, prepared),
+        notices.insert(transaction, prepared),
+        notify(transaction, prepared, origin, &moved),
+    )?;
     Ok(fates)
 }
 
@@ -458,6 +520,7 @@ async fn apply_ledger(
 /// savepoint of its own, so that only the clashing one fails.
 async fn apply_ledger_one_by_one(
     transaction: &mut Transaction<'_>,
+    prepared: &Prepared,
     origin: &str,
     ledger: &[LedgerWrite],
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
@@ -470,12 +533,7 @@ async fn apply_ledger_one_by_one(
         .collect();
     accounts.sort_unstable();
     accounts.dedup();
-    transaction
-        .execute(
-            "SELECT 1 FROM account_balances WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE",
-            &[&accounts],
-        )
-        .await?;
+    transaction.execute(&prepared.lock, &[&accounts]).await?;
     for write in ledger {
         let account_id = write.entry.account_id;
         if failed_accounts.contains(&account_id) {
@@ -483,7 +541,7 @@ async fn apply_ledger_one_by_one(
             continue;
         }
         let savepoint = transaction.savepoint("ledger_write").await?;
-        let applied = apply_one(&savepoint, write).await;
+        let applied = apply_one(&savepoint, prepared, write).await;
         match applied {
             Ok(true) => {
                 savepoint.commit().await?;
@@ -511,12 +569,13 @@ async fn apply_ledger_one_by_one(
         .into_iter()
         .map(|(account_id, (first, last))| (account_id, first, last))
         .collect();
-    notify(transaction, origin, &moved).await?;
+    notify(transaction, prepared, origin, &moved).await?;
     Ok(fates)
 }
 
 async fn apply_one(
     transaction: &Transaction<'_>,
+    prepared: &Prepared,
     write: &LedgerWrite,
 ) -> Result<bool, tokio_postgres::Error> {
     let moved = transaction
@@ -539,11 +598,11 @@ async fn apply_one(
     }
     let mut rows = Rows::default();
     rows.push(&write.entry);
-    rows.insert(transaction).await?;
+    rows.insert(transaction, prepared).await?;
     if let Some(notice) = &write.notice {
         let mut notices = Notices::default();
         notices.push(notice);
-        notices.insert(transaction).await?;
+        notices.insert(transaction, prepared).await?;
     }
     Ok(true)
 }
@@ -575,16 +634,17 @@ impl<'a> Rows<'a> {
         self.created_at.push(entry.created_at_ms);
     }
 
-    async fn insert(&self, transaction: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    async fn insert(
+        &self,
+        transaction: &Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), tokio_postgres::Error> {
         if self.account_id.is_empty() {
             return Ok(());
         }
         transaction
             .execute(
-                "INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
-                                           order_id, description, created_at)
-                 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
-                                      $6::text[], $7::bigint[], $8::text[], $9::bigint[])",
+                &prepared.insert_rows,
                 &[
                     &self.account_id,
                     &self.seq,
@@ -622,17 +682,17 @@ impl Notices {
         self.created_at.push(notice.created_at_ms);
     }
 
-    async fn insert(&self, transaction: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    async fn insert(
+        &self,
+        transaction: &Transaction<'_>,
+        prepared: &Prepared,
+    ) -> Result<(), tokio_postgres::Error> {
         if self.account_id.is_empty() {
             return Ok(());
         }
         transaction
             .execute(
-                "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at)
-                 SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at
-                   FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-                        AS n (account_id, kind, dedupe_key, payload, created_at)
-                 ON CONFLICT (dedupe_key) DO NOTHING",
+                &prepared.insert_notices,
                 &[
                     &self.account_id,
                     &self.kind,
@@ -651,6 +711,7 @@ impl Notices {
 /// the transaction commits.
 async fn notify(
     transaction: &Transaction<'_>,
+    prepared: &Prepared,
     origin: &str,
     moved: &[(AccountId, i64, i64)],
 ) -> Result<(), tokio_postgres::Error> {
@@ -668,10 +729,7 @@ async fn notify(
     }
     payloads.push(payload);
     transaction
-        .execute(
-            "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)",
-            &[&CHANNEL, &payloads],
-        )
+        .execute(&prepared.notify, &[&CHANNEL, &payloads])
         .await?;
     Ok(())
 }

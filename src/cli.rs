@@ -8,6 +8,8 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
+use sms_credit_actors::billing::auto_charge::{self, AutoTopUpView};
+use sms_credit_actors::billing::auto_top_up::{ConsentVia, SettingRequest};
 use sms_credit_actors::billing::discounts::{normalize_code, Discount};
 use sms_credit_actors::billing::events::EventStatus;
 use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
@@ -162,6 +164,30 @@ pub enum AccountsCommand {
         #[arg(value_parser = ["issue", "revoke", "rotate"])]
         action: String,
         id: i64,
+    },
+    /// Show an account's auto top-up, or turn it on or off and change its terms
+    /// (a running server's actors learn of it within 30 s).
+    AutoTopUp {
+        /// The account.
+        id: i64,
+        /// Turn it on (needs a saved card and an active account; recorded as the admin's consent).
+        #[arg(long, conflicts_with = "off")]
+        on: bool,
+        /// Turn it off.
+        #[arg(long)]
+        off: bool,
+        /// Top up when a debit leaves the balance below this many dollars (e.g. 2.00).
+        #[arg(long)]
+        threshold: Option<String>,
+        /// Charge this many whole dollars each time (at least 10).
+        #[arg(long)]
+        amount: Option<String>,
+        /// Charge at most this many dollars a calendar month (UTC).
+        #[arg(long)]
+        cap: Option<String>,
+        /// Print JSON instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Adjust a balance by a signed amount of dollars (e.g. 5, -1.50).
     Adjust {
@@ -720,6 +746,59 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             );
             Ok(())
         }
+        AccountsCommand::AutoTopUp {
+            id,
+            on,
+            off,
+            threshold,
+            amount,
+            cap,
+            json: as_json,
+        } => {
+            let dollars = |name: &str, text: Option<String>| {
+                text.map(|text| {
+                    Money::parse_dollars(&text).map_err(|error| format!("--{name}: {error}"))
+                })
+                .transpose()
+            };
+            let request = SettingRequest {
+                enabled: if on {
+                    Some(true)
+                } else if off {
+                    Some(false)
+                } else {
+                    None
+                },
+                threshold: dollars("threshold", threshold)?,
+                amount: dollars("amount", amount)?,
+                monthly_cap: dollars("cap", cap)?,
+            };
+            let changes = request.enabled.is_some()
+                || request.threshold.is_some()
+                || request.amount.is_some()
+                || request.monthly_cap.is_some();
+            let account_id = AccountId(id);
+            let now_ms = SystemClock.now_ms();
+            let shown = with_store(settings, |store| async move {
+                if changes {
+                    auto_charge::change(&store, account_id, request, ConsentVia::Admin, now_ms)
+                        .await
+                        .map_err(|error| error.to_string())?;
+                }
+                auto_charge::view(&store, account_id, now_ms)
+                    .await
+                    .map_err(|error| error.to_string())
+            })?;
+            if as_json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&shown).map_err(|error| error.to_string())?
+                );
+            } else {
+                print_auto_top_up(account_id, &shown);
+            }
+            Ok(())
+        }
         AccountsCommand::Adjust {
             id,
             amount,
@@ -750,6 +829,51 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                 Ok(())
             })
         }
+    }
+}
+
+/// An account's auto top-up, for people.
+fn print_auto_top_up(account_id: AccountId, view: &AutoTopUpView) {
+    let money = Money::from_micros;
+    println!(
+        "account {account_id} auto top-up {}: below {} charge {} (at most {} a month; {} this month)",
+        if view.enabled { "on" } else { "off" },
+        money(view.threshold_micros),
+        money(view.amount_micros),
+        money(view.monthly_cap_micros),
+        money(view.month_charged_micros),
+    );
+    match &view.card {
+        Some(card) => println!(
+            "  card: {} ending {} (expires {:02}/{})",
+            card.brand, card.last4, card.exp_month, card.exp_year
+        ),
+        None => println!("  card: none saved"),
+    }
+    if let Some(consent) = &view.consent {
+        println!(
+            "  turned on {} via {}: \"{}\"",
+            format_rfc3339_ms(consent.at_ms),
+            consent.via.as_str(),
+            consent.text
+        );
+    }
+    if let Some(reason) = &view.paused_reason {
+        println!("  turned itself off: {reason}");
+    }
+    println!("  failures in a row: {}", view.consecutive_failures);
+    for attempt in &view.attempts {
+        println!(
+            "  {}  {:>10}  {}{}",
+            format_rfc3339_ms(attempt.at),
+            money(attempt.amount_micros).to_string(),
+            attempt.status.as_str(),
+            attempt
+                .reason
+                .as_deref()
+                .map(|reason| format!(" ({reason})"))
+                .unwrap_or_default()
+        );
     }
 }
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use clap::Args;
 use serde::Deserialize;
+use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
 use sms_credit_actors::rating::RateTable;
 use sms_credit_actors::store::DatabaseLocation;
 use sms_credit_actors::Money;
@@ -296,6 +297,26 @@ pub struct Options {
     #[serde(deserialize_with = "scalar_text")]
     pub instance_timeout_secs: Option<String>,
 
+    /// Waits before the next auto top-up after the 1st, 2nd, … failure in a row, comma-separated, each a number with s, m, h or d [default: 1h,6h,24h].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_AUTO_TOP_UP_BACKOFF",
+        global = true,
+        value_name = "WAITS"
+    )]
+    #[serde(deserialize_with = "scalar_text")]
+    pub auto_top_up_backoff: Option<String>,
+
+    /// Failures in a row after which an account's auto top-up turns itself off [default: 3].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_AUTO_TOP_UP_MAX_FAILURES",
+        global = true,
+        value_name = "N"
+    )]
+    #[serde(deserialize_with = "scalar_text")]
+    pub auto_top_up_max_failures: Option<String>,
+
     /// Bearer token that opens GET /metrics on the main listen address; without it (and without --metrics-bind) /metrics answers 503, because it reports the ledger's money totals.
     #[arg(
         long,
@@ -383,6 +404,8 @@ pub struct Settings {
     pub instance_timeout: Duration,
     /// A separate address that serves only `/metrics`.
     pub metrics_bind: Option<String>,
+    /// Auto top-up's waits after failures, its limit and its lease.
+    pub auto_top_up: AutoTopUpPolicy,
 }
 
 impl Settings {
@@ -557,6 +580,12 @@ impl Settings {
             .map(|url| checked_url("SMS_CREDIT_SIGNUP_URL", url))
             .transpose()?;
 
+        let instance_timeout = Duration::from_secs(parse_number(
+            "SMS_CREDIT_INSTANCE_TIMEOUT_SECS",
+            options.instance_timeout_secs,
+            30,
+            2..=3_600,
+        )?);
         Ok(Settings {
             bind,
             database,
@@ -618,12 +647,7 @@ impl Settings {
                 256,
                 1..=1_000_000,
             )?,
-            instance_timeout: Duration::from_secs(parse_number(
-                "SMS_CREDIT_INSTANCE_TIMEOUT_SECS",
-                options.instance_timeout_secs,
-                30,
-                2..=3_600,
-            )?),
+            instance_timeout,
             metrics_token: options
                 .metrics_token
                 .map(|token| non_empty_secret("SMS_CREDIT_METRICS_TOKEN", token))
@@ -632,6 +656,19 @@ impl Settings {
                 .metrics_bind
                 .map(|address| listen_address("SMS_CREDIT_METRICS_BIND", address))
                 .transpose()?,
+            auto_top_up: AutoTopUpPolicy {
+                backoff: match options.auto_top_up_backoff {
+                    Some(text) => parse_waits("SMS_CREDIT_AUTO_TOP_UP_BACKOFF", &text)?,
+                    None => AutoTopUpPolicy::default().backoff,
+                },
+                max_failures: parse_number(
+                    "SMS_CREDIT_AUTO_TOP_UP_MAX_FAILURES",
+                    options.auto_top_up_max_failures,
+                    3,
+                    1..=100,
+                )?,
+                lease: instance_timeout,
+            },
         })
     }
 }
@@ -690,6 +727,10 @@ fn merge(winner: Options, fallback: Options) -> Options {
             .instance_timeout_secs
             .or(fallback.instance_timeout_secs),
         metrics_bind: winner.metrics_bind.or(fallback.metrics_bind),
+        auto_top_up_backoff: winner.auto_top_up_backoff.or(fallback.auto_top_up_backoff),
+        auto_top_up_max_failures: winner
+            .auto_top_up_max_failures
+            .or(fallback.auto_top_up_max_failures),
     }
 }
 
@@ -720,6 +761,36 @@ const MAX_DAYS_IN_SECONDS: u64 = 366 * 86_400;
 const MAX_PASSIVATE_AFTER_SECS: u64 = i32::MAX as u64 / 1000;
 /// The most threads of one kind.
 const MAX_THREADS: usize = 1024;
+
+/// Waits like `1h,6h,24h` (each a whole number with `s`, `m`, `h` or `d`,
+/// from 1 s to a year), in order.
+fn parse_waits(variable: &'static str, text: &str) -> Result<Vec<Duration>, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { variable, reason };
+    let mut waits = Vec::new();
+    for part in text.split(',').map(str::trim) {
+        let unit_at = part
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| invalid(format!("'{part}' has no unit (s, m, h or d)")))?;
+        let (number, unit) = part.split_at(unit_at);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| invalid(format!("'{part}' is not a whole number with a unit")))?;
+        let seconds = match unit {
+            "s" => Some(number),
+            "m" => number.checked_mul(60),
+            "h" => number.checked_mul(3_600),
+            "d" => number.checked_mul(86_400),
+            _ => return Err(invalid(format!("'{part}': the unit is s, m, h or d"))),
+        };
+        match seconds {
+            Some(seconds) if (1..=365 * 86_400).contains(&seconds) => {
+                waits.push(Duration::from_secs(seconds));
+            }
+            _ => return Err(invalid(format!("'{part}' is not from 1s to 365d"))),
+        }
+    }
+    Ok(waits)
+}
 
 /// A whole number within `range`, or `default` when unset; anything else
 /// names its variable.

@@ -130,6 +130,7 @@ impl ApiError {
                 BillingError::AlreadyActive(_) => "already_active",
                 BillingError::AccountNotFound(_) => "account_not_found",
                 BillingError::NoSavedCard => "no_saved_card",
+                BillingError::NotActive(_) => "account_not_active",
                 BillingError::Invalid(_) => "invalid_request",
                 BillingError::Gateway(_) => "stripe_error",
                 BillingError::Busy(_) => "busy",
@@ -236,7 +237,8 @@ impl ResponseError for ApiError {
                 }
                 BillingError::InactiveDiscountCode(_)
                 | BillingError::DiscountCodeUsedUp(_)
-                | BillingError::AlreadyActive(_) => StatusCode::CONFLICT,
+                | BillingError::AlreadyActive(_)
+                | BillingError::NotActive(_) => StatusCode::CONFLICT,
                 BillingError::BelowMinimumCharge(_) | BillingError::NoSavedCard => {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }

@@ -145,6 +145,7 @@ fn billing_settings(settings: &Settings, allow_promotion_codes: bool) -> Billing
         cancel_url: format!("{base}/checkout/cancel"),
         allow_promotion_codes,
         included_credit: settings.included_credit,
+        auto_top_up: settings.auto_top_up.clone(),
     }
 }
 
@@ -233,6 +234,52 @@ fn start_billing_jobs(billing: Billing, clock: Arc<dyn Clock>) {
                 tracing::warn!(%error, "could not expire waiting Stripe events");
             }
             actix_rt::time::sleep(EVENT_EXPIRY_INTERVAL).await;
+        }
+    });
+}
+
+/// How often the auto top-up worker looks for attempts to (re)charge when
+/// no actor asks.
+const AUTO_TOP_UP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+/// How often it refreshes which accounts have auto top-up on and starts
+/// attempts for due accounts nobody asked for.
+const AUTO_TOP_UP_SWEEP_MS: i64 = 30_000;
+
+/// Starts the attempts account actors ask for and charges them; now and
+/// then sweeps for due accounts (another instance's setting, a debit just
+/// before a crash) and attempts whose worker stopped (their lease ran out).
+fn start_auto_top_up_worker(billing: Billing, clock: Arc<dyn Clock>) {
+    let Some(mut requests) = billing.registry.auto_triggers().take_requests() else {
+        return;
+    };
+    actix_rt::spawn(async move {
+        let mut last_sweep = i64::MIN;
+        let mut asked = Vec::new();
+        loop {
+            let now_ms = clock.now_ms();
+            if now_ms.saturating_sub(last_sweep) >= AUTO_TOP_UP_SWEEP_MS {
+                last_sweep = now_ms;
+                if let Err(error) = billing.sweep_auto_top_ups(now_ms).await {
+                    tracing::warn!(%error, "could not sweep auto top-ups");
+                }
+            }
+            while let Ok(account_id) = requests.try_recv() {
+                asked.push(account_id);
+            }
+            for account_id in asked.drain(..) {
+                if let Err(error) = billing.request_auto_top_up(account_id, now_ms).await {
+                    tracing::warn!(%account_id, %error, "could not start an auto top-up");
+                    billing.registry.auto_triggers().settled(account_id, 0);
+                }
+            }
+            if let Err(error) = billing.run_auto_top_ups(now_ms).await {
+                tracing::warn!(%error, "could not run auto top-ups");
+            }
+            if let Ok(Some(account_id)) =
+                actix_rt::time::timeout(AUTO_TOP_UP_INTERVAL, requests.recv()).await
+            {
+                asked.push(account_id);
+            }
         }
     });
 }
@@ -333,7 +380,8 @@ impl Application {
             start_messaging_jobs(messaging, Arc::clone(&clock));
         }
         if let Some(billing) = core.billing.clone() {
-            start_billing_jobs(billing, Arc::clone(&clock));
+            start_billing_jobs(billing.clone(), Arc::clone(&clock));
+            start_auto_top_up_worker(billing, Arc::clone(&clock));
         }
         let metrics = match metrics_listener {
             Some(listener) => Some(metrics_server(state.clone(), listener)?),

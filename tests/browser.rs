@@ -254,3 +254,85 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     )
     .await;
 }
+
+#[actix_rt::test]
+async fn the_account_page_turns_auto_top_up_on_and_shows_the_card() {
+    use crate::fake_stripe::{EventFactory, FakeStripe};
+    use crate::helpers::{fresh_directory, stripe_settings};
+    let stripe = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &stripe.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, _, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155553900").await;
+
+    let browser = Browser::start();
+    let mut page = browser.page().await;
+    page.call("Page.navigate", json!({"url": app.url("/account")}))
+        .await;
+    page.wait_for(
+        "document.readyState === 'complete' && !!document.getElementById('token')",
+        json!(true),
+    )
+    .await;
+    page.eval(&format!(
+        "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
+    ))
+    .await;
+    page.wait_for("document.getElementById('auto').hidden", json!(false))
+        .await;
+    assert_eq!(
+        page.eval("document.getElementById('auto-card').textContent")
+            .await,
+        json!("Card: visa ending 4242 (expires 08/2030)")
+    );
+    assert_eq!(
+        page.eval("document.getElementById('auto-status').textContent")
+            .await,
+        json!("Off.")
+    );
+    // A bad amount is refused on the page, and nothing changes.
+    page.eval("document.getElementById('auto-amount').value = '5'; document.getElementById('auto-on').click(); true")
+        .await;
+    page.wait_for(
+        "document.getElementById('auto-message').textContent.includes('at least $10.00')",
+        json!(true),
+    )
+    .await;
+    page.eval("document.getElementById('auto-amount').value = '10'; document.getElementById('auto-threshold').value = '3.50'; document.getElementById('auto-on').click(); true")
+        .await;
+    page.wait_for(
+        "document.getElementById('auto-status').textContent.startsWith('On: below $3.50, $10.00 is charged')",
+        json!(true),
+    )
+    .await;
+    let (_, view) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/auto-top-up"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            view["enabled"].as_bool(),
+            view["threshold_micros"].as_i64(),
+            view["consent"]["via"].as_str()
+        ),
+        (Some(true), Some(3_500_000), Some("web"))
+    );
+    assert!(view["consent"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("card ending 4242"));
+    // And off again.
+    page.eval("document.getElementById('auto-off').click(); true")
+        .await;
+    page.wait_for(
+        "document.getElementById('auto-status').textContent",
+        json!("Off."),
+    )
+    .await;
+}

@@ -22,7 +22,16 @@ pub enum ChargeMode {
     Decline,
     RequireAuthentication,
     ServerError,
+    /// Charges, and keeps the answer for the Idempotency-Key, but the
+    /// answer is lost on the way (a 500): a retry with the key gets it.
+    AnswerLost,
+    /// Charges, keeps the answer for the key, and answers only when the
+    /// test calls `release` (a request repeating the key is answered at once).
+    Held,
 }
+
+/// The card every fake payment is made with (Stripe's example card).
+pub const SAVED_CARD: &str = "pm_card_visa_saved";
 
 /// One request the product made.
 #[derive(Clone, Debug)]
@@ -50,12 +59,15 @@ struct State {
     answered: HashMap<String, (u16, Value)>,
     /// Charges actually made (not replayed from an idempotency key).
     charges_made: u64,
+    /// Whether retrieving a PaymentIntent fails (Stripe unavailable).
+    retrieve_fails: bool,
 }
 
 #[derive(Clone)]
 pub struct FakeStripe {
     pub base_url: String,
     state: Arc<Mutex<State>>,
+    gate: Arc<tokio::sync::Semaphore>,
 }
 
 pub fn fixtures() -> Value {
@@ -95,13 +107,17 @@ impl FakeStripe {
             charge_mode: ChargeMode::Succeed,
             answered: HashMap::new(),
             charges_made: 0,
+            retrieve_fails: false,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let shared = web::Data::from(Arc::clone(&state));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gate_data = web::Data::from(Arc::clone(&gate));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
+                .app_data(gate_data.clone())
                 .default_service(web::to(answer))
         })
         .workers(1)
@@ -112,6 +128,7 @@ impl FakeStripe {
         FakeStripe {
             base_url: format!("http://127.0.0.1:{port}"),
             state,
+            gate,
         }
     }
 
@@ -130,6 +147,15 @@ impl FakeStripe {
             .collect()
     }
 
+    /// Lets held charges answer (and every later one, until the mode changes).
+    pub fn release(&self) {
+        self.gate.add_permits(1_000_000);
+    }
+
+    pub fn set_retrieve_fails(&self, fails: bool) {
+        self.state.lock().unwrap().retrieve_fails = fails;
+    }
+
     pub fn charges_made(&self) -> u64 {
         self.state.lock().unwrap().charges_made
     }
@@ -137,6 +163,7 @@ impl FakeStripe {
 
 async fn answer(
     state: web::Data<Mutex<State>>,
+    gate: web::Data<tokio::sync::Semaphore>,
     request: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
@@ -147,7 +174,28 @@ async fn answer(
         .get("Idempotency-Key")
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
-    let mut state = state.lock().unwrap();
+    let (status, body, hold) = {
+        let mut state = state.lock().unwrap();
+        let charges_before = state.charges_made;
+        let (status, body) = answer_locked(&mut state, &request, &path, form, idempotency_key);
+        // Only a charge made now is held; a replay of its key answers at once.
+        let hold = state.charge_mode == ChargeMode::Held && state.charges_made > charges_before;
+        (status, body, hold)
+    };
+    if hold {
+        let _ = gate.acquire().await;
+    }
+    HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap()).json(body)
+}
+
+fn answer_locked(
+    state: &mut State,
+    request: &HttpRequest,
+    path: &str,
+    form: Vec<(String, String)>,
+    idempotency_key: Option<String>,
+) -> (u16, Value) {
+    let path = path.to_string();
     state.requests.push(Recorded {
         path: path.clone(),
         form: form.clone(),
@@ -158,7 +206,28 @@ async fn answer(
         .and_then(|key| state.answered.get(key))
         .cloned()
     {
-        return HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap()).json(body);
+        return (status, body);
+    }
+    if request.method() == awc::http::Method::GET {
+        return match path.strip_prefix("/v1/payment_intents/") {
+            Some(_) if state.retrieve_fails => (
+                500,
+                json!({"error": {"type": "api_error", "message": "fake outage"}}),
+            ),
+            Some(intent_id) => {
+                let mut intent = resource(&state.fixtures, "payment_intent");
+                let mut method = resource(&state.fixtures, "payment_method");
+                method["id"] = json!(SAVED_CARD);
+                intent["id"] = json!(intent_id);
+                intent["status"] = json!("succeeded");
+                intent["payment_method"] = method;
+                (200, intent)
+            }
+            None => (
+                404,
+                json!({"error": {"type": "invalid_request_error", "message": format!("no fake for GET {path}")}}),
+            ),
+        };
     }
     let id = state.next_id;
     state.next_id += 1;
@@ -231,6 +300,24 @@ async fn answer(
                     500,
                     json!({"error": {"type": "api_error", "message": "fake outage"}}),
                 ),
+                ChargeMode::AnswerLost => {
+                    state.charges_made += 1;
+                    intent["status"] = json!("succeeded");
+                    intent["amount_received"] = json!(amount);
+                    if let Some(key) = &idempotency_key {
+                        state.answered.insert(key.clone(), (200, intent));
+                    }
+                    return (
+                        500,
+                        json!({"error": {"type": "api_error", "message": "the answer was lost"}}),
+                    );
+                }
+                ChargeMode::Held => {
+                    state.charges_made += 1;
+                    intent["status"] = json!("succeeded");
+                    intent["amount_received"] = json!(amount);
+                    (200, intent)
+                }
             }
         }
         _ => (
@@ -243,7 +330,7 @@ async fn answer(
             state.answered.insert(key, (status, body.clone()));
         }
     }
-    HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap()).json(body)
+    (status, body)
 }
 
 /// Builds Stripe webhook events from the fixtures.
@@ -310,7 +397,7 @@ impl EventFactory {
         intent["amount_received"] = json!(amount);
         intent["status"] = json!("succeeded");
         intent["customer"] = json!(customer);
-        intent["payment_method"] = json!("pm_card_visa_saved");
+        intent["payment_method"] = json!(SAVED_CARD);
         intent["metadata"] = metadata;
         self.event("payment_intent.succeeded", intent)
     }
@@ -330,6 +417,14 @@ impl EventFactory {
         charge["amount_refunded"] = json!(amount_refunded);
         charge["refunded"] = json!(amount_refunded >= amount);
         self.event("charge.refunded", charge)
+    }
+
+    /// `payment_method.detached`: the customer removed the card.
+    pub fn payment_method_detached(&mut self, payment_method_id: &str) -> String {
+        let mut method = resource(&self.fixtures, "payment_method");
+        method["id"] = json!(payment_method_id);
+        method["customer"] = Value::Null;
+        self.event("payment_method.detached", method)
     }
 
     pub fn other(&mut self) -> String {

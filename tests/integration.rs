@@ -14,6 +14,7 @@ mod input_properties;
 mod proxy;
 
 mod admin_api;
+mod auto_top_up;
 mod browser;
 mod cli;
 mod copy;

@@ -259,7 +259,8 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
     let app = TestApp::spawn_with(directory, settings).await;
     let mut events = EventFactory::new();
 
-    // Access bought by Checkout; no card saved yet.
+    // Access bought by Checkout, while Stripe cannot say which card paid.
+    stripe.set_retrieve_fails(true);
     let (_, started) = app
         .post_checkout_access("+14155552300", "hiker@example.com", None)
         .await;
@@ -285,6 +286,15 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
         "{twiml}"
     );
 
+    // Stripe answers again: the card is asked for at charge time.
+    stripe.set_retrieve_fails(false);
+    let (_, twiml) = app
+        .post_twilio_sms("SMbuy1", "+14155552300", "buy 10")
+        .await;
+    assert_eq!(
+        reply_text(&twiml).as_deref(),
+        Some("Thanks! $10.00 was added from your card ending 4242. Your balance is $15.00.")
+    );
     app.deliver(&events.payment_intent_succeeded(
         "pi_access",
         2999,
@@ -292,13 +302,6 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
         json!({"sms_credit_purpose": "checkout"}),
     ))
     .await;
-    let (_, twiml) = app
-        .post_twilio_sms("SMbuy1", "+14155552300", "buy 10")
-        .await;
-    assert_eq!(
-        reply_text(&twiml).as_deref(),
-        Some("Thanks! $10.00 was added. Your balance is $15.00.")
-    );
     let (_, again) = app
         .post_twilio_sms("SMbuy1", "+14155552300", "buy 10")
         .await;

@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
+use crate::billing::auto_top_up::AutoTriggers;
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
@@ -201,6 +202,9 @@ pub(crate) struct ActorShared {
     pub(crate) settings: AccountSettings,
     /// The instant activity times count from.
     pub(crate) epoch: Instant,
+    /// The accounts with auto top-up on (only those take room), asked
+    /// after a committed debit leaves the balance below the threshold.
+    pub(crate) auto_top_ups: Arc<AutoTriggers>,
 }
 
 impl ActorShared {
@@ -495,6 +499,11 @@ impl AccountActor {
                     account_id: self.account_id,
                     kind: NoticeKind::LowBalanceWarning {
                         balance: balance_after,
+                        top_up: self.shared.auto_top_ups.would_ask(
+                            self.account_id,
+                            balance_after,
+                            now_ms,
+                        ),
                     },
                     dedupe_key: format!("low-balance:{}:{}", self.account_id, snapshot_after.seq),
                     created_at_ms: now_ms,
@@ -553,6 +562,15 @@ impl AccountActor {
         }
         match result {
             Ok(()) => {
+                if in_flight.entry.kind == TransactionKind::Debit {
+                    // A committed debit left the balance low: ask for an
+                    // auto top-up (once, however many debits follow).
+                    self.shared.auto_top_ups.ask(
+                        self.account_id,
+                        in_flight.entry.balance_after,
+                        in_flight.entry.created_at_ms,
+                    );
+                }
                 for (index, waiter) in in_flight.waiters.into_iter().enumerate() {
                     let _ = waiter.send(Ok(Receipt {
                         entry: in_flight.entry.clone(),

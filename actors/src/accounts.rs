@@ -104,6 +104,37 @@ pub struct Account {
     pub low_balance_warned_at_ms: Option<i64>,
     /// The saved card that off-session charges use.
     pub stripe_payment_method_id: Option<String>,
+    /// What the customer knows that card by, when Stripe has said.
+    pub card: Option<Card>,
+}
+
+/// A saved card as its holder recognises it: "visa ending 4242, 08/2030".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Card {
+    #[cfg_attr(feature = "openapi", schema(examples("visa")))]
+    pub brand: String,
+    #[cfg_attr(feature = "openapi", schema(examples("4242")))]
+    pub last4: String,
+    pub exp_month: i64,
+    pub exp_year: i64,
+}
+
+impl Card {
+    /// Whether the card's last valid month is before `(year, month)`.
+    pub fn expired_before(&self, year: i64, month: i64) -> bool {
+        (self.exp_year, self.exp_month) < (year, month)
+    }
+
+    /// "card ending 4242".
+    pub fn ending(&self) -> String {
+        format!("card ending {}", self.last4)
+    }
+}
+
+/// "card ending 4242", or "saved card" when Stripe has not said which.
+pub fn card_words(card: Option<&Card>) -> String {
+    card.map_or_else(|| "saved card".to_string(), Card::ending)
 }
 
 #[cfg(test)]

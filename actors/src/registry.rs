@@ -12,6 +12,7 @@ use dashmap::DashMap;
 use crate::account_actor::{
     AccountActor, AccountSettings, ActorShared, ActorTable, LedgerMoved, PassivateIfIdle,
 };
+use crate::billing::auto_top_up::AutoTriggers;
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
@@ -52,6 +53,7 @@ impl Registry {
             clock,
             settings,
             epoch: Instant::now(),
+            auto_top_ups: AutoTriggers::new(),
         });
         let sweeper = sweep(Arc::downgrade(&table), sweep_every);
         let moved = shared
@@ -83,6 +85,12 @@ impl Registry {
 
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.inner.shared.clock
+    }
+
+    /// The accounts with auto top-up on, which the actors consult after
+    /// each debit, and the requests they make.
+    pub fn auto_triggers(&self) -> &Arc<AutoTriggers> {
+        &self.inner.shared.auto_top_ups
     }
 
     /// One of the actor arbiters, chosen by `key` (`None` if the registry

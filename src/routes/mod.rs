@@ -2,6 +2,7 @@
 
 pub(crate) mod account;
 pub(crate) mod admin;
+pub(crate) mod auto_top_up;
 pub(crate) mod checkout;
 pub(crate) mod feed;
 pub(crate) mod health;
@@ -37,6 +38,14 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::post().to(account::feed_ticket),
         )
         .route("/v1/accounts/{id}/feed", web::get().to(feed::account_feed))
+        .route(
+            "/v1/accounts/{id}/auto-top-up",
+            web::get().to(auto_top_up::show),
+        )
+        .route(
+            "/v1/accounts/{id}/auto-top-up",
+            web::put().to(auto_top_up::update),
+        )
         .route("/v1/admin/feed", web::get().to(feed::admin_feed))
         .route("/v1/admin/feed-tickets", web::post().to(feed::admin_ticket))
         .route(

@@ -3,9 +3,10 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use sms_credit_actors::accounts::Card;
 use sms_credit_actors::billing::gateway::{
     metadata, ChargeOutcome, CheckoutSession, GatewayError, GatewayFuture, NewCheckoutSession,
-    NewCustomer, OffSessionCharge, PaymentGateway,
+    NewCustomer, OffSessionCharge, PaymentGateway, SavedCard,
 };
 use sms_credit_actors::Money;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
@@ -15,7 +16,9 @@ use stripe_checkout::checkout_session::{
     ProductData,
 };
 use stripe_core::customer::CreateCustomer;
-use stripe_core::payment_intent::{CreatePaymentIntent, CreatePaymentIntentOffSession};
+use stripe_core::payment_intent::{
+    CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
+};
 use stripe_shared::{CheckoutSessionMode, PaymentIntentStatus};
 use stripe_types::Currency;
 
@@ -195,6 +198,31 @@ impl PaymentGateway for StripeGateway {
                 }
                 Err(other) => Err(gateway_error(other)),
             }
+        })
+    }
+
+    fn payment_method_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Option<SavedCard>> {
+        Box::pin(async move {
+            let intent = RetrievePaymentIntent::new(payment_intent_id.as_str())
+                .expand(vec!["payment_method".to_string()])
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            let Some(method) = intent.payment_method else {
+                return Ok(None);
+            };
+            let card = method.as_object().and_then(|method| {
+                method.card.as_ref().map(|card| Card {
+                    brand: card.brand.clone(),
+                    last4: card.last4.clone(),
+                    exp_month: card.exp_month,
+                    exp_year: card.exp_year,
+                })
+            });
+            Ok(Some(SavedCard {
+                payment_method_id: method.id().to_string(),
+                card,
+            }))
         })
     }
 }

@@ -124,6 +124,9 @@ pub fn verify_and_parse(
             order_id: metadata_order_id(Some(&intent.metadata)),
             purpose: purpose(&intent.metadata),
         },
+        EventObject::PaymentMethodDetached(method) => StripeEvent::PaymentMethodDetached {
+            payment_method_id: method.id.to_string(),
+        },
         EventObject::ChargeRefunded(charge) => StripeEvent::ChargeRefunded {
             charge_id: charge.id.to_string(),
             payment_intent_id: charge

@@ -52,6 +52,8 @@ pub struct BillingSettings {
     pub allow_promotion_codes: bool,
     /// Credit that comes with access, credited once on completion.
     pub included_credit: Money,
+    /// Auto top-up's waits after failures and its limit.
+    pub auto_top_up: super::auto_top_up::AutoTopUpPolicy,
 }
 
 /// Everything the billing flows use.
@@ -73,6 +75,20 @@ pub struct CheckoutStarted {
     pub checkout_url: String,
 }
 
+/// Why an off-session charge did not get an answer.
+#[derive(Debug)]
+pub(super) enum ChargeFailure {
+    /// Stripe could not be reached or failed: try again with the same key.
+    Unavailable(String),
+    Other(BillingError),
+}
+
+impl From<BillingError> for ChargeFailure {
+    fn from(error: BillingError) -> ChargeFailure {
+        ChargeFailure::Other(error)
+    }
+}
+
 /// How an off-session charge ended for the caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChargeResult {
@@ -80,6 +96,8 @@ pub enum ChargeResult {
     Credited {
         receipt: Receipt,
         payment_intent_id: String,
+        /// The card that paid, as its holder knows it.
+        card: Option<crate::accounts::Card>,
     },
     /// Accepted, not final; the webhook will credit it.
     Pending {
@@ -252,18 +270,46 @@ impl Billing {
         idempotency_key: &str,
         now_ms: i64,
     ) -> Result<ChargeResult, BillingError> {
+        let (account, order) = self
+            .open_charge(
+                account_id,
+                OrderType::TopUp,
+                amount,
+                idempotency_key,
+                now_ms,
+            )
+            .await?;
+        self.send_charge(account, order, idempotency_key, now_ms)
+            .await
+            .map_err(|failure| match failure {
+                ChargeFailure::Unavailable(message) => BillingError::Gateway(message),
+                ChargeFailure::Other(error) => error,
+            })
+    }
+
+    /// The order of an off-session charge (found again by its key), with
+    /// the account, after making sure the card is known: a card Stripe has
+    /// not told of yet is asked for, an expired one is forgotten.
+    pub(super) async fn open_charge(
+        &self,
+        account_id: AccountId,
+        order_type: OrderType,
+        amount: Money,
+        idempotency_key: &str,
+        now_ms: i64,
+    ) -> Result<(Account, Order), BillingError> {
         if !amount.is_positive() || amount.micros() % 10_000 != 0 {
             return Err(BillingError::Invalid(
                 "a charge is a positive amount in whole cents".into(),
             ));
         }
-        let (account, order) = self
-            .store
+        self.make_sure_of_card(account_id, now_ms).await?;
+        self.store
             .billing()
             .open_off_session_order(
                 NewOrder {
                     account_id,
-                    order_type: OrderType::TopUp,
+                    order_type,
                     amount,
                     list_price: amount,
                     pricing_mode: None,
@@ -272,20 +318,34 @@ impl Billing {
                 idempotency_key.to_string(),
                 now_ms,
             )
-            .await?;
+            .await
+    }
+
+    /// Sends an opened charge to Stripe and acts on the answer.
+    pub(super) async fn send_charge(
+        &self,
+        account: Account,
+        order: Order,
+        idempotency_key: &str,
+        now_ms: i64,
+    ) -> Result<ChargeResult, ChargeFailure> {
         let (Some(customer_id), Some(payment_method_id)) =
             (account.stripe_customer_id, account.stripe_payment_method_id)
         else {
-            return Err(BillingError::NoSavedCard);
+            return Err(ChargeFailure::Other(BillingError::NoSavedCard));
         };
-        let order_id = order.id;
+        let (account_id, order_id, card) = (account.id, order.id, account.card);
+        let description = match order.order_type {
+            OrderType::AutoTopUp => "SMS credit auto top-up",
+            _ => "SMS credit top-up",
+        };
         let outcome = self
             .gateway
             .charge_off_session(OffSessionCharge {
                 customer_id,
                 payment_method_id,
                 amount: order.amount,
-                description: "SMS credit top-up".to_string(),
+                description: description.to_string(),
                 metadata: metadata_map(&[
                     (metadata::ORDER_ID, order_id.to_string()),
                     (metadata::ACCOUNT_ID, account_id.to_string()),
@@ -297,7 +357,11 @@ impl Billing {
                 idempotency_key: format!("sms-credit-charge-{idempotency_key}"),
             })
             .await
-            .map_err(gateway_error)?;
+            .map_err(|error| match error {
+                GatewayError::Unavailable(message) => ChargeFailure::Unavailable(message),
+                refused @ GatewayError::Refused(_) => ChargeFailure::Other(gateway_error(refused)),
+            })?;
+        let billing = self.store.billing();
         match outcome {
             ChargeOutcome::Succeeded {
                 payment_intent_id,
@@ -309,31 +373,97 @@ impl Billing {
                 Ok(ChargeResult::Credited {
                     receipt,
                     payment_intent_id,
+                    card,
                 })
             }
             ChargeOutcome::Processing { payment_intent_id } => {
-                self.store
-                    .billing()
+                billing
                     .set_order_payment_intent(order_id, payment_intent_id.clone())
-                    .await?;
+                    .await
+                    .map_err(BillingError::from)?;
                 Ok(ChargeResult::Pending { payment_intent_id })
             }
             ChargeOutcome::AuthenticationRequired { payment_intent_id } => {
                 if let Some(payment_intent_id) = payment_intent_id {
-                    self.store
-                        .billing()
+                    billing
                         .set_order_payment_intent(order_id, payment_intent_id)
-                        .await?;
+                        .await
+                        .map_err(BillingError::from)?;
                 }
                 Ok(ChargeResult::AuthenticationRequired)
             }
             ChargeOutcome::Declined { message, .. } => {
-                self.store
-                    .billing()
+                billing
                     .end_order(order_id, OrderStatus::Failed)
-                    .await?;
+                    .await
+                    .map_err(BillingError::from)?;
                 Ok(ChargeResult::Declined { message })
             }
+        }
+    }
+
+    /// Learns the card from the account's last paid order when none is
+    /// recorded yet (Stripe's events may not have said), and forgets one
+    /// that has expired. A Stripe that cannot be asked leaves it as it is.
+    async fn make_sure_of_card(
+        &self,
+        account_id: AccountId,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        let account = self
+            .store
+            .accounts()
+            .get(account_id)
+            .await?
+            .ok_or(BillingError::AccountNotFound(account_id))?;
+        if let (Some(card), Some(payment_method_id)) =
+            (&account.card, &account.stripe_payment_method_id)
+        {
+            let (year, month) = super::auto_top_up::year_month(now_ms);
+            if card.expired_before(year, month) {
+                self.forget_card(payment_method_id, now_ms).await?;
+            }
+            return Ok(());
+        }
+        let Some(customer_id) = account.stripe_customer_id.clone() else {
+            return Ok(());
+        };
+        if account.stripe_payment_method_id.is_some() {
+            return Ok(());
+        }
+        let orders = self.store.billing().orders_of(account_id).await?;
+        let paid = orders
+            .iter()
+            .filter(|order| order.status == OrderStatus::Completed)
+            .filter_map(|order| order.stripe_payment_intent_id.clone())
+            .next_back();
+        if let Some(payment_intent_id) = paid {
+            self.learn_card(&customer_id, &payment_intent_id).await;
+        }
+        Ok(())
+    }
+
+    /// Asks Stripe which card paid a PaymentIntent and saves it (with what
+    /// the holder knows it by). A failure is logged: the card is then
+    /// learnt from `payment_intent.succeeded`, or asked for at charge time.
+    pub(super) async fn learn_card(&self, customer_id: &str, payment_intent_id: &str) {
+        let learnt = async {
+            if let Some(saved) = self
+                .gateway
+                .payment_method_of(payment_intent_id.to_string())
+                .await
+                .map_err(gateway_error)?
+            {
+                self.store
+                    .billing()
+                    .save_card(customer_id.to_string(), saved.payment_method_id, saved.card)
+                    .await?;
+            }
+            Ok::<(), BillingError>(())
+        }
+        .await;
+        if let Err(error) = learnt {
+            tracing::warn!(%error, payment_intent_id, "could not learn the card that paid");
         }
     }
 
@@ -365,6 +495,13 @@ impl Billing {
             idempotency_key,
             description: "top-up by saved card".to_string(),
             order_id: Some(order_id),
+        };
+        let credit = match self.store.billing().order(order_id).await? {
+            Some(order) if order.order_type == OrderType::AutoTopUp => Credit {
+                description: "auto top-up by saved card".to_string(),
+                ..credit
+            },
+            _ => credit,
         };
         Ok(self.registry.send(account_id, credit).await?)
     }

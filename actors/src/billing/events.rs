@@ -56,6 +56,8 @@ pub enum StripeEvent {
         order_id: Option<i64>,
         purpose: Option<PaymentPurpose>,
     },
+    /// `payment_method.detached`: the card can no longer be charged.
+    PaymentMethodDetached { payment_method_id: String },
     /// `charge.refunded`: `amount_refunded_cents` is the charge's cumulative total.
     ChargeRefunded {
         charge_id: String,
@@ -532,7 +534,7 @@ impl Billing {
                 {
                     self.store
                         .billing()
-                        .save_card(customer_id, payment_method_id)
+                        .save_card(customer_id, payment_method_id, None)
                         .await?;
                 }
                 if *purpose != Some(PaymentPurpose::OffSessionTopUp) {
@@ -551,6 +553,8 @@ impl Billing {
                         cents(*amount_received_cents)?,
                         now_ms,
                     )
+                    .await?;
+                self.auto_top_up_paid(order.id, payment_intent_id, now_ms)
                     .await?;
                 Ok(EventOutcome::Applied(format!(
                     "credited order {} (ledger seq {})",
@@ -577,6 +581,8 @@ impl Billing {
                     .billing()
                     .end_order(id, OrderStatus::Failed)
                     .await?;
+                self.auto_top_up_failed_later(id, payment_intent_id, now_ms)
+                    .await?;
                 Ok(EventOutcome::Applied(format!("order {id} failed")))
             }
             StripeEvent::ChargeRefunded {
@@ -591,6 +597,16 @@ impl Billing {
                 )
                 .await
             }
+            StripeEvent::PaymentMethodDetached { payment_method_id } => {
+                match self.forget_card(payment_method_id, now_ms).await? {
+                    Some(account_id) => Ok(EventOutcome::Applied(format!(
+                        "the saved card of account {account_id} is forgotten"
+                    ))),
+                    None => Ok(EventOutcome::Ignored(
+                        "no account has this payment method".into(),
+                    )),
+                }
+            }
             StripeEvent::Other => Ok(EventOutcome::Ignored(
                 "not an event this service acts on".into(),
             )),
@@ -601,7 +617,7 @@ impl Billing {
     /// that comes with access.
     fn credit_for(&self, order: &Order, paid: Money) -> Money {
         match order.order_type {
-            OrderType::TopUp => paid,
+            OrderType::TopUp | OrderType::AutoTopUp => paid,
             OrderType::InitialAccess => self.settings.included_credit,
         }
     }
@@ -615,6 +631,8 @@ impl Billing {
         now_ms: i64,
     ) -> Result<EventOutcome, BillingError> {
         let (order_id, account_id, order_type) = (order.id, order.account_id, order.order_type);
+        let customer_id_for_card = customer_id.clone();
+        let payment_intent_for_card = payment_intent_id.clone();
         self.store
             .billing()
             .complete_order(OrderCompletion {
@@ -626,10 +644,17 @@ impl Billing {
                 now_ms,
             })
             .await?;
+        if let (Some(customer_id), Some(payment_intent_id)) =
+            (&customer_id_for_card, &payment_intent_for_card)
+        {
+            // The card is usable at once, whatever order Stripe's events
+            // come in: ask Stripe which one paid.
+            self.learn_card(customer_id, payment_intent_id).await;
+        }
         let credit = self.credit_for(order, paid);
         if credit.is_positive() {
             let description = match order_type {
-                OrderType::TopUp => "top-up by Checkout",
+                OrderType::TopUp | OrderType::AutoTopUp => "top-up by Checkout",
                 OrderType::InitialAccess => "credit included with access",
             };
             self.registry

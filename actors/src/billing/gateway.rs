@@ -28,8 +28,8 @@ pub mod metadata {
 pub enum PaymentPurpose {
     /// Paid on a Checkout page; `checkout.session.*` events complete it.
     Checkout,
-    /// A saved card charged without the customer (`BUY $10`);
-    /// `payment_intent.*` events complete it.
+    /// A saved card charged without the customer (`BUY $10`, or an auto
+    /// top-up); `payment_intent.*` events complete it.
     OffSessionTopUp,
 }
 
@@ -125,6 +125,15 @@ pub enum ChargeOutcome {
     },
 }
 
+/// The card a payment was made with, as Stripe reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SavedCard {
+    pub payment_method_id: String,
+    /// Brand, last four digits and expiry (absent for a method that is
+    /// not a card).
+    pub card: Option<crate::accounts::Card>,
+}
+
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Creates a customer and returns its id.
     fn create_customer(&self, customer: NewCustomer) -> GatewayFuture<'_, String>;
@@ -133,4 +142,7 @@ pub trait PaymentGateway: Send + Sync + 'static {
         session: NewCheckoutSession,
     ) -> GatewayFuture<'_, CheckoutSession>;
     fn charge_off_session(&self, charge: OffSessionCharge) -> GatewayFuture<'_, ChargeOutcome>;
+    /// The payment method a PaymentIntent was paid with (retrieved with
+    /// the method expanded); `None` when it has none yet.
+    fn payment_method_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Option<SavedCard>>;
 }

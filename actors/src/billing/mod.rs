@@ -2,6 +2,8 @@
 //! gateway (Stripe, behind a trait), checkout, off-session charges, and the
 //! Stripe events that complete, fail or refund orders.
 
+pub mod auto_charge;
+pub mod auto_top_up;
 pub mod checkout;
 pub mod discounts;
 pub mod events;
@@ -33,6 +35,8 @@ pub enum BillingError {
     AccountNotFound(crate::ledger::AccountId),
     #[error("the account has no saved card; top up on the web first")]
     NoSavedCard,
+    #[error("the account {0} is not active")]
+    NotActive(crate::ledger::AccountId),
     #[error("invalid request: {0}")]
     Invalid(String),
     #[error("the payment provider failed: {0}")]

@@ -13,6 +13,8 @@ use crate::money::Money;
 pub enum OrderType {
     InitialAccess,
     TopUp,
+    /// A top-up the account's auto top-up started.
+    AutoTopUp,
 }
 
 impl OrderType {
@@ -20,6 +22,7 @@ impl OrderType {
         match self {
             OrderType::InitialAccess => "initial_access",
             OrderType::TopUp => "top_up",
+            OrderType::AutoTopUp => "auto_top_up",
         }
     }
 
@@ -27,6 +30,7 @@ impl OrderType {
         match text {
             "initial_access" => Some(OrderType::InitialAccess),
             "top_up" => Some(OrderType::TopUp),
+            "auto_top_up" => Some(OrderType::AutoTopUp),
             _ => None,
         }
     }

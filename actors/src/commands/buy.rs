@@ -1,6 +1,7 @@
 //! `BUY $10`: charge the saved card for $10 off-session. Only $10 can be
 //! bought by SMS; other amounts are for the web.
 
+use crate::accounts::{card_words, Card};
 use crate::money::Money;
 
 /// What followed `BUY`.
@@ -32,6 +33,7 @@ impl BuyAmount {
 pub enum BuyOutcome {
     Credited {
         balance: Money,
+        card: Option<Card>,
     },
     Pending,
     AuthenticationRequired,
@@ -45,10 +47,11 @@ pub enum BuyOutcome {
 
 pub fn reply(outcome: &BuyOutcome, web_link: &str) -> String {
     match outcome {
-        BuyOutcome::Credited { balance } => {
+        BuyOutcome::Credited { balance, card } => {
             format!(
-                "Thanks! {} was added. Your balance is {balance}.",
-                crate::billing::TOP_UP
+                "Thanks! {} was added from your {}. Your balance is {balance}.",
+                crate::billing::TOP_UP,
+                card_words(card.as_ref())
             )
         }
         BuyOutcome::Pending => {

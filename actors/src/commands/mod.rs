@@ -2,10 +2,12 @@
 //! behind one `Command` enum and its `parse`. Case does not matter and
 //! surrounding spaces are ignored.
 
+pub mod auto;
 pub mod balance;
 pub mod buy;
 pub mod help;
 
+pub use auto::AutoCommand;
 pub use buy::BuyAmount;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -14,6 +16,8 @@ pub enum Command {
     Balance,
     /// `BUY <amount>`.
     Buy(BuyAmount),
+    /// `AUTO`, `AUTO ON`, `AUTO OFF` (`None`: `AUTO` and something else).
+    Auto(Option<AutoCommand>),
     /// `HELP`.
     Help,
     /// Anything else.
@@ -29,6 +33,7 @@ impl Command {
         match (first, rest.as_slice()) {
             ("BALANCE" | "BAL", []) => Command::Balance,
             ("HELP", []) => Command::Help,
+            ("AUTO", rest) => Command::Auto(AutoCommand::parse(rest)),
             ("BUY", amount) => Command::Buy(BuyAmount::parse(&amount.join(" "))),
             _ => match first.strip_prefix("BUY$") {
                 // "BUY$10" without a space.
@@ -68,6 +73,19 @@ mod tests {
             Command::Buy(BuyAmount::Other("$20".into()))
         );
         assert_eq!(Command::parse("BUY"), Command::Buy(BuyAmount::Missing));
+        assert_eq!(
+            Command::parse(" auto "),
+            Command::Auto(Some(AutoCommand::Status))
+        );
+        assert_eq!(
+            Command::parse("Auto On"),
+            Command::Auto(Some(AutoCommand::On))
+        );
+        assert_eq!(
+            Command::parse("AUTO off"),
+            Command::Auto(Some(AutoCommand::Off))
+        );
+        assert_eq!(Command::parse("AUTO maybe"), Command::Auto(None));
         assert_eq!(
             Command::parse("buy lots"),
             Command::Buy(BuyAmount::Other("LOTS".into()))

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::records::MessageKind;
 use super::{Messaging, MessagingError, SenderError};
+use crate::accounts::{card_words, Account};
 use crate::ledger::AccountId;
 use crate::money::Money;
 
@@ -25,20 +26,56 @@ pub enum NoticeKind {
     LowBalanceWarning {
         #[serde(rename = "balance_micros")]
         balance: Money,
+        /// An auto top-up is on its way (the warning says so instead of
+        /// asking the holder to buy).
+        #[serde(default)]
+        top_up: bool,
     },
+    /// News of the account's auto top-up.
+    AutoTopUp { event: AutoTopUpNotice },
+}
+
+/// What a holder is told about their auto top-up.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum AutoTopUpNotice {
+    /// The card was declined.
+    Declined {
+        #[serde(rename = "amount_micros")]
+        amount: Money,
+        message: String,
+    },
+    /// The bank wants the holder to confirm; finish on the web.
+    AuthenticationRequired {
+        #[serde(rename = "amount_micros")]
+        amount: Money,
+    },
+    /// Stripe refused for another reason.
+    Failed {
+        #[serde(rename = "amount_micros")]
+        amount: Money,
+    },
+    /// After this many failures in a row, auto top-up turned itself off.
+    TurnedOff { failures: i64 },
+    /// The saved card was removed or expired: auto top-up is paused.
+    CardForgotten,
 }
 
 impl NoticeKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             NoticeKind::LowBalanceWarning { .. } => "low_balance_warning",
+            NoticeKind::AutoTopUp { .. } => "auto_top_up",
         }
     }
 
     /// The kind of service message it is sent as.
     fn message_kind(&self) -> MessageKind {
         match self {
-            NoticeKind::LowBalanceWarning { .. } => MessageKind::Warning,
+            NoticeKind::LowBalanceWarning { .. } | NoticeKind::AutoTopUp { .. } => {
+                MessageKind::Warning
+            }
         }
     }
 }
@@ -119,13 +156,40 @@ fn retry_delay(attempts: i64) -> Duration {
 }
 
 impl Messaging {
-    /// The text a notice is sent as.
-    fn notice_text(&self, kind: &NoticeKind) -> String {
+    /// The text a notice is sent as, for its account (whose card it names)
+    /// and, when an auto top-up is on its way, what it will charge.
+    fn notice_text(&self, kind: &NoticeKind, account: &Account, top_up: Option<Money>) -> String {
+        let link = &self.settings.web_link;
+        let card = card_words(account.card.as_ref());
         match kind {
-            NoticeKind::LowBalanceWarning { balance } => format!(
-                "Your SMS credit is low: {balance} left. Text BUY $10 or top up at {}",
-                self.settings.web_link
+            NoticeKind::LowBalanceWarning { balance, top_up: true } => match top_up {
+                Some(amount) => format!(
+                    "Your SMS credit is low: {balance} left. Topping up {amount} from your {card}."
+                ),
+                None => format!(
+                    "Your SMS credit is low: {balance} left. An auto top-up from your {card} is on its way."
+                ),
+            },
+            NoticeKind::LowBalanceWarning { balance, top_up: false } => format!(
+                "Your SMS credit is low: {balance} left. Text BUY $10 or top up at {link}"
             ),
+            NoticeKind::AutoTopUp { event } => match event {
+                AutoTopUpNotice::Declined { amount, message } => format!(
+                    "Your auto top-up of {amount} from your {card} was declined: {message} Update your card at {link}"
+                ),
+                AutoTopUpNotice::AuthenticationRequired { amount } => format!(
+                    "Your bank needs you to confirm the auto top-up of {amount}. Finish it on the web: {link}"
+                ),
+                AutoTopUpNotice::Failed { amount } => format!(
+                    "Your auto top-up of {amount} could not be charged. Top up at {link}"
+                ),
+                AutoTopUpNotice::TurnedOff { failures } => format!(
+                    "Auto top-up is now off after {failures} failed tries in a row. Turn it on again on the web or by texting AUTO ON."
+                ),
+                AutoTopUpNotice::CardForgotten => format!(
+                    "Your saved card is no longer usable, so auto top-up is paused. Top up on the web to save a new card: {link}"
+                ),
+            },
         }
     }
 
@@ -163,7 +227,17 @@ impl Messaging {
             .get(notice.account_id)
             .await?
             .ok_or(MessagingError::AccountNotFound(notice.account_id))?;
-        let text = self.notice_text(&notice.kind);
+        let top_up = match &notice.kind {
+            NoticeKind::LowBalanceWarning { top_up: true, .. } => self
+                .store
+                .auto_top_up()
+                .auto_settings(account.id)
+                .await?
+                .filter(|settings| settings.enabled)
+                .map(|settings| settings.amount),
+            _ => None,
+        };
+        let text = self.notice_text(&notice.kind, &account, top_up);
         match self.sender.send(account.phone.as_str(), &text).await {
             Ok(accepted) => {
                 let cost = self.prepare_service(

@@ -26,9 +26,10 @@ use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
 pub use ports::{
-    AccessOrderRequest, AccountStore, Backend, BillingStore, CopyStore, EventDecision,
-    InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore, OrderCompletion,
-    PriceAccess, PriceCheck, ReceivedEvent, Reception, StoreFuture, StripeEventStore, TokenStore,
+    AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
+    EventDecision, InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore,
+    OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, StoreFuture,
+    StripeEventStore, TokenStore,
 };
 
 /// Where the database is.
@@ -431,6 +432,10 @@ impl Store {
     }
 
     pub fn messages(&self) -> &dyn MessageStore {
+        &*self.backend
+    }
+
+    pub fn auto_top_up(&self) -> &dyn AutoTopUpStore {
         &*self.backend
     }
 

@@ -10,14 +10,17 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use crate::accounts::{Account, Email, NewAccount, PhoneNumber};
+use crate::accounts::{Account, Card, Email, NewAccount, PhoneNumber};
+use crate::billing::auto_top_up::{
+    AttemptEnd, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
+};
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::events::{EventRecord, EventStatus};
 use crate::billing::orders::{NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::BillingError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
-use crate::messaging::notices::{Notice, NoticeState};
+use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
 use crate::verify::VerifyReport;
@@ -192,8 +195,78 @@ pub trait BillingStore: Send + Sync {
     fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>>;
     fn order_by_payment_intent(&self, payment_intent_id: String) -> StoreFuture<Option<Order>>;
     fn orders_of(&self, account_id: AccountId) -> StoreFuture<Vec<Order>>;
-    /// Saves the card to charge off-session on the account of a Stripe customer.
-    fn save_card(&self, customer_id: String, payment_method_id: String) -> StoreFuture<()>;
+    /// Saves the card to charge off-session on the account of a Stripe
+    /// customer, with what the holder knows it by (when Stripe said; a
+    /// method saved without it keeps the details only if it is the same).
+    fn save_card(
+        &self,
+        customer_id: String,
+        payment_method_id: String,
+        card: Option<Card>,
+    ) -> StoreFuture<()>;
+}
+
+/// Auto top-up: the setting, its attempts, and the saved card's end.
+pub trait AutoTopUpStore: Send + Sync {
+    /// The account's setting; `None` if it was never set.
+    fn auto_settings(&self, account_id: AccountId) -> StoreFuture<Option<AutoTopUpSettings>>;
+    /// Stores a checked change (turning on also clears the failure count
+    /// and the wait, and records the consent).
+    fn set_auto_settings(&self, change: SettingChange) -> StoreFuture<AutoTopUpSettings>;
+    /// Starts an attempt if the database agrees: on, a saved card, the
+    /// balance below the threshold, none in flight, no wait, within this
+    /// month's cap; all checked in the transaction that inserts it.
+    fn begin_auto_top_up(
+        &self,
+        account_id: AccountId,
+        month: String,
+        now_ms: i64,
+    ) -> StoreFuture<Begin>;
+    /// Pending attempts, and charging ones whose lease ran out, moved to
+    /// `charging` under a lease until `lease_until_ms`.
+    fn claim_auto_top_ups(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<AutoTopUpAttempt>>;
+    /// Links the attempt's order.
+    fn auto_top_up_ordered(&self, attempt_id: i64, order_id: i64) -> StoreFuture<()>;
+    /// Stripe accepted the charge but has not finished it: `processing`
+    /// until its webhook says.
+    fn auto_top_up_processing(
+        &self,
+        attempt_id: i64,
+        payment_intent_id: String,
+        now_ms: i64,
+    ) -> StoreFuture<()>;
+    /// Stripe could not be reached: tried again (same key) from `at_ms`.
+    fn auto_top_up_later(&self, attempt_id: i64, at_ms: i64, reason: String) -> StoreFuture<()>;
+    /// Ends an attempt still in flight, with its effect on the setting and
+    /// its notice, in one transaction; `None` if it had ended already.
+    fn end_auto_top_up(&self, end: AttemptEnd) -> StoreFuture<Option<AutoTopUpSettings>>;
+    fn auto_top_up_by_order(&self, order_id: i64) -> StoreFuture<Option<AutoTopUpAttempt>>;
+    /// The account's attempts, the latest first.
+    fn auto_top_ups_of(
+        &self,
+        account_id: AccountId,
+        limit: i64,
+    ) -> StoreFuture<Vec<AutoTopUpAttempt>>;
+    /// What the account's attempts of `month` have charged or are charging.
+    fn month_charged(&self, account_id: AccountId, month: String) -> StoreFuture<Money>;
+    /// Every account with auto top-up on: threshold and wait.
+    fn auto_enabled(&self) -> StoreFuture<Vec<(AccountId, Money, i64)>>;
+    /// Accounts on, below their threshold, not waiting, none in flight.
+    fn auto_due(&self, now_ms: i64, limit: i64) -> StoreFuture<Vec<AccountId>>;
+    /// Forgets a card Stripe says is gone: the account's card, and its auto
+    /// top-up paused with `notice` queued (once) if it was on. Answers the
+    /// account, if one had that card.
+    fn forget_card(
+        &self,
+        payment_method_id: String,
+        notice: NoticeKind,
+        now_ms: i64,
+    ) -> StoreFuture<Option<AccountId>>;
 }
 
 /// A Stripe event as received, before it is decided.
@@ -423,6 +496,7 @@ pub trait Backend:
     + BillingStore
     + StripeEventStore
     + MessageStore
+    + AutoTopUpStore
     + InstanceStore
     + CopyStore
 {

@@ -15,11 +15,12 @@ use tokio::sync::oneshot;
 use super::SUPERVISOR_MAILBOX_CAPACITY;
 use crate::account_actor::GetBalance;
 use crate::accounts::PhoneNumber;
+use crate::billing::auto_top_up::{ConsentVia, SettingRequest};
 use crate::billing::checkout::{Billing, ChargeResult};
 use crate::billing::BillingError;
 use crate::billing::TOP_UP;
 use crate::commands::buy::{self, BuyOutcome};
-use crate::commands::{balance, help, unknown_reply, BuyAmount, Command};
+use crate::commands::{auto, balance, help, unknown_reply, AutoCommand, BuyAmount, Command};
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
 use crate::messaging::records::MessageKind;
@@ -181,7 +182,12 @@ impl SmsContext {
             .get(&message.from)
             .map(|known| known.clone());
         // A charge, or a number not known yet: look before doing anything.
-        let look_first = known.is_none() || matches!(command, Command::Buy(BuyAmount::Ten));
+        let look_first = known.is_none()
+            || matches!(
+                command,
+                Command::Buy(BuyAmount::Ten)
+                    | Command::Auto(Some(AutoCommand::On | AutoCommand::Off))
+            );
         let (account, phone) = if look_first {
             let phone = match &known {
                 Some(known) => Some(known.phone.clone()),
@@ -288,6 +294,8 @@ impl SmsContext {
         Ok(match command {
             Command::Help => help::reply(),
             Command::Unknown => unknown_reply(),
+            Command::Auto(None) => auto::unknown_reply(),
+            Command::Auto(Some(what)) => self.auto(what, account, message).await?,
             Command::Balance => {
                 let snapshot = self.registry.send(account.account_id, GetBalance).await?;
                 let own_rate = account
@@ -314,9 +322,12 @@ impl SmsContext {
                             )
                             .await
                         {
-                            Ok(ChargeResult::Credited { receipt, .. }) => BuyOutcome::Credited {
-                                balance: receipt.entry.balance_after,
-                            },
+                            Ok(ChargeResult::Credited { receipt, card, .. }) => {
+                                BuyOutcome::Credited {
+                                    balance: receipt.entry.balance_after,
+                                    card,
+                                }
+                            }
                             Ok(ChargeResult::Pending { .. }) => BuyOutcome::Pending,
                             Ok(ChargeResult::AuthenticationRequired) => {
                                 BuyOutcome::AuthenticationRequired
@@ -336,6 +347,58 @@ impl SmsContext {
                 };
                 buy::reply(&outcome, &self.web_link)
             }
+        })
+    }
+
+    /// `AUTO`, `AUTO ON`, `AUTO OFF`.
+    async fn auto(
+        &self,
+        what: AutoCommand,
+        account: &KnownNumber,
+        message: &InboundSms,
+    ) -> Result<String, SmsError> {
+        let Some(billing) = &self.billing else {
+            return Ok(auto::unavailable_reply());
+        };
+        let now_ms = message.received_at_ms;
+        let account_id = account.account_id;
+        let changed = match what {
+            AutoCommand::Status => Ok(()),
+            AutoCommand::On | AutoCommand::Off => billing
+                .set_auto_top_up(
+                    account_id,
+                    SettingRequest {
+                        enabled: Some(what == AutoCommand::On),
+                        ..SettingRequest::default()
+                    },
+                    ConsentVia::Sms,
+                    now_ms,
+                )
+                .await
+                .map(drop),
+        };
+        match changed {
+            Ok(()) => {}
+            Err(BillingError::NoSavedCard) => return Ok(auto::no_card_reply(&self.web_link)),
+            Err(BillingError::Store(error)) => return Err(error.into()),
+            Err(BillingError::Ledger(error)) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "AUTO by SMS failed");
+                return Ok(auto::unavailable_reply());
+            }
+        }
+        let view = match billing.auto_top_up_view(account_id, now_ms).await {
+            Ok(view) => view,
+            Err(BillingError::Store(error)) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "AUTO by SMS failed");
+                return Ok(auto::unavailable_reply());
+            }
+        };
+        Ok(match what {
+            AutoCommand::Status => auto::status_reply(&view),
+            AutoCommand::On => auto::on_reply(&view),
+            AutoCommand::Off => auto::off_reply(),
         })
     }
 }

@@ -34,6 +34,14 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::get().to(transactions::export_csv),
         )
         .route("/accounts/{id}/orders", web::get().to(orders::list))
+        .route(
+            "/accounts/{id}/auto-top-up",
+            web::get().to(crate::routes::auto_top_up::admin_show),
+        )
+        .route(
+            "/accounts/{id}/auto-top-up",
+            web::put().to(crate::routes::auto_top_up::admin_update),
+        )
         .route("/accounts/{id}/notices", web::get().to(notices::list))
         .route("/accounts/{id}/tokens", web::post().to(tokens::issue))
         .route("/accounts/{id}/tokens", web::delete().to(tokens::revoke))

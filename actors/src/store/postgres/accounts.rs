@@ -3,7 +3,7 @@
 use tokio_postgres::{GenericClient, Row};
 
 use super::{boxed, is_unique_violation, PostgresStore};
-use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
+use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::store::{
@@ -13,7 +13,8 @@ use crate::store::{
 
 pub(super) const ACCOUNT_COLUMNS: &str =
     "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
-     b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id";
+     b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id,
+     a.card_brand, a.card_last4, a.card_exp_month, a.card_exp_year";
 
 pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
     let id: i64 = row.try_get(0)?;
@@ -38,6 +39,12 @@ pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
         seq: row.try_get(7)?,
         low_balance_warned_at_ms: row.try_get(8)?,
         stripe_payment_method_id: row.try_get(9)?,
+        card: card_from(
+            row.try_get(10)?,
+            row.try_get(11)?,
+            row.try_get(12)?,
+            row.try_get(13)?,
+        ),
     })
 }
 
@@ -120,6 +127,7 @@ pub(super) async fn insert_account(
         seq: 0,
         low_balance_warned_at_ms: None,
         stripe_payment_method_id: None,
+        card: None,
     })
 }
 
@@ -341,4 +349,19 @@ impl InstanceStore for PostgresStore {
                 .collect()
         })
     }
+}
+
+/// The card columns, when all are there.
+fn card_from(
+    brand: Option<String>,
+    last4: Option<String>,
+    exp_month: Option<i64>,
+    exp_year: Option<i64>,
+) -> Option<Card> {
+    Some(Card {
+        brand: brand?,
+        last4: last4?,
+        exp_month: exp_month?,
+        exp_year: exp_year?,
+    })
 }

@@ -8,7 +8,7 @@ use super::accounts::{
     activate, find_account_by_phone, get_account, insert_account, set_stripe_customer,
 };
 use super::{boxed, PostgresStore};
-use crate::accounts::{Account, AccountStatus, NewAccount};
+use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::orders::{NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
@@ -543,16 +543,54 @@ impl BillingStore for PostgresStore {
         })
     }
 
-    fn save_card(&self, customer_id: String, payment_method_id: String) -> StoreFuture<()> {
+    fn save_card(
+        &self,
+        customer_id: String,
+        payment_method_id: String,
+        card: Option<Card>,
+    ) -> StoreFuture<()> {
         self.write(move |transaction| {
-            let (customer_id, payment_method_id) = (customer_id.clone(), payment_method_id.clone());
+            let (customer_id, payment_method_id, card) =
+                (customer_id.clone(), payment_method_id.clone(), card.clone());
             boxed(async move {
-                transaction
-                    .execute(
-                        "UPDATE accounts SET stripe_payment_method_id = $2 WHERE stripe_customer_id = $1",
-                        &[&customer_id, &payment_method_id],
-                    )
-                    .await?;
+                match &card {
+                    Some(card) => transaction
+                        .execute(
+                            "UPDATE accounts SET stripe_payment_method_id = $2, card_brand = $3,
+                                        card_last4 = $4, card_exp_month = $5, card_exp_year = $6
+                                  WHERE stripe_customer_id = $1
+                                    AND forgotten_payment_method_id IS DISTINCT FROM $2",
+                            &[
+                                &customer_id,
+                                &payment_method_id,
+                                &card.brand,
+                                &card.last4,
+                                &card.exp_month,
+                                &card.exp_year,
+                            ],
+                        )
+                        .await?,
+                    // Another method without details: the old details go.
+                    None => {
+                        transaction
+                            .execute(
+                                "UPDATE accounts
+                                    SET card_brand = CASE WHEN stripe_payment_method_id = $2
+                                                          THEN card_brand END,
+                                        card_last4 = CASE WHEN stripe_payment_method_id = $2
+                                                          THEN card_last4 END,
+                                        card_exp_month = CASE WHEN stripe_payment_method_id = $2
+                                                              THEN card_exp_month END,
+                                        card_exp_year = CASE WHEN stripe_payment_method_id = $2
+                                                             THEN card_exp_year END,
+                                        stripe_payment_method_id = $2
+                                  WHERE stripe_customer_id = $1
+                                    AND forgotten_payment_method_id IS DISTINCT FROM $2",
+                                &[&customer_id, &payment_method_id],
+                            )
+                            .await?
+                    }
+                };
                 Ok(())
             })
         })

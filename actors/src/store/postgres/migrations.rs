@@ -8,10 +8,16 @@ use tokio_postgres::Client;
 
 use crate::store::StoreError;
 
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "V1__schema",
-    include_str!("../../../../migrations/postgres/V1__schema.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "V1__schema",
+        include_str!("../../../../migrations/postgres/V1__schema.sql"),
+    ),
+    (
+        "V2__auto_top_up",
+        include_str!("../../../../migrations/postgres/V2__auto_top_up.sql"),
+    ),
+];
 
 /// The advisory lock's key: "sms-credit migrations".
 const LOCK: i64 = 0x736d_735f_6d69_6772;

@@ -10,6 +10,7 @@
 //! The SQL lives in this folder, one file per part of the port.
 
 mod accounts;
+mod auto_top_up;
 mod billing;
 mod copy;
 mod events;

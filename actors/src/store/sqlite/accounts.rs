@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
-use crate::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
+use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::store::{
@@ -59,12 +59,14 @@ pub(super) fn insert_account(
         seq: 0,
         low_balance_warned_at_ms: None,
         stripe_payment_method_id: None,
+        card: None,
     })
 }
 
 const ACCOUNT_COLUMNS: &str =
     "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
-                               b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id";
+                               b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id,
+     a.card_brand, a.card_last4, a.card_exp_month, a.card_exp_year";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let id: i64 = row.get(0)?;
@@ -89,6 +91,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         seq: row.get(7)?,
         low_balance_warned_at_ms: row.get(8)?,
         stripe_payment_method_id: row.get(9)?,
+        card: card_from(row.get(10)?, row.get(11)?, row.get(12)?, row.get(13)?),
     })
 }
 
@@ -309,4 +312,19 @@ impl TokenStore for SqliteStore {
             Ok(found.map(AccountId))
         })
     }
+}
+
+/// The card columns, when all are there.
+fn card_from(
+    brand: Option<String>,
+    last4: Option<String>,
+    exp_month: Option<i64>,
+    exp_year: Option<i64>,
+) -> Option<Card> {
+    Some(Card {
+        brand: brand?,
+        last4: last4?,
+        exp_month: exp_month?,
+        exp_year: exp_year?,
+    })
 }

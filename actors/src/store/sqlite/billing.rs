@@ -8,7 +8,7 @@ use super::accounts::{
     activate, find_account_by_phone, get_account, insert_account, set_stripe_customer,
 };
 use super::SqliteStore;
-use crate::accounts::{Account, AccountStatus, NewAccount};
+use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::orders::{NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
@@ -517,13 +517,45 @@ impl BillingStore for SqliteStore {
         self.read(move |connection| orders_of(connection, account_id))
     }
 
-    fn save_card(&self, customer_id: String, payment_method_id: String) -> StoreFuture<()> {
+    fn save_card(
+        &self,
+        customer_id: String,
+        payment_method_id: String,
+        card: Option<Card>,
+    ) -> StoreFuture<()> {
         self.write(move |connection| {
-            connection
-                .prepare_cached(
-                    "UPDATE accounts SET stripe_payment_method_id = ?2 WHERE stripe_customer_id = ?1",
-                )?
-                .execute(params![customer_id, payment_method_id])?;
+            match &card {
+                Some(card) => connection
+                    .prepare_cached(
+                        "UPDATE accounts SET stripe_payment_method_id = ?2, card_brand = ?3,
+                                card_last4 = ?4, card_exp_month = ?5, card_exp_year = ?6
+                          WHERE stripe_customer_id = ?1
+                            AND forgotten_payment_method_id IS NOT ?2",
+                    )?
+                    .execute(params![
+                        customer_id,
+                        payment_method_id,
+                        card.brand,
+                        card.last4,
+                        card.exp_month,
+                        card.exp_year
+                    ])?,
+                // Another method without details: the old details go.
+                None => connection
+                    .prepare_cached(
+                        "UPDATE accounts SET card_brand = CASE WHEN stripe_payment_method_id IS ?2
+                                                 THEN card_brand END,
+                                card_last4 = CASE WHEN stripe_payment_method_id IS ?2 THEN card_last4 END,
+                                card_exp_month = CASE WHEN stripe_payment_method_id IS ?2
+                                                     THEN card_exp_month END,
+                                card_exp_year = CASE WHEN stripe_payment_method_id IS ?2
+                                                    THEN card_exp_year END,
+                                stripe_payment_method_id = ?2
+                          WHERE stripe_customer_id = ?1
+                            AND forgotten_payment_method_id IS NOT ?2",
+                    )?
+                    .execute(params![customer_id, payment_method_id])?,
+            };
             Ok(())
         })
     }

@@ -47,6 +47,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V9__instances_and_claims",
         include_str!("../../../../migrations/sqlite/V9__instances_and_claims.sql"),
     ),
+    (
+        "V10__auto_top_up",
+        include_str!("../../../../migrations/sqlite/V10__auto_top_up.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -1,0 +1,534 @@
+//! The running of auto top-ups: starting an attempt when an account actor
+//! asks, charging claimed attempts, ending them (with the wait, the
+//! turning off and the notices failures bring), the card's end, and the
+//! setting as holders and admins see and change it.
+
+use serde::Serialize;
+
+use super::auto_top_up::{
+    attempt_notice, check_change, consent_text, month_key, next_month_start_ms, AfterAttempt,
+    AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, Consent, ConsentVia,
+    NotStarted, SettingRequest,
+};
+use super::checkout::{Billing, ChargeFailure, ChargeResult};
+use super::orders::OrderType;
+use super::BillingError;
+use crate::accounts::Card;
+use crate::ledger::AccountId;
+use crate::messaging::notices::{AutoTopUpNotice, NoticeKind};
+use crate::money::Money;
+use crate::store::Store;
+
+/// Attempts charged per round.
+const ATTEMPTS_PER_ROUND: i64 = 20;
+/// Accounts the sweep starts attempts for per round.
+const DUE_PER_SWEEP: i64 = 1_000;
+/// Attempts shown with the setting.
+const ATTEMPTS_SHOWN: i64 = 10;
+
+/// The setting as holders and admins see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoTopUpView {
+    pub enabled: bool,
+    pub threshold_micros: i64,
+    pub amount_micros: i64,
+    pub monthly_cap_micros: i64,
+    /// The saved card, or null.
+    pub card: Option<Card>,
+    /// The last turning on.
+    pub consent: Option<Consent>,
+    /// What auto top-ups have charged (or are charging) this month, UTC.
+    pub month_charged_micros: i64,
+    pub consecutive_failures: i64,
+    /// Why it turned itself off, if it did.
+    pub paused_reason: Option<String>,
+    /// The latest first.
+    pub attempts: Vec<AttemptView>,
+    /// The words turning it on with these values agrees to (recorded as
+    /// the consent when it is turned on).
+    pub terms: String,
+}
+
+/// One attempt as holders and admins see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptView {
+    /// When it started (Unix ms).
+    pub at: i64,
+    pub amount_micros: i64,
+    pub status: AttemptStatus,
+    pub reason: Option<String>,
+}
+
+impl From<&AutoTopUpAttempt> for AttemptView {
+    fn from(attempt: &AutoTopUpAttempt) -> AttemptView {
+        AttemptView {
+            at: attempt.created_at_ms,
+            amount_micros: attempt.amount.micros(),
+            status: attempt.status,
+            reason: attempt.reason.clone(),
+        }
+    }
+}
+
+/// The account's setting, card, month and last attempts (also for the
+/// command line, which has no Stripe).
+pub async fn view(
+    store: &Store,
+    account_id: AccountId,
+    now_ms: i64,
+) -> Result<AutoTopUpView, BillingError> {
+    let account = store
+        .accounts()
+        .get(account_id)
+        .await?
+        .ok_or(BillingError::AccountNotFound(account_id))?;
+    let auto = store.auto_top_up();
+    let settings = auto
+        .auto_settings(account_id)
+        .await?
+        .unwrap_or_else(|| AutoTopUpSettings::off(account_id));
+    let month_charged = auto.month_charged(account_id, month_key(now_ms)).await?;
+    let attempts = auto.auto_top_ups_of(account_id, ATTEMPTS_SHOWN).await?;
+    Ok(AutoTopUpView {
+        enabled: settings.enabled,
+        threshold_micros: settings.threshold.micros(),
+        amount_micros: settings.amount.micros(),
+        monthly_cap_micros: settings.monthly_cap.micros(),
+        card: account
+            .stripe_payment_method_id
+            .as_ref()
+            .and(account.card.clone()),
+        consent: settings.consent,
+        month_charged_micros: month_charged.micros(),
+        consecutive_failures: settings.consecutive_failures,
+        paused_reason: settings.paused_reason,
+        attempts: attempts.iter().map(AttemptView::from).collect(),
+        terms: consent_text(
+            settings.threshold,
+            settings.amount,
+            settings.monthly_cap,
+            account.card.as_ref(),
+        ),
+    })
+}
+
+/// Checks and stores a change of the setting; answers the account and the
+/// setting stored. (A running server's account actors learn of it at
+/// once when it made the change, else at its next sweep.)
+pub async fn change(
+    store: &Store,
+    account_id: AccountId,
+    request: SettingRequest,
+    via: ConsentVia,
+    now_ms: i64,
+) -> Result<(crate::accounts::Account, AutoTopUpSettings), BillingError> {
+    let account = store
+        .accounts()
+        .get(account_id)
+        .await?
+        .ok_or(BillingError::AccountNotFound(account_id))?;
+    let auto = store.auto_top_up();
+    let current = auto
+        .auto_settings(account_id)
+        .await?
+        .unwrap_or_else(|| AutoTopUpSettings::off(account_id));
+    let checked = check_change(&current, &request, &account, via, now_ms)?;
+    let settings = auto.set_auto_settings(checked).await?;
+    Ok((account, settings))
+}
+
+impl Billing {
+    /// The account's setting, card, month and last attempts.
+    pub async fn auto_top_up_view(
+        &self,
+        account_id: AccountId,
+        now_ms: i64,
+    ) -> Result<AutoTopUpView, BillingError> {
+        view(&self.store, account_id, now_ms).await
+    }
+
+    /// Changes the setting (turning it on records the consent); refuses
+    /// what cannot be (nothing changes). Turned on below the threshold, it
+    /// starts a top-up at once.
+    pub async fn set_auto_top_up(
+        &self,
+        account_id: AccountId,
+        request: SettingRequest,
+        via: ConsentVia,
+        now_ms: i64,
+    ) -> Result<AutoTopUpSettings, BillingError> {
+        let (account, settings) = change(&self.store, account_id, request, via, now_ms).await?;
+        let triggers = self.registry.auto_triggers();
+        triggers.follow(&settings);
+        if settings.enabled && account.balance < settings.threshold {
+            self.request_auto_top_up(account_id, now_ms).await?;
+        }
+        Ok(settings)
+    }
+
+    /// Starts an attempt if the database agrees (an account actor asked,
+    /// or the sweep found the account due); the trigger learns the answer.
+    pub async fn request_auto_top_up(
+        &self,
+        account_id: AccountId,
+        now_ms: i64,
+    ) -> Result<Option<AutoTopUpAttempt>, BillingError> {
+        let begun = self
+            .store
+            .auto_top_up()
+            .begin_auto_top_up(account_id, month_key(now_ms), now_ms)
+            .await?;
+        let triggers = self.registry.auto_triggers();
+        match begun {
+            Begin::Started(attempt) => {
+                triggers.in_flight(account_id);
+                tracing::info!(%account_id, attempt = attempt.n, amount = %attempt.amount, "auto top-up started");
+                Ok(Some(attempt))
+            }
+            Begin::NotStarted(NotStarted::InFlight) => {
+                triggers.in_flight(account_id);
+                Ok(None)
+            }
+            Begin::NotStarted(NotStarted::Waiting(until)) => {
+                triggers.settled(account_id, until);
+                Ok(None)
+            }
+            Begin::NotStarted(NotStarted::CapReached) => {
+                tracing::info!(%account_id, "auto top-up not started: this month's cap is reached");
+                triggers.settled(account_id, next_month_start_ms(now_ms));
+                Ok(None)
+            }
+            Begin::NotStarted(
+                NotStarted::Off | NotStarted::NoSavedCard | NotStarted::BalanceAbove,
+            ) => {
+                triggers.settled(account_id, 0);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Charges the attempts that are due (claimed under a lease, so that
+    /// no two workers charge one at once; a crashed worker's attempt is
+    /// claimed again when its lease runs out and sent with the same key).
+    /// Answers how many were charged.
+    pub async fn run_auto_top_ups(&self, now_ms: i64) -> Result<usize, BillingError> {
+        let lease_ms = crate::clock::millis(self.settings.auto_top_up.lease);
+        let claimed = self
+            .store
+            .auto_top_up()
+            .claim_auto_top_ups(now_ms, now_ms.saturating_add(lease_ms), ATTEMPTS_PER_ROUND)
+            .await?;
+        let mut charged = 0;
+        for attempt in claimed {
+            match self.charge_attempt(&attempt, now_ms).await {
+                Ok(()) => charged += 1,
+                Err(error) => {
+                    tracing::warn!(account_id = %attempt.account_id, attempt = attempt.n, %error,
+                        "auto top-up not decided; it is tried again when its lease runs out");
+                }
+            }
+        }
+        Ok(charged)
+    }
+
+    async fn charge_attempt(
+        &self,
+        attempt: &AutoTopUpAttempt,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        let key = attempt.charge_key();
+        let store = self.store.auto_top_up();
+        let opened = self
+            .open_charge(
+                attempt.account_id,
+                OrderType::AutoTopUp,
+                attempt.amount,
+                &key,
+                now_ms,
+            )
+            .await;
+        let (account, order) = match opened {
+            Ok(opened) => opened,
+            Err(BillingError::NoSavedCard) => {
+                return self
+                    .fail_attempt(
+                        attempt,
+                        AttemptStatus::Failed,
+                        "no saved card".into(),
+                        None,
+                        now_ms,
+                    )
+                    .await;
+            }
+            Err(BillingError::NotActive(_)) => {
+                return self
+                    .fail_attempt(
+                        attempt,
+                        AttemptStatus::Failed,
+                        "the account is not active".into(),
+                        None,
+                        now_ms,
+                    )
+                    .await;
+            }
+            Err(error) => return Err(error),
+        };
+        store.auto_top_up_ordered(attempt.id, order.id).await?;
+        match self.send_charge(account, order, &key, now_ms).await {
+            Ok(ChargeResult::Credited {
+                payment_intent_id, ..
+            }) => {
+                self.succeed_attempt(attempt, &payment_intent_id, now_ms)
+                    .await
+            }
+            Ok(ChargeResult::Pending { payment_intent_id }) => {
+                store
+                    .auto_top_up_processing(attempt.id, payment_intent_id, now_ms)
+                    .await?;
+                Ok(())
+            }
+            Ok(ChargeResult::AuthenticationRequired) => {
+                self.fail_attempt(
+                    attempt,
+                    AttemptStatus::AuthenticationRequired,
+                    "the bank wants the card holder to confirm".into(),
+                    Some(AutoTopUpNotice::AuthenticationRequired {
+                        amount: attempt.amount,
+                    }),
+                    now_ms,
+                )
+                .await
+            }
+            Ok(ChargeResult::Declined { message }) => {
+                self.fail_attempt(
+                    attempt,
+                    AttemptStatus::Declined,
+                    message.clone(),
+                    Some(AutoTopUpNotice::Declined {
+                        amount: attempt.amount,
+                        message,
+                    }),
+                    now_ms,
+                )
+                .await
+            }
+            Err(ChargeFailure::Unavailable(reason)) => {
+                // Stripe may or may not have charged: ask again with the
+                // same key (it answers what it did), after a short wait.
+                let retry_at =
+                    now_ms.saturating_add(crate::clock::millis(self.settings.auto_top_up.lease));
+                store
+                    .auto_top_up_later(attempt.id, retry_at, reason.clone())
+                    .await?;
+                Err(BillingError::Gateway(reason))
+            }
+            Err(ChargeFailure::Other(BillingError::Gateway(reason))) => {
+                self.fail_attempt(
+                    attempt,
+                    AttemptStatus::Failed,
+                    reason,
+                    Some(AutoTopUpNotice::Failed {
+                        amount: attempt.amount,
+                    }),
+                    now_ms,
+                )
+                .await
+            }
+            Err(ChargeFailure::Other(error)) => Err(error),
+        }
+    }
+
+    async fn succeed_attempt(
+        &self,
+        attempt: &AutoTopUpAttempt,
+        payment_intent_id: &str,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        self.store
+            .auto_top_up()
+            .end_auto_top_up(AttemptEnd {
+                attempt_id: attempt.id,
+                status: AttemptStatus::Succeeded,
+                reason: None,
+                payment_intent_id: Some(payment_intent_id.to_string()),
+                after: AfterAttempt::Success,
+                notices: Vec::new(),
+                now_ms,
+            })
+            .await?;
+        self.registry.auto_triggers().settled(attempt.account_id, 0);
+        Ok(())
+    }
+
+    /// One more failure in a row: the wait before the next attempt, or,
+    /// at the limit, auto top-up off; the holder is told each time.
+    async fn fail_attempt(
+        &self,
+        attempt: &AutoTopUpAttempt,
+        status: AttemptStatus,
+        reason: String,
+        news: Option<AutoTopUpNotice>,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        let store = self.store.auto_top_up();
+        let settings = store
+            .auto_settings(attempt.account_id)
+            .await?
+            .unwrap_or_else(|| AutoTopUpSettings::off(attempt.account_id));
+        let policy = &self.settings.auto_top_up;
+        let failures = settings.consecutive_failures + 1;
+        let turn_off = failures >= i64::from(policy.max_failures);
+        let not_before_ms =
+            now_ms.saturating_add(crate::clock::millis(policy.wait_after(failures)));
+        let mut notices: Vec<_> = news
+            .into_iter()
+            .map(|event| attempt_notice(attempt, event, now_ms))
+            .collect();
+        if turn_off && settings.enabled {
+            notices.push(attempt_notice(
+                attempt,
+                AutoTopUpNotice::TurnedOff { failures },
+                now_ms,
+            ));
+        }
+        let after = store
+            .end_auto_top_up(AttemptEnd {
+                attempt_id: attempt.id,
+                status,
+                reason: Some(reason),
+                payment_intent_id: None,
+                after: AfterAttempt::Failure {
+                    not_before_ms,
+                    turn_off: turn_off.then(|| format!("{failures} failed tries in a row")),
+                },
+                notices,
+                now_ms,
+            })
+            .await?;
+        let triggers = self.registry.auto_triggers();
+        match after {
+            Some(settings) => {
+                triggers.follow(&settings);
+                triggers.settled(attempt.account_id, settings.not_before_ms);
+            }
+            None => triggers.settled(attempt.account_id, not_before_ms),
+        }
+        self.store.notices_ready().notify_one();
+        Ok(())
+    }
+
+    /// `payment_intent.succeeded` for an order: its attempt (if any) has
+    /// succeeded.
+    pub(super) async fn auto_top_up_paid(
+        &self,
+        order_id: i64,
+        payment_intent_id: &str,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        if let Some(attempt) = self
+            .store
+            .auto_top_up()
+            .auto_top_up_by_order(order_id)
+            .await?
+        {
+            self.succeed_attempt(&attempt, payment_intent_id, now_ms)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// `payment_intent.payment_failed` for an order: its attempt (if any)
+    /// has failed.
+    pub(super) async fn auto_top_up_failed_later(
+        &self,
+        order_id: i64,
+        payment_intent_id: &str,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        if let Some(attempt) = self
+            .store
+            .auto_top_up()
+            .auto_top_up_by_order(order_id)
+            .await?
+        {
+            tracing::info!(
+                payment_intent_id,
+                "an auto top-up's payment failed after processing"
+            );
+            self.fail_attempt(
+                &attempt,
+                AttemptStatus::Declined,
+                "the payment failed".into(),
+                Some(AutoTopUpNotice::Failed {
+                    amount: attempt.amount,
+                }),
+                now_ms,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A card Stripe says is gone (detached, or expired): forgotten, and
+    /// auto top-up paused with the holder told once.
+    pub async fn forget_card(
+        &self,
+        payment_method_id: &str,
+        now_ms: i64,
+    ) -> Result<Option<AccountId>, BillingError> {
+        let forgotten = self
+            .store
+            .auto_top_up()
+            .forget_card(
+                payment_method_id.to_string(),
+                NoticeKind::AutoTopUp {
+                    event: AutoTopUpNotice::CardForgotten,
+                },
+                now_ms,
+            )
+            .await?;
+        if let Some(account_id) = forgotten {
+            if let Some(settings) = self.store.auto_top_up().auto_settings(account_id).await? {
+                self.registry.auto_triggers().follow(&settings);
+            }
+            self.store.notices_ready().notify_one();
+        }
+        Ok(forgotten)
+    }
+
+    /// Now and then: refreshes which accounts have auto top-up on (other
+    /// instances' changes), and starts attempts for accounts that are due
+    /// but were not asked for (a debit just before a crash, a setting
+    /// turned on elsewhere). Answers how many started.
+    pub async fn sweep_auto_top_ups(&self, now_ms: i64) -> Result<usize, BillingError> {
+        let store = self.store.auto_top_up();
+        let enabled = store.auto_enabled().await?;
+        self.registry.auto_triggers().refresh(&enabled);
+        let mut started = 0;
+        for account_id in store.auto_due(now_ms, DUE_PER_SWEEP).await? {
+            if self
+                .request_auto_top_up(account_id, now_ms)
+                .await?
+                .is_some()
+            {
+                started += 1;
+            }
+        }
+        Ok(started)
+    }
+
+    /// This month's auto top-ups of an account so far.
+    pub async fn month_charged(
+        &self,
+        account_id: AccountId,
+        now_ms: i64,
+    ) -> Result<Money, BillingError> {
+        Ok(self
+            .store
+            .auto_top_up()
+            .month_charged(account_id, month_key(now_ms))
+            .await?)
+    }
+}

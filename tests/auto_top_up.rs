@@ -1,0 +1,698 @@
+//! Auto top-up: the saved card known at once, the setting and its refusals,
+//! one charge for a burst of debits, the monthly cap, failures that wait and
+//! then turn it off, the SMS commands, and a crash between charge and credit.
+
+use actix_web::http::StatusCode;
+use serde_json::{json, Value};
+use sms_credit_actors::clock::ManualClock;
+
+use crate::fake_stripe::{ChargeMode, EventFactory, FakeStripe, SAVED_CARD};
+use crate::fake_twilio::FakeTwilio;
+use crate::helpers::{
+    fresh_directory, run_cli, stripe_settings, with_twilio, TestApp, ADMIN_TOKEN, NOW_UNIX,
+};
+use crate::stripe::active_account;
+
+/// What a US message of one segment costs.
+const US_MESSAGE: i64 = 56_500;
+
+struct Setup {
+    app: TestApp,
+    stripe: FakeStripe,
+    twilio: FakeTwilio,
+    events: EventFactory,
+    clock: ManualClock,
+}
+
+async fn setup() -> Setup {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    Setup {
+        app,
+        stripe,
+        twilio,
+        events: EventFactory::new(),
+        clock,
+    }
+}
+
+fn reply_text(twiml: &str) -> String {
+    let start = twiml
+        .find("<Message>")
+        .map_or(0, |at| at + "<Message>".len());
+    let end = twiml.find("</Message>").unwrap_or(twiml.len());
+    twiml[start..end]
+        .replace("&apos;", "'")
+        .replace("&amp;", "&")
+}
+
+async fn get_auto(app: &TestApp, account: i64, token: &str) -> Value {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/auto-top-up"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+async fn put_auto(app: &TestApp, account: i64, token: &str, body: Value) -> (StatusCode, Value) {
+    app.request(
+        "PUT",
+        &format!("/v1/accounts/{account}/auto-top-up"),
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+/// Sends `count` messages to the account at once; answers how many were
+/// accepted.
+async fn burst(app: &TestApp, account: i64, prefix: &str, count: usize) -> usize {
+    use futures_util::StreamExt;
+    let sends = (0..count).map(|index| {
+        app.post_message(json!({
+            "account_id": account,
+            "body": "Storm at 3pm",
+            "idempotency_key": format!("{prefix}-{index}")
+        }))
+    });
+    // Up to 64 at once: the test client's requests time out after 5 s.
+    futures_util::stream::iter(sends)
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .filter(|(status, body)| {
+            assert!(
+                status.is_success() || *status == StatusCode::PAYMENT_REQUIRED,
+                "{status} {body}"
+            );
+            status.is_success()
+        })
+        .count()
+}
+
+/// Waits (up to 20 s) until the account's attempts satisfy `done`.
+async fn wait_for_attempts(
+    app: &TestApp,
+    account: i64,
+    token: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let view = get_auto(app, account, token).await;
+        if done(view["attempts"].as_array().unwrap()) {
+            return view;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "attempts never got there: {view}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn adjust_to(app: &TestApp, account: i64, target_micros: i64, key: &str) {
+    let delta = target_micros - app.balance_micros(account).await;
+    let (status, body) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": delta, "reason": "test", "idempotency_key": key})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+}
+
+on_both_stores!(the_card_is_known_at_once_and_forgotten_when_stripe_says_so);
+async fn the_card_is_known_at_once_and_forgotten_when_stripe_says_so() {
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        ..
+    } = setup().await;
+    let (account, _, token) = active_account(&app, &mut events, "+14155553100").await;
+    // Only checkout.session.completed has arrived: BUY works already.
+    let (_, twiml) = app
+        .post_twilio_sms("SMauto-buy", "+14155553100", "BUY $10")
+        .await;
+    assert_eq!(
+        reply_text(&twiml),
+        "Thanks! $10.00 was added from your card ending 4242. Your balance is $15.00."
+    );
+    assert_eq!(stripe.charges_made(), 1);
+    let view = get_auto(&app, account, &token).await;
+    assert_eq!(
+        view["card"],
+        json!({"brand": "visa", "last4": "4242", "exp_month": 8, "exp_year": 2030})
+    );
+    assert_eq!(
+        (
+            view["enabled"].as_bool(),
+            view["attempts"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(0))
+    );
+
+    // The customer removes the card in Stripe: forgotten.
+    let (status, _) = app
+        .deliver(&events.payment_method_detached(SAVED_CARD))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(get_auto(&app, account, &token).await["card"], Value::Null);
+    let (_, twiml) = app
+        .post_twilio_sms("SMauto-buy2", "+14155553100", "BUY $10")
+        .await;
+    assert!(reply_text(&twiml).contains("no saved card"), "{twiml}");
+    assert_eq!(stripe.charges_made(), 1);
+}
+
+on_both_stores!(bad_settings_are_refused_and_change_nothing);
+async fn bad_settings_are_refused_and_change_nothing() {
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        ..
+    } = setup().await;
+    // No card: Stripe cannot say which one paid.
+    stripe.set_retrieve_fails(true);
+    let (account, customer, token) = active_account(&app, &mut events, "+14155553200").await;
+    let (status, body) = put_auto(&app, account, &token, json!({"enabled": true})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("no_saved_card"))
+    );
+    app.deliver(&events.payment_intent_succeeded(
+        &format!("pi_access_{account}"),
+        2999,
+        &customer,
+        json!({"sms_credit_purpose": "checkout"}),
+    ))
+    .await;
+    let before = get_auto(&app, account, &token).await;
+    let refused = [
+        json!({"enabled": true, "threshold_micros": -1}),
+        json!({"enabled": true, "threshold_micros": 2_000_001}),
+        json!({"enabled": true, "amount_micros": 5_000_000}),
+        json!({"enabled": true, "amount_micros": 10_500_000}),
+        json!({"enabled": true, "amount_micros": 20_000_000, "monthly_cap_micros": 15_000_000}),
+        json!({"enabled": true, "monthly_cap_micros": 0}),
+        json!({"enabled": "yes"}),
+        json!({"enabled": true, "surprise": 1}),
+    ];
+    for body in refused {
+        let (status, answer) = put_auto(&app, account, &token, body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
+        assert!(answer["error"]["message"].as_str().is_some(), "{answer}");
+    }
+    let (status, _) = put_auto(&app, account + 1, &token, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .request(
+            "PUT",
+            &format!("/v1/accounts/{account}/auto-top-up"),
+            None,
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(get_auto(&app, account, &token).await, before);
+
+    // Turned on with the defaults: the consent is recorded.
+    let (status, on) = put_auto(&app, account, &token, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::OK, "{on}");
+    assert_eq!(
+        (
+            on["threshold_micros"].as_i64(),
+            on["amount_micros"].as_i64(),
+            on["monthly_cap_micros"].as_i64()
+        ),
+        (Some(2_000_000), Some(10_000_000), Some(50_000_000))
+    );
+    assert_eq!(on["consent"]["via"], "web");
+    assert_eq!(on["consent"]["at"], NOW_UNIX * 1000);
+    let text = on["consent"]["text"].as_str().unwrap();
+    assert!(
+        text.contains("below $2.00") && text.contains("$10.00"),
+        "{text}"
+    );
+    // The admin sees the same, and turns it off.
+    let (status, admin_view) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/auto-top-up"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!((status, &admin_view), (StatusCode::OK, &on));
+    let (status, off) = app
+        .request(
+            "PUT",
+            &format!("/v1/admin/accounts/{account}/auto-top-up"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(
+        (status, off["enabled"].as_bool()),
+        (StatusCode::OK, Some(false))
+    );
+    assert_eq!(
+        off["consent"], on["consent"],
+        "the last turning on stays visible"
+    );
+
+    // The command line: refused terms change nothing; good ones are stored.
+    let id = account.to_string();
+    let refused = run_cli(
+        &app.directory,
+        &["accounts", "auto-top-up", &id, "--on", "--amount", "5"],
+    );
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("at least $10.00"),
+        "{refused:?}"
+    );
+    assert_eq!(get_auto(&app, account, &token).await["enabled"], false);
+    let turned_on = run_cli(
+        &app.directory,
+        &[
+            "accounts",
+            "auto-top-up",
+            &id,
+            "--on",
+            "--amount",
+            "20",
+            "--cap",
+            "40",
+            "--json",
+        ],
+    );
+    assert!(turned_on.status.success(), "{turned_on:?}");
+    let shown: Value = serde_json::from_slice(&turned_on.stdout).unwrap();
+    assert_eq!(
+        (
+            shown["enabled"].as_bool(),
+            shown["amount_micros"].as_i64(),
+            shown["consent"]["via"].as_str()
+        ),
+        (Some(true), Some(20_000_000), Some("admin"))
+    );
+    let summary = run_cli(&app.directory, &["accounts", "auto-top-up", &id]);
+    let summary = String::from_utf8_lossy(&summary.stdout);
+    assert!(
+        summary.contains("auto top-up on: below $2.00 charge $20.00"),
+        "{summary}"
+    );
+}
+
+on_both_stores!(a_thousand_concurrent_debits_below_the_threshold_start_one_charge);
+async fn a_thousand_concurrent_debits_below_the_threshold_start_one_charge() {
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        ..
+    } = setup().await;
+    let (account, _, token) = active_account(&app, &mut events, "+14155553300").await;
+    adjust_to(&app, account, 70_000_000, "to-70").await;
+    let (status, body) = put_auto(
+        &app,
+        account,
+        &token,
+        json!({"enabled": true, "threshold_micros": 60_000_000, "amount_micros": 10_000_000}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The charge is held at Stripe until every debit is in.
+    stripe.set_charge_mode(ChargeMode::Held);
+    let accepted = burst(&app, account, "burst", 1_000).await;
+    assert_eq!(accepted, 1_000);
+    let charges = stripe.requests("/v1/payment_intents");
+    assert_eq!(charges.len(), 1, "one charge for the whole burst");
+    assert_eq!(
+        charges[0].idempotency_key.as_deref(),
+        Some(format!("sms-credit-charge-auto-top-up-{account}-1").as_str())
+    );
+    assert_eq!(charges[0].field("amount"), Some("1000"));
+    stripe.release();
+    let view = wait_for_attempts(&app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(view["month_charged_micros"], 10_000_000);
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(
+        app.balance_micros(account).await,
+        70_000_000 - 1_000 * US_MESSAGE + 10_000_000
+    );
+    let orders = app.get_orders(account).await;
+    let auto: Vec<&Value> = orders
+        .iter()
+        .filter(|order| order["order_type"] == "auto_top_up")
+        .collect();
+    assert_eq!(auto.len(), 1);
+    assert_eq!(auto[0]["status"], "completed");
+    let (_, ledger) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/transactions?latest=50"),
+            Some(&token),
+            None,
+        )
+        .await;
+    let credits: Vec<&Value> = ledger["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["description"] == "auto top-up by saved card")
+        .collect();
+    assert_eq!(credits.len(), 1);
+    let (_, verify) = app
+        .request("GET", "/v1/admin/verify", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(verify["clean"], true, "{verify}");
+}
+
+on_both_stores!(the_monthly_cap_holds_and_the_warning_says_a_top_up_is_coming);
+async fn the_monthly_cap_holds_and_the_warning_says_a_top_up_is_coming() {
+    let Setup {
+        app,
+        stripe,
+        twilio,
+        mut events,
+        ..
+    } = setup().await;
+    let (account, _, token) = active_account(&app, &mut events, "+14155553400").await;
+    let (status, body) = put_auto(
+        &app,
+        account,
+        &token,
+        json!({"enabled": true, "monthly_cap_micros": 25_000_000}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let succeeded = |count: usize| {
+        move |attempts: &[Value]| {
+            attempts.len() == count && attempts.iter().all(|a| a["status"] == "succeeded")
+        }
+    };
+    // $5.00 of included credit; 60 messages leave $1.61.
+    assert_eq!(burst(&app, account, "wave1", 60).await, 60);
+    wait_for_attempts(&app, account, &token, succeeded(1)).await;
+    let warnings = app.settle_notices(account).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = twilio
+        .sent()
+        .into_iter()
+        .find(|sms| sms.to == "+14155553400" && sms.body.contains("credit is low"))
+        .expect("a low-balance warning");
+    assert!(
+        warning
+            .body
+            .contains("Topping up $10.00 from your card ending 4242"),
+        "{}",
+        warning.body
+    );
+    // Two more bursts that each leave the balance low: the second top-up
+    // fits under the $25 cap, a third would not.
+    assert_eq!(burst(&app, account, "wave2", 180).await, 180);
+    wait_for_attempts(&app, account, &token, succeeded(2)).await;
+    assert_eq!(burst(&app, account, "wave3", 180).await, 180);
+    actix_rt::time::sleep(std::time::Duration::from_millis(500)).await;
+    let view = get_auto(&app, account, &token).await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 2, "{view}");
+    assert_eq!(view["month_charged_micros"], 20_000_000);
+    assert_eq!(stripe.charges_made(), 2);
+    assert_eq!(
+        app.balance_micros(account).await,
+        5_000_000 + 20_000_000 - 420 * US_MESSAGE
+    );
+}
+
+on_both_stores!(three_failures_in_a_row_wait_then_turn_it_off_and_the_holder_is_told);
+async fn three_failures_in_a_row_wait_then_turn_it_off_and_the_holder_is_told() {
+    let Setup {
+        app,
+        stripe,
+        twilio,
+        mut events,
+        clock,
+    } = setup().await;
+    let phone = "+14155553500";
+    let (account, _, token) = active_account(&app, &mut events, phone).await;
+    adjust_to(&app, account, 2_100_000, "to-2.10").await;
+    put_auto(&app, account, &token, json!({"enabled": true})).await;
+    stripe.set_charge_mode(ChargeMode::Decline);
+    let failed = |count: usize| {
+        move |attempts: &[Value]| {
+            attempts.len() == count
+                && attempts
+                    .iter()
+                    .all(|a| a["status"] != "charging" && a["status"] != "pending")
+        }
+    };
+    let notices_to = |twilio: &FakeTwilio| -> Vec<String> {
+        twilio
+            .sent()
+            .into_iter()
+            .filter(|sms| sms.to == phone && sms.body.to_lowercase().contains("auto top-up"))
+            .map(|sms| sms.body)
+            .collect()
+    };
+
+    assert_eq!(burst(&app, account, "d1", 2).await, 2);
+    let view = wait_for_attempts(&app, account, &token, failed(1)).await;
+    assert_eq!(view["attempts"][0]["status"], "declined");
+    assert_eq!(view["consecutive_failures"], 1);
+    // Within the hour nothing new starts, however many debits.
+    assert_eq!(burst(&app, account, "d1b", 3).await, 3);
+    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        get_auto(&app, account, &token).await["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    clock.advance_ms(3_600_000);
+    assert_eq!(burst(&app, account, "d2", 1).await, 1);
+    wait_for_attempts(&app, account, &token, failed(2)).await;
+    clock.advance_ms(6 * 3_600_000);
+    assert_eq!(burst(&app, account, "d3", 1).await, 1);
+    let view = wait_for_attempts(&app, account, &token, failed(3)).await;
+    assert_eq!(view["enabled"], false, "{view}");
+    assert!(view["paused_reason"].as_str().unwrap().contains("3 failed"));
+    app.settle_notices(account).await;
+    let told = notices_to(&twilio);
+    assert_eq!(
+        told.iter()
+            .filter(|body| body.contains("was declined"))
+            .count(),
+        3,
+        "{told:?}"
+    );
+    assert_eq!(
+        told.iter()
+            .filter(|body| body.contains("is now off"))
+            .count(),
+        1,
+        "{told:?}"
+    );
+    // Off means off: no more attempts.
+    clock.advance_ms(30 * 3_600_000);
+    assert_eq!(burst(&app, account, "d4", 1).await, 1);
+    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        get_auto(&app, account, &token).await["attempts"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert_eq!(stripe.charges_made(), 0);
+}
+
+on_both_stores!(auto_on_and_off_by_sms);
+async fn auto_on_and_off_by_sms() {
+    let Setup {
+        app, mut events, ..
+    } = setup().await;
+    let phone = "+14155553600";
+    let (account, _, token) = active_account(&app, &mut events, phone).await;
+    let text = |twiml: String| reply_text(&twiml);
+    let (_, help) = app.post_twilio_sms("SMa0", phone, "HELP").await;
+    assert!(text(help).contains("AUTO ON"));
+    let (_, status) = app.post_twilio_sms("SMa1", phone, "auto").await;
+    assert!(text(status).starts_with("Auto top-up is off."));
+    let (_, on) = app.post_twilio_sms("SMa2", phone, "AUTO ON").await;
+    assert_eq!(
+        text(on),
+        "Auto top-up is on: when your credit falls below $2.00, $10.00 from your card ending 4242 \
+         (at most $50.00 a month). Text AUTO OFF to stop at any time."
+    );
+    let view = get_auto(&app, account, &token).await;
+    assert_eq!(
+        (view["enabled"].as_bool(), view["consent"]["via"].as_str()),
+        (Some(true), Some("sms"))
+    );
+    let (_, status) = app.post_twilio_sms("SMa3", phone, "AUTO").await;
+    assert!(text(status).contains("This month: $0.00"));
+    let (_, off) = app.post_twilio_sms("SMa4", phone, "Auto Off").await;
+    assert!(text(off).starts_with("Auto top-up is off"));
+    assert_eq!(get_auto(&app, account, &token).await["enabled"], false);
+    let (_, odd) = app.post_twilio_sms("SMa5", phone, "AUTO MAYBE").await;
+    assert!(text(odd).contains("AUTO ON to turn it on"));
+}
+
+on_both_stores!(a_lost_answer_is_asked_again_with_the_same_key_and_charges_once);
+async fn a_lost_answer_is_asked_again_with_the_same_key_and_charges_once() {
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        clock,
+        ..
+    } = setup().await;
+    let (account, _, token) = active_account(&app, &mut events, "+14155553700").await;
+    adjust_to(&app, account, 2_050_000, "to-2.05").await;
+    put_auto(&app, account, &token, json!({"enabled": true})).await;
+    // Stripe charges, but its answer never arrives.
+    stripe.set_charge_mode(ChargeMode::AnswerLost);
+    assert_eq!(burst(&app, account, "lost", 1).await, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stripe.requests("/v1/payment_intents").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no charge was sent");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let view = get_auto(&app, account, &token).await;
+    assert_eq!(view["attempts"][0]["status"], "charging", "{view}");
+    // After the lease the worker asks again, with the same key.
+    clock.advance_ms(31_000);
+    let view = wait_for_attempts(&app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1);
+    let charges = stripe.requests("/v1/payment_intents");
+    assert_eq!(charges.len(), 2);
+    assert_eq!(charges[0].idempotency_key, charges[1].idempotency_key);
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_050_000 - US_MESSAGE + 10_000_000
+    );
+}
+
+on_both_stores!(a_crash_between_charge_and_credit_charges_once_and_credits_once);
+async fn a_crash_between_charge_and_credit_charges_once_and_credits_once() {
+    use crate::fake_stripe::WEBHOOK_SECRET;
+    use crate::fake_twilio::{ACCOUNT_SID, AUTH_TOKEN, FROM};
+    use crate::helpers::{ServerProcess, API_KEY};
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let env = [
+        ("SMS_CREDIT_API_KEY", API_KEY),
+        ("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com"),
+        ("SMS_CREDIT_TWILIO_ACCOUNT_SID", ACCOUNT_SID),
+        ("SMS_CREDIT_TWILIO_AUTH_TOKEN", AUTH_TOKEN),
+        ("SMS_CREDIT_TWILIO_FROM", FROM),
+        ("SMS_CREDIT_TWILIO_API_BASE", twilio.base_url.as_str()),
+        ("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_fake"),
+        ("SMS_CREDIT_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
+        ("SMS_CREDIT_STRIPE_API_BASE", stripe.base_url.as_str()),
+        ("SMS_CREDIT_INCLUDED_CREDIT", "2.05"),
+        ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
+        // A charge nobody heard back from is asked again after 2 s.
+        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
+    ];
+    let unix_now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    let first = ServerProcess::start(&directory, &env);
+    let app = TestApp::attach(&first, &directory);
+    let mut events = EventFactory::new();
+    let (account, order, session, customer) =
+        crate::stripe::start_access(&app, "+14155553800", None).await;
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_crash_access");
+    assert_eq!(
+        app.deliver_at(&completed, unix_now()).await.0,
+        StatusCode::OK
+    );
+    let token = app.issue_token(account).await;
+    let (status, body) = put_auto(&app, account, &token, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // The charge reaches Stripe, which charges; its answer is held while
+    // the server dies.
+    stripe.set_charge_mode(ChargeMode::Held);
+    assert_eq!(burst(&app, account, "crash", 1).await, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stripe.requests("/v1/payment_intents").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no charge was sent");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    first.kill();
+    stripe.release();
+
+    let second = ServerProcess::start(&directory, &env);
+    let app = TestApp::attach(&second, &directory);
+    let view = wait_for_attempts(&app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    let charges = stripe.requests("/v1/payment_intents");
+    assert_eq!(charges.len(), 2, "asked again after the crash");
+    assert_eq!(charges[0].idempotency_key, charges[1].idempotency_key);
+    assert_eq!(stripe.charges_made(), 1, "charged once");
+    // Stripe's own event for the same payment credits nothing more.
+    let orders = app.get_orders(account).await;
+    let auto = orders
+        .iter()
+        .find(|order| order["order_type"] == "auto_top_up")
+        .unwrap();
+    let payment_intent = auto["stripe_payment_intent_id"].as_str().unwrap();
+    let succeeded = events.payment_intent_succeeded(
+        payment_intent,
+        1000,
+        &customer,
+        json!({"sms_credit_purpose": "off_session_top_up", "sms_credit_order_id": auto["id"].to_string()}),
+    );
+    assert_eq!(
+        app.deliver_at(&succeeded, unix_now()).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_050_000 - US_MESSAGE + 10_000_000,
+        "credited once"
+    );
+    let (_, verify) = app
+        .request("GET", "/v1/admin/verify", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(verify["clean"], true, "{verify}");
+}

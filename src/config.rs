@@ -956,6 +956,42 @@ mod tests {
     }
 
     #[test]
+    fn auto_top_up_waits_and_limit_are_read_and_checked() {
+        let read = |backoff: &str, max: &str| {
+            Settings::from_options(Options {
+                auto_top_up_backoff: Some(backoff.to_string()),
+                auto_top_up_max_failures: Some(max.to_string()),
+                ..Options::default()
+            })
+        };
+        let settings = read("30s, 5m,2h,1d", "4").unwrap();
+        assert_eq!(
+            settings.auto_top_up.backoff,
+            [30, 300, 7_200, 86_400].map(Duration::from_secs).to_vec()
+        );
+        assert_eq!(settings.auto_top_up.max_failures, 4);
+        let defaults = Settings::from_options(Options::default()).unwrap();
+        assert_eq!(
+            defaults.auto_top_up.backoff,
+            [3_600, 21_600, 86_400].map(Duration::from_secs).to_vec()
+        );
+        assert_eq!(defaults.auto_top_up.max_failures, 3);
+        for (backoff, max) in [
+            ("1h,6", "3"),
+            ("1w", "3"),
+            ("0s", "3"),
+            ("400d", "3"),
+            ("1h", "0"),
+        ] {
+            let error = read(backoff, max).unwrap_err().to_string();
+            assert!(
+                error.starts_with("SMS_CREDIT_AUTO_TOP_UP_"),
+                "{backoff} {max}: {error}"
+            );
+        }
+    }
+
+    #[test]
     fn numbers_are_bounded_and_name_their_variable() {
         type Setter = fn(&mut Options, String);
         let cases: [(&str, Setter); 7] = [

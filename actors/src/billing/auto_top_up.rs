@@ -572,6 +572,77 @@ mod tests {
         assert_eq!(month_key(1_709_164_800_000), "2024-02");
     }
 
+    fn account(status: AccountStatus, card: bool) -> Account {
+        Account {
+            id: AccountId(3),
+            phone: crate::accounts::PhoneNumber::parse("+14155550100").unwrap(),
+            email: None,
+            stripe_customer_id: Some("cus_1".into()),
+            status,
+            created_at_ms: 0,
+            balance: Money::ZERO,
+            seq: 0,
+            low_balance_warned_at_ms: None,
+            stripe_payment_method_id: card.then(|| "pm_1".to_string()),
+            card: None,
+        }
+    }
+
+    #[test]
+    fn turning_on_needs_an_active_account_with_a_card_and_sane_terms() {
+        let current = AutoTopUpSettings::off(AccountId(3));
+        let on = SettingRequest {
+            enabled: Some(true),
+            ..SettingRequest::default()
+        };
+        let active = account(AccountStatus::Active, true);
+        let change = check_change(&current, &on, &active, ConsentVia::Web, 5).unwrap();
+        assert_eq!(
+            (
+                change.enabled,
+                change.amount,
+                change.consent.map(|c| c.at_ms)
+            ),
+            (true, DEFAULT_AMOUNT, Some(5))
+        );
+        assert_eq!(
+            check_change(
+                &current,
+                &on,
+                &account(AccountStatus::Pending, true),
+                ConsentVia::Web,
+                5
+            )
+            .unwrap_err(),
+            BillingError::NotActive(AccountId(3))
+        );
+        assert_eq!(
+            check_change(
+                &current,
+                &on,
+                &account(AccountStatus::Active, false),
+                ConsentVia::Web,
+                5
+            )
+            .unwrap_err(),
+            BillingError::NoSavedCard
+        );
+        // Turning off needs nothing, and records no consent.
+        let off = SettingRequest {
+            enabled: Some(false),
+            ..SettingRequest::default()
+        };
+        let change = check_change(
+            &current,
+            &off,
+            &account(AccountStatus::Pending, false),
+            ConsentVia::Sms,
+            5,
+        )
+        .unwrap();
+        assert!(!change.enabled && change.consent.is_none());
+    }
+
     #[test]
     fn waits_grow_then_repeat() {
         let policy = AutoTopUpPolicy::default();

@@ -284,6 +284,79 @@ fn start_auto_top_up_worker(billing: Billing, clock: Arc<dyn Clock>) {
     });
 }
 
+/// One clear line at start-up: where the server is, its database and page,
+/// and what is on and off (each "off" with the variable that turns it on).
+struct StartSummary {
+    address: String,
+    database: String,
+    page: String,
+    features: Vec<String>,
+}
+
+impl StartSummary {
+    fn of(settings: &Settings, local: std::net::SocketAddr) -> StartSummary {
+        let address = format!("http://{local}");
+        let page = format!(
+            "{}/account",
+            settings.public_url.clone().unwrap_or_else(|| address.clone())
+        );
+        let on_off = |name: &str, on: bool, variable: &str| {
+            if on {
+                format!("{name}=on")
+            } else {
+                format!("{name}=off (set {variable})")
+            }
+        };
+        let metrics = match (&settings.metrics_bind, &settings.metrics_token) {
+            (Some(bind), _) => format!("metrics=on at {bind}"),
+            (None, Some(_)) => "metrics=on (with the token)".to_string(),
+            (None, None) => on_off(
+                "metrics",
+                false,
+                "SMS_CREDIT_METRICS_TOKEN or SMS_CREDIT_METRICS_BIND",
+            ),
+        };
+        StartSummary {
+            address,
+            database: settings.database.to_string(),
+            page,
+            features: vec![
+                on_off(
+                    "admin_api",
+                    settings.admin_token.is_some(),
+                    "SMS_CREDIT_ADMIN_TOKEN",
+                ),
+                on_off(
+                    "host_api",
+                    settings.api_key.is_some(),
+                    "SMS_CREDIT_API_KEY",
+                ),
+                on_off(
+                    "stripe",
+                    settings.stripe.is_some(),
+                    "SMS_CREDIT_STRIPE_SECRET_KEY",
+                ),
+                on_off(
+                    "twilio",
+                    settings.twilio.is_some(),
+                    "SMS_CREDIT_TWILIO_ACCOUNT_SID",
+                ),
+                metrics,
+            ],
+        }
+    }
+
+    fn log(&self) {
+        tracing::info!(
+            address = %self.address,
+            database = %self.database,
+            page = %self.page,
+            "sms-credit is serving; {}",
+            self.features.join(", ")
+        );
+    }
+}
+
 /// What every request handler can reach.
 pub struct AppState {
     pub settings: Settings,
@@ -345,7 +418,9 @@ impl Application {
         listener: TcpListener,
         clock: Arc<dyn Clock>,
     ) -> std::io::Result<Application> {
-        let port = listener.local_addr()?.port();
+        let local = listener.local_addr()?;
+        let port = local.port();
+        let summary = StartSummary::of(&settings, local);
         // Bound before anything starts, so that a taken address stops the start.
         let metrics_listener = match &settings.metrics_bind {
             Some(address) => Some(TcpListener::bind(address).map_err(|error| {
@@ -407,6 +482,7 @@ impl Application {
         .listen(listener)?
         .run();
         tracing::info!(port, "listening");
+        summary.log();
         Ok(Application {
             port,
             server,

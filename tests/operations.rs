@@ -168,6 +168,24 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
         !text.contains(ADMIN_TOKEN),
         "a secret reached the log:\n{text}"
     );
+    // One start-up line says where it is and what is on and off.
+    let summary = log
+        .iter()
+        .find(|line| line.contains("sms-credit is serving"))
+        .unwrap_or_else(|| panic!("no start-up summary in\n{text}"));
+    for expected in [
+        format!("address={base}"),
+        format!("page={base}/account"),
+        "admin_api=on".to_string(),
+        "host_api=off (set SMS_CREDIT_API_KEY)".to_string(),
+        "stripe=off (set SMS_CREDIT_STRIPE_SECRET_KEY)".to_string(),
+        "twilio=off (set SMS_CREDIT_TWILIO_ACCOUNT_SID)".to_string(),
+        "metrics=on (with the token)".to_string(),
+        "database=".to_string(),
+    ] {
+        assert!(summary.contains(&expected), "{expected} missing in {summary}");
+    }
+    assert!(!summary.contains(":postgres@"), "a password in {summary}");
 
     let verified = run_cli(&directory, &["verify"]);
     assert!(verified.status.success(), "{verified:?}");

@@ -11,8 +11,9 @@ pub enum LedgerError {
     #[error("insufficient credit: the balance is {balance}, this needs {needed}")]
     InsufficientCredit { balance: Money, needed: Money },
     #[error(
-        "idempotency key '{key}' was already used for a {existing_kind} of {existing_amount} micro-dollars; \
-         a retry must repeat the same operation"
+        "idempotency key '{key}' was already used for {} of {existing_amount} micro-dollars; \
+         a retry must repeat the same operation",
+        .existing_kind.with_article()
     )]
     IdempotencyConflict {
         key: String,
@@ -41,5 +42,25 @@ pub enum LedgerError {
 impl From<MoneyError> for LedgerError {
     fn from(_: MoneyError) -> LedgerError {
         LedgerError::Overflow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_conflict_names_the_earlier_operation_in_words() {
+        let conflict = |existing_kind| LedgerError::IdempotencyConflict {
+            key: "k".into(),
+            existing_kind,
+            existing_amount: -5,
+        };
+        assert!(conflict(TransactionKind::Adjustment)
+            .to_string()
+            .contains("used for an adjustment of -5 micro-dollars"));
+        assert!(conflict(TransactionKind::Debit)
+            .to_string()
+            .contains("used for a debit of"));
     }
 }

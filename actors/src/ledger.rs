@@ -175,6 +175,19 @@ impl TransactionKind {
     }
 }
 
+impl TransactionKind {
+    /// "a credit", "an adjustment": the kind in a sentence.
+    pub fn with_article(self) -> String {
+        let kind = self.as_str();
+        let article = if kind.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {kind}")
+    }
+}
+
 impl fmt::Display for TransactionKind {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
         formatter.write_str(self.as_str())

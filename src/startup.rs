@@ -298,7 +298,10 @@ impl StartSummary {
         let address = format!("http://{local}");
         let page = format!(
             "{}/account",
-            settings.public_url.clone().unwrap_or_else(|| address.clone())
+            settings
+                .public_url
+                .clone()
+                .unwrap_or_else(|| address.clone())
         );
         let on_off = |name: &str, on: bool, variable: &str| {
             if on {
@@ -326,11 +329,7 @@ impl StartSummary {
                     settings.admin_token.is_some(),
                     "SMS_CREDIT_ADMIN_TOKEN",
                 ),
-                on_off(
-                    "host_api",
-                    settings.api_key.is_some(),
-                    "SMS_CREDIT_API_KEY",
-                ),
+                on_off("host_api", settings.api_key.is_some(), "SMS_CREDIT_API_KEY"),
                 on_off(
                     "stripe",
                     settings.stripe.is_some(),
@@ -357,6 +356,36 @@ impl StartSummary {
     }
 }
 
+/// Stops a running server gracefully, feeds first.
+#[derive(Clone)]
+pub struct Stopper {
+    handle: ServerHandle,
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Stopper {
+    pub async fn stop(&self) {
+        let _ = self.stopping.send(true);
+        self.handle.stop(true).await;
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (Ctrl-C); answers which.
+async fn wait_for_stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot listen for signals; stop with the handle only");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    }
+}
+
 /// What every request handler can reach.
 pub struct AppState {
     pub settings: Settings,
@@ -369,12 +398,17 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     pub tickets: Arc<Tickets>,
     pub http_metrics: Arc<HttpMetrics>,
+    /// Becomes `true` when the server starts stopping: open feeds close
+    /// with 1001 and where to resume.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The running server.
 pub struct Application {
     port: u16,
     server: Server,
+    /// Tells open feeds the server is stopping.
+    stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// The metrics address's port and server, when there is one.
     metrics: Option<(u16, ServerHandle)>,
     core: Core,
@@ -432,6 +466,8 @@ impl Application {
         };
         let core = Core::start(&settings, Arc::clone(&clock)).map_err(std::io::Error::other)?;
         let http_workers = settings.http_workers;
+        let (stopping, stopping_receiver) = tokio::sync::watch::channel(false);
+        let stopping = Arc::new(stopping);
         let state = web::Data::new(AppState {
             settings,
             store: core.store.clone(),
@@ -443,6 +479,7 @@ impl Application {
             clock: Arc::clone(&clock),
             tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
+            stopping: stopping_receiver,
         });
         start_instance_jobs(
             core.store.clone(),
@@ -476,6 +513,8 @@ impl Application {
                 .wrap_fn(telemetry::observe)
         })
         .workers(http_workers)
+        // SIGTERM and Ctrl-C are handled in `run_until_stopped`: both graceful.
+        .disable_signals()
         // On SIGTERM/SIGINT: stop accepting, give requests in flight (and
         // open feeds) this long, then the core flushes the last commit.
         .shutdown_timeout(10)
@@ -486,6 +525,7 @@ impl Application {
         Ok(Application {
             port,
             server,
+            stopping,
             metrics,
             core,
         })
@@ -505,9 +545,28 @@ impl Application {
         self.server.handle()
     }
 
+    /// Stops the server as a signal does: feeds are told (1001, where to
+    /// resume), then it stops accepting and lets requests finish.
+    pub fn stopper(&self) -> Stopper {
+        Stopper {
+            handle: self.server.handle(),
+            stopping: self.stopping.clone(),
+        }
+    }
+
     /// Serves until stopped (by the handle or a signal): stops accepting,
     /// finishes requests in flight, then flushes the last commit.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let stopper = self.stopper();
+        // SIGTERM and Ctrl-C both stop gracefully: feeds are told first (so
+        // their clients reconnect elsewhere at once instead of waiting out
+        // the shutdown timeout), then the server stops accepting and lets
+        // requests in flight finish.
+        actix_rt::spawn(async move {
+            let signal = wait_for_stop_signal().await;
+            tracing::info!(signal, "stopping gracefully");
+            stopper.stop().await;
+        });
         let served = self.server.await;
         if let Some((_, metrics)) = self.metrics {
             metrics.stop(true).await;

@@ -6,7 +6,6 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 pub use crate::database::TestDatabase;
-use actix_web::dev::ServerHandle;
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 use sms_credit::config::Settings;
@@ -23,7 +22,7 @@ pub struct TestApp {
     pub client: awc::Client,
     /// The in-process server (none when attached to a server process).
     server: Option<(
-        ServerHandle,
+        sms_credit::startup::Stopper,
         actix_rt::task::JoinHandle<std::io::Result<()>>,
     )>,
 }
@@ -98,7 +97,7 @@ impl TestApp {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let application = Application::build_with_clock(settings, listener, clock).unwrap();
         let address = format!("http://127.0.0.1:{}", application.port());
-        let handle = application.handle();
+        let handle = application.stopper();
         let finished = actix_rt::spawn(application.run_until_stopped());
         TestApp {
             address,
@@ -125,7 +124,7 @@ impl TestApp {
     /// flushed) and gives back the directory so the database can be reopened.
     pub async fn stop(self) -> TestDatabase {
         if let Some((handle, finished)) = self.server {
-            handle.stop(true).await;
+            handle.stop().await;
             finished.await.unwrap().unwrap();
         }
         self.directory

@@ -183,7 +183,10 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
         "metrics=on (with the token)".to_string(),
         "database=".to_string(),
     ] {
-        assert!(summary.contains(&expected), "{expected} missing in {summary}");
+        assert!(
+            summary.contains(&expected),
+            "{expected} missing in {summary}"
+        );
     }
     assert!(!summary.contains(":postgres@"), "a password in {summary}");
 
@@ -193,4 +196,61 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
         String::from_utf8(run_cli(&directory, &["accounts", "show", &id.to_string()]).stdout)
             .unwrap();
     assert!(shown.contains("(1943500 micro-dollars) seq 2"), "{shown}");
+}
+
+on_both_stores!(ctrl_c_stops_gracefully_and_feeds_are_told_where_to_resume);
+async fn ctrl_c_stops_gracefully_and_feeds_are_told_where_to_resume() {
+    use futures_util::StreamExt;
+    let directory = fresh_directory();
+    let server = ServerProcess::start(&directory, &[]);
+    let app = TestApp::attach(&server, &directory);
+    let id = app.create_account("+14155553802").await;
+    app.post_adjustment(id, 2_000_000, "before-stop").await;
+    let token = app.issue_token(id).await;
+    let mut feed = crate::feed::open(
+        &app,
+        &format!("/v1/accounts/{id}/feed"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    let snapshot = crate::feed::next_json(&mut feed).await;
+    assert_eq!(snapshot["seq"], 1);
+
+    // Ctrl-C (SIGINT): the feed is closed at once with 1001 and where to
+    // resume, the last commit is flushed, and the process exits 0 — long
+    // before the 10 s the server gives requests in flight.
+    let started = std::time::Instant::now();
+    let mut server = server;
+    let interrupted = Command::new("kill")
+        .args(["-INT", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let close = loop {
+        let frame = actix_rt::time::timeout(std::time::Duration::from_secs(5), feed.next())
+            .await
+            .expect("the feed is told within 5 s");
+        match frame {
+            Some(Ok(awc::ws::Frame::Close(reason))) => break reason.unwrap(),
+            Some(Ok(_)) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(close.code, awc::ws::CloseCode::Away);
+    assert_eq!(
+        close.description.as_deref(),
+        Some("server restarting: reconnect with ?since=1")
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "stopped in {:?}",
+        started.elapsed()
+    );
+    let text = server.log.iter().collect::<Vec<_>>().join("\n");
+    assert!(text.contains("stopping gracefully"), "{text}");
+    assert!(text.contains("SIGINT"), "{text}");
+    assert!(text.contains("the last commit is flushed"), "{text}");
 }

@@ -27,12 +27,20 @@ pub struct FeedStart {
     pub store: Store,
     pub heartbeat: Duration,
     pub queue: usize,
+    /// Becomes `true` when the server stops.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Why a connection ended, as its close frame says.
 enum End {
     ClientLeft,
-    TooSlow { last_seq: i64 },
+    TooSlow {
+        last_seq: i64,
+    },
+    /// The server is stopping (a restart): resume from `last_seq`.
+    Stopping {
+        last_seq: i64,
+    },
     Silent,
     Store(String),
 }
@@ -87,6 +95,14 @@ pub async fn run(start: FeedStart, mut session: Session, mut incoming: MessageSt
                 format!("too slow: reconnect with ?since={last_seq}")
             } else {
                 "too slow".to_string()
+            }),
+        }),
+        End::Stopping { last_seq } => Some(CloseReason {
+            code: CloseCode::Away,
+            description: Some(if last_seq >= 0 {
+                format!("server restarting: reconnect with ?since={last_seq}")
+            } else {
+                "server restarting: reconnect".to_string()
             }),
         }),
         End::Silent => Some(CloseReason {
@@ -207,8 +223,15 @@ async fn account_feed(
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
+    let mut stopping = start.stopping.clone();
     loop {
+        if *stopping.borrow() {
+            return End::Stopping { last_seq: last };
+        }
         tokio::select! {
+            _ = stopping.changed() => {
+                return End::Stopping { last_seq: last };
+            }
             live = subscription.receiver.recv() => {
                 let Some(entry) = live else {
                     return End::TooSlow { last_seq: last };
@@ -280,8 +303,15 @@ async fn admin_feed(
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
     heartbeat.tick().await;
     let mut last_heard = Instant::now();
+    let mut stopping = start.stopping.clone();
     loop {
+        if *stopping.borrow() {
+            return End::Stopping { last_seq: -1 };
+        }
         tokio::select! {
+            _ = stopping.changed() => {
+                return End::Stopping { last_seq: -1 };
+            }
             live = subscription.receiver.recv() => {
                 let Some(entry) = live else {
                     return End::TooSlow { last_seq: -1 };

@@ -83,6 +83,7 @@ fn start_session(
         store: state.store.clone(),
         heartbeat: state.settings.feed_heartbeat,
         queue: state.settings.feed_queue,
+        stopping: state.stopping.clone(),
     };
     actix_rt::spawn(feed::run(start, session, incoming));
     Ok(response)

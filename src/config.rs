@@ -238,6 +238,15 @@ pub struct Options {
     #[serde(deserialize_with = "scalar_text")]
     pub low_balance_cooldown_secs: Option<String>,
 
+    /// The service's name, shown as the account page's title [default: SMS credit].
+    #[arg(
+        long,
+        env = "SMS_CREDIT_SERVICE_NAME",
+        global = true,
+        value_name = "NAME"
+    )]
+    pub service_name: Option<String>,
+
     /// Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account].
     #[arg(long, env = "SMS_CREDIT_SIGNUP_URL", global = true, value_name = "URL")]
     pub signup_url: Option<String>,
@@ -392,6 +401,8 @@ pub struct Settings {
     pub low_balance_cooldown: Duration,
     /// Sent in SMS replies: where to sign up and top up.
     pub signup_url: Option<String>,
+    /// The account page's title.
+    pub service_name: String,
     pub reconcile_delay: Duration,
     pub passivate_after: Duration,
     pub actor_threads: usize,
@@ -579,6 +590,22 @@ impl Settings {
             .signup_url
             .map(|url| checked_url("SMS_CREDIT_SIGNUP_URL", url))
             .transpose()?;
+        let service_name = match options.service_name {
+            None => "SMS credit".to_string(),
+            Some(name) => {
+                let name = name.trim().to_string();
+                if name.is_empty()
+                    || name.chars().count() > 60
+                    || name.chars().any(char::is_control)
+                {
+                    return Err(ConfigError::Invalid {
+                        variable: "SMS_CREDIT_SERVICE_NAME",
+                        reason: "a name of 1 to 60 characters, without control characters".into(),
+                    });
+                }
+                name
+            }
+        };
 
         let instance_timeout = Duration::from_secs(parse_number(
             "SMS_CREDIT_INSTANCE_TIMEOUT_SECS",
@@ -610,6 +637,7 @@ impl Settings {
                 0..=MAX_DAYS_IN_SECONDS,
             )?),
             signup_url,
+            service_name,
             reconcile_delay: Duration::from_secs(parse_number(
                 "SMS_CREDIT_RECONCILE_DELAY_SECS",
                 options.reconcile_delay_secs,
@@ -712,6 +740,7 @@ fn merge(winner: Options, fallback: Options) -> Options {
             .low_balance_cooldown_secs
             .or(fallback.low_balance_cooldown_secs),
         signup_url: winner.signup_url.or(fallback.signup_url),
+        service_name: winner.service_name.or(fallback.service_name),
         reconcile_delay_secs: winner
             .reconcile_delay_secs
             .or(fallback.reconcile_delay_secs),

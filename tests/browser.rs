@@ -11,7 +11,7 @@ use awc::ws;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, ADMIN_TOKEN};
 
 type Connection = actix_codec::Framed<awc::BoxedSocket, ws::Codec>;
 
@@ -245,14 +245,112 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         "no reload"
     );
 
-    // Stripe is not configured here: the top-up button says so.
+    // Stripe is not configured here: the top-up button says so, in words
+    // for a customer (the variable's name is for the operator's log).
     page.eval("document.getElementById('topup').click(); true")
         .await;
     page.wait_for(
-        "document.getElementById('topup-message').textContent.includes('not configured')",
+        "document.getElementById('topup-message').textContent",
+        json!("Payments are not available right now."),
+    )
+    .await;
+
+    // What the balance means: messages at the account's own rate ($0.0565
+    // for a US number), the balance over 30 days, times in the reader's zone.
+    assert_eq!(
+        page.eval("document.getElementById('estimate').textContent")
+            .await,
+        json!("About 110 messages at your country's rate ($0.0565 each).")
+    );
+    let points = page
+        .eval("document.getElementById('chart-line').getAttribute('points').split(' ').length")
+        .await;
+    assert!(points.as_i64().unwrap() >= 4, "{points}");
+    let zone = page
+        .eval("document.getElementById('when-header').textContent")
+        .await;
+    assert!(
+        zone.as_str().unwrap().starts_with("When (") && zone != json!("When ()"),
+        "{zone}"
+    );
+
+    // On a phone: every row fits on one or two lines.
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 360, "height": 740, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .await;
+    for (index, description) in [
+        "a long description of a goodwill adjustment that goes on and on and on",
+        "x",
+    ]
+    .iter()
+    .enumerate()
+    {
+        app.request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": 10_000, "reason": description, "idempotency_key": format!("phone-{index}")})),
+        )
+        .await;
+    }
+    page.wait_for(
+        "document.querySelectorAll('#transactions tr').length",
+        json!(4),
+    )
+    .await;
+    let tallest = page
+        .eval(
+            "(() => Math.max(...[...document.querySelectorAll('#transactions tr')].map((row) => { \
+               const style = getComputedStyle(row.cells[2]); \
+               const line = parseFloat(style.lineHeight) || 1.2 * parseFloat(style.fontSize); \
+               const padding = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom) \
+                 + parseFloat(style.borderBottomWidth); \
+               return (row.getBoundingClientRect().height - padding) / line; })))()",
+        )
+        .await;
+    assert!(
+        tallest.as_f64().unwrap() <= 2.2,
+        "a row takes {tallest} lines on a phone"
+    );
+    let shot = page
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    let png = shot["data"].as_str().unwrap();
+    assert!(png.len() > 1_000, "a screenshot of the phone-width page");
+    if let Ok(directory) = std::env::var("SMS_CREDIT_SCREENSHOTS") {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png)
+            .unwrap();
+        std::fs::write(format!("{directory}/account-phone.png"), bytes).unwrap();
+    }
+
+    // A restart: the page says it is not live, reconnects by itself and
+    // carries on from where it was.
+    let port: u16 = app.address.rsplit(':').next().unwrap().parse().unwrap();
+    let directory = app.stop().await;
+    page.wait_for(
+        "document.getElementById('live').textContent.includes('not live')",
         json!(true),
     )
     .await;
+    let settings = crate::helpers::test_settings(&directory);
+    let app = TestApp::spawn_at(directory, settings, port).await;
+    page.wait_for(
+        "document.getElementById('live').textContent",
+        json!("· live"),
+    )
+    .await;
+    app.post_adjustment(account, 2_000_000, "after-restart")
+        .await;
+    page.wait_for(
+        "document.getElementById('balance').textContent",
+        json!("$8.27"),
+    )
+    .await;
+    assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
 }
 
 #[actix_rt::test]

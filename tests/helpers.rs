@@ -87,6 +87,19 @@ impl TestApp {
         TestApp::spawn_with_clock(directory, settings, ManualClock::new(1_795_253_400_000)).await
     }
 
+    /// As `spawn_with`, on the port a stopped app used (a restart that
+    /// clients reconnect to).
+    pub async fn spawn_at(directory: TestDatabase, settings: Settings, port: u16) -> TestApp {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        TestApp::spawn_on(
+            directory,
+            settings,
+            listener,
+            ManualClock::new(1_795_253_400_000),
+        )
+        .await
+    }
+
     /// As `spawn_with`, on a clock the test moves.
     pub async fn spawn_with_clock(
         directory: TestDatabase,
@@ -94,6 +107,15 @@ impl TestApp {
         clock: ManualClock,
     ) -> TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        TestApp::spawn_on(directory, settings, listener, clock).await
+    }
+
+    async fn spawn_on(
+        directory: TestDatabase,
+        settings: Settings,
+        listener: TcpListener,
+        clock: ManualClock,
+    ) -> TestApp {
         let clock: Arc<dyn Clock> = Arc::new(clock);
         let application = Application::build_with_clock(settings, listener, clock).unwrap();
         let address = format!("http://127.0.0.1:{}", application.port());

@@ -254,3 +254,30 @@ async fn ctrl_c_stops_gracefully_and_feeds_are_told_where_to_resume() {
     assert!(text.contains("SIGINT"), "{text}");
     assert!(text.contains("the last commit is flushed"), "{text}");
 }
+
+#[actix_rt::test]
+async fn the_page_carries_the_services_name_escaped() {
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.service_name = "Trail <Forecasts> & Co".to_string();
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut response = app.client.get(app.url("/account")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = String::from_utf8(response.body().await.unwrap().to_vec()).unwrap();
+    assert!(page.contains("<title>Trail &lt;Forecasts&gt; &amp; Co</title>"));
+    assert!(page.contains("<h1>Trail &lt;Forecasts&gt; &amp; Co</h1>"));
+    assert!(!page.contains("{{SERVICE_NAME}}"));
+    assert!(
+        page.contains("gives it to you"),
+        "the page says where a token comes from"
+    );
+    // A name that is not one is refused, naming the variable.
+    let refused = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .arg("verify")
+        .env("SMS_CREDIT_DATABASE", app.directory.url())
+        .env("SMS_CREDIT_SERVICE_NAME", " ")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("SMS_CREDIT_SERVICE_NAME"));
+}

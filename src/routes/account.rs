@@ -25,6 +25,11 @@ pub struct HolderView {
     balance: String,
     /// The ledger position the balance is at.
     seq: i64,
+    /// What one SMS segment to this account's own number costs (null if
+    /// its country has no rate).
+    rate_micros_per_segment: Option<i64>,
+    /// About how many one-segment messages the balance buys at that rate.
+    messages_estimate: Option<i64>,
 }
 
 /// Ledger rows.
@@ -69,7 +74,15 @@ async fn view(state: &AppState, account_id: AccountId) -> Result<HttpResponse, A
         .get(account_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
+    let rate = account
+        .phone
+        .country()
+        .and_then(|country| state.settings.rates.rate_for(country))
+        .map(|rate| rate.customer_rate.micros())
+        .filter(|rate| *rate > 0);
     Ok(HttpResponse::Ok().json(HolderView {
+        rate_micros_per_segment: rate,
+        messages_estimate: rate.map(|rate| account.balance.micros().max(0) / rate),
         id: account.id,
         phone: account.phone.as_str().to_string(),
         status: account.status,

@@ -390,6 +390,13 @@ fn reconcile_command(settings: &Settings, as_json: bool) -> Result<(), String> {
     }
     line("all", &report.overall);
     line("service", &report.service);
+    for (status, auto) in &report.auto_top_ups {
+        println!(
+            "auto top-ups {status}: {} for {}",
+            auto.attempts,
+            Money::from_micros(auto.amount_micros)
+        );
+    }
     for mismatch in &report.mismatches {
         println!(
             "MISMATCH message {} ({}) to {}: {} per segment charged by Twilio, {} in the rate table",

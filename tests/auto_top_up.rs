@@ -488,6 +488,15 @@ async fn the_monthly_cap_holds_and_the_warning_says_a_top_up_is_coming() {
     assert_eq!(view["attempts"].as_array().unwrap().len(), 2, "{view}");
     assert_eq!(view["month_charged_micros"], 20_000_000);
     assert_eq!(stripe.charges_made(), 2);
+    // The admin sees them in the reconciliation report too.
+    let (status, report) = app
+        .request("GET", "/v1/admin/reconciliation", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        report["auto_top_ups"],
+        json!({"succeeded": {"attempts": 2, "amount_micros": 20_000_000}})
+    );
     assert_eq!(
         app.balance_micros(account).await,
         5_000_000 + 20_000_000 - 420 * US_MESSAGE

@@ -55,6 +55,18 @@ pub struct ReconciliationReport {
     pub by_country: BTreeMap<String, ReconciliationLine>,
     pub service: ReconciliationLine,
     pub mismatches: Vec<CostMismatch>,
+    /// Auto top-up attempts by status (`succeeded`, `declined`, …): how
+    /// many and how much, so that the charges the service started itself
+    /// are visible beside what it sold.
+    pub auto_top_ups: BTreeMap<String, AutoTopUpLine>,
+}
+
+/// Auto top-up attempts of one status.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoTopUpLine {
+    pub attempts: i64,
+    pub amount_micros: i64,
 }
 
 fn add(
@@ -132,7 +144,17 @@ pub fn report(costs: &[SentCost]) -> ReconciliationReport {
 
 /// The report, read from a store.
 pub async fn report_from(store: &Store) -> Result<ReconciliationReport, StoreError> {
-    Ok(report(&store.messages().sent_costs().await?))
+    let mut report = report(&store.messages().sent_costs().await?);
+    for (status, attempts, amount) in store.auto_top_up().auto_top_up_totals().await? {
+        report.auto_top_ups.insert(
+            status.as_str().to_string(),
+            AutoTopUpLine {
+                attempts,
+                amount_micros: amount.micros(),
+            },
+        );
+    }
+    Ok(report)
 }
 
 /// How long a worker may take to look up one batch of prices before

@@ -12,7 +12,7 @@ use std::pin::Pin;
 
 use crate::accounts::{Account, Card, Email, NewAccount, PhoneNumber};
 use crate::billing::auto_top_up::{
-    AttemptEnd, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
+    AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
 };
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::events::{EventRecord, EventStatus};
@@ -254,6 +254,8 @@ pub trait AutoTopUpStore: Send + Sync {
     ) -> StoreFuture<Vec<AutoTopUpAttempt>>;
     /// What the account's attempts of `month` have charged or are charging.
     fn month_charged(&self, account_id: AccountId, month: String) -> StoreFuture<Money>;
+    /// Every attempt ever, by status: how many and how much.
+    fn auto_top_up_totals(&self) -> StoreFuture<Vec<(AttemptStatus, i64, Money)>>;
     /// Every account with auto top-up on: threshold and wait.
     fn auto_enabled(&self) -> StoreFuture<Vec<(AccountId, Money, i64)>>;
     /// Accounts on, below their threshold, not waiting, none in flight.

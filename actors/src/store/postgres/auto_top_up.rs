@@ -485,6 +485,32 @@ impl AutoTopUpStore for PostgresStore {
         self.read(move |client| async move { month_charged(&*client, account_id, &month).await })
     }
 
+    fn auto_top_up_totals(&self) -> StoreFuture<Vec<(AttemptStatus, i64, Money)>> {
+        self.read(|client| async move {
+            let rows = client
+                .query(
+                    "SELECT status, COUNT(*)::BIGINT, COALESCE(SUM(amount), 0)::BIGINT
+                       FROM auto_top_ups GROUP BY status ORDER BY status",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let status: String = row.try_get(0)?;
+                    let parsed = AttemptStatus::parse(&status).ok_or_else(|| {
+                        StoreError::UnknownValue(UnknownValue::new(
+                            "auto_top_ups",
+                            format!("status {status}"),
+                            "status",
+                            status.clone(),
+                        ))
+                    })?;
+                    Ok((parsed, row.try_get(1)?, Money::from_micros(row.try_get(2)?)))
+                })
+                .collect()
+        })
+    }
+
     fn auto_enabled(&self) -> StoreFuture<Vec<(AccountId, Money, i64)>> {
         self.read(|client| async move {
             let rows = client

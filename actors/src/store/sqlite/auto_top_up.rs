@@ -408,6 +408,37 @@ impl AutoTopUpStore for SqliteStore {
         self.read(move |connection| month_charged(connection, account_id, &month))
     }
 
+    fn auto_top_up_totals(&self) -> StoreFuture<Vec<(AttemptStatus, i64, Money)>> {
+        self.read(|connection| {
+            let rows = connection
+                .prepare_cached(
+                    "SELECT status, COUNT(*), COALESCE(SUM(amount), 0) FROM auto_top_ups
+                      GROUP BY status ORDER BY status",
+                )?
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(status, count, amount)| {
+                    let parsed = AttemptStatus::parse(&status).ok_or_else(|| {
+                        StoreError::UnknownValue(UnknownValue::new(
+                            "auto_top_ups",
+                            format!("status {status}"),
+                            "status",
+                            status.clone(),
+                        ))
+                    })?;
+                    Ok((parsed, count, Money::from_micros(amount)))
+                })
+                .collect()
+        })
+    }
+
     fn auto_enabled(&self) -> StoreFuture<Vec<(AccountId, Money, i64)>> {
         self.read(|connection| {
             Ok(connection

@@ -202,10 +202,19 @@ pub enum AccountsCommand {
     },
 }
 
-/// Logs go to standard error; `RUST_LOG` filters them (default `info`).
-pub fn init_logging() {
+impl Cli {
+    /// Whether the command is `serve` (the default).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, None | Some(Command::Serve))
+    }
+}
+
+/// Logs go to standard error; `RUST_LOG` filters them (default `info` for
+/// the server; `warn` for other commands, whose output is their own).
+pub fn init_logging(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

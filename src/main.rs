@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    sms_credit::cli::init_logging();
     let cli = sms_credit::cli::Cli::parse();
+    sms_credit::cli::init_logging(cli.serves());
     sms_credit::cli::run(cli)
 }

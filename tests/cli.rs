@@ -42,6 +42,12 @@ fn accounts_verify_and_tampering() {
     };
     let first = adjust("5.00", "cli-1");
     assert!(first.status.success(), "{first:?}");
+    // A command's output is its own: no server log lines on it.
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(
+        !stderr.contains("flushed") && !stderr.contains("INFO"),
+        "{stderr}"
+    );
     assert!(
         stdout(&first).contains("\"balance_after_micros\":5000000"),
         "{}",

@@ -27,6 +27,7 @@ mod migrations;
 mod openapi;
 mod operations;
 mod outage;
+mod quick_start;
 mod quote;
 mod restart;
 mod second_writer;

@@ -19,7 +19,7 @@ use sms_credit_actors::rating::{quote, QuoteRequest};
 use sms_credit_actors::store::{copy, DatabaseLocation, Store, StoreSettings};
 use sms_credit_actors::{access_tokens, export, AccountId, Adjust, IdempotencyKey, Money};
 
-use crate::config::{Options, Settings};
+use crate::config::{GlobalOptions, Options, Settings};
 use crate::startup::{Application, Core};
 
 #[derive(Parser, Debug)]
@@ -30,6 +30,9 @@ use crate::startup::{Application, Core};
 )]
 pub struct Cli {
     #[command(flatten)]
+    pub global: GlobalOptions,
+    /// The server's options, when `serve` is left out.
+    #[command(flatten)]
     pub options: Options,
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -38,7 +41,10 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the HTTP server (the default).
-    Serve,
+    Serve {
+        #[command(flatten)]
+        options: Box<Options>,
+    },
     /// Recompute every account from its ledger; exit 1 if any account's
     /// ledger does not sum to its snapshot or its seq has a gap.
     Verify {
@@ -99,7 +105,8 @@ pub enum Command {
     Accounts(AccountsCommand),
     /// Show or set the pricing mode of access: launch ($29.99), rrp ($49.99) or sale.
     Pricing {
-        /// The new mode; without it, the current pricing is shown.
+        /// The new mode: launch ($29.99), rrp ($49.99) or sale (with --sale-price); without it, the current pricing is shown.
+        #[arg(value_parser = ["launch", "rrp", "sale"])]
         mode: Option<String>,
         /// The sale price in dollars, with the sale mode (e.g. 19.99).
         #[arg(long)]
@@ -114,20 +121,30 @@ pub enum Command {
 pub enum DiscountCodesCommand {
     /// Create a code: --percent N or --amount DOLLARS off, optionally --max-uses N.
     Create {
+        /// The code customers type (letters, digits, '-' and '_'; case does not matter).
         code: String,
-        #[arg(long, conflicts_with = "amount")]
+        /// A percentage off the price of access (1 to 100).
+        #[arg(long, conflicts_with = "amount", required_unless_present = "amount")]
         percent: Option<i64>,
+        /// A fixed amount off, in dollars (e.g. 5 or 7.50).
         #[arg(long)]
         amount: Option<String>,
+        /// How many times the code may be used in all (no limit without it).
         #[arg(long)]
         max_uses: Option<i64>,
     },
     /// List every code with its uses.
     List,
     /// Let a code be used again.
-    Activate { code: String },
+    Activate {
+        /// The code.
+        code: String,
+    },
     /// Stop a code from being used.
-    Deactivate { code: String },
+    Deactivate {
+        /// The code.
+        code: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,11 +154,13 @@ pub enum AccountsCommand {
         /// Phone number in E.164 form, e.g. +14155551234.
         #[arg(long)]
         phone: String,
+        /// The holder's email address (optional).
         #[arg(long)]
         email: Option<String>,
     },
     /// Show an account, its balance and its newest ledger rows.
     Show {
+        /// The account.
         id: i64,
         /// How many of the newest ledger rows to show.
         #[arg(long, default_value_t = 20)]
@@ -149,20 +168,27 @@ pub enum AccountsCommand {
     },
     /// List accounts, or search them by part of a phone number or email.
     List {
+        /// Only accounts whose phone or email contains this (or whose id it is).
         #[arg(long)]
         search: Option<String>,
         /// Accounts after this id (paging).
         #[arg(long, default_value_t = 0)]
         after_id: i64,
+        /// At most this many accounts.
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
     /// Write an account's whole ledger as CSV to standard output.
-    Export { id: i64 },
+    Export {
+        /// The account.
+        id: i64,
+    },
     /// Issue, revoke or rotate an account's sign-in tokens.
     Token {
+        /// issue: a new token (shown once); revoke: every token; rotate: revoke all, issue one.
         #[arg(value_parser = ["issue", "revoke", "rotate"])]
         action: String,
+        /// The account.
         id: i64,
     },
     /// Show an account's auto top-up, or turn it on or off and change its terms
@@ -191,9 +217,12 @@ pub enum AccountsCommand {
     },
     /// Adjust a balance by a signed amount of dollars (e.g. 5, -1.50).
     Adjust {
+        /// The account.
         id: i64,
+        /// Dollars to add (negative to take away), e.g. 5 or -1.50.
         #[arg(long, allow_hyphen_values = true)]
         amount: String,
+        /// Why: kept in the ledger row's description.
         #[arg(long)]
         reason: String,
         /// Names this adjustment so that running the command again does not apply it twice.
@@ -205,7 +234,7 @@ pub enum AccountsCommand {
 impl Cli {
     /// Whether the command is `serve` (the default).
     pub fn serves(&self) -> bool {
-        matches!(self.command, None | Some(Command::Serve))
+        matches!(self.command, None | Some(Command::Serve { .. }))
     }
 }
 
@@ -223,15 +252,29 @@ pub fn init_logging(serving: bool) {
 
 /// Runs a parsed command line; the exit code says how it went.
 pub fn run(cli: Cli) -> ExitCode {
-    let settings = match Settings::load(cli.options) {
+    let (options, command) = match cli.command {
+        Some(Command::Serve { options }) => (
+            options.with(cli.global, cli.options),
+            Command::Serve {
+                options: Box::default(),
+            },
+        ),
+        other => (
+            cli.options.with(cli.global, Options::default()),
+            other.unwrap_or(Command::Serve {
+                options: Box::default(),
+            }),
+        ),
+    };
+    let settings = match Settings::load(options) {
         Ok(settings) => settings,
         Err(error) => {
             eprintln!("configuration error: {error}");
             return ExitCode::from(2);
         }
     };
-    let outcome = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(settings),
+    let outcome = match command {
+        Command::Serve { .. } => serve(settings),
         Command::Verify { json } => return verify_command(&settings, json),
         Command::Quote {
             to,

@@ -74,20 +74,19 @@ fn scalar_text<'de, D: serde::Deserializer<'de>>(
     )
 }
 
-/// The options as given on the command line, in the environment or in the
-/// config file, before they are checked.
-#[derive(Args, Clone, Debug, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Options {
-    /// An optional TOML file that sets any of these options (keys as the
-    /// long flags, with '_' for '-'); flags and environment variables win over it.
-    #[arg(long, env = "SMS_CREDIT_CONFIG", global = true, value_name = "FILE")]
-    #[serde(skip)]
+/// The options every command reads: the config file and the database.
+#[derive(Args, Clone, Debug, Default)]
+pub struct GlobalOptions {
+    /// An optional TOML file that sets any option (keys as the long flags,
+    /// with '_' for '-'); flags and environment variables win over it.
+    #[arg(
+        long,
+        env = "SMS_CREDIT_CONFIG",
+        global = true,
+        value_name = "FILE",
+        display_order = 1001
+    )]
     pub config: Option<PathBuf>,
-
-    /// Address and port the HTTP server listens on [default: 127.0.0.1:8080].
-    #[arg(long, env = "SMS_CREDIT_BIND", global = true, value_name = "ADDR")]
-    pub bind: Option<String>,
 
     /// The database: an SQLite file path or sqlite://path, or postgres://user:password@host/name (created or migrated as needed) [default: ./sms-credit.db].
     #[arg(
@@ -95,15 +94,35 @@ pub struct Options {
         env = "SMS_CREDIT_DATABASE",
         global = true,
         hide_env_values = true,
-        value_name = "PATH|URL"
+        value_name = "PATH|URL",
+        display_order = 1000
     )]
+    pub database: Option<String>,
+}
+
+/// The server's options as given on the command line, in the environment
+/// or in the config file, before they are checked (shown on `serve`, not on
+/// the commands that do not use them).
+#[derive(Args, Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    /// The config file (from [`GlobalOptions`]).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address and port the HTTP server listens on [default: 127.0.0.1:8080].
+    #[arg(long, env = "SMS_CREDIT_BIND", value_name = "ADDR")]
+    pub bind: Option<String>,
+
+    /// The database (from [`GlobalOptions`], or the config file).
+    #[arg(skip)]
     pub database: Option<String>,
 
     /// Bearer token for the admin API under /v1/admin; without it the admin API answers 503.
     #[arg(
         long,
         env = "SMS_CREDIT_ADMIN_TOKEN",
-        global = true,
         hide_env_values = true,
         value_name = "TOKEN"
     )]
@@ -113,21 +132,19 @@ pub struct Options {
     #[arg(
         long,
         env = "SMS_CREDIT_API_KEY",
-        global = true,
         hide_env_values = true,
         value_name = "KEY"
     )]
     pub api_key: Option<Secret>,
 
     /// The URL the world reaches this server at (Checkout redirects, Twilio signatures), e.g. https://sms.example.com.
-    #[arg(long, env = "SMS_CREDIT_PUBLIC_URL", global = true, value_name = "URL")]
+    #[arg(long, env = "SMS_CREDIT_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
     /// Stripe secret key; without it the paid features answer 503 stripe_not_configured.
     #[arg(
         long,
         env = "SMS_CREDIT_STRIPE_SECRET_KEY",
-        global = true,
         hide_env_values = true,
         value_name = "KEY"
     )]
@@ -137,94 +154,56 @@ pub struct Options {
     #[arg(
         long,
         env = "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
-        global = true,
         hide_env_values = true,
         value_name = "SECRET"
     )]
     pub stripe_webhook_secret: Option<Secret>,
 
     /// Base URL of the Stripe API [default: https://api.stripe.com].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_STRIPE_API_BASE",
-        global = true,
-        value_name = "URL"
-    )]
+    #[arg(long, env = "SMS_CREDIT_STRIPE_API_BASE", value_name = "URL")]
     pub stripe_api_base: Option<String>,
 
     /// Let customers type Stripe promotion codes on the Checkout page (true/false) [default: false].
     #[arg(
         long,
         env = "SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES",
-        global = true,
         value_name = "BOOL"
     )]
     #[serde(deserialize_with = "scalar_text")]
     pub stripe_allow_promotion_codes: Option<String>,
 
     /// Credit that comes with access, in dollars, credited once when access is paid [default: 0.00].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_INCLUDED_CREDIT",
-        global = true,
-        value_name = "DOLLARS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_INCLUDED_CREDIT", value_name = "DOLLARS")]
     #[serde(deserialize_with = "scalar_text")]
     pub included_credit: Option<String>,
 
     /// Twilio account SID (AC…); without it and the auth token the SMS features answer 503 twilio_not_configured.
-    #[arg(
-        long,
-        env = "SMS_CREDIT_TWILIO_ACCOUNT_SID",
-        global = true,
-        value_name = "SID"
-    )]
+    #[arg(long, env = "SMS_CREDIT_TWILIO_ACCOUNT_SID", value_name = "SID")]
     pub twilio_account_sid: Option<String>,
 
     /// Twilio auth token, also the key of Twilio's webhook signatures.
     #[arg(
         long,
         env = "SMS_CREDIT_TWILIO_AUTH_TOKEN",
-        global = true,
         hide_env_values = true,
         value_name = "TOKEN"
     )]
     pub twilio_auth_token: Option<Secret>,
 
     /// The Twilio number messages are sent from (E.164).
-    #[arg(
-        long,
-        env = "SMS_CREDIT_TWILIO_FROM",
-        global = true,
-        value_name = "NUMBER"
-    )]
+    #[arg(long, env = "SMS_CREDIT_TWILIO_FROM", value_name = "NUMBER")]
     pub twilio_from: Option<String>,
 
     /// Base URL of the Twilio REST API [default: https://api.twilio.com].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_TWILIO_API_BASE",
-        global = true,
-        value_name = "URL"
-    )]
+    #[arg(long, env = "SMS_CREDIT_TWILIO_API_BASE", value_name = "URL")]
     pub twilio_api_base: Option<String>,
 
     /// A TOML rate table to use instead of the embedded one (see actors/src/rating/default_rates.toml).
-    #[arg(
-        long,
-        env = "SMS_CREDIT_RATES_FILE",
-        global = true,
-        value_name = "FILE"
-    )]
+    #[arg(long, env = "SMS_CREDIT_RATES_FILE", value_name = "FILE")]
     pub rates_file: Option<PathBuf>,
 
     /// A debit that leaves the balance below this (dollars) sends a warning SMS [default: 2.00].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_LOW_BALANCE_THRESHOLD",
-        global = true,
-        value_name = "DOLLARS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_LOW_BALANCE_THRESHOLD", value_name = "DOLLARS")]
     #[serde(deserialize_with = "scalar_text")]
     pub low_balance_threshold: Option<String>,
 
@@ -232,97 +211,56 @@ pub struct Options {
     #[arg(
         long,
         env = "SMS_CREDIT_LOW_BALANCE_COOLDOWN_SECS",
-        global = true,
         value_name = "SECONDS"
     )]
     #[serde(deserialize_with = "scalar_text")]
     pub low_balance_cooldown_secs: Option<String>,
 
     /// The service's name, shown as the account page's title [default: SMS credit].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_SERVICE_NAME",
-        global = true,
-        value_name = "NAME"
-    )]
+    #[arg(long, env = "SMS_CREDIT_SERVICE_NAME", value_name = "NAME")]
     pub service_name: Option<String>,
 
     /// Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account].
-    #[arg(long, env = "SMS_CREDIT_SIGNUP_URL", global = true, value_name = "URL")]
+    #[arg(long, env = "SMS_CREDIT_SIGNUP_URL", value_name = "URL")]
     pub signup_url: Option<String>,
 
     /// Seconds after sending before Twilio's actual price is fetched for reconciliation [default: 300].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_RECONCILE_DELAY_SECS",
-        global = true,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_RECONCILE_DELAY_SECS", value_name = "SECONDS")]
     #[serde(deserialize_with = "scalar_text")]
     pub reconcile_delay_secs: Option<String>,
 
     /// Seconds an idle account actor stays in memory [default: 900].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_PASSIVATE_AFTER_SECS",
-        global = true,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_PASSIVATE_AFTER_SECS", value_name = "SECONDS")]
     #[serde(deserialize_with = "scalar_text")]
     pub passivate_after_secs: Option<String>,
 
     /// Threads that run account actors [default: 2].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_ACTOR_THREADS",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SMS_CREDIT_ACTOR_THREADS", value_name = "N")]
     #[serde(deserialize_with = "scalar_text")]
     pub actor_threads: Option<String>,
 
     /// HTTP worker threads [default: 2].
-    #[arg(long, env = "SMS_CREDIT_HTTP_WORKERS", global = true, value_name = "N")]
+    #[arg(long, env = "SMS_CREDIT_HTTP_WORKERS", value_name = "N")]
     #[serde(deserialize_with = "scalar_text")]
     pub http_workers: Option<String>,
 
     /// Seconds between the balance feed's pings; a client silent for three is dropped [default: 15].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_FEED_HEARTBEAT_SECS",
-        global = true,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_FEED_HEARTBEAT_SECS", value_name = "SECONDS")]
     #[serde(deserialize_with = "scalar_text")]
     pub feed_heartbeat_secs: Option<String>,
 
     /// Seconds after its last heartbeat that an instance counts as gone, so that what it left half-done (a reservation of a message being sent) is resolved by another [default: 30].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_INSTANCE_TIMEOUT_SECS",
-        global = true,
-        value_name = "SECONDS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_INSTANCE_TIMEOUT_SECS", value_name = "SECONDS")]
     #[serde(deserialize_with = "scalar_text")]
     pub instance_timeout_secs: Option<String>,
 
     /// Waits before the next auto top-up after the 1st, 2nd, … failure in a row, comma-separated, each a number with s, m, h or d [default: 1h,6h,24h].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_AUTO_TOP_UP_BACKOFF",
-        global = true,
-        value_name = "WAITS"
-    )]
+    #[arg(long, env = "SMS_CREDIT_AUTO_TOP_UP_BACKOFF", value_name = "WAITS")]
     #[serde(deserialize_with = "scalar_text")]
     pub auto_top_up_backoff: Option<String>,
 
     /// Failures in a row after which an account's auto top-up turns itself off [default: 3].
-    #[arg(
-        long,
-        env = "SMS_CREDIT_AUTO_TOP_UP_MAX_FAILURES",
-        global = true,
-        value_name = "N"
-    )]
+    #[arg(long, env = "SMS_CREDIT_AUTO_TOP_UP_MAX_FAILURES", value_name = "N")]
     #[serde(deserialize_with = "scalar_text")]
     pub auto_top_up_max_failures: Option<String>,
 
@@ -330,23 +268,17 @@ pub struct Options {
     #[arg(
         long,
         env = "SMS_CREDIT_METRICS_TOKEN",
-        global = true,
         hide_env_values = true,
         value_name = "TOKEN"
     )]
     pub metrics_token: Option<Secret>,
 
     /// A separate address (for example 127.0.0.1:9464) that serves only GET /metrics, without a token, for a Prometheus that can reach it.
-    #[arg(
-        long,
-        env = "SMS_CREDIT_METRICS_BIND",
-        global = true,
-        value_name = "ADDR"
-    )]
+    #[arg(long, env = "SMS_CREDIT_METRICS_BIND", value_name = "ADDR")]
     pub metrics_bind: Option<String>,
 
     /// Ledger rows queued per feed client before it is dropped as too slow [default: 256].
-    #[arg(long, env = "SMS_CREDIT_FEED_QUEUE", global = true, value_name = "N")]
+    #[arg(long, env = "SMS_CREDIT_FEED_QUEUE", value_name = "N")]
     #[serde(deserialize_with = "scalar_text")]
     pub feed_queue: Option<String>,
 }
@@ -708,6 +640,17 @@ fn read_file(path: &Path) -> Result<Options, ConfigError> {
     };
     let text = std::fs::read_to_string(path).map_err(|error| file_error(error.to_string()))?;
     toml::from_str(&text).map_err(|error| file_error(error.to_string()))
+}
+
+impl Options {
+    /// These options, with the config file and database of `global`, over
+    /// `fallback` (the options given before the subcommand).
+    pub fn with(self, global: GlobalOptions, fallback: Options) -> Options {
+        let mut merged = merge(self, fallback);
+        merged.config = global.config;
+        merged.database = global.database.or(merged.database);
+        merged
+    }
 }
 
 /// Each option from `winner` if it has one, else from `fallback`.

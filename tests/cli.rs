@@ -297,3 +297,75 @@ fn help_never_shows_the_database_password() {
     assert!(help.contains("--database"), "{help}");
     assert!(!help.contains("hunter2secret"), "{help}");
 }
+
+#[test]
+fn each_command_shows_its_own_options_first_and_only_what_it_uses() {
+    let help = |arguments: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .arg("--help")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let adjust = help(&["accounts", "adjust"]);
+    for own in [
+        "<ID>  The account",
+        "--amount",
+        "--reason",
+        "--idempotency-key",
+    ] {
+        let at = adjust
+            .find(own)
+            .unwrap_or_else(|| panic!("{own} in {adjust}"));
+        assert!(
+            at < adjust.find("--database").unwrap(),
+            "{own} first:\n{adjust}"
+        );
+    }
+    for server_only in [
+        "--bind",
+        "--stripe-secret-key",
+        "--feed-queue",
+        "--actor-threads",
+    ] {
+        assert!(
+            !adjust.contains(server_only),
+            "{server_only} on adjust:\n{adjust}"
+        );
+    }
+    // Every option says what it is (beside it, or on the next line).
+    let lines: Vec<&str> = adjust.lines().collect();
+    for (index, line) in lines.iter().enumerate() {
+        if !line.trim_start().starts_with("--") {
+            continue;
+        }
+        let beside = line.trim().split_whitespace().count() > 2;
+        let below = lines
+            .get(index + 1)
+            .is_some_and(|next| !next.trim().is_empty() && !next.trim_start().starts_with('-'));
+        assert!(beside || below, "undescribed: {line}\n{adjust}");
+    }
+    let serve = help(&["serve"]);
+    for option in [
+        "--bind",
+        "--stripe-secret-key",
+        "--feed-queue",
+        "--database",
+    ] {
+        assert!(serve.contains(option), "{option} on serve:\n{serve}");
+    }
+    let create = help(&["discount-codes", "create"]);
+    assert!(
+        create.contains("--percent <PERCENT>") && create.contains("--amount <AMOUNT>"),
+        "{create}"
+    );
+    let pricing = help(&["pricing"]);
+    assert!(
+        pricing.contains("launch") && pricing.contains("rrp") && pricing.contains("sale"),
+        "{pricing}"
+    );
+    let list = help(&["accounts", "list"]);
+    assert!(list.contains("Only accounts whose phone"), "{list}");
+}

@@ -341,7 +341,7 @@ fn each_command_shows_its_own_options_first_and_only_what_it_uses() {
         if !line.trim_start().starts_with("--") {
             continue;
         }
-        let beside = line.trim().split_whitespace().count() > 2;
+        let beside = line.split_whitespace().count() > 2;
         let below = lines
             .get(index + 1)
             .is_some_and(|next| !next.trim().is_empty() && !next.trim_start().starts_with('-'));

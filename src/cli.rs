@@ -6,11 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use serde_json::json;
+use serde_json::{json, Value};
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::billing::auto_charge::{self, AutoTopUpView};
 use sms_credit_actors::billing::auto_top_up::{ConsentVia, SettingRequest};
-use sms_credit_actors::billing::discounts::{normalize_code, Discount};
+use sms_credit_actors::billing::discounts::{normalize_code, Discount, DiscountCode};
 use sms_credit_actors::billing::events::EventStatus;
 use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
@@ -88,7 +88,11 @@ pub enum Command {
     },
     /// Apply the database migrations this release has and the database has
     /// not, then exit (the server applies them at start too).
-    Migrate,
+    Migrate {
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
+    },
     /// Copy every row of one database into another that holds no data yet
     /// (an SQLite file into Postgres, say), then verify both. Stop the
     /// servers on the source first.
@@ -99,6 +103,9 @@ pub enum Command {
         /// The empty database to copy into (created and migrated if needed).
         #[arg(long)]
         to: String,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Create, show and adjust accounts.
     #[command(subcommand)]
@@ -111,6 +118,9 @@ pub enum Command {
         /// The sale price in dollars, with the sale mode (e.g. 19.99).
         #[arg(long)]
         sale_price: Option<String>,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Create, list, activate and deactivate discount codes.
     #[command(subcommand)]
@@ -132,18 +142,31 @@ pub enum DiscountCodesCommand {
         /// How many times the code may be used in all (no limit without it).
         #[arg(long)]
         max_uses: Option<i64>,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// List every code with its uses.
-    List,
+    List {
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
+    },
     /// Let a code be used again.
     Activate {
         /// The code.
         code: String,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Stop a code from being used.
     Deactivate {
         /// The code.
         code: String,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -157,6 +180,9 @@ pub enum AccountsCommand {
         /// The holder's email address (optional).
         #[arg(long)]
         email: Option<String>,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Show an account, its balance and its newest ledger rows.
     Show {
@@ -165,6 +191,9 @@ pub enum AccountsCommand {
         /// How many of the newest ledger rows to show.
         #[arg(long, default_value_t = 20)]
         transactions: i64,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// List accounts, or search them by part of a phone number or email.
     List {
@@ -177,6 +206,9 @@ pub enum AccountsCommand {
         /// At most this many accounts.
         #[arg(long, default_value_t = 100)]
         limit: i64,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Write an account's whole ledger as CSV to standard output.
     Export {
@@ -190,6 +222,9 @@ pub enum AccountsCommand {
         action: String,
         /// The account.
         id: i64,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
     /// Show an account's auto top-up, or turn it on or off and change its terms
     /// (a running server's actors learn of it within 30 s).
@@ -228,6 +263,9 @@ pub enum AccountsCommand {
         /// Names this adjustment so that running the command again does not apply it twice.
         #[arg(long)]
         idempotency_key: String,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -289,9 +327,13 @@ pub fn run(cli: Cli) -> ExitCode {
             limit,
             json,
         } => stripe_events_command(&settings, status, limit, json),
-        Command::Migrate => migrate_command(&settings),
-        Command::Copy { from, to } => copy_command(&from, &to),
-        Command::Pricing { mode, sale_price } => pricing_command(&settings, mode, sale_price),
+        Command::Migrate { json } => migrate_command(&settings, json),
+        Command::Copy { from, to, json } => copy_command(&from, &to, json),
+        Command::Pricing {
+            mode,
+            sale_price,
+            json,
+        } => pricing_command(&settings, mode, sale_price, json),
         Command::DiscountCodes(command) => discount_codes_command(&settings, command),
     };
     match outcome {
@@ -497,8 +539,15 @@ fn stripe_events_command(
     Ok(())
 }
 
-fn migrate_command(settings: &Settings) -> Result<(), String> {
+fn migrate_command(settings: &Settings, as_json: bool) -> Result<(), String> {
     let applied = Store::migrate(&settings.database).map_err(|error| error.to_string())?;
+    if as_json {
+        println!(
+            "{}",
+            json!({"database": settings.database.to_string(), "applied": applied})
+        );
+        return Ok(());
+    }
     if applied.is_empty() {
         println!("{}: up to date", settings.database);
     }
@@ -508,7 +557,7 @@ fn migrate_command(settings: &Settings) -> Result<(), String> {
     Ok(())
 }
 
-fn copy_command(from: &str, to: &str) -> Result<(), String> {
+fn copy_command(from: &str, to: &str, as_json: bool) -> Result<(), String> {
     let parse = |name: &str, text: &str| {
         DatabaseLocation::parse(text).map_err(|error| format!("--{name}: {error}"))
     };
@@ -530,6 +579,20 @@ fn copy_command(from: &str, to: &str) -> Result<(), String> {
         let report = copy::copy(&source_store, &target_store, SystemClock.now_ms())
             .await
             .map_err(|error| error.to_string())?;
+        if as_json {
+            let tables: serde_json::Map<String, Value> = report
+                .tables
+                .iter()
+                .map(|(table, rows)| (table.to_string(), json!(rows)))
+                .collect();
+            println!(
+                "{}",
+                json!({"from": source.to_string(), "to": target.to_string(), "tables": tables,
+                       "accounts": report.target.accounts_checked,
+                       "transactions": report.target.transactions_checked})
+            );
+            return Ok(());
+        }
         for (table, rows) in &report.tables {
             println!("{table:<24} {rows:>10} rows");
         }
@@ -545,7 +608,18 @@ fn pricing_command(
     settings: &Settings,
     mode: Option<String>,
     sale_price: Option<String>,
+    as_json: bool,
 ) -> Result<(), String> {
+    let show = |pricing: &Pricing| {
+        if as_json {
+            println!(
+                "{}",
+                json!({"mode": pricing.mode, "price_micros": pricing.price().micros(), "price": pricing.price().to_string()})
+            );
+        } else {
+            println!("pricing: {} at {}", pricing.mode.as_str(), pricing.price());
+        }
+    };
     let Some(mode) = mode else {
         let current = with_store(settings, |store| async move {
             store
@@ -554,10 +628,7 @@ fn pricing_command(
                 .await
                 .map_err(|error| error.to_string())
         })?;
-        println!(
-            "{}",
-            json!({"mode": current.mode, "price_micros": current.price().micros(), "price": current.price().to_string()})
-        );
+        show(&current);
         return Ok(());
     };
     let mode = PricingMode::parse(&mode).ok_or("the mode is launch, rrp or sale")?;
@@ -572,12 +643,25 @@ fn pricing_command(
             .set_pricing(new_pricing, SystemClock.now_ms())
             .await
             .map_err(|error| error.to_string())?;
-        println!(
-            "{}",
-            json!({"mode": new_pricing.mode, "price_micros": new_pricing.price().micros()})
-        );
+        show(&new_pricing);
         Ok(())
     })
+}
+
+/// One discount code, for people.
+fn print_code(code: &DiscountCode) {
+    let off = match code.discount {
+        Discount::Percent { percent } => format!("{percent}%"),
+        Discount::Fixed { amount } => amount.to_string(),
+    };
+    println!(
+        "{:<20} {:<12} {:>6} {:>8}  {}",
+        code.code,
+        off,
+        code.current_uses,
+        code.max_uses.map_or("-".to_string(), |max| max.to_string()),
+        if code.active { "yes" } else { "no" }
+    );
 }
 
 fn discount_codes_command(
@@ -585,7 +669,7 @@ fn discount_codes_command(
     command: DiscountCodesCommand,
 ) -> Result<(), String> {
     match command {
-        DiscountCodesCommand::List => {
+        DiscountCodesCommand::List { json: as_json } => {
             let codes = with_store(settings, |store| async move {
                 store
                     .billing()
@@ -593,8 +677,16 @@ fn discount_codes_command(
                     .await
                     .map_err(|error| error.to_string())
             })?;
+            if as_json {
+                println!("{}", json!(codes));
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<12} {:>6} {:>8}  active",
+                "code", "off", "uses", "max"
+            );
             for code in codes {
-                println!("{}", json!(code));
+                print_code(&code);
             }
             Ok(())
         }
@@ -603,6 +695,7 @@ fn discount_codes_command(
             percent,
             amount,
             max_uses,
+            json: as_json,
         } => {
             let code = normalize_code(&code)?;
             let discount = match (percent, amount) {
@@ -622,22 +715,36 @@ fn discount_codes_command(
                     .await
                     .map_err(|error| error.to_string())?
                     .ok_or("that code exists already")?;
-                println!("{}", json!(created));
+                if as_json {
+                    println!("{}", json!(created));
+                } else {
+                    print_code(&created);
+                }
                 Ok(())
             })
         }
-        DiscountCodesCommand::Activate { ref code }
-        | DiscountCodesCommand::Deactivate { ref code } => {
+        DiscountCodesCommand::Activate {
+            ref code,
+            json: as_json,
+        }
+        | DiscountCodesCommand::Deactivate {
+            ref code,
+            json: as_json,
+        } => {
             let active = matches!(command, DiscountCodesCommand::Activate { .. });
             let code = normalize_code(code)?;
             with_store(settings, |store| async move {
                 store
                     .billing()
-                    .set_discount_code_active(code, active)
+                    .set_discount_code_active(code.clone(), active)
                     .await
                     .map_err(|error| error.to_string())?
                     .ok_or("there is no such code")?;
-                println!("{}", json!({"active": active}));
+                if as_json {
+                    println!("{}", json!({"code": code, "active": active}));
+                } else {
+                    println!("{code}: {}", if active { "active" } else { "inactive" });
+                }
                 Ok(())
             })
         }
@@ -646,7 +753,11 @@ fn discount_codes_command(
 
 fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String> {
     match command {
-        AccountsCommand::Create { phone, email } => {
+        AccountsCommand::Create {
+            phone,
+            email,
+            json: as_json,
+        } => {
             let new_account = NewAccount {
                 phone: PhoneNumber::parse(&phone).map_err(|error| error.to_string())?,
                 email: email
@@ -662,14 +773,27 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                     .create(new_account, SystemClock.now_ms())
                     .await
                     .map_err(|error| error.to_string())?;
-                println!(
-                    "{}",
-                    json!({"id": account.id, "phone": account.phone, "status": account.status})
-                );
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({"id": account.id, "phone": account.phone, "status": account.status})
+                    );
+                } else {
+                    println!(
+                        "account {} created: {} ({})",
+                        account.id,
+                        account.phone,
+                        account.status.as_str()
+                    );
+                }
                 Ok(())
             })
         }
-        AccountsCommand::Show { id, transactions } => {
+        AccountsCommand::Show {
+            id,
+            transactions,
+            json: as_json,
+        } => {
             let account_id = AccountId(id);
             let (account, entries) = with_store(settings, |store| async move {
                 let account = store
@@ -685,6 +809,10 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                     .map_err(|error| error.to_string())?;
                 Ok((account, entries))
             })?;
+            if as_json {
+                println!("{}", json!({"account": account, "transactions": entries}));
+                return Ok(());
+            }
             println!(
                 "account {} {} ({}) balance {} ({} micro-dollars) seq {}",
                 account.id,
@@ -712,6 +840,7 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             search,
             after_id,
             limit,
+            json: as_json,
         } => {
             let accounts = with_store(settings, |store| async move {
                 store
@@ -720,6 +849,14 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                     .await
                     .map_err(|error| error.to_string())
             })?;
+            if as_json {
+                println!("{}", json!(accounts));
+                return Ok(());
+            }
+            println!(
+                "{:<8} {:<16} {:<8} {:>12}  email",
+                "id", "phone", "status", "balance"
+            );
             for account in &accounts {
                 println!(
                     "{:<8} {:<16} {:<8} {:>12}  {}",
@@ -764,7 +901,11 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                 }
             })
         }
-        AccountsCommand::Token { action, id } => {
+        AccountsCommand::Token {
+            action,
+            id,
+            json: as_json,
+        } => {
             let account_id = AccountId(id);
             let now_ms = SystemClock.now_ms();
             let missing = || format!("account {id} does not exist");
@@ -799,10 +940,19 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                 };
                 answer.ok_or_else(missing)
             })?;
-            println!(
-                "{}",
-                json!({"account_id": account_id, "token": token, "revoked": revoked})
-            );
+            if as_json {
+                println!(
+                    "{}",
+                    json!({"account_id": account_id, "token": token, "revoked": revoked})
+                );
+            } else {
+                match &token {
+                    Some(token) => println!(
+                        "account {account_id}: token {token} (shown once; {revoked} revoked)"
+                    ),
+                    None => println!("account {account_id}: {revoked} tokens revoked"),
+                }
+            }
             Ok(())
         }
         AccountsCommand::AutoTopUp {
@@ -863,6 +1013,7 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
             amount,
             reason,
             idempotency_key,
+            json: as_json,
         } => {
             let adjustment = Adjust {
                 amount: Money::parse_dollars(&amount).map_err(|error| error.to_string())?,
@@ -876,15 +1027,33 @@ fn accounts(settings: &Settings, command: AccountsCommand) -> Result<(), String>
                     .send(AccountId(id), adjustment)
                     .await
                     .map_err(|error| error.to_string())?;
-                println!(
-                    "{}",
-                    json!({
-                        "seq": receipt.entry.seq,
-                        "amount_micros": receipt.entry.amount.micros(),
-                        "balance_after_micros": receipt.entry.balance_after.micros(),
-                        "replayed": receipt.replayed,
-                    })
-                );
+                if as_json {
+                    println!(
+                        "{}",
+                        json!({
+                            "seq": receipt.entry.seq,
+                            "amount_micros": receipt.entry.amount.micros(),
+                            "balance_after_micros": receipt.entry.balance_after.micros(),
+                            "replayed": receipt.replayed,
+                        })
+                    );
+                } else {
+                    println!(
+                        "account {id}: {} (ledger #{}), balance {}{}",
+                        if receipt.entry.amount.is_positive() {
+                            format!("+{}", receipt.entry.amount)
+                        } else {
+                            receipt.entry.amount.to_string()
+                        },
+                        receipt.entry.seq,
+                        receipt.entry.balance_after,
+                        if receipt.replayed {
+                            " (already applied: nothing changed)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
                 Ok(())
             })
         }

@@ -18,6 +18,7 @@ fn accounts_verify_and_tampering() {
             "+14155550400",
             "--email",
             "hiker@example.com",
+            "--json",
         ],
     );
     assert!(created.status.success(), "{created:?}");
@@ -37,6 +38,7 @@ fn accounts_verify_and_tampering() {
                 "cli test",
                 "--idempotency-key",
                 key,
+                "--json",
             ],
         )
     };
@@ -165,7 +167,11 @@ fn malformed_configuration_names_the_variable() {
 on_both_stores!(sync pricing_mode_and_discount_codes_from_the_command_line);
 fn pricing_mode_and_discount_codes_from_the_command_line() {
     let directory = fresh_directory();
-    let shown = run_cli(&directory, &["pricing"]);
+    assert_eq!(
+        stdout(&run_cli(&directory, &["pricing"])).trim(),
+        "pricing: launch at $29.99"
+    );
+    let shown = run_cli(&directory, &["pricing", "--json"]);
     assert!(
         stdout(&shown).contains("\"mode\":\"launch\"")
             && stdout(&shown).contains("\"price_micros\":29990000"),
@@ -174,7 +180,9 @@ fn pricing_mode_and_discount_codes_from_the_command_line() {
     );
     let set = run_cli(&directory, &["pricing", "sale", "--sale-price", "19.99"]);
     assert!(set.status.success(), "{set:?}");
-    assert!(stdout(&run_cli(&directory, &["pricing"])).contains("\"price_micros\":19990000"));
+    assert!(
+        stdout(&run_cli(&directory, &["pricing", "--json"])).contains("\"price_micros\":19990000")
+    );
     assert!(
         !run_cli(&directory, &["pricing", "sale"]).status.success(),
         "sale needs a price"
@@ -191,6 +199,7 @@ fn pricing_mode_and_discount_codes_from_the_command_line() {
             "20",
             "--max-uses",
             "5",
+            "--json",
         ],
     );
     assert!(created.status.success(), "{created:?}");
@@ -215,7 +224,12 @@ fn pricing_mode_and_discount_codes_from_the_command_line() {
             .status
             .success()
     );
-    let listed = stdout(&run_cli(&directory, &["discount-codes", "list"]));
+    let table = stdout(&run_cli(&directory, &["discount-codes", "list"]));
+    assert!(
+        table.contains("SPRING") && table.contains("20%") && table.contains("$5.00"),
+        "{table}"
+    );
+    let listed = stdout(&run_cli(&directory, &["discount-codes", "list", "--json"]));
     assert!(
         listed.contains("\"code\":\"SPRING\"") && listed.contains("\"active\":false"),
         "{listed}"
@@ -234,8 +248,17 @@ fn admin_tools_from_the_command_line() {
         &directory,
         &["accounts", "list", "--search", "3701"],
     ));
-    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert_eq!(listed.lines().count(), 2, "a header and one row: {listed}");
     assert!(listed.contains("+14155553701"));
+    let listed: serde_json::Value = serde_json::from_slice(
+        &run_cli(
+            &directory,
+            &["accounts", "list", "--search", "3701", "--json"],
+        )
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
 
     let adjusted = run_cli(
         &directory,
@@ -252,6 +275,10 @@ fn admin_tools_from_the_command_line() {
         ],
     );
     assert!(adjusted.status.success(), "{adjusted:?}");
+    assert_eq!(
+        stdout(&adjusted).trim(),
+        "account 1: +$3.10 (ledger #1), balance $3.10"
+    );
     let csv = stdout(&run_cli(&directory, &["accounts", "export", "1"]));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
@@ -263,18 +290,21 @@ fn admin_tools_from_the_command_line() {
         .status
         .success());
 
-    let issued: serde_json::Value =
-        serde_json::from_slice(&run_cli(&directory, &["accounts", "token", "issue", "1"]).stdout)
-            .unwrap();
+    let issued: serde_json::Value = serde_json::from_slice(
+        &run_cli(&directory, &["accounts", "token", "issue", "1", "--json"]).stdout,
+    )
+    .unwrap();
     assert!(issued["token"].as_str().unwrap().starts_with("sct_"));
-    let rotated: serde_json::Value =
-        serde_json::from_slice(&run_cli(&directory, &["accounts", "token", "rotate", "1"]).stdout)
-            .unwrap();
+    let rotated: serde_json::Value = serde_json::from_slice(
+        &run_cli(&directory, &["accounts", "token", "rotate", "1", "--json"]).stdout,
+    )
+    .unwrap();
     assert_eq!(rotated["revoked"], 1);
     assert_ne!(rotated["token"], issued["token"]);
-    let revoked: serde_json::Value =
-        serde_json::from_slice(&run_cli(&directory, &["accounts", "token", "revoke", "1"]).stdout)
-            .unwrap();
+    let revoked: serde_json::Value = serde_json::from_slice(
+        &run_cli(&directory, &["accounts", "token", "revoke", "1", "--json"]).stdout,
+    )
+    .unwrap();
     assert_eq!(
         (revoked["revoked"].as_i64(), revoked["token"].is_null()),
         (Some(1), true)

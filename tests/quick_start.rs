@@ -50,7 +50,7 @@ fn the_readme_quick_start_runs_as_written() {
         "the quick start failed:\n{stdout}\n{stderr}"
     );
     for expected in [
-        "\"token\":\"sct_",
+        "account 1: token sct_",
         "\"balance_micros\":7500000",
         "\"segments\":1",
         "balance $7.50",

@@ -687,27 +687,12 @@ async fn a_lost_answer_is_asked_again_with_the_same_key_and_charges_once() {
 
 on_both_stores!(a_crash_between_charge_and_credit_charges_once_and_credits_once);
 async fn a_crash_between_charge_and_credit_charges_once_and_credits_once() {
-    use crate::fake_stripe::WEBHOOK_SECRET;
-    use crate::fake_twilio::{ACCOUNT_SID, AUTH_TOKEN, FROM};
-    use crate::helpers::{ServerProcess, API_KEY};
+    use crate::helpers::{process_env, ServerProcess};
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
     let directory = fresh_directory();
-    let env = [
-        ("SMS_CREDIT_API_KEY", API_KEY),
-        ("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com"),
-        ("SMS_CREDIT_TWILIO_ACCOUNT_SID", ACCOUNT_SID),
-        ("SMS_CREDIT_TWILIO_AUTH_TOKEN", AUTH_TOKEN),
-        ("SMS_CREDIT_TWILIO_FROM", FROM),
-        ("SMS_CREDIT_TWILIO_API_BASE", twilio.base_url.as_str()),
-        ("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_fake"),
-        ("SMS_CREDIT_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("SMS_CREDIT_STRIPE_API_BASE", stripe.base_url.as_str()),
-        ("SMS_CREDIT_INCLUDED_CREDIT", "2.05"),
-        ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
-        // A charge nobody heard back from is asked again after 2 s.
-        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
-    ];
+    let mut env = process_env(&twilio.base_url, Some(&stripe.base_url));
+    env.push(("SMS_CREDIT_INCLUDED_CREDIT", "2.05"));
     let unix_now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -158,6 +158,16 @@ impl Page {
         result["result"]["value"].clone()
     }
 
+    /// Opens the account page and waits until its sign-in form is there.
+    async fn open(&mut self, url: &str) {
+        self.call("Page.navigate", json!({ "url": url })).await;
+        self.wait_for(
+            "document.readyState === 'complete' && !!document.getElementById('token')",
+            json!(true),
+        )
+        .await;
+    }
+
     /// Polls `expression` until it equals `expected` (30 s at most).
     async fn wait_for(&mut self, expression: &str, expected: Value) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -182,13 +192,7 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
 
     let browser = Browser::start();
     let mut page = browser.page().await;
-    page.call("Page.navigate", json!({"url": app.url("/account")}))
-        .await;
-    page.wait_for(
-        "document.readyState === 'complete' && !!document.getElementById('token')",
-        json!(true),
-    )
-    .await;
+    page.open(&app.url("/account")).await;
 
     // A wrong token is refused on the page.
     page.eval("document.getElementById('token').value = 'sct_wrong'; document.getElementById('signin-button').click(); true").await;
@@ -367,13 +371,7 @@ async fn the_account_page_turns_auto_top_up_on_and_shows_the_card() {
 
     let browser = Browser::start();
     let mut page = browser.page().await;
-    page.call("Page.navigate", json!({"url": app.url("/account")}))
-        .await;
-    page.wait_for(
-        "document.readyState === 'complete' && !!document.getElementById('token')",
-        json!(true),
-    )
-    .await;
+    page.open(&app.url("/account")).await;
     page.eval(&format!(
         "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
     ))

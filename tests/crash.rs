@@ -12,8 +12,8 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::fake_twilio::{FakeTwilio, ACCOUNT_SID, AUTH_TOKEN, FROM};
-use crate::helpers::{fresh_directory, run_cli, ServerProcess, ADMIN_TOKEN, API_KEY};
+use crate::fake_twilio::FakeTwilio;
+use crate::helpers::{fresh_directory, process_env, run_cli, ServerProcess, ADMIN_TOKEN, API_KEY};
 
 /// A small deterministic generator (xorshift64*).
 struct Rng(u64);
@@ -130,17 +130,7 @@ async fn acknowledged_operations_survive_sigkill() {
     let mut rng = Rng(seed | 1);
     let twilio = FakeTwilio::start().await;
     let directory = fresh_directory();
-    let env = [
-        ("SMS_CREDIT_API_KEY", API_KEY),
-        ("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com"),
-        ("SMS_CREDIT_TWILIO_ACCOUNT_SID", ACCOUNT_SID),
-        ("SMS_CREDIT_TWILIO_AUTH_TOKEN", AUTH_TOKEN),
-        ("SMS_CREDIT_TWILIO_FROM", FROM),
-        ("SMS_CREDIT_TWILIO_API_BASE", twilio.base_url.as_str()),
-        ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
-        // A killed instance counts as gone 2 s after its last heartbeat.
-        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
-    ];
+    let env = process_env(&twilio.base_url, None);
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let refused = Arc::new(Mutex::new(Vec::new()));
 

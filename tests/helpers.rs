@@ -456,6 +456,42 @@ pub fn run_cli(directory: &TestDatabase, arguments: &[&str]) -> std::process::Ou
         .unwrap()
 }
 
+/// The environment of a server process with Twilio at a fake (and the host
+/// application's key), Stripe at a fake when given, prices never looked up
+/// during a test, and a killed instance counted as gone after 2 s.
+pub fn process_env<'a>(
+    twilio_base: &'a str,
+    stripe_base: Option<&'a str>,
+) -> Vec<(&'static str, &'a str)> {
+    let mut env = vec![
+        ("SMS_CREDIT_API_KEY", API_KEY),
+        ("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com"),
+        (
+            "SMS_CREDIT_TWILIO_ACCOUNT_SID",
+            crate::fake_twilio::ACCOUNT_SID,
+        ),
+        (
+            "SMS_CREDIT_TWILIO_AUTH_TOKEN",
+            crate::fake_twilio::AUTH_TOKEN,
+        ),
+        ("SMS_CREDIT_TWILIO_FROM", crate::fake_twilio::FROM),
+        ("SMS_CREDIT_TWILIO_API_BASE", twilio_base),
+        ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
+        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
+    ];
+    if let Some(stripe_base) = stripe_base {
+        env.extend([
+            ("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_fake"),
+            (
+                "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
+                crate::fake_stripe::WEBHOOK_SECRET,
+            ),
+            ("SMS_CREDIT_STRIPE_API_BASE", stripe_base),
+        ]);
+    }
+    env
+}
+
 /// The real `sms-credit serve` binary as a child process on a free port,
 /// its log lines collected. Killed (SIGKILL) when dropped.
 pub struct ServerProcess {

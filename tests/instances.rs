@@ -19,12 +19,12 @@ use actix_web::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
 
-use crate::fake_stripe::{EventFactory, FakeStripe, WEBHOOK_SECRET};
-use crate::fake_twilio::{FakeTwilio, ACCOUNT_SID, AUTH_TOKEN, FROM};
+use crate::fake_stripe::{EventFactory, FakeStripe};
+use crate::fake_twilio::FakeTwilio;
 use crate::feed::{next_json, open};
 use crate::helpers::{
-    fresh_directory, run_cli, test_settings, with_twilio, ServerProcess, TestApp, ADMIN_TOKEN,
-    API_KEY,
+    fresh_directory, process_env, run_cli, test_settings, with_twilio, ServerProcess, TestApp,
+    ADMIN_TOKEN, API_KEY,
 };
 use crate::ledger_actors::assert_verified;
 use crate::twilio::account_with_balance;
@@ -224,21 +224,8 @@ async fn three_instances_on_one_database_keep_every_promise() {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
     let directory = fresh_directory();
-    let env = [
-        ("SMS_CREDIT_API_KEY", API_KEY),
-        ("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com"),
-        ("SMS_CREDIT_TWILIO_ACCOUNT_SID", ACCOUNT_SID),
-        ("SMS_CREDIT_TWILIO_AUTH_TOKEN", AUTH_TOKEN),
-        ("SMS_CREDIT_TWILIO_FROM", FROM),
-        ("SMS_CREDIT_TWILIO_API_BASE", twilio.base_url.as_str()),
-        ("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_fake"),
-        ("SMS_CREDIT_STRIPE_WEBHOOK_SECRET", WEBHOOK_SECRET),
-        ("SMS_CREDIT_STRIPE_API_BASE", stripe.base_url.as_str()),
-        ("SMS_CREDIT_INCLUDED_CREDIT", "5.00"),
-        ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
-        // A killed instance counts as gone 2 s after its last heartbeat.
-        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
-    ];
+    let mut env = process_env(&twilio.base_url, Some(&stripe.base_url));
+    env.push(("SMS_CREDIT_INCLUDED_CREDIT", "5.00"));
     let mut servers: Vec<ServerProcess> = (0..INSTANCES)
         .map(|_| ServerProcess::start(&directory, &env))
         .collect();

@@ -132,6 +132,23 @@ impl Card {
     }
 }
 
+impl Card {
+    /// A card from its stored columns, when all are there.
+    pub fn from_columns(
+        brand: Option<String>,
+        last4: Option<String>,
+        exp_month: Option<i64>,
+        exp_year: Option<i64>,
+    ) -> Option<Card> {
+        Some(Card {
+            brand: brand?,
+            last4: last4?,
+            exp_month: exp_month?,
+            exp_year: exp_year?,
+        })
+    }
+}
+
 /// "card ending 4242", or "saved card" when Stripe has not said which.
 pub fn card_words(card: Option<&Card>) -> String {
     card.map_or_else(|| "saved card".to_string(), Card::ending)

@@ -56,7 +56,7 @@ impl FeedTicket {
 }
 
 /// The account in the path, if the token is for it.
-fn own_account(holder: &AccountHolder, path_id: i64) -> Result<AccountId, ApiError> {
+pub(crate) fn own_account(holder: &AccountHolder, path_id: i64) -> Result<AccountId, ApiError> {
     if holder.0 == AccountId(path_id) {
         Ok(holder.0)
     } else {

@@ -11,6 +11,7 @@ use sms_credit_actors::{AccountId, Money};
 
 use crate::auth::{AccountHolder, Admin};
 use crate::error::ApiError;
+use crate::routes::account::own_account;
 use crate::routes::checkout::billing;
 use crate::startup::AppState;
 
@@ -40,16 +41,6 @@ impl AutoTopUpChange {
             amount: self.amount_micros.map(Money::from_micros),
             monthly_cap: self.monthly_cap_micros.map(Money::from_micros),
         }
-    }
-}
-
-fn own_account(holder: &AccountHolder, path_id: i64) -> Result<AccountId, ApiError> {
-    if holder.0 == AccountId(path_id) {
-        Ok(holder.0)
-    } else {
-        Err(ApiError::NotFound(format!(
-            "account {path_id} does not exist"
-        )))
     }
 }
 

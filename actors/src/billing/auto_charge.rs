@@ -72,6 +72,24 @@ impl From<&AutoTopUpAttempt> for AttemptView {
     }
 }
 
+/// The account, and its setting (off with the defaults if never set).
+async fn account_and_setting(
+    store: &Store,
+    account_id: AccountId,
+) -> Result<(crate::accounts::Account, AutoTopUpSettings), BillingError> {
+    let account = store
+        .accounts()
+        .get(account_id)
+        .await?
+        .ok_or(BillingError::AccountNotFound(account_id))?;
+    let settings = store
+        .auto_top_up()
+        .auto_settings(account_id)
+        .await?
+        .unwrap_or_else(|| AutoTopUpSettings::off(account_id));
+    Ok((account, settings))
+}
+
 /// The account's setting, card, month and last attempts (also for the
 /// command line, which has no Stripe).
 pub async fn view(
@@ -79,16 +97,8 @@ pub async fn view(
     account_id: AccountId,
     now_ms: i64,
 ) -> Result<AutoTopUpView, BillingError> {
-    let account = store
-        .accounts()
-        .get(account_id)
-        .await?
-        .ok_or(BillingError::AccountNotFound(account_id))?;
+    let (account, settings) = account_and_setting(store, account_id).await?;
     let auto = store.auto_top_up();
-    let settings = auto
-        .auto_settings(account_id)
-        .await?
-        .unwrap_or_else(|| AutoTopUpSettings::off(account_id));
     let month_charged = auto.month_charged(account_id, month_key(now_ms)).await?;
     let attempts = auto.auto_top_ups_of(account_id, ATTEMPTS_SHOWN).await?;
     Ok(AutoTopUpView {
@@ -124,18 +134,9 @@ pub async fn change(
     via: ConsentVia,
     now_ms: i64,
 ) -> Result<(crate::accounts::Account, AutoTopUpSettings), BillingError> {
-    let account = store
-        .accounts()
-        .get(account_id)
-        .await?
-        .ok_or(BillingError::AccountNotFound(account_id))?;
-    let auto = store.auto_top_up();
-    let current = auto
-        .auto_settings(account_id)
-        .await?
-        .unwrap_or_else(|| AutoTopUpSettings::off(account_id));
+    let (account, current) = account_and_setting(store, account_id).await?;
     let checked = check_change(&current, &request, &account, via, now_ms)?;
-    let settings = auto.set_auto_settings(checked).await?;
+    let settings = store.auto_top_up().set_auto_settings(checked).await?;
     Ok((account, settings))
 }
 

@@ -39,7 +39,7 @@ pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
         seq: row.try_get(7)?,
         low_balance_warned_at_ms: row.try_get(8)?,
         stripe_payment_method_id: row.try_get(9)?,
-        card: card_from(
+        card: Card::from_columns(
             row.try_get(10)?,
             row.try_get(11)?,
             row.try_get(12)?,
@@ -349,19 +349,4 @@ impl InstanceStore for PostgresStore {
                 .collect()
         })
     }
-}
-
-/// The card columns, when all are there.
-fn card_from(
-    brand: Option<String>,
-    last4: Option<String>,
-    exp_month: Option<i64>,
-    exp_year: Option<i64>,
-) -> Option<Card> {
-    Some(Card {
-        brand: brand?,
-        last4: last4?,
-        exp_month: exp_month?,
-        exp_year: exp_year?,
-    })
 }

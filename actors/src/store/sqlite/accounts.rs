@@ -91,7 +91,7 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         seq: row.get(7)?,
         low_balance_warned_at_ms: row.get(8)?,
         stripe_payment_method_id: row.get(9)?,
-        card: card_from(row.get(10)?, row.get(11)?, row.get(12)?, row.get(13)?),
+        card: Card::from_columns(row.get(10)?, row.get(11)?, row.get(12)?, row.get(13)?),
     })
 }
 
@@ -312,19 +312,4 @@ impl TokenStore for SqliteStore {
             Ok(found.map(AccountId))
         })
     }
-}
-
-/// The card columns, when all are there.
-fn card_from(
-    brand: Option<String>,
-    last4: Option<String>,
-    exp_month: Option<i64>,
-    exp_year: Option<i64>,
-) -> Option<Card> {
-    Some(Card {
-        brand: brand?,
-        last4: last4?,
-        exp_month: exp_month?,
-        exp_year: exp_year?,
-    })
 }

@@ -501,8 +501,8 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the binary on the database in `directory` with `env` set,
-    /// and waits until it listens.
+    /// Starts the binary on the database in `directory` with `env` set (an
+    /// empty value: unset), and waits until it listens.
     pub fn start(directory: &TestDatabase, env: &[(&str, &str)]) -> ServerProcess {
         use std::io::BufRead;
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
@@ -516,8 +516,13 @@ impl ServerProcess {
             .env_remove("SMS_CREDIT_CONFIG")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
+        // An empty value leaves the variable unset (the admin token, say).
         for (name, value) in env {
-            command.env(name, value);
+            if value.is_empty() {
+                command.env_remove(name);
+            } else {
+                command.env(name, value);
+            }
         }
         let mut child = command.spawn().unwrap();
         let (sender, log) = std::sync::mpsc::channel::<String>();

@@ -281,3 +281,32 @@ async fn the_page_carries_the_services_name_escaped() {
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("SMS_CREDIT_SERVICE_NAME"));
 }
+
+on_both_stores!(a_feature_left_off_is_not_logged_as_an_error);
+async fn a_feature_left_off_is_not_logged_as_an_error() {
+    let directory = fresh_directory();
+    let mut server = ServerProcess::start(&directory, &[("SMS_CREDIT_ADMIN_TOKEN", "")]);
+    let app = TestApp::attach(&server, &directory);
+    for _ in 0..3 {
+        let (status, body) = app
+            .request("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN), None)
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "admin_not_configured");
+    }
+    assert!(Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    assert!(server.child.wait().unwrap().success());
+    let log: Vec<String> = server.log.iter().collect();
+    assert!(
+        log.iter().all(|line| !line.contains("ERROR")),
+        "the operator's choice is not an error:\n{}",
+        log.join("\n")
+    );
+    assert!(log
+        .iter()
+        .any(|line| line.contains("admin_api=off (set SMS_CREDIT_ADMIN_TOKEN)")));
+}

@@ -108,6 +108,7 @@ impl Browser {
         Page {
             connection,
             next_id: 1,
+            events: Vec::new(),
         }
     }
 }
@@ -116,6 +117,8 @@ impl Browser {
 struct Page {
     connection: Connection,
     next_id: u64,
+    /// The events DevTools sent meanwhile (network, log), oldest first.
+    events: Vec<Value>,
 }
 
 impl Page {
@@ -139,6 +142,9 @@ impl Page {
                     assert!(message.get("error").is_none(), "{method}: {message}");
                     return message["result"].clone();
                 }
+                if message.get("method").is_some() {
+                    self.events.push(message);
+                }
             }
         }
     }
@@ -158,8 +164,11 @@ impl Page {
         result["result"]["value"].clone()
     }
 
-    /// Opens the account page and waits until its sign-in form is there.
+    /// Opens the account page and waits until its sign-in form is there
+    /// (watching the network and the console from the start).
     async fn open(&mut self, url: &str) {
+        self.call("Network.enable", json!({})).await;
+        self.call("Log.enable", json!({})).await;
         self.call("Page.navigate", json!({ "url": url })).await;
         self.wait_for(
             "document.readyState === 'complete' && !!document.getElementById('token')",
@@ -223,6 +232,32 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         json!("· live"),
     )
     .await;
+    // Nothing the page asked for failed, and the console has no error
+    // (the refused token above is an expected 401).
+    let failed: Vec<&Value> = page
+        .events
+        .iter()
+        .filter(|event| {
+            event["method"] == "Network.responseReceived"
+                && event["params"]["response"]["status"].as_i64().unwrap_or(0) >= 400
+                && event["params"]["response"]["status"] != 401
+        })
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let errors: Vec<&Value> = page
+        .events
+        .iter()
+        .filter(|event| {
+            event["method"] == "Log.entryAdded"
+                && event["params"]["entry"]["level"] == "error"
+                && !event["params"]["entry"]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("401")
+        })
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+
     // Marks this page load: a reload would lose it.
     page.eval("window.sameLoad = 'yes'; true").await;
 

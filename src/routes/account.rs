@@ -30,6 +30,8 @@ pub struct HolderView {
     rate_micros_per_segment: Option<i64>,
     /// About how many one-segment messages the balance buys at that rate.
     messages_estimate: Option<i64>,
+    /// Whether payments (top-ups, auto top-up) are offered on this server.
+    payments_available: bool,
 }
 
 /// Ledger rows.
@@ -82,6 +84,7 @@ async fn view(state: &AppState, account_id: AccountId) -> Result<HttpResponse, A
         .filter(|rate| *rate > 0);
     Ok(HttpResponse::Ok().json(HolderView {
         rate_micros_per_segment: rate,
+        payments_available: state.billing.is_some(),
         messages_estimate: rate.map(|rate| account.balance.micros().max(0) / rate),
         id: account.id,
         phone: account.phone.as_str().to_string(),

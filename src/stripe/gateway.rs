@@ -24,6 +24,10 @@ use stripe_types::Currency;
 
 use crate::config::StripeSettings;
 
+/// How long one request to Stripe may take (Stripe's own libraries wait up
+/// to 80 s; a webhook or SMS reply cannot wait that long).
+const STRIPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Stripe's API through async-stripe.
 pub struct StripeGateway {
     client: Client,
@@ -31,8 +35,11 @@ pub struct StripeGateway {
 
 impl StripeGateway {
     pub fn new(settings: &StripeSettings) -> Result<StripeGateway, String> {
+        // A Stripe that does not answer is an error after this long, never
+        // a wait forever (a charge is then asked again with the same key).
         let client = ClientBuilder::new(settings.secret_key.expose())
             .url(format!("{}/", settings.api_base))
+            .timeout(STRIPE_TIMEOUT)
             .build()
             .map_err(|error| error.to_string())?;
         Ok(StripeGateway { client })

@@ -56,12 +56,13 @@ impl Clock for ManualClock {
     }
 }
 
-/// Formats Unix milliseconds as an RFC 3339 UTC timestamp
-/// (`2026-11-21T09:30:00.125Z`), for JSON and CSV.
-pub fn format_rfc3339_ms(unix_ms: i64) -> String {
-    let days = unix_ms.div_euclid(86_400_000);
-    let millis_of_day = unix_ms.rem_euclid(86_400_000);
-    // Civil-from-days, after Howard Hinnant's public-domain algorithm.
+/// Milliseconds in a day.
+pub const DAY_MS: i64 = 86_400_000;
+
+/// (year, month 1–12, day 1–31) of a count of days since 1970-01-01, in
+/// the proleptic Gregorian calendar (Howard Hinnant's public-domain
+/// civil-from-days).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let shifted = days + 719_468;
     let era = shifted.div_euclid(146_097);
     let day_of_era = shifted.rem_euclid(146_097);
@@ -76,6 +77,26 @@ pub fn format_rfc3339_ms(unix_ms: i64) -> String {
         month_index - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Days since 1970-01-01 of (year, month 1–12, day 1–31): the inverse of
+/// [`civil_from_days`].
+pub fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400);
+    let month_index = if month > 2 { month - 3 } else { month + 9 };
+    let day_of_year = (153 * month_index + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// Formats Unix milliseconds as an RFC 3339 UTC timestamp
+/// (`2026-11-21T09:30:00.125Z`), for JSON and CSV.
+pub fn format_rfc3339_ms(unix_ms: i64) -> String {
+    let (year, month, day) = civil_from_days(unix_ms.div_euclid(DAY_MS));
+    let millis_of_day = unix_ms.rem_euclid(DAY_MS);
     let hours = millis_of_day / 3_600_000;
     let minutes = millis_of_day / 60_000 % 60;
     let seconds = millis_of_day / 1000 % 60;
@@ -99,5 +120,19 @@ mod tests {
             "2026-11-21T09:30:00.125Z"
         );
         assert_eq!(format_rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn days_and_dates_convert_both_ways() {
+        for days in [-800_000, -1, 0, 59, 11_016, 20_513, 20_779, 2_000_000] {
+            let (year, month, day) = civil_from_days(days);
+            assert_eq!(
+                days_from_civil(year, month, day),
+                days,
+                "{year}-{month}-{day}"
+            );
+        }
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(days_from_civil(2026, 12, 1), 20_788);
     }
 }

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::accounts::{card_words, Account, AccountStatus, Card};
+use crate::clock::{civil_from_days, days_from_civil, DAY_MS};
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NewNotice, NoticeKind};
 use crate::money::Money;
@@ -375,37 +376,10 @@ pub fn check_change(
     })
 }
 
-/// Days since 1970-01-01 to (year, month), in the proleptic Gregorian
-/// calendar.
-fn year_month_of_days(days: i64) -> (i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1_460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month)
-}
-
-/// Days since 1970-01-01 of the first of (year, month).
-fn days_of_month_start(year: i64, month: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year.rem_euclid(400);
-    let mp = if month > 2 { month - 3 } else { month + 9 };
-    let day_of_year = (153 * mp + 2) / 5;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-const DAY_MS: i64 = 86_400_000;
-
 /// The UTC calendar month of a time: (year, month 1–12).
 pub fn year_month(now_ms: i64) -> (i64, i64) {
-    year_month_of_days(now_ms.div_euclid(DAY_MS))
+    let (year, month, _) = civil_from_days(now_ms.div_euclid(DAY_MS));
+    (year, month)
 }
 
 /// `YYYY-MM` of a time (UTC).
@@ -422,7 +396,7 @@ pub fn next_month_start_ms(now_ms: i64) -> i64 {
     } else {
         (year, month + 1)
     };
-    days_of_month_start(year, month) * DAY_MS
+    days_from_civil(year, month, 1) * DAY_MS
 }
 
 /// Per account with auto top-up on: the threshold, and whether an attempt

@@ -14,9 +14,14 @@ const ENTRY_COLUMNS: &str =
     "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at";
 
 fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
-    let account_id = AccountId(row.try_get(0)?);
-    let seq: i64 = row.try_get(1)?;
-    let kind_text: String = row.try_get(2)?;
+    entry_from_columns(row, 0)
+}
+
+/// A ledger row read from the `ENTRY_COLUMNS` that start at column `first`.
+fn entry_from_columns(row: &Row, first: usize) -> Result<LedgerEntry, StoreError> {
+    let account_id = AccountId(row.try_get(first)?);
+    let seq: i64 = row.try_get(first + 1)?;
+    let kind_text: String = row.try_get(first + 2)?;
     let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
         StoreError::UnknownValue(UnknownValue::new(
             "transactions",
@@ -29,12 +34,12 @@ fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
         account_id,
         seq,
         kind,
-        amount: Money::from_micros(row.try_get(3)?),
-        balance_after: Money::from_micros(row.try_get(4)?),
-        idempotency_key: row.try_get(5)?,
-        order_id: row.try_get(6)?,
-        description: row.try_get(7)?,
-        created_at_ms: row.try_get(8)?,
+        amount: Money::from_micros(row.try_get(first + 3)?),
+        balance_after: Money::from_micros(row.try_get(first + 4)?),
+        idempotency_key: row.try_get(first + 5)?,
+        order_id: row.try_get(first + 6)?,
+        description: row.try_get(first + 7)?,
+        created_at_ms: row.try_get(first + 8)?,
     })
 }
 
@@ -227,28 +232,7 @@ impl LedgerStore for PostgresStore {
                 if row.try_get::<_, Option<i64>>(3)?.is_none() {
                     continue;
                 }
-                let account_id = AccountId(row.try_get(3)?);
-                let seq: i64 = row.try_get(4)?;
-                let kind_text: String = row.try_get(5)?;
-                let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
-                    StoreError::UnknownValue(UnknownValue::new(
-                        "transactions",
-                        format!("account {account_id} seq {seq}"),
-                        "type",
-                        kind_text,
-                    ))
-                })?;
-                found.push(LedgerEntry {
-                    account_id,
-                    seq,
-                    kind,
-                    amount: Money::from_micros(row.try_get(6)?),
-                    balance_after: Money::from_micros(row.try_get(7)?),
-                    idempotency_key: row.try_get(8)?,
-                    order_id: row.try_get(9)?,
-                    description: row.try_get(10)?,
-                    created_at_ms: row.try_get(11)?,
-                });
+                found.push(entry_from_columns(row, 3)?);
             }
             Ok((Some(snapshot), found))
         })

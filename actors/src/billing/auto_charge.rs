@@ -16,7 +16,6 @@ use super::BillingError;
 use crate::accounts::Card;
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NoticeKind};
-use crate::money::Money;
 use crate::store::Store;
 
 /// Attempts charged per round.
@@ -518,18 +517,5 @@ impl Billing {
             }
         }
         Ok(started)
-    }
-
-    /// This month's auto top-ups of an account so far.
-    pub async fn month_charged(
-        &self,
-        account_id: AccountId,
-        now_ms: i64,
-    ) -> Result<Money, BillingError> {
-        Ok(self
-            .store
-            .auto_top_up()
-            .month_charged(account_id, month_key(now_ms))
-            .await?)
     }
 }

@@ -368,7 +368,7 @@ impl Billing {
                 amount,
             } => {
                 let receipt = self
-                    .credit_payment(account_id, order_id, &payment_intent_id, amount, now_ms)
+                    .credit_payment(&order, &payment_intent_id, amount, now_ms)
                     .await?;
                 Ok(ChargeResult::Credited {
                     receipt,
@@ -471,12 +471,12 @@ impl Billing {
     /// once per PaymentIntent.
     pub async fn credit_payment(
         &self,
-        account_id: AccountId,
-        order_id: i64,
+        order: &Order,
         payment_intent_id: &str,
         amount: Money,
         now_ms: i64,
     ) -> Result<Receipt, BillingError> {
+        let (account_id, order_id) = (order.account_id, order.id);
         self.store
             .billing()
             .complete_order(OrderCompletion {
@@ -490,18 +490,15 @@ impl Billing {
             .await?;
         let idempotency_key = IdempotencyKey::stripe_payment(payment_intent_id)
             .map_err(|_| super::events::invalid_id("PaymentIntent", payment_intent_id))?;
+        let description = match order.order_type {
+            OrderType::AutoTopUp => "auto top-up by saved card",
+            _ => "top-up by saved card",
+        };
         let credit = Credit {
             amount,
             idempotency_key,
-            description: "top-up by saved card".to_string(),
+            description: description.to_string(),
             order_id: Some(order_id),
-        };
-        let credit = match self.store.billing().order(order_id).await? {
-            Some(order) if order.order_type == OrderType::AutoTopUp => Credit {
-                description: "auto top-up by saved card".to_string(),
-                ..credit
-            },
-            _ => credit,
         };
         Ok(self.registry.send(account_id, credit).await?)
     }

@@ -547,8 +547,7 @@ impl Billing {
                 };
                 let receipt = self
                     .credit_payment(
-                        order.account_id,
-                        order.id,
+                        &order,
                         payment_intent_id,
                         cents(*amount_received_cents)?,
                         now_ms,

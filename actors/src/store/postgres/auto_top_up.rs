@@ -5,6 +5,7 @@
 
 use tokio_postgres::{GenericClient, Row};
 
+use super::writer::INSERT_NOTICES;
 use super::{boxed, PostgresStore};
 use crate::billing::auto_top_up::{
     AfterAttempt, AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, Consent,
@@ -181,19 +182,20 @@ async fn begin(
     })
 }
 
+/// Queues a notice (once per dedupe key) in the write's transaction, with
+/// the ledger path's statement.
 async fn queue(client: &impl GenericClient, notice: &NewNotice) -> Result<(), StoreError> {
     let payload = serde_json::to_string(&notice.kind)
         .map_err(|error| StoreError::Database(format!("notice payload: {error}")))?;
     client
         .execute(
-            "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at)
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (dedupe_key) DO NOTHING",
+            INSERT_NOTICES,
             &[
-                &notice.account_id.0,
-                &notice.kind.as_str(),
-                &notice.dedupe_key,
-                &payload,
-                &notice.created_at_ms,
+                &[notice.account_id.0].as_slice(),
+                &[notice.kind.as_str()].as_slice(),
+                &[notice.dedupe_key.as_str()].as_slice(),
+                &[payload.as_str()].as_slice(),
+                &[notice.created_at_ms].as_slice(),
             ],
         )
         .await?;

@@ -59,7 +59,10 @@ const INSERT_ROWS: &str = "INSERT INTO transactions (account_id, seq, type, amou
                           idempotency_key, order_id, description, created_at)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
                      $6::text[], $7::bigint[], $8::text[], $9::bigint[])";
-const INSERT_NOTICES: &str = "INSERT INTO notices (account_id, kind, dedupe_key, payload, state,
+/// Notices in columns (also used, one at a time, by writes that queue a
+/// notice outside the ledger path).
+pub(super) const INSERT_NOTICES: &str =
+    "INSERT INTO notices (account_id, kind, dedupe_key, payload, state,
                      next_attempt_at, created_at)
 SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at
   FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])

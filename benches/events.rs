@@ -141,13 +141,14 @@ fn main() {
     let options = options();
     let directory = tempfile::tempdir().unwrap();
     let mut settings = Settings::local(directory.path().join("events.db"));
-    settings.public_url = Some("https://sms.example.com".into());
+    settings.server.public_url = Some("https://sms.example.com".into());
     settings.stripe = Some(StripeSettings {
         secret_key: Secret::new("sk_test_bench"),
         webhook_secret: Secret::new("whsec_bench"),
         // Never called: applying events needs no call to Stripe.
         api_base: "http://127.0.0.1:9".into(),
         allow_promotion_codes: false,
+        included_credit: sms_credit_actors::Money::ZERO,
     });
     actix_rt::System::new().block_on(async move {
         let core = Core::start(&settings, Arc::new(SystemClock)).unwrap();

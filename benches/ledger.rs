@@ -219,8 +219,8 @@ fn actor_debits(options: &Options, instances: usize) -> Run {
     let database = fresh(options, &format!("actors{instances}"));
     seed(&database, options.accounts, 1_000_000_000);
     let mut settings = Settings::local("unused.db");
-    settings.database = database.location.clone();
-    settings.actor_threads = options.actor_threads;
+    settings.database.location = database.location.clone();
+    settings.server.actor_threads = options.actor_threads;
 
     actix_rt::System::new().block_on(async move {
         let cores: Vec<Core> = (0..instances)
@@ -477,7 +477,7 @@ fn staleness(options: &Options) -> (u32, u32, u32) {
     let database = fresh(options, "stale");
     seed(&database, 100, 1_000_000_000);
     let mut settings = Settings::local("unused.db");
-    settings.database = database.location.clone();
+    settings.database.location = database.location.clone();
     actix_rt::System::new().block_on(async move {
         let writer = Core::start(&settings, Arc::new(SystemClock)).unwrap();
         let reader = Core::start(&settings, Arc::new(SystemClock)).unwrap();

@@ -40,7 +40,7 @@ impl FromRequest for HostApplication {
 
 fn check_host_application(request: &HttpRequest) -> Result<HostApplication, ApiError> {
     let state = app_state(request)?;
-    let Some(expected) = &state.settings.api_key else {
+    let Some(expected) = &state.settings.access.api_key else {
         return Err(ApiError::NotConfigured {
             code: "api_key_not_configured",
             message:
@@ -88,7 +88,7 @@ impl FromRequest for Admin {
 
 fn check_admin(request: &HttpRequest) -> Result<Admin, ApiError> {
     let state = app_state(request)?;
-    let Some(expected) = &state.settings.admin_token else {
+    let Some(expected) = &state.settings.access.admin_token else {
         return Err(ApiError::NotConfigured {
             code: "admin_not_configured",
             message: "the admin API is not configured on this server (set SMS_CREDIT_ADMIN_TOKEN)",
@@ -117,7 +117,7 @@ impl FromRequest for MetricsReader {
 
 fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError> {
     let state = app_state(request)?;
-    let Some(expected) = &state.settings.metrics_token else {
+    let Some(expected) = &state.settings.access.metrics_token else {
         return Err(ApiError::NotConfigured {
             code: "metrics_not_configured",
             message: "metrics are not published on this address (set SMS_CREDIT_METRICS_TOKEN, or SMS_CREDIT_METRICS_BIND for an address of their own)",

@@ -14,7 +14,7 @@ use sms_credit_actors::messaging::{Messaging, MessagingSettings};
 use sms_credit_actors::supervisor::{SmsContext, SmsSupervisor, StripeSupervisor};
 use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSettings};
 
-use crate::config::Settings;
+use crate::config::{Settings, StripeSettings};
 use crate::error;
 use crate::feed::Tickets;
 use crate::routes;
@@ -39,15 +39,15 @@ pub struct Core {
 impl Core {
     /// Opens the store and starts the actors. Must run inside an actix system.
     pub fn start(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Core, StoreError> {
-        let store = Store::open(&StoreSettings::new(settings.database.clone()))?;
+        let store = Store::open(&StoreSettings::new(settings.database.location.clone()))?;
         sms_credit_actors::phone::warm_up();
-        let arbiters: Vec<Arbiter> = (0..settings.actor_threads)
+        let arbiters: Vec<Arbiter> = (0..settings.server.actor_threads)
             .map(|_| Arbiter::new())
             .collect();
         let account_settings = AccountSettings {
-            passivate_after: settings.passivate_after,
-            low_balance_threshold: settings.low_balance_threshold,
-            low_balance_cooldown: settings.low_balance_cooldown,
+            passivate_after: settings.server.passivate_after,
+            low_balance_threshold: settings.messages.low_balance_threshold,
+            low_balance_cooldown: settings.messages.low_balance_cooldown,
             ..AccountSettings::default()
         };
         let registry = Registry::new(
@@ -66,7 +66,7 @@ impl Core {
                     store: store.clone(),
                     registry: registry.clone(),
                     gateway: Arc::new(gateway),
-                    settings: Arc::new(billing_settings(settings, stripe.allow_promotion_codes)),
+                    settings: Arc::new(billing_settings(settings, stripe)),
                     last_expiry_check_ms: Default::default(),
                 })
             }
@@ -77,6 +77,7 @@ impl Core {
                 let client = TwilioClient::new(
                     twilio,
                     settings
+                        .server
                         .public_url
                         .as_ref()
                         .map(|url| format!("{url}/webhooks/twilio/status")),
@@ -88,10 +89,10 @@ impl Core {
                 Some(Messaging {
                     store: store.clone(),
                     registry: registry.clone(),
-                    rates: Arc::clone(&settings.rates),
+                    rates: Arc::clone(&settings.messages.rates),
                     sender: Arc::new(client),
                     settings: Arc::new(MessagingSettings {
-                        price_check_delay: settings.reconcile_delay,
+                        price_check_delay: settings.messages.reconcile_delay,
                         web_link: settings.web_link(),
                     }),
                 })
@@ -101,7 +102,7 @@ impl Core {
         let sms_context = SmsContext {
             store: store.clone(),
             registry: registry.clone(),
-            rates: Arc::clone(&settings.rates),
+            rates: Arc::clone(&settings.messages.rates),
             billing: billing.clone(),
             messaging: messaging.clone(),
             web_link: settings.web_link(),
@@ -138,13 +139,13 @@ impl Core {
 }
 
 /// Where Checkout sends customers, and what access and top-ups are worth.
-fn billing_settings(settings: &Settings, allow_promotion_codes: bool) -> BillingSettings {
+fn billing_settings(settings: &Settings, stripe: &StripeSettings) -> BillingSettings {
     let base = settings.public_base_url();
     BillingSettings {
         success_url: format!("{base}/checkout/success?session_id={{CHECKOUT_SESSION_ID}}"),
         cancel_url: format!("{base}/checkout/cancel"),
-        allow_promotion_codes,
-        included_credit: settings.included_credit,
+        allow_promotion_codes: stripe.allow_promotion_codes,
+        included_credit: stripe.included_credit,
         auto_top_up: settings.auto_top_up.clone(),
     }
 }
@@ -299,6 +300,7 @@ impl StartSummary {
         let page = format!(
             "{}/account",
             settings
+                .server
                 .public_url
                 .clone()
                 .unwrap_or_else(|| address.clone())
@@ -310,7 +312,10 @@ impl StartSummary {
                 format!("{name}=off (set {variable})")
             }
         };
-        let metrics = match (&settings.metrics_bind, &settings.metrics_token) {
+        let metrics = match (
+            &settings.access.metrics_bind,
+            &settings.access.metrics_token,
+        ) {
             (Some(bind), _) => format!("metrics=on at {bind}"),
             (None, Some(_)) => "metrics=on (with the token)".to_string(),
             (None, None) => on_off(
@@ -321,15 +326,19 @@ impl StartSummary {
         };
         StartSummary {
             address,
-            database: settings.database.to_string(),
+            database: settings.database.location.to_string(),
             page,
             features: vec![
                 on_off(
                     "admin_api",
-                    settings.admin_token.is_some(),
+                    settings.access.admin_token.is_some(),
                     "SMS_CREDIT_ADMIN_TOKEN",
                 ),
-                on_off("host_api", settings.api_key.is_some(), "SMS_CREDIT_API_KEY"),
+                on_off(
+                    "host_api",
+                    settings.access.api_key.is_some(),
+                    "SMS_CREDIT_API_KEY",
+                ),
                 on_off(
                     "stripe",
                     settings.stripe.is_some(),
@@ -456,7 +465,7 @@ impl Application {
         let port = local.port();
         let summary = StartSummary::of(&settings, local);
         // Bound before anything starts, so that a taken address stops the start.
-        let metrics_listener = match &settings.metrics_bind {
+        let metrics_listener = match &settings.access.metrics_bind {
             Some(address) => Some(TcpListener::bind(address).map_err(|error| {
                 std::io::Error::other(format!(
                     "cannot listen on SMS_CREDIT_METRICS_BIND {address}: {error}"
@@ -465,7 +474,7 @@ impl Application {
             None => None,
         };
         let core = Core::start(&settings, Arc::clone(&clock)).map_err(std::io::Error::other)?;
-        let http_workers = settings.http_workers;
+        let http_workers = settings.server.http_workers;
         let (stopping, stopping_receiver) = tokio::sync::watch::channel(false);
         let stopping = Arc::new(stopping);
         let state = web::Data::new(AppState {
@@ -485,7 +494,7 @@ impl Application {
             core.store.clone(),
             core.messaging.clone(),
             Arc::clone(&clock),
-            state.settings.instance_timeout,
+            state.settings.database.instance_timeout,
         );
         if let Some(messaging) = core.messaging.clone() {
             start_notice_worker(messaging.clone(), Arc::clone(&clock));

@@ -288,7 +288,7 @@ on_both_stores!(without_an_admin_token_the_admin_api_is_not_configured);
 async fn without_an_admin_token_the_admin_api_is_not_configured() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
-    settings.admin_token = None;
+    settings.access.admin_token = None;
     let app = TestApp::spawn_with(directory, settings).await;
     let (status, answer) = app
         .request("GET", "/v1/admin/accounts/1", Some("anything"), None)

@@ -399,3 +399,193 @@ fn each_command_shows_its_own_options_first_and_only_what_it_uses() {
     let list = help(&["accounts", "list"]);
     assert!(list.contains("Only accounts whose phone"), "{list}");
 }
+
+/// The configuration view as `sms-credit config --json` prints it, by key:
+/// (value, source).
+fn config_view(
+    arguments: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Output,
+    std::collections::BTreeMap<String, (serde_json::Value, String)>,
+) {
+    let mut process = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
+    process.arg("config").arg("--json").args(arguments);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SMS_CREDIT_") {
+            process.env_remove(name);
+        }
+    }
+    for (name, value) in env {
+        process.env(name, value);
+    }
+    let output = process.output().unwrap();
+    let view: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+    let settings = view["settings"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|setting| {
+            let key = setting["key"].as_str().unwrap_or_default().to_string();
+            let source = setting["source"].as_str().unwrap_or_default().to_string();
+            (key, (setting["value"].clone(), source))
+        })
+        .collect();
+    (output, settings)
+}
+
+#[test]
+fn config_shows_each_setting_its_value_and_where_it_came_from() {
+    let directory = fresh_directory();
+    let file = directory.path().join("sms-credit.toml");
+    std::fs::write(
+        &file,
+        "feed_queue = 512\nbind = \"127.0.0.1:9000\"\nservice_name = \"Trail forecasts\"\n",
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let (output, view) = config_view(
+        &["--bind", "127.0.0.1:9100"],
+        &[
+            ("SMS_CREDIT_CONFIG", file),
+            ("SMS_CREDIT_SERVICE_NAME", "Peak forecasts"),
+            ("SMS_CREDIT_ADMIN_TOKEN", "hunter2hunter2hunter2"),
+            (
+                "SMS_CREDIT_DATABASE",
+                "postgres://billing:hunter2secret@db.internal/sms",
+            ),
+        ],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let text = stdout(&output);
+    assert!(!text.contains("hunter2"), "{text}");
+    let flag = "flag".to_string();
+    assert_eq!(view["bind"], (serde_json::json!("127.0.0.1:9100"), flag));
+    assert_eq!(
+        view["feed_queue"],
+        (serde_json::json!("512"), format!("file: {file}"))
+    );
+    assert_eq!(
+        view["service_name"],
+        (
+            serde_json::json!("Peak forecasts"),
+            "environment".to_string()
+        )
+    );
+    assert_eq!(view["admin_token"].0, serde_json::json!("***"));
+    assert_eq!(
+        view["api_key"],
+        (serde_json::Value::Null, "default".to_string())
+    );
+    assert_eq!(
+        view["feed_heartbeat_secs"],
+        (serde_json::json!("15"), "default".to_string())
+    );
+    let database = view["database"].0.as_str().unwrap_or_default();
+    assert!(
+        database.starts_with("postgres://billing:") && database.contains("db.internal"),
+        "{database}"
+    );
+    assert_eq!(view.len(), sms_credit::config::SETTINGS.len());
+
+    // People's output: one line a setting, under its section.
+    let people = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["config", "--feed-queue", "64"])
+        .env_remove("SMS_CREDIT_CONFIG")
+        .env_remove("SMS_CREDIT_FEED_QUEUE")
+        .output()
+        .unwrap();
+    let people = stdout(&people);
+    let line = people
+        .lines()
+        .find(|line| line.starts_with("feed_queue "))
+        .unwrap_or_default();
+    assert!(
+        line.contains(" 64 ") && line.contains(" flag ") && line.ends_with("SMS_CREDIT_FEED_QUEUE"),
+        "{people}"
+    );
+    assert!(people.contains("# Balance feed"), "{people}");
+}
+
+#[test]
+fn config_prints_then_names_the_mistake() {
+    let directory = fresh_directory();
+    let file = directory.path().join("bad.toml");
+    std::fs::write(&file, "feed_queue = \"lots\"\n").unwrap();
+    let file = file.to_str().unwrap();
+    let (output, view) = config_view(&[], &[("SMS_CREDIT_CONFIG", file)]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(view["feed_queue"].0, serde_json::json!("lots"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "feed_queue in the config file {file}: 'lots' is not a whole number"
+        )),
+        "{stderr}"
+    );
+    // The same mistake stops the server, named the same way.
+    let serve = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["serve", "--config", file, "--bind", "127.0.0.1:0"])
+        .env_remove("SMS_CREDIT_FEED_QUEUE")
+        .output()
+        .unwrap();
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("feed_queue in the config file"));
+
+    std::fs::write(directory.path().join("unknown.toml"), "feed_queues = 5\n").unwrap();
+    let unknown = directory.path().join("unknown.toml");
+    let (output, _) = config_view(&["--config", unknown.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown key 'feed_queues'"));
+}
+
+/// The variables named in the first column of the README's configuration table.
+fn readme_variables() -> std::collections::BTreeSet<String> {
+    let readme = include_str!("../README.md");
+    let section = readme
+        .split("\n## Configuration\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .unwrap_or_default();
+    section
+        .lines()
+        .filter(|line| line.starts_with("| `SMS_CREDIT_"))
+        .filter_map(|line| line.split('`').nth(1))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_setting_is_in_help_and_in_the_readme_and_nothing_else_is() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = stdout(&output);
+    let documented = readme_variables();
+    let mut settings = std::collections::BTreeSet::from(["SMS_CREDIT_CONFIG".to_string()]);
+    for setting in sms_credit::config::SETTINGS {
+        let variable = setting.variable();
+        assert!(
+            help.contains(&setting.flag()),
+            "{} not in --help:\n{help}",
+            setting.flag()
+        );
+        assert!(
+            help.contains(&format!("[env: {variable}")),
+            "{variable} not in --help:\n{help}"
+        );
+        assert!(
+            documented.contains(&variable),
+            "{variable} is not in the README's table"
+        );
+        settings.insert(variable);
+    }
+    assert!(help.contains("[env: SMS_CREDIT_CONFIG"), "{help}");
+    let stray: Vec<_> = documented.difference(&settings).collect();
+    assert!(
+        stray.is_empty(),
+        "the README's table names variables that are not settings: {stray:?}"
+    );
+}

@@ -339,7 +339,7 @@ on_both_stores!(the_feed_pings_and_drops_a_silent_client);
 async fn the_feed_pings_and_drops_a_silent_client() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
-    settings.feed_heartbeat = Duration::from_millis(200);
+    settings.feed.heartbeat = Duration::from_millis(200);
     let app = TestApp::spawn_with(directory, settings).await;
     let (id, token) = account_with_token(&app, "+14155553400").await;
     let mut feed = open(

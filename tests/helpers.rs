@@ -35,10 +35,10 @@ pub fn fresh_directory() -> TestDatabase {
 /// Settings for a test server: admin token set, nothing else configured.
 pub fn test_settings(directory: &TestDatabase) -> Settings {
     let mut settings = Settings::local(directory.path().join("unused.db"));
-    settings.database = directory.location();
-    settings.admin_token = Some(sms_credit::config::Secret::new(ADMIN_TOKEN));
-    settings.actor_threads = 2;
-    settings.http_workers = 2;
+    settings.database.location = directory.location();
+    settings.access.admin_token = Some(sms_credit::config::Secret::new(ADMIN_TOKEN));
+    settings.server.actor_threads = 2;
+    settings.server.http_workers = 2;
     settings
 }
 
@@ -50,9 +50,9 @@ pub fn stripe_settings(directory: &TestDatabase, stripe_base: &str) -> Settings 
         webhook_secret: sms_credit::config::Secret::new(crate::fake_stripe::WEBHOOK_SECRET),
         api_base: stripe_base.to_string(),
         allow_promotion_codes: false,
+        included_credit: sms_credit_actors::Money::from_micros(5_000_000),
     });
-    settings.public_url = Some("https://sms.example.com".to_string());
-    settings.included_credit = sms_credit_actors::Money::from_micros(5_000_000);
+    settings.server.public_url = Some("https://sms.example.com".to_string());
     settings
 }
 
@@ -66,8 +66,8 @@ pub fn with_twilio(mut settings: Settings, twilio_base: &str) -> Settings {
         from: Some(crate::fake_twilio::FROM.to_string()),
         api_base: twilio_base.to_string(),
     });
-    settings.api_key = Some(sms_credit::config::Secret::new(API_KEY));
-    settings.public_url = Some("https://sms.example.com".to_string());
+    settings.access.api_key = Some(sms_credit::config::Secret::new(API_KEY));
+    settings.server.public_url = Some("https://sms.example.com".to_string());
     settings
 }
 
@@ -442,7 +442,7 @@ impl TestApp {
 /// Starts the core alone (no HTTP) on a database, for actor-level tests.
 pub fn start_core(directory: &TestDatabase, passivate_after: std::time::Duration) -> Core {
     let mut settings = test_settings(directory);
-    settings.passivate_after = passivate_after;
+    settings.server.passivate_after = passivate_after;
     Core::start(&settings, Arc::new(ManualClock::new(1_795_253_400_000))).unwrap()
 }
 

@@ -37,7 +37,7 @@ on_both_stores!(a_metrics_address_of_its_own_serves_them_without_a_token);
 async fn a_metrics_address_of_its_own_serves_them_without_a_token() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
-    settings.metrics_bind = Some("127.0.0.1:0".to_string());
+    settings.access.metrics_bind = Some("127.0.0.1:0".to_string());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let application = sms_credit::startup::Application::build(settings, listener).unwrap();
     let main = format!("http://127.0.0.1:{}", application.port());
@@ -259,7 +259,7 @@ async fn ctrl_c_stops_gracefully_and_feeds_are_told_where_to_resume() {
 async fn the_page_carries_the_services_name_escaped() {
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
-    settings.service_name = "Trail <Forecasts> & Co".to_string();
+    settings.server.service_name = "Trail <Forecasts> & Co".to_string();
     let app = TestApp::spawn_with(directory, settings).await;
     let mut response = app.client.get(app.url("/account")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);

@@ -18,7 +18,8 @@ async fn a_lost_database_answers_503_and_the_server_reconnects_by_itself() {
     let directory = TestDatabase::of(StoreKind::Postgres);
     let mut proxy = CuttableProxy::start(directory.postgres_address());
     let mut settings = test_settings(&directory);
-    settings.database = DatabaseLocation::parse(&directory.url_through(proxy.port)).unwrap();
+    settings.database.location =
+        DatabaseLocation::parse(&directory.url_through(proxy.port)).unwrap();
     let app = TestApp::spawn_with(directory, settings).await;
     let account = app.create_account("+14155550970").await;
     let (status, before) = app.post_adjustment(account, 5_000_000, "before").await;

@@ -121,7 +121,7 @@ async fn a_configured_rate_file_replaces_the_table_and_may_alias_regions() {
     )
     .unwrap();
     let mut settings = test_settings(&directory);
-    settings.rates =
+    settings.messages.rates =
         std::sync::Arc::new(sms_credit_actors::rating::RateTable::load(&rates).unwrap());
     let app = TestApp::spawn_with(directory, settings).await;
     let (status, quoted) = post_quote(&app, json!({"to": "+447911123456", "body": "hi"})).await;

@@ -55,7 +55,7 @@ async fn without_twilio_the_sms_features_are_not_configured() {
     }
     let directory = fresh_directory();
     let mut settings = test_settings(&directory);
-    settings.api_key = Some(sms_credit::config::Secret::new(crate::helpers::API_KEY));
+    settings.access.api_key = Some(sms_credit::config::Secret::new(crate::helpers::API_KEY));
     let app = TestApp::spawn_with(directory, settings).await;
     let (status, body) = app
         .post_message(json!({"to": "+14155551234", "body": "hi", "idempotency_key": "k"}))

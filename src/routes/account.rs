@@ -79,7 +79,7 @@ async fn view(state: &AppState, account_id: AccountId) -> Result<HttpResponse, A
     let rate = account
         .phone
         .country()
-        .and_then(|country| state.settings.rates.rate_for(country))
+        .and_then(|country| state.settings.messages.rates.rate_for(country))
         .map(|rate| rate.customer_rate.micros())
         .filter(|rate| *rate > 0);
     Ok(HttpResponse::Ok().json(HolderView {

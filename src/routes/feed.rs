@@ -52,7 +52,7 @@ async fn caller(
     }
     let presented = protocol_token(request).or_else(|| bearer_token(request).map(str::to_string));
     let presented = presented.ok_or(ApiError::Unauthorized)?;
-    if let Some(admin_token) = &state.settings.admin_token {
+    if let Some(admin_token) = &state.settings.access.admin_token {
         if constant_time_eq(presented.as_bytes(), admin_token.expose().as_bytes()) {
             return Ok(FeedScope::Admin);
         }
@@ -81,8 +81,8 @@ fn start_session(
         scope,
         since,
         store: state.store.clone(),
-        heartbeat: state.settings.feed_heartbeat,
-        queue: state.settings.feed_queue,
+        heartbeat: state.settings.feed.heartbeat,
+        queue: state.settings.feed.queue,
         stopping: state.stopping.clone(),
     };
     actix_rt::spawn(feed::run(start, session, incoming));

@@ -25,7 +25,7 @@ fn escape_html(text: &str) -> String {
 pub async fn account_page(state: web::Data<AppState>) -> HttpResponse {
     let page = ACCOUNT_PAGE.replace(
         "{{SERVICE_NAME}}",
-        &escape_html(&state.settings.service_name),
+        &escape_html(&state.settings.server.service_name),
     );
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

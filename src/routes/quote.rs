@@ -34,7 +34,7 @@ pub async fn create(
             body: &request.body,
             smart_encoding: request.smart_encoding,
         },
-        &state.settings.rates,
+        &state.settings.messages.rates,
     )?;
     Ok(HttpResponse::Ok().json(quoted))
 }

@@ -1,0 +1,74 @@
+//! `sms-credit accounts adjust`: a signed adjustment through the account's
+//! actor, once per idempotency key.
+
+use clap::Args;
+use serde_json::json;
+use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
+
+use crate::cli::output::{print_json, with_core};
+use crate::config::Settings;
+
+#[derive(Args, Debug)]
+pub struct AdjustCommand {
+    /// The account.
+    id: i64,
+    /// Dollars to add (negative to take away), e.g. 5 or -1.50.
+    #[arg(long, allow_hyphen_values = true)]
+    amount: String,
+    /// Why: kept in the ledger row's description.
+    #[arg(long)]
+    reason: String,
+    /// Names this adjustment so that running the command again does not apply it twice.
+    #[arg(long)]
+    idempotency_key: String,
+    /// Print JSON (for programs) instead of a summary for people.
+    #[arg(long)]
+    json: bool,
+}
+
+impl AdjustCommand {
+    pub fn run(self, settings: &Settings) -> Result<(), String> {
+        let adjustment = Adjust {
+            amount: Money::parse_dollars(&self.amount).map_err(|error| error.to_string())?,
+            idempotency_key: IdempotencyKey::from_caller(&self.idempotency_key)
+                .map_err(|error| error.to_string())?,
+            reason: self.reason,
+        };
+        let (id, as_json) = (self.id, self.json);
+        with_core(settings, |core| async move {
+            let receipt = core
+                .registry
+                .send(AccountId(id), adjustment)
+                .await
+                .map_err(|error| error.to_string())?;
+            if as_json {
+                return print_json(&json!({
+                    "seq": receipt.entry.seq,
+                    "amount_micros": receipt.entry.amount.micros(),
+                    "balance_after_micros": receipt.entry.balance_after.micros(),
+                    "replayed": receipt.replayed,
+                }));
+            }
+            print_receipt(id, &receipt);
+            Ok(())
+        })
+    }
+}
+
+fn print_receipt(id: i64, receipt: &Receipt) {
+    println!(
+        "account {id}: {} (ledger #{}), balance {}{}",
+        if receipt.entry.amount.is_positive() {
+            format!("+{}", receipt.entry.amount)
+        } else {
+            receipt.entry.amount.to_string()
+        },
+        receipt.entry.seq,
+        receipt.entry.balance_after,
+        if receipt.replayed {
+            " (already applied: nothing changed)"
+        } else {
+            ""
+        }
+    );
+}

@@ -1,0 +1,67 @@
+//! `sms-credit accounts show`: an account, its balance and its newest rows.
+
+use clap::Args;
+use serde_json::json;
+use sms_credit_actors::clock::format_rfc3339_ms;
+use sms_credit_actors::AccountId;
+
+use crate::cli::output::{print_json, with_store};
+use crate::config::Settings;
+
+#[derive(Args, Debug)]
+pub struct ShowCommand {
+    /// The account.
+    id: i64,
+    /// How many of the newest ledger rows to show.
+    #[arg(long, default_value_t = 20)]
+    transactions: i64,
+    /// Print JSON (for programs) instead of a summary for people.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ShowCommand {
+    pub fn run(self, settings: &Settings) -> Result<(), String> {
+        let (id, account_id) = (self.id, AccountId(self.id));
+        let rows = self.transactions.clamp(0, 10_000);
+        let (account, entries) = with_store(settings, |store| async move {
+            let account = store
+                .accounts()
+                .get(account_id)
+                .await
+                .map_err(|error| error.to_string())?
+                .ok_or_else(|| format!("account {id} does not exist"))?;
+            let entries = store
+                .ledger()
+                .latest_entries(account_id, rows)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok((account, entries))
+        })?;
+        if self.json {
+            return print_json(&json!({"account": account, "transactions": entries}));
+        }
+        println!(
+            "account {} {} ({}) balance {} ({} micro-dollars) seq {}",
+            account.id,
+            account.phone,
+            account.status.as_str(),
+            account.balance,
+            account.balance.micros(),
+            account.seq
+        );
+        for entry in entries.iter().rev() {
+            println!(
+                "  #{:<6} {} {:<10} {:>14} -> {:>14}  {}  [{}]",
+                entry.seq,
+                format_rfc3339_ms(entry.created_at_ms),
+                entry.kind.as_str(),
+                entry.amount.micros(),
+                entry.balance_after.micros(),
+                entry.description,
+                entry.idempotency_key
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,140 @@
+//! The command line: `serve` (the default), `config`, `verify`, and the
+//! commands that work on the database through the same core as the
+//! server. One file per command; `output` holds what they share.
+
+mod accounts;
+mod config;
+mod copy;
+mod discount_codes;
+mod migrate;
+mod output;
+mod pricing;
+mod quote;
+mod reconcile;
+mod serve;
+mod stripe_events;
+mod verify;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{GlobalOptions, Options, Settings, Values};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "sms-credit",
+    version,
+    about = "Sells and spends prepaid SMS credit."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalOptions,
+    /// The server's options, when `serve` is left out.
+    #[command(flatten)]
+    pub options: Options,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the HTTP server (the default).
+    Serve(serve::ServeCommand),
+    /// Print every setting with its value and where it came from (default,
+    /// the config file, the environment or a flag); secrets as ***.
+    Config(config::ConfigCommand),
+    /// Recompute every account from its ledger; exit 1 if any account's
+    /// ledger does not sum to its snapshot or its seq has a gap.
+    Verify(verify::VerifyCommand),
+    /// What a message will cost: segments × the destination's rate.
+    Quote(quote::QuoteCommand),
+    /// Compare what messages were charged with what Twilio actually
+    /// charged, per country and overall.
+    Reconcile(reconcile::ReconcileCommand),
+    /// The Stripe events received and what became of each (applied,
+    /// ignored, waiting, expired, failed), newest first.
+    StripeEvents(stripe_events::StripeEventsCommand),
+    /// Apply the database migrations this release has and the database has
+    /// not, then exit (the server applies them at start too).
+    Migrate(migrate::MigrateCommand),
+    /// Copy every row of one database into another that holds no data yet
+    /// (an SQLite file into Postgres, say), then verify both. Stop the
+    /// servers on the source first.
+    Copy(copy::CopyCommand),
+    /// Create, show and adjust accounts.
+    #[command(subcommand)]
+    Accounts(accounts::AccountsCommand),
+    /// Show or set the pricing mode of access: launch ($29.99), rrp ($49.99) or sale.
+    Pricing(pricing::PricingCommand),
+    /// Create, list, activate and deactivate discount codes.
+    #[command(subcommand)]
+    DiscountCodes(discount_codes::DiscountCodesCommand),
+}
+
+impl Cli {
+    /// Whether the command is `serve` (the default).
+    pub fn serves(&self) -> bool {
+        matches!(self.command, None | Some(Command::Serve(_)))
+    }
+}
+
+/// Logs go to standard error; `RUST_LOG` filters them (default `info` for
+/// the server; `warn` for other commands, whose output is their own).
+pub fn init_logging(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a parsed command line; the exit code says how it went.
+pub fn run(cli: Cli) -> ExitCode {
+    let (options, command) = match cli.command {
+        Some(Command::Serve(serve)) => (serve.options.over(cli.options), None),
+        Some(Command::Config(mut config)) => (
+            std::mem::take(&mut config.options).over(cli.options),
+            Some(Command::Config(config)),
+        ),
+        other => (cli.options, other),
+    };
+    let values = match Values::load(&cli.global, &options) {
+        Ok(values) => values,
+        Err(error) => return configuration_error(&error),
+    };
+    if let Some(Command::Config(command)) = &command {
+        return command.run(&values);
+    }
+    let settings = match Settings::check(&values) {
+        Ok(settings) => settings,
+        Err(error) => return configuration_error(&error),
+    };
+    let outcome = match command {
+        None | Some(Command::Serve(_)) => serve::serve(settings),
+        Some(Command::Config(_)) => Ok(()),
+        Some(Command::Verify(command)) => return command.run(&settings),
+        Some(Command::Quote(command)) => command.run(&settings),
+        Some(Command::Accounts(command)) => command.run(&settings),
+        Some(Command::Reconcile(command)) => command.run(&settings),
+        Some(Command::StripeEvents(command)) => command.run(&settings),
+        Some(Command::Migrate(command)) => command.run(&settings),
+        Some(Command::Copy(command)) => command.run(),
+        Some(Command::Pricing(command)) => command.run(&settings),
+        Some(Command::DiscountCodes(command)) => command.run(&settings),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn configuration_error(error: &crate::config::ConfigError) -> ExitCode {
+    eprintln!("configuration error: {error}");
+    ExitCode::from(2)
+}

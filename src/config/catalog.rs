@@ -1,0 +1,509 @@
+//! The one list of settings: each with its key, section, help and default.
+//! The flags, the environment variables, `--help`, the config file's keys
+//! and `sms-credit config` are all made from it.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgMatches, Args, Command, FromArgMatches};
+
+/// Where a group of settings shows in `--help` and in `sms-credit config`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Section {
+    Server,
+    Database,
+    Access,
+    Stripe,
+    Twilio,
+    Messages,
+    Feed,
+    AutoTopUp,
+}
+
+impl Section {
+    pub fn title(self) -> &'static str {
+        match self {
+            Section::Server => "Server",
+            Section::Database => "Database",
+            Section::Access => "Access and metrics",
+            Section::Stripe => "Stripe",
+            Section::Twilio => "Twilio",
+            Section::Messages => "Messages and warnings",
+            Section::Feed => "Balance feed",
+            Section::AutoTopUp => "Auto top-up",
+        }
+    }
+}
+
+/// One setting. Its flag is the key with '-' for '_', its environment
+/// variable `SMS_CREDIT_` and the key in capitals.
+#[derive(Debug)]
+pub struct Setting {
+    pub key: &'static str,
+    pub section: Section,
+    /// What the value looks like in `--help`.
+    pub value_name: &'static str,
+    /// The value when nothing sets it; `None` leaves the setting unset.
+    pub default: Option<&'static str>,
+    /// Never shown: `***` in `sms-credit config`, hidden in `--help`.
+    pub secret: bool,
+    /// On every command, not only `serve` (the database).
+    pub global: bool,
+    pub help: &'static str,
+}
+
+impl Setting {
+    pub fn variable(&self) -> String {
+        format!("SMS_CREDIT_{}", self.key.to_ascii_uppercase())
+    }
+
+    pub fn flag(&self) -> String {
+        format!("--{}", self.long())
+    }
+
+    fn long(&self) -> String {
+        self.key.replace('_', "-")
+    }
+
+    /// The setting as a clap argument: flag, variable, default and help.
+    fn arg(&self) -> Arg {
+        let arg = Arg::new(self.key)
+            .long(self.long())
+            .env(self.variable())
+            .value_name(self.value_name)
+            .help(self.help)
+            .hide_env_values(self.secret || self.key == "database")
+            .help_heading(self.section.title());
+        let arg = match self.default {
+            Some(default) => arg.default_value(default),
+            None => arg,
+        };
+        if self.global {
+            // After each command's own options.
+            arg.global(true).display_order(1000)
+        } else {
+            arg
+        }
+    }
+}
+
+/// Looks a setting up by its key.
+pub fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|setting| setting.key == key)
+}
+
+/// Every setting, in the order `--help` and `sms-credit config` show them.
+pub static SETTINGS: &[Setting] = &[
+    Setting {
+        key: "bind",
+        section: Section::Server,
+        value_name: "ADDR",
+        default: Some("127.0.0.1:8080"),
+        secret: false,
+        global: false,
+        help: "Address and port the HTTP server listens on",
+    },
+    Setting {
+        key: "public_url",
+        section: Section::Server,
+        value_name: "URL",
+        default: None,
+        secret: false,
+        global: false,
+        help: "The URL the world reaches this server at (Checkout redirects, Twilio signatures), e.g. https://sms.example.com",
+    },
+    Setting {
+        key: "service_name",
+        section: Section::Server,
+        value_name: "NAME",
+        default: Some("SMS credit"),
+        secret: false,
+        global: false,
+        help: "The service's name, shown as the account page's title",
+    },
+    Setting {
+        key: "signup_url",
+        section: Section::Server,
+        value_name: "URL",
+        default: None,
+        secret: false,
+        global: false,
+        help: "Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account]",
+    },
+    Setting {
+        key: "http_workers",
+        section: Section::Server,
+        value_name: "N",
+        default: Some("2"),
+        secret: false,
+        global: false,
+        help: "HTTP worker threads",
+    },
+    Setting {
+        key: "actor_threads",
+        section: Section::Server,
+        value_name: "N",
+        default: Some("2"),
+        secret: false,
+        global: false,
+        help: "Threads that run account actors",
+    },
+    Setting {
+        key: "passivate_after_secs",
+        section: Section::Server,
+        value_name: "SECONDS",
+        default: Some("900"),
+        secret: false,
+        global: false,
+        help: "Seconds an idle account actor stays in memory",
+    },
+    Setting {
+        key: "database",
+        section: Section::Database,
+        value_name: "PATH|URL",
+        default: Some("./sms-credit.db"),
+        secret: false,
+        global: true,
+        help: "The database: an SQLite file path or sqlite://path, or postgres://user:password@host/name (created or migrated as needed)",
+    },
+    Setting {
+        key: "instance_timeout_secs",
+        section: Section::Database,
+        value_name: "SECONDS",
+        default: Some("30"),
+        secret: false,
+        global: false,
+        help: "Seconds after its last heartbeat that an instance counts as gone, so that what it left half-done (a reservation of a message being sent) is resolved by another",
+    },
+    Setting {
+        key: "admin_token",
+        section: Section::Access,
+        value_name: "TOKEN",
+        default: None,
+        secret: true,
+        global: false,
+        help: "Bearer token for the admin API under /v1/admin; without it the admin API answers 503",
+    },
+    Setting {
+        key: "api_key",
+        section: Section::Access,
+        value_name: "KEY",
+        default: None,
+        secret: true,
+        global: false,
+        help: "API key of the host application (for /v1/messages)",
+    },
+    Setting {
+        key: "metrics_token",
+        section: Section::Access,
+        value_name: "TOKEN",
+        default: None,
+        secret: true,
+        global: false,
+        help: "Bearer token that opens GET /metrics on the main listen address; without it (and without --metrics-bind) /metrics answers 503, because it reports the ledger's money totals",
+    },
+    Setting {
+        key: "metrics_bind",
+        section: Section::Access,
+        value_name: "ADDR",
+        default: None,
+        secret: false,
+        global: false,
+        help: "A separate address (for example 127.0.0.1:9464) that serves only GET /metrics, without a token, for a Prometheus that can reach it",
+    },
+    Setting {
+        key: "stripe_secret_key",
+        section: Section::Stripe,
+        value_name: "KEY",
+        default: None,
+        secret: true,
+        global: false,
+        help: "Stripe secret key; without it the paid features answer 503 stripe_not_configured",
+    },
+    Setting {
+        key: "stripe_webhook_secret",
+        section: Section::Stripe,
+        value_name: "SECRET",
+        default: None,
+        secret: true,
+        global: false,
+        help: "Stripe webhook endpoint secret (whsec_…), used to verify /webhooks/stripe",
+    },
+    Setting {
+        key: "stripe_api_base",
+        section: Section::Stripe,
+        value_name: "URL",
+        default: Some("https://api.stripe.com"),
+        secret: false,
+        global: false,
+        help: "Base URL of the Stripe API",
+    },
+    Setting {
+        key: "stripe_allow_promotion_codes",
+        section: Section::Stripe,
+        value_name: "BOOL",
+        default: Some("false"),
+        secret: false,
+        global: false,
+        help: "Let customers type Stripe promotion codes on the Checkout page (true/false)",
+    },
+    Setting {
+        key: "included_credit",
+        section: Section::Stripe,
+        value_name: "DOLLARS",
+        default: Some("0.00"),
+        secret: false,
+        global: false,
+        help: "Credit that comes with access, in dollars, credited once when access is paid",
+    },
+    Setting {
+        key: "twilio_account_sid",
+        section: Section::Twilio,
+        value_name: "SID",
+        default: None,
+        secret: false,
+        global: false,
+        help: "Twilio account SID (AC…); without it and the auth token the SMS features answer 503 twilio_not_configured",
+    },
+    Setting {
+        key: "twilio_auth_token",
+        section: Section::Twilio,
+        value_name: "TOKEN",
+        default: None,
+        secret: true,
+        global: false,
+        help: "Twilio auth token, also the key of Twilio's webhook signatures",
+    },
+    Setting {
+        key: "twilio_from",
+        section: Section::Twilio,
+        value_name: "NUMBER",
+        default: None,
+        secret: false,
+        global: false,
+        help: "The Twilio number messages are sent from (E.164)",
+    },
+    Setting {
+        key: "twilio_api_base",
+        section: Section::Twilio,
+        value_name: "URL",
+        default: Some("https://api.twilio.com"),
+        secret: false,
+        global: false,
+        help: "Base URL of the Twilio REST API",
+    },
+    Setting {
+        key: "rates_file",
+        section: Section::Messages,
+        value_name: "FILE",
+        default: None,
+        secret: false,
+        global: false,
+        help: "A TOML rate table to use instead of the embedded one (see actors/src/rating/default_rates.toml)",
+    },
+    Setting {
+        key: "low_balance_threshold",
+        section: Section::Messages,
+        value_name: "DOLLARS",
+        default: Some("2.00"),
+        secret: false,
+        global: false,
+        help: "A debit that leaves the balance below this (dollars) sends a warning SMS",
+    },
+    Setting {
+        key: "low_balance_cooldown_secs",
+        section: Section::Messages,
+        value_name: "SECONDS",
+        default: Some("86400"),
+        secret: false,
+        global: false,
+        help: "At most one low-balance warning per account in this many seconds",
+    },
+    Setting {
+        key: "reconcile_delay_secs",
+        section: Section::Messages,
+        value_name: "SECONDS",
+        default: Some("300"),
+        secret: false,
+        global: false,
+        help: "Seconds after sending before Twilio's actual price is fetched for reconciliation",
+    },
+    Setting {
+        key: "feed_heartbeat_secs",
+        section: Section::Feed,
+        value_name: "SECONDS",
+        default: Some("15"),
+        secret: false,
+        global: false,
+        help: "Seconds between the balance feed's pings; a client silent for three is dropped",
+    },
+    Setting {
+        key: "feed_queue",
+        section: Section::Feed,
+        value_name: "N",
+        default: Some("256"),
+        secret: false,
+        global: false,
+        help: "Ledger rows queued per feed client before it is dropped as too slow",
+    },
+    Setting {
+        key: "auto_top_up_backoff",
+        section: Section::AutoTopUp,
+        value_name: "WAITS",
+        default: Some("1h,6h,24h"),
+        secret: false,
+        global: false,
+        help: "Waits before the next auto top-up after the 1st, 2nd, … failure in a row, comma-separated, each a number with s, m, h or d",
+    },
+    Setting {
+        key: "auto_top_up_max_failures",
+        section: Section::AutoTopUp,
+        value_name: "N",
+        default: Some("3"),
+        secret: false,
+        global: false,
+        help: "Failures in a row after which an account's auto top-up turns itself off",
+    },
+];
+
+/// How clap found a value: typed on the command line or read from the
+/// environment (defaults come from [`SETTINGS`], not from clap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GivenBy {
+    Flag,
+    Environment,
+}
+
+/// One value clap found for a setting.
+#[derive(Clone)]
+pub struct Given {
+    pub setting: &'static Setting,
+    pub value: String,
+    pub by: GivenBy,
+}
+
+impl fmt::Debug for Given {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let value = if self.setting.secret {
+            "[redacted]"
+        } else {
+            &self.value
+        };
+        write!(formatter, "{}={value} ({:?})", self.setting.key, self.by)
+    }
+}
+
+/// The settings' values found on one command line level (flags, or the
+/// environment), for every setting that is or is not `global`.
+fn given(matches: &ArgMatches, global: bool) -> Vec<Given> {
+    SETTINGS
+        .iter()
+        .filter(|setting| setting.global == global)
+        .filter_map(|setting| {
+            let by = match matches.value_source(setting.key)? {
+                ValueSource::CommandLine => GivenBy::Flag,
+                ValueSource::EnvVariable => GivenBy::Environment,
+                _ => return None,
+            };
+            let value = matches
+                .try_get_one::<String>(setting.key)
+                .ok()
+                .flatten()?
+                .clone();
+            Some(Given { setting, value, by })
+        })
+        .collect()
+}
+
+fn add_settings(command: Command, global: bool) -> Command {
+    command.args(
+        SETTINGS
+            .iter()
+            .filter(|setting| setting.global == global)
+            .map(Setting::arg),
+    )
+}
+
+/// The server's settings as clap found them (shown on `serve`, not on the
+/// commands that do not use them).
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub given: Vec<Given>,
+}
+
+impl Options {
+    /// These values over `fallback`'s (the options given before the subcommand).
+    pub fn over(self, fallback: Options) -> Options {
+        let mut given = fallback.given;
+        given.extend(self.given);
+        Options { given }
+    }
+}
+
+impl FromArgMatches for Options {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(Options {
+            given: given(matches, false),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = Options::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for Options {
+    fn augment_args(command: Command) -> Command {
+        add_settings(command, false)
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        add_settings(command, false)
+    }
+}
+
+/// What every command reads: the config file and the global settings (the
+/// database).
+#[derive(Clone, Debug, Default)]
+pub struct GlobalOptions {
+    pub config: Option<PathBuf>,
+    pub given: Vec<Given>,
+}
+
+impl FromArgMatches for GlobalOptions {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        Ok(GlobalOptions {
+            config: matches
+                .try_get_one::<PathBuf>("config")
+                .ok()
+                .flatten()
+                .cloned(),
+            given: given(matches, true),
+        })
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        *self = GlobalOptions::from_arg_matches(matches)?;
+        Ok(())
+    }
+}
+
+impl Args for GlobalOptions {
+    fn augment_args(command: Command) -> Command {
+        let config = Arg::new("config")
+            .long("config")
+            .env("SMS_CREDIT_CONFIG")
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .global(true)
+            .display_order(1001)
+            .help("An optional TOML file that sets any setting (keys as the long flags, with '_' for '-'); the environment and flags win over it.");
+        add_settings(command.arg(config), true)
+    }
+
+    fn augment_args_for_update(command: Command) -> Command {
+        GlobalOptions::augment_args(command)
+    }
+}

@@ -1,0 +1,175 @@
+//! The server's configuration: one typed struct in sections, loaded once
+//! from defaults, then an optional TOML file, then environment variables,
+//! then flags.
+//!
+//! - `catalog` — the one list of settings (key, section, help, default);
+//!   the flags, variables, `--help` and the file's keys come from it.
+//! - `layers` — the layered loader (figment), which remembers where each
+//!   value came from.
+//! - `checks` — one small check per section, from text to typed values.
+
+mod catalog;
+mod checks;
+mod layers;
+mod secret;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
+use sms_credit_actors::rating::RateTable;
+use sms_credit_actors::store::DatabaseLocation;
+use sms_credit_actors::Money;
+
+pub use catalog::{GlobalOptions, Options, Section, Setting, SETTINGS};
+pub use layers::{Origin, Values};
+pub use secret::Secret;
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {reason}")]
+    File { path: String, reason: String },
+    /// `setting` names where the value was set: the variable, the flag, or
+    /// the key and the file.
+    #[error("{setting}: {reason}")]
+    Invalid { setting: String, reason: String },
+}
+
+/// Where the server listens and how many threads it runs.
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    pub bind: String,
+    pub public_url: Option<String>,
+    /// Sent in SMS replies: where to sign up and top up.
+    pub signup_url: Option<String>,
+    /// The account page's title.
+    pub service_name: String,
+    pub http_workers: usize,
+    pub actor_threads: usize,
+    pub passivate_after: Duration,
+}
+
+/// The database, and how long another instance may be silent.
+#[derive(Clone, Debug)]
+pub struct DatabaseSettings {
+    pub location: DatabaseLocation,
+    /// After this long without a heartbeat an instance counts as gone.
+    pub instance_timeout: Duration,
+}
+
+/// Who may call the admin API, the host API and `/metrics`.
+#[derive(Clone, Debug)]
+pub struct AccessSettings {
+    pub admin_token: Option<Secret>,
+    pub api_key: Option<Secret>,
+    /// Opens `/metrics` on the main address.
+    pub metrics_token: Option<Secret>,
+    /// A separate address that serves only `/metrics`.
+    pub metrics_bind: Option<String>,
+}
+
+/// Stripe credentials, where its API is, and what access includes.
+#[derive(Clone, Debug)]
+pub struct StripeSettings {
+    pub secret_key: Secret,
+    pub webhook_secret: Secret,
+    pub api_base: String,
+    pub allow_promotion_codes: bool,
+    /// Credit that comes with access.
+    pub included_credit: Money,
+}
+
+/// Twilio credentials and where its API is.
+#[derive(Clone, Debug)]
+pub struct TwilioSettings {
+    pub account_sid: String,
+    pub auth_token: Secret,
+    pub from: Option<String>,
+    pub api_base: String,
+}
+
+/// What messages cost, when an account is warned, and when prices are checked.
+#[derive(Clone, Debug)]
+pub struct MessageSettings {
+    /// The rate table: per destination country, carrier cost and customer rate.
+    pub rates: Arc<RateTable>,
+    pub low_balance_threshold: Money,
+    pub low_balance_cooldown: Duration,
+    pub reconcile_delay: Duration,
+}
+
+/// The balance feed's heartbeat and per-client queue.
+#[derive(Clone, Debug)]
+pub struct FeedSettings {
+    pub heartbeat: Duration,
+    pub queue: usize,
+}
+
+/// The checked configuration of the server.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub access: AccessSettings,
+    /// `None` when Stripe is not configured.
+    pub stripe: Option<StripeSettings>,
+    /// `None` when Twilio is not configured.
+    pub twilio: Option<TwilioSettings>,
+    pub messages: MessageSettings,
+    pub feed: FeedSettings,
+    /// Auto top-up's waits after failures, its limit and its lease.
+    pub auto_top_up: AutoTopUpPolicy,
+}
+
+impl Settings {
+    /// The URL the world reaches this server at: the configured public URL,
+    /// or the listen address.
+    pub fn public_base_url(&self) -> String {
+        self.server
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", self.server.bind))
+    }
+
+    /// Where SMS replies send people to sign up or top up.
+    pub fn web_link(&self) -> String {
+        self.server
+            .signup_url
+            .clone()
+            .unwrap_or_else(|| format!("{}/account", self.public_base_url()))
+    }
+
+    /// Settings for a server on `database` with nothing else configured.
+    pub fn local(database: impl Into<PathBuf>) -> Settings {
+        let mut settings = Settings::check(&Values::defaults())
+            .unwrap_or_else(|_| unreachable!("default settings are valid"));
+        settings.database.location = DatabaseLocation::Sqlite(database.into());
+        settings
+    }
+
+    /// Loads the layers (defaults, file, environment, flags) and checks them.
+    pub fn load(global: &GlobalOptions, options: &Options) -> Result<Settings, ConfigError> {
+        Settings::check(&Values::load(global, options)?)
+    }
+
+    /// Checks every section; the first refusal names its setting.
+    pub fn check(values: &Values) -> Result<Settings, ConfigError> {
+        let server = checks::server(values)?;
+        let database = checks::database(values)?;
+        Ok(Settings {
+            access: checks::access(values)?,
+            stripe: checks::stripe(values, &server)?,
+            twilio: checks::twilio(values)?,
+            messages: checks::messages(values)?,
+            feed: checks::feed(values)?,
+            auto_top_up: checks::auto_top_up(values, &database)?,
+            server,
+            database,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

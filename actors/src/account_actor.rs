@@ -596,7 +596,14 @@ impl AccountActor {
                 let again = matches!(error, StoreError::Conflict | StoreError::Aborted)
                     && in_flight.attempts < MAX_ATTEMPTS;
                 if again {
-                    let retry = Retry::of(key.clone(), in_flight);
+                    // Only the write whose own guard failed spends an
+                    // attempt. One refused because an earlier write failed
+                    // did not meet the other writer itself, and under heavy
+                    // contention a deep pipeline would otherwise spend all
+                    // its attempts behind heads that each lost once.
+                    let spent = u8::from(matches!(error, StoreError::Conflict));
+                    let mut retry = Retry::of(key.clone(), in_flight);
+                    retry.attempts = retry.attempts.saturating_sub(1 - spent);
                     if reload {
                         tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");
                         self.load_snapshot(Some(retry), ctx);

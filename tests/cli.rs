@@ -398,6 +398,12 @@ fn each_command_shows_its_own_options_first_and_only_what_it_uses() {
     );
     let list = help(&["accounts", "list"]);
     assert!(list.contains("Only accounts whose phone"), "{list}");
+    // copy reads --from and --to, never the database setting.
+    let copy = help(&["copy"]);
+    assert!(
+        copy.contains("--from") && !copy.contains("--database"),
+        "{copy}"
+    );
 }
 
 /// The configuration view as `sms-credit config --json` prints it, by key:

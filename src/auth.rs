@@ -43,8 +43,8 @@ fn check_host_application(request: &HttpRequest) -> Result<HostApplication, ApiE
     let Some(expected) = &state.settings.access.api_key else {
         return Err(ApiError::NotConfigured {
             code: "api_key_not_configured",
-            message:
-                "the host application API is not configured on this server (set SMS_CREDIT_API_KEY)",
+            message: "the host application API is not available on this server",
+            variable: "SMS_CREDIT_API_KEY",
         });
     };
     let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
@@ -91,7 +91,8 @@ fn check_admin(request: &HttpRequest) -> Result<Admin, ApiError> {
     let Some(expected) = &state.settings.access.admin_token else {
         return Err(ApiError::NotConfigured {
             code: "admin_not_configured",
-            message: "the admin API is not configured on this server (set SMS_CREDIT_ADMIN_TOKEN)",
+            message: "the admin API is not available on this server",
+            variable: "SMS_CREDIT_ADMIN_TOKEN",
         });
     };
     let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
@@ -120,7 +121,8 @@ fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError
     let Some(expected) = &state.settings.access.metrics_token else {
         return Err(ApiError::NotConfigured {
             code: "metrics_not_configured",
-            message: "metrics are not published on this address (set SMS_CREDIT_METRICS_TOKEN, or SMS_CREDIT_METRICS_BIND for an address of their own)",
+            message: "metrics are not published on this address",
+            variable: "SMS_CREDIT_METRICS_TOKEN or SMS_CREDIT_METRICS_BIND",
         });
     };
     let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;

@@ -26,10 +26,13 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(String),
     /// A paid or privileged feature whose credentials are not configured.
+    /// `message` is in the caller's words; the setting that would turn it
+    /// on (`variable`) goes to the log, never to a customer.
     #[error("{message}")]
     NotConfigured {
         code: &'static str,
         message: &'static str,
+        variable: &'static str,
     },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -272,8 +275,8 @@ impl ResponseError for ApiError {
         let status = self.status_code();
         match self {
             // The operator's choice, not a fault.
-            ApiError::NotConfigured { .. } => {
-                tracing::debug!(code = self.code(), "feature not configured")
+            ApiError::NotConfigured { variable, .. } => {
+                tracing::debug!(code = self.code(), "feature not configured: set {variable}")
             }
             _ if status.is_server_error() => {
                 tracing::error!(code = self.code(), error = %self, "request failed")

@@ -498,3 +498,66 @@ async fn a_server_without_its_state_answers_500_not_404() {
     let body: serde_json::Value = actix_web::test::read_body_json(response).await;
     assert_eq!(body["error"]["code"], "internal_error");
 }
+
+on_both_stores!(a_service_left_off_is_told_in_customer_words_and_named_only_to_the_admin);
+/// With neither Stripe nor Twilio configured, an account holder, a
+/// stranger and the host application are told what is unavailable, never
+/// which setting would turn it on; the admin is told the setting.
+async fn a_service_left_off_is_told_in_customer_words_and_named_only_to_the_admin() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550977").await;
+    let token = app.issue_token(account).await;
+    let holder = app
+        .request(
+            "POST",
+            "/v1/checkout/topup",
+            Some(&token),
+            Some(serde_json::json!({})),
+        )
+        .await;
+    let stranger = app
+        .request(
+            "POST",
+            "/v1/checkout/access",
+            None,
+            Some(serde_json::json!({"phone": "+14155550978", "email": "a@example.com"})),
+        )
+        .await;
+    let twilio = app
+        .post_raw(
+            "/webhooks/twilio/sms",
+            "application/x-www-form-urlencoded",
+            b"From=%2B14155550977&Body=BALANCE".to_vec(),
+        )
+        .await;
+    for (who, (status, answer)) in [
+        ("holder", holder),
+        ("stranger", stranger),
+        ("twilio", twilio),
+    ] {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{who}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("not available"), "{who}: {answer}");
+        assert!(
+            !message.contains("SMS_CREDIT_"),
+            "{who} is told a setting: {message}"
+        );
+    }
+    let (status, admin) = app
+        .request(
+            "POST",
+            "/v1/admin/reconciliation/check-prices",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        admin["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("SMS_CREDIT_TWILIO_ACCOUNT_SID"),
+        "{admin}"
+    );
+    app.stop().await;
+}

@@ -30,7 +30,8 @@ pub struct AccessRequest {
 pub fn billing(state: &AppState) -> Result<&Billing, ApiError> {
     state.billing.as_ref().ok_or(ApiError::NotConfigured {
         code: "stripe_not_configured",
-        message: "payments are not configured on this server (set SMS_CREDIT_STRIPE_SECRET_KEY)",
+        message: "payments are not available on this server",
+        variable: "SMS_CREDIT_STRIPE_SECRET_KEY",
     })
 }
 

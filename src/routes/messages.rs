@@ -37,7 +37,8 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
         code: "twilio_not_configured",
-        message: "Twilio is not configured on this server (set SMS_CREDIT_TWILIO_ACCOUNT_SID and _AUTH_TOKEN)",
+        message: "text messages are not available on this server",
+        variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID",
     })?;
     let request = request.into_inner();
     let sent = messaging

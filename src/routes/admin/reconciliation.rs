@@ -34,7 +34,9 @@ pub async fn check_prices(
 ) -> Result<HttpResponse, ApiError> {
     let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
         code: "twilio_not_configured",
-        message: "Twilio is not configured on this server",
+        // An admin-token answer: the operator may read which settings.
+        message: "Twilio is not configured on this server (set SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM)",
+        variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID",
     })?;
     let found = messaging.check_prices(state.clock.now_ms()).await?;
     Ok(HttpResponse::Ok().json(PricesFound {

@@ -43,6 +43,7 @@ pub async fn receive(
         .ok_or(ApiError::NotConfigured {
             code: "stripe_not_configured",
             message: "payments are not available on this server",
+            variable: "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
         })?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::invalid("invalid_body", "the body is not UTF-8"))?;

@@ -37,10 +37,15 @@ impl SignedForm {
 /// Checks Twilio is configured, parses the form and verifies the signature
 /// over every field received.
 fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<SignedForm, ApiError> {
-    let twilio = state.settings.twilio.as_ref().ok_or(ApiError::NotConfigured {
-        code: "twilio_not_configured",
-        message: "Twilio is not configured on this server (set SMS_CREDIT_TWILIO_ACCOUNT_SID and _AUTH_TOKEN)",
-    })?;
+    let twilio = state
+        .settings
+        .twilio
+        .as_ref()
+        .ok_or(ApiError::NotConfigured {
+            code: "twilio_not_configured",
+            message: "text messages are not available on this server",
+            variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID",
+        })?;
     let content_type = request
         .headers()
         .get("Content-Type")

@@ -132,3 +132,30 @@ async fn a_ledger_row_of_an_unknown_type_is_an_error() {
         &format!("transactions row account {account} seq 1: unknown type 'bonus'"),
     );
 }
+
+on_both_stores!(a_consent_without_its_words_is_an_error_not_an_empty_text);
+async fn a_consent_without_its_words_is_an_error_not_an_empty_text() {
+    let (app, _fake) = app_with_fake_stripe().await;
+    let account = app.create_account("+14155550931").await;
+    app.directory.tamper(
+        "auto_top_up_settings",
+        &format!(
+            "INSERT INTO auto_top_up_settings (account_id, enabled, threshold, amount, monthly_cap,
+                     consent_at, consent_via, consent_text, updated_at)
+             VALUES ({account}, 0, 2000000, 10000000, 50000000, 1, 'admin', NULL, 1)"
+        ),
+    );
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/auto-top-up"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_unknown_value(
+        status,
+        &answer,
+        &format!("auto_top_up_settings row {account}: unknown consent_text 'NULL'"),
+    );
+}

@@ -484,6 +484,24 @@ impl AccountActor {
         };
         // What is committed, read before the working state moves on.
         let committed_before = self.committed();
+        // The warning goes out after the caller is answered, queued with
+        // the debit so that it is neither lost nor sent twice.
+        let notice = if warning_due {
+            let kind = NoticeKind::LowBalanceWarning {
+                balance: balance_after,
+                top_up: self
+                    .shared
+                    .auto_top_ups
+                    .would_ask(self.account_id, balance_after, now_ms),
+            };
+            let dedupe_key = format!("low-balance:{}:{}", self.account_id, snapshot_after.seq);
+            Some(Box::new(
+                NewNotice::new(self.account_id, kind, dedupe_key, now_ms)
+                    .map_err(LedgerError::Store)?,
+            ))
+        } else {
+            None
+        };
         let (done, committed) = oneshot::channel();
         self.shared.store.ledger().submit(LedgerWrite {
             entry: entry.clone(),
@@ -492,23 +510,7 @@ impl AccountActor {
             generation: self.generation,
             done,
             submitted_at: Instant::now(),
-            // The warning goes out after the caller is answered, queued
-            // with the debit so that it is neither lost nor sent twice.
-            notice: warning_due.then(|| {
-                Box::new(NewNotice {
-                    account_id: self.account_id,
-                    kind: NoticeKind::LowBalanceWarning {
-                        balance: balance_after,
-                        top_up: self.shared.auto_top_ups.would_ask(
-                            self.account_id,
-                            balance_after,
-                            now_ms,
-                        ),
-                    },
-                    dedupe_key: format!("low-balance:{}:{}", self.account_id, snapshot_after.seq),
-                    created_at_ms: now_ms,
-                })
-            }),
+            notice,
         })?;
         self.working = snapshot_after;
 

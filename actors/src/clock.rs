@@ -24,6 +24,8 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|elapsed| i64::try_from(elapsed.as_millis()).unwrap_or(i64::MAX))
+            // A system clock set before 1970 reads as the epoch (a chosen
+            // floor: times are never negative).
             .unwrap_or(0)
     }
 }

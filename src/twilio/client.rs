@@ -114,16 +114,23 @@ impl TwilioClient {
 }
 
 fn refusal(status: u16, body: &[u8]) -> SenderError {
-    let detail = serde_json::from_slice::<ErrorResource>(body)
-        .ok()
-        .map(|error| {
-            format!(
-                "{} (code {})",
-                error.message.unwrap_or_default(),
-                error.code.unwrap_or(0)
-            )
-        })
-        .unwrap_or_else(|| format!("status {status}"));
+    // Twilio's error resource, as far as it says anything; never an empty
+    // message or a made-up code 0.
+    let detail = match serde_json::from_slice::<ErrorResource>(body) {
+        Ok(ErrorResource {
+            message: Some(message),
+            code: Some(code),
+        }) => format!("{message} (code {code}, status {status})"),
+        Ok(ErrorResource {
+            message: Some(message),
+            code: None,
+        }) => format!("{message} (status {status})"),
+        Ok(ErrorResource {
+            message: None,
+            code: Some(code),
+        }) => format!("code {code}, status {status}"),
+        _ => format!("status {status}"),
+    };
     if status >= 500 || status == 429 {
         SenderError::Unavailable(detail)
     } else {

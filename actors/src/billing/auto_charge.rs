@@ -382,16 +382,16 @@ impl Billing {
         let turn_off = failures >= i64::from(policy.max_failures);
         let not_before_ms =
             now_ms.saturating_add(crate::clock::millis(policy.wait_after(failures)));
-        let mut notices: Vec<_> = news
+        let mut notices = news
             .into_iter()
             .map(|event| attempt_notice(attempt, event, now_ms))
-            .collect();
+            .collect::<Result<Vec<_>, _>>()?;
         if turn_off && settings.enabled {
             notices.push(attempt_notice(
                 attempt,
                 AutoTopUpNotice::TurnedOff { failures },
                 now_ms,
-            ));
+            )?);
         }
         let after = store
             .end_auto_top_up(AttemptEnd {

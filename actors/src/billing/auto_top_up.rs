@@ -24,6 +24,7 @@ use crate::clock::{civil_from_days, days_from_civil, DAY_MS};
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NewNotice, NoticeKind};
 use crate::money::Money;
+use crate::store::StoreError;
 
 use super::BillingError;
 
@@ -514,17 +515,17 @@ pub fn attempt_notice(
     attempt: &AutoTopUpAttempt,
     event: AutoTopUpNotice,
     now_ms: i64,
-) -> NewNotice {
+) -> Result<NewNotice, StoreError> {
     let what = match &event {
         AutoTopUpNotice::TurnedOff { .. } => "off",
         _ => "failed",
     };
-    NewNotice {
-        account_id: attempt.account_id,
-        kind: NoticeKind::AutoTopUp { event },
-        dedupe_key: format!("auto-top-up-{what}:{}:{}", attempt.account_id, attempt.n),
-        created_at_ms: now_ms,
-    }
+    NewNotice::new(
+        attempt.account_id,
+        NoticeKind::AutoTopUp { event },
+        format!("auto-top-up-{what}:{}:{}", attempt.account_id, attempt.n),
+        now_ms,
+    )
 }
 
 #[cfg(test)]

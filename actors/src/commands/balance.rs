@@ -8,6 +8,7 @@ pub fn reply(balance: Money, own_rate: Option<&Rate>) -> String {
     match own_rate {
         Some(rate) => format!(
             "Your balance is {balance}: about {} SMS segments to {} at {} each.",
+            // Rates from the table are positive: `whole_times` answers.
             balance.whole_times(rate.customer_rate).unwrap_or(0),
             rate.country,
             rate.customer_rate.precise()

@@ -16,6 +16,7 @@ use super::{Messaging, MessagingError, SenderError};
 use crate::accounts::{card_words, Account};
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::store::StoreError;
 
 /// What a notice says, with what it needs to say it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,6 +90,34 @@ pub struct NewNotice {
     /// that causes it is retried.
     pub dedupe_key: String,
     pub created_at_ms: i64,
+    /// `kind` as stored, made when the notice is: a notice that cannot be
+    /// written fails the one write that carries it, before any batch.
+    payload: String,
+}
+
+impl NewNotice {
+    pub fn new(
+        account_id: AccountId,
+        kind: NoticeKind,
+        dedupe_key: String,
+        created_at_ms: i64,
+    ) -> Result<NewNotice, StoreError> {
+        let payload = serde_json::to_string(&kind).map_err(|error| {
+            StoreError::Database(format!("notice {dedupe_key} cannot be written: {error}"))
+        })?;
+        Ok(NewNotice {
+            account_id,
+            kind,
+            dedupe_key,
+            created_at_ms,
+            payload,
+        })
+    }
+
+    /// What the `payload` column holds.
+    pub fn payload(&self) -> &str {
+        &self.payload
+    }
 }
 
 /// Where a notice stands.

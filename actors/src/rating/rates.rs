@@ -26,6 +26,9 @@ pub struct Rate {
 impl Rate {
     /// Whole segments that $10 buys at this rate.
     pub fn segments_per_10_dollars(&self) -> i64 {
+        // A loaded rate is positive (the table refuses a rate below a
+        // positive carrier cost), so `whole_times` always answers; 0 is
+        // only for a rate made by hand with no price.
         Money::from_micros(10_000_000)
             .whole_times(self.customer_rate)
             .unwrap_or(0)

@@ -33,7 +33,15 @@ fn settings_from_row(row: &Row) -> Result<AutoTopUpSettings, StoreError> {
                     via.clone(),
                 ))
             })?,
-            text: row.try_get::<_, Option<String>>(7)?.unwrap_or_default(),
+            // Consent is recorded with the words agreed to, never without.
+            text: row.try_get::<_, Option<String>>(7)?.ok_or_else(|| {
+                StoreError::UnknownValue(UnknownValue::new(
+                    "auto_top_up_settings",
+                    account_id,
+                    "consent_text",
+                    "NULL",
+                ))
+            })?,
         }),
         _ => None,
     };
@@ -185,8 +193,6 @@ async fn begin(
 /// Queues a notice (once per dedupe key) in the write's transaction, with
 /// the ledger path's statement.
 async fn queue(client: &impl GenericClient, notice: &NewNotice) -> Result<(), StoreError> {
-    let payload = serde_json::to_string(&notice.kind)
-        .map_err(|error| StoreError::Database(format!("notice payload: {error}")))?;
     client
         .execute(
             INSERT_NOTICES,
@@ -194,7 +200,7 @@ async fn queue(client: &impl GenericClient, notice: &NewNotice) -> Result<(), St
                 &[notice.account_id.0].as_slice(),
                 &[notice.kind.as_str()].as_slice(),
                 &[notice.dedupe_key.as_str()].as_slice(),
-                &[payload.as_str()].as_slice(),
+                &[notice.payload()].as_slice(),
                 &[notice.created_at_ms].as_slice(),
             ],
         )
@@ -328,12 +334,12 @@ async fn forget_card(
     if paused > 0 {
         queue(
             client,
-            &NewNotice {
-                account_id: AccountId(account_id),
-                kind: notice.clone(),
-                dedupe_key: format!("card-forgotten:{account_id}:{payment_method_id}"),
-                created_at_ms: now_ms,
-            },
+            &NewNotice::new(
+                AccountId(account_id),
+                notice.clone(),
+                format!("card-forgotten:{account_id}:{payment_method_id}"),
+                now_ms,
+            )?,
         )
         .await?;
     }

@@ -680,8 +680,7 @@ impl Notices {
         self.account_id.push(notice.account_id.0);
         self.kind.push(notice.kind.as_str());
         self.dedupe_key.push(notice.dedupe_key.clone());
-        self.payload
-            .push(serde_json::to_string(&notice.kind).unwrap_or_default());
+        self.payload.push(notice.payload().to_string());
         self.created_at.push(notice.created_at_ms);
     }
 

@@ -33,7 +33,11 @@ fn settings_from_row(row: &Row<'_>) -> rusqlite::Result<AutoTopUpSettings> {
                 )
                 .into_sql_error(6)
             })?,
-            text: row.get::<_, Option<String>>(7)?.unwrap_or_default(),
+            // Consent is recorded with the words agreed to, never without.
+            text: row.get::<_, Option<String>>(7)?.ok_or_else(|| {
+                UnknownValue::new("auto_top_up_settings", account_id, "consent_text", "NULL")
+                    .into_sql_error(7)
+            })?,
         }),
         _ => None,
     };
@@ -284,12 +288,13 @@ fn forget_card(
     if paused > 0 {
         queue(
             connection,
-            &NewNotice {
-                account_id: AccountId(account_id),
-                kind: notice,
-                dedupe_key: format!("card-forgotten:{account_id}:{payment_method_id}"),
-                created_at_ms: now_ms,
-            },
+            &NewNotice::new(
+                AccountId(account_id),
+                notice,
+                format!("card-forgotten:{account_id}:{payment_method_id}"),
+                now_ms,
+            )
+            .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?,
         )?;
     }
     Ok(Some(AccountId(account_id)))

@@ -368,8 +368,6 @@ fn sent_costs(connection: &Connection) -> Result<Vec<SentCost>, StoreError> {
 
 /// Queues a notice (once per dedupe key); runs in the ledger write's transaction.
 pub(super) fn queue(connection: &Connection, notice: &NewNotice) -> rusqlite::Result<()> {
-    let payload = serde_json::to_string(&notice.kind)
-        .map_err(|error| rusqlite::Error::ToSqlConversionFailure(Box::new(error)))?;
     connection
         .prepare_cached(
             "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at)
@@ -379,7 +377,7 @@ pub(super) fn queue(connection: &Connection, notice: &NewNotice) -> rusqlite::Re
             notice.account_id.0,
             notice.kind.as_str(),
             notice.dedupe_key,
-            payload,
+            notice.payload(),
             notice.created_at_ms,
         ])?;
     Ok(())

@@ -467,3 +467,36 @@ async fn the_account_page_turns_auto_top_up_on_and_shows_the_card() {
     )
     .await;
 }
+
+/// A number whose country has no rate yet (a Guernsey mobile: the embedded
+/// table has no GG and no alias for it): the admin is told what to add when
+/// the account is made, and the customer's page says messages to their
+/// number are not available yet instead of leaving the estimate blank.
+#[actix_rt::test]
+async fn a_number_that_cannot_be_priced_is_said_so_to_the_admin_and_the_customer() {
+    let app = TestApp::spawn().await;
+    let (status, created) = app.post_admin_account("+447911123456", None).await;
+    assert_eq!(status, awc::http::StatusCode::CREATED, "{created}");
+    let warning = created["warnings"][0].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("cannot be priced yet") && warning.contains("GG"),
+        "{created}"
+    );
+    let account = created["id"].as_i64().unwrap();
+    let (_, priced) = app.post_admin_account("+14155553610", None).await;
+    assert!(priced.get("warnings").is_none(), "{priced}");
+    let token = app.issue_token(account).await;
+
+    let browser = Browser::start();
+    let mut page = browser.page().await;
+    page.open(&app.url("/account")).await;
+    page.eval(&format!(
+        "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
+    ))
+    .await;
+    page.wait_for(
+        "document.getElementById('estimate').textContent",
+        json!("Messages to your number are not available yet."),
+    )
+    .await;
+}

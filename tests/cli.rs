@@ -310,6 +310,17 @@ fn admin_tools_from_the_command_line() {
         (Some(1), true)
     );
     let live = directory.number("SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL");
+    // A number whose country has no rate: made, with a word for the operator.
+    let unpriced = run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+447911123457"],
+    );
+    let text = stdout(&unpriced);
+    assert!(unpriced.status.success(), "{unpriced:?}");
+    assert!(
+        text.contains("warning: messages to +447911123457 (GG) cannot be priced yet"),
+        "{text}"
+    );
     assert_eq!(live, 0);
 }
 

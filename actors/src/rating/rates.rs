@@ -153,6 +153,20 @@ impl RateTable {
         self.rates.get(&charged_as)
     }
 
+    /// Why messages to `phone` cannot be priced with this table, for an
+    /// operator (what to add), or `None` when they can.
+    pub fn pricing_gap(&self, phone: &crate::phone::PhoneNumber) -> Option<String> {
+        match phone.country() {
+            Some(country) if self.rate_for(country).is_some() => None,
+            Some(country) => Some(format!(
+                "messages to {phone} ({country}) cannot be priced yet: add a rate for {country} to the rate table (SMS_CREDIT_RATES_FILE), or an alias from {country} to a country that has one"
+            )),
+            None => Some(format!(
+                "messages to {phone} cannot be priced: its country is not known from the number"
+            )),
+        }
+    }
+
     /// Every rate, by country code.
     pub fn rates(&self) -> Vec<&Rate> {
         let mut rates: Vec<&Rate> = self.rates.values().collect();

@@ -34,6 +34,7 @@ impl CreateCommand {
             status: AccountStatus::Active,
         };
         let as_json = self.json;
+        let gap = settings.messages.rates.pricing_gap(&new_account.phone);
         with_store(settings, |store| async move {
             let account = store
                 .accounts()
@@ -41,9 +42,10 @@ impl CreateCommand {
                 .await
                 .map_err(|error| error.to_string())?;
             if as_json {
-                return print_json(
-                    &json!({"id": account.id, "phone": account.phone, "status": account.status}),
-                );
+                let warnings: Vec<String> = gap.into_iter().collect();
+                return print_json(&json!({
+                    "id": account.id, "phone": account.phone, "status": account.status,
+                    "warnings": warnings}));
             }
             println!(
                 "account {} created: {} ({})",
@@ -51,6 +53,9 @@ impl CreateCommand {
                 account.phone,
                 account.status.as_str()
             );
+            if let Some(gap) = gap {
+                println!("warning: {gap}");
+            }
             Ok(())
         })
     }

@@ -43,6 +43,16 @@ pub struct AccountView {
     created_at: String,
 }
 
+/// A new account, and what the operator should know about it (messages
+/// to its number that cannot be priced yet).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CreatedAccount {
+    #[serde(flatten)]
+    account: AccountView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
 /// A page of accounts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountList {
@@ -74,7 +84,7 @@ impl From<&Account> for AccountView {
 /// Creates an active account with a zero balance.
 #[utoipa::path(post, path = "/v1/admin/accounts", tag = "admin", security(("adminToken" = [])),
     request_body = CreateAccountRequest,
-    responses((status = 201, body = AccountView)))]
+    responses((status = 201, body = CreatedAccount)))]
 pub async fn create(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -100,7 +110,17 @@ pub async fn create(
         .create(new_account, state.clock.now_ms())
         .await?;
     tracing::info!(account_id = %account.id, "account created");
-    Ok(HttpResponse::Created().json(AccountView::from(&account)))
+    let warnings = state
+        .settings
+        .messages
+        .rates
+        .pricing_gap(&account.phone)
+        .into_iter()
+        .collect();
+    Ok(HttpResponse::Created().json(CreatedAccount {
+        account: AccountView::from(&account),
+        warnings,
+    }))
 }
 
 /// An account with its committed balance.

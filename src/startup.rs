@@ -250,6 +250,7 @@ const AUTO_TOP_UP_SWEEP_MS: i64 = 30_000;
 /// then sweeps for due accounts (another instance's setting, a debit just
 /// before a crash) and attempts whose worker stopped (their lease ran out).
 fn start_auto_top_up_worker(billing: Billing, clock: Arc<dyn Clock>) {
+    start_auto_top_up_follower(billing.clone());
     let Some(mut requests) = billing.registry.auto_triggers().take_requests() else {
         return;
     };
@@ -280,6 +281,27 @@ fn start_auto_top_up_worker(billing: Billing, clock: Arc<dyn Clock>) {
                 actix_rt::time::timeout(AUTO_TOP_UP_INTERVAL, requests.recv()).await
             {
                 asked.push(account_id);
+            }
+        }
+    });
+}
+
+/// Follows the auto top-up settings other processes change (the CLI, or
+/// another instance), as their change notes arrive: the live account
+/// actors then ask by the new terms within a second, not at the next sweep.
+fn start_auto_top_up_follower(billing: Billing) {
+    let Some(mut changes) = billing.store.take_auto_top_up_changes() else {
+        return;
+    };
+    actix_rt::spawn(async move {
+        while let Some(account_id) = changes.recv().await {
+            match billing.store.auto_top_up().auto_settings(account_id).await {
+                Ok(Some(settings)) => billing.registry.auto_triggers().follow(&settings),
+                Ok(None) => {}
+                Err(error) => {
+                    // The next sweep reads every setting again.
+                    tracing::warn!(%account_id, %error, "could not read a changed auto top-up setting");
+                }
             }
         }
     });

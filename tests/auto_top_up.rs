@@ -763,3 +763,53 @@ async fn a_crash_between_charge_and_credit_charges_once_and_credits_once() {
         .await;
     assert_eq!(verify["clean"], true, "{verify}");
 }
+
+on_both_stores!(a_setting_changed_by_the_cli_reaches_the_running_servers_actors_at_once);
+/// The CLI (another process) turns auto top-up on while the server runs:
+/// the server's actors follow the change note within a second. The test's
+/// clock never moves, so the 30 s sweep cannot be what found it.
+async fn a_setting_changed_by_the_cli_reaches_the_running_servers_actors_at_once() {
+    let Setup {
+        app,
+        stripe,
+        twilio: _twilio,
+        mut events,
+        clock: _clock,
+    } = setup().await;
+    let (account, _, token) = active_account(&app, &mut events, "+14155553150").await;
+    adjust_to(&app, account, 2_100_000, "near-the-threshold").await;
+    let id = account.to_string();
+    let turned_on = run_cli(&app.directory, &["accounts", "auto-top-up", &id, "--on"]);
+    assert!(turned_on.status.success(), "{turned_on:?}");
+
+    // Each message is a debit below the $2.00 threshold, after which the
+    // actor asks for a top-up if it knows the setting is on.
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    let view = loop {
+        let (status, body) = app
+            .post_message(json!({
+                "account_id": account,
+                "body": "Storm at 3pm",
+                "idempotency_key": format!("after-cli-{sent}")
+            }))
+            .await;
+        assert!(status.is_success(), "{status} {body}");
+        sent += 1;
+        let view = get_auto(&app, account, &token).await;
+        if !view["attempts"].as_array().unwrap().is_empty() {
+            break view;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(3),
+            "no attempt 3 s after the CLI turned auto top-up on: {view}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(view["attempts"][0]["amount_micros"], 10_000_000, "{view}");
+    wait_for_attempts(&app, account, &token, |attempts| {
+        attempts[0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(stripe.charges_made(), 1);
+}

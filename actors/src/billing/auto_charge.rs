@@ -125,7 +125,7 @@ pub async fn view(
 
 /// Checks and stores a change of the setting; answers the account and the
 /// setting stored. (A running server's account actors learn of it at
-/// once when it made the change, else at its next sweep.)
+/// once when it made the change, else from the change note it leaves.)
 pub async fn change(
     store: &Store,
     account_id: AccountId,

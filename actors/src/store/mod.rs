@@ -7,6 +7,7 @@
 //! migrations and its connections to itself. Whatever the adapter, a write
 //! is answered only after the transaction that holds it has committed.
 
+pub(crate) mod change_notes;
 pub mod copy;
 pub mod ports;
 pub mod postgres;
@@ -311,6 +312,10 @@ pub(crate) struct Shared {
     /// registry listens, so that live actors reload).
     moved: mpsc::UnboundedSender<Moved>,
     moved_receiver: Mutex<Option<mpsc::UnboundedReceiver<Moved>>>,
+    /// Where the accounts whose auto top-up setting another process
+    /// changed are sent (the auto top-up worker listens).
+    auto_top_up_changed: mpsc::UnboundedSender<AccountId>,
+    auto_top_up_changed_receiver: Mutex<Option<mpsc::UnboundedReceiver<AccountId>>>,
     pub(crate) stats: Arc<StoreStats>,
     /// Where committed ledger rows are published for the balance feed.
     pub(crate) feed: Arc<FeedHub>,
@@ -324,10 +329,13 @@ pub(crate) struct Shared {
 impl Shared {
     fn new() -> Result<Arc<Shared>, StoreError> {
         let (moved, moved_receiver) = mpsc::unbounded_channel();
+        let (auto_top_up_changed, auto_top_up_receiver) = mpsc::unbounded_channel();
         Ok(Arc::new(Shared {
             origin: crate::access_tokens::random_secret("")?[..16].to_string(),
             moved,
             moved_receiver: Mutex::new(Some(moved_receiver)),
+            auto_top_up_changed,
+            auto_top_up_changed_receiver: Mutex::new(Some(auto_top_up_receiver)),
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
@@ -352,6 +360,11 @@ impl Shared {
             }
         }
         let _ = self.moved.send(moved);
+    }
+
+    /// Another process changed an account's auto top-up setting.
+    pub(crate) fn external_auto_top_up(&self, account_id: AccountId) {
+        let _ = self.auto_top_up_changed.send(account_id);
     }
 
     /// Whether the next commit is to fail (the test switch), counting it.
@@ -457,6 +470,16 @@ impl Store {
     pub fn take_moved(&self) -> Option<mpsc::UnboundedReceiver<Moved>> {
         self.shared
             .moved_receiver
+            .lock()
+            .ok()
+            .and_then(|mut receiver| receiver.take())
+    }
+
+    /// The accounts whose auto top-up setting another process changed, as
+    /// this store learns of them (once: the auto top-up worker takes it).
+    pub fn take_auto_top_up_changes(&self) -> Option<mpsc::UnboundedReceiver<AccountId>> {
+        self.shared
+            .auto_top_up_changed_receiver
             .lock()
             .ok()
             .and_then(|mut receiver| receiver.take())

@@ -25,7 +25,7 @@ pub enum AccountsCommand {
     /// Issue, revoke or rotate an account's sign-in tokens.
     Token(token::TokenCommand),
     /// Show an account's auto top-up, or turn it on or off and change its terms
-    /// (a running server's actors learn of it within 30 s).
+    /// (a running server's actors follow it within a second).
     AutoTopUp(auto_top_up::AutoTopUpCommand),
     /// Adjust a balance by a signed amount of dollars (e.g. 5, -1.50).
     Adjust(adjust::AdjustCommand),

@@ -5,7 +5,7 @@
 
 use tokio_postgres::{GenericClient, Row};
 
-use super::writer::INSERT_NOTICES;
+use super::writer::{CHANNEL, INSERT_NOTICES};
 use super::{boxed, PostgresStore};
 use crate::billing::auto_top_up::{
     AfterAttempt, AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, Consent,
@@ -14,6 +14,7 @@ use crate::billing::auto_top_up::{
 use crate::ledger::AccountId;
 use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
+use crate::store::change_notes;
 use crate::store::{AutoTopUpStore, StoreError, StoreFuture, UnknownValue};
 
 const SETTINGS_COLUMNS: &str = "account_id, enabled, threshold, amount, monthly_cap, consent_at,
@@ -351,10 +352,24 @@ impl AutoTopUpStore for PostgresStore {
         self.read(move |client| async move { get_settings(&*client, account_id, false).await })
     }
 
+    /// Stores the setting and notifies the other instances (on commit), so
+    /// that their live actors follow it at once.
     fn set_auto_settings(&self, change: SettingChange) -> StoreFuture<AutoTopUpSettings> {
+        let payload = format!(
+            "{};{}",
+            self.origin,
+            change_notes::auto_top_up(change.account_id)
+        );
         self.write(move |transaction| {
             let change = change.clone();
-            boxed(async move { set_settings(transaction, &change).await })
+            let payload = payload.clone();
+            boxed(async move {
+                let settings = set_settings(transaction, &change).await?;
+                transaction
+                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
+                    .await?;
+                Ok(settings)
+            })
         })
     }
 

@@ -14,29 +14,15 @@ use tokio::sync::mpsc;
 
 use super::writer::CHANNEL;
 use super::{ledger, Connector, Readers};
-use crate::ledger::AccountId;
+use crate::store::change_notes::{self, ChangeNote};
 use crate::store::Shared;
 
-/// An account and the first and last `seq` a commit wrote for it.
-type Moved = (AccountId, i64, i64);
-
-/// The `account:first-last` pairs after the origin; a malformed pair is
-/// skipped (it names nothing this release could read).
-fn decode(payload: &str) -> Option<(&str, Vec<Moved>)> {
+/// The origin and the notes after it; a malformed note is skipped (it
+/// names nothing this release could read).
+fn decode(payload: &str) -> Option<(&str, Vec<ChangeNote>)> {
     let mut parts = payload.split(';');
     let origin = parts.next()?;
-    let pairs = parts
-        .filter_map(|pair| {
-            let (account, range) = pair.split_once(':')?;
-            let (first, last) = range.split_once('-')?;
-            Some((
-                AccountId(account.parse().ok()?),
-                first.parse().ok()?,
-                last.parse().ok()?,
-            ))
-        })
-        .collect();
-    Some((origin, pairs))
+    Some((origin, parts.filter_map(change_notes::parse).collect()))
 }
 
 pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Weak<Shared>) {
@@ -72,7 +58,14 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
             if origin == shared.origin {
                 continue;
             }
-            for (account_id, first, last) in moved {
+            for note in moved {
+                let (account_id, first, last) = match note {
+                    ChangeNote::Rows(account_id, first, last) => (account_id, first, last),
+                    ChangeNote::AutoTopUp(account_id) => {
+                        shared.external_auto_top_up(account_id);
+                        continue;
+                    }
+                };
                 let rows = async {
                     let client = readers.client().await?;
                     ledger::entries_between(&client, account_id, first, last).await
@@ -97,11 +90,20 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ledger::AccountId;
 
     #[test]
     fn payloads_read_back() {
-        let (origin, moved) = decode("abc;7:12-14;9:3-3;garbage").unwrap_or(("", Vec::new()));
+        let (origin, moved) =
+            decode("abc;7:12-14;9:3-3;garbage;auto:5").unwrap_or(("", Vec::new()));
         assert_eq!(origin, "abc");
-        assert_eq!(moved, vec![(AccountId(7), 12, 14), (AccountId(9), 3, 3)]);
+        assert_eq!(
+            moved,
+            vec![
+                ChangeNote::Rows(AccountId(7), 12, 14),
+                ChangeNote::Rows(AccountId(9), 3, 3),
+                ChangeNote::AutoTopUp(AccountId(5)),
+            ]
+        );
     }
 }

@@ -362,6 +362,8 @@ enum WriterMessage {
 /// The adapter.
 pub struct PostgresStore {
     writer: mpsc::UnboundedSender<WriterMessage>,
+    /// This instance's name in the notifications it sends.
+    origin: String,
     readers: Arc<Readers>,
     url: PostgresUrl,
     /// Dropped with the adapter: tells its runtime's thread to stop.
@@ -475,6 +477,7 @@ impl PostgresStore {
         ));
         Ok(PostgresStore {
             writer,
+            origin: shared.origin.clone(),
             readers,
             url: url.clone(),
             _stop: stop,

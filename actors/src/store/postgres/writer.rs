@@ -24,6 +24,7 @@ use super::{
     ErasedValue, OpFailure, WriterMessage,
 };
 use crate::ledger::{AccountId, LedgerEntry};
+use crate::store::change_notes;
 use crate::store::{LedgerWrite, Shared, StoreError};
 
 /// The channel other instances listen on.
@@ -723,7 +724,7 @@ async fn notify(
     let mut payloads = Vec::new();
     let mut payload = String::from(origin);
     for (account_id, first, last) in moved {
-        let pair = format!(";{account_id}:{first}-{last}");
+        let pair = format!(";{}", change_notes::rows(*account_id, *first, *last));
         if payload.len() + pair.len() > MAX_PAYLOAD {
             payloads.push(std::mem::replace(&mut payload, origin.to_string()));
         }

@@ -13,6 +13,7 @@ use crate::billing::auto_top_up::{
 use crate::ledger::AccountId;
 use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
+use crate::store::change_notes;
 use crate::store::{AutoTopUpStore, StoreError, StoreFuture, UnknownValue};
 
 const SETTINGS_COLUMNS: &str = "account_id, enabled, threshold, amount, monthly_cap, consent_at,
@@ -305,8 +306,23 @@ impl AutoTopUpStore for SqliteStore {
         self.read(move |connection| get_settings(connection, account_id))
     }
 
+    /// Stores the setting and leaves a change note, so that the live
+    /// actors of other processes follow it within the watcher's poll.
     fn set_auto_settings(&self, change: SettingChange) -> StoreFuture<AutoTopUpSettings> {
-        self.write(move |connection| set_settings(connection, &change))
+        let origin = self.origin.clone();
+        self.write(move |connection| {
+            let settings = set_settings(connection, &change)?;
+            connection
+                .prepare_cached(
+                    "INSERT INTO ledger_changes (origin, changes, created_at) VALUES (?1, ?2, ?3)",
+                )?
+                .execute(params![
+                    origin,
+                    change_notes::auto_top_up(change.account_id),
+                    change.now_ms
+                ])?;
+            Ok(settings)
+        })
     }
 
     fn begin_auto_top_up(

@@ -84,6 +84,8 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 /// The adapter: queues to its threads.
 pub struct SqliteStore {
     writer: mpsc::Sender<WriterMessage>,
+    /// This process's name in the change notes it leaves.
+    origin: String,
     readers: Vec<mpsc::Sender<ReadJob>>,
     next_reader: AtomicUsize,
 }
@@ -160,6 +162,7 @@ impl SqliteStore {
         let watch_connection = open_connection(path)?;
         watch_connection.pragma_update(None, "query_only", "ON")?;
         let watched = Arc::downgrade(&shared);
+        let origin = shared.origin.clone();
         spawn_thread("store-watcher", move || {
             watcher::run(watch_connection, watched)
         })?;
@@ -178,6 +181,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             writer: writer_sender,
+            origin,
             readers: reader_senders,
             next_reader: AtomicUsize::new(0),
         })

@@ -15,37 +15,27 @@ use rusqlite::{params, Connection};
 
 use super::ledger;
 use crate::ledger::AccountId;
+use crate::store::change_notes::{self, ChangeNote};
 use crate::store::{Shared, StoreError};
 
 /// How often the watcher asks SQLite whether another connection committed.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// `account:first-last` pairs, `;`-separated.
+/// `account:first-last` notes, `;`-separated.
 pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, i64)>) -> String {
     let mut text = String::with_capacity(moved.len() * 16);
     for (account_id, (first, last)) in moved {
         if !text.is_empty() {
             text.push(';');
         }
-        text.push_str(&format!("{account_id}:{first}-{last}"));
+        text.push_str(&change_notes::rows(*account_id, *first, *last));
     }
     text
 }
 
-/// The pairs of [`encode_changes`]; a malformed one is skipped (it names
-/// nothing this release could read).
-fn decode_changes(text: &str) -> Vec<(AccountId, i64, i64)> {
-    text.split(';')
-        .filter_map(|pair| {
-            let (account, range) = pair.split_once(':')?;
-            let (first, last) = range.split_once('-')?;
-            Some((
-                AccountId(account.parse().ok()?),
-                first.parse().ok()?,
-                last.parse().ok()?,
-            ))
-        })
-        .collect()
+/// The notes of a `changes` column; a malformed one is skipped.
+fn decode_changes(text: &str) -> Vec<ChangeNote> {
+    text.split(';').filter_map(change_notes::parse).collect()
 }
 
 pub(super) fn run(connection: Connection, shared: Weak<Shared>) {
@@ -102,25 +92,31 @@ fn read_changes(
             })?
             .collect::<Result<_, _>>()?;
         let mut last_id = after_id;
-        let mut moved = Vec::new();
+        let mut rows = Vec::new();
+        let mut auto_top_ups = Vec::new();
         for (id, origin, changes) in notes {
             last_id = id;
-            if origin != shared.origin {
-                moved.extend(decode_changes(&changes));
+            if origin == shared.origin {
+                continue;
+            }
+            for note in decode_changes(&changes) {
+                match note {
+                    ChangeNote::Rows(account_id, first, last) => rows.push(
+                        ledger::entries_between(connection, account_id, first, last)?,
+                    ),
+                    ChangeNote::AutoTopUp(account_id) => auto_top_ups.push(account_id),
+                }
             }
         }
-        let mut rows = Vec::with_capacity(moved.len());
-        for (account_id, first, last) in moved {
-            rows.push(ledger::entries_between(
-                connection, account_id, first, last,
-            )?);
-        }
-        Ok::<_, StoreError>((last_id, rows))
+        Ok::<_, StoreError>((last_id, rows, auto_top_ups))
     })();
     let _ = connection.execute_batch("COMMIT");
-    let (last_id, rows) = read?;
+    let (last_id, rows, auto_top_ups) = read?;
     for entries in rows {
         shared.external(entries);
+    }
+    for account_id in auto_top_ups {
+        shared.external_auto_top_up(account_id);
     }
     Ok(last_id)
 }
@@ -134,7 +130,13 @@ mod tests {
         let mut moved = HashMap::new();
         moved.insert(AccountId(7), (12, 14));
         moved.insert(AccountId(9), (3, 3));
-        let mut decoded = decode_changes(&encode_changes(&moved));
+        let mut decoded: Vec<_> = decode_changes(&encode_changes(&moved))
+            .into_iter()
+            .filter_map(|note| match note {
+                ChangeNote::Rows(account, first, last) => Some((account, first, last)),
+                ChangeNote::AutoTopUp(_) => None,
+            })
+            .collect();
         decoded.sort();
         assert_eq!(decoded, vec![(AccountId(7), 12, 14), (AccountId(9), 3, 3)]);
         assert!(decode_changes("garbage;7:1").is_empty());

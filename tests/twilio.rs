@@ -752,3 +752,51 @@ async fn the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_g
         .count();
     assert_eq!(warnings, 2, "one per cooldown, none twice");
 }
+
+on_both_stores!(a_warning_waits_for_the_message_that_caused_it);
+/// The low-balance warning a message's debit sets off is not sent while
+/// that message is still on its way to Twilio: it goes after the message.
+async fn a_warning_waits_for_the_message_that_caused_it() {
+    let (app, fake) = app_with_twilio().await;
+    let account = account_with_balance(&app, "+14155552460", 200_000).await;
+    fake.hold("Storm at 3pm");
+    let sending = app.post_message(
+        json!({"account_id": account, "body": "Storm at 3pm", "idempotency_key": "held-1"}),
+    );
+    let watching = async {
+        // The debit committed, and with it the warning's notice.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (_, body) = app
+                .request(
+                    "GET",
+                    &format!("/v1/admin/accounts/{account}/notices"),
+                    Some(crate::helpers::ADMIN_TOKEN),
+                    None,
+                )
+                .await;
+            if !body["notices"].as_array().unwrap().is_empty() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "no notice: {body}");
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // The notice worker is woken by that commit; give it every chance.
+        actix_rt::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(
+            fake.sent().is_empty(),
+            "the warning went out before its message: {:?}",
+            fake.sent()
+        );
+        fake.release();
+    };
+    let ((status, sent), ()) = futures_util::future::join(sending, watching).await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let messages = fake.wait_for(2).await;
+    assert_eq!(messages[0].body, "Storm at 3pm");
+    assert!(
+        messages[1].body.starts_with("Your SMS credit is low"),
+        "{messages:?}"
+    );
+    app.settle_notices(account).await;
+}

@@ -485,7 +485,9 @@ impl AccountActor {
         // What is committed, read before the working state moves on.
         let committed_before = self.committed();
         // The warning goes out after the caller is answered, queued with
-        // the debit so that it is neither lost nor sent twice.
+        // the debit so that it is neither lost nor sent twice; a message's
+        // debit holds it until that message is resolved, so the warning
+        // never reaches the phone before the message that caused it.
         let notice = if warning_due {
             let kind = NoticeKind::LowBalanceWarning {
                 balance: balance_after,
@@ -497,7 +499,8 @@ impl AccountActor {
             let dedupe_key = format!("low-balance:{}:{}", self.account_id, snapshot_after.seq);
             Some(Box::new(
                 NewNotice::new(self.account_id, kind, dedupe_key, now_ms)
-                    .map_err(LedgerError::Store)?,
+                    .map_err(LedgerError::Store)?
+                    .after_message(mutation.idempotency_key.message_id()),
             ))
         } else {
             None

@@ -117,6 +117,12 @@ impl IdempotencyKey {
         IdempotencyKey::internal(format!("msg:{message_id}"))
     }
 
+    /// The outbound message this key debits, if it is one's
+    /// ([`IdempotencyKey::message`]; a caller's key cannot take the prefix).
+    pub fn message_id(&self) -> Option<i64> {
+        self.as_str().strip_prefix("msg:")?.parse().ok()
+    }
+
     /// The cost of a message that was not sent, given back.
     pub fn message_void(message_id: i64) -> IdempotencyKey {
         IdempotencyKey::internal(format!("msg-void:{message_id}"))

@@ -212,6 +212,8 @@ impl Messaging {
                         check_at,
                     )
                     .await?;
+                // A warning this message's debit set off was waiting for it.
+                self.store.notices_ready().notify_one();
                 if let Some(status) = early_status {
                     // Twilio called back before its answer was recorded.
                     self.handle_status(&accepted.sid, &status, now_ms).await?;
@@ -290,6 +292,8 @@ impl Messaging {
             self.registry.send(account_id, refund).await?;
         }
         self.store.messages().mark_voided(record.id).await?;
+        // A warning this message's debit set off was waiting for it.
+        self.store.notices_ready().notify_one();
         Ok(())
     }
 

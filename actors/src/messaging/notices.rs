@@ -93,6 +93,9 @@ pub struct NewNotice {
     /// `kind` as stored, made when the notice is: a notice that cannot be
     /// written fails the one write that carries it, before any batch.
     payload: String,
+    /// The outbound message whose debit made this notice due: it is not
+    /// sent before that message is resolved (sent or voided).
+    pub after_message: Option<i64>,
 }
 
 impl NewNotice {
@@ -111,7 +114,14 @@ impl NewNotice {
             dedupe_key,
             created_at_ms,
             payload,
+            after_message: None,
         })
+    }
+
+    /// This notice, waiting for `message_id` to be resolved.
+    pub fn after_message(mut self, message_id: Option<i64>) -> NewNotice {
+        self.after_message = message_id;
+        self
     }
 
     /// What the `payload` column holds.

@@ -260,6 +260,7 @@ pub const TABLES: &[Table] = &[
             ("sent_at", I),
             ("twilio_sid", T),
             ("last_error", T),
+            ("after_message", I),
         ],
         key: &[0],
         has_id_sequence: true,

@@ -203,6 +203,7 @@ async fn queue(client: &impl GenericClient, notice: &NewNotice) -> Result<(), St
                 &[notice.dedupe_key.as_str()].as_slice(),
                 &[notice.payload()].as_slice(),
                 &[notice.created_at_ms].as_slice(),
+                &[notice.after_message].as_slice(),
             ],
         )
         .await?;

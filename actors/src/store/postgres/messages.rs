@@ -510,6 +510,9 @@ impl MessageStore for PostgresStore {
                         &format!(
                             "UPDATE notices SET state = 'sending', attempts = attempts + 1, claimed_until = $2
                               WHERE id IN (SELECT id FROM notices WHERE state = 'pending' AND next_attempt_at <= $1
+                                              AND NOT EXISTS (SELECT 1 FROM messages
+                                                               WHERE messages.id = notices.after_message
+                                                                 AND messages.state = 'reserved')
                                             ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
                              RETURNING {NOTICE_COLUMNS}"
                         ),

@@ -17,6 +17,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V2__auto_top_up",
         include_str!("../../../../migrations/postgres/V2__auto_top_up.sql"),
     ),
+    (
+        "V3__notices_after_message",
+        include_str!("../../../../migrations/postgres/V3__notices_after_message.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -64,10 +64,10 @@ SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::b
 /// notice outside the ledger path).
 pub(super) const INSERT_NOTICES: &str =
     "INSERT INTO notices (account_id, kind, dedupe_key, payload, state,
-                     next_attempt_at, created_at)
-SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at
-  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[])
-       AS n (account_id, kind, dedupe_key, payload, created_at)
+                     next_attempt_at, created_at, after_message)
+SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at, after_message
+  FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bigint[])
+       AS n (account_id, kind, dedupe_key, payload, created_at, after_message)
 ON CONFLICT (dedupe_key) DO NOTHING";
 const NOTIFY: &str = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)";
 
@@ -674,6 +674,7 @@ struct Notices {
     dedupe_key: Vec<String>,
     payload: Vec<String>,
     created_at: Vec<i64>,
+    after_message: Vec<Option<i64>>,
 }
 
 impl Notices {
@@ -683,6 +684,7 @@ impl Notices {
         self.dedupe_key.push(notice.dedupe_key.clone());
         self.payload.push(notice.payload().to_string());
         self.created_at.push(notice.created_at_ms);
+        self.after_message.push(notice.after_message);
     }
 
     async fn insert(
@@ -702,6 +704,7 @@ impl Notices {
                     &self.dedupe_key,
                     &self.payload,
                     &self.created_at,
+                    &self.after_message,
                 ],
             )
             .await?;

@@ -370,8 +370,9 @@ fn sent_costs(connection: &Connection) -> Result<Vec<SentCost>, StoreError> {
 pub(super) fn queue(connection: &Connection, notice: &NewNotice) -> rusqlite::Result<()> {
     connection
         .prepare_cached(
-            "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5) ON CONFLICT (dedupe_key) DO NOTHING",
+            "INSERT INTO notices (account_id, kind, dedupe_key, payload, state, next_attempt_at, created_at,
+                                  after_message)
+             VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?5, ?6) ON CONFLICT (dedupe_key) DO NOTHING",
         )?
         .execute(params![
             notice.account_id.0,
@@ -379,6 +380,7 @@ pub(super) fn queue(connection: &Connection, notice: &NewNotice) -> rusqlite::Re
             notice.dedupe_key,
             notice.payload(),
             notice.created_at_ms,
+            notice.after_message,
         ])?;
     Ok(())
 }
@@ -567,6 +569,9 @@ impl MessageStore for SqliteStore {
             let mut statement = connection.prepare_cached(
                 "UPDATE notices SET state = 'sending', attempts = attempts + 1, claimed_until = ?2
                   WHERE id IN (SELECT id FROM notices WHERE state = 'pending' AND next_attempt_at <= ?1
+                                  AND NOT EXISTS (SELECT 1 FROM messages
+                                                   WHERE messages.id = notices.after_message
+                                                     AND messages.state = 'reserved')
                                 ORDER BY next_attempt_at, id LIMIT ?3)
                  RETURNING id, account_id, payload, state, attempts, created_at, sent_at, last_error",
             )?;

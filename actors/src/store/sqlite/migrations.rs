@@ -51,6 +51,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V10__auto_top_up",
         include_str!("../../../../migrations/sqlite/V10__auto_top_up.sql"),
     ),
+    (
+        "V11__notices_after_message",
+        include_str!("../../../../migrations/sqlite/V11__notices_after_message.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -371,3 +371,142 @@ async fn the_feed_pings_and_drops_a_silent_client() {
     }
     assert!(pings >= 2, "pinged {pings} times before giving up");
 }
+
+/// A websocket client on a plain socket with a 4 KiB receive buffer that
+/// reads one frame every 20 ms and answers pings as every client must.
+struct SlowClient {
+    stream: tokio::net::TcpStream,
+}
+
+/// What a slow client saw before the feed ended.
+#[derive(Debug)]
+enum SlowEnd {
+    Closed {
+        code: u16,
+        reason: String,
+    },
+    /// The connection dropped without a close frame (1006).
+    Dropped,
+}
+
+impl SlowClient {
+    async fn connect(app: &TestApp, path: &str, token: &str) -> SlowClient {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address: std::net::SocketAddr =
+            app.address.trim_start_matches("http://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(address).await.unwrap();
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: sms-credit-feed, {token}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(stream.read_u8().await.unwrap());
+        }
+        let head = String::from_utf8_lossy(&head);
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        SlowClient { stream }
+    }
+
+    /// The next frame: (opcode, payload), or `None` at the end of the stream.
+    async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
+        use tokio::io::AsyncReadExt;
+        let first = self.stream.read_u8().await.ok()?;
+        let second = self.stream.read_u8().await.ok()?;
+        let length = match second & 0x7f {
+            126 => u64::from(self.stream.read_u16().await.ok()?),
+            127 => self.stream.read_u64().await.ok()?,
+            short => u64::from(short),
+        };
+        let mut payload = vec![0; usize::try_from(length).unwrap()];
+        self.stream.read_exact(&mut payload).await.ok()?;
+        Some((first & 0x0f, payload))
+    }
+
+    /// A frame from the client: masked (with a zero key, as the protocol allows).
+    async fn send(&mut self, opcode: u8, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        let mut frame = vec![
+            0x80 | opcode,
+            0x80 | u8::try_from(payload.len()).unwrap(),
+            0,
+            0,
+            0,
+            0,
+        ];
+        frame.extend_from_slice(payload);
+        let _ = self.stream.write_all(&frame).await;
+    }
+
+    /// Reads slowly until the feed ends; answers the last `seq` received.
+    async fn read_slowly(&mut self) -> (i64, SlowEnd) {
+        let mut last_seq = 0;
+        loop {
+            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            let Some((opcode, payload)) = self.frame().await else {
+                return (last_seq, SlowEnd::Dropped);
+            };
+            match opcode {
+                0x1 => {
+                    let change: Value = serde_json::from_slice(&payload).unwrap();
+                    last_seq = change["seq"].as_i64().unwrap();
+                }
+                0x8 => {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    let reason = String::from_utf8_lossy(&payload[2..]).into_owned();
+                    self.send(0x8, &payload[..2]).await;
+                    return (last_seq, SlowEnd::Closed { code, reason });
+                }
+                0x9 => self.send(0xA, &payload).await,
+                _ => {}
+            }
+        }
+    }
+}
+
+on_both_stores!(a_slow_client_is_closed_with_where_to_resume);
+/// 3 000 changes to an account whose feed client reads one change every
+/// 20 ms through a 4 KiB receive buffer: it is closed with 1008 and the
+/// `seq` to resume from, which is the last change it received, and
+/// resuming from there goes on without a gap.
+async fn a_slow_client_is_closed_with_where_to_resume() {
+    use futures_util::stream;
+    let app = TestApp::spawn().await;
+    let (id, token) = account_with_token(&app, "+14155553090").await;
+    app.post_adjustment(id, 1_000_000, "opening").await;
+    let mut client = SlowClient::connect(&app, &format!("/v1/accounts/{id}/feed"), &token).await;
+    let app_ref = &app;
+    let writing = stream::iter(0..3_000)
+        .map(|index| async move {
+            app_ref
+                .post_adjustment(id, 1_000, &format!("slow-{index}"))
+                .await
+        })
+        .buffer_unordered(16)
+        .for_each(|(status, body)| async move { assert_eq!(status, StatusCode::OK, "{body}") });
+    let ((), (last_seq, end)) = futures_util::future::join(writing, client.read_slowly()).await;
+    match end {
+        SlowEnd::Closed { code, reason } => {
+            assert_eq!(code, 1008, "{reason}");
+            assert_eq!(
+                reason,
+                format!("too slow: reconnect with ?since={last_seq}")
+            );
+        }
+        SlowEnd::Dropped => panic!("dropped without a close frame after seq {last_seq}"),
+    }
+    assert!(last_seq < 3_001, "closed before the end: {last_seq}");
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since={last_seq}"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    next_json(&mut feed).await; // the snapshot
+    assert_eq!(next_json(&mut feed).await["seq"], last_seq + 1);
+}

@@ -2,6 +2,13 @@
 //! database, so every row is either in what it reads or in what it is sent
 //! afterwards (both, at worst: duplicates are skipped by `seq`). A gap in
 //! the live rows is filled from the ledger before going on.
+//!
+//! What the client has read is learned from its pongs to numbered pings
+//! (every client must answer a ping, in order): a client more than the
+//! queue's length behind is too slow. Then nothing more is sent but one
+//! last numbered ping; once the client has read up to it (or a bounded
+//! wait is over), the close frame goes out on an empty pipe, saying where
+//! to resume.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +25,11 @@ use super::FeedScope;
 const PAGE: i64 = 500;
 /// How long one frame may take to be accepted before the client counts as stuck.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
+/// A numbered ping goes out after this many rows.
+const MARK_EVERY: u64 = 16;
+/// How long a client that is too slow has to read what was sent before the
+/// close frame goes out anyway.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What a connection starts from.
 pub struct FeedStart {
@@ -57,16 +69,93 @@ fn event(entry: &LedgerEntry) -> Value {
     })
 }
 
-async fn send(session: &mut Session, value: &Value) -> Result<(), End> {
-    match actix_rt::time::timeout(SEND_TIMEOUT, session.text(value.to_string())).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_closed)) => Err(End::ClientLeft),
-        Err(_elapsed) => Err(End::TooSlow { last_seq: -1 }),
+/// The connection to the client, and how far behind it is.
+struct Client {
+    session: Session,
+    /// Rows sent so far.
+    sent: u64,
+    /// Rows the client has read: the highest numbered ping it answered.
+    read: u64,
+    /// Rows the client may have unread before it is too slow.
+    window: u64,
+    /// The last row of the account sent (account feeds): where to resume.
+    last_row: i64,
+}
+
+impl Client {
+    fn new(session: Session, window: usize) -> Client {
+        Client {
+            session,
+            sent: 0,
+            read: 0,
+            window: u64::try_from(window).unwrap_or(u64::MAX).max(1),
+            last_row: -1,
+        }
+    }
+
+    fn too_slow(&self) -> End {
+        End::TooSlow {
+            last_seq: self.last_row,
+        }
+    }
+
+    async fn frame(&mut self, value: &Value) -> Result<(), End> {
+        match actix_rt::time::timeout(SEND_TIMEOUT, self.session.text(value.to_string())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_closed)) => Err(End::ClientLeft),
+            Err(_elapsed) => Err(self.too_slow()),
+        }
+    }
+
+    /// A row, unless the client is a window behind; every `MARK_EVERY`
+    /// rows a ping numbered with the rows sent so far.
+    async fn row(&mut self, entry: &LedgerEntry) -> Result<(), End> {
+        if self.sent - self.read >= self.window {
+            return Err(self.too_slow());
+        }
+        self.frame(&event(entry)).await?;
+        self.sent += 1;
+        self.last_row = entry.seq;
+        if self.sent % MARK_EVERY == 0 {
+            self.mark().await?;
+        }
+        Ok(())
+    }
+
+    async fn mark(&mut self) -> Result<(), End> {
+        self.session
+            .ping(&self.sent.to_be_bytes())
+            .await
+            .map_err(|_| End::ClientLeft)
+    }
+
+    /// A pong: a numbered one says how far the client has read.
+    fn pong(&mut self, bytes: &[u8]) {
+        if let Ok(mark) = <[u8; 8]>::try_from(bytes) {
+            self.read = self.read.max(u64::from_be_bytes(mark).min(self.sent));
+        }
+    }
+
+    /// Waits (bounded) until the client has read every row sent, so that
+    /// a close frame sent next is not stuck behind them.
+    async fn drain(&mut self, incoming: &mut MessageStream) {
+        if self.read >= self.sent || self.mark().await.is_err() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while self.read < self.sent {
+            match tokio::time::timeout_at(deadline, incoming.recv()).await {
+                Ok(Some(Ok(Message::Pong(bytes)))) => self.pong(&bytes),
+                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => return,
+                Ok(Some(Ok(_))) => {}
+            }
+        }
     }
 }
 
 /// Runs a connection until the client leaves, falls behind or goes silent.
-pub async fn run(start: FeedStart, mut session: Session, mut incoming: MessageStream) {
+pub async fn run(start: FeedStart, session: Session, mut incoming: MessageStream) {
+    let mut client = Client::new(session, start.queue);
     let subscription = start.store.feed().subscribe(
         match start.scope {
             FeedScope::Account(account_id) => Some(account_id),
@@ -76,17 +165,13 @@ pub async fn run(start: FeedStart, mut session: Session, mut incoming: MessageSt
     );
     let end = match start.scope {
         FeedScope::Account(account_id) => {
-            account_feed(
-                &start,
-                account_id,
-                subscription,
-                &mut session,
-                &mut incoming,
-            )
-            .await
+            account_feed(&start, account_id, subscription, &mut client, &mut incoming).await
         }
-        FeedScope::Admin => admin_feed(&start, subscription, &mut session, &mut incoming).await,
+        FeedScope::Admin => admin_feed(&start, subscription, &mut client, &mut incoming).await,
     };
+    if let End::TooSlow { .. } = end {
+        client.drain(&mut incoming).await;
+    }
     let reason = match end {
         End::ClientLeft => None,
         End::TooSlow { last_seq } => Some(CloseReason {
@@ -117,7 +202,7 @@ pub async fn run(start: FeedStart, mut session: Session, mut incoming: MessageSt
             })
         }
     };
-    let _ = session.close(reason).await;
+    let _ = client.session.close(reason).await;
 }
 
 /// Rows of `account_id` after `after_seq`, up to `limit`, and (with
@@ -152,7 +237,7 @@ async fn replay(
     account_id: AccountId,
     last: &mut i64,
     until: Option<i64>,
-    session: &mut Session,
+    client: &mut Client,
 ) -> Result<(), End> {
     loop {
         let limit = match until {
@@ -165,7 +250,7 @@ async fn replay(
             .map_err(|error| End::Store(error.to_string()))?;
         let complete = (entries.len() as i64) < limit;
         for entry in &entries {
-            send(session, &event(entry)).await?;
+            client.row(entry).await?;
             *last = entry.seq;
         }
         if complete || entries.is_empty() {
@@ -178,7 +263,7 @@ async fn account_feed(
     start: &FeedStart,
     account_id: AccountId,
     mut subscription: Subscription,
-    session: &mut Session,
+    client: &mut Client,
     incoming: &mut MessageStream,
 ) -> End {
     // Without `since`, read only the snapshot (no row is after i64::MAX).
@@ -189,11 +274,12 @@ async fn account_feed(
         Err(error) => return End::Store(error.to_string()),
     };
     let (snapshot_seq, balance_micros) = snapshot.unwrap_or((0, 0));
-    if let Err(end) = send(
-        session,
-        &json!({"seq": snapshot_seq, "balance_micros": balance_micros}),
-    )
-    .await
+    client.last_row = start
+        .since
+        .map_or(snapshot_seq, |since| since.clamp(0, snapshot_seq));
+    if let Err(end) = client
+        .frame(&json!({"seq": snapshot_seq, "balance_micros": balance_micros}))
+        .await
     {
         return end;
     }
@@ -206,13 +292,13 @@ async fn account_feed(
             let mut last = since.clamp(0, snapshot_seq);
             let complete = (first_page.len() as i64) < PAGE;
             for entry in &first_page {
-                if let Err(end) = send(session, &event(entry)).await {
+                if let Err(end) = client.row(entry).await {
                     return end;
                 }
                 last = entry.seq;
             }
             if !complete {
-                if let Err(end) = replay(&start.store, account_id, &mut last, None, session).await {
+                if let Err(end) = replay(&start.store, account_id, &mut last, None, client).await {
                     return end;
                 }
             }
@@ -234,31 +320,31 @@ async fn account_feed(
             }
             live = subscription.receiver.recv() => {
                 let Some(entry) = live else {
-                    return End::TooSlow { last_seq: last };
+                    return client.too_slow();
                 };
                 if entry.seq <= last {
                     continue;
                 }
                 if entry.seq > last + 1 {
                     if let Err(end) =
-                        replay(&start.store, account_id, &mut last, Some(entry.seq - 1), session).await
+                        replay(&start.store, account_id, &mut last, Some(entry.seq - 1), client).await
                     {
                         return end;
                     }
                 }
-                if let Err(end) = send(session, &event(&entry)).await {
+                if let Err(end) = client.row(&entry).await {
                     return end;
                 }
                 last = entry.seq;
             }
             message = incoming.recv() => {
-                match heard(message, session, &mut last_heard).await {
+                match heard(message, client, &mut last_heard).await {
                     Some(end) => return end,
                     None => continue,
                 }
             }
             _ = heartbeat.tick() => {
-                if let Some(end) = ping(session, last_heard, start.heartbeat).await {
+                if let Some(end) = ping(client, last_heard, start.heartbeat).await {
                     return end;
                 }
             }
@@ -292,7 +378,7 @@ async fn every_seq(store: &Store) -> Result<HashMap<AccountId, i64>, StoreError>
 async fn admin_feed(
     start: &FeedStart,
     mut subscription: Subscription,
-    session: &mut Session,
+    client: &mut Client,
     incoming: &mut MessageStream,
 ) -> End {
     // Subscribed first, so no row committed after this read is missed.
@@ -314,7 +400,7 @@ async fn admin_feed(
             }
             live = subscription.receiver.recv() => {
                 let Some(entry) = live else {
-                    return End::TooSlow { last_seq: -1 };
+                    return client.too_slow();
                 };
                 // An account not there when the feed opened starts at 0.
                 let last = last.entry(entry.account_id).or_insert(0);
@@ -323,23 +409,23 @@ async fn admin_feed(
                 }
                 if entry.seq > *last + 1 {
                     if let Err(end) =
-                        replay(&start.store, entry.account_id, last, Some(entry.seq - 1), session).await
+                        replay(&start.store, entry.account_id, last, Some(entry.seq - 1), client).await
                     {
                         return end;
                     }
                 }
-                if let Err(end) = send(session, &event(&entry)).await {
+                if let Err(end) = client.row(&entry).await {
                     return end;
                 }
                 *last = entry.seq;
             }
             message = incoming.recv() => {
-                if let Some(end) = heard(message, session, &mut last_heard).await {
+                if let Some(end) = heard(message, client, &mut last_heard).await {
                     return end;
                 }
             }
             _ = heartbeat.tick() => {
-                if let Some(end) = ping(session, last_heard, start.heartbeat).await {
+                if let Some(end) = ping(client, last_heard, start.heartbeat).await {
                     return end;
                 }
             }
@@ -350,14 +436,24 @@ async fn admin_feed(
 /// Handles a frame from the client; `Some` when the connection is over.
 async fn heard(
     message: Option<Result<Message, actix_ws::ProtocolError>>,
-    session: &mut Session,
+    client: &mut Client,
     last_heard: &mut Instant,
 ) -> Option<End> {
     match message {
         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(End::ClientLeft),
         Some(Ok(Message::Ping(bytes))) => {
             *last_heard = Instant::now();
-            session.pong(&bytes).await.err().map(|_| End::ClientLeft)
+            client
+                .session
+                .pong(&bytes)
+                .await
+                .err()
+                .map(|_| End::ClientLeft)
+        }
+        Some(Ok(Message::Pong(bytes))) => {
+            *last_heard = Instant::now();
+            client.pong(&bytes);
+            None
         }
         Some(Ok(_)) => {
             *last_heard = Instant::now();
@@ -367,9 +463,14 @@ async fn heard(
 }
 
 /// A heartbeat: a client silent for three intervals is dropped.
-async fn ping(session: &mut Session, last_heard: Instant, interval: Duration) -> Option<End> {
+async fn ping(client: &mut Client, last_heard: Instant, interval: Duration) -> Option<End> {
     if last_heard.elapsed() > interval * 3 {
         return Some(End::Silent);
     }
-    session.ping(b"").await.err().map(|_| End::ClientLeft)
+    client
+        .session
+        .ping(b"")
+        .await
+        .err()
+        .map(|_| End::ClientLeft)
 }

@@ -116,7 +116,7 @@ impl Client {
         self.frame(&event(entry)).await?;
         self.sent += 1;
         self.last_row = entry.seq;
-        if self.sent % MARK_EVERY == 0 {
+        if self.sent.is_multiple_of(MARK_EVERY) {
             self.mark().await?;
         }
         Ok(())

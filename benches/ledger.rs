@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use sms_credit::config::Settings;
 use sms_credit::startup::Core;
+use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store::{self, DatabaseLocation, LedgerWrite, Store, StoreSettings};
+use sms_credit_actors::store::LedgerWrite;
 use sms_credit_actors::{
     AccountId, Debit, IdempotencyKey, LedgerEntry, Money, Snapshot, TransactionKind,
 };
@@ -136,7 +137,7 @@ fn seed(database: &BenchDatabase, accounts: i64, opening_micros: i64) {
         DatabaseLocation::Sqlite(path) => seed_sqlite(path, accounts, opening_micros),
         DatabaseLocation::Postgres(_) => {
             // Migrated by opening it once.
-            drop(Store::open(&StoreSettings::new(database.location.clone())).unwrap());
+            drop(adapters::open(&StoreSettings::new(database.location.clone())).unwrap());
             postgres_batch(
                 &postgres_url(database),
                 &format!(
@@ -165,7 +166,7 @@ fn postgres_url(database: &BenchDatabase) -> String {
 }
 
 fn seed_sqlite(path: &std::path::Path, accounts: i64, opening_micros: i64) {
-    let mut connection = store::sqlite::raw_connection(path).unwrap();
+    let mut connection = adapters::sqlite::raw_connection(path).unwrap();
     let transaction = connection.transaction().unwrap();
     for id in 1..=accounts {
         transaction
@@ -312,7 +313,7 @@ fn naive_debits(options: &Options) -> f64 {
 }
 
 fn naive_sqlite(options: &Options, path: &std::path::Path) -> f64 {
-    let connection = store::sqlite::raw_connection(path).unwrap();
+    let connection = adapters::sqlite::raw_connection(path).unwrap();
     let started = Instant::now();
     for number in 0..options.naive_debits {
         let account = (number % options.accounts as u64) as i64 + 1;
@@ -417,7 +418,7 @@ fn store_floor(options: &Options) -> f64 {
     seed(&database, options.accounts, 1_000_000_000);
     let location = database.location.clone();
     actix_rt::System::new().block_on(async move {
-        let store = Store::open(&StoreSettings::new(location)).unwrap();
+        let store = adapters::open(&StoreSettings::new(location)).unwrap();
         let mut snapshots: Vec<Snapshot> = (0..=options.accounts)
             .map(|_| Snapshot {
                 balance: Money::from_micros(1_000_000_000),

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use sms_credit::config::Settings;
 use sms_credit::startup::Core;
+use sms_credit_actors::adapters;
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store;
 use sms_credit_actors::{AccountId, GetBalance};
 
 struct Options {
@@ -63,7 +63,7 @@ fn rss_kib(pid: &str) -> u64 {
 /// Accounts with valid US numbers and `rows` credits each, written with
 /// the journal off (it is a benchmark fixture, not data).
 fn build_database(path: &Path, accounts: i64, rows: i64) {
-    let connection = store::sqlite::raw_connection(path).unwrap();
+    let connection = adapters::sqlite::raw_connection(path).unwrap();
     connection
         .pragma_update(None, "journal_mode", "OFF")
         .unwrap();

@@ -12,7 +12,7 @@ use actix_web::{web, FromRequest, HttpRequest};
 use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The application's state: always there in a server built by
 /// `Application::build`, so its absence is the server's fault (500).

@@ -18,6 +18,7 @@ use crate::config::{Settings, StripeSettings};
 use crate::error;
 use crate::feed::Tickets;
 use crate::routes;
+use crate::state::AppState;
 use crate::stripe::StripeGateway;
 use crate::telemetry::{self, HttpMetrics};
 use crate::twilio::TwilioClient;
@@ -39,7 +40,9 @@ pub struct Core {
 impl Core {
     /// Opens the store and starts the actors. Must run inside an actix system.
     pub fn start(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Core, StoreError> {
-        let store = Store::open(&StoreSettings::new(settings.database.location.clone()))?;
+        let store = sms_credit_actors::adapters::open(&StoreSettings::new(
+            settings.database.location.clone(),
+        ))?;
         sms_credit_actors::phone::warm_up();
         let arbiters: Vec<Arbiter> = (0..settings.server.actor_threads)
             .map(|_| Arbiter::new())
@@ -417,23 +420,6 @@ async fn wait_for_stop_signal() -> &'static str {
     }
 }
 
-/// What every request handler can reach.
-pub struct AppState {
-    pub settings: Settings,
-    pub store: Store,
-    pub registry: Registry,
-    pub billing: Option<Billing>,
-    pub messaging: Option<Messaging>,
-    pub stripe_supervisor: Addr<StripeSupervisor>,
-    pub sms_supervisor: Addr<SmsSupervisor>,
-    pub clock: Arc<dyn Clock>,
-    pub tickets: Arc<Tickets>,
-    pub http_metrics: Arc<HttpMetrics>,
-    /// Becomes `true` when the server starts stopping: open feeds close
-    /// with 1001 and where to resume.
-    pub stopping: tokio::sync::watch::Receiver<bool>,
-}
-
 /// The running server.
 pub struct Application {
     port: u16,
@@ -455,7 +441,7 @@ fn metrics_server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/metrics", web::get().to(telemetry::metrics))
+            .route("/metrics", web::get().to(routes::metrics::metrics))
             .default_service(web::to(|| async {
                 error::ApiError::NotFound("this address serves only /metrics".into())
                     .error_response()
@@ -530,9 +516,12 @@ impl Application {
             Some(listener) => Some(metrics_server(state.clone(), listener)?),
             None => None,
         };
+        // The request middleware counts into these (it needs nothing else).
+        let http_metrics = web::Data::from(Arc::clone(&state.http_metrics));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(http_metrics.clone())
                 .app_data(
                     web::JsonConfig::default()
                         .limit(64 * 1024)

@@ -5,8 +5,8 @@
 
 use actix_web::http::StatusCode;
 use serde_json::json;
+use sms_credit_actors::adapters::{self, StoreSettings};
 use sms_credit_actors::store::copy::TABLES;
-use sms_credit_actors::store::{Store, StoreSettings};
 
 use crate::database::{StoreKind, TestDatabase};
 use crate::fake_stripe::{EventFactory, FakeStripe};
@@ -23,7 +23,7 @@ fn copy(from: &TestDatabase, to: &TestDatabase) -> std::process::Output {
 
 /// Every row of every copied table, in key order, read through the port.
 async fn every_row(database: &TestDatabase) -> Vec<(&'static str, Vec<String>)> {
-    let store = Store::open(&StoreSettings::new(database.location())).unwrap();
+    let store = adapters::open(&StoreSettings::new(database.location())).unwrap();
     let mut rows = Vec::new();
     for table in TABLES {
         let page = store

@@ -10,7 +10,7 @@ use std::cell::Cell;
 use std::path::Path;
 use std::sync::Arc;
 
-use sms_credit_actors::store::DatabaseLocation;
+use sms_credit_actors::adapters::DatabaseLocation;
 use tempfile::TempDir;
 
 /// Which store a test runs against.
@@ -212,7 +212,7 @@ impl TestDatabase {
                 let server = server_url();
                 let name = format!(
                     "sms_credit_test_{}",
-                    sms_credit_actors::access_tokens::random_secret("")
+                    sms_credit_actors::random::random_secret("")
                         .unwrap()
                         .get(..16)
                         .unwrap()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use sms_credit::startup::Core;
 use sms_credit_actors::accounts::{AccountStatus, NewAccount, PhoneNumber};
-use sms_credit_actors::store::{self, StoreError};
+use sms_credit_actors::store::StoreError;
 use sms_credit_actors::{AccountId, Credit, Debit, GetBalance, IdempotencyKey, LedgerError, Money};
 
 use crate::helpers::{fresh_directory, start_core, TestDatabase};
@@ -54,7 +54,9 @@ pub fn assert_verified(directory: &TestDatabase) {
     let location = directory.location();
     let report = std::thread::spawn(move || {
         actix_rt::System::new().block_on(async move {
-            let store = store::Store::open(&store::StoreSettings::new(location)).unwrap();
+            let store =
+                sms_credit_actors::adapters::open(&sms_credit_actors::StoreSettings::new(location))
+                    .unwrap();
             store.ledger().verify().await.unwrap()
         })
     })

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use awc::http::StatusCode;
-use sms_credit_actors::store::DatabaseLocation;
+use sms_credit_actors::adapters::DatabaseLocation;
 
 use crate::database::{StoreKind, TestDatabase};
 use crate::helpers::{test_settings, TestApp};

@@ -16,15 +16,7 @@ pub fn hash(token: &str) -> String {
 
 /// A new random token (256 bits from the operating system).
 pub fn generate() -> Result<String, StoreError> {
-    random_secret(PREFIX)
-}
-
-/// `prefix` and 256 random bits from the operating system, in hex.
-pub fn random_secret(prefix: &str) -> Result<String, StoreError> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes)
-        .map_err(|error| StoreError::Database(format!("no randomness: {error}")))?;
-    Ok(format!("{prefix}{}", hex::encode(bytes)))
+    crate::random::random_secret(PREFIX)
 }
 
 /// Issues a token for an account; `None` if there is no such account.

@@ -499,7 +499,7 @@ impl AccountActor {
             let dedupe_key = format!("low-balance:{}:{}", self.account_id, snapshot_after.seq);
             Some(Box::new(
                 NewNotice::new(self.account_id, kind, dedupe_key, now_ms)
-                    .map_err(LedgerError::Store)?
+                    .map_err(|error| LedgerError::Store(error.into()))?
                     .after_message(mutation.idempotency_key.message_id()),
             ))
         } else {

@@ -2,7 +2,7 @@
 
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::{Money, MoneyError};
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LedgerError {

@@ -9,6 +9,7 @@
 pub mod access_tokens;
 pub mod account_actor;
 pub mod accounts;
+pub mod adapters;
 pub mod billing;
 pub mod clock;
 pub mod commands;
@@ -19,6 +20,7 @@ pub mod ledger;
 pub mod messaging;
 pub mod money;
 pub mod phone;
+pub mod random;
 pub mod rating;
 pub mod registry;
 pub mod stats;
@@ -29,8 +31,9 @@ pub mod verify;
 pub use account_actor::{
     AccountActor, AccountSettings, Adjust, Credit, Debit, GetBalance, Receipt, Refund,
 };
+pub use adapters::StoreSettings;
 pub use error::LedgerError;
 pub use ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
 pub use money::Money;
 pub use registry::Registry;
-pub use store::{Store, StoreError, StoreSettings};
+pub use store::{Store, StoreError};

@@ -3,8 +3,9 @@
 
 use clap::Args;
 use serde_json::{json, Value};
+use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
-use sms_credit_actors::store::{copy, DatabaseLocation, Store, StoreSettings};
+use sms_credit_actors::store::{copy, Store};
 
 use super::output::print_json;
 
@@ -32,7 +33,7 @@ fn parse(name: &str, text: &str) -> Result<DatabaseLocation, String> {
 }
 
 fn open(location: &DatabaseLocation) -> Result<Store, String> {
-    Store::open(&StoreSettings::new(location.clone()))
+    adapters::open(&StoreSettings::new(location.clone()))
         .map_err(|error| format!("{location}: {error}"))
 }
 

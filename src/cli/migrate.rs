@@ -2,7 +2,7 @@
 
 use clap::Args;
 use serde_json::json;
-use sms_credit_actors::store::Store;
+use sms_credit_actors::adapters;
 
 use super::output::print_json;
 use crate::config::Settings;
@@ -17,7 +17,7 @@ pub struct MigrateCommand {
 impl MigrateCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
         let database = &settings.database.location;
-        let applied = Store::migrate(database).map_err(|error| error.to_string())?;
+        let applied = adapters::migrate(database).map_err(|error| error.to_string())?;
         if self.json {
             return print_json(&json!({"database": database.to_string(), "applied": applied}));
         }

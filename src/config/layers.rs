@@ -275,7 +275,7 @@ fn shown_value(effective: &Effective) -> Option<String> {
     }
     if effective.setting.key == "database" {
         return Some(
-            sms_credit_actors::store::DatabaseLocation::parse(value).map_or_else(
+            sms_credit_actors::adapters::DatabaseLocation::parse(value).map_or_else(
                 |_| "(not a database location)".to_string(),
                 |location| location.to_string(),
             ),

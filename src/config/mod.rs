@@ -17,9 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sms_credit_actors::adapters::DatabaseLocation;
 use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
 use sms_credit_actors::rating::RateTable;
-use sms_credit_actors::store::DatabaseLocation;
 use sms_credit_actors::Money;
 
 pub use catalog::{GlobalOptions, Options, Section, Setting, SETTINGS};

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use dashmap::DashMap;
-use sms_credit_actors::{access_tokens, AccountId, StoreError};
+use sms_credit_actors::{AccountId, StoreError};
 
 /// How long a ticket stays valid.
 pub const TICKET_LIFETIME: Duration = Duration::from_secs(30);
@@ -28,7 +28,7 @@ impl Tickets {
     /// A new single-use ticket for `scope`.
     pub fn issue(&self, scope: FeedScope, now_ms: i64) -> Result<String, StoreError> {
         self.open.retain(|_, (_, expires_at)| *expires_at > now_ms);
-        let ticket = access_tokens::random_secret("sft_")?;
+        let ticket = sms_credit_actors::random::random_secret("sft_")?;
         let expires_at = now_ms + sms_credit_actors::clock::millis(TICKET_LIFETIME);
         self.open.insert(ticket.clone(), (scope, expires_at));
         Ok(ticket)

@@ -9,8 +9,8 @@ use sms_credit_actors::AccountId;
 use crate::auth::AccountHolder;
 use crate::error::ApiError;
 use crate::feed::{FeedScope, TICKET_LIFETIME};
-use crate::routes::admin::transactions::TransactionView;
-use crate::startup::AppState;
+use crate::routes::admin::transactions::{TransactionView, Transactions};
+use crate::state::AppState;
 
 /// An account as its holder sees it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -32,12 +32,6 @@ pub struct HolderView {
     messages_estimate: Option<i64>,
     /// Whether payments (top-ups, auto top-up) are offered on this server.
     payments_available: bool,
-}
-
-/// Ledger rows.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct Transactions {
-    pub transactions: Vec<TransactionView>,
 }
 
 /// A single-use ticket for the balance feed.

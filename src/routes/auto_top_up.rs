@@ -13,7 +13,7 @@ use crate::auth::{AccountHolder, Admin};
 use crate::error::ApiError;
 use crate::routes::account::own_account;
 use crate::routes::checkout::billing;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A change of the setting; absent fields keep their value (the defaults
 /// when first turned on: threshold $2.00, amount $10, cap $50).

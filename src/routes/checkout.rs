@@ -10,7 +10,7 @@ use sms_credit_actors::billing::discounts::normalize_code;
 
 use crate::auth::AccountHolder;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// Who is buying access.
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -11,7 +11,7 @@ use sms_credit_actors::{access_tokens, AccountId};
 use crate::auth::{bearer_token, constant_time_eq, Admin};
 use crate::error::ApiError;
 use crate::feed::{self, FeedScope, FeedStart};
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The subprotocol the server answers with.
 pub const PROTOCOL: &str = "sms-credit-feed";

@@ -9,7 +9,7 @@ use sms_credit_actors::AccountId;
 
 use crate::auth::HostApplication;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A message to send to an account (by id, by number, or both if they agree).
 #[derive(Deserialize, utoipa::ToSchema)]

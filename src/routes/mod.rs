@@ -7,6 +7,8 @@ pub(crate) mod checkout;
 pub(crate) mod feed;
 pub(crate) mod health;
 pub(crate) mod messages;
+pub(crate) mod metrics;
+pub mod openapi;
 pub(crate) mod page;
 pub(crate) mod quote;
 pub(crate) mod webhooks;
@@ -18,11 +20,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/account", web::get().to(page::account_page))
-        .route(
-            "/metrics",
-            web::get().to(crate::telemetry::metrics_with_token),
-        )
-        .route("/openapi.json", web::get().to(crate::openapi::serve))
+        .route("/metrics", web::get().to(metrics::metrics_with_token))
+        .route("/openapi.json", web::get().to(openapi::serve))
         .route("/v1/quote", web::post().to(quote::create))
         .route("/v1/checkout/access", web::post().to(checkout::access))
         .route("/v1/checkout/topup", web::post().to(checkout::top_up))
@@ -62,5 +61,5 @@ pub fn configure(config: &mut web::ServiceConfig) {
         )
         .service(web::scope("/v1/admin").configure(admin::configure))
         // A path that is a route, with another method: 405 and Allow; else 404.
-        .default_service(web::to(crate::openapi::unrouted));
+        .default_service(web::to(openapi::unrouted));
 }

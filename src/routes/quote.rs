@@ -5,7 +5,7 @@ use serde::Deserialize;
 use sms_credit_actors::rating::{quote, QuoteRequest};
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A message to price.
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -16,7 +16,7 @@ use super::BillingError;
 use crate::accounts::Card;
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NoticeKind};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Attempts charged per round.
 const ATTEMPTS_PER_ROUND: i64 = 20;
@@ -385,13 +385,13 @@ impl Billing {
         let mut notices = news
             .into_iter()
             .map(|event| attempt_notice(attempt, event, now_ms))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StoreError::from)?;
         if turn_off && settings.enabled {
-            notices.push(attempt_notice(
-                attempt,
-                AutoTopUpNotice::TurnedOff { failures },
-                now_ms,
-            )?);
+            notices.push(
+                attempt_notice(attempt, AutoTopUpNotice::TurnedOff { failures }, now_ms)
+                    .map_err(StoreError::from)?,
+            );
         }
         let after = store
             .end_auto_top_up(AttemptEnd {

@@ -22,9 +22,8 @@ use tokio::sync::mpsc;
 use crate::accounts::{card_words, Account, AccountStatus, Card};
 use crate::clock::{civil_from_days, days_from_civil, DAY_MS};
 use crate::ledger::AccountId;
-use crate::messaging::notices::{AutoTopUpNotice, NewNotice, NoticeKind};
+use crate::messaging::notices::{AutoTopUpNotice, NewNotice, NoticeError, NoticeKind};
 use crate::money::Money;
-use crate::store::StoreError;
 
 use super::BillingError;
 
@@ -515,7 +514,7 @@ pub fn attempt_notice(
     attempt: &AutoTopUpAttempt,
     event: AutoTopUpNotice,
     now_ms: i64,
-) -> Result<NewNotice, StoreError> {
+) -> Result<NewNotice, NoticeError> {
     let what = match &event {
         AutoTopUpNotice::TurnedOff { .. } => "off",
         _ => "failed",

@@ -489,7 +489,7 @@ impl Billing {
             })
             .await?;
         let idempotency_key = IdempotencyKey::stripe_payment(payment_intent_id)
-            .map_err(|_| super::events::invalid_id("PaymentIntent", payment_intent_id))?;
+            .map_err(|_| BillingError::invalid_id("PaymentIntent", payment_intent_id))?;
         let description = match order.order_type {
             OrderType::AutoTopUp => "auto top-up by saved card",
             _ => "top-up by saved card",

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
+pub use super::event_log::{EventRecord, EventStatus};
 use super::gateway::PaymentPurpose;
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
@@ -149,83 +150,8 @@ impl Serialize for EventOutcome {
     }
 }
 
-/// A Stripe id that cannot be part of a ledger key (too long, or with
-/// spaces): refused rather than keyed some other way.
-pub(crate) fn invalid_id(what: &str, id: &str) -> BillingError {
-    BillingError::Invalid(format!("the {what} id '{id}' is not a valid Stripe id"))
-}
-
 fn cents(amount_cents: i64) -> Result<Money, BillingError> {
     Money::from_cents(amount_cents).map_err(|_| BillingError::Invalid("amount out of range".into()))
-}
-
-/// What became of an event, as stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
-pub enum EventStatus {
-    /// Seen, not decided yet (being handled, or the handling was cut off:
-    /// Stripe's retry decides it).
-    Received,
-    /// It took effect.
-    Applied,
-    /// Nothing to do (not an event this service acts on, not one of its orders).
-    Ignored,
-    /// It refers to state that does not exist yet (a refund before its
-    /// payment); applied when that state appears.
-    Waiting,
-    /// It waited longer than Stripe retries (3 days) and was given up.
-    Expired,
-    /// It could not be read.
-    Failed,
-}
-
-impl EventStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventStatus::Received => "received",
-            EventStatus::Applied => "applied",
-            EventStatus::Ignored => "ignored",
-            EventStatus::Waiting => "waiting",
-            EventStatus::Expired => "expired",
-            EventStatus::Failed => "failed",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<EventStatus> {
-        match text {
-            "received" => Some(EventStatus::Received),
-            "applied" => Some(EventStatus::Applied),
-            "ignored" => Some(EventStatus::Ignored),
-            "waiting" => Some(EventStatus::Waiting),
-            "expired" => Some(EventStatus::Expired),
-            "failed" => Some(EventStatus::Failed),
-            _ => None,
-        }
-    }
-
-    /// Whether the event is decided for good: a delivery of it again does nothing.
-    pub fn is_final(self) -> bool {
-        !matches!(self, EventStatus::Received | EventStatus::Waiting)
-    }
-}
-
-/// A stored event, for admins and for waking waiting ones.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct EventRecord {
-    pub event_id: String,
-    pub event_type: String,
-    pub status: EventStatus,
-    /// What a waiting event waits for (`payment_intent:pi_…`).
-    pub waiting_on: Option<String>,
-    /// What happened, in words.
-    pub detail: Option<String>,
-    /// The event in the core's words, as JSON.
-    #[serde(skip)]
-    pub payload: Option<String>,
-    pub received_at_ms: i64,
-    pub decided_at_ms: Option<i64>,
 }
 
 /// How long a waiting event is kept trying: Stripe retries an event for up
@@ -718,7 +644,7 @@ impl Billing {
                             charge_id,
                             amount_refunded_cents,
                         )
-                        .map_err(|_| invalid_id("charge", charge_id))?,
+                        .map_err(|_| BillingError::invalid_id("charge", charge_id))?,
                         description: format!("refund of order {}", order.id),
                         order_id: Some(order.id),
                     },

@@ -6,6 +6,7 @@ pub mod auto_charge;
 pub mod auto_top_up;
 pub mod checkout;
 pub mod discounts;
+pub mod event_log;
 pub mod events;
 pub mod gateway;
 pub mod orders;
@@ -13,7 +14,7 @@ pub mod pricing;
 
 use crate::error::LedgerError;
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// The one amount of a top-up, by Checkout on the web or by `BUY $10`: $10.
 pub const TOP_UP: Money = Money::from_micros(10_000_000);
@@ -50,7 +51,15 @@ pub enum BillingError {
     Store(#[from] StoreError),
 }
 
-impl crate::store::StoreCause for BillingError {
+impl BillingError {
+    /// A Stripe id that cannot be part of a ledger key (too long, or with
+    /// spaces): refused rather than keyed some other way.
+    pub(crate) fn invalid_id(what: &str, id: &str) -> BillingError {
+        BillingError::Invalid(format!("the {what} id '{id}' is not a valid Stripe id"))
+    }
+}
+
+impl crate::store::error::StoreCause for BillingError {
     fn store_cause(&self) -> Option<&StoreError> {
         match self {
             BillingError::Store(error) => Some(error),

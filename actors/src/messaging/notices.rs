@@ -16,7 +16,7 @@ use super::{Messaging, MessagingError, SenderError};
 use crate::accounts::{card_words, Account};
 use crate::ledger::AccountId;
 use crate::money::Money;
-use crate::store::StoreError;
+use crate::store::error::StoreError;
 
 /// What a notice says, with what it needs to say it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +81,20 @@ impl NoticeKind {
     }
 }
 
+/// A notice whose payload cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the notice {dedupe_key} cannot be written: {reason}")]
+pub struct NoticeError {
+    pub dedupe_key: String,
+    pub reason: String,
+}
+
+impl From<NoticeError> for StoreError {
+    fn from(error: NoticeError) -> StoreError {
+        StoreError::Database(error.to_string())
+    }
+}
+
 /// A notice to queue with a ledger write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewNotice {
@@ -104,9 +118,10 @@ impl NewNotice {
         kind: NoticeKind,
         dedupe_key: String,
         created_at_ms: i64,
-    ) -> Result<NewNotice, StoreError> {
-        let payload = serde_json::to_string(&kind).map_err(|error| {
-            StoreError::Database(format!("notice {dedupe_key} cannot be written: {error}"))
+    ) -> Result<NewNotice, NoticeError> {
+        let payload = serde_json::to_string(&kind).map_err(|error| NoticeError {
+            dedupe_key: dedupe_key.clone(),
+            reason: error.to_string(),
         })?;
         Ok(NewNotice {
             account_id,

@@ -9,12 +9,9 @@
 
 pub(crate) mod change_notes;
 pub mod copy;
+pub mod error;
 pub mod ports;
-pub mod postgres;
-pub mod sqlite;
 
-use std::fmt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -26,176 +23,13 @@ use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 
+pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
     EventDecision, InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore,
     OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, StoreFuture,
     StripeEventStore, TokenStore,
 };
-
-/// Where the database is.
-#[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseLocation {
-    /// An SQLite file, created and migrated if absent.
-    Sqlite(PathBuf),
-    /// A Postgres database, migrated if needed.
-    Postgres(postgres::PostgresUrl),
-}
-
-impl DatabaseLocation {
-    /// `postgres://…` or `postgresql://…` is Postgres; a file path or
-    /// `sqlite://path` is SQLite.
-    pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
-        let text = text.trim();
-        if text.is_empty() {
-            return Err("is empty".to_string());
-        }
-        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            return postgres::PostgresUrl::parse(text).map(DatabaseLocation::Postgres);
-        }
-        if let Some(path) = text.strip_prefix("sqlite://") {
-            return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
-        }
-        Ok(DatabaseLocation::Sqlite(PathBuf::from(text)))
-    }
-
-    /// The SQLite file, for commands that only work on one.
-    pub fn sqlite_path(&self) -> Option<&Path> {
-        match self {
-            DatabaseLocation::Sqlite(path) => Some(path),
-            DatabaseLocation::Postgres(_) => None,
-        }
-    }
-}
-
-impl fmt::Display for DatabaseLocation {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DatabaseLocation::Sqlite(path) => write!(formatter, "sqlite://{}", path.display()),
-            DatabaseLocation::Postgres(url) => url.fmt(formatter),
-        }
-    }
-}
-
-impl fmt::Debug for DatabaseLocation {
-    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, formatter)
-    }
-}
-
-/// How the store is opened.
-#[derive(Clone, Debug)]
-pub struct StoreSettings {
-    pub location: DatabaseLocation,
-    /// The most writes one group commit takes.
-    pub max_batch: usize,
-    /// How many reader threads (or connections) answer look-ups.
-    pub readers: usize,
-}
-
-impl StoreSettings {
-    pub fn new(location: DatabaseLocation) -> StoreSettings {
-        StoreSettings {
-            location,
-            max_batch: 8192,
-            readers: 1,
-        }
-    }
-
-    /// Settings for an SQLite file.
-    pub fn sqlite(path: impl Into<PathBuf>) -> StoreSettings {
-        StoreSettings::new(DatabaseLocation::Sqlite(path.into()))
-    }
-}
-
-/// What went wrong in the store. Cloneable, because one failed commit
-/// answers every caller in its batch.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum StoreError {
-    #[error("could not open the database {path}: {reason}")]
-    Open { path: String, reason: String },
-    #[error("could not migrate the database: {0}")]
-    Migration(String),
-    #[error("the commit failed and nothing in it was applied: {0}")]
-    CommitFailed(String),
-    #[error(
-        "the ledger on disk has moved on under this write (another writer?); nothing was applied"
-    )]
-    Conflict,
-    #[error("not applied, because an earlier write of the same account failed")]
-    Aborted,
-    #[error("the store is shut down")]
-    Closed,
-    #[error("database error: {0}")]
-    Database(String),
-    /// The database broke a deadlock or a serialization conflict with
-    /// another instance's transaction by giving up this one: nothing was
-    /// applied, and running it again is safe.
-    #[error("the database gave way to another instance's transaction: {0}; nothing was applied")]
-    Contention(String),
-    /// A value read back that this release does not know: never read as
-    /// some default, because a default could move money.
-    #[error("the database holds a value this release does not know: {0}")]
-    UnknownValue(UnknownValue),
-}
-
-/// A stored value outside what its column may hold, with the row it is in.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{table} row {row}: unknown {column} '{value}'")]
-pub struct UnknownValue {
-    pub table: &'static str,
-    /// The row's key, as text (`12`, or `account 3 seq 7`).
-    pub row: String,
-    pub column: &'static str,
-    pub value: String,
-}
-
-impl UnknownValue {
-    pub fn new(
-        table: &'static str,
-        row: impl ToString,
-        column: &'static str,
-        value: impl Into<String>,
-    ) -> UnknownValue {
-        UnknownValue {
-            table,
-            row: row.to_string(),
-            column,
-            value: value.into(),
-        }
-    }
-}
-
-/// Why an account could not be created.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CreateAccountError {
-    #[error("an account with phone number {0} already exists")]
-    PhoneTaken(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-/// An operation's error that may be a store error underneath: lets an
-/// adapter see a transient failure (a deadlock with another instance)
-/// inside an operation's own error type and run the batch again.
-pub trait StoreCause {
-    fn store_cause(&self) -> Option<&StoreError>;
-}
-
-impl StoreCause for StoreError {
-    fn store_cause(&self) -> Option<&StoreError> {
-        Some(self)
-    }
-}
-
-impl StoreCause for CreateAccountError {
-    fn store_cause(&self) -> Option<&StoreError> {
-        match self {
-            CreateAccountError::Store(error) => Some(error),
-            CreateAccountError::PhoneTaken(_) => None,
-        }
-    }
-}
 
 /// A ledger row with the snapshot it leads to, from an account actor.
 pub struct LedgerWrite {
@@ -327,11 +161,11 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn new() -> Result<Arc<Shared>, StoreError> {
+    pub(crate) fn new() -> Result<Arc<Shared>, StoreError> {
         let (moved, moved_receiver) = mpsc::unbounded_channel();
         let (auto_top_up_changed, auto_top_up_receiver) = mpsc::unbounded_channel();
         Ok(Arc::new(Shared {
-            origin: crate::access_tokens::random_secret("")?[..16].to_string(),
+            origin: crate::random::random_secret("")?[..16].to_string(),
             moved,
             moved_receiver: Mutex::new(Some(moved_receiver)),
             auto_top_up_changed,
@@ -382,46 +216,12 @@ impl Shared {
 pub struct Store {
     backend: Arc<dyn Backend>,
     shared: Arc<Shared>,
-    location: Arc<DatabaseLocation>,
 }
 
 impl Store {
-    /// Opens (creating and migrating if needed) the database and starts the
-    /// adapter's threads and connections.
-    pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let shared = Shared::new()?;
-        let backend: Arc<dyn Backend> = match &settings.location {
-            DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
-                path,
-                settings.max_batch.max(1),
-                settings.readers.max(1),
-                Arc::clone(&shared),
-            )?),
-            DatabaseLocation::Postgres(url) => Arc::new(postgres::PostgresStore::open(
-                url,
-                settings.max_batch.max(1),
-                settings.readers.max(1),
-                Arc::clone(&shared),
-            )?),
-        };
-        Ok(Store {
-            backend,
-            shared,
-            location: Arc::new(settings.location.clone()),
-        })
-    }
-
-    /// Applies the migrations the database has not had yet, without
-    /// starting anything else (`sms-credit migrate`).
-    pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
-        match location {
-            DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
-            DatabaseLocation::Postgres(url) => postgres::migrate(url),
-        }
-    }
-
-    pub fn location(&self) -> &DatabaseLocation {
-        &self.location
+    /// The handle to an adapter's store (made by `adapters::open`).
+    pub(crate) fn new(backend: Arc<dyn Backend>, shared: Arc<Shared>) -> Store {
+        Store { backend, shared }
     }
 
     pub fn ledger(&self) -> &dyn LedgerStore {

@@ -15,7 +15,7 @@ use crate::billing::auto_top_up::{
     AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
 };
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::events::{EventRecord, EventStatus};
+use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::billing::orders::{NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::BillingError;

@@ -9,7 +9,7 @@ use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// An account to create (active, with a zero balance).
 #[derive(Deserialize, utoipa::ToSchema)]

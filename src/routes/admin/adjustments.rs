@@ -8,7 +8,7 @@ use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money};
 use super::TransactionView;
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The longest reason kept with an adjustment, in characters.
 const MAX_REASON_CHARS: usize = 500;

@@ -7,7 +7,7 @@ use sms_credit_actors::Money;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// What a code takes off (for the document: the request reads it as text,
 /// so that an unknown type gets this route's own error).

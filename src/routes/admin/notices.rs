@@ -9,7 +9,7 @@ use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// An account's notices.
 #[derive(serde::Serialize, utoipa::ToSchema)]

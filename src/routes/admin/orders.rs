@@ -6,7 +6,7 @@ use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// An account's orders.
 #[derive(serde::Serialize, utoipa::ToSchema)]

@@ -8,7 +8,7 @@ use sms_credit_actors::Money;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// The pricing mode to set.
 #[derive(Deserialize, utoipa::ToSchema)]

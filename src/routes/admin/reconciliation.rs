@@ -7,7 +7,7 @@ use sms_credit_actors::messaging::reconcile;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// How many prices were found.
 #[derive(serde::Serialize, utoipa::ToSchema)]

@@ -9,7 +9,7 @@ use sms_credit_actors::billing::events::{EventRecord, EventStatus};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -7,7 +7,7 @@ use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A token, shown this once.
 #[derive(serde::Serialize, utoipa::ToSchema)]

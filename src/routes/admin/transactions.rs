@@ -8,7 +8,7 @@ use sms_credit_actors::{AccountId, LedgerEntry, TransactionKind};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// A ledger row as the API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -24,6 +24,12 @@ pub struct TransactionView {
     description: String,
     #[schema(format = DateTime)]
     created_at: String,
+}
+
+/// Ledger rows.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Transactions {
+    pub transactions: Vec<TransactionView>,
 }
 
 impl From<&LedgerEntry> for TransactionView {
@@ -56,7 +62,7 @@ pub struct ListQuery {
 /// An account's ledger, oldest first.
 #[utoipa::path(get, path = "/v1/admin/accounts/{id}/transactions", tag = "admin", security(("adminToken" = [])),
     params(("id" = i64, Path, description = "The account"), ListQuery),
-    responses((status = 200, body = crate::routes::account::Transactions)))]
+    responses((status = 200, body = Transactions)))]
 pub async fn list(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -82,11 +88,9 @@ pub async fn list(
             "account {account_id} does not exist"
         )));
     }
-    Ok(
-        HttpResponse::Ok().json(crate::routes::account::Transactions {
-            transactions: entries.iter().map(TransactionView::from).collect(),
-        }),
-    )
+    Ok(HttpResponse::Ok().json(Transactions {
+        transactions: entries.iter().map(TransactionView::from).collect(),
+    }))
 }
 
 /// The whole ledger as CSV (amounts in micro-dollars and in dollars; text a

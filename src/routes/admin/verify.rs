@@ -6,7 +6,7 @@ use sms_credit_actors::verify::VerifyReport;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 
 /// What a verification found.
 #[derive(serde::Serialize, utoipa::ToSchema)]

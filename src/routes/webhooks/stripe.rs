@@ -8,7 +8,7 @@ use sms_credit_actors::supervisor::HandleStripeEvent;
 
 use crate::error::ApiError;
 use crate::routes::checkout::billing;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::stripe::{verify_and_parse, WebhookFailure};
 
 /// The largest event accepted (Stripe's events are a few KiB).

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use sms_credit_actors::supervisor::InboundSms;
 
 use crate::error::ApiError;
-use crate::startup::AppState;
+use crate::state::AppState;
 use crate::twilio::{form, signature, twiml};
 
 /// The largest form accepted: an SMS body is at most 1 600 characters, and

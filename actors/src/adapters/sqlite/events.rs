@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
-use crate::billing::events::{EventRecord, EventStatus};
+use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::store::{
     EventDecision, ReceivedEvent, Reception, StoreError, StoreFuture, StripeEventStore,
     UnknownValue,

@@ -5,7 +5,7 @@
 use tokio_postgres::{GenericClient, Row};
 
 use super::{boxed, PostgresStore};
-use crate::billing::events::{EventRecord, EventStatus};
+use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::store::{
     EventDecision, ReceivedEvent, Reception, StoreError, StoreFuture, StripeEventStore,
     UnknownValue,

@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Transaction};
 
-use super::{Backend, LedgerWrite, Shared, StoreCause, StoreError, StoreFuture};
+use crate::store::{Backend, LedgerWrite, Shared, StoreCause, StoreError, StoreFuture};
 
 /// A Postgres URL (`postgres://` or `postgresql://`), parsed once. Its
 /// password never shows: `Display` and `Debug` print the URL without it.

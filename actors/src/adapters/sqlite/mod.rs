@@ -29,7 +29,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::{Backend, LedgerWrite, Shared, StoreError, StoreFuture, UnknownValue};
+use crate::store::{Backend, LedgerWrite, Shared, StoreError, StoreFuture, UnknownValue};
 
 pub use migrations::applied_migrations;
 

@@ -1,0 +1,118 @@
+//! The storage adapters, above the port (`crate::store`) and the domain:
+//! each keeps its SQL, its migrations and its connections in its own
+//! folder and imports only downward. This module picks one from where the
+//! database is and opens it.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::store::{Backend, Shared, Store, StoreError};
+
+/// Where the database is.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    /// An SQLite file, created and migrated if absent.
+    Sqlite(PathBuf),
+    /// A Postgres database, migrated if needed.
+    Postgres(postgres::PostgresUrl),
+}
+
+impl DatabaseLocation {
+    /// `postgres://…` or `postgresql://…` is Postgres; a file path or
+    /// `sqlite://path` is SQLite.
+    pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("is empty".to_string());
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return postgres::PostgresUrl::parse(text).map(DatabaseLocation::Postgres);
+        }
+        if let Some(path) = text.strip_prefix("sqlite://") {
+            return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
+        }
+        Ok(DatabaseLocation::Sqlite(PathBuf::from(text)))
+    }
+
+    /// The SQLite file, for commands that only work on one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            DatabaseLocation::Sqlite(path) => Some(path),
+            DatabaseLocation::Postgres(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for DatabaseLocation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseLocation::Sqlite(path) => write!(formatter, "sqlite://{}", path.display()),
+            DatabaseLocation::Postgres(url) => url.fmt(formatter),
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseLocation {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, formatter)
+    }
+}
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub location: DatabaseLocation,
+    /// The most writes one group commit takes.
+    pub max_batch: usize,
+    /// How many reader threads (or connections) answer look-ups.
+    pub readers: usize,
+}
+
+impl StoreSettings {
+    pub fn new(location: DatabaseLocation) -> StoreSettings {
+        StoreSettings {
+            location,
+            max_batch: 8192,
+            readers: 1,
+        }
+    }
+
+    /// Settings for an SQLite file.
+    pub fn sqlite(path: impl Into<PathBuf>) -> StoreSettings {
+        StoreSettings::new(DatabaseLocation::Sqlite(path.into()))
+    }
+}
+
+/// Opens (creating and migrating if needed) the database and starts the
+/// adapter's threads and connections.
+pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+    let shared = Shared::new()?;
+    let backend: Arc<dyn Backend> = match &settings.location {
+        DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
+            path,
+            settings.max_batch.max(1),
+            settings.readers.max(1),
+            Arc::clone(&shared),
+        )?),
+        DatabaseLocation::Postgres(url) => Arc::new(postgres::PostgresStore::open(
+            url,
+            settings.max_batch.max(1),
+            settings.readers.max(1),
+            Arc::clone(&shared),
+        )?),
+    };
+    Ok(Store::new(backend, shared))
+}
+
+/// Applies the migrations the database has not had yet, without starting
+/// anything else (`sms-credit migrate`).
+pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
+    match location {
+        DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
+        DatabaseLocation::Postgres(url) => postgres::migrate(url),
+    }
+}

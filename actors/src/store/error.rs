@@ -1,0 +1,92 @@
+//! What goes wrong in the store: the port's error, and the stored value
+//! this release does not know. At the bottom: it imports no domain module,
+//! so domain errors can wrap it without a circle.
+
+/// What went wrong in the store. Cloneable, because one failed commit
+/// answers every caller in its batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("could not open the database {path}: {reason}")]
+    Open { path: String, reason: String },
+    #[error("could not migrate the database: {0}")]
+    Migration(String),
+    #[error("the commit failed and nothing in it was applied: {0}")]
+    CommitFailed(String),
+    #[error(
+        "the ledger on disk has moved on under this write (another writer?); nothing was applied"
+    )]
+    Conflict,
+    #[error("not applied, because an earlier write of the same account failed")]
+    Aborted,
+    #[error("the store is shut down")]
+    Closed,
+    #[error("database error: {0}")]
+    Database(String),
+    /// The database broke a deadlock or a serialization conflict with
+    /// another instance's transaction by giving up this one: nothing was
+    /// applied, and running it again is safe.
+    #[error("the database gave way to another instance's transaction: {0}; nothing was applied")]
+    Contention(String),
+    /// A value read back that this release does not know: never read as
+    /// some default, because a default could move money.
+    #[error("the database holds a value this release does not know: {0}")]
+    UnknownValue(UnknownValue),
+}
+
+/// A stored value outside what its column may hold, with the row it is in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{table} row {row}: unknown {column} '{value}'")]
+pub struct UnknownValue {
+    pub table: &'static str,
+    /// The row's key, as text (`12`, or `account 3 seq 7`).
+    pub row: String,
+    pub column: &'static str,
+    pub value: String,
+}
+
+impl UnknownValue {
+    pub fn new(
+        table: &'static str,
+        row: impl ToString,
+        column: &'static str,
+        value: impl Into<String>,
+    ) -> UnknownValue {
+        UnknownValue {
+            table,
+            row: row.to_string(),
+            column,
+            value: value.into(),
+        }
+    }
+}
+
+/// Why an account could not be created.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CreateAccountError {
+    #[error("an account with phone number {0} already exists")]
+    PhoneTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An operation's error that may be a store error underneath: lets an
+/// adapter see a transient failure (a deadlock with another instance)
+/// inside an operation's own error type and run the batch again.
+pub trait StoreCause {
+    fn store_cause(&self) -> Option<&StoreError>;
+}
+
+impl StoreCause for StoreError {
+    fn store_cause(&self) -> Option<&StoreError> {
+        Some(self)
+    }
+}
+
+impl StoreCause for CreateAccountError {
+    fn store_cause(&self) -> Option<&StoreError> {
+        match self {
+            CreateAccountError::Store(error) => Some(error),
+            CreateAccountError::PhoneTaken(_) => None,
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `GET /metrics`: the ledger's money totals, requests and actors, in
+//! Prometheus's text format (with the metrics token, or on an address of
+//! its own).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use actix_web::{web, HttpResponse};
+use sms_credit_actors::TransactionKind;
+
+use crate::state::AppState;
+
+/// `GET /metrics` on the main address: with the metrics token only.
+#[utoipa::path(get, path = "/metrics", tag = "operations", security(("metricsToken" = [])),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
+pub async fn metrics_with_token(
+    _reader: crate::auth::MetricsReader,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    metrics(state).await
+}
+
+/// `GET /metrics` on the metrics address (`SMS_CREDIT_METRICS_BIND`).
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(render(&state))
+}
+
+fn render(state: &AppState) -> String {
+    let stats = state.store.stats();
+    let mut out = String::new();
+    let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+
+    out.push_str("# HELP sms_credit_ledger_rows_total Ledger rows committed, by type.\n");
+    out.push_str("# TYPE sms_credit_ledger_rows_total counter\n");
+    let kinds = [
+        TransactionKind::Credit,
+        TransactionKind::Debit,
+        TransactionKind::Refund,
+        TransactionKind::Adjustment,
+    ];
+    for kind in kinds {
+        let _ = writeln!(
+            out,
+            "sms_credit_ledger_rows_total{{type=\"{kind}\"}} {}",
+            load(&stats.totals(kind).count)
+        );
+    }
+    out.push_str("# HELP sms_credit_ledger_amount_micros Net amount of the ledger rows committed since start, by type (debits negative).\n");
+    out.push_str("# TYPE sms_credit_ledger_amount_micros gauge\n");
+    for kind in kinds {
+        let _ = writeln!(
+            out,
+            "sms_credit_ledger_amount_micros{{type=\"{kind}\"}} {}",
+            stats.totals(kind).sum_micros.load(Ordering::Relaxed)
+        );
+    }
+
+    out.push_str("# HELP sms_credit_http_requests_total Requests answered, by route and status (webhook outcomes included).\n");
+    out.push_str("# TYPE sms_credit_http_requests_total counter\n");
+    for (route, status, count) in state.http_metrics.answered() {
+        let route = route.replace('\\', "\\\\").replace('"', "\\\"");
+        let _ = writeln!(
+            out,
+            "sms_credit_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {count}"
+        );
+    }
+
+    let gauges = [
+        (
+            "sms_credit_active_account_actors",
+            "Account actors in memory.",
+            state.registry.active_count() as u64,
+        ),
+        (
+            "sms_credit_feed_subscribers",
+            "Open balance-feed subscriptions.",
+            state.store.feed().subscriber_count() as u64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+        );
+    }
+    let counters = [
+        (
+            "sms_credit_feed_dropped_slow_total",
+            "Feed clients dropped for falling behind.",
+            state.store.feed().dropped_slow(),
+        ),
+        (
+            "sms_credit_commits_total",
+            "Group commits.",
+            load(&stats.commits),
+        ),
+        (
+            "sms_credit_failed_commits_total",
+            "Group commits that failed.",
+            load(&stats.failed_commits),
+        ),
+        (
+            "sms_credit_ledger_conflicts_total",
+            "Ledger writes refused because another process or instance wrote the account first (computed again).",
+            load(&stats.conflicts),
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+        );
+    }
+    stats.batch_sizes.render(
+        "sms_credit_commit_batch_size",
+        "Writes per group commit.",
+        1,
+        &mut out,
+    );
+    stats.commit_latency.render(
+        "sms_credit_commit_seconds",
+        "Time of each COMMIT (WAL write and fsync).",
+        1_000_000,
+        &mut out,
+    );
+    stats.ack_latency.render(
+        "sms_credit_ack_seconds",
+        "From a ledger write's submission to its acknowledgement after commit.",
+        1_000_000,
+        &mut out,
+    );
+    out
+}

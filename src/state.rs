@@ -1,0 +1,31 @@
+//! `AppState`: what every request handler can reach, made once at start-up.
+
+use std::sync::Arc;
+
+use actix::Addr;
+use sms_credit_actors::billing::checkout::Billing;
+use sms_credit_actors::clock::Clock;
+use sms_credit_actors::messaging::Messaging;
+use sms_credit_actors::supervisor::{SmsSupervisor, StripeSupervisor};
+use sms_credit_actors::{Registry, Store};
+
+use crate::config::Settings;
+use crate::feed::Tickets;
+use crate::telemetry::HttpMetrics;
+
+/// What every request handler can reach.
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Store,
+    pub registry: Registry,
+    pub billing: Option<Billing>,
+    pub messaging: Option<Messaging>,
+    pub stripe_supervisor: Addr<StripeSupervisor>,
+    pub sms_supervisor: Addr<SmsSupervisor>,
+    pub clock: Arc<dyn Clock>,
+    pub tickets: Arc<Tickets>,
+    pub http_metrics: Arc<HttpMetrics>,
+    /// Becomes `true` when the server starts stopping: open feeds close
+    /// with 1001 and where to resume.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
+}

@@ -177,6 +177,14 @@ impl Page {
         .await;
     }
 
+    /// Types `token` into the sign-in form and presses the button.
+    async fn sign_in_with(&mut self, token: &str) {
+        self.eval(&format!(
+            "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
+        ))
+        .await;
+    }
+
     /// Polls `expression` until it equals `expected` (30 s at most).
     async fn wait_for(&mut self, expression: &str, expected: Value) {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -204,17 +212,14 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     page.open(&app.url("/account")).await;
 
     // A wrong token is refused on the page.
-    page.eval("document.getElementById('token').value = 'sct_wrong'; document.getElementById('signin-button').click(); true").await;
+    page.sign_in_with("sct_wrong").await;
     page.wait_for(
         "document.getElementById('signin-error').textContent",
         json!("That token is not valid."),
     )
     .await;
 
-    page.eval(&format!(
-        "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
-    ))
-    .await;
+    page.sign_in_with(&token).await;
     page.wait_for(
         "document.getElementById('balance').textContent",
         json!("$5.00"),
@@ -407,10 +412,7 @@ async fn the_account_page_turns_auto_top_up_on_and_shows_the_card() {
     let browser = Browser::start();
     let mut page = browser.page().await;
     page.open(&app.url("/account")).await;
-    page.eval(&format!(
-        "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
-    ))
-    .await;
+    page.sign_in_with(&token).await;
     page.wait_for("document.getElementById('auto').hidden", json!(false))
         .await;
     assert_eq!(
@@ -490,10 +492,7 @@ async fn a_number_that_cannot_be_priced_is_said_so_to_the_admin_and_the_customer
     let browser = Browser::start();
     let mut page = browser.page().await;
     page.open(&app.url("/account")).await;
-    page.eval(&format!(
-        "document.getElementById('token').value = '{token}'; document.getElementById('signin-button').click(); true"
-    ))
-    .await;
+    page.sign_in_with(&token).await;
     page.wait_for(
         "document.getElementById('estimate').textContent",
         json!("Messages to your number are not available yet."),

@@ -813,3 +813,154 @@ async fn a_setting_changed_by_the_cli_reaches_the_running_servers_actors_at_once
     .await;
     assert_eq!(stripe.charges_made(), 1);
 }
+
+const HOUR_MS: i64 = 3_600 * 1_000;
+
+/// Starts an account's auto top-up with Stripe in `mode`, and waits until
+/// the charge was sent once: (account, token).
+async fn auto_top_up_sent_once(setup: &mut Setup, phone: &str, mode: ChargeMode) -> (i64, String) {
+    let (account, _, token) = active_account(&setup.app, &mut setup.events, phone).await;
+    adjust_to(&setup.app, account, 2_050_000, "to-2.05").await;
+    put_auto(&setup.app, account, &token, json!({"enabled": true})).await;
+    setup.stripe.set_charge_mode(mode);
+    assert_eq!(burst(&setup.app, account, "first", 1).await, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while setup.stripe.requests("/v1/payment_intents").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no charge was sent");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
+    let view = get_auto(&setup.app, account, &token).await;
+    assert_eq!(view["attempts"][0]["status"], "charging", "{view}");
+    (account, token)
+}
+
+on_both_stores!(a_lost_answer_is_never_sent_again_after_stripe_forgets_its_key);
+/// Stripe charges but its answer is lost; then Stripe cannot be reached
+/// for 25 hours and, back, has forgotten the key. The charge is not sent
+/// again (a forgotten key would charge a second time): Stripe is asked
+/// what became of it, and it is credited once.
+async fn a_lost_answer_is_never_sent_again_after_stripe_forgets_its_key() {
+    let mut setup = setup().await;
+    let (account, token) =
+        auto_top_up_sent_once(&mut setup, "+14155553720", ChargeMode::AnswerLost).await;
+    let Setup {
+        app, stripe, clock, ..
+    } = &setup;
+    stripe.set_unreachable(true);
+    // Within the day it is asked again with the same key (and fails).
+    clock.advance_ms(31_000);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stripe.requests("/v1/payment_intents").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "not asked again");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A day later Stripe is back, without the key.
+    clock.advance_ms(25 * HOUR_MS);
+    stripe.prune_keys();
+    stripe.set_charge_mode(ChargeMode::Succeed);
+    stripe.set_unreachable(false);
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(stripe.charges_made(), 1, "charged once");
+    assert_eq!(
+        stripe.requests("/v1/payment_intents").len(),
+        2,
+        "never sent after the day"
+    );
+    assert!(!stripe.requests("/v1/payment_intents/search").is_empty());
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_050_000 - US_MESSAGE + 10_000_000,
+        "credited once"
+    );
+}
+
+on_both_stores!(a_charge_that_never_reached_stripe_is_closed_and_charged_once_after_recovery);
+/// The first request never reached Stripe; a day later Stripe, asked, has
+/// no charge for it: the attempt is closed as not charged, and the next
+/// attempt (a new key, after the usual wait) charges once.
+async fn a_charge_that_never_reached_stripe_is_closed_and_charged_once_after_recovery() {
+    let mut setup = setup().await;
+    let (account, token) =
+        auto_top_up_sent_once(&mut setup, "+14155553730", ChargeMode::ServerError).await;
+    let Setup {
+        app, stripe, clock, ..
+    } = &setup;
+    clock.advance_ms(25 * HOUR_MS);
+    stripe.prune_keys();
+    stripe.set_charge_mode(ChargeMode::Succeed);
+    wait_for_attempts(app, account, &token, |attempts| {
+        attempts
+            .first()
+            .is_some_and(|a| a["status"] == "not_charged")
+    })
+    .await;
+    assert_eq!(stripe.charges_made(), 0);
+    assert_eq!(stripe.requests("/v1/payment_intents").len(), 1);
+    // After the wait a failure brings (1 h), the next debit starts attempt 2.
+    clock.advance_ms(HOUR_MS + 1_000);
+    assert_eq!(burst(app, account, "after", 1).await, 1);
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 2, "{view}");
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_050_000 - 2 * US_MESSAGE + 10_000_000
+    );
+}
+
+on_both_stores!(a_charge_stripe_cannot_be_asked_about_for_days_is_unknown_and_never_sent_blind);
+/// Stripe cannot be reached for four days: after the first day the charge
+/// is only asked about, never sent; after three it is `unknown`, auto
+/// top-up is off with the reason the operator reads, and the reconciliation
+/// report lists it. Nothing is charged.
+async fn a_charge_stripe_cannot_be_asked_about_for_days_is_unknown_and_never_sent_blind() {
+    let mut setup = setup().await;
+    let (account, token) =
+        auto_top_up_sent_once(&mut setup, "+14155553740", ChargeMode::ServerError).await;
+    let Setup {
+        app, stripe, clock, ..
+    } = &setup;
+    stripe.set_unreachable(true);
+    clock.advance_ms(25 * HOUR_MS);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stripe.requests("/v1/payment_intents/search").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "Stripe was not asked");
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stripe.requests("/v1/payment_intents").len(),
+        1,
+        "not sent again"
+    );
+    clock.advance_ms(3 * 24 * HOUR_MS);
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "unknown")
+    })
+    .await;
+    assert_eq!(stripe.charges_made(), 0);
+    assert_eq!(
+        stripe.requests("/v1/payment_intents").len(),
+        1,
+        "never sent blind"
+    );
+    assert_eq!(view["enabled"], false, "{view}");
+    assert!(
+        view["paused_reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("could not be confirmed with Stripe")),
+        "{view}"
+    );
+    let (status, report) = app
+        .request("GET", "/v1/admin/reconciliation", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(report["auto_top_ups"]["unknown"]["attempts"], 1, "{report}");
+}

@@ -61,6 +61,10 @@ struct State {
     charges_made: u64,
     /// Whether retrieving a PaymentIntent fails (Stripe unavailable).
     retrieve_fails: bool,
+    /// Whether every request fails, with nothing done (Stripe unreachable).
+    unreachable: bool,
+    /// Every PaymentIntent made, for the Search API.
+    intents: Vec<Value>,
 }
 
 #[derive(Clone)]
@@ -108,6 +112,8 @@ impl FakeStripe {
             answered: HashMap::new(),
             charges_made: 0,
             retrieve_fails: false,
+            unreachable: false,
+            intents: Vec::new(),
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -159,6 +165,42 @@ impl FakeStripe {
     pub fn charges_made(&self) -> u64 {
         self.state.lock().unwrap().charges_made
     }
+
+    /// Every request fails with a 500 and does nothing (or works again).
+    pub fn set_unreachable(&self, unreachable: bool) {
+        self.state.lock().unwrap().unreachable = unreachable;
+    }
+
+    /// Forgets every idempotency key, as Stripe may once a key is older
+    /// than 24 hours: a request with a forgotten key is a new request.
+    pub fn prune_keys(&self) {
+        self.state.lock().unwrap().answered.clear();
+    }
+}
+
+/// `GET /v1/payment_intents/search?query=metadata['sms_credit_order_id']:'12'`:
+/// the PaymentIntents made with that order id, as Stripe's search result.
+fn search_intents(state: &State, query: &str) -> (u16, Value) {
+    let wanted = query
+        .strip_prefix("metadata['sms_credit_order_id']:'")
+        .and_then(|rest| rest.strip_suffix('\''));
+    let Some(order_id) = wanted else {
+        return (
+            400,
+            json!({"error": {"type": "invalid_request_error", "message": format!("the fake searches only by order id, not {query}")}}),
+        );
+    };
+    let data: Vec<Value> = state
+        .intents
+        .iter()
+        .filter(|intent| intent["metadata"]["sms_credit_order_id"] == json!(order_id))
+        .cloned()
+        .collect();
+    (
+        200,
+        json!({"object": "search_result", "url": "/v1/payment_intents/search",
+               "has_more": false, "next_page": null, "total_count": data.len(), "data": data}),
+    )
 }
 
 async fn answer(
@@ -201,12 +243,24 @@ fn answer_locked(
         form: form.clone(),
         idempotency_key: idempotency_key.clone(),
     });
+    if state.unreachable {
+        return (
+            500,
+            json!({"error": {"type": "api_error", "message": "fake: Stripe cannot be reached"}}),
+        );
+    }
     if let Some((status, body)) = idempotency_key
         .as_ref()
         .and_then(|key| state.answered.get(key))
         .cloned()
     {
         return (status, body);
+    }
+    if request.method() == awc::http::Method::GET && path == "/v1/payment_intents/search" {
+        let query: Vec<(String, String)> =
+            serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
+        let query = field(&query, "query").unwrap_or_default().to_string();
+        return search_intents(state, &query);
     }
     if request.method() == awc::http::Method::GET {
         return match path.strip_prefix("/v1/payment_intents/") {
@@ -274,10 +328,12 @@ fn answer_locked(
                     state.charges_made += 1;
                     intent["status"] = json!("succeeded");
                     intent["amount_received"] = json!(amount);
+                    state.intents.push(intent.clone());
                     (200, intent)
                 }
                 ChargeMode::Decline => {
                     intent["status"] = json!("requires_payment_method");
+                    state.intents.push(intent.clone());
                     (
                         402,
                         json!({"error": {
@@ -304,6 +360,7 @@ fn answer_locked(
                     state.charges_made += 1;
                     intent["status"] = json!("succeeded");
                     intent["amount_received"] = json!(amount);
+                    state.intents.push(intent.clone());
                     if let Some(key) = &idempotency_key {
                         state.answered.insert(key.clone(), (200, intent));
                     }
@@ -316,6 +373,7 @@ fn answer_locked(
                     state.charges_made += 1;
                     intent["status"] = json!("succeeded");
                     intent["amount_received"] = json!(amount);
+                    state.intents.push(intent.clone());
                     (200, intent)
                 }
             }

@@ -357,6 +357,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Waits before the next auto top-up after the 1st, 2nd, … failure in a row, comma-separated, each a number with s, m, h or d",
     },
     Setting {
+        key: "auto_top_up_undecided_after",
+        section: Section::AutoTopUp,
+        value_name: "WAIT",
+        default: Some("3d"),
+        secret: false,
+        global: false,
+        help: "An auto top-up whose charge Stripe neither answers nor can be asked about for this long (a number with s, m, h or d) is marked unknown and auto top-up is turned off, never charged blind",
+    },
+    Setting {
         key: "auto_top_up_max_failures",
         section: Section::AutoTopUp,
         value_name: "N",

@@ -177,6 +177,15 @@ pub(super) fn auto_top_up(
         backoff: values.required("auto_top_up_backoff", waits)?,
         max_failures: values.required("auto_top_up_max_failures", number(1..=100))?,
         lease: database.instance_timeout,
+        // At least a day: a charge is asked about (not sent again) only
+        // after Stripe may have forgotten its key.
+        undecided_after: values.required("auto_top_up_undecided_after", |text| {
+            let undecided = wait(text)?;
+            if undecided < Duration::from_secs(86_400) {
+                return Err(format!("'{text}' is less than a day (1d)"));
+            }
+            Ok(undecided)
+        })?,
     })
 }
 

@@ -104,6 +104,16 @@ fn auto_top_up_waits_and_limit_are_read_and_checked() {
         [3_600, 21_600, 86_400].map(Duration::from_secs).to_vec()
     );
     assert_eq!(defaults.auto_top_up.max_failures, 3);
+    assert_eq!(
+        defaults.auto_top_up.undecided_after,
+        Duration::from_secs(3 * 86_400)
+    );
+    assert!(error_of(&[("auto_top_up_undecided_after", "12h")])
+        .starts_with("SMS_CREDIT_AUTO_TOP_UP_UNDECIDED_AFTER"));
+    assert_eq!(
+        error_of(&[("auto_top_up_undecided_after", "2d")]),
+        "accepted"
+    );
     for (backoff, max) in [
         ("1h,6", "3"),
         ("1w", "3"),

@@ -17,7 +17,7 @@ use stripe_checkout::checkout_session::{
 };
 use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
-    CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent,
+    CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent, SearchPaymentIntent,
 };
 use stripe_shared::{CheckoutSessionMode, PaymentIntentStatus};
 use stripe_types::Currency;
@@ -151,25 +151,7 @@ impl PaymentGateway for StripeGateway {
                 .send(&self.client)
                 .await;
             match answered {
-                Ok(intent) => Ok(match intent.status {
-                    PaymentIntentStatus::Succeeded => ChargeOutcome::Succeeded {
-                        payment_intent_id: intent.id.to_string(),
-                        amount: Money::from_cents(intent.amount_received)
-                            .map_err(|_| GatewayError::Unavailable("amount out of range".into()))?,
-                    },
-                    PaymentIntentStatus::RequiresAction => ChargeOutcome::AuthenticationRequired {
-                        payment_intent_id: Some(intent.id.to_string()),
-                    },
-                    PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
-                        ChargeOutcome::Declined {
-                            decline_code: None,
-                            message: "the card was not charged".to_string(),
-                        }
-                    }
-                    _ => ChargeOutcome::Processing {
-                        payment_intent_id: intent.id.to_string(),
-                    },
-                }),
+                Ok(intent) => outcome_of(&intent),
                 Err(StripeError::Stripe(api_error, status)) if status < 500 => {
                     let code = api_error
                         .code
@@ -232,4 +214,49 @@ impl PaymentGateway for StripeGateway {
             }))
         })
     }
+
+    /// Stripe's Search API by the order's id in the PaymentIntent's
+    /// metadata (set on every charge this server makes).
+    fn find_charge(&self, order_id: i64) -> GatewayFuture<'_, Option<ChargeOutcome>> {
+        Box::pin(async move {
+            let query = format!("metadata['{}']:'{order_id}'", metadata::ORDER_ID);
+            let found = SearchPaymentIntent::new(query)
+                .limit(10)
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            // One key, one PaymentIntent: any that succeeded settles it.
+            let mut outcome = None;
+            for intent in found.data {
+                let this = outcome_of(&intent)?;
+                if matches!(this, ChargeOutcome::Succeeded { .. }) || outcome.is_none() {
+                    outcome = Some(this);
+                }
+            }
+            Ok(outcome)
+        })
+    }
+}
+
+/// What a PaymentIntent's status says of its charge.
+fn outcome_of(intent: &stripe_shared::PaymentIntent) -> Result<ChargeOutcome, GatewayError> {
+    Ok(match intent.status {
+        PaymentIntentStatus::Succeeded => ChargeOutcome::Succeeded {
+            payment_intent_id: intent.id.to_string(),
+            amount: Money::from_cents(intent.amount_received)
+                .map_err(|_| GatewayError::Unavailable("amount out of range".into()))?,
+        },
+        PaymentIntentStatus::RequiresAction => ChargeOutcome::AuthenticationRequired {
+            payment_intent_id: Some(intent.id.to_string()),
+        },
+        PaymentIntentStatus::RequiresPaymentMethod | PaymentIntentStatus::Canceled => {
+            ChargeOutcome::Declined {
+                decline_code: None,
+                message: "the card was not charged".to_string(),
+            }
+        }
+        _ => ChargeOutcome::Processing {
+            payment_intent_id: intent.id.to_string(),
+        },
+    })
 }

@@ -314,9 +314,27 @@ impl Billing {
                 )
                 .await
             }
+            Ok(ChargeResult::NotCharged) => {
+                self.fail_attempt(
+                    attempt,
+                    AttemptStatus::NotCharged,
+                    "Stripe, asked after a day, had no charge for it: not charged".into(),
+                    None,
+                    now_ms,
+                )
+                .await
+            }
+            Err(ChargeFailure::Unavailable(reason))
+                if now_ms.saturating_sub(attempt.created_at_ms)
+                    >= crate::clock::millis(self.settings.auto_top_up.undecided_after) =>
+            {
+                self.give_up_unknown(attempt, &reason, now_ms).await
+            }
             Err(ChargeFailure::Unavailable(reason)) => {
                 // Stripe may or may not have charged: ask again with the
-                // same key (it answers what it did), after a short wait.
+                // same key (it answers what it did), after a short wait;
+                // after a day, the key is not trusted and Stripe is asked
+                // what became of the charge instead.
                 let retry_at =
                     now_ms.saturating_add(crate::clock::millis(self.settings.auto_top_up.lease));
                 store
@@ -359,6 +377,51 @@ impl Billing {
             })
             .await?;
         self.registry.auto_triggers().settled(attempt.account_id, 0);
+        Ok(())
+    }
+
+    /// An attempt Stripe could not be asked about for too long: marked
+    /// `unknown`, auto top-up turned off with the reason where the
+    /// operator sees it (the setting, the attempts, the reconciliation
+    /// report), never charged blind.
+    async fn give_up_unknown(
+        &self,
+        attempt: &AutoTopUpAttempt,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        let order = attempt
+            .order_id
+            .map_or("-".to_string(), |id| id.to_string());
+        let paused = format!(
+            "a charge (order {order}) could not be confirmed with Stripe: check it in Stripe before turning auto top-up on again"
+        );
+        tracing::warn!(account_id = %attempt.account_id, attempt = attempt.n, %reason,
+            "auto top-up undecided for too long: marked unknown and turned off");
+        let after = self
+            .store
+            .auto_top_up()
+            .end_auto_top_up(AttemptEnd {
+                attempt_id: attempt.id,
+                status: AttemptStatus::Unknown,
+                reason: Some(format!("undecided: {reason}")),
+                payment_intent_id: None,
+                after: AfterAttempt::Failure {
+                    not_before_ms: now_ms,
+                    turn_off: Some(paused),
+                },
+                notices: Vec::new(),
+                now_ms,
+            })
+            .await?;
+        let triggers = self.registry.auto_triggers();
+        match after {
+            Some(settings) => {
+                triggers.follow(&settings);
+                triggers.settled(attempt.account_id, settings.not_before_ms);
+            }
+            None => triggers.settled(attempt.account_id, now_ms),
+        }
         Ok(())
     }
 

@@ -132,6 +132,12 @@ pub enum AttemptStatus {
     AuthenticationRequired,
     /// Stripe refused it for another reason.
     Failed,
+    /// Its key was too old to send again, and Stripe, asked, had no charge
+    /// for it: closed as not charged.
+    NotCharged,
+    /// Neither sent again nor confirmed with Stripe for longer than the
+    /// configured time: never charged blind, left for the operator.
+    Unknown,
 }
 
 impl AttemptStatus {
@@ -144,6 +150,8 @@ impl AttemptStatus {
             AttemptStatus::Declined => "declined",
             AttemptStatus::AuthenticationRequired => "authentication_required",
             AttemptStatus::Failed => "failed",
+            AttemptStatus::NotCharged => "not_charged",
+            AttemptStatus::Unknown => "unknown",
         }
     }
 
@@ -156,6 +164,8 @@ impl AttemptStatus {
             "declined" => Some(AttemptStatus::Declined),
             "authentication_required" => Some(AttemptStatus::AuthenticationRequired),
             "failed" => Some(AttemptStatus::Failed),
+            "not_charged" => Some(AttemptStatus::NotCharged),
+            "unknown" => Some(AttemptStatus::Unknown),
             _ => None,
         }
     }
@@ -264,6 +274,10 @@ pub struct AutoTopUpPolicy {
     /// How long a worker may take to hear from Stripe before another
     /// worker tries the attempt again (with the same key).
     pub lease: Duration,
+    /// How long an attempt may stay undecided (Stripe neither answering
+    /// the charge nor saying what became of it) before it is marked
+    /// `unknown` and auto top-up is turned off: never charged blind.
+    pub undecided_after: Duration,
 }
 
 impl Default for AutoTopUpPolicy {
@@ -276,6 +290,7 @@ impl Default for AutoTopUpPolicy {
             ],
             max_failures: 3,
             lease: Duration::from_secs(60),
+            undecided_after: Duration::from_secs(3 * 86_400),
         }
     }
 }

@@ -107,7 +107,17 @@ pub enum ChargeResult {
     Declined {
         message: String,
     },
+    /// Asked of Stripe instead of sent again (the key was too old to trust):
+    /// Stripe has no charge for it, so nothing was charged; the order is
+    /// closed, and a new charge needs a new key.
+    NotCharged,
 }
+
+/// How long an idempotency key is trusted: Stripe keeps one for at least
+/// 24 hours, then may forget it, and a request with a forgotten key is a
+/// new request. A charge first sent longer ago than this is never sent
+/// again: Stripe is asked what became of it.
+pub const KEY_TRUSTED_FOR_MS: i64 = 23 * 3_600 * 1_000;
 
 fn gateway_error(error: GatewayError) -> BillingError {
     BillingError::Gateway(error.to_string())
@@ -339,6 +349,32 @@ impl Billing {
             OrderType::AutoTopUp => "SMS credit auto top-up",
             _ => "SMS credit top-up",
         };
+        // The order was opened when its key was first sent: past the time
+        // Stripe surely keeps the key, ask what happened instead of
+        // sending again (which could charge a second time).
+        if now_ms.saturating_sub(order.created_at_ms) >= KEY_TRUSTED_FOR_MS {
+            let found = self
+                .gateway
+                .find_charge(order_id)
+                .await
+                .map_err(|error| match error {
+                    GatewayError::Unavailable(message) => ChargeFailure::Unavailable(message),
+                    refused @ GatewayError::Refused(_) => {
+                        ChargeFailure::Other(gateway_error(refused))
+                    }
+                })?;
+            return match found {
+                Some(outcome) => self.charge_answered(order, card, outcome, now_ms).await,
+                None => {
+                    self.store
+                        .billing()
+                        .end_order(order_id, OrderStatus::Failed)
+                        .await
+                        .map_err(BillingError::from)?;
+                    Ok(ChargeResult::NotCharged)
+                }
+            };
+        }
         let outcome = self
             .gateway
             .charge_off_session(OffSessionCharge {
@@ -361,6 +397,19 @@ impl Billing {
                 GatewayError::Unavailable(message) => ChargeFailure::Unavailable(message),
                 refused @ GatewayError::Refused(_) => ChargeFailure::Other(gateway_error(refused)),
             })?;
+        self.charge_answered(order, card, outcome, now_ms).await
+    }
+
+    /// Acts on what Stripe said of an off-session charge (its answer, or
+    /// what it said when asked later).
+    async fn charge_answered(
+        &self,
+        order: Order,
+        card: Option<crate::accounts::Card>,
+        outcome: ChargeOutcome,
+        now_ms: i64,
+    ) -> Result<ChargeResult, ChargeFailure> {
+        let order_id = order.id;
         let billing = self.store.billing();
         match outcome {
             ChargeOutcome::Succeeded {

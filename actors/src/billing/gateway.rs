@@ -145,4 +145,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// The payment method a PaymentIntent was paid with (retrieved with
     /// the method expanded); `None` when it has none yet.
     fn payment_method_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Option<SavedCard>>;
+    /// What became of the off-session charge of `order_id`, asked of Stripe
+    /// by the PaymentIntent's metadata instead of sending it again (once
+    /// its idempotency key may have been forgotten); `None`: none was made.
+    fn find_charge(&self, order_id: i64) -> GatewayFuture<'_, Option<ChargeOutcome>>;
 }

@@ -335,6 +335,8 @@ impl SmsContext {
                             Ok(ChargeResult::Declined { message }) => {
                                 BuyOutcome::Declined { message }
                             }
+                            // A BUY asked again a day later that Stripe never charged.
+                            Ok(ChargeResult::NotCharged) => BuyOutcome::Unavailable,
                             Err(BillingError::NoSavedCard) => BuyOutcome::NoSavedCard,
                             Err(BillingError::Store(error)) => return Err(error.into()),
                             Err(BillingError::Ledger(error)) => return Err(error.into()),

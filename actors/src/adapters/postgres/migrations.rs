@@ -21,6 +21,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V3__notices_after_message",
         include_str!("../../../../migrations/postgres/V3__notices_after_message.sql"),
     ),
+    (
+        "V4__auto_top_up_unknown",
+        include_str!("../../../../migrations/postgres/V4__auto_top_up_unknown.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -55,6 +55,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V11__notices_after_message",
         include_str!("../../../../migrations/sqlite/V11__notices_after_message.sql"),
     ),
+    (
+        "V12__auto_top_up_unknown",
+        include_str!("../../../../migrations/sqlite/V12__auto_top_up_unknown.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

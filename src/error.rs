@@ -184,6 +184,14 @@ impl ApiError {
                 ApiError::Ledger(ledger.clone()).public_message()
             }
             ApiError::Internal(_) => "the server failed; nothing was changed".to_string(),
+            // A provider's own words go to the log only (they may name keys
+            // or accounts); the request id in `X-Request-Id` finds them.
+            ApiError::Billing(BillingError::Gateway(_)) => {
+                "the payment provider did not complete the request; the X-Request-Id header names it in the server's log".to_string()
+            }
+            ApiError::Messaging(MessagingError::NotSent(_)) => {
+                "the carrier did not take the message, and its cost was given back; the X-Request-Id header names it in the server's log".to_string()
+            }
             other => other.to_string(),
         }
     }

@@ -431,6 +431,15 @@ pub struct Application {
     core: Core,
 }
 
+/// Headers on every answer (where a handler set none of its own): no
+/// content sniffing, and nothing kept by a cache — answers carry balances,
+/// tokens and tickets; the page and its script say `no-cache` themselves.
+fn common_headers() -> actix_web::middleware::DefaultHeaders {
+    actix_web::middleware::DefaultHeaders::new()
+        .add((actix_web::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .add((actix_web::http::header::CACHE_CONTROL, "no-store"))
+}
+
 /// A server of its own for `GET /metrics` (no token: it is for a
 /// Prometheus on a network the public cannot reach), like an exporter's.
 fn metrics_server(
@@ -441,6 +450,7 @@ fn metrics_server(
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap(common_headers())
             .route("/metrics", web::get().to(routes::metrics::metrics))
             .default_service(web::to(|| async {
                 error::ApiError::NotFound("this address serves only /metrics".into())
@@ -530,6 +540,7 @@ impl Application {
                 .app_data(web::PathConfig::default().error_handler(error::path_error))
                 .app_data(web::QueryConfig::default().error_handler(error::query_error))
                 .configure(routes::configure)
+                .wrap(common_headers())
                 .wrap_fn(telemetry::observe)
         })
         .workers(http_workers)

@@ -561,3 +561,49 @@ async fn a_service_left_off_is_told_in_customer_words_and_named_only_to_the_admi
     );
     app.stop().await;
 }
+
+on_both_stores!(an_adjustment_beyond_the_limit_is_refused_naming_it);
+async fn an_adjustment_beyond_the_limit_is_refused_naming_it() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155553962").await;
+    for (amount, key) in [
+        (10_000_000_001, "too-much"),
+        (-10_000_000_001, "too-little"),
+        (i64::MIN, "i64-min"),
+        (i64::MAX, "i64-max"),
+    ] {
+        let (status, answer) = app.post_adjustment(account, amount, key).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{amount}: {answer}");
+        assert_eq!(answer["error"]["code"], "adjustment_too_large");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|message| message.contains("$10000.00")),
+            "{answer}"
+        );
+    }
+    let (status, _) = app
+        .post_adjustment(account, 10_000_000_000, "the-most")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.balance_micros(account).await, 10_000_000_000);
+    let cli = crate::helpers::run_cli(
+        &app.directory,
+        &[
+            "accounts",
+            "adjust",
+            &account.to_string(),
+            "--amount",
+            "-10000.01",
+            "--reason",
+            "x",
+            "--idempotency-key",
+            "cli-too-much",
+        ],
+    );
+    assert!(!cli.status.success());
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("at most $10000.00"),
+        "{cli:?}"
+    );
+}

@@ -253,3 +253,97 @@ async fn hostile_requests_get_a_clear_4xx_and_change_nothing() {
     assert_eq!(footprint(&app).await, before, "nothing changed");
     assert_eq!(twilio.sent().len(), 0, "nothing was sent");
 }
+
+/// The headers of an answer to `method path` (with `token` as a bearer).
+async fn headers_of(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (StatusCode, awc::http::header::HeaderMap) {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = app.client.request(method, app.url(path));
+    if let Some(token) = token {
+        request = request.insert_header(("Authorization", format!("Bearer {token}")));
+    }
+    let response = request.send().await.unwrap();
+    (response.status(), response.headers().clone())
+}
+
+on_both_stores!(every_answer_says_nosniff_and_nothing_with_a_token_is_cached);
+async fn every_answer_says_nosniff_and_nothing_with_a_token_is_cached() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155553960").await;
+    for (method, path, token) in [
+        ("GET", "/healthz", None),
+        ("GET", "/account", None),
+        ("GET", "/account.js", None),
+        ("GET", "/nowhere", None),
+        ("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN)),
+        ("GET", "/v1/admin/accounts", Some("wrong-token-wrong-token")),
+        (
+            "POST",
+            &format!("/v1/admin/accounts/{account}/tokens") as &str,
+            Some(ADMIN_TOKEN),
+        ),
+    ] {
+        let (status, headers) = headers_of(&app, method, path, token).await;
+        assert_eq!(
+            headers
+                .get("X-Content-Type-Options")
+                .map(|value| value.as_bytes()),
+            Some(&b"nosniff"[..]),
+            "{method} {path} ({status})"
+        );
+        let cache = headers
+            .get("Cache-Control")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        if path.starts_with("/v1/") {
+            assert_eq!(cache, "no-store", "{method} {path} ({status})");
+        } else {
+            assert!(
+                cache == "no-store" || cache == "no-cache",
+                "{path}: {cache}"
+            );
+        }
+    }
+    // The page runs no inline script and cannot be framed or re-based.
+    let (_, page) = headers_of(&app, "GET", "/account", None).await;
+    let policy = page
+        .get("Content-Security-Policy")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let script = policy
+        .split(';')
+        .map(str::trim)
+        .find(|directive| directive.starts_with("script-src"))
+        .unwrap_or_default();
+    assert_eq!(script, "script-src 'self'", "{policy}");
+    for directive in [
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ] {
+        assert!(policy.contains(directive), "{directive}: {policy}");
+    }
+}
+
+on_both_stores!(a_payment_providers_words_reach_the_log_not_the_caller);
+async fn a_payment_providers_words_reach_the_log_not_the_caller() {
+    let (app, fake) = crate::stripe::app_with_fake_stripe().await;
+    let account = app.create_account("+14155553961").await;
+    let token = app.issue_token(account).await;
+    fake.set_unreachable(true);
+    let (status, answer) = app
+        .request("POST", "/v1/checkout/topup", Some(&token), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(answer["error"]["code"], "stripe_error");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        !message.contains("fake"),
+        "the provider's text reached the caller: {message}"
+    );
+    assert!(message.contains("X-Request-Id"), "{message}");
+}

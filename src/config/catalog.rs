@@ -213,6 +213,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "A separate address (for example 127.0.0.1:9464) that serves only GET /metrics, without a token, for a Prometheus that can reach it",
     },
     Setting {
+        key: "max_adjustment",
+        section: Section::Access,
+        value_name: "DOLLARS",
+        default: Some("10000.00"),
+        secret: false,
+        global: false,
+        help: "The largest admin adjustment of a balance, in dollars, either sign; a larger one is refused",
+    },
+    Setting {
         key: "stripe_secret_key",
         section: Section::Stripe,
         value_name: "KEY",

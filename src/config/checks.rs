@@ -51,11 +51,28 @@ pub(super) fn database(values: &Values) -> Result<DatabaseSettings, ConfigError>
 
 pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
     Ok(AccessSettings {
-        admin_token: values.optional("admin_token", secret)?,
-        api_key: values.optional("api_key", secret)?,
-        metrics_token: values.optional("metrics_token", secret)?,
+        admin_token: values.optional("admin_token", bearer_token)?,
+        api_key: values.optional("api_key", bearer_token)?,
+        metrics_token: values.optional("metrics_token", bearer_token)?,
         metrics_bind: values.optional("metrics_bind", listen_address)?,
+        max_adjustment: values.required("max_adjustment", dollars("10000.00"))?,
     })
+}
+
+/// The fewest characters a bearer token of this server may have: a short
+/// one can be guessed.
+const MIN_TOKEN_CHARS: usize = 16;
+
+/// A token callers present (admin, API key, metrics): long enough not to be
+/// guessed.
+fn bearer_token(value: &str) -> Result<Secret, String> {
+    let token = secret(value)?;
+    if value.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "is shorter than {MIN_TOKEN_CHARS} characters; make a good one with `openssl rand -hex 32`"
+        ));
+    }
+    Ok(token)
 }
 
 /// Stripe is all or nothing: a secret key without the webhook secret would

@@ -68,6 +68,8 @@ pub struct AccessSettings {
     pub metrics_token: Option<Secret>,
     /// A separate address that serves only `/metrics`.
     pub metrics_bind: Option<String>,
+    /// The largest admin adjustment, either sign.
+    pub max_adjustment: Money,
 }
 
 /// Stripe credentials, where its API is, and what access includes.

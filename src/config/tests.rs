@@ -54,6 +54,15 @@ fn malformed_values_name_their_variable() {
         error_of(&[("twilio_account_sid", "AC123")]).starts_with("SMS_CREDIT_TWILIO_AUTH_TOKEN")
     );
     assert!(error_of(&[("public_url", "ftp://x")]).starts_with("SMS_CREDIT_PUBLIC_URL"));
+    for key in ["admin_token", "api_key", "metrics_token"] {
+        let error = error_of(&[(key, "a")]);
+        let variable = format!("SMS_CREDIT_{}", key.to_ascii_uppercase());
+        assert!(
+            error.starts_with(&variable) && error.contains("openssl rand -hex 32"),
+            "{error}"
+        );
+        assert_eq!(error_of(&[(key, "sixteen-chars-ok")]), "accepted");
+    }
 }
 
 #[test]

@@ -20,6 +20,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/healthz", web::get().to(health::healthz))
         .route("/readyz", web::get().to(health::readyz))
         .route("/account", web::get().to(page::account_page))
+        .route("/account.js", web::get().to(page::account_script))
         .route("/metrics", web::get().to(metrics::metrics_with_token))
         .route("/openapi.json", web::get().to(openapi::serve))
         .route("/v1/quote", web::post().to(quote::create))

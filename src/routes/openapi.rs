@@ -29,6 +29,7 @@ use crate::error::{ApiError, ErrorBody};
         health::healthz,
         health::readyz,
         page::account_page,
+        page::account_script,
         metrics::metrics_with_token,
         serve,
         quote::create,

@@ -8,6 +8,11 @@ use actix_web::{web, HttpResponse};
 use crate::state::AppState;
 
 const ACCOUNT_PAGE: &str = include_str!("../web/account.html");
+const ACCOUNT_SCRIPT: &str = include_str!("../web/account.js");
+
+/// The pages' policy: scripts only from this server's own files (none
+/// inline), nothing framed, no other base, forms only to this server.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 /// Text made safe to put in HTML.
 fn escape_html(text: &str) -> String {
@@ -30,10 +35,17 @@ pub async fn account_page(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .insert_header((
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:",
-        ))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
         .insert_header((header::X_FRAME_OPTIONS, "DENY"))
         .body(page)
+}
+
+/// The account page's script.
+#[utoipa::path(get, path = "/account.js", tag = "account holders",
+    responses((status = 200, description = "The page's script", content_type = "text/javascript", body = String)))]
+pub async fn account_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(ACCOUNT_SCRIPT)
 }

@@ -28,8 +28,15 @@ pub struct AdjustCommand {
 
 impl AdjustCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
+        let amount = Money::parse_dollars(&self.amount).map_err(|error| error.to_string())?;
+        let limit = settings.access.max_adjustment;
+        if amount.micros().unsigned_abs() > limit.micros().unsigned_abs() {
+            return Err(format!(
+                "an adjustment may be at most {limit} either way (SMS_CREDIT_MAX_ADJUSTMENT)"
+            ));
+        }
         let adjustment = Adjust {
-            amount: Money::parse_dollars(&self.amount).map_err(|error| error.to_string())?,
+            amount,
             idempotency_key: IdempotencyKey::from_caller(&self.idempotency_key)
                 .map_err(|error| error.to_string())?,
             reason: self.reason,

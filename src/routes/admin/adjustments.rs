@@ -55,6 +55,13 @@ pub async fn create(
             "a reason of 1 to 500 characters is required",
         ));
     }
+    let limit = state.settings.access.max_adjustment;
+    if request.amount_micros.unsigned_abs() > limit.micros().unsigned_abs() {
+        return Err(ApiError::invalid(
+            "adjustment_too_large",
+            format!("an adjustment may be at most {limit} either way (SMS_CREDIT_MAX_ADJUSTMENT)"),
+        ));
+    }
     let idempotency_key = IdempotencyKey::from_caller(&request.idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
     let adjustment = Adjust {

@@ -1,0 +1,275 @@
+// The account page's script (served as /account.js, so the page's CSP
+// allows no inline script).
+"use strict";
+// Money arrives as integer micro-dollars; shown rounded toward zero to the cent.
+function dollars(micros, signed) {
+  const negative = micros < 0;
+  const cents = Math.trunc(Math.abs(micros) / 10000);
+  const text = "$" + Math.trunc(cents / 100) + "." + String(cents % 100).padStart(2, "0");
+  return (negative ? "-" : signed && micros > 0 ? "+" : "") + text;
+}
+
+const state = { token: null, accountId: null, lastSeq: 0, socket: null, retry: null,
+  rate: null, points: [] };
+// Times are shown in the reader's own time zone, and say which.
+const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+const DAY_MS = 86400000;
+
+function when(entry) {
+  const at = Date.parse(entry.at || entry.created_at || "");
+  if (Number.isNaN(at)) return "";
+  return new Date(at).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+
+// A per-segment rate like 56500 micro-dollars → "$0.0565", from the digits.
+function rateText(micros) {
+  const digits = String(micros).padStart(7, "0");
+  return "$" + Number(digits.slice(0, -6)) + "." + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
+}
+
+function showBalance(micros) {
+  $("balance").textContent = dollars(micros, false);
+  $("estimate").textContent = state.rate
+    ? "About " + Math.floor(Math.max(micros, 0) / state.rate).toLocaleString() + " messages at your country's rate ("
+      + rateText(state.rate) + " each)."
+    : "Messages to your number are not available yet.";
+}
+
+// The sparkline: the balance as a step line over the last 30 days, drawn
+// from the ledger (no chart library).
+function drawChart() {
+  const now = Date.now();
+  const start = now - 30 * DAY_MS;
+  const points = state.points.filter((point) => point.at >= start);
+  const before = state.points.filter((point) => point.at < start).pop();
+  const first = before ? before.balance : (points.length ? points[0].before : 0);
+  const steps = [{ at: start, balance: first }].concat(points);
+  steps.push({ at: now, balance: steps[steps.length - 1].balance });
+  const values = steps.map((point) => point.balance);
+  const low = Math.min(0, ...values);
+  const high = Math.max(...values, low + 1);
+  const x = (at) => ((at - start) / (now - start)) * 300;
+  const y = (balance) => 58 - ((balance - low) / (high - low)) * 56;
+  const coordinates = [];
+  steps.forEach((point, index) => {
+    if (index > 0) coordinates.push(x(point.at).toFixed(1) + "," + y(steps[index - 1].balance).toFixed(1));
+    coordinates.push(x(point.at).toFixed(1) + "," + y(point.balance).toFixed(1));
+  });
+  $("chart-line").setAttribute("points", coordinates.join(" "));
+}
+
+function remember(entry) {
+  const at = Date.parse(entry.at || entry.created_at || "");
+  const balance = entry.balance_micros !== undefined ? entry.balance_micros : entry.balance_after_micros;
+  if (!Number.isNaN(at)) state.points.push({ at, balance, before: balance - entry.amount_micros });
+}
+
+// What a customer is told when something does not work (the details are
+// the operator's, in the server's log).
+function customerMessage(error) {
+  if (error.code === "stripe_not_configured") return "Payments are not available right now.";
+  if (error.status >= 500) return "Something went wrong on our side; please try again later.";
+  return error.message;
+}
+const $ = (id) => document.getElementById(id);
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + state.token };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = answer.error ? answer.error.message : "HTTP " + response.status;
+    throw Object.assign(new Error(message), { status: response.status, code: answer.error && answer.error.code });
+  }
+  return answer;
+}
+
+function addRow(entry) {
+  const row = document.createElement("tr");
+  row.dataset.seq = entry.seq;
+  const cells = [entry.seq, when(entry),
+    entry.description || entry.type, dollars(entry.amount_micros, true),
+    dollars(entry.balance_micros !== undefined ? entry.balance_micros : entry.balance_after_micros, false)];
+  const classes = ["seq", "when", "what", "amount", "after"];
+  cells.forEach((value, index) => {
+    const cell = document.createElement("td");
+    cell.className = classes[index];
+    if (index === 2) {
+      const text = document.createElement("span");
+      text.textContent = value;
+      cell.appendChild(text);
+    } else {
+      cell.textContent = value;
+    }
+    row.appendChild(cell);
+  });
+  const body = $("transactions");
+  body.insertBefore(row, body.firstChild);
+  while (body.children.length > 50) body.removeChild(body.lastChild);
+}
+
+// "2.50" → 2500000 micro-dollars, from the digits (no float touches money);
+// null for anything else.
+function micros(text) {
+  const match = /^\s*\$?(\d{1,7})(?:\.(\d{1,2}))?\s*$/.exec(text);
+  if (!match) return null;
+  return Number(match[1]) * 1000000 + Number((match[2] || "").padEnd(2, "0")) * 10000;
+}
+
+function showAuto(view) {
+  $("auto").hidden = false;
+  const card = view.card;
+  $("auto-card").textContent = card
+    ? "Card: " + card.brand + " ending " + card.last4 + " (expires " + String(card.exp_month).padStart(2, "0") + "/" + card.exp_year + ")"
+    : "No saved card yet: top up once on this page and the card is saved.";
+  $("auto-status").textContent = view.enabled
+    ? "On: below " + dollars(view.threshold_micros) + ", " + dollars(view.amount_micros) + " is charged (at most "
+      + dollars(view.monthly_cap_micros) + " a month; " + dollars(view.month_charged_micros) + " so far this month)."
+    : "Off." + (view.paused_reason ? " It turned itself off: " + view.paused_reason + "." : "");
+  $("auto-threshold").value = dollars(view.threshold_micros).slice(1);
+  $("auto-amount").value = dollars(view.amount_micros).slice(1);
+  $("auto-cap").value = dollars(view.monthly_cap_micros).slice(1);
+  $("auto-terms").textContent = view.terms;
+  $("auto-on").textContent = view.enabled ? "Save" : "Turn on";
+  $("auto-off").hidden = !view.enabled;
+  const rows = $("auto-attempts");
+  rows.textContent = "";
+  view.attempts.forEach((attempt) => {
+    const row = document.createElement("tr");
+    [new Date(attempt.at).toISOString().replace("T", " ").slice(0, 16), dollars(attempt.amount_micros),
+     attempt.status.replace(/_/g, " ") + (attempt.reason ? " (" + attempt.reason + ")" : "")]
+      .forEach((value, index) => {
+        const cell = document.createElement("td");
+        cell.textContent = value;
+        if (index === 1) cell.className = "amount";
+        row.appendChild(cell);
+      });
+    rows.appendChild(row);
+  });
+}
+
+async function loadAuto() {
+  try {
+    showAuto(await api("GET", "/v1/accounts/" + state.accountId + "/auto-top-up"));
+  } catch (error) {
+    // Payments are not configured on this server: no auto top-up either.
+    $("auto").hidden = true;
+  }
+}
+
+async function changeAuto(change) {
+  $("auto-message").textContent = "";
+  try {
+    showAuto(await api("PUT", "/v1/accounts/" + state.accountId + "/auto-top-up", change));
+  } catch (error) {
+    $("auto-message").className = "error";
+    $("auto-message").textContent = customerMessage(error);
+  }
+}
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const url = scheme + location.host + "/v1/accounts/" + state.accountId + "/feed?since=" + state.lastSeq;
+  // The token travels as a subprotocol, never in the URL.
+  const socket = new WebSocket(url, ["sms-credit-feed", state.token]);
+  state.socket = socket;
+  socket.onopen = () => { $("live").textContent = "· live"; };
+  socket.onmessage = (message) => {
+    const data = JSON.parse(message.data);
+    if (data.type === undefined) {
+      // The snapshot: the balance now.
+      showBalance(data.balance_micros);
+      return;
+    }
+    if (data.seq <= state.lastSeq) return;
+    state.lastSeq = data.seq;
+    showBalance(data.balance_micros);
+    addRow(data);
+    remember(data);
+    drawChart();
+    // A credit may be an auto top-up: show how it went.
+    if (data.amount_micros > 0 && !$("auto").hidden) loadAuto();
+  };
+  socket.onclose = () => {
+    $("live").textContent = "· not live, reconnecting…";
+    if (state.token && state.socket === socket) state.retry = setTimeout(connect, 1000);
+  };
+}
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    const account = await api("GET", "/v1/accounts/me");
+    state.accountId = account.id;
+    state.rate = account.rate_micros_per_segment;
+    showBalance(account.balance_micros);
+    const recent = await api("GET", "/v1/accounts/" + account.id + "/transactions?latest=1000");
+    $("transactions").textContent = "";
+    $("when-header").textContent = "When (" + zone + ")";
+    state.lastSeq = 0;
+    state.points = [];
+    const oldestFirst = recent.transactions.slice().reverse();
+    oldestFirst.forEach((entry) => {
+      remember(entry);
+      state.lastSeq = Math.max(state.lastSeq, entry.seq);
+    });
+    oldestFirst.slice(-20).forEach(addRow);
+    drawChart();
+    sessionStorage.setItem("sms-credit-token", token);
+    $("signin").hidden = true;
+    $("account").hidden = false;
+    $("signin-error").textContent = "";
+    connect();
+    // Auto top-up needs payments; a server without them does not offer it.
+    if (account.payments_available) loadAuto(); else $("auto").hidden = true;
+  } catch (error) {
+    state.token = null;
+    $("signin-error").textContent = error.status === 401 ? "That token is not valid." : customerMessage(error);
+  }
+}
+
+function signOut() {
+  state.token = null;
+  clearTimeout(state.retry);
+  if (state.socket) { const socket = state.socket; state.socket = null; socket.close(); }
+  sessionStorage.removeItem("sms-credit-token");
+  $("account").hidden = true;
+  $("auto").hidden = true;
+  $("signin").hidden = false;
+}
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  signIn($("token").value.trim());
+});
+$("signout").addEventListener("click", signOut);
+$("topup").addEventListener("click", async () => {
+  $("topup-message").className = "";
+  $("topup-message").textContent = "Starting checkout…";
+  try {
+    const started = await api("POST", "/v1/checkout/topup");
+    location.href = started.checkout_url;
+  } catch (error) {
+    $("topup-message").className = "error";
+    $("topup-message").textContent = customerMessage(error);
+  }
+});
+$("auto-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const change = {
+    enabled: true,
+    threshold_micros: micros($("auto-threshold").value),
+    amount_micros: micros($("auto-amount").value),
+    monthly_cap_micros: micros($("auto-cap").value),
+  };
+  if (Object.values(change).includes(null)) {
+    $("auto-message").className = "error";
+    $("auto-message").textContent = "Amounts are dollars and cents, like 2.00.";
+    return;
+  }
+  changeAuto(change);
+});
+$("auto-off").addEventListener("click", () => changeAuto({ enabled: false }));
+const saved = sessionStorage.getItem("sms-credit-token");
+if (saved) signIn(saved);

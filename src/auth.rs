@@ -55,8 +55,9 @@ fn check_host_application(request: &HttpRequest) -> Result<HostApplication, ApiE
     }
 }
 
-/// Proof that the request carries a live token of this account.
-pub struct AccountHolder(pub AccountId);
+/// Proof that the request carries a live token of this account, with the
+/// token's hash (what a feed opened with it checks after a revocation).
+pub struct AccountHolder(pub AccountId, pub String);
 
 impl FromRequest for AccountHolder {
     type Error = ApiError;
@@ -69,7 +70,8 @@ impl FromRequest for AccountHolder {
             let state = state.ok_or_else(missing_state)?;
             let token = token.ok_or(ApiError::Unauthorized)?;
             let account = access_tokens::account_of(&state.store, &token).await?;
-            account.map(AccountHolder).ok_or(ApiError::Unauthorized)
+            let account = account.ok_or(ApiError::Unauthorized)?;
+            Ok(AccountHolder(account, access_tokens::hash(&token)))
         })
     }
 }

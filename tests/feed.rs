@@ -510,3 +510,102 @@ async fn a_slow_client_is_closed_with_where_to_resume() {
     next_json(&mut feed).await; // the snapshot
     assert_eq!(next_json(&mut feed).await["seq"], last_seq + 1);
 }
+
+/// Waits (up to 5 s) for the feed's close frame, answering pings and
+/// skipping changes on the way: its code and reason.
+async fn close_of(connection: &mut Connection) -> (u16, String) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let frame = actix_rt::time::timeout(left, connection.next())
+            .await
+            .expect("a close frame within 5 s")
+            .expect("a close frame, not the end of the stream")
+            .unwrap();
+        match frame {
+            ws::Frame::Close(reason) => {
+                let reason = reason.expect("a close reason");
+                return (
+                    u16::from(reason.code),
+                    reason.description.unwrap_or_default(),
+                );
+            }
+            ws::Frame::Ping(bytes) => connection.send(ws::Message::Pong(bytes)).await.unwrap(),
+            _ => {}
+        }
+    }
+}
+
+on_both_stores!(revoking_a_token_closes_its_feeds_and_voids_its_tickets);
+/// Revoking closes the feeds a token opened (from the server, and from
+/// another process: the CLI), and a ticket bought with it before stops
+/// working; rotating does the same, and the new token opens a feed.
+async fn revoking_a_token_closes_its_feeds_and_voids_its_tickets() {
+    let app = TestApp::spawn().await;
+    let (id, token) = account_with_token(&app, "+14155553095").await;
+    let path = format!("/v1/accounts/{id}/feed");
+    let mut feed = open(&app, &path, &["sms-credit-feed", &token])
+        .await
+        .unwrap();
+    next_json(&mut feed).await;
+    let (status, ticket) = app
+        .request(
+            "POST",
+            &format!("/v1/accounts/{id}/feed-tickets"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{ticket}");
+    let ticket = ticket["ticket"].as_str().unwrap().to_string();
+
+    let (status, _) = app
+        .request(
+            "DELETE",
+            &format!("/v1/admin/accounts/{id}/tokens"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        close_of(&mut feed).await,
+        (1008, "the token was revoked: sign in again".to_string())
+    );
+    let refused = open(&app, &format!("{path}?ticket={ticket}"), &[]).await;
+    assert_eq!(
+        refused.err(),
+        Some(StatusCode::UNAUTHORIZED),
+        "a ticket of a revoked token"
+    );
+
+    // Rotation: the old token's feed closes; the new token opens one.
+    let token = app.issue_token(id).await;
+    let mut feed = open(&app, &path, &["sms-credit-feed", &token])
+        .await
+        .unwrap();
+    next_json(&mut feed).await;
+    let (status, rotated) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{id}/tokens/rotate"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{rotated}");
+    assert_eq!(close_of(&mut feed).await.0, 1008);
+    let fresh = rotated["token"].as_str().unwrap();
+    let mut feed = open(&app, &path, &["sms-credit-feed", fresh])
+        .await
+        .unwrap();
+    next_json(&mut feed).await;
+
+    // Another process revokes (the CLI): the server's feed closes too.
+    let cli = crate::helpers::run_cli(
+        &app.directory,
+        &["accounts", "token", "revoke", &id.to_string()],
+    );
+    assert!(cli.status.success(), "{cli:?}");
+    assert_eq!(close_of(&mut feed).await.0, 1008);
+}

@@ -46,7 +46,33 @@ pub async fn rotate(
         .tokens()
         .rotate(account_id, hash(&token), now_ms)
         .await?;
+    if revoked.is_some() {
+        store.tokens_changed(account_id);
+    }
     Ok(revoked.map(|revoked| (revoked, token)))
+}
+
+/// Revokes every live token of an account and tells this process's open
+/// feeds (other processes learn it from the store's change note); answers
+/// how many were revoked.
+pub async fn revoke_all(
+    store: &Store,
+    account_id: AccountId,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    let revoked = store.tokens().revoke_all(account_id, now_ms).await?;
+    store.tokens_changed(account_id);
+    Ok(revoked)
+}
+
+/// Whether the token of this hash is live and the account's.
+pub async fn is_live(
+    store: &Store,
+    account_id: AccountId,
+    token_hash: &str,
+) -> Result<bool, StoreError> {
+    let owner = store.tokens().account_of(token_hash.to_string()).await?;
+    Ok(owner == Some(account_id))
 }
 
 /// The account a live token belongs to.

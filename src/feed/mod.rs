@@ -7,4 +7,4 @@ mod session;
 mod tickets;
 
 pub use session::{run, FeedStart};
-pub use tickets::{FeedScope, Tickets, TICKET_LIFETIME};
+pub use tickets::{FeedScope, Redeemed, Tickets, TICKET_LIFETIME};

@@ -17,7 +17,7 @@ use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
 use serde_json::{json, Value};
 use sms_credit_actors::clock::format_rfc3339_ms;
 use sms_credit_actors::feed::Subscription;
-use sms_credit_actors::{AccountId, LedgerEntry, Store, StoreError};
+use sms_credit_actors::{access_tokens, AccountId, LedgerEntry, Store, StoreError};
 
 use super::FeedScope;
 
@@ -34,6 +34,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a connection starts from.
 pub struct FeedStart {
     pub scope: FeedScope,
+    /// The hash of the account token that opened the feed (`None`: the
+    /// admin's): when the account's tokens are revoked and this one is no
+    /// longer live, the feed closes.
+    pub token_hash: Option<String>,
     /// Replay the rows after this seq before going live.
     pub since: Option<i64>,
     pub store: Store,
@@ -54,6 +58,8 @@ enum End {
         last_seq: i64,
     },
     Silent,
+    /// The token that opened the feed was revoked (or rotated away).
+    Revoked,
     Store(String),
 }
 
@@ -194,6 +200,10 @@ pub async fn run(start: FeedStart, session: Session, mut incoming: MessageStream
             code: CloseCode::Away,
             description: Some("no answer to pings".to_string()),
         }),
+        End::Revoked => Some(CloseReason {
+            code: CloseCode::Policy,
+            description: Some("the token was revoked: sign in again".to_string()),
+        }),
         End::Store(reason) => {
             tracing::warn!(%reason, "feed ended by a store error");
             Some(CloseReason {
@@ -266,6 +276,12 @@ async fn account_feed(
     client: &mut Client,
     incoming: &mut MessageStream,
 ) -> End {
+    // Subscribed before the token is checked again below: a revocation
+    // from then on is heard.
+    let mut token_changes = start.store.token_changes();
+    if let Some(end) = still_allowed(start, account_id, Ok(account_id)).await {
+        return end;
+    }
     // Without `since`, read only the snapshot (no row is after i64::MAX).
     let after = start.since.map_or(i64::MAX, |since| since.max(0));
     let (snapshot, first_page) = match read_page(&start.store, account_id, after, PAGE, true).await
@@ -318,6 +334,11 @@ async fn account_feed(
             _ = stopping.changed() => {
                 return End::Stopping { last_seq: last };
             }
+            changed = token_changes.recv() => {
+                if let Some(end) = still_allowed(start, account_id, changed).await {
+                    return end;
+                }
+            }
             live = subscription.receiver.recv() => {
                 let Some(entry) = live else {
                     return client.too_slow();
@@ -349,6 +370,29 @@ async fn account_feed(
                 }
             }
         }
+    }
+}
+
+/// After a change to some account's tokens: `Some` when it was this feed's
+/// account and the token that opened the feed is no longer live (missed
+/// changes, when the channel lagged, are checked the same way).
+async fn still_allowed(
+    start: &FeedStart,
+    account_id: AccountId,
+    changed: Result<AccountId, tokio::sync::broadcast::error::RecvError>,
+) -> Option<End> {
+    use tokio::sync::broadcast::error::RecvError;
+    let token_hash = start.token_hash.as_deref()?;
+    match changed {
+        Ok(changed) if changed != account_id => return None,
+        // The store is gone: the feed ends with it elsewhere.
+        Err(RecvError::Closed) => return std::future::pending().await,
+        Ok(_) | Err(RecvError::Lagged(_)) => {}
+    }
+    match access_tokens::is_live(&start.store, account_id, token_hash).await {
+        Ok(true) => None,
+        Ok(false) => Some(End::Revoked),
+        Err(error) => Some(End::Store(error.to_string())),
     }
 }
 

@@ -171,8 +171,10 @@ pub async fn feed_ticket(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = own_account(&holder, path.into_inner())?;
-    let ticket = state
-        .tickets
-        .issue(FeedScope::Account(account_id), state.clock.now_ms())?;
+    let ticket = state.tickets.issue(
+        FeedScope::Account(account_id),
+        Some(holder.1.clone()),
+        state.clock.now_ms(),
+    )?;
     Ok(HttpResponse::Created().json(FeedTicket::new(ticket)))
 }

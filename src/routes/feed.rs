@@ -10,6 +10,7 @@ use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::auth::{bearer_token, constant_time_eq, Admin};
 use crate::error::ApiError;
+use crate::feed::Redeemed;
 use crate::feed::{self, FeedScope, FeedStart};
 use crate::state::AppState;
 
@@ -38,29 +39,39 @@ fn protocol_token(request: &HttpRequest) -> Option<String> {
         .map(str::to_string)
 }
 
-/// Who is opening the feed.
+/// Who is opening the feed, and the hash of the account token that lets
+/// them (`None` for the admin): a ticket works only while the token it
+/// was bought with is live.
 async fn caller(
     state: &AppState,
     request: &HttpRequest,
     ticket: Option<&str>,
-) -> Result<FeedScope, ApiError> {
+) -> Result<Redeemed, ApiError> {
     if let Some(ticket) = ticket {
-        return state
+        let (scope, token_hash) = state
             .tickets
             .redeem(ticket, state.clock.now_ms())
-            .ok_or(ApiError::Unauthorized);
+            .ok_or(ApiError::Unauthorized)?;
+        if let (FeedScope::Account(account_id), Some(token_hash)) = (scope, &token_hash) {
+            if !access_tokens::is_live(&state.store, account_id, token_hash).await? {
+                return Err(ApiError::Unauthorized);
+            }
+        }
+        return Ok((scope, token_hash));
     }
     let presented = protocol_token(request).or_else(|| bearer_token(request).map(str::to_string));
     let presented = presented.ok_or(ApiError::Unauthorized)?;
     if let Some(admin_token) = &state.settings.access.admin_token {
         if constant_time_eq(presented.as_bytes(), admin_token.expose().as_bytes()) {
-            return Ok(FeedScope::Admin);
+            return Ok((FeedScope::Admin, None));
         }
     }
     let account = access_tokens::account_of(&state.store, &presented).await?;
-    account
-        .map(FeedScope::Account)
-        .ok_or(ApiError::Unauthorized)
+    let account = account.ok_or(ApiError::Unauthorized)?;
+    Ok((
+        FeedScope::Account(account),
+        Some(access_tokens::hash(&presented)),
+    ))
 }
 
 fn start_session(
@@ -68,6 +79,7 @@ fn start_session(
     request: &HttpRequest,
     payload: web::Payload,
     scope: FeedScope,
+    token_hash: Option<String>,
     since: Option<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let (response, session, incoming) =
@@ -79,6 +91,7 @@ fn start_session(
         })?;
     let start = FeedStart {
         scope,
+        token_hash,
         since,
         store: state.store.clone(),
         heartbeat: state.settings.feed.heartbeat,
@@ -106,7 +119,7 @@ pub async fn account_feed(
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
     let query = query.into_inner();
-    let scope = caller(&state, &request, query.ticket.as_deref()).await?;
+    let (scope, token_hash) = caller(&state, &request, query.ticket.as_deref()).await?;
     let allowed = match scope {
         FeedScope::Admin => true,
         FeedScope::Account(own) => own == account_id,
@@ -122,6 +135,7 @@ pub async fn account_feed(
         &request,
         payload,
         FeedScope::Account(account_id),
+        token_hash,
         query.since,
     )
 }
@@ -145,8 +159,10 @@ pub async fn admin_feed(
         ));
     }
     match caller(&state, &request, query.ticket.as_deref()).await? {
-        FeedScope::Admin => start_session(&state, &request, payload, FeedScope::Admin, None),
-        FeedScope::Account(_) => Err(ApiError::Unauthorized),
+        (FeedScope::Admin, _) => {
+            start_session(&state, &request, payload, FeedScope::Admin, None, None)
+        }
+        (FeedScope::Account(_), _) => Err(ApiError::Unauthorized),
     }
 }
 
@@ -159,6 +175,6 @@ pub async fn admin_ticket(
 ) -> Result<HttpResponse, ApiError> {
     let ticket = state
         .tickets
-        .issue(FeedScope::Admin, state.clock.now_ms())?;
+        .issue(FeedScope::Admin, None, state.clock.now_ms())?;
     Ok(HttpResponse::Created().json(crate::routes::account::FeedTicket::new(ticket)))
 }

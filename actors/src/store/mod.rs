@@ -150,6 +150,9 @@ pub(crate) struct Shared {
     /// changed are sent (the auto top-up worker listens).
     auto_top_up_changed: mpsc::UnboundedSender<AccountId>,
     auto_top_up_changed_receiver: Mutex<Option<mpsc::UnboundedReceiver<AccountId>>>,
+    /// The accounts whose tokens were revoked (here or by another
+    /// process), for every open feed to check its own.
+    tokens_changed: tokio::sync::broadcast::Sender<AccountId>,
     pub(crate) stats: Arc<StoreStats>,
     /// Where committed ledger rows are published for the balance feed.
     pub(crate) feed: Arc<FeedHub>,
@@ -170,6 +173,7 @@ impl Shared {
             moved_receiver: Mutex::new(Some(moved_receiver)),
             auto_top_up_changed,
             auto_top_up_changed_receiver: Mutex::new(Some(auto_top_up_receiver)),
+            tokens_changed: tokio::sync::broadcast::channel(1024).0,
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
@@ -194,6 +198,11 @@ impl Shared {
             }
         }
         let _ = self.moved.send(moved);
+    }
+
+    /// An account's tokens were revoked or rotated (here or elsewhere).
+    pub(crate) fn tokens_changed(&self, account_id: AccountId) {
+        let _ = self.tokens_changed.send(account_id);
     }
 
     /// Another process changed an account's auto top-up setting.
@@ -283,6 +292,18 @@ impl Store {
             .lock()
             .ok()
             .and_then(|mut receiver| receiver.take())
+    }
+
+    /// The accounts whose tokens are revoked or rotated from now on, by
+    /// this process or another (an open feed checks its own token).
+    pub fn token_changes(&self) -> tokio::sync::broadcast::Receiver<AccountId> {
+        self.shared.tokens_changed.subscribe()
+    }
+
+    /// Tells this process's open feeds that an account's tokens changed
+    /// (other processes learn it from the change note the store left).
+    pub fn tokens_changed(&self, account_id: AccountId) {
+        self.shared.tokens_changed(account_id);
     }
 
     /// Told after each commit that queued notices.

@@ -49,9 +49,7 @@ async fn apply(
             if !exists {
                 return Ok(None);
             }
-            let revoked = store
-                .tokens()
-                .revoke_all(account_id, now_ms)
+            let revoked = access_tokens::revoke_all(&store, account_id, now_ms)
                 .await
                 .map_err(|error| error.to_string())?;
             Some((revoked, None))

@@ -56,11 +56,7 @@ pub async fn revoke(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    let revoked = state
-        .store
-        .tokens()
-        .revoke_all(account_id, state.clock.now_ms())
-        .await?;
+    let revoked = access_tokens::revoke_all(&state.store, account_id, state.clock.now_ms()).await?;
     Ok(HttpResponse::Ok().json(RevokedTokens {
         account_id,
         revoked,

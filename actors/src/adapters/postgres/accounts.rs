@@ -6,6 +6,7 @@ use super::{boxed, is_unique_violation, PostgresStore};
 use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::store::change_notes;
 use crate::store::{
     AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
     UnknownValue,
@@ -267,8 +268,15 @@ impl TokenStore for PostgresStore {
     }
 
     fn revoke_all(&self, account_id: AccountId, now_ms: i64) -> StoreFuture<usize> {
+        let origin = self.origin.clone();
         self.write(move |transaction| {
-            boxed(async move { revoke_tokens(transaction, account_id, now_ms).await })
+            let origin = origin.clone();
+            boxed(async move {
+                let revoked = revoke_tokens(transaction, account_id, now_ms).await?;
+                let note = change_notes::tokens(account_id);
+                super::writer::notify_note(transaction, &origin, &note).await?;
+                Ok(revoked)
+            })
         })
     }
 
@@ -278,14 +286,18 @@ impl TokenStore for PostgresStore {
         token_hash: String,
         now_ms: i64,
     ) -> StoreFuture<Option<usize>> {
+        let origin = self.origin.clone();
         self.write(move |transaction| {
             let token_hash = token_hash.clone();
+            let origin = origin.clone();
             boxed(async move {
                 if !account_exists(transaction, account_id).await? {
                     return Ok(None);
                 }
                 let revoked = revoke_tokens(transaction, account_id, now_ms).await?;
                 insert_token(transaction, account_id, &token_hash, now_ms).await?;
+                let note = change_notes::tokens(account_id);
+                super::writer::notify_note(transaction, &origin, &note).await?;
                 Ok(Some(revoked))
             })
         })

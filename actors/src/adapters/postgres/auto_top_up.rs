@@ -5,7 +5,7 @@
 
 use tokio_postgres::{GenericClient, Row};
 
-use super::writer::{CHANNEL, INSERT_NOTICES};
+use super::writer::INSERT_NOTICES;
 use super::{boxed, PostgresStore};
 use crate::billing::auto_top_up::{
     AfterAttempt, AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, Consent,
@@ -356,19 +356,14 @@ impl AutoTopUpStore for PostgresStore {
     /// Stores the setting and notifies the other instances (on commit), so
     /// that their live actors follow it at once.
     fn set_auto_settings(&self, change: SettingChange) -> StoreFuture<AutoTopUpSettings> {
-        let payload = format!(
-            "{};{}",
-            self.origin,
-            change_notes::auto_top_up(change.account_id)
-        );
+        let origin = self.origin.clone();
         self.write(move |transaction| {
             let change = change.clone();
-            let payload = payload.clone();
+            let origin = origin.clone();
             boxed(async move {
                 let settings = set_settings(transaction, &change).await?;
-                transaction
-                    .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload])
-                    .await?;
+                let note = change_notes::auto_top_up(change.account_id);
+                super::writer::notify_note(transaction, &origin, &note).await?;
                 Ok(settings)
             })
         })

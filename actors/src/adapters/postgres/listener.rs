@@ -65,6 +65,10 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
                         shared.external_auto_top_up(account_id);
                         continue;
                     }
+                    ChangeNote::Tokens(account_id) => {
+                        shared.tokens_changed(account_id);
+                        continue;
+                    }
                 };
                 let rows = async {
                     let client = readers.client().await?;

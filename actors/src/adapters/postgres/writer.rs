@@ -712,6 +712,21 @@ impl Notices {
     }
 }
 
+/// Tells the other instances `note` when the transaction commits.
+pub(super) async fn notify_note(
+    client: &impl tokio_postgres::GenericClient,
+    origin: &str,
+    note: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&CHANNEL, &format!("{origin};{note}")],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Tells other instances which accounts moved: `origin;account:first-last;…`,
 /// in as many notifications as the payload limit needs. Delivered only if
 /// the transaction commits.

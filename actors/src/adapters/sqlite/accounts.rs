@@ -6,6 +6,7 @@ use super::SqliteStore;
 use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::store::change_notes;
 use crate::store::{
     AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
     UnknownValue,
@@ -282,7 +283,13 @@ impl TokenStore for SqliteStore {
     }
 
     fn revoke_all(&self, account_id: AccountId, now_ms: i64) -> StoreFuture<usize> {
-        self.write(move |connection| revoke_tokens(connection, account_id, now_ms))
+        let origin = self.origin.clone();
+        self.write(move |connection| {
+            let revoked = revoke_tokens(connection, account_id, now_ms)?;
+            let note = change_notes::tokens(account_id);
+            super::watcher::leave_note(connection, &origin, &note, now_ms)?;
+            Ok(revoked)
+        })
     }
 
     fn rotate(
@@ -291,12 +298,15 @@ impl TokenStore for SqliteStore {
         token_hash: String,
         now_ms: i64,
     ) -> StoreFuture<Option<usize>> {
+        let origin = self.origin.clone();
         self.write(move |connection| {
             if !account_exists(connection, account_id)? {
                 return Ok(None);
             }
             let revoked = revoke_tokens(connection, account_id, now_ms)?;
             insert_token(connection, account_id, &token_hash, now_ms)?;
+            let note = change_notes::tokens(account_id);
+            super::watcher::leave_note(connection, &origin, &note, now_ms)?;
             Ok(Some(revoked))
         })
     }

@@ -312,15 +312,8 @@ impl AutoTopUpStore for SqliteStore {
         let origin = self.origin.clone();
         self.write(move |connection| {
             let settings = set_settings(connection, &change)?;
-            connection
-                .prepare_cached(
-                    "INSERT INTO ledger_changes (origin, changes, created_at) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![
-                    origin,
-                    change_notes::auto_top_up(change.account_id),
-                    change.now_ms
-                ])?;
+            let note = change_notes::auto_top_up(change.account_id);
+            super::watcher::leave_note(connection, &origin, &note, change.now_ms)?;
             Ok(settings)
         })
     }

@@ -33,6 +33,21 @@ pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, i64)>) -> String {
     text
 }
 
+/// Leaves a note for the other processes, in the caller's transaction.
+pub(super) fn leave_note(
+    connection: &rusqlite::Connection,
+    origin: &str,
+    note: &str,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "INSERT INTO ledger_changes (origin, changes, created_at) VALUES (?1, ?2, ?3)",
+        )?
+        .execute(params![origin, note, now_ms])?;
+    Ok(())
+}
+
 /// The notes of a `changes` column; a malformed one is skipped.
 fn decode_changes(text: &str) -> Vec<ChangeNote> {
     text.split(';').filter_map(change_notes::parse).collect()
@@ -94,6 +109,7 @@ fn read_changes(
         let mut last_id = after_id;
         let mut rows = Vec::new();
         let mut auto_top_ups = Vec::new();
+        let mut tokens = Vec::new();
         for (id, origin, changes) in notes {
             last_id = id;
             if origin == shared.origin {
@@ -105,13 +121,17 @@ fn read_changes(
                         ledger::entries_between(connection, account_id, first, last)?,
                     ),
                     ChangeNote::AutoTopUp(account_id) => auto_top_ups.push(account_id),
+                    ChangeNote::Tokens(account_id) => tokens.push(account_id),
                 }
             }
         }
-        Ok::<_, StoreError>((last_id, rows, auto_top_ups))
+        Ok::<_, StoreError>((last_id, rows, auto_top_ups, tokens))
     })();
     let _ = connection.execute_batch("COMMIT");
-    let (last_id, rows, auto_top_ups) = read?;
+    let (last_id, rows, auto_top_ups, tokens) = read?;
+    for account_id in tokens {
+        shared.tokens_changed(account_id);
+    }
     for entries in rows {
         shared.external(entries);
     }
@@ -134,7 +154,7 @@ mod tests {
             .into_iter()
             .filter_map(|note| match note {
                 ChangeNote::Rows(account, first, last) => Some((account, first, last)),
-                ChangeNote::AutoTopUp(_) => None,
+                ChangeNote::AutoTopUp(_) | ChangeNote::Tokens(_) => None,
             })
             .collect();
         decoded.sort();

@@ -47,12 +47,7 @@ fn check_host_application(request: &HttpRequest) -> Result<HostApplication, ApiE
             variable: "SMS_CREDIT_API_KEY",
         });
     };
-    let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
-        Ok(HostApplication)
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    presents(request, state, expected.expose()).map(|()| HostApplication)
 }
 
 /// Proof that the request carries a live token of this account, with the
@@ -97,12 +92,7 @@ fn check_admin(request: &HttpRequest) -> Result<Admin, ApiError> {
             variable: "SMS_CREDIT_ADMIN_TOKEN",
         });
     };
-    let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
-        Ok(Admin)
-    } else {
-        Err(ApiError::Unauthorized)
-    }
+    presents(request, state, expected.expose()).map(|()| Admin)
 }
 
 /// Proof that the request may read `/metrics` on the main address (which
@@ -127,11 +117,25 @@ fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError
             variable: "SMS_CREDIT_METRICS_TOKEN or SMS_CREDIT_METRICS_BIND",
         });
     };
+    presents(request, state, expected.expose()).map(|()| MetricsReader)
+}
+
+/// Whether the request's bearer token is `expected`. An address that sent
+/// too many wrong tokens is refused (`429`) before its token is looked at,
+/// so guessing gains nothing by going faster.
+fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(), ApiError> {
+    let address = request.peer_addr().map(|peer| peer.ip());
+    if let Some(wait) = address.and_then(|address| state.wrong_tokens.wait_for(address)) {
+        return Err(ApiError::TooManyAttempts(wait));
+    }
+    // No token at all is no guess.
     let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
-    if constant_time_eq(presented.as_bytes(), expected.expose().as_bytes()) {
-        Ok(MetricsReader)
-    } else {
-        Err(ApiError::Unauthorized)
+    if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        return Ok(());
+    }
+    match address.and_then(|address| state.wrong_tokens.failed(address)) {
+        Some(wait) => Err(ApiError::TooManyAttempts(wait)),
+        None => Err(ApiError::Unauthorized),
     }
 }
 

@@ -23,6 +23,12 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// The account has as many feeds open as it may.
+    #[error("this account has {0} feeds open, as many as it may: close one first")]
+    TooManyFeeds(usize),
+    /// Too many wrong tokens from this address: try again after the wait.
+    #[error("too many wrong tokens from this address; try again in {} s", .0.as_secs().max(1))]
+    TooManyAttempts(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
     /// A paid or privileged feature whose credentials are not configured.
@@ -99,6 +105,8 @@ impl ApiError {
             ApiError::InvalidRequest { code, .. } => code,
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::TooManyAttempts(_) => "too_many_attempts",
+            ApiError::TooManyFeeds(_) => "too_many_feeds",
             ApiError::NotFound(_) => "not_found",
             ApiError::NotConfigured { code, .. } => code,
             ApiError::Ledger(error) => match error {
@@ -220,6 +228,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooManyAttempts(_) | ApiError::TooManyFeeds(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Ledger(error) => match error {
@@ -295,6 +306,10 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            ApiError::TooManyAttempts(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }
             ApiError::Ledger(LedgerError::Busy)
             | ApiError::Billing(BillingError::Busy(_))

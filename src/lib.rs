@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod feed;
+pub mod limits;
 mod routes;
 pub use routes::openapi;
 pub mod startup;

@@ -506,6 +506,8 @@ impl Application {
             clock: Arc::clone(&clock),
             tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
+            wrong_tokens: Arc::default(),
+            feed_slots: Arc::default(),
             stopping: stopping_receiver,
         });
         start_instance_jobs(

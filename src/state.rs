@@ -24,7 +24,11 @@ pub struct AppState {
     pub sms_supervisor: Addr<SmsSupervisor>,
     pub clock: Arc<dyn Clock>,
     pub tickets: Arc<Tickets>,
+    /// Open feeds per account (at most `feed.max_per_account`).
+    pub feed_slots: Arc<crate::feed::FeedSlots>,
     pub http_metrics: Arc<HttpMetrics>,
+    /// Wrong admin, API and metrics tokens by address, to slow guessing.
+    pub wrong_tokens: Arc<crate::limits::WrongTokens>,
     /// Becomes `true` when the server starts stopping: open feeds close
     /// with 1001 and where to resume.
     pub stopping: tokio::sync::watch::Receiver<bool>,

@@ -143,15 +143,17 @@ async fn bad_requests_get_a_clear_error_and_change_nothing() {
             StatusCode::BAD_REQUEST,
             "invalid_json",
         ),
+        // Beyond SMS_CREDIT_MAX_ADJUSTMENT (so no adjustment can overflow a
+        // balance either).
         (
-            json!({"amount_micros": i64::MAX, "reason": "x", "idempotency_key": "big-1"}),
+            json!({"amount_micros": 10_000_000_000i64, "reason": "x", "idempotency_key": "big-1"}),
             StatusCode::OK,
             "",
         ),
         (
             json!({"amount_micros": i64::MAX, "reason": "x", "idempotency_key": "big-2"}),
             StatusCode::BAD_REQUEST,
-            "amount_out_of_range",
+            "adjustment_too_large",
         ),
     ];
     for (body, expected_status, expected_code) in cases {

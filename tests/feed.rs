@@ -609,3 +609,44 @@ async fn revoking_a_token_closes_its_feeds_and_voids_its_tickets() {
     assert!(cli.status.success(), "{cli:?}");
     assert_eq!(close_of(&mut feed).await.0, 1008);
 }
+
+on_both_stores!(an_account_holds_at_most_ten_feeds);
+async fn an_account_holds_at_most_ten_feeds() {
+    let app = TestApp::spawn().await;
+    let (id, token) = account_with_token(&app, "+14155553096").await;
+    let path = format!("/v1/accounts/{id}/feed");
+    let mut feeds = Vec::new();
+    for _ in 0..10 {
+        let mut feed = open(&app, &path, &["sms-credit-feed", &token])
+            .await
+            .unwrap();
+        next_json(&mut feed).await;
+        feeds.push(feed);
+    }
+    let refused = open(&app, &path, &["sms-credit-feed", &token]).await;
+    assert_eq!(refused.err(), Some(StatusCode::TOO_MANY_REQUESTS));
+    // Another account is not held back by this one.
+    let (other, other_token) = account_with_token(&app, "+14155553097").await;
+    let other_path = format!("/v1/accounts/{other}/feed");
+    assert!(open(&app, &other_path, &["sms-credit-feed", &other_token])
+        .await
+        .is_ok());
+    // Closing one gives its place back.
+    let mut closed = feeds.pop().unwrap();
+    closed.send(ws::Message::Close(None)).await.unwrap();
+    drop(closed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match open(&app, &path, &["sms-credit-feed", &token]).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the place never came back"
+                );
+                actix_rt::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}

@@ -347,3 +347,51 @@ async fn a_payment_providers_words_reach_the_log_not_the_caller() {
     );
     assert!(message.contains("X-Request-Id"), "{message}");
 }
+
+#[actix_rt::test]
+async fn wrong_tokens_from_one_address_are_slowed() {
+    let app = TestApp::spawn().await;
+    for attempt in 1..=20 {
+        let (status, _) = app
+            .request(
+                "GET",
+                "/v1/admin/accounts",
+                Some("wrong-admin-token-guess"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    let (status, headers) = headers_of(
+        &app,
+        "GET",
+        "/v1/admin/accounts",
+        Some("wrong-admin-token-guess"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = headers
+        .get("Retry-After")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    // While it waits, even the right token is not looked at.
+    let (status, answer) = app
+        .request("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_attempts");
+    actix_rt::time::sleep(
+        std::time::Duration::from_secs(wait) + std::time::Duration::from_millis(200),
+    )
+    .await;
+    let (status, _) = app
+        .request("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "after the wait the right token works"
+    );
+}

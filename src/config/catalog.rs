@@ -357,6 +357,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Ledger rows queued per feed client before it is dropped as too slow",
     },
     Setting {
+        key: "feed_max_per_account",
+        section: Section::Feed,
+        value_name: "N",
+        default: Some("10"),
+        secret: false,
+        global: false,
+        help: "Feeds one account may have open at once on an instance; one more is refused with 429",
+    },
+    Setting {
         key: "auto_top_up_backoff",
         section: Section::AutoTopUp,
         value_name: "WAITS",

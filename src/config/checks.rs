@@ -183,6 +183,7 @@ pub(super) fn feed(values: &Values) -> Result<FeedSettings, ConfigError> {
     Ok(FeedSettings {
         heartbeat: values.required("feed_heartbeat_secs", seconds(1..=3_600))?,
         queue: values.required("feed_queue", number(1..=1_000_000))?,
+        max_per_account: values.required("feed_max_per_account", number(1..=10_000))?,
     })
 }
 

@@ -107,6 +107,8 @@ pub struct MessageSettings {
 pub struct FeedSettings {
     pub heartbeat: Duration,
     pub queue: usize,
+    /// Feeds one account may have open at once (per instance).
+    pub max_per_account: usize,
 }
 
 /// The checked configuration of the server.

@@ -4,7 +4,9 @@
 //! heartbeats and a bounded queue.
 
 mod session;
+mod slots;
 mod tickets;
 
 pub use session::{run, FeedStart};
+pub use slots::{FeedSlot, FeedSlots};
 pub use tickets::{FeedScope, Redeemed, Tickets, TICKET_LIFETIME};

@@ -45,6 +45,8 @@ pub struct FeedStart {
     pub queue: usize,
     /// Becomes `true` when the server stops.
     pub stopping: tokio::sync::watch::Receiver<bool>,
+    /// The account's place among its open feeds (given back at the end).
+    pub slot: Option<super::FeedSlot>,
 }
 
 /// Why a connection ended, as its close frame says.

@@ -89,9 +89,19 @@ fn start_session(
                 format!("the feed is a websocket: {error}"),
             )
         })?;
+    let slot = match scope {
+        FeedScope::Account(account_id) => Some(
+            state
+                .feed_slots
+                .take(account_id, state.settings.feed.max_per_account)
+                .ok_or(ApiError::TooManyFeeds(state.settings.feed.max_per_account))?,
+        ),
+        FeedScope::Admin => None,
+    };
     let start = FeedStart {
         scope,
         token_hash,
+        slot,
         since,
         store: state.store.clone(),
         heartbeat: state.settings.feed.heartbeat,

@@ -113,7 +113,8 @@ impl PaymentGateway for StripeGateway {
                 .payment_intent_data(payment_intent_data)
                 .metadata(to_hash_map(session.metadata.clone()))
                 .success_url(session.success_url)
-                .cancel_url(session.cancel_url);
+                .cancel_url(session.cancel_url)
+                .expires_at(session.expires_at);
             if let Some(order_id) = session.metadata.get(metadata::ORDER_ID) {
                 request = request.client_reference_id(order_id.clone());
             }

@@ -113,6 +113,11 @@ pub enum ChargeResult {
     NotCharged,
 }
 
+/// How long a Checkout Session stays open (Stripe's minimum): an abandoned
+/// one gives the discount code's use back half an hour later, not after
+/// Stripe's default of a day.
+pub const CHECKOUT_EXPIRES_AFTER_SECS: i64 = 30 * 60;
+
 /// How long an idempotency key is trusted: Stripe keeps one for at least
 /// 24 hours, then may forget it, and a request with a forgotten key is a
 /// new request. A charge first sent longer ago than this is never sent
@@ -205,6 +210,8 @@ impl Billing {
                 .gateway
                 .create_checkout_session(NewCheckoutSession {
                     customer_id,
+                    // From the order, so a retry sends the same request.
+                    expires_at: order.created_at_ms / 1000 + CHECKOUT_EXPIRES_AFTER_SECS,
                     amount: order.amount,
                     product_name: product_name.to_string(),
                     success_url: self.settings.success_url.clone(),

@@ -80,6 +80,9 @@ pub struct NewCustomer {
 #[derive(Clone, Debug)]
 pub struct NewCheckoutSession {
     pub customer_id: String,
+    /// When Stripe closes the session unpaid (Unix seconds): soon, so an
+    /// abandoned checkout gives back the discount code's use it holds.
+    pub expires_at: i64,
     pub amount: Money,
     pub product_name: String,
     pub success_url: String,

@@ -149,6 +149,7 @@ fn main() {
         api_base: "http://127.0.0.1:9".into(),
         allow_promotion_codes: false,
         included_credit: sms_credit_actors::Money::ZERO,
+        buy_daily_limit: sms_credit_actors::Money::from_micros(30_000_000),
     });
     actix_rt::System::new().block_on(async move {
         let core = Core::start(&settings, Arc::new(SystemClock)).unwrap();

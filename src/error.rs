@@ -138,6 +138,7 @@ impl ApiError {
                 BillingError::InactiveDiscountCode(_) => "inactive_discount_code",
                 BillingError::DiscountCodeUsedUp(_) => "discount_code_used_up",
                 BillingError::BelowMinimumCharge(_) => "below_minimum_charge",
+                BillingError::DailyLimit(_) => "daily_limit",
                 BillingError::AlreadyActive(_) => "already_active",
                 BillingError::AccountNotFound(_) => "account_not_found",
                 BillingError::NoSavedCard => "no_saved_card",
@@ -259,6 +260,7 @@ impl ResponseError for ApiError {
                 }
                 BillingError::InactiveDiscountCode(_)
                 | BillingError::DiscountCodeUsedUp(_)
+                | BillingError::DailyLimit(_)
                 | BillingError::AlreadyActive(_)
                 | BillingError::NotActive(_) => StatusCode::CONFLICT,
                 BillingError::BelowMinimumCharge(_) | BillingError::NoSavedCard => {

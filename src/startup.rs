@@ -149,6 +149,7 @@ fn billing_settings(settings: &Settings, stripe: &StripeSettings) -> BillingSett
         cancel_url: format!("{base}/checkout/cancel"),
         allow_promotion_codes: stripe.allow_promotion_codes,
         included_credit: stripe.included_credit,
+        buy_daily_limit: stripe.buy_daily_limit,
         auto_top_up: settings.auto_top_up.clone(),
     }
 }

@@ -964,3 +964,44 @@ async fn a_charge_stripe_cannot_be_asked_about_for_days_is_unknown_and_never_sen
     assert_eq!(status, StatusCode::OK);
     assert_eq!(report["auto_top_ups"]["unknown"]["attempts"], 1, "{report}");
 }
+
+on_both_stores!(buy_by_sms_stops_at_the_daily_limit);
+/// `BUY $10` charges at most $30 a day (UTC) per account: the fourth is
+/// refused with the way to top up on the web, charges nothing, and the
+/// next day it works again. Decided in the store, on both.
+async fn buy_by_sms_stops_at_the_daily_limit() {
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        clock,
+        ..
+    } = setup().await;
+    let phone = "+14155553750";
+    active_account(&app, &mut events, phone).await;
+    for index in 0..3 {
+        let (_, twiml) = app
+            .post_twilio_sms(&format!("SMbuy{index}"), phone, "BUY $10")
+            .await;
+        assert!(
+            reply_text(&twiml).starts_with("Thanks! $10.00 was added"),
+            "{twiml}"
+        );
+    }
+    let (_, twiml) = app.post_twilio_sms("SMbuy3", phone, "BUY $10").await;
+    let reply = reply_text(&twiml);
+    assert!(
+        reply.starts_with(
+            "You have bought $30.00 by SMS today, the most in a day. Top up on the web:"
+        ),
+        "{reply}"
+    );
+    assert_eq!(stripe.charges_made(), 3);
+    clock.advance_ms(24 * HOUR_MS);
+    let (_, twiml) = app.post_twilio_sms("SMbuy4", phone, "BUY $10").await;
+    assert!(
+        reply_text(&twiml).starts_with("Thanks! $10.00 was added"),
+        "{twiml}"
+    );
+    assert_eq!(stripe.charges_made(), 4);
+}

@@ -51,6 +51,7 @@ pub fn stripe_settings(directory: &TestDatabase, stripe_base: &str) -> Settings 
         api_base: stripe_base.to_string(),
         allow_promotion_codes: false,
         included_credit: sms_credit_actors::Money::from_micros(5_000_000),
+        buy_daily_limit: sms_credit_actors::Money::from_micros(30_000_000),
     });
     settings.server.public_url = Some("https://sms.example.com".to_string());
     settings

@@ -572,7 +572,9 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     .unwrap();
     let billing = core.billing.clone().unwrap();
     let ten = Money::from_micros(10_000_000);
-    let no_card = billing.charge_saved_card(id, ten, "SMnocard", 0).await;
+    let no_card = billing
+        .charge_saved_card(id, ten, "SMnocard", None, 0)
+        .await;
     assert_eq!(no_card, Err(BillingError::NoSavedCard));
 
     // The checkout's payment_intent.succeeded saves the card.
@@ -585,7 +587,7 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     assert_eq!(app.deliver(&saved).await.0, StatusCode::OK);
 
     let first = billing
-        .charge_saved_card(id, ten, "SM100", 0)
+        .charge_saved_card(id, ten, "SM100", None, 0)
         .await
         .unwrap();
     let ChargeResult::Credited {
@@ -598,7 +600,7 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     };
     assert!(!receipt.replayed);
     let again = billing
-        .charge_saved_card(id, ten, "SM100", 0)
+        .charge_saved_card(id, ten, "SM100", None, 0)
         .await
         .unwrap();
     assert!(
@@ -636,7 +638,7 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
 
     fake.set_charge_mode(ChargeMode::Decline);
     let declined = billing
-        .charge_saved_card(id, ten, "SM101", 0)
+        .charge_saved_card(id, ten, "SM101", None, 0)
         .await
         .unwrap();
     assert!(
@@ -646,14 +648,14 @@ async fn off_session_charges_succeed_once_decline_or_need_authentication() {
     fake.set_charge_mode(ChargeMode::RequireAuthentication);
     assert_eq!(
         billing
-            .charge_saved_card(id, ten, "SM102", 0)
+            .charge_saved_card(id, ten, "SM102", None, 0)
             .await
             .unwrap(),
         ChargeResult::AuthenticationRequired
     );
     fake.set_charge_mode(ChargeMode::ServerError);
     assert!(matches!(
-        billing.charge_saved_card(id, ten, "SM103", 0).await,
+        billing.charge_saved_card(id, ten, "SM103", None, 0).await,
         Err(BillingError::Gateway(_))
     ));
     actix_rt::time::sleep(Duration::from_millis(10)).await;

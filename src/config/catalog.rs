@@ -267,6 +267,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Credit that comes with access, in dollars, credited once when access is paid",
     },
     Setting {
+        key: "buy_daily_limit",
+        section: Section::Stripe,
+        value_name: "DOLLARS",
+        default: Some("30.00"),
+        secret: false,
+        global: false,
+        help: "The most BUY by SMS may charge one account in a day (UTC); past it the reply says so and points to the web",
+    },
+    Setting {
         key: "twilio_account_sid",
         section: Section::Twilio,
         value_name: "SID",

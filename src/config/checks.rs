@@ -87,6 +87,7 @@ pub(super) fn stripe(
     let api_base = values.required("stripe_api_base", url)?;
     let allow_promotion_codes = values.required("stripe_allow_promotion_codes", boolean)?;
     let included_credit = values.required("included_credit", dollars("5.00"))?;
+    let buy_daily_limit = values.required("buy_daily_limit", dollars("30.00"))?;
     let missing = |variable: &str, reason: &str| ConfigError::Invalid {
         setting: variable.to_string(),
         reason: reason.to_string(),
@@ -105,6 +106,7 @@ pub(super) fn stripe(
                 api_base,
                 allow_promotion_codes,
                 included_credit,
+                buy_daily_limit,
             }))
         }
         (None, None) => Ok(None),

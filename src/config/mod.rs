@@ -81,6 +81,8 @@ pub struct StripeSettings {
     pub allow_promotion_codes: bool,
     /// Credit that comes with access.
     pub included_credit: Money,
+    /// The most `BUY` by SMS may charge one account in a UTC day.
+    pub buy_daily_limit: Money,
 }
 
 /// Twilio credentials and where its API is.

@@ -246,6 +246,7 @@ impl Billing {
                 OrderType::AutoTopUp,
                 attempt.amount,
                 &key,
+                None,
                 now_ms,
             )
             .await;

@@ -11,7 +11,7 @@ use super::gateway::{
     metadata, ChargeOutcome, GatewayError, NewCheckoutSession, NewCustomer, OffSessionCharge,
     PaymentGateway, PaymentPurpose,
 };
-use super::orders::{NewOrder, Order, OrderStatus, OrderType};
+use super::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use super::pricing::Pricing;
 use super::BillingError;
 use crate::account_actor::{Credit, Receipt};
@@ -54,6 +54,8 @@ pub struct BillingSettings {
     pub included_credit: Money,
     /// Auto top-up's waits after failures and its limit.
     pub auto_top_up: super::auto_top_up::AutoTopUpPolicy,
+    /// The most `BUY` by SMS may charge one account in a UTC day.
+    pub buy_daily_limit: Money,
 }
 
 /// Everything the billing flows use.
@@ -285,6 +287,7 @@ impl Billing {
         account_id: AccountId,
         amount: Money,
         idempotency_key: &str,
+        cap: Option<DailyCap>,
         now_ms: i64,
     ) -> Result<ChargeResult, BillingError> {
         let (account, order) = self
@@ -293,6 +296,7 @@ impl Billing {
                 OrderType::TopUp,
                 amount,
                 idempotency_key,
+                cap,
                 now_ms,
             )
             .await?;
@@ -313,6 +317,7 @@ impl Billing {
         order_type: OrderType,
         amount: Money,
         idempotency_key: &str,
+        cap: Option<DailyCap>,
         now_ms: i64,
     ) -> Result<(Account, Order), BillingError> {
         if !amount.is_positive() || amount.micros() % 10_000 != 0 {
@@ -333,6 +338,7 @@ impl Billing {
                     discount_code_id: None,
                 },
                 idempotency_key.to_string(),
+                cap,
                 now_ms,
             )
             .await

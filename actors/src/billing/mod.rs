@@ -36,6 +36,8 @@ pub enum BillingError {
     AccountNotFound(crate::ledger::AccountId),
     #[error("the account has no saved card; top up on the web first")]
     NoSavedCard,
+    #[error("the account has been charged {0} by SMS today, the most in a day")]
+    DailyLimit(crate::money::Money),
     #[error("the account {0} is not active")]
     NotActive(crate::ledger::AccountId),
     #[error("invalid request: {0}")]

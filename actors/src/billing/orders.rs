@@ -92,6 +92,16 @@ pub struct Order {
     pub completed_at_ms: Option<i64>,
 }
 
+/// A limit on the off-session charges of one kind (their keys share a
+/// prefix) an account may open since a moment (the start of the UTC day),
+/// decided in the transaction that opens the order.
+#[derive(Clone, Debug)]
+pub struct DailyCap {
+    pub key_prefix: String,
+    pub limit: Money,
+    pub since_ms: i64,
+}
+
 /// An order to be created (pending).
 #[derive(Clone, Debug)]
 pub struct NewOrder {

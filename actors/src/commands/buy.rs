@@ -41,6 +41,10 @@ pub enum BuyOutcome {
         message: String,
     },
     NoSavedCard,
+    /// The account's `BUY`s today have reached the daily limit.
+    DailyLimit {
+        limit: Money,
+    },
     /// Payments are not configured, or Stripe could not be reached.
     Unavailable,
 }
@@ -68,6 +72,9 @@ pub fn reply(outcome: &BuyOutcome, web_link: &str) -> String {
         }
         BuyOutcome::NoSavedCard => format!(
             "There is no saved card on your account yet. Top up on the web first: {web_link}"
+        ),
+        BuyOutcome::DailyLimit { limit } => format!(
+            "You have bought {limit} by SMS today, the most in a day. Top up on the web: {web_link}"
         ),
         BuyOutcome::Unavailable => {
             format!("Top-ups by SMS are not available right now. Top up on the web: {web_link}")

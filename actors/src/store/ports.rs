@@ -16,7 +16,7 @@ use crate::billing::auto_top_up::{
 };
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::event_log::{EventRecord, EventStatus};
-use crate::billing::orders::{NewOrder, Order, OrderStatus};
+use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::BillingError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
@@ -173,10 +173,14 @@ pub trait BillingStore: Send + Sync {
     ) -> StoreFuture<(Account, Order), BillingError>;
     /// The order of an off-session charge by its caller's key (created if
     /// new) with the account, which must have a saved card.
+    /// With a cap, a new order that would take the day's charges of its kind
+    /// past the limit is refused (`DailyLimit`), decided in the same
+    /// transaction; an order found again by its key is never refused.
     fn open_off_session_order(
         &self,
         order: NewOrder,
         charge_key: String,
+        cap: Option<DailyCap>,
         now_ms: i64,
     ) -> StoreFuture<(Account, Order), BillingError>;
     fn set_order_session(&self, order_id: i64, session_id: String) -> StoreFuture<()>;

@@ -17,6 +17,7 @@ use crate::account_actor::GetBalance;
 use crate::accounts::PhoneNumber;
 use crate::billing::auto_top_up::{ConsentVia, SettingRequest};
 use crate::billing::checkout::{Billing, ChargeResult};
+use crate::billing::orders::DailyCap;
 use crate::billing::BillingError;
 use crate::billing::TOP_UP;
 use crate::commands::buy::{self, BuyOutcome};
@@ -28,6 +29,10 @@ use crate::messaging::Messaging;
 use crate::rating::RateTable;
 use crate::registry::Registry;
 use crate::store::{InboundClaim, InboundRecord, Store, StoreError};
+
+/// The start of every `BUY`'s charge key (then the MessageSid): how the
+/// day's `BUY`s of an account are told from its other charges.
+const BUY_KEY_PREFIX: &str = "sms-buy-";
 
 /// How long an instance may take to answer a `BUY` before another instance
 /// that receives the same MessageSid may answer it instead.
@@ -312,12 +317,20 @@ impl SmsContext {
                     None => BuyOutcome::Unavailable,
                     Some(billing) => {
                         // Keyed by the MessageSid: a retried delivery never charges twice.
-                        let key = format!("sms-buy-{}", message.message_sid);
+                        let key = format!("{BUY_KEY_PREFIX}{}", message.message_sid);
+                        let day_start = message.received_at_ms.div_euclid(crate::clock::DAY_MS)
+                            * crate::clock::DAY_MS;
+                        let cap = DailyCap {
+                            key_prefix: BUY_KEY_PREFIX.to_string(),
+                            limit: billing.settings.buy_daily_limit,
+                            since_ms: day_start,
+                        };
                         match billing
                             .charge_saved_card(
                                 account.account_id,
                                 TOP_UP,
                                 &key,
+                                Some(cap),
                                 message.received_at_ms,
                             )
                             .await
@@ -338,6 +351,9 @@ impl SmsContext {
                             // A BUY asked again a day later that Stripe never charged.
                             Ok(ChargeResult::NotCharged) => BuyOutcome::Unavailable,
                             Err(BillingError::NoSavedCard) => BuyOutcome::NoSavedCard,
+                            Err(BillingError::DailyLimit(limit)) => {
+                                BuyOutcome::DailyLimit { limit }
+                            }
                             Err(BillingError::Store(error)) => return Err(error.into()),
                             Err(BillingError::Ledger(error)) => return Err(error.into()),
                             Err(error) => {

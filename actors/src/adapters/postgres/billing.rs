@@ -10,7 +10,7 @@ use super::accounts::{
 use super::{boxed, PostgresStore};
 use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::orders::{NewOrder, Order, OrderStatus, OrderType};
+use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
@@ -206,6 +206,46 @@ async fn order_where(
         .transpose()
 }
 
+/// Refuses a new order that would take the day's charges of its kind past
+/// the cap. The account's row is locked first, so two instances opening
+/// charges of one account at once are decided one after the other; an
+/// order that exists already (its key again) is never refused.
+async fn within_daily_cap(
+    transaction: &tokio_postgres::Transaction<'_>,
+    order: &NewOrder,
+    charge_key: &str,
+    cap: &DailyCap,
+) -> Result<(), BillingError> {
+    transaction
+        .execute(
+            "SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE",
+            &[&order.account_id.0],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    if order_where(transaction, "charge_key", &charge_key)
+        .await?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let charged: i64 = transaction
+        .query_one(
+            "SELECT COALESCE(SUM(amount), 0)::BIGINT FROM orders
+              WHERE account_id = $1 AND charge_key LIKE $2 || '%'
+                AND status IN ('pending', 'completed') AND created_at >= $3",
+            &[&order.account_id.0, &cap.key_prefix, &cap.since_ms],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .try_get(0)
+        .map_err(StoreError::from)?;
+    if charged.saturating_add(order.amount.micros()) > cap.limit.micros() {
+        return Err(BillingError::DailyLimit(cap.limit));
+    }
+    Ok(())
+}
+
 impl BillingStore for PostgresStore {
     fn pricing(&self) -> StoreFuture<Pricing> {
         self.read(move |client| async move { load_pricing(&*client).await })
@@ -375,11 +415,13 @@ impl BillingStore for PostgresStore {
         &self,
         order: NewOrder,
         charge_key: String,
+        cap: Option<DailyCap>,
         now_ms: i64,
     ) -> StoreFuture<(Account, Order), BillingError> {
         self.write(move |transaction| {
             let order = order.clone();
             let charge_key = charge_key.clone();
+            let cap = cap.clone();
             boxed(async move {
                 let account = get_account(transaction, order.account_id)
                     .await?
@@ -388,6 +430,9 @@ impl BillingStore for PostgresStore {
                     || account.stripe_payment_method_id.is_none()
                 {
                     return Err(BillingError::NoSavedCard);
+                }
+                if let Some(cap) = &cap {
+                    within_daily_cap(transaction, &order, &charge_key, cap).await?;
                 }
                 // Another instance may open the same charge at the same
                 // moment: the key is unique, and the loser reads the winner's.

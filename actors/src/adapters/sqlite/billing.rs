@@ -10,7 +10,7 @@ use super::accounts::{
 use super::SqliteStore;
 use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::orders::{NewOrder, Order, OrderStatus, OrderType};
+use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
@@ -442,6 +442,7 @@ impl BillingStore for SqliteStore {
         &self,
         order: NewOrder,
         charge_key: String,
+        cap: Option<DailyCap>,
         now_ms: i64,
     ) -> StoreFuture<(Account, Order), BillingError> {
         self.write(move |connection| {
@@ -452,7 +453,27 @@ impl BillingStore for SqliteStore {
             }
             let order = match order_by_charge_key(connection, &charge_key)? {
                 Some(existing) => existing,
-                None => insert_order(connection, &order, Some(&charge_key), now_ms)?,
+                None => {
+                    if let Some(cap) = &cap {
+                        let charged: i64 = connection
+                            .prepare_cached(
+                                "SELECT COALESCE(SUM(amount), 0) FROM orders
+                                  WHERE account_id = ?1 AND charge_key LIKE ?2 || '%'
+                                    AND status IN ('pending', 'completed') AND created_at >= ?3",
+                            )
+                            .and_then(|mut statement| {
+                                statement.query_row(
+                                    params![order.account_id.0, cap.key_prefix, cap.since_ms],
+                                    |row| row.get(0),
+                                )
+                            })
+                            .map_err(StoreError::from)?;
+                        if charged.saturating_add(order.amount.micros()) > cap.limit.micros() {
+                            return Err(BillingError::DailyLimit(cap.limit));
+                        }
+                    }
+                    insert_order(connection, &order, Some(&charge_key), now_ms)?
+                }
             };
             Ok((account, order))
         })

@@ -167,14 +167,40 @@ impl Page {
     /// Opens the account page and waits until its sign-in form is there
     /// (watching the network and the console from the start).
     async fn open(&mut self, url: &str) {
+        self.open_until(url, "token").await;
+    }
+
+    /// Opens a page and waits until the element `id` is there.
+    async fn open_until(&mut self, url: &str, id: &str) {
         self.call("Network.enable", json!({})).await;
         self.call("Log.enable", json!({})).await;
         self.call("Page.navigate", json!({ "url": url })).await;
         self.wait_for(
-            "document.readyState === 'complete' && !!document.getElementById('token')",
+            &format!("document.readyState === 'complete' && !!document.getElementById('{id}')"),
             json!(true),
         )
         .await;
+    }
+
+    /// Nothing the page asked for failed, and the console has no error.
+    fn assert_clean(&self) {
+        let failed: Vec<&Value> = self
+            .events
+            .iter()
+            .filter(|event| {
+                event["method"] == "Network.responseReceived"
+                    && event["params"]["response"]["status"].as_i64().unwrap_or(0) >= 400
+            })
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+        let errors: Vec<&Value> = self
+            .events
+            .iter()
+            .filter(|event| {
+                event["method"] == "Log.entryAdded" && event["params"]["entry"]["level"] == "error"
+            })
+            .collect();
+        assert!(errors.is_empty(), "{errors:?}");
     }
 
     /// Types `token` into the sign-in form and presses the button.
@@ -498,4 +524,78 @@ async fn a_number_that_cannot_be_priced_is_said_so_to_the_admin_and_the_customer
         json!("Messages to your number are not available yet."),
     )
     .await;
+}
+
+/// A payer back from Stripe Checkout: on a phone, the success page waits
+/// for Stripe's confirmation and says when access is ready, with no reload;
+/// on a desktop, the cancel page says nothing was charged and offers to try
+/// again. No failed request, no console error, nothing wider than the screen.
+#[actix_rt::test]
+async fn a_payer_back_from_checkout_sees_where_the_payment_stands() {
+    use crate::fake_stripe::{EventFactory, FakeStripe};
+    use crate::helpers::{fresh_directory, stripe_settings};
+    let stripe = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &stripe.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (_, order, session, customer) =
+        crate::stripe::start_access(&app, "+14155553971", None).await;
+
+    let browser = Browser::start();
+    let mut page = browser.page().await;
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 360, "height": 740, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .await;
+    page.open_until(
+        &app.url(&format!("/checkout/success?session_id={session}")),
+        "status",
+    )
+    .await;
+    page.wait_for(
+        "document.getElementById('status').textContent",
+        json!("Waiting for Stripe to confirm your payment…"),
+    )
+    .await;
+    page.eval("window.sameLoad = 'yes'; true").await;
+    let mut events = EventFactory::new();
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_back_1");
+    let (status, _) = app.deliver(&completed).await;
+    assert_eq!(status, awc::http::StatusCode::OK);
+    page.wait_for(
+        "document.getElementById('status').textContent",
+        json!("Payment received: your access is ready."),
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.sameLoad").await,
+        json!("yes"),
+        "no reload"
+    );
+    assert_eq!(
+        page.eval("document.documentElement.scrollWidth <= window.innerWidth")
+            .await,
+        json!(true),
+        "nothing wider than a phone"
+    );
+    page.assert_clean();
+
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    page.open_until(&app.url("/checkout/cancel"), "status")
+        .await;
+    assert_eq!(
+        page.eval("document.getElementById('status').textContent")
+            .await,
+        json!("You left the payment page: nothing was charged.")
+    );
+    assert_eq!(
+        page.eval("[document.getElementById('next').textContent, document.getElementById('next').getAttribute('href')]").await,
+        json!(["Try again", "/account"])
+    );
+    page.assert_clean();
 }

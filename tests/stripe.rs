@@ -727,3 +727,31 @@ async fn an_abandoned_checkout_gives_its_code_back_within_half_an_hour() {
     // The test's clock stands at NOW_UNIX.
     assert_eq!(expires_at, NOW_UNIX + 30 * 60);
 }
+
+on_both_stores!(a_checkout_session_tells_where_its_order_stands_and_nothing_more);
+async fn a_checkout_session_tells_where_its_order_stands_and_nothing_more() {
+    let (app, _fake) = app_with_fake_stripe().await;
+    let (_, _, session, _) = start_access(&app, "+14155553972", None).await;
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/checkout/sessions/{session}"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        answer,
+        json!({"status": "pending", "order_type": "initial_access"})
+    );
+    let (status, _) = app
+        .request("GET", "/v1/checkout/sessions/cs_test_unknown", None, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, answer) = app
+        .request("GET", "/v1/checkout/sessions/not-a-session", None, None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(answer["error"]["code"], "invalid_session_id");
+}

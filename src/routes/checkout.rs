@@ -75,3 +75,48 @@ pub async fn top_up(
         .await?;
     Ok(HttpResponse::Ok().json(started))
 }
+
+/// What a payer returning from Checkout may know of their order: where it
+/// stands and what it buys, nothing about the account.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct SessionStatus {
+    /// `pending` until Stripe's confirmation is applied, then `completed`
+    /// (or `failed`, `expired`, `refunded`).
+    status: String,
+    /// `initial_access` or `top_up`.
+    order_type: String,
+}
+
+/// Where the order a Checkout Session pays for stands (for the page Stripe
+/// sends the payer back to). The session id is Stripe's unguessable one; an
+/// unknown id is `404`.
+#[utoipa::path(get, path = "/v1/checkout/sessions/{session_id}", tag = "selling",
+    params(("session_id" = String, Path, description = "Stripe's Checkout Session id (cs_…)")),
+    responses((status = 200, body = SessionStatus)))]
+pub async fn session_status(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let session_id = path.into_inner();
+    let well_formed = session_id.starts_with("cs_")
+        && session_id.len() <= 255
+        && session_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !well_formed {
+        return Err(ApiError::invalid(
+            "invalid_session_id",
+            "a Checkout Session id looks like cs_…",
+        ));
+    }
+    let order = state
+        .store
+        .billing()
+        .order_by_session(session_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound("no such checkout".to_string()))?;
+    Ok(HttpResponse::Ok().json(SessionStatus {
+        status: order.status.as_str().to_string(),
+        order_type: order.order_type.as_str().to_string(),
+    }))
+}

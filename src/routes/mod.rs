@@ -21,6 +21,13 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/account", web::get().to(page::account_page))
         .route("/account.js", web::get().to(page::account_script))
+        .route("/checkout/success", web::get().to(page::checkout_success))
+        .route("/checkout/cancel", web::get().to(page::checkout_cancel))
+        .route("/checkout.js", web::get().to(page::checkout_script))
+        .route(
+            "/v1/checkout/sessions/{session_id}",
+            web::get().to(checkout::session_status),
+        )
         .route("/metrics", web::get().to(metrics::metrics_with_token))
         .route("/openapi.json", web::get().to(openapi::serve))
         .route("/v1/quote", web::post().to(quote::create))

@@ -40,6 +40,79 @@ pub async fn account_page(state: web::Data<AppState>) -> HttpResponse {
         .body(page)
 }
 
+const CHECKOUT_PAGE: &str = include_str!("../web/checkout.html");
+const CHECKOUT_SCRIPT: &str = include_str!("../web/checkout.js");
+
+/// A page in the pages' own style, with its words filled in (escaped).
+fn page(template: &str, state: &AppState, words: &[(&str, &str)]) -> HttpResponse {
+    let mut page = template.replace(
+        "{{SERVICE_NAME}}",
+        &escape_html(&state.settings.server.service_name),
+    );
+    for (name, text) in words {
+        page = page.replace(&format!("{{{{{name}}}}}"), &escape_html(text));
+    }
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header((header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY))
+        .insert_header((header::X_FRAME_OPTIONS, "DENY"))
+        .body(page)
+}
+
+/// Where Stripe Checkout sends a payer after paying: follows the order
+/// until the payment is applied.
+#[utoipa::path(get, path = "/checkout/success", tag = "selling",
+    params(("session_id" = Option<String>, Query, description = "Stripe's Checkout Session id")),
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn checkout_success(state: web::Data<AppState>) -> HttpResponse {
+    page(
+        CHECKOUT_PAGE,
+        &state,
+        &[
+            ("OUTCOME", "success"),
+            ("FIRST_WORDS", "Waiting for Stripe to confirm your payment…"),
+            ("NEXT", "Go to your account"),
+            (
+                "HINT",
+                "Your balance on your account page shows the payment as soon as it is confirmed.",
+            ),
+        ],
+    )
+}
+
+/// Where Stripe Checkout sends a payer who gave up: nothing was charged.
+#[utoipa::path(get, path = "/checkout/cancel", tag = "selling",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn checkout_cancel(state: web::Data<AppState>) -> HttpResponse {
+    page(
+        CHECKOUT_PAGE,
+        &state,
+        &[
+            ("OUTCOME", "cancel"),
+            (
+                "FIRST_WORDS",
+                "You left the payment page: nothing was charged.",
+            ),
+            ("NEXT", "Try again"),
+            (
+                "HINT",
+                "You can start again from your account page whenever you like.",
+            ),
+        ],
+    )
+}
+
+/// The checkout pages' script.
+#[utoipa::path(get, path = "/checkout.js", tag = "selling",
+    responses((status = 200, description = "The checkout pages' script", content_type = "text/javascript", body = String)))]
+pub async fn checkout_script() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(CHECKOUT_SCRIPT)
+}
+
 /// The account page's script.
 #[utoipa::path(get, path = "/account.js", tag = "account holders",
     responses((status = 200, description = "The page's script", content_type = "text/javascript", body = String)))]

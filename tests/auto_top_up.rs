@@ -816,6 +816,18 @@ async fn a_setting_changed_by_the_cli_reaches_the_running_servers_actors_at_once
 
 const HOUR_MS: i64 = 3_600 * 1_000;
 
+/// Waits (up to 20 s) until the fake Stripe has had `count` requests to `path`.
+async fn wait_for_requests(stripe: &FakeStripe, path: &str, count: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stripe.requests(path).len() < count {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{path}: fewer than {count} requests"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 /// Starts an account's auto top-up with Stripe in `mode`, and waits until
 /// the charge was sent once: (account, token).
 async fn auto_top_up_sent_once(setup: &mut Setup, phone: &str, mode: ChargeMode) -> (i64, String) {
@@ -824,11 +836,7 @@ async fn auto_top_up_sent_once(setup: &mut Setup, phone: &str, mode: ChargeMode)
     put_auto(&setup.app, account, &token, json!({"enabled": true})).await;
     setup.stripe.set_charge_mode(mode);
     assert_eq!(burst(&setup.app, account, "first", 1).await, 1);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while setup.stripe.requests("/v1/payment_intents").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no charge was sent");
-        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_requests(&setup.stripe, "/v1/payment_intents", 1).await;
     actix_rt::time::sleep(std::time::Duration::from_millis(200)).await;
     let view = get_auto(&setup.app, account, &token).await;
     assert_eq!(view["attempts"][0]["status"], "charging", "{view}");
@@ -850,11 +858,7 @@ async fn a_lost_answer_is_never_sent_again_after_stripe_forgets_its_key() {
     stripe.set_unreachable(true);
     // Within the day it is asked again with the same key (and fails).
     clock.advance_ms(31_000);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while stripe.requests("/v1/payment_intents").len() < 2 {
-        assert!(std::time::Instant::now() < deadline, "not asked again");
-        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_requests(stripe, "/v1/payment_intents", 2).await;
     // A day later Stripe is back, without the key.
     clock.advance_ms(25 * HOUR_MS);
     stripe.prune_keys();
@@ -930,11 +934,7 @@ async fn a_charge_stripe_cannot_be_asked_about_for_days_is_unknown_and_never_sen
     } = &setup;
     stripe.set_unreachable(true);
     clock.advance_ms(25 * HOUR_MS);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while stripe.requests("/v1/payment_intents/search").is_empty() {
-        assert!(std::time::Instant::now() < deadline, "Stripe was not asked");
-        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    wait_for_requests(stripe, "/v1/payment_intents/search", 1).await;
     assert_eq!(
         stripe.requests("/v1/payment_intents").len(),
         1,

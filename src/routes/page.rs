@@ -107,18 +107,20 @@ pub async fn checkout_cancel(state: web::Data<AppState>) -> HttpResponse {
 #[utoipa::path(get, path = "/checkout.js", tag = "selling",
     responses((status = 200, description = "The checkout pages' script", content_type = "text/javascript", body = String)))]
 pub async fn checkout_script() -> HttpResponse {
+    script(CHECKOUT_SCRIPT)
+}
+
+/// A page's script, from the binary.
+fn script(body: &'static str) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/javascript; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(CHECKOUT_SCRIPT)
+        .body(body)
 }
 
 /// The account page's script.
 #[utoipa::path(get, path = "/account.js", tag = "account holders",
     responses((status = 200, description = "The page's script", content_type = "text/javascript", body = String)))]
 pub async fn account_script() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("text/javascript; charset=utf-8")
-        .insert_header((header::CACHE_CONTROL, "no-cache"))
-        .body(ACCOUNT_SCRIPT)
+    script(ACCOUNT_SCRIPT)
 }

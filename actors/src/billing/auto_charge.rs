@@ -415,15 +415,26 @@ impl Billing {
                 now_ms,
             })
             .await?;
+        self.settle_triggers(attempt, after, now_ms);
+        Ok(())
+    }
+
+    /// The actors' triggers follow an ended attempt: the setting as it is
+    /// now, or (none stored) no attempt before `not_before_ms`.
+    fn settle_triggers(
+        &self,
+        attempt: &AutoTopUpAttempt,
+        after: Option<AutoTopUpSettings>,
+        not_before_ms: i64,
+    ) {
         let triggers = self.registry.auto_triggers();
         match after {
             Some(settings) => {
                 triggers.follow(&settings);
                 triggers.settled(attempt.account_id, settings.not_before_ms);
             }
-            None => triggers.settled(attempt.account_id, now_ms),
+            None => triggers.settled(attempt.account_id, not_before_ms),
         }
-        Ok(())
     }
 
     /// One more failure in a row: the wait before the next attempt, or,
@@ -471,14 +482,7 @@ impl Billing {
                 now_ms,
             })
             .await?;
-        let triggers = self.registry.auto_triggers();
-        match after {
-            Some(settings) => {
-                triggers.follow(&settings);
-                triggers.settled(attempt.account_id, settings.not_before_ms);
-            }
-            None => triggers.settled(attempt.account_id, not_before_ms),
-        }
+        self.settle_triggers(attempt, after, not_before_ms);
         self.store.notices_ready().notify_one();
         Ok(())
     }

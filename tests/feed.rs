@@ -445,9 +445,17 @@ impl SlowClient {
     /// Reads slowly until the feed ends; answers the last `seq` received.
     async fn read_slowly(&mut self) -> (i64, SlowEnd) {
         let mut last_seq = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never closed (last seq {last_seq})"
+            );
             actix_rt::time::sleep(Duration::from_millis(20)).await;
-            let Some((opcode, payload)) = self.frame().await else {
+            let frame = actix_rt::time::timeout(Duration::from_secs(30), self.frame())
+                .await
+                .unwrap_or_else(|_| panic!("no frame for 30 s (last seq {last_seq})"));
+            let Some((opcode, payload)) = frame else {
                 return (last_seq, SlowEnd::Dropped);
             };
             match opcode {

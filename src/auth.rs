@@ -124,7 +124,7 @@ fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError
 /// too many wrong tokens is refused (`429`) before its token is looked at,
 /// so guessing gains nothing by going faster.
 fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(), ApiError> {
-    let address = request.peer_addr().map(|peer| peer.ip());
+    let address = crate::limits::client_address(request, &state.settings.access.trusted_proxies);
     if let Some(wait) = address.and_then(|address| state.wrong_tokens.wait_for(address)) {
         return Err(ApiError::TooManyAttempts(wait));
     }

@@ -61,3 +61,25 @@ impl WrongTokens {
         }
     }
 }
+
+/// The address a request is counted under: the connection's peer, or, when
+/// the peer is one of `trusted` proxies, the last address in its
+/// `X-Forwarded-For` that is not a trusted proxy itself (what a client
+/// writes into the header before the first proxy is not believed).
+pub fn client_address(request: &actix_web::HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let peer = request.peer_addr()?.ip();
+    if !trusted.contains(&peer) {
+        return Some(peer);
+    }
+    let forwarded = request
+        .headers()
+        .get("X-Forwarded-For")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let client = forwarded
+        .rsplit(',')
+        .map(str::trim)
+        .filter_map(|hop| hop.parse::<IpAddr>().ok())
+        .find(|hop| !trusted.contains(hop));
+    Some(client.unwrap_or(peer))
+}

@@ -395,3 +395,62 @@ async fn wrong_tokens_from_one_address_are_slowed() {
         "after the wait the right token works"
     );
 }
+
+/// A wrong token through a trusted proxy counts against the address the
+/// proxy names, not against the proxy (which every caller shares); from an
+/// untrusted peer, `X-Forwarded-For` is not believed.
+#[actix_rt::test]
+async fn behind_a_trusted_proxy_each_client_is_counted_apart() {
+    let directory = crate::helpers::fresh_directory();
+    let mut settings = crate::helpers::test_settings(&directory);
+    settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = TestApp::spawn_with(directory, settings).await;
+    let from = |client: &'static str, token: &'static str| {
+        app.client
+            .get(app.url("/v1/admin/accounts"))
+            .insert_header(("Authorization", format!("Bearer {token}")))
+            .insert_header(("X-Forwarded-For", format!("198.51.100.9, {client}")))
+            .send()
+    };
+    for _ in 0..20 {
+        let status = from("203.0.113.7", "wrong-admin-token-guess")
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let status = from("203.0.113.7", "wrong-admin-token-guess")
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the guessing client waits"
+    );
+    let status = from("203.0.113.8", ADMIN_TOKEN).await.unwrap().status();
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "another client behind the same proxy does not"
+    );
+
+    // Without a trusted proxy the header changes nothing: all one address.
+    let plain = TestApp::spawn().await;
+    for index in 0..21 {
+        let response = plain
+            .client
+            .get(plain.url("/v1/admin/accounts"))
+            .insert_header(("Authorization", "Bearer wrong-admin-token-guess"))
+            .insert_header(("X-Forwarded-For", format!("203.0.113.{index}")))
+            .send()
+            .await
+            .unwrap();
+        let expected = if index < 20 {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
+        assert_eq!(response.status(), expected, "request {index}");
+    }
+}

@@ -222,6 +222,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "The largest admin adjustment of a balance, in dollars, either sign; a larger one is refused",
     },
     Setting {
+        key: "trusted_proxies",
+        section: Section::Access,
+        value_name: "ADDRS",
+        default: None,
+        secret: false,
+        global: false,
+        help: "Comma-separated addresses of the proxies in front of this server; a request from one is counted under the address its X-Forwarded-For names (without it, under the connection's own address)",
+    },
+    Setting {
         key: "stripe_secret_key",
         section: Section::Stripe,
         value_name: "KEY",

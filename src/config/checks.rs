@@ -56,7 +56,22 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
         metrics_token: values.optional("metrics_token", bearer_token)?,
         metrics_bind: values.optional("metrics_bind", listen_address)?,
         max_adjustment: values.required("max_adjustment", dollars("10000.00"))?,
+        trusted_proxies: values
+            .optional("trusted_proxies", addresses)?
+            .unwrap_or_default(),
     })
+}
+
+/// IP addresses, comma-separated.
+fn addresses(text: &str) -> Result<Vec<std::net::IpAddr>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            part.parse()
+                .map_err(|_| format!("'{part}' is not an IP address"))
+        })
+        .collect()
 }
 
 /// The fewest characters a bearer token of this server may have: a short

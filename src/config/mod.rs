@@ -70,6 +70,8 @@ pub struct AccessSettings {
     pub metrics_bind: Option<String>,
     /// The largest admin adjustment, either sign.
     pub max_adjustment: Money,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Stripe credentials, where its API is, and what access includes.

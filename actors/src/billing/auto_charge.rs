@@ -96,10 +96,13 @@ pub async fn view(
     account_id: AccountId,
     now_ms: i64,
 ) -> Result<AutoTopUpView, BillingError> {
-    let (account, settings) = account_and_setting(store, account_id).await?;
+    // The attempts first: an attempt's end and what it does to the setting
+    // commit together, so the setting read after them is at least as new,
+    // and the view never shows an ended attempt beside the setting before it.
     let auto = store.auto_top_up();
-    let month_charged = auto.month_charged(account_id, month_key(now_ms)).await?;
     let attempts = auto.auto_top_ups_of(account_id, ATTEMPTS_SHOWN).await?;
+    let (account, settings) = account_and_setting(store, account_id).await?;
+    let month_charged = auto.month_charged(account_id, month_key(now_ms)).await?;
     Ok(AutoTopUpView {
         enabled: settings.enabled,
         threshold_micros: settings.threshold.micros(),

@@ -75,6 +75,7 @@ pub fn client_address(request: &actix_web::HttpRequest, trusted: &[IpAddr]) -> O
         .headers()
         .get("X-Forwarded-For")
         .and_then(|value| value.to_str().ok())
+        // No (readable) header: no hop is found below, and the peer counts.
         .unwrap_or_default();
     let client = forwarded
         .rsplit(',')

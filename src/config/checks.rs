@@ -58,6 +58,7 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
         max_adjustment: values.required("max_adjustment", dollars("10000.00"))?,
         trusted_proxies: values
             .optional("trusted_proxies", addresses)?
+            // Unset: no proxy is trusted, every caller is its own peer.
             .unwrap_or_default(),
     })
 }

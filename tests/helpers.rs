@@ -478,7 +478,7 @@ pub fn process_env<'a>(
         ("SMS_CREDIT_TWILIO_FROM", crate::fake_twilio::FROM),
         ("SMS_CREDIT_TWILIO_API_BASE", twilio_base),
         ("SMS_CREDIT_RECONCILE_DELAY_SECS", "3600"),
-        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2"),
+        ("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "4"),
     ];
     if let Some(stripe_base) = stripe_base {
         env.extend([

@@ -212,6 +212,17 @@ impl Messaging {
                         check_at,
                     )
                     .await?;
+                if matches!(&message, Some(found) if found.state == MessageState::Voided) {
+                    // Another instance took this one for gone and gave the
+                    // cost back while Twilio took the message: the customer
+                    // was not charged for it. Rare (a heartbeat stalled for
+                    // longer than the instance timeout); worth an operator's
+                    // look, never a second debit behind the caller's back.
+                    tracing::error!(
+                        message_id = record.id,
+                        "a message was sent after another instance gave its cost back"
+                    );
+                }
                 // A warning this message's debit set off was waiting for it.
                 self.store.notices_ready().notify_one();
                 if let Some(status) = early_status {

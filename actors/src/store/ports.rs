@@ -381,7 +381,9 @@ pub trait MessageStore: Send + Sync {
     fn mark_voided(&self, message_id: i64) -> StoreFuture<bool>;
     /// Messages whose reservation was never resolved by an instance that is
     /// gone (a crash between the debit and the send): reserved by no live
-    /// instance, that is none whose heartbeat is at or after `alive_since_ms`.
+    /// instance, that is none whose heartbeat is at or after `alive_since_ms`,
+    /// and reserved before then (an instance that reserved a message since
+    /// was alive since, even if its heartbeat is late).
     fn unresolved(&self, alive_since_ms: i64) -> StoreFuture<Vec<MessageRecord>>;
     /// Records a status Twilio reported; a status for a sid not recorded
     /// yet is kept for [`MessageStore::mark_sent`] (and `None` answered).

@@ -320,19 +320,19 @@ impl TokenStore for PostgresStore {
 }
 
 impl InstanceStore for PostgresStore {
+    /// On a reader connection (one statement, committed by itself), not the
+    /// writer: a heartbeat must not wait behind a backlog of ledger batches,
+    /// or a busy instance would look gone and its sends be given back.
     fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()> {
-        self.write(move |transaction| {
-            let instance_id = instance_id.clone();
-            boxed(async move {
-                transaction
-                    .execute(
-                        "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
-                         ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                        &[&instance_id, &now_ms],
-                    )
-                    .await?;
-                Ok(())
-            })
+        self.read(move |client| async move {
+            client
+                .execute(
+                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                    &[&instance_id, &now_ms],
+                )
+                .await?;
+            Ok(())
         })
     }
 

@@ -186,6 +186,7 @@ fn unresolved(
     let mut statement = connection.prepare_cached(&format!(
         "SELECT {COLUMNS} FROM messages
           WHERE state = 'reserved'
+            AND created_at < ?1
             AND (instance_id IS NULL
                  OR instance_id NOT IN (SELECT id FROM instances WHERE heartbeat_at >= ?1))
           ORDER BY id"

@@ -64,9 +64,10 @@ impl FromRequest for AccountHolder {
         Box::pin(async move {
             let state = state.ok_or_else(missing_state)?;
             let token = token.ok_or(ApiError::Unauthorized)?;
-            let account = access_tokens::account_of(&state.store, &token).await?;
-            let account = account.ok_or(ApiError::Unauthorized)?;
-            Ok(AccountHolder(account, access_tokens::hash(&token)))
+            let now_ms = state.clock.now_ms();
+            let live = access_tokens::account_of(&state.store, &token, now_ms).await?;
+            let live = live.ok_or(ApiError::Unauthorized)?;
+            Ok(AccountHolder(live.account_id, access_tokens::hash(&token)))
         })
     }
 }

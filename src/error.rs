@@ -9,6 +9,7 @@ use serde::Serialize;
 use sms_credit_actors::billing::BillingError;
 use sms_credit_actors::messaging::MessagingError;
 use sms_credit_actors::rating::RatingError;
+use sms_credit_actors::sign_in::SignInError;
 use sms_credit_actors::store::CreateAccountError;
 use sms_credit_actors::supervisor::SmsError;
 use sms_credit_actors::{LedgerError, StoreError};
@@ -23,6 +24,9 @@ pub enum ApiError {
     PayloadTooLarge,
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// An anonymous purchase of access without a proved phone.
+    #[error("prove the phone first: ask for a code (POST /v1/sign-in/code), then sign in with it (POST /v1/sign-in) for a sign-up token")]
+    SignUpRequired,
     /// The account has as many feeds open as it may.
     #[error("this account has {0} feeds open, as many as it may: close one first")]
     TooManyFeeds(usize),
@@ -60,6 +64,8 @@ pub enum ApiError {
     Messaging(#[from] MessagingError),
     #[error(transparent)]
     Sms(#[from] SmsError),
+    #[error(transparent)]
+    SignIn(#[from] SignInError),
     /// A supervisor or worker that answers requests has stopped (the
     /// server is shutting down): nothing was done.
     #[error("the server is stopping; nothing was done, retry shortly")]
@@ -83,7 +89,8 @@ fn store_cause(error: &ApiError) -> Option<&StoreError> {
         | ApiError::Messaging(MessagingError::Store(store))
         | ApiError::Messaging(MessagingError::Ledger(LedgerError::Store(store)))
         | ApiError::Sms(SmsError::Store(store))
-        | ApiError::Sms(SmsError::Ledger(LedgerError::Store(store))) => Some(store),
+        | ApiError::Sms(SmsError::Ledger(LedgerError::Store(store)))
+        | ApiError::SignIn(SignInError::Store(store)) => Some(store),
         _ => None,
     }
 }
@@ -105,8 +112,16 @@ impl ApiError {
             ApiError::InvalidRequest { code, .. } => code,
             ApiError::PayloadTooLarge => "payload_too_large",
             ApiError::Unauthorized => "unauthorized",
+            ApiError::SignUpRequired => "sign_up_required",
             ApiError::TooManyAttempts(_) => "too_many_attempts",
             ApiError::TooManyFeeds(_) => "too_many_feeds",
+            ApiError::SignIn(error) => match error {
+                SignInError::InvalidCode => "invalid_code",
+                SignInError::NotYet => "no_access_yet",
+                SignInError::Wait { .. } => "too_many_codes",
+                SignInError::NotSent(_) => "code_not_sent",
+                SignInError::Store(_) => "store_unavailable",
+            },
             ApiError::NotFound(_) => "not_found",
             ApiError::NotConfigured { code, .. } => code,
             ApiError::Ledger(error) => match error {
@@ -198,6 +213,12 @@ impl ApiError {
             ApiError::Billing(BillingError::Gateway(_)) => {
                 "the payment provider did not complete the request; the X-Request-Id header names it in the server's log".to_string()
             }
+            ApiError::SignIn(SignInError::NotSent(_)) => {
+                "the code could not be sent just now; try again in a minute".to_string()
+            }
+            ApiError::SignIn(SignInError::Store(_)) => {
+                "the store is unavailable; nothing was changed".to_string()
+            }
             ApiError::Messaging(MessagingError::NotSent(_)) => {
                 "the carrier did not take the message, and its cost was given back; the X-Request-Id header names it in the server's log".to_string()
             }
@@ -228,7 +249,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::SignUpRequired => StatusCode::UNAUTHORIZED,
             ApiError::TooManyAttempts(_) | ApiError::TooManyFeeds(_) => {
                 StatusCode::TOO_MANY_REQUESTS
             }
@@ -286,6 +307,13 @@ impl ResponseError for ApiError {
                 MessagingError::InProgress => StatusCode::CONFLICT,
                 MessagingError::NotSent(_) => StatusCode::BAD_GATEWAY,
             },
+            ApiError::SignIn(error) => match error {
+                SignInError::InvalidCode => StatusCode::UNAUTHORIZED,
+                SignInError::NotYet => StatusCode::CONFLICT,
+                SignInError::Wait { .. } => StatusCode::TOO_MANY_REQUESTS,
+                SignInError::NotSent(_) => StatusCode::BAD_GATEWAY,
+                SignInError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
             ApiError::Sms(_) | ApiError::Stopping => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -311,6 +339,10 @@ impl ResponseError for ApiError {
             }
             ApiError::TooManyAttempts(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
+            }
+            ApiError::SignIn(SignInError::Wait { retry_after_ms }) => {
+                let seconds = (retry_after_ms + 999) / 1000;
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }
             ApiError::Ledger(LedgerError::Busy)

@@ -521,7 +521,7 @@ async fn a_slow_client_is_closed_with_where_to_resume() {
 
 /// Waits (up to 5 s) for the feed's close frame, answering pings and
 /// skipping changes on the way: its code and reason.
-async fn close_of(connection: &mut Connection) -> (u16, String) {
+pub(crate) async fn close_of(connection: &mut Connection) -> (u16, String) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());

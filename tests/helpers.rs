@@ -54,6 +54,8 @@ pub fn stripe_settings(directory: &TestDatabase, stripe_base: &str) -> Settings 
         buy_daily_limit: sms_credit_actors::Money::from_micros(30_000_000),
     });
     settings.server.public_url = Some("https://sms.example.com".to_string());
+    // The host application buys access for phones it has proved.
+    settings.access.api_key = Some(sms_credit::config::Secret::new(API_KEY));
     settings
 }
 
@@ -275,7 +277,7 @@ impl TestApp {
         code: Option<&str>,
     ) -> (StatusCode, Value) {
         let body = json!({"phone": phone, "email": email, "discount_code": code});
-        self.request("POST", "/v1/checkout/access", None, Some(body))
+        self.request("POST", "/v1/checkout/access", Some(API_KEY), Some(body))
             .await
     }
 

@@ -32,6 +32,7 @@ mod quote;
 mod restart;
 mod second_writer;
 mod segment_properties;
+mod sign_in;
 mod stored_values;
 mod stripe;
 mod stripe_chaos;

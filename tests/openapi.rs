@@ -184,7 +184,7 @@ async fn another_method_on_any_route_is_405_with_allow_and_the_error_body() {
         ("DELETE", "/v1/quote", "POST"),
         ("POST", "/healthz", "GET"),
         ("PATCH", "/v1/admin/accounts", "GET, POST"),
-        ("PUT", "/v1/admin/accounts/7/tokens", "DELETE, POST"),
+        ("PUT", "/v1/admin/accounts/7/tokens", "DELETE, GET, POST"),
         ("DELETE", "/v1/admin/pricing", "GET, PUT"),
     ] {
         let method_value = awc::http::Method::from_bytes(method.as_bytes()).unwrap();

@@ -1,10 +1,62 @@
 //! Account tokens: random secrets an account holder signs in with, shown
 //! once at issue and stored only as their SHA-256, revocable by an admin.
+//! An admin's token lives until revoked; one made by signing in by phone
+//! also expires.
 
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::ledger::AccountId;
 use crate::store::{Store, StoreError};
+
+/// Who made a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// Issued or rotated by the admin API or CLI.
+    Admin,
+    /// Made by signing in with the phone.
+    SignIn,
+}
+
+impl TokenSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenSource::Admin => "admin",
+            TokenSource::SignIn => "sign_in",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<TokenSource> {
+        match text {
+            "admin" => Some(TokenSource::Admin),
+            "sign_in" => Some(TokenSource::SignIn),
+            _ => None,
+        }
+    }
+}
+
+/// What is known of a token, never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenRecord {
+    pub id: i64,
+    pub source: TokenSource,
+    #[serde(rename = "created_at_ms")]
+    pub created_at_ms: i64,
+    /// `None`: until revoked.
+    pub expires_at_ms: Option<i64>,
+    pub revoked_at_ms: Option<i64>,
+}
+
+/// A live token: whose, and until when.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveToken {
+    pub account_id: AccountId,
+    /// `None`: until revoked.
+    pub expires_at_ms: Option<i64>,
+}
 
 /// Every token starts with this, so a leaked one is recognisable.
 const PREFIX: &str = "sct_";
@@ -65,20 +117,28 @@ pub async fn revoke_all(
     Ok(revoked)
 }
 
-/// Whether the token of this hash is live and the account's.
-pub async fn is_live(
+/// The token of this hash if it is live at `now_ms` and the account's.
+pub async fn live(
     store: &Store,
     account_id: AccountId,
     token_hash: &str,
-) -> Result<bool, StoreError> {
-    let owner = store.tokens().account_of(token_hash.to_string()).await?;
-    Ok(owner == Some(account_id))
+    now_ms: i64,
+) -> Result<Option<LiveToken>, StoreError> {
+    let found = store
+        .tokens()
+        .account_of(token_hash.to_string(), now_ms)
+        .await?;
+    Ok(found.filter(|live| live.account_id == account_id))
 }
 
-/// The account a live token belongs to.
-pub async fn account_of(store: &Store, token: &str) -> Result<Option<AccountId>, StoreError> {
+/// The live token a caller presents, with its account.
+pub async fn account_of(
+    store: &Store,
+    token: &str,
+    now_ms: i64,
+) -> Result<Option<LiveToken>, StoreError> {
     if !token.starts_with(PREFIX) {
         return Ok(None);
     }
-    store.tokens().account_of(hash(token)).await
+    store.tokens().account_of(hash(token), now_ms).await
 }

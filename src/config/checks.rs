@@ -10,6 +10,7 @@ use std::time::Duration;
 use sms_credit_actors::adapters::DatabaseLocation;
 use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
 use sms_credit_actors::rating::RateTable;
+use sms_credit_actors::sign_in::{CodeLimits, SignInPolicy};
 use sms_credit_actors::Money;
 
 use super::layers::Values;
@@ -60,6 +61,18 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
             .optional("trusted_proxies", addresses)?
             // Unset: no proxy is trusted, every caller is its own peer.
             .unwrap_or_default(),
+        sign_in: SignInPolicy {
+            token_lifetime_ms: values
+                .required("sign_in_token_days", number(1i64..=3_650))?
+                .saturating_mul(86_400_000),
+            limits: CodeLimits {
+                min_gap_ms: CodeLimits::default().min_gap_ms,
+                per_phone_per_hour: values
+                    .required("sign_in_codes_per_phone_hour", number(1i64..=1_000))?,
+                per_address_per_hour: values
+                    .required("sign_in_codes_per_address_hour", number(1i64..=1_000_000))?,
+            },
+        },
     })
 }
 

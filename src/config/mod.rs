@@ -72,6 +72,8 @@ pub struct AccessSettings {
     pub max_adjustment: Money,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Sign-in by phone: how long its tokens live, how often codes may be asked for.
+    pub sign_in: sms_credit_actors::sign_in::SignInPolicy,
 }
 
 /// Stripe credentials, where its API is, and what access includes.

@@ -41,6 +41,8 @@ pub struct FeedStart {
     /// Replay the rows after this seq before going live.
     pub since: Option<i64>,
     pub store: Store,
+    /// Tells when the token that opened the feed expires.
+    pub clock: std::sync::Arc<dyn sms_credit_actors::clock::Clock>,
     pub heartbeat: Duration,
     pub queue: usize,
     /// Becomes `true` when the server stops.
@@ -62,6 +64,8 @@ enum End {
     Silent,
     /// The token that opened the feed was revoked (or rotated away).
     Revoked,
+    /// The token that opened the feed expired.
+    Expired,
     Store(String),
 }
 
@@ -206,6 +210,10 @@ pub async fn run(start: FeedStart, session: Session, mut incoming: MessageStream
             code: CloseCode::Policy,
             description: Some("the token was revoked: sign in again".to_string()),
         }),
+        End::Expired => Some(CloseReason {
+            code: CloseCode::Policy,
+            description: Some("the token expired: sign in again".to_string()),
+        }),
         End::Store(reason) => {
             tracing::warn!(%reason, "feed ended by a store error");
             Some(CloseReason {
@@ -281,9 +289,13 @@ async fn account_feed(
     // Subscribed before the token is checked again below: a revocation
     // from then on is heard.
     let mut token_changes = start.store.token_changes();
-    if let Some(end) = still_allowed(start, account_id, Ok(account_id)).await {
-        return end;
-    }
+    let expires_at_ms = match token_expiry(start, account_id).await {
+        Ok(expires_at_ms) => expires_at_ms,
+        Err(end) => return end,
+    };
+    // A token that expires is looked at every second (the clock may be
+    // any clock, so no timer is set for the moment itself).
+    let mut expiry_checks = actix_rt::time::interval(EXPIRY_CHECK);
     // Without `since`, read only the snapshot (no row is after i64::MAX).
     let after = start.since.map_or(i64::MAX, |since| since.max(0));
     let (snapshot, first_page) = match read_page(&start.store, account_id, after, PAGE, true).await
@@ -341,6 +353,11 @@ async fn account_feed(
                     return end;
                 }
             }
+            _ = expiry_checks.tick(), if expires_at_ms.is_some() => {
+                if expires_at_ms.is_some_and(|at| start.clock.now_ms() >= at) {
+                    return End::Expired;
+                }
+            }
             live = subscription.receiver.recv() => {
                 let Some(entry) = live else {
                     return client.too_slow();
@@ -375,6 +392,23 @@ async fn account_feed(
     }
 }
 
+/// How often a feed opened with a token that expires checks the time.
+const EXPIRY_CHECK: Duration = Duration::from_secs(1);
+
+/// When the token that opened the feed expires (`None`: never, or the
+/// admin's feed), or how the feed ends because it is no longer live.
+async fn token_expiry(start: &FeedStart, account_id: AccountId) -> Result<Option<i64>, End> {
+    let Some(token_hash) = start.token_hash.as_deref() else {
+        return Ok(None);
+    };
+    let now_ms = start.clock.now_ms();
+    match access_tokens::live(&start.store, account_id, token_hash, now_ms).await {
+        Ok(Some(live)) => Ok(live.expires_at_ms),
+        Ok(None) => Err(End::Revoked),
+        Err(error) => Err(End::Store(error.to_string())),
+    }
+}
+
 /// After a change to some account's tokens: `Some` when it was this feed's
 /// account and the token that opened the feed is no longer live (missed
 /// changes, when the channel lagged, are checked the same way).
@@ -391,9 +425,10 @@ async fn still_allowed(
         Err(RecvError::Closed) => return std::future::pending().await,
         Ok(_) | Err(RecvError::Lagged(_)) => {}
     }
-    match access_tokens::is_live(&start.store, account_id, token_hash).await {
-        Ok(true) => None,
-        Ok(false) => Some(End::Revoked),
+    let now_ms = start.clock.now_ms();
+    match access_tokens::live(&start.store, account_id, token_hash, now_ms).await {
+        Ok(Some(_)) => None,
+        Ok(None) => Some(End::Revoked),
         Err(error) => Some(End::Store(error.to_string())),
     }
 }

@@ -2,13 +2,14 @@
 //! phone and email, with an optional discount code) or a $10 top-up (an
 //! account holder).
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use sms_credit_actors::accounts::{Email, PhoneNumber};
 use sms_credit_actors::billing::checkout::Billing;
 use sms_credit_actors::billing::discounts::normalize_code;
+use sms_credit_actors::sign_in;
 
-use crate::auth::AccountHolder;
+use crate::auth::{bearer_token, AccountHolder, HostApplication};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -24,6 +25,9 @@ pub struct AccessRequest {
     /// A discount code (letters, digits, '-' and '_'; case does not matter).
     #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     discount_code: Option<String>,
+    /// The sign-up token `POST /v1/sign-in` gave for this phone: required
+    /// unless the host application's API key is presented.
+    sign_up_token: Option<String>,
 }
 
 /// The billing flows, or `503 stripe_not_configured`.
@@ -35,14 +39,27 @@ pub fn billing(state: &AppState) -> Result<&Billing, ApiError> {
     })
 }
 
+/// The answer to an anonymous caller who has not proved the phone: the
+/// same for every phone, so it tells nobody who is a customer.
+fn sign_up_required() -> ApiError {
+    ApiError::SignUpRequired
+}
+
 /// Starts a Stripe Checkout for initial access at the current pricing mode's
 /// price, less a discount code; a pending account is made for the phone.
+/// The caller has proved the phone (a sign-up token from `/v1/sign-in`)
+/// or is the host application (its API key), which proves phones its own way.
 #[utoipa::path(post, path = "/v1/checkout/access", tag = "selling", request_body = AccessRequest,
-    responses((status = 200, body = sms_credit_actors::billing::checkout::CheckoutStarted)))]
+    security((), ("apiKey" = [])),
+    responses((status = 200, body = sms_credit_actors::billing::checkout::CheckoutStarted),
+        (status = 401, description = "`sign_up_required`: no sign-up token for this phone (the same for every phone)")))]
 pub async fn access(
     state: web::Data<AppState>,
+    http: HttpRequest,
     body: web::Json<AccessRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    // Nothing here depends on who owns the phone: a stranger learns only
+    // what any caller would.
     let billing = billing(&state)?;
     let request = body.into_inner();
     let phone = PhoneNumber::parse(&request.phone)
@@ -56,6 +73,18 @@ pub async fn access(
         .map(normalize_code)
         .transpose()
         .map_err(|message| ApiError::invalid("invalid_discount_code", message))?;
+    if bearer_token(&http).is_some() {
+        HostApplication::extract(&http).await?;
+    } else {
+        let token = request
+            .sign_up_token
+            .as_deref()
+            .ok_or_else(sign_up_required)?;
+        let proved = sign_in::proved_phone(&state.store, token, state.clock.now_ms()).await?;
+        if proved.as_ref() != Some(&phone) {
+            return Err(sign_up_required());
+        }
+    }
     let started = billing
         .start_access_checkout(phone, email, discount_code, state.clock.now_ms())
         .await?;

@@ -53,7 +53,11 @@ async fn caller(
             .redeem(ticket, state.clock.now_ms())
             .ok_or(ApiError::Unauthorized)?;
         if let (FeedScope::Account(account_id), Some(token_hash)) = (scope, &token_hash) {
-            if !access_tokens::is_live(&state.store, account_id, token_hash).await? {
+            let now_ms = state.clock.now_ms();
+            if access_tokens::live(&state.store, account_id, token_hash, now_ms)
+                .await?
+                .is_none()
+            {
                 return Err(ApiError::Unauthorized);
             }
         }
@@ -66,10 +70,10 @@ async fn caller(
             return Ok((FeedScope::Admin, None));
         }
     }
-    let account = access_tokens::account_of(&state.store, &presented).await?;
-    let account = account.ok_or(ApiError::Unauthorized)?;
+    let live = access_tokens::account_of(&state.store, &presented, state.clock.now_ms()).await?;
+    let live = live.ok_or(ApiError::Unauthorized)?;
     Ok((
-        FeedScope::Account(account),
+        FeedScope::Account(live.account_id),
         Some(access_tokens::hash(&presented)),
     ))
 }
@@ -104,6 +108,7 @@ fn start_session(
         slot,
         since,
         store: state.store.clone(),
+        clock: state.clock.clone(),
         heartbeat: state.settings.feed.heartbeat,
         queue: state.settings.feed.queue,
         stopping: state.stopping.clone(),

@@ -11,6 +11,7 @@ pub(crate) mod metrics;
 pub mod openapi;
 pub(crate) mod page;
 pub(crate) mod quote;
+pub(crate) mod sign_in;
 pub(crate) mod webhooks;
 
 use actix_web::web;
@@ -31,6 +32,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/metrics", web::get().to(metrics::metrics_with_token))
         .route("/openapi.json", web::get().to(openapi::serve))
         .route("/v1/quote", web::post().to(quote::create))
+        .route("/v1/sign-in/code", web::post().to(sign_in::request_code))
+        .route("/v1/sign-in", web::post().to(sign_in::sign_in))
         .route("/v1/checkout/access", web::post().to(checkout::access))
         .route("/v1/checkout/topup", web::post().to(checkout::top_up))
         .route("/v1/messages", web::post().to(messages::create))

@@ -14,7 +14,8 @@ use utoipa::openapi::RefOr;
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    account, admin, auto_top_up, checkout, feed, health, messages, metrics, page, quote, webhooks,
+    account, admin, auto_top_up, checkout, feed, health, messages, metrics, page, quote, sign_in,
+    webhooks,
 };
 use crate::error::{ApiError, ErrorBody};
 
@@ -37,6 +38,8 @@ use crate::error::{ApiError, ErrorBody};
         metrics::metrics_with_token,
         serve,
         quote::create,
+        sign_in::request_code,
+        sign_in::sign_in,
         checkout::access,
         checkout::top_up,
         messages::create,
@@ -62,6 +65,7 @@ use crate::error::{ApiError, ErrorBody};
         admin::transactions::export_csv,
         admin::orders::list,
         admin::notices::list,
+        admin::tokens::list,
         admin::tokens::issue,
         admin::tokens::revoke,
         admin::tokens::rotate,

@@ -27,7 +27,7 @@ pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
     EventDecision, InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore,
-    OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, StoreFuture,
+    OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, SignInStore, StoreFuture,
     StripeEventStore, TokenStore,
 };
 
@@ -242,6 +242,10 @@ impl Store {
     }
 
     pub fn tokens(&self) -> &dyn TokenStore {
+        &*self.backend
+    }
+
+    pub fn sign_in(&self) -> &dyn SignInStore {
         &*self.backend
     }
 

@@ -10,6 +10,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use crate::access_tokens::{LiveToken, TokenRecord};
 use crate::accounts::{Account, Card, Email, NewAccount, PhoneNumber};
 use crate::billing::auto_top_up::{
     AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
@@ -23,6 +24,7 @@ use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
+use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 
 use super::copy::{CopyError, CopyRow, Page, Table};
@@ -106,8 +108,27 @@ pub trait TokenStore: Send + Sync {
         token_hash: String,
         now_ms: i64,
     ) -> StoreFuture<Option<usize>>;
-    /// The account a live token (by hash) belongs to.
-    fn account_of(&self, token_hash: String) -> StoreFuture<Option<AccountId>>;
+    /// The account a live token (by hash) belongs to: not revoked, and not
+    /// expired at `now_ms`.
+    fn account_of(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<LiveToken>>;
+    /// Every token of an account, newest first (what is known of them,
+    /// never the token).
+    fn list(&self, account_id: AccountId) -> StoreFuture<Vec<TokenRecord>>;
+}
+
+/// Codes texted to phones and the sign-up tokens of proved phones.
+pub trait SignInStore: Send + Sync {
+    /// Stores a code unless a limit forbids it (checked in the same
+    /// transaction, against every instance's codes).
+    fn open_code(&self, request: CodeRequest) -> StoreFuture<CodeOpened>;
+    /// Checks a proof for a phone; if it holds, stores the account token
+    /// (the phone has an active account) or the sign-up token (it has
+    /// none), in the same transaction that uses the code up. A wrong code
+    /// counts against the phone's live code; after
+    /// [`crate::sign_in::MAX_WRONG_CODES`] it is dead.
+    fn redeem(&self, request: Redeem) -> StoreFuture<Redeemed>;
+    /// The phone a live sign-up token (by hash) was given for.
+    fn sign_up_phone(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<PhoneNumber>>;
 }
 
 /// How the domain prices access: from the current pricing and the
@@ -501,6 +522,7 @@ pub trait Backend:
     LedgerStore
     + AccountStore
     + TokenStore
+    + SignInStore
     + BillingStore
     + StripeEventStore
     + MessageStore

@@ -43,6 +43,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::put().to(crate::routes::auto_top_up::admin_update),
         )
         .route("/accounts/{id}/notices", web::get().to(notices::list))
+        .route("/accounts/{id}/tokens", web::get().to(tokens::list))
         .route("/accounts/{id}/tokens", web::post().to(tokens::issue))
         .route("/accounts/{id}/tokens", web::delete().to(tokens::revoke))
         .route(

@@ -1,6 +1,7 @@
-//! `/v1/admin/accounts/{id}/tokens`: issue an account token (shown once,
-//! stored as a hash), revoke all of an account's tokens, or rotate (revoke
-//! all and issue one, in one transaction).
+//! `/v1/admin/accounts/{id}/tokens`: list an account's tokens (what is
+//! known of them, never the token), issue one (shown once, stored as a
+//! hash), revoke all, or rotate (revoke all and issue one, in one
+//! transaction). Tokens made by signing in by phone are among them.
 
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::{access_tokens, AccountId};
@@ -28,6 +29,31 @@ pub struct RevokedTokens {
 
 fn no_such_account(account_id: AccountId) -> ApiError {
     ApiError::NotFound(format!("account {account_id} does not exist"))
+}
+
+/// An account's tokens, newest first.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct TokenList {
+    account_id: AccountId,
+    tokens: Vec<access_tokens::TokenRecord>,
+}
+
+/// Lists an account's tokens: who made each, when, until when, and whether
+/// it was revoked (never the token itself).
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/tokens", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = TokenList)))]
+pub async fn list(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = AccountId(path.into_inner());
+    if state.store.accounts().get(account_id).await?.is_none() {
+        return Err(no_such_account(account_id));
+    }
+    let tokens = state.store.tokens().list(account_id).await?;
+    Ok(HttpResponse::Ok().json(TokenList { account_id, tokens }))
 }
 
 /// Issues an account token (shown once, stored as its SHA-256).

@@ -3,6 +3,7 @@
 use tokio_postgres::{GenericClient, Row};
 
 use super::{boxed, is_unique_violation, PostgresStore};
+use crate::access_tokens::{LiveToken, TokenRecord, TokenSource};
 use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -171,19 +172,47 @@ async fn account_exists(
         .is_some())
 }
 
-async fn insert_token(
+/// Stores a token's hash; `expires_at_ms` only for one made by signing in.
+pub(super) async fn insert_token(
     client: &impl GenericClient,
     account_id: AccountId,
     token_hash: &str,
     now_ms: i64,
+    expires_at_ms: Option<i64>,
 ) -> Result<(), StoreError> {
+    let source = if expires_at_ms.is_some() {
+        TokenSource::SignIn
+    } else {
+        TokenSource::Admin
+    };
     client
         .execute(
-            "INSERT INTO account_tokens (account_id, token_hash, created_at) VALUES ($1, $2, $3)",
-            &[&account_id.0, &token_hash, &now_ms],
+            "INSERT INTO account_tokens (account_id, token_hash, created_at, expires_at, source)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &account_id.0,
+                &token_hash,
+                &now_ms,
+                &expires_at_ms,
+                &source.as_str(),
+            ],
         )
         .await?;
     Ok(())
+}
+
+fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let source: String = row.try_get(1)?;
+    Ok(TokenRecord {
+        id,
+        source: TokenSource::parse(&source).ok_or_else(|| {
+            StoreError::UnknownValue(UnknownValue::new("account_tokens", id, "source", &source))
+        })?,
+        created_at_ms: row.try_get(2)?,
+        expires_at_ms: row.try_get(3)?,
+        revoked_at_ms: row.try_get(4)?,
+    })
 }
 
 async fn revoke_tokens(
@@ -261,7 +290,7 @@ impl TokenStore for PostgresStore {
                 if !account_exists(transaction, account_id).await? {
                     return Ok(false);
                 }
-                insert_token(transaction, account_id, &token_hash, now_ms).await?;
+                insert_token(transaction, account_id, &token_hash, now_ms, None).await?;
                 Ok(true)
             })
         })
@@ -295,7 +324,7 @@ impl TokenStore for PostgresStore {
                     return Ok(None);
                 }
                 let revoked = revoke_tokens(transaction, account_id, now_ms).await?;
-                insert_token(transaction, account_id, &token_hash, now_ms).await?;
+                insert_token(transaction, account_id, &token_hash, now_ms, None).await?;
                 let note = change_notes::tokens(account_id);
                 super::writer::notify_note(transaction, &origin, &note).await?;
                 Ok(Some(revoked))
@@ -303,18 +332,37 @@ impl TokenStore for PostgresStore {
         })
     }
 
-    fn account_of(&self, token_hash: String) -> StoreFuture<Option<AccountId>> {
+    fn account_of(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<LiveToken>> {
         self.read(move |client| async move {
             let found = client
                 .query_opt(
-                    "SELECT account_id FROM account_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-                    &[&token_hash],
+                    "SELECT account_id, expires_at FROM account_tokens
+                      WHERE token_hash = $1 AND revoked_at IS NULL
+                        AND (expires_at IS NULL OR expires_at > $2)",
+                    &[&token_hash, &now_ms],
                 )
                 .await?;
-            Ok(found
-                .map(|row| row.try_get::<_, i64>(0))
-                .transpose()?
-                .map(AccountId))
+            found
+                .map(|row| {
+                    Ok(LiveToken {
+                        account_id: AccountId(row.try_get(0)?),
+                        expires_at_ms: row.try_get(1)?,
+                    })
+                })
+                .transpose()
+        })
+    }
+
+    fn list(&self, account_id: AccountId) -> StoreFuture<Vec<TokenRecord>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT id, source, created_at, expires_at, revoked_at FROM account_tokens
+                      WHERE account_id = $1 ORDER BY id DESC",
+                    &[&account_id.0],
+                )
+                .await?;
+            rows.iter().map(token_from_row).collect()
         })
     }
 }

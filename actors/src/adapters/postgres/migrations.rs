@@ -25,6 +25,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V4__auto_top_up_unknown",
         include_str!("../../../../migrations/postgres/V4__auto_top_up_unknown.sql"),
     ),
+    (
+        "V5__sign_in",
+        include_str!("../../../../migrations/postgres/V5__sign_in.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

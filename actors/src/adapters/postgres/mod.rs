@@ -18,6 +18,7 @@ mod ledger;
 mod listener;
 mod messages;
 mod migrations;
+mod sign_in;
 mod writer;
 
 use std::any::Any;

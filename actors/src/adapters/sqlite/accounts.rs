@@ -3,6 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
+use crate::access_tokens::{LiveToken, TokenRecord, TokenSource};
 use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -176,18 +177,51 @@ pub(super) fn activate(connection: &Connection, account_id: AccountId) -> Result
     Ok(())
 }
 
-fn insert_token(
+/// Stores a token's hash; `expires_at_ms` only for one made by signing in.
+pub(super) fn insert_token(
     connection: &Connection,
     account_id: AccountId,
     token_hash: &str,
     now_ms: i64,
+    expires_at_ms: Option<i64>,
 ) -> Result<(), StoreError> {
+    let source = if expires_at_ms.is_some() {
+        TokenSource::SignIn
+    } else {
+        TokenSource::Admin
+    };
     connection
         .prepare_cached(
-            "INSERT INTO account_tokens (account_id, token_hash, created_at) VALUES (?1, ?2, ?3)",
+            "INSERT INTO account_tokens (account_id, token_hash, created_at, expires_at, source)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
-        .execute(params![account_id.0, token_hash, now_ms])?;
+        .execute(params![
+            account_id.0,
+            token_hash,
+            now_ms,
+            expires_at_ms,
+            source.as_str()
+        ])?;
     Ok(())
+}
+
+fn token_from_row(row: &Row<'_>) -> Result<TokenRecord, StoreError> {
+    let id: i64 = row.get(0)?;
+    let source: String = row.get(1)?;
+    Ok(TokenRecord {
+        id,
+        source: TokenSource::parse(&source).ok_or_else(|| {
+            StoreError::UnknownValue(UnknownValue {
+                table: "account_tokens",
+                column: "source",
+                row: id.to_string(),
+                value: source.clone(),
+            })
+        })?,
+        created_at_ms: row.get(2)?,
+        expires_at_ms: row.get(3)?,
+        revoked_at_ms: row.get(4)?,
+    })
 }
 
 fn revoke_tokens(
@@ -277,7 +311,7 @@ impl TokenStore for SqliteStore {
             if !account_exists(connection, account_id)? {
                 return Ok(false);
             }
-            insert_token(connection, account_id, &token_hash, now_ms)?;
+            insert_token(connection, account_id, &token_hash, now_ms, None)?;
             Ok(true)
         })
     }
@@ -304,22 +338,44 @@ impl TokenStore for SqliteStore {
                 return Ok(None);
             }
             let revoked = revoke_tokens(connection, account_id, now_ms)?;
-            insert_token(connection, account_id, &token_hash, now_ms)?;
+            insert_token(connection, account_id, &token_hash, now_ms, None)?;
             let note = change_notes::tokens(account_id);
             super::watcher::leave_note(connection, &origin, &note, now_ms)?;
             Ok(Some(revoked))
         })
     }
 
-    fn account_of(&self, token_hash: String) -> StoreFuture<Option<AccountId>> {
+    fn account_of(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<LiveToken>> {
         self.read(move |connection| {
             let found = connection
                 .prepare_cached(
-                    "SELECT account_id FROM account_tokens WHERE token_hash = ?1 AND revoked_at IS NULL",
+                    "SELECT account_id, expires_at FROM account_tokens
+                      WHERE token_hash = ?1 AND revoked_at IS NULL
+                        AND (expires_at IS NULL OR expires_at > ?2)",
                 )?
-                .query_row([token_hash], |row| row.get(0))
+                .query_row(params![token_hash, now_ms], |row| {
+                    Ok(LiveToken {
+                        account_id: AccountId(row.get(0)?),
+                        expires_at_ms: row.get(1)?,
+                    })
+                })
                 .optional()?;
-            Ok(found.map(AccountId))
+            Ok(found)
+        })
+    }
+
+    fn list(&self, account_id: AccountId) -> StoreFuture<Vec<TokenRecord>> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT id, source, created_at, expires_at, revoked_at FROM account_tokens
+                  WHERE account_id = ?1 ORDER BY id DESC",
+            )?;
+            let mut rows = statement.query([account_id.0])?;
+            let mut tokens = Vec::new();
+            while let Some(row) = rows.next()? {
+                tokens.push(token_from_row(row)?);
+            }
+            Ok(tokens)
         })
     }
 }

@@ -59,6 +59,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V12__auto_top_up_unknown",
         include_str!("../../../../migrations/sqlite/V12__auto_top_up_unknown.sql"),
     ),
+    (
+        "V13__sign_in",
+        include_str!("../../../../migrations/sqlite/V13__sign_in.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -1,0 +1,145 @@
+//! `/v1/sign-in`: a customer proves their phone with a texted code and gets
+//! an account token (the phone has access) or a sign-up token (it has
+//! not). Anonymous routes: both answer alike for every phone, whether or
+//! not it is a customer's.
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sms_credit_actors::accounts::PhoneNumber;
+use sms_credit_actors::sign_in::{self, SignInError};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A phone to text a code to.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRequest {
+    #[schema(format = "e164", examples("+14155551234"))]
+    phone: String,
+}
+
+/// A code was texted (the same answer for every valid number).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct CodeSent {
+    /// How many digits the code has.
+    code_length: u8,
+    /// How long the code works.
+    expires_in_seconds: i64,
+}
+
+/// A phone and what proves it: the texted code, or the sign-up token this
+/// phone got earlier (once the phone has access, it is exchanged for an
+/// account token).
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    #[schema(format = "e164", examples("+14155551234"))]
+    phone: String,
+    /// The six digits texted to the phone.
+    code: Option<String>,
+    /// A sign-up token (`sup_…`) this phone got earlier.
+    sign_up_token: Option<String>,
+}
+
+fn phone(text: &str) -> Result<PhoneNumber, ApiError> {
+    PhoneNumber::parse(text).map_err(|error| ApiError::invalid("invalid_phone", error.to_string()))
+}
+
+/// Where the caller is, for the per-address limit (`unknown` when the
+/// connection has no address, as in a test).
+fn address_of(state: &AppState, request: &HttpRequest) -> String {
+    crate::limits::client_address(request, &state.settings.access.trusted_proxies)
+        .map_or_else(|| "unknown".to_string(), |address| address.to_string())
+}
+
+/// Texts a six-digit sign-in code to the phone. Answers `202` for every
+/// valid number, whether or not it has an account.
+#[utoipa::path(post, path = "/v1/sign-in/code", tag = "account holders", request_body = CodeRequest,
+    responses((status = 202, body = CodeSent),
+        (status = 429, description = "Too many codes for this phone or from this address; `Retry-After` says when"),
+        (status = 503, description = "Sign-in by text message is not available on this server")))]
+pub async fn request_code(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<CodeRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let phone = phone(&body.phone)?;
+    let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
+        code: "sign_in_not_available",
+        message: "signing in with a text message is not available on this server",
+        variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM",
+    })?;
+    sign_in::request_code(
+        &state.store,
+        messaging,
+        &state.settings.server.service_name,
+        &phone,
+        &address_of(&state, &request),
+        state.settings.access.sign_in.limits,
+        state.clock.now_ms(),
+    )
+    .await?;
+    Ok(HttpResponse::Accepted().json(CodeSent {
+        code_length: 6,
+        expires_in_seconds: sign_in::CODE_LIFETIME_MS / 1000,
+    }))
+}
+
+/// Signs in with the texted code: an account token (`sct_…`, expiring) for
+/// a phone with access, a sign-up token (30 minutes) for one without. A
+/// wrong code is `401 invalid_code`; after five, the code is dead.
+#[utoipa::path(post, path = "/v1/sign-in", tag = "account holders", request_body = SignInRequest,
+    responses((status = 200, body = sms_credit_actors::sign_in::SignedIn),
+        (status = 401, description = "`invalid_code`: wrong, used, expired or dead"),
+        (status = 409, description = "`no_access_yet`: a sign-up token whose phone has not paid yet")))]
+pub async fn sign_in(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    body: web::Json<SignInRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let address = crate::limits::client_address(&request, &state.settings.access.trusted_proxies);
+    if let Some(wait) = address.and_then(|address| state.wrong_tokens.wait_for(address)) {
+        return Err(ApiError::TooManyAttempts(wait));
+    }
+    let body = body.into_inner();
+    let phone = phone(&body.phone)?;
+    let proof = match (body.code.as_deref().map(str::trim), body.sign_up_token) {
+        (Some(code), None) if code.len() == 6 && code.chars().all(|c| c.is_ascii_digit()) => {
+            code.to_string()
+        }
+        (Some(_), None) => {
+            return Err(ApiError::invalid(
+                "invalid_code_format",
+                "the code is the six digits in the text message",
+            ))
+        }
+        (None, Some(token)) => token,
+        _ => {
+            return Err(ApiError::invalid(
+                "proof_required",
+                "give either the texted code or a sign-up token",
+            ))
+        }
+    };
+    let now_ms = state.clock.now_ms();
+    match sign_in::sign_in(
+        &state.store,
+        &phone,
+        &proof,
+        &state.settings.access.sign_in,
+        now_ms,
+    )
+    .await
+    {
+        Ok(signed_in) => Ok(HttpResponse::Ok().json(signed_in)),
+        Err(SignInError::InvalidCode) => {
+            // Wrong codes count with wrong tokens against the address.
+            match address.and_then(|address| state.wrong_tokens.failed(address)) {
+                Some(wait) => Err(ApiError::TooManyAttempts(wait)),
+                None => Err(SignInError::InvalidCode.into()),
+            }
+        }
+        Err(error) => Err(error.into()),
+    }
+}

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// Too many wrong tokens from this address: try again after the wait.
     #[error("too many wrong tokens from this address; try again in {} s", .0.as_secs().max(1))]
     TooManyAttempts(std::time::Duration),
+    /// Too many calls to the anonymous routes from this address.
+    #[error("too many requests from this address; try again in {} s", .0.as_secs().max(1))]
+    TooManyRequests(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
     /// A paid or privileged feature whose credentials are not configured.
@@ -114,6 +117,7 @@ impl ApiError {
             ApiError::Unauthorized => "unauthorized",
             ApiError::SignUpRequired => "sign_up_required",
             ApiError::TooManyAttempts(_) => "too_many_attempts",
+            ApiError::TooManyRequests(_) => "too_many_requests",
             ApiError::TooManyFeeds(_) => "too_many_feeds",
             ApiError::SignIn(error) => match error {
                 SignInError::InvalidCode => "invalid_code",
@@ -250,9 +254,9 @@ impl ResponseError for ApiError {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized | ApiError::SignUpRequired => StatusCode::UNAUTHORIZED,
-            ApiError::TooManyAttempts(_) | ApiError::TooManyFeeds(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManyAttempts(_)
+            | ApiError::TooManyRequests(_)
+            | ApiError::TooManyFeeds(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Ledger(error) => match error {
@@ -337,7 +341,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::TooManyAttempts(wait) => {
+            ApiError::TooManyAttempts(wait) | ApiError::TooManyRequests(wait) => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }

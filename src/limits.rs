@@ -1,8 +1,14 @@
-//! Limits on what one caller may try: wrong tokens from one address are
-//! slowed (GCRA, by `governor`): 20 in a minute, then `429` with
-//! `Retry-After` until the address has earned another try. Counted per
-//! instance: a guess is as slow on each, and tokens are 16 characters or
-//! more, so the count need not be shared.
+//! Limits on what one caller may try (GCRA, by `governor`), counted per
+//! instance by client address:
+//! - wrong tokens (and wrong sign-in codes, unknown checkout sessions):
+//!   20 in a minute, then `429` with `Retry-After` until the address has
+//!   earned another try. A guess is as slow on each instance, and tokens
+//!   are 16 characters or more, so the count need not be shared;
+//! - calls to the anonymous routes (quote, sign-in, access checkout,
+//!   checkout status): 60 in a minute, bursts of 60, then `429`.
+//!
+//! What must hold across instances (sign-in codes per phone and per
+//! address, `BUY` per day) is counted in the store instead.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -59,6 +65,59 @@ impl WrongTokens {
                 Some(wait)
             }
         }
+    }
+}
+
+/// Calls to anonymous routes one address may make in a minute.
+const ANONYMOUS_CALLS_PER_MINUTE: u32 = 60;
+
+/// Calls to the anonymous routes, by address.
+pub struct AnonymousCalls {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+impl Default for AnonymousCalls {
+    fn default() -> AnonymousCalls {
+        let per_minute = NonZeroU32::new(ANONYMOUS_CALLS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        AnonymousCalls {
+            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+        }
+    }
+}
+
+impl AnonymousCalls {
+    /// Counts a call from `address`: past the quota, how long to wait.
+    pub fn call(&self, address: IpAddr) -> Option<Duration> {
+        let clock = DefaultClock::default();
+        match self.limiter.check_key(&address) {
+            Ok(()) => None,
+            Err(not_until) => {
+                self.limiter.retain_recent();
+                Some(
+                    not_until
+                        .wait_time_from(clock.now())
+                        .max(Duration::from_secs(1)),
+                )
+            }
+        }
+    }
+}
+
+/// Lets an anonymous call through, or answers `429` with how long to
+/// wait: too many calls from its address, or too many wrong guesses.
+pub fn anonymous_call(
+    state: &crate::state::AppState,
+    request: &actix_web::HttpRequest,
+) -> Result<(), crate::error::ApiError> {
+    let Some(address) = client_address(request, &state.settings.access.trusted_proxies) else {
+        return Ok(());
+    };
+    if let Some(wait) = state.wrong_tokens.wait_for(address) {
+        return Err(crate::error::ApiError::TooManyAttempts(wait));
+    }
+    match state.anonymous_calls.call(address) {
+        Some(wait) => Err(crate::error::ApiError::TooManyRequests(wait)),
+        None => Ok(()),
     }
 }
 

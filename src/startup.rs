@@ -508,6 +508,7 @@ impl Application {
             tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
             wrong_tokens: Arc::default(),
+            anonymous_calls: Arc::default(),
             feed_slots: Arc::default(),
             stopping: stopping_receiver,
         });

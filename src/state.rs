@@ -29,6 +29,8 @@ pub struct AppState {
     pub http_metrics: Arc<HttpMetrics>,
     /// Wrong admin, API and metrics tokens by address, to slow guessing.
     pub wrong_tokens: Arc<crate::limits::WrongTokens>,
+    /// Calls to the anonymous routes by address.
+    pub anonymous_calls: Arc<crate::limits::AnonymousCalls>,
     /// Becomes `true` when the server starts stopping: open feeds close
     /// with 1001 and where to resume.
     pub stopping: tokio::sync::watch::Receiver<bool>,

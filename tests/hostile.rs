@@ -454,3 +454,58 @@ async fn behind_a_trusted_proxy_each_client_is_counted_apart() {
         assert_eq!(response.status(), expected, "request {index}");
     }
 }
+
+#[actix_rt::test]
+async fn anonymous_routes_are_limited_per_address_and_unknown_sessions_count_as_guesses() {
+    // 60 anonymous calls a minute from one address, whatever the route.
+    let app = TestApp::spawn().await;
+    let quote = json!({"to": "+14155550100", "body": "hi"});
+    for call in 1..=60 {
+        let (status, answer) = app
+            .request("POST", "/v1/quote", None, Some(quote.clone()))
+            .await;
+        assert_eq!(status, StatusCode::OK, "call {call}: {answer}");
+    }
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/checkout/sessions/cs_test_other_route",
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_requests");
+    let (status, headers) = headers_of(&app, "GET", "/v1/checkout/sessions/cs_test_x", None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = headers
+        .get("Retry-After")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse().ok())
+        .expect("a Retry-After in seconds");
+    assert!((1..=60).contains(&wait), "{wait}");
+    // Routes with a credential are not counted.
+    let (status, _) = app
+        .request("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    // Unknown Checkout Session ids are guesses: 20, then 429.
+    let app = TestApp::spawn().await;
+    for guess in 1..=20 {
+        let (status, _) = app
+            .request(
+                "GET",
+                &format!("/v1/checkout/sessions/cs_test_guess{guess}"),
+                None,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "guess {guess}");
+    }
+    let (status, answer) = app
+        .request("GET", "/v1/checkout/sessions/cs_test_guess21", None, None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_attempts");
+}

@@ -76,6 +76,7 @@ pub async fn access(
     if bearer_token(&http).is_some() {
         HostApplication::extract(&http).await?;
     } else {
+        crate::limits::anonymous_call(&state, &http)?;
         let token = request
             .sign_up_token
             .as_deref()
@@ -124,8 +125,10 @@ pub struct SessionStatus {
     responses((status = 200, body = SessionStatus)))]
 pub async fn session_status(
     state: web::Data<AppState>,
+    http: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::limits::anonymous_call(&state, &http)?;
     let session_id = path.into_inner();
     let well_formed = session_id.starts_with("cs_")
         && session_id.len() <= 255
@@ -138,12 +141,15 @@ pub async fn session_status(
             "a Checkout Session id looks like cs_…",
         ));
     }
-    let order = state
-        .store
-        .billing()
-        .order_by_session(session_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound("no such checkout".to_string()))?;
+    let order = state.store.billing().order_by_session(session_id).await?;
+    let Some(order) = order else {
+        // An unknown id is a guess: it counts with wrong tokens.
+        let address = crate::limits::client_address(&http, &state.settings.access.trusted_proxies);
+        if let Some(wait) = address.and_then(|address| state.wrong_tokens.failed(address)) {
+            return Err(ApiError::TooManyAttempts(wait));
+        }
+        return Err(ApiError::NotFound("no such checkout".to_string()));
+    };
     Ok(HttpResponse::Ok().json(SessionStatus {
         status: order.status.as_str().to_string(),
         order_type: order.order_type.as_str().to_string(),

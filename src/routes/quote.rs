@@ -1,6 +1,6 @@
 //! `POST /v1/quote`: what a message to a number will cost, before it is sent.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use sms_credit_actors::rating::{quote, QuoteRequest};
 
@@ -26,8 +26,10 @@ pub struct QuoteBody {
     responses((status = 200, body = sms_credit_actors::rating::Quote)))]
 pub async fn create(
     state: web::Data<AppState>,
+    http: HttpRequest,
     request: web::Json<QuoteBody>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::limits::anonymous_call(&state, &http)?;
     let quoted = quote(
         QuoteRequest {
             to: &request.to,

@@ -64,6 +64,7 @@ pub async fn request_code(
     request: HttpRequest,
     body: web::Json<CodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::limits::anonymous_call(&state, &request)?;
     let phone = phone(&body.phone)?;
     let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
         code: "sign_in_not_available",
@@ -98,10 +99,8 @@ pub async fn sign_in(
     request: HttpRequest,
     body: web::Json<SignInRequest>,
 ) -> Result<HttpResponse, ApiError> {
+    crate::limits::anonymous_call(&state, &request)?;
     let address = crate::limits::client_address(&request, &state.settings.access.trusted_proxies);
-    if let Some(wait) = address.and_then(|address| state.wrong_tokens.wait_for(address)) {
-        return Err(ApiError::TooManyAttempts(wait));
-    }
     let body = body.into_inner();
     let phone = phone(&body.phone)?;
     let proof = match (body.code.as_deref().map(str::trim), body.sign_up_token) {

@@ -241,7 +241,7 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     page.sign_in_with("sct_wrong").await;
     page.wait_for(
         "document.getElementById('signin-error').textContent",
-        json!("That token is not valid."),
+        json!("That token is not valid, or it has expired."),
     )
     .await;
 
@@ -596,6 +596,172 @@ async fn a_payer_back_from_checkout_sees_where_the_payment_stands() {
     assert_eq!(
         page.eval("[document.getElementById('next').textContent, document.getElementById('next').getAttribute('href')]").await,
         json!(["Try again", "/account"])
+    );
+    page.assert_clean();
+}
+
+/// The newest code texted to `phone`.
+fn code_texted_to(twilio: &crate::fake_twilio::FakeTwilio, phone: &str) -> String {
+    let sent = twilio.sent();
+    let text = sent
+        .iter()
+        .rev()
+        .find(|sms| sms.to == phone)
+        .expect("a code was texted");
+    text.body.chars().take(6).collect()
+}
+
+impl Page {
+    /// Signs in by phone on the account page: the number, then the code
+    /// texted to it.
+    async fn sign_in_by_phone(
+        &mut self,
+        twilio: &crate::fake_twilio::FakeTwilio,
+        typed: &str,
+        phone: &str,
+    ) {
+        self.eval(&format!(
+            "document.getElementById('phone').value = '{typed}'; document.getElementById('phone-button').click(); true"
+        ))
+        .await;
+        self.wait_for("!document.getElementById('code-form').hidden", json!(true))
+            .await;
+        let code = code_texted_to(twilio, phone);
+        self.eval(&format!(
+            "document.getElementById('code').value = '{code}'; document.getElementById('code-button').click(); true"
+        ))
+        .await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_stranger_signs_up_with_their_phone_pays_and_lands_in_their_account() {
+    use crate::fake_stripe::{EventFactory, FakeStripe};
+    use crate::fake_twilio::FakeTwilio;
+    use crate::helpers::{fresh_directory, stripe_settings, with_twilio};
+    use sms_credit_actors::clock::{Clock, ManualClock};
+    let stripe = FakeStripe::start().await;
+    stripe.serve_checkout_pages();
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    // The server's clock is the browser's: the page compares expiry times.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let clock = ManualClock::new(now_ms);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let phone = "+14155553981";
+
+    // At a phone's width: the number (typed as people type it), the code,
+    // then sign-up, since the phone has no access.
+    let browser = Browser::start();
+    let mut page = browser.page().await;
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 360, "height": 740, "deviceScaleFactor": 2, "mobile": true}),
+    )
+    .await;
+    page.open_until(&app.url("/account"), "phone").await;
+    page.sign_in_by_phone(&twilio, "+1 (415) 555-3981", phone)
+        .await;
+    page.wait_for("!document.getElementById('signup').hidden", json!(true))
+        .await;
+    assert_eq!(
+        page.eval("document.getElementById('signup-phone').textContent")
+            .await,
+        json!(phone)
+    );
+    assert_eq!(
+        page.eval("document.documentElement.scrollWidth <= window.innerWidth")
+            .await,
+        json!(true),
+        "nothing wider than a phone"
+    );
+    page.eval(
+        "document.getElementById('signup-email').value = 'hiker@example.com'; document.getElementById('signup-button').click(); true",
+    )
+    .await;
+    page.wait_for("location.pathname.startsWith('/c/pay/cs_')", json!(true))
+        .await;
+    page.assert_clean();
+
+    // Stripe confirms the payment and sends the payer back: the page
+    // follows the order and opens the account, no sign-in needed.
+    let (_, found) = app
+        .request(
+            "GET",
+            "/v1/admin/accounts?q=4155553981",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let account = found["accounts"][0]["id"].as_i64().unwrap();
+    let order = &app.get_orders(account).await[0];
+    let session = order["stripe_session_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        page.eval("location.pathname").await,
+        json!(format!("/c/pay/{session}"))
+    );
+    let customer = app.get_admin_account(account).await.1["stripe_customer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut events = EventFactory::new();
+    let completed = events.checkout_completed(
+        &session,
+        order["id"].as_i64().unwrap(),
+        &customer,
+        2999,
+        "pi_signup_browser",
+    );
+    let signed_at = clock.now_ms() / 1000;
+    assert_eq!(
+        app.deliver_at(&completed, signed_at).await.0,
+        StatusCode::OK
+    );
+    page.open_until(
+        &app.url(&format!("/checkout/success?session_id={session}")),
+        "status",
+    )
+    .await;
+    page.wait_for("location.pathname", json!("/account")).await;
+    page.wait_for("!document.getElementById('account').hidden", json!(true))
+        .await;
+    page.wait_for(
+        "document.getElementById('balance').textContent",
+        json!("$5.00"),
+    )
+    .await;
+    page.assert_clean();
+
+    // At a desktop's width, after signing out: the customer signs in with
+    // the phone again and is in their account.
+    page.call(
+        "Emulation.setDeviceMetricsOverride",
+        json!({"width": 1280, "height": 800, "deviceScaleFactor": 1, "mobile": false}),
+    )
+    .await;
+    page.eval("document.getElementById('signout').click(); true")
+        .await;
+    page.wait_for("!document.getElementById('signin').hidden", json!(true))
+        .await;
+    clock.advance_ms(31_000);
+    page.sign_in_by_phone(&twilio, phone, phone).await;
+    page.wait_for("!document.getElementById('account').hidden", json!(true))
+        .await;
+    page.wait_for(
+        "document.getElementById('balance').textContent",
+        json!("$5.00"),
+    )
+    .await;
+    assert_eq!(
+        page.eval("document.getElementById('signup').hidden").await,
+        json!(true)
     );
     page.assert_clean();
 }

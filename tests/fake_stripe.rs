@@ -65,6 +65,9 @@ struct State {
     unreachable: bool,
     /// Every PaymentIntent made, for the Search API.
     intents: Vec<Value>,
+    /// Where Checkout pages are (`None`: Stripe's made-up host, which a
+    /// browser cannot open; set: this fake serves them).
+    checkout_base: Option<String>,
 }
 
 #[derive(Clone)]
@@ -114,6 +117,7 @@ impl FakeStripe {
             retrieve_fails: false,
             unreachable: false,
             intents: Vec::new(),
+            checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -136,6 +140,12 @@ impl FakeStripe {
             state,
             gate,
         }
+    }
+
+    /// Serves the hosted Checkout pages itself, so a browser sent to one
+    /// lands on a page.
+    pub fn serve_checkout_pages(&self) {
+        self.state.lock().unwrap().checkout_base = Some(self.base_url.clone());
     }
 
     pub fn set_charge_mode(&self, mode: ChargeMode) {
@@ -209,8 +219,15 @@ async fn answer(
     request: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
-    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let path = request.path().to_string();
+    if let Some(session_id) = path.strip_prefix("/c/pay/") {
+        // The hosted Checkout page a browser is sent to.
+        return HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><link rel=\"icon\" href=\"data:,\">\
+             <title>Checkout</title></head><body><h1 id=\"checkout\">Pay {session_id}</h1></body></html>"
+        ));
+    }
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let idempotency_key = request
         .headers()
         .get("Idempotency-Key")
@@ -303,7 +320,11 @@ fn answer_locked(
             let quantity: i64 = field(&form, "line_items[0][quantity]")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
-            session["url"] = json!(format!("https://checkout.stripe.test/c/pay/{session_id}"));
+            let base = state
+                .checkout_base
+                .clone()
+                .unwrap_or_else(|| "https://checkout.stripe.test".to_string());
+            session["url"] = json!(format!("{base}/c/pay/{session_id}"));
             session["id"] = json!(session_id);
             session["customer"] = json!(field(&form, "customer"));
             session["amount_total"] = json!(unit_amount * quantity);

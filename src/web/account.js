@@ -10,7 +10,7 @@ function dollars(micros, signed) {
 }
 
 const state = { token: null, accountId: null, lastSeq: 0, socket: null, retry: null,
-  rate: null, points: [] };
+  rate: null, points: [], phone: null };
 // Times are shown in the reader's own time zone, and say which.
 const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 const DAY_MS = 86400000;
@@ -83,6 +83,67 @@ async function api(method, path, body) {
     throw Object.assign(new Error(message), { status: response.status, code: answer.error && answer.error.code });
   }
   return answer;
+}
+
+// Calls a route that takes no credential: no Authorization header at all
+// (a stray one would be taken for the host application's key).
+async function anonymous(method, path, body) {
+  const response = await fetch(path, {
+    method, headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = answer.error ? answer.error.message : "HTTP " + response.status;
+    throw Object.assign(new Error(message), { status: response.status,
+      code: answer.error && answer.error.code,
+      retryAfter: Number(response.headers.get("Retry-After")) || null });
+  }
+  return answer;
+}
+
+function waitWords(seconds) {
+  if (!seconds) return "a little while";
+  return seconds < 120 ? seconds + " seconds" : Math.ceil(seconds / 60) + " minutes";
+}
+
+// What a customer is told when signing in by phone does not work.
+function signInMessage(error) {
+  switch (error.code) {
+    case "invalid_code": return "That code is not right, or it has expired. Check it, or ask for a new one.";
+    case "invalid_code_format": return "The code is the 6 digits in the text message.";
+    case "invalid_phone": return "That does not look like a mobile number. Start with + and the country code, like +14155551234.";
+    case "sign_in_not_available": return "Signing in by text message is not available right now.";
+    case "code_not_sent": return "We could not send the code just now. Please try again in a minute.";
+    case "sign_up_required": return "Your sign-in has expired. Please sign in with your phone again.";
+    default:
+      if (error.status === 429) return "Too many tries. Please wait " + waitWords(error.retryAfter) + " and try again.";
+      return customerMessage(error);
+  }
+}
+
+const SIGN_UP_KEY = "sms-credit-sign-up";
+
+function showPhoneStep(message) {
+  $("phone-form").hidden = false;
+  $("code-form").hidden = true;
+  $("phone-message").className = message ? "error" : "";
+  $("phone-message").textContent = message || "";
+}
+
+function showSignUp(signUp) {
+  sessionStorage.setItem(SIGN_UP_KEY, JSON.stringify(signUp));
+  $("signup-phone").textContent = signUp.phone;
+  $("signin").hidden = true;
+  $("signup").hidden = false;
+  $("signup-message").textContent = "";
+}
+
+function savedSignUp() {
+  try {
+    const signUp = JSON.parse(sessionStorage.getItem(SIGN_UP_KEY) || "null");
+    if (signUp && Date.parse(signUp.expires_at) > Date.now()) return signUp;
+  } catch (_) { /* a damaged entry is no sign-up */ }
+  sessionStorage.removeItem(SIGN_UP_KEY);
+  return null;
 }
 
 function addRow(entry) {
@@ -191,7 +252,13 @@ function connect() {
     // A credit may be an auto top-up: show how it went.
     if (data.amount_micros > 0 && !$("auto").hidden) loadAuto();
   };
-  socket.onclose = () => {
+  socket.onclose = (event) => {
+    // 1008: the token was revoked or expired; signing in again is the way back.
+    if (event.code === 1008 && /revoked|expired/.test(event.reason) && state.socket === socket) {
+      signOut();
+      $("signin-error").textContent = "Your sign-in has ended. Please sign in again.";
+      return;
+    }
     $("live").textContent = "· not live, reconnecting…";
     if (state.token && state.socket === socket) state.retry = setTimeout(connect, 1000);
   };
@@ -205,6 +272,8 @@ async function signIn(token) {
     state.rate = account.rate_micros_per_segment;
     showBalance(account.balance_micros);
     const recent = await api("GET", "/v1/accounts/" + account.id + "/transactions?latest=1000");
+    // Signed out (or in as someone else) while this was loading: stop here.
+    if (state.token !== token) return;
     $("transactions").textContent = "";
     $("when-header").textContent = "When (" + zone + ")";
     state.lastSeq = 0;
@@ -217,6 +286,8 @@ async function signIn(token) {
     oldestFirst.slice(-20).forEach(addRow);
     drawChart();
     sessionStorage.setItem("sms-credit-token", token);
+    sessionStorage.removeItem(SIGN_UP_KEY);
+    $("signup").hidden = true;
     $("signin").hidden = true;
     $("account").hidden = false;
     $("signin-error").textContent = "";
@@ -224,13 +295,18 @@ async function signIn(token) {
     // Auto top-up needs payments; a server without them does not offer it.
     if (account.payments_available) loadAuto(); else $("auto").hidden = true;
   } catch (error) {
+    if (state.token !== token) return;
     state.token = null;
-    $("signin-error").textContent = error.status === 401 ? "That token is not valid." : customerMessage(error);
+    $("signin-error").textContent = error.status === 401 ? "That token is not valid, or it has expired." : customerMessage(error);
   }
 }
 
 function signOut() {
   state.token = null;
+  sessionStorage.removeItem(SIGN_UP_KEY);
+  $("signup").hidden = true;
+  $("code").value = "";
+  showPhoneStep();
   clearTimeout(state.retry);
   if (state.socket) { const socket = state.socket; state.socket = null; socket.close(); }
   sessionStorage.removeItem("sms-credit-token");
@@ -244,6 +320,69 @@ $("signin-form").addEventListener("submit", (event) => {
   signIn($("token").value.trim());
 });
 $("signout").addEventListener("click", signOut);
+$("phone-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const phone = $("phone").value.trim().replace(/[\s().-]/g, "");
+  $("phone-button").disabled = true;
+  try {
+    await anonymous("POST", "/v1/sign-in/code", { phone });
+    state.phone = phone;
+    $("code-phone").textContent = phone;
+    $("phone-form").hidden = true;
+    $("code-form").hidden = false;
+    $("phone-message").className = "";
+    $("phone-message").textContent = "We texted a code to " + phone + ". It works for 10 minutes.";
+    $("code").focus();
+  } catch (error) {
+    showPhoneStep(signInMessage(error));
+  } finally {
+    $("phone-button").disabled = false;
+  }
+});
+$("code-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  $("code-button").disabled = true;
+  try {
+    const answer = await anonymous("POST", "/v1/sign-in", { phone: state.phone, code: $("code").value.trim() });
+    $("code").value = "";
+    if (answer.token) {
+      showPhoneStep();
+      await signIn(answer.token);
+    } else {
+      showSignUp({ phone: state.phone, token: answer.sign_up_token, expires_at: answer.expires_at });
+    }
+  } catch (error) {
+    $("phone-message").className = "error";
+    $("phone-message").textContent = signInMessage(error);
+  } finally {
+    $("code-button").disabled = false;
+  }
+});
+$("code-again").addEventListener("click", () => showPhoneStep());
+$("signup-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const signUp = savedSignUp();
+  if (!signUp) {
+    $("signup").hidden = true;
+    $("signin").hidden = false;
+    showPhoneStep("Your sign-in has expired. Please sign in with your phone again.");
+    return;
+  }
+  const body = { phone: signUp.phone, email: $("signup-email").value.trim(), sign_up_token: signUp.token };
+  const code = $("signup-code").value.trim();
+  if (code) body.discount_code = code;
+  $("signup-button").disabled = true;
+  $("signup-message").className = "";
+  $("signup-message").textContent = "Starting checkout…";
+  try {
+    const started = await anonymous("POST", "/v1/checkout/access", body);
+    location.href = started.checkout_url;
+  } catch (error) {
+    $("signup-message").className = "error";
+    $("signup-message").textContent = signInMessage(error);
+    $("signup-button").disabled = false;
+  }
+});
 $("topup").addEventListener("click", async () => {
   $("topup-message").className = "";
   $("topup-message").textContent = "Starting checkout…";
@@ -272,4 +411,6 @@ $("auto-form").addEventListener("submit", (event) => {
 });
 $("auto-off").addEventListener("click", () => changeAuto({ enabled: false }));
 const saved = sessionStorage.getItem("sms-credit-token");
+const pendingSignUp = savedSignUp();
 if (saved) signIn(saved);
+else if (pendingSignUp) showSignUp(pendingSignUp);

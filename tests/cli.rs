@@ -309,6 +309,16 @@ fn admin_tools_from_the_command_line() {
         (revoked["revoked"].as_i64(), revoked["token"].is_null()),
         (Some(1), true)
     );
+    let listed: serde_json::Value = serde_json::from_slice(
+        &run_cli(&directory, &["accounts", "token", "list", "1", "--json"]).stdout,
+    )
+    .unwrap();
+    let tokens = listed["tokens"].as_array().unwrap();
+    assert_eq!(tokens.len(), 2, "{listed}");
+    assert!(tokens
+        .iter()
+        .all(|token| token["source"] == "admin" && !token["revoked_at_ms"].is_null()));
+    assert!(!listed.to_string().contains("sct_"), "never a token");
     let live = directory.number("SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL");
     // A number whose country has no rate: made, with a word for the operator.
     let unpriced = run_cli(

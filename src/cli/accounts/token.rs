@@ -1,8 +1,9 @@
-//! `sms-credit accounts token`: issue, revoke or rotate sign-in tokens.
+//! `sms-credit accounts token`: list, issue, revoke or rotate an account's
+//! tokens (those made by signing in by phone among them).
 
 use clap::Args;
 use serde_json::json;
-use sms_credit_actors::clock::{Clock, SystemClock};
+use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::store::Store;
 use sms_credit_actors::{access_tokens, AccountId};
 
@@ -11,8 +12,8 @@ use crate::config::Settings;
 
 #[derive(Args, Debug)]
 pub struct TokenCommand {
-    /// issue: a new token (shown once); revoke: every token; rotate: revoke all, issue one.
-    #[arg(value_parser = ["issue", "revoke", "rotate"])]
+    /// list: what is known of each token (never the token); issue: a new token (shown once); revoke: every token; rotate: revoke all, issue one.
+    #[arg(value_parser = ["list", "issue", "revoke", "rotate"])]
     action: String,
     /// The account.
     id: i64,
@@ -61,6 +62,9 @@ async fn apply(
 impl TokenCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
         let (id, account_id) = (self.id, AccountId(self.id));
+        if self.action == "list" {
+            return list(settings, account_id, self.json);
+        }
         let now_ms = SystemClock.now_ms();
         let action = self.action;
         let (revoked, token) = with_store(settings, |store| async move {
@@ -81,4 +85,42 @@ impl TokenCommand {
         }
         Ok(())
     }
+}
+
+/// Prints what is known of an account's tokens, newest first.
+fn list(settings: &Settings, account_id: AccountId, json: bool) -> Result<(), String> {
+    let tokens = with_store(settings, |store| async move {
+        let exists = store
+            .accounts()
+            .get(account_id)
+            .await
+            .map_err(|error| error.to_string())?
+            .is_some();
+        if !exists {
+            return Err(format!("account {account_id} does not exist"));
+        }
+        store
+            .tokens()
+            .list(account_id)
+            .await
+            .map_err(|error| error.to_string())
+    })?;
+    if json {
+        return print_json(&json!({"account_id": account_id, "tokens": tokens}));
+    }
+    if tokens.is_empty() {
+        println!("account {account_id}: no tokens");
+    }
+    let when = |ms: Option<i64>| ms.map_or("-".to_string(), format_rfc3339_ms);
+    for token in &tokens {
+        println!(
+            "token {}: {} · made {} · expires {} · revoked {}",
+            token.id,
+            token.source.as_str(),
+            format_rfc3339_ms(token.created_at_ms),
+            when(token.expires_at_ms),
+            when(token.revoked_at_ms),
+        );
+    }
+    Ok(())
 }

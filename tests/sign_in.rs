@@ -180,6 +180,21 @@ async fn a_texted_code_signs_in_a_customer_and_a_stranger_learns_nothing() {
     let code = code_sent_to(&world.twilio, "+14155554003");
     let (status, _) = sign_in(app, customer, json!({ "code": code })).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Each code went out as a service message: costed, not charged, and
+    // the code itself is nowhere in the database.
+    assert_eq!(
+        app.directory.number(
+            "SELECT COUNT(*) FROM messages WHERE kind = 'reply' AND charged = 0
+               AND account_id IS NULL AND carrier_cost_per_segment > 0"
+        ),
+        3
+    );
+    assert_eq!(
+        app.directory.number(&format!(
+            "SELECT COUNT(*) FROM sign_in_codes WHERE code_hash = '{code}'"
+        )),
+        0
+    );
     // Malformed proofs are 400 with a reason.
     let (status, answer) = sign_in(app, customer, json!({ "code": "12ab" })).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");

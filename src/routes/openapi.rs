@@ -267,7 +267,7 @@ mod tests {
         assert_eq!(allowed_methods("/v1/admin/accounts"), vec!["GET", "POST"]);
         assert_eq!(
             allowed_methods("/v1/admin/accounts/3/tokens"),
-            vec!["DELETE", "POST"]
+            vec!["DELETE", "GET", "POST"]
         );
         assert!(allowed_methods("/nope").is_empty());
     }

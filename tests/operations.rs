@@ -268,9 +268,10 @@ async fn the_page_carries_the_services_name_escaped() {
     assert!(page.contains("<h1>Trail &lt;Forecasts&gt; &amp; Co</h1>"));
     assert!(!page.contains("{{SERVICE_NAME}}"));
     assert!(
-        page.contains("gives it to you"),
+        page.contains("Trail &lt;Forecasts&gt; &amp; Co may have given you one"),
         "the page says where a token comes from"
     );
+    assert!(page.contains("Sign in with your phone"));
     // A name that is not one is refused, naming the variable.
     let refused = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
         .arg("verify")

@@ -483,3 +483,95 @@ async fn a_commit_failing_mid_load_fails_only_its_callers_and_leaves_no_trace() 
     core.shutdown().await;
     assert_verified(&directory);
 }
+
+on_both_stores!(a_key_from_an_earlier_activation_is_decided_by_the_ledgers_unique_index);
+/// Keys used before this activation (here: before a restart) are not read
+/// before writing: the write meets the unique index, and the caller gets
+/// what the key already holds — the same request its row (replayed), even
+/// when the balance could no longer pay it; another amount a conflict.
+/// The store says `DuplicateKey` for such a write on both adapters, and
+/// changes nothing.
+async fn a_key_from_an_earlier_activation_is_decided_by_the_ledgers_unique_index() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550211").await;
+    core.registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    let first = core
+        .registry
+        .send(account, debit(9_000, "big"))
+        .await
+        .unwrap();
+    assert!(!first.replayed);
+    core.shutdown().await;
+
+    let core = start_core(&directory, NEVER);
+    // The balance (1 000) cannot pay 9 000 again: the key's row answers.
+    let again = core
+        .registry
+        .send(account, debit(9_000, "big"))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    assert_eq!(again.entry.seq, first.entry.seq);
+    let other = core.registry.send(account, debit(100, "big")).await;
+    assert!(
+        matches!(other, Err(LedgerError::IdempotencyConflict { .. })),
+        "{other:?}"
+    );
+    let seed_again = core
+        .registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    assert!(seed_again.replayed);
+    // A fresh key still applies, after the refused ones, in order.
+    let fresh = core
+        .registry
+        .send(account, debit(500, "small"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.entry.seq, fresh.entry.balance_after),
+        (3, Money::from_micros(500))
+    );
+
+    // The store itself: a write whose key the ledger holds is refused
+    // `DuplicateKey`, and nothing moves.
+    let snapshot = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let mut entry = fresh.entry.clone();
+    entry.seq = snapshot.seq + 1;
+    entry.balance_after = Money::from_micros(400);
+    entry.amount = Money::from_micros(-100);
+    let mut next = snapshot.clone();
+    next.seq += 1;
+    next.balance = Money::from_micros(400);
+    core.store
+        .ledger()
+        .submit(sms_credit_actors::store::LedgerWrite {
+            entry,
+            previous: snapshot.clone(),
+            next,
+            generation: core.store.next_generation(),
+            done,
+            submitted_at: std::time::Instant::now(),
+            notice: None,
+        })
+        .unwrap();
+    assert_eq!(answer.await.unwrap(), Err(StoreError::DuplicateKey));
+    assert_eq!(
+        core.store.ledger().snapshot(account).await.unwrap(),
+        Some(snapshot)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}

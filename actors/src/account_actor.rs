@@ -6,7 +6,7 @@
 //! store and the actor goes on, while the caller's answer waits for the
 //! commit that holds the write.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,10 @@ enum Lifecycle {
     Missing,
     /// Stopping after idleness; messages are handed back to the registry.
     Passivating,
+    /// The snapshot could not be read (the store is away): what waited is
+    /// answered with the store's error, and the next mutation reads it
+    /// again, so no caller waits longer than one read.
+    Unloaded,
 }
 
 /// How many times one mutation is computed again after the ledger moved on
@@ -151,6 +155,22 @@ struct InFlight {
     snapshot_after: Packed,
     /// How many times this mutation has been computed (1 the first time).
     attempts: u8,
+    /// The actor's generation when it was written: an answer for an older
+    /// write of the same key (already redone) is not this one's.
+    generation: u64,
+    /// The store's answer, once it has come, until the writes before this
+    /// one are settled.
+    outcome: Option<Result<(), StoreError>>,
+}
+
+/// What computing a mutation came to.
+enum Step {
+    /// Written or answered.
+    Done,
+    /// It must wait for the writes in flight to be settled.
+    Wait(Retry),
+    /// Its key is being looked up: nothing later goes before the answer.
+    Paused,
 }
 
 /// A mutation to compute again on a reloaded snapshot, with its callers.
@@ -265,6 +285,12 @@ pub struct AccountActor {
     /// Writes queued to the store and not yet answered. Boxed and made on
     /// demand: an idle actor has none.
     in_flight: Option<Box<Pipeline>>,
+    /// Mutations that wait for the writes in flight to be settled, in
+    /// order, and every mutation that arrived after them (see
+    /// [`AccountActor::compute`]). Boxed and made on demand.
+    // Boxed on purpose: 8 bytes in every actor instead of 32.
+    #[allow(clippy::box_collection)]
+    deferred: Option<Box<VecDeque<Retry>>>,
     /// The store refuses writes of older generations of this account after
     /// a failure; a reload takes a new one.
     generation: u64,
@@ -279,6 +305,9 @@ struct Pipeline {
     /// The writes by idempotency key, so a repeated key joins the write
     /// instead of making another.
     writes: HashMap<IdempotencyKey, InFlight>,
+    /// The writes' keys in `seq` order: answers are settled in this order,
+    /// whatever order they arrive in.
+    order: VecDeque<IdempotencyKey>,
     /// The last committed snapshot: what `GetBalance` answers while writes
     /// are in flight.
     committed: Packed,
@@ -293,6 +322,7 @@ impl AccountActor {
             shared,
             working: Packed::EMPTY,
             in_flight: None,
+            deferred: None,
             generation,
             last_activity_ms,
             lifecycle: Lifecycle::Ready,
@@ -315,17 +345,19 @@ impl AccountActor {
     /// Loads the committed snapshot, holding every message until it is in,
     /// then computes `then` again on it. A store that cannot be read is
     /// retried, because answering from a guessed state is never right.
-    fn load_snapshot(&mut self, then: Option<Retry>, ctx: &mut Context<Self>) {
+    fn load_snapshot(&mut self, then: Vec<Retry>, ctx: &mut Context<Self>) {
         let load = self.shared.store.ledger().snapshot(self.account_id);
         ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
             Ok(Some(snapshot)) => {
+                if actor.lifecycle == Lifecycle::Unloaded {
+                    actor.lifecycle = Lifecycle::Ready;
+                }
                 actor.working = Packed::pack(snapshot);
                 if let Some(pipeline) = actor.in_flight.as_mut() {
                     pipeline.committed = actor.working;
                 }
-                if let Some(retry) = then {
-                    actor.begin_retry(retry, ctx);
-                }
+                // In their first order, before any later message.
+                actor.resume(then, ctx);
             }
             Ok(None) => {
                 // Answer what arrives for a short while, then stop: a later
@@ -333,19 +365,18 @@ impl AccountActor {
                 // account created meanwhile is found. (A stopping actor
                 // drops its queued messages, which the registry resends.)
                 actor.lifecycle = Lifecycle::Missing;
-                if let Some(retry) = then {
-                    actor.begin_retry(retry, ctx);
-                }
+                actor.resume(then, ctx);
                 ctx.run_later(MISSING_ACCOUNT_LINGER, |actor, ctx| actor.unlist_and_stop(ctx));
             }
             Err(error) => {
-                tracing::error!(account_id = %actor.account_id, %error, "cannot load snapshot; retrying");
-                let pause = actix::clock::sleep(Duration::from_millis(100));
-                ctx.wait(
-                    pause
-                        .into_actor(actor)
-                        .map(|_, actor, ctx| actor.load_snapshot(then, ctx)),
-                );
+                tracing::error!(account_id = %actor.account_id, %error, "cannot load snapshot; the next message tries again");
+                actor.lifecycle = Lifecycle::Unloaded;
+                let waiting = actor.deferred.take().map(|deferred| *deferred).unwrap_or_default();
+                for retry in then.into_iter().chain(waiting) {
+                    for waiter in retry.waiters {
+                        let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                    }
+                }
             }
         }));
     }
@@ -357,6 +388,11 @@ impl AccountActor {
             Lifecycle::Ready => Ok(()),
             Lifecycle::Missing => Err(LedgerError::AccountNotFound(self.account_id)),
             Lifecycle::Passivating => Err(LedgerError::Passivated),
+            // A mutation reads the snapshot first (see `compute`); a balance
+            // cannot be told without it.
+            Lifecycle::Unloaded => Err(LedgerError::Store(StoreError::Database(
+                "the account's snapshot could not be read; try again".into(),
+            ))),
         }
     }
 
@@ -382,9 +418,53 @@ impl AccountActor {
     }
 
     /// Computes a mutation (for the first time, or again after the ledger
-    /// moved on under it) and queues its write; its callers are answered
-    /// when the write is decided.
+    /// moved on under it) and queues its write, unless earlier mutations
+    /// wait: then it waits behind them, so that order holds.
     fn begin_retry(&mut self, retry: Retry, ctx: &mut Context<Self>) {
+        if let Some(deferred) = self.deferred.as_mut() {
+            deferred.push_back(retry);
+            return;
+        }
+        match self.compute(retry, ctx) {
+            Step::Done => {}
+            Step::Wait(waiting) => self.deferred = Some(Box::new(VecDeque::from([waiting]))),
+            Step::Paused => self.deferred = Some(Box::default()),
+        }
+    }
+
+    /// Puts `first` ahead of whatever waits, then computes what waits in
+    /// order, for as long as nothing needs the writes in flight settled.
+    fn resume(&mut self, first: Vec<Retry>, ctx: &mut Context<Self>) {
+        let mut queue = self
+            .deferred
+            .take()
+            .map(|deferred| *deferred)
+            .unwrap_or_default();
+        for retry in first.into_iter().rev() {
+            queue.push_front(retry);
+        }
+        while let Some(retry) = queue.pop_front() {
+            match self.compute(retry, ctx) {
+                Step::Done => {}
+                Step::Wait(waiting) => {
+                    queue.push_front(waiting);
+                    self.deferred = Some(Box::new(queue));
+                    return;
+                }
+                Step::Paused => {
+                    self.deferred = Some(Box::new(queue));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Computes a mutation and queues its write, or answers it; gives it
+    /// back if it cannot be decided while writes are in flight: a refusal
+    /// (no credit, a key another amount holds) computed on writes that the
+    /// store may still refuse (a key the ledger already holds) could be
+    /// wrong, so it waits for them to be settled.
+    fn compute(&mut self, retry: Retry, ctx: &mut Context<Self>) -> Step {
         let Retry {
             mutation,
             mut waiters,
@@ -398,8 +478,20 @@ impl AccountActor {
                 }));
             }
         };
+        if self.lifecycle == Lifecycle::Unloaded && self.in_flight.is_none() {
+            // Read the snapshot again first; nothing later goes before it.
+            self.last_activity_ms = self.shared.activity_ms();
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            self.load_snapshot(vec![retry], ctx);
+            return Step::Paused;
+        }
         if let Err(error) = self.admit() {
-            return answer_all(waiters, Err(error));
+            answer_all(waiters, Err(error));
+            return Step::Done;
         }
         let joined = self
             .in_flight
@@ -408,17 +500,74 @@ impl AccountActor {
         if let Some(in_flight) = joined {
             if in_flight.entry.kind == mutation.kind && in_flight.entry.amount == mutation.amount {
                 in_flight.waiters.append(&mut waiters);
-                return;
+                return Step::Done;
             }
-            let refusal = conflict(&in_flight.entry);
-            return answer_all(waiters, Err(refusal));
+            // Another amount under a key in flight: what the key holds is
+            // known once that write is settled.
+            return Step::Wait(Retry {
+                mutation,
+                waiters,
+                attempts,
+            });
         }
         if self.in_flight_count() >= self.shared.settings.max_in_flight {
-            return answer_all(waiters, Err(LedgerError::Busy));
+            answer_all(waiters, Err(LedgerError::Busy));
+            return Step::Done;
         }
-        // The key may have been used by an earlier activation (or another
-        // process): ask the ledger, holding later messages so that they are
-        // applied in order.
+        // No read first: the write goes out, and if the key was used by an
+        // earlier activation (or another process), the ledger's unique index
+        // refuses it (`DuplicateKey`) and only then is the row looked up.
+        // A refusal decided here (no credit, out of range) is looked up
+        // too before it is answered: a retried request whose key already
+        // took effect gets that first outcome, whatever the balance now.
+        if let Err(refusal) = self.refusal(&mutation) {
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            if self.in_flight.is_some() {
+                return Step::Wait(retry);
+            }
+            // Nothing later is written before the key is looked up: a later
+            // write of the same key must not be what the lookup finds.
+            self.answer_from_ledger(retry, refusal, true, ctx);
+            return Step::Paused;
+        }
+        match self.apply(mutation, attempts + 1, ctx) {
+            Ok(in_flight) => in_flight.waiters.append(&mut waiters),
+            Err(error) => answer_all(waiters, Err(error)),
+        }
+        Step::Done
+    }
+
+    /// What the working state refuses of a mutation before any write.
+    fn refusal(&self, mutation: &Mutation) -> Result<(), LedgerError> {
+        let balance_after = self.working.balance.checked_add(mutation.amount)?;
+        if mutation.kind == TransactionKind::Debit && balance_after.is_negative() {
+            return Err(LedgerError::InsufficientCredit {
+                balance: self.working.balance,
+                needed: -mutation.amount,
+            });
+        }
+        Ok(())
+    }
+
+    /// Answers the callers of a mutation from the ledger's row with its
+    /// key: the row if it is the same request, a conflict if not; with no
+    /// such row, `otherwise`. A key's row is there for good, so one read
+    /// decides; if it cannot be read, the callers are told nothing was
+    /// applied.
+    fn answer_from_ledger(
+        &mut self,
+        retry: Retry,
+        otherwise: LedgerError,
+        then_resume: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let Retry {
+            mutation, waiters, ..
+        } = retry;
         let lookup = self
             .shared
             .store
@@ -426,17 +575,19 @@ impl AccountActor {
             .entry_by_key(self.account_id, mutation.idempotency_key.clone());
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
-                Err(error) => Err(LedgerError::from(error)),
                 Ok(Some(existing)) => replay(existing, &mutation),
-                Ok(None) => match actor.apply(mutation, attempts + 1, ctx) {
-                    Ok(in_flight) => {
-                        in_flight.waiters.append(&mut waiters);
-                        return;
-                    }
-                    Err(error) => Err(error),
-                },
+                Ok(None) => Err(otherwise),
+                Err(error) => Err(LedgerError::from(error)),
             };
-            answer_all(waiters, outcome);
+            for (index, waiter) in waiters.into_iter().enumerate() {
+                let _ = waiter.send(outcome.clone().map(|receipt| Receipt {
+                    replayed: receipt.replayed || index > 0,
+                    ..receipt
+                }));
+            }
+            if then_resume {
+                actor.resume(Vec::new(), ctx);
+            }
         }));
     }
 
@@ -524,23 +675,23 @@ impl AccountActor {
         ctx.spawn(commit.into_actor(self).map(move |result, actor, ctx| {
             actor.on_write_done(&done_key, generation, result, ctx)
         }));
-        Ok(self
-            .in_flight
-            .get_or_insert_with(|| {
-                Box::new(Pipeline {
-                    writes: HashMap::new(),
-                    committed: committed_before,
-                })
+        let pipeline = self.in_flight.get_or_insert_with(|| {
+            Box::new(Pipeline {
+                writes: HashMap::new(),
+                order: VecDeque::new(),
+                committed: committed_before,
             })
-            .writes
-            .entry(key)
-            .or_insert(InFlight {
-                entry,
-                warning_due,
-                waiters: Vec::with_capacity(1),
-                snapshot_after,
-                attempts,
-            }))
+        });
+        pipeline.order.push_back(key.clone());
+        Ok(pipeline.writes.entry(key).or_insert(InFlight {
+            entry,
+            warning_due,
+            waiters: Vec::with_capacity(1),
+            snapshot_after,
+            attempts,
+            generation,
+            outcome: None,
+        }))
     }
 
     /// Answers the callers of one write once the store has decided it.
@@ -554,13 +705,60 @@ impl AccountActor {
         let Some(pipeline) = self.in_flight.as_mut() else {
             return;
         };
-        let Some(in_flight) = pipeline.writes.remove(key) else {
+        // An answer for a write already taken back and redone is stale.
+        match pipeline.writes.get_mut(key) {
+            Some(in_flight) if in_flight.generation == generation => {
+                in_flight.outcome = Some(result);
+            }
+            _ => return,
+        }
+        // Settle answers in `seq` order: a refusal handled before the
+        // commit of an earlier write would take that write back too.
+        loop {
+            let Some(pipeline) = self.in_flight.as_mut() else {
+                return;
+            };
+            let Some(head) = pipeline.order.front() else {
+                return;
+            };
+            let ready = pipeline
+                .writes
+                .get(head)
+                .is_some_and(|in_flight| in_flight.outcome.is_some());
+            if !ready {
+                return;
+            }
+            let Some(head) = pipeline.order.pop_front() else {
+                return;
+            };
+            let Some(mut in_flight) = pipeline.writes.remove(&head) else {
+                continue;
+            };
+            let Some(result) = in_flight.outcome.take() else {
+                continue;
+            };
+            let generation = in_flight.generation;
+            self.settle(&head, generation, in_flight, result, ctx);
+        }
+    }
+
+    /// Answers the callers of one write, the writes before it settled.
+    fn settle(
+        &mut self,
+        key: &IdempotencyKey,
+        generation: u64,
+        in_flight: InFlight,
+        result: Result<(), StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(pipeline) = self.in_flight.as_mut() else {
             return;
         };
         if result.is_ok() && in_flight.snapshot_after.seq > pipeline.committed.seq {
             pipeline.committed = in_flight.snapshot_after;
         }
-        if pipeline.writes.is_empty() {
+        let settled = pipeline.writes.is_empty();
+        if settled {
             // Every write is answered: what is committed is the working
             // state (after a failure, the reload below replaces both).
             self.in_flight = None;
@@ -583,6 +781,10 @@ impl AccountActor {
                         low_balance_warning_due: in_flight.warning_due && index == 0,
                     }));
                 }
+                if settled {
+                    // What waited for the writes to be settled goes on.
+                    self.resume(Vec::new(), ctx);
+                }
             }
             Err(error) => {
                 // Memory ran ahead of a write that did not land: start again
@@ -598,6 +800,18 @@ impl AccountActor {
                 // earlier write of it failed): compute it again, invisibly
                 // to its callers. A failed commit is answered instead: the
                 // store itself is in trouble.
+                let redo = matches!(
+                    error,
+                    StoreError::Conflict | StoreError::Aborted | StoreError::DuplicateKey
+                );
+                if reload && redo {
+                    // Every later write of this generation will be refused
+                    // too: take them all back now and compute them again, in
+                    // their first order, before any later message, so that
+                    // what callers sent in order is applied in order.
+                    self.redo_from(key, in_flight, error, ctx);
+                    return;
+                }
                 let again = matches!(error, StoreError::Conflict | StoreError::Aborted)
                     && in_flight.attempts < MAX_ATTEMPTS;
                 if again {
@@ -611,9 +825,12 @@ impl AccountActor {
                     retry.attempts = retry.attempts.saturating_sub(1 - spent);
                     if reload {
                         tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");
-                        self.load_snapshot(Some(retry), ctx);
+                        self.load_snapshot(vec![retry], ctx);
                     } else {
                         self.begin_retry(retry, ctx);
+                        if settled {
+                            self.resume(Vec::new(), ctx);
+                        }
                     }
                     return;
                 }
@@ -622,10 +839,65 @@ impl AccountActor {
                 }
                 if reload {
                     tracing::warn!(account_id = %self.account_id, %error, "write failed; reloading snapshot");
-                    self.load_snapshot(None, ctx);
+                    self.load_snapshot(Vec::new(), ctx);
+                } else if settled {
+                    self.resume(Vec::new(), ctx);
                 }
             }
         }
+    }
+
+    /// After the first refused write of a generation (`failed`, refused
+    /// with `error`): reloads the snapshot, then computes again, in `seq`
+    /// order, the refused write and every later one still in flight (the
+    /// store refuses them all). A write refused for its key is answered
+    /// from the ledger instead.
+    fn redo_from(
+        &mut self,
+        failed_key: &IdempotencyKey,
+        failed: InFlight,
+        error: StoreError,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut later: Vec<(IdempotencyKey, InFlight)> = self
+            .in_flight
+            .take()
+            .map(|pipeline| pipeline.writes.into_iter().collect())
+            .unwrap_or_default();
+        later.sort_by_key(|(_, in_flight)| in_flight.entry.seq);
+        let mut redo = Vec::with_capacity(later.len() + 1);
+        match error {
+            StoreError::DuplicateKey => {
+                self.answer_from_ledger(
+                    Retry::of(failed_key.clone(), failed),
+                    LedgerError::Store(StoreError::DuplicateKey),
+                    // The snapshot's reload follows; what waits resumes after it.
+                    false,
+                    ctx,
+                );
+            }
+            _ if failed.attempts >= MAX_ATTEMPTS => {
+                for waiter in failed.waiters {
+                    let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                }
+            }
+            _ => {
+                // Only a write whose own guard failed spends an attempt.
+                let spent = u8::from(matches!(error, StoreError::Conflict));
+                let mut retry = Retry::of(failed_key.clone(), failed);
+                retry.attempts = retry.attempts.saturating_sub(1 - spent);
+                redo.push(retry);
+            }
+        }
+        for (key, in_flight) in later {
+            let mut retry = Retry::of(key, in_flight);
+            retry.attempts = retry.attempts.saturating_sub(1);
+            redo.push(retry);
+        }
+        if matches!(error, StoreError::Conflict) {
+            tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");
+        }
+        self.load_snapshot(redo, ctx);
     }
 
     /// Stops this actor if it has been idle for the passivation time with
@@ -637,7 +909,8 @@ impl AccountActor {
             .wrapping_sub(self.last_activity_ms);
         if u128::from(idle_ms) >= passivation_millis(self.shared.settings.passivate_after)
             && self.in_flight.is_none()
-            && self.lifecycle == Lifecycle::Ready
+            && self.deferred.is_none()
+            && matches!(self.lifecycle, Lifecycle::Ready | Lifecycle::Unloaded)
         {
             self.lifecycle = Lifecycle::Passivating;
             self.unlist_and_stop(ctx);
@@ -684,7 +957,7 @@ impl Actor for AccountActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(self.shared.settings.mailbox_capacity);
-        self.load_snapshot(None, ctx);
+        self.load_snapshot(Vec::new(), ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
@@ -812,7 +1085,7 @@ impl Handler<LedgerMoved> for AccountActor {
             && self.in_flight.is_none()
             && self.working.seq < message.seq
         {
-            self.load_snapshot(None, ctx);
+            self.load_snapshot(Vec::new(), ctx);
         }
     }
 }

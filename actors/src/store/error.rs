@@ -18,6 +18,11 @@ pub enum StoreError {
     Conflict,
     #[error("not applied, because an earlier write of the same account failed")]
     Aborted,
+    /// The ledger already holds a row of this account with the write's
+    /// idempotency key (the unique index decided): nothing was applied; the
+    /// caller answers with what that row says.
+    #[error("the ledger already holds this idempotency key for the account; nothing was applied")]
+    DuplicateKey,
     #[error("the store is shut down")]
     Closed,
     #[error("database error: {0}")]

@@ -520,6 +520,16 @@ async fn apply_ledger(
     Ok(fates)
 }
 
+/// Whether an insert clashed with the ledger's unique
+/// `(account_id, idempotency_key)` index: the key is already used.
+fn is_duplicate_key(error: &tokio_postgres::Error) -> bool {
+    is_unique_violation(error)
+        && error
+            .as_db_error()
+            .and_then(|db| db.constraint())
+            .is_some_and(|constraint| constraint == "transactions_account_idempotency_key")
+}
+
 /// The careful path, after the bulk path met a clash: each write in a
 /// savepoint of its own, so that only the clashing one fails.
 async fn apply_ledger_one_by_one(
@@ -559,6 +569,12 @@ async fn apply_ledger_one_by_one(
                 savepoint.rollback().await?;
                 failed_accounts.insert(account_id);
                 fates.push(Fate::Refused(StoreError::Conflict));
+            }
+            Err(error) if is_duplicate_key(&error) => {
+                // The key is used: the caller looks up what it became.
+                savepoint.rollback().await?;
+                failed_accounts.insert(account_id);
+                fates.push(Fate::Refused(StoreError::DuplicateKey));
             }
             Err(error) if error.as_db_error().is_some() && !is_retryable(&error) => {
                 savepoint.rollback().await?;

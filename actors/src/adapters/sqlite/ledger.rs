@@ -39,9 +39,23 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
 const ENTRY_COLUMNS: &str =
     "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at";
 
+/// Whether a failed insert clashed with the ledger's unique
+/// `(account_id, idempotency_key)` index: the key is already used.
+pub(super) fn is_duplicate_key(error: &rusqlite::Error) -> bool {
+    match error {
+        rusqlite::Error::SqliteFailure(failure, Some(message)) => {
+            failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                && message.contains("transactions.idempotency_key")
+        }
+        _ => false,
+    }
+}
+
 /// Appends one ledger row and moves the snapshot from `previous` to `next`.
 /// Returns `false`, changing nothing, if the snapshot on disk is no longer
-/// `previous` (someone else wrote to this account).
+/// `previous` (someone else wrote to this account). An idempotency key
+/// already in the account's ledger fails the insert (the unique index
+/// decides; see [`is_duplicate_key`]) and changes nothing either.
 pub(super) fn append_entry(
     connection: &Connection,
     entry: &LedgerEntry,

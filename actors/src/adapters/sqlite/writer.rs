@@ -292,6 +292,9 @@ impl Writer {
                         write.done,
                         StoreError::CommitFailed(error.to_string()),
                     ));
+                } else if ledger::is_duplicate_key(&error) {
+                    // The key is used: the caller looks up what it became.
+                    refused.push(Refused::Ledger(write.done, StoreError::DuplicateKey));
                 } else {
                     tracing::warn!(%account_id, error = %error, "ledger write refused");
                     refused.push(Refused::Ledger(write.done, StoreError::Conflict));

@@ -552,14 +552,14 @@ async fn a_key_from_an_earlier_activation_is_decided_by_the_ledgers_unique_index
     entry.seq = snapshot.seq + 1;
     entry.balance_after = Money::from_micros(400);
     entry.amount = Money::from_micros(-100);
-    let mut next = snapshot.clone();
+    let mut next = snapshot;
     next.seq += 1;
     next.balance = Money::from_micros(400);
     core.store
         .ledger()
         .submit(sms_credit_actors::store::LedgerWrite {
             entry,
-            previous: snapshot.clone(),
+            previous: snapshot,
             next,
             generation: core.store.next_generation(),
             done,

@@ -802,7 +802,10 @@ impl AccountActor {
                 // store itself is in trouble.
                 let redo = matches!(
                     error,
-                    StoreError::Conflict | StoreError::Aborted | StoreError::DuplicateKey
+                    StoreError::Conflict
+                        | StoreError::MovedOn(_)
+                        | StoreError::Aborted
+                        | StoreError::DuplicateKey
                 );
                 if reload && redo {
                     // Every later write of this generation will be refused
@@ -883,7 +886,10 @@ impl AccountActor {
             }
             _ => {
                 // Only a write whose own guard failed spends an attempt.
-                let spent = u8::from(matches!(error, StoreError::Conflict));
+                let spent = u8::from(matches!(
+                    error,
+                    StoreError::Conflict | StoreError::MovedOn(_)
+                ));
                 let mut retry = Retry::of(failed_key.clone(), failed);
                 retry.attempts = retry.attempts.saturating_sub(1 - spent);
                 redo.push(retry);
@@ -893,6 +899,12 @@ impl AccountActor {
             let mut retry = Retry::of(key, in_flight);
             retry.attempts = retry.attempts.saturating_sub(1);
             redo.push(retry);
+        }
+        if let StoreError::MovedOn(snapshot) = error {
+            // The store said where the account stands: no read back.
+            self.working = Packed::pack(snapshot);
+            self.resume(redo, ctx);
+            return;
         }
         if matches!(error, StoreError::Conflict) {
             tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");

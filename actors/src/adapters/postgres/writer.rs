@@ -23,7 +23,8 @@ use super::{
     describe, is_retryable, is_unique_violation, Connector, CustomFailure, CustomWrite,
     ErasedValue, OpFailure, WriterMessage,
 };
-use crate::ledger::{AccountId, LedgerEntry};
+use crate::ledger::{AccountId, LedgerEntry, Snapshot};
+use crate::money::Money;
 use crate::store::change_notes;
 use crate::store::{LedgerWrite, Shared, StoreError};
 
@@ -260,7 +261,7 @@ impl Writer {
                                 .observe(queued_at.elapsed().as_micros() as u64);
                         }
                         Fate::Refused(error) => {
-                            if matches!(error, StoreError::Conflict) {
+                            if matches!(error, StoreError::Conflict | StoreError::MovedOn(_)) {
                                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                             }
                             self.poison(write.entry.account_id, write.generation);
@@ -493,8 +494,12 @@ async fn apply_ledger(
     let mut rows = Rows::default();
     let mut notices = Notices::default();
     let mut moved = Vec::new();
+    let mut lost: Vec<(i64, usize)> = Vec::new();
     for (account_id, indexes) in &chains {
         if !passed.contains(&account_id.0) {
+            // Another instance wrote first: the chain's head learns where
+            // the account stands (read below, in the same round trip).
+            lost.push((account_id.0, indexes[0]));
             continue;
         }
         let first = ledger[indexes[0]].entry.seq;
@@ -511,12 +516,39 @@ async fn apply_ledger(
     for index in broken {
         fates[index] = Fate::Refused(StoreError::Conflict);
     }
-    // The rows, the notices and the notification: one more round trip.
-    futures_util::try_join!(
+    // The rows, the notices, the notification and where the lost chains'
+    // accounts stand (their rows are locked: this is the latest commit):
+    // one more round trip.
+    let lost_accounts: Vec<i64> = lost.iter().map(|(account_id, _)| *account_id).collect();
+    let standing = async {
+        if lost_accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        transaction
+            .query(
+                "SELECT account_id, balance, seq, low_balance_warned_at FROM account_balances
+                  WHERE account_id = ANY($1)",
+                &[&lost_accounts],
+            )
+            .await
+    };
+    let (_, _, _, standing) = futures_util::try_join!(
         rows.insert(transaction, prepared),
         notices.insert(transaction, prepared),
         notify(transaction, prepared, origin, &moved),
+        standing,
     )?;
+    for row in standing {
+        let account_id: i64 = row.try_get(0)?;
+        let snapshot = Snapshot {
+            balance: Money::from_micros(row.try_get(1)?),
+            seq: row.try_get(2)?,
+            low_balance_warned_at_ms: row.try_get(3)?,
+        };
+        if let Some((_, head)) = lost.iter().find(|(lost_id, _)| *lost_id == account_id) {
+            fates[*head] = Fate::Refused(StoreError::MovedOn(snapshot));
+        }
+    }
     Ok(fates)
 }
 

@@ -575,3 +575,55 @@ async fn a_key_from_an_earlier_activation_is_decided_by_the_ledgers_unique_index
     core.shutdown().await;
     assert_verified(&directory);
 }
+
+on_both_stores!(a_stale_write_is_refused_with_where_the_account_stands);
+/// A write computed on a snapshot that is no longer the one on disk changes
+/// nothing and is refused with the snapshot as it stands, on both stores.
+async fn a_stale_write_is_refused_with_where_the_account_stands() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550212").await;
+    let first = core
+        .registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    let now = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut stale = now;
+    stale.seq = 0;
+    stale.balance = Money::ZERO;
+    let mut next = stale;
+    next.seq = 1;
+    next.balance = Money::from_micros(7);
+    let mut entry = first.entry.clone();
+    entry.seq = 1;
+    entry.amount = Money::from_micros(7);
+    entry.balance_after = Money::from_micros(7);
+    entry.idempotency_key = "stale".into();
+    let (done, answer) = tokio::sync::oneshot::channel();
+    core.store
+        .ledger()
+        .submit(sms_credit_actors::store::LedgerWrite {
+            entry,
+            previous: stale,
+            next,
+            generation: core.store.next_generation(),
+            done,
+            submitted_at: std::time::Instant::now(),
+            notice: None,
+        })
+        .unwrap();
+    assert_eq!(answer.await.unwrap(), Err(StoreError::MovedOn(now)));
+    assert_eq!(
+        core.store.ledger().snapshot(account).await.unwrap(),
+        Some(now)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}

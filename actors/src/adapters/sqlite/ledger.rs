@@ -119,7 +119,7 @@ pub(super) fn append_entry(
     Ok(true)
 }
 
-fn load_snapshot(
+pub(super) fn load_snapshot(
     connection: &Connection,
     account_id: AccountId,
 ) -> Result<Option<Snapshot>, StoreError> {

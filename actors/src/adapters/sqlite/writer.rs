@@ -280,7 +280,14 @@ impl Writer {
             Ok(false) => {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 self.poison(account_id, write.generation);
-                refused.push(Refused::Ledger(write.done, StoreError::Conflict));
+                // Where the account stands, read in this transaction (the
+                // writer holds SQLite's write lock): the actor computes
+                // again from it without reading it back.
+                let error = match ledger::load_snapshot(&self.connection, account_id) {
+                    Ok(Some(snapshot)) => StoreError::MovedOn(snapshot),
+                    _ => StoreError::Conflict,
+                };
+                refused.push(Refused::Ledger(write.done, error));
             }
             Err(error) => {
                 self.poison(account_id, write.generation);

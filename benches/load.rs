@@ -4,8 +4,12 @@
 //! p50/p99 latency, errors and the ratio to `/healthz`.
 //!
 //! `cargo bench --bench load` (options: `-- --seconds N --connections N
-//! --accounts N`). It starts `target/release/sms-credit serve` on a fresh
-//! database with Twilio pointed at a local fake.
+//! --accounts N --database URL`). It starts `target/release/sms-credit
+//! serve` on a fresh database (SQLite in a temporary directory, or the
+//! Postgres database `--database` names, which must be empty) with Twilio
+//! pointed at a local fake. Phases: `/healthz`, inbound SMS, outbound
+//! messages, and durable admin adjustments (each a ledger row, answered
+//! only once committed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,13 +27,14 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 const ADMIN_TOKEN: &str = "bench-admin-token";
-const API_KEY: &str = "bench-api-key";
+const API_KEY: &str = "bench-host-application-key";
 const PUBLIC_URL: &str = "https://sms.example.com";
 
 struct Options {
     seconds: u64,
     connections: usize,
     accounts: usize,
+    database: Option<String>,
 }
 
 fn options() -> Options {
@@ -37,6 +42,7 @@ fn options() -> Options {
         seconds: 5,
         connections: 32,
         accounts: 1_000,
+        database: None,
     };
     let arguments: Vec<String> = std::env::args().collect();
     for pair in arguments.windows(2) {
@@ -45,6 +51,7 @@ fn options() -> Options {
             ("--seconds", Some(value)) => options.seconds = value.max(1),
             ("--connections", Some(value)) => options.connections = value.max(1) as usize,
             ("--accounts", Some(value)) => options.accounts = value.clamp(1, 10_000) as usize,
+            ("--database", _) => options.database = Some(pair[1].clone()),
             _ => {}
         }
     }
@@ -141,7 +148,13 @@ fn main() {
         let twilio = fake_twilio::FakeTwilio::start().await;
         let mut server = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
             .arg("serve")
-            .env("SMS_CREDIT_DATABASE", directory.path().join("load.db"))
+            .env(
+                "SMS_CREDIT_DATABASE",
+                options
+                    .database
+                    .clone()
+                    .unwrap_or_else(|| directory.path().join("load.db").display().to_string()),
+            )
             .env("SMS_CREDIT_BIND", "127.0.0.1:0")
             .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("SMS_CREDIT_METRICS_TOKEN", ADMIN_TOKEN)
@@ -224,9 +237,29 @@ fn main() {
                 }))
         });
 
+        let adjustments_url = format!("{base}/v1/admin/accounts");
+        // Keys from one counter over every phase: each adjustment is a new
+        // ledger row, never a replay of the warm-up's.
+        let adjusted = Rc::new(std::cell::Cell::new(0u64));
+        let adjustment: MakeRequest = Rc::new(move |client, number| {
+            adjusted.set(adjusted.get() + 1);
+            let key = adjusted.get();
+            client
+                .post(format!(
+                    "{adjustments_url}/{}/adjustments",
+                    number % accounts + 1
+                ))
+                .bearer_auth(ADMIN_TOKEN)
+                .send_json(&json!({
+                    "amount_micros": 1_000,
+                    "reason": "load",
+                    "idempotency_key": format!("adjust-{key}"),
+                }))
+        });
+
         let mut phases = Vec::new();
         // A short warm-up of every path, not measured.
-        for make in [&healthz, &inbound, &outbound] {
+        for make in [&healthz, &inbound, &outbound, &adjustment] {
             run_phase("warm-up", 1, options.connections, Rc::clone(make)).await;
         }
         let metrics_url = format!("{base}/metrics");
@@ -254,6 +287,7 @@ fn main() {
             ("GET /healthz", healthz),
             ("POST /webhooks/twilio/sms", inbound),
             ("POST /v1/messages", outbound),
+            ("POST …/adjustments", adjustment),
         ] {
             let before = store_figures(client.clone(), metrics_url.clone()).await;
             phases.push(run_phase(name, options.seconds, options.connections, make).await);

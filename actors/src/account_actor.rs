@@ -815,36 +815,51 @@ impl AccountActor {
                     self.redo_from(key, in_flight, error, ctx);
                     return;
                 }
-                let again = matches!(error, StoreError::Conflict | StoreError::Aborted)
-                    && in_flight.attempts < MAX_ATTEMPTS;
-                if again {
-                    // Only the write whose own guard failed spends an
-                    // attempt. One refused because an earlier write failed
-                    // did not meet the other writer itself, and under heavy
-                    // contention a deep pipeline would otherwise spend all
-                    // its attempts behind heads that each lost once.
-                    let spent = u8::from(matches!(error, StoreError::Conflict));
-                    let mut retry = Retry::of(key.clone(), in_flight);
-                    retry.attempts = retry.attempts.saturating_sub(1 - spent);
-                    if reload {
-                        tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");
-                        self.load_snapshot(vec![retry], ctx);
-                    } else {
+                if reload {
+                    // A failed commit: the store itself is in trouble. Its
+                    // callers are told; memory falls back to disk.
+                    for waiter in in_flight.waiters {
+                        let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                    }
+                    tracing::warn!(account_id = %self.account_id, %error, "write failed; reloading snapshot");
+                    self.load_snapshot(Vec::new(), ctx);
+                    return;
+                }
+                // A write of a generation already given up after a failed
+                // commit (the reload is under way or done): computed again
+                // on what was reloaded, or answered from the key's row.
+                match error {
+                    StoreError::DuplicateKey => self.answer_from_ledger(
+                        Retry::of(key.clone(), in_flight),
+                        LedgerError::Store(StoreError::DuplicateKey),
+                        settled,
+                        ctx,
+                    ),
+                    StoreError::Conflict | StoreError::MovedOn(_) | StoreError::Aborted
+                        if in_flight.attempts < MAX_ATTEMPTS =>
+                    {
+                        // Only the write whose own guard failed spends an
+                        // attempt. One refused because an earlier write
+                        // failed did not meet the other writer itself, and
+                        // under heavy contention a deep pipeline would
+                        // otherwise spend all its attempts behind heads
+                        // that each lost once.
+                        let spent = u8::from(!matches!(error, StoreError::Aborted));
+                        let mut retry = Retry::of(key.clone(), in_flight);
+                        retry.attempts = retry.attempts.saturating_sub(1 - spent);
                         self.begin_retry(retry, ctx);
                         if settled {
                             self.resume(Vec::new(), ctx);
                         }
                     }
-                    return;
-                }
-                for waiter in in_flight.waiters {
-                    let _ = waiter.send(Err(LedgerError::Store(error.clone())));
-                }
-                if reload {
-                    tracing::warn!(account_id = %self.account_id, %error, "write failed; reloading snapshot");
-                    self.load_snapshot(Vec::new(), ctx);
-                } else if settled {
-                    self.resume(Vec::new(), ctx);
+                    _ => {
+                        for waiter in in_flight.waiters {
+                            let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                        }
+                        if settled {
+                            self.resume(Vec::new(), ctx);
+                        }
+                    }
                 }
             }
         }

@@ -134,10 +134,11 @@ fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(
     if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         return Ok(());
     }
-    match address.and_then(|address| state.wrong_tokens.failed(address)) {
-        Some(wait) => Err(ApiError::TooManyAttempts(wait)),
-        None => Err(ApiError::Unauthorized),
-    }
+    Err(crate::limits::wrong_guess(
+        state,
+        request,
+        ApiError::Unauthorized,
+    ))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

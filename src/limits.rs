@@ -121,6 +121,21 @@ pub fn anonymous_call(
     }
 }
 
+/// A wrong guess (a token, a sign-in code, a Checkout Session id) from the
+/// request's address: `429` once the address has guessed too often in a
+/// minute, else `answer`.
+pub fn wrong_guess(
+    state: &crate::state::AppState,
+    request: &actix_web::HttpRequest,
+    answer: crate::error::ApiError,
+) -> crate::error::ApiError {
+    let address = client_address(request, &state.settings.access.trusted_proxies);
+    match address.and_then(|address| state.wrong_tokens.failed(address)) {
+        Some(wait) => crate::error::ApiError::TooManyAttempts(wait),
+        None => answer,
+    }
+}
+
 /// The address a request is counted under: the connection's peer, or, when
 /// the peer is one of `trusted` proxies, the last address in its
 /// `X-Forwarded-For` that is not a trusted proxy itself (what a client

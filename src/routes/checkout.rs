@@ -144,11 +144,8 @@ pub async fn session_status(
     let order = state.store.billing().order_by_session(session_id).await?;
     let Some(order) = order else {
         // An unknown id is a guess: it counts with wrong tokens.
-        let address = crate::limits::client_address(&http, &state.settings.access.trusted_proxies);
-        if let Some(wait) = address.and_then(|address| state.wrong_tokens.failed(address)) {
-            return Err(ApiError::TooManyAttempts(wait));
-        }
-        return Err(ApiError::NotFound("no such checkout".to_string()));
+        let not_found = ApiError::NotFound("no such checkout".to_string());
+        return Err(crate::limits::wrong_guess(&state, &http, not_found));
     };
     Ok(HttpResponse::Ok().json(SessionStatus {
         status: order.status.as_str().to_string(),

@@ -100,7 +100,6 @@ pub async fn sign_in(
     body: web::Json<SignInRequest>,
 ) -> Result<HttpResponse, ApiError> {
     crate::limits::anonymous_call(&state, &request)?;
-    let address = crate::limits::client_address(&request, &state.settings.access.trusted_proxies);
     let body = body.into_inner();
     let phone = phone(&body.phone)?;
     let proof = match (body.code.as_deref().map(str::trim), body.sign_up_token) {
@@ -132,13 +131,12 @@ pub async fn sign_in(
     .await
     {
         Ok(signed_in) => Ok(HttpResponse::Ok().json(signed_in)),
-        Err(SignInError::InvalidCode) => {
-            // Wrong codes count with wrong tokens against the address.
-            match address.and_then(|address| state.wrong_tokens.failed(address)) {
-                Some(wait) => Err(ApiError::TooManyAttempts(wait)),
-                None => Err(SignInError::InvalidCode.into()),
-            }
-        }
+        // Wrong codes count with wrong tokens against the address.
+        Err(SignInError::InvalidCode) => Err(crate::limits::wrong_guess(
+            &state,
+            &request,
+            SignInError::InvalidCode.into(),
+        )),
         Err(error) => Err(error.into()),
     }
 }

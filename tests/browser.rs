@@ -600,17 +600,6 @@ async fn a_payer_back_from_checkout_sees_where_the_payment_stands() {
     page.assert_clean();
 }
 
-/// The newest code texted to `phone`.
-fn code_texted_to(twilio: &crate::fake_twilio::FakeTwilio, phone: &str) -> String {
-    let sent = twilio.sent();
-    let text = sent
-        .iter()
-        .rev()
-        .find(|sms| sms.to == phone)
-        .expect("a code was texted");
-    text.body.chars().take(6).collect()
-}
-
 impl Page {
     /// Signs in by phone on the account page: the number, then the code
     /// texted to it.
@@ -626,7 +615,7 @@ impl Page {
         .await;
         self.wait_for("!document.getElementById('code-form').hidden", json!(true))
             .await;
-        let code = code_texted_to(twilio, phone);
+        let code = crate::sign_in::code_sent_to(twilio, phone);
         self.eval(&format!(
             "document.getElementById('code').value = '{code}'; document.getElementById('code-button').click(); true"
         ))

@@ -547,7 +547,6 @@ async fn a_key_from_an_earlier_activation_is_decided_by_the_ledgers_unique_index
         .await
         .unwrap()
         .unwrap();
-    let (done, answer) = tokio::sync::oneshot::channel();
     let mut entry = fresh.entry.clone();
     entry.seq = snapshot.seq + 1;
     entry.balance_after = Money::from_micros(400);
@@ -555,19 +554,10 @@ async fn a_key_from_an_earlier_activation_is_decided_by_the_ledgers_unique_index
     let mut next = snapshot;
     next.seq += 1;
     next.balance = Money::from_micros(400);
-    core.store
-        .ledger()
-        .submit(sms_credit_actors::store::LedgerWrite {
-            entry,
-            previous: snapshot,
-            next,
-            generation: core.store.next_generation(),
-            done,
-            submitted_at: std::time::Instant::now(),
-            notice: None,
-        })
-        .unwrap();
-    assert_eq!(answer.await.unwrap(), Err(StoreError::DuplicateKey));
+    assert_eq!(
+        submit_directly(&core, entry, snapshot, next).await,
+        Err(StoreError::DuplicateKey)
+    );
     assert_eq!(
         core.store.ledger().snapshot(account).await.unwrap(),
         Some(snapshot)
@@ -606,12 +596,32 @@ async fn a_stale_write_is_refused_with_where_the_account_stands() {
     entry.amount = Money::from_micros(7);
     entry.balance_after = Money::from_micros(7);
     entry.idempotency_key = "stale".into();
+    assert_eq!(
+        submit_directly(&core, entry, stale, next).await,
+        Err(StoreError::MovedOn(now))
+    );
+    assert_eq!(
+        core.store.ledger().snapshot(account).await.unwrap(),
+        Some(now)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+/// Submits a ledger write straight to the store (no actor) and answers
+/// what the store decided.
+async fn submit_directly(
+    core: &Core,
+    entry: sms_credit_actors::LedgerEntry,
+    previous: sms_credit_actors::Snapshot,
+    next: sms_credit_actors::Snapshot,
+) -> Result<(), StoreError> {
     let (done, answer) = tokio::sync::oneshot::channel();
     core.store
         .ledger()
         .submit(sms_credit_actors::store::LedgerWrite {
             entry,
-            previous: stale,
+            previous,
             next,
             generation: core.store.next_generation(),
             done,
@@ -619,11 +629,5 @@ async fn a_stale_write_is_refused_with_where_the_account_stands() {
             notice: None,
         })
         .unwrap();
-    assert_eq!(answer.await.unwrap(), Err(StoreError::MovedOn(now)));
-    assert_eq!(
-        core.store.ledger().snapshot(account).await.unwrap(),
-        Some(now)
-    );
-    core.shutdown().await;
-    assert_verified(&directory);
+    answer.await.unwrap()
 }

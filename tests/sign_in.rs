@@ -58,7 +58,7 @@ async fn sign_in(app: &TestApp, phone: &str, proof: Value) -> (StatusCode, Value
 }
 
 /// The code in the newest text to `phone`.
-fn code_sent_to(twilio: &FakeTwilio, phone: &str) -> String {
+pub(crate) fn code_sent_to(twilio: &FakeTwilio, phone: &str) -> String {
     let sent = twilio.sent();
     let text = sent
         .iter()
@@ -149,6 +149,20 @@ async fn a_texted_code_signs_in_a_customer_and_a_stranger_learns_nothing() {
         "{listed}"
     );
     assert!(!listed.to_string().contains(&token[4..]), "never the token");
+    // The list is the operator's: no credential, a wrong one or the
+    // account's own token gets nothing of it.
+    for credential in [None, Some("wrong-admin-token-guess"), Some(token.as_str())] {
+        let (status, answer) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/accounts/{account}/tokens"),
+                credential,
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{credential:?}: {answer}");
+        assert!(answer.get("tokens").is_none(), "{answer}");
+    }
 
     // The stranger's code: a sign-up token, no account.
     let code = code_sent_to(&world.twilio, stranger);

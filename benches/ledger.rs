@@ -257,6 +257,7 @@ fn actor_debits(options: &Options, instances: usize) -> Run {
                     }
                     let account = AccountId((number % accounts) as i64 + 1);
                     let debit = Debit {
+                        one_segment: None,
                         amount: Money::from_micros(56_500),
                         idempotency_key: IdempotencyKey::parse(&format!("bench-{number}")).unwrap(),
                         description: String::new(),
@@ -458,7 +459,7 @@ fn store_floor(options: &Options) -> f64 {
                     generation,
                     done,
                     submitted_at: Instant::now(),
-                    notice: None,
+                    outbox: None,
                 })
                 .unwrap();
             answers.push(answer);
@@ -487,6 +488,7 @@ fn staleness(options: &Options) -> (u32, u32, u32) {
         for number in 0..500_i64 {
             let account = AccountId(number % 100 + 1);
             let debit = Debit {
+                one_segment: None,
                 amount: Money::from_micros(56_500),
                 idempotency_key: IdempotencyKey::parse(&format!("stale-{number}")).unwrap(),
                 description: String::new(),

@@ -12,6 +12,7 @@ use sms_credit_actors::rating::RatingError;
 use sms_credit_actors::sign_in::SignInError;
 use sms_credit_actors::store::CreateAccountError;
 use sms_credit_actors::supervisor::SmsError;
+use sms_credit_actors::webhooks::manage::WebhookError;
 use sms_credit_actors::{LedgerError, StoreError};
 
 /// Why a request was not done.
@@ -95,6 +96,24 @@ fn store_cause(error: &ApiError) -> Option<&StoreError> {
         | ApiError::Sms(SmsError::Ledger(LedgerError::Store(store)))
         | ApiError::SignIn(SignInError::Store(store)) => Some(store),
         _ => None,
+    }
+}
+
+impl From<WebhookError> for ApiError {
+    fn from(error: WebhookError) -> ApiError {
+        match error {
+            WebhookError::Invalid { field, message } => ApiError::InvalidRequest {
+                code: match field {
+                    "url" => "invalid_url",
+                    "events" => "invalid_events",
+                    "since" => "invalid_since",
+                    _ => "invalid_request",
+                },
+                message: format!("{field}: {message}"),
+            },
+            WebhookError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            WebhookError::Store(error) => ApiError::Store(error),
+        }
     }
 }
 

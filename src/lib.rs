@@ -21,3 +21,4 @@ pub mod state;
 pub mod stripe;
 pub mod telemetry;
 pub mod twilio;
+pub mod webhooks;

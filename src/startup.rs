@@ -507,6 +507,7 @@ impl Application {
             clock: Arc::clone(&clock),
             tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
+            webhook_metrics: Arc::default(),
             wrong_tokens: Arc::default(),
             anonymous_calls: Arc::default(),
             feed_slots: Arc::default(),
@@ -517,6 +518,14 @@ impl Application {
             core.messaging.clone(),
             Arc::clone(&clock),
             state.settings.database.instance_timeout,
+        );
+        crate::webhooks::start_delivery_worker(
+            core.store.clone(),
+            Arc::new(crate::webhooks::WebhookSender::new(
+                state.settings.webhooks.allow_private,
+            )),
+            Arc::clone(&clock),
+            Arc::clone(&state.webhook_metrics),
         );
         if let Some(messaging) = core.messaging.clone() {
             start_notice_worker(messaging.clone(), Arc::clone(&clock));

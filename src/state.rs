@@ -27,6 +27,8 @@ pub struct AppState {
     /// Open feeds per account (at most `feed.max_per_account`).
     pub feed_slots: Arc<crate::feed::FeedSlots>,
     pub http_metrics: Arc<HttpMetrics>,
+    /// Webhook deliveries by outcome.
+    pub webhook_metrics: Arc<crate::webhooks::WebhookMetrics>,
     /// Wrong admin, API and metrics tokens by address, to slow guessing.
     pub wrong_tokens: Arc<crate::limits::WrongTokens>,
     /// Calls to the anonymous routes by address.

@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod input_properties;
 mod proxy;
+mod webhook_receiver;
 
 mod admin_api;
 mod auto_top_up;
@@ -38,3 +39,4 @@ mod stripe;
 mod stripe_chaos;
 mod stripe_events;
 mod twilio;
+mod webhooks;

@@ -33,6 +33,7 @@ pub fn key(text: &str) -> IdempotencyKey {
 
 pub fn credit(micros: i64, idempotency_key: &str) -> Credit {
     Credit {
+        event: None,
         amount: Money::from_micros(micros),
         idempotency_key: key(idempotency_key),
         description: "credit".into(),
@@ -42,6 +43,7 @@ pub fn credit(micros: i64, idempotency_key: &str) -> Credit {
 
 pub fn debit(micros: i64, idempotency_key: &str) -> Debit {
     Debit {
+        one_segment: None,
         amount: Money::from_micros(micros),
         idempotency_key: key(idempotency_key),
         description: "debit".into(),
@@ -626,7 +628,7 @@ async fn submit_directly(
             generation: core.store.next_generation(),
             done,
             submitted_at: std::time::Instant::now(),
-            notice: None,
+            outbox: None,
         })
         .unwrap();
     answer.await.unwrap()

@@ -123,6 +123,7 @@ fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
                             .send(
                                 account,
                                 Credit {
+                                    event: None,
                                     amount,
                                     idempotency_key,
                                     description: String::new(),
@@ -136,6 +137,7 @@ fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
                             .send(
                                 account,
                                 Debit {
+                                    one_segment: None,
                                     amount: -amount,
                                     idempotency_key,
                                     description: String::new(),
@@ -148,6 +150,7 @@ fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
                             .send(
                                 account,
                                 Refund {
+                                    event: None,
                                     amount,
                                     idempotency_key,
                                     description: String::new(),

@@ -21,7 +21,10 @@ use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
-use crate::store::{LedgerWrite, Store, StoreError};
+use crate::store::{LedgerWrite, Outbox, Store, StoreError};
+use crate::webhooks::events::EventDraft;
+use crate::webhooks::{EventType, NewEvent};
+use serde_json::Map;
 
 // ---------------------------------------------------------------- messages
 
@@ -33,6 +36,9 @@ pub struct Credit {
     pub idempotency_key: IdempotencyKey,
     pub description: String,
     pub order_id: Option<i64>,
+    /// The webhook event this credit is (`payment.succeeded`), committed
+    /// with its row, which adds `seq` and `balance_micros`.
+    pub event: Option<EventDraft>,
 }
 
 /// Credit spent. `amount` must be positive; refused with
@@ -43,6 +49,10 @@ pub struct Debit {
     pub amount: Money,
     pub idempotency_key: IdempotencyKey,
     pub description: String,
+    /// What one segment to the account's own number costs, when the debit
+    /// pays for a message: the debit that takes the balance below it makes
+    /// `balance.depleted`.
+    pub one_segment: Option<Money>,
 }
 
 /// Money given back, signed: positive returns credit to the account (a
@@ -55,6 +65,9 @@ pub struct Refund {
     pub idempotency_key: IdempotencyKey,
     pub description: String,
     pub order_id: Option<i64>,
+    /// The webhook event this refund is (`payment.refunded`), committed
+    /// with its row.
+    pub event: Option<EventDraft>,
 }
 
 /// An administrator's correction, signed; may take the balance below zero.
@@ -161,6 +174,8 @@ struct InFlight {
     /// The store's answer, once it has come, until the writes before this
     /// one are settled.
     outcome: Option<Result<(), StoreError>>,
+    /// The mutation's hints, should it be computed again.
+    hints: Option<Box<Hints>>,
 }
 
 /// What computing a mutation came to.
@@ -191,6 +206,7 @@ impl Retry {
                 idempotency_key: key,
                 description: entry.description,
                 order_id: entry.order_id,
+                hints: in_flight.hints,
             },
             waiters: in_flight.waiters,
             attempts: in_flight.attempts,
@@ -206,6 +222,21 @@ struct Mutation {
     idempotency_key: IdempotencyKey,
     description: String,
     order_id: Option<i64>,
+    /// What its webhook events need beyond the row; most have none.
+    hints: Option<Box<Hints>>,
+}
+
+/// What a mutation's webhook events need beyond its row.
+#[derive(Clone, Debug, Default)]
+struct Hints {
+    one_segment: Option<Money>,
+    event: Option<EventDraft>,
+}
+
+impl Hints {
+    fn boxed(one_segment: Option<Money>, event: Option<EventDraft>) -> Option<Box<Hints>> {
+        (one_segment.is_some() || event.is_some()).then(|| Box::new(Hints { one_segment, event }))
+    }
 }
 
 type Reply = oneshot::Sender<Result<Receipt, LedgerError>>;
@@ -648,14 +679,19 @@ impl AccountActor {
                     .would_ask(self.account_id, balance_after, now_ms),
             };
             let dedupe_key = format!("low-balance:{}:{}", self.account_id, snapshot_after.seq);
-            Some(Box::new(
+            Some(
                 NewNotice::new(self.account_id, kind, dedupe_key, now_ms)
                     .map_err(|error| LedgerError::Store(error.into()))?
                     .after_message(mutation.idempotency_key.message_id()),
-            ))
+            )
         } else {
             None
         };
+        let events = self
+            .events_of(&entry, mutation.hints.as_deref())
+            .map_err(LedgerError::Store)?;
+        let outbox =
+            (notice.is_some() || !events.is_empty()).then(|| Box::new(Outbox { notice, events }));
         let (done, committed) = oneshot::channel();
         self.shared.store.ledger().submit(LedgerWrite {
             entry: entry.clone(),
@@ -664,7 +700,7 @@ impl AccountActor {
             generation: self.generation,
             done,
             submitted_at: Instant::now(),
-            notice,
+            outbox,
         })?;
         self.working = snapshot_after;
 
@@ -691,7 +727,42 @@ impl AccountActor {
             attempts,
             generation,
             outcome: None,
+            hints: mutation.hints,
         }))
+    }
+
+    /// The webhook events a row makes: the balance crossing the low-balance
+    /// threshold (down: `balance.low`; up: `balance.replenished`) or one
+    /// segment's price (`balance.depleted`), and the caller's own event. A
+    /// crossing is from one side to the other, so each is once until the
+    /// balance has gone back.
+    fn events_of(
+        &self,
+        entry: &LedgerEntry,
+        hints: Option<&Hints>,
+    ) -> Result<Vec<NewEvent>, StoreError> {
+        let before = self.working.balance;
+        let after = entry.balance_after;
+        let threshold = self.shared.settings.low_balance_threshold;
+        let mut events = Vec::new();
+        let mut crossing = |kind: EventType| {
+            NewEvent::of_entry(kind, entry, Map::new()).map(|event| events.push(event))
+        };
+        if before >= threshold && after < threshold {
+            crossing(EventType::BalanceLow)?;
+        }
+        if let Some(one_segment) = hints.and_then(|hints| hints.one_segment) {
+            if before >= one_segment && after < one_segment {
+                crossing(EventType::BalanceDepleted)?;
+            }
+        }
+        if before < threshold && after >= threshold {
+            crossing(EventType::BalanceReplenished)?;
+        }
+        if let Some(draft) = hints.and_then(|hints| hints.event.as_ref()) {
+            events.push(NewEvent::of_entry(draft.kind, entry, draft.data.clone())?);
+        }
+        Ok(events)
     }
 
     /// Answers the callers of one write once the store has decided it.
@@ -1010,6 +1081,7 @@ impl Handler<Credit> for AccountActor {
                 idempotency_key: message.idempotency_key,
                 description: message.description,
                 order_id: message.order_id,
+                hints: Hints::boxed(None, message.event),
             },
             ctx,
         )
@@ -1030,6 +1102,7 @@ impl Handler<Debit> for AccountActor {
                 idempotency_key: message.idempotency_key,
                 description: message.description,
                 order_id: None,
+                hints: Hints::boxed(message.one_segment, None),
             },
             ctx,
         )
@@ -1052,6 +1125,7 @@ impl Handler<Refund> for AccountActor {
                 idempotency_key: message.idempotency_key,
                 description: message.description,
                 order_id: message.order_id,
+                hints: Hints::boxed(None, message.event),
             },
             ctx,
         )
@@ -1074,6 +1148,7 @@ impl Handler<Adjust> for AccountActor {
                 idempotency_key: message.idempotency_key,
                 description: message.reason,
                 order_id: None,
+                hints: None,
             },
             ctx,
         )

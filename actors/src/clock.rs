@@ -106,9 +106,96 @@ pub fn format_rfc3339_ms(unix_ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02}T{hours:02}:{minutes:02}:{seconds:02}.{millis:03}Z")
 }
 
+/// Reads an RFC 3339 timestamp (`2026-11-21T09:30:00Z`, with optional
+/// fraction and a `Z` or `±HH:MM` offset) as Unix milliseconds.
+pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
+    let bytes = text.as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let part = text.get(range)?;
+        part.bytes()
+            .all(|byte| byte.is_ascii_digit())
+            .then(|| part.parse().ok())?
+    };
+    if bytes.len() < 20
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't')
+        || bytes[13] != b':'
+        || bytes[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days_in_month = days_from_civil(year + i64::from(month == 12), month % 12 + 1, 1)
+        - days_from_civil(year, month, 1);
+    if day < 1 || day > days_in_month {
+        return None;
+    }
+    let mut rest = &text[19..];
+    let mut millis = 0;
+    if let Some(fraction) = rest.strip_prefix('.') {
+        let digits = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let padded = format!("{:0<3}", &fraction[..digits.min(3)]);
+        millis = padded.parse::<i64>().ok()?;
+        rest = &fraction[digits..];
+    }
+    let offset_ms = match rest {
+        "Z" | "z" => 0,
+        _ if rest.len() == 6 && rest.as_bytes()[3] == b':' => {
+            let sign = match rest.as_bytes()[0] {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hours: i64 = rest.get(1..3)?.parse().ok()?;
+            let minutes: i64 = rest.get(4..6)?.parse().ok()?;
+            sign * (hours * 60 + minutes) * 60_000
+        }
+        _ => return None,
+    };
+    let seconds = ((days_from_civil(year, month, day) * 24 + hour) * 60 + minute) * 60 + second;
+    Some(seconds * 1000 + millis - offset_ms)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_rfc3339() {
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-21T09:30:00.125Z"),
+            Some(1_795_253_400_125)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-21T09:30:00Z"),
+            Some(1_795_253_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2026-11-21T10:30:00+01:00"),
+            Some(1_795_253_400_000)
+        );
+        assert_eq!(
+            parse_rfc3339_ms("2000-02-29T00:00:00Z"),
+            Some(951_782_400_000)
+        );
+        for wrong in [
+            "2026-02-30T00:00:00Z",
+            "2026-11-21 09:30:00Z",
+            "2026-11-21T09:30:00",
+            "yesterday",
+            "2026-11-21T09:30:00.Z",
+        ] {
+            assert_eq!(parse_rfc3339_ms(wrong), None, "{wrong}");
+        }
+    }
 
     #[test]
     fn formats_known_instants() {

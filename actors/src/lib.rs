@@ -28,6 +28,7 @@ pub mod stats;
 pub mod store;
 pub mod supervisor;
 pub mod verify;
+pub mod webhooks;
 
 pub use account_actor::{
     AccountActor, AccountSettings, Adjust, Credit, Debit, GetBalance, Receipt, Refund,

@@ -19,6 +19,7 @@ pub enum Section {
     Messages,
     Feed,
     AutoTopUp,
+    Webhooks,
 }
 
 impl Section {
@@ -32,6 +33,7 @@ impl Section {
             Section::Messages => "Messages and warnings",
             Section::Feed => "Balance feed",
             Section::AutoTopUp => "Auto top-up",
+            Section::Webhooks => "Webhooks to the host application",
         }
     }
 }
@@ -436,6 +438,15 @@ pub static SETTINGS: &[Setting] = &[
         secret: false,
         global: false,
         help: "Failures in a row after which an account's auto top-up turns itself off",
+    },
+    Setting {
+        key: "webhooks_allow_private",
+        section: Section::Webhooks,
+        value_name: "BOOL",
+        default: Some("false"),
+        secret: false,
+        global: false,
+        help: "Allow webhook endpoints on http:// and on loopback, private and link-local addresses: for local development and tests only (otherwise only https:// to public addresses)",
     },
 ];
 

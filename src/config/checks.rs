@@ -16,7 +16,7 @@ use sms_credit_actors::Money;
 use super::layers::Values;
 use super::{
     AccessSettings, ConfigError, DatabaseSettings, FeedSettings, MessageSettings, Secret,
-    ServerSettings, StripeSettings, TwilioSettings,
+    ServerSettings, StripeSettings, TwilioSettings, WebhookSettings,
 };
 
 /// The longest span a duration setting may have: a year. Longer ones are
@@ -235,6 +235,12 @@ pub(super) fn auto_top_up(
             }
             Ok(undecided)
         })?,
+    })
+}
+
+pub(super) fn webhooks(values: &Values) -> Result<WebhookSettings, ConfigError> {
+    Ok(WebhookSettings {
+        allow_private: values.required("webhooks_allow_private", boolean)?,
     })
 }
 

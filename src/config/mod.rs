@@ -131,6 +131,14 @@ pub struct Settings {
     pub feed: FeedSettings,
     /// Auto top-up's waits after failures, its limit and its lease.
     pub auto_top_up: AutoTopUpPolicy,
+    pub webhooks: WebhookSettings,
+}
+
+/// Where webhook endpoints may point.
+#[derive(Clone, Debug)]
+pub struct WebhookSettings {
+    /// `http://` and private addresses allowed (development and tests).
+    pub allow_private: bool,
 }
 
 impl Settings {
@@ -175,6 +183,7 @@ impl Settings {
             messages: checks::messages(values)?,
             feed: checks::feed(values)?,
             auto_top_up: checks::auto_top_up(values, &database)?,
+            webhooks: checks::webhooks(values)?,
             server,
             database,
         })

@@ -20,6 +20,7 @@ use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
 use crate::registry::Registry;
 use crate::store::{AccessOrderRequest, OrderCompletion, Store};
+use crate::webhooks::events::{payment_succeeded, PaymentSource};
 
 /// Stripe's smallest charge in US dollars.
 const MINIMUM_CHARGE: Money = Money::from_micros(500_000);
@@ -556,11 +557,28 @@ impl Billing {
             OrderType::AutoTopUp => "auto top-up by saved card",
             _ => "top-up by saved card",
         };
+        let source = match order.order_type {
+            OrderType::AutoTopUp => PaymentSource::AutoTopUp,
+            _ => PaymentSource::SavedCard,
+        };
+        let card = self
+            .store
+            .accounts()
+            .get(account_id)
+            .await?
+            .and_then(|account| account.card);
         let credit = Credit {
             amount,
             idempotency_key,
             description: description.to_string(),
             order_id: Some(order_id),
+            event: Some(payment_succeeded(
+                order,
+                amount,
+                amount,
+                source,
+                card.as_ref(),
+            )),
         };
         Ok(self.registry.send(account_id, credit).await?)
     }

@@ -17,6 +17,7 @@ use crate::account_actor::{Credit, Refund};
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
 use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
+use crate::webhooks::events::{payment_refunded, payment_succeeded, PaymentSource};
 
 /// The Stripe events the product acts on, parsed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -519,6 +520,7 @@ impl Billing {
                     charge_id,
                     payment_intent_id.as_deref(),
                     *amount_refunded_cents,
+                    now_ms,
                 )
                 .await
             }
@@ -577,6 +579,13 @@ impl Billing {
             self.learn_card(customer_id, payment_intent_id).await;
         }
         let credit = self.credit_for(order, paid);
+        let card = self
+            .store
+            .accounts()
+            .get(account_id)
+            .await?
+            .and_then(|account| account.card);
+        let event = payment_succeeded(order, paid, credit, PaymentSource::Checkout, card.as_ref());
         if credit.is_positive() {
             let description = match order_type {
                 OrderType::TopUp | OrderType::AutoTopUp => "top-up by Checkout",
@@ -590,9 +599,21 @@ impl Billing {
                         idempotency_key: IdempotencyKey::stripe_order(order_id),
                         description: description.to_string(),
                         order_id: Some(order_id),
+                        event: Some(event),
                     },
                 )
                 .await?;
+        } else {
+            // Nothing credited, so no row to carry it: an event of its own,
+            // once per order (the Stripe event is retried until this is done).
+            let event = event.standalone(
+                account_id,
+                format!("payment.succeeded:order:{order_id}"),
+                now_ms,
+            )?;
+            if self.store.webhooks().record_event(event).await? {
+                self.store.webhooks_ready().notify_one();
+            }
         }
         Ok(EventOutcome::Applied(format!("order {order_id} completed")))
     }
@@ -602,6 +623,7 @@ impl Billing {
         charge_id: &str,
         payment_intent_id: Option<&str>,
         amount_refunded_cents: i64,
+        now_ms: i64,
     ) -> Result<EventOutcome, BillingError> {
         let Some(payment_intent_id) = payment_intent_id.map(str::to_string) else {
             return Ok(EventOutcome::Ignored(
@@ -634,6 +656,10 @@ impl Billing {
             .min(credited)
             .checked_sub(taken_before)
             .unwrap_or(Money::ZERO);
+        let refunded = cumulative
+            .checked_sub(order.amount_refunded)
+            .unwrap_or(Money::ZERO);
+        let event = payment_refunded(&order, refunded, cumulative, take_back);
         if take_back.is_positive() {
             self.registry
                 .send(
@@ -647,9 +673,16 @@ impl Billing {
                         .map_err(|_| BillingError::invalid_id("charge", charge_id))?,
                         description: format!("refund of order {}", order.id),
                         order_id: Some(order.id),
+                        event: Some(event),
                     },
                 )
                 .await?;
+        } else {
+            let dedupe_key = format!("payment.refunded:{charge_id}:{amount_refunded_cents}");
+            let event = event.standalone(order.account_id, dedupe_key, now_ms)?;
+            if self.store.webhooks().record_event(event).await? {
+                self.store.webhooks_ready().notify_one();
+            }
         }
         let order_id = order.id;
         self.store

@@ -179,6 +179,7 @@ impl Messaging {
                 "SMS to {} ({} {} segments)",
                 quoted.country, quoted.segments, quoted.encoding
             ),
+            one_segment: Some(Money::from_micros(quoted.price_per_segment_micros)),
         };
         let receipt = match self.registry.send(account_id, debit).await {
             Ok(receipt) => receipt,
@@ -298,6 +299,7 @@ impl Messaging {
                 amount: record.charged,
                 idempotency_key: IdempotencyKey::message_void(record.id),
                 description: "SMS not sent: cost given back".to_string(),
+                event: None,
                 order_id: None,
             };
             self.registry.send(account_id, refund).await?;
@@ -425,6 +427,7 @@ impl Messaging {
                     idempotency_key: IdempotencyKey::message_refund(record.id),
                     description: "SMS failed before leaving Twilio: refunded".to_string(),
                     order_id: None,
+                    event: None,
                 };
                 self.registry.send(account_id, refund).await?;
                 self.store.messages().mark_refunded(record.id).await?;

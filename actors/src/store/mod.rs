@@ -22,13 +22,14 @@ use crate::feed::FeedHub;
 use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
+use crate::webhooks::NewEvent;
 
 pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
     EventDecision, InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore,
     OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, SignInStore, StoreFuture,
-    StripeEventStore, TokenStore,
+    StripeEventStore, TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -46,9 +47,30 @@ pub struct LedgerWrite {
     pub done: oneshot::Sender<Result<(), StoreError>>,
     /// When it was submitted, for the acknowledgement latency.
     pub submitted_at: Instant,
-    /// A notice this write makes due (a low-balance warning), queued in the
-    /// same transaction. Boxed: it is rare, and a write is paid per debit.
-    pub notice: Option<Box<NewNotice>>,
+    /// What the write queues besides its row, in the same transaction.
+    /// Boxed: it is rare, and a write is paid per debit.
+    pub outbox: Option<Box<Outbox>>,
+}
+
+/// What a ledger write queues besides its row: a notice it makes due (a
+/// low-balance warning) and the webhook events it causes (a balance
+/// crossing, a payment).
+#[derive(Debug, Default)]
+pub struct Outbox {
+    pub notice: Option<NewNotice>,
+    pub events: Vec<NewEvent>,
+}
+
+impl LedgerWrite {
+    pub fn notice(&self) -> Option<&NewNotice> {
+        self.outbox
+            .as_ref()
+            .and_then(|outbox| outbox.notice.as_ref())
+    }
+
+    pub fn events(&self) -> &[NewEvent] {
+        self.outbox.as_ref().map_or(&[], |outbox| &outbox.events)
+    }
 }
 
 /// Counters of the writer, for benchmarks and metrics.
@@ -160,6 +182,9 @@ pub(crate) struct Shared {
     pub(crate) fail_next_commits: AtomicU64,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
+    /// Told after a commit that made webhook deliveries, so they go out at
+    /// once.
+    pub(crate) webhooks_ready: Notify,
     next_generation: AtomicU64,
 }
 
@@ -178,6 +203,7 @@ impl Shared {
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
             notices_ready: Notify::new(),
+            webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
         }))
     }
@@ -269,6 +295,10 @@ impl Store {
         &*self.backend
     }
 
+    pub fn webhooks(&self) -> &dyn WebhookStore {
+        &*self.backend
+    }
+
     pub fn copying(&self) -> &dyn CopyStore {
         &*self.backend
     }
@@ -316,6 +346,11 @@ impl Store {
     }
 
     /// The fan-out of committed ledger rows (the balance feed).
+    /// Notified when deliveries were made by this process's commits.
+    pub fn webhooks_ready(&self) -> &Notify {
+        &self.shared.webhooks_ready
+    }
+
     pub fn feed(&self) -> &Arc<FeedHub> {
         &self.shared.feed
     }

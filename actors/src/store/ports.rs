@@ -26,6 +26,11 @@ use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
+use crate::webhooks::delivery::Attempted;
+use crate::webhooks::{
+    AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, NewEndpoint, NewEvent,
+    SigningSecret,
+};
 
 use super::copy::{CopyError, CopyRow, Page, Table};
 use super::{CreateAccountError, LedgerWrite, StoreError};
@@ -529,5 +534,63 @@ pub trait Backend:
     + AutoTopUpStore
     + InstanceStore
     + CopyStore
+    + WebhookStore
 {
+}
+
+/// Webhooks: the endpoints, the outbox of events and their deliveries.
+/// Events made by a change are committed by the operation that makes the
+/// change (a ledger write, an order's completion, …); those here are for
+/// events of their own.
+pub trait WebhookStore: Send + Sync {
+    fn create_endpoint(&self, endpoint: NewEndpoint) -> StoreFuture<Endpoint>;
+    /// Every endpoint not removed, oldest first.
+    fn endpoints(&self) -> StoreFuture<Vec<Endpoint>>;
+    fn endpoint(&self, id: String) -> StoreFuture<Option<Endpoint>>;
+    /// Applies a change; enabling clears the failure record and the reason
+    /// it was disabled. `None` if there is no such endpoint.
+    fn update_endpoint(&self, id: String, change: EndpointChange) -> StoreFuture<Option<Endpoint>>;
+    /// Removes an endpoint: nothing more is delivered to it, its history
+    /// stays. `false` if there was none.
+    fn remove_endpoint(&self, id: String) -> StoreFuture<bool>;
+    /// A new secret; the current one keeps signing beside it until
+    /// `previous_until_ms`.
+    fn rotate_secret(
+        &self,
+        id: String,
+        secret: SigningSecret,
+        previous_until_ms: i64,
+    ) -> StoreFuture<Option<Endpoint>>;
+    /// Commits an event (once per dedupe key) and its deliveries; `false`
+    /// if its key was there already. (Callers of the operations that make
+    /// deliveries tell the worker: `Store::webhooks_ready`.)
+    fn record_event(&self, event: NewEvent) -> StoreFuture<bool>;
+    /// Commits an event for one endpoint only (the test event), whatever
+    /// its filter; `false` if there is no such endpoint.
+    fn record_test_event(&self, endpoint_id: String, event: NewEvent) -> StoreFuture<bool>;
+    /// Due deliveries of enabled endpoints (pending and due, or sending
+    /// with a lapsed lease), moved to `sending` under a lease until
+    /// `lease_until_ms` by `instance`; at most `per_endpoint` sending per
+    /// endpoint.
+    fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        per_endpoint: i64,
+        limit: i64,
+        instance: String,
+    ) -> StoreFuture<Vec<ClaimedDelivery>>;
+    /// Records one try and its consequences (the delivery's state, the
+    /// endpoint's failure record, disabling it and telling the others) in
+    /// one transaction.
+    fn attempted(&self, attempt: Attempted) -> StoreFuture<()>;
+    /// An endpoint's tries, the latest first.
+    fn attempts_of(&self, endpoint_id: String, limit: i64) -> StoreFuture<Vec<AttemptRecord>>;
+    /// Delivers again, with their ids, the events created since `since_ms`
+    /// that the endpoint's filter takes; `None` if there is no such
+    /// endpoint, else how many.
+    fn replay(&self, endpoint_id: String, since_ms: i64, now_ms: i64)
+        -> StoreFuture<Option<usize>>;
+    /// Deliveries not yet made (pending or sending).
+    fn delivery_stats(&self) -> StoreFuture<DeliveryStats>;
 }

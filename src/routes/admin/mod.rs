@@ -11,6 +11,7 @@ pub(crate) mod stripe_events;
 pub(crate) mod tokens;
 pub(crate) mod transactions;
 pub(crate) mod verify;
+pub(crate) mod webhooks;
 
 use actix_web::web;
 
@@ -64,5 +65,29 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route(
             "/reconciliation/check-prices",
             web::post().to(reconciliation::check_prices),
+        )
+        .route("/webhook-endpoints", web::post().to(webhooks::create))
+        .route("/webhook-endpoints", web::get().to(webhooks::list))
+        .route("/webhook-endpoints/{id}", web::get().to(webhooks::show))
+        .route("/webhook-endpoints/{id}", web::patch().to(webhooks::update))
+        .route(
+            "/webhook-endpoints/{id}",
+            web::delete().to(webhooks::remove),
+        )
+        .route(
+            "/webhook-endpoints/{id}/rotate-secret",
+            web::post().to(webhooks::rotate_secret),
+        )
+        .route(
+            "/webhook-endpoints/{id}/deliveries",
+            web::get().to(webhooks::deliveries),
+        )
+        .route(
+            "/webhook-endpoints/{id}/replay",
+            web::post().to(webhooks::replay),
+        )
+        .route(
+            "/webhook-endpoints/{id}/test",
+            web::post().to(webhooks::test),
         );
 }

@@ -29,6 +29,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V5__sign_in",
         include_str!("../../../../migrations/postgres/V5__sign_in.sql"),
     ),
+    (
+        "V6__webhooks",
+        include_str!("../../../../migrations/postgres/V6__webhooks.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -19,6 +19,7 @@ mod listener;
 mod messages;
 mod migrations;
 mod sign_in;
+mod webhooks;
 mod writer;
 
 use std::any::Any;

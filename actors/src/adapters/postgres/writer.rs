@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Statement, Transaction};
 
+use super::webhooks;
 use super::{
     describe, is_retryable, is_unique_violation, Connector, CustomFailure, CustomWrite,
     ErasedValue, OpFailure, WriterMessage,
@@ -239,12 +240,15 @@ impl Writer {
                         .filter(|result| result.is_ok())
                         .count();
                 self.shared.stats.committed(batch_size, applied, &committed);
-                if ledger
-                    .iter()
-                    .zip(&fates)
-                    .any(|(write, fate)| write.notice.is_some() && matches!(fate, Fate::Committed))
-                {
+                if ledger.iter().zip(&fates).any(|(write, fate)| {
+                    write.notice().is_some() && matches!(fate, Fate::Committed)
+                }) {
                     self.shared.notices_ready.notify_one();
+                }
+                if ledger.iter().zip(&fates).any(|(write, fate)| {
+                    !write.events().is_empty() && matches!(fate, Fate::Committed)
+                }) {
+                    self.shared.webhooks_ready.notify_one();
                 }
                 let publish = !self.shared.feed.is_idle();
                 for (write, fate) in ledger.into_iter().zip(fates) {
@@ -508,7 +512,7 @@ async fn apply_ledger(
         for &index in indexes {
             fates[index] = Fate::Committed;
             rows.push(&ledger[index].entry);
-            if let Some(notice) = &ledger[index].notice {
+            if let Some(notice) = ledger[index].notice() {
                 notices.push(notice);
             }
         }
@@ -538,6 +542,14 @@ async fn apply_ledger(
         notify(transaction, prepared, origin, &moved),
         standing,
     )?;
+    // Webhook events are rare (a balance crossing, a payment): one more
+    // round trip only when the batch has some.
+    let events = ledger
+        .iter()
+        .zip(&fates)
+        .filter(|(_, fate)| matches!(fate, Fate::Committed))
+        .flat_map(|(write, _)| write.events().iter());
+    webhooks::insert_event_rows(transaction, events).await?;
     for row in standing {
         let account_id: i64 = row.try_get(0)?;
         let snapshot = Snapshot {
@@ -651,11 +663,12 @@ async fn apply_one(
     let mut rows = Rows::default();
     rows.push(&write.entry);
     rows.insert(transaction, prepared).await?;
-    if let Some(notice) = &write.notice {
+    if let Some(notice) = write.notice() {
         let mut notices = Notices::default();
         notices.push(notice);
         notices.insert(transaction, prepared).await?;
     }
+    webhooks::insert_event_rows(transaction, write.events().iter()).await?;
     Ok(true)
 }
 

@@ -63,6 +63,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V13__sign_in",
         include_str!("../../../../migrations/sqlite/V13__sign_in.sql"),
     ),
+    (
+        "V14__webhooks",
+        include_str!("../../../../migrations/sqlite/V14__webhooks.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -18,6 +18,7 @@ mod migrations;
 mod reader;
 mod sign_in;
 mod watcher;
+mod webhooks;
 mod writer;
 
 use std::any::Any;

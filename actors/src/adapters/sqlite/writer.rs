@@ -12,7 +12,8 @@ use rusqlite::Connection;
 use tokio::sync::oneshot;
 
 use super::{
-    ledger, messages as notices, watcher, CustomFailure, ErasedOp, ErasedValue, WriterMessage,
+    ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
+    WriterMessage,
 };
 use crate::clock::Clock;
 use crate::ledger::{AccountId, LedgerEntry};
@@ -56,6 +57,8 @@ pub(super) struct Writer {
     /// Whether the open transaction queued notices (the notice worker is
     /// told after it commits).
     notices_queued: bool,
+    /// Whether the open transaction made webhook deliveries.
+    webhooks_queued: bool,
     /// Batches since old change notes were last dropped.
     batches_since_prune: u32,
     /// Accounts with a failed write, and the generation it failed at: later
@@ -71,6 +74,7 @@ impl Writer {
             max_batch,
             shared,
             notices_queued: false,
+            webhooks_queued: false,
             batches_since_prune: 0,
             poisoned: HashMap::new(),
         }
@@ -161,10 +165,14 @@ impl Writer {
         }
 
         let notices_queued = std::mem::take(&mut self.notices_queued);
+        let webhooks_queued = std::mem::take(&mut self.webhooks_queued);
         match &failure {
             None => {
                 if notices_queued {
                     self.shared.notices_ready.notify_one();
+                }
+                if webhooks_queued {
+                    self.shared.webhooks_ready.notify_one();
                 }
                 let entries: Vec<&LedgerEntry> = pending
                     .iter()
@@ -264,9 +272,13 @@ impl Writer {
         let appended =
             ledger::append_entry(&self.connection, &write.entry, &write.previous, &write.next)
                 .and_then(|appended| {
-                    if let (true, Some(notice)) = (appended, &write.notice) {
+                    if let (true, Some(notice)) = (appended, write.notice()) {
                         notices::queue(&self.connection, notice)?;
                         self.notices_queued = true;
+                    }
+                    if appended && !write.events().is_empty() {
+                        self.webhooks_queued |=
+                            webhooks::insert_events(&self.connection, write.events())?;
                     }
                     Ok(appended)
                 });

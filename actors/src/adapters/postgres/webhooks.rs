@@ -1,0 +1,487 @@
+//! Webhook endpoints, the events outbox and deliveries in Postgres.
+//! [`insert_events`] is what every write that causes an event calls inside
+//! its own transaction. Claims skip rows another instance has locked, so
+//! each delivery is tried by one instance at a time.
+
+use tokio_postgres::{GenericClient, Row};
+
+use super::{boxed, PostgresStore};
+use crate::store::{StoreError, StoreFuture, UnknownValue, WebhookStore};
+use crate::webhooks::delivery::{Attempted, DeliveryOutcome};
+use crate::webhooks::{
+    AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, EventFilter,
+    NewEndpoint, NewEvent, SigningSecret,
+};
+
+const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_reason, secret,
+     previous_secret, previous_secret_until, failing_since, created_at";
+
+/// Commits events (each once per dedupe key) and one delivery per enabled
+/// endpoint that takes it, in the caller's transaction. Answers whether
+/// any delivery was made.
+pub(super) async fn insert_events<C: GenericClient + Sync>(
+    client: &C,
+    events: &[NewEvent],
+) -> Result<bool, StoreError> {
+    Ok(insert_event_rows(client, events.iter()).await?)
+}
+
+/// [`insert_events`] with the driver's error, for the writer's ledger path.
+pub(super) async fn insert_event_rows<'e, C: GenericClient + Sync>(
+    client: &C,
+    events: impl Iterator<Item = &'e NewEvent>,
+) -> Result<bool, tokio_postgres::Error> {
+    let mut made = false;
+    for event in events {
+        let account_id = event.account_id.map(|id| id.0);
+        let payload = event.payload();
+        let deliveries = client
+            .execute(
+                "WITH inserted AS (
+                   INSERT INTO webhook_events (id, type, account_id, dedupe_key, payload, created_at)
+                   VALUES ($1, $2, $3, $4, $5, $6)
+                   ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
+                 INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+                 SELECT e.id, inserted.id, 'pending', $6, $6 FROM webhook_endpoints e, inserted
+                  WHERE e.enabled AND NOT e.deleted
+                    AND (e.events = '*' OR strpos(e.events, ',' || $2 || ',') > 0)",
+                &[
+                    &event.id,
+                    &event.kind.as_str(),
+                    &account_id,
+                    &event.dedupe_key,
+                    &payload,
+                    &event.created_at_ms,
+                ],
+            )
+            .await?;
+        made |= deliveries > 0;
+    }
+    Ok(made)
+}
+
+fn endpoint_from_row(row: &Row) -> Result<Endpoint, StoreError> {
+    let id: String = row.try_get(0)?;
+    let events: String = row.try_get(2)?;
+    let filter = EventFilter::from_stored(&events).ok_or_else(|| {
+        StoreError::UnknownValue(UnknownValue::new(
+            "webhook_endpoints",
+            &id,
+            "events",
+            events.clone(),
+        ))
+    })?;
+    Ok(Endpoint {
+        url: row.try_get(1)?,
+        events: filter.names(),
+        filter,
+        description: row.try_get(3)?,
+        enabled: row.try_get(4)?,
+        disabled_reason: row.try_get(5)?,
+        secret: SigningSecret::from_stored(row.try_get(6)?),
+        previous_secret: row
+            .try_get::<_, Option<String>>(7)?
+            .map(SigningSecret::from_stored),
+        previous_secret_until_ms: row.try_get(8)?,
+        failing_since_ms: row.try_get(9)?,
+        created_at_ms: row.try_get(10)?,
+        id,
+    })
+}
+
+async fn endpoint<C: GenericClient + Sync>(
+    client: &C,
+    id: &str,
+) -> Result<Option<Endpoint>, StoreError> {
+    client
+        .query_opt(
+            &format!(
+                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND NOT deleted"
+            ),
+            &[&id],
+        )
+        .await?
+        .as_ref()
+        .map(endpoint_from_row)
+        .transpose()
+}
+
+fn status_code(value: Option<i64>, delivery: i64) -> Result<Option<u16>, StoreError> {
+    value
+        .map(|code| {
+            u16::try_from(code).map_err(|_| {
+                StoreError::UnknownValue(UnknownValue::new(
+                    "webhook_attempts",
+                    delivery,
+                    "status_code",
+                    code.to_string(),
+                ))
+            })
+        })
+        .transpose()
+}
+
+impl WebhookStore for PostgresStore {
+    fn create_endpoint(&self, new: NewEndpoint) -> StoreFuture<Endpoint> {
+        let new = std::sync::Arc::new(new);
+        self.write(move |transaction| {
+            let new = std::sync::Arc::clone(&new);
+            boxed(async move {
+                transaction
+                    .execute(
+                        "INSERT INTO webhook_endpoints (id, url, events, description, enabled, secret, created_at)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                        &[
+                            &new.id,
+                            &new.url,
+                            &new.filter.stored(),
+                            &new.description,
+                            &new.enabled,
+                            &new.secret.expose(),
+                            &new.created_at_ms,
+                        ],
+                    )
+                    .await?;
+                endpoint(transaction, &new.id)
+                    .await?
+                    .ok_or(StoreError::Database("the new endpoint was not found".into()))
+            })
+        })
+    }
+
+    fn endpoints(&self) -> StoreFuture<Vec<Endpoint>> {
+        self.read(move |client| async move {
+            client
+                .query(
+                    &format!(
+                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE NOT deleted
+                          ORDER BY created_at, id"
+                    ),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(endpoint_from_row)
+                .collect()
+        })
+    }
+
+    fn endpoint(&self, id: String) -> StoreFuture<Option<Endpoint>> {
+        self.read(move |client| async move { endpoint(&*client, &id).await })
+    }
+
+    fn update_endpoint(&self, id: String, change: EndpointChange) -> StoreFuture<Option<Endpoint>> {
+        let change = std::sync::Arc::new(change);
+        self.write(move |transaction| {
+            let (id, change) = (id.clone(), std::sync::Arc::clone(&change));
+            boxed(async move {
+                let stored = change.filter.as_ref().map(EventFilter::stored);
+                let updated = transaction
+                    .execute(
+                        "UPDATE webhook_endpoints
+                            SET url = COALESCE($2, url),
+                                events = COALESCE($3, events),
+                                description = COALESCE($4, description),
+                                enabled = COALESCE($5, enabled),
+                                disabled_reason = CASE WHEN $5 IS NULL THEN disabled_reason END,
+                                failing_since = CASE WHEN $5 THEN NULL ELSE failing_since END
+                          WHERE id = $1 AND NOT deleted",
+                        &[
+                            &id,
+                            &change.url,
+                            &stored,
+                            &change.description,
+                            &change.enabled,
+                        ],
+                    )
+                    .await?;
+                if updated == 0 {
+                    return Ok(None);
+                }
+                endpoint(transaction, &id).await
+            })
+        })
+    }
+
+    fn remove_endpoint(&self, id: String) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let id = id.clone();
+            boxed(async move {
+                Ok(transaction
+                    .execute(
+                        "UPDATE webhook_endpoints SET deleted = true, enabled = false
+                          WHERE id = $1 AND NOT deleted",
+                        &[&id],
+                    )
+                    .await?
+                    == 1)
+            })
+        })
+    }
+
+    fn rotate_secret(
+        &self,
+        id: String,
+        secret: SigningSecret,
+        previous_until_ms: i64,
+    ) -> StoreFuture<Option<Endpoint>> {
+        self.write(move |transaction| {
+            let (id, secret) = (id.clone(), secret.clone());
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE webhook_endpoints SET previous_secret = secret, secret = $2,
+                                previous_secret_until = $3 WHERE id = $1 AND NOT deleted",
+                        &[&id, &secret.expose(), &previous_until_ms],
+                    )
+                    .await?;
+                endpoint(transaction, &id).await
+            })
+        })
+    }
+
+    fn record_event(&self, event: NewEvent) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let event = event.clone();
+            boxed(async move {
+                let known = transaction
+                    .query_opt(
+                        "SELECT 1 FROM webhook_events WHERE dedupe_key = $1",
+                        &[&event.dedupe_key],
+                    )
+                    .await?;
+                if known.is_some() {
+                    return Ok(false);
+                }
+                insert_events(transaction, std::slice::from_ref(&event)).await?;
+                Ok(true)
+            })
+        })
+    }
+
+    fn record_test_event(&self, endpoint_id: String, event: NewEvent) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let (endpoint_id, event) = (endpoint_id.clone(), event.clone());
+            boxed(async move {
+                if endpoint(transaction, &endpoint_id).await?.is_none() {
+                    return Ok(false);
+                }
+                transaction
+                    .execute(
+                        "INSERT INTO webhook_events (id, type, account_id, dedupe_key, payload, created_at)
+                         VALUES ($1, $2, NULL, $3, $4, $5)",
+                        &[
+                            &event.id,
+                            &event.kind.as_str(),
+                            &event.dedupe_key,
+                            &event.payload(),
+                            &event.created_at_ms,
+                        ],
+                    )
+                    .await?;
+                transaction
+                    .execute(
+                        "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+                         VALUES ($1, $2, 'pending', $3, $3)",
+                        &[&endpoint_id, &event.id, &event.created_at_ms],
+                    )
+                    .await?;
+                Ok(true)
+            })
+        })
+    }
+
+    fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        per_endpoint: i64,
+        limit: i64,
+        instance: String,
+    ) -> StoreFuture<Vec<ClaimedDelivery>> {
+        self.write(move |transaction| {
+            let instance = instance.clone();
+            boxed(async move {
+                let rows = transaction
+                    .query(
+                        "UPDATE webhook_deliveries d
+                            SET state = 'sending', attempts = d.attempts + 1, claimed_until = $2, claimed_by = $5
+                           FROM webhook_events ev
+                          WHERE ev.id = d.event_id AND d.id IN (
+                            SELECT id FROM webhook_deliveries WHERE id IN (
+                              SELECT id FROM (
+                                SELECT c.id, c.next_attempt_at,
+                                       ROW_NUMBER() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS place,
+                                       (SELECT COUNT(*) FROM webhook_deliveries busy
+                                         WHERE busy.endpoint_id = c.endpoint_id AND busy.state = 'sending'
+                                           AND busy.claimed_until >= $1) AS sending
+                                  FROM webhook_deliveries c JOIN webhook_endpoints e ON e.id = c.endpoint_id
+                                 WHERE e.enabled AND NOT e.deleted
+                                   AND ((c.state = 'pending' AND c.next_attempt_at <= $1)
+                                        OR (c.state = 'sending' AND c.claimed_until < $1))) ranked
+                               WHERE place + sending <= $3
+                               ORDER BY next_attempt_at, id LIMIT $4)
+                            FOR UPDATE SKIP LOCKED)
+                      RETURNING d.id, d.attempts, d.event_id, d.endpoint_id, d.created_at, ev.type, ev.payload",
+                        &[&now_ms, &lease_until_ms, &per_endpoint, &limit, &instance],
+                    )
+                    .await?;
+                let mut deliveries = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id: i64 = row.try_get(0)?;
+                    let endpoint_id: String = row.try_get(3)?;
+                    let endpoint = endpoint(transaction, &endpoint_id).await?.ok_or_else(|| {
+                        StoreError::Database(format!("delivery {id} has no endpoint"))
+                    })?;
+                    deliveries.push(ClaimedDelivery {
+                        id,
+                        attempts: row.try_get(1)?,
+                        event_id: row.try_get(2)?,
+                        created_at_ms: row.try_get(4)?,
+                        event_type: row.try_get(5)?,
+                        payload: row.try_get(6)?,
+                        endpoint,
+                    });
+                }
+                deliveries.sort_by_key(|delivery| delivery.id);
+                Ok(deliveries)
+            })
+        })
+    }
+
+    fn attempted(&self, attempt: Attempted) -> StoreFuture<()> {
+        let attempt = std::sync::Arc::new(attempt);
+        self.write(move |transaction| {
+            let attempt = std::sync::Arc::clone(&attempt);
+            boxed(async move {
+                let status = attempt.status_code.map(i64::from);
+                transaction
+                    .execute(
+                        "INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &attempt.delivery_id,
+                            &attempt.endpoint_id,
+                            &attempt.at_ms,
+                            &status,
+                            &attempt.error,
+                            &attempt.duration_ms,
+                        ],
+                    )
+                    .await?;
+                let (state, next_attempt_at) = match attempt.outcome {
+                    DeliveryOutcome::Delivered => ("delivered", None),
+                    DeliveryOutcome::Retry { at_ms } => ("pending", Some(at_ms)),
+                    DeliveryOutcome::GaveUp => ("failed", None),
+                };
+                transaction
+                    .execute(
+                        "UPDATE webhook_deliveries
+                            SET state = $2, next_attempt_at = COALESCE($3, next_attempt_at),
+                                claimed_until = NULL,
+                                finished_at = CASE WHEN $3::BIGINT IS NULL THEN $4::BIGINT END
+                          WHERE id = $1",
+                        &[&attempt.delivery_id, &state, &next_attempt_at, &attempt.at_ms],
+                    )
+                    .await?;
+                let failing = if attempt.outcome == DeliveryOutcome::Delivered {
+                    None
+                } else {
+                    Some(attempt.at_ms)
+                };
+                transaction
+                    .execute(
+                        "UPDATE webhook_endpoints
+                            SET failing_since = CASE WHEN $2::BIGINT IS NULL THEN NULL
+                                                     ELSE COALESCE(failing_since, $2) END
+                          WHERE id = $1",
+                        &[&attempt.endpoint_id, &failing],
+                    )
+                    .await?;
+                if let Some((reason, event)) = &attempt.disable {
+                    let disabled = transaction
+                        .execute(
+                            "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2
+                              WHERE id = $1 AND enabled",
+                            &[&attempt.endpoint_id, reason],
+                        )
+                        .await?;
+                    if disabled == 1 {
+                        insert_events(transaction, std::slice::from_ref(event)).await?;
+                    }
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn attempts_of(&self, endpoint_id: String, limit: i64) -> StoreFuture<Vec<AttemptRecord>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT e.id, e.type, a.at, a.status_code, a.error, a.duration_ms, a.id
+                       FROM webhook_attempts a
+                       JOIN webhook_deliveries d ON d.id = a.delivery_id
+                       JOIN webhook_events e ON e.id = d.event_id
+                      WHERE a.endpoint_id = $1 ORDER BY a.id DESC LIMIT $2",
+                    &[&endpoint_id, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(AttemptRecord {
+                        event_id: row.try_get(0)?,
+                        event_type: row.try_get(1)?,
+                        at_ms: row.try_get(2)?,
+                        status_code: status_code(row.try_get(3)?, row.try_get(6)?)?,
+                        error: row.try_get(4)?,
+                        duration_ms: row.try_get(5)?,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn replay(
+        &self,
+        endpoint_id: String,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> StoreFuture<Option<usize>> {
+        self.write(move |transaction| {
+            let endpoint_id = endpoint_id.clone();
+            boxed(async move {
+                let Some(found) = endpoint(transaction, &endpoint_id).await? else {
+                    return Ok(None);
+                };
+                let made = transaction
+                    .execute(
+                        "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+                         SELECT $1, id, 'pending', $3, $3 FROM webhook_events
+                          WHERE created_at >= $2 AND type <> 'webhook_endpoint.test'
+                            AND ($4 = '*' OR strpos($4, ',' || type || ',') > 0)
+                          ORDER BY created_at, id",
+                        &[&endpoint_id, &since_ms, &now_ms, &found.filter.stored()],
+                    )
+                    .await?;
+                Ok(Some(usize::try_from(made).unwrap_or(usize::MAX)))
+            })
+        })
+    }
+
+    fn delivery_stats(&self) -> StoreFuture<DeliveryStats> {
+        self.read(move |client| async move {
+            let row = client
+                .query_one(
+                    "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries
+                      WHERE state IN ('pending', 'sending')",
+                    &[],
+                )
+                .await?;
+            Ok(DeliveryStats {
+                pending: row.try_get(0)?,
+                oldest_pending_ms: row.try_get(1)?,
+            })
+        })
+    }
+}

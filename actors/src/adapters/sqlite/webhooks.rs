@@ -1,0 +1,423 @@
+//! Webhook endpoints, the events outbox and deliveries in SQLite.
+//! [`insert_events`] is what every write that causes an event calls inside
+//! its own transaction.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::SqliteStore;
+use crate::store::{StoreError, StoreFuture, UnknownValue, WebhookStore};
+use crate::webhooks::delivery::{Attempted, DeliveryOutcome};
+use crate::webhooks::{
+    AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, EventFilter,
+    NewEndpoint, NewEvent, SigningSecret,
+};
+
+const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_reason, secret,
+     previous_secret, previous_secret_until, failing_since, created_at";
+
+/// Commits events (each once per dedupe key) and one delivery per enabled
+/// endpoint that takes it, in the caller's transaction. Answers whether
+/// any delivery was made.
+pub(super) fn insert_events(
+    connection: &Connection,
+    events: &[NewEvent],
+) -> Result<bool, rusqlite::Error> {
+    let mut made = false;
+    for event in events {
+        let inserted = connection
+            .prepare_cached(
+                "INSERT OR IGNORE INTO webhook_events (id, type, account_id, dedupe_key, payload, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(params![
+                event.id,
+                event.kind.as_str(),
+                event.account_id.map(|id| id.0),
+                event.dedupe_key,
+                event.payload(),
+                event.created_at_ms
+            ])?;
+        if inserted == 0 {
+            continue;
+        }
+        made |= connection
+            .prepare_cached(
+                "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+                 SELECT id, ?1, 'pending', ?3, ?3 FROM webhook_endpoints
+                  WHERE enabled = 1 AND deleted = 0
+                    AND (events = '*' OR instr(events, ',' || ?2 || ',') > 0)",
+            )?
+            .execute(params![event.id, event.kind.as_str(), event.created_at_ms])?
+            > 0;
+    }
+    Ok(made)
+}
+
+fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
+    let id: String = row.get(0)?;
+    let events: String = row.get(2)?;
+    let filter = EventFilter::from_stored(&events).ok_or_else(|| {
+        UnknownValue::new("webhook_endpoints", &id, "events", events.clone()).into_sql_error(2)
+    })?;
+    let enabled: i64 = row.get(4)?;
+    Ok(Endpoint {
+        url: row.get(1)?,
+        events: filter.names(),
+        filter,
+        description: row.get(3)?,
+        enabled: enabled == 1,
+        disabled_reason: row.get(5)?,
+        secret: SigningSecret::from_stored(row.get(6)?),
+        previous_secret: row
+            .get::<_, Option<String>>(7)?
+            .map(SigningSecret::from_stored),
+        previous_secret_until_ms: row.get(8)?,
+        failing_since_ms: row.get(9)?,
+        created_at_ms: row.get(10)?,
+        id,
+    })
+}
+
+fn endpoint(connection: &Connection, id: &str) -> Result<Option<Endpoint>, StoreError> {
+    Ok(connection
+        .prepare_cached(&format!(
+            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = ?1 AND deleted = 0"
+        ))?
+        .query_row([id], endpoint_from_row)
+        .optional()?)
+}
+
+impl WebhookStore for SqliteStore {
+    fn create_endpoint(&self, new: NewEndpoint) -> StoreFuture<Endpoint> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO webhook_endpoints (id, url, events, description, enabled, secret, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![
+                    new.id,
+                    new.url,
+                    new.filter.stored(),
+                    new.description,
+                    i64::from(new.enabled),
+                    new.secret.expose(),
+                    new.created_at_ms
+                ])?;
+            endpoint(connection, &new.id)?.ok_or(StoreError::Database(
+                "the new endpoint was not found".into(),
+            ))
+        })
+    }
+
+    fn endpoints(&self) -> StoreFuture<Vec<Endpoint>> {
+        self.read(move |connection| {
+            let endpoints = connection
+                .prepare_cached(&format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE deleted = 0
+                      ORDER BY created_at, id"
+                ))?
+                .query_map([], endpoint_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(endpoints)
+        })
+    }
+
+    fn endpoint(&self, id: String) -> StoreFuture<Option<Endpoint>> {
+        self.read(move |connection| endpoint(connection, &id))
+    }
+
+    fn update_endpoint(&self, id: String, change: EndpointChange) -> StoreFuture<Option<Endpoint>> {
+        self.write(move |connection| {
+            if endpoint(connection, &id)?.is_none() {
+                return Ok(None);
+            }
+            if let Some(url) = &change.url {
+                connection
+                    .prepare_cached("UPDATE webhook_endpoints SET url = ?2 WHERE id = ?1")?
+                    .execute(params![id, url])?;
+            }
+            if let Some(filter) = &change.filter {
+                connection
+                    .prepare_cached("UPDATE webhook_endpoints SET events = ?2 WHERE id = ?1")?
+                    .execute(params![id, filter.stored()])?;
+            }
+            if let Some(description) = &change.description {
+                connection
+                    .prepare_cached("UPDATE webhook_endpoints SET description = ?2 WHERE id = ?1")?
+                    .execute(params![id, description])?;
+            }
+            match change.enabled {
+                Some(true) => {
+                    connection
+                        .prepare_cached(
+                            "UPDATE webhook_endpoints SET enabled = 1, disabled_reason = NULL,
+                                    failing_since = NULL WHERE id = ?1",
+                        )?
+                        .execute([&id])?;
+                }
+                Some(false) => {
+                    connection
+                        .prepare_cached(
+                            "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = NULL WHERE id = ?1",
+                        )?
+                        .execute([&id])?;
+                }
+                None => {}
+            }
+            endpoint(connection, &id)
+        })
+    }
+
+    fn remove_endpoint(&self, id: String) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "UPDATE webhook_endpoints SET deleted = 1, enabled = 0 WHERE id = ?1 AND deleted = 0",
+                )?
+                .execute([&id])?
+                == 1)
+        })
+    }
+
+    fn rotate_secret(
+        &self,
+        id: String,
+        secret: SigningSecret,
+        previous_until_ms: i64,
+    ) -> StoreFuture<Option<Endpoint>> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE webhook_endpoints SET previous_secret = secret, secret = ?2,
+                            previous_secret_until = ?3 WHERE id = ?1 AND deleted = 0",
+                )?
+                .execute(params![id, secret.expose(), previous_until_ms])?;
+            endpoint(connection, &id)
+        })
+    }
+
+    fn record_event(&self, event: NewEvent) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let known: Option<i64> = connection
+                .prepare_cached("SELECT 1 FROM webhook_events WHERE dedupe_key = ?1")?
+                .query_row([&event.dedupe_key], |row| row.get(0))
+                .optional()?;
+            if known.is_some() {
+                return Ok(false);
+            }
+            insert_events(connection, std::slice::from_ref(&event))?;
+            Ok(true)
+        })
+    }
+
+    fn record_test_event(&self, endpoint_id: String, event: NewEvent) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            if endpoint(connection, &endpoint_id)?.is_none() {
+                return Ok(false);
+            }
+            connection
+                .prepare_cached(
+                    "INSERT INTO webhook_events (id, type, account_id, dedupe_key, payload, created_at)
+                     VALUES (?1, ?2, NULL, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    event.id,
+                    event.kind.as_str(),
+                    event.dedupe_key,
+                    event.payload(),
+                    event.created_at_ms
+                ])?;
+            connection
+                .prepare_cached(
+                    "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+                     VALUES (?1, ?2, 'pending', ?3, ?3)",
+                )?
+                .execute(params![endpoint_id, event.id, event.created_at_ms])?;
+            Ok(true)
+        })
+    }
+
+    fn claim_deliveries(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        per_endpoint: i64,
+        limit: i64,
+        instance: String,
+    ) -> StoreFuture<Vec<ClaimedDelivery>> {
+        self.write(move |connection| {
+            let claimed = connection
+                .prepare_cached(
+                    "UPDATE webhook_deliveries
+                        SET state = 'sending', attempts = attempts + 1, claimed_until = ?2, claimed_by = ?5
+                      WHERE id IN (
+                        SELECT id FROM (
+                          SELECT d.id, d.next_attempt_at,
+                                 ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS place,
+                                 (SELECT COUNT(*) FROM webhook_deliveries busy
+                                   WHERE busy.endpoint_id = d.endpoint_id AND busy.state = 'sending'
+                                     AND busy.claimed_until >= ?1) AS sending
+                            FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
+                           WHERE e.enabled = 1 AND e.deleted = 0
+                             AND ((d.state = 'pending' AND d.next_attempt_at <= ?1)
+                                  OR (d.state = 'sending' AND d.claimed_until < ?1)))
+                         WHERE place + sending <= ?3
+                         ORDER BY next_attempt_at, id LIMIT ?4)
+                     RETURNING id, attempts, event_id, endpoint_id, created_at",
+                )?
+                .query_map(
+                    params![now_ms, lease_until_ms, per_endpoint, limit, instance],
+                    |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, String>(2)?,
+                            row.get::<_, String>(3)?,
+                            row.get::<_, i64>(4)?,
+                        ))
+                    },
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut deliveries = Vec::with_capacity(claimed.len());
+            for (id, attempts, event_id, endpoint_id, created_at_ms) in claimed {
+                let (event_type, payload): (String, String) = connection
+                    .prepare_cached("SELECT type, payload FROM webhook_events WHERE id = ?1")?
+                    .query_row([&event_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                let endpoint = endpoint(connection, &endpoint_id)?.ok_or_else(|| {
+                    StoreError::Database(format!("delivery {id} has no endpoint"))
+                })?;
+                deliveries.push(ClaimedDelivery {
+                    id,
+                    attempts,
+                    event_id,
+                    event_type,
+                    payload,
+                    created_at_ms,
+                    endpoint,
+                });
+            }
+            deliveries.sort_by_key(|delivery| delivery.id);
+            Ok(deliveries)
+        })
+    }
+
+    fn attempted(&self, attempt: Attempted) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    attempt.delivery_id,
+                    attempt.endpoint_id,
+                    attempt.at_ms,
+                    attempt.status_code,
+                    attempt.error,
+                    attempt.duration_ms
+                ])?;
+            let (state, next_attempt_at) = match attempt.outcome {
+                DeliveryOutcome::Delivered => ("delivered", None),
+                DeliveryOutcome::Retry { at_ms } => ("pending", Some(at_ms)),
+                DeliveryOutcome::GaveUp => ("failed", None),
+            };
+            connection
+                .prepare_cached(
+                    "UPDATE webhook_deliveries
+                        SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
+                            claimed_until = NULL,
+                            finished_at = CASE WHEN ?3 IS NULL THEN ?4 END
+                      WHERE id = ?1",
+                )?
+                .execute(params![attempt.delivery_id, state, next_attempt_at, attempt.at_ms])?;
+            if attempt.outcome == DeliveryOutcome::Delivered {
+                connection
+                    .prepare_cached("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ?1")?
+                    .execute([&attempt.endpoint_id])?;
+            } else {
+                connection
+                    .prepare_cached(
+                        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, ?2) WHERE id = ?1",
+                    )?
+                    .execute(params![attempt.endpoint_id, attempt.at_ms])?;
+            }
+            if let Some((reason, event)) = &attempt.disable {
+                let disabled = connection
+                    .prepare_cached(
+                        "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = ?2
+                          WHERE id = ?1 AND enabled = 1",
+                    )?
+                    .execute(params![attempt.endpoint_id, reason])?;
+                if disabled == 1 {
+                    insert_events(connection, std::slice::from_ref(event))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn attempts_of(&self, endpoint_id: String, limit: i64) -> StoreFuture<Vec<AttemptRecord>> {
+        self.read(move |connection| {
+            let attempts = connection
+                .prepare_cached(
+                    "SELECT e.id, e.type, a.at, a.status_code, a.error, a.duration_ms
+                       FROM webhook_attempts a
+                       JOIN webhook_deliveries d ON d.id = a.delivery_id
+                       JOIN webhook_events e ON e.id = d.event_id
+                      WHERE a.endpoint_id = ?1 ORDER BY a.id DESC LIMIT ?2",
+                )?
+                .query_map(params![endpoint_id, limit], |row| {
+                    Ok(AttemptRecord {
+                        event_id: row.get(0)?,
+                        event_type: row.get(1)?,
+                        at_ms: row.get(2)?,
+                        status_code: row.get(3)?,
+                        error: row.get(4)?,
+                        duration_ms: row.get(5)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(attempts)
+        })
+    }
+
+    fn replay(
+        &self,
+        endpoint_id: String,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> StoreFuture<Option<usize>> {
+        self.write(move |connection| {
+            let Some(found) = endpoint(connection, &endpoint_id)? else {
+                return Ok(None);
+            };
+            let made = connection
+                .prepare_cached(
+                    "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+                     SELECT ?1, id, 'pending', ?3, ?3 FROM webhook_events
+                      WHERE created_at >= ?2 AND type <> 'webhook_endpoint.test'
+                        AND (?4 = '*' OR instr(?4, ',' || type || ',') > 0)
+                      ORDER BY created_at, id",
+                )?
+                .execute(params![endpoint_id, since_ms, now_ms, found.filter.stored()])?;
+            Ok(Some(made))
+        })
+    }
+
+    fn delivery_stats(&self) -> StoreFuture<DeliveryStats> {
+        self.read(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT COUNT(*), MIN(created_at) FROM webhook_deliveries
+                      WHERE state IN ('pending', 'sending')",
+                )?
+                .query_row([], |row| {
+                    Ok(DeliveryStats {
+                        pending: row.get(0)?,
+                        oldest_pending_ms: row.get(1)?,
+                    })
+                })?)
+        })
+    }
+}

@@ -1,0 +1,168 @@
+//! The policy of a delivery: at least once, the same event id on every
+//! try; waits that grow (about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every
+//! 10 h) for three days, like Stripe's; `410 Gone` disables the endpoint at
+//! once, and an endpoint that has failed for three days is disabled.
+
+use serde::Serialize;
+
+use super::endpoints::Endpoint;
+use super::events::NewEvent;
+
+const SECOND_MS: i64 = 1000;
+const MINUTE_MS: i64 = 60 * SECOND_MS;
+const HOUR_MS: i64 = 60 * MINUTE_MS;
+
+/// The wait after each failed try, by number of tries; the last repeats.
+pub const WAITS_MS: [i64; 6] = [
+    5 * SECOND_MS,
+    5 * MINUTE_MS,
+    30 * MINUTE_MS,
+    2 * HOUR_MS,
+    5 * HOUR_MS,
+    10 * HOUR_MS,
+];
+
+/// How long an event is tried, and how long an endpoint may fail before
+/// it is disabled.
+pub const GIVE_UP_AFTER_MS: i64 = 3 * 24 * HOUR_MS;
+
+/// How long one try may take before it counts as failed.
+pub const TIMEOUT_MS: i64 = 10 * SECOND_MS;
+
+/// A delivery claimed by one worker, under a lease.
+#[derive(Clone, Debug)]
+pub struct ClaimedDelivery {
+    pub id: i64,
+    /// Tries so far, this one included.
+    pub attempts: i64,
+    pub event_id: String,
+    pub event_type: String,
+    /// The event's body, exactly as signed.
+    pub payload: String,
+    pub created_at_ms: i64,
+    pub endpoint: Endpoint,
+}
+
+/// What one try came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TryResult {
+    /// The endpoint answered with this status.
+    Answered(u16),
+    /// No answer: refused, reset, timed out, or a resolved address refused.
+    NoAnswer(String),
+}
+
+/// What becomes of the delivery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Tried again from this moment.
+    Retry {
+        at_ms: i64,
+    },
+    /// Tried for three days: given up.
+    GaveUp,
+}
+
+/// One try to record, with what it means for the delivery and endpoint.
+#[derive(Debug)]
+pub struct Attempted {
+    pub delivery_id: i64,
+    pub endpoint_id: String,
+    pub at_ms: i64,
+    pub status_code: Option<u16>,
+    pub error: Option<String>,
+    pub duration_ms: i64,
+    pub outcome: DeliveryOutcome,
+    /// The endpoint is disabled, for this reason, with the event that
+    /// tells the other endpoints.
+    pub disable: Option<(String, NewEvent)>,
+}
+
+/// Decides what a try means.
+pub fn decide(delivery: &ClaimedDelivery, result: &TryResult, now_ms: i64) -> DecidedTry {
+    let ok = matches!(result, TryResult::Answered(status) if (200..300).contains(status));
+    if ok {
+        return DecidedTry {
+            outcome: DeliveryOutcome::Delivered,
+            disable: None,
+        };
+    }
+    if matches!(result, TryResult::Answered(410)) {
+        return DecidedTry {
+            outcome: DeliveryOutcome::GaveUp,
+            disable: Some("the endpoint answered 410 Gone".into()),
+        };
+    }
+    let failing_since = delivery.endpoint.failing_since_ms.unwrap_or(now_ms);
+    let disable = (now_ms - failing_since >= GIVE_UP_AFTER_MS)
+        .then(|| "every delivery failed for three days".to_string());
+    let outcome = match next_attempt(delivery.attempts, delivery.created_at_ms, now_ms) {
+        Some(at_ms) if disable.is_none() => DeliveryOutcome::Retry { at_ms },
+        _ => DeliveryOutcome::GaveUp,
+    };
+    DecidedTry { outcome, disable }
+}
+
+/// [`decide`]'s answer.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DecidedTry {
+    pub outcome: DeliveryOutcome,
+    pub disable: Option<String>,
+}
+
+/// When to try again after `attempts` failed tries of a delivery made at
+/// `created_at_ms`; `None` once three days have passed.
+pub fn next_attempt(attempts: i64, created_at_ms: i64, now_ms: i64) -> Option<i64> {
+    let index = usize::try_from(attempts.saturating_sub(1))
+        .unwrap_or(0)
+        .min(WAITS_MS.len() - 1);
+    let at_ms = now_ms + WAITS_MS[index];
+    (at_ms - created_at_ms <= GIVE_UP_AFTER_MS).then_some(at_ms)
+}
+
+/// One try, as the admin reads it.
+#[derive(Clone, Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AttemptRecord {
+    pub event_id: String,
+    pub event_type: String,
+    pub at_ms: i64,
+    /// The endpoint's status code, when it answered.
+    pub status_code: Option<u16>,
+    /// Why there was no good answer (never the endpoint's body).
+    pub error: Option<String>,
+    pub duration_ms: i64,
+}
+
+/// The deliveries not yet made, for metrics.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct DeliveryStats {
+    pub pending: i64,
+    /// When the oldest pending delivery was made.
+    pub oldest_pending_ms: Option<i64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waits_grow_then_stop_after_three_days() {
+        assert_eq!(next_attempt(1, 0, 0), Some(5_000));
+        assert_eq!(next_attempt(2, 0, 5_000), Some(5_000 + 300_000));
+        assert_eq!(next_attempt(6, 0, 0), Some(10 * HOUR_MS));
+        assert_eq!(next_attempt(40, 0, 0), Some(10 * HOUR_MS));
+        assert_eq!(next_attempt(9, 0, GIVE_UP_AFTER_MS - HOUR_MS), None);
+        let mut now = 0;
+        let mut tries = 0;
+        while let Some(at) = next_attempt(tries + 1, 0, now) {
+            tries += 1;
+            now = at;
+        }
+        // The 11 waits: 5 s, 5 min, 30 min, 2 h, 5 h, then 10 h six times
+        // (67 h 35 min 5 s in all); a twelfth try would be past 72 h.
+        assert_eq!(tries, 11);
+        assert_eq!(now, 67 * HOUR_MS + 35 * MINUTE_MS + 5 * SECOND_MS);
+    }
+}

@@ -1,0 +1,288 @@
+//! What happened to a customer's money, as the host application is told:
+//! the event types, and the payload `{"id", "type", "created_at", "data"}`.
+//! `data` always carries `account_id` and, where a balance changed, `seq`
+//! and `balance_micros`, so a receiver can order one account's events.
+
+use serde_json::{json, Map, Value};
+
+use crate::accounts::Card;
+use crate::billing::orders::Order;
+use crate::clock::format_rfc3339_ms;
+use crate::ledger::{AccountId, LedgerEntry};
+use crate::money::Money;
+use crate::store::error::StoreError;
+
+/// Every event type; the endpoints' filters name these (or `*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventType {
+    /// A change took the balance below the low-balance threshold.
+    BalanceLow,
+    /// The balance can no longer pay one segment to the account's number.
+    BalanceDepleted,
+    /// A credit took a low balance back to the threshold or above.
+    BalanceReplenished,
+    PaymentSucceeded,
+    PaymentRefunded,
+    PaymentFailed,
+    AutoTopUpFailed,
+    AutoTopUpDisabled,
+    AccountCreated,
+    /// An endpoint was disabled (failing for days, or `410 Gone`); sent to
+    /// the other endpoints.
+    EndpointDisabled,
+    /// Sent on demand to one endpoint, to try it.
+    EndpointTest,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 11] = [
+        EventType::BalanceLow,
+        EventType::BalanceDepleted,
+        EventType::BalanceReplenished,
+        EventType::PaymentSucceeded,
+        EventType::PaymentRefunded,
+        EventType::PaymentFailed,
+        EventType::AutoTopUpFailed,
+        EventType::AutoTopUpDisabled,
+        EventType::AccountCreated,
+        EventType::EndpointDisabled,
+        EventType::EndpointTest,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::BalanceLow => "balance.low",
+            EventType::BalanceDepleted => "balance.depleted",
+            EventType::BalanceReplenished => "balance.replenished",
+            EventType::PaymentSucceeded => "payment.succeeded",
+            EventType::PaymentRefunded => "payment.refunded",
+            EventType::PaymentFailed => "payment.failed",
+            EventType::AutoTopUpFailed => "auto_top_up.failed",
+            EventType::AutoTopUpDisabled => "auto_top_up.disabled",
+            EventType::AccountCreated => "account.created",
+            EventType::EndpointDisabled => "webhook_endpoint.disabled",
+            EventType::EndpointTest => "webhook_endpoint.test",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<EventType> {
+        EventType::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str(self.as_str())
+    }
+}
+
+/// An event to commit with the change that caused it. `dedupe_key` makes
+/// it once per cause: the store keeps the first event of a key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub kind: EventType,
+    pub account_id: Option<AccountId>,
+    pub dedupe_key: String,
+    pub created_at_ms: i64,
+    pub data: Map<String, Value>,
+}
+
+impl NewEvent {
+    /// An event of `kind` with `data` (to which the account's id is added).
+    pub fn new(
+        kind: EventType,
+        account_id: Option<AccountId>,
+        dedupe_key: String,
+        data: Map<String, Value>,
+        created_at_ms: i64,
+    ) -> Result<NewEvent, StoreError> {
+        let mut data = data;
+        if let Some(account_id) = account_id {
+            data.insert("account_id".into(), json!(account_id.0));
+        }
+        Ok(NewEvent {
+            id: event_id()?,
+            kind,
+            account_id,
+            dedupe_key,
+            created_at_ms,
+            data,
+        })
+    }
+
+    /// An event about a ledger row: `seq` and `balance_micros` come from
+    /// the row, and its key dedupes it (one per type per row).
+    pub fn of_entry(
+        kind: EventType,
+        entry: &LedgerEntry,
+        mut data: Map<String, Value>,
+    ) -> Result<NewEvent, StoreError> {
+        data.insert("seq".into(), json!(entry.seq));
+        data.insert("balance_micros".into(), json!(entry.balance_after.micros()));
+        NewEvent::new(
+            kind,
+            Some(entry.account_id),
+            format!("{}:{}:{}", kind.as_str(), entry.account_id, entry.seq),
+            data,
+            entry.created_at_ms,
+        )
+    }
+
+    /// The JSON body sent to endpoints (signed as it is).
+    pub fn payload(&self) -> String {
+        json!({
+            "id": self.id,
+            "type": self.kind.as_str(),
+            "created_at": format_rfc3339_ms(self.created_at_ms),
+            "data": Value::Object(self.data.clone()),
+        })
+        .to_string()
+    }
+}
+
+/// An event a caller asks a ledger write to commit (a payment's): the row
+/// adds `account_id`, `seq` and `balance_micros` to `data`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventDraft {
+    pub kind: EventType,
+    pub data: Map<String, Value>,
+}
+
+/// How a payment was made, as `payment.succeeded` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PaymentSource {
+    /// Stripe Checkout (access, or a top-up on the web).
+    Checkout,
+    /// The saved card, off-session (`BUY` by SMS, or the API).
+    SavedCard,
+    /// The saved card, by auto top-up.
+    AutoTopUp,
+}
+
+impl PaymentSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentSource::Checkout => "checkout",
+            PaymentSource::SavedCard => "saved_card",
+            PaymentSource::AutoTopUp => "auto_top_up",
+        }
+    }
+}
+
+/// `payment.succeeded`: the order, what was paid and credited, how, and
+/// the card when Stripe has said which.
+pub fn payment_succeeded(
+    order: &Order,
+    paid: Money,
+    credited: Money,
+    source: PaymentSource,
+    card: Option<&Card>,
+) -> EventDraft {
+    EventDraft {
+        kind: EventType::PaymentSucceeded,
+        data: data([
+            ("order_id", json!(order.id)),
+            ("order_type", json!(order.order_type.as_str())),
+            ("amount_micros", json!(paid.micros())),
+            ("credited_micros", json!(credited.micros())),
+            ("source", json!(source.as_str())),
+            (
+                "card",
+                card.map_or(
+                    Value::Null,
+                    |card| json!({"brand": card.brand, "last4": card.last4}),
+                ),
+            ),
+        ]),
+    }
+}
+
+/// `payment.refunded`: what this refund gave back to the card, the order's
+/// refunds in all, and the credit taken back for it.
+pub fn payment_refunded(
+    order: &Order,
+    refunded: Money,
+    total_refunded: Money,
+    credit_taken_back: Money,
+) -> EventDraft {
+    EventDraft {
+        kind: EventType::PaymentRefunded,
+        data: data([
+            ("order_id", json!(order.id)),
+            ("order_type", json!(order.order_type.as_str())),
+            ("refunded_micros", json!(refunded.micros())),
+            ("total_refunded_micros", json!(total_refunded.micros())),
+            (
+                "credit_taken_back_micros",
+                json!(credit_taken_back.micros()),
+            ),
+        ]),
+    }
+}
+
+impl EventDraft {
+    /// The draft as an event of its own, for a change that made no ledger
+    /// row (a payment that credits nothing): once per `dedupe_key`.
+    pub fn standalone(
+        self,
+        account_id: AccountId,
+        dedupe_key: String,
+        now_ms: i64,
+    ) -> Result<NewEvent, StoreError> {
+        NewEvent::new(self.kind, Some(account_id), dedupe_key, self.data, now_ms)
+    }
+}
+
+/// A new event id: `evt_` and 96 random bits.
+pub fn event_id() -> Result<String, StoreError> {
+    Ok(format!("evt_{}", &crate::random::random_secret("")?[..24]))
+}
+
+/// `data` from pairs, for the builders.
+pub fn data<const N: usize>(pairs: [(&str, Value); N]) -> Map<String, Value> {
+    pairs
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn every_type_reads_back() {
+        for kind in EventType::ALL {
+            assert_eq!(EventType::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventType::parse("balance.lowish"), None);
+    }
+
+    #[test]
+    fn the_payload_names_the_account_and_the_row() {
+        let entry = LedgerEntry {
+            account_id: AccountId(7),
+            seq: 12,
+            kind: crate::ledger::TransactionKind::Debit,
+            amount: crate::Money::from_micros(-500),
+            balance_after: crate::Money::from_micros(1_500_000),
+            idempotency_key: "k".into(),
+            order_id: None,
+            description: String::new(),
+            created_at_ms: 0,
+        };
+        let event = NewEvent::of_entry(EventType::BalanceLow, &entry, Map::new()).unwrap();
+        let payload: Value = serde_json::from_str(&event.payload()).unwrap();
+        assert_eq!(payload["type"], "balance.low");
+        assert_eq!(payload["created_at"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(payload["data"]["account_id"], 7);
+        assert_eq!(payload["data"]["seq"], 12);
+        assert_eq!(payload["data"]["balance_micros"], 1_500_000);
+        assert!(payload["id"].as_str().unwrap().starts_with("evt_"));
+        assert_eq!(event.dedupe_key, "balance.low:7:12");
+    }
+}

@@ -1,0 +1,58 @@
+-- Webhooks to the host application. webhook_events is the outbox: each
+-- event is inserted in the same transaction as the change that caused it
+-- (one per dedupe_key), and fanned out at once into webhook_deliveries,
+-- one per enabled endpoint whose filter takes it ('*' or ',type,').
+-- A delivery is pending (from next_attempt_at), sending (under a lease,
+-- claimed_until, by claimed_by), delivered, or failed (given up).
+
+CREATE TABLE webhook_endpoints (
+    id                     TEXT    PRIMARY KEY,
+    url                    TEXT    NOT NULL,
+    events                 TEXT    NOT NULL,
+    description            TEXT    NOT NULL DEFAULT '',
+    enabled                INTEGER NOT NULL CHECK (enabled IN (0, 1)),
+    disabled_reason        TEXT,
+    secret                 TEXT    NOT NULL,
+    previous_secret        TEXT,
+    previous_secret_until  INTEGER,
+    failing_since          INTEGER,
+    created_at             INTEGER NOT NULL,
+    deleted                INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
+);
+
+CREATE TABLE webhook_events (
+    id          TEXT    PRIMARY KEY,
+    type        TEXT    NOT NULL,
+    account_id  INTEGER,
+    dedupe_key  TEXT    NOT NULL UNIQUE,
+    payload     TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX webhook_events_created ON webhook_events (created_at);
+
+CREATE TABLE webhook_deliveries (
+    id              INTEGER PRIMARY KEY,
+    endpoint_id     TEXT    NOT NULL REFERENCES webhook_endpoints (id),
+    event_id        TEXT    NOT NULL REFERENCES webhook_events (id),
+    state           TEXT    NOT NULL CHECK (state IN ('pending', 'sending', 'delivered', 'failed')),
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at INTEGER NOT NULL,
+    claimed_until   INTEGER,
+    claimed_by      TEXT,
+    created_at      INTEGER NOT NULL,
+    finished_at     INTEGER
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
+CREATE INDEX webhook_deliveries_sending ON webhook_deliveries (endpoint_id, claimed_until) WHERE state = 'sending';
+CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
+
+CREATE TABLE webhook_attempts (
+    id           INTEGER PRIMARY KEY,
+    delivery_id  INTEGER NOT NULL REFERENCES webhook_deliveries (id),
+    endpoint_id  TEXT    NOT NULL,
+    at           INTEGER NOT NULL,
+    status_code  INTEGER,
+    error        TEXT,
+    duration_ms  INTEGER NOT NULL
+);
+CREATE INDEX webhook_attempts_endpoint ON webhook_attempts (endpoint_id, id);

@@ -1,0 +1,172 @@
+//! The delivery worker: claims due deliveries (each by one instance, under
+//! a lease), tries each in a task of its own, and records what came of it.
+//! A slow or dead endpoint holds at most [`PER_ENDPOINT`] tries at a time,
+//! so it never delays another's deliveries, and no request path waits for
+//! any of this. A commit that made deliveries wakes it at once; otherwise
+//! it looks every [`POLL`] (other instances' events, retries that are due,
+//! leases that ran out when an instance died mid-try).
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sms_credit_actors::clock::Clock;
+use sms_credit_actors::webhooks::delivery::{decide, Attempted, DeliveryOutcome, TryResult};
+use sms_credit_actors::webhooks::events::data;
+use sms_credit_actors::webhooks::{ClaimedDelivery, EventType, NewEvent};
+use sms_credit_actors::Store;
+use tokio::sync::Notify;
+
+use super::sender::WebhookSender;
+
+/// How often due deliveries are looked for when nothing wakes the worker.
+const POLL: Duration = Duration::from_secs(1);
+/// Tries in flight on one instance.
+const MAX_IN_FLIGHT: i64 = 64;
+/// Tries in flight to one endpoint (across instances).
+pub const PER_ENDPOINT: i64 = 8;
+/// How long a claimed delivery is this instance's: longer than a try.
+const LEASE_MS: i64 = 30_000;
+
+/// Deliveries by outcome, for `/metrics`.
+#[derive(Default)]
+pub struct WebhookMetrics {
+    pub delivered: AtomicU64,
+    pub retried: AtomicU64,
+    pub failed: AtomicU64,
+    pub endpoints_disabled: AtomicU64,
+    /// Tries in flight on this instance.
+    pub in_flight: AtomicI64,
+}
+
+/// Starts the worker on the current actix runtime.
+pub fn start_delivery_worker(
+    store: Store,
+    sender: Arc<WebhookSender>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<WebhookMetrics>,
+) {
+    actix_rt::spawn(async move {
+        let slot_freed = Arc::new(Notify::new());
+        loop {
+            let free = MAX_IN_FLIGHT - metrics.in_flight.load(Ordering::Relaxed);
+            if free > 0 {
+                let now_ms = clock.now_ms();
+                let claimed = store
+                    .webhooks()
+                    .claim_deliveries(
+                        now_ms,
+                        now_ms + LEASE_MS,
+                        PER_ENDPOINT,
+                        free,
+                        store.instance_id().to_string(),
+                    )
+                    .await;
+                match claimed {
+                    Ok(deliveries) => {
+                        for delivery in deliveries {
+                            metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+                            let (store, sender, clock, metrics, slot_freed) = (
+                                store.clone(),
+                                Arc::clone(&sender),
+                                Arc::clone(&clock),
+                                Arc::clone(&metrics),
+                                Arc::clone(&slot_freed),
+                            );
+                            actix_rt::spawn(async move {
+                                try_once(&store, &sender, &*clock, &metrics, delivery).await;
+                                metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                                slot_freed.notify_one();
+                            });
+                        }
+                    }
+                    Err(error) => tracing::warn!(%error, "could not claim webhook deliveries"),
+                }
+            }
+            let ready = store.webhooks_ready().notified();
+            let freed = slot_freed.notified();
+            let _ = actix_rt::time::timeout(POLL, async {
+                tokio::select! {
+                    () = ready => {}
+                    () = freed => {}
+                }
+            })
+            .await;
+        }
+    });
+}
+
+/// Tries one delivery and records it.
+async fn try_once(
+    store: &Store,
+    sender: &WebhookSender,
+    clock: &dyn Clock,
+    metrics: &WebhookMetrics,
+    delivery: ClaimedDelivery,
+) {
+    let started = Instant::now();
+    let result = sender.send(&delivery, clock.now_ms()).await;
+    let duration_ms = started.elapsed().as_millis() as i64;
+    let now_ms = clock.now_ms();
+    let decided = decide(&delivery, &result, now_ms);
+    let endpoint = &delivery.endpoint;
+    let disable = match decided.disable {
+        Some(reason) => {
+            tracing::warn!(
+                endpoint = %endpoint.id,
+                url = %endpoint.url,
+                %reason,
+                "webhook endpoint disabled"
+            );
+            let event = NewEvent::new(
+                EventType::EndpointDisabled,
+                None,
+                format!("webhook_endpoint.disabled:{}:{now_ms}", endpoint.id),
+                data([
+                    ("endpoint_id", serde_json::json!(endpoint.id)),
+                    ("url", serde_json::json!(endpoint.url)),
+                    ("reason", serde_json::json!(reason)),
+                ]),
+                now_ms,
+            );
+            match event {
+                Ok(event) => Some((reason, event)),
+                Err(error) => {
+                    tracing::warn!(%error, "could not make the endpoint's disabled event");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    match &decided.outcome {
+        DeliveryOutcome::Delivered => metrics.delivered.fetch_add(1, Ordering::Relaxed),
+        DeliveryOutcome::Retry { .. } => metrics.retried.fetch_add(1, Ordering::Relaxed),
+        DeliveryOutcome::GaveUp => metrics.failed.fetch_add(1, Ordering::Relaxed),
+    };
+    if disable.is_some() {
+        metrics.endpoints_disabled.fetch_add(1, Ordering::Relaxed);
+    }
+    let (status_code, error) = match result {
+        TryResult::Answered(status) if (200..300).contains(&status) => (Some(status), None),
+        TryResult::Answered(status) => (Some(status), Some(format!("answered {status}"))),
+        TryResult::NoAnswer(reason) => (None, Some(reason)),
+    };
+    let attempted = Attempted {
+        delivery_id: delivery.id,
+        endpoint_id: endpoint.id.clone(),
+        at_ms: now_ms,
+        status_code,
+        error,
+        duration_ms,
+        outcome: decided.outcome,
+        disable,
+    };
+    let made_event = attempted.disable.is_some();
+    if let Err(error) = store.webhooks().attempted(attempted).await {
+        // The lease runs out and the delivery is tried again: at least once.
+        tracing::warn!(%error, delivery = delivery.id, "could not record a webhook try");
+    } else if made_event {
+        store.webhooks_ready().notify_one();
+    }
+}

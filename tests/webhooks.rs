@@ -1,0 +1,550 @@
+//! Webhooks to the host application: endpoints managed by the admin, money
+//! events committed with their change, delivered signed (verified by a real
+//! receiver), retried with the same id, disabled on 410, replayed, and the
+//! secret rotated with an overlap. On both stores.
+
+use std::time::Duration;
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+use sms_credit_actors::clock::ManualClock;
+
+use crate::helpers::{fresh_directory, test_settings, TestApp, TestDatabase, ADMIN_TOKEN};
+use crate::webhook_receiver::{Receiver, Reply};
+
+/// Test settings with endpoints on loopback allowed.
+pub fn webhook_settings(directory: &TestDatabase) -> sms_credit::config::Settings {
+    let mut settings = test_settings(directory);
+    settings.webhooks.allow_private = true;
+    settings
+}
+
+/// Adds an endpoint; answers its id and secret.
+pub async fn add_endpoint(app: &TestApp, url: &str, events: Value) -> (String, String) {
+    let (status, body) = app
+        .request(
+            "POST",
+            "/v1/admin/webhook-endpoints",
+            Some(ADMIN_TOKEN),
+            Some(json!({"url": url, "events": events, "description": "forecasts"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    (
+        body["id"].as_str().unwrap().to_string(),
+        body["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+/// The endpoint's tries, the latest first, once there are `count`.
+async fn attempts(app: &TestApp, endpoint: &str, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/webhook-endpoints/{endpoint}/deliveries"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let attempts = body["attempts"].as_array().unwrap().clone();
+        if attempts.len() >= count {
+            return attempts;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for {count} tries: {attempts:?}"
+        );
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn send_test(app: &TestApp, id: &str) {
+    let path = format!("/v1/admin/webhook-endpoints/{id}/test");
+    let (status, body) = app.request("POST", &path, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+}
+
+async fn endpoint(app: &TestApp, id: &str) -> (StatusCode, Value) {
+    app.request(
+        "GET",
+        &format!("/v1/admin/webhook-endpoints/{id}"),
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await
+}
+
+async fn endpoints_are_managed_and_bad_input_is_refused() {
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.webhooks.allow_private = false;
+    let app = TestApp::spawn_with(directory, settings).await;
+    let path = "/v1/admin/webhook-endpoints";
+
+    // Only the admin.
+    let (status, _) = app.request("GET", path, None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = app.request("GET", path, Some("wrong"), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Bad input names its field and makes nothing.
+    for (body, code, field) in [
+        (json!({}), "invalid_url", "url:"),
+        (
+            json!({"url": "http://hooks.example.com/in"}),
+            "invalid_url",
+            "url:",
+        ),
+        (
+            json!({"url": "https://127.0.0.1/in"}),
+            "invalid_url",
+            "url:",
+        ),
+        (
+            json!({"url": "https://169.254.169.254/latest"}),
+            "invalid_url",
+            "url:",
+        ),
+        (
+            json!({"url": "https://[::1]:8443/in"}),
+            "invalid_url",
+            "url:",
+        ),
+        (
+            json!({"url": "https://hooks.example.com", "events": ["balance.lo"]}),
+            "invalid_events",
+            "events:",
+        ),
+        (
+            json!({"url": "https://hooks.example.com", "events": []}),
+            "invalid_events",
+            "events:",
+        ),
+    ] {
+        let (status, answer) = app
+            .request("POST", path, Some(ADMIN_TOKEN), Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(field),
+            "{answer}"
+        );
+    }
+    let (status, answer) = app
+        .request(
+            "POST",
+            path,
+            Some(ADMIN_TOKEN),
+            Some(json!({"url": "https://x.example", "colour": "red"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    let (_, listed) = app.request("GET", path, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(listed["endpoints"], json!([]));
+
+    // Made, with its secret shown once.
+    let (id, secret) =
+        add_endpoint(&app, "https://hooks.example.com/in", json!(["balance.low"])).await;
+    assert!(id.starts_with("we_"), "{id}");
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    let (status, shown) = endpoint(&app, &id).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["url"], "https://hooks.example.com/in");
+    assert_eq!(shown["events"], json!(["balance.low"]));
+    assert_eq!(shown["enabled"], true);
+    let (_, listed) = app.request("GET", path, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(listed["endpoints"].as_array().unwrap().len(), 1);
+    let secret_body = secret.trim_start_matches("whsec_");
+    for answer in [&shown, &listed] {
+        assert!(
+            !answer.to_string().contains(secret_body),
+            "the secret is shown again: {answer}"
+        );
+    }
+
+    // Changed.
+    let (status, changed) = app
+        .request(
+            "PATCH",
+            &format!("{path}/{id}"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"events": ["*"], "enabled": false, "description": "paused"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{changed}");
+    assert_eq!(changed["events"], json!(["*"]));
+    assert_eq!(changed["enabled"], false);
+    assert_eq!(changed["description"], "paused");
+    assert_eq!(changed["url"], "https://hooks.example.com/in");
+    let (status, answer) = app
+        .request(
+            "PATCH",
+            &format!("{path}/{id}"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"url": "ftp://x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(
+        endpoint(&app, &id).await.1["url"],
+        "https://hooks.example.com/in"
+    );
+
+    // Rotated: a new secret, shown once.
+    let (status, rotated) = app
+        .request(
+            "POST",
+            &format!("{path}/{id}/rotate-secret"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    assert_ne!(rotated["secret"], secret.as_str());
+    assert!(rotated["previous_secret_until_ms"].as_i64().is_some());
+
+    // Bad replay input.
+    for (body, code) in [
+        (json!({}), "invalid_since"),
+        (json!({"since": "yesterday"}), "invalid_since"),
+        (json!({"since": "2099-01-01T00:00:00Z"}), "invalid_since"),
+    ] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                &format!("{path}/{id}/replay"),
+                Some(ADMIN_TOKEN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+        assert_eq!(answer["error"]["code"], code);
+    }
+
+    // Removed; then it is not found anywhere.
+    let (status, _) = app
+        .request("DELETE", &format!("{path}/{id}"), Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for (method, suffix) in [
+        ("GET", ""),
+        ("DELETE", ""),
+        ("POST", "/test"),
+        ("POST", "/rotate-secret"),
+        ("GET", "/deliveries"),
+    ] {
+        let (status, answer) = app
+            .request(
+                method,
+                &format!("{path}/{id}{suffix}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method} {suffix}: {answer}");
+    }
+    let (_, listed) = app.request("GET", path, Some(ADMIN_TOKEN), None).await;
+    assert_eq!(listed["endpoints"], json!([]));
+}
+on_both_stores!(endpoints_are_managed_and_bad_input_is_refused);
+
+async fn balance_crossings_reach_a_verifying_receiver_once_each() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let receiver = Receiver::start().await;
+    let other = Receiver::start().await;
+    let (_, secret) = add_endpoint(
+        &app,
+        &receiver.url,
+        json!(["balance.low", "balance.replenished", "balance.depleted"]),
+    )
+    .await;
+    receiver.trust(&secret);
+    let (other_id, other_secret) =
+        add_endpoint(&app, &other.url, json!(["payment.succeeded"])).await;
+    other.trust(&other_secret);
+
+    let account = app.create_account("+14155550123").await;
+    // 0 → $3.00: above the $2.00 threshold (replenished); → $1.50: low;
+    // → $1.40: still low (nothing); → $2.40: replenished; → $1.00: low.
+    for (index, amount) in [3_000_000, -1_500_000, -100_000, 1_000_000, -1_400_000]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = app
+            .post_adjustment(account, amount, &format!("adj-{index}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A retried adjustment makes no second event.
+    let (status, body) = app.post_adjustment(account, -1_400_000, "adj-4").await;
+    assert!(status.is_success(), "{body}");
+
+    let received = receiver
+        .wait_until("four balance events", |received| received.len() >= 4)
+        .await;
+    let seen: Vec<(String, i64, i64)> = received
+        .iter()
+        .map(|r| {
+            (
+                r.kind().to_string(),
+                r.body["data"]["seq"].as_i64().unwrap(),
+                r.body["data"]["balance_micros"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let mut sorted = seen.clone();
+    sorted.sort_by_key(|(_, seq, _)| *seq);
+    assert_eq!(
+        sorted,
+        vec![
+            ("balance.replenished".to_string(), 1, 3_000_000),
+            ("balance.low".to_string(), 2, 1_500_000),
+            ("balance.replenished".to_string(), 4, 2_400_000),
+            ("balance.low".to_string(), 5, 1_000_000),
+        ],
+        "{seen:?}"
+    );
+    assert_eq!(received.len(), 4, "one delivery per event: {seen:?}");
+    for delivery in &received {
+        assert_eq!(delivery.verified_by, vec![0], "{delivery:?}");
+        assert_eq!(delivery.body["data"]["account_id"], account);
+        assert!(delivery.id.starts_with("evt_"));
+        let created = delivery.body["created_at"].as_str().unwrap();
+        assert!(
+            created.starts_with("2026-11-21T") && created.ends_with('Z'),
+            "{created}"
+        );
+    }
+    let mut ids: Vec<&str> = received.iter().map(|r| r.id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 4);
+
+    // The other endpoint takes only payments: a test event reaches it,
+    // and nothing else did.
+    let (status, sent) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/webhook-endpoints/{other_id}/test"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{sent}");
+    let got = other.accepted("webhook_endpoint.test", 1).await;
+    assert_eq!(got[0].id, sent["event_id"].as_str().unwrap());
+    assert_eq!(got[0].verified_by, vec![0]);
+    assert_eq!(other.received().len(), 1, "{:?}", other.received());
+}
+on_both_stores!(balance_crossings_reach_a_verifying_receiver_once_each);
+
+async fn a_failing_receiver_is_retried_with_the_same_id_until_it_accepts() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let clock = ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    // Nothing listens on the port yet: the first try is refused.
+    let port = Receiver::free_port();
+    let (endpoint_id, secret) = add_endpoint(
+        &app,
+        &format!("http://127.0.0.1:{port}/hooks"),
+        json!(["*"]),
+    )
+    .await;
+    let account = app.create_account("+14155550124").await;
+    let (status, body) = app.post_adjustment(account, 5_000_000, "fill").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let tries = attempts(&app, &endpoint_id, 1).await;
+    assert_eq!(tries[0]["status_code"], Value::Null);
+    assert!(
+        tries[0]["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("could not connect"),
+        "{tries:?}"
+    );
+    let (_, shown) = endpoint(&app, &endpoint_id).await;
+    assert!(shown["failing_since_ms"].as_i64().is_some(), "{shown}");
+
+    // Not again before its wait (about 5 s) is over.
+    let receiver = Receiver::start_on_port(port);
+    receiver.trust(&secret);
+    receiver.plan(&[Reply::Status(500), Reply::Hang(Duration::from_secs(11))]);
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert!(receiver.received().is_empty());
+
+    // 5 s on: a 500. 5 min on: no answer within the 10 s timeout. 30 min
+    // on: accepted.
+    clock.advance_ms(5_000);
+    attempts(&app, &endpoint_id, 2).await;
+    clock.advance_ms(300_000);
+    let tries = attempts(&app, &endpoint_id, 3).await;
+    assert_eq!(tries[0]["error"], "no answer within 10 s", "{tries:?}");
+    clock.advance_ms(1_800_000);
+    let tries = attempts(&app, &endpoint_id, 4).await;
+    let statuses: Vec<Value> = tries
+        .iter()
+        .rev()
+        .map(|t| t["status_code"].clone())
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![Value::Null, json!(500), Value::Null, json!(200)]
+    );
+    assert!(tries[0]["error"].is_null(), "{tries:?}");
+    let event_ids: Vec<&str> = tries
+        .iter()
+        .map(|t| t["event_id"].as_str().unwrap())
+        .collect();
+    assert!(
+        event_ids.iter().all(|id| *id == event_ids[0]),
+        "{event_ids:?}"
+    );
+
+    // Every request that reached the receiver was the same event, signed.
+    let received = receiver
+        .wait_until("the hung try recorded too", |received| received.len() >= 3)
+        .await;
+    for delivery in &received {
+        assert_eq!(delivery.id, event_ids[0]);
+        assert_eq!(delivery.kind(), "balance.replenished");
+        assert_eq!(delivery.verified_by, vec![0]);
+    }
+    let (_, shown) = endpoint(&app, &endpoint_id).await;
+    assert_eq!(shown["failing_since_ms"], Value::Null, "{shown}");
+    assert_eq!(shown["enabled"], true);
+    // Delivered: not tried again, however long.
+    clock.advance_ms(86_400_000);
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(attempts(&app, &endpoint_id, 0).await.len(), 4);
+}
+on_both_stores!(a_failing_receiver_is_retried_with_the_same_id_until_it_accepts);
+
+async fn gone_disables_the_endpoint_and_tells_the_others() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let gone = Receiver::start().await;
+    gone.plan(&[Reply::Status(410)]);
+    let watcher = Receiver::start().await;
+    let (gone_id, gone_secret) =
+        add_endpoint(&app, &gone.url, json!(["balance.replenished"])).await;
+    gone.trust(&gone_secret);
+    let (_, watcher_secret) =
+        add_endpoint(&app, &watcher.url, json!(["webhook_endpoint.disabled"])).await;
+    watcher.trust(&watcher_secret);
+
+    let account = app.create_account("+14155550125").await;
+    app.post_adjustment(account, 5_000_000, "fill").await;
+    let told = watcher.accepted("webhook_endpoint.disabled", 1).await;
+    assert_eq!(told[0].body["data"]["endpoint_id"], gone_id.as_str());
+    assert_eq!(
+        told[0].body["data"]["reason"],
+        "the endpoint answered 410 Gone"
+    );
+    assert_eq!(told[0].verified_by, vec![0]);
+    let (_, shown) = endpoint(&app, &gone_id).await;
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert_eq!(shown["disabled_reason"], "the endpoint answered 410 Gone");
+
+    // Disabled: later events are not sent to it.
+    app.post_adjustment(account, -4_000_000, "drain").await;
+    app.post_adjustment(account, 4_000_000, "refill").await;
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gone.received().len(), 1);
+
+    // Enabled again by the admin: its reason and failures are forgotten,
+    // and the next event reaches it.
+    let (status, enabled) = app
+        .request(
+            "PATCH",
+            &format!("/v1/admin/webhook-endpoints/{gone_id}"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{enabled}");
+    assert_eq!(enabled["disabled_reason"], Value::Null);
+    assert_eq!(enabled["failing_since_ms"], Value::Null);
+    app.post_adjustment(account, -4_000_000, "drain-2").await;
+    app.post_adjustment(account, 4_000_000, "refill-2").await;
+    let back = gone.accepted("balance.replenished", 1).await;
+    assert_eq!(back[0].body["data"]["balance_micros"], 5_000_000);
+}
+on_both_stores!(gone_disables_the_endpoint_and_tells_the_others);
+
+async fn a_rotated_secret_signs_beside_the_old_one_for_a_day() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let clock = ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let receiver = Receiver::start().await;
+    let (id, old_secret) = add_endpoint(&app, &receiver.url, json!(["*"])).await;
+    let (status, rotated) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/webhook-endpoints/{id}/rotate-secret"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    receiver.trust(&old_secret);
+    receiver.trust(&new_secret);
+    send_test(&app, &id).await;
+    let first = receiver.accepted("webhook_endpoint.test", 1).await;
+    assert_eq!(first[0].verified_by, vec![0, 1], "either secret verifies");
+
+    clock.advance_ms(86_400_000);
+    send_test(&app, &id).await;
+    let both = receiver.accepted("webhook_endpoint.test", 2).await;
+    assert_eq!(both[1].verified_by, vec![1], "after a day only the new one");
+}
+on_both_stores!(a_rotated_secret_signs_beside_the_old_one_for_a_day);
+
+async fn replay_sends_the_same_events_again() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let receiver = Receiver::start().await;
+    let (id, secret) = add_endpoint(
+        &app,
+        &receiver.url,
+        json!(["balance.low", "balance.replenished"]),
+    )
+    .await;
+    receiver.trust(&secret);
+    let account = app.create_account("+14155550126").await;
+    app.post_adjustment(account, 3_000_000, "up").await;
+    app.post_adjustment(account, -2_000_000, "down").await;
+    let first = receiver.wait_until("two events", |r| r.len() >= 2).await;
+
+    let (status, replayed) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/webhook-endpoints/{id}/replay"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"since": "2026-11-21T00:00:00Z"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{replayed}");
+    assert_eq!(replayed["replayed"], 2);
+    let all = receiver.wait_until("the two again", |r| r.len() >= 4).await;
+    let mut first_ids: Vec<&str> = first.iter().map(|r| r.id.as_str()).collect();
+    let mut again: Vec<&str> = all[2..].iter().map(|r| r.id.as_str()).collect();
+    first_ids.sort_unstable();
+    again.sort_unstable();
+    assert_eq!(first_ids, again, "the same ids");
+    assert!(all.iter().all(|r| r.verified_by == vec![0]));
+}
+on_both_stores!(replay_sends_the_same_events_again);

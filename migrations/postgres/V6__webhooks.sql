@@ -10,14 +10,14 @@ CREATE TABLE webhook_endpoints (
     url                    TEXT    NOT NULL,
     events                 TEXT    NOT NULL,
     description            TEXT    NOT NULL DEFAULT '',
-    enabled                BOOLEAN NOT NULL,
+    enabled                BIGINT  NOT NULL CHECK (enabled IN (0, 1)),
     disabled_reason        TEXT,
     secret                 TEXT    NOT NULL,
     previous_secret        TEXT,
     previous_secret_until  BIGINT,
     failing_since          BIGINT,
     created_at             BIGINT  NOT NULL,
-    deleted                BOOLEAN NOT NULL DEFAULT false
+    deleted                BIGINT  NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1))
 );
 
 CREATE TABLE webhook_events (

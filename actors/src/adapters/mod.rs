@@ -12,6 +12,18 @@ use std::sync::Arc;
 
 use crate::store::{Backend, Shared, Store, StoreError};
 
+/// Set by an adapter's transaction that inserted webhook events, taken by
+/// its writer after the commit to wake the delivery worker at once. One
+/// flag for the process: with several stores in one process (tests) a
+/// worker may be woken for another's events, which costs it one look.
+pub(crate) static EVENTS_INSERTED: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
+/// Whether webhook events were inserted since the last call.
+pub(crate) fn take_events_inserted() -> bool {
+    EVENTS_INSERTED.swap(false, std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Where the database is.
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {

@@ -17,6 +17,7 @@ use crate::accounts::Card;
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NoticeKind};
 use crate::store::{Store, StoreError};
+use crate::webhooks::events::{auto_top_up_disabled, auto_top_up_failed, DisabledBecause};
 
 /// Attempts charged per round.
 const ATTEMPTS_PER_ROUND: i64 = 20;
@@ -377,6 +378,7 @@ impl Billing {
                 payment_intent_id: Some(payment_intent_id.to_string()),
                 after: AfterAttempt::Success,
                 notices: Vec::new(),
+                events: Vec::new(),
                 now_ms,
             })
             .await?;
@@ -402,6 +404,23 @@ impl Billing {
         );
         tracing::warn!(account_id = %attempt.account_id, attempt = attempt.n, %reason,
             "auto top-up undecided for too long: marked unknown and turned off");
+        let events = vec![
+            auto_top_up_failed(
+                attempt.account_id,
+                attempt.id,
+                attempt.amount,
+                "the charge could not be confirmed with Stripe",
+                None,
+                now_ms,
+            )?,
+            auto_top_up_disabled(
+                attempt.account_id,
+                DisabledBecause::UnknownCharge,
+                &paused,
+                format!("auto_top_up.disabled:attempt:{}", attempt.id),
+                now_ms,
+            )?,
+        ];
         let after = self
             .store
             .auto_top_up()
@@ -415,9 +434,11 @@ impl Billing {
                     turn_off: Some(paused),
                 },
                 notices: Vec::new(),
+                events,
                 now_ms,
             })
             .await?;
+        self.store.webhooks_ready().notify_one();
         self.settle_triggers(attempt, after, now_ms);
         Ok(())
     }
@@ -471,6 +492,23 @@ impl Billing {
                     .map_err(StoreError::from)?,
             );
         }
+        let mut events = vec![auto_top_up_failed(
+            attempt.account_id,
+            attempt.id,
+            attempt.amount,
+            &reason,
+            (!turn_off).then_some(not_before_ms),
+            now_ms,
+        )?];
+        if turn_off && settings.enabled {
+            events.push(auto_top_up_disabled(
+                attempt.account_id,
+                DisabledBecause::Failures,
+                &format!("{failures} failed tries in a row"),
+                format!("auto_top_up.disabled:attempt:{}", attempt.id),
+                now_ms,
+            )?);
+        }
         let after = store
             .end_auto_top_up(AttemptEnd {
                 attempt_id: attempt.id,
@@ -482,11 +520,13 @@ impl Billing {
                     turn_off: turn_off.then(|| format!("{failures} failed tries in a row")),
                 },
                 notices,
+                events,
                 now_ms,
             })
             .await?;
         self.settle_triggers(attempt, after, not_before_ms);
         self.store.notices_ready().notify_one();
+        self.store.webhooks_ready().notify_one();
         Ok(())
     }
 

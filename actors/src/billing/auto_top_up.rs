@@ -24,6 +24,7 @@ use crate::clock::{civil_from_days, days_from_civil, DAY_MS};
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NewNotice, NoticeError, NoticeKind};
 use crate::money::Money;
+use crate::webhooks::NewEvent;
 
 use super::BillingError;
 
@@ -262,6 +263,9 @@ pub struct AttemptEnd {
     pub payment_intent_id: Option<String>,
     pub after: AfterAttempt,
     pub notices: Vec<NewNotice>,
+    /// Webhook events of the end (`auto_top_up.failed`, `…disabled`),
+    /// committed with it.
+    pub events: Vec<NewEvent>,
     pub now_ms: i64,
 }
 

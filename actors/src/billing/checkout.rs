@@ -20,7 +20,7 @@ use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
 use crate::registry::Registry;
 use crate::store::{AccessOrderRequest, OrderCompletion, Store};
-use crate::webhooks::events::{payment_succeeded, PaymentSource};
+use crate::webhooks::events::{payment_failed, payment_succeeded, PaymentSource};
 
 /// Stripe's smallest charge in US dollars.
 const MINIMUM_CHARGE: Money = Money::from_micros(500_000);
@@ -244,7 +244,7 @@ impl Billing {
             Err(error) => {
                 self.store
                     .billing()
-                    .end_order(order_id, OrderStatus::Failed)
+                    .end_order(order_id, OrderStatus::Failed, None)
                     .await?;
                 Err(error)
             }
@@ -382,7 +382,7 @@ impl Billing {
                 None => {
                     self.store
                         .billing()
-                        .end_order(order_id, OrderStatus::Failed)
+                        .end_order(order_id, OrderStatus::Failed, None)
                         .await
                         .map_err(BillingError::from)?;
                     Ok(ChargeResult::NotCharged)
@@ -456,10 +456,12 @@ impl Billing {
                 Ok(ChargeResult::AuthenticationRequired)
             }
             ChargeOutcome::Declined { message, .. } => {
+                let event = payment_failed(&order, &message, now_ms).map_err(BillingError::from)?;
                 billing
-                    .end_order(order_id, OrderStatus::Failed)
+                    .end_order(order_id, OrderStatus::Failed, Some(event))
                     .await
                     .map_err(BillingError::from)?;
+                self.store.webhooks_ready().notify_one();
                 Ok(ChargeResult::Declined { message })
             }
         }

@@ -17,7 +17,7 @@ use crate::account_actor::{Credit, Refund};
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
 use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
-use crate::webhooks::events::{payment_refunded, payment_succeeded, PaymentSource};
+use crate::webhooks::events::{payment_failed, payment_refunded, payment_succeeded, PaymentSource};
 
 /// The Stripe events the product acts on, parsed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -442,7 +442,14 @@ impl Billing {
                     OrderStatus::Failed
                 };
                 let order_id = order.id;
-                self.store.billing().end_order(order_id, status).await?;
+                let event = (status == OrderStatus::Failed)
+                    .then(|| payment_failed(&order, "the Checkout payment failed", now_ms))
+                    .transpose()?;
+                self.store
+                    .billing()
+                    .end_order(order_id, status, event)
+                    .await?;
+                self.store.webhooks_ready().notify_one();
                 Ok(EventOutcome::Applied(format!(
                     "order {order_id} {}",
                     status.as_str()
@@ -503,10 +510,12 @@ impl Billing {
                     )));
                 };
                 let id = order.id;
+                let event = payment_failed(&order, "the card was declined", now_ms)?;
                 self.store
                     .billing()
-                    .end_order(id, OrderStatus::Failed)
+                    .end_order(id, OrderStatus::Failed, Some(event))
                     .await?;
+                self.store.webhooks_ready().notify_one();
                 self.auto_top_up_failed_later(id, payment_intent_id, now_ms)
                     .await?;
                 Ok(EventOutcome::Applied(format!("order {id} failed")))

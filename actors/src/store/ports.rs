@@ -214,8 +214,14 @@ pub trait BillingStore: Send + Sync {
     fn set_order_payment_intent(&self, order_id: i64, payment_intent_id: String)
         -> StoreFuture<()>;
     /// Ends a pending order as failed or expired and gives back the
-    /// discount use it reserved (once); `false` if it was not pending.
-    fn end_order(&self, order_id: i64, status: OrderStatus) -> StoreFuture<bool>;
+    /// discount use it reserved (once), with its `payment.failed` event if
+    /// it has one; `false` if it was not pending.
+    fn end_order(
+        &self,
+        order_id: i64,
+        status: OrderStatus,
+        event: Option<NewEvent>,
+    ) -> StoreFuture<bool>;
     /// Marks an order paid (idempotent), links the customer and activates
     /// the account, in one transaction.
     fn complete_order(&self, completion: OrderCompletion) -> StoreFuture<()>;

@@ -223,6 +223,109 @@ pub fn payment_refunded(
     }
 }
 
+/// `payment.failed`: an order whose payment did not go through.
+pub fn payment_failed(order: &Order, reason: &str, now_ms: i64) -> Result<NewEvent, StoreError> {
+    NewEvent::new(
+        EventType::PaymentFailed,
+        Some(order.account_id),
+        format!("payment.failed:order:{}", order.id),
+        data([
+            ("order_id", json!(order.id)),
+            ("order_type", json!(order.order_type.as_str())),
+            ("amount_micros", json!(order.amount.micros())),
+            ("reason", json!(reason)),
+        ]),
+        now_ms,
+    )
+}
+
+/// `auto_top_up.failed`: an attempt that did not charge, why, and when the
+/// next is allowed (`null` when auto top-up turned itself off).
+pub fn auto_top_up_failed(
+    account_id: AccountId,
+    attempt_id: i64,
+    amount: Money,
+    reason: &str,
+    next_try_at_ms: Option<i64>,
+    now_ms: i64,
+) -> Result<NewEvent, StoreError> {
+    NewEvent::new(
+        EventType::AutoTopUpFailed,
+        Some(account_id),
+        format!("auto_top_up.failed:attempt:{attempt_id}"),
+        data([
+            ("attempt_id", json!(attempt_id)),
+            ("amount_micros", json!(amount.micros())),
+            ("reason", json!(reason)),
+            (
+                "next_try_at",
+                next_try_at_ms.map_or(Value::Null, |at| json!(format_rfc3339_ms(at))),
+            ),
+        ]),
+        now_ms,
+    )
+}
+
+/// Why auto top-up was turned off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DisabledBecause {
+    /// Too many failures in a row.
+    Failures,
+    /// The saved card was detached or expired.
+    CardGone,
+    /// A charge could not be confirmed with Stripe.
+    UnknownCharge,
+    /// The customer or the admin turned it off.
+    TurnedOff,
+}
+
+impl DisabledBecause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DisabledBecause::Failures => "failures",
+            DisabledBecause::CardGone => "card_gone",
+            DisabledBecause::UnknownCharge => "unknown_charge",
+            DisabledBecause::TurnedOff => "turned_off",
+        }
+    }
+}
+
+/// `auto_top_up.disabled`, once per `dedupe_key`.
+pub fn auto_top_up_disabled(
+    account_id: AccountId,
+    because: DisabledBecause,
+    detail: &str,
+    dedupe_key: String,
+    now_ms: i64,
+) -> Result<NewEvent, StoreError> {
+    NewEvent::new(
+        EventType::AutoTopUpDisabled,
+        Some(account_id),
+        dedupe_key,
+        data([
+            ("reason", json!(because.as_str())),
+            ("detail", json!(detail)),
+        ]),
+        now_ms,
+    )
+}
+
+/// `account.created`: a new account, with its status.
+pub fn account_created(
+    account_id: AccountId,
+    phone: &str,
+    status: &str,
+    now_ms: i64,
+) -> Result<NewEvent, StoreError> {
+    NewEvent::new(
+        EventType::AccountCreated,
+        Some(account_id),
+        format!("account.created:{account_id}"),
+        data([("phone", json!(phone)), ("status", json!(status))]),
+        now_ms,
+    )
+}
+
 impl EventDraft {
     /// The draft as an event of its own, for a change that made no ledger
     /// row (a payment that credits nothing): once per `dedupe_key`.

@@ -82,6 +82,12 @@ pub struct Replayed {
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Removed {
+    id: String,
+    removed: bool,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct TestSent {
     endpoint_id: String,
     event_id: String,
@@ -162,14 +168,17 @@ pub async fn update(
 /// Removes an endpoint: nothing more goes to it; its history stays.
 #[utoipa::path(delete, path = "/v1/admin/webhook-endpoints/{id}", tag = "admin", security(("adminToken" = [])),
     params(("id" = String, Path, description = "The endpoint")),
-    responses((status = 204)))]
+    responses((status = 200, body = Removed)))]
 pub async fn remove(
     _admin: Admin,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     manage::remove(&state.store, &path).await?;
-    Ok(HttpResponse::NoContent().finish())
+    Ok(HttpResponse::Ok().json(Removed {
+        id: path.into_inner(),
+        removed: true,
+    }))
 }
 
 /// A new signing secret (shown once); the old one keeps signing beside it

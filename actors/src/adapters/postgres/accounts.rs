@@ -110,6 +110,13 @@ pub(super) async fn insert_account(
         }
         Err(error) => return Err(StoreError::from(error).into()),
     };
+    let created = crate::webhooks::events::account_created(
+        AccountId(id),
+        new_account.phone.as_str(),
+        new_account.status.as_str(),
+        created_at_ms,
+    )?;
+    super::webhooks::insert_events(client, &[created]).await?;
     client
         .execute(
             "INSERT INTO account_balances (account_id, balance, seq, low_balance_warned_at, updated_at)

@@ -16,6 +16,7 @@ use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
 use crate::store::change_notes;
 use crate::store::{AutoTopUpStore, StoreError, StoreFuture, UnknownValue};
+use crate::webhooks::events::{auto_top_up_disabled, DisabledBecause};
 
 const SETTINGS_COLUMNS: &str = "account_id, enabled, threshold, amount, monthly_cap, consent_at,
     consent_via, consent_text, consecutive_failures, not_before, paused_reason, updated_at";
@@ -262,6 +263,7 @@ async fn end(
     for notice in &end.notices {
         queue(client, notice).await?;
     }
+    super::webhooks::insert_events(client, &end.events).await?;
     get_settings(client, AccountId(account_id), false).await
 }
 
@@ -270,6 +272,27 @@ async fn set_settings(
     change: &SettingChange,
 ) -> Result<AutoTopUpSettings, StoreError> {
     let consent = change.consent.as_ref();
+    let was_on = client
+        .query_opt(
+            "SELECT enabled FROM auto_top_up_settings WHERE account_id = $1 FOR UPDATE",
+            &[&change.account_id.0],
+        )
+        .await?
+        .map(|row| row.try_get::<_, i64>(0))
+        .transpose()?;
+    if was_on == Some(1) && !change.enabled {
+        let event = auto_top_up_disabled(
+            change.account_id,
+            DisabledBecause::TurnedOff,
+            "turned off",
+            format!(
+                "auto_top_up.disabled:off:{}:{}",
+                change.account_id, change.now_ms
+            ),
+            change.now_ms,
+        )?;
+        super::webhooks::insert_events(client, &[event]).await?;
+    }
     client
         .execute(
             "INSERT INTO auto_top_up_settings AS s (account_id, enabled, threshold, amount,
@@ -334,6 +357,14 @@ async fn forget_card(
         )
         .await?;
     if paused > 0 {
+        let event = auto_top_up_disabled(
+            AccountId(account_id),
+            DisabledBecause::CardGone,
+            "the saved card is gone",
+            format!("auto_top_up.disabled:card:{account_id}:{payment_method_id}"),
+            now_ms,
+        )?;
+        super::webhooks::insert_events(client, &[event]).await?;
         queue(
             client,
             &NewNotice::new(

@@ -19,6 +19,7 @@ use crate::store::{
     AccessOrderRequest, BillingStore, CreateAccountError, OrderCompletion, StoreError, StoreFuture,
     UnknownValue,
 };
+use crate::webhooks::NewEvent;
 
 async fn load_pricing(client: &impl GenericClient) -> Result<Pricing, StoreError> {
     let row = client
@@ -496,8 +497,14 @@ impl BillingStore for PostgresStore {
         })
     }
 
-    fn end_order(&self, order_id: i64, status: OrderStatus) -> StoreFuture<bool> {
+    fn end_order(
+        &self,
+        order_id: i64,
+        status: OrderStatus,
+        event: Option<NewEvent>,
+    ) -> StoreFuture<bool> {
         self.write(move |transaction| {
+            let event = event.clone();
             boxed(async move {
                 let ended = transaction
                     .execute(
@@ -506,6 +513,10 @@ impl BillingStore for PostgresStore {
                     )
                     .await?;
                 release_code_of_order(transaction, order_id).await?;
+                if let (1, Some(event)) = (ended, &event) {
+                    super::webhooks::insert_events(transaction, std::slice::from_ref(event))
+                        .await?;
+                }
                 Ok(ended == 1)
             })
         })

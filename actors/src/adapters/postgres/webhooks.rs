@@ -19,16 +19,16 @@ const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_
 /// Commits events (each once per dedupe key) and one delivery per enabled
 /// endpoint that takes it, in the caller's transaction. Answers whether
 /// any delivery was made.
-pub(super) async fn insert_events<C: GenericClient + Sync>(
-    client: &C,
+pub(super) async fn insert_events(
+    client: &impl GenericClient,
     events: &[NewEvent],
 ) -> Result<bool, StoreError> {
     Ok(insert_event_rows(client, events.iter()).await?)
 }
 
 /// [`insert_events`] with the driver's error, for the writer's ledger path.
-pub(super) async fn insert_event_rows<'e, C: GenericClient + Sync>(
-    client: &C,
+pub(super) async fn insert_event_rows<'e>(
+    client: &impl GenericClient,
     events: impl Iterator<Item = &'e NewEvent>,
 ) -> Result<bool, tokio_postgres::Error> {
     let mut made = false;
@@ -43,7 +43,7 @@ pub(super) async fn insert_event_rows<'e, C: GenericClient + Sync>(
                    ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
                  INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
                  SELECT e.id, inserted.id, 'pending', $6, $6 FROM webhook_endpoints e, inserted
-                  WHERE e.enabled AND NOT e.deleted
+                  WHERE e.enabled = 1 AND e.deleted = 0
                     AND (e.events = '*' OR strpos(e.events, ',' || $2 || ',') > 0)",
                 &[
                     &event.id,
@@ -56,6 +56,7 @@ pub(super) async fn insert_event_rows<'e, C: GenericClient + Sync>(
             )
             .await?;
         made |= deliveries > 0;
+        super::super::EVENTS_INSERTED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(made)
 }
@@ -76,7 +77,7 @@ fn endpoint_from_row(row: &Row) -> Result<Endpoint, StoreError> {
         events: filter.names(),
         filter,
         description: row.try_get(3)?,
-        enabled: row.try_get(4)?,
+        enabled: row.try_get::<_, i64>(4)? == 1,
         disabled_reason: row.try_get(5)?,
         secret: SigningSecret::from_stored(row.try_get(6)?),
         previous_secret: row
@@ -96,7 +97,7 @@ async fn endpoint<C: GenericClient + Sync>(
     client
         .query_opt(
             &format!(
-                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND NOT deleted"
+                "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE id = $1 AND deleted = 0"
             ),
             &[&id],
         )
@@ -136,7 +137,7 @@ impl WebhookStore for PostgresStore {
                             &new.url,
                             &new.filter.stored(),
                             &new.description,
-                            &new.enabled,
+                            &i64::from(new.enabled),
                             &new.secret.expose(),
                             &new.created_at_ms,
                         ],
@@ -154,7 +155,7 @@ impl WebhookStore for PostgresStore {
             client
                 .query(
                     &format!(
-                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE NOT deleted
+                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints WHERE deleted = 0
                           ORDER BY created_at, id"
                     ),
                     &[],
@@ -176,6 +177,7 @@ impl WebhookStore for PostgresStore {
             let (id, change) = (id.clone(), std::sync::Arc::clone(&change));
             boxed(async move {
                 let stored = change.filter.as_ref().map(EventFilter::stored);
+                let enabled = change.enabled.map(i64::from);
                 let updated = transaction
                     .execute(
                         "UPDATE webhook_endpoints
@@ -184,15 +186,9 @@ impl WebhookStore for PostgresStore {
                                 description = COALESCE($4, description),
                                 enabled = COALESCE($5, enabled),
                                 disabled_reason = CASE WHEN $5 IS NULL THEN disabled_reason END,
-                                failing_since = CASE WHEN $5 THEN NULL ELSE failing_since END
-                          WHERE id = $1 AND NOT deleted",
-                        &[
-                            &id,
-                            &change.url,
-                            &stored,
-                            &change.description,
-                            &change.enabled,
-                        ],
+                                failing_since = CASE WHEN $5 = 1 THEN NULL ELSE failing_since END
+                          WHERE id = $1 AND deleted = 0",
+                        &[&id, &change.url, &stored, &change.description, &enabled],
                     )
                     .await?;
                 if updated == 0 {
@@ -209,8 +205,8 @@ impl WebhookStore for PostgresStore {
             boxed(async move {
                 Ok(transaction
                     .execute(
-                        "UPDATE webhook_endpoints SET deleted = true, enabled = false
-                          WHERE id = $1 AND NOT deleted",
+                        "UPDATE webhook_endpoints SET deleted = 1, enabled = 0
+                          WHERE id = $1 AND deleted = 0",
                         &[&id],
                     )
                     .await?
@@ -231,7 +227,7 @@ impl WebhookStore for PostgresStore {
                 transaction
                     .execute(
                         "UPDATE webhook_endpoints SET previous_secret = secret, secret = $2,
-                                previous_secret_until = $3 WHERE id = $1 AND NOT deleted",
+                                previous_secret_until = $3 WHERE id = $1 AND deleted = 0",
                         &[&id, &secret.expose(), &previous_until_ms],
                     )
                     .await?;
@@ -316,7 +312,7 @@ impl WebhookStore for PostgresStore {
                                          WHERE busy.endpoint_id = c.endpoint_id AND busy.state = 'sending'
                                            AND busy.claimed_until >= $1) AS sending
                                   FROM webhook_deliveries c JOIN webhook_endpoints e ON e.id = c.endpoint_id
-                                 WHERE e.enabled AND NOT e.deleted
+                                 WHERE e.enabled = 1 AND e.deleted = 0
                                    AND ((c.state = 'pending' AND c.next_attempt_at <= $1)
                                         OR (c.state = 'sending' AND c.claimed_until < $1))) ranked
                                WHERE place + sending <= $3
@@ -401,8 +397,8 @@ impl WebhookStore for PostgresStore {
                 if let Some((reason, event)) = &attempt.disable {
                     let disabled = transaction
                         .execute(
-                            "UPDATE webhook_endpoints SET enabled = false, disabled_reason = $2
-                              WHERE id = $1 AND enabled",
+                            "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = $2
+                              WHERE id = $1 AND enabled = 1",
                             &[&attempt.endpoint_id, reason],
                         )
                         .await?;

@@ -245,9 +245,9 @@ impl Writer {
                 }) {
                     self.shared.notices_ready.notify_one();
                 }
-                if ledger.iter().zip(&fates).any(|(write, fate)| {
-                    !write.events().is_empty() && matches!(fate, Fate::Committed)
-                }) {
+                // Events of the ledger writes, or of other writes (an
+                // order's end, an account made): the worker goes at once.
+                if super::super::take_events_inserted() {
                     self.shared.webhooks_ready.notify_one();
                 }
                 let publish = !self.shared.feed.is_idle();

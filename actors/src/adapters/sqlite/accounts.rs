@@ -43,6 +43,13 @@ pub(super) fn insert_account(
         Err(error) => return Err(StoreError::from(error).into()),
     }
     let id = AccountId(connection.last_insert_rowid());
+    let created = crate::webhooks::events::account_created(
+        id,
+        new_account.phone.as_str(),
+        new_account.status.as_str(),
+        created_at_ms,
+    )?;
+    super::webhooks::insert_events(connection, &[created]).map_err(StoreError::from)?;
     connection
         .prepare_cached(
             "INSERT INTO account_balances (account_id, balance, seq, low_balance_warned_at, updated_at)

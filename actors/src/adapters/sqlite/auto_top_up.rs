@@ -15,6 +15,7 @@ use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
 use crate::store::change_notes;
 use crate::store::{AutoTopUpStore, StoreError, StoreFuture, UnknownValue};
+use crate::webhooks::events::{auto_top_up_disabled, DisabledBecause};
 
 const SETTINGS_COLUMNS: &str = "account_id, enabled, threshold, amount, monthly_cap, consent_at,
     consent_via, consent_text, consecutive_failures, not_before, paused_reason, updated_at";
@@ -216,6 +217,7 @@ fn end(connection: &Connection, end: &AttemptEnd) -> Result<Option<AutoTopUpSett
     for notice in &end.notices {
         queue(connection, notice)?;
     }
+    super::webhooks::insert_events(connection, &end.events)?;
     get_settings(connection, AccountId(account_id))
 }
 
@@ -224,6 +226,23 @@ fn set_settings(
     change: &SettingChange,
 ) -> Result<AutoTopUpSettings, StoreError> {
     let consent = change.consent.as_ref();
+    let was_on: Option<i64> = connection
+        .prepare_cached("SELECT enabled FROM auto_top_up_settings WHERE account_id = ?1")?
+        .query_row([change.account_id.0], |row| row.get(0))
+        .optional()?;
+    if was_on == Some(1) && !change.enabled {
+        let event = auto_top_up_disabled(
+            change.account_id,
+            DisabledBecause::TurnedOff,
+            "turned off",
+            format!(
+                "auto_top_up.disabled:off:{}:{}",
+                change.account_id, change.now_ms
+            ),
+            change.now_ms,
+        )?;
+        super::webhooks::insert_events(connection, &[event])?;
+    }
     connection
         .prepare_cached(
             "INSERT INTO auto_top_up_settings (account_id, enabled, threshold, amount, monthly_cap,
@@ -287,6 +306,14 @@ fn forget_card(
         )?
         .execute(params![account_id, now_ms])?;
     if paused > 0 {
+        let event = auto_top_up_disabled(
+            AccountId(account_id),
+            DisabledBecause::CardGone,
+            "the saved card is gone",
+            format!("auto_top_up.disabled:card:{account_id}:{payment_method_id}"),
+            now_ms,
+        )?;
+        super::webhooks::insert_events(connection, &[event])?;
         queue(
             connection,
             &NewNotice::new(

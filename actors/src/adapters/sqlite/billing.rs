@@ -19,6 +19,7 @@ use crate::store::{
     AccessOrderRequest, BillingStore, CreateAccountError, OrderCompletion, StoreError, StoreFuture,
     UnknownValue,
 };
+use crate::webhooks::NewEvent;
 
 fn load_pricing(connection: &Connection) -> Result<Pricing, StoreError> {
     let (mode, sale_price): (String, Option<i64>) = connection
@@ -491,10 +492,18 @@ impl BillingStore for SqliteStore {
         self.write(move |connection| set_payment_intent(connection, order_id, &payment_intent_id))
     }
 
-    fn end_order(&self, order_id: i64, status: OrderStatus) -> StoreFuture<bool> {
+    fn end_order(
+        &self,
+        order_id: i64,
+        status: OrderStatus,
+        event: Option<NewEvent>,
+    ) -> StoreFuture<bool> {
         self.write(move |connection| {
             let ended = end_pending(connection, order_id, status)?;
             release_code_of_order(connection, order_id)?;
+            if let (true, Some(event)) = (ended, &event) {
+                super::webhooks::insert_events(connection, std::slice::from_ref(event))?;
+            }
             Ok(ended)
         })
     }

@@ -40,6 +40,7 @@ pub(super) fn insert_events(
         if inserted == 0 {
             continue;
         }
+        super::super::EVENTS_INSERTED.store(true, std::sync::atomic::Ordering::Relaxed);
         made |= connection
             .prepare_cached(
                 "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)

@@ -57,8 +57,6 @@ pub(super) struct Writer {
     /// Whether the open transaction queued notices (the notice worker is
     /// told after it commits).
     notices_queued: bool,
-    /// Whether the open transaction made webhook deliveries.
-    webhooks_queued: bool,
     /// Batches since old change notes were last dropped.
     batches_since_prune: u32,
     /// Accounts with a failed write, and the generation it failed at: later
@@ -74,7 +72,6 @@ impl Writer {
             max_batch,
             shared,
             notices_queued: false,
-            webhooks_queued: false,
             batches_since_prune: 0,
             poisoned: HashMap::new(),
         }
@@ -165,13 +162,12 @@ impl Writer {
         }
 
         let notices_queued = std::mem::take(&mut self.notices_queued);
-        let webhooks_queued = std::mem::take(&mut self.webhooks_queued);
         match &failure {
             None => {
                 if notices_queued {
                     self.shared.notices_ready.notify_one();
                 }
-                if webhooks_queued {
+                if super::super::take_events_inserted() {
                     self.shared.webhooks_ready.notify_one();
                 }
                 let entries: Vec<&LedgerEntry> = pending
@@ -277,8 +273,7 @@ impl Writer {
                         self.notices_queued = true;
                     }
                     if appended && !write.events().is_empty() {
-                        self.webhooks_queued |=
-                            webhooks::insert_events(&self.connection, write.events())?;
+                        webhooks::insert_events(&self.connection, write.events())?;
                     }
                     Ok(appended)
                 });

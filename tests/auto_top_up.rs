@@ -16,22 +16,24 @@ use crate::stripe::active_account;
 /// What a US message of one segment costs.
 const US_MESSAGE: i64 = 56_500;
 
-struct Setup {
-    app: TestApp,
-    stripe: FakeStripe,
-    twilio: FakeTwilio,
-    events: EventFactory,
-    clock: ManualClock,
+pub(crate) struct Setup {
+    pub(crate) app: TestApp,
+    pub(crate) stripe: FakeStripe,
+    pub(crate) twilio: FakeTwilio,
+    pub(crate) events: EventFactory,
+    pub(crate) clock: ManualClock,
 }
 
-async fn setup() -> Setup {
+pub(crate) async fn setup() -> Setup {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
     let directory = fresh_directory();
-    let settings = with_twilio(
+    let mut settings = with_twilio(
         stripe_settings(&directory, &stripe.base_url),
         &twilio.base_url,
     );
+    // Webhooks to a receiver on loopback (the webhook tests use this too).
+    settings.webhooks.allow_private = true;
     let clock = ManualClock::new(NOW_UNIX * 1000);
     let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
     Setup {
@@ -53,7 +55,7 @@ fn reply_text(twiml: &str) -> String {
         .replace("&amp;", "&")
 }
 
-async fn get_auto(app: &TestApp, account: i64, token: &str) -> Value {
+pub(crate) async fn get_auto(app: &TestApp, account: i64, token: &str) -> Value {
     let (status, body) = app
         .request(
             "GET",
@@ -66,7 +68,12 @@ async fn get_auto(app: &TestApp, account: i64, token: &str) -> Value {
     body
 }
 
-async fn put_auto(app: &TestApp, account: i64, token: &str, body: Value) -> (StatusCode, Value) {
+pub(crate) async fn put_auto(
+    app: &TestApp,
+    account: i64,
+    token: &str,
+    body: Value,
+) -> (StatusCode, Value) {
     app.request(
         "PUT",
         &format!("/v1/accounts/{account}/auto-top-up"),
@@ -78,7 +85,7 @@ async fn put_auto(app: &TestApp, account: i64, token: &str, body: Value) -> (Sta
 
 /// Sends `count` messages to the account at once; answers how many were
 /// accepted.
-async fn burst(app: &TestApp, account: i64, prefix: &str, count: usize) -> usize {
+pub(crate) async fn burst(app: &TestApp, account: i64, prefix: &str, count: usize) -> usize {
     use futures_util::StreamExt;
     let sends = (0..count).map(|index| {
         app.post_message(json!({
@@ -104,7 +111,7 @@ async fn burst(app: &TestApp, account: i64, prefix: &str, count: usize) -> usize
 }
 
 /// Waits (up to 20 s) until the account's attempts satisfy `done`.
-async fn wait_for_attempts(
+pub(crate) async fn wait_for_attempts(
     app: &TestApp,
     account: i64,
     token: &str,
@@ -124,7 +131,7 @@ async fn wait_for_attempts(
     }
 }
 
-async fn adjust_to(app: &TestApp, account: i64, target_micros: i64, key: &str) {
+pub(crate) async fn adjust_to(app: &TestApp, account: i64, target_micros: i64, key: &str) {
     let delta = target_micros - app.balance_micros(account).await;
     let (status, body) = app
         .request(

@@ -463,6 +463,17 @@ impl EventFactory {
         self.event("checkout.session.expired", session)
     }
 
+    /// `checkout.session.async_payment_failed`: the payment (a bank debit,
+    /// say) did not go through after the session completed.
+    pub fn checkout_failed(&mut self, session_id: &str, order_id: i64) -> String {
+        let mut session = resource(&self.fixtures, "checkout.session");
+        session["id"] = json!(session_id);
+        session["metadata"] = json!({"sms_credit_order_id": order_id.to_string()});
+        session["status"] = json!("complete");
+        session["payment_status"] = json!("unpaid");
+        self.event("checkout.session.async_payment_failed", session)
+    }
+
     pub fn payment_intent_succeeded(
         &mut self,
         intent_id: &str,

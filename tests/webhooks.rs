@@ -548,3 +548,224 @@ async fn replay_sends_the_same_events_again() {
     assert!(all.iter().all(|r| r.verified_by == vec![0]));
 }
 on_both_stores!(replay_sends_the_same_events_again);
+
+/// The data of the accepted deliveries of `kind`, in `seq` order where
+/// they have one.
+fn data_of(received: &[crate::webhook_receiver::Received]) -> Vec<Value> {
+    let mut data: Vec<Value> = received.iter().map(|r| r.body["data"].clone()).collect();
+    data.sort_by_key(|data| data["seq"].as_i64().unwrap_or_default());
+    data
+}
+
+async fn payments_and_refunds_through_stripe_make_their_events() {
+    let fake = crate::fake_stripe::FakeStripe::start().await;
+    let directory = fresh_directory();
+    let mut settings = crate::helpers::stripe_settings(&directory, &fake.base_url);
+    settings.webhooks.allow_private = true;
+    let app = TestApp::spawn_with(directory, settings).await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = add_endpoint(
+        &app,
+        &receiver.url,
+        json!([
+            "account.created",
+            "payment.succeeded",
+            "payment.refunded",
+            "payment.failed"
+        ]),
+    )
+    .await;
+    receiver.trust(&secret);
+    let mut events = crate::fake_stripe::EventFactory::new();
+
+    // Access by Checkout: the account, then its payment with the included
+    // credit.
+    let (account, customer, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550127").await;
+    let created = receiver.accepted("account.created", 1).await;
+    assert_eq!(created[0].body["data"]["account_id"], account);
+    assert_eq!(created[0].body["data"]["status"], "pending");
+    let paid = receiver.accepted("payment.succeeded", 1).await;
+    let access = &paid[0].body["data"];
+    assert_eq!(access["order_type"], "initial_access");
+    assert_eq!(access["source"], "checkout");
+    assert_eq!(access["amount_micros"], 29_990_000);
+    assert_eq!(access["credited_micros"], 5_000_000);
+    assert_eq!(
+        (access["seq"].as_i64(), access["balance_micros"].as_i64()),
+        (Some(1), Some(5_000_000))
+    );
+
+    // A top-up by Checkout, its completion said three times, and two
+    // partial refunds each said twice: one event each.
+    let (status, started) = app
+        .request("POST", "/v1/checkout/topup", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let order = started["order_id"].as_i64().unwrap();
+    let session = app
+        .get_orders(account)
+        .await
+        .iter()
+        .find(|row| row["id"] == order)
+        .unwrap()["stripe_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let completed = events.checkout_completed(&session, order, &customer, 1000, "pi_hook_1");
+    let first_refund = events.charge_refunded("ch_hook_1", "pi_hook_1", 1000, 300);
+    let second_refund = events.charge_refunded("ch_hook_1", "pi_hook_1", 1000, 500);
+    for payload in [
+        &completed,
+        &first_refund,
+        &completed,
+        &second_refund,
+        &first_refund,
+        &completed,
+        &second_refund,
+    ] {
+        let (status, answer) = app.deliver(payload).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let paid = receiver.accepted("payment.succeeded", 2).await;
+    let top_up = &data_of(&paid)[1];
+    assert_eq!(top_up["order_id"], order);
+    assert_eq!(top_up["order_type"], "top_up");
+    assert_eq!(top_up["amount_micros"], 10_000_000);
+    assert_eq!(top_up["balance_micros"], 15_000_000);
+    let refunded = data_of(&receiver.accepted("payment.refunded", 2).await);
+    assert_eq!(refunded[0]["refunded_micros"], 3_000_000);
+    assert_eq!(refunded[0]["total_refunded_micros"], 3_000_000);
+    assert_eq!(refunded[0]["balance_micros"], 12_000_000);
+    assert_eq!(refunded[1]["refunded_micros"], 2_000_000);
+    assert_eq!(refunded[1]["total_refunded_micros"], 5_000_000);
+    assert_eq!(refunded[1]["credit_taken_back_micros"], 2_000_000);
+    assert_eq!(refunded[1]["balance_micros"], 10_000_000);
+
+    // A Checkout whose payment failed.
+    let (_, started) = app
+        .request("POST", "/v1/checkout/topup", Some(&token), None)
+        .await;
+    let failed_order = started["order_id"].as_i64().unwrap();
+    let failed_session = app
+        .get_orders(account)
+        .await
+        .iter()
+        .find(|row| row["id"] == failed_order)
+        .unwrap()["stripe_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let failed = events.checkout_failed(&failed_session, failed_order);
+    for _ in 0..2 {
+        assert_eq!(app.deliver(&failed).await.0, StatusCode::OK);
+    }
+    let failures = receiver.accepted("payment.failed", 1).await;
+    assert_eq!(failures[0].body["data"]["order_id"], failed_order);
+
+    // Every delivery verified, one per event.
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let all = receiver.received();
+    assert_eq!(
+        all.len(),
+        6,
+        "{:?}",
+        all.iter().map(|r| r.kind()).collect::<Vec<_>>()
+    );
+    assert!(all.iter().all(|r| r.verified_by == vec![0]));
+}
+on_both_stores!(payments_and_refunds_through_stripe_make_their_events);
+
+async fn auto_top_ups_and_messages_make_their_events() {
+    use crate::auto_top_up::{adjust_to, burst, put_auto, setup, wait_for_attempts, Setup};
+    use crate::fake_stripe::ChargeMode;
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        clock,
+        ..
+    } = setup().await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = add_endpoint(
+        &app,
+        &receiver.url,
+        json!([
+            "payment.succeeded",
+            "payment.failed",
+            "auto_top_up.failed",
+            "auto_top_up.disabled",
+            "balance.depleted"
+        ]),
+    )
+    .await;
+    receiver.trust(&secret);
+    let (account, _, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550128").await;
+
+    // A message that leaves less than one segment's price: depleted, once.
+    adjust_to(&app, account, 100_000, "to-0.10").await;
+    assert_eq!(burst(&app, account, "m", 1).await, 1);
+    let depleted = receiver.accepted("balance.depleted", 1).await;
+    assert_eq!(depleted[0].body["data"]["balance_micros"], 100_000 - 56_500);
+
+    // Auto top-up on: it charges the saved card.
+    adjust_to(&app, account, 2_100_000, "to-2.10").await;
+    let (status, body) = put_auto(&app, account, &token, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(burst(&app, account, "a", 2).await, 2);
+    let paid = receiver
+        .wait_until("the auto top-up's payment", |received| {
+            received.iter().any(|r| {
+                r.kind() == "payment.succeeded" && r.body["data"]["source"] == "auto_top_up"
+            })
+        })
+        .await;
+    let auto = paid
+        .iter()
+        .find(|r| r.body["data"]["source"] == "auto_top_up")
+        .unwrap();
+    assert_eq!(auto.body["data"]["order_type"], "auto_top_up");
+    assert!(
+        auto.body["data"]["card"]["last4"].is_string(),
+        "{:?}",
+        auto.body
+    );
+
+    // Declined three times (with the waits between): three failures, the
+    // last one turning it off.
+    stripe.set_charge_mode(ChargeMode::Decline);
+    let balance = app.balance_micros(account).await;
+    adjust_to(&app, account, 2_100_000.min(balance), "back-to-2.10").await;
+    // From $2.10, two messages take it below $2.00; later ones keep it there.
+    for (round, (wait_ms, messages)) in [(0, 2), (3_600_000, 1), (6 * 3_600_000, 1)]
+        .into_iter()
+        .enumerate()
+    {
+        clock.advance_ms(wait_ms);
+        assert_eq!(
+            burst(&app, account, &format!("d{round}"), messages).await,
+            messages
+        );
+        wait_for_attempts(&app, account, &token, |attempts| {
+            attempts.len() == round + 2
+                && attempts[0]["status"] != "charging"
+                && attempts[0]["status"] != "pending"
+        })
+        .await;
+    }
+    let failed = receiver.accepted("auto_top_up.failed", 3).await;
+    let next: Vec<bool> = failed
+        .iter()
+        .map(|r| r.body["data"]["next_try_at"].is_string())
+        .collect();
+    assert_eq!(next.iter().filter(|has| **has).count(), 2, "{next:?}");
+    let disabled = receiver.accepted("auto_top_up.disabled", 1).await;
+    assert_eq!(disabled[0].body["data"]["reason"], "failures");
+    let declined = receiver.accepted("payment.failed", 3).await;
+    assert!(declined
+        .iter()
+        .all(|r| r.body["data"]["order_type"] == "auto_top_up"));
+    assert!(receiver.received().iter().all(|r| r.verified_by == vec![0]));
+}
+on_both_stores!(auto_top_ups_and_messages_make_their_events);

@@ -769,3 +769,126 @@ async fn auto_top_ups_and_messages_make_their_events() {
     assert!(receiver.received().iter().all(|r| r.verified_by == vec![0]));
 }
 on_both_stores!(auto_top_ups_and_messages_make_their_events);
+
+/// The CLI's answer as JSON, after checking it succeeded.
+fn cli_json(directory: &TestDatabase, arguments: &[&str]) -> Value {
+    let output = crate::helpers::run_cli(directory, arguments);
+    assert!(
+        output.status.success(),
+        "{arguments:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn endpoints_are_managed_from_the_command_line() {
+    let directory = fresh_directory();
+    // Bad input names the field, and makes nothing.
+    for (arguments, says) in [
+        (
+            vec!["webhooks", "add", "http://hooks.example.com/in"],
+            "url:",
+        ),
+        (vec!["webhooks", "add", "https://10.0.0.1/in"], "url:"),
+        (
+            vec![
+                "webhooks",
+                "add",
+                "https://hooks.example.com/in",
+                "--events",
+                "balance.lo",
+            ],
+            "events:",
+        ),
+    ] {
+        let output = crate::helpers::run_cli(&directory, &arguments);
+        assert!(!output.status.success(), "{arguments:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(says), "{arguments:?}: {stderr}");
+        assert!(!stderr.contains("SMS_CREDIT_"), "{stderr}");
+    }
+    assert_eq!(
+        cli_json(&directory, &["webhooks", "list", "--json"]),
+        json!([])
+    );
+
+    let added = cli_json(
+        &directory,
+        &[
+            "webhooks",
+            "add",
+            "https://hooks.example.com/in",
+            "--events",
+            "balance.low,payment.succeeded",
+            "--json",
+        ],
+    );
+    let id = added["endpoint"]["id"].as_str().unwrap().to_string();
+    let secret = added["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(
+        added["endpoint"]["events"],
+        json!(["balance.low", "payment.succeeded"])
+    );
+
+    // People's output names it, and never the secret again.
+    let listed = crate::helpers::run_cli(&directory, &["webhooks", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        text.contains(&id) && text.contains("https://hooks.example.com/in"),
+        "{text}"
+    );
+    let shown = crate::helpers::run_cli(&directory, &["webhooks", "show", &id]);
+    let shown_text = String::from_utf8_lossy(&shown.stdout);
+    assert!(!text.contains(&secret[6..]) && !shown_text.contains(&secret[6..]));
+
+    assert_eq!(
+        cli_json(&directory, &["webhooks", "disable", &id, "--json"])["enabled"],
+        false
+    );
+    assert_eq!(
+        cli_json(&directory, &["webhooks", "enable", &id, "--json"])["enabled"],
+        true
+    );
+    let rotated = cli_json(&directory, &["webhooks", "rotate-secret", &id, "--json"]);
+    assert_ne!(rotated["secret"], secret.as_str());
+    let test = cli_json(&directory, &["webhooks", "test", &id, "--json"]);
+    assert!(test["event_id"].as_str().unwrap().starts_with("evt_"));
+    let replayed = cli_json(
+        &directory,
+        &[
+            "webhooks",
+            "replay",
+            &id,
+            "--since",
+            "2020-01-01T00:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(
+        replayed["replayed"], 0,
+        "only test events so far, never replayed"
+    );
+    assert_eq!(
+        cli_json(&directory, &["webhooks", "deliveries", &id, "--json"]),
+        json!([])
+    );
+    let output = crate::helpers::run_cli(
+        &directory,
+        &["webhooks", "replay", &id, "--since", "last week"],
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("RFC 3339"));
+
+    assert_eq!(
+        cli_json(&directory, &["webhooks", "remove", &id, "--json"])["removed"],
+        true
+    );
+    let output = crate::helpers::run_cli(&directory, &["webhooks", "show", &id]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    assert_eq!(
+        cli_json(&directory, &["webhooks", "list", "--json"]),
+        json!([])
+    );
+}
+on_both_stores!(sync endpoints_are_managed_from_the_command_line);

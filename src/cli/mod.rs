@@ -14,6 +14,7 @@ mod reconcile;
 mod serve;
 mod stripe_events;
 mod verify;
+mod webhooks;
 
 use std::process::ExitCode;
 
@@ -70,6 +71,10 @@ pub enum Command {
     /// Create, list, activate and deactivate discount codes.
     #[command(subcommand)]
     DiscountCodes(discount_codes::DiscountCodesCommand),
+    /// The host application's webhook endpoints: add, list, show, deliveries,
+    /// replay, rotate-secret, enable, disable, remove, test.
+    #[command(subcommand)]
+    Webhooks(webhooks::WebhooksCommand),
 }
 
 impl Cli {
@@ -124,6 +129,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Copy(command)) => command.run(),
         Some(Command::Pricing(command)) => command.run(&settings),
         Some(Command::DiscountCodes(command)) => command.run(&settings),
+        Some(Command::Webhooks(command)) => command.run(&settings),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,279 @@
+//! `sms-credit webhooks`: the host application's endpoints, as the admin
+//! API manages them: add (the secret is printed once), list, show, the
+//! tries, replay, rotate the secret, enable, disable, remove, test.
+
+use clap::Subcommand;
+use serde_json::json;
+use sms_credit_actors::clock::{format_rfc3339_ms, parse_rfc3339_ms, Clock, SystemClock};
+use sms_credit_actors::webhooks::manage::{self, Change};
+use sms_credit_actors::webhooks::{AttemptRecord, Endpoint};
+
+use super::output::{print_json, with_store};
+use crate::config::Settings;
+
+#[derive(Subcommand, Debug)]
+pub enum WebhooksCommand {
+    /// Add an endpoint (https:// and a public address); prints its signing secret once.
+    Add {
+        url: String,
+        /// Event types, comma-separated (every one when left out).
+        #[arg(long, value_delimiter = ',')]
+        events: Option<Vec<String>>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Print JSON (for programs) instead of a summary for people.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the endpoints.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one endpoint.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The endpoint's latest tries: event, status, error, time taken.
+    Deliveries {
+        id: String,
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send again, with their ids, the events created since a moment.
+    Replay {
+        id: String,
+        /// RFC 3339, for example 2026-12-01T00:00:00Z.
+        #[arg(long)]
+        since: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A new signing secret (printed once); the old one signs beside it for 24 h.
+    RotateSecret {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deliver to the endpoint again (its failures are forgotten).
+    Enable {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop delivering to the endpoint (events still wait for it).
+    Disable {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the endpoint (its history stays).
+    Remove {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a webhook_endpoint.test event to the endpoint.
+    Test {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn when(at_ms: Option<i64>) -> String {
+    at_ms.map_or("-".to_string(), format_rfc3339_ms)
+}
+
+fn print_endpoint(endpoint: &Endpoint) {
+    let state = match (endpoint.enabled, &endpoint.disabled_reason) {
+        (true, _) => "enabled".to_string(),
+        (false, Some(reason)) => format!("disabled: {reason}"),
+        (false, None) => "disabled".to_string(),
+    };
+    println!("{}  {}", endpoint.id, endpoint.url);
+    println!("  events:  {}", endpoint.events.join(", "));
+    println!("  state:   {state}");
+    if let Some(since) = endpoint.failing_since_ms {
+        println!("  failing since {}", format_rfc3339_ms(since));
+    }
+    if !endpoint.description.is_empty() {
+        println!("  about:   {}", endpoint.description);
+    }
+}
+
+fn print_attempt(attempt: &AttemptRecord) {
+    println!(
+        "{}  {:<28} {:<26} {:>4}  {:>6} ms  {}",
+        format_rfc3339_ms(attempt.at_ms),
+        attempt.event_id,
+        attempt.event_type,
+        attempt
+            .status_code
+            .map_or("-".to_string(), |code| code.to_string()),
+        attempt.duration_ms,
+        attempt.error.as_deref().unwrap_or("delivered"),
+    );
+}
+
+impl WebhooksCommand {
+    pub fn run(self, settings: &Settings) -> Result<(), String> {
+        let allow_private = settings.webhooks.allow_private;
+        let now_ms = SystemClock.now_ms();
+        with_store(settings, |store| async move {
+            let fail = |error: manage::WebhookError| error.to_string();
+            match self {
+                WebhooksCommand::Add {
+                    url,
+                    events,
+                    description,
+                    json,
+                } => {
+                    let (endpoint, secret) = manage::add(
+                        &store,
+                        &url,
+                        events.as_deref(),
+                        description,
+                        allow_private,
+                        now_ms,
+                    )
+                    .await
+                    .map_err(fail)?;
+                    if json {
+                        return print_json(
+                            &json!({"endpoint": endpoint, "secret": secret.expose()}),
+                        );
+                    }
+                    print_endpoint(&endpoint);
+                    println!("  secret:  {}  (shown this once: keep it)", secret.expose());
+                    Ok(())
+                }
+                WebhooksCommand::List { json } => {
+                    let endpoints = store
+                        .webhooks()
+                        .endpoints()
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if json {
+                        return print_json(&endpoints);
+                    }
+                    if endpoints.is_empty() {
+                        println!("no webhook endpoints");
+                    }
+                    endpoints.iter().for_each(print_endpoint);
+                    Ok(())
+                }
+                WebhooksCommand::Show { id, json } => {
+                    let endpoint = manage::get(&store, &id).await.map_err(fail)?;
+                    if json {
+                        return print_json(&endpoint);
+                    }
+                    print_endpoint(&endpoint);
+                    Ok(())
+                }
+                WebhooksCommand::Deliveries { id, limit, json } => {
+                    if !(1..=500).contains(&limit) {
+                        return Err("--limit is from 1 to 500".into());
+                    }
+                    let endpoint = manage::get(&store, &id).await.map_err(fail)?;
+                    let attempts = store
+                        .webhooks()
+                        .attempts_of(endpoint.id, limit)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if json {
+                        return print_json(&attempts);
+                    }
+                    if attempts.is_empty() {
+                        println!("no tries yet");
+                    }
+                    attempts.iter().for_each(print_attempt);
+                    Ok(())
+                }
+                WebhooksCommand::Replay { id, since, json } => {
+                    let since_ms = parse_rfc3339_ms(&since).ok_or_else(|| {
+                        format!("--since {since:?} is not an RFC 3339 time (2026-12-01T00:00:00Z)")
+                    })?;
+                    let replayed = manage::replay(&store, &id, since_ms, now_ms)
+                        .await
+                        .map_err(fail)?;
+                    if json {
+                        return print_json(&json!({"endpoint_id": id, "replayed": replayed}));
+                    }
+                    println!(
+                        "{replayed} events since {} queued again for {id}",
+                        when(Some(since_ms))
+                    );
+                    Ok(())
+                }
+                WebhooksCommand::RotateSecret { id, json } => {
+                    let (endpoint, secret) = manage::rotate_secret(&store, &id, now_ms)
+                        .await
+                        .map_err(fail)?;
+                    if json {
+                        return print_json(
+                            &json!({"endpoint": endpoint, "secret": secret.expose()}),
+                        );
+                    }
+                    println!(
+                        "new secret for {id}: {}  (shown this once: keep it)",
+                        secret.expose()
+                    );
+                    println!(
+                        "the old one signs beside it until {}",
+                        when(endpoint.previous_secret_until_ms)
+                    );
+                    Ok(())
+                }
+                WebhooksCommand::Enable { id, json } => {
+                    set_enabled(&store, &id, true, allow_private, json).await
+                }
+                WebhooksCommand::Disable { id, json } => {
+                    set_enabled(&store, &id, false, allow_private, json).await
+                }
+                WebhooksCommand::Remove { id, json } => {
+                    manage::remove(&store, &id).await.map_err(fail)?;
+                    if json {
+                        return print_json(&json!({"id": id, "removed": true}));
+                    }
+                    println!("removed {id}");
+                    Ok(())
+                }
+                WebhooksCommand::Test { id, json } => {
+                    let event_id = manage::send_test(&store, &id, now_ms).await.map_err(fail)?;
+                    if json {
+                        return print_json(&json!({"endpoint_id": id, "event_id": event_id}));
+                    }
+                    println!("test event {event_id} queued for {id}");
+                    Ok(())
+                }
+            }
+        })
+    }
+}
+
+async fn set_enabled(
+    store: &sms_credit_actors::Store,
+    id: &str,
+    enabled: bool,
+    allow_private: bool,
+    as_json: bool,
+) -> Result<(), String> {
+    let change = Change {
+        enabled: Some(enabled),
+        ..Change::default()
+    };
+    let endpoint = manage::change(store, id, change, allow_private)
+        .await
+        .map_err(|error| error.to_string())?;
+    if as_json {
+        return print_json(&endpoint);
+    }
+    print_endpoint(&endpoint);
+    Ok(())
+}

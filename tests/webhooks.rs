@@ -347,9 +347,29 @@ async fn balance_crossings_reach_a_verifying_receiver_once_each() {
 }
 on_both_stores!(balance_crossings_reach_a_verifying_receiver_once_each);
 
+/// `/metrics` of a test app with a metrics token.
+async fn metrics(app: &TestApp) -> String {
+    let mut response = app
+        .client
+        .get(app.url("/metrics"))
+        .insert_header(("Authorization", "Bearer metrics-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    String::from_utf8(response.body().await.unwrap().to_vec()).unwrap()
+}
+
+fn metric(text: &str, name: &str) -> i64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
 async fn a_failing_receiver_is_retried_with_the_same_id_until_it_accepts() {
     let directory = fresh_directory();
-    let settings = webhook_settings(&directory);
+    let mut settings = webhook_settings(&directory);
+    settings.access.metrics_token = Some(sms_credit::config::Secret::new("metrics-token"));
     let clock = ManualClock::new(1_795_253_400_000);
     let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
     // Nothing listens on the port yet: the first try is refused.
@@ -374,6 +394,15 @@ async fn a_failing_receiver_is_retried_with_the_same_id_until_it_accepts() {
     );
     let (_, shown) = endpoint(&app, &endpoint_id).await;
     assert!(shown["failing_since_ms"].as_i64().is_some(), "{shown}");
+    let text = metrics(&app).await;
+    assert_eq!(metric(&text, "sms_credit_webhook_pending"), 1, "{text}");
+    assert_eq!(
+        metric(
+            &text,
+            "sms_credit_webhook_deliveries_total{outcome=\"retried\"}"
+        ),
+        1
+    );
 
     // Not again before its wait (about 5 s) is over.
     let receiver = Receiver::start_on_port(port);
@@ -421,6 +450,26 @@ async fn a_failing_receiver_is_retried_with_the_same_id_until_it_accepts() {
     }
     let (_, shown) = endpoint(&app, &endpoint_id).await;
     assert_eq!(shown["failing_since_ms"], Value::Null, "{shown}");
+    let text = metrics(&app).await;
+    assert_eq!(metric(&text, "sms_credit_webhook_pending"), 0, "{text}");
+    assert_eq!(
+        metric(&text, "sms_credit_webhook_oldest_pending_seconds"),
+        0
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sms_credit_webhook_deliveries_total{outcome=\"retried\"}"
+        ),
+        3
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "sms_credit_webhook_deliveries_total{outcome=\"delivered\"}"
+        ),
+        1
+    );
     assert_eq!(shown["enabled"], true);
     // Delivered: not tried again, however long.
     clock.advance_ms(86_400_000);
@@ -892,3 +941,53 @@ fn endpoints_are_managed_from_the_command_line() {
     );
 }
 on_both_stores!(sync endpoints_are_managed_from_the_command_line);
+
+async fn an_endpoint_failing_for_three_days_is_disabled() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let clock = ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let failing = Receiver::start().await;
+    failing.plan(&[Reply::Status(500); 20]);
+    let watcher = Receiver::start().await;
+    let (failing_id, _) = add_endpoint(&app, &failing.url, json!(["balance.replenished"])).await;
+    let (_, watcher_secret) =
+        add_endpoint(&app, &watcher.url, json!(["webhook_endpoint.disabled"])).await;
+    watcher.trust(&watcher_secret);
+    let account = app.create_account("+14155550129").await;
+    app.post_adjustment(account, 5_000_000, "fill").await;
+    // Tried at 0, then after 5 s, 5 min, 30 min, 2 h, 5 h and 10 h six times:
+    // twelve tries over 67 h 35 min, every one failing.
+    let mut tries = 1;
+    attempts(&app, &failing_id, tries).await;
+    for wait_ms in [5_000, 300_000, 1_800_000, 7_200_000, 18_000_000]
+        .into_iter()
+        .chain([36_000_000; 6])
+    {
+        let (_, shown) = endpoint(&app, &failing_id).await;
+        assert_eq!(
+            shown["enabled"], true,
+            "disabled after {tries} tries: {shown}"
+        );
+        clock.advance_ms(wait_ms);
+        tries += 1;
+        attempts(&app, &failing_id, tries).await;
+    }
+    let told = watcher.accepted("webhook_endpoint.disabled", 1).await;
+    assert_eq!(
+        told[0].body["data"]["reason"],
+        "every delivery failed for three days"
+    );
+    let (_, shown) = endpoint(&app, &failing_id).await;
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert_eq!(
+        shown["disabled_reason"],
+        "every delivery failed for three days"
+    );
+    // Given up: never tried again.
+    clock.advance_ms(86_400_000);
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(attempts(&app, &failing_id, 0).await.len(), 12);
+    assert_eq!(failing.received().len(), 12);
+}
+on_both_stores!(an_endpoint_failing_for_three_days_is_disabled);

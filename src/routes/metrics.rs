@@ -22,9 +22,46 @@ pub async fn metrics_with_token(
 
 /// `GET /metrics` on the metrics address (`SMS_CREDIT_METRICS_BIND`).
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let mut body = render(&state);
+    render_webhooks(&state, &mut body).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(render(&state))
+        .body(body)
+}
+
+/// Webhook deliveries by outcome (this instance), and what waits (the
+/// database's, all instances).
+async fn render_webhooks(state: &AppState, out: &mut String) {
+    let metrics = &state.webhook_metrics;
+    out.push_str("# HELP sms_credit_webhook_deliveries_total Webhook tries by this instance, by outcome (retried: failed and to be tried again; failed: given up).\n");
+    out.push_str("# TYPE sms_credit_webhook_deliveries_total counter\n");
+    for (outcome, counter) in [
+        ("delivered", &metrics.delivered),
+        ("retried", &metrics.retried),
+        ("failed", &metrics.failed),
+    ] {
+        let _ = writeln!(
+            out,
+            "sms_credit_webhook_deliveries_total{{outcome=\"{outcome}\"}} {}",
+            counter.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP sms_credit_webhook_endpoints_disabled_total Endpoints this instance disabled (410 Gone, or failing for three days).\n# TYPE sms_credit_webhook_endpoints_disabled_total counter\nsms_credit_webhook_endpoints_disabled_total {}",
+        metrics.endpoints_disabled.load(Ordering::Relaxed)
+    );
+    // Only when the store answers: a missing gauge is better than a wrong one.
+    if let Ok(pending) = state.store.webhooks().delivery_stats().await {
+        let oldest_seconds = pending
+            .oldest_pending_ms
+            .map_or(0, |oldest| (state.clock.now_ms() - oldest).max(0) / 1000);
+        let _ = writeln!(
+            out,
+            "# HELP sms_credit_webhook_pending Webhook deliveries not yet made (all instances).\n# TYPE sms_credit_webhook_pending gauge\nsms_credit_webhook_pending {}\n# HELP sms_credit_webhook_oldest_pending_seconds Age of the oldest delivery not yet made.\n# TYPE sms_credit_webhook_oldest_pending_seconds gauge\nsms_credit_webhook_oldest_pending_seconds {oldest_seconds}",
+            pending.pending
+        );
+    }
 }
 
 fn render(state: &AppState) -> String {

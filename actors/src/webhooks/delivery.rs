@@ -95,9 +95,13 @@ pub fn decide(delivery: &ClaimedDelivery, result: &TryResult, now_ms: i64) -> De
         };
     }
     let failing_since = delivery.endpoint.failing_since_ms.unwrap_or(now_ms);
-    let disable = (now_ms - failing_since >= GIVE_UP_AFTER_MS)
-        .then(|| "every delivery failed for three days".to_string());
-    let outcome = match next_attempt(delivery.attempts, delivery.created_at_ms, now_ms) {
+    let next = next_attempt(delivery.attempts, delivery.created_at_ms, now_ms);
+    // Failing for three days: by the clock, or because this delivery was
+    // tried for its three days and nothing reached the endpoint meanwhile.
+    let failing_for_days = now_ms - failing_since >= GIVE_UP_AFTER_MS
+        || (next.is_none() && failing_since <= delivery.created_at_ms);
+    let disable = failing_for_days.then(|| "every delivery failed for three days".to_string());
+    let outcome = match next {
         Some(at_ms) if disable.is_none() => DeliveryOutcome::Retry { at_ms },
         _ => DeliveryOutcome::GaveUp,
     };

@@ -40,6 +40,8 @@ impl Received {
 }
 
 struct State {
+    /// Requests that reached the handler (before they are answered).
+    started: usize,
     secrets: Vec<String>,
     plan: VecDeque<Reply>,
     received: Vec<Received>,
@@ -93,6 +95,7 @@ async fn receive(
     }
     let (reply, verified_by) = {
         let mut state = state.lock().unwrap();
+        state.started += 1;
         let verified_by: Vec<usize> = state
             .secrets
             .iter()
@@ -154,6 +157,7 @@ impl Receiver {
     fn start_on(listener: TcpListener) -> Receiver {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
+            started: 0,
             secrets: Vec::new(),
             plan: VecDeque::new(),
             received: Vec::new(),
@@ -187,6 +191,11 @@ impl Receiver {
             .unwrap()
             .plan
             .extend(replies.iter().copied());
+    }
+
+    /// Requests that arrived, answered or not.
+    pub fn started(&self) -> usize {
+        self.state.lock().unwrap().started
     }
 
     pub fn received(&self) -> Vec<Received> {

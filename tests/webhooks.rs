@@ -991,3 +991,278 @@ async fn an_endpoint_failing_for_three_days_is_disabled() {
     assert_eq!(failing.received().len(), 12);
 }
 on_both_stores!(an_endpoint_failing_for_three_days_is_disabled);
+
+/// A running server process's admin API.
+struct Admin {
+    client: awc::Client,
+    base: String,
+}
+
+impl Admin {
+    fn of(server: &crate::helpers::ServerProcess) -> Admin {
+        Admin {
+            client: awc::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .finish(),
+            base: server.base_url.clone(),
+        }
+    }
+
+    /// The answer, or `None` when the server did not answer.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Option<(StatusCode, Value)> {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
+        let request = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")));
+        let mut response = match body {
+            Some(body) => request.send_json(&body).await.ok()?,
+            None => request.send().await.ok()?,
+        };
+        let bytes = response.body().limit(16 * 1024 * 1024).await.ok()?;
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Some((response.status(), json))
+    }
+
+    async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, body) = self.call(method, path, body).await.unwrap();
+        assert!(status.is_success(), "{method} {path}: {status} {body}");
+        body
+    }
+
+    /// (seq, balance after) of every ledger row of the account.
+    async fn ledger(&self, account: i64) -> Vec<(i64, i64)> {
+        let mut rows = Vec::new();
+        loop {
+            let after = rows.last().map_or(0, |(seq, _)| *seq);
+            let page = self
+                .ok(
+                    "GET",
+                    &format!(
+                        "/v1/admin/accounts/{account}/transactions?after_seq={after}&limit=1000"
+                    ),
+                    None,
+                )
+                .await;
+            let page = page["transactions"].as_array().unwrap().clone();
+            if page.is_empty() {
+                return rows;
+            }
+            rows.extend(page.iter().map(|row| {
+                (
+                    row["seq"].as_i64().unwrap(),
+                    row["balance_after_micros"].as_i64().unwrap(),
+                )
+            }));
+        }
+    }
+}
+
+/// The balance events a ledger makes: (account, seq, type), crossing the
+/// $2.00 threshold down (`balance.low`) or up (`balance.replenished`).
+fn crossings(account: i64, ledger: &[(i64, i64)]) -> Vec<(i64, i64, String)> {
+    let threshold = 2_000_000;
+    let mut before = 0;
+    let mut events = Vec::new();
+    for &(seq, after) in ledger {
+        if before >= threshold && after < threshold {
+            events.push((account, seq, "balance.low".to_string()));
+        }
+        if before < threshold && after >= threshold {
+            events.push((account, seq, "balance.replenished".to_string()));
+        }
+        before = after;
+    }
+    events
+}
+
+const WEBHOOKS_ON: [(&str, &str); 1] = [("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true")];
+
+fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    actix_rt::System::new().block_on(async {
+        let directory = fresh_directory();
+        let server = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let admin = Admin::of(&server);
+        let receiver = Receiver::start().await;
+        let body = json!({"url": receiver.url, "events": ["balance.low", "balance.replenished"]});
+        let added = admin.ok("POST", "/v1/admin/webhook-endpoints", Some(body)).await;
+        receiver.trust(added["secret"].as_str().unwrap());
+        let mut accounts = Vec::new();
+        for index in 0..12 {
+            let body = json!({"phone": format!("+1415555{:04}", 2000 + index)});
+            accounts.push(admin.ok("POST", "/v1/admin/accounts", Some(body)).await["id"].as_i64().unwrap());
+        }
+
+        // Eight writers move balances across the threshold, until the
+        // server is killed under them.
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let mut writers = Vec::new();
+        for writer in 0..8u64 {
+            let (stop, answered, accounts) = (Arc::clone(&stop), Arc::clone(&answered), accounts.clone());
+            let admin = Admin::of(&server);
+            writers.push(actix_rt::spawn(async move {
+                let mut n = writer;
+                while !stop.load(Ordering::Relaxed) {
+                    n = n.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+                    let account = accounts[(n >> 33) as usize % accounts.len()];
+                    let amount = [1_500_000, -1_500_000, 700_000, -700_000][(n >> 20) as usize % 4];
+                    let body = json!({"amount_micros": amount, "reason": "burst", "idempotency_key": format!("w{writer}-{n}")});
+                    match admin.call("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body)).await {
+                        Some((status, _)) if status.is_success() => {
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(_) => {}
+                        None => actix_rt::time::sleep(Duration::from_millis(20)).await,
+                    }
+                }
+            }));
+        }
+        while answered.load(Ordering::Relaxed) < 300 {
+            actix_rt::time::sleep(Duration::from_millis(5)).await;
+        }
+        server.kill();
+        actix_rt::time::sleep(Duration::from_millis(200)).await;
+        stop.store(true, Ordering::Relaxed);
+        for writer in writers {
+            writer.await.unwrap();
+        }
+
+        // Started again: what the ledger holds is what the receiver gets.
+        let server = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let admin = Admin::of(&server);
+        let mut expected = BTreeSet::new();
+        for &account in &accounts {
+            expected.extend(crossings(account, &admin.ledger(account).await));
+        }
+        assert!(expected.len() > 20, "the burst crossed the threshold often: {}", expected.len());
+        let received = receiver
+            .wait_until("every committed crossing", |received| {
+                let got: BTreeSet<(i64, i64, String)> = received
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.body["data"]["account_id"].as_i64().unwrap(),
+                            r.body["data"]["seq"].as_i64().unwrap(),
+                            r.kind().to_string(),
+                        )
+                    })
+                    .collect();
+                expected.is_subset(&got)
+            })
+            .await;
+        let got: BTreeSet<(i64, i64, String)> = received
+            .iter()
+            .map(|r| {
+                (
+                    r.body["data"]["account_id"].as_i64().unwrap(),
+                    r.body["data"]["seq"].as_i64().unwrap(),
+                    r.kind().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "none for a change the ledger does not hold");
+        // An event delivered twice (killed before its try was recorded) has
+        // the same id both times.
+        let mut ids = std::collections::HashMap::new();
+        for r in &received {
+            let key = (r.body["data"]["account_id"].clone(), r.body["data"]["seq"].clone(), r.kind().to_string());
+            assert_eq!(ids.entry(key).or_insert_with(|| r.id.clone()), &r.id);
+            assert_eq!(r.verified_by, vec![0]);
+        }
+        server.kill();
+    });
+}
+on_both_stores!(sync a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change);
+
+/// (account, seq, type) of a delivery.
+fn crossing_of(received: &crate::webhook_receiver::Received) -> (i64, i64, String) {
+    (
+        received.body["data"]["account_id"].as_i64().unwrap(),
+        received.body["data"]["seq"].as_i64().unwrap(),
+        received.kind().to_string(),
+    )
+}
+
+fn instances_deliver_each_event_once_and_take_over_a_killed_ones() {
+    use std::collections::{BTreeSet, HashMap};
+    actix_rt::System::new().block_on(async {
+        let directory = fresh_directory();
+        let first = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let admin = Admin::of(&first);
+        let receiver = Receiver::start().await;
+        let body = json!({"url": receiver.url, "events": ["balance.low", "balance.replenished"]});
+        let added = admin.ok("POST", "/v1/admin/webhook-endpoints", Some(body)).await;
+        receiver.trust(added["secret"].as_str().unwrap());
+        let account = admin
+            .ok("POST", "/v1/admin/accounts", Some(json!({"phone": "+14155552100"})))
+            .await["id"]
+            .as_i64()
+            .unwrap();
+
+        // Killed mid-delivery: the first instance's tries hang at the
+        // receiver when it dies; the second sends them once their lease ends.
+        receiver.plan(&[Reply::Hang(Duration::from_secs(3)); 2]);
+        for (index, amount) in [3_000_000, -2_000_000].into_iter().enumerate() {
+            let body = json!({"amount_micros": amount, "reason": "t", "idempotency_key": format!("k{index}")});
+            admin.ok("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body)).await;
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while receiver.started() < 2 {
+            assert!(std::time::Instant::now() < deadline, "the first tries never came");
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
+        first.kill();
+        let second = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let third = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let taken_over = receiver
+            .wait_until("both events after the lease", |received| {
+                received.iter().filter(|r| r.answered == 200).count() >= 4
+            })
+            .await;
+        let kinds: BTreeSet<(i64, i64, String)> = taken_over.iter().map(crossing_of).collect();
+        assert_eq!(kinds.len(), 2, "{kinds:?}");
+
+        // Two live instances, writes through both: each event once.
+        let admins = [Admin::of(&second), Admin::of(&third)];
+        let before = receiver.received().len();
+        let mut expected = 0;
+        let mut balance = 1_000_000;
+        for round in 0..40 {
+            let amount = if round % 2 == 0 { 1_500_000 } else { -1_500_000 };
+            let body = json!({"amount_micros": amount, "reason": "t", "idempotency_key": format!("r{round}")});
+            admins[round % 2]
+                .ok("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body))
+                .await;
+            let after = balance + amount;
+            if (balance >= 2_000_000) != (after >= 2_000_000) {
+                expected += 1;
+            }
+            balance = after;
+        }
+        assert_eq!(expected, 40);
+        let received = receiver
+            .wait_until("forty more events", |received| received.len() >= before + expected)
+            .await;
+        // Nothing more arrives: no event went out twice.
+        actix_rt::time::sleep(Duration::from_millis(2500)).await;
+        let received_later = receiver.received();
+        assert_eq!(received_later.len(), received.len());
+        let mut per_id: HashMap<&str, usize> = HashMap::new();
+        for r in &received_later[before..] {
+            *per_id.entry(r.id.as_str()).or_default() += 1;
+        }
+        assert_eq!(per_id.len(), expected);
+        assert!(per_id.values().all(|count| *count == 1), "{per_id:?}");
+        drop((second, third));
+    });
+}
+on_both_stores!(sync instances_deliver_each_event_once_and_take_over_a_killed_ones);

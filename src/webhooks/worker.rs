@@ -26,7 +26,7 @@ const MAX_IN_FLIGHT: i64 = 64;
 /// Tries in flight to one endpoint (across instances).
 pub const PER_ENDPOINT: i64 = 8;
 /// How long a claimed delivery is this instance's: longer than a try.
-const LEASE_MS: i64 = 30_000;
+const LEASE_MS: i64 = 15_000;
 
 /// Deliveries by outcome, for `/metrics`.
 #[derive(Default)]

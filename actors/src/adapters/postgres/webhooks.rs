@@ -303,8 +303,14 @@ impl WebhookStore for PostgresStore {
                         "UPDATE webhook_deliveries d
                             SET state = 'sending', attempts = d.attempts + 1, claimed_until = $2, claimed_by = $5
                            FROM webhook_events ev
-                          WHERE ev.id = d.event_id AND d.id IN (
-                            SELECT id FROM webhook_deliveries WHERE id IN (
+                          WHERE ev.id = d.event_id
+                            AND ((d.state = 'pending' AND d.next_attempt_at <= $1)
+                                 OR (d.state = 'sending' AND d.claimed_until < $1))
+                            AND d.id IN (
+                            SELECT id FROM webhook_deliveries
+                             WHERE ((state = 'pending' AND next_attempt_at <= $1)
+                                    OR (state = 'sending' AND claimed_until < $1))
+                               AND id IN (
                               SELECT id FROM (
                                 SELECT c.id, c.next_attempt_at,
                                        ROW_NUMBER() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS place,

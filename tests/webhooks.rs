@@ -1270,3 +1270,42 @@ fn instances_deliver_each_event_once_and_take_over_a_killed_ones() {
     });
 }
 on_both_stores!(sync instances_deliver_each_event_once_and_take_over_a_killed_ones);
+
+async fn a_dead_endpoint_does_not_hold_up_a_live_one() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let dead = Receiver::start().await;
+    dead.plan(&[Reply::Hang(Duration::from_secs(12)); 40]);
+    let live = Receiver::start().await;
+    let events = json!(["balance.low", "balance.replenished"]);
+    add_endpoint(&app, &dead.url, events.clone()).await;
+    let (_, secret) = add_endpoint(&app, &live.url, events).await;
+    live.trust(&secret);
+    let account = app.create_account("+14155550130").await;
+    for round in 0..20usize {
+        let amount = if round.is_multiple_of(2) {
+            3_000_000
+        } else {
+            -3_000_000
+        };
+        let (status, body) = app
+            .post_adjustment(account, amount, &format!("r{round}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Every event reaches the live endpoint while the dead one still holds
+    // its first tries (each waits out the 10 s timeout), at most 16 at once.
+    live.wait_until("twenty events", |received| received.len() >= 20)
+        .await;
+    assert!(
+        dead.received().is_empty(),
+        "the dead endpoint answered already"
+    );
+    assert!(
+        (1..=16).contains(&dead.started()),
+        "{} tries at once",
+        dead.started()
+    );
+}
+on_both_stores!(a_dead_endpoint_does_not_hold_up_a_live_one);

@@ -42,7 +42,6 @@ CREATE TABLE webhook_deliveries (
     created_at      INTEGER NOT NULL,
     finished_at     INTEGER
 );
-CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at) WHERE state = 'pending';
 CREATE INDEX webhook_deliveries_sending ON webhook_deliveries (endpoint_id, claimed_until) WHERE state = 'sending';
 CREATE INDEX webhook_deliveries_endpoint ON webhook_deliveries (endpoint_id, id);
 
@@ -56,3 +55,5 @@ CREATE TABLE webhook_attempts (
     duration_ms  INTEGER NOT NULL
 );
 CREATE INDEX webhook_attempts_endpoint ON webhook_attempts (endpoint_id, id);
+-- A claim takes one endpoint's due deliveries in order.
+CREATE INDEX webhook_deliveries_pending ON webhook_deliveries (endpoint_id, next_attempt_at) WHERE state = 'pending';

@@ -298,52 +298,73 @@ impl WebhookStore for PostgresStore {
         self.write(move |transaction| {
             let instance = instance.clone();
             boxed(async move {
-                let rows = transaction
+                let endpoints = transaction
                     .query(
-                        "UPDATE webhook_deliveries d
-                            SET state = 'sending', attempts = d.attempts + 1, claimed_until = $2, claimed_by = $5
-                           FROM webhook_events ev
-                          WHERE ev.id = d.event_id
-                            AND ((d.state = 'pending' AND d.next_attempt_at <= $1)
-                                 OR (d.state = 'sending' AND d.claimed_until < $1))
-                            AND d.id IN (
-                            SELECT id FROM webhook_deliveries
-                             WHERE ((state = 'pending' AND next_attempt_at <= $1)
-                                    OR (state = 'sending' AND claimed_until < $1))
-                               AND id IN (
-                              SELECT id FROM (
-                                SELECT c.id, c.next_attempt_at,
-                                       ROW_NUMBER() OVER (PARTITION BY c.endpoint_id ORDER BY c.next_attempt_at, c.id) AS place,
-                                       (SELECT COUNT(*) FROM webhook_deliveries busy
-                                         WHERE busy.endpoint_id = c.endpoint_id AND busy.state = 'sending'
-                                           AND busy.claimed_until >= $1) AS sending
-                                  FROM webhook_deliveries c JOIN webhook_endpoints e ON e.id = c.endpoint_id
-                                 WHERE e.enabled = 1 AND e.deleted = 0
-                                   AND ((c.state = 'pending' AND c.next_attempt_at <= $1)
-                                        OR (c.state = 'sending' AND c.claimed_until < $1))) ranked
-                               WHERE place + sending <= $3
-                               ORDER BY next_attempt_at, id LIMIT $4)
-                            FOR UPDATE SKIP LOCKED)
-                      RETURNING d.id, d.attempts, d.event_id, d.endpoint_id, d.created_at, ev.type, ev.payload",
-                        &[&now_ms, &lease_until_ms, &per_endpoint, &limit, &instance],
+                        &format!(
+                            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+                              WHERE enabled = 1 AND deleted = 0 ORDER BY id"
+                        ),
+                        &[],
                     )
-                    .await?;
-                let mut deliveries = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let id: i64 = row.try_get(0)?;
-                    let endpoint_id: String = row.try_get(3)?;
-                    let endpoint = endpoint(transaction, &endpoint_id).await?.ok_or_else(|| {
-                        StoreError::Database(format!("delivery {id} has no endpoint"))
-                    })?;
-                    deliveries.push(ClaimedDelivery {
-                        id,
-                        attempts: row.try_get(1)?,
-                        event_id: row.try_get(2)?,
-                        created_at_ms: row.try_get(4)?,
-                        event_type: row.try_get(5)?,
-                        payload: row.try_get(6)?,
-                        endpoint,
-                    });
+                    .await?
+                    .iter()
+                    .map(endpoint_from_row)
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut deliveries = Vec::new();
+                // Start at a different endpoint each time, so that a full
+                // instance does not always serve the same ones first.
+                let start = usize::try_from(now_ms).unwrap_or(0) % endpoints.len().max(1);
+                for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
+                    let busy: i64 = transaction
+                        .query_one(
+                            "SELECT COUNT(*) FROM webhook_deliveries
+                              WHERE endpoint_id = $1 AND state = 'sending' AND claimed_until >= $2",
+                            &[&endpoint.id, &now_ms],
+                        )
+                        .await?
+                        .try_get(0)?;
+                    let mut room = (limit - deliveries.len() as i64).min(per_endpoint - busy);
+                    // Tries whose worker stopped (lease over) first, then the
+                    // due; the condition is checked again where each row is
+                    // locked, so two instances never claim one delivery.
+                    for (due, order) in [
+                        ("state = 'sending' AND claimed_until < $2", "claimed_until"),
+                        ("state = 'pending' AND next_attempt_at <= $2", "next_attempt_at"),
+                    ] {
+                        if room <= 0 {
+                            break;
+                        }
+                        let rows = transaction
+                            .query(
+                                &format!(
+                                    "UPDATE webhook_deliveries d
+                                        SET state = 'sending', attempts = d.attempts + 1,
+                                            claimed_until = $3, claimed_by = $4
+                                       FROM webhook_events ev
+                                      WHERE ev.id = d.event_id AND d.{due_d}
+                                        AND d.id IN (SELECT id FROM webhook_deliveries
+                                                      WHERE endpoint_id = $1 AND {due}
+                                                      ORDER BY {order}, id LIMIT $5
+                                                      FOR UPDATE SKIP LOCKED)
+                                  RETURNING d.id, d.attempts, d.event_id, d.created_at, ev.type, ev.payload",
+                                    due_d = due.replace(" AND ", " AND d."),
+                                ),
+                                &[&endpoint.id, &now_ms, &lease_until_ms, &instance, &room],
+                            )
+                            .await?;
+                        room -= rows.len() as i64;
+                        for row in rows {
+                            deliveries.push(ClaimedDelivery {
+                                id: row.try_get(0)?,
+                                attempts: row.try_get(1)?,
+                                event_id: row.try_get(2)?,
+                                created_at_ms: row.try_get(3)?,
+                                event_type: row.try_get(4)?,
+                                payload: row.try_get(5)?,
+                                endpoint: endpoint.clone(),
+                            });
+                        }
+                    }
                 }
                 deliveries.sort_by_key(|delivery| delivery.id);
                 Ok(deliveries)

@@ -79,6 +79,20 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
     })
 }
 
+/// Tries of the endpoint in flight (claimed, lease not over).
+fn sending(
+    connection: &Connection,
+    endpoint_id: &str,
+    now_ms: i64,
+) -> Result<i64, rusqlite::Error> {
+    connection
+        .prepare_cached(
+            "SELECT COUNT(*) FROM webhook_deliveries
+              WHERE endpoint_id = ?1 AND state = 'sending' AND claimed_until >= ?2",
+        )?
+        .query_row(params![endpoint_id, now_ms], |row| row.get(0))
+}
+
 fn endpoint(connection: &Connection, id: &str) -> Result<Option<Endpoint>, StoreError> {
     Ok(connection
         .prepare_cached(&format!(
@@ -248,55 +262,74 @@ impl WebhookStore for SqliteStore {
         instance: String,
     ) -> StoreFuture<Vec<ClaimedDelivery>> {
         self.write(move |connection| {
-            let claimed = connection
-                .prepare_cached(
-                    "UPDATE webhook_deliveries
-                        SET state = 'sending', attempts = attempts + 1, claimed_until = ?2, claimed_by = ?5
-                      WHERE id IN (
-                        SELECT id FROM (
-                          SELECT d.id, d.next_attempt_at,
-                                 ROW_NUMBER() OVER (PARTITION BY d.endpoint_id ORDER BY d.next_attempt_at, d.id) AS place,
-                                 (SELECT COUNT(*) FROM webhook_deliveries busy
-                                   WHERE busy.endpoint_id = d.endpoint_id AND busy.state = 'sending'
-                                     AND busy.claimed_until >= ?1) AS sending
-                            FROM webhook_deliveries d JOIN webhook_endpoints e ON e.id = d.endpoint_id
-                           WHERE e.enabled = 1 AND e.deleted = 0
-                             AND ((d.state = 'pending' AND d.next_attempt_at <= ?1)
-                                  OR (d.state = 'sending' AND d.claimed_until < ?1)))
-                         WHERE place + sending <= ?3
-                         ORDER BY next_attempt_at, id LIMIT ?4)
-                     RETURNING id, attempts, event_id, endpoint_id, created_at",
-                )?
-                .query_map(
-                    params![now_ms, lease_until_ms, per_endpoint, limit, instance],
-                    |row| {
-                        Ok((
-                            row.get::<_, i64>(0)?,
-                            row.get::<_, i64>(1)?,
-                            row.get::<_, String>(2)?,
-                            row.get::<_, String>(3)?,
-                            row.get::<_, i64>(4)?,
-                        ))
-                    },
-                )?
+            let endpoints = connection
+                .prepare_cached(&format!(
+                    "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+                      WHERE enabled = 1 AND deleted = 0 ORDER BY id"
+                ))?
+                .query_map([], endpoint_from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut deliveries = Vec::with_capacity(claimed.len());
-            for (id, attempts, event_id, endpoint_id, created_at_ms) in claimed {
-                let (event_type, payload): (String, String) = connection
-                    .prepare_cached("SELECT type, payload FROM webhook_events WHERE id = ?1")?
-                    .query_row([&event_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
-                let endpoint = endpoint(connection, &endpoint_id)?.ok_or_else(|| {
-                    StoreError::Database(format!("delivery {id} has no endpoint"))
-                })?;
-                deliveries.push(ClaimedDelivery {
-                    id,
-                    attempts,
-                    event_id,
-                    event_type,
-                    payload,
-                    created_at_ms,
-                    endpoint,
-                });
+            let mut deliveries = Vec::new();
+            // Start at a different endpoint each time, so that a full
+            // instance does not always serve the same ones first.
+            let start = usize::try_from(now_ms).unwrap_or(0) % endpoints.len().max(1);
+            for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
+                let mut room = (limit - deliveries.len() as i64)
+                    .min(per_endpoint - sending(connection, &endpoint.id, now_ms)?);
+                if room <= 0 {
+                    continue;
+                }
+                // Tries whose worker stopped (lease over) first, then the due.
+                for (due, order) in [
+                    ("state = 'sending' AND claimed_until < ?2", "claimed_until"),
+                    (
+                        "state = 'pending' AND next_attempt_at <= ?2",
+                        "next_attempt_at",
+                    ),
+                ] {
+                    if room <= 0 {
+                        break;
+                    }
+                    let claimed = connection
+                        .prepare_cached(&format!(
+                            "UPDATE webhook_deliveries
+                                SET state = 'sending', attempts = attempts + 1, claimed_until = ?3,
+                                    claimed_by = ?4
+                              WHERE id IN (SELECT id FROM webhook_deliveries
+                                            WHERE endpoint_id = ?1 AND {due}
+                                            ORDER BY {order}, id LIMIT ?5)
+                             RETURNING id, attempts, event_id, created_at"
+                        ))?
+                        .query_map(
+                            params![endpoint.id, now_ms, lease_until_ms, instance, room],
+                            |row| {
+                                Ok((
+                                    row.get::<_, i64>(0)?,
+                                    row.get::<_, i64>(1)?,
+                                    row.get::<_, String>(2)?,
+                                    row.get::<_, i64>(3)?,
+                                ))
+                            },
+                        )?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    room -= claimed.len() as i64;
+                    for (id, attempts, event_id, created_at_ms) in claimed {
+                        let (event_type, payload): (String, String) = connection
+                            .prepare_cached(
+                                "SELECT type, payload FROM webhook_events WHERE id = ?1",
+                            )?
+                            .query_row([&event_id], |row| Ok((row.get(0)?, row.get(1)?)))?;
+                        deliveries.push(ClaimedDelivery {
+                            id,
+                            attempts,
+                            event_id,
+                            event_type,
+                            payload,
+                            created_at_ms,
+                            endpoint: endpoint.clone(),
+                        });
+                    }
+                }
             }
             deliveries.sort_by_key(|delivery| delivery.id);
             Ok(deliveries)

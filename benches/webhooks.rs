@@ -9,8 +9,11 @@
 //! endpoint does not delay a live one.
 //!
 //! `cargo bench --bench webhooks` (options: `-- --seconds N --connections
-//! N --accounts N --database URL`; SQLite in a temporary directory unless
-//! `--database` names an empty Postgres database).
+//! N --accounts N --rate N --database URL`; SQLite in a temporary directory
+//! unless `--database` names an empty Postgres database). Without `--rate`
+//! adjustments go as fast as they are answered (every one an event: far
+//! more events than a real ledger makes), so the figures are the delivery's
+//! capacity; with `--rate N`, N adjustments a second in all.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -31,6 +34,8 @@ struct Options {
     connections: usize,
     accounts: usize,
     database: Option<String>,
+    /// Adjustments per second in all (0: as fast as answers come).
+    rate: u64,
 }
 
 fn options() -> Options {
@@ -39,6 +44,7 @@ fn options() -> Options {
         connections: 16,
         accounts: 256,
         database: None,
+        rate: 0,
     };
     let arguments: Vec<String> = std::env::args().collect();
     for pair in arguments.windows(2) {
@@ -48,6 +54,7 @@ fn options() -> Options {
             ("--connections", Some(value)) => options.connections = value.max(1) as usize,
             ("--accounts", Some(value)) => options.accounts = value.clamp(1, 10_000) as usize,
             ("--database", _) => options.database = Some(pair[1].clone()),
+            ("--rate", Some(value)) => options.rate = value,
             _ => {}
         }
     }
@@ -174,11 +181,18 @@ fn main() {
         let acknowledged: Vec<Vec<((i64, i64), Instant)>> = join_all((0..options.connections).map(|connection| {
             let mine: Vec<i64> = accounts[connection * per_connection..(connection + 1) * per_connection].to_vec();
             let base = base.clone();
+            let interval = (options.rate > 0)
+                .then(|| Duration::from_secs_f64(options.connections as f64 / options.rate as f64));
             async move {
                 let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
                 let mut acks = Vec::new();
                 let mut round = 0usize;
+                let mut next = Instant::now();
                 while Instant::now() < deadline {
+                    if let Some(interval) = interval {
+                        next += interval;
+                        actix_rt::time::sleep_until(next.into()).await;
+                    }
                     let account = mine[round % mine.len()];
                     let up = (round / mine.len()).is_multiple_of(2);
                     round += 1;
@@ -215,10 +229,11 @@ fn main() {
         let _ = server.kill();
         let _ = server.wait();
         println!(
-            "webhooks: {} s, {} connections, {} accounts, release server on 127.0.0.1, {}",
+            "webhooks: {} s, {} connections, {} accounts, {}, release server on 127.0.0.1, {}",
             options.seconds,
             options.connections,
             accounts.len(),
+            if options.rate > 0 { format!("{} adjustments/s", options.rate) } else { "as fast as answered".to_string() },
             if options.database.is_some() { "Postgres" } else { "SQLite" }
         );
         println!(

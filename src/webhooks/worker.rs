@@ -22,9 +22,9 @@ use super::sender::WebhookSender;
 /// How often due deliveries are looked for when nothing wakes the worker.
 const POLL: Duration = Duration::from_secs(1);
 /// Tries in flight on one instance.
-const MAX_IN_FLIGHT: i64 = 128;
+const MAX_IN_FLIGHT: i64 = 1024;
 /// Tries in flight to one endpoint (across instances).
-pub const PER_ENDPOINT: i64 = 16;
+pub const PER_ENDPOINT: i64 = 64;
 /// How long a claimed delivery is this instance's: longer than a try.
 const LEASE_MS: i64 = 15_000;
 

@@ -295,9 +295,10 @@ impl WebhookStore for PostgresStore {
         limit: i64,
         instance: String,
     ) -> StoreFuture<Vec<ClaimedDelivery>> {
-        self.write(move |transaction| {
-            let instance = instance.clone();
-            boxed(async move {
+        // Not in the ledger writer's queue: each claim is one statement
+        // (atomic on its own) on a connection of its own, committed at once.
+        self.read(move |client| async move {
+                let transaction = &*client;
                 let endpoints = transaction
                     .query(
                         &format!(
@@ -368,11 +369,55 @@ impl WebhookStore for PostgresStore {
                 }
                 deliveries.sort_by_key(|delivery| delivery.id);
                 Ok(deliveries)
-            })
         })
     }
 
     fn attempted(&self, attempt: Attempted) -> StoreFuture<()> {
+        if attempt.disable.is_none() {
+            // The common case, one statement (atomic on its own) on a
+            // connection of its own: a try's record does not wait behind
+            // the ledger's batches, nor they behind it.
+            return self.read(move |client| async move {
+                let (state, next_attempt_at) = match attempt.outcome {
+                    DeliveryOutcome::Delivered => ("delivered", None),
+                    DeliveryOutcome::Retry { at_ms } => ("pending", Some(at_ms)),
+                    DeliveryOutcome::GaveUp => ("failed", None),
+                };
+                let status = attempt.status_code.map(i64::from);
+                let failing = (attempt.outcome != DeliveryOutcome::Delivered).then_some(attempt.at_ms);
+                client
+                    .execute(
+                        "WITH tried AS (
+                           INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+                           VALUES ($1, $2, $3, $4, $5, $6) RETURNING delivery_id),
+                         delivery AS (
+                           UPDATE webhook_deliveries
+                              SET state = $7, next_attempt_at = COALESCE($8, next_attempt_at),
+                                  claimed_until = NULL,
+                                  finished_at = CASE WHEN $8::BIGINT IS NULL THEN $3::BIGINT END
+                            WHERE id = (SELECT delivery_id FROM tried) RETURNING endpoint_id)
+                         UPDATE webhook_endpoints
+                            SET failing_since = CASE WHEN $9::BIGINT IS NULL THEN NULL
+                                                     ELSE COALESCE(failing_since, $9) END
+                          WHERE id = (SELECT endpoint_id FROM delivery)
+                            AND failing_since IS DISTINCT FROM
+                                (CASE WHEN $9::BIGINT IS NULL THEN NULL ELSE COALESCE(failing_since, $9) END)",
+                        &[
+                            &attempt.delivery_id,
+                            &attempt.endpoint_id,
+                            &attempt.at_ms,
+                            &status,
+                            &attempt.error,
+                            &attempt.duration_ms,
+                            &state,
+                            &next_attempt_at,
+                            &failing,
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            });
+        }
         let attempt = std::sync::Arc::new(attempt);
         self.write(move |transaction| {
             let attempt = std::sync::Arc::clone(&attempt);

@@ -26,39 +26,45 @@ pub(super) async fn insert_events(
     Ok(insert_event_rows(client, events.iter()).await?)
 }
 
-/// [`insert_events`] with the driver's error, for the writer's ledger path.
+/// [`insert_events`] with the driver's error, for the writer's ledger path:
+/// every event of a batch in one statement (none: no statement).
 pub(super) async fn insert_event_rows<'e>(
     client: &impl GenericClient,
     events: impl Iterator<Item = &'e NewEvent>,
 ) -> Result<bool, tokio_postgres::Error> {
-    let mut made = false;
+    let mut ids = Vec::new();
+    let mut kinds = Vec::new();
+    let mut accounts: Vec<Option<i64>> = Vec::new();
+    let mut dedupe_keys = Vec::new();
+    let mut payloads = Vec::new();
+    let mut created = Vec::new();
     for event in events {
-        let account_id = event.account_id.map(|id| id.0);
-        let payload = event.payload();
-        let deliveries = client
-            .execute(
-                "WITH inserted AS (
-                   INSERT INTO webhook_events (id, type, account_id, dedupe_key, payload, created_at)
-                   VALUES ($1, $2, $3, $4, $5, $6)
-                   ON CONFLICT (dedupe_key) DO NOTHING RETURNING id)
-                 INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
-                 SELECT e.id, inserted.id, 'pending', $6, $6 FROM webhook_endpoints e, inserted
-                  WHERE e.enabled = 1 AND e.deleted = 0
-                    AND (e.events = '*' OR strpos(e.events, ',' || $2 || ',') > 0)",
-                &[
-                    &event.id,
-                    &event.kind.as_str(),
-                    &account_id,
-                    &event.dedupe_key,
-                    &payload,
-                    &event.created_at_ms,
-                ],
-            )
-            .await?;
-        made |= deliveries > 0;
-        super::super::EVENTS_INSERTED.store(true, std::sync::atomic::Ordering::Relaxed);
+        ids.push(event.id.as_str());
+        kinds.push(event.kind.as_str());
+        accounts.push(event.account_id.map(|id| id.0));
+        dedupe_keys.push(event.dedupe_key.as_str());
+        payloads.push(event.payload());
+        created.push(event.created_at_ms);
     }
-    Ok(made)
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let deliveries = client
+        .execute(
+            "WITH inserted AS (
+               INSERT INTO webhook_events (id, type, account_id, dedupe_key, payload, created_at)
+               SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TEXT[], $5::TEXT[], $6::BIGINT[])
+               ON CONFLICT (dedupe_key) DO NOTHING RETURNING id, type, created_at)
+             INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
+             SELECT e.id, inserted.id, 'pending', inserted.created_at, inserted.created_at
+               FROM inserted JOIN webhook_endpoints e
+                 ON e.enabled = 1 AND e.deleted = 0
+                AND (e.events = '*' OR strpos(e.events, ',' || inserted.type || ',') > 0)",
+            &[&ids, &kinds, &accounts, &dedupe_keys, &payloads, &created],
+        )
+        .await?;
+    super::super::EVENTS_INSERTED.store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(deliveries > 0)
 }
 
 fn endpoint_from_row(row: &Row) -> Result<Endpoint, StoreError> {

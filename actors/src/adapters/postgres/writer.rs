@@ -536,20 +536,21 @@ async fn apply_ledger(
             )
             .await
     };
-    let (_, _, _, standing) = futures_util::try_join!(
-        rows.insert(transaction, prepared),
-        notices.insert(transaction, prepared),
-        notify(transaction, prepared, origin, &moved),
-        standing,
-    )?;
-    // Webhook events are rare (a balance crossing, a payment): one more
-    // round trip only when the batch has some.
+    // Webhook events are rare in a real ledger (a balance crossing, a
+    // payment), and cost no round trip of their own: their statement (if
+    // any) goes in the same pipeline.
     let events = ledger
         .iter()
         .zip(&fates)
         .filter(|(_, fate)| matches!(fate, Fate::Committed))
         .flat_map(|(write, _)| write.events().iter());
-    webhooks::insert_event_rows(transaction, events).await?;
+    let (_, _, _, standing, _) = futures_util::try_join!(
+        rows.insert(transaction, prepared),
+        notices.insert(transaction, prepared),
+        notify(transaction, prepared, origin, &moved),
+        standing,
+        webhooks::insert_event_rows(transaction, events),
+    )?;
     for row in standing {
         let account_id: i64 = row.try_get(0)?;
         let snapshot = Snapshot {

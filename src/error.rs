@@ -182,6 +182,9 @@ impl ApiError {
                 BillingError::NoSavedCard => "no_saved_card",
                 BillingError::NotActive(_) => "account_not_active",
                 BillingError::Invalid(_) => "invalid_request",
+                BillingError::OrderNotFound(_) => "order_not_found",
+                BillingError::NotRefundable(_) => "not_refundable",
+                BillingError::RefundRefused(_) => "refund_refused",
                 BillingError::Gateway(_) => "stripe_error",
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
@@ -299,6 +302,10 @@ impl ResponseError for ApiError {
             ) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Rating(_) => StatusCode::BAD_REQUEST,
             ApiError::Billing(error) => match error {
+                BillingError::OrderNotFound(_) => StatusCode::NOT_FOUND,
+                BillingError::NotRefundable(_) | BillingError::RefundRefused(_) => {
+                    StatusCode::CONFLICT
+                }
                 BillingError::UnknownDiscountCode(_) | BillingError::AccountNotFound(_) => {
                     StatusCode::NOT_FOUND
                 }

@@ -65,6 +65,11 @@ struct State {
     unreachable: bool,
     /// Every PaymentIntent made, for the Search API.
     intents: Vec<Value>,
+    /// Refunds actually made (not replayed from an idempotency key).
+    refunds_made: u64,
+    /// Whether refunds are refused (as for a charge disputed or refunded
+    /// in full already).
+    refuse_refunds: bool,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -117,6 +122,8 @@ impl FakeStripe {
             retrieve_fails: false,
             unreachable: false,
             intents: Vec::new(),
+            refunds_made: 0,
+            refuse_refunds: false,
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -174,6 +181,15 @@ impl FakeStripe {
 
     pub fn charges_made(&self) -> u64 {
         self.state.lock().unwrap().charges_made
+    }
+
+    pub fn refunds_made(&self) -> u64 {
+        self.state.lock().unwrap().refunds_made
+    }
+
+    /// Refunds are refused with a 400 (or made again).
+    pub fn set_refuse_refunds(&self, refuse: bool) {
+        self.state.lock().unwrap().refuse_refunds = refuse;
     }
 
     /// Every request fails with a 500 and does nothing (or works again).
@@ -333,6 +349,21 @@ fn answer_locked(
             session["client_reference_id"] = json!(field(&form, "client_reference_id"));
             session["payment_intent"] = Value::Null;
             (200, session)
+        }
+        "/v1/refunds" if state.refuse_refunds => (
+            400,
+            json!({"error": {"type": "invalid_request_error", "code": "charge_disputed",
+                "message": "Charge ch_fake has been disputed; it cannot be refunded."}}),
+        ),
+        "/v1/refunds" => {
+            state.refunds_made += 1;
+            let mut refund = resource(&state.fixtures, "refund");
+            refund["id"] = json!(format!("re_fake{id}"));
+            refund["amount"] = json!(field(&form, "amount").and_then(|v| v.parse::<i64>().ok()));
+            refund["payment_intent"] = json!(field(&form, "payment_intent"));
+            refund["metadata"] = metadata_from(&form, "metadata");
+            refund["status"] = json!("succeeded");
+            (200, refund)
         }
         "/v1/payment_intents" => {
             let mut intent = resource(&state.fixtures, "payment_intent");

@@ -30,6 +30,7 @@ mod operations;
 mod outage;
 mod quick_start;
 mod quote;
+mod refunds;
 mod restart;
 mod second_writer;
 mod segment_properties;

@@ -7,6 +7,7 @@ mod config;
 mod copy;
 mod discount_codes;
 mod migrate;
+mod orders;
 mod output;
 mod pricing;
 mod quote;
@@ -71,6 +72,9 @@ pub enum Command {
     /// Create, list, activate and deactivate discount codes.
     #[command(subcommand)]
     DiscountCodes(discount_codes::DiscountCodesCommand),
+    /// Refund a paid order through Stripe, and list an order's refunds.
+    #[command(subcommand)]
+    Orders(orders::OrdersCommand),
     /// The host application's webhook endpoints: add, list, show, deliveries,
     /// replay, rotate-secret, enable, disable, remove, test.
     #[command(subcommand)]
@@ -130,6 +134,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Pricing(command)) => command.run(&settings),
         Some(Command::DiscountCodes(command)) => command.run(&settings),
         Some(Command::Webhooks(command)) => command.run(&settings),
+        Some(Command::Orders(command)) => command.run(&settings),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

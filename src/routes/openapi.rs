@@ -64,6 +64,8 @@ use crate::error::{ApiError, ErrorBody};
         admin::transactions::list,
         admin::transactions::export_csv,
         admin::orders::list,
+        admin::orders::refund,
+        admin::orders::refunds,
         admin::notices::list,
         admin::tokens::list,
         admin::tokens::issue,

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use sms_credit_actors::accounts::Card;
 use sms_credit_actors::billing::gateway::{
     metadata, ChargeOutcome, CheckoutSession, GatewayError, GatewayFuture, NewCheckoutSession,
-    NewCustomer, OffSessionCharge, PaymentGateway, SavedCard,
+    NewCustomer, NewRefund, OffSessionCharge, PaymentGateway, SavedCard,
 };
 use sms_credit_actors::Money;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
@@ -19,6 +19,7 @@ use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
     CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent, SearchPaymentIntent,
 };
+use stripe_core::refund::CreateRefund;
 use stripe_shared::{CheckoutSessionMode, PaymentIntentStatus};
 use stripe_types::Currency;
 
@@ -188,6 +189,21 @@ impl PaymentGateway for StripeGateway {
                 }
                 Err(other) => Err(gateway_error(other)),
             }
+        })
+    }
+
+    fn refund(&self, refund: NewRefund) -> GatewayFuture<'_, String> {
+        Box::pin(async move {
+            let created = CreateRefund::new()
+                .payment_intent(refund.payment_intent_id)
+                .amount(cents(refund.amount))
+                .metadata(to_hash_map(refund.metadata))
+                .customize()
+                .request_strategy(idempotent(&refund.idempotency_key)?)
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            Ok(created.id.to_string())
         })
     }
 

@@ -137,6 +137,17 @@ pub struct SavedCard {
     pub card: Option<crate::accounts::Card>,
 }
 
+/// A refund of (part of) a payment.
+#[derive(Clone, Debug)]
+pub struct NewRefund {
+    pub payment_intent_id: String,
+    /// Whole cents.
+    pub amount: Money,
+    pub metadata: BTreeMap<String, String>,
+    /// Sent as Stripe's `Idempotency-Key`: a retry never refunds twice.
+    pub idempotency_key: String,
+}
+
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Creates a customer and returns its id.
     fn create_customer(&self, customer: NewCustomer) -> GatewayFuture<'_, String>;
@@ -152,4 +163,6 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// by the PaymentIntent's metadata instead of sending it again (once
     /// its idempotency key may have been forgotten); `None`: none was made.
     fn find_charge(&self, order_id: i64) -> GatewayFuture<'_, Option<ChargeOutcome>>;
+    /// Asks Stripe for a refund; answers the refund's id.
+    fn refund(&self, refund: NewRefund) -> GatewayFuture<'_, String>;
 }

@@ -11,6 +11,7 @@ pub mod events;
 pub mod gateway;
 pub mod orders;
 pub mod pricing;
+pub mod refunds;
 
 use crate::error::LedgerError;
 use crate::money::Money;
@@ -42,6 +43,14 @@ pub enum BillingError {
     NotActive(crate::ledger::AccountId),
     #[error("invalid request: {0}")]
     Invalid(String),
+    #[error("order {0} does not exist")]
+    OrderNotFound(i64),
+    /// The order cannot be refunded (not paid, or nothing left).
+    #[error("{0}")]
+    NotRefundable(String),
+    /// Stripe refused the refund (recorded as failed; nothing refunded).
+    #[error("Stripe refused refund request {0}; nothing was refunded (the server's log says why)")]
+    RefundRefused(i64),
     #[error("the payment provider failed: {0}")]
     Gateway(String),
     /// Another instance is doing the same thing right now; retry shortly.

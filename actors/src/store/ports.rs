@@ -19,6 +19,7 @@ use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
+use crate::billing::refunds::{OpenRefund, Opened, RefundRequest};
 use crate::billing::BillingError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
@@ -225,6 +226,21 @@ pub trait BillingStore: Send + Sync {
     /// Marks an order paid (idempotent), links the customer and activates
     /// the account, in one transaction.
     fn complete_order(&self, completion: OrderCompletion) -> StoreFuture<()>;
+    /// Records a refund request, checked against its order in the same
+    /// transaction: the order paid, the amount (or, without one, all that
+    /// is left) not more than remains unrefunded and not asked already;
+    /// the next number on the order. A known idempotency key answers that
+    /// request.
+    fn open_refund(&self, refund: OpenRefund) -> StoreFuture<Opened, BillingError>;
+    /// What Stripe said of a refund request: its refund's id, or why not.
+    fn refund_settled(
+        &self,
+        refund_id: i64,
+        outcome: Result<String, String>,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest>;
+    /// An order's refund requests, oldest first.
+    fn refunds_of(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>>;
     /// Records the cumulative refunded amount (only ever upwards).
     fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()>;
     fn order(&self, order_id: i64) -> StoreFuture<Option<Order>>;

@@ -66,6 +66,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/reconciliation/check-prices",
             web::post().to(reconciliation::check_prices),
         )
+        .route("/orders/{id}/refund", web::post().to(orders::refund))
+        .route("/orders/{id}/refunds", web::get().to(orders::refunds))
         .route("/webhook-endpoints", web::post().to(webhooks::create))
         .route("/webhook-endpoints", web::get().to(webhooks::list))
         .route("/webhook-endpoints/{id}", web::get().to(webhooks::show))

@@ -1,8 +1,10 @@
-//! `/v1/admin/accounts/{id}/orders`: an account's orders.
+//! `/v1/admin/accounts/{id}/orders`: an account's orders; and
+//! `/v1/admin/orders/{id}/refund(s)`: refund a paid order through Stripe.
 
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::billing::orders::Order;
-use sms_credit_actors::AccountId;
+use sms_credit_actors::billing::refunds::{self, RefundRequest, Refunded};
+use sms_credit_actors::{AccountId, Money};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -27,4 +29,81 @@ pub async fn list(
     let account_id = AccountId(path.into_inner());
     let found = state.store.billing().orders_of(account_id).await?;
     Ok(HttpResponse::Ok().json(Orders { orders: found }))
+}
+
+/// A refund to ask Stripe for.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefundBody {
+    /// Whole cents; without it, everything not refunded yet.
+    #[schema(minimum = 10_000, multiple_of = 10_000)]
+    amount_micros: Option<i64>,
+    /// Why (kept with the refund).
+    reason: String,
+    /// The same key again is the same refund (a double click, a retry);
+    /// without one, the amount and the reason make it.
+    idempotency_key: Option<String>,
+}
+
+/// An order's refund requests.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Refunds {
+    order_id: i64,
+    refunds: Vec<RefundRequest>,
+}
+
+/// Asks Stripe to refund (part of) a paid order, once per idempotency key
+/// (Stripe's own key is made from the order and the refund's number). The
+/// credit comes off when Stripe's refund event arrives, as for a refund
+/// made in Stripe's dashboard; it may take the balance below zero. Never
+/// more than was paid and not refunded or asked already (`409
+/// not_refundable`); Stripe refusing is `409 refund_refused` and Stripe
+/// not answering `502`, with nothing refunded (the same request may be
+/// sent again).
+#[utoipa::path(post, path = "/v1/admin/orders/{id}/refund", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The order")),
+    request_body = RefundBody,
+    responses((status = 200, body = Refunded)))]
+pub async fn refund(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+    body: web::Json<RefundBody>,
+) -> Result<HttpResponse, ApiError> {
+    let billing = crate::routes::checkout::billing(&state)?;
+    let body = body.into_inner();
+    let amount = body.amount_micros.map(Money::from_micros);
+    let key = body
+        .idempotency_key
+        .clone()
+        .unwrap_or_else(|| refunds::default_key(amount, &body.reason));
+    let refunded = billing
+        .refund_order(
+            path.into_inner(),
+            amount,
+            &body.reason,
+            &key,
+            state.clock.now_ms(),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(refunded))
+}
+
+/// An order's refund requests, oldest first.
+#[utoipa::path(get, path = "/v1/admin/orders/{id}/refunds", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The order")),
+    responses((status = 200, body = Refunds)))]
+pub async fn refunds(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = path.into_inner();
+    if state.store.billing().order(order_id).await?.is_none() {
+        return Err(ApiError::NotFound(format!(
+            "order {order_id} does not exist"
+        )));
+    }
+    let refunds = state.store.billing().refunds_of(order_id).await?;
+    Ok(HttpResponse::Ok().json(Refunds { order_id, refunds }))
 }

@@ -12,6 +12,7 @@ use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
+use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -573,6 +574,23 @@ impl BillingStore for PostgresStore {
         self.read(move |client| async move { order_where(&*client, "id", &order_id).await })
     }
 
+    fn open_refund(&self, refund: OpenRefund) -> StoreFuture<Opened, BillingError> {
+        self.open_refund_op(refund)
+    }
+
+    fn refund_settled(
+        &self,
+        refund_id: i64,
+        outcome: Result<String, String>,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest> {
+        self.refund_settled_op(refund_id, outcome, now_ms)
+    }
+
+    fn refunds_of(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>> {
+        self.refunds_of_op(order_id)
+    }
+
     fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>> {
         self.read(move |client| async move {
             order_where(&*client, "stripe_session_id", &session_id).await
@@ -649,6 +667,180 @@ impl BillingStore for PostgresStore {
                 };
                 Ok(())
             })
+        })
+    }
+}
+
+const REFUND_COLUMNS: &str =
+    "id, order_id, n, idempotency_key, amount, reason, status, stripe_refund_id, created_at";
+
+fn refund_from_row(row: &Row) -> Result<RefundRequest, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let status: String = row.try_get(6)?;
+    Ok(RefundRequest {
+        id,
+        order_id: row.try_get(1)?,
+        n: row.try_get(2)?,
+        idempotency_key: row.try_get(3)?,
+        amount: Money::from_micros(row.try_get(4)?),
+        reason: row.try_get(5)?,
+        status: RefundStatus::parse(&status).ok_or_else(|| {
+            StoreError::UnknownValue(UnknownValue::new(
+                "order_refunds",
+                id,
+                "status",
+                status.clone(),
+            ))
+        })?,
+        stripe_refund_id: row.try_get(7)?,
+        created_at_ms: row.try_get(8)?,
+    })
+}
+
+async fn refund_by_id(client: &impl GenericClient, id: i64) -> Result<RefundRequest, StoreError> {
+    let row = client
+        .query_one(
+            &format!("SELECT {REFUND_COLUMNS} FROM order_refunds WHERE id = $1"),
+            &[&id],
+        )
+        .await?;
+    refund_from_row(&row)
+}
+
+/// [`BillingStore::open_refund`]: the order's row is locked first, so two
+/// requests for its last cents are decided one after the other.
+async fn open_refund(
+    transaction: &tokio_postgres::Transaction<'_>,
+    refund: &OpenRefund,
+) -> Result<Opened, BillingError> {
+    let locked = transaction
+        .query_opt(
+            "SELECT id FROM orders WHERE id = $1 FOR UPDATE",
+            &[&refund.order_id],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    if locked.is_none() {
+        return Err(BillingError::OrderNotFound(refund.order_id));
+    }
+    let known = transaction
+        .query_opt(
+            &format!(
+                "SELECT {REFUND_COLUMNS} FROM order_refunds WHERE order_id = $1 AND idempotency_key = $2"
+            ),
+            &[&refund.order_id, &refund.idempotency_key],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    if let Some(row) = known {
+        return Ok(Opened::Known(refund_from_row(&row)?));
+    }
+    let order = order_where(transaction, "id", &refund.order_id)
+        .await?
+        .ok_or(BillingError::OrderNotFound(refund.order_id))?;
+    if !refundable(order.status) || order.stripe_payment_intent_id.is_none() {
+        return Err(BillingError::NotRefundable(format!(
+            "order {} is {}: only a paid order can be refunded",
+            order.id,
+            order.status.as_str()
+        )));
+    }
+    let totals = transaction
+        .query_one(
+            "SELECT COALESCE(SUM(CASE WHEN status <> 'failed' THEN amount ELSE 0 END), 0)::BIGINT,
+                    COALESCE(MAX(n), 0)::BIGINT
+               FROM order_refunds WHERE order_id = $1",
+            &[&refund.order_id],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    let asked: i64 = totals.try_get(0).map_err(StoreError::from)?;
+    let last_n: i64 = totals.try_get(1).map_err(StoreError::from)?;
+    let remaining = order.amount.micros() - order.amount_refunded.micros().max(asked);
+    let amount = refund.amount.map_or(remaining, Money::micros);
+    if remaining <= 0 {
+        return Err(BillingError::NotRefundable(format!(
+            "order {} has been refunded in full already",
+            order.id
+        )));
+    }
+    if amount > remaining {
+        return Err(BillingError::NotRefundable(format!(
+            "order {} has {} left to refund, less than {}",
+            order.id,
+            Money::from_micros(remaining),
+            Money::from_micros(amount)
+        )));
+    }
+    let row = transaction
+        .query_one(
+            &format!(
+                "INSERT INTO order_refunds (order_id, n, idempotency_key, amount, reason, status,
+                                            created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, 'requested', $6, $6) RETURNING {REFUND_COLUMNS}"
+            ),
+            &[
+                &refund.order_id,
+                &(last_n + 1),
+                &refund.idempotency_key,
+                &amount,
+                &refund.reason,
+                &refund.now_ms,
+            ],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    Ok(Opened::New(refund_from_row(&row)?))
+}
+
+impl PostgresStore {
+    pub(super) fn open_refund_op(&self, refund: OpenRefund) -> StoreFuture<Opened, BillingError> {
+        self.write(move |transaction| {
+            let refund = refund.clone();
+            boxed(async move { open_refund(transaction, &refund).await })
+        })
+    }
+
+    pub(super) fn refund_settled_op(
+        &self,
+        refund_id: i64,
+        outcome: Result<String, String>,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest> {
+        self.write(move |transaction| {
+            let outcome = outcome.clone();
+            boxed(async move {
+                let (status, stripe_refund_id, error) = match &outcome {
+                    Ok(id) => ("succeeded", Some(id.as_str()), None),
+                    Err(error) => ("failed", None, Some(error.as_str())),
+                };
+                transaction
+                    .execute(
+                        "UPDATE order_refunds SET status = $2,
+                                stripe_refund_id = COALESCE($3, stripe_refund_id),
+                                error = $4, updated_at = $5
+                          WHERE id = $1 AND status = 'requested'",
+                        &[&refund_id, &status, &stripe_refund_id, &error, &now_ms],
+                    )
+                    .await?;
+                refund_by_id(transaction, refund_id).await
+            })
+        })
+    }
+
+    pub(super) fn refunds_of_op(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>> {
+        self.read(move |client| async move {
+            client
+                .query(
+                    &format!(
+                        "SELECT {REFUND_COLUMNS} FROM order_refunds WHERE order_id = $1 ORDER BY n"
+                    ),
+                    &[&order_id],
+                )
+                .await?
+                .iter()
+                .map(refund_from_row)
+                .collect()
         })
     }
 }

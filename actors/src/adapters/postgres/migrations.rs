@@ -33,6 +33,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V6__webhooks",
         include_str!("../../../../migrations/postgres/V6__webhooks.sql"),
     ),
+    (
+        "V7__order_refunds",
+        include_str!("../../../../migrations/postgres/V7__order_refunds.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

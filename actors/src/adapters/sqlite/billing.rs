@@ -12,6 +12,7 @@ use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
+use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -535,6 +536,23 @@ impl BillingStore for SqliteStore {
         self.read(move |connection| get_order(connection, order_id))
     }
 
+    fn open_refund(&self, refund: OpenRefund) -> StoreFuture<Opened, BillingError> {
+        self.open_refund_op(refund)
+    }
+
+    fn refund_settled(
+        &self,
+        refund_id: i64,
+        outcome: Result<String, String>,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest> {
+        self.refund_settled_op(refund_id, outcome, now_ms)
+    }
+
+    fn refunds_of(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>> {
+        self.refunds_of_op(order_id)
+    }
+
     fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>> {
         self.read(move |connection| order_by_session(connection, &session_id))
     }
@@ -587,6 +605,154 @@ impl BillingStore for SqliteStore {
                     .execute(params![customer_id, payment_method_id])?,
             };
             Ok(())
+        })
+    }
+}
+
+const REFUND_COLUMNS: &str =
+    "id, order_id, n, idempotency_key, amount, reason, status, stripe_refund_id, created_at";
+
+fn refund_from_row(row: &Row<'_>) -> rusqlite::Result<RefundRequest> {
+    let id: i64 = row.get(0)?;
+    let status: String = row.get(6)?;
+    Ok(RefundRequest {
+        id,
+        order_id: row.get(1)?,
+        n: row.get(2)?,
+        idempotency_key: row.get(3)?,
+        amount: Money::from_micros(row.get(4)?),
+        reason: row.get(5)?,
+        status: RefundStatus::parse(&status).ok_or_else(|| {
+            UnknownValue::new("order_refunds", id, "status", status.clone()).into_sql_error(6)
+        })?,
+        stripe_refund_id: row.get(7)?,
+        created_at_ms: row.get(8)?,
+    })
+}
+
+fn refund_where(
+    connection: &Connection,
+    condition: &str,
+    parameters: impl rusqlite::Params,
+) -> Result<Option<RefundRequest>, StoreError> {
+    Ok(connection
+        .prepare_cached(&format!(
+            "SELECT {REFUND_COLUMNS} FROM order_refunds WHERE {condition}"
+        ))?
+        .query_row(parameters, refund_from_row)
+        .optional()?)
+}
+
+fn open_refund(connection: &Connection, refund: &OpenRefund) -> Result<Opened, BillingError> {
+    if let Some(known) = refund_where(
+        connection,
+        "order_id = ?1 AND idempotency_key = ?2",
+        params![refund.order_id, refund.idempotency_key],
+    )? {
+        return Ok(Opened::Known(known));
+    }
+    let order = get_order(connection, refund.order_id)?
+        .ok_or(BillingError::OrderNotFound(refund.order_id))?;
+    if !refundable(order.status) || order.stripe_payment_intent_id.is_none() {
+        return Err(BillingError::NotRefundable(format!(
+            "order {} is {}: only a paid order can be refunded",
+            order.id,
+            order.status.as_str()
+        )));
+    }
+    let (asked, last_n): (i64, i64) = connection
+        .prepare_cached(
+            "SELECT COALESCE(SUM(CASE WHEN status <> 'failed' THEN amount ELSE 0 END), 0),
+                    COALESCE(MAX(n), 0)
+               FROM order_refunds WHERE order_id = ?1",
+        )
+        .and_then(|mut statement| {
+            statement.query_row([refund.order_id], |row| Ok((row.get(0)?, row.get(1)?)))
+        })
+        .map_err(StoreError::from)?;
+    let remaining = order.amount.micros() - order.amount_refunded.micros().max(asked);
+    let amount = refund.amount.map_or(remaining, Money::micros);
+    if remaining <= 0 {
+        return Err(BillingError::NotRefundable(format!(
+            "order {} has been refunded in full already",
+            order.id
+        )));
+    }
+    if amount > remaining {
+        return Err(BillingError::NotRefundable(format!(
+            "order {} has {} left to refund, less than {}",
+            order.id,
+            Money::from_micros(remaining),
+            Money::from_micros(amount)
+        )));
+    }
+    connection
+        .prepare_cached(
+            "INSERT INTO order_refunds (order_id, n, idempotency_key, amount, reason, status,
+                                        created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'requested', ?6, ?6)",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                refund.order_id,
+                last_n + 1,
+                refund.idempotency_key,
+                amount,
+                refund.reason,
+                refund.now_ms
+            ])
+        })
+        .map_err(StoreError::from)?;
+    let id = connection.last_insert_rowid();
+    refund_where(connection, "id = ?1", [id])?
+        .map(Opened::New)
+        .ok_or_else(|| StoreError::Database("the refund just recorded vanished".into()).into())
+}
+
+fn settle_refund(
+    connection: &Connection,
+    refund_id: i64,
+    outcome: &Result<String, String>,
+    now_ms: i64,
+) -> Result<RefundRequest, StoreError> {
+    let (status, stripe_refund_id, error) = match outcome {
+        Ok(id) => ("succeeded", Some(id.as_str()), None),
+        Err(error) => ("failed", None, Some(error.as_str())),
+    };
+    connection
+        .prepare_cached(
+            "UPDATE order_refunds SET status = ?2, stripe_refund_id = COALESCE(?3, stripe_refund_id),
+                    error = ?4, updated_at = ?5
+              WHERE id = ?1 AND status = 'requested'",
+        )?
+        .execute(params![refund_id, status, stripe_refund_id, error, now_ms])?;
+    refund_where(connection, "id = ?1", [refund_id])?
+        .ok_or_else(|| StoreError::Database(format!("refund request {refund_id} vanished")))
+}
+
+impl SqliteStore {
+    pub(super) fn open_refund_op(&self, refund: OpenRefund) -> StoreFuture<Opened, BillingError> {
+        self.write(move |connection| open_refund(connection, &refund))
+    }
+
+    pub(super) fn refund_settled_op(
+        &self,
+        refund_id: i64,
+        outcome: Result<String, String>,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest> {
+        self.write(move |connection| settle_refund(connection, refund_id, &outcome, now_ms))
+    }
+
+    pub(super) fn refunds_of_op(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>> {
+        self.read(move |connection| {
+            let refunds = connection
+                .prepare_cached(&format!(
+                    "SELECT {REFUND_COLUMNS} FROM order_refunds WHERE order_id = ?1 ORDER BY n"
+                ))?
+                .query_map([order_id], refund_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(refunds)
         })
     }
 }

@@ -67,6 +67,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V14__webhooks",
         include_str!("../../../../migrations/sqlite/V14__webhooks.sql"),
     ),
+    (
+        "V15__order_refunds",
+        include_str!("../../../../migrations/sqlite/V15__order_refunds.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

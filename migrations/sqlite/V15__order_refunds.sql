@@ -1,0 +1,22 @@
+-- Refunds the admin asked Stripe for, one per (order, n): n is the refund's
+-- number on its order, and Stripe's Idempotency-Key is made from the order
+-- and n, so a repeated request (same idempotency_key) refunds once. The
+-- credit comes off when Stripe's charge.refunded event arrives, as for a
+-- refund made in Stripe's dashboard.
+-- requested: asked (or Stripe did not answer: asking again is safe);
+-- succeeded: Stripe made it; failed: Stripe refused it.
+CREATE TABLE order_refunds (
+    id               INTEGER PRIMARY KEY,
+    order_id         INTEGER NOT NULL REFERENCES orders (id),
+    n                INTEGER NOT NULL,
+    idempotency_key  TEXT    NOT NULL,
+    amount           INTEGER NOT NULL CHECK (amount > 0),
+    reason           TEXT    NOT NULL,
+    status           TEXT    NOT NULL CHECK (status IN ('requested', 'succeeded', 'failed')),
+    stripe_refund_id TEXT,
+    error            TEXT,
+    created_at       INTEGER NOT NULL,
+    updated_at       INTEGER NOT NULL,
+    UNIQUE (order_id, n),
+    UNIQUE (order_id, idempotency_key)
+);

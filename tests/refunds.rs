@@ -1,0 +1,309 @@
+//! Refunding an order through Stripe from the admin API and the CLI: once
+//! per idempotency key (Stripe's key made from the order and the refund's
+//! number), never more than was paid, nothing recorded as refunded when
+//! Stripe refuses or cannot be reached, and the credit taken back only
+//! when Stripe's refund event arrives. On both stores.
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::fake_stripe::{EventFactory, FakeStripe};
+use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN};
+use crate::ledger_actors::assert_verified;
+
+async fn refund(app: &TestApp, order: i64, body: Value) -> (StatusCode, Value) {
+    app.request(
+        "POST",
+        &format!("/v1/admin/orders/{order}/refund"),
+        Some(ADMIN_TOKEN),
+        Some(body),
+    )
+    .await
+}
+
+async fn refunds_of(app: &TestApp, order: i64) -> Vec<Value> {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}/refunds"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["refunds"].as_array().unwrap().clone()
+}
+
+/// A completed $10 top-up of an active account: (account, order).
+async fn paid_top_up(app: &TestApp, events: &mut EventFactory, phone: &str) -> (i64, i64, String) {
+    let (account, customer, token) = crate::stripe::active_account(app, events, phone).await;
+    let (status, started) = app
+        .request("POST", "/v1/checkout/topup", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let order = started["order_id"].as_i64().unwrap();
+    let session = app
+        .get_orders(account)
+        .await
+        .iter()
+        .find(|row| row["id"] == order)
+        .unwrap()["stripe_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let intent = format!("pi_top_up_{order}");
+    let completed = events.checkout_completed(&session, order, &customer, 1000, &intent);
+    assert_eq!(app.deliver(&completed).await.0, StatusCode::OK);
+    (account, order, intent)
+}
+
+async fn an_order_is_refunded_once_and_its_credit_comes_off_with_stripes_event() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550140").await;
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
+
+    // Only the admin, and only good input; nothing is asked of Stripe.
+    let (status, _) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/orders/{order}/refund"),
+            None,
+            Some(json!({"reason": "x"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    for (body, status, code) in [
+        (
+            json!({"reason": "  "}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            json!({"reason": "x", "amount_micros": 10_001}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            json!({"reason": "x", "amount_micros": -10_000}),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            json!({"reason": "x", "amount_micros": 10_010_000}),
+            StatusCode::CONFLICT,
+            "not_refundable",
+        ),
+        (
+            json!({"amount_micros": 10_000}),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+    ] {
+        let (answered, answer) = refund(&app, order, body.clone()).await;
+        assert_eq!(
+            (answered, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+    }
+    let (status, answer) = refund(&app, 999_999, json!({"reason": "x"})).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("order_not_found"))
+    );
+    assert_eq!(fake.refunds_made(), 0);
+    assert!(refunds_of(&app, order).await.is_empty());
+
+    // $3 back: asked once however often the same request comes.
+    let body = json!({"amount_micros": 3_000_000, "reason": "storm cancelled the trip", "idempotency_key": "console-1"});
+    let (status, first) = refund(&app, order, body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["replayed"], false);
+    assert_eq!(first["refund"]["status"], "succeeded");
+    assert_eq!(first["refund"]["n"], 1);
+    for _ in 0..2 {
+        let (status, again) = refund(&app, order, body.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{again}");
+        assert_eq!(again["replayed"], true);
+        assert_eq!(again["refund"]["id"], first["refund"]["id"]);
+    }
+    assert_eq!(fake.refunds_made(), 1);
+    let asked = fake.requests("/v1/refunds");
+    assert_eq!(
+        asked[0].idempotency_key.as_deref(),
+        Some(format!("sms-credit-refund-{order}-1").as_str())
+    );
+    // Nothing comes off before Stripe says the refund was made.
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
+    let refunded = events.charge_refunded("ch_top_up", &intent, 1000, 300);
+    for _ in 0..2 {
+        assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
+    }
+    assert_eq!(app.balance_micros(account).await, 12_000_000);
+
+    // The rest, without an amount; then nothing is left.
+    let (status, rest) = refund(&app, order, json!({"reason": "the rest"})).await;
+    assert_eq!(status, StatusCode::OK, "{rest}");
+    assert_eq!(
+        (
+            rest["refund"]["n"].as_i64(),
+            rest["refund"]["amount_micros"].as_i64()
+        ),
+        (Some(2), Some(7_000_000))
+    );
+    let (status, answer) = refund(
+        &app,
+        order,
+        json!({"reason": "once more", "amount_micros": 10_000}),
+    )
+    .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_refundable")),
+        "{answer}"
+    );
+    let refunded_all = events.charge_refunded("ch_top_up", &intent, 1000, 1000);
+    assert_eq!(app.deliver(&refunded_all).await.0, StatusCode::OK);
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+    assert_eq!(fake.refunds_made(), 2);
+
+    // A pending order has nothing to refund.
+    let token = app.issue_token(account).await;
+    let (_, pending) = app
+        .request("POST", "/v1/checkout/topup", Some(&token), None)
+        .await;
+    let pending = pending["order_id"].as_i64().unwrap();
+    let (status, answer) = refund(&app, pending, json!({"reason": "x"})).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_refundable"))
+    );
+
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(an_order_is_refunded_once_and_its_credit_comes_off_with_stripes_event);
+
+async fn stripe_refusing_or_unreachable_refunds_nothing() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, _) = paid_top_up(&app, &mut events, "+14155550141").await;
+
+    // Refused: recorded as failed, nothing refunded, the same request
+    // answers the same.
+    fake.set_refuse_refunds(true);
+    let body =
+        json!({"amount_micros": 2_000_000, "reason": "goodwill", "idempotency_key": "k-refused"});
+    let (status, answer) = refund(&app, order, body.clone()).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("refund_refused")),
+        "{answer}"
+    );
+    assert!(
+        !answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disputed"),
+        "Stripe's words stay in the log: {answer}"
+    );
+    fake.set_refuse_refunds(false);
+    let (status, _) = refund(&app, order, body).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let recorded = refunds_of(&app, order).await;
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0]["status"], "failed");
+
+    // Unreachable: nothing refunded; the same request asks again (with the
+    // same Stripe key) and refunds once.
+    fake.set_unreachable(true);
+    let body = json!({"amount_micros": 2_000_000, "reason": "goodwill", "idempotency_key": "k-2"});
+    let (status, answer) = refund(&app, order, body.clone()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(refunds_of(&app, order).await[1]["status"], "requested");
+    fake.set_unreachable(false);
+    let (status, answer) = refund(&app, order, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["refund"]["n"], 2);
+    assert_eq!(answer["refund"]["status"], "succeeded");
+    assert_eq!(fake.refunds_made(), 1);
+    let keys: Vec<Option<String>> = fake
+        .requests("/v1/refunds")
+        .into_iter()
+        .map(|request| request.idempotency_key)
+        .collect();
+    let second = format!("sms-credit-refund-{order}-2");
+    assert_eq!(
+        keys.iter()
+            .filter(|key| key.as_deref() == Some(second.as_str()))
+            .count(),
+        2,
+        "{keys:?}"
+    );
+    assert_eq!(
+        app.balance_micros(account).await,
+        15_000_000,
+        "no event, no change"
+    );
+    let orders = app.get_orders(account).await;
+    let row = orders.iter().find(|row| row["id"] == order).unwrap();
+    assert_eq!(row["amount_refunded_micros"], 0);
+
+    // The CLI, as an operator would: the same rules, the same record.
+    let database = app.directory.url().to_string();
+    let base = fake.base_url.clone();
+    let output = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args([
+                "orders",
+                "refund",
+                &order.to_string(),
+                "--amount",
+                "1.50",
+                "--reason",
+                "cli",
+                "--json",
+            ])
+            .env("SMS_CREDIT_DATABASE", database)
+            .env("SMS_CREDIT_STRIPE_SECRET_KEY", "sk_test_fake")
+            .env(
+                "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
+                crate::fake_stripe::WEBHOOK_SECRET,
+            )
+            .env("SMS_CREDIT_STRIPE_API_BASE", base)
+            .env("SMS_CREDIT_PUBLIC_URL", "https://sms.example.com")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        (
+            answer["refund"]["n"].as_i64(),
+            answer["refund"]["amount_micros"].as_i64()
+        ),
+        (Some(3), Some(1_500_000))
+    );
+    assert_eq!(fake.refunds_made(), 2);
+    let listed = crate::helpers::run_cli(
+        &app.directory,
+        &["orders", "refunds", &order.to_string(), "--json"],
+    );
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+}
+on_both_stores!(stripe_refusing_or_unreachable_refunds_nothing);

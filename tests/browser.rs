@@ -754,3 +754,219 @@ async fn a_stranger_signs_up_with_their_phone_pays_and_lands_in_their_account() 
     );
     page.assert_clean();
 }
+
+/// The console's visible text of element `id`.
+fn text_of(id: &str) -> String {
+    format!("document.getElementById('{id}').textContent")
+}
+
+#[actix_rt::test]
+async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order() {
+    use crate::fake_stripe::{EventFactory, FakeStripe};
+    let fake = FakeStripe::start().await;
+    let directory = crate::helpers::fresh_directory();
+    let settings = crate::helpers::stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) =
+        crate::refunds::paid_top_up(&app, &mut events, "+14155550150").await;
+    app.create_account("+14155550151").await;
+
+    let browser = Browser::start();
+
+    for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
+        let mut page = browser.page().await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.open_until(&app.url("/admin"), "admin-token").await;
+        page.eval(&format!(
+            "sessionStorage.clear(); window.confirm = () => true; document.getElementById('admin-token').value = '{ADMIN_TOKEN}'; document.getElementById('signin-button').click(); true"
+        ))
+        .await;
+        page.wait_for("document.getElementById('console').hidden", json!(false))
+            .await;
+
+        // The overview's figures are the API's.
+        let (_, overview) = app
+            .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
+            .await;
+        let owed = overview["credit_owed_micros"].as_i64().unwrap();
+        page.wait_for(&text_of("owed"), json!(format_dollars(owed)))
+            .await;
+        assert_eq!(
+            page.eval("document.getElementById('owed').title").await,
+            json!(format!("{} micro-dollars", thousands(owed)))
+        );
+        assert_eq!(
+            page.eval(&text_of("below")).await,
+            json!(overview["accounts_below_threshold"].to_string())
+        );
+
+        // Found by a part of its phone number, opened with one click.
+        page.eval("document.getElementById('search').value = '0150'; document.getElementById('search-button').click(); true").await;
+        page.wait_for(
+            "document.querySelectorAll('#account-rows tr').length",
+            json!(1),
+        )
+        .await;
+        page.eval("document.querySelector('#account-rows a').click(); true")
+            .await;
+        page.wait_for("document.getElementById('account').hidden", json!(false))
+            .await;
+        let before = app.balance_micros(account).await;
+        page.wait_for(&text_of("balance"), json!(format_dollars(before)))
+            .await;
+        page.wait_for(&text_of("live"), json!("· live")).await;
+        assert!(page
+            .eval(&text_of("ledger-zone"))
+            .await
+            .as_str()
+            .unwrap()
+            .starts_with("(times in "));
+
+        // The CLI adjusts: the page follows without a reload.
+        page.eval("window.sameLoad = 'yes'; true").await;
+        let key = format!("cli-{width}");
+        let cli_directory = app.directory.clone();
+        let output = actix_rt::task::spawn_blocking(move || {
+            crate::helpers::run_cli(
+                &cli_directory,
+                &[
+                    "accounts",
+                    "adjust",
+                    &account.to_string(),
+                    "--amount",
+                    "1.00",
+                    "--reason",
+                    "cli",
+                    "--idempotency-key",
+                    &key,
+                ],
+            )
+        })
+        .await
+        .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        page.wait_for(
+            &text_of("balance"),
+            json!(format_dollars(before + 1_000_000)),
+        )
+        .await;
+
+        // An adjustment through the page, clicked twice: applied once.
+        page.eval("document.getElementById('adjust-amount').value = '2.00'; document.getElementById('adjust-reason').value = 'goodwill from the console'; const b = document.getElementById('adjust-button'); b.click(); b.click(); true").await;
+        page.wait_for(
+            &text_of("balance"),
+            json!(format_dollars(before + 3_000_000)),
+        )
+        .await;
+        actix_rt::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            app.balance_micros(account).await,
+            before + 3_000_000,
+            "one adjustment"
+        );
+        assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
+
+        // A refund of the top-up: asked of Stripe once; the credit comes
+        // off, live, when Stripe's refund event arrives.
+        let refunds_before = fake.refunds_made();
+        page.eval(&format!(
+            "document.querySelector('button[aria-label=\"Refund order {order}\"]').click(); true"
+        ))
+        .await;
+        page.wait_for(
+            "document.getElementById('refund-form').hidden",
+            json!(false),
+        )
+        .await;
+        page.eval("document.getElementById('refund-amount').value = '1.00'; document.getElementById('refund-reason').value = 'trip cancelled'; const r = document.getElementById('refund-button'); r.click(); r.click(); true").await;
+        page.wait_for(
+            &text_of("refund-message"),
+            json!("Stripe is refunding $1.00; the credit comes off when Stripe confirms it."),
+        )
+        .await;
+        assert_eq!(
+            fake.refunds_made(),
+            refunds_before + 1,
+            "one refund for a double click"
+        );
+        let refunded_cents = 100 * (refunds_before as i64 + 1);
+        let refunded = events.charge_refunded("ch_console", &intent, 1000, refunded_cents);
+        assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
+        page.wait_for(
+            &text_of("balance"),
+            json!(format_dollars(before + 2_000_000)),
+        )
+        .await;
+
+        if mobile {
+            assert_eq!(
+                page.eval("document.documentElement.scrollWidth <= window.innerWidth")
+                    .await,
+                json!(true),
+                "nothing wider than a phone"
+            );
+        }
+        // Nothing the page says names a setting or a stack trace.
+        let words = page.eval("document.body.innerText").await;
+        assert!(!words.as_str().unwrap().contains("SMS_CREDIT_"), "{words}");
+        page.assert_clean();
+    }
+
+    // A wrong token says so and shows nothing (last: DevTools replays a
+    // tab's earlier log entries to the next page that listens).
+    let mut stranger = browser.page().await;
+    stranger.open_until(&app.url("/admin"), "admin-token").await;
+    // A stranger's browser has no token of this tab's.
+    stranger.eval("sessionStorage.clear(); true").await;
+    stranger.open_until(&app.url("/admin"), "admin-token").await;
+    stranger
+        .eval("document.getElementById('admin-token').value = 'not-the-token'; document.getElementById('signin-button').click(); true")
+        .await;
+    stranger
+        .wait_for(
+            &text_of("signin-error"),
+            json!("That admin token is not valid."),
+        )
+        .await;
+    assert_eq!(
+        stranger
+            .eval("document.getElementById('console').hidden")
+            .await,
+        json!(true)
+    );
+    assert_eq!(stranger.eval(&text_of("owed")).await, json!(""));
+    drop(stranger);
+}
+
+/// `1234567` → `"1,234,567"`, as the page's `toLocaleString("en-US")`.
+fn thousands(value: i64) -> String {
+    let digits = value.abs().to_string();
+    let mut out = String::new();
+    for (index, digit) in digits.chars().enumerate() {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    if value < 0 {
+        format!("-{out}")
+    } else {
+        out
+    }
+}
+
+/// Micro-dollars as the console shows them.
+fn format_dollars(micros: i64) -> String {
+    let cents = micros.abs() / 10_000;
+    let sign = if micros < 0 { "-" } else { "" };
+    format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
+}

@@ -35,7 +35,11 @@ async fn refunds_of(app: &TestApp, order: i64) -> Vec<Value> {
 }
 
 /// A completed $10 top-up of an active account: (account, order).
-async fn paid_top_up(app: &TestApp, events: &mut EventFactory, phone: &str) -> (i64, i64, String) {
+pub(crate) async fn paid_top_up(
+    app: &TestApp,
+    events: &mut EventFactory,
+    phone: &str,
+) -> (i64, i64, String) {
     let (account, customer, token) = crate::stripe::active_account(app, events, phone).await;
     let (status, started) = app
         .request("POST", "/v1/checkout/topup", Some(&token), None)

@@ -22,6 +22,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/account", web::get().to(page::account_page))
         .route("/account.js", web::get().to(page::account_script))
+        .route("/admin", web::get().to(page::admin_page))
+        .route("/admin.js", web::get().to(page::admin_script))
         .route("/checkout/success", web::get().to(page::checkout_success))
         .route("/checkout/cancel", web::get().to(page::checkout_cancel))
         .route("/checkout.js", web::get().to(page::checkout_script))

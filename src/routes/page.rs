@@ -40,6 +40,24 @@ pub async fn account_page(state: web::Data<AppState>) -> HttpResponse {
         .body(page)
 }
 
+const ADMIN_PAGE: &str = include_str!("../web/admin.html");
+const ADMIN_SCRIPT: &str = include_str!("../web/admin.js");
+
+/// The operator's console: the business at a glance, every account one
+/// click away (signed in with the admin token, kept for the tab only).
+#[utoipa::path(get, path = "/admin", tag = "admin",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn admin_page(state: web::Data<AppState>) -> HttpResponse {
+    page(ADMIN_PAGE, &state, &[])
+}
+
+/// The console's script.
+#[utoipa::path(get, path = "/admin.js", tag = "admin",
+    responses((status = 200, description = "The console's script", content_type = "text/javascript", body = String)))]
+pub async fn admin_script() -> HttpResponse {
+    script(ADMIN_SCRIPT)
+}
+
 const CHECKOUT_PAGE: &str = include_str!("../web/checkout.html");
 const CHECKOUT_SCRIPT: &str = include_str!("../web/checkout.js");
 

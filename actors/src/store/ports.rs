@@ -90,6 +90,9 @@ pub trait AccountStore: Send + Sync {
     /// Accounts in id order after `after_id`, at most `limit`; with `search`,
     /// only those whose phone or email contains it (or whose id it is).
     fn list(&self, search: Option<String>, after_id: i64, limit: i64) -> StoreFuture<Vec<Account>>;
+    /// What the service owes its customers (the sum of positive balances)
+    /// and how many accounts have less than `threshold`.
+    fn balance_totals(&self, threshold: Money) -> StoreFuture<(Money, i64)>;
     /// Links an account to its Stripe customer unless it has one already;
     /// answers the customer id the account ends up with.
     fn set_stripe_customer(

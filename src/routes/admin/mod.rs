@@ -5,6 +5,7 @@ pub(crate) mod adjustments;
 pub(crate) mod discount_codes;
 pub(crate) mod notices;
 pub(crate) mod orders;
+pub(crate) mod overview;
 pub(crate) mod pricing;
 pub(crate) mod reconciliation;
 pub(crate) mod stripe_events;
@@ -51,6 +52,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/accounts/{id}/tokens/rotate",
             web::post().to(tokens::rotate),
         )
+        .route("/overview", web::get().to(overview::show))
         .route("/verify", web::get().to(verify::show))
         .route("/pricing", web::get().to(pricing::show))
         .route("/pricing", web::put().to(pricing::update))

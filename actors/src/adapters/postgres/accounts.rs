@@ -277,6 +277,20 @@ impl AccountStore for PostgresStore {
         })
     }
 
+    fn balance_totals(&self, threshold: Money) -> StoreFuture<(Money, i64)> {
+        self.read(move |client| async move {
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(SUM(CASE WHEN balance > 0 THEN balance ELSE 0 END), 0)::BIGINT,
+                            COUNT(*) FILTER (WHERE balance < $1)
+                       FROM account_balances",
+                    &[&threshold.micros()],
+                )
+                .await?;
+            Ok((Money::from_micros(row.try_get(0)?), row.try_get(1)?))
+        })
+    }
+
     fn set_stripe_customer(
         &self,
         account_id: AccountId,

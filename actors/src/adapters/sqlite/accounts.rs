@@ -269,6 +269,20 @@ impl AccountStore for SqliteStore {
         self.read(move |connection| list_accounts(connection, search.as_deref(), after_id, limit))
     }
 
+    fn balance_totals(&self, threshold: Money) -> StoreFuture<(Money, i64)> {
+        self.read(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(CASE WHEN balance > 0 THEN balance ELSE 0 END), 0),
+                            COALESCE(SUM(CASE WHEN balance < ?1 THEN 1 ELSE 0 END), 0)
+                       FROM account_balances",
+                )?
+                .query_row([threshold.micros()], |row| {
+                    Ok((Money::from_micros(row.get(0)?), row.get(1)?))
+                })?)
+        })
+    }
+
     fn set_stripe_customer(
         &self,
         account_id: AccountId,

@@ -1,0 +1,325 @@
+// The operator's console (served as /admin.js: the page's CSP allows no
+// inline script). Signed in with the admin token, kept in sessionStorage
+// for this tab only and sent as a bearer token, never in an address.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { token: null, accountId: null, afterId: 0, query: "", socket: null, retry: null,
+  refreshing: null, adjustKey: null, adjustFor: null, refundOrder: null, refundKey: null };
+// Times are shown in the reader's own time zone, and say which.
+const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
+const TOKEN_KEY = "sms-credit-admin";
+
+// Money arrives as integer micro-dollars: shown to the cent (toward zero),
+// with the exact micro-dollars on hover.
+function dollars(micros, signed) {
+  const negative = micros < 0;
+  const cents = Math.trunc(Math.abs(micros) / 10000);
+  const text = "$" + Math.trunc(cents / 100).toLocaleString("en-US") + "." + String(cents % 100).padStart(2, "0");
+  return (negative ? "-" : signed && micros > 0 ? "+" : "") + text;
+}
+function money(cell, micros, signed) {
+  cell.textContent = dollars(micros, signed);
+  cell.title = micros.toLocaleString("en-US") + " micro-dollars";
+  return cell;
+}
+// "12.50" → 12500000 micro-dollars, from the digits (no float).
+function microsOf(text) {
+  const match = /^\s*(-?)\$?(\d+)(?:\.(\d{1,2}))?\s*$/.exec(text);
+  if (!match) return null;
+  const cents = Number(match[2]) * 100 + Number((match[3] || "0").padEnd(2, "0"));
+  return (match[1] ? -1 : 1) * cents * 10000;
+}
+function when(text) {
+  const at = Date.parse(text || "");
+  if (Number.isNaN(at)) return "";
+  return new Date(at).toLocaleString([], { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
+}
+function key() {
+  return "console-" + (crypto.randomUUID ? crypto.randomUUID() : String(Date.now()) + Math.random().toString(16).slice(2));
+}
+// What the operator is told when a call fails (never a stack trace).
+function problem(error) {
+  if (error.status === 401) return "The admin token is not valid any more: sign in again.";
+  if (error.status >= 500 && !error.message) return "Something went wrong on the server; try again.";
+  return error.message;
+}
+
+async function api(method, path, body) {
+  const headers = { Authorization: "Bearer " + state.token };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const answer = await response.json().catch(() => ({}));
+  if (!response.ok) {
+    const message = answer.error ? answer.error.message : "";
+    throw Object.assign(new Error(message), { status: response.status, code: answer.error && answer.error.code });
+  }
+  return answer;
+}
+
+function cell(row, text, className) {
+  const td = document.createElement("td");
+  if (text !== undefined) td.textContent = text;
+  if (className) td.className = className;
+  row.appendChild(td);
+  return td;
+}
+
+async function loadOverview() {
+  const overview = await api("GET", "/v1/admin/overview");
+  money($("owed"), overview.credit_owed_micros);
+  $("below").textContent = overview.accounts_below_threshold.toLocaleString("en-US");
+  $("below-what").textContent = "accounts below " + dollars(overview.low_balance_threshold_micros);
+  $("events-waiting").textContent = overview.stripe_events_waiting;
+  $("events-failed").textContent = overview.stripe_events_failed;
+  $("webhooks-pending").textContent = overview.webhook_deliveries_pending;
+  $("endpoints-disabled").textContent = overview.webhook_endpoints_disabled;
+}
+
+async function loadAccounts(more) {
+  // Only the latest search's answer is shown (an earlier one may come later).
+  const search = more ? state.search : (state.search = (state.search || 0) + 1);
+  const query = new URLSearchParams({ after_id: more ? state.afterId : 0, limit: 25 });
+  if (state.query) query.set("q", state.query);
+  const page = await api("GET", "/v1/admin/accounts?" + query);
+  if (search !== state.search) return;
+  if (!more) $("account-rows").textContent = "";
+  page.accounts.forEach((account) => {
+    const row = document.createElement("tr");
+    row.dataset.account = account.id;
+    const link = document.createElement("a");
+    link.href = "#account-" + account.id;
+    link.textContent = "#" + account.id;
+    link.setAttribute("aria-label", "Open account " + account.id);
+    cell(row).appendChild(link);
+    cell(row, account.phone);
+    cell(row, account.email || "", "wide");
+    cell(row, account.status);
+    money(cell(row, undefined, "money balance"), account.balance_micros);
+    $("account-rows").appendChild(row);
+  });
+  state.afterId = page.next_after_id || 0;
+  $("more").hidden = !page.next_after_id;
+  $("accounts-message").textContent = !more && page.accounts.length === 0 ? "No account matches." : "";
+}
+
+function ledgerRow(entry, first) {
+  const row = document.createElement("tr");
+  cell(row, String(entry.seq), "wide");
+  cell(row, when(entry.created_at));
+  cell(row, entry.type + (entry.description ? ": " + entry.description : ""), "wrap");
+  money(cell(row, undefined, "money"), entry.amount_micros, true);
+  money(cell(row, undefined, "money"), entry.balance_after_micros !== undefined ? entry.balance_after_micros : entry.balance_micros);
+  const rows = $("ledger-rows");
+  if (first) rows.insertBefore(row, rows.firstChild); else rows.appendChild(row);
+}
+
+function showBalance(micros) { money($("balance"), micros); }
+
+async function openAccount(id) {
+  const account = await api("GET", "/v1/admin/accounts/" + id);
+  state.accountId = account.id;
+  $("account-title").textContent = "Account #" + account.id + " · " + account.phone;
+  showBalance(account.balance_micros);
+  $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "") + " · " + account.seq + " ledger rows";
+  $("ledger-zone").textContent = "(times in " + zone + ")";
+  const after = Math.max(0, account.seq - 50);
+  const ledger = await api("GET", "/v1/admin/accounts/" + id + "/transactions?after_seq=" + after + "&limit=50");
+  $("ledger-rows").textContent = "";
+  ledger.transactions.slice().reverse().forEach((entry) => ledgerRow(entry, false));
+  state.lastSeq = account.seq;
+  await loadOrders();
+  $("account").hidden = false;
+  $("adjust-message").textContent = "";
+  $("refund-message").textContent = "";
+}
+
+async function loadOrders() {
+  const orders = await api("GET", "/v1/admin/accounts/" + state.accountId + "/orders");
+  $("order-rows").textContent = "";
+  orders.orders.forEach((order) => {
+    const row = document.createElement("tr");
+    cell(row, "#" + order.id);
+    cell(row, order.order_type.replace(/_/g, " "));
+    cell(row, order.status);
+    money(cell(row, undefined, "money"), order.amount_micros);
+    money(cell(row, undefined, "money"), order.amount_refunded_micros);
+    const actions = cell(row);
+    if ((order.status === "completed" || order.status === "refunded") && order.amount_refunded_micros < order.amount_micros) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "secondary";
+      button.textContent = "Refund…";
+      button.setAttribute("aria-label", "Refund order " + order.id);
+      button.addEventListener("click", () => {
+        state.refundOrder = order;
+        state.refundKey = key();
+        $("refund-what").textContent = "Refund order #" + order.id + " (" + dollars(order.amount_micros) + " paid, "
+          + dollars(order.amount_refunded_micros) + " refunded). The credit comes off when Stripe confirms the refund; it may take the balance below zero.";
+        $("refund-amount").value = "";
+        $("refund-reason").value = "";
+        $("refund-form").hidden = false;
+        $("refund-amount").focus();
+      });
+      actions.appendChild(button);
+    }
+    $("order-rows").appendChild(row);
+  });
+}
+
+// The admin feed: every account's changes as they commit.
+async function connect() {
+  try {
+    const ticket = await api("POST", "/v1/admin/feed-tickets");
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + location.host + "/v1/admin/feed?ticket=" + encodeURIComponent(ticket.ticket), ["sms-credit-feed"]);
+    state.socket = socket;
+    socket.onopen = () => { $("live").textContent = "· live"; };
+    socket.onmessage = (message) => {
+      const data = JSON.parse(message.data);
+      if (data.type === undefined || data.account_id === undefined) return;
+      if (data.account_id === state.accountId && data.seq > (state.lastSeq || 0)) {
+        state.lastSeq = data.seq;
+        showBalance(data.balance_micros);
+        ledgerRow(data, true);
+        if (data.type === "refund" || data.type === "credit") loadOrders().catch(() => {});
+      }
+      const listed = document.querySelector('#account-rows tr[data-account="' + data.account_id + '"] td.balance');
+      if (listed) money(listed, data.balance_micros);
+      clearTimeout(state.refreshing);
+      state.refreshing = setTimeout(() => loadOverview().catch(() => {}), 300);
+    };
+    socket.onclose = () => {
+      if (state.socket !== socket) return;
+      $("live").textContent = "· not live, reconnecting…";
+      if (state.token) state.retry = setTimeout(connect, 1000);
+    };
+  } catch (error) {
+    $("live").textContent = "· not live, reconnecting…";
+    if (error.status === 401) { signOut(problem(error)); return; }
+    if (state.token) state.retry = setTimeout(connect, 2000);
+  }
+}
+
+async function signIn(token) {
+  state.token = token;
+  try {
+    await loadOverview();
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("signin").hidden = true;
+    $("console").hidden = false;
+    $("signout").hidden = false;
+    $("signin-error").textContent = "";
+    await loadAccounts(false);
+    connect();
+    route();
+  } catch (error) {
+    signOut(error.status === 401 ? "That admin token is not valid." : problem(error));
+  }
+}
+
+function signOut(message) {
+  state.token = null;
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (state.socket) { const socket = state.socket; state.socket = null; socket.close(); }
+  clearTimeout(state.retry);
+  $("console").hidden = true;
+  $("account").hidden = true;
+  $("signout").hidden = true;
+  $("signin").hidden = false;
+  $("live").textContent = "";
+  // Nothing read with the token stays on the page.
+  ["account-rows", "ledger-rows", "order-rows", "owed", "below", "events-waiting", "events-failed",
+    "webhooks-pending", "endpoints-disabled", "balance", "account-title", "account-facts",
+    "adjust-message", "refund-message", "accounts-message"].forEach((id) => { $(id).textContent = ""; });
+  $("owed").title = "";
+  $("balance").title = "";
+  state.accountId = null;
+  $("signin-error").textContent = message || "";
+}
+
+function route() {
+  const match = /^#account-(\d+)$/.exec(location.hash);
+  if (match && state.token) openAccount(Number(match[1])).catch((error) => { $("accounts-message").textContent = problem(error); });
+}
+
+$("signin-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  signIn($("admin-token").value.trim());
+  $("admin-token").value = "";
+});
+$("signout").addEventListener("click", () => signOut(""));
+$("search-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  state.query = $("search").value.trim();
+  loadAccounts(false).catch((error) => { $("accounts-message").textContent = problem(error); });
+});
+$("more").addEventListener("click", () => loadAccounts(true).catch((error) => { $("accounts-message").textContent = problem(error); }));
+window.addEventListener("hashchange", route);
+
+// An adjustment: the page makes the idempotency key once per amount and
+// reason, so a double click or a retried request applies once.
+$("adjust-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const micros = microsOf($("adjust-amount").value);
+  const reason = $("adjust-reason").value.trim();
+  if (micros === null || micros === 0) { $("adjust-message").textContent = "Give an amount in dollars and cents, like 5.00 or -2.50."; return; }
+  const what = state.accountId + ":" + micros + ":" + reason;
+  if (state.adjustFor !== what) { state.adjustFor = what; state.adjustKey = key(); }
+  if (!confirm("Adjust account #" + state.accountId + " by " + dollars(micros, true) + "?\nReason: " + reason)) return;
+  $("adjust-button").disabled = true;
+  try {
+    const answer = await api("POST", "/v1/admin/accounts/" + state.accountId + "/adjustments",
+      { amount_micros: micros, reason, idempotency_key: state.adjustKey });
+    $("adjust-message").textContent = (answer.replayed ? "Already applied: " : "Applied: ") + dollars(micros, true)
+      + ", balance " + dollars(answer.transaction.balance_after_micros) + ".";
+    state.adjustFor = null;
+    $("adjust-amount").value = "";
+    $("adjust-reason").value = "";
+  } catch (error) {
+    $("adjust-message").textContent = problem(error);
+  } finally {
+    $("adjust-button").disabled = false;
+  }
+});
+
+$("refund-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const order = state.refundOrder;
+  const text = $("refund-amount").value.trim();
+  const micros = text ? microsOf(text) : null;
+  if (text && (micros === null || micros <= 0)) { $("refund-message").textContent = "Give an amount in dollars and cents, like 3.00."; return; }
+  const reason = $("refund-reason").value.trim();
+  if (!confirm("Refund " + (micros ? dollars(micros) : "all that is left") + " of order #" + order.id + " through Stripe?\nReason: " + reason)) return;
+  $("refund-button").disabled = true;
+  const body = { reason, idempotency_key: state.refundKey };
+  if (micros) body.amount_micros = micros;
+  try {
+    const answer = await api("POST", "/v1/admin/orders/" + order.id + "/refund", body);
+    $("refund-message").textContent = "Stripe is refunding " + dollars(answer.refund.amount_micros)
+      + "; the credit comes off when Stripe confirms it.";
+    $("refund-form").hidden = true;
+  } catch (error) {
+    $("refund-message").textContent = problem(error);
+  } finally {
+    $("refund-button").disabled = false;
+  }
+});
+$("refund-cancel").addEventListener("click", () => { $("refund-form").hidden = true; });
+
+$("ledger-csv").addEventListener("click", async (event) => {
+  event.preventDefault();
+  try {
+    const response = await fetch("/v1/admin/accounts/" + state.accountId + "/transactions.csv",
+      { headers: { Authorization: "Bearer " + state.token } });
+    if (!response.ok) throw Object.assign(new Error(""), { status: response.status });
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = "account-" + state.accountId + "-ledger.csv";
+    link.click();
+  } catch (error) {
+    $("adjust-message").textContent = problem(error);
+  }
+});
+
+const saved = sessionStorage.getItem(TOKEN_KEY);
+if (saved) signIn(saved);

@@ -804,6 +804,34 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             page.eval(&text_of("below")).await,
             json!(overview["accounts_below_threshold"].to_string())
         );
+        // The chart's total is the API's for the same days.
+        page.wait_for(
+            "document.getElementById('money-chart-words').dataset.since !== undefined",
+            json!(true),
+        )
+        .await;
+        let since = page
+            .eval("document.getElementById('money-chart-words').dataset.since")
+            .await;
+        let (_, reports) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/reports?since_ms={}", since.as_str().unwrap()),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        let paid: i64 = reports["hours"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|hour| hour["payments_micros"].as_i64().unwrap())
+            .sum();
+        assert_eq!(
+            page.eval("document.getElementById('money-chart-words').dataset.paid")
+                .await,
+            json!(paid.to_string())
+        );
 
         // Found by a part of its phone number, opened with one click.
         page.eval("document.getElementById('search').value = '0150'; document.getElementById('search-button').click(); true").await;

@@ -311,3 +311,51 @@ async fn stripe_refusing_or_unreachable_refunds_nothing() {
     assert_eq!(listed.as_array().unwrap().len(), 3);
 }
 on_both_stores!(stripe_refusing_or_unreachable_refunds_nothing);
+
+async fn the_reports_sum_payments_refunds_and_messages_by_hour_and_country() {
+    use crate::auto_top_up::{burst, setup, Setup};
+    let Setup {
+        app, mut events, ..
+    } = setup().await;
+    let (account, _, _) = crate::stripe::active_account(&app, &mut events, "+14155550142").await;
+    assert_eq!(burst(&app, account, "r", 2).await, 2);
+    let refunded = events.charge_refunded("ch_access", &format!("pi_access_{account}"), 2999, 100);
+    assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
+    let (status, reports) = app
+        .request("GET", "/v1/admin/reports", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reports}");
+    let hours = reports["hours"].as_array().unwrap();
+    let total =
+        |field: &str| -> i64 { hours.iter().map(|hour| hour[field].as_i64().unwrap()).sum() };
+    assert_eq!(total("payments_micros"), 29_990_000);
+    assert_eq!(
+        total("refunds_micros"),
+        1_000_000,
+        "credit taken back for the $1 refunded"
+    );
+    assert_eq!((total("messages"), total("segments")), (2, 2));
+    assert!(hours
+        .iter()
+        .all(|hour| hour["hour_ms"].as_i64().unwrap() % 3_600_000 == 0));
+    assert_eq!(
+        reports["margins"],
+        json!([{"country": "US", "messages": 2, "segments": 2, "charged_micros": 113_000,
+                "carrier_cost_micros": 22_600, "priced_messages": 0}])
+    );
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/admin/reports?since_ms=0",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query"))
+    );
+    let (status, _) = app.request("GET", "/v1/admin/reports", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+on_both_stores!(the_reports_sum_payments_refunds_and_messages_by_hour_and_country);

@@ -23,6 +23,7 @@ pub mod phone;
 pub mod random;
 pub mod rating;
 pub mod registry;
+pub mod reports;
 pub mod sign_in;
 pub mod stats;
 pub mod store;

@@ -68,6 +68,7 @@ use crate::error::{ApiError, ErrorBody};
         admin::orders::list,
         admin::orders::refund,
         admin::overview::show,
+        admin::reports::show,
         admin::orders::refunds,
         admin::notices::list,
         admin::tokens::list,

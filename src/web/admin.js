@@ -75,6 +75,90 @@ async function loadOverview() {
   $("endpoints-disabled").textContent = overview.webhook_endpoints_disabled;
 }
 
+// The last 30 of the reader's days, each with its figures, summed from the
+// server's hours.
+function days(hours) {
+  const today = new Date(); today.setHours(0, 0, 0, 0);
+  const list = [];
+  for (let back = 29; back >= 0; back--) {
+    const start = new Date(today); start.setDate(today.getDate() - back);
+    list.push({ start: start.getTime(), paid: 0, refunded: 0, messages: 0, segments: 0 });
+  }
+  hours.forEach((hour) => {
+    const day = list.slice().reverse().find((candidate) => candidate.start <= hour.hour_ms);
+    if (!day) return;
+    day.paid += hour.payments_micros; day.refunded += hour.refunds_micros;
+    day.messages += hour.messages; day.segments += hour.segments;
+  });
+  return list;
+}
+
+function bars(svg, list, series, height) {
+  svg.textContent = "";
+  const width = 300 / list.length;
+  const top = Math.max(1, ...list.map((day) => Math.max(...series.map((one) => day[one.field]))));
+  list.forEach((day, index) => {
+    series.forEach((one, which) => {
+      const value = day[one.field];
+      if (!value) return;
+      const bar = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      const barHeight = Math.max(1, (value / top) * (height - 2));
+      bar.setAttribute("x", (index * width + which * width / series.length).toFixed(2));
+      bar.setAttribute("y", (height - barHeight).toFixed(2));
+      bar.setAttribute("width", (width / series.length - 0.5).toFixed(2));
+      bar.setAttribute("height", barHeight.toFixed(2));
+      bar.setAttribute("class", one.className);
+      const title = document.createElementNS("http://www.w3.org/2000/svg", "title");
+      title.textContent = new Date(day.start).toLocaleDateString() + ": " + one.words(value);
+      bar.appendChild(title);
+      svg.appendChild(bar);
+    });
+  });
+}
+
+async function loadReports() {
+  const now = new Date();
+  const start = new Date(now); start.setHours(0, 0, 0, 0); start.setDate(start.getDate() - 29);
+  const month = new Date(now.getFullYear(), now.getMonth(), 1);
+  const reports = await api("GET", "/v1/admin/reports?since_ms=" + start.getTime() + "&month_since_ms=" + month.getTime());
+  const list = days(reports.hours);
+  const sum = (field) => list.reduce((total, day) => total + day[field], 0);
+  bars($("money-chart"), list, [
+    { field: "paid", className: "paid", words: (value) => dollars(value) + " paid" },
+    { field: "refunded", className: "refunded", words: (value) => dollars(value) + " refunded" }], 80);
+  $("money-chart-words").textContent = "Last 30 days: " + dollars(sum("paid")) + " paid (green), "
+    + dollars(sum("refunded")) + " taken back for refunds (red).";
+  $("money-chart-words").dataset.paid = sum("paid");
+  $("money-chart-words").dataset.since = start.getTime();
+  bars($("message-chart"), list, [
+    { field: "messages", className: "sent", words: (value) => value + " messages" }], 60);
+  $("message-chart-words").textContent = "Last 30 days: " + sum("messages").toLocaleString("en-US") + " messages, "
+    + sum("segments").toLocaleString("en-US") + " segments.";
+  document.querySelectorAll(".zone").forEach((element) => { element.textContent = "(days in " + zone + ")"; });
+  $("margin-rows").textContent = "";
+  const widest = Math.max(1, ...reports.margins.map((row) => Math.abs(row.charged_micros - row.carrier_cost_micros)));
+  reports.margins.forEach((row) => {
+    const tr = document.createElement("tr");
+    const margin = row.charged_micros - row.carrier_cost_micros;
+    cell(tr, row.country);
+    cell(tr, row.messages.toLocaleString("en-US"), "money");
+    money(cell(tr, undefined, "money"), row.charged_micros);
+    money(cell(tr, undefined, "money wide"), row.carrier_cost_micros);
+    money(cell(tr, undefined, "money margin"), margin, true);
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = Math.round((Math.abs(margin) / widest) * 6) + "rem";
+    if (margin < 0) bar.style.background = "#b3261e";
+    cell(tr, undefined, "wide").appendChild(bar);
+    $("margin-rows").appendChild(tr);
+  });
+  if (reports.margins.length === 0) {
+    const tr = document.createElement("tr");
+    cell(tr, "No messages this month yet.").colSpan = 6;
+    $("margin-rows").appendChild(tr);
+  }
+}
+
 async function loadAccounts(more) {
   // Only the latest search's answer is shown (an earlier one may come later).
   const search = more ? state.search : (state.search = (state.search || 0) + 1);
@@ -186,7 +270,10 @@ async function connect() {
       const listed = document.querySelector('#account-rows tr[data-account="' + data.account_id + '"] td.balance');
       if (listed) money(listed, data.balance_micros);
       clearTimeout(state.refreshing);
-      state.refreshing = setTimeout(() => loadOverview().catch(() => {}), 300);
+      state.refreshing = setTimeout(() => {
+        loadOverview().catch(() => {});
+        loadReports().catch(() => {});
+      }, 300);
     };
     socket.onclose = () => {
       if (state.socket !== socket) return;
@@ -204,6 +291,7 @@ async function signIn(token) {
   state.token = token;
   try {
     await loadOverview();
+    await loadReports();
     sessionStorage.setItem(TOKEN_KEY, token);
     $("signin").hidden = true;
     $("console").hidden = false;
@@ -230,7 +318,8 @@ function signOut(message) {
   // Nothing read with the token stays on the page.
   ["account-rows", "ledger-rows", "order-rows", "owed", "below", "events-waiting", "events-failed",
     "webhooks-pending", "endpoints-disabled", "balance", "account-title", "account-facts",
-    "adjust-message", "refund-message", "accounts-message"].forEach((id) => { $(id).textContent = ""; });
+    "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
+    "money-chart-words", "message-chart-words", "margin-rows"].forEach((id) => { $(id).textContent = ""; });
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;

@@ -28,8 +28,8 @@ pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
     EventDecision, InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore,
-    OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, SignInStore, StoreFuture,
-    StripeEventStore, TokenStore, WebhookStore,
+    OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, ReportStore, SignInStore,
+    StoreFuture, StripeEventStore, TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -292,6 +292,10 @@ impl Store {
     }
 
     pub fn instances(&self) -> &dyn InstanceStore {
+        &*self.backend
+    }
+
+    pub fn reports(&self) -> &dyn ReportStore {
         &*self.backend
     }
 

@@ -25,6 +25,7 @@ use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
+use crate::reports::{CountryMargin, HourFigures};
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
@@ -560,7 +561,17 @@ pub trait Backend:
     + InstanceStore
     + CopyStore
     + WebhookStore
+    + ReportStore
 {
+}
+
+/// What the operator's console charts.
+pub trait ReportStore: Send + Sync {
+    /// Payments, refunds, messages and segments by hour since `since_ms`.
+    fn activity(&self, since_ms: i64) -> StoreFuture<Vec<HourFigures>>;
+    /// Messages sent since `since_ms` by destination country: charged
+    /// against the carrier's price.
+    fn margins(&self, since_ms: i64) -> StoreFuture<Vec<CountryMargin>>;
 }
 
 /// Webhooks: the endpoints, the outbox of events and their deliveries.

@@ -8,6 +8,7 @@ pub(crate) mod orders;
 pub(crate) mod overview;
 pub(crate) mod pricing;
 pub(crate) mod reconciliation;
+pub(crate) mod reports;
 pub(crate) mod stripe_events;
 pub(crate) mod tokens;
 pub(crate) mod transactions;
@@ -53,6 +54,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::post().to(tokens::rotate),
         )
         .route("/overview", web::get().to(overview::show))
+        .route("/reports", web::get().to(reports::show))
         .route("/verify", web::get().to(verify::show))
         .route("/pricing", web::get().to(pricing::show))
         .route("/pricing", web::put().to(pricing::update))

@@ -34,8 +34,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V6__webhooks.sql"),
     ),
     (
-        "V7__order_refunds",
-        include_str!("../../../../migrations/postgres/V7__order_refunds.sql"),
+        "V7__refunds_and_reports",
+        include_str!("../../../../migrations/postgres/V7__refunds_and_reports.sql"),
     ),
 ];
 

@@ -18,6 +18,7 @@ mod ledger;
 mod listener;
 mod messages;
 mod migrations;
+mod reports;
 mod sign_in;
 mod webhooks;
 mod writer;

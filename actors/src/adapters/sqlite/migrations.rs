@@ -68,8 +68,8 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V14__webhooks.sql"),
     ),
     (
-        "V15__order_refunds",
-        include_str!("../../../../migrations/sqlite/V15__order_refunds.sql"),
+        "V15__refunds_and_reports",
+        include_str!("../../../../migrations/sqlite/V15__refunds_and_reports.sql"),
     ),
 ];
 

@@ -16,6 +16,7 @@ mod ledger;
 mod messages;
 mod migrations;
 mod reader;
+mod reports;
 mod sign_in;
 mod watcher;
 mod webhooks;

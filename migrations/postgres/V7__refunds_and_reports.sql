@@ -6,17 +6,23 @@
 -- requested: asked (or Stripe did not answer: asking again is safe);
 -- succeeded: Stripe made it; failed: Stripe refused it.
 CREATE TABLE order_refunds (
-    id               INTEGER PRIMARY KEY,
-    order_id         INTEGER NOT NULL REFERENCES orders (id),
-    n                INTEGER NOT NULL,
+    id               BIGSERIAL PRIMARY KEY,
+    order_id         BIGINT  NOT NULL REFERENCES orders (id),
+    n                BIGINT  NOT NULL,
     idempotency_key  TEXT    NOT NULL,
-    amount           INTEGER NOT NULL CHECK (amount > 0),
+    amount           BIGINT  NOT NULL CHECK (amount > 0),
     reason           TEXT    NOT NULL,
     status           TEXT    NOT NULL CHECK (status IN ('requested', 'succeeded', 'failed')),
     stripe_refund_id TEXT,
     error            TEXT,
-    created_at       INTEGER NOT NULL,
-    updated_at       INTEGER NOT NULL,
+    created_at       BIGINT  NOT NULL,
+    updated_at       BIGINT  NOT NULL,
     UNIQUE (order_id, n),
     UNIQUE (order_id, idempotency_key)
 );
+
+-- The console's charts read the last 30 days of payments, refunds and
+-- messages by hour, and a month's messages by country.
+CREATE INDEX orders_completed ON orders (completed_at) WHERE completed_at IS NOT NULL;
+CREATE INDEX transactions_refunds ON transactions (created_at) WHERE type = 'refund';
+CREATE INDEX messages_created ON messages (created_at);

@@ -1,0 +1,71 @@
+//! The console's reports in Postgres: sums by hour and by country, each
+//! through an index on its time column.
+
+use tokio_postgres::Row;
+
+use super::PostgresStore;
+use crate::reports::{merge_hours, CountryMargin, HourFigures};
+use crate::store::{ReportStore, StoreError, StoreFuture};
+
+const HOUR_MS: i64 = 3_600_000;
+
+fn hour_row(row: &Row) -> Result<HourFigures, StoreError> {
+    Ok(HourFigures {
+        hour_ms: row.try_get(0)?,
+        payments_micros: row.try_get(1)?,
+        refunds_micros: row.try_get(2)?,
+        messages: row.try_get(3)?,
+        segments: row.try_get(4)?,
+    })
+}
+
+impl ReportStore for PostgresStore {
+    fn activity(&self, since_ms: i64) -> StoreFuture<Vec<HourFigures>> {
+        self.read(move |client| async move {
+            let mut rows = Vec::new();
+            for sql in [
+                "SELECT completed_at / $2 * $2, SUM(amount)::BIGINT, 0::BIGINT, 0::BIGINT, 0::BIGINT
+                   FROM orders WHERE completed_at >= $1 AND status IN ('completed', 'refunded')
+                  GROUP BY completed_at / $2",
+                "SELECT created_at / $2 * $2, 0::BIGINT, (-SUM(amount))::BIGINT, 0::BIGINT, 0::BIGINT
+                   FROM transactions WHERE type = 'refund' AND created_at >= $1 AND amount < 0
+                  GROUP BY created_at / $2",
+                "SELECT created_at / $2 * $2, 0::BIGINT, 0::BIGINT, COUNT(*), SUM(segments)::BIGINT
+                   FROM messages WHERE created_at >= $1 AND state = 'sent'
+                  GROUP BY created_at / $2",
+            ] {
+                for row in client.query(sql, &[&since_ms, &HOUR_MS]).await? {
+                    rows.push(hour_row(&row)?);
+                }
+            }
+            Ok(merge_hours(rows))
+        })
+    }
+
+    fn margins(&self, since_ms: i64) -> StoreFuture<Vec<CountryMargin>> {
+        self.read(move |client| async move {
+            client
+                .query(
+                    "SELECT country, COUNT(*), SUM(segments)::BIGINT, SUM(charged)::BIGINT,
+                            SUM(COALESCE(actual_cost, carrier_cost_per_segment * segments))::BIGINT,
+                            COUNT(actual_cost)
+                       FROM messages WHERE created_at >= $1 AND state = 'sent'
+                      GROUP BY country ORDER BY country",
+                    &[&since_ms],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(CountryMargin {
+                        country: row.try_get(0)?,
+                        messages: row.try_get(1)?,
+                        segments: row.try_get(2)?,
+                        charged_micros: row.try_get(3)?,
+                        carrier_cost_micros: row.try_get(4)?,
+                        priced_messages: row.try_get(5)?,
+                    })
+                })
+                .collect()
+        })
+    }
+}

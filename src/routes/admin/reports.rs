@@ -1,0 +1,68 @@
+//! `GET /v1/admin/reports`: what the console charts. Payments, refunds,
+//! messages and segments by hour since a moment (the page sums them into
+//! the operator's own days), and each destination country's messages since
+//! another (the operator's month): charged against the carrier's price.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use sms_credit_actors::reports::{CountryMargin, HourFigures};
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The longest span a report covers.
+const LONGEST_MS: i64 = 400 * 86_400_000;
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct ReportQuery {
+    /// Hours from here (Unix milliseconds; default 30 days ago).
+    since_ms: Option<i64>,
+    /// Countries' messages from here (Unix milliseconds; default the
+    /// start of this UTC month).
+    month_since_ms: Option<i64>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Reports {
+    since_ms: i64,
+    /// Hours with something in them, oldest first.
+    hours: Vec<HourFigures>,
+    month_since_ms: i64,
+    margins: Vec<CountryMargin>,
+}
+
+/// Payments, refunds and messages by hour, and the margin per country.
+#[utoipa::path(get, path = "/v1/admin/reports", tag = "admin", security(("adminToken" = [])),
+    params(ReportQuery),
+    responses((status = 200, body = Reports)))]
+pub async fn show(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    query: web::Query<ReportQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let since_ms = query.since_ms.unwrap_or(now_ms - 30 * 86_400_000);
+    let month_since_ms = query.month_since_ms.unwrap_or_else(|| {
+        let (year, month, _) =
+            sms_credit_actors::clock::civil_from_days(now_ms.div_euclid(86_400_000));
+        sms_credit_actors::clock::days_from_civil(year, month, 1) * 86_400_000
+    });
+    for (name, value) in [("since_ms", since_ms), ("month_since_ms", month_since_ms)] {
+        // A moment ahead of the server's clock is allowed (it finds nothing).
+        if now_ms - value > LONGEST_MS {
+            return Err(ApiError::invalid(
+                "invalid_query",
+                format!("{name}: within the last 400 days"),
+            ));
+        }
+    }
+    let hours = state.store.reports().activity(since_ms).await?;
+    let margins = state.store.reports().margins(month_since_ms).await?;
+    Ok(HttpResponse::Ok().json(Reports {
+        since_ms,
+        hours,
+        month_since_ms,
+        margins,
+    }))
+}

@@ -935,6 +935,63 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         )
         .await;
 
+        if !mobile {
+            // A token issued from the page is shown once and listed (never
+            // shown again).
+            page.eval("document.getElementById('token-issue').click(); true")
+                .await;
+            page.wait_for(
+                "document.getElementById('token-shown').hidden",
+                json!(false),
+            )
+            .await;
+            let token = page.eval(&text_of("token-value")).await;
+            assert!(token.as_str().unwrap().starts_with("sct_"), "{token}");
+            page.wait_for(
+                "document.querySelectorAll('#token-rows tr').length",
+                json!(2),
+            )
+            .await;
+            let (status, _) = app
+                .request(
+                    "GET",
+                    "/v1/accounts/me",
+                    Some(token.as_str().unwrap()),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "the shown token works");
+            // Auto top-up was never on: said so, and nothing to turn off.
+            page.wait_for(&text_of("auto-state"), json!("Off.")).await;
+
+            // The price of access and a discount code.
+            page.eval("document.getElementById('pricing-mode').value = 'sale'; document.getElementById('sale-price').value = '19.99'; document.getElementById('pricing-button').click(); true").await;
+            page.wait_for(
+                &text_of("pricing-message"),
+                json!("Access costs $19.99 now."),
+            )
+            .await;
+            let (_, pricing) = app
+                .request("GET", "/v1/admin/pricing", Some(ADMIN_TOKEN), None)
+                .await;
+            assert_eq!(pricing["price_micros"], 19_990_000);
+            page.eval("document.getElementById('code-name').value = 'console10'; document.getElementById('code-percent').value = '10'; document.getElementById('code-button').click(); true").await;
+            page.wait_for(
+                "document.querySelectorAll('#code-rows tr').length",
+                json!(1),
+            )
+            .await;
+            page.eval("document.querySelector('button[aria-label=\"Deactivate CONSOLE10\"]').click(); true").await;
+            page.wait_for(
+                "!!document.querySelector('button[aria-label=\"Activate CONSOLE10\"]')",
+                json!(true),
+            )
+            .await;
+            let (_, codes) = app
+                .request("GET", "/v1/admin/discount-codes", Some(ADMIN_TOKEN), None)
+                .await;
+            assert_eq!(codes["discount_codes"][0]["active"], false);
+        }
         if mobile {
             assert_eq!(
                 page.eval("document.documentElement.scrollWidth <= window.innerWidth")

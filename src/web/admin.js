@@ -212,9 +212,96 @@ async function openAccount(id) {
   ledger.transactions.slice().reverse().forEach((entry) => ledgerRow(entry, false));
   state.lastSeq = account.seq;
   await loadOrders();
+  $("token-shown").hidden = true;
+  $("token-message").textContent = "";
+  $("auto-message").textContent = "";
+  await Promise.all([loadTokens(), loadNotices(), loadAuto()]);
   $("account").hidden = false;
   $("adjust-message").textContent = "";
   $("refund-message").textContent = "";
+}
+
+async function loadTokens() {
+  const list = await api("GET", "/v1/admin/accounts/" + state.accountId + "/tokens");
+  $("token-rows").textContent = "";
+  list.tokens.forEach((token) => {
+    const row = document.createElement("tr");
+    cell(row, "#" + token.id);
+    cell(row, token.source === "sign_in" ? "signing in" : "the admin");
+    cell(row, when(new Date(token.created_at_ms).toISOString()));
+    cell(row, token.expires_at_ms ? when(new Date(token.expires_at_ms).toISOString()) : "never", "wide");
+    cell(row, token.revoked_at_ms ? when(new Date(token.revoked_at_ms).toISOString()) : "—");
+    $("token-rows").appendChild(row);
+  });
+}
+
+async function loadNotices() {
+  const list = await api("GET", "/v1/admin/accounts/" + state.accountId + "/notices");
+  $("notice-rows").textContent = "";
+  list.notices.forEach((notice) => {
+    const row = document.createElement("tr");
+    cell(row, when(new Date(notice.created_at_ms).toISOString()));
+    cell(row, (notice.kind.kind || "").replace(/_/g, " "));
+    cell(row, notice.state);
+    cell(row, notice.last_error || "", "wide wrap");
+    $("notice-rows").appendChild(row);
+  });
+}
+
+async function loadAuto() {
+  $("auto-off").hidden = true;
+  try {
+    const auto = await api("GET", "/v1/admin/accounts/" + state.accountId + "/auto-top-up");
+    $("auto-state").textContent = auto.enabled
+      ? "On: " + dollars(auto.amount_micros) + " when below " + dollars(auto.threshold_micros) + ", at most "
+        + dollars(auto.monthly_cap_micros) + " a month (" + dollars(auto.month_charged_micros) + " this month)."
+      : "Off" + (auto.paused_reason ? ": " + auto.paused_reason : "") + ".";
+    $("auto-off").hidden = !auto.enabled;
+  } catch (error) {
+    $("auto-state").textContent = error.code === "stripe_not_configured" ? "Payments are not configured on this server." : problem(error);
+  }
+}
+
+async function tokenAction(method, path, question) {
+  if (!confirm(question)) return;
+  try {
+    const answer = await api(method, "/v1/admin/accounts/" + state.accountId + path);
+    $("token-message").textContent = answer.revoked !== undefined ? answer.revoked + " revoked." : "";
+    $("token-shown").hidden = !answer.token;
+    $("token-value").textContent = answer.token || "";
+    await loadTokens();
+  } catch (error) {
+    $("token-message").textContent = problem(error);
+  }
+}
+
+async function loadPricing() {
+  const pricing = await api("GET", "/v1/admin/pricing");
+  $("pricing-mode").value = pricing.mode;
+  $("sale-price").value = pricing.sale_price_micros ? (pricing.sale_price_micros / 1000000).toFixed(2) : "";
+  $("pricing-message").textContent = "Access costs " + dollars(pricing.price_micros) + " now.";
+  const codes = await api("GET", "/v1/admin/discount-codes");
+  $("code-rows").textContent = "";
+  codes.discount_codes.forEach((code) => {
+    const row = document.createElement("tr");
+    cell(row, code.code);
+    cell(row, code.percent !== undefined ? code.percent + "%" : dollars(code.amount_micros || 0));
+    cell(row, code.current_uses + (code.max_uses ? " of " + code.max_uses : ""), "money");
+    cell(row, code.active ? "yes" : "no");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.className = "secondary";
+    button.textContent = code.active ? "Deactivate" : "Activate";
+    button.setAttribute("aria-label", (code.active ? "Deactivate " : "Activate ") + code.code);
+    button.addEventListener("click", async () => {
+      try {
+        await api("PATCH", "/v1/admin/discount-codes/" + encodeURIComponent(code.code), { active: !code.active });
+        await loadPricing();
+      } catch (error) { $("code-message").textContent = problem(error); }
+    });
+    cell(row).appendChild(button);
+    $("code-rows").appendChild(row);
+  });
 }
 
 async function loadOrders() {
@@ -298,6 +385,7 @@ async function signIn(token) {
     $("signout").hidden = false;
     $("signin-error").textContent = "";
     await loadAccounts(false);
+    await loadPricing();
     connect();
     route();
   } catch (error) {
@@ -319,7 +407,8 @@ function signOut(message) {
   ["account-rows", "ledger-rows", "order-rows", "owed", "below", "events-waiting", "events-failed",
     "webhooks-pending", "endpoints-disabled", "balance", "account-title", "account-facts",
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
-    "money-chart-words", "message-chart-words", "margin-rows"].forEach((id) => { $(id).textContent = ""; });
+    "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
+    "token-value", "auto-state", "pricing-message"].forEach((id) => { $(id).textContent = ""; });
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;
@@ -408,6 +497,42 @@ $("ledger-csv").addEventListener("click", async (event) => {
   } catch (error) {
     $("adjust-message").textContent = problem(error);
   }
+});
+
+$("token-issue").addEventListener("click", () => tokenAction("POST", "/tokens", "Issue a new token for this account?"));
+$("token-rotate").addEventListener("click", () => tokenAction("POST", "/tokens/rotate", "Revoke every token of this account and issue one?"));
+$("token-revoke").addEventListener("click", () => tokenAction("DELETE", "/tokens", "Revoke every token of this account? Its open pages sign out."));
+$("auto-off").addEventListener("click", async () => {
+  if (!confirm("Turn auto top-up off for account #" + state.accountId + "?")) return;
+  try {
+    await api("PUT", "/v1/admin/accounts/" + state.accountId + "/auto-top-up", { enabled: false });
+    $("auto-message").textContent = "Auto top-up is off.";
+    await loadAuto();
+  } catch (error) { $("auto-message").textContent = problem(error); }
+});
+$("pricing-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const mode = $("pricing-mode").value;
+  const body = { mode };
+  if (mode === "sale") {
+    const micros = microsOf($("sale-price").value);
+    if (!micros || micros <= 0) { $("pricing-message").textContent = "Give the sale price in dollars, like 19.99."; return; }
+    body.sale_price_micros = micros;
+  }
+  if (!confirm("Set the price of access to " + mode + "?")) return;
+  try { await api("PUT", "/v1/admin/pricing", body); await loadPricing(); }
+  catch (error) { $("pricing-message").textContent = problem(error); }
+});
+$("code-form").addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = { code: $("code-name").value.trim(), type: "percent", percent: Number($("code-percent").value) };
+  if ($("code-max").value.trim()) body.max_uses = Number($("code-max").value);
+  try {
+    await api("POST", "/v1/admin/discount-codes", body);
+    $("code-message").textContent = "Created " + body.code.toUpperCase() + ".";
+    $("code-name").value = ""; $("code-percent").value = ""; $("code-max").value = "";
+    await loadPricing();
+  } catch (error) { $("code-message").textContent = problem(error); }
 });
 
 const saved = sessionStorage.getItem(TOKEN_KEY);

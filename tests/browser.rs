@@ -804,6 +804,23 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             page.eval(&text_of("below")).await,
             json!(overview["accounts_below_threshold"].to_string())
         );
+        // The figure links to the list behind it: the account with no credit.
+        let (_, attention) = app
+            .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)
+            .await;
+        let lows = attention["low_balances"].as_array().unwrap().len();
+        page.wait_for(
+            "document.querySelectorAll('#low-list li a').length",
+            json!(lows),
+        )
+        .await;
+        assert_eq!(
+            page.eval(
+                "document.querySelector('a.card[href=\"#attention-low\"] .figure').textContent"
+            )
+            .await,
+            json!(lows.to_string())
+        );
         // The chart's total is the API's for the same days.
         page.wait_for(
             "document.getElementById('money-chart-words').dataset.since !== undefined",

@@ -359,3 +359,65 @@ async fn the_reports_sum_payments_refunds_and_messages_by_hour_and_country() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 on_both_stores!(the_reports_sum_payments_refunds_and_messages_by_hour_and_country);
+
+async fn the_attention_lists_name_the_accounts_behind_the_figures() {
+    use crate::auto_top_up::{adjust_to, put_auto, setup, Setup};
+    let Setup {
+        app,
+        twilio,
+        mut events,
+        clock,
+        ..
+    } = setup().await;
+    let (account, _, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550143").await;
+    let low = app.create_account("+14155550144").await;
+    adjust_to(&app, low, 1_000_000, "to-1").await;
+    adjust_to(&app, account, 3_000_000, "to-3").await;
+    // Auto top-up on, then the card is detached: off, with the reason.
+    let (status, body) = put_auto(&app, account, &token, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let detached = events.payment_method_detached(crate::fake_stripe::SAVED_CARD);
+    assert_eq!(app.deliver(&detached).await.0, StatusCode::OK);
+    // A message Twilio holds stays reserved; ten minutes on it needs a look.
+    twilio.hold("held");
+    let (client, url) = (app.client.clone(), app.url("/v1/messages"));
+    let sending = actix_rt::spawn(async move {
+        let _ = client
+            .post(url)
+            .insert_header(("Authorization", format!("Bearer {}", crate::helpers::API_KEY)))
+            .send_json(&json!({"account_id": account, "body": "held forecast", "idempotency_key": "held-1"}))
+            .await;
+    });
+    actix_rt::time::sleep(std::time::Duration::from_millis(300)).await;
+    clock.advance_ms(11 * 60_000);
+
+    let (status, attention) = app
+        .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{attention}");
+    let low_ids: Vec<i64> = attention["low_balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["account_id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(low_ids, vec![low], "{attention}");
+    assert_eq!(attention["low_balances"][0]["balance_micros"], 1_000_000);
+    assert_eq!(attention["auto_top_ups_off"][0]["account_id"], account);
+    assert_eq!(
+        attention["auto_top_ups_off"][0]["reason"],
+        "the saved card is gone"
+    );
+    assert_eq!(attention["reservations_open"][0]["account_id"], account);
+    assert_eq!(attention["notices_unsent"], json!([]));
+    let (_, overview) = app
+        .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(overview["accounts_below_threshold"], 1);
+    twilio.release();
+    sending.await.unwrap();
+    let (status, _) = app.request("GET", "/v1/admin/attention", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+on_both_stores!(the_attention_lists_name_the_accounts_behind_the_figures);

@@ -52,3 +52,54 @@ pub fn merge_hours(rows: impl IntoIterator<Item = HourFigures>) -> Vec<HourFigur
     }
     hours.into_values().collect()
 }
+
+/// What needs the operator's attention, each list the latest (or worst)
+/// first and at most `limit` long.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Attention {
+    /// Accounts below the low-balance threshold, the lowest first.
+    pub low_balances: Vec<LowBalance>,
+    /// Auto top-ups that turned themselves off (or were paused), and why.
+    pub auto_top_ups_off: Vec<AutoTopUpOff>,
+    /// Notices that were not sent: `failed`, or `unknown` (a worker
+    /// stopped mid-send).
+    pub notices_unsent: Vec<UnsentNotice>,
+    /// Messages reserved (debited, not yet handed to Twilio) for long.
+    pub reservations_open: Vec<OpenReservation>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LowBalance {
+    pub account_id: i64,
+    pub phone: String,
+    pub balance_micros: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AutoTopUpOff {
+    pub account_id: i64,
+    pub reason: String,
+    pub since_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UnsentNotice {
+    pub notice_id: i64,
+    pub account_id: i64,
+    pub state: String,
+    pub error: Option<String>,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpenReservation {
+    pub message_id: i64,
+    pub account_id: Option<i64>,
+    pub charged_micros: i64,
+    pub created_at_ms: i64,
+}

@@ -69,6 +69,7 @@ use crate::error::{ApiError, ErrorBody};
         admin::orders::refund,
         admin::overview::show,
         admin::reports::show,
+        admin::reports::attention,
         admin::orders::refunds,
         admin::notices::list,
         admin::tokens::list,

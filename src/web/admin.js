@@ -159,6 +159,38 @@ async function loadReports() {
   }
 }
 
+// One line of a "needs attention" list, linking to its account.
+function attentionItem(list, accountId, words) {
+  const item = document.createElement("li");
+  if (accountId) {
+    const link = document.createElement("a");
+    link.href = "#account-" + accountId;
+    link.textContent = "#" + accountId;
+    item.appendChild(link);
+    item.appendChild(document.createTextNode(" " + words));
+  } else {
+    item.textContent = words;
+  }
+  list.appendChild(item);
+}
+
+async function loadAttention() {
+  const attention = await api("GET", "/v1/admin/attention");
+  const fill = (id, rows, words, count) => {
+    const list = $(id);
+    list.textContent = "";
+    rows.forEach((row) => attentionItem(list, row.account_id, words(row)));
+    if (rows.length === 0) attentionItem(list, null, "None.");
+    if (count) $(count).textContent = rows.length === 50 ? "50+" : String(rows.length);
+  };
+  fill("low-list", attention.low_balances, (row) => row.phone + " · " + dollars(row.balance_micros), null);
+  fill("auto-list", attention.auto_top_ups_off, (row) => row.reason + " · since " + when(new Date(row.since_ms).toISOString()), "auto-off-count");
+  fill("notice-list", attention.notices_unsent, (row) => "notice " + row.notice_id + " " + row.state
+    + (row.error ? ": " + row.error : ""), "notices-unsent");
+  fill("reserved-list", attention.reservations_open, (row) => "message " + row.message_id + " · "
+    + dollars(row.charged_micros) + " since " + when(new Date(row.created_at_ms).toISOString()), "reservations-open");
+}
+
 async function loadAccounts(more) {
   // Only the latest search's answer is shown (an earlier one may come later).
   const search = more ? state.search : (state.search = (state.search || 0) + 1);
@@ -360,6 +392,7 @@ async function connect() {
       state.refreshing = setTimeout(() => {
         loadOverview().catch(() => {});
         loadReports().catch(() => {});
+        loadAttention().catch(() => {});
       }, 300);
     };
     socket.onclose = () => {
@@ -379,6 +412,7 @@ async function signIn(token) {
   try {
     await loadOverview();
     await loadReports();
+    await loadAttention();
     sessionStorage.setItem(TOKEN_KEY, token);
     $("signin").hidden = true;
     $("console").hidden = false;
@@ -408,7 +442,8 @@ function signOut(message) {
     "webhooks-pending", "endpoints-disabled", "balance", "account-title", "account-facts",
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
-    "token-value", "auto-state", "pricing-message"].forEach((id) => { $(id).textContent = ""; });
+    "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
+    "auto-off-count", "notices-unsent", "reservations-open"].forEach((id) => { $(id).textContent = ""; });
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;

@@ -25,7 +25,7 @@ use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
-use crate::reports::{CountryMargin, HourFigures};
+use crate::reports::{Attention, CountryMargin, HourFigures};
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
@@ -572,6 +572,15 @@ pub trait ReportStore: Send + Sync {
     /// Messages sent since `since_ms` by destination country: charged
     /// against the carrier's price.
     fn margins(&self, since_ms: i64) -> StoreFuture<Vec<CountryMargin>>;
+    /// What needs the operator's attention: balances below `threshold`,
+    /// auto top-ups off with a reason, notices not sent, and messages
+    /// reserved before `reserved_before_ms`; each list at most `limit`.
+    fn attention(
+        &self,
+        threshold: Money,
+        reserved_before_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Attention>;
 }
 
 /// Webhooks: the endpoints, the outbox of events and their deliveries.

@@ -55,6 +55,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         )
         .route("/overview", web::get().to(overview::show))
         .route("/reports", web::get().to(reports::show))
+        .route("/attention", web::get().to(reports::attention))
         .route("/verify", web::get().to(verify::show))
         .route("/pricing", web::get().to(pricing::show))
         .route("/pricing", web::put().to(pricing::update))

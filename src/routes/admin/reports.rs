@@ -5,7 +5,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use sms_credit_actors::reports::{CountryMargin, HourFigures};
+use sms_credit_actors::reports::{Attention, CountryMargin, HourFigures};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -65,4 +65,29 @@ pub async fn show(
         month_since_ms,
         margins,
     }))
+}
+
+/// How long a reservation may stay open before it needs a look.
+const RESERVED_FOR_LONG_MS: i64 = 10 * 60_000;
+
+/// What needs the operator's attention: the lists behind the overview's
+/// figures (balances below the threshold, auto top-ups off, notices not
+/// sent, messages reserved for more than ten minutes), 50 of each at most.
+#[utoipa::path(get, path = "/v1/admin/attention", tag = "admin", security(("adminToken" = [])),
+    responses((status = 200, body = Attention)))]
+pub async fn attention(
+    _admin: Admin,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let now_ms = state.clock.now_ms();
+    let attention = state
+        .store
+        .reports()
+        .attention(
+            state.settings.messages.low_balance_threshold,
+            now_ms - RESERVED_FOR_LONG_MS,
+            50,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(attention))
 }

@@ -4,7 +4,11 @@
 use tokio_postgres::Row;
 
 use super::PostgresStore;
-use crate::reports::{merge_hours, CountryMargin, HourFigures};
+use crate::money::Money;
+use crate::reports::{
+    merge_hours, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance, OpenReservation,
+    UnsentNotice,
+};
 use crate::store::{ReportStore, StoreError, StoreFuture};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -66,6 +70,79 @@ impl ReportStore for PostgresStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn attention(
+        &self,
+        threshold: Money,
+        reserved_before_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Attention> {
+        self.read(move |client| async move {
+            let mut attention = Attention::default();
+            for row in client
+                .query(
+                    "SELECT a.id, a.phone, b.balance FROM account_balances b
+                       JOIN accounts a ON a.id = b.account_id
+                      WHERE b.balance < $1 ORDER BY b.balance, a.id LIMIT $2",
+                    &[&threshold.micros(), &limit],
+                )
+                .await?
+            {
+                attention.low_balances.push(LowBalance {
+                    account_id: row.try_get(0)?,
+                    phone: row.try_get(1)?,
+                    balance_micros: row.try_get(2)?,
+                });
+            }
+            for row in client
+                .query(
+                    "SELECT account_id, paused_reason, updated_at FROM auto_top_up_settings
+                      WHERE enabled = 0 AND paused_reason IS NOT NULL
+                      ORDER BY updated_at DESC, account_id LIMIT $1",
+                    &[&limit],
+                )
+                .await?
+            {
+                attention.auto_top_ups_off.push(AutoTopUpOff {
+                    account_id: row.try_get(0)?,
+                    reason: row.try_get(1)?,
+                    since_ms: row.try_get(2)?,
+                });
+            }
+            for row in client
+                .query(
+                    "SELECT id, account_id, state, last_error, created_at FROM notices
+                      WHERE state IN ('failed', 'unknown') ORDER BY id DESC LIMIT $1",
+                    &[&limit],
+                )
+                .await?
+            {
+                attention.notices_unsent.push(UnsentNotice {
+                    notice_id: row.try_get(0)?,
+                    account_id: row.try_get(1)?,
+                    state: row.try_get(2)?,
+                    error: row.try_get(3)?,
+                    created_at_ms: row.try_get(4)?,
+                });
+            }
+            for row in client
+                .query(
+                    "SELECT id, account_id, charged, created_at FROM messages
+                      WHERE state = 'reserved' AND created_at < $1 ORDER BY created_at, id LIMIT $2",
+                    &[&reserved_before_ms, &limit],
+                )
+                .await?
+            {
+                attention.reservations_open.push(OpenReservation {
+                    message_id: row.try_get(0)?,
+                    account_id: row.try_get(1)?,
+                    charged_micros: row.try_get(2)?,
+                    created_at_ms: row.try_get(3)?,
+                });
+            }
+            Ok(attention)
         })
     }
 }

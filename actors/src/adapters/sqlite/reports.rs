@@ -4,7 +4,11 @@
 use rusqlite::{params, Row};
 
 use super::SqliteStore;
-use crate::reports::{merge_hours, CountryMargin, HourFigures};
+use crate::money::Money;
+use crate::reports::{
+    merge_hours, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance, OpenReservation,
+    UnsentNotice,
+};
 use crate::store::{ReportStore, StoreFuture};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -66,6 +70,79 @@ impl ReportStore for SqliteStore {
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(margins)
+        })
+    }
+
+    fn attention(
+        &self,
+        threshold: Money,
+        reserved_before_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Attention> {
+        self.read(move |connection| {
+            let low_balances = connection
+                .prepare_cached(
+                    "SELECT a.id, a.phone, b.balance FROM account_balances b
+                       JOIN accounts a ON a.id = b.account_id
+                      WHERE b.balance < ?1 ORDER BY b.balance, a.id LIMIT ?2",
+                )?
+                .query_map(params![threshold.micros(), limit], |row| {
+                    Ok(LowBalance {
+                        account_id: row.get(0)?,
+                        phone: row.get(1)?,
+                        balance_micros: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let auto_top_ups_off = connection
+                .prepare_cached(
+                    "SELECT account_id, paused_reason, updated_at FROM auto_top_up_settings
+                      WHERE enabled = 0 AND paused_reason IS NOT NULL
+                      ORDER BY updated_at DESC, account_id LIMIT ?1",
+                )?
+                .query_map([limit], |row| {
+                    Ok(AutoTopUpOff {
+                        account_id: row.get(0)?,
+                        reason: row.get(1)?,
+                        since_ms: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let notices_unsent = connection
+                .prepare_cached(
+                    "SELECT id, account_id, state, last_error, created_at FROM notices
+                      WHERE state IN ('failed', 'unknown') ORDER BY id DESC LIMIT ?1",
+                )?
+                .query_map([limit], |row| {
+                    Ok(UnsentNotice {
+                        notice_id: row.get(0)?,
+                        account_id: row.get(1)?,
+                        state: row.get(2)?,
+                        error: row.get(3)?,
+                        created_at_ms: row.get(4)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let reservations_open = connection
+                .prepare_cached(
+                    "SELECT id, account_id, charged, created_at FROM messages
+                      WHERE state = 'reserved' AND created_at < ?1 ORDER BY created_at, id LIMIT ?2",
+                )?
+                .query_map(params![reserved_before_ms, limit], |row| {
+                    Ok(OpenReservation {
+                        message_id: row.get(0)?,
+                        account_id: row.get(1)?,
+                        charged_micros: row.get(2)?,
+                        created_at_ms: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Attention {
+                low_balances,
+                auto_top_ups_off,
+                notices_unsent,
+                reservations_open,
+            })
         })
     }
 }

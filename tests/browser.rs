@@ -906,7 +906,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         .await;
 
         // An adjustment through the page, clicked twice: applied once.
-        page.eval("document.getElementById('adjust-amount').value = '2.00'; document.getElementById('adjust-reason').value = 'goodwill from the console'; const b = document.getElementById('adjust-button'); b.click(); b.click(); true").await;
+        page.eval("document.getElementById('adjust-amount').value = '2.00'; document.getElementById('adjust-reason').value = 'goodwill from the console'; { const b = document.getElementById('adjust-button'); b.click(); b.click(); } true").await;
         page.wait_for(
             &text_of("balance"),
             json!(format_dollars(before + 3_000_000)),
@@ -920,6 +920,25 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         );
         assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
 
+        // The ledger filtered by type: only the adjustments (the CLI's and
+        // the page's, and those of an earlier width).
+        page.eval("{ const t = document.getElementById('ledger-type'); t.value = 'adjustment'; t.dispatchEvent(new Event('change')); } true").await;
+        let shown = page
+            .eval("[...document.querySelectorAll('#ledger-rows tr')].filter((row) => !row.hidden).map((row) => row.dataset.type)")
+            .await;
+        let shown = shown.as_array().unwrap();
+        assert!(
+            !shown.is_empty() && shown.iter().all(|kind| kind == "adjustment"),
+            "{shown:?}"
+        );
+        page.eval("{ const t = document.getElementById('ledger-type'); t.value = ''; t.dispatchEvent(new Event('change')); } true").await;
+        assert_eq!(
+            page.eval("document.getElementById('ledger-older').hidden")
+                .await,
+            json!(true),
+            "fewer than 50 rows"
+        );
+
         // A refund of the top-up: asked of Stripe once; the credit comes
         // off, live, when Stripe's refund event arrives.
         let refunds_before = fake.refunds_made();
@@ -932,7 +951,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             json!(false),
         )
         .await;
-        page.eval("document.getElementById('refund-amount').value = '1.00'; document.getElementById('refund-reason').value = 'trip cancelled'; const r = document.getElementById('refund-button'); r.click(); r.click(); true").await;
+        page.eval("document.getElementById('refund-amount').value = '1.00'; document.getElementById('refund-reason').value = 'trip cancelled'; { const r = document.getElementById('refund-button'); r.click(); r.click(); } true").await;
         page.wait_for(
             &text_of("refund-message"),
             json!("Stripe is refunding $1.00; the credit comes off when Stripe confirms it."),

@@ -191,6 +191,23 @@ async function loadAttention() {
     + dollars(row.charged_micros) + " since " + when(new Date(row.created_at_ms).toISOString()), "reservations-open");
 }
 
+async function loadWaiting() {
+  const lists = await Promise.all(["waiting", "failed"].map((status) =>
+    api("GET", "/v1/admin/stripe-events?status=" + status + "&limit=50")));
+  const list = $("stripe-list");
+  list.textContent = "";
+  lists.forEach((page) => page.events.forEach((event) => attentionItem(list, null,
+    event.event_id + " · " + event.event_type + " · " + event.status + (event.detail ? ": " + event.detail : ""))));
+  if (!list.firstChild) attentionItem(list, null, "None.");
+  const endpoints = await api("GET", "/v1/admin/webhook-endpoints");
+  const hooks = $("endpoint-list");
+  hooks.textContent = "";
+  endpoints.endpoints.forEach((endpoint) => attentionItem(hooks, null, endpoint.url + " · "
+    + (endpoint.enabled ? "enabled" : "disabled" + (endpoint.disabled_reason ? ": " + endpoint.disabled_reason : ""))
+    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")));
+  if (!hooks.firstChild) attentionItem(hooks, null, "No endpoints.");
+}
+
 async function loadAccounts(more) {
   // Only the latest search's answer is shown (an earlier one may come later).
   const search = more ? state.search : (state.search = (state.search || 0) + 1);
@@ -220,6 +237,8 @@ async function loadAccounts(more) {
 
 function ledgerRow(entry, first) {
   const row = document.createElement("tr");
+  row.dataset.type = entry.type;
+  row.hidden = !!$("ledger-type").value && $("ledger-type").value !== entry.type;
   cell(row, String(entry.seq), "wide");
   cell(row, when(entry.created_at));
   cell(row, entry.type + (entry.description ? ": " + entry.description : ""), "wrap");
@@ -238,10 +257,9 @@ async function openAccount(id) {
   showBalance(account.balance_micros);
   $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "") + " · " + account.seq + " ledger rows";
   $("ledger-zone").textContent = "(times in " + zone + ")";
-  const after = Math.max(0, account.seq - 50);
-  const ledger = await api("GET", "/v1/admin/accounts/" + id + "/transactions?after_seq=" + after + "&limit=50");
   $("ledger-rows").textContent = "";
-  ledger.transactions.slice().reverse().forEach((entry) => ledgerRow(entry, false));
+  state.oldestSeq = account.seq + 1;
+  await loadOlder();
   state.lastSeq = account.seq;
   await loadOrders();
   $("token-shown").hidden = true;
@@ -251,6 +269,17 @@ async function openAccount(id) {
   $("account").hidden = false;
   $("adjust-message").textContent = "";
   $("refund-message").textContent = "";
+}
+
+// The 50 rows before the oldest shown (the ledger pages by `seq`).
+async function loadOlder() {
+  const after = Math.max(0, state.oldestSeq - 51);
+  const count = state.oldestSeq - 1 - after;
+  if (count <= 0) { $("ledger-older").hidden = true; return; }
+  const ledger = await api("GET", "/v1/admin/accounts/" + state.accountId + "/transactions?after_seq=" + after + "&limit=" + count);
+  ledger.transactions.slice().reverse().forEach((entry) => ledgerRow(entry, false));
+  state.oldestSeq = after + 1;
+  $("ledger-older").hidden = after === 0;
 }
 
 async function loadTokens() {
@@ -393,6 +422,7 @@ async function connect() {
         loadOverview().catch(() => {});
         loadReports().catch(() => {});
         loadAttention().catch(() => {});
+        loadWaiting().catch(() => {});
       }, 300);
     };
     socket.onclose = () => {
@@ -413,6 +443,7 @@ async function signIn(token) {
     await loadOverview();
     await loadReports();
     await loadAttention();
+    await loadWaiting();
     sessionStorage.setItem(TOKEN_KEY, token);
     $("signin").hidden = true;
     $("console").hidden = false;
@@ -443,7 +474,7 @@ function signOut(message) {
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
-    "auto-off-count", "notices-unsent", "reservations-open"].forEach((id) => { $(id).textContent = ""; });
+    "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list"].forEach((id) => { $(id).textContent = ""; });
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;
@@ -568,6 +599,12 @@ $("code-form").addEventListener("submit", async (event) => {
     $("code-name").value = ""; $("code-percent").value = ""; $("code-max").value = "";
     await loadPricing();
   } catch (error) { $("code-message").textContent = problem(error); }
+});
+
+$("ledger-older").addEventListener("click", () => loadOlder().catch((error) => { $("adjust-message").textContent = problem(error); }));
+$("ledger-type").addEventListener("change", () => {
+  const wanted = $("ledger-type").value;
+  document.querySelectorAll("#ledger-rows tr").forEach((row) => { row.hidden = !!wanted && row.dataset.type !== wanted; });
 });
 
 const saved = sessionStorage.getItem(TOKEN_KEY);

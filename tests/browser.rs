@@ -920,6 +920,8 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         );
         assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
 
+        page.wait_for(&text_of("message-rows"), json!("No messages yet."))
+            .await;
         // The ledger filtered by type: only the adjustments (the CLI's and
         // the page's, and those of an earlier width).
         page.eval("{ const t = document.getElementById('ledger-type'); t.value = 'adjustment'; t.dispatchEvent(new Event('change')); } true").await;

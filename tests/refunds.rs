@@ -343,6 +343,31 @@ async fn the_reports_sum_payments_refunds_and_messages_by_hour_and_country() {
         json!([{"country": "US", "messages": 2, "segments": 2, "charged_micros": 113_000,
                 "carrier_cost_micros": 22_600, "priced_messages": 0}])
     );
+    // The account's messages, newest first.
+    let (status, listed) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/messages"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let messages = listed["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 2);
+    assert!(messages
+        .iter()
+        .all(|m| m["charged_micros"] == 56_500 && m["country"] == "US" && m["state"] == "sent"));
+    assert!(messages[0]["id"].as_i64() > messages[1]["id"].as_i64());
+    let (status, _) = app
+        .request(
+            "GET",
+            "/v1/admin/accounts/999999/messages",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, answer) = app
         .request(
             "GET",

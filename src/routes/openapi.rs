@@ -72,6 +72,7 @@ use crate::error::{ApiError, ErrorBody};
         admin::reports::attention,
         admin::orders::refunds,
         admin::notices::list,
+        admin::notices::messages,
         admin::tokens::list,
         admin::tokens::issue,
         admin::tokens::revoke,

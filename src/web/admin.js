@@ -265,7 +265,7 @@ async function openAccount(id) {
   $("token-shown").hidden = true;
   $("token-message").textContent = "";
   $("auto-message").textContent = "";
-  await Promise.all([loadTokens(), loadNotices(), loadAuto()]);
+  await Promise.all([loadTokens(), loadNotices(), loadAuto(), loadMessages()]);
   $("account").hidden = false;
   $("adjust-message").textContent = "";
   $("refund-message").textContent = "";
@@ -294,6 +294,27 @@ async function loadTokens() {
     cell(row, token.revoked_at_ms ? when(new Date(token.revoked_at_ms).toISOString()) : "—");
     $("token-rows").appendChild(row);
   });
+}
+
+async function loadMessages() {
+  const list = await api("GET", "/v1/admin/accounts/" + state.accountId + "/messages");
+  $("message-rows").textContent = "";
+  list.messages.forEach((message) => {
+    const row = document.createElement("tr");
+    cell(row, when(new Date(message.created_at_ms).toISOString()));
+    cell(row, message.kind + " · " + message.country);
+    cell(row, String(message.segments), "money");
+    money(cell(row, undefined, "money"), message.charged_micros);
+    const carrier = cell(row, undefined, "money wide");
+    if (message.actual_cost_micros !== null) money(carrier, message.actual_cost_micros); else carrier.textContent = "not yet";
+    cell(row, message.state + (message.refunded ? ", refunded" : ""));
+    $("message-rows").appendChild(row);
+  });
+  if (list.messages.length === 0) {
+    const row = document.createElement("tr");
+    cell(row, "No messages yet.").colSpan = 6;
+    $("message-rows").appendChild(row);
+  }
 }
 
 async function loadNotices() {
@@ -414,6 +435,7 @@ async function connect() {
         showBalance(data.balance_micros);
         ledgerRow(data, true);
         if (data.type === "refund" || data.type === "credit") loadOrders().catch(() => {});
+        if (data.type === "debit" || data.type === "refund") loadMessages().catch(() => {});
       }
       const listed = document.querySelector('#account-rows tr[data-account="' + data.account_id + '"] td.balance');
       if (listed) money(listed, data.balance_micros);
@@ -474,7 +496,7 @@ function signOut(message) {
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
-    "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list"].forEach((id) => { $(id).textContent = ""; });
+    "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows"].forEach((id) => { $(id).textContent = ""; });
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;

@@ -500,6 +500,8 @@ pub trait MessageStore: Send + Sync {
         lease_until_ms: i64,
         limit: i64,
     ) -> StoreFuture<Vec<Notice>>;
+    /// An account's messages, newest first.
+    fn messages_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<MessageRecord>>;
     /// An account's notices, newest first.
     fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>>;
     /// Notices still `sending` after their lease (their worker stopped

@@ -46,6 +46,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::put().to(crate::routes::auto_top_up::admin_update),
         )
         .route("/accounts/{id}/notices", web::get().to(notices::list))
+        .route("/accounts/{id}/messages", web::get().to(notices::messages))
         .route("/accounts/{id}/tokens", web::get().to(tokens::list))
         .route("/accounts/{id}/tokens", web::post().to(tokens::issue))
         .route("/accounts/{id}/tokens", web::delete().to(tokens::revoke))

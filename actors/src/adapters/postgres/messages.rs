@@ -528,6 +528,22 @@ impl MessageStore for PostgresStore {
         })
     }
 
+    fn messages_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<MessageRecord>> {
+        self.read(move |client| async move {
+            client
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM messages WHERE account_id = $1 ORDER BY id DESC LIMIT $2"
+                    ),
+                    &[&account_id.0, &limit],
+                )
+                .await?
+                .iter()
+                .map(from_row)
+                .collect()
+        })
+    }
+
     fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>> {
         self.read(move |client| async move {
             let rows = client

@@ -584,6 +584,18 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn messages_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<MessageRecord>> {
+        self.read(move |connection| {
+            let messages = connection
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM messages WHERE account_id = ?1 ORDER BY id DESC LIMIT ?2"
+                ))?
+                .query_map(params![account_id.0, limit], from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(messages)
+        })
+    }
+
     fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>> {
         self.read(move |connection| {
             let mut statement = connection.prepare_cached(&format!(

@@ -363,6 +363,12 @@ async fn admins_list_search_export_verify_and_rotate_tokens() {
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["accounts"].as_array().unwrap().len(), 2);
+    // Beside each: auto top-up (off) and when its balance last changed.
+    assert_eq!(page["accounts"][0]["auto_top_up"], false);
+    assert_eq!(
+        page["accounts"][0]["last_activity_at"],
+        "2026-11-21T09:30:00.000Z"
+    );
     let next = page["next_after_id"].as_i64().unwrap();
     let (_, rest) = app
         .request(

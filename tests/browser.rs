@@ -857,6 +857,14 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             json!(1),
         )
         .await;
+        // Beside it: its auto top-up and when its balance last changed.
+        assert_eq!(
+            page.eval(
+                "document.querySelector('#account-rows td.last-activity').textContent.length > 0"
+            )
+            .await,
+            json!(true)
+        );
         page.eval("document.querySelector('#account-rows a').click(); true")
             .await;
         page.wait_for("document.getElementById('account').hidden", json!(false))

@@ -103,3 +103,14 @@ pub struct OpenReservation {
     pub charged_micros: i64,
     pub created_at_ms: i64,
 }
+
+/// What the accounts list shows beside each account.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AccountActivity {
+    pub account_id: i64,
+    /// Whether auto top-up is on.
+    pub auto_top_up: bool,
+    /// When its balance last changed (its latest ledger row, or its making).
+    pub last_activity_ms: i64,
+}

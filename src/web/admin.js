@@ -131,9 +131,10 @@ async function loadReports() {
   $("money-chart-words").dataset.paid = sum("paid");
   $("money-chart-words").dataset.since = start.getTime();
   bars($("message-chart"), list, [
-    { field: "messages", className: "sent", words: (value) => value + " messages" }], 60);
-  $("message-chart-words").textContent = "Last 30 days: " + sum("messages").toLocaleString("en-US") + " messages, "
-    + sum("segments").toLocaleString("en-US") + " segments.";
+    { field: "messages", className: "sent", words: (value) => value + " messages" },
+    { field: "segments", className: "segments", words: (value) => value + " segments" }], 60);
+  $("message-chart-words").textContent = "Last 30 days: " + sum("messages").toLocaleString("en-US") + " messages (dark), "
+    + sum("segments").toLocaleString("en-US") + " segments (light).";
   document.querySelectorAll(".zone").forEach((element) => { element.textContent = "(days in " + zone + ")"; });
   $("margin-rows").textContent = "";
   const widest = Math.max(1, ...reports.margins.map((row) => Math.abs(row.charged_micros - row.carrier_cost_micros)));
@@ -227,6 +228,8 @@ async function loadAccounts(more) {
     cell(row, account.phone);
     cell(row, account.email || "", "wide");
     cell(row, account.status);
+    cell(row, account.auto_top_up ? "on" : "off", "wide");
+    cell(row, when(account.last_activity_at), "wide last-activity");
     money(cell(row, undefined, "money balance"), account.balance_micros);
     $("account-rows").appendChild(row);
   });
@@ -339,6 +342,13 @@ async function loadAuto() {
         + dollars(auto.monthly_cap_micros) + " a month (" + dollars(auto.month_charged_micros) + " this month)."
       : "Off" + (auto.paused_reason ? ": " + auto.paused_reason : "") + ".";
     $("auto-off").hidden = !auto.enabled;
+    $("auto-attempts").textContent = "";
+    (auto.attempts || []).forEach((attempt) => {
+      const item = document.createElement("li");
+      item.textContent = when(new Date(attempt.at).toISOString()) + " · " + dollars(attempt.amount_micros) + " · "
+        + attempt.status.replace(/_/g, " ") + (attempt.reason ? ": " + attempt.reason : "");
+      $("auto-attempts").appendChild(item);
+    });
   } catch (error) {
     $("auto-state").textContent = error.code === "stripe_not_configured" ? "Payments are not configured on this server." : problem(error);
   }
@@ -438,7 +448,10 @@ async function connect() {
         if (data.type === "debit" || data.type === "refund") loadMessages().catch(() => {});
       }
       const listed = document.querySelector('#account-rows tr[data-account="' + data.account_id + '"] td.balance');
-      if (listed) money(listed, data.balance_micros);
+      if (listed) {
+        money(listed, data.balance_micros);
+        listed.parentNode.querySelector("td.last-activity").textContent = when(data.created_at || data.at);
+      }
       clearTimeout(state.refreshing);
       state.refreshing = setTimeout(() => {
         loadOverview().catch(() => {});
@@ -496,7 +509,8 @@ function signOut(message) {
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
-    "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows"].forEach((id) => { $(id).textContent = ""; });
+    "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows",
+    "auto-attempts"].forEach((id) => { $(id).textContent = ""; });
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;

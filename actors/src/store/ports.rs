@@ -25,7 +25,7 @@ use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
 use crate::money::Money;
-use crate::reports::{Attention, CountryMargin, HourFigures};
+use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
@@ -583,6 +583,9 @@ pub trait ReportStore: Send + Sync {
         reserved_before_ms: i64,
         limit: i64,
     ) -> StoreFuture<Attention>;
+    /// Whether auto top-up is on, and the last balance change, of these
+    /// accounts (those that exist).
+    fn account_activity(&self, account_ids: Vec<i64>) -> StoreFuture<Vec<AccountActivity>>;
 }
 
 /// Webhooks: the endpoints, the outbox of events and their deliveries.

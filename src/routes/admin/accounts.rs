@@ -56,9 +56,21 @@ pub struct CreatedAccount {
 /// A page of accounts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountList {
-    accounts: Vec<AccountView>,
+    accounts: Vec<AccountRow>,
     /// The `after_id` of the next page, when this one is full.
     next_after_id: Option<i64>,
+}
+
+/// An account in the list, with what the list shows beside it.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct AccountRow {
+    #[serde(flatten)]
+    account: AccountView,
+    /// Whether auto top-up is on.
+    auto_top_up: bool,
+    /// When its balance last changed (or it was made).
+    #[schema(format = DateTime)]
+    last_activity_at: Option<String>,
 }
 
 impl From<&Account> for AccountView {
@@ -182,8 +194,21 @@ pub async fn list(
     let next_after_id = (accounts.len() as i64 == limit)
         .then(|| accounts.last().map(|account| account.id.0))
         .flatten();
+    let ids = accounts.iter().map(|account| account.id.0).collect();
+    let activity = state.store.reports().account_activity(ids).await?;
+    let rows = accounts
+        .iter()
+        .map(|account| {
+            let found = activity.iter().find(|row| row.account_id == account.id.0);
+            AccountRow {
+                account: AccountView::from(account),
+                auto_top_up: found.is_some_and(|row| row.auto_top_up),
+                last_activity_at: found.map(|row| format_rfc3339_ms(row.last_activity_ms)),
+            }
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(AccountList {
-        accounts: accounts.iter().map(AccountView::from).collect(),
+        accounts: rows,
         next_after_id,
     }))
 }

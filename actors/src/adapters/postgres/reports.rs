@@ -6,8 +6,8 @@ use tokio_postgres::Row;
 use super::PostgresStore;
 use crate::money::Money;
 use crate::reports::{
-    merge_hours, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance, OpenReservation,
-    UnsentNotice,
+    merge_hours, AccountActivity, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance,
+    OpenReservation, UnsentNotice,
 };
 use crate::store::{ReportStore, StoreError, StoreFuture};
 
@@ -143,6 +143,30 @@ impl ReportStore for PostgresStore {
                 });
             }
             Ok(attention)
+        })
+    }
+
+    fn account_activity(&self, account_ids: Vec<i64>) -> StoreFuture<Vec<AccountActivity>> {
+        self.read(move |client| async move {
+            client
+                .query(
+                    "SELECT b.account_id, COALESCE(s.enabled, 0), b.updated_at
+                       FROM account_balances b
+                       LEFT JOIN auto_top_up_settings s ON s.account_id = b.account_id
+                      WHERE b.account_id = ANY($1)
+                      ORDER BY b.account_id",
+                    &[&account_ids],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(AccountActivity {
+                        account_id: row.try_get(0)?,
+                        auto_top_up: row.try_get::<_, i64>(1)? == 1,
+                        last_activity_ms: row.try_get(2)?,
+                    })
+                })
+                .collect()
         })
     }
 }

@@ -6,8 +6,8 @@ use rusqlite::{params, Row};
 use super::SqliteStore;
 use crate::money::Money;
 use crate::reports::{
-    merge_hours, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance, OpenReservation,
-    UnsentNotice,
+    merge_hours, AccountActivity, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance,
+    OpenReservation, UnsentNotice,
 };
 use crate::store::{ReportStore, StoreFuture};
 
@@ -143,6 +143,30 @@ impl ReportStore for SqliteStore {
                 notices_unsent,
                 reservations_open,
             })
+        })
+    }
+
+    fn account_activity(&self, account_ids: Vec<i64>) -> StoreFuture<Vec<AccountActivity>> {
+        self.read(move |connection| {
+            let ids = serde_json::to_string(&account_ids)
+                .map_err(|error| crate::store::StoreError::Database(error.to_string()))?;
+            let found = connection
+                .prepare_cached(
+                    "SELECT b.account_id, COALESCE(s.enabled, 0), b.updated_at
+                       FROM account_balances b
+                       LEFT JOIN auto_top_up_settings s ON s.account_id = b.account_id
+                      WHERE b.account_id IN (SELECT value FROM json_each(?1))
+                      ORDER BY b.account_id",
+                )?
+                .query_map([ids], |row| {
+                    Ok(AccountActivity {
+                        account_id: row.get(0)?,
+                        auto_top_up: row.get::<_, i64>(1)? == 1,
+                        last_activity_ms: row.get(2)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(found)
         })
     }
 }

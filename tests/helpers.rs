@@ -418,6 +418,26 @@ impl TestApp {
         body["token"].as_str().unwrap().to_string()
     }
 
+    /// Starts a $10 top-up by Checkout for the token's account; answers
+    /// the order and its Checkout Session id.
+    pub async fn start_top_up(&self, account: i64, token: &str) -> (i64, String) {
+        let (status, started) = self
+            .request("POST", "/v1/checkout/topup", Some(token), None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{started}");
+        let order = started["order_id"].as_i64().unwrap();
+        let session = self
+            .get_orders(account)
+            .await
+            .iter()
+            .find(|row| row["id"] == order)
+            .unwrap()["stripe_session_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        (order, session)
+    }
+
     pub async fn get_orders(&self, id: i64) -> Vec<Value> {
         let (status, body) = self
             .request(

@@ -41,20 +41,7 @@ pub(crate) async fn paid_top_up(
     phone: &str,
 ) -> (i64, i64, String) {
     let (account, customer, token) = crate::stripe::active_account(app, events, phone).await;
-    let (status, started) = app
-        .request("POST", "/v1/checkout/topup", Some(&token), None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{started}");
-    let order = started["order_id"].as_i64().unwrap();
-    let session = app
-        .get_orders(account)
-        .await
-        .iter()
-        .find(|row| row["id"] == order)
-        .unwrap()["stripe_session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (order, session) = app.start_top_up(account, &token).await;
     let intent = format!("pi_top_up_{order}");
     let completed = events.checkout_completed(&session, order, &customer, 1000, &intent);
     assert_eq!(app.deliver(&completed).await.0, StatusCode::OK);

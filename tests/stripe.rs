@@ -390,21 +390,8 @@ async fn top_ups_with_duplicates_reordering_and_partial_refunds_end_exact() {
         (status, answer["error"]["code"].as_str()),
         (StatusCode::UNAUTHORIZED, Some("unauthorized"))
     );
-    let (status, started) = app
-        .request("POST", "/v1/checkout/topup", Some(&token), None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{started}");
+    let (order, session) = app.start_top_up(account, &token).await;
     assert_eq!(last_session_amount(&fake), 1000);
-    let order = started["order_id"].as_i64().unwrap();
-    let session = app
-        .get_orders(account)
-        .await
-        .iter()
-        .find(|row| row["id"] == order)
-        .unwrap()["stripe_session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
 
     // The completion, two partial refunds (cumulative 300¢ then 500¢) and an
     // unrelated event, each delivered three times, shuffled so that refunds

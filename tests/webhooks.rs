@@ -647,20 +647,7 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
 
     // A top-up by Checkout, its completion said three times, and two
     // partial refunds each said twice: one event each.
-    let (status, started) = app
-        .request("POST", "/v1/checkout/topup", Some(&token), None)
-        .await;
-    assert_eq!(status, StatusCode::OK, "{started}");
-    let order = started["order_id"].as_i64().unwrap();
-    let session = app
-        .get_orders(account)
-        .await
-        .iter()
-        .find(|row| row["id"] == order)
-        .unwrap()["stripe_session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (order, session) = app.start_top_up(account, &token).await;
     let completed = events.checkout_completed(&session, order, &customer, 1000, "pi_hook_1");
     let first_refund = events.charge_refunded("ch_hook_1", "pi_hook_1", 1000, 300);
     let second_refund = events.charge_refunded("ch_hook_1", "pi_hook_1", 1000, 500);
@@ -692,19 +679,7 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
     assert_eq!(refunded[1]["balance_micros"], 10_000_000);
 
     // A Checkout whose payment failed.
-    let (_, started) = app
-        .request("POST", "/v1/checkout/topup", Some(&token), None)
-        .await;
-    let failed_order = started["order_id"].as_i64().unwrap();
-    let failed_session = app
-        .get_orders(account)
-        .await
-        .iter()
-        .find(|row| row["id"] == failed_order)
-        .unwrap()["stripe_session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (failed_order, failed_session) = app.start_top_up(account, &token).await;
     let failed = events.checkout_failed(&failed_session, failed_order);
     for _ in 0..2 {
         assert_eq!(app.deliver(&failed).await.0, StatusCode::OK);
@@ -1083,6 +1058,18 @@ fn crossings(account: i64, ledger: &[(i64, i64)]) -> Vec<(i64, i64, String)> {
 
 const WEBHOOKS_ON: [(&str, &str); 1] = [("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true")];
 
+/// A receiver of the balance events of a server process, trusting its
+/// endpoint's secret.
+async fn balance_receiver(admin: &Admin) -> Receiver {
+    let receiver = Receiver::start().await;
+    let body = json!({"url": receiver.url, "events": ["balance.low", "balance.replenished"]});
+    let added = admin
+        .ok("POST", "/v1/admin/webhook-endpoints", Some(body))
+        .await;
+    receiver.trust(added["secret"].as_str().unwrap());
+    receiver
+}
+
 fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
     use std::collections::BTreeSet;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1091,10 +1078,7 @@ fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
         let directory = fresh_directory();
         let server = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
         let admin = Admin::of(&server);
-        let receiver = Receiver::start().await;
-        let body = json!({"url": receiver.url, "events": ["balance.low", "balance.replenished"]});
-        let added = admin.ok("POST", "/v1/admin/webhook-endpoints", Some(body)).await;
-        receiver.trust(added["secret"].as_str().unwrap());
+        let receiver = balance_receiver(&admin).await;
         // Sixteen accounts at $1.00, two per writer: each writer moves its
         // own up by $1.50 and back down, so every adjustment crosses the
         // $2.00 threshold, until the server is killed under them.
@@ -1150,29 +1134,11 @@ fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
         assert!(expected.len() >= 300, "every answered adjustment crossed: {}", expected.len());
         let received = receiver
             .wait_until("every committed crossing", |received| {
-                let got: BTreeSet<(i64, i64, String)> = received
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.body["data"]["account_id"].as_i64().unwrap(),
-                            r.body["data"]["seq"].as_i64().unwrap(),
-                            r.kind().to_string(),
-                        )
-                    })
-                    .collect();
+                let got: BTreeSet<(i64, i64, String)> = received.iter().map(crossing_of).collect();
                 expected.is_subset(&got)
             })
             .await;
-        let got: BTreeSet<(i64, i64, String)> = received
-            .iter()
-            .map(|r| {
-                (
-                    r.body["data"]["account_id"].as_i64().unwrap(),
-                    r.body["data"]["seq"].as_i64().unwrap(),
-                    r.kind().to_string(),
-                )
-            })
-            .collect();
+        let got: BTreeSet<(i64, i64, String)> = received.iter().map(crossing_of).collect();
         assert_eq!(got, expected, "none for a change the ledger does not hold");
         // An event delivered twice (killed before its try was recorded) has
         // the same id both times.
@@ -1202,10 +1168,7 @@ fn instances_deliver_each_event_once_and_take_over_a_killed_ones() {
         let directory = fresh_directory();
         let first = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
         let admin = Admin::of(&first);
-        let receiver = Receiver::start().await;
-        let body = json!({"url": receiver.url, "events": ["balance.low", "balance.replenished"]});
-        let added = admin.ok("POST", "/v1/admin/webhook-endpoints", Some(body)).await;
-        receiver.trust(added["secret"].as_str().unwrap());
+        let receiver = balance_receiver(&admin).await;
         let account = admin
             .ok("POST", "/v1/admin/accounts", Some(json!({"phone": "+14155552100"})))
             .await["id"]

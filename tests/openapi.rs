@@ -216,3 +216,69 @@ async fn another_method_on_any_route_is_405_with_allow_and_the_error_body() {
         (StatusCode::NOT_FOUND, Some("no such route"))
     );
 }
+
+/// Every operation the document says takes the admin token answers a caller
+/// without it (none, a wrong one, a customer's token) `401` and nothing
+/// else: no figure, no list, no hint of what exists.
+#[actix_rt::test]
+async fn every_admin_route_tells_a_caller_without_the_admin_token_nothing() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550160").await;
+    app.post_adjustment(account, 4_321_000, "seen").await;
+    let customer = app.issue_token(account).await;
+    let document = document();
+    let admin_routes: Vec<(String, String)> = documented(document)
+        .into_iter()
+        .filter(|(method, path)| {
+            let schemes = document["paths"][path][method]["security"].as_array();
+            path != "/v1/admin/feed"
+                && schemes.is_some_and(|schemes| {
+                    schemes
+                        .iter()
+                        .all(|scheme| scheme.get("adminToken").is_some())
+                })
+        })
+        .map(|(method, path)| {
+            let concrete = path
+                .replace("{id}", &account.to_string())
+                .replace("{code}", "NOPE");
+            (method.to_uppercase(), concrete)
+        })
+        .collect();
+    assert!(
+        admin_routes.len() > 35,
+        "the admin routes were found: {admin_routes:?}"
+    );
+    // First without any token: 401, every one.
+    for (method, path) in &admin_routes {
+        let (status, body) = app.request(method, path, None, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {path}: {body}");
+        assert_eq!(
+            body["error"]["code"], "unauthorized",
+            "{method} {path}: {body}"
+        );
+        assert!(
+            !body.to_string().contains("4321"),
+            "{method} {path}: {body}"
+        );
+    }
+    // Then a wrong token and a customer's: wrong tokens count against the
+    // address, so after a few the answer is 429 (which says no more).
+    for (method, path) in &admin_routes {
+        for token in ["not-the-admin-token-at-all", customer.as_str()] {
+            let (status, body) = app.request(method, path, Some(token), None).await;
+            let unauthorized =
+                status == StatusCode::UNAUTHORIZED && body["error"]["code"] == "unauthorized";
+            let slowed = status == StatusCode::TOO_MANY_REQUESTS
+                && body["error"]["code"] == "too_many_attempts";
+            assert!(
+                unauthorized || slowed,
+                "{method} {path} with {token}: {status} {body}"
+            );
+            assert!(
+                !body.to_string().contains("4321"),
+                "{method} {path}: {body}"
+            );
+        }
+    }
+}

@@ -88,10 +88,13 @@ impl WebhookSender {
         if let Err(refused) = check_url(&endpoint.url, self.allow_private) {
             return TryResult::NoAnswer(format!("the endpoint's URL {refused}"));
         }
-        let timestamp = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_secs() as i64)
-            .unwrap_or_default();
+        // The signature's time is the wall clock's (receivers check it
+        // against theirs), not the service's clock; a clock before 1970 is
+        // a fault to say, not a timestamp of 0 every receiver would refuse.
+        let timestamp = match SystemTime::now().duration_since(UNIX_EPOCH) {
+            Ok(elapsed) => elapsed.as_secs() as i64,
+            Err(_) => return TryResult::NoAnswer("this server's clock is before 1970".into()),
+        };
         let mut signatures = Vec::new();
         for secret in endpoint.signing_secrets(now_ms) {
             let signed = standardwebhooks::Webhook::new(secret.expose()).and_then(|webhook| {

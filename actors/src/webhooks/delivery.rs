@@ -118,9 +118,10 @@ pub struct DecidedTry {
 /// When to try again after `attempts` failed tries of a delivery made at
 /// `created_at_ms`; `None` once three days have passed.
 pub fn next_attempt(attempts: i64, created_at_ms: i64, now_ms: i64) -> Option<i64> {
-    let index = usize::try_from(attempts.saturating_sub(1))
-        .unwrap_or(0)
-        .min(WAITS_MS.len() - 1);
+    // `attempts` counts the try just made, so it is at least 1; the waits
+    // are by that count, the last one repeating.
+    let tries = attempts.clamp(1, WAITS_MS.len() as i64);
+    let index = (tries - 1) as usize;
     let at_ms = now_ms + WAITS_MS[index];
     (at_ms - created_at_ms <= GIVE_UP_AFTER_MS).then_some(at_ms)
 }

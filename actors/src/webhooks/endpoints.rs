@@ -203,6 +203,8 @@ pub fn check_url(url: &str, allow_private: bool) -> Result<(), UrlRefused> {
     } else {
         return Err(UrlRefused::Scheme);
     };
+    // `split` always yields a first piece (maybe empty): no default hides
+    // anything here, and an empty host is refused below.
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
         return Err(UrlRefused::Credentials);

@@ -103,6 +103,8 @@ pub async fn create(
     body: web::Json<NewEndpointRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.into_inner();
+    // A missing URL is an empty one, which `add` refuses as required,
+    // naming the field.
     let (endpoint, secret) = manage::add(
         &state.store,
         body.url.as_deref().unwrap_or_default(),

@@ -320,7 +320,7 @@ impl WebhookStore for PostgresStore {
                 let mut deliveries = Vec::new();
                 // Start at a different endpoint each time, so that a full
                 // instance does not always serve the same ones first.
-                let start = usize::try_from(now_ms).unwrap_or(0) % endpoints.len().max(1);
+                let start = now_ms.rem_euclid(endpoints.len().max(1) as i64) as usize;
                 for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
                     let busy: i64 = transaction
                         .query_one(

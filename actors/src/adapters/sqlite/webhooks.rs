@@ -272,7 +272,7 @@ impl WebhookStore for SqliteStore {
             let mut deliveries = Vec::new();
             // Start at a different endpoint each time, so that a full
             // instance does not always serve the same ones first.
-            let start = usize::try_from(now_ms).unwrap_or(0) % endpoints.len().max(1);
+            let start = now_ms.rem_euclid(endpoints.len().max(1) as i64) as usize;
             for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
                 let mut room = (limit - deliveries.len() as i64)
                     .min(per_endpoint - sending(connection, &endpoint.id, now_ms)?);

@@ -13,13 +13,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "server.rs"]
+mod server;
+
 #[path = "../tests/fake_twilio.rs"]
 #[allow(dead_code)]
 mod fake_twilio;
 
 use std::cell::RefCell;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -146,42 +147,25 @@ fn main() {
     let directory = tempfile::tempdir().unwrap();
     actix_rt::System::new().block_on(async move {
         let twilio = fake_twilio::FakeTwilio::start().await;
-        let mut server = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
-            .arg("serve")
-            .env(
-                "SMS_CREDIT_DATABASE",
-                options
-                    .database
-                    .clone()
-                    .unwrap_or_else(|| directory.path().join("load.db").display().to_string()),
-            )
-            .env("SMS_CREDIT_BIND", "127.0.0.1:0")
-            .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SMS_CREDIT_METRICS_TOKEN", ADMIN_TOKEN)
-            .env("SMS_CREDIT_API_KEY", API_KEY)
-            .env("SMS_CREDIT_PUBLIC_URL", PUBLIC_URL)
-            .env("SMS_CREDIT_TWILIO_ACCOUNT_SID", fake_twilio::ACCOUNT_SID)
-            .env("SMS_CREDIT_TWILIO_AUTH_TOKEN", fake_twilio::AUTH_TOKEN)
-            .env("SMS_CREDIT_TWILIO_FROM", fake_twilio::FROM)
-            .env("SMS_CREDIT_TWILIO_API_BASE", &twilio.base_url)
-            .env("SMS_CREDIT_LOW_BALANCE_THRESHOLD", "0")
-            .env("RUST_LOG", "warn,sms_credit::startup=info")
-            .env("NO_COLOR", "1")
-            .env_remove("SMS_CREDIT_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = server.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let port: u16 = loop {
-            let line = lines.next().expect("the server starts").unwrap();
-            if let Some(rest) = line.split("port=").nth(1) {
-                break rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        let base = format!("http://127.0.0.1:{port}");
+        let database = options
+            .database
+            .clone()
+            .unwrap_or_else(|| directory.path().join("load.db").display().to_string());
+        let server = server::Server::start(
+            &database,
+            &[
+                ("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN),
+                ("SMS_CREDIT_METRICS_TOKEN", ADMIN_TOKEN),
+                ("SMS_CREDIT_API_KEY", API_KEY),
+                ("SMS_CREDIT_PUBLIC_URL", PUBLIC_URL),
+                ("SMS_CREDIT_TWILIO_ACCOUNT_SID", fake_twilio::ACCOUNT_SID),
+                ("SMS_CREDIT_TWILIO_AUTH_TOKEN", fake_twilio::AUTH_TOKEN),
+                ("SMS_CREDIT_TWILIO_FROM", fake_twilio::FROM),
+                ("SMS_CREDIT_TWILIO_API_BASE", &twilio.base_url),
+                ("SMS_CREDIT_LOW_BALANCE_THRESHOLD", "0"),
+            ],
+        );
+        let base = server.base.clone();
 
         // Accounts with plenty of credit.
         let client = awc::Client::new();
@@ -301,8 +285,7 @@ fn main() {
                 ));
             }
         }
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
 
         println!(
             "load: {} s per phase, {} connections, {} accounts, release server on 127.0.0.1 (2 HTTP workers)",

@@ -17,9 +17,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "server.rs"]
+mod server;
+
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -115,35 +116,18 @@ fn main() {
             .run(),
         );
 
-        let mut server = Command::new(env!("CARGO_BIN_EXE_sms-credit"))
-            .arg("serve")
-            .env(
-                "SMS_CREDIT_DATABASE",
-                options
-                    .database
-                    .clone()
-                    .unwrap_or_else(|| directory.path().join("webhooks.db").display().to_string()),
-            )
-            .env("SMS_CREDIT_BIND", "127.0.0.1:0")
-            .env("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true")
-            .env("RUST_LOG", "warn,sms_credit::startup=info")
-            .env("NO_COLOR", "1")
-            .env_remove("SMS_CREDIT_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = server.stderr.take().unwrap();
-        let mut lines = std::io::BufReader::new(stderr).lines();
-        let port: u16 = loop {
-            let line = lines.next().expect("the server starts").unwrap();
-            if let Some(rest) = line.split("port=").nth(1) {
-                break rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        let base = format!("http://127.0.0.1:{port}");
+        let database = options
+            .database
+            .clone()
+            .unwrap_or_else(|| directory.path().join("webhooks.db").display().to_string());
+        let server = server::Server::start(
+            &database,
+            &[
+                ("SMS_CREDIT_ADMIN_TOKEN", ADMIN_TOKEN),
+                ("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true"),
+            ],
+        );
+        let base = server.base.clone();
         let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
         for (path, events) in [("live", json!(["balance.low", "balance.replenished"])), ("dead", json!(["*"]))] {
             let response = client
@@ -226,8 +210,7 @@ fn main() {
             })
             .collect();
         latencies.sort_by(f64::total_cmp);
-        let _ = server.kill();
-        let _ = server.wait();
+        drop(server);
         println!(
             "webhooks: {} s, {} connections, {} accounts, {}, release server on 127.0.0.1, {}",
             options.seconds,

@@ -303,20 +303,7 @@ async fn three_instances_on_one_database_keep_every_promise() {
         expected.insert(account, 5_000_000);
         // A $10 top-up started, completed below while the writers run.
         let token = app.issue_token(account).await;
-        let (status, topup) = app
-            .request("POST", "/v1/checkout/topup", Some(&token), None)
-            .await;
-        assert_eq!(status, StatusCode::OK, "{topup}");
-        let order = topup["order_id"].as_i64().unwrap();
-        let session = app
-            .get_orders(account)
-            .await
-            .iter()
-            .find(|row| row["id"] == order)
-            .unwrap()["stripe_session_id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (order, session) = app.start_top_up(account, &token).await;
         top_ups.push(events.checkout_completed(
             &session,
             order,

@@ -469,19 +469,7 @@ async fn a_full_refund_may_take_the_balance_negative() {
     let (app, _fake) = app_with_fake_stripe().await;
     let mut events = EventFactory::new();
     let (account, customer, token) = active_account(&app, &mut events, "+14155551100").await;
-    let (_, started) = app
-        .request("POST", "/v1/checkout/topup", Some(&token), None)
-        .await;
-    let order = started["order_id"].as_i64().unwrap();
-    let session = app
-        .get_orders(account)
-        .await
-        .iter()
-        .find(|row| row["id"] == order)
-        .unwrap()["stripe_session_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (order, session) = app.start_top_up(account, &token).await;
     app.deliver(&events.checkout_completed(&session, order, &customer, 1000, "pi_topup_2"))
         .await;
     app.post_adjustment(account, -14_000_000, "spent").await;

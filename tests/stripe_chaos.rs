@@ -92,21 +92,8 @@ async fn ten_thousand_events_delivered_three_times_shuffled_credit_and_refund_ex
 
         let token = app.issue_token(account).await;
         for top_up in 0..TOP_UPS_PER_ACCOUNT {
-            let (status, started) = app
-                .request("POST", "/v1/checkout/topup", Some(&token), None)
-                .await;
-            assert_eq!(status, StatusCode::OK, "{started}");
+            let (order, session) = app.start_top_up(account, &token).await;
             orders += 1;
-            let order = started["order_id"].as_i64().unwrap();
-            let session = app
-                .get_orders(account)
-                .await
-                .iter()
-                .find(|row| row["id"] == order)
-                .unwrap()["stripe_session_id"]
-                .as_str()
-                .unwrap()
-                .to_string();
             let intent = format!("pi_topup_{order}");
             let charge = format!("ch_topup_{order}");
             unique.push(events.checkout_completed(&session, order, &customer, 1000, &intent));

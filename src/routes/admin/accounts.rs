@@ -145,12 +145,7 @@ pub async fn show(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    let account = state
-        .store
-        .accounts()
-        .get(account_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("account {account_id} does not exist")))?;
+    let account = super::existing_account(&state, account_id).await?;
     Ok(HttpResponse::Ok().json(AccountView::from(&account)))
 }
 

@@ -16,6 +16,29 @@ pub(crate) mod verify;
 pub(crate) mod webhooks;
 
 use actix_web::web;
+use sms_credit_actors::accounts::Account;
+use sms_credit_actors::AccountId;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The `404` of an account that does not exist.
+pub(crate) fn no_such_account(account_id: AccountId) -> ApiError {
+    ApiError::NotFound(format!("account {account_id} does not exist"))
+}
+
+/// The account, or its `404`.
+pub(crate) async fn existing_account(
+    state: &AppState,
+    account_id: AccountId,
+) -> Result<Account, ApiError> {
+    state
+        .store
+        .accounts()
+        .get(account_id)
+        .await?
+        .ok_or_else(|| no_such_account(account_id))
+}
 
 pub use transactions::TransactionView;
 

@@ -50,11 +50,7 @@ pub async fn messages(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    if state.store.accounts().get(account_id).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "account {account_id} does not exist"
-        )));
-    }
+    super::existing_account(&state, account_id).await?;
     let messages = state.store.messages().messages_of(account_id, 100).await?;
     Ok(HttpResponse::Ok().json(AccountMessages { messages }))
 }

@@ -6,6 +6,7 @@
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::{access_tokens, AccountId};
 
+use super::no_such_account;
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -27,10 +28,6 @@ pub struct RevokedTokens {
     token: Option<String>,
 }
 
-fn no_such_account(account_id: AccountId) -> ApiError {
-    ApiError::NotFound(format!("account {account_id} does not exist"))
-}
-
 /// An account's tokens, newest first.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct TokenList {
@@ -49,9 +46,7 @@ pub async fn list(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    if state.store.accounts().get(account_id).await?.is_none() {
-        return Err(no_such_account(account_id));
-    }
+    super::existing_account(&state, account_id).await?;
     let tokens = state.store.tokens().list(account_id).await?;
     Ok(HttpResponse::Ok().json(TokenList { account_id, tokens }))
 }

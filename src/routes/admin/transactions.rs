@@ -84,9 +84,7 @@ pub async fn list(
         .snapshot_and_entries_after(account_id, after_seq, limit)
         .await?;
     if snapshot.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "account {account_id} does not exist"
-        )));
+        return Err(super::no_such_account(account_id));
     }
     Ok(HttpResponse::Ok().json(Transactions {
         transactions: entries.iter().map(TransactionView::from).collect(),
@@ -105,11 +103,7 @@ pub async fn export_csv(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
-    if state.store.accounts().get(account_id).await?.is_none() {
-        return Err(ApiError::NotFound(format!(
-            "account {account_id} does not exist"
-        )));
-    }
+    super::existing_account(&state, account_id).await?;
     let mut csv = String::from(sms_credit_actors::export::CSV_HEADER);
     let mut after_seq = 0;
     loop {

@@ -927,6 +927,12 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             "one adjustment"
         );
         assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
+        // Rows that came by the feed say when, as those read from the API do.
+        assert_eq!(
+            page.eval("[...document.querySelectorAll('#ledger-rows td.when')].every((cell) => cell.textContent.length > 0)")
+                .await,
+            json!(true)
+        );
 
         page.wait_for(&text_of("message-rows"), json!("No messages yet."))
             .await;
@@ -1045,6 +1051,21 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
                 json!(true),
                 "nothing wider than a phone"
             );
+        }
+        // For a person to look at: SMS_CREDIT_SCREENSHOTS=DIR saves the
+        // whole page at each width.
+        if let Ok(folder) = std::env::var("SMS_CREDIT_SCREENSHOTS") {
+            let shot = page
+                .call(
+                    "Page.captureScreenshot",
+                    json!({"format": "png", "captureBeyondViewport": true}),
+                )
+                .await;
+            use base64::Engine;
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(shot["data"].as_str().unwrap())
+                .unwrap();
+            std::fs::write(format!("{folder}/admin-{width}.png"), png).unwrap();
         }
         // Nothing the page says names a setting or a stack trace.
         let words = page.eval("document.body.innerText").await;

@@ -243,7 +243,8 @@ function ledgerRow(entry, first) {
   row.dataset.type = entry.type;
   row.hidden = !!$("ledger-type").value && $("ledger-type").value !== entry.type;
   cell(row, String(entry.seq), "wide");
-  cell(row, when(entry.created_at));
+  // A row from the API says `created_at`; one from the feed says `at`.
+  cell(row, when(entry.created_at || entry.at), "when");
   cell(row, entry.type + (entry.description ? ": " + entry.description : ""), "wrap");
   money(cell(row, undefined, "money"), entry.amount_micros, true);
   money(cell(row, undefined, "money"), entry.balance_after_micros !== undefined ? entry.balance_after_micros : entry.balance_micros);
@@ -258,7 +259,7 @@ async function openAccount(id) {
   state.accountId = account.id;
   $("account-title").textContent = "Account #" + account.id + " · " + account.phone;
   showBalance(account.balance_micros);
-  $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "") + " · " + account.seq + " ledger rows";
+  $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "");
   $("ledger-zone").textContent = "(times in " + zone + ")";
   $("ledger-rows").textContent = "";
   state.oldestSeq = account.seq + 1;
@@ -331,6 +332,11 @@ async function loadNotices() {
     cell(row, notice.last_error || "", "wide wrap");
     $("notice-rows").appendChild(row);
   });
+  if (list.notices.length === 0) {
+    const row = document.createElement("tr");
+    cell(row, "No notices.").colSpan = 4;
+    $("notice-rows").appendChild(row);
+  }
 }
 
 async function loadAuto() {

@@ -182,6 +182,24 @@ async fn a_live_actor_learns_of_another_processs_write_without_writing() {
         );
         actix_rt::time::sleep(Duration::from_millis(20)).await;
     }
+    // Having caught up (from the note's snapshot), its own write is computed
+    // on where the account stands: the guard refuses nothing.
+    let adjust = Adjust {
+        amount: Money::from_micros(-200_000),
+        idempotency_key: IdempotencyKey::parse("second-1").unwrap(),
+        reason: "from the second process".into(),
+    };
+    let receipt = second.registry.send(account, adjust).await.unwrap();
+    assert_eq!(receipt.entry.seq, 2);
+    assert_eq!(receipt.entry.balance_after, Money::from_micros(500_000));
+    assert_eq!(
+        second
+            .store
+            .stats()
+            .conflicts
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
     first.shutdown().await;
     second.shutdown().await;
 }

@@ -185,7 +185,7 @@ fn sweep_interval(passivate_after: Duration) -> Duration {
 }
 
 /// Tells the live actor of each account another process wrote to, so that
-/// it reloads (an account without a live actor needs nothing: its next
+/// it catches up (an account without a live actor needs nothing: its next
 /// actor loads the snapshot). Ends when the store or the registry is gone.
 async fn tell_moved(table: Weak<ActorTable>, mut moved: mpsc::UnboundedReceiver<Moved>) {
     while let Some(change) = moved.recv().await {
@@ -193,7 +193,10 @@ async fn tell_moved(table: Weak<ActorTable>, mut moved: mpsc::UnboundedReceiver<
             return;
         };
         if let Some(listed) = table.get(&change.account_id) {
-            let _ = listed.try_send(LedgerMoved { seq: change.seq });
+            let _ = listed.try_send(LedgerMoved {
+                seq: change.seq,
+                after: change.after,
+            });
         };
     }
 }

@@ -1,16 +1,26 @@
 //! What one process tells the others sharing the database, in the notes
 //! its commits leave (SQLite's `ledger_changes` rows, Postgres's
-//! `pg_notify` payloads): `account:first-last` for ledger rows it wrote,
+//! `pg_notify` payloads): `account:first-last:balance:warned` for ledger
+//! rows it wrote and where they left the account (`warned` empty when the
+//! account was never warned; the older `account:first-last` still reads),
 //! `auto:account` for an auto top-up setting it changed, `tokens:account`
-//! for an account's tokens it revoked. Both adapters
-//! read and write this one grammar.
+//! for an account's tokens it revoked. Both adapters read and write this
+//! one grammar.
 
-use crate::ledger::AccountId;
+use crate::ledger::{AccountId, Snapshot};
+use crate::money::Money;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ChangeNote {
-    /// Rows `first..=last` of an account's ledger.
-    Rows(AccountId, i64, i64),
+    /// Rows `first..=last` of an account's ledger, and the account's
+    /// snapshot after them when the note says it (a process that knows it
+    /// needs to read nothing back to catch up).
+    Rows {
+        account_id: AccountId,
+        first: i64,
+        last: i64,
+        after: Option<Snapshot>,
+    },
     /// An account's auto top-up setting.
     AutoTopUp(AccountId),
     /// An account's tokens (revoked or rotated).
@@ -30,9 +40,16 @@ pub(crate) fn auto_top_up(account_id: AccountId) -> String {
     format!("{AUTO_TOP_UP}:{account_id}")
 }
 
-/// The note that rows `first..=last` of an account were written.
-pub(crate) fn rows(account_id: AccountId, first: i64, last: i64) -> String {
-    format!("{account_id}:{first}-{last}")
+/// The note that rows `first..=last` of an account were written, leaving
+/// it at `after` (whose `seq` is `last`).
+pub(crate) fn rows(account_id: AccountId, first: i64, last: i64, after: &Snapshot) -> String {
+    let warned = after
+        .low_balance_warned_at_ms
+        .map_or(String::new(), |at| at.to_string());
+    format!(
+        "{account_id}:{first}-{last}:{}:{warned}",
+        after.balance.micros()
+    )
 }
 
 /// One note; a malformed one is `None` (it names nothing this release
@@ -45,12 +62,27 @@ pub(crate) fn parse(pair: &str) -> Option<ChangeNote> {
     if subject == TOKENS {
         return Some(ChangeNote::Tokens(AccountId(detail.parse().ok()?)));
     }
-    let (first, last) = detail.split_once('-')?;
-    Some(ChangeNote::Rows(
-        AccountId(subject.parse().ok()?),
-        first.parse().ok()?,
-        last.parse().ok()?,
-    ))
+    let mut parts = detail.split(':');
+    let (first, last) = parts.next()?.split_once('-')?;
+    let (first, last): (i64, i64) = (first.parse().ok()?, last.parse().ok()?);
+    let after = match (parts.next(), parts.next(), parts.next()) {
+        (None, None, None) => None,
+        (Some(balance), Some(warned), None) => Some(Snapshot {
+            balance: Money::from_micros(balance.parse().ok()?),
+            seq: last,
+            low_balance_warned_at_ms: match warned {
+                "" => None,
+                at => Some(at.parse().ok()?),
+            },
+        }),
+        _ => return None,
+    };
+    Some(ChangeNote::Rows {
+        account_id: AccountId(subject.parse().ok()?),
+        first,
+        last,
+        after,
+    })
 }
 
 #[cfg(test)]
@@ -59,9 +91,36 @@ mod tests {
 
     #[test]
     fn notes_read_back_what_was_written() {
+        for after in [
+            Snapshot {
+                balance: Money::from_micros(-56_500),
+                seq: 14,
+                low_balance_warned_at_ms: Some(1_700_000_000_000),
+            },
+            Snapshot {
+                balance: Money::from_micros(9_000_000),
+                seq: 14,
+                low_balance_warned_at_ms: None,
+            },
+        ] {
+            assert_eq!(
+                parse(&rows(AccountId(7), 12, 14, &after)),
+                Some(ChangeNote::Rows {
+                    account_id: AccountId(7),
+                    first: 12,
+                    last: 14,
+                    after: Some(after),
+                })
+            );
+        }
         assert_eq!(
-            parse(&rows(AccountId(7), 12, 14)),
-            Some(ChangeNote::Rows(AccountId(7), 12, 14))
+            parse("7:12-14"),
+            Some(ChangeNote::Rows {
+                account_id: AccountId(7),
+                first: 12,
+                last: 14,
+                after: None,
+            })
         );
         assert_eq!(
             parse(&auto_top_up(AccountId(9))),
@@ -71,7 +130,17 @@ mod tests {
             parse(&tokens(AccountId(4))),
             Some(ChangeNote::Tokens(AccountId(4)))
         );
-        for garbage in ["garbage", "7:1", "auto:x", "x:1-2", ":"] {
+        for garbage in [
+            "garbage",
+            "7:1",
+            "auto:x",
+            "x:1-2",
+            ":",
+            "7:1-2:x:",
+            "7:1-2:5:x",
+            "7:1-2:5",
+            "7:1-2:5::",
+        ] {
             assert_eq!(parse(garbage), None, "{garbage}");
         }
     }

@@ -157,6 +157,9 @@ pub struct Moved {
     pub account_id: AccountId,
     /// The account's seq after them.
     pub seq: i64,
+    /// The account's snapshot after them, when the other process said it:
+    /// the live actor takes it without reading the store.
+    pub after: Option<Snapshot>,
 }
 
 /// What the handle and its adapter share.
@@ -208,22 +211,38 @@ impl Shared {
         }))
     }
 
+    /// Whether another process's rows need reading: only the balance feed
+    /// shows them (an actor is told where the account stands by the note,
+    /// or reloads). A subscriber that arrives after this is asked reads
+    /// them from the database itself.
+    pub(crate) fn wants_external_rows(&self) -> bool {
+        !self.feed.is_idle()
+    }
+
     /// Rows another process committed: published to the balance feed like
-    /// this process's own, and the account's live actor told.
-    pub(crate) fn external(&self, entries: Vec<LedgerEntry>) {
+    /// this process's own, and the account's live actor told (with the
+    /// snapshot `after` them, when the note said it).
+    pub(crate) fn external(&self, entries: Vec<LedgerEntry>, after: Option<Snapshot>) {
         let Some(last) = entries.last() else {
             return;
         };
-        let moved = Moved {
-            account_id: last.account_id,
-            seq: last.seq,
-        };
+        let (account_id, seq) = (last.account_id, last.seq);
         if !self.feed.is_idle() {
             for entry in entries {
                 self.feed.publish(Arc::new(entry));
             }
         }
-        let _ = self.moved.send(moved);
+        self.external_moved(account_id, seq, after);
+    }
+
+    /// Another process moved an account to `seq` (its rows unread): the
+    /// account's live actor is told.
+    pub(crate) fn external_moved(&self, account_id: AccountId, seq: i64, after: Option<Snapshot>) {
+        let _ = self.moved.send(Moved {
+            account_id,
+            seq,
+            after: after.filter(|after| after.seq == seq),
+        });
     }
 
     /// An account's tokens were revoked or rotated (here or elsewhere).

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::writer::CHANNEL;
 use super::{ledger, Connector, Readers};
+use crate::ledger::{AccountId, Snapshot};
 use crate::store::change_notes::{self, ChangeNote};
 use crate::store::Shared;
 
@@ -58,29 +59,27 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
             if origin == shared.origin {
                 continue;
             }
+            let mut wanted = Vec::new();
             for note in moved {
-                let (account_id, first, last) = match note {
-                    ChangeNote::Rows(account_id, first, last) => (account_id, first, last),
-                    ChangeNote::AutoTopUp(account_id) => {
-                        shared.external_auto_top_up(account_id);
-                        continue;
+                match note {
+                    ChangeNote::Rows {
+                        account_id,
+                        first,
+                        last,
+                        after,
+                    } => {
+                        if shared.wants_external_rows() {
+                            wanted.push((account_id, first, last, after));
+                        } else {
+                            shared.external_moved(account_id, last, after);
+                        }
                     }
-                    ChangeNote::Tokens(account_id) => {
-                        shared.tokens_changed(account_id);
-                        continue;
-                    }
-                };
-                let rows = async {
-                    let client = readers.client().await?;
-                    ledger::entries_between(&client, account_id, first, last).await
+                    ChangeNote::AutoTopUp(account_id) => shared.external_auto_top_up(account_id),
+                    ChangeNote::Tokens(account_id) => shared.tokens_changed(account_id),
                 }
-                .await;
-                match rows {
-                    Ok(entries) => shared.external(entries),
-                    Err(error) => {
-                        tracing::warn!(%account_id, %error, "could not read another instance's rows")
-                    }
-                }
+            }
+            if !wanted.is_empty() {
+                read_rows(&readers, &shared, wanted).await;
             }
         }
         drop(client);
@@ -91,10 +90,43 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
     }
 }
 
+/// Reads the rows the notes name, for the balance feed, all in one
+/// pipeline on one reader connection, and hands them over in the notes'
+/// order. An account whose rows cannot be read is still told it moved.
+async fn read_rows(
+    readers: &Readers,
+    shared: &Shared,
+    wanted: Vec<(AccountId, i64, i64, Option<Snapshot>)>,
+) {
+    let client = match readers.client().await {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::warn!(%error, "could not read another instance's rows");
+            for (account_id, _, last, after) in wanted {
+                shared.external_moved(account_id, last, after);
+            }
+            return;
+        }
+    };
+    let reads = wanted.iter().map(|(account_id, first, last, _)| {
+        ledger::entries_between(&client, *account_id, *first, *last)
+    });
+    let read = futures_util::future::join_all(reads).await;
+    for ((account_id, _, last, after), rows) in wanted.into_iter().zip(read) {
+        match rows {
+            Ok(entries) if !entries.is_empty() => shared.external(entries, after),
+            Ok(_) => shared.external_moved(account_id, last, after),
+            Err(error) => {
+                tracing::warn!(%account_id, %error, "could not read another instance's rows");
+                shared.external_moved(account_id, last, after);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::AccountId;
 
     #[test]
     fn payloads_read_back() {
@@ -104,8 +136,18 @@ mod tests {
         assert_eq!(
             moved,
             vec![
-                ChangeNote::Rows(AccountId(7), 12, 14),
-                ChangeNote::Rows(AccountId(9), 3, 3),
+                ChangeNote::Rows {
+                    account_id: AccountId(7),
+                    first: 12,
+                    last: 14,
+                    after: None
+                },
+                ChangeNote::Rows {
+                    account_id: AccountId(9),
+                    first: 3,
+                    last: 3,
+                    after: None
+                },
                 ChangeNote::AutoTopUp(AccountId(5)),
             ]
         );

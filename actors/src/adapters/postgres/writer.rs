@@ -507,8 +507,8 @@ async fn apply_ledger(
             continue;
         }
         let first = ledger[indexes[0]].entry.seq;
-        let last = ledger[indexes[indexes.len() - 1]].entry.seq;
-        moved.push((*account_id, first, last));
+        let tail = &ledger[indexes[indexes.len() - 1]];
+        moved.push((*account_id, first, tail.entry.seq, tail.next));
         for &index in indexes {
             fates[index] = Fate::Committed;
             rows.push(&ledger[index].entry);
@@ -585,7 +585,7 @@ async fn apply_ledger_one_by_one(
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
     let mut fates = Vec::with_capacity(ledger.len());
     let mut failed_accounts: HashSet<AccountId> = HashSet::new();
-    let mut moved: HashMap<AccountId, (i64, i64)> = HashMap::new();
+    let mut moved: HashMap<AccountId, (i64, i64, Snapshot)> = HashMap::new();
     let mut accounts: Vec<i64> = ledger
         .iter()
         .map(|write| write.entry.account_id.0)
@@ -604,10 +604,13 @@ async fn apply_ledger_one_by_one(
         match applied {
             Ok(true) => {
                 savepoint.commit().await?;
-                let range = moved
-                    .entry(account_id)
-                    .or_insert((write.entry.seq, write.entry.seq));
+                let range = moved.entry(account_id).or_insert((
+                    write.entry.seq,
+                    write.entry.seq,
+                    write.next,
+                ));
                 range.1 = write.entry.seq;
+                range.2 = write.next;
                 fates.push(Fate::Committed);
             }
             Ok(false) => {
@@ -630,9 +633,9 @@ async fn apply_ledger_one_by_one(
             Err(error) => return Err(error),
         }
     }
-    let moved: Vec<(AccountId, i64, i64)> = moved
+    let moved: Vec<(AccountId, i64, i64, Snapshot)> = moved
         .into_iter()
-        .map(|(account_id, (first, last))| (account_id, first, last))
+        .map(|(account_id, (first, last, after))| (account_id, first, last, after))
         .collect();
     notify(transaction, prepared, origin, &moved).await?;
     Ok(fates)
@@ -789,22 +792,22 @@ pub(super) async fn notify_note(
     Ok(())
 }
 
-/// Tells other instances which accounts moved: `origin;account:first-last;…`,
-/// in as many notifications as the payload limit needs. Delivered only if
-/// the transaction commits.
+/// Tells other instances which accounts moved and where they stand:
+/// `origin;account:first-last:balance:warned;…`, in as many notifications
+/// as the payload limit needs. Delivered only if the transaction commits.
 async fn notify(
     transaction: &Transaction<'_>,
     prepared: &Prepared,
     origin: &str,
-    moved: &[(AccountId, i64, i64)],
+    moved: &[(AccountId, i64, i64, Snapshot)],
 ) -> Result<(), tokio_postgres::Error> {
     if moved.is_empty() {
         return Ok(());
     }
     let mut payloads = Vec::new();
     let mut payload = String::from(origin);
-    for (account_id, first, last) in moved {
-        let pair = format!(";{}", change_notes::rows(*account_id, *first, *last));
+    for (account_id, first, last, after) in moved {
+        let pair = format!(";{}", change_notes::rows(*account_id, *first, *last, after));
         if payload.len() + pair.len() > MAX_PAYLOAD {
             payloads.push(std::mem::replace(&mut payload, origin.to_string()));
         }

@@ -14,21 +14,21 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 
 use super::ledger;
-use crate::ledger::AccountId;
+use crate::ledger::{AccountId, Snapshot};
 use crate::store::change_notes::{self, ChangeNote};
 use crate::store::{Shared, StoreError};
 
 /// How often the watcher asks SQLite whether another connection committed.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// `account:first-last` notes, `;`-separated.
-pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, i64)>) -> String {
-    let mut text = String::with_capacity(moved.len() * 16);
-    for (account_id, (first, last)) in moved {
+/// `account:first-last:balance:warned` notes, `;`-separated.
+pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, i64, Snapshot)>) -> String {
+    let mut text = String::with_capacity(moved.len() * 32);
+    for (account_id, (first, last, after)) in moved {
         if !text.is_empty() {
             text.push(';');
         }
-        text.push_str(&change_notes::rows(*account_id, *first, *last));
+        text.push_str(&change_notes::rows(*account_id, *first, *last, after));
     }
     text
 }
@@ -117,9 +117,20 @@ fn read_changes(
             }
             for note in decode_changes(&changes) {
                 match note {
-                    ChangeNote::Rows(account_id, first, last) => rows.push(
-                        ledger::entries_between(connection, account_id, first, last)?,
-                    ),
+                    ChangeNote::Rows {
+                        account_id,
+                        first,
+                        last,
+                        after,
+                    } => {
+                        if shared.wants_external_rows() {
+                            let entries =
+                                ledger::entries_between(connection, account_id, first, last)?;
+                            rows.push((account_id, last, entries, after));
+                        } else {
+                            rows.push((account_id, last, Vec::new(), after));
+                        }
+                    }
                     ChangeNote::AutoTopUp(account_id) => auto_top_ups.push(account_id),
                     ChangeNote::Tokens(account_id) => tokens.push(account_id),
                 }
@@ -132,8 +143,12 @@ fn read_changes(
     for account_id in tokens {
         shared.tokens_changed(account_id);
     }
-    for entries in rows {
-        shared.external(entries);
+    for (account_id, last, entries, after) in rows {
+        if entries.is_empty() {
+            shared.external_moved(account_id, last, after);
+        } else {
+            shared.external(entries, after);
+        }
     }
     for account_id in auto_top_ups {
         shared.external_auto_top_up(account_id);
@@ -147,18 +162,34 @@ mod tests {
 
     #[test]
     fn change_notes_read_back_what_was_written() {
+        let after = |seq: i64, micros: i64| Snapshot {
+            balance: crate::money::Money::from_micros(micros),
+            seq,
+            low_balance_warned_at_ms: (seq == 3).then_some(1_700_000_000_000),
+        };
         let mut moved = HashMap::new();
-        moved.insert(AccountId(7), (12, 14));
-        moved.insert(AccountId(9), (3, 3));
+        moved.insert(AccountId(7), (12, 14, after(14, 5_000)));
+        moved.insert(AccountId(9), (3, 3, after(3, -20)));
         let mut decoded: Vec<_> = decode_changes(&encode_changes(&moved))
             .into_iter()
             .filter_map(|note| match note {
-                ChangeNote::Rows(account, first, last) => Some((account, first, last)),
+                ChangeNote::Rows {
+                    account_id,
+                    first,
+                    last,
+                    after,
+                } => Some((account_id, first, last, after)),
                 ChangeNote::AutoTopUp(_) | ChangeNote::Tokens(_) => None,
             })
             .collect();
-        decoded.sort();
-        assert_eq!(decoded, vec![(AccountId(7), 12, 14), (AccountId(9), 3, 3)]);
+        decoded.sort_by_key(|note| note.0);
+        assert_eq!(
+            decoded,
+            vec![
+                (AccountId(7), 12, 14, Some(after(14, 5_000))),
+                (AccountId(9), 3, 3, Some(after(3, -20)))
+            ]
+        );
         assert!(decode_changes("garbage;7:1").is_empty());
     }
 }

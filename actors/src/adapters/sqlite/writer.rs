@@ -16,7 +16,7 @@ use super::{
     WriterMessage,
 };
 use crate::clock::Clock;
-use crate::ledger::{AccountId, LedgerEntry};
+use crate::ledger::{AccountId, LedgerEntry, Snapshot};
 use crate::store::{LedgerWrite, Shared, StoreError};
 
 /// How often (in batches that wrote ledger rows) old change notes are dropped.
@@ -29,6 +29,8 @@ const KEEP_CHANGES_MS: i64 = 10 * 60 * 1000;
 enum Pending {
     Ledger {
         entry: LedgerEntry,
+        /// Where the write leaves the account (told to other processes).
+        next: Snapshot,
         generation: u64,
         queued_at: Instant,
         done: oneshot::Sender<Result<(), StoreError>>,
@@ -280,6 +282,7 @@ impl Writer {
         match appended {
             Ok(true) => pending.push(Pending::Ledger {
                 entry: write.entry,
+                next: write.next,
                 generation: write.generation,
                 queued_at: write.submitted_at,
                 done: write.done,
@@ -344,14 +347,17 @@ impl Writer {
     /// Notes, in the batch's transaction, which accounts it moved (for the
     /// other processes sharing the file), and now and then drops old notes.
     fn record_changes(&mut self, pending: &[Pending]) -> Result<(), rusqlite::Error> {
-        let mut moved: HashMap<AccountId, (i64, i64)> = HashMap::new();
+        let mut moved: HashMap<AccountId, (i64, i64, Snapshot)> = HashMap::new();
         for write in pending {
-            if let Pending::Ledger { entry, .. } = write {
-                let (first, last) = moved
+            if let Pending::Ledger { entry, next, .. } = write {
+                let (first, last, after) = moved
                     .entry(entry.account_id)
-                    .or_insert((entry.seq, entry.seq));
+                    .or_insert((entry.seq, entry.seq, *next));
                 *first = (*first).min(entry.seq);
-                *last = (*last).max(entry.seq);
+                if entry.seq >= *last {
+                    *last = entry.seq;
+                    *after = *next;
+                }
             }
         }
         if moved.is_empty() {

@@ -633,3 +633,126 @@ async fn submit_directly(
         .unwrap();
     answer.await.unwrap()
 }
+
+/// SQLite only: its writer commits without an fsync and the syncer makes
+/// the commit durable after (Postgres's COMMIT is durable before anyone can
+/// see it, so there is nothing to hold there). While the fsync is held, the
+/// row is in the database file, yet nothing about it is told: not the
+/// caller, not a read, not the balance feed.
+#[actix_rt::test]
+async fn sqlite_tells_nothing_of_a_commit_before_it_is_durable() {
+    crate::database::use_store(crate::database::StoreKind::Sqlite);
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550208").await;
+    core.registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    let mut feed = core.store.feed().subscribe(Some(account), 16);
+
+    core.store.hold_syncs_for_testing(true);
+    let credited = actix_rt::spawn({
+        let registry = core.registry.clone();
+        async move { registry.send(account, credit(5_000, "held")).await }
+    });
+    // The commit is in the file (another connection sees it)...
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while directory.number(&format!(
+        "SELECT COUNT(*) FROM transactions WHERE account_id = {} AND idempotency_key = 'held'",
+        account.0
+    )) == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "never committed");
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...but this process's reads wait for it to be durable.
+    let read = actix_rt::spawn({
+        let store = core.store.clone();
+        async move {
+            store
+                .ledger()
+                .entry_by_key(account, IdempotencyKey::parse("held").unwrap())
+                .await
+        }
+    });
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert!(!credited.is_finished(), "acknowledged before durable");
+    assert!(!read.is_finished(), "read before durable");
+    assert!(feed.receiver.try_recv().is_err(), "fed before durable");
+
+    core.store.hold_syncs_for_testing(false);
+    let receipt = credited.await.unwrap().unwrap();
+    assert_eq!(
+        (receipt.entry.seq, receipt.entry.balance_after),
+        (2, Money::from_micros(15_000))
+    );
+    let row = read.await.unwrap().unwrap().expect("the row, once durable");
+    assert_eq!(row.seq, 2);
+    let fed = actix_rt::time::timeout(Duration::from_secs(10), feed.receiver.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(fed.seq, 2);
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+/// SQLite only (see above): when the write-ahead log cannot be made
+/// durable, the writes it held are answered as failed commits, and the
+/// store takes no more writes and answers no more reads, saying why,
+/// until it is restarted; after a restart what reached the disk is there,
+/// and nothing more.
+#[actix_rt::test]
+async fn sqlite_stops_writing_when_its_log_cannot_be_made_durable() {
+    crate::database::use_store(crate::database::StoreKind::Sqlite);
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550209").await;
+    core.registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+
+    core.store.fail_next_sync_for_testing();
+    let failed = core.registry.send(account, credit(5_000, "unsynced")).await;
+    assert!(
+        matches!(
+            &failed,
+            Err(LedgerError::Store(StoreError::CommitFailed(_)))
+        ),
+        "{failed:?}"
+    );
+    let refused = core.registry.send(account, credit(1_000, "after")).await;
+    let Err(LedgerError::Store(error)) = &refused else {
+        panic!("a write after a failed fsync: {refused:?}");
+    };
+    assert!(
+        error.to_string().contains("could not be made durable"),
+        "{error}"
+    );
+    let read = core
+        .store
+        .ledger()
+        .entry_by_key(account, IdempotencyKey::parse("seed").unwrap())
+        .await;
+    assert!(
+        matches!(&read, Err(error) if error.to_string().contains("could not be made durable")),
+        "{read:?}"
+    );
+    core.shutdown().await;
+
+    // A restart finds what reached the file (here the page cache kept the
+    // unsynced commit, as a process crash would): the caller who was told
+    // it failed asks again with the same key and is answered from the row.
+    let core = start_core(&directory, NEVER);
+    let again = core
+        .registry
+        .send(account, credit(5_000, "unsynced"))
+        .await
+        .unwrap();
+    assert_eq!(again.entry.seq, 2);
+    assert!(again.replayed);
+    core.shutdown().await;
+    assert_verified(&directory);
+}

@@ -12,7 +12,7 @@ pub mod copy;
 pub mod error;
 pub mod ports;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -89,8 +89,13 @@ pub struct StoreStats {
     pub max_batch: AtomicU64,
     /// Total time spent on batches (statements and commit), in microseconds.
     pub batch_micros: AtomicU64,
-    /// Of that, time spent in COMMIT (WAL write and fsync), in microseconds.
+    /// Of that, time spent in COMMIT (SQLite: the WAL write; Postgres: the
+    /// round trip and the WAL flush), in microseconds.
     pub commit_micros: AtomicU64,
+    /// Microseconds spent making commits durable apart from them (SQLite's
+    /// syncer fsyncs while the writer runs the next batch; 0 on Postgres,
+    /// whose COMMIT is durable).
+    pub sync_micros: AtomicU64,
     /// Writes per committed batch.
     pub batch_sizes: Histogram,
     /// Time of each COMMIT, in microseconds.
@@ -114,6 +119,7 @@ impl Default for StoreStats {
             max_batch: AtomicU64::new(0),
             batch_micros: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
+            sync_micros: AtomicU64::new(0),
             batch_sizes: Histogram::new(BATCH_SIZES),
             commit_latency: Histogram::new(LATENCY_MICROS),
             ack_latency: Histogram::new(LATENCY_MICROS),
@@ -183,6 +189,11 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<FeedHub>,
     /// Test-only: how many of the next commits fail as a full disk would.
     pub(crate) fail_next_commits: AtomicU64,
+    /// Test-only: while set, SQLite's syncer holds committed batches before
+    /// making them durable (nothing about them may be told meanwhile).
+    pub(crate) syncs_held: AtomicBool,
+    /// Test-only: SQLite's next fsync fails as a failing disk's would.
+    pub(crate) fail_next_sync: AtomicBool,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -205,6 +216,8 @@ impl Shared {
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
+            syncs_held: AtomicBool::new(false),
+            fail_next_sync: AtomicBool::new(false),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -391,6 +404,20 @@ impl Store {
     /// and roll back.
     pub fn fail_next_commits_for_testing(&self, count: u64) {
         self.shared.fail_next_commits.store(count, Ordering::SeqCst);
+    }
+
+    /// Test-only switch (SQLite): while `held`, committed batches wait
+    /// before their fsync, so a test can see that nothing about them is
+    /// answered, shown or read before they are durable. Postgres makes a
+    /// commit durable before anyone can see it; there it does nothing.
+    pub fn hold_syncs_for_testing(&self, held: bool) {
+        self.shared.syncs_held.store(held, Ordering::SeqCst);
+    }
+
+    /// Test-only switch (SQLite): the next fsync of the write-ahead log
+    /// fails, as on a failing disk. Postgres: does nothing.
+    pub fn fail_next_sync_for_testing(&self) {
+        self.shared.fail_next_sync.store(true, Ordering::SeqCst);
     }
 
     /// Waits until everything queued before this call has committed or failed.

@@ -1,9 +1,12 @@
 //! The SQLite adapter: one writer thread that owns the write connection and
-//! group-commits everything queued while its last commit ran, and reader
-//! threads that answer look-ups, each on its own connection (WAL,
-//! `synchronous=FULL`). Blocking SQLite calls run only on these threads:
+//! group-commits everything queued while its last commit ran, a syncer
+//! thread that makes those commits durable (fsyncs the WAL) and only then
+//! answers them, and reader threads that answer look-ups, each on its own
+//! connection (WAL; `synchronous=FULL` everywhere but on the writer, whose
+//! fsync the syncer does). Blocking SQLite calls run only on these threads:
 //! callers hand them work and await a oneshot answer. A write is answered
-//! only after the transaction that holds it has committed (or failed).
+//! only after the transaction that holds it has committed and is durable
+//! (or failed); a read only after what it saw is durable.
 //!
 //! The SQL lives in this folder, one file per part of the port.
 
@@ -18,6 +21,7 @@ mod migrations;
 mod reader;
 mod reports;
 mod sign_in;
+mod syncer;
 mod watcher;
 mod webhooks;
 mod writer;
@@ -87,6 +91,8 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 /// The adapter: queues to its threads.
 pub struct SqliteStore {
     writer: mpsc::Sender<WriterMessage>,
+    /// How far the writer's commits are durable: reads wait for it.
+    durability: Arc<syncer::Durability>,
     /// This process's name in the change notes it leaves.
     origin: String,
     readers: Vec<mpsc::Sender<ReadJob>>,
@@ -138,6 +144,22 @@ pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
     migrations::migrate(&mut connection)
 }
 
+/// The database's write-ahead log, opened for fsyncing it (the file
+/// SQLite writes beside the database in WAL mode; it exists once a
+/// connection has opened the database, and lives while one stays open).
+fn open_wal(path: &Path) -> Result<std::fs::File, StoreError> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&wal)
+        .map_err(|error| StoreError::Open {
+            path: Path::new(&wal).display().to_string(),
+            reason: format!("cannot open the write-ahead log: {error}"),
+        })
+}
+
 fn spawn_thread(name: &str, body: impl FnOnce() + Send + 'static) -> Result<(), StoreError> {
     std::thread::Builder::new()
         .name(name.to_string())
@@ -161,15 +183,34 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         let mut write_connection = open_connection(path)?;
         migrations::migrate(&mut write_connection)?;
+        // The writer's commits write the WAL without fsyncing it; the
+        // syncer fsyncs it (once for every batch that committed meanwhile)
+        // before anything about them is told. See `syncer`.
+        write_connection.pragma_update(None, "synchronous", "NORMAL")?;
         let (writer_sender, writer_receiver) = mpsc::channel();
         let watch_connection = open_connection(path)?;
         watch_connection.pragma_update(None, "query_only", "ON")?;
         let watched = Arc::downgrade(&shared);
         let origin = shared.origin.clone();
+        let watcher_wal = open_wal(path)?;
         spawn_thread("store-watcher", move || {
-            watcher::run(watch_connection, watched)
+            watcher::run(watch_connection, watcher_wal, watched)
         })?;
-        let writer_state = writer::Writer::new(write_connection, max_batch, shared);
+        let durability = syncer::Durability::new();
+        let (syncer_sender, syncer_receiver) = mpsc::channel();
+        let wal = open_wal(path)?;
+        let syncer_durability = Arc::clone(&durability);
+        let syncer_shared = Arc::clone(&shared);
+        spawn_thread("store-syncer", move || {
+            syncer::run(wal, syncer_durability, syncer_shared, syncer_receiver)
+        })?;
+        let writer_state = writer::Writer::new(
+            write_connection,
+            max_batch,
+            shared,
+            syncer_sender,
+            Arc::clone(&durability),
+        );
         spawn_thread("store-writer", move || writer_state.run(writer_receiver))?;
 
         let mut reader_senders = Vec::new();
@@ -184,6 +225,7 @@ impl SqliteStore {
         }
         Ok(SqliteStore {
             writer: writer_sender,
+            durability,
             origin,
             readers: reader_senders,
             next_reader: AtomicUsize::new(0),
@@ -248,17 +290,25 @@ impl SqliteStore {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (done, answer) = oneshot::channel();
+        let durability = Arc::clone(&self.durability);
         let job: ReadJob = Box::new(move |connection| {
+            let result = query(connection);
+            // Taken after the query: every commit it could see is counted.
+            let mark = durability.mark();
             // The caller may have gone away; nothing to do then.
-            let _ = done.send(query(connection));
+            let _ = done.send((result, mark));
         });
         let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let queued = self.readers[index]
             .send(job)
             .map_err(|_| StoreError::Closed);
+        let durability = Arc::clone(&self.durability);
         async move {
             queued?;
-            answer.await.map_err(|_| StoreError::Closed)?
+            let (result, mark) = answer.await.map_err(|_| StoreError::Closed)?;
+            // Nothing is shown before it is durable.
+            durability.wait_for(mark).await?;
+            result
         }
     }
 

@@ -8,6 +8,7 @@
 //! reload. A change is seen within [`POLL_EVERY`].
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -53,7 +54,7 @@ fn decode_changes(text: &str) -> Vec<ChangeNote> {
     text.split(';').filter_map(change_notes::parse).collect()
 }
 
-pub(super) fn run(connection: Connection, shared: Weak<Shared>) {
+pub(super) fn run(connection: Connection, wal: File, shared: Weak<Shared>) {
     let data_version = |connection: &Connection| -> Result<i64, StoreError> {
         Ok(connection.query_row("PRAGMA data_version", [], |row| row.get(0))?)
     };
@@ -68,6 +69,8 @@ pub(super) fn run(connection: Connection, shared: Weak<Shared>) {
         tracing::error!("the change watcher could not start; other processes' writes are seen only when they conflict");
         return;
     };
+    // A read that failed is tried again at the next poll, changed or not.
+    let mut retry = false;
     loop {
         std::thread::sleep(POLL_EVERY);
         // The store is gone: so is the watcher.
@@ -75,16 +78,22 @@ pub(super) fn run(connection: Connection, shared: Weak<Shared>) {
             return;
         };
         match data_version(&connection) {
-            Ok(version) if version != seen_version => seen_version = version,
+            Ok(version) if version != seen_version || retry => seen_version = version,
             Ok(_) => continue,
             Err(error) => {
                 tracing::warn!(%error, "the change watcher could not read the database");
                 continue;
             }
         }
-        match read_changes(&connection, &shared, last_id) {
-            Ok(read_up_to) => last_id = read_up_to,
-            Err(error) => tracing::warn!(%error, "the change watcher could not read changes"),
+        match read_changes(&connection, &wal, &shared, last_id) {
+            Ok(read_up_to) => {
+                last_id = read_up_to;
+                retry = false;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the change watcher could not read changes");
+                retry = true;
+            }
         }
     }
 }
@@ -93,6 +102,7 @@ pub(super) fn run(connection: Connection, shared: Weak<Shared>) {
 /// store; answers the last note read.
 fn read_changes(
     connection: &Connection,
+    wal: &File,
     shared: &Arc<Shared>,
     after_id: i64,
 ) -> Result<i64, StoreError> {
@@ -140,6 +150,14 @@ fn read_changes(
     })();
     let _ = connection.execute_batch("COMMIT");
     let (last_id, rows, auto_top_ups, tokens) = read?;
+    if !rows.is_empty() || !auto_top_ups.is_empty() || !tokens.is_empty() {
+        // The other process may not have made its commit durable yet
+        // (its syncer fsyncs after the commit): made durable here before
+        // it is told to the feed or to an actor. On failure the notes are
+        // read again at the next poll.
+        wal.sync_data()
+            .map_err(|error| StoreError::Database(format!("fsync of the WAL: {error}")))?;
+    }
     for account_id in tokens {
         shared.tokens_changed(account_id);
     }

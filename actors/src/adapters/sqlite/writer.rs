@@ -1,16 +1,18 @@
 //! The writer thread: takes everything queued while the last commit ran and
-//! puts it into the next transaction (group commit), then answers each
-//! write with the outcome of that transaction.
+//! puts it into the next transaction (group commit), then hands the
+//! outcome of that transaction to the syncer, which makes it durable and
+//! answers each write.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 use std::time::Instant;
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
+use super::syncer::{Answer, CommittedLedger, Durability, Settled};
 use super::{
     ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
     WriterMessage,
@@ -54,6 +56,10 @@ enum Refused {
 pub(super) struct Writer {
     connection: Connection,
     max_batch: usize,
+    /// Where each batch goes once committed, to be made durable and answered.
+    syncer: Sender<Settled>,
+    /// The commits' numbers (readers wait for them to be durable).
+    durability: Arc<Durability>,
     /// Counters, the balance feed's fan-out and the test switch.
     shared: Arc<Shared>,
     /// Whether the open transaction queued notices (the notice worker is
@@ -68,10 +74,18 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn new(connection: Connection, max_batch: usize, shared: Arc<Shared>) -> Writer {
+    pub(super) fn new(
+        connection: Connection,
+        max_batch: usize,
+        shared: Arc<Shared>,
+        syncer: Sender<Settled>,
+        durability: Arc<Durability>,
+    ) -> Writer {
         Writer {
             connection,
             max_batch,
+            syncer,
+            durability,
             shared,
             notices_queued: false,
             batches_since_prune: 0,
@@ -99,10 +113,13 @@ impl Writer {
         let mut pending = Vec::with_capacity(batch.len());
         let mut refused = Vec::new();
         let mut flushes = Vec::new();
-        let mut failure = self
-            .execute("BEGIN IMMEDIATE")
-            .err()
-            .map(|error| error.to_string());
+        let mut failure = match self.durability.failure() {
+            Some(reason) => Some(reason.to_string()),
+            None => self
+                .execute("BEGIN IMMEDIATE")
+                .err()
+                .map(|error| error.to_string()),
+        };
 
         for message in batch.drain(..) {
             match message {
@@ -148,43 +165,40 @@ impl Writer {
                 failure = Some(error.to_string());
             }
         }
-        if failure.is_none() {
-            let committing = Instant::now();
-            failure = self.commit().err();
-            let commit_micros = committing.elapsed().as_micros() as u64;
-            self.shared
-                .stats
-                .commit_micros
-                .fetch_add(commit_micros, Ordering::Relaxed);
-            self.shared.stats.commit_latency.observe(commit_micros);
-        }
+        let number = match failure {
+            None => {
+                let number = self.durability.begin();
+                let committing = Instant::now();
+                failure = self.commit().err();
+                let commit_micros = committing.elapsed().as_micros() as u64;
+                self.shared
+                    .stats
+                    .commit_micros
+                    .fetch_add(commit_micros, Ordering::Relaxed);
+                self.shared.stats.commit_latency.observe(commit_micros);
+                Some(number)
+            }
+            Some(_) => None,
+        };
         if failure.is_some() && !self.connection.is_autocommit() {
             // Best effort: the transaction may already be gone.
             let _ = self.execute("ROLLBACK");
         }
 
         let notices_queued = std::mem::take(&mut self.notices_queued);
+        let events_inserted = super::super::take_events_inserted();
+        let mut settled = Settled {
+            number,
+            committed: failure.is_none(),
+            ledger: Vec::new(),
+            answers: Vec::with_capacity(refused.len() + flushes.len()),
+            batch_size: batch_size as usize,
+            notices_queued: notices_queued && failure.is_none(),
+            events_inserted: events_inserted && failure.is_none(),
+        };
         match &failure {
             None => {
-                if notices_queued {
-                    self.shared.notices_ready.notify_one();
-                }
-                if super::super::take_events_inserted() {
-                    self.shared.webhooks_ready.notify_one();
-                }
-                let entries: Vec<&LedgerEntry> = pending
-                    .iter()
-                    .filter_map(|write| match write {
-                        Pending::Ledger { entry, .. } => Some(entry),
-                        Pending::Custom { .. } => None,
-                    })
-                    .collect();
-                self.shared
-                    .stats
-                    .committed(batch_size as usize, pending.len(), &entries);
-                // Checked after the commit: a subscriber that arrives later
-                // reads these rows from the database instead.
-                let publish = !self.shared.feed.is_idle();
+                settled.ledger.reserve(pending.len());
                 for write in pending {
                     match write {
                         Pending::Ledger {
@@ -192,18 +206,13 @@ impl Writer {
                             done,
                             queued_at,
                             ..
-                        } => {
-                            if publish {
-                                self.shared.feed.publish(Arc::new(entry));
-                            }
-                            let _ = done.send(Ok(()));
-                            self.shared
-                                .stats
-                                .ack_latency
-                                .observe(queued_at.elapsed().as_micros() as u64);
-                        }
+                        } => settled.ledger.push(CommittedLedger {
+                            entry,
+                            queued_at,
+                            done,
+                        }),
                         Pending::Custom { value, done } => {
-                            let _ = done.send(Ok(value));
+                            settled.answers.push(Answer::Custom(done, Ok(value)))
                         }
                     }
                 }
@@ -223,33 +232,35 @@ impl Writer {
                             ..
                         } => {
                             self.poison(entry.account_id, generation);
-                            let _ = done.send(Err(StoreError::CommitFailed(reason.clone())));
+                            let error = StoreError::CommitFailed(reason.clone());
+                            settled.answers.push(Answer::Ledger(done, Err(error)));
                         }
                         Pending::Custom { done, .. } => {
                             let error = StoreError::CommitFailed(reason.clone());
-                            let _ = done.send(Err(CustomFailure::Store(error)));
+                            settled
+                                .answers
+                                .push(Answer::Custom(done, Err(CustomFailure::Store(error))));
                         }
                     }
                 }
             }
         }
         for answer in refused {
-            match answer {
-                Refused::Ledger(done, error) => {
-                    let _ = done.send(Err(error));
-                }
-                Refused::Custom(done, error) => {
-                    let _ = done.send(Err(error));
-                }
-            }
+            settled.answers.push(match answer {
+                Refused::Ledger(done, error) => Answer::Ledger(done, Err(error)),
+                Refused::Custom(done, error) => Answer::Custom(done, Err(error)),
+            });
         }
-        for done in flushes {
-            let _ = done.send(());
-        }
+        settled
+            .answers
+            .extend(flushes.into_iter().map(Answer::Flush));
         self.shared
             .stats
             .batch_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        // The syncer makes it durable and answers; if it is gone, so is the
+        // store, and the callers learn it from their dropped answers.
+        let _ = self.syncer.send(settled);
     }
 
     fn apply_ledger_write(

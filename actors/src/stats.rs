@@ -43,6 +43,11 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
+    /// The sum of what was observed (with `count`, the mean).
+    pub fn sum(&self) -> u64 {
+        self.sum.load(Ordering::Relaxed)
+    }
+
     /// Appends the histogram in Prometheus text format; `scale` divides
     /// bounds and sum (1e6 turns microseconds into seconds).
     pub fn render(&self, name: &str, help: &str, scale: u64, out: &mut String) {

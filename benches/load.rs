@@ -274,6 +274,9 @@ fn main() {
             ("POST …/adjustments", adjustment),
         ] {
             let before = store_figures(client.clone(), metrics_url.clone()).await;
+            // On stderr as it starts (the table comes at the end): a
+            // profiler can be attached to the server for one phase.
+            eprintln!("phase {name} starts");
             phases.push(run_phase(name, options.seconds, options.connections, make).await);
             let after = store_figures(client.clone(), metrics_url.clone()).await;
             let commits = after[0] - before[0];

@@ -2,7 +2,7 @@
 //! them: prints debits/s, acknowledge latency and the ratio.
 //!
 //! `cargo bench --bench ledger` (options: `-- --debits N --callers N
-//! --accounts N --naive-debits N --actor-threads N`) runs on SQLite files in
+//! --accounts N --naive-debits N --actor-threads N`, the server's default) runs on SQLite files in
 //! a temporary directory. With `-- --database postgres://user:pw@host/db`
 //! it runs on Postgres instead (in fresh databases named after `db`, made
 //! and dropped by the bench), and adds three instances on shared accounts
@@ -28,6 +28,7 @@ struct Options {
     callers: u64,
     accounts: i64,
     naive_debits: u64,
+    /// Threads for the account actors: the server's default unless given.
     actor_threads: usize,
     /// A Postgres URL; SQLite when absent.
     postgres: Option<String>,
@@ -39,7 +40,7 @@ fn options() -> Options {
         callers: 256,
         accounts: 10_000,
         naive_debits: 3_000,
-        actor_threads: 1,
+        actor_threads: Settings::local("unused.db").server.actor_threads,
         postgres: None,
     };
     let arguments: Vec<String> = std::env::args().collect();

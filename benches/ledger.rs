@@ -2,7 +2,8 @@
 //! them: prints debits/s, acknowledge latency and the ratio.
 //!
 //! `cargo bench --bench ledger` (options: `-- --debits N --callers N
-//! --accounts N --naive-debits N --actor-threads N`, the server's default) runs on SQLite files in
+//! --accounts N --naive-debits N --actor-threads N`; the actors get the
+//! server's default number of threads unless told) runs on SQLite files in
 //! a temporary directory. With `-- --database postgres://user:pw@host/db`
 //! it runs on Postgres instead (in fresh databases named after `db`, made
 //! and dropped by the bench), and adds three instances on shared accounts

@@ -155,7 +155,7 @@ enum Lifecycle {
 /// How many times one mutation is computed again after the ledger moved on
 /// under it (another process or instance wrote to the account first)
 /// before its callers are told it was not applied.
-const MAX_ATTEMPTS: u8 = 16;
+const MAX_ATTEMPTS: u8 = 64;
 
 /// A write queued to the store whose commit has not been seen yet.
 struct InFlight {

@@ -158,13 +158,13 @@ fn render(state: &AppState) -> String {
     );
     stats.commit_latency.render(
         "sms_credit_commit_seconds",
-        "Time of each COMMIT (WAL write and fsync).",
+        "Time of each COMMIT statement (SQLite: the WAL write, its fsync follows on the syncer; Postgres: the flush).",
         1_000_000,
         &mut out,
     );
     stats.ack_latency.render(
         "sms_credit_ack_seconds",
-        "From a ledger write's submission to its acknowledgement after commit.",
+        "From a ledger write's submission to its acknowledgement once its commit is durable.",
         1_000_000,
         &mut out,
     );

@@ -19,7 +19,7 @@ use sms_credit::config::Settings;
 use sms_credit::startup::Core;
 use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store::LedgerWrite;
+use sms_credit_actors::store::{LedgerWrite, StoreError};
 use sms_credit_actors::{
     AccountId, Debit, IdempotencyKey, LedgerEntry, Money, Snapshot, TransactionKind,
 };
@@ -274,7 +274,9 @@ fn actor_debits(options: &Options, instances: usize) -> Run {
                         // Computed again MAX_ATTEMPTS times and still beaten
                         // by another instance: not applied (an HTTP caller
                         // gets 503 and asks again with the same key).
-                        Err(sms_credit_actors::LedgerError::Store(_)) => not_applied += 1,
+                        Err(sms_credit_actors::LedgerError::Store(
+                            StoreError::MovedOn(_) | StoreError::Conflict,
+                        )) => not_applied += 1,
                         Err(error) => panic!("{error}"),
                     }
                 }
@@ -460,7 +462,7 @@ fn store_floor(options: &Options, window: Option<usize>) -> f64 {
         let generation = store.next_generation();
         let started = Instant::now();
         let mut answers: std::collections::VecDeque<
-            tokio::sync::oneshot::Receiver<Result<(), sms_credit_actors::store::StoreError>>,
+            tokio::sync::oneshot::Receiver<Result<(), StoreError>>,
         > = std::collections::VecDeque::with_capacity(total as usize);
         for number in 0..total {
             if let Some(window) = window {

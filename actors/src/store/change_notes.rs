@@ -40,14 +40,15 @@ pub(crate) fn auto_top_up(account_id: AccountId) -> String {
     format!("{AUTO_TOP_UP}:{account_id}")
 }
 
-/// The note that rows `first..=last` of an account were written, leaving
-/// it at `after` (whose `seq` is `last`).
-pub(crate) fn rows(account_id: AccountId, first: i64, last: i64, after: &Snapshot) -> String {
+/// The note that rows `first..=after.seq` of an account were written,
+/// leaving it at `after`.
+pub(crate) fn rows(account_id: AccountId, first: i64, after: &Snapshot) -> String {
     let warned = after
         .low_balance_warned_at_ms
         .map_or(String::new(), |at| at.to_string());
     format!(
-        "{account_id}:{first}-{last}:{}:{warned}",
+        "{account_id}:{first}-{}:{}:{warned}",
+        after.seq,
         after.balance.micros()
     )
 }
@@ -104,7 +105,7 @@ mod tests {
             },
         ] {
             assert_eq!(
-                parse(&rows(AccountId(7), 12, 14, &after)),
+                parse(&rows(AccountId(7), 12, &after)),
                 Some(ChangeNote::Rows {
                     account_id: AccountId(7),
                     first: 12,

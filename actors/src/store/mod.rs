@@ -232,29 +232,26 @@ impl Shared {
         !self.feed.is_idle()
     }
 
-    /// Rows another process committed: published to the balance feed like
-    /// this process's own, and the account's live actor told (with the
-    /// snapshot `after` them, when the note said it).
-    pub(crate) fn external(&self, entries: Vec<LedgerEntry>, after: Option<Snapshot>) {
-        let Some(last) = entries.last() else {
-            return;
-        };
-        let (account_id, seq) = (last.account_id, last.seq);
-        if !self.feed.is_idle() {
+    /// Another process committed rows to an account, up to `seq`: those
+    /// read (`entries`, none when nobody watches the feed) are published to
+    /// the balance feed like this process's own, and the account's live
+    /// actor is told, with the snapshot `after` them when the note said it.
+    pub(crate) fn external(
+        &self,
+        account_id: AccountId,
+        seq: i64,
+        entries: Vec<LedgerEntry>,
+        after: Option<Snapshot>,
+    ) {
+        if !entries.is_empty() && !self.feed.is_idle() {
             for entry in entries {
                 self.feed.publish(Arc::new(entry));
             }
         }
-        self.external_moved(account_id, seq, after);
-    }
-
-    /// Another process moved an account to `seq` (its rows unread): the
-    /// account's live actor is told.
-    pub(crate) fn external_moved(&self, account_id: AccountId, seq: i64, after: Option<Snapshot>) {
         let _ = self.moved.send(Moved {
             account_id,
             seq,
-            after: after.filter(|after| after.seq == seq),
+            after,
         });
     }
 

@@ -79,6 +79,8 @@ pub async fn add(
 ) -> Result<(Endpoint, SigningSecret), WebhookError> {
     let url = checked_url(url, allow_private)?;
     let filter = checked_events(events)?;
+    // The description is the operator's optional note: none is stored as
+    // an empty one, which is what the API shows for "no description".
     let description = checked_description(description)?.unwrap_or_default();
     let secret = SigningSecret::generate()?;
     let endpoint = store

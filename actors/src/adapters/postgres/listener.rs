@@ -71,7 +71,7 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
                         if shared.wants_external_rows() {
                             wanted.push((account_id, first, last, after));
                         } else {
-                            shared.external_moved(account_id, last, after);
+                            shared.external(account_id, last, Vec::new(), after);
                         }
                     }
                     ChangeNote::AutoTopUp(account_id) => shared.external_auto_top_up(account_id),
@@ -103,7 +103,7 @@ async fn read_rows(
         Err(error) => {
             tracing::warn!(%error, "could not read another instance's rows");
             for (account_id, _, last, after) in wanted {
-                shared.external_moved(account_id, last, after);
+                shared.external(account_id, last, Vec::new(), after);
             }
             return;
         }
@@ -113,14 +113,13 @@ async fn read_rows(
     });
     let read = futures_util::future::join_all(reads).await;
     for ((account_id, _, last, after), rows) in wanted.into_iter().zip(read) {
-        match rows {
-            Ok(entries) if !entries.is_empty() => shared.external(entries, after),
-            Ok(_) => shared.external_moved(account_id, last, after),
-            Err(error) => {
-                tracing::warn!(%account_id, %error, "could not read another instance's rows");
-                shared.external_moved(account_id, last, after);
-            }
-        }
+        let entries = rows.unwrap_or_else(|error| {
+            // The actor is told all the same; the feed's clients fill the
+            // gap from the database when they see the next row.
+            tracing::warn!(%account_id, %error, "could not read another instance's rows");
+            Vec::new()
+        });
+        shared.external(account_id, last, entries, after);
     }
 }
 

@@ -508,7 +508,7 @@ async fn apply_ledger(
         }
         let first = ledger[indexes[0]].entry.seq;
         let tail = &ledger[indexes[indexes.len() - 1]];
-        moved.push((*account_id, first, tail.entry.seq, tail.next));
+        moved.push((*account_id, first, tail.next));
         for &index in indexes {
             fates[index] = Fate::Committed;
             rows.push(&ledger[index].entry);
@@ -585,7 +585,7 @@ async fn apply_ledger_one_by_one(
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
     let mut fates = Vec::with_capacity(ledger.len());
     let mut failed_accounts: HashSet<AccountId> = HashSet::new();
-    let mut moved: HashMap<AccountId, (i64, i64, Snapshot)> = HashMap::new();
+    let mut moved: HashMap<AccountId, (i64, Snapshot)> = HashMap::new();
     let mut accounts: Vec<i64> = ledger
         .iter()
         .map(|write| write.entry.account_id.0)
@@ -604,13 +604,10 @@ async fn apply_ledger_one_by_one(
         match applied {
             Ok(true) => {
                 savepoint.commit().await?;
-                let range = moved.entry(account_id).or_insert((
-                    write.entry.seq,
-                    write.entry.seq,
-                    write.next,
-                ));
-                range.1 = write.entry.seq;
-                range.2 = write.next;
+                let range = moved
+                    .entry(account_id)
+                    .or_insert((write.entry.seq, write.next));
+                range.1 = write.next;
                 fates.push(Fate::Committed);
             }
             Ok(false) => {
@@ -633,9 +630,9 @@ async fn apply_ledger_one_by_one(
             Err(error) => return Err(error),
         }
     }
-    let moved: Vec<(AccountId, i64, i64, Snapshot)> = moved
+    let moved: Vec<(AccountId, i64, Snapshot)> = moved
         .into_iter()
-        .map(|(account_id, (first, last, after))| (account_id, first, last, after))
+        .map(|(account_id, (first, after))| (account_id, first, after))
         .collect();
     notify(transaction, prepared, origin, &moved).await?;
     Ok(fates)
@@ -799,15 +796,15 @@ async fn notify(
     transaction: &Transaction<'_>,
     prepared: &Prepared,
     origin: &str,
-    moved: &[(AccountId, i64, i64, Snapshot)],
+    moved: &[(AccountId, i64, Snapshot)],
 ) -> Result<(), tokio_postgres::Error> {
     if moved.is_empty() {
         return Ok(());
     }
     let mut payloads = Vec::new();
     let mut payload = String::from(origin);
-    for (account_id, first, last, after) in moved {
-        let pair = format!(";{}", change_notes::rows(*account_id, *first, *last, after));
+    for (account_id, first, after) in moved {
+        let pair = format!(";{}", change_notes::rows(*account_id, *first, after));
         if payload.len() + pair.len() > MAX_PAYLOAD {
             payloads.push(std::mem::replace(&mut payload, origin.to_string()));
         }

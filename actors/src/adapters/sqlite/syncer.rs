@@ -133,6 +133,8 @@ pub(super) struct Settled {
     pub(super) answers: Vec<Answer>,
     /// The writes the batch took, for the counters.
     pub(super) batch_size: usize,
+    /// Whether its transaction queued notices or webhook events (the
+    /// workers are woken if it committed).
     pub(super) notices_queued: bool,
     pub(super) events_inserted: bool,
 }
@@ -140,13 +142,13 @@ pub(super) struct Settled {
 impl Settled {
     /// Tells everyone of a durable batch.
     fn durable(self, shared: &Shared) {
-        if self.notices_queued {
-            shared.notices_ready.notify_one();
-        }
-        if self.events_inserted {
-            shared.webhooks_ready.notify_one();
-        }
         if self.committed {
+            if self.notices_queued {
+                shared.notices_ready.notify_one();
+            }
+            if self.events_inserted {
+                shared.webhooks_ready.notify_one();
+            }
             let entries: Vec<&LedgerEntry> = self.ledger.iter().map(|write| &write.entry).collect();
             let writes = self.ledger.len()
                 + self

@@ -22,14 +22,15 @@ use crate::store::{Shared, StoreError};
 /// How often the watcher asks SQLite whether another connection committed.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// `account:first-last:balance:warned` notes, `;`-separated.
-pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, i64, Snapshot)>) -> String {
+/// `account:first-last:balance:warned` notes, `;`-separated, from each
+/// account's first row and the snapshot after its last.
+pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, Snapshot)>) -> String {
     let mut text = String::with_capacity(moved.len() * 32);
-    for (account_id, (first, last, after)) in moved {
+    for (account_id, (first, after)) in moved {
         if !text.is_empty() {
             text.push(';');
         }
-        text.push_str(&change_notes::rows(*account_id, *first, *last, after));
+        text.push_str(&change_notes::rows(*account_id, *first, after));
     }
     text
 }
@@ -133,13 +134,12 @@ fn read_changes(
                         last,
                         after,
                     } => {
-                        if shared.wants_external_rows() {
-                            let entries =
-                                ledger::entries_between(connection, account_id, first, last)?;
-                            rows.push((account_id, last, entries, after));
+                        let entries = if shared.wants_external_rows() {
+                            ledger::entries_between(connection, account_id, first, last)?
                         } else {
-                            rows.push((account_id, last, Vec::new(), after));
-                        }
+                            Vec::new()
+                        };
+                        rows.push((account_id, last, entries, after));
                     }
                     ChangeNote::AutoTopUp(account_id) => auto_top_ups.push(account_id),
                     ChangeNote::Tokens(account_id) => tokens.push(account_id),
@@ -162,11 +162,7 @@ fn read_changes(
         shared.tokens_changed(account_id);
     }
     for (account_id, last, entries, after) in rows {
-        if entries.is_empty() {
-            shared.external_moved(account_id, last, after);
-        } else {
-            shared.external(entries, after);
-        }
+        shared.external(account_id, last, entries, after);
     }
     for account_id in auto_top_ups {
         shared.external_auto_top_up(account_id);
@@ -186,8 +182,8 @@ mod tests {
             low_balance_warned_at_ms: (seq == 3).then_some(1_700_000_000_000),
         };
         let mut moved = HashMap::new();
-        moved.insert(AccountId(7), (12, 14, after(14, 5_000)));
-        moved.insert(AccountId(9), (3, 3, after(3, -20)));
+        moved.insert(AccountId(7), (12, after(14, 5_000)));
+        moved.insert(AccountId(9), (3, after(3, -20)));
         let mut decoded: Vec<_> = decode_changes(&encode_changes(&moved))
             .into_iter()
             .filter_map(|note| match note {

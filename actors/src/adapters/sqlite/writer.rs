@@ -43,16 +43,6 @@ enum Pending {
     },
 }
 
-/// An answer that is already known but is sent only after the commit, so
-/// that whoever receives it and reads the database sees the batch's outcome.
-enum Refused {
-    Ledger(oneshot::Sender<Result<(), StoreError>>, StoreError),
-    Custom(
-        oneshot::Sender<Result<ErasedValue, CustomFailure>>,
-        CustomFailure,
-    ),
-}
-
 pub(super) struct Writer {
     connection: Connection,
     max_batch: usize,
@@ -127,9 +117,9 @@ impl Writer {
                 WriterMessage::Ledger(write) => {
                     if let Some(reason) = &failure {
                         self.poison(write.entry.account_id, write.generation);
-                        refused.push(Refused::Ledger(
+                        refused.push(Answer::Ledger(
                             write.done,
-                            StoreError::CommitFailed(reason.clone()),
+                            Err(StoreError::CommitFailed(reason.clone())),
                         ));
                         continue;
                     }
@@ -138,7 +128,7 @@ impl Writer {
                 WriterMessage::Custom(custom) => {
                     if let Some(reason) = &failure {
                         let error = CustomFailure::Store(StoreError::CommitFailed(reason.clone()));
-                        refused.push(Refused::Custom(custom.done, error));
+                        refused.push(Answer::Custom(custom.done, Err(error)));
                         continue;
                     }
                     match self.apply_custom(custom.op) {
@@ -146,13 +136,14 @@ impl Writer {
                             value,
                             done: custom.done,
                         }),
-                        Ok(Err(op_error)) => {
-                            refused.push(Refused::Custom(custom.done, CustomFailure::Op(op_error)))
-                        }
+                        Ok(Err(op_error)) => refused.push(Answer::Custom(
+                            custom.done,
+                            Err(CustomFailure::Op(op_error)),
+                        )),
                         Err(reason) => {
                             let error =
                                 CustomFailure::Store(StoreError::CommitFailed(reason.clone()));
-                            refused.push(Refused::Custom(custom.done, error));
+                            refused.push(Answer::Custom(custom.done, Err(error)));
                             failure = Some(reason);
                         }
                     }
@@ -193,8 +184,8 @@ impl Writer {
             ledger: Vec::new(),
             answers: Vec::with_capacity(refused.len() + flushes.len()),
             batch_size: batch_size as usize,
-            notices_queued: notices_queued && failure.is_none(),
-            events_inserted: events_inserted && failure.is_none(),
+            notices_queued,
+            events_inserted,
         };
         match &failure {
             None => {
@@ -245,12 +236,9 @@ impl Writer {
                 }
             }
         }
-        for answer in refused {
-            settled.answers.push(match answer {
-                Refused::Ledger(done, error) => Answer::Ledger(done, Err(error)),
-                Refused::Custom(done, error) => Answer::Custom(done, Err(error)),
-            });
-        }
+        // Answers known before the commit, sent with the batch's: whoever
+        // receives one and reads the database sees the batch's outcome.
+        settled.answers.extend(refused);
         settled
             .answers
             .extend(flushes.into_iter().map(Answer::Flush));
@@ -267,13 +255,13 @@ impl Writer {
         &mut self,
         write: LedgerWrite,
         pending: &mut Vec<Pending>,
-        refused: &mut Vec<Refused>,
+        refused: &mut Vec<Answer>,
         failure: &mut Option<String>,
     ) {
         let account_id = write.entry.account_id;
         if let Some(&poisoned_at) = self.poisoned.get(&account_id) {
             if write.generation <= poisoned_at {
-                refused.push(Refused::Ledger(write.done, StoreError::Aborted));
+                refused.push(Answer::Ledger(write.done, Err(StoreError::Aborted)));
                 return;
             }
             self.poisoned.remove(&account_id);
@@ -308,7 +296,7 @@ impl Writer {
                     Ok(Some(snapshot)) => StoreError::MovedOn(snapshot),
                     _ => StoreError::Conflict,
                 };
-                refused.push(Refused::Ledger(write.done, error));
+                refused.push(Answer::Ledger(write.done, Err(error)));
             }
             Err(error) => {
                 self.poison(account_id, write.generation);
@@ -316,16 +304,16 @@ impl Writer {
                     // SQLite rolled the whole transaction back (I/O error,
                     // disk full): nothing in this batch can commit.
                     *failure = Some(error.to_string());
-                    refused.push(Refused::Ledger(
+                    refused.push(Answer::Ledger(
                         write.done,
-                        StoreError::CommitFailed(error.to_string()),
+                        Err(StoreError::CommitFailed(error.to_string())),
                     ));
                 } else if ledger::is_duplicate_key(&error) {
                     // The key is used: the caller looks up what it became.
-                    refused.push(Refused::Ledger(write.done, StoreError::DuplicateKey));
+                    refused.push(Answer::Ledger(write.done, Err(StoreError::DuplicateKey)));
                 } else {
                     tracing::warn!(%account_id, error = %error, "ledger write refused");
-                    refused.push(Refused::Ledger(write.done, StoreError::Conflict));
+                    refused.push(Answer::Ledger(write.done, Err(StoreError::Conflict)));
                 }
             }
         }
@@ -358,15 +346,12 @@ impl Writer {
     /// Notes, in the batch's transaction, which accounts it moved (for the
     /// other processes sharing the file), and now and then drops old notes.
     fn record_changes(&mut self, pending: &[Pending]) -> Result<(), rusqlite::Error> {
-        let mut moved: HashMap<AccountId, (i64, i64, Snapshot)> = HashMap::new();
+        let mut moved: HashMap<AccountId, (i64, Snapshot)> = HashMap::new();
         for write in pending {
             if let Pending::Ledger { entry, next, .. } = write {
-                let (first, last, after) = moved
-                    .entry(entry.account_id)
-                    .or_insert((entry.seq, entry.seq, *next));
+                let (first, after) = moved.entry(entry.account_id).or_insert((entry.seq, *next));
                 *first = (*first).min(entry.seq);
-                if entry.seq >= *last {
-                    *last = entry.seq;
+                if next.seq > after.seq {
                     *after = *next;
                 }
             }

@@ -158,7 +158,7 @@ fn render(state: &AppState) -> String {
     );
     stats.commit_latency.render(
         "sms_credit_commit_seconds",
-        "Time of each COMMIT statement (SQLite: the WAL write, its fsync follows on the syncer; Postgres: the flush).",
+        "Time of each COMMIT (SQLite: the WAL write, its fsync follows on the syncer; Postgres: the last round trip, which carries the last statements, the COMMIT and its flush).",
         1_000_000,
         &mut out,
     );

@@ -90,7 +90,8 @@ pub struct StoreStats {
     /// Total time spent on batches (statements and commit), in microseconds.
     pub batch_micros: AtomicU64,
     /// Of that, time spent in COMMIT (SQLite: the WAL write; Postgres: the
-    /// round trip and the WAL flush), in microseconds.
+    /// last round trip, which carries the batch's last statements with the
+    /// COMMIT and its WAL flush), in microseconds.
     pub commit_micros: AtomicU64,
     /// Microseconds spent making commits durable apart from them (SQLite's
     /// syncer fsyncs while the writer runs the next batch; 0 on Postgres,

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Statement, Transaction};
 
 use super::webhooks;
 use super::{
@@ -46,6 +46,7 @@ pub(super) struct Prepared {
     insert_rows: Statement,
     insert_notices: Statement,
     notify: Statement,
+    standing: Statement,
 }
 
 const LOCK: &str =
@@ -72,15 +73,19 @@ SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at,
        AS n (account_id, kind, dedupe_key, payload, created_at, after_message)
 ON CONFLICT (dedupe_key) DO NOTHING";
 const NOTIFY: &str = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)";
+const STANDING: &str =
+    "SELECT account_id, balance, seq, low_balance_warned_at FROM account_balances
+  WHERE account_id = ANY($1)";
 
 impl Prepared {
     pub(super) async fn new(client: &Client) -> Result<Prepared, tokio_postgres::Error> {
-        let (lock, update, insert_rows, insert_notices, notify) = futures_util::try_join!(
+        let (lock, update, insert_rows, insert_notices, notify, standing) = futures_util::try_join!(
             client.prepare(LOCK),
             client.prepare(UPDATE),
             client.prepare(INSERT_ROWS),
             client.prepare(INSERT_NOTICES),
             client.prepare(NOTIFY),
+            client.prepare(STANDING),
         )?;
         Ok(Prepared {
             lock,
@@ -88,6 +93,7 @@ impl Prepared {
             insert_rows,
             insert_notices,
             notify,
+            standing,
         })
     }
 }
@@ -322,12 +328,15 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let origin = shared.origin.as_str();
         let (client, prepared) = self.client().await.map_err(BatchFailure::Failed)?;
+        if custom.is_empty() {
+            return ledger_alone(client, prepared, origin, ledger, inject).await;
+        }
         let mut transaction = client.transaction().await?;
         let fates = if ledger.is_empty() {
             Vec::new()
         } else {
-            match apply_ledger(&transaction, prepared, origin, ledger).await {
-                Ok(fates) => fates,
+            match apply_ledger(&transaction, prepared, origin, ledger, None).await {
+                Ok((fates, _)) => fates,
                 Err(error) if is_unique_violation(&error) => {
                     // A row the guard let through clashed with one already
                     // there: start over with each write on its own, so that
@@ -407,6 +416,64 @@ impl Writer {
     }
 }
 
+/// A batch of ledger writes alone, without a `Transaction` (whose `BEGIN`
+/// and `COMMIT` would each cost a round trip of their own): `BEGIN`, then
+/// the bulk path with `COMMIT` in its last round trip. A clash with a row
+/// already there goes to the careful path, in a transaction of its own.
+async fn ledger_alone(
+    client: &mut Client,
+    prepared: &Prepared,
+    origin: &str,
+    ledger: &[LedgerWrite],
+    inject: bool,
+) -> Result<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64), BatchFailure> {
+    let injected = || BatchFailure::Failed("injected commit failure (test switch)".into());
+    if ledger.is_empty() {
+        // Only flushes: everything queued before them has been answered.
+        return if inject {
+            Err(injected())
+        } else {
+            Ok((Vec::new(), Vec::new(), 0))
+        };
+    }
+    // The test switch rolls back where a commit would have been.
+    let end = if inject { "ROLLBACK" } else { "COMMIT" };
+    client.batch_execute("BEGIN").await?;
+    let last_trip = Instant::now();
+    match apply_ledger(&*client, prepared, origin, ledger, Some(end)).await {
+        Ok((fates, ended)) => {
+            if !ended {
+                client.batch_execute(end).await?;
+            }
+            if inject {
+                return Err(injected());
+            }
+            Ok((fates, Vec::new(), last_trip.elapsed().as_micros() as u64))
+        }
+        Err(error) => {
+            // Whether the transaction is still open or already ended by
+            // the pipelined COMMIT (which an earlier failure turns into a
+            // rollback), it ends here; a second ROLLBACK only warns.
+            client.batch_execute("ROLLBACK").await?;
+            if !is_unique_violation(&error) {
+                return Err(error.into());
+            }
+            // A row the guard let through clashed with one already there:
+            // start over with each write on its own, so that only the
+            // clashing one fails.
+            let mut transaction = client.transaction().await?;
+            let fates = apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?;
+            if inject {
+                transaction.rollback().await?;
+                return Err(injected());
+            }
+            let committing = Instant::now();
+            transaction.commit().await?;
+            Ok((fates, Vec::new(), committing.elapsed().as_micros() as u64))
+        }
+    }
+}
+
 /// Each account's writes in the batch, in order, as far as they chain
 /// (each starts from the snapshot the one before leads to); the rest of an
 /// account's writes are refused without trying.
@@ -447,13 +514,20 @@ fn chains(ledger: &[LedgerWrite]) -> Chains {
     Chains { chains, broken }
 }
 
-/// The bulk path: lock, guarded update, insert, notices, notification.
+/// The bulk path: lock, guarded update, insert, notices, notification, in
+/// two round trips. With `end` (`COMMIT` or `ROLLBACK`), the statement that
+/// ends the transaction goes in the second round trip too, unless a
+/// statement there needs a round trip of its own first (a webhook event's
+/// insert is not prepared): the answer says whether it went. Every
+/// statement before it is sent before it, so if one fails, the
+/// transaction is aborted and `COMMIT` only rolls it back.
 async fn apply_ledger(
-    transaction: &Transaction<'_>,
+    client: &impl GenericClient,
     prepared: &Prepared,
     origin: &str,
     ledger: &[LedgerWrite],
-) -> Result<Vec<Fate>, tokio_postgres::Error> {
+    end: Option<&str>,
+) -> Result<(Vec<Fate>, bool), tokio_postgres::Error> {
     let Chains { mut chains, broken } = chains(ledger);
     chains.sort_by_key(|(account_id, _)| *account_id);
     let accounts: Vec<i64> = chains.iter().map(|(account_id, _)| account_id.0).collect();
@@ -486,8 +560,8 @@ async fn apply_ledger(
         &warned,
         &updated,
     ];
-    let lock = transaction.execute(&prepared.lock, &lock_parameters);
-    let update = transaction.query(&prepared.update, &update_parameters);
+    let lock = client.execute(&prepared.lock, &lock_parameters);
+    let update = client.query(&prepared.update, &update_parameters);
     let (_, updated_rows) = futures_util::try_join!(lock, update)?;
     let passed: HashSet<i64> = updated_rows
         .iter()
@@ -528,13 +602,7 @@ async fn apply_ledger(
         if lost_accounts.is_empty() {
             return Ok(Vec::new());
         }
-        transaction
-            .query(
-                "SELECT account_id, balance, seq, low_balance_warned_at FROM account_balances
-                  WHERE account_id = ANY($1)",
-                &[&lost_accounts],
-            )
-            .await
+        client.query(&prepared.standing, &[&lost_accounts]).await
     };
     // Webhook events are rare in a real ledger (a balance crossing, a
     // payment), and cost no round trip of their own: their statement (if
@@ -544,12 +612,21 @@ async fn apply_ledger(
         .zip(&fates)
         .filter(|(_, fate)| matches!(fate, Fate::Committed))
         .flat_map(|(write, _)| write.events().iter());
-    let (_, _, _, standing, _) = futures_util::try_join!(
-        rows.insert(transaction, prepared),
-        notices.insert(transaction, prepared),
-        notify(transaction, prepared, origin, &moved),
+    let has_events = events.clone().next().is_some();
+    let end = end.filter(|_| !has_events);
+    let finish = async {
+        match end {
+            Some(statement) => client.batch_execute(statement).await,
+            None => Ok(()),
+        }
+    };
+    let (_, _, _, standing, _, ()) = futures_util::try_join!(
+        rows.insert(client, prepared),
+        notices.insert(client, prepared),
+        notify(client, prepared, origin, &moved),
         standing,
-        webhooks::insert_event_rows(transaction, events),
+        webhooks::insert_event_rows(client, events),
+        finish,
     )?;
     for row in standing {
         let account_id: i64 = row.try_get(0)?;
@@ -562,7 +639,7 @@ async fn apply_ledger(
             fates[*head] = Fate::Refused(StoreError::MovedOn(snapshot));
         }
     }
-    Ok(fates)
+    Ok((fates, end.is_some()))
 }
 
 /// Whether an insert clashed with the ledger's unique
@@ -702,13 +779,13 @@ impl<'a> Rows<'a> {
 
     async fn insert(
         &self,
-        transaction: &Transaction<'_>,
+        client: &impl GenericClient,
         prepared: &Prepared,
     ) -> Result<(), tokio_postgres::Error> {
         if self.account_id.is_empty() {
             return Ok(());
         }
-        transaction
+        client
             .execute(
                 &prepared.insert_rows,
                 &[
@@ -751,13 +828,13 @@ impl Notices {
 
     async fn insert(
         &self,
-        transaction: &Transaction<'_>,
+        client: &impl GenericClient,
         prepared: &Prepared,
     ) -> Result<(), tokio_postgres::Error> {
         if self.account_id.is_empty() {
             return Ok(());
         }
-        transaction
+        client
             .execute(
                 &prepared.insert_notices,
                 &[
@@ -793,7 +870,7 @@ pub(super) async fn notify_note(
 /// `origin;account:first-last:balance:warned;…`, in as many notifications
 /// as the payload limit needs. Delivered only if the transaction commits.
 async fn notify(
-    transaction: &Transaction<'_>,
+    client: &impl GenericClient,
     prepared: &Prepared,
     origin: &str,
     moved: &[(AccountId, i64, Snapshot)],
@@ -811,7 +888,7 @@ async fn notify(
         payload.push_str(&pair);
     }
     payloads.push(payload);
-    transaction
+    client
         .execute(&prepared.notify, &[&CHANNEL, &payloads])
         .await?;
     Ok(())

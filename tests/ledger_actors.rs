@@ -756,3 +756,53 @@ async fn sqlite_stops_writing_when_its_log_cannot_be_made_durable() {
     core.shutdown().await;
     assert_verified(&directory);
 }
+
+on_both_stores!(a_refused_write_in_a_batch_leaves_the_others_committed);
+/// Writes in one transaction (the test switch gathers them): the one
+/// refused (a phone already taken, which aborts a Postgres transaction)
+/// leaves nothing, and the accounts made and the credit beside it commit.
+async fn a_refused_write_in_a_batch_leaves_the_others_committed() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let taken = new_account(&core, "+14155550700").await;
+    let new = |phone: &str| NewAccount {
+        phone: PhoneNumber::parse(phone).unwrap(),
+        email: None,
+        status: AccountStatus::Active,
+    };
+    let accounts = core.store.accounts();
+    core.store.gather_next_batch_for_testing(4);
+    let (first, clash, second, credited) = futures_util::join!(
+        accounts.create(new("+14155550701"), 0),
+        accounts.create(new("+14155550700"), 0),
+        accounts.create(new("+14155550702"), 0),
+        core.registry.send(taken, credit(2_500_000, "beside")),
+    );
+    assert!(
+        matches!(
+            clash,
+            Err(sms_credit_actors::store::CreateAccountError::PhoneTaken(_))
+        ),
+        "{clash:?}"
+    );
+    let (first, second) = (first.unwrap(), second.unwrap());
+    assert_eq!(credited.unwrap().entry.balance_after.micros(), 2_500_000);
+    for (phone, made) in [("+14155550701", &first), ("+14155550702", &second)] {
+        let found = accounts
+            .by_phone(PhoneNumber::parse(phone).unwrap())
+            .await
+            .unwrap()
+            .expect("the account made beside the refused one is there");
+        assert_eq!(found.id, made.id);
+    }
+    let owner = accounts
+        .by_phone(PhoneNumber::parse("+14155550700").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(owner.id, taken);
+    let snapshot = core.registry.send(taken, GetBalance).await.unwrap();
+    assert_eq!((snapshot.balance.micros(), snapshot.seq), (2_500_000, 1));
+    drop(core);
+    assert_verified(&directory);
+}

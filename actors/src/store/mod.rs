@@ -12,7 +12,7 @@ pub mod copy;
 pub mod error;
 pub mod ports;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -195,6 +195,9 @@ pub(crate) struct Shared {
     pub(crate) syncs_held: AtomicBool,
     /// Test-only: SQLite's next fsync fails as a failing disk's would.
     pub(crate) fail_next_sync: AtomicBool,
+    /// Test-only: the writer's next batch waits until it holds this many
+    /// writes.
+    gather_next: AtomicUsize,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -219,6 +222,7 @@ impl Shared {
             fail_next_commits: AtomicU64::new(0),
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
+            gather_next: AtomicUsize::new(0),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -267,6 +271,11 @@ impl Shared {
     }
 
     /// Whether the next commit is to fail (the test switch), counting it.
+    /// How many writes the next batch waits for (test switch; 0: none).
+    pub(crate) fn take_gather(&self) -> usize {
+        self.gather_next.swap(0, Ordering::SeqCst)
+    }
+
     pub(crate) fn take_injected_failure(&self) -> bool {
         self.fail_next_commits
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
@@ -396,6 +405,12 @@ impl Store {
     /// A generation number never handed out before (see [`LedgerWrite::generation`]).
     pub fn next_generation(&self) -> u64 {
         self.shared.next_generation.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Test-only switch: the writer's next batch waits until it holds
+    /// `writes` writes, so a test can put them in one transaction.
+    pub fn gather_next_batch_for_testing(&self, writes: usize) {
+        self.shared.gather_next.store(writes, Ordering::SeqCst);
     }
 
     /// Test-only switch: the next `count` commits fail as a full disk would,

@@ -6,7 +6,8 @@
 //! in one guarded `UPDATE … FROM unnest(…)`, and the rows of the chains
 //! that passed their guard go in with one `INSERT … SELECT unnest(…)`. A
 //! chain whose guard failed (another instance wrote first) fails alone. The
-//! other writes each run in a savepoint. After `COMMIT` returns, each write
+//! other writes run one after another (and, only if one of them is refused,
+//! again, each in a savepoint of its own). After `COMMIT` returns, each write
 //! is answered, the rows published to the feed, and other instances told
 //! (`pg_notify`, sent in the same transaction, delivered on commit).
 
@@ -119,6 +120,9 @@ enum Fate {
 enum BatchFailure {
     /// A deadlock or serialization failure: run it again.
     Retry(String),
+    /// A custom write was refused in a try without savepoints: run it
+    /// again with each write in a savepoint.
+    Careful,
     /// Anything else: its writes fail.
     Failed(String),
 }
@@ -157,6 +161,13 @@ impl Writer {
                 match queue.try_recv() {
                     Ok(next) => batch.push(next),
                     Err(_) => break,
+                }
+            }
+            let gather = self.shared.take_gather();
+            while batch.len() < gather {
+                match queue.recv().await {
+                    Some(next) => batch.push(next),
+                    None => break,
                 }
             }
             self.commit_batch(std::mem::take(&mut batch)).await;
@@ -213,19 +224,25 @@ impl Writer {
             }
         }
 
-        let mut outcome = Err(BatchFailure::Failed("not tried".into()));
-        for attempt in 1..=BATCH_ATTEMPTS {
-            outcome = self.try_batch(&ledger, &custom).await;
-            match &outcome {
+        let mut attempt = 1;
+        let mut careful = false;
+        let mut inject = self.shared.take_injected_failure();
+        let outcome = loop {
+            let outcome = self.try_batch(&ledger, &custom, careful, inject).await;
+            match outcome {
+                // Not an attempt of its own: the same try, with savepoints.
+                Err(BatchFailure::Careful) => careful = true,
                 Err(BatchFailure::Retry(reason)) if attempt < BATCH_ATTEMPTS => {
                     tracing::info!(%reason, attempt, "a group commit met another instance's transaction; running it again");
+                    attempt += 1;
+                    inject = self.shared.take_injected_failure();
                 }
-                _ => break,
+                Err(BatchFailure::Retry(reason) | BatchFailure::Failed(reason)) => {
+                    break Err(reason)
+                }
+                Ok(done) => break Ok(done),
             }
-        }
-        let outcome = outcome.map_err(|failure| match failure {
-            BatchFailure::Retry(reason) | BatchFailure::Failed(reason) => reason,
-        });
+        };
 
         match outcome {
             Ok((fates, custom_results, commit_micros)) => {
@@ -317,14 +334,17 @@ impl Writer {
     }
 
     /// One try of a batch: its fates, the custom writes' own results, and
-    /// the time COMMIT took.
+    /// the time COMMIT took. Unless `careful`, the custom writes run without
+    /// savepoints, and a refused one (unless alone) ends the try with
+    /// [`BatchFailure::Careful`].
     #[allow(clippy::type_complexity)]
     async fn try_batch(
         &mut self,
         ledger: &[LedgerWrite],
         custom: &[CustomWrite],
+        careful: bool,
+        inject: bool,
     ) -> Result<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64), BatchFailure> {
-        let inject = self.shared.take_injected_failure();
         let shared = Arc::clone(&self.shared);
         let origin = shared.origin.as_str();
         let (client, prepared) = self.client().await.map_err(BatchFailure::Failed)?;
@@ -349,53 +369,53 @@ impl Writer {
             }
         };
         let mut results = Vec::with_capacity(custom.len());
-        if let ([], [only]) = (ledger, custom) {
-            // A write alone in its batch needs no savepoint: its own
-            // refusal rolls back the whole transaction, which is only its.
-            let result = match (only.op)(&transaction).await {
-                Ok(value) => Ok(value),
-                Err(OpFailure::Refused(error)) => Err(error),
-                Err(OpFailure::Contention(reason)) => {
-                    transaction.rollback().await?;
-                    return Err(BatchFailure::Retry(reason));
-                }
-            };
-            if inject {
-                transaction.rollback().await?;
-                return Err(BatchFailure::Failed(
-                    "injected commit failure (test switch)".into(),
-                ));
-            }
-            if result.is_err() {
-                transaction.rollback().await?;
-                return Ok((Vec::new(), vec![result], 0));
-            }
-            let committing = Instant::now();
-            transaction.commit().await?;
-            return Ok((
-                Vec::new(),
-                vec![result],
-                committing.elapsed().as_micros() as u64,
-            ));
-        }
+        // First without savepoints (each costs two round trips): most
+        // writes are not refused. A refused one has aborted the
+        // transaction, or left part of itself in it; unless it is alone,
+        // the batch is run again with each write in a savepoint, so that
+        // only the refused one is rolled back.
+        let alone = ledger.is_empty() && custom.len() == 1;
         for write in custom {
-            let savepoint = transaction.savepoint("custom_write").await?;
-            let result = (write.op)(&savepoint).await;
-            match result {
-                Ok(value) => {
-                    savepoint.commit().await?;
-                    results.push(Ok(value));
+            let result = if careful {
+                let savepoint = transaction.savepoint("custom_write").await?;
+                match (write.op)(&savepoint).await {
+                    Ok(value) => {
+                        savepoint.commit().await?;
+                        Ok(value)
+                    }
+                    Err(OpFailure::Refused(error)) => {
+                        // A database error of the op itself is rolled back
+                        // with its savepoint; a broken connection fails the
+                        // batch.
+                        savepoint.rollback().await?;
+                        Err(OpFailure::Refused(error))
+                    }
+                    Err(contention) => Err(contention),
                 }
+            } else {
+                (write.op)(&transaction).await
+            };
+            match result {
+                Ok(value) => results.push(Ok(value)),
                 Err(OpFailure::Contention(reason)) => {
-                    savepoint.rollback().await?;
                     transaction.rollback().await?;
                     return Err(BatchFailure::Retry(reason));
                 }
-                Err(OpFailure::Refused(error)) => {
-                    // A database error of the op itself is rolled back with
-                    // its savepoint; a broken connection fails the batch.
-                    savepoint.rollback().await?;
-                    results.push(Err(error));
+                Err(OpFailure::Refused(error)) if careful => results.push(Err(error)),
+                Err(OpFailure::Refused(error)) if alone => {
+                    // Its own refusal rolls back the whole transaction,
+                    // which is only its.
+                    transaction.rollback().await?;
+                    if inject {
+                        return Err(BatchFailure::Failed(
+                            "injected commit failure (test switch)".into(),
+                        ));
+                    }
+                    return Ok((Vec::new(), vec![Err(error)], 0));
+                }
+                Err(OpFailure::Refused(_)) => {
+                    transaction.rollback().await?;
+                    return Err(BatchFailure::Careful);
                 }
             }
         }

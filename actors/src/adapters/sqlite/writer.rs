@@ -93,6 +93,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let gather = self.shared.take_gather();
+            while batch.len() < gather {
+                match queue.recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
             self.commit_batch(&mut batch);
         }
     }

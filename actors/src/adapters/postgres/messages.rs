@@ -4,6 +4,7 @@
 //! claims that several instances race for take their rows with
 //! `FOR UPDATE SKIP LOCKED`.
 
+use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 
 use super::accounts::find_account_by_phone;
@@ -47,12 +48,15 @@ fn from_row(row: &Row) -> Result<MessageRecord, StoreError> {
     })
 }
 
+/// Records a message. Typed, so one round trip (parse, bind and execute
+/// together) instead of a prepare and an execute: it is on every message's
+/// path.
 async fn insert(
     client: &impl GenericClient,
     message: &NewMessage,
 ) -> Result<MessageRecord, StoreError> {
     let row = client
-        .query_one(
+        .query_typed_one(
             &format!(
                 "INSERT INTO messages (account_id, kind, idempotency_key, to_number, country, encoding, segments,
                                        price_per_segment, carrier_cost_per_segment, charged, state, twilio_sid,
@@ -61,34 +65,35 @@ async fn insert(
                  RETURNING {COLUMNS}"
             ),
             &[
-                &message.account_id.map(|id| id.0),
-                &message.kind.as_str(),
-                &message.idempotency_key,
-                &message.to,
-                &message.country,
-                &message.encoding,
-                &message.segments,
-                &message.price_per_segment.micros(),
-                &message.carrier_cost_per_segment.micros(),
-                &message.charged.micros(),
-                &message.state.as_str(),
-                &message.twilio_sid,
-                &message.next_price_check_at,
-                &message.created_at_ms,
-                &message.instance_id,
+                (&message.account_id.map(|id| id.0), Type::INT8),
+                (&message.kind.as_str(), Type::TEXT),
+                (&message.idempotency_key, Type::TEXT),
+                (&message.to, Type::TEXT),
+                (&message.country, Type::TEXT),
+                (&message.encoding, Type::TEXT),
+                (&message.segments, Type::INT8),
+                (&message.price_per_segment.micros(), Type::INT8),
+                (&message.carrier_cost_per_segment.micros(), Type::INT8),
+                (&message.charged.micros(), Type::INT8),
+                (&message.state.as_str(), Type::TEXT),
+                (&message.twilio_sid, Type::TEXT),
+                (&message.next_price_check_at, Type::INT8),
+                (&message.created_at_ms, Type::INT8),
+                (&message.instance_id, Type::TEXT),
             ],
         )
         .await?;
     from_row(&row)
 }
 
+/// The message matching `condition`, in one round trip (typed values).
 async fn find_where(
     client: &impl GenericClient,
     condition: &str,
-    values: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    values: &[(&(dyn tokio_postgres::types::ToSql + Sync), Type)],
 ) -> Result<Option<MessageRecord>, StoreError> {
     client
-        .query_opt(
+        .query_typed_opt(
             &format!("SELECT {COLUMNS} FROM messages WHERE {condition}"),
             values,
         )
@@ -102,9 +107,9 @@ async fn inbound_reply(
     message_sid: &str,
 ) -> Result<Option<Option<String>>, StoreError> {
     let found = client
-        .query_opt(
+        .query_typed_opt(
             "SELECT reply FROM inbound_messages WHERE message_sid = $1 AND state = 'answered'",
-            &[&message_sid],
+            &[(&message_sid, Type::TEXT)],
         )
         .await?;
     Ok(found
@@ -146,7 +151,7 @@ impl MessageStore for PostgresStore {
                     let existing = find_where(
                         transaction,
                         "account_id = $1 AND idempotency_key = $2",
-                        &[&account_id.0, key],
+                        &[(&account_id.0, Type::INT8), (key, Type::TEXT)],
                     )
                     .await?;
                     if let Some(existing) = existing {
@@ -182,23 +187,31 @@ impl MessageStore for PostgresStore {
         self.write(move |transaction| {
             let (twilio_sid, twilio_status) = (twilio_sid.clone(), twilio_status.clone());
             boxed(async move {
+                // Typed statements: one round trip each, on every sent
+                // message's path.
                 transaction
-                    .execute(
+                    .execute_typed(
                         "UPDATE messages SET state = 'sent', twilio_sid = $2, twilio_status = $3,
                                 next_price_check_at = $4
                           WHERE id = $1 AND state = 'reserved'",
-                        &[&message_id, &twilio_sid, &twilio_status, &price_check_at],
+                        &[
+                            (&message_id, Type::INT8),
+                            (&twilio_sid, Type::TEXT),
+                            (&twilio_status, Type::TEXT),
+                            (&price_check_at, Type::INT8),
+                        ],
                     )
                     .await?;
                 let early = transaction
-                    .query_opt(
+                    .query_typed_opt(
                         "DELETE FROM early_message_statuses WHERE twilio_sid = $1 RETURNING status",
-                        &[&twilio_sid],
+                        &[(&twilio_sid, Type::TEXT)],
                     )
                     .await?
                     .map(|row| row.try_get::<_, String>(0))
                     .transpose()?;
-                let record = find_where(transaction, "id = $1", &[&message_id]).await?;
+                let record =
+                    find_where(transaction, "id = $1", &[(&message_id, Type::INT8)]).await?;
                 Ok((record, early))
             })
         })
@@ -249,7 +262,8 @@ impl MessageStore for PostgresStore {
             let (twilio_sid, status) = (twilio_sid.clone(), status.clone());
             boxed(async move {
                 let Some(record) =
-                    find_where(transaction, "twilio_sid = $1", &[&twilio_sid]).await?
+                    find_where(transaction, "twilio_sid = $1", &[(&twilio_sid, Type::TEXT)])
+                        .await?
                 else {
                     transaction
                         .execute(
@@ -329,12 +343,20 @@ impl MessageStore for PostgresStore {
                 instance_id.clone(),
             );
             boxed(async move {
+                // Typed: one round trip, on every inbound message's path.
                 let inserted = transaction
-                    .execute(
+                    .execute_typed(
                         "INSERT INTO inbound_messages (message_sid, from_number, body, reply, created_at, state,
                                                        claimed_by, claimed_until)
                          VALUES ($1, $2, $3, NULL, $4, 'claimed', $5, $6) ON CONFLICT (message_sid) DO NOTHING",
-                        &[&message_sid, &from, &body, &now_ms, &instance_id, &lease_until_ms],
+                        &[
+                            (&message_sid, Type::TEXT),
+                            (&from, Type::TEXT),
+                            (&body, Type::TEXT),
+                            (&now_ms, Type::INT8),
+                            (&instance_id, Type::TEXT),
+                            (&lease_until_ms, Type::INT8),
+                        ],
                     )
                     .await?;
                 if inserted == 1 {
@@ -373,12 +395,17 @@ impl MessageStore for PostgresStore {
             let now_ms = inbound.now_ms;
             boxed(async move {
                 let answered = transaction
-                    .execute(
+                    .execute_typed(
                         "UPDATE inbound_messages
                             SET state = 'answered', reply = $2, account_id = $3, claimed_by = NULL,
                                 claimed_until = NULL
                           WHERE message_sid = $1 AND state = 'claimed' AND claimed_by = $4",
-                        &[&message_sid, &reply, &account_id, &instance_id],
+                        &[
+                            (&message_sid, Type::TEXT),
+                            (&reply, Type::TEXT),
+                            (&account_id, Type::INT8),
+                            (&instance_id, Type::TEXT),
+                        ],
                     )
                     .await?;
                 let mine = answered == 1

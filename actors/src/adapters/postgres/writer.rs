@@ -127,6 +127,13 @@ enum BatchFailure {
     Failed(String),
 }
 
+impl BatchFailure {
+    /// What the test switch makes of a commit.
+    fn injected() -> BatchFailure {
+        BatchFailure::Failed("injected commit failure (test switch)".into())
+    }
+}
+
 impl From<tokio_postgres::Error> for BatchFailure {
     fn from(error: tokio_postgres::Error) -> BatchFailure {
         if is_retryable(&error) {
@@ -348,19 +355,25 @@ impl Writer {
         let shared = Arc::clone(&self.shared);
         let origin = shared.origin.as_str();
         let (client, prepared) = self.client().await.map_err(BatchFailure::Failed)?;
+        // A row the guard let through clashed with one already there: the
+        // ledger's writes go again each on its own, so that only the
+        // clashing one fails.
+        let mut clashed = false;
         if custom.is_empty() {
-            return ledger_alone(client, prepared, origin, ledger, inject).await;
+            match ledger_alone(client, prepared, origin, ledger, inject).await? {
+                Some(done) => return Ok(done),
+                None => clashed = true,
+            }
         }
         let mut transaction = client.transaction().await?;
         let fates = if ledger.is_empty() {
             Vec::new()
+        } else if clashed {
+            apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?
         } else {
             match apply_ledger(&transaction, prepared, origin, ledger, None).await {
                 Ok((fates, _)) => fates,
                 Err(error) if is_unique_violation(&error) => {
-                    // A row the guard let through clashed with one already
-                    // there: start over with each write on its own, so that
-                    // only the clashing one fails.
                     transaction.rollback().await?;
                     transaction = client.transaction().await?;
                     apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?
@@ -407,9 +420,7 @@ impl Writer {
                     // which is only its.
                     transaction.rollback().await?;
                     if inject {
-                        return Err(BatchFailure::Failed(
-                            "injected commit failure (test switch)".into(),
-                        ));
+                        return Err(BatchFailure::injected());
                     }
                     return Ok((Vec::new(), vec![Err(error)], 0));
                 }
@@ -421,9 +432,7 @@ impl Writer {
         }
         if inject {
             transaction.rollback().await?;
-            return Err(BatchFailure::Failed(
-                "injected commit failure (test switch)".into(),
-            ));
+            return Err(BatchFailure::injected());
         }
         let committing = Instant::now();
         transaction.commit().await?;
@@ -438,22 +447,23 @@ impl Writer {
 
 /// A batch of ledger writes alone, without a `Transaction` (whose `BEGIN`
 /// and `COMMIT` would each cost a round trip of their own): `BEGIN`, then
-/// the bulk path with `COMMIT` in its last round trip. A clash with a row
-/// already there goes to the careful path, in a transaction of its own.
+/// the bulk path with `COMMIT` in its last round trip. `None` when a row
+/// clashed with one already there: nothing committed, and the batch goes
+/// to the careful path.
+#[allow(clippy::type_complexity)]
 async fn ledger_alone(
     client: &mut Client,
     prepared: &Prepared,
     origin: &str,
     ledger: &[LedgerWrite],
     inject: bool,
-) -> Result<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64), BatchFailure> {
-    let injected = || BatchFailure::Failed("injected commit failure (test switch)".into());
+) -> Result<Option<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64)>, BatchFailure> {
     if ledger.is_empty() {
         // Only flushes: everything queued before them has been answered.
         return if inject {
-            Err(injected())
+            Err(BatchFailure::injected())
         } else {
-            Ok((Vec::new(), Vec::new(), 0))
+            Ok(Some((Vec::new(), Vec::new(), 0)))
         };
     }
     // The test switch rolls back where a commit would have been.
@@ -466,30 +476,24 @@ async fn ledger_alone(
                 client.batch_execute(end).await?;
             }
             if inject {
-                return Err(injected());
+                return Err(BatchFailure::injected());
             }
-            Ok((fates, Vec::new(), last_trip.elapsed().as_micros() as u64))
+            Ok(Some((
+                fates,
+                Vec::new(),
+                last_trip.elapsed().as_micros() as u64,
+            )))
         }
         Err(error) => {
             // Whether the transaction is still open or already ended by
             // the pipelined COMMIT (which an earlier failure turns into a
             // rollback), it ends here; a second ROLLBACK only warns.
             client.batch_execute("ROLLBACK").await?;
-            if !is_unique_violation(&error) {
-                return Err(error.into());
+            if is_unique_violation(&error) {
+                Ok(None)
+            } else {
+                Err(error.into())
             }
-            // A row the guard let through clashed with one already there:
-            // start over with each write on its own, so that only the
-            // clashing one fails.
-            let mut transaction = client.transaction().await?;
-            let fates = apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?;
-            if inject {
-                transaction.rollback().await?;
-                return Err(injected());
-            }
-            let committing = Instant::now();
-            transaction.commit().await?;
-            Ok((fates, Vec::new(), committing.elapsed().as_micros() as u64))
         }
     }
 }

@@ -159,7 +159,7 @@ impl RateTable {
         match phone.country() {
             Some(country) if self.rate_for(country).is_some() => None,
             Some(country) => Some(format!(
-                "messages to {phone} ({country}) cannot be priced yet: add a rate for {country} to the rate table (SMS_CREDIT_RATES_FILE), or an alias from {country} to a country that has one"
+                "messages to {phone} ({country}) cannot be priced yet: add a rate for {country} to the rate table, or an alias from {country} to a country that has one"
             )),
             None => Some(format!(
                 "messages to {phone} cannot be priced: its country is not known from the number"

@@ -32,7 +32,7 @@ impl AdjustCommand {
         let limit = settings.access.max_adjustment;
         if amount.micros().unsigned_abs() > limit.micros().unsigned_abs() {
             return Err(format!(
-                "an adjustment may be at most {limit} either way (SMS_CREDIT_MAX_ADJUSTMENT)"
+                "an adjustment may be at most {limit} either way (this server's limit)"
             ));
         }
         let adjustment = Adjust {

@@ -59,7 +59,7 @@ pub async fn create(
     if request.amount_micros.unsigned_abs() > limit.micros().unsigned_abs() {
         return Err(ApiError::invalid(
             "adjustment_too_large",
-            format!("an adjustment may be at most {limit} either way (SMS_CREDIT_MAX_ADJUSTMENT)"),
+            format!("an adjustment may be at most {limit} either way (this server's limit)"),
         ));
     }
     let idempotency_key = IdempotencyKey::from_caller(&request.idempotency_key)

@@ -34,8 +34,8 @@ pub async fn check_prices(
 ) -> Result<HttpResponse, ApiError> {
     let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
         code: "twilio_not_configured",
-        // An admin-token answer: the operator may read which settings.
-        message: "Twilio is not configured on this server (set SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM)",
+        // What to set goes to the log (`variable`), not to the console.
+        message: "Twilio is not configured on this server, so prices cannot be checked",
         variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID",
     })?;
     let found = messaging.check_prices(state.clock.now_ms()).await?;

@@ -264,6 +264,8 @@ fn main() {
                 value("sms_credit_commits_total "),
                 value("sms_credit_commit_batch_size_sum "),
                 value("sms_credit_commit_seconds_sum "),
+                value("sms_credit_ack_seconds_sum "),
+                value("sms_credit_ack_seconds_count "),
             ]
         };
         let mut store_lines = Vec::new();
@@ -282,9 +284,10 @@ fn main() {
             let commits = after[0] - before[0];
             if commits > 0.0 {
                 store_lines.push(format!(
-                    "{name:<28} store: {commits:.0} commits, {:.1} writes per commit, {:.3} ms per commit",
+                    "{name:<28} store: {commits:.0} commits, {:.1} writes per commit, {:.3} ms per commit, ledger writes acknowledged in {:.2} ms (mean)",
                     (after[1] - before[1]) / commits,
-                    1000.0 * (after[2] - before[2]) / commits
+                    1000.0 * (after[2] - before[2]) / commits,
+                    1000.0 * (after[3] - before[3]) / (after[4] - before[4]).max(1.0)
                 ));
             }
         }

@@ -507,11 +507,12 @@ async fn a_server_without_its_state_answers_500_not_404() {
     assert_eq!(body["error"]["code"], "internal_error");
 }
 
-on_both_stores!(a_service_left_off_is_told_in_customer_words_and_named_only_to_the_admin);
+on_both_stores!(a_service_left_off_is_told_in_plain_words_naming_no_setting);
 /// With neither Stripe nor Twilio configured, an account holder, a
 /// stranger and the host application are told what is unavailable, never
-/// which setting would turn it on; the admin is told the setting.
-async fn a_service_left_off_is_told_in_customer_words_and_named_only_to_the_admin() {
+/// which setting would turn it on; nor is the admin in the console (the
+/// setting is in the server's log).
+async fn a_service_left_off_is_told_in_plain_words_naming_no_setting() {
     let app = TestApp::spawn().await;
     let account = app.create_account("+14155550977").await;
     let token = app.issue_token(account).await;

@@ -270,12 +270,12 @@ impl Shared {
         let _ = self.auto_top_up_changed.send(account_id);
     }
 
-    /// Whether the next commit is to fail (the test switch), counting it.
     /// How many writes the next batch waits for (test switch; 0: none).
     pub(crate) fn take_gather(&self) -> usize {
         self.gather_next.swap(0, Ordering::SeqCst)
     }
 
+    /// Whether the next commit is to fail (the test switch), counting it.
     pub(crate) fn take_injected_failure(&self) -> bool {
         self.fail_next_commits
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {

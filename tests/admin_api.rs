@@ -563,7 +563,9 @@ async fn a_service_left_off_is_told_in_plain_words_naming_no_setting() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     // The operator reads it in the console: what, never which variable (that
     // is in the server's log).
-    let message = admin["error"]["message"].as_str().unwrap_or_default();
+    let message = admin["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the answer has an error message: {admin}"));
     assert!(message.contains("not configured"), "{admin}");
     assert!(!message.contains("SMS_CREDIT_"), "{admin}");
     app.stop().await;

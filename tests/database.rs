@@ -27,6 +27,7 @@ thread_local! {
 
 /// Makes the test on this thread use `kind` (see [`on_both_stores!`]).
 pub fn use_store(kind: StoreKind) {
+    crate::watchdog::watch();
     KIND.with(|current| current.set(kind));
 }
 

@@ -40,13 +40,15 @@ pub(crate) async fn open(
     }
 }
 
-/// The next JSON message, answering pings on the way.
+/// The next JSON message, answering pings on the way; within 30 s in all
+/// (heartbeats do not extend the wait).
 pub(crate) async fn next_json(connection: &mut Connection) -> Value {
+    // A bound on liveness, not a speed test: generous for a loaded CI machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        // A bound on liveness, not a speed test: generous for a loaded CI machine.
-        let frame = actix_rt::time::timeout(Duration::from_secs(30), connection.next())
+        let frame = tokio::time::timeout_at(deadline, connection.next())
             .await
-            .expect("a feed message within 30 s")
+            .expect("a feed message within 30 s (only pings came, or nothing)")
             .expect("the feed is open")
             .unwrap();
         match frame {
@@ -55,6 +57,22 @@ pub(crate) async fn next_json(connection: &mut Connection) -> Value {
             other => panic!("unexpected frame {other:?}"),
         }
     }
+}
+
+/// Opens the admin feed with a ticket and waits for its first frame, which
+/// says it is live: every change committed from then on will be sent.
+pub(crate) async fn open_admin_feed(app: &TestApp) -> Connection {
+    let (status, issued) = app
+        .request("POST", "/v1/admin/feed-tickets", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let path = format!(
+        "/v1/admin/feed?ticket={}",
+        issued["ticket"].as_str().unwrap()
+    );
+    let mut feed = open(app, &path, &[]).await.unwrap();
+    assert_eq!(next_json(&mut feed).await, json!({"live": true}));
+    feed
 }
 
 async fn account_with_token(app: &TestApp, phone: &str) -> (i64, String) {
@@ -186,19 +204,10 @@ async fn tickets_open_the_feed_once_and_the_admin_feed_sees_every_account() {
         "single use"
     );
 
-    let (_, issued) = app
-        .request("POST", "/v1/admin/feed-tickets", Some(ADMIN_TOKEN), None)
-        .await;
-    let mut admin = open(
-        &app,
-        &format!(
-            "/v1/admin/feed?ticket={}",
-            issued["ticket"].as_str().unwrap()
-        ),
-        &[],
-    )
-    .await
-    .unwrap();
+    // The admin feed's first frame says it is live: the changes below are
+    // committed after it, so it must send them (before, they could land
+    // before it had read where each account stood, and it waited forever).
+    let mut admin = open_admin_feed(&app).await;
     app.post_adjustment(first, 10, "a").await;
     app.post_adjustment(second, 20, "b").await;
     let seen: Vec<(i64, i64)> = [next_json(&mut admin).await, next_json(&mut admin).await]
@@ -374,7 +383,8 @@ async fn the_feed_pings_and_drops_a_silent_client() {
 }
 
 /// A websocket client on a plain socket with a 4 KiB receive buffer that
-/// reads one frame every 20 ms and answers pings as every client must.
+/// reads one frame at a time, as slowly as it is told, and answers pings
+/// as every client must.
 struct SlowClient {
     stream: tokio::net::TcpStream,
 }
@@ -388,6 +398,16 @@ enum SlowEnd {
     },
     /// The connection dropped without a close frame (1006).
     Dropped,
+}
+
+/// How a slow client reads.
+struct Reading {
+    /// The pause before each frame.
+    every: Duration,
+    /// After this many changes, it reads nothing for the given time.
+    stall: Option<(usize, Duration)>,
+    /// It stops (the feed still open) once it has this change.
+    until_seq: i64,
 }
 
 impl SlowClient {
@@ -443,32 +463,46 @@ impl SlowClient {
         let _ = self.stream.write_all(&frame).await;
     }
 
-    /// Reads slowly until the feed ends; answers the last `seq` received.
-    async fn read_slowly(&mut self) -> (i64, SlowEnd) {
-        let mut last_seq = 0;
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    /// Reads as `reading` says, pushing each change's `seq` to `seqs`, until
+    /// it has `reading.until_seq` (`None`) or the feed ends (how).
+    async fn read(&mut self, reading: &Reading, seqs: &mut Vec<i64>) -> Option<SlowEnd> {
+        let mut changes = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(180);
         loop {
             assert!(
                 std::time::Instant::now() < deadline,
-                "never closed (last seq {last_seq})"
+                "the feed neither ended nor reached seq {} in 180 s (last {:?})",
+                reading.until_seq,
+                seqs.last()
             );
-            actix_rt::time::sleep(Duration::from_millis(20)).await;
+            actix_rt::time::sleep(reading.every).await;
+            if reading.stall.is_some_and(|(after, _)| after == changes) {
+                actix_rt::time::sleep(reading.stall.unwrap().1).await;
+            }
             let frame = actix_rt::time::timeout(Duration::from_secs(30), self.frame())
                 .await
-                .unwrap_or_else(|_| panic!("no frame for 30 s (last seq {last_seq})"));
+                .unwrap_or_else(|_| panic!("no frame for 30 s (last seq {:?})", seqs.last()));
             let Some((opcode, payload)) = frame else {
-                return (last_seq, SlowEnd::Dropped);
+                return Some(SlowEnd::Dropped);
             };
             match opcode {
                 0x1 => {
                     let change: Value = serde_json::from_slice(&payload).unwrap();
-                    last_seq = change["seq"].as_i64().unwrap();
+                    // The snapshot has no type; changes do.
+                    if change.get("type").is_some() {
+                        changes += 1;
+                        let seq = change["seq"].as_i64().unwrap();
+                        seqs.push(seq);
+                        if seq >= reading.until_seq {
+                            return None;
+                        }
+                    }
                 }
                 0x8 => {
                     let code = u16::from_be_bytes([payload[0], payload[1]]);
                     let reason = String::from_utf8_lossy(&payload[2..]).into_owned();
                     self.send(0x8, &payload[..2]).await;
-                    return (last_seq, SlowEnd::Closed { code, reason });
+                    return Some(SlowEnd::Closed { code, reason });
                 }
                 0x9 => self.send(0xA, &payload).await,
                 _ => {}
@@ -477,38 +511,184 @@ impl SlowClient {
     }
 }
 
-on_both_stores!(a_slow_client_is_closed_with_where_to_resume);
-/// 3 000 changes to an account whose feed client reads one change every
-/// 20 ms through a 4 KiB receive buffer: it is closed with 1008 and the
-/// `seq` to resume from, which is the last change it received, and
-/// resuming from there goes on without a gap.
-async fn a_slow_client_is_closed_with_where_to_resume() {
+/// `seqs` is `first..=last`, each once, in order; else says where not.
+fn assert_every_change_once_in_order(seqs: &[i64], first: i64, last: i64) {
+    let expected: Vec<i64> = (first..=last).collect();
+    if let Some(at) =
+        (0..expected.len().max(seqs.len())).find(|&at| seqs.get(at) != expected.get(at))
+    {
+        panic!(
+            "{} changes received, {} expected; at position {at} came {:?} where {:?} was due",
+            seqs.len(),
+            expected.len(),
+            seqs.get(at),
+            expected.get(at)
+        );
+    }
+}
+
+/// Writes `count` adjustments of 1 000 µ$ to `id`, 16 at a time.
+async fn write_changes(app: &TestApp, id: i64, count: usize, prefix: &str) {
     use futures_util::stream;
-    let app = TestApp::spawn().await;
-    let (id, token) = account_with_token(&app, "+14155553090").await;
-    app.post_adjustment(id, 1_000_000, "opening").await;
-    let mut client = SlowClient::connect(&app, &format!("/v1/accounts/{id}/feed"), &token).await;
-    let app_ref = &app;
-    let writing = stream::iter(0..3_000)
+    stream::iter(0..count)
         .map(|index| async move {
-            app_ref
-                .post_adjustment(id, 1_000, &format!("slow-{index}"))
+            app.post_adjustment(id, 1_000, &format!("{prefix}-{index}"))
                 .await
         })
         .buffer_unordered(16)
-        .for_each(|(status, body)| async move { assert_eq!(status, StatusCode::OK, "{body}") });
-    let ((), (last_seq, end)) = futures_util::future::join(writing, client.read_slowly()).await;
+        .for_each(|(status, body)| async move { assert_eq!(status, StatusCode::OK, "{body}") })
+        .await;
+}
+
+/// Settings with a feed queue of `queue` changes and a metrics token.
+fn feed_settings(
+    directory: &crate::database::TestDatabase,
+    queue: usize,
+) -> sms_credit::config::Settings {
+    let mut settings = test_settings(directory);
+    settings.feed.queue = queue;
+    settings.access.metrics_token = Some(sms_credit::config::Secret::new(METRICS_TOKEN));
+    settings
+}
+
+const METRICS_TOKEN: &str = "feed-metrics-token";
+
+/// `sms_credit_feed_dropped_slow_total` as `/metrics` says it.
+async fn slow_closes(app: &TestApp) -> u64 {
+    let (status, metrics) = app
+        .request("GET", "/metrics", Some(METRICS_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
+    let text = metrics["raw"].as_str().unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("sms_credit_feed_dropped_slow_total "))
+        .unwrap_or_else(|| panic!("no slow-close counter in {text}"))
+        .parse()
+        .unwrap()
+}
+
+on_both_stores!(a_client_away_for_three_pages_of_changes_catches_up_in_one_connection);
+/// 1 500 changes (three pages of the replay, six times the default queue)
+/// written while the client was away: `?since=0` with a client that reads
+/// normally brings every one, in order, and then the live ones, in the same
+/// connection; nothing counts as too slow.
+async fn a_client_away_for_three_pages_of_changes_catches_up_in_one_connection() {
+    let directory = fresh_directory();
+    let settings = feed_settings(&directory, 256);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (id, token) = account_with_token(&app, "+14155553080").await;
+    write_changes(&app, id, 1_500, "away").await;
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since=0"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        next_json(&mut feed).await,
+        json!({"seq": 1_500, "balance_micros": 1_500_000})
+    );
+    for seq in 1..=1_500 {
+        assert_eq!(next_json(&mut feed).await["seq"], seq);
+    }
+    app.post_adjustment(id, 5, "live").await;
+    let live = next_json(&mut feed).await;
+    assert_eq!(
+        (live["seq"].as_i64(), live["amount_micros"].as_i64()),
+        (Some(1_501), Some(5))
+    );
+    assert_eq!(slow_closes(&app).await, 0);
+}
+
+on_both_stores!(a_slow_reader_reconnecting_as_told_gets_every_change_once_in_order);
+/// 3 000 changes written while a client with a 4 KiB receive buffer reads
+/// one frame every 20 ms, with a feed queue of 8: it is waited for rather
+/// than dropped, and whenever it is told to reconnect it does, from where
+/// it was told; it receives every change once, in order, and the
+/// reconnections are few (printed).
+async fn a_slow_reader_reconnecting_as_told_gets_every_change_once_in_order() {
+    let directory = fresh_directory();
+    let settings = feed_settings(&directory, 8);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (id, token) = account_with_token(&app, "+14155553090").await;
+    app.post_adjustment(id, 1_000_000, "opening").await;
+    let reading = Reading {
+        every: Duration::from_millis(20),
+        stall: None,
+        until_seq: 3_001,
+    };
+    let app_ref = &app;
+    let token_ref = &token;
+    let reader = async move {
+        let mut seqs = Vec::new();
+        let mut reconnects = 0;
+        // From after the opening credit, so that every change is expected.
+        let mut path = format!("/v1/accounts/{id}/feed?since=1");
+        loop {
+            let mut client = SlowClient::connect(app_ref, &path, token_ref).await;
+            match client.read(&reading, &mut seqs).await {
+                None => return (seqs, reconnects),
+                Some(SlowEnd::Closed { code: 1008, reason }) => {
+                    let since = reason
+                        .strip_prefix("too slow: reconnect with ?since=")
+                        .unwrap_or_else(|| panic!("closed: {reason}"));
+                    assert_eq!(since.parse::<i64>().unwrap(), *seqs.last().unwrap_or(&1));
+                    path = format!("/v1/accounts/{id}/feed?since={since}");
+                }
+                Some(other) => panic!("the feed ended with {other:?} after {:?}", seqs.last()),
+            }
+            reconnects += 1;
+            assert!(
+                reconnects <= 20,
+                "reconnected {reconnects} times and is at {:?}",
+                seqs.last()
+            );
+        }
+    };
+    let ((), (seqs, reconnects)) =
+        futures_util::future::join(write_changes(&app, id, 3_000, "slow"), reader).await;
+    println!("a slow reader took 3 000 changes with {reconnects} reconnections");
+    assert_every_change_once_in_order(&seqs, 2, 3_001);
+}
+
+on_both_stores!(a_client_that_stops_reading_is_closed_with_where_to_resume);
+/// A client that reads 20 changes and then nothing for 12 s (more than the
+/// 10 s it is given) while changes keep coming is closed with 1008 and the
+/// `seq` of the last change it received, counted in the metric; resuming
+/// from there goes on without a gap.
+async fn a_client_that_stops_reading_is_closed_with_where_to_resume() {
+    let directory = fresh_directory();
+    let settings = feed_settings(&directory, 8);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let (id, token) = account_with_token(&app, "+14155553091").await;
+    app.post_adjustment(id, 1_000_000, "opening").await;
+    let mut client = SlowClient::connect(&app, &format!("/v1/accounts/{id}/feed"), &token).await;
+    let reading = Reading {
+        every: Duration::ZERO,
+        stall: Some((20, Duration::from_secs(12))),
+        until_seq: i64::MAX,
+    };
+    let mut seqs = Vec::new();
+    let ((), end) = futures_util::future::join(
+        write_changes(&app, id, 400, "stalled"),
+        client.read(&reading, &mut seqs),
+    )
+    .await;
+    let last_seq = *seqs.last().unwrap();
+    assert_every_change_once_in_order(&seqs, 2, last_seq);
     match end {
-        SlowEnd::Closed { code, reason } => {
+        Some(SlowEnd::Closed { code, reason }) => {
             assert_eq!(code, 1008, "{reason}");
             assert_eq!(
                 reason,
                 format!("too slow: reconnect with ?since={last_seq}")
             );
         }
-        SlowEnd::Dropped => panic!("dropped without a close frame after seq {last_seq}"),
+        other => panic!("ended with {other:?} after seq {last_seq}"),
     }
-    assert!(last_seq < 3_001, "closed before the end: {last_seq}");
+    assert!(last_seq < 401, "closed before the end: {last_seq}");
+    assert_eq!(slow_closes(&app).await, 1);
     let mut feed = open(
         &app,
         &format!("/v1/accounts/{id}/feed?since={last_seq}"),

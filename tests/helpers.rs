@@ -29,6 +29,7 @@ pub struct TestApp {
 
 /// A fresh database of the store the running test uses.
 pub fn fresh_directory() -> TestDatabase {
+    crate::watchdog::watch();
     TestDatabase::fresh()
 }
 

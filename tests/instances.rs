@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 
 use crate::fake_stripe::{EventFactory, FakeStripe};
 use crate::fake_twilio::FakeTwilio;
-use crate::feed::{next_json, open};
+use crate::feed::{next_json, open_admin_feed};
 use crate::helpers::{
     fresh_directory, process_env, run_cli, test_settings, with_twilio, ServerProcess, TestApp,
     ADMIN_TOKEN, API_KEY,
@@ -235,20 +235,7 @@ async fn three_instances_on_one_database_keep_every_promise() {
         .collect();
 
     // The admin feed on one instance, from before the first account.
-    let (status, ticket) = apps[WATCHER]
-        .request("POST", "/v1/admin/feed-tickets", Some(ADMIN_TOKEN), None)
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{ticket}");
-    let mut feed = open(
-        &apps[WATCHER],
-        &format!(
-            "/v1/admin/feed?ticket={}",
-            ticket["ticket"].as_str().unwrap()
-        ),
-        &[],
-    )
-    .await
-    .unwrap();
+    let mut feed = open_admin_feed(&apps[WATCHER]).await;
     let seen: Arc<Mutex<Vec<Value>>> = Arc::default();
     let watching = Arc::new(AtomicBool::new(true));
     let watcher = {

@@ -12,6 +12,7 @@ mod helpers;
 mod hostile;
 mod input_properties;
 mod proxy;
+mod watchdog;
 mod webhook_receiver;
 
 mod admin_api;

@@ -2,7 +2,8 @@
 //! it has committed, in commit order, to the subscribers of that account and
 //! to the subscribers of all accounts. Each subscriber has a bounded queue;
 //! one that falls behind is dropped (its receiver ends), never allowed to
-//! grow the server's memory. It can resume from the ledger with its last seq.
+//! grow the server's memory: it subscribes again and reads what it missed
+//! from the ledger, from its last seq.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,7 +30,10 @@ pub struct FeedHub {
     /// nobody listens.
     subscribers: AtomicUsize,
     next_id: AtomicU64,
-    /// Subscribers dropped for falling behind.
+    /// Subscribers whose queue was full, dropped (each reads what it
+    /// missed from the ledger).
+    overflowed: AtomicU64,
+    /// Feeds closed because their client did not read in time.
     dropped_slow: AtomicU64,
 }
 
@@ -121,9 +125,19 @@ impl FeedHub {
         self.subscribers.load(Ordering::Relaxed)
     }
 
-    /// Subscribers dropped so far for falling behind.
+    /// Feeds closed so far because their client did not read in time.
     pub fn dropped_slow(&self) -> u64 {
         self.dropped_slow.load(Ordering::Relaxed)
+    }
+
+    /// Counts a feed closed because its client did not read in time.
+    pub fn count_slow_close(&self) {
+        self.dropped_slow.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Subscribers dropped so far because their queue was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed.load(Ordering::Relaxed)
     }
 
     /// Hands a committed row to its subscribers; a subscriber whose queue is
@@ -154,8 +168,7 @@ impl FeedHub {
         );
         if dropped > 0 {
             self.subscribers.fetch_sub(dropped, Ordering::SeqCst);
-            self.dropped_slow
-                .fetch_add(dropped as u64, Ordering::Relaxed);
+            self.overflowed.fetch_add(dropped as u64, Ordering::Relaxed);
         }
     }
 }
@@ -220,7 +233,7 @@ mod tests {
             received.push(entry.seq);
         }
         assert_eq!(received, vec![1, 2, 3, 4], "what fitted, then the end");
-        assert_eq!(hub.dropped_slow(), 1);
+        assert_eq!(hub.overflowed(), 1);
         assert_eq!(hub.subscriber_count(), 1);
         drop(slow);
         assert_eq!(

@@ -401,7 +401,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("256"),
         secret: false,
         global: false,
-        help: "Ledger rows queued per feed client before it is dropped as too slow",
+        help: "Changes sent to a feed client and not yet read before the server waits for it to read (a client that reads nothing for 10 s is closed as too slow)",
     },
     Setting {
         key: "feed_max_per_account",

@@ -7,6 +7,6 @@ mod session;
 mod slots;
 mod tickets;
 
-pub use session::{run, FeedStart};
+pub use session::{run, subscribe, FeedStart};
 pub use slots::{FeedSlot, FeedSlots};
 pub use tickets::{FeedScope, Redeemed, Tickets, TICKET_LIFETIME};

@@ -1,19 +1,26 @@
 //! One feed connection. Subscribes to committed rows *before* reading the
 //! database, so every row is either in what it reads or in what it is sent
 //! afterwards (both, at worst: duplicates are skipped by `seq`). A gap in
-//! the live rows is filled from the ledger before going on.
+//! the live rows is filled from the ledger before going on, and so is
+//! everything missed when the hub dropped this connection's queue: the
+//! session subscribes again and reads what it missed.
 //!
 //! What the client has read is learned from its pongs to numbered pings
-//! (every client must answer a ping, in order): a client more than the
-//! queue's length behind is too slow. Then nothing more is sent but one
-//! last numbered ping; once the client has read up to it (or a bounded
-//! wait is over), the close frame goes out on an empty pipe, saying where
-//! to resume.
+//! (every client must answer a ping, in order). A client a window behind
+//! is waited for, reading its answers, for a bounded time, in replay as
+//! well as live: a client that keeps reading receives any gap in one
+//! connection. Only one that reads nothing in that time is too slow: it is
+//! sent nothing more but one last numbered ping; once it has read up to it
+//! (or a bounded wait is over), the close frame goes out on an empty pipe,
+//! saying where to resume. Every frame the server sends has a deadline, so
+//! a client that stops reading can never park the session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_ws::{CloseCode, CloseReason, Message, MessageStream, Session};
+use actix_ws::{CloseCode, CloseReason, Closed, Message, MessageStream, Session};
 use serde_json::{json, Value};
 use sms_credit_actors::clock::format_rfc3339_ms;
 use sms_credit_actors::feed::Subscription;
@@ -25,11 +32,17 @@ use super::FeedScope;
 const PAGE: i64 = 500;
 /// How long one frame may take to be accepted before the client counts as stuck.
 const SEND_TIMEOUT: Duration = Duration::from_secs(10);
-/// A numbered ping goes out after this many rows.
+/// At most this many rows between numbered pings.
 const MARK_EVERY: u64 = 16;
+/// How long a client a window behind has to read (answer a numbered ping)
+/// before it is too slow.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a client that is too slow has to read what was sent before the
 /// close frame goes out anyway.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rows the admin feed holds while it reads where every account stands
+/// (they arrive meanwhile); past this it cannot go live.
+const ADMIN_START_BUFFER: usize = 1_000_000;
 
 /// What a connection starts from.
 pub struct FeedStart {
@@ -42,7 +55,7 @@ pub struct FeedStart {
     pub since: Option<i64>,
     pub store: Store,
     /// Tells when the token that opened the feed expires.
-    pub clock: std::sync::Arc<dyn sms_credit_actors::clock::Clock>,
+    pub clock: Arc<dyn sms_credit_actors::clock::Clock>,
     pub heartbeat: Duration,
     pub queue: usize,
     /// Becomes `true` when the server stops.
@@ -51,15 +64,25 @@ pub struct FeedStart {
     pub slot: Option<super::FeedSlot>,
 }
 
+impl FeedStart {
+    /// A new subscription of this feed's scope, after the hub dropped the
+    /// last one.
+    fn subscribe_again(&self) -> Subscription {
+        subscribe(&self.store, self.scope, self.queue)
+    }
+}
+
 /// Why a connection ended, as its close frame says.
 enum End {
     ClientLeft,
     TooSlow {
-        last_seq: i64,
+        /// Where an account feed's client resumes (`None`: the admin feed,
+        /// which starts afresh).
+        last_seq: Option<i64>,
     },
     /// The server is stopping (a restart): resume from `last_seq`.
     Stopping {
-        last_seq: i64,
+        last_seq: Option<i64>,
     },
     Silent,
     /// The token that opened the feed was revoked (or rotated away).
@@ -81,27 +104,54 @@ fn event(entry: &LedgerEntry) -> Value {
     })
 }
 
+/// Sends one frame within `SEND_TIMEOUT`: a client that does not take it
+/// in time is `slow`.
+async fn within_deadline(
+    send: impl Future<Output = Result<(), Closed>>,
+    slow: End,
+) -> Result<(), End> {
+    match actix_rt::time::timeout(SEND_TIMEOUT, send).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_closed)) => Err(End::ClientLeft),
+        Err(_elapsed) => Err(slow),
+    }
+}
+
 /// The connection to the client, and how far behind it is.
 struct Client {
     session: Session,
+    incoming: MessageStream,
     /// Rows sent so far.
     sent: u64,
     /// Rows the client has read: the highest numbered ping it answered.
     read: u64,
-    /// Rows the client may have unread before it is too slow.
+    /// The number of the last numbered ping sent.
+    marked: u64,
+    /// Rows the client may have unread before the server waits for it.
     window: u64,
-    /// The last row of the account sent (account feeds): where to resume.
-    last_row: i64,
+    /// Rows between numbered pings: at most half a window, so that the
+    /// client's answers arrive before the window is full.
+    mark_every: u64,
+    /// The last row of the account sent (account feeds): where to resume;
+    /// `None` for the admin feed, which has no one place to resume from.
+    last_row: Option<i64>,
+    /// When the client last sent anything.
+    last_heard: Instant,
 }
 
 impl Client {
-    fn new(session: Session, window: usize) -> Client {
+    fn new(session: Session, incoming: MessageStream, window: usize) -> Client {
+        let window = u64::try_from(window).unwrap_or(u64::MAX).max(1);
         Client {
             session,
+            incoming,
             sent: 0,
             read: 0,
-            window: u64::try_from(window).unwrap_or(u64::MAX).max(1),
-            last_row: -1,
+            marked: 0,
+            window,
+            mark_every: (window / 2).clamp(1, MARK_EVERY),
+            last_row: None,
+            last_heard: Instant::now(),
         }
     }
 
@@ -112,33 +162,54 @@ impl Client {
     }
 
     async fn frame(&mut self, value: &Value) -> Result<(), End> {
-        match actix_rt::time::timeout(SEND_TIMEOUT, self.session.text(value.to_string())).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_closed)) => Err(End::ClientLeft),
-            Err(_elapsed) => Err(self.too_slow()),
-        }
+        let slow = self.too_slow();
+        within_deadline(self.session.text(value.to_string()), slow).await
     }
 
-    /// A row, unless the client is a window behind; every `MARK_EVERY`
-    /// rows a ping numbered with the rows sent so far.
-    async fn row(&mut self, entry: &LedgerEntry) -> Result<(), End> {
+    /// A row; when the client is a window behind, first waits (bounded)
+    /// for it to read; every `mark_every` rows a ping numbered with the
+    /// rows sent so far.
+    async fn row(&mut self, entry: &LedgerEntry, account_feed: bool) -> Result<(), End> {
         if self.sent - self.read >= self.window {
-            return Err(self.too_slow());
+            self.wait_for_reader().await?;
         }
         self.frame(&event(entry)).await?;
         self.sent += 1;
-        self.last_row = entry.seq;
-        if self.sent.is_multiple_of(MARK_EVERY) {
+        if account_feed {
+            self.last_row = Some(entry.seq);
+        }
+        if self.sent - self.marked >= self.mark_every {
             self.mark().await?;
         }
         Ok(())
     }
 
     async fn mark(&mut self) -> Result<(), End> {
-        self.session
-            .ping(&self.sent.to_be_bytes())
-            .await
-            .map_err(|_| End::ClientLeft)
+        let slow = self.too_slow();
+        let number = self.sent.to_be_bytes();
+        within_deadline(self.session.ping(&number), slow).await?;
+        self.marked = self.sent;
+        Ok(())
+    }
+
+    /// Reads the client's frames until it is less than a window behind:
+    /// too slow if it has not got there within `READ_TIMEOUT`.
+    async fn wait_for_reader(&mut self) -> Result<(), End> {
+        if self.marked < self.sent {
+            self.mark().await?;
+        }
+        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
+        while self.sent - self.read >= self.window {
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
+                Ok(message) => {
+                    if let Some(end) = self.heard(message).await {
+                        return Err(end);
+                    }
+                }
+                Err(_elapsed) => return Err(self.too_slow()),
+            }
+        }
+        Ok(())
     }
 
     /// A pong: a numbered one says how far the client has read.
@@ -148,15 +219,48 @@ impl Client {
         }
     }
 
+    /// Handles a frame from the client; `Some` when the connection is over.
+    async fn heard(
+        &mut self,
+        message: Option<Result<Message, actix_ws::ProtocolError>>,
+    ) -> Option<End> {
+        match message {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(End::ClientLeft),
+            Some(Ok(Message::Ping(bytes))) => {
+                self.last_heard = Instant::now();
+                let slow = self.too_slow();
+                within_deadline(self.session.pong(&bytes), slow).await.err()
+            }
+            Some(Ok(Message::Pong(bytes))) => {
+                self.last_heard = Instant::now();
+                self.pong(&bytes);
+                None
+            }
+            Some(Ok(_)) => {
+                self.last_heard = Instant::now();
+                None
+            }
+        }
+    }
+
+    /// A heartbeat: a client silent for three intervals is dropped.
+    async fn heartbeat(&mut self, interval: Duration) -> Option<End> {
+        if self.last_heard.elapsed() > interval * 3 {
+            return Some(End::Silent);
+        }
+        let slow = self.too_slow();
+        within_deadline(self.session.ping(b""), slow).await.err()
+    }
+
     /// Waits (bounded) until the client has read every row sent, so that
     /// a close frame sent next is not stuck behind them.
-    async fn drain(&mut self, incoming: &mut MessageStream) {
+    async fn drain(&mut self) {
         if self.read >= self.sent || self.mark().await.is_err() {
             return;
         }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         while self.read < self.sent {
-            match tokio::time::timeout_at(deadline, incoming.recv()).await {
+            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
                 Ok(Some(Ok(Message::Pong(bytes)))) => self.pong(&bytes),
                 Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => return,
                 Ok(Some(Ok(_))) => {}
@@ -165,41 +269,51 @@ impl Client {
     }
 }
 
-/// Runs a connection until the client leaves, falls behind or goes silent.
-pub async fn run(start: FeedStart, session: Session, mut incoming: MessageStream) {
-    let mut client = Client::new(session, start.queue);
-    let subscription = start.store.feed().subscribe(
-        match start.scope {
+/// The subscription a feed of `scope` starts with: taken before the
+/// handshake is answered, so that every row committed after the client saw
+/// its connection open is in it or in what the session reads.
+pub fn subscribe(store: &Store, scope: FeedScope, queue: usize) -> Subscription {
+    store.feed().subscribe(
+        match scope {
             FeedScope::Account(account_id) => Some(account_id),
             FeedScope::Admin => None,
         },
-        start.queue,
-    );
+        queue,
+    )
+}
+
+/// Runs a connection until the client leaves, falls behind or goes silent.
+pub async fn run(
+    start: FeedStart,
+    subscription: Subscription,
+    session: Session,
+    incoming: MessageStream,
+) {
+    let mut client = Client::new(session, incoming, start.queue);
     let end = match start.scope {
         FeedScope::Account(account_id) => {
-            account_feed(&start, account_id, subscription, &mut client, &mut incoming).await
+            account_feed(&start, account_id, subscription, &mut client).await
         }
-        FeedScope::Admin => admin_feed(&start, subscription, &mut client, &mut incoming).await,
+        FeedScope::Admin => admin_feed(&start, subscription, &mut client).await,
     };
     if let End::TooSlow { .. } = end {
-        client.drain(&mut incoming).await;
+        start.store.feed().count_slow_close();
+        client.drain().await;
     }
     let reason = match end {
         End::ClientLeft => None,
         End::TooSlow { last_seq } => Some(CloseReason {
             code: CloseCode::Policy,
-            description: Some(if last_seq >= 0 {
-                format!("too slow: reconnect with ?since={last_seq}")
-            } else {
-                "too slow".to_string()
+            description: Some(match last_seq {
+                Some(last_seq) => format!("too slow: reconnect with ?since={last_seq}"),
+                None => "too slow: reconnect".to_string(),
             }),
         }),
         End::Stopping { last_seq } => Some(CloseReason {
             code: CloseCode::Away,
-            description: Some(if last_seq >= 0 {
-                format!("server restarting: reconnect with ?since={last_seq}")
-            } else {
-                "server restarting: reconnect".to_string()
+            description: Some(match last_seq {
+                Some(last_seq) => format!("server restarting: reconnect with ?since={last_seq}"),
+                None => "server restarting: reconnect".to_string(),
             }),
         }),
         End::Silent => Some(CloseReason {
@@ -222,7 +336,7 @@ pub async fn run(start: FeedStart, session: Session, mut incoming: MessageStream
             })
         }
     };
-    let _ = client.session.close(reason).await;
+    let _ = actix_rt::time::timeout(SEND_TIMEOUT, client.session.close(reason)).await;
 }
 
 /// Rows of `account_id` after `after_seq`, up to `limit`, and (with
@@ -258,6 +372,7 @@ async fn replay(
     last: &mut i64,
     until: Option<i64>,
     client: &mut Client,
+    account_feed: bool,
 ) -> Result<(), End> {
     loop {
         let limit = match until {
@@ -270,7 +385,7 @@ async fn replay(
             .map_err(|error| End::Store(error.to_string()))?;
         let complete = (entries.len() as i64) < limit;
         for entry in &entries {
-            client.row(entry).await?;
+            client.row(entry, account_feed).await?;
             *last = entry.seq;
         }
         if complete || entries.is_empty() {
@@ -279,12 +394,39 @@ async fn replay(
     }
 }
 
+/// Sends a live row of `account_id` that follows `*last`: skipped if it was
+/// sent already, after the rows it skips (from the ledger) if there is a gap.
+async fn forward(
+    store: &Store,
+    entry: &LedgerEntry,
+    last: &mut i64,
+    client: &mut Client,
+    account_feed: bool,
+) -> Result<(), End> {
+    if entry.seq <= *last {
+        return Ok(());
+    }
+    if entry.seq > *last + 1 {
+        replay(
+            store,
+            entry.account_id,
+            last,
+            Some(entry.seq - 1),
+            client,
+            account_feed,
+        )
+        .await?;
+    }
+    client.row(entry, account_feed).await?;
+    *last = entry.seq;
+    Ok(())
+}
+
 async fn account_feed(
     start: &FeedStart,
     account_id: AccountId,
     mut subscription: Subscription,
     client: &mut Client,
-    incoming: &mut MessageStream,
 ) -> End {
     // Subscribed before the token is checked again below: a revocation
     // from then on is heard.
@@ -304,9 +446,11 @@ async fn account_feed(
         Err(error) => return End::Store(error.to_string()),
     };
     let (snapshot_seq, balance_micros) = snapshot.unwrap_or((0, 0));
-    client.last_row = start
-        .since
-        .map_or(snapshot_seq, |since| since.clamp(0, snapshot_seq));
+    client.last_row = Some(
+        start
+            .since
+            .map_or(snapshot_seq, |since| since.clamp(0, snapshot_seq)),
+    );
     if let Err(end) = client
         .frame(&json!({"seq": snapshot_seq, "balance_micros": balance_micros}))
         .await
@@ -322,13 +466,15 @@ async fn account_feed(
             let mut last = since.clamp(0, snapshot_seq);
             let complete = (first_page.len() as i64) < PAGE;
             for entry in &first_page {
-                if let Err(end) = client.row(entry).await {
+                if let Err(end) = client.row(entry, true).await {
                     return end;
                 }
                 last = entry.seq;
             }
             if !complete {
-                if let Err(end) = replay(&start.store, account_id, &mut last, None, client).await {
+                if let Err(end) =
+                    replay(&start.store, account_id, &mut last, None, client, true).await
+                {
                     return end;
                 }
             }
@@ -338,15 +484,16 @@ async fn account_feed(
 
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
     heartbeat.tick().await;
-    let mut last_heard = Instant::now();
     let mut stopping = start.stopping.clone();
     loop {
         if *stopping.borrow() {
-            return End::Stopping { last_seq: last };
+            return End::Stopping {
+                last_seq: Some(last),
+            };
         }
         tokio::select! {
             _ = stopping.changed() => {
-                return End::Stopping { last_seq: last };
+                return End::Stopping { last_seq: Some(last) };
             }
             changed = token_changes.recv() => {
                 if let Some(end) = still_allowed(start, account_id, changed).await {
@@ -359,32 +506,27 @@ async fn account_feed(
                 }
             }
             live = subscription.receiver.recv() => {
-                let Some(entry) = live else {
-                    return client.too_slow();
-                };
-                if entry.seq <= last {
-                    continue;
-                }
-                if entry.seq > last + 1 {
-                    if let Err(end) =
-                        replay(&start.store, account_id, &mut last, Some(entry.seq - 1), client).await
-                    {
-                        return end;
+                let result = match live {
+                    Some(entry) => forward(&start.store, &entry, &mut last, client, true).await,
+                    None => {
+                        // The hub dropped this feed's queue while it waited
+                        // for the client: subscribe again, then read from the
+                        // ledger what was missed.
+                        subscription = start.subscribe_again();
+                        replay(&start.store, account_id, &mut last, None, client, true).await
                     }
-                }
-                if let Err(end) = client.row(&entry).await {
+                };
+                if let Err(end) = result {
                     return end;
                 }
-                last = entry.seq;
             }
-            message = incoming.recv() => {
-                match heard(message, client, &mut last_heard).await {
-                    Some(end) => return end,
-                    None => continue,
+            message = client.incoming.recv() => {
+                if let Some(end) = client.heard(message).await {
+                    return end;
                 }
             }
             _ = heartbeat.tick() => {
-                if let Some(end) = ping(client, last_heard, start.heartbeat).await {
+                if let Some(end) = client.heartbeat(start.heartbeat).await {
                     return end;
                 }
             }
@@ -433,12 +575,29 @@ async fn still_allowed(
     }
 }
 
-/// Every account's `seq` now, read in pages: where the admin feed starts.
-async fn every_seq(store: &Store) -> Result<HashMap<AccountId, i64>, StoreError> {
+/// Every account's `seq` now, read in pages: where the admin feed starts
+/// (or starts again). Rows that arrive on `subscription` meanwhile are
+/// moved to `arrived`, so that the hub does not drop a subscriber that is
+/// busy reading.
+async fn every_seq(
+    store: &Store,
+    subscription: &mut Subscription,
+    arrived: &mut VecDeque<Arc<LedgerEntry>>,
+) -> Result<HashMap<AccountId, i64>, End> {
     let mut seqs = HashMap::new();
     let mut after_id = 0;
     loop {
-        let page = store.accounts().list(None, after_id, PAGE).await?;
+        while let Ok(entry) = subscription.receiver.try_recv() {
+            if arrived.len() >= ADMIN_START_BUFFER {
+                return Err(End::TooSlow { last_seq: None });
+            }
+            arrived.push_back(entry);
+        }
+        let page = store
+            .accounts()
+            .list(None, after_id, PAGE)
+            .await
+            .map_err(|error: StoreError| End::Store(error.to_string()))?;
         let Some(last) = page.last() else {
             return Ok(seqs);
         };
@@ -451,62 +610,61 @@ async fn every_seq(store: &Store) -> Result<HashMap<AccountId, i64>, StoreError>
     }
 }
 
-/// Every account's rows from the moment it opened, each account's in `seq`
-/// order without gaps or duplicates: rows committed by other instances (or
-/// processes) can reach this one's hub after its own later ones, so the
-/// feed keeps each account's last `seq` (starting from what every account
-/// had when it opened) and fills a gap from the ledger.
-async fn admin_feed(
-    start: &FeedStart,
-    mut subscription: Subscription,
-    client: &mut Client,
-    incoming: &mut MessageStream,
-) -> End {
-    // Subscribed first, so no row committed after this read is missed.
-    let mut last = match every_seq(&start.store).await {
+/// Every account's rows from the moment it opened (its first frame,
+/// `{"live": true}`, says when), each account's in `seq` order without
+/// gaps or duplicates: rows committed by other instances (or processes)
+/// can reach this one's hub after its own later ones, so the feed keeps
+/// each account's last `seq` (starting from what every account had when it
+/// opened) and fills a gap from the ledger. When the hub drops its queue
+/// (the client was being waited for), it subscribes again and sends every
+/// account's rows it missed, read from the ledger.
+async fn admin_feed(start: &FeedStart, mut subscription: Subscription, client: &mut Client) -> End {
+    let mut arrived = VecDeque::new();
+    let mut last = match every_seq(&start.store, &mut subscription, &mut arrived).await {
         Ok(seqs) => seqs,
-        Err(error) => return End::Store(error.to_string()),
+        Err(end) => return end,
     };
+    if let Err(end) = client.frame(&json!({"live": true})).await {
+        return end;
+    }
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
     heartbeat.tick().await;
-    let mut last_heard = Instant::now();
     let mut stopping = start.stopping.clone();
     loop {
+        while let Some(entry) = arrived.pop_front() {
+            // An account not there when the feed opened starts at 0.
+            let account_last = last.entry(entry.account_id).or_insert(0);
+            if let Err(end) = forward(&start.store, &entry, account_last, client, false).await {
+                return end;
+            }
+        }
         if *stopping.borrow() {
-            return End::Stopping { last_seq: -1 };
+            return End::Stopping { last_seq: None };
         }
         tokio::select! {
             _ = stopping.changed() => {
-                return End::Stopping { last_seq: -1 };
+                return End::Stopping { last_seq: None };
             }
             live = subscription.receiver.recv() => {
-                let Some(entry) = live else {
-                    return client.too_slow();
-                };
-                // An account not there when the feed opened starts at 0.
-                let last = last.entry(entry.account_id).or_insert(0);
-                if entry.seq <= *last {
-                    continue;
-                }
-                if entry.seq > *last + 1 {
-                    if let Err(end) =
-                        replay(&start.store, entry.account_id, last, Some(entry.seq - 1), client).await
-                    {
-                        return end;
+                match live {
+                    Some(entry) => arrived.push_back(entry),
+                    None => {
+                        subscription = start.subscribe_again();
+                        if let Err(end) =
+                            catch_up_every_account(start, &mut subscription, &mut last, &mut arrived, client).await
+                        {
+                            return end;
+                        }
                     }
                 }
-                if let Err(end) = client.row(&entry).await {
-                    return end;
-                }
-                *last = entry.seq;
             }
-            message = incoming.recv() => {
-                if let Some(end) = heard(message, client, &mut last_heard).await {
+            message = client.incoming.recv() => {
+                if let Some(end) = client.heard(message).await {
                     return end;
                 }
             }
             _ = heartbeat.tick() => {
-                if let Some(end) = ping(client, last_heard, start.heartbeat).await {
+                if let Some(end) = client.heartbeat(start.heartbeat).await {
                     return end;
                 }
             }
@@ -514,44 +672,32 @@ async fn admin_feed(
     }
 }
 
-/// Handles a frame from the client; `Some` when the connection is over.
-async fn heard(
-    message: Option<Result<Message, actix_ws::ProtocolError>>,
+/// After the hub dropped the admin feed's queue: every account that moved
+/// on since its last row sent gets the rows it missed, from the ledger.
+async fn catch_up_every_account(
+    start: &FeedStart,
+    subscription: &mut Subscription,
+    last: &mut HashMap<AccountId, i64>,
+    arrived: &mut VecDeque<Arc<LedgerEntry>>,
     client: &mut Client,
-    last_heard: &mut Instant,
-) -> Option<End> {
-    match message {
-        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(End::ClientLeft),
-        Some(Ok(Message::Ping(bytes))) => {
-            *last_heard = Instant::now();
-            client
-                .session
-                .pong(&bytes)
-                .await
-                .err()
-                .map(|_| End::ClientLeft)
-        }
-        Some(Ok(Message::Pong(bytes))) => {
-            *last_heard = Instant::now();
-            client.pong(&bytes);
-            None
-        }
-        Some(Ok(_)) => {
-            *last_heard = Instant::now();
-            None
-        }
+) -> Result<(), End> {
+    let now = every_seq(&start.store, subscription, arrived).await?;
+    let mut moved: Vec<(AccountId, i64)> = now
+        .into_iter()
+        .filter(|(account_id, seq)| *seq > last.get(account_id).copied().unwrap_or(0))
+        .collect();
+    moved.sort_unstable();
+    for (account_id, seq) in moved {
+        let account_last = last.entry(account_id).or_insert(0);
+        replay(
+            &start.store,
+            account_id,
+            account_last,
+            Some(seq),
+            client,
+            false,
+        )
+        .await?;
     }
-}
-
-/// A heartbeat: a client silent for three intervals is dropped.
-async fn ping(client: &mut Client, last_heard: Instant, interval: Duration) -> Option<End> {
-    if last_heard.elapsed() > interval * 3 {
-        return Some(End::Silent);
-    }
-    client
-        .session
-        .ping(b"")
-        .await
-        .err()
-        .map(|_| End::ClientLeft)
+    Ok(())
 }

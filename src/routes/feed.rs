@@ -102,6 +102,7 @@ fn start_session(
         ),
         FeedScope::Admin => None,
     };
+    let subscription = feed::subscribe(&state.store, scope, state.settings.feed.queue);
     let start = FeedStart {
         scope,
         token_hash,
@@ -113,7 +114,7 @@ fn start_session(
         queue: state.settings.feed.queue,
         stopping: state.stopping.clone(),
     };
-    actix_rt::spawn(feed::run(start, session, incoming));
+    actix_rt::spawn(feed::run(start, subscription, session, incoming));
     Ok(response)
 }
 

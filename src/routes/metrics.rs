@@ -125,8 +125,13 @@ fn render(state: &AppState) -> String {
     let counters = [
         (
             "sms_credit_feed_dropped_slow_total",
-            "Feed clients dropped for falling behind.",
+            "Feeds closed because their client did not read in time (too slow).",
             state.store.feed().dropped_slow(),
+        ),
+        (
+            "sms_credit_feed_queue_overflows_total",
+            "Feed queues that filled while their client was waited for; each feed read what it missed from the ledger.",
+            state.store.feed().overflowed(),
         ),
         (
             "sms_credit_commits_total",

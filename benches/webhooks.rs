@@ -148,12 +148,16 @@ fn main() {
                 .await
                 .unwrap();
             let id = created.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-            client
-                .post(format!("{base}/v1/admin/accounts/{id}/adjustments"))
-                .bearer_auth(ADMIN_TOKEN)
-                .send_json(&json!({"amount_micros": 1_000_000, "reason": "bench", "idempotency_key": "start"}))
-                .await
-                .unwrap();
+            // $2.00, then $1.00: announced low, so that every climb past
+            // the threshold from here is an event (`balance.replenished`).
+            for (amount, key) in [(2_000_000, "prime"), (-1_000_000, "start")] {
+                client
+                    .post(format!("{base}/v1/admin/accounts/{id}/adjustments"))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send_json(&json!({"amount_micros": amount, "reason": "bench", "idempotency_key": key}))
+                    .await
+                    .unwrap();
+            }
             accounts.push(id);
         }
         actix_rt::time::sleep(Duration::from_secs(2)).await;

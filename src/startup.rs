@@ -51,6 +51,7 @@ impl Core {
             passivate_after: settings.server.passivate_after,
             low_balance_threshold: settings.messages.low_balance_threshold,
             low_balance_cooldown: settings.messages.low_balance_cooldown,
+            rates: Some(Arc::clone(&settings.messages.rates)),
             ..AccountSettings::default()
         };
         let registry = Registry::new(

@@ -273,8 +273,9 @@ async fn balance_crossings_reach_a_verifying_receiver_once_each() {
     other.trust(&other_secret);
 
     let account = app.create_account("+14155550123").await;
-    // 0 → $3.00: above the $2.00 threshold (replenished); → $1.50: low;
-    // → $1.40: still low (nothing); → $2.40: replenished; → $1.00: low.
+    // 0 → $3.00: a new account reaches the $2.00 threshold (nothing: it was
+    // never announced low); → $1.50: low; → $1.40: still low (nothing);
+    // → $2.40: replenished; → $1.00: low.
     for (index, amount) in [3_000_000, -1_500_000, -100_000, 1_000_000, -1_400_000]
         .into_iter()
         .enumerate()
@@ -289,7 +290,7 @@ async fn balance_crossings_reach_a_verifying_receiver_once_each() {
     assert!(status.is_success(), "{body}");
 
     let received = receiver
-        .wait_until("four balance events", |received| received.len() >= 4)
+        .wait_until("three balance events", |received| received.len() >= 3)
         .await;
     let seen: Vec<(String, i64, i64)> = received
         .iter()
@@ -306,14 +307,13 @@ async fn balance_crossings_reach_a_verifying_receiver_once_each() {
     assert_eq!(
         sorted,
         vec![
-            ("balance.replenished".to_string(), 1, 3_000_000),
             ("balance.low".to_string(), 2, 1_500_000),
             ("balance.replenished".to_string(), 4, 2_400_000),
             ("balance.low".to_string(), 5, 1_000_000),
         ],
         "{seen:?}"
     );
-    assert_eq!(received.len(), 4, "one delivery per event: {seen:?}");
+    assert_eq!(received.len(), 3, "one delivery per event: {seen:?}");
     for delivery in &received {
         assert_eq!(delivery.verified_by, vec![0], "{delivery:?}");
         assert_eq!(delivery.body["data"]["account_id"], account);
@@ -327,7 +327,7 @@ async fn balance_crossings_reach_a_verifying_receiver_once_each() {
     let mut ids: Vec<&str> = received.iter().map(|r| r.id.as_str()).collect();
     ids.sort_unstable();
     ids.dedup();
-    assert_eq!(ids.len(), 4);
+    assert_eq!(ids.len(), 3);
 
     // The other endpoint takes only payments: a test event reaches it,
     // and nothing else did.
@@ -346,6 +346,89 @@ async fn balance_crossings_reach_a_verifying_receiver_once_each() {
     assert_eq!(other.received().len(), 1, "{:?}", other.received());
 }
 on_both_stores!(balance_crossings_reach_a_verifying_receiver_once_each);
+
+on_both_stores!(balance_events_describe_the_balance_not_what_moved_it);
+/// `balance.depleted` for any change that leaves less than one segment to
+/// the account's own number (an adjustment to exactly $0, a refund taken
+/// back), `balance.replenished` only for an account announced low: a new
+/// account credited hears nothing.
+async fn balance_events_describe_the_balance_not_what_moved_it() {
+    let fake = crate::fake_stripe::FakeStripe::start().await;
+    let directory = fresh_directory();
+    let mut settings = crate::helpers::stripe_settings(&directory, &fake.base_url);
+    settings.webhooks.allow_private = true;
+    let app = TestApp::spawn_with(directory, settings).await;
+    let receiver = Receiver::start().await;
+    let (_, secret) = add_endpoint(
+        &app,
+        &receiver.url,
+        json!(["balance.low", "balance.replenished", "balance.depleted"]),
+    )
+    .await;
+    receiver.trust(&secret);
+
+    // A new account: $1, then $3 (never announced low: nothing), then an
+    // adjustment to exactly $0 (low and depleted), then $5 (replenished).
+    let account = app.create_account("+14155550131").await;
+    for (index, amount) in [1_000_000, 2_000_000, -3_000_000, 5_000_000]
+        .into_iter()
+        .enumerate()
+    {
+        let (status, body) = app
+            .post_adjustment(account, amount, &format!("describe-{index}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // Access bought with $5 of included credit, refunded in full: the
+    // credit taken back leaves $0 (low and depleted).
+    let mut events = crate::fake_stripe::EventFactory::new();
+    let (paid, _, _) = crate::stripe::active_account(&app, &mut events, "+14155550132").await;
+    let refund = events.charge_refunded("ch_describe", &format!("pi_access_{paid}"), 2999, 2999);
+    let (status, answer) = app.deliver(&refund).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(app.balance_micros(paid).await, 0);
+
+    let received = receiver
+        .wait_until("five balance events", |received| received.len() >= 5)
+        .await;
+    actix_rt::time::sleep(Duration::from_millis(500)).await;
+    let mut seen: Vec<(i64, i64, String, i64)> = receiver
+        .received()
+        .iter()
+        .map(|r| {
+            (
+                r.body["data"]["account_id"].as_i64().unwrap(),
+                r.body["data"]["seq"].as_i64().unwrap(),
+                r.kind().to_string(),
+                r.body["data"]["balance_micros"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            (account, 3, "balance.depleted".to_string(), 0),
+            (account, 3, "balance.low".to_string(), 0),
+            (account, 4, "balance.replenished".to_string(), 5_000_000),
+            (paid, 2, "balance.depleted".to_string(), 0),
+            (paid, 2, "balance.low".to_string(), 0),
+        ],
+        "{received:?}"
+    );
+}
+
+/// An account that has had $2.00 and is back at $0, so announced low:
+/// its next credit to $2.00 or more is `balance.replenished`. Made before
+/// the endpoints that must not hear of its own events.
+async fn announced_low_account(app: &TestApp, phone: &str) -> i64 {
+    let account = app.create_account(phone).await;
+    for (amount, key) in [(2_000_000, "prime-up"), (-2_000_000, "prime-down")] {
+        let (status, body) = app.post_adjustment(account, amount, key).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    account
+}
 
 /// `/metrics` of a test app with a metrics token.
 async fn metrics(app: &TestApp) -> String {
@@ -380,7 +463,7 @@ async fn a_failing_receiver_is_retried_with_the_same_id_until_it_accepts() {
         json!(["balance.replenished"]),
     )
     .await;
-    let account = app.create_account("+14155550124").await;
+    let account = announced_low_account(&app, "+14155550124").await;
     let (status, body) = app.post_adjustment(account, 5_000_000, "fill").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let tries = attempts(&app, &endpoint_id, 1).await;
@@ -492,7 +575,7 @@ async fn gone_disables_the_endpoint_and_tells_the_others() {
         add_endpoint(&app, &watcher.url, json!(["webhook_endpoint.disabled"])).await;
     watcher.trust(&watcher_secret);
 
-    let account = app.create_account("+14155550125").await;
+    let account = announced_low_account(&app, "+14155550125").await;
     app.post_adjustment(account, 5_000_000, "fill").await;
     let told = watcher.accepted("webhook_endpoint.disabled", 1).await;
     assert_eq!(told[0].body["data"]["endpoint_id"], gone_id.as_str());
@@ -573,9 +656,11 @@ async fn replay_sends_the_same_events_again() {
     )
     .await;
     receiver.trust(&secret);
+    // $3.00 (a new account: nothing), $1.00 (low), $3.00 (replenished).
     let account = app.create_account("+14155550126").await;
     app.post_adjustment(account, 3_000_000, "up").await;
     app.post_adjustment(account, -2_000_000, "down").await;
+    app.post_adjustment(account, 2_000_000, "up-again").await;
     let first = receiver.wait_until("two events", |r| r.len() >= 2).await;
 
     let (status, replayed) = app
@@ -929,7 +1014,7 @@ async fn an_endpoint_failing_for_three_days_is_disabled() {
     let (_, watcher_secret) =
         add_endpoint(&app, &watcher.url, json!(["webhook_endpoint.disabled"])).await;
     watcher.trust(&watcher_secret);
-    let account = app.create_account("+14155550129").await;
+    let account = announced_low_account(&app, "+14155550129").await;
     app.post_adjustment(account, 5_000_000, "fill").await;
     // Tried at 0, then after 5 s, 5 min, 30 min, 2 h, 5 h and 10 h six times:
     // twelve tries over 67 h 35 min, every one failing.
@@ -1039,18 +1124,21 @@ impl Admin {
 }
 
 /// The balance events a ledger makes: (account, seq, type), crossing the
-/// $2.00 threshold down (`balance.low`) or up (`balance.replenished`).
+/// $2.00 threshold down (`balance.low`) or up (`balance.replenished`, once
+/// the account has had the threshold, so was announced low).
 fn crossings(account: i64, ledger: &[(i64, i64)]) -> Vec<(i64, i64, String)> {
     let threshold = 2_000_000;
     let mut before = 0;
+    let mut reached = false;
     let mut events = Vec::new();
     for &(seq, after) in ledger {
         if before >= threshold && after < threshold {
             events.push((account, seq, "balance.low".to_string()));
         }
-        if before < threshold && after >= threshold {
+        if before < threshold && after >= threshold && reached {
             events.push((account, seq, "balance.replenished".to_string()));
         }
+        reached |= after >= threshold;
         before = after;
     }
     events
@@ -1131,7 +1219,13 @@ fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
         for &account in &accounts {
             expected.extend(crossings(account, &admin.ledger(account).await));
         }
-        assert!(expected.len() >= 300, "every answered adjustment crossed: {}", expected.len());
+        // Every answered adjustment crossed, but an account's first climb
+        // past $2.00 is no event (it was never announced low).
+        assert!(
+            expected.len() >= 300 - accounts.len(),
+            "every answered adjustment crossed: {}",
+            expected.len()
+        );
         let received = receiver
             .wait_until("every committed crossing", |received| {
                 let got: BTreeSet<(i64, i64, String)> = received.iter().map(crossing_of).collect();
@@ -1168,12 +1262,18 @@ fn instances_deliver_each_event_once_and_take_over_a_killed_ones() {
         let directory = fresh_directory();
         let first = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
         let admin = Admin::of(&first);
-        let receiver = balance_receiver(&admin).await;
         let account = admin
             .ok("POST", "/v1/admin/accounts", Some(json!({"phone": "+14155552100"})))
             .await["id"]
             .as_i64()
             .unwrap();
+        // Announced low before the receiver is there: the next climb past
+        // $2.00 is `balance.replenished`.
+        for (amount, key) in [(2_000_000, "prime-up"), (-2_000_000, "prime-down")] {
+            let body = json!({"amount_micros": amount, "reason": "t", "idempotency_key": key});
+            admin.ok("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body)).await;
+        }
+        let receiver = balance_receiver(&admin).await;
 
         // Killed mid-delivery: the first instance's tries hang at the
         // receiver when it dies; the second sends them once their lease ends.
@@ -1241,11 +1341,11 @@ async fn a_dead_endpoint_does_not_hold_up_a_live_one() {
     let dead = Receiver::start().await;
     dead.plan(&[Reply::Hang(Duration::from_secs(12)); 40]);
     let live = Receiver::start().await;
+    let account = announced_low_account(&app, "+14155550130").await;
     let events = json!(["balance.low", "balance.replenished"]);
     add_endpoint(&app, &dead.url, events.clone()).await;
     let (_, secret) = add_endpoint(&app, &live.url, events).await;
     live.trust(&secret);
-    let account = app.create_account("+14155550130").await;
     for round in 0..20usize {
         let amount = if round.is_multiple_of(2) {
             3_000_000

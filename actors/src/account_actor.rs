@@ -21,6 +21,7 @@ use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
+use crate::rating::RateTable;
 use crate::store::{LedgerWrite, Outbox, Store, StoreError};
 use crate::webhooks::events::EventDraft;
 use crate::webhooks::{EventType, NewEvent};
@@ -116,6 +117,11 @@ pub struct AccountSettings {
     pub low_balance_threshold: Money,
     /// At most one warning per account in this long.
     pub low_balance_cooldown: Duration,
+    /// What one segment to an account's own number costs, so that a change
+    /// other than a message's debit (an adjustment, a refund taken back)
+    /// that leaves less than that makes `balance.depleted` too (`None`:
+    /// only a message's debit, which says its price, can).
+    pub rates: Option<Arc<RateTable>>,
 }
 
 impl Default for AccountSettings {
@@ -126,6 +132,7 @@ impl Default for AccountSettings {
             max_in_flight: 4096,
             low_balance_threshold: Money::from_micros(2_000_000),
             low_balance_cooldown: Duration::from_secs(24 * 3600),
+            rates: None,
         }
     }
 }
@@ -230,12 +237,21 @@ struct Mutation {
 #[derive(Clone, Debug, Default)]
 struct Hints {
     one_segment: Option<Money>,
+    /// `one_segment` was looked up from the account's own number (and is
+    /// `None` if it cannot be priced): not to be looked up again.
+    own_segment_looked_up: bool,
     event: Option<EventDraft>,
 }
 
 impl Hints {
     fn boxed(one_segment: Option<Money>, event: Option<EventDraft>) -> Option<Box<Hints>> {
-        (one_segment.is_some() || event.is_some()).then(|| Box::new(Hints { one_segment, event }))
+        (one_segment.is_some() || event.is_some()).then(|| {
+            Box::new(Hints {
+                one_segment,
+                own_segment_looked_up: false,
+                event,
+            })
+        })
     }
 }
 
@@ -302,6 +318,27 @@ impl Packed {
     }
 }
 
+/// Whether the account has ever had at least the low-balance threshold:
+/// only an account that has is announced `balance.low` when it falls below,
+/// so only it is announced `balance.replenished` when it is back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reached {
+    /// Not known: read from the ledger before a change that crosses the
+    /// threshold upwards.
+    Unknown,
+    No,
+    Yes,
+}
+
+/// What a mutation needs read before it can be computed.
+#[derive(Clone, Copy, Debug)]
+struct Facts {
+    /// Whether the account ever had the threshold.
+    reached: bool,
+    /// What one segment to the account's own number costs.
+    own_segment: bool,
+}
+
 /// The actor's state. Kept small on purpose: with many accounts active,
 /// every byte here is paid once per account (see the scale benchmark).
 pub struct AccountActor {
@@ -329,6 +366,9 @@ pub struct AccountActor {
     /// passivation.
     last_activity_ms: u32,
     lifecycle: Lifecycle,
+    /// Whether the account has had the low-balance threshold (counting the
+    /// writes in flight): decides `balance.replenished`.
+    reached: Reached,
 }
 
 /// What an actor with writes in flight keeps besides its working state.
@@ -357,6 +397,7 @@ impl AccountActor {
             generation,
             last_activity_ms,
             lifecycle: Lifecycle::Ready,
+            reached: Reached::Unknown,
         }
     }
 
@@ -373,6 +414,92 @@ impl AccountActor {
             .map_or(self.working, |pipeline| pipeline.committed)
     }
 
+    /// Takes where the store says the account stands. Whether it ever had
+    /// the threshold is known again only if it has it now: what the actor
+    /// knew may have counted writes that were not committed.
+    fn take_snapshot(&mut self, snapshot: Snapshot) {
+        self.working = Packed::pack(snapshot);
+        self.reached = if snapshot.balance >= self.shared.settings.low_balance_threshold {
+            Reached::Yes
+        } else {
+            Reached::Unknown
+        };
+    }
+
+    /// What `mutation` needs read before it is computed: whether the
+    /// account ever had the threshold, for a change that crosses it upwards
+    /// while that is not known; one segment's price to its own number, for
+    /// a change that takes credit away and is not a message's debit (which
+    /// says its price).
+    fn facts_needed(&self, mutation: &Mutation) -> Option<Facts> {
+        let settings = &self.shared.settings;
+        let before = self.working.balance;
+        let after = before.checked_add(mutation.amount).ok()?;
+        let threshold = settings.low_balance_threshold;
+        let reached = self.reached == Reached::Unknown && before < threshold && after >= threshold;
+        let own_segment = mutation.kind != TransactionKind::Debit
+            && mutation.amount.is_negative()
+            && settings.rates.is_some()
+            && !mutation
+                .hints
+                .as_ref()
+                .is_some_and(|hints| hints.own_segment_looked_up || hints.one_segment.is_some());
+        (reached || own_segment).then_some(Facts {
+            reached,
+            own_segment,
+        })
+    }
+
+    /// Reads what `retry` needs (see [`AccountActor::facts_needed`]),
+    /// holding every message until it is in, then computes it again.
+    fn learn_facts(&mut self, mut retry: Retry, facts: Facts, ctx: &mut Context<Self>) {
+        let store = self.shared.store.clone();
+        let account_id = self.account_id;
+        let threshold = self.shared.settings.low_balance_threshold;
+        let rates = self.shared.settings.rates.clone();
+        let lookup = async move {
+            let reached = if facts.reached {
+                Some(store.ledger().ever_reached(account_id, threshold).await?)
+            } else {
+                None
+            };
+            let one_segment = match rates.filter(|_| facts.own_segment) {
+                Some(rates) => Some(
+                    store
+                        .accounts()
+                        .get(account_id)
+                        .await?
+                        .and_then(|account| account.phone.country())
+                        .and_then(|country| rates.rate_for(country).map(|rate| rate.customer_rate)),
+                ),
+                None => None,
+            };
+            Ok::<_, StoreError>((reached, one_segment))
+        };
+        ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
+            match found {
+                Ok((reached, one_segment)) => {
+                    if let Some(reached) = reached {
+                        actor.reached = if reached { Reached::Yes } else { Reached::No };
+                    }
+                    if let Some(one_segment) = one_segment {
+                        let hints = retry.mutation.hints.get_or_insert_with(Box::default);
+                        hints.one_segment = one_segment;
+                        hints.own_segment_looked_up = true;
+                    }
+                    actor.resume(vec![retry], ctx);
+                }
+                Err(error) => {
+                    tracing::error!(account_id = %actor.account_id, %error, "cannot read what a change's events need; nothing was applied");
+                    for waiter in retry.waiters {
+                        let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                    }
+                    actor.resume(Vec::new(), ctx);
+                }
+            }
+        }));
+    }
+
     /// Loads the committed snapshot, holding every message until it is in,
     /// then computes `then` again on it. A store that cannot be read is
     /// retried, because answering from a guessed state is never right.
@@ -383,7 +510,7 @@ impl AccountActor {
                 if actor.lifecycle == Lifecycle::Unloaded {
                     actor.lifecycle = Lifecycle::Ready;
                 }
-                actor.working = Packed::pack(snapshot);
+                actor.take_snapshot(snapshot);
                 if let Some(pipeline) = actor.in_flight.as_mut() {
                     pipeline.committed = actor.working;
                 }
@@ -565,6 +692,20 @@ impl AccountActor {
             self.answer_from_ledger(retry, refusal, true, ctx);
             return Step::Paused;
         }
+        if let Some(facts) = self.facts_needed(&mutation) {
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            // Read on the committed ledger only: the writes in flight are
+            // settled first.
+            if self.in_flight.is_some() {
+                return Step::Wait(retry);
+            }
+            self.learn_facts(retry, facts, ctx);
+            return Step::Paused;
+        }
         match self.apply(mutation, attempts + 1, ctx) {
             Ok(in_flight) => in_flight.waiters.append(&mut waiters),
             Err(error) => answer_all(waiters, Err(error)),
@@ -690,6 +831,9 @@ impl AccountActor {
         let events = self
             .events_of(&entry, mutation.hints.as_deref())
             .map_err(LedgerError::Store)?;
+        if balance_after >= settings.low_balance_threshold {
+            self.reached = Reached::Yes;
+        }
         let outbox =
             (notice.is_some() || !events.is_empty()).then(|| Box::new(Outbox { notice, events }));
         let (done, committed) = oneshot::channel();
@@ -731,11 +875,13 @@ impl AccountActor {
         }))
     }
 
-    /// The webhook events a row makes: the balance crossing the low-balance
-    /// threshold (down: `balance.low`; up: `balance.replenished`) or one
-    /// segment's price (`balance.depleted`), and the caller's own event. A
-    /// crossing is from one side to the other, so each is once until the
-    /// balance has gone back.
+    /// The webhook events a row makes, whatever moved the balance: the
+    /// balance crossing the low-balance threshold (down: `balance.low`; up:
+    /// `balance.replenished`, only for an account that had the threshold
+    /// before, so was announced low) or one segment's price to the
+    /// account's own number (`balance.depleted`), and the caller's own
+    /// event. A crossing is from one side to the other, so each is once
+    /// until the balance has gone back.
     fn events_of(
         &self,
         entry: &LedgerEntry,
@@ -756,7 +902,7 @@ impl AccountActor {
                 crossing(EventType::BalanceDepleted)?;
             }
         }
-        if before < threshold && after >= threshold {
+        if before < threshold && after >= threshold && self.reached == Reached::Yes {
             crossing(EventType::BalanceReplenished)?;
         }
         if let Some(draft) = hints.and_then(|hints| hints.event.as_ref()) {
@@ -988,7 +1134,7 @@ impl AccountActor {
         }
         if let StoreError::MovedOn(snapshot) = error {
             // The store said where the account stands: no read back.
-            self.working = Packed::pack(snapshot);
+            self.take_snapshot(snapshot);
             self.resume(redo, ctx);
             return;
         }
@@ -1193,7 +1339,7 @@ impl Handler<LedgerMoved> for AccountActor {
             && self.working.seq < message.seq
         {
             match message.after {
-                Some(after) if after.seq == message.seq => self.working = Packed::pack(after),
+                Some(after) if after.seq == message.seq => self.take_snapshot(after),
                 _ => self.load_snapshot(Vec::new(), ctx),
             }
         }

@@ -73,6 +73,9 @@ pub trait LedgerStore: Send + Sync {
         after_seq: i64,
         limit: i64,
     ) -> StoreFuture<(Option<Snapshot>, Vec<LedgerEntry>)>;
+    /// Whether any committed row of the account left its balance at or
+    /// above `amount` (has the account ever had that much).
+    fn ever_reached(&self, account_id: AccountId, amount: Money) -> StoreFuture<bool>;
     /// Recomputes every account from its ledger (see [`crate::verify`]).
     fn verify(&self) -> StoreFuture<VerifyReport>;
     /// Answers once everything submitted before it has committed or failed.

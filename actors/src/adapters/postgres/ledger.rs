@@ -201,6 +201,18 @@ impl LedgerStore for PostgresStore {
         })
     }
 
+    fn ever_reached(&self, account_id: AccountId, amount: Money) -> StoreFuture<bool> {
+        self.read(move |client| async move {
+            let row = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = $1 AND balance_after >= $2)",
+                    &[&account_id.0, &amount.micros()],
+                )
+                .await?;
+            Ok(row.try_get::<_, bool>(0)?)
+        })
+    }
+
     fn snapshot_and_entries_after(
         &self,
         account_id: AccountId,

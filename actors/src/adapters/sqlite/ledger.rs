@@ -274,6 +274,17 @@ impl LedgerStore for SqliteStore {
         })
     }
 
+    fn ever_reached(&self, account_id: AccountId, amount: Money) -> StoreFuture<bool> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM transactions WHERE account_id = ?1 AND balance_after >= ?2)",
+            )?;
+            let reached: bool =
+                statement.query_row(params![account_id.0, amount.micros()], |row| row.get(0))?;
+            Ok(reached)
+        })
+    }
+
     fn verify(&self) -> StoreFuture<VerifyReport> {
         self.read(verify)
     }

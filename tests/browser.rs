@@ -424,6 +424,76 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
 }
 
 #[actix_rt::test]
+/// A customer's page away — frozen, as a phone freezes a page in the
+/// background — while 1 000 changes are written: once back it shows the
+/// right balance and the newest change, without a reload and without a
+/// failed request or a console error.
+async fn the_account_page_away_while_a_thousand_changes_are_written_catches_up() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155553510").await;
+    app.post_adjustment(account, 5_000_000, "opening").await;
+    let token = app.issue_token(account).await;
+
+    let browser = Browser::start();
+    let mut page = browser.page().await;
+    page.open(&app.url("/account")).await;
+    page.sign_in_with(&token).await;
+    page.wait_for(
+        "document.getElementById('live').textContent",
+        json!("· live"),
+    )
+    .await;
+    page.eval("window.sameLoad = 'yes'; true").await;
+
+    page.call("Page.setWebLifecycleState", json!({"state": "frozen"}))
+        .await;
+    crate::feed::write_changes(&app, account, 1_000, "away").await;
+    page.call("Page.setWebLifecycleState", json!({"state": "active"}))
+        .await;
+
+    page.wait_for(
+        "document.getElementById('balance').textContent",
+        json!("$6.00"),
+    )
+    .await;
+    page.wait_for(
+        "document.querySelector('#transactions tr').dataset.seq",
+        json!("1001"),
+    )
+    .await;
+    assert_eq!(
+        page.eval("window.sameLoad").await,
+        json!("yes"),
+        "no reload"
+    );
+    // Nothing failed, and the console has no error but Chromium's own note
+    // that freezing the page closed its websocket (what a phone does to a
+    // page in the background: the page reconnected from its last change).
+    let failed: Vec<&Value> = page
+        .events
+        .iter()
+        .filter(|event| {
+            event["method"] == "Network.responseReceived"
+                && event["params"]["response"]["status"].as_i64().unwrap_or(0) >= 400
+        })
+        .collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let errors: Vec<&Value> = page
+        .events
+        .iter()
+        .filter(|event| {
+            event["method"] == "Log.entryAdded"
+                && event["params"]["entry"]["level"] == "error"
+                && !event["params"]["entry"]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("failed: Page entered Back-Forward Cache.")
+        })
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
+
+#[actix_rt::test]
 async fn the_account_page_turns_auto_top_up_on_and_shows_the_card() {
     use crate::fake_stripe::{EventFactory, FakeStripe};
     use crate::helpers::{fresh_directory, stripe_settings};

@@ -528,7 +528,7 @@ fn assert_every_change_once_in_order(seqs: &[i64], first: i64, last: i64) {
 }
 
 /// Writes `count` adjustments of 1 000 µ$ to `id`, 16 at a time.
-async fn write_changes(app: &TestApp, id: i64, count: usize, prefix: &str) {
+pub(crate) async fn write_changes(app: &TestApp, id: i64, count: usize, prefix: &str) {
     use futures_util::stream;
     stream::iter(0..count)
         .map(|index| async move {
@@ -663,7 +663,9 @@ async fn a_client_that_stops_reading_is_closed_with_where_to_resume() {
     let app = TestApp::spawn_with(directory, settings).await;
     let (id, token) = account_with_token(&app, "+14155553091").await;
     app.post_adjustment(id, 1_000_000, "opening").await;
-    let mut client = SlowClient::connect(&app, &format!("/v1/accounts/{id}/feed"), &token).await;
+    // From after the opening credit, so that every change is expected.
+    let mut client =
+        SlowClient::connect(&app, &format!("/v1/accounts/{id}/feed?since=1"), &token).await;
     let reading = Reading {
         every: Duration::ZERO,
         stall: Some((20, Duration::from_secs(12))),

@@ -490,11 +490,22 @@ impl AccountActor {
                     actor.resume(vec![retry], ctx);
                 }
                 Err(error) => {
-                    tracing::error!(account_id = %actor.account_id, %error, "cannot read what a change's events need; nothing was applied");
-                    for waiter in retry.waiters {
-                        let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                    // The change itself does not depend on these reads:
+                    // it goes ahead. Its events are decided on what is
+                    // safest for the host application: an account not known
+                    // to have had the threshold counts as announced low (a
+                    // `balance.replenished` too many tells it to send again;
+                    // one too few would leave it holding back), and no
+                    // segment price means no `balance.depleted`.
+                    tracing::warn!(account_id = %actor.account_id, %error, "cannot read what a change's events need; deciding them without it");
+                    if facts.reached {
+                        actor.reached = Reached::Yes;
                     }
-                    actor.resume(Vec::new(), ctx);
+                    if facts.own_segment {
+                        let hints = retry.mutation.hints.get_or_insert_with(Box::default);
+                        hints.own_segment_looked_up = true;
+                    }
+                    actor.resume(vec![retry], ctx);
                 }
             }
         }));
@@ -831,9 +842,6 @@ impl AccountActor {
         let events = self
             .events_of(&entry, mutation.hints.as_deref())
             .map_err(LedgerError::Store)?;
-        if balance_after >= settings.low_balance_threshold {
-            self.reached = Reached::Yes;
-        }
         let outbox =
             (notice.is_some() || !events.is_empty()).then(|| Box::new(Outbox { notice, events }));
         let (done, committed) = oneshot::channel();
@@ -847,6 +855,11 @@ impl AccountActor {
             outbox,
         })?;
         self.working = snapshot_after;
+        // Set only once the write is queued: a write that never left
+        // reached nothing.
+        if balance_after >= self.shared.settings.low_balance_threshold {
+            self.reached = Reached::Yes;
+        }
 
         let generation = self.generation;
         let key = mutation.idempotency_key;

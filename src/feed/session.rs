@@ -243,13 +243,21 @@ impl Client {
         }
     }
 
-    /// A heartbeat: a client silent for three intervals is dropped.
+    /// A heartbeat: a client silent for three intervals is dropped. The
+    /// ping is numbered too: a client may answer only the latest ping
+    /// (RFC 6455), so every ping must say how far the client has read.
     async fn heartbeat(&mut self, interval: Duration) -> Option<End> {
         if self.last_heard.elapsed() > interval * 3 {
             return Some(End::Silent);
         }
-        let slow = self.too_slow();
-        within_deadline(self.session.ping(b""), slow).await.err()
+        self.mark().await.err()
+    }
+
+    /// The client is counted as heard now: after the server spent a while
+    /// reading without pinging it (where every account stands), its
+    /// silence meanwhile is not the client's.
+    fn heard_now(&mut self) {
+        self.last_heard = Instant::now();
     }
 
     /// Waits (bounded) until the client has read every row sent, so that
@@ -483,6 +491,8 @@ async fn account_feed(
     };
 
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
+    // Ticks missed while a row waited for the client are not fired at once.
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
     let mut stopping = start.stopping.clone();
     loop {
@@ -627,7 +637,9 @@ async fn admin_feed(start: &FeedStart, mut subscription: Subscription, client: &
     if let Err(end) = client.frame(&json!({"live": true})).await {
         return end;
     }
+    client.heard_now();
     let mut heartbeat = actix_rt::time::interval(start.heartbeat);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
     let mut stopping = start.stopping.clone();
     loop {
@@ -655,6 +667,7 @@ async fn admin_feed(start: &FeedStart, mut subscription: Subscription, client: &
                         {
                             return end;
                         }
+                        client.heard_now();
                     }
                 }
             }

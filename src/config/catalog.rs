@@ -320,7 +320,7 @@ pub static SETTINGS: &[Setting] = &[
         default: None,
         secret: false,
         global: false,
-        help: "Twilio account SID (AC…); without it and the auth token the SMS features answer 503 twilio_not_configured",
+        help: "Twilio account SID (AC and 32 hexadecimal characters); without it and the auth token the SMS features answer 503 twilio_not_configured",
     },
     Setting {
         key: "twilio_auth_token",

@@ -260,9 +260,17 @@ fn secret(value: &str) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
 
+/// A Twilio account SID: `AC` and 32 hexadecimal characters, as the
+/// console shows it. A mistyped one would be refused by Twilio only at the
+/// first message sent, so it is refused at start.
 fn account_sid(sid: &str) -> Result<String, String> {
-    if !sid.starts_with("AC") || sid.len() < 4 {
-        return Err("a Twilio account SID starts with 'AC'".to_string());
+    let well_formed = sid
+        .strip_prefix("AC")
+        .is_some_and(|hex| hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()));
+    if !well_formed {
+        return Err(format!(
+            "'{sid}' is not a Twilio account SID: one is AC followed by 32 hexadecimal characters, as the Twilio console shows it"
+        ));
     }
     Ok(sid.to_string())
 }

@@ -67,7 +67,7 @@ pub async fn request_code(
     crate::limits::anonymous_call(&state, &request)?;
     let phone = phone(&body.phone)?;
     let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
-        code: "sign_in_not_available",
+        code: "sign_in_not_configured",
         message: "signing in with a text message is not available on this server",
         variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM",
     })?;

@@ -125,8 +125,7 @@ fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError
 /// too many wrong tokens is refused (`429`) before its token is looked at,
 /// so guessing gains nothing by going faster.
 fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(), ApiError> {
-    let address = crate::limits::client_address(request, &state.settings.access.trusted_proxies);
-    if let Some(wait) = address.and_then(|address| state.wrong_tokens.wait_for(address)) {
+    if let Some(wait) = state.limits.guessing_wait(request) {
         return Err(ApiError::TooManyAttempts(wait));
     }
     // No token at all is no guess.
@@ -134,11 +133,7 @@ fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(
     if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         return Ok(());
     }
-    Err(crate::limits::wrong_guess(
-        state,
-        request,
-        ApiError::Unauthorized,
-    ))
+    Err(state.limits.wrong_guess(request, ApiError::Unauthorized))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -14,9 +14,12 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use actix_web::HttpRequest;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
 
 /// Wrong tokens one address may present in a minute.
 const WRONG_TOKENS_PER_MINUTE: u32 = 20;
@@ -103,36 +106,61 @@ impl AnonymousCalls {
     }
 }
 
-/// Lets an anonymous call through, or answers `429` with how long to
-/// wait: too many calls from its address, or too many wrong guesses.
-pub fn anonymous_call(
-    state: &crate::state::AppState,
-    request: &actix_web::HttpRequest,
-) -> Result<(), crate::error::ApiError> {
-    let Some(address) = client_address(request, &state.settings.access.trusted_proxies) else {
-        return Ok(());
-    };
-    if let Some(wait) = state.wrong_tokens.wait_for(address) {
-        return Err(crate::error::ApiError::TooManyAttempts(wait));
-    }
-    match state.anonymous_calls.call(address) {
-        Some(wait) => Err(crate::error::ApiError::TooManyRequests(wait)),
-        None => Ok(()),
-    }
+/// What the addresses calling this instance may try: the two limiters, and
+/// the proxies whose `X-Forwarded-For` says which address a request is
+/// counted under. It is handed what it needs, so that it knows nothing of
+/// the application's state (which holds it).
+pub struct Limits {
+    wrong_tokens: WrongTokens,
+    anonymous_calls: AnonymousCalls,
+    trusted_proxies: Vec<IpAddr>,
 }
 
-/// A wrong guess (a token, a sign-in code, a Checkout Session id) from the
-/// request's address: `429` once the address has guessed too often in a
-/// minute, else `answer`.
-pub fn wrong_guess(
-    state: &crate::state::AppState,
-    request: &actix_web::HttpRequest,
-    answer: crate::error::ApiError,
-) -> crate::error::ApiError {
-    let address = client_address(request, &state.settings.access.trusted_proxies);
-    match address.and_then(|address| state.wrong_tokens.failed(address)) {
-        Some(wait) => crate::error::ApiError::TooManyAttempts(wait),
-        None => answer,
+impl Limits {
+    pub fn new(trusted_proxies: Vec<IpAddr>) -> Limits {
+        Limits {
+            wrong_tokens: WrongTokens::default(),
+            anonymous_calls: AnonymousCalls::default(),
+            trusted_proxies,
+        }
+    }
+
+    /// The address `request` is counted under (see [`client_address`]).
+    pub fn client_address(&self, request: &HttpRequest) -> Option<IpAddr> {
+        client_address(request, &self.trusted_proxies)
+    }
+
+    /// How long the request's address must wait before a token it presents
+    /// is even looked at, if it must (it guessed too often).
+    pub fn guessing_wait(&self, request: &HttpRequest) -> Option<Duration> {
+        let address = self.client_address(request)?;
+        self.wrong_tokens.wait_for(address)
+    }
+
+    /// Lets an anonymous call through, or answers `429` with how long to
+    /// wait: too many calls from its address, or too many wrong guesses.
+    pub fn anonymous_call(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let Some(address) = self.client_address(request) else {
+            return Ok(());
+        };
+        if let Some(wait) = self.wrong_tokens.wait_for(address) {
+            return Err(ApiError::TooManyAttempts(wait));
+        }
+        match self.anonymous_calls.call(address) {
+            Some(wait) => Err(ApiError::TooManyRequests(wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// A wrong guess (a token, a sign-in code, a Checkout Session id) from
+    /// the request's address: `429` once the address has guessed too often
+    /// in a minute, else `answer`.
+    pub fn wrong_guess(&self, request: &HttpRequest, answer: ApiError) -> ApiError {
+        let address = self.client_address(request);
+        match address.and_then(|address| self.wrong_tokens.failed(address)) {
+            Some(wait) => ApiError::TooManyAttempts(wait),
+            None => answer,
+        }
     }
 }
 
@@ -140,7 +168,7 @@ pub fn wrong_guess(
 /// the peer is one of `trusted` proxies, the last address in its
 /// `X-Forwarded-For` that is not a trusted proxy itself (what a client
 /// writes into the header before the first proxy is not believed).
-pub fn client_address(request: &actix_web::HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+pub fn client_address(request: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
     let peer = request.peer_addr()?.ip();
     if !trusted.contains(&peer) {
         return Some(peer);

@@ -5,7 +5,8 @@
 //!   earned another try. A guess is as slow on each instance, and tokens
 //!   are 16 characters or more, so the count need not be shared;
 //! - calls to the anonymous routes (quote, sign-in, access checkout,
-//!   checkout status): 60 in a minute, bursts of 60, then `429`.
+//!   checkout status): `anonymous_calls_per_minute` (60 unless set) in a
+//!   minute, in bursts as large, then `429`.
 //!
 //! What must hold across instances (sign-in codes per phone and per
 //! address, `BUY` per day) is counted in the store instead.
@@ -71,24 +72,21 @@ impl WrongTokens {
     }
 }
 
-/// Calls to anonymous routes one address may make in a minute.
-const ANONYMOUS_CALLS_PER_MINUTE: u32 = 60;
-
 /// Calls to the anonymous routes, by address.
 pub struct AnonymousCalls {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
-impl Default for AnonymousCalls {
-    fn default() -> AnonymousCalls {
-        let per_minute = NonZeroU32::new(ANONYMOUS_CALLS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+impl AnonymousCalls {
+    /// `per_minute` calls from one address in a minute (the setting is at
+    /// least 1; a 0 would let one call a minute through all the same).
+    pub fn new(per_minute: u32) -> AnonymousCalls {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         AnonymousCalls {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
         }
     }
-}
 
-impl AnonymousCalls {
     /// Counts a call from `address`: past the quota, how long to wait.
     pub fn call(&self, address: IpAddr) -> Option<Duration> {
         let clock = DefaultClock::default();
@@ -117,10 +115,10 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn new(trusted_proxies: Vec<IpAddr>) -> Limits {
+    pub fn new(anonymous_calls_per_minute: u32, trusted_proxies: Vec<IpAddr>) -> Limits {
         Limits {
             wrong_tokens: WrongTokens::default(),
-            anonymous_calls: AnonymousCalls::default(),
+            anonymous_calls: AnonymousCalls::new(anonymous_calls_per_minute),
             trusted_proxies,
         }
     }

@@ -497,7 +497,10 @@ impl Application {
         let http_workers = settings.server.http_workers;
         let (stopping, stopping_receiver) = tokio::sync::watch::channel(false);
         let stopping = Arc::new(stopping);
-        let limits = Arc::new(Limits::new(settings.access.trusted_proxies.clone()));
+        let limits = Arc::new(Limits::new(
+            settings.access.anonymous_calls_per_minute,
+            settings.access.trusted_proxies.clone(),
+        ));
         let state = web::Data::new(AppState {
             settings,
             store: core.store.clone(),

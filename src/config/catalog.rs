@@ -260,6 +260,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Sign-in codes one client address may ask for in an hour, whatever the phones; one more is refused with 429",
     },
     Setting {
+        key: "anonymous_calls_per_minute",
+        section: Section::Access,
+        value_name: "N",
+        default: Some("60"),
+        secret: false,
+        global: false,
+        help: "Calls one client address may make in a minute to the routes that need no credential (quote, sign-in, access checkout without the API key, checkout status), counted on each instance; one more is refused with 429",
+    },
+    Setting {
         key: "stripe_secret_key",
         section: Section::Stripe,
         value_name: "KEY",

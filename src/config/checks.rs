@@ -73,6 +73,8 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
                     .required("sign_in_codes_per_address_hour", number(1i64..=1_000_000))?,
             },
         },
+        anonymous_calls_per_minute: values
+            .required("anonymous_calls_per_minute", number(1u32..=1_000_000))?,
     })
 }
 

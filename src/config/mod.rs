@@ -74,6 +74,9 @@ pub struct AccessSettings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Sign-in by phone: how long its tokens live, how often codes may be asked for.
     pub sign_in: sms_credit_actors::sign_in::SignInPolicy,
+    /// Calls to the routes that need no credential, per client address and
+    /// minute, on each instance (at least 1).
+    pub anonymous_calls_per_minute: u32,
 }
 
 /// Stripe credentials, where its API is, and what access includes.

@@ -194,6 +194,20 @@ fn numbers_are_bounded_and_name_their_variable() {
         }
         assert_eq!(error_of(&[(key, "30")]), "accepted", "{variable}=30");
     }
+    assert_eq!(settings_of(&[]).access.anonymous_calls_per_minute, 60);
+    assert_eq!(
+        settings_of(&[("anonymous_calls_per_minute", "5")])
+            .access
+            .anonymous_calls_per_minute,
+        5
+    );
+    for bad in ["0", "-1", "1000001", "lots"] {
+        let error = error_of(&[("anonymous_calls_per_minute", bad)]);
+        assert!(
+            error.starts_with("SMS_CREDIT_ANONYMOUS_CALLS_PER_MINUTE"),
+            "{bad}: {error}"
+        );
+    }
     assert!(error_of(&[("stripe_allow_promotion_codes", "maybe")])
         .starts_with("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES"));
 }

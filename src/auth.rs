@@ -13,6 +13,7 @@ use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::RequestSpan;
 
 /// The application's state: always there in a server built by
 /// `Application::build`, so its absence is the server's fault (500).
@@ -61,12 +62,16 @@ impl FromRequest for AccountHolder {
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(request).map(str::to_string);
+        let span = RequestSpan::of(request);
         Box::pin(async move {
             let state = state.ok_or_else(missing_state)?;
             let token = token.ok_or(ApiError::Unauthorized)?;
             let now_ms = state.clock.now_ms();
             let live = access_tokens::account_of(&state.store, &token, now_ms).await?;
             let live = live.ok_or(ApiError::Unauthorized)?;
+            if let Some(span) = span {
+                span.record_account(live.account_id);
+            }
             Ok(AccountHolder(live.account_id, access_tokens::hash(&token)))
         })
     }

@@ -134,6 +134,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account]",
     },
     Setting {
+        key: "log_format",
+        section: Section::Server,
+        value_name: "FORMAT",
+        default: Some("text"),
+        secret: false,
+        global: false,
+        help: "How log lines on standard error look: text (for people; coloured only on a terminal and unless NO_COLOR is set) or json (one object a line, with the request's request_id and account_id as fields, for a log collector)",
+    },
+    Setting {
         key: "http_workers",
         section: Section::Server,
         value_name: "N",

@@ -15,8 +15,8 @@ use sms_credit_actors::Money;
 
 use super::layers::Values;
 use super::{
-    AccessSettings, ConfigError, DatabaseSettings, FeedSettings, MessageSettings, Secret,
-    ServerSettings, StripeSettings, TwilioSettings, WebhookSettings,
+    AccessSettings, ConfigError, DatabaseSettings, FeedSettings, LogFormat, MessageSettings,
+    Secret, ServerSettings, StripeSettings, TwilioSettings, WebhookSettings,
 };
 
 /// The longest span a duration setting may have: a year. Longer ones are
@@ -33,6 +33,7 @@ pub(super) fn server(values: &Values) -> Result<ServerSettings, ConfigError> {
         public_url: values.optional("public_url", url)?,
         signup_url: values.optional("signup_url", url)?,
         service_name: values.required("service_name", service_name)?,
+        log_format: values.required("log_format", log_format)?,
         http_workers: values.required("http_workers", number(1..=MAX_THREADS))?,
         actor_threads: values.required("actor_threads", number(1..=MAX_THREADS))?,
         // Actors keep idle times in 32-bit milliseconds (24 days).
@@ -275,6 +276,14 @@ fn account_sid(sid: &str) -> Result<String, String> {
         ));
     }
     Ok(sid.to_string())
+}
+
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("'{text}' is not text or json")),
+    }
 }
 
 fn service_name(name: &str) -> Result<String, String> {

@@ -46,9 +46,21 @@ pub struct ServerSettings {
     pub signup_url: Option<String>,
     /// The account page's title.
     pub service_name: String,
+    /// How log lines look (every command's, not only the server's).
+    pub log_format: LogFormat,
     pub http_workers: usize,
     pub actor_threads: usize,
     pub passivate_after: Duration,
+}
+
+/// How log lines on standard error are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: one line of text per event, coloured on a terminal.
+    Text,
+    /// For a log collector: one JSON object a line, the fields of the
+    /// request it happened in (`request_id`, `account_id`) among its own.
+    Json,
 }
 
 /// The database, and how long another instance may be silent.

@@ -208,6 +208,15 @@ fn numbers_are_bounded_and_name_their_variable() {
             "{bad}: {error}"
         );
     }
+    assert_eq!(settings_of(&[]).server.log_format, LogFormat::Text);
+    assert_eq!(
+        settings_of(&[("log_format", "json")]).server.log_format,
+        LogFormat::Json
+    );
+    assert_eq!(
+        error_of(&[("log_format", "yaml")]),
+        "SMS_CREDIT_LOG_FORMAT: 'yaml' is not text or json"
+    );
     assert!(error_of(&[("stripe_allow_promotion_codes", "maybe")])
         .starts_with("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES"));
 }

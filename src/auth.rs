@@ -13,6 +13,7 @@ use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::telemetry::RequestSpan;
 
 /// The application's state: always there in a server built by
 /// `Application::build`, so its absence is the server's fault (500).
@@ -61,12 +62,16 @@ impl FromRequest for AccountHolder {
     fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(request).map(str::to_string);
+        let span = RequestSpan::of(request);
         Box::pin(async move {
             let state = state.ok_or_else(missing_state)?;
             let token = token.ok_or(ApiError::Unauthorized)?;
             let now_ms = state.clock.now_ms();
             let live = access_tokens::account_of(&state.store, &token, now_ms).await?;
             let live = live.ok_or(ApiError::Unauthorized)?;
+            if let Some(span) = span {
+                span.record_account(live.account_id);
+            }
             Ok(AccountHolder(live.account_id, access_tokens::hash(&token)))
         })
     }
@@ -125,8 +130,7 @@ fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError
 /// too many wrong tokens is refused (`429`) before its token is looked at,
 /// so guessing gains nothing by going faster.
 fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(), ApiError> {
-    let address = crate::limits::client_address(request, &state.settings.access.trusted_proxies);
-    if let Some(wait) = address.and_then(|address| state.wrong_tokens.wait_for(address)) {
+    if let Some(wait) = state.limits.guessing_wait(request) {
         return Err(ApiError::TooManyAttempts(wait));
     }
     // No token at all is no guess.
@@ -134,11 +138,7 @@ fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(
     if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         return Ok(());
     }
-    Err(crate::limits::wrong_guess(
-        state,
-        request,
-        ApiError::Unauthorized,
-    ))
+    Err(state.limits.wrong_guess(request, ApiError::Unauthorized))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod feed;
 pub mod limits;
+pub mod logs;
 mod routes;
 pub use routes::openapi;
 pub mod startup;

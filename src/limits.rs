@@ -5,7 +5,8 @@
 //!   earned another try. A guess is as slow on each instance, and tokens
 //!   are 16 characters or more, so the count need not be shared;
 //! - calls to the anonymous routes (quote, sign-in, access checkout,
-//!   checkout status): 60 in a minute, bursts of 60, then `429`.
+//!   checkout status): `anonymous_calls_per_minute` (60 unless set) in a
+//!   minute, in bursts as large, then `429`.
 //!
 //! What must hold across instances (sign-in codes per phone and per
 //! address, `BUY` per day) is counted in the store instead.
@@ -14,9 +15,12 @@ use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
+use actix_web::HttpRequest;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::error::ApiError;
 
 /// Wrong tokens one address may present in a minute.
 const WRONG_TOKENS_PER_MINUTE: u32 = 20;
@@ -68,24 +72,21 @@ impl WrongTokens {
     }
 }
 
-/// Calls to anonymous routes one address may make in a minute.
-const ANONYMOUS_CALLS_PER_MINUTE: u32 = 60;
-
 /// Calls to the anonymous routes, by address.
 pub struct AnonymousCalls {
     limiter: DefaultKeyedRateLimiter<IpAddr>,
 }
 
-impl Default for AnonymousCalls {
-    fn default() -> AnonymousCalls {
-        let per_minute = NonZeroU32::new(ANONYMOUS_CALLS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+impl AnonymousCalls {
+    /// `per_minute` calls from one address in a minute (the setting is at
+    /// least 1; a 0 would let one call a minute through all the same).
+    pub fn new(per_minute: u32) -> AnonymousCalls {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         AnonymousCalls {
             limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
         }
     }
-}
 
-impl AnonymousCalls {
     /// Counts a call from `address`: past the quota, how long to wait.
     pub fn call(&self, address: IpAddr) -> Option<Duration> {
         let clock = DefaultClock::default();
@@ -103,36 +104,61 @@ impl AnonymousCalls {
     }
 }
 
-/// Lets an anonymous call through, or answers `429` with how long to
-/// wait: too many calls from its address, or too many wrong guesses.
-pub fn anonymous_call(
-    state: &crate::state::AppState,
-    request: &actix_web::HttpRequest,
-) -> Result<(), crate::error::ApiError> {
-    let Some(address) = client_address(request, &state.settings.access.trusted_proxies) else {
-        return Ok(());
-    };
-    if let Some(wait) = state.wrong_tokens.wait_for(address) {
-        return Err(crate::error::ApiError::TooManyAttempts(wait));
-    }
-    match state.anonymous_calls.call(address) {
-        Some(wait) => Err(crate::error::ApiError::TooManyRequests(wait)),
-        None => Ok(()),
-    }
+/// What the addresses calling this instance may try: the two limiters, and
+/// the proxies whose `X-Forwarded-For` says which address a request is
+/// counted under. It is handed what it needs, so that it knows nothing of
+/// the application's state (which holds it).
+pub struct Limits {
+    wrong_tokens: WrongTokens,
+    anonymous_calls: AnonymousCalls,
+    trusted_proxies: Vec<IpAddr>,
 }
 
-/// A wrong guess (a token, a sign-in code, a Checkout Session id) from the
-/// request's address: `429` once the address has guessed too often in a
-/// minute, else `answer`.
-pub fn wrong_guess(
-    state: &crate::state::AppState,
-    request: &actix_web::HttpRequest,
-    answer: crate::error::ApiError,
-) -> crate::error::ApiError {
-    let address = client_address(request, &state.settings.access.trusted_proxies);
-    match address.and_then(|address| state.wrong_tokens.failed(address)) {
-        Some(wait) => crate::error::ApiError::TooManyAttempts(wait),
-        None => answer,
+impl Limits {
+    pub fn new(anonymous_calls_per_minute: u32, trusted_proxies: Vec<IpAddr>) -> Limits {
+        Limits {
+            wrong_tokens: WrongTokens::default(),
+            anonymous_calls: AnonymousCalls::new(anonymous_calls_per_minute),
+            trusted_proxies,
+        }
+    }
+
+    /// The address `request` is counted under (see [`client_address`]).
+    pub fn client_address(&self, request: &HttpRequest) -> Option<IpAddr> {
+        client_address(request, &self.trusted_proxies)
+    }
+
+    /// How long the request's address must wait before a token it presents
+    /// is even looked at, if it must (it guessed too often).
+    pub fn guessing_wait(&self, request: &HttpRequest) -> Option<Duration> {
+        let address = self.client_address(request)?;
+        self.wrong_tokens.wait_for(address)
+    }
+
+    /// Lets an anonymous call through, or answers `429` with how long to
+    /// wait: too many calls from its address, or too many wrong guesses.
+    pub fn anonymous_call(&self, request: &HttpRequest) -> Result<(), ApiError> {
+        let Some(address) = self.client_address(request) else {
+            return Ok(());
+        };
+        if let Some(wait) = self.wrong_tokens.wait_for(address) {
+            return Err(ApiError::TooManyAttempts(wait));
+        }
+        match self.anonymous_calls.call(address) {
+            Some(wait) => Err(ApiError::TooManyRequests(wait)),
+            None => Ok(()),
+        }
+    }
+
+    /// A wrong guess (a token, a sign-in code, a Checkout Session id) from
+    /// the request's address: `429` once the address has guessed too often
+    /// in a minute, else `answer`.
+    pub fn wrong_guess(&self, request: &HttpRequest, answer: ApiError) -> ApiError {
+        let address = self.client_address(request);
+        match address.and_then(|address| self.wrong_tokens.failed(address)) {
+            Some(wait) => ApiError::TooManyAttempts(wait),
+            None => answer,
+        }
     }
 }
 
@@ -140,7 +166,7 @@ pub fn wrong_guess(
 /// the peer is one of `trusted` proxies, the last address in its
 /// `X-Forwarded-For` that is not a trusted proxy itself (what a client
 /// writes into the header before the first proxy is not believed).
-pub fn client_address(request: &actix_web::HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
+pub fn client_address(request: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
     let peer = request.peer_addr()?.ip();
     if !trusted.contains(&peer) {
         return Some(peer);

@@ -6,6 +6,5 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = sms_credit::cli::Cli::parse();
-    sms_credit::cli::init_logging(cli.serves());
     sms_credit::cli::run(cli)
 }

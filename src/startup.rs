@@ -17,6 +17,7 @@ use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSetti
 use crate::config::{Settings, StripeSettings};
 use crate::error;
 use crate::feed::Tickets;
+use crate::limits::Limits;
 use crate::routes;
 use crate::state::AppState;
 use crate::stripe::StripeGateway;
@@ -497,6 +498,10 @@ impl Application {
         let http_workers = settings.server.http_workers;
         let (stopping, stopping_receiver) = tokio::sync::watch::channel(false);
         let stopping = Arc::new(stopping);
+        let limits = Arc::new(Limits::new(
+            settings.access.anonymous_calls_per_minute,
+            settings.access.trusted_proxies.clone(),
+        ));
         let state = web::Data::new(AppState {
             settings,
             store: core.store.clone(),
@@ -509,8 +514,7 @@ impl Application {
             tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
             webhook_metrics: Arc::default(),
-            wrong_tokens: Arc::default(),
-            anonymous_calls: Arc::default(),
+            limits,
             feed_slots: Arc::default(),
             stopping: stopping_receiver,
         });

@@ -11,6 +11,7 @@ use sms_credit_actors::{Registry, Store};
 
 use crate::config::Settings;
 use crate::feed::Tickets;
+use crate::limits::Limits;
 use crate::telemetry::HttpMetrics;
 
 /// What every request handler can reach.
@@ -29,10 +30,9 @@ pub struct AppState {
     pub http_metrics: Arc<HttpMetrics>,
     /// Webhook deliveries by outcome.
     pub webhook_metrics: Arc<crate::webhooks::WebhookMetrics>,
-    /// Wrong admin, API and metrics tokens by address, to slow guessing.
-    pub wrong_tokens: Arc<crate::limits::WrongTokens>,
-    /// Calls to the anonymous routes by address.
-    pub anonymous_calls: Arc<crate::limits::AnonymousCalls>,
+    /// Wrong tokens and guesses, and calls to the anonymous routes, by
+    /// address.
+    pub limits: Arc<Limits>,
     /// Becomes `true` when the server starts stopping: open feeds close
     /// with 1001 and where to resume.
     pub stopping: tokio::sync::watch::Receiver<bool>,

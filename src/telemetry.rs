@@ -1,16 +1,18 @@
 //! Operations: a request id on every request (taken from a sane
 //! `X-Request-Id` or made up, echoed back, and on every log line of the
-//! request through its span), per-route request counters, and `/metrics`
-//! in Prometheus text format. Paths are logged without their query strings,
-//! so feed tickets and other secrets never reach the logs.
+//! request through its span, with the account it acts on once known),
+//! per-route request counters, and `/metrics` in Prometheus text format.
+//! Paths are logged without their query strings, so feed tickets and other
+//! secrets never reach the logs.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::{web, Error};
+use actix_web::{web, Error, HttpMessage, HttpRequest};
 use dashmap::DashMap;
+use sms_credit_actors::AccountId;
 use tracing::Instrument;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -88,6 +90,31 @@ impl Default for HttpMetrics {
     }
 }
 
+/// The request's span, kept in the request's extensions so that what learns
+/// the account later (the account holder's token) can name it there.
+#[derive(Clone)]
+pub struct RequestSpan(tracing::Span);
+
+impl RequestSpan {
+    /// The span of `request` (none outside the middleware, as in a unit test).
+    pub fn of(request: &HttpRequest) -> Option<RequestSpan> {
+        request.extensions().get::<RequestSpan>().cloned()
+    }
+
+    /// Names the account the request acts on: every line it logs from then
+    /// on carries `account_id` (its `answered` line too).
+    pub fn record_account(&self, account: AccountId) {
+        self.0.record("account_id", account.0);
+    }
+}
+
+/// The account an admin route's path names (`/v1/admin/accounts/{id}…`),
+/// known before the route runs.
+fn admin_account_in_path(path: &str) -> Option<i64> {
+    let rest = path.strip_prefix("/v1/admin/accounts/")?;
+    rest.split('/').next()?.parse().ok()
+}
+
 /// The middleware: a span per request, the id echoed, the outcome counted.
 pub fn observe<S, B>(
     request: ServiceRequest,
@@ -104,10 +131,15 @@ where
         .map_or_else(|| "-".to_string(), |metrics| metrics.request_id(&request));
     let span = tracing::info_span!(
         "request",
-        id = %request_id,
+        request_id = %request_id,
         method = %request.method(),
-        path = %request.path()
+        path = %request.path(),
+        account_id = tracing::field::Empty,
     );
+    if let Some(account) = admin_account_in_path(request.path()) {
+        span.record("account_id", account);
+    }
+    request.extensions_mut().insert(RequestSpan(span.clone()));
     let started = Instant::now();
     let response = span.in_scope(|| service.call(request));
     async move {

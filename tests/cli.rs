@@ -126,6 +126,14 @@ fn malformed_configuration_names_the_variable() {
             &[("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES", "perhaps")],
             "SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES",
         ),
+        (
+            &[("SMS_CREDIT_LOG_FORMAT", "yaml")],
+            "SMS_CREDIT_LOG_FORMAT: 'yaml' is not text or json",
+        ),
+        (
+            &[("SMS_CREDIT_TWILIO_ACCOUNT_SID", "ACx")],
+            "SMS_CREDIT_TWILIO_ACCOUNT_SID: 'ACx' is not a Twilio account SID: one is AC followed by 32 hexadecimal characters",
+        ),
         // Half a Stripe configuration would take money and never credit it.
         (
             &[

@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
 use serde_json::json;
 
-pub const ACCOUNT_SID: &str = "ACfake0000000000000000000000000000";
+pub const ACCOUNT_SID: &str = "ACfa4e0000000000000000000000000000";
 pub const AUTH_TOKEN: &str = "twilio-auth-token";
 pub const FROM: &str = "+15005550006";
 

@@ -564,9 +564,11 @@ impl ServerProcess {
                 .recv_timeout(std::time::Duration::from_secs(30))
                 .expect("the server logs that it listens within 30 s");
             if line.contains("listening") {
+                // `port=8080` in text, `"port":8080` in JSON.
                 let digits: String = line
                     .split("port=")
                     .nth(1)
+                    .or_else(|| line.split("\"port\":").nth(1))
                     .unwrap()
                     .chars()
                     .take_while(char::is_ascii_digit)
@@ -583,6 +585,19 @@ impl ServerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
+    }
+
+    /// SIGTERM, then every line the server logged until it exited (0).
+    pub fn stop_and_read_log(mut self) -> Vec<String> {
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        // The reader thread ends at the end of the pipe, with the process.
+        self.log.iter().collect()
     }
 
     /// SIGKILL: no chance to flush anything.

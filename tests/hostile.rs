@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 use crate::fake_stripe::{sign, EventFactory, FakeStripe, WEBHOOK_SECRET};
 use crate::fake_twilio::{FakeTwilio, AUTH_TOKEN};
 use crate::helpers::{
-    fresh_directory, stripe_settings, with_twilio, TestApp, ADMIN_TOKEN, API_KEY, NOW_UNIX,
+    fresh_directory, stripe_settings, with_twilio, ServerProcess, TestApp, ADMIN_TOKEN, API_KEY,
+    NOW_UNIX,
 };
 
 /// Who a request claims to be.
@@ -508,4 +509,37 @@ async fn anonymous_routes_are_limited_per_address_and_unknown_sessions_count_as_
         .await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
     assert_eq!(answer["error"]["code"], "too_many_attempts");
+}
+
+/// The anonymous routes' limit is a setting: at 5, the 6th call in a
+/// minute from one address is `429`, whatever the route.
+#[actix_rt::test]
+async fn the_anonymous_calls_a_minute_are_a_setting() {
+    let directory = fresh_directory();
+    let server = ServerProcess::start(
+        &directory,
+        &[("SMS_CREDIT_ANONYMOUS_CALLS_PER_MINUTE", "5")],
+    );
+    let app = TestApp::attach(&server, &directory);
+    let quote = json!({"to": "+14155550100", "body": "hi"});
+    for call in 1..=5 {
+        let (status, answer) = app
+            .request("POST", "/v1/quote", None, Some(quote.clone()))
+            .await;
+        assert_eq!(status, StatusCode::OK, "call {call}: {answer}");
+    }
+    let (status, answer) = app
+        .request("GET", "/v1/checkout/sessions/cs_test_sixth", None, None)
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_requests");
+    let (status, _) = app
+        .request("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a call with a credential is not counted"
+    );
+    server.kill();
 }

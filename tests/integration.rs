@@ -19,6 +19,7 @@ mod admin_api;
 mod auto_top_up;
 mod browser;
 mod cli;
+mod code_shape;
 mod copy;
 mod crash;
 mod feed;

@@ -150,7 +150,7 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
     assert!(text.contains("the last commit is flushed"), "{text}");
     let create_lines: Vec<&String> = log
         .iter()
-        .filter(|line| line.contains("id=ops-create-1"))
+        .filter(|line| line.contains("request_id=ops-create-1"))
         .collect();
     assert!(
         create_lines
@@ -310,4 +310,105 @@ async fn a_feature_left_off_is_not_logged_as_an_error() {
     assert!(log
         .iter()
         .any(|line| line.contains("admin_api=off (set SMS_CREDIT_ADMIN_TOKEN)")));
+}
+
+/// Standard error to a pipe (a file, journald, a container's log) gets
+/// plain text: no colour escapes, even without `NO_COLOR`.
+#[actix_rt::test]
+async fn logs_to_a_pipe_carry_no_colour_escapes() {
+    let directory = fresh_directory();
+    let server = ServerProcess::start(&directory, &[("NO_COLOR", "")]);
+    let app = TestApp::attach(&server, &directory);
+    let (status, _) = app.get_healthz().await;
+    assert_eq!(status, StatusCode::OK);
+    let log = server.stop_and_read_log();
+    let text = log.join("\n");
+    assert!(
+        log.iter().any(|line| line.contains("answered")),
+        "the request is logged:\n{text}"
+    );
+    assert!(
+        !text.contains('\u{1b}'),
+        "an escape byte in a log written to a pipe:\n{text}"
+    );
+}
+
+on_both_stores!(json_logs_are_one_object_a_line_with_the_request_and_the_account);
+async fn json_logs_are_one_object_a_line_with_the_request_and_the_account() {
+    let directory = fresh_directory();
+    let server = ServerProcess::start(&directory, &[("SMS_CREDIT_LOG_FORMAT", "json")]);
+    let app = TestApp::attach(&server, &directory);
+    let mut created = app
+        .client
+        .post(app.url("/v1/admin/accounts"))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .insert_header(("X-Request-Id", "json-create-1"))
+        .send_json(&json!({"phone": "+14155553811"}))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let token = app.issue_token(id).await;
+    let me = app
+        .client
+        .get(app.url("/v1/accounts/me"))
+        .insert_header(("Authorization", format!("Bearer {token}")))
+        .insert_header(("X-Request-Id", "json-me-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+
+    let log = server.stop_and_read_log();
+    let lines: Vec<Value> = log
+        .iter()
+        .map(|line| {
+            serde_json::from_str::<Value>(line)
+                .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"))
+        })
+        .collect();
+    assert!(lines.iter().all(Value::is_object), "{log:?}");
+    for line in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line[field].is_string(), "no {field} in {line}");
+        }
+    }
+    let of_request = |request_id: &str| -> Vec<&Value> {
+        lines
+            .iter()
+            .filter(|line| line["request_id"] == request_id)
+            .collect()
+    };
+    // The handler's own line and the answer carry the request's id.
+    let create = of_request("json-create-1");
+    assert!(
+        create
+            .iter()
+            .any(|line| line["message"] == "account created"
+                && line["account_id"] == id
+                && line["path"] == "/v1/admin/accounts"),
+        "{create:?}"
+    );
+    assert!(
+        create
+            .iter()
+            .any(|line| line["message"] == "answered" && line["status"] == 201),
+        "{create:?}"
+    );
+    // The account holder's account is known from the token, and named.
+    let me = of_request("json-me-1");
+    assert!(
+        me.iter().any(|line| line["message"] == "answered"
+            && line["status"] == 200
+            && line["account_id"] == id),
+        "{me:?}"
+    );
+    // The start-up summary is one object too, its fields as fields.
+    assert!(lines.iter().any(|line| line["message"]
+        .as_str()
+        .unwrap_or_default()
+        .starts_with("sms-credit is serving")
+        && line["address"] == app.address));
 }

@@ -447,12 +447,16 @@ async fn a_sign_in_token_expires_and_closes_its_feeds() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// Every service left off answers `503 …_not_configured`; sign-in by text
+/// message too, in the customer's words.
 #[actix_rt::test]
-async fn without_twilio_sign_in_is_not_available_in_customer_words() {
-    let app = TestApp::spawn_with(fresh_directory(), test_settings(&fresh_directory())).await;
+async fn without_twilio_sign_in_is_not_configured_in_customer_words() {
+    let directory = fresh_directory();
+    let settings = test_settings(&directory);
+    let app = TestApp::spawn_with(directory, settings).await;
     let (status, answer) = ask_code(&app, "+14155554051").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
-    assert_eq!(answer["error"]["code"], "sign_in_not_available");
+    assert_eq!(answer["error"]["code"], "sign_in_not_configured");
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("not available"), "{message}");
     assert!(!message.contains("SMS_CREDIT_"), "{message}");

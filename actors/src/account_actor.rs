@@ -538,7 +538,7 @@ impl AccountActor {
                 ctx.run_later(MISSING_ACCOUNT_LINGER, |actor, ctx| actor.unlist_and_stop(ctx));
             }
             Err(error) => {
-                tracing::error!(account_id = %actor.account_id, %error, "cannot load snapshot; the next message tries again");
+                tracing::error!(account_id = actor.account_id.0, %error, "cannot load snapshot; the next message tries again");
                 actor.lifecycle = Lifecycle::Unloaded;
                 let waiting = actor.deferred.take().map(|deferred| *deferred).unwrap_or_default();
                 for retry in then.into_iter().chain(waiting) {
@@ -1051,7 +1051,7 @@ impl AccountActor {
                     for waiter in in_flight.waiters {
                         let _ = waiter.send(Err(LedgerError::Store(error.clone())));
                     }
-                    tracing::warn!(account_id = %self.account_id, %error, "write failed; reloading snapshot");
+                    tracing::warn!(account_id = self.account_id.0, %error, "write failed; reloading snapshot");
                     self.load_snapshot(Vec::new(), ctx);
                     return;
                 }
@@ -1152,7 +1152,7 @@ impl AccountActor {
             return;
         }
         if matches!(error, StoreError::Conflict) {
-            tracing::info!(account_id = %self.account_id, %error, "the ledger moved on; reloading and computing again");
+            tracing::info!(account_id = self.account_id.0, %error, "the ledger moved on; reloading and computing again");
         }
         self.load_snapshot(redo, ctx);
     }
@@ -1218,7 +1218,7 @@ impl Actor for AccountActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        tracing::debug!(account_id = %self.account_id, "account actor stopped");
+        tracing::debug!(account_id = self.account_id.0, "account actor stopped");
     }
 }
 

@@ -88,20 +88,11 @@ impl Cli {
     }
 }
 
-/// Logs go to standard error; `RUST_LOG` filters them (default `info` for
-/// the server; `warn` for other commands, whose output is their own).
-pub fn init_logging(serving: bool) {
-    let default = if serving { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
 /// Runs a parsed command line; the exit code says how it went.
 pub fn run(cli: Cli) -> ExitCode {
+    // `RUST_LOG` filters the log, else `info` for the server and `warn`
+    // for other commands, whose output is their own.
+    let default_level = if cli.serves() { "info" } else { "warn" };
     let (options, command) = match cli.command {
         Some(Command::Serve(serve)) => (serve.options.over(cli.options), None),
         Some(Command::Config(mut config)) => (
@@ -121,6 +112,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(settings) => settings,
         Err(error) => return configuration_error(&error),
     };
+    // Only now is the format known; nothing before logs (a mistake in the
+    // settings is told on standard error as it is).
+    crate::logs::init(settings.server.log_format, default_level);
     let outcome = match command {
         None | Some(Command::Serve(_)) => serve::serve(settings),
         Some(Command::Config(_)) => Ok(()),

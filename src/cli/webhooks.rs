@@ -7,6 +7,7 @@ use serde_json::json;
 use sms_credit_actors::clock::{format_rfc3339_ms, parse_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::webhooks::manage::{self, Change};
 use sms_credit_actors::webhooks::{AttemptRecord, Endpoint};
+use sms_credit_actors::Store;
 
 use super::output::{print_json, with_store};
 use crate::config::Settings;
@@ -126,7 +127,7 @@ impl WebhooksCommand {
         let allow_private = settings.webhooks.allow_private;
         let now_ms = SystemClock.now_ms();
         with_store(settings, |store| async move {
-            let fail = |error: manage::WebhookError| error.to_string();
+            let store = &store;
             match self {
                 WebhooksCommand::Add {
                     url,
@@ -134,131 +135,184 @@ impl WebhooksCommand {
                     description,
                     json,
                 } => {
-                    let (endpoint, secret) = manage::add(
-                        &store,
-                        &url,
-                        events.as_deref(),
+                    let endpoint = NewEndpoint {
+                        url,
+                        events,
                         description,
                         allow_private,
-                        now_ms,
-                    )
-                    .await
-                    .map_err(fail)?;
-                    if json {
-                        return print_json(
-                            &json!({"endpoint": endpoint, "secret": secret.expose()}),
-                        );
-                    }
-                    print_endpoint(&endpoint);
-                    println!("  secret:  {}  (shown this once: keep it)", secret.expose());
-                    Ok(())
+                    };
+                    add(store, endpoint, now_ms, json).await
                 }
-                WebhooksCommand::List { json } => {
-                    let endpoints = store
-                        .webhooks()
-                        .endpoints()
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if json {
-                        return print_json(&endpoints);
-                    }
-                    if endpoints.is_empty() {
-                        println!("no webhook endpoints");
-                    }
-                    endpoints.iter().for_each(print_endpoint);
-                    Ok(())
-                }
-                WebhooksCommand::Show { id, json } => {
-                    let endpoint = manage::get(&store, &id).await.map_err(fail)?;
-                    if json {
-                        return print_json(&endpoint);
-                    }
-                    print_endpoint(&endpoint);
-                    Ok(())
-                }
+                WebhooksCommand::List { json } => list(store, json).await,
+                WebhooksCommand::Show { id, json } => show(store, &id, json).await,
                 WebhooksCommand::Deliveries { id, limit, json } => {
-                    if !(1..=500).contains(&limit) {
-                        return Err("--limit is from 1 to 500".into());
-                    }
-                    let endpoint = manage::get(&store, &id).await.map_err(fail)?;
-                    let attempts = store
-                        .webhooks()
-                        .attempts_of(endpoint.id, limit)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if json {
-                        return print_json(&attempts);
-                    }
-                    if attempts.is_empty() {
-                        println!("no tries yet");
-                    }
-                    attempts.iter().for_each(print_attempt);
-                    Ok(())
+                    deliveries(store, &id, limit, json).await
                 }
                 WebhooksCommand::Replay { id, since, json } => {
-                    let since_ms = parse_rfc3339_ms(&since).ok_or_else(|| {
-                        format!("--since {since:?} is not an RFC 3339 time (2026-12-01T00:00:00Z)")
-                    })?;
-                    let replayed = manage::replay(&store, &id, since_ms, now_ms)
-                        .await
-                        .map_err(fail)?;
-                    if json {
-                        return print_json(&json!({"endpoint_id": id, "replayed": replayed}));
-                    }
-                    println!(
-                        "{replayed} events since {} queued again for {id}",
-                        when(Some(since_ms))
-                    );
-                    Ok(())
+                    replay(store, &id, &since, now_ms, json).await
                 }
                 WebhooksCommand::RotateSecret { id, json } => {
-                    let (endpoint, secret) = manage::rotate_secret(&store, &id, now_ms)
-                        .await
-                        .map_err(fail)?;
-                    if json {
-                        return print_json(
-                            &json!({"endpoint": endpoint, "secret": secret.expose()}),
-                        );
-                    }
-                    println!(
-                        "new secret for {id}: {}  (shown this once: keep it)",
-                        secret.expose()
-                    );
-                    println!(
-                        "the old one signs beside it until {}",
-                        when(endpoint.previous_secret_until_ms)
-                    );
-                    Ok(())
+                    rotate_secret(store, &id, now_ms, json).await
                 }
                 WebhooksCommand::Enable { id, json } => {
-                    set_enabled(&store, &id, true, allow_private, json).await
+                    set_enabled(store, &id, true, allow_private, json).await
                 }
                 WebhooksCommand::Disable { id, json } => {
-                    set_enabled(&store, &id, false, allow_private, json).await
+                    set_enabled(store, &id, false, allow_private, json).await
                 }
-                WebhooksCommand::Remove { id, json } => {
-                    manage::remove(&store, &id).await.map_err(fail)?;
-                    if json {
-                        return print_json(&json!({"id": id, "removed": true}));
-                    }
-                    println!("removed {id}");
-                    Ok(())
-                }
-                WebhooksCommand::Test { id, json } => {
-                    let event_id = manage::send_test(&store, &id, now_ms).await.map_err(fail)?;
-                    if json {
-                        return print_json(&json!({"endpoint_id": id, "event_id": event_id}));
-                    }
-                    println!("test event {event_id} queued for {id}");
-                    Ok(())
-                }
+                WebhooksCommand::Remove { id, json } => remove(store, &id, json).await,
+                WebhooksCommand::Test { id, json } => send_test(store, &id, now_ms, json).await,
             }
         })
     }
 }
 
+/// The refusals of `manage`, as the command line prints them.
+fn refused(error: manage::WebhookError) -> String {
+    error.to_string()
+}
+
+/// What `webhooks add` was given.
+struct NewEndpoint {
+    url: String,
+    events: Option<Vec<String>>,
+    description: Option<String>,
+    /// `http://` and private addresses allowed (the server's setting).
+    allow_private: bool,
+}
+
+async fn add(
+    store: &Store,
+    endpoint: NewEndpoint,
+    now_ms: i64,
+    as_json: bool,
+) -> Result<(), String> {
+    let (endpoint, secret) = manage::add(
+        store,
+        &endpoint.url,
+        endpoint.events.as_deref(),
+        endpoint.description,
+        endpoint.allow_private,
+        now_ms,
+    )
+    .await
+    .map_err(refused)?;
+    if as_json {
+        return print_json(&json!({"endpoint": endpoint, "secret": secret.expose()}));
+    }
+    print_endpoint(&endpoint);
+    println!("  secret:  {}  (shown this once: keep it)", secret.expose());
+    Ok(())
+}
+
+async fn list(store: &Store, as_json: bool) -> Result<(), String> {
+    let endpoints = store
+        .webhooks()
+        .endpoints()
+        .await
+        .map_err(|error| error.to_string())?;
+    if as_json {
+        return print_json(&endpoints);
+    }
+    if endpoints.is_empty() {
+        println!("no webhook endpoints");
+    }
+    endpoints.iter().for_each(print_endpoint);
+    Ok(())
+}
+
+async fn show(store: &Store, id: &str, as_json: bool) -> Result<(), String> {
+    let endpoint = manage::get(store, id).await.map_err(refused)?;
+    if as_json {
+        return print_json(&endpoint);
+    }
+    print_endpoint(&endpoint);
+    Ok(())
+}
+
+async fn deliveries(store: &Store, id: &str, limit: i64, as_json: bool) -> Result<(), String> {
+    if !(1..=500).contains(&limit) {
+        return Err("--limit is from 1 to 500".into());
+    }
+    let endpoint = manage::get(store, id).await.map_err(refused)?;
+    let attempts = store
+        .webhooks()
+        .attempts_of(endpoint.id, limit)
+        .await
+        .map_err(|error| error.to_string())?;
+    if as_json {
+        return print_json(&attempts);
+    }
+    if attempts.is_empty() {
+        println!("no tries yet");
+    }
+    attempts.iter().for_each(print_attempt);
+    Ok(())
+}
+
+async fn replay(
+    store: &Store,
+    id: &str,
+    since: &str,
+    now_ms: i64,
+    as_json: bool,
+) -> Result<(), String> {
+    let since_ms = parse_rfc3339_ms(since).ok_or_else(|| {
+        format!("--since {since:?} is not an RFC 3339 time (2026-12-01T00:00:00Z)")
+    })?;
+    let replayed = manage::replay(store, id, since_ms, now_ms)
+        .await
+        .map_err(refused)?;
+    if as_json {
+        return print_json(&json!({"endpoint_id": id, "replayed": replayed}));
+    }
+    println!(
+        "{replayed} events since {} queued again for {id}",
+        when(Some(since_ms))
+    );
+    Ok(())
+}
+
+async fn rotate_secret(store: &Store, id: &str, now_ms: i64, as_json: bool) -> Result<(), String> {
+    let (endpoint, secret) = manage::rotate_secret(store, id, now_ms)
+        .await
+        .map_err(refused)?;
+    if as_json {
+        return print_json(&json!({"endpoint": endpoint, "secret": secret.expose()}));
+    }
+    println!(
+        "new secret for {id}: {}  (shown this once: keep it)",
+        secret.expose()
+    );
+    println!(
+        "the old one signs beside it until {}",
+        when(endpoint.previous_secret_until_ms)
+    );
+    Ok(())
+}
+
+async fn remove(store: &Store, id: &str, as_json: bool) -> Result<(), String> {
+    manage::remove(store, id).await.map_err(refused)?;
+    if as_json {
+        return print_json(&json!({"id": id, "removed": true}));
+    }
+    println!("removed {id}");
+    Ok(())
+}
+
+async fn send_test(store: &Store, id: &str, now_ms: i64, as_json: bool) -> Result<(), String> {
+    let event_id = manage::send_test(store, id, now_ms)
+        .await
+        .map_err(refused)?;
+    if as_json {
+        return print_json(&json!({"endpoint_id": id, "event_id": event_id}));
+    }
+    println!("test event {event_id} queued for {id}");
+    Ok(())
+}
+
 async fn set_enabled(
-    store: &sms_credit_actors::Store,
+    store: &Store,
     id: &str,
     enabled: bool,
     allow_private: bool,

@@ -134,6 +134,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Where people sign up and top up on the web, sent in SMS replies [default: the public URL + /account]",
     },
     Setting {
+        key: "log_format",
+        section: Section::Server,
+        value_name: "FORMAT",
+        default: Some("text"),
+        secret: false,
+        global: false,
+        help: "How log lines on standard error look: text (for people; coloured only on a terminal and unless NO_COLOR is set) or json (one object a line, with the request's request_id and account_id as fields, for a log collector)",
+    },
+    Setting {
         key: "http_workers",
         section: Section::Server,
         value_name: "N",
@@ -260,6 +269,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Sign-in codes one client address may ask for in an hour, whatever the phones; one more is refused with 429",
     },
     Setting {
+        key: "anonymous_calls_per_minute",
+        section: Section::Access,
+        value_name: "N",
+        default: Some("60"),
+        secret: false,
+        global: false,
+        help: "Calls one client address may make in a minute to the routes that need no credential (quote, sign-in, access checkout without the API key, checkout status), counted on each instance; one more is refused with 429",
+    },
+    Setting {
         key: "stripe_secret_key",
         section: Section::Stripe,
         value_name: "KEY",
@@ -320,7 +338,7 @@ pub static SETTINGS: &[Setting] = &[
         default: None,
         secret: false,
         global: false,
-        help: "Twilio account SID (AC…); without it and the auth token the SMS features answer 503 twilio_not_configured",
+        help: "Twilio account SID (AC and 32 hexadecimal characters); without it and the auth token the SMS features answer 503 twilio_not_configured",
     },
     Setting {
         key: "twilio_auth_token",

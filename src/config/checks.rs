@@ -15,8 +15,8 @@ use sms_credit_actors::Money;
 
 use super::layers::Values;
 use super::{
-    AccessSettings, ConfigError, DatabaseSettings, FeedSettings, MessageSettings, Secret,
-    ServerSettings, StripeSettings, TwilioSettings, WebhookSettings,
+    AccessSettings, ConfigError, DatabaseSettings, FeedSettings, LogFormat, MessageSettings,
+    Secret, ServerSettings, StripeSettings, TwilioSettings, WebhookSettings,
 };
 
 /// The longest span a duration setting may have: a year. Longer ones are
@@ -33,6 +33,7 @@ pub(super) fn server(values: &Values) -> Result<ServerSettings, ConfigError> {
         public_url: values.optional("public_url", url)?,
         signup_url: values.optional("signup_url", url)?,
         service_name: values.required("service_name", service_name)?,
+        log_format: values.required("log_format", log_format)?,
         http_workers: values.required("http_workers", number(1..=MAX_THREADS))?,
         actor_threads: values.required("actor_threads", number(1..=MAX_THREADS))?,
         // Actors keep idle times in 32-bit milliseconds (24 days).
@@ -73,6 +74,8 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
                     .required("sign_in_codes_per_address_hour", number(1i64..=1_000_000))?,
             },
         },
+        anonymous_calls_per_minute: values
+            .required("anonymous_calls_per_minute", number(1u32..=1_000_000))?,
     })
 }
 
@@ -260,11 +263,27 @@ fn secret(value: &str) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
 
+/// A Twilio account SID: `AC` and 32 hexadecimal characters, as the
+/// console shows it. A mistyped one would be refused by Twilio only at the
+/// first message sent, so it is refused at start.
 fn account_sid(sid: &str) -> Result<String, String> {
-    if !sid.starts_with("AC") || sid.len() < 4 {
-        return Err("a Twilio account SID starts with 'AC'".to_string());
+    let well_formed = sid
+        .strip_prefix("AC")
+        .is_some_and(|hex| hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()));
+    if !well_formed {
+        return Err(format!(
+            "'{sid}' is not a Twilio account SID: one is AC followed by 32 hexadecimal characters, as the Twilio console shows it"
+        ));
     }
     Ok(sid.to_string())
+}
+
+fn log_format(text: &str) -> Result<LogFormat, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "text" => Ok(LogFormat::Text),
+        "json" => Ok(LogFormat::Json),
+        _ => Err(format!("'{text}' is not text or json")),
+    }
 }
 
 fn service_name(name: &str) -> Result<String, String> {

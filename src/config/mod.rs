@@ -46,9 +46,21 @@ pub struct ServerSettings {
     pub signup_url: Option<String>,
     /// The account page's title.
     pub service_name: String,
+    /// How log lines look (every command's, not only the server's).
+    pub log_format: LogFormat,
     pub http_workers: usize,
     pub actor_threads: usize,
     pub passivate_after: Duration,
+}
+
+/// How log lines on standard error are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: one line of text per event, coloured on a terminal.
+    Text,
+    /// For a log collector: one JSON object a line, the fields of the
+    /// request it happened in (`request_id`, `account_id`) among its own.
+    Json,
 }
 
 /// The database, and how long another instance may be silent.
@@ -74,6 +86,9 @@ pub struct AccessSettings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Sign-in by phone: how long its tokens live, how often codes may be asked for.
     pub sign_in: sms_credit_actors::sign_in::SignInPolicy,
+    /// Calls to the routes that need no credential, per client address and
+    /// minute, on each instance (at least 1).
+    pub anonymous_calls_per_minute: u32,
 }
 
 /// Stripe credentials, where its API is, and what access includes.

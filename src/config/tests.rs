@@ -51,7 +51,7 @@ fn every_setting_is_checked() {
 fn malformed_values_name_their_variable() {
     assert!(error_of(&[("bind", "not an address")]).starts_with("SMS_CREDIT_BIND"));
     assert!(
-        error_of(&[("twilio_account_sid", "AC123")]).starts_with("SMS_CREDIT_TWILIO_AUTH_TOKEN")
+        error_of(&[("twilio_account_sid", TWILIO_SID)]).starts_with("SMS_CREDIT_TWILIO_AUTH_TOKEN")
     );
     assert!(error_of(&[("public_url", "ftp://x")]).starts_with("SMS_CREDIT_PUBLIC_URL"));
     for key in ["admin_token", "api_key", "metrics_token"] {
@@ -63,6 +63,37 @@ fn malformed_values_name_their_variable() {
         );
         assert_eq!(error_of(&[(key, "sixteen-chars-ok")]), "accepted");
     }
+}
+
+/// An account SID as Twilio makes them.
+const TWILIO_SID: &str = "AC0123456789abcdef0123456789ABCDEF";
+
+#[test]
+fn a_twilio_account_sid_is_ac_and_32_hexadecimal_characters() {
+    let token = ("twilio_auth_token", "twilio-token");
+    let from = ("twilio_from", "+14155550100");
+    for wrong in [
+        "ACx",
+        "AC",
+        "AC0123456789abcdef0123456789abcde",
+        "AC0123456789abcdef0123456789abcdef0",
+        "AC0123456789abcdef0123456789abcdeg",
+        "MG0123456789abcdef0123456789abcdef",
+        "ac0123456789abcdef0123456789abcdef",
+    ] {
+        let error = error_of(&[("twilio_account_sid", wrong), token, from]);
+        assert_eq!(
+            error,
+            format!(
+                "SMS_CREDIT_TWILIO_ACCOUNT_SID: '{wrong}' is not a Twilio account SID: one is AC followed by 32 hexadecimal characters, as the Twilio console shows it"
+            )
+        );
+    }
+    let settings = settings_of(&[("twilio_account_sid", TWILIO_SID), token, from]);
+    assert_eq!(
+        settings.twilio.map(|twilio| twilio.account_sid).as_deref(),
+        Some(TWILIO_SID)
+    );
 }
 
 #[test]
@@ -163,6 +194,29 @@ fn numbers_are_bounded_and_name_their_variable() {
         }
         assert_eq!(error_of(&[(key, "30")]), "accepted", "{variable}=30");
     }
+    assert_eq!(settings_of(&[]).access.anonymous_calls_per_minute, 60);
+    assert_eq!(
+        settings_of(&[("anonymous_calls_per_minute", "5")])
+            .access
+            .anonymous_calls_per_minute,
+        5
+    );
+    for bad in ["0", "-1", "1000001", "lots"] {
+        let error = error_of(&[("anonymous_calls_per_minute", bad)]);
+        assert!(
+            error.starts_with("SMS_CREDIT_ANONYMOUS_CALLS_PER_MINUTE"),
+            "{bad}: {error}"
+        );
+    }
+    assert_eq!(settings_of(&[]).server.log_format, LogFormat::Text);
+    assert_eq!(
+        settings_of(&[("log_format", "json")]).server.log_format,
+        LogFormat::Json
+    );
+    assert_eq!(
+        error_of(&[("log_format", "yaml")]),
+        "SMS_CREDIT_LOG_FORMAT: 'yaml' is not text or json"
+    );
     assert!(error_of(&[("stripe_allow_promotion_codes", "maybe")])
         .starts_with("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES"));
 }

@@ -76,7 +76,7 @@ pub async fn access(
     if bearer_token(&http).is_some() {
         HostApplication::extract(&http).await?;
     } else {
-        crate::limits::anonymous_call(&state, &http)?;
+        state.limits.anonymous_call(&http)?;
         let token = request
             .sign_up_token
             .as_deref()
@@ -128,7 +128,7 @@ pub async fn session_status(
     http: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::limits::anonymous_call(&state, &http)?;
+    state.limits.anonymous_call(&http)?;
     let session_id = path.into_inner();
     let well_formed = session_id.starts_with("cs_")
         && session_id.len() <= 255
@@ -145,7 +145,7 @@ pub async fn session_status(
     let Some(order) = order else {
         // An unknown id is a guess: it counts with wrong tokens.
         let not_found = ApiError::NotFound("no such checkout".to_string());
-        return Err(crate::limits::wrong_guess(&state, &http, not_found));
+        return Err(state.limits.wrong_guess(&http, not_found));
     };
     Ok(HttpResponse::Ok().json(SessionStatus {
         status: order.status.as_str().to_string(),

@@ -29,7 +29,7 @@ pub async fn create(
     http: HttpRequest,
     request: web::Json<QuoteBody>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::limits::anonymous_call(&state, &http)?;
+    state.limits.anonymous_call(&http)?;
     let quoted = quote(
         QuoteRequest {
             to: &request.to,

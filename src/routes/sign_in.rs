@@ -49,7 +49,9 @@ fn phone(text: &str) -> Result<PhoneNumber, ApiError> {
 /// Where the caller is, for the per-address limit (`unknown` when the
 /// connection has no address, as in a test).
 fn address_of(state: &AppState, request: &HttpRequest) -> String {
-    crate::limits::client_address(request, &state.settings.access.trusted_proxies)
+    state
+        .limits
+        .client_address(request)
         .map_or_else(|| "unknown".to_string(), |address| address.to_string())
 }
 
@@ -64,10 +66,10 @@ pub async fn request_code(
     request: HttpRequest,
     body: web::Json<CodeRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::limits::anonymous_call(&state, &request)?;
+    state.limits.anonymous_call(&request)?;
     let phone = phone(&body.phone)?;
     let messaging = state.messaging.as_ref().ok_or(ApiError::NotConfigured {
-        code: "sign_in_not_available",
+        code: "sign_in_not_configured",
         message: "signing in with a text message is not available on this server",
         variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM",
     })?;
@@ -99,7 +101,7 @@ pub async fn sign_in(
     request: HttpRequest,
     body: web::Json<SignInRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    crate::limits::anonymous_call(&state, &request)?;
+    state.limits.anonymous_call(&request)?;
     let body = body.into_inner();
     let phone = phone(&body.phone)?;
     let proof = match (body.code.as_deref().map(str::trim), body.sign_up_token) {
@@ -132,11 +134,9 @@ pub async fn sign_in(
     {
         Ok(signed_in) => Ok(HttpResponse::Ok().json(signed_in)),
         // Wrong codes count with wrong tokens against the address.
-        Err(SignInError::InvalidCode) => Err(crate::limits::wrong_guess(
-            &state,
-            &request,
-            SignInError::InvalidCode.into(),
-        )),
+        Err(SignInError::InvalidCode) => Err(state
+            .limits
+            .wrong_guess(&request, SignInError::InvalidCode.into())),
         Err(error) => Err(error.into()),
     }
 }

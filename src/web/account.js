@@ -111,7 +111,7 @@ function signInMessage(error) {
     case "invalid_code": return "That code is not right, or it has expired. Check it, or ask for a new one.";
     case "invalid_code_format": return "The code is the 6 digits in the text message.";
     case "invalid_phone": return "That does not look like a mobile number. Start with + and the country code, like +14155551234.";
-    case "sign_in_not_available": return "Signing in by text message is not available right now.";
+    case "sign_in_not_configured": return "Signing in by text message is not available right now.";
     case "code_not_sent": return "We could not send the code just now. Please try again in a minute.";
     case "sign_up_required": return "Your sign-in has expired. Please sign in with your phone again.";
     default:

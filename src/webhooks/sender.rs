@@ -2,7 +2,8 @@
 //! the Standard Webhooks headers (`webhook-id`, `webhook-timestamp`,
 //! `webhook-signature: v1,<base64 HMAC-SHA256>`, one signature per live
 //! secret), within [`TIMEOUT_MS`]. Names are resolved by a resolver that
-//! refuses loopback, private, link-local and metadata addresses (unless
+//! refuses every address that is not public (`is_public`: loopback,
+//! private, link-local where metadata services answer, reserved; unless
 //! they are allowed, for development), so a name cannot be pointed at the
 //! inside after the endpoint was accepted.
 

@@ -229,7 +229,7 @@ impl Billing {
             match self.charge_attempt(&attempt, now_ms).await {
                 Ok(()) => charged += 1,
                 Err(error) => {
-                    tracing::warn!(account_id = %attempt.account_id, attempt = attempt.n, %error,
+                    tracing::warn!(account_id = attempt.account_id.0, attempt = attempt.n, %error,
                         "auto top-up not decided; it is tried again when its lease runs out");
                 }
             }
@@ -402,7 +402,7 @@ impl Billing {
         let paused = format!(
             "a charge (order {order}) could not be confirmed with Stripe: check it in Stripe before turning auto top-up on again"
         );
-        tracing::warn!(account_id = %attempt.account_id, attempt = attempt.n, %reason,
+        tracing::warn!(account_id = attempt.account_id.0, attempt = attempt.n, %reason,
             "auto top-up undecided for too long: marked unknown and turned off");
         let events = vec![
             auto_top_up_failed(

@@ -121,7 +121,7 @@ pub async fn create(
         .accounts()
         .create(new_account, state.clock.now_ms())
         .await?;
-    tracing::info!(account_id = %account.id, "account created");
+    tracing::info!(account_id = account.id.0, "account created");
     let warnings = state
         .settings
         .messages

@@ -169,14 +169,17 @@ impl Client {
     /// A row; when the client is a window behind, first waits (bounded)
     /// for it to read; every `mark_every` rows a ping numbered with the
     /// rows sent so far.
-    async fn row(&mut self, entry: &LedgerEntry, account_feed: bool) -> Result<(), End> {
+    async fn row(&mut self, entry: &LedgerEntry) -> Result<(), End> {
         if self.sent - self.read >= self.window {
-            self.wait_for_reader().await?;
+            self.wait_until_behind(self.window - 1, READ_TIMEOUT)
+                .await?;
         }
         self.frame(&event(entry)).await?;
         self.sent += 1;
-        if account_feed {
-            self.last_row = Some(entry.seq);
+        // An account feed resumes from its last row; the admin feed has
+        // no one place to resume from.
+        if let Some(last_row) = self.last_row.as_mut() {
+            *last_row = entry.seq;
         }
         if self.sent - self.marked >= self.mark_every {
             self.mark().await?;
@@ -192,14 +195,17 @@ impl Client {
         Ok(())
     }
 
-    /// Reads the client's frames until it is less than a window behind:
-    /// too slow if it has not got there within `READ_TIMEOUT`.
-    async fn wait_for_reader(&mut self) -> Result<(), End> {
+    /// Reads the client's frames until it has at most `unread` rows sent
+    /// and not read: too slow if it has not got there within `timeout`.
+    async fn wait_until_behind(&mut self, unread: u64, timeout: Duration) -> Result<(), End> {
+        if self.sent - self.read <= unread {
+            return Ok(());
+        }
         if self.marked < self.sent {
             self.mark().await?;
         }
-        let deadline = tokio::time::Instant::now() + READ_TIMEOUT;
-        while self.sent - self.read >= self.window {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.sent - self.read > unread {
             match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
                 Ok(message) => {
                     if let Some(end) = self.heard(message).await {
@@ -224,22 +230,21 @@ impl Client {
         &mut self,
         message: Option<Result<Message, actix_ws::ProtocolError>>,
     ) -> Option<End> {
+        let message = match message {
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Some(End::ClientLeft),
+            Some(Ok(message)) => message,
+        };
+        self.heard_now();
         match message {
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => Some(End::ClientLeft),
-            Some(Ok(Message::Ping(bytes))) => {
-                self.last_heard = Instant::now();
+            Message::Ping(bytes) => {
                 let slow = self.too_slow();
                 within_deadline(self.session.pong(&bytes), slow).await.err()
             }
-            Some(Ok(Message::Pong(bytes))) => {
-                self.last_heard = Instant::now();
+            Message::Pong(bytes) => {
                 self.pong(&bytes);
                 None
             }
-            Some(Ok(_)) => {
-                self.last_heard = Instant::now();
-                None
-            }
+            _ => None,
         }
     }
 
@@ -253,27 +258,18 @@ impl Client {
         self.mark().await.err()
     }
 
-    /// The client is counted as heard now: after the server spent a while
-    /// reading without pinging it (where every account stands), its
-    /// silence meanwhile is not the client's.
+    /// The client is counted as heard now: on any frame from it, and after
+    /// the server spent a while reading without pinging it (where every
+    /// account stands), whose silence meanwhile is not the client's.
     fn heard_now(&mut self) {
         self.last_heard = Instant::now();
     }
 
     /// Waits (bounded) until the client has read every row sent, so that
-    /// a close frame sent next is not stuck behind them.
+    /// a close frame sent next is not stuck behind them. However that wait
+    /// ends, the close frame is sent next.
     async fn drain(&mut self) {
-        if self.read >= self.sent || self.mark().await.is_err() {
-            return;
-        }
-        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while self.read < self.sent {
-            match tokio::time::timeout_at(deadline, self.incoming.recv()).await {
-                Ok(Some(Ok(Message::Pong(bytes)))) => self.pong(&bytes),
-                Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => return,
-                Ok(Some(Ok(_))) => {}
-            }
-        }
+        let _ = self.wait_until_behind(0, DRAIN_TIMEOUT).await;
     }
 }
 
@@ -380,7 +376,6 @@ async fn replay(
     last: &mut i64,
     until: Option<i64>,
     client: &mut Client,
-    account_feed: bool,
 ) -> Result<(), End> {
     loop {
         let limit = match until {
@@ -393,7 +388,7 @@ async fn replay(
             .map_err(|error| End::Store(error.to_string()))?;
         let complete = (entries.len() as i64) < limit;
         for entry in &entries {
-            client.row(entry, account_feed).await?;
+            client.row(entry).await?;
             *last = entry.seq;
         }
         if complete || entries.is_empty() {
@@ -409,23 +404,14 @@ async fn forward(
     entry: &LedgerEntry,
     last: &mut i64,
     client: &mut Client,
-    account_feed: bool,
 ) -> Result<(), End> {
     if entry.seq <= *last {
         return Ok(());
     }
     if entry.seq > *last + 1 {
-        replay(
-            store,
-            entry.account_id,
-            last,
-            Some(entry.seq - 1),
-            client,
-            account_feed,
-        )
-        .await?;
+        replay(store, entry.account_id, last, Some(entry.seq - 1), client).await?;
     }
-    client.row(entry, account_feed).await?;
+    client.row(entry).await?;
     *last = entry.seq;
     Ok(())
 }
@@ -474,15 +460,13 @@ async fn account_feed(
             let mut last = since.clamp(0, snapshot_seq);
             let complete = (first_page.len() as i64) < PAGE;
             for entry in &first_page {
-                if let Err(end) = client.row(entry, true).await {
+                if let Err(end) = client.row(entry).await {
                     return end;
                 }
                 last = entry.seq;
             }
             if !complete {
-                if let Err(end) =
-                    replay(&start.store, account_id, &mut last, None, client, true).await
-                {
+                if let Err(end) = replay(&start.store, account_id, &mut last, None, client).await {
                     return end;
                 }
             }
@@ -517,13 +501,13 @@ async fn account_feed(
             }
             live = subscription.receiver.recv() => {
                 let result = match live {
-                    Some(entry) => forward(&start.store, &entry, &mut last, client, true).await,
+                    Some(entry) => forward(&start.store, &entry, &mut last, client).await,
                     None => {
                         // The hub dropped this feed's queue while it waited
                         // for the client: subscribe again, then read from the
                         // ledger what was missed.
                         subscription = start.subscribe_again();
-                        replay(&start.store, account_id, &mut last, None, client, true).await
+                        replay(&start.store, account_id, &mut last, None, client).await
                     }
                 };
                 if let Err(end) = result {
@@ -646,7 +630,7 @@ async fn admin_feed(start: &FeedStart, mut subscription: Subscription, client: &
         while let Some(entry) = arrived.pop_front() {
             // An account not there when the feed opened starts at 0.
             let account_last = last.entry(entry.account_id).or_insert(0);
-            if let Err(end) = forward(&start.store, &entry, account_last, client, false).await {
+            if let Err(end) = forward(&start.store, &entry, account_last, client).await {
                 return end;
             }
         }
@@ -694,23 +678,17 @@ async fn catch_up_every_account(
     arrived: &mut VecDeque<Arc<LedgerEntry>>,
     client: &mut Client,
 ) -> Result<(), End> {
-    let now = every_seq(&start.store, subscription, arrived).await?;
-    let mut moved: Vec<(AccountId, i64)> = now
+    let mut now: Vec<(AccountId, i64)> = every_seq(&start.store, subscription, arrived)
+        .await?
         .into_iter()
-        .filter(|(account_id, seq)| *seq > last.get(account_id).copied().unwrap_or(0))
         .collect();
-    moved.sort_unstable();
-    for (account_id, seq) in moved {
+    now.sort_unstable();
+    for (account_id, seq) in now {
+        // An account that has not moved on is replayed nothing; one the
+        // feed has not seen yet starts at 0, as when its first live row
+        // arrives.
         let account_last = last.entry(account_id).or_insert(0);
-        replay(
-            &start.store,
-            account_id,
-            account_last,
-            Some(seq),
-            client,
-            false,
-        )
-        .await?;
+        replay(&start.store, account_id, account_last, Some(seq), client).await?;
     }
     Ok(())
 }

@@ -248,8 +248,8 @@ impl Hints {
         (one_segment.is_some() || event.is_some()).then(|| {
             Box::new(Hints {
                 one_segment,
-                own_segment_looked_up: false,
                 event,
+                ..Hints::default()
             })
         })
     }
@@ -337,6 +337,14 @@ struct Facts {
     reached: bool,
     /// What one segment to the account's own number costs.
     own_segment: bool,
+}
+
+/// What a mutation waits for before it is written or answered.
+enum ReadFirst {
+    /// A refusal, answered from the row its key holds if there is one.
+    Key(LedgerError),
+    /// What its events need.
+    Facts(Facts),
 }
 
 /// The actor's state. Kept small on purpose: with many accounts active,
@@ -477,37 +485,26 @@ impl AccountActor {
             Ok::<_, StoreError>((reached, one_segment))
         };
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
-            match found {
-                Ok((reached, one_segment)) => {
-                    if let Some(reached) = reached {
-                        actor.reached = if reached { Reached::Yes } else { Reached::No };
-                    }
-                    if let Some(one_segment) = one_segment {
-                        let hints = retry.mutation.hints.get_or_insert_with(Box::default);
-                        hints.one_segment = one_segment;
-                        hints.own_segment_looked_up = true;
-                    }
-                    actor.resume(vec![retry], ctx);
-                }
-                Err(error) => {
-                    // The change itself does not depend on these reads:
-                    // it goes ahead. Its events are decided on what is
-                    // safest for the host application: an account not known
-                    // to have had the threshold counts as announced low (a
-                    // `balance.replenished` too many tells it to send again;
-                    // one too few would leave it holding back), and no
-                    // segment price means no `balance.depleted`.
-                    tracing::warn!(account_id = %actor.account_id, %error, "cannot read what a change's events need; deciding them without it");
-                    if facts.reached {
-                        actor.reached = Reached::Yes;
-                    }
-                    if facts.own_segment {
-                        let hints = retry.mutation.hints.get_or_insert_with(Box::default);
-                        hints.own_segment_looked_up = true;
-                    }
-                    actor.resume(vec![retry], ctx);
-                }
+            // The change itself does not depend on these reads: if they
+            // fail it goes ahead, its events decided on what is safest for
+            // the host application: an account not known to have had the
+            // threshold counts as announced low (a `balance.replenished`
+            // too many tells it to send again; one too few would leave it
+            // holding back), and no segment price means no
+            // `balance.depleted`.
+            let (reached, one_segment) = found.unwrap_or_else(|error| {
+                tracing::warn!(account_id = actor.account_id.0, %error, "cannot read what a change's events need; deciding them without it");
+                (facts.reached.then_some(true), facts.own_segment.then_some(None))
+            });
+            if let Some(reached) = reached {
+                actor.reached = if reached { Reached::Yes } else { Reached::No };
             }
+            if let Some(one_segment) = one_segment {
+                let hints = retry.mutation.hints.get_or_insert_with(Box::default);
+                hints.one_segment = one_segment;
+                hints.own_segment_looked_up = true;
+            }
+            actor.resume(vec![retry], ctx);
         }));
     }
 
@@ -683,13 +680,22 @@ impl AccountActor {
             answer_all(waiters, Err(LedgerError::Busy));
             return Step::Done;
         }
-        // No read first: the write goes out, and if the key was used by an
-        // earlier activation (or another process), the ledger's unique index
-        // refuses it (`DuplicateKey`) and only then is the row looked up.
-        // A refusal decided here (no credit, out of range) is looked up
-        // too before it is answered: a retried request whose key already
-        // took effect gets that first outcome, whatever the balance now.
-        if let Err(refusal) = self.refusal(&mutation) {
+        // No read of the key first: the write goes out, and if the key was
+        // used by an earlier activation (or another process), the ledger's
+        // unique index refuses it (`DuplicateKey`) and only then is the row
+        // looked up. Two things are read first. A refusal decided here (no
+        // credit, out of range) is looked up before it is answered: a
+        // retried request whose key already took effect gets that first
+        // outcome, whatever the balance now. And a change whose events need
+        // what only the ledger says (see `facts_needed`) reads it. Either
+        // read is of the committed ledger, so the writes in flight are
+        // settled first, and nothing later is written before it is in (a
+        // later write of the same key must not be what the lookup finds).
+        let read_first = match self.refusal(&mutation) {
+            Err(refusal) => Some(ReadFirst::Key(refusal)),
+            Ok(()) => self.facts_needed(&mutation).map(ReadFirst::Facts),
+        };
+        if let Some(read_first) = read_first {
             let retry = Retry {
                 mutation,
                 waiters,
@@ -698,23 +704,10 @@ impl AccountActor {
             if self.in_flight.is_some() {
                 return Step::Wait(retry);
             }
-            // Nothing later is written before the key is looked up: a later
-            // write of the same key must not be what the lookup finds.
-            self.answer_from_ledger(retry, refusal, true, ctx);
-            return Step::Paused;
-        }
-        if let Some(facts) = self.facts_needed(&mutation) {
-            let retry = Retry {
-                mutation,
-                waiters,
-                attempts,
-            };
-            // Read on the committed ledger only: the writes in flight are
-            // settled first.
-            if self.in_flight.is_some() {
-                return Step::Wait(retry);
+            match read_first {
+                ReadFirst::Key(refusal) => self.answer_from_ledger(retry, refusal, true, ctx),
+                ReadFirst::Facts(facts) => self.learn_facts(retry, facts, ctx),
             }
-            self.learn_facts(retry, facts, ctx);
             return Step::Paused;
         }
         match self.apply(mutation, attempts + 1, ctx) {

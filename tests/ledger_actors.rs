@@ -806,3 +806,56 @@ async fn a_refused_write_in_a_batch_leaves_the_others_committed() {
     drop(core);
     assert_verified(&directory);
 }
+
+on_both_stores!(a_failed_read_of_what_a_changes_events_need_does_not_refuse_the_change);
+/// Before an adjustment that takes credit away the actor reads the
+/// account's own number (for `balance.depleted`), and before a first climb
+/// past the threshold whether the account ever had it (for
+/// `balance.replenished`). When that read fails, the change still goes
+/// ahead: the money does not depend on its events.
+async fn a_failed_read_of_what_a_changes_events_need_does_not_refuse_the_change() {
+    use sms_credit_actors::Adjust;
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550208").await;
+    core.registry
+        .send(account, credit(5_000_000, "seed"))
+        .await
+        .unwrap();
+
+    core.store.fail_next_reads_for_testing(1);
+    let taken = core
+        .registry
+        .send(
+            account,
+            Adjust {
+                amount: Money::from_micros(-1_000_000),
+                idempotency_key: key("take"),
+                reason: "correction".into(),
+            },
+        )
+        .await;
+    assert!(taken.is_ok(), "{taken:?}");
+    let fresh = new_account(&core, "+14155550209").await;
+    core.store.fail_next_reads_for_testing(1);
+    let climbed = core.registry.send(fresh, credit(3_000_000, "climb")).await;
+    assert!(climbed.is_ok(), "{climbed:?}");
+
+    // Each switch was spent by the read the change needed: the store reads
+    // again now.
+    let snapshots = (
+        core.store
+            .ledger()
+            .snapshot(account)
+            .await
+            .unwrap()
+            .unwrap(),
+        core.store.ledger().snapshot(fresh).await.unwrap().unwrap(),
+    );
+    assert_eq!(
+        (snapshots.0.balance, snapshots.1.balance),
+        (Money::from_micros(4_000_000), Money::from_micros(3_000_000))
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}

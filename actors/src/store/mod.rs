@@ -190,6 +190,9 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<FeedHub>,
     /// Test-only: how many of the next commits fail as a full disk would.
     pub(crate) fail_next_commits: AtomicU64,
+    /// Test-only: how many of the next reads fail as a lost connection's
+    /// would.
+    fail_next_reads: AtomicU64,
     /// Test-only: while set, SQLite's syncer holds committed batches before
     /// making them durable (nothing about them may be told meanwhile).
     pub(crate) syncs_held: AtomicBool,
@@ -220,6 +223,7 @@ impl Shared {
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
+            fail_next_reads: AtomicU64::new(0),
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
             gather_next: AtomicUsize::new(0),
@@ -277,12 +281,25 @@ impl Shared {
 
     /// Whether the next commit is to fail (the test switch), counting it.
     pub(crate) fn take_injected_failure(&self) -> bool {
-        self.fail_next_commits
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
-                remaining.checked_sub(1)
-            })
-            .is_ok()
+        take_one(&self.fail_next_commits)
     }
+
+    /// The failure of the next read, if the test switch says it fails
+    /// (counting it).
+    pub(crate) fn injected_read_failure(&self) -> Option<StoreError> {
+        take_one(&self.fail_next_reads).then(|| {
+            StoreError::Database("the read failed (a test switch injected it)".to_string())
+        })
+    }
+}
+
+/// Counts one down from `counter`: `false` when it was already 0.
+fn take_one(counter: &AtomicU64) -> bool {
+    counter
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+            remaining.checked_sub(1)
+        })
+        .is_ok()
 }
 
 /// A handle to the store; cheap to clone.
@@ -417,6 +434,12 @@ impl Store {
     /// and roll back.
     pub fn fail_next_commits_for_testing(&self, count: u64) {
         self.shared.fail_next_commits.store(count, Ordering::SeqCst);
+    }
+
+    /// Test-only switch: the next `count` reads fail as they would on a
+    /// lost connection.
+    pub fn fail_next_reads_for_testing(&self, count: u64) {
+        self.shared.fail_next_reads.store(count, Ordering::SeqCst);
     }
 
     /// Test-only switch (SQLite): while `held`, committed batches wait

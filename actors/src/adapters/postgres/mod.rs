@@ -369,6 +369,8 @@ pub struct PostgresStore {
     origin: String,
     readers: Arc<Readers>,
     url: PostgresUrl,
+    /// What every adapter shares; here for the test switch that fails reads.
+    shared: Arc<Shared>,
     /// Dropped with the adapter: tells its runtime's thread to stop.
     _stop: oneshot::Sender<()>,
 }
@@ -483,6 +485,7 @@ impl PostgresStore {
             origin: shared.origin.clone(),
             readers,
             url: url.clone(),
+            shared,
             _stop: stop,
         })
     }
@@ -513,7 +516,11 @@ impl PostgresStore {
         Fut: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let readers = Arc::clone(&self.readers);
+        let injected = self.shared.injected_read_failure();
         Box::pin(async move {
+            if let Some(failure) = injected {
+                return Err(failure);
+            }
             let client = readers.client().await?;
             query(client).await
         })

@@ -97,6 +97,8 @@ pub struct SqliteStore {
     origin: String,
     readers: Vec<mpsc::Sender<ReadJob>>,
     next_reader: AtomicUsize,
+    /// What every adapter shares; here for the test switch that fails reads.
+    shared: Arc<Shared>,
 }
 
 /// Opens a connection with the pragmas every connection of the store uses.
@@ -207,7 +209,7 @@ impl SqliteStore {
         let writer_state = writer::Writer::new(
             write_connection,
             max_batch,
-            shared,
+            Arc::clone(&shared),
             syncer_sender,
             Arc::clone(&durability),
         );
@@ -229,6 +231,7 @@ impl SqliteStore {
             origin,
             readers: reader_senders,
             next_reader: AtomicUsize::new(0),
+            shared,
         })
     }
 
@@ -291,8 +294,12 @@ impl SqliteStore {
     {
         let (done, answer) = oneshot::channel();
         let durability = Arc::clone(&self.durability);
+        let injected = self.shared.injected_read_failure();
         let job: ReadJob = Box::new(move |connection| {
-            let result = query(connection);
+            let result = match injected {
+                Some(failure) => Err(failure),
+                None => query(connection),
+            };
             // Taken after the query: every commit it could see is counted.
             let mark = durability.mark();
             // The caller may have gone away; nothing to do then.

@@ -182,14 +182,47 @@ impl Page {
         .await;
     }
 
+    /// A screenshot of the whole page (PNG, base64). For a person to look
+    /// at, `SMS_CREDIT_SCREENSHOTS=DIR` also saves it there as `NAME.png`.
+    async fn screenshot(&mut self, name: &str) -> String {
+        let shot = self
+            .call(
+                "Page.captureScreenshot",
+                json!({"format": "png", "captureBeyondViewport": true}),
+            )
+            .await;
+        let png = shot["data"].as_str().unwrap().to_string();
+        if let Ok(folder) = std::env::var("SMS_CREDIT_SCREENSHOTS") {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(&png)
+                .unwrap();
+            std::fs::write(format!("{folder}/{name}.png"), bytes).unwrap();
+        }
+        png
+    }
+
     /// Nothing the page asked for failed, and the console has no error.
     fn assert_clean(&self) {
+        self.assert_clean_but(None, |_| false);
+    }
+
+    /// Nothing the page asked for failed but with `expected_status`, and
+    /// the console has no error but those `expected_error` accepts.
+    fn assert_clean_but(
+        &self,
+        expected_status: Option<i64>,
+        expected_error: impl Fn(&str) -> bool,
+    ) {
         let failed: Vec<&Value> = self
             .events
             .iter()
             .filter(|event| {
+                // A response without a status is not one that failed.
+                let status = event["params"]["response"]["status"].as_i64().unwrap_or(0);
                 event["method"] == "Network.responseReceived"
-                    && event["params"]["response"]["status"].as_i64().unwrap_or(0) >= 400
+                    && status >= 400
+                    && Some(status) != expected_status
             })
             .collect();
         assert!(failed.is_empty(), "{failed:?}");
@@ -197,7 +230,11 @@ impl Page {
             .events
             .iter()
             .filter(|event| {
-                event["method"] == "Log.entryAdded" && event["params"]["entry"]["level"] == "error"
+                event["method"] == "Log.entryAdded"
+                    && event["params"]["entry"]["level"] == "error"
+                    && !event["params"]["entry"]["text"]
+                        .as_str()
+                        .is_some_and(&expected_error)
             })
             .collect();
         assert!(errors.is_empty(), "{errors:?}");
@@ -265,29 +302,7 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     .await;
     // Nothing the page asked for failed, and the console has no error
     // (the refused token above is an expected 401).
-    let failed: Vec<&Value> = page
-        .events
-        .iter()
-        .filter(|event| {
-            event["method"] == "Network.responseReceived"
-                && event["params"]["response"]["status"].as_i64().unwrap_or(0) >= 400
-                && event["params"]["response"]["status"] != 401
-        })
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
-    let errors: Vec<&Value> = page
-        .events
-        .iter()
-        .filter(|event| {
-            event["method"] == "Log.entryAdded"
-                && event["params"]["entry"]["level"] == "error"
-                && !event["params"]["entry"]["text"]
-                    .as_str()
-                    .unwrap_or("")
-                    .contains("401")
-        })
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    page.assert_clean_but(Some(401), |text| text.contains("401"));
 
     // Marks this page load: a reload would lose it.
     page.eval("window.sameLoad = 'yes'; true").await;
@@ -384,18 +399,8 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         tallest.as_f64().unwrap() <= 2.2,
         "a row takes {tallest} lines on a phone"
     );
-    let shot = page
-        .call("Page.captureScreenshot", json!({"format": "png"}))
-        .await;
-    let png = shot["data"].as_str().unwrap();
+    let png = page.screenshot("account-phone").await;
     assert!(png.len() > 1_000, "a screenshot of the phone-width page");
-    if let Ok(directory) = std::env::var("SMS_CREDIT_SCREENSHOTS") {
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(png)
-            .unwrap();
-        std::fs::write(format!("{directory}/account-phone.png"), bytes).unwrap();
-    }
 
     // A restart: the page says it is not live, reconnects by itself and
     // carries on from where it was.
@@ -469,28 +474,21 @@ async fn the_account_page_away_while_a_thousand_changes_are_written_catches_up()
     // Nothing failed, and the console has no error but Chromium's own note
     // that freezing the page closed its websocket (what a phone does to a
     // page in the background: the page reconnected from its last change).
-    let failed: Vec<&Value> = page
-        .events
-        .iter()
-        .filter(|event| {
-            event["method"] == "Network.responseReceived"
-                && event["params"]["response"]["status"].as_i64().unwrap_or(0) >= 400
-        })
-        .collect();
-    assert!(failed.is_empty(), "{failed:?}");
-    let errors: Vec<&Value> = page
-        .events
-        .iter()
-        .filter(|event| {
-            event["method"] == "Log.entryAdded"
-                && event["params"]["entry"]["level"] == "error"
-                && !event["params"]["entry"]["text"]
-                    .as_str()
-                    .unwrap_or("")
-                    .ends_with("failed: Page entered Back-Forward Cache.")
-        })
-        .collect();
-    assert!(errors.is_empty(), "{errors:?}");
+    page.assert_clean_but(None, |text| {
+        text.ends_with("failed: Page entered Back-Forward Cache.")
+    });
+    // For a person to look at, at a desktop's width and a phone's.
+    for (name, width, height, mobile) in [
+        ("account-away-1280", 1280, 900, false),
+        ("account-away-360", 360, 740, true),
+    ] {
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.screenshot(name).await;
+    }
 }
 
 #[actix_rt::test]
@@ -1126,19 +1124,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         }
         // For a person to look at: SMS_CREDIT_SCREENSHOTS=DIR saves the
         // whole page at each width.
-        if let Ok(folder) = std::env::var("SMS_CREDIT_SCREENSHOTS") {
-            let shot = page
-                .call(
-                    "Page.captureScreenshot",
-                    json!({"format": "png", "captureBeyondViewport": true}),
-                )
-                .await;
-            use base64::Engine;
-            let png = base64::engine::general_purpose::STANDARD
-                .decode(shot["data"].as_str().unwrap())
-                .unwrap();
-            std::fs::write(format!("{folder}/admin-{width}.png"), png).unwrap();
-        }
+        page.screenshot(&format!("admin-{width}")).await;
         // Nothing the page says names a setting or a stack trace.
         let words = page.eval("document.body.innerText").await;
         assert!(!words.as_str().unwrap().contains("SMS_CREDIT_"), "{words}");

@@ -43,6 +43,7 @@ fn top_module(file: &Path) -> String {
 fn modules_named(text: &str) -> BTreeSet<String> {
     let mut named = BTreeSet::new();
     for line in text.lines() {
+        // `split` yields at least one piece, even of an empty line.
         let code = line.split("//").next().unwrap_or_default();
         for (at, _) in code.match_indices("crate::") {
             let name: String = code[at + "crate::".len()..]

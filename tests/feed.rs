@@ -633,6 +633,8 @@ async fn a_slow_reader_reconnecting_as_told_gets_every_change_once_in_order() {
                     let since = reason
                         .strip_prefix("too slow: reconnect with ?since=")
                         .unwrap_or_else(|| panic!("closed: {reason}"));
+                    // Told to resume from the last change received, or
+                    // from where it started (1) if none came yet.
                     assert_eq!(since.parse::<i64>().unwrap(), *seqs.last().unwrap_or(&1));
                     path = format!("/v1/accounts/{id}/feed?since={since}");
                 }

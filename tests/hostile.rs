@@ -456,17 +456,22 @@ async fn behind_a_trusted_proxy_each_client_is_counted_apart() {
     }
 }
 
-#[actix_rt::test]
-async fn anonymous_routes_are_limited_per_address_and_unknown_sessions_count_as_guesses() {
-    // 60 anonymous calls a minute from one address, whatever the route.
-    let app = TestApp::spawn().await;
+/// `count` anonymous calls (quotes) from this address, each answered.
+async fn anonymous_quotes(app: &TestApp, count: usize) {
     let quote = json!({"to": "+14155550100", "body": "hi"});
-    for call in 1..=60 {
+    for call in 1..=count {
         let (status, answer) = app
             .request("POST", "/v1/quote", None, Some(quote.clone()))
             .await;
         assert_eq!(status, StatusCode::OK, "call {call}: {answer}");
     }
+}
+
+#[actix_rt::test]
+async fn anonymous_routes_are_limited_per_address_and_unknown_sessions_count_as_guesses() {
+    // 60 anonymous calls a minute from one address, whatever the route.
+    let app = TestApp::spawn().await;
+    anonymous_quotes(&app, 60).await;
     let (status, answer) = app
         .request(
             "GET",
@@ -521,13 +526,7 @@ async fn the_anonymous_calls_a_minute_are_a_setting() {
         &[("SMS_CREDIT_ANONYMOUS_CALLS_PER_MINUTE", "5")],
     );
     let app = TestApp::attach(&server, &directory);
-    let quote = json!({"to": "+14155550100", "body": "hi"});
-    for call in 1..=5 {
-        let (status, answer) = app
-            .request("POST", "/v1/quote", None, Some(quote.clone()))
-            .await;
-        assert_eq!(status, StatusCode::OK, "call {call}: {answer}");
-    }
+    anonymous_quotes(&app, 5).await;
     let (status, answer) = app
         .request("GET", "/v1/checkout/sessions/cs_test_sixth", None, None)
         .await;

@@ -408,7 +408,6 @@ async fn json_logs_are_one_object_a_line_with_the_request_and_the_account() {
     // The start-up summary is one object too, its fields as fields.
     assert!(lines.iter().any(|line| line["message"]
         .as_str()
-        .unwrap_or_default()
-        .starts_with("sms-credit is serving")
+        .is_some_and(|message| message.starts_with("sms-credit is serving"))
         && line["address"] == app.address));
 }

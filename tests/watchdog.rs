@@ -73,6 +73,8 @@ pub fn watch() {
         let mut watched = watched.borrow_mut();
         if watched.is_none() {
             let id = NEXT.fetch_add(1, Ordering::Relaxed);
+            // libtest names each test's thread after the test; a thread it
+            // did not make is still watched, under a plain name.
             let name = std::thread::current()
                 .name()
                 .unwrap_or("(a test)")

@@ -353,19 +353,12 @@ on_both_stores!(balance_events_describe_the_balance_not_what_moved_it);
 /// back), `balance.replenished` only for an account announced low: a new
 /// account credited hears nothing.
 async fn balance_events_describe_the_balance_not_what_moved_it() {
-    let fake = crate::fake_stripe::FakeStripe::start().await;
-    let directory = fresh_directory();
-    let mut settings = crate::helpers::stripe_settings(&directory, &fake.base_url);
-    settings.webhooks.allow_private = true;
-    let app = TestApp::spawn_with(directory, settings).await;
-    let receiver = Receiver::start().await;
-    let (_, secret) = add_endpoint(
-        &app,
-        &receiver.url,
-        json!(["balance.low", "balance.replenished", "balance.depleted"]),
-    )
+    let (_stripe, app, receiver) = stripe_app_with_receiver(json!([
+        "balance.low",
+        "balance.replenished",
+        "balance.depleted"
+    ]))
     .await;
-    receiver.trust(&secret);
 
     // A new account: $1, then $3 (never announced low: nothing), then an
     // adjustment to exactly $0 (low and depleted), then $5 (replenished).
@@ -691,25 +684,30 @@ fn data_of(received: &[crate::webhook_receiver::Received]) -> Vec<Value> {
     data
 }
 
-async fn payments_and_refunds_through_stripe_make_their_events() {
+/// A server paid through the fake Stripe (kept alive by the first value),
+/// and a receiver of `events` on loopback that trusts its endpoint.
+async fn stripe_app_with_receiver(
+    events: Value,
+) -> (crate::fake_stripe::FakeStripe, TestApp, Receiver) {
     let fake = crate::fake_stripe::FakeStripe::start().await;
     let directory = fresh_directory();
     let mut settings = crate::helpers::stripe_settings(&directory, &fake.base_url);
     settings.webhooks.allow_private = true;
     let app = TestApp::spawn_with(directory, settings).await;
     let receiver = Receiver::start().await;
-    let (_, secret) = add_endpoint(
-        &app,
-        &receiver.url,
-        json!([
-            "account.created",
-            "payment.succeeded",
-            "payment.refunded",
-            "payment.failed"
-        ]),
-    )
-    .await;
+    let (_, secret) = add_endpoint(&app, &receiver.url, events).await;
     receiver.trust(&secret);
+    (fake, app, receiver)
+}
+
+async fn payments_and_refunds_through_stripe_make_their_events() {
+    let (_stripe, app, receiver) = stripe_app_with_receiver(json!([
+        "account.created",
+        "payment.succeeded",
+        "payment.refunded",
+        "payment.failed"
+    ]))
+    .await;
     let mut events = crate::fake_stripe::EventFactory::new();
 
     // Access by Checkout: the account, then its payment with the included

@@ -352,12 +352,15 @@ fn ipv4_behind(address: Ipv6Addr) -> Option<Ipv4Addr> {
 
 /// Whether `address` is in `network`/`length`.
 fn in_ipv4_block(address: Ipv4Addr, network: Ipv4Addr, length: u32) -> bool {
+    // A shift by the whole width (a /0 block) is refused: its mask is 0,
+    // which every address matches, as it should.
     let mask = u32::MAX.checked_shl(32 - length).unwrap_or(0);
     u32::from(address) & mask == u32::from(network) & mask
 }
 
 /// Whether `address` is in `network`/`length`.
 fn in_ipv6_block(address: Ipv6Addr, network: Ipv6Addr, length: u32) -> bool {
+    // As for IPv4: a /0 block's mask is 0.
     let mask = u128::MAX.checked_shl(128 - length).unwrap_or(0);
     u128::from(address) & mask == u128::from(network) & mask
 }

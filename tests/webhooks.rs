@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use awc::http::StatusCode;
+use futures_util::future::join_all;
 use serde_json::{json, Value};
 use sms_credit_actors::clock::ManualClock;
 
@@ -1370,3 +1371,53 @@ async fn a_dead_endpoint_does_not_hold_up_a_live_one() {
     );
 }
 on_both_stores!(a_dead_endpoint_does_not_hold_up_a_live_one);
+
+/// Two instances write one account at once, eight writers moving it
+/// $1.50 up and down across the $2.00 threshold (each write may be beaten
+/// by the other instance's and computed again): each crossing the ledger
+/// holds is announced once, and only those — `balance.replenished` only
+/// after a `balance.low`, whichever instance wrote either.
+fn two_instances_writing_one_account_at_once_announce_each_crossing_once() {
+    use std::collections::BTreeSet;
+    actix_rt::System::new().block_on(async {
+        let directory = fresh_directory();
+        let first = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let second = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let admins = [Admin::of(&first), Admin::of(&second)];
+        let receiver = balance_receiver(&admins[0]).await;
+        let account = admins[0]
+            .ok("POST", "/v1/admin/accounts", Some(json!({"phone": "+14155552200"})))
+            .await["id"]
+            .as_i64()
+            .unwrap();
+        let writers = (0..8usize).map(|writer| {
+            let admin = &admins[writer % 2];
+            async move {
+                for n in 0..10 {
+                    let amount = if n % 2 == 0 { 1_500_000 } else { -1_500_000 };
+                    let body = json!({"amount_micros": amount, "reason": "race", "idempotency_key": format!("w{writer}-{n}")});
+                    admin.ok("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body)).await;
+                }
+            }
+        });
+        join_all(writers).await;
+
+        let expected: BTreeSet<(i64, i64, String)> =
+            crossings(account, &admins[1].ledger(account).await).into_iter().collect();
+        assert!(!expected.is_empty(), "eighty writes crossed the threshold");
+        let received = receiver
+            .wait_until("every crossing the ledger holds", |received| {
+                let got: BTreeSet<(i64, i64, String)> = received.iter().map(crossing_of).collect();
+                expected.is_subset(&got)
+            })
+            .await;
+        // Nothing more arrives: none twice, none the ledger does not hold.
+        actix_rt::time::sleep(Duration::from_millis(1500)).await;
+        let received_later = receiver.received();
+        assert_eq!(received_later.len(), received.len());
+        let got: Vec<(i64, i64, String)> = received_later.iter().map(crossing_of).collect();
+        assert_eq!(got.len(), expected.len(), "each once: {got:?}");
+        assert_eq!(got.into_iter().collect::<BTreeSet<_>>(), expected);
+    });
+}
+on_both_stores!(sync two_instances_writing_one_account_at_once_announce_each_crossing_once);

@@ -74,6 +74,8 @@ impl<'writer> FormatFields<'writer> for JsonFields {
         current: &'writer mut FormattedFields<Self>,
         fields: &Record<'_>,
     ) -> fmt::Result {
+        // `format_fields` above wrote them as one object, or the span had
+        // no fields yet (an empty string): then there is nothing to keep.
         let mut values = match serde_json::from_str(&current.fields) {
             Ok(Value::Object(values)) => values,
             _ => Map::new(),

@@ -66,6 +66,24 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
     for index in 0..4 {
         accounts.push(new_account(&first, &format!("+1415555096{index}")).await);
     }
+    // Both processes' actors are live before the burst, each with its own
+    // snapshot: a cold actor of one process could otherwise load only after
+    // the other had written everything, and the two would never meet (seen
+    // on a loaded CI machine). A write through the first process then
+    // leaves the second's snapshots behind, so its first write meets the
+    // guard whatever the timing of the burst.
+    for account in &accounts {
+        first.registry.send(*account, GetBalance).await.unwrap();
+        second.registry.send(*account, GetBalance).await.unwrap();
+    }
+    for account in &accounts {
+        let adjust = Adjust {
+            amount: Money::from_micros(1),
+            idempotency_key: IdempotencyKey::parse("warm").unwrap(),
+            reason: "ahead of the second process".into(),
+        };
+        first.registry.send(*account, adjust).await.unwrap();
+    }
     let mut requests = Vec::new();
     for round in 0..50 {
         for (index, account) in accounts.iter().enumerate() {
@@ -87,16 +105,19 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
             .conflicts
             .load(std::sync::atomic::Ordering::Relaxed)
     };
+    let failures: Vec<_> = answers.iter().filter(|answer| answer.is_err()).collect();
+    assert!(failures.is_empty(), "every write succeeds: {failures:?}");
     assert!(
         conflicts(&first) + conflicts(&second) > 0,
         "the two writers met on the same accounts"
     );
-    let failures: Vec<_> = answers.iter().filter(|answer| answer.is_err()).collect();
-    assert!(failures.is_empty(), "every write succeeds: {failures:?}");
     for (index, account) in accounts.iter().enumerate() {
         let account = first.store.accounts().get(*account).await.unwrap().unwrap();
-        assert_eq!(account.seq, 100, "50 rounds × 2 processes, each once");
-        assert_eq!(account.balance.micros(), 100 * (1_000 + index as i64));
+        assert_eq!(
+            account.seq, 101,
+            "the warm-up, then 50 rounds × 2 processes, each once"
+        );
+        assert_eq!(account.balance.micros(), 1 + 100 * (1_000 + index as i64));
     }
     // The same keys again, through either process: replayed, never applied twice.
     let again = Adjust {

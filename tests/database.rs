@@ -303,6 +303,17 @@ impl TestDatabase {
         }
     }
 
+    /// Lets new connections to this (Postgres) database be made, or
+    /// refuses them (to superusers too); those already made stay open.
+    pub fn allow_connections(&self, allowed: bool) {
+        let name = &self.session().name;
+        postgres_run(
+            &server_url(),
+            &format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allowed}"),
+        )
+        .unwrap();
+    }
+
     /// The first column of the first row of a query, as a whole number.
     pub fn number(&self, sql: &str) -> i64 {
         match self.kind {

@@ -2,6 +2,8 @@
 //! the test cuts): requests fail with 503 and change nothing, `/readyz`
 //! says 503, and once the database is back the server reconnects by
 //! itself; nothing acknowledged is lost and a retried key applies once.
+//! And an instance whose listening connection was lost reads, once it
+//! listens again, what the other instances said meanwhile.
 
 use std::time::{Duration, Instant};
 
@@ -9,9 +11,11 @@ use awc::http::StatusCode;
 use sms_credit_actors::adapters::DatabaseLocation;
 
 use crate::database::{StoreKind, TestDatabase};
-use crate::helpers::{test_settings, TestApp};
+use crate::feed::{close_of, next_json, open};
+use crate::helpers::{start_core, test_settings, TestApp};
 use crate::ledger_actors::assert_verified;
 use crate::proxy::CuttableProxy;
+use sms_credit_actors::{AccountId, GetBalance};
 
 #[actix_rt::test]
 async fn a_lost_database_answers_503_and_the_server_reconnects_by_itself() {
@@ -58,5 +62,127 @@ async fn a_lost_database_answers_503_and_the_server_reconnects_by_itself() {
     assert_eq!(replayed["replayed"], true);
     assert_eq!(app.balance_micros(account).await, 6_000_000);
     let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
+/// Waits (up to 5 s) until `read` answers `expected`, saying what it
+/// waited for if it never does.
+async fn eventually<F, Fut>(what: &str, expected: i64, mut read: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = i64>,
+{
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = read().await;
+        if seen == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still {seen}, not {expected}, after 5 s"
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn what_another_instance_said_while_the_listener_was_away_is_read_once_it_is_back() {
+    let directory = TestDatabase::of(StoreKind::Postgres);
+    let settings = test_settings(&directory);
+    let first = TestApp::spawn_with(directory.clone(), settings.clone()).await;
+    let second = TestApp::spawn_with(directory.clone(), settings).await;
+    // A third instance, the registry in hand: whether its live actor knows
+    // the balance (what BALANCE by SMS answers) is asked of the actor.
+    let third = start_core(&directory, Duration::from_secs(3600));
+    let moving = first.create_account("+14155550980").await;
+    let revoked = first.create_account("+14155550981").await;
+    let (status, answer) = first.post_adjustment(moving, 1_000_000, "before").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let moving_token = first.issue_token(moving).await;
+    let revoked_token = first.issue_token(revoked).await;
+    // The second instance has a feed open for each account, the third a
+    // live actor for the moving account.
+    let actor_balance = || async {
+        third
+            .registry
+            .send(AccountId(moving), GetBalance)
+            .await
+            .unwrap()
+            .balance
+            .micros()
+    };
+    assert_eq!(actor_balance().await, 1_000_000);
+    let mut moving_feed = open(
+        &second,
+        &format!("/v1/accounts/{moving}/feed"),
+        &["sms-credit-feed", &moving_token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut moving_feed).await["seq"], 1, "the snapshot");
+    let mut revoked_feed = open(
+        &second,
+        &format!("/v1/accounts/{revoked}/feed"),
+        &["sms-credit-feed", &revoked_token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut revoked_feed).await["seq"], 0, "the snapshot");
+
+    // Every instance's listening connection is ended, and none may be made
+    // again for now: what is said meanwhile reaches no listener.
+    assert_eq!(
+        directory.number("SELECT 1"),
+        1,
+        "the test's own connection is made"
+    );
+    directory.allow_connections(false);
+    let ended = directory.number(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query LIKE 'LISTEN%'",
+    );
+    assert_eq!(ended, 3, "each instance's listening connection");
+    for key in ["away-1", "away-2", "away-3"] {
+        let (status, answer) = first.post_adjustment(moving, 250_000, key).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (status, answer) = first
+        .request(
+            "DELETE",
+            &format!("/v1/admin/accounts/{revoked}/tokens"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    directory.allow_connections(true);
+
+    // Once they listen again, the second instance's feed gets the rows it
+    // missed, in order, the feed of the token revoked meanwhile closes, and
+    // the third instance's actor knows the balance.
+    for (seq, balance) in [(2, 1_250_000), (3, 1_500_000), (4, 1_750_000)] {
+        let row = next_json(&mut moving_feed).await;
+        assert_eq!(row["seq"], seq, "{row}");
+        assert_eq!(row["balance_micros"], balance, "{row}");
+    }
+    assert_eq!(
+        close_of(&mut revoked_feed).await,
+        (1008, "the token was revoked: sign in again".to_string())
+    );
+    eventually(
+        "the third instance's actor's balance",
+        1_750_000,
+        actor_balance,
+    )
+    .await;
+    // And what is said from now on arrives as before.
+    let (status, answer) = first.post_adjustment(moving, 250_000, "back").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let row = next_json(&mut moving_feed).await;
+    assert_eq!(row["seq"], 5, "{row}");
+    first.stop().await;
+    third.shutdown().await;
+    let directory = second.stop().await;
     assert_verified(&directory);
 }

@@ -140,6 +140,26 @@ impl FeedHub {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Drops every subscriber, as if each queue were full: each subscribes
+    /// again and reads what it missed from the ledger. For when this
+    /// process may have missed rows (its listening connection was lost).
+    pub fn resubscribe_everyone(&self) {
+        let mut dropped = 0;
+        self.by_account.retain(|_, subscribers| {
+            dropped += subscribers.len();
+            false
+        });
+        {
+            let mut all = self
+                .all_accounts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            dropped += all.len();
+            all.clear();
+        }
+        self.subscribers.fetch_sub(dropped, Ordering::SeqCst);
+    }
+
     /// Hands a committed row to its subscribers; a subscriber whose queue is
     /// full is dropped. Called by the store's writer, in commit order.
     pub fn publish(&self, entry: Arc<LedgerEntry>) {

@@ -186,18 +186,35 @@ fn sweep_interval(passivate_after: Duration) -> Duration {
 
 /// Tells the live actor of each account another process wrote to, so that
 /// it catches up (an account without a live actor needs nothing: its next
-/// actor loads the snapshot). Ends when the store or the registry is gone.
+/// actor loads the snapshot), and every live actor when the store may have
+/// missed what the others said. Ends when the store or the registry is
+/// gone.
 async fn tell_moved(table: Weak<ActorTable>, mut moved: mpsc::UnboundedReceiver<Moved>) {
     while let Some(change) = moved.recv().await {
         let Some(table) = table.upgrade() else {
             return;
         };
-        if let Some(listed) = table.get(&change.account_id) {
-            let _ = listed.try_send(LedgerMoved {
-                seq: change.seq,
-                after: change.after,
-            });
-        };
+        match change {
+            Moved::Rows {
+                account_id,
+                seq,
+                after,
+            } => {
+                if let Some(listed) = table.get(&account_id) {
+                    let _ = listed.try_send(LedgerMoved { seq, after });
+                }
+            }
+            Moved::Unknown => {
+                // Every live actor reads its account again (one with a
+                // write in flight learns from the write's guard instead).
+                for listed in table.iter() {
+                    let _ = listed.value().try_send(LedgerMoved {
+                        seq: i64::MAX,
+                        after: None,
+                    });
+                }
+            }
+        }
     }
 }
 

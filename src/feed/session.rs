@@ -24,6 +24,7 @@ use actix_ws::{CloseCode, CloseReason, Closed, Message, MessageStream, Session};
 use serde_json::{json, Value};
 use sms_credit_actors::clock::format_rfc3339_ms;
 use sms_credit_actors::feed::Subscription;
+use sms_credit_actors::store::TokensChanged;
 use sms_credit_actors::{access_tokens, AccountId, LedgerEntry, Store, StoreError};
 
 use super::FeedScope;
@@ -547,16 +548,17 @@ async fn token_expiry(start: &FeedStart, account_id: AccountId) -> Result<Option
 
 /// After a change to some account's tokens: `Some` when it was this feed's
 /// account and the token that opened the feed is no longer live (missed
-/// changes, when the channel lagged, are checked the same way).
+/// changes, when the channel lagged or the store may have missed another
+/// instance's note, are checked the same way).
 async fn still_allowed(
     start: &FeedStart,
     account_id: AccountId,
-    changed: Result<AccountId, tokio::sync::broadcast::error::RecvError>,
+    changed: Result<TokensChanged, tokio::sync::broadcast::error::RecvError>,
 ) -> Option<End> {
     use tokio::sync::broadcast::error::RecvError;
     let token_hash = start.token_hash.as_deref()?;
     match changed {
-        Ok(changed) if changed != account_id => return None,
+        Ok(TokensChanged::Account(changed)) if changed != account_id => return None,
         // The store is gone: the feed ends with it elsewhere.
         Err(RecvError::Closed) => return std::future::pending().await,
         Ok(_) | Err(RecvError::Lagged(_)) => {}

@@ -158,15 +158,30 @@ impl StoreStats {
     }
 }
 
-/// Ledger rows another process (or instance) committed to one account, as
-/// an adapter learnt of them.
-pub struct Moved {
-    pub account_id: AccountId,
-    /// The account's seq after them.
-    pub seq: i64,
-    /// The account's snapshot after them, when the other process said it:
-    /// the live actor takes it without reading the store.
-    pub after: Option<Snapshot>,
+/// What an adapter learnt of other processes' (or instances') writes.
+pub enum Moved {
+    /// Ledger rows committed to one account.
+    Rows {
+        account_id: AccountId,
+        /// The account's seq after them.
+        seq: i64,
+        /// The account's snapshot after them, when the other process said
+        /// it: the live actor takes it without reading the store.
+        after: Option<Snapshot>,
+    },
+    /// Any account may have moved: this process may have missed what the
+    /// others said (its listening connection was lost and made again).
+    Unknown,
+}
+
+/// Whose tokens were revoked or rotated, for open feeds to check their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokensChanged {
+    /// One account's.
+    Account(AccountId),
+    /// Anyone's may have been: this process may have missed what the
+    /// others said (its listening connection was lost and made again).
+    Unknown,
 }
 
 /// What the handle and its adapter share.
@@ -184,7 +199,7 @@ pub(crate) struct Shared {
     auto_top_up_changed_receiver: Mutex<Option<mpsc::UnboundedReceiver<AccountId>>>,
     /// The accounts whose tokens were revoked (here or by another
     /// process), for every open feed to check its own.
-    tokens_changed: tokio::sync::broadcast::Sender<AccountId>,
+    tokens_changed: tokio::sync::broadcast::Sender<TokensChanged>,
     pub(crate) stats: Arc<StoreStats>,
     /// Where committed ledger rows are published for the balance feed.
     pub(crate) feed: Arc<FeedHub>,
@@ -257,7 +272,7 @@ impl Shared {
                 self.feed.publish(Arc::new(entry));
             }
         }
-        let _ = self.moved.send(Moved {
+        let _ = self.moved.send(Moved::Rows {
             account_id,
             seq,
             after,
@@ -266,7 +281,17 @@ impl Shared {
 
     /// An account's tokens were revoked or rotated (here or elsewhere).
     pub(crate) fn tokens_changed(&self, account_id: AccountId) {
-        let _ = self.tokens_changed.send(account_id);
+        let _ = self.tokens_changed.send(TokensChanged::Account(account_id));
+    }
+
+    /// This process may have missed what the others said (its listening
+    /// connection was lost and made again; called once it listens again):
+    /// every feed reads what it missed from the ledger, every live actor
+    /// reads its account again, every open feed checks its token.
+    pub(crate) fn may_have_missed_changes(&self) {
+        self.feed.resubscribe_everyone();
+        let _ = self.moved.send(Moved::Unknown);
+        let _ = self.tokens_changed.send(TokensChanged::Unknown);
     }
 
     /// Another process changed an account's auto top-up setting.
@@ -390,7 +415,7 @@ impl Store {
 
     /// The accounts whose tokens are revoked or rotated from now on, by
     /// this process or another (an open feed checks its own token).
-    pub fn token_changes(&self) -> tokio::sync::broadcast::Receiver<AccountId> {
+    pub fn token_changes(&self) -> tokio::sync::broadcast::Receiver<TokensChanged> {
         self.shared.tokens_changed.subscribe()
     }
 

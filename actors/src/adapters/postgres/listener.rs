@@ -3,9 +3,12 @@
 //! its commit (`origin;account:first-last;…`), reads the rows it names and
 //! hands them to the store: to the balance feed, and to the registry so
 //! that live actors reload. Notifications arrive in commit order, within
-//! milliseconds of the commit. A lost connection is made again (a second
-//! later, then longer); what was committed meanwhile reaches actors through
-//! their snapshot guard, and feed clients through their gap filling.
+//! milliseconds of the commit. The connection is asked every 30 s whether
+//! it is alive; a lost one is made again (a second later, then longer),
+//! and once it listens again whatever was said meanwhile is read from the
+//! database: every feed reads the rows it missed from its last one, every
+//! live actor its snapshot, every open feed checks its token (an auto
+//! top-up setting is read again by the worker's next sweep).
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,6 +28,15 @@ fn decode(payload: &str) -> Option<(&str, Vec<ChangeNote>)> {
     let origin = parts.next()?;
     Some((origin, parts.filter_map(change_notes::parse).collect()))
 }
+
+/// How often the listening connection is asked whether it is alive: a
+/// socket dropped silently (a NAT's table, a failover) says nothing, and
+/// the notifications it should carry would stop without a word.
+const LIVENESS_EVERY: Duration = Duration::from_secs(30);
+
+/// How long the liveness question may take before the connection is taken
+/// for dead and made again.
+const LIVENESS_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Weak<Shared>) {
     let mut pause = Duration::from_secs(1);
@@ -49,37 +61,35 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
             }
         };
         pause = Duration::from_secs(1);
-        while let Some(notification) = received.recv().await {
-            let Some(shared) = shared.upgrade() else {
-                return;
-            };
-            let Some((origin, moved)) = decode(notification.payload()) else {
-                continue;
-            };
-            if origin == shared.origin {
-                continue;
-            }
-            let mut wanted = Vec::new();
-            for note in moved {
-                match note {
-                    ChangeNote::Rows {
-                        account_id,
-                        first,
-                        last,
-                        after,
-                    } => {
-                        if shared.wants_external_rows() {
-                            wanted.push((account_id, first, last, after));
-                        } else {
-                            shared.external(account_id, last, Vec::new(), after);
-                        }
-                    }
-                    ChangeNote::AutoTopUp(account_id) => shared.external_auto_top_up(account_id),
-                    ChangeNote::Tokens(account_id) => shared.tokens_changed(account_id),
+        // Whatever was said before this connection listened (while an
+        // earlier one was lost, or before the first) is read from the
+        // database: feeds from their last row, actors their snapshot,
+        // open feeds their token.
+        match shared.upgrade() {
+            Some(shared) => shared.may_have_missed_changes(),
+            None => return,
+        }
+        let mut liveness = tokio::time::interval(LIVENESS_EVERY);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        liveness.tick().await;
+        loop {
+            tokio::select! {
+                notification = received.recv() => {
+                    let Some(notification) = notification else {
+                        break;
+                    };
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    heard(&readers, &shared, notification.payload()).await;
                 }
-            }
-            if !wanted.is_empty() {
-                read_rows(&readers, &shared, wanted).await;
+                _ = liveness.tick() => {
+                    let answer = tokio::time::timeout(LIVENESS_TIMEOUT, client.simple_query("SELECT 1")).await;
+                    if !matches!(answer, Ok(Ok(_))) {
+                        tracing::warn!("the listening connection did not answer; listening again");
+                        break;
+                    }
+                }
             }
         }
         drop(client);
@@ -87,6 +97,39 @@ pub(super) async fn run(connector: Connector, readers: Arc<Readers>, shared: Wea
             return;
         }
         tracing::warn!("the listening connection closed; listening again");
+    }
+}
+
+/// One notification: the rows, settings and tokens it says another
+/// instance changed, handed to the store (its own are skipped).
+async fn heard(readers: &Readers, shared: &Shared, payload: &str) {
+    let Some((origin, moved)) = decode(payload) else {
+        return;
+    };
+    if origin == shared.origin {
+        return;
+    }
+    let mut wanted = Vec::new();
+    for note in moved {
+        match note {
+            ChangeNote::Rows {
+                account_id,
+                first,
+                last,
+                after,
+            } => {
+                if shared.wants_external_rows() {
+                    wanted.push((account_id, first, last, after));
+                } else {
+                    shared.external(account_id, last, Vec::new(), after);
+                }
+            }
+            ChangeNote::AutoTopUp(account_id) => shared.external_auto_top_up(account_id),
+            ChangeNote::Tokens(account_id) => shared.tokens_changed(account_id),
+        }
+    }
+    if !wanted.is_empty() {
+        read_rows(readers, shared, wanted).await;
     }
 }
 

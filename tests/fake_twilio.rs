@@ -35,6 +35,9 @@ struct State {
     mode: SendMode,
     /// Messages whose body contains this wait for `gate` before they are answered.
     held: Option<String>,
+    /// Messages whose body contains this are refused as an unreachable
+    /// number is, whatever the mode.
+    refused: Option<String>,
     sent: Vec<SentSms>,
     prices: HashMap<String, String>,
     next_id: u64,
@@ -52,6 +55,7 @@ impl FakeTwilio {
         let state = Arc::new(Mutex::new(State {
             mode: SendMode::Accept,
             held: None,
+            refused: None,
             sent: Vec::new(),
             prices: HashMap::new(),
             next_id: 1,
@@ -117,6 +121,12 @@ impl FakeTwilio {
         }
     }
 
+    /// From now on, messages whose body contains `text` are refused (400,
+    /// an unreachable number), whatever the mode.
+    pub fn refuse(&self, text: &str) {
+        self.state.lock().unwrap().refused = Some(text.to_string());
+    }
+
     pub fn set_mode(&self, mode: SendMode) {
         self.state.lock().unwrap().mode = mode;
     }
@@ -176,7 +186,15 @@ async fn create_message(
         let _permit = gate.acquire().await.unwrap();
     }
     let mut state = state.lock().unwrap();
-    match state.mode {
+    let refused = state
+        .refused
+        .as_ref()
+        .is_some_and(|text| body.contains(text.as_str()));
+    match if refused {
+        SendMode::Refuse
+    } else {
+        state.mode
+    } {
         SendMode::Refuse => return HttpResponse::BadRequest().json(json!({
             "code": 21211, "message": "The 'To' number is not a valid phone number.", "status": 400
         })),

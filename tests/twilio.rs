@@ -553,6 +553,110 @@ async fn a_message_that_failed_in_twilio_is_refunded_once() {
     assert_verified(&directory);
 }
 
+/// The low-balance warnings the fake Twilio was asked to send.
+fn warnings_sent(fake: &FakeTwilio) -> Vec<String> {
+    fake.sent()
+        .into_iter()
+        .filter(|sms| sms.body.contains("credit is low"))
+        .map(|sms| sms.body)
+        .collect()
+}
+
+/// The states of an account's notices, oldest first.
+fn notice_states(notices: &[serde_json::Value]) -> Vec<&str> {
+    notices
+        .iter()
+        .rev()
+        .map(|notice| notice["state"].as_str().unwrap())
+        .collect()
+}
+
+on_both_stores!(a_warning_set_off_by_a_message_that_was_not_sent_is_withdrawn);
+/// A message whose debit set off the low-balance warning, then refused by
+/// Twilio (its cost given back): the warning is withdrawn with the row that
+/// gives the cost back, and the cooldown it spent is given back too, so
+/// the real crossing later is announced; when the balance the void leaves
+/// is still low, the warning says that balance.
+async fn a_warning_set_off_by_a_message_that_was_not_sent_is_withdrawn() {
+    let (app, fake) = app_with_twilio().await;
+    // Back above the threshold once the cost is given back.
+    let account = account_with_balance(&app, "+14155552470", 2_100_000).await;
+    fake.refuse("unreachable");
+    let long = format!("unreachable {}", "a".repeat(190));
+    let (status, failed) = app
+        .post_message(json!({"account_id": account, "body": long, "idempotency_key": "void-1"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{failed}");
+    assert_eq!(app.balance_micros(account).await, 2_100_000);
+    let notices = app.settle_notices(account).await;
+    assert_eq!(notice_states(&notices), ["withdrawn"], "{notices:?}");
+    assert_eq!(
+        warnings_sent(&fake),
+        Vec::<String>::new(),
+        "$2.10 is not low"
+    );
+    // The real crossing is warned of: the cooldown was given back.
+    let (status, sent) = app
+        .post_message(
+            json!({"account_id": account, "body": "b".repeat(200), "idempotency_key": "real-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let notices = app.settle_notices(account).await;
+    assert_eq!(
+        notice_states(&notices),
+        ["withdrawn", "sent"],
+        "{notices:?}"
+    );
+    let warnings = warnings_sent(&fake);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("$1.98"), "{warnings:?}");
+
+    // Still low once the cost is given back: another message debited in
+    // the meantime (within the cooldown, so it warned of nothing).
+    let account = account_with_balance(&app, "+14155552471", 2_050_000).await;
+    fake.hold("unreachable");
+    let held = app.post_message(
+        json!({"account_id": account, "body": "unreachable 1", "idempotency_key": "void-2"}),
+    );
+    let meanwhile = async {
+        // The held message's debit (to $1.9935) committed, with its warning.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while app.balance_micros(account).await != 1_993_500 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the held message's debit within 10 s"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let (status, sent) = app
+            .post_message(
+                json!({"account_id": account, "body": "second", "idempotency_key": "m-2"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+        assert_eq!(app.balance_micros(account).await, 1_937_000);
+        fake.release();
+    };
+    let ((status, failed), ()) = futures_util::future::join(held, meanwhile).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{failed}");
+    assert_eq!(app.balance_micros(account).await, 1_993_500);
+    let notices = app.settle_notices(account).await;
+    assert_eq!(
+        notice_states(&notices),
+        ["withdrawn", "sent"],
+        "{notices:?}"
+    );
+    let warnings = warnings_sent(&fake);
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(
+        warnings[1].contains("$1.99"),
+        "the balance that is, not the one the refused message left: {warnings:?}"
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(low_balance_warnings_come_once_per_cooldown_even_across_a_restart);
 async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     let fake = FakeTwilio::start().await;

@@ -240,6 +240,12 @@ struct Hints {
     /// `one_segment` was looked up from the account's own number (and is
     /// `None` if it cannot be priced): not to be looked up again.
     own_segment_looked_up: bool,
+    /// For the void of a message: the low-balance warning its debit set
+    /// off, still pending, which the void withdraws (the cooldown it spent
+    /// is given back with it).
+    withdraw_warning: Option<i64>,
+    /// `withdraw_warning` was looked up: not to be looked up again.
+    warning_looked_up: bool,
     event: Option<EventDraft>,
 }
 
@@ -337,6 +343,9 @@ struct Facts {
     reached: bool,
     /// What one segment to the account's own number costs.
     own_segment: bool,
+    /// The pending warning that the debit of the message this mutation
+    /// voids set off.
+    warning_of_message: Option<i64>,
 }
 
 /// What a mutation waits for before it is written or answered.
@@ -452,9 +461,19 @@ impl AccountActor {
                 .hints
                 .as_ref()
                 .is_some_and(|hints| hints.own_segment_looked_up || hints.one_segment.is_some());
-        (reached || own_segment).then_some(Facts {
+        // A void can only withdraw a warning if one was given since the
+        // account was last reloaded or ever (the cooldown is set).
+        let warning_of_message = mutation.idempotency_key.voided_message_id().filter(|_| {
+            self.working.warned_at_ms != NEVER_WARNED
+                && !mutation
+                    .hints
+                    .as_ref()
+                    .is_some_and(|hints| hints.warning_looked_up)
+        });
+        (reached || own_segment || warning_of_message.is_some()).then_some(Facts {
             reached,
             own_segment,
+            warning_of_message,
         })
     }
 
@@ -482,7 +501,11 @@ impl AccountActor {
                 ),
                 None => None,
             };
-            Ok::<_, StoreError>((reached, one_segment))
+            let warning = match facts.warning_of_message {
+                Some(message_id) => Some(store.messages().pending_warning_after(message_id).await?),
+                None => None,
+            };
+            Ok::<_, StoreError>((reached, one_segment, warning))
         };
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             // The change itself does not depend on these reads: if they
@@ -490,11 +513,16 @@ impl AccountActor {
             // the host application: an account not known to have had the
             // threshold counts as announced low (a `balance.replenished`
             // too many tells it to send again; one too few would leave it
-            // holding back), and no segment price means no
-            // `balance.depleted`.
-            let (reached, one_segment) = found.unwrap_or_else(|error| {
+            // holding back), no segment price means no
+            // `balance.depleted`, and no warning found means none withdrawn
+            // (the warning goes out as it was queued).
+            let (reached, one_segment, warning) = found.unwrap_or_else(|error| {
                 tracing::warn!(account_id = actor.account_id.0, %error, "cannot read what a change's events need; deciding them without it");
-                (facts.reached.then_some(true), facts.own_segment.then_some(None))
+                (
+                    facts.reached.then_some(true),
+                    facts.own_segment.then_some(None),
+                    facts.warning_of_message.map(|_| None),
+                )
             });
             if let Some(reached) = reached {
                 actor.reached = if reached { Reached::Yes } else { Reached::No };
@@ -503,6 +531,11 @@ impl AccountActor {
                 let hints = retry.mutation.hints.get_or_insert_with(Box::default);
                 hints.one_segment = one_segment;
                 hints.own_segment_looked_up = true;
+            }
+            if let Some(warning) = warning {
+                let hints = retry.mutation.hints.get_or_insert_with(Box::default);
+                hints.withdraw_warning = warning;
+                hints.warning_looked_up = true;
             }
             actor.resume(vec![retry], ctx);
         }));
@@ -784,19 +817,29 @@ impl AccountActor {
         }
         let now_ms = self.shared.clock.now_ms();
         let settings = &self.shared.settings;
-        let warning_due = mutation.kind == TransactionKind::Debit
+        // The void of a message whose debit set off a warning still
+        // pending withdraws that warning, and gives back the cooldown it
+        // spent: the debit warned, so no earlier warning's cooldown was
+        // running, and none is now. The balance the void leaves decides
+        // again, as a debit's does: still low, a warning with what is left.
+        let withdraw_warning = mutation
+            .hints
+            .as_ref()
+            .and_then(|hints| hints.withdraw_warning);
+        let warned_at_ms = if withdraw_warning.is_some() {
+            NEVER_WARNED
+        } else {
+            self.working.warned_at_ms
+        };
+        let warning_due = (mutation.kind == TransactionKind::Debit || withdraw_warning.is_some())
             && balance_after < settings.low_balance_threshold
-            && (self.working.warned_at_ms == NEVER_WARNED
-                || now_ms.saturating_sub(self.working.warned_at_ms)
+            && (warned_at_ms == NEVER_WARNED
+                || now_ms.saturating_sub(warned_at_ms)
                     >= crate::clock::millis(settings.low_balance_cooldown));
         let snapshot_after = Packed {
             balance: balance_after,
             seq: self.working.seq + 1,
-            warned_at_ms: if warning_due {
-                now_ms
-            } else {
-                self.working.warned_at_ms
-            },
+            warned_at_ms: if warning_due { now_ms } else { warned_at_ms },
         };
         let entry = LedgerEntry {
             account_id: self.account_id,
@@ -836,7 +879,13 @@ impl AccountActor {
             .events_of(&entry, mutation.hints.as_deref())
             .map_err(LedgerError::Store)?;
         let outbox =
-            (notice.is_some() || !events.is_empty()).then(|| Box::new(Outbox { notice, events }));
+            (notice.is_some() || withdraw_warning.is_some() || !events.is_empty()).then(|| {
+                Box::new(Outbox {
+                    notice,
+                    withdraw_notice: withdraw_warning,
+                    events,
+                })
+            });
         let (done, committed) = oneshot::channel();
         self.shared.store.ledger().submit(LedgerWrite {
             entry: entry.clone(),

@@ -128,6 +128,12 @@ impl IdempotencyKey {
         IdempotencyKey::internal(format!("msg-void:{message_id}"))
     }
 
+    /// The outbound message whose cost this key gives back, if it is a
+    /// void's ([`IdempotencyKey::message_void`]).
+    pub fn voided_message_id(&self) -> Option<i64> {
+        self.as_str().strip_prefix("msg-void:")?.parse().ok()
+    }
+
     /// The cost of a message that failed inside Twilio, refunded.
     pub fn message_refund(message_id: i64) -> IdempotencyKey {
         IdempotencyKey::internal(format!("msg-refund:{message_id}"))

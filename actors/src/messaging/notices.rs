@@ -155,6 +155,10 @@ pub enum NoticeState {
     Sent,
     Failed,
     Unknown,
+    /// Not sent, and never to be: a low-balance warning set off by a
+    /// message that was then not sent (its cost given back), so the
+    /// balance it described did not last.
+    Withdrawn,
 }
 
 impl NoticeState {
@@ -165,6 +169,7 @@ impl NoticeState {
             NoticeState::Sent => "sent",
             NoticeState::Failed => "failed",
             NoticeState::Unknown => "unknown",
+            NoticeState::Withdrawn => "withdrawn",
         }
     }
 
@@ -175,6 +180,7 @@ impl NoticeState {
             "sent" => Some(NoticeState::Sent),
             "failed" => Some(NoticeState::Failed),
             "unknown" => Some(NoticeState::Unknown),
+            "withdrawn" => Some(NoticeState::Withdrawn),
             _ => None,
         }
     }

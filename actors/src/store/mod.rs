@@ -53,11 +53,14 @@ pub struct LedgerWrite {
 }
 
 /// What a ledger write queues besides its row: a notice it makes due (a
-/// low-balance warning) and the webhook events it causes (a balance
-/// crossing, a payment).
+/// low-balance warning), a pending notice it withdraws (the warning of a
+/// message whose cost it gives back) and the webhook events it causes (a
+/// balance crossing, a payment).
 #[derive(Debug, Default)]
 pub struct Outbox {
     pub notice: Option<NewNotice>,
+    /// A notice still `pending` that becomes `withdrawn` with the write.
+    pub withdraw_notice: Option<i64>,
     pub events: Vec<NewEvent>,
 }
 
@@ -66,6 +69,12 @@ impl LedgerWrite {
         self.outbox
             .as_ref()
             .and_then(|outbox| outbox.notice.as_ref())
+    }
+
+    pub fn withdrawn_notice(&self) -> Option<i64> {
+        self.outbox
+            .as_ref()
+            .and_then(|outbox| outbox.withdraw_notice)
     }
 
     pub fn events(&self) -> &[NewEvent] {

@@ -505,6 +505,9 @@ pub trait MessageStore: Send + Sync {
     ) -> StoreFuture<Vec<Notice>>;
     /// An account's messages, newest first.
     fn messages_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<MessageRecord>>;
+    /// The low-balance warning still `pending` that waits for an outbound
+    /// message (its debit set it off), if there is one.
+    fn pending_warning_after(&self, message_id: i64) -> StoreFuture<Option<i64>>;
     /// An account's notices, newest first.
     fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>>;
     /// Notices still `sending` after their lease (their worker stopped

@@ -571,6 +571,19 @@ impl MessageStore for PostgresStore {
         })
     }
 
+    fn pending_warning_after(&self, message_id: i64) -> StoreFuture<Option<i64>> {
+        self.read(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT id FROM notices WHERE after_message = $1
+                        AND kind = 'low_balance_warning' AND state = 'pending'",
+                    &[&message_id],
+                )
+                .await?;
+            Ok(row.map(|row| row.try_get(0)).transpose()?)
+        })
+    }
+
     fn notices_of(&self, account_id: AccountId, limit: i64) -> StoreFuture<Vec<Notice>> {
         self.read(move |client| async move {
             let rows = client

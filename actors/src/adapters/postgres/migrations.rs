@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V7__refunds_and_reports",
         include_str!("../../../../migrations/postgres/V7__refunds_and_reports.sql"),
     ),
+    (
+        "V10__notice_withdrawn",
+        include_str!("../../../../migrations/postgres/V10__notice_withdrawn.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

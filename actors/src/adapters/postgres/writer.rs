@@ -610,6 +610,7 @@ async fn apply_ledger(
         for &index in indexes {
             fates[index] = Fate::Committed;
             rows.push(&ledger[index].entry);
+            notices.withdraw(&ledger[index]);
             if let Some(notice) = ledger[index].notice() {
                 notices.push(notice);
             }
@@ -765,11 +766,12 @@ async fn apply_one(
     let mut rows = Rows::default();
     rows.push(&write.entry);
     rows.insert(transaction, prepared).await?;
+    let mut notices = Notices::default();
+    notices.withdraw(write);
     if let Some(notice) = write.notice() {
-        let mut notices = Notices::default();
         notices.push(notice);
-        notices.insert(transaction, prepared).await?;
     }
+    notices.insert(transaction, prepared).await?;
     webhooks::insert_event_rows(transaction, write.events().iter()).await?;
     Ok(true)
 }
@@ -838,6 +840,8 @@ struct Notices {
     payload: Vec<String>,
     created_at: Vec<i64>,
     after_message: Vec<Option<i64>>,
+    /// Pending notices the writes withdraw.
+    withdrawn: Vec<i64>,
 }
 
 impl Notices {
@@ -850,11 +854,28 @@ impl Notices {
         self.after_message.push(notice.after_message);
     }
 
+    /// A pending notice the write withdraws, if it does.
+    fn withdraw(&mut self, write: &LedgerWrite) {
+        self.withdrawn.extend(write.withdrawn_notice());
+    }
+
     async fn insert(
         &self,
         client: &impl GenericClient,
         prepared: &Prepared,
     ) -> Result<(), tokio_postgres::Error> {
+        if !self.withdrawn.is_empty() {
+            // Rare (a message not sent after its debit set off a warning):
+            // a statement of its own, in the same pipeline.
+            client
+                .execute(
+                    "UPDATE notices SET state = 'withdrawn',
+                            last_error = 'its message was not sent: its cost was given back'
+                      WHERE id = ANY($1) AND state = 'pending'",
+                    &[&self.withdrawn],
+                )
+                .await?;
+        }
         if self.account_id.is_empty() {
             return Ok(());
         }

@@ -386,6 +386,19 @@ pub(super) fn queue(connection: &Connection, notice: &NewNotice) -> rusqlite::Re
     Ok(())
 }
 
+/// Withdraws a notice still `pending`; runs in the ledger write's
+/// transaction (the write that gives its message's cost back).
+pub(super) fn withdraw(connection: &Connection, notice_id: i64) -> rusqlite::Result<()> {
+    connection
+        .prepare_cached(
+            "UPDATE notices SET state = 'withdrawn',
+                    last_error = 'its message was not sent: its cost was given back'
+              WHERE id = ?1 AND state = 'pending'",
+        )?
+        .execute(params![notice_id])?;
+    Ok(())
+}
+
 fn notice_from_row(row: &Row<'_>) -> rusqlite::Result<Notice> {
     let id: i64 = row.get(0)?;
     let payload: String = row.get(2)?;
@@ -593,6 +606,18 @@ impl MessageStore for SqliteStore {
                 .query_map(params![account_id.0, limit], from_row)?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(messages)
+        })
+    }
+
+    fn pending_warning_after(&self, message_id: i64) -> StoreFuture<Option<i64>> {
+        self.read(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT id FROM notices WHERE after_message = ?1
+                        AND kind = 'low_balance_warning' AND state = 'pending'",
+                )?
+                .query_row(params![message_id], |row| row.get(0))
+                .optional()?)
         })
     }
 

@@ -276,6 +276,9 @@ impl Writer {
         let appended =
             ledger::append_entry(&self.connection, &write.entry, &write.previous, &write.next)
                 .and_then(|appended| {
+                    if let (true, Some(notice_id)) = (appended, write.withdrawn_notice()) {
+                        notices::withdraw(&self.connection, notice_id)?;
+                    }
                     if let (true, Some(notice)) = (appended, write.notice()) {
                         notices::queue(&self.connection, notice)?;
                         self.notices_queued = true;

@@ -122,9 +122,9 @@ impl FakeTwilio {
     }
 
     /// From now on, messages whose body contains `text` are refused (400,
-    /// an unreachable number), whatever the mode.
-    pub fn refuse(&self, text: &str) {
-        self.state.lock().unwrap().refused = Some(text.to_string());
+    /// an unreachable number), whatever the mode (`None`: none).
+    pub fn refuse(&self, text: Option<&str>) {
+        self.state.lock().unwrap().refused = text.map(str::to_string);
     }
 
     pub fn set_mode(&self, mode: SendMode) {

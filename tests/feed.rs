@@ -843,3 +843,63 @@ async fn an_account_holds_at_most_ten_feeds() {
         }
     }
 }
+
+on_both_stores!(a_token_revoked_during_a_long_replay_ends_the_replay);
+/// A client replaying a long gap (`?since=0` over 1 500 rows) at a
+/// reader's pace whose token is revoked meanwhile: the feed closes as a
+/// live one would, a window's worth of rows later at most, not after the
+/// whole replay.
+async fn a_token_revoked_during_a_long_replay_ends_the_replay() {
+    let directory = fresh_directory();
+    let app = TestApp::spawn_with(directory.clone(), feed_settings(&directory, 64)).await;
+    let (id, token) = account_with_token(&app, "+14155553098").await;
+    write_changes(&app, id, 1_500, "long").await;
+    let mut feed = open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since=0"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut feed).await["seq"], 1_500, "the snapshot");
+    for seq in 1..=20 {
+        assert_eq!(next_json(&mut feed).await["seq"], seq);
+    }
+    let (status, _) = app
+        .request(
+            "DELETE",
+            &format!("/v1/admin/accounts/{id}/tokens"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // Read on, at a reader's pace, until the close (bounded in all).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut rows_after = 0;
+    let close = loop {
+        let frame = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .expect("the close within 30 s of the revocation")
+            .expect("a close frame, not the end of the stream")
+            .unwrap();
+        match frame {
+            ws::Frame::Text(_) => {
+                rows_after += 1;
+                actix_rt::time::sleep(Duration::from_millis(1)).await;
+            }
+            ws::Frame::Ping(bytes) => feed.send(ws::Message::Pong(bytes)).await.unwrap(),
+            ws::Frame::Close(reason) => break reason.expect("a close reason"),
+            other => panic!("unexpected frame {other:?}"),
+        }
+    };
+    assert_eq!(
+        close.description.as_deref(),
+        Some("the token was revoked: sign in again")
+    );
+    println!("rows received after the revocation: {rows_after} (window 64)");
+    assert!(
+        rows_after <= 64 + 16,
+        "the replay ended within a window of the revocation, not after {rows_after} more rows"
+    );
+}

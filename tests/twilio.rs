@@ -581,7 +581,7 @@ async fn a_warning_set_off_by_a_message_that_was_not_sent_is_withdrawn() {
     let (app, fake) = app_with_twilio().await;
     // Back above the threshold once the cost is given back.
     let account = account_with_balance(&app, "+14155552470", 2_100_000).await;
-    fake.refuse("unreachable");
+    fake.refuse(Some("unreachable"));
     let long = format!("unreachable {}", "a".repeat(190));
     let (status, failed) = app
         .post_message(json!({"account_id": account, "body": long, "idempotency_key": "void-1"}))
@@ -829,26 +829,44 @@ async fn the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_g
         (1, Some("sent"))
     );
 
-    // Twilio down when the next one is due: the notice waits and goes
-    // out once Twilio is back, once.
+    // Twilio refuses the warning when the next one is due: the notice
+    // waits and goes out once Twilio takes it, once.
     let directory = app.stop().await;
     let clock = ManualClock::new(START_MS + 25 * 3600 * 1000);
     let settings = with_twilio(test_settings(&directory), &fake.base_url);
     let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
-    fake.set_mode(SendMode::ServerError);
+    fake.refuse(Some("credit is low"));
     let (status, _) = app
         .post_message(json!({"account_id": account, "body": "b", "idempotency_key": "w2"}))
         .await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "the message itself fails");
-    fake.set_mode(SendMode::Accept);
-    let (status, _) = app
-        .post_message(json!({"account_id": account, "body": "c", "idempotency_key": "w3"}))
-        .await;
     assert_eq!(status, StatusCode::OK);
+    // The warning was tried and refused (the message that set it off went).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, body) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/accounts/{account}/notices"),
+                Some(crate::helpers::ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        let newest = &body["notices"][0];
+        if newest["attempts"] == 1 && newest["state"] == "pending" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warning tried once and waiting, within 10 s: {body}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    fake.refuse(None);
     // The warning's next try is a minute later (and the worker looks every 5 s).
     clock.advance_ms(61_000);
     let notices = app.settle_notices(account).await;
     assert_eq!(notices.len(), 2, "{notices:?}");
+    assert_eq!(notices[0]["attempts"], 2, "{notices:?}");
     let warnings = fake
         .sent()
         .iter()

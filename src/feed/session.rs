@@ -43,7 +43,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rows the admin feed holds while it reads where every account stands
 /// (they arrive meanwhile); past this it cannot go live.
-const ADMIN_START_BUFFER: usize = 1_000_000;
+const ADMIN_START_BUFFER: usize = 100_000;
 
 /// What a connection starts from.
 pub struct FeedStart {
@@ -93,6 +93,102 @@ enum End {
     Store(String),
 }
 
+/// What ends a feed besides its client: the server stopping and, for a
+/// feed opened with an account token, that token expiring or being revoked.
+/// Looked at before every row (so a long replay to a slow client ends as
+/// promptly as a live feed) and waited on while live.
+struct Watch {
+    stopping: tokio::sync::watch::Receiver<bool>,
+    token: Option<TokenWatch>,
+}
+
+/// The account token that opened a feed, and how to tell it still lives.
+struct TokenWatch {
+    account_id: AccountId,
+    token_hash: String,
+    store: Store,
+    clock: Arc<dyn sms_credit_actors::clock::Clock>,
+    /// Subscribed before the token was first checked: a revocation from
+    /// then on is heard.
+    changes: tokio::sync::broadcast::Receiver<TokensChanged>,
+    /// When the token expires (`None`: never, an admin-issued one).
+    expires_at_ms: Option<i64>,
+}
+
+impl Watch {
+    /// Without waiting on anything but a token's re-check: whether the feed
+    /// must end now (a `Stopping` without where to resume: the caller
+    /// knows).
+    async fn check(&mut self) -> Result<(), End> {
+        if *self.stopping.borrow() {
+            return Err(End::Stopping { last_seq: None });
+        }
+        let Some(token) = self.token.as_mut() else {
+            return Ok(());
+        };
+        if token.expired() {
+            return Err(End::Expired);
+        }
+        use tokio::sync::broadcast::error::TryRecvError;
+        let mut changed = false;
+        loop {
+            match token.changes.try_recv() {
+                Ok(TokensChanged::Account(account_id)) if account_id != token.account_id => {}
+                Ok(_) | Err(TryRecvError::Lagged(_)) => changed = true,
+                Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            }
+        }
+        if changed {
+            token.still_live().await?;
+        }
+        Ok(())
+    }
+}
+
+/// The next change to any account's tokens; never, for a feed not opened
+/// with an account token.
+async fn next_token_change(
+    token: Option<&mut TokenWatch>,
+) -> Result<TokensChanged, tokio::sync::broadcast::error::RecvError> {
+    match token {
+        Some(token) => token.changes.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl TokenWatch {
+    fn expired(&self) -> bool {
+        self.expires_at_ms
+            .is_some_and(|at| self.clock.now_ms() >= at)
+    }
+
+    /// After a change to some account's tokens: an error when it was this
+    /// feed's account and its token is no longer live (missed changes, when
+    /// the channel lagged or the store may have missed another instance's
+    /// note, are checked the same way).
+    async fn heard(
+        &mut self,
+        changed: Result<TokensChanged, tokio::sync::broadcast::error::RecvError>,
+    ) -> Result<(), End> {
+        use tokio::sync::broadcast::error::RecvError;
+        match changed {
+            Ok(TokensChanged::Account(changed)) if changed != self.account_id => Ok(()),
+            // The store is gone: the feed ends with it elsewhere.
+            Err(RecvError::Closed) => std::future::pending().await,
+            Ok(_) | Err(RecvError::Lagged(_)) => self.still_live().await,
+        }
+    }
+
+    async fn still_live(&self) -> Result<(), End> {
+        let now_ms = self.clock.now_ms();
+        match access_tokens::live(&self.store, self.account_id, &self.token_hash, now_ms).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(End::Revoked),
+            Err(error) => Err(End::Store(error.to_string())),
+        }
+    }
+}
+
 fn event(entry: &LedgerEntry) -> Value {
     json!({
         "account_id": entry.account_id,
@@ -138,10 +234,12 @@ struct Client {
     last_row: Option<i64>,
     /// When the client last sent anything.
     last_heard: Instant,
+    /// What else ends the feed.
+    watch: Watch,
 }
 
 impl Client {
-    fn new(session: Session, incoming: MessageStream, window: usize) -> Client {
+    fn new(session: Session, incoming: MessageStream, window: usize, watch: Watch) -> Client {
         let window = u64::try_from(window).unwrap_or(u64::MAX).max(1);
         Client {
             session,
@@ -153,6 +251,7 @@ impl Client {
             mark_every: (window / 2).clamp(1, MARK_EVERY),
             last_row: None,
             last_heard: Instant::now(),
+            watch,
         }
     }
 
@@ -167,10 +266,15 @@ impl Client {
         within_deadline(self.session.text(value.to_string()), slow).await
     }
 
-    /// A row; when the client is a window behind, first waits (bounded)
-    /// for it to read; every `mark_every` rows a ping numbered with the
-    /// rows sent so far.
+    /// A row, unless the feed must end (see [`Watch`]); when the client is
+    /// a window behind, first waits (bounded) for it to read; every
+    /// `mark_every` rows a ping numbered with the rows sent so far.
     async fn row(&mut self, entry: &LedgerEntry) -> Result<(), End> {
+        let last_seq = self.last_row;
+        self.watch.check().await.map_err(|end| match end {
+            End::Stopping { .. } => End::Stopping { last_seq },
+            other => other,
+        })?;
         if self.sent - self.read >= self.window {
             self.wait_until_behind(self.window - 1, READ_TIMEOUT)
                 .await?;
@@ -294,7 +398,11 @@ pub async fn run(
     session: Session,
     incoming: MessageStream,
 ) {
-    let mut client = Client::new(session, incoming, start.queue);
+    let watch = Watch {
+        stopping: start.stopping.clone(),
+        token: None,
+    };
+    let mut client = Client::new(session, incoming, start.queue, watch);
     let end = match start.scope {
         FeedScope::Account(account_id) => {
             account_feed(&start, account_id, subscription, &mut client).await
@@ -425,11 +533,21 @@ async fn account_feed(
 ) -> End {
     // Subscribed before the token is checked again below: a revocation
     // from then on is heard.
-    let mut token_changes = start.store.token_changes();
+    let changes = start.store.token_changes();
     let expires_at_ms = match token_expiry(start, account_id).await {
         Ok(expires_at_ms) => expires_at_ms,
         Err(end) => return end,
     };
+    if let Some(token_hash) = start.token_hash.clone() {
+        client.watch.token = Some(TokenWatch {
+            account_id,
+            token_hash,
+            store: start.store.clone(),
+            clock: Arc::clone(&start.clock),
+            changes,
+            expires_at_ms,
+        });
+    }
     // A token that expires is looked at every second (the clock may be
     // any clock, so no timer is set for the moment itself).
     let mut expiry_checks = actix_rt::time::interval(EXPIRY_CHECK);
@@ -479,24 +597,32 @@ async fn account_feed(
     // Ticks missed while a row waited for the client are not fired at once.
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
-    let mut stopping = start.stopping.clone();
     loop {
-        if *stopping.borrow() {
+        if *client.watch.stopping.borrow() {
             return End::Stopping {
                 last_seq: Some(last),
             };
         }
+        let expires = client
+            .watch
+            .token
+            .as_ref()
+            .is_some_and(|token| token.expires_at_ms.is_some());
         tokio::select! {
-            _ = stopping.changed() => {
+            _ = client.watch.stopping.changed() => {
                 return End::Stopping { last_seq: Some(last) };
             }
-            changed = token_changes.recv() => {
-                if let Some(end) = still_allowed(start, account_id, changed).await {
-                    return end;
+            // Only the receiving may be cancelled by another branch; the
+            // check of what was received is not.
+            changed = next_token_change(client.watch.token.as_mut()) => {
+                if let Some(token) = client.watch.token.as_mut() {
+                    if let Err(end) = token.heard(changed).await {
+                        return end;
+                    }
                 }
             }
-            _ = expiry_checks.tick(), if expires_at_ms.is_some() => {
-                if expires_at_ms.is_some_and(|at| start.clock.now_ms() >= at) {
+            _ = expiry_checks.tick(), if expires => {
+                if client.watch.token.as_ref().is_some_and(TokenWatch::expired) {
                     return End::Expired;
                 }
             }
@@ -543,31 +669,6 @@ async fn token_expiry(start: &FeedStart, account_id: AccountId) -> Result<Option
         Ok(Some(live)) => Ok(live.expires_at_ms),
         Ok(None) => Err(End::Revoked),
         Err(error) => Err(End::Store(error.to_string())),
-    }
-}
-
-/// After a change to some account's tokens: `Some` when it was this feed's
-/// account and the token that opened the feed is no longer live (missed
-/// changes, when the channel lagged or the store may have missed another
-/// instance's note, are checked the same way).
-async fn still_allowed(
-    start: &FeedStart,
-    account_id: AccountId,
-    changed: Result<TokensChanged, tokio::sync::broadcast::error::RecvError>,
-) -> Option<End> {
-    use tokio::sync::broadcast::error::RecvError;
-    let token_hash = start.token_hash.as_deref()?;
-    match changed {
-        Ok(TokensChanged::Account(changed)) if changed != account_id => return None,
-        // The store is gone: the feed ends with it elsewhere.
-        Err(RecvError::Closed) => return std::future::pending().await,
-        Ok(_) | Err(RecvError::Lagged(_)) => {}
-    }
-    let now_ms = start.clock.now_ms();
-    match access_tokens::live(&start.store, account_id, token_hash, now_ms).await {
-        Ok(Some(_)) => None,
-        Ok(None) => Some(End::Revoked),
-        Err(error) => Some(End::Store(error.to_string())),
     }
 }
 

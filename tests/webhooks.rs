@@ -1094,6 +1094,54 @@ impl Admin {
         body
     }
 
+    /// Sends a one-segment message to the account's own number, as the
+    /// host application does; the answer, or `None` when the server did
+    /// not answer.
+    async fn message(&self, account: i64, key: &str) -> Option<(StatusCode, Value)> {
+        let mut response = self
+            .client
+            .post(format!("{}/v1/messages", self.base))
+            .insert_header((
+                "Authorization",
+                format!("Bearer {}", crate::helpers::API_KEY),
+            ))
+            .send_json(&json!({"account_id": account, "body": "forecast", "idempotency_key": key}))
+            .await
+            .ok()?;
+        let json = response.json::<Value>().await.unwrap_or(Value::Null);
+        Some((response.status(), json))
+    }
+
+    /// Waits (up to 30 s: a killed instance's reservations are recovered
+    /// once it has been silent for the instance timeout) until none of the
+    /// account's messages is still reserved.
+    async fn no_message_reserved(&self, account: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let listed = self
+                .ok(
+                    "GET",
+                    &format!("/v1/admin/accounts/{account}/messages"),
+                    None,
+                )
+                .await;
+            let reserved = listed["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|message| message["state"] == "reserved")
+                .count();
+            if reserved == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "account {account}: {reserved} messages still reserved after 30 s"
+            );
+            actix_rt::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// (seq, balance after) of every ledger row of the account.
     async fn ledger(&self, account: i64) -> Vec<(i64, i64)> {
         let mut rows = Vec::new();
@@ -1163,17 +1211,24 @@ fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
     use std::sync::Arc;
     actix_rt::System::new().block_on(async {
         let directory = fresh_directory();
-        let server = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        let fake = crate::fake_twilio::FakeTwilio::start().await;
+        let mut env = crate::helpers::process_env(&fake.base_url, None);
+        env.extend(WEBHOOKS_ON);
+        let server = crate::helpers::ServerProcess::start(&directory, &env);
         let admin = Admin::of(&server);
         let receiver = balance_receiver(&admin).await;
-        // Sixteen accounts at $1.00, two per writer: each writer moves its
-        // own up by $1.50 and back down, so every adjustment crosses the
-        // $2.00 threshold, until the server is killed under them.
+        // Sixteen accounts, two per writer. The first four writers move
+        // theirs ($1.00) up by $1.50 and back down by adjustments; the
+        // other four move theirs ($1.9735) up by an adjustment of $0.0565
+        // and back down by a message (one segment, $0.0565): every change
+        // crosses the $2.00 threshold, until the server is killed under
+        // them.
         let mut accounts = Vec::new();
         for index in 0..16 {
             let body = json!({"phone": format!("+1415555{:04}", 2000 + index)});
             let id = admin.ok("POST", "/v1/admin/accounts", Some(body)).await["id"].as_i64().unwrap();
-            let body = json!({"amount_micros": 1_000_000, "reason": "start", "idempotency_key": "start"});
+            let start = if index < 8 { 1_000_000 } else { 1_973_500 };
+            let body = json!({"amount_micros": start, "reason": "start", "idempotency_key": "start"});
             admin.ok("POST", &format!("/v1/admin/accounts/{id}/adjustments"), Some(body)).await;
             accounts.push(id);
         }
@@ -1185,13 +1240,25 @@ fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
             let mine = accounts[writer * 2..writer * 2 + 2].to_vec();
             let admin = Admin::of(&server);
             writers.push(actix_rt::spawn(async move {
+                let messages = writer >= 4;
                 let mut n = 0usize;
                 while !stop.load(Ordering::Relaxed) {
                     let account = mine[n % 2];
-                    let amount = if (n / 2).is_multiple_of(2) { 1_500_000 } else { -1_500_000 };
-                    let body = json!({"amount_micros": amount, "reason": "burst", "idempotency_key": format!("w{writer}-{n}")});
+                    let down = !(n / 2).is_multiple_of(2);
+                    let key = format!("w{writer}-{n}");
                     n += 1;
-                    match admin.call("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body)).await {
+                    let answer = if messages && down {
+                        admin.message(account, &key).await
+                    } else {
+                        let amount = match (messages, down) {
+                            (true, _) => 56_500,
+                            (false, false) => 1_500_000,
+                            (false, true) => -1_500_000,
+                        };
+                        let body = json!({"amount_micros": amount, "reason": "burst", "idempotency_key": key});
+                        admin.call("POST", &format!("/v1/admin/accounts/{account}/adjustments"), Some(body)).await
+                    };
+                    match answer {
                         Some((status, _)) if status.is_success() => {
                             answered.fetch_add(1, Ordering::Relaxed);
                         }
@@ -1211,9 +1278,14 @@ fn a_killed_server_loses_no_event_and_sends_none_for_an_uncommitted_change() {
             writer.await.unwrap();
         }
 
-        // Started again: what the ledger holds is what the receiver gets.
-        let server = crate::helpers::ServerProcess::start(&directory, &WEBHOOKS_ON);
+        // Started again: what the ledger holds is what the receiver gets,
+        // once the messages the killed server left reserved are given back
+        // (their rows cross too).
+        let server = crate::helpers::ServerProcess::start(&directory, &env);
         let admin = Admin::of(&server);
+        for &account in &accounts[8..] {
+            admin.no_message_reserved(account).await;
+        }
         let mut expected = BTreeSet::new();
         for &account in &accounts {
             expected.extend(crossings(account, &admin.ledger(account).await));

@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V7__refunds_and_reports",
         include_str!("../../../../migrations/postgres/V7__refunds_and_reports.sql"),
     ),
+    (
+        "V9__feed_tickets",
+        include_str!("../../../../migrations/postgres/V9__feed_tickets.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -16,7 +16,6 @@ use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSetti
 
 use crate::config::{Settings, StripeSettings};
 use crate::error;
-use crate::feed::Tickets;
 use crate::limits::Limits;
 use crate::routes;
 use crate::state::AppState;
@@ -511,7 +510,6 @@ impl Application {
             stripe_supervisor: core.stripe_supervisor.clone(),
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
-            tickets: Arc::new(Tickets::default()),
             http_metrics: Arc::new(HttpMetrics::new()),
             webhook_metrics: Arc::default(),
             limits,

@@ -10,7 +10,6 @@ use sms_credit_actors::supervisor::{SmsSupervisor, StripeSupervisor};
 use sms_credit_actors::{Registry, Store};
 
 use crate::config::Settings;
-use crate::feed::Tickets;
 use crate::limits::Limits;
 use crate::telemetry::HttpMetrics;
 
@@ -24,7 +23,6 @@ pub struct AppState {
     pub stripe_supervisor: Addr<StripeSupervisor>,
     pub sms_supervisor: Addr<SmsSupervisor>,
     pub clock: Arc<dyn Clock>,
-    pub tickets: Arc<Tickets>,
     /// Open feeds per account (at most `feed.max_per_account`).
     pub feed_slots: Arc<crate::feed::FeedSlots>,
     pub http_metrics: Arc<HttpMetrics>,

@@ -8,6 +8,7 @@ use actix_web::http::StatusCode;
 use awc::ws;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use sms_credit_actors::clock::ManualClock;
 
 use crate::helpers::{fresh_directory, test_settings, TestApp, ADMIN_TOKEN};
 
@@ -901,5 +902,191 @@ async fn a_token_revoked_during_a_long_replay_ends_the_replay() {
     assert!(
         rows_after <= 64 + 16,
         "the replay ended within a window of the revocation, not after {rows_after} more rows"
+    );
+}
+
+/// Buys a ticket for an account's feed from `app` with the account's token.
+async fn buy_ticket(app: &TestApp, id: i64, token: &str) -> String {
+    let (status, issued) = app
+        .request(
+            "POST",
+            &format!("/v1/accounts/{id}/feed-tickets"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    issued["ticket"].as_str().unwrap().to_string()
+}
+
+/// Buys a ticket for the admin feed from `app`.
+async fn buy_admin_ticket(app: &TestApp) -> String {
+    let (status, issued) = app
+        .request("POST", "/v1/admin/feed-tickets", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    issued["ticket"].as_str().unwrap().to_string()
+}
+
+/// `count` instances of the app on one fresh database (on SQLite, one
+/// file), as behind a load balancer, sharing `clock`.
+async fn instances(count: usize, clock: &ManualClock) -> Vec<TestApp> {
+    let directory = fresh_directory();
+    let settings = test_settings(&directory);
+    let mut apps = Vec::new();
+    for _ in 0..count {
+        apps.push(
+            TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await,
+        );
+    }
+    apps
+}
+
+const START_MS: i64 = 1_795_253_400_000;
+
+on_both_stores!(a_ticket_bought_on_one_instance_opens_the_feed_on_another_once);
+/// Behind a load balancer the ticket is bought from one instance and the
+/// feed opened on another: it opens there, and only once, on any instance.
+async fn a_ticket_bought_on_one_instance_opens_the_feed_on_another_once() {
+    let apps = instances(2, &ManualClock::new(START_MS)).await;
+    let (first, second) = (&apps[0], &apps[1]);
+    let (id, token) = account_with_token(first, "+14155553400").await;
+
+    let ticket = buy_ticket(first, id, &token).await;
+    let path = format!("/v1/accounts/{id}/feed?ticket={ticket}");
+    let mut feed = open(second, &path, &[])
+        .await
+        .expect("a ticket bought on the first instance opens the feed on the second");
+    assert_eq!(
+        next_json(&mut feed).await,
+        json!({"seq": 0, "balance_micros": 0})
+    );
+    for (app, which) in [
+        (first, "the instance that sold it"),
+        (second, "the same instance"),
+    ] {
+        assert_eq!(
+            open(app, &path, &[]).await.err(),
+            Some(StatusCode::UNAUTHORIZED),
+            "a used ticket opens nothing on {which}"
+        );
+    }
+    // The feed opened with it is live: a change made on the first instance
+    // reaches it on the second.
+    first.post_adjustment(id, 70_000, "through-first").await;
+    assert_eq!(next_json(&mut feed).await["amount_micros"], 70_000);
+
+    // The admin's too, the other way round.
+    let admin_ticket = buy_admin_ticket(second).await;
+    let admin_path = format!("/v1/admin/feed?ticket={admin_ticket}");
+    let mut admin = open(first, &admin_path, &[])
+        .await
+        .expect("an admin ticket bought on the second instance opens the admin feed on the first");
+    assert_eq!(next_json(&mut admin).await, json!({"live": true}));
+    for app in [first, second] {
+        assert_eq!(
+            open(app, &admin_path, &[]).await.err(),
+            Some(StatusCode::UNAUTHORIZED),
+            "a used admin ticket opens nothing"
+        );
+    }
+}
+
+on_both_stores!(a_ticket_redeemed_at_once_on_two_instances_opens_one_feed);
+/// Two instances redeeming one ticket at the same moment (neither of them
+/// the one that sold it): exactly one opens a feed, the other answers 401.
+async fn a_ticket_redeemed_at_once_on_two_instances_opens_one_feed() {
+    let apps = instances(3, &ManualClock::new(START_MS)).await;
+    let (seller, racers) = (&apps[0], [&apps[1], &apps[2]]);
+    let (id, token) = account_with_token(seller, "+14155553410").await;
+    for round in 0..6 {
+        let path = if round % 2 == 0 {
+            let ticket = buy_ticket(seller, id, &token).await;
+            format!("/v1/accounts/{id}/feed?ticket={ticket}")
+        } else {
+            let ticket = buy_admin_ticket(seller).await;
+            format!("/v1/admin/feed?ticket={ticket}")
+        };
+        // Two tries on each racer, all at once.
+        let tries = racers
+            .iter()
+            .chain(racers.iter())
+            .map(|app| open(app, &path, &[]));
+        let outcomes = futures_util::future::join_all(tries).await;
+        let refusals: Vec<StatusCode> = outcomes
+            .iter()
+            .filter_map(|outcome| outcome.as_ref().err().copied())
+            .collect();
+        assert_eq!(
+            refusals,
+            vec![StatusCode::UNAUTHORIZED; 3],
+            "round {round}: of four tries on two instances, one opens the feed and the others are refused"
+        );
+    }
+}
+
+/// SHA-256 in hex, as the store keeps secrets.
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+on_both_stores!(a_ticket_expires_after_30_seconds_on_every_instance_and_is_kept_hashed);
+/// A ticket opens the feed on another instance until its 30 s are up and
+/// not after; expired tickets are deleted when another is issued; the store
+/// holds only the SHA-256 of tickets and of the token that bought them.
+async fn a_ticket_expires_after_30_seconds_on_every_instance_and_is_kept_hashed() {
+    let clock = ManualClock::new(START_MS);
+    let apps = instances(2, &clock).await;
+    let (first, second) = (&apps[0], &apps[1]);
+    let (id, token) = account_with_token(first, "+14155553420").await;
+    let on_time = buy_ticket(first, id, &token).await;
+    let late = buy_ticket(first, id, &token).await;
+    let feed = |ticket: &str| format!("/v1/accounts/{id}/feed?ticket={ticket}");
+
+    clock.advance_ms(29_999);
+    let mut opened = open(second, &feed(&on_time), &[])
+        .await
+        .expect("a ticket opens the feed on another instance until its 30 s are up");
+    assert_eq!(next_json(&mut opened).await["seq"], 0);
+    clock.advance_ms(1);
+    for app in [second, first] {
+        assert_eq!(
+            open(app, &feed(&late), &[]).await.err(),
+            Some(StatusCode::UNAUTHORIZED),
+            "an expired ticket opens nothing"
+        );
+    }
+
+    let database = &first.directory;
+    assert_eq!(
+        database.number("SELECT COUNT(*) FROM feed_tickets"),
+        1,
+        "the expired ticket waits for the next issue to be deleted"
+    );
+    let fresh = buy_ticket(second, id, &token).await;
+    assert_eq!(
+        database.number(&format!(
+            "SELECT COUNT(*) FROM feed_tickets WHERE ticket_hash = '{}' AND token_hash = '{}'",
+            sha256_hex(&fresh),
+            sha256_hex(&token)
+        )),
+        1,
+        "the new ticket, as hashes"
+    );
+    assert_eq!(
+        database.number("SELECT COUNT(*) FROM feed_tickets"),
+        1,
+        "issuing deleted the expired ticket"
+    );
+    assert_eq!(
+        database.number(&format!(
+            "SELECT COUNT(*) FROM feed_tickets WHERE ticket_hash = '{fresh}' OR token_hash = '{token}'"
+        )),
+        0,
+        "neither the ticket nor the token is stored as it is"
     );
 }

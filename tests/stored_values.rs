@@ -159,3 +159,55 @@ async fn a_consent_without_its_words_is_an_error_not_an_empty_text() {
         &format!("auto_top_up_settings row {account}: unknown consent_text 'NULL'"),
     );
 }
+
+on_both_stores!(a_feed_ticket_of_an_unknown_scope_is_an_error_not_a_feed);
+async fn a_feed_ticket_of_an_unknown_scope_is_an_error_not_a_feed() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550904").await;
+    let token = app.issue_token(account).await;
+    let mut tickets = Vec::new();
+    for (path, token) in [
+        ("/v1/admin/feed-tickets".to_string(), ADMIN_TOKEN),
+        (
+            format!("/v1/accounts/{account}/feed-tickets"),
+            token.as_str(),
+        ),
+    ] {
+        let (status, issued) = app.request("POST", &path, Some(token), None).await;
+        assert_eq!(status, StatusCode::CREATED, "{issued}");
+        tickets.push(issued["ticket"].as_str().unwrap().to_string());
+    }
+    app.directory.tamper(
+        "feed_tickets",
+        "UPDATE feed_tickets SET scope = 'owner' WHERE scope = 'admin'",
+    );
+    app.directory.tamper(
+        "feed_tickets",
+        "UPDATE feed_tickets SET account_id = NULL WHERE scope = 'account'",
+    );
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/feed?ticket={}", tickets[0]),
+            None,
+            None,
+        )
+        .await;
+    assert_unknown_value(status, &answer, "unknown scope 'owner'");
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/feed?ticket={}", tickets[1]),
+            None,
+            None,
+        )
+        .await;
+    assert_unknown_value(status, &answer, "unknown scope 'account'");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("feed_tickets row "),
+        "{answer}"
+    );
+}

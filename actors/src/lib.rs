@@ -16,6 +16,7 @@ pub mod commands;
 pub mod error;
 pub mod export;
 pub mod feed;
+pub mod feed_tickets;
 pub mod ledger;
 pub mod messaging;
 pub mod money;

@@ -4,7 +4,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use sms_credit_actors::AccountId;
+use sms_credit_actors::{feed_tickets, AccountId};
 
 use crate::auth::AccountHolder;
 use crate::error::ApiError;
@@ -43,9 +43,9 @@ pub struct FeedTicket {
 }
 
 impl FeedTicket {
-    pub fn new(ticket: String) -> FeedTicket {
+    pub fn new(ticket: &feed_tickets::FeedTicket) -> FeedTicket {
         FeedTicket {
-            ticket,
+            ticket: ticket.expose().to_string(),
             expires_in_secs: TICKET_LIFETIME.as_secs(),
         }
     }
@@ -171,10 +171,12 @@ pub async fn feed_ticket(
     path: web::Path<i64>,
 ) -> Result<HttpResponse, ApiError> {
     let account_id = own_account(&holder, path.into_inner())?;
-    let ticket = state.tickets.issue(
+    let ticket = feed_tickets::issue(
+        &state.store,
         FeedScope::Account(account_id),
         Some(holder.1.clone()),
         state.clock.now_ms(),
-    )?;
-    Ok(HttpResponse::Created().json(FeedTicket::new(ticket)))
+    )
+    .await?;
+    Ok(HttpResponse::Created().json(FeedTicket::new(&ticket)))
 }

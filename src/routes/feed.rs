@@ -6,11 +6,10 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use sms_credit_actors::{access_tokens, AccountId};
+use sms_credit_actors::{access_tokens, feed_tickets, AccountId};
 
 use crate::auth::{bearer_token, constant_time_eq, Admin};
 use crate::error::ApiError;
-use crate::feed::Redeemed;
 use crate::feed::{self, FeedScope, FeedStart};
 use crate::state::AppState;
 
@@ -40,28 +39,18 @@ fn protocol_token(request: &HttpRequest) -> Option<String> {
 }
 
 /// Who is opening the feed, and the hash of the account token that lets
-/// them (`None` for the admin): a ticket works only while the token it
-/// was bought with is live.
+/// them (`None` for the admin): a ticket (redeemed in the store, whichever
+/// instance sold it) works only while the token it was bought with is live.
 async fn caller(
     state: &AppState,
     request: &HttpRequest,
     ticket: Option<&str>,
-) -> Result<Redeemed, ApiError> {
+) -> Result<(FeedScope, Option<String>), ApiError> {
     if let Some(ticket) = ticket {
-        let (scope, token_hash) = state
-            .tickets
-            .redeem(ticket, state.clock.now_ms())
+        let redeemed = feed_tickets::redeem(&state.store, ticket, state.clock.now_ms())
+            .await?
             .ok_or(ApiError::Unauthorized)?;
-        if let (FeedScope::Account(account_id), Some(token_hash)) = (scope, &token_hash) {
-            let now_ms = state.clock.now_ms();
-            if access_tokens::live(&state.store, account_id, token_hash, now_ms)
-                .await?
-                .is_none()
-            {
-                return Err(ApiError::Unauthorized);
-            }
-        }
-        return Ok((scope, token_hash));
+        return Ok((redeemed.scope, redeemed.token_hash));
     }
     let presented = protocol_token(request).or_else(|| bearer_token(request).map(str::to_string));
     let presented = presented.ok_or(ApiError::Unauthorized)?;
@@ -189,8 +178,7 @@ pub async fn admin_ticket(
     _admin: Admin,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let ticket = state
-        .tickets
-        .issue(FeedScope::Admin, None, state.clock.now_ms())?;
-    Ok(HttpResponse::Created().json(crate::routes::account::FeedTicket::new(ticket)))
+    let ticket =
+        feed_tickets::issue(&state.store, FeedScope::Admin, None, state.clock.now_ms()).await?;
+    Ok(HttpResponse::Created().json(crate::routes::account::FeedTicket::new(&ticket)))
 }

@@ -61,8 +61,9 @@ use ColumnType::{Integer as I, Text as T};
 
 /// Every table with data, parents before children. Not copied: which
 /// instances are running (`instances`), SQLite's change notes for other
-/// processes (`ledger_changes`) and the migration history (each side has its
-/// own).
+/// processes (`ledger_changes`), feed tickets (`feed_tickets`: they live
+/// 30 s, and no instance runs during a copy) and the migration history
+/// (each side has its own).
 pub const TABLES: &[Table] = &[
     Table {
         name: "accounts",

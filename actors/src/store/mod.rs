@@ -27,9 +27,9 @@ use crate::webhooks::NewEvent;
 pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
-    EventDecision, InboundClaim, InboundRecord, InstanceStore, LedgerStore, MessageStore,
-    OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, ReportStore, SignInStore,
-    StoreFuture, StripeEventStore, TokenStore, WebhookStore,
+    EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore, LedgerStore,
+    MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, ReportStore,
+    SignInStore, StoreFuture, StripeEventStore, TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -358,6 +358,10 @@ impl Store {
     }
 
     pub fn tokens(&self) -> &dyn TokenStore {
+        &*self.backend
+    }
+
+    pub fn feed_tickets(&self) -> &dyn FeedTicketStore {
         &*self.backend
     }
 

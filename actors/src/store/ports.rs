@@ -21,6 +21,7 @@ use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::refunds::{OpenRefund, Opened, RefundRequest};
 use crate::billing::BillingError;
+use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
@@ -127,6 +128,17 @@ pub trait TokenStore: Send + Sync {
     /// Every token of an account, newest first (what is known of them,
     /// never the token).
     fn list(&self, account_id: AccountId) -> StoreFuture<Vec<TokenRecord>>;
+}
+
+/// Feed tickets, kept only as hashes, shared by every instance.
+pub trait FeedTicketStore: Send + Sync {
+    /// Stores a new ticket; in the same transaction, deletes a bounded
+    /// number of tickets expired at `now_ms` (nobody can use them).
+    fn issue(&self, ticket: NewFeedTicket, now_ms: i64) -> StoreFuture<()>;
+    /// Deletes the ticket of this hash and answers it, only if it has not
+    /// expired at `now_ms`, in one statement: of any number of callers on
+    /// any instances, one at most gets it.
+    fn redeem(&self, ticket_hash: String, now_ms: i64) -> StoreFuture<Option<RedeemedTicket>>;
 }
 
 /// Codes texted to phones and the sign-up tokens of proved phones.
@@ -561,6 +573,7 @@ pub trait Backend:
     LedgerStore
     + AccountStore
     + TokenStore
+    + FeedTicketStore
     + SignInStore
     + BillingStore
     + StripeEventStore

@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V7__refunds_and_reports.sql"),
     ),
     (
+        "V9__feed_tickets",
+        include_str!("../../../../migrations/postgres/V9__feed_tickets.sql"),
+    ),
+    (
         "V10__notice_withdrawn",
         include_str!("../../../../migrations/postgres/V10__notice_withdrawn.sql"),
     ),

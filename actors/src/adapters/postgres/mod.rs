@@ -14,6 +14,7 @@ mod auto_top_up;
 mod billing;
 mod copy;
 mod events;
+mod feed_tickets;
 mod ledger;
 mod listener;
 mod messages;

@@ -72,6 +72,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V15__refunds_and_reports.sql"),
     ),
     (
+        "V17__feed_tickets",
+        include_str!("../../../../migrations/sqlite/V17__feed_tickets.sql"),
+    ),
+    (
         "V18__notice_withdrawn",
         include_str!("../../../../migrations/sqlite/V18__notice_withdrawn.sql"),
     ),

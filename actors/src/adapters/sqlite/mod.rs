@@ -15,6 +15,7 @@ mod auto_top_up;
 mod billing;
 mod copy;
 mod events;
+mod feed_tickets;
 mod ledger;
 mod messages;
 mod migrations;

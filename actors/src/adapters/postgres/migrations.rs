@@ -37,6 +37,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V7__refunds_and_reports",
         include_str!("../../../../migrations/postgres/V7__refunds_and_reports.sql"),
     ),
+    (
+        "V8__webhook_claims",
+        include_str!("../../../../migrations/postgres/V8__webhook_claims.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

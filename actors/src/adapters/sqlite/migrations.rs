@@ -71,6 +71,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V15__refunds_and_reports",
         include_str!("../../../../migrations/sqlite/V15__refunds_and_reports.sql"),
     ),
+    (
+        "V16__webhook_claims",
+        include_str!("../../../../migrations/sqlite/V16__webhook_claims.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -39,6 +39,9 @@ pub enum ApiError {
     TooManyRequests(std::time::Duration),
     #[error("{0}")]
     NotFound(String),
+    /// The request does not fit the state of what it names; `code` says how.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
     /// A paid or privileged feature whose credentials are not configured.
     /// `message` is in the caller's words; the setting that would turn it
     /// on (`variable`) goes to the log, never to a customer.
@@ -112,6 +115,10 @@ impl From<WebhookError> for ApiError {
                 message: format!("{field}: {message}"),
             },
             WebhookError::NotFound(_) => ApiError::NotFound(error.to_string()),
+            WebhookError::Disabled(_) => ApiError::Conflict {
+                code: "endpoint_disabled",
+                message: error.to_string(),
+            },
             WebhookError::Store(error) => ApiError::Store(error),
         }
     }
@@ -146,6 +153,7 @@ impl ApiError {
                 SignInError::Store(_) => "store_unavailable",
             },
             ApiError::NotFound(_) => "not_found",
+            ApiError::Conflict { code, .. } => code,
             ApiError::NotConfigured { code, .. } => code,
             ApiError::Ledger(error) => match error {
                 LedgerError::AccountNotFound(_) => "account_not_found",
@@ -280,6 +288,7 @@ impl ResponseError for ApiError {
             | ApiError::TooManyRequests(_)
             | ApiError::TooManyFeeds(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::NotConfigured { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Ledger(error) => match error {
                 LedgerError::AccountNotFound(_) => StatusCode::NOT_FOUND,

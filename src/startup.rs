@@ -529,6 +529,7 @@ impl Application {
             )),
             Arc::clone(&clock),
             Arc::clone(&state.webhook_metrics),
+            state.settings.webhooks.retention,
         );
         if let Some(messaging) = core.messaging.clone() {
             start_notice_worker(messaging.clone(), Arc::clone(&clock));

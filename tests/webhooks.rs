@@ -8,7 +8,7 @@ use std::time::Duration;
 use awc::http::StatusCode;
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use sms_credit_actors::clock::ManualClock;
+use sms_credit_actors::clock::{Clock, ManualClock};
 
 use crate::helpers::{fresh_directory, test_settings, TestApp, TestDatabase, ADMIN_TOKEN};
 use crate::webhook_receiver::{Receiver, Reply};
@@ -1493,3 +1493,473 @@ fn two_instances_writing_one_account_at_once_announce_each_crossing_once() {
     });
 }
 on_both_stores!(sync two_instances_writing_one_account_at_once_announce_each_crossing_once);
+
+/// The admin's change to an endpoint, which must succeed.
+async fn patch_endpoint(app: &TestApp, id: &str, change: Value) -> Value {
+    let (status, body) = app
+        .request(
+            "PATCH",
+            &format!("/v1/admin/webhook-endpoints/{id}"),
+            Some(ADMIN_TOKEN),
+            Some(change),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// `sms_credit_webhook_pending` and the oldest pending delivery's age.
+async fn pending(app: &TestApp) -> (i64, i64) {
+    let text = metrics(app).await;
+    (
+        metric(&text, "sms_credit_webhook_pending"),
+        metric(&text, "sms_credit_webhook_oldest_pending_seconds"),
+    )
+}
+
+/// Disabling an endpoint ends the deliveries it had not taken yet (they no
+/// longer count as pending, and its deliveries list says why), events made
+/// while it is disabled get none, enabling it again sends only new events;
+/// removing one ends its deliveries too.
+async fn disabling_or_removing_an_endpoint_ends_its_pending_deliveries() {
+    let directory = fresh_directory();
+    let mut settings = webhook_settings(&directory);
+    settings.access.metrics_token = Some(sms_credit::config::Secret::new("metrics-token"));
+    let clock = ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    // Nothing listens on either port yet: every try is refused.
+    let port = Receiver::free_port();
+    let (paused, secret) = add_endpoint(
+        &app,
+        &format!("http://127.0.0.1:{port}/hooks"),
+        json!(["*"]),
+    )
+    .await;
+    let (removed, _) = add_endpoint(
+        &app,
+        &format!("http://127.0.0.1:{}/hooks", Receiver::free_port()),
+        json!(["balance.low"]),
+    )
+    .await;
+    send_test(&app, &paused).await;
+    send_test(&app, &paused).await;
+    send_test(&app, &removed).await;
+    attempts(&app, &paused, 2).await;
+    attempts(&app, &removed, 1).await;
+    clock.advance_ms(1_000);
+    let (count, oldest) = pending(&app).await;
+    assert_eq!(count, 3, "three deliveries wait for their next try");
+    assert!(oldest >= 1, "the oldest waited a second: {oldest}");
+
+    // Disabled by the admin: its two are over, and its list says why.
+    let shown = patch_endpoint(&app, &paused, json!({"enabled": false})).await;
+    assert_eq!(shown["enabled"], false, "{shown}");
+    assert_eq!(
+        pending(&app).await.0,
+        1,
+        "only the other endpoint's delivery"
+    );
+    let listed = attempts(&app, &paused, 4).await;
+    let ended: Vec<&Value> = listed
+        .iter()
+        .filter(|attempt| attempt["error"].as_str().unwrap().starts_with("not sent"))
+        .collect();
+    assert_eq!(ended.len(), 2, "one entry per delivery ended: {listed:?}");
+    for entry in ended {
+        assert_eq!(
+            entry["error"], "not sent: the endpoint was disabled",
+            "{listed:?}"
+        );
+        assert_eq!(entry["status_code"], Value::Null, "{listed:?}");
+        assert_eq!(entry["duration_ms"], 0, "{listed:?}");
+    }
+
+    // Removed: its delivery is over too.
+    let (status, _) = app
+        .request(
+            "DELETE",
+            &format!("/v1/admin/webhook-endpoints/{removed}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(pending(&app).await, (0, 0));
+
+    // An event made while it is disabled gets no delivery, and a test or
+    // a replay is refused, saying why.
+    app.create_account("+14155550133").await;
+    assert_eq!(pending(&app).await, (0, 0));
+    for (method, suffix, body) in [
+        ("POST", "/test", None),
+        (
+            "POST",
+            "/replay",
+            Some(json!({"since": "2026-11-21T00:00:00Z"})),
+        ),
+    ] {
+        let (status, answer) = app
+            .request(
+                method,
+                &format!("/v1/admin/webhook-endpoints/{paused}{suffix}"),
+                Some(ADMIN_TOKEN),
+                body,
+            )
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{suffix}: {answer}");
+        assert_eq!(answer["error"]["code"], "endpoint_disabled", "{answer}");
+    }
+    assert_eq!(pending(&app).await, (0, 0));
+
+    // Enabled again, with a receiver there: only what happens from now on
+    // is sent, however long the old deliveries' waits were.
+    let receiver = Receiver::start_on_port(port);
+    receiver.trust(&secret);
+    patch_endpoint(&app, &paused, json!({"enabled": true})).await;
+    clock.advance_ms(3_600_000);
+    send_test(&app, &paused).await;
+    let got = receiver.accepted("webhook_endpoint.test", 1).await;
+    actix_rt::time::sleep(Duration::from_millis(1500)).await;
+    let kinds: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.kind().to_string())
+        .collect();
+    assert_eq!(kinds, vec!["webhook_endpoint.test"], "{kinds:?}");
+    assert_eq!(got[0].verified_by, vec![0]);
+    assert_eq!(pending(&app).await, (0, 0));
+}
+on_both_stores!(disabling_or_removing_an_endpoint_ends_its_pending_deliveries);
+
+/// Rows of the webhook tables: (events, deliveries, attempts).
+fn webhook_rows(app: &TestApp) -> (i64, i64, i64) {
+    (
+        app.directory.number("SELECT COUNT(*) FROM webhook_events"),
+        app.directory
+            .number("SELECT COUNT(*) FROM webhook_deliveries"),
+        app.directory
+            .number("SELECT COUNT(*) FROM webhook_attempts"),
+    )
+}
+
+/// Made deliveries, their tries and the events no delivery needs any more
+/// are removed once older than the retention (30 days), by the worker, as
+/// the clock moves; what is younger stays.
+async fn old_delivered_rows_are_pruned_and_recent_ones_kept() {
+    let directory = fresh_directory();
+    let settings = webhook_settings(&directory);
+    let clock = ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    // An event with no endpoint to deliver it (the account's creation).
+    app.create_account("+14155550134").await;
+    let receiver = Receiver::start().await;
+    // It takes only test events (sent to it whatever it takes).
+    let (id, secret) = add_endpoint(&app, &receiver.url, json!(["balance.low"])).await;
+    receiver.trust(&secret);
+    // One delivered now, one two days later.
+    send_test(&app, &id).await;
+    attempts(&app, &id, 1).await;
+    clock.advance_ms(2 * 86_400_000);
+    send_test(&app, &id).await;
+    attempts(&app, &id, 2).await;
+    let kept = receiver.accepted("webhook_endpoint.test", 2).await;
+    assert_eq!(webhook_rows(&app), (3, 2, 2));
+
+    // 31 days after the first: it goes, with its event and the event no
+    // endpoint took; the one of 29 days stays.
+    clock.advance_ms(29 * 86_400_000);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while webhook_rows(&app) != (1, 1, 1) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited 30 s for the rows of 31 days ago to be pruned: (events, deliveries, tries) = {:?}",
+            webhook_rows(&app)
+        );
+        actix_rt::time::sleep(Duration::from_millis(50)).await;
+    }
+    let listed = attempts(&app, &id, 1).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["event_id"], kept[1].id.as_str());
+}
+on_both_stores!(old_delivered_rows_are_pruned_and_recent_ones_kept);
+
+/// A store of its own on the test's database, as another instance opens it.
+fn instance(directory: &TestDatabase) -> sms_credit_actors::Store {
+    sms_credit_actors::adapters::open(&sms_credit_actors::StoreSettings::new(directory.location()))
+        .unwrap()
+}
+
+/// An enabled endpoint for every event, made through `store`.
+async fn store_endpoint(store: &sms_credit_actors::Store, now_ms: i64) -> String {
+    use sms_credit_actors::webhooks::{EventFilter, NewEndpoint, SigningSecret};
+    let id = sms_credit_actors::webhooks::endpoints::endpoint_id().unwrap();
+    store
+        .webhooks()
+        .create_endpoint(NewEndpoint {
+            id: id.clone(),
+            url: "https://hooks.example.com/in".into(),
+            filter: EventFilter::All,
+            description: String::new(),
+            enabled: true,
+            secret: SigningSecret::generate().unwrap(),
+            created_at_ms: now_ms,
+        })
+        .await
+        .unwrap();
+    id
+}
+
+/// A test event for the endpoint, due at `now_ms`.
+async fn due_delivery(store: &sms_credit_actors::Store, endpoint: &str, now_ms: i64) {
+    use sms_credit_actors::webhooks::events::{data, event_id};
+    use sms_credit_actors::webhooks::{EventType, NewEvent};
+    let event = NewEvent::new(
+        EventType::EndpointTest,
+        None,
+        format!("webhook_endpoint.test:{}", event_id().unwrap()),
+        data([("endpoint_id", json!(endpoint))]),
+        now_ms,
+    )
+    .unwrap();
+    let made = store
+        .webhooks()
+        .record_test_event(endpoint.to_string(), event)
+        .await
+        .unwrap();
+    assert_eq!(made, sms_credit_actors::webhooks::ForEnabled::Done(()));
+}
+
+/// How long a claim lasts (the worker's lease).
+const LEASE_MS: i64 = 15_000;
+
+/// Claims due deliveries as `store`'s worker does (64 per endpoint).
+async fn claim(
+    store: &sms_credit_actors::Store,
+    now_ms: i64,
+) -> Vec<sms_credit_actors::webhooks::ClaimedDelivery> {
+    store
+        .webhooks()
+        .claim_deliveries(
+            now_ms,
+            now_ms + LEASE_MS,
+            64,
+            1024,
+            store.instance_id().to_string(),
+        )
+        .await
+        .unwrap()
+}
+
+/// What the worker records of a try of `delivery` that answered `status`
+/// at `now_ms`, with what it decides of it.
+fn tried(
+    delivery: &sms_credit_actors::webhooks::ClaimedDelivery,
+    status: u16,
+    now_ms: i64,
+) -> sms_credit_actors::webhooks::delivery::Attempted {
+    use sms_credit_actors::webhooks::delivery::{decide, Attempted, TryResult};
+    use sms_credit_actors::webhooks::events::data;
+    use sms_credit_actors::webhooks::{EventType, NewEvent};
+    let decided = decide(delivery, &TryResult::Answered(status), now_ms);
+    let endpoint = &delivery.endpoint.id;
+    Attempted {
+        delivery_id: delivery.id,
+        claim: delivery.attempts,
+        endpoint_id: endpoint.clone(),
+        at_ms: now_ms,
+        status_code: Some(status),
+        error: (!(200..300).contains(&status)).then(|| format!("answered {status}")),
+        duration_ms: 5,
+        outcome: decided.outcome,
+        disable: decided.disable.map(|reason| {
+            let event = NewEvent::new(
+                EventType::EndpointDisabled,
+                None,
+                format!("webhook_endpoint.disabled:{endpoint}:{now_ms}"),
+                data([("endpoint_id", json!(endpoint))]),
+                now_ms,
+            )
+            .unwrap();
+            (reason, event)
+        }),
+    }
+}
+
+/// A try whose lease ran out, and whose delivery another instance then
+/// claimed and made, is recorded when it ends at last — as a try, and
+/// nothing more: its `410 Gone` neither undoes the delivery nor marks the
+/// endpoint failing nor disables it.
+async fn a_late_outcome_changes_nothing_the_next_claim_decided() {
+    use sms_credit_actors::webhooks::TryRecorded;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(1_795_253_400_000);
+    let (first, second) = (instance(&directory), instance(&directory));
+    let endpoint = store_endpoint(&first, clock.now_ms()).await;
+    due_delivery(&first, &endpoint, clock.now_ms()).await;
+    let slow = claim(&first, clock.now_ms()).await;
+    assert_eq!(slow.len(), 1, "the first instance claims the delivery");
+
+    // Its lease runs out; the second instance takes it over and delivers.
+    clock.advance_ms(LEASE_MS + 1_000);
+    let taken = claim(&second, clock.now_ms()).await;
+    assert_eq!(taken.len(), 1, "the lapsed claim is taken over");
+    assert_eq!(taken[0].id, slow[0].id);
+    let made = second
+        .webhooks()
+        .attempted(tried(&taken[0], 200, clock.now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(made, TryRecorded::Applied);
+
+    // The first try ends at last: 410 Gone.
+    clock.advance_ms(1_000);
+    let late = first
+        .webhooks()
+        .attempted(tried(&slow[0], 410, clock.now_ms()))
+        .await
+        .unwrap();
+    assert_eq!(late, TryRecorded::Late);
+
+    let stats = first.webhooks().delivery_stats().await.unwrap();
+    assert_eq!(stats.pending, 0, "{stats:?}");
+    assert_eq!(
+        directory.number("SELECT COUNT(*) FROM webhook_deliveries WHERE state = 'delivered'"),
+        1,
+        "the delivery stays delivered"
+    );
+    let shown = first
+        .webhooks()
+        .endpoint(endpoint.clone())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(shown.enabled, "the endpoint stays enabled: {shown:?}");
+    assert_eq!(shown.disabled_reason, None);
+    assert_eq!(shown.failing_since_ms, None, "nor is it failing");
+    assert_eq!(
+        directory
+            .number("SELECT COUNT(*) FROM webhook_events WHERE type = 'webhook_endpoint.disabled'"),
+        0,
+        "no endpoint was said disabled"
+    );
+    let listed = first.webhooks().attempts_of(endpoint, 10).await.unwrap();
+    let statuses: Vec<Option<u16>> = listed.iter().map(|a| a.status_code).collect();
+    assert_eq!(
+        statuses,
+        vec![Some(410), Some(200)],
+        "both tries are listed"
+    );
+}
+on_both_stores!(a_late_outcome_changes_nothing_the_next_claim_decided);
+
+/// Two instances claim one endpoint's deliveries at once, again and again
+/// (three claims each at a time): never more than 64 of its tries are in
+/// flight across them, and each round fills what is free.
+async fn the_per_endpoint_cap_holds_across_instances() {
+    use std::collections::HashMap;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(1_795_253_400_000);
+    let instances = [instance(&directory), instance(&directory)];
+    let endpoint = store_endpoint(&instances[0], clock.now_ms()).await;
+    for _ in 0..200 {
+        due_delivery(&instances[0], &endpoint, clock.now_ms()).await;
+    }
+    // In flight: delivery → the claim (and lease end) that holds it.
+    let mut in_flight: HashMap<i64, (sms_credit_actors::webhooks::ClaimedDelivery, i64)> =
+        HashMap::new();
+    for round in 0..4 {
+        let now_ms = clock.now_ms();
+        in_flight.retain(|_, (_, until)| *until >= now_ms);
+        let free = 64 - in_flight.len();
+        let claims = join_all((0..6).map(|index| claim(&instances[index % 2], now_ms))).await;
+        let claimed: Vec<_> = claims.into_iter().flatten().collect();
+        assert!(
+            in_flight.len() + claimed.len() <= 64,
+            "round {round}: {} in flight and {} claimed at once, more than 64",
+            in_flight.len(),
+            claimed.len()
+        );
+        assert_eq!(
+            claimed.len(),
+            free,
+            "round {round}: the free room is filled"
+        );
+        for delivery in claimed {
+            in_flight.insert(delivery.id, (delivery, now_ms + LEASE_MS));
+        }
+        // Half of them end (made), the rest hold their claims; in the last
+        // rounds the leases run out instead.
+        let ending: Vec<i64> = in_flight.keys().copied().take(32).collect();
+        for id in ending {
+            let (delivery, _) = in_flight.remove(&id).unwrap();
+            let made = instances[0]
+                .webhooks()
+                .attempted(tried(&delivery, 200, now_ms + 100))
+                .await
+                .unwrap();
+            assert_eq!(made, sms_credit_actors::webhooks::TryRecorded::Applied);
+        }
+        clock.advance_ms(if round < 2 { 1_000 } else { LEASE_MS + 1 });
+    }
+}
+on_both_stores!(the_per_endpoint_cap_holds_across_instances);
+
+/// The upkeep's two operations, in bounded batches: deliveries left
+/// waiting for a disabled endpoint (an event committed beside the change
+/// that disabled it, on another instance) are ended and listed as such;
+/// made and ended deliveries before the cut go with their tries, and then
+/// their events.
+async fn the_upkeep_ends_and_prunes_in_batches() {
+    use sms_credit_actors::webhooks::Pruned;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(1_795_253_400_000);
+    let store = instance(&directory);
+    let endpoint = store_endpoint(&store, clock.now_ms()).await;
+    due_delivery(&store, &endpoint, clock.now_ms()).await;
+    due_delivery(&store, &endpoint, clock.now_ms()).await;
+    // Disabled behind the store's back: its deliveries still wait.
+    directory.execute(&format!(
+        "UPDATE webhook_endpoints SET enabled = 0 WHERE id = '{endpoint}'"
+    ));
+    assert_eq!(store.webhooks().delivery_stats().await.unwrap().pending, 2);
+    clock.advance_ms(1_000);
+    let webhooks = store.webhooks();
+    let mut ended = Vec::new();
+    for _ in 0..3 {
+        ended.push(
+            webhooks
+                .end_deliveries_of_disabled(clock.now_ms(), 1)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(ended, vec![1, 1, 0], "one a batch, then none");
+    assert_eq!(webhooks.delivery_stats().await.unwrap().pending, 0);
+    let listed = webhooks.attempts_of(endpoint.clone(), 10).await.unwrap();
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.iter().all(|entry| entry.error.as_deref()
+            == Some("not sent: the endpoint was disabled")
+            && entry.status_code.is_none()),
+        "{listed:?}"
+    );
+
+    // Nothing ended before the cut goes; after it, one a batch, each with
+    // its try and its event.
+    assert_eq!(
+        webhooks.prune(clock.now_ms(), 1).await.unwrap(),
+        Pruned::default()
+    );
+    let mut pruned = Vec::new();
+    for _ in 0..3 {
+        pruned.push(webhooks.prune(clock.now_ms() + 1, 1).await.unwrap());
+    }
+    let one = Pruned {
+        deliveries: 1,
+        events: 1,
+    };
+    assert_eq!(pruned, vec![one, one, Pruned::default()]);
+    assert!(webhooks.attempts_of(endpoint, 10).await.unwrap().is_empty());
+    assert_eq!(directory.number("SELECT COUNT(*) FROM webhook_events"), 0);
+}
+on_both_stores!(the_upkeep_ends_and_prunes_in_batches);

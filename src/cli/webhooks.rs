@@ -155,12 +155,12 @@ impl WebhooksCommand {
                     rotate_secret(store, &id, now_ms, json).await
                 }
                 WebhooksCommand::Enable { id, json } => {
-                    set_enabled(store, &id, true, allow_private, json).await
+                    set_enabled(store, &id, true, allow_private, now_ms, json).await
                 }
                 WebhooksCommand::Disable { id, json } => {
-                    set_enabled(store, &id, false, allow_private, json).await
+                    set_enabled(store, &id, false, allow_private, now_ms, json).await
                 }
-                WebhooksCommand::Remove { id, json } => remove(store, &id, json).await,
+                WebhooksCommand::Remove { id, json } => remove(store, &id, now_ms, json).await,
                 WebhooksCommand::Test { id, json } => send_test(store, &id, now_ms, json).await,
             }
         })
@@ -291,8 +291,8 @@ async fn rotate_secret(store: &Store, id: &str, now_ms: i64, as_json: bool) -> R
     Ok(())
 }
 
-async fn remove(store: &Store, id: &str, as_json: bool) -> Result<(), String> {
-    manage::remove(store, id).await.map_err(refused)?;
+async fn remove(store: &Store, id: &str, now_ms: i64, as_json: bool) -> Result<(), String> {
+    manage::remove(store, id, now_ms).await.map_err(refused)?;
     if as_json {
         return print_json(&json!({"id": id, "removed": true}));
     }
@@ -316,13 +316,14 @@ async fn set_enabled(
     id: &str,
     enabled: bool,
     allow_private: bool,
+    now_ms: i64,
     as_json: bool,
 ) -> Result<(), String> {
     let change = Change {
         enabled: Some(enabled),
         ..Change::default()
     };
-    let endpoint = manage::change(store, id, change, allow_private)
+    let endpoint = manage::change(store, id, change, allow_private, now_ms)
         .await
         .map_err(|error| error.to_string())?;
     if as_json {

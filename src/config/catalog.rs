@@ -466,6 +466,15 @@ pub static SETTINGS: &[Setting] = &[
         global: false,
         help: "Allow webhook endpoints on http:// and on loopback, private and link-local addresses: for local development and tests only (otherwise only https:// to public addresses)",
     },
+    Setting {
+        key: "webhooks_retention",
+        section: Section::Webhooks,
+        value_name: "WAIT",
+        default: Some("30d"),
+        secret: false,
+        global: false,
+        help: "How long delivered and ended webhook deliveries, their tries and the events no delivery needs any more are kept (a number with s, m, h or d, at least 7d); a replay reaches back no further",
+    },
 ];
 
 /// How clap found a value: typed on the command line or read from the

@@ -244,6 +244,16 @@ pub(super) fn auto_top_up(
 pub(super) fn webhooks(values: &Values) -> Result<WebhookSettings, ConfigError> {
     Ok(WebhookSettings {
         allow_private: values.required("webhooks_allow_private", boolean)?,
+        // At least a week: longer than a delivery is tried (three days), so
+        // nothing is pruned that is still to be sent, and an event's dedupe
+        // key outlives the retries of whatever made it.
+        retention: values.required("webhooks_retention", |text| {
+            let retention = wait(text)?;
+            if retention < Duration::from_secs(7 * 86_400) {
+                return Err(format!("'{text}' is less than a week (7d)"));
+            }
+            Ok(retention)
+        })?,
     })
 }
 

@@ -149,11 +149,14 @@ pub struct Settings {
     pub webhooks: WebhookSettings,
 }
 
-/// Where webhook endpoints may point.
+/// Where webhook endpoints may point, and how long their history is kept.
 #[derive(Clone, Debug)]
 pub struct WebhookSettings {
     /// `http://` and private addresses allowed (development and tests).
     pub allow_private: bool,
+    /// How long made and ended deliveries, their tries and the events no
+    /// delivery needs are kept.
+    pub retention: std::time::Duration,
 }
 
 impl Settings {

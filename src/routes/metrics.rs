@@ -33,12 +33,13 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 /// database's, all instances).
 async fn render_webhooks(state: &AppState, out: &mut String) {
     let metrics = &state.webhook_metrics;
-    out.push_str("# HELP sms_credit_webhook_deliveries_total Webhook tries by this instance, by outcome (retried: failed and to be tried again; failed: given up).\n");
+    out.push_str("# HELP sms_credit_webhook_deliveries_total Webhook tries by this instance, by outcome (retried: failed and to be tried again; failed: given up; late: ended after another claim took the delivery, so recorded and nothing more).\n");
     out.push_str("# TYPE sms_credit_webhook_deliveries_total counter\n");
     for (outcome, counter) in [
         ("delivered", &metrics.delivered),
         ("retried", &metrics.retried),
         ("failed", &metrics.failed),
+        ("late", &metrics.late),
     ] {
         let _ = writeln!(
             out,

@@ -1,17 +1,25 @@
 //! The delivery worker: claims due deliveries (each by one instance, under
 //! a lease), tries each in a task of its own, and records what came of it.
-//! A slow or dead endpoint holds at most [`PER_ENDPOINT`] tries at a time,
-//! so it never delays another's deliveries, and no request path waits for
-//! any of this. A commit that made deliveries wakes it at once; otherwise
-//! it looks every [`POLL`] (other instances' events, retries that are due,
-//! leases that ran out when an instance died mid-try).
+//! A slow or dead endpoint holds at most [`PER_ENDPOINT`] tries at a time
+//! (across instances), so it never delays another's deliveries, and no
+//! request path waits for any of this. A commit that made deliveries wakes
+//! it at once; otherwise it looks every [`POLL`] (other instances' events,
+//! retries that are due, leases that ran out when an instance died
+//! mid-try). A try that ends after its claim was taken over is recorded as
+//! a try and decides nothing (logged).
+//!
+//! Beside it, the upkeep: every [`UPKEEP_EVERY_MS`] of the clock it ends
+//! deliveries that wait for an endpoint disabled or removed meanwhile, and
+//! prunes what is older than the retention, in batches of [`BATCH`].
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sms_credit_actors::clock::Clock;
-use sms_credit_actors::webhooks::delivery::{decide, Attempted, DeliveryOutcome, TryResult};
+use sms_credit_actors::webhooks::delivery::{
+    decide, Attempted, DeliveryOutcome, TryRecorded, TryResult,
+};
 use sms_credit_actors::webhooks::events::data;
 use sms_credit_actors::webhooks::{ClaimedDelivery, EventType, NewEvent};
 use sms_credit_actors::Store;
@@ -27,6 +35,12 @@ const MAX_IN_FLIGHT: i64 = 1024;
 pub const PER_ENDPOINT: i64 = 64;
 /// How long a claimed delivery is this instance's: longer than a try.
 const LEASE_MS: i64 = 15_000;
+/// How often (by the clock) the upkeep runs.
+pub const UPKEEP_EVERY_MS: i64 = 60_000;
+/// Rows a statement of the upkeep ends or removes at most.
+pub const BATCH: i64 = 1_000;
+/// Batches one upkeep runs at most before it leaves the rest to the next.
+const MAX_BATCHES: usize = 100;
 
 /// Deliveries by outcome, for `/metrics`.
 #[derive(Default)]
@@ -35,17 +49,27 @@ pub struct WebhookMetrics {
     pub retried: AtomicU64,
     pub failed: AtomicU64,
     pub endpoints_disabled: AtomicU64,
+    /// Tries that ended after their claim was taken over: recorded, and
+    /// nothing more.
+    pub late: AtomicU64,
     /// Tries in flight on this instance.
     pub in_flight: AtomicI64,
 }
 
-/// Starts the worker on the current actix runtime.
+/// Starts the worker, and the upkeep that prunes what is older than
+/// `retention`, on the current actix runtime.
 pub fn start_delivery_worker(
     store: Store,
     sender: Arc<WebhookSender>,
     clock: Arc<dyn Clock>,
     metrics: Arc<WebhookMetrics>,
+    retention: Duration,
 ) {
+    start_upkeep(
+        store.clone(),
+        Arc::clone(&clock),
+        sms_credit_actors::clock::millis(retention),
+    );
     actix_rt::spawn(async move {
         let slot_freed = Arc::new(Notify::new());
         loop {
@@ -112,12 +136,6 @@ async fn try_once(
     let endpoint = &delivery.endpoint;
     let disable = match decided.disable {
         Some(reason) => {
-            tracing::warn!(
-                endpoint = %endpoint.id,
-                url = %endpoint.url,
-                %reason,
-                "webhook endpoint disabled"
-            );
             let event = NewEvent::new(
                 EventType::EndpointDisabled,
                 None,
@@ -139,21 +157,15 @@ async fn try_once(
         }
         None => None,
     };
-    match &decided.outcome {
-        DeliveryOutcome::Delivered => metrics.delivered.fetch_add(1, Ordering::Relaxed),
-        DeliveryOutcome::Retry { .. } => metrics.retried.fetch_add(1, Ordering::Relaxed),
-        DeliveryOutcome::GaveUp => metrics.failed.fetch_add(1, Ordering::Relaxed),
-    };
-    if disable.is_some() {
-        metrics.endpoints_disabled.fetch_add(1, Ordering::Relaxed);
-    }
     let (status_code, error) = match result {
         TryResult::Answered(status) if (200..300).contains(&status) => (Some(status), None),
         TryResult::Answered(status) => (Some(status), Some(format!("answered {status}"))),
         TryResult::NoAnswer(reason) => (None, Some(reason)),
     };
+    let outcome = decided.outcome.clone();
     let attempted = Attempted {
         delivery_id: delivery.id,
+        claim: delivery.attempts,
         endpoint_id: endpoint.id.clone(),
         at_ms: now_ms,
         status_code,
@@ -162,11 +174,104 @@ async fn try_once(
         outcome: decided.outcome,
         disable,
     };
-    let made_event = attempted.disable.is_some();
-    if let Err(error) = store.webhooks().attempted(attempted).await {
+    let disabling = attempted.disable.as_ref().map(|(reason, _)| reason.clone());
+    match store.webhooks().attempted(attempted).await {
+        Ok(TryRecorded::Applied) => {
+            match outcome {
+                DeliveryOutcome::Delivered => metrics.delivered.fetch_add(1, Ordering::Relaxed),
+                DeliveryOutcome::Retry { .. } => metrics.retried.fetch_add(1, Ordering::Relaxed),
+                DeliveryOutcome::GaveUp => metrics.failed.fetch_add(1, Ordering::Relaxed),
+            };
+            if let Some(reason) = disabling {
+                tracing::warn!(
+                    endpoint = %endpoint.id,
+                    url = %endpoint.url,
+                    %reason,
+                    "webhook endpoint disabled; its pending deliveries ended"
+                );
+                metrics.endpoints_disabled.fetch_add(1, Ordering::Relaxed);
+                store.webhooks_ready().notify_one();
+            }
+        }
+        Ok(TryRecorded::Late) => {
+            // Its lease ran out and another claim took the delivery (or the
+            // endpoint was disabled meanwhile): that claim decides.
+            metrics.late.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                endpoint = %endpoint.id,
+                delivery = delivery.id,
+                claim = delivery.attempts,
+                ?outcome,
+                "a webhook try ended after its claim was lost: recorded as a try, nothing more"
+            );
+        }
         // The lease runs out and the delivery is tried again: at least once.
-        tracing::warn!(%error, delivery = delivery.id, "could not record a webhook try");
-    } else if made_event {
-        store.webhooks_ready().notify_one();
+        Err(error) => {
+            tracing::warn!(%error, delivery = delivery.id, "could not record a webhook try")
+        }
+    }
+}
+
+/// Ends the deliveries of endpoints disabled or removed meanwhile, and
+/// removes what is older than `retention_ms`: every [`UPKEEP_EVERY_MS`] of
+/// the clock (looked at every [`POLL`]), in batches of [`BATCH`] rows,
+/// at most [`MAX_BATCHES`] at a time. Every instance runs it; they skip
+/// each other's rows.
+fn start_upkeep(store: Store, clock: Arc<dyn Clock>, retention_ms: i64) {
+    actix_rt::spawn(async move {
+        let mut last = i64::MIN;
+        loop {
+            let now_ms = clock.now_ms();
+            if now_ms.saturating_sub(last) >= UPKEEP_EVERY_MS {
+                last = now_ms;
+                upkeep(&store, now_ms, now_ms - retention_ms).await;
+            }
+            actix_rt::time::sleep(POLL).await;
+        }
+    });
+}
+
+/// One upkeep.
+async fn upkeep(store: &Store, now_ms: i64, before_ms: i64) {
+    for _ in 0..MAX_BATCHES {
+        match store
+            .webhooks()
+            .end_deliveries_of_disabled(now_ms, BATCH)
+            .await
+        {
+            Ok(0) => break,
+            Ok(ended) => {
+                tracing::info!(ended, "ended webhook deliveries of disabled endpoints");
+                if (ended as i64) < BATCH {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not end the deliveries of disabled endpoints");
+                break;
+            }
+        }
+    }
+    for _ in 0..MAX_BATCHES {
+        match store.webhooks().prune(before_ms, BATCH).await {
+            Ok(pruned) => {
+                if pruned.deliveries + pruned.events > 0 {
+                    tracing::debug!(
+                        deliveries = pruned.deliveries,
+                        events = pruned.events,
+                        "pruned old webhook deliveries and events"
+                    );
+                }
+                if (pruned.deliveries as i64) < BATCH && (pruned.events as i64) < BATCH {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "could not prune old webhook deliveries");
+                break;
+            }
+        }
+        // Others' writes go between the batches.
+        actix_rt::task::yield_now().await;
     }
 }

@@ -31,8 +31,8 @@ use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
 use crate::webhooks::{
-    AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, NewEndpoint, NewEvent,
-    SigningSecret,
+    AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, ForEnabled,
+    NewEndpoint, NewEvent, Pruned, SigningSecret, TryRecorded,
 };
 
 use super::copy::{CopyError, CopyRow, Page, Table};
@@ -617,11 +617,20 @@ pub trait WebhookStore: Send + Sync {
     fn endpoints(&self) -> StoreFuture<Vec<Endpoint>>;
     fn endpoint(&self, id: String) -> StoreFuture<Option<Endpoint>>;
     /// Applies a change; enabling clears the failure record and the reason
-    /// it was disabled. `None` if there is no such endpoint.
-    fn update_endpoint(&self, id: String, change: EndpointChange) -> StoreFuture<Option<Endpoint>>;
-    /// Removes an endpoint: nothing more is delivered to it, its history
-    /// stays. `false` if there was none.
-    fn remove_endpoint(&self, id: String) -> StoreFuture<bool>;
+    /// it was disabled; disabling ends every delivery not yet made (each
+    /// listed among its tries as
+    /// [`ENDED_DISABLED`](crate::webhooks::delivery::ENDED_DISABLED)), in the same
+    /// transaction, at `now_ms`. `None` if there is no such endpoint.
+    fn update_endpoint(
+        &self,
+        id: String,
+        change: EndpointChange,
+        now_ms: i64,
+    ) -> StoreFuture<Option<Endpoint>>;
+    /// Removes an endpoint: nothing more is delivered to it, and every
+    /// delivery not yet made is ended; its history stays until pruned.
+    /// `false` if there was none.
+    fn remove_endpoint(&self, id: String, now_ms: i64) -> StoreFuture<bool>;
     /// A new secret; the current one keeps signing beside it until
     /// `previous_until_ms`.
     fn rotate_secret(
@@ -630,17 +639,24 @@ pub trait WebhookStore: Send + Sync {
         secret: SigningSecret,
         previous_until_ms: i64,
     ) -> StoreFuture<Option<Endpoint>>;
-    /// Commits an event (once per dedupe key) and its deliveries; `false`
-    /// if its key was there already. (Callers of the operations that make
-    /// deliveries tell the worker: `Store::webhooks_ready`.)
+    /// Commits an event (once per dedupe key) and its deliveries, one per
+    /// enabled endpoint that takes it; `false` if its key was there
+    /// already. (Callers of the operations that make deliveries tell the
+    /// worker: `Store::webhooks_ready`.)
     fn record_event(&self, event: NewEvent) -> StoreFuture<bool>;
-    /// Commits an event for one endpoint only (the test event), whatever
-    /// its filter; `false` if there is no such endpoint.
-    fn record_test_event(&self, endpoint_id: String, event: NewEvent) -> StoreFuture<bool>;
+    /// Commits an event for one enabled endpoint only (the test event),
+    /// whatever its filter.
+    fn record_test_event(
+        &self,
+        endpoint_id: String,
+        event: NewEvent,
+    ) -> StoreFuture<ForEnabled<()>>;
     /// Due deliveries of enabled endpoints (pending and due, or sending
     /// with a lapsed lease), moved to `sending` under a lease until
-    /// `lease_until_ms` by `instance`; at most `per_endpoint` sending per
-    /// endpoint.
+    /// `lease_until_ms` by `instance`, each claim numbered by the
+    /// delivery's tries; at most `per_endpoint` sending per endpoint,
+    /// across every instance on the database (the count and the claim
+    /// are made under the endpoint's lock).
     fn claim_deliveries(
         &self,
         now_ms: i64,
@@ -649,17 +665,31 @@ pub trait WebhookStore: Send + Sync {
         limit: i64,
         instance: String,
     ) -> StoreFuture<Vec<ClaimedDelivery>>;
-    /// Records one try and its consequences (the delivery's state, the
-    /// endpoint's failure record, disabling it and telling the others) in
-    /// one transaction.
-    fn attempted(&self, attempt: Attempted) -> StoreFuture<()>;
-    /// An endpoint's tries, the latest first.
+    /// Records one try and, only if the delivery is still under the try's
+    /// claim, its consequences (the delivery's state, the endpoint's
+    /// failure record, disabling it — which ends its other deliveries —
+    /// and telling the others), in one transaction. A try whose claim was
+    /// lost is recorded as a try alone: [`TryRecorded::Late`].
+    fn attempted(&self, attempt: Attempted) -> StoreFuture<TryRecorded>;
+    /// An endpoint's tries (and deliveries ended unsent), the latest first.
     fn attempts_of(&self, endpoint_id: String, limit: i64) -> StoreFuture<Vec<AttemptRecord>>;
     /// Delivers again, with their ids, the events created since `since_ms`
-    /// that the endpoint's filter takes; `None` if there is no such
-    /// endpoint, else how many.
-    fn replay(&self, endpoint_id: String, since_ms: i64, now_ms: i64)
-        -> StoreFuture<Option<usize>>;
+    /// that the endpoint's filter takes (an enabled endpoint only); how
+    /// many.
+    fn replay(
+        &self,
+        endpoint_id: String,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> StoreFuture<ForEnabled<usize>>;
+    /// Ends up to `limit` deliveries not yet made of endpoints that are
+    /// disabled or removed (those an event committed beside the change
+    /// that disabled it may have made); how many.
+    fn end_deliveries_of_disabled(&self, now_ms: i64, limit: i64) -> StoreFuture<usize>;
+    /// Removes up to `limit` deliveries made or ended before `before_ms`
+    /// with their tries, then up to `limit` events created before it that
+    /// no delivery needs any more.
+    fn prune(&self, before_ms: i64, limit: i64) -> StoreFuture<Pruned>;
     /// Deliveries not yet made (pending or sending).
     fn delivery_stats(&self) -> StoreFuture<DeliveryStats>;
 }

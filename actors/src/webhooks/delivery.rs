@@ -1,7 +1,10 @@
 //! The policy of a delivery: at least once, the same event id on every
 //! try; waits that grow (about 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, then every
 //! 10 h) for three days, like Stripe's; `410 Gone` disables the endpoint at
-//! once, and an endpoint that has failed for three days is disabled.
+//! once, and an endpoint that has failed for three days is disabled. A
+//! try decides only while the delivery is still under its claim
+//! ([`Attempted::claim`]); disabling an endpoint ends what it had not
+//! taken yet ([`ENDED_DISABLED`]).
 
 use serde::Serialize;
 
@@ -68,6 +71,10 @@ pub enum DeliveryOutcome {
 #[derive(Debug)]
 pub struct Attempted {
     pub delivery_id: i64,
+    /// The claim the try was made under: the delivery's number of tries
+    /// when it was claimed ([`ClaimedDelivery::attempts`]). Only while the
+    /// delivery is still under that claim does the try decide anything.
+    pub claim: i64,
     pub endpoint_id: String,
     pub at_ms: i64,
     pub status_code: Option<u16>,
@@ -78,6 +85,32 @@ pub struct Attempted {
     /// tells the other endpoints.
     pub disable: Option<(String, NewEvent)>,
 }
+
+/// How a try's record was taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TryRecorded {
+    /// The delivery was still under the try's claim: its outcome decided
+    /// the delivery and the endpoint.
+    Applied,
+    /// The claim was no longer the try's (its lease ran out and another
+    /// claim took the delivery, or the delivery was ended): the try is
+    /// listed among the endpoint's tries, and changed nothing else.
+    Late,
+}
+
+/// What an operation that only an enabled endpoint takes came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForEnabled<T> {
+    Done(T),
+    /// The endpoint is disabled: nothing was made.
+    Disabled,
+    NotFound,
+}
+
+/// Why a delivery ended without being made, as its endpoint's deliveries
+/// list shows it: the endpoint was disabled (by the admin, or by the
+/// server after a `410 Gone` or three days of failures).
+pub const ENDED_DISABLED: &str = "not sent: the endpoint was disabled";
 
 /// Decides what a try means.
 pub fn decide(delivery: &ClaimedDelivery, result: &TryResult, now_ms: i64) -> DecidedTry {
@@ -138,6 +171,15 @@ pub struct AttemptRecord {
     /// Why there was no good answer (never the endpoint's body).
     pub error: Option<String>,
     pub duration_ms: i64,
+}
+
+/// What one pass of pruning removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    /// Deliveries made or ended before the cut, with their tries.
+    pub deliveries: usize,
+    /// Events from before the cut that no delivery needs any more.
+    pub events: usize,
 }
 
 /// The deliveries not yet made, for metrics.

@@ -7,7 +7,8 @@ use serde_json::json;
 use super::endpoints::{check_url, endpoint_id, UrlRefused};
 use super::events::data;
 use super::{
-    Endpoint, EndpointChange, EventFilter, EventType, NewEndpoint, NewEvent, SigningSecret,
+    Endpoint, EndpointChange, EventFilter, EventType, ForEnabled, NewEndpoint, NewEvent,
+    SigningSecret,
 };
 use crate::store::{Store, StoreError};
 
@@ -24,6 +25,9 @@ pub enum WebhookError {
     },
     #[error("webhook endpoint {0} does not exist")]
     NotFound(String),
+    /// Only an enabled endpoint takes a test or a replay.
+    #[error("webhook endpoint {0} is disabled: enable it first")]
+    Disabled(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -108,11 +112,14 @@ pub struct Change {
     pub enabled: Option<bool>,
 }
 
+/// Changes an endpoint; disabling it ends the deliveries it had not taken
+/// yet, at `now_ms`.
 pub async fn change(
     store: &Store,
     id: &str,
     change: Change,
     allow_private: bool,
+    now_ms: i64,
 ) -> Result<Endpoint, WebhookError> {
     let checked = EndpointChange {
         url: change
@@ -128,15 +135,25 @@ pub async fn change(
         description: checked_description(change.description)?,
         enabled: change.enabled,
     };
-    store
+    let disabling = checked.enabled == Some(false);
+    let endpoint = store
         .webhooks()
-        .update_endpoint(id.to_string(), checked)
+        .update_endpoint(id.to_string(), checked, now_ms)
         .await?
-        .ok_or_else(|| WebhookError::NotFound(id.to_string()))
+        .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
+    if disabling {
+        tracing::info!(endpoint = %id, "webhook endpoint disabled by the admin; its pending deliveries ended");
+    }
+    Ok(endpoint)
 }
 
-pub async fn remove(store: &Store, id: &str) -> Result<(), WebhookError> {
-    if store.webhooks().remove_endpoint(id.to_string()).await? {
+/// Removes an endpoint, ending the deliveries it had not taken yet.
+pub async fn remove(store: &Store, id: &str, now_ms: i64) -> Result<(), WebhookError> {
+    if store
+        .webhooks()
+        .remove_endpoint(id.to_string(), now_ms)
+        .await?
+    {
         tracing::info!(endpoint = %id, "webhook endpoint removed");
         Ok(())
     } else {
@@ -179,19 +196,22 @@ pub async fn send_test(store: &Store, id: &str, now_ms: i64) -> Result<String, W
         now_ms,
     )?;
     let event_id = event.id.clone();
-    if !store
+    match store
         .webhooks()
         .record_test_event(id.to_string(), event)
         .await?
     {
-        return Err(WebhookError::NotFound(id.to_string()));
+        ForEnabled::Done(()) => {}
+        ForEnabled::Disabled => return Err(WebhookError::Disabled(id.to_string())),
+        ForEnabled::NotFound => return Err(WebhookError::NotFound(id.to_string())),
     }
     store.webhooks_ready().notify_one();
     Ok(event_id)
 }
 
 /// Delivers again, with their ids, the events since `since_ms` that the
-/// endpoint takes; answers how many.
+/// endpoint takes (still kept: see the retention); answers how many. An
+/// endpoint must be enabled to take a replay (or a test event).
 pub async fn replay(
     store: &Store,
     id: &str,
@@ -201,11 +221,15 @@ pub async fn replay(
     if since_ms > now_ms {
         return Err(invalid("since", "is in the future"));
     }
-    let made = store
+    let made = match store
         .webhooks()
         .replay(id.to_string(), since_ms, now_ms)
         .await?
-        .ok_or_else(|| WebhookError::NotFound(id.to_string()))?;
+    {
+        ForEnabled::Done(made) => made,
+        ForEnabled::Disabled => return Err(WebhookError::Disabled(id.to_string())),
+        ForEnabled::NotFound => return Err(WebhookError::NotFound(id.to_string())),
+    };
     store.webhooks_ready().notify_one();
     Ok(made)
 }

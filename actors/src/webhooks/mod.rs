@@ -13,6 +13,8 @@ pub mod endpoints;
 pub mod events;
 pub mod manage;
 
-pub use delivery::{AttemptRecord, ClaimedDelivery, DeliveryOutcome, DeliveryStats};
+pub use delivery::{
+    AttemptRecord, ClaimedDelivery, DeliveryOutcome, DeliveryStats, ForEnabled, Pruned, TryRecorded,
+};
 pub use endpoints::{Endpoint, EndpointChange, EventFilter, NewEndpoint, SigningSecret};
 pub use events::{EventType, NewEvent};

@@ -34,7 +34,9 @@ pub struct EndpointPatch {
     url: Option<String>,
     events: Option<Vec<String>>,
     description: Option<String>,
-    /// Enabling also forgets the failures that disabled it.
+    /// Enabling also forgets the failures that disabled it, and sends the
+    /// events made from then on; disabling ends every delivery not yet
+    /// made (its deliveries list says so).
     enabled: Option<bool>,
 }
 
@@ -162,12 +164,14 @@ pub async fn update(
             enabled: body.enabled,
         },
         state.settings.webhooks.allow_private,
+        state.clock.now_ms(),
     )
     .await?;
     Ok(HttpResponse::Ok().json(endpoint))
 }
 
-/// Removes an endpoint: nothing more goes to it; its history stays.
+/// Removes an endpoint: nothing more goes to it, and the deliveries it had
+/// not taken yet end.
 #[utoipa::path(delete, path = "/v1/admin/webhook-endpoints/{id}", tag = "admin", security(("adminToken" = [])),
     params(("id" = String, Path, description = "The endpoint")),
     responses((status = 200, body = Removed)))]
@@ -176,7 +180,7 @@ pub async fn remove(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    manage::remove(&state.store, &path).await?;
+    manage::remove(&state.store, &path, state.clock.now_ms()).await?;
     Ok(HttpResponse::Ok().json(Removed {
         id: path.into_inner(),
         removed: true,
@@ -202,7 +206,9 @@ pub async fn rotate_secret(
     }))
 }
 
-/// The endpoint's tries: event, status code, error and time taken.
+/// The endpoint's tries: event, status code, error and time taken; a
+/// delivery ended unsent (the endpoint was disabled) shows as one entry
+/// without a status, saying so.
 #[utoipa::path(get, path = "/v1/admin/webhook-endpoints/{id}/deliveries", tag = "admin",
     security(("adminToken" = [])),
     params(("id" = String, Path, description = "The endpoint"), AttemptQuery),
@@ -235,7 +241,8 @@ pub async fn deliveries(
     security(("adminToken" = [])),
     params(("id" = String, Path, description = "The endpoint")),
     request_body = ReplayRequest,
-    responses((status = 202, body = Replayed)))]
+    responses((status = 202, body = Replayed),
+        (status = 409, description = "`endpoint_disabled`: enable the endpoint first")))]
 pub async fn replay(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -263,7 +270,8 @@ pub async fn replay(
 #[utoipa::path(post, path = "/v1/admin/webhook-endpoints/{id}/test", tag = "admin",
     security(("adminToken" = [])),
     params(("id" = String, Path, description = "The endpoint")),
-    responses((status = 202, body = TestSent)))]
+    responses((status = 202, body = TestSent),
+        (status = 409, description = "`endpoint_disabled`: enable the endpoint first")))]
 pub async fn test(
     _admin: Admin,
     state: web::Data<AppState>,

@@ -38,6 +38,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V7__refunds_and_reports.sql"),
     ),
     (
+        "V8__webhook_claims",
+        include_str!("../../../../migrations/postgres/V8__webhook_claims.sql"),
+    ),
+    (
         "V9__feed_tickets",
         include_str!("../../../../migrations/postgres/V9__feed_tickets.sql"),
     ),

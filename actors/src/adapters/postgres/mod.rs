@@ -3,7 +3,8 @@
 //! ran, a few reader connections that pipeline look-ups, and a listener
 //! connection that learns, by `LISTEN/NOTIFY`, of the ledger rows other
 //! instances commit. They all run on a runtime of the adapter's own, on its
-//! own thread; callers on any thread await their answers. A write is
+//! own thread; callers on any thread await their answers. The webhook
+//! claims have a connection of their own, for their short transactions. A write is
 //! answered only after the `COMMIT` that holds it has returned, and the
 //! server never turns `synchronous_commit` off.
 //!
@@ -328,6 +329,26 @@ impl Readers {
     }
 }
 
+/// A connection of its own for work that must run in a transaction of its
+/// own outside the group commit (the webhook claims: an endpoint's row is
+/// locked while its tries in flight are counted and claimed). Used by one
+/// caller at a time; a closed one is replaced on next use.
+struct Dedicated {
+    connector: Connector,
+    client: tokio::sync::Mutex<Option<Client>>,
+}
+
+impl Dedicated {
+    /// The connection, for this caller alone until the guard is dropped.
+    async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
+        let mut slot = self.client.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.connector.connect(None).await?);
+        }
+        Ok(slot)
+    }
+}
+
 type ErasedValue = Box<dyn Any + Send>;
 type OpFuture<'t> = Pin<Box<dyn Future<Output = Result<ErasedValue, OpFailure>> + Send + 't>>;
 
@@ -369,6 +390,8 @@ pub struct PostgresStore {
     /// This instance's name in the notifications it sends.
     origin: String,
     readers: Arc<Readers>,
+    /// The webhook claims' connection.
+    claims: Arc<Dedicated>,
     url: PostgresUrl,
     /// What every adapter shares; here for the test switch that fails reads.
     shared: Arc<Shared>,
@@ -468,6 +491,10 @@ impl PostgresStore {
             let prepared = writer::Prepared::new(&client).await?;
             Ok((client, prepared))
         })?;
+        let claims = Arc::new(Dedicated {
+            connector: connector.clone(),
+            client: tokio::sync::Mutex::new(None),
+        });
         let (writer, queue) = mpsc::unbounded_channel();
         let writer_state = writer::Writer::new(
             connector.clone(),
@@ -485,6 +512,7 @@ impl PostgresStore {
             writer,
             origin: shared.origin.clone(),
             readers,
+            claims,
             url: url.clone(),
             shared,
             _stop: stop,

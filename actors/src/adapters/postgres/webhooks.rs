@@ -1,16 +1,20 @@
 //! Webhook endpoints, the events outbox and deliveries in Postgres.
 //! [`insert_events`] is what every write that causes an event calls inside
 //! its own transaction. Claims skip rows another instance has locked, so
-//! each delivery is tried by one instance at a time.
+//! each delivery is tried by one instance at a time; they run in a
+//! transaction of their own that locks each endpoint's row before its
+//! tries in flight are counted and claimed, so the cap per endpoint holds
+//! across instances. A try's outcome is written only where the delivery
+//! is still under the try's claim.
 
 use tokio_postgres::{GenericClient, Row};
 
 use super::{boxed, PostgresStore};
 use crate::store::{StoreError, StoreFuture, UnknownValue, WebhookStore};
-use crate::webhooks::delivery::{Attempted, DeliveryOutcome};
+use crate::webhooks::delivery::{Attempted, DeliveryOutcome, ENDED_DISABLED};
 use crate::webhooks::{
     AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, EventFilter,
-    NewEndpoint, NewEvent, SigningSecret,
+    ForEnabled, NewEndpoint, NewEvent, Pruned, SigningSecret, TryRecorded,
 };
 
 const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_reason, secret,
@@ -113,6 +117,38 @@ async fn endpoint<C: GenericClient + Sync>(
         .transpose()
 }
 
+/// Ends every delivery of the endpoint not yet made, at `now_ms`; with
+/// `why`, each is listed among the endpoint's tries, saying so.
+async fn end_deliveries(
+    client: &impl GenericClient,
+    endpoint_id: &str,
+    now_ms: i64,
+    why: Option<&str>,
+) -> Result<u64, StoreError> {
+    Ok(client
+        .execute(
+            "WITH ended AS (
+               UPDATE webhook_deliveries
+                  SET state = 'failed', claimed_until = NULL, finished_at = $2
+                WHERE endpoint_id = $1 AND state IN ('pending', 'sending')
+                RETURNING id, endpoint_id)
+             INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+             SELECT id, endpoint_id, $2, NULL, $3, 0 FROM ended
+              WHERE $3::TEXT IS NOT NULL ORDER BY id",
+            &[&endpoint_id, &now_ms, &why],
+        )
+        .await?)
+}
+
+/// The state of a delivery's record, and its next try, for an outcome.
+fn recorded_state(outcome: &DeliveryOutcome) -> (&'static str, Option<i64>) {
+    match outcome {
+        DeliveryOutcome::Delivered => ("delivered", None),
+        DeliveryOutcome::Retry { at_ms } => ("pending", Some(*at_ms)),
+        DeliveryOutcome::GaveUp => ("failed", None),
+    }
+}
+
 fn status_code(value: Option<i64>, delivery: i64) -> Result<Option<u16>, StoreError> {
     value
         .map(|code| {
@@ -177,7 +213,12 @@ impl WebhookStore for PostgresStore {
         self.read(move |client| async move { endpoint(&*client, &id).await })
     }
 
-    fn update_endpoint(&self, id: String, change: EndpointChange) -> StoreFuture<Option<Endpoint>> {
+    fn update_endpoint(
+        &self,
+        id: String,
+        change: EndpointChange,
+        now_ms: i64,
+    ) -> StoreFuture<Option<Endpoint>> {
         let change = std::sync::Arc::new(change);
         self.write(move |transaction| {
             let (id, change) = (id.clone(), std::sync::Arc::clone(&change));
@@ -200,23 +241,30 @@ impl WebhookStore for PostgresStore {
                 if updated == 0 {
                     return Ok(None);
                 }
+                if change.enabled == Some(false) {
+                    end_deliveries(transaction, &id, now_ms, Some(ENDED_DISABLED)).await?;
+                }
                 endpoint(transaction, &id).await
             })
         })
     }
 
-    fn remove_endpoint(&self, id: String) -> StoreFuture<bool> {
+    fn remove_endpoint(&self, id: String, now_ms: i64) -> StoreFuture<bool> {
         self.write(move |transaction| {
             let id = id.clone();
             boxed(async move {
-                Ok(transaction
+                let removed = transaction
                     .execute(
                         "UPDATE webhook_endpoints SET deleted = 1, enabled = 0
                           WHERE id = $1 AND deleted = 0",
                         &[&id],
                     )
                     .await?
-                    == 1)
+                    == 1;
+                if removed {
+                    end_deliveries(transaction, &id, now_ms, None).await?;
+                }
+                Ok(removed)
             })
         })
     }
@@ -261,12 +309,18 @@ impl WebhookStore for PostgresStore {
         })
     }
 
-    fn record_test_event(&self, endpoint_id: String, event: NewEvent) -> StoreFuture<bool> {
+    fn record_test_event(
+        &self,
+        endpoint_id: String,
+        event: NewEvent,
+    ) -> StoreFuture<ForEnabled<()>> {
         self.write(move |transaction| {
             let (endpoint_id, event) = (endpoint_id.clone(), event.clone());
             boxed(async move {
-                if endpoint(transaction, &endpoint_id).await?.is_none() {
-                    return Ok(false);
+                match endpoint(transaction, &endpoint_id).await? {
+                    None => return Ok(ForEnabled::NotFound),
+                    Some(found) if !found.enabled => return Ok(ForEnabled::Disabled),
+                    Some(_) => {}
                 }
                 transaction
                     .execute(
@@ -288,7 +342,7 @@ impl WebhookStore for PostgresStore {
                         &[&endpoint_id, &event.id, &event.created_at_ms],
                     )
                     .await?;
-                Ok(true)
+                Ok(ForEnabled::Done(()))
             })
         })
     }
@@ -301,113 +355,136 @@ impl WebhookStore for PostgresStore {
         limit: i64,
         instance: String,
     ) -> StoreFuture<Vec<ClaimedDelivery>> {
-        // Not in the ledger writer's queue: each claim is one statement
-        // (atomic on its own) on a connection of its own, committed at once.
-        self.read(move |client| async move {
-                let transaction = &*client;
-                let endpoints = transaction
-                    .query(
-                        &format!(
-                            "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
-                              WHERE enabled = 1 AND deleted = 0 ORDER BY id"
-                        ),
-                        &[],
+        // Not in the ledger writer's queue: a transaction of its own on the
+        // claims' connection, committed at once. Each endpoint's row is
+        // locked (`FOR NO KEY UPDATE`, which the deliveries' foreign keys
+        // do not wait for) before its tries in flight are counted, and the
+        // claims committed before it is let go: under READ COMMITTED the
+        // count, a statement after the lock, sees every other instance's
+        // claims, so the cap holds across instances. An endpoint another
+        // instance is claiming for is skipped this time (no one waits, and
+        // no two instances wait on each other).
+        let claims = std::sync::Arc::clone(&self.claims);
+        Box::pin(async move {
+            let mut slot = claims.lock().await?;
+            let client = slot.as_mut().ok_or(StoreError::Closed)?;
+            let transaction = client.transaction().await?;
+            let endpoints = transaction
+                .query(
+                    &format!(
+                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
+                          WHERE enabled = 1 AND deleted = 0 ORDER BY id
+                          FOR NO KEY UPDATE SKIP LOCKED"
+                    ),
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(endpoint_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut deliveries = Vec::new();
+            // Start at a different endpoint each time, so that a full
+            // instance does not always serve the same ones first.
+            let start = now_ms.rem_euclid(endpoints.len().max(1) as i64) as usize;
+            for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
+                if deliveries.len() as i64 >= limit {
+                    break;
+                }
+                let busy: i64 = transaction
+                    .query_one(
+                        "SELECT COUNT(*) FROM webhook_deliveries
+                          WHERE endpoint_id = $1 AND state = 'sending' AND claimed_until >= $2",
+                        &[&endpoint.id, &now_ms],
                     )
                     .await?
-                    .iter()
-                    .map(endpoint_from_row)
-                    .collect::<Result<Vec<_>, _>>()?;
-                let mut deliveries = Vec::new();
-                // Start at a different endpoint each time, so that a full
-                // instance does not always serve the same ones first.
-                let start = now_ms.rem_euclid(endpoints.len().max(1) as i64) as usize;
-                for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
-                    let busy: i64 = transaction
-                        .query_one(
-                            "SELECT COUNT(*) FROM webhook_deliveries
-                              WHERE endpoint_id = $1 AND state = 'sending' AND claimed_until >= $2",
-                            &[&endpoint.id, &now_ms],
+                    .try_get(0)?;
+                let mut room = (limit - deliveries.len() as i64).min(per_endpoint - busy);
+                // Tries whose worker stopped (lease over) first, then the
+                // due; the condition is checked again where each row is
+                // locked, so two instances never claim one delivery. The
+                // rows are picked once (`MATERIALIZED`): a subquery under
+                // `IN` may be scanned again for each event joined, and a
+                // second scan skips the rows this statement has just
+                // claimed and picks as many more, past the `LIMIT`.
+                for (due, order) in [
+                    ("state = 'sending' AND claimed_until < $2", "claimed_until"),
+                    (
+                        "state = 'pending' AND next_attempt_at <= $2",
+                        "next_attempt_at",
+                    ),
+                ] {
+                    if room <= 0 {
+                        break;
+                    }
+                    let rows = transaction
+                        .query(
+                            &format!(
+                                "WITH picked AS MATERIALIZED (
+                                   SELECT id FROM webhook_deliveries
+                                    WHERE endpoint_id = $1 AND {due}
+                                    ORDER BY {order}, id LIMIT $5
+                                    FOR UPDATE SKIP LOCKED)
+                                 UPDATE webhook_deliveries d
+                                    SET state = 'sending', attempts = d.attempts + 1,
+                                        claimed_until = $3, claimed_by = $4
+                                   FROM picked, webhook_events ev
+                                  WHERE d.id = picked.id AND ev.id = d.event_id
+                              RETURNING d.id, d.attempts, d.event_id, d.created_at, ev.type, ev.payload"
+                            ),
+                            &[&endpoint.id, &now_ms, &lease_until_ms, &instance, &room],
                         )
-                        .await?
-                        .try_get(0)?;
-                    let mut room = (limit - deliveries.len() as i64).min(per_endpoint - busy);
-                    // Tries whose worker stopped (lease over) first, then the
-                    // due; the condition is checked again where each row is
-                    // locked, so two instances never claim one delivery.
-                    for (due, order) in [
-                        ("state = 'sending' AND claimed_until < $2", "claimed_until"),
-                        ("state = 'pending' AND next_attempt_at <= $2", "next_attempt_at"),
-                    ] {
-                        if room <= 0 {
-                            break;
-                        }
-                        let rows = transaction
-                            .query(
-                                &format!(
-                                    "UPDATE webhook_deliveries d
-                                        SET state = 'sending', attempts = d.attempts + 1,
-                                            claimed_until = $3, claimed_by = $4
-                                       FROM webhook_events ev
-                                      WHERE ev.id = d.event_id AND d.{due_d}
-                                        AND d.id IN (SELECT id FROM webhook_deliveries
-                                                      WHERE endpoint_id = $1 AND {due}
-                                                      ORDER BY {order}, id LIMIT $5
-                                                      FOR UPDATE SKIP LOCKED)
-                                  RETURNING d.id, d.attempts, d.event_id, d.created_at, ev.type, ev.payload",
-                                    due_d = due.replace(" AND ", " AND d."),
-                                ),
-                                &[&endpoint.id, &now_ms, &lease_until_ms, &instance, &room],
-                            )
-                            .await?;
-                        room -= rows.len() as i64;
-                        for row in rows {
-                            deliveries.push(ClaimedDelivery {
-                                id: row.try_get(0)?,
-                                attempts: row.try_get(1)?,
-                                event_id: row.try_get(2)?,
-                                created_at_ms: row.try_get(3)?,
-                                event_type: row.try_get(4)?,
-                                payload: row.try_get(5)?,
-                                endpoint: endpoint.clone(),
-                            });
-                        }
+                        .await?;
+                    room -= rows.len() as i64;
+                    for row in rows {
+                        deliveries.push(ClaimedDelivery {
+                            id: row.try_get(0)?,
+                            attempts: row.try_get(1)?,
+                            event_id: row.try_get(2)?,
+                            created_at_ms: row.try_get(3)?,
+                            event_type: row.try_get(4)?,
+                            payload: row.try_get(5)?,
+                            endpoint: endpoint.clone(),
+                        });
                     }
                 }
-                deliveries.sort_by_key(|delivery| delivery.id);
-                Ok(deliveries)
+            }
+            transaction.commit().await?;
+            deliveries.sort_by_key(|delivery| delivery.id);
+            Ok(deliveries)
         })
     }
 
-    fn attempted(&self, attempt: Attempted) -> StoreFuture<()> {
+    fn attempted(&self, attempt: Attempted) -> StoreFuture<TryRecorded> {
         if attempt.disable.is_none() {
             // The common case, one statement (atomic on its own) on a
             // connection of its own: a try's record does not wait behind
-            // the ledger's batches, nor they behind it.
+            // the ledger's batches, nor they behind it. The delivery is
+            // changed only under the try's claim, and the endpoint only if
+            // the delivery was.
             return self.read(move |client| async move {
-                let (state, next_attempt_at) = match attempt.outcome {
-                    DeliveryOutcome::Delivered => ("delivered", None),
-                    DeliveryOutcome::Retry { at_ms } => ("pending", Some(at_ms)),
-                    DeliveryOutcome::GaveUp => ("failed", None),
-                };
+                let (state, next_attempt_at) = recorded_state(&attempt.outcome);
                 let status = attempt.status_code.map(i64::from);
                 let failing = (attempt.outcome != DeliveryOutcome::Delivered).then_some(attempt.at_ms);
-                client
-                    .execute(
+                let decided: i64 = client
+                    .query_one(
                         "WITH tried AS (
                            INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
-                           VALUES ($1, $2, $3, $4, $5, $6) RETURNING delivery_id),
+                           VALUES ($1, $2, $3, $4, $5, $6)),
                          delivery AS (
                            UPDATE webhook_deliveries
                               SET state = $7, next_attempt_at = COALESCE($8, next_attempt_at),
                                   claimed_until = NULL,
                                   finished_at = CASE WHEN $8::BIGINT IS NULL THEN $3::BIGINT END
-                            WHERE id = (SELECT delivery_id FROM tried) RETURNING endpoint_id)
-                         UPDATE webhook_endpoints
-                            SET failing_since = CASE WHEN $9::BIGINT IS NULL THEN NULL
-                                                     ELSE COALESCE(failing_since, $9) END
-                          WHERE id = (SELECT endpoint_id FROM delivery)
-                            AND failing_since IS DISTINCT FROM
-                                (CASE WHEN $9::BIGINT IS NULL THEN NULL ELSE COALESCE(failing_since, $9) END)",
+                            WHERE id = $1 AND state = 'sending' AND attempts = $10
+                            RETURNING endpoint_id),
+                         endpoint AS (
+                           UPDATE webhook_endpoints
+                              SET failing_since = CASE WHEN $9::BIGINT IS NULL THEN NULL
+                                                       ELSE COALESCE(failing_since, $9) END
+                            WHERE id = (SELECT endpoint_id FROM delivery)
+                              AND failing_since IS DISTINCT FROM
+                                  (CASE WHEN $9::BIGINT IS NULL THEN NULL ELSE COALESCE(failing_since, $9) END))
+                         SELECT COUNT(*) FROM delivery",
                         &[
                             &attempt.delivery_id,
                             &attempt.endpoint_id,
@@ -418,10 +495,16 @@ impl WebhookStore for PostgresStore {
                             &state,
                             &next_attempt_at,
                             &failing,
+                            &attempt.claim,
                         ],
                     )
-                    .await?;
-                Ok(())
+                    .await?
+                    .try_get(0)?;
+                Ok(if decided == 1 {
+                    TryRecorded::Applied
+                } else {
+                    TryRecorded::Late
+                })
             });
         }
         let attempt = std::sync::Arc::new(attempt);
@@ -443,21 +526,26 @@ impl WebhookStore for PostgresStore {
                         ],
                     )
                     .await?;
-                let (state, next_attempt_at) = match attempt.outcome {
-                    DeliveryOutcome::Delivered => ("delivered", None),
-                    DeliveryOutcome::Retry { at_ms } => ("pending", Some(at_ms)),
-                    DeliveryOutcome::GaveUp => ("failed", None),
-                };
-                transaction
+                let (state, next_attempt_at) = recorded_state(&attempt.outcome);
+                let decided = transaction
                     .execute(
                         "UPDATE webhook_deliveries
                             SET state = $2, next_attempt_at = COALESCE($3, next_attempt_at),
                                 claimed_until = NULL,
                                 finished_at = CASE WHEN $3::BIGINT IS NULL THEN $4::BIGINT END
-                          WHERE id = $1",
-                        &[&attempt.delivery_id, &state, &next_attempt_at, &attempt.at_ms],
+                          WHERE id = $1 AND state = 'sending' AND attempts = $5",
+                        &[
+                            &attempt.delivery_id,
+                            &state,
+                            &next_attempt_at,
+                            &attempt.at_ms,
+                            &attempt.claim,
+                        ],
                     )
                     .await?;
+                if decided == 0 {
+                    return Ok(TryRecorded::Late);
+                }
                 let failing = if attempt.outcome == DeliveryOutcome::Delivered {
                     None
                 } else {
@@ -481,10 +569,17 @@ impl WebhookStore for PostgresStore {
                         )
                         .await?;
                     if disabled == 1 {
+                        end_deliveries(
+                            transaction,
+                            &attempt.endpoint_id,
+                            attempt.at_ms,
+                            Some(ENDED_DISABLED),
+                        )
+                        .await?;
                         insert_events(transaction, std::slice::from_ref(event)).await?;
                     }
                 }
-                Ok(())
+                Ok(TryRecorded::Applied)
             })
         })
     }
@@ -521,13 +616,16 @@ impl WebhookStore for PostgresStore {
         endpoint_id: String,
         since_ms: i64,
         now_ms: i64,
-    ) -> StoreFuture<Option<usize>> {
+    ) -> StoreFuture<ForEnabled<usize>> {
         self.write(move |transaction| {
             let endpoint_id = endpoint_id.clone();
             boxed(async move {
                 let Some(found) = endpoint(transaction, &endpoint_id).await? else {
-                    return Ok(None);
+                    return Ok(ForEnabled::NotFound);
                 };
+                if !found.enabled {
+                    return Ok(ForEnabled::Disabled);
+                }
                 let made = transaction
                     .execute(
                         "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
@@ -538,7 +636,81 @@ impl WebhookStore for PostgresStore {
                         &[&endpoint_id, &since_ms, &now_ms, &found.filter.stored()],
                     )
                     .await?;
-                Ok(Some(usize::try_from(made).unwrap_or(usize::MAX)))
+                Ok(ForEnabled::Done(usize::try_from(made).unwrap_or(usize::MAX)))
+            })
+        })
+    }
+
+    fn end_deliveries_of_disabled(&self, now_ms: i64, limit: i64) -> StoreFuture<usize> {
+        // One statement (atomic on its own) on a reader connection. The
+        // endpoints first, then their deliveries by the partial indexes of
+        // pending and sending ones; a row changed meanwhile is checked
+        // again where it is updated.
+        self.read(move |client| async move {
+            let ended: i64 = client
+                .query_one(
+                    "WITH doomed AS (
+                       (SELECT d.id FROM webhook_endpoints e
+                          JOIN webhook_deliveries d ON d.endpoint_id = e.id AND d.state = 'pending'
+                         WHERE e.enabled = 0 OR e.deleted = 1
+                        UNION ALL
+                        SELECT d.id FROM webhook_endpoints e
+                          JOIN webhook_deliveries d ON d.endpoint_id = e.id AND d.state = 'sending'
+                         WHERE e.enabled = 0 OR e.deleted = 1)
+                       LIMIT $3),
+                     ended AS (
+                       UPDATE webhook_deliveries
+                          SET state = 'failed', claimed_until = NULL, finished_at = $1
+                        WHERE id IN (SELECT id FROM doomed) AND state IN ('pending', 'sending')
+                        RETURNING id, endpoint_id),
+                     listed AS (
+                       INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+                       SELECT id, endpoint_id, $1, NULL, $2, 0 FROM ended ORDER BY id)
+                     SELECT COUNT(*) FROM ended",
+                    &[&now_ms, &ENDED_DISABLED, &limit],
+                )
+                .await?
+                .try_get(0)?;
+            Ok(usize::try_from(ended).unwrap_or_default())
+        })
+    }
+
+    fn prune(&self, before_ms: i64, limit: i64) -> StoreFuture<Pruned> {
+        // Two statements, each atomic on its own, on a reader connection:
+        // the oldest made or ended deliveries with their tries (rows
+        // another instance is pruning are skipped), then the events no
+        // delivery needs any more.
+        self.read(move |client| async move {
+            let deliveries: i64 = client
+                .query_one(
+                    "WITH doomed AS (
+                       SELECT id FROM webhook_deliveries
+                        WHERE state IN ('delivered', 'failed') AND finished_at < $1
+                        ORDER BY finished_at, id LIMIT $2
+                        FOR UPDATE SKIP LOCKED),
+                     tries AS (
+                       DELETE FROM webhook_attempts WHERE delivery_id IN (SELECT id FROM doomed)),
+                     gone AS (
+                       DELETE FROM webhook_deliveries WHERE id IN (SELECT id FROM doomed) RETURNING id)
+                     SELECT COUNT(*) FROM gone",
+                    &[&before_ms, &limit],
+                )
+                .await?
+                .try_get(0)?;
+            let events = client
+                .execute(
+                    "DELETE FROM webhook_events WHERE id IN (
+                       SELECT e.id FROM webhook_events e
+                        WHERE e.created_at < $1
+                          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)
+                        ORDER BY e.created_at, e.id LIMIT $2
+                        FOR UPDATE SKIP LOCKED)",
+                    &[&before_ms, &limit],
+                )
+                .await?;
+            Ok(Pruned {
+                deliveries: usize::try_from(deliveries).unwrap_or_default(),
+                events: usize::try_from(events).unwrap_or_default(),
             })
         })
     }

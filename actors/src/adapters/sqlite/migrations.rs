@@ -72,6 +72,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V15__refunds_and_reports.sql"),
     ),
     (
+        "V16__webhook_claims",
+        include_str!("../../../../migrations/sqlite/V16__webhook_claims.sql"),
+    ),
+    (
         "V17__feed_tickets",
         include_str!("../../../../migrations/sqlite/V17__feed_tickets.sql"),
     ),

@@ -1,15 +1,18 @@
 //! Webhook endpoints, the events outbox and deliveries in SQLite.
 //! [`insert_events`] is what every write that causes an event calls inside
-//! its own transaction.
+//! its own transaction. Claims, a try's record and its consequences each
+//! run in one write transaction, and SQLite has one writer at a time
+//! (`BEGIN IMMEDIATE`, across processes too): a claim's count of the tries
+//! in flight and the claim itself see every other claim.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
 use crate::store::{StoreError, StoreFuture, UnknownValue, WebhookStore};
-use crate::webhooks::delivery::{Attempted, DeliveryOutcome};
+use crate::webhooks::delivery::{Attempted, DeliveryOutcome, ENDED_DISABLED};
 use crate::webhooks::{
     AttemptRecord, ClaimedDelivery, DeliveryStats, Endpoint, EndpointChange, EventFilter,
-    NewEndpoint, NewEvent, SigningSecret,
+    ForEnabled, NewEndpoint, NewEvent, Pruned, SigningSecret, TryRecorded,
 };
 
 const ENDPOINT_COLUMNS: &str = "id, url, events, description, enabled, disabled_reason, secret,
@@ -93,6 +96,41 @@ fn sending(
         .query_row(params![endpoint_id, now_ms], |row| row.get(0))
 }
 
+/// Ends every delivery of the endpoint not yet made, at `now_ms`; with
+/// `why`, each is listed among the endpoint's tries, saying so. Answers
+/// how many.
+fn end_deliveries(
+    connection: &Connection,
+    endpoint_id: &str,
+    now_ms: i64,
+    why: Option<&str>,
+) -> Result<usize, rusqlite::Error> {
+    if let Some(why) = why {
+        connection
+            .prepare_cached(
+                "INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+                 SELECT id, endpoint_id, ?2, NULL, ?3, 0 FROM webhook_deliveries
+                  WHERE endpoint_id = ?1 AND state IN ('pending', 'sending') ORDER BY id",
+            )?
+            .execute(params![endpoint_id, now_ms, why])?;
+    }
+    connection
+        .prepare_cached(
+            "UPDATE webhook_deliveries SET state = 'failed', claimed_until = NULL, finished_at = ?2
+              WHERE endpoint_id = ?1 AND state IN ('pending', 'sending')",
+        )?
+        .execute(params![endpoint_id, now_ms])
+}
+
+/// Whether the endpoint exists (not removed) and is enabled.
+fn enabled(connection: &Connection, id: &str) -> Result<ForEnabled<()>, StoreError> {
+    Ok(match endpoint(connection, id)? {
+        None => ForEnabled::NotFound,
+        Some(found) if !found.enabled => ForEnabled::Disabled,
+        Some(_) => ForEnabled::Done(()),
+    })
+}
+
 fn endpoint(connection: &Connection, id: &str) -> Result<Option<Endpoint>, StoreError> {
     Ok(connection
         .prepare_cached(&format!(
@@ -142,7 +180,12 @@ impl WebhookStore for SqliteStore {
         self.read(move |connection| endpoint(connection, &id))
     }
 
-    fn update_endpoint(&self, id: String, change: EndpointChange) -> StoreFuture<Option<Endpoint>> {
+    fn update_endpoint(
+        &self,
+        id: String,
+        change: EndpointChange,
+        now_ms: i64,
+    ) -> StoreFuture<Option<Endpoint>> {
         self.write(move |connection| {
             if endpoint(connection, &id)?.is_none() {
                 return Ok(None);
@@ -177,6 +220,7 @@ impl WebhookStore for SqliteStore {
                             "UPDATE webhook_endpoints SET enabled = 0, disabled_reason = NULL WHERE id = ?1",
                         )?
                         .execute([&id])?;
+                    end_deliveries(connection, &id, now_ms, Some(ENDED_DISABLED))?;
                 }
                 None => {}
             }
@@ -184,14 +228,18 @@ impl WebhookStore for SqliteStore {
         })
     }
 
-    fn remove_endpoint(&self, id: String) -> StoreFuture<bool> {
+    fn remove_endpoint(&self, id: String, now_ms: i64) -> StoreFuture<bool> {
         self.write(move |connection| {
-            Ok(connection
+            let removed = connection
                 .prepare_cached(
                     "UPDATE webhook_endpoints SET deleted = 1, enabled = 0 WHERE id = ?1 AND deleted = 0",
                 )?
                 .execute([&id])?
-                == 1)
+                == 1;
+            if removed {
+                end_deliveries(connection, &id, now_ms, None)?;
+            }
+            Ok(removed)
         })
     }
 
@@ -226,10 +274,15 @@ impl WebhookStore for SqliteStore {
         })
     }
 
-    fn record_test_event(&self, endpoint_id: String, event: NewEvent) -> StoreFuture<bool> {
+    fn record_test_event(
+        &self,
+        endpoint_id: String,
+        event: NewEvent,
+    ) -> StoreFuture<ForEnabled<()>> {
         self.write(move |connection| {
-            if endpoint(connection, &endpoint_id)?.is_none() {
-                return Ok(false);
+            let found = enabled(connection, &endpoint_id)?;
+            if found != ForEnabled::Done(()) {
+                return Ok(found);
             }
             connection
                 .prepare_cached(
@@ -249,7 +302,7 @@ impl WebhookStore for SqliteStore {
                      VALUES (?1, ?2, 'pending', ?3, ?3)",
                 )?
                 .execute(params![endpoint_id, event.id, event.created_at_ms])?;
-            Ok(true)
+            Ok(ForEnabled::Done(()))
         })
     }
 
@@ -336,7 +389,7 @@ impl WebhookStore for SqliteStore {
         })
     }
 
-    fn attempted(&self, attempt: Attempted) -> StoreFuture<()> {
+    fn attempted(&self, attempt: Attempted) -> StoreFuture<TryRecorded> {
         self.write(move |connection| {
             connection
                 .prepare_cached(
@@ -356,15 +409,26 @@ impl WebhookStore for SqliteStore {
                 DeliveryOutcome::Retry { at_ms } => ("pending", Some(at_ms)),
                 DeliveryOutcome::GaveUp => ("failed", None),
             };
-            connection
+            // Only under the try's own claim: a later claim has its own
+            // number, and an ended delivery is not `sending`.
+            let decided = connection
                 .prepare_cached(
                     "UPDATE webhook_deliveries
                         SET state = ?2, next_attempt_at = COALESCE(?3, next_attempt_at),
                             claimed_until = NULL,
                             finished_at = CASE WHEN ?3 IS NULL THEN ?4 END
-                      WHERE id = ?1",
+                      WHERE id = ?1 AND state = 'sending' AND attempts = ?5",
                 )?
-                .execute(params![attempt.delivery_id, state, next_attempt_at, attempt.at_ms])?;
+                .execute(params![
+                    attempt.delivery_id,
+                    state,
+                    next_attempt_at,
+                    attempt.at_ms,
+                    attempt.claim
+                ])?;
+            if decided == 0 {
+                return Ok(TryRecorded::Late);
+            }
             if attempt.outcome == DeliveryOutcome::Delivered {
                 connection
                     .prepare_cached("UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ?1")?
@@ -384,10 +448,16 @@ impl WebhookStore for SqliteStore {
                     )?
                     .execute(params![attempt.endpoint_id, reason])?;
                 if disabled == 1 {
+                    end_deliveries(
+                        connection,
+                        &attempt.endpoint_id,
+                        attempt.at_ms,
+                        Some(ENDED_DISABLED),
+                    )?;
                     insert_events(connection, std::slice::from_ref(event))?;
                 }
             }
-            Ok(())
+            Ok(TryRecorded::Applied)
         })
     }
 
@@ -421,11 +491,14 @@ impl WebhookStore for SqliteStore {
         endpoint_id: String,
         since_ms: i64,
         now_ms: i64,
-    ) -> StoreFuture<Option<usize>> {
+    ) -> StoreFuture<ForEnabled<usize>> {
         self.write(move |connection| {
             let Some(found) = endpoint(connection, &endpoint_id)? else {
-                return Ok(None);
+                return Ok(ForEnabled::NotFound);
             };
+            if !found.enabled {
+                return Ok(ForEnabled::Disabled);
+            }
             let made = connection
                 .prepare_cached(
                     "INSERT INTO webhook_deliveries (endpoint_id, event_id, state, next_attempt_at, created_at)
@@ -435,7 +508,61 @@ impl WebhookStore for SqliteStore {
                       ORDER BY created_at, id",
                 )?
                 .execute(params![endpoint_id, since_ms, now_ms, found.filter.stored()])?;
-            Ok(Some(made))
+            Ok(ForEnabled::Done(made))
+        })
+    }
+
+    fn end_deliveries_of_disabled(&self, now_ms: i64, limit: i64) -> StoreFuture<usize> {
+        self.write(move |connection| {
+            // The same rows for both statements: the first changes none.
+            let doomed = "SELECT d.id FROM webhook_deliveries d
+                            JOIN webhook_endpoints e ON e.id = d.endpoint_id
+                           WHERE d.state IN ('pending', 'sending') AND (e.enabled = 0 OR e.deleted = 1)
+                           ORDER BY d.id LIMIT ?3";
+            connection
+                .prepare_cached(&format!(
+                    "INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
+                     SELECT id, endpoint_id, ?1, NULL, ?2, 0 FROM webhook_deliveries
+                      WHERE id IN ({doomed}) ORDER BY id"
+                ))?
+                .execute(params![now_ms, ENDED_DISABLED, limit])?;
+            Ok(connection
+                .prepare_cached(&format!(
+                    "UPDATE webhook_deliveries SET state = 'failed', claimed_until = NULL, finished_at = ?1
+                      WHERE id IN ({doomed})"
+                ))?
+                .execute(params![now_ms, ENDED_DISABLED, limit])?)
+        })
+    }
+
+    fn prune(&self, before_ms: i64, limit: i64) -> StoreFuture<Pruned> {
+        self.write(move |connection| {
+            // The oldest made or ended deliveries (by the index on their
+            // finished_at), the same rows for both statements: their tries
+            // first.
+            let doomed = "SELECT id FROM webhook_deliveries
+                           WHERE state IN ('delivered', 'failed') AND finished_at < ?1
+                           ORDER BY finished_at, id LIMIT ?2";
+            connection
+                .prepare_cached(&format!(
+                    "DELETE FROM webhook_attempts WHERE delivery_id IN ({doomed})"
+                ))?
+                .execute(params![before_ms, limit])?;
+            let deliveries = connection
+                .prepare_cached(&format!(
+                    "DELETE FROM webhook_deliveries WHERE id IN ({doomed})"
+                ))?
+                .execute(params![before_ms, limit])?;
+            let events = connection
+                .prepare_cached(
+                    "DELETE FROM webhook_events WHERE id IN (
+                       SELECT e.id FROM webhook_events e
+                        WHERE e.created_at < ?1
+                          AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)
+                        ORDER BY e.created_at, e.id LIMIT ?2)",
+                )?
+                .execute(params![before_ms, limit])?;
+            Ok(Pruned { deliveries, events })
         })
     }
 

@@ -375,6 +375,22 @@ impl TestApp {
     /// Waits (up to 10 s) until no notice of the account is waiting to be
     /// sent, and answers its notices (newest first).
     pub async fn settle_notices(&self, account: i64) -> Vec<Value> {
+        self.notices_once(account, "no notice waiting to be sent", |notices| {
+            notices
+                .iter()
+                .all(|notice| notice["state"] != "pending" && notice["state"] != "sending")
+        })
+        .await
+    }
+
+    /// Waits (up to 10 s, failing with `what`) until the account's notices
+    /// (newest first) are as `done` wants them, and answers them.
+    pub async fn notices_once(
+        &self,
+        account: i64,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
             let (status, body) = self
@@ -387,15 +403,12 @@ impl TestApp {
                 .await;
             assert_eq!(status, StatusCode::OK, "{body}");
             let notices = body["notices"].as_array().unwrap().clone();
-            if notices
-                .iter()
-                .all(|notice| notice["state"] != "pending" && notice["state"] != "sending")
-            {
+            if done(&notices) {
                 return notices;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "notices still waiting: {notices:?}"
+                "{what}, within 10 s: {notices:?}"
             );
             actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
         }

@@ -657,6 +657,90 @@ async fn a_warning_set_off_by_a_message_that_was_not_sent_is_withdrawn() {
     assert_verified(&directory);
 }
 
+on_both_stores!(a_void_that_fails_to_commit_withdraws_nothing);
+/// The void of a message whose debit set off a warning, failing to commit:
+/// nothing of it happened, the warning's withdrawal included (it is in the
+/// same transaction), and no other warning is queued.
+async fn a_void_that_fails_to_commit_withdraws_nothing() {
+    use sms_credit_actors::messaging::OutboundRequest;
+    use sms_credit_actors::{Credit, IdempotencyKey, Money};
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let core = sms_credit::startup::Core::start(
+        &settings,
+        std::sync::Arc::new(ManualClock::new(START_MS)),
+    )
+    .unwrap();
+    let account = crate::ledger_actors::new_account(&core, "+14155552480").await;
+    core.registry
+        .send(
+            account,
+            Credit {
+                amount: Money::from_micros(2_050_000),
+                idempotency_key: IdempotencyKey::parse("seed").unwrap(),
+                description: "seed".into(),
+                order_id: None,
+                event: None,
+            },
+        )
+        .await
+        .unwrap();
+    let messaging = core.messaging.clone().unwrap();
+    fake.hold("unreachable");
+    fake.refuse(Some("unreachable"));
+    let sending = messaging.send_outbound(
+        OutboundRequest {
+            account_id: Some(account),
+            to: None,
+            body: "unreachable".into(),
+            idempotency_key: "void-fails".into(),
+        },
+        START_MS,
+    );
+    let meanwhile = async {
+        // The debit (to $1.9935) committed, with its warning.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while core
+            .store
+            .messages()
+            .notices_of(account, 10)
+            .await
+            .unwrap()
+            .is_empty()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the debit's warning within 10 s"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        // Another message, within the cooldown, keeps the balance low
+        // after the void: the void would withdraw the warning and queue
+        // another, and no event goes with it.
+        let second = OutboundRequest {
+            account_id: Some(account),
+            to: None,
+            body: "second".into(),
+            idempotency_key: "second".into(),
+        };
+        messaging.send_outbound(second, START_MS).await.unwrap();
+        // The void's commit is the next one, and it fails.
+        core.store.fail_next_commits_for_testing(1);
+        fake.release();
+    };
+    let (sent, ()) = futures_util::future::join(sending, meanwhile).await;
+    assert!(sent.is_err(), "the void failed: {sent:?}");
+    let notices = core.store.messages().notices_of(account, 10).await.unwrap();
+    let states: Vec<&str> = notices.iter().map(|notice| notice.state.as_str()).collect();
+    assert_eq!(
+        states,
+        ["pending"],
+        "the first warning only, still waiting: {notices:?}"
+    );
+    core.shutdown().await;
+}
+
 on_both_stores!(low_balance_warnings_come_once_per_cooldown_even_across_a_restart);
 async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     let fake = FakeTwilio::start().await;
@@ -841,26 +925,10 @@ async fn the_low_balance_warning_is_sent_after_the_answer_and_retried_until_it_g
         .await;
     assert_eq!(status, StatusCode::OK);
     // The warning was tried and refused (the message that set it off went).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let (_, body) = app
-            .request(
-                "GET",
-                &format!("/v1/admin/accounts/{account}/notices"),
-                Some(crate::helpers::ADMIN_TOKEN),
-                None,
-            )
-            .await;
-        let newest = &body["notices"][0];
-        if newest["attempts"] == 1 && newest["state"] == "pending" {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the warning tried once and waiting, within 10 s: {body}"
-        );
-        actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    app.notices_once(account, "the warning tried once and waiting", |notices| {
+        notices[0]["attempts"] == 1 && notices[0]["state"] == "pending"
+    })
+    .await;
     fake.refuse(None);
     // The warning's next try is a minute later (and the worker looks every 5 s).
     clock.advance_ms(61_000);
@@ -887,22 +955,10 @@ async fn a_warning_waits_for_the_message_that_caused_it() {
     );
     let watching = async {
         // The debit committed, and with it the warning's notice.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let (_, body) = app
-                .request(
-                    "GET",
-                    &format!("/v1/admin/accounts/{account}/notices"),
-                    Some(crate::helpers::ADMIN_TOKEN),
-                    None,
-                )
-                .await;
-            if !body["notices"].as_array().unwrap().is_empty() {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "no notice: {body}");
-            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        app.notices_once(account, "the warning's notice", |notices| {
+            !notices.is_empty()
+        })
+        .await;
         // The notice worker is woken by that commit; give it every chance.
         actix_rt::time::sleep(std::time::Duration::from_millis(500)).await;
         assert!(

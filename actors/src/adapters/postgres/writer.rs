@@ -638,7 +638,11 @@ async fn apply_ledger(
         .filter(|(_, fate)| matches!(fate, Fate::Committed))
         .flat_map(|(write, _)| write.events().iter());
     let has_events = events.clone().next().is_some();
-    let end = end.filter(|_| !has_events);
+    // A withdrawal is a statement prepared on the way (and the notices'
+    // insert waits behind it): with either, the transaction's end must wait
+    // for them, or it would be sent before them and they would run after
+    // it, outside the transaction.
+    let end = end.filter(|_| !has_events && notices.withdrawn.is_empty());
     let finish = async {
         match end {
             Some(statement) => client.batch_execute(statement).await,

@@ -859,3 +859,31 @@ async fn a_failed_read_of_what_a_changes_events_need_does_not_refuse_the_change(
     core.shutdown().await;
     assert_verified(&directory);
 }
+
+on_both_stores!(an_actor_whose_snapshot_could_not_be_read_reads_it_again_for_a_balance);
+/// An actor whose snapshot read failed (the store was away for a moment)
+/// reads it again when next asked for the balance, instead of answering
+/// "could not be read" until a write comes.
+async fn an_actor_whose_snapshot_could_not_be_read_reads_it_again_for_a_balance() {
+    let directory = fresh_directory();
+    let first = start_core(&directory, NEVER);
+    let account = new_account(&first, "+14155550208").await;
+    first
+        .registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    // Another process: its actor for the account starts with a read that fails.
+    let second = start_core(&directory, NEVER);
+    second.store.fail_next_reads_for_testing(1);
+    for ask in 0..3 {
+        let balance = second.registry.send(account, GetBalance).await;
+        assert_eq!(
+            balance.map(|snapshot| snapshot.balance),
+            Ok(Money::from_micros(10_000)),
+            "ask {ask}"
+        );
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+}

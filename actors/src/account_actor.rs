@@ -153,9 +153,11 @@ enum Lifecycle {
     Missing,
     /// Stopping after idleness; messages are handed back to the registry.
     Passivating,
-    /// The snapshot could not be read (the store is away): what waited is
-    /// answered with the store's error, and the next mutation reads it
-    /// again, so no caller waits longer than one read.
+    /// The snapshot is not loaded: it could not be read (the store is
+    /// away; what waited is answered with the store's error), or the store
+    /// may have missed another process's writes. The next mutation or
+    /// balance read reads it again, so no caller waits longer than one
+    /// read and none is answered from a stale state.
     Unloaded,
 }
 
@@ -1357,11 +1359,27 @@ impl Handler<Adjust> for AccountActor {
 }
 
 impl Handler<GetBalance> for AccountActor {
-    type Result = Result<Snapshot, LedgerError>;
+    type Result = ResponseActFuture<Self, Result<Snapshot, LedgerError>>;
 
+    /// The committed balance; an actor whose snapshot is not loaded (a
+    /// read failed, or the store may have missed another process's
+    /// writes) reads it first, so that it never answers from a guess and
+    /// never stays unable to answer.
     fn handle(&mut self, _message: GetBalance, _ctx: &mut Context<Self>) -> Self::Result {
-        self.admit()?;
-        Ok(self.committed().unpack())
+        if self.lifecycle == Lifecycle::Unloaded && self.in_flight.is_none() {
+            self.last_activity_ms = self.shared.activity_ms();
+            let load = self.shared.store.ledger().snapshot(self.account_id);
+            return Box::pin(load.into_actor(self).map(|loaded, actor, _ctx| {
+                let snapshot = loaded?.ok_or(LedgerError::AccountNotFound(actor.account_id))?;
+                if actor.lifecycle == Lifecycle::Unloaded && actor.in_flight.is_none() {
+                    actor.lifecycle = Lifecycle::Ready;
+                    actor.take_snapshot(snapshot);
+                }
+                Ok(snapshot)
+            }));
+        }
+        let answer = self.admit().map(|()| self.committed().unpack());
+        Box::pin(actix::fut::ready(answer))
     }
 }
 
@@ -1383,6 +1401,25 @@ pub(crate) struct LedgerMoved {
     pub(crate) seq: i64,
     /// The account's snapshot at `seq`, when the note carried it.
     pub(crate) after: Option<Snapshot>,
+}
+
+/// The store may have missed other processes' writes to any account (its
+/// listening connection was lost): an actor with nothing in flight reads
+/// its snapshot again before it next answers (a write in flight finds out
+/// from the store's guard). Lazily, so that a reconnection does not make
+/// every live actor read at once.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub(crate) struct MayBeStale;
+
+impl Handler<MayBeStale> for AccountActor {
+    type Result = ();
+
+    fn handle(&mut self, _message: MayBeStale, _ctx: &mut Context<Self>) {
+        if self.lifecycle == Lifecycle::Ready && self.in_flight.is_none() {
+            self.lifecycle = Lifecycle::Unloaded;
+        }
+    }
 }
 
 impl Handler<LedgerMoved> for AccountActor {

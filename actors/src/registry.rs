@@ -10,7 +10,8 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use crate::account_actor::{
-    AccountActor, AccountSettings, ActorShared, ActorTable, LedgerMoved, PassivateIfIdle,
+    AccountActor, AccountSettings, ActorShared, ActorTable, LedgerMoved, MayBeStale,
+    PassivateIfIdle,
 };
 use crate::billing::auto_top_up::AutoTriggers;
 use crate::clock::Clock;
@@ -205,13 +206,11 @@ async fn tell_moved(table: Weak<ActorTable>, mut moved: mpsc::UnboundedReceiver<
                 }
             }
             Moved::Unknown => {
-                // Every live actor reads its account again (one with a
-                // write in flight learns from the write's guard instead).
+                // Every live actor reads its account again before it next
+                // answers (one with a write in flight learns from the
+                // write's guard instead).
                 for listed in table.iter() {
-                    let _ = listed.value().try_send(LedgerMoved {
-                        seq: i64::MAX,
-                        after: None,
-                    });
+                    let _ = listed.value().try_send(MayBeStale);
                 }
             }
         }

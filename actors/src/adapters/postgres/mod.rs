@@ -32,7 +32,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -289,11 +289,36 @@ async fn drive<S, T>(
     }
 }
 
+/// One reader connection, and who may make it again: one caller at a
+/// time, so that many callers meeting a closed connection (after the
+/// database restarted) make one connection, not one each; and after a
+/// failed attempt, callers for a second are told that failure at once
+/// instead of each waiting out another attempt.
+#[derive(Default)]
+struct ReaderSlot {
+    client: Mutex<Option<Arc<Client>>>,
+    reconnecting: tokio::sync::Mutex<Option<(Instant, StoreError)>>,
+}
+
+/// How long a failed attempt to connect a reader answers for the slot.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+impl ReaderSlot {
+    /// The connection, if it is there and open.
+    fn open(&self) -> Option<Arc<Client>> {
+        self.client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .filter(|client| !client.is_closed())
+    }
+}
+
 /// A few reader connections, used in turn; concurrent queries on one are
 /// pipelined by tokio-postgres. A closed one is replaced on next use.
 struct Readers {
     connector: Connector,
-    slots: Vec<Mutex<Option<Arc<Client>>>>,
+    slots: Vec<ReaderSlot>,
     next: AtomicUsize,
 }
 
@@ -305,27 +330,40 @@ impl Readers {
         )
         .await?;
         for (slot, client) in self.slots.iter().zip(clients) {
-            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(client));
+            *slot.client.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(client));
         }
         Ok(())
     }
 
     async fn client(&self) -> Result<Arc<Client>, StoreError> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        let current = self.slots[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        if let Some(client) = current {
-            if !client.is_closed() {
-                return Ok(client);
+        let slot = &self.slots[index];
+        if let Some(client) = slot.open() {
+            return Ok(client);
+        }
+        let mut reconnecting = slot.reconnecting.lock().await;
+        // Another caller may have made it again while this one waited.
+        if let Some(client) = slot.open() {
+            return Ok(client);
+        }
+        if let Some((failed_at, error)) = reconnecting.as_ref() {
+            if failed_at.elapsed() < RECONNECT_BACKOFF {
+                return Err(error.clone());
             }
         }
-        let client = Arc::new(self.connector.connect(None).await?);
-        *self.slots[index]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::clone(&client));
-        Ok(client)
+        match self.connector.connect(None).await {
+            Ok(client) => {
+                let client = Arc::new(client);
+                *slot.client.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Arc::clone(&client));
+                *reconnecting = None;
+                Ok(client)
+            }
+            Err(error) => {
+                *reconnecting = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 }
 
@@ -477,7 +515,7 @@ impl PostgresStore {
         let connector = Connector::new(url, runtime.clone())?;
         let readers = Arc::new(Readers {
             connector: connector.clone(),
-            slots: (0..readers.max(2)).map(|_| Mutex::new(None)).collect(),
+            slots: (0..readers.max(2)).map(|_| ReaderSlot::default()).collect(),
             next: AtomicUsize::new(0),
         });
         // Every connection is made before the server listens, so that the

@@ -583,6 +583,11 @@ impl Application {
         self.port
     }
 
+    /// The store the server writes to (for tests' switches).
+    pub fn store(&self) -> &Store {
+        &self.core.store
+    }
+
     /// The port of the metrics address, when there is one.
     pub fn metrics_port(&self) -> Option<u16> {
         self.metrics.as_ref().map(|(port, _)| *port)

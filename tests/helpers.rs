@@ -20,6 +20,9 @@ pub struct TestApp {
     /// Keeps the database alive for as long as the app (and a restart) needs it.
     pub directory: TestDatabase,
     pub client: awc::Client,
+    /// The in-process server's store, for its test switches (none when
+    /// attached to a server process).
+    pub store: Option<sms_credit_actors::Store>,
     /// The in-process server (none when attached to a server process).
     server: Option<(
         sms_credit::startup::Stopper,
@@ -124,11 +127,13 @@ impl TestApp {
         let application = Application::build_with_clock(settings, listener, clock).unwrap();
         let address = format!("http://127.0.0.1:{}", application.port());
         let handle = application.stopper();
+        let store = application.store().clone();
         let finished = actix_rt::spawn(application.run_until_stopped());
         TestApp {
             address,
             directory,
             client: awc::Client::default(),
+            store: Some(store),
             server: Some((handle, finished)),
         }
     }
@@ -142,6 +147,7 @@ impl TestApp {
             client: awc::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .finish(),
+            store: None,
             server: None,
         }
     }

@@ -186,3 +186,36 @@ async fn what_another_instance_said_while_the_listener_was_away_is_read_once_it_
     let directory = second.stop().await;
     assert_verified(&directory);
 }
+
+#[actix_rt::test]
+async fn rows_another_instance_wrote_that_could_not_be_read_reach_the_feed_all_the_same() {
+    let directory = TestDatabase::of(StoreKind::Postgres);
+    let settings = test_settings(&directory);
+    let first = TestApp::spawn_with(directory.clone(), settings.clone()).await;
+    let second = TestApp::spawn_with(directory.clone(), settings).await;
+    let account = first.create_account("+14155550982").await;
+    let token = first.issue_token(account).await;
+    let mut feed = open(
+        &second,
+        &format!("/v1/accounts/{account}/feed"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut feed).await["seq"], 0, "the snapshot");
+    // The second instance is told of the first's row, and cannot read it.
+    second
+        .store
+        .as_ref()
+        .unwrap()
+        .fail_next_external_reads_for_testing(1);
+    let (status, answer) = first.post_adjustment(account, 250_000, "unread").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The feed reads it from the ledger itself: on a quiet account no
+    // later row would bring it.
+    let row = next_json(&mut feed).await;
+    assert_eq!(row["seq"], 1, "{row}");
+    assert_eq!(row["balance_micros"], 250_000, "{row}");
+    first.stop().await;
+    second.stop().await;
+}

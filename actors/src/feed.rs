@@ -140,6 +140,26 @@ impl FeedHub {
         self.overflowed.load(Ordering::Relaxed)
     }
 
+    /// Drops the subscribers of one account and of every account, as if
+    /// their queues were full: each subscribes again and reads what it
+    /// missed from the ledger. For rows of the account this process was
+    /// told of but could not read.
+    pub fn resubscribe_account(&self, account_id: AccountId) {
+        let mut dropped = self
+            .by_account
+            .remove(&account_id)
+            .map_or(0, |(_, subscribers)| subscribers.len());
+        {
+            let mut all = self
+                .all_accounts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            dropped += all.len();
+            all.clear();
+        }
+        self.subscribers.fetch_sub(dropped, Ordering::SeqCst);
+    }
+
     /// Drops every subscriber, as if each queue were full: each subscribes
     /// again and reads what it missed from the ledger. For when this
     /// process may have missed rows (its listening connection was lost).

@@ -217,6 +217,9 @@ pub(crate) struct Shared {
     /// Test-only: how many of the next reads fail as a lost connection's
     /// would.
     fail_next_reads: AtomicU64,
+    /// Test-only: how many of the next reads of another instance's rows
+    /// (for the balance feed) fail.
+    fail_next_external_reads: AtomicU64,
     /// Test-only: while set, SQLite's syncer holds committed batches before
     /// making them durable (nothing about them may be told meanwhile).
     pub(crate) syncs_held: AtomicBool,
@@ -248,6 +251,7 @@ impl Shared {
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
             fail_next_reads: AtomicU64::new(0),
+            fail_next_external_reads: AtomicU64::new(0),
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
             gather_next: AtomicUsize::new(0),
@@ -286,6 +290,22 @@ impl Shared {
             seq,
             after,
         });
+    }
+
+    /// Another process committed rows to an account that could not be
+    /// read: its live actor is told, and its feeds (and those of every
+    /// account) read them from the ledger themselves.
+    pub(crate) fn external_unread(&self, account_id: AccountId, seq: i64, after: Option<Snapshot>) {
+        self.feed.resubscribe_account(account_id);
+        self.external(account_id, seq, Vec::new(), after);
+    }
+
+    /// The failure of the next read of another instance's rows, if the
+    /// test switch says it fails (counting it).
+    pub(crate) fn injected_external_read_failure(&self) -> Option<StoreError> {
+        take_one(&self.fail_next_external_reads).then(|| {
+            StoreError::Database("the read failed (a test switch injected it)".to_string())
+        })
     }
 
     /// An account's tokens were revoked or rotated (here or elsewhere).
@@ -476,6 +496,12 @@ impl Store {
 
     /// Test-only switch: the next `count` reads fail as they would on a
     /// lost connection.
+    pub fn fail_next_external_reads_for_testing(&self, count: u64) {
+        self.shared
+            .fail_next_external_reads
+            .store(count, Ordering::SeqCst);
+    }
+
     pub fn fail_next_reads_for_testing(&self, count: u64) {
         self.shared.fail_next_reads.store(count, Ordering::SeqCst);
     }

@@ -135,18 +135,23 @@ async fn heard(readers: &Readers, shared: &Shared, payload: &str) {
 
 /// Reads the rows the notes name, for the balance feed, all in one
 /// pipeline on one reader connection, and hands them over in the notes'
-/// order. An account whose rows cannot be read is still told it moved.
+/// order. An account whose rows cannot be read is still told it moved, and
+/// its feeds read them from the ledger themselves.
 async fn read_rows(
     readers: &Readers,
     shared: &Shared,
     wanted: Vec<(AccountId, i64, i64, Option<Snapshot>)>,
 ) {
-    let client = match readers.client().await {
+    let connected = match shared.injected_external_read_failure() {
+        Some(error) => Err(error),
+        None => readers.client().await,
+    };
+    let client = match connected {
         Ok(client) => client,
         Err(error) => {
             tracing::warn!(%error, "could not read another instance's rows");
             for (account_id, _, last, after) in wanted {
-                shared.external(account_id, last, Vec::new(), after);
+                shared.external_unread(account_id, last, after);
             }
             return;
         }
@@ -156,13 +161,13 @@ async fn read_rows(
     });
     let read = futures_util::future::join_all(reads).await;
     for ((account_id, _, last, after), rows) in wanted.into_iter().zip(read) {
-        let entries = rows.unwrap_or_else(|error| {
-            // The actor is told all the same; the feed's clients fill the
-            // gap from the database when they see the next row.
-            tracing::warn!(%account_id, %error, "could not read another instance's rows");
-            Vec::new()
-        });
-        shared.external(account_id, last, entries, after);
+        match rows {
+            Ok(entries) => shared.external(account_id, last, entries, after),
+            Err(error) => {
+                tracing::warn!(%account_id, %error, "could not read another instance's rows");
+                shared.external_unread(account_id, last, after);
+            }
+        }
     }
 }
 

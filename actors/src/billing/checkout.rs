@@ -116,10 +116,20 @@ pub enum ChargeResult {
     NotCharged,
 }
 
-/// How long a Checkout Session stays open (Stripe's minimum): an abandoned
-/// one gives the discount code's use back half an hour later, not after
-/// Stripe's default of a day.
-pub const CHECKOUT_EXPIRES_AFTER_SECS: i64 = 30 * 60;
+/// How long a Checkout Session stays open: Stripe's minimum, 30 minutes
+/// after Stripe receives the request, and a minute for the way there. An
+/// abandoned one gives the discount code's use back about half an hour
+/// later, not after Stripe's default of a day.
+pub const CHECKOUT_EXPIRES_AFTER_SECS: i64 = 31 * 60;
+
+/// When the Checkout Session of an order opened at `created_at_ms` closes
+/// (Unix seconds): from the order, so a retry sends the same request, and
+/// rounded up, so that it is never under the minimum.
+pub fn checkout_expires_at(created_at_ms: i64) -> i64 {
+    created_at_ms.div_euclid(1000)
+        + i64::from(created_at_ms.rem_euclid(1000) > 0)
+        + CHECKOUT_EXPIRES_AFTER_SECS
+}
 
 /// How long an idempotency key is trusted: Stripe keeps one for at least
 /// 24 hours, then may forget it, and a request with a forgotten key is a
@@ -213,8 +223,7 @@ impl Billing {
                 .gateway
                 .create_checkout_session(NewCheckoutSession {
                     customer_id,
-                    // From the order, so a retry sends the same request.
-                    expires_at: order.created_at_ms / 1000 + CHECKOUT_EXPIRES_AFTER_SECS,
+                    expires_at: checkout_expires_at(order.created_at_ms),
                     amount: order.amount,
                     product_name: product_name.to_string(),
                     success_url: self.settings.success_url.clone(),
@@ -583,5 +592,22 @@ impl Billing {
             )),
         };
         Ok(self.registry.send(account_id, credit).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkout_closes_at_least_thirty_one_minutes_after_its_order_opened() {
+        for created_at_ms in [1_795_253_400_000, 1_795_253_400_001, 1_795_253_400_999] {
+            let expires_at = checkout_expires_at(created_at_ms);
+            assert!(
+                expires_at * 1000 >= created_at_ms + 31 * 60 * 1000,
+                "{created_at_ms}: {expires_at}"
+            );
+            assert!(expires_at * 1000 < created_at_ms + 31 * 60 * 1000 + 1000);
+        }
     }
 }

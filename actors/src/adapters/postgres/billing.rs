@@ -513,7 +513,11 @@ impl BillingStore for PostgresStore {
                         &[&order_id, &status.as_str()],
                     )
                     .await?;
-                release_code_of_order(transaction, order_id).await?;
+                // Only an order that was still pending gives its code's use
+                // back: a completed one used it.
+                if ended == 1 {
+                    release_code_of_order(transaction, order_id).await?;
+                }
                 if let (1, Some(event)) = (ended, &event) {
                     super::webhooks::insert_events(transaction, std::slice::from_ref(event))
                         .await?;

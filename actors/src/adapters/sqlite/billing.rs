@@ -500,8 +500,12 @@ impl BillingStore for SqliteStore {
         event: Option<NewEvent>,
     ) -> StoreFuture<bool> {
         self.write(move |connection| {
+            // Only an order that was still pending gives its code's use
+            // back: a completed one used it.
             let ended = end_pending(connection, order_id, status)?;
-            release_code_of_order(connection, order_id)?;
+            if ended {
+                release_code_of_order(connection, order_id)?;
+            }
             if let (true, Some(event)) = (ended, &event) {
                 super::webhooks::insert_events(connection, std::slice::from_ref(event))?;
             }

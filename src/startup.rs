@@ -239,6 +239,9 @@ fn start_billing_jobs(billing: Billing, clock: Arc<dyn Clock>) {
             if let Err(error) = billing.expire_waiting(clock.now_ms()).await {
                 tracing::warn!(%error, "could not expire waiting Stripe events");
             }
+            if let Err(error) = billing.end_unopened_orders(clock.now_ms()).await {
+                tracing::warn!(%error, "could not end orders that never got a Checkout Session");
+            }
             actix_rt::time::sleep(EVENT_EXPIRY_INTERVAL).await;
         }
     });

@@ -388,6 +388,77 @@ async fn an_order_that_is_no_longer_pending_keeps_its_codes_use() {
     );
 }
 
+/// Prices access at $15.00 of $29.99 (what the test needs of pricing).
+fn fifteen_dollars(
+    _pricing: &sms_credit_actors::billing::pricing::Pricing,
+    _discount: Option<sms_credit_actors::billing::discounts::Discount>,
+) -> Result<(Money, Money), sms_credit_actors::billing::BillingError> {
+    Ok((
+        Money::from_micros(15_000_000),
+        Money::from_micros(29_990_000),
+    ))
+}
+
+on_both_stores!(an_order_that_never_got_its_checkout_gives_its_codes_use_back);
+/// An access order opened with a discount code whose Checkout Session was
+/// never made (the server stopped between the two): once any session of
+/// it would have closed, the order ends as failed and the use comes back.
+async fn an_order_that_never_got_its_checkout_gives_its_codes_use_back() {
+    use sms_credit_actors::accounts::{Email, PhoneNumber};
+    use sms_credit_actors::clock::ManualClock;
+    use sms_credit_actors::store::AccessOrderRequest;
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
+    create_code(
+        &app,
+        json!({"code": "ONLY1", "type": "percent", "percent": 50, "max_uses": 1}),
+    )
+    .await;
+    // The order and its use, as the first half of a checkout leaves them.
+    let (account, order) = app
+        .store
+        .as_ref()
+        .unwrap()
+        .billing()
+        .open_access_order(AccessOrderRequest {
+            phone: PhoneNumber::parse("+14155550912").unwrap(),
+            email: Email::parse("hiker@example.com").unwrap(),
+            discount_code: Some("ONLY1".to_string()),
+            price: fifteen_dollars,
+            now_ms: NOW_UNIX * 1000,
+        })
+        .await
+        .unwrap();
+    let directory = app.stop().await;
+    // Half an hour on, the use is still held.
+    clock.advance_ms(30 * 60 * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
+    let (status, refused) = app
+        .post_checkout_access("+14155550913", "hiker@example.com", Some("ONLY1"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    let directory = app.stop().await;
+    // Past when its session would have closed: ended, the use back.
+    clock.advance_ms(7 * 60 * 1000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.get_orders(account.id.0).await[0]["status"] != "failed" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "order {} ended within 10 s of the start",
+            order.id
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, opened) = app
+        .post_checkout_access("+14155550914", "hiker@example.com", Some("ONLY1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{opened}");
+}
+
 /// An active account with a token, by a completed access checkout.
 pub(crate) async fn active_account(
     app: &TestApp,

@@ -122,6 +122,10 @@ pub enum ChargeResult {
 /// later, not after Stripe's default of a day.
 pub const CHECKOUT_EXPIRES_AFTER_SECS: i64 = 31 * 60;
 
+/// How long after a session would have closed an order that never got one
+/// is ended (its session may still be on its way to being recorded).
+const UNOPENED_GRACE_SECS: i64 = 5 * 60;
+
 /// When the Checkout Session of an order opened at `created_at_ms` closes
 /// (Unix seconds): from the order, so a retry sends the same request, and
 /// rounded up, so that it is never under the minimum.
@@ -258,6 +262,24 @@ impl Billing {
                 Err(error)
             }
         }
+    }
+
+    /// Gives back the discount code uses held by orders that never got a
+    /// Checkout Session (the server stopped, or the request was dropped,
+    /// between opening the order and creating its session): once any
+    /// session of theirs would have closed, they end as failed. Answers how
+    /// many.
+    pub async fn end_unopened_orders(&self, now_ms: i64) -> Result<usize, BillingError> {
+        let opened_before_ms = now_ms - (CHECKOUT_EXPIRES_AFTER_SECS + UNOPENED_GRACE_SECS) * 1000;
+        let ended = self
+            .store
+            .billing()
+            .end_unopened_orders(opened_before_ms, 1_000)
+            .await?;
+        if !ended.is_empty() {
+            tracing::warn!(orders = ?ended, "orders that never got a Checkout Session ended; their discount code uses are back");
+        }
+        Ok(ended.len())
     }
 
     /// The account's Stripe customer, created on first need.

@@ -233,6 +233,11 @@ pub trait BillingStore: Send + Sync {
     /// Records the PaymentIntent of an order that has none yet.
     fn set_order_payment_intent(&self, order_id: i64, payment_intent_id: String)
         -> StoreFuture<()>;
+    /// Ends, as failed, up to `limit` pending orders opened before
+    /// `opened_before_ms` that hold a discount code's use and never got a
+    /// Checkout Session (the server stopped, or the request was dropped,
+    /// between the two), giving each use back; answers their ids.
+    fn end_unopened_orders(&self, opened_before_ms: i64, limit: i64) -> StoreFuture<Vec<i64>>;
     /// Ends a pending order as failed or expired and gives back the
     /// discount use it reserved (once), with its `payment.failed` event if
     /// it has one; `false` if it was not pending.

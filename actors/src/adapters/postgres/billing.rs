@@ -498,6 +498,38 @@ impl BillingStore for PostgresStore {
         })
     }
 
+    fn end_unopened_orders(&self, opened_before_ms: i64, limit: i64) -> StoreFuture<Vec<i64>> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let rows = transaction
+                    .query(
+                        "SELECT id FROM orders
+                          WHERE status = 'pending' AND stripe_session_id IS NULL
+                            AND discount_code_id IS NOT NULL AND discount_released = 0
+                            AND created_at < $1
+                          ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                        &[&opened_before_ms, &limit],
+                    )
+                    .await?;
+                let mut ended = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let id: i64 = row.try_get(0)?;
+                    let changed = transaction
+                        .execute(
+                            "UPDATE orders SET status = 'failed' WHERE id = $1 AND status = 'pending'",
+                            &[&id],
+                        )
+                        .await?;
+                    if changed == 1 {
+                        release_code_of_order(transaction, id).await?;
+                        ended.push(id);
+                    }
+                }
+                Ok(ended)
+            })
+        })
+    }
+
     fn end_order(
         &self,
         order_id: i64,

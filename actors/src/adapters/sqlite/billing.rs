@@ -493,6 +493,27 @@ impl BillingStore for SqliteStore {
         self.write(move |connection| set_payment_intent(connection, order_id, &payment_intent_id))
     }
 
+    fn end_unopened_orders(&self, opened_before_ms: i64, limit: i64) -> StoreFuture<Vec<i64>> {
+        self.write(move |connection| {
+            let ids = connection
+                .prepare_cached(
+                    "SELECT id FROM orders
+                      WHERE status = 'pending' AND stripe_session_id IS NULL
+                        AND discount_code_id IS NOT NULL AND discount_released = 0
+                        AND created_at < ?1
+                      ORDER BY id LIMIT ?2",
+                )?
+                .query_map(params![opened_before_ms, limit], |row| row.get(0))?
+                .collect::<Result<Vec<i64>, _>>()?;
+            for &id in &ids {
+                if end_pending(connection, id, OrderStatus::Failed)? {
+                    release_code_of_order(connection, id)?;
+                }
+            }
+            Ok(ids)
+        })
+    }
+
     fn end_order(
         &self,
         order_id: i64,

@@ -214,6 +214,9 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<FeedHub>,
     /// Test-only: how many of the next commits fail as a full disk would.
     pub(crate) fail_next_commits: AtomicU64,
+    /// Test-only: while not 0, each commit counts it down, and the one
+    /// that takes it to 0 fails (1: the next commit).
+    fail_commit_in: AtomicU64,
     /// Test-only: how many of the next reads fail as a lost connection's
     /// would.
     fail_next_reads: AtomicU64,
@@ -247,6 +250,7 @@ impl Shared {
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
+            fail_commit_in: AtomicU64::new(0),
             fail_next_reads: AtomicU64::new(0),
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
@@ -316,6 +320,12 @@ impl Shared {
     /// Whether the next commit is to fail (the test switch), counting it.
     pub(crate) fn take_injected_failure(&self) -> bool {
         take_one(&self.fail_next_commits)
+            || self
+                .fail_commit_in
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+                    remaining.checked_sub(1)
+                })
+                == Ok(1)
     }
 
     /// The failure of the next read, if the test switch says it fails
@@ -472,6 +482,14 @@ impl Store {
     /// and roll back.
     pub fn fail_next_commits_for_testing(&self, count: u64) {
         self.shared.fail_next_commits.store(count, Ordering::SeqCst);
+    }
+
+    /// Test-only switch: the next `skip` commits go through and the one
+    /// after them fails as a full disk would (`None`: none fails), so a
+    /// test can fail each step of a flow in turn.
+    pub fn fail_commit_after_for_testing(&self, skip: Option<u64>) {
+        let armed = skip.map_or(0, |skip| skip.saturating_add(1));
+        self.shared.fail_commit_in.store(armed, Ordering::SeqCst);
     }
 
     /// Test-only switch: the next `count` reads fail as they would on a

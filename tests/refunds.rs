@@ -670,3 +670,44 @@ async fn a_failed_commit_in_a_refund_takes_back_once_whichever_event_comes_next(
     assert_verified(&directory);
 }
 on_both_stores!(a_failed_commit_in_a_refund_takes_back_once_whichever_event_comes_next);
+
+async fn a_refund_of_access_takes_back_what_the_sale_credited_not_todays_setting() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings.clone()).await;
+    let mut events = EventFactory::new();
+    let (account, _, _) = crate::stripe::active_account(&app, &mut events, "+14155550152").await;
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+    let directory = app.stop().await;
+
+    // The operator now includes $8 with access; this account's access came
+    // with $5. Refunded in full, it gives back those $5.
+    let mut settings = settings;
+    settings.stripe.as_mut().unwrap().included_credit = Money::from_micros(8_000_000);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let refunded = events.charge_refunded(
+        "ch_access_setting",
+        &format!("pi_access_{account}"),
+        2999,
+        2999,
+    );
+    let (status, answer) = app.deliver(&refunded).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        app.balance_micros(account).await,
+        0,
+        "the $5 the sale credited is taken back, not today's $8"
+    );
+    let orders = app.get_orders(account).await;
+    let access = orders[0]["id"].as_i64().unwrap();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(taken_back_for(&app, account, access).await, -5_000_000);
+    assert_eq!(
+        refunded_of(&orders, access),
+        (Some("refunded".to_string()), Some(29_990_000))
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_of_access_takes_back_what_the_sale_credited_not_todays_setting);

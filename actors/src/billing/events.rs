@@ -644,13 +644,16 @@ impl Billing {
             .billing()
             .order_by_payment_intent(payment_intent_id.clone())
             .await?;
+        let waiting = |detail: String| EventOutcome::Waiting {
+            detail,
+            on: payment_intent_key(&payment_intent_id),
+        };
         let order = match order {
             Some(order) if order.status != OrderStatus::Pending => order,
             _ => {
-                return Ok(EventOutcome::Waiting {
-                    detail: format!("no completed order for PaymentIntent {payment_intent_id} yet"),
-                    on: payment_intent_key(&payment_intent_id),
-                })
+                return Ok(waiting(format!(
+                    "no completed order for PaymentIntent {payment_intent_id} yet"
+                )))
             }
         };
         let cumulative = cents(amount_refunded_cents)?;
@@ -659,7 +662,12 @@ impl Billing {
         if cumulative <= order.amount_refunded {
             return Ok(EventOutcome::Applied("no newly refunded amount".into()));
         }
-        let credited = self.credit_for(&order, order.amount);
+        let Some(credited) = self.credited_by(&order).await? else {
+            return Ok(waiting(format!(
+                "order {}'s credit is not in the ledger yet",
+                order.id
+            )));
+        };
         let (order_id, account_id) = (order.id, order.account_id);
         let idempotency_key = IdempotencyKey::stripe_refund(charge_id, amount_refunded_cents)
             .map_err(|_| BillingError::invalid_id("charge", charge_id))?;
@@ -703,5 +711,30 @@ impl Billing {
             "order {order_id}: {} refunded in all",
             cumulative.precise()
         )))
+    }
+
+    /// What an order credited when it was sold, which no refund takes back
+    /// more than: a top-up's payment; the credit that came with access, as
+    /// its own row says (whatever the setting says today). `None` while
+    /// an access order's credit is not in the ledger yet (its completion
+    /// failed before it: Stripe's retry of the completion writes it, and
+    /// wakes this refund); an access sold with nothing included has no
+    /// row, and takes back nothing.
+    async fn credited_by(&self, order: &Order) -> Result<Option<Money>, BillingError> {
+        match order.order_type {
+            OrderType::TopUp | OrderType::AutoTopUp => Ok(Some(order.amount)),
+            OrderType::InitialAccess => {
+                let row = self
+                    .store
+                    .ledger()
+                    .entry_by_key(order.account_id, IdempotencyKey::stripe_order(order.id))
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some(row.amount),
+                    None if self.settings.included_credit.is_positive() => None,
+                    None => Some(Money::ZERO),
+                })
+            }
+        }
     }
 }

@@ -717,9 +717,11 @@ impl Billing {
     /// more than: a top-up's payment; the credit that came with access, as
     /// its own row says (whatever the setting says today). `None` while
     /// an access order's credit is not in the ledger yet (its completion
-    /// failed before it: Stripe's retry of the completion writes it, and
-    /// wakes this refund); an access sold with nothing included has no
-    /// row, and takes back nothing.
+    /// failed before writing it: Stripe's retry of the completion writes
+    /// it, and wakes this refund). With no row and nothing included today,
+    /// nothing was credited. (An access sold with nothing included and
+    /// refunded after the operator included some waits, and expires after
+    /// 3 days: nothing taken back, as nothing was credited.)
     async fn credited_by(&self, order: &Order) -> Result<Option<Money>, BillingError> {
         match order.order_type {
             OrderType::TopUp | OrderType::AutoTopUp => Ok(Some(order.amount)),

@@ -2,14 +2,25 @@
 //! per idempotency key (Stripe's key made from the order and the refund's
 //! number), never more than was paid, nothing recorded as refunded when
 //! Stripe refuses or cannot be reached, and the credit taken back only
-//! when Stripe's refund event arrives. On both stores.
+//! when Stripe's refund event arrives: once, whichever instance gets which
+//! of a charge's refund events, whatever failed on the way, and no more
+//! than the order credited when it was sold. On both stores.
+
+use std::sync::Arc;
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
+use sms_credit::startup::Core;
+use sms_credit_actors::billing::events::EventOutcome;
+use sms_credit_actors::billing::orders::{NewOrder, OrderType};
+use sms_credit_actors::billing::BillingError;
+use sms_credit_actors::clock::ManualClock;
+use sms_credit_actors::supervisor::HandleStripeEvent;
+use sms_credit_actors::{Money, TransactionKind};
 
-use crate::fake_stripe::{EventFactory, FakeStripe};
-use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN};
-use crate::ledger_actors::assert_verified;
+use crate::fake_stripe::{sign, EventFactory, FakeStripe, WEBHOOK_SECRET};
+use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN, NOW_UNIX};
+use crate::ledger_actors::{assert_verified, new_account};
 
 async fn refund(app: &TestApp, order: i64, body: Value) -> (StatusCode, Value) {
     app.request(
@@ -433,3 +444,270 @@ async fn the_attention_lists_name_the_accounts_behind_the_figures() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 on_both_stores!(the_attention_lists_name_the_accounts_behind_the_figures);
+
+/// What the refund rows of an order took back in all (negative), from the
+/// ledger the admin API shows.
+async fn taken_back_for(app: &TestApp, account: i64, order: i64) -> i64 {
+    let (status, ledger) = app.get_transactions(account).await;
+    assert_eq!(status, StatusCode::OK, "{ledger}");
+    ledger["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["type"] == "refund" && row["order_id"] == order)
+        .map(|row| row["amount_micros"].as_i64().unwrap())
+        .sum()
+}
+
+fn refunded_of(orders: &[Value], order: i64) -> (Option<String>, Option<i64>) {
+    let row = orders.iter().find(|row| row["id"] == order).unwrap();
+    (
+        row["status"].as_str().map(str::to_string),
+        row["amount_refunded_micros"].as_i64(),
+    )
+}
+
+async fn two_refunds_of_one_charge_on_two_instances_at_once_take_back_once() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let first = TestApp::spawn_with(directory.clone(), settings.clone()).await;
+    let second = TestApp::spawn_with(directory.clone(), settings).await;
+    let mut events = EventFactory::new();
+    let (account, customer, token) =
+        crate::stripe::active_account(&first, &mut events, "+14155550150").await;
+    // Both instances' actors for the account are live.
+    assert_eq!(second.balance_micros(account).await, 5_000_000);
+
+    // Six paid $10 top-ups; each charge is refunded $3, then $2 more
+    // (Stripe's running totals 300¢ and 500¢), the two events delivered at
+    // the same moment, one to each instance (which gets which alternates).
+    let mut top_ups = Vec::new();
+    for _ in 0..6 {
+        let (order, session) = first.start_top_up(account, &token).await;
+        let intent = format!("pi_race_{order}");
+        let completed = events.checkout_completed(&session, order, &customer, 1000, &intent);
+        assert_eq!(first.deliver(&completed).await.0, StatusCode::OK);
+        top_ups.push((order, intent, format!("ch_race_{order}")));
+    }
+    assert_eq!(first.balance_micros(account).await, 65_000_000);
+    for (index, (_, intent, charge)) in top_ups.iter().enumerate() {
+        let three = events.charge_refunded(charge, intent, 1000, 300);
+        let five = events.charge_refunded(charge, intent, 1000, 500);
+        let (one, other) = if index % 2 == 0 {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let (a, b) = futures_util::join!(one.deliver(&three), other.deliver(&five));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+    }
+    // The access payment ($29.99, which credited $5): $3 and then $8 in all
+    // refunded at once on the two instances take back $5, what it credited.
+    let access_intent = format!("pi_access_{account}");
+    let three = events.charge_refunded("ch_access_race", &access_intent, 2999, 300);
+    let eight = events.charge_refunded("ch_access_race", &access_intent, 2999, 800);
+    let (a, b) = futures_util::join!(second.deliver(&three), first.deliver(&eight));
+    assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+
+    let orders = first.get_orders(account).await;
+    for (order, _, _) in &top_ups {
+        assert_eq!(
+            taken_back_for(&first, account, *order).await,
+            -5_000_000,
+            "order {order}: $5 refunded, $5 taken back"
+        );
+        assert_eq!(
+            refunded_of(&orders, *order),
+            (Some("completed".to_string()), Some(5_000_000))
+        );
+    }
+    let access = orders
+        .iter()
+        .find(|row| row["order_type"] == "initial_access")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(taken_back_for(&first, account, access).await, -5_000_000);
+    assert_eq!(
+        refunded_of(&orders, access),
+        (Some("completed".to_string()), Some(8_000_000))
+    );
+    // $5 included + $60 of top-ups − $30 and $5 taken back.
+    assert_eq!(first.balance_micros(account).await, 30_000_000);
+    assert_eq!(second.balance_micros(account).await, 30_000_000);
+    first.stop().await;
+    let directory = second.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(two_refunds_of_one_charge_on_two_instances_at_once_take_back_once);
+
+/// A Stripe event, signed as Stripe signs it and read by the server's own
+/// webhook code, handed to a core (whose store a test can fail).
+async fn deliver_to(core: &Core, payload: &str) -> Result<EventOutcome, BillingError> {
+    let signature = sign(payload, WEBHOOK_SECRET, NOW_UNIX);
+    let verified =
+        sms_credit::stripe::verify_and_parse(payload, Some(&signature), WEBHOOK_SECRET, NOW_UNIX)
+            .unwrap();
+    core.stripe_supervisor
+        .send(HandleStripeEvent {
+            event_id: verified.id,
+            event_type: verified.event_type,
+            event: verified.event,
+            received_at_ms: NOW_UNIX * 1000,
+        })
+        .await
+        .unwrap()
+}
+
+/// How many commits handling one refund event may take (the claim, the
+/// row, the order's figure, the event, the decision): each is failed in
+/// turn.
+const REFUND_STEPS: u64 = 5;
+
+async fn a_failed_commit_in_a_refund_takes_back_once_whichever_event_comes_next() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let core = Core::start(&settings, Arc::new(ManualClock::new(NOW_UNIX * 1000))).unwrap();
+    let account = new_account(&core, "+14155550151").await;
+    let mut events = EventFactory::new();
+    let mut orders = Vec::new();
+    for skip in 0..REFUND_STEPS {
+        for larger_first in [false, true] {
+            // A paid $10 top-up.
+            let ten = Money::from_micros(10_000_000);
+            let (_, order) = core
+                .store
+                .billing()
+                .open_order(
+                    NewOrder {
+                        account_id: account,
+                        order_type: OrderType::TopUp,
+                        amount: ten,
+                        list_price: ten,
+                        pricing_mode: None,
+                        discount_code_id: None,
+                    },
+                    NOW_UNIX * 1000,
+                )
+                .await
+                .unwrap();
+            let order = order.id;
+            let intent = format!("pi_fail_{order}");
+            let charge = format!("ch_fail_{order}");
+            let session = format!("cs_fail_{order}");
+            let completed = events.checkout_completed(&session, order, "cus_fail", 1000, &intent);
+            assert!(matches!(
+                deliver_to(&core, &completed).await,
+                Ok(EventOutcome::Applied(_))
+            ));
+            orders.push(order);
+
+            // $3 then $5 in all refunded; one of the two events meets a
+            // failed commit at step `skip` of its handling.
+            let three = events.charge_refunded(&charge, &intent, 1000, 300);
+            let five = events.charge_refunded(&charge, &intent, 1000, 500);
+            let (failing, other) = if larger_first {
+                (&five, &three)
+            } else {
+                (&three, &five)
+            };
+            core.store.fail_commit_after_for_testing(Some(skip));
+            let failed = deliver_to(&core, failing).await;
+            core.store.fail_commit_after_for_testing(None);
+            // The charge's other event, then Stripe's retry of the one
+            // that failed, then each once more: every one is decided.
+            for (attempt, payload) in [other, failing, other, failing].into_iter().enumerate() {
+                let outcome = deliver_to(&core, payload).await;
+                assert!(
+                    matches!(
+                        outcome,
+                        Ok(EventOutcome::Applied(_) | EventOutcome::Duplicate)
+                    ),
+                    "step {skip}, larger first {larger_first}, delivery {attempt}: {outcome:?} \
+                     (the failed delivery: {failed:?})"
+                );
+            }
+            let rows = core
+                .store
+                .ledger()
+                .latest_entries(account, 1_000)
+                .await
+                .unwrap();
+            let taken: i64 = rows
+                .iter()
+                .filter(|row| row.kind == TransactionKind::Refund && row.order_id == Some(order))
+                .map(|row| row.amount.micros())
+                .sum();
+            assert_eq!(
+                taken, -5_000_000,
+                "step {skip}, larger first {larger_first}: $5 refunded, taken back once \
+                 (the failed delivery: {failed:?})"
+            );
+            let recorded = core.store.billing().order(order).await.unwrap().unwrap();
+            assert_eq!(
+                recorded.amount_refunded,
+                Money::from_micros(5_000_000),
+                "step {skip}, larger first {larger_first}"
+            );
+        }
+    }
+    let balance = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap()
+        .balance;
+    assert_eq!(
+        balance,
+        Money::from_micros(5_000_000 * orders.len() as i64),
+        "$10 paid and $5 taken back, per order"
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_failed_commit_in_a_refund_takes_back_once_whichever_event_comes_next);
+
+async fn a_refund_of_access_takes_back_what_the_sale_credited_not_todays_setting() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings.clone()).await;
+    let mut events = EventFactory::new();
+    let (account, _, _) = crate::stripe::active_account(&app, &mut events, "+14155550152").await;
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+    let directory = app.stop().await;
+
+    // The operator now includes $8 with access; this account's access came
+    // with $5. Refunded in full, it gives back those $5.
+    let mut settings = settings;
+    settings.stripe.as_mut().unwrap().included_credit = Money::from_micros(8_000_000);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let refunded = events.charge_refunded(
+        "ch_access_setting",
+        &format!("pi_access_{account}"),
+        2999,
+        2999,
+    );
+    let (status, answer) = app.deliver(&refunded).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        app.balance_micros(account).await,
+        0,
+        "the $5 the sale credited is taken back, not today's $8"
+    );
+    let orders = app.get_orders(account).await;
+    let access = orders[0]["id"].as_i64().unwrap();
+    assert_eq!(orders.len(), 1);
+    assert_eq!(taken_back_for(&app, account, access).await, -5_000_000);
+    assert_eq!(
+        refunded_of(&orders, access),
+        (Some("refunded".to_string()), Some(29_990_000))
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_of_access_takes_back_what_the_sale_credited_not_todays_setting);

@@ -16,14 +16,15 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::billing::auto_top_up::AutoTriggers;
+use crate::billing::orders::Order;
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::Money;
 use crate::rating::RateTable;
-use crate::store::{LedgerWrite, Outbox, Store, StoreError};
-use crate::webhooks::events::EventDraft;
+use crate::store::{LedgerWrite, OrderRefunded, Outbox, Store, StoreError};
+use crate::webhooks::events::{payment_refunded, EventDraft};
 use crate::webhooks::{EventType, NewEvent};
 use serde_json::Map;
 
@@ -69,6 +70,40 @@ pub struct Refund {
     /// The webhook event this refund is (`payment.refunded`), committed
     /// with its row.
     pub event: Option<EventDraft>,
+}
+
+/// Credit taken back because (part of) an order's payment was refunded to
+/// the card. How much is decided here, from the committed ledger, and
+/// recorded in the same transaction as its row: what Stripe says is
+/// refunded of the order in all (`refunded`), up to what the order
+/// credited, less what the order's earlier refund rows took back; read
+/// again whenever the write is computed again (another instance wrote
+/// first). The row raises the order's `amount_refunded` to `refunded`
+/// (never lowers it). A key that already holds a row is answered from it.
+/// May take the balance below zero.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<TakenBack, LedgerError>")]
+pub struct TakeBack {
+    /// The refunded order, as the caller read it.
+    pub order: Order,
+    /// What is refunded of the order in all (Stripe's running total).
+    pub refunded: Money,
+    /// What the order credited: no more is ever taken back for it.
+    pub credited: Money,
+    /// `IdempotencyKey::stripe_refund(charge, refunded)`.
+    pub idempotency_key: IdempotencyKey,
+    pub description: String,
+}
+
+/// What a [`TakeBack`] came to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TakenBack {
+    /// The row that took credit back (or took it the first time: `replayed`),
+    /// committed with its `payment.refunded` event and the order's figure.
+    Row(Receipt),
+    /// The order's earlier refunds took back all this one could: no row.
+    /// `refunded_before` is what the order said was refunded of it.
+    Nothing { refunded_before: Money },
 }
 
 /// An administrator's correction, signed; may take the balance below zero.
@@ -220,6 +255,20 @@ impl Retry {
             waiters: in_flight.waiters,
             attempts: in_flight.attempts,
         }
+        .forgetting_take_back()
+    }
+
+    /// A take-back computed again decides its amount again, from the
+    /// ledger read again: what it read before is forgotten.
+    fn forgetting_take_back(mut self) -> Retry {
+        if let Some(hints) = self.mutation.hints.as_mut() {
+            if let Some(plan) = hints.take_back.as_mut() {
+                plan.learnt_at = None;
+                hints.event = None;
+                self.mutation.amount = Money::ZERO;
+            }
+        }
+        self
     }
 }
 
@@ -233,6 +282,36 @@ struct Mutation {
     order_id: Option<i64>,
     /// What its webhook events need beyond the row; most have none.
     hints: Option<Box<Hints>>,
+}
+
+impl Mutation {
+    fn take_back(&self) -> Option<&TakeBackPlan> {
+        self.hints.as_ref()?.take_back.as_ref()
+    }
+}
+
+/// What decides a take-back's amount (see [`TakeBack`]).
+#[derive(Clone, Debug)]
+struct TakeBackPlan {
+    order: Order,
+    refunded: Money,
+    credited: Money,
+    /// The account's `seq` when the ledger was read for it: the amount
+    /// decided then holds only for a write guarded by that position.
+    learnt_at: Option<i64>,
+}
+
+impl TakeBackPlan {
+    /// What is left to take back: what is refunded, up to what the order
+    /// credited, less what the order's refund rows took back already.
+    fn left(&self, taken_before: Money) -> Money {
+        self.refunded
+            .min(self.credited)
+            .checked_sub(taken_before)
+            .ok()
+            .filter(|left| left.is_positive())
+            .unwrap_or(Money::ZERO)
+    }
 }
 
 /// What a mutation's webhook events need beyond its row.
@@ -249,6 +328,8 @@ struct Hints {
     /// `withdraw_warning` was looked up: not to be looked up again.
     warning_looked_up: bool,
     event: Option<EventDraft>,
+    /// For credit taken back for a refund: what decides how much.
+    take_back: Option<TakeBackPlan>,
 }
 
 impl Hints {
@@ -263,7 +344,30 @@ impl Hints {
     }
 }
 
-type Reply = oneshot::Sender<Result<Receipt, LedgerError>>;
+/// What the callers of a mutation are told.
+#[derive(Clone, Debug)]
+enum Answer {
+    /// The row it made, or made the first time.
+    Row(Receipt),
+    /// A take-back found nothing left to take: no row.
+    Nothing { refunded_before: Money },
+}
+
+impl Answer {
+    /// The answer for the `index`th caller of one write: all but the
+    /// first hear a row as replayed.
+    fn for_caller(self, index: usize) -> Answer {
+        match self {
+            Answer::Row(receipt) => Answer::Row(Receipt {
+                replayed: receipt.replayed || index > 0,
+                ..receipt
+            }),
+            nothing => nothing,
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Answer, LedgerError>>;
 
 /// What every account actor shares: one pointer per actor instead of one
 /// per field, because an actor's size is paid once per active account.
@@ -356,6 +460,8 @@ enum ReadFirst {
     Key(LedgerError),
     /// What its events need.
     Facts(Facts),
+    /// What decides a take-back's amount.
+    TakeBack,
 }
 
 /// The actor's state. Kept small on purpose: with many accounts active,
@@ -543,6 +649,81 @@ impl AccountActor {
         }));
     }
 
+    /// Whether `mutation` is a take-back whose amount is not decided for
+    /// where the account stands now.
+    fn take_back_undecided(&self, mutation: &Mutation) -> bool {
+        mutation
+            .take_back()
+            .is_some_and(|plan| plan.learnt_at != Some(self.working.seq))
+    }
+
+    /// Reads what decides a take-back (what the order's committed refund
+    /// rows took back, the row its key may hold, what the order says is
+    /// refunded), holding every message until it is in, then answers it
+    /// (from its key's row, or with nothing left to take) or decides its
+    /// amount and computes it. Read with nothing in flight, so what the
+    /// ledger says is where the working state stands, or later than it (a
+    /// write another instance committed since): then the guard refuses
+    /// the write, and it is decided again on a fresh read.
+    fn learn_take_back(&mut self, mut retry: Retry, ctx: &mut Context<Self>) {
+        let Some(plan) = retry.mutation.take_back().cloned() else {
+            self.resume(vec![retry], ctx);
+            return;
+        };
+        let store = self.shared.store.clone();
+        let account_id = self.account_id;
+        let key = retry.mutation.idempotency_key.clone();
+        let at_seq = self.working.seq;
+        let order_id = plan.order.id;
+        let lookup = async move {
+            let (taken_before, existing, order) = futures_util::try_join!(
+                store.ledger().taken_back(account_id, order_id),
+                store.ledger().entry_by_key(account_id, key),
+                store.billing().order(order_id),
+            )?;
+            Ok::<_, StoreError>((taken_before, existing, order))
+        };
+        ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
+            let outcome = match found {
+                // Money depends on it: nothing is decided without it.
+                Err(error) => Err(LedgerError::Store(error)),
+                Ok((_, Some(existing), _)) => replay(existing, &retry.mutation).map(Answer::Row),
+                Ok((taken_before, None, order)) => {
+                    let refunded_before =
+                        order.map_or(plan.order.amount_refunded, |order| order.amount_refunded);
+                    let left = plan.left(taken_before);
+                    if left.is_positive() {
+                        let newly_refunded = plan
+                            .refunded
+                            .checked_sub(refunded_before)
+                            .ok()
+                            .filter(|newly| newly.is_positive())
+                            .unwrap_or(Money::ZERO);
+                        retry.mutation.amount = -left;
+                        if let Some(hints) = retry.mutation.hints.as_mut() {
+                            hints.event = Some(payment_refunded(
+                                &plan.order,
+                                newly_refunded,
+                                plan.refunded,
+                                left,
+                            ));
+                            if let Some(plan) = hints.take_back.as_mut() {
+                                plan.learnt_at = Some(at_seq);
+                            }
+                        }
+                        actor.resume(vec![retry], ctx);
+                        return;
+                    }
+                    Ok(Answer::Nothing { refunded_before })
+                }
+            };
+            for (index, waiter) in retry.waiters.into_iter().enumerate() {
+                let _ = waiter.send(outcome.clone().map(|answer| answer.for_caller(index)));
+            }
+            actor.resume(Vec::new(), ctx);
+        }));
+    }
+
     /// Loads the committed snapshot, holding every message until it is in,
     /// then computes `then` again on it. A store that cannot be read is
     /// retried, because answering from a guessed state is never right.
@@ -602,9 +783,25 @@ impl AccountActor {
         mutation: Mutation,
         ctx: &mut Context<Self>,
     ) -> ResponseFuture<Result<Receipt, LedgerError>> {
+        let answer = self.begin(mutation, ctx);
+        Box::pin(async move {
+            match answer.await? {
+                Answer::Row(receipt) => Ok(receipt),
+                // Only a take-back answers this.
+                Answer::Nothing { .. } => Err(LedgerError::InvalidAmount("nothing to apply")),
+            }
+        })
+    }
+
+    /// Starts a mutation; the future answers it.
+    fn begin(
+        &mut self,
+        mutation: Mutation,
+        ctx: &mut Context<Self>,
+    ) -> impl std::future::Future<Output = Result<Answer, LedgerError>> + 'static {
         let (reply, answer) = oneshot::channel();
         self.begin_mutation(mutation, reply, ctx);
-        Box::pin(async move { answer.await.unwrap_or(Err(LedgerError::Interrupted)) })
+        async move { answer.await.unwrap_or(Err(LedgerError::Interrupted)) }
     }
 
     fn begin_mutation(&mut self, mutation: Mutation, reply: Reply, ctx: &mut Context<Self>) {
@@ -671,12 +868,9 @@ impl AccountActor {
             mut waiters,
             attempts,
         } = retry;
-        let answer_all = |waiters: Vec<Reply>, outcome: Result<Receipt, LedgerError>| {
+        let answer_all = |waiters: Vec<Reply>, outcome: Result<Answer, LedgerError>| {
             for (index, waiter) in waiters.into_iter().enumerate() {
-                let _ = waiter.send(outcome.clone().map(|receipt| Receipt {
-                    replayed: receipt.replayed || index > 0,
-                    ..receipt
-                }));
+                let _ = waiter.send(outcome.clone().map(|answer| answer.for_caller(index)));
             }
         };
         if self.lifecycle == Lifecycle::Unloaded && self.in_flight.is_none() {
@@ -699,7 +893,11 @@ impl AccountActor {
             .as_mut()
             .and_then(|pipeline| pipeline.writes.get_mut(&mutation.idempotency_key));
         if let Some(in_flight) = joined {
-            if in_flight.entry.kind == mutation.kind && in_flight.entry.amount == mutation.amount {
+            // A take-back of the same key is the same refund, whatever
+            // amount it would decide now.
+            if in_flight.entry.kind == mutation.kind
+                && (in_flight.entry.amount == mutation.amount || mutation.take_back().is_some())
+            {
                 in_flight.waiters.append(&mut waiters);
                 return Step::Done;
             }
@@ -728,6 +926,7 @@ impl AccountActor {
         // later write of the same key must not be what the lookup finds).
         let read_first = match self.refusal(&mutation) {
             Err(refusal) => Some(ReadFirst::Key(refusal)),
+            Ok(()) if self.take_back_undecided(&mutation) => Some(ReadFirst::TakeBack),
             Ok(()) => self.facts_needed(&mutation).map(ReadFirst::Facts),
         };
         if let Some(read_first) = read_first {
@@ -742,6 +941,7 @@ impl AccountActor {
             match read_first {
                 ReadFirst::Key(refusal) => self.answer_from_ledger(retry, refusal, true, ctx),
                 ReadFirst::Facts(facts) => self.learn_facts(retry, facts, ctx),
+                ReadFirst::TakeBack => self.learn_take_back(retry, ctx),
             }
             return Step::Paused;
         }
@@ -786,15 +986,12 @@ impl AccountActor {
             .entry_by_key(self.account_id, mutation.idempotency_key.clone());
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
-                Ok(Some(existing)) => replay(existing, &mutation),
+                Ok(Some(existing)) => replay(existing, &mutation).map(Answer::Row),
                 Ok(None) => Err(otherwise),
                 Err(error) => Err(LedgerError::from(error)),
             };
             for (index, waiter) in waiters.into_iter().enumerate() {
-                let _ = waiter.send(outcome.clone().map(|receipt| Receipt {
-                    replayed: receipt.replayed || index > 0,
-                    ..receipt
-                }));
+                let _ = waiter.send(outcome.clone().map(|answer| answer.for_caller(index)));
             }
             if then_resume {
                 actor.resume(Vec::new(), ctx);
@@ -880,14 +1077,28 @@ impl AccountActor {
         let events = self
             .events_of(&entry, mutation.hints.as_deref())
             .map_err(LedgerError::Store)?;
-        let outbox =
-            (notice.is_some() || withdraw_warning.is_some() || !events.is_empty()).then(|| {
-                Box::new(Outbox {
-                    notice,
-                    withdraw_notice: withdraw_warning,
-                    events,
-                })
+        // Credit taken back for a refund records the order's figure with
+        // its row: neither commits without the other.
+        let order_refunded = mutation
+            .hints
+            .as_ref()
+            .and_then(|hints| hints.take_back.as_ref())
+            .map(|plan| OrderRefunded {
+                order_id: plan.order.id,
+                refunded: plan.refunded,
             });
+        let outbox = (notice.is_some()
+            || withdraw_warning.is_some()
+            || !events.is_empty()
+            || order_refunded.is_some())
+        .then(|| {
+            Box::new(Outbox {
+                notice,
+                withdraw_notice: withdraw_warning,
+                events,
+                order_refunded,
+            })
+        });
         let (done, committed) = oneshot::channel();
         self.shared.store.ledger().submit(LedgerWrite {
             entry: entry.clone(),
@@ -1049,11 +1260,11 @@ impl AccountActor {
                     );
                 }
                 for (index, waiter) in in_flight.waiters.into_iter().enumerate() {
-                    let _ = waiter.send(Ok(Receipt {
+                    let _ = waiter.send(Ok(Answer::Row(Receipt {
                         entry: in_flight.entry.clone(),
                         replayed: index > 0,
                         low_balance_warning_due: in_flight.warning_due && index == 0,
-                    }));
+                    })));
                 }
                 if settled {
                     // What waited for the writes to be settled goes on.
@@ -1240,9 +1451,12 @@ fn conflict(existing: &LedgerEntry) -> LedgerError {
 }
 
 /// The answer to a key that is already in the ledger: the original row if
-/// the request is the same, a conflict if it is not.
+/// the request is the same (for a take-back, whose amount the ledger
+/// decided, a row of its kind), a conflict if it is not.
 fn replay(existing: LedgerEntry, mutation: &Mutation) -> Result<Receipt, LedgerError> {
-    if existing.kind == mutation.kind && existing.amount == mutation.amount {
+    if existing.kind == mutation.kind
+        && (existing.amount == mutation.amount || mutation.take_back().is_some())
+    {
         Ok(Receipt {
             entry: existing,
             replayed: true,
@@ -1332,6 +1546,47 @@ impl Handler<Refund> for AccountActor {
             },
             ctx,
         )
+    }
+}
+
+impl Handler<TakeBack> for AccountActor {
+    type Result = ResponseFuture<Result<TakenBack, LedgerError>>;
+
+    fn handle(&mut self, message: TakeBack, ctx: &mut Context<Self>) -> Self::Result {
+        if !message.refunded.is_positive() || message.credited.is_negative() {
+            return Box::pin(async {
+                Err(LedgerError::InvalidAmount(
+                    "a refund must be positive and what its order credited not negative",
+                ))
+            });
+        }
+        let order_id = message.order.id;
+        let answer = self.begin(
+            Mutation {
+                kind: TransactionKind::Refund,
+                // Decided from the ledger before it is written.
+                amount: Money::ZERO,
+                idempotency_key: message.idempotency_key,
+                description: message.description,
+                order_id: Some(order_id),
+                hints: Some(Box::new(Hints {
+                    take_back: Some(TakeBackPlan {
+                        order: message.order,
+                        refunded: message.refunded,
+                        credited: message.credited,
+                        learnt_at: None,
+                    }),
+                    ..Hints::default()
+                })),
+            },
+            ctx,
+        );
+        Box::pin(async move {
+            Ok(match answer.await? {
+                Answer::Row(receipt) => TakenBack::Row(receipt),
+                Answer::Nothing { refunded_before } => TakenBack::Nothing { refunded_before },
+            })
+        })
     }
 }
 

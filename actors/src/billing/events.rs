@@ -13,7 +13,7 @@ pub use super::event_log::{EventRecord, EventStatus};
 use super::gateway::PaymentPurpose;
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
-use crate::account_actor::{Credit, Refund};
+use crate::account_actor::{Credit, TakeBack, TakenBack};
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
 use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
@@ -644,63 +644,99 @@ impl Billing {
             .billing()
             .order_by_payment_intent(payment_intent_id.clone())
             .await?;
+        let waiting = |detail: String| EventOutcome::Waiting {
+            detail,
+            on: payment_intent_key(&payment_intent_id),
+        };
         let order = match order {
             Some(order) if order.status != OrderStatus::Pending => order,
             _ => {
-                return Ok(EventOutcome::Waiting {
-                    detail: format!("no completed order for PaymentIntent {payment_intent_id} yet"),
-                    on: payment_intent_key(&payment_intent_id),
-                })
+                return Ok(waiting(format!(
+                    "no completed order for PaymentIntent {payment_intent_id} yet"
+                )))
             }
         };
         let cumulative = cents(amount_refunded_cents)?;
+        // The figure is raised with the row that takes the credit back, so
+        // an event it covers has nothing left to take.
         if cumulative <= order.amount_refunded {
             return Ok(EventOutcome::Applied("no newly refunded amount".into()));
         }
-        // Take back at most what this order credited, less what earlier
-        // refunds already took back.
-        let credited = self.credit_for(&order, order.amount);
-        let taken_before = order.amount_refunded.min(credited);
-        let take_back = cumulative
-            .min(credited)
-            .checked_sub(taken_before)
-            .unwrap_or(Money::ZERO);
-        let refunded = cumulative
-            .checked_sub(order.amount_refunded)
-            .unwrap_or(Money::ZERO);
-        let event = payment_refunded(&order, refunded, cumulative, take_back);
-        if take_back.is_positive() {
-            self.registry
-                .send(
-                    order.account_id,
-                    Refund {
-                        amount: -take_back,
-                        idempotency_key: IdempotencyKey::stripe_refund(
-                            charge_id,
-                            amount_refunded_cents,
-                        )
-                        .map_err(|_| BillingError::invalid_id("charge", charge_id))?,
-                        description: format!("refund of order {}", order.id),
-                        order_id: Some(order.id),
-                        event: Some(event),
-                    },
-                )
-                .await?;
-        } else {
+        let Some(credited) = self.credited_by(&order).await? else {
+            return Ok(waiting(format!(
+                "order {}'s credit is not in the ledger yet",
+                order.id
+            )));
+        };
+        let (order_id, account_id) = (order.id, order.account_id);
+        let idempotency_key = IdempotencyKey::stripe_refund(charge_id, amount_refunded_cents)
+            .map_err(|_| BillingError::invalid_id("charge", charge_id))?;
+        // The account's actor decides how much comes off, from the ledger,
+        // and records it with the order's figure in one transaction.
+        let taken = self
+            .registry
+            .send(
+                account_id,
+                TakeBack {
+                    order: order.clone(),
+                    refunded: cumulative,
+                    credited,
+                    idempotency_key,
+                    description: format!("refund of order {order_id}"),
+                },
+            )
+            .await?;
+        if let TakenBack::Nothing { refunded_before } = taken {
+            // Nothing to take back, so no row to carry the event or the
+            // figure: the event first (once per charge and total), then the
+            // figure, which only ever rises; a retry after a failure
+            // between them finds nothing to take either, and does both.
+            let refunded = cumulative
+                .checked_sub(refunded_before)
+                .ok()
+                .filter(|refunded| refunded.is_positive())
+                .unwrap_or(Money::ZERO);
+            let event = payment_refunded(&order, refunded, cumulative, Money::ZERO);
             let dedupe_key = format!("payment.refunded:{charge_id}:{amount_refunded_cents}");
-            let event = event.standalone(order.account_id, dedupe_key, now_ms)?;
+            let event = event.standalone(account_id, dedupe_key, now_ms)?;
             if self.store.webhooks().record_event(event).await? {
                 self.store.webhooks_ready().notify_one();
             }
+            self.store
+                .billing()
+                .record_refunded(order_id, cumulative)
+                .await?;
         }
-        let order_id = order.id;
-        self.store
-            .billing()
-            .record_refunded(order_id, cumulative)
-            .await?;
         Ok(EventOutcome::Applied(format!(
             "order {order_id}: {} refunded in all",
             cumulative.precise()
         )))
+    }
+
+    /// What an order credited when it was sold, which no refund takes back
+    /// more than: a top-up's payment; the credit that came with access, as
+    /// its own row says (whatever the setting says today). `None` while
+    /// an access order's credit is not in the ledger yet (its completion
+    /// failed before writing it: Stripe's retry of the completion writes
+    /// it, and wakes this refund). With no row and nothing included today,
+    /// nothing was credited. (An access sold with nothing included and
+    /// refunded after the operator included some waits, and expires after
+    /// 3 days: nothing taken back, as nothing was credited.)
+    async fn credited_by(&self, order: &Order) -> Result<Option<Money>, BillingError> {
+        match order.order_type {
+            OrderType::TopUp | OrderType::AutoTopUp => Ok(Some(order.amount)),
+            OrderType::InitialAccess => {
+                let row = self
+                    .store
+                    .ledger()
+                    .entry_by_key(order.account_id, IdempotencyKey::stripe_order(order.id))
+                    .await?;
+                Ok(match row {
+                    Some(row) => Some(row.amount),
+                    None if self.settings.included_credit.is_positive() => None,
+                    None => Some(Money::ZERO),
+                })
+            }
+        }
     }
 }

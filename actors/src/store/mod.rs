@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::feed::FeedHub;
 use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::NewNotice;
+use crate::money::Money;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 use crate::webhooks::NewEvent;
 
@@ -54,14 +55,27 @@ pub struct LedgerWrite {
 
 /// What a ledger write queues besides its row: a notice it makes due (a
 /// low-balance warning), a pending notice it withdraws (the warning of a
-/// message whose cost it gives back) and the webhook events it causes (a
-/// balance crossing, a payment).
+/// message whose cost it gives back), the webhook events it causes (a
+/// balance crossing, a payment) and, for credit taken back for a refund,
+/// the order's refunded figure.
 #[derive(Debug, Default)]
 pub struct Outbox {
     pub notice: Option<NewNotice>,
     /// A notice still `pending` that becomes `withdrawn` with the write.
     pub withdraw_notice: Option<i64>,
     pub events: Vec<NewEvent>,
+    /// The order whose refund the row takes credit back for, raised to
+    /// what Stripe says is refunded of it in all.
+    pub order_refunded: Option<OrderRefunded>,
+}
+
+/// What Stripe says is refunded of an order in all: the order's
+/// `amount_refunded` is raised to it (never lowered), and the order is
+/// `refunded` once it reaches what was paid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OrderRefunded {
+    pub order_id: i64,
+    pub refunded: Money,
 }
 
 impl LedgerWrite {
@@ -79,6 +93,12 @@ impl LedgerWrite {
 
     pub fn events(&self) -> &[NewEvent] {
         self.outbox.as_ref().map_or(&[], |outbox| &outbox.events)
+    }
+
+    pub fn order_refunded(&self) -> Option<OrderRefunded> {
+        self.outbox
+            .as_ref()
+            .and_then(|outbox| outbox.order_refunded)
     }
 }
 
@@ -214,6 +234,9 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<FeedHub>,
     /// Test-only: how many of the next commits fail as a full disk would.
     pub(crate) fail_next_commits: AtomicU64,
+    /// Test-only: while not 0, each commit counts it down, and the one
+    /// that takes it to 0 fails (1: the next commit).
+    fail_commit_in: AtomicU64,
     /// Test-only: how many of the next reads fail as a lost connection's
     /// would.
     fail_next_reads: AtomicU64,
@@ -250,6 +273,7 @@ impl Shared {
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
+            fail_commit_in: AtomicU64::new(0),
             fail_next_reads: AtomicU64::new(0),
             fail_next_external_reads: AtomicU64::new(0),
             syncs_held: AtomicBool::new(false),
@@ -336,6 +360,12 @@ impl Shared {
     /// Whether the next commit is to fail (the test switch), counting it.
     pub(crate) fn take_injected_failure(&self) -> bool {
         take_one(&self.fail_next_commits)
+            || self
+                .fail_commit_in
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+                    remaining.checked_sub(1)
+                })
+                == Ok(1)
     }
 
     /// The failure of the next read, if the test switch says it fails
@@ -492,6 +522,14 @@ impl Store {
     /// and roll back.
     pub fn fail_next_commits_for_testing(&self, count: u64) {
         self.shared.fail_next_commits.store(count, Ordering::SeqCst);
+    }
+
+    /// Test-only switch: the next `skip` commits go through and the one
+    /// after them fails as a full disk would (`None`: none fails), so a
+    /// test can fail each step of a flow in turn.
+    pub fn fail_commit_after_for_testing(&self, skip: Option<u64>) {
+        let armed = skip.map_or(0, |skip| skip.saturating_add(1));
+        self.shared.fail_commit_in.store(armed, Ordering::SeqCst);
     }
 
     /// Test-only switch: the next `count` reads fail as they would on a

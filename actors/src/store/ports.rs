@@ -77,6 +77,9 @@ pub trait LedgerStore: Send + Sync {
     /// Whether any committed row of the account left its balance at or
     /// above `amount` (has the account ever had that much).
     fn ever_reached(&self, account_id: AccountId, amount: Money) -> StoreFuture<bool>;
+    /// What the committed refund rows of an order took back from the
+    /// account in all (a positive amount; zero when none did).
+    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<Money>;
     /// Recomputes every account from its ledger (see [`crate::verify`]).
     fn verify(&self) -> StoreFuture<VerifyReport>;
     /// Answers once everything submitted before it has committed or failed.

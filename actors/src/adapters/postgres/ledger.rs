@@ -213,6 +213,22 @@ impl LedgerStore for PostgresStore {
         })
     }
 
+    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<Money> {
+        self.read(move |client| async move {
+            let row = client
+                .query_one(
+                    "SELECT COALESCE(SUM(amount), 0)::bigint FROM transactions
+                      WHERE order_id = $2 AND account_id = $1 AND type = 'refund'",
+                    &[&account_id.0, &order_id],
+                )
+                .await?;
+            let sum: i64 = row.try_get(0)?;
+            Ok(Money::from_micros(sum.checked_neg().ok_or_else(|| {
+                StoreError::Database(format!("order {order_id}: refunds out of range"))
+            })?))
+        })
+    }
+
     fn snapshot_and_entries_after(
         &self,
         account_id: AccountId,

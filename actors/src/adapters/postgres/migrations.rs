@@ -49,6 +49,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V10__notice_withdrawn",
         include_str!("../../../../migrations/postgres/V10__notice_withdrawn.sql"),
     ),
+    (
+        "V11__refunds_once",
+        include_str!("../../../../migrations/postgres/V11__refunds_once.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

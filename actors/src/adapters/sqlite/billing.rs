@@ -324,8 +324,14 @@ fn end_pending(connection: &Connection, id: i64, status: OrderStatus) -> Result<
     Ok(changed == 1)
 }
 
-/// Records the cumulative refunded amount (only ever upwards).
-fn record_refunded(connection: &Connection, id: i64, cumulative: Money) -> Result<(), StoreError> {
+/// Records the cumulative refunded amount (only ever upwards): on its own
+/// when no credit was taken back for it, or in the writer's transaction
+/// with the row that took it back.
+pub(super) fn record_refunded(
+    connection: &Connection,
+    id: i64,
+    cumulative: Money,
+) -> rusqlite::Result<()> {
     connection
         .prepare_cached(
             "UPDATE orders SET amount_refunded = ?2,
@@ -554,7 +560,7 @@ impl BillingStore for SqliteStore {
     }
 
     fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()> {
-        self.write(move |connection| record_refunded(connection, order_id, cumulative))
+        self.write(move |connection| Ok(record_refunded(connection, order_id, cumulative)?))
     }
 
     fn order(&self, order_id: i64) -> StoreFuture<Option<Order>> {

@@ -285,6 +285,20 @@ impl LedgerStore for SqliteStore {
         })
     }
 
+    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<Money> {
+        self.read(move |connection| {
+            let mut statement = connection.prepare_cached(
+                "SELECT COALESCE(SUM(amount), 0) FROM transactions
+                  WHERE order_id = ?2 AND account_id = ?1 AND type = 'refund'",
+            )?;
+            let sum: i64 =
+                statement.query_row(params![account_id.0, order_id], |row| row.get(0))?;
+            Ok(Money::from_micros(sum.checked_neg().ok_or_else(|| {
+                StoreError::Database(format!("order {order_id}: refunds out of range"))
+            })?))
+        })
+    }
+
     fn verify(&self) -> StoreFuture<VerifyReport> {
         self.read(verify)
     }

@@ -83,6 +83,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V18__notice_withdrawn",
         include_str!("../../../../migrations/sqlite/V18__notice_withdrawn.sql"),
     ),
+    (
+        "V19__refunds_once",
+        include_str!("../../../../migrations/sqlite/V19__refunds_once.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::syncer::{Answer, CommittedLedger, Durability, Settled};
 use super::{
-    ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
+    billing, ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
     WriterMessage,
 };
 use crate::clock::Clock;
@@ -285,6 +285,13 @@ impl Writer {
                     }
                     if appended && !write.events().is_empty() {
                         webhooks::insert_events(&self.connection, write.events())?;
+                    }
+                    if let (true, Some(refunded)) = (appended, write.order_refunded()) {
+                        billing::record_refunded(
+                            &self.connection,
+                            refunded.order_id,
+                            refunded.refunded,
+                        )?;
                     }
                     Ok(appended)
                 });

@@ -219,3 +219,38 @@ async fn rows_another_instance_wrote_that_could_not_be_read_reach_the_feed_all_t
     first.stop().await;
     second.stop().await;
 }
+
+#[actix_rt::test]
+async fn a_database_that_accepts_and_never_answers_is_given_up_on_not_waited_for() {
+    // A peer that takes the connection and says nothing, as a proxy in a
+    // failover may: opening the store fails, in bounded time, saying why.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        for stream in listener.incoming().take(8) {
+            accepted.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(60));
+        drop(accepted);
+    });
+    let location = DatabaseLocation::parse(&format!(
+        "postgres://postgres:postgres@127.0.0.1:{port}/silent"
+    ))
+    .unwrap();
+    let started = Instant::now();
+    let opened = actix_rt::time::timeout(
+        Duration::from_secs(30),
+        actix_rt::task::spawn_blocking(move || {
+            sms_credit_actors::adapters::open(&sms_credit_actors::StoreSettings::new(location))
+                .map(drop)
+        }),
+    )
+    .await
+    .expect("opening a silent database gives up within 30 s")
+    .unwrap();
+    let error = opened.expect_err("a database that never answers is not opened");
+    assert!(error.to_string().contains("no answer within"), "{error}");
+    println!("gave up after {:?}: {error}", started.elapsed());
+    drop(held);
+}

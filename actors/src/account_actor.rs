@@ -1620,18 +1620,35 @@ impl Handler<GetBalance> for AccountActor {
     /// read failed, or the store may have missed another process's
     /// writes) reads it first, so that it never answers from a guess and
     /// never stays unable to answer.
-    fn handle(&mut self, _message: GetBalance, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _message: GetBalance, ctx: &mut Context<Self>) -> Self::Result {
         if self.lifecycle == Lifecycle::Unloaded && self.in_flight.is_none() {
             self.last_activity_ms = self.shared.activity_ms();
+            // Every later message waits for the read (a note of another
+            // process's write among them: taken after it, not lost).
+            let (answer, answered) = oneshot::channel();
             let load = self.shared.store.ledger().snapshot(self.account_id);
-            return Box::pin(load.into_actor(self).map(|loaded, actor, _ctx| {
-                let snapshot = loaded?.ok_or(LedgerError::AccountNotFound(actor.account_id))?;
-                if actor.lifecycle == Lifecycle::Unloaded && actor.in_flight.is_none() {
-                    actor.lifecycle = Lifecycle::Ready;
-                    actor.take_snapshot(snapshot);
-                }
-                Ok(snapshot)
+            ctx.wait(load.into_actor(self).map(|loaded, actor, _ctx| {
+                let outcome = match loaded {
+                    Ok(Some(snapshot)) => {
+                        if actor.lifecycle == Lifecycle::Unloaded && actor.in_flight.is_none() {
+                            actor.lifecycle = Lifecycle::Ready;
+                            actor.take_snapshot(snapshot);
+                        }
+                        Ok(actor.committed().unpack())
+                    }
+                    Ok(None) => Err(LedgerError::AccountNotFound(actor.account_id)),
+                    Err(error) => Err(LedgerError::Store(error)),
+                };
+                let _ = answer.send(outcome);
             }));
+            return Box::pin(
+                async move {
+                    answered
+                        .await
+                        .unwrap_or(Err(LedgerError::Store(StoreError::Closed)))
+                }
+                .into_actor(self),
+            );
         }
         let answer = self.admit().map(|()| self.committed().unpack());
         Box::pin(actix::fut::ready(answer))

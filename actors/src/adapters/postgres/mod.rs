@@ -230,7 +230,11 @@ impl Connector {
     }
 
     /// A new connection, driven on the adapter's runtime; with `on_message`,
-    /// the connection's notifications go to it (the listener).
+    /// the connection's notifications go to it (the listener). The whole
+    /// of it (TCP, TLS, start-up, authentication) is bounded: the driver's
+    /// own timeout covers only the TCP connect, and a peer that accepts the
+    /// socket and never answers (a proxy during a failover) would otherwise
+    /// hold the attempt, and whoever waits on it, for good.
     async fn connect(
         &self,
         notifications: Option<mpsc::UnboundedSender<tokio_postgres::Notification>>,
@@ -241,25 +245,38 @@ impl Connector {
         let connected = self
             .runtime
             .spawn(async move {
-                match tls {
-                    Some(tls) => {
-                        let (client, connection) = config.connect(tls).await?;
-                        tokio::spawn(drive(connection, notifications));
-                        Ok::<_, tokio_postgres::Error>(client)
+                let connecting = async move {
+                    match tls {
+                        Some(tls) => {
+                            let (client, connection) = config.connect(tls).await?;
+                            tokio::spawn(drive(connection, notifications));
+                            Ok::<_, tokio_postgres::Error>(client)
+                        }
+                        None => {
+                            let (client, connection) =
+                                config.connect(tokio_postgres::NoTls).await?;
+                            tokio::spawn(drive(connection, notifications));
+                            Ok(client)
+                        }
                     }
-                    None => {
-                        let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-                        tokio::spawn(drive(connection, notifications));
-                        Ok(client)
-                    }
-                }
+                };
+                tokio::time::timeout(CONNECT_TIMEOUT, connecting).await
             })
             .await
             .map_err(|_| StoreError::Closed)?;
-        connected.map_err(|error| StoreError::Open {
-            path: shown,
-            reason: describe(&error),
-        })
+        match connected {
+            Ok(connected) => connected.map_err(|error| StoreError::Open {
+                path: shown,
+                reason: describe(&error),
+            }),
+            Err(_elapsed) => Err(StoreError::Open {
+                path: shown,
+                reason: format!(
+                    "no answer within {} s (connecting, TLS or signing in)",
+                    CONNECT_TIMEOUT.as_secs()
+                ),
+            }),
+        }
     }
 }
 
@@ -299,6 +316,9 @@ struct ReaderSlot {
     client: Mutex<Option<Arc<Client>>>,
     reconnecting: tokio::sync::Mutex<Option<(Instant, StoreError)>>,
 }
+
+/// How long making a connection may take in all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a failed attempt to connect a reader answers for the slot.
 const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);

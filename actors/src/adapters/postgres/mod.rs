@@ -401,7 +401,14 @@ impl Dedicated {
     async fn lock(&self) -> Result<tokio::sync::MutexGuard<'_, Option<Client>>, StoreError> {
         let mut slot = self.client.lock().await;
         if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(self.connector.connect(None).await?);
+            let client = self.connector.connect(None).await?;
+            // A transaction left open by a caller that stopped (a frozen
+            // or cut-off instance) is ended by the server, and what it held
+            // with it.
+            client
+                .batch_execute("SET idle_in_transaction_session_timeout = '30s'")
+                .await?;
+            *slot = Some(client);
         }
         Ok(slot)
     }

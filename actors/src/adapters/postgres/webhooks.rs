@@ -164,6 +164,11 @@ fn status_code(value: Option<i64>, delivery: i64) -> Result<Option<u16>, StoreEr
         .transpose()
 }
 
+/// The class of the advisory locks that guard an endpoint's claims (a hash
+/// of the endpoint's id is the other half of the key; two endpoints that
+/// share a hash only take turns): "webh".
+const CLAIM_LOCK_CLASS: i32 = 0x7765_6268;
+
 impl WebhookStore for PostgresStore {
     fn create_endpoint(&self, new: NewEndpoint) -> StoreFuture<Endpoint> {
         let new = std::sync::Arc::new(new);
@@ -355,26 +360,24 @@ impl WebhookStore for PostgresStore {
         limit: i64,
         instance: String,
     ) -> StoreFuture<Vec<ClaimedDelivery>> {
-        // Not in the ledger writer's queue: a transaction of its own on the
-        // claims' connection, committed at once. Each endpoint's row is
-        // locked (`FOR NO KEY UPDATE`, which the deliveries' foreign keys
-        // do not wait for) before its tries in flight are counted, and the
-        // claims committed before it is let go: under READ COMMITTED the
-        // count, a statement after the lock, sees every other instance's
-        // claims, so the cap holds across instances. An endpoint another
-        // instance is claiming for is skipped this time (no one waits, and
-        // no two instances wait on each other).
+        // Not in the ledger writer's queue: on the claims' connection, one
+        // short transaction per endpoint. Each takes the endpoint's claim
+        // lock (a transaction-scoped advisory lock: no writer ever waits
+        // for it, and it goes with the transaction) before its tries in
+        // flight are counted, and lets it go with the claims' commit: under
+        // READ COMMITTED the count, a statement after the lock, sees every
+        // other instance's claims, so the cap holds across instances. An
+        // endpoint another instance is claiming for is skipped this time
+        // (no one waits, and no two instances wait on each other).
         let claims = std::sync::Arc::clone(&self.claims);
         Box::pin(async move {
             let mut slot = claims.lock().await?;
             let client = slot.as_mut().ok_or(StoreError::Closed)?;
-            let transaction = client.transaction().await?;
-            let endpoints = transaction
+            let endpoints = client
                 .query(
                     &format!(
                         "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
-                          WHERE enabled = 1 AND deleted = 0 ORDER BY id
-                          FOR NO KEY UPDATE SKIP LOCKED"
+                          WHERE enabled = 1 AND deleted = 0 ORDER BY id"
                     ),
                     &[],
                 )
@@ -389,6 +392,17 @@ impl WebhookStore for PostgresStore {
             for endpoint in endpoints.iter().cycle().skip(start).take(endpoints.len()) {
                 if deliveries.len() as i64 >= limit {
                     break;
+                }
+                let transaction = client.transaction().await?;
+                let locked: bool = transaction
+                    .query_one(
+                        "SELECT pg_try_advisory_xact_lock($1, hashtext($2))",
+                        &[&CLAIM_LOCK_CLASS, &endpoint.id],
+                    )
+                    .await?
+                    .try_get(0)?;
+                if !locked {
+                    continue;
                 }
                 let busy: i64 = transaction
                     .query_one(
@@ -447,8 +461,8 @@ impl WebhookStore for PostgresStore {
                         });
                     }
                 }
+                transaction.commit().await?;
             }
-            transaction.commit().await?;
             deliveries.sort_by_key(|delivery| delivery.id);
             Ok(deliveries)
         })
@@ -460,14 +474,17 @@ impl WebhookStore for PostgresStore {
             // connection of its own: a try's record does not wait behind
             // the ledger's batches, nor they behind it. The delivery is
             // changed only under the try's claim, and the endpoint only if
-            // the delivery was.
+            // the delivery was; the endpoint's row is locked first, as a
+            // disable locks it, so that the two never deadlock.
             return self.read(move |client| async move {
                 let (state, next_attempt_at) = recorded_state(&attempt.outcome);
                 let status = attempt.status_code.map(i64::from);
                 let failing = (attempt.outcome != DeliveryOutcome::Delivered).then_some(attempt.at_ms);
                 let decided: i64 = client
                     .query_one(
-                        "WITH tried AS (
+                        "WITH ep AS (
+                           SELECT id FROM webhook_endpoints WHERE id = $2 FOR NO KEY UPDATE),
+                         tried AS (
                            INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)
                            VALUES ($1, $2, $3, $4, $5, $6)),
                          delivery AS (
@@ -476,6 +493,7 @@ impl WebhookStore for PostgresStore {
                                   claimed_until = NULL,
                                   finished_at = CASE WHEN $8::BIGINT IS NULL THEN $3::BIGINT END
                             WHERE id = $1 AND state = 'sending' AND attempts = $10
+                              AND EXISTS (SELECT 1 FROM ep)
                             RETURNING endpoint_id),
                          endpoint AS (
                            UPDATE webhook_endpoints
@@ -512,6 +530,16 @@ impl WebhookStore for PostgresStore {
             let attempt = std::sync::Arc::clone(&attempt);
             boxed(async move {
                 let status = attempt.status_code.map(i64::from);
+                // The endpoint's row first, as every transaction that
+                // changes an endpoint and its deliveries takes them (a
+                // disable does): never a delivery then the endpoint, which
+                // would deadlock with one.
+                transaction
+                    .execute(
+                        "SELECT 1 FROM webhook_endpoints WHERE id = $1 FOR NO KEY UPDATE",
+                        &[&attempt.endpoint_id],
+                    )
+                    .await?;
                 transaction
                     .execute(
                         "INSERT INTO webhook_attempts (delivery_id, endpoint_id, at, status_code, error, duration_ms)

@@ -102,8 +102,12 @@ impl PostgresUrl {
     /// The connection settings: the URL's, with defaults for what it does
     /// not say — a connection attempt gives up after 5 s and a write the
     /// server does not acknowledge within 30 s breaks the connection (so a
-    /// vanished server becomes an error, not a hang), and the connections
-    /// show as `sms-credit` in `pg_stat_activity`.
+    /// vanished server becomes an error, not a hang), the connections
+    /// show as `sms-credit` in `pg_stat_activity`, and every commit waits
+    /// for its WAL to be flushed (`synchronous_commit=on`, whatever the
+    /// server's or the database's default: a write is answered only after
+    /// its commit returns, and that must mean durable), unless the URL's
+    /// `options` choose a level themselves.
     fn config(&self) -> Result<tokio_postgres::Config, StoreError> {
         let mut config =
             tokio_postgres::Config::from_str(&self.url).map_err(|error| StoreError::Open {
@@ -118,6 +122,11 @@ impl PostgresUrl {
         }
         if config.get_application_name().is_none() {
             config.application_name("sms-credit");
+        }
+        let options = config.get_options().unwrap_or_default();
+        if !options.contains("synchronous_commit") {
+            let durable = format!("{options} -c synchronous_commit=on");
+            config.options(durable.trim_start());
         }
         Ok(config)
     }
@@ -722,5 +731,28 @@ mod tests {
                 .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(rooted.root_certificates.as_deref(), Some("/etc/ca.pem"));
         assert!(PostgresUrl::parse("mysql://x/y").is_err());
+    }
+
+    #[test]
+    fn every_connection_waits_for_its_commits_to_be_flushed() {
+        let config = |url: &str| {
+            PostgresUrl::parse(url)
+                .and_then(|url| url.config().map_err(|error| error.to_string()))
+                .unwrap_or_else(|error| panic!("{error}"))
+        };
+        assert_eq!(
+            config("postgres://u:p@h/d").get_options(),
+            Some("-c synchronous_commit=on")
+        );
+        assert_eq!(
+            config("postgres://u:p@h/d?options=-c%20statement_timeout%3D5000").get_options(),
+            Some("-c statement_timeout=5000 -c synchronous_commit=on")
+        );
+        // A level the operator chose in the URL stands (remote_apply, say).
+        assert_eq!(
+            config("postgres://u:p@h/d?options=-c%20synchronous_commit%3Dremote_apply")
+                .get_options(),
+            Some("-c synchronous_commit=remote_apply")
+        );
     }
 }

@@ -25,6 +25,12 @@ pub(crate) struct Setup {
 }
 
 pub(crate) async fn setup() -> Setup {
+    setup_and_second(false).await.0
+}
+
+/// As [`setup`], with a second instance on the same database (the same
+/// clock and fakes) when `second` says so.
+async fn setup_and_second(second: bool) -> (Setup, Option<TestApp>) {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
     let directory = fresh_directory();
@@ -35,14 +41,19 @@ pub(crate) async fn setup() -> Setup {
     // Webhooks to a receiver on loopback (the webhook tests use this too).
     settings.webhooks.allow_private = true;
     let clock = ManualClock::new(NOW_UNIX * 1000);
-    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
-    Setup {
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
+    let second = match second {
+        true => Some(TestApp::spawn_with_clock(directory, settings, clock.clone()).await),
+        false => None,
+    };
+    let setup = Setup {
         app,
         stripe,
         twilio,
         events: EventFactory::new(),
         clock,
-    }
+    };
+    (setup, second)
 }
 
 fn reply_text(twiml: &str) -> String {
@@ -1013,4 +1024,73 @@ async fn buy_by_sms_stops_at_the_daily_limit() {
         "{twiml}"
     );
     assert_eq!(stripe.charges_made(), 4);
+}
+
+/// The auto top-up notices that say a charge failed, sent to `phone`.
+fn failure_notices(twilio: &FakeTwilio, phone: &str) -> Vec<String> {
+    twilio
+        .sent()
+        .into_iter()
+        .filter(|sms| {
+            sms.to == phone
+                && (sms.body.contains("could not be charged") || sms.body.contains("was declined"))
+        })
+        .map(|sms| sms.body)
+        .collect()
+}
+
+on_both_stores!(a_charge_another_instance_is_still_sending_is_neither_failed_nor_charged_twice);
+/// One instance's charge is slow at Stripe, past its lease; the other
+/// instance claims the attempt and sends the same key, and Stripe answers
+/// 409 (`idempotency_error`: the key's first request is in progress). That
+/// is no decline: the attempt stays charging (no failure, no SMS), and when
+/// the first answer comes it succeeds, charged and credited once.
+async fn a_charge_another_instance_is_still_sending_is_neither_failed_nor_charged_twice() {
+    let (mut setup, second) = setup_and_second(true).await;
+    let phone = "+14155553760";
+    let (account, token) = auto_top_up_sent_once(&mut setup, phone, ChargeMode::Held).await;
+    let Setup {
+        app,
+        stripe,
+        twilio,
+        clock,
+        ..
+    } = &setup;
+    // The lease runs out while the charge is held: the instance that did
+    // not send it claims it, and sends the same key.
+    clock.advance_ms(31_000);
+    wait_for_requests(stripe, "/v1/payment_intents", 2).await;
+    let charges = stripe.requests("/v1/payment_intents");
+    assert_eq!(charges[0].idempotency_key, charges[1].idempotency_key);
+    assert_eq!(stripe.conflicts(), 1, "Stripe answered the second 409");
+    // What the 409 came to is written (a retry later, or an end).
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts[0]["status"] != "charging" || !attempts[0]["reason"].is_null()
+    })
+    .await;
+    assert_eq!(view["attempts"][0]["status"], "charging", "{view}");
+    assert_eq!(view["consecutive_failures"], 0, "{view}");
+    assert_eq!(stripe.charges_made(), 1);
+
+    // The first request's answer arrives: charged and credited once.
+    stripe.release();
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts[0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["month_charged_micros"], 10_000_000, "{view}");
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_050_000 - US_MESSAGE + 10_000_000,
+        "credited once"
+    );
+    app.settle_notices(account).await;
+    assert_eq!(failure_notices(twilio, phone), Vec::<String>::new());
+    let (_, verify) = app
+        .request("GET", "/v1/admin/verify", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(verify["clean"], true, "{verify}");
+    second.unwrap().stop().await;
 }

@@ -279,7 +279,7 @@ fn start_auto_top_up_worker(billing: Billing, clock: Arc<dyn Clock>) {
                     billing.registry.auto_triggers().settled(account_id, 0);
                 }
             }
-            if let Err(error) = billing.run_auto_top_ups(now_ms).await {
+            if let Err(error) = billing.run_auto_top_ups().await {
                 tracing::warn!(%error, "could not run auto top-ups");
             }
             if let Ok(Some(account_id)) =

@@ -80,7 +80,7 @@ async fn get_settings(
 }
 
 const ATTEMPT_COLUMNS: &str = "id, account_id, n, amount, month, status, reason, order_id,
-    payment_intent_id, created_at, updated_at";
+    payment_intent_id, created_at, updated_at, claims";
 
 fn attempt_from_row(row: &Row) -> Result<AutoTopUpAttempt, StoreError> {
     let id: i64 = row.try_get(0)?;
@@ -104,6 +104,7 @@ fn attempt_from_row(row: &Row) -> Result<AutoTopUpAttempt, StoreError> {
         payment_intent_id: row.try_get(8)?,
         created_at_ms: row.try_get(9)?,
         updated_at_ms: row.try_get(10)?,
+        claim: row.try_get(11)?,
     })
 }
 
@@ -423,7 +424,8 @@ impl AutoTopUpStore for PostgresStore {
                 let rows = transaction
                     .query(
                         &format!(
-                            "UPDATE auto_top_ups SET status = 'charging', claimed_until = $2, updated_at = $1
+                            "UPDATE auto_top_ups SET status = 'charging', claimed_until = $2, updated_at = $1,
+                                    claims = claims + 1
                               WHERE id IN (SELECT id FROM auto_top_ups
                                             WHERE status IN ('pending', 'charging') AND claimed_until <= $1
                                             ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
@@ -476,15 +478,41 @@ impl AutoTopUpStore for PostgresStore {
         })
     }
 
-    fn auto_top_up_later(&self, attempt_id: i64, at_ms: i64, reason: String) -> StoreFuture<()> {
+    fn renew_auto_top_up(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        lease_until_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let renewed = transaction
+                    .execute(
+                        "UPDATE auto_top_ups SET claimed_until = $3
+                          WHERE id = $1 AND claims = $2 AND status = 'charging'",
+                        &[&attempt_id, &claim, &lease_until_ms],
+                    )
+                    .await?;
+                Ok(renewed == 1)
+            })
+        })
+    }
+
+    fn auto_top_up_later(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        at_ms: i64,
+        reason: String,
+    ) -> StoreFuture<()> {
         self.write(move |transaction| {
             let reason = reason.clone();
             boxed(async move {
                 transaction
                     .execute(
-                        "UPDATE auto_top_ups SET claimed_until = $2, reason = $3
-                          WHERE id = $1 AND status IN ('pending', 'charging')",
-                        &[&attempt_id, &at_ms, &reason],
+                        "UPDATE auto_top_ups SET claimed_until = $3, reason = $4
+                          WHERE id = $1 AND claims = $2 AND status IN ('pending', 'charging')",
+                        &[&attempt_id, &claim, &at_ms, &reason],
                     )
                     .await?;
                 Ok(())

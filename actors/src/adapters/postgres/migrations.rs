@@ -49,6 +49,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V10__notice_withdrawn",
         include_str!("../../../../migrations/postgres/V10__notice_withdrawn.sql"),
     ),
+    (
+        "V12__worker_leases",
+        include_str!("../../../../migrations/postgres/V12__worker_leases.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

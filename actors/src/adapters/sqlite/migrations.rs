@@ -83,6 +83,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V18__notice_withdrawn",
         include_str!("../../../../migrations/sqlite/V18__notice_withdrawn.sql"),
     ),
+    (
+        "V20__worker_leases",
+        include_str!("../../../../migrations/sqlite/V20__worker_leases.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -163,10 +163,10 @@ const NOTICE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends queued notices (low-balance warnings) as soon as a commit queues
 /// them, and now and then for those waiting for a retry.
-fn start_notice_worker(messaging: Messaging, clock: Arc<dyn Clock>) {
+fn start_notice_worker(messaging: Messaging) {
     actix_rt::spawn(async move {
         loop {
-            if let Err(error) = messaging.deliver_notices(clock.now_ms()).await {
+            if let Err(error) = messaging.deliver_notices().await {
                 tracing::warn!(%error, "could not deliver notices");
             }
             let ready = messaging.store.notices_ready().notified();
@@ -532,7 +532,7 @@ impl Application {
             state.settings.webhooks.retention,
         );
         if let Some(messaging) = core.messaging.clone() {
-            start_notice_worker(messaging.clone(), Arc::clone(&clock));
+            start_notice_worker(messaging.clone());
             start_messaging_jobs(messaging, Arc::clone(&clock));
         }
         if let Some(billing) = core.billing.clone() {

@@ -1099,7 +1099,10 @@ async fn a_charge_another_instance_is_still_sending_is_neither_failed_nor_charge
 
 /// An account with a saved card, auto top-up on (the defaults: $10 below
 /// $2.00) and no credit, made through the store of `core`.
-async fn account_due_for_a_top_up(core: &sms_credit::startup::Core, phone: &str) -> AccountId {
+pub(crate) async fn account_due_for_a_top_up(
+    core: &sms_credit::startup::Core,
+    phone: &str,
+) -> AccountId {
     use sms_credit_actors::accounts::Card;
     use sms_credit_actors::billing::auto_charge::change;
     use sms_credit_actors::billing::auto_top_up::{ConsentVia, SettingRequest};

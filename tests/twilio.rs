@@ -982,7 +982,7 @@ async fn a_warning_waits_for_the_message_that_caused_it() {
 /// A core on `directory` with Twilio at `fake` and the clock `clock`, its
 /// workers not started (the test runs their rounds), and accounts each
 /// left with a low-balance warning waiting to be sent.
-async fn core_with_warnings(
+pub(crate) async fn core_with_warnings(
     directory: &crate::database::TestDatabase,
     fake: &FakeTwilio,
     clock: &ManualClock,

@@ -82,6 +82,15 @@ async fn get_settings(
 const ATTEMPT_COLUMNS: &str = "id, account_id, n, amount, month, status, reason, order_id,
     payment_intent_id, created_at, updated_at, claims";
 
+/// The same, named by the alias of the table (where another is joined).
+fn attempt_columns_of(alias: &str) -> String {
+    ATTEMPT_COLUMNS
+        .split(',')
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn attempt_from_row(row: &Row) -> Result<AutoTopUpAttempt, StoreError> {
     let id: i64 = row.try_get(0)?;
     let status: String = row.try_get(5)?;
@@ -424,18 +433,23 @@ impl AutoTopUpStore for PostgresStore {
                 let rows = transaction
                     .query(
                         &format!(
-                            "UPDATE auto_top_ups SET status = 'charging', claimed_until = $2, updated_at = $1,
-                                    claims = claims + 1
-                              WHERE id IN (SELECT id FROM auto_top_ups
-                                            WHERE status IN ('pending', 'charging') AND claimed_until <= $1
-                                            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                             RETURNING {ATTEMPT_COLUMNS}"
+                            "WITH picked AS MATERIALIZED (
+                               SELECT id FROM auto_top_ups
+                                WHERE status IN ('pending', 'charging') AND claimed_until <= $1
+                                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                             UPDATE auto_top_ups a SET status = 'charging', claimed_until = $2,
+                                    updated_at = $1, claims = a.claims + 1
+                               FROM picked WHERE a.id = picked.id
+                             RETURNING {}",
+                            attempt_columns_of("a")
                         ),
                         &[&now_ms, &lease_until_ms, &limit],
                     )
                     .await?;
-                let mut claimed: Vec<AutoTopUpAttempt> =
-                    rows.iter().map(attempt_from_row).collect::<Result<_, _>>()?;
+                let mut claimed: Vec<AutoTopUpAttempt> = rows
+                    .iter()
+                    .map(attempt_from_row)
+                    .collect::<Result<_, _>>()?;
                 claimed.sort_by_key(|attempt| attempt.id);
                 Ok(claimed)
             })

@@ -163,10 +163,10 @@ const NOTICE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Sends queued notices (low-balance warnings) as soon as a commit queues
 /// them, and now and then for those waiting for a retry.
-fn start_notice_worker(messaging: Messaging, clock: Arc<dyn Clock>) {
+fn start_notice_worker(messaging: Messaging) {
     actix_rt::spawn(async move {
         loop {
-            if let Err(error) = messaging.deliver_notices(clock.now_ms()).await {
+            if let Err(error) = messaging.deliver_notices().await {
                 tracing::warn!(%error, "could not deliver notices");
             }
             let ready = messaging.store.notices_ready().notified();
@@ -282,7 +282,7 @@ fn start_auto_top_up_worker(billing: Billing, clock: Arc<dyn Clock>) {
                     billing.registry.auto_triggers().settled(account_id, 0);
                 }
             }
-            if let Err(error) = billing.run_auto_top_ups(now_ms).await {
+            if let Err(error) = billing.run_auto_top_ups().await {
                 tracing::warn!(%error, "could not run auto top-ups");
             }
             if let Ok(Some(account_id)) =
@@ -535,7 +535,7 @@ impl Application {
             state.settings.webhooks.retention,
         );
         if let Some(messaging) = core.messaging.clone() {
-            start_notice_worker(messaging.clone(), Arc::clone(&clock));
+            start_notice_worker(messaging.clone());
             start_messaging_jobs(messaging, Arc::clone(&clock));
         }
         if let Some(billing) = core.billing.clone() {

@@ -5,6 +5,8 @@
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
 use sms_credit_actors::clock::ManualClock;
+use sms_credit_actors::messaging::notices::NoticeKind;
+use sms_credit_actors::{AccountId, Money};
 
 use crate::fake_stripe::{ChargeMode, EventFactory, FakeStripe, SAVED_CARD};
 use crate::fake_twilio::FakeTwilio;
@@ -25,6 +27,12 @@ pub(crate) struct Setup {
 }
 
 pub(crate) async fn setup() -> Setup {
+    setup_and_second(false).await.0
+}
+
+/// As [`setup`], with a second instance on the same database (the same
+/// clock and fakes) when `second` says so.
+async fn setup_and_second(second: bool) -> (Setup, Option<TestApp>) {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
     let directory = fresh_directory();
@@ -35,14 +43,19 @@ pub(crate) async fn setup() -> Setup {
     // Webhooks to a receiver on loopback (the webhook tests use this too).
     settings.webhooks.allow_private = true;
     let clock = ManualClock::new(NOW_UNIX * 1000);
-    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
-    Setup {
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
+    let second = match second {
+        true => Some(TestApp::spawn_with_clock(directory, settings, clock.clone()).await),
+        false => None,
+    };
+    let setup = Setup {
         app,
         stripe,
         twilio,
         events: EventFactory::new(),
         clock,
-    }
+    };
+    (setup, second)
 }
 
 fn reply_text(twiml: &str) -> String {
@@ -1013,4 +1026,319 @@ async fn buy_by_sms_stops_at_the_daily_limit() {
         "{twiml}"
     );
     assert_eq!(stripe.charges_made(), 4);
+}
+
+/// The auto top-up notices that say a charge failed, sent to `phone`.
+fn failure_notices(twilio: &FakeTwilio, phone: &str) -> Vec<String> {
+    twilio
+        .sent()
+        .into_iter()
+        .filter(|sms| {
+            sms.to == phone
+                && (sms.body.contains("could not be charged") || sms.body.contains("was declined"))
+        })
+        .map(|sms| sms.body)
+        .collect()
+}
+
+on_both_stores!(a_charge_another_instance_is_still_sending_is_neither_failed_nor_charged_twice);
+/// One instance's charge is slow at Stripe, past its lease; the other
+/// instance claims the attempt and sends the same key, and Stripe answers
+/// 409 (`idempotency_error`: the key's first request is in progress). That
+/// is no decline: the attempt stays charging (no failure, no SMS), and when
+/// the first answer comes it succeeds, charged and credited once.
+async fn a_charge_another_instance_is_still_sending_is_neither_failed_nor_charged_twice() {
+    let (mut setup, second) = setup_and_second(true).await;
+    let phone = "+14155553760";
+    let (account, token) = auto_top_up_sent_once(&mut setup, phone, ChargeMode::Held).await;
+    let Setup {
+        app,
+        stripe,
+        twilio,
+        clock,
+        ..
+    } = &setup;
+    // The lease runs out while the charge is held: the instance that did
+    // not send it claims it, and sends the same key.
+    clock.advance_ms(31_000);
+    wait_for_requests(stripe, "/v1/payment_intents", 2).await;
+    let charges = stripe.requests("/v1/payment_intents");
+    assert_eq!(charges[0].idempotency_key, charges[1].idempotency_key);
+    assert_eq!(stripe.conflicts(), 1, "Stripe answered the second 409");
+    // What the 409 came to is written (a retry later, or an end).
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts[0]["status"] != "charging" || !attempts[0]["reason"].is_null()
+    })
+    .await;
+    assert_eq!(view["attempts"][0]["status"], "charging", "{view}");
+    assert_eq!(view["consecutive_failures"], 0, "{view}");
+    assert_eq!(stripe.charges_made(), 1);
+
+    // The first request's answer arrives: charged and credited once.
+    stripe.release();
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts[0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(view["month_charged_micros"], 10_000_000, "{view}");
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(
+        app.balance_micros(account).await,
+        2_050_000 - US_MESSAGE + 10_000_000,
+        "credited once"
+    );
+    app.settle_notices(account).await;
+    assert_eq!(failure_notices(twilio, phone), Vec::<String>::new());
+    let (_, verify) = app
+        .request("GET", "/v1/admin/verify", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(verify["clean"], true, "{verify}");
+    second.unwrap().stop().await;
+}
+
+/// An account with a saved card, auto top-up on (the defaults: $10 below
+/// $2.00) and no credit, made through the store of `core`.
+pub(crate) async fn account_due_for_a_top_up(
+    core: &sms_credit::startup::Core,
+    phone: &str,
+) -> AccountId {
+    use sms_credit_actors::accounts::Card;
+    use sms_credit_actors::billing::auto_charge::change;
+    use sms_credit_actors::billing::auto_top_up::{ConsentVia, SettingRequest};
+    let account = crate::ledger_actors::new_account(core, phone).await;
+    let customer = format!("cus_due_{account}");
+    core.store
+        .accounts()
+        .set_stripe_customer(account, customer.clone())
+        .await
+        .unwrap();
+    let card = Card {
+        brand: "visa".into(),
+        last4: "4242".into(),
+        exp_month: 8,
+        exp_year: 2030,
+    };
+    core.store
+        .billing()
+        .save_card(customer, SAVED_CARD.to_string(), Some(card))
+        .await
+        .unwrap();
+    let on = SettingRequest {
+        enabled: Some(true),
+        ..SettingRequest::default()
+    };
+    change(&core.store, account, on, ConsentVia::Admin, NOW_UNIX * 1000)
+        .await
+        .unwrap();
+    account
+}
+
+on_both_stores!(two_instances_charge_each_due_attempt_once_and_fail_none_that_succeeded);
+/// Two instances' workers on one database, one clock. The first takes up
+/// two due attempts and its first charge is slow at Stripe, past the
+/// lease; then the second runs. No key is sent by two instances but the
+/// one whose lease ran out (which Stripe answers 409, and which is no
+/// failure): each attempt is charged once and succeeds, none ends failed,
+/// no failure notice is queued, and what counts toward the monthly cap is
+/// what was charged.
+async fn two_instances_charge_each_due_attempt_once_and_fail_none_that_succeeded() {
+    use sms_credit_actors::billing::auto_top_up::{month_key, AttemptStatus, Begin};
+    use std::sync::Arc;
+    let stripe = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &stripe.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let first = sms_credit::startup::Core::start(&settings, Arc::new(clock.clone())).unwrap();
+    let second = sms_credit::startup::Core::start(&settings, Arc::new(clock.clone())).unwrap();
+    let (first_billing, second_billing) = (
+        first.billing.clone().unwrap(),
+        second.billing.clone().unwrap(),
+    );
+    let mut accounts = Vec::new();
+    for phone in ["+14155553770", "+14155553771"] {
+        let account = account_due_for_a_top_up(&first, phone).await;
+        let begun = first_billing
+            .request_auto_top_up(account, NOW_UNIX * 1000)
+            .await
+            .unwrap();
+        assert!(begun.is_some(), "{begun:?}");
+        accounts.push(account);
+    }
+    let keys: Vec<String> = accounts
+        .iter()
+        .map(|account| format!("sms-credit-charge-auto-top-up-{account}-1"))
+        .collect();
+    let sent_with = |key: &str| {
+        stripe
+            .requests("/v1/payment_intents")
+            .iter()
+            .filter(|request| request.idempotency_key.as_deref() == Some(key))
+            .count()
+    };
+
+    // The first instance's round: its first charge is held at Stripe.
+    stripe.set_charge_mode(ChargeMode::Held);
+    let first_round = actix_rt::spawn(async move { first_billing.run_auto_top_ups().await });
+    wait_for_requests(&stripe, "/v1/payment_intents", 1).await;
+    // Its lease runs out; the second instance's round takes up what is due.
+    clock.advance_ms(31_000);
+    let second_round = actix_rt::spawn(async move { second_billing.run_auto_top_ups().await });
+    wait_for_requests(&stripe, "/v1/payment_intents", 3).await;
+    stripe.release();
+    for round in [first_round, second_round] {
+        let taken = actix_rt::time::timeout(std::time::Duration::from_secs(20), round)
+            .await
+            .expect("a round of auto top-ups ends within 20 s")
+            .unwrap();
+        assert!(taken.is_ok(), "{taken:?}");
+    }
+
+    let month = month_key(NOW_UNIX * 1000);
+    for account in &accounts {
+        let attempts = first
+            .store
+            .auto_top_up()
+            .auto_top_ups_of(*account, 10)
+            .await
+            .unwrap();
+        let statuses: Vec<AttemptStatus> = attempts.iter().map(|a| a.status).collect();
+        assert_eq!(statuses, [AttemptStatus::Succeeded], "{attempts:?}");
+        assert_eq!(
+            first
+                .store
+                .auto_top_up()
+                .month_charged(*account, month.clone())
+                .await
+                .unwrap(),
+            Money::from_micros(10_000_000),
+            "what counts toward the cap is what was charged"
+        );
+        let notices = first
+            .store
+            .messages()
+            .notices_of(*account, 10)
+            .await
+            .unwrap();
+        assert!(
+            notices
+                .iter()
+                .all(|notice| !matches!(notice.kind, NoticeKind::AutoTopUp { .. })),
+            "no failure notice: {notices:?}"
+        );
+        assert_eq!(
+            first
+                .store
+                .ledger()
+                .snapshot(*account)
+                .await
+                .unwrap()
+                .unwrap()
+                .balance,
+            Money::from_micros(10_000_000),
+            "credited once"
+        );
+        // Asked again now, nothing starts: the balance is above the threshold.
+        let again = first
+            .billing
+            .as_ref()
+            .unwrap()
+            .store
+            .auto_top_up()
+            .begin_auto_top_up(*account, month.clone(), NOW_UNIX * 1000 + 31_000)
+            .await
+            .unwrap();
+        assert!(matches!(again, Begin::NotStarted(_)), "{again:?}");
+    }
+    assert_eq!(stripe.charges_made(), 2, "one charge per attempt");
+    assert_eq!(
+        (sent_with(&keys[0]), sent_with(&keys[1])),
+        (2, 1),
+        "the held charge's key again only by the instance that claimed it after its lease \
+         (409), the other's by one instance only"
+    );
+    first.shutdown().await;
+    second.shutdown().await;
+}
+
+on_both_stores!(an_attempts_claim_number_guards_what_its_worker_writes);
+/// Each claim of an attempt is numbered: the worker whose lease ran out
+/// and whose attempt another claimed can neither renew the lease (so it
+/// does not send the charge) nor put the attempt off; the one holding the
+/// last claim can. Claims take one attempt at a time when asked to.
+async fn an_attempts_claim_number_guards_what_its_worker_writes() {
+    use sms_credit_actors::billing::auto_top_up::{month_key, Begin};
+    let directory = fresh_directory();
+    let core = crate::helpers::start_core(&directory, std::time::Duration::from_secs(3600));
+    let now = NOW_UNIX * 1000;
+    let auto = core.store.auto_top_up();
+    let mut attempts = Vec::new();
+    for phone in ["+14155553780", "+14155553781"] {
+        let account = account_due_for_a_top_up(&core, phone).await;
+        match auto
+            .begin_auto_top_up(account, month_key(now), now)
+            .await
+            .unwrap()
+        {
+            Begin::Started(attempt) => attempts.push(attempt),
+            other => panic!("no attempt started: {other:?}"),
+        }
+    }
+    let claimed = auto.claim_auto_top_ups(now, now + 30_000, 1).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|a| (a.id, a.claim)).collect::<Vec<_>>(),
+        [(attempts[0].id, 1)],
+        "one attempt, the oldest, under claim 1"
+    );
+    let id = attempts[0].id;
+    assert!(auto.renew_auto_top_up(id, 1, now + 40_000).await.unwrap());
+    // The lease runs out: another worker claims it (and the other attempt).
+    let claimed = auto
+        .claim_auto_top_ups(now + 41_000, now + 71_000, 5)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|a| (a.id, a.claim)).collect::<Vec<_>>(),
+        [(id, 2), (attempts[1].id, 1)]
+    );
+    // The first worker's claim is gone: nothing it writes counts.
+    assert!(!auto.renew_auto_top_up(id, 1, now + 100_000).await.unwrap());
+    auto.auto_top_up_later(id, 1, now, "stale".into())
+        .await
+        .unwrap();
+    assert!(
+        auto.claim_auto_top_ups(now + 42_000, now + 72_000, 5)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the stale worker did not make it due"
+    );
+    let stored = auto
+        .auto_top_ups_of(attempts[0].account_id, 1)
+        .await
+        .unwrap();
+    assert_eq!(stored[0].reason, None, "{stored:?}");
+    // The last claim's holder renews it and puts it off.
+    assert!(auto.renew_auto_top_up(id, 2, now + 80_000).await.unwrap());
+    auto.auto_top_up_later(id, 2, now + 90_000, "Stripe away".into())
+        .await
+        .unwrap();
+    assert!(auto
+        .claim_auto_top_ups(now + 89_999, now + 119_999, 1)
+        .await
+        .unwrap()
+        .iter()
+        .all(|a| a.id != id));
+    let claimed = auto
+        .claim_auto_top_ups(now + 90_000, now + 120_000, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed
+            .iter()
+            .map(|a| (a.id, a.claim, a.reason.clone()))
+            .collect::<Vec<_>>(),
+        [(id, 3, Some("Stripe away".to_string()))]
+    );
+    core.shutdown().await;
 }

@@ -26,7 +26,9 @@ pub enum ChargeMode {
     /// answer is lost on the way (a 500): a retry with the key gets it.
     AnswerLost,
     /// Charges, keeps the answer for the key, and answers only when the
-    /// test calls `release` (a request repeating the key is answered at once).
+    /// test calls `release`; meanwhile a request repeating the key is
+    /// answered as Stripe answers a key whose first request is still in
+    /// progress (409, `idempotency_error`), and afterwards with the answer.
     Held,
 }
 
@@ -57,6 +59,10 @@ struct State {
     charge_mode: ChargeMode,
     /// Idempotency-Key → the answer given the first time.
     answered: HashMap<String, (u16, Value)>,
+    /// Keys whose first request is still being answered (held).
+    in_progress: std::collections::HashSet<String>,
+    /// Answers Stripe gave with a 409 (a key's first request in progress).
+    conflicts: u64,
     /// Charges actually made (not replayed from an idempotency key).
     charges_made: u64,
     /// Whether retrieving a PaymentIntent fails (Stripe unavailable).
@@ -118,6 +124,8 @@ impl FakeStripe {
             next_id: 1,
             charge_mode: ChargeMode::Succeed,
             answered: HashMap::new(),
+            in_progress: std::collections::HashSet::new(),
+            conflicts: 0,
             charges_made: 0,
             retrieve_fails: false,
             unreachable: false,
@@ -181,6 +189,12 @@ impl FakeStripe {
 
     pub fn charges_made(&self) -> u64 {
         self.state.lock().unwrap().charges_made
+    }
+
+    /// How many requests were answered 409: their key's first request
+    /// was still in progress.
+    pub fn conflicts(&self) -> u64 {
+        self.state.lock().unwrap().conflicts
     }
 
     pub fn refunds_made(&self) -> u64 {
@@ -252,15 +266,28 @@ async fn answer(
     let (status, body, hold) = {
         let mut state = state.lock().unwrap();
         let charges_before = state.charges_made;
-        let (status, body) = answer_locked(&mut state, &request, &path, form, idempotency_key);
-        // Only a charge made now is held; a replay of its key answers at once.
+        let (status, body) =
+            answer_locked(&mut state, &request, &path, form, idempotency_key.clone());
+        // Only a charge made now is held; while it is, its key is in
+        // progress (a request repeating it is answered 409).
         let hold = state.charge_mode == ChargeMode::Held && state.charges_made > charges_before;
+        if let (true, Some(key)) = (hold, &idempotency_key) {
+            state.in_progress.insert(key.clone());
+        }
         (status, body, hold)
     };
     if hold {
         let _ = gate.acquire().await;
+        if let Some(key) = &idempotency_key {
+            state.lock().unwrap().in_progress.remove(key);
+        }
     }
-    HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap()).json(body)
+    let mut response = HttpResponse::build(awc::http::StatusCode::from_u16(status).unwrap());
+    if status == 409 {
+        // As Stripe marks a conflict worth asking again about.
+        response.insert_header(("Stripe-Should-Retry", "true"));
+    }
+    response.json(body)
 }
 
 fn answer_locked(
@@ -280,6 +307,20 @@ fn answer_locked(
         return (
             500,
             json!({"error": {"type": "api_error", "message": "fake: Stripe cannot be reached"}}),
+        );
+    }
+    if let Some(key) = idempotency_key
+        .as_ref()
+        .filter(|key| state.in_progress.contains(*key))
+    {
+        state.conflicts += 1;
+        return (
+            409,
+            json!({"error": {"type": "idempotency_error", "message": format!(
+                "There is currently another in-progress request using this Idempotent Key \
+                 (that probably means you submitted twice, and the other request is still \
+                 going through): {key}. Please try again later."
+            )}}),
         );
     }
     if let Some((status, body)) = idempotency_key

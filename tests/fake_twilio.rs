@@ -35,6 +35,8 @@ struct State {
     mode: SendMode,
     /// Messages whose body contains this wait for `gate` before they are answered.
     held: Option<String>,
+    /// Messages waiting at the gate now.
+    waiting: usize,
     /// Messages whose body contains this are refused as an unreachable
     /// number is, whatever the mode.
     refused: Option<String>,
@@ -55,6 +57,7 @@ impl FakeTwilio {
         let state = Arc::new(Mutex::new(State {
             mode: SendMode::Accept,
             held: None,
+            waiting: 0,
             refused: None,
             sent: Vec::new(),
             prices: HashMap::new(),
@@ -101,6 +104,28 @@ impl FakeTwilio {
         self.state.lock().unwrap().held = None;
         self.gate
             .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+
+    /// Lets one held message through (those held after it stay held).
+    pub fn let_one_through(&self) {
+        self.gate.add_permits(1);
+    }
+
+    /// Waits (up to 10 s) until `count` messages are held, waiting to be
+    /// answered.
+    pub async fn wait_for_held(&self, count: usize) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let waiting = self.state.lock().unwrap().waiting;
+            if waiting == count {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{waiting} messages held, not {count}, within 10 s"
+            );
+            actix_rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Waits (up to 10 s) until at least `count` messages were sent, and
@@ -183,7 +208,10 @@ async fn create_message(
             .is_some_and(|text| body.contains(text.as_str()))
     };
     if held {
-        let _permit = gate.acquire().await.unwrap();
+        state.lock().unwrap().waiting += 1;
+        // One permit lets one message through.
+        gate.acquire().await.unwrap().forget();
+        state.lock().unwrap().waiting -= 1;
     }
     let mut state = state.lock().unwrap();
     let refused = state

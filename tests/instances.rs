@@ -613,3 +613,112 @@ fn warnings_of(servers: &[ServerProcess]) -> String {
     }
     lines.join("\n")
 }
+
+on_both_stores!(claims_take_no_more_than_they_ask_for_whatever_plan_the_database_picks);
+/// The claims of notices, price checks and auto top-ups each take at most
+/// the rows asked for. On Postgres the database is made to prefer a plan
+/// it may pick under other statistics (a nested loop that scans the rows
+/// to claim again for each row of the table): the claim still takes one.
+async fn claims_take_no_more_than_they_ask_for_whatever_plan_the_database_picks() {
+    use sms_credit_actors::billing::auto_top_up::month_key;
+    use sms_credit_actors::messaging::records::MessageKind;
+    let directory = fresh_directory();
+    if crate::database::current_store() == crate::database::StoreKind::Postgres {
+        directory.execute(
+            "DO $$ BEGIN
+               EXECUTE format('ALTER DATABASE %I SET enable_hashjoin = off', current_database());
+               EXECUTE format('ALTER DATABASE %I SET enable_hashagg = off', current_database());
+               EXECUTE format('ALTER DATABASE %I SET enable_mergejoin = off', current_database());
+               EXECUTE format('ALTER DATABASE %I SET enable_material = off', current_database());
+               EXECUTE format('ALTER DATABASE %I SET enable_sort = off', current_database());
+             END $$",
+        );
+    }
+    let fake = FakeTwilio::start().await;
+    let clock = sms_credit_actors::clock::ManualClock::new(crate::helpers::NOW_UNIX * 1000);
+    let now = crate::helpers::NOW_UNIX * 1000;
+    let phones = ["+14155552720", "+14155552721", "+14155552722"];
+    let (core, accounts) =
+        crate::twilio::core_with_warnings(&directory, &fake, &clock, &phones).await;
+    let messaging = core.messaging.clone().unwrap();
+    for (index, account) in accounts.iter().enumerate() {
+        messaging
+            .record_service(
+                Some(*account),
+                phones[index],
+                "Storm at 3pm",
+                MessageKind::Warning,
+                Some(format!("SMclaims{index}")),
+                now,
+            )
+            .await
+            .unwrap();
+    }
+    let mut due = Vec::new();
+    for phone in ["+14155552723", "+14155552724", "+14155552725"] {
+        let account = crate::auto_top_up::account_due_for_a_top_up(&core, phone).await;
+        due.push(account);
+        core.store
+            .auto_top_up()
+            .begin_auto_top_up(account, month_key(now), now)
+            .await
+            .unwrap();
+    }
+    let later = now + 3 * 24 * 3_600 * 1_000;
+    let messages = core.store.messages();
+    let notices = messages
+        .claim_notices(later, later + 60_000, 1)
+        .await
+        .unwrap();
+    let checks = messages
+        .claim_price_checks(later, later + 60_000, 1)
+        .await
+        .unwrap();
+    let attempts = core
+        .store
+        .auto_top_up()
+        .claim_auto_top_ups(later, later + 60_000, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (notices.len(), checks.len(), attempts.len()),
+        (1, 1, 1),
+        "one claimed of each: {notices:?} {:?} {attempts:?}",
+        checks
+            .iter()
+            .map(|check| check.message_id)
+            .collect::<Vec<_>>()
+    );
+    // And nothing more was taken than was answered.
+    let sending: usize = {
+        let mut count = 0;
+        for account in &accounts {
+            count += messages
+                .notices_of(*account, 10)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|notice| notice.state.as_str() == "sending")
+                .count();
+        }
+        count
+    };
+    assert_eq!(sending, 1);
+    let charging: usize = {
+        let mut count = 0;
+        for account in &due {
+            count += core
+                .store
+                .auto_top_up()
+                .auto_top_ups_of(*account, 10)
+                .await
+                .unwrap()
+                .iter()
+                .filter(|attempt| attempt.claim > 0)
+                .count();
+        }
+        count
+    };
+    assert_eq!(charging, 1);
+    core.shutdown().await;
+}

@@ -978,3 +978,147 @@ async fn a_warning_waits_for_the_message_that_caused_it() {
     );
     app.settle_notices(account).await;
 }
+
+/// A core on `directory` with Twilio at `fake` and the clock `clock`, its
+/// workers not started (the test runs their rounds), and accounts each
+/// left with a low-balance warning waiting to be sent.
+pub(crate) async fn core_with_warnings(
+    directory: &crate::database::TestDatabase,
+    fake: &FakeTwilio,
+    clock: &ManualClock,
+    phones: &[&str],
+) -> (sms_credit::startup::Core, Vec<sms_credit_actors::AccountId>) {
+    use crate::ledger_actors::{credit, debit, new_account};
+    let settings = with_twilio(test_settings(directory), &fake.base_url);
+    let core =
+        sms_credit::startup::Core::start(&settings, std::sync::Arc::new(clock.clone())).unwrap();
+    let mut accounts = Vec::new();
+    for phone in phones {
+        let account = new_account(&core, phone).await;
+        core.registry
+            .send(account, credit(2_050_000, "seed"))
+            .await
+            .unwrap();
+        // Below $2.00: a warning is queued with the debit.
+        core.registry
+            .send(account, debit(100_000, "low"))
+            .await
+            .unwrap();
+        accounts.push(account);
+    }
+    (core, accounts)
+}
+
+/// The states of an account's notices, newest first.
+async fn states_of(
+    core: &sms_credit::startup::Core,
+    account: sms_credit_actors::AccountId,
+) -> Vec<&'static str> {
+    core.store
+        .messages()
+        .notices_of(account, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|notice| notice.state.as_str())
+        .collect()
+}
+
+on_both_stores!(a_notice_whose_read_failed_before_the_send_is_put_back_and_sent_once);
+/// The worker claimed a warning, then could not read its account (the
+/// store away for a moment): nothing was sent, so the notice is put back
+/// (`pending`), not left `sending` to be marked `unknown` and never sent.
+/// A later round sends it, once.
+async fn a_notice_whose_read_failed_before_the_send_is_put_back_and_sent_once() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(START_MS);
+    let (core, accounts) = core_with_warnings(&directory, &fake, &clock, &["+14155552700"]).await;
+    let messaging = core.messaging.clone().unwrap();
+    assert_eq!(states_of(&core, accounts[0]).await, ["pending"]);
+
+    core.store.fail_next_reads_for_testing(1);
+    let sent = messaging.deliver_notices().await.unwrap();
+    assert_eq!(sent, 0);
+    assert_eq!(states_of(&core, accounts[0]).await, ["pending"]);
+    let notice = &core
+        .store
+        .messages()
+        .notices_of(accounts[0], 1)
+        .await
+        .unwrap()[0];
+    assert!(
+        notice
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("test switch")),
+        "{notice:?}"
+    );
+    assert!(fake.sent().is_empty());
+
+    // Past the lease and the wait before a retry: sent, once.
+    clock.advance_ms(61_000);
+    assert_eq!(messaging.deliver_notices().await.unwrap(), 1);
+    assert_eq!(states_of(&core, accounts[0]).await, ["sent"]);
+    clock.advance_ms(3_600_000);
+    assert_eq!(messaging.deliver_notices().await.unwrap(), 0);
+    let warnings = fake.sent();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].body.contains("credit is low"), "{warnings:?}");
+    core.shutdown().await;
+}
+
+on_both_stores!(a_slow_twilio_never_leaves_a_notice_unknown_while_its_worker_still_sends_it);
+/// Three warnings are due; Twilio takes 25 s to answer each. The worker's
+/// round outlasts the 60 s lease a notice is claimed under, and another
+/// instance's round runs meanwhile: it marks `unknown` none of the
+/// notices the first worker still sends, and each is sent once.
+async fn a_slow_twilio_never_leaves_a_notice_unknown_while_its_worker_still_sends_it() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(START_MS);
+    let phones = ["+14155552710", "+14155552711", "+14155552712"];
+    let (first, accounts) = core_with_warnings(&directory, &fake, &clock, &phones).await;
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let second =
+        sms_credit::startup::Core::start(&settings, std::sync::Arc::new(clock.clone())).unwrap();
+    fake.hold("credit is low");
+    let messaging = first.messaging.clone().unwrap();
+    let round = actix_rt::spawn(async move { messaging.deliver_notices().await });
+    for index in 0..phones.len() {
+        fake.wait_for_held(1).await;
+        clock.advance_ms(25_000);
+        if index + 1 < phones.len() {
+            fake.let_one_through();
+            fake.wait_for(index + 1).await;
+        }
+    }
+    // 75 s into the round, the last notice's send is still waiting for
+    // Twilio. Another instance's round:
+    let second_round = second.messaging.clone().unwrap().deliver_notices().await;
+    assert_eq!(second_round, Ok(0), "nothing left for it to send");
+    for account in &accounts {
+        let states = states_of(&first, *account).await;
+        assert!(
+            states == ["sent"] || states == ["sending"],
+            "no notice is unknown while its worker still sends it: {states:?}"
+        );
+    }
+    fake.release();
+    let sent = actix_rt::time::timeout(std::time::Duration::from_secs(20), round)
+        .await
+        .expect("the round ends within 20 s")
+        .unwrap();
+    assert_eq!(sent, Ok(3));
+    for (account, phone) in accounts.iter().zip(phones) {
+        assert_eq!(states_of(&first, *account).await, ["sent"]);
+        let warnings: Vec<_> = fake
+            .sent()
+            .into_iter()
+            .filter(|sms| sms.to == phone)
+            .collect();
+        assert_eq!(warnings.len(), 1, "sent once: {warnings:?}");
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+}

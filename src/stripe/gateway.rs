@@ -57,8 +57,18 @@ fn to_hash_map(metadata: BTreeMap<String, String>) -> HashMap<String, String> {
     metadata.into_iter().collect()
 }
 
+/// Stripe's 409 Conflict: another request with the same idempotency key
+/// is still in progress (`idempotency_error`), or another request holds
+/// the object. It decides nothing: the same request asked again with the
+/// same key gets the first one's answer, so it is never a refusal.
+const CONFLICT: u16 = 409;
+
 fn gateway_error(error: StripeError) -> GatewayError {
     match error {
+        StripeError::Stripe(api_error, CONFLICT) => GatewayError::Unavailable(format!(
+            "Stripe is still answering a request with the same key: {}",
+            api_error.message.as_deref().unwrap_or("409 Conflict")
+        )),
         StripeError::Stripe(api_error, status) if status < 500 => GatewayError::Refused(
             api_error
                 .message
@@ -154,7 +164,9 @@ impl PaymentGateway for StripeGateway {
                 .await;
             match answered {
                 Ok(intent) => outcome_of(&intent),
-                Err(StripeError::Stripe(api_error, status)) if status < 500 => {
+                Err(StripeError::Stripe(api_error, status))
+                    if status < 500 && status != CONFLICT =>
+                {
                     let code = api_error
                         .code
                         .as_ref()

@@ -19,8 +19,8 @@ use crate::messaging::notices::{AutoTopUpNotice, NoticeKind};
 use crate::store::{Store, StoreError};
 use crate::webhooks::events::{auto_top_up_disabled, auto_top_up_failed, DisabledBecause};
 
-/// Attempts charged per round.
-const ATTEMPTS_PER_ROUND: i64 = 20;
+/// Attempts charged per round (each claimed when its turn comes).
+const ATTEMPTS_PER_ROUND: usize = 20;
 /// Accounts the sweep starts attempts for per round.
 const DUE_PER_SWEEP: i64 = 1_000;
 /// Attempts shown with the setting.
@@ -213,28 +213,35 @@ impl Billing {
         }
     }
 
-    /// Charges the attempts that are due (claimed under a lease, so that
-    /// no two workers charge one at once; a crashed worker's attempt is
-    /// claimed again when its lease runs out and sent with the same key).
-    /// Answers how many were charged.
-    pub async fn run_auto_top_ups(&self, now_ms: i64) -> Result<usize, BillingError> {
+    /// Charges the attempts that are due, one after another, each claimed
+    /// when its turn comes under a lease from then (so that no two workers
+    /// charge one at once, and none claimed here waits past its lease
+    /// behind the others; a crashed worker's attempt is claimed again when
+    /// its lease runs out and sent with the same key). Answers how many it
+    /// took up.
+    pub async fn run_auto_top_ups(&self) -> Result<usize, BillingError> {
+        let clock = std::sync::Arc::clone(self.registry.clock());
         let lease_ms = crate::clock::millis(self.settings.auto_top_up.lease);
-        let claimed = self
-            .store
-            .auto_top_up()
-            .claim_auto_top_ups(now_ms, now_ms.saturating_add(lease_ms), ATTEMPTS_PER_ROUND)
-            .await?;
-        let mut charged = 0;
-        for attempt in claimed {
-            match self.charge_attempt(&attempt, now_ms).await {
-                Ok(()) => charged += 1,
-                Err(error) => {
+        let mut taken = 0;
+        while taken < ATTEMPTS_PER_ROUND {
+            let now_ms = clock.now_ms();
+            let claimed = self
+                .store
+                .auto_top_up()
+                .claim_auto_top_ups(now_ms, now_ms.saturating_add(lease_ms), 1)
+                .await?;
+            if claimed.is_empty() {
+                break;
+            }
+            for attempt in claimed {
+                taken += 1;
+                if let Err(error) = self.charge_attempt(&attempt, now_ms).await {
                     tracing::warn!(account_id = attempt.account_id.0, attempt = attempt.n, %error,
                         "auto top-up not decided; it is tried again when its lease runs out");
                 }
             }
         }
-        Ok(charged)
+        Ok(taken)
     }
 
     async fn charge_attempt(
@@ -281,6 +288,22 @@ impl Billing {
             Err(error) => return Err(error),
         };
         store.auto_top_up_ordered(attempt.id, order.id).await?;
+        // Getting here may have taken a while (the card asked of Stripe):
+        // the lease runs from now, and the charge is sent only while the
+        // attempt is still under this worker's claim.
+        let now_ms = self.registry.clock().now_ms();
+        let lease_ms = crate::clock::millis(self.settings.auto_top_up.lease);
+        if !store
+            .renew_auto_top_up(attempt.id, attempt.claim, now_ms.saturating_add(lease_ms))
+            .await?
+        {
+            tracing::info!(
+                account_id = attempt.account_id.0,
+                attempt = attempt.n,
+                "auto top-up claimed by another worker meanwhile: not sent from here"
+            );
+            return Ok(());
+        }
         match self.send_charge(account, order, &key, now_ms).await {
             Ok(ChargeResult::Credited {
                 payment_intent_id, ..
@@ -336,14 +359,15 @@ impl Billing {
                 self.give_up_unknown(attempt, &reason, now_ms).await
             }
             Err(ChargeFailure::Unavailable(reason)) => {
-                // Stripe may or may not have charged: ask again with the
-                // same key (it answers what it did), after a short wait;
+                // Stripe may or may not have charged (or is still
+                // answering another worker's request with the key, a 409):
+                // ask again with the same key (it answers what it did),
+                // after a short wait;
                 // after a day, the key is not trusted and Stripe is asked
                 // what became of the charge instead.
-                let retry_at =
-                    now_ms.saturating_add(crate::clock::millis(self.settings.auto_top_up.lease));
+                let retry_at = now_ms.saturating_add(lease_ms);
                 store
-                    .auto_top_up_later(attempt.id, retry_at, reason.clone())
+                    .auto_top_up_later(attempt.id, attempt.claim, retry_at, reason.clone())
                     .await?;
                 Err(BillingError::Gateway(reason))
             }

@@ -189,6 +189,9 @@ pub struct AutoTopUpAttempt {
     pub payment_intent_id: Option<String>,
     pub created_at_ms: i64,
     pub updated_at_ms: i64,
+    /// The number of its last claim (0: never claimed): a worker renews
+    /// the lease, sends the charge and puts it off only under its own.
+    pub claim: i64,
 }
 
 impl AutoTopUpAttempt {

@@ -58,7 +58,10 @@ pub type GatewayFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, GatewayErr
 /// Why the gateway did not do what it was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
-    /// Stripe could not be reached, or answered with a server error.
+    /// Stripe could not be reached, answered with a server error, or is
+    /// still answering another request with the same idempotency key (a
+    /// 409): nothing is known of what was asked, and asking again with
+    /// the same key is safe.
     #[error("Stripe is unavailable: {0}")]
     Unavailable(String),
     /// Stripe refused the request.

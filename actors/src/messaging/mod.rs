@@ -370,7 +370,7 @@ impl Messaging {
     ) -> Result<NewMessage, MessagingError> {
         let quoted = quote_to(to, body, false, &self.rates)?;
         let carrier_cost = self.carrier_cost(&quoted)?;
-        let mut message = new_message(
+        let message = new_message(
             account_id,
             kind,
             &quoted,
@@ -379,11 +379,19 @@ impl Messaging {
             MessageState::Sent,
             now_ms,
         );
-        message.next_price_check_at = sid
-            .as_ref()
-            .map(|_| now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay)));
-        message.twilio_sid = sid;
-        Ok(message)
+        Ok(match sid {
+            Some(sid) => self.sent_as(message, sid, now_ms),
+            None => message,
+        })
+    }
+
+    /// A service message quoted ahead, once Twilio took it as `sid`: its
+    /// price is looked up later.
+    pub fn sent_as(&self, mut message: NewMessage, sid: String, now_ms: i64) -> NewMessage {
+        message.next_price_check_at =
+            Some(now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay)));
+        message.twilio_sid = Some(sid);
+        message
     }
 
     /// Records the cost of a service message (a TwiML reply is sent by

@@ -2,16 +2,21 @@
 //! happened to their account (a debit left the balance low, …). A notice is
 //! queued in the same transaction as the ledger write that made it due, so
 //! it is never lost, and sent by a worker after the request that caused it
-//! has been answered, so Twilio's latency is nobody's wait. It is sent at
-//! most once: when Twilio may have taken it but did not say (a timeout), or
-//! its worker stopped mid-send, it is left `unknown`, never sent again;
-//! when Twilio said no, or could not be reached, it is tried again later.
+//! has been answered, so Twilio's latency is nobody's wait. A worker claims
+//! one notice at a time, under a lease from then, so a notice is never
+//! held while its worker sends others. It is sent at most once: when
+//! Twilio may have taken it but did not say (a timeout), or its worker
+//! stopped mid-send (the lease ran out), it is left `unknown`, never sent
+//! again; when Twilio said no, or could not be reached, or anything failed
+//! before the send (a read, the price), it is put back and tried again
+//! later.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::records::MessageKind;
+use super::records::NewMessage;
 use super::{Messaging, MessagingError, SenderError};
 use crate::accounts::{card_words, Account};
 use crate::ledger::AccountId;
@@ -194,7 +199,7 @@ pub struct Notice {
     pub account_id: AccountId,
     pub kind: NoticeKind,
     pub state: NoticeState,
-    /// Sends tried so far, this one included when claimed.
+    /// Tries so far, this one included when claimed.
     pub attempts: i64,
     pub created_at_ms: i64,
     pub sent_at_ms: Option<i64>,
@@ -202,13 +207,14 @@ pub struct Notice {
     pub last_error: Option<String>,
 }
 
-/// How long a worker may take to send a claimed notice before the notice
-/// counts as `unknown` (its worker stopped mid-send).
+/// How long a worker may take to send a claimed notice (claimed just
+/// before: reading its account, pricing it, Twilio's answer) before the
+/// notice counts as `unknown` (its worker stopped mid-send).
 pub const NOTICE_LEASE_MS: i64 = 60_000;
-/// Sends tried before a notice Twilio keeps refusing is given up.
+/// Tries before a notice that keeps failing is given up.
 const MAX_NOTICE_ATTEMPTS: i64 = 5;
-/// Notices sent per round.
-const NOTICES_PER_ROUND: i64 = 100;
+/// Notices sent per round (each claimed when its turn comes).
+const NOTICES_PER_ROUND: usize = 100;
 
 /// The wait before the next try of a notice Twilio could not take.
 fn retry_delay(attempts: i64) -> Duration {
@@ -253,34 +259,47 @@ impl Messaging {
         }
     }
 
-    /// Sends the notices that are due; answers how many went out. Run after
-    /// every commit that queued some, and now and then.
-    pub async fn deliver_notices(&self, now_ms: i64) -> Result<usize, MessagingError> {
+    /// Sends the notices that are due, one after another, each claimed
+    /// when its turn comes; answers how many went out. Run after every
+    /// commit that queued some, and now and then.
+    pub async fn deliver_notices(&self) -> Result<usize, MessagingError> {
+        let clock = std::sync::Arc::clone(self.registry.clock());
         let notices = self.store.messages();
-        let abandoned = notices.abandon_stale_notices(now_ms).await?;
+        let abandoned = notices.abandon_stale_notices(clock.now_ms()).await?;
         if abandoned > 0 {
             tracing::warn!(
                 abandoned,
                 "notices whose worker stopped mid-send are marked unknown, not sent again"
             );
         }
-        let claimed = notices
-            .claim_notices(now_ms, now_ms + NOTICE_LEASE_MS, NOTICES_PER_ROUND)
-            .await?;
         let mut sent = 0;
-        for notice in claimed {
-            match self.send_notice(&notice, now_ms).await {
-                Ok(()) => sent += 1,
-                Err(error) => {
-                    tracing::warn!(notice = notice.id, %error, "could not send a notice");
+        for _ in 0..NOTICES_PER_ROUND {
+            let now_ms = clock.now_ms();
+            let claimed = notices
+                .claim_notices(now_ms, now_ms.saturating_add(NOTICE_LEASE_MS), 1)
+                .await?;
+            if claimed.is_empty() {
+                break;
+            }
+            for notice in claimed {
+                match self.send_notice(&notice, now_ms).await {
+                    Ok(()) => sent += 1,
+                    Err(error) => {
+                        tracing::warn!(notice = notice.id, %error, "could not send a notice");
+                    }
                 }
             }
         }
         Ok(sent)
     }
 
-    async fn send_notice(&self, notice: &Notice, now_ms: i64) -> Result<(), MessagingError> {
-        let notices = self.store.messages();
+    /// What a claimed notice is sent as: the number, the text, and its
+    /// cost as a service message (priced before it is sent).
+    async fn prepare_notice(
+        &self,
+        notice: &Notice,
+        now_ms: i64,
+    ) -> Result<(Account, String, NewMessage), MessagingError> {
         let account = self
             .store
             .accounts()
@@ -298,16 +317,30 @@ impl Messaging {
             _ => None,
         };
         let text = self.notice_text(&notice.kind, &account, top_up);
+        let cost = self.prepare_service(
+            Some(account.id),
+            &account.phone,
+            &text,
+            notice.kind.message_kind(),
+            None,
+            now_ms,
+        )?;
+        Ok((account, text, cost))
+    }
+
+    async fn send_notice(&self, notice: &Notice, now_ms: i64) -> Result<(), MessagingError> {
+        let notices = self.store.messages();
+        let (account, text, cost) = match self.prepare_notice(notice, now_ms).await {
+            Ok(prepared) => prepared,
+            Err(error) => {
+                // Nothing went out: put it back, to be tried again.
+                self.not_sent(notice, &error.to_string(), now_ms).await?;
+                return Err(error);
+            }
+        };
         match self.sender.send(account.phone.as_str(), &text).await {
             Ok(accepted) => {
-                let cost = self.prepare_service(
-                    Some(account.id),
-                    &account.phone,
-                    &text,
-                    notice.kind.message_kind(),
-                    Some(accepted.sid.clone()),
-                    now_ms,
-                )?;
+                let cost = self.sent_as(cost, accepted.sid.clone(), now_ms);
                 notices
                     .notice_sent(notice.id, accepted.sid, cost, now_ms)
                     .await?;
@@ -320,21 +353,33 @@ impl Messaging {
                     .await?;
                 Err(MessagingError::NotSent(error.to_string()))
             }
-            // Twilio did not take it: try again later, or give up after a few.
-            Err(error) if notice.attempts >= MAX_NOTICE_ATTEMPTS => {
-                notices
-                    .notice_ended(notice.id, NoticeState::Failed, error.to_string())
-                    .await?;
-                Err(MessagingError::NotSent(error.to_string()))
-            }
+            // Twilio did not take it.
             Err(error) => {
-                let next =
-                    now_ms.saturating_add(crate::clock::millis(retry_delay(notice.attempts)));
-                notices
-                    .notice_retry(notice.id, next, error.to_string())
-                    .await?;
+                self.not_sent(notice, &error.to_string(), now_ms).await?;
                 Err(MessagingError::NotSent(error.to_string()))
             }
         }
+    }
+
+    /// A claimed notice that surely did not go out: tried again later, or
+    /// given up after a few tries.
+    async fn not_sent(
+        &self,
+        notice: &Notice,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), MessagingError> {
+        let notices = self.store.messages();
+        if notice.attempts >= MAX_NOTICE_ATTEMPTS {
+            notices
+                .notice_ended(notice.id, NoticeState::Failed, reason.to_string())
+                .await?;
+        } else {
+            let next = now_ms.saturating_add(crate::clock::millis(retry_delay(notice.attempts)));
+            notices
+                .notice_retry(notice.id, next, reason.to_string())
+                .await?;
+        }
+        Ok(())
     }
 }

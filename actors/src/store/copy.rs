@@ -332,6 +332,7 @@ pub const TABLES: &[Table] = &[
             ("claimed_until", I),
             ("created_at", I),
             ("updated_at", I),
+            ("claims", I),
         ],
         key: &[0],
         has_id_sequence: true,

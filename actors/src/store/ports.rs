@@ -302,13 +302,23 @@ pub trait AutoTopUpStore: Send + Sync {
         now_ms: i64,
     ) -> StoreFuture<Begin>;
     /// Pending attempts, and charging ones whose lease ran out, moved to
-    /// `charging` under a lease until `lease_until_ms`.
+    /// `charging` under a lease until `lease_until_ms`, oldest first, at
+    /// most `limit`; each claim numbered (the attempt's `claim`).
     fn claim_auto_top_ups(
         &self,
         now_ms: i64,
         lease_until_ms: i64,
         limit: i64,
     ) -> StoreFuture<Vec<AutoTopUpAttempt>>;
+    /// Extends to `lease_until_ms` the lease of an attempt still `charging`
+    /// under claim `claim`; `false` when another claim has taken it (or it
+    /// ended): its charge is then not this worker's to send.
+    fn renew_auto_top_up(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        lease_until_ms: i64,
+    ) -> StoreFuture<bool>;
     /// Links the attempt's order.
     fn auto_top_up_ordered(&self, attempt_id: i64, order_id: i64) -> StoreFuture<()>;
     /// Stripe accepted the charge but has not finished it: `processing`
@@ -319,8 +329,16 @@ pub trait AutoTopUpStore: Send + Sync {
         payment_intent_id: String,
         now_ms: i64,
     ) -> StoreFuture<()>;
-    /// Stripe could not be reached: tried again (same key) from `at_ms`.
-    fn auto_top_up_later(&self, attempt_id: i64, at_ms: i64, reason: String) -> StoreFuture<()>;
+    /// Stripe could not be reached (or was still answering the same key):
+    /// tried again (same key) from `at_ms`; only while the attempt is
+    /// still under claim `claim`.
+    fn auto_top_up_later(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        at_ms: i64,
+        reason: String,
+    ) -> StoreFuture<()>;
     /// Ends an attempt still in flight, with its effect on the setting and
     /// its notice, in one transaction; `None` if it had ended already.
     fn end_auto_top_up(&self, end: AttemptEnd) -> StoreFuture<Option<AutoTopUpSettings>>;

@@ -80,7 +80,16 @@ async fn get_settings(
 }
 
 const ATTEMPT_COLUMNS: &str = "id, account_id, n, amount, month, status, reason, order_id,
-    payment_intent_id, created_at, updated_at";
+    payment_intent_id, created_at, updated_at, claims";
+
+/// The same, named by the alias of the table (where another is joined).
+fn attempt_columns_of(alias: &str) -> String {
+    ATTEMPT_COLUMNS
+        .split(',')
+        .map(|column| format!("{alias}.{}", column.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 fn attempt_from_row(row: &Row) -> Result<AutoTopUpAttempt, StoreError> {
     let id: i64 = row.try_get(0)?;
@@ -104,6 +113,7 @@ fn attempt_from_row(row: &Row) -> Result<AutoTopUpAttempt, StoreError> {
         payment_intent_id: row.try_get(8)?,
         created_at_ms: row.try_get(9)?,
         updated_at_ms: row.try_get(10)?,
+        claim: row.try_get(11)?,
     })
 }
 
@@ -423,17 +433,23 @@ impl AutoTopUpStore for PostgresStore {
                 let rows = transaction
                     .query(
                         &format!(
-                            "UPDATE auto_top_ups SET status = 'charging', claimed_until = $2, updated_at = $1
-                              WHERE id IN (SELECT id FROM auto_top_ups
-                                            WHERE status IN ('pending', 'charging') AND claimed_until <= $1
-                                            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                             RETURNING {ATTEMPT_COLUMNS}"
+                            "WITH picked AS MATERIALIZED (
+                               SELECT id FROM auto_top_ups
+                                WHERE status IN ('pending', 'charging') AND claimed_until <= $1
+                                ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                             UPDATE auto_top_ups a SET status = 'charging', claimed_until = $2,
+                                    updated_at = $1, claims = a.claims + 1
+                               FROM picked WHERE a.id = picked.id
+                             RETURNING {}",
+                            attempt_columns_of("a")
                         ),
                         &[&now_ms, &lease_until_ms, &limit],
                     )
                     .await?;
-                let mut claimed: Vec<AutoTopUpAttempt> =
-                    rows.iter().map(attempt_from_row).collect::<Result<_, _>>()?;
+                let mut claimed: Vec<AutoTopUpAttempt> = rows
+                    .iter()
+                    .map(attempt_from_row)
+                    .collect::<Result<_, _>>()?;
                 claimed.sort_by_key(|attempt| attempt.id);
                 Ok(claimed)
             })
@@ -476,15 +492,41 @@ impl AutoTopUpStore for PostgresStore {
         })
     }
 
-    fn auto_top_up_later(&self, attempt_id: i64, at_ms: i64, reason: String) -> StoreFuture<()> {
+    fn renew_auto_top_up(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        lease_until_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let renewed = transaction
+                    .execute(
+                        "UPDATE auto_top_ups SET claimed_until = $3
+                          WHERE id = $1 AND claims = $2 AND status = 'charging'",
+                        &[&attempt_id, &claim, &lease_until_ms],
+                    )
+                    .await?;
+                Ok(renewed == 1)
+            })
+        })
+    }
+
+    fn auto_top_up_later(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        at_ms: i64,
+        reason: String,
+    ) -> StoreFuture<()> {
         self.write(move |transaction| {
             let reason = reason.clone();
             boxed(async move {
                 transaction
                     .execute(
-                        "UPDATE auto_top_ups SET claimed_until = $2, reason = $3
-                          WHERE id = $1 AND status IN ('pending', 'charging')",
-                        &[&attempt_id, &at_ms, &reason],
+                        "UPDATE auto_top_ups SET claimed_until = $3, reason = $4
+                          WHERE id = $1 AND claims = $2 AND status IN ('pending', 'charging')",
+                        &[&attempt_id, &claim, &at_ms, &reason],
                     )
                     .await?;
                 Ok(())

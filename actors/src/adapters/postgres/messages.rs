@@ -139,6 +139,9 @@ fn notice_from_row(row: &Row) -> Result<Notice, StoreError> {
 
 const NOTICE_COLUMNS: &str =
     "id, account_id, payload, state, attempts, created_at, sent_at, last_error";
+/// The same, named by table (where another table is joined).
+const NOTICE_COLUMNS_OF_NOTICES: &str = "notices.id, notices.account_id, notices.payload,
+    notices.state, notices.attempts, notices.created_at, notices.sent_at, notices.last_error";
 
 impl MessageStore for PostgresStore {
     fn reserve_outbound(&self, message: NewMessage) -> StoreFuture<(MessageRecord, bool)> {
@@ -440,15 +443,21 @@ impl MessageStore for PostgresStore {
     ) -> StoreFuture<Vec<PriceCheck>> {
         self.write(move |transaction| {
             boxed(async move {
+                // The rows are picked once (`MATERIALIZED`): a subquery
+                // under `IN` may be scanned again for each row of the
+                // table (a nested loop), each scan skipping the rows just
+                // claimed and picking as many more, past the `LIMIT`.
                 let rows = transaction
                     .query(
-                        "UPDATE messages SET next_price_check_at = $2
-                          WHERE id IN (SELECT id FROM messages
-                                        WHERE actual_cost IS NULL AND twilio_sid IS NOT NULL
-                                          AND next_price_check_at <= $1
-                                        ORDER BY next_price_check_at LIMIT $3
-                                        FOR UPDATE SKIP LOCKED)
-                         RETURNING id, twilio_sid, price_checks",
+                        "WITH picked AS MATERIALIZED (
+                           SELECT id FROM messages
+                            WHERE actual_cost IS NULL AND twilio_sid IS NOT NULL
+                              AND next_price_check_at <= $1
+                            ORDER BY next_price_check_at LIMIT $3
+                            FOR UPDATE SKIP LOCKED)
+                         UPDATE messages m SET next_price_check_at = $2
+                           FROM picked WHERE m.id = picked.id
+                         RETURNING m.id, m.twilio_sid, m.price_checks",
                         &[&now_ms, &lease_until_ms, &limit],
                     )
                     .await?;
@@ -536,13 +545,16 @@ impl MessageStore for PostgresStore {
                 let rows = transaction
                     .query(
                         &format!(
-                            "UPDATE notices SET state = 'sending', attempts = attempts + 1, claimed_until = $2
-                              WHERE id IN (SELECT id FROM notices WHERE state = 'pending' AND next_attempt_at <= $1
-                                              AND NOT EXISTS (SELECT 1 FROM messages
-                                                               WHERE messages.id = notices.after_message
-                                                                 AND messages.state = 'reserved')
-                                            ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
-                             RETURNING {NOTICE_COLUMNS}"
+                            "WITH picked AS MATERIALIZED (
+                               SELECT id FROM notices WHERE state = 'pending' AND next_attempt_at <= $1
+                                  AND NOT EXISTS (SELECT 1 FROM messages
+                                                   WHERE messages.id = notices.after_message
+                                                     AND messages.state = 'reserved')
+                                ORDER BY next_attempt_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                             UPDATE notices SET state = 'sending', attempts = notices.attempts + 1,
+                                    claimed_until = $2
+                               FROM picked WHERE notices.id = picked.id
+                             RETURNING {NOTICE_COLUMNS_OF_NOTICES}"
                         ),
                         &[&now_ms, &lease_until_ms, &limit],
                     )

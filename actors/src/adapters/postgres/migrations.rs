@@ -53,6 +53,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V11__refunds_once",
         include_str!("../../../../migrations/postgres/V11__refunds_once.sql"),
     ),
+    (
+        "V12__worker_leases",
+        include_str!("../../../../migrations/postgres/V12__worker_leases.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

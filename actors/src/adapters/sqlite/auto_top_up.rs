@@ -70,7 +70,7 @@ fn get_settings(
 }
 
 const ATTEMPT_COLUMNS: &str = "id, account_id, n, amount, month, status, reason, order_id,
-    payment_intent_id, created_at, updated_at";
+    payment_intent_id, created_at, updated_at, claims";
 
 fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AutoTopUpAttempt> {
     let id: i64 = row.get(0)?;
@@ -89,6 +89,7 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<AutoTopUpAttempt> {
         payment_intent_id: row.get(8)?,
         created_at_ms: row.get(9)?,
         updated_at_ms: row.get(10)?,
+        claim: row.get(11)?,
     })
 }
 
@@ -363,7 +364,8 @@ impl AutoTopUpStore for SqliteStore {
         self.write(move |connection| {
             let claimed = connection
                 .prepare_cached(&format!(
-                    "UPDATE auto_top_ups SET status = 'charging', claimed_until = ?2, updated_at = ?1
+                    "UPDATE auto_top_ups SET status = 'charging', claimed_until = ?2, updated_at = ?1,
+                            claims = claims + 1
                       WHERE id IN (SELECT id FROM auto_top_ups
                                     WHERE status IN ('pending', 'charging') AND claimed_until <= ?1
                                     ORDER BY id LIMIT ?3)
@@ -402,14 +404,37 @@ impl AutoTopUpStore for SqliteStore {
         })
     }
 
-    fn auto_top_up_later(&self, attempt_id: i64, at_ms: i64, reason: String) -> StoreFuture<()> {
+    fn renew_auto_top_up(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        lease_until_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let renewed = connection
+                .prepare_cached(
+                    "UPDATE auto_top_ups SET claimed_until = ?3
+                      WHERE id = ?1 AND claims = ?2 AND status = 'charging'",
+                )?
+                .execute(params![attempt_id, claim, lease_until_ms])?;
+            Ok(renewed == 1)
+        })
+    }
+
+    fn auto_top_up_later(
+        &self,
+        attempt_id: i64,
+        claim: i64,
+        at_ms: i64,
+        reason: String,
+    ) -> StoreFuture<()> {
         self.write(move |connection| {
             connection
                 .prepare_cached(
-                    "UPDATE auto_top_ups SET claimed_until = ?2, reason = ?3
-                      WHERE id = ?1 AND status IN ('pending', 'charging')",
+                    "UPDATE auto_top_ups SET claimed_until = ?3, reason = ?4
+                      WHERE id = ?1 AND claims = ?2 AND status IN ('pending', 'charging')",
                 )?
-                .execute(params![attempt_id, at_ms, reason])?;
+                .execute(params![attempt_id, claim, at_ms, reason])?;
             Ok(())
         })
     }

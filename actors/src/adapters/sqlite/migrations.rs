@@ -87,6 +87,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V19__refunds_once",
         include_str!("../../../../migrations/sqlite/V19__refunds_once.sql"),
     ),
+    (
+        "V20__worker_leases",
+        include_str!("../../../../migrations/sqlite/V20__worker_leases.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -413,6 +413,7 @@ impl WebhookStore for PostgresStore {
                     .await?
                     .try_get(0)?;
                 let mut room = (limit - deliveries.len() as i64).min(per_endpoint - busy);
+                let mut claimed = Vec::new();
                 // Tries whose worker stopped (lease over) first, then the
                 // due; the condition is checked again where each row is
                 // locked, so two instances never claim one delivery. The
@@ -449,7 +450,17 @@ impl WebhookStore for PostgresStore {
                         )
                         .await?;
                     room -= rows.len() as i64;
-                    for row in rows {
+                    claimed.extend(rows);
+                }
+                if !claimed.is_empty() {
+                    // The endpoint as it stands now, read after the claims:
+                    // whatever was changed before an event was made (a
+                    // secret rotated, say) is seen by the try that sends it
+                    // (the list above may be older than the event).
+                    let current = self::endpoint(&transaction, &endpoint.id)
+                        .await?
+                        .unwrap_or_else(|| endpoint.clone());
+                    for row in claimed.drain(..) {
                         deliveries.push(ClaimedDelivery {
                             id: row.try_get(0)?,
                             attempts: row.try_get(1)?,
@@ -457,7 +468,7 @@ impl WebhookStore for PostgresStore {
                             created_at_ms: row.try_get(3)?,
                             event_type: row.try_get(4)?,
                             payload: row.try_get(5)?,
-                            endpoint: endpoint.clone(),
+                            endpoint: current.clone(),
                         });
                     }
                 }

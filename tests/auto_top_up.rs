@@ -987,6 +987,37 @@ async fn a_charge_stripe_cannot_be_asked_about_for_days_is_unknown_and_never_sen
     assert_eq!(report["auto_top_ups"]["unknown"]["attempts"], 1, "{report}");
 }
 
+on_both_stores!(a_search_stripe_refuses_is_not_an_answer);
+/// After Stripe may have forgotten the key, its Search API is asked what
+/// happened; a 429 (its rate limit) says nothing of the charge: the attempt
+/// is not failed but asked about again, and after three days is unknown,
+/// as when Stripe cannot be reached.
+async fn a_search_stripe_refuses_is_not_an_answer() {
+    let mut setup = setup().await;
+    let (account, token) =
+        auto_top_up_sent_once(&mut setup, "+14155553741", ChargeMode::ServerError).await;
+    let Setup {
+        app, stripe, clock, ..
+    } = &setup;
+    stripe.set_search_limited(true);
+    clock.advance_ms(25 * HOUR_MS);
+    wait_for_requests(stripe, "/v1/payment_intents/search", 1).await;
+    // Asked about again later: the refused search decided nothing.
+    clock.advance_ms(HOUR_MS);
+    wait_for_requests(stripe, "/v1/payment_intents/search", 2).await;
+    clock.advance_ms(3 * 24 * HOUR_MS);
+    wait_for_attempts(app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "unknown")
+    })
+    .await;
+    assert_eq!(stripe.charges_made(), 0);
+    assert_eq!(
+        stripe.requests("/v1/payment_intents").len(),
+        1,
+        "never sent blind"
+    );
+}
+
 on_both_stores!(buy_by_sms_stops_at_the_daily_limit);
 /// `BUY $10` charges at most $30 a day (UTC) per account: the fourth is
 /// refused with the way to top up on the web, charges nothing, and the

@@ -69,6 +69,8 @@ struct State {
     retrieve_fails: bool,
     /// Whether every request fails, with nothing done (Stripe unreachable).
     unreachable: bool,
+    /// Whether the Search API answers 429 (its rate limit reached).
+    search_limited: bool,
     /// Every PaymentIntent made, for the Search API.
     intents: Vec<Value>,
     /// Refunds actually made (not replayed from an idempotency key).
@@ -129,6 +131,7 @@ impl FakeStripe {
             charges_made: 0,
             retrieve_fails: false,
             unreachable: false,
+            search_limited: false,
             intents: Vec::new(),
             refunds_made: 0,
             refuse_refunds: false,
@@ -206,6 +209,12 @@ impl FakeStripe {
         self.state.lock().unwrap().refuse_refunds = refuse;
     }
 
+    /// The Search API answers 429, as Stripe does past its rate limit (or
+    /// answers again).
+    pub fn set_search_limited(&self, limited: bool) {
+        self.state.lock().unwrap().search_limited = limited;
+    }
+
     /// Every request fails with a 500 and does nothing (or works again).
     pub fn set_unreachable(&self, unreachable: bool) {
         self.state.lock().unwrap().unreachable = unreachable;
@@ -221,6 +230,13 @@ impl FakeStripe {
 /// `GET /v1/payment_intents/search?query=metadata['sms_credit_order_id']:'12'`:
 /// the PaymentIntents made with that order id, as Stripe's search result.
 fn search_intents(state: &State, query: &str) -> (u16, Value) {
+    if state.search_limited {
+        return (
+            429,
+            json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+                             "message": "Too many requests hit the API too quickly."}}),
+        );
+    }
     let wanted = query
         .strip_prefix("metadata['sms_credit_order_id']:'")
         .and_then(|rest| rest.strip_suffix('\''));

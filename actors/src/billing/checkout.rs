@@ -402,10 +402,13 @@ impl Billing {
                 .gateway
                 .find_charge(order_id)
                 .await
+                // A search Stripe refused (its rate limit, a key without the
+                // permission) says nothing of the charge: asked again later,
+                // as when Stripe cannot be reached, never taken as "not
+                // charged" or as a refusal of the charge.
                 .map_err(|error| match error {
-                    GatewayError::Unavailable(message) => ChargeFailure::Unavailable(message),
-                    refused @ GatewayError::Refused(_) => {
-                        ChargeFailure::Other(gateway_error(refused))
+                    GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
+                        ChargeFailure::Unavailable(message)
                     }
                 })?;
             return match found {

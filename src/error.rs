@@ -163,11 +163,13 @@ impl ApiError {
                 LedgerError::InvalidAmount(_) => "invalid_amount",
                 LedgerError::Overflow => "amount_out_of_range",
                 LedgerError::Busy => "busy",
+                LedgerError::Store(StoreError::CommitUnknown(_)) => "outcome_unknown",
                 LedgerError::Store(_) | LedgerError::Interrupted | LedgerError::Passivated => {
                     "not_applied"
                 }
             },
             ApiError::CreateAccount(CreateAccountError::PhoneTaken(_)) => "phone_taken",
+            ApiError::Store(StoreError::CommitUnknown(_)) => "outcome_unknown",
             ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
                 "store_unavailable"
             }

@@ -741,6 +741,72 @@ async fn a_void_that_fails_to_commit_withdraws_nothing() {
     core.shutdown().await;
 }
 
+on_both_stores!(a_debit_whose_commit_answer_was_lost_is_looked_up_not_forgotten);
+/// The debit of a message commits, and its answer is lost (the connection
+/// dropped after the commit was sent): the ledger is asked, the message is
+/// sent once and charged once, and the host's retry with the same key is
+/// answered from it, never a second message with a second debit.
+async fn a_debit_whose_commit_answer_was_lost_is_looked_up_not_forgotten() {
+    use sms_credit_actors::messaging::OutboundRequest;
+    use sms_credit_actors::{Credit, IdempotencyKey, Money};
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let core = sms_credit::startup::Core::start(
+        &settings,
+        std::sync::Arc::new(ManualClock::new(START_MS)),
+    )
+    .unwrap();
+    let account = crate::ledger_actors::new_account(&core, "+14155552490").await;
+    core.registry
+        .send(
+            account,
+            Credit {
+                amount: Money::from_micros(5_000_000),
+                idempotency_key: IdempotencyKey::parse("seed").unwrap(),
+                description: "seed".into(),
+                order_id: None,
+                event: None,
+            },
+        )
+        .await
+        .unwrap();
+    let messaging = core.messaging.clone().unwrap();
+    let request = || OutboundRequest {
+        account_id: Some(account),
+        to: None,
+        body: "Storm at 3pm".into(),
+        idempotency_key: "lost-answer".into(),
+    };
+    // The reservation commits; the debit's commit is applied and its
+    // answer lost.
+    core.store.lose_commit_answer_after_for_testing(1);
+    let sent = messaging.send_outbound(request(), START_MS).await;
+    assert!(sent.is_ok(), "the debit is found in the ledger: {sent:?}");
+    let again = messaging.send_outbound(request(), START_MS).await.unwrap();
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(fake.sent().len(), 1, "sent once");
+    let balance = core
+        .registry
+        .send(account, sms_credit_actors::GetBalance)
+        .await
+        .unwrap();
+    assert_eq!(
+        balance.balance,
+        Money::from_micros(5_000_000 - 56_500),
+        "charged once"
+    );
+    let messages = core
+        .store
+        .messages()
+        .messages_of(account, 10)
+        .await
+        .unwrap();
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(low_balance_warnings_come_once_per_cooldown_even_across_a_restart);
 async fn low_balance_warnings_come_once_per_cooldown_even_across_a_restart() {
     let fake = FakeTwilio::start().await;

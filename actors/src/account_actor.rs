@@ -1280,6 +1280,24 @@ impl AccountActor {
                 if reload {
                     self.generation = self.shared.store.next_generation();
                 }
+                if matches!(error, StoreError::CommitUnknown(_)) {
+                    // Whether it was applied is not known: the ledger says
+                    // (the key's row), and the callers are answered from
+                    // it; then memory is read again from disk.
+                    let not_there = LedgerError::Store(StoreError::CommitFailed(
+                        "the connection was lost as the commit was sent, and the ledger does not hold the write".into(),
+                    ));
+                    self.answer_from_ledger(
+                        Retry::of(key.clone(), in_flight),
+                        not_there,
+                        !reload && settled,
+                        ctx,
+                    );
+                    if reload {
+                        self.load_snapshot(Vec::new(), ctx);
+                    }
+                    return;
+                }
                 // Nothing was applied, and the write was computed on a state
                 // that is gone (the ledger moved on under this actor, or an
                 // earlier write of it failed): compute it again, invisibly

@@ -12,6 +12,13 @@ pub enum StoreError {
     Migration(String),
     #[error("the commit failed and nothing in it was applied: {0}")]
     CommitFailed(String),
+    /// The connection was lost as the commit was sent: whether it was
+    /// applied is not known. Never read as "not applied": a caller looks
+    /// (by the write's idempotency key) before it does anything else.
+    #[error(
+        "the connection was lost as the commit was sent; whether it was applied is not known: {0}"
+    )]
+    CommitUnknown(String),
     #[error(
         "the ledger on disk has moved on under this write (another writer?); nothing was applied"
     )]

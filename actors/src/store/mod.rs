@@ -234,6 +234,10 @@ pub(crate) struct Shared {
     pub(crate) feed: Arc<FeedHub>,
     /// Test-only: how many of the next commits fail as a full disk would.
     pub(crate) fail_next_commits: AtomicU64,
+    /// Test-only: the commit that many commits from now (1: the next) is
+    /// applied and then answered as a connection lost after the commit was
+    /// sent would leave it (0: none).
+    lose_commit_answer_in: AtomicU64,
     /// Test-only: while not 0, each commit counts it down, and the one
     /// that takes it to 0 fails (1: the next commit).
     fail_commit_in: AtomicU64,
@@ -273,6 +277,7 @@ impl Shared {
             stats: Arc::new(StoreStats::default()),
             feed: FeedHub::new(),
             fail_next_commits: AtomicU64::new(0),
+            lose_commit_answer_in: AtomicU64::new(0),
             fail_commit_in: AtomicU64::new(0),
             fail_next_reads: AtomicU64::new(0),
             fail_next_external_reads: AtomicU64::new(0),
@@ -358,6 +363,16 @@ impl Shared {
     }
 
     /// Whether the next commit is to fail (the test switch), counting it.
+    /// Whether the answer of the commit just applied is to be lost (the
+    /// test switch), counting it.
+    pub(crate) fn take_lost_commit_answer(&self) -> bool {
+        self.lose_commit_answer_in
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+                remaining.checked_sub(1)
+            })
+            == Ok(1)
+    }
+
     pub(crate) fn take_injected_failure(&self) -> bool {
         take_one(&self.fail_next_commits)
             || self
@@ -527,6 +542,15 @@ impl Store {
     /// Test-only switch: the next `skip` commits go through and the one
     /// after them fails as a full disk would (`None`: none fails), so a
     /// test can fail each step of a flow in turn.
+    /// Test-only switch: after `skip` commits, the next one is applied
+    /// and then answered `CommitUnknown`, as a connection lost after the
+    /// commit was sent would leave it.
+    pub fn lose_commit_answer_after_for_testing(&self, skip: u64) {
+        self.shared
+            .lose_commit_answer_in
+            .store(skip.saturating_add(1), Ordering::SeqCst);
+    }
+
     pub fn fail_commit_after_for_testing(&self, skip: Option<u64>) {
         let armed = skip.map_or(0, |skip| skip.saturating_add(1));
         self.shared.fail_commit_in.store(armed, Ordering::SeqCst);

@@ -138,12 +138,26 @@ enum BatchFailure {
     Careful,
     /// Anything else: its writes fail.
     Failed(String),
+    /// The connection was lost in the round trip that carried the COMMIT:
+    /// the batch may have been applied.
+    Unknown(String),
 }
 
 impl BatchFailure {
     /// What the test switch makes of a commit.
     fn injected() -> BatchFailure {
         BatchFailure::Failed("injected commit failure (test switch)".into())
+    }
+}
+
+/// A failure of the round trip that carried the COMMIT: the database's own
+/// refusal (a constraint, a deadlock) says nothing was applied; anything
+/// else (the connection lost) leaves the outcome unknown.
+fn at_commit(error: tokio_postgres::Error) -> BatchFailure {
+    if error.as_db_error().is_some() {
+        error.into()
+    } else {
+        BatchFailure::Unknown(describe(&error))
     }
 }
 
@@ -258,7 +272,13 @@ impl Writer {
                     inject = self.shared.take_injected_failure();
                 }
                 Err(BatchFailure::Retry(reason) | BatchFailure::Failed(reason)) => {
-                    break Err(reason)
+                    break Err(StoreError::CommitFailed(reason))
+                }
+                Err(BatchFailure::Unknown(reason)) => break Err(StoreError::CommitUnknown(reason)),
+                Ok(_) if self.shared.take_lost_commit_answer() => {
+                    break Err(StoreError::CommitUnknown(
+                        "the commit's answer was lost (a test switch)".into(),
+                    ))
                 }
                 Ok(done) => break Ok(done),
             }
@@ -320,24 +340,18 @@ impl Writer {
                     let _ = write.done.send(result.map_err(CustomFailure::Op));
                 }
             }
-            Err(reason) => {
+            Err(error) => {
                 self.shared
                     .stats
                     .failed_commits
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%reason, writes = ledger.len() + custom.len(), "group commit failed");
+                tracing::error!(%error, writes = ledger.len() + custom.len(), "group commit failed");
                 for write in ledger {
                     self.poison(write.entry.account_id, write.generation);
-                    let _ = write
-                        .done
-                        .send(Err(StoreError::CommitFailed(reason.clone())));
+                    let _ = write.done.send(Err(error.clone()));
                 }
                 for write in custom {
-                    let _ = write
-                        .done
-                        .send(Err(CustomFailure::Store(StoreError::CommitFailed(
-                            reason.clone(),
-                        ))));
+                    let _ = write.done.send(Err(CustomFailure::Store(error.clone())));
                 }
             }
         }
@@ -448,7 +462,7 @@ impl Writer {
             return Err(BatchFailure::injected());
         }
         let committing = Instant::now();
-        transaction.commit().await?;
+        transaction.commit().await.map_err(at_commit)?;
         Ok((fates, results, committing.elapsed().as_micros() as u64))
     }
 
@@ -486,7 +500,7 @@ async fn ledger_alone(
     match apply_ledger(&*client, prepared, origin, ledger, Some(end)).await {
         Ok((fates, ended)) => {
             if !ended {
-                client.batch_execute(end).await?;
+                client.batch_execute(end).await.map_err(at_commit)?;
             }
             if inject {
                 return Err(BatchFailure::injected());
@@ -496,6 +510,11 @@ async fn ledger_alone(
                 Vec::new(),
                 last_trip.elapsed().as_micros() as u64,
             )))
+        }
+        Err(error) if error.as_db_error().is_none() => {
+            // The connection was lost in the round trip that carried the
+            // COMMIT (when it did): nothing more can be said.
+            Err(at_commit(error))
         }
         Err(error) => {
             // Whether the transaction is still open or already ended by

@@ -161,11 +161,20 @@ impl Settled {
         // Checked after the fsync: a subscriber that arrives later reads
         // these rows from the database instead.
         let publish = !shared.feed.is_idle();
+        // Test switch: the batch is durable and its answer is lost, as a
+        // connection lost after the commit was sent would leave it.
+        let answer = if shared.take_lost_commit_answer() {
+            Err(StoreError::CommitUnknown(
+                "the commit's answer was lost (a test switch)".into(),
+            ))
+        } else {
+            Ok(())
+        };
         for write in self.ledger {
             if publish {
                 shared.feed.publish(Arc::new(write.entry));
             }
-            let _ = write.done.send(Ok(()));
+            let _ = write.done.send(answer.clone());
             shared
                 .stats
                 .ack_latency

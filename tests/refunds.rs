@@ -711,3 +711,88 @@ async fn a_refund_of_access_takes_back_what_the_sale_credited_not_todays_setting
     assert_verified(&directory);
 }
 on_both_stores!(a_refund_of_access_takes_back_what_the_sale_credited_not_todays_setting);
+
+on_both_stores!(a_refund_of_a_top_up_not_yet_credited_waits_for_the_credit);
+/// A top-up whose order is completed and whose credit did not commit (a
+/// failed commit between the two; Stripe will deliver the completion
+/// again): a refund arriving meanwhile takes nothing back that was never
+/// credited. It waits, and once the completion's retry credits the top-up,
+/// it takes back once.
+async fn a_refund_of_a_top_up_not_yet_credited_waits_for_the_credit() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let core = Core::start(&settings, Arc::new(ManualClock::new(NOW_UNIX * 1000))).unwrap();
+    let account = new_account(&core, "+14155550152").await;
+    let mut events = EventFactory::new();
+    for skip in 0..REFUND_STEPS {
+        let ten = Money::from_micros(10_000_000);
+        let (_, order) = core
+            .store
+            .billing()
+            .open_order(
+                NewOrder {
+                    account_id: account,
+                    order_type: OrderType::TopUp,
+                    amount: ten,
+                    list_price: ten,
+                    pricing_mode: None,
+                    discount_code_id: None,
+                },
+                NOW_UNIX * 1000,
+            )
+            .await
+            .unwrap();
+        let order = order.id;
+        let intent = format!("pi_uncredited_{order}");
+        let completed = events.checkout_completed(
+            &format!("cs_uncredited_{order}"),
+            order,
+            "cus_un",
+            1000,
+            &intent,
+        );
+        let refunded =
+            events.charge_refunded(&format!("ch_uncredited_{order}"), &intent, 1000, 1000);
+        // One commit of the completion's handling fails, at step `skip`.
+        core.store.fail_commit_after_for_testing(Some(skip));
+        let _ = deliver_to(&core, &completed).await;
+        core.store.fail_commit_after_for_testing(None);
+        let _ = deliver_to(&core, &refunded).await;
+        let balance = core
+            .registry
+            .send(account, sms_credit_actors::GetBalance)
+            .await
+            .unwrap()
+            .balance;
+        assert!(
+            !balance.is_negative(),
+            "step {skip}: nothing taken back that was not credited: {balance:?}"
+        );
+        // Stripe delivers the completion again: credited, and the refund
+        // (woken, or delivered again) takes it back once.
+        for payload in [&completed, &refunded, &completed, &refunded] {
+            let outcome = deliver_to(&core, payload).await;
+            assert!(
+                matches!(
+                    outcome,
+                    Ok(EventOutcome::Applied(_) | EventOutcome::Duplicate)
+                ),
+                "step {skip}: {outcome:?}"
+            );
+        }
+        let balance = core
+            .registry
+            .send(account, sms_credit_actors::GetBalance)
+            .await
+            .unwrap()
+            .balance;
+        assert_eq!(
+            balance,
+            Money::ZERO,
+            "step {skip}: credited once, taken back once"
+        );
+    }
+    core.shutdown().await;
+    assert_verified(&directory);
+}

@@ -714,17 +714,36 @@ impl Billing {
     }
 
     /// What an order credited when it was sold, which no refund takes back
-    /// more than: a top-up's payment; the credit that came with access, as
-    /// its own row says (whatever the setting says today). `None` while
-    /// an access order's credit is not in the ledger yet (its completion
+    /// more than, as its own credit row says: a top-up's payment (credited
+    /// by the order from Checkout, by the PaymentIntent off-session); the
+    /// credit that came with access (whatever the setting says today).
+    /// `None` while the credit is not in the ledger yet (the completion
     /// failed before writing it: Stripe's retry of the completion writes
-    /// it, and wakes this refund). With no row and nothing included today,
-    /// nothing was credited. (An access sold with nothing included and
-    /// refunded after the operator included some waits, and expires after
-    /// 3 days: nothing taken back, as nothing was credited.)
+    /// it, and wakes this refund), so nothing never credited is taken back.
+    /// An access order with no row and nothing included today credited
+    /// nothing. (An access sold with nothing included and refunded after
+    /// the operator included some waits, and expires after 3 days: nothing
+    /// taken back, as nothing was credited.)
     async fn credited_by(&self, order: &Order) -> Result<Option<Money>, BillingError> {
         match order.order_type {
-            OrderType::TopUp | OrderType::AutoTopUp => Ok(Some(order.amount)),
+            OrderType::TopUp | OrderType::AutoTopUp => {
+                let ledger = self.store.ledger();
+                let by_order = ledger
+                    .entry_by_key(order.account_id, IdempotencyKey::stripe_order(order.id))
+                    .await?;
+                let row = match (by_order, &order.stripe_payment_intent_id) {
+                    (Some(row), _) => Some(row),
+                    (None, Some(payment_intent_id)) => {
+                        let key =
+                            IdempotencyKey::stripe_payment(payment_intent_id).map_err(|_| {
+                                BillingError::invalid_id("payment intent", payment_intent_id)
+                            })?;
+                        ledger.entry_by_key(order.account_id, key).await?
+                    }
+                    (None, None) => None,
+                };
+                Ok(row.map(|row| row.amount))
+            }
             OrderType::InitialAccess => {
                 let row = self
                     .store

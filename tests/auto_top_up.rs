@@ -1018,6 +1018,31 @@ async fn a_search_stripe_refuses_is_not_an_answer() {
     );
 }
 
+on_both_stores!(a_charge_stripe_rate_limited_is_asked_again_not_failed);
+/// The charge is made and its answer lost; Stripe then answers the retry
+/// 429 (its rate limit): that says nothing of the charge, so the attempt is
+/// not failed (no failure SMS, counted in the month) and, asked again with
+/// the same key, is credited once.
+async fn a_charge_stripe_rate_limited_is_asked_again_not_failed() {
+    let mut setup = setup().await;
+    let (account, token) =
+        auto_top_up_sent_once(&mut setup, "+14155553742", ChargeMode::AnswerLost).await;
+    let Setup {
+        app, stripe, clock, ..
+    } = &setup;
+    stripe.set_rate_limited(true);
+    clock.advance_ms(31_000);
+    wait_for_requests(stripe, "/v1/payment_intents", 2).await;
+    stripe.set_rate_limited(false);
+    clock.advance_ms(31_000);
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(stripe.charges_made(), 1, "charged once");
+}
+
 on_both_stores!(buy_by_sms_stops_at_the_daily_limit);
 /// `BUY $10` charges at most $30 a day (UTC) per account: the fourth is
 /// refused with the way to top up on the web, charges nothing, and the

@@ -71,6 +71,9 @@ struct State {
     unreachable: bool,
     /// Whether the Search API answers 429 (its rate limit reached).
     search_limited: bool,
+    /// Whether every request answers 429 before anything else is looked
+    /// at (Stripe's rate limit, met before a key's stored answer).
+    rate_limited: bool,
     /// Every PaymentIntent made, for the Search API.
     intents: Vec<Value>,
     /// Refunds actually made (not replayed from an idempotency key).
@@ -132,6 +135,7 @@ impl FakeStripe {
             retrieve_fails: false,
             unreachable: false,
             search_limited: false,
+            rate_limited: false,
             intents: Vec::new(),
             refunds_made: 0,
             refuse_refunds: false,
@@ -213,6 +217,12 @@ impl FakeStripe {
     /// answers again).
     pub fn set_search_limited(&self, limited: bool) {
         self.state.lock().unwrap().search_limited = limited;
+    }
+
+    /// Every request answers 429, as Stripe's rate limit does, and does
+    /// nothing (or works again).
+    pub fn set_rate_limited(&self, limited: bool) {
+        self.state.lock().unwrap().rate_limited = limited;
     }
 
     /// Every request fails with a 500 and does nothing (or works again).
@@ -323,6 +333,13 @@ fn answer_locked(
         return (
             500,
             json!({"error": {"type": "api_error", "message": "fake: Stripe cannot be reached"}}),
+        );
+    }
+    if state.rate_limited {
+        return (
+            429,
+            json!({"error": {"type": "invalid_request_error", "code": "rate_limit",
+                             "message": "Too many requests hit the API too quickly."}}),
         );
     }
     if let Some(key) = idempotency_key

@@ -63,12 +63,31 @@ fn to_hash_map(metadata: BTreeMap<String, String>) -> HashMap<String, String> {
 /// same key gets the first one's answer, so it is never a refusal.
 const CONFLICT: u16 = 409;
 
+/// Stripe's 429 Too Many Requests: its rate limit (or a lock on the object
+/// held by another request) was met before the request was looked at.
+const TOO_MANY_REQUESTS: u16 = 429;
+
+/// What Stripe's error says of the request: a 409 (the key's first request
+/// still in progress), a 429 (the rate limit, met before anything was
+/// done) and an `idempotency_error` (the key was used with other
+/// parameters: what its first request did is not said) decide nothing, so
+/// they are "ask again", never a refusal; any other 4xx is Stripe's
+/// refusal; anything else is Stripe not answering.
 fn gateway_error(error: StripeError) -> GatewayError {
     match error {
         StripeError::Stripe(api_error, CONFLICT) => GatewayError::Unavailable(format!(
             "Stripe is still answering a request with the same key: {}",
             api_error.message.as_deref().unwrap_or("409 Conflict")
         )),
+        StripeError::Stripe(api_error, status)
+            if status == TOO_MANY_REQUESTS
+                || api_error.type_ == stripe_shared::ApiErrorsType::IdempotencyError =>
+        {
+            GatewayError::Unavailable(format!(
+                "Stripe did not take the request ({status}): {}",
+                api_error.message.as_deref().unwrap_or("no message")
+            ))
+        }
         StripeError::Stripe(api_error, status) if status < 500 => GatewayError::Refused(
             api_error
                 .message
@@ -196,7 +215,9 @@ impl PaymentGateway for StripeGateway {
                                 message,
                             })
                         }
-                        _ => Err(GatewayError::Refused(message)),
+                        // Not about the card: what the request's answer
+                        // says (a rate limit is "ask again").
+                        _ => Err(gateway_error(StripeError::Stripe(api_error, status))),
                     }
                 }
                 Err(other) => Err(gateway_error(other)),

@@ -149,14 +149,7 @@ impl FeedHub {
             .by_account
             .remove(&account_id)
             .map_or(0, |(_, subscribers)| subscribers.len());
-        {
-            let mut all = self
-                .all_accounts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            dropped += all.len();
-            all.clear();
-        }
+        dropped += self.drop_all_accounts_subscribers();
         self.subscribers.fetch_sub(dropped, Ordering::SeqCst);
     }
 
@@ -169,15 +162,19 @@ impl FeedHub {
             dropped += subscribers.len();
             false
         });
-        {
-            let mut all = self
-                .all_accounts
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            dropped += all.len();
-            all.clear();
-        }
+        dropped += self.drop_all_accounts_subscribers();
         self.subscribers.fetch_sub(dropped, Ordering::SeqCst);
+    }
+
+    /// Drops the subscribers of every account; answers how many there were.
+    fn drop_all_accounts_subscribers(&self) -> usize {
+        let mut all = self
+            .all_accounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dropped = all.len();
+        all.clear();
+        dropped
     }
 
     /// Hands a committed row to its subscribers; a subscriber whose queue is

@@ -111,6 +111,7 @@ impl Core {
             messaging: messaging.clone(),
             web_link: settings.web_link(),
             known_numbers: Default::default(),
+            buys_charging: Default::default(),
         };
         let sms_supervisor = SmsSupervisor::new(sms_context).start();
         let stripe_supervisor = StripeSupervisor::new(billing.clone()).start();

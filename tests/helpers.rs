@@ -328,6 +328,19 @@ impl TestApp {
         fields: &[(&str, &str)],
         signature: Option<&str>,
     ) -> (StatusCode, String) {
+        self.post_twilio_with(&self.client, path, fields, signature)
+            .await
+    }
+
+    /// As [`TestApp::post_twilio`], through `client` (one that waits longer
+    /// than the default 5 s, say).
+    pub async fn post_twilio_with(
+        &self,
+        client: &awc::Client,
+        path: &str,
+        fields: &[(&str, &str)],
+        signature: Option<&str>,
+    ) -> (StatusCode, String) {
         let owned: Vec<(String, String)> = fields
             .iter()
             .map(|(name, value)| (name.to_string(), value.to_string()))
@@ -338,8 +351,7 @@ impl TestApp {
             &owned,
         );
         let body = serde_urlencoded::to_string(&owned).unwrap();
-        let mut response = self
-            .client
+        let mut response = client
             .post(self.url(path))
             .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
             .insert_header((
@@ -348,7 +360,7 @@ impl TestApp {
             ))
             .send_body(body)
             .await
-            .unwrap();
+            .unwrap_or_else(|error| panic!("no answer from {path}: {error}"));
         let bytes = response.body().await.unwrap();
         (
             response.status(),
@@ -359,6 +371,35 @@ impl TestApp {
     /// An inbound SMS, signed, as Twilio would post it.
     pub async fn post_twilio_sms(
         &self,
+        message_sid: &str,
+        from: &str,
+        text: &str,
+    ) -> (StatusCode, String) {
+        self.post_twilio_sms_with(&self.client, message_sid, from, text)
+            .await
+    }
+
+    /// As [`TestApp::post_twilio_sms`], waiting up to 30 s for the answer
+    /// (twice Twilio's 15 s): how long it took is the caller's to judge.
+    pub async fn post_twilio_sms_waiting(
+        &self,
+        message_sid: &str,
+        from: &str,
+        text: &str,
+    ) -> (StatusCode, String, std::time::Duration) {
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .finish();
+        let started = std::time::Instant::now();
+        let (status, body) = self
+            .post_twilio_sms_with(&client, message_sid, from, text)
+            .await;
+        (status, body, started.elapsed())
+    }
+
+    async fn post_twilio_sms_with(
+        &self,
+        client: &awc::Client,
         message_sid: &str,
         from: &str,
         text: &str,
@@ -374,7 +415,7 @@ impl TestApp {
             ("SmsSid", message_sid),
             ("To", crate::fake_twilio::FROM),
         ];
-        self.post_twilio("/webhooks/twilio/sms", &fields, None)
+        self.post_twilio_with(client, "/webhooks/twilio/sms", &fields, None)
             .await
     }
 

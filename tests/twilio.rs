@@ -337,14 +337,14 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
     assert!(reply_text(&twiml)
         .unwrap()
         .contains("https://sms.example.com/account"));
+    // Stripe failed: the card may have been charged, so that is what the
+    // reply says (see the tests below).
     stripe.set_charge_mode(ChargeMode::ServerError);
     let (_, twiml) = app
         .post_twilio_sms("SMbuy4", "+14155552300", "BUY $10")
         .await;
     assert!(
-        reply_text(&twiml)
-            .unwrap()
-            .contains("not available right now"),
+        reply_text(&twiml).unwrap().starts_with(UNCONFIRMED),
         "{twiml}"
     );
     let (_, twiml) = app
@@ -355,6 +355,232 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
         "{twiml}"
     );
     assert_eq!(app.balance_micros(account).await, 15_000_000);
+}
+
+/// How the reply to a `BUY` whose charge Stripe has not answered begins.
+const UNCONFIRMED: &str = "We could not confirm your $10.00 payment yet.";
+
+/// The answer stored for a MessageSid (`None`: none yet).
+async fn stored_answer(app: &TestApp, message_sid: &str) -> Option<Option<String>> {
+    let store = app.store.as_ref().expect("an in-process server");
+    store
+        .messages()
+        .inbound_reply_and_account(message_sid.to_string(), None)
+        .await
+        .unwrap()
+        .0
+}
+
+/// A server with a fake Stripe and a fake Twilio, and a second one on the
+/// same database when `second` says so, on one clock.
+async fn app_with_stripe_and_twilio(
+    second: bool,
+) -> (
+    TestApp,
+    Option<TestApp>,
+    FakeStripe,
+    FakeTwilio,
+    ManualClock,
+) {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let clock = ManualClock::new(START_MS);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
+    let other = match second {
+        true => Some(TestApp::spawn_with_clock(directory, settings, clock.clone()).await),
+        false => None,
+    };
+    (app, other, stripe, twilio, clock)
+}
+
+on_both_stores!(a_buy_stripe_did_not_answer_is_unconfirmed_and_asked_again_never_refused);
+/// Stripe answers the `BUY`'s charge with a 500: the card may have been
+/// charged, so the reply says the payment is not confirmed yet, and that
+/// is never stored as the MessageSid's answer. Twilio's retry asks Stripe
+/// again with the same key, and once Stripe has charged (its answer lost
+/// on the way, then given to the retry) the account is credited once and
+/// the MessageSid answered for good.
+async fn a_buy_stripe_did_not_answer_is_unconfirmed_and_asked_again_never_refused() {
+    let (app, _, stripe, _twilio, _clock) = app_with_stripe_and_twilio(false).await;
+    let mut events = EventFactory::new();
+    let phone = "+14155552310";
+    let (account, _, _) = crate::stripe::active_account(&app, &mut events, phone).await;
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+
+    stripe.set_charge_mode(ChargeMode::ServerError);
+    for attempt in 1..=2 {
+        let (status, twiml) = app.post_twilio_sms("SMunsure", phone, "BUY $10").await;
+        assert_eq!(status, StatusCode::OK, "{twiml}");
+        let reply = reply_text(&twiml).unwrap();
+        assert!(
+            reply.starts_with(UNCONFIRMED),
+            "delivery {attempt}: {reply}"
+        );
+        assert!(
+            !reply.contains("not available"),
+            "delivery {attempt}: {reply}"
+        );
+        assert_eq!(
+            stored_answer(&app, "SMunsure").await,
+            None,
+            "delivery {attempt}: an unknown outcome is no answer"
+        );
+    }
+    let charges = stripe.requests("/v1/payment_intents");
+    assert_eq!(charges.len(), 2, "the retry asked Stripe again");
+    assert_eq!(charges[0].idempotency_key, charges[1].idempotency_key);
+
+    // Stripe charges, and its answer is lost again: still not confirmed.
+    stripe.set_charge_mode(ChargeMode::AnswerLost);
+    let (_, twiml) = app.post_twilio_sms("SMunsure", phone, "BUY $10").await;
+    assert!(
+        reply_text(&twiml).unwrap().starts_with(UNCONFIRMED),
+        "{twiml}"
+    );
+    assert_eq!(stored_answer(&app, "SMunsure").await, None);
+    assert_eq!(stripe.charges_made(), 1);
+
+    // The next retry gets Stripe's answer for the key: credited once.
+    stripe.set_charge_mode(ChargeMode::Succeed);
+    let settled = "Thanks! $10.00 was added from your card ending 4242. Your balance is $15.00.";
+    let (_, twiml) = app.post_twilio_sms("SMunsure", phone, "BUY $10").await;
+    assert_eq!(reply_text(&twiml).as_deref(), Some(settled));
+    assert_eq!(
+        stored_answer(&app, "SMunsure").await,
+        Some(Some(settled.to_string()))
+    );
+    let (_, again) = app.post_twilio_sms("SMunsure", phone, "BUY $10").await;
+    assert_eq!(again, twiml, "answered from the store");
+    assert_eq!(stripe.requests("/v1/payment_intents").len(), 4);
+    assert_eq!(stripe.charges_made(), 1, "charged once");
+    assert_eq!(
+        app.balance_micros(account).await,
+        15_000_000,
+        "credited once"
+    );
+}
+
+on_both_stores!(a_buy_stripe_holds_is_answered_in_time_and_credited_once_when_it_lands);
+/// Stripe takes the `BUY`'s charge and holds its answer. The webhook is
+/// answered within Twilio's 15 s, saying the payment is not confirmed yet;
+/// Twilio's retries, to this instance and another at once, are answered
+/// alike and never send the charge again while it goes on; a retry after
+/// the claim's lease would have run out sends the same key, which Stripe
+/// answers 409 — "not confirmed yet" again, never a refusal. When Stripe
+/// answers, the charge still going on credits it once and settles the
+/// MessageSid, and Stripe's own event of the payment credits nothing more.
+async fn a_buy_stripe_holds_is_answered_in_time_and_credited_once_when_it_lands() {
+    let (app, other, stripe, _twilio, clock) = app_with_stripe_and_twilio(true).await;
+    let other = other.unwrap();
+    let mut events = EventFactory::new();
+    let phone = "+14155552320";
+    let (account, customer, _) = crate::stripe::active_account(&app, &mut events, phone).await;
+    let bound = std::time::Duration::from_secs(14);
+
+    stripe.set_charge_mode(ChargeMode::Held);
+    let (status, twiml, took) = app
+        .post_twilio_sms_waiting("SMheld", phone, "BUY $10")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(took < bound, "answered after {took:?}");
+    assert!(
+        reply_text(&twiml).unwrap().starts_with(UNCONFIRMED),
+        "{twiml}"
+    );
+    assert_eq!(stored_answer(&app, "SMheld").await, None);
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+
+    // Twilio's retry, to both instances at once, while the charge is held.
+    let (here, there) = futures_util::join!(
+        app.post_twilio_sms_waiting("SMheld", phone, "BUY $10"),
+        other.post_twilio_sms_waiting("SMheld", phone, "BUY $10"),
+    );
+    for (status, twiml, took) in [here, there] {
+        assert_eq!(status, StatusCode::OK, "{twiml}");
+        assert!(took < bound, "answered after {took:?}");
+        assert!(
+            reply_text(&twiml).unwrap().starts_with(UNCONFIRMED),
+            "{twiml}"
+        );
+    }
+    assert_eq!(
+        stripe.requests("/v1/payment_intents").len(),
+        1,
+        "not sent again while it goes on"
+    );
+    assert_eq!(stripe.conflicts(), 0);
+
+    // Past the lease (as if the first instance had stalled): the other
+    // instance may take the claim over and send the same key (Stripe: 409).
+    clock.advance_ms(61_000);
+    let (status, twiml, took) = other
+        .post_twilio_sms_waiting("SMheld", phone, "BUY $10")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(took < bound, "answered after {took:?}");
+    assert!(
+        reply_text(&twiml).unwrap().starts_with(UNCONFIRMED),
+        "{twiml}"
+    );
+    assert_eq!(stored_answer(&app, "SMheld").await, None);
+
+    // Stripe answers the first request: credited once, the MessageSid
+    // answered with the outcome.
+    stripe.release();
+    let settled = "Thanks! $10.00 was added from your card ending 4242. Your balance is $15.00.";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored_answer(&app, "SMheld").await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held charge never settled its MessageSid (balance {})",
+            app.balance_micros(account).await
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        stored_answer(&app, "SMheld").await,
+        Some(Some(settled.to_string()))
+    );
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
+    for instance in [&app, &other] {
+        let (_, twiml) = instance.post_twilio_sms("SMheld", phone, "BUY $10").await;
+        assert_eq!(reply_text(&twiml).as_deref(), Some(settled));
+    }
+    let orders = app.get_orders(account).await;
+    let bought = orders
+        .iter()
+        .find(|order| order["order_type"] == "top_up")
+        .unwrap_or_else(|| panic!("no top-up order: {orders:?}"));
+    let payment_intent = bought["stripe_payment_intent_id"].as_str().unwrap();
+    let succeeded = events.payment_intent_succeeded(
+        payment_intent,
+        1000,
+        &customer,
+        json!({"sms_credit_purpose": "off_session_top_up", "sms_credit_order_id": bought["id"].to_string()}),
+    );
+    assert_eq!(app.deliver(&succeeded).await.0, StatusCode::OK);
+    assert_eq!(
+        app.balance_micros(account).await,
+        15_000_000,
+        "credited once"
+    );
+    assert_eq!(stripe.charges_made(), 1, "charged once");
+    let (_, verify) = app
+        .request(
+            "GET",
+            "/v1/admin/verify",
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(verify["clean"], true, "{verify}");
+    other.stop().await;
 }
 
 on_both_stores!(outbound_messages_reserve_send_and_resolve_once);

@@ -116,6 +116,18 @@ pub enum ChargeResult {
     NotCharged,
 }
 
+/// What an off-session charge came to, as far as Stripe said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChargeAnswer {
+    /// Stripe answered (or, asked later, said what became of the charge).
+    Answered(ChargeResult),
+    /// Stripe gave no answer (none in time, a 5xx, a 409 while the key's
+    /// first request is still in progress): the card may have been charged.
+    /// Asked again with the same key, it is answered once Stripe knows; a
+    /// charge that succeeded is credited once, here or by the webhook.
+    Unknown(String),
+}
+
 /// How long a Checkout Session stays open: Stripe's minimum, 30 minutes
 /// after Stripe receives the request, and a minute for the way there. An
 /// abandoned one gives the discount code's use back about half an hour
@@ -322,6 +334,26 @@ impl Billing {
         cap: Option<DailyCap>,
         now_ms: i64,
     ) -> Result<ChargeResult, BillingError> {
+        match self
+            .try_charge_saved_card(account_id, amount, idempotency_key, cap, now_ms)
+            .await?
+        {
+            ChargeAnswer::Answered(result) => Ok(result),
+            ChargeAnswer::Unknown(message) => Err(BillingError::Gateway(message)),
+        }
+    }
+
+    /// As [`Billing::charge_saved_card`], telling a charge Stripe did not
+    /// answer (which may have been made) from a refusal: never an error,
+    /// so that no caller takes it for "not charged".
+    pub async fn try_charge_saved_card(
+        &self,
+        account_id: AccountId,
+        amount: Money,
+        idempotency_key: &str,
+        cap: Option<DailyCap>,
+        now_ms: i64,
+    ) -> Result<ChargeAnswer, BillingError> {
         let (account, order) = self
             .open_charge(
                 account_id,
@@ -332,12 +364,14 @@ impl Billing {
                 now_ms,
             )
             .await?;
-        self.send_charge(account, order, idempotency_key, now_ms)
+        match self
+            .send_charge(account, order, idempotency_key, now_ms)
             .await
-            .map_err(|failure| match failure {
-                ChargeFailure::Unavailable(message) => BillingError::Gateway(message),
-                ChargeFailure::Other(error) => error,
-            })
+        {
+            Ok(result) => Ok(ChargeAnswer::Answered(result)),
+            Err(ChargeFailure::Unavailable(message)) => Ok(ChargeAnswer::Unknown(message)),
+            Err(ChargeFailure::Other(error)) => Err(error),
+        }
     }
 
     /// The order of an off-session charge (found again by its key), with

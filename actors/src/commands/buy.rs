@@ -45,8 +45,13 @@ pub enum BuyOutcome {
     DailyLimit {
         limit: Money,
     },
-    /// Payments are not configured, or Stripe could not be reached.
+    /// Payments are not configured, or Stripe refused the request: nothing
+    /// was charged.
     Unavailable,
+    /// Stripe has not said whether the card was charged (no answer in
+    /// time, a 5xx, its first answer still in progress): it may have been.
+    /// Never a MessageSid's stored answer; asked again, it settles.
+    Unconfirmed,
 }
 
 pub fn reply(outcome: &BuyOutcome, web_link: &str) -> String {
@@ -79,6 +84,12 @@ pub fn reply(outcome: &BuyOutcome, web_link: &str) -> String {
         BuyOutcome::Unavailable => {
             format!("Top-ups by SMS are not available right now. Top up on the web: {web_link}")
         }
+        // No link to pay on the web: if this payment went through, a
+        // second one would charge twice.
+        BuyOutcome::Unconfirmed => format!(
+            "We could not confirm your {} payment yet. If it went through, your balance will show it soon: text BALANCE to check before you buy again.",
+            crate::billing::TOP_UP
+        ),
     }
 }
 
@@ -89,6 +100,15 @@ pub fn other_amount_reply(web_link: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unconfirmed_payment_is_told_as_one_in_one_segment() {
+        let reply = reply(&BuyOutcome::Unconfirmed, "https://sms.example.com/account");
+        assert!(reply.contains("could not confirm"), "{reply}");
+        assert!(!reply.contains("not available"), "{reply}");
+        assert!(!reply.contains("https://"), "no way to pay again: {reply}");
+        assert!(reply.len() <= 160, "{} characters: {reply}", reply.len());
+    }
 
     #[test]
     fn only_ten_dollars() {

@@ -501,6 +501,8 @@ pub trait MessageStore: Send + Sync {
     /// Claims an inbound SMS for this instance before a command with an
     /// effect outside the store (a charge) runs, so that a retry of the same
     /// MessageSid reaching another instance waits for this one's reply.
+    /// Taken over when the claim is this instance's, has lapsed or was let
+    /// go ([`MessageStore::release_inbound`]); the same call renews it.
     fn claim_inbound(
         &self,
         message_sid: String,
@@ -512,9 +514,21 @@ pub trait MessageStore: Send + Sync {
     ) -> StoreFuture<InboundClaim>;
     /// Records an inbound SMS and its reply (and the reply's cost), unless
     /// its MessageSid was answered before (then the reply it got) or
-    /// another instance is answering it. A claim of this instance on it
-    /// becomes the answer (`Mine`: this reply was recorded).
+    /// another instance is answering it. A claim of this instance on it,
+    /// or a claim let go, becomes the answer (`Mine`: this reply was
+    /// recorded).
     fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<InboundClaim>;
+    /// Lets go of this instance's claim on an inbound SMS without an answer
+    /// (what it asked for has no known outcome yet: a charge Stripe did not
+    /// answer), so that a retry of the MessageSid, on any instance, claims
+    /// it at once and asks again; records the cost of the reply sent
+    /// meanwhile, if any. `false` when the claim was not this instance's.
+    fn release_inbound(
+        &self,
+        message_sid: String,
+        instance_id: String,
+        reply_cost: Option<NewMessage>,
+    ) -> StoreFuture<bool>;
     /// Sent messages whose Twilio price is due; each is put off to
     /// `lease_until` in the same transaction, so that no other worker looks
     /// it up at the same time.

@@ -1,22 +1,27 @@
 //! The SMS supervisor: owns what happens to an inbound SMS once the HTTP
 //! layer has verified it: MessageSid deduplication (a retry gets the same
-//! reply), phone → account routing, and command dispatch. Only account
-//! actors change balances; the reply is sent only after it is committed.
+//! reply, except that a `BUY` whose charge Stripe has not answered is
+//! asked again), phone → account routing, and command dispatch. Only
+//! account actors change balances; the reply is sent only after it is
+//! committed. A `BUY` is answered within Twilio's wait whatever Stripe
+//! does (see `SmsContext::buy`).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use dashmap::DashMap;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
 
 use super::SUPERVISOR_MAILBOX_CAPACITY;
 use crate::account_actor::GetBalance;
 use crate::accounts::PhoneNumber;
 use crate::billing::auto_top_up::{ConsentVia, SettingRequest};
-use crate::billing::checkout::{Billing, ChargeResult};
+use crate::billing::checkout::{Billing, ChargeAnswer, ChargeResult};
 use crate::billing::orders::DailyCap;
 use crate::billing::BillingError;
 use crate::billing::TOP_UP;
@@ -24,7 +29,7 @@ use crate::commands::buy::{self, BuyOutcome};
 use crate::commands::{auto, balance, help, unknown_reply, AutoCommand, BuyAmount, Command};
 use crate::error::LedgerError;
 use crate::ledger::AccountId;
-use crate::messaging::records::MessageKind;
+use crate::messaging::records::{MessageKind, NewMessage};
 use crate::messaging::Messaging;
 use crate::rating::RateTable;
 use crate::registry::Registry;
@@ -34,14 +39,24 @@ use crate::store::{InboundClaim, InboundRecord, Store, StoreError};
 /// day's `BUY`s of an account are told from its other charges.
 const BUY_KEY_PREFIX: &str = "sms-buy-";
 
-/// How long an instance may take to answer a `BUY` before another instance
-/// that receives the same MessageSid may answer it instead.
+/// How long an instance's claim on a `BUY` lasts unless renewed: another
+/// instance that receives the same MessageSid may answer it only after.
 const INBOUND_CLAIM_LEASE_MS: i64 = 60_000;
 
-/// How often, and how long apart, a delivery of a `BUY` another instance is
-/// answering looks for that answer before saying busy (503).
-const INBOUND_CLAIM_WAITS: u32 = 80;
-const INBOUND_CLAIM_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the claim is renewed while its charge goes on (a charge may
+/// outlast a lease: a card looked up, then Stripe's 30 s, each).
+const INBOUND_CLAIM_RENEW_EVERY: Duration = Duration::from_secs(15);
+
+/// How long apart a delivery of a `BUY` another instance is answering looks
+/// for that answer.
+const INBOUND_CLAIM_PAUSE: Duration = Duration::from_millis(100);
+
+/// How long a `BUY` takes at most to answer, from its delivery: the wait
+/// for another delivery of the same MessageSid, then the charge. Twilio
+/// gives up on a webhook after 15 s; the rest is for the reads and the
+/// write around these. A charge Stripe has not answered by then goes on,
+/// and the reply says the payment is not confirmed yet.
+const BUY_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// A verified inbound SMS. The answer is the reply text (`None`: no reply).
 #[derive(Message, Clone, Debug)]
@@ -84,6 +99,11 @@ pub struct SmsContext {
     /// an account's phone never changes, so the common path needs neither a
     /// read nor libphonenumber before its one write.
     pub known_numbers: Arc<DashMap<String, KnownNumber>>,
+    /// The `BUY`s whose charge goes on here after their delivery was
+    /// answered "not confirmed yet", by MessageSid: a retry reaching this
+    /// instance waits for the charge instead of sending it again. Each
+    /// receiver sees its sender dropped when the charge is settled.
+    pub buys_charging: Arc<DashMap<String, watch::Receiver<()>>>,
 }
 
 /// An account found by its phone number.
@@ -180,6 +200,7 @@ impl SmsContext {
     /// write: the write records the MessageSid with its reply and the
     /// reply's cost together, or finds the reply a first delivery got.
     async fn answer(self, message: InboundSms) -> Result<Option<String>, SmsError> {
+        let started = Instant::now();
         let now_ms = message.received_at_ms;
         let command = Command::parse(&message.body);
         let known = self
@@ -220,36 +241,9 @@ impl SmsContext {
             let phone = known.as_ref().map(|known| known.phone.clone());
             (known, phone)
         };
-        // A charge goes to Stripe, outside the store: claim the MessageSid
-        // first, so that a retry reaching another instance meanwhile waits
-        // for this reply instead of charging (or answering) on its own.
-        // The first one's reply is waited for (a moment at a time, well
-        // inside Twilio's 15 s), so that both deliveries answer alike.
-        if account.is_some() && matches!(command, Command::Buy(BuyAmount::Ten)) {
-            let mut waits = 0;
-            loop {
-                let claim = self
-                    .store
-                    .messages()
-                    .claim_inbound(
-                        message.message_sid.clone(),
-                        message.from.clone(),
-                        message.body.clone(),
-                        self.store.instance_id().to_string(),
-                        now_ms,
-                        now_ms + INBOUND_CLAIM_LEASE_MS,
-                    )
-                    .await?;
-                match claim {
-                    InboundClaim::Mine => break,
-                    InboundClaim::Answered(reply) => return Ok(reply),
-                    InboundClaim::Busy if waits < INBOUND_CLAIM_WAITS => {
-                        waits += 1;
-                        tokio::time::sleep(INBOUND_CLAIM_PAUSE).await;
-                    }
-                    InboundClaim::Busy => return Err(SmsError::Busy),
-                }
-            }
+        // A charge goes to Stripe, outside the store: see `buy`.
+        if let (Some(known), Command::Buy(BuyAmount::Ten)) = (&account, &command) {
+            return self.buy(known, &message, started + BUY_ANSWER_WITHIN).await;
         }
         let reply = match &account {
             None => format!(
@@ -259,14 +253,37 @@ impl SmsContext {
             Some(known) => self.run(command, known, &message).await?,
         };
         let account_id = account.as_ref().map(|known| known.account_id);
-        // A reply is a service message: not charged, but costed.
-        let service = match (&self.messaging, &phone) {
+        let service = self.reply_cost(account_id, phone.as_ref(), &reply, now_ms);
+        self.record(&message, account_id, reply, service).await
+    }
+
+    /// A reply is a service message: not charged, but costed.
+    fn reply_cost(
+        &self,
+        account_id: Option<AccountId>,
+        phone: Option<&PhoneNumber>,
+        reply: &str,
+        now_ms: i64,
+    ) -> Option<NewMessage> {
+        match (&self.messaging, phone) {
             (Some(messaging), Some(phone)) => messaging
-                .prepare_service(account_id, phone, &reply, MessageKind::Reply, None, now_ms)
+                .prepare_service(account_id, phone, reply, MessageKind::Reply, None, now_ms)
                 .map_err(|error| tracing::debug!(%error, "reply cost not recorded"))
                 .ok(),
             _ => None,
-        };
+        }
+    }
+
+    /// Records the reply as the MessageSid's answer (see
+    /// `MessageStore::record_inbound`) and answers what it is now.
+    async fn record(
+        &self,
+        message: &InboundSms,
+        account_id: Option<AccountId>,
+        reply: String,
+        service: Option<NewMessage>,
+    ) -> Result<Option<String>, SmsError> {
+        let now_ms = message.received_at_ms;
         let recorded = self
             .store
             .messages()
@@ -309,61 +326,280 @@ impl SmsContext {
                     .and_then(|country| self.rates.rate_for(country));
                 balance::reply(snapshot.balance, own_rate)
             }
-            Command::Buy(BuyAmount::Other(_) | BuyAmount::Missing) => {
-                buy::other_amount_reply(&self.web_link)
+            // `BUY $10` of an account is answered by `buy`.
+            Command::Buy(_) => buy::other_amount_reply(&self.web_link),
+        })
+    }
+
+    /// `BUY $10`: answered by `deadline` whatever Stripe does, charged at
+    /// most once whatever Twilio does.
+    ///
+    /// The MessageSid is claimed first (the charge goes to Stripe, outside
+    /// the store), so that a retry reaching another instance meanwhile waits
+    /// for this reply instead of charging (or answering) on its own. The
+    /// charge runs on a task of its own, which renews the claim while it
+    /// goes on: a charge Stripe has not answered by `deadline` goes on after
+    /// the reply ("not confirmed yet"), and settles the MessageSid when it
+    /// ends. Only an outcome Stripe gave is stored as the answer; one it did
+    /// not give lets the claim go, so a retry asks Stripe again with the
+    /// same key (which charges once, and answers as the first time).
+    async fn buy(
+        &self,
+        account: &KnownNumber,
+        message: &InboundSms,
+        deadline: Instant,
+    ) -> Result<Option<String>, SmsError> {
+        let sid = &message.message_sid;
+        // An earlier delivery's charge still going on here: waited for.
+        let running = self.buys_charging.get(sid).map(|running| running.clone());
+        if let Some(mut running) = running {
+            if tokio::time::timeout_at(deadline, running.changed())
+                .await
+                .is_err()
+            {
+                return self.unconfirmed(account, message, false).await;
             }
-            Command::Buy(BuyAmount::Ten) => {
-                let outcome = match &self.billing {
-                    None => BuyOutcome::Unavailable,
-                    Some(billing) => {
-                        // Keyed by the MessageSid: a retried delivery never charges twice.
-                        let key = format!("{BUY_KEY_PREFIX}{}", message.message_sid);
-                        let day_start = message.received_at_ms.div_euclid(crate::clock::DAY_MS)
-                            * crate::clock::DAY_MS;
-                        let cap = DailyCap {
-                            key_prefix: BUY_KEY_PREFIX.to_string(),
-                            limit: billing.settings.buy_daily_limit,
-                            since_ms: day_start,
-                        };
-                        match billing
-                            .charge_saved_card(
-                                account.account_id,
-                                TOP_UP,
-                                &key,
-                                Some(cap),
-                                message.received_at_ms,
-                            )
-                            .await
-                        {
-                            Ok(ChargeResult::Credited { receipt, card, .. }) => {
-                                BuyOutcome::Credited {
-                                    balance: receipt.entry.balance_after,
-                                    card,
-                                }
-                            }
-                            Ok(ChargeResult::Pending { .. }) => BuyOutcome::Pending,
-                            Ok(ChargeResult::AuthenticationRequired) => {
-                                BuyOutcome::AuthenticationRequired
-                            }
-                            Ok(ChargeResult::Declined { message }) => {
-                                BuyOutcome::Declined { message }
-                            }
-                            // A BUY asked again a day later that Stripe never charged.
-                            Ok(ChargeResult::NotCharged) => BuyOutcome::Unavailable,
-                            Err(BillingError::NoSavedCard) => BuyOutcome::NoSavedCard,
-                            Err(BillingError::DailyLimit(limit)) => {
-                                BuyOutcome::DailyLimit { limit }
-                            }
-                            Err(BillingError::Store(error)) => return Err(error.into()),
-                            Err(BillingError::Ledger(error)) => return Err(error.into()),
-                            Err(error) => {
-                                tracing::warn!(%error, "BUY by SMS failed");
-                                BuyOutcome::Unavailable
-                            }
+        }
+        // Another instance's: its reply is waited for (a moment at a time,
+        // within the bound), so that both deliveries answer alike.
+        loop {
+            let claim = self
+                .store
+                .messages()
+                .claim_inbound(
+                    sid.clone(),
+                    message.from.clone(),
+                    message.body.clone(),
+                    self.store.instance_id().to_string(),
+                    message.received_at_ms,
+                    message.received_at_ms + INBOUND_CLAIM_LEASE_MS,
+                )
+                .await?;
+            match claim {
+                InboundClaim::Mine => break,
+                InboundClaim::Answered(reply) => return Ok(reply),
+                InboundClaim::Busy if Instant::now() + INBOUND_CLAIM_PAUSE < deadline => {
+                    tokio::time::sleep(INBOUND_CLAIM_PAUSE).await;
+                }
+                // Still charging there: not known yet.
+                InboundClaim::Busy => return self.unconfirmed(account, message, false).await,
+            }
+        }
+        let charged = match &self.billing {
+            None => Ok(BuyOutcome::Unavailable),
+            Some(billing) => {
+                let (outcome_to, mut outcome) = oneshot::channel();
+                let (settled, running) = watch::channel(());
+                self.buys_charging.insert(sid.clone(), running.clone());
+                let (context, billing) = (self.clone(), billing.clone());
+                let (buyer, sms) = (account.clone(), message.clone());
+                actix::spawn(async move {
+                    let charged = context.charge_under_claim(&billing, &buyer, &sms).await;
+                    // Not taken: the reply went before the charge ended.
+                    if let Err(charged) = outcome_to.send(charged) {
+                        context.settle_late(&buyer, &sms, charged).await;
+                    }
+                    context
+                        .buys_charging
+                        .remove_if(&sms.message_sid, |_, entry| entry.same_channel(&running));
+                    drop(settled);
+                });
+                match tokio::time::timeout_at(deadline, &mut outcome).await {
+                    Ok(charged) => charged.unwrap_or(Err(SmsError::Interrupted)),
+                    Err(_) => {
+                        // Closed first, so that an outcome is either taken
+                        // here or settled by the charge's task, never lost.
+                        outcome.close();
+                        match outcome.try_recv() {
+                            Ok(charged) => charged,
+                            Err(_) => return self.unconfirmed(account, message, false).await,
                         }
                     }
-                };
-                buy::reply(&outcome, &self.web_link)
+                }
+            }
+        };
+        match charged? {
+            BuyOutcome::Unconfirmed => self.unconfirmed(account, message, true).await,
+            outcome => {
+                let reply = buy::reply(&outcome, &self.web_link);
+                let service = self.reply_cost(
+                    Some(account.account_id),
+                    Some(&account.phone),
+                    &reply,
+                    message.received_at_ms,
+                );
+                self.record(message, Some(account.account_id), reply, service)
+                    .await
+            }
+        }
+    }
+
+    /// The reply to a `BUY` whose charge has no known outcome yet, never
+    /// stored as the MessageSid's answer; `release`: the charge has ended,
+    /// and the claim is let go (a retry asks Stripe again).
+    async fn unconfirmed(
+        &self,
+        account: &KnownNumber,
+        message: &InboundSms,
+        release: bool,
+    ) -> Result<Option<String>, SmsError> {
+        let reply = buy::reply(&BuyOutcome::Unconfirmed, &self.web_link);
+        let service = self.reply_cost(
+            Some(account.account_id),
+            Some(&account.phone),
+            &reply,
+            message.received_at_ms,
+        );
+        let messages = self.store.messages();
+        if release {
+            messages
+                .release_inbound(
+                    message.message_sid.clone(),
+                    self.store.instance_id().to_string(),
+                    service,
+                )
+                .await?;
+        } else if let Some(service) = service {
+            messages.record_service(service).await?;
+        }
+        Ok(Some(reply))
+    }
+
+    /// Charges a `BUY`, renewing the claim on its MessageSid until the
+    /// charge ends, so that no other instance sends the same key meanwhile.
+    async fn charge_under_claim(
+        &self,
+        billing: &Billing,
+        account: &KnownNumber,
+        message: &InboundSms,
+    ) -> Result<BuyOutcome, SmsError> {
+        let charge = self.charge(billing, account, message);
+        tokio::pin!(charge);
+        let mut renewals = tokio::time::interval_at(
+            Instant::now() + INBOUND_CLAIM_RENEW_EVERY,
+            INBOUND_CLAIM_RENEW_EVERY,
+        );
+        let mut renewing = true;
+        loop {
+            tokio::select! {
+                charged = &mut charge => return charged,
+                _ = renewals.tick(), if renewing => {
+                    let now_ms = self.registry.clock().now_ms();
+                    let renewed = self
+                        .store
+                        .messages()
+                        .claim_inbound(
+                            message.message_sid.clone(),
+                            message.from.clone(),
+                            message.body.clone(),
+                            self.store.instance_id().to_string(),
+                            now_ms,
+                            now_ms + INBOUND_CLAIM_LEASE_MS,
+                        )
+                        .await;
+                    match renewed {
+                        Ok(InboundClaim::Mine) => {}
+                        // Taken over (the lease lapsed all the same): the
+                        // other instance's charge sends the same key, which
+                        // Stripe answers once.
+                        Ok(other) => {
+                            tracing::warn!(message_sid = %message.message_sid, ?other, "a BUY still charging lost its claim");
+                            renewing = false;
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, message_sid = %message.message_sid, "the claim of a BUY still charging was not renewed");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Settles a `BUY` whose charge ended after its delivery was answered:
+    /// an outcome Stripe gave becomes the MessageSid's answer (a retry gets
+    /// it); none lets the claim go (a retry asks again).
+    async fn settle_late(
+        &self,
+        account: &KnownNumber,
+        message: &InboundSms,
+        charged: Result<BuyOutcome, SmsError>,
+    ) {
+        let messages = self.store.messages();
+        let sid = message.message_sid.clone();
+        let instance_id = self.store.instance_id().to_string();
+        let settled = match charged {
+            Ok(BuyOutcome::Unconfirmed) | Err(_) => messages
+                .release_inbound(sid, instance_id, None)
+                .await
+                .map(drop),
+            Ok(outcome) => messages
+                .record_inbound(InboundRecord {
+                    message_sid: sid,
+                    instance_id,
+                    from: message.from.clone(),
+                    account_id: Some(account.account_id),
+                    body: message.body.clone(),
+                    reply: Some(buy::reply(&outcome, &self.web_link)),
+                    // Its reply was "not confirmed yet".
+                    reply_cost: None,
+                    now_ms: message.received_at_ms,
+                })
+                .await
+                .map(drop),
+        };
+        if let Err(error) = settled {
+            tracing::warn!(%error, message_sid = %message.message_sid, "a BUY that ended after its reply was not settled; its claim lapses");
+        }
+    }
+
+    /// Charges the saved card for a `BUY $10`, keyed by the MessageSid: a
+    /// retried delivery never charges twice.
+    async fn charge(
+        &self,
+        billing: &Billing,
+        account: &KnownNumber,
+        message: &InboundSms,
+    ) -> Result<BuyOutcome, SmsError> {
+        let key = format!("{BUY_KEY_PREFIX}{}", message.message_sid);
+        let day_start =
+            message.received_at_ms.div_euclid(crate::clock::DAY_MS) * crate::clock::DAY_MS;
+        let cap = DailyCap {
+            key_prefix: BUY_KEY_PREFIX.to_string(),
+            limit: billing.settings.buy_daily_limit,
+            since_ms: day_start,
+        };
+        let charged = billing
+            .try_charge_saved_card(
+                account.account_id,
+                TOP_UP,
+                &key,
+                Some(cap),
+                message.received_at_ms,
+            )
+            .await;
+        Ok(match charged {
+            Ok(ChargeAnswer::Answered(result)) => match result {
+                ChargeResult::Credited { receipt, card, .. } => BuyOutcome::Credited {
+                    balance: receipt.entry.balance_after,
+                    card,
+                },
+                ChargeResult::Pending { .. } => BuyOutcome::Pending,
+                ChargeResult::AuthenticationRequired => BuyOutcome::AuthenticationRequired,
+                ChargeResult::Declined { message } => BuyOutcome::Declined { message },
+                // A BUY asked again a day later that Stripe never charged.
+                ChargeResult::NotCharged => BuyOutcome::Unavailable,
+            },
+            Ok(ChargeAnswer::Unknown(error)) => {
+                tracing::warn!(%error, "Stripe did not answer a BUY by SMS; asked again on a retry");
+                BuyOutcome::Unconfirmed
+            }
+            Err(BillingError::NoSavedCard) => BuyOutcome::NoSavedCard,
+            Err(BillingError::DailyLimit(limit)) => BuyOutcome::DailyLimit { limit },
+            Err(BillingError::Store(error)) => return Err(error.into()),
+            Err(BillingError::Ledger(error)) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "BUY by SMS failed");
+                BuyOutcome::Unavailable
             }
         })
     }

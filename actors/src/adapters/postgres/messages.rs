@@ -369,7 +369,7 @@ impl MessageStore for PostgresStore {
                     .execute(
                         "UPDATE inbound_messages SET claimed_by = $2, claimed_until = $3
                           WHERE message_sid = $1 AND state = 'claimed'
-                            AND (claimed_by = $2 OR claimed_until < $4)",
+                            AND (claimed_by = $2 OR claimed_by IS NULL OR claimed_until < $4)",
                         &[&message_sid, &instance_id, &lease_until_ms, &now_ms],
                     )
                     .await?;
@@ -402,7 +402,8 @@ impl MessageStore for PostgresStore {
                         "UPDATE inbound_messages
                             SET state = 'answered', reply = $2, account_id = $3, claimed_by = NULL,
                                 claimed_until = NULL
-                          WHERE message_sid = $1 AND state = 'claimed' AND claimed_by = $4",
+                          WHERE message_sid = $1 AND state = 'claimed'
+                            AND (claimed_by = $4 OR claimed_by IS NULL)",
                         &[
                             (&message_sid, Type::TEXT),
                             (&reply, Type::TEXT),
@@ -431,6 +432,31 @@ impl MessageStore for PostgresStore {
                     Some(reply) => InboundClaim::Answered(reply),
                     None => InboundClaim::Busy,
                 })
+            })
+        })
+    }
+
+    fn release_inbound(
+        &self,
+        message_sid: String,
+        instance_id: String,
+        reply_cost: Option<NewMessage>,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let (message_sid, instance_id, reply_cost) =
+                (message_sid.clone(), instance_id.clone(), reply_cost.clone());
+            boxed(async move {
+                let released = transaction
+                    .execute(
+                        "UPDATE inbound_messages SET claimed_by = NULL, claimed_until = NULL
+                          WHERE message_sid = $1 AND state = 'claimed' AND claimed_by = $2",
+                        &[&message_sid, &instance_id],
+                    )
+                    .await?;
+                if let Some(reply_cost) = &reply_cost {
+                    insert(transaction, reply_cost).await?;
+                }
+                Ok(released == 1)
             })
         })
     }

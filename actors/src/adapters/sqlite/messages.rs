@@ -212,9 +212,10 @@ fn inbound_reply(
     Ok(found)
 }
 
-/// Records an inbound message and its reply: this instance's claim on it
-/// becomes the answer, or it is recorded if new; if it was answered before,
-/// the reply it got; if another instance is answering it, `Busy`.
+/// Records an inbound message and its reply: this instance's claim on it,
+/// or a claim let go, becomes the answer, or it is recorded if new; if it
+/// was answered before, the reply it got; if another instance is answering
+/// it, `Busy`.
 fn record_inbound(
     connection: &Connection,
     inbound: &InboundRecord,
@@ -224,7 +225,7 @@ fn record_inbound(
         .prepare_cached(
             "UPDATE inbound_messages
                 SET state = 'answered', reply = ?2, account_id = ?3, claimed_by = NULL, claimed_until = NULL
-              WHERE message_sid = ?1 AND state = 'claimed' AND claimed_by = ?4",
+              WHERE message_sid = ?1 AND state = 'claimed' AND (claimed_by = ?4 OR claimed_by IS NULL)",
         )?
         .execute(params![inbound.message_sid, inbound.reply, account_id, inbound.instance_id])?;
     if answered == 1 {
@@ -272,11 +273,12 @@ fn claim_inbound(
     if inserted == 1 {
         return Ok(InboundClaim::Mine);
     }
-    // Taken over when the claim is this instance's or has lapsed.
+    // Taken over when the claim is this instance's, has lapsed or was let go.
     let taken = connection
         .prepare_cached(
             "UPDATE inbound_messages SET claimed_by = ?2, claimed_until = ?3
-              WHERE message_sid = ?1 AND state = 'claimed' AND (claimed_by = ?2 OR claimed_until < ?4)",
+              WHERE message_sid = ?1 AND state = 'claimed'
+                AND (claimed_by = ?2 OR claimed_by IS NULL OR claimed_until < ?4)",
         )?
         .execute(params![message_sid, instance_id, lease_until_ms, now_ms])?;
     if taken == 1 {
@@ -286,6 +288,22 @@ fn claim_inbound(
         Some(reply) => InboundClaim::Answered(reply),
         None => InboundClaim::Busy,
     })
+}
+
+/// Lets go of an instance's claim on an inbound message, unanswered (see
+/// `MessageStore::release_inbound`).
+fn release_inbound(
+    connection: &Connection,
+    message_sid: &str,
+    instance_id: &str,
+) -> Result<bool, StoreError> {
+    let released = connection
+        .prepare_cached(
+            "UPDATE inbound_messages SET claimed_by = NULL, claimed_until = NULL
+              WHERE message_sid = ?1 AND state = 'claimed' AND claimed_by = ?2",
+        )?
+        .execute(params![message_sid, instance_id])?;
+    Ok(released == 1)
 }
 
 /// Forgets a reservation whose debit was refused (nothing was reserved).
@@ -546,6 +564,21 @@ impl MessageStore for SqliteStore {
                 }
             }
             Ok(recorded)
+        })
+    }
+
+    fn release_inbound(
+        &self,
+        message_sid: String,
+        instance_id: String,
+        reply_cost: Option<NewMessage>,
+    ) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let released = release_inbound(connection, &message_sid, &instance_id)?;
+            if let Some(reply_cost) = &reply_cost {
+                insert(connection, reply_cost)?;
+            }
+            Ok(released)
         })
     }
 

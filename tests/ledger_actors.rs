@@ -887,3 +887,36 @@ async fn an_actor_whose_snapshot_could_not_be_read_reads_it_again_for_a_balance(
     first.shutdown().await;
     second.shutdown().await;
 }
+
+on_both_stores!(a_write_whose_answer_was_lost_and_cannot_be_looked_up_stays_unknown);
+/// A write commits and its answer is lost; looking it up by its key fails
+/// too: the caller is told the outcome is unknown, never "not applied"
+/// (a caller told "not applied" would make it again under another key).
+/// Found, it is answered as applied, once.
+async fn a_write_whose_answer_was_lost_and_cannot_be_looked_up_stays_unknown() {
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let account = new_account(&core, "+14155550209").await;
+    core.registry
+        .send(account, credit(10_000, "seed"))
+        .await
+        .unwrap();
+    core.store.lose_commit_answer_after_for_testing(0);
+    core.store.fail_next_reads_for_testing(1);
+    let lost = core.registry.send(account, credit(5_000, "lost")).await;
+    assert!(
+        matches!(lost, Err(LedgerError::Store(StoreError::CommitUnknown(_)))),
+        "{lost:?}"
+    );
+    // The same key again: it was applied, once.
+    let again = core
+        .registry
+        .send(account, credit(5_000, "lost"))
+        .await
+        .unwrap();
+    assert!(again.replayed, "{again:?}");
+    let balance = core.registry.send(account, GetBalance).await.unwrap();
+    assert_eq!(balance.balance, Money::from_micros(15_000));
+    core.shutdown().await;
+    assert_verified(&directory);
+}

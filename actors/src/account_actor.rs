@@ -988,6 +988,11 @@ impl AccountActor {
             let outcome = match found {
                 Ok(Some(existing)) => replay(existing, &mutation).map(Answer::Row),
                 Ok(None) => Err(otherwise),
+                // A commit's unknown outcome stays unknown when it cannot
+                // be looked up.
+                Err(_) if matches!(otherwise, LedgerError::Store(StoreError::CommitUnknown(_))) => {
+                    Err(otherwise)
+                }
                 Err(error) => Err(LedgerError::from(error)),
             };
             for (index, waiter) in waiters.into_iter().enumerate() {
@@ -1281,12 +1286,13 @@ impl AccountActor {
                     self.generation = self.shared.store.next_generation();
                 }
                 if matches!(error, StoreError::CommitUnknown(_)) {
-                    // Whether it was applied is not known: the ledger says
-                    // (the key's row), and the callers are answered from
-                    // it; then memory is read again from disk.
-                    let not_there = LedgerError::Store(StoreError::CommitFailed(
-                        "the connection was lost as the commit was sent, and the ledger does not hold the write".into(),
-                    ));
+                    // Whether it was applied is not known: the key's row
+                    // says it was, and the callers are answered from it.
+                    // Not finding it (the server may still be finishing the
+                    // commit) or not being able to look says nothing: still
+                    // unknown, never "not applied". Then memory is read
+                    // again from disk.
+                    let not_there = LedgerError::Store(error.clone());
                     self.answer_from_ledger(
                         Retry::of(key.clone(), in_flight),
                         not_there,

@@ -186,7 +186,8 @@ impl Messaging {
             Err(error) => {
                 let definitely_not_applied = !matches!(
                     error,
-                    LedgerError::Interrupted | LedgerError::Store(StoreError::Closed)
+                    LedgerError::Interrupted
+                        | LedgerError::Store(StoreError::Closed | StoreError::CommitUnknown(_))
                 );
                 if definitely_not_applied {
                     // Nothing was reserved: forget the attempt, so the same

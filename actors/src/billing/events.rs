@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
 pub use super::event_log::{EventRecord, EventStatus};
-use super::gateway::PaymentPurpose;
+use super::gateway::{PaymentPurpose, RefundReport};
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
 use crate::account_actor::{Credit, TakeBack, TakenBack};
@@ -65,7 +65,15 @@ pub enum StripeEvent {
         charge_id: String,
         payment_intent_id: Option<String>,
         amount_refunded_cents: i64,
+        /// The charge's refunds, when the event lists them (they settle
+        /// the refund requests left `requested`).
+        #[serde(default)]
+        refunds: Vec<RefundReport>,
     },
+    /// `refund.created`, `refund.updated`, `refund.failed`,
+    /// `charge.refund.updated`: settles the refund request it is, if that
+    /// was left `requested`. (The credit comes off with `charge.refunded`.)
+    RefundUpdated { refund: RefundReport },
     /// Any other type: answered and ignored.
     Other,
 }
@@ -645,7 +653,9 @@ impl Billing {
                 charge_id,
                 payment_intent_id,
                 amount_refunded_cents,
+                refunds,
             } => {
+                self.settle_reported_refunds(refunds, now_ms).await?;
                 self.apply_refund(
                     charge_id,
                     payment_intent_id.as_deref(),
@@ -653,6 +663,24 @@ impl Billing {
                     now_ms,
                 )
                 .await
+            }
+            StripeEvent::RefundUpdated { refund } => {
+                match self
+                    .settle_reported_refunds(std::slice::from_ref(refund), now_ms)
+                    .await?
+                {
+                    0 => Ok(EventOutcome::Ignored(format!(
+                        "refund {}: no refund request of this service waits for it",
+                        refund.refund_id
+                    ))),
+                    _ => Ok(EventOutcome::Applied(format!(
+                        "refund request {} of order {} settled: refund {} {}",
+                        refund.number.unwrap_or_default(),
+                        refund.order_id.unwrap_or_default(),
+                        refund.refund_id,
+                        refund.status
+                    ))),
+                }
             }
             StripeEvent::PaymentMethodDetached { payment_method_id } => {
                 match self.forget_card(payment_method_id, now_ms).await? {

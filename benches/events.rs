@@ -170,6 +170,7 @@ fn main() {
                 charge_id: format!("ch_foreign_{number}"),
                 payment_intent_id: Some(format!("pi_foreign_{number}")),
                 amount_refunded_cents: 1000,
+                refunds: Vec::new(),
             };
             let outcome = billing
                 .handle_event(

@@ -195,6 +195,7 @@ impl ApiError {
                 BillingError::OrderNotFound(_) => "order_not_found",
                 BillingError::NotRefundable(_) => "not_refundable",
                 BillingError::RefundRefused(_) => "refund_refused",
+                BillingError::RefundNotMade(_) => "refund_not_made",
                 BillingError::Gateway(_) => "stripe_error",
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
@@ -314,9 +315,9 @@ impl ResponseError for ApiError {
             ApiError::Rating(_) => StatusCode::BAD_REQUEST,
             ApiError::Billing(error) => match error {
                 BillingError::OrderNotFound(_) => StatusCode::NOT_FOUND,
-                BillingError::NotRefundable(_) | BillingError::RefundRefused(_) => {
-                    StatusCode::CONFLICT
-                }
+                BillingError::NotRefundable(_)
+                | BillingError::RefundRefused(_)
+                | BillingError::RefundNotMade(_) => StatusCode::CONFLICT,
                 BillingError::UnknownDiscountCode(_) | BillingError::AccountNotFound(_) => {
                     StatusCode::NOT_FOUND
                 }

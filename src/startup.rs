@@ -11,7 +11,9 @@ use actix_web::{web, App, HttpServer, ResponseError};
 use sms_credit_actors::billing::checkout::{Billing, BillingSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::messaging::{Messaging, MessagingSettings};
-use sms_credit_actors::supervisor::{SmsContext, SmsSupervisor, StripeSupervisor};
+use sms_credit_actors::supervisor::{
+    SmsContext, SmsSupervisor, StripeSupervisor, SweepWaitingEvents,
+};
 use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSettings};
 
 use crate::config::{Settings, StripeSettings};
@@ -244,6 +246,39 @@ fn start_billing_jobs(billing: Billing, clock: Arc<dyn Clock>) {
                 tracing::warn!(%error, "could not end orders that never got a Checkout Session");
             }
             actix_rt::time::sleep(EVENT_EXPIRY_INTERVAL).await;
+        }
+    });
+}
+
+/// How often the sweep of waiting Stripe events checks the clock.
+const WAKE_SWEEP_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Applies, every `WAKE_SWEEP_EVERY_MS` of the clock (and at start), the
+/// waiting Stripe events whose state exists now that nothing woke: a
+/// refund whose order's completion could not wake it (another instance
+/// held it, a read or commit failed) is applied within the sweep's time,
+/// not given up after three days. Through the Stripe supervisor, between
+/// events.
+fn start_waiting_event_sweep(supervisor: Addr<StripeSupervisor>, clock: Arc<dyn Clock>) {
+    use sms_credit_actors::billing::events::WAKE_SWEEP_EVERY_MS;
+    actix_rt::spawn(async move {
+        let mut last_sweep = i64::MIN;
+        let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
+        loop {
+            ticks.tick().await;
+            let now_ms = clock.now_ms();
+            if now_ms.saturating_sub(last_sweep) < WAKE_SWEEP_EVERY_MS {
+                continue;
+            }
+            last_sweep = now_ms;
+            match supervisor.send(SweepWaitingEvents { now_ms }).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "could not sweep the waiting Stripe events")
+                }
+                // The supervisor stopped: so does the server.
+                Err(_) => return,
+            }
         }
     });
 }
@@ -541,6 +576,7 @@ impl Application {
         }
         if let Some(billing) = core.billing.clone() {
             start_billing_jobs(billing.clone(), Arc::clone(&clock));
+            start_waiting_event_sweep(core.stripe_supervisor.clone(), Arc::clone(&clock));
             start_auto_top_up_worker(billing, Arc::clone(&clock));
         }
         let metrics = match metrics_listener {

@@ -38,6 +38,7 @@ pub const SAVED_CARD: &str = "pm_card_visa_saved";
 /// One request the product made.
 #[derive(Clone, Debug)]
 pub struct Recorded {
+    pub method: String,
     pub path: String,
     pub form: Vec<(String, String)>,
     pub idempotency_key: Option<String>,
@@ -81,6 +82,11 @@ struct State {
     /// Whether refunds are refused (as for a charge disputed or refunded
     /// in full already).
     refuse_refunds: bool,
+    /// Whether a refund is made but its answer lost on the way (a 500;
+    /// kept for the Idempotency-Key, so a retry with the key gets it).
+    refund_answer_lost: bool,
+    /// Every refund made, for `GET /v1/refunds`.
+    refunds: Vec<Value>,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -139,6 +145,8 @@ impl FakeStripe {
             intents: Vec::new(),
             refunds_made: 0,
             refuse_refunds: false,
+            refund_answer_lost: false,
+            refunds: Vec::new(),
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -211,6 +219,32 @@ impl FakeStripe {
     /// Refunds are refused with a 400 (or made again).
     pub fn set_refuse_refunds(&self, refuse: bool) {
         self.state.lock().unwrap().refuse_refunds = refuse;
+    }
+
+    /// Refunds are made but their answer is lost on the way (or answered
+    /// again).
+    pub fn set_refund_answer_lost(&self, lost: bool) {
+        self.state.lock().unwrap().refund_answer_lost = lost;
+    }
+
+    /// The refunds made of a PaymentIntent, as Stripe's refund objects.
+    pub fn refunds_of(&self, payment_intent: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .refunds
+            .iter()
+            .filter(|refund| refund["payment_intent"] == json!(payment_intent))
+            .cloned()
+            .collect()
+    }
+
+    /// The requests made with `method` to `path`.
+    pub fn requests_with(&self, method: &str, path: &str) -> Vec<Recorded> {
+        self.requests(path)
+            .into_iter()
+            .filter(|request| request.method == method)
+            .collect()
     }
 
     /// The Search API answers 429, as Stripe does past its rate limit (or
@@ -325,6 +359,7 @@ fn answer_locked(
 ) -> (u16, Value) {
     let path = path.to_string();
     state.requests.push(Recorded {
+        method: request.method().to_string(),
         path: path.clone(),
         form: form.clone(),
         idempotency_key: idempotency_key.clone(),
@@ -368,6 +403,27 @@ fn answer_locked(
             serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
         let query = field(&query, "query").unwrap_or_default().to_string();
         return search_intents(state, &query);
+    }
+    if request.method() == awc::http::Method::GET && path == "/v1/refunds" {
+        // `GET /v1/refunds?payment_intent=pi_…`: a list, newest first.
+        let query: Vec<(String, String)> =
+            serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
+        let wanted = field(&query, "payment_intent").map(str::to_string);
+        let data: Vec<Value> = state
+            .refunds
+            .iter()
+            .rev()
+            .filter(|refund| {
+                wanted
+                    .as_deref()
+                    .is_none_or(|intent| refund["payment_intent"] == json!(intent))
+            })
+            .cloned()
+            .collect();
+        return (
+            200,
+            json!({"object": "list", "url": "/v1/refunds", "has_more": false, "data": data}),
+        );
     }
     if request.method() == awc::http::Method::GET {
         return match path.strip_prefix("/v1/payment_intents/") {
@@ -437,6 +493,16 @@ fn answer_locked(
             refund["payment_intent"] = json!(field(&form, "payment_intent"));
             refund["metadata"] = metadata_from(&form, "metadata");
             refund["status"] = json!("succeeded");
+            state.refunds.push(refund.clone());
+            if state.refund_answer_lost {
+                if let Some(key) = &idempotency_key {
+                    state.answered.insert(key.clone(), (200, refund));
+                }
+                return (
+                    500,
+                    json!({"error": {"type": "api_error", "message": "the answer was lost"}}),
+                );
+            }
             (200, refund)
         }
         "/v1/payment_intents" => {
@@ -612,6 +678,33 @@ impl EventFactory {
         charge["amount_refunded"] = json!(amount_refunded);
         charge["refunded"] = json!(amount_refunded >= amount);
         self.event("charge.refunded", charge)
+    }
+
+    /// `charge.refunded` whose charge lists its refunds (Stripe's refund
+    /// objects, as the fake made them).
+    pub fn charge_refunded_listing(
+        &mut self,
+        charge_id: &str,
+        payment_intent: &str,
+        amount: i64,
+        amount_refunded: i64,
+        refunds: Vec<Value>,
+    ) -> String {
+        let mut charge = resource(&self.fixtures, "charge");
+        charge["id"] = json!(charge_id);
+        charge["payment_intent"] = json!(payment_intent);
+        charge["amount"] = json!(amount);
+        charge["amount_captured"] = json!(amount);
+        charge["amount_refunded"] = json!(amount_refunded);
+        charge["refunded"] = json!(amount_refunded >= amount);
+        charge["refunds"]["data"] = json!(refunds);
+        charge["refunds"]["url"] = json!(format!("/v1/charges/{charge_id}/refunds"));
+        self.event("charge.refunded", charge)
+    }
+
+    /// `refund.updated` (or another `refund.*` type) of a refund object.
+    pub fn refund_event(&mut self, event_type: &str, refund: Value) -> String {
+        self.event(event_type, refund)
     }
 
     /// `payment_method.detached`: the customer removed the card.

@@ -796,3 +796,165 @@ async fn a_refund_of_a_top_up_not_yet_credited_waits_for_the_credit() {
     core.shutdown().await;
     assert_verified(&directory);
 }
+
+/// How long after its first request a refund request is resent in these
+/// tests: past the 23 hours Stripe surely keeps a key.
+const DAY_AND_AN_HOUR_MS: i64 = 25 * 3_600 * 1_000;
+
+async fn a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550160").await;
+
+    // Stripe makes one refund but its answer is lost; the other never
+    // reaches Stripe. Both are left requested, answered 502.
+    fake.set_refund_answer_lost(true);
+    let made =
+        json!({"amount_micros": 2_000_000, "reason": "answer lost", "idempotency_key": "lost-1"});
+    let (status, answer) = refund(&app, order, made.clone()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    fake.set_refund_answer_lost(false);
+    fake.set_unreachable(true);
+    let unmade =
+        json!({"amount_micros": 3_000_000, "reason": "never made", "idempotency_key": "unmade-1"});
+    let (status, answer) = refund(&app, order, unmade.clone()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    fake.set_unreachable(false);
+    let statuses = |refunds: Vec<Value>| -> Vec<String> {
+        refunds
+            .iter()
+            .map(|refund| refund["status"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        statuses(refunds_of(&app, order).await),
+        ["requested", "requested"]
+    );
+    assert_eq!(fake.refunds_made(), 1);
+    let sent = fake.requests_with("POST", "/v1/refunds").len();
+
+    // A day and an hour on, Stripe may have forgotten both keys: the same
+    // requests again ask Stripe what became of them, and send nothing.
+    fake.prune_keys();
+    clock.advance_ms(DAY_AND_AN_HOUR_MS);
+    // Stripe not answering the question leaves them as they were.
+    fake.set_unreachable(true);
+    let (status, answer) = refund(&app, order, made.clone()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    fake.set_unreachable(false);
+    assert_eq!(
+        statuses(refunds_of(&app, order).await),
+        ["requested", "requested"]
+    );
+    let (status, answer) = refund(&app, order, made).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["replayed"], true);
+    assert_eq!(answer["refund"]["status"], "succeeded");
+    let stripe_refunds = fake.refunds_of(&intent);
+    assert_eq!(stripe_refunds.len(), 1);
+    assert_eq!(
+        answer["refund"]["stripe_refund_id"],
+        stripe_refunds[0]["id"]
+    );
+    let (status, answer) = refund(&app, order, unmade).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("refund_not_made")),
+        "{answer}"
+    );
+    assert_eq!(
+        statuses(refunds_of(&app, order).await),
+        ["succeeded", "failed"]
+    );
+    assert_eq!(
+        fake.requests_with("POST", "/v1/refunds").len(),
+        sent,
+        "nothing sent again"
+    );
+    assert_eq!(fake.requests_with("GET", "/v1/refunds").len(), 3);
+    assert_eq!(fake.refunds_made(), 1);
+
+    // What was not refunded can be asked for again, with a new key.
+    let (status, answer) = refund(
+        &app,
+        order,
+        json!({"amount_micros": 3_000_000, "reason": "once more", "idempotency_key": "unmade-2"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["refund"]["n"], 3);
+    assert_eq!(fake.refunds_made(), 2);
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again);
+
+async fn a_refund_left_requested_is_settled_by_the_event_that_reports_it() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550161").await;
+
+    // Stripe makes the refund; its answer is lost: requested.
+    fake.set_refund_answer_lost(true);
+    let (status, answer) = refund(
+        &app,
+        order,
+        json!({"amount_micros": 2_000_000, "reason": "lost", "idempotency_key": "lost-1"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(refunds_of(&app, order).await[0]["status"], "requested");
+
+    // Stripe's charge.refunded lists the refund: the request is settled,
+    // and the credit comes off, once.
+    let made = fake.refunds_of(&intent);
+    assert_eq!(made.len(), 1);
+    let refunded = events.charge_refunded_listing("ch_listed", &intent, 1000, 200, made.clone());
+    for _ in 0..2 {
+        let (status, answer) = app.deliver(&refunded).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let recorded = refunds_of(&app, order).await;
+    assert_eq!(recorded[0]["status"], "succeeded", "{recorded:?}");
+    assert_eq!(recorded[0]["stripe_refund_id"], made[0]["id"]);
+    assert_eq!(app.balance_micros(account).await, 13_000_000);
+
+    // A second one, settled by its refund.updated event instead.
+    let (status, answer) = refund(
+        &app,
+        order,
+        json!({"amount_micros": 1_000_000, "reason": "lost again", "idempotency_key": "lost-2"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    fake.set_refund_answer_lost(false);
+    let second = fake.refunds_of(&intent)[1].clone();
+    let updated = events.refund_event("refund.updated", second.clone());
+    let (status, answer) = app.deliver(&updated).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "applied", "{answer}");
+    let recorded = refunds_of(&app, order).await;
+    assert_eq!(recorded[1]["status"], "succeeded", "{recorded:?}");
+    assert_eq!(recorded[1]["stripe_refund_id"], second["id"]);
+    // Asked again, it is answered from the record; nothing is sent.
+    let (status, answer) = refund(
+        &app,
+        order,
+        json!({"amount_micros": 1_000_000, "reason": "lost again", "idempotency_key": "lost-2"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["replayed"], true);
+    assert_eq!(fake.refunds_made(), 2);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_left_requested_is_settled_by_the_event_that_reports_it);

@@ -168,3 +168,169 @@ async fn a_waiting_event_that_cannot_be_read_back_is_recorded_as_failed() {
         "nothing taken back"
     );
 }
+
+/// Waits (up to 10 s) until the account's balance is `expected`, saying
+/// what it waited for if it never is.
+async fn balance_becomes(app: &TestApp, account: i64, expected: i64, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let seen = app.balance_micros(account).await;
+        if seen == expected {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: the balance is still {seen}, not {expected}, after 10 s"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// What the refund rows of the account took back in all (negative).
+async fn taken_back(app: &TestApp, account: i64) -> i64 {
+    let (status, ledger) = app.get_transactions(account).await;
+    assert_eq!(status, StatusCode::OK, "{ledger}");
+    ledger["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|row| row["type"] == "refund")
+        .map(|row| row["amount_micros"].as_i64().unwrap())
+        .sum()
+}
+
+on_both_stores!(a_refund_its_completion_could_not_wake_is_applied_by_the_sweep_once);
+async fn a_refund_its_completion_could_not_wake_is_applied_by_the_sweep_once() {
+    use sms_credit_actors::billing::events::WAKE_SWEEP_EVERY_MS;
+    use sms_credit_actors::store::{ReceivedEvent, Reception};
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let mut events = EventFactory::new();
+    let (account, order, session, customer) = start_access(&app, "+14155551303", None).await;
+
+    // The refund comes before the payment's completion: it waits.
+    let refund = events.charge_refunded("ch_held", "pi_held", 2999, 2999);
+    let (status, answer) = app.deliver(&refund).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "waiting", "{answer}");
+    // Another instance is waking it just then (and stops doing so): it
+    // holds the refund's claim for 30 s of the clock.
+    let store = app.store.clone().unwrap();
+    let claimed = store
+        .events()
+        .receive(ReceivedEvent {
+            event_id: answer["event_id"].as_str().unwrap().to_string(),
+            event_type: "charge.refunded".to_string(),
+            payload: None,
+            instance_id: "another-instance".to_string(),
+            lease_until_ms: NOW_UNIX * 1000 + 30_000,
+            now_ms: NOW_UNIX * 1000,
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed, Reception::Claimed);
+
+    // The completion is applied and answered 200, whatever its wake-up met;
+    // Stripe's retry of it is a duplicate.
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_held");
+    let (status, answer) = app.deliver(&completed).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "applied", "{answer}");
+    let (status, answer) = app.deliver(&completed).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "duplicate", "{answer}");
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+
+    // Once the other instance's claim has lapsed, the sweep applies the
+    // refund: the credit the access came with is taken back, once.
+    clock.advance_ms(WAKE_SWEEP_EVERY_MS + 1_000);
+    balance_becomes(
+        &app,
+        account,
+        0,
+        "the sweep applying the refund its completion could not wake",
+    )
+    .await;
+    assert!(events_with_status(&app, "waiting").await.is_empty());
+    let later = NOW_UNIX + (WAKE_SWEEP_EVERY_MS + 1_000) / 1000;
+    let (_, answer) = app.deliver_at(&refund, later).await;
+    assert_eq!(answer["result"]["outcome"], "duplicate", "{answer}");
+    clock.advance_ms(WAKE_SWEEP_EVERY_MS);
+    actix_rt::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(taken_back(&app, account).await, -5_000_000);
+    assert_eq!(app.balance_micros(account).await, 0);
+    let directory = app.stop().await;
+    crate::ledger_actors::assert_verified(&directory);
+}
+
+on_both_stores!(a_refund_marked_waiting_as_its_order_completes_elsewhere_is_applied_once);
+async fn a_refund_marked_waiting_as_its_order_completes_elsewhere_is_applied_once() {
+    use sms_credit_actors::billing::events::WAKE_SWEEP_EVERY_MS;
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let first = TestApp::spawn_with_clock(directory.clone(), settings.clone(), clock.clone()).await;
+    let second = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    let mut events = EventFactory::new();
+    let (account, order, session, customer) = start_access(&first, "+14155551304", None).await;
+
+    // The refund reaches the first instance, which finds no completed
+    // order and stops just before recording that the refund waits; at
+    // that moment the completion reaches the second instance, which
+    // completes the order and wakes what waits for it (nothing, yet).
+    let hold = first
+        .store
+        .as_ref()
+        .unwrap()
+        .hold_next_waiting_mark_for_testing();
+    let refund = events.charge_refunded("ch_race", "pi_race", 2999, 2999);
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_race");
+    let completing = async {
+        actix_rt::time::timeout(std::time::Duration::from_secs(10), hold.reached())
+            .await
+            .expect("the refund on the first instance never came to be marked waiting");
+        let answered = second.deliver(&completed).await;
+        hold.release();
+        answered
+    };
+    let ((refund_status, refund_answer), (completion_status, completion_answer)) =
+        futures_util::join!(first.deliver(&refund), completing);
+    assert_eq!(refund_status, StatusCode::OK, "{refund_answer}");
+    assert_eq!(
+        refund_answer["result"]["outcome"], "waiting",
+        "{refund_answer}"
+    );
+    assert_eq!(completion_status, StatusCode::OK, "{completion_answer}");
+    assert_eq!(
+        completion_answer["result"]["outcome"], "applied",
+        "{completion_answer}"
+    );
+
+    // Within the sweep's time the refund is applied, once.
+    clock.advance_ms(WAKE_SWEEP_EVERY_MS + 1_000);
+    balance_becomes(
+        &first,
+        account,
+        0,
+        "the refund marked waiting as its order completed elsewhere",
+    )
+    .await;
+    balance_becomes(&second, account, 0, "the second instance's view").await;
+    assert!(events_with_status(&first, "waiting").await.is_empty());
+    let later = NOW_UNIX + (WAKE_SWEEP_EVERY_MS + 1_000) / 1000;
+    for app in [&first, &second] {
+        let (_, answer) = app.deliver_at(&refund, later).await;
+        assert_eq!(answer["result"]["outcome"], "duplicate", "{answer}");
+    }
+    clock.advance_ms(WAKE_SWEEP_EVERY_MS);
+    actix_rt::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    assert_eq!(taken_back(&first, account).await, -5_000_000);
+    assert_eq!(first.balance_micros(account).await, 0);
+    first.stop().await;
+    let directory = second.stop().await;
+    crate::ledger_actors::assert_verified(&directory);
+}

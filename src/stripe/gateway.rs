@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use sms_credit_actors::accounts::Card;
 use sms_credit_actors::billing::gateway::{
     metadata, ChargeOutcome, CheckoutSession, GatewayError, GatewayFuture, NewCheckoutSession,
-    NewCustomer, NewRefund, OffSessionCharge, PaymentGateway, SavedCard,
+    NewCustomer, NewRefund, OffSessionCharge, PaymentGateway, RefundReport, SavedCard,
 };
 use sms_credit_actors::Money;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
@@ -19,7 +19,7 @@ use stripe_core::customer::CreateCustomer;
 use stripe_core::payment_intent::{
     CreatePaymentIntent, CreatePaymentIntentOffSession, RetrievePaymentIntent, SearchPaymentIntent,
 };
-use stripe_core::refund::CreateRefund;
+use stripe_core::refund::{CreateRefund, ListRefund};
 use stripe_shared::{CheckoutSessionMode, PaymentIntentStatus};
 use stripe_types::Currency;
 
@@ -240,6 +240,18 @@ impl PaymentGateway for StripeGateway {
         })
     }
 
+    fn refunds_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Vec<RefundReport>> {
+        Box::pin(async move {
+            let listed = ListRefund::new()
+                .payment_intent(payment_intent_id)
+                .limit(100)
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            Ok(listed.data.iter().map(refund_report).collect())
+        })
+    }
+
     fn payment_method_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Option<SavedCard>> {
         Box::pin(async move {
             let intent = RetrievePaymentIntent::new(payment_intent_id.as_str())
@@ -285,6 +297,27 @@ impl PaymentGateway for StripeGateway {
             }
             Ok(outcome)
         })
+    }
+}
+
+/// A refund as the core reads it: which request of this service it is
+/// (its metadata), and its status.
+pub fn refund_report(refund: &stripe_shared::Refund) -> RefundReport {
+    let number = |key: &str| {
+        refund
+            .metadata
+            .as_ref()
+            .and_then(|metadata| metadata.get(key))
+            .and_then(|value| value.parse().ok())
+    };
+    RefundReport {
+        refund_id: refund.id.to_string(),
+        order_id: number(metadata::ORDER_ID),
+        number: number(metadata::REFUND_NUMBER),
+        status: refund
+            .status
+            .clone()
+            .unwrap_or_else(|| "pending".to_string()),
     }
 }
 

@@ -134,6 +134,22 @@ pub fn verify_and_parse(
                 .as_ref()
                 .map(|intent| intent.id().to_string()),
             amount_refunded_cents: charge.amount_refunded,
+            refunds: charge
+                .refunds
+                .as_ref()
+                .map(|list| {
+                    list.data
+                        .iter()
+                        .map(super::gateway::refund_report)
+                        .collect()
+                })
+                .unwrap_or_default(),
+        },
+        EventObject::RefundCreated(refund)
+        | EventObject::RefundUpdated(refund)
+        | EventObject::RefundFailed(refund)
+        | EventObject::ChargeRefundUpdated(refund) => StripeEvent::RefundUpdated {
+            refund: super::gateway::refund_report(&refund),
         },
         _ => StripeEvent::Other,
     };

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
 pub use super::event_log::{EventRecord, EventStatus};
-use super::gateway::PaymentPurpose;
+use super::gateway::{PaymentPurpose, RefundReport};
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
 use crate::account_actor::{Credit, TakeBack, TakenBack};
@@ -65,7 +65,15 @@ pub enum StripeEvent {
         charge_id: String,
         payment_intent_id: Option<String>,
         amount_refunded_cents: i64,
+        /// The charge's refunds, when the event lists them (they settle
+        /// the refund requests left `requested`).
+        #[serde(default)]
+        refunds: Vec<RefundReport>,
     },
+    /// `refund.created`, `refund.updated`, `refund.failed`,
+    /// `charge.refund.updated`: settles the refund request it is, if that
+    /// was left `requested`. (The credit comes off with `charge.refunded`.)
+    RefundUpdated { refund: RefundReport },
     /// Any other type: answered and ignored.
     Other,
 }
@@ -170,9 +178,21 @@ const CLAIM_WAITS: u32 = 50;
 /// How often (at most) handling an event also looks for expired ones.
 const EXPIRY_CHECK_EVERY_MS: i64 = 60_000;
 
+/// The key waiting events wait on until a payment is completed: this,
+/// then the PaymentIntent's id.
+const PAYMENT_INTENT_PREFIX: &str = "payment_intent:";
+
+/// The most waiting events one sweep looks at (the next sweep takes the
+/// rest).
+const WAKE_SWEEP_BATCH: i64 = 100;
+
+/// How often (of the clock) the sweep looks for waiting events whose
+/// state exists now.
+pub const WAKE_SWEEP_EVERY_MS: i64 = 30_000;
+
 /// The key waiting events wait on until a payment is completed.
 fn payment_intent_key(payment_intent_id: &str) -> String {
-    format!("payment_intent:{payment_intent_id}")
+    format!("{PAYMENT_INTENT_PREFIX}{payment_intent_id}")
 }
 
 impl StripeEvent {
@@ -227,11 +247,49 @@ impl Billing {
             }
         };
         let outcome = self.apply(&event, now_ms).await?;
+        if matches!(outcome, EventOutcome::Waiting { .. }) {
+            self.store.waiting_mark_point().await;
+        }
         self.decide(event_id, &outcome, now_ms).await?;
-        if matches!(outcome, EventOutcome::Applied(_)) {
-            self.wake_waiting(event.unblocks(), now_ms).await?;
+        // What follows is committed: whatever fails in it, the answer
+        // stands (it is logged, and the sweep finds what is left).
+        match &outcome {
+            EventOutcome::Applied(_) => self.wake_waiting(event.unblocks(), now_ms).await,
+            EventOutcome::Waiting { on, .. } => {
+                self.look_again_at_waiting(&event, on.clone(), now_ms).await
+            }
+            _ => {}
         }
         Ok(outcome)
+    }
+
+    /// An event just recorded waiting looks once more at what it waits
+    /// for: an order completed on another instance between this one's
+    /// look and its mark woke nothing, as the event was not waiting yet.
+    /// (Either that completion's wake-up sees the mark, or this look sees
+    /// the completion.)
+    async fn look_again_at_waiting(&self, event: &StripeEvent, on: String, now_ms: i64) {
+        let StripeEvent::ChargeRefunded {
+            payment_intent_id: Some(payment_intent_id),
+            ..
+        } = event
+        else {
+            return;
+        };
+        let order = self
+            .store
+            .billing()
+            .order_by_payment_intent(payment_intent_id.clone())
+            .await;
+        match order {
+            Ok(Some(order)) if order.status != OrderStatus::Pending => {
+                self.wake_waiting(vec![on], now_ms).await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, waiting_on = %on, "could not look again at what a waiting Stripe event waits for; the sweep will");
+            }
+        }
     }
 
     /// Claims an event for this instance: `true` when it is this instance's
@@ -304,47 +362,118 @@ impl Billing {
     /// Applies the waiting events that wait for any of `keys`, and, in turn,
     /// those that what they did unblocks. Events waiting for anything else
     /// are not read at all, so a backlog of events that will never apply (a
-    /// refund of a payment another product made) costs nothing here.
-    async fn wake_waiting(&self, mut keys: Vec<String>, now_ms: i64) -> Result<(), BillingError> {
+    /// refund of a payment another product made) costs nothing here. It
+    /// never fails: an event it could not apply (another instance holds it,
+    /// a read or a commit failed) is logged and left waiting, for the sweep
+    /// ([`Billing::wake_unblocked`]) to find.
+    async fn wake_waiting(&self, mut keys: Vec<String>, now_ms: i64) {
         while !keys.is_empty() {
-            let waiting = self.store.events().waiting_on(keys).await?;
+            let waiting = match self.store.events().waiting_on(keys.clone()).await {
+                Ok(waiting) => waiting,
+                Err(error) => {
+                    tracing::warn!(%error, ?keys, "could not read the Stripe events waiting for what was just done; the sweep will");
+                    return;
+                }
+            };
             keys = Vec::new();
             for record in waiting {
-                // Another instance may be waking it too: one applies it.
-                if !self
-                    .claim(&record.event_id, &record.event_type, None, now_ms, 0)
-                    .await?
-                {
-                    continue;
+                keys.extend(self.wake_logged(&record, now_ms).await);
+            }
+        }
+    }
+
+    /// Wakes one waiting event, logging what went wrong; answers what its
+    /// applying unblocked.
+    async fn wake_logged(&self, record: &EventRecord, now_ms: i64) -> Vec<String> {
+        match self.wake(record, now_ms).await {
+            Ok(Some((_, unblocked))) => unblocked,
+            Ok(None) => Vec::new(),
+            Err(error) => {
+                tracing::warn!(%error, event_id = %record.event_id, "could not apply a waiting Stripe event; the sweep will try again");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Applies one waiting event, if this instance can claim it: `None`
+    /// when another instance holds it (it is that one's, or the sweep's
+    /// once the claim lapses) or it was decided meanwhile; else whether it
+    /// is decided now (not waiting still) and what its applying unblocked.
+    async fn wake(
+        &self,
+        record: &EventRecord,
+        now_ms: i64,
+    ) -> Result<Option<(bool, Vec<String>)>, BillingError> {
+        // Another instance may be waking it too: one applies it.
+        match self
+            .claim(&record.event_id, &record.event_type, None, now_ms, 0)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) | Err(BillingError::Busy(_)) => return Ok(None),
+            Err(error) => return Err(error),
+        }
+        let parsed = record
+            .payload
+            .as_deref()
+            .ok_or_else(|| "no payload was kept".to_string())
+            .and_then(|payload| {
+                serde_json::from_str::<StripeEvent>(payload).map_err(|error| error.to_string())
+            });
+        let event = match parsed {
+            Ok(event) => event,
+            Err(reason) => {
+                let outcome = EventOutcome::Failed(format!(
+                    "the waiting event could not be read back: {reason}"
+                ));
+                self.decide(&record.event_id, &outcome, now_ms).await?;
+                return Ok(Some((true, Vec::new())));
+            }
+        };
+        let outcome = self.apply(&event, now_ms).await?;
+        // Still waiting: recorded so again, which lets go of the claim.
+        self.decide(&record.event_id, &outcome, now_ms).await?;
+        Ok(Some(match outcome {
+            EventOutcome::Applied(_) => (true, event.unblocks()),
+            EventOutcome::Waiting { .. } => (false, Vec::new()),
+            _ => (true, Vec::new()),
+        }))
+    }
+
+    /// The sweep: applies the waiting events whose state exists now (their
+    /// order is no longer pending) that nothing woke — the completion's
+    /// wake-up failed or met another instance's claim, or the completion
+    /// came on another instance while the event was being marked waiting.
+    /// Run now and then by a job, so a refund never waits for its expiry
+    /// once its order is completed. Answers how many it decided. Run by
+    /// the Stripe supervisor, between events, so that this instance never
+    /// applies one event twice at once.
+    pub async fn wake_unblocked(&self, now_ms: i64) -> Result<usize, BillingError> {
+        let waiting = self
+            .store
+            .events()
+            .waiting_unblocked(PAYMENT_INTENT_PREFIX.to_string(), WAKE_SWEEP_BATCH)
+            .await?;
+        let mut applied = 0;
+        for record in &waiting {
+            match self.wake(record, now_ms).await {
+                Ok(Some((decided, unblocked))) => {
+                    applied += usize::from(decided);
+                    self.wake_waiting(unblocked, now_ms).await;
                 }
-                let parsed = record
-                    .payload
-                    .as_deref()
-                    .ok_or_else(|| "no payload was kept".to_string())
-                    .and_then(|payload| {
-                        serde_json::from_str::<StripeEvent>(payload)
-                            .map_err(|error| error.to_string())
-                    });
-                let event = match parsed {
-                    Ok(event) => event,
-                    Err(reason) => {
-                        let outcome = EventOutcome::Failed(format!(
-                            "the waiting event could not be read back: {reason}"
-                        ));
-                        self.decide(&record.event_id, &outcome, now_ms).await?;
-                        continue;
-                    }
-                };
-                let outcome = self.apply(&event, now_ms).await?;
-                if !matches!(outcome, EventOutcome::Waiting { .. }) {
-                    self.decide(&record.event_id, &outcome, now_ms).await?;
-                }
-                if matches!(outcome, EventOutcome::Applied(_)) {
-                    keys.extend(event.unblocks());
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::warn!(%error, event_id = %record.event_id, "could not apply a waiting Stripe event; the next sweep will try again");
                 }
             }
         }
-        Ok(())
+        if applied > 0 {
+            tracing::info!(
+                applied,
+                "the sweep decided Stripe events that waited for what exists now"
+            );
+        }
+        Ok(applied)
     }
 
     /// Expires waiting events at most once a minute (of the clock), as
@@ -524,7 +653,9 @@ impl Billing {
                 charge_id,
                 payment_intent_id,
                 amount_refunded_cents,
+                refunds,
             } => {
+                self.settle_reported_refunds(refunds, now_ms).await?;
                 self.apply_refund(
                     charge_id,
                     payment_intent_id.as_deref(),
@@ -532,6 +663,24 @@ impl Billing {
                     now_ms,
                 )
                 .await
+            }
+            StripeEvent::RefundUpdated { refund } => {
+                match self
+                    .settle_reported_refunds(std::slice::from_ref(refund), now_ms)
+                    .await?
+                {
+                    0 => Ok(EventOutcome::Ignored(format!(
+                        "refund {}: no refund request of this service waits for it",
+                        refund.refund_id
+                    ))),
+                    _ => Ok(EventOutcome::Applied(format!(
+                        "refund request {} of order {} settled: refund {} {}",
+                        refund.number.unwrap_or_default(),
+                        refund.order_id.unwrap_or_default(),
+                        refund.refund_id,
+                        refund.status
+                    ))),
+                }
             }
             StripeEvent::PaymentMethodDetached { payment_method_id } => {
                 match self.forget_card(payment_method_id, now_ms).await? {

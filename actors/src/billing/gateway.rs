@@ -19,6 +19,8 @@ pub mod metadata {
     pub const ACCOUNT_ID: &str = "sms_credit_account_id";
     /// Why the payment was made: a [`super::PaymentPurpose`].
     pub const PURPOSE: &str = "sms_credit_purpose";
+    /// On a refund the admin asked for: the refund's number on its order.
+    pub const REFUND_NUMBER: &str = "sms_credit_refund";
 }
 
 /// Why a payment was made, as stored in its metadata: it decides who
@@ -151,6 +153,29 @@ pub struct NewRefund {
     pub idempotency_key: String,
 }
 
+/// A refund as Stripe reports it (in an event, or when asked): which of
+/// this service's refund requests it is, from its metadata, and whether
+/// it was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefundReport {
+    pub refund_id: String,
+    /// The order and the refund's number on it, as this service set them
+    /// (`None`: a refund made elsewhere, in Stripe's dashboard say).
+    pub order_id: Option<i64>,
+    pub number: Option<i64>,
+    /// Stripe's status: `pending`, `requires_action`, `succeeded`,
+    /// `failed` or `canceled`.
+    pub status: String,
+}
+
+impl RefundReport {
+    /// Whether Stripe made the refund (it may still be on its way):
+    /// anything but failed or canceled.
+    pub fn made(&self) -> bool {
+        !matches!(self.status.as_str(), "failed" | "canceled")
+    }
+}
+
 pub trait PaymentGateway: Send + Sync + 'static {
     /// Creates a customer and returns its id.
     fn create_customer(&self, customer: NewCustomer) -> GatewayFuture<'_, String>;
@@ -168,4 +193,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
     fn find_charge(&self, order_id: i64) -> GatewayFuture<'_, Option<ChargeOutcome>>;
     /// Asks Stripe for a refund; answers the refund's id.
     fn refund(&self, refund: NewRefund) -> GatewayFuture<'_, String>;
+    /// The refunds of a PaymentIntent, as Stripe lists them (the most
+    /// recent 100), asked instead of sending a refund again once its
+    /// idempotency key may have been forgotten.
+    fn refunds_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Vec<RefundReport>>;
 }

@@ -51,6 +51,11 @@ pub enum BillingError {
     /// Stripe refused the refund (recorded as failed; nothing refunded).
     #[error("Stripe refused refund request {0}; nothing was refunded (the server's log says why)")]
     RefundRefused(i64),
+    /// Asked about after its Stripe key could have been forgotten, Stripe
+    /// had no refund for the request (recorded as failed; nothing
+    /// refunded): a refund needs a new idempotency key.
+    #[error("Stripe has no refund for refund request {0}, asked about after its key could have expired: nothing was refunded; ask again with a new idempotency key")]
+    RefundNotMade(i64),
     #[error("the payment provider failed: {0}")]
     Gateway(String),
     /// Another instance is doing the same thing right now; retry shortly.

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::checkout::Billing;
-use super::gateway::{GatewayError, NewRefund};
+use super::checkout::{Billing, KEY_TRUSTED_FOR_MS};
+use super::gateway::{metadata as keys, GatewayError, NewRefund, RefundReport};
 use super::orders::OrderStatus;
 use super::BillingError;
 use crate::money::Money;
@@ -20,11 +20,14 @@ use crate::money::Money;
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum RefundStatus {
-    /// Asked of Stripe, no answer yet (or none came: asking again is safe).
+    /// Asked of Stripe, no answer yet (or none came: asking again with
+    /// the same key is safe for 23 hours; after that Stripe is asked what
+    /// became of it instead). Stripe's refund events settle it too.
     Requested,
     /// Stripe made the refund; its event takes the credit back.
     Succeeded,
-    /// Stripe refused it.
+    /// Stripe refused it, reports it failed or canceled, or, asked after
+    /// its key could have expired, had no refund for it: nothing refunded.
     Failed,
 }
 
@@ -175,9 +178,17 @@ impl Billing {
         let payment_intent_id = order.stripe_payment_intent_id.clone().ok_or_else(|| {
             BillingError::NotRefundable("the order has no payment to refund".into())
         })?;
+        // Past the time Stripe surely keeps the key, ask what became of
+        // the request instead of sending it again (which could refund a
+        // second time).
+        if now_ms.saturating_sub(request.created_at_ms) >= KEY_TRUSTED_FOR_MS {
+            return self
+                .ask_about_refund(request, payment_intent_id, now_ms)
+                .await;
+        }
         let mut metadata = BTreeMap::new();
-        metadata.insert("sms_credit_order_id".to_string(), order_id.to_string());
-        metadata.insert("sms_credit_refund".to_string(), request.n.to_string());
+        metadata.insert(keys::ORDER_ID.to_string(), order_id.to_string());
+        metadata.insert(keys::REFUND_NUMBER.to_string(), request.n.to_string());
         let asked = self
             .gateway
             .refund(NewRefund {
@@ -207,5 +218,104 @@ impl Billing {
             }
             Err(GatewayError::Unavailable(message)) => Err(BillingError::Gateway(message)),
         }
+    }
+
+    /// What became of a request left `requested` whose key Stripe may have
+    /// forgotten: the PaymentIntent's refunds, as Stripe lists them, say.
+    /// Found: settled as Stripe reports it. Not found: nothing was
+    /// refunded, and it is failed (a new refund needs a new key). Stripe
+    /// not answering (or refusing to list) leaves it requested: unknown is
+    /// never a refusal.
+    async fn ask_about_refund(
+        &self,
+        request: RefundRequest,
+        payment_intent_id: String,
+        now_ms: i64,
+    ) -> Result<Refunded, BillingError> {
+        let (order_id, n) = (request.order_id, request.n);
+        let listed =
+            self.gateway
+                .refunds_of(payment_intent_id)
+                .await
+                .map_err(|error| match error {
+                    GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
+                        BillingError::Gateway(message)
+                    }
+                })?;
+        let found = listed
+            .into_iter()
+            .find(|report| report.order_id == Some(order_id) && report.number == Some(n));
+        let outcome = match &found {
+            Some(report) if report.made() => Ok(report.refund_id.clone()),
+            Some(report) => Err(format!(
+                "Stripe reports refund {} {}",
+                report.refund_id, report.status
+            )),
+            None => Err(
+                "Stripe has no refund for it (asked after its key could have expired)".to_string(),
+            ),
+        };
+        let refund = self
+            .store
+            .billing()
+            .refund_settled(request.id, outcome, now_ms)
+            .await?;
+        tracing::info!(
+            order_id,
+            n,
+            status = refund.status.as_str(),
+            "a refund request left requested was asked about, not sent again"
+        );
+        match (refund.status, found) {
+            (RefundStatus::Succeeded, _) => Ok(Refunded {
+                refund,
+                replayed: true,
+            }),
+            (RefundStatus::Requested, _) => Err(BillingError::Gateway(
+                "the refund request is still being settled".into(),
+            )),
+            (RefundStatus::Failed, Some(_)) => Err(BillingError::RefundRefused(refund.id)),
+            (RefundStatus::Failed, None) => Err(BillingError::RefundNotMade(refund.id)),
+        }
+    }
+
+    /// Settles the `requested` refund requests that Stripe's refunds, as an
+    /// event reports them, say are made (or failed): a request left
+    /// requested (Stripe did not answer) moves on when its refund's event
+    /// arrives. Refunds made elsewhere are skipped. Answers how many it
+    /// settled.
+    pub(super) async fn settle_reported_refunds(
+        &self,
+        reports: &[RefundReport],
+        now_ms: i64,
+    ) -> Result<usize, BillingError> {
+        let mut settled = 0;
+        for report in reports {
+            let (Some(order_id), Some(n)) = (report.order_id, report.number) else {
+                continue;
+            };
+            let requests = self.store.billing().refunds_of(order_id).await?;
+            let Some(request) = requests
+                .into_iter()
+                .find(|request| request.n == n && request.status == RefundStatus::Requested)
+            else {
+                continue;
+            };
+            let outcome = if report.made() {
+                Ok(report.refund_id.clone())
+            } else {
+                Err(format!(
+                    "Stripe reports refund {} {}",
+                    report.refund_id, report.status
+                ))
+            };
+            self.store
+                .billing()
+                .refund_settled(request.id, outcome, now_ms)
+                .await?;
+            tracing::info!(order_id, n, refund_id = %report.refund_id, "a refund request was settled by Stripe's event");
+            settled += 1;
+        }
+        Ok(settled)
     }
 }

@@ -255,6 +255,9 @@ pub(crate) struct Shared {
     /// Test-only: the writer's next batch waits until it holds this many
     /// writes.
     gather_next: AtomicUsize,
+    /// Test-only: the next Stripe event found to wait stops just before
+    /// it is recorded waiting, until the test lets it go.
+    hold_next_waiting_mark: Mutex<Option<Arc<TestHold>>>,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -284,6 +287,7 @@ impl Shared {
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
             gather_next: AtomicUsize::new(0),
+            hold_next_waiting_mark: Mutex::new(None),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -389,6 +393,35 @@ impl Shared {
         take_one(&self.fail_next_reads).then(|| {
             StoreError::Database("the read failed (a test switch injected it)".to_string())
         })
+    }
+}
+
+/// Test-only: a point a flow stops at until the test lets it go.
+pub struct TestHold {
+    reached: tokio::sync::Semaphore,
+    released: tokio::sync::Semaphore,
+}
+
+impl Default for TestHold {
+    fn default() -> TestHold {
+        TestHold {
+            reached: tokio::sync::Semaphore::new(0),
+            released: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl TestHold {
+    /// Waits until the flow has stopped at the point.
+    pub async fn reached(&self) {
+        if let Ok(permit) = self.reached.acquire().await {
+            permit.forget();
+        }
+    }
+
+    /// Lets the flow go on.
+    pub fn release(&self) {
+        self.released.add_permits(1);
     }
 }
 
@@ -580,6 +613,37 @@ impl Store {
     /// fails, as on a failing disk. Postgres: does nothing.
     pub fn fail_next_sync_for_testing(&self) {
         self.shared.fail_next_sync.store(true, Ordering::SeqCst);
+    }
+
+    /// Test-only switch: the next Stripe event found to wait for state
+    /// that does not exist yet stops just before it is recorded waiting,
+    /// until the test releases the hold it is handed (so a test can put
+    /// another instance's work in that moment).
+    pub fn hold_next_waiting_mark_for_testing(&self) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .shared
+            .hold_next_waiting_mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(&hold));
+        hold
+    }
+
+    /// Where a waiting event is about to be recorded: stops there while a
+    /// test holds it (see [`Store::hold_next_waiting_mark_for_testing`]).
+    pub(crate) async fn waiting_mark_point(&self) {
+        let hold = self
+            .shared
+            .hold_next_waiting_mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(hold) = hold {
+            hold.reached.add_permits(1);
+            if let Ok(permit) = hold.released.acquire().await {
+                permit.forget();
+            }
+        }
     }
 
     /// Waits until everything queued before this call has committed or failed.

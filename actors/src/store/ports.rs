@@ -414,6 +414,11 @@ pub trait StripeEventStore: Send + Sync {
     fn decide(&self, decision: EventDecision) -> StoreFuture<()>;
     /// The waiting events that wait for any of `keys`, oldest first.
     fn waiting_on(&self, keys: Vec<String>) -> StoreFuture<Vec<EventRecord>>;
+    /// The waiting events whose key is `key_prefix` followed by the
+    /// PaymentIntent of an order that is no longer pending (what they
+    /// waited for exists now), oldest first, at most `limit`: what a sweep
+    /// wakes when the event that should have woken them could not.
+    fn waiting_unblocked(&self, key_prefix: String, limit: i64) -> StoreFuture<Vec<EventRecord>>;
     /// Gives up on events still waiting that were received before
     /// `received_before_ms`; answers how many.
     fn expire_waiting(&self, received_before_ms: i64, now_ms: i64) -> StoreFuture<usize>;

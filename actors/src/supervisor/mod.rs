@@ -6,7 +6,7 @@ pub mod sms;
 pub mod stripe;
 
 pub use sms::{InboundSms, SmsContext, SmsError, SmsSupervisor};
-pub use stripe::{HandleStripeEvent, StripeSupervisor};
+pub use stripe::{HandleStripeEvent, StripeSupervisor, SweepWaitingEvents};
 
 /// Messages that may wait in a supervisor's mailbox before senders wait.
 const SUPERVISOR_MAILBOX_CAPACITY: usize = 1024;

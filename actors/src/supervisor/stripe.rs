@@ -22,6 +22,14 @@ pub struct HandleStripeEvent {
     pub received_at_ms: i64,
 }
 
+/// The sweep of waiting events ([`Billing::wake_unblocked`]), between
+/// events like one: answers how many it decided (0 without Stripe).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<usize, BillingError>")]
+pub struct SweepWaitingEvents {
+    pub now_ms: i64,
+}
+
 pub struct StripeSupervisor {
     /// The billing flows, which route each effect to its account's actor;
     /// `None` when Stripe is not configured.
@@ -61,6 +69,24 @@ impl Handler<HandleStripeEvent> for StripeSupervisor {
                         message.received_at_ms,
                     )
                     .await
+            }
+            .into_actor(self),
+        ))
+    }
+}
+
+impl Handler<SweepWaitingEvents> for StripeSupervisor {
+    /// Atomic, as an event is: no event is handled while it runs.
+    type Result = AtomicResponse<Self, Result<usize, BillingError>>;
+
+    fn handle(&mut self, message: SweepWaitingEvents, _ctx: &mut Context<Self>) -> Self::Result {
+        let billing = self.billing.clone();
+        AtomicResponse::new(Box::pin(
+            async move {
+                match billing {
+                    Some(billing) => billing.wake_unblocked(message.now_ms).await,
+                    None => Ok(0),
+                }
             }
             .into_actor(self),
         ))

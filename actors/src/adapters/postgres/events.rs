@@ -131,6 +131,28 @@ impl StripeEventStore for PostgresStore {
         })
     }
 
+    fn waiting_unblocked(&self, key_prefix: String, limit: i64) -> StoreFuture<Vec<EventRecord>> {
+        self.read(move |client| async move {
+            // Each waiting event probes its order by the PaymentIntent's
+            // unique index.
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT {COLUMNS} FROM stripe_events
+                          WHERE status = 'waiting' AND starts_with(waiting_on, $1)
+                            AND EXISTS (SELECT 1 FROM orders
+                                         WHERE stripe_payment_intent_id
+                                               = substr(waiting_on, length($1) + 1)
+                                           AND status <> 'pending')
+                          ORDER BY received_at, event_id LIMIT $2"
+                    ),
+                    &[&key_prefix, &limit],
+                )
+                .await?;
+            rows.iter().map(event_from_row).collect()
+        })
+    }
+
     fn expire_waiting(&self, received_before_ms: i64, now_ms: i64) -> StoreFuture<usize> {
         self.write(move |transaction| {
             boxed(async move {

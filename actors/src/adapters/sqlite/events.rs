@@ -135,6 +135,25 @@ impl StripeEventStore for SqliteStore {
         })
     }
 
+    fn waiting_unblocked(&self, key_prefix: String, limit: i64) -> StoreFuture<Vec<EventRecord>> {
+        self.read(move |connection| {
+            // Each waiting event probes its order by the PaymentIntent's
+            // unique index.
+            let mut statement = connection.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM stripe_events
+                  WHERE status = 'waiting' AND substr(waiting_on, 1, length(?1)) = ?1
+                    AND EXISTS (SELECT 1 FROM orders
+                                 WHERE stripe_payment_intent_id = substr(waiting_on, length(?1) + 1)
+                                   AND status <> 'pending')
+                  ORDER BY received_at, event_id LIMIT ?2"
+            ))?;
+            let rows = statement
+                .query_map(params![key_prefix, limit], event_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+    }
+
     fn expire_waiting(&self, received_before_ms: i64, now_ms: i64) -> StoreFuture<usize> {
         self.write(move |connection| {
             let expired = connection

@@ -560,6 +560,29 @@ async fn deliver_to(core: &Core, payload: &str) -> Result<EventOutcome, BillingE
         .unwrap()
 }
 
+/// A $10 top-up order of `account`, opened (its Checkout completion is
+/// the test's to deliver); answers its id.
+async fn open_ten_dollar_top_up(core: &Core, account: sms_credit_actors::AccountId) -> i64 {
+    let ten = Money::from_micros(10_000_000);
+    let (_, order) = core
+        .store
+        .billing()
+        .open_order(
+            NewOrder {
+                account_id: account,
+                order_type: OrderType::TopUp,
+                amount: ten,
+                list_price: ten,
+                pricing_mode: None,
+                discount_code_id: None,
+            },
+            NOW_UNIX * 1000,
+        )
+        .await
+        .unwrap();
+    order.id
+}
+
 /// How many commits handling one refund event may take (the claim, the
 /// row, the order's figure, the event, the decision): each is failed in
 /// turn.
@@ -576,24 +599,7 @@ async fn a_failed_commit_in_a_refund_takes_back_once_whichever_event_comes_next(
     for skip in 0..REFUND_STEPS {
         for larger_first in [false, true] {
             // A paid $10 top-up.
-            let ten = Money::from_micros(10_000_000);
-            let (_, order) = core
-                .store
-                .billing()
-                .open_order(
-                    NewOrder {
-                        account_id: account,
-                        order_type: OrderType::TopUp,
-                        amount: ten,
-                        list_price: ten,
-                        pricing_mode: None,
-                        discount_code_id: None,
-                    },
-                    NOW_UNIX * 1000,
-                )
-                .await
-                .unwrap();
-            let order = order.id;
+            let order = open_ten_dollar_top_up(&core, account).await;
             let intent = format!("pi_fail_{order}");
             let charge = format!("ch_fail_{order}");
             let session = format!("cs_fail_{order}");
@@ -726,24 +732,7 @@ async fn a_refund_of_a_top_up_not_yet_credited_waits_for_the_credit() {
     let account = new_account(&core, "+14155550152").await;
     let mut events = EventFactory::new();
     for skip in 0..REFUND_STEPS {
-        let ten = Money::from_micros(10_000_000);
-        let (_, order) = core
-            .store
-            .billing()
-            .open_order(
-                NewOrder {
-                    account_id: account,
-                    order_type: OrderType::TopUp,
-                    amount: ten,
-                    list_price: ten,
-                    pricing_mode: None,
-                    discount_code_id: None,
-                },
-                NOW_UNIX * 1000,
-            )
-            .await
-            .unwrap();
-        let order = order.id;
+        let order = open_ten_dollar_top_up(&core, account).await;
         let intent = format!("pi_uncredited_{order}");
         let completed = events.checkout_completed(
             &format!("cs_uncredited_{order}"),

@@ -883,13 +883,17 @@ async fn a_warning_set_off_by_a_message_that_was_not_sent_is_withdrawn() {
     assert_verified(&directory);
 }
 
-on_both_stores!(a_void_that_fails_to_commit_withdraws_nothing);
-/// The void of a message whose debit set off a warning, failing to commit:
-/// nothing of it happened, the warning's withdrawal included (it is in the
-/// same transaction), and no other warning is queued.
-async fn a_void_that_fails_to_commit_withdraws_nothing() {
-    use sms_credit_actors::messaging::OutboundRequest;
-    use sms_credit_actors::{Credit, IdempotencyKey, Money};
+/// The core of a server with Twilio at a fake (no HTTP), and an account
+/// holding `micros`.
+async fn core_with_twilio(
+    phone: &str,
+    micros: i64,
+) -> (
+    FakeTwilio,
+    crate::database::TestDatabase,
+    sms_credit::startup::Core,
+    sms_credit_actors::AccountId,
+) {
     let fake = FakeTwilio::start().await;
     let directory = fresh_directory();
     let settings = with_twilio(test_settings(&directory), &fake.base_url);
@@ -898,20 +902,22 @@ async fn a_void_that_fails_to_commit_withdraws_nothing() {
         std::sync::Arc::new(ManualClock::new(START_MS)),
     )
     .unwrap();
-    let account = crate::ledger_actors::new_account(&core, "+14155552480").await;
+    let account = crate::ledger_actors::new_account(&core, phone).await;
     core.registry
-        .send(
-            account,
-            Credit {
-                amount: Money::from_micros(2_050_000),
-                idempotency_key: IdempotencyKey::parse("seed").unwrap(),
-                description: "seed".into(),
-                order_id: None,
-                event: None,
-            },
-        )
+        .send(account, crate::ledger_actors::credit(micros, "seed"))
         .await
         .unwrap();
+    (fake, directory, core, account)
+}
+
+on_both_stores!(a_void_that_fails_to_commit_withdraws_nothing);
+/// The void of a message whose debit set off a warning, failing to commit:
+/// nothing of it happened, the warning's withdrawal included (it is in the
+/// same transaction), and no other warning is queued.
+async fn a_void_that_fails_to_commit_withdraws_nothing() {
+    use sms_credit_actors::messaging::OutboundRequest;
+    // The database lives as long as the test.
+    let (fake, _directory, core, account) = core_with_twilio("+14155552480", 2_050_000).await;
     let messaging = core.messaging.clone().unwrap();
     fake.hold("unreachable");
     fake.refuse(Some("unreachable"));
@@ -974,29 +980,8 @@ on_both_stores!(a_debit_whose_commit_answer_was_lost_is_looked_up_not_forgotten)
 /// answered from it, never a second message with a second debit.
 async fn a_debit_whose_commit_answer_was_lost_is_looked_up_not_forgotten() {
     use sms_credit_actors::messaging::OutboundRequest;
-    use sms_credit_actors::{Credit, IdempotencyKey, Money};
-    let fake = FakeTwilio::start().await;
-    let directory = fresh_directory();
-    let settings = with_twilio(test_settings(&directory), &fake.base_url);
-    let core = sms_credit::startup::Core::start(
-        &settings,
-        std::sync::Arc::new(ManualClock::new(START_MS)),
-    )
-    .unwrap();
-    let account = crate::ledger_actors::new_account(&core, "+14155552490").await;
-    core.registry
-        .send(
-            account,
-            Credit {
-                amount: Money::from_micros(5_000_000),
-                idempotency_key: IdempotencyKey::parse("seed").unwrap(),
-                description: "seed".into(),
-                order_id: None,
-                event: None,
-            },
-        )
-        .await
-        .unwrap();
+    use sms_credit_actors::Money;
+    let (fake, directory, core, account) = core_with_twilio("+14155552490", 5_000_000).await;
     let messaging = core.messaging.clone().unwrap();
     let request = || OutboundRequest {
         account_id: Some(account),

@@ -134,6 +134,9 @@ pub fn verify_and_parse(
                 .as_ref()
                 .map(|intent| intent.id().to_string()),
             amount_refunded_cents: charge.amount_refunded,
+            // A Charge without its list of refunds (Stripe's current API
+            // versions leave it out) reports none here: nothing is settled
+            // from it, and the `refund.*` events report each refund.
             refunds: charge
                 .refunds
                 .as_ref()

@@ -673,12 +673,11 @@ impl Billing {
                         "refund {}: no refund request of this service waits for it",
                         refund.refund_id
                     ))),
+                    // Settled only a request its metadata names, so both
+                    // are there; said as Stripe sent them all the same.
                     _ => Ok(EventOutcome::Applied(format!(
-                        "refund request {} of order {} settled: refund {} {}",
-                        refund.number.unwrap_or_default(),
-                        refund.order_id.unwrap_or_default(),
-                        refund.refund_id,
-                        refund.status
+                        "refund request {:?} of order {:?} settled: refund {} {}",
+                        refund.number, refund.order_id, refund.refund_id, refund.status
                     ))),
                 }
             }

@@ -123,6 +123,7 @@ impl PostgresUrl {
         if config.get_application_name().is_none() {
             config.application_name("sms-credit");
         }
+        // A URL without `options` asks for none: the level is added alone.
         let options = config.get_options().unwrap_or_default();
         if !options.contains("synchronous_commit") {
             let durable = format!("{options} -c synchronous_commit=on");

@@ -164,6 +164,17 @@ fn status_code(value: Option<i64>, delivery: i64) -> Result<Option<u16>, StoreEr
         .transpose()
 }
 
+/// A count of rows the database gave, as a `usize`: one it could not be
+/// (negative, or past the platform's width) is an error, never a default.
+fn row_count<N>(count: N) -> Result<usize, StoreError>
+where
+    N: TryInto<usize> + Copy + std::fmt::Display,
+{
+    count
+        .try_into()
+        .map_err(|_| StoreError::Database(format!("a count of {count} rows")))
+}
+
 /// The class of the advisory locks that guard an endpoint's claims (a hash
 /// of the endpoint's id is the other half of the key; two endpoints that
 /// share a hash only take turns): "webh".
@@ -710,7 +721,7 @@ impl WebhookStore for PostgresStore {
                 )
                 .await?
                 .try_get(0)?;
-            Ok(usize::try_from(ended).unwrap_or_default())
+            row_count(ended)
         })
     }
 
@@ -748,8 +759,8 @@ impl WebhookStore for PostgresStore {
                 )
                 .await?;
             Ok(Pruned {
-                deliveries: usize::try_from(deliveries).unwrap_or_default(),
-                events: usize::try_from(events).unwrap_or_default(),
+                deliveries: row_count(deliveries)?,
+                events: row_count(events)?,
             })
         })
     }

@@ -1323,7 +1323,9 @@ on_both_stores!(an_attempts_claim_number_guards_what_its_worker_writes);
 /// does not send the charge) nor put the attempt off; the one holding the
 /// last claim can. Claims take one attempt at a time when asked to.
 async fn an_attempts_claim_number_guards_what_its_worker_writes() {
-    use sms_credit_actors::billing::auto_top_up::{month_key, Begin};
+    use sms_credit_actors::billing::auto_top_up::{
+        month_key, AfterAttempt, AttemptEnd, AttemptStatus, Begin,
+    };
     let directory = fresh_directory();
     let core = crate::helpers::start_core(&directory, std::time::Duration::from_secs(3600));
     let now = NOW_UNIX * 1000;
@@ -1374,6 +1376,38 @@ async fn an_attempts_claim_number_guards_what_its_worker_writes() {
         .await
         .unwrap();
     assert_eq!(stored[0].reason, None, "{stored:?}");
+    // Nor can it end the attempt (a card it found gone, a failure it was
+    // answered) while the last claim's holder may be charging it.
+    let stale_end = AttemptEnd {
+        attempt_id: id,
+        status: AttemptStatus::Failed,
+        reason: Some("no saved card".into()),
+        payment_intent_id: None,
+        claim: Some(1),
+        after: AfterAttempt::Failure {
+            not_before_ms: now + 3_600_000,
+            turn_off: None,
+        },
+        notices: Vec::new(),
+        events: Vec::new(),
+        now_ms: now + 42_000,
+    };
+    assert_eq!(auto.end_auto_top_up(stale_end).await.unwrap(), None);
+    let stored = auto
+        .auto_top_ups_of(attempts[0].account_id, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stored[0].status, stored[0].reason.clone()),
+        (AttemptStatus::Charging, None),
+        "the stale worker ended nothing: {stored:?}"
+    );
+    let settings = auto
+        .auto_settings(attempts[0].account_id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(settings.consecutive_failures, 0, "no failure counted");
     // The last claim's holder renews it and puts it off.
     assert!(auto.renew_auto_top_up(id, 2, now + 80_000).await.unwrap());
     auto.auto_top_up_later(id, 2, now + 90_000, "Stripe away".into())

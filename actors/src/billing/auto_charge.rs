@@ -271,6 +271,7 @@ impl Billing {
                         "no saved card".into(),
                         None,
                         now_ms,
+                        Some(attempt.claim),
                     )
                     .await;
             }
@@ -282,6 +283,7 @@ impl Billing {
                         "the account is not active".into(),
                         None,
                         now_ms,
+                        Some(attempt.claim),
                     )
                     .await;
             }
@@ -304,11 +306,16 @@ impl Billing {
             );
             return Ok(());
         }
+        // What Stripe answered for the key is the attempt's outcome whoever
+        // holds the claim now (the holder sending the same key is answered
+        // the same): written unguarded. What this worker decided on its own
+        // (a card gone, Stripe not to be trusted any more) counts only
+        // under its claim, as the holder may be charging meanwhile.
         match self.send_charge(account, order, &key, now_ms).await {
             Ok(ChargeResult::Credited {
                 payment_intent_id, ..
             }) => {
-                self.succeed_attempt(attempt, &payment_intent_id, now_ms)
+                self.succeed_attempt(attempt, &payment_intent_id, now_ms, None)
                     .await
             }
             Ok(ChargeResult::Pending { payment_intent_id }) => {
@@ -326,6 +333,7 @@ impl Billing {
                         amount: attempt.amount,
                     }),
                     now_ms,
+                    None,
                 )
                 .await
             }
@@ -339,6 +347,7 @@ impl Billing {
                         message,
                     }),
                     now_ms,
+                    None,
                 )
                 .await
             }
@@ -349,6 +358,7 @@ impl Billing {
                     "Stripe, asked after a day, had no charge for it: not charged".into(),
                     None,
                     now_ms,
+                    Some(attempt.claim),
                 )
                 .await
             }
@@ -356,7 +366,8 @@ impl Billing {
                 if now_ms.saturating_sub(attempt.created_at_ms)
                     >= crate::clock::millis(self.settings.auto_top_up.undecided_after) =>
             {
-                self.give_up_unknown(attempt, &reason, now_ms).await
+                self.give_up_unknown(attempt, &reason, now_ms, Some(attempt.claim))
+                    .await
             }
             Err(ChargeFailure::Unavailable(reason)) => {
                 // Stripe may or may not have charged (or is still
@@ -380,6 +391,7 @@ impl Billing {
                         amount: attempt.amount,
                     }),
                     now_ms,
+                    Some(attempt.claim),
                 )
                 .await
             }
@@ -392,6 +404,7 @@ impl Billing {
         attempt: &AutoTopUpAttempt,
         payment_intent_id: &str,
         now_ms: i64,
+        claim: Option<i64>,
     ) -> Result<(), BillingError> {
         self.store
             .auto_top_up()
@@ -400,6 +413,7 @@ impl Billing {
                 status: AttemptStatus::Succeeded,
                 reason: None,
                 payment_intent_id: Some(payment_intent_id.to_string()),
+                claim,
                 after: AfterAttempt::Success,
                 notices: Vec::new(),
                 events: Vec::new(),
@@ -419,6 +433,7 @@ impl Billing {
         attempt: &AutoTopUpAttempt,
         reason: &str,
         now_ms: i64,
+        claim: Option<i64>,
     ) -> Result<(), BillingError> {
         let order = attempt
             .order_id
@@ -453,6 +468,7 @@ impl Billing {
                 status: AttemptStatus::Unknown,
                 reason: Some(format!("undecided: {reason}")),
                 payment_intent_id: None,
+                claim,
                 after: AfterAttempt::Failure {
                     not_before_ms: now_ms,
                     turn_off: Some(paused),
@@ -494,6 +510,7 @@ impl Billing {
         reason: String,
         news: Option<AutoTopUpNotice>,
         now_ms: i64,
+        claim: Option<i64>,
     ) -> Result<(), BillingError> {
         let store = self.store.auto_top_up();
         let settings = store
@@ -539,6 +556,7 @@ impl Billing {
                 status,
                 reason: Some(reason),
                 payment_intent_id: None,
+                claim,
                 after: AfterAttempt::Failure {
                     not_before_ms,
                     turn_off: turn_off.then(|| format!("{failures} failed tries in a row")),
@@ -568,7 +586,7 @@ impl Billing {
             .auto_top_up_by_order(order_id)
             .await?
         {
-            self.succeed_attempt(&attempt, payment_intent_id, now_ms)
+            self.succeed_attempt(&attempt, payment_intent_id, now_ms, None)
                 .await?;
         }
         Ok(())
@@ -600,6 +618,7 @@ impl Billing {
                     amount: attempt.amount,
                 }),
                 now_ms,
+                None,
             )
             .await?;
         }

@@ -264,6 +264,11 @@ pub struct AttemptEnd {
     pub status: AttemptStatus,
     pub reason: Option<String>,
     pub payment_intent_id: Option<String>,
+    /// The worker's claim the end is written under: it counts only while
+    /// that claim is still the attempt's last (a worker whose lease ran out
+    /// and whose attempt another claimed ends nothing). `None`: an end
+    /// Stripe's event decided, which counts whoever holds the claim.
+    pub claim: Option<i64>,
     pub after: AfterAttempt,
     pub notices: Vec<NewNotice>,
     /// Webhook events of the end (`auto_top_up.failed`, `…disabled`),

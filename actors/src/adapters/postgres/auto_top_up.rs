@@ -230,6 +230,7 @@ async fn end(
             "UPDATE auto_top_ups SET status = $2, reason = $3,
                     payment_intent_id = COALESCE($4, payment_intent_id), updated_at = $5
               WHERE id = $1 AND status IN ('pending', 'charging', 'processing')
+                AND ($6::BIGINT IS NULL OR claims = $6)
              RETURNING account_id",
             &[
                 &end.attempt_id,
@@ -237,6 +238,7 @@ async fn end(
                 &end.reason,
                 &end.payment_intent_id,
                 &end.now_ms,
+                &end.claim,
             ],
         )
         .await?;

@@ -176,14 +176,16 @@ fn end(connection: &Connection, end: &AttemptEnd) -> Result<Option<AutoTopUpSett
         .prepare_cached(
             "UPDATE auto_top_ups SET status = ?2, reason = ?3,
                     payment_intent_id = COALESCE(?4, payment_intent_id), updated_at = ?5
-              WHERE id = ?1 AND status IN ('pending', 'charging', 'processing')",
+              WHERE id = ?1 AND status IN ('pending', 'charging', 'processing')
+                AND (?6 IS NULL OR claims = ?6)",
         )?
         .execute(params![
             end.attempt_id,
             end.status.as_str(),
             end.reason,
             end.payment_intent_id,
-            end.now_ms
+            end.now_ms,
+            end.claim
         ])?;
     if changed == 0 {
         return Ok(None);

@@ -74,6 +74,7 @@ impl Core {
                     gateway: Arc::new(gateway),
                     settings: Arc::new(billing_settings(settings, stripe)),
                     last_expiry_check_ms: Default::default(),
+                    sweep_after: Default::default(),
                 })
             }
             None => None,

@@ -334,3 +334,81 @@ async fn a_refund_marked_waiting_as_its_order_completes_elsewhere_is_applied_onc
     let directory = second.stop().await;
     crate::ledger_actors::assert_verified(&directory);
 }
+
+on_both_stores!(the_sweep_goes_on_from_where_its_last_batch_ended);
+/// Waiting events whose order exists but that still wait (the order has
+/// not what they need yet) are found by every sweep: read from the oldest
+/// each time, a full batch of them would keep every event behind them
+/// waiting until they expire. Each batch goes on after the last one's end,
+/// and the sweep starts again from the oldest once it has been round.
+async fn the_sweep_goes_on_from_where_its_last_batch_ended() {
+    use sms_credit_actors::billing::event_log::EventStatus;
+    use sms_credit_actors::store::{EventDecision, ReceivedEvent, Reception};
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (_, order, session, customer) = start_access(&app, "+14155551305", None).await;
+    let completed = events.checkout_completed(&session, order, &customer, 2999, "pi_swept");
+    let (status, answer) = app.deliver(&completed).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+
+    // Three events wait on the completed order's PaymentIntent, received
+    // a second apart.
+    let store = app.store.clone().unwrap();
+    let ids = ["evt_sweep_a", "evt_sweep_b", "evt_sweep_c"];
+    for (n, id) in ids.iter().enumerate() {
+        let at = NOW_UNIX * 1000 + n as i64 * 1_000;
+        let received = store
+            .events()
+            .receive(ReceivedEvent {
+                event_id: id.to_string(),
+                event_type: "charge.refunded".to_string(),
+                payload: None,
+                instance_id: "test".to_string(),
+                lease_until_ms: at + 30_000,
+                now_ms: at,
+            })
+            .await
+            .unwrap();
+        assert_eq!(received, Reception::Claimed);
+        store
+            .events()
+            .decide(EventDecision {
+                event_id: id.to_string(),
+                status: EventStatus::Waiting,
+                waiting_on: Some("payment_intent:pi_swept".to_string()),
+                detail: "waiting".to_string(),
+                now_ms: at,
+            })
+            .await
+            .unwrap();
+    }
+    let batch = |after: Option<(i64, String)>| {
+        let store = store.clone();
+        async move {
+            store
+                .events()
+                .waiting_unblocked("payment_intent:".to_string(), after, 2)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|record| (record.received_at_ms, record.event_id))
+                .collect::<Vec<_>>()
+        }
+    };
+    let first = batch(None).await;
+    assert_eq!(
+        first.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(),
+        ["evt_sweep_a", "evt_sweep_b"]
+    );
+    let second = batch(first.last().cloned()).await;
+    assert_eq!(
+        second.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(),
+        ["evt_sweep_c"],
+        "the next batch goes on after the last one's end"
+    );
+    assert!(batch(second.last().cloned()).await.is_empty());
+    app.stop().await;
+}

@@ -762,6 +762,23 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
     assert_eq!(refunded[1]["credit_taken_back_micros"], 2_000_000);
     assert_eq!(refunded[1]["balance_micros"], 10_000_000);
 
+    // Another top-up, refunded $3 then $2 ($5 in all), whose events come
+    // the other way round: the later total first. The earlier total,
+    // which takes nothing back, says nothing: no total goes down.
+    let (later_order, later_session) = app.start_top_up(account, &token).await;
+    let later_paid =
+        events.checkout_completed(&later_session, later_order, &customer, 1000, "pi_hook_2");
+    let three = events.charge_refunded("ch_hook_2", "pi_hook_2", 1000, 300);
+    let five = events.charge_refunded("ch_hook_2", "pi_hook_2", 1000, 500);
+    for payload in [&later_paid, &five, &three, &five, &three] {
+        let (status, answer) = app.deliver(payload).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let refunded = data_of(&receiver.accepted("payment.refunded", 3).await);
+    assert_eq!(refunded[2]["order_id"], later_order);
+    assert_eq!(refunded[2]["refunded_micros"], 5_000_000);
+    assert_eq!(refunded[2]["total_refunded_micros"], 5_000_000);
+
     // A Checkout whose payment failed.
     let (failed_order, failed_session) = app.start_top_up(account, &token).await;
     let failed = events.checkout_failed(&failed_session, failed_order);
@@ -776,7 +793,7 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
     let all = receiver.received();
     assert_eq!(
         all.len(),
-        6,
+        8,
         "{:?}",
         all.iter().map(|r| r.kind()).collect::<Vec<_>>()
     );

@@ -68,6 +68,9 @@ pub struct Billing {
     pub settings: Arc<BillingSettings>,
     /// When waiting Stripe events were last checked for expiry (clock ms).
     pub last_expiry_check_ms: Arc<std::sync::atomic::AtomicI64>,
+    /// Where the sweep of waiting events goes on from (received at, event
+    /// id): `None` from the oldest.
+    pub sweep_after: Arc<std::sync::Mutex<Option<(i64, String)>>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -449,11 +449,29 @@ impl Billing {
     /// the Stripe supervisor, between events, so that this instance never
     /// applies one event twice at once.
     pub async fn wake_unblocked(&self, now_ms: i64) -> Result<usize, BillingError> {
+        // From where the last batch ended: the events in front may be ones
+        // that still wait, and are looked at again once the sweep has been
+        // round the rest.
+        let after = self
+            .sweep_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
         let waiting = self
             .store
             .events()
-            .waiting_unblocked(PAYMENT_INTENT_PREFIX.to_string(), WAKE_SWEEP_BATCH)
+            .waiting_unblocked(PAYMENT_INTENT_PREFIX.to_string(), after, WAKE_SWEEP_BATCH)
             .await?;
+        let next = match waiting.last() {
+            Some(last) if waiting.len() as i64 >= WAKE_SWEEP_BATCH => {
+                Some((last.received_at_ms, last.event_id.clone()))
+            }
+            _ => None,
+        };
+        *self
+            .sweep_after
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = next;
         let mut applied = 0;
         for record in &waiting {
             match self.wake(record, now_ms).await {
@@ -839,21 +857,25 @@ impl Billing {
             // figure: the event first (once per charge and total), then the
             // figure, which only ever rises; a retry after a failure
             // between them finds nothing to take either, and does both.
-            let refunded = cumulative
+            // A total below one already recorded (its event raced a later
+            // one, which went first) is old news: no event says a total
+            // went down.
+            let newly_refunded = cumulative
                 .checked_sub(refunded_before)
                 .ok()
-                .filter(|refunded| refunded.is_positive())
-                .unwrap_or(Money::ZERO);
-            let event = payment_refunded(&order, refunded, cumulative, Money::ZERO);
-            let dedupe_key = format!("payment.refunded:{charge_id}:{amount_refunded_cents}");
-            let event = event.standalone(account_id, dedupe_key, now_ms)?;
-            if self.store.webhooks().record_event(event).await? {
-                self.store.webhooks_ready().notify_one();
+                .filter(|refunded| refunded.is_positive());
+            if let Some(refunded) = newly_refunded {
+                let event = payment_refunded(&order, refunded, cumulative, Money::ZERO);
+                let dedupe_key = format!("payment.refunded:{charge_id}:{amount_refunded_cents}");
+                let event = event.standalone(account_id, dedupe_key, now_ms)?;
+                if self.store.webhooks().record_event(event).await? {
+                    self.store.webhooks_ready().notify_one();
+                }
+                self.store
+                    .billing()
+                    .record_refunded(order_id, cumulative)
+                    .await?;
             }
-            self.store
-                .billing()
-                .record_refunded(order_id, cumulative)
-                .await?;
         }
         Ok(EventOutcome::Applied(format!(
             "order {order_id}: {} refunded in all",

@@ -416,9 +416,18 @@ pub trait StripeEventStore: Send + Sync {
     fn waiting_on(&self, keys: Vec<String>) -> StoreFuture<Vec<EventRecord>>;
     /// The waiting events whose key is `key_prefix` followed by the
     /// PaymentIntent of an order that is no longer pending (what they
-    /// waited for exists now), oldest first, at most `limit`: what a sweep
-    /// wakes when the event that should have woken them could not.
-    fn waiting_unblocked(&self, key_prefix: String, limit: i64) -> StoreFuture<Vec<EventRecord>>;
+    /// waited for exists now), oldest first, at most `limit`, from after
+    /// `after` (received at, event id) when given: what a sweep wakes when
+    /// the event that should have woken them could not. A sweep goes on
+    /// from where the last batch ended, so events that wait on whatever
+    /// comes (their order exists, but not what they need of it) never
+    /// keep the ones behind them waiting.
+    fn waiting_unblocked(
+        &self,
+        key_prefix: String,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> StoreFuture<Vec<EventRecord>>;
     /// Gives up on events still waiting that were received before
     /// `received_before_ms`; answers how many.
     fn expire_waiting(&self, received_before_ms: i64, now_ms: i64) -> StoreFuture<usize>;

@@ -131,8 +131,14 @@ impl StripeEventStore for PostgresStore {
         })
     }
 
-    fn waiting_unblocked(&self, key_prefix: String, limit: i64) -> StoreFuture<Vec<EventRecord>> {
+    fn waiting_unblocked(
+        &self,
+        key_prefix: String,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> StoreFuture<Vec<EventRecord>> {
         self.read(move |client| async move {
+            let (after_at, after_id) = after.unzip();
             // Each waiting event probes its order by the PaymentIntent's
             // unique index.
             let rows = client
@@ -144,9 +150,10 @@ impl StripeEventStore for PostgresStore {
                                          WHERE stripe_payment_intent_id
                                                = substr(waiting_on, length($1) + 1)
                                            AND status <> 'pending')
+                            AND ($3::BIGINT IS NULL OR (received_at, event_id) > ($3, $4::TEXT))
                           ORDER BY received_at, event_id LIMIT $2"
                     ),
-                    &[&key_prefix, &limit],
+                    &[&key_prefix, &limit, &after_at, &after_id],
                 )
                 .await?;
             rows.iter().map(event_from_row).collect()

@@ -135,8 +135,14 @@ impl StripeEventStore for SqliteStore {
         })
     }
 
-    fn waiting_unblocked(&self, key_prefix: String, limit: i64) -> StoreFuture<Vec<EventRecord>> {
+    fn waiting_unblocked(
+        &self,
+        key_prefix: String,
+        after: Option<(i64, String)>,
+        limit: i64,
+    ) -> StoreFuture<Vec<EventRecord>> {
         self.read(move |connection| {
+            let (after_at, after_id) = after.unzip();
             // Each waiting event probes its order by the PaymentIntent's
             // unique index.
             let mut statement = connection.prepare_cached(&format!(
@@ -145,10 +151,14 @@ impl StripeEventStore for SqliteStore {
                     AND EXISTS (SELECT 1 FROM orders
                                  WHERE stripe_payment_intent_id = substr(waiting_on, length(?1) + 1)
                                    AND status <> 'pending')
+                    AND (?3 IS NULL OR (received_at, event_id) > (?3, ?4))
                   ORDER BY received_at, event_id LIMIT ?2"
             ))?;
             let rows = statement
-                .query_map(params![key_prefix, limit], event_from_row)?
+                .query_map(
+                    params![key_prefix, limit, after_at, after_id],
+                    event_from_row,
+                )?
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(rows)
         })

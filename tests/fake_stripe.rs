@@ -87,6 +87,10 @@ struct State {
     refund_answer_lost: bool,
     /// Every refund made, for `GET /v1/refunds`.
     refunds: Vec<Value>,
+    /// The most items a list page holds, below what was asked for (`None`:
+    /// as many as asked, up to Stripe's 100), so a client is seen to
+    /// follow `has_more`.
+    page_size: Option<usize>,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -147,6 +151,7 @@ impl FakeStripe {
             refuse_refunds: false,
             refund_answer_lost: false,
             refunds: Vec::new(),
+            page_size: None,
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -245,6 +250,11 @@ impl FakeStripe {
             .into_iter()
             .filter(|request| request.method == method)
             .collect()
+    }
+
+    /// Lists answer at most `size` items a page (`None`: as many as asked).
+    pub fn set_page_size(&self, size: Option<usize>) {
+        self.state.lock().unwrap().page_size = size;
     }
 
     /// The Search API answers 429, as Stripe does past its rate limit (or
@@ -405,11 +415,18 @@ fn answer_locked(
         return search_intents(state, &query);
     }
     if request.method() == awc::http::Method::GET && path == "/v1/refunds" {
-        // `GET /v1/refunds?payment_intent=pi_…`: a list, newest first.
+        // `GET /v1/refunds?payment_intent=pi_…`: a list, newest first, a
+        // page of `limit` (10 unless asked) after `starting_after`.
         let query: Vec<(String, String)> =
             serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
         let wanted = field(&query, "payment_intent").map(str::to_string);
-        let data: Vec<Value> = state
+        let limit = field(&query, "limit")
+            .and_then(|limit| limit.parse::<usize>().ok())
+            .unwrap_or(10)
+            .min(100)
+            .min(state.page_size.unwrap_or(100));
+        let after = field(&query, "starting_after").map(str::to_string);
+        let all: Vec<Value> = state
             .refunds
             .iter()
             .rev()
@@ -420,9 +437,24 @@ fn answer_locked(
             })
             .cloned()
             .collect();
+        let from = match &after {
+            Some(after) => match all.iter().position(|refund| refund["id"] == json!(after)) {
+                Some(at) => at + 1,
+                None => {
+                    return (
+                        400,
+                        json!({"error": {"type": "invalid_request_error",
+                               "message": format!("No such refund: '{after}'")}}),
+                    )
+                }
+            },
+            None => 0,
+        };
+        let data: Vec<Value> = all.iter().skip(from).take(limit).cloned().collect();
+        let has_more = from + data.len() < all.len();
         return (
             200,
-            json!({"object": "list", "url": "/v1/refunds", "has_more": false, "data": data}),
+            json!({"object": "list", "url": "/v1/refunds", "has_more": has_more, "data": data}),
         );
     }
     if request.method() == awc::http::Method::GET {

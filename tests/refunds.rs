@@ -813,6 +813,12 @@ async fn a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again(
     let (status, answer) = refund(&app, order, unmade.clone()).await;
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
     fake.set_unreachable(false);
+    // A later refund is made as asked: Stripe lists it first, one a page,
+    // so the lost one is found on the second page.
+    let later = json!({"amount_micros": 1_000_000, "reason": "made", "idempotency_key": "later-1"});
+    let (status, answer) = refund(&app, order, later).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    fake.set_page_size(Some(1));
     let statuses = |refunds: Vec<Value>| -> Vec<String> {
         refunds
             .iter()
@@ -821,15 +827,26 @@ async fn a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again(
     };
     assert_eq!(
         statuses(refunds_of(&app, order).await),
-        ["requested", "requested"]
+        ["requested", "requested", "succeeded"]
     );
-    assert_eq!(fake.refunds_made(), 1);
+    assert_eq!(fake.refunds_made(), 2);
     let sent = fake.requests_with("POST", "/v1/refunds").len();
 
     // A day and an hour on, Stripe may have forgotten both keys: the same
     // requests again ask Stripe what became of them, and send nothing.
     fake.prune_keys();
-    clock.advance_ms(DAY_AND_AN_HOUR_MS);
+    // Just past 23 hours, a resend sent just before them may still be on
+    // its way to Stripe: a refund Stripe does not list yet is not taken
+    // for one never made.
+    let just_past_23_hours_ms = 23 * 3_600 * 1_000 + 60_000;
+    clock.advance_ms(just_past_23_hours_ms);
+    let (status, answer) = refund(&app, order, unmade.clone()).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    assert_eq!(
+        statuses(refunds_of(&app, order).await),
+        ["requested", "requested", "succeeded"]
+    );
+    clock.advance_ms(DAY_AND_AN_HOUR_MS - just_past_23_hours_ms);
     // Stripe not answering the question leaves them as they were.
     fake.set_unreachable(true);
     let (status, answer) = refund(&app, order, made.clone()).await;
@@ -837,14 +854,14 @@ async fn a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again(
     fake.set_unreachable(false);
     assert_eq!(
         statuses(refunds_of(&app, order).await),
-        ["requested", "requested"]
+        ["requested", "requested", "succeeded"]
     );
     let (status, answer) = refund(&app, order, made).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     assert_eq!(answer["replayed"], true);
     assert_eq!(answer["refund"]["status"], "succeeded");
     let stripe_refunds = fake.refunds_of(&intent);
-    assert_eq!(stripe_refunds.len(), 1);
+    assert_eq!(stripe_refunds.len(), 2);
     assert_eq!(
         answer["refund"]["stripe_refund_id"],
         stripe_refunds[0]["id"]
@@ -857,15 +874,19 @@ async fn a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again(
     );
     assert_eq!(
         statuses(refunds_of(&app, order).await),
-        ["succeeded", "failed"]
+        ["succeeded", "failed", "succeeded"]
     );
     assert_eq!(
         fake.requests_with("POST", "/v1/refunds").len(),
         sent,
         "nothing sent again"
     );
-    assert_eq!(fake.requests_with("GET", "/v1/refunds").len(), 3);
-    assert_eq!(fake.refunds_made(), 1);
+    assert_eq!(
+        fake.requests_with("GET", "/v1/refunds").len(),
+        7,
+        "two pages for each answer, one for the one not answered"
+    );
+    assert_eq!(fake.refunds_made(), 2);
 
     // What was not refunded can be asked for again, with a new key.
     let (status, answer) = refund(
@@ -875,8 +896,8 @@ async fn a_refund_left_requested_is_asked_about_after_23_hours_never_sent_again(
     )
     .await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(answer["refund"]["n"], 3);
-    assert_eq!(fake.refunds_made(), 2);
+    assert_eq!(answer["refund"]["n"], 4);
+    assert_eq!(fake.refunds_made(), 3);
     assert_eq!(app.balance_micros(account).await, 15_000_000);
     let directory = app.stop().await;
     assert_verified(&directory);

@@ -67,6 +67,9 @@ const CONFLICT: u16 = 409;
 /// held by another request) was met before the request was looked at.
 const TOO_MANY_REQUESTS: u16 = 429;
 
+/// The most pages of a PaymentIntent's refunds read.
+const REFUND_PAGES: usize = 10;
+
 /// What Stripe's error says of the request: a 409 (the key's first request
 /// still in progress), a 429 (the rate limit, met before anything was
 /// done) and an `idempotency_error` (the key was used with other
@@ -240,15 +243,31 @@ impl PaymentGateway for StripeGateway {
         })
     }
 
+    /// Every page of the PaymentIntent's refunds (up to `REFUND_PAGES` of
+    /// 100: a list cut short would make a refund not listed look never
+    /// made, so a longer one is an error).
     fn refunds_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Vec<RefundReport>> {
         Box::pin(async move {
-            let listed = ListRefund::new()
-                .payment_intent(payment_intent_id)
-                .limit(100)
-                .send(&self.client)
-                .await
-                .map_err(gateway_error)?;
-            Ok(listed.data.iter().map(refund_report).collect())
+            let mut reports = Vec::new();
+            let mut after: Option<String> = None;
+            for _ in 0..REFUND_PAGES {
+                let mut list = ListRefund::new()
+                    .payment_intent(payment_intent_id.clone())
+                    .limit(100);
+                if let Some(after) = &after {
+                    list = list.starting_after(after.clone());
+                }
+                let listed = list.send(&self.client).await.map_err(gateway_error)?;
+                reports.extend(listed.data.iter().map(refund_report));
+                match listed.data.last() {
+                    Some(last) if listed.has_more => after = Some(last.id.to_string()),
+                    _ => return Ok(reports),
+                }
+            }
+            Err(GatewayError::Unavailable(format!(
+                "PaymentIntent {payment_intent_id} has more than {} refunds",
+                REFUND_PAGES * 100
+            )))
         })
     }
 

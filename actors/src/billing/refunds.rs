@@ -117,6 +117,10 @@ pub fn refundable(status: OrderStatus) -> bool {
     matches!(status, OrderStatus::Completed | OrderStatus::Refunded)
 }
 
+/// How long after it was sent a request to Stripe has surely ended (its
+/// answer or its timeout), with room to spare.
+const LAST_SEND_ENDED_WITHIN_MS: i64 = 10 * 60 * 1_000;
+
 impl Billing {
     /// Asks Stripe to refund (part of) a paid order, once per idempotency
     /// key. Stripe refusing records the request as failed (nothing is
@@ -245,6 +249,18 @@ impl Billing {
         let found = listed
             .into_iter()
             .find(|report| report.order_id == Some(order_id) && report.number == Some(n));
+        // A resend made just before the 23 hours may still be on its way
+        // (a request waits up to Stripe's timeout): until it surely ended,
+        // a refund Stripe does not list is not one never made.
+        let sends_ended = now_ms.saturating_sub(request.created_at_ms)
+            >= KEY_TRUSTED_FOR_MS.saturating_add(LAST_SEND_ENDED_WITHIN_MS);
+        if found.is_none() && !sends_ended {
+            return Err(BillingError::Gateway(
+                "Stripe has no refund for it yet, and a request sent just before may still be \
+                 on its way: ask again in a few minutes"
+                    .into(),
+            ));
+        }
         let outcome = match &found {
             Some(report) if report.made() => Ok(report.refund_id.clone()),
             Some(report) => Err(format!(

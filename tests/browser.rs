@@ -365,6 +365,7 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         json!({"width": 360, "height": 740, "deviceScaleFactor": 2, "mobile": true}),
     )
     .await;
+    let amounts = [10_000_i64, 4_350];
     for (index, description) in [
         "a long description of a goodwill adjustment that goes on and on and on",
         "x",
@@ -376,7 +377,8 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
             "POST",
             &format!("/v1/admin/accounts/{account}/adjustments"),
             Some(ADMIN_TOKEN),
-            Some(json!({"amount_micros": 10_000, "reason": description, "idempotency_key": format!("phone-{index}")})),
+            // The second less than a cent, shown to its last digit.
+            Some(json!({"amount_micros": amounts[index], "reason": description, "idempotency_key": format!("phone-{index}")})),
         )
         .await;
     }
@@ -385,6 +387,12 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         json!(4),
     )
     .await;
+    assert_eq!(
+        page.eval("document.querySelector('#transactions tr td.amount').textContent")
+            .await,
+        json!("+$0.00435"),
+        "an amount less than a cent is not shown as $0.00"
+    );
     let tallest = page
         .eval(
             "(() => Math.max(...[...document.querySelectorAll('#transactions tr')].map((row) => { \
@@ -422,7 +430,7 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         .await;
     page.wait_for(
         "document.getElementById('balance').textContent",
-        json!("$8.27"),
+        json!("$8.26"),
     )
     .await;
     assert_eq!(page.eval("window.sameLoad").await, json!("yes"));

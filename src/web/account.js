@@ -9,6 +9,14 @@ function dollars(micros, signed) {
   return (negative ? "-" : signed && micros > 0 ? "+" : "") + text;
 }
 
+// A change of balance, to its last digit: a message's cost or an
+// adjustment may be less than a cent, which the cents alone would show as $0.00.
+function exactDollars(micros, signed) {
+  const digits = String(Math.abs(micros)).padStart(7, "0");
+  const text = "$" + Number(digits.slice(0, -6)) + "." + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
+  return (micros < 0 ? "-" : signed && micros > 0 ? "+" : "") + text;
+}
+
 const state = { token: null, accountId: null, lastSeq: 0, socket: null, retry: null,
   rate: null, points: [], phone: null };
 // Times are shown in the reader's own time zone, and say which.
@@ -23,8 +31,7 @@ function when(entry) {
 
 // A per-segment rate like 56500 micro-dollars → "$0.0565", from the digits.
 function rateText(micros) {
-  const digits = String(micros).padStart(7, "0");
-  return "$" + Number(digits.slice(0, -6)) + "." + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
+  return exactDollars(micros, false);
 }
 
 function showBalance(micros) {
@@ -150,7 +157,7 @@ function addRow(entry) {
   const row = document.createElement("tr");
   row.dataset.seq = entry.seq;
   const cells = [entry.seq, when(entry),
-    entry.description || entry.type, dollars(entry.amount_micros, true),
+    entry.description || entry.type, exactDollars(entry.amount_micros, true),
     dollars(entry.balance_micros !== undefined ? entry.balance_micros : entry.balance_after_micros, false)];
   const classes = ["seq", "when", "what", "amount", "after"];
   cells.forEach((value, index) => {

@@ -384,13 +384,23 @@ impl WebhookStore for PostgresStore {
         Box::pin(async move {
             let mut slot = claims.lock().await?;
             let client = slot.as_mut().ok_or(StoreError::Closed)?;
+            // Only endpoints with something due (each probe one partial
+            // index lookup): a poll with nothing to send costs one query,
+            // not a transaction per endpoint.
             let endpoints = client
                 .query(
                     &format!(
-                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints
-                          WHERE enabled = 1 AND deleted = 0 ORDER BY id"
+                        "SELECT {ENDPOINT_COLUMNS} FROM webhook_endpoints e
+                          WHERE enabled = 1 AND deleted = 0
+                            AND (EXISTS (SELECT 1 FROM webhook_deliveries d
+                                          WHERE d.endpoint_id = e.id AND d.state = 'pending'
+                                            AND d.next_attempt_at <= $1)
+                                 OR EXISTS (SELECT 1 FROM webhook_deliveries d
+                                             WHERE d.endpoint_id = e.id AND d.state = 'sending'
+                                               AND d.claimed_until < $1))
+                          ORDER BY id"
                     ),
-                    &[],
+                    &[&now_ms],
                 )
                 .await?
                 .iter()

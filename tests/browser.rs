@@ -914,10 +914,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             .as_str()
             .unwrap()
             .contains("inquiry dp_console"));
-        assert_eq!(
-            page.eval(&text_of("disputes-open")).await,
-            json!("1")
-        );
+        assert_eq!(page.eval(&text_of("disputes-open")).await, json!("1"));
         // The chart's total is the API's for the same days.
         page.wait_for(
             "document.getElementById('money-chart-words').dataset.since !== undefined",

@@ -24,10 +24,13 @@ pub enum RefundStatus {
     /// the same key is safe for 23 hours; after that Stripe is asked what
     /// became of it instead). Stripe's refund events settle it too.
     Requested,
-    /// Stripe made the refund; its event takes the credit back.
+    /// Stripe made the refund (it may still be `pending` at Stripe); its
+    /// event takes the credit back.
     Succeeded,
-    /// Stripe refused it, reports it failed or canceled, or, asked after
-    /// its key could have expired, had no refund for it: nothing refunded.
+    /// Stripe refused it, reports it failed or canceled (also after it was
+    /// recorded `succeeded`: the credit taken back for it comes back), or,
+    /// asked after its key could have expired, had no refund for it:
+    /// nothing refunded.
     Failed,
 }
 

@@ -275,6 +275,20 @@ async fn a_dispute_won_gives_the_credit_back_once_and_an_inquiry_takes_nothing()
         .filter(|kind| kind.starts_with("payment.dispute"))
         .collect();
     assert!(told.is_empty(), "an inquiry is not told: {told:?}");
+
+    // A status this release does not know is never taken for another: the
+    // event is recorded failed, for the operator, and nothing moves.
+    let unknown = events.dispute(
+        "charge.dispute.updated",
+        "dp_won",
+        "ch_won",
+        &intent,
+        1000,
+        "arbitration",
+    );
+    let answer = deliver(&app, &unknown).await;
+    assert_eq!(answer["outcome"], "failed", "{answer}");
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
     let directory = app.stop().await;
     assert_verified(&directory);
 }
@@ -562,8 +576,8 @@ async fn a_pending_refund_that_fails_gives_its_credit_back_once() {
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed["refunds"][0]["status"], "failed", "{listed}");
 
-    // A later refund of the charge takes back what it refunds, no more
-    // (Stripe's running total counts the refund that failed).
+    // A later refund of the charge: Stripe's running total ($5) less the
+    // refund that failed ($3) is held back.
     deliver(
         &app,
         &events.charge_refunded("ch_pending", &intent, 1000, 500),

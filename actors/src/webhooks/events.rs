@@ -239,7 +239,7 @@ fn dispute_data(
     order: &Order,
     dispute: &DisputeRecord,
     row: Option<&LedgerEntry>,
-    credit_field: &str,
+    (credit_field, credit): (&str, Money),
 ) -> Map<String, Value> {
     let mut data = data([
         ("order_id", json!(order.id)),
@@ -248,10 +248,7 @@ fn dispute_data(
         ("amount_micros", json!(dispute.amount.micros())),
         ("reason", json!(dispute.reason)),
         ("status", json!(dispute.status.as_str())),
-        (
-            credit_field,
-            json!(row.map_or(0, |row| row.amount.micros().abs())),
-        ),
+        (credit_field, json!(credit.max(Money::ZERO).micros())),
     ]);
     if let Some(row) = row {
         data.insert("seq".into(), json!(row.seq));
@@ -273,7 +270,15 @@ pub fn payment_disputed(
         EventType::PaymentDisputed,
         Some(order.account_id),
         format!("payment.disputed:{}", dispute.dispute_id),
-        dispute_data(order, dispute, row, "credit_taken_back_micros"),
+        dispute_data(
+            order,
+            dispute,
+            row,
+            (
+                "credit_taken_back_micros",
+                row.map_or(Money::ZERO, |row| -row.amount),
+            ),
+        ),
         now_ms,
     )
 }
@@ -291,7 +296,15 @@ pub fn payment_dispute_closed(
         EventType::PaymentDisputeClosed,
         Some(order.account_id),
         format!("payment.dispute_closed:{}", dispute.dispute_id),
-        dispute_data(order, dispute, row, "credit_given_back_micros"),
+        dispute_data(
+            order,
+            dispute,
+            row,
+            (
+                "credit_given_back_micros",
+                row.map_or(Money::ZERO, |row| row.amount),
+            ),
+        ),
         now_ms,
     )
 }

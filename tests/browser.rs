@@ -849,6 +849,17 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
     let (account, order, intent) =
         crate::refunds::paid_top_up(&app, &mut events, "+14155550150").await;
     app.create_account("+14155550151").await;
+    // The cardholder's bank asks about the access payment: an inquiry,
+    // which takes nothing back but needs the operator.
+    let inquiry = events.dispute(
+        "charge.dispute.created",
+        "dp_console",
+        "ch_console",
+        &format!("pi_access_{account}"),
+        2999,
+        "warning_needs_response",
+    );
+    assert_eq!(app.deliver(&inquiry).await.0, StatusCode::OK);
 
     let browser = Browser::start();
 
@@ -899,6 +910,19 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             .await,
             json!(lows.to_string())
         );
+        // The dispute is listed, linking to its account, and counted.
+        page.wait_for(
+            "document.querySelectorAll('#dispute-list li a').length",
+            json!(1),
+        )
+        .await;
+        assert!(page
+            .eval("document.querySelector('#dispute-list li').textContent")
+            .await
+            .as_str()
+            .unwrap()
+            .contains("inquiry dp_console"));
+        assert_eq!(page.eval(&text_of("disputes-open")).await, json!("1"));
         // The chart's total is the API's for the same days.
         page.wait_for(
             "document.getElementById('money-chart-words').dataset.since !== undefined",

@@ -74,6 +74,27 @@ async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
     app.settle_notices(account).await;
     let other = app.create_account("+14155550991").await;
     app.post_adjustment(other, 1_234_567, "other").await;
+    // A dispute of the access payment, and a refund of it that failed.
+    let disputed = events.dispute(
+        "charge.dispute.created",
+        "dp_move",
+        "ch_move",
+        "pi_move",
+        2699,
+        "needs_response",
+    );
+    assert_eq!(app.deliver(&disputed).await.0, StatusCode::OK);
+    let failed = events.companion(
+        "refund.failed",
+        "refund",
+        &[
+            ("id", json!("re_move")),
+            ("amount", json!(100)),
+            ("payment_intent", json!("pi_move")),
+            ("status", json!("failed")),
+        ],
+    );
+    assert_eq!(app.deliver(&failed).await.0, StatusCode::OK);
     let balance = app.balance_micros(account).await;
     let source = app.stop().await;
 
@@ -93,6 +114,8 @@ async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
             "orders",
             "messages",
             "stripe_events",
+            "disputes",
+            "failed_refunds",
         ]
         .contains(table)
         {

@@ -91,6 +91,9 @@ struct State {
     /// as many as asked, up to Stripe's 100), so a client is seen to
     /// follow `has_more`.
     page_size: Option<usize>,
+    /// The status new refunds are made with (`succeeded`; `pending` for a
+    /// refund that settles later, and may fail).
+    refund_status: String,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -152,6 +155,7 @@ impl FakeStripe {
             refund_answer_lost: false,
             refunds: Vec::new(),
             page_size: None,
+            refund_status: "succeeded".to_string(),
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -230,6 +234,12 @@ impl FakeStripe {
     /// again).
     pub fn set_refund_answer_lost(&self, lost: bool) {
         self.state.lock().unwrap().refund_answer_lost = lost;
+    }
+
+    /// The status refunds are made with from now on (`pending`: Stripe
+    /// takes the refund and settles it later).
+    pub fn set_refund_status(&self, status: &str) {
+        self.state.lock().unwrap().refund_status = status.to_string();
     }
 
     /// The refunds made of a PaymentIntent, as Stripe's refund objects.
@@ -524,7 +534,7 @@ fn answer_locked(
             refund["amount"] = json!(field(&form, "amount").and_then(|v| v.parse::<i64>().ok()));
             refund["payment_intent"] = json!(field(&form, "payment_intent"));
             refund["metadata"] = metadata_from(&form, "metadata");
-            refund["status"] = json!("succeeded");
+            refund["status"] = json!(state.refund_status);
             state.refunds.push(refund.clone());
             if state.refund_answer_lost {
                 if let Some(key) = &idempotency_key {
@@ -737,6 +747,28 @@ impl EventFactory {
     /// `refund.updated` (or another `refund.*` type) of a refund object.
     pub fn refund_event(&mut self, event_type: &str, refund: Value) -> String {
         self.event(event_type, refund)
+    }
+
+    /// A `charge.dispute.*` event (`event_type`) of a dispute of
+    /// `amount` cents of a charge, in `status`.
+    pub fn dispute(
+        &mut self,
+        event_type: &str,
+        dispute_id: &str,
+        charge_id: &str,
+        payment_intent: &str,
+        amount: i64,
+        status: &str,
+    ) -> String {
+        let mut dispute = resource(&self.fixtures, "dispute");
+        dispute["id"] = json!(dispute_id);
+        dispute["charge"] = json!(charge_id);
+        dispute["payment_intent"] = json!(payment_intent);
+        dispute["amount"] = json!(amount);
+        dispute["status"] = json!(status);
+        dispute["reason"] = json!("fraudulent");
+        dispute["is_charge_refundable"] = json!(false);
+        self.event(event_type, dispute)
     }
 
     /// `payment_method.detached`: the customer removed the card.

@@ -22,6 +22,7 @@ mod cli;
 mod code_shape;
 mod copy;
 mod crash;
+mod disputes;
 mod feed;
 mod instances;
 mod ledger_actors;

@@ -584,8 +584,8 @@ async fn open_ten_dollar_top_up(core: &Core, account: sms_credit_actors::Account
 }
 
 /// How many commits handling one refund event may take (the claim, the
-/// row, the order's figure, the event, the decision): each is failed in
-/// turn.
+/// order's figure, the row or the event, the decision; one spare): each is
+/// failed in turn.
 const REFUND_STEPS: u64 = 5;
 
 async fn a_failed_commit_in_a_refund_takes_back_once_whichever_event_comes_next() {

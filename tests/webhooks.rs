@@ -1980,3 +1980,42 @@ async fn the_upkeep_ends_and_prunes_in_batches() {
     assert_eq!(directory.number("SELECT COUNT(*) FROM webhook_events"), 0);
 }
 on_both_stores!(the_upkeep_ends_and_prunes_in_batches);
+
+/// The README's table of event types is the code's list, in its order,
+/// and the API's document takes those and `*`: a type added to one and not
+/// the other fails here.
+#[test]
+fn the_readme_and_the_api_list_every_event_type() {
+    let readme = include_str!("../README.md");
+    let table = &readme[readme.find("| type | when |").unwrap()..];
+    let listed: Vec<&str> = table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with("| `"))
+        .map(|line| line.split('`').nth(1).unwrap())
+        .collect();
+    let known: Vec<&str> = sms_credit_actors::webhooks::EventType::ALL
+        .iter()
+        .map(|kind| kind.as_str())
+        .collect();
+    assert_eq!(listed, known);
+    let schemas = &sms_credit::openapi::document()["components"]["schemas"];
+    for schema in ["NewEndpointRequest", "EndpointPatch"] {
+        let events = &schemas[schema]["properties"]["events"];
+        let named: Vec<&str> = events["items"]["enum"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{schema}: {events}"))
+            .iter()
+            .map(|name| name.as_str().unwrap())
+            .collect();
+        let mut expected = known.clone();
+        expected.push("*");
+        assert_eq!(named, expected, "{schema}");
+        assert!(
+            !schemas[schema]["required"]
+                .as_array()
+                .is_some_and(|required| required.iter().any(|name| name == "events")),
+            "{schema}: events may be left out"
+        );
+    }
+}

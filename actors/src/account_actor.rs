@@ -16,12 +16,13 @@ use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::billing::auto_top_up::AutoTriggers;
+use crate::billing::disputes::OrderClaims;
 use crate::billing::orders::Order;
 use crate::clock::Clock;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::{NewNotice, NoticeKind};
-use crate::money::Money;
+use crate::money::{Money, MoneyError};
 use crate::rating::RateTable;
 use crate::store::{LedgerWrite, OrderRefunded, Outbox, Store, StoreError};
 use crate::webhooks::events::{payment_refunded, EventDraft};
@@ -73,36 +74,58 @@ pub struct Refund {
 }
 
 /// Credit taken back because (part of) an order's payment was refunded to
-/// the card. How much is decided here, from the committed ledger, and
-/// recorded in the same transaction as its row: what Stripe says is
-/// refunded of the order in all (`refunded`), up to what the order
-/// credited, less what the order's earlier refund rows took back; read
-/// again whenever the write is computed again (another instance wrote
-/// first). The row raises the order's `amount_refunded` to `refunded`
-/// (never lowers it). A key that already holds a row is answered from it.
-/// May take the balance below zero.
+/// the card or disputed, or given back because a refund failed or a
+/// dispute was won. How much is decided here, from the committed ledger,
+/// and recorded in the same transaction as its row: what the order's
+/// refunds and disputes hold back of its credit in all (what is refunded,
+/// less the refunds that failed, plus what disputes hold, up to what the
+/// order credited; see [`OrderClaims::held_back`]), less what the order's
+/// earlier rows took back; read again whenever the write is computed again
+/// (another instance wrote first). A refund's row raises the order's
+/// `amount_refunded` to `refunded` (never lowers it). A key that already
+/// holds a row is answered from it. May take the balance below zero.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<TakenBack, LedgerError>")]
 pub struct TakeBack {
-    /// The refunded order, as the caller read it.
+    /// The order, as the caller read it.
     pub order: Order,
-    /// What is refunded of the order in all (Stripe's running total).
-    pub refunded: Money,
     /// What the order credited: no more is ever taken back for it.
     pub credited: Money,
-    /// `IdempotencyKey::stripe_refund(charge, refunded)`.
+    /// What moved: a refund (`stripe_refund(charge, refunded)`), a
+    /// dispute's funds (`stripe_dispute(dispute, stage)`), a refund that
+    /// failed (`stripe_refund_failed(refund)`), or nothing new
+    /// (`stripe_settle`: a check after another change).
     pub idempotency_key: IdempotencyKey,
     pub description: String,
+    pub cause: TakeBackCause,
+}
+
+/// Why an order's credit is settled again. Every cause but a refund's was
+/// recorded in the store (the dispute, the failed refund) before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TakeBackCause {
+    /// Stripe says `refunded` is refunded of the order in all (the order
+    /// said `refunded_before` when the event arrived): the row carries
+    /// `payment.refunded` and raises the order's figure.
+    Refund {
+        refunded: Money,
+        refunded_before: Money,
+    },
+    /// A dispute's funds were withdrawn or reinstated, a refund failed, or
+    /// nothing new (a check after another change).
+    Claims,
 }
 
 /// What a [`TakeBack`] came to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TakenBack {
-    /// The row that took credit back (or took it the first time: `replayed`),
-    /// committed with its `payment.refunded` event and the order's figure.
+    /// The row that took credit back or gave it back (or did the first
+    /// time: `replayed`), committed with its events and, for a refund, the
+    /// order's figure.
     Row(Receipt),
-    /// The order's earlier refunds took back all this one could: no row.
-    /// `refunded_before` is what the order said was refunded of it.
+    /// The order's rows hold back what its refunds and disputes claim
+    /// already: no row. `refunded_before` is what the order said was
+    /// refunded of it.
     Nothing { refunded_before: Money },
 }
 
@@ -294,23 +317,56 @@ impl Mutation {
 #[derive(Clone, Debug)]
 struct TakeBackPlan {
     order: Order,
-    refunded: Money,
     credited: Money,
+    cause: TakeBackCause,
     /// The account's `seq` when the ledger was read for it: the amount
     /// decided then holds only for a write guarded by that position.
     learnt_at: Option<i64>,
 }
 
 impl TakeBackPlan {
-    /// What is left to take back: what is refunded, up to what the order
-    /// credited, less what the order's refund rows took back already.
-    fn left(&self, taken_before: Money) -> Money {
-        self.refunded
-            .min(self.credited)
-            .checked_sub(taken_before)
+    /// What the refund event reports refunded in all (nothing for the
+    /// other causes, which read it from the order).
+    fn refunded(&self) -> Money {
+        match self.cause {
+            TakeBackCause::Refund { refunded, .. } => refunded,
+            TakeBackCause::Claims => Money::ZERO,
+        }
+    }
+
+    /// The row's amount (signed as in the ledger: negative takes credit
+    /// back) that brings what the order's rows took back, `taken_before`,
+    /// to what its refunds and disputes hold back.
+    fn change(&self, claims: &OrderClaims, taken_before: Money) -> Result<Money, MoneyError> {
+        let held_back = claims.held_back(self.credited, self.refunded())?;
+        taken_before.checked_sub(held_back)
+    }
+
+    /// The event a refund's row carries (`payment.refunded`, with what it
+    /// took back); the other causes' rows carry none of their own (the
+    /// caller sends a dispute's, once per dispute).
+    fn event(&self, taken: Money) -> Option<EventDraft> {
+        let TakeBackCause::Refund {
+            refunded,
+            refunded_before,
+        } = self.cause
+        else {
+            return None;
+        };
+        // A refund's row that gives credit back (a dispute reinstated on
+        // another instance at the same moment) takes nothing back itself.
+        let taken = taken.max(Money::ZERO);
+        let newly_refunded = refunded
+            .checked_sub(refunded_before)
             .ok()
-            .filter(|left| left.is_positive())
-            .unwrap_or(Money::ZERO)
+            .filter(|newly| newly.is_positive())
+            .unwrap_or(Money::ZERO);
+        Some(payment_refunded(
+            &self.order,
+            newly_refunded,
+            refunded,
+            taken,
+        ))
     }
 }
 
@@ -657,10 +713,10 @@ impl AccountActor {
             .is_some_and(|plan| plan.learnt_at != Some(self.working.seq))
     }
 
-    /// Reads what decides a take-back (what the order's committed refund
-    /// rows took back, the row its key may hold, what the order says is
-    /// refunded), holding every message until it is in, then answers it
-    /// (from its key's row, or with nothing left to take) or decides its
+    /// Reads what decides a take-back (what the order's committed rows
+    /// took back, the row its key may hold, what the order's refunds and
+    /// disputes claim), holding every message until it is in, then answers
+    /// it (from its key's row, or with nothing to change) or decides its
     /// amount and computes it. Read with nothing in flight, so what the
     /// ledger says is where the working state stands, or later than it (a
     /// write another instance committed since): then the guard refuses
@@ -676,37 +732,30 @@ impl AccountActor {
         let at_seq = self.working.seq;
         let order_id = plan.order.id;
         let lookup = async move {
-            let (taken_before, existing, order) = futures_util::try_join!(
+            let (taken_before, existing, claims) = futures_util::try_join!(
                 store.ledger().taken_back(account_id, order_id),
                 store.ledger().entry_by_key(account_id, key),
-                store.billing().order(order_id),
+                store.billing().claims(order_id),
             )?;
-            Ok::<_, StoreError>((taken_before, existing, order))
+            let claims = claims.ok_or_else(|| {
+                StoreError::Database(format!("order {order_id} is not in the store"))
+            })?;
+            Ok::<_, StoreError>((taken_before, existing, claims))
         };
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
                 // Money depends on it: nothing is decided without it.
                 Err(error) => Err(LedgerError::Store(error)),
                 Ok((_, Some(existing), _)) => replay(existing, &retry.mutation).map(Answer::Row),
-                Ok((taken_before, None, order)) => {
-                    let refunded_before =
-                        order.map_or(plan.order.amount_refunded, |order| order.amount_refunded);
-                    let left = plan.left(taken_before);
-                    if left.is_positive() {
-                        let newly_refunded = plan
-                            .refunded
-                            .checked_sub(refunded_before)
-                            .ok()
-                            .filter(|newly| newly.is_positive())
-                            .unwrap_or(Money::ZERO);
-                        retry.mutation.amount = -left;
+                Ok((taken_before, None, claims)) => match plan.change(&claims, taken_before) {
+                    Err(error) => Err(LedgerError::from(error)),
+                    Ok(change) if change.is_zero() => Ok(Answer::Nothing {
+                        refunded_before: claims.refunded,
+                    }),
+                    Ok(change) => {
+                        retry.mutation.amount = change;
                         if let Some(hints) = retry.mutation.hints.as_mut() {
-                            hints.event = Some(payment_refunded(
-                                &plan.order,
-                                newly_refunded,
-                                plan.refunded,
-                                left,
-                            ));
+                            hints.event = plan.event(-change);
                             if let Some(plan) = hints.take_back.as_mut() {
                                 plan.learnt_at = Some(at_seq);
                             }
@@ -714,8 +763,7 @@ impl AccountActor {
                         actor.resume(vec![retry], ctx);
                         return;
                     }
-                    Ok(Answer::Nothing { refunded_before })
-                }
+                },
             };
             for (index, waiter) in retry.waiters.into_iter().enumerate() {
                 let _ = waiter.send(outcome.clone().map(|answer| answer.for_caller(index)));
@@ -1088,9 +1136,12 @@ impl AccountActor {
             .hints
             .as_ref()
             .and_then(|hints| hints.take_back.as_ref())
-            .map(|plan| OrderRefunded {
-                order_id: plan.order.id,
-                refunded: plan.refunded,
+            .and_then(|plan| match plan.cause {
+                TakeBackCause::Refund { refunded, .. } => Some(OrderRefunded {
+                    order_id: plan.order.id,
+                    refunded,
+                }),
+                TakeBackCause::Claims => None,
             });
         let outbox = (notice.is_some()
             || withdraw_warning.is_some()
@@ -1577,7 +1628,11 @@ impl Handler<TakeBack> for AccountActor {
     type Result = ResponseFuture<Result<TakenBack, LedgerError>>;
 
     fn handle(&mut self, message: TakeBack, ctx: &mut Context<Self>) -> Self::Result {
-        if !message.refunded.is_positive() || message.credited.is_negative() {
+        let refund_not_positive = matches!(
+            message.cause,
+            TakeBackCause::Refund { refunded, .. } if !refunded.is_positive()
+        );
+        if refund_not_positive || message.credited.is_negative() {
             return Box::pin(async {
                 Err(LedgerError::InvalidAmount(
                     "a refund must be positive and what its order credited not negative",
@@ -1596,8 +1651,8 @@ impl Handler<TakeBack> for AccountActor {
                 hints: Some(Box::new(Hints {
                     take_back: Some(TakeBackPlan {
                         order: message.order,
-                        refunded: message.refunded,
                         credited: message.credited,
+                        cause: message.cause,
                         learnt_at: None,
                     }),
                     ..Hints::default()

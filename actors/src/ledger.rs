@@ -40,6 +40,9 @@ pub const RESERVED_KEY_PREFIXES: &[&str] = &[
     "stripe-order:",
     "stripe-payment:",
     "stripe-refund:",
+    "stripe-refund-failed:",
+    "stripe-dispute:",
+    "stripe-settle:",
     "msg:",
     "msg-void:",
     "msg-refund:",
@@ -110,6 +113,31 @@ impl IdempotencyKey {
         IdempotencyKey::parse(&format!(
             "stripe-refund:{charge_id}:{cumulative_refunded_cents}"
         ))
+    }
+
+    /// What a refund that failed gives back: one per Stripe refund.
+    pub fn stripe_refund_failed(refund_id: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!("stripe-refund-failed:{refund_id}"))
+    }
+
+    /// What a dispute takes back (`stage` `withdrawn`) or gives back
+    /// (`reinstated`): one per dispute and stage.
+    pub fn stripe_dispute(
+        dispute_id: &str,
+        stage: &str,
+    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!("stripe-dispute:{dispute_id}:{stage}"))
+    }
+
+    /// The pass that checks an order's credit against what its refunds and
+    /// disputes claim after a change made under `after` (the `pass`th such
+    /// check): it writes a row only when another instance's change met
+    /// this one's at the same moment.
+    pub fn stripe_settle(
+        after: &IdempotencyKey,
+        pass: u32,
+    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!("stripe-settle:{pass}:{after}"))
     }
 
     /// The debit that reserves an outbound message's cost.

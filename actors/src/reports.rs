@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::billing::disputes::DisputeStatus;
+
 /// One hour's figures (hours with none are left out).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -67,6 +69,9 @@ pub struct Attention {
     pub notices_unsent: Vec<UnsentNotice>,
     /// Messages reserved (debited, not yet handed to Twilio) for long.
     pub reservations_open: Vec<OpenReservation>,
+    /// Disputes (and inquiries) of payments not closed yet, the one whose
+    /// evidence is due first first.
+    pub disputes_open: Vec<OpenDispute>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -101,6 +106,24 @@ pub struct OpenReservation {
     pub message_id: i64,
     pub account_id: Option<i64>,
     pub charged_micros: i64,
+    pub created_at_ms: i64,
+}
+
+/// A dispute of a payment that is not closed: an inquiry (no credit
+/// taken back yet) or a chargeback (the disputed credit taken back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OpenDispute {
+    pub dispute_id: String,
+    pub account_id: i64,
+    pub order_id: i64,
+    pub amount_micros: i64,
+    /// Stripe's status: `warning_needs_response` and `warning_under_review`
+    /// (an inquiry), `needs_response` and `under_review` (a chargeback).
+    pub status: DisputeStatus,
+    pub reason: String,
+    /// When Stripe wants the evidence by, if it said.
+    pub respond_by_ms: Option<i64>,
     pub created_at_ms: i64,
 }
 

@@ -337,6 +337,11 @@ pub fn refund_report(refund: &stripe_shared::Refund) -> RefundReport {
             .status
             .clone()
             .unwrap_or_else(|| "pending".to_string()),
+        amount_cents: Some(refund.amount),
+        payment_intent_id: refund
+            .payment_intent
+            .as_ref()
+            .map(|intent| intent.id().to_string()),
     }
 }
 

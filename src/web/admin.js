@@ -190,6 +190,10 @@ async function loadAttention() {
     + (row.error ? ": " + row.error : ""), "notices-unsent");
   fill("reserved-list", attention.reservations_open, (row) => "message " + row.message_id + " · "
     + dollars(row.charged_micros) + " since " + when(new Date(row.created_at_ms).toISOString()), "reservations-open");
+  fill("dispute-list", attention.disputes_open, (row) => (row.status.startsWith("warning_") ? "inquiry " : "dispute ")
+    + row.dispute_id + " · order " + row.order_id + " · " + dollars(row.amount_micros) + " · " + row.reason
+    + " · " + row.status.replaceAll("_", " ")
+    + (row.respond_by_ms ? " · respond by " + when(new Date(row.respond_by_ms).toISOString()) : ""), "disputes-open");
 }
 
 async function loadWaiting() {

@@ -9,11 +9,12 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use super::checkout::Billing;
+use super::disputes::DisputeReport;
 pub use super::event_log::{EventRecord, EventStatus};
 use super::gateway::{PaymentPurpose, RefundReport};
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
-use crate::account_actor::{Credit, TakeBack, TakenBack};
+use crate::account_actor::{Credit, TakeBackCause, TakenBack};
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
 use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
@@ -72,8 +73,12 @@ pub enum StripeEvent {
     },
     /// `refund.created`, `refund.updated`, `refund.failed`,
     /// `charge.refund.updated`: settles the refund request it is, if that
-    /// was left `requested`. (The credit comes off with `charge.refunded`.)
+    /// was left `requested` (or ends it failed, if Stripe says the refund
+    /// failed). (The credit comes off with `charge.refunded`; a refund
+    /// that failed gives it back.)
     RefundUpdated { refund: RefundReport },
+    /// `charge.dispute.*`: a dispute (or an inquiry) of a payment.
+    Dispute { dispute: DisputeReport },
     /// Any other type: answered and ignored.
     Other,
 }
@@ -159,7 +164,7 @@ impl Serialize for EventOutcome {
     }
 }
 
-fn cents(amount_cents: i64) -> Result<Money, BillingError> {
+pub(super) fn cents(amount_cents: i64) -> Result<Money, BillingError> {
     Money::from_cents(amount_cents).map_err(|_| BillingError::Invalid("amount out of range".into()))
 }
 
@@ -191,11 +196,24 @@ const WAKE_SWEEP_BATCH: i64 = 100;
 pub const WAKE_SWEEP_EVERY_MS: i64 = 30_000;
 
 /// The key waiting events wait on until a payment is completed.
-fn payment_intent_key(payment_intent_id: &str) -> String {
+pub(super) fn payment_intent_key(payment_intent_id: &str) -> String {
     format!("{PAYMENT_INTENT_PREFIX}{payment_intent_id}")
 }
 
 impl StripeEvent {
+    /// The PaymentIntent whose completed order an event that may wait
+    /// needs (a refund, a refund that failed, a dispute).
+    fn waits_for_payment(&self) -> Option<&str> {
+        match self {
+            StripeEvent::ChargeRefunded {
+                payment_intent_id, ..
+            } => payment_intent_id.as_deref(),
+            StripeEvent::RefundUpdated { refund } => refund.payment_intent_id.as_deref(),
+            StripeEvent::Dispute { dispute } => dispute.payment_intent_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// What applying this event may have made exist, as the keys waiting
     /// events wait on: completing a payment lets its refunds apply.
     fn unblocks(&self) -> Vec<String> {
@@ -269,17 +287,13 @@ impl Billing {
     /// (Either that completion's wake-up sees the mark, or this look sees
     /// the completion.)
     async fn look_again_at_waiting(&self, event: &StripeEvent, on: String, now_ms: i64) {
-        let StripeEvent::ChargeRefunded {
-            payment_intent_id: Some(payment_intent_id),
-            ..
-        } = event
-        else {
+        let Some(payment_intent_id) = event.waits_for_payment() else {
             return;
         };
         let order = self
             .store
             .billing()
-            .order_by_payment_intent(payment_intent_id.clone())
+            .order_by_payment_intent(payment_intent_id.to_string())
             .await;
         match order {
             Ok(Some(order)) if order.status != OrderStatus::Pending => {
@@ -683,22 +697,31 @@ impl Billing {
                 .await
             }
             StripeEvent::RefundUpdated { refund } => {
-                match self
+                // A refund that failed gives its credit back first (or
+                // waits for its order): its request is settled with it,
+                // so Stripe's retry of a waiting event settles it then.
+                let failure = self.apply_refund_failure(refund, now_ms).await?;
+                if let Some(waiting @ EventOutcome::Waiting { .. }) = failure {
+                    return Ok(waiting);
+                }
+                let settled = self
                     .settle_reported_refunds(std::slice::from_ref(refund), now_ms)
-                    .await?
-                {
-                    0 => Ok(EventOutcome::Ignored(format!(
+                    .await?;
+                match (settled, failure) {
+                    (_, Some(outcome)) => Ok(outcome),
+                    (0, None) => Ok(EventOutcome::Ignored(format!(
                         "refund {}: no refund request of this service waits for it",
                         refund.refund_id
                     ))),
                     // Settled only a request its metadata names, so both
                     // are there; said as Stripe sent them all the same.
-                    _ => Ok(EventOutcome::Applied(format!(
+                    (_, None) => Ok(EventOutcome::Applied(format!(
                         "refund request {:?} of order {:?} settled: refund {} {}",
                         refund.number, refund.order_id, refund.refund_id, refund.status
                     ))),
                 }
             }
+            StripeEvent::Dispute { dispute } => self.apply_dispute(dispute, now_ms).await,
             StripeEvent::PaymentMethodDetached { payment_method_id } => {
                 match self.forget_card(payment_method_id, now_ms).await? {
                     Some(account_id) => Ok(EventOutcome::Applied(format!(
@@ -823,9 +846,10 @@ impl Billing {
             }
         };
         let cumulative = cents(amount_refunded_cents)?;
-        // The figure is raised with the row that takes the credit back, so
-        // an event it covers has nothing left to take.
-        if cumulative <= order.amount_refunded {
+        // The figure only rises: an event below it is an older one, which
+        // the later one's row covers. (One equal to it is this event again,
+        // or its retry after a failure between the figure and the row.)
+        if cumulative < order.amount_refunded {
             return Ok(EventOutcome::Applied("no newly refunded amount".into()));
         }
         let Some(credited) = self.credited_by(&order).await? else {
@@ -837,44 +861,45 @@ impl Billing {
         let (order_id, account_id) = (order.id, order.account_id);
         let idempotency_key = IdempotencyKey::stripe_refund(charge_id, amount_refunded_cents)
             .map_err(|_| BillingError::invalid_id("charge", charge_id))?;
+        // The figure is recorded before the credit is settled, as every
+        // claim on an order's credit is: a dispute or a failed refund of the
+        // order settled at the same moment on another instance counts it
+        // (the row raises it again, in its own transaction).
+        self.store
+            .billing()
+            .record_refunded(order_id, cumulative)
+            .await?;
         // The account's actor decides how much comes off, from the ledger,
         // and records it with the order's figure in one transaction.
         let taken = self
-            .registry
-            .send(
-                account_id,
-                TakeBack {
-                    order: order.clone(),
+            .settle_credit(
+                &order,
+                credited,
+                idempotency_key,
+                format!("refund of order {order_id}"),
+                TakeBackCause::Refund {
                     refunded: cumulative,
-                    credited,
-                    idempotency_key,
-                    description: format!("refund of order {order_id}"),
+                    refunded_before: order.amount_refunded,
                 },
             )
             .await?;
         if let TakenBack::Nothing { refunded_before } = taken {
-            // Nothing to take back, so no row to carry the event or the
-            // figure: the event first (once per charge and total), then the
-            // figure, which only ever rises; a retry after a failure
-            // between them finds nothing to take either, and does both.
-            // A total below one already recorded (its event raced a later
-            // one, which went first) is old news: no event says a total
-            // went down.
-            let newly_refunded = cumulative
-                .checked_sub(refunded_before)
-                .ok()
-                .filter(|refunded| refunded.is_positive());
-            if let Some(refunded) = newly_refunded {
+            // Nothing to take back, so no row to carry the event: an event
+            // of its own, once per charge and total. A total below one the
+            // order already records (its event raced a later one, which
+            // went first) is old news: no event says a total went down.
+            if cumulative >= refunded_before {
+                let refunded = cumulative
+                    .checked_sub(order.amount_refunded)
+                    .ok()
+                    .filter(|refunded| refunded.is_positive())
+                    .unwrap_or(Money::ZERO);
                 let event = payment_refunded(&order, refunded, cumulative, Money::ZERO);
                 let dedupe_key = format!("payment.refunded:{charge_id}:{amount_refunded_cents}");
                 let event = event.standalone(account_id, dedupe_key, now_ms)?;
                 if self.store.webhooks().record_event(event).await? {
                     self.store.webhooks_ready().notify_one();
                 }
-                self.store
-                    .billing()
-                    .record_refunded(order_id, cumulative)
-                    .await?;
             }
         }
         Ok(EventOutcome::Applied(format!(
@@ -894,7 +919,7 @@ impl Billing {
     /// nothing. (An access sold with nothing included and refunded after
     /// the operator included some waits, and expires after 3 days: nothing
     /// taken back, as nothing was credited.)
-    async fn credited_by(&self, order: &Order) -> Result<Option<Money>, BillingError> {
+    pub(super) async fn credited_by(&self, order: &Order) -> Result<Option<Money>, BillingError> {
         match order.order_type {
             OrderType::TopUp | OrderType::AutoTopUp => {
                 let ledger = self.store.ledger();

@@ -166,6 +166,13 @@ pub struct RefundReport {
     /// Stripe's status: `pending`, `requires_action`, `succeeded`,
     /// `failed` or `canceled`.
     pub status: String,
+    /// What was refunded, in cents (what comes back if it failed).
+    #[serde(default)]
+    pub amount_cents: Option<i64>,
+    /// The refunded PaymentIntent, which finds the order of a refund made
+    /// elsewhere.
+    #[serde(default)]
+    pub payment_intent_id: Option<String>,
 }
 
 impl RefundReport {

@@ -5,7 +5,9 @@
 pub mod auto_charge;
 pub mod auto_top_up;
 pub mod checkout;
+pub mod claims;
 pub mod discounts;
+pub mod disputes;
 pub mod event_log;
 pub mod events;
 pub mod gateway;

@@ -24,10 +24,13 @@ pub enum RefundStatus {
     /// the same key is safe for 23 hours; after that Stripe is asked what
     /// became of it instead). Stripe's refund events settle it too.
     Requested,
-    /// Stripe made the refund; its event takes the credit back.
+    /// Stripe made the refund (it may still be `pending` at Stripe); its
+    /// event takes the credit back.
     Succeeded,
-    /// Stripe refused it, reports it failed or canceled, or, asked after
-    /// its key could have expired, had no refund for it: nothing refunded.
+    /// Stripe refused it, reports it failed or canceled (also after it was
+    /// recorded `succeeded`: the credit taken back for it comes back), or,
+    /// asked after its key could have expired, had no refund for it:
+    /// nothing refunded.
     Failed,
 }
 
@@ -295,11 +298,12 @@ impl Billing {
         }
     }
 
-    /// Settles the `requested` refund requests that Stripe's refunds, as an
-    /// event reports them, say are made (or failed): a request left
-    /// requested (Stripe did not answer) moves on when its refund's event
-    /// arrives. Refunds made elsewhere are skipped. Answers how many it
-    /// settled.
+    /// Settles the refund requests that Stripe's refunds, as an event
+    /// reports them, say are made or failed: a request left `requested`
+    /// (Stripe did not answer) moves on when its refund's event arrives,
+    /// and one recorded `succeeded` (Stripe took it, pending perhaps) ends
+    /// `failed` when Stripe says its refund failed or was canceled. Refunds
+    /// made elsewhere are skipped. Answers how many it settled.
     pub(super) async fn settle_reported_refunds(
         &self,
         reports: &[RefundReport],
@@ -311,25 +315,34 @@ impl Billing {
                 continue;
             };
             let requests = self.store.billing().refunds_of(order_id).await?;
-            let Some(request) = requests
-                .into_iter()
-                .find(|request| request.n == n && request.status == RefundStatus::Requested)
-            else {
+            let Some(request) = requests.into_iter().find(|request| request.n == n) else {
                 continue;
             };
-            let outcome = if report.made() {
-                Ok(report.refund_id.clone())
-            } else {
-                Err(format!(
-                    "Stripe reports refund {} {}",
-                    report.refund_id, report.status
-                ))
+            let failure = format!(
+                "Stripe reports refund {} {}",
+                report.refund_id, report.status
+            );
+            let refund = match (request.status, report.made()) {
+                (RefundStatus::Requested, true) => {
+                    self.store
+                        .billing()
+                        .refund_settled(request.id, Ok(report.refund_id.clone()), now_ms)
+                        .await?
+                }
+                (RefundStatus::Requested | RefundStatus::Succeeded, false) => {
+                    self.store
+                        .billing()
+                        .refund_failed_later(request.id, report.refund_id.clone(), failure, now_ms)
+                        .await?
+                }
+                _ => continue,
             };
-            self.store
-                .billing()
-                .refund_settled(request.id, outcome, now_ms)
-                .await?;
-            tracing::info!(order_id, n, refund_id = %report.refund_id, "a refund request was settled by Stripe's event");
+            if refund.status == request.status {
+                // Another refund than the one recorded for it: not this
+                // request's to settle.
+                continue;
+            }
+            tracing::info!(order_id, n, refund_id = %report.refund_id, status = refund.status.as_str(), "a refund request was settled by Stripe's event");
             settled += 1;
         }
         Ok(settled)

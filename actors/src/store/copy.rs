@@ -181,6 +181,37 @@ pub const TABLES: &[Table] = &[
         seeded: false,
     },
     Table {
+        name: "disputes",
+        columns: &[
+            ("dispute_id", T),
+            ("order_id", I),
+            ("account_id", I),
+            ("charge_id", T),
+            ("amount", I),
+            ("reason", T),
+            ("status", T),
+            ("funds", T),
+            ("respond_by", I),
+            ("created_at", I),
+            ("updated_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "failed_refunds",
+        columns: &[
+            ("refund_id", T),
+            ("order_id", I),
+            ("amount", I),
+            ("failed_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
         name: "account_tokens",
         columns: &[
             ("id", I),

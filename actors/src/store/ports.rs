@@ -16,6 +16,7 @@ use crate::billing::auto_top_up::{
     AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
 };
 use crate::billing::discounts::{Discount, DiscountCode};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
 use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
@@ -270,6 +271,27 @@ pub trait BillingStore: Send + Sync {
     fn refunds_of(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>>;
     /// Records the cumulative refunded amount (only ever upwards).
     fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()>;
+    /// Stripe reports the refund of a refund request failed (or canceled)
+    /// after it was made: the request, if it is still `requested`, or
+    /// `succeeded` with this refund (or with none recorded), becomes
+    /// `failed` with `error`. Answers the request as it stands.
+    fn refund_failed_later(
+        &self,
+        request_id: i64,
+        stripe_refund_id: String,
+        error: String,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest>;
+    /// Records a refund Stripe reports failed, once per refund; `false`
+    /// when it was recorded before.
+    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool>;
+    /// Records a dispute, or moves a known one forward (its funds only
+    /// forward, its status never from closed back to open nor from a
+    /// chargeback back to an inquiry); answers it as it stands.
+    fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord>;
+    /// What an order's refunds and disputes claim of its credit, read in
+    /// one statement; `None` if there is no such order.
+    fn claims(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>>;
     fn order(&self, order_id: i64) -> StoreFuture<Option<Order>>;
     fn order_by_session(&self, session_id: String) -> StoreFuture<Option<Order>>;
     fn order_by_payment_intent(&self, payment_intent_id: String) -> StoreFuture<Option<Order>>;
@@ -648,8 +670,9 @@ pub trait ReportStore: Send + Sync {
     /// against the carrier's price.
     fn margins(&self, since_ms: i64) -> StoreFuture<Vec<CountryMargin>>;
     /// What needs the operator's attention: balances below `threshold`,
-    /// auto top-ups off with a reason, notices not sent, and messages
-    /// reserved before `reserved_before_ms`; each list at most `limit`.
+    /// auto top-ups off with a reason, notices not sent, messages
+    /// reserved before `reserved_before_ms`, and disputes still open;
+    /// each list at most `limit`.
     fn attention(
         &self,
         threshold: Money,

@@ -6,6 +6,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::accounts::Card;
+use crate::billing::disputes::DisputeRecord;
 use crate::billing::orders::Order;
 use crate::clock::format_rfc3339_ms;
 use crate::ledger::{AccountId, LedgerEntry};
@@ -23,6 +24,11 @@ pub enum EventType {
     BalanceReplenished,
     PaymentSucceeded,
     PaymentRefunded,
+    /// A payment was disputed (a chargeback): its credit is taken back.
+    PaymentDisputed,
+    /// A disputed payment's dispute is over: won (the credit given back),
+    /// lost (it stays taken), or ended without a chargeback.
+    PaymentDisputeClosed,
     PaymentFailed,
     AutoTopUpFailed,
     AutoTopUpDisabled,
@@ -35,12 +41,14 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 11] = [
+    pub const ALL: [EventType; 13] = [
         EventType::BalanceLow,
         EventType::BalanceDepleted,
         EventType::BalanceReplenished,
         EventType::PaymentSucceeded,
         EventType::PaymentRefunded,
+        EventType::PaymentDisputed,
+        EventType::PaymentDisputeClosed,
         EventType::PaymentFailed,
         EventType::AutoTopUpFailed,
         EventType::AutoTopUpDisabled,
@@ -56,6 +64,8 @@ impl EventType {
             EventType::BalanceReplenished => "balance.replenished",
             EventType::PaymentSucceeded => "payment.succeeded",
             EventType::PaymentRefunded => "payment.refunded",
+            EventType::PaymentDisputed => "payment.disputed",
+            EventType::PaymentDisputeClosed => "payment.dispute_closed",
             EventType::PaymentFailed => "payment.failed",
             EventType::AutoTopUpFailed => "auto_top_up.failed",
             EventType::AutoTopUpDisabled => "auto_top_up.disabled",
@@ -221,6 +231,82 @@ pub fn payment_refunded(
             ),
         ]),
     }
+}
+
+/// What a dispute's events say of it, and of the ledger row its funds
+/// moved (if one did).
+fn dispute_data(
+    order: &Order,
+    dispute: &DisputeRecord,
+    row: Option<&LedgerEntry>,
+    (credit_field, credit): (&str, Money),
+) -> Map<String, Value> {
+    let mut data = data([
+        ("order_id", json!(order.id)),
+        ("order_type", json!(order.order_type.as_str())),
+        ("dispute_id", json!(dispute.dispute_id)),
+        ("amount_micros", json!(dispute.amount.micros())),
+        ("reason", json!(dispute.reason)),
+        ("status", json!(dispute.status.as_str())),
+        (credit_field, json!(credit.max(Money::ZERO).micros())),
+    ]);
+    if let Some(row) = row {
+        data.insert("seq".into(), json!(row.seq));
+        data.insert("balance_micros".into(), json!(row.balance_after.micros()));
+    }
+    data
+}
+
+/// `payment.disputed`: a chargeback of an order's payment, with the credit
+/// it took back (`row`, the dispute's row, if it took any); once per
+/// dispute.
+pub fn payment_disputed(
+    order: &Order,
+    dispute: &DisputeRecord,
+    row: Option<&LedgerEntry>,
+    now_ms: i64,
+) -> Result<NewEvent, StoreError> {
+    NewEvent::new(
+        EventType::PaymentDisputed,
+        Some(order.account_id),
+        format!("payment.disputed:{}", dispute.dispute_id),
+        dispute_data(
+            order,
+            dispute,
+            row,
+            (
+                "credit_taken_back_micros",
+                row.map_or(Money::ZERO, |row| -row.amount),
+            ),
+        ),
+        now_ms,
+    )
+}
+
+/// `payment.dispute_closed`: how a dispute ended (its `status`: `won`,
+/// `lost`, `prevented`), with the credit given back (`row`, if any); once
+/// per dispute.
+pub fn payment_dispute_closed(
+    order: &Order,
+    dispute: &DisputeRecord,
+    row: Option<&LedgerEntry>,
+    now_ms: i64,
+) -> Result<NewEvent, StoreError> {
+    NewEvent::new(
+        EventType::PaymentDisputeClosed,
+        Some(order.account_id),
+        format!("payment.dispute_closed:{}", dispute.dispute_id),
+        dispute_data(
+            order,
+            dispute,
+            row,
+            (
+                "credit_given_back_micros",
+                row.map_or(Money::ZERO, |row| row.amount),
+            ),
+        ),
+        now_ms,
+    )
 }
 
 /// `payment.failed`: an order whose payment did not go through.

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use sms_credit_actors::clock::parse_rfc3339_ms;
 use sms_credit_actors::webhooks::manage::{self, Change};
-use sms_credit_actors::webhooks::{AttemptRecord, Endpoint};
+use sms_credit_actors::webhooks::{AttemptRecord, Endpoint, EventType};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -22,9 +22,22 @@ pub struct NewEndpointRequest {
     #[schema(examples("https://forecasts.example.com/hooks/sms-credit"))]
     url: Option<String>,
     /// Event types, or `["*"]` (the default) for every one.
-    #[schema(examples(json!(["balance.low", "payment.succeeded"])))]
+    #[schema(schema_with = event_types, examples(json!(["balance.low", "payment.disputed"])))]
     events: Option<Vec<String>>,
     description: Option<String>,
+}
+
+/// The event types an endpoint may take: the code's own list, and `*`.
+fn event_types() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    let names = EventType::ALL.iter().map(|kind| kind.as_str()).chain(["*"]);
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(names)),
+        )
+        .build()
 }
 
 /// A change to an endpoint; what is left out stays.
@@ -32,6 +45,7 @@ pub struct NewEndpointRequest {
 #[serde(deny_unknown_fields)]
 pub struct EndpointPatch {
     url: Option<String>,
+    #[schema(schema_with = event_types)]
     events: Option<Vec<String>>,
     description: Option<String>,
     /// Enabling also forgets the failures that disabled it, and sends the

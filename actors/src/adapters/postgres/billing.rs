@@ -10,6 +10,7 @@ use super::accounts::{
 use super::{boxed, PostgresStore};
 use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
@@ -606,6 +607,45 @@ impl BillingStore for PostgresStore {
         })
     }
 
+    fn refund_failed_later(
+        &self,
+        request_id: i64,
+        stripe_refund_id: String,
+        error: String,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest> {
+        self.write(move |transaction| {
+            let (stripe_refund_id, error) = (stripe_refund_id.clone(), error.clone());
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE order_refunds SET status = 'failed',
+                                stripe_refund_id = COALESCE(stripe_refund_id, $2),
+                                error = $3, updated_at = $4
+                          WHERE id = $1
+                            AND (status = 'requested'
+                                 OR (status = 'succeeded'
+                                     AND (stripe_refund_id IS NULL OR stripe_refund_id = $2)))",
+                        &[&request_id, &stripe_refund_id, &error, &now_ms],
+                    )
+                    .await?;
+                refund_by_id(transaction, request_id).await
+            })
+        })
+    }
+
+    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool> {
+        self.record_failed_refund_op(failed)
+    }
+
+    fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord> {
+        self.record_dispute_op(update)
+    }
+
+    fn claims(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
+        self.claims_op(order_id)
+    }
+
     fn order(&self, order_id: i64) -> StoreFuture<Option<Order>> {
         self.read(move |client| async move { order_where(&*client, "id", &order_id).await })
     }
@@ -781,10 +821,14 @@ async fn open_refund(
             order.status.as_str()
         )));
     }
+    // What Stripe says is refunded, less the refunds it reported failed
+    // (their money came back), or what was asked and not failed, if more.
     let totals = transaction
         .query_one(
             "SELECT COALESCE(SUM(CASE WHEN status <> 'failed' THEN amount ELSE 0 END), 0)::BIGINT,
-                    COALESCE(MAX(n), 0)::BIGINT
+                    COALESCE(MAX(n), 0)::BIGINT,
+                    (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM failed_refunds
+                      WHERE order_id = $1)
                FROM order_refunds WHERE order_id = $1",
             &[&refund.order_id],
         )
@@ -792,7 +836,9 @@ async fn open_refund(
         .map_err(StoreError::from)?;
     let asked: i64 = totals.try_get(0).map_err(StoreError::from)?;
     let last_n: i64 = totals.try_get(1).map_err(StoreError::from)?;
-    let remaining = order.amount.micros() - order.amount_refunded.micros().max(asked);
+    let failed: i64 = totals.try_get(2).map_err(StoreError::from)?;
+    let refunded = (order.amount_refunded.micros() - failed).max(0);
+    let remaining = order.amount.micros() - refunded.max(asked);
     let amount = refund.amount.map_or(remaining, Money::micros);
     if remaining <= 0 {
         return Err(BillingError::NotRefundable(format!(

@@ -14,6 +14,7 @@ mod accounts;
 mod auto_top_up;
 mod billing;
 mod copy;
+mod disputes;
 mod events;
 mod feed_tickets;
 mod ledger;

@@ -142,6 +142,7 @@ impl ReportStore for PostgresStore {
                     created_at_ms: row.try_get(3)?,
                 });
             }
+            attention.disputes_open = super::disputes::open_disputes(&*client, limit).await?;
             Ok(attention)
         })
     }

@@ -10,6 +10,7 @@ use super::accounts::{
 use super::SqliteStore;
 use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
@@ -563,6 +564,43 @@ impl BillingStore for SqliteStore {
         self.write(move |connection| Ok(record_refunded(connection, order_id, cumulative)?))
     }
 
+    fn refund_failed_later(
+        &self,
+        request_id: i64,
+        stripe_refund_id: String,
+        error: String,
+        now_ms: i64,
+    ) -> StoreFuture<RefundRequest> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE order_refunds SET status = 'failed',
+                            stripe_refund_id = COALESCE(stripe_refund_id, ?2),
+                            error = ?3, updated_at = ?4
+                      WHERE id = ?1
+                        AND (status = 'requested'
+                             OR (status = 'succeeded'
+                                 AND (stripe_refund_id IS NULL OR stripe_refund_id = ?2)))",
+                )?
+                .execute(params![request_id, stripe_refund_id, error, now_ms])?;
+            refund_where(connection, "id = ?1", [request_id])?.ok_or_else(|| {
+                StoreError::Database(format!("refund request {request_id} vanished"))
+            })
+        })
+    }
+
+    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool> {
+        self.record_failed_refund_op(failed)
+    }
+
+    fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord> {
+        self.record_dispute_op(update)
+    }
+
+    fn claims(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
+        self.claims_op(order_id)
+    }
+
     fn order(&self, order_id: i64) -> StoreFuture<Option<Order>> {
         self.read(move |connection| get_order(connection, order_id))
     }
@@ -691,17 +729,23 @@ fn open_refund(connection: &Connection, refund: &OpenRefund) -> Result<Opened, B
             order.status.as_str()
         )));
     }
-    let (asked, last_n): (i64, i64) = connection
+    // What Stripe says is refunded, less the refunds it reported failed
+    // (their money came back), or what was asked and not failed, if more.
+    let (asked, last_n, failed): (i64, i64, i64) = connection
         .prepare_cached(
             "SELECT COALESCE(SUM(CASE WHEN status <> 'failed' THEN amount ELSE 0 END), 0),
-                    COALESCE(MAX(n), 0)
+                    COALESCE(MAX(n), 0),
+                    (SELECT COALESCE(SUM(amount), 0) FROM failed_refunds WHERE order_id = ?1)
                FROM order_refunds WHERE order_id = ?1",
         )
         .and_then(|mut statement| {
-            statement.query_row([refund.order_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            statement.query_row([refund.order_id], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+            })
         })
         .map_err(StoreError::from)?;
-    let remaining = order.amount.micros() - order.amount_refunded.micros().max(asked);
+    let refunded = (order.amount_refunded.micros() - failed).max(0);
+    let remaining = order.amount.micros() - refunded.max(asked);
     let amount = refund.amount.map_or(remaining, Money::micros);
     if remaining <= 0 {
         return Err(BillingError::NotRefundable(format!(

@@ -142,6 +142,7 @@ impl ReportStore for SqliteStore {
                 auto_top_ups_off,
                 notices_unsent,
                 reservations_open,
+                disputes_open: super::disputes::open_disputes(connection, limit)?,
             })
         })
     }

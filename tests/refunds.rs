@@ -947,6 +947,22 @@ async fn a_refund_left_requested_is_settled_by_the_event_that_reports_it() {
     assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
     fake.set_refund_answer_lost(false);
     let second = fake.refunds_of(&intent)[1].clone();
+    // A refund that names the request in its metadata but is not of its
+    // payment, or not of its amount (metadata anyone with access to the
+    // Stripe account can write), settles nothing.
+    let mut elsewhere = second.clone();
+    elsewhere["id"] = json!("re_elsewhere");
+    elsewhere["payment_intent"] = json!("pi_someone_else");
+    let mut other_amount = second.clone();
+    other_amount["id"] = json!("re_other_amount");
+    other_amount["amount"] = json!(5_000);
+    for impostor in [elsewhere, other_amount] {
+        let event = events.refund_event("refund.updated", impostor);
+        let (status, answer) = app.deliver(&event).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let recorded = refunds_of(&app, order).await;
+        assert_eq!(recorded[1]["status"], "requested", "{recorded:?}");
+    }
     let updated = events.refund_event("refund.updated", second.clone());
     let (status, answer) = app.deliver(&updated).await;
     assert_eq!(status, StatusCode::OK, "{answer}");

@@ -176,6 +176,24 @@ pub struct RefundReport {
 }
 
 impl RefundReport {
+    /// Whether this is the refund a request of ours asked for: its
+    /// metadata names the request, and the payment and the amount are the
+    /// request's too (metadata alone can be written by anyone with access
+    /// to the Stripe account, on any refund).
+    pub fn is_for(
+        &self,
+        request: &crate::billing::refunds::RefundRequest,
+        payment_intent_id: &str,
+    ) -> bool {
+        self.order_id == Some(request.order_id)
+            && self.number == Some(request.n)
+            && self.payment_intent_id.as_deref() == Some(payment_intent_id)
+            && self
+                .amount_cents
+                .and_then(|cents| Money::from_cents(cents).ok())
+                == Some(request.amount)
+    }
+
     /// Whether Stripe made the refund (it may still be on its way):
     /// anything but failed or canceled.
     pub fn made(&self) -> bool {

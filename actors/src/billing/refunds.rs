@@ -240,18 +240,18 @@ impl Billing {
         now_ms: i64,
     ) -> Result<Refunded, BillingError> {
         let (order_id, n) = (request.order_id, request.n);
-        let listed =
-            self.gateway
-                .refunds_of(payment_intent_id)
-                .await
-                .map_err(|error| match error {
-                    GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
-                        BillingError::Gateway(message)
-                    }
-                })?;
+        let listed = self
+            .gateway
+            .refunds_of(payment_intent_id.clone())
+            .await
+            .map_err(|error| match error {
+                GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
+                    BillingError::Gateway(message)
+                }
+            })?;
         let found = listed
             .into_iter()
-            .find(|report| report.order_id == Some(order_id) && report.number == Some(n));
+            .find(|report| report.is_for(&request, &payment_intent_id));
         // A resend made just before the 23 hours may still be on its way
         // (a request waits up to Stripe's timeout): until it surely ended,
         // a refund Stripe does not list is not one never made.
@@ -318,6 +318,13 @@ impl Billing {
             let Some(request) = requests.into_iter().find(|request| request.n == n) else {
                 continue;
             };
+            let order = self.store.billing().order(order_id).await?;
+            let payment_intent_id = order.and_then(|order| order.stripe_payment_intent_id);
+            if !payment_intent_id.is_some_and(|intent| report.is_for(&request, &intent)) {
+                tracing::warn!(order_id, n, refund_id = %report.refund_id,
+                    "a refund names a request of ours but is not its payment or amount: not settled by it");
+                continue;
+            }
             let failure = format!(
                 "Stripe reports refund {} {}",
                 report.refund_id, report.status

@@ -33,6 +33,7 @@ mod outage;
 mod quick_start;
 mod quote;
 mod refunds;
+mod reservations;
 mod restart;
 mod second_writer;
 mod segment_properties;

@@ -57,6 +57,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V12__worker_leases",
         include_str!("../../../../migrations/postgres/V12__worker_leases.sql"),
     ),
+    (
+        "V14__stale_reservations",
+        include_str!("../../../../migrations/postgres/V14__stale_reservations.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

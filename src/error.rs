@@ -212,6 +212,7 @@ impl ApiError {
                 MessagingError::InvalidKey(_) => "invalid_idempotency_key",
                 MessagingError::InProgress => "in_progress",
                 MessagingError::NotSent(_) => "twilio_error",
+                MessagingError::OutcomeUnknown(_) => "send_outcome_unknown",
             },
             ApiError::Sms(SmsError::Busy) => "busy",
             ApiError::Sms(_) => "not_applied",
@@ -255,6 +256,9 @@ impl ApiError {
             }
             ApiError::SignIn(SignInError::Store(_)) => {
                 "the store is unavailable; nothing was changed".to_string()
+            }
+            ApiError::Messaging(MessagingError::OutcomeUnknown(_)) => {
+                "Twilio may have taken the message but did not say so: whether it was sent is not known yet. It is charged until settled (within about ten minutes): sent, it stays charged; not sent, its cost is given back. Send the same idempotency key again to learn which (409 in_progress until then); never a new key, which would send it again".to_string()
             }
             ApiError::Messaging(MessagingError::NotSent(_)) => {
                 "the carrier did not take the message, and its cost was given back; the X-Request-Id header names it in the server's log".to_string()
@@ -348,6 +352,9 @@ impl ResponseError for ApiError {
                 | MessagingError::InvalidKey(_) => StatusCode::BAD_REQUEST,
                 MessagingError::InProgress => StatusCode::CONFLICT,
                 MessagingError::NotSent(_) => StatusCode::BAD_GATEWAY,
+                // Twilio did not answer in time (or its answer could not be
+                // recorded): whether the message went is settled later.
+                MessagingError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
             },
             ApiError::SignIn(error) => match error {
                 SignInError::InvalidCode => StatusCode::UNAUTHORIZED,

@@ -10,6 +10,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer, ResponseError};
 use sms_credit_actors::billing::checkout::{Billing, BillingSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
+use sms_credit_actors::messaging::reservations::SweepReport;
 use sms_credit_actors::messaging::{Messaging, MessagingSettings};
 use sms_credit_actors::supervisor::{
     SmsContext, SmsSupervisor, StripeSupervisor, SweepWaitingEvents,
@@ -192,42 +193,65 @@ fn start_messaging_jobs(messaging: Messaging, clock: Arc<dyn Clock>) {
     });
 }
 
-/// Keeps this instance's heartbeat fresh, and resolves what instances that
-/// stopped beating left half-done (reservations of messages being sent),
-/// at start and then now and then.
+/// Keeps this instance's heartbeat fresh, and resolves the reservations of
+/// messages left open (by instances that stopped beating, or by sends of
+/// live ones never resolved), at start and then now and then.
 fn start_instance_jobs(
     store: Store,
     messaging: Option<Messaging>,
     clock: Arc<dyn Clock>,
     timeout: std::time::Duration,
 ) {
-    let timeout_ms = sms_credit_actors::clock::millis(timeout);
+    let heartbeat_clock = Arc::clone(&clock);
     actix_rt::spawn(async move {
         let mut ticks = actix_rt::time::interval(timeout / 4);
-        let mut round: u64 = 0;
         loop {
             ticks.tick().await;
-            let now_ms = clock.now_ms();
+            let now_ms = heartbeat_clock.now_ms();
             let instance_id = store.instance_id().to_string();
             if let Err(error) = store.instances().heartbeat(instance_id, now_ms).await {
                 tracing::warn!(%error, "could not record this instance's heartbeat");
             }
-            // At start, then every other tick (half the timeout).
-            if let (Some(messaging), true) = (&messaging, round.is_multiple_of(2)) {
-                match messaging.recover_unresolved(now_ms - timeout_ms).await {
-                    Ok(0) => {}
-                    Ok(count) => {
-                        tracing::warn!(
-                            count,
-                            "resolved messages left reserved by a stopped instance"
-                        )
-                    }
-                    Err(error) => {
-                        tracing::error!(%error, "could not resolve messages left reserved")
-                    }
+        }
+    });
+    if let Some(messaging) = messaging {
+        start_reservation_sweep(messaging, clock, timeout);
+    }
+}
+
+/// At start, then every half of the instance timeout: the reservations of
+/// instances that stopped beating, and those of live instances whose send
+/// was never resolved, asking Twilio. A task of its own: Twilio's slowness
+/// never delays the heartbeat (a late heartbeat would make this instance's
+/// sends in flight look abandoned to the others).
+fn start_reservation_sweep(
+    messaging: Messaging,
+    clock: Arc<dyn Clock>,
+    timeout: std::time::Duration,
+) {
+    let timeout_ms = sms_credit_actors::clock::millis(timeout);
+    actix_rt::spawn(async move {
+        let mut ticks = actix_rt::time::interval(timeout / 2);
+        loop {
+            ticks.tick().await;
+            let now_ms = clock.now_ms();
+            match messaging
+                .resolve_reservations(now_ms, now_ms - timeout_ms)
+                .await
+            {
+                Ok(report) if report == SweepReport::default() => {}
+                Ok(report) => {
+                    tracing::warn!(
+                        sent = report.sent,
+                        given_back = report.given_back,
+                        left = report.left,
+                        "resolved open reservations of messages, asking Twilio"
+                    )
+                }
+                Err(error) => {
+                    tracing::error!(%error, "could not resolve open reservations of messages")
                 }
             }
-            round += 1;
         }
     });
 }

@@ -1,6 +1,9 @@
 //! A small fake of Twilio's Messages API on a free loopback port: it checks
 //! basic auth, records every message, answers like Twilio (a queued message
-//! resource, `price` null until told otherwise), and fails on demand.
+//! resource, `price` null until told otherwise), lists the messages it
+//! took (filtered by `To` and `From`, newest first, in pages), and fails on
+//! demand: refusing, failing, or losing its answer with or without taking
+//! the message.
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -9,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use base64::Engine;
 use serde_json::json;
+use sms_credit_actors::clock::{Clock, SystemClock};
 
 pub const ACCOUNT_SID: &str = "ACfa4e0000000000000000000000000000";
 pub const AUTH_TOKEN: &str = "twilio-auth-token";
@@ -20,6 +24,11 @@ pub enum SendMode {
     /// 400 with Twilio's error body (for example an unreachable number).
     Refuse,
     ServerError,
+    /// Takes the message (it is recorded and listed), then drops the
+    /// connection before answering: the sender cannot know it was taken.
+    TakeThenDrop,
+    /// Drops the connection without taking the message.
+    DropUntaken,
 }
 
 #[derive(Clone, Debug)]
@@ -29,6 +38,8 @@ pub struct SentSms {
     pub from: String,
     pub body: String,
     pub status_callback: Option<String>,
+    /// When it was taken, by the fake's clock.
+    pub created_at_ms: i64,
 }
 
 struct State {
@@ -37,6 +48,15 @@ struct State {
     held: Option<String>,
     /// Messages waiting at the gate now.
     waiting: usize,
+    /// Held messages are taken (recorded) before they wait, not after.
+    take_before_hold: bool,
+    /// The list of messages answers 500.
+    lists_fail: bool,
+    /// Lists asked for so far.
+    lists: usize,
+    /// What "now" is for the messages taken (the app's clock in tests that
+    /// move it).
+    clock: Arc<dyn Clock>,
     /// Messages whose body contains this are refused as an unreachable
     /// number is, whatever the mode.
     refused: Option<String>,
@@ -58,6 +78,10 @@ impl FakeTwilio {
             mode: SendMode::Accept,
             held: None,
             waiting: 0,
+            take_before_hold: false,
+            lists_fail: false,
+            lists: 0,
+            clock: Arc::new(SystemClock),
             refused: None,
             sent: Vec::new(),
             prices: HashMap::new(),
@@ -72,9 +96,10 @@ impl FakeTwilio {
             App::new()
                 .app_data(shared.clone())
                 .app_data(shared_gate.clone())
-                .route(
-                    "/2010-04-01/Accounts/{account}/Messages.json",
-                    web::post().to(create_message),
+                .service(
+                    web::resource("/2010-04-01/Accounts/{account}/Messages.json")
+                        .route(web::post().to(create_message))
+                        .route(web::get().to(list_messages)),
                 )
                 .route(
                     "/2010-04-01/Accounts/{account}/Messages/{sid}.json",
@@ -97,6 +122,29 @@ impl FakeTwilio {
     /// after [`FakeTwilio::release`] (they are not recorded before).
     pub fn hold(&self, text: &str) {
         self.state.lock().unwrap().held = Some(text.to_string());
+    }
+
+    /// As [`FakeTwilio::hold`], but the messages are taken (recorded, and
+    /// listed) at once: only Twilio's answer waits.
+    pub fn hold_taken(&self, text: &str) {
+        let mut state = self.state.lock().unwrap();
+        state.held = Some(text.to_string());
+        state.take_before_hold = true;
+    }
+
+    /// Whether the list of messages answers 500 from now on.
+    pub fn fail_lists(&self, failing: bool) {
+        self.state.lock().unwrap().lists_fail = failing;
+    }
+
+    /// How many times the list of messages was asked for.
+    pub fn lists_asked(&self) -> usize {
+        self.state.lock().unwrap().lists
+    }
+
+    /// Stamps the messages it takes by `clock` (the app's, when a test moves it).
+    pub fn use_clock(&self, clock: Arc<dyn Clock>) {
+        self.state.lock().unwrap().clock = clock;
     }
 
     /// Lets held messages (and any later ones) through.
@@ -200,13 +248,18 @@ async fn create_message(
             .json(json!({"code": 20003, "message": "Authenticate", "status": 401}));
     }
     let body = form.get("Body").cloned().unwrap_or_default();
-    let held = {
+    let (held, take_first) = {
         let state = state.lock().unwrap();
-        state
+        let held = state
             .held
             .as_ref()
-            .is_some_and(|text| body.contains(text.as_str()))
+            .is_some_and(|text| body.contains(text.as_str()));
+        (held, held && state.take_before_hold)
     };
+    let mut taken = None;
+    if take_first {
+        taken = Some(take(&mut state.lock().unwrap(), &form));
+    }
     if held {
         state.lock().unwrap().waiting += 1;
         // One permit lets one message through.
@@ -218,31 +271,150 @@ async fn create_message(
         .refused
         .as_ref()
         .is_some_and(|text| body.contains(text.as_str()));
-    match if refused {
+    let mode = if refused && taken.is_none() {
         SendMode::Refuse
     } else {
         state.mode
-    } {
-        SendMode::Refuse => return HttpResponse::BadRequest().json(json!({
+    };
+    match mode {
+        SendMode::Refuse if taken.is_none() => return HttpResponse::BadRequest().json(json!({
             "code": 21211, "message": "The 'To' number is not a valid phone number.", "status": 400
         })),
-        SendMode::ServerError => return HttpResponse::InternalServerError().finish(),
-        SendMode::Accept => {}
+        SendMode::ServerError if taken.is_none() => {
+            return HttpResponse::InternalServerError().finish()
+        }
+        SendMode::DropUntaken if taken.is_none() => return dropped_connection(),
+        _ => {}
     }
-    let sid = format!("SMfake{:026}", state.next_id);
-    state.next_id += 1;
-    let message = SentSms {
-        sid: sid.clone(),
-        to: form.get("To").cloned().unwrap_or_default(),
-        from: form.get("From").cloned().unwrap_or_default(),
-        body: form.get("Body").cloned().unwrap_or_default(),
-        status_callback: form.get("StatusCallback").cloned(),
+    let message = match taken {
+        Some(message) => message,
+        None => take(&mut state, &form),
     };
-    state.sent.push(message.clone());
+    if mode == SendMode::TakeThenDrop {
+        return dropped_connection();
+    }
+    let sid = message.sid.clone();
     HttpResponse::Created().json(json!({
         "account_sid": ACCOUNT_SID, "sid": sid, "to": message.to, "from": message.from, "body": message.body,
         "status": "queued", "num_segments": "1", "price": null, "price_unit": "USD", "direction": "outbound-api",
         "uri": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{sid}.json")
+    }))
+}
+
+/// Records a message as taken, with the next sid.
+fn take(state: &mut State, form: &HashMap<String, String>) -> SentSms {
+    let sid = format!("SMfake{:026}", state.next_id);
+    state.next_id += 1;
+    let message = SentSms {
+        sid,
+        to: form.get("To").cloned().unwrap_or_default(),
+        from: form.get("From").cloned().unwrap_or_default(),
+        body: form.get("Body").cloned().unwrap_or_default(),
+        status_callback: form.get("StatusCallback").cloned(),
+        created_at_ms: state.clock.now_ms(),
+    };
+    state.sent.push(message.clone());
+    message
+}
+
+/// An answer whose body fails as it is sent: the server drops the
+/// connection, and the client gets no answer it can read.
+fn dropped_connection() -> HttpResponse {
+    let failing = futures_util::stream::once(async {
+        Err::<actix_web::web::Bytes, _>(std::io::Error::other("the connection was dropped"))
+    });
+    HttpResponse::Created()
+        .content_type("application/json")
+        .streaming(failing)
+}
+
+/// Twilio's date format (RFC 2822, always `+0000`).
+fn twilio_date(unix_ms: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = unix_ms.div_euclid(sms_credit_actors::clock::DAY_MS);
+    let (year, month, day) = sms_credit_actors::clock::civil_from_days(days);
+    let seconds = unix_ms.rem_euclid(sms_credit_actors::clock::DAY_MS) / 1_000;
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} +0000",
+        DAYS[days.rem_euclid(7) as usize],
+        MONTHS[(month - 1) as usize],
+        seconds / 3_600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}
+
+/// `GET …/Messages.json`: the messages taken, filtered by `To` and `From`,
+/// newest first, `PageSize` a page, with Twilio's `next_page_uri`.
+async fn list_messages(
+    state: web::Data<Mutex<State>>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<HashMap<String, String>>,
+) -> HttpResponse {
+    if !authorized(&request, &path) {
+        return HttpResponse::Unauthorized()
+            .json(json!({"code": 20003, "message": "Authenticate", "status": 401}));
+    }
+    let mut state = state.lock().unwrap();
+    state.lists += 1;
+    if state.lists_fail {
+        return HttpResponse::InternalServerError().finish();
+    }
+    let wanted = |key: &str, value: &str| query.get(key).is_none_or(|wanted| wanted == value);
+    let mut listed: Vec<&SentSms> = state
+        .sent
+        .iter()
+        .filter(|message| wanted("To", &message.to) && wanted("From", &message.from))
+        .collect();
+    listed.sort_by(|one, other| {
+        (other.created_at_ms, &other.sid).cmp(&(one.created_at_ms, &one.sid))
+    });
+    let page_size: usize = query
+        .get("PageSize")
+        .map_or(50, |size| size.parse().unwrap());
+    let page: usize = query.get("Page").map_or(0, |page| page.parse().unwrap());
+    let messages: Vec<_> = listed
+        .iter()
+        .skip(page * page_size)
+        .take(page_size)
+        .map(|message| {
+            json!({
+                "account_sid": ACCOUNT_SID, "sid": message.sid, "to": message.to, "from": message.from,
+                "body": message.body, "status": "delivered", "direction": "outbound-api",
+                "num_segments": "1", "price": state.prices.get(&message.sid), "price_unit": "USD",
+                "date_created": twilio_date(message.created_at_ms),
+                "date_updated": twilio_date(message.created_at_ms),
+                "date_sent": twilio_date(message.created_at_ms),
+                "uri": format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages/{}.json", message.sid)
+            })
+        })
+        .collect();
+    let base = format!("/2010-04-01/Accounts/{ACCOUNT_SID}/Messages.json");
+    let page_uri = |page: usize| {
+        let mut fields: Vec<(String, String)> = query
+            .iter()
+            .filter(|(key, _)| key.as_str() != "Page")
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect();
+        fields.sort();
+        fields.push(("Page".to_string(), page.to_string()));
+        format!("{base}?{}", serde_urlencoded::to_string(&fields).unwrap())
+    };
+    let more = listed.len() > (page + 1) * page_size;
+    HttpResponse::Ok().json(json!({
+        "messages": messages,
+        "page": page,
+        "page_size": page_size,
+        "start": page * page_size,
+        "end": page * page_size + messages.len().saturating_sub(1),
+        "uri": page_uri(page),
+        "first_page_uri": page_uri(0),
+        "previous_page_uri": if page > 0 { Some(page_uri(page - 1)) } else { None },
+        "next_page_uri": if more { Some(page_uri(page + 1)) } else { None },
     }))
 }
 

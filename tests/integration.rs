@@ -34,6 +34,7 @@ mod outage;
 mod quick_start;
 mod quote;
 mod refunds;
+mod reservations;
 mod restart;
 mod second_writer;
 mod segment_properties;

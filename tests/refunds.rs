@@ -403,7 +403,10 @@ async fn the_attention_lists_name_the_accounts_behind_the_figures() {
     let detached = events.payment_method_detached(crate::fake_stripe::SAVED_CARD);
     assert_eq!(app.deliver(&detached).await.0, StatusCode::OK);
     // A message Twilio holds stays reserved; ten minutes on it needs a look.
+    // (Twilio does not answer the sweep's question either, so the sweep
+    // leaves it reserved too.)
     twilio.hold("held");
+    twilio.fail_lists(true);
     let (client, url) = (app.client.clone(), app.url("/v1/messages"));
     let sending = actix_rt::spawn(async move {
         let _ = client

@@ -957,8 +957,9 @@ async fn a_void_that_fails_to_commit_withdraws_nothing() {
             idempotency_key: "second".into(),
         };
         messaging.send_outbound(second, START_MS).await.unwrap();
-        // The void's commit is the next one, and it fails.
-        core.store.fail_next_commits_for_testing(1);
+        // The void marks the message as being voided (one commit), then
+        // gives the cost back: that commit fails.
+        core.store.fail_commit_after_for_testing(Some(1));
         fake.release();
     };
     let (sent, ()) = futures_util::future::join(sending, meanwhile).await;

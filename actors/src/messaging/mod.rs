@@ -7,6 +7,7 @@
 pub mod notices;
 pub mod reconcile;
 pub mod records;
+pub mod reservations;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use self::records::{MessageKind, MessageRecord, MessageState, NewMessage};
+use self::records::{MessageKind, MessageRecord, MessageState, NewMessage, VoidStart};
 use crate::account_actor::{Debit, Refund};
 use crate::accounts::PhoneNumber;
 use crate::error::LedgerError;
@@ -49,12 +50,28 @@ pub struct Accepted {
     pub status: String,
 }
 
-/// The SMS provider: sending, and looking up what a message cost.
+/// A message as Twilio lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedMessage {
+    pub sid: String,
+    pub body: String,
+    pub status: String,
+    /// When Twilio created it (Unix milliseconds, to Twilio's second).
+    pub created_at_ms: i64,
+}
+
+/// The SMS provider: sending, looking up what a message cost, and what
+/// became of a send whose answer was lost.
 pub trait SmsSender: Send + Sync + 'static {
     fn send(&self, to: &str, body: &str) -> SenderFuture<'_, Accepted>;
     /// Twilio's price of a sent message, as a positive amount; `None` while
     /// Twilio does not know it yet.
     fn fetch_price(&self, sid: &str) -> SenderFuture<'_, Option<Money>>;
+    /// Every message Twilio holds that this service sent through the API
+    /// from its own number to `to`, created at or after `since_ms`, newest
+    /// first: the whole list (every page read back to `since_ms`), or an
+    /// error, never part of it.
+    fn sent_to(&self, to: &str, since_ms: i64) -> SenderFuture<'_, Vec<ListedMessage>>;
 }
 
 /// Why a message was not sent.
@@ -80,6 +97,11 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
+    /// Twilio may have taken the message (its answer was lost, or taken
+    /// and not recorded): not "not sent". The reservation is left for the
+    /// sweep, which asks Twilio; the same key then answers the outcome.
+    #[error("whether the message was sent is not known yet: {0}")]
+    OutcomeUnknown(String),
 }
 
 /// What messaging needs to know beyond the request.
@@ -157,6 +179,7 @@ impl Messaging {
         );
         message.idempotency_key = Some(request.idempotency_key.clone());
         message.instance_id = Some(self.store.instance_id().to_string());
+        message.body_sha256 = Some(reservations::body_sha256(&request.body));
         let (record, fresh) = self.store.messages().reserve_outbound(message).await?;
         if !fresh {
             return match record.state {
@@ -199,45 +222,72 @@ impl Messaging {
             }
         };
 
-        let sent = self.sender.send(&to, &request.body).await;
-        let message = match sent {
-            Ok(accepted) => {
-                let check_at =
-                    now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay));
-                let (message, early_status) = self
-                    .store
-                    .messages()
-                    .mark_sent(
-                        record.id,
-                        accepted.sid.clone(),
-                        accepted.status.clone(),
-                        check_at,
-                    )
-                    .await?;
-                if matches!(&message, Some(found) if found.state == MessageState::Voided) {
-                    // Another instance took this one for gone and gave the
-                    // cost back while Twilio took the message: the customer
-                    // was not charged for it. Rare (a heartbeat stalled for
-                    // longer than the instance timeout); worth an operator's
-                    // look, never a second debit behind the caller's back.
-                    tracing::error!(
-                        message_id = record.id,
-                        "a message was sent after another instance gave its cost back"
-                    );
-                }
-                // A warning this message's debit set off was waiting for it.
-                self.store.notices_ready().notify_one();
-                if let Some(status) = early_status {
-                    // Twilio called back before its answer was recorded.
-                    self.handle_status(&accepted.sid, &status, now_ms).await?;
-                }
-                message
+        let accepted = match self.sender.send(&to, &request.body).await {
+            Ok(accepted) => accepted,
+            Err(SenderError::Unanswered(reason)) => {
+                // Twilio may have taken it: never told "not sent", never
+                // given back here. The sweep asks Twilio and resolves it.
+                tracing::warn!(
+                    message_id = record.id,
+                    %reason,
+                    "Twilio did not answer a send; left reserved for the sweep to ask Twilio"
+                );
+                return Err(MessagingError::OutcomeUnknown(format!(
+                    "Twilio did not answer: {reason}"
+                )));
             }
             Err(error) => {
-                self.void(&record).await?;
-                return Err(MessagingError::NotSent(error.to_string()));
+                return match self.void(&record, true).await? {
+                    VoidStart::Started => Err(MessagingError::NotSent(error.to_string())),
+                    // The sweep resolved it first (it found the message
+                    // at Twilio, or gave the cost back): as it stands.
+                    VoidStart::Resolved(message) => answer_resolved(*message),
+                };
             }
         };
+        let check_at = now_ms.saturating_add(crate::clock::millis(self.settings.price_check_delay));
+        let marked = self
+            .store
+            .messages()
+            .mark_sent(
+                record.id,
+                accepted.sid.clone(),
+                accepted.status.clone(),
+                check_at,
+            )
+            .await;
+        let (message, early_status) = match marked {
+            Ok(marked) => marked,
+            Err(error) => {
+                // Twilio took it; recording that failed. It stays reserved
+                // (the debit stands) until the sweep finds it at Twilio.
+                tracing::warn!(
+                    message_id = record.id,
+                    %error,
+                    "a message Twilio took could not be marked sent; left for the sweep"
+                );
+                return Err(MessagingError::OutcomeUnknown(format!(
+                    "Twilio took the message, and recording it failed: {error}"
+                )));
+            }
+        };
+        if matches!(&message, Some(found) if found.state != MessageState::Sent) {
+            // Another instance took this one for gone and gave the cost
+            // back (or began to) while Twilio took the message: the
+            // customer was not charged for it. Rare (a send or a heartbeat
+            // stalled for longer than the sweep waits); worth an operator's
+            // look, never a second debit behind the caller's back.
+            tracing::error!(
+                message_id = record.id,
+                "a message was sent after another instance gave its cost back"
+            );
+        }
+        // A warning this message's debit set off was waiting for it.
+        self.store.notices_ready().notify_one();
+        if let Some(status) = early_status {
+            // Twilio called back before its answer was recorded.
+            self.handle_status(&accepted.sid, &status, now_ms).await?;
+        }
         Ok(SentMessage {
             message: message.unwrap_or(record),
             balance_after_micros: Some(receipt.entry.balance_after.micros()),
@@ -293,9 +343,20 @@ impl Messaging {
             ))
     }
 
-    /// Gives a reserved message's cost back, once.
-    async fn void(&self, record: &MessageRecord) -> Result<(), MessagingError> {
-        if let Some(account_id) = record.account_id {
+    /// Gives a reserved message's cost back, once: first marks it as being
+    /// voided (so that a late answer from Twilio can no longer mark it
+    /// sent), then refunds the debit if there was one (`debited`; a refund
+    /// keyed to a debit that never happened would create money), then
+    /// marks it voided. Stopped half-way, the sweep finishes it.
+    async fn void(
+        &self,
+        record: &MessageRecord,
+        debited: bool,
+    ) -> Result<VoidStart, MessagingError> {
+        if let VoidStart::Resolved(message) = self.store.messages().begin_void(record.id).await? {
+            return Ok(VoidStart::Resolved(message));
+        }
+        if let (Some(account_id), true) = (record.account_id, debited) {
             let refund = Refund {
                 amount: record.charged,
                 idempotency_key: IdempotencyKey::message_void(record.id),
@@ -308,36 +369,7 @@ impl Messaging {
         self.store.messages().mark_voided(record.id).await?;
         // A warning this message's debit set off was waiting for it.
         self.store.notices_ready().notify_one();
-        Ok(())
-    }
-
-    /// Resolves reservations a crash left open, of instances that are gone
-    /// (no heartbeat at or after `alive_since_ms`; a live instance's sends
-    /// in flight are its own): the send is not known to have happened, so
-    /// the cost is given back (the service, not the customer, carries that
-    /// doubt).
-    pub async fn recover_unresolved(&self, alive_since_ms: i64) -> Result<usize, MessagingError> {
-        let open = self.store.messages().unresolved(alive_since_ms).await?;
-        let count = open.len();
-        for record in open {
-            // Whether the debit itself committed is unknown: a refund keyed
-            // to a debit that never happened would create money, so look.
-            let debited = match record.account_id {
-                Some(account_id) => self
-                    .store
-                    .ledger()
-                    .entry_by_key(account_id, IdempotencyKey::message(record.id))
-                    .await?
-                    .is_some(),
-                None => false,
-            };
-            if debited {
-                self.void(&record).await?;
-            } else {
-                self.store.messages().mark_voided(record.id).await?;
-            }
-        }
-        Ok(count)
+        Ok(VoidStart::Started)
     }
 
     /// Sends a service message (not charged) and records its cost.
@@ -471,5 +503,21 @@ fn new_message(
         next_price_check_at: None,
         created_at_ms: now_ms,
         instance_id: None,
+        body_sha256: None,
+    }
+}
+
+/// The answer to a send whose message another flow resolved first.
+fn answer_resolved(message: MessageRecord) -> Result<SentMessage, MessagingError> {
+    match message.state {
+        MessageState::Sent => Ok(SentMessage {
+            message,
+            balance_after_micros: None,
+            replayed: true,
+        }),
+        MessageState::Voided => Err(MessagingError::NotSent(
+            "the message was not sent, and its cost was given back".into(),
+        )),
+        MessageState::Reserved => Err(MessagingError::InProgress),
     }
 }

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::store::error::{StoreCause, StoreError};
 
 /// What a message is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -115,6 +116,9 @@ pub struct NewMessage {
     pub created_at_ms: i64,
     /// The instance that reserved it (outbound messages), for crash recovery.
     pub instance_id: Option<String>,
+    /// SHA-256 (hex) of the body (outbound messages), by which the sweep of
+    /// open reservations tells the message among those Twilio lists.
+    pub body_sha256: Option<String>,
 }
 
 /// What a sent message cost: the reconciliation report's input.
@@ -129,4 +133,65 @@ pub struct SentCost {
     pub carrier_cost_per_segment: Money,
     /// What Twilio charged, once known.
     pub actual_cost: Option<Money>,
+}
+
+/// Which open reservations a sweep takes (see
+/// `MessageStore::claim_open_reservations`).
+#[derive(Clone, Debug)]
+pub struct ReservationSweep {
+    /// The sweeping instance: its lease holds while it is alive.
+    pub instance_id: String,
+    pub now_ms: i64,
+    /// Instances whose heartbeat is at or after this are alive.
+    pub alive_since_ms: i64,
+    /// A live instance's reservation made before this is taken (its own
+    /// send is long over); one made since is left to it.
+    pub stale_before_ms: i64,
+    /// Each reservation taken is not taken again before this.
+    pub lease_until_ms: i64,
+    pub limit: i64,
+}
+
+/// A reservation a sweep took, to ask Twilio about it.
+#[derive(Clone, Debug)]
+pub struct OpenReservation {
+    pub message: MessageRecord,
+    /// SHA-256 (hex) of its body; `None` for one reserved by an earlier
+    /// release, which did not keep it.
+    pub body_sha256: Option<String>,
+    /// Giving its cost back had begun: it is finished, never marked sent.
+    pub voiding: bool,
+    /// The instance that reserved it has stopped (no heartbeat since
+    /// `alive_since_ms`, or it left): no send of it is still in flight.
+    pub owner_gone: bool,
+}
+
+/// What beginning a void found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VoidStart {
+    /// The message was reserved and is now being voided: from here on it
+    /// can only be voided (a late `mark_sent` changes nothing).
+    Started,
+    /// It was resolved already (sent, or voided), as it now stands.
+    Resolved(Box<MessageRecord>),
+}
+
+/// Why a message could not be marked sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MarkSentError {
+    /// Another message holds this Twilio sid already: one Twilio message is
+    /// never the send of two.
+    #[error("Twilio's message {0} is recorded as another message's send")]
+    SidTaken(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StoreCause for MarkSentError {
+    fn store_cause(&self) -> Option<&StoreError> {
+        match self {
+            MarkSentError::Store(error) => Some(error),
+            MarkSentError::SidTaken(_) => None,
+        }
+    }
 }

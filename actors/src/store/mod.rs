@@ -244,6 +244,9 @@ pub(crate) struct Shared {
     /// Test-only: how many of the next reads fail as a lost connection's
     /// would.
     fail_next_reads: AtomicU64,
+    /// Test-only: while not 0, each read counts it down, and the one that
+    /// takes it to 0 fails (1: the next read).
+    fail_read_in: AtomicU64,
     /// Test-only: how many of the next reads of another instance's rows
     /// (for the balance feed) fail.
     fail_next_external_reads: AtomicU64,
@@ -283,6 +286,7 @@ impl Shared {
             lose_commit_answer_in: AtomicU64::new(0),
             fail_commit_in: AtomicU64::new(0),
             fail_next_reads: AtomicU64::new(0),
+            fail_read_in: AtomicU64::new(0),
             fail_next_external_reads: AtomicU64::new(0),
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
@@ -390,7 +394,13 @@ impl Shared {
     /// The failure of the next read, if the test switch says it fails
     /// (counting it).
     pub(crate) fn injected_read_failure(&self) -> Option<StoreError> {
-        take_one(&self.fail_next_reads).then(|| {
+        let counted_down =
+            self.fail_read_in
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |remaining| {
+                    remaining.checked_sub(1)
+                })
+                == Ok(1);
+        (take_one(&self.fail_next_reads) || counted_down).then(|| {
             StoreError::Database("the read failed (a test switch injected it)".to_string())
         })
     }
@@ -595,6 +605,14 @@ impl Store {
         self.shared
             .fail_next_external_reads
             .store(count, Ordering::SeqCst);
+    }
+
+    /// Test-only switch: the next `skip` reads go through and the one
+    /// after them fails as on a lost connection (`None`: none fails), so a
+    /// test can fail a read deep in a flow.
+    pub fn fail_read_after_for_testing(&self, skip: Option<u64>) {
+        let armed = skip.map_or(0, |skip| skip.saturating_add(1));
+        self.shared.fail_read_in.store(armed, Ordering::SeqCst);
     }
 
     pub fn fail_next_reads_for_testing(&self, count: u64) {

@@ -25,7 +25,10 @@ use crate::billing::BillingError;
 use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
-use crate::messaging::records::{MessageRecord, NewMessage, SentCost};
+use crate::messaging::records::{
+    MarkSentError, MessageRecord, NewMessage, OpenReservation, ReservationSweep, SentCost,
+    VoidStart,
+};
 use crate::money::Money;
 use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
@@ -497,23 +500,35 @@ pub trait MessageStore: Send + Sync {
     fn reserve_outbound(&self, message: NewMessage) -> StoreFuture<(MessageRecord, bool)>;
     /// Forgets a reservation whose debit was refused (nothing was reserved).
     fn forget_reservation(&self, message_id: i64) -> StoreFuture<()>;
-    /// Moves a reserved message to sent with Twilio's sid; answers it, and
-    /// a status Twilio reported for the sid before it was recorded.
+    /// Moves a message still reserved, and not being voided, to sent with
+    /// Twilio's sid; answers it as it then stands (sent with this sid only
+    /// if the move was made here, or before with the same sid), and a
+    /// status Twilio reported for the sid before it was recorded. A sid
+    /// another message holds is refused ([`MarkSentError::SidTaken`]),
+    /// also when two instances record it at once.
     fn mark_sent(
         &self,
         message_id: i64,
         twilio_sid: String,
         twilio_status: String,
         price_check_at: i64,
-    ) -> StoreFuture<(Option<MessageRecord>, Option<String>)>;
+    ) -> StoreFuture<(Option<MessageRecord>, Option<String>), MarkSentError>;
+    /// Begins giving a reserved message's cost back: from then on it is
+    /// never marked sent, only voided (again, if a void stopped half-way).
+    /// A message resolved already is answered as it stands.
+    fn begin_void(&self, message_id: i64) -> StoreFuture<VoidStart>;
     /// Moves a reserved message to voided; `false` if it was not reserved.
     fn mark_voided(&self, message_id: i64) -> StoreFuture<bool>;
-    /// Messages whose reservation was never resolved by an instance that is
-    /// gone (a crash between the debit and the send): reserved by no live
-    /// instance, that is none whose heartbeat is at or after `alive_since_ms`,
-    /// and reserved before then (an instance that reserved a message since
-    /// was alive since, even if its heartbeat is late).
-    fn unresolved(&self, alive_since_ms: i64) -> StoreFuture<Vec<MessageRecord>>;
+    /// Reservations to resolve: still reserved, not under the lease of a
+    /// sweep by a live instance, and either reserved before `stale_before_ms` or reserved
+    /// before `alive_since_ms` by an instance that is gone (no heartbeat at
+    /// or after it: a crash between the debit and the send). Each is put
+    /// under the sweeping instance's lease in the same transaction (on
+    /// Postgres, rows another instance is taking are skipped), oldest
+    /// first; a lease taken by an instance that stopped since lapses with
+    /// it.
+    fn claim_open_reservations(&self, sweep: ReservationSweep)
+        -> StoreFuture<Vec<OpenReservation>>;
     /// Records a status Twilio reported; a status for a sid not recorded
     /// yet is kept for [`MessageStore::mark_sent`] (and `None` answered).
     fn record_status(

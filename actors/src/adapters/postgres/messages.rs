@@ -8,11 +8,14 @@ use tokio_postgres::types::Type;
 use tokio_postgres::{GenericClient, Row};
 
 use super::accounts::find_account_by_phone;
-use super::{boxed, PostgresStore};
+use super::{boxed, is_unique_violation, PostgresStore};
 use crate::accounts::{Account, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
-use crate::messaging::records::{MessageKind, MessageRecord, MessageState, NewMessage, SentCost};
+use crate::messaging::records::{
+    MarkSentError, MessageKind, MessageRecord, MessageState, NewMessage, OpenReservation,
+    ReservationSweep, SentCost, VoidStart,
+};
 use crate::money::Money;
 use crate::store::{
     InboundClaim, InboundRecord, MessageStore, PriceCheck, StoreError, StoreFuture, UnknownValue,
@@ -60,8 +63,8 @@ async fn insert(
             &format!(
                 "INSERT INTO messages (account_id, kind, idempotency_key, to_number, country, encoding, segments,
                                        price_per_segment, carrier_cost_per_segment, charged, state, twilio_sid,
-                                       next_price_check_at, created_at, instance_id)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                                       next_price_check_at, created_at, instance_id, body_sha256)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  RETURNING {COLUMNS}"
             ),
             &[
@@ -80,11 +83,17 @@ async fn insert(
                 (&message.next_price_check_at, Type::INT8),
                 (&message.created_at_ms, Type::INT8),
                 (&message.instance_id, Type::TEXT),
+                (&message.body_sha256, Type::TEXT),
             ],
         )
         .await?;
     from_row(&row)
 }
+
+/// [`COLUMNS`], named by the table's alias `m` (where another table is joined).
+const RETURNED: &str = "m.id, m.account_id, m.kind, m.idempotency_key, m.to_number, m.country, m.encoding,
+                        m.segments, m.price_per_segment, m.charged, m.state, m.twilio_sid, m.twilio_status,
+                        m.refunded, m.actual_cost, m.created_at";
 
 /// The message matching `condition`, in one round trip (typed values).
 async fn find_where(
@@ -186,17 +195,20 @@ impl MessageStore for PostgresStore {
         twilio_sid: String,
         twilio_status: String,
         price_check_at: i64,
-    ) -> StoreFuture<(Option<MessageRecord>, Option<String>)> {
+    ) -> StoreFuture<(Option<MessageRecord>, Option<String>), MarkSentError> {
         self.write(move |transaction| {
             let (twilio_sid, twilio_status) = (twilio_sid.clone(), twilio_status.clone());
             boxed(async move {
                 // Typed statements: one round trip each, on every sent
-                // message's path.
-                transaction
+                // message's path. A sid another message holds is refused by
+                // the unique index (no look first: it would cost a round
+                // trip on every send, and would miss a row another instance
+                // has not committed yet).
+                let moved = transaction
                     .execute_typed(
                         "UPDATE messages SET state = 'sent', twilio_sid = $2, twilio_status = $3,
-                                next_price_check_at = $4
-                          WHERE id = $1 AND state = 'reserved'",
+                                next_price_check_at = $4, next_sweep_at = NULL
+                          WHERE id = $1 AND state = 'reserved' AND voiding = 0",
                         &[
                             (&message_id, Type::INT8),
                             (&twilio_sid, Type::TEXT),
@@ -204,18 +216,52 @@ impl MessageStore for PostgresStore {
                             (&price_check_at, Type::INT8),
                         ],
                     )
-                    .await?;
+                    .await;
+                match moved {
+                    Ok(_) => {}
+                    // Another message holds the sid (recorded before, or by
+                    // another instance in the same moment): the index
+                    // decided, and this op alone is rolled back.
+                    Err(error) if is_unique_violation(&error) => {
+                        return Err(MarkSentError::SidTaken(twilio_sid));
+                    }
+                    Err(error) => return Err(StoreError::from(error).into()),
+                }
                 let early = transaction
                     .query_typed_opt(
                         "DELETE FROM early_message_statuses WHERE twilio_sid = $1 RETURNING status",
                         &[(&twilio_sid, Type::TEXT)],
                     )
-                    .await?
+                    .await
+                    .map_err(StoreError::from)?
                     .map(|row| row.try_get::<_, String>(0))
-                    .transpose()?;
+                    .transpose()
+                    .map_err(StoreError::from)?;
                 let record =
                     find_where(transaction, "id = $1", &[(&message_id, Type::INT8)]).await?;
                 Ok((record, early))
+            })
+        })
+    }
+
+    fn begin_void(&self, message_id: i64) -> StoreFuture<VoidStart> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let started = transaction
+                    .execute(
+                        "UPDATE messages SET voiding = 1 WHERE id = $1 AND state = 'reserved'",
+                        &[&message_id],
+                    )
+                    .await?;
+                if started == 1 {
+                    return Ok(VoidStart::Started);
+                }
+                find_where(transaction, "id = $1", &[(&message_id, Type::INT8)])
+                    .await?
+                    .map(|message| VoidStart::Resolved(Box::new(message)))
+                    .ok_or_else(|| {
+                        StoreError::Database(format!("message {message_id} is not there to void"))
+                    })
             })
         })
     }
@@ -226,7 +272,7 @@ impl MessageStore for PostgresStore {
                 let changed = transaction
                     .execute(
                         "UPDATE messages SET state = 'voided', twilio_sid = NULL, twilio_status = NULL,
-                                next_price_check_at = NULL
+                                next_price_check_at = NULL, next_sweep_at = NULL
                           WHERE id = $1 AND state = 'reserved'",
                         &[&message_id],
                     )
@@ -236,22 +282,70 @@ impl MessageStore for PostgresStore {
         })
     }
 
-    fn unresolved(&self, alive_since_ms: i64) -> StoreFuture<Vec<MessageRecord>> {
-        self.read(move |client| async move {
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT {COLUMNS} FROM messages
-                          WHERE state = 'reserved'
-                            AND created_at < $1
-                            AND (instance_id IS NULL
-                                 OR instance_id NOT IN (SELECT id FROM instances WHERE heartbeat_at >= $1))
-                          ORDER BY id"
-                    ),
-                    &[&alive_since_ms],
-                )
-                .await?;
-            rows.iter().map(from_row).collect()
+    fn claim_open_reservations(
+        &self,
+        sweep: ReservationSweep,
+    ) -> StoreFuture<Vec<OpenReservation>> {
+        self.write(move |transaction| {
+            let sweep = sweep.clone();
+            boxed(async move {
+                const ALIVE: &str = "(SELECT id FROM instances WHERE heartbeat_at >= $2)";
+                // Picked once (`MATERIALIZED`), as the other claims are.
+                let rows = transaction
+                    .query(
+                        &format!(
+                            "WITH picked AS MATERIALIZED (
+                               SELECT id FROM messages
+                                WHERE state = 'reserved'
+                                  AND (next_sweep_at IS NULL OR next_sweep_at <= $1
+                                       OR swept_by IS NULL OR swept_by NOT IN {ALIVE})
+                                  AND (created_at < $3
+                                       OR (created_at < $2
+                                           AND (instance_id IS NULL OR instance_id NOT IN {ALIVE})))
+                                ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED)
+                             UPDATE messages m SET next_sweep_at = $4, swept_by = $6
+                               FROM picked WHERE m.id = picked.id
+                             RETURNING {RETURNED}, m.body_sha256, m.voiding,
+                                       m.created_at < $2
+                                       AND (m.instance_id IS NULL OR m.instance_id NOT IN {ALIVE})"
+                        ),
+                        &[
+                            &sweep.now_ms,
+                            &sweep.alive_since_ms,
+                            &sweep.stale_before_ms,
+                            &sweep.lease_until_ms,
+                            &sweep.limit,
+                            &sweep.instance_id,
+                        ],
+                    )
+                    .await?;
+                let mut open = rows
+                    .iter()
+                    .map(|row| {
+                        let message = from_row(row)?;
+                        let voiding: i64 = row.try_get(17)?;
+                        Ok(OpenReservation {
+                            body_sha256: row.try_get(16)?,
+                            voiding: match voiding {
+                                0 => false,
+                                1 => true,
+                                other => {
+                                    return Err(StoreError::UnknownValue(UnknownValue::new(
+                                        "messages",
+                                        message.id,
+                                        "voiding",
+                                        other.to_string(),
+                                    )))
+                                }
+                            },
+                            owner_gone: row.try_get(18)?,
+                            message,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                open.sort_by_key(|reservation| reservation.message.id);
+                Ok(open)
+            })
         })
     }
 

@@ -61,6 +61,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V13__disputes",
         include_str!("../../../../migrations/postgres/V13__disputes.sql"),
     ),
+    (
+        "V14__stale_reservations",
+        include_str!("../../../../migrations/postgres/V14__stale_reservations.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

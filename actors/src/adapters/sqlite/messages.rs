@@ -9,7 +9,10 @@ use super::SqliteStore;
 use crate::accounts::{Account, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::messaging::notices::{NewNotice, Notice, NoticeKind, NoticeState};
-use crate::messaging::records::{MessageKind, MessageRecord, MessageState, NewMessage, SentCost};
+use crate::messaging::records::{
+    MarkSentError, MessageKind, MessageRecord, MessageState, NewMessage, OpenReservation,
+    ReservationSweep, SentCost, VoidStart,
+};
 use crate::money::Money;
 use crate::store::{
     InboundClaim, InboundRecord, MessageStore, PriceCheck, StoreError, StoreFuture, UnknownValue,
@@ -51,8 +54,8 @@ fn insert(connection: &Connection, message: &NewMessage) -> Result<MessageRecord
         .prepare_cached(
             "INSERT INTO messages (account_id, kind, idempotency_key, to_number, country, encoding, segments,
                                    price_per_segment, carrier_cost_per_segment, charged, state, twilio_sid,
-                                   next_price_check_at, created_at, instance_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                                   next_price_check_at, created_at, instance_id, body_sha256)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )?
         .execute(params![
             message.account_id.map(|id| id.0),
@@ -70,6 +73,7 @@ fn insert(connection: &Connection, message: &NewMessage) -> Result<MessageRecord
             message.next_price_check_at,
             message.created_at_ms,
             message.instance_id,
+            message.body_sha256,
         ])?;
     get(connection, connection.last_insert_rowid())?
         .ok_or_else(|| StoreError::Database("inserted message vanished".into()))
@@ -107,29 +111,59 @@ fn find_by_sid(connection: &Connection, sid: &str) -> Result<Option<MessageRecor
     find_by(connection, "twilio_sid = ?1", &[&sid])
 }
 
-/// Moves a reserved message to sent (with Twilio's id) or voided. Returns
-/// whether it was still reserved: a reservation is resolved exactly once.
-fn resolve(
+/// Moves a reserved message, not being voided, to sent with Twilio's id.
+/// A sid another message holds is refused: one Twilio message is never the
+/// send of two (the writer takes transactions one at a time, across
+/// processes too, so the look and the move are one step).
+fn mark_sent(
     connection: &Connection,
     id: i64,
-    state: MessageState,
-    twilio_sid: Option<&str>,
-    twilio_status: Option<&str>,
-    next_price_check_at: Option<i64>,
-) -> Result<bool, StoreError> {
+    twilio_sid: &str,
+    twilio_status: &str,
+    next_price_check_at: i64,
+) -> Result<(), MarkSentError> {
+    if let Some(holder) = find_by_sid(connection, twilio_sid)? {
+        if holder.id != id {
+            return Err(MarkSentError::SidTaken(twilio_sid.to_string()));
+        }
+    }
+    connection
+        .prepare_cached(
+            "UPDATE messages SET state = 'sent', twilio_sid = ?2, twilio_status = ?3, next_price_check_at = ?4,
+                    next_sweep_at = NULL
+              WHERE id = ?1 AND state = 'reserved' AND voiding = 0",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![id, twilio_sid, twilio_status, next_price_check_at])
+        })
+        .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Moves a reserved message to voided. Returns whether it was still
+/// reserved: a reservation is resolved exactly once.
+fn mark_voided(connection: &Connection, id: i64) -> Result<bool, StoreError> {
     let changed = connection
         .prepare_cached(
-            "UPDATE messages SET state = ?2, twilio_sid = ?3, twilio_status = ?4, next_price_check_at = ?5
+            "UPDATE messages SET state = 'voided', twilio_sid = NULL, twilio_status = NULL,
+                    next_price_check_at = NULL, next_sweep_at = NULL
               WHERE id = ?1 AND state = 'reserved'",
         )?
-        .execute(params![
-            id,
-            state.as_str(),
-            twilio_sid,
-            twilio_status,
-            next_price_check_at
-        ])?;
+        .execute([id])?;
     Ok(changed == 1)
+}
+
+/// Begins a void (see `MessageStore::begin_void`).
+fn begin_void(connection: &Connection, id: i64) -> Result<VoidStart, StoreError> {
+    let started = connection
+        .prepare_cached("UPDATE messages SET voiding = 1 WHERE id = ?1 AND state = 'reserved'")?
+        .execute([id])?;
+    if started == 1 {
+        return Ok(VoidStart::Started);
+    }
+    get(connection, id)?
+        .map(|message| VoidStart::Resolved(Box::new(message)))
+        .ok_or_else(|| StoreError::Database(format!("message {id} is not there to void")))
 }
 
 /// Records a status Twilio reported.
@@ -177,24 +211,61 @@ fn mark_refunded(connection: &Connection, id: i64) -> Result<bool, StoreError> {
     Ok(changed == 1)
 }
 
-/// Messages whose reservation was never resolved (a crash between the
-/// debit and the send).
-fn unresolved(
+/// Reservations to resolve, each put under the sweep's lease (see
+/// `MessageStore::claim_open_reservations`).
+fn claim_open_reservations(
     connection: &Connection,
-    alive_since_ms: i64,
-) -> Result<Vec<MessageRecord>, StoreError> {
+    sweep: ReservationSweep,
+) -> Result<Vec<OpenReservation>, StoreError> {
+    const ALIVE: &str = "(SELECT id FROM instances WHERE heartbeat_at >= ?2)";
     let mut statement = connection.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM messages
-          WHERE state = 'reserved'
-            AND created_at < ?1
-            AND (instance_id IS NULL
-                 OR instance_id NOT IN (SELECT id FROM instances WHERE heartbeat_at >= ?1))
-          ORDER BY id"
+        "UPDATE messages SET next_sweep_at = ?4, swept_by = ?6
+          WHERE id IN (SELECT id FROM messages
+                        WHERE state = 'reserved'
+                          AND (next_sweep_at IS NULL OR next_sweep_at <= ?1
+                               OR swept_by IS NULL OR swept_by NOT IN {ALIVE})
+                          AND (created_at < ?3
+                               OR (created_at < ?2 AND (instance_id IS NULL OR instance_id NOT IN {ALIVE})))
+                        ORDER BY id LIMIT ?5)
+         RETURNING {COLUMNS}, body_sha256, voiding,
+                   created_at < ?2 AND (instance_id IS NULL OR instance_id NOT IN {ALIVE})"
     ))?;
-    let rows = statement
-        .query_map([alive_since_ms], from_row)?
+    let mut open = statement
+        .query_map(
+            params![
+                sweep.now_ms,
+                sweep.alive_since_ms,
+                sweep.stale_before_ms,
+                sweep.lease_until_ms,
+                sweep.limit,
+                sweep.instance_id
+            ],
+            |row| {
+                let message = from_row(row)?;
+                let voiding: i64 = row.get(17)?;
+                Ok(OpenReservation {
+                    body_sha256: row.get(16)?,
+                    voiding: match voiding {
+                        0 => false,
+                        1 => true,
+                        other => {
+                            return Err(UnknownValue::new(
+                                "messages",
+                                message.id,
+                                "voiding",
+                                other.to_string(),
+                            )
+                            .into_sql_error(17))
+                        }
+                    },
+                    owner_gone: row.get(18)?,
+                    message,
+                })
+            },
+        )?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(rows)
+    open.sort_by_key(|reservation| reservation.message.id);
+    Ok(open)
 }
 
 /// The reply an inbound MessageSid got, if it was handled before:
@@ -462,36 +533,33 @@ impl MessageStore for SqliteStore {
         twilio_sid: String,
         twilio_status: String,
         price_check_at: i64,
-    ) -> StoreFuture<(Option<MessageRecord>, Option<String>)> {
+    ) -> StoreFuture<(Option<MessageRecord>, Option<String>), MarkSentError> {
         self.write(move |connection| {
-            resolve(
+            mark_sent(
                 connection,
                 message_id,
-                MessageState::Sent,
-                Some(&twilio_sid),
-                Some(&twilio_status),
-                Some(price_check_at),
+                &twilio_sid,
+                &twilio_status,
+                price_check_at,
             )?;
             let early = take_early_status(connection, &twilio_sid)?;
             Ok((get(connection, message_id)?, early))
         })
     }
 
-    fn mark_voided(&self, message_id: i64) -> StoreFuture<bool> {
-        self.write(move |connection| {
-            resolve(
-                connection,
-                message_id,
-                MessageState::Voided,
-                None,
-                None,
-                None,
-            )
-        })
+    fn begin_void(&self, message_id: i64) -> StoreFuture<VoidStart> {
+        self.write(move |connection| begin_void(connection, message_id))
     }
 
-    fn unresolved(&self, alive_since_ms: i64) -> StoreFuture<Vec<MessageRecord>> {
-        self.read(move |connection| unresolved(connection, alive_since_ms))
+    fn mark_voided(&self, message_id: i64) -> StoreFuture<bool> {
+        self.write(move |connection| mark_voided(connection, message_id))
+    }
+
+    fn claim_open_reservations(
+        &self,
+        sweep: ReservationSweep,
+    ) -> StoreFuture<Vec<OpenReservation>> {
+        self.write(move |connection| claim_open_reservations(connection, sweep))
     }
 
     fn record_status(

@@ -95,6 +95,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V21__disputes",
         include_str!("../../../../migrations/sqlite/V21__disputes.sql"),
     ),
+    (
+        "V22__stale_reservations",
+        include_str!("../../../../migrations/sqlite/V22__stale_reservations.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -17,6 +17,7 @@ mod webhook_receiver;
 
 mod admin_api;
 mod auto_top_up;
+mod backup;
 mod browser;
 mod cli;
 mod code_shape;

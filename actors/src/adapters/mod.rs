@@ -3,6 +3,7 @@
 //! folder and imports only downward. This module picks one from where the
 //! database is and opens it.
 
+pub mod backup;
 pub mod postgres;
 pub mod sqlite;
 

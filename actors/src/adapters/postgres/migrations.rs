@@ -57,6 +57,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V12__worker_leases",
         include_str!("../../../../migrations/postgres/V12__worker_leases.sql"),
     ),
+    (
+        "V15__backups",
+        include_str!("../../../../migrations/postgres/V15__backups.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

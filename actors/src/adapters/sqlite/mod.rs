@@ -29,7 +29,7 @@ mod writer;
 
 use std::any::Any;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -91,6 +91,8 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// The adapter: queues to its threads.
 pub struct SqliteStore {
+    /// The database file, for the connections a backup opens of its own.
+    path: PathBuf,
     writer: mpsc::Sender<WriterMessage>,
     /// How far the writer's commits are durable: reads wait for it.
     durability: Arc<syncer::Durability>,
@@ -139,6 +141,44 @@ pub fn raw_connection(path: &Path) -> Result<Connection, StoreError> {
     let mut connection = open_connection(path)?;
     migrations::migrate(&mut connection)?;
     Ok(connection)
+}
+
+/// Leaves the database at `path`, which no other process uses, as one
+/// file: its write-ahead log checkpointed into it and the file in
+/// rollback-journal mode, synced. The change of mode needs every other
+/// connection closed: it is asked again until they are, for `patience`.
+/// For a backup's file, on a thread of the caller's.
+pub fn seal_file(path: &Path, patience: Duration) -> Result<(), StoreError> {
+    let connection = Connection::open(path).map_err(|error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    })?;
+    connection.busy_timeout(patience)?;
+    let started = std::time::Instant::now();
+    loop {
+        // Refused (locked), or left as it was, while another connection is
+        // open.
+        let mode = connection
+            .query_row("PRAGMA journal_mode = DELETE", [], |row| {
+                row.get::<_, String>(0)
+            })
+            .map_err(StoreError::from);
+        match mode {
+            Ok(mode) if mode.eq_ignore_ascii_case("delete") => break,
+            Ok(mode) if started.elapsed() > patience => {
+                return Err(StoreError::Database(format!(
+                    "{} stayed in {mode} mode: another connection holds it",
+                    path.display()
+                )))
+            }
+            Err(error) if started.elapsed() > patience => return Err(error),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    drop(connection);
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| StoreError::Database(format!("{}: {error}", path.display())))
 }
 
 /// Applies the migrations the database has not had yet; answers their names.
@@ -227,6 +267,7 @@ impl SqliteStore {
             reader_senders.push(reader_sender);
         }
         Ok(SqliteStore {
+            path: path.to_path_buf(),
             writer: writer_sender,
             durability,
             origin,

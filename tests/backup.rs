@@ -497,3 +497,65 @@ fn keep_keeps_the_newest_backups_in_a_directory() {
     assert!(!refused.status.success());
     assert!(text(&refused).contains("--keep"), "{}", text(&refused));
 }
+
+on_both_stores!(the_last_backup_is_on_the_console_and_in_the_metrics);
+async fn the_last_backup_is_on_the_console_and_in_the_metrics() {
+    let directory = fresh_directory();
+    let mut settings = test_settings(&directory);
+    settings.access.metrics_token = Some(sms_credit::config::Secret::new("metrics-token"));
+    let clock = sms_credit_actors::clock::ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let metric = |body: &Value| -> Option<i64> {
+        body["raw"]
+            .as_str()?
+            .lines()
+            .find_map(|line| line.strip_prefix("sms_credit_last_backup_timestamp_seconds "))
+            .map(|value| value.parse().unwrap())
+    };
+    let metrics = || app.request("GET", "/metrics", Some("metrics-token"), None);
+
+    // None taken yet: overdue, and 0 for an alert.
+    let (status, overview) = app
+        .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{overview}");
+    assert_eq!(overview["last_backup"], Value::Null);
+    assert_eq!(overview["backup_overdue"], true);
+    assert_eq!(metric(&metrics().await.1), Some(0));
+
+    // One taken an hour ago.
+    let taken_at_ms = 1_795_253_400_000 - 3_600_000;
+    app.store
+        .as_ref()
+        .unwrap()
+        .backups()
+        .record_backup(sms_credit_actors::store::backup::BackupRecord {
+            taken_at_ms,
+            path: "/var/backups/sms-credit/nightly.db".to_string(),
+            accounts: 12,
+            transactions: 345,
+            bytes: 65_536,
+            duration_ms: 120,
+        })
+        .await
+        .unwrap();
+    let (_, overview) = app
+        .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(overview["backup_overdue"], false, "{overview}");
+    assert_eq!(overview["last_backup"]["taken_at_ms"], taken_at_ms);
+    assert_eq!(
+        overview["last_backup"]["path"],
+        "/var/backups/sms-credit/nightly.db"
+    );
+    assert_eq!(overview["last_backup"]["transactions"], 345);
+    assert_eq!(metric(&metrics().await.1), Some(taken_at_ms / 1000));
+
+    // A day and a minute after it: overdue again.
+    clock.advance_ms(23 * 3_600_000 + 60_000);
+    let (_, overview) = app
+        .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(overview["backup_overdue"], true, "{overview}");
+    app.stop().await;
+}

@@ -91,42 +91,14 @@ impl BackupCommand {
         let partial = folder.join(format!(".{file_name}.partial"));
         remove_sqlite_files(&partial);
         let progress = Progress::start(&partial, settings);
-        let record = with_store(settings, |source| {
-            let partial = partial.clone();
-            let final_path = destination.file.clone();
-            async move {
-                let report = snapshot_into(&source, &partial)
-                    .await
-                    .map_err(|error| error.to_string());
-                progress.stop();
-                let report = report?;
-                hold_for_testing();
-                put_in_place(&partial, &final_path)?;
-                let bytes = std::fs::metadata(&final_path)
-                    .map_err(|error| format!("{}: {error}", final_path.display()))?
-                    .len();
-                let shown = std::path::absolute(&final_path).unwrap_or(final_path);
-                let record = BackupRecord {
-                    taken_at_ms,
-                    path: shown.display().to_string(),
-                    accounts: i64::try_from(report.accounts_checked).unwrap_or(i64::MAX),
-                    transactions: i64::try_from(report.transactions_checked).unwrap_or(i64::MAX),
-                    bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
-                    duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
-                };
-                source
-                    .backups()
-                    .record_backup(record.clone())
-                    .await
-                    .map_err(|error| {
-                        format!(
-                            "the backup {} is in place, but recording it failed: {error}",
-                            record.path
-                        )
-                    })?;
-                Ok(record)
-            }
-        });
+        let record = take(
+            settings,
+            &partial,
+            &destination.file,
+            taken_at_ms,
+            started,
+            progress,
+        );
         let record = match record {
             Ok(record) => record,
             Err(error) => {
@@ -138,6 +110,12 @@ impl BackupCommand {
             (Some(directory), Some(keep)) => keep_newest(directory, keep)?,
             _ => Vec::new(),
         };
+        self.print(&record, &removed)
+    }
+}
+
+impl BackupCommand {
+    fn print(&self, record: &BackupRecord, removed: &[PathBuf]) -> Result<(), String> {
         if self.json {
             return print_json(&json!({
                 "path": record.path,
@@ -163,11 +141,59 @@ impl BackupCommand {
             human_size(record.bytes),
             Duration::from_millis(u64::try_from(record.duration_ms).unwrap_or(0)).as_secs_f64()
         );
-        for path in &removed {
+        for path in removed {
             println!("  removed the older backup {}", path.display());
         }
         Ok(())
     }
+}
+
+/// Takes the backup into `partial`, puts it in place at `final_path` and
+/// records it in the database backed up.
+fn take(
+    settings: &Settings,
+    partial: &Path,
+    final_path: &Path,
+    taken_at_ms: i64,
+    started: Instant,
+    progress: Progress,
+) -> Result<BackupRecord, String> {
+    with_store(settings, |source| {
+        let partial = partial.to_path_buf();
+        let final_path = final_path.to_path_buf();
+        async move {
+            let report = snapshot_into(&source, &partial)
+                .await
+                .map_err(|error| error.to_string());
+            progress.stop();
+            let report = report?;
+            hold_for_testing();
+            put_in_place(&partial, &final_path)?;
+            let bytes = std::fs::metadata(&final_path)
+                .map_err(|error| format!("{}: {error}", final_path.display()))?
+                .len();
+            let shown = std::path::absolute(&final_path).unwrap_or(final_path);
+            let record = BackupRecord {
+                taken_at_ms,
+                path: shown.display().to_string(),
+                accounts: i64::try_from(report.accounts_checked).unwrap_or(i64::MAX),
+                transactions: i64::try_from(report.transactions_checked).unwrap_or(i64::MAX),
+                bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+                duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
+            };
+            source
+                .backups()
+                .record_backup(record.clone())
+                .await
+                .map_err(|error| {
+                    format!(
+                        "the backup {} is in place, but recording it failed: {error}",
+                        record.path
+                    )
+                })?;
+            Ok(record)
+        }
+    })
 }
 
 /// Renames the verified, synced file to its final name (replacing what had

@@ -35,11 +35,12 @@ impl RestoreCommand {
             return Err("--from and --database are the same file".to_string());
         }
         actix_rt::System::new().block_on(async move {
-            let open = |location: &DatabaseLocation| {
-                adapters::open(&StoreSettings::new(location.clone()))
-                    .map_err(|error| format!("{location}: {error}"))
+            let open = |settings: StoreSettings| {
+                let location = settings.location.clone();
+                adapters::open(&settings).map_err(|error| format!("{location}: {error}"))
             };
-            let (backup_store, target_store) = (open(&source)?, open(&target)?);
+            let backup_store = open(StoreSettings::new(source))?;
+            let target_store = open(settings.database.store_settings())?;
             let report = copy::copy_rows(&backup_store, &target_store)
                 .await
                 .map_err(|error| format!("nothing was restored: {error}"))?;

@@ -220,6 +220,7 @@ impl SqliteStore {
     /// their queues) is dropped.
     pub(crate) fn open(
         path: &Path,
+        checkpoints: super::Checkpoints,
         max_batch: usize,
         readers: usize,
         shared: Arc<Shared>,
@@ -230,6 +231,10 @@ impl SqliteStore {
         // syncer fsyncs it (once for every batch that committed meanwhile)
         // before anything about them is told. See `syncer`.
         write_connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Only the writer commits, so only it would checkpoint.
+        if checkpoints == super::Checkpoints::Litestream {
+            write_connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        }
         let (writer_sender, writer_receiver) = mpsc::channel();
         let watch_connection = open_connection(path)?;
         watch_connection.pragma_update(None, "query_only", "ON")?;

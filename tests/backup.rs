@@ -350,6 +350,10 @@ async fn a_backup_under_writes_is_one_moment_and_restores_into_either_store() {
     let restored = TestDatabase::of(other_kind());
     let restoring = run_cli(&restored, &["restore", "--from", backup.url(), "--json"]);
     assert!(restoring.status.success(), "{}", text(&restoring));
+    assert!(
+        !std::path::Path::new(&format!("{}-wal", backup.url())).exists(),
+        "the backup is left one file"
+    );
     let verified = run_cli(&restored, &["verify"]);
     assert!(verified.status.success(), "{}", text(&verified));
     assert_eq!(ledgers(&restored).await, backed_up);

@@ -298,7 +298,17 @@ impl Progress {
             .name("backup-progress".to_string())
             .spawn(move || {
                 while still.load(Ordering::SeqCst) {
-                    let written = std::fs::metadata(&partial).map_or(0, |metadata| metadata.len());
+                    // The file and its write-ahead log, where a copy out of
+                    // Postgres grows until it commits.
+                    let written: u64 = ["", "-wal"]
+                        .iter()
+                        .map(|suffix| {
+                            let mut name = partial.as_os_str().to_owned();
+                            name.push(suffix);
+                            std::fs::metadata(PathBuf::from(name))
+                                .map_or(0, |metadata| metadata.len())
+                        })
+                        .sum();
                     let written = i64::try_from(written).unwrap_or(i64::MAX);
                     let line = match expected.and_then(|total| i64::try_from(total).ok()) {
                         Some(total) if total > 0 => {

@@ -34,7 +34,8 @@ impl RestoreCommand {
         }) {
             return Err("--from and --database are the same file".to_string());
         }
-        actix_rt::System::new().block_on(async move {
+        let json_output = self.json;
+        let restored = actix_rt::System::new().block_on(async move {
             let open = |settings: StoreSettings| {
                 let location = settings.location.clone();
                 adapters::open(&settings).map_err(|error| format!("{location}: {error}"))
@@ -48,7 +49,7 @@ impl RestoreCommand {
                 .flush()
                 .await
                 .map_err(|error| error.to_string())?;
-            if self.json {
+            if json_output {
                 let tables: serde_json::Map<String, Value> = report
                     .tables
                     .iter()
@@ -68,6 +69,14 @@ impl RestoreCommand {
                 report.target.transactions_checked
             );
             Ok(())
-        })
+        });
+        // Opening the backup put it in write-ahead-log mode: it is left one
+        // file again, as it came.
+        let sealed = sms_credit_actors::adapters::sqlite::seal_file(
+            std::path::Path::new(&self.from),
+            std::time::Duration::from_secs(30),
+        );
+        restored?;
+        sealed.map_err(|error| format!("restored, but the backup file was left open: {error}"))
     }
 }

@@ -500,6 +500,22 @@ fn keep_keeps_the_newest_backups_in_a_directory() {
     );
     assert!(!refused.status.success());
     assert!(text(&refused).contains("--keep"), "{}", text(&refused));
+
+    // A backup that cannot be written says why, and leaves nothing.
+    let nowhere = folder.path().join("missing").join("one.db");
+    let failed = run_cli(&live, &["backup", "--to", nowhere.to_str().unwrap()]);
+    assert!(!failed.status.success());
+    assert!(
+        text(&failed).contains("no backup was made"),
+        "{}",
+        text(&failed)
+    );
+    assert!(!folder.path().join("missing").exists());
+    assert_eq!(
+        live.number("SELECT COUNT(*) FROM backups"),
+        4,
+        "not recorded"
+    );
 }
 
 on_both_stores!(the_last_backup_is_on_the_console_and_in_the_metrics);

@@ -381,3 +381,41 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::Checkpoints;
+
+    /// The writer (the only connection that commits) checkpoints the log
+    /// itself unless Litestream is to: with `Litestream` it never does, so
+    /// that no checkpoint of the server's races Litestream's.
+    #[test]
+    fn the_writer_leaves_checkpoints_to_litestream_when_told() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (checkpoints, pages) in [(Checkpoints::Server, 16_384), (Checkpoints::Litestream, 0)] {
+            let path = std::env::temp_dir().join(format!(
+                "sms-credit-checkpoints-{}-{checkpoints:?}.db",
+                std::process::id()
+            ));
+            let store =
+                SqliteStore::open(&path, checkpoints, 64, 1, Shared::new().unwrap()).unwrap();
+            let autocheckpoint: i64 = runtime
+                .block_on(store.write(|connection| {
+                    connection
+                        .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+                        .map_err(StoreError::from)
+                }))
+                .unwrap();
+            assert_eq!(autocheckpoint, pages, "{checkpoints:?}");
+            drop(store);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(name));
+            }
+        }
+    }
+}

@@ -501,6 +501,17 @@ fn keep_keeps_the_newest_backups_in_a_directory() {
     assert!(!refused.status.success());
     assert!(text(&refused).contains("--keep"), "{}", text(&refused));
 
+    // Never over the database itself.
+    if current_store() == StoreKind::Sqlite {
+        let over = run_cli(&live, &["backup", "--to", live.url()]);
+        assert!(!over.status.success());
+        assert!(
+            text(&over).contains("the database itself"),
+            "{}",
+            text(&over)
+        );
+    }
+
     // A backup that cannot be written says why, and leaves nothing.
     let nowhere = folder.path().join("missing").join("one.db");
     let failed = run_cli(&live, &["backup", "--to", nowhere.to_str().unwrap()]);

@@ -76,6 +76,16 @@ impl BackupCommand {
         let taken_at_ms = SystemClock.now_ms();
         let started = Instant::now();
         let destination = self.destination(taken_at_ms)?;
+        if let Some(database) = settings.database.location.sqlite_path() {
+            let same = std::fs::canonicalize(database)
+                .ok()
+                .is_some_and(|database| {
+                    std::fs::canonicalize(&destination.file).ok() == Some(database)
+                });
+            if same {
+                return Err("--to names the database itself".to_string());
+            }
+        }
         let file_name = destination
             .file
             .file_name()

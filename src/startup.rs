@@ -15,7 +15,7 @@ use sms_credit_actors::messaging::{Messaging, MessagingSettings};
 use sms_credit_actors::supervisor::{
     SmsContext, SmsSupervisor, StripeSupervisor, SweepWaitingEvents,
 };
-use sms_credit_actors::{AccountSettings, Registry, Store, StoreError, StoreSettings};
+use sms_credit_actors::{AccountSettings, Registry, Store, StoreError};
 
 use crate::config::{Settings, StripeSettings};
 use crate::error;
@@ -43,9 +43,7 @@ pub struct Core {
 impl Core {
     /// Opens the store and starts the actors. Must run inside an actix system.
     pub fn start(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Core, StoreError> {
-        let store = sms_credit_actors::adapters::open(&StoreSettings::new(
-            settings.database.location.clone(),
-        ))?;
+        let store = sms_credit_actors::adapters::open(&settings.database.store_settings())?;
         sms_credit_actors::phone::warm_up();
         let arbiters: Vec<Arbiter> = (0..settings.server.actor_threads)
             .map(|_| Arbiter::new())

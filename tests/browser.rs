@@ -860,6 +860,22 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         "warning_needs_response",
     );
     assert_eq!(app.deliver(&inquiry).await.0, StatusCode::OK);
+    // A backup taken two hours before the server's clock.
+    let backup_taken_at_ms = crate::helpers::NOW_UNIX * 1000 - 7_200_000;
+    app.store
+        .as_ref()
+        .unwrap()
+        .backups()
+        .record_backup(sms_credit_actors::store::backup::BackupRecord {
+            taken_at_ms: backup_taken_at_ms,
+            path: "/var/backups/sms-credit/nightly.db".to_string(),
+            accounts: 2,
+            transactions: 3,
+            bytes: 65_536,
+            duration_ms: 120,
+        })
+        .await
+        .unwrap();
 
     let browser = Browser::start();
 
@@ -893,6 +909,26 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             page.eval(&text_of("below")).await,
             json!(overview["accounts_below_threshold"].to_string())
         );
+        // The last backup: its time (as the page writes times), where it is
+        // and what it holds; nothing about backups needs attention.
+        assert_eq!(
+            overview["last_backup"]["taken_at_ms"],
+            json!(backup_taken_at_ms)
+        );
+        assert_eq!(
+            page.eval(&text_of("last-backup")).await,
+            page.eval(&format!(
+                "when(new Date({backup_taken_at_ms}).toISOString())"
+            ))
+            .await
+        );
+        assert_ne!(page.eval(&text_of("last-backup")).await, json!(""));
+        assert_eq!(
+            page.eval("document.getElementById('last-backup').title")
+                .await,
+            json!("/var/backups/sms-credit/nightly.db · 2 accounts, 3 ledger rows")
+        );
+        assert_eq!(page.eval(&text_of("backup-list")).await, json!("None."));
         // The figure links to the list behind it: the account with no credit.
         let (_, attention) = app
             .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)

@@ -58,6 +58,16 @@ async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
         start_access(&app, "+14155550990", Some("MOVE10")).await;
     app.deliver(&events.checkout_completed(&session, order, &customer, 2699, "pi_move"))
         .await;
+    // A refund the admin asked Stripe for.
+    let (status, refunded) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/orders/{order}/refund"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            Some(json!({"amount_micros": 1_000_000, "reason": "moving", "idempotency_key": "move-refund"})),
+        )
+        .await;
+    assert!(status.is_success(), "{refunded}");
     let token = app.issue_token(account).await;
     let (status, sent) = app
         .post_message(
@@ -107,20 +117,22 @@ async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
     assert!(stdout.contains("transactions"), "{stdout}");
     let original = every_row(&source).await;
     assert_eq!(every_row(&target).await, original, "row for row");
-    for (table, rows) in &original {
-        if [
-            "accounts",
-            "transactions",
-            "orders",
-            "messages",
-            "stripe_events",
-            "disputes",
-            "failed_refunds",
-        ]
-        .contains(table)
-        {
-            assert!(!rows.is_empty(), "the source has {table} rows");
-        }
+    for table in [
+        "accounts",
+        "transactions",
+        "orders",
+        "order_refunds",
+        "messages",
+        "stripe_events",
+        "disputes",
+        "failed_refunds",
+    ] {
+        assert!(
+            original
+                .iter()
+                .any(|(name, rows)| *name == table && !rows.is_empty()),
+            "the source's {table} rows are copied"
+        );
     }
 
     // A second copy into it is refused and changes nothing.

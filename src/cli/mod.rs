@@ -3,6 +3,7 @@
 //! server. One file per command; `output` holds what they share.
 
 mod accounts;
+mod backup;
 mod config;
 mod copy;
 mod discount_codes;
@@ -12,6 +13,7 @@ mod output;
 mod pricing;
 mod quote;
 mod reconcile;
+mod restore;
 mod serve;
 mod stripe_events;
 mod verify;
@@ -64,6 +66,14 @@ pub enum Command {
     /// (an SQLite file into Postgres, say), then verify both. Stop the
     /// servers on the source first.
     Copy(copy::CopyCommand),
+    /// Write a backup of the database while servers run: one moment of
+    /// every table into an SQLite file, verified, then put in place under
+    /// its name (--to DIR/ names it by the time; --keep N keeps the newest N).
+    Backup(backup::BackupCommand),
+    /// Restore a backup into an empty database (an SQLite file or
+    /// Postgres: --database), then verify it. A database that holds data
+    /// is refused and left as it was.
+    Restore(restore::RestoreCommand),
     /// Create, show and adjust accounts.
     #[command(subcommand)]
     Accounts(accounts::AccountsCommand),
@@ -125,6 +135,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::StripeEvents(command)) => command.run(&settings),
         Some(Command::Migrate(command)) => command.run(&settings),
         Some(Command::Copy(command)) => command.run(),
+        Some(Command::Backup(command)) => command.run(&settings),
+        Some(Command::Restore(command)) => command.run(&settings),
         Some(Command::Pricing(command)) => command.run(&settings),
         Some(Command::DiscountCodes(command)) => command.run(&settings),
         Some(Command::Webhooks(command)) => command.run(&settings),

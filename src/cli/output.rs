@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sms_credit_actors::adapters::{self, StoreSettings};
+use sms_credit_actors::adapters;
 use sms_credit_actors::clock::SystemClock;
 use sms_credit_actors::store::Store;
 
@@ -19,7 +19,7 @@ where
     Fut: Future<Output = Result<T, String>>,
 {
     actix_rt::System::new().block_on(async move {
-        let store = adapters::open(&StoreSettings::new(settings.database.location.clone()))
+        let store = adapters::open(&settings.database.store_settings())
             .map_err(|error| error.to_string())?;
         let outcome = work(store.clone()).await;
         store.flush().await.map_err(|error| error.to_string())?;

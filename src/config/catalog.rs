@@ -179,6 +179,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "The database: an SQLite file path or sqlite://path, or postgres://user:password@host/name (created or migrated as needed)",
     },
     Setting {
+        key: "sqlite_checkpoints",
+        section: Section::Database,
+        value_name: "server|litestream",
+        default: Some("server"),
+        secret: false,
+        global: true,
+        help: "Who copies SQLite's write-ahead log back into the database file: server (the server, every 64 MiB of log) or litestream (left to Litestream, which replicates the log, so that no checkpoint races its own; without Litestream running the log grows without bound)",
+    },
+    Setting {
         key: "instance_timeout_secs",
         section: Section::Database,
         value_name: "SECONDS",

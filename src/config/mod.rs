@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sms_credit_actors::adapters::DatabaseLocation;
+use sms_credit_actors::adapters::{Checkpoints, DatabaseLocation, StoreSettings};
 use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
 use sms_credit_actors::rating::RateTable;
 use sms_credit_actors::Money;
@@ -67,8 +67,21 @@ pub enum LogFormat {
 #[derive(Clone, Debug)]
 pub struct DatabaseSettings {
     pub location: DatabaseLocation,
+    /// Who checkpoints SQLite's write-ahead log (Litestream, when it
+    /// replicates the file).
+    pub checkpoints: Checkpoints,
     /// After this long without a heartbeat an instance counts as gone.
     pub instance_timeout: Duration,
+}
+
+impl DatabaseSettings {
+    /// How the store is opened, for the server and every command.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            checkpoints: self.checkpoints,
+            ..StoreSettings::new(self.location.clone())
+        }
+    }
 }
 
 /// Who may call the admin API, the host API and `/metrics`.

@@ -219,6 +219,23 @@ fn numbers_are_bounded_and_name_their_variable() {
     );
     assert!(error_of(&[("stripe_allow_promotion_codes", "maybe")])
         .starts_with("SMS_CREDIT_STRIPE_ALLOW_PROMOTION_CODES"));
+    // Checkpoints: the server's unless Litestream is to take them.
+    use sms_credit_actors::adapters::Checkpoints;
+    assert_eq!(
+        settings_of(&[]).database.store_settings().checkpoints,
+        Checkpoints::Server
+    );
+    assert_eq!(
+        settings_of(&[("sqlite_checkpoints", "litestream")])
+            .database
+            .store_settings()
+            .checkpoints,
+        Checkpoints::Litestream
+    );
+    assert_eq!(
+        error_of(&[("sqlite_checkpoints", "sometimes")]),
+        "SMS_CREDIT_SQLITE_CHECKPOINTS: 'sometimes' is not server or litestream"
+    );
 }
 
 #[test]

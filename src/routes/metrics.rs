@@ -24,9 +24,23 @@ pub async fn metrics_with_token(
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     let mut body = render(&state);
     render_webhooks(&state, &mut body).await;
+    render_backup(&state, &mut body).await;
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(body)
+}
+
+/// When the last backup's snapshot was read (0: none yet), so that an
+/// alert can fire when backups stop. Left out when the store does not
+/// answer: a missing gauge is better than a wrong one.
+async fn render_backup(state: &AppState, out: &mut String) {
+    if let Ok(last) = state.store.backups().last_backup().await {
+        let seconds = last.map_or(0, |backup| backup.taken_at_ms / 1000);
+        let _ = writeln!(
+            out,
+            "# HELP sms_credit_last_backup_timestamp_seconds When the last backup (sms-credit backup) read its snapshot, in Unix seconds; 0 when none was taken.\n# TYPE sms_credit_last_backup_timestamp_seconds gauge\nsms_credit_last_backup_timestamp_seconds {seconds}"
+        );
+    }
 }
 
 /// Webhook deliveries by outcome (this instance), and what waits (the

@@ -73,6 +73,15 @@ async function loadOverview() {
   $("events-failed").textContent = overview.stripe_events_failed;
   $("webhooks-pending").textContent = overview.webhook_deliveries_pending;
   $("endpoints-disabled").textContent = overview.webhook_endpoints_disabled;
+  const backup = overview.last_backup;
+  $("last-backup").textContent = backup ? when(new Date(backup.taken_at_ms).toISOString()) : "never";
+  $("last-backup").title = backup ? backup.path + " · " + backup.accounts.toLocaleString("en-US") + " accounts, "
+    + backup.transactions.toLocaleString("en-US") + " ledger rows" : "";
+  const backups = $("backup-list");
+  backups.textContent = "";
+  attentionItem(backups, null, !overview.backup_overdue ? "None."
+    : backup ? "No backup for more than a day: the last was taken " + when(new Date(backup.taken_at_ms).toISOString()) + "."
+    : "No backup for more than a day: none was ever taken (sms-credit backup).");
 }
 
 // The last 30 of the reader's days, each with its figures, summed from the

@@ -3,6 +3,7 @@
 //! folder and imports only downward. This module picks one from where the
 //! database is and opens it.
 
+pub mod backup;
 pub mod postgres;
 pub mod sqlite;
 
@@ -74,10 +75,36 @@ impl fmt::Debug for DatabaseLocation {
     }
 }
 
+/// Who checkpoints SQLite's write-ahead log back into the database file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// The server's writer, after a commit that leaves the log 64 MiB long.
+    #[default]
+    Server,
+    /// Litestream, which replicates the log: the server never checkpoints,
+    /// so that no checkpoint of its own races Litestream's (as Litestream's
+    /// documentation asks of busy writers). Without Litestream running the
+    /// log grows without bound.
+    Litestream,
+}
+
+impl Checkpoints {
+    /// `server` or `litestream`.
+    pub fn parse(text: &str) -> Result<Checkpoints, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "server" => Ok(Checkpoints::Server),
+            "litestream" => Ok(Checkpoints::Litestream),
+            _ => Err(format!("'{text}' is not server or litestream")),
+        }
+    }
+}
+
 /// How the store is opened.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
     pub location: DatabaseLocation,
+    /// Who checkpoints the write-ahead log (SQLite; Postgres ignores it).
+    pub checkpoints: Checkpoints,
     /// The most writes one group commit takes.
     pub max_batch: usize,
     /// How many reader threads (or connections) answer look-ups.
@@ -88,6 +115,7 @@ impl StoreSettings {
     pub fn new(location: DatabaseLocation) -> StoreSettings {
         StoreSettings {
             location,
+            checkpoints: Checkpoints::Server,
             max_batch: 8192,
             readers: 1,
         }
@@ -106,6 +134,7 @@ pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
     let backend: Arc<dyn Backend> = match &settings.location {
         DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
             path,
+            settings.checkpoints,
             settings.max_batch.max(1),
             settings.readers.max(1),
             Arc::clone(&shared),

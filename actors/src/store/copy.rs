@@ -163,6 +163,25 @@ pub const TABLES: &[Table] = &[
         seeded: false,
     },
     Table {
+        name: "order_refunds",
+        columns: &[
+            ("id", I),
+            ("order_id", I),
+            ("n", I),
+            ("idempotency_key", T),
+            ("amount", I),
+            ("reason", T),
+            ("status", T),
+            ("stripe_refund_id", T),
+            ("error", T),
+            ("created_at", I),
+            ("updated_at", I),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
         name: "stripe_events",
         columns: &[
             ("event_id", T),
@@ -440,6 +459,21 @@ pub const TABLES: &[Table] = &[
         has_id_sequence: true,
         seeded: false,
     },
+    Table {
+        name: "backups",
+        columns: &[
+            ("id", I),
+            ("taken_at", I),
+            ("path", T),
+            ("accounts", I),
+            ("transactions", I),
+            ("bytes", I),
+            ("duration_ms", I),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
 ];
 
 /// One value of a copied row.
@@ -507,6 +541,14 @@ pub async fn copy(source: &Store, target: &Store, now_ms: i64) -> Result<CopyRep
     if !running.is_empty() {
         return Err(CopyError::SourceInUse(running.join(", ")));
     }
+    copy_rows(source, target).await
+}
+
+/// Copies every row of `source` (which nothing writes to meanwhile: a
+/// stopped database, or a backup file) into `target` (which must hold no
+/// data), then verifies both and compares them. `sms-credit restore` is
+/// this, from a backup file.
+pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, CopyError> {
     let (pages, receiver) = mpsc::channel::<Page>(4);
     let import = target.copying().import(receiver);
     let export = async move {
@@ -581,4 +623,35 @@ pub async fn copy(source: &Store, target: &Store, now_ms: i64) -> Result<CopyRep
         source: source_report,
         target: target_report,
     })
+}
+
+/// Copies one moment of `source`, which writers may be writing to, into
+/// `target` (which must hold no data): every row read in one transaction
+/// ([`super::CopyStore::export_snapshot`]), written in one. Answers each
+/// table's row count; the caller verifies the target.
+pub async fn copy_snapshot(
+    source: &Store,
+    target: &Store,
+) -> Result<Vec<(&'static str, u64)>, CopyError> {
+    let (pages, receiver) = mpsc::channel::<Page>(4);
+    let (exported, imported) = futures_util::join!(
+        source.copying().export_snapshot(pages),
+        target.copying().import(receiver)
+    );
+    let imported = imported?;
+    let exported = exported?;
+    for (table, exported) in &exported {
+        let imported = imported
+            .iter()
+            .find(|(name, _)| name == table)
+            .map_or(0, |(_, count)| *count);
+        if imported != *exported {
+            return Err(CopyError::CountMismatch {
+                table,
+                exported: *exported,
+                imported,
+            });
+        }
+    }
+    Ok(exported)
 }

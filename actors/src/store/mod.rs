@@ -7,6 +7,7 @@
 //! migrations and its connections to itself. Whatever the adapter, a write
 //! is answered only after the transaction that holds it has committed.
 
+pub mod backup;
 pub(crate) mod change_notes;
 pub mod copy;
 pub mod error;
@@ -27,10 +28,10 @@ use crate::webhooks::NewEvent;
 
 pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
-    AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
-    EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore, LedgerStore,
-    MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, ReportStore,
-    SignInStore, StoreFuture, StripeEventStore, TokenStore, WebhookStore,
+    AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BackupStore, BillingStore,
+    CopyStore, EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore,
+    LedgerStore, MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception,
+    ReportStore, SignInStore, StoreFuture, StripeEventStore, TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -506,6 +507,10 @@ impl Store {
     }
 
     pub fn copying(&self) -> &dyn CopyStore {
+        &*self.backend
+    }
+
+    pub fn backups(&self) -> &dyn BackupStore {
         &*self.backend
     }
 

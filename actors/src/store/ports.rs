@@ -39,6 +39,7 @@ use crate::webhooks::{
     NewEndpoint, NewEvent, Pruned, SigningSecret, TryRecorded,
 };
 
+use super::backup::BackupRecord;
 use super::copy::{CopyError, CopyRow, Page, Table};
 use super::{CreateAccountError, LedgerWrite, StoreError};
 
@@ -657,6 +658,32 @@ pub trait CopyStore: Send + Sync {
         &self,
         pages: tokio::sync::mpsc::Receiver<Page>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
+    /// Every row of every copied table as one moment of the database (one
+    /// read transaction: SQLite's read snapshot, Postgres' `REPEATABLE
+    /// READ`), handed over a page at a time while writers go on; answers
+    /// each table's row count.
+    fn export_snapshot(
+        &self,
+        pages: tokio::sync::mpsc::Sender<Page>,
+    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
+    /// Writes one moment of the whole database into a new SQLite file at
+    /// `path` with the database's own means, beside the writers, and
+    /// answers `true` (SQLite: `VACUUM INTO`); answers `false` when it has
+    /// none (Postgres: its rows go through [`CopyStore::export_snapshot`]).
+    fn snapshot_file(&self, path: std::path::PathBuf) -> StoreFuture<bool>;
+    /// Empties the tables a copy leaves out (the running instances, change
+    /// notes, feed tickets), so that a file made by
+    /// [`CopyStore::snapshot_file`] holds what any backup holds and nothing
+    /// of the processes that were running on its source.
+    fn forget_processes(&self) -> StoreFuture<()>;
+}
+
+/// The record of the backups taken (`sms-credit backup`).
+pub trait BackupStore: Send + Sync {
+    /// Records a backup just put in place.
+    fn record_backup(&self, backup: BackupRecord) -> StoreFuture<()>;
+    /// The backup taken last (by the time its snapshot was read).
+    fn last_backup(&self) -> StoreFuture<Option<BackupRecord>>;
 }
 
 /// A store: every port, from one adapter.
@@ -672,6 +699,7 @@ pub trait Backend:
     + AutoTopUpStore
     + InstanceStore
     + CopyStore
+    + BackupStore
     + WebhookStore
     + ReportStore
 {

@@ -1,10 +1,11 @@
 //! `GET /v1/admin/overview`: the business at a glance for the operator's
 //! console: what is owed to customers, who is low, and what needs
 //! attention (Stripe events waiting or failed, webhook deliveries waiting,
-//! endpoints the server disabled).
+//! endpoints the server disabled, no backup for more than a day).
 
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::billing::event_log::EventStatus;
+use sms_credit_actors::store::backup::BackupRecord;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -26,6 +27,10 @@ pub struct Overview {
     webhook_deliveries_pending: i64,
     /// Endpoints the server disabled (410, or failing for three days).
     webhook_endpoints_disabled: usize,
+    /// The backup taken last (`sms-credit backup`), if any.
+    last_backup: Option<BackupRecord>,
+    /// No backup was taken in the last day (or none ever).
+    backup_overdue: bool,
 }
 
 /// The business at a glance.
@@ -46,6 +51,11 @@ pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpRespo
         .iter()
         .filter(|endpoint| !endpoint.enabled && endpoint.disabled_reason.is_some())
         .count();
+    let last_backup = state.store.backups().last_backup().await?;
+    let now_ms = state.clock.now_ms();
+    let backup_overdue = last_backup
+        .as_ref()
+        .is_none_or(|backup| backup.is_overdue(now_ms));
     Ok(HttpResponse::Ok().json(Overview {
         credit_owed_micros: owed.micros(),
         accounts_below_threshold: below,
@@ -54,5 +64,7 @@ pub async fn show(_admin: Admin, state: web::Data<AppState>) -> Result<HttpRespo
         stripe_events_failed: failed,
         webhook_deliveries_pending: pending,
         webhook_endpoints_disabled: disabled,
+        last_backup,
+        backup_overdue,
     }))
 }

@@ -1,14 +1,19 @@
 //! Copying in Postgres: pages read in key order on a reader; the import
 //! runs on a connection of its own, in one transaction: many rows per
-//! INSERT, then each `id` sequence moved past the copied rows.
+//! INSERT, then each `id` sequence moved past the copied rows. A backup's
+//! pages are read in one repeatable-read transaction; the backups taken are
+//! recorded here too.
 
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
 
-use super::PostgresStore;
-use crate::store::copy::{ColumnType, CopyError, CopyRow, CopyValue, Page, Table, TABLES};
-use crate::store::{CopyStore, StoreError, StoreFuture};
+use super::{boxed, PostgresStore};
+use crate::store::backup::BackupRecord;
+use crate::store::copy::{
+    ColumnType, CopyError, CopyRow, CopyValue, Page, Table, PAGE_ROWS, TABLES,
+};
+use crate::store::{BackupStore, CopyStore, StoreError, StoreFuture};
 
 /// Postgres takes at most 65 535 parameters per statement.
 const MAX_PARAMETERS: usize = 60_000;
@@ -99,6 +104,58 @@ async fn insert(
     Ok(())
 }
 
+/// Up to `limit` rows of `table` after the key `after`, in key order.
+async fn select_page(
+    client: &impl GenericClient,
+    table: &Table,
+    after: Option<&CopyRow>,
+    limit: i64,
+) -> Result<Vec<CopyRow>, StoreError> {
+    let mut parameters: Vec<Parameter> = Vec::new();
+    let filter = match &after {
+        Some(key) => {
+            let mut placeholders = Vec::new();
+            for (position, value) in key.iter().enumerate() {
+                let column = table.key[position];
+                parameters.push(parameter(table, column, value)?);
+                placeholders.push(format!(
+                    "${}::{}",
+                    position + 1,
+                    cast(table.columns[column].1)
+                ));
+            }
+            format!(
+                "WHERE ({}) > ({})",
+                table.key_names(),
+                placeholders.join(", ")
+            )
+        }
+        None => String::new(),
+    };
+    // Integer columns read as bigint (`pricing.id` is an integer).
+    let columns: Vec<String> = table
+        .columns
+        .iter()
+        .map(|(name, kind)| format!("{name}::{}", cast(*kind)))
+        .collect();
+    let references: Vec<&(dyn ToSql + Sync)> = parameters
+        .iter()
+        .map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = client
+        .query(
+            &format!(
+                "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}",
+                columns.join(", "),
+                table.name,
+                table.key_names()
+            ),
+            &references,
+        )
+        .await?;
+    rows.iter().map(|row| read_row(table, row)).collect()
+}
+
 impl CopyStore for PostgresStore {
     fn export_page(
         &self,
@@ -107,49 +164,7 @@ impl CopyStore for PostgresStore {
         limit: i64,
     ) -> StoreFuture<Vec<CopyRow>> {
         self.read(move |client| async move {
-            let mut parameters: Vec<Parameter> = Vec::new();
-            let filter = match &after {
-                Some(key) => {
-                    let mut placeholders = Vec::new();
-                    for (position, value) in key.iter().enumerate() {
-                        let column = table.key[position];
-                        parameters.push(parameter(table, column, value)?);
-                        placeholders.push(format!(
-                            "${}::{}",
-                            position + 1,
-                            cast(table.columns[column].1)
-                        ));
-                    }
-                    format!(
-                        "WHERE ({}) > ({})",
-                        table.key_names(),
-                        placeholders.join(", ")
-                    )
-                }
-                None => String::new(),
-            };
-            // Integer columns read as bigint (`pricing.id` is an integer).
-            let columns: Vec<String> = table
-                .columns
-                .iter()
-                .map(|(name, kind)| format!("{name}::{}", cast(*kind)))
-                .collect();
-            let references: Vec<&(dyn ToSql + Sync)> = parameters
-                .iter()
-                .map(|parameter| parameter.as_ref() as &(dyn ToSql + Sync))
-                .collect();
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}",
-                        columns.join(", "),
-                        table.name,
-                        table.key_names()
-                    ),
-                    &references,
-                )
-                .await?;
-            rows.iter().map(|row| read_row(table, row)).collect()
+            select_page(client.as_ref(), table, after.as_ref(), limit).await
         })
     }
 
@@ -211,6 +226,111 @@ impl CopyStore for PostgresStore {
             }
             transaction.commit().await.map_err(StoreError::from)?;
             Ok(counts)
+        })
+    }
+
+    fn export_snapshot(
+        &self,
+        pages: mpsc::Sender<Page>,
+    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
+        // One repeatable-read transaction on a connection of its own: every
+        // page is read from the moment of its first statement, whatever the
+        // writers commit meanwhile.
+        let connector = self.readers.connector.clone();
+        Box::pin(async move {
+            let mut client = connector.connect(None).await?;
+            let transaction = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(StoreError::from)?;
+            let mut counts = Vec::new();
+            for table in TABLES {
+                let mut after: Option<CopyRow> = None;
+                let mut count = 0_u64;
+                loop {
+                    let rows = select_page(&transaction, table, after.as_ref(), PAGE_ROWS).await?;
+                    let full = rows.len() as i64 == PAGE_ROWS;
+                    count += rows.len() as u64;
+                    after = rows.last().map(|row| table.key_of(row));
+                    if !rows.is_empty() && pages.send(Page { table, rows }).await.is_err() {
+                        // The target stopped taking pages: its error says why.
+                        return Ok(counts);
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+                counts.push((table.name, count));
+            }
+            transaction.commit().await.map_err(StoreError::from)?;
+            Ok(counts)
+        })
+    }
+
+    fn snapshot_file(&self, _path: std::path::PathBuf) -> StoreFuture<bool> {
+        // Postgres has no file to copy: a backup reads its rows instead.
+        Box::pin(async { Ok(false) })
+    }
+
+    fn forget_processes(&self) -> StoreFuture<()> {
+        self.write(|transaction| {
+            boxed(async move {
+                transaction
+                    .batch_execute("DELETE FROM instances; DELETE FROM feed_tickets;")
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+}
+
+impl BackupStore for PostgresStore {
+    fn record_backup(&self, backup: BackupRecord) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let backup = backup.clone();
+            boxed(async move {
+                transaction
+                    .execute(
+                        "INSERT INTO backups (taken_at, path, accounts, transactions, bytes, duration_ms)
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                        &[
+                            &backup.taken_at_ms,
+                            &backup.path,
+                            &backup.accounts,
+                            &backup.transactions,
+                            &backup.bytes,
+                            &backup.duration_ms,
+                        ],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn last_backup(&self) -> StoreFuture<Option<BackupRecord>> {
+        self.read(|client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT taken_at, path, accounts, transactions, bytes, duration_ms
+                       FROM backups ORDER BY taken_at DESC, id DESC LIMIT 1",
+                    &[],
+                )
+                .await?;
+            row.map(|row| {
+                Ok(BackupRecord {
+                    taken_at_ms: row.try_get(0)?,
+                    path: row.try_get(1)?,
+                    accounts: row.try_get(2)?,
+                    transactions: row.try_get(3)?,
+                    bytes: row.try_get(4)?,
+                    duration_ms: row.try_get(5)?,
+                })
+            })
+            .transpose()
         })
     }
 }

@@ -65,6 +65,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V14__stale_reservations",
         include_str!("../../../../migrations/postgres/V14__stale_reservations.sql"),
     ),
+    (
+        "V15__backups",
+        include_str!("../../../../migrations/postgres/V15__backups.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

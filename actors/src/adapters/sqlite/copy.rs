@@ -1,14 +1,21 @@
 //! Copying in SQLite: pages read in key order on a reader; the import runs
 //! on the writer, as one write of its own (one transaction), taking pages as
-//! the source hands them over.
+//! the source hands them over. A backup's snapshot is read on a connection
+//! of its own (`VACUUM INTO`, or every page in one read transaction); the
+//! backups taken are recorded here too.
+
+use std::path::PathBuf;
 
 use rusqlite::types::Value;
-use rusqlite::Connection;
-use tokio::sync::mpsc;
+use rusqlite::{Connection, OptionalExtension};
+use tokio::sync::{mpsc, oneshot};
 
 use super::SqliteStore;
-use crate::store::copy::{ColumnType, CopyError, CopyRow, CopyValue, Page, Table, TABLES};
-use crate::store::{CopyStore, StoreError, StoreFuture};
+use crate::store::backup::BackupRecord;
+use crate::store::copy::{
+    ColumnType, CopyError, CopyRow, CopyValue, Page, Table, PAGE_ROWS, TABLES,
+};
+use crate::store::{BackupStore, CopyStore, StoreError, StoreFuture};
 
 fn to_sql(value: &CopyValue) -> Value {
     match value {
@@ -86,6 +93,62 @@ fn import(
     Ok(counts)
 }
 
+/// Up to `limit` rows of `table` after the key `after`, in key order.
+fn select_page(
+    connection: &Connection,
+    table: &Table,
+    after: Option<&CopyRow>,
+    limit: i64,
+) -> Result<Vec<CopyRow>, StoreError> {
+    let filter = match after {
+        Some(key) => format!(
+            "WHERE ({}) > ({})",
+            table.key_names(),
+            vec!["?"; key.len()].join(", ")
+        ),
+        None => String::new(),
+    };
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}",
+        table.column_names(),
+        table.name,
+        table.key_names()
+    ))?;
+    let key: Vec<Value> = after.into_iter().flatten().map(to_sql).collect();
+    let rows = statement
+        .query_map(rusqlite::params_from_iter(key), |row| read_row(table, row))?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows)
+}
+
+/// Every table's rows, a page at a time, all read inside the one read
+/// transaction the caller holds.
+fn export_all(
+    connection: &Connection,
+    pages: &mpsc::Sender<Page>,
+) -> Result<Vec<(&'static str, u64)>, CopyError> {
+    let mut counts = Vec::new();
+    for table in TABLES {
+        let mut after: Option<CopyRow> = None;
+        let mut count = 0_u64;
+        loop {
+            let rows = select_page(connection, table, after.as_ref(), PAGE_ROWS)?;
+            let full = rows.len() as i64 == PAGE_ROWS;
+            count += rows.len() as u64;
+            after = rows.last().map(|row| table.key_of(row));
+            if !rows.is_empty() && pages.blocking_send(Page { table, rows }).is_err() {
+                // The target stopped taking pages: its error says why.
+                return Ok(counts);
+            }
+            if !full {
+                break;
+            }
+        }
+        counts.push((table.name, count));
+    }
+    Ok(counts)
+}
+
 impl CopyStore for SqliteStore {
     fn export_page(
         &self,
@@ -93,27 +156,7 @@ impl CopyStore for SqliteStore {
         after: Option<CopyRow>,
         limit: i64,
     ) -> StoreFuture<Vec<CopyRow>> {
-        self.read(move |connection| {
-            let filter = match &after {
-                Some(key) => format!(
-                    "WHERE ({}) > ({})",
-                    table.key_names(),
-                    vec!["?"; key.len()].join(", ")
-                ),
-                None => String::new(),
-            };
-            let mut statement = connection.prepare_cached(&format!(
-                "SELECT {} FROM {} {filter} ORDER BY {} LIMIT {limit}",
-                table.column_names(),
-                table.name,
-                table.key_names()
-            ))?;
-            let key: Vec<Value> = after.iter().flatten().map(to_sql).collect();
-            let rows = statement
-                .query_map(rusqlite::params_from_iter(key), |row| read_row(table, row))?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
-        })
+        self.read(move |connection| select_page(connection, table, after.as_ref(), limit))
     }
 
     fn import(
@@ -121,5 +164,109 @@ impl CopyStore for SqliteStore {
         pages: mpsc::Receiver<Page>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
         self.write(move |connection| import(connection, pages))
+    }
+
+    fn export_snapshot(
+        &self,
+        pages: mpsc::Sender<Page>,
+    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
+        // On a connection of its own, so that the store's readers go on
+        // answering: one read transaction holds the moment it started at.
+        let path = self.path.clone();
+        Box::pin(async move {
+            let (done, answer) = oneshot::channel();
+            super::spawn_thread("store-snapshot", move || {
+                let exported = (|| -> Result<Vec<(&'static str, u64)>, CopyError> {
+                    let connection = super::open_connection(&path)?;
+                    connection
+                        .execute_batch("BEGIN")
+                        .map_err(StoreError::from)?;
+                    let exported = export_all(&connection, &pages);
+                    let _ = connection.execute_batch("COMMIT");
+                    exported
+                })();
+                let _ = done.send(exported);
+            })?;
+            answer
+                .await
+                .map_err(|_| CopyError::Store(StoreError::Closed))?
+        })
+    }
+
+    fn snapshot_file(&self, target: PathBuf) -> StoreFuture<bool> {
+        // `VACUUM INTO` reads the database in one read transaction (one
+        // moment of it, writers going on) and writes it, compacted, into a
+        // new file. A connection of its own: the readers go on answering.
+        let path = self.path.clone();
+        Box::pin(async move {
+            let (done, answer) = oneshot::channel();
+            super::spawn_thread("store-snapshot", move || {
+                let written = (|| -> Result<bool, StoreError> {
+                    let connection = super::open_connection(&path)?;
+                    let target = target.to_str().ok_or_else(|| {
+                        StoreError::Database(format!(
+                            "{} is not a path SQLite can take (not UTF-8)",
+                            target.display()
+                        ))
+                    })?;
+                    connection.execute("VACUUM INTO ?1", [target])?;
+                    Ok(true)
+                })();
+                let _ = done.send(written);
+            })?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn forget_processes(&self) -> StoreFuture<()> {
+        self.write(|connection| {
+            connection.execute_batch(
+                "DELETE FROM instances; DELETE FROM ledger_changes; DELETE FROM feed_tickets;",
+            )?;
+            Ok(())
+        })
+    }
+}
+
+impl BackupStore for SqliteStore {
+    fn record_backup(&self, backup: BackupRecord) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO backups (taken_at, path, accounts, transactions, bytes, duration_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(rusqlite::params![
+                    backup.taken_at_ms,
+                    backup.path,
+                    backup.accounts,
+                    backup.transactions,
+                    backup.bytes,
+                    backup.duration_ms
+                ])?;
+            Ok(())
+        })
+    }
+
+    fn last_backup(&self) -> StoreFuture<Option<BackupRecord>> {
+        self.read(|connection| {
+            connection
+                .prepare_cached(
+                    "SELECT taken_at, path, accounts, transactions, bytes, duration_ms
+                     FROM backups ORDER BY taken_at DESC, id DESC LIMIT 1",
+                )?
+                .query_row([], |row| {
+                    Ok(BackupRecord {
+                        taken_at_ms: row.get(0)?,
+                        path: row.get(1)?,
+                        accounts: row.get(2)?,
+                        transactions: row.get(3)?,
+                        bytes: row.get(4)?,
+                        duration_ms: row.get(5)?,
+                    })
+                })
+                .optional()
+                .map_err(StoreError::from)
+        })
     }
 }

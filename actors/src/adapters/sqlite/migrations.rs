@@ -99,6 +99,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V22__stale_reservations",
         include_str!("../../../../migrations/sqlite/V22__stale_reservations.sql"),
     ),
+    (
+        "V24__backups",
+        include_str!("../../../../migrations/sqlite/V24__backups.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

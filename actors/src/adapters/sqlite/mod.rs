@@ -30,7 +30,7 @@ mod writer;
 
 use std::any::Any;
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -92,6 +92,8 @@ type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
 
 /// The adapter: queues to its threads.
 pub struct SqliteStore {
+    /// The database file, for the connections a backup opens of its own.
+    path: PathBuf,
     writer: mpsc::Sender<WriterMessage>,
     /// How far the writer's commits are durable: reads wait for it.
     durability: Arc<syncer::Durability>,
@@ -142,6 +144,44 @@ pub fn raw_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(connection)
 }
 
+/// Leaves the database at `path`, which no other process uses, as one
+/// file: its write-ahead log checkpointed into it and the file in
+/// rollback-journal mode, synced. The change of mode needs every other
+/// connection closed: it is asked again until they are, for `patience`.
+/// For a backup's file, on a thread of the caller's.
+pub fn seal_file(path: &Path, patience: Duration) -> Result<(), StoreError> {
+    let connection = Connection::open(path).map_err(|error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    })?;
+    connection.busy_timeout(patience)?;
+    let started = std::time::Instant::now();
+    loop {
+        // Refused (locked), or left as it was, while another connection is
+        // open.
+        let mode = connection
+            .query_row("PRAGMA journal_mode = DELETE", [], |row| {
+                row.get::<_, String>(0)
+            })
+            .map_err(StoreError::from);
+        match mode {
+            Ok(mode) if mode.eq_ignore_ascii_case("delete") => break,
+            Ok(mode) if started.elapsed() > patience => {
+                return Err(StoreError::Database(format!(
+                    "{} stayed in {mode} mode: another connection holds it",
+                    path.display()
+                )))
+            }
+            Err(error) if started.elapsed() > patience => return Err(error),
+            _ => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    drop(connection);
+    std::fs::File::open(path)
+        .and_then(|file| file.sync_all())
+        .map_err(|error| StoreError::Database(format!("{}: {error}", path.display())))
+}
+
 /// Applies the migrations the database has not had yet; answers their names.
 pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
     let mut connection = open_connection(path)?;
@@ -181,6 +221,7 @@ impl SqliteStore {
     /// their queues) is dropped.
     pub(crate) fn open(
         path: &Path,
+        checkpoints: super::Checkpoints,
         max_batch: usize,
         readers: usize,
         shared: Arc<Shared>,
@@ -191,6 +232,10 @@ impl SqliteStore {
         // syncer fsyncs it (once for every batch that committed meanwhile)
         // before anything about them is told. See `syncer`.
         write_connection.pragma_update(None, "synchronous", "NORMAL")?;
+        // Only the writer commits, so only it would checkpoint.
+        if checkpoints == super::Checkpoints::Litestream {
+            write_connection.pragma_update(None, "wal_autocheckpoint", 0)?;
+        }
         let (writer_sender, writer_receiver) = mpsc::channel();
         let watch_connection = open_connection(path)?;
         watch_connection.pragma_update(None, "query_only", "ON")?;
@@ -228,6 +273,7 @@ impl SqliteStore {
             reader_senders.push(reader_sender);
         }
         Ok(SqliteStore {
+            path: path.to_path_buf(),
             writer: writer_sender,
             durability,
             origin,
@@ -336,3 +382,41 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::adapters::Checkpoints;
+
+    /// The writer (the only connection that commits) checkpoints the log
+    /// itself unless Litestream is to: with `Litestream` it never does, so
+    /// that no checkpoint of the server's races Litestream's.
+    #[test]
+    fn the_writer_leaves_checkpoints_to_litestream_when_told() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for (checkpoints, pages) in [(Checkpoints::Server, 16_384), (Checkpoints::Litestream, 0)] {
+            let path = std::env::temp_dir().join(format!(
+                "sms-credit-checkpoints-{}-{checkpoints:?}.db",
+                std::process::id()
+            ));
+            let store =
+                SqliteStore::open(&path, checkpoints, 64, 1, Shared::new().unwrap()).unwrap();
+            let autocheckpoint: i64 = runtime
+                .block_on(store.write(|connection| {
+                    connection
+                        .query_row("PRAGMA wal_autocheckpoint", [], |row| row.get(0))
+                        .map_err(StoreError::from)
+                }))
+                .unwrap();
+            assert_eq!(autocheckpoint, pages, "{checkpoints:?}");
+            drop(store);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(name));
+            }
+        }
+    }
+}

@@ -55,12 +55,15 @@ pub(super) fn is_duplicate_key(error: &rusqlite::Error) -> bool {
 /// Returns `false`, changing nothing, if the snapshot on disk is no longer
 /// `previous` (someone else wrote to this account). An idempotency key
 /// already in the account's ledger fails the insert (the unique index
-/// decides; see [`is_duplicate_key`]) and changes nothing either.
+/// decides; see [`is_duplicate_key`]) after the snapshot moved: the writer
+/// runs each write in a savepoint, and rolls a failed one back whole.
+/// `fail_row`: the test switch fails the row's insert.
 pub(super) fn append_entry(
     connection: &Connection,
     entry: &LedgerEntry,
     previous: &Snapshot,
     next: &Snapshot,
+    fail_row: bool,
 ) -> Result<bool, rusqlite::Error> {
     // The guarded snapshot update goes first, so that a conflict is found
     // before anything has changed.
@@ -82,7 +85,10 @@ pub(super) fn append_entry(
     if moved != 1 {
         return Ok(false);
     }
-    let inserted = connection
+    if fail_row {
+        return Err(super::injected_failure(crate::store::WritePart::Row));
+    }
+    connection
         .prepare_cached(
             "INSERT INTO transactions (account_id, seq, type, amount, balance_after,
                                        idempotency_key, order_id, description, created_at)
@@ -98,24 +104,7 @@ pub(super) fn append_entry(
             entry.order_id,
             entry.description,
             entry.created_at_ms,
-        ]);
-    if let Err(error) = inserted {
-        // Put the snapshot back so that the failed write leaves no trace.
-        if !connection.is_autocommit() {
-            connection
-                .prepare_cached(
-                    "UPDATE account_balances SET balance = ?2, seq = ?3, low_balance_warned_at = ?4
-                      WHERE account_id = ?1",
-                )?
-                .execute(params![
-                    entry.account_id.0,
-                    previous.balance.micros(),
-                    previous.seq,
-                    previous.low_balance_warned_at_ms,
-                ])?;
-        }
-        return Err(error);
-    }
+        ])?;
     Ok(true)
 }
 

@@ -335,3 +335,15 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {}
+
+/// The error a test switch puts in place of a write's statement: SQLite's
+/// own for a full disk, with the transaction still open.
+pub(super) fn injected_failure(part: crate::store::WritePart) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        Some(format!(
+            "database or disk is full (a test switch failed the write's {})",
+            part.as_str()
+        )),
+    )
+}

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::clock::Clock;
 use crate::ledger::{AccountId, LedgerEntry, Snapshot};
-use crate::store::{LedgerWrite, Shared, StoreError};
+use crate::store::{LedgerWrite, Shared, StoreError, WritePart};
 
 /// How often (in batches that wrote ledger rows) old change notes are dropped.
 const PRUNE_CHANGES_EVERY: u32 = 1024;
@@ -273,36 +273,64 @@ impl Writer {
             }
             self.poisoned.remove(&account_id);
         }
-        let appended =
-            ledger::append_entry(&self.connection, &write.entry, &write.previous, &write.next)
-                .and_then(|appended| {
-                    if let (true, Some(notice_id)) = (appended, write.withdrawn_notice()) {
-                        notices::withdraw(&self.connection, notice_id)?;
-                    }
-                    if let (true, Some(notice)) = (appended, write.notice()) {
-                        notices::queue(&self.connection, notice)?;
-                        self.notices_queued = true;
-                    }
-                    if appended && !write.events().is_empty() {
-                        webhooks::insert_events(&self.connection, write.events())?;
-                    }
-                    if let (true, Some(refunded)) = (appended, write.order_refunded()) {
-                        billing::record_refunded(
-                            &self.connection,
-                            refunded.order_id,
-                            refunded.refunded,
-                        )?;
-                    }
-                    Ok(appended)
-                });
+        let failing = self.shared.take_failing_part(&write.entry.idempotency_key);
+        // Each write in a savepoint of its own: if any of its statements
+        // fails, it leaves nothing (not its row without its notice or
+        // events), its caller is told, and the rest of the batch commits.
+        if let Err(error) = self.execute("SAVEPOINT ledger_write") {
+            self.poison(account_id, write.generation);
+            let reason = error.to_string();
+            refused.push(Answer::Ledger(
+                write.done,
+                Err(StoreError::CommitFailed(reason.clone())),
+            ));
+            *failure = Some(reason);
+            return;
+        }
+        let appended = self.ledger_statements(&write, failing);
+        if self.connection.is_autocommit() {
+            // SQLite rolled the whole transaction back (an I/O error, a
+            // full disk): nothing in this batch can commit.
+            self.poison(account_id, write.generation);
+            let reason = match appended {
+                Err(error) => error.to_string(),
+                Ok(_) => "a ledger write ended the transaction (I/O error?)".to_string(),
+            };
+            refused.push(Answer::Ledger(
+                write.done,
+                Err(StoreError::CommitFailed(reason.clone())),
+            ));
+            *failure = Some(reason);
+            return;
+        }
+        let ended = match &appended {
+            Ok(true) => self.execute("RELEASE ledger_write"),
+            Ok(false) | Err(_) => self
+                .execute("ROLLBACK TO ledger_write")
+                .and_then(|()| self.execute("RELEASE ledger_write")),
+        };
+        if let Err(error) = ended {
+            // The savepoint could not be ended: neither can the batch.
+            self.poison(account_id, write.generation);
+            let reason = error.to_string();
+            refused.push(Answer::Ledger(
+                write.done,
+                Err(StoreError::CommitFailed(reason.clone())),
+            ));
+            *failure = Some(reason);
+            return;
+        }
         match appended {
-            Ok(true) => pending.push(Pending::Ledger {
-                entry: write.entry,
-                next: write.next,
-                generation: write.generation,
-                queued_at: write.submitted_at,
-                done: write.done,
-            }),
+            Ok(true) => {
+                self.notices_queued |= write.notice().is_some();
+                pending.push(Pending::Ledger {
+                    entry: write.entry,
+                    next: write.next,
+                    generation: write.generation,
+                    queued_at: write.submitted_at,
+                    done: write.done,
+                })
+            }
             Ok(false) => {
                 self.shared.stats.conflicts.fetch_add(1, Ordering::Relaxed);
                 self.poison(account_id, write.generation);
@@ -315,25 +343,64 @@ impl Writer {
                 };
                 refused.push(Answer::Ledger(write.done, Err(error)));
             }
-            Err(error) => {
+            Err(error) if ledger::is_duplicate_key(&error) => {
+                // The key is used: the caller looks up what it became.
                 self.poison(account_id, write.generation);
-                if self.connection.is_autocommit() {
-                    // SQLite rolled the whole transaction back (I/O error,
-                    // disk full): nothing in this batch can commit.
-                    *failure = Some(error.to_string());
-                    refused.push(Answer::Ledger(
-                        write.done,
-                        Err(StoreError::CommitFailed(error.to_string())),
-                    ));
-                } else if ledger::is_duplicate_key(&error) {
-                    // The key is used: the caller looks up what it became.
-                    refused.push(Answer::Ledger(write.done, Err(StoreError::DuplicateKey)));
-                } else {
-                    tracing::warn!(%account_id, error = %error, "ledger write refused");
-                    refused.push(Answer::Ledger(write.done, Err(StoreError::Conflict)));
-                }
+                refused.push(Answer::Ledger(write.done, Err(StoreError::DuplicateKey)));
+            }
+            Err(error) => {
+                // Rolled back to its savepoint: nothing of it commits, and
+                // its caller is told it failed (not a conflict: computing
+                // it again would not help).
+                self.poison(account_id, write.generation);
+                tracing::warn!(%account_id, %error, "ledger write failed; rolled back alone");
+                refused.push(Answer::Ledger(
+                    write.done,
+                    Err(StoreError::CommitFailed(format!(
+                        "{error}; the write was rolled back"
+                    ))),
+                ));
             }
         }
+    }
+
+    /// A ledger write's statements, in its savepoint: the guarded snapshot
+    /// update and the row (`false` when the guard found the ledger moved
+    /// on), then what its outbox holds. `failing`: the test switch's part.
+    fn ledger_statements(
+        &self,
+        write: &LedgerWrite,
+        failing: Option<WritePart>,
+    ) -> Result<bool, rusqlite::Error> {
+        let fail_at = |part: WritePart| match failing {
+            Some(failing) if failing == part => Err(super::injected_failure(part)),
+            _ => Ok(()),
+        };
+        let appended = ledger::append_entry(
+            &self.connection,
+            &write.entry,
+            &write.previous,
+            &write.next,
+            failing == Some(WritePart::Row),
+        )?;
+        if !appended {
+            return Ok(false);
+        }
+        if let Some(notice_id) = write.withdrawn_notice() {
+            notices::withdraw(&self.connection, notice_id)?;
+        }
+        if let Some(notice) = write.notice() {
+            fail_at(WritePart::Notice)?;
+            notices::queue(&self.connection, notice)?;
+        }
+        if !write.events().is_empty() {
+            fail_at(WritePart::Events)?;
+            webhooks::insert_events(&self.connection, write.events())?;
+        }
+        if let Some(refunded) = write.order_refunded() {
+            billing::record_refunded(&self.connection, refunded.order_id, refunded.refunded)?;
+        }
+        Ok(true)
     }
 
     /// Runs a custom operation in a savepoint. The outer `Err` is a store

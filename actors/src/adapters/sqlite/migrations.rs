@@ -91,6 +91,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V20__worker_leases",
         include_str!("../../../../migrations/sqlite/V20__worker_leases.sql"),
     ),
+    (
+        "V23__last_commit",
+        include_str!("../../../../migrations/sqlite/V23__last_commit.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

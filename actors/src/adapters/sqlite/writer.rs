@@ -12,7 +12,7 @@ use std::time::Instant;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::syncer::{Answer, CommittedLedger, Durability, Settled};
+use super::syncer::{Answer, CommittedLedger, Durability, Settled, ToSyncer};
 use super::{
     billing, ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
     WriterMessage,
@@ -47,7 +47,7 @@ pub(super) struct Writer {
     connection: Connection,
     max_batch: usize,
     /// Where each batch goes once committed, to be made durable and answered.
-    syncer: Sender<Settled>,
+    syncer: Sender<ToSyncer>,
     /// The commits' numbers (readers wait for them to be durable).
     durability: Arc<Durability>,
     /// Counters, the balance feed's fan-out and the test switch.
@@ -68,7 +68,7 @@ impl Writer {
         connection: Connection,
         max_batch: usize,
         shared: Arc<Shared>,
-        syncer: Sender<Settled>,
+        syncer: Sender<ToSyncer>,
         durability: Arc<Durability>,
     ) -> Writer {
         Writer {
@@ -166,8 +166,14 @@ impl Writer {
         let number = match failure {
             None => {
                 let number = self.durability.begin();
+                failure = self
+                    .mark_last_commit(number)
+                    .err()
+                    .map(|error| error.to_string());
                 let committing = Instant::now();
-                failure = self.commit().err();
+                if failure.is_none() {
+                    failure = self.commit().err();
+                }
                 let commit_micros = committing.elapsed().as_micros() as u64;
                 self.shared
                     .stats
@@ -255,7 +261,7 @@ impl Writer {
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         // The syncer makes it durable and answers; if it is gone, so is the
         // store, and the callers learn it from their dropped answers.
-        let _ = self.syncer.send(settled);
+        let _ = self.syncer.send(ToSyncer::Batch(settled));
     }
 
     fn apply_ledger_write(
@@ -457,6 +463,16 @@ impl Writer {
                 .prepare_cached("DELETE FROM ledger_changes WHERE created_at < ?1")?
                 .execute([now_ms - KEEP_CHANGES_MS])?;
         }
+        Ok(())
+    }
+
+    /// Notes, in the batch's transaction, that this process made the last
+    /// commit, and its number: a reader of another process that finds it
+    /// last makes the WAL durable before it answers (see `reader`).
+    fn mark_last_commit(&self, number: u64) -> Result<(), rusqlite::Error> {
+        self.connection
+            .prepare_cached("UPDATE last_commit SET origin = ?1, number = ?2 WHERE id = 1")?
+            .execute(rusqlite::params![self.shared.origin, number as i64])?;
         Ok(())
     }
 

@@ -916,6 +916,33 @@ async fn a_write_failing_after_its_row_leaves_nothing_and_its_batch_commits() {
             Money::from_micros(1_000_000)
         );
     }
+
+    // A write with nothing but its row (no notice, no event) whose row
+    // fails: the snapshot it moved is put back, and it is answered alike.
+    let before = core.store.ledger().snapshot(beside).await.unwrap().unwrap();
+    core.store
+        .fail_ledger_write_for_testing("plain", WritePart::Row);
+    let failed = core.registry.send(beside, credit(1_000, "plain")).await;
+    assert!(
+        matches!(
+            &failed,
+            Err(LedgerError::Store(StoreError::CommitFailed(_)))
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(
+        core.store.ledger().snapshot(beside).await.unwrap(),
+        Some(before)
+    );
+    let applied = core
+        .registry
+        .send(beside, credit(1_000, "plain"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (applied.entry.seq, applied.replayed),
+        (before.seq + 1, false)
+    );
     core.shutdown().await;
     assert_verified(&directory);
 }

@@ -27,6 +27,16 @@ const PRUNE_CHANGES_EVERY: u32 = 1024;
 /// file takes to read them.
 const KEEP_CHANGES_MS: i64 = 10 * 60 * 1000;
 
+/// Why a ledger write failed.
+enum WriteFailure {
+    /// One of its statements failed; it left nothing (rolled back to its
+    /// savepoint, or its snapshot put back), and the batch goes on.
+    Statement(rusqlite::Error),
+    /// The batch cannot commit (the transaction is gone, or the write
+    /// could not be undone).
+    Batch(String),
+}
+
 /// A write that went into the open transaction and waits for its commit.
 enum Pending {
     Ledger {
@@ -280,50 +290,55 @@ impl Writer {
             self.poisoned.remove(&account_id);
         }
         let failing = self.shared.take_failing_part(&write.entry.idempotency_key);
-        // Each write in a savepoint of its own: if any of its statements
-        // fails, it leaves nothing (not its row without its notice or
-        // events), its caller is told, and the rest of the batch commits.
-        if let Err(error) = self.execute("SAVEPOINT ledger_write") {
-            self.poison(account_id, write.generation);
-            let reason = error.to_string();
-            refused.push(Answer::Ledger(
-                write.done,
-                Err(StoreError::CommitFailed(reason.clone())),
-            ));
-            *failure = Some(reason);
-            return;
-        }
-        let appended = self.ledger_statements(&write, failing);
-        if self.connection.is_autocommit() {
-            // SQLite rolled the whole transaction back (an I/O error, a
-            // full disk): nothing in this batch can commit.
-            self.poison(account_id, write.generation);
-            let reason = match appended {
-                Err(error) => error.to_string(),
-                Ok(_) => "a ledger write ended the transaction (I/O error?)".to_string(),
-            };
-            refused.push(Answer::Ledger(
-                write.done,
-                Err(StoreError::CommitFailed(reason.clone())),
-            ));
-            *failure = Some(reason);
-            return;
-        }
-        let ended = match &appended {
-            Ok(true) => self.execute("RELEASE ledger_write"),
-            Ok(false) | Err(_) => self
+        // A write leaves nothing if any of its statements fails (not its
+        // row without its notice or events): its caller is told, and the
+        // rest of the batch commits. A write with more than its snapshot and
+        // row runs in a savepoint of its own. One with only those (nearly
+        // every debit) does not: a savepoint costs a write 1.3 – 4 µs
+        // (SQLite copies the pages it touches into the statement journal),
+        // up to half its statements; its one statement after the first, the
+        // row's insert, is undone by putting the snapshot back.
+        let in_savepoint = write.outbox.is_some();
+        let started = if in_savepoint {
+            self.execute("SAVEPOINT ledger_write")
+        } else {
+            Ok(())
+        };
+        let appended = match started {
+            Ok(()) => self.ledger_statements(&write, failing, in_savepoint),
+            Err(error) => Err(WriteFailure::Batch(error.to_string())),
+        };
+        let ended = match (&appended, in_savepoint) {
+            (_, false) => Ok(()),
+            // The transaction is gone (below): so is the savepoint.
+            _ if self.connection.is_autocommit() => Ok(()),
+            (Ok(true), true) => self.execute("RELEASE ledger_write"),
+            (Ok(false) | Err(_), true) => self
                 .execute("ROLLBACK TO ledger_write")
                 .and_then(|()| self.execute("RELEASE ledger_write")),
         };
-        if let Err(error) = ended {
+        let appended = match (appended, ended) {
+            // SQLite rolled the whole transaction back (an I/O error, a full
+            // disk): nothing in this batch can commit.
+            (Err(WriteFailure::Statement(error)), _) if self.connection.is_autocommit() => {
+                Err(WriteFailure::Batch(error.to_string()))
+            }
+            (Ok(_), _) if self.connection.is_autocommit() => Err(WriteFailure::Batch(
+                "a ledger write ended the transaction (I/O error?)".to_string(),
+            )),
             // The savepoint could not be ended: neither can the batch.
+            (Ok(_) | Err(WriteFailure::Statement(_)), Err(error)) => {
+                Err(WriteFailure::Batch(error.to_string()))
+            }
+            (appended, _) => appended,
+        };
+        if let Err(WriteFailure::Batch(reason)) = &appended {
             self.poison(account_id, write.generation);
-            let reason = error.to_string();
             refused.push(Answer::Ledger(
                 write.done,
                 Err(StoreError::CommitFailed(reason.clone())),
             ));
-            *failure = Some(reason);
+            *failure = Some(reason.clone());
             return;
         }
         match appended {
@@ -349,15 +364,17 @@ impl Writer {
                 };
                 refused.push(Answer::Ledger(write.done, Err(error)));
             }
-            Err(error) if ledger::is_duplicate_key(&error) => {
+            Err(WriteFailure::Statement(error)) if ledger::is_duplicate_key(&error) => {
                 // The key is used: the caller looks up what it became.
                 self.poison(account_id, write.generation);
                 refused.push(Answer::Ledger(write.done, Err(StoreError::DuplicateKey)));
             }
-            Err(error) => {
-                // Rolled back to its savepoint: nothing of it commits, and
-                // its caller is told it failed (not a conflict: computing
-                // it again would not help).
+            // Answered above.
+            Err(WriteFailure::Batch(_)) => {}
+            Err(WriteFailure::Statement(error)) => {
+                // Rolled back (to its savepoint, or its snapshot put back):
+                // nothing of it commits, and its caller is told it failed
+                // (not a conflict: computing it again would not help).
                 self.poison(account_id, write.generation);
                 tracing::warn!(%account_id, %error, "ledger write failed; rolled back alone");
                 refused.push(Answer::Ledger(
@@ -370,42 +387,59 @@ impl Writer {
         }
     }
 
-    /// A ledger write's statements, in its savepoint: the guarded snapshot
-    /// update and the row (`false` when the guard found the ledger moved
-    /// on), then what its outbox holds. `failing`: the test switch's part.
+    /// A ledger write's statements: the guarded snapshot update and the
+    /// row (`false` when the guard found the ledger moved on), then what its
+    /// outbox holds. Outside a savepoint (a write without an outbox), a
+    /// row that fails is undone by putting the snapshot back; if that fails
+    /// too, the write is half there, and the batch fails. `failing`: the
+    /// test switch's part.
     fn ledger_statements(
         &self,
         write: &LedgerWrite,
         failing: Option<WritePart>,
-    ) -> Result<bool, rusqlite::Error> {
+        in_savepoint: bool,
+    ) -> Result<bool, WriteFailure> {
         let fail_at = |part: WritePart| match failing {
             Some(failing) if failing == part => Err(super::injected_failure(part)),
             _ => Ok(()),
         };
-        let appended = ledger::append_entry(
-            &self.connection,
-            &write.entry,
-            &write.previous,
-            &write.next,
-            failing == Some(WritePart::Row),
-        )?;
-        if !appended {
+        let moved =
+            ledger::move_snapshot(&self.connection, &write.entry, &write.previous, &write.next)
+                .map_err(WriteFailure::Statement)?;
+        if !moved {
             return Ok(false);
         }
-        if let Some(notice_id) = write.withdrawn_notice() {
-            notices::withdraw(&self.connection, notice_id)?;
+        let inserted = fail_at(WritePart::Row)
+            .and_then(|()| ledger::insert_row(&self.connection, &write.entry));
+        if let Err(error) = inserted {
+            if !in_savepoint && !self.connection.is_autocommit() {
+                ledger::put_back_snapshot(&self.connection, &write.entry, &write.previous)
+                    .map_err(|undo| {
+                        WriteFailure::Batch(format!(
+                            "{error}; and putting the snapshot back failed: {undo}"
+                        ))
+                    })?;
+            }
+            return Err(WriteFailure::Statement(error));
         }
-        if let Some(notice) = write.notice() {
-            fail_at(WritePart::Notice)?;
-            notices::queue(&self.connection, notice)?;
-        }
-        if !write.events().is_empty() {
-            fail_at(WritePart::Events)?;
-            webhooks::insert_events(&self.connection, write.events())?;
-        }
-        if let Some(refunded) = write.order_refunded() {
-            billing::record_refunded(&self.connection, refunded.order_id, refunded.refunded)?;
-        }
+        let outbox = || -> Result<(), rusqlite::Error> {
+            if let Some(notice_id) = write.withdrawn_notice() {
+                notices::withdraw(&self.connection, notice_id)?;
+            }
+            if let Some(notice) = write.notice() {
+                fail_at(WritePart::Notice)?;
+                notices::queue(&self.connection, notice)?;
+            }
+            if !write.events().is_empty() {
+                fail_at(WritePart::Events)?;
+                webhooks::insert_events(&self.connection, write.events())?;
+            }
+            if let Some(refunded) = write.order_refunded() {
+                billing::record_refunded(&self.connection, refunded.order_id, refunded.refunded)?;
+            }
+            Ok(())
+        };
+        outbox().map_err(WriteFailure::Statement)?;
         Ok(true)
     }
 

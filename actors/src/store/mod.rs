@@ -671,7 +671,8 @@ impl Store {
 
     /// Test-only switch (SQLite): while `held`, committed batches wait
     /// before their fsync, so a test can see that nothing about them is
-    /// answered, shown or read before they are durable. Postgres makes a
+    /// answered, shown or read before they are durable; so do the fsyncs
+    /// reads ask for when they found another process's commit last. Postgres makes a
     /// commit durable before anyone can see it; there it does nothing.
     pub fn hold_syncs_for_testing(&self, held: bool) {
         self.shared.syncs_held.store(held, Ordering::SeqCst);

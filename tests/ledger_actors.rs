@@ -807,6 +807,146 @@ async fn a_refused_write_in_a_batch_leaves_the_others_committed() {
     assert_verified(&directory);
 }
 
+on_both_stores!(a_write_failing_after_its_row_leaves_nothing_and_its_batch_commits);
+/// A ledger write whose row went in and whose notice, or webhook events,
+/// then failed (a full disk, no memory; the test switch fails that
+/// statement), in one transaction with another account's write: nothing of
+/// the failed write commits (no row, no snapshot moved, no notice, no
+/// event), its caller is told it failed and was not applied, the write
+/// beside it commits and is answered, and asked again with the same key the
+/// failed write applies once, with its notice and its event.
+async fn a_write_failing_after_its_row_leaves_nothing_and_its_batch_commits() {
+    use sms_credit_actors::store::WritePart;
+    let directory = fresh_directory();
+    let core = start_core(&directory, NEVER);
+    let beside = new_account(&core, "+14155550230").await;
+    for (index, part) in [WritePart::Notice, WritePart::Events, WritePart::Row]
+        .into_iter()
+        .enumerate()
+    {
+        let account = new_account(&core, &format!("+1415555024{index}")).await;
+        core.registry
+            .send(account, credit(5_000_000, "seed"))
+            .await
+            .unwrap();
+        let count = |table: &str| {
+            directory.number(&format!(
+                "SELECT COUNT(*) FROM {table} WHERE account_id = {}",
+                account.0
+            ))
+        };
+        let (notices, events) = (count("notices"), count("webhook_events"));
+        let key_of = format!("low-{index}");
+
+        // Down to $1, under the $2 threshold: a warning and `balance.low`.
+        core.store.fail_ledger_write_for_testing(&key_of, part);
+        core.store.gather_next_batch_for_testing(2);
+        let (failed, beside_credit) = futures_util::join!(
+            core.registry.send(account, debit(4_000_000, &key_of)),
+            core.registry
+                .send(beside, credit(1_000, &format!("beside-{index}"))),
+        );
+        let Err(LedgerError::Store(StoreError::CommitFailed(reason))) = &failed else {
+            panic!("{part:?}: the failed write is answered as failed: {failed:?}");
+        };
+        assert!(reason.contains("test switch"), "{part:?}: {reason}");
+        let beside_credit = beside_credit.unwrap();
+        assert_eq!(
+            (beside_credit.entry.seq, beside_credit.replayed),
+            (index as i64 + 1, false),
+            "{part:?}: the write beside it commits"
+        );
+        assert_eq!(
+            directory.number(&format!(
+                "SELECT COUNT(*) FROM transactions WHERE idempotency_key = '{key_of}'"
+            )),
+            0,
+            "{part:?}: no row"
+        );
+        assert_eq!(
+            (count("notices"), count("webhook_events")),
+            (notices, events),
+            "{part:?}: no notice, no event"
+        );
+        let on_disk = core
+            .store
+            .ledger()
+            .snapshot(account)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (on_disk.seq, on_disk.balance),
+            (1, Money::from_micros(5_000_000)),
+            "{part:?}: the snapshot did not move"
+        );
+
+        // Asked again with the same key: applied once, whole.
+        let applied = core
+            .registry
+            .send(account, debit(4_000_000, &key_of))
+            .await
+            .unwrap();
+        assert_eq!(
+            (
+                applied.entry.seq,
+                applied.entry.balance_after,
+                applied.replayed
+            ),
+            (2, Money::from_micros(1_000_000), false),
+            "{part:?}"
+        );
+        assert_eq!(
+            (count("notices"), count("webhook_events")),
+            (notices + 1, events + 1),
+            "{part:?}: its notice and its event"
+        );
+        let again = core
+            .registry
+            .send(account, debit(4_000_000, &key_of))
+            .await
+            .unwrap();
+        assert_eq!((again.entry.seq, again.replayed), (2, true), "{part:?}");
+        assert_eq!(
+            core.registry
+                .send(account, GetBalance)
+                .await
+                .unwrap()
+                .balance,
+            Money::from_micros(1_000_000)
+        );
+    }
+
+    // A write with nothing but its row (no notice, no event) whose row
+    // fails: the snapshot it moved is put back, and it is answered alike.
+    let before = core.store.ledger().snapshot(beside).await.unwrap().unwrap();
+    core.store
+        .fail_ledger_write_for_testing("plain", WritePart::Row);
+    let failed = core.registry.send(beside, credit(1_000, "plain")).await;
+    assert!(
+        matches!(
+            &failed,
+            Err(LedgerError::Store(StoreError::CommitFailed(_)))
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(
+        core.store.ledger().snapshot(beside).await.unwrap(),
+        Some(before)
+    );
+    let applied = core
+        .registry
+        .send(beside, credit(1_000, "plain"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (applied.entry.seq, applied.replayed),
+        (before.seq + 1, false)
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(a_failed_read_of_what_a_changes_events_need_does_not_refuse_the_change);
 /// Before an adjustment that takes credit away the actor reads the
 /// account's own number (for `balance.depleted`), and before a first climb

@@ -224,3 +224,95 @@ async fn a_live_actor_learns_of_another_processs_write_without_writing() {
     first.shutdown().await;
     second.shutdown().await;
 }
+
+/// SQLite only: Postgres makes a commit durable before anyone can see it.
+/// With two processes on one file, the first's commit is in the file (its
+/// write-ahead log) before its syncer's fsync makes it durable; a power
+/// loss then would take it away. The second process does not answer from
+/// it until it is durable: it fsyncs the log itself first. Here the first
+/// process's fsync is held throughout, and the second's until the test lets
+/// it go: asked for the same key meanwhile, the second answers "replayed"
+/// only then, while the first's caller still waits for its own fsync.
+#[actix_rt::test]
+async fn sqlite_another_processs_commit_is_answered_from_only_once_durable() {
+    use crate::ledger_actors::{credit, debit, key};
+    crate::database::use_store(crate::database::StoreKind::Sqlite);
+    let directory = fresh_directory();
+    let first = start_core(&directory, NEVER);
+    let second = start_core(&directory, NEVER);
+    let account = new_account(&first, "+14155550980").await;
+    first
+        .registry
+        .send(account, credit(5_000_000, "seed"))
+        .await
+        .unwrap();
+
+    first.store.hold_syncs_for_testing(true);
+    second.store.hold_syncs_for_testing(true);
+    let debited = actix_rt::spawn({
+        let registry = first.registry.clone();
+        async move { registry.send(account, debit(4_000_000, "held")).await }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while directory.number(&format!(
+        "SELECT COUNT(*) FROM transactions WHERE account_id = {} AND idempotency_key = 'held'",
+        account.0
+    )) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first process never committed its debit"
+        );
+        actix_rt::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // The same request through the second process: its actor loads the
+    // account (the first's debit left $1), finds the credit short, and
+    // looks the key up. And the key looked up directly.
+    let asked = actix_rt::spawn({
+        let registry = second.registry.clone();
+        async move { registry.send(account, debit(4_000_000, "held")).await }
+    });
+    let looked_up = actix_rt::spawn({
+        let store = second.store.clone();
+        async move { store.ledger().entry_by_key(account, key("held")).await }
+    });
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !asked.is_finished(),
+        "answered from another process's commit before it was durable"
+    );
+    assert!(
+        !looked_up.is_finished(),
+        "read another process's commit before it was durable"
+    );
+
+    second.store.hold_syncs_for_testing(false);
+    let receipt = within("the second process's replay", asked).await.unwrap();
+    assert_eq!((receipt.entry.seq, receipt.replayed), (2, true));
+    let row = within("the second process's look-up", looked_up)
+        .await
+        .unwrap()
+        .expect("the row");
+    assert_eq!(row.seq, 2);
+    assert!(
+        !debited.is_finished(),
+        "the first process's caller waits for its own fsync"
+    );
+
+    first.store.hold_syncs_for_testing(false);
+    let receipt = within("the first process's debit", debited).await.unwrap();
+    assert_eq!((receipt.entry.seq, receipt.replayed), (2, false));
+    first.shutdown().await;
+    second.shutdown().await;
+    assert_verified(&directory);
+}
+
+/// The answer of a spawned task, within 10 s, or a failure saying what
+/// did not answer.
+async fn within<T>(what: &str, task: actix_rt::task::JoinHandle<T>) -> T {
+    match actix_rt::time::timeout(Duration::from_secs(10), task).await {
+        Ok(answer) => answer.unwrap(),
+        Err(_) => panic!("{what}: no answer within 10 s"),
+    }
+}

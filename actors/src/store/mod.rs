@@ -103,6 +103,30 @@ impl LedgerWrite {
     }
 }
 
+/// Test-only: a part of a ledger write that a test switch fails (see
+/// [`Store::fail_ledger_write_for_testing`]), as a full disk or a lack of
+/// memory would fail that statement: after the snapshot's guarded update
+/// and, for the parts after it, after the row too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WritePart {
+    /// The ledger row's insert.
+    Row,
+    /// The insert of the notice the write makes due.
+    Notice,
+    /// The insert of the webhook events the write causes.
+    Events,
+}
+
+impl WritePart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WritePart::Row => "ledger row",
+            WritePart::Notice => "notice",
+            WritePart::Events => "webhook events",
+        }
+    }
+}
+
 /// Counters of the writer, for benchmarks and metrics.
 pub struct StoreStats {
     /// Transactions committed.
@@ -259,6 +283,11 @@ pub(crate) struct Shared {
     /// Test-only: the writer's next batch waits until it holds this many
     /// writes.
     gather_next: AtomicUsize,
+    /// Test-only: the ledger write with this idempotency key fails at this
+    /// part, in the next batch that holds it.
+    fail_write_part: Mutex<Option<(String, WritePart)>>,
+    /// Whether `fail_write_part` is armed (read per write without a lock).
+    fail_write_part_armed: AtomicBool,
     /// Test-only: the next Stripe event found to wait stops just before
     /// it is recorded waiting, until the test lets it go.
     hold_next_waiting_mark: Mutex<Option<Arc<TestHold>>>,
@@ -292,6 +321,8 @@ impl Shared {
             syncs_held: AtomicBool::new(false),
             fail_next_sync: AtomicBool::new(false),
             gather_next: AtomicUsize::new(0),
+            fail_write_part: Mutex::new(None),
+            fail_write_part_armed: AtomicBool::new(false),
             hold_next_waiting_mark: Mutex::new(None),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
@@ -369,6 +400,27 @@ impl Shared {
     /// How many writes the next batch waits for (test switch; 0: none).
     pub(crate) fn take_gather(&self) -> usize {
         self.gather_next.swap(0, Ordering::SeqCst)
+    }
+
+    /// The part at which the ledger write with `key` is to fail (the test
+    /// switch), taken: the switch fires in one batch only.
+    pub(crate) fn take_failing_part(&self, key: &str) -> Option<WritePart> {
+        if !self.fail_write_part_armed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let mut armed = self
+            .fail_write_part
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match armed.as_ref() {
+            Some((armed_key, part)) if armed_key == key => {
+                let part = *part;
+                *armed = None;
+                self.fail_write_part_armed.store(false, Ordering::Relaxed);
+                Some(part)
+            }
+            _ => None,
+        }
     }
 
     /// Whether the next commit is to fail (the test switch), counting it.
@@ -581,6 +633,22 @@ impl Store {
         self.shared.gather_next.store(writes, Ordering::SeqCst);
     }
 
+    /// Test-only switch: in the next batch that holds the ledger write with
+    /// idempotency key `key`, that write's statement for `part` fails as a
+    /// full disk would fail it without ending the transaction (SQLite: an
+    /// error from the statement; Postgres: the statement raises
+    /// `disk_full`). The write's earlier statements have run by then.
+    pub fn fail_ledger_write_for_testing(&self, key: &str, part: WritePart) {
+        *self
+            .shared
+            .fail_write_part
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some((key.to_string(), part));
+        self.shared
+            .fail_write_part_armed
+            .store(true, Ordering::SeqCst);
+    }
+
     /// Test-only switch: the next `count` commits fail as a full disk would,
     /// and roll back.
     pub fn fail_next_commits_for_testing(&self, count: u64) {
@@ -626,7 +694,8 @@ impl Store {
 
     /// Test-only switch (SQLite): while `held`, committed batches wait
     /// before their fsync, so a test can see that nothing about them is
-    /// answered, shown or read before they are durable. Postgres makes a
+    /// answered, shown or read before they are durable; so do the fsyncs
+    /// reads ask for when they found another process's commit last. Postgres makes a
     /// commit durable before anyone can see it; there it does nothing.
     pub fn hold_syncs_for_testing(&self, held: bool) {
         self.shared.syncs_held.store(held, Ordering::SeqCst);

@@ -28,7 +28,7 @@ use super::{
 use crate::ledger::{AccountId, LedgerEntry, Snapshot};
 use crate::money::Money;
 use crate::store::change_notes;
-use crate::store::{LedgerWrite, Shared, StoreError};
+use crate::store::{LedgerWrite, Shared, StoreError, WritePart};
 
 /// The channel other instances listen on.
 pub(super) const CHANNEL: &str = "sms_credit_ledger";
@@ -258,11 +258,20 @@ impl Writer {
             }
         }
 
+        // The test switch that fails one write's statement: it holds for
+        // every try of this batch.
+        let failing = ledger.iter().enumerate().find_map(|(index, write)| {
+            self.shared
+                .take_failing_part(&write.entry.idempotency_key)
+                .map(|part| Failing { index, part })
+        });
         let mut attempt = 1;
         let mut careful = false;
         let mut inject = self.shared.take_injected_failure();
         let outcome = loop {
-            let outcome = self.try_batch(&ledger, &custom, careful, inject).await;
+            let outcome = self
+                .try_batch(&ledger, &custom, careful, inject, failing)
+                .await;
             match outcome {
                 // Not an attempt of its own: the same try, with savepoints.
                 Err(BatchFailure::Careful) => careful = true,
@@ -378,16 +387,17 @@ impl Writer {
         custom: &[CustomWrite],
         careful: bool,
         inject: bool,
+        failing: Option<Failing>,
     ) -> Result<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64), BatchFailure> {
         let shared = Arc::clone(&self.shared);
         let origin = shared.origin.as_str();
         let (client, prepared) = self.client().await.map_err(BatchFailure::Failed)?;
-        // A row the guard let through clashed with one already there: the
-        // ledger's writes go again each on its own, so that only the
-        // clashing one fails.
+        // A row the guard let through clashed with one already there, or
+        // Postgres refused one of the bulk statements: the ledger's writes
+        // go again each on its own, so that only the one at fault fails.
         let mut clashed = false;
         if custom.is_empty() {
-            match ledger_alone(client, prepared, origin, ledger, inject).await? {
+            match ledger_alone(client, prepared, origin, ledger, inject, failing).await? {
                 Some(done) => return Ok(done),
                 None => clashed = true,
             }
@@ -396,14 +406,15 @@ impl Writer {
         let fates = if ledger.is_empty() {
             Vec::new()
         } else if clashed {
-            apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?
+            apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger, failing).await?
         } else {
-            match apply_ledger(&transaction, prepared, origin, ledger, None).await {
+            match apply_ledger(&transaction, prepared, origin, ledger, None, failing).await {
                 Ok((fates, _)) => fates,
-                Err(error) if is_unique_violation(&error) => {
+                Err(error) if is_unique_violation(&error) || refused_by_database(&error) => {
                     transaction.rollback().await?;
                     transaction = client.transaction().await?;
-                    apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger).await?
+                    apply_ledger_one_by_one(&mut transaction, prepared, origin, ledger, failing)
+                        .await?
                 }
                 Err(error) => return Err(error.into()),
             }
@@ -475,8 +486,8 @@ impl Writer {
 /// A batch of ledger writes alone, without a `Transaction` (whose `BEGIN`
 /// and `COMMIT` would each cost a round trip of their own): `BEGIN`, then
 /// the bulk path with `COMMIT` in its last round trip. `None` when a row
-/// clashed with one already there: nothing committed, and the batch goes
-/// to the careful path.
+/// clashed with one already there, or Postgres refused a statement:
+/// nothing committed, and the batch goes to the careful path.
 #[allow(clippy::type_complexity)]
 async fn ledger_alone(
     client: &mut Client,
@@ -484,6 +495,7 @@ async fn ledger_alone(
     origin: &str,
     ledger: &[LedgerWrite],
     inject: bool,
+    failing: Option<Failing>,
 ) -> Result<Option<(Vec<Fate>, Vec<Result<ErasedValue, ErasedValue>>, u64)>, BatchFailure> {
     if ledger.is_empty() {
         // Only flushes: everything queued before them has been answered.
@@ -497,7 +509,7 @@ async fn ledger_alone(
     let end = if inject { "ROLLBACK" } else { "COMMIT" };
     client.batch_execute("BEGIN").await?;
     let last_trip = Instant::now();
-    match apply_ledger(&*client, prepared, origin, ledger, Some(end)).await {
+    match apply_ledger(&*client, prepared, origin, ledger, Some(end), failing).await {
         Ok((fates, ended)) => {
             if !ended {
                 client.batch_execute(end).await.map_err(at_commit)?;
@@ -521,7 +533,7 @@ async fn ledger_alone(
             // the pipelined COMMIT (which an earlier failure turns into a
             // rollback), it ends here; a second ROLLBACK only warns.
             client.batch_execute("ROLLBACK").await?;
-            if is_unique_violation(&error) {
+            if is_unique_violation(&error) || refused_by_database(&error) {
                 Ok(None)
             } else {
                 Err(error.into())
@@ -583,6 +595,7 @@ async fn apply_ledger(
     origin: &str,
     ledger: &[LedgerWrite],
     end: Option<&str>,
+    failing: Option<Failing>,
 ) -> Result<(Vec<Fate>, bool), tokio_postgres::Error> {
     let Chains { mut chains, broken } = chains(ledger);
     chains.sort_by_key(|(account_id, _)| *account_id);
@@ -676,20 +689,32 @@ async fn apply_ledger(
     // insert waits behind it): with either, the transaction's end must wait
     // for them, or it would be sent before them and they would run after
     // it, outside the transaction.
-    let end = end.filter(|_| !has_events && notices.withdrawn.is_empty());
+    // The test switch's failing statement, if its write is in and has the
+    // part: the transaction's end waits for it too.
+    let injected = failing.filter(|failing| {
+        matches!(fates[failing.index], Fate::Committed) && failing.part_of(&ledger[failing.index])
+    });
+    let end = end.filter(|_| !has_events && notices.withdrawn.is_empty() && injected.is_none());
+    let injected = async {
+        match injected {
+            Some(failing) => raise_injected(client, failing.part).await,
+            None => Ok(()),
+        }
+    };
     let finish = async {
         match end {
             Some(statement) => client.batch_execute(statement).await,
             None => Ok(()),
         }
     };
-    let (_, _, (), _, standing, _, ()) = futures_util::try_join!(
+    let (_, _, (), _, standing, _, (), ()) = futures_util::try_join!(
         rows.insert(client, prepared),
         notices.insert(client, prepared),
         refunded.raise(client, prepared),
         notify(client, prepared, origin, &moved),
         standing,
         webhooks::insert_event_rows(client, events),
+        injected,
         finish,
     )?;
     for row in standing {
@@ -716,13 +741,23 @@ fn is_duplicate_key(error: &tokio_postgres::Error) -> bool {
             .is_some_and(|constraint| constraint == "transactions_account_idempotency_key")
 }
 
-/// The careful path, after the bulk path met a clash: each write in a
-/// savepoint of its own, so that only the clashing one fails.
+/// Whether Postgres itself refused a statement (a constraint, a full disk)
+/// rather than giving way to another transaction or losing the connection:
+/// the batch goes again write by write, so that only the write whose
+/// statement it was fails.
+fn refused_by_database(error: &tokio_postgres::Error) -> bool {
+    error.as_db_error().is_some() && !is_retryable(error)
+}
+
+/// The careful path, after the bulk path met a clash or a refused
+/// statement: each write in a savepoint of its own, so that only the one
+/// that clashed or failed is rolled back.
 async fn apply_ledger_one_by_one(
     transaction: &mut Transaction<'_>,
     prepared: &Prepared,
     origin: &str,
     ledger: &[LedgerWrite],
+    failing: Option<Failing>,
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
     let mut fates = Vec::with_capacity(ledger.len());
     let mut failed_accounts: HashSet<AccountId> = HashSet::new();
@@ -734,14 +769,17 @@ async fn apply_ledger_one_by_one(
     accounts.sort_unstable();
     accounts.dedup();
     transaction.execute(&prepared.lock, &[&accounts]).await?;
-    for write in ledger {
+    for (index, write) in ledger.iter().enumerate() {
         let account_id = write.entry.account_id;
+        let failing_part = failing
+            .filter(|failing| failing.index == index)
+            .map(|failing| failing.part);
         if failed_accounts.contains(&account_id) {
             fates.push(Fate::Refused(StoreError::Aborted));
             continue;
         }
         let savepoint = transaction.savepoint("ledger_write").await?;
-        let applied = apply_one(&savepoint, prepared, write).await;
+        let applied = apply_one(&savepoint, prepared, write, failing_part).await;
         match applied {
             Ok(true) => {
                 savepoint.commit().await?;
@@ -762,11 +800,17 @@ async fn apply_ledger_one_by_one(
                 failed_accounts.insert(account_id);
                 fates.push(Fate::Refused(StoreError::DuplicateKey));
             }
-            Err(error) if error.as_db_error().is_some() && !is_retryable(&error) => {
+            Err(error) if refused_by_database(&error) => {
+                // Rolled back to its savepoint: nothing of it commits, and
+                // its caller is told it failed (not a conflict: computing
+                // it again would not help).
                 savepoint.rollback().await?;
-                tracing::warn!(%account_id, error = %describe(&error), "ledger write refused");
+                tracing::warn!(%account_id, error = %describe(&error), "ledger write failed; rolled back alone");
                 failed_accounts.insert(account_id);
-                fates.push(Fate::Refused(StoreError::Conflict));
+                fates.push(Fate::Refused(StoreError::CommitFailed(format!(
+                    "{}; the write was rolled back",
+                    describe(&error)
+                ))));
             }
             Err(error) => return Err(error),
         }
@@ -783,7 +827,14 @@ async fn apply_one(
     transaction: &Transaction<'_>,
     prepared: &Prepared,
     write: &LedgerWrite,
+    failing: Option<WritePart>,
 ) -> Result<bool, tokio_postgres::Error> {
+    let fail_at = |part: WritePart| async move {
+        match failing {
+            Some(failing) if failing == part => raise_injected(transaction, part).await,
+            _ => Ok(()),
+        }
+    };
     let moved = transaction
         .execute(
             "UPDATE account_balances SET balance = $2, seq = $3, low_balance_warned_at = $4, updated_at = $5
@@ -804,18 +855,57 @@ async fn apply_one(
     }
     let mut rows = Rows::default();
     rows.push(&write.entry);
+    fail_at(WritePart::Row).await?;
     rows.insert(transaction, prepared).await?;
     let mut notices = Notices::default();
     notices.withdraw(write);
     if let Some(notice) = write.notice() {
         notices.push(notice);
+        fail_at(WritePart::Notice).await?;
     }
     notices.insert(transaction, prepared).await?;
     let mut refunded = RefundedOrders::default();
     refunded.push(write);
     refunded.raise(transaction, prepared).await?;
+    if !write.events().is_empty() {
+        fail_at(WritePart::Events).await?;
+    }
     webhooks::insert_event_rows(transaction, write.events().iter()).await?;
     Ok(true)
+}
+
+/// Test switch: the ledger write (by its index in the batch) whose
+/// statement for `part` fails.
+#[derive(Clone, Copy)]
+struct Failing {
+    index: usize,
+    part: WritePart,
+}
+
+impl Failing {
+    /// Whether `write` has the part (a write without a notice has no
+    /// notice's insert to fail).
+    fn part_of(&self, write: &LedgerWrite) -> bool {
+        match self.part {
+            WritePart::Row => true,
+            WritePart::Notice => write.notice().is_some(),
+            WritePart::Events => !write.events().is_empty(),
+        }
+    }
+}
+
+/// The test switch's failure in place of a write's statement: the error
+/// Postgres gives for a full disk, which aborts the transaction.
+async fn raise_injected(
+    client: &impl GenericClient,
+    part: WritePart,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN RAISE EXCEPTION 'could not extend file: No space left on device (a test switch failed the write''s {})' USING ERRCODE = 'disk_full'; END $$",
+            part.as_str()
+        ))
+        .await
 }
 
 /// The orders whose refunds the batch's rows take credit back for, as

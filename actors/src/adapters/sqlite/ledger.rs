@@ -51,19 +51,15 @@ pub(super) fn is_duplicate_key(error: &rusqlite::Error) -> bool {
     }
 }
 
-/// Appends one ledger row and moves the snapshot from `previous` to `next`.
-/// Returns `false`, changing nothing, if the snapshot on disk is no longer
-/// `previous` (someone else wrote to this account). An idempotency key
-/// already in the account's ledger fails the insert (the unique index
-/// decides; see [`is_duplicate_key`]) and changes nothing either.
-pub(super) fn append_entry(
+/// Moves the snapshot from `previous` to `next`, the first statement of a
+/// ledger write. Returns `false`, changing nothing, if the snapshot on disk
+/// is no longer `previous` (someone else wrote to this account): the guard.
+pub(super) fn move_snapshot(
     connection: &Connection,
     entry: &LedgerEntry,
     previous: &Snapshot,
     next: &Snapshot,
 ) -> Result<bool, rusqlite::Error> {
-    // The guarded snapshot update goes first, so that a conflict is found
-    // before anything has changed.
     let moved = connection
         .prepare_cached(
             "UPDATE account_balances
@@ -79,10 +75,17 @@ pub(super) fn append_entry(
             previous.seq,
             previous.balance.micros(),
         ])?;
-    if moved != 1 {
-        return Ok(false);
-    }
-    let inserted = connection
+    Ok(moved == 1)
+}
+
+/// Inserts a ledger row, after its snapshot moved. An idempotency key
+/// already in the account's ledger fails it (the unique index decides; see
+/// [`is_duplicate_key`]).
+pub(super) fn insert_row(
+    connection: &Connection,
+    entry: &LedgerEntry,
+) -> Result<(), rusqlite::Error> {
+    connection
         .prepare_cached(
             "INSERT INTO transactions (account_id, seq, type, amount, balance_after,
                                        idempotency_key, order_id, description, created_at)
@@ -98,25 +101,28 @@ pub(super) fn append_entry(
             entry.order_id,
             entry.description,
             entry.created_at_ms,
-        ]);
-    if let Err(error) = inserted {
-        // Put the snapshot back so that the failed write leaves no trace.
-        if !connection.is_autocommit() {
-            connection
-                .prepare_cached(
-                    "UPDATE account_balances SET balance = ?2, seq = ?3, low_balance_warned_at = ?4
-                      WHERE account_id = ?1",
-                )?
-                .execute(params![
-                    entry.account_id.0,
-                    previous.balance.micros(),
-                    previous.seq,
-                    previous.low_balance_warned_at_ms,
-                ])?;
-        }
-        return Err(error);
-    }
-    Ok(true)
+        ])?;
+    Ok(())
+}
+
+/// Puts the snapshot back where a write whose row failed found it.
+pub(super) fn put_back_snapshot(
+    connection: &Connection,
+    entry: &LedgerEntry,
+    previous: &Snapshot,
+) -> Result<(), rusqlite::Error> {
+    connection
+        .prepare_cached(
+            "UPDATE account_balances SET balance = ?2, seq = ?3, low_balance_warned_at = ?4
+              WHERE account_id = ?1",
+        )?
+        .execute(params![
+            entry.account_id.0,
+            previous.balance.micros(),
+            previous.seq,
+            previous.low_balance_warned_at_ms,
+        ])?;
+    Ok(())
 }
 
 pub(super) fn load_snapshot(

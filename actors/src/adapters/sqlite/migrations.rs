@@ -100,6 +100,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V22__stale_reservations.sql"),
     ),
     (
+        "V23__last_commit",
+        include_str!("../../../../migrations/sqlite/V23__last_commit.sql"),
+    ),
+    (
         "V24__backups",
         include_str!("../../../../migrations/sqlite/V24__backups.sql"),
     ),

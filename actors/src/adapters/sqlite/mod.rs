@@ -88,7 +88,7 @@ enum WriterMessage {
     Flush(oneshot::Sender<()>),
 }
 
-type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+type ReadJob = Box<dyn FnOnce(&Connection, Option<&reader::AwaitedSync>) + Send>;
 
 /// The adapter: queues to its threads.
 pub struct SqliteStore {
@@ -246,7 +246,7 @@ impl SqliteStore {
             watcher::run(watch_connection, watcher_wal, watched)
         })?;
         let durability = syncer::Durability::new();
-        let (syncer_sender, syncer_receiver) = mpsc::channel();
+        let (syncer_sender, syncer_receiver) = mpsc::channel::<syncer::ToSyncer>();
         let wal = open_wal(path)?;
         let syncer_durability = Arc::clone(&durability);
         let syncer_shared = Arc::clone(&shared);
@@ -257,7 +257,7 @@ impl SqliteStore {
             write_connection,
             max_batch,
             Arc::clone(&shared),
-            syncer_sender,
+            syncer_sender.clone(),
             Arc::clone(&durability),
         );
         spawn_thread("store-writer", move || writer_state.run(writer_receiver))?;
@@ -267,8 +267,14 @@ impl SqliteStore {
             let read_connection = open_connection(path)?;
             read_connection.pragma_update(None, "query_only", "ON")?;
             let (reader_sender, reader_receiver) = mpsc::channel();
+            let reader = reader::Reader {
+                connection: read_connection,
+                origin: origin.clone(),
+                durability: Arc::clone(&durability),
+                syncer: syncer_sender.clone(),
+            };
             spawn_thread(&format!("store-reader-{index}"), move || {
-                reader::run(read_connection, reader_receiver)
+                reader.run(reader_receiver)
             })?;
             reader_senders.push(reader_sender);
         }
@@ -343,7 +349,7 @@ impl SqliteStore {
         let (done, answer) = oneshot::channel();
         let durability = Arc::clone(&self.durability);
         let injected = self.shared.injected_read_failure();
-        let job: ReadJob = Box::new(move |connection| {
+        let job: ReadJob = Box::new(move |connection, awaited| {
             let result = match injected {
                 Some(failure) => Err(failure),
                 None => query(connection),
@@ -351,7 +357,7 @@ impl SqliteStore {
             // Taken after the query: every commit it could see is counted.
             let mark = durability.mark();
             // The caller may have gone away; nothing to do then.
-            let _ = done.send((result, mark));
+            let _ = done.send((result, mark, awaited.cloned()));
         });
         let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
         let queued = self.readers[index]
@@ -360,9 +366,16 @@ impl SqliteStore {
         let durability = Arc::clone(&self.durability);
         async move {
             queued?;
-            let (result, mark) = answer.await.map_err(|_| StoreError::Closed)?;
-            // Nothing is shown before it is durable.
+            let (result, mark, awaited) = answer.await.map_err(|_| StoreError::Closed)?;
+            // Nothing is shown before it is durable: this process's
+            // commits, and another process's found last (see `reader`).
             durability.wait_for(mark).await?;
+            if let Some(awaited) = awaited {
+                durability.wait_for_request(awaited.request).await?;
+                if let Some(commit) = awaited.commit {
+                    durability.made_durable(commit);
+                }
+            }
             result
         }
     }
@@ -382,6 +395,18 @@ impl SqliteStore {
 }
 
 impl Backend for SqliteStore {}
+
+/// The error a test switch puts in place of a write's statement: SQLite's
+/// own for a full disk, with the transaction still open.
+pub(super) fn injected_failure(part: crate::store::WritePart) -> rusqlite::Error {
+    rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+        Some(format!(
+            "database or disk is full (a test switch failed the write's {})",
+            part.as_str()
+        )),
+    )
+}
 
 #[cfg(test)]
 mod tests {

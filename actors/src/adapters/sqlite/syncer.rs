@@ -9,14 +9,17 @@
 //! waiting for it.
 //!
 //! Readers of this process wait for [`Durability`] before answering, so a
-//! read never shows a commit that is not yet durable. (Other processes
-//! sharing the file see a commit when SQLite does; their watcher fsyncs
-//! the WAL before it tells its feed or actors.)
+//! read never shows a commit that is not yet durable. Other processes
+//! sharing the file see a commit when SQLite does, before that process's
+//! fsync: a reader that finds another process's commit last in what it
+//! read asks this syncer for an fsync that starts after its read (see
+//! `last_commit` in `reader`) and answers once it is made; the watcher
+//! fsyncs the WAL before it tells its feed or actors.
 
 use std::fs::File;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
@@ -28,8 +31,9 @@ use crate::store::{Shared, StoreError};
 /// How far this process's commits are durable.
 #[derive(Clone, Debug)]
 enum Synced {
-    /// Every commit up to this number.
-    Through(u64),
+    /// Every commit of this process up to `commits`, and every read that
+    /// asked for a sync (see [`Durability::request`]) up to `requests`.
+    Through { commits: u64, requests: u64 },
     /// An fsync failed: nothing written since can be trusted to be on disk,
     /// and the store takes no more writes until it is restarted.
     Failed(Arc<str>),
@@ -40,14 +44,42 @@ pub(super) struct Durability {
     /// The last commit the writer began (numbered just before `COMMIT`, so
     /// any commit a reader can see has a number no greater than this).
     begun: AtomicU64,
+    /// The last sync asked for by a read that found another process's
+    /// commit last.
+    requested: AtomicU64,
+    /// The last commit of another process a sync was made for: reads that
+    /// find it last need no other.
+    external_durable: Mutex<Option<LastCommit>>,
     synced: watch::Sender<Synced>,
+}
+
+/// The last commit a read transaction found: which process made it
+/// (`origin`) and its number there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct LastCommit {
+    pub(super) origin: String,
+    pub(super) number: i64,
+}
+
+/// What a message to the syncer is.
+pub(super) enum ToSyncer {
+    /// A batch the writer committed (or failed).
+    Batch(Settled),
+    /// A read found another process's commit last: the sync it asked for
+    /// (numbered by [`Durability::request`]).
+    Read(u64),
 }
 
 impl Durability {
     pub(super) fn new() -> Arc<Durability> {
         Arc::new(Durability {
             begun: AtomicU64::new(0),
-            synced: watch::Sender::new(Synced::Through(0)),
+            requested: AtomicU64::new(0),
+            external_durable: Mutex::new(None),
+            synced: watch::Sender::new(Synced::Through {
+                commits: 0,
+                requests: 0,
+            }),
         })
     }
 
@@ -64,15 +96,47 @@ impl Durability {
     /// Why writes are refused, once an fsync failed.
     pub(super) fn failure(&self) -> Option<Arc<str>> {
         match &*self.synced.borrow() {
-            Synced::Through(_) => None,
+            Synced::Through { .. } => None,
             Synced::Failed(reason) => Some(Arc::clone(reason)),
         }
     }
 
     /// Waits until every commit up to `mark` is durable.
     pub(super) async fn wait_for(&self, mark: u64) -> Result<(), StoreError> {
+        self.wait_until(|commits, _| commits >= mark).await
+    }
+
+    /// Numbers a read's request for a sync: the sync that answers it
+    /// starts after this call.
+    pub(super) fn request(&self) -> u64 {
+        self.requested.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Waits until a sync that started after request `request` was made.
+    pub(super) async fn wait_for_request(&self, request: u64) -> Result<(), StoreError> {
+        self.wait_until(|_, requests| requests >= request).await
+    }
+
+    /// Whether a sync was already made for `commit` (another process's).
+    pub(super) fn known_durable(&self, commit: &LastCommit) -> bool {
+        self.external_durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .as_ref()
+            == Some(commit)
+    }
+
+    /// Notes that a sync was made for `commit` (another process's).
+    pub(super) fn made_durable(&self, commit: LastCommit) {
+        *self
+            .external_durable
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(commit);
+    }
+
+    async fn wait_until(&self, done: impl Fn(u64, u64) -> bool) -> Result<(), StoreError> {
         let reached = |synced: &Synced| match synced {
-            Synced::Through(through) => *through >= mark,
+            Synced::Through { commits, requests } => done(*commits, *requests),
             Synced::Failed(_) => true,
         };
         if !reached(&self.synced.borrow()) {
@@ -204,24 +268,39 @@ impl Settled {
     }
 }
 
-/// Runs until the writer is gone.
+/// Runs until the writer and the readers are gone.
 pub(super) fn run(
     wal: File,
     durability: Arc<Durability>,
     shared: Arc<Shared>,
-    queue: Receiver<Settled>,
+    queue: Receiver<ToSyncer>,
 ) {
     let mut group = Vec::new();
+    // The last read's request received: the next fsync answers it.
+    let mut requested = None;
+    fn take(message: ToSyncer, group: &mut Vec<Settled>, requested: &mut Option<u64>) {
+        match message {
+            ToSyncer::Batch(batch) => group.push(batch),
+            ToSyncer::Read(request) => {
+                *requested = Some(requested.map_or(request, |last| last.max(request)))
+            }
+        }
+    }
     while let Ok(first) = queue.recv() {
-        group.push(first);
+        take(first, &mut group, &mut requested);
         while let Ok(next) = queue.try_recv() {
-            group.push(next);
+            take(next, &mut group, &mut requested);
         }
         while shared.syncs_held.load(Ordering::SeqCst) {
             std::thread::sleep(Duration::from_millis(1));
         }
+        // What came while the syncs were held goes in this fsync too.
+        while let Ok(next) = queue.try_recv() {
+            take(next, &mut group, &mut requested);
+        }
         let last = group.iter().filter_map(|batch| batch.number).max();
-        let needs_fsync = group.iter().any(|batch| batch.committed);
+        let requests = requested.take();
+        let needs_fsync = group.iter().any(|batch| batch.committed) || requests.is_some();
         let synced = match (needs_fsync, durability.failure()) {
             (_, Some(reason)) => Err(reason),
             (false, None) => Ok(()),
@@ -249,9 +328,16 @@ pub(super) fn run(
         };
         match synced {
             Ok(()) => {
-                if let Some(last) = last {
-                    durability.synced.send_replace(Synced::Through(last));
-                }
+                durability.synced.send_modify(|synced| {
+                    if let Synced::Through {
+                        commits,
+                        requests: served,
+                    } = synced
+                    {
+                        *commits = last.unwrap_or(*commits).max(*commits);
+                        *served = requests.unwrap_or(*served).max(*served);
+                    }
+                });
                 for batch in group.drain(..) {
                     batch.durable(&shared);
                 }

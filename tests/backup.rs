@@ -427,6 +427,15 @@ fn a_killed_backup_leaves_no_file_under_its_name() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+    // Another backup to the same name meanwhile (two cron runs
+    // overlapping) is refused, touching nothing of the first's.
+    let overlapping = run_cli(&live, &["backup", "--to", final_path.to_str().unwrap()]);
+    assert!(!overlapping.status.success(), "{}", text(&overlapping));
+    assert!(
+        text(&overlapping).contains("another backup to"),
+        "{}",
+        text(&overlapping)
+    );
     backup.kill().unwrap();
     backup.wait().unwrap();
     assert!(

@@ -52,6 +52,8 @@ struct State {
     take_before_hold: bool,
     /// The list of messages answers 500.
     lists_fail: bool,
+    /// The status the list gives every message (`delivered` unless set).
+    listed_status: Option<String>,
     /// Lists asked for so far.
     lists: usize,
     /// What "now" is for the messages taken (the app's clock in tests that
@@ -80,6 +82,7 @@ impl FakeTwilio {
             waiting: 0,
             take_before_hold: false,
             lists_fail: false,
+            listed_status: None,
             lists: 0,
             clock: Arc::new(SystemClock),
             refused: None,
@@ -133,6 +136,11 @@ impl FakeTwilio {
     }
 
     /// Whether the list of messages answers 500 from now on.
+    /// The list gives every message this status (`None`: `delivered`).
+    pub fn list_status(&self, status: Option<&str>) {
+        self.state.lock().unwrap().listed_status = status.map(str::to_string);
+    }
+
     pub fn fail_lists(&self, failing: bool) {
         self.state.lock().unwrap().lists_fail = failing;
     }
@@ -384,7 +392,7 @@ async fn list_messages(
         .map(|message| {
             json!({
                 "account_sid": ACCOUNT_SID, "sid": message.sid, "to": message.to, "from": message.from,
-                "body": message.body, "status": "delivered", "direction": "outbound-api",
+                "body": message.body, "status": state.listed_status.as_deref().unwrap_or("delivered"), "direction": "outbound-api",
                 "num_segments": "1", "price": state.prices.get(&message.sid), "price_unit": "USD",
                 "date_created": twilio_date(message.created_at_ms),
                 "date_updated": twilio_date(message.created_at_ms),

@@ -185,6 +185,55 @@ async fn a_message_twilio_took_whose_sent_mark_failed_is_found_and_stays_charged
     assert_verified(&directory);
 }
 
+on_both_stores!(a_message_twilio_lists_failed_is_given_back_whatever_it_called_back_before);
+/// The sent mark of a message Twilio took fails; Twilio calls back `sent`
+/// (kept, as the sid is not recorded yet) and later fails the message,
+/// whose `failed` callback never arrives. The sweep finds it listed
+/// `failed`: that final status, not the earlier `sent`, settles it, and
+/// its cost is given back once.
+async fn a_message_twilio_lists_failed_is_given_back_whatever_it_called_back_before() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(START_MS);
+    fake.use_clock(Arc::new(clock.clone()));
+    let (core, account) =
+        core_with_account(&directory, &fake, &clock, "+14155553005", 5_000_000).await;
+    let messaging = core.messaging.clone().unwrap();
+    core.store.fail_commit_after_for_testing(Some(2));
+    let sent = messaging
+        .send_outbound(request(account, "Storm at 3pm", "listed-failed"), START_MS)
+        .await;
+    assert!(
+        matches!(sent, Err(MessagingError::OutcomeUnknown(_))),
+        "{sent:?}"
+    );
+    let taken = fake.sent();
+    assert_eq!(taken.len(), 1, "Twilio took it: {taken:?}");
+    messaging
+        .handle_status(&taken[0].sid, "sent", START_MS)
+        .await
+        .unwrap();
+    fake.list_status(Some("failed"));
+
+    clock.advance_ms(3 * MINUTE_MS);
+    let report = sweep(&core, &clock).await;
+    assert_eq!(report.sent, 1, "{report:?}");
+    let [message] = &messages(&core, account).await[..] else {
+        panic!("one message");
+    };
+    assert_eq!(
+        (message.twilio_status.as_deref(), message.refunded),
+        (Some("failed"), true),
+        "a message Twilio failed is given back: {message:?}"
+    );
+    assert_eq!(balance(&core, account).await, 5_000_000, "nothing charged");
+    clock.advance_ms(30 * MINUTE_MS);
+    sweep(&core, &clock).await;
+    assert_eq!(balance(&core, account).await, 5_000_000, "given back once");
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(a_send_twilio_never_took_is_given_back_once_when_no_send_can_be_under_way);
 /// Twilio drops the connection without taking the message: the host is
 /// told the outcome is unknown. Twilio showing nothing two minutes on, the

@@ -99,6 +99,14 @@ impl BackupCommand {
         // Written under a name of its own, and renamed only once verified
         // and synced: a backup cut short never has the final name.
         let partial = folder.join(format!(".{file_name}.partial"));
+        // One backup at a time to one name (two cron runs overlapping):
+        // the other's partial file is never touched. The lock goes with
+        // the process, however it ends; its file stays, empty. (A name
+        // made from the time, for a directory, is one backup's alone.)
+        let _lock = match destination.directory {
+            Some(_) => None,
+            None => Some(lock_name(&folder, &file_name, &destination.file)?),
+        };
         remove_sqlite_files(&partial);
         let progress = Progress::start(&partial, settings);
         let record = take(
@@ -343,5 +351,27 @@ impl Progress {
 
     fn stop(&self) {
         self.running.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Locks the name a backup is written to, for as long as the answer is
+/// kept: refused while another backup to it runs.
+fn lock_name(folder: &Path, file_name: &str, shown: &Path) -> Result<std::fs::File, String> {
+    let lock_path = folder.join(format!(".{file_name}.lock"));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|error| format!("{}: {error}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another backup to {} is running: nothing done",
+            shown.display()
+        )),
+        Err(std::fs::TryLockError::Error(error)) => {
+            Err(format!("{}: {error}", lock_path.display()))
+        }
     }
 }

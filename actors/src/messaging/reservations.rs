@@ -178,10 +178,14 @@ impl Messaging {
                     );
                     // A warning this message's debit set off was waiting for it.
                     self.store.notices_ready().notify_one();
-                    // A status Twilio called back with meanwhile, or the one
-                    // it lists if the message never left it, applies now.
-                    let status = early_status
-                        .or_else(|| (found.status == "failed").then(|| found.status.clone()));
+                    // The status Twilio lists if the message never left it
+                    // (final: it outranks an earlier one Twilio called back
+                    // with meanwhile, which applies otherwise).
+                    let status = if found.status == "failed" {
+                        Some(found.status.clone())
+                    } else {
+                        early_status
+                    };
                     if let Some(status) = status {
                         self.handle_status(&found.sid, &status, now_ms).await?;
                     }

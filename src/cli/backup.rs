@@ -117,8 +117,8 @@ impl BackupCommand {
             started,
             progress,
         );
-        let record = match record {
-            Ok(record) => record,
+        let (record, not_recorded) = match record {
+            Ok(taken) => taken,
             Err(error) => {
                 remove_sqlite_files(&partial);
                 return Err(format!("no backup was made: {error}"));
@@ -128,7 +128,15 @@ impl BackupCommand {
             (Some(directory), Some(keep)) => keep_newest(directory, keep)?,
             _ => Vec::new(),
         };
-        self.print(&record, &removed)
+        self.print(&record, &removed)?;
+        match not_recorded {
+            None => Ok(()),
+            Some(error) => Err(format!(
+                "the backup {} is whole and in place, but recording it in the database failed \
+                 (the console and /metrics do not know of it): {error}",
+                record.path
+            )),
+        }
     }
 }
 
@@ -175,7 +183,7 @@ fn take(
     taken_at_ms: i64,
     started: Instant,
     progress: Progress,
-) -> Result<BackupRecord, String> {
+) -> Result<(BackupRecord, Option<String>), String> {
     with_store(settings, |source| {
         let partial = partial.to_path_buf();
         let final_path = final_path.to_path_buf();
@@ -199,17 +207,15 @@ fn take(
                 bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
                 duration_ms: i64::try_from(started.elapsed().as_millis()).unwrap_or(i64::MAX),
             };
-            source
+            // In place and whole: a failure to record it is said as such
+            // (the backup stands; the console does not know of it).
+            let recorded = source
                 .backups()
                 .record_backup(record.clone())
                 .await
-                .map_err(|error| {
-                    format!(
-                        "the backup {} is in place, but recording it failed: {error}",
-                        record.path
-                    )
-                })?;
-            Ok(record)
+                .err()
+                .map(|error| error.to_string());
+            Ok((record, recorded))
         }
     })
 }

@@ -105,7 +105,10 @@ impl BackupCommand {
         // made from the time, for a directory, is one backup's alone.)
         let _lock = match destination.directory {
             Some(_) => None,
-            None => Some(lock_name(&folder, &file_name, &destination.file)?),
+            None => Some(
+                lock_name(&folder, &file_name, &destination.file)
+                    .map_err(|error| format!("no backup was made: {error}"))?,
+            ),
         };
         remove_sqlite_files(&partial);
         let progress = Progress::start(&partial, settings);

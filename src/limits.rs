@@ -1,6 +1,8 @@
 //! Limits on what one caller may try (GCRA, by `governor`), counted per
 //! instance by client address:
-//! - wrong tokens (and wrong sign-in codes, unknown checkout sessions):
+//! - wrong credentials of every kind (tokens, feed tickets, sign-in codes,
+//!   sign-up tokens, unknown checkout sessions, webhook signatures), judged
+//!   through `auth::before_judging` and `auth::judged_wrong` on every route:
 //!   20 in a minute, then `429` with `Retry-After` until the address has
 //!   earned another try. A guess is as slow on each instance, and tokens
 //!   are 16 characters or more, so the count need not be shared;

@@ -542,3 +542,238 @@ async fn the_anonymous_calls_a_minute_are_a_setting() {
     );
     server.kill();
 }
+
+/// One way of presenting a wrong credential to one operation.
+struct Guess {
+    method: String,
+    path: String,
+    /// The security scheme the wrong credential claims to be.
+    scheme: String,
+    /// Through a real websocket handshake rather than a plain request.
+    websocket: bool,
+}
+
+/// A wrong credential of `guess.scheme`, from `client` (named to the
+/// trusted proxy in `X-Forwarded-For`): the status it got and its code.
+async fn present_wrong(app: &TestApp, guess: &Guess, client: &str, body: &Value) -> (u16, String) {
+    const WRONG: &str = "wrong-credential-0123456789abcdef";
+    let mut path = guess.path.clone();
+    if guess.scheme == "feedTicket" {
+        path.push_str(&format!("?ticket=ft_{WRONG}"));
+    }
+    if guess.websocket {
+        let url = app.url(&path).replacen("http://", "ws://", 1);
+        let mut request = awc::Client::new()
+            .ws(url)
+            .set_header("X-Forwarded-For", client);
+        request = match guess.scheme.as_str() {
+            "accountToken" => request.protocols(["sms-credit-feed", &format!("sct_{WRONG}")]),
+            "adminToken" => request.bearer_auth(WRONG),
+            _ => request,
+        };
+        return match request.connect().await {
+            Ok(_) => panic!(
+                "{} {} opened with a wrong credential",
+                guess.method, guess.path
+            ),
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                let code = if status == StatusCode::TOO_MANY_REQUESTS {
+                    "too_many_attempts"
+                } else {
+                    "refused"
+                };
+                (status.as_u16(), code.to_string())
+            }
+            Err(other) => panic!("{} {}: {other}", guess.method, guess.path),
+        };
+    }
+    let method = awc::http::Method::from_bytes(guess.method.to_uppercase().as_bytes()).unwrap();
+    let mut request = app
+        .client
+        .request(method, app.url(&path))
+        .insert_header(("X-Forwarded-For", client));
+    let payload = match guess.scheme.as_str() {
+        "adminToken" | "apiKey" | "metricsToken" => {
+            request = request.insert_header(("Authorization", format!("Bearer {WRONG}")));
+            body.to_string()
+        }
+        "accountToken" => {
+            request = request.insert_header(("Authorization", format!("Bearer sct_{WRONG}")));
+            body.to_string()
+        }
+        "twilioSignature" => {
+            request = request
+                .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                .insert_header(("X-Twilio-Signature", "bm90IHRoZSBzaWduYXR1cmU="));
+            "MessageSid=SM0123456789abcdef0123456789abcdef&From=%2B14155550100&Body=BALANCE"
+                .to_string()
+        }
+        "stripeSignature" => {
+            request = request.insert_header((
+                "Stripe-Signature",
+                format!("t={NOW_UNIX},v1={}", "0".repeat(64)),
+            ));
+            EventFactory::new().other()
+        }
+        "feedTicket" => String::new(),
+        // A credential carried in the body (a sign-up token, a code).
+        "body" => body.to_string(),
+        other => panic!("a scheme the test does not know: {other}"),
+    };
+    if !payload.is_empty() && !matches!(guess.scheme.as_str(), "twilioSignature") {
+        request = request.insert_header(("Content-Type", "application/json"));
+    }
+    let mut response = request.send_body(payload).await.unwrap();
+    let bytes = response.body().limit(1 << 20).await.unwrap();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let code = answer["error"]["code"].as_str().unwrap_or("").to_string();
+    (response.status().as_u16(), code)
+}
+
+/// Every route that takes a credential (every operation of the OpenAPI
+/// document with a security requirement, and the websocket routes through
+/// a real handshake, and the credentials carried in bodies) counts a wrong
+/// one in the one limiter: 20 from an address are answered as wrong, the
+/// 21st `429 too_many_attempts`, and then the same address waits on the
+/// admin routes too, even with the right token.
+#[actix_rt::test]
+async fn every_credential_check_is_counted_by_the_one_limiter() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let mut settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    settings.access.metrics_token = Some(sms_credit::config::Secret::new(
+        "metrics-token-for-the-walk",
+    ));
+    settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = TestApp::spawn_with(directory, settings).await;
+    let account = app.create_account("+14155553950").await;
+
+    let document = sms_credit::openapi::document();
+    let mut guesses = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(security) = operation["security"].as_array() else {
+                continue;
+            };
+            let concrete = path
+                .replace("{id}", &account.to_string())
+                .replace("{code}", "NOPE");
+            let websocket = operation["responses"].get("101").is_some();
+            for requirement in security {
+                for scheme in requirement.as_object().unwrap().keys() {
+                    guesses.push(Guess {
+                        method: method.clone(),
+                        path: concrete.clone(),
+                        scheme: scheme.clone(),
+                        websocket: false,
+                    });
+                    if websocket && scheme != "feedTicket" {
+                        guesses.push(Guess {
+                            method: method.clone(),
+                            path: concrete.clone(),
+                            scheme: scheme.clone(),
+                            websocket: true,
+                        });
+                    }
+                }
+                if websocket && requirement.get("feedTicket").is_some() {
+                    guesses.push(Guess {
+                        method: method.clone(),
+                        path: concrete.clone(),
+                        scheme: "feedTicket".to_string(),
+                        websocket: true,
+                    });
+                }
+            }
+        }
+    }
+    assert!(
+        guesses.len() > 50,
+        "the document's routes were walked: {}",
+        guesses.len()
+    );
+    assert!(
+        guesses.iter().filter(|guess| guess.websocket).count() >= 4,
+        "both feeds, each way"
+    );
+    // Credentials the document cannot name: a sign-up token at sign-in and
+    // at checkout, a Checkout Session's id.
+    for (method, path) in [
+        ("post", "/v1/sign-in"),
+        ("post", "/v1/checkout/access"),
+        ("get", "/v1/checkout/sessions/cs_test_not_a_session"),
+    ] {
+        guesses.push(Guess {
+            method: method.to_string(),
+            path: path.to_string(),
+            scheme: "body".to_string(),
+            websocket: false,
+        });
+    }
+
+    let mut wrong = Vec::new();
+    for (index, guess) in guesses.iter().enumerate() {
+        let client = format!("198.18.{}.{}", index / 200, index % 200 + 1);
+        // Where the body is read before the credential, it is a good one.
+        let body = match (guess.method.as_str(), guess.path.as_str()) {
+            ("put", path) if path.starts_with("/v1/accounts/") => json!({"enabled": false}),
+            ("post", "/v1/checkout/access") if guess.scheme == "body" => json!({
+                "phone": "+14155553951", "email": "a@example.com", "sign_up_token": "sup_wrong-token-guess"
+            }),
+            ("post", "/v1/checkout/access") => {
+                json!({"phone": "+14155553951", "email": "a@example.com"})
+            }
+            ("post", "/v1/sign-in") => {
+                json!({"phone": "+14155553951", "sign_up_token": "sup_wrong-token-guess"})
+            }
+            _ => json!({}),
+        };
+        let name = format!(
+            "{} {} ({}{})",
+            guess.method,
+            guess.path,
+            guess.scheme,
+            if guess.websocket { ", websocket" } else { "" }
+        );
+        let mut refused = true;
+        for attempt in 1..=20 {
+            let (status, code) = present_wrong(&app, guess, &client, &body).await;
+            if status == 429 || !(400..500).contains(&status) {
+                wrong.push(format!(
+                    "{name}: attempt {attempt} answered {status} {code}"
+                ));
+                refused = false;
+                break;
+            }
+        }
+        if !refused {
+            continue;
+        }
+        let (status, code) = present_wrong(&app, guess, &client, &body).await;
+        if status != 429 || code != "too_many_attempts" {
+            wrong.push(format!(
+                "{name}: the 21st wrong one answered {status} {code}"
+            ));
+            continue;
+        }
+        let response = app
+            .client
+            .get(app.url("/v1/admin/overview"))
+            .insert_header(("X-Forwarded-For", client.as_str()))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            wrong.push(format!(
+                "{name}: the address then opened the admin routes ({})",
+                response.status()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}

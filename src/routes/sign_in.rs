@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::PhoneNumber;
 use sms_credit_actors::sign_in::{self, SignInError};
 
+use crate::auth::{before_judging, judged_wrong};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -122,6 +123,7 @@ pub async fn sign_in(
             ))
         }
     };
+    before_judging(&state, &request)?;
     let now_ms = state.clock.now_ms();
     match sign_in::sign_in(
         &state.store,
@@ -134,9 +136,11 @@ pub async fn sign_in(
     {
         Ok(signed_in) => Ok(HttpResponse::Ok().json(signed_in)),
         // Wrong codes count with wrong tokens against the address.
-        Err(SignInError::InvalidCode) => Err(state
-            .limits
-            .wrong_guess(&request, SignInError::InvalidCode.into())),
+        Err(SignInError::InvalidCode) => Err(judged_wrong(
+            &state,
+            &request,
+            SignInError::InvalidCode.into(),
+        )),
         Err(error) => Err(error.into()),
     }
 }

@@ -6,6 +6,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use sms_credit_actors::supervisor::InboundSms;
 
+use crate::auth::judged_wrong;
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::twilio::{form, signature, twiml};
@@ -78,8 +79,11 @@ fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<Signed
             request.path()
         )
     };
+    // A good signature is never refused for its address's guesses: nobody
+    // can forge one, and Twilio may share an address with a stranger. A
+    // wrong one counts against the address like any wrong credential.
     if !signature::is_valid(twilio.auth_token.expose(), &url, &fields, presented) {
-        return Err(ApiError::Forbidden);
+        return Err(judged_wrong(state, request, ApiError::Forbidden));
     }
     Ok(SignedForm { fields })
 }

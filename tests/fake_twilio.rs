@@ -211,7 +211,7 @@ impl FakeTwilio {
     /// What Twilio will say a message cost (a negative decimal string).
     /// The sid the next accepted message will get.
     pub fn next_sid(&self) -> String {
-        format!("SMfake{:026}", self.state.lock().unwrap().next_id)
+        format!("SM{:032x}", self.state.lock().unwrap().next_id)
     }
 
     pub fn set_price(&self, sid: &str, price: &str) {
@@ -303,7 +303,7 @@ async fn create_message(
 
 /// Records a message as taken, with the next sid.
 fn take(state: &mut State, form: &HashMap<String, String>) -> SentSms {
-    let sid = format!("SMfake{:026}", state.next_id);
+    let sid = format!("SM{:032x}", state.next_id);
     state.next_id += 1;
     let message = SentSms {
         sid,

@@ -227,12 +227,20 @@ async fn revoke_tokens(
     account_id: AccountId,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
-    Ok(client
+    let revoked = client
         .execute(
             "UPDATE account_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
             &[&account_id.0, &now_ms],
         )
-        .await? as usize)
+        .await?;
+    // The sign-up tokens of its phone would be exchanged for new ones.
+    client
+        .execute(
+            "DELETE FROM sign_up_tokens WHERE phone = (SELECT phone FROM accounts WHERE id = $1)",
+            &[&account_id.0],
+        )
+        .await?;
+    Ok(revoked as usize)
 }
 
 impl AccountStore for PostgresStore {

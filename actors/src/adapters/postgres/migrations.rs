@@ -65,6 +65,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V14__stale_reservations",
         include_str!("../../../../migrations/postgres/V14__stale_reservations.sql"),
     ),
+    (
+        "V16__strangers",
+        include_str!("../../../../migrations/postgres/V16__strangers.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -241,6 +241,12 @@ fn revoke_tokens(
             "UPDATE account_tokens SET revoked_at = ?2 WHERE account_id = ?1 AND revoked_at IS NULL",
         )?
         .execute(params![account_id.0, now_ms])?;
+    // The sign-up tokens of its phone would be exchanged for new ones.
+    connection
+        .prepare_cached(
+            "DELETE FROM sign_up_tokens WHERE phone = (SELECT phone FROM accounts WHERE id = ?1)",
+        )?
+        .execute([account_id.0])?;
     Ok(revoked)
 }
 

@@ -99,6 +99,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V22__stale_reservations",
         include_str!("../../../../migrations/sqlite/V22__stale_reservations.sql"),
     ),
+    (
+        "V25__strangers",
+        include_str!("../../../../migrations/sqlite/V25__strangers.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

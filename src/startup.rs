@@ -575,6 +575,7 @@ impl Application {
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
             http_metrics: Arc::new(HttpMetrics::new()),
+            sign_in_codes: Arc::new(crate::telemetry::SignInCodeCounts::default()),
             webhook_metrics: Arc::default(),
             limits,
             feed_slots: Arc::default(),

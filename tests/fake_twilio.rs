@@ -60,6 +60,11 @@ struct State {
     /// Messages whose body contains this are refused as an unreachable
     /// number is, whatever the mode.
     refused: Option<String>,
+    /// Numbers that texted STOP to the service's number: Twilio refuses to
+    /// send to them (error 21610) until they text START.
+    opted_out: Vec<String>,
+    /// Attempts to send to an opted-out number, each refused.
+    refused_opted_out: usize,
     sent: Vec<SentSms>,
     prices: HashMap<String, String>,
     next_id: u64,
@@ -83,6 +88,8 @@ impl FakeTwilio {
             lists: 0,
             clock: Arc::new(SystemClock),
             refused: None,
+            opted_out: Vec::new(),
+            refused_opted_out: 0,
             sent: Vec::new(),
             prices: HashMap::new(),
             next_id: 1,
@@ -200,6 +207,22 @@ impl FakeTwilio {
         self.state.lock().unwrap().refused = text.map(str::to_string);
     }
 
+    /// The number texted STOP to the service's number (`true`) or START
+    /// (`false`): as Twilio does, messages to it are refused with error
+    /// 21610 while it is opted out.
+    pub fn opt_out(&self, number: &str, opted_out: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.opted_out.retain(|known| known != number);
+        if opted_out {
+            state.opted_out.push(number.to_string());
+        }
+    }
+
+    /// How many sends to an opted-out number Twilio refused (21610).
+    pub fn refused_opted_out(&self) -> usize {
+        self.state.lock().unwrap().refused_opted_out
+    }
+
     pub fn set_mode(&self, mode: SendMode) {
         self.state.lock().unwrap().mode = mode;
     }
@@ -267,6 +290,13 @@ async fn create_message(
         state.lock().unwrap().waiting -= 1;
     }
     let mut state = state.lock().unwrap();
+    let to = form.get("To").cloned().unwrap_or_default();
+    if taken.is_none() && state.opted_out.contains(&to) {
+        state.refused_opted_out += 1;
+        return HttpResponse::BadRequest().json(json!({
+            "code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400
+        }));
+    }
     let refused = state
         .refused
         .as_ref()

@@ -541,3 +541,69 @@ async fn a_sign_up_token_is_used_up_by_its_exchange_and_revoked_with_the_account
     let (status, answer) = sign_in(app, phone, json!({ "sign_up_token": token })).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "expired: {answer}");
 }
+
+/// The metrics text, with the metrics token the test world set.
+pub(crate) async fn metrics_text(app: &TestApp) -> String {
+    let mut response = app
+        .client
+        .get(app.url("/metrics"))
+        .insert_header(("Authorization", format!("Bearer {METRICS_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    String::from_utf8(response.body().await.unwrap().to_vec()).unwrap()
+}
+
+/// The value of the metric line `series` (name and labels), 0 if absent.
+pub(crate) fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+const METRICS_TOKEN: &str = "metrics-token-for-sign-in";
+
+on_both_stores!(a_number_twilio_refuses_gets_the_same_answer_as_any_other);
+/// A phone that told the service STOP (Twilio refuses it: 21610) or that
+/// Twilio refuses for another reason gets the same `202` as every other
+/// phone; the refusal is counted in the metrics (and logged).
+async fn a_number_twilio_refuses_gets_the_same_answer_as_any_other() {
+    let world = world_with(|settings| {
+        settings.access.metrics_token = Some(sms_credit::config::Secret::new(METRICS_TOKEN));
+    })
+    .await;
+    let app = &world.app;
+    let customer = "+14155554071";
+    let stopped = "+14155554072";
+    let unreachable = "+14155554073";
+    app.create_account(customer).await;
+    app.create_account(stopped).await;
+    world.twilio.opt_out(stopped, true);
+
+    let (status, for_customer) = ask_code(app, customer).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{for_customer}");
+    let (status, for_stopped) = ask_code(app, stopped).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{for_stopped}");
+    assert_eq!(for_stopped, for_customer, "the same answer for every phone");
+    assert_eq!(world.twilio.refused_opted_out(), 1);
+    world.twilio.refuse(Some("sign-in code"));
+    let (status, for_unreachable) = ask_code(app, unreachable).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{for_unreachable}");
+    assert_eq!(
+        for_unreachable, for_customer,
+        "the same answer for every phone"
+    );
+
+    let metrics = metrics_text(app).await;
+    for (outcome, count) in [("sent", 1), ("opted_out", 1), ("refused", 1)] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("sms_credit_sign_in_codes_total{{country=\"US\",outcome=\"{outcome}\"}}")
+            ),
+            count,
+            "{outcome}: {metrics}"
+        );
+    }
+}

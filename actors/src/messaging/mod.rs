@@ -37,6 +37,11 @@ pub enum SenderError {
     Unavailable(String),
     #[error("Twilio refused the message: {0}")]
     Refused(String),
+    /// The number texted STOP (or another opt-out word) to the service's
+    /// number, and Twilio refuses to send to it (error 21610) until it
+    /// texts START: final, never worth trying again.
+    #[error("the number has opted out of texts from this service: {0}")]
+    OptedOut(String),
     /// The request may have reached Twilio but no answer came (a timeout,
     /// a connection lost mid-request): whether it was taken is not known.
     #[error("Twilio did not answer: {0}")]
@@ -97,6 +102,10 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
+    /// Twilio would not send a service message to the number (it opted
+    /// out, or cannot be texted): nothing went out, nothing to try again.
+    #[error("Twilio refused the message: {detail}")]
+    Refused { opted_out: bool, detail: String },
     /// Twilio may have taken the message (its answer was lost, or taken
     /// and not recorded): not "not sent". The reservation is left for the
     /// sweep, which asks Twilio; the same key then answers the outcome.
@@ -385,7 +394,17 @@ impl Messaging {
             .sender
             .send(to, body)
             .await
-            .map_err(|error| MessagingError::NotSent(error.to_string()))?;
+            .map_err(|error| match error {
+                SenderError::Refused(detail) => MessagingError::Refused {
+                    opted_out: false,
+                    detail,
+                },
+                SenderError::OptedOut(detail) => MessagingError::Refused {
+                    opted_out: true,
+                    detail,
+                },
+                other => MessagingError::NotSent(other.to_string()),
+            })?;
         self.record_service(account_id, to, body, kind, Some(accepted.sid), now_ms)
             .await
     }

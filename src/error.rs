@@ -211,6 +211,7 @@ impl ApiError {
                 MessagingError::NoDestination => "no_destination",
                 MessagingError::InvalidKey(_) => "invalid_idempotency_key",
                 MessagingError::InProgress => "in_progress",
+                MessagingError::RecipientOptedOut => "recipient_opted_out",
                 MessagingError::NotSent(_) | MessagingError::Refused { .. } => "twilio_error",
                 MessagingError::OutcomeUnknown(_) => "send_outcome_unknown",
             },
@@ -350,7 +351,9 @@ impl ResponseError for ApiError {
                 MessagingError::NumberMismatch { .. }
                 | MessagingError::NoDestination
                 | MessagingError::InvalidKey(_) => StatusCode::BAD_REQUEST,
-                MessagingError::InProgress => StatusCode::CONFLICT,
+                MessagingError::InProgress | MessagingError::RecipientOptedOut => {
+                    StatusCode::CONFLICT
+                }
                 MessagingError::NotSent(_) | MessagingError::Refused { .. } => {
                     StatusCode::BAD_GATEWAY
                 }

@@ -1557,3 +1557,157 @@ async fn a_captured_signed_sms_is_not_taken_for_a_new_one() {
     assert_eq!(status, StatusCode::OK, "{twiml}");
     assert_eq!(stripe.charges_made(), 2);
 }
+
+/// The TwiML reply's text, or `None` for an empty reply.
+fn reply_of(twiml: &str) -> Option<String> {
+    reply_text(twiml)
+}
+
+on_both_stores!(stop_is_honoured_until_start_and_twilios_21610_is_final);
+/// STOP (or another opt-out word) is recorded and confirmed; from then on
+/// nothing goes to the number — no warning (one waiting to be tried again
+/// is ended, not sent), no message of the host application (refused, not
+/// charged), no sign-in code (answered `202` all the same), no reply but
+/// HELP's — and the account shows it, for the admin and the holder. START
+/// opts back in. A number Twilio refuses with 21610 (it opted out where
+/// Twilio enforces it) is recorded at once, and never tried again.
+async fn stop_is_honoured_until_start_and_twilios_21610_is_final() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let clock = ManualClock::new(START_MS);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let phone = "+14155552800";
+    let account = account_with_balance(&app, phone, 2_100_000).await;
+    let token = app.issue_token(account).await;
+
+    // A warning Twilio refuses once waits to be tried again.
+    fake.refuse(Some("credit is low"));
+    let (status, sent) = app
+        .post_message(
+            json!({"account_id": account, "body": "a".repeat(200), "idempotency_key": "s1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    app.notices_once(account, "the warning tried once and waiting", |notices| {
+        notices[0]["attempts"] == 1 && notices[0]["state"] == "pending"
+    })
+    .await;
+    fake.refuse(None);
+    let sent_before = fake.sent().len();
+
+    let (status, twiml) = app.post_twilio_sms("stop-1", phone, " Stop ").await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(
+        reply_of(&twiml).unwrap().contains("no more texts"),
+        "the STOP is confirmed: {twiml}"
+    );
+    for (who, path, token) in [
+        (
+            "admin",
+            format!("/v1/admin/accounts/{account}"),
+            crate::helpers::ADMIN_TOKEN,
+        ),
+        ("holder", "/v1/accounts/me".to_string(), token.as_str()),
+    ] {
+        let (status, shown) = app.request("GET", &path, Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{who}: {shown}");
+        assert_eq!(shown["opt_out"]["via"], "keyword", "{who}: {shown}");
+        assert_eq!(shown["opt_out"]["keyword"], "STOP", "{who}: {shown}");
+    }
+
+    // The waiting warning ends unsent when its turn comes.
+    clock.advance_ms(61_000);
+    let notices = app
+        .notices_once(account, "the warning ended", |notices| {
+            notices[0]["state"] == "opted_out"
+        })
+        .await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    // The host's message: refused, not charged, not sent.
+    let balance = app.balance_micros(account).await;
+    let (status, refused) = app
+        .post_message(json!({"account_id": account, "body": "hello", "idempotency_key": "s2"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "recipient_opted_out");
+    assert_eq!(app.balance_micros(account).await, balance);
+    // The key that was sent before the STOP still answers what it was.
+    let (status, replayed) = app
+        .post_message(
+            json!({"account_id": account, "body": "a".repeat(200), "idempotency_key": "s1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    assert_eq!(replayed["replayed"], true);
+    // A sign-in code: the same 202, and nothing sent.
+    let (status, _) = app
+        .request(
+            "POST",
+            "/v1/sign-in/code",
+            None,
+            Some(json!({"phone": phone})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Commands get no reply, HELP does.
+    let (_, twiml) = app.post_twilio_sms("stop-balance", phone, "BALANCE").await;
+    assert_eq!(reply_of(&twiml), None, "{twiml}");
+    let (_, twiml) = app.post_twilio_sms("stop-help", phone, "HELP").await;
+    assert!(reply_of(&twiml).unwrap().contains("STOP"), "{twiml}");
+    assert_eq!(
+        fake.sent().len(),
+        sent_before,
+        "nothing was sent after the STOP"
+    );
+
+    // START: texts again.
+    let (_, twiml) = app.post_twilio_sms("start-1", phone, "start").await;
+    assert!(reply_of(&twiml).unwrap().contains("again"), "{twiml}");
+    let (status, shown) = app
+        .request("GET", "/v1/accounts/me", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["opt_out"], serde_json::Value::Null, "{shown}");
+    let (status, sent) = app
+        .post_message(json!({"account_id": account, "body": "hello", "idempotency_key": "s3"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let (_, twiml) = app.post_twilio_sms("start-balance", phone, "BALANCE").await;
+    assert!(reply_of(&twiml).is_some(), "{twiml}");
+
+    // Opted out at Twilio only: its 21610 is recorded at once and final.
+    let other = "+14155552801";
+    let second = account_with_balance(&app, other, 2_100_000).await;
+    fake.opt_out(other, true);
+    let balance = app.balance_micros(second).await;
+    let (status, refused) = app
+        .post_message(json!({"account_id": second, "body": "hello", "idempotency_key": "t1"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "recipient_opted_out");
+    assert_eq!(app.balance_micros(second).await, balance, "given back");
+    let (_, shown) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{second}"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(shown["opt_out"]["via"], "carrier", "{shown}");
+    let (status, _) = app
+        .post_message(json!({"account_id": second, "body": "hello", "idempotency_key": "t2"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = app
+        .request(
+            "POST",
+            "/v1/sign-in/code",
+            None,
+            Some(json!({"phone": other})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(fake.refused_opted_out(), 1, "Twilio was asked once");
+}

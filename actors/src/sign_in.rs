@@ -12,6 +12,7 @@ use crate::accounts::PhoneNumber;
 use crate::ledger::AccountId;
 use crate::messaging::records::MessageKind;
 use crate::messaging::{Messaging, MessagingError};
+use crate::opt_outs::OptOutVia;
 use crate::store::{Store, StoreError};
 
 /// How long a texted code may be used.
@@ -231,6 +232,13 @@ pub async fn request_code(
     if let CodeOpened::Wait { retry_after_ms } = opened {
         return Err(SignInError::Wait { retry_after_ms });
     }
+    // Counted like any other, but nothing goes to a number that opted out.
+    if store.opt_outs().opt_out_of(phone.clone()).await?.is_some() {
+        return Ok(CodeOutcome::Refused {
+            opted_out: true,
+            detail: "the number opted out of texts".to_string(),
+        });
+    }
     let sent = messaging
         .send_service(
             None,
@@ -243,6 +251,13 @@ pub async fn request_code(
     match sent {
         Ok(_) => Ok(CodeOutcome::Sent),
         Err(MessagingError::Refused { opted_out, detail }) => {
+            if opted_out {
+                // Final: recorded, so that nothing more is tried.
+                store
+                    .opt_outs()
+                    .record_opt_out(phone.clone(), OptOutVia::Carrier, None, now_ms)
+                    .await?;
+            }
             Ok(CodeOutcome::Refused { opted_out, detail })
         }
         Err(error) => Err(SignInError::NotSent(error)),

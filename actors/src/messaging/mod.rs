@@ -22,6 +22,7 @@ use crate::accounts::PhoneNumber;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
+use crate::opt_outs::OptOutVia;
 use crate::rating::{quote, quote_to, Quote, QuoteRequest, RateTable, RatingError};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
@@ -102,6 +103,10 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
+    /// The account's number opted out of texts (it texted STOP): nothing
+    /// is sent to it, nothing charged, until it texts START.
+    #[error("the account's number opted out of texts (it texted STOP); nothing is sent to it until it texts START")]
+    RecipientOptedOut,
     /// Twilio would not send a service message to the number (it opted
     /// out, or cannot be texted): nothing went out, nothing to try again.
     #[error("Twilio refused the message: {detail}")]
@@ -203,6 +208,13 @@ impl Messaging {
                 MessageState::Reserved => Err(MessagingError::InProgress),
             };
         }
+        // After the key's earlier outcome, which stands: a number that
+        // opted out is sent nothing new, and the attempt is forgotten (the
+        // same key may be sent once the number texts START).
+        if account.opt_out.is_some() {
+            self.store.messages().forget_reservation(record.id).await?;
+            return Err(MessagingError::RecipientOptedOut);
+        }
 
         let debit = Debit {
             amount: quoted.total(),
@@ -246,7 +258,16 @@ impl Messaging {
                 )));
             }
             Err(error) => {
+                let opted_out = matches!(error, SenderError::OptedOut(_));
+                if opted_out {
+                    // Final: recorded, so that nothing more is tried.
+                    self.store
+                        .opt_outs()
+                        .record_opt_out(account.phone.clone(), OptOutVia::Carrier, None, now_ms)
+                        .await?;
+                }
                 return match self.void(&record, true).await? {
+                    VoidStart::Started if opted_out => Err(MessagingError::RecipientOptedOut),
                     VoidStart::Started => Err(MessagingError::NotSent(error.to_string())),
                     // The sweep resolved it first (it found the message
                     // at Twilio, or gave the cost back): as it stands.

@@ -29,8 +29,8 @@ pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BillingStore, CopyStore,
     EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore, LedgerStore,
-    MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception, ReportStore,
-    SignInStore, StoreFuture, StripeEventStore, TokenStore, WebhookStore,
+    MessageStore, OptOutStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception,
+    ReportStore, SignInStore, StoreFuture, StripeEventStore, TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -486,6 +486,10 @@ impl Store {
     }
 
     pub fn messages(&self) -> &dyn MessageStore {
+        &*self.backend
+    }
+
+    pub fn opt_outs(&self) -> &dyn OptOutStore {
         &*self.backend
     }
 

@@ -563,7 +563,10 @@ impl Application {
         let stopping = Arc::new(stopping);
         let limits = Arc::new(Limits::new(
             settings.access.anonymous_calls_per_minute,
-            settings.access.trusted_proxies.clone(),
+            crate::limits::Proxies {
+                trusted: settings.access.trusted_proxies.clone(),
+                header: settings.access.forwarded_header,
+            },
         ));
         let state = web::Data::new(AppState {
             settings,

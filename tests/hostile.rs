@@ -777,3 +777,143 @@ async fn every_credential_check_is_counted_by_the_one_limiter() {
     }
     assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
 }
+
+/// A wrong admin token sent through the trusted proxy with these
+/// `headers` (name, value; several of one name are several lines): its
+/// status.
+async fn through_the_proxy(app: &TestApp, headers: &[(&str, String)]) -> StatusCode {
+    let mut request = app
+        .client
+        .get(app.url("/v1/admin/accounts"))
+        .insert_header(("Authorization", "Bearer wrong-admin-token-guess"));
+    for (name, value) in headers {
+        request = request.append_header((*name, value.as_str()));
+    }
+    request.send().await.unwrap().status()
+}
+
+/// 20 wrong tokens, each with the `headers` that `nth` makes, then a 21st:
+/// whether the 21st was refused `429` (all counted under one address).
+async fn counted_as_one(app: &TestApp, nth: impl Fn(usize) -> Vec<(&'static str, String)>) -> bool {
+    for index in 0..20 {
+        let status = through_the_proxy(app, &nth(index)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "request {index}");
+    }
+    through_the_proxy(app, &nth(20)).await == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Behind trusted proxies the client's address is read from the right of
+/// every `X-Forwarded-For` line (HAProxy's `option forwardfor` appends a
+/// line of its own), past trusted proxies only, a hop written `ip:port`
+/// taken as its address, the walk stopped at a hop that does not parse,
+/// and IPv4-mapped IPv6 taken as IPv4; with the `Forwarded` header chosen,
+/// that header the same way (and `X-Forwarded-For` not at all). Rotating
+/// what the client writes itself gets it nothing.
+#[actix_rt::test]
+async fn behind_proxies_the_client_cannot_choose_its_address() {
+    let spawn = |header: Option<&'static str>| async move {
+        let directory = crate::helpers::fresh_directory();
+        let mut settings = crate::helpers::test_settings(&directory);
+        settings.access.trusted_proxies =
+            vec!["127.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        if let Some(header) = header {
+            settings.access.forwarded_header = header.parse().unwrap();
+        }
+        TestApp::spawn_with(directory, settings).await
+    };
+    let forged = |index: usize| format!("198.51.100.{index}");
+
+    // HAProxy's own line after the client's.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![
+            ("X-Forwarded-For", forged(index)),
+            ("X-Forwarded-For", "203.0.113.7".to_string()),
+        ])
+        .await,
+        "the proxy's line is read, not the client's"
+    );
+    // A load balancer that writes the port; a chain of trusted proxies.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("{}, 203.0.113.9:5555", forged(index))
+        )])
+        .await,
+        "ip:port is the client"
+    );
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("{}, [2001:db8::9]:443, 10.0.0.2", forged(index))
+        )])
+        .await,
+        "walked past the trusted proxy to the client"
+    );
+    // A hop that does not parse ends the walk there.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("{}, not-an-address", forged(index))
+        )])
+        .await,
+        "a hop that does not parse is not skipped"
+    );
+    // One client, whether written as IPv4 or IPv4-mapped IPv6.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| {
+            let client = if index % 2 == 0 {
+                "203.0.113.10"
+            } else {
+                "::ffff:203.0.113.10"
+            };
+            vec![("X-Forwarded-For", client.to_string())]
+        })
+        .await,
+        "IPv4-mapped IPv6 is IPv4"
+    );
+    // A `Forwarded` header is not believed unless it is the one chosen.
+    let app = spawn(None).await;
+    assert!(
+        !counted_as_one(&app, |index| vec![
+            ("Forwarded", "for=203.0.113.11".to_string()),
+            ("X-Forwarded-For", forged(index)),
+        ])
+        .await,
+        "each forged X-Forwarded-For is its own client here (no proxy line)"
+    );
+
+    // The standard header, chosen: the same walk.
+    let app = spawn(Some("forwarded")).await;
+    assert!(
+        counted_as_one(&app, |index| vec![
+            ("Forwarded", format!("for={};proto=https", forged(index))),
+            (
+                "Forwarded",
+                "for=\"[2001:db8:cafe::17]:4711\";proto=https".to_string()
+            ),
+            ("X-Forwarded-For", forged(index)),
+        ])
+        .await,
+        "the proxy's Forwarded element is read"
+    );
+    let app = spawn(Some("forwarded")).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "Forwarded",
+            format!("for={}, for=unknown", forged(index))
+        )])
+        .await,
+        "an element that names no address ends the walk"
+    );
+    let app = spawn(Some("forwarded")).await;
+    let statuses = [
+        through_the_proxy(&app, &[("Forwarded", "for=203.0.113.12".to_string())]).await,
+        through_the_proxy(&app, &[("Forwarded", "for=203.0.113.13".to_string())]).await,
+    ];
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 2]);
+}

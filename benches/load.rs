@@ -194,7 +194,7 @@ fn main() {
                 ("AccountSid".to_string(), fake_twilio::ACCOUNT_SID.to_string()),
                 ("Body".to_string(), "BALANCE".to_string()),
                 ("From".to_string(), phone((number % accounts) as usize)),
-                ("MessageSid".to_string(), format!("SMload{number:026}")),
+                ("MessageSid".to_string(), format!("SM{number:032x}")),
                 ("NumMedia".to_string(), "0".to_string()),
                 ("To".to_string(), fake_twilio::FROM.to_string()),
             ];

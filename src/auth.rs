@@ -1,6 +1,13 @@
 //! Who is calling: request guards (extractors) for each kind of caller:
 //! the administrator (bearer token from config) and an account holder
 //! (an account token, stored only as a hash).
+//!
+//! Every credential the server judges — these tokens, feed tickets,
+//! sign-up tokens, sign-in codes, Checkout Session ids, webhook
+//! signatures — is judged between [`before_judging`] and [`judged_wrong`]:
+//! an address that guessed too often waits before what it presents is
+//! looked at, and each wrong one counts against its address, in the one
+//! limiter (`Limits`), whatever the route.
 
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
@@ -63,12 +70,17 @@ impl FromRequest for AccountHolder {
         let state = request.app_data::<web::Data<AppState>>().cloned();
         let token = bearer_token(request).map(str::to_string);
         let span = RequestSpan::of(request);
+        let request = request.clone();
         Box::pin(async move {
             let state = state.ok_or_else(missing_state)?;
+            // No token at all is no guess.
             let token = token.ok_or(ApiError::Unauthorized)?;
+            before_judging(&state, &request)?;
             let now_ms = state.clock.now_ms();
             let live = access_tokens::account_of(&state.store, &token, now_ms).await?;
-            let live = live.ok_or(ApiError::Unauthorized)?;
+            let Some(live) = live else {
+                return Err(judged_wrong(&state, &request, ApiError::Unauthorized));
+            };
             if let Some(span) = span {
                 span.record_account(live.account_id);
             }
@@ -126,19 +138,34 @@ fn check_metrics_reader(request: &HttpRequest) -> Result<MetricsReader, ApiError
     presents(request, state, expected.expose()).map(|()| MetricsReader)
 }
 
-/// Whether the request's bearer token is `expected`. An address that sent
-/// too many wrong tokens is refused (`429`) before its token is looked at,
-/// so guessing gains nothing by going faster.
+/// Whether the request's bearer token is `expected`.
 fn presents(request: &HttpRequest, state: &AppState, expected: &str) -> Result<(), ApiError> {
-    if let Some(wait) = state.limits.guessing_wait(request) {
-        return Err(ApiError::TooManyAttempts(wait));
-    }
     // No token at all is no guess.
     let presented = bearer_token(request).ok_or(ApiError::Unauthorized)?;
+    before_judging(state, request)?;
     if constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
         return Ok(());
     }
-    Err(state.limits.wrong_guess(request, ApiError::Unauthorized))
+    Err(judged_wrong(state, request, ApiError::Unauthorized))
+}
+
+/// Called before a presented credential is looked at: an address that
+/// presented too many wrong ones is refused (`429 too_many_attempts`)
+/// without looking, so guessing gains nothing by going faster, on any
+/// route.
+pub fn before_judging(state: &AppState, request: &HttpRequest) -> Result<(), ApiError> {
+    match state.limits.guessing_wait(request) {
+        Some(wait) => Err(ApiError::TooManyAttempts(wait)),
+        None => Ok(()),
+    }
+}
+
+/// A presented credential was wrong (unknown, expired, revoked, another
+/// door's): it counts against the request's address, and the answer is
+/// `answer`, or `429 too_many_attempts` once the address has guessed too
+/// often.
+pub fn judged_wrong(state: &AppState, request: &HttpRequest, answer: ApiError) -> ApiError {
+    state.limits.wrong_guess(request, answer)
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

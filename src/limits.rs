@@ -1,6 +1,8 @@
 //! Limits on what one caller may try (GCRA, by `governor`), counted per
 //! instance by client address:
-//! - wrong tokens (and wrong sign-in codes, unknown checkout sessions):
+//! - wrong credentials of every kind (tokens, feed tickets, sign-in codes,
+//!   sign-up tokens, unknown checkout sessions, webhook signatures), judged
+//!   through `auth::before_judging` and `auth::judged_wrong` on every route:
 //!   20 in a minute, then `429` with `Retry-After` until the address has
 //!   earned another try. A guess is as slow on each instance, and tokens
 //!   are 16 characters or more, so the count need not be shared;
@@ -20,6 +22,7 @@ use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::config::ForwardedHeader;
 use crate::error::ApiError;
 
 /// Wrong tokens one address may present in a minute.
@@ -105,27 +108,38 @@ impl AnonymousCalls {
 }
 
 /// What the addresses calling this instance may try: the two limiters, and
-/// the proxies whose `X-Forwarded-For` says which address a request is
+/// the proxies whose forwarding header says which address a request is
 /// counted under. It is handed what it needs, so that it knows nothing of
 /// the application's state (which holds it).
 pub struct Limits {
     wrong_tokens: WrongTokens,
     anonymous_calls: AnonymousCalls,
-    trusted_proxies: Vec<IpAddr>,
+    proxies: Proxies,
+}
+
+/// The proxies in front of the server, and the header they write.
+pub struct Proxies {
+    /// Their addresses (IPv4-mapped IPv6 as IPv4).
+    pub trusted: Vec<IpAddr>,
+    pub header: ForwardedHeader,
 }
 
 impl Limits {
-    pub fn new(anonymous_calls_per_minute: u32, trusted_proxies: Vec<IpAddr>) -> Limits {
+    pub fn new(anonymous_calls_per_minute: u32, proxies: Proxies) -> Limits {
+        let proxies = Proxies {
+            trusted: proxies.trusted.iter().map(IpAddr::to_canonical).collect(),
+            header: proxies.header,
+        };
         Limits {
             wrong_tokens: WrongTokens::default(),
             anonymous_calls: AnonymousCalls::new(anonymous_calls_per_minute),
-            trusted_proxies,
+            proxies,
         }
     }
 
     /// The address `request` is counted under (see [`client_address`]).
     pub fn client_address(&self, request: &HttpRequest) -> Option<IpAddr> {
-        client_address(request, &self.trusted_proxies)
+        client_address(request, &self.proxies)
     }
 
     /// How long the request's address must wait before a token it presents
@@ -162,25 +176,131 @@ impl Limits {
     }
 }
 
-/// The address a request is counted under: the connection's peer, or, when
-/// the peer is one of `trusted` proxies, the last address in its
-/// `X-Forwarded-For` that is not a trusted proxy itself (what a client
-/// writes into the header before the first proxy is not believed).
-pub fn client_address(request: &HttpRequest, trusted: &[IpAddr]) -> Option<IpAddr> {
-    let peer = request.peer_addr()?.ip();
-    if !trusted.contains(&peer) {
+/// The address a request is counted under: the connection's peer, or,
+/// when the peer is a trusted proxy, the client its forwarding header
+/// names. The header's hops (every line of it, in order) are walked from
+/// the right: a trusted proxy is passed, the first hop that is not one is
+/// the client, and a hop that does not parse ends the walk at the last
+/// trusted one (so what a client writes into the header before the first
+/// proxy is never believed, and a garbled hop lumps its requests together
+/// rather than letting them choose). IPv4-mapped IPv6 is taken as IPv4.
+pub fn client_address(request: &HttpRequest, proxies: &Proxies) -> Option<IpAddr> {
+    let peer = request.peer_addr()?.ip().to_canonical();
+    if !proxies.trusted.contains(&peer) {
         return Some(peer);
     }
-    let forwarded = request
+    let name = match proxies.header {
+        ForwardedHeader::XForwardedFor => "X-Forwarded-For",
+        ForwardedHeader::Forwarded => "Forwarded",
+    };
+    // Every line, in the order received; a line that is not text is a hop
+    // that does not parse.
+    let lines: Vec<Option<&str>> = request
         .headers()
-        .get("X-Forwarded-For")
-        .and_then(|value| value.to_str().ok())
-        // No (readable) header: no hop is found below, and the peer counts.
-        .unwrap_or_default();
-    let client = forwarded
-        .rsplit(',')
-        .map(str::trim)
-        .filter_map(|hop| hop.parse::<IpAddr>().ok())
-        .find(|hop| !trusted.contains(hop));
-    Some(client.unwrap_or(peer))
+        .get_all(name)
+        .map(|value| value.to_str().ok())
+        .collect();
+    let mut hops: Vec<Option<IpAddr>> = Vec::new();
+    for line in lines {
+        match line {
+            None => hops.push(None),
+            Some(line) => hops.extend(line.split(',').map(|hop| match proxies.header {
+                ForwardedHeader::XForwardedFor => parse_hop(hop),
+                ForwardedHeader::Forwarded => forwarded_for(hop),
+            })),
+        }
+    }
+    let mut counted = peer;
+    for hop in hops.into_iter().rev() {
+        match hop {
+            Some(address) if proxies.trusted.contains(&address) => counted = address,
+            Some(address) => return Some(address),
+            None => return Some(counted),
+        }
+    }
+    Some(counted)
+}
+
+/// One hop's address: `203.0.113.7`, `2001:db8::1`, or with a port as some
+/// load balancers write it (`203.0.113.7:5555`, `[2001:db8::1]:443`);
+/// IPv4-mapped IPv6 as IPv4. Anything else does not parse.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(address) = hop.parse::<IpAddr>() {
+        return Some(address.to_canonical());
+    }
+    if let Some(bracketed) = hop.strip_prefix('[') {
+        let (address, rest) = bracketed.split_once(']')?;
+        if !(rest.is_empty() || rest.strip_prefix(':').is_some_and(is_port)) {
+            return None;
+        }
+        return address
+            .parse::<std::net::Ipv6Addr>()
+            .ok()
+            .map(|address| IpAddr::V6(address).to_canonical());
+    }
+    let (address, port) = hop.rsplit_once(':')?;
+    if !is_port(port) {
+        return None;
+    }
+    address.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+fn is_port(text: &str) -> bool {
+    !text.is_empty() && text.len() <= 5 && text.bytes().all(|byte| byte.is_ascii_digit())
+}
+
+/// The address of one `Forwarded` element (`for=192.0.2.60;proto=http`,
+/// `for="[2001:db8:cafe::17]:4711"`); an element without `for`, or whose
+/// `for` is `unknown` or an obfuscated name, does not parse.
+fn forwarded_for(element: &str) -> Option<IpAddr> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        if !name.trim().eq_ignore_ascii_case("for") {
+            return None;
+        }
+        let value = value.trim();
+        let value = value
+            .strip_prefix('"')
+            .and_then(|quoted| quoted.strip_suffix('"'))
+            .unwrap_or(value);
+        parse_hop(value)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hops_parse_as_proxies_write_them() {
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        for (hop, expected) in [
+            ("203.0.113.7", Some(v4)),
+            (" 203.0.113.7 ", Some(v4)),
+            ("203.0.113.7:5555", Some(v4)),
+            ("::ffff:203.0.113.7", Some(v4)),
+            ("[::ffff:203.0.113.7]:80", Some(v4)),
+            ("2001:db8::1", Some(v6)),
+            ("[2001:db8::1]", Some(v6)),
+            ("[2001:db8::1]:443", Some(v6)),
+            ("unknown", None),
+            ("", None),
+            ("203.0.113.7:port", None),
+            ("[2001:db8::1]x", None),
+            ("203.0.113.7:123456", None),
+        ] {
+            assert_eq!(parse_hop(hop), expected, "{hop:?}");
+        }
+        for (element, expected) in [
+            ("for=203.0.113.7", Some(v4)),
+            ("proto=https;For=\"[2001:db8::1]:4711\"", Some(v6)),
+            ("for=unknown", None),
+            ("for=_hidden", None),
+            ("by=203.0.113.7", None),
+        ] {
+            assert_eq!(forwarded_for(element), expected, "{element:?}");
+        }
+    }
 }

@@ -561,7 +561,10 @@ impl Application {
         let stopping = Arc::new(stopping);
         let limits = Arc::new(Limits::new(
             settings.access.anonymous_calls_per_minute,
-            settings.access.trusted_proxies.clone(),
+            crate::limits::Proxies {
+                trusted: settings.access.trusted_proxies.clone(),
+                header: settings.access.forwarded_header,
+            },
         ));
         let state = web::Data::new(AppState {
             settings,
@@ -573,6 +576,7 @@ impl Application {
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
             http_metrics: Arc::new(HttpMetrics::new()),
+            sign_in_codes: Arc::new(crate::telemetry::SignInCodeCounts::default()),
             webhook_metrics: Arc::default(),
             limits,
             feed_slots: Arc::default(),

@@ -11,7 +11,7 @@ use sms_credit_actors::{Registry, Store};
 
 use crate::config::Settings;
 use crate::limits::Limits;
-use crate::telemetry::HttpMetrics;
+use crate::telemetry::{HttpMetrics, SignInCodeCounts};
 
 /// What every request handler can reach.
 pub struct AppState {
@@ -26,6 +26,8 @@ pub struct AppState {
     /// Open feeds per account (at most `feed.max_per_account`).
     pub feed_slots: Arc<crate::feed::FeedSlots>,
     pub http_metrics: Arc<HttpMetrics>,
+    /// Sign-in codes by country and outcome, for `/metrics`.
+    pub sign_in_codes: Arc<SignInCodeCounts>,
     /// Webhook deliveries by outcome.
     pub webhook_metrics: Arc<crate::webhooks::WebhookMetrics>,
     /// Wrong tokens and guesses, and calls to the anonymous routes, by

@@ -17,6 +17,43 @@ use tracing::Instrument;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// Sign-in codes asked for on this instance, by the destination's country
+/// and what became of each (`sent`; `opted_out` and `refused`: Twilio would
+/// not text the number). A number's country is one of the few the
+/// numbering plan knows, so the counters stay few.
+#[derive(Default)]
+pub struct SignInCodeCounts {
+    counted: DashMap<(String, &'static str), AtomicU64>,
+}
+
+impl SignInCodeCounts {
+    /// One more code for `country` that ended `outcome`.
+    pub fn count(&self, country: &str, outcome: &'static str) {
+        self.counted
+            .entry((country.to_string(), outcome))
+            .or_default()
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Every (country, outcome) counted and how often, sorted.
+    pub fn counted(&self) -> Vec<(String, &'static str, u64)> {
+        let mut counted: Vec<(String, &'static str, u64)> = self
+            .counted
+            .iter()
+            .map(|entry| {
+                let (country, outcome) = entry.key();
+                (
+                    country.clone(),
+                    *outcome,
+                    entry.value().load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        counted.sort();
+        counted
+    }
+}
+
 /// Requests answered, by route pattern and status.
 pub struct HttpMetrics {
     answered: DashMap<(String, u16), AtomicU64>,

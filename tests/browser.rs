@@ -604,6 +604,62 @@ async fn a_number_that_cannot_be_priced_is_said_so_to_the_admin_and_the_customer
     .await;
 }
 
+/// A number that texted STOP: its page tells the customer that nothing is
+/// texted to it and how to get texts again (in the customer's words), and
+/// the console says so beside the account, at a desktop's and a phone's
+/// width; no failed request, no console error.
+#[actix_rt::test]
+async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
+    let stripe = crate::fake_stripe::FakeStripe::start().await;
+    let twilio = crate::fake_twilio::FakeTwilio::start().await;
+    let directory = crate::helpers::fresh_directory();
+    let settings = crate::helpers::with_twilio(
+        crate::helpers::stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let app = TestApp::spawn_with(directory, settings).await;
+    let phone = "+14155553620";
+    let account = app.create_account(phone).await;
+    let (status, _) = app.post_twilio_sms("said-stop", phone, "STOP").await;
+    assert_eq!(status, StatusCode::OK);
+    let token = app.issue_token(account).await;
+
+    let browser = Browser::start();
+    for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
+        let mut page = browser.page().await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.open(&app.url("/account")).await;
+        page.eval("sessionStorage.clear(); true").await;
+        page.sign_in_with(&token).await;
+        page.wait_for("document.getElementById('opted-out').hidden", json!(false))
+            .await;
+        let told = page.eval(&text_of("opted-out")).await;
+        let told = told.as_str().unwrap_or_default();
+        assert!(told.contains("Text START"), "{told}");
+        assert!(!told.contains("SMS_CREDIT_"), "{told}");
+
+        page.open_until(
+            &app.url(&format!("/admin#account-{account}")),
+            "admin-token",
+        )
+        .await;
+        page.eval(&format!(
+            "sessionStorage.clear(); document.getElementById('admin-token').value = '{ADMIN_TOKEN}'; document.getElementById('signin-button').click(); true"
+        ))
+        .await;
+        page.wait_for(
+            "document.getElementById('account-facts').textContent.includes('opted out of texts (texted STOP)')",
+            json!(true),
+        )
+        .await;
+        page.assert_clean();
+    }
+}
+
 /// A payer back from Stripe Checkout: on a phone, the success page waits
 /// for Stripe's confirmation and says when access is ready, with no reload;
 /// on a desktop, the cancel page says nothing was charged and offers to try

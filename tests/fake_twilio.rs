@@ -62,6 +62,11 @@ struct State {
     /// Messages whose body contains this are refused as an unreachable
     /// number is, whatever the mode.
     refused: Option<String>,
+    /// Numbers that texted STOP to the service's number: Twilio refuses to
+    /// send to them (error 21610) until they text START.
+    opted_out: Vec<String>,
+    /// Attempts to send to an opted-out number, each refused.
+    refused_opted_out: usize,
     sent: Vec<SentSms>,
     prices: HashMap<String, String>,
     next_id: u64,
@@ -86,6 +91,8 @@ impl FakeTwilio {
             lists: 0,
             clock: Arc::new(SystemClock),
             refused: None,
+            opted_out: Vec::new(),
+            refused_opted_out: 0,
             sent: Vec::new(),
             prices: HashMap::new(),
             next_id: 1,
@@ -208,6 +215,22 @@ impl FakeTwilio {
         self.state.lock().unwrap().refused = text.map(str::to_string);
     }
 
+    /// The number texted STOP to the service's number (`true`) or START
+    /// (`false`): as Twilio does, messages to it are refused with error
+    /// 21610 while it is opted out.
+    pub fn opt_out(&self, number: &str, opted_out: bool) {
+        let mut state = self.state.lock().unwrap();
+        state.opted_out.retain(|known| known != number);
+        if opted_out {
+            state.opted_out.push(number.to_string());
+        }
+    }
+
+    /// How many sends to an opted-out number Twilio refused (21610).
+    pub fn refused_opted_out(&self) -> usize {
+        self.state.lock().unwrap().refused_opted_out
+    }
+
     pub fn set_mode(&self, mode: SendMode) {
         self.state.lock().unwrap().mode = mode;
     }
@@ -219,7 +242,7 @@ impl FakeTwilio {
     /// What Twilio will say a message cost (a negative decimal string).
     /// The sid the next accepted message will get.
     pub fn next_sid(&self) -> String {
-        format!("SMfake{:026}", self.state.lock().unwrap().next_id)
+        format!("SM{:032x}", self.state.lock().unwrap().next_id)
     }
 
     pub fn set_price(&self, sid: &str, price: &str) {
@@ -275,6 +298,13 @@ async fn create_message(
         state.lock().unwrap().waiting -= 1;
     }
     let mut state = state.lock().unwrap();
+    let to = form.get("To").cloned().unwrap_or_default();
+    if taken.is_none() && state.opted_out.contains(&to) {
+        state.refused_opted_out += 1;
+        return HttpResponse::BadRequest().json(json!({
+            "code": 21610, "message": "Attempt to send to unsubscribed recipient", "status": 400
+        }));
+    }
     let refused = state
         .refused
         .as_ref()
@@ -311,7 +341,7 @@ async fn create_message(
 
 /// Records a message as taken, with the next sid.
 fn take(state: &mut State, form: &HashMap<String, String>) -> SentSms {
-    let sid = format!("SMfake{:026}", state.next_id);
+    let sid = format!("SM{:032x}", state.next_id);
     state.next_id += 1;
     let message = SentSms {
         sid,

@@ -78,6 +78,40 @@ pub fn with_twilio(mut settings: Settings, twilio_base: &str) -> Settings {
     settings
 }
 
+/// The MessageSid Twilio would give the message a test calls `label`: `SM`
+/// and 32 hexadecimal characters, the same for the same label (the first
+/// half of the label's SHA-256), so that a test can look it up.
+pub fn twilio_sid(label: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(label.as_bytes());
+    let hex: String = digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("SM{hex}")
+}
+
+/// The fields Twilio posts for an inbound SMS with this MessageSid, from
+/// `from` to the service's number.
+pub fn twilio_sms_fields(message_sid: &str, from: &str, text: &str) -> Vec<(String, String)> {
+    [
+        ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
+        ("ApiVersion", "2010-04-01"),
+        ("Body", text),
+        ("From", from),
+        ("MessageSid", message_sid),
+        ("NumMedia", "0"),
+        ("NumSegments", "1"),
+        ("SmsMessageSid", message_sid),
+        ("SmsSid", message_sid),
+        ("SmsStatus", "received"),
+        ("To", crate::fake_twilio::FROM),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect()
+}
+
 /// The test clock's time, in Unix seconds (for webhook signatures).
 pub const NOW_UNIX: i64 = 1_795_253_400;
 
@@ -368,14 +402,15 @@ impl TestApp {
         )
     }
 
-    /// An inbound SMS, signed, as Twilio would post it.
+    /// An inbound SMS, signed, as Twilio would post it: `label` names the
+    /// message, and its MessageSid is [`twilio_sid`]`(label)`.
     pub async fn post_twilio_sms(
         &self,
-        message_sid: &str,
+        label: &str,
         from: &str,
         text: &str,
     ) -> (StatusCode, String) {
-        self.post_twilio_sms_with(&self.client, message_sid, from, text)
+        self.post_twilio_sms_with(&self.client, label, from, text)
             .await
     }
 
@@ -383,7 +418,7 @@ impl TestApp {
     /// (twice Twilio's 15 s): how long it took is the caller's to judge.
     pub async fn post_twilio_sms_waiting(
         &self,
-        message_sid: &str,
+        label: &str,
         from: &str,
         text: &str,
     ) -> (StatusCode, String, std::time::Duration) {
@@ -391,30 +426,22 @@ impl TestApp {
             .timeout(std::time::Duration::from_secs(30))
             .finish();
         let started = std::time::Instant::now();
-        let (status, body) = self
-            .post_twilio_sms_with(&client, message_sid, from, text)
-            .await;
+        let (status, body) = self.post_twilio_sms_with(&client, label, from, text).await;
         (status, body, started.elapsed())
     }
 
     async fn post_twilio_sms_with(
         &self,
         client: &awc::Client,
-        message_sid: &str,
+        label: &str,
         from: &str,
         text: &str,
     ) -> (StatusCode, String) {
-        let fields = [
-            ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
-            ("ApiVersion", "2010-04-01"),
-            ("Body", text),
-            ("From", from),
-            ("MessageSid", message_sid),
-            ("NumMedia", "0"),
-            ("NumSegments", "1"),
-            ("SmsSid", message_sid),
-            ("To", crate::fake_twilio::FROM),
-        ];
+        let fields = twilio_sms_fields(&twilio_sid(label), from, text);
+        let fields: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
         self.post_twilio_with(client, "/webhooks/twilio/sms", &fields, None)
             .await
     }

@@ -542,3 +542,378 @@ async fn the_anonymous_calls_a_minute_are_a_setting() {
     );
     server.kill();
 }
+
+/// One way of presenting a wrong credential to one operation.
+struct Guess {
+    method: String,
+    path: String,
+    /// The security scheme the wrong credential claims to be.
+    scheme: String,
+    /// Through a real websocket handshake rather than a plain request.
+    websocket: bool,
+}
+
+/// A wrong credential of `guess.scheme`, from `client` (named to the
+/// trusted proxy in `X-Forwarded-For`): the status it got and its code.
+async fn present_wrong(app: &TestApp, guess: &Guess, client: &str, body: &Value) -> (u16, String) {
+    const WRONG: &str = "wrong-credential-0123456789abcdef";
+    let mut path = guess.path.clone();
+    if guess.scheme == "feedTicket" {
+        path.push_str(&format!("?ticket=ft_{WRONG}"));
+    }
+    if guess.websocket {
+        let url = app.url(&path).replacen("http://", "ws://", 1);
+        let mut request = awc::Client::new()
+            .ws(url)
+            .set_header("X-Forwarded-For", client);
+        request = match guess.scheme.as_str() {
+            "accountToken" => request.protocols(["sms-credit-feed", &format!("sct_{WRONG}")]),
+            "adminToken" => request.bearer_auth(WRONG),
+            _ => request,
+        };
+        return match request.connect().await {
+            Ok(_) => panic!(
+                "{} {} opened with a wrong credential",
+                guess.method, guess.path
+            ),
+            Err(awc::error::WsClientError::InvalidResponseStatus(status)) => {
+                let code = if status == StatusCode::TOO_MANY_REQUESTS {
+                    "too_many_attempts"
+                } else {
+                    "refused"
+                };
+                (status.as_u16(), code.to_string())
+            }
+            Err(other) => panic!("{} {}: {other}", guess.method, guess.path),
+        };
+    }
+    let method = awc::http::Method::from_bytes(guess.method.to_uppercase().as_bytes()).unwrap();
+    let mut request = app
+        .client
+        .request(method, app.url(&path))
+        .insert_header(("X-Forwarded-For", client));
+    let payload = match guess.scheme.as_str() {
+        "adminToken" | "apiKey" | "metricsToken" => {
+            request = request.insert_header(("Authorization", format!("Bearer {WRONG}")));
+            body.to_string()
+        }
+        "accountToken" => {
+            request = request.insert_header(("Authorization", format!("Bearer sct_{WRONG}")));
+            body.to_string()
+        }
+        "twilioSignature" => {
+            request = request
+                .insert_header(("Content-Type", "application/x-www-form-urlencoded"))
+                .insert_header(("X-Twilio-Signature", "bm90IHRoZSBzaWduYXR1cmU="));
+            "MessageSid=SM0123456789abcdef0123456789abcdef&From=%2B14155550100&Body=BALANCE"
+                .to_string()
+        }
+        "stripeSignature" => {
+            request = request.insert_header((
+                "Stripe-Signature",
+                format!("t={NOW_UNIX},v1={}", "0".repeat(64)),
+            ));
+            EventFactory::new().other()
+        }
+        "feedTicket" => String::new(),
+        // A credential carried in the body (a sign-up token, a code).
+        "body" => body.to_string(),
+        other => panic!("a scheme the test does not know: {other}"),
+    };
+    if !payload.is_empty() && !matches!(guess.scheme.as_str(), "twilioSignature") {
+        request = request.insert_header(("Content-Type", "application/json"));
+    }
+    let mut response = request.send_body(payload).await.unwrap();
+    let bytes = response.body().limit(1 << 20).await.unwrap();
+    let answer: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let code = answer["error"]["code"].as_str().unwrap_or("").to_string();
+    (response.status().as_u16(), code)
+}
+
+/// Every route that takes a credential (every operation of the OpenAPI
+/// document with a security requirement, and the websocket routes through
+/// a real handshake, and the credentials carried in bodies) counts a wrong
+/// one in the one limiter: 20 from an address are answered as wrong, the
+/// 21st `429 too_many_attempts`, and then the same address waits on the
+/// admin routes too, even with the right token.
+#[actix_rt::test]
+async fn every_credential_check_is_counted_by_the_one_limiter() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let mut settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    settings.access.metrics_token = Some(sms_credit::config::Secret::new(
+        "metrics-token-for-the-walk",
+    ));
+    settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = TestApp::spawn_with(directory, settings).await;
+    let account = app.create_account("+14155553950").await;
+
+    let document = sms_credit::openapi::document();
+    let mut guesses = Vec::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            let Some(security) = operation["security"].as_array() else {
+                continue;
+            };
+            let concrete = path
+                .replace("{id}", &account.to_string())
+                .replace("{code}", "NOPE");
+            let websocket = operation["responses"].get("101").is_some();
+            for requirement in security {
+                for scheme in requirement.as_object().unwrap().keys() {
+                    guesses.push(Guess {
+                        method: method.clone(),
+                        path: concrete.clone(),
+                        scheme: scheme.clone(),
+                        websocket: false,
+                    });
+                    if websocket && scheme != "feedTicket" {
+                        guesses.push(Guess {
+                            method: method.clone(),
+                            path: concrete.clone(),
+                            scheme: scheme.clone(),
+                            websocket: true,
+                        });
+                    }
+                }
+                if websocket && requirement.get("feedTicket").is_some() {
+                    guesses.push(Guess {
+                        method: method.clone(),
+                        path: concrete.clone(),
+                        scheme: "feedTicket".to_string(),
+                        websocket: true,
+                    });
+                }
+            }
+        }
+    }
+    assert!(
+        guesses.len() > 50,
+        "the document's routes were walked: {}",
+        guesses.len()
+    );
+    assert!(
+        guesses.iter().filter(|guess| guess.websocket).count() >= 4,
+        "both feeds, each way"
+    );
+    // Credentials the document cannot name: a sign-up token at sign-in and
+    // at checkout, a Checkout Session's id.
+    for (method, path) in [
+        ("post", "/v1/sign-in"),
+        ("post", "/v1/checkout/access"),
+        ("get", "/v1/checkout/sessions/cs_test_not_a_session"),
+    ] {
+        guesses.push(Guess {
+            method: method.to_string(),
+            path: path.to_string(),
+            scheme: "body".to_string(),
+            websocket: false,
+        });
+    }
+
+    let mut wrong = Vec::new();
+    for (index, guess) in guesses.iter().enumerate() {
+        let client = format!("198.18.{}.{}", index / 200, index % 200 + 1);
+        // Where the body is read before the credential, it is a good one.
+        let body = match (guess.method.as_str(), guess.path.as_str()) {
+            ("put", path) if path.starts_with("/v1/accounts/") => json!({"enabled": false}),
+            ("post", "/v1/checkout/access") if guess.scheme == "body" => json!({
+                "phone": "+14155553951", "email": "a@example.com", "sign_up_token": "sup_wrong-token-guess"
+            }),
+            ("post", "/v1/checkout/access") => {
+                json!({"phone": "+14155553951", "email": "a@example.com"})
+            }
+            ("post", "/v1/sign-in") => {
+                json!({"phone": "+14155553951", "sign_up_token": "sup_wrong-token-guess"})
+            }
+            _ => json!({}),
+        };
+        let name = format!(
+            "{} {} ({}{})",
+            guess.method,
+            guess.path,
+            guess.scheme,
+            if guess.websocket { ", websocket" } else { "" }
+        );
+        let mut refused = true;
+        for attempt in 1..=20 {
+            let (status, code) = present_wrong(&app, guess, &client, &body).await;
+            if status == 429 || !(400..500).contains(&status) {
+                wrong.push(format!(
+                    "{name}: attempt {attempt} answered {status} {code}"
+                ));
+                refused = false;
+                break;
+            }
+        }
+        if !refused {
+            continue;
+        }
+        let (status, code) = present_wrong(&app, guess, &client, &body).await;
+        if status != 429 || code != "too_many_attempts" {
+            wrong.push(format!(
+                "{name}: the 21st wrong one answered {status} {code}"
+            ));
+            continue;
+        }
+        let response = app
+            .client
+            .get(app.url("/v1/admin/overview"))
+            .insert_header(("X-Forwarded-For", client.as_str()))
+            .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::TOO_MANY_REQUESTS {
+            wrong.push(format!(
+                "{name}: the address then opened the admin routes ({})",
+                response.status()
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+/// A wrong admin token sent through the trusted proxy with these
+/// `headers` (name, value; several of one name are several lines): its
+/// status.
+async fn through_the_proxy(app: &TestApp, headers: &[(&str, String)]) -> StatusCode {
+    let mut request = app
+        .client
+        .get(app.url("/v1/admin/accounts"))
+        .insert_header(("Authorization", "Bearer wrong-admin-token-guess"));
+    for (name, value) in headers {
+        request = request.append_header((*name, value.as_str()));
+    }
+    request.send().await.unwrap().status()
+}
+
+/// 20 wrong tokens, each with the `headers` that `nth` makes, then a 21st:
+/// whether the 21st was refused `429` (all counted under one address).
+async fn counted_as_one(app: &TestApp, nth: impl Fn(usize) -> Vec<(&'static str, String)>) -> bool {
+    for index in 0..20 {
+        let status = through_the_proxy(app, &nth(index)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "request {index}");
+    }
+    through_the_proxy(app, &nth(20)).await == StatusCode::TOO_MANY_REQUESTS
+}
+
+/// Behind trusted proxies the client's address is read from the right of
+/// every `X-Forwarded-For` line (HAProxy's `option forwardfor` appends a
+/// line of its own), past trusted proxies only, a hop written `ip:port`
+/// taken as its address, the walk stopped at a hop that does not parse,
+/// and IPv4-mapped IPv6 taken as IPv4; with the `Forwarded` header chosen,
+/// that header the same way (and `X-Forwarded-For` not at all). Rotating
+/// what the client writes itself gets it nothing.
+#[actix_rt::test]
+async fn behind_proxies_the_client_cannot_choose_its_address() {
+    let spawn = |header: Option<&'static str>| async move {
+        let directory = crate::helpers::fresh_directory();
+        let mut settings = crate::helpers::test_settings(&directory);
+        settings.access.trusted_proxies =
+            vec!["127.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap()];
+        if let Some(header) = header {
+            settings.access.forwarded_header = header.parse().unwrap();
+        }
+        TestApp::spawn_with(directory, settings).await
+    };
+    let forged = |index: usize| format!("198.51.100.{index}");
+
+    // HAProxy's own line after the client's.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![
+            ("X-Forwarded-For", forged(index)),
+            ("X-Forwarded-For", "203.0.113.7".to_string()),
+        ])
+        .await,
+        "the proxy's line is read, not the client's"
+    );
+    // A load balancer that writes the port; a chain of trusted proxies.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("{}, 203.0.113.9:5555", forged(index))
+        )])
+        .await,
+        "ip:port is the client"
+    );
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("{}, [2001:db8::9]:443, 10.0.0.2", forged(index))
+        )])
+        .await,
+        "walked past the trusted proxy to the client"
+    );
+    // A hop that does not parse ends the walk there.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("{}, not-an-address", forged(index))
+        )])
+        .await,
+        "a hop that does not parse is not skipped"
+    );
+    // One client, whether written as IPv4 or IPv4-mapped IPv6.
+    let app = spawn(None).await;
+    assert!(
+        counted_as_one(&app, |index| {
+            let client = if index % 2 == 0 {
+                "203.0.113.10"
+            } else {
+                "::ffff:203.0.113.10"
+            };
+            vec![("X-Forwarded-For", client.to_string())]
+        })
+        .await,
+        "IPv4-mapped IPv6 is IPv4"
+    );
+    // A `Forwarded` header is not believed unless it is the one chosen.
+    let app = spawn(None).await;
+    assert!(
+        !counted_as_one(&app, |index| vec![
+            ("Forwarded", "for=203.0.113.11".to_string()),
+            ("X-Forwarded-For", forged(index)),
+        ])
+        .await,
+        "each forged X-Forwarded-For is its own client here (no proxy line)"
+    );
+
+    // The standard header, chosen: the same walk.
+    let app = spawn(Some("forwarded")).await;
+    assert!(
+        counted_as_one(&app, |index| vec![
+            ("Forwarded", format!("for={};proto=https", forged(index))),
+            (
+                "Forwarded",
+                "for=\"[2001:db8:cafe::17]:4711\";proto=https".to_string()
+            ),
+            ("X-Forwarded-For", forged(index)),
+        ])
+        .await,
+        "the proxy's Forwarded element is read"
+    );
+    let app = spawn(Some("forwarded")).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "Forwarded",
+            format!("for={}, for=unknown", forged(index))
+        )])
+        .await,
+        "an element that names no address ends the walk"
+    );
+    let app = spawn(Some("forwarded")).await;
+    let statuses = [
+        through_the_proxy(&app, &[("Forwarded", "for=203.0.113.12".to_string())]).await,
+        through_the_proxy(&app, &[("Forwarded", "for=203.0.113.13".to_string())]).await,
+    ];
+    assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 2]);
+}

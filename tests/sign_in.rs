@@ -406,8 +406,7 @@ async fn anonymous_access_needs_a_proved_phone_and_creates_nothing_without_one()
     assert_eq!(status, StatusCode::OK, "{me}");
     assert_eq!(me["status"], "active");
 
-    // The sign-up token dies after 30 minutes.
-    world.clock.advance_ms(30 * 60_000);
+    // The exchange used the sign-up token up.
     let (status, _) = sign_in(app, stranger, json!({ "sign_up_token": sign_up_token })).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
@@ -460,4 +459,151 @@ async fn without_twilio_sign_in_is_not_configured_in_customer_words() {
     let message = answer["error"]["message"].as_str().unwrap();
     assert!(message.contains("not available"), "{message}");
     assert!(!message.contains("SMS_CREDIT_"), "{message}");
+}
+
+on_both_stores!(a_sign_up_token_is_used_up_by_its_exchange_and_revoked_with_the_accounts_tokens);
+/// A sign-up token is exchanged for one account token, once (two
+/// exchanges at once: one wins); revoking or rotating the account's tokens
+/// revokes the sign-up tokens of its phone too, for the exchange and for
+/// buying access.
+async fn a_sign_up_token_is_used_up_by_its_exchange_and_revoked_with_the_accounts_tokens() {
+    let world = world_with(|_| {}).await;
+    let app = &world.app;
+    let twilio = &world.twilio;
+
+    // Proved while without access; the admin then makes the account.
+    let sign_up = |phone: &'static str| async move {
+        ask_code(app, phone).await;
+        let code = code_sent_to(twilio, phone);
+        let (status, signed_up) = sign_in(app, phone, json!({ "code": code })).await;
+        assert_eq!(status, StatusCode::OK, "{signed_up}");
+        signed_up["sign_up_token"].as_str().unwrap().to_string()
+    };
+    let phone = "+14155554061";
+    let token = sign_up(phone).await;
+    let account = app.create_account(phone).await;
+    let exchange = || sign_in(app, phone, json!({ "sign_up_token": token }));
+    let (first, second) = futures_util::join!(exchange(), exchange());
+    let mut statuses = [first.0, second.0];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [StatusCode::OK, StatusCode::UNAUTHORIZED],
+        "one exchange of two at once: {} {}",
+        first.1,
+        second.1
+    );
+    let (status, again) = exchange().await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "used up: {again}");
+    assert_eq!(again["error"]["code"], "invalid_code");
+    let (_, listed) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/tokens"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(listed["tokens"].as_array().unwrap().len(), 1, "{listed}");
+
+    // Revoked, then rotated: the phone's sign-up tokens go with them.
+    for (phone, action) in [("+14155554062", "revoke"), ("+14155554063", "rotate")] {
+        let token = sign_up(phone).await;
+        let account = app.create_account(phone).await;
+        let (method, path) = match action {
+            "revoke" => ("DELETE", format!("/v1/admin/accounts/{account}/tokens")),
+            _ => (
+                "POST",
+                format!("/v1/admin/accounts/{account}/tokens/rotate"),
+            ),
+        };
+        let (status, answer) = app.request(method, &path, Some(ADMIN_TOKEN), None).await;
+        assert!(status.is_success(), "{action}: {status} {answer}");
+        let (status, answer) = sign_in(app, phone, json!({ "sign_up_token": token })).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{action}: {answer}");
+        let (status, answer) = app
+            .request(
+                "POST",
+                "/v1/checkout/access",
+                None,
+                Some(json!({"phone": phone, "email": "a@example.com", "sign_up_token": token})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{action}: {answer}");
+        assert_eq!(answer["error"]["code"], "sign_up_required");
+    }
+
+    // One not exchanged dies after 30 minutes.
+    let phone = "+14155554064";
+    let token = sign_up(phone).await;
+    app.create_account(phone).await;
+    world.clock.advance_ms(30 * 60_000);
+    let (status, answer) = sign_in(app, phone, json!({ "sign_up_token": token })).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "expired: {answer}");
+}
+
+/// The metrics text, with the metrics token the test world set.
+pub(crate) async fn metrics_text(app: &TestApp) -> String {
+    let mut response = app
+        .client
+        .get(app.url("/metrics"))
+        .insert_header(("Authorization", format!("Bearer {METRICS_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    String::from_utf8(response.body().await.unwrap().to_vec()).unwrap()
+}
+
+/// The value of the metric line `series` (name and labels), 0 if absent.
+pub(crate) fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0)
+}
+
+const METRICS_TOKEN: &str = "metrics-token-for-sign-in";
+
+on_both_stores!(a_number_twilio_refuses_gets_the_same_answer_as_any_other);
+/// A phone that told the service STOP (Twilio refuses it: 21610) or that
+/// Twilio refuses for another reason gets the same `202` as every other
+/// phone; the refusal is counted in the metrics (and logged).
+async fn a_number_twilio_refuses_gets_the_same_answer_as_any_other() {
+    let world = world_with(|settings| {
+        settings.access.metrics_token = Some(sms_credit::config::Secret::new(METRICS_TOKEN));
+    })
+    .await;
+    let app = &world.app;
+    let customer = "+14155554071";
+    let stopped = "+14155554072";
+    let unreachable = "+14155554073";
+    app.create_account(customer).await;
+    app.create_account(stopped).await;
+    world.twilio.opt_out(stopped, true);
+
+    let (status, for_customer) = ask_code(app, customer).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{for_customer}");
+    let (status, for_stopped) = ask_code(app, stopped).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{for_stopped}");
+    assert_eq!(for_stopped, for_customer, "the same answer for every phone");
+    assert_eq!(world.twilio.refused_opted_out(), 1);
+    world.twilio.refuse(Some("sign-in code"));
+    let (status, for_unreachable) = ask_code(app, unreachable).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{for_unreachable}");
+    assert_eq!(
+        for_unreachable, for_customer,
+        "the same answer for every phone"
+    );
+
+    let metrics = metrics_text(app).await;
+    for (outcome, count) in [("sent", 1), ("opted_out", 1), ("refused", 1)] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!("sms_credit_sign_in_codes_total{{country=\"US\",outcome=\"{outcome}\"}}")
+            ),
+            count,
+            "{outcome}: {metrics}"
+        );
+    }
 }

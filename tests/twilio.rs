@@ -9,7 +9,8 @@ use sms_credit_actors::clock::ManualClock;
 use crate::fake_stripe::{ChargeMode, EventFactory, FakeStripe};
 use crate::fake_twilio::{FakeTwilio, SendMode};
 use crate::helpers::{
-    fresh_directory, run_cli, stripe_settings, test_settings, with_twilio, TestApp,
+    fresh_directory, run_cli, stripe_settings, test_settings, twilio_sid, twilio_sms_fields,
+    with_twilio, TestApp,
 };
 use crate::ledger_actors::assert_verified;
 
@@ -160,11 +161,9 @@ on_both_stores!(bad_signatures_and_malformed_forms_are_refused);
 async fn bad_signatures_and_malformed_forms_are_refused() {
     let (app, _fake) = app_with_twilio().await;
     let id = account_with_balance(&app, "+14155552200", 1_000_000).await;
-    let fields = [
-        ("MessageSid", "SMsig"),
-        ("From", "+14155552200"),
-        ("Body", "BALANCE"),
-    ];
+    let sid = twilio_sid("sig");
+    let owned = twilio_sms_fields(&sid, "+14155552200", "BALANCE");
+    let fields = borrowed(&owned);
     let (status, _) = app
         .post_twilio("/webhooks/twilio/sms", &fields, Some("not-the-signature"))
         .await;
@@ -177,11 +176,7 @@ async fn bad_signatures_and_malformed_forms_are_refused() {
     let forged = sms_credit::twilio::signature::compute(
         crate::fake_twilio::AUTH_TOKEN,
         "https://sms.example.com/webhooks/twilio/sms",
-        &[
-            ("MessageSid".into(), "SMsig".into()),
-            ("From".into(), "+14155552200".into()),
-            ("Body".into(), "HELP".into()),
-        ],
+        &twilio_sms_fields(&sid, "+14155552200", "HELP"),
     );
     let (status, _) = app
         .post_twilio("/webhooks/twilio/sms", &fields, Some(&forged))
@@ -191,7 +186,7 @@ async fn bad_signatures_and_malformed_forms_are_refused() {
     let (status, body) = app
         .post_twilio(
             "/webhooks/twilio/sms",
-            &[("From", "+14155552200"), ("Body", "BALANCE")],
+            &borrowed(&without(&owned, "MessageSid")),
             None,
         )
         .await;
@@ -238,7 +233,7 @@ async fn bad_signatures_and_malformed_forms_are_refused() {
         (status, body["error"]["code"].as_str()),
         (StatusCode::PAYLOAD_TOO_LARGE, Some("payload_too_large"))
     );
-    // Nothing was recorded for SMsig: a genuine delivery is handled afresh.
+    // Nothing was recorded for the sid: a genuine delivery is handled afresh.
     let (status, twiml) = app.post_twilio("/webhooks/twilio/sms", &fields, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(reply_text(&twiml)
@@ -316,7 +311,7 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
         .idempotency_key
         .as_deref()
         .unwrap()
-        .contains("SMbuy1"));
+        .contains(&twilio_sid("SMbuy1")));
 
     stripe.set_charge_mode(ChargeMode::Decline);
     let (_, twiml) = app
@@ -360,12 +355,13 @@ async fn buy_by_sms_charges_the_saved_card_once_or_says_why_not() {
 /// How the reply to a `BUY` whose charge Stripe has not answered begins.
 const UNCONFIRMED: &str = "We could not confirm your $10.00 payment yet.";
 
-/// The answer stored for a MessageSid (`None`: none yet).
-async fn stored_answer(app: &TestApp, message_sid: &str) -> Option<Option<String>> {
+/// The answer stored for the MessageSid of the message labelled `label`
+/// (`None`: none yet).
+async fn stored_answer(app: &TestApp, label: &str) -> Option<Option<String>> {
     let store = app.store.as_ref().expect("an in-process server");
     store
         .messages()
-        .inbound_reply_and_account(message_sid.to_string(), None)
+        .inbound_reply_and_account(twilio_sid(label), None)
         .await
         .unwrap()
         .0
@@ -757,6 +753,7 @@ async fn a_message_that_failed_in_twilio_is_refunded_once() {
                 &[
                     ("MessageSid", early_sid.as_str()),
                     ("MessageStatus", status),
+                    ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
                 ],
                 None,
             )
@@ -1399,4 +1396,318 @@ async fn a_slow_twilio_never_leaves_a_notice_unknown_while_its_worker_still_send
     }
     first.shutdown().await;
     second.shutdown().await;
+}
+
+/// `fields` as `(&str, &str)` pairs, for `post_twilio`.
+fn borrowed(fields: &[(String, String)]) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect()
+}
+
+/// `fields` without `name`.
+fn without(fields: &[(String, String)], name: &str) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .filter(|(field, _)| field != name)
+        .cloned()
+        .collect()
+}
+
+/// `fields` with `name` set to `value`.
+fn with(fields: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
+    let mut changed = without(fields, name);
+    changed.push((name.to_string(), value.to_string()));
+    changed
+}
+
+on_both_stores!(a_captured_signed_sms_is_not_taken_for_a_new_one);
+/// Twilio's signature is the URL and each field's name and value, sorted,
+/// with no separator, and carries no time: a `BUY $10` seen once can be
+/// sent again with its fields' boundaries moved (`MessageSid=SM…NumMedia0`
+/// and no `NumMedia`) under the same signature. Only Twilio's SID shapes,
+/// an `SmsSid` equal to the `MessageSid`, this account's `AccountSid` and
+/// the fields Twilio always sends are accepted, so the replay charges
+/// nothing.
+async fn a_captured_signed_sms_is_not_taken_for_a_new_one() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let phone = "+14155552350";
+    let (_, started) = app
+        .post_checkout_access(phone, "walker@example.com", None)
+        .await;
+    let (account, order) = (
+        started["account_id"].as_i64().unwrap(),
+        started["order_id"].as_i64().unwrap(),
+    );
+    let session = app.get_orders(account).await[0]["stripe_session_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let customer = app.get_admin_account(account).await.1["stripe_customer_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    app.deliver(&events.checkout_completed(&session, order, &customer, 2999, "pi_walker"))
+        .await;
+
+    let sid = twilio_sid("captured-buy");
+    let captured = twilio_sms_fields(&sid, phone, "BUY $10");
+    let path = "/webhooks/twilio/sms";
+    let url = format!("https://sms.example.com{path}");
+    let signature =
+        sms_credit::twilio::signature::compute(crate::fake_twilio::AUTH_TOKEN, &url, &captured);
+    let (status, twiml) = app
+        .post_twilio(path, &borrowed(&captured), Some(&signature))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(
+        reply_text(&twiml).unwrap().contains("$10.00 was added"),
+        "{twiml}"
+    );
+    assert_eq!(stripe.charges_made(), 1);
+    let balance = app.balance_micros(account).await;
+
+    // The same signed text, cut into other fields.
+    let merged_media = with(
+        &without(&captured, "NumMedia"),
+        "MessageSid",
+        &format!("{sid}NumMedia0"),
+    );
+    let merged_more = with(
+        &without(
+            &without(&without(&captured, "NumMedia"), "NumSegments"),
+            "SmsMessageSid",
+        ),
+        "MessageSid",
+        &format!("{sid}NumMedia0NumSegments1SmsMessageSid{sid}"),
+    );
+    for (name, replay) in [
+        ("NumMedia merged", &merged_media),
+        ("three merged", &merged_more),
+    ] {
+        assert_eq!(
+            sms_credit::twilio::signature::compute(crate::fake_twilio::AUTH_TOKEN, &url, replay),
+            signature,
+            "{name}: the signature still holds"
+        );
+        let (status, body) = app
+            .post_twilio(path, &borrowed(replay), Some(&signature))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert!(body.contains("invalid_form"), "{name}: {body}");
+    }
+
+    // Each rule alone, in a form signed afresh.
+    let fresh = twilio_sms_fields(&twilio_sid("rules"), phone, "BUY $10");
+    let other_account = format!("AC{}", "1".repeat(32));
+    let refused = [
+        (
+            "a MessageSid not Twilio's",
+            with(&fresh, "MessageSid", "hello"),
+        ),
+        (
+            "a MessageSid too short",
+            with(&fresh, "MessageSid", &sid[..33]),
+        ),
+        (
+            "an SMS sid that is not the MessageSid",
+            with(&fresh, "SmsSid", &twilio_sid("another")),
+        ),
+        (
+            "another account",
+            with(&fresh, "AccountSid", &other_account),
+        ),
+        ("no AccountSid", without(&fresh, "AccountSid")),
+        ("no NumMedia", without(&fresh, "NumMedia")),
+        ("no To", without(&fresh, "To")),
+        ("no Body", without(&fresh, "Body")),
+    ];
+    for (name, fields) in &refused {
+        let (status, body) = app.post_twilio(path, &borrowed(fields), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert!(body.contains("invalid_form"), "{name}: {body}");
+    }
+    assert_eq!(stripe.charges_made(), 1, "nothing was charged again");
+    assert_eq!(app.balance_micros(account).await, balance);
+
+    // An MMS's sid is Twilio's too; a genuine new message is charged.
+    let mms = with(
+        &with(
+            &with(
+                &fresh,
+                "MessageSid",
+                &format!("MM{}", &twilio_sid("mms")[2..]),
+            ),
+            "SmsSid",
+            &format!("MM{}", &twilio_sid("mms")[2..]),
+        ),
+        "SmsMessageSid",
+        &format!("MM{}", &twilio_sid("mms")[2..]),
+    );
+    let (status, twiml) = app.post_twilio(path, &borrowed(&mms), None).await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert_eq!(stripe.charges_made(), 2);
+}
+
+/// The TwiML reply's text, or `None` for an empty reply.
+fn reply_of(twiml: &str) -> Option<String> {
+    reply_text(twiml)
+}
+
+on_both_stores!(stop_is_honoured_until_start_and_twilios_21610_is_final);
+/// STOP (or another opt-out word) is recorded and confirmed; from then on
+/// nothing goes to the number — no warning (one waiting to be tried again
+/// is ended, not sent), no message of the host application (refused, not
+/// charged), no sign-in code (answered `202` all the same), no reply but
+/// HELP's — and the account shows it, for the admin and the holder. START
+/// opts back in. A number Twilio refuses with 21610 (it opted out where
+/// Twilio enforces it) is recorded at once, and never tried again.
+async fn stop_is_honoured_until_start_and_twilios_21610_is_final() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let clock = ManualClock::new(START_MS);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let phone = "+14155552800";
+    let account = account_with_balance(&app, phone, 2_100_000).await;
+    let token = app.issue_token(account).await;
+
+    // A warning Twilio refuses once waits to be tried again.
+    fake.refuse(Some("credit is low"));
+    let (status, sent) = app
+        .post_message(
+            json!({"account_id": account, "body": "a".repeat(200), "idempotency_key": "s1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    app.notices_once(account, "the warning tried once and waiting", |notices| {
+        notices[0]["attempts"] == 1 && notices[0]["state"] == "pending"
+    })
+    .await;
+    fake.refuse(None);
+    let sent_before = fake.sent().len();
+
+    let (status, twiml) = app.post_twilio_sms("stop-1", phone, " Stop ").await;
+    assert_eq!(status, StatusCode::OK, "{twiml}");
+    assert!(
+        reply_of(&twiml).unwrap().contains("no more texts"),
+        "the STOP is confirmed: {twiml}"
+    );
+    for (who, path, token) in [
+        (
+            "admin",
+            format!("/v1/admin/accounts/{account}"),
+            crate::helpers::ADMIN_TOKEN,
+        ),
+        ("holder", "/v1/accounts/me".to_string(), token.as_str()),
+    ] {
+        let (status, shown) = app.request("GET", &path, Some(token), None).await;
+        assert_eq!(status, StatusCode::OK, "{who}: {shown}");
+        assert_eq!(shown["opt_out"]["via"], "keyword", "{who}: {shown}");
+        assert_eq!(shown["opt_out"]["keyword"], "STOP", "{who}: {shown}");
+    }
+
+    // The waiting warning ends unsent when its turn comes.
+    clock.advance_ms(61_000);
+    let notices = app
+        .notices_once(account, "the warning ended", |notices| {
+            notices[0]["state"] == "opted_out"
+        })
+        .await;
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    // The host's message: refused, not charged, not sent.
+    let balance = app.balance_micros(account).await;
+    let (status, refused) = app
+        .post_message(json!({"account_id": account, "body": "hello", "idempotency_key": "s2"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "recipient_opted_out");
+    assert_eq!(app.balance_micros(account).await, balance);
+    // The key that was sent before the STOP still answers what it was.
+    let (status, replayed) = app
+        .post_message(
+            json!({"account_id": account, "body": "a".repeat(200), "idempotency_key": "s1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{replayed}");
+    assert_eq!(replayed["replayed"], true);
+    // A sign-in code: the same 202, and nothing sent.
+    let (status, _) = app
+        .request(
+            "POST",
+            "/v1/sign-in/code",
+            None,
+            Some(json!({"phone": phone})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    // Commands get no reply, HELP does.
+    let (_, twiml) = app.post_twilio_sms("stop-balance", phone, "BALANCE").await;
+    assert_eq!(reply_of(&twiml), None, "{twiml}");
+    let (_, twiml) = app.post_twilio_sms("stop-help", phone, "HELP").await;
+    assert!(reply_of(&twiml).unwrap().contains("STOP"), "{twiml}");
+    assert_eq!(
+        fake.sent().len(),
+        sent_before,
+        "nothing was sent after the STOP"
+    );
+
+    // START: texts again.
+    let (_, twiml) = app.post_twilio_sms("start-1", phone, "start").await;
+    assert!(reply_of(&twiml).unwrap().contains("again"), "{twiml}");
+    let (status, shown) = app
+        .request("GET", "/v1/accounts/me", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["opt_out"], serde_json::Value::Null, "{shown}");
+    let (status, sent) = app
+        .post_message(json!({"account_id": account, "body": "hello", "idempotency_key": "s3"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let (_, twiml) = app.post_twilio_sms("start-balance", phone, "BALANCE").await;
+    assert!(reply_of(&twiml).is_some(), "{twiml}");
+
+    // Opted out at Twilio only: its 21610 is recorded at once and final.
+    let other = "+14155552801";
+    let second = account_with_balance(&app, other, 2_100_000).await;
+    fake.opt_out(other, true);
+    let balance = app.balance_micros(second).await;
+    let (status, refused) = app
+        .post_message(json!({"account_id": second, "body": "hello", "idempotency_key": "t1"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "recipient_opted_out");
+    assert_eq!(app.balance_micros(second).await, balance, "given back");
+    let (_, shown) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{second}"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(shown["opt_out"]["via"], "carrier", "{shown}");
+    let (status, _) = app
+        .post_message(json!({"account_id": second, "body": "hello", "idempotency_key": "t2"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = app
+        .request(
+            "POST",
+            "/v1/sign-in/code",
+            None,
+            Some(json!({"phone": other})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(fake.refused_opted_out(), 1, "Twilio was asked once");
 }

@@ -5,6 +5,7 @@ use serde::{Serialize, Serializer};
 
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::opt_outs::OptOut;
 pub use crate::phone::{InvalidPhoneNumber, PhoneNumber};
 
 /// An email address: one `@` with something on both sides, no spaces,
@@ -106,6 +107,9 @@ pub struct Account {
     pub stripe_payment_method_id: Option<String>,
     /// What the customer knows that card by, when Stripe has said.
     pub card: Option<Card>,
+    /// The account's number opted out of texts (it texted STOP): nothing
+    /// but the replies the rules allow is sent to it.
+    pub opt_out: Option<OptOut>,
 }
 
 /// A saved card as its holder recognises it: "visa ending 4242, 08/2030".

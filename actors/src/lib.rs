@@ -20,6 +20,7 @@ pub mod feed_tickets;
 pub mod ledger;
 pub mod messaging;
 pub mod money;
+pub mod opt_outs;
 pub mod phone;
 pub mod random;
 pub mod rating;

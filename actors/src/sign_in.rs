@@ -12,6 +12,7 @@ use crate::accounts::PhoneNumber;
 use crate::ledger::AccountId;
 use crate::messaging::records::MessageKind;
 use crate::messaging::{Messaging, MessagingError};
+use crate::opt_outs::OptOutVia;
 use crate::store::{Store, StoreError};
 
 /// How long a texted code may be used.
@@ -191,8 +192,23 @@ fn code_text(service_name: &str, code: &str) -> String {
     format!("{code} is your {service_name} sign-in code. It works for 10 minutes. Never share it.")
 }
 
+/// What became of a code that was stored. The caller is answered alike
+/// either way, so that nobody learns which phones once used the service;
+/// the outcome is for the log and the metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CodeOutcome {
+    Sent,
+    /// Twilio would not text the number: it opted out (`opted_out`), or
+    /// cannot be texted. Nothing went out.
+    Refused {
+        opted_out: bool,
+        detail: String,
+    },
+}
+
 /// Stores a code for the phone (if the limits allow) and texts it. The
-/// answer is the same whether or not the phone has an account.
+/// answer is the same whether or not the phone has an account, and
+/// whether or not Twilio will text it.
 pub async fn request_code(
     store: &Store,
     messaging: &Messaging,
@@ -201,7 +217,7 @@ pub async fn request_code(
     client_address: &str,
     limits: CodeLimits,
     now_ms: i64,
-) -> Result<(), SignInError> {
+) -> Result<CodeOutcome, SignInError> {
     let code = new_code()?;
     let opened = store
         .sign_in()
@@ -216,7 +232,14 @@ pub async fn request_code(
     if let CodeOpened::Wait { retry_after_ms } = opened {
         return Err(SignInError::Wait { retry_after_ms });
     }
-    messaging
+    // Counted like any other, but nothing goes to a number that opted out.
+    if store.opt_outs().opt_out_of(phone.clone()).await?.is_some() {
+        return Ok(CodeOutcome::Refused {
+            opted_out: true,
+            detail: "the number opted out of texts".to_string(),
+        });
+    }
+    let sent = messaging
         .send_service(
             None,
             phone.as_str(),
@@ -224,9 +247,21 @@ pub async fn request_code(
             MessageKind::Reply,
             now_ms,
         )
-        .await
-        .map_err(SignInError::NotSent)?;
-    Ok(())
+        .await;
+    match sent {
+        Ok(_) => Ok(CodeOutcome::Sent),
+        Err(MessagingError::Refused { opted_out, detail }) => {
+            if opted_out {
+                // Final: recorded, so that nothing more is tried.
+                store
+                    .opt_outs()
+                    .record_opt_out(phone.clone(), OptOutVia::Carrier, None, now_ms)
+                    .await?;
+            }
+            Ok(CodeOutcome::Refused { opted_out, detail })
+        }
+        Err(error) => Err(SignInError::NotSent(error)),
+    }
 }
 
 /// Checks a code (or an earlier sign-up token) for the phone and answers

@@ -248,7 +248,16 @@ pub static SETTINGS: &[Setting] = &[
         default: None,
         secret: false,
         global: false,
-        help: "Comma-separated addresses of the proxies in front of this server; a request from one is counted under the address its X-Forwarded-For names (without it, under the connection's own address)",
+        help: "Comma-separated addresses of the proxies in front of this server; a request from one is counted under the client address they wrote, read from the right past trusted proxies only (without it, under the connection's own address)",
+    },
+    Setting {
+        key: "forwarded_header",
+        section: Section::Access,
+        value_name: "HEADER",
+        default: Some("x-forwarded-for"),
+        secret: false,
+        global: false,
+        help: "The header the trusted proxies write the client's address into: x-forwarded-for (nginx, HAProxy's option forwardfor, Caddy, Traefik, Envoy, cloud load balancers) or forwarded (the standard one; HAProxy's option forwarded); the other is not believed",
     },
     Setting {
         key: "sign_in_token_days",

@@ -63,6 +63,7 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
             .optional("trusted_proxies", addresses)?
             // Unset: no proxy is trusted, every caller is its own peer.
             .unwrap_or_default(),
+        forwarded_header: values.required("forwarded_header", |text| text.parse())?,
         sign_in: SignInPolicy {
             token_lifetime_ms: values
                 .required("sign_in_token_days", number(1i64..=3_650))?

@@ -63,6 +63,29 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which header the trusted proxies write the client's address into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For` (nginx, HAProxy's `option forwardfor`, Caddy,
+    /// Traefik, Envoy, the clouds' load balancers).
+    #[default]
+    XForwardedFor,
+    /// The standard `Forwarded` (RFC 7239; HAProxy's `option forwarded`).
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<ForwardedHeader, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Ok(ForwardedHeader::XForwardedFor),
+            "forwarded" => Ok(ForwardedHeader::Forwarded),
+            _ => Err(format!("'{text}' is not x-forwarded-for or forwarded")),
+        }
+    }
+}
+
 /// The database, and how long another instance may be silent.
 #[derive(Clone, Debug)]
 pub struct DatabaseSettings {
@@ -95,8 +118,10 @@ pub struct AccessSettings {
     pub metrics_bind: Option<String>,
     /// The largest admin adjustment, either sign.
     pub max_adjustment: Money,
-    /// Proxies whose `X-Forwarded-For` is believed.
+    /// Proxies whose `X-Forwarded-For` (or `Forwarded`) is believed.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// The header those proxies write.
+    pub forwarded_header: ForwardedHeader,
     /// Sign-in by phone: how long its tokens live, how often codes may be asked for.
     pub sign_in: sms_credit_actors::sign_in::SignInPolicy,
     /// Calls to the routes that need no credential, per client address and

@@ -4,6 +4,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use sms_credit_actors::opt_outs::{OptOut, OptOutVia};
 use sms_credit_actors::{feed_tickets, AccountId};
 
 use crate::auth::AccountHolder;
@@ -32,6 +33,31 @@ pub struct HolderView {
     messages_estimate: Option<i64>,
     /// Whether payments (top-ups, auto top-up) are offered on this server.
     payments_available: bool,
+    /// The number opted out of texts (null: it has not).
+    opt_out: Option<OptOutView>,
+}
+
+/// A number that opted out of texts: nothing is sent to it but the
+/// replies to START, HELP and the STOP itself, until it texts START.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OptOutView {
+    #[schema(format = DateTime)]
+    opted_out_at: String,
+    /// `keyword`: it texted an opt-out word; `carrier`: Twilio refused to
+    /// text it because it had opted out (error 21610).
+    via: OptOutVia,
+    /// The word it texted (`STOP`, `UNSUBSCRIBE`, …).
+    keyword: Option<String>,
+}
+
+impl From<&OptOut> for OptOutView {
+    fn from(opt_out: &OptOut) -> OptOutView {
+        OptOutView {
+            opted_out_at: sms_credit_actors::clock::format_rfc3339_ms(opt_out.opted_out_at_ms),
+            via: opt_out.via,
+            keyword: opt_out.keyword.clone(),
+        }
+    }
 }
 
 /// A single-use ticket for the balance feed.
@@ -86,6 +112,7 @@ async fn view(state: &AppState, account_id: AccountId) -> Result<HttpResponse, A
         balance_micros: account.balance.micros(),
         balance: account.balance.to_string(),
         seq: account.seq,
+        opt_out: account.opt_out.as_ref().map(OptOutView::from),
     }))
 }
 

@@ -9,7 +9,7 @@ use sms_credit_actors::billing::checkout::Billing;
 use sms_credit_actors::billing::discounts::normalize_code;
 use sms_credit_actors::sign_in;
 
-use crate::auth::{bearer_token, AccountHolder, HostApplication};
+use crate::auth::{bearer_token, before_judging, judged_wrong, AccountHolder, HostApplication};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -81,9 +81,11 @@ pub async fn access(
             .sign_up_token
             .as_deref()
             .ok_or_else(sign_up_required)?;
+        before_judging(&state, &http)?;
         let proved = sign_in::proved_phone(&state.store, token, state.clock.now_ms()).await?;
         if proved.as_ref() != Some(&phone) {
-            return Err(sign_up_required());
+            // A sign-up token that does not prove this phone is a guess.
+            return Err(judged_wrong(&state, &http, sign_up_required()));
         }
     }
     let started = billing
@@ -145,7 +147,7 @@ pub async fn session_status(
     let Some(order) = order else {
         // An unknown id is a guess: it counts with wrong tokens.
         let not_found = ApiError::NotFound("no such checkout".to_string());
-        return Err(state.limits.wrong_guess(&http, not_found));
+        return Err(judged_wrong(&state, &http, not_found));
     };
     Ok(HttpResponse::Ok().json(SessionStatus {
         status: order.status.as_str().to_string(),

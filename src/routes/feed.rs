@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use sms_credit_actors::{access_tokens, feed_tickets, AccountId};
 
-use crate::auth::{bearer_token, constant_time_eq, Admin};
+use crate::auth::{bearer_token, before_judging, constant_time_eq, judged_wrong, Admin};
 use crate::error::ApiError;
 use crate::feed::{self, FeedScope, FeedStart};
 use crate::state::AppState;
@@ -41,26 +41,34 @@ fn protocol_token(request: &HttpRequest) -> Option<String> {
 /// Who is opening the feed, and the hash of the account token that lets
 /// them (`None` for the admin): a ticket (redeemed in the store, whichever
 /// instance sold it) works only while the token it was bought with is live.
+/// A wrong ticket or token counts against the address like any other
+/// (`auth::judged_wrong`).
 async fn caller(
     state: &AppState,
     request: &HttpRequest,
     ticket: Option<&str>,
 ) -> Result<(FeedScope, Option<String>), ApiError> {
     if let Some(ticket) = ticket {
-        let redeemed = feed_tickets::redeem(&state.store, ticket, state.clock.now_ms())
-            .await?
-            .ok_or(ApiError::Unauthorized)?;
+        before_judging(state, request)?;
+        let redeemed = feed_tickets::redeem(&state.store, ticket, state.clock.now_ms()).await?;
+        let Some(redeemed) = redeemed else {
+            return Err(judged_wrong(state, request, ApiError::Unauthorized));
+        };
         return Ok((redeemed.scope, redeemed.token_hash));
     }
     let presented = protocol_token(request).or_else(|| bearer_token(request).map(str::to_string));
+    // No credential at all is no guess.
     let presented = presented.ok_or(ApiError::Unauthorized)?;
+    before_judging(state, request)?;
     if let Some(admin_token) = &state.settings.access.admin_token {
         if constant_time_eq(presented.as_bytes(), admin_token.expose().as_bytes()) {
             return Ok((FeedScope::Admin, None));
         }
     }
     let live = access_tokens::account_of(&state.store, &presented, state.clock.now_ms()).await?;
-    let live = live.ok_or(ApiError::Unauthorized)?;
+    let Some(live) = live else {
+        return Err(judged_wrong(state, request, ApiError::Unauthorized));
+    };
     Ok((
         FeedScope::Account(live.account_id),
         Some(access_tokens::hash(&presented)),
@@ -167,7 +175,8 @@ pub async fn admin_feed(
         (FeedScope::Admin, _) => {
             start_session(&state, &request, payload, FeedScope::Admin, None, None)
         }
-        (FeedScope::Account(_), _) => Err(ApiError::Unauthorized),
+        // An account's credential is the wrong one for this door.
+        (FeedScope::Account(_), _) => Err(judged_wrong(&state, &request, ApiError::Unauthorized)),
     }
 }
 

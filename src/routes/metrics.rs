@@ -119,6 +119,15 @@ fn render(state: &AppState) -> String {
         );
     }
 
+    out.push_str("# HELP sms_credit_sign_in_codes_total Sign-in codes asked for on this instance, by the destination's country and outcome (sent; opted_out and refused: Twilio would not text the number, and the caller was answered as every other).\n");
+    out.push_str("# TYPE sms_credit_sign_in_codes_total counter\n");
+    for (country, outcome, count) in state.sign_in_codes.counted() {
+        let _ = writeln!(
+            out,
+            "sms_credit_sign_in_codes_total{{country=\"{country}\",outcome=\"{outcome}\"}} {count}"
+        );
+    }
+
     let gauges = [
         (
             "sms_credit_active_account_actors",

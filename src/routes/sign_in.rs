@@ -6,8 +6,9 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::PhoneNumber;
-use sms_credit_actors::sign_in::{self, SignInError};
+use sms_credit_actors::sign_in::{self, CodeOutcome, SignInError};
 
+use crate::auth::{before_judging, judged_wrong};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -73,7 +74,7 @@ pub async fn request_code(
         message: "signing in with a text message is not available on this server",
         variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM",
     })?;
-    sign_in::request_code(
+    let outcome = sign_in::request_code(
         &state.store,
         messaging,
         &state.settings.server.service_name,
@@ -83,6 +84,20 @@ pub async fn request_code(
         state.clock.now_ms(),
     )
     .await?;
+    let country = phone
+        .country()
+        .map_or_else(|| "unknown".to_string(), |country| country.to_string());
+    // A number Twilio will not text is answered as every other (its
+    // refusal would tell that the phone once used the service): the
+    // refusal goes to the log and the metrics only.
+    match outcome {
+        CodeOutcome::Sent => state.sign_in_codes.count(&country, "sent"),
+        CodeOutcome::Refused { opted_out, detail } => {
+            tracing::warn!(%country, opted_out, %detail, "Twilio would not text a sign-in code");
+            let outcome = if opted_out { "opted_out" } else { "refused" };
+            state.sign_in_codes.count(&country, outcome);
+        }
+    }
     Ok(HttpResponse::Accepted().json(CodeSent {
         code_length: 6,
         expires_in_seconds: sign_in::CODE_LIFETIME_MS / 1000,
@@ -122,6 +137,7 @@ pub async fn sign_in(
             ))
         }
     };
+    before_judging(&state, &request)?;
     let now_ms = state.clock.now_ms();
     match sign_in::sign_in(
         &state.store,
@@ -134,9 +150,11 @@ pub async fn sign_in(
     {
         Ok(signed_in) => Ok(HttpResponse::Ok().json(signed_in)),
         // Wrong codes count with wrong tokens against the address.
-        Err(SignInError::InvalidCode) => Err(state
-            .limits
-            .wrong_guess(&request, SignInError::InvalidCode.into())),
+        Err(SignInError::InvalidCode) => Err(judged_wrong(
+            &state,
+            &request,
+            SignInError::InvalidCode.into(),
+        )),
         Err(error) => Err(error.into()),
     }
 }

@@ -141,6 +141,10 @@ impl TwilioClient {
     }
 }
 
+/// Twilio's error for a number that texted STOP to the sender: "Attempt
+/// to send to unsubscribed recipient".
+const OPTED_OUT: i64 = 21610;
+
 fn refusal(status: u16, body: &[u8]) -> SenderError {
     // Twilio's error resource, as far as it says anything; never an empty
     // message or a made-up code 0.
@@ -159,8 +163,13 @@ fn refusal(status: u16, body: &[u8]) -> SenderError {
         }) => format!("code {code}, status {status}"),
         _ => format!("status {status}"),
     };
+    let code = serde_json::from_slice::<ErrorResource>(body)
+        .ok()
+        .and_then(|error| error.code);
     if status >= 500 || status == 429 {
         SenderError::Unavailable(detail)
+    } else if code == Some(OPTED_OUT) {
+        SenderError::OptedOut(detail)
     } else {
         SenderError::Refused(detail)
     }

@@ -278,6 +278,12 @@ async function signIn(token) {
     state.accountId = account.id;
     state.rate = account.rate_micros_per_segment;
     showBalance(account.balance_micros);
+    // The number said STOP: it is sent nothing (no low-balance warning
+    // either) until it texts START.
+    $("opted-out").hidden = !account.opt_out;
+    if (account.opt_out) {
+      $("opted-out").textContent = "Your number has opted out of our texts, so we send it nothing, not even a low-balance warning. Text START to our number to get texts again.";
+    }
     const recent = await api("GET", "/v1/accounts/" + account.id + "/transactions?latest=1000");
     // Signed out (or in as someone else) while this was loading: stop here.
     if (state.token !== token) return;

@@ -267,12 +267,19 @@ function ledgerRow(entry, first) {
 
 function showBalance(micros) { money($("balance"), micros); }
 
+// Why nothing is texted to the number (it said STOP, or Twilio refused it).
+function optOutWords(optOut) {
+  const how = optOut.via === "keyword" ? "texted " + optOut.keyword : "refused by the carrier";
+  return "opted out of texts (" + how + ") " + when(optOut.opted_out_at) + ": nothing is sent to it until it texts START";
+}
+
 async function openAccount(id) {
   const account = await api("GET", "/v1/admin/accounts/" + id);
   state.accountId = account.id;
   $("account-title").textContent = "Account #" + account.id + " · " + account.phone;
   showBalance(account.balance_micros);
-  $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "");
+  $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "") +
+    (account.opt_out ? " · " + optOutWords(account.opt_out) : "");
   $("ledger-zone").textContent = "(times in " + zone + ")";
   $("ledger-rows").textContent = "";
   state.oldestSeq = account.seq + 1;

@@ -586,6 +586,7 @@ mod tests {
             low_balance_warned_at_ms: None,
             stripe_payment_method_id: card.then(|| "pm_1".to_string()),
             card: None,
+            opt_out: None,
         }
     }
 

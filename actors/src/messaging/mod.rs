@@ -22,6 +22,7 @@ use crate::accounts::PhoneNumber;
 use crate::error::LedgerError;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
+use crate::opt_outs::OptOutVia;
 use crate::rating::{quote, quote_to, Quote, QuoteRequest, RateTable, RatingError};
 use crate::registry::Registry;
 use crate::store::{Store, StoreError};
@@ -37,6 +38,11 @@ pub enum SenderError {
     Unavailable(String),
     #[error("Twilio refused the message: {0}")]
     Refused(String),
+    /// The number texted STOP (or another opt-out word) to the service's
+    /// number, and Twilio refuses to send to it (error 21610) until it
+    /// texts START: final, never worth trying again.
+    #[error("the number has opted out of texts from this service: {0}")]
+    OptedOut(String),
     /// The request may have reached Twilio but no answer came (a timeout,
     /// a connection lost mid-request): whether it was taken is not known.
     #[error("Twilio did not answer: {0}")]
@@ -97,6 +103,14 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
+    /// The account's number opted out of texts (it texted STOP): nothing
+    /// is sent to it, nothing charged, until it texts START.
+    #[error("the account's number opted out of texts (it texted STOP); nothing is sent to it until it texts START")]
+    RecipientOptedOut,
+    /// Twilio would not send a service message to the number (it opted
+    /// out, or cannot be texted): nothing went out, nothing to try again.
+    #[error("Twilio refused the message: {detail}")]
+    Refused { opted_out: bool, detail: String },
     /// Twilio may have taken the message (its answer was lost, or taken
     /// and not recorded): not "not sent". The reservation is left for the
     /// sweep, which asks Twilio; the same key then answers the outcome.
@@ -194,6 +208,13 @@ impl Messaging {
                 MessageState::Reserved => Err(MessagingError::InProgress),
             };
         }
+        // After the key's earlier outcome, which stands: a number that
+        // opted out is sent nothing new, and the attempt is forgotten (the
+        // same key may be sent once the number texts START).
+        if account.opt_out.is_some() {
+            self.store.messages().forget_reservation(record.id).await?;
+            return Err(MessagingError::RecipientOptedOut);
+        }
 
         let debit = Debit {
             amount: quoted.total(),
@@ -237,7 +258,16 @@ impl Messaging {
                 )));
             }
             Err(error) => {
+                let opted_out = matches!(error, SenderError::OptedOut(_));
+                if opted_out {
+                    // Final: recorded, so that nothing more is tried.
+                    self.store
+                        .opt_outs()
+                        .record_opt_out(account.phone.clone(), OptOutVia::Carrier, None, now_ms)
+                        .await?;
+                }
                 return match self.void(&record, true).await? {
+                    VoidStart::Started if opted_out => Err(MessagingError::RecipientOptedOut),
                     VoidStart::Started => Err(MessagingError::NotSent(error.to_string())),
                     // The sweep resolved it first (it found the message
                     // at Twilio, or gave the cost back): as it stands.
@@ -385,7 +415,17 @@ impl Messaging {
             .sender
             .send(to, body)
             .await
-            .map_err(|error| MessagingError::NotSent(error.to_string()))?;
+            .map_err(|error| match error {
+                SenderError::Refused(detail) => MessagingError::Refused {
+                    opted_out: false,
+                    detail,
+                },
+                SenderError::OptedOut(detail) => MessagingError::Refused {
+                    opted_out: true,
+                    detail,
+                },
+                other => MessagingError::NotSent(other.to_string()),
+            })?;
         self.record_service(account_id, to, body, kind, Some(accepted.sid), now_ms)
             .await
     }

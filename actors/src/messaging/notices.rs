@@ -21,6 +21,7 @@ use super::{Messaging, MessagingError, SenderError};
 use crate::accounts::{card_words, Account};
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::opt_outs::{OptOut, OptOutVia};
 use crate::store::error::StoreError;
 
 /// What a notice says, with what it needs to say it.
@@ -153,7 +154,7 @@ impl NewNotice {
 /// Where a notice stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum NoticeState {
     Pending,
     Sending,
@@ -164,6 +165,9 @@ pub enum NoticeState {
     /// message that was then not sent (its cost given back), so the
     /// balance it described did not last.
     Withdrawn,
+    /// Not sent, and never to be: the number opted out of texts (it texted
+    /// STOP, or Twilio refused it for that: 21610).
+    OptedOut,
 }
 
 impl NoticeState {
@@ -175,6 +179,7 @@ impl NoticeState {
             NoticeState::Failed => "failed",
             NoticeState::Unknown => "unknown",
             NoticeState::Withdrawn => "withdrawn",
+            NoticeState::OptedOut => "opted_out",
         }
     }
 
@@ -186,6 +191,7 @@ impl NoticeState {
             "failed" => Some(NoticeState::Failed),
             "unknown" => Some(NoticeState::Unknown),
             "withdrawn" => Some(NoticeState::Withdrawn),
+            "opted_out" => Some(NoticeState::OptedOut),
             _ => None,
         }
     }
@@ -219,6 +225,14 @@ const NOTICES_PER_ROUND: usize = 100;
 /// The wait before the next try of a notice Twilio could not take.
 fn retry_delay(attempts: i64) -> Duration {
     Duration::from_secs(30 * (1 << attempts.clamp(0, 6)))
+}
+
+/// Why a notice to a number that opted out was not sent, for the console.
+fn opted_out_words(opt_out: &OptOut) -> String {
+    match (&opt_out.via, &opt_out.keyword) {
+        (OptOutVia::Keyword, Some(word)) => format!("the number opted out of texts ({word})"),
+        _ => "the number opted out of texts".to_string(),
+    }
 }
 
 impl Messaging {
@@ -338,7 +352,29 @@ impl Messaging {
                 return Err(error);
             }
         };
+        // Nothing goes to a number that opted out: the notice ends there.
+        if let Some(opt_out) = &account.opt_out {
+            notices
+                .notice_ended(notice.id, NoticeState::OptedOut, opted_out_words(opt_out))
+                .await?;
+            return Ok(());
+        }
         match self.sender.send(account.phone.as_str(), &text).await {
+            // Final: the number opted out where Twilio enforces it.
+            Err(SenderError::OptedOut(detail)) => {
+                self.store
+                    .opt_outs()
+                    .record_opt_out(account.phone.clone(), OptOutVia::Carrier, None, now_ms)
+                    .await?;
+                notices
+                    .notice_ended(
+                        notice.id,
+                        NoticeState::OptedOut,
+                        format!("Twilio refused the number: it opted out ({detail})"),
+                    )
+                    .await?;
+                Ok(())
+            }
             Ok(accepted) => {
                 let cost = self.sent_as(cost, accepted.sid.clone(), now_ms);
                 notices

@@ -256,9 +256,23 @@ pub const TABLES: &[Table] = &[
             ("expires_at", I),
             ("wrong_attempts", I),
             ("used_at", I),
+            ("country", T),
+            ("lifted", I),
         ],
         key: &[0],
         has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "opt_outs",
+        columns: &[
+            ("phone", T),
+            ("opted_out_at", I),
+            ("via", T),
+            ("keyword", T),
+        ],
+        key: &[0],
+        has_id_sequence: false,
         seeded: false,
     },
     Table {

@@ -30,7 +30,8 @@ pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BackupStore, BillingStore,
     CopyStore, EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore,
-    LedgerStore, MessageStore, OrderCompletion, PriceAccess, PriceCheck, ReceivedEvent, Reception,
+    LedgerStore, MessageStore, OptOutStore, OrderCompletion, PriceAccess, PriceCheck,
+    ReceivedEvent, Reception,
     ReportStore, SignInStore, StoreFuture, StripeEventStore, TokenStore, WebhookStore,
 };
 
@@ -539,6 +540,10 @@ impl Store {
     }
 
     pub fn messages(&self) -> &dyn MessageStore {
+        &*self.backend
+    }
+
+    pub fn opt_outs(&self) -> &dyn OptOutStore {
         &*self.backend
     }
 

@@ -30,6 +30,7 @@ use crate::messaging::records::{
     VoidStart,
 };
 use crate::money::Money;
+use crate::opt_outs::{OptChange, OptOut, OptOutVia};
 use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
@@ -470,6 +471,9 @@ pub enum InboundClaim {
     Answered(Option<String>),
     /// Another instance is answering it right now.
     Busy,
+    /// (`record_inbound` only) This instance answered it, with no reply:
+    /// the number has opted out of texts.
+    Withheld,
 }
 
 /// An inbound SMS answered, with the cost of its reply.
@@ -484,6 +488,14 @@ pub struct InboundRecord {
     /// The reply as a service message, recorded only if this MessageSid is new.
     pub reply_cost: Option<NewMessage>,
     pub now_ms: i64,
+    /// The sender's number, when it is one (`from` as a phone number).
+    pub phone: Option<PhoneNumber>,
+    /// What the text does to the number's subscription (STOP, START),
+    /// applied with the answer, once.
+    pub opt_change: Option<OptChange>,
+    /// The reply is not sent (nor costed) if the number has opted out,
+    /// as the store has it when the answer is recorded.
+    pub withhold_if_opted_out: bool,
 }
 
 /// A message whose Twilio price is due to be looked up.
@@ -568,7 +580,9 @@ pub trait MessageStore: Send + Sync {
     /// its MessageSid was answered before (then the reply it got) or
     /// another instance is answering it. A claim of this instance on it,
     /// or a claim let go, becomes the answer (`Mine`: this reply was
-    /// recorded).
+    /// recorded; `Withheld`: no reply was, the number having opted out).
+    /// Its `opt_change` is applied in the same transaction, only with a
+    /// new answer.
     fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<InboundClaim>;
     /// Lets go of this instance's claim on an inbound SMS without an answer
     /// (what it asked for has no known outcome yet: a charge Stripe did not
@@ -686,6 +700,21 @@ pub trait BackupStore: Send + Sync {
     fn last_backup(&self) -> StoreFuture<Option<BackupRecord>>;
 }
 
+/// Numbers that opted out of texts (see `opt_outs`).
+pub trait OptOutStore: Send + Sync {
+    /// The number's opt-out, if it opted out.
+    fn opt_out_of(&self, phone: PhoneNumber) -> StoreFuture<Option<OptOut>>;
+    /// Records that the number opted out; an opt-out already recorded
+    /// stands as it was.
+    fn record_opt_out(
+        &self,
+        phone: PhoneNumber,
+        via: OptOutVia,
+        keyword: Option<String>,
+        now_ms: i64,
+    ) -> StoreFuture<()>;
+}
+
 /// A store: every port, from one adapter.
 pub trait Backend:
     LedgerStore
@@ -696,6 +725,7 @@ pub trait Backend:
     + BillingStore
     + StripeEventStore
     + MessageStore
+    + OptOutStore
     + AutoTopUpStore
     + InstanceStore
     + CopyStore

@@ -31,6 +31,7 @@ use crate::error::LedgerError;
 use crate::ledger::AccountId;
 use crate::messaging::records::{MessageKind, NewMessage};
 use crate::messaging::Messaging;
+use crate::opt_outs::{self, OptChange};
 use crate::rating::RateTable;
 use crate::registry::Registry;
 use crate::store::{InboundClaim, InboundRecord, Store, StoreError};
@@ -111,6 +112,16 @@ pub struct SmsContext {
 pub struct KnownNumber {
     pub account_id: AccountId,
     pub phone: PhoneNumber,
+}
+
+/// What an inbound SMS is answered with, before it is recorded.
+struct Answer {
+    /// The reply (`None`: none).
+    reply: Option<String>,
+    /// What it changes of the number's subscription.
+    opt_change: Option<OptChange>,
+    /// The reply is withheld if the number has opted out.
+    withhold_if_opted_out: bool,
 }
 
 /// A delivery waiting for the reply to a MessageSid handled right now.
@@ -203,17 +214,22 @@ impl SmsContext {
         let started = Instant::now();
         let now_ms = message.received_at_ms;
         let command = Command::parse(&message.body);
+        let opt_change = OptChange::of(&message.body);
         let known = self
             .known_numbers
             .get(&message.from)
             .map(|known| known.clone());
-        // A charge, or a number not known yet: look before doing anything.
+        // A charge, a change of the subscription or a number not known
+        // yet: look before doing anything.
         let look_first = known.is_none()
+            || opt_change.is_some()
             || matches!(
                 command,
                 Command::Buy(BuyAmount::Ten)
                     | Command::Auto(Some(AutoCommand::On | AutoCommand::Off))
             );
+        // Whether the number opted out, as far as a look tells.
+        let mut opted_out = false;
         let (account, phone) = if look_first {
             let phone = match &known {
                 Some(known) => Some(known.phone.clone()),
@@ -227,6 +243,9 @@ impl SmsContext {
             if let Some(reply) = earlier {
                 return Ok(reply);
             }
+            opted_out = found
+                .as_ref()
+                .is_some_and(|account| account.opt_out.is_some());
             let account = found.map(|account| {
                 let known = KnownNumber {
                     account_id: account.id,
@@ -241,10 +260,40 @@ impl SmsContext {
             let phone = known.as_ref().map(|known| known.phone.clone());
             (known, phone)
         };
+        let account_id = account.as_ref().map(|known| known.account_id);
+        // STOP (and the other opt-out words), START and UNSTOP change the
+        // number's subscription, whoever it is, and are confirmed.
+        if let Some(change) = opt_change {
+            let reply = match change {
+                OptChange::Out(_) => opt_outs::opted_out_reply(),
+                OptChange::In => opt_outs::opted_in_reply(),
+            };
+            let service = self.reply_cost(account_id, phone.as_ref(), &reply, now_ms);
+            let answer = Answer {
+                reply: Some(reply),
+                opt_change: Some(change),
+                withhold_if_opted_out: false,
+            };
+            return self
+                .record(&message, account_id, phone, answer, service)
+                .await;
+        }
+        // From a number that opted out, no command runs (a BUY would
+        // charge, an AUTO change the setting, each with a reply), and only
+        // HELP is answered.
+        if opted_out && command != Command::Help {
+            let answer = Answer {
+                reply: None,
+                opt_change: None,
+                withhold_if_opted_out: true,
+            };
+            return self.record(&message, account_id, phone, answer, None).await;
+        }
         // A charge goes to Stripe, outside the store: see `buy`.
         if let (Some(known), Command::Buy(BuyAmount::Ten)) = (&account, &command) {
             return self.buy(known, &message, started + BUY_ANSWER_WITHIN).await;
         }
+        let help = command == Command::Help;
         let reply = match &account {
             None => format!(
                 "This number has no SMS credit account. Sign up at {}",
@@ -252,9 +301,16 @@ impl SmsContext {
             ),
             Some(known) => self.run(command, known, &message).await?,
         };
-        let account_id = account.as_ref().map(|known| known.account_id);
         let service = self.reply_cost(account_id, phone.as_ref(), &reply, now_ms);
-        self.record(&message, account_id, reply, service).await
+        // What was run has no effect (those that have looked first): its
+        // reply is withheld if the number opted out meanwhile.
+        let answer = Answer {
+            reply: Some(reply),
+            opt_change: None,
+            withhold_if_opted_out: !help,
+        };
+        self.record(&message, account_id, phone, answer, service)
+            .await
     }
 
     /// A reply is a service message: not charged, but costed.
@@ -274,13 +330,14 @@ impl SmsContext {
         }
     }
 
-    /// Records the reply as the MessageSid's answer (see
+    /// Records the answer as the MessageSid's (see
     /// `MessageStore::record_inbound`) and answers what it is now.
     async fn record(
         &self,
         message: &InboundSms,
         account_id: Option<AccountId>,
-        reply: String,
+        phone: Option<PhoneNumber>,
+        answer: Answer,
         service: Option<NewMessage>,
     ) -> Result<Option<String>, SmsError> {
         let now_ms = message.received_at_ms;
@@ -293,13 +350,17 @@ impl SmsContext {
                 from: message.from.clone(),
                 account_id,
                 body: message.body.clone(),
-                reply: Some(reply.clone()),
+                reply: answer.reply.clone(),
                 reply_cost: service,
                 now_ms,
+                phone,
+                opt_change: answer.opt_change,
+                withhold_if_opted_out: answer.withhold_if_opted_out,
             })
             .await?;
         match recorded {
-            InboundClaim::Mine => Ok(Some(reply)),
+            InboundClaim::Mine => Ok(answer.reply),
+            InboundClaim::Withheld => Ok(None),
             // A delivery handled meanwhile (after a restart, or by another
             // instance) answered first.
             InboundClaim::Answered(earlier) => Ok(earlier),
@@ -378,6 +439,8 @@ impl SmsContext {
             match claim {
                 InboundClaim::Mine => break,
                 InboundClaim::Answered(reply) => return Ok(reply),
+                // Only an answer recorded says so; a claim never does.
+                InboundClaim::Withheld => return Ok(None),
                 InboundClaim::Busy if Instant::now() + INBOUND_CLAIM_PAUSE < deadline => {
                     tokio::time::sleep(INBOUND_CLAIM_PAUSE).await;
                 }
@@ -428,8 +491,19 @@ impl SmsContext {
                     &reply,
                     message.received_at_ms,
                 );
-                self.record(message, Some(account.account_id), reply, service)
-                    .await
+                let answer = Answer {
+                    reply: Some(reply),
+                    opt_change: None,
+                    withhold_if_opted_out: true,
+                };
+                self.record(
+                    message,
+                    Some(account.account_id),
+                    Some(account.phone.clone()),
+                    answer,
+                    service,
+                )
+                .await
             }
         }
     }
@@ -543,6 +617,9 @@ impl SmsContext {
                     // Its reply was "not confirmed yet".
                     reply_cost: None,
                     now_ms: message.received_at_ms,
+                    phone: Some(account.phone.clone()),
+                    opt_change: None,
+                    withhold_if_opted_out: true,
                 })
                 .await
                 .map(drop),

@@ -41,6 +41,9 @@ pub struct AccountView {
     low_balance_warned_at: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
+    /// The number opted out of texts (null: it has not): nothing is sent
+    /// to it, warnings included, until it texts START.
+    opt_out: Option<crate::routes::account::OptOutView>,
 }
 
 /// A new account, and what the operator should know about it (messages
@@ -89,6 +92,10 @@ impl From<&Account> for AccountView {
             stripe_customer_id: account.stripe_customer_id.clone(),
             low_balance_warned_at: account.low_balance_warned_at_ms.map(format_rfc3339_ms),
             created_at: format_rfc3339_ms(account.created_at_ms),
+            opt_out: account
+                .opt_out
+                .as_ref()
+                .map(crate::routes::account::OptOutView::from),
         }
     }
 }

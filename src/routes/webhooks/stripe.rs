@@ -6,6 +6,7 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use sms_credit_actors::supervisor::HandleStripeEvent;
 
+use crate::auth::judged_wrong;
 use crate::error::ApiError;
 use crate::routes::checkout::billing;
 use crate::state::AppState;
@@ -52,9 +53,14 @@ pub async fn receive(
         .get("Stripe-Signature")
         .and_then(|value| value.to_str().ok());
     let now_unix = state.clock.now_ms().div_euclid(1000);
+    // A good signature is never refused for its address's guesses (as for
+    // Twilio's); a wrong one counts against the address.
     let verified =
         verify_and_parse(text, signature, secret.expose(), now_unix).map_err(|failure| {
             match failure {
+                WebhookFailure::BadSignature(reason) if signature.is_some() => {
+                    judged_wrong(&state, &request, ApiError::BadSignature(reason))
+                }
                 WebhookFailure::BadSignature(reason) => ApiError::BadSignature(reason),
                 WebhookFailure::Unparseable(reason) => ApiError::invalid("invalid_event", reason),
             }

@@ -6,32 +6,28 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use sms_credit_actors::supervisor::InboundSms;
 
+use crate::auth::judged_wrong;
 use crate::error::ApiError;
 use crate::state::AppState;
+use crate::twilio::requests::{self, NotTwilios};
 use crate::twilio::{form, signature, twiml};
 
 /// The largest form accepted: an SMS body is at most 1 600 characters, and
 /// Twilio's other fields are short.
 const BODY_LIMIT: usize = 64 * 1024;
 
-/// The verified form fields of a Twilio request.
+/// The verified form fields of a Twilio request, and the account they
+/// must name.
 struct SignedForm {
     fields: Vec<(String, String)>,
+    account_sid: String,
 }
 
-impl SignedForm {
-    fn get(&self, name: &str) -> Option<&str> {
-        self.fields
-            .iter()
-            .find(|(key, _)| key == name)
-            .map(|(_, value)| value.as_str())
-    }
-
-    fn require(&self, name: &'static str) -> Result<&str, ApiError> {
-        self.get(name)
-            .filter(|value| !value.is_empty())
-            .ok_or_else(|| ApiError::invalid("invalid_form", format!("the form has no {name}")))
-    }
+/// A signed form that is not one Twilio sends: refused, and told to the
+/// log (a signed body sent again, cut into other fields, looks like this).
+fn not_twilios(request: &HttpRequest, reason: NotTwilios) -> ApiError {
+    tracing::warn!(path = request.path(), %reason, "a signed Twilio request that Twilio would not send");
+    ApiError::invalid("invalid_form", format!("not a form Twilio sends: {reason}"))
 }
 
 /// Checks Twilio is configured, parses the form and verifies the signature
@@ -78,10 +74,16 @@ fn verify(state: &AppState, request: &HttpRequest, body: &[u8]) -> Result<Signed
             request.path()
         )
     };
+    // A good signature is never refused for its address's guesses: nobody
+    // can forge one, and Twilio may share an address with a stranger. A
+    // wrong one counts against the address like any wrong credential.
     if !signature::is_valid(twilio.auth_token.expose(), &url, &fields, presented) {
-        return Err(ApiError::Forbidden);
+        return Err(judged_wrong(state, request, ApiError::Forbidden));
     }
-    Ok(SignedForm { fields })
+    Ok(SignedForm {
+        fields,
+        account_sid: twilio.account_sid.clone(),
+    })
 }
 
 /// An inbound SMS from Twilio (`BALANCE`, `BUY $10`, `HELP`), answered in
@@ -97,10 +99,12 @@ pub async fn inbound_sms(
 ) -> Result<HttpResponse, ApiError> {
     let body = super::raw_body(payload, BODY_LIMIT).await?;
     let form = verify(&state, &request, &body)?;
+    let message = requests::inbound(&form.fields, &form.account_sid)
+        .map_err(|reason| not_twilios(&request, reason))?;
     let inbound = InboundSms {
-        message_sid: form.require("MessageSid")?.to_string(),
-        from: form.require("From")?.to_string(),
-        body: form.get("Body").unwrap_or("").to_string(),
+        message_sid: message.message_sid,
+        from: message.from,
+        body: message.body,
         received_at_ms: state.clock.now_ms(),
     };
     let reply = state
@@ -126,11 +130,11 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     let body = super::raw_body(payload, BODY_LIMIT).await?;
     let form = verify(&state, &request, &body)?;
-    let sid = form.require("MessageSid")?.to_string();
-    let status = form.require("MessageStatus")?.to_string();
+    let report = requests::status(&form.fields, &form.account_sid)
+        .map_err(|reason| not_twilios(&request, reason))?;
     if let Some(messaging) = &state.messaging {
         messaging
-            .handle_status(&sid, &status, state.clock.now_ms())
+            .handle_status(&report.message_sid, &report.status, state.clock.now_ms())
             .await?;
     }
     Ok(HttpResponse::Ok()

@@ -7,16 +7,23 @@ use crate::access_tokens::{LiveToken, TokenRecord, TokenSource};
 use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::opt_outs::{OptOut, OptOutVia};
 use crate::store::change_notes;
 use crate::store::{
     AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
     UnknownValue,
 };
 
+/// Where an account's columns come from: its row, its balance and its
+/// number's opt-out, if any.
+pub(super) const ACCOUNT_TABLES: &str = "accounts a JOIN account_balances b ON b.account_id = a.id
+     LEFT JOIN opt_outs o ON o.phone = a.phone";
+
 pub(super) const ACCOUNT_COLUMNS: &str =
     "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
      b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id,
-     a.card_brand, a.card_last4, a.card_exp_month, a.card_exp_year";
+     a.card_brand, a.card_last4, a.card_exp_month, a.card_exp_year,
+     o.opted_out_at, o.via, o.keyword";
 
 pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
     let id: i64 = row.try_get(0)?;
@@ -47,6 +54,17 @@ pub(super) fn account_from_row(row: &Row) -> Result<Account, StoreError> {
             row.try_get(12)?,
             row.try_get(13)?,
         ),
+        opt_out: match row.try_get::<_, Option<i64>>(14)? {
+            None => None,
+            Some(opted_out_at_ms) => {
+                let via: String = row.try_get(15)?;
+                Some(OptOut {
+                    opted_out_at_ms,
+                    via: OptOutVia::parse(&via).ok_or_else(|| unknown("opt_outs.via", &via))?,
+                    keyword: row.try_get(16)?,
+                })
+            }
+        },
     })
 }
 
@@ -57,7 +75,7 @@ pub(super) async fn get_account(
     client
         .query_opt(
             &format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                "SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_TABLES}
                   WHERE a.id = $1"
             ),
             &[&account_id.0],
@@ -74,7 +92,7 @@ pub(super) async fn find_account_by_phone(
     client
         .query_opt(
             &format!(
-                "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                "SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_TABLES}
                   WHERE a.phone = $1"
             ),
             &[&phone.as_str()],
@@ -137,6 +155,8 @@ pub(super) async fn insert_account(
         low_balance_warned_at_ms: None,
         stripe_payment_method_id: None,
         card: None,
+        // The number may have opted out before it had an account.
+        opt_out: super::opt_outs::opt_out_of(client, &new_account.phone).await?,
     })
 }
 
@@ -227,12 +247,20 @@ async fn revoke_tokens(
     account_id: AccountId,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
-    Ok(client
+    let revoked = client
         .execute(
             "UPDATE account_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
             &[&account_id.0, &now_ms],
         )
-        .await? as usize)
+        .await?;
+    // The sign-up tokens of its phone would be exchanged for new ones.
+    client
+        .execute(
+            "DELETE FROM sign_up_tokens WHERE phone = (SELECT phone FROM accounts WHERE id = $1)",
+            &[&account_id.0],
+        )
+        .await?;
+    Ok(revoked as usize)
 }
 
 impl AccountStore for PostgresStore {
@@ -264,7 +292,7 @@ impl AccountStore for PostgresStore {
             let rows = client
                 .query(
                     &format!(
-                        "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+                        "SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_TABLES}
                           WHERE a.id > $1
                             AND ($2::text IS NULL OR a.phone LIKE $2 ESCAPE '\\' OR a.email LIKE $2 ESCAPE '\\'
                                  OR a.id = $3)

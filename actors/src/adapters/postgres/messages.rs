@@ -488,9 +488,20 @@ impl MessageStore for PostgresStore {
                 inbound.reply.clone(),
                 inbound.reply_cost.clone(),
             );
+            let (phone, opt_change) = (inbound.phone.clone(), inbound.opt_change.clone());
+            let withhold_if_opted_out = inbound.withhold_if_opted_out;
             let account_id = inbound.account_id.map(|id| id.0);
             let now_ms = inbound.now_ms;
             boxed(async move {
+                let withheld = match &phone {
+                    Some(phone) if withhold_if_opted_out => {
+                        super::opt_outs::opt_out_of(transaction, phone)
+                            .await?
+                            .is_some()
+                    }
+                    _ => false,
+                };
+                let reply = if withheld { None } else { reply };
                 let answered = transaction
                     .execute_typed(
                         "UPDATE inbound_messages
@@ -517,6 +528,12 @@ impl MessageStore for PostgresStore {
                         .await?
                         == 1;
                 if mine {
+                    if let (Some(change), Some(phone)) = (&opt_change, &phone) {
+                        super::opt_outs::apply(transaction, phone, change, now_ms).await?;
+                    }
+                    if withheld {
+                        return Ok(InboundClaim::Withheld);
+                    }
                     if let Some(reply_cost) = &reply_cost {
                         insert(transaction, reply_cost).await?;
                     }

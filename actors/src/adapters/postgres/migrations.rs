@@ -69,6 +69,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V15__backups",
         include_str!("../../../../migrations/postgres/V15__backups.sql"),
     ),
+    (
+        "V16__strangers",
+        include_str!("../../../../migrations/postgres/V16__strangers.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -21,6 +21,7 @@ mod ledger;
 mod listener;
 mod messages;
 mod migrations;
+mod opt_outs;
 mod reports;
 mod sign_in;
 mod webhooks;

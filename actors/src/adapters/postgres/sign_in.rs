@@ -183,7 +183,10 @@ async fn redeem(transaction: &Transaction<'_>, request: &Redeem) -> Result<Redee
         Proof::SignUpToken(token_hash) => {
             let proved = transaction
                 .query_opt(
-                    "SELECT phone FROM sign_up_tokens WHERE token_hash = $1 AND expires_at > $2",
+                    // Locked: an exchange of the same token at the same
+                    // moment waits, then finds it used up.
+                    "SELECT phone FROM sign_up_tokens WHERE token_hash = $1 AND expires_at > $2
+                        FOR UPDATE",
                     &[token_hash, &now],
                 )
                 .await?
@@ -197,6 +200,15 @@ async fn redeem(transaction: &Transaction<'_>, request: &Redeem) -> Result<Redee
     };
     match find_account_by_phone(transaction, &request.phone).await? {
         Some(account) if account.status == AccountStatus::Active => {
+            // A sign-up token is used up by its exchange.
+            if let Proof::SignUpToken(token_hash) = &request.proof {
+                transaction
+                    .execute(
+                        "DELETE FROM sign_up_tokens WHERE token_hash = $1",
+                        &[token_hash],
+                    )
+                    .await?;
+            }
             insert_token(
                 transaction,
                 account.id,
@@ -208,6 +220,11 @@ async fn redeem(transaction: &Transaction<'_>, request: &Redeem) -> Result<Redee
             Ok(Redeemed::Account(account.id))
         }
         _ if by_code => {
+            // Expired sign-up tokens are of no use: the table keeps only
+            // the live ones.
+            transaction
+                .execute("DELETE FROM sign_up_tokens WHERE expires_at <= $1", &[&now])
+                .await?;
             transaction
                 .execute(
                     "INSERT INTO sign_up_tokens (token_hash, phone, created_at, expires_at)

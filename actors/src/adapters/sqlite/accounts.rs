@@ -7,6 +7,7 @@ use crate::access_tokens::{LiveToken, TokenRecord, TokenSource};
 use crate::accounts::{Account, AccountStatus, Card, Email, NewAccount, PhoneNumber};
 use crate::ledger::AccountId;
 use crate::money::Money;
+use crate::opt_outs::{OptOut, OptOutVia};
 use crate::store::change_notes;
 use crate::store::{
     AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
@@ -69,13 +70,21 @@ pub(super) fn insert_account(
         low_balance_warned_at_ms: None,
         stripe_payment_method_id: None,
         card: None,
+        // The number may have opted out before it had an account.
+        opt_out: super::opt_outs::opt_out_of(connection, &new_account.phone)?,
     })
 }
+
+/// Where an account's columns come from: its row, its balance and its
+/// number's opt-out, if any.
+const ACCOUNT_TABLES: &str = "accounts a JOIN account_balances b ON b.account_id = a.id
+     LEFT JOIN opt_outs o ON o.phone = a.phone";
 
 const ACCOUNT_COLUMNS: &str =
     "a.id, a.phone, a.email, a.stripe_customer_id, a.status, a.created_at,
                                b.balance, b.seq, b.low_balance_warned_at, a.stripe_payment_method_id,
-     a.card_brand, a.card_last4, a.card_exp_month, a.card_exp_year";
+     a.card_brand, a.card_last4, a.card_exp_month, a.card_exp_year,
+     o.opted_out_at, o.via, o.keyword";
 
 fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
     let id: i64 = row.get(0)?;
@@ -101,6 +110,17 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
         low_balance_warned_at_ms: row.get(8)?,
         stripe_payment_method_id: row.get(9)?,
         card: Card::from_columns(row.get(10)?, row.get(11)?, row.get(12)?, row.get(13)?),
+        opt_out: match row.get::<_, Option<i64>>(14)? {
+            None => None,
+            Some(opted_out_at_ms) => {
+                let via: String = row.get(15)?;
+                Some(OptOut {
+                    opted_out_at_ms,
+                    via: OptOutVia::parse(&via).ok_or_else(|| unknown(15, "opt_outs.via", &via))?,
+                    keyword: row.get(16)?,
+                })
+            }
+        },
     })
 }
 
@@ -110,7 +130,7 @@ pub(super) fn get_account(
 ) -> Result<Option<Account>, StoreError> {
     let account = connection
         .prepare_cached(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id WHERE a.id = ?1"
+            "SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_TABLES} WHERE a.id = ?1"
         ))?
         .query_row([account_id.0], account_from_row)
         .optional()?;
@@ -135,7 +155,7 @@ pub(super) fn list_accounts(
     let exact_id = search.and_then(|text| text.trim().parse::<i64>().ok());
     let accounts = connection
         .prepare_cached(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id
+            "SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_TABLES}
               WHERE a.id > ?1
                 AND (?2 IS NULL OR a.phone LIKE ?2 ESCAPE '\\' OR a.email LIKE ?2 ESCAPE '\\' OR a.id = ?3)
               ORDER BY a.id LIMIT ?4"
@@ -151,7 +171,7 @@ pub(super) fn find_account_by_phone(
 ) -> Result<Option<Account>, StoreError> {
     let account = connection
         .prepare_cached(&format!(
-            "SELECT {ACCOUNT_COLUMNS} FROM accounts a JOIN account_balances b ON b.account_id = a.id WHERE a.phone = ?1"
+            "SELECT {ACCOUNT_COLUMNS} FROM {ACCOUNT_TABLES} WHERE a.phone = ?1"
         ))?
         .query_row([phone.as_str()], account_from_row)
         .optional()?;
@@ -241,6 +261,12 @@ fn revoke_tokens(
             "UPDATE account_tokens SET revoked_at = ?2 WHERE account_id = ?1 AND revoked_at IS NULL",
         )?
         .execute(params![account_id.0, now_ms])?;
+    // The sign-up tokens of its phone would be exchanged for new ones.
+    connection
+        .prepare_cached(
+            "DELETE FROM sign_up_tokens WHERE phone = (SELECT phone FROM accounts WHERE id = ?1)",
+        )?
+        .execute([account_id.0])?;
     Ok(revoked)
 }
 

@@ -290,6 +290,7 @@ fn inbound_reply(
 fn record_inbound(
     connection: &Connection,
     inbound: &InboundRecord,
+    reply: Option<&str>,
 ) -> Result<InboundClaim, StoreError> {
     let account_id = inbound.account_id.map(|id| id.0);
     let answered = connection
@@ -298,7 +299,7 @@ fn record_inbound(
                 SET state = 'answered', reply = ?2, account_id = ?3, claimed_by = NULL, claimed_until = NULL
               WHERE message_sid = ?1 AND state = 'claimed' AND (claimed_by = ?4 OR claimed_by IS NULL)",
         )?
-        .execute(params![inbound.message_sid, inbound.reply, account_id, inbound.instance_id])?;
+        .execute(params![inbound.message_sid, reply, account_id, inbound.instance_id])?;
     if answered == 1 {
         return Ok(InboundClaim::Mine);
     }
@@ -312,7 +313,7 @@ fn record_inbound(
             inbound.from,
             account_id,
             inbound.body,
-            inbound.reply,
+            reply,
             inbound.now_ms
         ])?;
     if inserted == 1 {
@@ -625,11 +626,29 @@ impl MessageStore for SqliteStore {
 
     fn record_inbound(&self, inbound: InboundRecord) -> StoreFuture<InboundClaim> {
         self.write(move |connection| {
-            let recorded = record_inbound(connection, &inbound)?;
-            if recorded == InboundClaim::Mine {
-                if let Some(reply_cost) = &inbound.reply_cost {
-                    insert(connection, reply_cost)?;
+            let withheld = match &inbound.phone {
+                Some(phone) if inbound.withhold_if_opted_out => {
+                    super::opt_outs::opt_out_of(connection, phone)?.is_some()
                 }
+                _ => false,
+            };
+            let reply = if withheld {
+                None
+            } else {
+                inbound.reply.as_deref()
+            };
+            let recorded = record_inbound(connection, &inbound, reply)?;
+            if recorded != InboundClaim::Mine {
+                return Ok(recorded);
+            }
+            if let (Some(change), Some(phone)) = (&inbound.opt_change, &inbound.phone) {
+                super::opt_outs::apply(connection, phone, change, inbound.now_ms)?;
+            }
+            if withheld {
+                return Ok(InboundClaim::Withheld);
+            }
+            if let Some(reply_cost) = &inbound.reply_cost {
+                insert(connection, reply_cost)?;
             }
             Ok(recorded)
         })

@@ -107,6 +107,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V24__backups",
         include_str!("../../../../migrations/sqlite/V24__backups.sql"),
     ),
+    (
+        "V25__strangers",
+        include_str!("../../../../migrations/sqlite/V25__strangers.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

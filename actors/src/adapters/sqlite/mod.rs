@@ -20,6 +20,7 @@ mod feed_tickets;
 mod ledger;
 mod messages;
 mod migrations;
+mod opt_outs;
 mod reader;
 mod reports;
 mod sign_in;

@@ -168,6 +168,12 @@ fn redeem(connection: &Connection, request: &Redeem) -> Result<Redeemed, StoreEr
     let account = find_account_by_phone(connection, &request.phone)?;
     match account {
         Some(account) if account.status == AccountStatus::Active => {
+            // A sign-up token is used up by its exchange.
+            if let Proof::SignUpToken(token_hash) = &request.proof {
+                connection
+                    .prepare_cached("DELETE FROM sign_up_tokens WHERE token_hash = ?1")?
+                    .execute([token_hash])?;
+            }
             insert_token(
                 connection,
                 account.id,
@@ -178,6 +184,11 @@ fn redeem(connection: &Connection, request: &Redeem) -> Result<Redeemed, StoreEr
             Ok(Redeemed::Account(account.id))
         }
         _ if by_code => {
+            // Expired sign-up tokens are of no use: the table keeps only
+            // the live ones.
+            connection
+                .prepare_cached("DELETE FROM sign_up_tokens WHERE expires_at <= ?1")?
+                .execute([now])?;
             connection
                 .prepare_cached(
                     "INSERT INTO sign_up_tokens (token_hash, phone, created_at, expires_at)

@@ -3,7 +3,7 @@
 
 use clap::Args;
 use serde_json::{json, Value};
-use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
+use sms_credit_actors::adapters::{self, DatabaseLocation, IfMissing, StoreSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::store::{copy, Store};
 
@@ -32,9 +32,12 @@ fn parse(name: &str, text: &str) -> Result<DatabaseLocation, String> {
     DatabaseLocation::parse(text).map_err(|error| format!("--{name}: {error}"))
 }
 
-fn open(location: &DatabaseLocation) -> Result<Store, String> {
-    adapters::open(&StoreSettings::new(location.clone()))
-        .map_err(|error| format!("{location}: {error}"))
+fn open(location: &DatabaseLocation, if_missing: IfMissing) -> Result<Store, String> {
+    let settings = StoreSettings {
+        if_missing,
+        ..StoreSettings::new(location.clone())
+    };
+    adapters::open(&settings).map_err(|error| format!("{location}: {error}"))
 }
 
 impl CopyCommand {
@@ -43,13 +46,10 @@ impl CopyCommand {
         if source == target {
             return Err("--from and --to are the same database".to_string());
         }
-        if let Some(path) = source.sqlite_path() {
-            if !path.exists() {
-                return Err(format!("--from: {} does not exist", path.display()));
-            }
-        }
         actix_rt::System::new().block_on(async move {
-            let (source_store, target_store) = (open(&source)?, open(&target)?);
+            let source_store = open(&source, IfMissing::Refuse)
+                .map_err(|error| format!("--from: {error}"))?;
+            let target_store = open(&target, IfMissing::Create)?;
             let report = copy::copy(&source_store, &target_store, SystemClock.now_ms())
                 .await
                 .map_err(|error| error.to_string())?;

@@ -9,8 +9,9 @@ use sms_credit_actors::webhooks::manage::{self, Change};
 use sms_credit_actors::webhooks::{AttemptRecord, Endpoint};
 use sms_credit_actors::Store;
 
-use super::output::{print_json, with_store};
+use super::output::{print_json, with_store_if};
 use crate::config::Settings;
+use sms_credit_actors::adapters::IfMissing;
 
 #[derive(Subcommand, Debug)]
 pub enum WebhooksCommand {
@@ -126,7 +127,13 @@ impl WebhooksCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
         let allow_private = settings.webhooks.allow_private;
         let now_ms = SystemClock.now_ms();
-        with_store(settings, |store| async move {
+        // Adding an endpoint creates something, so it may make the database.
+        let if_missing = if matches!(self, WebhooksCommand::Add { .. }) {
+            IfMissing::Create
+        } else {
+            IfMissing::Refuse
+        };
+        with_store_if(settings, if_missing, |store| async move {
             let store = &store;
             match self {
                 WebhooksCommand::Add {

@@ -109,3 +109,15 @@ pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreErr
     }
     Ok(applied)
 }
+
+/// Whether the database has a migration history (any migration applied):
+/// one without is no sms-credit database yet.
+pub(super) async fn has_history(client: &Client) -> Result<bool, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}

@@ -41,7 +41,8 @@ async fn creates_reads_and_adjusts_an_account() {
     assert_eq!(account["phone"], "+14155550100");
     assert_eq!(account["email"], "hiker@example.com");
     assert_eq!(account["balance_micros"], 2_359_999);
-    assert_eq!(account["balance"], "$2.35");
+    // The string shows every micro-dollar (never $2.35 for $2.359999).
+    assert_eq!(account["balance"], "$2.359999");
     assert_eq!(account["seq"], 1);
 }
 
@@ -99,6 +100,17 @@ async fn negative_adjustments_may_go_below_zero() {
     let (_, account) = app.get_admin_account(id).await;
     assert_eq!(account["balance_micros"], -1_500_000);
     assert_eq!(account["balance"], "-$1.50");
+    // A sub-cent part is shown exactly, to the operator and to the holder:
+    // -$82.266, neither -$82.26 (cut) nor -$82.27 (rounded).
+    app.post_adjustment(id, -80_766_000, "more").await;
+    let (_, account) = app.get_admin_account(id).await;
+    assert_eq!(account["balance"], "-$82.266");
+    let token = app.issue_token(id).await;
+    let (status, me) = app
+        .request("GET", "/v1/accounts/me", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["balance"], "-$82.266");
 }
 
 on_both_stores!(bad_requests_get_a_clear_error_and_change_nothing);

@@ -428,9 +428,10 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     .await;
     app.post_adjustment(account, 2_000_000, "after-restart")
         .await;
+    // The balance to its last micro-dollar (the $0.00435 above), not $8.26.
     page.wait_for(
         "document.getElementById('balance').textContent",
-        json!("$8.26"),
+        json!("$8.26435"),
     )
     .await;
     assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
@@ -1030,7 +1031,8 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
                     "adjust",
                     &account.to_string(),
                     "--amount",
-                    "1.00",
+                    // Less than a cent beside the dollar: shown exactly.
+                    "1.0005",
                     "--reason",
                     "cli",
                     "--idempotency-key",
@@ -1047,7 +1049,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         );
         page.wait_for(
             &text_of("balance"),
-            json!(format_dollars(before + 1_000_000)),
+            json!(format_dollars(before + 1_000_500)),
         )
         .await;
 
@@ -1055,13 +1057,13 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         page.eval("document.getElementById('adjust-amount').value = '2.00'; document.getElementById('adjust-reason').value = 'goodwill from the console'; { const b = document.getElementById('adjust-button'); b.click(); b.click(); } true").await;
         page.wait_for(
             &text_of("balance"),
-            json!(format_dollars(before + 3_000_000)),
+            json!(format_dollars(before + 3_000_500)),
         )
         .await;
         actix_rt::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             app.balance_micros(account).await,
-            before + 3_000_000,
+            before + 3_000_500,
             "one adjustment"
         );
         assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
@@ -1121,7 +1123,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
         page.wait_for(
             &text_of("balance"),
-            json!(format_dollars(before + 2_000_000)),
+            json!(format_dollars(before + 2_000_500)),
         )
         .await;
 
@@ -1242,9 +1244,12 @@ fn thousands(value: i64) -> String {
     }
 }
 
-/// Micro-dollars as the console shows them.
+/// Micro-dollars as the console shows them: exactly (at least two
+/// decimals, no trailing zeros beyond them), the dollars in thousands.
 fn format_dollars(micros: i64) -> String {
-    let cents = micros.abs() / 10_000;
+    let exact = sms_credit_actors::Money::from_micros(micros).to_string();
+    let (dollars, decimals) = exact.rsplit_once('.').unwrap();
+    let whole: i64 = dollars.trim_start_matches(['-', '$']).parse().unwrap();
     let sign = if micros < 0 { "-" } else { "" };
-    format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
+    format!("{sign}${}.{decimals}", thousands(whole))
 }

@@ -73,7 +73,7 @@ fn accounts_verify_and_tampering() {
     let shown = run_cli(&directory, &["accounts", "show", &id]);
     assert!(shown.status.success());
     assert!(
-        stdout(&shown).contains("balance $3.75 (3750000 micro-dollars) seq 2"),
+        stdout(&shown).contains("balance $3.75 seq 2"),
         "{}",
         stdout(&shown)
     );
@@ -708,4 +708,50 @@ fn read_only_commands_never_make_a_database() {
     assert!(shown.status.success(), "{shown:?}");
     let verified = run_cli(&directory, &["verify"]);
     assert!(verified.status.success(), "{verified:?}");
+}
+
+on_both_stores!(sync amounts_are_shown_to_the_micro_dollar);
+fn amounts_are_shown_to_the_micro_dollar() {
+    let directory = fresh_directory();
+    let created = run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550402"],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let adjust = |amount: &str, key: &str| {
+        let output = run_cli(
+            &directory,
+            &[
+                "accounts",
+                "adjust",
+                "1",
+                "--amount",
+                amount,
+                "--reason",
+                "exact",
+                "--idempotency-key",
+                key,
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        stdout(&output).trim().to_string()
+    };
+    // Neither -$82.26 (cut) nor -$82.27 (rounded): -$82.266.
+    assert_eq!(
+        adjust("-82.266", "exact-1"),
+        "account 1: -$82.266 (ledger #1), balance -$82.266"
+    );
+    assert_eq!(
+        adjust("1.234", "exact-2"),
+        "account 1: +$1.234 (ledger #2), balance -$81.032"
+    );
+    let shown = stdout(&run_cli(&directory, &["accounts", "show", "1"]));
+    assert!(shown.contains("balance -$81.032"), "{shown}");
+    // The rows are in dollars too, as the header says.
+    assert!(
+        shown.contains("+$1.234") && shown.contains("-$82.266"),
+        "{shown}"
+    );
+    let listed = stdout(&run_cli(&directory, &["accounts", "list"]));
+    assert!(listed.contains("-$81.032"), "{listed}");
 }

@@ -631,7 +631,8 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
     assert!(
         messages[1]
             .body
-            .starts_with("Your SMS credit is low: $0.08 left"),
+            // Exactly: $0.087, not $0.08 (cut short).
+            .starts_with("Your SMS credit is low: $0.087 left"),
         "{}",
         messages[1].body
     );

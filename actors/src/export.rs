@@ -25,7 +25,7 @@ fn text_cell(value: &str) -> String {
 
 /// Dollars as a plain decimal, every significant digit kept.
 fn decimal(amount: crate::money::Money) -> String {
-    amount.precise().replacen('$', "", 1)
+    amount.to_string().replacen('$', "", 1)
 }
 
 /// One ledger row as a CSV line (ending in CRLF).

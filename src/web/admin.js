@@ -9,13 +9,15 @@ const state = { token: null, accountId: null, afterId: 0, query: "", socket: nul
 const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 const TOKEN_KEY = "sms-credit-admin";
 
-// Money arrives as integer micro-dollars: shown to the cent (toward zero),
-// with the exact micro-dollars on hover.
+// Money arrives as integer micro-dollars, shown as the server shows it:
+// exactly, from the digits, with at least two decimals and no trailing zeros
+// beyond them ($2.35, $0.0565, -$82.266), the dollars grouped by thousands;
+// the micro-dollars on hover.
 function dollars(micros, signed) {
-  const negative = micros < 0;
-  const cents = Math.trunc(Math.abs(micros) / 10000);
-  const text = "$" + Math.trunc(cents / 100).toLocaleString("en-US") + "." + String(cents % 100).padStart(2, "0");
-  return (negative ? "-" : signed && micros > 0 ? "+" : "") + text;
+  const digits = String(Math.abs(micros)).padStart(7, "0");
+  const text = "$" + Number(digits.slice(0, -6)).toLocaleString("en-US") + "."
+    + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
+  return (micros < 0 ? "-" : signed && micros > 0 ? "+" : "") + text;
 }
 function money(cell, micros, signed) {
   cell.textContent = dollars(micros, signed);

@@ -65,11 +65,7 @@ impl AdjustCommand {
 fn print_receipt(id: i64, receipt: &Receipt) {
     println!(
         "account {id}: {} (ledger #{}), balance {}{}",
-        if receipt.entry.amount.is_positive() {
-            format!("+{}", receipt.entry.amount)
-        } else {
-            receipt.entry.amount.to_string()
-        },
+        super::show::signed(receipt.entry.amount),
         receipt.entry.seq,
         receipt.entry.balance_after,
         if receipt.replayed {

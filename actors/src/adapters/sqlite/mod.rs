@@ -440,8 +440,15 @@ mod tests {
                 "sms-credit-checkpoints-{}-{checkpoints:?}.db",
                 std::process::id()
             ));
-            let store =
-                SqliteStore::open(&path, checkpoints, 64, 1, Shared::new().unwrap()).unwrap();
+            let store = SqliteStore::open(
+                &path,
+                crate::adapters::IfMissing::Create,
+                checkpoints,
+                64,
+                1,
+                Shared::new().unwrap(),
+            )
+            .unwrap();
             let autocheckpoint: i64 = runtime
                 .block_on(store.write(|connection| {
                     connection

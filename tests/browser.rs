@@ -378,7 +378,10 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
             &format!("/v1/admin/accounts/{account}/adjustments"),
             Some(ADMIN_TOKEN),
             // The second less than a cent, shown to its last digit.
-            Some(json!({"amount_micros": amounts[index], "reason": description, "idempotency_key": format!("phone-{index}")})),
+            Some(
+                json!({"amount_micros": amounts[index], "reason": "phone test",
+                "description": description, "idempotency_key": format!("phone-{index}")}),
+            ),
         )
         .await;
     }
@@ -406,6 +409,12 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     assert!(
         tallest.as_f64().unwrap() <= 2.2,
         "a row takes {tallest} lines on a phone"
+    );
+    // The operator's reasons are never on the holder's page.
+    assert_eq!(
+        page.eval("['test adjustment', 'phone test'].some((reason) => document.body.innerText.includes(reason))")
+            .await,
+        json!(false)
     );
     let png = page.screenshot("account-phone").await;
     assert!(png.len() > 1_000, "a screenshot of the phone-width page");

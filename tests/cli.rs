@@ -291,9 +291,37 @@ fn admin_tools_from_the_command_line() {
     let csv = stdout(&run_cli(&directory, &["accounts", "export", "1"]));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
+    // The holder's description (the neutral one: none was given), then,
+    // last, the operator's reason.
     assert!(
-        lines[1].starts_with("1,1,adjustment,3100000,3.10,3100000,3.10,k1,,\"hello, world\","),
+        lines[1].starts_with("1,1,adjustment,3100000,3.10,3100000,3.10,k1,,Balance adjustment,")
+            && lines[1].ends_with(",\"hello, world\"")
+            && lines[0].ends_with(",description,created_at,reason"),
         "{csv}"
+    );
+    // The operator reads the reason; a description is the holder's.
+    let described = run_cli(
+        &directory,
+        &[
+            "accounts",
+            "adjust",
+            "1",
+            "--amount",
+            "1",
+            "--reason",
+            "ticket 42",
+            "--description",
+            "A thank-you from us",
+            "--idempotency-key",
+            "k2",
+        ],
+    );
+    assert!(described.status.success(), "{described:?}");
+    let shown = stdout(&run_cli(&directory, &["accounts", "show", "1"]));
+    assert!(
+        shown.contains("A thank-you from us (reason: ticket 42)")
+            && shown.contains("Balance adjustment (reason: hello, world)"),
+        "{shown}"
     );
     assert!(!run_cli(&directory, &["accounts", "export", "9"])
         .status

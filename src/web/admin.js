@@ -260,7 +260,9 @@ function ledgerRow(entry, first) {
   cell(row, String(entry.seq), "wide");
   // A row from the API says `created_at`; one from the feed says `at`.
   cell(row, when(entry.created_at || entry.at), "when");
-  cell(row, entry.type + (entry.description ? ": " + entry.description : ""), "wrap");
+  // The holder reads the description; the reason is the operator's alone.
+  cell(row, entry.type + (entry.description ? ": " + entry.description : "")
+    + (entry.reason ? " (reason: " + entry.reason + ")" : ""), "wrap");
   money(cell(row, undefined, "money"), entry.amount_micros, true);
   money(cell(row, undefined, "money"), entry.balance_after_micros !== undefined ? entry.balance_after_micros : entry.balance_micros);
   const rows = $("ledger-rows");
@@ -563,19 +565,22 @@ $("adjust-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const micros = microsOf($("adjust-amount").value);
   const reason = $("adjust-reason").value.trim();
+  const description = $("adjust-description").value.trim();
   if (micros === null || micros === 0) { $("adjust-message").textContent = "Give an amount in dollars and cents, like 5.00 or -2.50."; return; }
-  const what = state.accountId + ":" + micros + ":" + reason;
+  const what = state.accountId + ":" + micros + ":" + reason + ":" + description;
   if (state.adjustFor !== what) { state.adjustFor = what; state.adjustKey = key(); }
   if (!confirm("Adjust account #" + state.accountId + " by " + dollars(micros, true) + "?\nReason: " + reason)) return;
   $("adjust-button").disabled = true;
   try {
     const answer = await api("POST", "/v1/admin/accounts/" + state.accountId + "/adjustments",
-      { amount_micros: micros, reason, idempotency_key: state.adjustKey });
+      Object.assign({ amount_micros: micros, reason, idempotency_key: state.adjustKey },
+        description ? { description } : {}));
     $("adjust-message").textContent = (answer.replayed ? "Already applied: " : "Applied: ") + dollars(micros, true)
       + ", balance " + dollars(answer.transaction.balance_after_micros) + ".";
     state.adjustFor = null;
     $("adjust-amount").value = "";
     $("adjust-reason").value = "";
+    $("adjust-description").value = "";
   } catch (error) {
     $("adjust-message").textContent = problem(error);
   } finally {

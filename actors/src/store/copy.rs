@@ -110,6 +110,7 @@ pub const TABLES: &[Table] = &[
             ("order_id", I),
             ("description", T),
             ("created_at", I),
+            ("reason", T),
         ],
         key: &[0, 1],
         has_id_sequence: false,

@@ -57,7 +57,10 @@ impl ShowCommand {
                 entry.kind.as_str(),
                 signed(entry.amount),
                 entry.balance_after.to_string(),
-                entry.description,
+                match &entry.reason {
+                    Some(reason) => format!("{} (reason: {reason})", entry.description),
+                    None => entry.description.clone(),
+                },
                 entry.idempotency_key
             );
         }

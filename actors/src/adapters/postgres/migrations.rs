@@ -69,6 +69,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V15__backups",
         include_str!("../../../../migrations/postgres/V15__backups.sql"),
     ),
+    (
+        "V17__operator",
+        include_str!("../../../../migrations/postgres/V17__operator.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -103,6 +103,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V24__backups",
         include_str!("../../../../migrations/sqlite/V24__backups.sql"),
     ),
+    (
+        "V26__operator",
+        include_str!("../../../../migrations/sqlite/V26__operator.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

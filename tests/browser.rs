@@ -887,6 +887,22 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         .await
         .unwrap();
 
+    // An endpoint added by a command line whose setting allows loopback,
+    // which this server's does not: flagged on the console.
+    let cli_directory = app.directory.clone();
+    let added = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(["webhooks", "add", "http://127.0.0.1:9/hooks"])
+            .env("SMS_CREDIT_DATABASE", cli_directory.url())
+            .env("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(added.status.success(), "{added:?}");
+
     let browser = Browser::start();
 
     for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
@@ -939,6 +955,11 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             json!("/var/backups/sms-credit/nightly.db · 2 accounts, 3 ledger rows")
         );
         assert_eq!(page.eval(&text_of("backup-list")).await, json!("None."));
+        page.wait_for(
+            "document.getElementById('endpoint-list').textContent.includes('this server does not deliver to it')",
+            json!(true),
+        )
+        .await;
         // The figure links to the list behind it: the account with no credit.
         let (_, attention) = app
             .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)

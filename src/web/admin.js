@@ -220,7 +220,8 @@ async function loadWaiting() {
   hooks.textContent = "";
   endpoints.endpoints.forEach((endpoint) => attentionItem(hooks, null, endpoint.url + " · "
     + (endpoint.enabled ? "enabled" : "disabled" + (endpoint.disabled_reason ? ": " + endpoint.disabled_reason : ""))
-    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")));
+    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")
+    + (endpoint.undeliverable ? " · " + endpoint.undeliverable : "")));
   if (!hooks.firstChild) attentionItem(hooks, null, "No endpoints.");
 }
 

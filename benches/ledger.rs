@@ -491,6 +491,7 @@ fn store_floor(options: &Options, window: Option<usize>) -> f64 {
                         idempotency_key: format!("floor-{number}"),
                         order_id: None,
                         description: String::new(),
+                        reason: None,
                         created_at_ms: 0,
                     },
                     previous,

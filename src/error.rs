@@ -213,6 +213,7 @@ impl ApiError {
                 MessagingError::InProgress => "in_progress",
                 MessagingError::RecipientOptedOut => "recipient_opted_out",
                 MessagingError::NotSent(_) | MessagingError::Refused { .. } => "twilio_error",
+                MessagingError::KeySpent => "idempotency_key_spent",
                 MessagingError::OutcomeUnknown(_) => "send_outcome_unknown",
             },
             ApiError::Sms(SmsError::Busy) => "busy",
@@ -262,7 +263,7 @@ impl ApiError {
                 "Twilio may have taken the message but did not say so: whether it was sent is not known yet. It is charged until settled (within about ten minutes): sent, it stays charged; not sent, its cost is given back. Send the same idempotency key again to learn which (409 in_progress until then); never a new key, which would send it again".to_string()
             }
             ApiError::Messaging(MessagingError::NotSent(_) | MessagingError::Refused { .. }) => {
-                "the carrier did not take the message, and its cost was given back; the X-Request-Id header names it in the server's log".to_string()
+                "the carrier did not take the message, and its cost was given back; to try again, send it with a new idempotency key (this one is spent); the X-Request-Id header names it in the server's log".to_string()
             }
             other => other.to_string(),
         }
@@ -351,9 +352,9 @@ impl ResponseError for ApiError {
                 MessagingError::NumberMismatch { .. }
                 | MessagingError::NoDestination
                 | MessagingError::InvalidKey(_) => StatusCode::BAD_REQUEST,
-                MessagingError::InProgress | MessagingError::RecipientOptedOut => {
-                    StatusCode::CONFLICT
-                }
+                MessagingError::InProgress
+                | MessagingError::RecipientOptedOut
+                | MessagingError::KeySpent => StatusCode::CONFLICT,
                 MessagingError::NotSent(_) | MessagingError::Refused { .. } => {
                     StatusCode::BAD_GATEWAY
                 }

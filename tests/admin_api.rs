@@ -41,7 +41,8 @@ async fn creates_reads_and_adjusts_an_account() {
     assert_eq!(account["phone"], "+14155550100");
     assert_eq!(account["email"], "hiker@example.com");
     assert_eq!(account["balance_micros"], 2_359_999);
-    assert_eq!(account["balance"], "$2.35");
+    // The string shows every micro-dollar (never $2.35 for $2.359999).
+    assert_eq!(account["balance"], "$2.359999");
     assert_eq!(account["seq"], 1);
 }
 
@@ -99,6 +100,17 @@ async fn negative_adjustments_may_go_below_zero() {
     let (_, account) = app.get_admin_account(id).await;
     assert_eq!(account["balance_micros"], -1_500_000);
     assert_eq!(account["balance"], "-$1.50");
+    // A sub-cent part is shown exactly, to the operator and to the holder:
+    // -$82.266, neither -$82.26 (cut) nor -$82.27 (rounded).
+    app.post_adjustment(id, -80_766_000, "more").await;
+    let (_, account) = app.get_admin_account(id).await;
+    assert_eq!(account["balance"], "-$82.266");
+    let token = app.issue_token(id).await;
+    let (status, me) = app
+        .request("GET", "/v1/accounts/me", Some(&token), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(me["balance"], "-$82.266");
 }
 
 on_both_stores!(bad_requests_get_a_clear_error_and_change_nothing);
@@ -429,12 +441,14 @@ async fn admins_list_search_export_verify_and_rotate_tokens() {
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(lines[0].starts_with("account_id,seq,type,amount_micros"));
     assert!(
-        lines[1].contains(",1,adjustment,2500000,2.50,2500000,2.50,csv-1,,test adjustment,"),
+        lines[1].contains(",1,adjustment,2500000,2.50,2500000,2.50,csv-1,,Balance adjustment,")
+            && lines[1].ends_with(",test adjustment"),
         "{}",
         lines[1]
     );
     assert!(
-        lines[2].contains(",-56500,-0.0565,2443500,2.4435,csv-2,,\"'=cmd|' /C calc'!A0, oops\","),
+        lines[2].contains(",-56500,-0.0565,2443500,2.4435,csv-2,,Balance adjustment,")
+            && lines[2].ends_with(",\"'=cmd|' /C calc'!A0, oops\""),
         "{}",
         lines[2]
     );
@@ -617,4 +631,118 @@ async fn an_adjustment_beyond_the_limit_is_refused_naming_it() {
         String::from_utf8_lossy(&cli.stderr).contains("at most $10000.00"),
         "{cli:?}"
     );
+}
+
+on_both_stores!(the_operators_reason_is_never_shown_to_the_holder);
+async fn the_operators_reason_is_never_shown_to_the_holder() {
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550190").await;
+    let token = app.issue_token(id).await;
+    let mut feed = crate::feed::open(
+        &app,
+        &format!("/v1/accounts/{id}/feed"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    assert_eq!(crate::feed::next_json(&mut feed).await["seq"], 0);
+    let mut admin_feed = crate::feed::open_admin_feed(&app).await;
+
+    let adjust = |body: serde_json::Value| {
+        let app = &app;
+        async move {
+            let (status, answer) = app
+                .request(
+                    "POST",
+                    &format!("/v1/admin/accounts/{id}/adjustments"),
+                    Some(ADMIN_TOKEN),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            answer
+        }
+    };
+    // Without a description the holder reads a neutral one; the operator
+    // reads both.
+    let first = adjust(json!({"amount_micros": 1_000_000,
+        "reason": "goodwill: broken promise", "idempotency_key": "r1"}))
+    .await;
+    assert_eq!(
+        first["transaction"]["description"], "Balance adjustment",
+        "{first}"
+    );
+    assert_eq!(first["transaction"]["reason"], "goodwill: broken promise");
+    let second = adjust(
+        json!({"amount_micros": 500_000, "reason": "internal: ticket 42",
+        "description": "A thank-you from us", "idempotency_key": "r2"}),
+    )
+    .await;
+    assert_eq!(second["transaction"]["description"], "A thank-you from us");
+    assert_eq!(second["transaction"]["reason"], "internal: ticket 42");
+
+    // The holder: the API, the account page's rows and the feed.
+    let (status, rows) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{id}/transactions"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let descriptions: Vec<&str> = rows["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(descriptions, ["Balance adjustment", "A thank-you from us"]);
+    let mut holder_saw = rows.to_string();
+    for _ in 0..2 {
+        let event = crate::feed::next_json(&mut feed).await;
+        holder_saw.push_str(&event.to_string());
+    }
+    assert!(holder_saw.contains("A thank-you from us"), "{holder_saw}");
+    for reason in ["goodwill", "ticket 42", "\"reason\""] {
+        assert!(
+            !holder_saw.contains(reason),
+            "the holder reads {reason}: {holder_saw}"
+        );
+    }
+
+    // The operator: the admin API and the admin feed keep the reason.
+    let (_, rows) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{id}/transactions"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let reasons: Vec<&str> = rows["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, ["goodwill: broken promise", "internal: ticket 42"]);
+    let event = crate::feed::next_json(&mut admin_feed).await;
+    assert_eq!(event["reason"], "goodwill: broken promise", "{event}");
+    assert_eq!(event["description"], "Balance adjustment");
+
+    // A description is refused as a reason is: empty or too long.
+    let (status, refused) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{id}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(
+                json!({"amount_micros": 1, "reason": "r", "description": " ",
+                "idempotency_key": "r3"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["error"]["code"], "invalid_description");
 }

@@ -378,7 +378,10 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
             &format!("/v1/admin/accounts/{account}/adjustments"),
             Some(ADMIN_TOKEN),
             // The second less than a cent, shown to its last digit.
-            Some(json!({"amount_micros": amounts[index], "reason": description, "idempotency_key": format!("phone-{index}")})),
+            Some(
+                json!({"amount_micros": amounts[index], "reason": "phone test",
+                "description": description, "idempotency_key": format!("phone-{index}")}),
+            ),
         )
         .await;
     }
@@ -407,6 +410,12 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
         tallest.as_f64().unwrap() <= 2.2,
         "a row takes {tallest} lines on a phone"
     );
+    // The operator's reasons are never on the holder's page.
+    assert_eq!(
+        page.eval("['test adjustment', 'phone test'].some((reason) => document.body.innerText.includes(reason))")
+            .await,
+        json!(false)
+    );
     let png = page.screenshot("account-phone").await;
     assert!(png.len() > 1_000, "a screenshot of the phone-width page");
 
@@ -428,9 +437,10 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     .await;
     app.post_adjustment(account, 2_000_000, "after-restart")
         .await;
+    // The balance to its last micro-dollar (the $0.00435 above), not $8.26.
     page.wait_for(
         "document.getElementById('balance').textContent",
-        json!("$8.26"),
+        json!("$8.26435"),
     )
     .await;
     assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
@@ -933,6 +943,22 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         .await
         .unwrap();
 
+    // An endpoint added by a command line whose setting allows loopback,
+    // which this server's does not: flagged on the console.
+    let cli_directory = app.directory.clone();
+    let added = actix_rt::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(["webhooks", "add", "http://127.0.0.1:9/hooks"])
+            .env("SMS_CREDIT_DATABASE", cli_directory.url())
+            .env("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(added.status.success(), "{added:?}");
+
     let browser = Browser::start();
 
     for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
@@ -985,6 +1011,11 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             json!("/var/backups/sms-credit/nightly.db · 2 accounts, 3 ledger rows")
         );
         assert_eq!(page.eval(&text_of("backup-list")).await, json!("None."));
+        page.wait_for(
+            "document.getElementById('endpoint-list').textContent.includes('this server does not deliver to it')",
+            json!(true),
+        )
+        .await;
         // The figure links to the list behind it: the account with no credit.
         let (_, attention) = app
             .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)
@@ -1086,7 +1117,8 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
                     "adjust",
                     &account.to_string(),
                     "--amount",
-                    "1.00",
+                    // Less than a cent beside the dollar: shown exactly.
+                    "1.0005",
                     "--reason",
                     "cli",
                     "--idempotency-key",
@@ -1103,7 +1135,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         );
         page.wait_for(
             &text_of("balance"),
-            json!(format_dollars(before + 1_000_000)),
+            json!(format_dollars(before + 1_000_500)),
         )
         .await;
 
@@ -1111,13 +1143,13 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         page.eval("document.getElementById('adjust-amount').value = '2.00'; document.getElementById('adjust-reason').value = 'goodwill from the console'; { const b = document.getElementById('adjust-button'); b.click(); b.click(); } true").await;
         page.wait_for(
             &text_of("balance"),
-            json!(format_dollars(before + 3_000_000)),
+            json!(format_dollars(before + 3_000_500)),
         )
         .await;
         actix_rt::time::sleep(Duration::from_millis(500)).await;
         assert_eq!(
             app.balance_micros(account).await,
-            before + 3_000_000,
+            before + 3_000_500,
             "one adjustment"
         );
         assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
@@ -1177,7 +1209,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
         page.wait_for(
             &text_of("balance"),
-            json!(format_dollars(before + 2_000_000)),
+            json!(format_dollars(before + 2_000_500)),
         )
         .await;
 
@@ -1298,9 +1330,12 @@ fn thousands(value: i64) -> String {
     }
 }
 
-/// Micro-dollars as the console shows them.
+/// Micro-dollars as the console shows them: exactly (at least two
+/// decimals, no trailing zeros beyond them), the dollars in thousands.
 fn format_dollars(micros: i64) -> String {
-    let cents = micros.abs() / 10_000;
+    let exact = sms_credit_actors::Money::from_micros(micros).to_string();
+    let (dollars, decimals) = exact.rsplit_once('.').unwrap();
+    let whole: i64 = dollars.trim_start_matches(['-', '$']).parse().unwrap();
     let sign = if micros < 0 { "-" } else { "" };
-    format!("{sign}${}.{:02}", thousands(cents / 100), cents % 100)
+    format!("{sign}${}.{decimals}", thousands(whole))
 }

@@ -73,7 +73,7 @@ fn accounts_verify_and_tampering() {
     let shown = run_cli(&directory, &["accounts", "show", &id]);
     assert!(shown.status.success());
     assert!(
-        stdout(&shown).contains("balance $3.75 (3750000 micro-dollars) seq 2"),
+        stdout(&shown).contains("balance $3.75 seq 2"),
         "{}",
         stdout(&shown)
     );
@@ -175,6 +175,7 @@ fn malformed_configuration_names_the_variable() {
 on_both_stores!(sync pricing_mode_and_discount_codes_from_the_command_line);
 fn pricing_mode_and_discount_codes_from_the_command_line() {
     let directory = fresh_directory();
+    assert!(run_cli(&directory, &["migrate"]).status.success());
     assert_eq!(
         stdout(&run_cli(&directory, &["pricing"])).trim(),
         "pricing: launch at $29.99"
@@ -290,9 +291,37 @@ fn admin_tools_from_the_command_line() {
     let csv = stdout(&run_cli(&directory, &["accounts", "export", "1"]));
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(lines.len(), 2, "{csv}");
+    // The holder's description (the neutral one: none was given), then,
+    // last, the operator's reason.
     assert!(
-        lines[1].starts_with("1,1,adjustment,3100000,3.10,3100000,3.10,k1,,\"hello, world\","),
+        lines[1].starts_with("1,1,adjustment,3100000,3.10,3100000,3.10,k1,,Balance adjustment,")
+            && lines[1].ends_with(",\"hello, world\"")
+            && lines[0].ends_with(",description,created_at,reason"),
         "{csv}"
+    );
+    // The operator reads the reason; a description is the holder's.
+    let described = run_cli(
+        &directory,
+        &[
+            "accounts",
+            "adjust",
+            "1",
+            "--amount",
+            "1",
+            "--reason",
+            "ticket 42",
+            "--description",
+            "A thank-you from us",
+            "--idempotency-key",
+            "k2",
+        ],
+    );
+    assert!(described.status.success(), "{described:?}");
+    let shown = stdout(&run_cli(&directory, &["accounts", "show", "1"]));
+    assert!(
+        shown.contains("A thank-you from us (reason: ticket 42)")
+            && shown.contains("Balance adjustment (reason: hello, world)"),
+        "{shown}"
     );
     assert!(!run_cli(&directory, &["accounts", "export", "9"])
         .status
@@ -623,4 +652,134 @@ fn every_setting_is_in_help_and_in_the_readme_and_nothing_else_is() {
         stray.is_empty(),
         "the README's table names variables that are not settings: {stray:?}"
     );
+}
+
+/// What a test database holds: the files in its directory (SQLite) or its
+/// tables (Postgres), to see that nothing was made.
+fn what_the_database_holds(directory: &crate::database::TestDatabase) -> String {
+    match crate::database::current_store() {
+        crate::database::StoreKind::Sqlite => {
+            let mut names: Vec<String> = std::fs::read_dir(directory.path())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(", ")
+        }
+        crate::database::StoreKind::Postgres => {
+            let tables = directory.number(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            );
+            if tables == 0 {
+                String::new()
+            } else {
+                format!("{tables} tables")
+            }
+        }
+    }
+}
+
+on_both_stores!(sync read_only_commands_never_make_a_database);
+fn read_only_commands_never_make_a_database() {
+    let directory = fresh_directory();
+    // The database's name as messages show it (a Postgres URL without its
+    // password): its last part.
+    let name = directory.url().rsplit('/').next().unwrap().to_string();
+    let read_only: &[&[&str]] = &[
+        &["accounts", "show", "1"],
+        &["accounts", "list"],
+        &["accounts", "list", "--json"],
+        &["accounts", "export", "1"],
+        &["accounts", "token", "list", "1"],
+        &["accounts", "auto-top-up", "1"],
+        &[
+            "accounts",
+            "adjust",
+            "1",
+            "--amount",
+            "1",
+            "--reason",
+            "r",
+            "--idempotency-key",
+            "k",
+        ],
+        &["pricing"],
+        &["verify"],
+        &["verify", "--json"],
+        &["stripe-events"],
+        &["reconcile"],
+        &["discount-codes", "list"],
+        &["webhooks", "list"],
+        &["orders", "refunds", "1"],
+    ];
+    for arguments in read_only {
+        let output = run_cli(&directory, arguments);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{arguments:?}: {output:?}");
+        assert!(
+            stderr.contains(&name) && stderr.contains("no sms-credit database"),
+            "{arguments:?} should say there is no database at {name}: {stderr}"
+        );
+        assert_eq!(
+            what_the_database_holds(&directory),
+            "",
+            "{arguments:?} made a database"
+        );
+    }
+    // A command that creates something makes it.
+    let created = run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550401"],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let shown = run_cli(&directory, &["accounts", "show", "1"]);
+    assert!(shown.status.success(), "{shown:?}");
+    let verified = run_cli(&directory, &["verify"]);
+    assert!(verified.status.success(), "{verified:?}");
+}
+
+on_both_stores!(sync amounts_are_shown_to_the_micro_dollar);
+fn amounts_are_shown_to_the_micro_dollar() {
+    let directory = fresh_directory();
+    let created = run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550402"],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let adjust = |amount: &str, key: &str| {
+        let output = run_cli(
+            &directory,
+            &[
+                "accounts",
+                "adjust",
+                "1",
+                "--amount",
+                amount,
+                "--reason",
+                "exact",
+                "--idempotency-key",
+                key,
+            ],
+        );
+        assert!(output.status.success(), "{output:?}");
+        stdout(&output).trim().to_string()
+    };
+    // Neither -$82.26 (cut) nor -$82.27 (rounded): -$82.266.
+    assert_eq!(
+        adjust("-82.266", "exact-1"),
+        "account 1: -$82.266 (ledger #1), balance -$82.266"
+    );
+    assert_eq!(
+        adjust("1.234", "exact-2"),
+        "account 1: +$1.234 (ledger #2), balance -$81.032"
+    );
+    let shown = stdout(&run_cli(&directory, &["accounts", "show", "1"]));
+    assert!(shown.contains("balance -$81.032"), "{shown}");
+    // The rows are in dollars too, as the header says.
+    assert!(
+        shown.contains("+$1.234") && shown.contains("-$82.266"),
+        "{shown}"
+    );
+    let listed = stdout(&run_cli(&directory, &["accounts", "list"]));
+    assert!(listed.contains("-$81.032"), "{listed}");
 }

@@ -191,3 +191,94 @@ async fn a_source_in_use_is_refused() {
     );
     drop(server);
 }
+
+/// What a target holds after a refused copy: nothing at all (no SQLite
+/// file beside it, no tables in Postgres).
+fn left_behind(target: &TestDatabase) -> String {
+    match target.location().sqlite_path() {
+        Some(path) => {
+            let mut names: Vec<String> = std::fs::read_dir(path.parent().unwrap())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names.join(", ")
+        }
+        None => match target
+            .number("SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'")
+        {
+            0 => String::new(),
+            tables => format!("{tables} tables"),
+        },
+    }
+}
+
+#[test]
+fn after_a_crash_copy_says_it_waits_for_a_stale_heartbeat_and_leaves_nothing() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550993"])
+            .status
+            .success()
+    );
+    // A server that crashed 5 s ago: its heartbeat is still fresh.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    source.execute(&format!(
+        "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ('crashed-1', 0, {})",
+        now_ms - 5_000
+    ));
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        let target = TestDatabase::of(kind);
+        let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(["copy", "--from", source.url(), "--to", target.url()])
+            .env("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "40")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!refused.status.success(), "{refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        // Who, since when, until when, and what governs it (a second may
+        // pass between the heartbeat written and the copy's look).
+        for said in [
+            &["crashed-1"][..],
+            &["last heartbeat 5 s ago", "last heartbeat 6 s ago"],
+            &["in 35 s", "in 34 s"],
+            &["instance_timeout_secs"],
+            &["SMS_CREDIT_INSTANCE_TIMEOUT_SECS"],
+        ] {
+            assert!(
+                said.iter().any(|said| stderr.contains(said)),
+                "{kind:?}: {said:?} in {stderr}"
+            );
+        }
+        assert_eq!(
+            left_behind(&target),
+            "",
+            "{kind:?}: a refused copy made this"
+        );
+    }
+    // Once the heartbeat is older than the timeout, the copy goes ahead.
+    source.execute(&format!(
+        "UPDATE instances SET heartbeat_at = {}",
+        now_ms - 50_000
+    ));
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let copied = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["copy", "--from", source.url(), "--to", target.url()])
+        .env("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "40")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(copied.status.success(), "{copied:?}");
+    // A source that does not exist is refused, and makes nothing either.
+    let missing = TestDatabase::of(StoreKind::Sqlite);
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let refused = copy(&missing, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    assert_eq!(left_behind(&missing), "");
+    assert_eq!(left_behind(&target), "");
+}

@@ -112,7 +112,9 @@ async fn the_feed_sends_the_snapshot_then_each_committed_change_in_order() {
         assert_eq!(event["type"], "adjustment");
         assert_eq!(event["amount_micros"], amount);
         assert_eq!(event["balance_micros"], balance);
-        assert_eq!(event["description"], "test adjustment");
+        // The holder reads the neutral description, never the reason.
+        assert_eq!(event["description"], "Balance adjustment");
+        assert!(event.get("reason").is_none(), "{event}");
         assert!(event["at"].as_str().unwrap().ends_with('Z'));
     }
     feed.send(ws::Message::Close(None)).await.unwrap();

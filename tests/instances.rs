@@ -112,6 +112,12 @@ async fn definitive(
         match answered {
             Some((status, json)) if status == StatusCode::OK => return (status, json),
             Some((status, json)) if status == StatusCode::BAD_GATEWAY => return (status, json),
+            // Not sent, on an earlier try of this body: as definitive.
+            Some((StatusCode::CONFLICT, json))
+                if json["error"]["code"] == "idempotency_key_spent" =>
+            {
+                return (StatusCode::CONFLICT, json)
+            }
             // Reserved by an instance that died: its recovery decides.
             Some((StatusCode::CONFLICT, json)) if json["error"]["code"] == "in_progress" => {
                 actix_rt::time::sleep(Duration::from_millis(100)).await;

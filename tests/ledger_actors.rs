@@ -972,6 +972,7 @@ async fn a_failed_read_of_what_a_changes_events_need_does_not_refuse_the_change(
                 amount: Money::from_micros(-1_000_000),
                 idempotency_key: key("take"),
                 reason: "correction".into(),
+                description: None,
             },
         )
         .await;

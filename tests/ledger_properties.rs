@@ -167,6 +167,7 @@ fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
                                     amount,
                                     idempotency_key,
                                     reason: String::new(),
+                                    description: None,
                                 },
                             )
                             .await

@@ -64,7 +64,9 @@ fn a_database_of_an_earlier_release_is_adopted_without_being_rebuilt() {
                 "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550123', 'active', 0);
                  INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, created_at)
                       VALUES (1, 1, 'credit', 2500000, 2500000, 'opening', 0);
-                 INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 2500000, 1, 0);
+                 INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, description, created_at)
+                      VALUES (1, 2, 'adjustment', 500000, 3000000, 'goodwill-1', 'goodwill: broken promise', 0);
+                 INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 3000000, 2, 0);
                  INSERT INTO stripe_events (event_id, event_type, received_at, payload)
                       VALUES ('evt_old', 'charge.refunded', 0,
                               '{\"kind\":\"charge_refunded\",\"charge_id\":\"ch_1\",\"payment_intent_id\":\"pi_1\",\"amount_refunded_cents\":100}');",
@@ -84,7 +86,17 @@ fn a_database_of_an_earlier_release_is_adopted_without_being_rebuilt() {
     let verified = run_cli(&directory, &["verify"]);
     assert!(verified.status.success(), "{verified:?}");
     let shown = run_cli(&directory, &["accounts", "show", "1"]);
-    assert!(stdout(&shown).contains("2500000"), "{shown:?}");
+    assert!(stdout(&shown).contains("balance $3.00"), "{shown:?}");
+    // An adjustment made before kept the operator's reason as what the
+    // holder reads: the reason is the operator's now, and the holder reads
+    // the neutral description.
+    assert_eq!(
+        directory.number(
+            "SELECT COUNT(*) FROM transactions WHERE seq = 2 \
+             AND reason = 'goodwill: broken promise' AND description = 'Balance adjustment'"
+        ),
+        1
+    );
     let waiting = run_cli(
         &directory,
         &["stripe-events", "--status", "waiting", "--json"],

@@ -81,6 +81,7 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
             amount: Money::from_micros(1),
             idempotency_key: IdempotencyKey::parse("warm").unwrap(),
             reason: "ahead of the second process".into(),
+            description: None,
         };
         first.registry.send(*account, adjust).await.unwrap();
     }
@@ -93,6 +94,7 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
                     idempotency_key: IdempotencyKey::parse(&format!("{core_name}-{round}"))
                         .unwrap(),
                     reason: "contended".into(),
+                    description: None,
                 };
                 requests.push(core.registry.send(*account, adjust));
             }
@@ -124,6 +126,7 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
         amount: Money::from_micros(1_000),
         idempotency_key: IdempotencyKey::parse("a-7").unwrap(),
         reason: "contended".into(),
+        description: None,
     };
     let receipt = second.registry.send(accounts[0], again).await.unwrap();
     assert!(receipt.replayed);
@@ -170,7 +173,8 @@ async fn a_cli_write_reaches_the_servers_balance_feed() {
     assert_eq!(change["seq"], 2);
     assert_eq!(change["amount_micros"], 250_000);
     assert_eq!(change["balance_micros"], 1_250_000);
-    assert_eq!(change["description"], "goodwill");
+    // The holder's feed: the neutral description, not the operator's reason.
+    assert_eq!(change["description"], "Balance adjustment");
 }
 
 on_both_stores!(a_live_actor_learns_of_another_processs_write_without_writing);
@@ -186,6 +190,7 @@ async fn a_live_actor_learns_of_another_processs_write_without_writing() {
         amount: Money::from_micros(700_000),
         idempotency_key: IdempotencyKey::parse("first-1").unwrap(),
         reason: "from the first process".into(),
+        description: None,
     };
     first.registry.send(account, adjust).await.unwrap();
     // Within the watcher's poll (100 ms), the second process's actor has
@@ -209,6 +214,7 @@ async fn a_live_actor_learns_of_another_processs_write_without_writing() {
         amount: Money::from_micros(-200_000),
         idempotency_key: IdempotencyKey::parse("second-1").unwrap(),
         reason: "from the second process".into(),
+        description: None,
     };
     let receipt = second.registry.send(account, adjust).await.unwrap();
     assert_eq!(receipt.entry.seq, 2);

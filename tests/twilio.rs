@@ -627,7 +627,8 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
     assert!(
         messages[1]
             .body
-            .starts_with("Your SMS credit is low: $0.08 left"),
+            // Exactly: $0.087, not $0.08 (cut short).
+            .starts_with("Your SMS credit is low: $0.087 left"),
         "{}",
         messages[1].body
     );
@@ -663,6 +664,28 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
         (status, failed["error"]["code"].as_str()),
         (StatusCode::BAD_GATEWAY, Some("twilio_error"))
     );
+    assert_eq!(app.balance_micros(account).await, 1_087_000);
+    // The same key again: not the same 502 (which reads as "try again"),
+    // but a code of its own saying that the key is spent and a new one is
+    // needed; nothing is sent or charged, whatever Twilio would do now.
+    fake.set_mode(SendMode::Accept);
+    let sent_before = fake.sent().len();
+    let (status, spent) = app
+        .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-3"}))
+        .await;
+    assert_eq!(
+        (status, spent["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("idempotency_key_spent")),
+        "{spent}"
+    );
+    assert!(
+        spent["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("new idempotency key"),
+        "{spent}"
+    );
+    assert_eq!(fake.sent().len(), sent_before, "nothing sent");
     assert_eq!(app.balance_micros(account).await, 1_087_000);
     fake.set_mode(SendMode::ServerError);
     let (status, failed) = app

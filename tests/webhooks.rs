@@ -930,7 +930,6 @@ fn endpoints_are_managed_from_the_command_line() {
         assert!(!output.status.success(), "{arguments:?}");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(stderr.contains(says), "{arguments:?}: {stderr}");
-        assert!(!stderr.contains("SMS_CREDIT_"), "{stderr}");
     }
     assert_eq!(
         cli_json(&directory, &["webhooks", "list", "--json"]),
@@ -2018,4 +2017,91 @@ fn the_readme_and_the_api_list_every_event_type() {
             "{schema}: events may be left out"
         );
     }
+}
+
+on_both_stores!(sync an_endpoint_the_server_will_not_deliver_to_is_named_flagged_and_logged);
+/// `webhooks_allow_private` is each process's own setting: an endpoint added
+/// by a command line that has it, on a database whose server has not, is
+/// told of at its creation, flagged by the server's API (and console), and
+/// each delivery the server refuses for its URL is logged.
+fn an_endpoint_the_server_will_not_deliver_to_is_named_flagged_and_logged() {
+    let directory = fresh_directory();
+    // Refused: the refusal names the setting that would allow it.
+    let refused =
+        crate::helpers::run_cli(&directory, &["webhooks", "add", "http://127.0.0.1:9/hooks"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("webhooks_allow_private")
+            && stderr.contains("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE"),
+        "{stderr}"
+    );
+    // Allowed in the command line's environment: added, with a warning
+    // that servers deliver to it only when they allow it too.
+    let added = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["webhooks", "add", "http://127.0.0.1:9/hooks"])
+        .env("SMS_CREDIT_DATABASE", directory.url())
+        .env("SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE", "true")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let text = String::from_utf8_lossy(&added.stdout);
+    assert!(
+        text.contains("warning:") && text.contains("webhooks_allow_private"),
+        "{text}"
+    );
+    let id = text.split_whitespace().next().unwrap().to_string();
+
+    // A server without the setting: its API flags the endpoint.
+    let server = crate::helpers::ServerProcess::start(&directory, &[]);
+    let client = reqwest_like_get(&server.url("/v1/admin/webhook-endpoints"));
+    let endpoint = &client["endpoints"][0];
+    assert_eq!(endpoint["id"], id.as_str());
+    let flag = endpoint["undeliverable"].as_str().unwrap_or_default();
+    assert!(
+        flag.contains("https://") && flag.contains("webhooks_allow_private"),
+        "{endpoint}"
+    );
+    // A delivery it refuses for its URL is logged, naming the endpoint.
+    let tested = crate::helpers::run_cli(&directory, &["webhooks", "test", &id]);
+    assert!(tested.status.success(), "{tested:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let deliveries = cli_json(&directory, &["webhooks", "deliveries", &id, "--json"]);
+        if deliveries.as_array().is_some_and(|tries| !tries.is_empty()) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a try of the test delivery within 30 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = server.stop_and_read_log();
+    assert!(
+        log.iter().any(|line| line.contains("WARN")
+            && line.contains(&id)
+            && line.contains("webhooks_allow_private")),
+        "{log:#?}"
+    );
+}
+
+/// GET with the admin token from a thread outside any runtime: the body
+/// as JSON.
+fn reqwest_like_get(url: &str) -> Value {
+    let url = url.to_string();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let mut response = awc::Client::new()
+                .get(url)
+                .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()
+        })
+    })
+    .join()
+    .unwrap()
 }

@@ -129,13 +129,21 @@ pub enum TakenBack {
     Nothing { refunded_before: Money },
 }
 
+/// What the account holder reads of an adjustment given no description of
+/// its own: neutral, whatever the operator's reason.
+pub const ADJUSTMENT_DESCRIPTION: &str = "Balance adjustment";
+
 /// An administrator's correction, signed; may take the balance below zero.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<Receipt, LedgerError>")]
 pub struct Adjust {
     pub amount: Money,
     pub idempotency_key: IdempotencyKey,
+    /// Why, in the operator's words: kept with the row for the operator,
+    /// never shown to the account holder.
     pub reason: String,
+    /// What the account holder reads; `None` is [`ADJUSTMENT_DESCRIPTION`].
+    pub description: Option<String>,
 }
 
 /// The committed snapshot: balance, ledger position and warning cooldown.
@@ -272,6 +280,7 @@ impl Retry {
                 amount: entry.amount,
                 idempotency_key: key,
                 description: entry.description,
+                reason: entry.reason,
                 order_id: entry.order_id,
                 hints: in_flight.hints,
             },
@@ -301,7 +310,10 @@ struct Mutation {
     /// Signed as it will stand in the ledger.
     amount: Money,
     idempotency_key: IdempotencyKey,
+    /// What the account holder reads.
     description: String,
+    /// The operator's own words (adjustments), never shown to the holder.
+    reason: Option<String>,
     order_id: Option<i64>,
     /// What its webhook events need beyond the row; most have none.
     hints: Option<Box<Hints>>,
@@ -1102,6 +1114,7 @@ impl AccountActor {
             idempotency_key: mutation.idempotency_key.as_str().to_string(),
             order_id: mutation.order_id,
             description: mutation.description,
+            reason: mutation.reason,
             created_at_ms: now_ms,
         };
         // What is committed, read before the working state moves on.
@@ -1572,6 +1585,7 @@ impl Handler<Credit> for AccountActor {
                 amount: message.amount,
                 idempotency_key: message.idempotency_key,
                 description: message.description,
+                reason: None,
                 order_id: message.order_id,
                 hints: Hints::boxed(None, message.event),
             },
@@ -1593,6 +1607,7 @@ impl Handler<Debit> for AccountActor {
                 amount: -message.amount,
                 idempotency_key: message.idempotency_key,
                 description: message.description,
+                reason: None,
                 order_id: None,
                 hints: Hints::boxed(message.one_segment, None),
             },
@@ -1616,6 +1631,7 @@ impl Handler<Refund> for AccountActor {
                 amount: message.amount,
                 idempotency_key: message.idempotency_key,
                 description: message.description,
+                reason: None,
                 order_id: message.order_id,
                 hints: Hints::boxed(None, message.event),
             },
@@ -1647,6 +1663,7 @@ impl Handler<TakeBack> for AccountActor {
                 amount: Money::ZERO,
                 idempotency_key: message.idempotency_key,
                 description: message.description,
+                reason: None,
                 order_id: Some(order_id),
                 hints: Some(Box::new(Hints {
                     take_back: Some(TakeBackPlan {
@@ -1683,7 +1700,10 @@ impl Handler<Adjust> for AccountActor {
                 kind: TransactionKind::Adjustment,
                 amount: message.amount,
                 idempotency_key: message.idempotency_key,
-                description: message.reason,
+                description: message
+                    .description
+                    .unwrap_or_else(|| ADJUSTMENT_DESCRIPTION.to_string()),
+                reason: Some(message.reason),
                 order_id: None,
                 hints: None,
             },

@@ -5,8 +5,10 @@
 use crate::clock::format_rfc3339_ms;
 use crate::ledger::LedgerEntry;
 
-/// The header row.
-pub const CSV_HEADER: &str = "account_id,seq,type,amount_micros,amount,balance_after_micros,balance_after,idempotency_key,order_id,description,created_at\r\n";
+/// The header row. `description` is what the account holder reads;
+/// `reason`, last (so that the earlier columns keep their places), the
+/// operator's reason for an adjustment.
+pub const CSV_HEADER: &str = "account_id,seq,type,amount_micros,amount,balance_after_micros,balance_after,idempotency_key,order_id,description,created_at,reason\r\n";
 
 /// One text cell: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'` so it
 /// stays text; a cell with a comma, quote or line break is quoted.
@@ -25,13 +27,13 @@ fn text_cell(value: &str) -> String {
 
 /// Dollars as a plain decimal, every significant digit kept.
 fn decimal(amount: crate::money::Money) -> String {
-    amount.precise().replacen('$', "", 1)
+    amount.to_string().replacen('$', "", 1)
 }
 
 /// One ledger row as a CSV line (ending in CRLF).
 pub fn csv_row(entry: &LedgerEntry) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{}\r\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
         entry.account_id,
         entry.seq,
         entry.kind,
@@ -43,6 +45,7 @@ pub fn csv_row(entry: &LedgerEntry) -> String {
         entry.order_id.map(|id| id.to_string()).unwrap_or_default(),
         text_cell(&entry.description),
         format_rfc3339_ms(entry.created_at_ms),
+        text_cell(entry.reason.as_deref().unwrap_or_default()),
     )
 }
 
@@ -63,11 +66,12 @@ mod tests {
             idempotency_key: "msg:12".to_string(),
             order_id: None,
             description: "=HYPERLINK(\"x\"), then more".to_string(),
+            reason: None,
             created_at_ms: 0,
         };
         assert_eq!(
             csv_row(&entry),
-            "3,7,debit,-56500,-0.0565,1943500,1.9435,msg:12,,\"'=HYPERLINK(\"\"x\"\"), then more\",1970-01-01T00:00:00.000Z\r\n"
+            "3,7,debit,-56500,-0.0565,1943500,1.9435,msg:12,,\"'=HYPERLINK(\"\"x\"\"), then more\",1970-01-01T00:00:00.000Z,\r\n"
         );
         assert_eq!(text_cell("plain"), "plain");
         assert_eq!(text_cell("line\nbreak"), "\"line\nbreak\"");

@@ -228,6 +228,7 @@ mod tests {
             idempotency_key: format!("k{seq}"),
             order_id: None,
             description: String::new(),
+            reason: None,
             created_at_ms: 0,
         })
     }

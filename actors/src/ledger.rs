@@ -249,7 +249,12 @@ pub struct LedgerEntry {
     pub balance_after: Money,
     pub idempotency_key: String,
     pub order_id: Option<i64>,
+    /// What the account holder reads of the row.
     pub description: String,
+    /// The operator's reason (adjustments; `None` for other rows): for the
+    /// operator's eyes only, never in what an account token, the account
+    /// page or the holder's feed is shown.
+    pub reason: Option<String>,
     /// Unix time in milliseconds.
     pub created_at_ms: i64,
 }

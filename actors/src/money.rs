@@ -140,24 +140,6 @@ impl Money {
     }
 }
 
-impl Money {
-    /// Shows the exact amount, with at least two decimals and no trailing
-    /// zeros beyond them: `$0.0565`, `$0.113`, `$10.00`, `-$0.000001`.
-    pub fn precise(self) -> String {
-        let sign = if self.0 < 0 { "-" } else { "" };
-        let magnitude = self.0.unsigned_abs();
-        let dollars = magnitude / MICROS_PER_DOLLAR as u64;
-        let fraction = format!("{:06}", magnitude % MICROS_PER_DOLLAR as u64);
-        let trimmed = fraction.trim_end_matches('0');
-        let decimals = if trimmed.len() < 2 {
-            &fraction[..2]
-        } else {
-            trimmed
-        };
-        format!("{sign}${dollars}.{decimals}")
-    }
-}
-
 impl Neg for Money {
     type Output = Money;
 
@@ -168,13 +150,24 @@ impl Neg for Money {
     }
 }
 
-/// Shows dollars and cents, rounded toward zero to the cent: `$2.35`, `-$0.05`.
+/// The one way an amount is shown, wherever it is (the command line, the
+/// API's strings, replies, CSV; the pages' scripts follow the same rule):
+/// exactly, with at least two decimals and no trailing zeros beyond them.
+/// Whole cents look as cents do (`$2.35`, `$10.00`); a sub-cent part is
+/// shown, never cut or rounded away (`$0.0565`, `-$82.266`, `-$0.000001`).
 impl fmt::Display for Money {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let cents = self.0 / MICROS_PER_CENT;
-        let sign = if cents < 0 { "-" } else { "" };
-        let cents = cents.unsigned_abs();
-        write!(formatter, "{sign}${}.{:02}", cents / 100, cents % 100)
+        let sign = if self.0 < 0 { "-" } else { "" };
+        let magnitude = self.0.unsigned_abs();
+        let dollars = magnitude / MICROS_PER_DOLLAR as u64;
+        let fraction = format!("{:06}", magnitude % MICROS_PER_DOLLAR as u64);
+        let trimmed = fraction.trim_end_matches('0');
+        let decimals = if trimmed.len() < 2 {
+            &fraction[..2]
+        } else {
+            trimmed
+        };
+        write!(formatter, "{sign}${dollars}.{decimals}")
     }
 }
 
@@ -183,23 +176,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn display_rounds_toward_zero_to_the_cent() {
-        assert_eq!(Money::from_micros(2_359_999).to_string(), "$2.35");
-        assert_eq!(Money::from_micros(-2_359_999).to_string(), "-$2.35");
-        assert_eq!(Money::from_micros(56_500).to_string(), "$0.05");
-        assert_eq!(Money::from_micros(-9_999).to_string(), "$0.00");
+    fn display_shows_a_sub_cent_part_exactly_and_cents_as_cents() {
+        assert_eq!(Money::from_micros(2_359_999).to_string(), "$2.359999");
+        assert_eq!(Money::from_micros(-2_359_999).to_string(), "-$2.359999");
+        assert_eq!(Money::from_micros(-82_266_000).to_string(), "-$82.266");
+        assert_eq!(Money::from_micros(56_500).to_string(), "$0.0565");
+        assert_eq!(Money::from_micros(-9_999).to_string(), "-$0.009999");
         assert_eq!(Money::ZERO.to_string(), "$0.00");
         assert_eq!(Money::from_micros(10_000_000).to_string(), "$10.00");
+        assert_eq!(Money::from_micros(2_350_000).to_string(), "$2.35");
     }
 
     #[test]
-    fn precise_shows_every_micro_dollar() {
-        assert_eq!(Money::from_micros(56_500).precise(), "$0.0565");
-        assert_eq!(Money::from_micros(113_000).precise(), "$0.113");
-        assert_eq!(Money::from_micros(10_000_000).precise(), "$10.00");
-        assert_eq!(Money::from_micros(-1).precise(), "-$0.000001");
+    fn display_shows_every_micro_dollar() {
+        assert_eq!(Money::from_micros(113_000).to_string(), "$0.113");
+        assert_eq!(Money::from_micros(-1).to_string(), "-$0.000001");
         assert_eq!(
-            Money::from_micros(i64::MIN).precise(),
+            Money::from_micros(i64::MIN).to_string(),
             "-$9223372036854.775808"
         );
     }

@@ -3,11 +3,14 @@
 
 use clap::Args;
 use serde_json::{json, Value};
-use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
+use sms_credit_actors::adapters::{self, DatabaseLocation, IfMissing, StoreSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::store::{copy, Store};
 
+use std::path::Path;
+
 use super::output::print_json;
+use crate::config::Settings;
 
 #[derive(Args, Debug)]
 pub struct CopyCommand {
@@ -32,28 +35,58 @@ fn parse(name: &str, text: &str) -> Result<DatabaseLocation, String> {
     DatabaseLocation::parse(text).map_err(|error| format!("--{name}: {error}"))
 }
 
-fn open(location: &DatabaseLocation) -> Result<Store, String> {
-    adapters::open(&StoreSettings::new(location.clone()))
-        .map_err(|error| format!("{location}: {error}"))
+fn open(location: &DatabaseLocation, if_missing: IfMissing) -> Result<Store, String> {
+    let settings = StoreSettings {
+        if_missing,
+        ..StoreSettings::new(location.clone())
+    };
+    adapters::open(&settings).map_err(|error| format!("{location}: {error}"))
+}
+
+/// Removes an SQLite file this command made, with its write-ahead log
+/// and shared memory, so that a refused or failed copy leaves nothing.
+fn remove_made(path: &Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut file = path.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(&file);
+    }
 }
 
 impl CopyCommand {
-    pub fn run(self) -> Result<(), String> {
+    /// Every refusal (the same database, a source that does not exist or
+    /// that instances use, a target that holds data) is decided before
+    /// anything is made; an SQLite target this command made is removed
+    /// again if the copy fails.
+    pub fn run(self, settings: &Settings) -> Result<(), String> {
         let (source, target) = (parse("from", &self.from)?, parse("to", &self.to)?);
         if source == target {
             return Err("--from and --to are the same database".to_string());
         }
-        if let Some(path) = source.sqlite_path() {
-            if !path.exists() {
-                return Err(format!("--from: {} does not exist", path.display()));
-            }
-        }
-        actix_rt::System::new().block_on(async move {
-            let (source_store, target_store) = (open(&source)?, open(&target)?);
-            let report = copy::copy(&source_store, &target_store, SystemClock.now_ms())
+        let timeout_ms = sms_credit_actors::clock::millis(settings.database.instance_timeout);
+        let made = target
+            .sqlite_path()
+            .filter(|path| !path.exists())
+            .map(Path::to_path_buf);
+        let json = self.json;
+        let outcome = actix_rt::System::new().block_on(async move {
+            let source_store = open(&source, IfMissing::Refuse)
+                .map_err(|error| format!("--from: {error}"))?;
+            copy::check_source_stopped(&source_store, SystemClock.now_ms(), timeout_ms)
                 .await
                 .map_err(|error| error.to_string())?;
-            if self.json {
+            let target_store = open(&target, IfMissing::Create)?;
+            let copied = copy::copy(
+                &source_store,
+                &target_store,
+                SystemClock.now_ms(),
+                timeout_ms,
+            )
+            .await;
+            // Closed before a file it made is removed.
+            drop(target_store);
+            let report = copied.map_err(|error| error.to_string())?;
+            if json {
                 let tables: serde_json::Map<String, Value> = report
                     .tables
                     .iter()
@@ -72,6 +105,10 @@ impl CopyCommand {
                 report.target.accounts_checked, report.target.transactions_checked
             );
             Ok(())
-        })
+        });
+        if let (Err(_), Some(path)) = (&outcome, &made) {
+            remove_made(path);
+        }
+        outcome
     }
 }

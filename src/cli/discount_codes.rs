@@ -6,7 +6,7 @@ use sms_credit_actors::billing::discounts::{normalize_code, Discount, DiscountCo
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::Money;
 
-use super::output::{print_json, with_store};
+use super::output::{print_json, with_store, with_store_creating};
 use crate::config::Settings;
 
 #[derive(Subcommand, Debug)]
@@ -129,7 +129,7 @@ fn create(
     if max_uses.is_some_and(|uses| uses < 1) {
         return Err("--max-uses must be at least 1".to_string());
     }
-    with_store(settings, |store| async move {
+    with_store_creating(settings, |store| async move {
         let created = store
             .billing()
             .create_discount_code(code, discount, max_uses, SystemClock.now_ms())

@@ -134,7 +134,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Reconcile(command)) => command.run(&settings),
         Some(Command::StripeEvents(command)) => command.run(&settings),
         Some(Command::Migrate(command)) => command.run(&settings),
-        Some(Command::Copy(command)) => command.run(),
+        Some(Command::Copy(command)) => command.run(&settings),
         Some(Command::Backup(command)) => command.run(&settings),
         Some(Command::Restore(command)) => command.run(&settings),
         Some(Command::Pricing(command)) => command.run(&settings),

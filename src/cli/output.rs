@@ -5,38 +5,78 @@ use std::future::Future;
 use std::sync::Arc;
 
 use serde::Serialize;
-use sms_credit_actors::adapters;
+use sms_credit_actors::adapters::{self, IfMissing, StoreSettings};
 use sms_credit_actors::clock::SystemClock;
-use sms_credit_actors::store::Store;
+use sms_credit_actors::store::{Store, StoreError};
 
 use crate::config::Settings;
 use crate::startup::Core;
 
 /// Opens the store (no actors), runs `work`, and waits for its last commit.
+/// A database that does not exist is refused, naming where it was looked
+/// for, and none is made: a command that reads or changes what exists must
+/// not answer from an empty database made by a mistyped path.
 pub fn with_store<T, F, Fut>(settings: &Settings, work: F) -> Result<T, String>
 where
     F: FnOnce(Store) -> Fut,
     Fut: Future<Output = Result<T, String>>,
 {
+    with_store_if(settings, IfMissing::Refuse, work)
+}
+
+/// As [`with_store`], making (and migrating) the database if there is
+/// none: for the commands that create something.
+pub fn with_store_creating<T, F, Fut>(settings: &Settings, work: F) -> Result<T, String>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    with_store_if(settings, IfMissing::Create, work)
+}
+
+/// As [`with_store`], doing what `if_missing` says where there is no database.
+pub fn with_store_if<T, F, Fut>(
+    settings: &Settings,
+    if_missing: IfMissing,
+    work: F,
+) -> Result<T, String>
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let store_settings = StoreSettings {
+        if_missing,
+        ..settings.database.store_settings()
+    };
     actix_rt::System::new().block_on(async move {
-        let store = adapters::open(&settings.database.store_settings())
-            .map_err(|error| error.to_string())?;
+        let store = adapters::open(&store_settings).map_err(opening_error)?;
         let outcome = work(store.clone()).await;
         store.flush().await.map_err(|error| error.to_string())?;
         outcome
     })
 }
 
+/// Why the store did not open, with what to do about a missing database.
+pub fn opening_error(error: StoreError) -> String {
+    match error {
+        StoreError::Missing { .. } => format!(
+            "{error} (check --database or SMS_CREDIT_DATABASE; `sms-credit migrate` makes an empty one)"
+        ),
+        other => other.to_string(),
+    }
+}
+
 /// Starts the core on the database, runs `work`, and shuts the core down.
+/// A database that does not exist is refused, as by [`with_store`].
 pub fn with_core<F, Fut>(settings: &Settings, work: F) -> Result<(), String>
 where
     F: FnOnce(Arc<Core>) -> Fut,
     Fut: Future<Output = Result<(), String>>,
 {
+    let mut settings = settings.clone();
+    settings.database.if_missing = IfMissing::Refuse;
     actix_rt::System::new().block_on(async move {
-        let core = Arc::new(
-            Core::start(settings, Arc::new(SystemClock)).map_err(|error| error.to_string())?,
-        );
+        let core = Arc::new(Core::start(&settings, Arc::new(SystemClock)).map_err(opening_error)?);
         let outcome = work(Arc::clone(&core)).await;
         if let Ok(core) = Arc::try_unwrap(core) {
             core.shutdown().await;

@@ -6,7 +6,7 @@ use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::Money;
 
-use super::output::{print_json, with_store};
+use super::output::{print_json, with_store, with_store_creating};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
@@ -53,7 +53,7 @@ impl PricingCommand {
             .transpose()
             .map_err(|error| error.to_string())?;
         let new_pricing = Pricing::new(mode, sale_price)?;
-        with_store(settings, |store| async move {
+        with_store_creating(settings, |store| async move {
             store
                 .billing()
                 .set_pricing(new_pricing, SystemClock.now_ms())

@@ -26,9 +26,9 @@ fn print_line(name: &str, line: &ReconciliationLine) {
         "{name:<8} {:>8} {:>9} {:>14} {:>14} {:>14} {:>8}",
         line.messages,
         line.segments,
-        Money::from_micros(line.charged_micros).precise(),
-        Money::from_micros(line.expected_carrier_cost_micros).precise(),
-        Money::from_micros(line.actual_carrier_cost_micros).precise(),
+        Money::from_micros(line.charged_micros).to_string(),
+        Money::from_micros(line.expected_carrier_cost_micros).to_string(),
+        Money::from_micros(line.actual_carrier_cost_micros).to_string(),
         margin(line.margin_basis_points)
     );
 }
@@ -65,8 +65,8 @@ impl ReconcileCommand {
                 mismatch.message_id,
                 mismatch.twilio_sid.as_deref().unwrap_or("-"),
                 mismatch.country,
-                Money::from_micros(mismatch.actual_per_segment_micros).precise(),
-                Money::from_micros(mismatch.expected_per_segment_micros).precise()
+                Money::from_micros(mismatch.actual_per_segment_micros).to_string(),
+                Money::from_micros(mismatch.expected_per_segment_micros).to_string()
             );
         }
         Ok(())

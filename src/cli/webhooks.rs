@@ -9,8 +9,9 @@ use sms_credit_actors::webhooks::manage::{self, Change};
 use sms_credit_actors::webhooks::{AttemptRecord, Endpoint};
 use sms_credit_actors::Store;
 
-use super::output::{print_json, with_store};
+use super::output::{print_json, with_store_if};
 use crate::config::Settings;
+use sms_credit_actors::adapters::IfMissing;
 
 #[derive(Subcommand, Debug)]
 pub enum WebhooksCommand {
@@ -126,7 +127,13 @@ impl WebhooksCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
         let allow_private = settings.webhooks.allow_private;
         let now_ms = SystemClock.now_ms();
-        with_store(settings, |store| async move {
+        // Adding an endpoint creates something, so it may make the database.
+        let if_missing = if matches!(self, WebhooksCommand::Add { .. }) {
+            IfMissing::Create
+        } else {
+            IfMissing::Refuse
+        };
+        with_store_if(settings, if_missing, |store| async move {
             let store = &store;
             match self {
                 WebhooksCommand::Add {
@@ -167,9 +174,26 @@ impl WebhooksCommand {
     }
 }
 
-/// The refusals of `manage`, as the command line prints them.
+/// The refusals of `manage`, as the command line prints them: the
+/// setting a refusal names, with the variable an operator sets it by.
 fn refused(error: manage::WebhookError) -> String {
-    error.to_string()
+    error.to_string().replace(
+        "setting webhooks_allow_private",
+        "setting webhooks_allow_private (SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE=true)",
+    )
+}
+
+/// Said when an endpoint is added that only a server with
+/// `webhooks_allow_private` delivers to: the setting is each process's
+/// own, and a server without it refuses every delivery (and logs each).
+fn private_warning(endpoint: &Endpoint, allow_private: bool) -> Option<String> {
+    let needs_setting = endpoint.clone().flagged(false).undeliverable.is_some();
+    (allow_private && needs_setting).then(|| {
+        "only servers whose setting webhooks_allow_private (SMS_CREDIT_WEBHOOKS_ALLOW_PRIVATE) \
+         is on deliver to this URL; one without it refuses every delivery, logs each, and \
+         flags the endpoint on the console"
+            .to_string()
+    })
 }
 
 /// What `webhooks add` was given.
@@ -187,21 +211,29 @@ async fn add(
     now_ms: i64,
     as_json: bool,
 ) -> Result<(), String> {
+    let allow_private = endpoint.allow_private;
     let (endpoint, secret) = manage::add(
         store,
         &endpoint.url,
         endpoint.events.as_deref(),
         endpoint.description,
-        endpoint.allow_private,
+        allow_private,
         now_ms,
     )
     .await
     .map_err(refused)?;
+    let warning = private_warning(&endpoint, allow_private);
     if as_json {
-        return print_json(&json!({"endpoint": endpoint, "secret": secret.expose()}));
+        let warnings: Vec<String> = warning.into_iter().collect();
+        return print_json(
+            &json!({"endpoint": endpoint, "secret": secret.expose(), "warnings": warnings}),
+        );
     }
     print_endpoint(&endpoint);
     println!("  secret:  {}  (shown this once: keep it)", secret.expose());
+    if let Some(warning) = warning {
+        println!("warning: {warning}");
+    }
     Ok(())
 }
 

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sms_credit_actors::adapters::{Checkpoints, DatabaseLocation};
+use sms_credit_actors::adapters::{Checkpoints, DatabaseLocation, IfMissing};
 use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
 use sms_credit_actors::rating::RateTable;
 use sms_credit_actors::sign_in::{CodeLimits, SignInPolicy};
@@ -49,6 +49,7 @@ pub(super) fn database(values: &Values) -> Result<DatabaseSettings, ConfigError>
         location: values.required("database", DatabaseLocation::parse)?,
         checkpoints: values.required("sqlite_checkpoints", Checkpoints::parse)?,
         instance_timeout: values.required("instance_timeout_secs", seconds(2..=3_600))?,
+        if_missing: IfMissing::Create,
     })
 }
 

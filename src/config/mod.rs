@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sms_credit_actors::adapters::{Checkpoints, DatabaseLocation, StoreSettings};
+use sms_credit_actors::adapters::{Checkpoints, DatabaseLocation, IfMissing, StoreSettings};
 use sms_credit_actors::billing::auto_top_up::AutoTopUpPolicy;
 use sms_credit_actors::rating::RateTable;
 use sms_credit_actors::Money;
@@ -95,6 +95,9 @@ pub struct DatabaseSettings {
     pub checkpoints: Checkpoints,
     /// After this long without a heartbeat an instance counts as gone.
     pub instance_timeout: Duration,
+    /// Whether a database is made where there is none: the server's and
+    /// the creating commands' settings do; the other commands refuse.
+    pub if_missing: IfMissing,
 }
 
 impl DatabaseSettings {
@@ -102,6 +105,7 @@ impl DatabaseSettings {
     pub fn store_settings(&self) -> StoreSettings {
         StoreSettings {
             checkpoints: self.checkpoints,
+            if_missing: self.if_missing,
             ..StoreSettings::new(self.location.clone())
         }
     }

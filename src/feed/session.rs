@@ -189,8 +189,10 @@ impl TokenWatch {
     }
 }
 
-fn event(entry: &LedgerEntry) -> Value {
-    json!({
+/// A row as the feed sends it; the operator's reason for an adjustment
+/// only to the operator (a feed opened with the admin's token or ticket).
+fn event(entry: &LedgerEntry, operator: bool) -> Value {
+    let mut event = json!({
         "account_id": entry.account_id,
         "seq": entry.seq,
         "type": entry.kind,
@@ -198,7 +200,11 @@ fn event(entry: &LedgerEntry) -> Value {
         "balance_micros": entry.balance_after.micros(),
         "description": entry.description,
         "at": format_rfc3339_ms(entry.created_at_ms),
-    })
+    });
+    if let (true, Some(reason)) = (operator, &entry.reason) {
+        event["reason"] = json!(reason);
+    }
+    event
 }
 
 /// Sends one frame within `SEND_TIMEOUT`: a client that does not take it
@@ -236,10 +242,18 @@ struct Client {
     last_heard: Instant,
     /// What else ends the feed.
     watch: Watch,
+    /// Opened by the operator (no account token): rows carry the reason.
+    operator: bool,
 }
 
 impl Client {
-    fn new(session: Session, incoming: MessageStream, window: usize, watch: Watch) -> Client {
+    fn new(
+        session: Session,
+        incoming: MessageStream,
+        window: usize,
+        watch: Watch,
+        operator: bool,
+    ) -> Client {
         let window = u64::try_from(window).unwrap_or(u64::MAX).max(1);
         Client {
             session,
@@ -252,6 +266,7 @@ impl Client {
             last_row: None,
             last_heard: Instant::now(),
             watch,
+            operator,
         }
     }
 
@@ -279,7 +294,7 @@ impl Client {
             self.wait_until_behind(self.window - 1, READ_TIMEOUT)
                 .await?;
         }
-        self.frame(&event(entry)).await?;
+        self.frame(&event(entry, self.operator)).await?;
         self.sent += 1;
         // An account feed resumes from its last row; the admin feed has
         // no one place to resume from.
@@ -402,7 +417,8 @@ pub async fn run(
         stopping: start.stopping.clone(),
         token: None,
     };
-    let mut client = Client::new(session, incoming, start.queue, watch);
+    let operator = start.token_hash.is_none();
+    let mut client = Client::new(session, incoming, start.queue, watch, operator);
     let end = match start.scope {
         FeedScope::Account(account_id) => {
             account_feed(&start, account_id, subscription, &mut client).await

@@ -182,7 +182,7 @@ pub async fn transactions(
         ledger.entries_after(account_id, after_seq, limit).await?
     };
     Ok(HttpResponse::Ok().json(Transactions {
-        transactions: entries.iter().map(TransactionView::from).collect(),
+        transactions: entries.iter().map(TransactionView::for_holder).collect(),
     }))
 }
 

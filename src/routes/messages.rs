@@ -29,15 +29,17 @@ pub struct SendMessage {
 /// as the debit or given back, once. When Twilio may have taken the message
 /// without saying so, the answer is 504 `send_outcome_unknown`: the same
 /// key answers `409 in_progress` until the outcome is settled (within about
-/// ten minutes), then the message (`replayed`) or `502 twilio_error` (not
-/// sent, its cost given back).
+/// ten minutes), then the message (`replayed`) or `409
+/// idempotency_key_spent` (not sent, its cost given back). A key whose
+/// message was not sent answers `409 idempotency_key_spent` ever after:
+/// sending it needs a new key.
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("apiKey" = [])),
     request_body = SendMessage,
     responses(
         (status = 200, body = sms_credit_actors::messaging::SentMessage),
-        (status = 409, description = "`in_progress`: a message with this key is still being sent, or its outcome is not settled yet; ask again with the same key", body = crate::error::ErrorBody),
-        (status = 502, description = "`twilio_error`: Twilio did not take the message; its cost was given back", body = crate::error::ErrorBody),
-        (status = 504, description = "`send_outcome_unknown`: Twilio may have taken the message but did not say so; it stays charged until settled (within about ten minutes), then the same key answers the message, or 502 with its cost given back. Never resend with a new key", body = crate::error::ErrorBody),
+        (status = 409, description = "`in_progress`: a message with this key is still being sent, or its outcome is not settled yet; ask again with the same key. `idempotency_key_spent`: the key's message was not sent and its cost was given back; the key is spent: send again with a new key", body = crate::error::ErrorBody),
+        (status = 502, description = "`twilio_error`: Twilio did not take the message; its cost was given back; to try again, use a new key", body = crate::error::ErrorBody),
+        (status = 504, description = "`send_outcome_unknown`: Twilio may have taken the message but did not say so; it stays charged until settled (within about ten minutes), then the same key answers the message, or 409 `idempotency_key_spent` with its cost given back. Never resend with a new key before that", body = crate::error::ErrorBody),
     ))]
 pub async fn create(
     _host: HostApplication,

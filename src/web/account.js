@@ -1,17 +1,11 @@
 // The account page's script (served as /account.js, so the page's CSP
 // allows no inline script).
 "use strict";
-// Money arrives as integer micro-dollars; shown rounded toward zero to the cent.
+// Money arrives as integer micro-dollars, shown as the server shows it:
+// exactly, from the digits, with at least two decimals and no trailing zeros
+// beyond them ($2.35, $0.0565, -$82.266). A message's cost, an adjustment or
+// a balance may have a part less than a cent, never cut or rounded away.
 function dollars(micros, signed) {
-  const negative = micros < 0;
-  const cents = Math.trunc(Math.abs(micros) / 10000);
-  const text = "$" + Math.trunc(cents / 100) + "." + String(cents % 100).padStart(2, "0");
-  return (negative ? "-" : signed && micros > 0 ? "+" : "") + text;
-}
-
-// A change of balance, to its last digit: a message's cost or an
-// adjustment may be less than a cent, which the cents alone would show as $0.00.
-function exactDollars(micros, signed) {
   const digits = String(Math.abs(micros)).padStart(7, "0");
   const text = "$" + Number(digits.slice(0, -6)) + "." + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
   return (micros < 0 ? "-" : signed && micros > 0 ? "+" : "") + text;
@@ -31,7 +25,7 @@ function when(entry) {
 
 // A per-segment rate like 56500 micro-dollars → "$0.0565", from the digits.
 function rateText(micros) {
-  return exactDollars(micros, false);
+  return dollars(micros, false);
 }
 
 function showBalance(micros) {
@@ -157,7 +151,7 @@ function addRow(entry) {
   const row = document.createElement("tr");
   row.dataset.seq = entry.seq;
   const cells = [entry.seq, when(entry),
-    entry.description || entry.type, exactDollars(entry.amount_micros, true),
+    entry.description || entry.type, dollars(entry.amount_micros, true),
     dollars(entry.balance_micros !== undefined ? entry.balance_micros : entry.balance_after_micros, false)];
   const classes = ["seq", "when", "what", "amount", "after"];
   cells.forEach((value, index) => {

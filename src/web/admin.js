@@ -9,13 +9,15 @@ const state = { token: null, accountId: null, afterId: 0, query: "", socket: nul
 const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 const TOKEN_KEY = "sms-credit-admin";
 
-// Money arrives as integer micro-dollars: shown to the cent (toward zero),
-// with the exact micro-dollars on hover.
+// Money arrives as integer micro-dollars, shown as the server shows it:
+// exactly, from the digits, with at least two decimals and no trailing zeros
+// beyond them ($2.35, $0.0565, -$82.266), the dollars grouped by thousands;
+// the micro-dollars on hover.
 function dollars(micros, signed) {
-  const negative = micros < 0;
-  const cents = Math.trunc(Math.abs(micros) / 10000);
-  const text = "$" + Math.trunc(cents / 100).toLocaleString("en-US") + "." + String(cents % 100).padStart(2, "0");
-  return (negative ? "-" : signed && micros > 0 ? "+" : "") + text;
+  const digits = String(Math.abs(micros)).padStart(7, "0");
+  const text = "$" + Number(digits.slice(0, -6)).toLocaleString("en-US") + "."
+    + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
+  return (micros < 0 ? "-" : signed && micros > 0 ? "+" : "") + text;
 }
 function money(cell, micros, signed) {
   cell.textContent = dollars(micros, signed);
@@ -218,7 +220,8 @@ async function loadWaiting() {
   hooks.textContent = "";
   endpoints.endpoints.forEach((endpoint) => attentionItem(hooks, null, endpoint.url + " · "
     + (endpoint.enabled ? "enabled" : "disabled" + (endpoint.disabled_reason ? ": " + endpoint.disabled_reason : ""))
-    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")));
+    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")
+    + (endpoint.undeliverable ? " · " + endpoint.undeliverable : "")));
   if (!hooks.firstChild) attentionItem(hooks, null, "No endpoints.");
 }
 
@@ -258,7 +261,9 @@ function ledgerRow(entry, first) {
   cell(row, String(entry.seq), "wide");
   // A row from the API says `created_at`; one from the feed says `at`.
   cell(row, when(entry.created_at || entry.at), "when");
-  cell(row, entry.type + (entry.description ? ": " + entry.description : ""), "wrap");
+  // The holder reads the description; the reason is the operator's alone.
+  cell(row, entry.type + (entry.description ? ": " + entry.description : "")
+    + (entry.reason ? " (reason: " + entry.reason + ")" : ""), "wrap");
   money(cell(row, undefined, "money"), entry.amount_micros, true);
   money(cell(row, undefined, "money"), entry.balance_after_micros !== undefined ? entry.balance_after_micros : entry.balance_micros);
   const rows = $("ledger-rows");
@@ -568,19 +573,22 @@ $("adjust-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   const micros = microsOf($("adjust-amount").value);
   const reason = $("adjust-reason").value.trim();
+  const description = $("adjust-description").value.trim();
   if (micros === null || micros === 0) { $("adjust-message").textContent = "Give an amount in dollars and cents, like 5.00 or -2.50."; return; }
-  const what = state.accountId + ":" + micros + ":" + reason;
+  const what = state.accountId + ":" + micros + ":" + reason + ":" + description;
   if (state.adjustFor !== what) { state.adjustFor = what; state.adjustKey = key(); }
   if (!confirm("Adjust account #" + state.accountId + " by " + dollars(micros, true) + "?\nReason: " + reason)) return;
   $("adjust-button").disabled = true;
   try {
     const answer = await api("POST", "/v1/admin/accounts/" + state.accountId + "/adjustments",
-      { amount_micros: micros, reason, idempotency_key: state.adjustKey });
+      Object.assign({ amount_micros: micros, reason, idempotency_key: state.adjustKey },
+        description ? { description } : {}));
     $("adjust-message").textContent = (answer.replayed ? "Already applied: " : "Applied: ") + dollars(micros, true)
       + ", balance " + dollars(answer.transaction.balance_after_micros) + ".";
     state.adjustFor = null;
     $("adjust-amount").value = "";
     $("adjust-reason").value = "";
+    $("adjust-description").value = "";
   } catch (error) {
     $("adjust-message").textContent = problem(error);
   } finally {

@@ -87,6 +87,16 @@ impl WebhookSender {
     pub async fn send(&self, delivery: &ClaimedDelivery, now_ms: i64) -> TryResult {
         let endpoint = &delivery.endpoint;
         if let Err(refused) = check_url(&endpoint.url, self.allow_private) {
+            // An endpoint added by a process whose setting allows what this
+            // server's does not: said in the log at every try, or every
+            // delivery would fail without a word where the operator looks.
+            tracing::warn!(
+                endpoint = %endpoint.id,
+                url = %endpoint.url,
+                event = %delivery.event_id,
+                "webhook delivery refused: {}",
+                sms_credit_actors::webhooks::endpoints::undeliverable(&refused)
+            );
             return TryResult::NoAnswer(format!("the endpoint's URL {refused}"));
         }
         // The signature's time is the wall clock's (receivers check it

@@ -99,10 +99,27 @@ impl Checkpoints {
     }
 }
 
+/// What opening does where there is no sms-credit database yet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum IfMissing {
+    /// Makes one (an SQLite file, or the tables in a Postgres database)
+    /// and migrates it: the server, `migrate`, and the commands that
+    /// create something.
+    #[default]
+    Create,
+    /// Refuses, naming where it looked, and leaves nothing behind: a
+    /// command that only reads or changes what exists must not answer
+    /// from an empty database made by mistake (a mistyped path, the
+    /// wrong directory).
+    Refuse,
+}
+
 /// How the store is opened.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
     pub location: DatabaseLocation,
+    /// Whether a database is made where there is none.
+    pub if_missing: IfMissing,
     /// Who checkpoints the write-ahead log (SQLite; Postgres ignores it).
     pub checkpoints: Checkpoints,
     /// The most writes one group commit takes.
@@ -115,6 +132,7 @@ impl StoreSettings {
     pub fn new(location: DatabaseLocation) -> StoreSettings {
         StoreSettings {
             location,
+            if_missing: IfMissing::Create,
             checkpoints: Checkpoints::Server,
             max_batch: 8192,
             readers: 1,
@@ -127,13 +145,14 @@ impl StoreSettings {
     }
 }
 
-/// Opens (creating and migrating if needed) the database and starts the
-/// adapter's threads and connections.
+/// Opens (creating and migrating if needed, unless `if_missing` refuses)
+/// the database and starts the adapter's threads and connections.
 pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
     let shared = Shared::new()?;
     let backend: Arc<dyn Backend> = match &settings.location {
         DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
             path,
+            settings.if_missing,
             settings.checkpoints,
             settings.max_batch.max(1),
             settings.readers.max(1),
@@ -141,6 +160,7 @@ pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
         )?),
         DatabaseLocation::Postgres(url) => Arc::new(postgres::PostgresStore::open(
             url,
+            settings.if_missing,
             settings.max_batch.max(1),
             settings.readers.max(1),
             Arc::clone(&shared),

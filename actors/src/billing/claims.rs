@@ -211,8 +211,8 @@ impl Billing {
             record.dispute_id,
             order.id,
             record.status.as_str(),
-            (-moved(&withdrawn)).max(Money::ZERO).precise(),
-            moved(&reinstated).max(Money::ZERO).precise()
+            (-moved(&withdrawn)).max(Money::ZERO).to_string(),
+            moved(&reinstated).max(Money::ZERO).to_string()
         )))
     }
 
@@ -317,8 +317,8 @@ impl Billing {
             refund.refund_id,
             order.id,
             refund.status,
-            amount.precise(),
-            given_back.precise()
+            amount.to_string(),
+            given_back.to_string()
         ))))
     }
 }

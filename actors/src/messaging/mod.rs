@@ -111,6 +111,15 @@ pub enum MessagingError {
     /// out, or cannot be texted): nothing went out, nothing to try again.
     #[error("Twilio refused the message: {detail}")]
     Refused { opted_out: bool, detail: String },
+    /// The key was used before for a message that was not sent (its cost
+    /// given back): the key is spent, and sending again needs a new one.
+    /// Told apart from `NotSent` so that a caller retrying with the same
+    /// key is not left retrying it.
+    #[error(
+        "the message with this idempotency key was not sent and its cost was given back; \
+         the key is spent: send again with a new idempotency key"
+    )]
+    KeySpent,
     /// Twilio may have taken the message (its answer was lost, or taken
     /// and not recorded): not "not sent". The reservation is left for the
     /// sweep, which asks Twilio; the same key then answers the outcome.
@@ -202,9 +211,7 @@ impl Messaging {
                     balance_after_micros: None,
                     replayed: true,
                 }),
-                MessageState::Voided => Err(MessagingError::NotSent(
-                    "an earlier attempt with this key was not sent".into(),
-                )),
+                MessageState::Voided => Err(MessagingError::KeySpent),
                 MessageState::Reserved => Err(MessagingError::InProgress),
             };
         }

@@ -110,6 +110,7 @@ pub const TABLES: &[Table] = &[
             ("order_id", I),
             ("description", T),
             ("created_at", I),
+            ("reason", T),
         ],
         key: &[0, 1],
         has_id_sequence: false,
@@ -515,8 +516,14 @@ pub const PAGE_ROWS: i64 = 1_000;
 pub enum CopyError {
     #[error("the target already holds data (table {0}); copy only into a database with none")]
     TargetNotEmpty(&'static str),
-    #[error("instances are running on the source ({0}); stop them first so nothing changes during the copy")]
-    SourceInUse(String),
+    #[error("{}", source_in_use(.instances, *.now_ms, *.timeout_ms))]
+    SourceInUse {
+        /// Each instance's id and its last heartbeat.
+        instances: Vec<(String, i64)>,
+        now_ms: i64,
+        /// How long after its last heartbeat an instance counts as gone.
+        timeout_ms: i64,
+    },
     #[error(
         "table {table}: {exported} rows read from the source but {imported} written to the target"
     )]
@@ -541,20 +548,71 @@ pub struct CopyReport {
     pub target: VerifyReport,
 }
 
-/// How long an instance's heartbeat counts as alive, for the refusal to
-/// copy from a database instances are using.
-const ALIVE_WITHIN_MS: i64 = 60_000;
+/// Why a copy waits: who beats a heartbeat on the source, since when, and
+/// when each counts as gone, so that an operator after a crash knows it is
+/// a stale heartbeat, how long it lasts and what governs it.
+fn source_in_use(instances: &[(String, i64)], now_ms: i64, timeout_ms: i64) -> String {
+    let seconds = |ms: i64| (ms.max(0) + 999) / 1_000;
+    let listed: Vec<String> = instances
+        .iter()
+        .map(|(id, beat_ms)| {
+            format!(
+                "{id} (last heartbeat {} s ago, at {}; counts as running for {} s more)",
+                now_ms.saturating_sub(*beat_ms).max(0) / 1_000,
+                crate::clock::format_rfc3339_ms(*beat_ms),
+                seconds(beat_ms.saturating_add(timeout_ms).saturating_sub(now_ms)),
+            )
+        })
+        .collect();
+    let clears_at = instances
+        .iter()
+        .map(|(_, beat_ms)| beat_ms.saturating_add(timeout_ms))
+        .max()
+        .unwrap_or(now_ms);
+    format!(
+        "instances are running on the source: {}. Stop them first, so that nothing changes \
+         during the copy. If they are stopped already (a crash leaves its heartbeat behind), \
+         each counts as gone {} s after its last heartbeat (instance_timeout_secs, \
+         SMS_CREDIT_INSTANCE_TIMEOUT_SECS): copy again at {} (in {} s)",
+        listed.join(", "),
+        timeout_ms / 1_000,
+        crate::clock::format_rfc3339_ms(clears_at),
+        seconds(clears_at.saturating_sub(now_ms)),
+    )
+}
 
-/// Copies every row of `source` into `target` (which must hold no data),
-/// then verifies both and compares them.
-pub async fn copy(source: &Store, target: &Store, now_ms: i64) -> Result<CopyReport, CopyError> {
+/// Refuses a source that instances are using: one whose heartbeat is less
+/// than `timeout_ms` old (the servers' own rule for an instance that is
+/// gone). Reads the source only.
+pub async fn check_source_stopped(
+    source: &Store,
+    now_ms: i64,
+    timeout_ms: i64,
+) -> Result<(), CopyError> {
     let running = source
         .instances()
-        .alive(now_ms.saturating_sub(ALIVE_WITHIN_MS))
+        .alive(now_ms.saturating_sub(timeout_ms))
         .await?;
-    if !running.is_empty() {
-        return Err(CopyError::SourceInUse(running.join(", ")));
+    if running.is_empty() {
+        return Ok(());
     }
+    Err(CopyError::SourceInUse {
+        instances: running,
+        now_ms,
+        timeout_ms,
+    })
+}
+
+/// Copies every row of `source` into `target` (which must hold no data),
+/// then verifies both and compares them; refused while instances use the
+/// source (see [`check_source_stopped`]).
+pub async fn copy(
+    source: &Store,
+    target: &Store,
+    now_ms: i64,
+    timeout_ms: i64,
+) -> Result<CopyReport, CopyError> {
+    check_source_stopped(source, now_ms, timeout_ms).await?;
     copy_rows(source, target).await
 }
 

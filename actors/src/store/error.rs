@@ -8,6 +8,11 @@
 pub enum StoreError {
     #[error("could not open the database {path}: {reason}")]
     Open { path: String, reason: String },
+    /// There is no sms-credit database where the settings say (no file, or
+    /// a file or Postgres database without its tables), and the store was
+    /// opened not to make one: nothing was made.
+    #[error("there is no sms-credit database at {database}: {reason}; nothing was created")]
+    Missing { database: String, reason: String },
     #[error("could not migrate the database: {0}")]
     Migration(String),
     #[error("the commit failed and nothing in it was applied: {0}")]

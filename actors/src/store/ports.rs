@@ -652,8 +652,9 @@ pub trait InstanceStore: Send + Sync {
     fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()>;
     /// Forgets this instance (a clean stop): what it left is anyone's.
     fn leave(&self, instance_id: String) -> StoreFuture<()>;
-    /// The instances whose last heartbeat is at or after `since_ms`.
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<String>>;
+    /// The instances whose last heartbeat is at or after `since_ms`: each
+    /// one's id and the time of its last heartbeat.
+    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>>;
 }
 
 /// Moving every row from one store to another (`sms-credit copy`).

@@ -128,6 +128,11 @@ pub struct Endpoint {
     /// Until when the secret before the last rotation still signs too.
     pub previous_secret_until_ms: Option<i64>,
     pub created_at_ms: i64,
+    /// Why the server that answers will not deliver to it (its URL needs
+    /// `webhooks_allow_private`, which this server does not have): set by
+    /// [`Endpoint::flagged`], never stored; absent when it delivers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undeliverable: Option<String>,
     #[serde(skip)]
     pub filter: EventFilter,
     #[serde(skip)]
@@ -137,6 +142,17 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The endpoint with [`Endpoint::undeliverable`] said, as a process
+    /// whose `webhooks_allow_private` is `allow_private` sees it: the
+    /// setting is each process's own, so an endpoint one process may add
+    /// another may refuse to deliver to.
+    pub fn flagged(mut self, allow_private: bool) -> Endpoint {
+        self.undeliverable = check_url(&self.url, allow_private)
+            .err()
+            .map(|refused| undeliverable(&refused));
+        self
+    }
+
     /// The secrets that sign a delivery at `now_ms`: the current one, and
     /// the one before a rotation during its overlap.
     pub fn signing_secrets(&self, now_ms: i64) -> Vec<SigningSecret> {
@@ -189,6 +205,19 @@ pub enum UrlRefused {
     Private,
     #[error("may not carry a user name or password")]
     Credentials,
+}
+
+/// Why a server does not deliver to a URL it refuses, naming the setting
+/// that would allow it (by its key: this is read on the console too).
+pub fn undeliverable(refused: &UrlRefused) -> String {
+    let hint = match refused {
+        UrlRefused::Scheme | UrlRefused::Private => {
+            "; http:// and private addresses are delivered to only by a server whose \
+             webhooks_allow_private setting is on (for local development)"
+        }
+        UrlRefused::NoHost | UrlRefused::Credentials => "",
+    };
+    format!("this server does not deliver to it: its URL {refused}{hint}")
 }
 
 /// Checks an endpoint's URL: `https://` with a host, no credentials, and

@@ -462,6 +462,7 @@ mod tests {
             idempotency_key: "k".into(),
             order_id: None,
             description: String::new(),
+            reason: None,
             created_at_ms: 0,
         };
         let event = NewEvent::of_entry(EventType::BalanceLow, &entry, Map::new()).unwrap();

@@ -46,8 +46,10 @@ fn checked_url(url: &str, allow_private: bool) -> Result<String, WebhookError> {
     }
     check_url(url, allow_private).map_err(|refused| {
         let hint = match refused {
-            UrlRefused::Scheme if !allow_private => {
-                " (http:// and private addresses are for local development only)"
+            UrlRefused::Scheme | UrlRefused::Private if !allow_private => {
+                " (http:// and private addresses are for local development only: the \
+                 setting webhooks_allow_private allows them, where the endpoint is added and \
+                 in every server that delivers)"
             }
             _ => "",
         };

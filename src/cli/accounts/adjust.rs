@@ -15,9 +15,13 @@ pub struct AdjustCommand {
     /// Dollars to add (negative to take away), e.g. 5 or -1.50.
     #[arg(long, allow_hyphen_values = true)]
     amount: String,
-    /// Why: kept in the ledger row's description.
+    /// Why, for the operator: kept with the ledger row, never shown to the
+    /// account holder.
     #[arg(long)]
     reason: String,
+    /// What the account holder reads of the row (default: "Balance adjustment").
+    #[arg(long)]
+    description: Option<String>,
     /// Names this adjustment so that running the command again does not apply it twice.
     #[arg(long)]
     idempotency_key: String,
@@ -40,6 +44,7 @@ impl AdjustCommand {
             idempotency_key: IdempotencyKey::from_caller(&self.idempotency_key)
                 .map_err(|error| error.to_string())?,
             reason: self.reason,
+            description: self.description,
         };
         let (id, as_json) = (self.id, self.json);
         with_core(settings, |core| async move {
@@ -65,11 +70,7 @@ impl AdjustCommand {
 fn print_receipt(id: i64, receipt: &Receipt) {
     println!(
         "account {id}: {} (ledger #{}), balance {}{}",
-        if receipt.entry.amount.is_positive() {
-            format!("+{}", receipt.entry.amount)
-        } else {
-            receipt.entry.amount.to_string()
-        },
+        super::show::signed(receipt.entry.amount),
         receipt.entry.seq,
         receipt.entry.balance_after,
         if receipt.replayed {

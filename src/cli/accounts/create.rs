@@ -5,7 +5,7 @@ use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::clock::{Clock, SystemClock};
 
-use crate::cli::output::{print_json, with_store};
+use crate::cli::output::{print_json, with_store_creating};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
@@ -35,7 +35,7 @@ impl CreateCommand {
         };
         let as_json = self.json;
         let gap = settings.messages.rates.pricing_gap(&new_account.phone);
-        with_store(settings, |store| async move {
+        with_store_creating(settings, |store| async move {
             let account = store
                 .accounts()
                 .create(new_account, SystemClock.now_ms())

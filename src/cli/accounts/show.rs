@@ -3,7 +3,7 @@
 use clap::Args;
 use serde_json::json;
 use sms_credit_actors::clock::format_rfc3339_ms;
-use sms_credit_actors::AccountId;
+use sms_credit_actors::{AccountId, Money};
 
 use crate::cli::output::{print_json, with_store};
 use crate::config::Settings;
@@ -42,12 +42,11 @@ impl ShowCommand {
             return print_json(&json!({"account": account, "transactions": entries}));
         }
         println!(
-            "account {} {} ({}) balance {} ({} micro-dollars) seq {}",
+            "account {} {} ({}) balance {} seq {}",
             account.id,
             account.phone,
             account.status.as_str(),
             account.balance,
-            account.balance.micros(),
             account.seq
         );
         for entry in entries.iter().rev() {
@@ -56,12 +55,24 @@ impl ShowCommand {
                 entry.seq,
                 format_rfc3339_ms(entry.created_at_ms),
                 entry.kind.as_str(),
-                entry.amount.micros(),
-                entry.balance_after.micros(),
-                entry.description,
+                signed(entry.amount),
+                entry.balance_after.to_string(),
+                match &entry.reason {
+                    Some(reason) => format!("{} (reason: {reason})", entry.description),
+                    None => entry.description.clone(),
+                },
                 entry.idempotency_key
             );
         }
         Ok(())
+    }
+}
+
+/// An amount with its sign, as a change of balance reads: `+$1.234`, `-$0.0565`.
+pub fn signed(amount: Money) -> String {
+    if amount.is_positive() {
+        format!("+{amount}")
+    } else {
+        amount.to_string()
     }
 }

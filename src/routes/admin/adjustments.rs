@@ -19,8 +19,12 @@ const MAX_REASON_CHARS: usize = 500;
 pub struct AdjustmentRequest {
     /// Signed; may take the balance below zero. Not zero.
     amount_micros: i64,
-    /// 1 to 500 characters, kept with the ledger row.
+    /// Why, for the operator: 1 to 500 characters, kept with the ledger
+    /// row and never shown to the account holder.
     reason: String,
+    /// What the account holder reads of the row (1 to 500 characters);
+    /// without it, the neutral "Balance adjustment".
+    description: Option<String>,
     /// Names the adjustment: the same key again answers the original row.
     /// The service's own prefixes (`stripe-order:`, `msg:`, …) are refused.
     #[schema(pattern = "^[!-~]{1,255}$")]
@@ -55,6 +59,16 @@ pub async fn create(
             "a reason of 1 to 500 characters is required",
         ));
     }
+    let description = match request.description.as_deref().map(str::trim) {
+        None => None,
+        Some(text) if text.is_empty() || text.chars().count() > MAX_REASON_CHARS => {
+            return Err(ApiError::invalid(
+                "invalid_description",
+                "a description, when given, is 1 to 500 characters",
+            ))
+        }
+        Some(text) => Some(text.to_string()),
+    };
     let limit = state.settings.access.max_adjustment;
     if request.amount_micros.unsigned_abs() > limit.micros().unsigned_abs() {
         return Err(ApiError::invalid(
@@ -68,6 +82,7 @@ pub async fn create(
         amount: Money::from_micros(request.amount_micros),
         idempotency_key,
         reason: reason.to_string(),
+        description,
     };
     let receipt = state.registry.send(account_id, adjustment).await?;
     Ok(HttpResponse::Ok().json(AdjustmentResponse {

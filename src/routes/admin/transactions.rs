@@ -21,7 +21,12 @@ pub struct TransactionView {
     balance_after_micros: i64,
     idempotency_key: String,
     order_id: Option<i64>,
+    /// What the account holder reads of the row.
     description: String,
+    /// The operator's reason for an adjustment: in the admin API only,
+    /// never shown to the account holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
 }
@@ -32,6 +37,17 @@ pub struct Transactions {
     pub transactions: Vec<TransactionView>,
 }
 
+impl TransactionView {
+    /// The row as its account holder reads it: without the operator's reason.
+    pub fn for_holder(entry: &LedgerEntry) -> TransactionView {
+        TransactionView {
+            reason: None,
+            ..TransactionView::from(entry)
+        }
+    }
+}
+
+/// The row as the operator reads it.
 impl From<&LedgerEntry> for TransactionView {
     fn from(entry: &LedgerEntry) -> TransactionView {
         TransactionView {
@@ -43,6 +59,7 @@ impl From<&LedgerEntry> for TransactionView {
             idempotency_key: entry.idempotency_key.clone(),
             order_id: entry.order_id,
             description: entry.description.clone(),
+            reason: entry.reason.clone(),
             created_at: format_rfc3339_ms(entry.created_at_ms),
         }
     }

@@ -131,7 +131,7 @@ pub async fn create(
     )
     .await?;
     Ok(HttpResponse::Created().json(EndpointWithSecret {
-        endpoint,
+        endpoint: endpoint.flagged(state.settings.webhooks.allow_private),
         secret: secret.expose().to_string(),
     }))
 }
@@ -140,7 +140,14 @@ pub async fn create(
 #[utoipa::path(get, path = "/v1/admin/webhook-endpoints", tag = "admin", security(("adminToken" = [])),
     responses((status = 200, body = EndpointList)))]
 pub async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let allow_private = state.settings.webhooks.allow_private;
     let endpoints = state.store.webhooks().endpoints().await?;
+    // Each flagged when this server will not deliver to it (added by a
+    // process whose setting allows what this one's does not).
+    let endpoints = endpoints
+        .into_iter()
+        .map(|endpoint| endpoint.flagged(allow_private))
+        .collect();
     Ok(HttpResponse::Ok().json(EndpointList { endpoints }))
 }
 
@@ -153,7 +160,8 @@ pub async fn show(
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(manage::get(&state.store, &path).await?))
+    let endpoint = manage::get(&state.store, &path).await?;
+    Ok(HttpResponse::Ok().json(endpoint.flagged(state.settings.webhooks.allow_private)))
 }
 
 /// Changes an endpoint's URL, events, description or whether it is enabled.
@@ -181,7 +189,7 @@ pub async fn update(
         state.clock.now_ms(),
     )
     .await?;
-    Ok(HttpResponse::Ok().json(endpoint))
+    Ok(HttpResponse::Ok().json(endpoint.flagged(state.settings.webhooks.allow_private)))
 }
 
 /// Removes an endpoint: nothing more goes to it, and the deliveries it had

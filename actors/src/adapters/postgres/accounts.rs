@@ -445,16 +445,16 @@ impl InstanceStore for PostgresStore {
         })
     }
 
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<String>> {
+    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>> {
         self.read(move |client| async move {
             let rows = client
                 .query(
-                    "SELECT id FROM instances WHERE heartbeat_at >= $1 ORDER BY id",
+                    "SELECT id, heartbeat_at FROM instances WHERE heartbeat_at >= $1 ORDER BY id",
                     &[&since_ms],
                 )
                 .await?;
             rows.iter()
-                .map(|row| row.try_get(0).map_err(StoreError::from))
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                 .collect()
         })
     }

@@ -11,7 +11,7 @@ use crate::store::{LedgerStore, LedgerWrite, StoreError, StoreFuture, UnknownVal
 use crate::verify::{Verifier, VerifyReport, VerifyRow};
 
 const ENTRY_COLUMNS: &str =
-    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at";
+    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at, reason";
 
 fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
     entry_from_columns(row, 0)
@@ -40,6 +40,7 @@ fn entry_from_columns(row: &Row, first: usize) -> Result<LedgerEntry, StoreError
         order_id: row.try_get(first + 6)?,
         description: row.try_get(first + 7)?,
         created_at_ms: row.try_get(first + 8)?,
+        reason: row.try_get(first + 9)?,
     })
 }
 

@@ -73,6 +73,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V16__strangers",
         include_str!("../../../../migrations/postgres/V16__strangers.sql"),
     ),
+    (
+        "V17__operator",
+        include_str!("../../../../migrations/postgres/V17__operator.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".
@@ -112,4 +116,16 @@ pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreErr
         tracing::info!(migration = %name, "applied migration");
     }
     Ok(applied)
+}
+
+/// Whether the database has a migration history (any migration applied):
+/// one without is no sms-credit database yet.
+pub(super) async fn has_history(client: &Client) -> Result<bool, StoreError> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
 }

@@ -546,6 +546,7 @@ impl PostgresStore {
     /// writer, the readers and the listener.
     pub(crate) fn open(
         url: &PostgresUrl,
+        if_missing: super::IfMissing,
         max_batch: usize,
         readers: usize,
         shared: Arc<Shared>,
@@ -561,8 +562,15 @@ impl PostgresStore {
         // first requests do not pay for authentication.
         let migrating = connector.clone();
         let warming = Arc::clone(&readers);
+        let shown = url.to_string();
         let writer_client = block_on(&runtime, async move {
             let mut client = migrating.connect(None).await?;
+            if if_missing == super::IfMissing::Refuse && !migrations::has_history(&client).await? {
+                return Err(StoreError::Missing {
+                    database: shown,
+                    reason: "the database holds no sms-credit tables".to_string(),
+                });
+            }
             migrations::migrate(&mut client).await?;
             warming.connect_all().await?;
             let prepared = writer::Prepared::new(&client).await?;

@@ -96,6 +96,7 @@ fn endpoint_from_row(row: &Row) -> Result<Endpoint, StoreError> {
         previous_secret_until_ms: row.try_get(8)?,
         failing_since_ms: row.try_get(9)?,
         created_at_ms: row.try_get(10)?,
+        undeliverable: None,
         id,
     })
 }

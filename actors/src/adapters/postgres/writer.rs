@@ -62,9 +62,9 @@ const UPDATE: &str = "UPDATE account_balances b
     AND b.balance = u.previous_balance
 RETURNING b.account_id";
 const INSERT_ROWS: &str = "INSERT INTO transactions (account_id, seq, type, amount, balance_after,
-                          idempotency_key, order_id, description, created_at)
+                          idempotency_key, order_id, description, created_at, reason)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
-                     $6::text[], $7::bigint[], $8::text[], $9::bigint[])";
+                     $6::text[], $7::bigint[], $8::text[], $9::bigint[], $10::text[])";
 /// Notices in columns (also used, one at a time, by writes that queue a
 /// notice outside the ledger path).
 pub(super) const INSERT_NOTICES: &str =
@@ -951,6 +951,7 @@ struct Rows<'a> {
     order_id: Vec<Option<i64>>,
     description: Vec<&'a str>,
     created_at: Vec<i64>,
+    reason: Vec<Option<&'a str>>,
 }
 
 impl<'a> Rows<'a> {
@@ -964,6 +965,7 @@ impl<'a> Rows<'a> {
         self.order_id.push(entry.order_id);
         self.description.push(&entry.description);
         self.created_at.push(entry.created_at_ms);
+        self.reason.push(entry.reason.as_deref());
     }
 
     async fn insert(
@@ -987,6 +989,7 @@ impl<'a> Rows<'a> {
                     &self.order_id,
                     &self.description,
                     &self.created_at,
+                    &self.reason,
                 ],
             )
             .await?;

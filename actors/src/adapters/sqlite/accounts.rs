@@ -340,14 +340,15 @@ impl InstanceStore for SqliteStore {
         })
     }
 
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<String>> {
+    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>> {
         self.read(move |connection| {
-            let mut statement = connection
-                .prepare_cached("SELECT id FROM instances WHERE heartbeat_at >= ?1 ORDER BY id")?;
-            let ids = statement
-                .query_map([since_ms], |row| row.get(0))?
-                .collect::<Result<Vec<String>, _>>()?;
-            Ok(ids)
+            let mut statement = connection.prepare_cached(
+                "SELECT id, heartbeat_at FROM instances WHERE heartbeat_at >= ?1 ORDER BY id",
+            )?;
+            let instances = statement
+                .query_map([since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<Vec<(String, i64)>, _>>()?;
+            Ok(instances)
         })
     }
 }

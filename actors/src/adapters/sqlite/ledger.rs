@@ -33,11 +33,12 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         order_id: row.get(6)?,
         description: row.get(7)?,
         created_at_ms: row.get(8)?,
+        reason: row.get(9)?,
     })
 }
 
 const ENTRY_COLUMNS: &str =
-    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at";
+    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at, reason";
 
 /// Whether a failed insert clashed with the ledger's unique
 /// `(account_id, idempotency_key)` index: the key is already used.
@@ -88,8 +89,9 @@ pub(super) fn insert_row(
     connection
         .prepare_cached(
             "INSERT INTO transactions (account_id, seq, type, amount, balance_after,
-                                       idempotency_key, order_id, description, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                       idempotency_key, order_id, description, created_at,
+                                       reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             entry.account_id.0,
@@ -101,6 +103,7 @@ pub(super) fn insert_row(
             entry.order_id,
             entry.description,
             entry.created_at_ms,
+            entry.reason,
         ])?;
     Ok(())
 }

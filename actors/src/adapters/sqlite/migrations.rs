@@ -111,6 +111,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V25__strangers",
         include_str!("../../../../migrations/sqlite/V25__strangers.sql"),
     ),
+    (
+        "V26__operator",
+        include_str!("../../../../migrations/sqlite/V26__operator.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -183,6 +183,41 @@ pub fn seal_file(path: &Path, patience: Duration) -> Result<(), StoreError> {
         .map_err(|error| StoreError::Database(format!("{}: {error}", path.display())))
 }
 
+/// Refuses a path where there is no sms-credit database (no file, or a
+/// file with no migration history), touching nothing: the file is opened
+/// without being created and without a change of journal mode.
+fn existing_database(path: &Path) -> Result<(), StoreError> {
+    let missing = |reason: String| StoreError::Missing {
+        database: path.display().to_string(),
+        reason,
+    };
+    if !path.exists() {
+        return Err(missing("the file does not exist".to_string()));
+    }
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection =
+        Connection::open_with_flags(path, flags).map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+    let tables: i64 = connection
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('refinery_schema_history', 'schema_migrations')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: error.to_string(),
+        })?;
+    if tables == 0 {
+        return Err(missing("the file holds no sms-credit tables".to_string()));
+    }
+    Ok(())
+}
+
 /// Applies the migrations the database has not had yet; answers their names.
 pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
     let mut connection = open_connection(path)?;
@@ -222,11 +257,15 @@ impl SqliteStore {
     /// their queues) is dropped.
     pub(crate) fn open(
         path: &Path,
+        if_missing: super::IfMissing,
         checkpoints: super::Checkpoints,
         max_batch: usize,
         readers: usize,
         shared: Arc<Shared>,
     ) -> Result<SqliteStore, StoreError> {
+        if if_missing == super::IfMissing::Refuse {
+            existing_database(path)?;
+        }
         let mut write_connection = open_connection(path)?;
         migrations::migrate(&mut write_connection)?;
         // The writer's commits write the WAL without fsyncing it; the
@@ -427,8 +466,15 @@ mod tests {
                 "sms-credit-checkpoints-{}-{checkpoints:?}.db",
                 std::process::id()
             ));
-            let store =
-                SqliteStore::open(&path, checkpoints, 64, 1, Shared::new().unwrap()).unwrap();
+            let store = SqliteStore::open(
+                &path,
+                crate::adapters::IfMissing::Create,
+                checkpoints,
+                64,
+                1,
+                Shared::new().unwrap(),
+            )
+            .unwrap();
             let autocheckpoint: i64 = runtime
                 .block_on(store.write(|connection| {
                     connection

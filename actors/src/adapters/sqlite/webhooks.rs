@@ -78,6 +78,7 @@ fn endpoint_from_row(row: &Row<'_>) -> rusqlite::Result<Endpoint> {
         previous_secret_until_ms: row.get(8)?,
         failing_since_ms: row.get(9)?,
         created_at_ms: row.get(10)?,
+        undeliverable: None,
         id,
     })
 }

@@ -904,7 +904,7 @@ impl Billing {
         }
         Ok(EventOutcome::Applied(format!(
             "order {order_id}: {} refunded in all",
-            cumulative.to_string()
+            cumulative
         )))
     }
 

@@ -16,7 +16,7 @@ use sms_credit_actors::clock::{Clock, ManualClock};
 use sms_credit_actors::messaging::records::{MessageRecord, MessageState};
 use sms_credit_actors::messaging::reservations::SweepReport;
 use sms_credit_actors::messaging::{MessagingError, OutboundRequest};
-use sms_credit_actors::{AccountId, GetBalance, IdempotencyKey};
+use sms_credit_actors::{AccountId, IdempotencyKey};
 
 use crate::database::TestDatabase;
 use crate::fake_twilio::{FakeTwilio, SendMode};
@@ -81,11 +81,15 @@ async fn sweep(core: &Core, clock: &ManualClock) -> SweepReport {
         .unwrap()
 }
 
+/// The account's committed balance, read from the database (another
+/// instance's actor may not have heard of this one's writes yet).
 async fn balance(core: &Core, account: AccountId) -> i64 {
-    core.registry
-        .send(account, GetBalance)
+    core.store
+        .ledger()
+        .snapshot(account)
         .await
         .unwrap()
+        .expect("the account has a balance")
         .balance
         .micros()
 }

@@ -660,6 +660,50 @@ async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
     }
 }
 
+/// Sign-in codes at half their cap or more in the last hour are listed in
+/// the console's Needs attention, at a desktop's and a phone's width.
+#[actix_rt::test]
+async fn the_console_lists_sign_in_codes_at_an_unusual_rate() {
+    let twilio = crate::fake_twilio::FakeTwilio::start().await;
+    let directory = crate::helpers::fresh_directory();
+    let mut settings =
+        crate::helpers::with_twilio(crate::helpers::test_settings(&directory), &twilio.base_url);
+    settings.access.sign_in.limits.per_country_per_hour = 4;
+    let app = TestApp::spawn_with(directory, settings).await;
+    for phone in ["+14155553630", "+14155553631"] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                "/v1/sign-in/code",
+                None,
+                Some(json!({ "phone": phone })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+
+    let browser = Browser::start();
+    for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
+        let mut page = browser.page().await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.open_until(&app.url("/admin"), "admin-token").await;
+        page.eval(&format!(
+            "sessionStorage.clear(); document.getElementById('admin-token').value = '{ADMIN_TOKEN}'; document.getElementById('signin-button').click(); true"
+        ))
+        .await;
+        page.wait_for(
+            "document.querySelector('#sign-in-list li') && document.querySelector('#sign-in-list li').textContent",
+            json!("to US · 2 codes in the last hour (cap 4)"),
+        )
+        .await;
+        page.assert_clean();
+    }
+}
+
 /// A payer back from Stripe Checkout: on a phone, the success page waits
 /// for Stripe's confirmation and says when access is ready, with no reload;
 /// on a desktop, the cancel page says nothing was charged and offers to try

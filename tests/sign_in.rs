@@ -607,3 +607,124 @@ async fn a_number_twilio_refuses_gets_the_same_answer_as_any_other() {
         );
     }
 }
+
+/// Asks for a code for `phone` as `client` (through the trusted proxy).
+async fn ask_code_from(app: &TestApp, phone: &str, client: &str) -> (StatusCode, Value) {
+    let mut response = app
+        .client
+        .post(app.url("/v1/sign-in/code"))
+        .insert_header(("X-Forwarded-For", client))
+        .send_json(&json!({ "phone": phone }))
+        .await
+        .unwrap();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (response.status(), body)
+}
+
+on_both_stores!(sign_in_cannot_be_used_to_text_codes_at_the_services_expense);
+/// SMS pumping: an IPv6 host's addresses are one client (its /64) for the
+/// per-address limit; codes of an hour are capped across every caller and
+/// per destination country (429 to all once reached, whatever the address);
+/// a country the rate table does not price gets no code; codes are counted
+/// by country in `/metrics`, and an unusual rate is listed for the
+/// operator.
+async fn sign_in_cannot_be_used_to_text_codes_at_the_services_expense() {
+    let world = world_with(|settings| {
+        settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        settings.access.sign_in.limits.per_address_per_hour = 3;
+        settings.access.sign_in.limits.per_hour = 8;
+        settings.access.sign_in.limits.per_country_per_hour = 4;
+        settings.access.metrics_token = Some(sms_credit::config::Secret::new(METRICS_TOKEN));
+    })
+    .await;
+    let app = &world.app;
+
+    // One /64, rotating its addresses: three codes, then no more; another
+    // /64 is another client.
+    for index in 1..=3 {
+        let (status, answer) = ask_code_from(
+            app,
+            &format!("+1415555410{index}"),
+            &format!("2001:db8:1:2::{index}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    let (status, answer) = ask_code_from(app, "+14155554104", "2001:db8:1:2:ffff::9").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_codes");
+
+    // A fourth US code from another client fills the country's cap of 4.
+    let (status, answer) = ask_code_from(app, "+14155554105", "2001:db8:1:3::1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (status, answer) = ask_code_from(app, "+14155554106", "203.0.113.21").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the US cap: {answer}"
+    );
+    assert_eq!(answer["error"]["code"], "too_many_codes");
+    // Other countries still get codes, until the cap of every code (8).
+    for (index, phone) in [
+        "+447400123456",
+        "+33612345678",
+        "+393123456789",
+        "+41781234567",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, answer) = ask_code_from(app, phone, &format!("203.0.113.3{index}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{phone}: {answer}");
+    }
+    let (status, answer) = ask_code_from(app, "+6421234567", "203.0.113.40").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the cap of all: {answer}"
+    );
+    assert_eq!(answer["error"]["code"], "too_many_codes");
+    // A country the rate table does not price: no code, whatever the phone.
+    let (status, answer) = ask_code_from(app, "+4915112345678", "203.0.113.41").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["code"], "unsupported_destination");
+    let texted = world.twilio.sent().len();
+    assert_eq!(texted, 8, "eight codes went out");
+
+    let metrics = metrics_text(app).await;
+    for (country, outcome, count) in [
+        ("US", "sent", 4),
+        ("US", "capped", 1),
+        ("GB", "sent", 1),
+        ("NZ", "capped", 1),
+        ("DE", "unpriced", 1),
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!(
+                    "sms_credit_sign_in_codes_total{{country=\"{country}\",outcome=\"{outcome}\"}}"
+                )
+            ),
+            count,
+            "{country} {outcome}: {metrics}"
+        );
+    }
+    let (status, attention) = app
+        .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{attention}");
+    assert_eq!(
+        attention["sign_in_codes"],
+        json!([
+            {"country": null, "codes_last_hour": 8, "cap": 8},
+            {"country": "US", "codes_last_hour": 4, "cap": 4},
+        ]),
+        "{attention}"
+    );
+
+    // An hour later the caps have room again.
+    world.clock.advance_ms(3_600_000);
+    let (status, answer) = ask_code_from(app, "+14155554106", "203.0.113.21").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+}

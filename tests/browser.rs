@@ -606,8 +606,9 @@ async fn a_number_that_cannot_be_priced_is_said_so_to_the_admin_and_the_customer
 
 /// A number that texted STOP: its page tells the customer that nothing is
 /// texted to it and how to get texts again (in the customer's words), and
-/// the console says so beside the account, at a desktop's and a phone's
-/// width; no failed request, no console error.
+/// the console says so beside the account, where the phone's sign-in
+/// limits are lifted too, at a desktop's and a phone's width; no failed
+/// request, no console error.
 #[actix_rt::test]
 async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
     let stripe = crate::fake_stripe::FakeStripe::start().await;
@@ -653,6 +654,16 @@ async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
         .await;
         page.wait_for(
             "document.getElementById('account-facts').textContent.includes('opted out of texts (texted STOP)')",
+            json!(true),
+        )
+        .await;
+        // The phone's sign-in limits, lifted from the account.
+        page.eval(
+            "window.confirm = () => true; document.getElementById('sign-in-lift').click(); true",
+        )
+        .await;
+        page.wait_for(
+            "document.getElementById('sign-in-message').textContent.startsWith('Lifted: ')",
             json!(true),
         )
         .await;

@@ -728,3 +728,67 @@ async fn sign_in_cannot_be_used_to_text_codes_at_the_services_expense() {
     let (status, answer) = ask_code_from(app, "+14155554106", "203.0.113.21").await;
     assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
 }
+
+on_both_stores!(the_admin_lifts_a_phones_sign_in_limits_a_stranger_used_up);
+/// A stranger who knows a customer's phone can use up its codes of the
+/// hour and kill its live code with wrong guesses; the admin lifts the
+/// phone's limits (API, then the CLI for another phone), and the customer
+/// signs in at once. The address's limit and the caps still hold.
+async fn the_admin_lifts_a_phones_sign_in_limits_a_stranger_used_up() {
+    let world = world_with(|_| {}).await;
+    let app = &world.app;
+    let phone = "+14155554081";
+    let account = app.create_account(phone).await;
+
+    // The stranger: five codes in the hour, the last one killed.
+    for _ in 0..5 {
+        assert_eq!(ask_code(app, phone).await.0, StatusCode::ACCEPTED);
+        world.clock.advance_ms(31_000);
+    }
+    let code = code_sent_to(&world.twilio, phone);
+    for _ in 0..5 {
+        sign_in(app, phone, json!({ "code": other_code(&code) })).await;
+    }
+    let (status, _) = ask_code(app, phone).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the customer is locked out"
+    );
+
+    let lift = |phone: &'static str, token: Option<&'static str>| {
+        app.request(
+            "POST",
+            "/v1/admin/sign-in/lift",
+            token,
+            Some(json!({ "phone": phone })),
+        )
+    };
+    let (status, _) = lift(phone, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the admin's alone");
+    let (status, lifted) = lift(phone, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{lifted}");
+    assert_eq!(lifted["phone"], phone);
+    assert_eq!(lifted["codes_lifted"], 5, "{lifted}");
+    let (status, answer) = ask_code(app, phone).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let code = code_sent_to(&world.twilio, phone);
+    let (status, signed_in) = sign_in(app, phone, json!({ "code": code })).await;
+    assert_eq!(status, StatusCode::OK, "{signed_in}");
+    assert_eq!(signed_in["account_id"], account);
+    let (status, answer) = lift("not a phone", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+    // From the command line, for a phone with no account yet.
+    let other = "+14155554082";
+    for _ in 0..5 {
+        assert_eq!(ask_code(app, other).await.0, StatusCode::ACCEPTED);
+        world.clock.advance_ms(31_000);
+    }
+    assert_eq!(ask_code(app, other).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let output = crate::helpers::run_cli(&app.directory, &["sign-in", "lift", other, "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["codes_lifted"], 5, "{printed}");
+    assert_eq!(ask_code(app, other).await.0, StatusCode::ACCEPTED);
+}

@@ -389,6 +389,15 @@ pub async fn sign_in(
     }
 }
 
+/// Lifts the phone's sign-in limits (what the admin does for a customer a
+/// stranger locked out): the codes it was sent so far no longer count
+/// against it, so it may ask for a code at once, which replaces a code
+/// killed by wrong guesses. The address that asked and the caps of the hour
+/// still count them. Answers how many codes were lifted.
+pub async fn lift_limits(store: &Store, phone: &PhoneNumber) -> Result<i64, StoreError> {
+    store.sign_in().lift_limits(phone.clone()).await
+}
+
 /// The phone a live sign-up token proved, if it is one.
 pub async fn proved_phone(
     store: &Store,

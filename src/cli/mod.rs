@@ -13,6 +13,7 @@ mod pricing;
 mod quote;
 mod reconcile;
 mod serve;
+mod sign_in;
 mod stripe_events;
 mod verify;
 mod webhooks;
@@ -75,6 +76,9 @@ pub enum Command {
     /// Refund a paid order through Stripe, and list an order's refunds.
     #[command(subcommand)]
     Orders(orders::OrdersCommand),
+    /// Lift a phone's sign-in limits (a customer a stranger locked out).
+    #[command(subcommand)]
+    SignIn(sign_in::SignInCommand),
     /// The host application's webhook endpoints: add, list, show, deliveries,
     /// replay, rotate-secret, enable, disable, remove, test.
     #[command(subcommand)]
@@ -129,6 +133,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::DiscountCodes(command)) => command.run(&settings),
         Some(Command::Webhooks(command)) => command.run(&settings),
         Some(Command::Orders(command)) => command.run(&settings),
+        Some(Command::SignIn(command)) => command.run(&settings),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -163,6 +163,10 @@ pub trait SignInStore: Send + Sync {
     fn redeem(&self, request: Redeem) -> StoreFuture<Redeemed>;
     /// The phone a live sign-up token (by hash) was given for.
     fn sign_up_phone(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<PhoneNumber>>;
+    /// Lifts the phone's limits: its codes stored so far no longer count
+    /// against it (they still count against the addresses that asked and
+    /// the caps of the hour); answers how many were lifted.
+    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64>;
     /// The codes stored since `since_ms` by destination country (every
     /// instance's), the most first.
     fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>>;

@@ -28,6 +28,17 @@ fn stored_country(country: &str) -> Result<CountryCode, StoreError> {
 }
 
 impl SignInStore for SqliteStore {
+    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64> {
+        self.write(move |connection| {
+            let lifted = connection
+                .prepare_cached(
+                    "UPDATE sign_in_codes SET lifted = 1 WHERE phone = ?1 AND lifted = 0",
+                )?
+                .execute([phone.as_str()])?;
+            Ok(lifted as i64)
+        })
+    }
+
     fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>> {
         self.read(move |connection| {
             let rows: Vec<(String, i64)> = connection
@@ -101,8 +112,15 @@ fn open_code(connection: &Connection, request: &CodeRequest) -> Result<CodeOpene
         .prepare_cached("DELETE FROM sign_in_codes WHERE created_at < ?1")?
         .execute([now - KEPT_MS])?;
     let hour_ago = now - HOUR_MS;
-    let (count, oldest, newest) =
-        codes_since(connection, "phone", request.phone.as_str(), hour_ago)?;
+    // The phone's own codes, but those the admin lifted.
+    let (count, oldest, newest): (i64, Option<i64>, Option<i64>) = connection
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM sign_in_codes
+              WHERE phone = ?1 AND created_at > ?2 AND lifted = 0",
+        )?
+        .query_row(params![request.phone.as_str(), hour_ago], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
     if let Some(wait) = crate::sign_in::wait_for(
         count,
         oldest,

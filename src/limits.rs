@@ -15,6 +15,8 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
@@ -28,82 +30,181 @@ use crate::error::ApiError;
 /// Wrong tokens one address may present in a minute.
 const WRONG_TOKENS_PER_MINUTE: u32 = 20;
 
-/// Wrong admin, API and metrics tokens, by the address that sent them.
+/// Addresses each limiter keeps at most. Past it, those whose quota is
+/// whole again are forgotten, and if that is not enough, every one is: a
+/// caller rotating through this many addresses within a minute gains
+/// nothing it did not have already (each address has a quota of its own),
+/// and the memory stays bounded.
+const MAX_ADDRESSES: usize = 100_000;
+
+/// Checks between two sweeps of the addresses whose quota is whole again.
+const SWEEP_EVERY: u64 = 1_024;
+
+/// The key an address is counted under: itself, or an IPv6 client's /64
+/// (one host is routinely given a whole /64, so its addresses are one
+/// caller's).
+pub fn key_of(address: IpAddr) -> IpAddr {
+    match address.to_canonical() {
+        IpAddr::V6(address) => {
+            let prefix = u128::from(address) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
+    }
+}
+
+/// How the per-address limits in the store name an address: itself, or an
+/// IPv6 client's /64 (`2001:db8:1:2::/64`).
+pub fn counted_as(address: IpAddr) -> String {
+    match key_of(address) {
+        IpAddr::V6(prefix) => format!("{prefix}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
+/// A quota per address (by [`key_of`]), its memory bounded.
+struct AddressLimiter {
+    quota: Quota,
+    /// Replaced whole when it holds too many addresses to sweep.
+    limiter: RwLock<DefaultKeyedRateLimiter<IpAddr>>,
+    checks: AtomicU64,
+    max_addresses: usize,
+}
+
+impl AddressLimiter {
+    fn new(quota: Quota, max_addresses: usize) -> AddressLimiter {
+        AddressLimiter {
+            quota,
+            limiter: RwLock::new(RateLimiter::keyed(quota)),
+            checks: AtomicU64::new(0),
+            max_addresses,
+        }
+    }
+
+    /// Counts one from `address`: past the quota, how long to wait.
+    fn check(&self, address: IpAddr) -> Option<Duration> {
+        self.keep_bounded();
+        let clock = DefaultClock::default();
+        let limiter = self.limiter.read().unwrap_or_else(PoisonError::into_inner);
+        match limiter.check_key(&key_of(address)) {
+            Ok(()) => None,
+            Err(not_until) => Some(
+                not_until
+                    .wait_time_from(clock.now())
+                    .max(Duration::from_secs(1)),
+            ),
+        }
+    }
+
+    /// Every so many checks, and whenever too many addresses are kept,
+    /// forgets those whose quota is whole again; if still too many, all.
+    fn keep_bounded(&self) {
+        let checks = self.checks.fetch_add(1, Ordering::Relaxed) + 1;
+        let too_many = || {
+            self.limiter
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len()
+                >= self.max_addresses
+        };
+        if !checks.is_multiple_of(SWEEP_EVERY) && !too_many() {
+            return;
+        }
+        {
+            let limiter = self.limiter.read().unwrap_or_else(PoisonError::into_inner);
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+        if too_many() {
+            *self.limiter.write().unwrap_or_else(PoisonError::into_inner) =
+                RateLimiter::keyed(self.quota);
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.limiter
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+}
+
+/// Wrong credentials, by the address that sent them.
 pub struct WrongTokens {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
-    /// Addresses refused until then, without looking at what they present.
+    limiter: AddressLimiter,
+    /// Addresses (by [`key_of`]) refused until then, without looking at
+    /// what they present.
     blocked: DashMap<IpAddr, Instant>,
 }
 
 impl Default for WrongTokens {
     fn default() -> WrongTokens {
-        let per_minute = NonZeroU32::new(WRONG_TOKENS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
-        WrongTokens {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
-            blocked: DashMap::new(),
-        }
+        WrongTokens::with_capacity(MAX_ADDRESSES)
     }
 }
 
 impl WrongTokens {
+    fn with_capacity(max_addresses: usize) -> WrongTokens {
+        let per_minute = NonZeroU32::new(WRONG_TOKENS_PER_MINUTE).unwrap_or(NonZeroU32::MIN);
+        WrongTokens {
+            limiter: AddressLimiter::new(Quota::per_minute(per_minute), max_addresses),
+            blocked: DashMap::new(),
+        }
+    }
+
     /// How long `address` must wait before presenting a token again, if it
     /// must.
     pub fn wait_for(&self, address: IpAddr) -> Option<Duration> {
+        let key = key_of(address);
         let now = Instant::now();
-        let until = *self.blocked.get(&address)?;
+        let until = *self.blocked.get(&key)?;
         if until > now {
             return Some(until - now);
         }
-        self.blocked.remove_if(&address, |_, until| *until <= now);
+        self.blocked.remove_if(&key, |_, until| *until <= now);
         None
     }
 
     /// `address` presented a wrong token: past the quota, it waits.
     pub fn failed(&self, address: IpAddr) -> Option<Duration> {
-        let clock = DefaultClock::default();
-        match self.limiter.check_key(&address) {
-            Ok(()) => None,
-            Err(not_until) => {
-                let wait = not_until
-                    .wait_time_from(clock.now())
-                    .max(Duration::from_secs(1));
-                self.blocked.insert(address, Instant::now() + wait);
-                self.limiter.retain_recent();
-                Some(wait)
+        let wait = self.limiter.check(address)?;
+        let now = Instant::now();
+        // The waits that are over are forgotten as new ones come: as few
+        // are kept as addresses wait.
+        if self.blocked.len() >= self.limiter.max_addresses {
+            self.blocked.retain(|_, until| *until > now);
+            if self.blocked.len() >= self.limiter.max_addresses {
+                self.blocked.clear();
             }
         }
+        self.blocked.insert(key_of(address), now + wait);
+        Some(wait)
     }
 }
 
 /// Calls to the anonymous routes, by address.
 pub struct AnonymousCalls {
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    limiter: AddressLimiter,
 }
 
 impl AnonymousCalls {
     /// `per_minute` calls from one address in a minute (the setting is at
     /// least 1; a 0 would let one call a minute through all the same).
     pub fn new(per_minute: u32) -> AnonymousCalls {
+        AnonymousCalls::with_capacity(per_minute, MAX_ADDRESSES)
+    }
+
+    fn with_capacity(per_minute: u32, max_addresses: usize) -> AnonymousCalls {
         let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         AnonymousCalls {
-            limiter: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            limiter: AddressLimiter::new(Quota::per_minute(per_minute), max_addresses),
         }
     }
 
     /// Counts a call from `address`: past the quota, how long to wait.
     pub fn call(&self, address: IpAddr) -> Option<Duration> {
-        let clock = DefaultClock::default();
-        match self.limiter.check_key(&address) {
-            Ok(()) => None,
-            Err(not_until) => {
-                self.limiter.retain_recent();
-                Some(
-                    not_until
-                        .wait_time_from(clock.now())
-                        .max(Duration::from_secs(1)),
-                )
-            }
-        }
+        self.limiter.check(address)
     }
 }
 
@@ -271,6 +372,45 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_its_64() {
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let same: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(key_of(one), key_of(same));
+        assert_ne!(key_of(one), key_of(other));
+        assert_eq!(counted_as(one), "2001:db8:1:2::/64");
+        let v4: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(key_of(v4), v4);
+        assert_eq!(
+            counted_as("::ffff:203.0.113.7".parse().unwrap()),
+            "203.0.113.7"
+        );
+    }
+
+    #[test]
+    fn memory_stays_bounded_under_rotating_addresses() {
+        let calls = AnonymousCalls::with_capacity(60, 1_000);
+        let wrong = WrongTokens::with_capacity(1_000);
+        for index in 0..20_000u32 {
+            let address = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + index));
+            assert_eq!(calls.call(address), None);
+            for _ in 0..21 {
+                wrong.failed(address);
+            }
+            assert!(calls.limiter.len() <= 1_000, "{}", calls.limiter.len());
+            assert!(wrong.limiter.len() <= 1_000);
+            assert!(wrong.blocked.len() <= 1_000);
+        }
+        // One address's quota still holds between sweeps.
+        let calls = AnonymousCalls::with_capacity(3, 1_000);
+        let address: IpAddr = "203.0.113.7".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(calls.call(address), None);
+        }
+        assert!(calls.call(address).is_some());
+    }
 
     #[test]
     fn hops_parse_as_proxies_write_them() {

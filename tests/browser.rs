@@ -616,8 +616,9 @@ async fn a_number_that_cannot_be_priced_is_said_so_to_the_admin_and_the_customer
 
 /// A number that texted STOP: its page tells the customer that nothing is
 /// texted to it and how to get texts again (in the customer's words), and
-/// the console says so beside the account, at a desktop's and a phone's
-/// width; no failed request, no console error.
+/// the console says so beside the account, where the phone's sign-in
+/// limits are lifted too, at a desktop's and a phone's width; no failed
+/// request, no console error.
 #[actix_rt::test]
 async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
     let stripe = crate::fake_stripe::FakeStripe::start().await;
@@ -664,6 +665,60 @@ async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
         page.wait_for(
             "document.getElementById('account-facts').textContent.includes('opted out of texts (texted STOP)')",
             json!(true),
+        )
+        .await;
+        // The phone's sign-in limits, lifted from the account.
+        page.eval(
+            "window.confirm = () => true; document.getElementById('sign-in-lift').click(); true",
+        )
+        .await;
+        page.wait_for(
+            "document.getElementById('sign-in-message').textContent.startsWith('Lifted: ')",
+            json!(true),
+        )
+        .await;
+        page.assert_clean();
+    }
+}
+
+/// Sign-in codes at half their cap or more in the last hour are listed in
+/// the console's Needs attention, at a desktop's and a phone's width.
+#[actix_rt::test]
+async fn the_console_lists_sign_in_codes_at_an_unusual_rate() {
+    let twilio = crate::fake_twilio::FakeTwilio::start().await;
+    let directory = crate::helpers::fresh_directory();
+    let mut settings =
+        crate::helpers::with_twilio(crate::helpers::test_settings(&directory), &twilio.base_url);
+    settings.access.sign_in.limits.per_country_per_hour = 4;
+    let app = TestApp::spawn_with(directory, settings).await;
+    for phone in ["+14155553630", "+14155553631"] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                "/v1/sign-in/code",
+                None,
+                Some(json!({ "phone": phone })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+
+    let browser = Browser::start();
+    for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
+        let mut page = browser.page().await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.open_until(&app.url("/admin"), "admin-token").await;
+        page.eval(&format!(
+            "sessionStorage.clear(); document.getElementById('admin-token').value = '{ADMIN_TOKEN}'; document.getElementById('signin-button').click(); true"
+        ))
+        .await;
+        page.wait_for(
+            "document.querySelector('#sign-in-list li') && document.querySelector('#sign-in-list li').textContent",
+            json!("to US · 2 codes in the last hour (cap 4)"),
         )
         .await;
         page.assert_clean();

@@ -917,3 +917,25 @@ async fn behind_proxies_the_client_cannot_choose_its_address() {
     ];
     assert_eq!(statuses, [StatusCode::UNAUTHORIZED; 2]);
 }
+
+/// An IPv6 host has a whole /64: its addresses are one client for the
+/// limits, so rotating them gains no guesses; another /64 is another
+/// client.
+#[actix_rt::test]
+async fn an_ipv6_client_is_counted_by_its_64() {
+    let directory = crate::helpers::fresh_directory();
+    let mut settings = crate::helpers::test_settings(&directory);
+    settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = TestApp::spawn_with(directory, settings).await;
+    assert!(
+        counted_as_one(&app, |index| vec![(
+            "X-Forwarded-For",
+            format!("2001:db8:7:8:{index:x}::1")
+        )])
+        .await,
+        "one /64, one client"
+    );
+    let status =
+        through_the_proxy(&app, &[("X-Forwarded-For", "2001:db8:7:9::1".to_string())]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "another /64");
+}

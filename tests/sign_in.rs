@@ -607,3 +607,188 @@ async fn a_number_twilio_refuses_gets_the_same_answer_as_any_other() {
         );
     }
 }
+
+/// Asks for a code for `phone` as `client` (through the trusted proxy).
+async fn ask_code_from(app: &TestApp, phone: &str, client: &str) -> (StatusCode, Value) {
+    let mut response = app
+        .client
+        .post(app.url("/v1/sign-in/code"))
+        .insert_header(("X-Forwarded-For", client))
+        .send_json(&json!({ "phone": phone }))
+        .await
+        .unwrap();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (response.status(), body)
+}
+
+on_both_stores!(sign_in_cannot_be_used_to_text_codes_at_the_services_expense);
+/// SMS pumping: an IPv6 host's addresses are one client (its /64) for the
+/// per-address limit; codes of an hour are capped across every caller and
+/// per destination country (429 to all once reached, whatever the address);
+/// a country the rate table does not price gets no code; codes are counted
+/// by country in `/metrics`, and an unusual rate is listed for the
+/// operator.
+async fn sign_in_cannot_be_used_to_text_codes_at_the_services_expense() {
+    let world = world_with(|settings| {
+        settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        settings.access.sign_in.limits.per_address_per_hour = 3;
+        settings.access.sign_in.limits.per_hour = 8;
+        settings.access.sign_in.limits.per_country_per_hour = 4;
+        settings.access.metrics_token = Some(sms_credit::config::Secret::new(METRICS_TOKEN));
+    })
+    .await;
+    let app = &world.app;
+
+    // One /64, rotating its addresses: three codes, then no more; another
+    // /64 is another client.
+    for index in 1..=3 {
+        let (status, answer) = ask_code_from(
+            app,
+            &format!("+1415555410{index}"),
+            &format!("2001:db8:1:2::{index}"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    let (status, answer) = ask_code_from(app, "+14155554104", "2001:db8:1:2:ffff::9").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_codes");
+
+    // A fourth US code from another client fills the country's cap of 4.
+    let (status, answer) = ask_code_from(app, "+14155554105", "2001:db8:1:3::1").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let (status, answer) = ask_code_from(app, "+14155554106", "203.0.113.21").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the US cap: {answer}"
+    );
+    assert_eq!(answer["error"]["code"], "too_many_codes");
+    // Other countries still get codes, until the cap of every code (8).
+    for (index, phone) in [
+        "+447400123456",
+        "+33612345678",
+        "+393123456789",
+        "+41781234567",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, answer) = ask_code_from(app, phone, &format!("203.0.113.3{index}")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{phone}: {answer}");
+    }
+    let (status, answer) = ask_code_from(app, "+6421234567", "203.0.113.40").await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the cap of all: {answer}"
+    );
+    assert_eq!(answer["error"]["code"], "too_many_codes");
+    // A country the rate table does not price: no code, whatever the phone.
+    let (status, answer) = ask_code_from(app, "+4915112345678", "203.0.113.41").await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{answer}");
+    assert_eq!(answer["error"]["code"], "unsupported_destination");
+    let texted = world.twilio.sent().len();
+    assert_eq!(texted, 8, "eight codes went out");
+
+    let metrics = metrics_text(app).await;
+    for (country, outcome, count) in [
+        ("US", "sent", 4),
+        ("US", "capped", 1),
+        ("GB", "sent", 1),
+        ("NZ", "capped", 1),
+        ("DE", "unpriced", 1),
+    ] {
+        assert_eq!(
+            metric(
+                &metrics,
+                &format!(
+                    "sms_credit_sign_in_codes_total{{country=\"{country}\",outcome=\"{outcome}\"}}"
+                )
+            ),
+            count,
+            "{country} {outcome}: {metrics}"
+        );
+    }
+    let (status, attention) = app
+        .request("GET", "/v1/admin/attention", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{attention}");
+    assert_eq!(
+        attention["sign_in_codes"],
+        json!([
+            {"country": null, "codes_last_hour": 8, "cap": 8},
+            {"country": "US", "codes_last_hour": 4, "cap": 4},
+        ]),
+        "{attention}"
+    );
+
+    // An hour later the caps have room again.
+    world.clock.advance_ms(3_600_000);
+    let (status, answer) = ask_code_from(app, "+14155554106", "203.0.113.21").await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+}
+
+on_both_stores!(the_admin_lifts_a_phones_sign_in_limits_a_stranger_used_up);
+/// A stranger who knows a customer's phone can use up its codes of the
+/// hour and kill its live code with wrong guesses; the admin lifts the
+/// phone's limits (API, then the CLI for another phone), and the customer
+/// signs in at once. The address's limit and the caps still hold.
+async fn the_admin_lifts_a_phones_sign_in_limits_a_stranger_used_up() {
+    let world = world_with(|_| {}).await;
+    let app = &world.app;
+    let phone = "+14155554081";
+    let account = app.create_account(phone).await;
+
+    // The stranger: five codes in the hour, the last one killed.
+    for _ in 0..5 {
+        assert_eq!(ask_code(app, phone).await.0, StatusCode::ACCEPTED);
+        world.clock.advance_ms(31_000);
+    }
+    let code = code_sent_to(&world.twilio, phone);
+    for _ in 0..5 {
+        sign_in(app, phone, json!({ "code": other_code(&code) })).await;
+    }
+    let (status, _) = ask_code(app, phone).await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the customer is locked out"
+    );
+
+    let lift = |phone: &'static str, token: Option<&'static str>| {
+        app.request(
+            "POST",
+            "/v1/admin/sign-in/lift",
+            token,
+            Some(json!({ "phone": phone })),
+        )
+    };
+    let (status, _) = lift(phone, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "the admin's alone");
+    let (status, lifted) = lift(phone, Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::OK, "{lifted}");
+    assert_eq!(lifted["phone"], phone);
+    assert_eq!(lifted["codes_lifted"], 5, "{lifted}");
+    let (status, answer) = ask_code(app, phone).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let code = code_sent_to(&world.twilio, phone);
+    let (status, signed_in) = sign_in(app, phone, json!({ "code": code })).await;
+    assert_eq!(status, StatusCode::OK, "{signed_in}");
+    assert_eq!(signed_in["account_id"], account);
+    let (status, answer) = lift("not a phone", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+
+    // From the command line, for a phone with no account yet.
+    let other = "+14155554082";
+    for _ in 0..5 {
+        assert_eq!(ask_code(app, other).await.0, StatusCode::ACCEPTED);
+        world.clock.advance_ms(31_000);
+    }
+    assert_eq!(ask_code(app, other).await.0, StatusCode::TOO_MANY_REQUESTS);
+    let output = crate::helpers::run_cli(&app.directory, &["sign-in", "lift", other, "--json"]);
+    assert!(output.status.success(), "{output:?}");
+    let printed: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(printed["codes_lifted"], 5, "{printed}");
+    assert_eq!(ask_code(app, other).await.0, StatusCode::ACCEPTED);
+}

@@ -114,6 +114,25 @@ async fn endpoints_are_managed_and_bad_input_is_refused() {
             "invalid_url",
             "url:",
         ),
+        // NAT64 (the well-known prefix) reaches the IPv4 address inside it
+        // from an IPv6-only host: the metadata service, a private network.
+        (
+            json!({"url": "https://[64:ff9b::a9fe:a9fe]/latest"}),
+            "invalid_url",
+            "url:",
+        ),
+        (
+            json!({"url": "https://[64:ff9b::10.1.2.3]/in"}),
+            "invalid_url",
+            "url:",
+        ),
+        // A local-use NAT64 prefix (RFC 8215) is the operator's own: its
+        // layout is unknown, so it is never public.
+        (
+            json!({"url": "https://[64:ff9b:1::a00:1]/in"}),
+            "invalid_url",
+            "url:",
+        ),
         (
             json!({"url": "https://hooks.example.com", "events": ["balance.lo"]}),
             "invalid_events",

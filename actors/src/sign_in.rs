@@ -13,6 +13,8 @@ use crate::ledger::AccountId;
 use crate::messaging::records::MessageKind;
 use crate::messaging::{Messaging, MessagingError};
 use crate::opt_outs::OptOutVia;
+use crate::phone::CountryCode;
+use crate::rating::RatingError;
 use crate::store::{Store, StoreError};
 
 /// How long a texted code may be used.
@@ -31,8 +33,14 @@ pub struct CodeLimits {
     pub min_gap_ms: i64,
     /// At most this many codes for one phone in an hour.
     pub per_phone_per_hour: i64,
-    /// At most this many codes asked for from one client address in an hour.
+    /// At most this many codes asked for from one client address (an IPv6
+    /// client: its /64) in an hour.
     pub per_address_per_hour: i64,
+    /// At most this many codes in an hour, whoever asks: what texting codes
+    /// may cost the service in an hour is bounded (SMS pumping).
+    pub per_hour: i64,
+    /// At most this many codes to one destination country in an hour.
+    pub per_country_per_hour: i64,
 }
 
 impl Default for CodeLimits {
@@ -41,6 +49,8 @@ impl Default for CodeLimits {
             min_gap_ms: 30_000,
             per_phone_per_hour: 5,
             per_address_per_hour: 30,
+            per_hour: 100,
+            per_country_per_hour: 50,
         }
     }
 }
@@ -57,6 +67,8 @@ pub struct SignInPolicy {
 #[derive(Clone, Debug)]
 pub struct CodeRequest {
     pub phone: PhoneNumber,
+    /// The phone's country, which the rate table prices.
+    pub country: CountryCode,
     pub code_hash: String,
     pub client_address: String,
     pub now_ms: i64,
@@ -67,8 +79,14 @@ pub struct CodeRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeOpened {
     Opened,
-    /// A limit was reached: nothing stored; ask again after this long.
+    /// A limit of the phone or the address was reached: nothing stored;
+    /// ask again after this long.
     Wait {
+        retry_after_ms: i64,
+    },
+    /// The codes of the hour, of all callers or to the phone's country,
+    /// reached their cap: nothing stored; ask again after this long.
+    Capped {
         retry_after_ms: i64,
     },
 }
@@ -137,6 +155,12 @@ pub enum SignInError {
     NotYet,
     #[error("too many codes asked for; try again later")]
     Wait { retry_after_ms: i64 },
+    #[error("sign-in codes are paused for a while; try again later")]
+    Capped { retry_after_ms: i64 },
+    /// The rate table does not price the phone's country: no code is
+    /// texted there (what a code costs would be unknown).
+    #[error(transparent)]
+    Destination(RatingError),
     #[error("the code could not be sent: {0}")]
     NotSent(MessagingError),
     #[error(transparent)]
@@ -165,6 +189,45 @@ pub fn wait_for(
         return Some((frees - now_ms).max(1_000));
     }
     None
+}
+
+/// Codes texted in the last hour that the operator should look at: all of
+/// them (`country` none) once they reach half the cap of the hour, and a
+/// country's once they reach half the country's cap.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CodeRate {
+    /// The destination country; absent: every country.
+    pub country: Option<CountryCode>,
+    pub codes_last_hour: i64,
+    /// The cap of the hour (past it, codes are refused).
+    pub cap: i64,
+}
+
+/// The rates of the last hour that are unusual, given the codes by country
+/// (`codes_by_country`) and the caps.
+pub fn unusual_rates(by_country: &[(CountryCode, i64)], limits: &CodeLimits) -> Vec<CodeRate> {
+    let total: i64 = by_country.iter().map(|(_, count)| count).sum();
+    let half = |cap: i64| (cap + 1) / 2;
+    let mut unusual = Vec::new();
+    if total >= half(limits.per_hour) {
+        unusual.push(CodeRate {
+            country: None,
+            codes_last_hour: total,
+            cap: limits.per_hour,
+        });
+    }
+    unusual.extend(
+        by_country
+            .iter()
+            .filter(|(_, count)| *count >= half(limits.per_country_per_hour))
+            .map(|(country, count)| CodeRate {
+                country: Some(*country),
+                codes_last_hour: *count,
+                cap: limits.per_country_per_hour,
+            }),
+    );
+    unusual
 }
 
 /// What the store keeps of a code: bound to its phone, so a code is worth
@@ -218,19 +281,36 @@ pub async fn request_code(
     limits: CodeLimits,
     now_ms: i64,
 ) -> Result<CodeOutcome, SignInError> {
+    // Only where the rate table prices a text: the same for every phone of
+    // a country, so it tells nothing of the phone.
+    let country = phone.country().ok_or_else(|| {
+        SignInError::Destination(RatingError::NoCountry {
+            number: phone.as_str().to_string(),
+        })
+    })?;
+    if messaging.rates.rate_for(country).is_none() {
+        return Err(SignInError::Destination(
+            RatingError::UnsupportedDestination { country },
+        ));
+    }
     let code = new_code()?;
     let opened = store
         .sign_in()
         .open_code(CodeRequest {
             phone: phone.clone(),
+            country,
             code_hash: code_hash(phone, &code),
             client_address: client_address.to_string(),
             now_ms,
             limits,
         })
         .await?;
-    if let CodeOpened::Wait { retry_after_ms } = opened {
-        return Err(SignInError::Wait { retry_after_ms });
+    match opened {
+        CodeOpened::Opened => {}
+        CodeOpened::Wait { retry_after_ms } => return Err(SignInError::Wait { retry_after_ms }),
+        CodeOpened::Capped { retry_after_ms } => {
+            return Err(SignInError::Capped { retry_after_ms })
+        }
     }
     // Counted like any other, but nothing goes to a number that opted out.
     if store.opt_outs().opt_out_of(phone.clone()).await?.is_some() {
@@ -307,6 +387,15 @@ pub async fn sign_in(
         Redeemed::NotYet => Err(SignInError::NotYet),
         Redeemed::Invalid => Err(SignInError::InvalidCode),
     }
+}
+
+/// Lifts the phone's sign-in limits (what the admin does for a customer a
+/// stranger locked out): the codes it was sent so far no longer count
+/// against it, so it may ask for a code at once, which replaces a code
+/// killed by wrong guesses. The address that asked and the caps of the hour
+/// still count them. Answers how many codes were lifted.
+pub async fn lift_limits(store: &Store, phone: &PhoneNumber) -> Result<i64, StoreError> {
+    store.sign_in().lift_limits(phone.clone()).await
 }
 
 /// The phone a live sign-up token proved, if it is one.

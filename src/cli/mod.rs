@@ -15,6 +15,7 @@ mod quote;
 mod reconcile;
 mod restore;
 mod serve;
+mod sign_in;
 mod stripe_events;
 mod verify;
 mod webhooks;
@@ -85,6 +86,9 @@ pub enum Command {
     /// Refund a paid order through Stripe, and list an order's refunds.
     #[command(subcommand)]
     Orders(orders::OrdersCommand),
+    /// Lift a phone's sign-in limits (a customer a stranger locked out).
+    #[command(subcommand)]
+    SignIn(sign_in::SignInCommand),
     /// The host application's webhook endpoints: add, list, show, deliveries,
     /// replay, rotate-secret, enable, disable, remove, test.
     #[command(subcommand)]
@@ -141,6 +145,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::DiscountCodes(command)) => command.run(&settings),
         Some(Command::Webhooks(command)) => command.run(&settings),
         Some(Command::Orders(command)) => command.run(&settings),
+        Some(Command::SignIn(command)) => command.run(&settings),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

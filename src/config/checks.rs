@@ -75,6 +75,9 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
                     .required("sign_in_codes_per_phone_hour", number(1i64..=1_000))?,
                 per_address_per_hour: values
                     .required("sign_in_codes_per_address_hour", number(1i64..=1_000_000))?,
+                per_hour: values.required("sign_in_codes_per_hour", number(1i64..=1_000_000))?,
+                per_country_per_hour: values
+                    .required("sign_in_codes_per_country_hour", number(1i64..=1_000_000))?,
             },
         },
         anonymous_calls_per_minute: values

@@ -78,6 +78,7 @@ use crate::error::{ApiError, ErrorBody};
         admin::tokens::revoke,
         admin::tokens::rotate,
         admin::verify::show,
+        admin::sign_in::lift,
         admin::pricing::show,
         admin::pricing::update,
         admin::discount_codes::create,

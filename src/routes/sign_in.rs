@@ -47,20 +47,22 @@ fn phone(text: &str) -> Result<PhoneNumber, ApiError> {
     PhoneNumber::parse(text).map_err(|error| ApiError::invalid("invalid_phone", error.to_string()))
 }
 
-/// Where the caller is, for the per-address limit (`unknown` when the
-/// connection has no address, as in a test).
+/// Where the caller is, for the per-address limit: its address, or an IPv6
+/// client's /64 (`unknown` when the connection has no address, as in a
+/// test).
 fn address_of(state: &AppState, request: &HttpRequest) -> String {
     state
         .limits
         .client_address(request)
-        .map_or_else(|| "unknown".to_string(), |address| address.to_string())
+        .map_or_else(|| "unknown".to_string(), crate::limits::counted_as)
 }
 
 /// Texts a six-digit sign-in code to the phone. Answers `202` for every
 /// valid number, whether or not it has an account.
 #[utoipa::path(post, path = "/v1/sign-in/code", tag = "account holders", request_body = CodeRequest,
     responses((status = 202, body = CodeSent),
-        (status = 429, description = "Too many codes for this phone or from this address; `Retry-After` says when"),
+        (status = 422, description = "`unsupported_destination`: the rate table does not price the phone's country"),
+        (status = 429, description = "Too many codes for this phone, from this address, or in this hour (to every country or this one); `Retry-After` says when"),
         (status = 503, description = "Sign-in by text message is not available on this server")))]
 pub async fn request_code(
     state: web::Data<AppState>,
@@ -74,7 +76,10 @@ pub async fn request_code(
         message: "signing in with a text message is not available on this server",
         variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM",
     })?;
-    let outcome = sign_in::request_code(
+    let country = phone
+        .country()
+        .map_or_else(|| "unknown".to_string(), |country| country.to_string());
+    let asked = sign_in::request_code(
         &state.store,
         messaging,
         &state.settings.server.service_name,
@@ -83,10 +88,20 @@ pub async fn request_code(
         state.settings.access.sign_in.limits,
         state.clock.now_ms(),
     )
-    .await?;
-    let country = phone
-        .country()
-        .map_or_else(|| "unknown".to_string(), |country| country.to_string());
+    .await;
+    let outcome = match asked {
+        Ok(outcome) => outcome,
+        Err(SignInError::Destination(rating)) => {
+            state.sign_in_codes.count(&country, "unpriced");
+            return Err(ApiError::Rating(rating));
+        }
+        Err(error @ SignInError::Capped { .. }) => {
+            tracing::warn!(%country, "a cap on sign-in codes was reached");
+            state.sign_in_codes.count(&country, "capped");
+            return Err(error.into());
+        }
+        Err(error) => return Err(error.into()),
+    };
     // A number Twilio will not text is answered as every other (its
     // refusal would tell that the phone once used the service): the
     // refusal goes to the log and the metrics only.

@@ -205,6 +205,10 @@ async function loadAttention() {
     + row.dispute_id + " · order " + row.order_id + " · " + dollars(row.amount_micros) + " · " + row.reason
     + " · " + row.status.replaceAll("_", " ")
     + (row.respond_by_ms ? " · respond by " + when(new Date(row.respond_by_ms).toISOString()) : ""), "disputes-open");
+  // Codes texted at half their cap or more in the last hour: someone may
+  // be having the service text codes at its expense.
+  fill("sign-in-list", attention.sign_in_codes, (row) => (row.country ? "to " + row.country : "to every country")
+    + " · " + row.codes_last_hour + " codes in the last hour (cap " + row.cap + ")", null);
 }
 
 async function loadWaiting() {
@@ -281,6 +285,8 @@ function optOutWords(optOut) {
 async function openAccount(id) {
   const account = await api("GET", "/v1/admin/accounts/" + id);
   state.accountId = account.id;
+  state.accountPhone = account.phone;
+  $("sign-in-message").textContent = "";
   $("account-title").textContent = "Account #" + account.id + " · " + account.phone;
   showBalance(account.balance_micros);
   $("account-facts").textContent = account.status + (account.email ? " · " + account.email : "") +
@@ -638,6 +644,14 @@ $("ledger-csv").addEventListener("click", async (event) => {
 $("token-issue").addEventListener("click", () => tokenAction("POST", "/tokens", "Issue a new token for this account?"));
 $("token-rotate").addEventListener("click", () => tokenAction("POST", "/tokens/rotate", "Revoke every token of this account and issue one?"));
 $("token-revoke").addEventListener("click", () => tokenAction("DELETE", "/tokens", "Revoke every token of this account? Its open pages sign out."));
+$("sign-in-lift").addEventListener("click", async () => {
+  if (!confirm("Lift the sign-in limits of " + state.accountPhone + "?")) return;
+  try {
+    const lifted = await api("POST", "/v1/admin/sign-in/lift", { phone: state.accountPhone });
+    $("sign-in-message").textContent = "Lifted: " + lifted.codes_lifted
+      + " codes no longer count against this phone; it may ask for a code now.";
+  } catch (error) { $("sign-in-message").textContent = problem(error); }
+});
 $("auto-off").addEventListener("click", async () => {
   if (!confirm("Turn auto top-up off for account #" + state.accountId + "?")) return;
   try {

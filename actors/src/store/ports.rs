@@ -31,6 +31,7 @@ use crate::messaging::records::{
 };
 use crate::money::Money;
 use crate::opt_outs::{OptChange, OptOut, OptOutVia};
+use crate::phone::CountryCode;
 use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
 use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
 use crate::verify::VerifyReport;
@@ -163,6 +164,13 @@ pub trait SignInStore: Send + Sync {
     fn redeem(&self, request: Redeem) -> StoreFuture<Redeemed>;
     /// The phone a live sign-up token (by hash) was given for.
     fn sign_up_phone(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<PhoneNumber>>;
+    /// Lifts the phone's limits: its codes stored so far no longer count
+    /// against it (they still count against the addresses that asked and
+    /// the caps of the hour); answers how many were lifted.
+    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64>;
+    /// The codes stored since `since_ms` by destination country (every
+    /// instance's), the most first.
+    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>>;
 }
 
 /// How the domain prices access: from the current pricing and the

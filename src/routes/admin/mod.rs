@@ -9,6 +9,7 @@ pub(crate) mod overview;
 pub(crate) mod pricing;
 pub(crate) mod reconciliation;
 pub(crate) mod reports;
+pub(crate) mod sign_in;
 pub(crate) mod stripe_events;
 pub(crate) mod tokens;
 pub(crate) mod transactions;
@@ -81,6 +82,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/reports", web::get().to(reports::show))
         .route("/attention", web::get().to(reports::attention))
         .route("/verify", web::get().to(verify::show))
+        .route("/sign-in/lift", web::post().to(sign_in::lift))
         .route("/pricing", web::get().to(pricing::show))
         .route("/pricing", web::put().to(pricing::update))
         .route("/discount-codes", web::post().to(discount_codes::create))

@@ -4,8 +4,9 @@
 //! another (the operator's month): charged against the carrier's price.
 
 use actix_web::{web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sms_credit_actors::reports::{Attention, CountryMargin, HourFigures};
+use sms_credit_actors::sign_in::{unusual_rates, CodeRate};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -70,11 +71,24 @@ pub async fn show(
 /// How long a reservation may stay open before it needs a look.
 const RESERVED_FOR_LONG_MS: i64 = 10 * 60_000;
 
+/// What needs the operator's attention, with the sign-in codes of the last
+/// hour when their rate is unusual.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AttentionView {
+    #[serde(flatten)]
+    attention: Attention,
+    /// Sign-in codes of the last hour at half their cap or more: all of
+    /// them, or a country's (someone may be texting codes at the service's
+    /// expense).
+    sign_in_codes: Vec<CodeRate>,
+}
+
 /// What needs the operator's attention: the lists behind the overview's
 /// figures (balances below the threshold, auto top-ups off, notices not
-/// sent, messages reserved for more than ten minutes), 50 of each at most.
+/// sent, messages reserved for more than ten minutes), 50 of each at most,
+/// and an unusual rate of sign-in codes.
 #[utoipa::path(get, path = "/v1/admin/attention", tag = "admin", security(("adminToken" = [])),
-    responses((status = 200, body = Attention)))]
+    responses((status = 200, body = AttentionView)))]
 pub async fn attention(
     _admin: Admin,
     state: web::Data<AppState>,
@@ -89,5 +103,13 @@ pub async fn attention(
             50,
         )
         .await?;
-    Ok(HttpResponse::Ok().json(attention))
+    let codes = state
+        .store
+        .sign_in()
+        .codes_by_country(now_ms - 3_600_000)
+        .await?;
+    Ok(HttpResponse::Ok().json(AttentionView {
+        attention,
+        sign_in_codes: unusual_rates(&codes, &state.settings.access.sign_in.limits),
+    }))
 }

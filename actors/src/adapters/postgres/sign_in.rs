@@ -8,6 +8,7 @@ use tokio_postgres::{GenericClient, Transaction};
 use super::accounts::{find_account_by_phone, insert_token};
 use super::{boxed, PostgresStore};
 use crate::accounts::{AccountStatus, PhoneNumber};
+use crate::phone::CountryCode;
 use crate::sign_in::{CodeOpened, CodeRequest, Proof, Redeem, Redeemed, MAX_WRONG_CODES};
 use crate::store::{SignInStore, StoreError, StoreFuture, UnknownValue};
 
@@ -15,7 +16,53 @@ const HOUR_MS: i64 = 3_600_000;
 /// Codes older than this are of no use to any limit: they are deleted.
 const KEPT_MS: i64 = 24 * HOUR_MS;
 
+/// A country read back from `sign_in_codes`.
+fn stored_country(country: &str) -> Result<CountryCode, StoreError> {
+    CountryCode::parse(country).map_err(|_| {
+        StoreError::UnknownValue(UnknownValue::new(
+            "sign_in_codes",
+            country,
+            "country",
+            country,
+        ))
+    })
+}
+
 impl SignInStore for PostgresStore {
+    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64> {
+        self.write(move |transaction| {
+            let phone = phone.clone();
+            boxed(async move {
+                let lifted = transaction
+                    .execute(
+                        "UPDATE sign_in_codes SET lifted = 1 WHERE phone = $1 AND lifted = 0",
+                        &[&phone.as_str()],
+                    )
+                    .await?;
+                Ok(lifted as i64)
+            })
+        })
+    }
+
+    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>> {
+        self.read(move |client| async move {
+            let rows = client
+                .query(
+                    "SELECT country, COUNT(*) FROM sign_in_codes
+                      WHERE created_at > $1 AND country IS NOT NULL
+                      GROUP BY country ORDER BY COUNT(*) DESC, country",
+                    &[&since_ms],
+                )
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let country: String = row.try_get(0)?;
+                    Ok((stored_country(&country)?, row.try_get(1)?))
+                })
+                .collect()
+        })
+    }
+
     fn open_code(&self, request: CodeRequest) -> StoreFuture<CodeOpened> {
         self.write(move |transaction| {
             let request = request.clone();
@@ -76,9 +123,12 @@ async fn open_code(
     let now = request.now_ms;
     let limits = request.limits;
     let phone = request.phone.as_str();
+    // Always in this order (phone, address, then every code), so that
+    // two requests never wait for each other's.
     for key in [
         format!("sign-in phone {phone}"),
         format!("sign-in address {}", request.client_address),
+        "sign-in codes".to_string(),
     ] {
         transaction
             .execute(
@@ -94,7 +144,16 @@ async fn open_code(
         )
         .await?;
     let hour_ago = now - HOUR_MS;
-    let (count, oldest, newest) = codes_since(transaction, "phone", phone, hour_ago).await?;
+    // The phone's own codes, but those the admin lifted.
+    let row = transaction
+        .query_one(
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM sign_in_codes
+              WHERE phone = $1 AND created_at > $2 AND lifted = 0",
+            &[&phone, &hour_ago],
+        )
+        .await?;
+    let (count, oldest, newest): (i64, Option<i64>, Option<i64>) =
+        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
     if let Some(wait) = crate::sign_in::wait_for(
         count,
         oldest,
@@ -121,6 +180,26 @@ async fn open_code(
             retry_after_ms: wait,
         });
     }
+    // The caps of the hour: every caller's codes, and the country's.
+    let row = transaction
+        .query_one(
+            "SELECT COUNT(*), MIN(created_at) FROM sign_in_codes WHERE created_at > $1",
+            &[&hour_ago],
+        )
+        .await?;
+    let (count, oldest): (i64, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
+    let (country_count, country_oldest, _) =
+        codes_since(transaction, "country", request.country.as_str(), hour_ago).await?;
+    for (count, oldest, cap) in [
+        (count, oldest, limits.per_hour),
+        (country_count, country_oldest, limits.per_country_per_hour),
+    ] {
+        if let Some(wait) = crate::sign_in::wait_for(count, oldest, None, cap, 0, now) {
+            return Ok(CodeOpened::Capped {
+                retry_after_ms: wait,
+            });
+        }
+    }
     // A new code replaces the phone's earlier ones.
     transaction
         .execute(
@@ -130,14 +209,15 @@ async fn open_code(
         .await?;
     transaction
         .execute(
-            "INSERT INTO sign_in_codes (phone, code_hash, client_address, created_at, expires_at)
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO sign_in_codes (phone, code_hash, client_address, created_at, expires_at, country)
+             VALUES ($1, $2, $3, $4, $5, $6)",
             &[
                 &phone,
                 &request.code_hash,
                 &request.client_address,
                 &now,
                 &(now + crate::sign_in::CODE_LIFETIME_MS),
+                &request.country.as_str(),
             ],
         )
         .await?;

@@ -7,6 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 use super::accounts::{find_account_by_phone, insert_token};
 use super::SqliteStore;
 use crate::accounts::{AccountStatus, PhoneNumber};
+use crate::phone::CountryCode;
 use crate::sign_in::{CodeOpened, CodeRequest, Proof, Redeem, Redeemed, MAX_WRONG_CODES};
 use crate::store::{SignInStore, StoreError, StoreFuture, UnknownValue};
 
@@ -14,7 +15,46 @@ const HOUR_MS: i64 = 3_600_000;
 /// Codes older than this are of no use to any limit: they are deleted.
 const KEPT_MS: i64 = 24 * HOUR_MS;
 
+/// A country read back from `sign_in_codes`.
+fn stored_country(country: &str) -> Result<CountryCode, StoreError> {
+    CountryCode::parse(country).map_err(|_| {
+        StoreError::UnknownValue(UnknownValue::new(
+            "sign_in_codes",
+            country,
+            "country",
+            country,
+        ))
+    })
+}
+
 impl SignInStore for SqliteStore {
+    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64> {
+        self.write(move |connection| {
+            let lifted = connection
+                .prepare_cached(
+                    "UPDATE sign_in_codes SET lifted = 1 WHERE phone = ?1 AND lifted = 0",
+                )?
+                .execute([phone.as_str()])?;
+            Ok(lifted as i64)
+        })
+    }
+
+    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>> {
+        self.read(move |connection| {
+            let rows: Vec<(String, i64)> = connection
+                .prepare_cached(
+                    "SELECT country, COUNT(*) FROM sign_in_codes
+                      WHERE created_at > ?1 AND country IS NOT NULL
+                      GROUP BY country ORDER BY COUNT(*) DESC, country",
+                )?
+                .query_map([since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            rows.into_iter()
+                .map(|(country, count)| Ok((stored_country(&country)?, count)))
+                .collect()
+        })
+    }
+
     fn open_code(&self, request: CodeRequest) -> StoreFuture<CodeOpened> {
         self.write(move |connection| open_code(connection, &request))
     }
@@ -72,8 +112,15 @@ fn open_code(connection: &Connection, request: &CodeRequest) -> Result<CodeOpene
         .prepare_cached("DELETE FROM sign_in_codes WHERE created_at < ?1")?
         .execute([now - KEPT_MS])?;
     let hour_ago = now - HOUR_MS;
-    let (count, oldest, newest) =
-        codes_since(connection, "phone", request.phone.as_str(), hour_ago)?;
+    // The phone's own codes, but those the admin lifted.
+    let (count, oldest, newest): (i64, Option<i64>, Option<i64>) = connection
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM sign_in_codes
+              WHERE phone = ?1 AND created_at > ?2 AND lifted = 0",
+        )?
+        .query_row(params![request.phone.as_str(), hour_ago], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })?;
     if let Some(wait) = crate::sign_in::wait_for(
         count,
         oldest,
@@ -99,6 +146,24 @@ fn open_code(connection: &Connection, request: &CodeRequest) -> Result<CodeOpene
             retry_after_ms: wait,
         });
     }
+    // The caps of the hour: every caller's codes, and the country's.
+    let (count, oldest): (i64, Option<i64>) = connection
+        .prepare_cached(
+            "SELECT COUNT(*), MIN(created_at) FROM sign_in_codes WHERE created_at > ?1",
+        )?
+        .query_row([hour_ago], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    let (country_count, country_oldest, _) =
+        codes_since(connection, "country", request.country.as_str(), hour_ago)?;
+    for (count, oldest, cap) in [
+        (count, oldest, limits.per_hour),
+        (country_count, country_oldest, limits.per_country_per_hour),
+    ] {
+        if let Some(wait) = crate::sign_in::wait_for(count, oldest, None, cap, 0, now) {
+            return Ok(CodeOpened::Capped {
+                retry_after_ms: wait,
+            });
+        }
+    }
     // A new code replaces the phone's earlier ones.
     connection
         .prepare_cached(
@@ -107,15 +172,16 @@ fn open_code(connection: &Connection, request: &CodeRequest) -> Result<CodeOpene
         .execute(params![request.phone.as_str(), now])?;
     connection
         .prepare_cached(
-            "INSERT INTO sign_in_codes (phone, code_hash, client_address, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO sign_in_codes (phone, code_hash, client_address, created_at, expires_at, country)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?
         .execute(params![
             request.phone.as_str(),
             request.code_hash,
             request.client_address,
             now,
-            now + crate::sign_in::CODE_LIFETIME_MS
+            now + crate::sign_in::CODE_LIFETIME_MS,
+            request.country.as_str()
         ])?;
     Ok(CodeOpened::Opened)
 }

@@ -1,0 +1,50 @@
+//! `POST /v1/admin/sign-in/lift`: lifts a phone's sign-in limits, for a
+//! customer a stranger locked out (codes of the hour used up, the live code
+//! killed by wrong guesses).
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use sms_credit_actors::accounts::PhoneNumber;
+use sms_credit_actors::sign_in;
+
+use crate::auth::Admin;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// The phone whose limits to lift.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LiftRequest {
+    #[schema(format = "e164", examples("+14155551234"))]
+    phone: String,
+}
+
+/// What was lifted.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Lifted {
+    phone: String,
+    /// The phone's codes that no longer count against it.
+    codes_lifted: i64,
+}
+
+/// Lifts a phone's sign-in limits: the codes it was sent so far no longer
+/// count against it, so it may ask for a code at once (which replaces one
+/// killed by wrong guesses). The addresses that asked, and the caps of the
+/// hour, still count them.
+#[utoipa::path(post, path = "/v1/admin/sign-in/lift", tag = "admin", security(("adminToken" = [])),
+    request_body = LiftRequest,
+    responses((status = 200, body = Lifted)))]
+pub async fn lift(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    body: web::Json<LiftRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let phone = PhoneNumber::parse(&body.phone)
+        .map_err(|error| ApiError::invalid("invalid_phone", error.to_string()))?;
+    let codes_lifted = sign_in::lift_limits(&state.store, &phone).await?;
+    tracing::info!(codes_lifted, "a phone's sign-in limits lifted by the admin");
+    Ok(HttpResponse::Ok().json(Lifted {
+        phone: phone.as_str().to_string(),
+        codes_lifted,
+    }))
+}

@@ -45,6 +45,8 @@ pub fn csv_row(entry: &LedgerEntry) -> String {
         entry.order_id.map(|id| id.to_string()).unwrap_or_default(),
         text_cell(&entry.description),
         format_rfc3339_ms(entry.created_at_ms),
+        // Only an adjustment carries the operator's reason: any other row
+        // has none, an empty cell (not a value read back and defaulted).
         text_cell(entry.reason.as_deref().unwrap_or_default()),
     )
 }

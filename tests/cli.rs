@@ -783,3 +783,159 @@ fn amounts_are_shown_to_the_micro_dollar() {
     let listed = stdout(&run_cli(&directory, &["accounts", "list"]));
     assert!(listed.contains("-$81.032"), "{listed}");
 }
+
+#[test]
+fn typos_get_a_suggestion() {
+    for (arguments, suggested) in [
+        (&["confg"][..], "'config'"),
+        (&["accounts", "shw"][..], "'show'"),
+        (&["serve", "--feed-qeue", "5"][..], "'--feed-queue'"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .env_remove("SMS_CREDIT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("similar") && stderr.contains(suggested),
+            "{arguments:?}: {stderr}"
+        );
+    }
+}
+
+on_both_stores!(sync a_closed_pipe_ends_a_command_quietly);
+fn a_closed_pipe_ends_a_command_quietly() {
+    let directory = fresh_directory();
+    assert!(run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550403"]
+    )
+    .status
+    .success());
+    for arguments in [
+        &["config"][..],
+        &["accounts", "list"],
+        &["accounts", "export", "1"],
+    ] {
+        // The reader is gone before the command writes (`| head -0`).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .env("SMS_CREDIT_DATABASE", directory.url())
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(101), "{arguments:?}: {stderr}");
+        assert_eq!(stderr, "", "{arguments:?} ends quietly");
+    }
+}
+
+/// Makes `path` read-only even for root (as the tests may run): `chmod`,
+/// then, where that does not hold, `chattr +i`; answers how to undo it.
+fn read_only(path: &std::path::Path) -> impl FnOnce() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o555 } else { 0o444 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let probe = if path.is_dir() {
+        std::fs::write(path.join(".probe"), b"").is_ok()
+    } else {
+        std::fs::OpenOptions::new().append(true).open(path).is_ok()
+    };
+    let immutable = probe && {
+        let _ = std::fs::remove_file(path.join(".probe"));
+        let made = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            made,
+            "{} stays writable for this user (root?) and chattr +i failed",
+            path.display()
+        );
+        true
+    };
+    let path = path.to_path_buf();
+    move || {
+        if immutable {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&path)
+                .status();
+        }
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn database_locations_say_what_is_wrong() {
+    let directory = fresh_directory();
+    let run = |database: &str, arguments: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .env("SMS_CREDIT_DATABASE", database)
+            .env_remove("SMS_CREDIT_CONFIG")
+            .current_dir(directory.path())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // A directory that does not exist.
+    let missing = directory.path().join("no-such-dir/sms-credit.db");
+    let (ok, stderr) = run(missing.to_str().unwrap(), &["migrate"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no-such-dir")
+            && stderr.contains("directory")
+            && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    // A directory that cannot be written.
+    let locked = directory.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let undo = read_only(&locked);
+    let (ok, stderr) = run(locked.join("sms-credit.db").to_str().unwrap(), &["migrate"]);
+    undo();
+    assert!(!ok);
+    assert!(
+        stderr.contains("locked")
+            && stderr.contains("directory")
+            && stderr.contains("not writable"),
+        "{stderr}"
+    );
+    // A database file that cannot be written: named, not its log.
+    let file = directory.path().join("kept.db");
+    let (ok, stderr) = run(file.to_str().unwrap(), &["migrate"]);
+    assert!(ok, "{stderr}");
+    let undo = read_only(&file);
+    let (ok, stderr) = run(file.to_str().unwrap(), &["verify"]);
+    undo();
+    assert!(!ok);
+    assert!(
+        stderr.contains("kept.db") && stderr.contains("read-only") && !stderr.contains("-wal"),
+        "{stderr}"
+    );
+    // sqlx's spelling is understood: a relative file, not a file named so.
+    let (ok, stderr) = run("sqlite:rel.db", &["migrate"]);
+    assert!(ok, "{stderr}");
+    assert!(directory.path().join("rel.db").is_file());
+    assert!(!directory.path().join("sqlite:rel.db").exists());
+    // Another database's URL says which are supported.
+    let (ok, stderr) = run("mysql://user@db/sms", &["verify"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("mysql") && stderr.contains("postgres://") && stderr.contains("sqlite:"),
+        "{stderr}"
+    );
+    assert!(!directory.path().join("mysql:").exists());
+}

@@ -939,3 +939,76 @@ fn database_locations_say_what_is_wrong() {
     );
     assert!(!directory.path().join("mysql:").exists());
 }
+
+on_both_stores!(sync input_an_operator_gets_wrong_is_refused_saying_why);
+fn input_an_operator_gets_wrong_is_refused_saying_why() {
+    let directory = fresh_directory();
+    assert!(run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550404"]
+    )
+    .status
+    .success());
+    let refused = |arguments: &[&str], says: &[&str]| {
+        let output = run_cli(&directory, arguments);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{arguments:?}: {output:?}");
+        for said in says {
+            assert!(stderr.contains(said), "{arguments:?}: {said} in {stderr}");
+        }
+    };
+    // A sale above the recommended price is no sale.
+    refused(
+        &["pricing", "sale", "--sale-price", "59.99"],
+        &["sale", "$49.99"],
+    );
+    // A fixed discount larger than access costs now ($29.99 at launch).
+    refused(
+        &["discount-codes", "create", "HUGE", "--amount", "40"],
+        &["$40.00", "$29.99"],
+    );
+    assert!(
+        run_cli(&directory, &["discount-codes", "list", "--json"])
+            .stdout
+            .starts_with(b"[]"),
+        "nothing made"
+    );
+    // The API's bounds for a page of accounts.
+    refused(&["accounts", "list", "--limit", "0"], &["1", "1000"]);
+    refused(&["accounts", "list", "--limit", "100000"], &["1", "1000"]);
+    assert!(
+        run_cli(&directory, &["accounts", "list", "--limit", "1000"])
+            .status
+            .success()
+    );
+    // The refunds of an order that does not exist.
+    refused(&["orders", "refunds", "999"], &["order 999 does not exist"]);
+    // Event types: spaces around commas are fine; a wrong one lists them.
+    let added = run_cli(
+        &directory,
+        &[
+            "webhooks",
+            "add",
+            "https://hooks.example.com/in",
+            "--events",
+            "balance.low, payment.succeeded",
+            "--json",
+        ],
+    );
+    assert!(added.status.success(), "{added:?}");
+    let added: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert_eq!(
+        added["endpoint"]["events"],
+        serde_json::json!(["balance.low", "payment.succeeded"])
+    );
+    refused(
+        &[
+            "webhooks",
+            "add",
+            "https://hooks.example.com/in",
+            "--events",
+            "balance.lo",
+        ],
+        &["balance.lo", "balance.low", "payment.refunded"],
+    );
+}

@@ -9,7 +9,7 @@ use sms_credit_actors::clock::ManualClock;
 use crate::fake_stripe::{ChargeMode, EventFactory, FakeStripe};
 use crate::fake_twilio::{FakeTwilio, SendMode};
 use crate::helpers::{
-    fresh_directory, run_cli, stripe_settings, test_settings, with_twilio, TestApp,
+    fresh_directory, run_cli, stripe_settings, test_settings, with_twilio, TestApp, ADMIN_TOKEN,
 };
 use crate::ledger_actors::assert_verified;
 
@@ -691,6 +691,26 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
     );
     assert_eq!(fake.sent().len(), sent_before, "nothing sent");
     assert_eq!(app.balance_micros(account).await, 1_087_000);
+    // Listed, the send that was not made does not read as a charge.
+    let (_, listed) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/messages"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let voided = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|message| message["idempotency_key"] == "forecast-3")
+        .unwrap();
+    assert_eq!(
+        (voided["state"].as_str(), voided["refunded"].as_bool()),
+        (Some("voided"), Some(true)),
+        "{voided}"
+    );
     fake.set_mode(SendMode::ServerError);
     let (status, failed) = app
         .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-4"}))

@@ -130,6 +130,13 @@ fn create(
         return Err("--max-uses must be at least 1".to_string());
     }
     with_store_creating(settings, |store| async move {
+        let price_now = store
+            .billing()
+            .pricing()
+            .await
+            .map_err(|error| error.to_string())?
+            .price();
+        let discount = discount.fits(price_now)?;
         let created = store
             .billing()
             .create_discount_code(code, discount, max_uses, SystemClock.now_ms())

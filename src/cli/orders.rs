@@ -91,6 +91,12 @@ impl OrdersCommand {
                 })
             }
             OrdersCommand::Refunds { id, json } => with_store(settings, |store| async move {
+                store
+                    .billing()
+                    .order(id)
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .ok_or_else(|| format!("order {id} does not exist"))?;
                 let refunds = store
                     .billing()
                     .refunds_of(id)

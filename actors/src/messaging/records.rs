@@ -90,6 +90,8 @@ pub struct MessageRecord {
     pub state: MessageState,
     pub twilio_sid: Option<String>,
     pub twilio_status: Option<String>,
+    /// Its cost was given back: a message Twilio reported `failed`, or a
+    /// send that was not made (`voided`), so that neither reads as a charge.
     pub refunded: bool,
     #[serde(rename = "actual_cost_micros")]
     pub actual_cost: Option<Money>,

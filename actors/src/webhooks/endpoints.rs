@@ -24,14 +24,24 @@ impl EventFilter {
         if names.is_empty() {
             return Err("at least one event type, or \"*\"".into());
         }
-        if names.iter().any(|name| name == "*") {
+        if names.iter().any(|name| name.trim() == "*") {
             return Ok(EventFilter::All);
         }
         let mut kinds = Vec::new();
-        for name in names {
+        for name in names.iter().map(|name| name.trim()) {
             let kind = EventType::parse(name)
                 .filter(|kind| *kind != EventType::EndpointTest)
-                .ok_or_else(|| format!("unknown event type {name:?}"))?;
+                .ok_or_else(|| {
+                    let known: Vec<&str> = EventType::ALL
+                        .iter()
+                        .filter(|kind| **kind != EventType::EndpointTest)
+                        .map(|kind| kind.as_str())
+                        .collect();
+                    format!(
+                        "unknown event type {name:?}; the event types are {}, or \"*\" for every one",
+                        known.join(", ")
+                    )
+                })?;
             if !kinds.contains(&kind) {
                 kinds.push(kind);
             }

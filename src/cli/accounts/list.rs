@@ -13,8 +13,8 @@ pub struct ListCommand {
     /// Accounts after this id (paging).
     #[arg(long, default_value_t = 0)]
     after_id: i64,
-    /// At most this many accounts.
-    #[arg(long, default_value_t = 100)]
+    /// At most this many accounts (1 to 1000, as the API allows).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
     limit: i64,
     /// Print JSON (for programs) instead of a summary for people.
     #[arg(long)]
@@ -23,7 +23,7 @@ pub struct ListCommand {
 
 impl ListCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
-        let (search, after_id, limit) = (self.search, self.after_id, self.limit.clamp(1, 100_000));
+        let (search, after_id, limit) = (self.search, self.after_id, self.limit);
         let accounts = with_store(settings, |store| async move {
             store
                 .accounts()

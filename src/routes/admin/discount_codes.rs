@@ -81,6 +81,8 @@ pub async fn create(
     if request.max_uses.is_some_and(|uses| uses < 1) {
         return Err(invalid("max_uses must be at least 1".to_string()));
     }
+    let price_now = state.store.billing().pricing().await?.price();
+    let discount = discount.fits(price_now).map_err(invalid)?;
     let now_ms = state.clock.now_ms();
     let created = state
         .store

@@ -711,6 +711,13 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
         (Some("voided"), Some(true)),
         "{voided}"
     );
+    // Its time is RFC 3339, as every time over HTTP.
+    assert!(
+        voided["created_at"]
+            .as_str()
+            .is_some_and(|at| at.ends_with('Z')),
+        "{voided}"
+    );
     fake.set_mode(SendMode::ServerError);
     let (status, failed) = app
         .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-4"}))

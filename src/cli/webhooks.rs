@@ -11,6 +11,7 @@ use sms_credit_actors::Store;
 
 use super::output::{print_json, with_store_if};
 use crate::config::Settings;
+use crate::routes::admin::webhooks::{AttemptList, EndpointList, EndpointWithSecret};
 use sms_credit_actors::adapters::IfMissing;
 
 #[derive(Subcommand, Debug)]
@@ -107,6 +108,9 @@ fn print_endpoint(endpoint: &Endpoint) {
     if !endpoint.description.is_empty() {
         println!("  about:   {}", endpoint.description);
     }
+    if let Some(undeliverable) = &endpoint.undeliverable {
+        println!("  warning: {undeliverable}");
+    }
 }
 
 fn print_attempt(attempt: &AttemptRecord) {
@@ -150,8 +154,8 @@ impl WebhooksCommand {
                     };
                     add(store, endpoint, now_ms, json).await
                 }
-                WebhooksCommand::List { json } => list(store, json).await,
-                WebhooksCommand::Show { id, json } => show(store, &id, json).await,
+                WebhooksCommand::List { json } => list(store, allow_private, json).await,
+                WebhooksCommand::Show { id, json } => show(store, &id, allow_private, json).await,
                 WebhooksCommand::Deliveries { id, limit, json } => {
                     deliveries(store, &id, limit, json).await
                 }
@@ -225,9 +229,7 @@ async fn add(
     let warning = private_warning(&endpoint, allow_private);
     if as_json {
         let warnings: Vec<String> = warning.into_iter().collect();
-        return print_json(
-            &json!({"endpoint": endpoint, "secret": secret.expose(), "warnings": warnings}),
-        );
+        return print_json(&EndpointWithSecret::new(endpoint, &secret, warnings));
     }
     print_endpoint(&endpoint);
     println!("  secret:  {}  (shown this once: keep it)", secret.expose());
@@ -237,14 +239,17 @@ async fn add(
     Ok(())
 }
 
-async fn list(store: &Store, as_json: bool) -> Result<(), String> {
-    let endpoints = store
+async fn list(store: &Store, allow_private: bool, as_json: bool) -> Result<(), String> {
+    let endpoints: Vec<Endpoint> = store
         .webhooks()
         .endpoints()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error.to_string())?
+        .into_iter()
+        .map(|endpoint| endpoint.flagged(allow_private))
+        .collect();
     if as_json {
-        return print_json(&endpoints);
+        return print_json(&EndpointList::new(endpoints));
     }
     if endpoints.is_empty() {
         println!("no webhook endpoints");
@@ -253,8 +258,11 @@ async fn list(store: &Store, as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
-async fn show(store: &Store, id: &str, as_json: bool) -> Result<(), String> {
-    let endpoint = manage::get(store, id).await.map_err(refused)?;
+async fn show(store: &Store, id: &str, allow_private: bool, as_json: bool) -> Result<(), String> {
+    let endpoint = manage::get(store, id)
+        .await
+        .map_err(refused)?
+        .flagged(allow_private);
     if as_json {
         return print_json(&endpoint);
     }
@@ -269,11 +277,11 @@ async fn deliveries(store: &Store, id: &str, limit: i64, as_json: bool) -> Resul
     let endpoint = manage::get(store, id).await.map_err(refused)?;
     let attempts = store
         .webhooks()
-        .attempts_of(endpoint.id, limit)
+        .attempts_of(endpoint.id.clone(), limit)
         .await
         .map_err(|error| error.to_string())?;
     if as_json {
-        return print_json(&attempts);
+        return print_json(&AttemptList::new(endpoint.id, attempts));
     }
     if attempts.is_empty() {
         println!("no tries yet");
@@ -310,7 +318,7 @@ async fn rotate_secret(store: &Store, id: &str, now_ms: i64, as_json: bool) -> R
         .await
         .map_err(refused)?;
     if as_json {
-        return print_json(&json!({"endpoint": endpoint, "secret": secret.expose()}));
+        return print_json(&EndpointWithSecret::new(endpoint, &secret, Vec::new()));
     }
     println!(
         "new secret for {id}: {}  (shown this once: keep it)",

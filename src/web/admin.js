@@ -220,7 +220,7 @@ async function loadWaiting() {
   hooks.textContent = "";
   endpoints.endpoints.forEach((endpoint) => attentionItem(hooks, null, endpoint.url + " · "
     + (endpoint.enabled ? "enabled" : "disabled" + (endpoint.disabled_reason ? ": " + endpoint.disabled_reason : ""))
-    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")
+    + (endpoint.failing_since ? " · failing since " + when(endpoint.failing_since) : "")
     + (endpoint.undeliverable ? " · " + endpoint.undeliverable : "")));
   if (!hooks.firstChild) attentionItem(hooks, null, "No endpoints.");
 }
@@ -323,7 +323,7 @@ async function loadMessages() {
   $("message-rows").textContent = "";
   list.messages.forEach((message) => {
     const row = document.createElement("tr");
-    cell(row, when(new Date(message.created_at_ms).toISOString()));
+    cell(row, when(message.created_at));
     cell(row, message.kind + " · " + message.country);
     cell(row, String(message.segments), "money");
     money(cell(row, undefined, "money"), message.charged_micros);

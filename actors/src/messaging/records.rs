@@ -95,6 +95,11 @@ pub struct MessageRecord {
     pub refunded: bool,
     #[serde(rename = "actual_cost_micros")]
     pub actual_cost: Option<Money>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 

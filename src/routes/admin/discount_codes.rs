@@ -54,6 +54,13 @@ pub struct DiscountCodes {
     discount_codes: Vec<DiscountCode>,
 }
 
+impl DiscountCodes {
+    /// The API's list, and `discount-codes list --json`'s.
+    pub fn new(discount_codes: Vec<DiscountCode>) -> DiscountCodes {
+        DiscountCodes { discount_codes }
+    }
+}
+
 /// Creates a code, percent or fixed, optionally limited in uses.
 #[utoipa::path(post, path = "/v1/admin/discount-codes", tag = "admin", security(("adminToken" = [])),
     request_body = CreateCode,

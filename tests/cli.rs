@@ -81,7 +81,7 @@ fn accounts_verify_and_tampering() {
     let verified = run_cli(&directory, &["verify"]);
     assert!(verified.status.success(), "{verified:?}");
     assert!(
-        stdout(&verified).contains("checked 1 accounts and 2 transactions: clean"),
+        stdout(&verified).contains("checked 1 account and 2 transactions: clean"),
         "{}",
         stdout(&verified)
     );
@@ -1015,4 +1015,175 @@ fn input_an_operator_gets_wrong_is_refused_saying_why() {
         ],
         &["balance.lo", "balance.low", "payment.refunded"],
     );
+}
+
+/// A command's `--help`, which must succeed.
+fn help_of(arguments: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(arguments)
+        .arg("--help")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{arguments:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_describes_every_argument_in_the_readmes_words() {
+    let mut commands: Vec<Vec<&str>> = [
+        "add",
+        "list",
+        "show",
+        "deliveries",
+        "replay",
+        "rotate-secret",
+        "enable",
+        "disable",
+        "remove",
+        "test",
+    ]
+    .iter()
+    .map(|name| vec!["webhooks", name])
+    .collect();
+    commands.push(vec!["orders", "refunds"]);
+    for command in &commands {
+        let help = help_of(command);
+        let own = help.split("\nDatabase:").next().unwrap();
+        for line in own.lines() {
+            let trimmed = line.trim_start();
+            let is_argument = trimmed.starts_with('<') || trimmed.starts_with("--");
+            if is_argument && !trimmed.starts_with("--config") {
+                assert!(
+                    trimmed.split_whitespace().count() > 2,
+                    "{command:?}: undescribed {trimmed:?}\n{help}"
+                );
+            }
+        }
+    }
+    // `accounts` says what it holds, in the README's words.
+    let top = help_of(&[]);
+    let accounts = top
+        .lines()
+        .find(|line| line.trim_start().starts_with("accounts "))
+        .unwrap();
+    for subcommand in [
+        "create",
+        "show",
+        "list",
+        "export",
+        "adjust",
+        "account tokens",
+        "auto top-up",
+    ] {
+        assert!(accounts.contains(subcommand), "{subcommand}: {accounts}");
+    }
+    let accounts = help_of(&["accounts"]);
+    assert!(
+        accounts.contains("account tokens") && !accounts.contains("sign-in tokens"),
+        "{accounts}"
+    );
+}
+
+#[test]
+fn a_missing_half_of_stripe_set_in_the_file_is_named_as_the_file_names_it() {
+    let directory = fresh_directory();
+    let file = directory.path().join("sms-credit.toml");
+    std::fs::write(
+        &file,
+        "stripe_secret_key = \"sk_test_1\"\npublic_url = \"https://sms.example.com\"\n",
+    )
+    .unwrap();
+    let mut process = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
+    process.args(["config", "--config", file.to_str().unwrap()]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SMS_CREDIT_") {
+            process.env_remove(name);
+        }
+    }
+    let output = process.output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("stripe_webhook_secret in the config file")
+            && stderr.contains("when stripe_secret_key in the config file")
+            && !stderr.contains("SMS_CREDIT_"),
+        "{stderr}"
+    );
+}
+
+on_both_stores!(sync output_for_people_lines_up_and_reads_as_sentences);
+fn output_for_people_lines_up_and_reads_as_sentences() {
+    let directory = fresh_directory();
+    for (phone, email) in [
+        ("+14155550405", "a@example.com"),
+        ("+447911123456", "someone.with.a.long.address@example.com"),
+    ] {
+        let created = run_cli(
+            &directory,
+            &["accounts", "create", "--phone", phone, "--email", email],
+        );
+        assert!(created.status.success(), "{created:?}");
+    }
+    let adjusted = run_cli(
+        &directory,
+        &[
+            "accounts",
+            "adjust",
+            "2",
+            "--amount",
+            "-1234.567",
+            "--reason",
+            "wide",
+            "--idempotency-key",
+            "wide-1",
+        ],
+    );
+    assert!(adjusted.status.success(), "{adjusted:?}");
+    // Each column starts at the same place on every line.
+    let listed = stdout(&run_cli(&directory, &["accounts", "list"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let header = listed.lines().next().unwrap();
+    let email_column = header.find("email").unwrap();
+    for line in listed.lines().skip(1) {
+        let email = line.rsplit(' ').next().unwrap();
+        assert_eq!(
+            line.len() - email.len(),
+            email_column,
+            "the emails line up:\n{listed}"
+        );
+    }
+    // Counted in words; a problem said in a sentence.
+    let verified = stdout(&run_cli(&directory, &["verify"]));
+    assert!(
+        verified.contains("checked 2 accounts and 1 transaction: clean"),
+        "{verified}"
+    );
+    directory.execute("UPDATE account_balances SET balance = balance + 1 WHERE account_id = 2");
+    let verified = stdout(&run_cli(&directory, &["verify"]));
+    assert!(
+        !verified.contains("PROBLEM {")
+            && verified.contains("problem: account 2: its balance says"),
+        "{verified}"
+    );
+    assert!(verified.contains(": 1 problem"), "{verified}");
+    // The configuration's columns stay in line beside a long value.
+    let long = format!(
+        "{}/{}/sms-credit.db",
+        directory.path().display(),
+        "a".repeat(60)
+    );
+    let config = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .arg("config")
+        .env("SMS_CREDIT_DATABASE", &long)
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    let config = stdout(&config);
+    let variable_at: std::collections::BTreeSet<usize> = config
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.find("SMS_CREDIT_").unwrap())
+        .collect();
+    assert_eq!(variable_at.len(), 1, "{config}");
 }

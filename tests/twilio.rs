@@ -711,6 +711,19 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
         (Some("voided"), Some(true)),
         "{voided}"
     );
+    // Its debit says one segment, and the first message's two.
+    let (_, ledger) = app.get_transactions(account).await;
+    let descriptions: Vec<&str> = ledger["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["description"].as_str().unwrap())
+        .collect();
+    assert!(
+        descriptions.contains(&"SMS to US (1 GSM-7 segment)")
+            && descriptions.contains(&"SMS to US (2 GSM-7 segments)"),
+        "{descriptions:?}"
+    );
     // Its time is RFC 3339, as every time over HTTP.
     assert!(
         voided["created_at"]

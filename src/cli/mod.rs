@@ -74,7 +74,8 @@ pub enum Command {
     /// Postgres: --database), then verify it. A database that holds data
     /// is refused and left as it was.
     Restore(restore::RestoreCommand),
-    /// Create, show and adjust accounts.
+    /// Accounts: create, show, list, export the ledger, adjust the balance,
+    /// manage their account tokens and auto top-up.
     #[command(subcommand)]
     Accounts(accounts::AccountsCommand),
     /// Show or set the pricing mode of access: launch ($29.99), rrp ($49.99) or sale.

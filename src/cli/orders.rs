@@ -30,9 +30,11 @@ pub enum OrdersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The order's refund requests.
+    /// The order's refund requests (exit 1 when there is no such order).
     Refunds {
+        /// The order.
         id: i64,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },

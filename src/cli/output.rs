@@ -126,6 +126,11 @@ pub fn print_table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
                 Align::Left => format!("{cell:<width$}"),
             })
             .collect();
-        println!("{}", cells.join("  "));
+        println!("{}", cells.join("  ").trim_end());
     }
+}
+
+/// A count with its noun: `1 account`, `2 accounts`, `0 rows`.
+pub fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
 }

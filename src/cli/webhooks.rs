@@ -18,10 +18,12 @@ use sms_credit_actors::adapters::IfMissing;
 pub enum WebhooksCommand {
     /// Add an endpoint (https:// and a public address); prints its signing secret once.
     Add {
+        /// Where deliveries are posted: https:// to a public address.
         url: String,
         /// Event types, comma-separated (every one when left out).
         #[arg(long, value_delimiter = ',')]
         events: Option<Vec<String>>,
+        /// A note for the operator (up to 500 characters).
         #[arg(long)]
         description: Option<String>,
         /// Print JSON (for programs) instead of a summary for people.
@@ -30,60 +32,77 @@ pub enum WebhooksCommand {
     },
     /// List the endpoints.
     List {
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Show one endpoint.
     Show {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// The endpoint's latest tries: event, status, error, time taken.
     Deliveries {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
         /// How many (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Send again, with their ids, the events created since a moment.
     Replay {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
         /// RFC 3339, for example 2026-12-01T00:00:00Z.
         #[arg(long)]
         since: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// A new signing secret (printed once); the old one signs beside it for 24 h.
     RotateSecret {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Deliver to the endpoint again (its failures are forgotten).
     Enable {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Stop delivering to the endpoint (events still wait for it).
     Disable {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Remove the endpoint (its history stays).
     Remove {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Send a webhook_endpoint.test event to the endpoint.
     Test {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },

@@ -45,7 +45,7 @@ pub fn csv_row(entry: &LedgerEntry) -> String {
         entry.order_id.map(|id| id.to_string()).unwrap_or_default(),
         text_cell(&entry.description),
         format_rfc3339_ms(entry.created_at_ms),
-        text_cell(entry.reason.as_deref().unwrap_or_default()),
+        text_cell(entry.reason.as_deref().map_or("", String::as_str)),
     )
 }
 

@@ -48,8 +48,8 @@ impl QuoteCommand {
             quoted.segments,
             plural(quoted.segments),
             quoted.encoding,
-            Money::from_micros(quoted.price_per_segment_micros).to_string(),
-            quoted.total().to_string(),
+            Money::from_micros(quoted.price_per_segment_micros),
+            quoted.total(),
             if quoted.smart_encoding_applied {
                 " (smart encoded)"
             } else {
@@ -67,8 +67,8 @@ impl QuoteCommand {
                 smart_quote.segments,
                 plural(smart_quote.segments),
                 smart_quote.encoding,
-                Money::from_micros(smart_quote.total_micros).to_string(),
-                Money::from_micros(smart_quote.saved_micros).to_string(),
+                Money::from_micros(smart_quote.total_micros),
+                Money::from_micros(smart_quote.saved_micros),
                 smart_quote.replacements
             );
         }

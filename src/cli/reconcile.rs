@@ -65,8 +65,8 @@ impl ReconcileCommand {
                 mismatch.message_id,
                 mismatch.twilio_sid.as_deref().unwrap_or("-"),
                 mismatch.country,
-                Money::from_micros(mismatch.actual_per_segment_micros).to_string(),
-                Money::from_micros(mismatch.expected_per_segment_micros).to_string()
+                Money::from_micros(mismatch.actual_per_segment_micros),
+                Money::from_micros(mismatch.expected_per_segment_micros)
             );
         }
         Ok(())

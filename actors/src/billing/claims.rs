@@ -211,8 +211,8 @@ impl Billing {
             record.dispute_id,
             order.id,
             record.status.as_str(),
-            (-moved(&withdrawn)).max(Money::ZERO).to_string(),
-            moved(&reinstated).max(Money::ZERO).to_string()
+            (-moved(&withdrawn)).max(Money::ZERO),
+            moved(&reinstated).max(Money::ZERO)
         )))
     }
 
@@ -314,11 +314,7 @@ impl Billing {
         };
         Ok(Some(EventOutcome::Applied(format!(
             "refund {} of order {} {} ({} refunded): {} of credit given back",
-            refund.refund_id,
-            order.id,
-            refund.status,
-            amount.to_string(),
-            given_back.to_string()
+            refund.refund_id, order.id, refund.status, amount, given_back
         ))))
     }
 }

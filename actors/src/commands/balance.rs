@@ -11,7 +11,7 @@ pub fn reply(balance: Money, own_rate: Option<&Rate>) -> String {
             // Rates from the table are positive: `whole_times` answers.
             balance.whole_times(rate.customer_rate).unwrap_or(0),
             rate.country,
-            rate.customer_rate.to_string()
+            rate.customer_rate
         ),
         None => format!("Your balance is {balance}."),
     }

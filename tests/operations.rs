@@ -195,7 +195,7 @@ async fn logs_carry_request_ids_metrics_count_and_sigterm_stops_cleanly() {
     let shown =
         String::from_utf8(run_cli(&directory, &["accounts", "show", &id.to_string()]).stdout)
             .unwrap();
-    assert!(shown.contains("(1943500 micro-dollars) seq 2"), "{shown}");
+    assert!(shown.contains("balance $1.9435 seq 2"), "{shown}");
 }
 
 on_both_stores!(ctrl_c_stops_gracefully_and_feeds_are_told_where_to_resume);

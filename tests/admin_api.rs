@@ -746,3 +746,125 @@ async fn the_operators_reason_is_never_shown_to_the_holder() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     assert_eq!(refused["error"]["code"], "invalid_description");
 }
+
+on_both_stores!(one_thing_has_one_shape_in_the_cli_and_the_api);
+/// What the command line prints with `--json` is what the API answers for
+/// the same thing, field for field; and times over HTTP are RFC 3339.
+async fn one_thing_has_one_shape_in_the_cli_and_the_api() {
+    let app = TestApp::spawn().await;
+    let cli = |arguments: &[&str]| {
+        let output = crate::helpers::run_cli(&app.directory, arguments);
+        assert!(output.status.success(), "{arguments:?}: {output:?}");
+        assert_eq!(
+            output.stdout.iter().filter(|byte| **byte == b'\n').count(),
+            1,
+            "{arguments:?}: one line of JSON"
+        );
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let get = |path: String| {
+        let app = &app;
+        async move {
+            let (status, body) = app.request("GET", &path, Some(ADMIN_TOKEN), None).await;
+            assert_eq!(status, StatusCode::OK, "{path}: {body}");
+            body
+        }
+    };
+    // An account made by the command line, adjusted by both.
+    let created = cli(&["accounts", "create", "--phone", "+14155550195", "--json"]);
+    let id = created["id"].as_i64().unwrap();
+    let account = get(format!("/v1/admin/accounts/{id}")).await;
+    let mut created_account = created.clone();
+    created_account.as_object_mut().unwrap().remove("warnings");
+    assert_eq!(created_account, account, "accounts create --json");
+    let by_cli = cli(&[
+        "accounts",
+        "adjust",
+        &id.to_string(),
+        "--amount",
+        "1.50",
+        "--reason",
+        "cli",
+        "--idempotency-key",
+        "shape-1",
+        "--json",
+    ]);
+    let (_, by_api) = app.post_adjustment(id, 1_000_000, "shape-2").await;
+    assert_eq!(keys(&by_cli), keys(&by_api), "{by_cli} / {by_api}");
+    assert_eq!(
+        keys(&by_cli["transaction"]),
+        keys(&by_api["transaction"]),
+        "{by_cli} / {by_api}"
+    );
+    // One account, its rows, a page of accounts.
+    let shown = cli(&["accounts", "show", &id.to_string(), "--json"]);
+    let account = get(format!("/v1/admin/accounts/{id}")).await;
+    assert_eq!(shown["account"], account);
+    let mut rows = get(format!("/v1/admin/accounts/{id}/transactions")).await["transactions"]
+        .as_array()
+        .unwrap()
+        .clone();
+    rows.reverse();
+    assert_eq!(
+        shown["transactions"],
+        serde_json::json!(rows),
+        "newest first"
+    );
+    assert_eq!(
+        cli(&["accounts", "list", "--json"]),
+        get("/v1/admin/accounts".to_string()).await
+    );
+    // Webhook endpoints and discount codes.
+    let added = cli(&[
+        "webhooks",
+        "add",
+        "https://hooks.example.com/shape",
+        "--json",
+    ]);
+    assert!(added["secret"].as_str().unwrap().starts_with("whsec_"));
+    let endpoints = get("/v1/admin/webhook-endpoints".to_string()).await;
+    assert_eq!(cli(&["webhooks", "list", "--json"]), endpoints);
+    let endpoint = &endpoints["endpoints"][0];
+    let endpoint_id = endpoint["id"].as_str().unwrap();
+    assert_eq!(added["id"], endpoint["id"], "{added}");
+    assert!(
+        endpoint["created_at"].as_str().unwrap().ends_with('Z')
+            && endpoint.get("created_at_ms").is_none(),
+        "{endpoint}"
+    );
+    assert_eq!(
+        cli(&["webhooks", "show", endpoint_id, "--json"]),
+        get(format!("/v1/admin/webhook-endpoints/{endpoint_id}")).await
+    );
+    assert_eq!(
+        cli(&["webhooks", "deliveries", endpoint_id, "--json"]),
+        get(format!(
+            "/v1/admin/webhook-endpoints/{endpoint_id}/deliveries"
+        ))
+        .await
+    );
+    cli(&[
+        "discount-codes",
+        "create",
+        "SHAPE",
+        "--percent",
+        "10",
+        "--json",
+    ]);
+    assert_eq!(
+        cli(&["discount-codes", "list", "--json"]),
+        get("/v1/admin/discount-codes".to_string()).await
+    );
+    // The auto top-up's view is one line too.
+    cli(&["accounts", "auto-top-up", &id.to_string(), "--json"]);
+}
+
+/// The names of an object's fields, sorted.
+fn keys(value: &serde_json::Value) -> Vec<String> {
+    let mut names: Vec<String> = value
+        .as_object()
+        .map(|object| object.keys().cloned().collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}

@@ -448,7 +448,7 @@ fn a_killed_backup_leaves_no_file_under_its_name() {
     let again = run_cli(&live, &["backup", "--to", final_path.to_str().unwrap()]);
     assert!(again.status.success(), "{}", text(&again));
     assert!(
-        text(&again).contains("holds 1 accounts"),
+        text(&again).contains("holds 1 account and"),
         "{}",
         text(&again)
     );
@@ -491,7 +491,7 @@ fn keep_keeps_the_newest_backups_in_a_directory() {
     let restoring = run_cli(&restored, &["restore", "--from", &made[3]]);
     assert!(restoring.status.success(), "{}", text(&restoring));
     assert!(
-        text(&restoring).contains("1 accounts"),
+        text(&restoring).contains("1 account and"),
         "{}",
         text(&restoring)
     );

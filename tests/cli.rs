@@ -81,7 +81,7 @@ fn accounts_verify_and_tampering() {
     let verified = run_cli(&directory, &["verify"]);
     assert!(verified.status.success(), "{verified:?}");
     assert!(
-        stdout(&verified).contains("checked 1 accounts and 2 transactions: clean"),
+        stdout(&verified).contains("checked 1 account and 2 transactions: clean"),
         "{}",
         stdout(&verified)
     );
@@ -267,7 +267,11 @@ fn admin_tools_from_the_command_line() {
         .stdout,
     )
     .unwrap();
-    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    assert_eq!(
+        listed["accounts"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
 
     let adjusted = run_cli(
         &directory,
@@ -782,4 +786,404 @@ fn amounts_are_shown_to_the_micro_dollar() {
     );
     let listed = stdout(&run_cli(&directory, &["accounts", "list"]));
     assert!(listed.contains("-$81.032"), "{listed}");
+}
+
+#[test]
+fn typos_get_a_suggestion() {
+    for (arguments, suggested) in [
+        (&["confg"][..], "'config'"),
+        (&["accounts", "shw"][..], "'show'"),
+        (&["serve", "--feed-qeue", "5"][..], "'--feed-queue'"),
+    ] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .env_remove("SMS_CREDIT_CONFIG")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("similar") && stderr.contains(suggested),
+            "{arguments:?}: {stderr}"
+        );
+    }
+}
+
+on_both_stores!(sync a_closed_pipe_ends_a_command_quietly);
+fn a_closed_pipe_ends_a_command_quietly() {
+    let directory = fresh_directory();
+    assert!(run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550403"]
+    )
+    .status
+    .success());
+    for arguments in [
+        &["config"][..],
+        &["accounts", "list"],
+        &["accounts", "export", "1"],
+    ] {
+        // The reader is gone before the command writes (`| head -0`).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .env("SMS_CREDIT_DATABASE", directory.url())
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("SMS_CREDIT_CONFIG")
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_ne!(output.status.code(), Some(101), "{arguments:?}: {stderr}");
+        assert_eq!(stderr, "", "{arguments:?} ends quietly");
+    }
+}
+
+/// Makes `path` read-only even for root (as the tests may run): `chmod`,
+/// then, where that does not hold, `chattr +i`; answers how to undo it.
+fn read_only(path: &std::path::Path) -> impl FnOnce() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if path.is_dir() { 0o555 } else { 0o444 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    let probe = if path.is_dir() {
+        std::fs::write(path.join(".probe"), b"").is_ok()
+    } else {
+        std::fs::OpenOptions::new().append(true).open(path).is_ok()
+    };
+    let immutable = probe && {
+        let _ = std::fs::remove_file(path.join(".probe"));
+        let made = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|status| status.success());
+        assert!(
+            made,
+            "{} stays writable for this user (root?) and chattr +i failed",
+            path.display()
+        );
+        true
+    };
+    let path = path.to_path_buf();
+    move || {
+        if immutable {
+            let _ = std::process::Command::new("chattr")
+                .arg("-i")
+                .arg(&path)
+                .status();
+        }
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+    }
+}
+
+#[test]
+fn database_locations_say_what_is_wrong() {
+    let directory = fresh_directory();
+    let run = |database: &str, arguments: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(arguments)
+            .env("SMS_CREDIT_DATABASE", database)
+            .env_remove("SMS_CREDIT_CONFIG")
+            .current_dir(directory.path())
+            .output()
+            .unwrap();
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // A directory that does not exist.
+    let missing = directory.path().join("no-such-dir/sms-credit.db");
+    let (ok, stderr) = run(missing.to_str().unwrap(), &["migrate"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no-such-dir")
+            && stderr.contains("directory")
+            && stderr.contains("does not exist"),
+        "{stderr}"
+    );
+    // A directory that cannot be written.
+    let locked = directory.path().join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    let undo = read_only(&locked);
+    let (ok, stderr) = run(locked.join("sms-credit.db").to_str().unwrap(), &["migrate"]);
+    undo();
+    assert!(!ok);
+    assert!(
+        stderr.contains("locked")
+            && stderr.contains("directory")
+            && stderr.contains("not writable"),
+        "{stderr}"
+    );
+    // A database file that cannot be written: named, not its log.
+    let file = directory.path().join("kept.db");
+    let (ok, stderr) = run(file.to_str().unwrap(), &["migrate"]);
+    assert!(ok, "{stderr}");
+    let undo = read_only(&file);
+    let (ok, stderr) = run(file.to_str().unwrap(), &["verify"]);
+    undo();
+    assert!(!ok);
+    assert!(
+        stderr.contains("kept.db") && stderr.contains("read-only") && !stderr.contains("-wal"),
+        "{stderr}"
+    );
+    // sqlx's spelling is understood: a relative file, not a file named so.
+    let (ok, stderr) = run("sqlite:rel.db", &["migrate"]);
+    assert!(ok, "{stderr}");
+    assert!(directory.path().join("rel.db").is_file());
+    assert!(!directory.path().join("sqlite:rel.db").exists());
+    // Another database's URL says which are supported.
+    let (ok, stderr) = run("mysql://user@db/sms", &["verify"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("mysql") && stderr.contains("postgres://") && stderr.contains("sqlite:"),
+        "{stderr}"
+    );
+    assert!(!directory.path().join("mysql:").exists());
+}
+
+on_both_stores!(sync input_an_operator_gets_wrong_is_refused_saying_why);
+fn input_an_operator_gets_wrong_is_refused_saying_why() {
+    let directory = fresh_directory();
+    assert!(run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550404"]
+    )
+    .status
+    .success());
+    let refused = |arguments: &[&str], says: &[&str]| {
+        let output = run_cli(&directory, arguments);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{arguments:?}: {output:?}");
+        for said in says {
+            assert!(stderr.contains(said), "{arguments:?}: {said} in {stderr}");
+        }
+    };
+    // A sale above the recommended price is no sale.
+    refused(
+        &["pricing", "sale", "--sale-price", "59.99"],
+        &["sale", "$49.99"],
+    );
+    // A fixed discount larger than access costs now ($29.99 at launch).
+    refused(
+        &["discount-codes", "create", "HUGE", "--amount", "40"],
+        &["$40.00", "$29.99"],
+    );
+    assert!(
+        run_cli(&directory, &["discount-codes", "list", "--json"])
+            .stdout
+            .starts_with(b"{\"discount_codes\":[]}"),
+        "nothing made"
+    );
+    // The API's bounds for a page of accounts.
+    refused(&["accounts", "list", "--limit", "0"], &["1", "1000"]);
+    refused(&["accounts", "list", "--limit", "100000"], &["1", "1000"]);
+    assert!(
+        run_cli(&directory, &["accounts", "list", "--limit", "1000"])
+            .status
+            .success()
+    );
+    // The refunds of an order that does not exist.
+    refused(&["orders", "refunds", "999"], &["order 999 does not exist"]);
+    // Event types: spaces around commas are fine; a wrong one lists them.
+    let added = run_cli(
+        &directory,
+        &[
+            "webhooks",
+            "add",
+            "https://hooks.example.com/in",
+            "--events",
+            "balance.low, payment.succeeded",
+            "--json",
+        ],
+    );
+    assert!(added.status.success(), "{added:?}");
+    let added: serde_json::Value = serde_json::from_slice(&added.stdout).unwrap();
+    assert_eq!(
+        added["events"],
+        serde_json::json!(["balance.low", "payment.succeeded"])
+    );
+    refused(
+        &[
+            "webhooks",
+            "add",
+            "https://hooks.example.com/in",
+            "--events",
+            "balance.lo",
+        ],
+        &["balance.lo", "balance.low", "payment.refunded"],
+    );
+}
+
+/// A command's `--help`, which must succeed.
+fn help_of(arguments: &[&str]) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(arguments)
+        .arg("--help")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{arguments:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn help_describes_every_argument_in_the_readmes_words() {
+    let mut commands: Vec<Vec<&str>> = [
+        "add",
+        "list",
+        "show",
+        "deliveries",
+        "replay",
+        "rotate-secret",
+        "enable",
+        "disable",
+        "remove",
+        "test",
+    ]
+    .iter()
+    .map(|name| vec!["webhooks", name])
+    .collect();
+    commands.push(vec!["orders", "refunds"]);
+    for command in &commands {
+        let help = help_of(command);
+        let own = help.split("\nDatabase:").next().unwrap();
+        for line in own.lines() {
+            let trimmed = line.trim_start();
+            let is_argument = trimmed.starts_with('<') || trimmed.starts_with("--");
+            if is_argument && !trimmed.starts_with("--config") {
+                assert!(
+                    trimmed.split_whitespace().count() > 2,
+                    "{command:?}: undescribed {trimmed:?}\n{help}"
+                );
+            }
+        }
+    }
+    // `accounts` says what it holds, in the README's words.
+    let top = help_of(&[]);
+    let accounts = top
+        .lines()
+        .find(|line| line.trim_start().starts_with("accounts "))
+        .unwrap();
+    for subcommand in [
+        "create",
+        "show",
+        "list",
+        "export",
+        "adjust",
+        "account tokens",
+        "auto top-up",
+    ] {
+        assert!(accounts.contains(subcommand), "{subcommand}: {accounts}");
+    }
+    let accounts = help_of(&["accounts"]);
+    assert!(
+        accounts.contains("account tokens") && !accounts.contains("sign-in tokens"),
+        "{accounts}"
+    );
+}
+
+#[test]
+fn a_missing_half_of_stripe_set_in_the_file_is_named_as_the_file_names_it() {
+    let directory = fresh_directory();
+    let file = directory.path().join("sms-credit.toml");
+    std::fs::write(
+        &file,
+        "stripe_secret_key = \"sk_test_1\"\npublic_url = \"https://sms.example.com\"\n",
+    )
+    .unwrap();
+    let mut process = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"));
+    process.args(["config", "--config", file.to_str().unwrap()]);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("SMS_CREDIT_") {
+            process.env_remove(name);
+        }
+    }
+    let output = process.output().unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("stripe_webhook_secret in the config file")
+            && stderr.contains("when stripe_secret_key in the config file")
+            && !stderr.contains("SMS_CREDIT_"),
+        "{stderr}"
+    );
+}
+
+on_both_stores!(sync output_for_people_lines_up_and_reads_as_sentences);
+fn output_for_people_lines_up_and_reads_as_sentences() {
+    let directory = fresh_directory();
+    for (phone, email) in [
+        ("+14155550405", "a@example.com"),
+        ("+447911123456", "someone.with.a.long.address@example.com"),
+    ] {
+        let created = run_cli(
+            &directory,
+            &["accounts", "create", "--phone", phone, "--email", email],
+        );
+        assert!(created.status.success(), "{created:?}");
+    }
+    let adjusted = run_cli(
+        &directory,
+        &[
+            "accounts",
+            "adjust",
+            "2",
+            "--amount",
+            "-1234.567",
+            "--reason",
+            "wide",
+            "--idempotency-key",
+            "wide-1",
+        ],
+    );
+    assert!(adjusted.status.success(), "{adjusted:?}");
+    // Each column starts at the same place on every line.
+    let listed = stdout(&run_cli(&directory, &["accounts", "list"]));
+    assert_eq!(listed.lines().count(), 3, "{listed}");
+    let header = listed.lines().next().unwrap();
+    let email_column = header.find("email").unwrap();
+    for line in listed.lines().skip(1) {
+        let email = line.rsplit(' ').next().unwrap();
+        assert_eq!(
+            line.len() - email.len(),
+            email_column,
+            "the emails line up:\n{listed}"
+        );
+    }
+    // Counted in words; a problem said in a sentence.
+    let verified = stdout(&run_cli(&directory, &["verify"]));
+    assert!(
+        verified.contains("checked 2 accounts and 1 transaction: clean"),
+        "{verified}"
+    );
+    directory.execute("UPDATE account_balances SET balance = balance + 1 WHERE account_id = 2");
+    let verified = stdout(&run_cli(&directory, &["verify"]));
+    assert!(
+        !verified.contains("PROBLEM {")
+            && verified.contains("problem: account 2: its balance says"),
+        "{verified}"
+    );
+    assert!(verified.contains(": 1 problem"), "{verified}");
+    // The configuration's columns stay in line beside a long value.
+    let long = format!(
+        "{}/{}/sms-credit.db",
+        directory.path().display(),
+        "a".repeat(60)
+    );
+    let config = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .arg("config")
+        .env("SMS_CREDIT_DATABASE", &long)
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    let config = stdout(&config);
+    let variable_at: std::collections::BTreeSet<usize> = config
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .map(|line| line.find("SMS_CREDIT_").unwrap())
+        .collect();
+    assert_eq!(variable_at.len(), 1, "{config}");
 }

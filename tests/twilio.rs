@@ -10,7 +10,7 @@ use crate::fake_stripe::{ChargeMode, EventFactory, FakeStripe};
 use crate::fake_twilio::{FakeTwilio, SendMode};
 use crate::helpers::{
     fresh_directory, run_cli, stripe_settings, test_settings, twilio_sid, twilio_sms_fields,
-    with_twilio, TestApp,
+    with_twilio, TestApp, ADMIN_TOKEN,
 };
 use crate::ledger_actors::assert_verified;
 
@@ -687,6 +687,46 @@ async fn outbound_messages_reserve_send_and_resolve_once() {
     );
     assert_eq!(fake.sent().len(), sent_before, "nothing sent");
     assert_eq!(app.balance_micros(account).await, 1_087_000);
+    // Listed, the send that was not made does not read as a charge.
+    let (_, listed) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/messages"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    let voided = listed["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|message| message["idempotency_key"] == "forecast-3")
+        .unwrap();
+    assert_eq!(
+        (voided["state"].as_str(), voided["refunded"].as_bool()),
+        (Some("voided"), Some(true)),
+        "{voided}"
+    );
+    // Its debit says one segment, and the first message's two.
+    let (_, ledger) = app.get_transactions(account).await;
+    let descriptions: Vec<&str> = ledger["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["description"].as_str().unwrap())
+        .collect();
+    assert!(
+        descriptions.contains(&"SMS to US (1 GSM-7 segment)")
+            && descriptions.contains(&"SMS to US (2 GSM-7 segments)"),
+        "{descriptions:?}"
+    );
+    // Its time is RFC 3339, as every time over HTTP.
+    assert!(
+        voided["created_at"]
+            .as_str()
+            .is_some_and(|at| at.ends_with('Z')),
+        "{voided}"
+    );
     fake.set_mode(SendMode::ServerError);
     let (status, failed) = app
         .post_message(json!({"account_id": account, "body": "hi", "idempotency_key": "forecast-4"}))

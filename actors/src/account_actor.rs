@@ -280,7 +280,7 @@ impl Retry {
                 amount: entry.amount,
                 idempotency_key: key,
                 description: entry.description,
-                reason: entry.reason,
+                reason: entry.reason.map(|reason| *reason),
                 order_id: entry.order_id,
                 hints: in_flight.hints,
             },
@@ -1114,7 +1114,7 @@ impl AccountActor {
             idempotency_key: mutation.idempotency_key.as_str().to_string(),
             order_id: mutation.order_id,
             description: mutation.description,
-            reason: mutation.reason,
+            reason: mutation.reason.map(Box::new),
             created_at_ms: now_ms,
         };
         // What is committed, read before the working state moves on.

@@ -225,3 +225,27 @@ mod tests {
         assert_eq!(days_from_civil(2026, 12, 1), 20_788);
     }
 }
+
+/// Serializes Unix milliseconds as RFC 3339 (`#[serde(serialize_with =
+/// "rfc3339::serialize")]`): every time the API and `--json` show is one.
+pub mod rfc3339 {
+    pub fn serialize<S: serde::Serializer>(
+        unix_ms: &i64,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&super::format_rfc3339_ms(*unix_ms))
+    }
+
+    /// The same, for a time that may be absent (`null`).
+    pub mod option {
+        pub fn serialize<S: serde::Serializer>(
+            unix_ms: &Option<i64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match unix_ms {
+                Some(unix_ms) => super::serialize(unix_ms, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+    }
+}

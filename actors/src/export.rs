@@ -47,7 +47,7 @@ pub fn csv_row(entry: &LedgerEntry) -> String {
         format_rfc3339_ms(entry.created_at_ms),
         // Only an adjustment carries the operator's reason: any other row
         // has none, an empty cell (not a value read back and defaulted).
-        text_cell(entry.reason.as_deref().unwrap_or_default()),
+        text_cell(entry.reason.as_deref().map_or("", String::as_str)),
     )
 }
 

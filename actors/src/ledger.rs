@@ -253,8 +253,10 @@ pub struct LedgerEntry {
     pub description: String,
     /// The operator's reason (adjustments; `None` for other rows): for the
     /// operator's eyes only, never in what an account token, the account
-    /// page or the holder's feed is shown.
-    pub reason: Option<String>,
+    /// page or the holder's feed is shown. Boxed: every write, receipt and
+    /// feed message carries a row, and most rows have none, so it costs a
+    /// row one pointer.
+    pub reason: Option<Box<String>>,
     /// Unix time in milliseconds.
     pub created_at_ms: i64,
 }

@@ -57,6 +57,75 @@ pub struct VerifyReport {
     pub problems: Vec<Problem>,
 }
 
+/// An amount summed wider than an `i64`, in dollars when it fits one.
+fn wide_amount(micros: i128) -> String {
+    match i64::try_from(micros) {
+        Ok(micros) => crate::money::Money::from_micros(micros).to_string(),
+        Err(_) => format!("{micros} micro-dollars"),
+    }
+}
+
+/// A problem for people, one line: the account, what is wrong and where.
+impl std::fmt::Display for Problem {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let money = crate::money::Money::from_micros;
+        match self {
+            Problem::SeqGap {
+                account_id,
+                expected_seq,
+                found_seq,
+            } => write!(
+                formatter,
+                "account {account_id}: the ledger skips from #{} to #{found_seq} (expected #{expected_seq})",
+                expected_seq - 1
+            ),
+            Problem::BalanceAfterMismatch {
+                account_id,
+                seq,
+                running_sum_micros,
+                recorded_micros,
+            } => write!(
+                formatter,
+                "account {account_id}: row #{seq} says the balance became {}, but the rows up to it sum to {}",
+                money(*recorded_micros),
+                wide_amount(*running_sum_micros)
+            ),
+            Problem::DebitBelowZero {
+                account_id,
+                seq,
+                balance_micros,
+            } => write!(
+                formatter,
+                "account {account_id}: the debit #{seq} took the balance below zero, to {}",
+                money(*balance_micros)
+            ),
+            Problem::SnapshotMismatch {
+                account_id,
+                ledger_sum_micros,
+                ledger_seq,
+                snapshot_balance_micros,
+                snapshot_seq,
+            } => write!(
+                formatter,
+                "account {account_id}: its balance says {} at #{snapshot_seq}, but its ledger sums to {} at #{ledger_seq}",
+                money(*snapshot_balance_micros),
+                wide_amount(*ledger_sum_micros)
+            ),
+            Problem::MissingSnapshot { account_id } => {
+                write!(formatter, "account {account_id}: it has no balance row")
+            }
+            Problem::UnknownType {
+                account_id,
+                seq,
+                stored,
+            } => write!(
+                formatter,
+                "account {account_id}: row #{seq} has a type this release does not know: {stored:?}"
+            ),
+        }
+    }
+}
+
 impl VerifyReport {
     pub fn is_clean(&self) -> bool {
         self.problems.is_empty()

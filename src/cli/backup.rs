@@ -13,7 +13,7 @@ use sms_credit_actors::adapters::backup::snapshot_into;
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::store::backup::BackupRecord;
 
-use super::output::{print_json, with_store};
+use super::output::{counted, print_json, with_store};
 use crate::config::Settings;
 
 /// What a backup file in a directory is called: `sms-credit-` and the UTC
@@ -160,9 +160,13 @@ impl BackupCommand {
         }
         println!("backup written to {}", record.path);
         println!(
-            "  holds {} accounts and {} ledger rows, as they were at {} (verify is clean)",
-            record.accounts,
-            record.transactions,
+            "  holds {} and {}, as they were at {} (verify is clean)",
+            counted(record.accounts.max(0) as u64, "account", "accounts"),
+            counted(
+                record.transactions.max(0) as u64,
+                "ledger row",
+                "ledger rows"
+            ),
             format_rfc3339_ms(record.taken_at_ms)
         );
         println!(

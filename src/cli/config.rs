@@ -36,16 +36,30 @@ impl ConfigCommand {
                 return ExitCode::FAILURE;
             }
         } else {
+            // Each column as wide as its widest value, so that a long file
+            // path or Postgres URL does not push the others out of line.
+            let value =
+                |value: &Option<String>| value.as_deref().unwrap_or("(not set)").to_string();
+            let key_width = view.iter().map(|(setting, _, _)| setting.key.len());
+            let value_width = view
+                .iter()
+                .map(|(_, shown, _)| value(shown).chars().count());
+            let source_width = view.iter().map(|(_, _, source)| source.chars().count());
+            let (key_width, value_width, source_width) = (
+                key_width.max().unwrap_or(0),
+                value_width.max().unwrap_or(0),
+                source_width.max().unwrap_or(0),
+            );
             let mut section = None;
-            for (setting, value, source) in &view {
+            for (setting, shown, source) in &view {
                 if section != Some(setting.section) {
                     section = Some(setting.section);
                     println!("# {}", setting.section.title());
                 }
                 println!(
-                    "{:<30} {:<40} {:<14} {}",
+                    "{:<key_width$}  {:<value_width$}  {:<source_width$}  {}",
                     setting.key,
-                    value.as_deref().unwrap_or("(not set)"),
+                    value(shown),
                     source,
                     setting.variable()
                 );

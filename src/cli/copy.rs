@@ -9,7 +9,7 @@ use sms_credit_actors::store::{copy, Store};
 
 use std::path::Path;
 
-use super::output::print_json;
+use super::output::{counted, print_json};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
@@ -70,8 +70,8 @@ impl CopyCommand {
             .map(Path::to_path_buf);
         let json = self.json;
         let outcome = actix_rt::System::new().block_on(async move {
-            let source_store = open(&source, IfMissing::Refuse)
-                .map_err(|error| format!("--from: {error}"))?;
+            let source_store =
+                open(&source, IfMissing::Refuse).map_err(|error| format!("--from: {error}"))?;
             copy::check_source_stopped(&source_store, SystemClock.now_ms(), timeout_ms)
                 .await
                 .map_err(|error| error.to_string())?;
@@ -98,11 +98,16 @@ impl CopyCommand {
                     "transactions": report.target.transactions_checked}));
             }
             for (table, rows) in &report.tables {
-                println!("{table:<24} {rows:>10} rows");
+                println!("{table:<24} {:>14}", counted(*rows, "row", "rows"));
             }
             println!(
-                "copied {source} to {target}; verify is clean on both: {} accounts, {} transactions",
-                report.target.accounts_checked, report.target.transactions_checked
+                "copied {source} to {target}; verify is clean on both: {}, {}",
+                counted(report.target.accounts_checked, "account", "accounts"),
+                counted(
+                    report.target.transactions_checked,
+                    "transaction",
+                    "transactions"
+                )
             );
             Ok(())
         });

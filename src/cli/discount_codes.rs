@@ -8,6 +8,7 @@ use sms_credit_actors::Money;
 
 use super::output::{print_json, with_store, with_store_creating};
 use crate::config::Settings;
+use crate::routes::admin::discount_codes::DiscountCodes;
 
 #[derive(Subcommand, Debug)]
 pub enum DiscountCodesCommand {
@@ -98,7 +99,7 @@ fn list(settings: &Settings, as_json: bool) -> Result<(), String> {
             .map_err(|error| error.to_string())
     })?;
     if as_json {
-        return print_json(&codes);
+        return print_json(&DiscountCodes::new(codes));
     }
     println!(
         "{:<20} {:<12} {:>6} {:>8}  active",
@@ -130,6 +131,13 @@ fn create(
         return Err("--max-uses must be at least 1".to_string());
     }
     with_store_creating(settings, |store| async move {
+        let price_now = store
+            .billing()
+            .pricing()
+            .await
+            .map_err(|error| error.to_string())?
+            .price();
+        let discount = discount.fits(price_now)?;
         let created = store
             .billing()
             .create_discount_code(code, discount, max_uses, SystemClock.now_ms())

@@ -75,7 +75,8 @@ pub enum Command {
     /// Postgres: --database), then verify it. A database that holds data
     /// is refused and left as it was.
     Restore(restore::RestoreCommand),
-    /// Create, show and adjust accounts.
+    /// Accounts: create, show, list, export the ledger, adjust the balance,
+    /// manage their account tokens and auto top-up.
     #[command(subcommand)]
     Accounts(accounts::AccountsCommand),
     /// Show or set the pricing mode of access: launch ($29.99), rrp ($49.99) or sale.
@@ -102,8 +103,42 @@ impl Cli {
     }
 }
 
+/// The exit code of a command whose reader went away, as a shell reports
+/// a process ended by SIGPIPE (128 + 13).
+const CLOSED_PIPE: i32 = 141;
+
+/// Ends a command quietly when its output's reader has gone (`| head`),
+/// as other Unix tools do. Rust ignores SIGPIPE, so `println!` panics on a
+/// closed pipe; restoring the signal's default needs unsafe code, which
+/// this workspace forbids, so that one panic ends the process instead,
+/// without a word. Every other panic is reported as before.
+fn end_quietly_on_a_closed_pipe() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if payload.starts_with("failed printing to stdout") && payload.contains("Broken pipe") {
+            end_on_a_closed_pipe();
+        }
+        report(info);
+    }));
+}
+
+/// Ends the process quietly: its output's reader has gone. What a command
+/// prints comes after what it did was committed, so nothing is cut short.
+pub fn end_on_a_closed_pipe() -> ! {
+    std::process::exit(CLOSED_PIPE)
+}
+
 /// Runs a parsed command line; the exit code says how it went.
 pub fn run(cli: Cli) -> ExitCode {
+    if !cli.serves() {
+        end_quietly_on_a_closed_pipe();
+    }
     // `RUST_LOG` filters the log, else `info` for the server and `warn`
     // for other commands, whose output is their own.
     let default_level = if cli.serves() { "info" } else { "warn" };

@@ -30,9 +30,11 @@ pub enum OrdersCommand {
         #[arg(long)]
         json: bool,
     },
-    /// The order's refund requests.
+    /// The order's refund requests (exit 1 when there is no such order).
     Refunds {
+        /// The order.
         id: i64,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
@@ -91,6 +93,12 @@ impl OrdersCommand {
                 })
             }
             OrdersCommand::Refunds { id, json } => with_store(settings, |store| async move {
+                store
+                    .billing()
+                    .order(id)
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .ok_or_else(|| format!("order {id} does not exist"))?;
                 let refunds = store
                     .billing()
                     .refunds_of(id)

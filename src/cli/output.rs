@@ -92,3 +92,45 @@ pub fn print_json(value: &impl Serialize) -> Result<(), String> {
     println!("{value}");
     Ok(())
 }
+
+/// How a column's cells line up.
+#[derive(Clone, Copy)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// Prints a table for people: each column as wide as its widest cell (a
+/// long phone, email, path or URL never pushes the others out of line),
+/// two spaces between columns, the last one not padded.
+pub fn print_table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = columns
+        .iter()
+        .map(|(name, _)| name.chars().count())
+        .collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let headers: Vec<String> = columns.iter().map(|(name, _)| name.to_string()).collect();
+    for row in std::iter::once(&headers).chain(rows) {
+        let last = row.len().saturating_sub(1);
+        let cells: Vec<String> = row
+            .iter()
+            .zip(columns.iter().zip(&widths))
+            .enumerate()
+            .map(|(index, (cell, ((_, align), width)))| match align {
+                Align::Right => format!("{cell:>width$}"),
+                Align::Left if index == last => cell.clone(),
+                Align::Left => format!("{cell:<width$}"),
+            })
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+}
+
+/// A count with its noun: `1 account`, `2 accounts`, `0 rows`.
+pub fn counted(count: u64, one: &str, many: &str) -> String {
+    format!("{count} {}", if count == 1 { one } else { many })
+}

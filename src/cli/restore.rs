@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
 use sms_credit_actors::store::copy;
 
-use super::output::print_json;
+use super::output::{counted, print_json};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
@@ -63,10 +63,14 @@ impl RestoreCommand {
                     "verify": "clean"}));
             }
             println!(
-                "restored {} into {target}: {} accounts and {} ledger rows; verify is clean",
+                "restored {} into {target}: {} and {}; verify is clean",
                 backup.display(),
-                report.target.accounts_checked,
-                report.target.transactions_checked
+                counted(report.target.accounts_checked, "account", "accounts"),
+                counted(
+                    report.target.transactions_checked,
+                    "ledger row",
+                    "ledger rows"
+                )
             );
             Ok(())
         });

@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use serde_json::json;
 
-use super::output::{print_json, with_store};
+use super::output::{counted, print_json, with_store};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
@@ -40,16 +39,16 @@ impl VerifyCommand {
             }
         } else {
             for problem in &report.problems {
-                println!("PROBLEM {}", json!(problem));
+                println!("problem: {problem}");
             }
             println!(
-                "checked {} accounts and {} transactions: {}",
-                report.accounts_checked,
-                report.transactions_checked,
+                "checked {} and {}: {}",
+                counted(report.accounts_checked, "account", "accounts"),
+                counted(report.transactions_checked, "transaction", "transactions"),
                 if report.is_clean() {
                     "clean".to_string()
                 } else {
-                    format!("{} problems", report.problems.len())
+                    counted(report.problems.len() as u64, "problem", "problems")
                 }
             );
         }

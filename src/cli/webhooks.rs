@@ -11,16 +11,19 @@ use sms_credit_actors::Store;
 
 use super::output::{print_json, with_store_if};
 use crate::config::Settings;
+use crate::routes::admin::webhooks::{AttemptList, EndpointList, EndpointWithSecret};
 use sms_credit_actors::adapters::IfMissing;
 
 #[derive(Subcommand, Debug)]
 pub enum WebhooksCommand {
     /// Add an endpoint (https:// and a public address); prints its signing secret once.
     Add {
+        /// Where deliveries are posted: https:// to a public address.
         url: String,
         /// Event types, comma-separated (every one when left out).
         #[arg(long, value_delimiter = ',')]
         events: Option<Vec<String>>,
+        /// A note for the operator (up to 500 characters).
         #[arg(long)]
         description: Option<String>,
         /// Print JSON (for programs) instead of a summary for people.
@@ -29,60 +32,77 @@ pub enum WebhooksCommand {
     },
     /// List the endpoints.
     List {
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Show one endpoint.
     Show {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// The endpoint's latest tries: event, status, error, time taken.
     Deliveries {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
         /// How many (1 to 500).
         #[arg(long, default_value_t = 50)]
         limit: i64,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Send again, with their ids, the events created since a moment.
     Replay {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
         /// RFC 3339, for example 2026-12-01T00:00:00Z.
         #[arg(long)]
         since: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// A new signing secret (printed once); the old one signs beside it for 24 h.
     RotateSecret {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Deliver to the endpoint again (its failures are forgotten).
     Enable {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Stop delivering to the endpoint (events still wait for it).
     Disable {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Remove the endpoint (its history stays).
     Remove {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
     /// Send a webhook_endpoint.test event to the endpoint.
     Test {
+        /// The endpoint (we_…, as `webhooks list` shows it).
         id: String,
+        /// Print JSON (for programs) instead of a summary for people.
         #[arg(long)]
         json: bool,
     },
@@ -106,6 +126,9 @@ fn print_endpoint(endpoint: &Endpoint) {
     }
     if !endpoint.description.is_empty() {
         println!("  about:   {}", endpoint.description);
+    }
+    if let Some(undeliverable) = &endpoint.undeliverable {
+        println!("  warning: {undeliverable}");
     }
 }
 
@@ -150,8 +173,8 @@ impl WebhooksCommand {
                     };
                     add(store, endpoint, now_ms, json).await
                 }
-                WebhooksCommand::List { json } => list(store, json).await,
-                WebhooksCommand::Show { id, json } => show(store, &id, json).await,
+                WebhooksCommand::List { json } => list(store, allow_private, json).await,
+                WebhooksCommand::Show { id, json } => show(store, &id, allow_private, json).await,
                 WebhooksCommand::Deliveries { id, limit, json } => {
                     deliveries(store, &id, limit, json).await
                 }
@@ -225,9 +248,7 @@ async fn add(
     let warning = private_warning(&endpoint, allow_private);
     if as_json {
         let warnings: Vec<String> = warning.into_iter().collect();
-        return print_json(
-            &json!({"endpoint": endpoint, "secret": secret.expose(), "warnings": warnings}),
-        );
+        return print_json(&EndpointWithSecret::new(endpoint, &secret, warnings));
     }
     print_endpoint(&endpoint);
     println!("  secret:  {}  (shown this once: keep it)", secret.expose());
@@ -237,14 +258,17 @@ async fn add(
     Ok(())
 }
 
-async fn list(store: &Store, as_json: bool) -> Result<(), String> {
-    let endpoints = store
+async fn list(store: &Store, allow_private: bool, as_json: bool) -> Result<(), String> {
+    let endpoints: Vec<Endpoint> = store
         .webhooks()
         .endpoints()
         .await
-        .map_err(|error| error.to_string())?;
+        .map_err(|error| error.to_string())?
+        .into_iter()
+        .map(|endpoint| endpoint.flagged(allow_private))
+        .collect();
     if as_json {
-        return print_json(&endpoints);
+        return print_json(&EndpointList::new(endpoints));
     }
     if endpoints.is_empty() {
         println!("no webhook endpoints");
@@ -253,8 +277,11 @@ async fn list(store: &Store, as_json: bool) -> Result<(), String> {
     Ok(())
 }
 
-async fn show(store: &Store, id: &str, as_json: bool) -> Result<(), String> {
-    let endpoint = manage::get(store, id).await.map_err(refused)?;
+async fn show(store: &Store, id: &str, allow_private: bool, as_json: bool) -> Result<(), String> {
+    let endpoint = manage::get(store, id)
+        .await
+        .map_err(refused)?
+        .flagged(allow_private);
     if as_json {
         return print_json(&endpoint);
     }
@@ -269,11 +296,11 @@ async fn deliveries(store: &Store, id: &str, limit: i64, as_json: bool) -> Resul
     let endpoint = manage::get(store, id).await.map_err(refused)?;
     let attempts = store
         .webhooks()
-        .attempts_of(endpoint.id, limit)
+        .attempts_of(endpoint.id.clone(), limit)
         .await
         .map_err(|error| error.to_string())?;
     if as_json {
-        return print_json(&attempts);
+        return print_json(&AttemptList::new(endpoint.id, attempts));
     }
     if attempts.is_empty() {
         println!("no tries yet");
@@ -310,7 +337,7 @@ async fn rotate_secret(store: &Store, id: &str, now_ms: i64, as_json: bool) -> R
         .await
         .map_err(refused)?;
     if as_json {
-        return print_json(&json!({"endpoint": endpoint, "secret": secret.expose()}));
+        return print_json(&EndpointWithSecret::new(endpoint, &secret, Vec::new()));
     }
     println!(
         "new secret for {id}: {}  (shown this once: keep it)",

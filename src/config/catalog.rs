@@ -176,7 +176,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("./sms-credit.db"),
         secret: false,
         global: true,
-        help: "The database: an SQLite file path or sqlite://path, or postgres://user:password@host/name (created or migrated as needed)",
+        help: "The database: an SQLite file path (or sqlite:path, sqlite://path), or postgres://user:password@host/name; migrated as needed, and made only by serve, migrate and the commands that create something",
     },
     Setting {
         key: "sqlite_checkpoints",

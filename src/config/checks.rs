@@ -126,16 +126,19 @@ pub(super) fn stripe(
     let allow_promotion_codes = values.required("stripe_allow_promotion_codes", boolean)?;
     let included_credit = values.required("included_credit", dollars("5.00"))?;
     let buy_daily_limit = values.required("buy_daily_limit", dollars("30.00"))?;
-    let missing = |variable: &str, reason: &str| ConfigError::Invalid {
-        setting: variable.to_string(),
-        reason: reason.to_string(),
+    // Each named where the operator set them (a variable, a flag, or a key
+    // in the config file), the missing one beside the one that needs it.
+    let missing = |absent: &'static str, present: &'static str, why: &str| ConfigError::Invalid {
+        setting: values.name_beside(absent, present),
+        reason: format!("is required when {} is set{why}", values.name(present)),
     };
     match (secret_key, webhook_secret) {
         (Some(secret_key), Some(webhook_secret)) => {
             if server.public_url.is_none() {
                 return Err(missing(
-                    "SMS_CREDIT_PUBLIC_URL",
-                    "is required when SMS_CREDIT_STRIPE_SECRET_KEY is set (Checkout sends customers back to it and Stripe's webhook is pointed at it)",
+                    "public_url",
+                    "stripe_secret_key",
+                    " (Checkout sends customers back to it and Stripe's webhook is pointed at it)",
                 ));
             }
             Ok(Some(StripeSettings {
@@ -149,13 +152,11 @@ pub(super) fn stripe(
         }
         (None, None) => Ok(None),
         (Some(_), None) => Err(missing(
-            "SMS_CREDIT_STRIPE_WEBHOOK_SECRET",
-            "is required when SMS_CREDIT_STRIPE_SECRET_KEY is set: without it Stripe's events cannot be verified, and payments would never be credited",
+            "stripe_webhook_secret",
+            "stripe_secret_key",
+            ": without it Stripe's events cannot be verified, and payments would never be credited",
         )),
-        (None, Some(_)) => Err(missing(
-            "SMS_CREDIT_STRIPE_SECRET_KEY",
-            "is required when SMS_CREDIT_STRIPE_WEBHOOK_SECRET is set",
-        )),
+        (None, Some(_)) => Err(missing("stripe_secret_key", "stripe_webhook_secret", "")),
     }
 }
 
@@ -165,16 +166,17 @@ pub(super) fn twilio(values: &Values) -> Result<Option<TwilioSettings>, ConfigEr
     let auth_token = values.optional("twilio_auth_token", secret)?;
     let from = values.optional("twilio_from", |text| Ok(text.to_string()))?;
     let api_base = values.required("twilio_api_base", url)?;
-    let missing = |variable: &str, reason: &str| ConfigError::Invalid {
-        setting: variable.to_string(),
-        reason: reason.to_string(),
+    let missing = |absent: &'static str, present: &'static str, why: &str| ConfigError::Invalid {
+        setting: values.name_beside(absent, present),
+        reason: format!("is required when {} is set{why}", values.name(present)),
     };
     match (account_sid, auth_token) {
         (Some(account_sid), Some(auth_token)) => {
             let from = from.ok_or_else(|| {
                 missing(
-                    "SMS_CREDIT_TWILIO_FROM",
-                    "is required when Twilio is configured (the number messages are sent from)",
+                    "twilio_from",
+                    "twilio_account_sid",
+                    " (the number messages are sent from)",
                 )
             })?;
             Ok(Some(TwilioSettings {
@@ -185,14 +187,8 @@ pub(super) fn twilio(values: &Values) -> Result<Option<TwilioSettings>, ConfigEr
             }))
         }
         (None, None) => Ok(None),
-        (Some(_), None) => Err(missing(
-            "SMS_CREDIT_TWILIO_AUTH_TOKEN",
-            "is required when SMS_CREDIT_TWILIO_ACCOUNT_SID is set",
-        )),
-        (None, Some(_)) => Err(missing(
-            "SMS_CREDIT_TWILIO_ACCOUNT_SID",
-            "is required when SMS_CREDIT_TWILIO_AUTH_TOKEN is set",
-        )),
+        (Some(_), None) => Err(missing("twilio_auth_token", "twilio_account_sid", "")),
+        (None, Some(_)) => Err(missing("twilio_account_sid", "twilio_auth_token", "")),
     }
 }
 

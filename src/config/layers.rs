@@ -231,6 +231,31 @@ impl Values {
             })
     }
 
+    /// The name a setting is given by, where it was set: its variable, its
+    /// flag, or its key in the config file.
+    pub fn name(&self, key: &'static str) -> String {
+        match self.values.get(key) {
+            Some(effective) => effective.origin.name_of(effective.setting),
+            None => key.to_string(),
+        }
+    }
+
+    /// The name of `missing`, a setting required by `present`, in the
+    /// place `present` was set: an operator who set Stripe's key in the
+    /// config file is told the file's key for the webhook secret, not a
+    /// variable.
+    pub fn name_beside(&self, missing: &'static str, present: &'static str) -> String {
+        let (Some(missing), Some(present)) = (catalog::setting(missing), self.values.get(present))
+        else {
+            return missing.to_string();
+        };
+        match &present.origin {
+            Origin::File(path) => format!("{} in the config file {}", missing.key, path.display()),
+            Origin::Flag => format!("{} ({})", missing.flag(), missing.variable()),
+            Origin::Default | Origin::Environment => missing.variable(),
+        }
+    }
+
     /// The value of a setting that has a default, checked by `check`.
     pub fn required<T>(
         &self,

@@ -119,6 +119,9 @@ fn a_stripe_key_without_its_webhook_secret_or_public_url_is_refused() {
     let webhook = ("stripe_webhook_secret", "whsec_1");
     let public = ("public_url", "https://sms.example.com");
     assert!(error_of(&[key, public]).starts_with("SMS_CREDIT_STRIPE_WEBHOOK_SECRET"));
+    assert!(
+        error_of(&[key, public]).contains("is required when SMS_CREDIT_STRIPE_SECRET_KEY is set")
+    );
     assert!(error_of(&[key, webhook]).starts_with("SMS_CREDIT_PUBLIC_URL"));
     assert!(error_of(&[webhook]).starts_with("SMS_CREDIT_STRIPE_SECRET_KEY"));
     assert_eq!(error_of(&[key, webhook, public]), "accepted");

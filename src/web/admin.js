@@ -19,6 +19,10 @@ function dollars(micros, signed) {
     + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
   return (micros < 0 ? "-" : signed && micros > 0 ? "+" : "") + text;
 }
+// A count with its noun: "1 account", "2 accounts".
+function counted(count, one, many) {
+  return count.toLocaleString("en-US") + " " + (count === 1 ? one : many);
+}
 function money(cell, micros, signed) {
   cell.textContent = dollars(micros, signed);
   cell.title = micros.toLocaleString("en-US") + " micro-dollars";
@@ -77,8 +81,8 @@ async function loadOverview() {
   $("endpoints-disabled").textContent = overview.webhook_endpoints_disabled;
   const backup = overview.last_backup;
   $("last-backup").textContent = backup ? when(new Date(backup.taken_at_ms).toISOString()) : "never";
-  $("last-backup").title = backup ? backup.path + " · " + backup.accounts.toLocaleString("en-US") + " accounts, "
-    + backup.transactions.toLocaleString("en-US") + " ledger rows" : "";
+  $("last-backup").title = backup ? backup.path + " · " + counted(backup.accounts, "account", "accounts") + ", "
+    + counted(backup.transactions, "ledger row", "ledger rows") : "";
   const backups = $("backup-list");
   backups.textContent = "";
   attentionItem(backups, null, !overview.backup_overdue ? "None."
@@ -142,10 +146,10 @@ async function loadReports() {
   $("money-chart-words").dataset.paid = sum("paid");
   $("money-chart-words").dataset.since = start.getTime();
   bars($("message-chart"), list, [
-    { field: "messages", className: "sent", words: (value) => value + " messages" },
-    { field: "segments", className: "segments", words: (value) => value + " segments" }], 60);
-  $("message-chart-words").textContent = "Last 30 days: " + sum("messages").toLocaleString("en-US") + " messages (dark), "
-    + sum("segments").toLocaleString("en-US") + " segments (light).";
+    { field: "messages", className: "sent", words: (value) => counted(value, "message", "messages") },
+    { field: "segments", className: "segments", words: (value) => counted(value, "segment", "segments") }], 60);
+  $("message-chart-words").textContent = "Last 30 days: " + counted(sum("messages"), "message", "messages") + " (dark), "
+    + counted(sum("segments"), "segment", "segments") + " (light).";
   document.querySelectorAll(".zone").forEach((element) => { element.textContent = "(days in " + zone + ")"; });
   $("margin-rows").textContent = "";
   const widest = Math.max(1, ...reports.margins.map((row) => Math.abs(row.charged_micros - row.carrier_cost_micros)));
@@ -224,7 +228,7 @@ async function loadWaiting() {
   hooks.textContent = "";
   endpoints.endpoints.forEach((endpoint) => attentionItem(hooks, null, endpoint.url + " · "
     + (endpoint.enabled ? "enabled" : "disabled" + (endpoint.disabled_reason ? ": " + endpoint.disabled_reason : ""))
-    + (endpoint.failing_since_ms ? " · failing since " + when(new Date(endpoint.failing_since_ms).toISOString()) : "")
+    + (endpoint.failing_since ? " · failing since " + when(endpoint.failing_since) : "")
     + (endpoint.undeliverable ? " · " + endpoint.undeliverable : "")));
   if (!hooks.firstChild) attentionItem(hooks, null, "No endpoints.");
 }
@@ -336,7 +340,7 @@ async function loadMessages() {
   $("message-rows").textContent = "";
   list.messages.forEach((message) => {
     const row = document.createElement("tr");
-    cell(row, when(new Date(message.created_at_ms).toISOString()));
+    cell(row, when(message.created_at));
     cell(row, message.kind + " · " + message.country);
     cell(row, String(message.segments), "money");
     money(cell(row, undefined, "money"), message.charged_micros);

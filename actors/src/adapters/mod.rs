@@ -35,8 +35,10 @@ pub enum DatabaseLocation {
 }
 
 impl DatabaseLocation {
-    /// `postgres://…` or `postgresql://…` is Postgres; a file path or
-    /// `sqlite://path` is SQLite.
+    /// `postgres://…` or `postgresql://…` is Postgres; a file path,
+    /// `sqlite://path` or `sqlite:path` (sqlx's spelling) is SQLite. Any
+    /// other `scheme://` is refused, saying what is supported, rather than
+    /// made into a file of that name.
     pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
         let text = text.trim();
         if text.is_empty() {
@@ -45,8 +47,26 @@ impl DatabaseLocation {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             return postgres::PostgresUrl::parse(text).map(DatabaseLocation::Postgres);
         }
-        if let Some(path) = text.strip_prefix("sqlite://") {
+        let sqlite = text
+            .strip_prefix("sqlite://")
+            .or_else(|| text.strip_prefix("sqlite:"));
+        if let Some(path) = sqlite {
+            if path.is_empty() {
+                return Err("names no SQLite file".to_string());
+            }
             return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = text.split_once("://") {
+            let is_scheme = scheme.starts_with(|first: char| first.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|letter| letter.is_ascii_alphanumeric() || "+-.".contains(letter));
+            if is_scheme {
+                return Err(format!(
+                    "{scheme}:// is not supported: the database is an SQLite file (a path, \
+                     sqlite:path or sqlite://path) or Postgres (postgres://user:password@host/name)"
+                ));
+            }
         }
         Ok(DatabaseLocation::Sqlite(PathBuf::from(text)))
     }

@@ -96,8 +96,6 @@ impl From<BillingError> for ChargeFailure {
 }
 
 /// How an off-session charge ended for the caller.
-// One answer per charge, moved a few times: not worth a box.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChargeResult {
     /// Paid and credited.
@@ -122,8 +120,6 @@ pub enum ChargeResult {
 }
 
 /// What an off-session charge came to, as far as Stripe said.
-// One answer per charge, moved a few times: not worth a box.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChargeAnswer {
     /// Stripe answered (or, asked later, said what became of the charge).

@@ -38,6 +38,19 @@ impl Discount {
         }
     }
 
+    /// Refuses a fixed discount larger than what access costs now: it would
+    /// make access free, which a 100% discount says plainly (and, at a
+    /// higher price later, it would not). A percent always fits.
+    pub fn fits(self, price_now: Money) -> Result<Discount, String> {
+        match self {
+            Discount::Fixed { amount } if amount > price_now => Err(format!(
+                "a fixed discount of {amount} is more than access costs now ({price_now}); \
+                 a 100% discount makes access free"
+            )),
+            _ => Ok(self),
+        }
+    }
+
     /// The price after this discount, in whole cents (rounded in the
     /// seller's favour), never below zero.
     pub fn apply(self, price: Money) -> Money {
@@ -103,6 +116,10 @@ mod tests {
         assert!(Discount::new_percent(0).is_err());
         assert!(Discount::new_percent(101).is_err());
         assert!(Discount::new_fixed(Money::from_micros(5_000_001)).is_err());
+        let fifty = Discount::new_fixed(Money::from_micros(50_000_000));
+        assert!(fifty.and_then(|discount| discount.fits(launch)).is_err());
+        let exact = Discount::new_fixed(launch);
+        assert!(exact.and_then(|discount| discount.fits(launch)).is_ok());
     }
 
     #[test]

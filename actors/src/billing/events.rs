@@ -903,8 +903,7 @@ impl Billing {
             }
         }
         Ok(EventOutcome::Applied(format!(
-            "order {order_id}: {} refunded in all",
-            cumulative
+            "order {order_id}: {cumulative} refunded in all"
         )))
     }
 

@@ -57,9 +57,13 @@ pub struct Pricing {
 
 impl Pricing {
     /// Checks a mode and its sale price: `sale` needs a positive whole-cent
-    /// price, the others take none.
+    /// price below the recommended retail price (at or above it is no
+    /// sale), the others take none.
     pub fn new(mode: PricingMode, sale_price: Option<Money>) -> Result<Pricing, String> {
         match (mode, sale_price) {
+            (PricingMode::Sale, Some(price)) if price >= RRP_PRICE => Err(format!(
+                "a sale price is below the recommended retail price ({RRP_PRICE}); {price} is not"
+            )),
             (PricingMode::Sale, Some(price))
                 if price.is_positive() && price.micros() % 10_000 == 0 =>
             {
@@ -113,5 +117,7 @@ mod tests {
         assert!(Pricing::new(PricingMode::Sale, None).is_err());
         assert!(Pricing::new(PricingMode::Sale, Some(Money::from_micros(19_990_001))).is_err());
         assert!(Pricing::new(PricingMode::Launch, Some(sale)).is_err());
+        assert!(Pricing::new(PricingMode::Sale, Some(RRP_PRICE)).is_err());
+        assert!(Pricing::new(PricingMode::Sale, Some(Money::from_micros(59_990_000))).is_err());
     }
 }

@@ -227,8 +227,11 @@ impl Messaging {
             amount: quoted.total(),
             idempotency_key: IdempotencyKey::message(record.id),
             description: format!(
-                "SMS to {} ({} {} segments)",
-                quoted.country, quoted.segments, quoted.encoding
+                "SMS to {} ({} {} segment{})",
+                quoted.country,
+                quoted.segments,
+                quoted.encoding,
+                if quoted.segments == 1 { "" } else { "s" }
             ),
             one_segment: Some(Money::from_micros(quoted.price_per_segment_micros)),
         };

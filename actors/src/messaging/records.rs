@@ -90,9 +90,16 @@ pub struct MessageRecord {
     pub state: MessageState,
     pub twilio_sid: Option<String>,
     pub twilio_status: Option<String>,
+    /// Its cost was given back: a message Twilio reported `failed`, or a
+    /// send that was not made (`voided`), so that neither reads as a charge.
     pub refunded: bool,
     #[serde(rename = "actual_cost_micros")]
     pub actual_cost: Option<Money>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 

@@ -165,6 +165,8 @@ pub fn next_attempt(attempts: i64, created_at_ms: i64, now_ms: i64) -> Option<i6
 pub struct AttemptRecord {
     pub event_id: String,
     pub event_type: String,
+    #[serde(rename = "at", serialize_with = "crate::clock::rfc3339::serialize")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at_ms: i64,
     /// The endpoint's status code, when it answered.
     pub status_code: Option<u16>,

@@ -24,14 +24,24 @@ impl EventFilter {
         if names.is_empty() {
             return Err("at least one event type, or \"*\"".into());
         }
-        if names.iter().any(|name| name == "*") {
+        if names.iter().any(|name| name.trim() == "*") {
             return Ok(EventFilter::All);
         }
         let mut kinds = Vec::new();
-        for name in names {
+        for name in names.iter().map(|name| name.trim()) {
             let kind = EventType::parse(name)
                 .filter(|kind| *kind != EventType::EndpointTest)
-                .ok_or_else(|| format!("unknown event type {name:?}"))?;
+                .ok_or_else(|| {
+                    let known: Vec<&str> = EventType::ALL
+                        .iter()
+                        .filter(|kind| **kind != EventType::EndpointTest)
+                        .map(|kind| kind.as_str())
+                        .collect();
+                    format!(
+                        "unknown event type {name:?}; the event types are {}, or \"*\" for every one",
+                        known.join(", ")
+                    )
+                })?;
             if !kinds.contains(&kind) {
                 kinds.push(kind);
             }
@@ -124,9 +134,24 @@ pub struct Endpoint {
     /// for days) rather than by the admin.
     pub disabled_reason: Option<String>,
     /// Since when every delivery has failed, if they do.
+    #[serde(
+        rename = "failing_since",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub failing_since_ms: Option<i64>,
     /// Until when the secret before the last rotation still signs too.
+    #[serde(
+        rename = "previous_secret_until",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub previous_secret_until_ms: Option<i64>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
     /// Why the server that answers will not deliver to it (its URL needs
     /// `webhooks_allow_private`, which this server does not have): set by

@@ -1,8 +1,8 @@
 //! `sms-credit accounts adjust`: a signed adjustment through the account's
 //! actor, once per idempotency key.
 
+use crate::routes::admin::adjustments::AdjustmentResponse;
 use clap::Args;
-use serde_json::json;
 use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
 
 use crate::cli::output::{print_json, with_core};
@@ -54,12 +54,7 @@ impl AdjustCommand {
                 .await
                 .map_err(|error| error.to_string())?;
             if as_json {
-                return print_json(&json!({
-                    "seq": receipt.entry.seq,
-                    "amount_micros": receipt.entry.amount.micros(),
-                    "balance_after_micros": receipt.entry.balance_after.micros(),
-                    "replayed": receipt.replayed,
-                }));
+                return print_json(&AdjustmentResponse::new(&receipt));
             }
             print_receipt(id, &receipt);
             Ok(())

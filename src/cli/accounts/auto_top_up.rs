@@ -7,7 +7,7 @@ use sms_credit_actors::billing::auto_top_up::{ConsentVia, SettingRequest};
 use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 use sms_credit_actors::{AccountId, Money};
 
-use crate::cli::output::with_store;
+use crate::cli::output::{print_json, with_store};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
@@ -73,10 +73,7 @@ impl AutoTopUpCommand {
                 .map_err(|error| error.to_string())
         })?;
         if self.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&shown).map_err(|error| error.to_string())?
-            );
+            print_json(&shown)?;
         } else {
             print_auto_top_up(account_id, &shown);
         }

@@ -1,7 +1,7 @@
 //! `sms-credit accounts create`: an active account with a zero balance.
 
+use crate::routes::admin::accounts::CreatedAccount;
 use clap::Args;
-use serde_json::json;
 use sms_credit_actors::accounts::{AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::clock::{Clock, SystemClock};
 
@@ -43,9 +43,7 @@ impl CreateCommand {
                 .map_err(|error| error.to_string())?;
             if as_json {
                 let warnings: Vec<String> = gap.into_iter().collect();
-                return print_json(&json!({
-                    "id": account.id, "phone": account.phone, "status": account.status,
-                    "warnings": warnings}));
+                return print_json(&CreatedAccount::new(&account, warnings));
             }
             println!(
                 "account {} created: {} ({})",

@@ -29,8 +29,13 @@ impl ExportCommand {
                 .ok_or_else(|| format!("account {id} does not exist"))?;
             let mut out = std::io::stdout().lock();
             let mut write = |text: &str| {
-                out.write_all(text.as_bytes())
-                    .map_err(|error| error.to_string())
+                out.write_all(text.as_bytes()).map_err(|error| {
+                    // The reader went away (`| head`): end quietly.
+                    if error.kind() == std::io::ErrorKind::BrokenPipe {
+                        crate::cli::end_on_a_closed_pipe();
+                    }
+                    error.to_string()
+                })
             };
             write(export::CSV_HEADER)?;
             let mut after_seq = 0;

@@ -2,8 +2,9 @@
 
 use clap::Args;
 
-use crate::cli::output::{print_json, with_store};
+use crate::cli::output::{print_json, print_table, with_store, Align};
 use crate::config::Settings;
+use crate::routes::admin::accounts;
 
 #[derive(Args, Debug)]
 pub struct ListCommand {
@@ -13,8 +14,8 @@ pub struct ListCommand {
     /// Accounts after this id (paging).
     #[arg(long, default_value_t = 0)]
     after_id: i64,
-    /// At most this many accounts.
-    #[arg(long, default_value_t = 100)]
+    /// At most this many accounts (1 to 1000, as the API allows).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=1000))]
     limit: i64,
     /// Print JSON (for programs) instead of a summary for people.
     #[arg(long)]
@@ -23,30 +24,43 @@ pub struct ListCommand {
 
 impl ListCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
-        let (search, after_id, limit) = (self.search, self.after_id, self.limit.clamp(1, 100_000));
-        let accounts = with_store(settings, |store| async move {
-            store
-                .accounts()
-                .list(search, after_id, limit)
+        let (search, after_id, limit) = (self.search, self.after_id, self.limit);
+        let page = with_store(settings, |store| async move {
+            accounts::page(&store, search, after_id, limit)
                 .await
                 .map_err(|error| error.to_string())
         })?;
         if self.json {
-            return print_json(&accounts);
+            return print_json(&page);
         }
-        println!(
-            "{:<8} {:<16} {:<8} {:>12}  email",
-            "id", "phone", "status", "balance"
+        let rows: Vec<Vec<String>> = page
+            .accounts
+            .iter()
+            .map(|row| {
+                let account = &row.account;
+                vec![
+                    account.id.to_string(),
+                    account.phone.clone(),
+                    account.status.as_str().to_string(),
+                    account.balance.clone(),
+                    if row.auto_top_up { "on" } else { "off" }.to_string(),
+                    account.email.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        print_table(
+            &[
+                ("id", Align::Right),
+                ("phone", Align::Left),
+                ("status", Align::Left),
+                ("balance", Align::Right),
+                ("auto top-up", Align::Left),
+                ("email", Align::Left),
+            ],
+            &rows,
         );
-        for account in &accounts {
-            println!(
-                "{:<8} {:<16} {:<8} {:>12}  {}",
-                account.id,
-                account.phone,
-                account.status.as_str(),
-                account.balance.to_string(),
-                account.email.as_ref().map_or("", |email| email.as_str())
-            );
+        if let Some(next) = page.next_after_id {
+            println!("(more: --after-id {next})");
         }
         Ok(())
     }

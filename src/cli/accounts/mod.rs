@@ -22,7 +22,8 @@ pub enum AccountsCommand {
     List(list::ListCommand),
     /// Write an account's whole ledger as CSV to standard output.
     Export(export::ExportCommand),
-    /// Issue, revoke or rotate an account's sign-in tokens.
+    /// List, issue, revoke or rotate an account's account tokens (those made
+    /// by signing in by phone among them).
     Token(token::TokenCommand),
     /// Show an account's auto top-up, or turn it on or off and change its terms
     /// (a running server's actors follow it within a second).

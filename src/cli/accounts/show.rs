@@ -7,6 +7,8 @@ use sms_credit_actors::{AccountId, Money};
 
 use crate::cli::output::{print_json, with_store};
 use crate::config::Settings;
+use crate::routes::admin::accounts::AccountView;
+use crate::routes::admin::TransactionView;
 
 #[derive(Args, Debug)]
 pub struct ShowCommand {
@@ -39,7 +41,12 @@ impl ShowCommand {
             Ok((account, entries))
         })?;
         if self.json {
-            return print_json(&json!({"account": account, "transactions": entries}));
+            // Each as the API shows it: the account, its rows (newest first).
+            let transactions: Vec<TransactionView> =
+                entries.iter().map(TransactionView::from).collect();
+            return print_json(
+                &json!({"account": AccountView::from(&account), "transactions": transactions}),
+            );
         }
         println!(
             "account {} {} ({}) balance {} seq {}",

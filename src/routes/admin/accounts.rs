@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::{Account, AccountStatus, Email, NewAccount, PhoneNumber};
 use sms_credit_actors::clock::format_rfc3339_ms;
-use sms_credit_actors::AccountId;
+use sms_credit_actors::{AccountId, Store, StoreError};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -25,22 +25,22 @@ pub struct CreateAccountRequest {
 /// An account as the admin API shows it.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountView {
-    id: AccountId,
+    pub(crate) id: AccountId,
     #[schema(format = "e164", examples("+14155551234"))]
-    phone: String,
+    pub(crate) phone: String,
     #[schema(format = Email)]
-    email: Option<String>,
-    status: AccountStatus,
-    balance_micros: i64,
-    /// The balance for people, rounded toward zero to the cent.
-    balance: String,
-    seq: i64,
-    stripe_customer_id: Option<String>,
+    pub(crate) email: Option<String>,
+    pub(crate) status: AccountStatus,
+    pub(crate) balance_micros: i64,
+    /// The balance for people, exactly (`$2.35`, `-$82.266`).
+    pub(crate) balance: String,
+    pub(crate) seq: i64,
+    pub(crate) stripe_customer_id: Option<String>,
     /// When the last low-balance warning was queued.
     #[schema(format = DateTime)]
-    low_balance_warned_at: Option<String>,
+    pub(crate) low_balance_warned_at: Option<String>,
     #[schema(format = DateTime)]
-    created_at: String,
+    pub(crate) created_at: String,
     /// The number opted out of texts (null: it has not): nothing is sent
     /// to it, warnings included, until it texts START.
     opt_out: Option<crate::routes::account::OptOutView>,
@@ -59,21 +59,31 @@ pub struct CreatedAccount {
 /// A page of accounts.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct AccountList {
-    accounts: Vec<AccountRow>,
+    pub(crate) accounts: Vec<AccountRow>,
     /// The `after_id` of the next page, when this one is full.
-    next_after_id: Option<i64>,
+    pub(crate) next_after_id: Option<i64>,
 }
 
 /// An account in the list, with what the list shows beside it.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct AccountRow {
     #[serde(flatten)]
-    account: AccountView,
+    pub(crate) account: AccountView,
     /// Whether auto top-up is on.
-    auto_top_up: bool,
+    pub(crate) auto_top_up: bool,
     /// When its balance last changed (or it was made).
     #[schema(format = DateTime)]
-    last_activity_at: Option<String>,
+    pub(crate) last_activity_at: Option<String>,
+}
+
+impl CreatedAccount {
+    /// The answer to a creation, the API's and `accounts create --json`'s.
+    pub fn new(account: &Account, warnings: Vec<String>) -> CreatedAccount {
+        CreatedAccount {
+            account: AccountView::from(account),
+            warnings,
+        }
+    }
 }
 
 impl From<&Account> for AccountView {
@@ -136,10 +146,7 @@ pub async fn create(
         .pricing_gap(&account.phone)
         .into_iter()
         .collect();
-    Ok(HttpResponse::Created().json(CreatedAccount {
-        account: AccountView::from(&account),
-        warnings,
-    }))
+    Ok(HttpResponse::Created().json(CreatedAccount::new(&account, warnings)))
 }
 
 /// An account with its committed balance.
@@ -188,16 +195,24 @@ pub async fn list(
         ));
     }
     let search = query.q.filter(|text| !text.trim().is_empty());
-    let accounts = state
-        .store
-        .accounts()
-        .list(search, query.after_id, limit)
-        .await?;
+    let page = page(&state.store, search, query.after_id, limit).await?;
+    Ok(HttpResponse::Ok().json(page))
+}
+
+/// A page of accounts (in id order, or found by `search`), with what the
+/// list shows beside each: the API's answer and `accounts list --json`'s.
+pub async fn page(
+    store: &Store,
+    search: Option<String>,
+    after_id: i64,
+    limit: i64,
+) -> Result<AccountList, StoreError> {
+    let accounts = store.accounts().list(search, after_id, limit).await?;
     let next_after_id = (accounts.len() as i64 == limit)
         .then(|| accounts.last().map(|account| account.id.0))
         .flatten();
     let ids = accounts.iter().map(|account| account.id.0).collect();
-    let activity = state.store.reports().account_activity(ids).await?;
+    let activity = store.reports().account_activity(ids).await?;
     let rows = accounts
         .iter()
         .map(|account| {
@@ -209,8 +224,8 @@ pub async fn list(
             }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(AccountList {
+    Ok(AccountList {
         accounts: rows,
         next_after_id,
-    }))
+    })
 }

@@ -3,7 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money};
+use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
 
 use super::TransactionView;
 use crate::auth::Admin;
@@ -85,8 +85,15 @@ pub async fn create(
         description,
     };
     let receipt = state.registry.send(account_id, adjustment).await?;
-    Ok(HttpResponse::Ok().json(AdjustmentResponse {
-        transaction: TransactionView::from(&receipt.entry),
-        replayed: receipt.replayed,
-    }))
+    Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))
+}
+
+impl AdjustmentResponse {
+    /// The answer to an adjustment: the API's and `accounts adjust --json`'s.
+    pub fn new(receipt: &Receipt) -> AdjustmentResponse {
+        AdjustmentResponse {
+            transaction: TransactionView::from(&receipt.entry),
+            replayed: receipt.replayed,
+        }
+    }
 }

@@ -54,6 +54,13 @@ pub struct DiscountCodes {
     discount_codes: Vec<DiscountCode>,
 }
 
+impl DiscountCodes {
+    /// The API's list, and `discount-codes list --json`'s.
+    pub fn new(discount_codes: Vec<DiscountCode>) -> DiscountCodes {
+        DiscountCodes { discount_codes }
+    }
+}
+
 /// Creates a code, percent or fixed, optionally limited in uses.
 #[utoipa::path(post, path = "/v1/admin/discount-codes", tag = "admin", security(("adminToken" = [])),
     request_body = CreateCode,
@@ -81,6 +88,8 @@ pub async fn create(
     if request.max_uses.is_some_and(|uses| uses < 1) {
         return Err(invalid("max_uses must be at least 1".to_string()));
     }
+    let price_now = state.store.billing().pricing().await?.price();
+    let discount = discount.fits(price_now).map_err(invalid)?;
     let now_ms = state.clock.now_ms();
     let created = state
         .store

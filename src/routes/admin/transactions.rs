@@ -59,7 +59,7 @@ impl From<&LedgerEntry> for TransactionView {
             idempotency_key: entry.idempotency_key.clone(),
             order_id: entry.order_id,
             description: entry.description.clone(),
-            reason: entry.reason.clone(),
+            reason: entry.reason.as_deref().cloned(),
             created_at: format_rfc3339_ms(entry.created_at_ms),
         }
     }

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use sms_credit_actors::clock::parse_rfc3339_ms;
 use sms_credit_actors::webhooks::manage::{self, Change};
-use sms_credit_actors::webhooks::{AttemptRecord, Endpoint, EventType};
+use sms_credit_actors::webhooks::{AttemptRecord, Endpoint, EventType, SigningSecret};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -62,6 +62,25 @@ pub struct EndpointWithSecret {
     endpoint: Endpoint,
     /// `whsec_…`: keep it; it is not shown again.
     secret: String,
+    /// What the operator should know of it (`webhooks add` on the command
+    /// line: a URL only servers with `webhooks_allow_private` deliver to).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
+}
+
+impl EndpointWithSecret {
+    /// The API's answer, and the command line's `--json`.
+    pub fn new(
+        endpoint: Endpoint,
+        secret: &SigningSecret,
+        warnings: Vec<String>,
+    ) -> EndpointWithSecret {
+        EndpointWithSecret {
+            endpoint,
+            secret: secret.expose().to_string(),
+            warnings,
+        }
+    }
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -69,11 +88,26 @@ pub struct EndpointList {
     endpoints: Vec<Endpoint>,
 }
 
+impl EndpointList {
+    pub fn new(endpoints: Vec<Endpoint>) -> EndpointList {
+        EndpointList { endpoints }
+    }
+}
+
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct AttemptList {
     endpoint_id: String,
     /// The latest first.
     attempts: Vec<AttemptRecord>,
+}
+
+impl AttemptList {
+    pub fn new(endpoint_id: String, attempts: Vec<AttemptRecord>) -> AttemptList {
+        AttemptList {
+            endpoint_id,
+            attempts,
+        }
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -130,10 +164,11 @@ pub async fn create(
         state.clock.now_ms(),
     )
     .await?;
-    Ok(HttpResponse::Created().json(EndpointWithSecret {
-        endpoint: endpoint.flagged(state.settings.webhooks.allow_private),
-        secret: secret.expose().to_string(),
-    }))
+    Ok(HttpResponse::Created().json(EndpointWithSecret::new(
+        endpoint.flagged(state.settings.webhooks.allow_private),
+        &secret,
+        Vec::new(),
+    )))
 }
 
 /// Every endpoint (never a secret).
@@ -148,7 +183,7 @@ pub async fn list(_admin: Admin, state: web::Data<AppState>) -> Result<HttpRespo
         .into_iter()
         .map(|endpoint| endpoint.flagged(allow_private))
         .collect();
-    Ok(HttpResponse::Ok().json(EndpointList { endpoints }))
+    Ok(HttpResponse::Ok().json(EndpointList::new(endpoints)))
 }
 
 /// One endpoint.
@@ -222,10 +257,11 @@ pub async fn rotate_secret(
 ) -> Result<HttpResponse, ApiError> {
     let (endpoint, secret) =
         manage::rotate_secret(&state.store, &path, state.clock.now_ms()).await?;
-    Ok(HttpResponse::Ok().json(EndpointWithSecret {
-        endpoint,
-        secret: secret.expose().to_string(),
-    }))
+    Ok(HttpResponse::Ok().json(EndpointWithSecret::new(
+        endpoint.flagged(state.settings.webhooks.allow_private),
+        &secret,
+        Vec::new(),
+    )))
 }
 
 /// The endpoint's tries: event, status code, error and time taken; a
@@ -251,10 +287,7 @@ pub async fn deliveries(
         .webhooks()
         .attempts_of(endpoint.id.clone(), limit)
         .await?;
-    Ok(HttpResponse::Ok().json(AttemptList {
-        endpoint_id: endpoint.id,
-        attempts,
-    }))
+    Ok(HttpResponse::Ok().json(AttemptList::new(endpoint.id, attempts)))
 }
 
 /// Sends again, with the same ids, the events created since a moment that

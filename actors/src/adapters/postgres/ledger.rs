@@ -40,7 +40,7 @@ fn entry_from_columns(row: &Row, first: usize) -> Result<LedgerEntry, StoreError
         order_id: row.try_get(first + 6)?,
         description: row.try_get(first + 7)?,
         created_at_ms: row.try_get(first + 8)?,
-        reason: row.try_get(first + 9)?,
+        reason: row.try_get::<_, Option<String>>(first + 9)?.map(Box::new),
     })
 }
 

@@ -45,7 +45,8 @@ fn from_row(row: &Row) -> Result<MessageRecord, StoreError> {
         state: MessageState::parse(&state).ok_or_else(|| unknown("state", state.clone()))?,
         twilio_sid: row.try_get(11)?,
         twilio_status: row.try_get(12)?,
-        refunded: row.try_get::<_, i64>(13)? == 1,
+        // A send that was not made (voided) had its cost given back too.
+        refunded: row.try_get::<_, i64>(13)? == 1 || state == "voided",
         actual_cost: row.try_get::<_, Option<i64>>(14)?.map(Money::from_micros),
         created_at_ms: row.try_get(15)?,
     })

@@ -455,9 +455,6 @@ struct CustomWrite {
     done: oneshot::Sender<Result<ErasedValue, CustomFailure>>,
 }
 
-// Nearly every message is a ledger write: boxing it would cost every debit
-// an allocation to save the rare flush a few bytes of queue.
-#[allow(clippy::large_enum_variant)]
 enum WriterMessage {
     Ledger(LedgerWrite),
     Custom(CustomWrite),

@@ -965,7 +965,8 @@ impl<'a> Rows<'a> {
         self.order_id.push(entry.order_id);
         self.description.push(&entry.description);
         self.created_at.push(entry.created_at_ms);
-        self.reason.push(entry.reason.as_deref());
+        self.reason
+            .push(entry.reason.as_deref().map(String::as_str));
     }
 
     async fn insert(

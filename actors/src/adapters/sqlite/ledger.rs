@@ -33,7 +33,7 @@ fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<LedgerEntry> {
         order_id: row.get(6)?,
         description: row.get(7)?,
         created_at_ms: row.get(8)?,
-        reason: row.get(9)?,
+        reason: row.get::<_, Option<String>>(9)?.map(Box::new),
     })
 }
 
@@ -103,7 +103,7 @@ pub(super) fn insert_row(
             entry.order_id,
             entry.description,
             entry.created_at_ms,
-            entry.reason,
+            entry.reason.as_deref(),
         ])?;
     Ok(())
 }

@@ -43,7 +43,8 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<MessageRecord> {
         })?,
         twilio_sid: row.get(11)?,
         twilio_status: row.get(12)?,
-        refunded: row.get::<_, i64>(13)? == 1,
+        // A send that was not made (voided) had its cost given back too.
+        refunded: row.get::<_, i64>(13)? == 1 || state == "voided",
         actual_cost: row.get::<_, Option<i64>>(14)?.map(Money::from_micros),
         created_at_ms: row.get(15)?,
     })

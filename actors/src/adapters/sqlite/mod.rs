@@ -82,9 +82,6 @@ struct CustomWrite {
     done: oneshot::Sender<Result<ErasedValue, CustomFailure>>,
 }
 
-// Nearly every message is a ledger write: boxing it would cost every debit
-// an allocation to save the rare flush a few bytes of queue.
-#[allow(clippy::large_enum_variant)]
 enum WriterMessage {
     Ledger(LedgerWrite),
     Custom(CustomWrite),
@@ -223,8 +220,83 @@ fn existing_database(path: &Path) -> Result<(), StoreError> {
 
 /// Applies the migrations the database has not had yet; answers their names.
 pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
-    let mut connection = open_connection(path)?;
-    migrations::migrate(&mut connection)
+    said_plainly(
+        path,
+        (|| {
+            let mut connection = open_connection(path)?;
+            migrations::migrate(&mut connection)
+        })(),
+    )
+}
+
+/// What is wrong with where the database is, when that is why it could
+/// not be opened: SQLite says only "unable to open database file" or names
+/// its write-ahead log. `None` when the place looks usable.
+fn unusable_location(path: &Path) -> Option<String> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    if !directory.is_dir() {
+        return Some(format!(
+            "the directory {} does not exist (sms-credit makes the database file, not its directory)",
+            directory.display()
+        ));
+    }
+    if path.exists() {
+        if let Err(error) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+        {
+            return Some(read_only_file(&error));
+        }
+    }
+    let name = path.file_name().map_or_else(
+        || "database".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let probe = directory.join(format!(".{name}.probe-{}", std::process::id()));
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+    {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
+        Err(error) => Some(format!(
+            "the directory {} is not writable ({error}): SQLite makes the database and keeps \
+             its write-ahead log beside it",
+            directory.display()
+        )),
+    }
+}
+
+/// Why a database file that may not be written is refused.
+fn read_only_file(error: &std::io::Error) -> String {
+    format!(
+        "the file is read-only ({error}): the server and every command write to the \
+         database (to migrate it, and to record what they do), so it must be writable"
+    )
+}
+
+/// `outcome`, with a failure to open told as what is wrong with the
+/// database's place when that is the cause.
+fn said_plainly<T>(path: &Path, outcome: Result<T, StoreError>) -> Result<T, StoreError> {
+    match outcome {
+        Err(StoreError::Open { .. } | StoreError::Database(_) | StoreError::Migration(_)) => {
+            match unusable_location(path) {
+                Some(reason) => Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    reason,
+                }),
+                None => outcome,
+            }
+        }
+        other => other,
+    }
 }
 
 /// The database's write-ahead log, opened for fsyncing it (the file
@@ -268,6 +340,31 @@ impl SqliteStore {
     ) -> Result<SqliteStore, StoreError> {
         if if_missing == super::IfMissing::Refuse {
             existing_database(path)?;
+        }
+        said_plainly(
+            path,
+            SqliteStore::start(path, checkpoints, max_batch, readers, shared),
+        )
+    }
+
+    /// Opens the connections and starts the threads (see [`SqliteStore::open`]).
+    fn start(
+        path: &Path,
+        checkpoints: super::Checkpoints,
+        max_batch: usize,
+        readers: usize,
+        shared: Arc<Shared>,
+    ) -> Result<SqliteStore, StoreError> {
+        // SQLite opens a file it may not write without a word (read-only,
+        // or writing only its log, which it can then never fold back into
+        // the file): refused here instead, saying why.
+        if path.exists() {
+            if let Err(error) = std::fs::OpenOptions::new().write(true).open(path) {
+                return Err(StoreError::Open {
+                    path: path.display().to_string(),
+                    reason: read_only_file(&error),
+                });
+            }
         }
         let mut write_connection = open_connection(path)?;
         migrations::migrate(&mut write_connection)?;

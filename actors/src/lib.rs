@@ -17,6 +17,7 @@ pub mod error;
 pub mod export;
 pub mod feed;
 pub mod feed_tickets;
+pub mod grants;
 pub mod ledger;
 pub mod messaging;
 pub mod money;

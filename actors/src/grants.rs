@@ -226,11 +226,52 @@ pub struct Draw {
 
 /// A row's `funded_by`: the grants it took from or gave back to, one draw
 /// per grant. Empty for a row that touches no grant (a credit with no
-/// shortfall to pay down).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(transparent)]
-pub struct Funding(Vec<Draw>);
+/// shortfall to pay down). One pointer (nothing allocated when empty):
+/// every ledger write, receipt and feed message carries a row, and a
+/// charge's answer a receipt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[allow(clippy::box_collection)]
+pub struct Funding(Option<Box<Vec<Draw>>>);
+
+impl Serialize for Funding {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.draws().serialize(serializer)
+    }
+}
+
+/// A funding being decided: each grant once, in the order first met.
+#[derive(Default)]
+struct Draws(Vec<Draw>);
+
+impl Draws {
+    /// Adds `amount` to the draw of `grant_id` (making one if there is
+    /// none); a draw that comes to zero is dropped.
+    fn add(&mut self, grant_id: i64, category: Category, amount: Money) -> Result<(), GrantError> {
+        if amount.is_zero() {
+            return Ok(());
+        }
+        match self.0.iter().position(|draw| draw.grant_id == grant_id) {
+            Some(index) => {
+                let sum = self.0[index].amount.checked_add(amount)?;
+                if sum.is_zero() {
+                    self.0.remove(index);
+                } else {
+                    self.0[index].amount = sum;
+                }
+            }
+            None => self.0.push(Draw {
+                grant_id,
+                category,
+                amount,
+            }),
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Funding {
+        Funding::new(self.0)
+    }
+}
 
 /// Why grants could not be decided or read.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -259,23 +300,23 @@ impl From<MoneyError> for GrantError {
 }
 
 impl Funding {
-    pub const NONE: Funding = Funding(Vec::new());
+    pub const NONE: Funding = Funding(None);
 
     pub fn new(draws: Vec<Draw>) -> Funding {
-        Funding(draws)
+        Funding((!draws.is_empty()).then(|| Box::new(draws)))
     }
 
     pub fn draws(&self) -> &[Draw] {
-        &self.0
+        self.0.as_deref().map_or(&[], Vec::as_slice)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_none()
     }
 
     /// What the row took from grants in all (negative: gave back).
     pub fn total(&self) -> Result<Money, MoneyError> {
-        self.0
+        self.draws()
             .iter()
             .try_fold(Money::ZERO, |sum, draw| sum.checked_add(draw.amount))
     }
@@ -283,11 +324,12 @@ impl Funding {
     /// The stored form, `12:p:5000000;15:r:-1000000`; `None` when empty.
     pub fn encode(&self) -> Option<String> {
         use std::fmt::Write;
-        if self.0.is_empty() {
+        let draws = self.draws();
+        if draws.is_empty() {
             return None;
         }
-        let mut text = String::with_capacity(24 * self.0.len());
-        for (index, draw) in self.0.iter().enumerate() {
+        let mut text = String::with_capacity(24 * draws.len());
+        for (index, draw) in draws.iter().enumerate() {
             if index > 0 {
                 text.push(';');
             }
@@ -343,44 +385,19 @@ impl Funding {
                 amount: Money::from_micros(amount),
             });
         }
-        Ok(Funding(draws))
-    }
-
-    /// Adds `amount` to the draw of `grant_id` (making one if there is
-    /// none), so that each grant appears once; a draw that comes to zero
-    /// is dropped.
-    fn add(&mut self, grant_id: i64, category: Category, amount: Money) -> Result<(), GrantError> {
-        if amount.is_zero() {
-            return Ok(());
-        }
-        match self.0.iter().position(|draw| draw.grant_id == grant_id) {
-            Some(index) => {
-                let sum = self.0[index].amount.checked_add(amount)?;
-                if sum.is_zero() {
-                    self.0.remove(index);
-                } else {
-                    self.0[index].amount = sum;
-                }
-            }
-            None => self.0.push(Draw {
-                grant_id,
-                category,
-                amount,
-            }),
-        }
-        Ok(())
+        Ok(Funding::new(draws))
     }
 
     /// The net of several rows' funding, per grant, in the order grants
     /// were first met.
     pub fn net<'a>(fundings: impl IntoIterator<Item = &'a Funding>) -> Result<Funding, GrantError> {
-        let mut net = Funding::default();
+        let mut net = Draws::default();
         for funding in fundings {
-            for draw in &funding.0 {
+            for draw in funding.draws() {
                 net.add(draw.grant_id, draw.category, draw.amount)?;
             }
         }
-        Ok(net)
+        Ok(net.finish())
     }
 }
 
@@ -602,7 +619,7 @@ impl Book {
     /// that have not expired, in consumption order; never from grant 0.
     pub fn debit(&self, amount: Money, now_ms: i64) -> Result<Funding, GrantError> {
         let mut left = amount;
-        let mut funding = Funding::default();
+        let mut funding = Draws::default();
         for grant in self.spendable(now_ms) {
             if !left.is_positive() {
                 break;
@@ -617,7 +634,7 @@ impl Book {
                 needed: amount,
             });
         }
-        Ok(funding)
+        Ok(funding.finish())
     }
 
     /// Rules 2 and 3, credit taken away (`amount` positive): a negative
@@ -632,7 +649,7 @@ impl Book {
             order.sort_by_key(|grant| order_id.is_none() || grant.order_id != order_id);
         }
         let mut left = amount;
-        let mut funding = Funding::default();
+        let mut funding = Draws::default();
         for grant in order {
             if !left.is_positive() {
                 break;
@@ -642,14 +659,14 @@ impl Book {
             left = left.checked_sub(taken)?;
         }
         funding.add(SHORTFALL, Category::Paid, left)?;
-        Ok(funding)
+        Ok(funding.finish())
     }
 
     /// Rules 6 and 7, a row that makes a grant: a paid grant first pays
     /// down grant 0 with what it brings (the new grant gives it to grant
     /// 0); a promotional one does not.
     pub fn make(&self, grant: &CreditGrant) -> Result<Funding, GrantError> {
-        let mut funding = Funding::default();
+        let mut funding = Draws::default();
         if grant.category == Category::Paid {
             let paid_down = grant.amount.min(-self.shortfall);
             if paid_down.is_positive() {
@@ -657,7 +674,7 @@ impl Book {
                 funding.add(SHORTFALL, Category::Paid, -paid_down)?;
             }
         }
-        Ok(funding)
+        Ok(funding.finish())
     }
 
     /// Rules 4 and 5, credit given back (`amount` positive) for what
@@ -691,7 +708,7 @@ impl Book {
             .checked_sub(paid_back)?
             .checked_sub(promotional_back)?;
 
-        let mut funding = Funding::default();
+        let mut funding = Draws::default();
         let mut owed = -self.shortfall;
         let paid_down = paid_back.min(owed);
         funding.add(SHORTFALL, Category::Paid, -paid_down)?;
@@ -715,7 +732,7 @@ impl Book {
             left = left.checked_sub(back)?;
         }
         if !extra.is_positive() {
-            return Ok((funding, None));
+            return Ok((funding.finish(), None));
         }
         let grant = made(extra);
         let paid_down = extra.min(owed);
@@ -723,7 +740,7 @@ impl Book {
             funding.add(grant.id, grant.category, paid_down)?;
             funding.add(SHORTFALL, Category::Paid, -paid_down)?;
         }
-        Ok((funding, Some(grant)))
+        Ok((funding.finish(), Some(grant)))
     }
 
     /// Rule 8, an expiry: all that is left of the grant.
@@ -733,7 +750,7 @@ impl Book {
             .iter()
             .find(|grant| grant.id == grant_id)
             .ok_or(GrantError::UnknownGrant(grant_id))?;
-        Ok(Funding(vec![Draw {
+        Ok(Funding::new(vec![Draw {
             grant_id,
             category: grant.category,
             amount: grant.remaining,

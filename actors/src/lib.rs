@@ -10,6 +10,7 @@ pub mod access_tokens;
 pub mod account_actor;
 pub mod accounts;
 pub mod adapters;
+pub mod backfill;
 pub mod billing;
 pub mod clock;
 pub mod commands;

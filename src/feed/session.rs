@@ -200,6 +200,7 @@ fn event(entry: &LedgerEntry, operator: bool) -> Value {
         "balance_micros": entry.balance_after.micros(),
         "description": entry.description,
         "at": format_rfc3339_ms(entry.created_at_ms),
+        "funded_by": entry.funded_by,
     });
     if let (true, Some(reason)) = (operator, &entry.reason) {
         event["reason"] = json!(reason);

@@ -304,7 +304,7 @@ async function openAccount(id) {
   $("token-shown").hidden = true;
   $("token-message").textContent = "";
   $("auto-message").textContent = "";
-  await Promise.all([loadTokens(), loadNotices(), loadAuto(), loadMessages()]);
+  await Promise.all([loadTokens(), loadNotices(), loadAuto(), loadMessages(), loadGrants()]);
   $("account").hidden = false;
   $("adjust-message").textContent = "";
   $("refund-message").textContent = "";
@@ -332,6 +332,23 @@ async function loadTokens() {
     cell(row, token.expires_at_ms ? when(new Date(token.expires_at_ms).toISOString()) : "never", "wide");
     cell(row, token.revoked_at_ms ? when(new Date(token.revoked_at_ms).toISOString()) : "—");
     $("token-rows").appendChild(row);
+  });
+}
+
+// The account's credit grants, newest first: what each was, what is left.
+async function loadGrants() {
+  const list = await api("GET", "/v1/admin/accounts/" + state.accountId + "/credit-grants");
+  $("grant-rows").textContent = "";
+  list.credit_grants.forEach((grant) => {
+    const row = document.createElement("tr");
+    cell(row, grant.id === 0 ? "owed" : "#" + grant.id);
+    cell(row, grant.category + " · priority " + grant.priority);
+    cell(row, grant.source.replace(/_/g, " ") + (grant.order_id ? " (order #" + grant.order_id + ")" : ""), "wide");
+    cell(row, grant.id === 0 ? "—" : dollars(grant.amount_micros), "money");
+    cell(row, dollars(grant.remaining_micros), "money");
+    cell(row, grant.expires_at ? when(grant.expires_at) : "never", "wide");
+    cell(row, grant.status);
+    $("grant-rows").appendChild(row);
   });
 }
 
@@ -548,7 +565,7 @@ function signOut(message) {
   ["account-rows", "ledger-rows", "order-rows", "owed", "below", "events-waiting", "events-failed",
     "webhooks-pending", "endpoints-disabled", "balance", "account-title", "account-facts",
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
-    "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
+    "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows", "grant-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
     "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows",
     "auto-attempts"].forEach((id) => { $(id).textContent = ""; });
@@ -585,20 +602,36 @@ $("adjust-form").addEventListener("submit", async (event) => {
   const reason = $("adjust-reason").value.trim();
   const description = $("adjust-description").value.trim();
   if (micros === null || micros === 0) { $("adjust-message").textContent = "Give an amount in dollars and cents, like 5.00 or -2.50."; return; }
-  const what = state.accountId + ":" + micros + ":" + reason + ":" + description;
+  // The grant's terms, only for credit added (the server refuses them on
+  // credit taken away).
+  const terms = {};
+  if (micros > 0) {
+    terms.category = $("adjust-category").value;
+    const priority = $("adjust-priority").value.trim();
+    if (priority !== "") {
+      if (!/^[0-9]{1,3}$/.test(priority) || Number(priority) > 100) { $("adjust-message").textContent = "A priority is a whole number from 0 to 100."; return; }
+      terms.priority = Number(priority);
+    }
+    const expires = $("adjust-expires").value;
+    if (expires) terms.expires_at = new Date(expires).toISOString();
+  }
+  const what = state.accountId + ":" + micros + ":" + reason + ":" + description + ":" + JSON.stringify(terms);
   if (state.adjustFor !== what) { state.adjustFor = what; state.adjustKey = key(); }
   if (!confirm("Adjust account #" + state.accountId + " by " + dollars(micros, true) + "?\nReason: " + reason)) return;
   $("adjust-button").disabled = true;
   try {
     const answer = await api("POST", "/v1/admin/accounts/" + state.accountId + "/adjustments",
       Object.assign({ amount_micros: micros, reason, idempotency_key: state.adjustKey },
-        description ? { description } : {}));
+        description ? { description } : {}, terms));
     $("adjust-message").textContent = (answer.replayed ? "Already applied: " : "Applied: ") + dollars(micros, true)
       + ", balance " + dollars(answer.transaction.balance_after_micros) + ".";
     state.adjustFor = null;
     $("adjust-amount").value = "";
     $("adjust-reason").value = "";
     $("adjust-description").value = "";
+    $("adjust-priority").value = "";
+    $("adjust-expires").value = "";
+    await loadGrants();
   } catch (error) {
     $("adjust-message").textContent = problem(error);
   } finally {

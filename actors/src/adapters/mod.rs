@@ -197,3 +197,13 @@ pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
         DatabaseLocation::Postgres(url) => postgres::migrate(url),
     }
 }
+
+/// Test-only: the database as the release before credit grants left it
+/// (its migrations up to SQLite's V26 and Postgres's V17, and nothing
+/// after, not even the grants' backfill), to test an upgrade from it.
+pub fn migrate_as_before_grants_for_testing(location: &DatabaseLocation) -> Result<(), StoreError> {
+    match location {
+        DatabaseLocation::Sqlite(path) => sqlite::migrate_until_for_testing(path, 26),
+        DatabaseLocation::Postgres(url) => postgres::migrate_until_for_testing(url, 17),
+    }
+}

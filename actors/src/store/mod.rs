@@ -20,7 +20,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::feed::FeedHub;
-use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
+use crate::grants::CreditGrant;
+use crate::ledger::{AccountId, LedgerEntry, Snapshot, Standing, TransactionKind};
 use crate::messaging::notices::NewNotice;
 use crate::money::Money;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
@@ -43,6 +44,14 @@ pub struct LedgerWrite {
     pub previous: Snapshot,
     /// The snapshot after this write.
     pub next: Snapshot,
+    /// What is left of each grant after this write (the snapshot's
+    /// `grants`, encoded by [`crate::grants::encode_remaining`]): moved by
+    /// the same guarded update as the balance.
+    pub grants: Arc<str>,
+    /// What was left of each grant before it, to put back should the row
+    /// fail after the snapshot moved (shared with the actor's state: no
+    /// copy).
+    pub previous_grants: Arc<str>,
     /// The writing actor's generation: once a write of this account fails,
     /// the store refuses its later writes of the same or an older
     /// generation, because they were computed on top of the failed one.
@@ -69,6 +78,9 @@ pub struct Outbox {
     /// The order whose refund the row takes credit back for, raised to
     /// what Stripe says is refunded of it in all.
     pub order_refunded: Option<OrderRefunded>,
+    /// The grant the row makes (a credit, a positive adjustment): its
+    /// `credit_grants` row.
+    pub grant: Option<CreditGrant>,
 }
 
 /// What Stripe says is refunded of an order in all: the order's
@@ -101,6 +113,12 @@ impl LedgerWrite {
         self.outbox
             .as_ref()
             .and_then(|outbox| outbox.order_refunded)
+    }
+
+    pub fn grant(&self) -> Option<&CreditGrant> {
+        self.outbox
+            .as_ref()
+            .and_then(|outbox| outbox.grant.as_ref())
     }
 }
 
@@ -163,6 +181,7 @@ pub struct StoreStats {
     pub debits: KindTotals,
     pub refunds: KindTotals,
     pub adjustments: KindTotals,
+    pub expiries: KindTotals,
 }
 
 impl Default for StoreStats {
@@ -183,6 +202,7 @@ impl Default for StoreStats {
             debits: KindTotals::default(),
             refunds: KindTotals::default(),
             adjustments: KindTotals::default(),
+            expiries: KindTotals::default(),
         }
     }
 }
@@ -195,6 +215,7 @@ impl StoreStats {
             TransactionKind::Debit => &self.debits,
             TransactionKind::Refund => &self.refunds,
             TransactionKind::Adjustment => &self.adjustments,
+            TransactionKind::Expiry => &self.expiries,
         }
     }
 
@@ -220,9 +241,10 @@ pub enum Moved {
         account_id: AccountId,
         /// The account's seq after them.
         seq: i64,
-        /// The account's snapshot after them, when the other process said
-        /// it: the live actor takes it without reading the store.
-        after: Option<Snapshot>,
+        /// The account's snapshot (and grants) after them, when the other
+        /// process said it: the live actor takes it without reading the
+        /// store.
+        after: Option<Standing>,
     },
     /// Any account may have moved: this process may have missed what the
     /// others said (its listening connection was lost and made again).
@@ -348,7 +370,7 @@ impl Shared {
         account_id: AccountId,
         seq: i64,
         entries: Vec<LedgerEntry>,
-        after: Option<Snapshot>,
+        after: Option<Standing>,
     ) {
         if !entries.is_empty() && !self.feed.is_idle() {
             for entry in entries {
@@ -365,7 +387,7 @@ impl Shared {
     /// Another process committed rows to an account that could not be
     /// read: its live actor is told, and its feeds (and those of every
     /// account) read them from the ledger themselves.
-    pub(crate) fn external_unread(&self, account_id: AccountId, seq: i64, after: Option<Snapshot>) {
+    pub(crate) fn external_unread(&self, account_id: AccountId, seq: i64, after: Option<Standing>) {
         self.feed.resubscribe_account(account_id);
         self.external(account_id, seq, Vec::new(), after);
     }

@@ -464,6 +464,7 @@ mod tests {
             description: String::new(),
             reason: None,
             created_at_ms: 0,
+            funded_by: crate::grants::Funding::NONE,
         };
         let event = NewEvent::of_entry(EventType::BalanceLow, &entry, Map::new()).unwrap();
         let payload: Value = serde_json::from_str(&event.payload()).unwrap();

@@ -3,6 +3,8 @@
 
 use crate::routes::admin::adjustments::AdjustmentResponse;
 use clap::Args;
+use sms_credit_actors::clock::{Clock, SystemClock};
+use sms_credit_actors::grants::adjustment_terms;
 use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
 
 use crate::cli::output::{print_json, with_core};
@@ -25,6 +27,16 @@ pub struct AdjustCommand {
     /// Names this adjustment so that running the command again does not apply it twice.
     #[arg(long)]
     idempotency_key: String,
+    /// The credit a positive adjustment gives: promotional (the default:
+    /// given away) or paid (money received outside Stripe).
+    #[arg(long)]
+    category: Option<String>,
+    /// 0 to 100: credit of a lower priority is spent first (default 50).
+    #[arg(long)]
+    priority: Option<i64>,
+    /// When what is left of it expires (RFC 3339, e.g. 2026-12-31T23:59:59Z).
+    #[arg(long)]
+    expires_at: Option<String>,
     /// Print JSON (for programs) instead of a summary for people.
     #[arg(long)]
     json: bool,
@@ -39,12 +51,23 @@ impl AdjustCommand {
                 "an adjustment may be at most {limit} either way (this server's limit)"
             ));
         }
+        let (category, priority, expires_at_ms) = adjustment_terms(
+            amount,
+            self.category.as_deref(),
+            self.priority,
+            self.expires_at.as_deref(),
+            SystemClock.now_ms(),
+        )
+        .map_err(|refused| refused.to_string())?;
         let adjustment = Adjust {
             amount,
             idempotency_key: IdempotencyKey::from_caller(&self.idempotency_key)
                 .map_err(|error| error.to_string())?,
             reason: self.reason,
             description: self.description,
+            category,
+            priority,
+            expires_at_ms,
         };
         let (id, as_json) = (self.id, self.json);
         with_core(settings, |core| async move {

@@ -3,6 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use sms_credit_actors::grants::adjustment_terms;
 use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
 
 use super::TransactionView;
@@ -29,6 +30,18 @@ pub struct AdjustmentRequest {
     /// The service's own prefixes (`stripe-order:`, `msg:`, …) are refused.
     #[schema(pattern = "^[!-~]{1,255}$")]
     idempotency_key: String,
+    /// A positive adjustment makes a credit grant of this category:
+    /// `promotional` (the default: given away) or `paid` (money received
+    /// outside Stripe). Refused on a negative adjustment.
+    category: Option<String>,
+    /// 0 to 100, lower spent first (default 50). Refused on a negative
+    /// adjustment.
+    #[schema(minimum = 0, maximum = 100)]
+    priority: Option<i64>,
+    /// When what is left of the grant expires (RFC 3339, in the future);
+    /// none never expires. Refused on a negative adjustment.
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
 }
 
 /// The adjustment's ledger row.
@@ -78,11 +91,30 @@ pub async fn create(
     }
     let idempotency_key = IdempotencyKey::from_caller(&request.idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
+    let amount = Money::from_micros(request.amount_micros);
+    let (category, priority, expires_at_ms) = adjustment_terms(
+        amount,
+        request.category.as_deref(),
+        request.priority,
+        request.expires_at.as_deref(),
+        state.clock.now_ms(),
+    )
+    .map_err(|refused| {
+        let code = match refused.field {
+            "category" => "invalid_category",
+            "priority" => "invalid_priority",
+            _ => "invalid_expires_at",
+        };
+        ApiError::invalid(code, refused.message)
+    })?;
     let adjustment = Adjust {
-        amount: Money::from_micros(request.amount_micros),
+        amount,
         idempotency_key,
         reason: reason.to_string(),
         description,
+        category,
+        priority,
+        expires_at_ms,
     };
     let receipt = state.registry.send(account_id, adjustment).await?;
     Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))

@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod adjustments;
+pub(crate) mod credit_grants;
 pub(crate) mod discount_codes;
 pub(crate) mod notices;
 pub(crate) mod orders;
@@ -55,6 +56,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route(
             "/accounts/{id}/transactions",
             web::get().to(transactions::list),
+        )
+        .route(
+            "/accounts/{id}/credit-grants",
+            web::get().to(credit_grants::list),
         )
         .route(
             "/accounts/{id}/transactions.csv",

@@ -526,6 +526,7 @@ fn store_floor(options: &Options, window: Option<usize>) -> f64 {
                     next,
                     grants: grants_after,
                     previous_grants,
+                    funded_by: Some("1:p:56500".to_string()),
                     generation,
                     done,
                     submitted_at: Instant::now(),

@@ -640,6 +640,7 @@ async fn submit_directly(
         .unwrap();
     let grants: std::sync::Arc<str> =
         std::sync::Arc::from(sms_credit_actors::grants::encode_remaining(&remaining));
+    let funded_by = entry.funded_by.encode();
     let (done, answer) = tokio::sync::oneshot::channel();
     core.store
         .ledger()
@@ -649,6 +650,7 @@ async fn submit_directly(
             next,
             grants: std::sync::Arc::clone(&grants),
             previous_grants: grants,
+            funded_by,
             generation: core.store.next_generation(),
             done,
             submitted_at: std::time::Instant::now(),

@@ -626,15 +626,21 @@ struct WorkingGrants {
     at_seq: i64,
     book: Book,
     encoded: Arc<str>,
+    /// Where the next stored form is written before it is shared (kept,
+    /// so that a write allocates only the shared copy).
+    scratch: String,
 }
 
 impl WorkingGrants {
     fn new(at_seq: i64, book: Book) -> Box<WorkingGrants> {
-        let encoded = Arc::from(book.encode());
+        let mut scratch = String::new();
+        book.encode_into(&mut scratch);
+        let encoded = Arc::from(scratch.as_str());
         Box::new(WorkingGrants {
             at_seq,
             book,
             encoded,
+            scratch,
         })
     }
 }
@@ -1227,7 +1233,9 @@ impl AccountActor {
                 idempotency_key: IdempotencyKey::grant_expiry(due.id, self.working.seq + 1),
                 description: format!("Credit expired: what was left of grant {}", due.id),
                 reason: None,
-                order_id: due.order_id,
+                // Not an order's row: what an order's rows took back is
+                // read from its refund rows alone.
+                order_id: None,
                 hints: Some(Box::new(Hints {
                     expiring: Some(due.id),
                     ..Hints::default()
@@ -1287,7 +1295,7 @@ impl AccountActor {
         mutation: &Mutation,
         seq: i64,
         now_ms: i64,
-    ) -> Result<(Funding, Option<CreditGrant>, Box<WorkingGrants>), LedgerError> {
+    ) -> Result<(Funding, Option<CreditGrant>), LedgerError> {
         let grants = self
             .grants
             .as_ref()
@@ -1299,13 +1307,12 @@ impl AccountActor {
         let hints = mutation.hints.as_deref();
         let amount = mutation.amount;
         let nothing = Reversal::default();
-        let (funding, made, facts) =
+        let (funding, made) =
             match mutation.kind {
                 TransactionKind::Debit => (
                     book.debit(-amount, now_ms)
                         .map_err(|error| grant_error(error, self.working.balance))?,
                     None,
-                    &nothing.facts[..],
                 ),
                 TransactionKind::Expiry => {
                     let grant_id = hints.and_then(|hints| hints.expiring).ok_or(
@@ -1315,7 +1322,6 @@ impl AccountActor {
                         book.expire(grant_id)
                             .map_err(|error| grant_error(error, self.working.balance))?,
                         None,
-                        &nothing.facts[..],
                     )
                 }
                 TransactionKind::Credit | TransactionKind::Adjustment if amount.is_positive() => {
@@ -1338,7 +1344,7 @@ impl AccountActor {
                     let funding = book
                         .make(&grant)
                         .map_err(|error| grant_error(error, self.working.balance))?;
-                    (funding, Some(grant), &nothing.facts[..])
+                    (funding, Some(grant))
                 }
                 TransactionKind::Credit => {
                     return Err(LedgerError::InvalidAmount("a credit must be positive"))
@@ -1347,7 +1353,6 @@ impl AccountActor {
                     book.take(-amount, now_ms, Take::Any)
                         .map_err(|error| grant_error(error, self.working.balance))?,
                     None,
-                    &nothing.facts[..],
                 ),
                 TransactionKind::Refund if amount.is_negative() => (
                     book.take(
@@ -1359,7 +1364,6 @@ impl AccountActor {
                     )
                     .map_err(|error| grant_error(error, self.working.balance))?,
                     None,
-                    &nothing.facts[..],
                 ),
                 TransactionKind::Refund => {
                     let reversal = hints
@@ -1382,26 +1386,59 @@ impl AccountActor {
                             expires_at_ms: None,
                         })
                         .map_err(|error| grant_error(error, self.working.balance))?;
-                    (funding, made, &reversal.facts[..])
+                    (funding, made)
                 }
             };
-        let next = book
-            .applied(made.as_ref(), &funding, facts)
-            .map_err(|error| grant_error(error, self.working.balance))?;
-        // The rules keep every grant's remaining summing to the balance; a
-        // decision that would not is refused, never written.
-        let balance_after = self.working.balance.checked_add(amount)?;
-        if next
-            .balance()
-            .map_err(|error| grant_error(error, self.working.balance))?
-            != balance_after
-        {
+        Ok((funding, made))
+    }
+
+    /// Moves the working grants on by a row just decided (in place: no
+    /// copy), to `seq`; answers what they were stored as before. A row the
+    /// grants cannot take, or that would not leave them summing to the
+    /// balance, is refused and never written; the grants are then read
+    /// again before the next mutation.
+    fn move_grants(
+        &mut self,
+        made: Option<&CreditGrant>,
+        funding: &Funding,
+        facts: &[CreditGrant],
+        seq: i64,
+        balance_after: Money,
+    ) -> Result<Arc<str>, LedgerError> {
+        let account_id = self.account_id;
+        let balance = self.working.balance;
+        let Some(grants) = self.grants.as_mut() else {
             return Err(LedgerError::Store(grants_unusable(
-                self.account_id,
-                "a row's funding would not leave them summing to the balance",
+                account_id,
+                "they are not loaded",
             )));
+        };
+        let moved = grants
+            .book
+            .apply_in_place(made, funding, facts)
+            .map_err(|error| grant_error(error, balance))
+            .and_then(|()| {
+                let sum = grants
+                    .book
+                    .balance()
+                    .map_err(|error| grant_error(error, balance))?;
+                if sum == balance_after {
+                    Ok(())
+                } else {
+                    Err(LedgerError::Store(grants_unusable(
+                        account_id,
+                        "a row's funding would not leave them summing to the balance",
+                    )))
+                }
+            });
+        if let Err(error) = moved {
+            self.grants = None;
+            return Err(error);
         }
-        Ok((funding, made, WorkingGrants::new(seq, next)))
+        grants.book.encode_into(&mut grants.scratch);
+        let previous = std::mem::replace(&mut grants.encoded, Arc::from(grants.scratch.as_str()));
+        grants.at_seq = seq;
+        Ok(previous)
     }
 
     /// What the working state refuses of a mutation before any write.
@@ -1472,8 +1509,7 @@ impl AccountActor {
                 needed: -mutation.amount,
             });
         }
-        let (funded_by, made, grants_after) =
-            self.decide_grants(&mutation, self.working.seq + 1, now_ms)?;
+        let (funded_by, made) = self.decide_grants(&mutation, self.working.seq + 1, now_ms)?;
         let settings = &self.shared.settings;
         // The void of a message whose debit set off a warning still
         // pending withdraws that warning, and gives back the cooldown it
@@ -1565,25 +1601,48 @@ impl AccountActor {
                 grant: made,
             })
         });
-        let previous_grants = self
+        let nothing: &[CreditGrant] = &[];
+        let facts = mutation
+            .hints
+            .as_deref()
+            .and_then(|hints| {
+                hints.reversal.as_ref().or(hints
+                    .take_back
+                    .as_ref()
+                    .and_then(|plan| plan.taken.as_ref()))
+            })
+            .map_or(nothing, |reversal| &reversal.facts[..]);
+        let made = outbox.as_ref().and_then(|outbox| outbox.grant.as_ref());
+        let previous_grants = self.move_grants(
+            made,
+            &entry.funded_by,
+            facts,
+            snapshot_after.seq,
+            balance_after,
+        )?;
+        let grants_after = self
             .grants
             .as_ref()
-            .map(|grants| Arc::clone(&grants.encoded))
-            .unwrap_or_else(|| Arc::from(""));
+            .map_or_else(|| Arc::from(""), |grants| Arc::clone(&grants.encoded));
         let (done, committed) = oneshot::channel();
-        self.shared.store.ledger().submit(LedgerWrite {
+        let submitted = self.shared.store.ledger().submit(LedgerWrite {
+            funded_by: entry.funded_by.encode(),
             entry: entry.clone(),
             previous: self.working.unpack(),
             next: snapshot_after.unpack(),
-            grants: Arc::clone(&grants_after.encoded),
+            grants: grants_after,
             previous_grants,
             generation: self.generation,
             done,
             submitted_at: Instant::now(),
             outbox,
-        })?;
+        });
+        if let Err(error) = submitted {
+            // The grants moved on, the snapshot did not: read both again.
+            self.grants = None;
+            return Err(error.into());
+        }
         self.working = snapshot_after;
-        self.grants = Some(grants_after);
         // Set only once the write is queued: a write that never left
         // reached nothing.
         if balance_after >= self.shared.settings.low_balance_threshold {

@@ -52,6 +52,9 @@ pub struct LedgerWrite {
     /// fail after the snapshot moved (shared with the actor's state: no
     /// copy).
     pub previous_grants: Arc<str>,
+    /// The row's `funded_by` as stored, encoded by the actor (off the
+    /// writer's thread, which every write waits for).
+    pub funded_by: Option<String>,
     /// The writing actor's generation: once a write of this account fails,
     /// the store refuses its later writes of the same or an older
     /// generation, because they were computed on top of the failed one.

@@ -679,7 +679,7 @@ async fn apply_ledger(
         moved.push((*account_id, first, tail.next, &*tail.grants));
         for &index in indexes {
             fates[index] = Fate::Committed;
-            rows.push(&ledger[index].entry);
+            rows.push(&ledger[index]);
             refunded.push(&ledger[index]);
             made.push(&ledger[index]);
             notices.withdraw(&ledger[index]);
@@ -890,7 +890,7 @@ async fn apply_one(
         return Ok(false);
     }
     let mut rows = Rows::default();
-    rows.push(&write.entry);
+    rows.push(write);
     fail_at(WritePart::Row).await?;
     rows.insert(transaction, prepared).await?;
     let mut notices = Notices::default();
@@ -1049,11 +1049,12 @@ struct Rows<'a> {
     description: Vec<&'a str>,
     created_at: Vec<i64>,
     reason: Vec<Option<&'a str>>,
-    funded_by: Vec<Option<String>>,
+    funded_by: Vec<Option<&'a str>>,
 }
 
 impl<'a> Rows<'a> {
-    fn push(&mut self, entry: &'a LedgerEntry) {
+    fn push(&mut self, write: &'a LedgerWrite) {
+        let entry = &write.entry;
         self.account_id.push(entry.account_id.0);
         self.seq.push(entry.seq);
         self.kind.push(entry.kind.as_str());
@@ -1065,7 +1066,7 @@ impl<'a> Rows<'a> {
         self.created_at.push(entry.created_at_ms);
         self.reason
             .push(entry.reason.as_deref().map(String::as_str));
-        self.funded_by.push(entry.funded_by.encode());
+        self.funded_by.push(write.funded_by.as_deref());
     }
 
     async fn insert(

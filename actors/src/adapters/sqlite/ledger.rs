@@ -218,6 +218,7 @@ pub(super) fn move_snapshot(
 pub(super) fn insert_row(
     connection: &Connection,
     entry: &LedgerEntry,
+    funded_by: Option<&str>,
 ) -> Result<(), rusqlite::Error> {
     connection
         .prepare_cached(
@@ -237,7 +238,7 @@ pub(super) fn insert_row(
             entry.description,
             entry.created_at_ms,
             entry.reason.as_deref(),
-            entry.funded_by.encode(),
+            funded_by,
         ])?;
     Ok(())
 }

@@ -416,8 +416,9 @@ impl Writer {
         if !moved {
             return Ok(false);
         }
-        let inserted = fail_at(WritePart::Row)
-            .and_then(|()| ledger::insert_row(&self.connection, &write.entry));
+        let inserted = fail_at(WritePart::Row).and_then(|()| {
+            ledger::insert_row(&self.connection, &write.entry, write.funded_by.as_deref())
+        });
         if let Err(error) = inserted {
             if !in_savepoint && !self.connection.is_autocommit() {
                 ledger::put_back_snapshot(

@@ -27,6 +27,7 @@ mod crash;
 mod disk_loss;
 mod disputes;
 mod feed;
+mod grants;
 mod instances;
 mod ledger_actors;
 mod ledger_properties;

@@ -826,3 +826,102 @@ fn a_database_of_the_release_before_grants_gets_them_from_its_ledger() {
         "what account 3 owes is listed: {shown}"
     );
 }
+
+on_both_stores!(a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms);
+/// Another process's credit takes the ledger position the actor's own
+/// paid credit was written at: the guard refuses the actor's write and says
+/// what is left of each grant. The grant at that position is the other
+/// process's (promotional), not the one the refused write would have made:
+/// the actor must not take its own speculative terms for it. A debit after
+/// draws on it as promotional credit, first.
+async fn a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550409").await;
+    let seed = core
+        .registry
+        .send(account, paid_credit(100_000, "seed"))
+        .await
+        .unwrap();
+    assert_eq!(seed.entry.seq, 1);
+
+    // Another process's promotional $1 at row 2, straight to the store:
+    // this process's actor is not told.
+    let before = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = before;
+    next.seq = 2;
+    next.balance = Money::from_micros(1_100_000);
+    let mut entry = seed.entry.clone();
+    entry.seq = 2;
+    entry.kind = TransactionKind::Adjustment;
+    entry.amount = Money::from_micros(1_000_000);
+    entry.balance_after = next.balance;
+    entry.idempotency_key = "elsewhere".into();
+    entry.description = "Balance adjustment".into();
+    entry.reason = Some(Box::new("given elsewhere".into()));
+    entry.funded_by = grants::Funding::NONE;
+    let (done, answer) = tokio::sync::oneshot::channel();
+    core.store
+        .ledger()
+        .submit(sms_credit_actors::store::LedgerWrite {
+            funded_by: None,
+            entry,
+            previous: before,
+            next,
+            grants: Arc::from("1:100000,2:1000000"),
+            previous_grants: Arc::from("1:100000"),
+            generation: core.store.next_generation(),
+            done,
+            submitted_at: std::time::Instant::now(),
+            outbox: Some(Box::new(sms_credit_actors::store::Outbox {
+                grant: Some(grants::CreditGrant {
+                    id: 2,
+                    category: Category::Promotional,
+                    source: GrantSource::Adjustment,
+                    order_id: None,
+                    amount: Money::from_micros(1_000_000),
+                    priority: Priority::new(50).unwrap(),
+                    granted_at_ms: NOW_MS,
+                    expires_at_ms: None,
+                }),
+                ..Default::default()
+            })),
+        })
+        .unwrap();
+    answer.await.unwrap().unwrap();
+
+    // The actor's paid $0.50, computed at row 2, is refused and written at
+    // row 3.
+    let paid = core
+        .registry
+        .send(
+            account,
+            adjust(500_000, "paid-here", Some(Category::Paid), None, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(paid.entry.seq, 3);
+    // Promotional first, then the oldest paid.
+    let spent = core
+        .registry
+        .send(account, message_debit(1_200_000, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        draws(&spent.entry),
+        vec![
+            (2, "promotional", 1_000_000),
+            (1, "paid", 100_000),
+            (3, "paid", 100_000)
+        ]
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}

@@ -720,13 +720,16 @@ impl AccountActor {
 
     /// Takes where another process's write (or the guard's refusal) says
     /// the account stands: the grants move with it when the store said
-    /// them and every one of them is known here; otherwise they are read
+    /// them and every one of them is known here, made by a row at or
+    /// before `committed_through` (the last position known committed: a
+    /// grant this actor made by a write that was refused is not the one
+    /// another process made at its position); otherwise they are read
     /// before the next mutation.
-    fn take_standing(&mut self, standing: Standing) {
+    fn take_standing(&mut self, standing: Standing, committed_through: i64) {
         let moved = match (&standing.grants, self.grants.as_deref()) {
             (Some(remaining), Some(known)) => known
                 .book
-                .moved_to(remaining)
+                .moved_to(remaining, committed_through)
                 .map(|book| WorkingGrants::new(standing.snapshot.seq, book)),
             _ => None,
         };
@@ -1920,6 +1923,7 @@ impl AccountActor {
             .map(|pipeline| pipeline.writes.into_iter().collect())
             .unwrap_or_default();
         later.sort_by_key(|(_, in_flight)| in_flight.entry.seq);
+        let failed_seq = failed.entry.seq;
         let mut redo = Vec::with_capacity(later.len() + 1);
         match error {
             StoreError::DuplicateKey => {
@@ -1955,7 +1959,8 @@ impl AccountActor {
         if let StoreError::MovedOn(standing) = error {
             // The store said where the account stands: no read back (its
             // grants too, unless one of them is not known here).
-            self.take_standing(*standing);
+            // Every row from the failed one on was refused.
+            self.take_standing(*standing, failed_seq - 1);
             self.resume(redo, ctx);
             return;
         }
@@ -2329,7 +2334,11 @@ impl Handler<LedgerMoved> for AccountActor {
             && self.working.seq < message.seq
         {
             match message.after {
-                Some(after) if after.snapshot.seq == message.seq => self.take_standing(after),
+                // Nothing in flight: the working position is committed.
+                Some(after) if after.snapshot.seq == message.seq => {
+                    let committed_through = self.working.seq;
+                    self.take_standing(after, committed_through);
+                }
                 _ => self.load_snapshot(Vec::new(), ctx),
             }
         }

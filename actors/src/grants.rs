@@ -617,13 +617,20 @@ impl Book {
 
     /// The book after another process's writes, from what the store says
     /// is left of each grant: `None` if a grant's terms are not known here
-    /// (one made or restored there), so that it must be read.
-    pub fn moved_to(&self, remaining: &[Remaining]) -> Option<Book> {
+    /// (one made or restored there), so that it must be read. Only the
+    /// terms of grants made at or before `committed_through` (the last
+    /// position known committed) are taken from this book: one made by a
+    /// write still in flight, or refused, may be another grant on disk,
+    /// made by another process at the same position.
+    pub fn moved_to(&self, remaining: &[Remaining], committed_through: i64) -> Option<Book> {
         let mut book = Book::default();
         for grant in remaining {
             if grant.grant_id == SHORTFALL {
                 book.shortfall = grant.amount;
                 continue;
+            }
+            if grant.grant_id > committed_through {
+                return None;
             }
             let known = self
                 .grants
@@ -1418,10 +1425,13 @@ mod tests {
         // must be read.
         let moved = decode_remaining("0:-5,5:10").unwrap();
         assert_eq!(
-            book.moved_to(&moved).map(|book| book.encode()),
+            book.moved_to(&moved, 5).map(|book| book.encode()),
             Some("0:-5,5:10".to_string())
         );
-        assert_eq!(book.moved_to(&decode_remaining("6:10").unwrap()), None);
+        assert_eq!(book.moved_to(&decode_remaining("6:10").unwrap(), 6), None);
+        // A grant known here from a write not known committed may be
+        // another made at its position: read.
+        assert_eq!(book.moved_to(&moved, 4), None);
     }
 
     #[test]

@@ -151,17 +151,25 @@ impl Page {
 
     /// Evaluates a JavaScript expression in the page and returns its value.
     async fn eval(&mut self, expression: &str) -> Value {
+        match self.try_eval(expression).await {
+            Ok(value) => value,
+            Err(thrown) => panic!("{expression}: {thrown}"),
+        }
+    }
+
+    /// Evaluates a JavaScript expression in the page: its value, or what
+    /// it threw.
+    async fn try_eval(&mut self, expression: &str) -> Result<Value, Value> {
         let result = self
             .call(
                 "Runtime.evaluate",
                 json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
             )
             .await;
-        assert!(
-            result.get("exceptionDetails").is_none(),
-            "{expression}: {result}"
-        );
-        result["result"]["value"].clone()
+        match result.get("exceptionDetails") {
+            Some(thrown) => Err(thrown.clone()),
+            None => Ok(result["result"]["value"].clone()),
+        }
     }
 
     /// Opens the account page and waits until its sign-in form is there
@@ -248,12 +256,18 @@ impl Page {
         .await;
     }
 
-    /// Polls `expression` until it equals `expected` (30 s at most).
+    /// Polls `expression` until it equals `expected` (30 s at most). An
+    /// expression that throws (the page is between two documents, its
+    /// elements not there yet) is polled again; after 30 s the last value
+    /// or exception is the failure.
     async fn wait_for(&mut self, expression: &str, expected: Value) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut last = Value::Null;
         while Instant::now() < deadline {
-            last = self.eval(expression).await;
+            last = match self.try_eval(expression).await {
+                Ok(value) => value,
+                Err(thrown) => json!({ "threw": thrown["exception"]["description"] }),
+            };
             if last == expected {
                 return;
             }

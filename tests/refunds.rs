@@ -306,7 +306,8 @@ async fn stripe_refusing_or_unreachable_refunds_nothing() {
         &["orders", "refunds", &order.to_string(), "--json"],
     );
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed["order_id"], order, "{listed}");
+    assert_eq!(listed["refunds"].as_array().unwrap().len(), 3);
 }
 on_both_stores!(stripe_refusing_or_unreachable_refunds_nothing);
 

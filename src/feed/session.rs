@@ -27,7 +27,7 @@ use sms_credit_actors::store::TokensChanged;
 use sms_credit_actors::{access_tokens, AccountId, LedgerEntry, Store, StoreError};
 
 use super::FeedScope;
-use crate::routes::admin::transactions::TransactionView;
+use crate::views::TransactionView;
 
 /// Rows read from the ledger at a time while replaying.
 const PAGE: i64 = 500;

@@ -22,4 +22,5 @@ pub mod state;
 pub mod stripe;
 pub mod telemetry;
 pub mod twilio;
+pub mod views;
 pub mod webhooks;

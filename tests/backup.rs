@@ -583,7 +583,10 @@ async fn the_last_backup_is_on_the_console_and_in_the_metrics() {
         .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(overview["backup_overdue"], false, "{overview}");
-    assert_eq!(overview["last_backup"]["taken_at_ms"], taken_at_ms);
+    assert_eq!(
+        overview["last_backup"]["taken_at"],
+        sms_credit_actors::clock::format_rfc3339_ms(taken_at_ms)
+    );
     assert_eq!(
         overview["last_backup"]["path"],
         "/var/backups/sms-credit/nightly.db"
@@ -598,4 +601,50 @@ async fn the_last_backup_is_on_the_console_and_in_the_metrics() {
         .await;
     assert_eq!(overview["backup_overdue"], true, "{overview}");
     app.stop().await;
+}
+
+on_both_stores!(sync restore_takes_only_a_backup_and_never_changes_it);
+fn restore_takes_only_a_backup_and_never_changes_it() {
+    let target = fresh_directory();
+    let folder = tempfile::tempdir().unwrap();
+    // An empty file (a backup cut short, a wrong path made by `touch`).
+    let empty = folder.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    // An SQLite file of something else.
+    let other = folder.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT); INSERT INTO notes (text) VALUES ('hello');")
+        .unwrap();
+    let other_bytes = std::fs::read(&other).unwrap();
+    for (file, before) in [(&empty, Vec::new()), (&other, other_bytes)] {
+        let refused = run_cli(&target, &["restore", "--from", file.to_str().unwrap()]);
+        assert!(!refused.status.success(), "{file:?}: {}", text(&refused));
+        assert!(
+            text(&refused).contains("not an sms-credit backup"),
+            "{}",
+            text(&refused)
+        );
+        assert_eq!(std::fs::read(file).unwrap(), before, "{file:?} was changed");
+        let mut beside: Vec<String> = std::fs::read_dir(folder.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        beside.sort();
+        assert_eq!(beside, ["empty.db", "other.db"], "nothing made beside it");
+    }
+    // Nothing was made or restored in the target either.
+    let verified = run_cli(&target, &["verify"]);
+    if current_store() == StoreKind::Sqlite {
+        assert!(!target.location().sqlite_path().unwrap().exists());
+    } else {
+        assert_eq!(
+            target.number(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            ),
+            0,
+            "{}",
+            text(&verified)
+        );
+    }
 }

@@ -1063,8 +1063,10 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         // The last backup: its time (as the page writes times), where it is
         // and what it holds; nothing about backups needs attention.
         assert_eq!(
-            overview["last_backup"]["taken_at_ms"],
-            json!(backup_taken_at_ms)
+            overview["last_backup"]["taken_at"],
+            json!(sms_credit_actors::clock::format_rfc3339_ms(
+                backup_taken_at_ms
+            ))
         );
         assert_eq!(
             page.eval(&text_of("last-backup")).await,
@@ -1127,7 +1129,7 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         let (_, reports) = app
             .request(
                 "GET",
-                &format!("/v1/admin/reports?since_ms={}", since.as_str().unwrap()),
+                &format!("/v1/admin/reports?since={}", since.as_str().unwrap()),
                 Some(ADMIN_TOKEN),
                 None,
             )

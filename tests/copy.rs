@@ -282,3 +282,128 @@ fn after_a_crash_copy_says_it_waits_for_a_stale_heartbeat_and_leaves_nothing() {
     assert_eq!(left_behind(&missing), "");
     assert_eq!(left_behind(&target), "");
 }
+
+/// Every byte of a file, to tell whether anything changed it.
+fn bytes_of(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_copy_or_restore_that_fails_part_way_leaves_the_target_as_it_was() {
+    crate::watchdog::watch();
+    // A source whose last table copied holds a value this release cannot
+    // read (text in an integer column): reading it fails after every other
+    // table's rows have gone to the target.
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550994"])
+            .status
+            .success()
+    );
+    source.execute(
+        "INSERT INTO backups (id, taken_at, path, accounts, transactions, bytes, duration_ms)
+         VALUES (1, 'yesterday', '/backups/one.db', 1, 0, 0, 0)",
+    );
+    assert_eq!(TABLES.last().unwrap().name, "backups");
+    let before = bytes_of(source.url());
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        // Into a target that does not exist yet: nothing is left of it.
+        let fresh = TestDatabase::of(kind);
+        let copied = copy(&source, &fresh);
+        assert!(!copied.status.success(), "{kind:?}: {copied:?}");
+        assert_eq!(left_behind(&fresh), "", "{kind:?}: a failed copy made this");
+        let restored = run_cli(&fresh, &["restore", "--from", source.url()]);
+        assert!(!restored.status.success(), "{kind:?}: {restored:?}");
+        let stderr = String::from_utf8_lossy(&restored.stderr);
+        assert!(
+            stderr.contains("nothing was restored"),
+            "{kind:?}: {stderr}"
+        );
+        assert_eq!(
+            left_behind(&fresh),
+            "",
+            "{kind:?}: a failed restore made this"
+        );
+        // Into an empty database that exists: it holds no accounts after.
+        let empty = TestDatabase::of(kind);
+        assert!(run_cli(&empty, &["migrate"]).status.success());
+        assert!(!copy(&source, &empty).status.success());
+        assert_eq!(empty.number("SELECT COUNT(*) FROM accounts"), 0, "{kind:?}");
+        let restored = run_cli(&empty, &["restore", "--from", source.url()]);
+        assert!(!restored.status.success(), "{kind:?}: {restored:?}");
+        assert_eq!(empty.number("SELECT COUNT(*) FROM accounts"), 0, "{kind:?}");
+    }
+    assert_eq!(
+        bytes_of(source.url()),
+        before,
+        "restore never changes its --from"
+    );
+}
+
+on_both_stores!(sync a_target_of_an_earlier_release_that_holds_data_is_refused_untouched);
+fn a_target_of_an_earlier_release_that_holds_data_is_refused_untouched() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550995"])
+            .status
+            .success()
+    );
+    // A target as the release before the last migration left it, with an
+    // account.
+    let target = crate::database::TestDatabase::fresh();
+    assert!(
+        run_cli(&target, &["accounts", "create", "--phone", "+14155550996"])
+            .status
+            .success()
+    );
+    let last = target.number("SELECT MAX(version) FROM refinery_schema_history");
+    target.execute(&format!(
+        "DELETE FROM refinery_schema_history WHERE version = {last};
+         ALTER TABLE transactions DROP COLUMN reason;"
+    ));
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("already holds data"), "{stderr}");
+    assert_eq!(
+        target.number("SELECT MAX(version) FROM refinery_schema_history"),
+        last - 1,
+        "the target was not migrated"
+    );
+    let restored = run_cli(&target, &["restore", "--from", source.url()]);
+    assert!(!restored.status.success(), "{restored:?}");
+    assert!(
+        String::from_utf8_lossy(&restored.stderr).contains("already holds data"),
+        "{restored:?}"
+    );
+    assert_eq!(
+        target.number("SELECT MAX(version) FROM refinery_schema_history"),
+        last - 1,
+        "the target was not migrated"
+    );
+}
+
+#[test]
+fn a_server_with_a_longer_timeout_than_copy_s_is_judged_by_its_own() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    // It beats every 50 s: between two beats it is running all the same.
+    let server = ServerProcess::start(&source, &[("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "200")]);
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    // Copy's own timeout (2 s) would call it gone 2 s after a heartbeat.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["copy", "--from", source.url(), "--to", target.url()])
+        .env("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("instances are running on the source") && stderr.contains("200 s"),
+        "{stderr}"
+    );
+    assert_eq!(left_behind(&target), "");
+    drop(server);
+}

@@ -306,7 +306,8 @@ async fn stripe_refusing_or_unreachable_refunds_nothing() {
         &["orders", "refunds", &order.to_string(), "--json"],
     );
     let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed["order_id"], order, "{listed}");
+    assert_eq!(listed["refunds"].as_array().unwrap().len(), 3);
 }
 on_both_stores!(stripe_refusing_or_unreachable_refunds_nothing);
 
@@ -335,7 +336,7 @@ async fn the_reports_sum_payments_refunds_and_messages_by_hour_and_country() {
     assert_eq!((total("messages"), total("segments")), (2, 2));
     assert!(hours
         .iter()
-        .all(|hour| hour["hour_ms"].as_i64().unwrap() % 3_600_000 == 0));
+        .all(|hour| hour["hour"].as_str().unwrap().ends_with(":00:00.000Z")));
     assert_eq!(
         reports["margins"],
         json!([{"country": "US", "messages": 2, "segments": 2, "charged_micros": 113_000,
@@ -369,7 +370,7 @@ async fn the_reports_sum_payments_refunds_and_messages_by_hour_and_country() {
     let (status, answer) = app
         .request(
             "GET",
-            "/v1/admin/reports?since_ms=0",
+            "/v1/admin/reports?since=1970-01-01T00:00:00Z",
             Some(ADMIN_TOKEN),
             None,
         )

@@ -144,8 +144,8 @@ async fn a_texted_code_signs_in_a_customer_and_a_stranger_learns_nothing() {
     assert_eq!(tokens.len(), 1, "{listed}");
     assert_eq!(tokens[0]["source"], "sign_in");
     assert_eq!(
-        tokens[0]["expires_at_ms"],
-        START_MS + 30 * 86_400_000,
+        tokens[0]["expires_at"],
+        sms_credit_actors::clock::format_rfc3339_ms(START_MS + 30 * 86_400_000),
         "{listed}"
     );
     assert!(!listed.to_string().contains(&token[4..]), "never the token");

@@ -158,8 +158,8 @@ impl BackupCommand {
                 "removed": removed.iter().map(|path| path.display().to_string()).collect::<Vec<_>>(),
             }));
         }
-        println!("backup written to {}", record.path);
-        println!(
+        say!("backup written to {}", record.path);
+        say!(
             "  holds {} and {}, as they were at {} (verify is clean)",
             counted(record.accounts.max(0) as u64, "account", "accounts"),
             counted(
@@ -169,13 +169,13 @@ impl BackupCommand {
             ),
             format_rfc3339_ms(record.taken_at_ms)
         );
-        println!(
+        say!(
             "  {} in {:.1} s",
             human_size(record.bytes),
             Duration::from_millis(u64::try_from(record.duration_ms).unwrap_or(0)).as_secs_f64()
         );
         for path in removed {
-            println!("  removed the older backup {}", path.display());
+            say!("  removed the older backup {}", path.display());
         }
         Ok(())
     }

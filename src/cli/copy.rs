@@ -3,11 +3,9 @@
 
 use clap::Args;
 use serde_json::{json, Value};
-use sms_credit_actors::adapters::{self, DatabaseLocation, IfMissing, StoreSettings};
+use sms_credit_actors::adapters::{self, DatabaseLocation, FillTarget, IfMissing, StoreSettings};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::store::{copy, Store};
-
-use std::path::Path;
 
 use super::output::{counted, print_json};
 use crate::config::Settings;
@@ -43,38 +41,42 @@ fn open(location: &DatabaseLocation, if_missing: IfMissing) -> Result<Store, Str
     adapters::open(&settings).map_err(|error| format!("{location}: {error}"))
 }
 
-/// Removes an SQLite file this command made, with its write-ahead log
-/// and shared memory, so that a refused or failed copy leaves nothing.
-fn remove_made(path: &Path) {
-    for suffix in ["", "-wal", "-shm", "-journal"] {
-        let mut file = path.as_os_str().to_owned();
-        file.push(suffix);
-        let _ = std::fs::remove_file(&file);
+/// Why a fill failed, and what became of what it made: taken away (the
+/// target is as it was), or not, saying what is left.
+pub(super) fn failed_fill(filling: &FillTarget, error: String) -> String {
+    match filling.undo() {
+        Ok(_) => error,
+        Err(undo) => {
+            format!("{error}; and what it made in the target could not be removed: {undo}")
+        }
     }
 }
 
 impl CopyCommand {
     /// Every refusal (the same database, a source that does not exist or
     /// that instances use, a target that holds data) is decided before
-    /// anything is made; an SQLite target this command made is removed
-    /// again if the copy fails.
+    /// the target is touched; a copy that fails writes nothing, and what
+    /// opening the target made (an SQLite file, a Postgres database's
+    /// tables) is removed again.
     pub fn run(self, settings: &Settings) -> Result<(), String> {
         let (source, target) = (parse("from", &self.from)?, parse("to", &self.to)?);
         if source == target {
             return Err("--from and --to are the same database".to_string());
         }
+        // For an instance that does not say its own timeout (an earlier
+        // release's); every other is judged by its own.
         let timeout_ms = sms_credit_actors::clock::millis(settings.database.instance_timeout);
-        let made = target
-            .sqlite_path()
-            .filter(|path| !path.exists())
-            .map(Path::to_path_buf);
         let json = self.json;
-        let outcome = actix_rt::System::new().block_on(async move {
+        let mut filling = None;
+        let outcome = actix_rt::System::new().block_on(async {
             let source_store =
                 open(&source, IfMissing::Refuse).map_err(|error| format!("--from: {error}"))?;
             copy::check_source_stopped(&source_store, SystemClock.now_ms(), timeout_ms)
                 .await
                 .map_err(|error| error.to_string())?;
+            filling = Some(
+                FillTarget::look(&target).map_err(|error| format!("--to: {target}: {error}"))?,
+            );
             let target_store = open(&target, IfMissing::Create)?;
             let copied = copy::copy(
                 &source_store,
@@ -83,37 +85,38 @@ impl CopyCommand {
                 timeout_ms,
             )
             .await;
-            // Closed before a file it made is removed.
+            // Closed before what it made is taken away.
             drop(target_store);
-            let report = copied.map_err(|error| error.to_string())?;
-            if json {
-                let tables: serde_json::Map<String, Value> = report
-                    .tables
-                    .iter()
-                    .map(|(table, rows)| (table.to_string(), json!(rows)))
-                    .collect();
-                return print_json(&json!({
-                    "from": source.to_string(), "to": target.to_string(), "tables": tables,
-                    "accounts": report.target.accounts_checked,
-                    "transactions": report.target.transactions_checked}));
-            }
-            for (table, rows) in &report.tables {
-                println!("{table:<24} {:>14}", counted(*rows, "row", "rows"));
-            }
-            println!(
-                "copied {source} to {target}; verify is clean on both: {}, {}",
-                counted(report.target.accounts_checked, "account", "accounts"),
-                counted(
-                    report.target.transactions_checked,
-                    "transaction",
-                    "transactions"
-                )
-            );
-            Ok(())
+            copied.map_err(|error| format!("nothing was copied: {error}"))
         });
-        if let (Err(_), Some(path)) = (&outcome, &made) {
-            remove_made(path);
+        let report = match (outcome, &filling) {
+            (Ok(report), _) => report,
+            (Err(error), Some(filling)) => return Err(failed_fill(filling, error)),
+            (Err(error), None) => return Err(error),
+        };
+        if json {
+            let tables: serde_json::Map<String, Value> = report
+                .tables
+                .iter()
+                .map(|(table, rows)| (table.to_string(), json!(rows)))
+                .collect();
+            return print_json(&json!({
+                "from": source.to_string(), "to": target.to_string(), "tables": tables,
+                "accounts": report.target.accounts_checked,
+                "transactions": report.target.transactions_checked}));
         }
-        outcome
+        for (table, rows) in &report.tables {
+            say!("{table:<24} {:>14}", counted(*rows, "row", "rows"));
+        }
+        say!(
+            "copied {source} to {target}; verify is clean on both: {}, {}",
+            counted(report.target.accounts_checked, "account", "accounts"),
+            counted(
+                report.target.transactions_checked,
+                "transaction",
+                "transactions"
+            )
+        );
+        Ok(())
     }
 }

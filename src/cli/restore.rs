@@ -1,17 +1,20 @@
 //! `sms-credit restore`: a backup file's rows into an empty database
 //! (SQLite or Postgres, whichever store the backup was taken of), verified.
 
+use std::path::{Path, PathBuf};
+
 use clap::Args;
 use serde_json::{json, Value};
-use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
+use sms_credit_actors::adapters::{self, DatabaseLocation, FillTarget, IfMissing, StoreSettings};
 use sms_credit_actors::store::copy;
 
+use super::copy::failed_fill;
 use super::output::{counted, print_json};
 use crate::config::Settings;
 
 #[derive(Args, Debug)]
 pub struct RestoreCommand {
-    /// The backup file (made by `sms-credit backup`).
+    /// The backup file (made by `sms-credit backup`); read, never changed.
     #[arg(long, value_name = "PATH")]
     from: String,
     /// Print JSON (for programs) instead of a summary for people.
@@ -19,68 +22,127 @@ pub struct RestoreCommand {
     json: bool,
 }
 
+/// A directory of this command's own, removed with everything in it when
+/// dropped: the copy of the backup that is opened is made here, so that
+/// the backup itself is never opened (opening a database migrates it and
+/// puts it in write-ahead-log mode).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Scratch, String> {
+        let name = sms_credit_actors::random::random_secret("sms-credit-restore-")
+            .map_err(|error| error.to_string())?;
+        let directory = std::env::temp_dir().join(&name[..35]);
+        std::fs::create_dir(&directory).map_err(|error| {
+            format!(
+                "could not make a working directory for the backup's copy ({}): {error}",
+                directory.display()
+            )
+        })?;
+        Ok(Scratch(directory))
+    }
+
+    /// A copy of `backup` (and of a write-ahead log beside it, if any).
+    fn copy_of(&self, backup: &Path) -> Result<PathBuf, String> {
+        let copied = self.0.join("backup.db");
+        for suffix in ["", "-wal"] {
+            let mut from = backup.as_os_str().to_owned();
+            from.push(suffix);
+            let mut to = copied.as_os_str().to_owned();
+            to.push(suffix);
+            if suffix.is_empty() || Path::new(&from).exists() {
+                std::fs::copy(&from, &to).map_err(|error| {
+                    format!(
+                        "could not copy {} to {}: {error}",
+                        Path::new(&from).display(),
+                        Path::new(&to).display()
+                    )
+                })?;
+            }
+        }
+        Ok(copied)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 impl RestoreCommand {
     /// Restores into the database the settings name (`--database`), which
-    /// must hold no data: one that does is refused and left as it was.
+    /// must hold no data. Every refusal (no backup there, a file that is
+    /// not an sms-credit backup, a target that holds data) is decided
+    /// before the target is touched; a restore that fails writes nothing,
+    /// and what opening the target made is removed again. The backup file
+    /// is only read.
     pub fn run(self, settings: &Settings) -> Result<(), String> {
-        let backup = std::path::PathBuf::from(&self.from);
+        let backup = PathBuf::from(&self.from);
         if !backup.is_file() {
             return Err(format!("--from: {} is not a backup file", backup.display()));
         }
-        let source = DatabaseLocation::Sqlite(backup.clone());
         let target = settings.database.location.clone();
         if target.sqlite_path().is_some_and(|path| {
             std::fs::canonicalize(path).ok() == std::fs::canonicalize(&backup).ok()
         }) {
             return Err("--from and --database are the same file".to_string());
         }
-        let json_output = self.json;
+        let scratch = Scratch::new()?;
+        let copied = scratch.copy_of(&backup)?;
+        adapters::check_backup_file(&copied).map_err(|why| {
+            format!(
+                "--from: {} is not an sms-credit backup: {why}",
+                backup.display()
+            )
+        })?;
+        let filling = FillTarget::look(&target).map_err(|error| format!("{target}: {error}"))?;
+        let target_settings = StoreSettings {
+            if_missing: IfMissing::Create,
+            ..settings.database.store_settings()
+        };
         let restored = actix_rt::System::new().block_on(async move {
-            let open = |settings: StoreSettings| {
-                let location = settings.location.clone();
-                adapters::open(&settings).map_err(|error| format!("{location}: {error}"))
+            let open = |settings: &StoreSettings| {
+                adapters::open(settings).map_err(|error| format!("{}: {error}", settings.location))
             };
-            let backup_store = open(StoreSettings::new(source))?;
-            let target_store = open(settings.database.store_settings())?;
+            let backup_store = open(&StoreSettings {
+                if_missing: IfMissing::Refuse,
+                ..StoreSettings::new(DatabaseLocation::Sqlite(copied))
+            })?;
+            let target_store = open(&target_settings)?;
             let report = copy::copy_rows(&backup_store, &target_store)
                 .await
-                .map_err(|error| format!("nothing was restored: {error}"))?;
-            target_store
-                .flush()
-                .await
-                .map_err(|error| error.to_string())?;
-            if json_output {
-                let tables: serde_json::Map<String, Value> = report
-                    .tables
-                    .iter()
-                    .map(|(table, rows)| (table.to_string(), json!(rows)))
-                    .collect();
-                return print_json(&json!({
-                    "from": backup.display().to_string(), "to": target.to_string(),
-                    "tables": tables,
-                    "accounts": report.target.accounts_checked,
-                    "transactions": report.target.transactions_checked,
-                    "verify": "clean"}));
-            }
-            println!(
-                "restored {} into {target}: {} and {}; verify is clean",
-                backup.display(),
-                counted(report.target.accounts_checked, "account", "accounts"),
-                counted(
-                    report.target.transactions_checked,
-                    "ledger row",
-                    "ledger rows"
-                )
-            );
-            Ok(())
+                .map_err(|error| format!("nothing was restored: {error}"));
+            let flushed = target_store.flush().await;
+            let report = report?;
+            flushed.map_err(|error| error.to_string())?;
+            Ok(report)
         });
-        // Opening the backup put it in write-ahead-log mode: it is left one
-        // file again, as it came.
-        let sealed = sms_credit_actors::adapters::sqlite::seal_file(
-            std::path::Path::new(&self.from),
-            std::time::Duration::from_secs(30),
+        let report = restored.map_err(|error| failed_fill(&filling, error))?;
+        drop(scratch);
+        if self.json {
+            let tables: serde_json::Map<String, Value> = report
+                .tables
+                .iter()
+                .map(|(table, rows)| (table.to_string(), json!(rows)))
+                .collect();
+            return print_json(&json!({
+                "from": backup.display().to_string(), "to": target.to_string(),
+                "tables": tables,
+                "accounts": report.target.accounts_checked,
+                "transactions": report.target.transactions_checked,
+                "verify": "clean"}));
+        }
+        say!(
+            "restored {} into {target}: {} and {}; verify is clean",
+            backup.display(),
+            counted(report.target.accounts_checked, "account", "accounts"),
+            counted(
+                report.target.transactions_checked,
+                "ledger row",
+                "ledger rows"
+            )
         );
-        restored?;
-        sealed.map_err(|error| format!("restored, but the backup file was left open: {error}"))
+        Ok(())
     }
 }

@@ -47,7 +47,7 @@ impl LiftCommand {
         if self.json {
             return print_json(&json!({"phone": phone.as_str(), "codes_lifted": lifted}));
         }
-        println!(
+        say!(
             "{}: sign-in limits lifted ({lifted} codes no longer count against it)",
             phone.as_str()
         );

@@ -11,6 +11,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::store::copy::CopyError;
 use crate::store::{Backend, Shared, Store, StoreError};
 
 /// Set by an adapter's transaction that inserted webhook events, taken by
@@ -38,7 +39,10 @@ impl DatabaseLocation {
     /// `postgres://…` or `postgresql://…` is Postgres; a file path,
     /// `sqlite://path` or `sqlite:path` (sqlx's spelling) is SQLite. Any
     /// other `scheme://` is refused, saying what is supported, rather than
-    /// made into a file of that name.
+    /// made into a file of that name; so are an SQLite URL's query string
+    /// (sqlx's `?mode=rwc`: this store takes no options, and SQLite would
+    /// make a file named with it) and SQLite's in-memory database (which
+    /// no other process, and no write-ahead log, can share).
     pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
         let text = text.trim();
         if text.is_empty() {
@@ -54,7 +58,14 @@ impl DatabaseLocation {
             if path.is_empty() {
                 return Err("names no SQLite file".to_string());
             }
-            return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
+            if let Some((_, query)) = path.split_once('?') {
+                return Err(format!(
+                    "'?{query}' is a query string, which this store does not take: name the \
+                     SQLite file alone (sqlite:path or sqlite://path); it is made if it does \
+                     not exist"
+                ));
+            }
+            return in_a_file(path);
         }
         if let Some((scheme, _)) = text.split_once("://") {
             let is_scheme = scheme.starts_with(|first: char| first.is_ascii_alphabetic())
@@ -68,7 +79,7 @@ impl DatabaseLocation {
                 ));
             }
         }
-        Ok(DatabaseLocation::Sqlite(PathBuf::from(text)))
+        in_a_file(text)
     }
 
     /// The SQLite file, for commands that only work on one.
@@ -78,6 +89,21 @@ impl DatabaseLocation {
             DatabaseLocation::Postgres(_) => None,
         }
     }
+}
+
+/// An SQLite database at `path`, which must be a file: the in-memory
+/// database (`:memory:`) lives and dies with one connection, and the store
+/// opens several, in several processes.
+fn in_a_file(path: &str) -> Result<DatabaseLocation, String> {
+    if path.starts_with(":memory:") || path.starts_with("file::memory:") {
+        return Err(
+            "is SQLite's in-memory database, which the store cannot use: the server, its \
+             commands and its write-ahead log share one database file; name a file instead \
+             (sqlite:path)"
+                .to_string(),
+        );
+    }
+    Ok(DatabaseLocation::Sqlite(PathBuf::from(path)))
 }
 
 impl fmt::Display for DatabaseLocation {
@@ -146,6 +172,10 @@ pub struct StoreSettings {
     pub max_batch: usize,
     /// How many reader threads (or connections) answer look-ups.
     pub readers: usize,
+    /// How long after its last heartbeat this process counts as gone to
+    /// the others (the server's `instance_timeout_secs`): said in its
+    /// name, so that each is judged by its own (`copy`'s check).
+    pub instance_timeout: Option<std::time::Duration>,
 }
 
 impl StoreSettings {
@@ -156,6 +186,7 @@ impl StoreSettings {
             checkpoints: Checkpoints::Server,
             max_batch: 8192,
             readers: 1,
+            instance_timeout: None,
         }
     }
 
@@ -168,7 +199,7 @@ impl StoreSettings {
 /// Opens (creating and migrating if needed, unless `if_missing` refuses)
 /// the database and starts the adapter's threads and connections.
 pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-    let shared = Shared::new()?;
+    let shared = Shared::new(settings.instance_timeout)?;
     let backend: Arc<dyn Backend> = match &settings.location {
         DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
             path,
@@ -196,4 +227,93 @@ pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
         DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
         DatabaseLocation::Postgres(url) => postgres::migrate(url),
     }
+}
+
+/// A database that a command fills with another's rows (`copy`'s target,
+/// `restore`'s), looked at before anything touches it: a target that holds
+/// data is refused then, before it is made or migrated, and what opening
+/// it made is taken away again if the fill fails ([`FillTarget::undo`]),
+/// so that a refused or failed fill leaves the target as it was.
+#[derive(Debug)]
+pub struct FillTarget {
+    location: DatabaseLocation,
+    /// What opening it would make, to take away after a failure.
+    made: Made,
+}
+
+#[derive(Debug)]
+enum Made {
+    /// An SQLite file (and its log) where there was none.
+    SqliteFile(PathBuf),
+    /// The tables of a Postgres database with no migration history: it
+    /// had these tables before (another program's, or none).
+    PostgresTables(Vec<String>),
+    /// An sms-credit database that exists already: it stays (empty, and
+    /// migrated to this release if it was of an earlier one).
+    Nothing,
+}
+
+impl FillTarget {
+    /// Looks at `location`, changing nothing; refuses it if a table that
+    /// copies fill holds rows.
+    pub fn look(location: &DatabaseLocation) -> Result<FillTarget, CopyError> {
+        let made = match location {
+            DatabaseLocation::Sqlite(path) => {
+                if let Some(table) = sqlite::table_holding_rows(path)? {
+                    return Err(CopyError::TargetNotEmpty(table));
+                }
+                if path.exists() {
+                    Made::Nothing
+                } else {
+                    Made::SqliteFile(path.clone())
+                }
+            }
+            DatabaseLocation::Postgres(url) => {
+                let before = postgres::look_before_filling(url)?;
+                if let Some(table) = before.holding_rows {
+                    return Err(CopyError::TargetNotEmpty(table));
+                }
+                if before.has_history {
+                    Made::Nothing
+                } else {
+                    Made::PostgresTables(before.tables)
+                }
+            }
+        };
+        Ok(FillTarget {
+            location: location.clone(),
+            made,
+        })
+    }
+
+    /// After a fill that failed, with the target's store closed: removes
+    /// the SQLite file it made, or drops the tables it made in a Postgres
+    /// database that had none of sms-credit's. Answers what it removed.
+    pub fn undo(&self) -> Result<Vec<String>, StoreError> {
+        match &self.made {
+            Made::SqliteFile(path) => {
+                let mut removed = Vec::new();
+                for suffix in ["", "-wal", "-shm", "-journal"] {
+                    let mut file = path.as_os_str().to_owned();
+                    file.push(suffix);
+                    if std::fs::remove_file(&file).is_ok() {
+                        removed.push(Path::new(&file).display().to_string());
+                    }
+                }
+                Ok(removed)
+            }
+            Made::PostgresTables(before) => match &self.location {
+                DatabaseLocation::Postgres(url) => postgres::drop_tables_made(url, before.clone()),
+                DatabaseLocation::Sqlite(_) => Ok(Vec::new()),
+            },
+            Made::Nothing => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Refuses a file that is not an sms-credit SQLite database (an empty
+/// file, another program's database, a newer release's), reading it only:
+/// what `restore` takes as a backup.
+pub fn check_backup_file(path: &Path) -> Result<(), String> {
+    sqlite::check_made_by_sms_credit(path)
 }

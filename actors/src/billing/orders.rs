@@ -88,7 +88,17 @@ pub struct Order {
     #[serde(rename = "amount_refunded_micros")]
     pub amount_refunded: Money,
     pub status: OrderStatus,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
+    #[serde(
+        rename = "completed_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub completed_at_ms: Option<i64>,
 }
 

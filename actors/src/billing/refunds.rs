@@ -67,6 +67,11 @@ pub struct RefundRequest {
     pub reason: String,
     pub status: RefundStatus,
     pub stripe_refund_id: Option<String>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 

@@ -1,8 +1,11 @@
 //! `sms-credit copy`: every row of one store into another that holds no
 //! data yet (the way a user moves from the embedded SQLite file to Postgres,
 //! or back). The source is read a page at a time in key order; the target
-//! takes every page in one transaction, so a copy that fails leaves it
-//! empty. Both sides are verified afterwards and the row counts compared.
+//! takes every page in one transaction, and commits it only when the export
+//! says it read every table to its end ([`CopyMessage::Finished`]), as many
+//! rows of each arrived, and the target's verify, run inside that
+//! transaction, is clean and agrees with the source's: a copy that fails
+//! anywhere leaves the target empty.
 //!
 //! The tables and their columns are listed here once; both schemas have
 //! them with the same names and values (times in Unix milliseconds, money in
@@ -508,6 +511,35 @@ pub struct Page {
     pub rows: Vec<CopyRow>,
 }
 
+/// What the export hands the import.
+#[derive(Debug)]
+pub enum CopyMessage {
+    /// Rows of one table, in key order.
+    Page(Page),
+    /// The last word: every table was read to its end. Without it (the
+    /// export failed and hung up) the import writes nothing.
+    Finished(Finished),
+}
+
+/// What the export read, for the import to check before it commits.
+#[derive(Debug)]
+pub struct Finished {
+    /// Each table's row count.
+    pub tables: Vec<(&'static str, u64)>,
+    /// The source's verify report, when the target must agree with it
+    /// (a copy, a restore; a backup's snapshot is read while writers go on,
+    /// so its caller checks the file alone).
+    pub source: Option<VerifyReport>,
+}
+
+/// What the import committed: each table's row count, and the target's
+/// verify report, read in the transaction that committed them.
+#[derive(Debug)]
+pub struct Imported {
+    pub tables: Vec<(&'static str, u64)>,
+    pub target: VerifyReport,
+}
+
 /// Rows read from the source at a time.
 pub const PAGE_ROWS: i64 = 1_000;
 
@@ -516,13 +548,15 @@ pub const PAGE_ROWS: i64 = 1_000;
 pub enum CopyError {
     #[error("the target already holds data (table {0}); copy only into a database with none")]
     TargetNotEmpty(&'static str),
-    #[error("{}", source_in_use(.instances, *.now_ms, *.timeout_ms))]
+    #[error("{}", source_in_use(.instances, *.now_ms, *.fallback_timeout_ms))]
     SourceInUse {
-        /// Each instance's id and its last heartbeat.
-        instances: Vec<(String, i64)>,
+        /// Each running instance: its id, its last heartbeat, and how long
+        /// after it the instance counts as gone (its own timeout).
+        instances: Vec<RunningInstance>,
         now_ms: i64,
-        /// How long after its last heartbeat an instance counts as gone.
-        timeout_ms: i64,
+        /// The timeout `copy` judged an instance that does not say its own
+        /// by (an earlier release's): copy's own setting.
+        fallback_timeout_ms: i64,
     },
     #[error(
         "table {table}: {exported} rows read from the source but {imported} written to the target"
@@ -536,6 +570,10 @@ pub enum CopyError {
     NotClean { side: &'static str, problems: usize },
     #[error("the two sides differ after the copy: {0}")]
     Differs(String),
+    /// The export hung up before it had read every table (its own error
+    /// says why): nothing was written.
+    #[error("the source was not read to its end; nothing was written to the target")]
+    Unfinished,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -548,58 +586,91 @@ pub struct CopyReport {
     pub target: VerifyReport,
 }
 
+/// An instance that beats a heartbeat on a copy's source.
+#[derive(Debug, Clone)]
+pub struct RunningInstance {
+    pub id: String,
+    pub heartbeat_ms: i64,
+    /// How long after its heartbeat it counts as gone: its own
+    /// `instance_timeout_secs`, as its name says; `None` when it does not
+    /// say (an earlier release's), and copy's own was used.
+    pub own_timeout_ms: Option<i64>,
+}
+
 /// Why a copy waits: who beats a heartbeat on the source, since when, and
 /// when each counts as gone, so that an operator after a crash knows it is
 /// a stale heartbeat, how long it lasts and what governs it.
-fn source_in_use(instances: &[(String, i64)], now_ms: i64, timeout_ms: i64) -> String {
+fn source_in_use(instances: &[RunningInstance], now_ms: i64, fallback_timeout_ms: i64) -> String {
     let seconds = |ms: i64| (ms.max(0) + 999) / 1_000;
+    let gone_at = |instance: &RunningInstance| {
+        instance
+            .heartbeat_ms
+            .saturating_add(instance.own_timeout_ms.unwrap_or(fallback_timeout_ms))
+    };
     let listed: Vec<String> = instances
         .iter()
-        .map(|(id, beat_ms)| {
+        .map(|instance| {
+            let timeout = match instance.own_timeout_ms {
+                Some(timeout) => format!("its instance_timeout_secs is {} s", timeout / 1_000),
+                None => format!(
+                    "an earlier release's, which does not say its timeout: copy's own, {} s",
+                    fallback_timeout_ms / 1_000
+                ),
+            };
             format!(
-                "{id} (last heartbeat {} s ago, at {}; counts as running for {} s more)",
-                now_ms.saturating_sub(*beat_ms).max(0) / 1_000,
-                crate::clock::format_rfc3339_ms(*beat_ms),
-                seconds(beat_ms.saturating_add(timeout_ms).saturating_sub(now_ms)),
+                "{} (last heartbeat {} s ago, at {}; {timeout}; counts as running for {} s more)",
+                instance.id,
+                now_ms.saturating_sub(instance.heartbeat_ms).max(0) / 1_000,
+                crate::clock::format_rfc3339_ms(instance.heartbeat_ms),
+                seconds(gone_at(instance).saturating_sub(now_ms)),
             )
         })
         .collect();
-    let clears_at = instances
-        .iter()
-        .map(|(_, beat_ms)| beat_ms.saturating_add(timeout_ms))
-        .max()
-        .unwrap_or(now_ms);
+    let clears_at = instances.iter().map(gone_at).max().unwrap_or(now_ms);
     format!(
         "instances are running on the source: {}. Stop them first, so that nothing changes \
          during the copy. If they are stopped already (a crash leaves its heartbeat behind), \
-         each counts as gone {} s after its last heartbeat (instance_timeout_secs, \
-         SMS_CREDIT_INSTANCE_TIMEOUT_SECS): copy again at {} (in {} s)",
+         each counts as gone once its own instance_timeout_secs \
+         (SMS_CREDIT_INSTANCE_TIMEOUT_SECS, the setting it was started with) has passed since \
+         its last heartbeat: copy again at {} (in {} s)",
         listed.join(", "),
-        timeout_ms / 1_000,
         crate::clock::format_rfc3339_ms(clears_at),
         seconds(clears_at.saturating_sub(now_ms)),
     )
 }
 
-/// Refuses a source that instances are using: one whose heartbeat is less
-/// than `timeout_ms` old (the servers' own rule for an instance that is
-/// gone). Reads the source only.
+/// Refuses a source that instances are using: one whose heartbeat is
+/// younger than its own timeout (the servers' rule for an instance that is
+/// gone, by the instance's own `instance_timeout_secs`, which its name
+/// carries; `fallback_timeout_ms` for one that does not say). Reads the
+/// source only.
 pub async fn check_source_stopped(
     source: &Store,
     now_ms: i64,
-    timeout_ms: i64,
+    fallback_timeout_ms: i64,
 ) -> Result<(), CopyError> {
-    let running = source
+    let running: Vec<RunningInstance> = source
         .instances()
-        .alive(now_ms.saturating_sub(timeout_ms))
-        .await?;
+        .alive(i64::MIN)
+        .await?
+        .into_iter()
+        .map(|(id, heartbeat_ms)| RunningInstance {
+            own_timeout_ms: super::instance_timeout_of(&id),
+            id,
+            heartbeat_ms,
+        })
+        .filter(|instance| {
+            let timeout = instance.own_timeout_ms.unwrap_or(fallback_timeout_ms);
+            instance.heartbeat_ms >= now_ms.saturating_sub(timeout)
+        })
+        .collect();
     if running.is_empty() {
         return Ok(());
     }
     Err(CopyError::SourceInUse {
         instances: running,
         now_ms,
-        timeout_ms,
+        fallback_timeout_ms,
     })
 }
 
@@ -618,11 +689,21 @@ pub async fn copy(
 
 /// Copies every row of `source` (which nothing writes to meanwhile: a
 /// stopped database, or a backup file) into `target` (which must hold no
-/// data), then verifies both and compares them. `sms-credit restore` is
-/// this, from a backup file.
+/// data): the source is verified first (one that is not clean is refused
+/// before a row is written), and the target commits only once every row is
+/// in and its verify agrees. `sms-credit restore` is this, from a backup
+/// file.
 pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, CopyError> {
-    let (pages, receiver) = mpsc::channel::<Page>(4);
+    let source_report = source.ledger().verify().await?;
+    if !source_report.is_clean() {
+        return Err(CopyError::NotClean {
+            side: "source",
+            problems: source_report.problems.len(),
+        });
+    }
+    let (pages, receiver) = mpsc::channel::<CopyMessage>(4);
     let import = target.copying().import(receiver);
+    let expected = source_report.clone();
     let export = async move {
         let mut counts = Vec::new();
         for table in TABLES {
@@ -636,7 +717,12 @@ pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, Cop
                 let full = rows.len() as i64 == PAGE_ROWS;
                 count += rows.len() as u64;
                 after = rows.last().map(|row| table.key_of(row));
-                if !rows.is_empty() && pages.send(Page { table, rows }).await.is_err() {
+                if !rows.is_empty()
+                    && pages
+                        .send(CopyMessage::Page(Page { table, rows }))
+                        .await
+                        .is_err()
+                {
                     // The target stopped taking pages: its error says why.
                     return Ok(counts);
                 }
@@ -646,62 +732,85 @@ pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, Cop
             }
             counts.push((table.name, count));
         }
+        finish(&pages, &counts, Some(expected)).await;
         Ok::<_, CopyError>(counts)
     };
     let (exported, imported) = futures_util::join!(export, import);
-    let imported = imported?;
+    // The export's error is the cause of the import's `Unfinished`.
     let exported = exported?;
-    same_counts(&exported, &imported)?;
-
-    let source_report = source.ledger().verify().await?;
-    let target_report = target.ledger().verify().await?;
-    for (side, report) in [("source", &source_report), ("target", &target_report)] {
-        if !report.is_clean() {
-            return Err(CopyError::NotClean {
-                side,
-                problems: report.problems.len(),
-            });
-        }
-    }
-    if (
-        source_report.accounts_checked,
-        source_report.transactions_checked,
-    ) != (
-        target_report.accounts_checked,
-        target_report.transactions_checked,
-    ) {
-        return Err(CopyError::Differs(format!(
-            "{} accounts and {} transactions on the source, {} and {} on the target",
-            source_report.accounts_checked,
-            source_report.transactions_checked,
-            target_report.accounts_checked,
-            target_report.transactions_checked
-        )));
-    }
+    let imported = imported?;
     Ok(CopyReport {
         tables: exported,
         source: source_report,
-        target: target_report,
+        target: imported.target,
     })
+}
+
+/// Tells the import that the export read everything (it may commit). An
+/// import that has stopped already has its own error to tell.
+async fn finish(
+    pages: &mpsc::Sender<CopyMessage>,
+    counts: &[(&'static str, u64)],
+    source: Option<VerifyReport>,
+) {
+    let _ = pages
+        .send(CopyMessage::Finished(Finished {
+            tables: counts.to_vec(),
+            source,
+        }))
+        .await;
 }
 
 /// Copies one moment of `source`, which writers may be writing to, into
 /// `target` (which must hold no data): every row read in one transaction
-/// ([`super::CopyStore::export_snapshot`]), written in one. Answers each
-/// table's row count; the caller verifies the target.
+/// ([`super::CopyStore::export_snapshot`]), written in one that commits only
+/// once the snapshot was read to its end and the target's verify is clean.
+/// Answers each table's row count.
 pub async fn copy_snapshot(
     source: &Store,
     target: &Store,
 ) -> Result<Vec<(&'static str, u64)>, CopyError> {
-    let (pages, receiver) = mpsc::channel::<Page>(4);
-    let (exported, imported) = futures_util::join!(
-        source.copying().export_snapshot(pages),
-        target.copying().import(receiver)
-    );
-    let imported = imported?;
+    let (pages, receiver) = mpsc::channel::<CopyMessage>(4);
+    let export = async move {
+        let counts = source.copying().export_snapshot(pages.clone()).await?;
+        finish(&pages, &counts, None).await;
+        Ok::<_, CopyError>(counts)
+    };
+    let (exported, imported) = futures_util::join!(export, target.copying().import(receiver));
     let exported = exported?;
-    same_counts(&exported, &imported)?;
+    imported?;
     Ok(exported)
+}
+
+/// What an import checks, in its transaction, before it commits: as many
+/// rows of each table as the export read, and a target whose verify is
+/// clean and counts what the source's did. Shared by the adapters.
+pub fn check_import(
+    finished: &Finished,
+    imported: &[(&'static str, u64)],
+    target: &VerifyReport,
+) -> Result<(), CopyError> {
+    same_counts(&finished.tables, imported)?;
+    if !target.is_clean() {
+        return Err(CopyError::NotClean {
+            side: "target",
+            problems: target.problems.len(),
+        });
+    }
+    if let Some(source) = &finished.source {
+        if (source.accounts_checked, source.transactions_checked)
+            != (target.accounts_checked, target.transactions_checked)
+        {
+            return Err(CopyError::Differs(format!(
+                "{} accounts and {} transactions on the source, {} and {} on the target",
+                source.accounts_checked,
+                source.transactions_checked,
+                target.accounts_checked,
+                target.transactions_checked
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every table exported arrived whole: as many rows imported as exported

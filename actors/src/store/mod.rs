@@ -300,12 +300,42 @@ pub(crate) struct Shared {
     next_generation: AtomicU64,
 }
 
+/// This process's name among those sharing the database: random, and
+/// ending with how long after its last heartbeat it counts as gone
+/// (`3f9a…-200000ms`), so that another process judges it by its own
+/// timeout rather than the judge's ([`instance_timeout_of`]). The name is
+/// the `instances` row's id, where the heartbeat is written: the timeout
+/// travels with the heartbeat without a column of its own.
+fn instance_name(random: &str, instance_timeout: Option<std::time::Duration>) -> String {
+    match instance_timeout {
+        Some(timeout) => format!("{random}-{}ms", crate::clock::millis(timeout)),
+        None => random.to_string(),
+    }
+}
+
+/// How long after its last heartbeat the instance named `instance_id`
+/// counts as gone, as it said when it started ([`instance_name`]); `None`
+/// for a name that does not say (an earlier release's instance).
+pub fn instance_timeout_of(instance_id: &str) -> Option<i64> {
+    let (_, timeout) = instance_id.rsplit_once('-')?;
+    timeout
+        .strip_suffix("ms")?
+        .parse::<i64>()
+        .ok()
+        .filter(|timeout| *timeout > 0)
+}
+
 impl Shared {
-    pub(crate) fn new() -> Result<Arc<Shared>, StoreError> {
+    /// What every adapter shares; `instance_timeout` (the server's
+    /// `instance_timeout_secs`) goes into this process's name, see
+    /// [`instance_timeout_of`].
+    pub(crate) fn new(
+        instance_timeout: Option<std::time::Duration>,
+    ) -> Result<Arc<Shared>, StoreError> {
         let (moved, moved_receiver) = mpsc::unbounded_channel();
         let (auto_top_up_changed, auto_top_up_receiver) = mpsc::unbounded_channel();
         Ok(Arc::new(Shared {
-            origin: crate::random::random_secret("")?[..16].to_string(),
+            origin: instance_name(&crate::random::random_secret("")?[..16], instance_timeout),
             moved,
             moved_receiver: Mutex::new(Some(moved_receiver)),
             auto_top_up_changed,

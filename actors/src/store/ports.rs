@@ -42,7 +42,7 @@ use crate::webhooks::{
 };
 
 use super::backup::BackupRecord;
-use super::copy::{CopyError, CopyRow, Page, Table};
+use super::copy::{CopyError, CopyMessage, CopyRow, Imported, Table};
 use super::{CreateAccountError, LedgerWrite, StoreError};
 
 /// What every operation returns: a future that owns what it needs, so it
@@ -676,18 +676,21 @@ pub trait CopyStore: Send + Sync {
         limit: i64,
     ) -> StoreFuture<Vec<CopyRow>>;
     /// Checks that this store holds no data, then writes every page it
-    /// receives, all in one transaction; answers each table's row count.
+    /// receives, all in one transaction, which commits only when the export
+    /// says it finished and [`super::copy::check_import`] passes on what
+    /// the transaction holds (its verify read inside it); without the
+    /// export's last word, or with a check that fails, nothing is written.
     fn import(
         &self,
-        pages: tokio::sync::mpsc::Receiver<Page>,
-    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
+        pages: tokio::sync::mpsc::Receiver<CopyMessage>,
+    ) -> StoreFuture<Imported, CopyError>;
     /// Every row of every copied table as one moment of the database (one
     /// read transaction: SQLite's read snapshot, Postgres' `REPEATABLE
     /// READ`), handed over a page at a time while writers go on; answers
-    /// each table's row count.
+    /// each table's row count (the caller sends the last word).
     fn export_snapshot(
         &self,
-        pages: tokio::sync::mpsc::Sender<Page>,
+        pages: tokio::sync::mpsc::Sender<CopyMessage>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
     /// Writes one moment of the whole database into a new SQLite file at
     /// `path` with the database's own means, beside the writers, and

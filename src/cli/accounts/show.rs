@@ -48,7 +48,7 @@ impl ShowCommand {
                 &json!({"account": AccountView::from(&account), "transactions": transactions}),
             );
         }
-        println!(
+        say!(
             "account {} {} ({}) balance {} seq {}",
             account.id,
             account.phone,
@@ -57,7 +57,7 @@ impl ShowCommand {
             account.seq
         );
         for entry in entries.iter().rev() {
-            println!(
+            say!(
                 "  #{:<6} {} {:<10} {:>14} -> {:>14}  {}  [{}]",
                 entry.seq,
                 format_rfc3339_ms(entry.created_at_ms),

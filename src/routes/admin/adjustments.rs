@@ -52,14 +52,37 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
     let request = body.into_inner();
-    let reason = request.reason.trim();
+    let adjustment = checked(
+        Money::from_micros(request.amount_micros),
+        state.settings.access.max_adjustment,
+        &request.reason,
+        request.description.as_deref(),
+        &request.idempotency_key,
+    )?;
+    let receipt = state.registry.send(account_id, adjustment).await?;
+    Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))
+}
+
+/// An adjustment as the operator asks for it, checked by the same rules
+/// whichever door it comes through (this API, `accounts adjust`): a reason
+/// of 1 to 500 characters and a description, when given, of 1 to 500, both
+/// trimmed; an amount within this server's limit either way; a key of the
+/// caller's own.
+pub fn checked(
+    amount: Money,
+    limit: Money,
+    reason: &str,
+    description: Option<&str>,
+    idempotency_key: &str,
+) -> Result<Adjust, ApiError> {
+    let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::invalid(
             "invalid_reason",
             "a reason of 1 to 500 characters is required",
         ));
     }
-    let description = match request.description.as_deref().map(str::trim) {
+    let description = match description.map(str::trim) {
         None => None,
         Some(text) if text.is_empty() || text.chars().count() > MAX_REASON_CHARS => {
             return Err(ApiError::invalid(
@@ -69,23 +92,20 @@ pub async fn create(
         }
         Some(text) => Some(text.to_string()),
     };
-    let limit = state.settings.access.max_adjustment;
-    if request.amount_micros.unsigned_abs() > limit.micros().unsigned_abs() {
+    if amount.micros().unsigned_abs() > limit.micros().unsigned_abs() {
         return Err(ApiError::invalid(
             "adjustment_too_large",
             format!("an adjustment may be at most {limit} either way (this server's limit)"),
         ));
     }
-    let idempotency_key = IdempotencyKey::from_caller(&request.idempotency_key)
+    let idempotency_key = IdempotencyKey::from_caller(idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
-    let adjustment = Adjust {
-        amount: Money::from_micros(request.amount_micros),
+    Ok(Adjust {
+        amount,
         idempotency_key,
         reason: reason.to_string(),
         description,
-    };
-    let receipt = state.registry.send(account_id, adjustment).await?;
-    Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))
+    })
 }
 
 impl AdjustmentResponse {

@@ -11,7 +11,8 @@ use tokio_postgres::{GenericClient, Row};
 use super::{boxed, PostgresStore};
 use crate::store::backup::BackupRecord;
 use crate::store::copy::{
-    ColumnType, CopyError, CopyRow, CopyValue, Page, Table, PAGE_ROWS, TABLES,
+    check_import, ColumnType, CopyError, CopyMessage, CopyRow, CopyValue, Imported, Page, Table,
+    PAGE_ROWS, TABLES,
 };
 use crate::store::{BackupStore, CopyStore, StoreError, StoreFuture};
 
@@ -156,6 +157,102 @@ async fn select_page(
     rows.iter().map(|row| read_row(table, row)).collect()
 }
 
+/// What a Postgres database holds before a copy fills it, read without
+/// changing it: whether it has a migration history (an sms-credit
+/// database), the tables of its schema, and the first copied table that
+/// holds rows (among those it has: an earlier release lacks some).
+pub(crate) struct Before {
+    pub(crate) has_history: bool,
+    pub(crate) tables: Vec<String>,
+    pub(crate) holding_rows: Option<&'static str>,
+}
+
+/// The tables in the connection's schema.
+async fn schema_tables(client: &tokio_postgres::Client) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+             ORDER BY tablename",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get(0).map_err(StoreError::from))
+        .collect()
+}
+
+/// See [`Before`].
+pub(crate) fn look_before_filling(url: &super::PostgresUrl) -> Result<Before, StoreError> {
+    let (runtime, stop) = super::start_runtime()?;
+    let connector = super::Connector::new(url, runtime.clone())?;
+    let before = super::block_on(&runtime, async move {
+        let client = connector.connect(None).await?;
+        let has_history = super::migrations::has_history(&client).await?;
+        let tables = schema_tables(&client).await?;
+        let mut holding_rows = None;
+        for table in TABLES.iter().filter(|table| !table.seeded) {
+            if !tables.iter().any(|name| name == table.name) {
+                continue;
+            }
+            let holds_rows: bool = client
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {})", table.name),
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            if holds_rows {
+                holding_rows = Some(table.name);
+                break;
+            }
+        }
+        Ok(Before {
+            has_history,
+            tables,
+            holding_rows,
+        })
+    });
+    drop(stop);
+    before
+}
+
+/// Drops, in one transaction, every table of the schema that is not among
+/// `before` (what opening and migrating made for a fill that failed);
+/// answers their names.
+pub(crate) fn drop_tables_made(
+    url: &super::PostgresUrl,
+    before: Vec<String>,
+) -> Result<Vec<String>, StoreError> {
+    let (runtime, stop) = super::start_runtime()?;
+    let connector = super::Connector::new(url, runtime.clone())?;
+    let dropped = super::block_on(&runtime, async move {
+        let mut client = connector.connect(None).await?;
+        let made: Vec<String> = schema_tables(&client)
+            .await?
+            .into_iter()
+            .filter(|name| !before.contains(name))
+            .collect();
+        if made.is_empty() {
+            return Ok(made);
+        }
+        let transaction = client.transaction().await?;
+        let quoted: Vec<String> = made
+            .iter()
+            .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
+            .collect();
+        transaction
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {} CASCADE",
+                quoted.join(", ")
+            ))
+            .await?;
+        transaction.commit().await?;
+        Ok(made)
+    });
+    drop(stop);
+    dropped
+}
+
 impl CopyStore for PostgresStore {
     fn export_page(
         &self,
@@ -168,10 +265,7 @@ impl CopyStore for PostgresStore {
         })
     }
 
-    fn import(
-        &self,
-        mut pages: mpsc::Receiver<Page>,
-    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
+    fn import(&self, mut pages: mpsc::Receiver<CopyMessage>) -> StoreFuture<Imported, CopyError> {
         let connector = self.readers.connector.clone();
         Box::pin(async move {
             let mut client = connector.connect(None).await?;
@@ -191,7 +285,14 @@ impl CopyStore for PostgresStore {
                 }
             }
             let mut counts: Vec<(&'static str, u64)> = Vec::new();
-            while let Some(page) = pages.recv().await {
+            // Without the export's last word the transaction is dropped,
+            // and with it every row written.
+            let finished = loop {
+                let page = match pages.recv().await {
+                    Some(CopyMessage::Page(page)) => page,
+                    Some(CopyMessage::Finished(finished)) => break finished,
+                    None => return Err(CopyError::Unfinished),
+                };
                 let table = page.table;
                 let index = match counts.iter().position(|(name, _)| *name == table.name) {
                     Some(index) => index,
@@ -209,7 +310,7 @@ impl CopyStore for PostgresStore {
                 };
                 insert(&transaction, table, &page.rows).await?;
                 counts[index].1 += page.rows.len() as u64;
-            }
+            };
             for table in TABLES.iter().filter(|table| table.has_id_sequence) {
                 transaction
                     .execute(
@@ -224,14 +325,19 @@ impl CopyStore for PostgresStore {
                     .await
                     .map_err(StoreError::from)?;
             }
+            let target = super::ledger::verify_in(&transaction).await?;
+            check_import(&finished, &counts, &target)?;
             transaction.commit().await.map_err(StoreError::from)?;
-            Ok(counts)
+            Ok(Imported {
+                tables: counts,
+                target,
+            })
         })
     }
 
     fn export_snapshot(
         &self,
-        pages: mpsc::Sender<Page>,
+        pages: mpsc::Sender<CopyMessage>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
         // One repeatable-read transaction on a connection of its own: every
         // page is read from the moment of its first statement, whatever the
@@ -255,7 +361,12 @@ impl CopyStore for PostgresStore {
                     let full = rows.len() as i64 == PAGE_ROWS;
                     count += rows.len() as u64;
                     after = rows.last().map(|row| table.key_of(row));
-                    if !rows.is_empty() && pages.send(Page { table, rows }).await.is_err() {
+                    if !rows.is_empty()
+                        && pages
+                            .send(CopyMessage::Page(Page { table, rows }))
+                            .await
+                            .is_err()
+                    {
                         // The target stopped taking pages: its error says why.
                         return Ok(counts);
                     }

@@ -107,6 +107,16 @@ async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
         .read_only(true)
         .start()
         .await?;
+    let report = verify_in(&transaction).await?;
+    transaction.commit().await?;
+    Ok(report)
+}
+
+/// [`verify`] inside a transaction the caller holds (a copy's import
+/// checks what it wrote before it commits).
+pub(super) async fn verify_in(
+    transaction: &tokio_postgres::Transaction<'_>,
+) -> Result<VerifyReport, StoreError> {
     let mut verifier = Verifier::new();
     let rows = transaction
         .query_raw(
@@ -143,7 +153,6 @@ async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
         let seq: Option<i64> = row.try_get(2)?;
         verifier.account_without_rows(AccountId(row.try_get(0)?), balance.zip(seq));
     }
-    transaction.commit().await?;
     Ok(verifier.finish())
 }
 

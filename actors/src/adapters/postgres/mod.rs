@@ -27,6 +27,8 @@ mod sign_in;
 mod webhooks;
 mod writer;
 
+pub(crate) use copy::{drop_tables_made, look_before_filling};
+
 use std::any::Any;
 use std::fmt;
 use std::future::Future;

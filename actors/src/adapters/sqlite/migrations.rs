@@ -224,6 +224,14 @@ fn adopt_legacy_history(
     Ok(())
 }
 
+/// Whether `version` and `name` are one of this release's migrations, as
+/// refinery records it (`V{version}__{name}`).
+pub(super) fn is_ours(version: i64, name: &str) -> bool {
+    MIGRATIONS
+        .iter()
+        .any(|(ours, _)| *ours == format!("V{version}__{name}"))
+}
+
 /// The migrations recorded in a database, oldest first: version and name.
 pub fn applied_migrations(connection: &Connection) -> Result<Vec<(i64, String)>, StoreError> {
     let mut statement = connection.prepare(&format!(

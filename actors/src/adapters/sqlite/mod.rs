@@ -29,6 +29,8 @@ mod watcher;
 mod webhooks;
 mod writer;
 
+pub(crate) use copy::{check_made_by_sms_credit, table_holding_rows};
+
 use std::any::Any;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -572,7 +574,7 @@ mod tests {
                 checkpoints,
                 64,
                 1,
-                Shared::new().unwrap(),
+                Shared::new(None).unwrap(),
             )
             .unwrap();
             let autocheckpoint: i64 = runtime

@@ -939,3 +939,66 @@ async fn an_ipv6_client_is_counted_by_its_64() {
         through_the_proxy(&app, &[("X-Forwarded-For", "2001:db8:7:9::1".to_string())]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "another /64");
 }
+
+/// An IPv6 address that carries an IPv4 one is counted as that IPv4
+/// address: NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) by the
+/// address inside, 6to4 (2002::/16) by its site's address (all its /64s
+/// one client), Teredo by the client's address it hides. So two IPv4
+/// clients behind one NAT64 gateway are two clients, not one /64, and a
+/// 6to4 site cannot rotate its /64s.
+#[actix_rt::test]
+async fn an_ipv6_address_that_carries_an_ipv4_one_is_counted_as_that_one() {
+    let spawn = || async {
+        let directory = crate::helpers::fresh_directory();
+        let mut settings = crate::helpers::test_settings(&directory);
+        settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        TestApp::spawn_with(directory, settings).await
+    };
+    let from = |client: &str| vec![("X-Forwarded-For", client.to_string())];
+
+    let app = spawn().await;
+    for attempt in 0..20 {
+        let status = through_the_proxy(&app, &from("64:ff9b::198.51.100.1")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    assert_eq!(
+        through_the_proxy(&app, &from("64:ff9b::198.51.100.2")).await,
+        StatusCode::UNAUTHORIZED,
+        "another IPv4 client behind the NAT64 gateway is another client"
+    );
+    for same in ["64:ff9b::198.51.100.1", "198.51.100.1", "::198.51.100.1"] {
+        assert_eq!(
+            through_the_proxy(&app, &from(same)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{same} is the client that guessed"
+        );
+    }
+
+    let app = spawn().await;
+    assert!(
+        counted_as_one(&app, |index| from(&format!("2002:c633:6403:{index:x}::1"))).await,
+        "a 6to4 site's /64s are one client"
+    );
+    // Teredo: the client's address is the last 32 bits, inverted
+    // (198.51.100.4 is 39cc:9bfb), whatever its port.
+    let app = spawn().await;
+    assert!(
+        counted_as_one(&app, |index| {
+            if index % 2 == 0 {
+                from("198.51.100.4")
+            } else {
+                from(&format!(
+                    "2001:0:4136:e378:8000:{:x}:39cc:9bfb",
+                    0x63bf + index
+                ))
+            }
+        })
+        .await,
+        "a Teredo client is the IPv4 address it hides"
+    );
+    assert_eq!(
+        through_the_proxy(&app, &from("2001:0:4136:e378:8000:63bf:39cc:9bfa")).await,
+        StatusCode::UNAUTHORIZED,
+        "another Teredo client of the same relay is another client"
+    );
+}

@@ -1002,3 +1002,116 @@ async fn an_ipv6_address_that_carries_an_ipv4_one_is_counted_as_that_one() {
         "another Teredo client of the same relay is another client"
     );
 }
+
+/// A sign-up token for `phone`, got as a stranger gets one: a texted code,
+/// then `POST /v1/sign-in`.
+async fn sign_up_token(app: &TestApp, twilio: &FakeTwilio, phone: &str) -> String {
+    let (status, answer) = app
+        .request(
+            "POST",
+            "/v1/sign-in/code",
+            None,
+            Some(json!({ "phone": phone })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let code = crate::sign_in::code_sent_to(twilio, phone).await;
+    let (status, signed_up) = app
+        .request(
+            "POST",
+            "/v1/sign-in",
+            None,
+            Some(json!({ "phone": phone, "code": code })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{signed_up}");
+    signed_up["sign_up_token"].as_str().unwrap().to_string()
+}
+
+/// An anonymous caller with a real sign-up token gets one answer for a
+/// discount code that does not exist, one that is inactive and one used
+/// up, so it learns nothing of which codes exist; each is a wrong guess in
+/// the one limiter, so the 21st in a minute is `429`. Nothing is made.
+#[actix_rt::test]
+async fn wrong_discount_codes_are_answered_alike_and_counted_as_guesses() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let app = TestApp::spawn_with(directory, settings).await;
+    for (code, max_uses) in [("PAUSED", 5), ("SPENT", 1)] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                "/v1/admin/discount-codes",
+                Some(ADMIN_TOKEN),
+                Some(json!({"code": code, "type": "percent", "percent": 10, "max_uses": max_uses})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let (status, answer) = app
+        .request(
+            "PATCH",
+            "/v1/admin/discount-codes/PAUSED",
+            Some(ADMIN_TOKEN),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    // The host application uses SPENT's one use.
+    let (status, answer) = app
+        .request(
+            "POST",
+            "/v1/checkout/access",
+            Some(API_KEY),
+            Some(json!({"phone": "+14155553960", "email": "a@example.com", "discount_code": "SPENT"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let sessions = stripe.requests("/v1/checkout/sessions").len();
+
+    let phone = "+14155553961";
+    let token = sign_up_token(&app, &twilio, phone).await;
+    let with_code = |code: &str| {
+        app.request(
+            "POST",
+            "/v1/checkout/access",
+            None,
+            Some(json!({"phone": phone, "email": "b@example.com", "sign_up_token": token, "discount_code": code})),
+        )
+    };
+    let mut answers = Vec::new();
+    for code in ["NOPE", "PAUSED", "SPENT"] {
+        answers.push(with_code(code).await);
+    }
+    let (status, answer) = &answers[0];
+    assert_eq!(*status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "discount_code_unusable",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["error"]["message"], "this discount code cannot be used",
+        "{answer}"
+    );
+    assert!(
+        answers.iter().all(|other| other == &answers[0]),
+        "one answer for unknown, inactive and used-up codes: {answers:?}"
+    );
+    for guess in 4..=20 {
+        let (status, answer) = with_code(&format!("NOPE{guess}")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "guess {guess}: {answer}");
+    }
+    let (status, answer) = with_code("NOPE21").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_attempts");
+    assert_eq!(
+        stripe.requests("/v1/checkout/sessions").len(),
+        sessions,
+        "no Checkout was opened for a wrong code"
+    );
+}

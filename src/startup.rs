@@ -161,6 +161,11 @@ fn billing_settings(settings: &Settings, stripe: &StripeSettings) -> BillingSett
 /// How often Twilio's prices of sent messages are looked up.
 const PRICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Sign-in codes texted at once, after their answers (each instance): a
+/// burst of requests waits its turn rather than opening as many calls to
+/// Twilio.
+const CODE_TEXTS_AT_ONCE: usize = 16;
+
 /// How often queued notices are looked at when no commit says there are new ones.
 const NOTICE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -577,6 +582,7 @@ impl Application {
             clock: Arc::clone(&clock),
             http_metrics: Arc::new(HttpMetrics::new()),
             sign_in_codes: Arc::new(crate::telemetry::SignInCodeCounts::default()),
+            code_texts: Arc::new(tokio::sync::Semaphore::new(CODE_TEXTS_AT_ONCE)),
             webhook_metrics: Arc::default(),
             limits,
             feed_slots: Arc::default(),

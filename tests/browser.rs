@@ -828,7 +828,7 @@ impl Page {
         .await;
         self.wait_for("!document.getElementById('code-form').hidden", json!(true))
             .await;
-        let code = crate::sign_in::code_sent_to(twilio, phone);
+        let code = crate::sign_in::code_sent_to(twilio, phone).await;
         self.eval(&format!(
             "document.getElementById('code').value = '{code}'; document.getElementById('code-button').click(); true"
         ))

@@ -4,6 +4,12 @@
 //! caller may buy access for that phone. Codes, their wrong attempts and
 //! the limits on asking for them live in the store, so every instance
 //! shares them; codes and tokens are kept only as hashes.
+//!
+//! What a stranger who knows a customer's phone does is counted against
+//! the stranger's address, not the customer: codes asked for are counted
+//! per asking address (plus a higher total per phone), a new code leaves
+//! the other addresses' live ones alone, and wrong codes are counted per
+//! guessing address (plus a larger total per code, against brute force).
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -14,32 +20,52 @@ use crate::messaging::records::MessageKind;
 use crate::messaging::{Messaging, MessagingError};
 use crate::opt_outs::OptOutVia;
 use crate::phone::CountryCode;
-use crate::rating::RatingError;
+use crate::rating::{RateTable, RatingError};
 use crate::store::{Store, StoreError};
 
 /// How long a texted code may be used.
 pub const CODE_LIFETIME_MS: i64 = 10 * 60 * 1000;
 /// How long a sign-up token may be used (to buy access).
 pub const SIGN_UP_LIFETIME_MS: i64 = 30 * 60 * 1000;
-/// Wrong codes tried against one code before it is dead.
-pub const MAX_WRONG_CODES: i64 = 5;
+/// Wrong codes one address (an IPv6 client: its /64) may try for one
+/// phone in an hour; past them, that address cannot sign the phone in
+/// (whatever it presents) until the oldest is an hour old.
+pub const WRONG_CODES_PER_ADDRESS: i64 = 5;
+/// Wrong codes, from every address, one code may be tried against before
+/// it works only for the address that asked for it (whose own wrong codes
+/// are [`WRONG_CODES_PER_ADDRESS`]): no code is tried more than 25 times,
+/// so a guess at it has at most 25 chances in a million.
+pub const WRONG_CODES_PER_CODE: i64 = 20;
+/// A phone's codes live at once: a new one from an address replaces that
+/// address's earlier ones, and past this many the oldest is dropped.
+pub const LIVE_CODES_PER_PHONE: i64 = 3;
 /// Every sign-up token starts with this.
 const SIGN_UP_PREFIX: &str = "sup_";
 
 /// How often codes may be asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeLimits {
-    /// At least this long between two codes for one phone.
+    /// At least this long between two codes for one phone asked for from
+    /// one address.
     pub min_gap_ms: i64,
-    /// At most this many codes for one phone in an hour.
+    /// At most this many codes for one phone asked for from one client
+    /// address in an hour.
     pub per_phone_per_hour: i64,
+    /// At most this many codes for one phone in an hour, from every
+    /// address (until the admin lifts the phone's limits): higher than
+    /// `per_phone_per_hour`, so that one address cannot use a phone's codes
+    /// up.
+    pub per_phone_total_per_hour: i64,
     /// At most this many codes asked for from one client address (an IPv6
     /// client: its /64) in an hour.
     pub per_address_per_hour: i64,
-    /// At most this many codes in an hour, whoever asks: what texting codes
-    /// may cost the service in an hour is bounded (SMS pumping).
+    /// At most this many codes texted in an hour to phones that have no
+    /// account, whoever asks: what texting codes to numbers that are not
+    /// customers may cost the service in an hour is bounded (SMS pumping).
+    /// Past it a request is answered as any other and nothing is texted.
     pub per_hour: i64,
-    /// At most this many codes to one destination country in an hour.
+    /// At most this many of those codes to one priced destination (the
+    /// country the rate table prices the phone as) in an hour.
     pub per_country_per_hour: i64,
 }
 
@@ -48,6 +74,7 @@ impl Default for CodeLimits {
         CodeLimits {
             min_gap_ms: 30_000,
             per_phone_per_hour: 5,
+            per_phone_total_per_hour: 10,
             per_address_per_hour: 30,
             per_hour: 100,
             per_country_per_hour: 50,
@@ -67,7 +94,8 @@ pub struct SignInPolicy {
 #[derive(Clone, Debug)]
 pub struct CodeRequest {
     pub phone: PhoneNumber,
-    /// The phone's country, which the rate table prices.
+    /// The destination the rate table prices the phone as (its country, or
+    /// the country an alias charges it as: GG → GB).
     pub country: CountryCode,
     pub code_hash: String,
     pub client_address: String,
@@ -78,17 +106,17 @@ pub struct CodeRequest {
 /// What the store made of a [`CodeRequest`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CodeOpened {
+    /// Stored, to be texted.
     Opened,
+    /// Stored, but not to be texted: the phone has no account and the codes
+    /// of the hour to such phones, of all callers or to its destination,
+    /// reached their cap. Answered as [`CodeOpened::Opened`] is, and
+    /// counted like it by every limit of the phone and the address; the
+    /// code never works.
+    Capped,
     /// A limit of the phone or the address was reached: nothing stored;
     /// ask again after this long.
-    Wait {
-        retry_after_ms: i64,
-    },
-    /// The codes of the hour, of all callers or to the phone's country,
-    /// reached their cap: nothing stored; ask again after this long.
-    Capped {
-        retry_after_ms: i64,
-    },
+    Wait { retry_after_ms: i64 },
 }
 
 /// What proves the phone.
@@ -106,6 +134,9 @@ pub enum Proof {
 pub struct Redeem {
     pub phone: PhoneNumber,
     pub proof: Proof,
+    /// Who presents it (an IPv6 client: its /64): wrong codes are counted
+    /// against it.
+    pub client_address: String,
     pub now_ms: i64,
     pub account_token_hash: String,
     pub account_token_expires_at_ms: i64,
@@ -122,7 +153,9 @@ pub enum Redeemed {
     SignUp,
     /// A sign-up token for a phone that has no access yet: nothing stored.
     NotYet,
-    /// No live code or token matched (a wrong code counts against its code).
+    /// No live code or token matched (a wrong code counts against the
+    /// address that tried it and against the live codes it was tried
+    /// against), or the address may no longer try codes for the phone.
     Invalid,
 }
 
@@ -155,12 +188,11 @@ pub enum SignInError {
     NotYet,
     #[error("too many codes asked for; try again later")]
     Wait { retry_after_ms: i64 },
-    #[error("sign-in codes are paused for a while; try again later")]
-    Capped { retry_after_ms: i64 },
     /// The rate table does not price the phone's country: no code is
     /// texted there (what a code costs would be unknown).
     #[error(transparent)]
     Destination(RatingError),
+    /// Twilio did not take the text (after the answer: for the log).
     #[error("the code could not be sent: {0}")]
     NotSent(MessagingError),
     #[error(transparent)]
@@ -191,40 +223,60 @@ pub fn wait_for(
     None
 }
 
-/// Codes texted in the last hour that the operator should look at: all of
-/// them (`country` none) once they reach half the cap of the hour, and a
-/// country's once they reach half the country's cap.
+/// The codes of a time to phones that have no account, to one priced
+/// destination: what the caps count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CountryCodes {
+    pub country: CountryCode,
+    /// Texted (or to be): what the caps count.
+    pub texted: i64,
+    /// Asked for past a cap: answered alike, never texted.
+    pub capped: i64,
+}
+
+/// Codes texted in the last hour to phones without an account that the
+/// operator should look at: all of them (`country` none) once they reach
+/// half the cap of the hour, and a destination's once they reach half the
+/// destination's cap.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CodeRate {
-    /// The destination country; absent: every country.
+    /// The priced destination; absent: every destination.
     pub country: Option<CountryCode>,
     pub codes_last_hour: i64,
-    /// The cap of the hour (past it, codes are refused).
+    /// The cap of the hour (past it, nothing is texted).
     pub cap: i64,
+    /// Codes asked for past a cap in the last hour: answered as any other,
+    /// and not texted.
+    pub capped_last_hour: i64,
 }
 
-/// The rates of the last hour that are unusual, given the codes by country
-/// (`codes_by_country`) and the caps.
-pub fn unusual_rates(by_country: &[(CountryCode, i64)], limits: &CodeLimits) -> Vec<CodeRate> {
-    let total: i64 = by_country.iter().map(|(_, count)| count).sum();
+/// The rates of the last hour that are unusual, given the codes by
+/// destination (`codes_by_country`) and the caps.
+pub fn unusual_rates(by_country: &[CountryCodes], limits: &CodeLimits) -> Vec<CodeRate> {
+    let texted: i64 = by_country.iter().map(|codes| codes.texted).sum();
+    let capped: i64 = by_country.iter().map(|codes| codes.capped).sum();
     let half = |cap: i64| (cap + 1) / 2;
     let mut unusual = Vec::new();
-    if total >= half(limits.per_hour) {
+    // A code held back by a cap is listed with it: the cap was reached,
+    // so its texted codes are past half of it.
+    if texted >= half(limits.per_hour) {
         unusual.push(CodeRate {
             country: None,
-            codes_last_hour: total,
+            codes_last_hour: texted,
             cap: limits.per_hour,
+            capped_last_hour: capped,
         });
     }
     unusual.extend(
         by_country
             .iter()
-            .filter(|(_, count)| *count >= half(limits.per_country_per_hour))
-            .map(|(country, count)| CodeRate {
-                country: Some(*country),
-                codes_last_hour: *count,
+            .filter(|codes| codes.texted >= half(limits.per_country_per_hour))
+            .map(|codes| CodeRate {
+                country: Some(codes.country),
+                codes_last_hour: codes.texted,
                 cap: limits.per_country_per_hour,
+                capped_last_hour: codes.capped,
             }),
     );
     unusual
@@ -255,50 +307,77 @@ fn code_text(service_name: &str, code: &str) -> String {
     format!("{code} is your {service_name} sign-in code. It works for 10 minutes. Never share it.")
 }
 
-/// What became of a code that was stored. The caller is answered alike
-/// either way, so that nobody learns which phones once used the service;
-/// the outcome is for the log and the metrics.
+/// What became of a code's text, after the answer. The caller was
+/// answered alike whatever it is, so that nobody learns which phones once
+/// used the service; the outcome is for the log and the metrics.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CodeOutcome {
     Sent,
-    /// Twilio would not text the number: it opted out (`opted_out`), or
-    /// cannot be texted. Nothing went out.
+    /// Twilio would not text the number: it opted out (`opted_out`: known
+    /// already, and Twilio was not asked; or Twilio's 21610, now recorded),
+    /// or cannot be texted. Nothing went out.
     Refused {
         opted_out: bool,
         detail: String,
     },
 }
 
-/// Stores a code for the phone (if the limits allow) and texts it. The
-/// answer is the same whether or not the phone has an account, and
-/// whether or not Twilio will text it.
+/// A code stored for a phone, to be texted after the answer. Holds the
+/// code itself, which is never stored nor logged: no `Debug`.
+pub struct PendingCode {
+    phone: PhoneNumber,
+    destination: CountryCode,
+    code: String,
+}
+
+impl PendingCode {
+    /// The destination the rate table prices the phone as.
+    pub fn destination(&self) -> CountryCode {
+        self.destination
+    }
+}
+
+/// What a request for a code came to: the answer is the same either way.
+pub enum CodeAsked {
+    /// Stored: text it after the answer ([`send_code`]).
+    ToText(PendingCode),
+    /// Stored, but a cap of the hour for phones without an account was
+    /// reached: nothing is texted.
+    Capped { destination: CountryCode },
+}
+
+/// Stores a code for the phone, if the limits of the phone and the asking
+/// address allow. The work is the same for every number, customer's or
+/// not, opted out or not (the store's one write): the text is sent after
+/// the answer, by [`send_code`]. Only a country the rate table does not
+/// price is refused (the same for every phone there).
 pub async fn request_code(
     store: &Store,
-    messaging: &Messaging,
-    service_name: &str,
+    rates: &RateTable,
     phone: &PhoneNumber,
     client_address: &str,
     limits: CodeLimits,
     now_ms: i64,
-) -> Result<CodeOutcome, SignInError> {
-    // Only where the rate table prices a text: the same for every phone of
-    // a country, so it tells nothing of the phone.
-    let country = phone.country().ok_or_else(|| {
+) -> Result<CodeAsked, SignInError> {
+    let region = phone.country().ok_or_else(|| {
         SignInError::Destination(RatingError::NoCountry {
             number: phone.as_str().to_string(),
         })
     })?;
-    if messaging.rates.rate_for(country).is_none() {
-        return Err(SignInError::Destination(
-            RatingError::UnsupportedDestination { country },
-        ));
-    }
+    // The destination the table prices: an alias's region counts with the
+    // country it is charged as, for the caps too.
+    let destination = rates
+        .rate_for(region)
+        .ok_or(SignInError::Destination(
+            RatingError::UnsupportedDestination { country: region },
+        ))?
+        .country;
     let code = new_code()?;
     let opened = store
         .sign_in()
         .open_code(CodeRequest {
             phone: phone.clone(),
-            country,
+            country: destination,
             code_hash: code_hash(phone, &code),
             client_address: client_address.to_string(),
             now_ms,
@@ -306,13 +385,26 @@ pub async fn request_code(
         })
         .await?;
     match opened {
-        CodeOpened::Opened => {}
-        CodeOpened::Wait { retry_after_ms } => return Err(SignInError::Wait { retry_after_ms }),
-        CodeOpened::Capped { retry_after_ms } => {
-            return Err(SignInError::Capped { retry_after_ms })
-        }
+        CodeOpened::Opened => Ok(CodeAsked::ToText(PendingCode {
+            phone: phone.clone(),
+            destination,
+            code,
+        })),
+        CodeOpened::Capped => Ok(CodeAsked::Capped { destination }),
+        CodeOpened::Wait { retry_after_ms } => Err(SignInError::Wait { retry_after_ms }),
     }
-    // Counted like any other, but nothing goes to a number that opted out.
+}
+
+/// Texts a stored code (after the answer), unless the number opted out.
+/// A 21610 from Twilio is recorded as the number's opt-out.
+pub async fn send_code(
+    store: &Store,
+    messaging: &Messaging,
+    service_name: &str,
+    pending: &PendingCode,
+    now_ms: i64,
+) -> Result<CodeOutcome, SignInError> {
+    let phone = &pending.phone;
     if store.opt_outs().opt_out_of(phone.clone()).await?.is_some() {
         return Ok(CodeOutcome::Refused {
             opted_out: true,
@@ -323,7 +415,7 @@ pub async fn request_code(
         .send_service(
             None,
             phone.as_str(),
-            &code_text(service_name, &code),
+            &code_text(service_name, &pending.code),
             MessageKind::Reply,
             now_ms,
         )
@@ -350,6 +442,7 @@ pub async fn sign_in(
     store: &Store,
     phone: &PhoneNumber,
     proof: &str,
+    client_address: &str,
     policy: &SignInPolicy,
     now_ms: i64,
 ) -> Result<SignedIn, SignInError> {
@@ -367,6 +460,7 @@ pub async fn sign_in(
         .redeem(Redeem {
             phone: phone.clone(),
             proof,
+            client_address: client_address.to_string(),
             now_ms,
             account_token_hash: crate::access_tokens::hash(&token),
             account_token_expires_at_ms,
@@ -389,11 +483,14 @@ pub async fn sign_in(
     }
 }
 
-/// Lifts the phone's sign-in limits (what the admin does for a customer a
-/// stranger locked out): the codes it was sent so far no longer count
-/// against it, so it may ask for a code at once, which replaces a code
-/// killed by wrong guesses. The address that asked and the caps of the hour
-/// still count them. Answers how many codes were lifted.
+/// Lifts the phone's sign-in limits (what the admin does for a customer
+/// strangers locked out): the codes it was sent so far no longer count
+/// against its total of the hour, so the customer may ask for a code at
+/// once, and the wrong codes tried for it are forgotten (a customer who
+/// mistyped five times signs in at once). What each address asked for
+/// still counts against that address, so a stranger's addresses cannot
+/// start again at once; the caps still count the codes. Answers how many
+/// codes were lifted.
 pub async fn lift_limits(store: &Store, phone: &PhoneNumber) -> Result<i64, StoreError> {
     store.sign_in().lift_limits(phone.clone()).await
 }

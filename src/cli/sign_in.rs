@@ -12,7 +12,9 @@ use crate::config::Settings;
 #[derive(Subcommand, Debug)]
 pub enum SignInCommand {
     /// Lift a phone's sign-in limits: the codes it was sent so far no
-    /// longer count against it, so it may ask for a code at once.
+    /// longer count against its total, so it may ask for a code at once,
+    /// and the wrong codes tried for it are forgotten (what each address
+    /// asked for still counts against that address).
     Lift(LiftCommand),
 }
 

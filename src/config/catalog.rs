@@ -275,7 +275,16 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("5"),
         secret: false,
         global: false,
-        help: "Sign-in codes one phone may be sent in an hour (and never two within 30 seconds); one more is refused with 429",
+        help: "Sign-in codes one phone may be sent in an hour at the request of one client address (an IPv6 client: its /64), and never two within 30 seconds; one more from that address is refused with 429",
+    },
+    Setting {
+        key: "sign_in_codes_per_phone_total_hour",
+        section: Section::Access,
+        value_name: "N",
+        default: Some("10"),
+        secret: false,
+        global: false,
+        help: "Sign-in codes one phone may be sent in an hour, whoever asks (higher than the codes per phone from one address, so that one address cannot use a phone's codes up); one more is refused with 429 until the admin lifts the phone's limits",
     },
     Setting {
         key: "sign_in_codes_per_address_hour",
@@ -293,7 +302,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("100"),
         secret: false,
         global: false,
-        help: "Sign-in codes texted in an hour, whoever asks (what signing in may cost in an hour, against SMS pumping); one more is refused with 429 until the oldest is an hour old",
+        help: "Sign-in codes texted in an hour to phones that have no account, whoever asks (what signing in may cost in an hour, against SMS pumping); past it such a request is answered as any other and nothing is texted, until the oldest is an hour old",
     },
     Setting {
         key: "sign_in_codes_per_country_hour",
@@ -302,7 +311,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("50"),
         secret: false,
         global: false,
-        help: "Sign-in codes texted to one destination country in an hour, whoever asks; one more is refused with 429",
+        help: "Sign-in codes texted in an hour to phones that have no account in one destination (the country the rate table prices them as), whoever asks; past it such a request is answered as any other and nothing is texted",
     },
     Setting {
         key: "anonymous_calls_per_minute",

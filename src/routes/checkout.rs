@@ -7,6 +7,7 @@ use serde::Deserialize;
 use sms_credit_actors::accounts::{Email, PhoneNumber};
 use sms_credit_actors::billing::checkout::Billing;
 use sms_credit_actors::billing::discounts::normalize_code;
+use sms_credit_actors::billing::BillingError;
 use sms_credit_actors::sign_in;
 
 use crate::auth::{bearer_token, before_judging, judged_wrong, AccountHolder, HostApplication};
@@ -52,7 +53,8 @@ fn sign_up_required() -> ApiError {
 #[utoipa::path(post, path = "/v1/checkout/access", tag = "selling", request_body = AccessRequest,
     security((), ("apiKey" = [])),
     responses((status = 200, body = sms_credit_actors::billing::checkout::CheckoutStarted),
-        (status = 401, description = "`sign_up_required`: no sign-up token for this phone (the same for every phone)")))]
+        (status = 401, description = "`sign_up_required`: no sign-up token for this phone (the same for every phone)"),
+        (status = 409, description = "`discount_code_unusable` (anonymous callers): the discount code does not exist, is inactive or is used up, which is not told; each counts as a wrong guess. The host application is told which: `404 unknown_discount_code`, `409 inactive_discount_code`, `409 discount_code_used_up`")))]
 pub async fn access(
     state: web::Data<AppState>,
     http: HttpRequest,
@@ -73,7 +75,8 @@ pub async fn access(
         .map(normalize_code)
         .transpose()
         .map_err(|message| ApiError::invalid("invalid_discount_code", message))?;
-    if bearer_token(&http).is_some() {
+    let anonymous = bearer_token(&http).is_none();
+    if !anonymous {
         HostApplication::extract(&http).await?;
     } else {
         state.limits.anonymous_call(&http)?;
@@ -90,8 +93,28 @@ pub async fn access(
     }
     let started = billing
         .start_access_checkout(phone, email, discount_code, state.clock.now_ms())
-        .await?;
-    Ok(HttpResponse::Ok().json(started))
+        .await;
+    match started {
+        Ok(started) => Ok(HttpResponse::Ok().json(started)),
+        // A discount code is a secret of sorts: an anonymous caller is told
+        // only that it cannot be used, whether it does not exist, is
+        // inactive or is used up, and each one counts as a wrong guess.
+        Err(
+            BillingError::UnknownDiscountCode(_)
+            | BillingError::InactiveDiscountCode(_)
+            | BillingError::DiscountCodeUsedUp(_),
+        ) if anonymous => Err(judged_wrong(&state, &http, discount_code_unusable())),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The answer to an anonymous caller whose discount code cannot be used,
+/// the same whatever the reason.
+fn discount_code_unusable() -> ApiError {
+    ApiError::Conflict {
+        code: "discount_code_unusable",
+        message: "this discount code cannot be used".to_string(),
+    }
 }
 
 /// Starts a Stripe Checkout for a $10 top-up (the card is saved for `BUY $10`).

@@ -6,7 +6,9 @@
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::PhoneNumber;
-use sms_credit_actors::sign_in::{self, CodeOutcome, SignInError};
+use sms_credit_actors::sign_in::{self, CodeAsked, CodeOutcome, PendingCode, SignInError};
+
+use sms_credit_actors::messaging::Messaging;
 
 use crate::auth::{before_judging, judged_wrong};
 use crate::error::ApiError;
@@ -57,12 +59,19 @@ fn address_of(state: &AppState, request: &HttpRequest) -> String {
         .map_or_else(|| "unknown".to_string(), crate::limits::counted_as)
 }
 
+/// How long a code's text may take after the answer, waiting for its turn
+/// included: past it, the text is given up (and logged).
+const TEXT_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Texts a six-digit sign-in code to the phone. Answers `202` for every
-/// valid number, whether or not it has an account.
+/// valid number, whether or not it has an account: the request is stored
+/// (the same work for every number), and the code is texted after the
+/// answer; a number that opted out is not texted, nor one past the caps of
+/// the hour for phones without an account.
 #[utoipa::path(post, path = "/v1/sign-in/code", tag = "account holders", request_body = CodeRequest,
     responses((status = 202, body = CodeSent),
         (status = 422, description = "`unsupported_destination`: the rate table does not price the phone's country"),
-        (status = 429, description = "Too many codes for this phone, from this address, or in this hour (to every country or this one); `Retry-After` says when"),
+        (status = 429, description = "Too many codes for this phone from this address, for this phone in all, or from this address; `Retry-After` says when"),
         (status = 503, description = "Sign-in by text message is not available on this server")))]
 pub async fn request_code(
     state: web::Data<AppState>,
@@ -76,42 +85,31 @@ pub async fn request_code(
         message: "signing in with a text message is not available on this server",
         variable: "SMS_CREDIT_TWILIO_ACCOUNT_SID, SMS_CREDIT_TWILIO_AUTH_TOKEN and SMS_CREDIT_TWILIO_FROM",
     })?;
-    let country = phone
-        .country()
-        .map_or_else(|| "unknown".to_string(), |country| country.to_string());
     let asked = sign_in::request_code(
         &state.store,
-        messaging,
-        &state.settings.server.service_name,
+        &messaging.rates,
         &phone,
         &address_of(&state, &request),
         state.settings.access.sign_in.limits,
         state.clock.now_ms(),
     )
     .await;
-    let outcome = match asked {
-        Ok(outcome) => outcome,
+    match asked {
+        Ok(CodeAsked::ToText(pending)) => text_after_answer(&state, messaging, pending),
+        Ok(CodeAsked::Capped { destination }) => {
+            // Answered as any other: the answer tells nobody who is a
+            // customer. The log, the metrics and Needs attention say it.
+            tracing::warn!(country = %destination, "a cap on sign-in codes was reached: a code was not texted");
+            state.sign_in_codes.count(destination.as_str(), "capped");
+        }
         Err(SignInError::Destination(rating)) => {
-            state.sign_in_codes.count(&country, "unpriced");
+            let region = phone
+                .country()
+                .map_or_else(|| "unknown".to_string(), |country| country.to_string());
+            state.sign_in_codes.count(&region, "unpriced");
             return Err(ApiError::Rating(rating));
         }
-        Err(error @ SignInError::Capped { .. }) => {
-            tracing::warn!(%country, "a cap on sign-in codes was reached");
-            state.sign_in_codes.count(&country, "capped");
-            return Err(error.into());
-        }
         Err(error) => return Err(error.into()),
-    };
-    // A number Twilio will not text is answered as every other (its
-    // refusal would tell that the phone once used the service): the
-    // refusal goes to the log and the metrics only.
-    match outcome {
-        CodeOutcome::Sent => state.sign_in_codes.count(&country, "sent"),
-        CodeOutcome::Refused { opted_out, detail } => {
-            tracing::warn!(%country, opted_out, %detail, "Twilio would not text a sign-in code");
-            let outcome = if opted_out { "opted_out" } else { "refused" };
-            state.sign_in_codes.count(&country, outcome);
-        }
     }
     Ok(HttpResponse::Accepted().json(CodeSent {
         code_length: 6,
@@ -119,9 +117,55 @@ pub async fn request_code(
     }))
 }
 
+/// Texts a stored code after the answer, on a task of its own: at most so
+/// many at once (`AppState::code_texts`), each given up after
+/// [`TEXT_WITHIN`]. What became of it goes to the log and the metrics
+/// only: a number Twilio will not text is answered as every other (its
+/// refusal would tell that the phone once used the service).
+fn text_after_answer(state: &web::Data<AppState>, messaging: &Messaging, pending: PendingCode) {
+    let state = state.clone();
+    let messaging = messaging.clone();
+    let now_ms = state.clock.now_ms();
+    actix_rt::spawn(async move {
+        let country = pending.destination().to_string();
+        let texting = async {
+            let _turn = state.code_texts.acquire().await;
+            sign_in::send_code(
+                &state.store,
+                &messaging,
+                &state.settings.server.service_name,
+                &pending,
+                now_ms,
+            )
+            .await
+        };
+        let outcome = match actix_rt::time::timeout(TEXT_WITHIN, texting).await {
+            Ok(Ok(CodeOutcome::Sent)) => "sent",
+            Ok(Ok(CodeOutcome::Refused { opted_out, detail })) => {
+                tracing::warn!(%country, opted_out, %detail, "Twilio would not text a sign-in code");
+                if opted_out {
+                    "opted_out"
+                } else {
+                    "refused"
+                }
+            }
+            Ok(Err(error)) => {
+                tracing::error!(%country, %error, "a sign-in code was not texted");
+                "failed"
+            }
+            Err(_) => {
+                tracing::error!(%country, "a sign-in code's text took too long: given up");
+                "failed"
+            }
+        };
+        state.sign_in_codes.count(&country, outcome);
+    });
+}
+
 /// Signs in with the texted code: an account token (`sct_…`, expiring) for
 /// a phone with access, a sign-up token (30 minutes) for one without. A
-/// wrong code is `401 invalid_code`; after five, the code is dead.
+/// wrong code is `401 invalid_code`; after five from one address, that
+/// address can no longer sign the phone in for the hour.
 #[utoipa::path(post, path = "/v1/sign-in", tag = "account holders", request_body = SignInRequest,
     responses((status = 200, body = sms_credit_actors::sign_in::SignedIn),
         (status = 401, description = "`invalid_code`: wrong, used, expired or dead"),
@@ -158,6 +202,7 @@ pub async fn sign_in(
         &state.store,
         &phone,
         &proof,
+        &address_of(&state, &request),
         &state.settings.access.sign_in,
         now_ms,
     )

@@ -210,10 +210,12 @@ async function loadAttention() {
     + row.dispute_id + " · order " + row.order_id + " · " + dollars(row.amount_micros) + " · " + row.reason
     + " · " + row.status.replaceAll("_", " ")
     + (row.respond_by ? " · respond by " + when(row.respond_by) : ""), "disputes-open");
-  // Codes texted at half their cap or more in the last hour: someone may
-  // be having the service text codes at its expense.
+  // Codes texted to phones without an account at half their cap or more
+  // in the last hour, or held back by a cap: someone may be having the
+  // service text codes at its expense.
   fill("sign-in-list", attention.sign_in_codes, (row) => (row.country ? "to " + row.country : "to every country")
-    + " · " + row.codes_last_hour + " codes in the last hour (cap " + row.cap + ")", null);
+    + " · " + row.codes_last_hour + " codes in the last hour (cap " + row.cap + ")"
+    + (row.capped_last_hour ? " · " + row.capped_last_hour + " not texted past the cap" : ""), null);
 }
 
 async function loadWaiting() {

@@ -528,6 +528,50 @@ impl Messaging {
     }
 }
 
+/// Twilio's error code for a number that opted out (texted STOP to the
+/// service's number): "Attempt to send to unsubscribed recipient".
+pub const OPTED_OUT_ERROR: &str = "21610";
+
+impl Messaging {
+    /// A signed status callback with Twilio's error code, if it gave one:
+    /// as [`Messaging::handle_status`]; a message that `failed` (or was
+    /// `undelivered`) with 21610 records that its number opted out, as a
+    /// 21610 answer to a send does, so that nothing more goes to it. The
+    /// number is the message's own, or, for a callback that came before
+    /// the send's answer was recorded, the callback's `To` (`callback_to`).
+    pub async fn handle_status_callback(
+        &self,
+        sid: &str,
+        status: &str,
+        error_code: Option<&str>,
+        callback_to: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<MessageRecord>, MessagingError> {
+        let record = self.handle_status(sid, status, now_ms).await?;
+        let refused = matches!(status, "failed" | "undelivered");
+        if refused && error_code == Some(OPTED_OUT_ERROR) {
+            let to = record
+                .as_ref()
+                .map(|record| record.to.as_str())
+                .or(callback_to);
+            match to {
+                Some(to) => {
+                    let phone = PhoneNumber::parse(to).map_err(RatingError::from)?;
+                    self.store
+                        .opt_outs()
+                        .record_opt_out(phone, OptOutVia::Carrier, None, now_ms)
+                        .await?;
+                }
+                None => tracing::warn!(
+                    sid,
+                    "Twilio said an unknown message's number opted out (21610), without its number"
+                ),
+            }
+        }
+        Ok(record)
+    }
+}
+
 fn new_message(
     account_id: Option<AccountId>,
     kind: MessageKind,

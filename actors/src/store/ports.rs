@@ -31,9 +31,8 @@ use crate::messaging::records::{
 };
 use crate::money::Money;
 use crate::opt_outs::{OptChange, OptOut, OptOutVia};
-use crate::phone::CountryCode;
 use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
-use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
+use crate::sign_in::{CodeOpened, CodeRequest, CountryCodes, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
 use crate::webhooks::{
@@ -153,24 +152,36 @@ pub trait FeedTicketStore: Send + Sync {
 
 /// Codes texted to phones and the sign-up tokens of proved phones.
 pub trait SignInStore: Send + Sync {
-    /// Stores a code unless a limit forbids it (checked in the same
-    /// transaction, against every instance's codes).
+    /// Stores a code unless a limit of the phone or the address forbids
+    /// it (checked in the same transaction, against every instance's
+    /// codes): per phone and asking address, per phone in all (but codes
+    /// the admin lifted), per address. For a phone without an account, a
+    /// cap of the hour reached stores it as never to be texted
+    /// ([`CodeOpened::Capped`]). A stored code replaces the asking
+    /// address's earlier live ones for the phone, and past
+    /// [`crate::sign_in::LIVE_CODES_PER_PHONE`] live ones the oldest.
     fn open_code(&self, request: CodeRequest) -> StoreFuture<CodeOpened>;
     /// Checks a proof for a phone; if it holds, stores the account token
     /// (the phone has an active account) or the sign-up token (it has
-    /// none), in the same transaction that uses the code up. A wrong code
-    /// counts against the phone's live code; after
-    /// [`crate::sign_in::MAX_WRONG_CODES`] it is dead.
+    /// none), in the same transaction that uses the code up. A code is
+    /// tried against the phone's live codes, but not from an address that
+    /// tried [`crate::sign_in::WRONG_CODES_PER_ADDRESS`] wrong ones for the
+    /// phone in the last hour, and not against a code tried
+    /// [`crate::sign_in::WRONG_CODES_PER_CODE`] times but from the address
+    /// that asked for it. A wrong one counts against the address and the
+    /// codes it was tried against.
     fn redeem(&self, request: Redeem) -> StoreFuture<Redeemed>;
     /// The phone a live sign-up token (by hash) was given for.
     fn sign_up_phone(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<PhoneNumber>>;
     /// Lifts the phone's limits: its codes stored so far no longer count
-    /// against it (they still count against the addresses that asked and
-    /// the caps of the hour); answers how many were lifted.
+    /// against its total (they still count against the addresses that
+    /// asked, per phone and in all, and the caps of the hour), and the
+    /// wrong codes tried for it are forgotten; answers how many codes were
+    /// lifted.
     fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64>;
-    /// The codes stored since `since_ms` by destination country (every
-    /// instance's), the most first.
-    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>>;
+    /// The codes stored since `since_ms` for phones without an account,
+    /// by priced destination (every instance's), the most texted first.
+    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<CountryCodes>>;
 }
 
 /// How the domain prices access: from the current pricing and the

@@ -101,8 +101,9 @@ const RESERVED_FOR_LONG_MS: i64 = 10 * 60_000;
 pub struct AttentionView {
     #[serde(flatten)]
     attention: Attention,
-    /// Sign-in codes of the last hour at half their cap or more: all of
-    /// them, or a country's (someone may be texting codes at the service's
+    /// Sign-in codes of the last hour to phones without an account at half
+    /// their cap or more (or held back by a cap): all of them, or a priced
+    /// destination's (someone may be texting codes at the service's
     /// expense).
     sign_in_codes: Vec<CodeRate>,
 }

@@ -1,6 +1,6 @@
 //! `POST /v1/admin/sign-in/lift`: lifts a phone's sign-in limits, for a
-//! customer a stranger locked out (codes of the hour used up, the live code
-//! killed by wrong guesses).
+//! customer strangers locked out (the phone's codes of the hour used up
+//! from several addresses) or who mistyped their code too often.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -28,9 +28,11 @@ pub struct Lifted {
 }
 
 /// Lifts a phone's sign-in limits: the codes it was sent so far no longer
-/// count against it, so it may ask for a code at once (which replaces one
-/// killed by wrong guesses). The addresses that asked, and the caps of the
-/// hour, still count them.
+/// count against its total of the hour, so the customer may ask for a code
+/// at once, and the wrong codes tried for it are forgotten. What each
+/// address asked for still counts against that address (a stranger's
+/// addresses do not start again), and the caps of the hour still count the
+/// codes.
 #[utoipa::path(post, path = "/v1/admin/sign-in/lift", tag = "admin", security(("adminToken" = [])),
     request_body = LiftRequest,
     responses((status = 200, body = Lifted)))]

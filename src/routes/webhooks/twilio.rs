@@ -118,7 +118,8 @@ pub async fn inbound_sms(
 }
 
 /// A Twilio status callback for a message sent; a message that `failed`
-/// before leaving Twilio is refunded once.
+/// before leaving Twilio is refunded once, and one that failed because its
+/// number opted out (`ErrorCode` 21610) records the opt-out.
 #[utoipa::path(post, path = "/webhooks/twilio/status", tag = "webhooks", security(("twilioSignature" = [])),
     request_body(content = String, content_type = "application/x-www-form-urlencoded",
         description = "Twilio's form: MessageSid, MessageStatus, …"),
@@ -134,7 +135,13 @@ pub async fn status(
         .map_err(|reason| not_twilios(&request, reason))?;
     if let Some(messaging) = &state.messaging {
         messaging
-            .handle_status(&report.message_sid, &report.status, state.clock.now_ms())
+            .handle_status_callback(
+                &report.message_sid,
+                &report.status,
+                report.error_code.as_deref(),
+                report.to.as_deref(),
+                state.clock.now_ms(),
+            )
             .await?;
     }
     Ok(HttpResponse::Ok()

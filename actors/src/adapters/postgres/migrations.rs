@@ -77,6 +77,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V17__operator",
         include_str!("../../../../migrations/postgres/V17__operator.sql"),
     ),
+    (
+        "V20__strangers_second_round",
+        include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -1,15 +1,21 @@
-//! Sign-in codes and sign-up tokens in Postgres. Instances share them: a
-//! request for a code takes transaction-scoped advisory locks on its phone
-//! and its client address before it counts, so two instances cannot both
-//! pass a limit; checking a code locks the code's row.
+//! Sign-in codes, the wrong codes tried and sign-up tokens in Postgres.
+//! Instances share them: a request for a code takes transaction-scoped
+//! advisory locks on its phone and its client address before it counts,
+//! so two instances cannot both pass a limit; checking a code takes the
+//! phone's lock too, so that two tries from one address are counted one
+//! after the other.
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Transaction};
 
 use super::accounts::{find_account_by_phone, insert_token};
 use super::{boxed, PostgresStore};
 use crate::accounts::{AccountStatus, PhoneNumber};
 use crate::phone::CountryCode;
-use crate::sign_in::{CodeOpened, CodeRequest, Proof, Redeem, Redeemed, MAX_WRONG_CODES};
+use crate::sign_in::{
+    CodeOpened, CodeRequest, CountryCodes, Proof, Redeem, Redeemed, LIVE_CODES_PER_PHONE,
+    WRONG_CODES_PER_ADDRESS, WRONG_CODES_PER_CODE,
+};
 use crate::store::{SignInStore, StoreError, StoreFuture, UnknownValue};
 
 const HOUR_MS: i64 = 3_600_000;
@@ -39,25 +45,37 @@ impl SignInStore for PostgresStore {
                         &[&phone.as_str()],
                     )
                     .await?;
+                transaction
+                    .execute(
+                        "DELETE FROM sign_in_wrong_codes WHERE phone = $1",
+                        &[&phone.as_str()],
+                    )
+                    .await?;
                 Ok(lifted as i64)
             })
         })
     }
 
-    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>> {
+    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<CountryCodes>> {
         self.read(move |client| async move {
             let rows = client
                 .query(
-                    "SELECT country, COUNT(*) FROM sign_in_codes
-                      WHERE created_at > $1 AND country IS NOT NULL
-                      GROUP BY country ORDER BY COUNT(*) DESC, country",
+                    "SELECT country, COUNT(*) FILTER (WHERE capped = 0) AS texted,
+                            COUNT(*) FILTER (WHERE capped = 1)
+                       FROM sign_in_codes
+                      WHERE created_at > $1 AND country IS NOT NULL AND customer = 0
+                      GROUP BY country ORDER BY texted DESC, country",
                     &[&since_ms],
                 )
                 .await?;
             rows.iter()
                 .map(|row| {
                     let country: String = row.try_get(0)?;
-                    Ok((stored_country(&country)?, row.try_get(1)?))
+                    Ok(CountryCodes {
+                        country: stored_country(&country)?,
+                        texted: row.try_get(1)?,
+                        capped: row.try_get(2)?,
+                    })
                 })
                 .collect()
         })
@@ -97,23 +115,34 @@ fn stored_phone(phone: &str) -> Result<PhoneNumber, StoreError> {
     })
 }
 
-/// How many codes matched since an hour ago, the oldest and the newest.
+/// How many codes matched `condition` (SQL over `$1`, `$2` and more) since
+/// an hour ago (`$1`), the oldest and the newest.
 async fn codes_since(
     client: &impl GenericClient,
-    column: &str,
-    value: &str,
-    since_ms: i64,
+    condition: &str,
+    values: &[&(dyn ToSql + Sync)],
 ) -> Result<(i64, Option<i64>, Option<i64>), StoreError> {
     let row = client
         .query_one(
             &format!(
                 "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM sign_in_codes
-                  WHERE {column} = $1 AND created_at > $2"
+                  WHERE created_at > $1 AND {condition}"
             ),
-            &[&value, &since_ms],
+            values,
         )
         .await?;
     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+}
+
+/// Takes the transaction's advisory lock on `key`.
+async fn lock(transaction: &Transaction<'_>, key: &str) -> Result<(), StoreError> {
+    transaction
+        .execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&key],
+        )
+        .await?;
+    Ok(())
 }
 
 async fn open_code(
@@ -123,20 +152,12 @@ async fn open_code(
     let now = request.now_ms;
     let limits = request.limits;
     let phone = request.phone.as_str();
+    let address = request.client_address.as_str();
     // Always in this order (phone, address, then every code), so that
     // two requests never wait for each other's.
-    for key in [
-        format!("sign-in phone {phone}"),
-        format!("sign-in address {}", request.client_address),
-        "sign-in codes".to_string(),
-    ] {
-        transaction
-            .execute(
-                "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
-                &[&key],
-            )
-            .await?;
-    }
+    lock(transaction, &format!("sign-in phone {phone}")).await?;
+    lock(transaction, &format!("sign-in address {address}")).await?;
+    lock(transaction, "sign-in codes").await?;
     transaction
         .execute(
             "DELETE FROM sign_in_codes WHERE created_at < $1",
@@ -144,84 +165,112 @@ async fn open_code(
         )
         .await?;
     let hour_ago = now - HOUR_MS;
-    // The phone's own codes, but those the admin lifted.
-    let row = transaction
-        .query_one(
-            "SELECT COUNT(*), MIN(created_at), MAX(created_at) FROM sign_in_codes
-              WHERE phone = $1 AND created_at > $2 AND lifted = 0",
-            &[&phone, &hour_ago],
+    transaction
+        .execute(
+            "DELETE FROM sign_in_wrong_codes WHERE created_at <= $1",
+            &[&hour_ago],
         )
         .await?;
-    let (count, oldest, newest): (i64, Option<i64>, Option<i64>) =
-        (row.try_get(0)?, row.try_get(1)?, row.try_get(2)?);
-    if let Some(wait) = crate::sign_in::wait_for(
+    // The limits of the phone and the address, the same for every phone:
+    // the phone's codes asked for from this address; the phone's codes in
+    // all, but those the admin lifted; the address's codes.
+    let (count, oldest, newest) = codes_since(
+        transaction,
+        "phone = $2 AND client_address = $3",
+        &[&hour_ago, &phone, &address],
+    )
+    .await?;
+    let mut wait = crate::sign_in::wait_for(
         count,
         oldest,
         newest,
         limits.per_phone_per_hour,
         limits.min_gap_ms,
         now,
-    ) {
+    );
+    if wait.is_none() {
+        let (count, oldest, _) = codes_since(
+            transaction,
+            "phone = $2 AND lifted = 0",
+            &[&hour_ago, &phone],
+        )
+        .await?;
+        wait =
+            crate::sign_in::wait_for(count, oldest, None, limits.per_phone_total_per_hour, 0, now);
+    }
+    if wait.is_none() {
+        let (count, oldest, _) =
+            codes_since(transaction, "client_address = $2", &[&hour_ago, &address]).await?;
+        wait = crate::sign_in::wait_for(count, oldest, None, limits.per_address_per_hour, 0, now);
+    }
+    if let Some(wait) = wait {
         return Ok(CodeOpened::Wait {
             retry_after_ms: wait,
         });
     }
-    let (count, oldest, _) = codes_since(
+    // The caps of the hour hold only for phones without an account (a
+    // customer proved the phone already): the codes texted to such phones,
+    // all of them and to this destination. Read for every phone, so that
+    // the work is the same.
+    let customer = find_account_by_phone(transaction, &request.phone)
+        .await?
+        .is_some();
+    let (all, _, _) = codes_since(transaction, "customer = 0 AND capped = 0", &[&hour_ago]).await?;
+    let (to_country, _, _) = codes_since(
         transaction,
-        "client_address",
-        &request.client_address,
-        hour_ago,
+        "customer = 0 AND capped = 0 AND country = $2",
+        &[&hour_ago, &request.country.as_str()],
     )
     .await?;
-    if let Some(wait) =
-        crate::sign_in::wait_for(count, oldest, None, limits.per_address_per_hour, 0, now)
-    {
-        return Ok(CodeOpened::Wait {
-            retry_after_ms: wait,
-        });
-    }
-    // The caps of the hour: every caller's codes, and the country's.
-    let row = transaction
-        .query_one(
-            "SELECT COUNT(*), MIN(created_at) FROM sign_in_codes WHERE created_at > $1",
-            &[&hour_ago],
-        )
-        .await?;
-    let (count, oldest): (i64, Option<i64>) = (row.try_get(0)?, row.try_get(1)?);
-    let (country_count, country_oldest, _) =
-        codes_since(transaction, "country", request.country.as_str(), hour_ago).await?;
-    for (count, oldest, cap) in [
-        (count, oldest, limits.per_hour),
-        (country_count, country_oldest, limits.per_country_per_hour),
-    ] {
-        if let Some(wait) = crate::sign_in::wait_for(count, oldest, None, cap, 0, now) {
-            return Ok(CodeOpened::Capped {
-                retry_after_ms: wait,
-            });
-        }
-    }
-    // A new code replaces the phone's earlier ones.
+    let capped = !customer && (all >= limits.per_hour || to_country >= limits.per_country_per_hour);
+    // The asking address's earlier codes for the phone are replaced; the
+    // other addresses' stay live, up to a few (the oldest go). A capped
+    // code replaces nothing, but the same statements run (matching
+    // nothing), so that the work is the same.
+    let replacing = i64::from(!capped);
     transaction
         .execute(
-            "UPDATE sign_in_codes SET used_at = $2 WHERE phone = $1 AND used_at IS NULL",
-            &[&phone, &now],
+            "UPDATE sign_in_codes SET used_at = $3
+              WHERE phone = $1 AND client_address = $2 AND used_at IS NULL AND $4::BIGINT = 1",
+            &[&phone, &address, &now, &replacing],
         )
         .await?;
     transaction
         .execute(
-            "INSERT INTO sign_in_codes (phone, code_hash, client_address, created_at, expires_at, country)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "UPDATE sign_in_codes SET used_at = $2
+              WHERE phone = $1 AND used_at IS NULL AND $4::BIGINT = 1 AND id NOT IN (
+                    SELECT id FROM sign_in_codes
+                     WHERE phone = $1 AND used_at IS NULL AND expires_at > $2
+                     ORDER BY id DESC LIMIT $3)",
+            &[&phone, &now, &(LIVE_CODES_PER_PHONE - 1), &replacing],
+        )
+        .await?;
+    // A capped code is stored used: it counts like any other, and never
+    // works.
+    transaction
+        .execute(
+            "INSERT INTO sign_in_codes
+                    (phone, code_hash, client_address, created_at, expires_at, country,
+                     customer, capped, used_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             &[
                 &phone,
                 &request.code_hash,
-                &request.client_address,
+                &address,
                 &now,
                 &(now + crate::sign_in::CODE_LIFETIME_MS),
                 &request.country.as_str(),
+                &i64::from(customer),
+                &i64::from(capped),
+                &capped.then_some(now),
             ],
         )
         .await?;
-    Ok(CodeOpened::Opened)
+    Ok(if capped {
+        CodeOpened::Capped
+    } else {
+        CodeOpened::Opened
+    })
 }
 
 async fn redeem(transaction: &Transaction<'_>, request: &Redeem) -> Result<Redeemed, StoreError> {
@@ -229,29 +278,58 @@ async fn redeem(transaction: &Transaction<'_>, request: &Redeem) -> Result<Redee
     let phone = request.phone.as_str();
     let by_code = match &request.proof {
         Proof::Code(code_hash) => {
+            let address = request.client_address.as_str();
+            // The phone's lock, as a request for a code takes it: tries
+            // for one phone are counted one after the other.
+            lock(transaction, &format!("sign-in phone {phone}")).await?;
+            let wrong: i64 = transaction
+                .query_one(
+                    "SELECT COUNT(*) FROM sign_in_wrong_codes
+                      WHERE phone = $1 AND client_address = $2 AND created_at > $3",
+                    &[&phone, &address, &(now - HOUR_MS)],
+                )
+                .await?
+                .try_get(0)?;
+            if wrong >= WRONG_CODES_PER_ADDRESS {
+                // This address may no longer try codes for the phone: not
+                // even looked at, nor counted against the phone's codes.
+                return Ok(Redeemed::Invalid);
+            }
             let live = transaction
-                .query_opt(
+                .query(
                     "SELECT id, code_hash FROM sign_in_codes
                       WHERE phone = $1 AND used_at IS NULL AND expires_at > $2
-                        AND wrong_attempts < $3
-                      ORDER BY id DESC LIMIT 1
+                        AND (wrong_attempts < $3 OR client_address = $4)
                       FOR UPDATE",
-                    &[&phone, &now, &MAX_WRONG_CODES],
+                    &[&phone, &now, &WRONG_CODES_PER_CODE, &address],
                 )
                 .await?;
-            let Some(live) = live else {
-                return Ok(Redeemed::Invalid);
-            };
-            let (id, stored): (i64, String) = (live.try_get(0)?, live.try_get(1)?);
-            if &stored != code_hash {
+            let mut tried = Vec::with_capacity(live.len());
+            let mut matched = None;
+            for row in &live {
+                let (id, stored): (i64, String) = (row.try_get(0)?, row.try_get(1)?);
+                if &stored == code_hash {
+                    matched = Some(id);
+                }
+                tried.push(id);
+            }
+            let Some(id) = matched else {
                 transaction
                     .execute(
-                        "UPDATE sign_in_codes SET wrong_attempts = wrong_attempts + 1 WHERE id = $1",
-                        &[&id],
+                        "INSERT INTO sign_in_wrong_codes (phone, client_address, created_at)
+                         VALUES ($1, $2, $3)",
+                        &[&phone, &address, &now],
+                    )
+                    .await?;
+                transaction
+                    .execute(
+                        "UPDATE sign_in_codes SET wrong_attempts = wrong_attempts + 1
+                          WHERE id = ANY($1)",
+                        &[&tried],
                     )
                     .await?;
                 return Ok(Redeemed::Invalid);
-            }
+            };
             transaction
                 .execute(
                     "UPDATE sign_in_codes SET used_at = $2 WHERE id = $1",

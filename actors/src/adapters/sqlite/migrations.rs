@@ -115,6 +115,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V26__operator",
         include_str!("../../../../migrations/sqlite/V26__operator.sql"),
     ),
+    (
+        "V29__strangers_second_round",
+        include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

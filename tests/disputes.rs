@@ -33,14 +33,14 @@ async fn app_with_receiver() -> (FakeStripe, TestApp, Receiver) {
 }
 
 /// Delivers a Stripe event; answers what the server says became of it.
-async fn deliver(app: &TestApp, payload: &str) -> Value {
+pub(crate) async fn deliver(app: &TestApp, payload: &str) -> Value {
     let (status, answer) = app.deliver(payload).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer["result"].clone()
 }
 
 /// The rows of an order in the account's ledger: (key, amount), oldest first.
-async fn rows_of(app: &TestApp, account: i64, order: i64) -> Vec<(String, i64)> {
+pub(crate) async fn rows_of(app: &TestApp, account: i64, order: i64) -> Vec<(String, i64)> {
     let (status, ledger) = app.get_transactions(account).await;
     assert_eq!(status, StatusCode::OK, "{ledger}");
     let mut rows: Vec<(i64, String, i64)> = ledger["transactions"]
@@ -63,7 +63,7 @@ async fn rows_of(app: &TestApp, account: i64, order: i64) -> Vec<(String, i64)> 
 }
 
 /// What an order's rows took back in all (negative) or gave back.
-async fn net_of(app: &TestApp, account: i64, order: i64) -> i64 {
+pub(crate) async fn net_of(app: &TestApp, account: i64, order: i64) -> i64 {
     rows_of(app, account, order)
         .await
         .iter()

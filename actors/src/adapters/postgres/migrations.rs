@@ -77,6 +77,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V17__operator",
         include_str!("../../../../migrations/postgres/V17__operator.sql"),
     ),
+    (
+        "V18__refunds_by_id",
+        include_str!("../../../../migrations/postgres/V18__refunds_by_id.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -115,6 +115,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V26__operator",
         include_str!("../../../../migrations/sqlite/V26__operator.sql"),
     ),
+    (
+        "V27__refunds_by_id",
+        include_str!("../../../../migrations/sqlite/V27__refunds_by_id.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

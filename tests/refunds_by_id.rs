@@ -61,7 +61,9 @@ async fn a_new_refund_after_a_failed_one_is_taken_back_once(behaviour: FailedRef
     for listed in [Listed::All, Listed::Absent, Listed::Newest(1)] {
         for failure_told_first in [true, false] {
             phone += 1;
-            let case = format!("{behaviour:?}, listed {listed:?}, failure told first {failure_told_first}");
+            let case = format!(
+                "{behaviour:?}, listed {listed:?}, failure told first {failure_told_first}"
+            );
             let (account, order, intent) =
                 paid_top_up(&app, &mut events, &format!("+{phone}")).await;
             let charge = format!("ch_{order}");
@@ -413,6 +415,18 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
     assert_eq!(net_of(&app, 1, 2).await, -6_000_000);
     assert_eq!(refunded_figure(&app, 1, 2).await, 6_000_000);
     assert_eq!(app.balance_micros(1).await, 14_000_000);
+    // The host is told of the new refund alone: those the orders held
+    // back before were told then.
+    let told = |what: &str| {
+        directory.text(&format!(
+            "SELECT {what} FROM webhook_events WHERE type = 'payment.refunded'"
+        ))
+    };
+    assert_eq!(told("CAST(COUNT(*) AS TEXT)"), "1");
+    let told: serde_json::Value = serde_json::from_str(&told("payload")).unwrap();
+    assert_eq!(told["data"]["order_id"], 2);
+    assert_eq!(told["data"]["refunded_micros"], 4_000_000);
+    assert_eq!(told["data"]["credit_taken_back_micros"], 4_000_000);
     let directory = app.stop().await;
     assert_verified(&directory);
 }

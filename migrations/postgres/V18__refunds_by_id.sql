@@ -10,6 +10,10 @@ CREATE TABLE stripe_refunds (
     standing      TEXT   NOT NULL CHECK (standing IN ('counted', 'failed', 'legacy', 'replaced')),
     -- Stripe's word for the refund's status when its standing was decided.
     stripe_status TEXT   NOT NULL,
+    -- `event`: reported by an event (or by Stripe's list asked for one);
+    -- `legacy_replacement`: found when Stripe's list replaced the order's
+    -- legacy record (the host was told of it before, by the running total).
+    recorded_by   TEXT   NOT NULL CHECK (recorded_by IN ('event', 'legacy_replacement')),
     recorded_at   BIGINT NOT NULL,
     updated_at    BIGINT NOT NULL
 );
@@ -20,19 +24,19 @@ CREATE INDEX stripe_refunds_order ON stripe_refunds (order_id);
 -- nothing): a `legacy` record of it holds back exactly that, until
 -- Stripe's list of the payment's refunds replaces it (`replaced`).
 INSERT INTO stripe_refunds (refund_id, order_id, amount, standing, stripe_status,
-                            recorded_at, updated_at)
+                            recorded_by, recorded_at, updated_at)
 SELECT 'legacy-order-' || o.id, o.id,
        GREATEST(o.amount_refunded - (SELECT COALESCE(SUM(f.amount), 0) FROM failed_refunds f
                                       WHERE f.order_id = o.id), 0),
-       'legacy', 'legacy', COALESCE(o.completed_at, o.created_at),
+       'legacy', 'legacy', 'event', COALESCE(o.completed_at, o.created_at),
        COALESCE(o.completed_at, o.created_at)
   FROM orders o
  WHERE o.amount_refunded > 0;
 
 -- The refunds reported failed, by their id: they hold back nothing.
 INSERT INTO stripe_refunds (refund_id, order_id, amount, standing, stripe_status,
-                            recorded_at, updated_at)
-SELECT refund_id, order_id, amount, 'failed', 'failed', failed_at, failed_at
+                            recorded_by, recorded_at, updated_at)
+SELECT refund_id, order_id, amount, 'failed', 'failed', 'event', failed_at, failed_at
   FROM failed_refunds;
 DROP TABLE failed_refunds;
 

@@ -15,7 +15,8 @@ use super::events::{cents, payment_intent_key, EventOutcome};
 use super::gateway::{GatewayError, RefundReport};
 use super::orders::{Order, OrderStatus};
 use super::stripe_refunds::{
-    legacy_refund_id, OrderRefunds, RefundStanding, RefundsSeen, SeenRefund,
+    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
+    SeenRefund, StripeRefund,
 };
 use super::BillingError;
 use crate::account_actor::{TakeBack, TakeBackCause, TakenBack};
@@ -338,29 +339,16 @@ impl Billing {
             reports.extend(listed);
         }
         let seen = refunds_seen(&reports)?;
+        let recorded = match self
+            .record_seen(&order, recorded, &seen, ask_stripe && has_legacy, now_ms)
+            .await?
+        {
+            Ok(recorded) => recorded,
+            Err(refused) => return Ok(refused),
+        };
         // The refund requests the admin made that these reports settle.
         self.settle_reported_refunds(&reports, now_ms).await?;
-        let recorded = self
-            .store
-            .billing()
-            .record_refunds(RefundsSeen {
-                order_id: order.id,
-                refunds: seen.clone(),
-                replace_legacy: ask_stripe && has_legacy,
-                now_ms,
-            })
-            .await;
-        let recorded = match recorded {
-            Ok(recorded) => recorded,
-            Err(BillingError::RefundMismatch(mismatch)) => {
-                return Ok(EventOutcome::Failed(format!(
-                    "{mismatch}: nothing recorded of order {}'s refunds",
-                    order.id
-                )))
-            }
-            Err(error) => return Err(error),
-        };
-        let changes = self.refund_changes(&order, &seen, &recorded)?;
+        let changes = self.refund_changes(&order, &seen, &recorded).await?;
         let taken = self
             .settle_credit(&order, credited, changes.clone())
             .await?;
@@ -388,15 +376,64 @@ impl Billing {
         )))
     }
 
+    /// Records the refunds seen of `order`, whose refunds were read as
+    /// `recorded_before`, replacing its legacy record if `replace_legacy`;
+    /// answers them as they stand, or the event's outcome if the store
+    /// refused them (a refund recorded for another order or of another
+    /// amount: nothing recorded). Nothing to record — every refund reported
+    /// is recorded so already, as Stripe's retries and a refund's several
+    /// events report it — is no write: a refund only moves forward, so
+    /// what was read cannot have moved since to where this would move it.
+    async fn record_seen(
+        &self,
+        order: &Order,
+        recorded_before: Vec<StripeRefund>,
+        seen: &[SeenRefund],
+        replace_legacy: bool,
+        now_ms: i64,
+    ) -> Result<Result<OrderRefunds, EventOutcome>, BillingError> {
+        let unchanged = !replace_legacy
+            && seen.iter().all(|refund| {
+                let known = recorded_before
+                    .iter()
+                    .find(|known| known.refund_id == refund.refund_id);
+                matches!(standing_after(known, refund, order.id), Ok(None))
+            });
+        if unchanged {
+            return Ok(Ok(OrderRefunds {
+                refunds: recorded_before,
+                changed: Vec::new(),
+            }));
+        }
+        let recorded = self
+            .store
+            .billing()
+            .record_refunds(RefundsSeen {
+                order_id: order.id,
+                refunds: seen.to_vec(),
+                replace_legacy,
+                now_ms,
+            })
+            .await;
+        match recorded {
+            Ok(recorded) => Ok(Ok(recorded)),
+            Err(BillingError::RefundMismatch(mismatch)) => Ok(Err(EventOutcome::Failed(format!(
+                "{mismatch}: nothing recorded of order {}'s refunds",
+                order.id
+            )))),
+            Err(error) => Err(error),
+        }
+    }
+
     /// The rows that settle the order's credit after its refunds were
     /// recorded: each reported refund — those this recording made or moved
     /// first (so that each new refund's row is its own) —, by where it
     /// stands, then its legacy record's replacement, if this recording
     /// made it (what is left to bring to what the refunds Stripe lists
-    /// hold back). Refunds recorded before are settled again by their keys (a
-    /// retry after a failure between the record and its row makes the row
-    /// then; otherwise the row, or nothing, is answered again).
-    fn refund_changes(
+    /// hold back). A refund recorded before is settled again by its key
+    /// unless its row is in the ledger (a retry after a failure between the
+    /// record and its row makes the row then).
+    async fn refund_changes(
         &self,
         order: &Order,
         seen: &[SeenRefund],
@@ -415,8 +452,8 @@ impl Billing {
                 continue;
             };
             let id = &record.refund_id;
-            match record.standing {
-                RefundStanding::Counted if record.amount.is_positive() => changes.push(Settle {
+            let change = match record.standing {
+                RefundStanding::Counted if record.amount.is_positive() => Settle {
                     key: IdempotencyKey::stripe_refund(id).map_err(|_| key_error(id))?,
                     description: format!("refund {id} of order {}", order.id),
                     cause: TakeBackCause::Refund {
@@ -424,16 +461,26 @@ impl Billing {
                         refunded: record.amount,
                         total_refunded,
                     },
-                }),
-                RefundStanding::Failed => changes.push(Settle {
+                },
+                RefundStanding::Failed => Settle {
                     key: IdempotencyKey::stripe_refund_failed(id).map_err(|_| key_error(id))?,
                     description: format!(
                         "refund {id} of order {} {}: credit given back",
                         order.id, record.stripe_status
                     ),
                     cause: TakeBackCause::Claims,
-                }),
-                _ => {}
+                },
+                _ => continue,
+            };
+            let settled_before = !recorded.changed.contains(id)
+                && self
+                    .store
+                    .ledger()
+                    .entry_by_key(order.account_id, change.key.clone())
+                    .await?
+                    .is_some();
+            if !settled_before {
+                changes.push(change);
             }
         }
         let legacy = legacy_refund_id(order.id);
@@ -465,10 +512,6 @@ impl Billing {
         taken: &[TakenBack],
         now_ms: i64,
     ) -> Result<(), BillingError> {
-        let replaced_at = recorded
-            .get(&legacy_refund_id(order.id))
-            .filter(|legacy| legacy.standing == RefundStanding::Replaced)
-            .map(|legacy| legacy.updated_at_ms);
         let mut told = false;
         for (change, taken) in changes.iter().zip(taken) {
             let (
@@ -484,7 +527,7 @@ impl Billing {
             };
             let held_by_legacy = recorded
                 .get(refund_id)
-                .is_some_and(|refund| Some(refund.recorded_at_ms) == replaced_at);
+                .is_some_and(|refund| refund.recorded_by == RecordedBy::LegacyReplacement);
             if held_by_legacy {
                 continue;
             }

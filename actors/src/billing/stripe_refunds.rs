@@ -58,6 +58,36 @@ impl RefundStanding {
     }
 }
 
+/// How a refund came to be recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RecordedBy {
+    /// Reported by an event, or by Stripe's list asked for one.
+    Event,
+    /// Found in Stripe's list of the payment's refunds that replaced the
+    /// order's legacy record: the legacy record held it back (if it is as
+    /// old as that), and the host was told of it then.
+    LegacyReplacement,
+}
+
+impl RecordedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordedBy::Event => "event",
+            RecordedBy::LegacyReplacement => "legacy_replacement",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<RecordedBy> {
+        match text {
+            "event" => Some(RecordedBy::Event),
+            "legacy_replacement" => Some(RecordedBy::LegacyReplacement),
+            _ => None,
+        }
+    }
+}
+
 /// The id of the legacy record of an order (one per order refunded before
 /// refunds were recorded one by one; the migration makes it).
 pub fn legacy_refund_id(order_id: i64) -> String {
@@ -98,6 +128,7 @@ pub struct StripeRefund {
     pub amount: Money,
     pub standing: RefundStanding,
     pub stripe_status: String,
+    pub recorded_by: RecordedBy,
     pub recorded_at_ms: i64,
     pub updated_at_ms: i64,
 }
@@ -227,6 +258,7 @@ mod tests {
             amount: Money::from_cents(300).unwrap(),
             standing,
             stripe_status: "succeeded".into(),
+            recorded_by: RecordedBy::Event,
             recorded_at_ms: 0,
             updated_at_ms: 0,
         }
@@ -262,6 +294,9 @@ mod tests {
         ));
         for standing in RefundStanding::ALL {
             assert_eq!(RefundStanding::parse(standing.as_str()), Some(standing));
+        }
+        for by in [RecordedBy::Event, RecordedBy::LegacyReplacement] {
+            assert_eq!(RecordedBy::parse(by.as_str()), Some(by));
         }
         assert_eq!(RefundStanding::parse("pending"), None);
     }

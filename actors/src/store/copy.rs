@@ -227,6 +227,7 @@ pub const TABLES: &[Table] = &[
             ("amount", I),
             ("standing", T),
             ("stripe_status", T),
+            ("recorded_by", T),
             ("recorded_at", I),
             ("updated_at", I),
         ],

@@ -7,18 +7,20 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::{boxed, PostgresStore};
 use crate::billing::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RefundStanding, RefundsSeen, StripeRefund,
+    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
+    StripeRefund,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
 use crate::store::{StoreError, StoreFuture, UnknownValue};
 
 const REFUND_COLUMNS: &str =
-    "refund_id, order_id, amount, standing, stripe_status, recorded_at, updated_at";
+    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
 
 fn refund_from_row(row: &Row) -> Result<StripeRefund, StoreError> {
     let refund_id: String = row.try_get(0)?;
     let standing: String = row.try_get(3)?;
+    let recorded_by: String = row.try_get(5)?;
     Ok(StripeRefund {
         order_id: row.try_get(1)?,
         amount: Money::from_micros(row.try_get(2)?),
@@ -31,8 +33,16 @@ fn refund_from_row(row: &Row) -> Result<StripeRefund, StoreError> {
             ))
         })?,
         stripe_status: row.try_get(4)?,
-        recorded_at_ms: row.try_get(5)?,
-        updated_at_ms: row.try_get(6)?,
+        recorded_by: RecordedBy::parse(&recorded_by).ok_or_else(|| {
+            StoreError::UnknownValue(UnknownValue::new(
+                "stripe_refunds",
+                &refund_id,
+                "recorded_by",
+                recorded_by.clone(),
+            ))
+        })?,
+        recorded_at_ms: row.try_get(6)?,
+        updated_at_ms: row.try_get(7)?,
         refund_id,
     })
 }
@@ -71,6 +81,24 @@ async fn record_refunds(
         .ok_or(BillingError::OrderNotFound(order_id))?;
     let paid: i64 = locked.try_get(0).map_err(StoreError::from)?;
     let mut changed = Vec::new();
+    // A legacy record replaced now: the refunds recorded with its
+    // replacement are marked so.
+    let mut recorded_by = RecordedBy::Event;
+    if seen.replace_legacy {
+        let legacy = legacy_refund_id(order_id);
+        let replaced = transaction
+            .execute(
+                "UPDATE stripe_refunds SET standing = 'replaced', updated_at = $3
+                  WHERE refund_id = $1 AND order_id = $2 AND standing = 'legacy'",
+                &[&legacy, &order_id, &seen.now_ms],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        if replaced == 1 {
+            changed.push(legacy);
+            recorded_by = RecordedBy::LegacyReplacement;
+        }
+    }
     for refund in &seen.refunds {
         let recorded = transaction
             .query_opt(
@@ -84,43 +112,40 @@ async fn record_refunds(
         let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
             continue;
         };
-        let statement = if recorded.is_none() {
-            "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing, stripe_status,
-                                         recorded_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $6)"
+        let written = if recorded.is_none() {
+            transaction
+                .execute(
+                    "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing,
+                                                 stripe_status, recorded_by, recorded_at,
+                                                 updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    &[
+                        &refund.refund_id,
+                        &order_id,
+                        &refund.amount.micros(),
+                        &standing.as_str(),
+                        &refund.stripe_status,
+                        &recorded_by.as_str(),
+                        &seen.now_ms,
+                    ],
+                )
+                .await
         } else {
-            "UPDATE stripe_refunds SET standing = $4, stripe_status = $5, updated_at = $6
-              WHERE refund_id = $1 AND order_id = $2 AND amount = $3"
+            transaction
+                .execute(
+                    "UPDATE stripe_refunds SET standing = $2, stripe_status = $3, updated_at = $4
+                      WHERE refund_id = $1",
+                    &[
+                        &refund.refund_id,
+                        &standing.as_str(),
+                        &refund.stripe_status,
+                        &seen.now_ms,
+                    ],
+                )
+                .await
         };
-        transaction
-            .execute(
-                statement,
-                &[
-                    &refund.refund_id,
-                    &order_id,
-                    &refund.amount.micros(),
-                    &standing.as_str(),
-                    &refund.stripe_status,
-                    &seen.now_ms,
-                ],
-            )
-            .await
-            .map_err(StoreError::from)?;
+        written.map_err(StoreError::from)?;
         changed.push(refund.refund_id.clone());
-    }
-    if seen.replace_legacy {
-        let legacy = legacy_refund_id(order_id);
-        let replaced = transaction
-            .execute(
-                "UPDATE stripe_refunds SET standing = 'replaced', updated_at = $3
-                  WHERE refund_id = $1 AND order_id = $2 AND standing = 'legacy'",
-                &[&legacy, &order_id, &seen.now_ms],
-            )
-            .await
-            .map_err(StoreError::from)?;
-        if replaced == 1 {
-            changed.push(legacy);
-        }
     }
     let refunds = OrderRefunds {
         refunds: refunds_of_order(transaction, order_id).await?,

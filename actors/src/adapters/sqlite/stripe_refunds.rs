@@ -6,18 +6,20 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
 use crate::billing::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RefundStanding, RefundsSeen, StripeRefund,
+    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
+    StripeRefund,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
 use crate::store::{StoreError, StoreFuture, UnknownValue};
 
 const REFUND_COLUMNS: &str =
-    "refund_id, order_id, amount, standing, stripe_status, recorded_at, updated_at";
+    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
 
 fn refund_from_row(row: &Row<'_>) -> rusqlite::Result<StripeRefund> {
     let refund_id: String = row.get(0)?;
     let standing: String = row.get(3)?;
+    let recorded_by: String = row.get(5)?;
     Ok(StripeRefund {
         order_id: row.get(1)?,
         amount: Money::from_micros(row.get(2)?),
@@ -26,8 +28,17 @@ fn refund_from_row(row: &Row<'_>) -> rusqlite::Result<StripeRefund> {
                 .into_sql_error(3)
         })?,
         stripe_status: row.get(4)?,
-        recorded_at_ms: row.get(5)?,
-        updated_at_ms: row.get(6)?,
+        recorded_by: RecordedBy::parse(&recorded_by).ok_or_else(|| {
+            UnknownValue::new(
+                "stripe_refunds",
+                &refund_id,
+                "recorded_by",
+                recorded_by.clone(),
+            )
+            .into_sql_error(5)
+        })?,
+        recorded_at_ms: row.get(6)?,
+        updated_at_ms: row.get(7)?,
         refund_id,
     })
 }
@@ -69,34 +80,9 @@ fn record_refunds(
         .map_err(StoreError::from)?;
     let paid = paid.ok_or(BillingError::OrderNotFound(order_id))?;
     let mut changed = Vec::new();
-    for refund in &seen.refunds {
-        let recorded = refund_by_id(connection, &refund.refund_id)?;
-        let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
-            continue;
-        };
-        let statement = if recorded.is_none() {
-            "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing, stripe_status,
-                                         recorded_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)"
-        } else {
-            "UPDATE stripe_refunds SET standing = ?4, stripe_status = ?5, updated_at = ?6
-              WHERE refund_id = ?1 AND order_id = ?2 AND amount = ?3"
-        };
-        connection
-            .prepare_cached(statement)
-            .and_then(|mut statement| {
-                statement.execute(params![
-                    refund.refund_id,
-                    order_id,
-                    refund.amount.micros(),
-                    standing.as_str(),
-                    refund.stripe_status,
-                    seen.now_ms
-                ])
-            })
-            .map_err(StoreError::from)?;
-        changed.push(refund.refund_id.clone());
-    }
+    // A legacy record replaced now: the refunds recorded with its
+    // replacement are marked so.
+    let mut recorded_by = RecordedBy::Event;
     if seen.replace_legacy {
         let legacy = legacy_refund_id(order_id);
         let replaced = connection
@@ -108,7 +94,50 @@ fn record_refunds(
             .map_err(StoreError::from)?;
         if replaced == 1 {
             changed.push(legacy);
+            recorded_by = RecordedBy::LegacyReplacement;
         }
+    }
+    for refund in &seen.refunds {
+        let recorded = refund_by_id(connection, &refund.refund_id)?;
+        let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
+            continue;
+        };
+        let written = if recorded.is_none() {
+            connection
+                .prepare_cached(
+                    "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing,
+                                                 stripe_status, recorded_by, recorded_at,
+                                                 updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        refund.refund_id,
+                        order_id,
+                        refund.amount.micros(),
+                        standing.as_str(),
+                        refund.stripe_status,
+                        recorded_by.as_str(),
+                        seen.now_ms
+                    ])
+                })
+        } else {
+            connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET standing = ?2, stripe_status = ?3, updated_at = ?4
+                      WHERE refund_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        refund.refund_id,
+                        standing.as_str(),
+                        refund.stripe_status,
+                        seen.now_ms
+                    ])
+                })
+        };
+        written.map_err(StoreError::from)?;
+        changed.push(refund.refund_id.clone());
     }
     let refunds = OrderRefunds {
         refunds: refunds_of_order(connection, order_id)?,

@@ -197,6 +197,7 @@ impl ApiError {
                 BillingError::NotRefundable(_) => "not_refundable",
                 BillingError::RefundRefused(_) => "refund_refused",
                 BillingError::RefundNotMade(_) => "refund_not_made",
+                BillingError::RefundMismatch(_) => "refund_mismatch",
                 BillingError::Gateway(_) => "stripe_error",
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
@@ -324,7 +325,8 @@ impl ResponseError for ApiError {
                 BillingError::OrderNotFound(_) => StatusCode::NOT_FOUND,
                 BillingError::NotRefundable(_)
                 | BillingError::RefundRefused(_)
-                | BillingError::RefundNotMade(_) => StatusCode::CONFLICT,
+                | BillingError::RefundNotMade(_)
+                | BillingError::RefundMismatch(_) => StatusCode::CONFLICT,
                 BillingError::UnknownDiscountCode(_) | BillingError::AccountNotFound(_) => {
                     StatusCode::NOT_FOUND
                 }

@@ -1275,8 +1275,13 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             refunds_before + 1,
             "one refund for a double click"
         );
-        let refunded_cents = 100 * (refunds_before as i64 + 1);
-        let refunded = events.charge_refunded("ch_console", &intent, 1000, refunded_cents);
+        let refunded = fake.charge_refunded(
+            &mut events,
+            "ch_console",
+            &intent,
+            1000,
+            crate::fake_stripe::Listed::All,
+        );
         assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
         page.wait_for(
             &text_of("balance"),

@@ -125,7 +125,7 @@ async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
         "messages",
         "stripe_events",
         "disputes",
-        "failed_refunds",
+        "stripe_refunds",
     ] {
         assert!(
             original

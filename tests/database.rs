@@ -329,6 +329,22 @@ impl TestDatabase {
         }
     }
 
+    /// The first column of the first row of a query, as text.
+    pub fn text(&self, sql: &str) -> String {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let connection = rusqlite::Connection::open(&self.url).unwrap();
+                connection.query_row(sql, [], |row| row.get(0)).unwrap()
+            }
+            StoreKind::Postgres => self.session().run(sql).unwrap()[0].clone().unwrap(),
+        }
+    }
+
+    /// Which store the database is.
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
     /// Writes a value the schema's CHECK constraints would refuse, as a
     /// newer release (or a hand edit) might have left it in `table`.
     pub fn tamper(&self, table: &str, sql: &str) {

@@ -211,3 +211,35 @@ async fn a_feed_ticket_of_an_unknown_scope_is_an_error_not_a_feed() {
         "{answer}"
     );
 }
+
+on_both_stores!(a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts);
+async fn a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts() {
+    let (app, fake) = app_with_fake_stripe().await;
+    let mut events = EventFactory::new();
+    let (account, _, intent) = crate::refunds::paid_top_up(&app, &mut events, "+14155550906").await;
+    let refund = fake.refund_in_dashboard(&intent, "ch_unknown", 300);
+    let refund_id = refund["id"].as_str().unwrap().to_string();
+    let refunded = fake.charge_refunded(
+        &mut events,
+        "ch_unknown",
+        &intent,
+        1000,
+        crate::fake_stripe::Listed::All,
+    );
+    assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
+    assert_eq!(app.balance_micros(account).await, 12_000_000);
+    app.directory.tamper(
+        "stripe_refunds",
+        &format!("UPDATE stripe_refunds SET standing = 'disputed' WHERE refund_id = '{refund_id}'"),
+    );
+    // Its failure is not taken for a refund that never counted (nothing
+    // given back) nor for one that does (given back): it is an error.
+    let failed = events.refund_event("refund.failed", fake.fail_refund(&refund_id));
+    let (status, answer) = app.deliver(&failed).await;
+    assert_unknown_value(
+        status,
+        &answer,
+        &format!("stripe_refunds row {refund_id}: unknown standing 'disputed'"),
+    );
+    assert_eq!(app.balance_micros(account).await, 12_000_000);
+}

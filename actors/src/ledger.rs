@@ -104,15 +104,12 @@ impl IdempotencyKey {
         IdempotencyKey::parse(&format!("stripe-payment:{payment_intent_id}"))
     }
 
-    /// What a refund of a charge takes back: one per charge and cumulative
-    /// refunded amount, since Stripe reports refunds as a running total.
-    pub fn stripe_refund(
-        charge_id: &str,
-        cumulative_refunded_cents: i64,
-    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
-        IdempotencyKey::parse(&format!(
-            "stripe-refund:{charge_id}:{cumulative_refunded_cents}"
-        ))
+    /// What a refund takes back: one per Stripe refund (or per order's
+    /// legacy record, whose replacement settles the order). Rows made
+    /// before refunds were counted one by one were keyed by the charge and
+    /// its running total (`stripe-refund:{charge}:{cents}`).
+    pub fn stripe_refund(refund_id: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!("stripe-refund:{refund_id}"))
     }
 
     /// What a refund that failed gives back: one per Stripe refund.
@@ -283,8 +280,8 @@ mod tests {
             Ok("stripe-payment:pi_1".to_string())
         );
         assert_eq!(
-            IdempotencyKey::stripe_refund("ch_1", 500).map(|key| key.to_string()),
-            Ok("stripe-refund:ch_1:500".to_string())
+            IdempotencyKey::stripe_refund("re_1").map(|key| key.to_string()),
+            Ok("stripe-refund:re_1".to_string())
         );
         assert_eq!(IdempotencyKey::message(3).as_str(), "msg:3");
         assert_eq!(IdempotencyKey::message_void(3).as_str(), "msg-void:3");

@@ -1,59 +1,80 @@
 //! An order's credit, settled against what its refunds and disputes claim
-//! of it: a dispute's funds withdrawn take the disputed credit back (what
-//! is unspent first, then the balance may go below zero), reinstated give
-//! it back; a refund that failed gives back what its refund took. Each
-//! claim is recorded in the store first, then the account's actor brings
-//! what the order's rows took back to what all its claims hold back (never
-//! more than the order credited), keyed by the claim; then the order is
-//! checked once more, so that a claim recorded on another instance at the
-//! same moment is counted whichever instance's row commits first.
+//! of it: a refund takes back its amount, and gives it back if it fails; a
+//! dispute's funds withdrawn take the disputed credit back (what is unspent
+//! first, then the balance may go below zero), reinstated give it back.
+//! Each claim is recorded in the store first (a refund once by its Stripe
+//! id), then the account's actor brings what the order's rows took back to
+//! what all its claims hold back (never more than the order credited),
+//! keyed by the claim; then the order is checked once more, so that a claim
+//! recorded on another instance at the same moment is counted whichever
+//! instance's row commits first.
 
 use super::checkout::Billing;
-use super::disputes::{
-    DisputeFunds, DisputeRecord, DisputeReport, DisputeStatus, DisputeUpdate, FailedRefund,
-};
+use super::disputes::{DisputeFunds, DisputeRecord, DisputeReport, DisputeStatus, DisputeUpdate};
 use super::events::{cents, payment_intent_key, EventOutcome};
-use super::gateway::RefundReport;
+use super::gateway::{GatewayError, RefundReport};
 use super::orders::{Order, OrderStatus};
+use super::stripe_refunds::{
+    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
+    SeenRefund, StripeRefund,
+};
 use super::BillingError;
 use crate::account_actor::{TakeBack, TakeBackCause, TakenBack};
 use crate::ledger::{IdempotencyKey, LedgerEntry};
 use crate::money::Money;
-use crate::webhooks::events::{payment_dispute_closed, payment_disputed};
+use crate::webhooks::events::{payment_dispute_closed, payment_disputed, payment_refunded};
 
 /// How many times an order is checked again after a row that settled its
 /// credit: each check that writes a row (another instance's claim met this
 /// one's) is checked once more.
 const SETTLE_CHECKS: u32 = 4;
 
+/// One change of an order's claims to settle the credit by: a row keyed
+/// by what changed.
+#[derive(Clone, Debug)]
+pub(super) struct Settle {
+    pub key: IdempotencyKey,
+    pub description: String,
+    pub cause: TakeBackCause,
+}
+
 impl Billing {
     /// Brings what `order`'s rows took back to what its refunds and
-    /// disputes hold back, by a row keyed `key` (answered from the row if
-    /// the key has one), then checks the order again until nothing is left
-    /// to change. Answers what the keyed row came to.
+    /// disputes hold back, by a row keyed by each change in turn (answered
+    /// from the row if the key has one), then checks the order again until
+    /// nothing is left to change. Answers what each keyed row came to.
     pub(super) async fn settle_credit(
         &self,
         order: &Order,
         credited: Money,
-        key: IdempotencyKey,
-        description: String,
-        cause: TakeBackCause,
-    ) -> Result<TakenBack, BillingError> {
+        changes: Vec<Settle>,
+    ) -> Result<Vec<TakenBack>, BillingError> {
         let account_id = order.account_id;
-        let taken = self
-            .registry
-            .send(
-                account_id,
-                TakeBack {
-                    order: order.clone(),
-                    credited,
-                    idempotency_key: key.clone(),
-                    description,
-                    cause,
-                },
-            )
-            .await?;
-        if matches!(taken, TakenBack::Row(_)) {
+        let Some(first_key) = changes.first().map(|change| change.key.clone()) else {
+            return Ok(Vec::new());
+        };
+        let mut answers = Vec::with_capacity(changes.len());
+        for change in changes {
+            let taken = self
+                .registry
+                .send(
+                    account_id,
+                    TakeBack {
+                        order: order.clone(),
+                        credited,
+                        idempotency_key: change.key,
+                        description: change.description,
+                        cause: change.cause,
+                    },
+                )
+                .await?;
+            answers.push(taken);
+        }
+        if answers
+            .iter()
+            .any(|taken| matches!(taken, TakenBack::Row(_)))
+        {
+            let key = first_key;
             for pass in 1..=SETTLE_CHECKS {
                 let check = IdempotencyKey::stripe_settle(&key, pass)
                     .map_err(|_| BillingError::Invalid(format!("key {key} is too long")))?;
@@ -73,12 +94,12 @@ impl Billing {
                         },
                     )
                     .await?;
-                if matches!(checked, TakenBack::Nothing { .. }) {
+                if matches!(checked, TakenBack::Nothing) {
                     break;
                 }
             }
         }
-        Ok(taken)
+        Ok(answers)
     }
 
     /// The order of a PaymentIntent, if it is completed, and what it
@@ -180,14 +201,19 @@ impl Billing {
             .settle_credit(
                 &order,
                 credited,
-                stage_key(record.funds)?,
-                description,
-                TakeBackCause::Claims,
+                vec![Settle {
+                    key: stage_key(record.funds)?,
+                    description,
+                    cause: TakeBackCause::Claims,
+                }],
             )
-            .await?;
+            .await?
+            .into_iter()
+            .next()
+            .unwrap_or(TakenBack::Nothing);
         let row_of = |taken: &TakenBack| match taken {
             TakenBack::Row(receipt) => Some(receipt.entry.clone()),
-            TakenBack::Nothing { .. } => None,
+            TakenBack::Nothing => None,
         };
         let (withdrawn, reinstated) = match record.funds {
             DisputeFunds::Withdrawn => (row_of(&settled), None),
@@ -263,58 +289,292 @@ impl Billing {
         Ok(())
     }
 
-    /// A refund Stripe reports failed or canceled: recorded once, and the
-    /// credit its refund took back comes back (what the order's refunds
-    /// still hold back, less this one). Answers `None` when the report is
-    /// not of a failed refund of this service's orders.
-    pub(super) async fn apply_refund_failure(
+    /// Refunds Stripe reported of a payment — a `charge.refunded`'s list
+    /// of the charge's refunds, a `refund.*` event's own refund — each
+    /// recorded once by its id; then the order's credit is settled by each
+    /// refund that stands (a row that takes back no more than it, keyed by
+    /// the refund) and each that failed (keyed by its failure), and the
+    /// host is told `payment.refunded` once per refund. How much is held
+    /// back never depends on the charge's running total. Where the event
+    /// may not list every refund it is about (`listed_in_part`: a charge's
+    /// list left out or cut short), a report lacks its amount, or the order
+    /// holds a legacy record, Stripe is asked for the payment's refunds
+    /// first: Stripe not answering fails the event, with nothing recorded,
+    /// and Stripe retries it.
+    pub(super) async fn apply_refunds(
         &self,
-        refund: &RefundReport,
+        payment_intent_id: Option<&str>,
+        reported: &[RefundReport],
+        listed_in_part: bool,
         now_ms: i64,
-    ) -> Result<Option<EventOutcome>, BillingError> {
-        let (Some(payment_intent_id), Some(amount_cents)) =
-            (refund.payment_intent_id.as_deref(), refund.amount_cents)
-        else {
-            return Ok(None);
+    ) -> Result<EventOutcome, BillingError> {
+        let Some(payment_intent_id) = payment_intent_id else {
+            return Ok(EventOutcome::Ignored(
+                "a refund of a charge without a PaymentIntent".into(),
+            ));
         };
-        if refund.made() {
-            return Ok(None);
-        }
         let (order, credited) = match self.completed_order(payment_intent_id).await? {
             Ok(found) => found,
-            Err(waiting) => return Ok(Some(waiting)),
+            Err(waiting) => return Ok(waiting),
         };
-        let amount = cents(amount_cents)?;
-        self.store
+        let recorded = self.store.billing().stripe_refunds(order.id).await?;
+        let has_legacy = recorded
+            .iter()
+            .any(|refund| refund.standing == RefundStanding::Legacy);
+        let lacks_amount = reported.iter().any(|report| report.amount_cents.is_none());
+        let ask_stripe = listed_in_part || lacks_amount || has_legacy;
+        let mut reports = reported.to_vec();
+        if ask_stripe {
+            let listed = self
+                .gateway
+                .refunds_of(payment_intent_id.to_string())
+                .await
+                .map_err(|error| match error {
+                    GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
+                        BillingError::Gateway(format!(
+                            "Stripe could not list the refunds of {payment_intent_id}: {message}"
+                        ))
+                    }
+                })?;
+            reports.extend(listed);
+        }
+        let seen = refunds_seen(&reports)?;
+        let recorded = match self
+            .record_seen(&order, recorded, &seen, ask_stripe && has_legacy, now_ms)
+            .await?
+        {
+            Ok(recorded) => recorded,
+            Err(refused) => return Ok(refused),
+        };
+        // The refund requests the admin made that these reports settle.
+        self.settle_reported_refunds(&reports, now_ms).await?;
+        let changes = self.refund_changes(&order, &seen, &recorded).await?;
+        let taken = self
+            .settle_credit(&order, credited, changes.clone())
+            .await?;
+        self.tell_refunds_without_rows(&order, &recorded, &changes, &taken, now_ms)
+            .await?;
+        let moved = |taken: &TakenBack| match taken {
+            TakenBack::Row(receipt) => receipt.entry.amount,
+            TakenBack::Nothing => Money::ZERO,
+        };
+        let (mut taken_back, mut given_back) = (Money::ZERO, Money::ZERO);
+        for amount in taken.iter().map(moved) {
+            if amount.is_negative() {
+                taken_back = taken_back.checked_sub(amount).map_err(money_error)?;
+            } else {
+                given_back = given_back.checked_add(amount).map_err(money_error)?;
+            }
+        }
+        Ok(EventOutcome::Applied(format!(
+            "order {}: {} refunded and standing ({} refunds known, {} new or changed); \
+             {taken_back} of credit taken back, {given_back} given back",
+            order.id,
+            recorded.standing().map_err(money_error)?,
+            recorded.refunds.len(),
+            recorded.changed.len(),
+        )))
+    }
+
+    /// Records the refunds seen of `order`, whose refunds were read as
+    /// `recorded_before`, replacing its legacy record if `replace_legacy`;
+    /// answers them as they stand, or the event's outcome if the store
+    /// refused them (a refund recorded for another order or of another
+    /// amount: nothing recorded). Nothing to record — every refund reported
+    /// is recorded so already, as Stripe's retries and a refund's several
+    /// events report it — is no write: a refund only moves forward, so
+    /// what was read cannot have moved since to where this would move it.
+    async fn record_seen(
+        &self,
+        order: &Order,
+        recorded_before: Vec<StripeRefund>,
+        seen: &[SeenRefund],
+        replace_legacy: bool,
+        now_ms: i64,
+    ) -> Result<Result<OrderRefunds, EventOutcome>, BillingError> {
+        let unchanged = !replace_legacy
+            && seen.iter().all(|refund| {
+                let known = recorded_before
+                    .iter()
+                    .find(|known| known.refund_id == refund.refund_id);
+                matches!(standing_after(known, refund, order.id), Ok(None))
+            });
+        if unchanged {
+            return Ok(Ok(OrderRefunds {
+                refunds: recorded_before,
+                changed: Vec::new(),
+            }));
+        }
+        let recorded = self
+            .store
             .billing()
-            .record_failed_refund(FailedRefund {
-                refund_id: refund.refund_id.clone(),
+            .record_refunds(RefundsSeen {
                 order_id: order.id,
-                amount,
+                refunds: seen.to_vec(),
+                replace_legacy,
                 now_ms,
             })
-            .await?;
-        let key = IdempotencyKey::stripe_refund_failed(&refund.refund_id)
-            .map_err(|_| BillingError::invalid_id("refund", &refund.refund_id))?;
-        let settled = self
-            .settle_credit(
-                &order,
-                credited,
-                key,
-                format!(
-                    "refund {} of order {} {}: credit given back",
-                    refund.refund_id, order.id, refund.status
-                ),
-                TakeBackCause::Claims,
-            )
-            .await?;
-        let given_back = match settled {
-            TakenBack::Row(receipt) => receipt.entry.amount.max(Money::ZERO),
-            TakenBack::Nothing { .. } => Money::ZERO,
-        };
-        Ok(Some(EventOutcome::Applied(format!(
-            "refund {} of order {} {} ({} refunded): {} of credit given back",
-            refund.refund_id, order.id, refund.status, amount, given_back
-        ))))
+            .await;
+        match recorded {
+            Ok(recorded) => Ok(Ok(recorded)),
+            Err(BillingError::RefundMismatch(mismatch)) => Ok(Err(EventOutcome::Failed(format!(
+                "{mismatch}: nothing recorded of order {}'s refunds",
+                order.id
+            )))),
+            Err(error) => Err(error),
+        }
     }
+
+    /// The rows that settle the order's credit after its refunds were
+    /// recorded: each reported refund — those this recording made or moved
+    /// first (so that each new refund's row is its own) —, by where it
+    /// stands, then its legacy record's replacement, if this recording
+    /// made it (what is left to bring to what the refunds Stripe lists
+    /// hold back). A refund recorded before is settled again by its key
+    /// unless its row is in the ledger (a retry after a failure between the
+    /// record and its row makes the row then).
+    async fn refund_changes(
+        &self,
+        order: &Order,
+        seen: &[SeenRefund],
+        recorded: &OrderRefunds,
+    ) -> Result<Vec<Settle>, BillingError> {
+        let key_error = |id: &str| BillingError::invalid_id("refund", id);
+        let total_refunded = recorded.in_all().map_err(money_error)?;
+        let mut changes = Vec::new();
+        // Newest first (as Stripe lists them): a refund a legacy record
+        // held back is older than one made since, so the new one's row
+        // takes its own credit and the old one's finds it held back.
+        let mut ordered: Vec<&SeenRefund> = seen.iter().collect();
+        ordered.sort_by_key(|refund| !recorded.changed.contains(&refund.refund_id));
+        for refund in ordered {
+            let Some(record) = recorded.get(&refund.refund_id) else {
+                continue;
+            };
+            let id = &record.refund_id;
+            let change = match record.standing {
+                RefundStanding::Counted if record.amount.is_positive() => Settle {
+                    key: IdempotencyKey::stripe_refund(id).map_err(|_| key_error(id))?,
+                    description: format!("refund {id} of order {}", order.id),
+                    cause: TakeBackCause::Refund {
+                        refund_id: id.clone(),
+                        refunded: record.amount,
+                        total_refunded,
+                    },
+                },
+                RefundStanding::Failed => Settle {
+                    key: IdempotencyKey::stripe_refund_failed(id).map_err(|_| key_error(id))?,
+                    description: format!(
+                        "refund {id} of order {} {}: credit given back",
+                        order.id, record.stripe_status
+                    ),
+                    cause: TakeBackCause::Claims,
+                },
+                _ => continue,
+            };
+            let settled_before = !recorded.changed.contains(id)
+                && self
+                    .store
+                    .ledger()
+                    .entry_by_key(order.account_id, change.key.clone())
+                    .await?
+                    .is_some();
+            if !settled_before {
+                changes.push(change);
+            }
+        }
+        let legacy = legacy_refund_id(order.id);
+        if recorded.changed.contains(&legacy) {
+            changes.push(Settle {
+                key: IdempotencyKey::stripe_refund(&legacy).map_err(|_| key_error(&legacy))?,
+                description: format!(
+                    "order {}: the refunds recorded before, as Stripe lists them",
+                    order.id
+                ),
+                cause: TakeBackCause::Claims,
+            });
+        }
+        Ok(changes)
+    }
+
+    /// `payment.refunded` for each refund that stands and whose row took
+    /// nothing back (what it refunded was held back already: a dispute
+    /// took it, or the order credited less): an event of its own, once per
+    /// refund, as the row's would have been. Not for a refund recorded by
+    /// the replacement of the order's legacy record that took nothing: the
+    /// legacy record held it back, and the host was told of it then (by
+    /// the charge's running total).
+    async fn tell_refunds_without_rows(
+        &self,
+        order: &Order,
+        recorded: &OrderRefunds,
+        changes: &[Settle],
+        taken: &[TakenBack],
+        now_ms: i64,
+    ) -> Result<(), BillingError> {
+        let mut told = false;
+        for (change, taken) in changes.iter().zip(taken) {
+            let (
+                TakeBackCause::Refund {
+                    refund_id,
+                    refunded,
+                    total_refunded,
+                },
+                TakenBack::Nothing,
+            ) = (&change.cause, taken)
+            else {
+                continue;
+            };
+            let held_by_legacy = recorded
+                .get(refund_id)
+                .is_some_and(|refund| refund.recorded_by == RecordedBy::LegacyReplacement);
+            if held_by_legacy {
+                continue;
+            }
+            let event = payment_refunded(order, refund_id, *refunded, *total_refunded, Money::ZERO)
+                .standalone(
+                    order.account_id,
+                    format!("payment.refunded:{refund_id}"),
+                    now_ms,
+                )?;
+            told |= self.store.webhooks().record_event(event).await?;
+        }
+        if told {
+            self.store.webhooks_ready().notify_one();
+        }
+        Ok(())
+    }
+}
+
+fn money_error(error: crate::money::MoneyError) -> BillingError {
+    BillingError::Invalid(format!("an amount out of range: {error}"))
+}
+
+/// The refunds the reports name, each once, in the order first reported:
+/// one any report says failed (or canceled) is failed, whatever another
+/// (older) report says. A report without its amount says nothing of it.
+fn refunds_seen(reports: &[RefundReport]) -> Result<Vec<SeenRefund>, BillingError> {
+    let mut seen: Vec<SeenRefund> = Vec::new();
+    for report in reports {
+        let Some(cents) = report.amount_cents else {
+            continue;
+        };
+        let refund = SeenRefund {
+            refund_id: report.refund_id.clone(),
+            amount: Money::from_cents(cents).map_err(|_| {
+                BillingError::Invalid(format!("refund {}: amount out of range", report.refund_id))
+            })?,
+            made: report.made(),
+            stripe_status: report.status.clone(),
+        };
+        match seen
+            .iter_mut()
+            .find(|known| known.refund_id == refund.refund_id)
+        {
+            Some(known) if known.made && !refund.made => *known = refund,
+            Some(_) => {}
+            None => seen.push(refund),
+        }
+    }
+    Ok(seen)
 }

@@ -85,6 +85,8 @@ pub struct Order {
     pub stripe_session_id: Option<String>,
     pub stripe_payment_intent_id: Option<String>,
     pub discount_code_id: Option<i64>,
+    /// What the order's refunds that stand come to (not those that failed),
+    /// as recorded by their Stripe ids.
     #[serde(rename = "amount_refunded_micros")]
     pub amount_refunded: Money,
     pub status: OrderStatus,

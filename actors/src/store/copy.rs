@@ -223,12 +223,16 @@ pub const TABLES: &[Table] = &[
         seeded: false,
     },
     Table {
-        name: "failed_refunds",
+        name: "stripe_refunds",
         columns: &[
             ("refund_id", T),
             ("order_id", I),
             ("amount", I),
-            ("failed_at", I),
+            ("standing", T),
+            ("stripe_status", T),
+            ("recorded_by", T),
+            ("recorded_at", I),
+            ("updated_at", I),
         ],
         key: &[0],
         has_id_sequence: false,

@@ -22,7 +22,6 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use crate::feed::FeedHub;
 use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
 use crate::messaging::notices::NewNotice;
-use crate::money::Money;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 use crate::webhooks::NewEvent;
 
@@ -58,26 +57,13 @@ pub struct LedgerWrite {
 /// What a ledger write queues besides its row: a notice it makes due (a
 /// low-balance warning), a pending notice it withdraws (the warning of a
 /// message whose cost it gives back), the webhook events it causes (a
-/// balance crossing, a payment) and, for credit taken back for a refund,
-/// the order's refunded figure.
+/// balance crossing, a payment).
 #[derive(Debug, Default)]
 pub struct Outbox {
     pub notice: Option<NewNotice>,
     /// A notice still `pending` that becomes `withdrawn` with the write.
     pub withdraw_notice: Option<i64>,
     pub events: Vec<NewEvent>,
-    /// The order whose refund the row takes credit back for, raised to
-    /// what Stripe says is refunded of it in all.
-    pub order_refunded: Option<OrderRefunded>,
-}
-
-/// What Stripe says is refunded of an order in all: the order's
-/// `amount_refunded` is raised to it (never lowered), and the order is
-/// `refunded` once it reaches what was paid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrderRefunded {
-    pub order_id: i64,
-    pub refunded: Money,
 }
 
 impl LedgerWrite {
@@ -95,12 +81,6 @@ impl LedgerWrite {
 
     pub fn events(&self) -> &[NewEvent] {
         self.outbox.as_ref().map_or(&[], |outbox| &outbox.events)
-    }
-
-    pub fn order_refunded(&self) -> Option<OrderRefunded> {
-        self.outbox
-            .as_ref()
-            .and_then(|outbox| outbox.order_refunded)
     }
 }
 

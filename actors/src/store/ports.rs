@@ -16,11 +16,12 @@ use crate::billing::auto_top_up::{
     AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
 };
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, OrderClaims};
 use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::refunds::{OpenRefund, Opened, RefundRequest};
+use crate::billing::stripe_refunds::{OrderRefunds, RefundsSeen, StripeRefund};
 use crate::billing::BillingError;
 use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
@@ -293,8 +294,6 @@ pub trait BillingStore: Send + Sync {
     ) -> StoreFuture<RefundRequest>;
     /// An order's refund requests, oldest first.
     fn refunds_of(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>>;
-    /// Records the cumulative refunded amount (only ever upwards).
-    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()>;
     /// Stripe reports the refund of a refund request failed (or canceled)
     /// after it was made: the request, if it is still `requested`, or
     /// `succeeded` with this refund (or with none recorded), becomes
@@ -306,9 +305,20 @@ pub trait BillingStore: Send + Sync {
         error: String,
         now_ms: i64,
     ) -> StoreFuture<RefundRequest>;
-    /// Records a refund Stripe reports failed, once per refund; `false`
-    /// when it was recorded before.
-    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool>;
+    /// Records the refunds Stripe reported of an order, in one transaction
+    /// taken after any other on the same order (its row locked first): a
+    /// refund not known is recorded as it stands (counted, or failed); a
+    /// counted one reported failed or canceled is failed, never the other
+    /// way; with `replace_legacy`, the order's legacy record is replaced.
+    /// The order's refunded figure becomes what its refunds that stand come
+    /// to (`refunded` once that reaches what was paid, `completed` again if
+    /// a failure brings it below). A refund recorded for another order, or
+    /// with another amount, is refused (`BillingError::RefundMismatch`) and
+    /// nothing is recorded. Answers the order's refunds as they stand.
+    fn record_refunds(&self, seen: RefundsSeen) -> StoreFuture<OrderRefunds, BillingError>;
+    /// The refunds of an order recorded by their Stripe id (and its legacy
+    /// record, if it has one), oldest first.
+    fn stripe_refunds(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>>;
     /// Records a dispute, or moves a known one forward (its funds only
     /// forward, its status never from closed back to open nor from a
     /// chargeback back to an inquiry); answers it as it stands.

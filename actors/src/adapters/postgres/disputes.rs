@@ -1,12 +1,12 @@
-//! Disputes, refunds that failed, and what they claim of an order's
-//! credit, in Postgres. A dispute is recorded by one upsert, so two
+//! Disputes, and what an order's disputes and refunds claim of its credit,
+//! in Postgres. A dispute is recorded by one upsert, so two
 //! instances moving it at once both move it forward.
 
 use tokio_postgres::{GenericClient, Row};
 
 use super::{boxed, PostgresStore};
 use crate::billing::disputes::{
-    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, FailedRefund, OrderClaims,
+    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims,
 };
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -136,34 +136,12 @@ impl PostgresStore {
         })
     }
 
-    pub(super) fn record_failed_refund_op(&self, failed: FailedRefund) -> StoreFuture<bool> {
-        self.write(move |transaction| {
-            let failed = failed.clone();
-            boxed(async move {
-                let inserted = transaction
-                    .execute(
-                        "INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
-                         VALUES ($1, $2, $3, $4) ON CONFLICT (refund_id) DO NOTHING",
-                        &[
-                            &failed.refund_id,
-                            &failed.order_id,
-                            &failed.amount.micros(),
-                            &failed.now_ms,
-                        ],
-                    )
-                    .await?;
-                Ok(inserted == 1)
-            })
-        })
-    }
-
     pub(super) fn claims_op(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
         self.read(move |client| async move {
             let Some(row) = client
                 .query_opt(
-                    "SELECT o.amount_refunded,
-                            (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM failed_refunds
-                              WHERE order_id = o.id),
+                    "SELECT (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM stripe_refunds
+                              WHERE order_id = o.id AND standing IN ('counted', 'legacy')),
                             (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM disputes
                               WHERE order_id = o.id AND funds = 'withdrawn')
                        FROM orders o WHERE o.id = $1",
@@ -174,9 +152,8 @@ impl PostgresStore {
                 return Ok(None);
             };
             Ok(Some(OrderClaims {
-                refunded: Money::from_micros(row.try_get(0)?),
-                refunds_failed: Money::from_micros(row.try_get(1)?),
-                disputed: Money::from_micros(row.try_get(2)?),
+                refunds: Money::from_micros(row.try_get(0)?),
+                disputed: Money::from_micros(row.try_get(1)?),
             }))
         })
     }

@@ -78,6 +78,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V17__operator.sql"),
     ),
     (
+        "V18__refunds_by_id",
+        include_str!("../../../../migrations/postgres/V18__refunds_by_id.sql"),
+    ),
+    (
         "V20__strangers_second_round",
         include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
     ),

@@ -24,6 +24,7 @@ mod migrations;
 mod opt_outs;
 mod reports;
 mod sign_in;
+mod stripe_refunds;
 mod webhooks;
 mod writer;
 

@@ -1,12 +1,12 @@
-//! Disputes, refunds that failed, and what they claim of an order's
-//! credit, in SQLite (one writer: a dispute's upsert and its reads are
-//! never interleaved with another's).
+//! Disputes, and what an order's disputes and refunds claim of its credit,
+//! in SQLite (one writer: a dispute's upsert and its reads are never
+//! interleaved with another's).
 
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
 use crate::billing::disputes::{
-    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, FailedRefund, OrderClaims,
+    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims,
 };
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -78,8 +78,8 @@ fn record_dispute_sql(placeholders: [&str; 11]) -> String {
 /// What an order's refunds and disputes claim, in one statement.
 fn claims_sql(order: &str) -> String {
     format!(
-        "SELECT o.amount_refunded,
-                (SELECT COALESCE(SUM(amount), 0) FROM failed_refunds WHERE order_id = o.id),
+        "SELECT (SELECT COALESCE(SUM(amount), 0) FROM stripe_refunds
+                  WHERE order_id = o.id AND standing IN ('counted', 'legacy')),
                 (SELECT COALESCE(SUM(amount), 0) FROM disputes
                   WHERE order_id = o.id AND funds = 'withdrawn')
            FROM orders o WHERE o.id = {order}"
@@ -142,23 +142,6 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn record_failed_refund_op(&self, failed: FailedRefund) -> StoreFuture<bool> {
-        self.write(move |connection| {
-            let inserted = connection
-                .prepare_cached(
-                    "INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (refund_id) DO NOTHING",
-                )?
-                .execute(params![
-                    failed.refund_id,
-                    failed.order_id,
-                    failed.amount.micros(),
-                    failed.now_ms
-                ])?;
-            Ok(inserted == 1)
-        })
-    }
-
     pub(super) fn claims_op(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
         self.read(move |connection| {
             let mut statement = connection.prepare_cached(&claims_sql("?1"))?;
@@ -167,9 +150,8 @@ impl SqliteStore {
                 return Ok(None);
             };
             Ok(Some(OrderClaims {
-                refunded: Money::from_micros(row.get(0)?),
-                refunds_failed: Money::from_micros(row.get(1)?),
-                disputed: Money::from_micros(row.get(2)?),
+                refunds: Money::from_micros(row.get(0)?),
+                disputed: Money::from_micros(row.get(1)?),
             }))
         })
     }

@@ -116,6 +116,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V26__operator.sql"),
     ),
     (
+        "V27__refunds_by_id",
+        include_str!("../../../../migrations/sqlite/V27__refunds_by_id.sql"),
+    ),
+    (
         "V29__strangers_second_round",
         include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
     ),

@@ -24,6 +24,7 @@ mod opt_outs;
 mod reader;
 mod reports;
 mod sign_in;
+mod stripe_refunds;
 mod syncer;
 mod watcher;
 mod webhooks;

@@ -1,0 +1,433 @@
+//! Refunds counted one by one, by Stripe's refund id: what an order's
+//! refunds hold back of its credit is what those that stand come to,
+//! whatever Stripe's running total of the charge does when one of them
+//! fails, however the charge lists them (all, none, the newest), on two
+//! instances at once, with Stripe unable to list them for a while, and for
+//! orders refunded before refunds were kept one by one. On both stores.
+
+use awc::http::StatusCode;
+use serde_json::json;
+
+use crate::database::{StoreKind, TestDatabase};
+use crate::disputes::{deliver, net_of};
+use crate::fake_stripe::{EventFactory, FailedRefunds, FakeStripe, Listed};
+use crate::helpers::{fresh_directory, run_cli, stripe_settings, TestApp, ADMIN_TOKEN};
+use crate::ledger_actors::assert_verified;
+use crate::refunds::paid_top_up;
+
+async fn app_with_fake() -> (FakeStripe, TestApp) {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    (fake, TestApp::spawn_with(directory, settings).await)
+}
+
+/// An order's refunded figure, as the admin API shows it.
+async fn refunded_figure(app: &TestApp, account: i64, order: i64) -> i64 {
+    let orders = app.get_orders(account).await;
+    let row = orders.iter().find(|row| row["id"] == order).unwrap();
+    row["amount_refunded_micros"].as_i64().unwrap()
+}
+
+/// The statuses of an order's refund requests, oldest first.
+async fn request_statuses(app: &TestApp, order: i64) -> Vec<String> {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}/refunds"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|refund| refund["status"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A $10 top-up is refunded $3 (taken back); the refund fails (the $3 comes
+/// back); a new $2 refund is made: $2 taken back, once. With Stripe's
+/// running total as `behaviour` has it, the charge listing its refunds each
+/// way, and the failure told by its own event first, or only by the
+/// charge's later list (its own event coming last).
+async fn a_new_refund_after_a_failed_one_is_taken_back_once(behaviour: FailedRefunds) {
+    let (fake, app) = app_with_fake().await;
+    fake.set_failed_refunds(behaviour);
+    let mut events = EventFactory::new();
+    let mut phone = 14_155_550_600_i64;
+    for listed in [Listed::All, Listed::Absent, Listed::Newest(1)] {
+        for failure_told_first in [true, false] {
+            phone += 1;
+            let case = format!(
+                "{behaviour:?}, listed {listed:?}, failure told first {failure_told_first}"
+            );
+            let (account, order, intent) =
+                paid_top_up(&app, &mut events, &format!("+{phone}")).await;
+            let charge = format!("ch_{order}");
+
+            let three = fake.refund_in_dashboard(&intent, &charge, 300);
+            let refunded = fake.charge_refunded(&mut events, &charge, &intent, 1000, listed);
+            let answer = deliver(&app, &refunded).await;
+            assert_eq!(answer["outcome"], "applied", "{case}: {answer}");
+            deliver(&app, &refunded).await;
+            assert_eq!(net_of(&app, account, order).await, -3_000_000, "{case}");
+
+            let failed = fake.fail_refund(three["id"].as_str().unwrap());
+            let failure = events.refund_event("charge.refund.updated", failed);
+            if failure_told_first {
+                for _ in 0..2 {
+                    deliver(&app, &failure).await;
+                }
+                assert_eq!(
+                    net_of(&app, account, order).await,
+                    0,
+                    "{case}: the failed $3 comes back"
+                );
+            }
+
+            let two = fake.refund_in_dashboard(&intent, &charge, 200);
+            let total = match behaviour {
+                FailedRefunds::StayInTotal => 500,
+                FailedRefunds::LeaveTheTotal => 200,
+            };
+            assert_eq!(fake.amount_refunded(&intent), total, "{case}");
+            let refunded = fake.charge_refunded(&mut events, &charge, &intent, 1000, listed);
+            deliver(&app, &refunded).await;
+            assert_eq!(
+                net_of(&app, account, order).await,
+                -2_000_000,
+                "{case}: the new $2 is taken back, the failed $3 is not"
+            );
+            // Every event again, the failure's own last: nothing moves.
+            let created = events.refund_event("refund.created", two);
+            for payload in [&created, &refunded, &failure, &created, &failure] {
+                deliver(&app, payload).await;
+            }
+            assert_eq!(net_of(&app, account, order).await, -2_000_000, "{case}");
+            assert_eq!(app.balance_micros(account).await, 13_000_000, "{case}");
+            assert_eq!(
+                refunded_figure(&app, account, order).await,
+                2_000_000,
+                "{case}: what stands refunded"
+            );
+        }
+    }
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
+async fn a_new_refund_after_a_failed_one_is_taken_back_once_when_stripe_lowers_its_total() {
+    a_new_refund_after_a_failed_one_is_taken_back_once(FailedRefunds::LeaveTheTotal).await;
+}
+on_both_stores!(a_new_refund_after_a_failed_one_is_taken_back_once_when_stripe_lowers_its_total);
+
+async fn a_new_refund_after_a_failed_one_is_taken_back_once_when_stripe_keeps_it_in_its_total() {
+    a_new_refund_after_a_failed_one_is_taken_back_once(FailedRefunds::StayInTotal).await;
+}
+on_both_stores!(
+    a_new_refund_after_a_failed_one_is_taken_back_once_when_stripe_keeps_it_in_its_total
+);
+
+async fn refund_events_of_one_charge_on_two_instances_at_once_take_each_refund_once() {
+    let fake = FakeStripe::start().await;
+    fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let first = TestApp::spawn_with(directory.clone(), settings.clone()).await;
+    let second = TestApp::spawn_with(directory.clone(), settings).await;
+    let mut events = EventFactory::new();
+    let (account, customer, token) =
+        crate::stripe::active_account(&first, &mut events, "+14155550650").await;
+    // Both instances' actors for the account are live.
+    assert_eq!(second.balance_micros(account).await, 5_000_000);
+
+    let mut top_ups = Vec::new();
+    for _ in 0..6 {
+        let (order, session) = first.start_top_up(account, &token).await;
+        let intent = format!("pi_ids_{order}");
+        let completed = events.checkout_completed(&session, order, &customer, 1000, &intent);
+        deliver(&first, &completed).await;
+        top_ups.push((order, intent, format!("ch_ids_{order}")));
+    }
+    for (index, (order, intent, charge)) in top_ups.iter().enumerate() {
+        let (one, other) = if index % 2 == 0 {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        // $3 refunded, then failed; $2 refunded (Stripe's total: 200¢).
+        // The failure and the new refund's charge.refunded (which lists
+        // its refunds or not: then Stripe is asked for them) come at the
+        // same moment to the two instances, then the new refund's own
+        // event to both at once.
+        let three = fake.refund_in_dashboard(intent, charge, 300);
+        let refunded = fake.charge_refunded(&mut events, charge, intent, 1000, Listed::All);
+        deliver(one, &refunded).await;
+        let failure = events.refund_event(
+            "charge.refund.updated",
+            fake.fail_refund(three["id"].as_str().unwrap()),
+        );
+        let two = fake.refund_in_dashboard(intent, charge, 200);
+        let listed = if index % 2 == 0 {
+            Listed::Absent
+        } else {
+            Listed::All
+        };
+        let refunded = fake.charge_refunded(&mut events, charge, intent, 1000, listed);
+        let (a, b) = futures_util::join!(one.deliver(&failure), other.deliver(&refunded));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+        let created = events.refund_event("refund.created", two);
+        let (a, b) = futures_util::join!(one.deliver(&created), other.deliver(&created));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+        assert_eq!(
+            net_of(&first, account, *order).await,
+            -2_000_000,
+            "order {order}: the $2 that stands"
+        );
+
+        // Two more refunds at once, $1 and $1.50, each told by its own
+        // event to one instance: each taken back once.
+        let one_dollar = fake.refund_in_dashboard(intent, charge, 100);
+        let and_a_half = fake.refund_in_dashboard(intent, charge, 150);
+        let one_dollar = events.refund_event("refund.created", one_dollar);
+        let and_a_half = events.refund_event("refund.created", and_a_half);
+        let (a, b) = futures_util::join!(one.deliver(&one_dollar), other.deliver(&and_a_half));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+        let refunded = fake.charge_refunded(&mut events, charge, intent, 1000, Listed::All);
+        let (a, b) = futures_util::join!(one.deliver(&refunded), other.deliver(&refunded));
+        assert_eq!((a.0, b.0), (StatusCode::OK, StatusCode::OK), "{a:?} {b:?}");
+    }
+    for (order, _, _) in &top_ups {
+        assert_eq!(
+            net_of(&first, account, *order).await,
+            -4_500_000,
+            "order {order}: $2, $1 and $1.50 taken back, once each"
+        );
+        assert_eq!(refunded_figure(&first, account, *order).await, 4_500_000);
+    }
+    // $5 included + $60 of top-ups − 6 × $4.50.
+    assert_eq!(first.balance_micros(account).await, 38_000_000);
+    assert_eq!(second.balance_micros(account).await, 38_000_000);
+    first.stop().await;
+    let directory = second.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(refund_events_of_one_charge_on_two_instances_at_once_take_each_refund_once);
+
+async fn a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can() {
+    let (fake, app) = app_with_fake().await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550660").await;
+    let charge = format!("ch_{order}");
+
+    // The admin refunds $3: Stripe makes it, its answer is lost (the
+    // request is left requested).
+    fake.set_refund_answer_lost(true);
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/orders/{order}/refund"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": 3_000_000, "reason": "lost", "idempotency_key": "l-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{answer}");
+    fake.set_refund_answer_lost(false);
+
+    // Its charge.refunded lists no refunds (as current API versions send
+    // it) and Stripe cannot list them: answered with an error, so that
+    // Stripe retries, and nothing is changed, however often it comes.
+    let refunded = fake.charge_refunded(&mut events, &charge, &intent, 1000, Listed::Absent);
+    fake.set_refund_lists_fail(true);
+    for _ in 0..3 {
+        let (status, answer) = app.deliver(&refunded).await;
+        assert!(status.is_server_error(), "{status}: {answer}");
+    }
+    assert_eq!(app.balance_micros(account).await, 15_000_000);
+    assert_eq!(net_of(&app, account, order).await, 0);
+    assert_eq!(refunded_figure(&app, account, order).await, 0);
+    assert_eq!(request_statuses(&app, order).await, ["requested"]);
+
+    // Stripe lists them again: Stripe's retry applies, once.
+    fake.set_refund_lists_fail(false);
+    let answer = deliver(&app, &refunded).await;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    let answer = deliver(&app, &refunded).await;
+    assert_eq!(answer["outcome"], "duplicate", "{answer}");
+    assert_eq!(net_of(&app, account, order).await, -3_000_000);
+    assert_eq!(request_statuses(&app, order).await, ["succeeded"]);
+
+    // A charge that lists only its newest refund (it has more): the same.
+    fake.refund_in_dashboard(&intent, &charge, 200);
+    let refunded = fake.charge_refunded(&mut events, &charge, &intent, 1000, Listed::Newest(1));
+    fake.set_refund_lists_fail(true);
+    let (status, answer) = app.deliver(&refunded).await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    assert_eq!(net_of(&app, account, order).await, -3_000_000);
+    fake.set_refund_lists_fail(false);
+    deliver(&app, &refunded).await;
+    deliver(&app, &refunded).await;
+    assert_eq!(net_of(&app, account, order).await, -5_000_000);
+    assert_eq!(refunded_figure(&app, account, order).await, 5_000_000);
+    assert_eq!(app.balance_micros(account).await, 10_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can);
+
+/// The last migration before refunds were kept one by one.
+fn last_migration_before(kind: StoreKind) -> u32 {
+    match kind {
+        StoreKind::Sqlite => 26,
+        StoreKind::Postgres => 17,
+    }
+}
+
+/// A database made by a release before refunds were kept one by one: the
+/// store's migrations up to `last_migration_before`, applied from the
+/// repository's files, with the history refinery keeps of them (read from
+/// a database migrated by this release).
+fn database_before_refund_ids() -> TestDatabase {
+    let reference = fresh_directory();
+    assert!(run_cli(&reference, &["migrate"]).status.success());
+    let kind = reference.kind();
+    let last = last_migration_before(kind);
+    let history = reference.text(&match kind {
+        StoreKind::Sqlite => format!(
+            "SELECT group_concat(entry, ', ') FROM (
+                 SELECT printf('(%d, %Q, %Q, %Q)', version, name, applied_on, checksum) AS entry
+                   FROM refinery_schema_history WHERE version <= {last} ORDER BY version)"
+        ),
+        StoreKind::Postgres => format!(
+            "SELECT string_agg(format('(%s, %L, %L, %L)', version, name, applied_on, checksum),
+                               ', ' ORDER BY version)
+               FROM refinery_schema_history WHERE version <= {last}"
+        ),
+    });
+    let folder = match kind {
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Postgres => "postgres",
+    };
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(format!(
+        "{}/migrations/{folder}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .map(|entry| entry.unwrap().path())
+    .map(|path| {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let version = name[1..name.find("__").unwrap()].parse().unwrap();
+        (version, path)
+    })
+    .filter(|(version, _)| *version <= last)
+    .collect();
+    files.sort();
+    assert_eq!(files.len(), last as usize);
+    let database = fresh_directory();
+    for (_, path) in files {
+        database.execute(&std::fs::read_to_string(path).unwrap());
+    }
+    database.execute(&format!(
+        "CREATE TABLE refinery_schema_history (version INT4 PRIMARY KEY, name VARCHAR(255),
+                                               applied_on VARCHAR(255), checksum VARCHAR(255));
+         INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES {history};"
+    ));
+    database
+}
+
+async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held() {
+    let fake = FakeStripe::start().await;
+    fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
+    // Stripe's refunds of the two orders: the first's $3; the second's
+    // $3 that failed and $2.
+    let first_refund = fake.refund_in_dashboard("pi_legacy_1", "ch_legacy_1", 300);
+    let failed = fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 300);
+    let failed = fake.fail_refund(failed["id"].as_str().unwrap());
+    fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 200);
+
+    // The database as the release before left them: each order's running
+    // total (as Stripe said it then), the refund that failed, and the
+    // rows that took back and gave back: $3 and $2 held back.
+    let directory = database_before_refund_ids();
+    directory.execute(&format!(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550670', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                             amount_refunded, status, created_at, completed_at)
+              VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_legacy_1', 3000000, 'completed', 0, 0),
+                     (2, 1, 'top_up', 10000000, 10000000, 'pi_legacy_2', 5000000, 'completed', 0, 0);
+         INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
+              VALUES ('{failed_id}', 2, 3000000, 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                   order_id, description, created_at)
+              VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
+                     (1, 2, 'credit', 10000000, 20000000, 'stripe-order:2', 2, 'top-up', 0),
+                     (1, 3, 'refund', -3000000, 17000000, 'stripe-refund:ch_legacy_1:300', 1, 'refund', 0),
+                     (1, 4, 'refund', -3000000, 14000000, 'stripe-refund:ch_legacy_2:300', 2, 'refund', 0),
+                     (1, 5, 'refund', 3000000, 17000000, 'stripe-refund-failed:{failed_id}', 2, 'failed', 0),
+                     (1, 6, 'refund', -2000000, 15000000, 'stripe-refund:ch_legacy_2:500', 2, 'refund', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 15000000, 6, 0);",
+        failed_id = failed["id"].as_str().unwrap()
+    ));
+
+    // This release migrates it: the balance, what each order holds back
+    // and its refunded figure are as they were.
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory.clone(), settings).await;
+    assert_eq!(app.balance_micros(1).await, 15_000_000);
+    let held_back = |order: i64| {
+        directory.number(&format!(
+            "SELECT COALESCE(SUM(amount), 0) FROM stripe_refunds
+              WHERE order_id = {order} AND standing IN ('counted', 'legacy')"
+        ))
+    };
+    assert_eq!((held_back(1), held_back(2)), (3_000_000, 2_000_000));
+    assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
+    assert_eq!(refunded_figure(&app, 1, 2).await, 2_000_000);
+
+    // An event about the first order's old refund (its metadata edited):
+    // Stripe's list of the payment's refunds replaces the order's record
+    // of their total, and what it holds back does not move.
+    let mut events = EventFactory::new();
+    let updated = events.refund_event("refund.updated", first_refund.clone());
+    deliver(&app, &updated).await;
+    assert_eq!(net_of(&app, 1, 1).await, -3_000_000);
+    // That refund fails: its $3 comes back.
+    let first_failed = fake.fail_refund(first_refund["id"].as_str().unwrap());
+    deliver(
+        &app,
+        &events.refund_event("charge.refund.updated", first_failed),
+    )
+    .await;
+    assert_eq!(net_of(&app, 1, 1).await, 0);
+    assert_eq!(refunded_figure(&app, 1, 1).await, 0);
+
+    // A new $4 refund of the second order, Stripe's total leaving out the
+    // refund that failed (600¢: the $2 and the $4): $4 more taken back, $6
+    // in all.
+    fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 400);
+    let refunded =
+        fake.charge_refunded(&mut events, "ch_legacy_2", "pi_legacy_2", 1000, Listed::All);
+    deliver(&app, &refunded).await;
+    deliver(&app, &refunded).await;
+    assert_eq!(net_of(&app, 1, 2).await, -6_000_000);
+    assert_eq!(refunded_figure(&app, 1, 2).await, 6_000_000);
+    assert_eq!(app.balance_micros(1).await, 14_000_000);
+    // The host is told of the new refund alone: those the orders held
+    // back before were told then.
+    let told = |what: &str| {
+        directory.text(&format!(
+            "SELECT {what} FROM webhook_events WHERE type = 'payment.refunded'"
+        ))
+    };
+    assert_eq!(told("CAST(COUNT(*) AS TEXT)"), "1");
+    let told: serde_json::Value = serde_json::from_str(&told("payload")).unwrap();
+    assert_eq!(told["data"]["order_id"], 2);
+    assert_eq!(told["data"]["refunded_micros"], 4_000_000);
+    assert_eq!(told["data"]["credit_taken_back_micros"], 4_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held);

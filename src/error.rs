@@ -213,7 +213,9 @@ impl ApiError {
                 MessagingError::InvalidKey(_) => "invalid_idempotency_key",
                 MessagingError::InProgress => "in_progress",
                 MessagingError::RecipientOptedOut => "recipient_opted_out",
-                MessagingError::NotSent(_) | MessagingError::Refused { .. } => "twilio_error",
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. } => "twilio_error",
                 MessagingError::KeySpent => "idempotency_key_spent",
                 MessagingError::OutcomeUnknown(_) => "send_outcome_unknown",
             },
@@ -263,7 +265,11 @@ impl ApiError {
             ApiError::Messaging(MessagingError::OutcomeUnknown(_)) => {
                 "Twilio may have taken the message but did not say so: whether it was sent is not known yet. It is charged until settled (within about ten minutes): sent, it stays charged; not sent, its cost is given back. Send the same idempotency key again to learn which (409 in_progress until then); never a new key, which would send it again".to_string()
             }
-            ApiError::Messaging(MessagingError::NotSent(_) | MessagingError::Refused { .. }) => {
+            ApiError::Messaging(
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. },
+            ) => {
                 "the carrier did not take the message, and its cost was given back; to try again, send it with a new idempotency key (this one is spent); the X-Request-Id header names it in the server's log".to_string()
             }
             other => other.to_string(),
@@ -356,9 +362,9 @@ impl ResponseError for ApiError {
                 MessagingError::InProgress
                 | MessagingError::RecipientOptedOut
                 | MessagingError::KeySpent => StatusCode::CONFLICT,
-                MessagingError::NotSent(_) | MessagingError::Refused { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. } => StatusCode::BAD_GATEWAY,
                 // Twilio did not answer in time (or its answer could not be
                 // recorded): whether the message went is settled later.
                 MessagingError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,

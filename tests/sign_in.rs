@@ -1212,3 +1212,93 @@ async fn the_country_cap_counts_the_destination_the_rate_table_prices() {
         "{attention}"
     );
 }
+
+on_both_stores!(a_brief_twilio_failure_is_tried_again_and_the_code_arrives);
+/// Twilio answering a code's text `429` (the account's rate), then `503`
+/// (briefly unavailable), took nothing: the text is tried again a few
+/// times within its minute, and the code arrives and signs in.
+async fn a_brief_twilio_failure_is_tried_again_and_the_code_arrives() {
+    let world = world_behind_proxy(|_| {}).await;
+    let app = &world.app;
+    let phone = "+14155554201";
+    world.twilio.fail_next_sends(&[429, 503]);
+    let (status, answer) = ask_code_from(app, phone, CUSTOMER).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let code = code_sent_to(&world.twilio, phone).await;
+    let (status, signed_up) = sign_in_from(app, phone, json!({ "code": code }), CUSTOMER).await;
+    assert_eq!(status, StatusCode::OK, "{signed_up}");
+    let metrics = wait_for_outcomes(app, 1).await;
+    assert_eq!(outcome(&metrics, "US", "sent"), 1, "{metrics}");
+    assert_eq!(outcome(&metrics, "US", "failed"), 0, "{metrics}");
+}
+
+on_both_stores!(a_stopping_server_waits_for_code_texts_and_counts_those_not_sent);
+/// A code's text goes after the answer: a server stopped gracefully (a
+/// SIGTERM) waits a bounded while for the texts in flight, and one that
+/// did not go out by then is counted `failed` and logged, never lost
+/// silently. Twilio holds two codes' texts; the server is told to stop;
+/// one text is let through while it waits (it is sent), the other never
+/// is (logged as not texted).
+async fn a_stopping_server_waits_for_code_texts_and_counts_those_not_sent() {
+    use crate::helpers::{process_env, ServerProcess};
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let mut server = ServerProcess::start(&directory, &process_env(&twilio.base_url, None));
+    let app = TestApp::attach(&server, &directory);
+    twilio.hold("sign-in code");
+    let phones = ["+14155554211", "+14155554212"];
+    for phone in phones {
+        let (status, answer) = ask_code(&app, phone).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+    twilio.wait_for_held(2).await;
+
+    let signalled = std::process::Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(signalled.success());
+    let mut log = Vec::new();
+    let read_until = |log: &mut Vec<String>, server: &ServerProcess, wanted: &str| {
+        let wanted = wanted.to_string();
+        while let Ok(line) = server.log.try_recv() {
+            log.push(line);
+        }
+        log.iter().any(|line| line.contains(&wanted))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !read_until(&mut log, &server, "waiting for sign-in codes' texts") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stopping server did not say within 30 s that it waits for the texts: {log:#?}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    twilio.let_one_through();
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not stop within 30 s: {log:#?}"
+        );
+        actix_rt::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}: {log:#?}");
+    // The pipe's last lines come with its end.
+    while let Ok(line) = server.log.recv_timeout(std::time::Duration::from_secs(10)) {
+        log.push(line);
+    }
+    let texted: Vec<_> = phones
+        .iter()
+        .filter(|phone| texts_to(&twilio, phone) == 1)
+        .collect();
+    assert_eq!(texted.len(), 1, "one text went out while the server waited");
+    let not_sent: Vec<_> = log
+        .iter()
+        .filter(|line| line.contains("not texted before the server stopped"))
+        .collect();
+    assert_eq!(not_sent.len(), 1, "{log:#?}");
+    assert!(not_sent[0].contains("US"), "{}", not_sent[0]);
+}

@@ -103,6 +103,10 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
+    /// Twilio was unavailable (a 5xx, a 429, no connection) and took
+    /// nothing: a service message may be sent again.
+    #[error("Twilio is unavailable, and nothing was sent: {0}")]
+    Unavailable(String),
     /// The account's number opted out of texts (it texted STOP): nothing
     /// is sent to it, nothing charged, until it texts START.
     #[error("the account's number opted out of texts (it texted STOP); nothing is sent to it until it texts START")]
@@ -434,6 +438,7 @@ impl Messaging {
                     opted_out: true,
                     detail,
                 },
+                SenderError::Unavailable(detail) => MessagingError::Unavailable(detail),
                 other => MessagingError::NotSent(other.to_string()),
             })?;
         self.record_service(account_id, to, body, kind, Some(accepted.sid), now_ms)

@@ -149,6 +149,7 @@ impl ApiError {
                 SignInError::InvalidCode => "invalid_code",
                 SignInError::NotYet => "no_access_yet",
                 SignInError::Wait { .. } => "too_many_codes",
+                SignInError::TooManyWrongCodes { .. } => "too_many_wrong_codes",
                 SignInError::Destination(rating) => ApiError::Rating(rating.clone()).code(),
                 SignInError::NotSent(_) => "code_not_sent",
                 SignInError::Store(_) => "store_unavailable",
@@ -372,7 +373,9 @@ impl ResponseError for ApiError {
             ApiError::SignIn(error) => match error {
                 SignInError::InvalidCode => StatusCode::UNAUTHORIZED,
                 SignInError::NotYet => StatusCode::CONFLICT,
-                SignInError::Wait { .. } => StatusCode::TOO_MANY_REQUESTS,
+                SignInError::Wait { .. } | SignInError::TooManyWrongCodes { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 SignInError::Destination(rating) => ApiError::Rating(rating.clone()).status_code(),
                 SignInError::NotSent(_) => StatusCode::BAD_GATEWAY,
                 SignInError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -404,7 +407,10 @@ impl ResponseError for ApiError {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }
-            ApiError::SignIn(SignInError::Wait { retry_after_ms }) => {
+            ApiError::SignIn(
+                SignInError::Wait { retry_after_ms }
+                | SignInError::TooManyWrongCodes { retry_after_ms },
+            ) => {
                 let seconds = (retry_after_ms + 999) / 1000;
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }

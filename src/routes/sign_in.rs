@@ -69,7 +69,7 @@ fn address_of(state: &AppState, request: &HttpRequest) -> String {
 #[utoipa::path(post, path = "/v1/sign-in/code", tag = "account holders", request_body = CodeRequest,
     responses((status = 202, body = CodeSent),
         (status = 422, description = "`unsupported_destination`: the rate table does not price the phone's country"),
-        (status = 429, description = "Too many codes for this phone from this address, for this phone in all, or from this address; `Retry-After` says when"),
+        (status = 429, description = "Too many codes for this phone from this address, for this phone in all (of the hour or of the day), or from this address; `Retry-After` says when"),
         (status = 503, description = "Sign-in by text message is not available on this server")))]
 pub async fn request_code(
     state: web::Data<AppState>,
@@ -163,10 +163,12 @@ fn text_after_answer(state: &web::Data<AppState>, messaging: &Messaging, pending
 /// Signs in with the texted code: an account token (`sct_…`, expiring) for
 /// a phone with access, a sign-up token (30 minutes) for one without. A
 /// wrong code is `401 invalid_code`; after five from one address, that
-/// address can no longer sign the phone in for the hour.
+/// address can no longer sign the phone in for the hour: `429
+/// too_many_wrong_codes` with `Retry-After`, whatever it presents.
 #[utoipa::path(post, path = "/v1/sign-in", tag = "account holders", request_body = SignInRequest,
     responses((status = 200, body = sms_credit_actors::sign_in::SignedIn),
-        (status = 401, description = "`invalid_code`: wrong, used, expired or dead"),
+        (status = 401, description = "`invalid_code`: wrong, used, expired or replaced"),
+        (status = 429, description = "`too_many_wrong_codes`: this address tried too many wrong codes for the phone; `Retry-After` says when it may try again (a new code does not help)"),
         (status = 409, description = "`no_access_yet`: a sign-up token whose phone has not paid yet")))]
 pub async fn sign_in(
     state: web::Data<AppState>,

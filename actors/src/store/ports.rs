@@ -747,6 +747,16 @@ pub trait OptOutStore: Send + Sync {
         keyword: Option<String>,
         now_ms: i64,
     ) -> StoreFuture<()>;
+    /// Records that the carrier refused to text the number (Twilio's
+    /// 21610) for a message sent at `sent_at_ms` (`None`: not known),
+    /// unless the number opted back in (START) after that message was
+    /// sent: answers whether the opt-out was recorded (or already stood).
+    fn record_carrier_opt_out(
+        &self,
+        phone: PhoneNumber,
+        sent_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<bool>;
 }
 
 /// A store: every port, from one adapter.

@@ -85,6 +85,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V20__strangers_second_round",
         include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
     ),
+    (
+        "V22__strangers_third_round",
+        include_str!("../../../../migrations/postgres/V22__strangers_third_round.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -123,6 +123,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V29__strangers_second_round",
         include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
     ),
+    (
+        "V31__strangers_third_round",
+        include_str!("../../../../migrations/sqlite/V31__strangers_third_round.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -665,17 +665,14 @@ pub async fn check_source_stopped(
 ) -> Result<(), CopyError> {
     let running: Vec<RunningInstance> = source
         .instances()
-        .alive(i64::MIN)
+        .beats()
         .await?
         .into_iter()
-        .map(|(id, heartbeat_ms)| RunningInstance {
-            own_timeout_ms: super::instance_timeout_of(&id),
-            id,
-            heartbeat_ms,
-        })
-        .filter(|instance| {
-            let timeout = instance.own_timeout_ms.unwrap_or(fallback_timeout_ms);
-            instance.heartbeat_ms >= now_ms.saturating_sub(timeout)
+        .filter(|beat| beat.is_alive(now_ms, fallback_timeout_ms))
+        .map(|beat| RunningInstance {
+            own_timeout_ms: beat.timeout_ms,
+            id: beat.id,
+            heartbeat_ms: beat.heartbeat_ms,
         })
         .collect();
     if running.is_empty() {

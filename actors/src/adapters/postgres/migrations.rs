@@ -81,6 +81,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V20__strangers_second_round",
         include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
     ),
+    (
+        "V21__instance_timeouts",
+        include_str!("../../../../migrations/postgres/V21__instance_timeouts.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

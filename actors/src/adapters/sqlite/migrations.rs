@@ -119,6 +119,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V29__strangers_second_round",
         include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
     ),
+    (
+        "V30__instance_timeouts",
+        include_str!("../../../../migrations/sqlite/V30__instance_timeouts.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -3,10 +3,13 @@
 //! server on the copy carries on where the original stopped; a target that
 //! holds data, or a source a server is running on, is refused.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use serde_json::json;
-use sms_credit_actors::adapters::{self, StoreSettings};
-use sms_credit_actors::store::copy::TABLES;
+use sms_credit_actors::adapters::{self, FillTarget, StoreSettings};
+use sms_credit_actors::clock::{Clock, SystemClock};
+use sms_credit_actors::store::copy::{self, CopyError, StillStopped, TABLES};
 
 use crate::database::{StoreKind, TestDatabase};
 use crate::fake_stripe::{EventFactory, FakeStripe};
@@ -283,6 +286,22 @@ fn after_a_crash_copy_says_it_waits_for_a_stale_heartbeat_and_leaves_nothing() {
     assert_eq!(left_behind(&target), "");
 }
 
+/// A source whose last table copied holds a value this release cannot
+/// read (text in an integer column): reading it fails after every other
+/// table's rows have gone to the target. Its verify is clean.
+fn failing_source(phone: &str) -> TestDatabase {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+        .status
+        .success());
+    source.execute(
+        "INSERT INTO backups (id, taken_at, path, accounts, transactions, bytes, duration_ms)
+         VALUES (1, 'yesterday', '/backups/one.db', 1, 0, 0, 0)",
+    );
+    assert_eq!(TABLES.last().unwrap().name, "backups");
+    source
+}
+
 /// Every byte of a file, to tell whether anything changed it.
 fn bytes_of(path: &str) -> Vec<u8> {
     std::fs::read(path).unwrap()
@@ -291,20 +310,7 @@ fn bytes_of(path: &str) -> Vec<u8> {
 #[test]
 fn a_copy_or_restore_that_fails_part_way_leaves_the_target_as_it_was() {
     crate::watchdog::watch();
-    // A source whose last table copied holds a value this release cannot
-    // read (text in an integer column): reading it fails after every other
-    // table's rows have gone to the target.
-    let source = TestDatabase::of(StoreKind::Sqlite);
-    assert!(
-        run_cli(&source, &["accounts", "create", "--phone", "+14155550994"])
-            .status
-            .success()
-    );
-    source.execute(
-        "INSERT INTO backups (id, taken_at, path, accounts, transactions, bytes, duration_ms)
-         VALUES (1, 'yesterday', '/backups/one.db', 1, 0, 0, 0)",
-    );
-    assert_eq!(TABLES.last().unwrap().name, "backups");
+    let source = failing_source("+14155550994");
     let before = bytes_of(source.url());
     for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
         // Into a target that does not exist yet: nothing is left of it.
@@ -356,11 +362,7 @@ fn a_target_of_an_earlier_release_that_holds_data_is_refused_untouched() {
             .status
             .success()
     );
-    let last = target.number("SELECT MAX(version) FROM refinery_schema_history");
-    target.execute(&format!(
-        "DELETE FROM refinery_schema_history WHERE version = {last};
-         ALTER TABLE transactions DROP COLUMN reason;"
-    ));
+    let last = as_an_earlier_release(&target);
     let refused = copy(&source, &target);
     assert!(!refused.status.success(), "{refused:?}");
     let stderr = String::from_utf8_lossy(&refused.stderr);
@@ -406,4 +408,191 @@ fn a_server_with_a_longer_timeout_than_copy_s_is_judged_by_its_own() {
     );
     assert_eq!(left_behind(&target), "");
     drop(server);
+}
+
+/// Takes the database back to the release before this one, as that
+/// release left it (the last migration's row and column gone); answers the
+/// last migration's version.
+fn as_an_earlier_release(database: &TestDatabase) -> i64 {
+    let last = database.number("SELECT MAX(version) FROM refinery_schema_history");
+    database.execute(&format!(
+        "DELETE FROM refinery_schema_history WHERE version = {last};
+         ALTER TABLE instances DROP COLUMN timeout_ms;"
+    ));
+    last
+}
+
+/// The time now, in Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemClock.now_ms()
+}
+
+on_both_stores!(sync a_source_of_an_earlier_release_is_refused_and_never_changed);
+/// `copy` only reads its --from: a source of an earlier release, its
+/// servers just stopped (a heartbeat still fresh), is refused before
+/// anything is done to it, saying to stop its servers and migrate it
+/// first; its migration history and (SQLite) every byte of it are as they
+/// were. Migrated, it copies.
+fn a_source_of_an_earlier_release_is_refused_and_never_changed() {
+    let source = TestDatabase::fresh();
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550981"])
+            .status
+            .success()
+    );
+    let last = as_an_earlier_release(&source);
+    source.execute(&format!(
+        "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ('just-stopped', 0, {})",
+        now_ms()
+    ));
+    let sqlite_file = source.location().sqlite_path().map(|path| {
+        // One file, whose header says its journal mode.
+        source.execute("PRAGMA journal_mode = DELETE");
+        path.to_path_buf()
+    });
+    let bytes_before = sqlite_file
+        .as_deref()
+        .map(|path| std::fs::read(path).unwrap());
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("earlier release") && stderr.contains("sms-credit migrate"),
+        "{stderr}"
+    );
+    assert_eq!(
+        source.number("SELECT MAX(version) FROM refinery_schema_history"),
+        last - 1,
+        "the source was not migrated"
+    );
+    assert!(
+        sqlite_file
+            .as_deref()
+            .map(|path| std::fs::read(path).unwrap())
+            == bytes_before,
+        "not a byte of the source changed"
+    );
+    if let Some(path) = &sqlite_file {
+        assert!(!path.with_extension("db-wal").exists(), "no log was made");
+    }
+    assert_eq!(left_behind(&target), "");
+    // Stopped and migrated, it copies.
+    source.execute("DELETE FROM instances");
+    assert!(run_cli(&source, &["migrate"]).status.success());
+    let copied = copy(&source, &target);
+    assert!(copied.status.success(), "{copied:?}");
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 1);
+}
+
+#[test]
+fn a_read_only_source_file_is_copied_and_left_byte_for_byte() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550982", "+14155550983"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    source.execute("PRAGMA journal_mode = DELETE");
+    let path = std::path::PathBuf::from(source.url());
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let before = bytes_of(source.url());
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        let target = TestDatabase::of(kind);
+        let copied = copy(&source, &target);
+        assert!(copied.status.success(), "{kind:?}: {copied:?}");
+        assert_eq!(
+            target.number("SELECT COUNT(*) FROM accounts"),
+            2,
+            "{kind:?}"
+        );
+        assert!(
+            bytes_of(source.url()) == before,
+            "{kind:?}: the source changed"
+        );
+        assert_eq!(
+            left_behind(&source),
+            "sms-credit.db",
+            "{kind:?}: nothing was made beside the source"
+        );
+    }
+}
+
+on_both_stores!(sync a_source_that_is_not_clean_is_refused_before_the_target_is_looked_at);
+/// The source is verified before the target is looked at: a source whose
+/// ledger does not sum to its balances is refused as such, whatever the
+/// target holds (here data, which would be refused too).
+fn a_source_that_is_not_clean_is_refused_before_the_target_is_looked_at() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550984"])
+            .status
+            .success()
+    );
+    source.execute("UPDATE account_balances SET balance = balance + 1");
+    let target = TestDatabase::fresh();
+    assert!(
+        run_cli(&target, &["accounts", "create", "--phone", "+14155550985"])
+            .status
+            .success()
+    );
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("not clean on the source") && !stderr.contains("already holds data"),
+        "{stderr}"
+    );
+}
+
+on_both_stores!(an_instance_that_starts_on_the_source_during_a_copy_stops_it);
+/// `copy` checks that no instance runs on its source before it reads it,
+/// and again once it has read it all, before the target may commit: a
+/// server that started meanwhile (its heartbeat is fresh) stops the copy,
+/// and the target is left as it was.
+async fn an_instance_that_starts_on_the_source_during_a_copy_stops_it() {
+    let source = TestDatabase::fresh();
+    for phone in ["+14155550970", "+14155550971"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let reader = adapters::open_source(&source.location()).unwrap();
+    copy::check_source_stopped(&reader, now_ms(), 2_000)
+        .await
+        .unwrap();
+    let report = copy::verify_source(&reader).await.unwrap();
+    let hold = reader.hold_after_first_page_for_testing();
+    let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
+    let (filled, ()) = futures_util::join!(
+        filling.fill(
+            &reader,
+            report,
+            StoreSettings::new(target.location()),
+            Some(StillStopped {
+                clock: Arc::new(SystemClock),
+                fallback_timeout_ms: 2_000,
+            }),
+        ),
+        async {
+            hold.reached().await;
+            source.execute(&format!(
+                "INSERT INTO instances (id, started_at, heartbeat_at, timeout_ms)
+                 VALUES ('started-meanwhile', {0}, {0}, 30000)",
+                now_ms()
+            ));
+            hold.release();
+        }
+    );
+    let error = filled.unwrap_err();
+    assert!(
+        matches!(error.cause, CopyError::SourceStarted(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("started-meanwhile"), "{error}");
+    assert_eq!(left_behind(&target), "", "the target is as it was");
 }

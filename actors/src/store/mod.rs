@@ -31,8 +31,8 @@ pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BackupStore, BillingStore,
     CopyStore, EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore,
     LedgerStore, MessageStore, OptOutStore, OrderCompletion, PriceAccess, PriceCheck,
-    ReceivedEvent, Reception, ReportStore, SignInStore, StoreFuture, StripeEventStore, TokenStore,
-    WebhookStore,
+    ReceivedEvent, Reception, ReportStore, SignInStore, SourceStore, StoreFuture, StripeEventStore,
+    TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.

@@ -682,9 +682,26 @@ pub trait InstanceStore: Send + Sync {
     ) -> StoreFuture<()>;
     /// Forgets this instance (a clean stop): what it left is anyone's.
     fn leave(&self, instance_id: String) -> StoreFuture<()>;
+}
+
+/// A copy's source (`copy`'s --from, restore's copy of its backup), opened
+/// to be read only (`adapters::open_source`): never migrated, never written,
+/// its journal mode never changed; a source whose migration history is not
+/// this release's is refused when it is opened.
+pub trait SourceStore: Send + Sync {
     /// Every instance that has a row (its last heartbeat and own timeout):
     /// whether it is alive is judged by its own timeout.
     fn beats(&self) -> StoreFuture<Vec<InstanceBeat>>;
+    /// The verify report of the whole source, read in one transaction.
+    fn verify(&self) -> StoreFuture<VerifyReport>;
+    /// Up to `limit` rows of `table` whose key comes after `after` (from
+    /// the first when `None`), in key order.
+    fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<CopyRow>,
+        limit: i64,
+    ) -> StoreFuture<Vec<CopyRow>>;
 }
 
 /// Moving every row from one store to another (`sms-credit copy`).

@@ -478,8 +478,4 @@ impl InstanceStore for PostgresStore {
             })
         })
     }
-
-    fn beats(&self) -> StoreFuture<Vec<InstanceBeat>> {
-        self.read(|client| async move { instance_beats(client.as_ref()).await })
-    }
 }

@@ -106,7 +106,7 @@ async fn insert(
 }
 
 /// Up to `limit` rows of `table` after the key `after`, in key order.
-async fn select_page(
+pub(super) async fn select_page(
     client: &impl GenericClient,
     table: &Table,
     after: Option<&CopyRow>,

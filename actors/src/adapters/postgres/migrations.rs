@@ -126,6 +126,24 @@ pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreErr
     Ok(applied)
 }
 
+/// This release's migrations, as refinery names them (`V{version}__{name}`).
+pub(super) fn names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// The migrations recorded in the database, oldest first: version and name.
+pub(super) async fn applied_migrations(client: &Client) -> Result<Vec<(i64, String)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT version::bigint, name::text FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
+}
+
 /// Whether the database has a migration history (any migration applied):
 /// one without is no sms-credit database yet.
 pub(super) async fn has_history(client: &Client) -> Result<bool, StoreError> {

@@ -24,10 +24,12 @@ mod migrations;
 mod opt_outs;
 mod reports;
 mod sign_in;
+mod source;
 mod webhooks;
 mod writer;
 
 pub(crate) use copy::{drop_tables_made, look_before_filling};
+pub(crate) use source::open_source;
 
 use std::any::Any;
 use std::fmt;

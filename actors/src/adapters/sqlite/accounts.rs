@@ -371,10 +371,6 @@ impl InstanceStore for SqliteStore {
             Ok(())
         })
     }
-
-    fn beats(&self) -> StoreFuture<Vec<InstanceBeat>> {
-        self.read(instance_beats)
-    }
 }
 
 impl TokenStore for SqliteStore {

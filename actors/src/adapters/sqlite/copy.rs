@@ -110,7 +110,7 @@ fn import(
 }
 
 /// Up to `limit` rows of `table` after the key `after`, in key order.
-fn select_page(
+pub(super) fn select_page(
     connection: &Connection,
     table: &Table,
     after: Option<&CopyRow>,
@@ -171,7 +171,7 @@ fn export_all(
 
 /// Opens an existing file read-only, changing nothing (no journal mode,
 /// no migration).
-fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     Connection::open_with_flags(path, flags).map_err(|error| StoreError::Open {

@@ -232,6 +232,22 @@ fn adopt_legacy_history(
     Ok(())
 }
 
+/// This release's migrations, as refinery names them (`V{version}__{name}`).
+pub(super) fn names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// Whether the database has refinery's migration history (read only).
+pub(super) fn has_history(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(connection.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{HISTORY_TABLE}')"
+        ),
+        [],
+        |row| row.get(0),
+    )?)
+}
+
 /// Whether `version` and `name` are one of this release's migrations, as
 /// refinery records it (`V{version}__{name}`).
 pub(super) fn is_ours(version: i64, name: &str) -> bool {

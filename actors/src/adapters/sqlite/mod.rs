@@ -24,12 +24,14 @@ mod opt_outs;
 mod reader;
 mod reports;
 mod sign_in;
+mod source;
 mod syncer;
 mod watcher;
 mod webhooks;
 mod writer;
 
 pub(crate) use copy::{check_made_by_sms_credit, table_holding_rows};
+pub(crate) use source::open_source;
 
 use std::any::Any;
 use std::future::Future;

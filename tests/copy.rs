@@ -4,6 +4,7 @@
 //! holds data, or a source a server is running on, is refused.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::http::StatusCode;
 use serde_json::json;
@@ -548,6 +549,98 @@ fn a_source_that_is_not_clean_is_refused_before_the_target_is_looked_at() {
     );
 }
 
+/// Waits for a thread's answer, for at most `within`.
+fn join_within<T>(thread: std::thread::JoinHandle<T>, within: Duration, what: &str) -> T {
+    let deadline = Instant::now() + within;
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "{what} ended within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    thread.join().unwrap()
+}
+
+/// Fills `target` from `source` as `copy` does, on a thread of its own;
+/// `waiting` is told if it waits for another fill.
+fn fill_on_a_thread(
+    source: copy::Source,
+    filling: impl FnOnce() -> Result<FillTarget, CopyError> + Send + 'static,
+    target: adapters::DatabaseLocation,
+) -> std::thread::JoinHandle<Result<copy::CopyReport, String>> {
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let report = copy::verify_source(&source)
+                .await
+                .map_err(|error| error.to_string())?;
+            let filling = filling().map_err(|error| error.to_string())?;
+            filling
+                .fill(&source, report, StoreSettings::new(target), None)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    })
+}
+
+on_both_stores!(sync a_failed_fill_never_takes_away_one_that_succeeded);
+/// Two fills of one new target: B looks at it first (nothing there yet),
+/// then A looks and fills, and is held after its first page (or, where
+/// the store makes a second fill wait for the first, waits for B). B fills
+/// from a source that fails part-way, then A is let go: A's copy stands,
+/// whole. What B's failure takes away is only what B made.
+fn a_failed_fill_never_takes_away_one_that_succeeded() {
+    let good = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550986", "+14155550987", "+14155550988"] {
+        assert!(run_cli(&good, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let bad = failing_source("+14155550989");
+    let target = TestDatabase::fresh();
+    let location = target.location();
+    let b_filling = FillTarget::look(&location, &|| {}).unwrap();
+
+    let a_source = adapters::open_source(&good.location()).unwrap();
+    let hold = a_source.hold_after_first_page_for_testing();
+    let (waiting, a_waits) = std::sync::mpsc::channel();
+    let a_location = location.clone();
+    let a = fill_on_a_thread(
+        a_source,
+        move || {
+            FillTarget::look(&a_location, &move || {
+                let _ = waiting.send(());
+            })
+        },
+        location.clone(),
+    );
+    actix_rt::System::new().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if a_waits.try_recv().is_ok() {
+                break;
+            }
+            let held = actix_rt::time::timeout(Duration::from_millis(20), hold.reached()).await;
+            if held.is_ok() {
+                break;
+            }
+            assert!(!a.is_finished(), "A ended before its first page");
+            assert!(
+                Instant::now() < deadline,
+                "A was held after its first page, or waited for B, within 60 s"
+            );
+        }
+    });
+    let b_source = adapters::open_source(&bad.location()).unwrap();
+    let b = fill_on_a_thread(b_source, move || Ok(b_filling), location.clone());
+    hold.release();
+    let b = join_within(b, Duration::from_secs(120), "B");
+    assert!(b.is_err(), "{b:?}");
+    let a = join_within(a, Duration::from_secs(120), "A");
+    assert!(a.is_ok(), "{a:?}");
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 3);
+    if target.location().sqlite_path().is_some() {
+        assert_eq!(left_behind(&target), "sms-credit.db");
+    }
+}
+
 on_both_stores!(an_instance_that_starts_on_the_source_during_a_copy_stops_it);
 /// `copy` checks that no instance runs on its source before it reads it,
 /// and again once it has read it all, before the target may commit: a
@@ -595,4 +688,87 @@ async fn an_instance_that_starts_on_the_source_during_a_copy_stops_it() {
     );
     assert!(error.to_string().contains("started-meanwhile"), "{error}");
     assert_eq!(left_behind(&target), "", "the target is as it was");
+}
+
+on_both_stores!(a_fill_refused_at_its_last_check_leaves_the_target_s_sequences_as_they_were);
+/// The checks before the commit come first, then the id sequences are
+/// moved past the copied rows (Postgres' `setval`, which no rollback
+/// undoes): a copy refused at its last check leaves an existing empty
+/// target as it was, and its next account is account 1.
+async fn a_fill_refused_at_its_last_check_leaves_the_target_s_sequences_as_they_were() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550972", "+14155550973", "+14155550974"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let target = TestDatabase::fresh();
+    assert!(run_cli(&target, &["migrate"]).status.success());
+    let reader = adapters::open_source(&source.location()).unwrap();
+    let report = copy::verify_source(&reader).await.unwrap();
+    let hold = reader.hold_after_first_page_for_testing();
+    let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
+    let (filled, ()) = futures_util::join!(
+        filling.fill(&reader, report, StoreSettings::new(target.location()), None),
+        async {
+            hold.reached().await;
+            // A ledger row written behind the copy's back, after its
+            // accounts were read: what it reads no longer agrees with the
+            // verify it started from.
+            let adjusted = run_cli(
+                &source,
+                &[
+                    "accounts",
+                    "adjust",
+                    "1",
+                    "--amount",
+                    "1.00",
+                    "--reason",
+                    "behind the copy",
+                    "--idempotency-key",
+                    "behind",
+                ],
+            );
+            assert!(adjusted.status.success(), "{adjusted:?}");
+            hold.release();
+        }
+    );
+    let error = filled.unwrap_err();
+    assert!(matches!(error.cause, CopyError::Differs(_)), "{error}");
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 0);
+    let created = run_cli(
+        &target,
+        &["accounts", "create", "--phone", "+14155550975", "--json"],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(created["id"], 1, "the id sequence was not moved: {created}");
+}
+
+#[test]
+fn another_program_s_sqlite_database_is_refused_as_a_target_untouched() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550976"])
+            .status
+            .success()
+    );
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    target.execute(
+        "PRAGMA journal_mode = DELETE;
+         CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    );
+    let before = bytes_of(target.url());
+    for command in [
+        vec!["copy", "--from", source.url(), "--to", target.url()],
+        vec!["restore", "--from", source.url()],
+    ] {
+        let refused = run_cli(&target, &command);
+        assert!(!refused.status.success(), "{refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("not an sms-credit database"), "{stderr}");
+        assert!(bytes_of(target.url()) == before, "{command:?} changed it");
+        assert_eq!(left_behind(&target), "sms-credit.db");
+    }
 }

@@ -28,7 +28,7 @@ mod source;
 mod webhooks;
 mod writer;
 
-pub(crate) use copy::{drop_tables_made, look_before_filling};
+pub(crate) use copy::{drop_tables_made, lock_for_filling, look_before_filling, FillLock};
 pub(crate) use source::open_source;
 
 use std::any::Any;

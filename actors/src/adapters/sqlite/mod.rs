@@ -30,7 +30,7 @@ mod watcher;
 mod webhooks;
 mod writer;
 
-pub(crate) use copy::{check_made_by_sms_credit, table_holding_rows};
+pub(crate) use copy::{check_made_by_sms_credit, foreign_tables, table_holding_rows};
 pub(crate) use source::open_source;
 
 use std::any::Any;

@@ -68,6 +68,7 @@ impl CopyCommand {
             let source_report = copy::verify_source(&source_store).await.map_err(from)?;
             let filling = FillTarget::look(&target, &say_waiting(&target))
                 .map_err(|error| format!("--to: {target}: {error}"))?;
+            let _removed_if_stopped = filling.filling_file().map(super::interrupt::remove_on_stop);
             filling
                 .fill(
                     &source_store,

@@ -1,6 +1,8 @@
 //! `sms-credit restore`: a backup file's rows into an empty database
 //! (SQLite or Postgres, whichever store the backup was taken of), verified.
 
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use clap::Args;
@@ -9,6 +11,7 @@ use sms_credit_actors::adapters::{self, DatabaseLocation, FillTarget};
 use sms_credit_actors::store::copy::{self, Source};
 
 use super::copy::say_waiting;
+use super::interrupt::{remove_on_stop, RemovedOnStop};
 use super::output::{counted, print_json};
 use crate::config::Settings;
 
@@ -27,42 +30,68 @@ pub struct RestoreCommand {
     json: bool,
 }
 
-/// A directory of this command's own, removed with everything in it when
-/// dropped: the copy of the backup that is migrated and read is made here,
-/// so that the backup itself is never opened but to be copied.
-struct Scratch(PathBuf);
+/// A directory of this command's own, readable by its user alone (the
+/// backup holds every account), removed with everything in it when
+/// dropped, or when a signal stops the command: the copy of the backup
+/// that is migrated and read is made here, so that the backup itself is
+/// never opened but to be copied.
+struct Scratch {
+    directory: PathBuf,
+    /// Removes the directory if a signal stops the command (dropped just
+    /// after `drop` has removed it).
+    _removed_if_stopped: RemovedOnStop,
+}
 
 impl Scratch {
     fn new() -> Result<Scratch, String> {
         let name = sms_credit_actors::random::random_secret("sms-credit-restore-")
             .map_err(|error| error.to_string())?;
         let directory = std::env::temp_dir().join(&name[..35]);
-        std::fs::create_dir(&directory).map_err(|error| {
-            format!(
-                "could not make a working directory for the backup's copy ({}): {error}",
-                directory.display()
-            )
-        })?;
-        Ok(Scratch(directory))
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&directory)
+            .map_err(|error| {
+                format!(
+                    "could not make a working directory for the backup's copy ({}): {error}",
+                    directory.display()
+                )
+            })?;
+        let removed_if_stopped = remove_on_stop(&directory);
+        Ok(Scratch {
+            directory,
+            _removed_if_stopped: removed_if_stopped,
+        })
     }
 
-    /// A copy of `backup` (and of a write-ahead log beside it, if any).
+    /// A copy of `backup` (and of a write-ahead log beside it, if any),
+    /// readable and writable by this user alone, whatever the backup's own
+    /// permissions.
     fn copy_of(&self, backup: &Path) -> Result<PathBuf, String> {
-        let copied = self.0.join("backup.db");
+        let copied = self.directory.join("backup.db");
         for suffix in ["", "-wal"] {
             let mut from = backup.as_os_str().to_owned();
             from.push(suffix);
             let mut to = copied.as_os_str().to_owned();
             to.push(suffix);
-            if suffix.is_empty() || Path::new(&from).exists() {
-                std::fs::copy(&from, &to).map_err(|error| {
-                    format!(
-                        "could not copy {} to {}: {error}",
-                        Path::new(&from).display(),
-                        Path::new(&to).display()
-                    )
-                })?;
+            if !suffix.is_empty() && !Path::new(&from).exists() {
+                continue;
             }
+            let failed = |error: std::io::Error| {
+                format!(
+                    "could not copy {} to {}: {error}",
+                    Path::new(&from).display(),
+                    Path::new(&to).display()
+                )
+            };
+            let mut reading = std::fs::File::open(&from).map_err(failed)?;
+            let mut writing = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&to)
+                .map_err(failed)?;
+            std::io::copy(&mut reading, &mut writing).map_err(failed)?;
+            writing.flush().map_err(failed)?;
         }
         Ok(copied)
     }
@@ -70,7 +99,7 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.directory);
     }
 }
 
@@ -127,6 +156,7 @@ impl RestoreCommand {
                 .map_err(|error| format!("--from: {}: {error}", backup.display()))?;
             let filling = FillTarget::look(&target, &say_waiting(&target))
                 .map_err(|error| format!("{target}: {error}"))?;
+            let _removed_if_stopped = filling.filling_file().map(remove_on_stop);
             hold_for_testing(&source);
             filling
                 .fill(

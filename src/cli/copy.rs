@@ -15,9 +15,12 @@ use crate::config::Settings;
 #[derive(Args, Debug)]
 pub struct CopyCommand {
     /// The database to copy: a file path, sqlite://path or postgres://…
+    /// Only read, never migrated: one of an earlier release is refused
+    /// (stop its servers and run `sms-credit migrate` on it first).
     #[arg(long)]
     from: String,
-    /// The empty database to copy into (created and migrated if needed).
+    /// The empty database to copy into (created and migrated if needed; a
+    /// new SQLite file appears only once it is whole).
     #[arg(long)]
     to: String,
     /// Print JSON (for programs) instead of a summary for people.

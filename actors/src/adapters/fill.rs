@@ -144,12 +144,17 @@ impl FillTarget {
                 }
                 (Made::Nothing, None)
             }
-            DatabaseLocation::Sqlite(path) => (
-                Made::SqliteFile {
-                    filling: filling_name(path)?,
-                },
-                None,
-            ),
+            DatabaseLocation::Sqlite(path) => {
+                // Said of the target, not of the file it is filled as.
+                if let Some(reason) = sqlite::unusable_location(path) {
+                    return Err(CopyError::Store(StoreError::Open {
+                        path: path.display().to_string(),
+                        reason,
+                    }));
+                }
+                let filling = filling_name(path)?;
+                (Made::SqliteFile { filling }, None)
+            }
             DatabaseLocation::Postgres(url) => {
                 let lock = postgres::lock_for_filling(url, waiting)?;
                 let before = postgres::look_before_filling(url)?;
@@ -249,16 +254,13 @@ impl FillTarget {
         // The target has the file now; the filling name goes, and the
         // directory is synced so that the new name survives a crash.
         remove_sqlite_files(filling);
-        if let Some(directory) = target
-            .parent()
-            .filter(|parent| !parent.as_os_str().is_empty())
-        {
-            std::fs::File::open(directory)
-                .and_then(|directory| directory.sync_all())
-                .map_err(|error| {
-                    StoreError::Database(format!("{}: {error}", directory.display()))
-                })?;
-        }
+        let directory = match target.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+        std::fs::File::open(directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(|error| StoreError::Database(format!("{}: {error}", directory.display())))?;
         Ok(())
     }
 

@@ -236,7 +236,7 @@ pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
 /// What is wrong with where the database is, when that is why it could
 /// not be opened: SQLite says only "unable to open database file" or names
 /// its write-ahead log. `None` when the place looks usable.
-fn unusable_location(path: &Path) -> Option<String> {
+pub(crate) fn unusable_location(path: &Path) -> Option<String> {
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),

@@ -211,13 +211,18 @@ fn start_instance_jobs(
     timeout: std::time::Duration,
 ) {
     let heartbeat_clock = Arc::clone(&clock);
+    let timeout_ms = sms_credit_actors::clock::millis(timeout);
     actix_rt::spawn(async move {
         let mut ticks = actix_rt::time::interval(timeout / 4);
         loop {
             ticks.tick().await;
             let now_ms = heartbeat_clock.now_ms();
             let instance_id = store.instance_id().to_string();
-            if let Err(error) = store.instances().heartbeat(instance_id, now_ms).await {
+            let beaten = store
+                .instances()
+                .heartbeat(instance_id, now_ms, Some(timeout_ms))
+                .await;
+            if let Err(error) = beaten {
                 tracing::warn!(%error, "could not record this instance's heartbeat");
             }
         }
@@ -243,10 +248,7 @@ fn start_reservation_sweep(
         loop {
             ticks.tick().await;
             let now_ms = clock.now_ms();
-            match messaging
-                .resolve_reservations(now_ms, now_ms - timeout_ms)
-                .await
-            {
+            match messaging.resolve_reservations(now_ms, timeout_ms).await {
                 Ok(report) if report == SweepReport::default() => {}
                 Ok(report) => {
                     tracing::warn!(

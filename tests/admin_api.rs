@@ -943,6 +943,15 @@ async fn one_thing_has_one_shape_in_the_cli_and_the_api() {
     );
     // The auto top-up's view is one line too.
     cli(&["accounts", "auto-top-up", &id.to_string(), "--json"]);
+    // A backup: what `backup --json` tells of it is the console's last
+    // backup, field for field, with its verdict and what --keep removed.
+    let backup_to = app.directory.path().join("shape-backup.db");
+    let mut backed_up = cli(&["backup", "--to", backup_to.to_str().unwrap(), "--json"]);
+    let told = backed_up.as_object_mut().unwrap();
+    assert_eq!(told.remove("verify"), Some(serde_json::json!("clean")));
+    assert_eq!(told.remove("removed"), Some(serde_json::json!([])));
+    let overview = get("/v1/admin/overview".to_string()).await;
+    assert_eq!(backed_up, overview["last_backup"], "backup --json");
 
     // Pricing, and a code switched off and on.
     assert_eq!(

@@ -369,3 +369,89 @@ impl TestDatabase {
         }
     }
 }
+
+/// The repository's migration files of a store, oldest first: version and
+/// path.
+pub fn migration_files(kind: StoreKind) -> Vec<(u32, std::path::PathBuf)> {
+    let folder = match kind {
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Postgres => "postgres",
+    };
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(format!(
+        "{}/migrations/{folder}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .map(|entry| entry.unwrap().path())
+    .map(|path| {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let version = name[1..name.find("__").unwrap()].parse().unwrap();
+        (version, path)
+    })
+    .collect();
+    files.sort();
+    files
+}
+
+/// The version of the migration before a store's last one: what the
+/// release before this one left a database at.
+pub fn migration_before_the_last(kind: StoreKind) -> u32 {
+    let files = migration_files(kind);
+    files[files.len() - 2].0
+}
+
+impl TestDatabase {
+    /// A database of the current store as an earlier release left it, one
+    /// whose last migration was `last`: the store's migrations up to it,
+    /// applied from the repository's files, with the history refinery keeps
+    /// of them (read from a database this release migrated).
+    pub fn at_migration(last: u32) -> TestDatabase {
+        let reference = crate::helpers::fresh_directory();
+        assert!(crate::helpers::run_cli(&reference, &["migrate"])
+            .status
+            .success());
+        let kind = reference.kind();
+        let history = reference.text(&match kind {
+            StoreKind::Sqlite => format!(
+                "SELECT group_concat(entry, ', ') FROM (
+                     SELECT printf('(%d, %Q, %Q, %Q)', version, name, applied_on, checksum) AS entry
+                       FROM refinery_schema_history WHERE version <= {last} ORDER BY version)"
+            ),
+            StoreKind::Postgres => format!(
+                "SELECT string_agg(format('(%s, %L, %L, %L)', version, name, applied_on, checksum),
+                                   ', ' ORDER BY version)
+                   FROM refinery_schema_history WHERE version <= {last}"
+            ),
+        });
+        let files: Vec<_> = migration_files(kind)
+            .into_iter()
+            .filter(|(version, _)| *version <= last)
+            .collect();
+        let versions: Vec<String> = files
+            .iter()
+            .map(|(version, _)| version.to_string())
+            .collect();
+        assert_eq!(
+            versions.join(","),
+            reference.text(&format!(
+                "SELECT {} FROM (SELECT version FROM refinery_schema_history
+                                  WHERE version <= {last} ORDER BY version) AS applied",
+                match kind {
+                    StoreKind::Sqlite => "group_concat(version, ',')",
+                    StoreKind::Postgres => "string_agg(version::text, ',' ORDER BY version)",
+                }
+            )),
+            "the repository's migration files up to {last} are the ones this release applies"
+        );
+        let database = crate::helpers::fresh_directory();
+        for (_, path) in files {
+            database.execute(&std::fs::read_to_string(path).unwrap());
+        }
+        database.execute(&format!(
+            "CREATE TABLE refinery_schema_history (version INT4 PRIMARY KEY, name VARCHAR(255),
+                                                   applied_on VARCHAR(255), checksum VARCHAR(255));
+             INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES {history};"
+        ));
+        database
+    }
+}

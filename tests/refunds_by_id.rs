@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::database::{StoreKind, TestDatabase};
 use crate::disputes::{deliver, net_of};
 use crate::fake_stripe::{EventFactory, FailedRefunds, FakeStripe, Listed};
-use crate::helpers::{fresh_directory, run_cli, stripe_settings, TestApp, ADMIN_TOKEN};
+use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN};
 use crate::ledger_actors::assert_verified;
 use crate::refunds::paid_top_up;
 
@@ -287,55 +287,9 @@ fn last_migration_before(kind: StoreKind) -> u32 {
 }
 
 /// A database made by a release before refunds were kept one by one: the
-/// store's migrations up to `last_migration_before`, applied from the
-/// repository's files, with the history refinery keeps of them (read from
-/// a database migrated by this release).
+/// store's migrations up to `last_migration_before`.
 fn database_before_refund_ids() -> TestDatabase {
-    let reference = fresh_directory();
-    assert!(run_cli(&reference, &["migrate"]).status.success());
-    let kind = reference.kind();
-    let last = last_migration_before(kind);
-    let history = reference.text(&match kind {
-        StoreKind::Sqlite => format!(
-            "SELECT group_concat(entry, ', ') FROM (
-                 SELECT printf('(%d, %Q, %Q, %Q)', version, name, applied_on, checksum) AS entry
-                   FROM refinery_schema_history WHERE version <= {last} ORDER BY version)"
-        ),
-        StoreKind::Postgres => format!(
-            "SELECT string_agg(format('(%s, %L, %L, %L)', version, name, applied_on, checksum),
-                               ', ' ORDER BY version)
-               FROM refinery_schema_history WHERE version <= {last}"
-        ),
-    });
-    let folder = match kind {
-        StoreKind::Sqlite => "sqlite",
-        StoreKind::Postgres => "postgres",
-    };
-    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(format!(
-        "{}/migrations/{folder}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .map(|entry| entry.unwrap().path())
-    .map(|path| {
-        let name = path.file_name().unwrap().to_str().unwrap().to_string();
-        let version = name[1..name.find("__").unwrap()].parse().unwrap();
-        (version, path)
-    })
-    .filter(|(version, _)| *version <= last)
-    .collect();
-    files.sort();
-    assert_eq!(files.len(), last as usize);
-    let database = fresh_directory();
-    for (_, path) in files {
-        database.execute(&std::fs::read_to_string(path).unwrap());
-    }
-    database.execute(&format!(
-        "CREATE TABLE refinery_schema_history (version INT4 PRIMARY KEY, name VARCHAR(255),
-                                               applied_on VARCHAR(255), checksum VARCHAR(255));
-         INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES {history};"
-    ));
-    database
+    TestDatabase::at_migration(last_migration_before(crate::database::current_store()))
 }
 
 async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held() {

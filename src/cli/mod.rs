@@ -20,6 +20,7 @@ mod backup;
 mod config;
 mod copy;
 mod discount_codes;
+mod interrupt;
 mod migrate;
 mod orders;
 mod output;

@@ -4,14 +4,17 @@
 //! database is and opens it.
 
 pub mod backup;
+mod fill;
 pub mod postgres;
 pub mod sqlite;
+
+pub(crate) use fill::check_history;
+pub use fill::{open_source, FillError, FillTarget};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::copy::CopyError;
 use crate::store::{Backend, Shared, Store, StoreError};
 
 /// Set by an adapter's transaction that inserted webhook events, taken by
@@ -173,8 +176,8 @@ pub struct StoreSettings {
     /// How many reader threads (or connections) answer look-ups.
     pub readers: usize,
     /// How long after its last heartbeat this process counts as gone to
-    /// the others (the server's `instance_timeout_secs`): said in its
-    /// name, so that each is judged by its own (`copy`'s check).
+    /// the others (the server's `instance_timeout_secs`): its heartbeat
+    /// writes it, so that each is judged by its own.
     pub instance_timeout: Option<std::time::Duration>,
 }
 
@@ -226,88 +229,6 @@ pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
     match location {
         DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
         DatabaseLocation::Postgres(url) => postgres::migrate(url),
-    }
-}
-
-/// A database that a command fills with another's rows (`copy`'s target,
-/// `restore`'s), looked at before anything touches it: a target that holds
-/// data is refused then, before it is made or migrated, and what opening
-/// it made is taken away again if the fill fails ([`FillTarget::undo`]),
-/// so that a refused or failed fill leaves the target as it was.
-#[derive(Debug)]
-pub struct FillTarget {
-    location: DatabaseLocation,
-    /// What opening it would make, to take away after a failure.
-    made: Made,
-}
-
-#[derive(Debug)]
-enum Made {
-    /// An SQLite file (and its log) where there was none.
-    SqliteFile(PathBuf),
-    /// The tables of a Postgres database with no migration history: it
-    /// had these tables before (another program's, or none).
-    PostgresTables(Vec<String>),
-    /// An sms-credit database that exists already: it stays (empty, and
-    /// migrated to this release if it was of an earlier one).
-    Nothing,
-}
-
-impl FillTarget {
-    /// Looks at `location`, changing nothing; refuses it if a table that
-    /// copies fill holds rows.
-    pub fn look(location: &DatabaseLocation) -> Result<FillTarget, CopyError> {
-        let made = match location {
-            DatabaseLocation::Sqlite(path) => {
-                if let Some(table) = sqlite::table_holding_rows(path)? {
-                    return Err(CopyError::TargetNotEmpty(table));
-                }
-                if path.exists() {
-                    Made::Nothing
-                } else {
-                    Made::SqliteFile(path.clone())
-                }
-            }
-            DatabaseLocation::Postgres(url) => {
-                let before = postgres::look_before_filling(url)?;
-                if let Some(table) = before.holding_rows {
-                    return Err(CopyError::TargetNotEmpty(table));
-                }
-                if before.has_history {
-                    Made::Nothing
-                } else {
-                    Made::PostgresTables(before.tables)
-                }
-            }
-        };
-        Ok(FillTarget {
-            location: location.clone(),
-            made,
-        })
-    }
-
-    /// After a fill that failed, with the target's store closed: removes
-    /// the SQLite file it made, or drops the tables it made in a Postgres
-    /// database that had none of sms-credit's. Answers what it removed.
-    pub fn undo(&self) -> Result<Vec<String>, StoreError> {
-        match &self.made {
-            Made::SqliteFile(path) => {
-                let mut removed = Vec::new();
-                for suffix in ["", "-wal", "-shm", "-journal"] {
-                    let mut file = path.as_os_str().to_owned();
-                    file.push(suffix);
-                    if std::fs::remove_file(&file).is_ok() {
-                        removed.push(Path::new(&file).display().to_string());
-                    }
-                }
-                Ok(removed)
-            }
-            Made::PostgresTables(before) => match &self.location {
-                DatabaseLocation::Postgres(url) => postgres::drop_tables_made(url, before.clone()),
-                DatabaseLocation::Sqlite(_) => Ok(Vec::new()),
-            },
-            Made::Nothing => Ok(Vec::new()),
-        }
     }
 }
 

@@ -1,19 +1,25 @@
 //! `sms-credit copy`: every row of one store into another that holds no
 //! data yet (the way a user moves from the embedded SQLite file to Postgres,
-//! or back). The source is read a page at a time in key order; the target
-//! takes every page in one transaction, and commits it only when the export
-//! says it read every table to its end ([`CopyMessage::Finished`]), as many
-//! rows of each arrived, and the target's verify, run inside that
-//! transaction, is clean and agrees with the source's: a copy that fails
-//! anywhere leaves the target empty.
+//! or back). The source ([`Source`]) is opened to be read only, checked
+//! (no instance running on it, its verify clean) before any target is
+//! looked at, and read a page at a time in key order; the target takes
+//! every page in one transaction, and commits it only when the export says
+//! it read every table to its end ([`CopyMessage::Finished`], sent only
+//! once no instance started on the source meanwhile), as many rows of each
+//! arrived, and the target's verify, run inside that transaction, is clean
+//! and agrees with the source's: a copy that fails anywhere leaves the
+//! target empty.
 //!
 //! The tables and their columns are listed here once; both schemas have
 //! them with the same names and values (times in Unix milliseconds, money in
 //! micro-dollars, flags as 0/1), so rows move as they are.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::mpsc;
 
-use super::{Store, StoreError};
+use super::{SourceStore, Store, StoreError, TestHold};
+use crate::clock::Clock;
 use crate::verify::VerifyReport;
 
 /// What a column holds.
@@ -575,6 +581,20 @@ pub const PAGE_ROWS: i64 = 1_000;
 pub enum CopyError {
     #[error("the target already holds data (table {0}); copy only into a database with none")]
     TargetNotEmpty(&'static str),
+    /// An SQLite file with tables but no sms-credit migration history:
+    /// another program's database, refused before it is touched.
+    #[error(
+        "it is not an sms-credit database ({0}); copy only into a new file, an empty one, or \
+         an sms-credit database that holds no data"
+    )]
+    TargetNotOurs(String),
+    /// Another copy or restore put a new SQLite file where this one was to
+    /// go while this one ran: it stays, and this one's is removed.
+    #[error(
+        "another copy or restore made the file while this one ran; it is left as that one \
+         made it, and nothing of this one is left"
+    )]
+    TargetMadeMeanwhile,
     #[error("{}", source_in_use(.instances, *.now_ms, *.fallback_timeout_ms))]
     SourceInUse {
         /// Each running instance: its id, its last heartbeat, and how long
@@ -585,6 +605,19 @@ pub enum CopyError {
         /// by (an earlier release's): copy's own setting.
         fallback_timeout_ms: i64,
     },
+    /// An instance started on the source while its rows were read: what
+    /// was read may not be one moment of it, so nothing is committed.
+    #[error(
+        "an instance started on the source during the copy ({}); nothing was written to the \
+         target: stop it, and copy again",
+        .0.iter().map(|instance| instance.id.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    SourceStarted(Vec<RunningInstance>),
+    /// The source's migration history is not this release's: its tables
+    /// may not be the ones this release copies. Refused before anything
+    /// is read or changed.
+    #[error("{0}")]
+    SourceNotCurrent(String),
     #[error(
         "table {table}: {exported} rows read from the source but {imported} written to the target"
     )]
@@ -593,7 +626,7 @@ pub enum CopyError {
         exported: u64,
         imported: u64,
     },
-    #[error("verify is not clean on the {side} after the copy: {problems} problems")]
+    #[error("verify is not clean on the {side}: {problems} problems")]
     NotClean { side: &'static str, problems: usize },
     #[error("the two sides differ after the copy: {0}")]
     Differs(String),
@@ -619,8 +652,8 @@ pub struct RunningInstance {
     pub id: String,
     pub heartbeat_ms: i64,
     /// How long after its heartbeat it counts as gone: its own
-    /// `instance_timeout_secs`, as its name says; `None` when it does not
-    /// say (an earlier release's), and copy's own was used.
+    /// `instance_timeout_secs`, as its heartbeat wrote it; `None` when it
+    /// does not say (an earlier release's), and copy's own was used.
     pub own_timeout_ms: Option<i64>,
 }
 
@@ -666,31 +699,63 @@ fn source_in_use(instances: &[RunningInstance], now_ms: i64, fallback_timeout_ms
     )
 }
 
+/// A copy's source, opened to be read only (`adapters::open_source`):
+/// `copy`'s --from, or restore's copy of its backup.
+pub struct Source {
+    backend: Box<dyn SourceStore>,
+    /// Test-only: the export stops just after it handed over its first
+    /// page, until the test lets it go.
+    hold_after_first_page: Mutex<Option<Arc<TestHold>>>,
+}
+
+impl Source {
+    /// The handle to an adapter's source (made by `adapters::open_source`).
+    pub fn new(backend: Box<dyn SourceStore>) -> Source {
+        Source {
+            backend,
+            hold_after_first_page: Mutex::new(None),
+        }
+    }
+
+    /// Test-only: the next copy from this source stops just after its
+    /// first page went to the target, until the test releases the hold it
+    /// is handed (so that a test can put another fill, or a server's
+    /// start, in that moment).
+    pub fn hold_after_first_page_for_testing(&self) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .hold_after_first_page
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(&hold));
+        hold
+    }
+
+    /// Where the first page has gone: stops there while a test holds it.
+    async fn first_page_sent(&self) {
+        let hold = self
+            .hold_after_first_page
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(hold) = hold {
+            hold.reached.add_permits(1);
+            if let Ok(permit) = hold.released.acquire().await {
+                permit.forget();
+            }
+        }
+    }
+}
+
 /// Refuses a source that instances are using: one whose heartbeat is
 /// younger than its own timeout (the servers' rule for an instance that is
-/// gone, by the instance's own `instance_timeout_secs`, which its name
-/// carries; `fallback_timeout_ms` for one that does not say). Reads the
-/// source only.
+/// gone, by the instance's own `instance_timeout_secs`, which its
+/// heartbeat writes; `fallback_timeout_ms` for one that does not say).
 pub async fn check_source_stopped(
-    source: &Store,
+    source: &Source,
     now_ms: i64,
     fallback_timeout_ms: i64,
 ) -> Result<(), CopyError> {
-    let running: Vec<RunningInstance> = source
-        .instances()
-        .alive(i64::MIN)
-        .await?
-        .into_iter()
-        .map(|(id, heartbeat_ms)| RunningInstance {
-            own_timeout_ms: super::instance_timeout_of(&id),
-            id,
-            heartbeat_ms,
-        })
-        .filter(|instance| {
-            let timeout = instance.own_timeout_ms.unwrap_or(fallback_timeout_ms);
-            instance.heartbeat_ms >= now_ms.saturating_sub(timeout)
-        })
-        .collect();
+    let running = running_on(source, now_ms, fallback_timeout_ms).await?;
     if running.is_empty() {
         return Ok(());
     }
@@ -701,63 +766,105 @@ pub async fn check_source_stopped(
     })
 }
 
-/// Copies every row of `source` into `target` (which must hold no data),
-/// then verifies both and compares them; refused while instances use the
-/// source (see [`check_source_stopped`]).
-pub async fn copy(
-    source: &Store,
-    target: &Store,
+/// The instances alive on `source` at `now_ms`, each by its own timeout.
+async fn running_on(
+    source: &Source,
     now_ms: i64,
-    timeout_ms: i64,
-) -> Result<CopyReport, CopyError> {
-    check_source_stopped(source, now_ms, timeout_ms).await?;
-    copy_rows(source, target).await
+    fallback_timeout_ms: i64,
+) -> Result<Vec<RunningInstance>, CopyError> {
+    Ok(source
+        .backend
+        .beats()
+        .await?
+        .into_iter()
+        .filter(|beat| beat.is_alive(now_ms, fallback_timeout_ms))
+        .map(|beat| RunningInstance {
+            own_timeout_ms: beat.timeout_ms,
+            id: beat.id,
+            heartbeat_ms: beat.heartbeat_ms,
+        })
+        .collect())
+}
+
+/// The source's verify report; a source that is not clean is refused
+/// (before any target is looked at).
+pub async fn verify_source(source: &Source) -> Result<VerifyReport, CopyError> {
+    let report = source.backend.verify().await?;
+    if !report.is_clean() {
+        return Err(CopyError::NotClean {
+            side: "source",
+            problems: report.problems.len(),
+        });
+    }
+    Ok(report)
+}
+
+/// What a copy checks of its source once every row is read, before the
+/// target may commit: that no instance started on it meanwhile (`copy`,
+/// whose source is a database servers may start on; a restore reads a
+/// copy of its own).
+pub struct StillStopped {
+    pub clock: Arc<dyn Clock>,
+    /// The timeout an instance that does not say its own is judged by.
+    pub fallback_timeout_ms: i64,
 }
 
 /// Copies every row of `source` (which nothing writes to meanwhile: a
-/// stopped database, or a backup file) into `target` (which must hold no
-/// data): the source is verified first (one that is not clean is refused
-/// before a row is written), and the target commits only once every row is
-/// in and its verify agrees. `sms-credit restore` is this, from a backup
-/// file.
-pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, CopyError> {
-    let source_report = source.ledger().verify().await?;
-    if !source_report.is_clean() {
-        return Err(CopyError::NotClean {
-            side: "source",
-            problems: source_report.problems.len(),
-        });
-    }
+/// stopped database, or a copy of a backup file), whose verify report is
+/// `source_report` ([`verify_source`]), into `target` (which must hold no
+/// data): the target commits only once every row is in, its verify agrees,
+/// and, with `still_stopped`, no instance started on the source meanwhile.
+/// `sms-credit copy` and `restore` are this.
+pub async fn copy_rows(
+    source: &Source,
+    source_report: VerifyReport,
+    target: &Store,
+    still_stopped: Option<StillStopped>,
+) -> Result<CopyReport, CopyError> {
     let (pages, receiver) = mpsc::channel::<CopyMessage>(4);
     let import = target.copying().import(receiver);
     let expected = source_report.clone();
     let export = async move {
         let mut counts = Vec::new();
+        let mut first_page = true;
         for table in TABLES {
             let mut after = None;
             let mut count = 0_u64;
             loop {
                 let rows = source
-                    .copying()
+                    .backend
                     .export_page(table, after.take(), PAGE_ROWS)
                     .await?;
                 let full = rows.len() as i64 == PAGE_ROWS;
                 count += rows.len() as u64;
                 after = rows.last().map(|row| table.key_of(row));
-                if !rows.is_empty()
-                    && pages
+                if !rows.is_empty() {
+                    if pages
                         .send(CopyMessage::Page(Page { table, rows }))
                         .await
                         .is_err()
-                {
-                    // The target stopped taking pages: its error says why.
-                    return Ok(counts);
+                    {
+                        // The target stopped taking pages: its error says why.
+                        return Ok(counts);
+                    }
+                    if first_page {
+                        first_page = false;
+                        source.first_page_sent().await;
+                    }
                 }
                 if !full {
                     break;
                 }
             }
             counts.push((table.name, count));
+        }
+        // Without the last word the import commits nothing.
+        if let Some(check) = &still_stopped {
+            let started =
+                running_on(source, check.clock.now_ms(), check.fallback_timeout_ms).await?;
+            if !started.is_empty() {
+                return Err(CopyError::SourceStarted(started));
+            }
         }
         finish(&pages, &counts, Some(expected)).await;
         Ok::<_, CopyError>(counts)

@@ -30,8 +30,8 @@ pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BackupStore, BillingStore,
     CopyStore, EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore,
     LedgerStore, MessageStore, OptOutStore, OrderCompletion, PriceAccess, PriceCheck,
-    ReceivedEvent, Reception, ReportStore, SignInStore, StoreFuture, StripeEventStore, TokenStore,
-    WebhookStore,
+    ReceivedEvent, Reception, ReportStore, SignInStore, SourceStore, StoreFuture, StripeEventStore,
+    TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -224,6 +224,11 @@ pub(crate) struct Shared {
     /// Names this store among the processes sharing the database, so that
     /// each learns only of the others' writes.
     pub(crate) origin: String,
+    /// How long after its last heartbeat this process counts as gone to
+    /// the others (the server's `instance_timeout_secs`), which its
+    /// heartbeat writes; `None` for a process that runs no instance jobs
+    /// (a command).
+    instance_timeout_ms: Option<i64>,
     /// Where the accounts that moved under this process are sent (the
     /// registry listens, so that live actors reload).
     moved: mpsc::UnboundedSender<Moved>,
@@ -282,10 +287,10 @@ pub(crate) struct Shared {
 
 /// This process's name among those sharing the database: random, and
 /// ending with how long after its last heartbeat it counts as gone
-/// (`3f9a…-200000ms`), so that another process judges it by its own
-/// timeout rather than the judge's ([`instance_timeout_of`]). The name is
-/// the `instances` row's id, where the heartbeat is written: the timeout
-/// travels with the heartbeat without a column of its own.
+/// (`3f9a…-200000ms`). Its heartbeat writes that timeout in a column of
+/// its own (`instances.timeout_ms`), by which every other instance judges
+/// it; the name says it too, as an earlier release's only did (the
+/// migration that added the column reads it from there for such a row).
 fn instance_name(random: &str, instance_timeout: Option<std::time::Duration>) -> String {
     match instance_timeout {
         Some(timeout) => format!("{random}-{}ms", crate::clock::millis(timeout)),
@@ -293,22 +298,32 @@ fn instance_name(random: &str, instance_timeout: Option<std::time::Duration>) ->
     }
 }
 
-/// How long after its last heartbeat the instance named `instance_id`
-/// counts as gone, as it said when it started ([`instance_name`]); `None`
-/// for a name that does not say (an earlier release's instance).
-pub fn instance_timeout_of(instance_id: &str) -> Option<i64> {
-    let (_, timeout) = instance_id.rsplit_once('-')?;
-    timeout
-        .strip_suffix("ms")?
-        .parse::<i64>()
-        .ok()
-        .filter(|timeout| *timeout > 0)
+/// An instance's row: its last heartbeat, and how long after it the
+/// instance counts as gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceBeat {
+    pub id: String,
+    pub heartbeat_ms: i64,
+    /// Its own timeout, as its heartbeat wrote it (or, for an earlier
+    /// release's, as its name says); `None` when it does not say, and the
+    /// judge's own is used.
+    pub timeout_ms: Option<i64>,
+}
+
+impl InstanceBeat {
+    /// Whether it is alive at `now_ms`: its last heartbeat younger than
+    /// its own timeout (`fallback_timeout_ms`, the judge's, when it does
+    /// not say).
+    pub fn is_alive(&self, now_ms: i64, fallback_timeout_ms: i64) -> bool {
+        let timeout = self.timeout_ms.unwrap_or(fallback_timeout_ms);
+        self.heartbeat_ms >= now_ms.saturating_sub(timeout)
+    }
 }
 
 impl Shared {
     /// What every adapter shares; `instance_timeout` (the server's
-    /// `instance_timeout_secs`) goes into this process's name, see
-    /// [`instance_timeout_of`].
+    /// `instance_timeout_secs`) is what this process's heartbeat writes,
+    /// and goes into its name ([`instance_name`]).
     pub(crate) fn new(
         instance_timeout: Option<std::time::Duration>,
     ) -> Result<Arc<Shared>, StoreError> {
@@ -316,6 +331,7 @@ impl Shared {
         let (auto_top_up_changed, auto_top_up_receiver) = mpsc::unbounded_channel();
         Ok(Arc::new(Shared {
             origin: instance_name(&crate::random::random_secret("")?[..16], instance_timeout),
+            instance_timeout_ms: instance_timeout.map(crate::clock::millis),
             moved,
             moved_receiver: Mutex::new(Some(moved_receiver)),
             auto_top_up_changed,
@@ -584,6 +600,12 @@ impl Store {
     /// This store's name among the instances sharing the database.
     pub fn instance_id(&self) -> &str {
         &self.shared.origin
+    }
+
+    /// How long after its last heartbeat this process counts as gone (see
+    /// [`InstanceStore::heartbeat`]).
+    pub fn instance_timeout_ms(&self) -> Option<i64> {
+        self.shared.instance_timeout_ms
     }
 
     /// The accounts other processes wrote to, as this store learns of them

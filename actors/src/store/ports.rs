@@ -43,7 +43,7 @@ use crate::webhooks::{
 
 use super::backup::BackupRecord;
 use super::copy::{CopyError, CopyMessage, CopyRow, Imported, Table};
-use super::{CreateAccountError, LedgerWrite, StoreError};
+use super::{CreateAccountError, InstanceBeat, LedgerWrite, StoreError};
 
 /// What every operation returns: a future that owns what it needs, so it
 /// can be awaited on any thread.
@@ -573,9 +573,12 @@ pub trait MessageStore: Send + Sync {
     /// Moves a reserved message to voided; `false` if it was not reserved.
     fn mark_voided(&self, message_id: i64) -> StoreFuture<bool>;
     /// Reservations to resolve: still reserved, not under the lease of a
-    /// sweep by a live instance, and either reserved before `stale_before_ms` or reserved
-    /// before `alive_since_ms` by an instance that is gone (no heartbeat at
-    /// or after it: a crash between the debit and the send). Each is put
+    /// sweep by a live instance, and either reserved before
+    /// `stale_before_ms` or reserved longer than `fallback_timeout_ms` ago
+    /// by an instance that is gone (a crash between the debit and the
+    /// send). An instance is gone once its last heartbeat is older than its
+    /// own timeout (`instances.timeout_ms`; `fallback_timeout_ms` for a row
+    /// without it): each is judged by its own, never by the sweeper's. Each is put
     /// under the sweeping instance's lease in the same transaction (on
     /// Postgres, rows another instance is taking are skipped), oldest
     /// first; a lease taken by an instance that stopped since lapses with
@@ -688,13 +691,38 @@ pub trait MessageStore: Send + Sync {
 
 /// The instances (processes) sharing the database.
 pub trait InstanceStore: Send + Sync {
-    /// Records this instance as alive now (at start, then every few seconds).
-    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()>;
+    /// Records this instance as alive now (at start, then every few
+    /// seconds), and how long after this heartbeat it counts as gone to the
+    /// others (its own `instance_timeout_secs`: each instance is judged by
+    /// its own, see [`MessageStore::claim_open_reservations`]).
+    fn heartbeat(
+        &self,
+        instance_id: String,
+        now_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> StoreFuture<()>;
     /// Forgets this instance (a clean stop): what it left is anyone's.
     fn leave(&self, instance_id: String) -> StoreFuture<()>;
-    /// The instances whose last heartbeat is at or after `since_ms`: each
-    /// one's id and the time of its last heartbeat.
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>>;
+}
+
+/// A copy's source (`copy`'s --from, restore's copy of its backup), opened
+/// to be read only (`adapters::open_source`): never migrated, never written,
+/// its journal mode never changed; a source whose migration history is not
+/// this release's is refused when it is opened.
+pub trait SourceStore: Send + Sync {
+    /// Every instance that has a row (its last heartbeat and own timeout):
+    /// whether it is alive is judged by its own timeout.
+    fn beats(&self) -> StoreFuture<Vec<InstanceBeat>>;
+    /// The verify report of the whole source, read in one transaction.
+    fn verify(&self) -> StoreFuture<VerifyReport>;
+    /// Up to `limit` rows of `table` whose key comes after `after` (from
+    /// the first when `None`), in key order.
+    fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<CopyRow>,
+        limit: i64,
+    ) -> StoreFuture<Vec<CopyRow>>;
 }
 
 /// Moving every row from one store to another (`sms-credit copy`).

@@ -1,8 +1,10 @@
 //! Copying in Postgres: pages read in key order on a reader; the import
 //! runs on a connection of its own, in one transaction: many rows per
-//! INSERT, then each `id` sequence moved past the copied rows. A backup's
-//! pages are read in one repeatable-read transaction; the backups taken are
-//! recorded here too.
+//! INSERT, the checks, then each `id` sequence moved past the copied rows.
+//! A backup's pages are read in one repeatable-read transaction; the
+//! backups taken are recorded here too. A fill holds an advisory lock on
+//! its target from before it looks at it until it has undone what it made
+//! (`lock_for_filling`).
 
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
@@ -106,7 +108,7 @@ async fn insert(
 }
 
 /// Up to `limit` rows of `table` after the key `after`, in key order.
-async fn select_page(
+pub(super) async fn select_page(
     client: &impl GenericClient,
     table: &Table,
     after: Option<&CopyRow>,
@@ -216,6 +218,58 @@ pub(crate) fn look_before_filling(url: &super::PostgresUrl) -> Result<Before, St
     before
 }
 
+/// The advisory lock a fill holds on its target: "sms_fill".
+const FILL_LOCK: i64 = 0x736d_735f_6669_6c6c;
+
+/// A fill's hold on its target database (an advisory lock on a connection
+/// of its own): another copy or restore into the same database waits for
+/// it, from before it looks at the database until it has undone what it
+/// made, so that what one fill made and takes away after a failure is never
+/// what another committed. Released when dropped (the connection closes).
+pub(crate) struct FillLock {
+    _client: tokio_postgres::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for FillLock {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("FillLock")
+    }
+}
+
+/// Takes the fill lock of the database at `url`; `waiting` is told first
+/// if another fill holds it, and this one waits for it.
+pub(crate) fn lock_for_filling(
+    url: &super::PostgresUrl,
+    waiting: &dyn Fn(),
+) -> Result<FillLock, StoreError> {
+    let (runtime, stop) = super::start_runtime()?;
+    let connector = super::Connector::new(url, runtime.clone())?;
+    let (client, taken) = super::block_on(&runtime, async move {
+        let client = connector.connect(None).await?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&FILL_LOCK])
+            .await?
+            .try_get(0)?;
+        Ok((client, taken))
+    })?;
+    let client = if taken {
+        client
+    } else {
+        waiting();
+        super::block_on(&runtime, async move {
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&FILL_LOCK])
+                .await?;
+            Ok(client)
+        })?
+    };
+    Ok(FillLock {
+        _client: client,
+        _stop: stop,
+    })
+}
+
 /// Drops, in one transaction, every table of the schema that is not among
 /// `before` (what opening and migrating made for a fill that failed);
 /// answers their names.
@@ -311,6 +365,10 @@ impl CopyStore for PostgresStore {
                 insert(&transaction, table, &page.rows).await?;
                 counts[index].1 += page.rows.len() as u64;
             };
+            let target = super::ledger::verify_in(&transaction).await?;
+            check_import(&finished, &counts, &target)?;
+            // Last before the commit: `setval` is never rolled back, so a
+            // copy refused by its checks must not have moved a sequence.
             for table in TABLES.iter().filter(|table| table.has_id_sequence) {
                 transaction
                     .execute(
@@ -325,8 +383,6 @@ impl CopyStore for PostgresStore {
                     .await
                     .map_err(StoreError::from)?;
             }
-            let target = super::ledger::verify_in(&transaction).await?;
-            check_import(&finished, &counts, &target)?;
             transaction.commit().await.map_err(StoreError::from)?;
             Ok(Imported {
                 tables: counts,

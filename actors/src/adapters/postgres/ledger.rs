@@ -100,7 +100,7 @@ pub(super) async fn entries_between(
 /// Feeds every ledger row (with its account's snapshot), then every
 /// account without rows, to a [`Verifier`], all read in one snapshot of the
 /// database (a repeatable-read transaction on a connection of its own).
-async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
+pub(super) async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
     let transaction = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)

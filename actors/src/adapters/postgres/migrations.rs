@@ -89,6 +89,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V22__strangers_third_round",
         include_str!("../../../../migrations/postgres/V22__strangers_third_round.sql"),
     ),
+    (
+        "V24__instance_timeouts",
+        include_str!("../../../../migrations/postgres/V24__instance_timeouts.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".
@@ -128,6 +132,24 @@ pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreErr
         tracing::info!(migration = %name, "applied migration");
     }
     Ok(applied)
+}
+
+/// This release's migrations, as refinery names them (`V{version}__{name}`).
+pub(super) fn names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// The migrations recorded in the database, oldest first: version and name.
+pub(super) async fn applied_migrations(client: &Client) -> Result<Vec<(i64, String)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT version::bigint, name::text FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// Whether the database has a migration history (any migration applied):

@@ -110,7 +110,7 @@ fn import(
 }
 
 /// Up to `limit` rows of `table` after the key `after`, in key order.
-fn select_page(
+pub(super) fn select_page(
     connection: &Connection,
     table: &Table,
     after: Option<&CopyRow>,
@@ -171,7 +171,7 @@ fn export_all(
 
 /// Opens an existing file read-only, changing nothing (no journal mode,
 /// no migration).
-fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+pub(super) fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
     let flags =
         rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
     Connection::open_with_flags(path, flags).map_err(|error| StoreError::Open {
@@ -208,6 +208,25 @@ pub(crate) fn table_holding_rows(path: &Path) -> Result<Option<&'static str>, St
         }
     }
     Ok(None)
+}
+
+/// The tables of the SQLite file at `path` when it is another program's
+/// database: it has tables, but no sms-credit migration history (refinery's,
+/// or an earlier release's `schema_migrations`). `None` for a file with no
+/// tables, or an sms-credit one. Read without changing the file.
+pub(crate) fn foreign_tables(path: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    let connection = open_read_only(path)?;
+    let mut statement = connection.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' \
+         ESCAPE '\\' ORDER BY name",
+    )?;
+    let tables = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let ours = tables
+        .iter()
+        .any(|name| name == "refinery_schema_history" || name == "schema_migrations");
+    Ok((!tables.is_empty() && !ours).then_some(tables))
 }
 
 /// Refuses a file that is not a database this release's migrations made

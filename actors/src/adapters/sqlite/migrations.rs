@@ -127,6 +127,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V31__strangers_third_round",
         include_str!("../../../../migrations/sqlite/V31__strangers_third_round.sql"),
     ),
+    (
+        "V33__instance_timeouts",
+        include_str!("../../../../migrations/sqlite/V33__instance_timeouts.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -234,6 +238,22 @@ fn adopt_legacy_history(
     transaction.commit().map_err(failed)?;
     tracing::info!("adopted the migration history of an earlier release");
     Ok(())
+}
+
+/// This release's migrations, as refinery names them (`V{version}__{name}`).
+pub(super) fn names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// Whether the database has refinery's migration history (read only).
+pub(super) fn has_history(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(connection.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{HISTORY_TABLE}')"
+        ),
+        [],
+        |row| row.get(0),
+    )?)
 }
 
 /// Whether `version` and `name` are one of this release's migrations, as

@@ -217,6 +217,168 @@ async fn refund_events_of_one_charge_on_two_instances_at_once_take_each_refund_o
 }
 on_both_stores!(refund_events_of_one_charge_on_two_instances_at_once_take_each_refund_once);
 
+/// Two instances on one database, an order of a $10 top-up refunded $3
+/// (taken back) and that refund failed since; the failure's event, and
+/// the `refund.created` of a new $2 refund made since.
+struct FailedThenNew {
+    y: TestApp,
+    x: TestApp,
+    account: i64,
+    order: i64,
+    failed_key: String,
+    failure: String,
+    created: String,
+}
+
+async fn failed_then_new(phone: &str) -> (FakeStripe, FailedThenNew) {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let y = TestApp::spawn_with(directory.clone(), settings.clone()).await;
+    let x = TestApp::spawn_with(directory.clone(), settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&y, &mut events, phone).await;
+    let charge = format!("ch_{order}");
+    let three = fake.refund_in_dashboard(&intent, &charge, 300);
+    let refunded = fake.charge_refunded(&mut events, &charge, &intent, 1000, Listed::All);
+    deliver(&y, &refunded).await;
+    assert_eq!(net_of(&y, account, order).await, -3_000_000);
+    let three_id = three["id"].as_str().unwrap().to_string();
+    let failure = events.refund_event("refund.failed", fake.fail_refund(&three_id));
+    let two = fake.refund_in_dashboard(&intent, &charge, 200);
+    let created = events.refund_event("refund.created", two);
+    let case = FailedThenNew {
+        y,
+        x,
+        account,
+        order,
+        failed_key: format!("stripe-refund-failed:{three_id}"),
+        failure,
+        created,
+    };
+    (fake, case)
+}
+
+impl FailedThenNew {
+    /// Y's first try failed: Stripe's retry of its event; then $2 stand
+    /// taken back, on both instances' view.
+    async fn retried_and_settled(self) {
+        let FailedThenNew {
+            y,
+            x,
+            account,
+            order,
+            failure,
+            ..
+        } = self;
+        deliver(&y, &failure).await;
+        assert_eq!(
+            net_of(&y, account, order).await,
+            -2_000_000,
+            "the $2 that stand are taken back, the failed $3 are not"
+        );
+        assert_eq!(y.balance_micros(account).await, 13_000_000);
+        assert_eq!(x.balance_micros(account).await, 13_000_000);
+        x.stop().await;
+        let directory = y.stop().await;
+        assert_verified(&directory);
+    }
+}
+
+/// A failed refund's credit given back on one instance (Y) while a new
+/// refund is recorded on another (X): Y decides its row ($3 back) before
+/// X records the new $2 refund, X reads before Y's row is written (its
+/// refund's row takes nothing: the $3 are still taken), Y's row is written
+/// after, and Y's check of the order then fails (a read error). Stripe's
+/// retry of Y's event finds its rows there and checks the order again:
+/// the $2 that stand are taken back.
+async fn a_settle_check_that_failed_is_run_again_by_the_events_retry() {
+    let (_fake, case) = failed_then_new("+14155550680").await;
+    let y_store = case.y.store.as_ref().unwrap();
+    let hold = y_store.hold_take_back_for_testing(&case.failed_key);
+    let meanwhile = async {
+        actix_rt::time::timeout(std::time::Duration::from_secs(10), hold.reached())
+            .await
+            .expect("instance Y never decided what the failed refund gives back");
+        let answered = case.x.deliver(&case.created).await;
+        y_store.fail_next_reads_for_testing(3);
+        hold.release();
+        answered
+    };
+    let ((y_status, y_answer), (x_status, x_answer)) =
+        futures_util::join!(case.y.deliver(&case.failure), meanwhile);
+    y_store.fail_next_reads_for_testing(0);
+    assert_eq!(x_status, StatusCode::OK, "{x_answer}");
+    assert!(y_status.is_server_error(), "{y_status}: {y_answer}");
+    case.retried_and_settled().await;
+}
+on_both_stores!(a_settle_check_that_failed_is_run_again_by_the_events_retry);
+
+/// The same on Postgres, Y's row held by the database: a connection of
+/// the test's holds the account's balance row locked, so Y's row waits
+/// for it while X answers (or, checking the order, waits behind it).
+async fn a_settle_check_that_failed_is_run_again_after_a_row_lock() {
+    let (_fake, case) = failed_then_new("+14155550681").await;
+    let directory = case.y.directory.clone();
+    let waiters_become = |count: i64, what: &str| {
+        let directory = directory.clone();
+        let what = what.to_string();
+        async move {
+            for _ in 0..200 {
+                if directory.lock_waiters() >= count {
+                    return;
+                }
+                actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("after 10 s, {what} does not wait for the balance row");
+        }
+    };
+    let lock = directory.hold_transaction(&format!(
+        "SELECT 1 FROM account_balances WHERE account_id = {} FOR UPDATE",
+        case.account
+    ));
+    let y_store = case.y.store.as_ref().unwrap();
+    let x_delivery = std::cell::RefCell::new(None);
+    let meanwhile = async {
+        waiters_become(1, "instance Y's row").await;
+        // X answers (writing nothing), or checks the order and waits too.
+        let x_answered = async {
+            let answered = case.x.deliver(&case.created).await;
+            *x_delivery.borrow_mut() = Some(answered);
+        };
+        let x_waits = async {
+            loop {
+                if x_delivery.borrow().is_some() || directory.lock_waiters() >= 2 {
+                    return;
+                }
+                actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let answered_or_waiting = async {
+            actix_rt::time::timeout(std::time::Duration::from_secs(10), x_waits)
+                .await
+                .expect("instance X neither answered nor waited for the balance row");
+            y_store.fail_next_reads_for_testing(3);
+            lock.end();
+        };
+        futures_util::join!(x_answered, answered_or_waiting);
+    };
+    let ((y_status, y_answer), ()) = futures_util::join!(case.y.deliver(&case.failure), meanwhile);
+    y_store.fail_next_reads_for_testing(0);
+    let (x_status, x_answer) = x_delivery.into_inner().unwrap();
+    assert_eq!(x_status, StatusCode::OK, "{x_answer}");
+    assert!(y_status.is_server_error(), "{y_status}: {y_answer}");
+    case.retried_and_settled().await;
+}
+mod a_settle_check_that_failed_is_run_again_after_a_row_lock {
+    // Postgres alone: SQLite has no row locks.
+    #[actix_rt::test]
+    async fn postgres() {
+        crate::database::use_store(crate::database::StoreKind::Postgres);
+        super::a_settle_check_that_failed_is_run_again_after_a_row_lock().await
+    }
+}
+
 async fn a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can() {
     let (fake, app) = app_with_fake().await;
     let mut events = EventFactory::new();

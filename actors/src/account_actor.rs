@@ -93,7 +93,7 @@ pub struct TakeBack {
     /// What moved: a refund (`stripe_refund(refund)`), a
     /// dispute's funds (`stripe_dispute(dispute, stage)`), a refund that
     /// failed (`stripe_refund_failed(refund)`), or nothing new
-    /// (`stripe_settle`: a check after another change).
+    /// (`stripe_settle`: a check of the order).
     pub idempotency_key: IdempotencyKey,
     pub description: String,
     pub cause: TakeBackCause,
@@ -761,7 +761,19 @@ impl AccountActor {
                                 plan.learnt_at = Some(at_seq);
                             }
                         }
-                        actor.resume(vec![retry], ctx);
+                        let hold = actor
+                            .shared
+                            .store
+                            .take_back_hold(retry.mutation.idempotency_key.as_str());
+                        match hold {
+                            // A test's hold between the read and the write.
+                            Some(hold) => ctx.wait(
+                                async move { hold.stop_here().await }
+                                    .into_actor(actor)
+                                    .map(move |(), actor, ctx| actor.resume(vec![retry], ctx)),
+                            ),
+                            None => actor.resume(vec![retry], ctx),
+                        }
                         return;
                     }
                 },

@@ -24,9 +24,9 @@ use crate::ledger::{IdempotencyKey, LedgerEntry};
 use crate::money::Money;
 use crate::webhooks::events::{payment_dispute_closed, payment_disputed, payment_refunded};
 
-/// How many times an order is checked again after a row that settled its
-/// credit: each check that writes a row (another instance's claim met this
-/// one's) is checked once more.
+/// How many checks of an order one settling makes at most: a check that
+/// writes a row (another instance's change met this one's) is followed by
+/// another.
 const SETTLE_CHECKS: u32 = 4;
 
 /// One change of an order's claims to settle the credit by: a row keyed
@@ -38,27 +38,50 @@ pub(super) struct Settle {
     pub cause: TakeBackCause,
 }
 
+/// What settling an order's credit came to: what each keyed change's row
+/// came to, in turn, and the checks of the order that followed.
+#[derive(Debug)]
+pub(super) struct Settled {
+    pub changes: Vec<TakenBack>,
+    pub checks: Vec<TakenBack>,
+}
+
+impl Settled {
+    /// What the rows moved in all: taken back, given back (both positive).
+    fn moved(&self) -> Result<(Money, Money), BillingError> {
+        let (mut taken_back, mut given_back) = (Money::ZERO, Money::ZERO);
+        for taken in self.changes.iter().chain(&self.checks) {
+            let TakenBack::Row(receipt) = taken else {
+                continue;
+            };
+            let amount = receipt.entry.amount;
+            if amount.is_negative() {
+                taken_back = taken_back.checked_sub(amount).map_err(money_error)?;
+            } else {
+                given_back = given_back.checked_add(amount).map_err(money_error)?;
+            }
+        }
+        Ok((taken_back, given_back))
+    }
+}
+
 impl Billing {
     /// Brings what `order`'s rows took back to what its refunds and
     /// disputes hold back, by a row keyed by each change in turn (answered
-    /// from the row if the key has one), then checks the order again until
-    /// nothing is left to change. Answers what each keyed row came to.
+    /// from the row if the key has one), then checks the order (see
+    /// [`Billing::check_order`]) — whether or not a change wrote a row.
     pub(super) async fn settle_credit(
         &self,
         order: &Order,
         credited: Money,
         changes: Vec<Settle>,
-    ) -> Result<Vec<TakenBack>, BillingError> {
-        let account_id = order.account_id;
-        let Some(first_key) = changes.first().map(|change| change.key.clone()) else {
-            return Ok(Vec::new());
-        };
+    ) -> Result<Settled, BillingError> {
         let mut answers = Vec::with_capacity(changes.len());
         for change in changes {
             let taken = self
                 .registry
                 .send(
-                    account_id,
+                    order.account_id,
                     TakeBack {
                         order: order.clone(),
                         credited,
@@ -70,36 +93,58 @@ impl Billing {
                 .await?;
             answers.push(taken);
         }
-        if answers
-            .iter()
-            .any(|taken| matches!(taken, TakenBack::Row(_)))
-        {
-            let key = first_key;
-            for pass in 1..=SETTLE_CHECKS {
-                let check = IdempotencyKey::stripe_settle(&key, pass)
-                    .map_err(|_| BillingError::Invalid(format!("key {key} is too long")))?;
-                let checked = self
-                    .registry
-                    .send(
-                        account_id,
-                        TakeBack {
-                            order: order.clone(),
-                            credited,
-                            idempotency_key: check,
-                            description: format!(
-                                "order {}: credit settled with its refunds and disputes",
-                                order.id
-                            ),
-                            cause: TakeBackCause::Claims,
-                        },
-                    )
-                    .await?;
-                if matches!(checked, TakenBack::Nothing) {
-                    break;
-                }
+        let checks = self.check_order(order, credited).await?;
+        Ok(Settled {
+            changes: answers,
+            checks,
+        })
+    }
+
+    /// Brings what `order`'s rows took back to what its refunds and
+    /// disputes hold back now, by a row keyed by where the account's
+    /// ledger stood (`stripe_settle`), until a check finds nothing to
+    /// change. Every event about an order ends with it, a retry that finds
+    /// every row of its own there too: a check that failed (a crash, a
+    /// read or a commit that failed), after a row another instance's claim
+    /// met, is made again by Stripe's retry of the event. Its amount is
+    /// decided by the account's actor from what it reads, guarded by the
+    /// position it read at, so two checks at once move the credit once.
+    pub(super) async fn check_order(
+        &self,
+        order: &Order,
+        credited: Money,
+    ) -> Result<Vec<TakenBack>, BillingError> {
+        let mut checks = Vec::new();
+        for _ in 0..SETTLE_CHECKS {
+            let seq = self
+                .store
+                .ledger()
+                .snapshot(order.account_id)
+                .await?
+                .map_or(0, |snapshot| snapshot.seq);
+            let checked = self
+                .registry
+                .send(
+                    order.account_id,
+                    TakeBack {
+                        order: order.clone(),
+                        credited,
+                        idempotency_key: IdempotencyKey::stripe_settle(order.id, seq),
+                        description: format!(
+                            "order {}: credit settled with its refunds and disputes",
+                            order.id
+                        ),
+                        cause: TakeBackCause::Claims,
+                    },
+                )
+                .await?;
+            let settled = matches!(checked, TakenBack::Nothing);
+            checks.push(checked);
+            if settled {
+                break;
             }
         }
-        Ok(answers)
+        Ok(checks)
     }
 
     /// The order of a PaymentIntent, if it is completed, and what it
@@ -208,6 +253,7 @@ impl Billing {
                 }],
             )
             .await?
+            .changes
             .into_iter()
             .next()
             .unwrap_or(TakenBack::Nothing);
@@ -349,23 +395,12 @@ impl Billing {
         // The refund requests the admin made that these reports settle.
         self.settle_reported_refunds(&reports, now_ms).await?;
         let changes = self.refund_changes(&order, &seen, &recorded).await?;
-        let taken = self
+        let settled = self
             .settle_credit(&order, credited, changes.clone())
             .await?;
-        self.tell_refunds_without_rows(&order, &recorded, &changes, &taken, now_ms)
+        self.tell_refunds_without_rows(&order, &recorded, &changes, &settled.changes, now_ms)
             .await?;
-        let moved = |taken: &TakenBack| match taken {
-            TakenBack::Row(receipt) => receipt.entry.amount,
-            TakenBack::Nothing => Money::ZERO,
-        };
-        let (mut taken_back, mut given_back) = (Money::ZERO, Money::ZERO);
-        for amount in taken.iter().map(moved) {
-            if amount.is_negative() {
-                taken_back = taken_back.checked_sub(amount).map_err(money_error)?;
-            } else {
-                given_back = given_back.checked_add(amount).map_err(money_error)?;
-            }
-        }
+        let (taken_back, given_back) = settled.moved()?;
         Ok(EventOutcome::Applied(format!(
             "order {}: {} refunded and standing ({} refunds known, {} new or changed); \
              {taken_back} of credit taken back, {given_back} given back",

@@ -11,9 +11,11 @@ use serde_json::json;
 use crate::database::{StoreKind, TestDatabase};
 use crate::disputes::{deliver, net_of};
 use crate::fake_stripe::{EventFactory, FailedRefunds, FakeStripe, Listed};
-use crate::helpers::{fresh_directory, run_cli, stripe_settings, TestApp, ADMIN_TOKEN};
+use crate::helpers::{fresh_directory, run_cli, stripe_settings, TestApp, ADMIN_TOKEN, NOW_UNIX};
 use crate::ledger_actors::assert_verified;
 use crate::refunds::paid_top_up;
+use sms_credit_actors::billing::legacy_refunds::{LEGACY_CLAIM_LEASE_MS, LEGACY_SWEEP_EVERY_MS};
+use sms_credit_actors::clock::ManualClock;
 
 async fn app_with_fake() -> (FakeStripe, TestApp) {
     let fake = FakeStripe::start().await;
@@ -440,6 +442,36 @@ async fn a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can
 }
 on_both_stores!(a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can);
 
+/// Waits (10 s at most) until `done` says so, failing with `what`.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if done().await {
+            return;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("after 10 s, still not: {what}");
+}
+
+/// The `payment.refunded` events told to the host, oldest first.
+fn told_refunds(directory: &TestDatabase) -> Vec<serde_json::Value> {
+    let count =
+        directory.number("SELECT COUNT(*) FROM webhook_events WHERE type = 'payment.refunded'");
+    (0..count)
+        .map(|index| {
+            let payload = directory.text(&format!(
+                "SELECT payload FROM webhook_events WHERE type = 'payment.refunded'
+                  ORDER BY created_at, id LIMIT 1 OFFSET {index}"
+            ));
+            serde_json::from_str(&payload).unwrap()
+        })
+        .collect()
+}
+
 /// The last migration before refunds were kept one by one.
 fn last_migration_before(kind: StoreKind) -> u32 {
     match kind {
@@ -503,25 +535,31 @@ fn database_before_refund_ids() -> TestDatabase {
 async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held() {
     let fake = FakeStripe::start().await;
     fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
-    // Stripe's refunds of the two orders: the first's $3; the second's
-    // $3 that failed and $2.
+    // Stripe's refunds of the three orders: the first's $3; the second's
+    // $3 that failed and $2; the third's $3 that failed, and $2 made after
+    // that failure lowered Stripe's total to nothing (the earlier release,
+    // which had seen $3, took the $2 total for no new refund).
     let first_refund = fake.refund_in_dashboard("pi_legacy_1", "ch_legacy_1", 300);
     let failed = fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 300);
     let failed = fake.fail_refund(failed["id"].as_str().unwrap());
     fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 200);
+    let third_failed = fake.refund_in_dashboard("pi_legacy_3", "ch_legacy_3", 300);
+    let third_failed = fake.fail_refund(third_failed["id"].as_str().unwrap());
+    fake.refund_in_dashboard("pi_legacy_3", "ch_legacy_3", 200);
 
     // The database as the release before left them: each order's running
-    // total (as Stripe said it then), the refund that failed, and the
-    // rows that took back and gave back: $3 and $2 held back.
+    // total (as Stripe said it then), the refunds that failed, and the
+    // rows that took back and gave back: $3, $2 and nothing held back.
     let directory = database_before_refund_ids();
     directory.execute(&format!(
         "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550670', 'active', 0);
          INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
                              amount_refunded, status, created_at, completed_at)
               VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_legacy_1', 3000000, 'completed', 0, 0),
-                     (2, 1, 'top_up', 10000000, 10000000, 'pi_legacy_2', 5000000, 'completed', 0, 0);
+                     (2, 1, 'top_up', 10000000, 10000000, 'pi_legacy_2', 5000000, 'completed', 0, 0),
+                     (3, 1, 'top_up', 10000000, 10000000, 'pi_legacy_3', 3000000, 'completed', 0, 0);
          INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
-              VALUES ('{failed_id}', 2, 3000000, 0);
+              VALUES ('{failed_id}', 2, 3000000, 0), ('{third_failed_id}', 3, 3000000, 0);
          INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
                                    order_id, description, created_at)
               VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
@@ -529,25 +567,34 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
                      (1, 3, 'refund', -3000000, 17000000, 'stripe-refund:ch_legacy_1:300', 1, 'refund', 0),
                      (1, 4, 'refund', -3000000, 14000000, 'stripe-refund:ch_legacy_2:300', 2, 'refund', 0),
                      (1, 5, 'refund', 3000000, 17000000, 'stripe-refund-failed:{failed_id}', 2, 'failed', 0),
-                     (1, 6, 'refund', -2000000, 15000000, 'stripe-refund:ch_legacy_2:500', 2, 'refund', 0);
-         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 15000000, 6, 0);",
-        failed_id = failed["id"].as_str().unwrap()
+                     (1, 6, 'refund', -2000000, 15000000, 'stripe-refund:ch_legacy_2:500', 2, 'refund', 0),
+                     (1, 7, 'credit', 10000000, 25000000, 'stripe-order:3', 3, 'top-up', 0),
+                     (1, 8, 'refund', -3000000, 22000000, 'stripe-refund:ch_legacy_3:300', 3, 'refund', 0),
+                     (1, 9, 'refund', 3000000, 25000000, 'stripe-refund-failed:{third_failed_id}', 3, 'failed', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 25000000, 9, 0);",
+        failed_id = failed["id"].as_str().unwrap(),
+        third_failed_id = third_failed["id"].as_str().unwrap()
     ));
 
     // This release migrates it: the balance, what each order holds back
     // and its refunded figure are as they were.
     let settings = stripe_settings(&directory, &fake.base_url);
-    let app = TestApp::spawn_with(directory.clone(), settings).await;
-    assert_eq!(app.balance_micros(1).await, 15_000_000);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 25_000_000);
     let held_back = |order: i64| {
         directory.number(&format!(
             "SELECT COALESCE(SUM(amount), 0) FROM stripe_refunds
               WHERE order_id = {order} AND standing IN ('counted', 'legacy')"
         ))
     };
-    assert_eq!((held_back(1), held_back(2)), (3_000_000, 2_000_000));
+    assert_eq!(
+        (held_back(1), held_back(2), held_back(3)),
+        (3_000_000, 2_000_000, 0)
+    );
     assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
     assert_eq!(refunded_figure(&app, 1, 2).await, 2_000_000);
+    assert_eq!(refunded_figure(&app, 1, 3).await, 0);
 
     // An event about the first order's old refund (its metadata edited):
     // Stripe's list of the payment's refunds replaces the order's record
@@ -576,7 +623,7 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
     deliver(&app, &refunded).await;
     assert_eq!(net_of(&app, 1, 2).await, -6_000_000);
     assert_eq!(refunded_figure(&app, 1, 2).await, 6_000_000);
-    assert_eq!(app.balance_micros(1).await, 14_000_000);
+    assert_eq!(app.balance_micros(1).await, 24_000_000);
     // The host is told of the new refund alone: those the orders held
     // back before were told then.
     let told = |what: &str| {
@@ -589,6 +636,44 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
     assert_eq!(told["data"]["order_id"], 2);
     assert_eq!(told["data"]["refunded_micros"], 4_000_000);
     assert_eq!(told["data"]["credit_taken_back_micros"], 4_000_000);
+
+    // No event comes for the third order. The background sweep asks Stripe
+    // for its refunds a sweep's time after the start; Stripe's rate limit
+    // meets it (nothing changes), and once its claim on the order runs
+    // out, a later round replaces the record: the $2 is taken back, and
+    // the host told of it.
+    let lists = || fake.requests_with("GET", "/v1/refunds").len();
+    let lists_before = lists();
+    fake.set_rate_limited(true);
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the sweep asked Stripe for the third order's refunds",
+        || async { lists() > lists_before },
+    )
+    .await;
+    fake.set_rate_limited(false);
+    assert_eq!(net_of(&app, 1, 3).await, 0);
+    assert_eq!(
+        directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'"),
+        1
+    );
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS);
+    eventually(
+        "the sweep replaced the third order's legacy record and took its $2 back",
+        || async {
+            directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'") == 0
+                && net_of(&app, 1, 3).await == -2_000_000
+                && told_refunds(&directory).len() == 2
+        },
+    )
+    .await;
+    assert_eq!(refunded_figure(&app, 1, 3).await, 2_000_000);
+    assert_eq!(app.balance_micros(1).await, 22_000_000);
+    let told = told_refunds(&directory);
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(told[1]["data"]["order_id"], 3);
+    assert_eq!(told[1]["data"]["refunded_micros"], 2_000_000);
+    assert_eq!(told[1]["data"]["credit_taken_back_micros"], 2_000_000);
     let directory = app.stop().await;
     assert_verified(&directory);
 }

@@ -94,6 +94,16 @@ pub fn legacy_refund_id(order_id: i64) -> String {
     format!("legacy-order-{order_id}")
 }
 
+/// An order that holds a legacy record, claimed by the sweep that
+/// replaces it with Stripe's list of the payment's refunds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyOrder {
+    pub order_id: i64,
+    /// The payment whose refunds Stripe is asked for (`None`: the order
+    /// has none; nothing can be asked).
+    pub payment_intent_id: Option<String>,
+}
+
 /// A refund as Stripe reported it, to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeenRefund {

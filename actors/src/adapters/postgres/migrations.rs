@@ -85,6 +85,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V20__strangers_second_round",
         include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
     ),
+    (
+        "V23__legacy_refund_sweep",
+        include_str!("../../../../migrations/postgres/V23__legacy_refund_sweep.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -7,8 +7,8 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::{boxed, PostgresStore};
 use crate::billing::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
-    StripeRefund,
+    legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, StripeRefund,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
@@ -186,5 +186,54 @@ impl PostgresStore {
 
     pub(super) fn stripe_refunds_op(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
         self.read(move |client| async move { refunds_of_order(&*client, order_id).await })
+    }
+
+    pub(super) fn claim_legacy_orders_op(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let rows = transaction
+                    .query(
+                        "WITH picked AS MATERIALIZED (
+                           SELECT refund_id FROM stripe_refunds
+                            WHERE standing = 'legacy'
+                              AND (claimed_until IS NULL OR claimed_until <= $1)
+                            ORDER BY order_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         UPDATE stripe_refunds r SET claimed_until = $2
+                           FROM picked, orders o
+                          WHERE r.refund_id = picked.refund_id AND o.id = r.order_id
+                         RETURNING r.order_id, o.stripe_payment_intent_id",
+                        &[&now_ms, &lease_until_ms, &limit],
+                    )
+                    .await?;
+                let mut orders = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(LegacyOrder {
+                            order_id: row.try_get(0)?,
+                            payment_intent_id: row.try_get(1)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                orders.sort_by_key(|order| order.order_id);
+                Ok(orders)
+            })
+        })
+    }
+
+    pub(super) fn legacy_orders_left_op(&self) -> StoreFuture<i64> {
+        self.read(|client| async move {
+            Ok(client
+                .query_one(
+                    "SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'",
+                    &[],
+                )
+                .await?
+                .try_get(0)?)
+        })
     }
 }

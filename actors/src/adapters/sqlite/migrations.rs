@@ -123,6 +123,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V29__strangers_second_round",
         include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
     ),
+    (
+        "V32__legacy_refund_sweep",
+        include_str!("../../../../migrations/sqlite/V32__legacy_refund_sweep.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

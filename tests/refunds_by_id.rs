@@ -230,6 +230,9 @@ struct FailedThenNew {
     failed_key: String,
     failure: String,
     created: String,
+    /// The failed $3 refund's id, and the new $2 one's.
+    three_id: String,
+    two_id: String,
 }
 
 async fn failed_then_new(phone: &str) -> (FakeStripe, FailedThenNew) {
@@ -248,6 +251,7 @@ async fn failed_then_new(phone: &str) -> (FakeStripe, FailedThenNew) {
     let three_id = three["id"].as_str().unwrap().to_string();
     let failure = events.refund_event("refund.failed", fake.fail_refund(&three_id));
     let two = fake.refund_in_dashboard(&intent, &charge, 200);
+    let two_id = two["id"].as_str().unwrap().to_string();
     let created = events.refund_event("refund.created", two);
     let case = FailedThenNew {
         y,
@@ -257,13 +261,18 @@ async fn failed_then_new(phone: &str) -> (FakeStripe, FailedThenNew) {
         failed_key: format!("stripe-refund-failed:{three_id}"),
         failure,
         created,
+        three_id,
+        two_id,
     };
     (fake, case)
 }
 
 impl FailedThenNew {
     /// Y's first try failed: Stripe's retry of its event; then $2 stand
-    /// taken back, on both instances' view.
+    /// taken back, on both instances' view. The host is told of each
+    /// refund once, with what its own row took back: the $3 its row took,
+    /// and nothing for the $2, whose row found the $3 still taken (the
+    /// check of the order took the $2, as the balance shows).
     async fn retried_and_settled(self) {
         let FailedThenNew {
             y,
@@ -271,6 +280,8 @@ impl FailedThenNew {
             account,
             order,
             failure,
+            three_id,
+            two_id,
             ..
         } = self;
         deliver(&y, &failure).await;
@@ -281,6 +292,20 @@ impl FailedThenNew {
         );
         assert_eq!(y.balance_micros(account).await, 13_000_000);
         assert_eq!(x.balance_micros(account).await, 13_000_000);
+        let told = told_refunds(&y.directory);
+        assert_eq!(told.len(), 2, "{told:?}");
+        let told_of = |refund_id: &str| {
+            let event = told
+                .iter()
+                .find(|event| event["data"]["refund_id"] == refund_id)
+                .unwrap_or_else(|| panic!("the host is not told of {refund_id}: {told:?}"));
+            (
+                event["data"]["refunded_micros"].as_i64().unwrap(),
+                event["data"]["credit_taken_back_micros"].as_i64().unwrap(),
+            )
+        };
+        assert_eq!(told_of(&three_id), (3_000_000, 3_000_000));
+        assert_eq!(told_of(&two_id), (2_000_000, 0));
         x.stop().await;
         let directory = y.stop().await;
         assert_verified(&directory);
@@ -678,3 +703,65 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
     assert_verified(&directory);
 }
 on_both_stores!(orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held);
+
+/// What the host is told of the refunds found when an order's legacy
+/// record is replaced: those the legacy record held back (Stripe's
+/// refunds that stand, oldest first, as far as its amount goes) were told
+/// by the earlier release and are not told again, even when their own row
+/// takes credit now; any other — one made after the upgrade — is told
+/// once, also when its row takes nothing.
+async fn refunds_found_when_a_legacy_record_is_replaced_are_told_once() {
+    let fake = FakeStripe::start().await;
+    // The first order, a $10 top-up: $3 refunded, which the earlier
+    // release recorded (its running total) and told, but whose row it never
+    // wrote (it stopped in between). The second, access paid $29.99 with $5
+    // of credit: $10 refunded before the upgrade (the $5 taken back), $3
+    // after.
+    let told_before = fake.refund_in_dashboard("pi_told_1", "ch_told_1", 300);
+    fake.refund_in_dashboard("pi_told_2", "ch_told_2", 1000);
+    let directory = database_before_refund_ids();
+    directory.execute(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550690', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                             amount_refunded, status, created_at, completed_at)
+              VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_told_1', 3000000, 'completed', 0, 0),
+                     (2, 1, 'initial_access', 29990000, 29990000, 'pi_told_2', 10000000, 'completed', 0, 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                   order_id, description, created_at)
+              VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
+                     (1, 2, 'credit', 5000000, 15000000, 'stripe-order:2', 2, 'access', 0),
+                     (1, 3, 'refund', -5000000, 10000000, 'stripe-refund:ch_told_2:1000', 2, 'refund', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 10000000, 3, 0);",
+    );
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory.clone(), settings).await;
+    let mut events = EventFactory::new();
+
+    // An event about the first order's refund: Stripe's list replaces the
+    // record, the refund's row takes its $3 now, and the host, told of it
+    // before, is not told again.
+    let updated = events.refund_event("refund.updated", told_before);
+    deliver(&app, &updated).await;
+    deliver(&app, &updated).await;
+    assert_eq!(net_of(&app, 1, 1).await, -3_000_000);
+
+    // The second order's new $3 refund: all its credit is taken back
+    // already, so its row takes nothing; the host is told of it, once.
+    let after = fake.refund_in_dashboard("pi_told_2", "ch_told_2", 300);
+    let after_id = after["id"].as_str().unwrap().to_string();
+    let created = events.refund_event("refund.created", after);
+    deliver(&app, &created).await;
+    deliver(&app, &created).await;
+    assert_eq!(net_of(&app, 1, 2).await, -5_000_000);
+    assert_eq!(app.balance_micros(1).await, 7_000_000);
+
+    let told = told_refunds(&directory);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["data"]["order_id"], 2);
+    assert_eq!(told[0]["data"]["refund_id"], after_id.as_str());
+    assert_eq!(told[0]["data"]["refunded_micros"], 3_000_000);
+    assert_eq!(told[0]["data"]["credit_taken_back_micros"], 0);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(refunds_found_when_a_legacy_record_is_replaced_are_told_once);

@@ -15,8 +15,8 @@ use super::events::{cents, payment_intent_key, EventOutcome};
 use super::gateway::{GatewayError, RefundReport};
 use super::orders::{Order, OrderStatus};
 use super::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
-    SeenRefund, StripeRefund,
+    held_by_legacy, legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, SeenRefund, StripeRefund,
 };
 use super::BillingError;
 use crate::account_actor::{TakeBack, TakeBackCause, TakenBack};
@@ -364,12 +364,15 @@ impl Billing {
             Err(waiting) => return Ok(waiting),
         };
         let recorded = self.store.billing().stripe_refunds(order.id).await?;
-        let has_legacy = recorded
+        let legacy = recorded
             .iter()
-            .any(|refund| refund.standing == RefundStanding::Legacy);
+            .find(|refund| refund.standing == RefundStanding::Legacy)
+            .map(|refund| refund.amount);
+        let has_legacy = legacy.is_some();
         let lacks_amount = reported.iter().any(|report| report.amount_cents.is_none());
         let ask_stripe = listed_in_part || lacks_amount || has_legacy;
         let mut reports = reported.to_vec();
+        let mut listed_by_stripe = Vec::new();
         if ask_stripe {
             let listed = self
                 .gateway
@@ -382,9 +385,13 @@ impl Billing {
                         ))
                     }
                 })?;
+            listed_by_stripe = listed.clone();
             reports.extend(listed);
         }
-        let seen = refunds_seen(&reports)?;
+        let mut seen = refunds_seen(&reports)?;
+        if let Some(held_back) = legacy {
+            mark_held_by_legacy(&mut seen, &listed_by_stripe, &recorded, held_back)?;
+        }
         let recorded = match self
             .record_seen(&order, recorded, &seen, ask_stripe && has_legacy, now_ms)
             .await?
@@ -398,7 +405,7 @@ impl Billing {
         let settled = self
             .settle_credit(&order, credited, changes.clone())
             .await?;
-        self.tell_refunds_without_rows(&order, &recorded, &changes, &settled.changes, now_ms)
+        self.tell_refunds_without_rows(&order, &changes, &settled.changes, now_ms)
             .await?;
         let (taken_back, given_back) = settled.moved()?;
         Ok(EventOutcome::Applied(format!(
@@ -461,13 +468,18 @@ impl Billing {
     }
 
     /// The rows that settle the order's credit after its refunds were
-    /// recorded: each reported refund — those this recording made or moved
-    /// first (so that each new refund's row is its own) —, by where it
-    /// stands, then its legacy record's replacement, if this recording
+    /// recorded: each refund of the order whose row is not in the ledger
+    /// (those this recording made or moved are settled again by their key
+    /// anyway), by where it stands — so a refund recorded by an earlier
+    /// try of the event (Stripe listed it; the try stopped before its row)
+    /// is settled, and told of, by the retry, which may not ask Stripe
+    /// again —, then its legacy record's replacement, if this recording
     /// made it (what is left to bring to what the refunds Stripe lists
-    /// hold back). A refund recorded before is settled again by its key
-    /// unless its row is in the ledger (a retry after a failure between the
-    /// record and its row makes the row then).
+    /// hold back). Refunds that stand come first, those this recording
+    /// made or moved first and then newest first as reported (so that each
+    /// new refund's row takes its own credit), then refunds that failed,
+    /// then those the legacy record held back (they find their credit
+    /// held back already).
     async fn refund_changes(
         &self,
         order: &Order,
@@ -477,15 +489,27 @@ impl Billing {
         let key_error = |id: &str| BillingError::invalid_id("refund", id);
         let total_refunded = recorded.in_all().map_err(money_error)?;
         let mut changes = Vec::new();
-        // Newest first (as Stripe lists them): a refund a legacy record
-        // held back is older than one made since, so the new one's row
-        // takes its own credit and the old one's finds it held back.
-        let mut ordered: Vec<&SeenRefund> = seen.iter().collect();
-        ordered.sort_by_key(|refund| !recorded.changed.contains(&refund.refund_id));
-        for refund in ordered {
-            let Some(record) = recorded.get(&refund.refund_id) else {
-                continue;
+        let reported_at = |refund_id: &str| {
+            seen.iter()
+                .position(|refund| refund.refund_id == refund_id)
+                .unwrap_or(usize::MAX)
+        };
+        let mut ordered: Vec<(usize, &StripeRefund)> =
+            recorded.refunds.iter().enumerate().collect();
+        ordered.sort_by_key(|(recorded_at, refund)| {
+            let group = match (refund.standing, refund.recorded_by) {
+                (RefundStanding::Counted, RecordedBy::Event) => 0,
+                (RefundStanding::Failed, _) => 1,
+                _ => 2,
             };
+            (
+                group,
+                !recorded.changed.contains(&refund.refund_id),
+                reported_at(&refund.refund_id),
+                std::cmp::Reverse(*recorded_at),
+            )
+        });
+        for (_, record) in ordered {
             let id = &record.refund_id;
             let change = match record.standing {
                 RefundStanding::Counted if record.amount.is_positive() => Settle {
@@ -495,6 +519,7 @@ impl Billing {
                         refund_id: id.clone(),
                         refunded: record.amount,
                         total_refunded,
+                        announce: record.recorded_by != RecordedBy::LegacyReplacement,
                     },
                 },
                 RefundStanding::Failed => Settle {
@@ -534,15 +559,14 @@ impl Billing {
 
     /// `payment.refunded` for each refund that stands and whose row took
     /// nothing back (what it refunded was held back already: a dispute
-    /// took it, or the order credited less): an event of its own, once per
-    /// refund, as the row's would have been. Not for a refund recorded by
-    /// the replacement of the order's legacy record that took nothing: the
-    /// legacy record held it back, and the host was told of it then (by
-    /// the charge's running total).
+    /// took it, a check of the order made when two of its events met took
+    /// it, or the order credited less): an event of its own, once per
+    /// refund, as the row's would have been, saying no credit was taken
+    /// back for it. Not for a refund the order's legacy record held back:
+    /// the host was told of it then (by the charge's running total).
     async fn tell_refunds_without_rows(
         &self,
         order: &Order,
-        recorded: &OrderRefunds,
         changes: &[Settle],
         taken: &[TakenBack],
         now_ms: i64,
@@ -554,18 +578,13 @@ impl Billing {
                     refund_id,
                     refunded,
                     total_refunded,
+                    announce: true,
                 },
                 TakenBack::Nothing,
             ) = (&change.cause, taken)
             else {
                 continue;
             };
-            let held_by_legacy = recorded
-                .get(refund_id)
-                .is_some_and(|refund| refund.recorded_by == RecordedBy::LegacyReplacement);
-            if held_by_legacy {
-                continue;
-            }
             let event = payment_refunded(order, refund_id, *refunded, *total_refunded, Money::ZERO)
                 .standalone(
                     order.account_id,
@@ -585,6 +604,42 @@ fn money_error(error: crate::money::MoneyError) -> BillingError {
     BillingError::Invalid(format!("an amount out of range: {error}"))
 }
 
+/// Marks the refunds seen that the order's legacy record of `held_back`
+/// held back (see [`held_by_legacy`]), from Stripe's list of the payment's
+/// refunds; those recorded failed before (`recorded_before`: the earlier
+/// release knew, and left them out of the amount) are not counted in it.
+fn mark_held_by_legacy(
+    seen: &mut [SeenRefund],
+    listed_by_stripe: &[RefundReport],
+    recorded_before: &[StripeRefund],
+    held_back: Money,
+) -> Result<(), BillingError> {
+    let failed_before = |refund_id: &str| {
+        recorded_before
+            .iter()
+            .any(|known| known.refund_id == refund_id && known.standing == RefundStanding::Failed)
+    };
+    let mut listed = Vec::with_capacity(listed_by_stripe.len());
+    for report in listed_by_stripe {
+        let Some(cents) = report.amount_cents else {
+            continue;
+        };
+        let amount = Money::from_cents(cents).map_err(|_| {
+            BillingError::Invalid(format!("refund {}: amount out of range", report.refund_id))
+        })?;
+        listed.push((
+            report.refund_id.clone(),
+            amount,
+            !failed_before(&report.refund_id),
+        ));
+    }
+    let held = held_by_legacy(&listed, held_back);
+    for refund in seen {
+        refund.held_by_legacy = held.contains(&refund.refund_id.as_str());
+    }
+    Ok(())
+}
+
 /// The refunds the reports name, each once, in the order first reported:
 /// one any report says failed (or canceled) is failed, whatever another
 /// (older) report says. A report without its amount says nothing of it.
@@ -601,6 +656,7 @@ fn refunds_seen(reports: &[RefundReport]) -> Result<Vec<SeenRefund>, BillingErro
             })?,
             made: report.made(),
             stripe_status: report.status.clone(),
+            held_by_legacy: false,
         };
         match seen
             .iter_mut()

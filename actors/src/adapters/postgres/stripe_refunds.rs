@@ -82,8 +82,8 @@ async fn record_refunds(
     let paid: i64 = locked.try_get(0).map_err(StoreError::from)?;
     let mut changed = Vec::new();
     // A legacy record replaced now: the refunds recorded with its
-    // replacement are marked so.
-    let mut recorded_by = RecordedBy::Event;
+    // replacement that it held back are marked so.
+    let mut replaced_now = false;
     if seen.replace_legacy {
         let legacy = legacy_refund_id(order_id);
         let replaced = transaction
@@ -96,7 +96,7 @@ async fn record_refunds(
             .map_err(StoreError::from)?;
         if replaced == 1 {
             changed.push(legacy);
-            recorded_by = RecordedBy::LegacyReplacement;
+            replaced_now = true;
         }
     }
     for refund in &seen.refunds {
@@ -111,6 +111,11 @@ async fn record_refunds(
             .transpose()?;
         let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
             continue;
+        };
+        let recorded_by = if replaced_now && refund.held_by_legacy {
+            RecordedBy::LegacyReplacement
+        } else {
+            RecordedBy::Event
         };
         let written = if recorded.is_none() {
             transaction

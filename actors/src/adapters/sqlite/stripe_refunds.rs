@@ -81,8 +81,8 @@ fn record_refunds(
     let paid = paid.ok_or(BillingError::OrderNotFound(order_id))?;
     let mut changed = Vec::new();
     // A legacy record replaced now: the refunds recorded with its
-    // replacement are marked so.
-    let mut recorded_by = RecordedBy::Event;
+    // replacement that it held back are marked so.
+    let mut replaced_now = false;
     if seen.replace_legacy {
         let legacy = legacy_refund_id(order_id);
         let replaced = connection
@@ -94,13 +94,18 @@ fn record_refunds(
             .map_err(StoreError::from)?;
         if replaced == 1 {
             changed.push(legacy);
-            recorded_by = RecordedBy::LegacyReplacement;
+            replaced_now = true;
         }
     }
     for refund in &seen.refunds {
         let recorded = refund_by_id(connection, &refund.refund_id)?;
         let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
             continue;
+        };
+        let recorded_by = if replaced_now && refund.held_by_legacy {
+            RecordedBy::LegacyReplacement
+        } else {
+            RecordedBy::Event
         };
         let written = if recorded.is_none() {
             connection

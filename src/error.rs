@@ -149,6 +149,7 @@ impl ApiError {
                 SignInError::InvalidCode => "invalid_code",
                 SignInError::NotYet => "no_access_yet",
                 SignInError::Wait { .. } => "too_many_codes",
+                SignInError::TooManyWrongCodes { .. } => "too_many_wrong_codes",
                 SignInError::Destination(rating) => ApiError::Rating(rating.clone()).code(),
                 SignInError::NotSent(_) => "code_not_sent",
                 SignInError::Store(_) => "store_unavailable",
@@ -214,7 +215,9 @@ impl ApiError {
                 MessagingError::InvalidKey(_) => "invalid_idempotency_key",
                 MessagingError::InProgress => "in_progress",
                 MessagingError::RecipientOptedOut => "recipient_opted_out",
-                MessagingError::NotSent(_) | MessagingError::Refused { .. } => "twilio_error",
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. } => "twilio_error",
                 MessagingError::KeySpent => "idempotency_key_spent",
                 MessagingError::OutcomeUnknown(_) => "send_outcome_unknown",
             },
@@ -264,7 +267,11 @@ impl ApiError {
             ApiError::Messaging(MessagingError::OutcomeUnknown(_)) => {
                 "Twilio may have taken the message but did not say so: whether it was sent is not known yet. It is charged until settled (within about ten minutes): sent, it stays charged; not sent, its cost is given back. Send the same idempotency key again to learn which (409 in_progress until then); never a new key, which would send it again".to_string()
             }
-            ApiError::Messaging(MessagingError::NotSent(_) | MessagingError::Refused { .. }) => {
+            ApiError::Messaging(
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. },
+            ) => {
                 "the carrier did not take the message, and its cost was given back; to try again, send it with a new idempotency key (this one is spent); the X-Request-Id header names it in the server's log".to_string()
             }
             other => other.to_string(),
@@ -358,9 +365,9 @@ impl ResponseError for ApiError {
                 MessagingError::InProgress
                 | MessagingError::RecipientOptedOut
                 | MessagingError::KeySpent => StatusCode::CONFLICT,
-                MessagingError::NotSent(_) | MessagingError::Refused { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. } => StatusCode::BAD_GATEWAY,
                 // Twilio did not answer in time (or its answer could not be
                 // recorded): whether the message went is settled later.
                 MessagingError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -368,7 +375,9 @@ impl ResponseError for ApiError {
             ApiError::SignIn(error) => match error {
                 SignInError::InvalidCode => StatusCode::UNAUTHORIZED,
                 SignInError::NotYet => StatusCode::CONFLICT,
-                SignInError::Wait { .. } => StatusCode::TOO_MANY_REQUESTS,
+                SignInError::Wait { .. } | SignInError::TooManyWrongCodes { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 SignInError::Destination(rating) => ApiError::Rating(rating.clone()).status_code(),
                 SignInError::NotSent(_) => StatusCode::BAD_GATEWAY,
                 SignInError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -400,7 +409,10 @@ impl ResponseError for ApiError {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }
-            ApiError::SignIn(SignInError::Wait { retry_after_ms }) => {
+            ApiError::SignIn(
+                SignInError::Wait { retry_after_ms }
+                | SignInError::TooManyWrongCodes { retry_after_ms },
+            ) => {
                 let seconds = (retry_after_ms + 999) / 1000;
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }

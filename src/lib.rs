@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod auth;
 pub mod cli;
+pub mod code_texts;
 pub mod config;
 pub mod error;
 pub mod feed;

@@ -166,6 +166,11 @@ const PRICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 /// Twilio.
 const CODE_TEXTS_AT_ONCE: usize = 16;
 
+/// How long a stopping server waits for sign-in codes' texts in flight
+/// (after the requests in flight): those not sent by then are counted as
+/// failed, and logged.
+const CODE_TEXTS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often queued notices are looked at when no commit says there are new ones.
 const NOTICE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -527,6 +532,8 @@ pub struct Application {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// The metrics address's port and server, when there is one.
     metrics: Option<(u16, ServerHandle)>,
+    /// Sign-in codes' texts after their answers: awaited when stopping.
+    code_texts: Arc<crate::code_texts::CodeTexts>,
     core: Core,
 }
 
@@ -601,6 +608,11 @@ impl Application {
                 header: settings.access.forwarded_header,
             },
         ));
+        let sign_in_codes = Arc::new(crate::telemetry::SignInCodeCounts::default());
+        let code_texts = Arc::new(crate::code_texts::CodeTexts::new(
+            CODE_TEXTS_AT_ONCE,
+            Arc::clone(&sign_in_codes),
+        ));
         let state = web::Data::new(AppState {
             settings,
             store: core.store.clone(),
@@ -611,8 +623,8 @@ impl Application {
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
             http_metrics: Arc::new(HttpMetrics::new()),
-            sign_in_codes: Arc::new(crate::telemetry::SignInCodeCounts::default()),
-            code_texts: Arc::new(tokio::sync::Semaphore::new(CODE_TEXTS_AT_ONCE)),
+            sign_in_codes,
+            code_texts: Arc::clone(&code_texts),
             webhook_metrics: Arc::default(),
             limits,
             feed_slots: Arc::default(),
@@ -679,6 +691,7 @@ impl Application {
             server,
             stopping,
             metrics,
+            code_texts,
             core,
         })
     }
@@ -712,7 +725,8 @@ impl Application {
     }
 
     /// Serves until stopped (by the handle or a signal): stops accepting,
-    /// finishes requests in flight, then flushes the last commit.
+    /// finishes requests in flight, waits (bounded) for sign-in codes'
+    /// texts in flight, then flushes the last commit.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let stopper = self.stopper();
         // SIGTERM and Ctrl-C both stop gracefully: feeds are told first (so
@@ -725,6 +739,8 @@ impl Application {
             stopper.stop().await;
         });
         let served = self.server.await;
+        // Texts of codes already answered: sent, or counted as failed.
+        self.code_texts.finish(CODE_TEXTS_AT_STOP).await;
         if let Some((_, metrics)) = self.metrics {
             metrics.stop(true).await;
         }

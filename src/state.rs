@@ -28,9 +28,9 @@ pub struct AppState {
     pub http_metrics: Arc<HttpMetrics>,
     /// Sign-in codes by country and outcome, for `/metrics`.
     pub sign_in_codes: Arc<SignInCodeCounts>,
-    /// Turns to text sign-in codes after the answer: so many at once at
-    /// most, the others wait their turn.
-    pub code_texts: Arc<tokio::sync::Semaphore>,
+    /// Sign-in codes' texts, sent after the answer (awaited, bounded, when
+    /// the server stops).
+    pub code_texts: Arc<crate::code_texts::CodeTexts>,
     /// Webhook deliveries by outcome.
     pub webhook_metrics: Arc<crate::webhooks::WebhookMetrics>,
     /// Wrong tokens and guesses, and calls to the anonymous routes, by

@@ -696,7 +696,8 @@ async fn a_number_that_said_stop_is_told_so_on_its_page_and_the_console() {
 }
 
 /// Sign-in codes at half their cap or more in the last hour are listed in
-/// the console's Needs attention, at a desktop's and a phone's width.
+/// the console's Needs attention, and so is a phone sent half its total of
+/// the hour, at a desktop's and a phone's width.
 #[actix_rt::test]
 async fn the_console_lists_sign_in_codes_at_an_unusual_rate() {
     let twilio = crate::fake_twilio::FakeTwilio::start().await;
@@ -704,8 +705,10 @@ async fn the_console_lists_sign_in_codes_at_an_unusual_rate() {
     let mut settings =
         crate::helpers::with_twilio(crate::helpers::test_settings(&directory), &twilio.base_url);
     settings.access.sign_in.limits.per_country_per_hour = 4;
+    settings.access.sign_in.limits.per_phone_total_per_hour = 4;
+    settings.access.sign_in.limits.min_gap_ms = 0;
     let app = TestApp::spawn_with(directory, settings).await;
-    for phone in ["+14155553630", "+14155553631"] {
+    for phone in ["+14155553630", "+14155553631", "+14155553630"] {
         let (status, answer) = app
             .request(
                 "POST",
@@ -732,7 +735,12 @@ async fn the_console_lists_sign_in_codes_at_an_unusual_rate() {
         .await;
         page.wait_for(
             "document.querySelector('#sign-in-list li') && document.querySelector('#sign-in-list li').textContent",
-            json!("to US · 2 codes in the last hour (cap 4)"),
+            json!("to US · 3 codes in the last hour (cap 4)"),
+        )
+        .await;
+        page.wait_for(
+            "document.querySelector('#sign-in-list li:nth-child(2)') && document.querySelector('#sign-in-list li:nth-child(2)').textContent",
+            json!("to +14155553630 · 2 codes in the last hour (limit 4), 2 in the last day (limit 24)"),
         )
         .await;
         page.assert_clean();

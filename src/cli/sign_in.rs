@@ -41,7 +41,9 @@ impl LiftCommand {
         let lifted = with_store(settings, |store| {
             let phone = phone.clone();
             async move {
-                sign_in::lift_limits(&store, &phone)
+                let now_ms =
+                    sms_credit_actors::clock::Clock::now_ms(&sms_credit_actors::clock::SystemClock);
+                sign_in::lift_limits(&store, &phone, now_ms)
                     .await
                     .map_err(|error| error.to_string())
             }

@@ -287,6 +287,15 @@ pub static SETTINGS: &[Setting] = &[
         help: "Sign-in codes one phone may be sent in an hour, whoever asks (higher than the codes per phone from one address, so that one address cannot use a phone's codes up); one more is refused with 429 until the admin lifts the phone's limits",
     },
     Setting {
+        key: "sign_in_codes_per_phone_day",
+        section: Section::Access,
+        value_name: "N",
+        default: Some("24"),
+        secret: false,
+        global: false,
+        help: "Sign-in codes one phone may be sent in 24 hours, whoever asks, a customer's phone too (customers are texted past the caps of the hour, so this bounds what one number can be sent); one more is refused with 429 until the oldest is a day old or the admin lifts the phone's limits",
+    },
+    Setting {
         key: "sign_in_codes_per_address_hour",
         section: Section::Access,
         value_name: "N",
@@ -302,7 +311,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("100"),
         secret: false,
         global: false,
-        help: "Sign-in codes texted in an hour to phones that have no account, whoever asks (what signing in may cost in an hour, against SMS pumping); past it such a request is answered as any other and nothing is texted, until the oldest is an hour old",
+        help: "Sign-in codes asked for in an hour, whoever asks and for whichever phone, a customer's too (what signing in may cost in an hour, against SMS pumping); past it a phone that has no account is answered as any other and not texted (a customer still is), until the oldest is an hour old",
     },
     Setting {
         key: "sign_in_codes_per_country_hour",
@@ -311,7 +320,7 @@ pub static SETTINGS: &[Setting] = &[
         default: Some("50"),
         secret: false,
         global: false,
-        help: "Sign-in codes texted in an hour to phones that have no account in one destination (the country the rate table prices them as), whoever asks; past it such a request is answered as any other and nothing is texted",
+        help: "The same, for the codes of an hour to one destination (the country the rate table prices the phone as); past it a phone that has no account is answered as any other and not texted",
     },
     Setting {
         key: "anonymous_calls_per_minute",

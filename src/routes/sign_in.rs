@@ -3,14 +3,16 @@
 //! not). Anonymous routes: both answer alike for every phone, whether or
 //! not it is a customer's.
 
+use std::sync::Arc;
+
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::accounts::PhoneNumber;
+use sms_credit_actors::messaging::{Messaging, MessagingError};
 use sms_credit_actors::sign_in::{self, CodeAsked, CodeOutcome, PendingCode, SignInError};
 
-use sms_credit_actors::messaging::Messaging;
-
 use crate::auth::{before_judging, judged_wrong};
+use crate::code_texts::{Attempt, Tried};
 use crate::error::ApiError;
 use crate::state::AppState;
 
@@ -59,10 +61,6 @@ fn address_of(state: &AppState, request: &HttpRequest) -> String {
         .map_or_else(|| "unknown".to_string(), crate::limits::counted_as)
 }
 
-/// How long a code's text may take after the answer, waiting for its turn
-/// included: past it, the text is given up (and logged).
-const TEXT_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Texts a six-digit sign-in code to the phone. Answers `202` for every
 /// valid number, whether or not it has an account: the request is stored
 /// (the same work for every number), and the code is texted after the
@@ -71,7 +69,7 @@ const TEXT_WITHIN: std::time::Duration = std::time::Duration::from_secs(60);
 #[utoipa::path(post, path = "/v1/sign-in/code", tag = "account holders", request_body = CodeRequest,
     responses((status = 202, body = CodeSent),
         (status = 422, description = "`unsupported_destination`: the rate table does not price the phone's country"),
-        (status = 429, description = "Too many codes for this phone from this address, for this phone in all, or from this address; `Retry-After` says when"),
+        (status = 429, description = "Too many codes for this phone from this address, for this phone in all (of the hour or of the day), or from this address; `Retry-After` says when"),
         (status = 503, description = "Sign-in by text message is not available on this server")))]
 pub async fn request_code(
     state: web::Data<AppState>,
@@ -117,58 +115,60 @@ pub async fn request_code(
     }))
 }
 
-/// Texts a stored code after the answer, on a task of its own: at most so
-/// many at once (`AppState::code_texts`), each given up after
-/// [`TEXT_WITHIN`]. What became of it goes to the log and the metrics
-/// only: a number Twilio will not text is answered as every other (its
-/// refusal would tell that the phone once used the service).
+/// Texts a stored code after the answer (`AppState::code_texts`: so many
+/// at once, tried again while Twilio is briefly unavailable, within a
+/// minute). What became of it goes to the log and the metrics only: a
+/// number Twilio will not text is answered as every other (its refusal
+/// would tell that the phone once used the service).
 fn text_after_answer(state: &web::Data<AppState>, messaging: &Messaging, pending: PendingCode) {
-    let state = state.clone();
-    let messaging = messaging.clone();
+    let country = pending.destination().to_string();
     let now_ms = state.clock.now_ms();
-    actix_rt::spawn(async move {
-        let country = pending.destination().to_string();
-        let texting = async {
-            let _turn = state.code_texts.acquire().await;
-            sign_in::send_code(
+    let pending = Arc::new(pending);
+    let (texting, messaging, to) = (state.clone(), messaging.clone(), country.clone());
+    let attempt: Attempt = Box::new(move || {
+        let (state, messaging, pending, country) = (
+            texting.clone(),
+            messaging.clone(),
+            Arc::clone(&pending),
+            to.clone(),
+        );
+        Box::pin(async move {
+            let sent = sign_in::send_code(
                 &state.store,
                 &messaging,
                 &state.settings.server.service_name,
                 &pending,
                 now_ms,
             )
-            .await
-        };
-        let outcome = match actix_rt::time::timeout(TEXT_WITHIN, texting).await {
-            Ok(Ok(CodeOutcome::Sent)) => "sent",
-            Ok(Ok(CodeOutcome::Refused { opted_out, detail })) => {
-                tracing::warn!(%country, opted_out, %detail, "Twilio would not text a sign-in code");
-                if opted_out {
-                    "opted_out"
-                } else {
-                    "refused"
+            .await;
+            match sent {
+                Ok(CodeOutcome::Sent) => Tried::Settled("sent"),
+                Ok(CodeOutcome::Refused { opted_out, detail }) => {
+                    tracing::warn!(%country, opted_out, %detail, "Twilio would not text a sign-in code");
+                    Tried::Settled(if opted_out { "opted_out" } else { "refused" })
+                }
+                Err(SignInError::NotSent(MessagingError::Unavailable(detail))) => {
+                    Tried::Unavailable(detail)
+                }
+                Err(error) => {
+                    tracing::error!(%country, %error, "a sign-in code was not texted");
+                    Tried::Settled("failed")
                 }
             }
-            Ok(Err(error)) => {
-                tracing::error!(%country, %error, "a sign-in code was not texted");
-                "failed"
-            }
-            Err(_) => {
-                tracing::error!(%country, "a sign-in code's text took too long: given up");
-                "failed"
-            }
-        };
-        state.sign_in_codes.count(&country, outcome);
+        })
     });
+    state.code_texts.send(country, attempt);
 }
 
 /// Signs in with the texted code: an account token (`sct_…`, expiring) for
 /// a phone with access, a sign-up token (30 minutes) for one without. A
 /// wrong code is `401 invalid_code`; after five from one address, that
-/// address can no longer sign the phone in for the hour.
+/// address can no longer sign the phone in for the hour: `429
+/// too_many_wrong_codes` with `Retry-After`, whatever it presents.
 #[utoipa::path(post, path = "/v1/sign-in", tag = "account holders", request_body = SignInRequest,
     responses((status = 200, body = sms_credit_actors::sign_in::SignedIn),
-        (status = 401, description = "`invalid_code`: wrong, used, expired or dead"),
+        (status = 401, description = "`invalid_code`: wrong, used, expired or replaced"),
+        (status = 429, description = "`too_many_wrong_codes`: this address tried too many wrong codes for the phone; `Retry-After` says when it may try again (a new code does not help)"),
         (status = 409, description = "`no_access_yet`: a sign-up token whose phone has not paid yet")))]
 pub async fn sign_in(
     state: web::Data<AppState>,

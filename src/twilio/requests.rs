@@ -33,6 +33,8 @@ pub struct StatusReport {
     pub error_code: Option<String>,
     /// The number the message went to, when the callback says.
     pub to: Option<String>,
+    /// The number it was sent from, when the callback says.
+    pub from: Option<String>,
 }
 
 /// Whether `sid` is `prefix` followed by 32 hexadecimal characters, the
@@ -129,7 +131,8 @@ pub fn inbound(fields: &[(String, String)], account_sid: &str) -> Result<Inbound
 }
 
 /// A status callback: `MessageSid`, `AccountSid` and `MessageStatus` are
-/// always sent by Twilio; `ErrorCode` when the message failed; `To`.
+/// always sent by Twilio; `ErrorCode` when the message failed; `To` and
+/// `From`.
 pub fn status(fields: &[(String, String)], account_sid: &str) -> Result<StatusReport, NotTwilios> {
     let fields = Fields(fields);
     let message_sid = fields.message_of(account_sid)?;
@@ -142,11 +145,16 @@ pub fn status(fields: &[(String, String)], account_sid: &str) -> Result<StatusRe
         .optional("To")?
         .filter(|to| !to.is_empty())
         .map(str::to_string);
+    let from = fields
+        .optional("From")?
+        .filter(|from| !from.is_empty())
+        .map(str::to_string);
     Ok(StatusReport {
         message_sid,
         status,
         error_code,
         to,
+        from,
     })
 }
 

@@ -210,12 +210,17 @@ async function loadAttention() {
     + row.dispute_id + " · order " + row.order_id + " · " + dollars(row.amount_micros) + " · " + row.reason
     + " · " + row.status.replaceAll("_", " ")
     + (row.respond_by ? " · respond by " + when(row.respond_by) : ""), "disputes-open");
-  // Codes texted to phones without an account at half their cap or more
-  // in the last hour, or held back by a cap: someone may be having the
-  // service text codes at its expense.
-  fill("sign-in-list", attention.sign_in_codes, (row) => (row.country ? "to " + row.country : "to every country")
+  // Codes at half their cap or more in the last hour (with those a cap
+  // held back), and phones at half their total of the hour or the day,
+  // customers' included: someone may be having the service text codes at
+  // its expense, or keeping a customer from signing in.
+  const codeRates = attention.sign_in_codes.map((row) => ({ words: (row.country ? "to " + row.country : "to every country")
     + " · " + row.codes_last_hour + " codes in the last hour (cap " + row.cap + ")"
-    + (row.capped_last_hour ? " · " + row.capped_last_hour + " not texted past the cap" : ""), null);
+    + (row.capped_last_hour ? " · " + row.capped_last_hour + " not texted past the cap" : "") }));
+  const phoneRates = attention.sign_in_phones.map((row) => ({ words: "to " + row.phone
+    + " · " + row.codes_last_hour + " codes in the last hour (limit " + row.hour_limit + "), "
+    + row.codes_last_day + " in the last day (limit " + row.day_limit + ")" }));
+  fill("sign-in-list", codeRates.concat(phoneRates), (row) => row.words, null);
 }
 
 async function loadWaiting() {

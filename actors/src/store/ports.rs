@@ -33,7 +33,7 @@ use crate::messaging::records::{
 use crate::money::Money;
 use crate::opt_outs::{OptChange, OptOut, OptOutVia};
 use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
-use crate::sign_in::{CodeOpened, CodeRequest, CountryCodes, Redeem, Redeemed};
+use crate::sign_in::{CodeOpened, CodeRequest, CountryCodes, PhoneCodesQuery, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
 use crate::webhooks::{
@@ -155,33 +155,44 @@ pub trait FeedTicketStore: Send + Sync {
 pub trait SignInStore: Send + Sync {
     /// Stores a code unless a limit of the phone or the address forbids
     /// it (checked in the same transaction, against every instance's
-    /// codes): per phone and asking address, per phone in all (but codes
-    /// the admin lifted), per address. For a phone without an account, a
-    /// cap of the hour reached stores it as never to be texted
-    /// ([`CodeOpened::Capped`]). A stored code replaces the asking
-    /// address's earlier live ones for the phone, and past
-    /// [`crate::sign_in::LIVE_CODES_PER_PHONE`] live ones the oldest.
+    /// codes): per phone and asking address, per phone in all of the hour
+    /// and of the day (but codes the admin lifted), per address. Past a
+    /// cap of the hour (every code counts), a phone without an account
+    /// gets a code stored as never to be texted ([`CodeOpened::Capped`]).
+    /// A stored code replaces the asking address's live ones for the
+    /// phone but its newest ([`crate::sign_in::LIVE_CODES_PER_ADDRESS`]),
+    /// and past [`crate::sign_in::LIVE_CODES_PER_PHONE`] live ones the
+    /// oldest.
     fn open_code(&self, request: CodeRequest) -> StoreFuture<CodeOpened>;
     /// Checks a proof for a phone; if it holds, stores the account token
     /// (the phone has an active account) or the sign-up token (it has
-    /// none), in the same transaction that uses the code up. A code is
-    /// tried against the phone's live codes, but not from an address that
-    /// tried [`crate::sign_in::WRONG_CODES_PER_ADDRESS`] wrong ones for the
-    /// phone in the last hour, and not against a code tried
+    /// none), in the same transaction that uses the code up (and ends the
+    /// other codes its address asked for). A code is tried against the
+    /// phone's live codes, as far as the address's wrong codes for the
+    /// phone allow ([`crate::sign_in::WrongCodes::standing`]: all, its own
+    /// only, or none: [`Redeemed::Wait`]), and not against a code tried
     /// [`crate::sign_in::WRONG_CODES_PER_CODE`] times but from the address
     /// that asked for it. A wrong one counts against the address and the
     /// codes it was tried against.
     fn redeem(&self, request: Redeem) -> StoreFuture<Redeemed>;
     /// The phone a live sign-up token (by hash) was given for.
     fn sign_up_phone(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<PhoneNumber>>;
+    /// Counts a wrong discount code against a sign-up token (by hash); at
+    /// `limit` the token is deleted (used up). Answers whether it was.
+    fn wrong_discount_code(&self, token_hash: String, limit: i64) -> StoreFuture<bool>;
     /// Lifts the phone's limits: its codes stored so far no longer count
-    /// against its total (they still count against the addresses that
-    /// asked, per phone and in all, and the caps of the hour), and the
-    /// wrong codes tried for it are forgotten; answers how many codes were
-    /// lifted.
-    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64>;
-    /// The codes stored since `since_ms` for phones without an account,
-    /// by priced destination (every instance's), the most texted first.
+    /// against its totals (they still count against the addresses that
+    /// asked, and the caps of the hour), its live codes end, and the wrong
+    /// codes tried for it are marked lifted (they still count against
+    /// their addresses, see [`crate::sign_in::WrongCodes`]); answers how
+    /// many codes were lifted.
+    fn lift_limits(&self, phone: PhoneNumber, now_ms: i64) -> StoreFuture<i64>;
+    /// The phones with at least so many codes (of all kinds, lifted ones
+    /// too) in the last hour or day, with those counts, the most of the day
+    /// first.
+    fn codes_by_phone(&self, query: PhoneCodesQuery) -> StoreFuture<Vec<(PhoneNumber, i64, i64)>>;
+    /// The codes stored since `since_ms`, by priced destination (every
+    /// instance's), the most within the caps first.
     fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<CountryCodes>>;
 }
 
@@ -758,6 +769,16 @@ pub trait OptOutStore: Send + Sync {
         keyword: Option<String>,
         now_ms: i64,
     ) -> StoreFuture<()>;
+    /// Records that the carrier refused to text the number (Twilio's
+    /// 21610) for a message sent at `sent_at_ms` (`None`: not known),
+    /// unless the number opted back in (START) after that message was
+    /// sent: answers whether the opt-out was recorded (or already stood).
+    fn record_carrier_opt_out(
+        &self,
+        phone: PhoneNumber,
+        sent_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<bool>;
 }
 
 /// A store: every port, from one adapter.

@@ -6,7 +6,7 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::reports::{Attention, CountryMargin, HourFigures};
-use sms_credit_actors::sign_in::{unusual_rates, CodeRate};
+use sms_credit_actors::sign_in::{unusual_phones, unusual_rates, CodeRate, PhoneRate};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -101,11 +101,16 @@ const RESERVED_FOR_LONG_MS: i64 = 10 * 60_000;
 pub struct AttentionView {
     #[serde(flatten)]
     attention: Attention,
-    /// Sign-in codes of the last hour to phones without an account at half
-    /// their cap or more (or held back by a cap): all of them, or a priced
-    /// destination's (someone may be texting codes at the service's
-    /// expense).
+    /// Sign-in codes of the last hour at half their cap or more (every
+    /// code counts, customers' too), with those a cap held back: all of
+    /// them, or a priced destination's (someone may be texting codes at the
+    /// service's expense).
     sign_in_codes: Vec<CodeRate>,
+    /// Phones sent codes at half their total of the hour or of the day, or
+    /// more, customers' included (someone may be texting one number at the
+    /// service's expense, or keeping a customer from signing in), the most
+    /// of the day first, 20 at most.
+    sign_in_phones: Vec<PhoneRate>,
 }
 
 /// What needs the operator's attention: the lists behind the overview's
@@ -133,8 +138,11 @@ pub async fn attention(
         .sign_in()
         .codes_by_country(now_ms - 3_600_000)
         .await?;
+    let limits = &state.settings.access.sign_in.limits;
+    let phones = unusual_phones(&state.store, limits, now_ms).await?;
     Ok(HttpResponse::Ok().json(AttentionView {
         attention,
-        sign_in_codes: unusual_rates(&codes, &state.settings.access.sign_in.limits),
+        sign_in_codes: unusual_rates(&codes, limits),
+        sign_in_phones: phones,
     }))
 }

@@ -1,6 +1,6 @@
 //! Accounts, account tokens and instances in Postgres.
 
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::{boxed, is_unique_violation, PostgresStore};
 use crate::access_tokens::{LiveToken, TokenRecord, TokenSource};
@@ -243,10 +243,13 @@ fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
 }
 
 async fn revoke_tokens(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     account_id: AccountId,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
+    // It deletes the phone's sign-up tokens, as sign-in writes do: the
+    // sign-in lock first (see `sign_in::lock_sign_in`).
+    super::sign_in::lock_sign_in(client).await?;
     let revoked = client
         .execute(
             "UPDATE account_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",

@@ -86,6 +86,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
     ),
     (
+        "V22__strangers_third_round",
+        include_str!("../../../../migrations/postgres/V22__strangers_third_round.sql"),
+    ),
+    (
         "V23__legacy_refund_sweep",
         include_str!("../../../../migrations/postgres/V23__legacy_refund_sweep.sql"),
     ),

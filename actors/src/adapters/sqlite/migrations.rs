@@ -124,6 +124,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
     ),
     (
+        "V31__strangers_third_round",
+        include_str!("../../../../migrations/sqlite/V31__strangers_third_round.sql"),
+    ),
+    (
         "V32__legacy_refund_sweep",
         include_str!("../../../../migrations/sqlite/V32__legacy_refund_sweep.sql"),
     ),

@@ -9,7 +9,7 @@ use awc::http::StatusCode;
 use serde_json::json;
 
 use crate::database::{StoreKind, TestDatabase};
-use crate::disputes::{deliver, net_of};
+use crate::disputes::{deliver, net_of, rows_of};
 use crate::fake_stripe::{EventFactory, FailedRefunds, FakeStripe, Listed};
 use crate::helpers::{fresh_directory, run_cli, stripe_settings, TestApp, ADMIN_TOKEN, NOW_UNIX};
 use crate::ledger_actors::assert_verified;
@@ -765,3 +765,132 @@ async fn refunds_found_when_a_legacy_record_is_replaced_are_told_once() {
     assert_verified(&directory);
 }
 on_both_stores!(refunds_found_when_a_legacy_record_is_replaced_are_told_once);
+
+/// An event that replaces an order's legacy record (Stripe asked for the
+/// payment's refunds, all recorded) fails after the recording, before or
+/// between the refunds' rows: Stripe's retry, which need not ask Stripe
+/// again (the record is replaced), settles every refund the first try
+/// recorded — each by its own row, told to the host once — and the order
+/// holds back what they come to.
+async fn an_event_that_failed_after_replacing_a_legacy_record_settles_its_refunds_when_retried() {
+    use sms_credit_actors::store::WritePart;
+    for fails_at in ["the new refund's row", "the ignored refund's row"] {
+        let fake = FakeStripe::start().await;
+        fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
+        // Before the upgrade: $3 refunded and failed (given back), then $2
+        // refunded, which the earlier release took for no new refund (the
+        // failure had lowered Stripe's total below the $3 it had seen).
+        let failed = fake.refund_in_dashboard("pi_crash", "ch_crash", 300);
+        let failed = fake.fail_refund(failed["id"].as_str().unwrap());
+        let ignored = fake.refund_in_dashboard("pi_crash", "ch_crash", 200);
+        let ignored_id = ignored["id"].as_str().unwrap().to_string();
+        let directory = database_before_refund_ids();
+        directory.execute(&format!(
+            "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550695', 'active', 0);
+             INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                                 amount_refunded, status, created_at, completed_at)
+                  VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_crash', 3000000, 'completed', 0, 0);
+             INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
+                  VALUES ('{failed_id}', 1, 3000000, 0);
+             INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                       order_id, description, created_at)
+                  VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
+                         (1, 2, 'refund', -3000000, 7000000, 'stripe-refund:ch_crash:300', 1, 'refund', 0),
+                         (1, 3, 'refund', 3000000, 10000000, 'stripe-refund-failed:{failed_id}', 1, 'failed', 0);
+             INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 10000000, 3, 0);",
+            failed_id = failed["id"].as_str().unwrap()
+        ));
+        let settings = stripe_settings(&directory, &fake.base_url);
+        let app = TestApp::spawn_with(directory.clone(), settings).await;
+        let store = app.store.as_ref().unwrap();
+
+        // After the upgrade, $1 more; its event replaces the legacy record,
+        // and fails at one of the refunds' rows.
+        let new = fake.refund_in_dashboard("pi_crash", "ch_crash", 100);
+        let new_id = new["id"].as_str().unwrap().to_string();
+        let created = EventFactory::new().refund_event("refund.created", new);
+        let failing = match fails_at {
+            "the new refund's row" => &new_id,
+            _ => &ignored_id,
+        };
+        store.fail_ledger_write_for_testing(&format!("stripe-refund:{failing}"), WritePart::Row);
+        let (status, answer) = app.deliver(&created).await;
+        assert!(status.is_server_error(), "{fails_at}: {status} {answer}");
+        assert_eq!(
+            directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'"),
+            0,
+            "{fails_at}: the legacy record was replaced before the failure"
+        );
+        // The injected failure fired where it was put: the new refund's
+        // row comes first, so failing it leaves no row of either refund;
+        // failing the ignored refund's row leaves the new one's (and its
+        // event) in, the failure between the two.
+        let (rows_before, told_before) = match fails_at {
+            "the new refund's row" => (vec![], vec![]),
+            _ => (
+                vec![(format!("stripe-refund:{new_id}"), -1_000_000)],
+                vec![new_id.clone()],
+            ),
+        };
+        assert_eq!(
+            rows_of(&app, 1, 1).await[2..],
+            rows_before,
+            "{fails_at}: the rows the first try left"
+        );
+        let told_first: Vec<String> = told_refunds(&directory)
+            .iter()
+            .map(|event| event["data"]["refund_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(told_first, told_before, "{fails_at}: told by the first try");
+        let lists = || fake.requests_with("GET", "/v1/refunds").len();
+        assert_eq!(
+            lists(),
+            1,
+            "{fails_at}: Stripe asked for the payment's refunds"
+        );
+
+        // Stripe's retry, and another.
+        let answer = deliver(&app, &created).await;
+        assert_eq!(answer["outcome"], "applied", "{fails_at}: {answer}");
+        let answer = deliver(&app, &created).await;
+        assert_eq!(answer["outcome"], "duplicate", "{fails_at}: {answer}");
+        assert_eq!(
+            lists(),
+            1,
+            "{fails_at}: the retries did not ask Stripe again"
+        );
+        assert_eq!(
+            rows_of(&app, 1, 1).await[2..],
+            [
+                (format!("stripe-refund:{new_id}"), -1_000_000),
+                (format!("stripe-refund:{ignored_id}"), -2_000_000)
+            ],
+            "{fails_at}: each refund taken back by its own row"
+        );
+        assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
+        assert_eq!(app.balance_micros(1).await, 7_000_000);
+        let told = told_refunds(&directory);
+        let mut told: Vec<(String, i64, i64)> = told
+            .iter()
+            .map(|event| {
+                (
+                    event["data"]["refund_id"].as_str().unwrap().to_string(),
+                    event["data"]["refunded_micros"].as_i64().unwrap(),
+                    event["data"]["credit_taken_back_micros"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        told.sort();
+        let mut expected = vec![
+            (new_id.clone(), 1_000_000, 1_000_000),
+            (ignored_id.clone(), 2_000_000, 2_000_000),
+        ];
+        expected.sort();
+        assert_eq!(told, expected, "{fails_at}: each refund told once");
+        let directory = app.stop().await;
+        assert_verified(&directory);
+    }
+}
+on_both_stores!(
+    an_event_that_failed_after_replacing_a_legacy_record_settles_its_refunds_when_retried
+);

@@ -318,6 +318,36 @@ fn start_waiting_event_sweep(supervisor: Addr<StripeSupervisor>, clock: Arc<dyn 
     });
 }
 
+/// Replaces, every `LEGACY_SWEEP_EVERY_MS` of the clock (the first time
+/// that long after the start), a few more orders' legacy refund records
+/// (orders refunded before refunds were kept by id) with Stripe's lists of
+/// their refunds, settling their credit; stops once no order holds one.
+fn start_legacy_refund_sweep(billing: Billing, clock: Arc<dyn Clock>) {
+    use sms_credit_actors::billing::legacy_refunds::{LegacySweep, LEGACY_SWEEP_EVERY_MS};
+    actix_rt::spawn(async move {
+        let mut last_round = clock.now_ms();
+        let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
+        loop {
+            ticks.tick().await;
+            let now_ms = clock.now_ms();
+            if now_ms.saturating_sub(last_round) < LEGACY_SWEEP_EVERY_MS {
+                continue;
+            }
+            last_round = now_ms;
+            match billing.replace_legacy_records(now_ms).await {
+                Ok(LegacySweep::Done) => {
+                    tracing::info!("no order holds a legacy refund record: that sweep is over");
+                    return;
+                }
+                Ok(LegacySweep::Replaced(_)) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not replace orders' legacy refund records; the next round tries again")
+                }
+            }
+        }
+    });
+}
+
 /// How often the auto top-up worker looks for attempts to (re)charge when
 /// no actor asks.
 const AUTO_TOP_UP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -624,6 +654,7 @@ impl Application {
         if let Some(billing) = core.billing.clone() {
             start_billing_jobs(billing.clone(), Arc::clone(&clock));
             start_waiting_event_sweep(core.stripe_supervisor.clone(), Arc::clone(&clock));
+            start_legacy_refund_sweep(billing.clone(), Arc::clone(&clock));
             start_auto_top_up_worker(billing, Arc::clone(&clock));
         }
         let metrics = match metrics_listener {

@@ -71,8 +71,9 @@ use ColumnType::{Integer as I, Text as T};
 /// Every table with data, parents before children. Not copied: which
 /// instances are running (`instances`), SQLite's change notes for other
 /// processes (`ledger_changes`), feed tickets (`feed_tickets`: they live
-/// 30 s, and no instance runs during a copy) and the migration history
-/// (each side has its own).
+/// 30 s, and no instance runs during a copy), the legacy refund sweep's
+/// claims (`stripe_refunds.claimed_until`: a lease of an instance) and the
+/// migration history (each side has its own).
 pub const TABLES: &[Table] = &[
     Table {
         name: "accounts",

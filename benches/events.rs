@@ -171,6 +171,7 @@ fn main() {
                 payment_intent_id: Some(format!("pi_foreign_{number}")),
                 amount_refunded_cents: 1000,
                 refunds: Vec::new(),
+                refunds_complete: false,
             };
             let outcome = billing
                 .handle_event(

@@ -148,7 +148,8 @@ impl ApiError {
             ApiError::SignIn(error) => match error {
                 SignInError::InvalidCode => "invalid_code",
                 SignInError::NotYet => "no_access_yet",
-                SignInError::Wait { .. } | SignInError::Capped { .. } => "too_many_codes",
+                SignInError::Wait { .. } => "too_many_codes",
+                SignInError::TooManyWrongCodes { .. } => "too_many_wrong_codes",
                 SignInError::Destination(rating) => ApiError::Rating(rating.clone()).code(),
                 SignInError::NotSent(_) => "code_not_sent",
                 SignInError::Store(_) => "store_unavailable",
@@ -198,6 +199,7 @@ impl ApiError {
                 BillingError::NotRefundable(_) => "not_refundable",
                 BillingError::RefundRefused(_) => "refund_refused",
                 BillingError::RefundNotMade(_) => "refund_not_made",
+                BillingError::RefundMismatch(_) => "refund_mismatch",
                 BillingError::Gateway(_) => "stripe_error",
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
@@ -214,7 +216,9 @@ impl ApiError {
                 MessagingError::InvalidKey(_) => "invalid_idempotency_key",
                 MessagingError::InProgress => "in_progress",
                 MessagingError::RecipientOptedOut => "recipient_opted_out",
-                MessagingError::NotSent(_) | MessagingError::Refused { .. } => "twilio_error",
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. } => "twilio_error",
                 MessagingError::KeySpent => "idempotency_key_spent",
                 MessagingError::OutcomeUnknown(_) => "send_outcome_unknown",
             },
@@ -264,7 +268,11 @@ impl ApiError {
             ApiError::Messaging(MessagingError::OutcomeUnknown(_)) => {
                 "Twilio may have taken the message but did not say so: whether it was sent is not known yet. It is charged until settled (within about ten minutes): sent, it stays charged; not sent, its cost is given back. Send the same idempotency key again to learn which (409 in_progress until then); never a new key, which would send it again".to_string()
             }
-            ApiError::Messaging(MessagingError::NotSent(_) | MessagingError::Refused { .. }) => {
+            ApiError::Messaging(
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. },
+            ) => {
                 "the carrier did not take the message, and its cost was given back; to try again, send it with a new idempotency key (this one is spent); the X-Request-Id header names it in the server's log".to_string()
             }
             other => other.to_string(),
@@ -326,7 +334,8 @@ impl ResponseError for ApiError {
                 BillingError::OrderNotFound(_) => StatusCode::NOT_FOUND,
                 BillingError::NotRefundable(_)
                 | BillingError::RefundRefused(_)
-                | BillingError::RefundNotMade(_) => StatusCode::CONFLICT,
+                | BillingError::RefundNotMade(_)
+                | BillingError::RefundMismatch(_) => StatusCode::CONFLICT,
                 BillingError::UnknownDiscountCode(_) | BillingError::AccountNotFound(_) => {
                     StatusCode::NOT_FOUND
                 }
@@ -358,9 +367,9 @@ impl ResponseError for ApiError {
                 MessagingError::InProgress
                 | MessagingError::RecipientOptedOut
                 | MessagingError::KeySpent => StatusCode::CONFLICT,
-                MessagingError::NotSent(_) | MessagingError::Refused { .. } => {
-                    StatusCode::BAD_GATEWAY
-                }
+                MessagingError::NotSent(_)
+                | MessagingError::Unavailable(_)
+                | MessagingError::Refused { .. } => StatusCode::BAD_GATEWAY,
                 // Twilio did not answer in time (or its answer could not be
                 // recorded): whether the message went is settled later.
                 MessagingError::OutcomeUnknown(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -368,7 +377,7 @@ impl ResponseError for ApiError {
             ApiError::SignIn(error) => match error {
                 SignInError::InvalidCode => StatusCode::UNAUTHORIZED,
                 SignInError::NotYet => StatusCode::CONFLICT,
-                SignInError::Wait { .. } | SignInError::Capped { .. } => {
+                SignInError::Wait { .. } | SignInError::TooManyWrongCodes { .. } => {
                     StatusCode::TOO_MANY_REQUESTS
                 }
                 SignInError::Destination(rating) => ApiError::Rating(rating.clone()).status_code(),
@@ -403,7 +412,8 @@ impl ResponseError for ApiError {
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }
             ApiError::SignIn(
-                SignInError::Wait { retry_after_ms } | SignInError::Capped { retry_after_ms },
+                SignInError::Wait { retry_after_ms }
+                | SignInError::TooManyWrongCodes { retry_after_ms },
             ) => {
                 let seconds = (retry_after_ms + 999) / 1000;
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));

@@ -10,6 +10,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod auth;
 pub mod cli;
+pub mod code_texts;
 pub mod config;
 pub mod error;
 pub mod feed;
@@ -22,4 +23,5 @@ pub mod state;
 pub mod stripe;
 pub mod telemetry;
 pub mod twilio;
+pub mod views;
 pub mod webhooks;

@@ -13,7 +13,7 @@
 //! What must hold across instances (sign-in codes per phone and per
 //! address, `BUY` per day) is counted in the store instead.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{PoisonError, RwLock};
@@ -23,6 +23,8 @@ use actix_web::HttpRequest;
 use dashmap::DashMap;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use sms_credit_actors::webhooks::endpoints::ipv4_behind;
 
 use crate::config::ForwardedHeader;
 use crate::error::ApiError;
@@ -40,21 +42,53 @@ const MAX_ADDRESSES: usize = 100_000;
 /// Checks between two sweeps of the addresses whose quota is whole again.
 const SWEEP_EVERY: u64 = 1_024;
 
-/// The key an address is counted under: itself, or an IPv6 client's /64
-/// (one host is routinely given a whole /64, so its addresses are one
-/// caller's).
+/// The key an address is counted under: itself, an IPv6 address that
+/// carries an IPv4 one as that IPv4 address ([`ipv4_inside`]), or any
+/// other IPv6 client's /64 (one host is routinely given a whole /64, so
+/// its addresses are one caller's).
 pub fn key_of(address: IpAddr) -> IpAddr {
     match address.to_canonical() {
-        IpAddr::V6(address) => {
-            let prefix = u128::from(address) & !((1u128 << 64) - 1);
-            IpAddr::V6(std::net::Ipv6Addr::from(prefix))
-        }
+        IpAddr::V6(address) => match ipv4_inside(address) {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(address) & !((1u128 << 64) - 1);
+                IpAddr::V6(Ipv6Addr::from(prefix))
+            }
+        },
         v4 => v4,
     }
 }
 
-/// How the per-address limits in the store name an address: itself, or an
-/// IPv6 client's /64 (`2001:db8:1:2::/64`).
+/// Teredo's prefix (RFC 4380), 2001::/32, as the top 32 bits; the client's
+/// IPv4 address is the last 32 bits, inverted.
+const TEREDO_PREFIX: u128 = 0x2001_0000;
+
+/// The IPv4 client an IPv6 address stands for: what the webhook guard
+/// knows ([`ipv4_behind`]: IPv4-mapped, NAT64's 64:ff9b::/96, 6to4's
+/// 2002::/16 — a 6to4 site's every /64 one client), IPv4-compatible
+/// (::a.b.c.d, but not :: or ::1, nor anything else in ::/104) and Teredo.
+/// Each of these has one IPv4 client behind it, so counting it by its /64
+/// would lump every IPv4 client of a NAT64 gateway or a Teredo relay
+/// together, and let one 6to4 site rotate 2^16 /64s.
+fn ipv4_inside(address: Ipv6Addr) -> Option<Ipv4Addr> {
+    if let Some(v4) = ipv4_behind(address) {
+        return Some(v4);
+    }
+    let bits = u128::from(address);
+    // The low 32 bits; the cut is what is wanted.
+    let low = bits as u32;
+    if bits >> 32 == 0 && bits >> 24 != 0 {
+        return Some(Ipv4Addr::from(low));
+    }
+    if bits >> 96 == TEREDO_PREFIX {
+        return Some(Ipv4Addr::from(!low));
+    }
+    None
+}
+
+/// How the per-address limits in the store name an address: its key
+/// ([`key_of`]): itself, the IPv4 address an IPv6 one carries, or an IPv6
+/// client's /64 (`2001:db8:1:2::/64`).
 pub fn counted_as(address: IpAddr) -> String {
     match key_of(address) {
         IpAddr::V6(prefix) => format!("{prefix}/64"),
@@ -387,6 +421,46 @@ mod tests {
             counted_as("::ffff:203.0.113.7".parse().unwrap()),
             "203.0.113.7"
         );
+    }
+
+    #[test]
+    fn an_ipv6_address_that_carries_an_ipv4_one_is_counted_as_it() {
+        let v4: IpAddr = "198.51.100.1".parse().unwrap();
+        for carrier in [
+            // NAT64's well-known prefix.
+            "64:ff9b::198.51.100.1",
+            "64:ff9b::c633:6401",
+            // IPv4-compatible.
+            "::198.51.100.1",
+            // 6to4: every /64 of the site.
+            "2002:c633:6401::1",
+            "2002:c633:6401:ffff:1:2:3:4",
+            // Teredo: the client's address inverted, whatever the server
+            // and port.
+            "2001:0:4136:e378:8000:63bf:39cc:9bfe",
+            "2001:0:5ef5:79fd:0:1234:39cc:9bfe",
+        ] {
+            let address: IpAddr = carrier.parse().unwrap();
+            assert_eq!(key_of(address), v4, "{carrier}");
+            assert_eq!(counted_as(address), "198.51.100.1", "{carrier}");
+        }
+        for (one, other) in [
+            ("64:ff9b::198.51.100.1", "64:ff9b::198.51.100.2"),
+            ("2002:c633:6401::1", "2002:c633:6402::1"),
+            (
+                "2001:0:4136:e378:8000:63bf:39cc:9bfe",
+                "2001:0:4136:e378:8000:63bf:39cc:9bfd",
+            ),
+        ] {
+            let (one, other): (IpAddr, IpAddr) = (one.parse().unwrap(), other.parse().unwrap());
+            assert_ne!(key_of(one), key_of(other), "{one} and {other}");
+        }
+        // Loopback and the unspecified address are not IPv4-compatible
+        // addresses of 0.0.0.0/8: they stay IPv6.
+        for plain in ["::1", "::"] {
+            let address: IpAddr = plain.parse().unwrap();
+            assert!(key_of(address).is_ipv6(), "{plain}");
+        }
     }
 
     #[test]

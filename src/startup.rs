@@ -161,6 +161,16 @@ fn billing_settings(settings: &Settings, stripe: &StripeSettings) -> BillingSett
 /// How often Twilio's prices of sent messages are looked up.
 const PRICE_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Sign-in codes texted at once, after their answers (each instance): a
+/// burst of requests waits its turn rather than opening as many calls to
+/// Twilio.
+const CODE_TEXTS_AT_ONCE: usize = 16;
+
+/// How long a stopping server waits for sign-in codes' texts in flight
+/// (after the requests in flight): those not sent by then are counted as
+/// failed, and logged.
+const CODE_TEXTS_AT_STOP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often queued notices are looked at when no commit says there are new ones.
 const NOTICE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -201,13 +211,18 @@ fn start_instance_jobs(
     timeout: std::time::Duration,
 ) {
     let heartbeat_clock = Arc::clone(&clock);
+    let timeout_ms = sms_credit_actors::clock::millis(timeout);
     actix_rt::spawn(async move {
         let mut ticks = actix_rt::time::interval(timeout / 4);
         loop {
             ticks.tick().await;
             let now_ms = heartbeat_clock.now_ms();
             let instance_id = store.instance_id().to_string();
-            if let Err(error) = store.instances().heartbeat(instance_id, now_ms).await {
+            let beaten = store
+                .instances()
+                .heartbeat(instance_id, now_ms, Some(timeout_ms))
+                .await;
+            if let Err(error) = beaten {
                 tracing::warn!(%error, "could not record this instance's heartbeat");
             }
         }
@@ -233,10 +248,7 @@ fn start_reservation_sweep(
         loop {
             ticks.tick().await;
             let now_ms = clock.now_ms();
-            match messaging
-                .resolve_reservations(now_ms, now_ms - timeout_ms)
-                .await
-            {
+            match messaging.resolve_reservations(now_ms, timeout_ms).await {
                 Ok(report) if report == SweepReport::default() => {}
                 Ok(report) => {
                     tracing::warn!(
@@ -301,6 +313,36 @@ fn start_waiting_event_sweep(supervisor: Addr<StripeSupervisor>, clock: Arc<dyn 
                 }
                 // The supervisor stopped: so does the server.
                 Err(_) => return,
+            }
+        }
+    });
+}
+
+/// Replaces, every `LEGACY_SWEEP_EVERY_MS` of the clock (the first time
+/// that long after the start), a few more orders' legacy refund records
+/// (orders refunded before refunds were kept by id) with Stripe's lists of
+/// their refunds, settling their credit; stops once no order holds one.
+fn start_legacy_refund_sweep(billing: Billing, clock: Arc<dyn Clock>) {
+    use sms_credit_actors::billing::legacy_refunds::{LegacySweep, LEGACY_SWEEP_EVERY_MS};
+    actix_rt::spawn(async move {
+        let mut last_round = clock.now_ms();
+        let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
+        loop {
+            ticks.tick().await;
+            let now_ms = clock.now_ms();
+            if now_ms.saturating_sub(last_round) < LEGACY_SWEEP_EVERY_MS {
+                continue;
+            }
+            last_round = now_ms;
+            match billing.replace_legacy_records(now_ms).await {
+                Ok(LegacySweep::Done) => {
+                    tracing::info!("no order holds a legacy refund record: that sweep is over");
+                    return;
+                }
+                Ok(LegacySweep::Replaced(_)) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "could not replace orders' legacy refund records; the next round tries again")
+                }
             }
         }
     });
@@ -492,6 +534,8 @@ pub struct Application {
     stopping: Arc<tokio::sync::watch::Sender<bool>>,
     /// The metrics address's port and server, when there is one.
     metrics: Option<(u16, ServerHandle)>,
+    /// Sign-in codes' texts after their answers: awaited when stopping.
+    code_texts: Arc<crate::code_texts::CodeTexts>,
     core: Core,
 }
 
@@ -566,6 +610,11 @@ impl Application {
                 header: settings.access.forwarded_header,
             },
         ));
+        let sign_in_codes = Arc::new(crate::telemetry::SignInCodeCounts::default());
+        let code_texts = Arc::new(crate::code_texts::CodeTexts::new(
+            CODE_TEXTS_AT_ONCE,
+            Arc::clone(&sign_in_codes),
+        ));
         let state = web::Data::new(AppState {
             settings,
             store: core.store.clone(),
@@ -576,7 +625,8 @@ impl Application {
             sms_supervisor: core.sms_supervisor.clone(),
             clock: Arc::clone(&clock),
             http_metrics: Arc::new(HttpMetrics::new()),
-            sign_in_codes: Arc::new(crate::telemetry::SignInCodeCounts::default()),
+            sign_in_codes,
+            code_texts: Arc::clone(&code_texts),
             webhook_metrics: Arc::default(),
             limits,
             feed_slots: Arc::default(),
@@ -604,6 +654,7 @@ impl Application {
         if let Some(billing) = core.billing.clone() {
             start_billing_jobs(billing.clone(), Arc::clone(&clock));
             start_waiting_event_sweep(core.stripe_supervisor.clone(), Arc::clone(&clock));
+            start_legacy_refund_sweep(billing.clone(), Arc::clone(&clock));
             start_auto_top_up_worker(billing, Arc::clone(&clock));
         }
         let metrics = match metrics_listener {
@@ -642,6 +693,7 @@ impl Application {
             server,
             stopping,
             metrics,
+            code_texts,
             core,
         })
     }
@@ -675,7 +727,8 @@ impl Application {
     }
 
     /// Serves until stopped (by the handle or a signal): stops accepting,
-    /// finishes requests in flight, then flushes the last commit.
+    /// finishes requests in flight, waits (bounded) for sign-in codes'
+    /// texts in flight, then flushes the last commit.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
         let stopper = self.stopper();
         // SIGTERM and Ctrl-C both stop gracefully: feeds are told first (so
@@ -688,6 +741,8 @@ impl Application {
             stopper.stop().await;
         });
         let served = self.server.await;
+        // Texts of codes already answered: sent, or counted as failed.
+        self.code_texts.finish(CODE_TEXTS_AT_STOP).await;
         if let Some((_, metrics)) = self.metrics {
             metrics.stop(true).await;
         }

@@ -28,6 +28,9 @@ pub struct AppState {
     pub http_metrics: Arc<HttpMetrics>,
     /// Sign-in codes by country and outcome, for `/metrics`.
     pub sign_in_codes: Arc<SignInCodeCounts>,
+    /// Sign-in codes' texts, sent after the answer (awaited, bounded, when
+    /// the server stops).
+    pub code_texts: Arc<crate::code_texts::CodeTexts>,
     /// Webhook deliveries by outcome.
     pub webhook_metrics: Arc<crate::webhooks::WebhookMetrics>,
     /// Wrong tokens and guesses, and calls to the anonymous routes, by

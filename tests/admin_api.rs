@@ -747,11 +747,97 @@ async fn the_operators_reason_is_never_shown_to_the_holder() {
     assert_eq!(refused["error"]["code"], "invalid_description");
 }
 
+on_both_stores!(an_adjustment_an_earlier_release_wrote_keeps_its_reason_from_the_holder);
+/// During a rolling upgrade a server of the release before keeps writing
+/// adjustments its way: the operator's reason as the description, no
+/// reason. The holder reads the neutral description for such a row, and
+/// never an adjustment's key (the operator's free text too).
+async fn an_adjustment_an_earlier_release_wrote_keeps_its_reason_from_the_holder() {
+    let app = TestApp::spawn().await;
+    let id = app.create_account("+14155550196").await;
+    let token = app.issue_token(id).await;
+    let (status, _) = app.post_adjustment(id, 1_000_000, "fraud-check-bob").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{id}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": 500_000, "reason": "ticket 9",
+                "description": "A thank-you from us", "idempotency_key": "thanks-ticket-9"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The first row as the release before writes it.
+    app.directory.execute(&format!(
+        "UPDATE transactions SET description = 'internal: fraud check', reason = NULL
+          WHERE account_id = {id} AND seq = 1"
+    ));
+    let (status, rows) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{id}/transactions"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    let mut holder_saw = rows.to_string();
+    let mut feed = crate::feed::open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since=0"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    // The snapshot, then the rows since 0.
+    assert_eq!(crate::feed::next_json(&mut feed).await["seq"], 2);
+    let mut replayed = Vec::new();
+    for _ in 0..2 {
+        replayed.push(crate::feed::next_json(&mut feed).await);
+    }
+    holder_saw.push_str(&serde_json::to_string(&replayed).unwrap());
+    let descriptions: Vec<&str> = rows["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["description"].as_str().unwrap())
+        .collect();
+    assert_eq!(descriptions, ["Balance adjustment", "A thank-you from us"]);
+    assert_eq!(
+        replayed[0]["description"], "Balance adjustment",
+        "{replayed:?}"
+    );
+    for secret in ["fraud", "ticket", "thanks", "idempotency_key"] {
+        assert!(
+            !holder_saw.contains(secret),
+            "the holder reads {secret}: {holder_saw}"
+        );
+    }
+    // The operator reads the row as it was written.
+    let (_, rows) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{id}/transactions"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        rows["transactions"][0]["description"],
+        "internal: fraud check"
+    );
+    assert_eq!(
+        rows["transactions"][0]["idempotency_key"],
+        "fraud-check-bob"
+    );
+}
+
 on_both_stores!(one_thing_has_one_shape_in_the_cli_and_the_api);
 /// What the command line prints with `--json` is what the API answers for
 /// the same thing, field for field; and times over HTTP are RFC 3339.
 async fn one_thing_has_one_shape_in_the_cli_and_the_api() {
-    let app = TestApp::spawn().await;
+    let (app, _stripe) = crate::stripe::app_with_fake_stripe().await;
     let cli = |arguments: &[&str]| {
         let output = crate::helpers::run_cli(&app.directory, arguments);
         assert!(output.status.success(), "{arguments:?}: {output:?}");
@@ -857,6 +943,90 @@ async fn one_thing_has_one_shape_in_the_cli_and_the_api() {
     );
     // The auto top-up's view is one line too.
     cli(&["accounts", "auto-top-up", &id.to_string(), "--json"]);
+    // A backup: what `backup --json` tells of it is the console's last
+    // backup, field for field, with its verdict and what --keep removed.
+    let backup_to = app.directory.path().join("shape-backup.db");
+    let mut backed_up = cli(&["backup", "--to", backup_to.to_str().unwrap(), "--json"]);
+    let told = backed_up.as_object_mut().unwrap();
+    assert_eq!(told.remove("verify"), Some(serde_json::json!("clean")));
+    assert_eq!(told.remove("removed"), Some(serde_json::json!([])));
+    let overview = get("/v1/admin/overview".to_string()).await;
+    assert_eq!(backed_up, overview["last_backup"], "backup --json");
+
+    // Pricing, and a code switched off and on.
+    assert_eq!(
+        cli(&["pricing", "--json"]),
+        get("/v1/admin/pricing".to_string()).await
+    );
+    let patched = |active: bool| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .request(
+                    "PATCH",
+                    "/v1/admin/discount-codes/SHAPE",
+                    Some(ADMIN_TOKEN),
+                    Some(serde_json::json!({ "active": active })),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body
+        }
+    };
+    let by_api = patched(false).await;
+    let by_cli = cli(&["discount-codes", "activate", "SHAPE", "--json"]);
+    let mut expected = by_api.clone();
+    expected["active"] = serde_json::json!(true);
+    assert_eq!(by_cli, expected, "discount-codes activate --json");
+    assert_eq!(
+        cli(&["discount-codes", "deactivate", "SHAPE", "--json"]),
+        by_api,
+        "discount-codes deactivate --json"
+    );
+    // A token issued.
+    let (status, issued) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{id}/tokens"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let by_cli = cli(&["accounts", "token", "issue", &id.to_string(), "--json"]);
+    assert_eq!(keys(&by_cli), keys(&issued), "{by_cli} / {issued}");
+    // An order's refunds.
+    let (account, order, _, _) = crate::stripe::start_access(&app, "+14155550198", None).await;
+    assert!(account > 0);
+    assert_eq!(
+        cli(&["orders", "refunds", &order.to_string(), "--json"]),
+        get(format!("/v1/admin/orders/{order}/refunds")).await
+    );
+    // A ledger row: the same fields over REST and over the feed, for the
+    // holder and for the operator.
+    let token = issued["token"].as_str().unwrap().to_string();
+    let mut feed = crate::feed::open(
+        &app,
+        &format!("/v1/accounts/{id}/feed?since=0"),
+        &["sms-credit-feed", &token],
+    )
+    .await
+    .unwrap();
+    crate::feed::next_json(&mut feed).await;
+    let fed = crate::feed::next_json(&mut feed).await;
+    let (_, rows) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{id}/transactions"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(fed, rows["transactions"][0], "the holder's row");
+    let mut admin_feed = crate::feed::open_admin_feed(&app).await;
+    let (_, adjusted) = app.post_adjustment(id, 1, "shape-3").await;
+    let fed = crate::feed::next_json(&mut admin_feed).await;
+    assert_eq!(fed, adjusted["transaction"], "the operator's row");
 }
 
 /// The names of an object's fields, sorted.
@@ -867,4 +1037,184 @@ fn keys(value: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// Every time under `value` (at `path`): no field named `…_ms` (but a
+/// duration, `duration_ms`), no time as a number, and every field named as
+/// a time RFC 3339 in UTC.
+fn times_are_rfc3339(path: &str, value: &serde_json::Value, problems: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                times_are_rfc3339(&format!("{path}[{index}]"), item, problems);
+            }
+        }
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields {
+                let at = format!("{path}.{key}");
+                if key.ends_with("_ms") && key != "duration_ms" {
+                    problems.push(format!("{at} is in milliseconds: {field}"));
+                }
+                let a_time = key == "at"
+                    || key == "since"
+                    || key == "hour"
+                    || key == "respond_by"
+                    || key.ends_with("_at")
+                    || key.ends_with("_until")
+                    || key.ends_with("_since");
+                if a_time && !field.is_null() {
+                    let text = field.as_str().unwrap_or_default();
+                    if !text.ends_with('Z')
+                        || sms_credit_actors::clock::parse_rfc3339_ms(text).is_none()
+                    {
+                        problems.push(format!("{at} is not RFC 3339 in UTC: {field}"));
+                    }
+                }
+                if field
+                    .as_i64()
+                    .is_some_and(|number| number > 1_000_000_000_000)
+                    && !key.ends_with("_micros")
+                {
+                    problems.push(format!("{at} looks like a time in milliseconds: {field}"));
+                }
+                times_are_rfc3339(&at, field, problems);
+            }
+        }
+        _ => {}
+    }
+}
+
+on_both_stores!(every_time_over_http_is_rfc3339);
+/// What the API answers about orders, refunds, tokens, notices, codes,
+/// Stripe events, auto top-up, backups, disputes and reports, with a row of
+/// each: every time is an RFC 3339 string under a name without `_ms`.
+async fn every_time_over_http_is_rfc3339() {
+    use crate::auto_top_up::{adjust_to, put_auto, setup, wait_for_attempts, Setup};
+    let Setup {
+        app, mut events, ..
+    } = setup().await;
+    crate::stripe::create_code(
+        &app,
+        json!({"code": "TIMES10", "type": "percent", "percent": 10, "max_uses": 5}),
+    )
+    .await;
+    let (account, _, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550197").await;
+    let orders = app.get_orders(account).await;
+    let order = orders[0]["id"].as_i64().unwrap();
+    let (status, refunded) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/orders/{order}/refund"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": 1_000_000, "reason": "times", "idempotency_key": "times-refund"})),
+        )
+        .await;
+    assert!(status.is_success(), "{refunded}");
+    // An auto top-up, charged.
+    adjust_to(&app, account, 30_000_000, "times-up").await;
+    let (status, body) = put_auto(
+        &app,
+        account,
+        &token,
+        json!({"enabled": true, "threshold_micros": 20_000_000, "amount_micros": 10_000_000}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = app
+        .post_message(
+            json!({"account_id": account, "body": "Storm at 3pm", "idempotency_key": "times-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    adjust_to(&app, account, 19_000_000, "times-down").await;
+    let (status, _) = app
+        .post_message(
+            json!({"account_id": account, "body": "Storm at 4pm", "idempotency_key": "times-2"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_attempts(&app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    // A low-balance warning, sent: auto top-up off, a message that takes
+    // the balance below $2.00.
+    let (status, body) = put_auto(&app, account, &token, json!({"enabled": false})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    adjust_to(&app, account, 2_050_000, "times-low").await;
+    let (status, _) = app
+        .post_message(
+            json!({"account_id": account, "body": "Storm at 5pm", "idempotency_key": "times-3"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let notices = app.settle_notices(account).await;
+    assert!(!notices.is_empty(), "a warning was queued");
+    // A dispute (attention), and a backup (the overview).
+    let disputed = events.dispute(
+        "charge.dispute.created",
+        "dp_times",
+        "ch_times",
+        &format!("pi_access_{account}"),
+        2999,
+        "needs_response",
+    );
+    assert_eq!(app.deliver(&disputed).await.0, StatusCode::OK);
+    let folder = tempfile::tempdir().unwrap();
+    let backup = folder.path().join("times.db");
+    let backed_up = crate::helpers::run_cli(
+        &app.directory,
+        &["backup", "--to", backup.to_str().unwrap()],
+    );
+    assert!(backed_up.status.success(), "{backed_up:?}");
+
+    let mut problems = Vec::new();
+    let mut seen = Vec::new();
+    for (path, bearer) in [
+        (format!("/v1/accounts/{account}"), token.as_str()),
+        (format!("/v1/accounts/{account}/transactions"), &token),
+        (format!("/v1/accounts/{account}/auto-top-up"), &token),
+        (format!("/v1/admin/accounts/{account}"), ADMIN_TOKEN),
+        ("/v1/admin/accounts".to_string(), ADMIN_TOKEN),
+        (
+            format!("/v1/admin/accounts/{account}/transactions"),
+            ADMIN_TOKEN,
+        ),
+        (format!("/v1/admin/accounts/{account}/orders"), ADMIN_TOKEN),
+        (
+            format!("/v1/admin/accounts/{account}/auto-top-up"),
+            ADMIN_TOKEN,
+        ),
+        (format!("/v1/admin/accounts/{account}/notices"), ADMIN_TOKEN),
+        (
+            format!("/v1/admin/accounts/{account}/messages"),
+            ADMIN_TOKEN,
+        ),
+        (format!("/v1/admin/accounts/{account}/tokens"), ADMIN_TOKEN),
+        (format!("/v1/admin/orders/{order}/refunds"), ADMIN_TOKEN),
+        ("/v1/admin/discount-codes".to_string(), ADMIN_TOKEN),
+        ("/v1/admin/stripe-events".to_string(), ADMIN_TOKEN),
+        ("/v1/admin/overview".to_string(), ADMIN_TOKEN),
+        ("/v1/admin/attention".to_string(), ADMIN_TOKEN),
+        ("/v1/admin/reports".to_string(), ADMIN_TOKEN),
+    ] {
+        let (status, body) = app.request("GET", &path, Some(bearer), None).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        times_are_rfc3339(&path, &body, &mut problems);
+        seen.push(body.to_string());
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    // Each kind of time was there to be checked.
+    let seen = seen.join("\n");
+    for field in [
+        "\"completed_at\"",
+        "\"consent\"",
+        "\"taken_at\"",
+        "\"respond_by\"",
+        "\"sent_at\"",
+        "\"received_at\"",
+    ] {
+        assert!(seen.contains(field), "{field} in {seen}");
+    }
 }

@@ -312,7 +312,10 @@ async fn bad_settings_are_refused_and_change_nothing() {
         (Some(2_000_000), Some(10_000_000), Some(50_000_000))
     );
     assert_eq!(on["consent"]["via"], "web");
-    assert_eq!(on["consent"]["at"], NOW_UNIX * 1000);
+    assert_eq!(
+        on["consent"]["at"],
+        sms_credit_actors::clock::format_rfc3339_ms(NOW_UNIX * 1000)
+    );
     let text = on["consent"]["text"].as_str().unwrap();
     assert!(
         text.contains("below $2.00") && text.contains("$10.00"),

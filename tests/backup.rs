@@ -583,7 +583,10 @@ async fn the_last_backup_is_on_the_console_and_in_the_metrics() {
         .request("GET", "/v1/admin/overview", Some(ADMIN_TOKEN), None)
         .await;
     assert_eq!(overview["backup_overdue"], false, "{overview}");
-    assert_eq!(overview["last_backup"]["taken_at_ms"], taken_at_ms);
+    assert_eq!(
+        overview["last_backup"]["taken_at"],
+        sms_credit_actors::clock::format_rfc3339_ms(taken_at_ms)
+    );
     assert_eq!(
         overview["last_backup"]["path"],
         "/var/backups/sms-credit/nightly.db"
@@ -598,4 +601,160 @@ async fn the_last_backup_is_on_the_console_and_in_the_metrics() {
         .await;
     assert_eq!(overview["backup_overdue"], true, "{overview}");
     app.stop().await;
+}
+
+on_both_stores!(sync restore_takes_only_a_backup_and_never_changes_it);
+fn restore_takes_only_a_backup_and_never_changes_it() {
+    let target = fresh_directory();
+    let folder = tempfile::tempdir().unwrap();
+    // An empty file (a backup cut short, a wrong path made by `touch`).
+    let empty = folder.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    // An SQLite file of something else.
+    let other = folder.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT); INSERT INTO notes (text) VALUES ('hello');")
+        .unwrap();
+    let other_bytes = std::fs::read(&other).unwrap();
+    for (file, before) in [(&empty, Vec::new()), (&other, other_bytes)] {
+        let refused = run_cli(&target, &["restore", "--from", file.to_str().unwrap()]);
+        assert!(!refused.status.success(), "{file:?}: {}", text(&refused));
+        assert!(
+            text(&refused).contains("not an sms-credit backup"),
+            "{}",
+            text(&refused)
+        );
+        assert_eq!(std::fs::read(file).unwrap(), before, "{file:?} was changed");
+        let mut beside: Vec<String> = std::fs::read_dir(folder.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        beside.sort();
+        assert_eq!(beside, ["empty.db", "other.db"], "nothing made beside it");
+    }
+    // Nothing was made or restored in the target either.
+    let verified = run_cli(&target, &["verify"]);
+    if current_store() == StoreKind::Sqlite {
+        assert!(!target.location().sqlite_path().unwrap().exists());
+    } else {
+        assert_eq!(
+            target.number(
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            ),
+            0,
+            "{}",
+            text(&verified)
+        );
+    }
+}
+
+#[test]
+fn restore_s_copy_of_the_backup_is_its_user_s_alone_and_goes_when_it_is_stopped() {
+    use std::os::unix::fs::PermissionsExt;
+    crate::watchdog::watch();
+    let live = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550420", "+14155550421"] {
+        let created = run_cli(&live, &["accounts", "create", "--phone", phone]);
+        assert!(created.status.success(), "{}", text(&created));
+    }
+    let folder = backup_file();
+    let backup = folder.path().join("nightly.db");
+    let taken = run_cli(&live, &["backup", "--to", backup.to_str().unwrap()]);
+    assert!(taken.status.success(), "{}", text(&taken));
+    // Where restore makes its working directory (its TMPDIR).
+    let temporary = tempfile::tempdir().unwrap();
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let target_folder = target
+        .location()
+        .sqlite_path()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let names = |folder: &std::path::Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    let marker = folder.path().join("held");
+    for (signal, code) in [("TERM", 143), ("INT", 130)] {
+        let mut restoring = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+            .args(["restore", "--from", backup.to_str().unwrap()])
+            .env("SMS_CREDIT_DATABASE", target.url())
+            .env("SMS_CREDIT_RESTORE_HOLD_FOR_TESTING", &marker)
+            .env("TMPDIR", temporary.path())
+            .env_remove("SMS_CREDIT_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !marker.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "the restore's import was held within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Its working directory and the copy of the backup in it (with its
+        // log) are its user's alone.
+        let [working] = &names(temporary.path())[..] else {
+            panic!("one working directory: {:?}", names(temporary.path()));
+        };
+        assert!(working.starts_with("sms-credit-restore-"), "{working}");
+        let working = temporary.path().join(working);
+        assert_eq!(mode(&working), 0o700, "{}", working.display());
+        let copies = names(&working);
+        assert!(copies.contains(&"backup.db".to_string()), "{copies:?}");
+        for copy in &copies {
+            assert_eq!(mode(&working.join(copy)), 0o600, "{copy}");
+        }
+        // Stopped by the signal, it removes it, and what it was filling.
+        let killed = std::process::Command::new("kill")
+            .args([format!("-{signal}"), restoring.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = restoring.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "SIG{signal} ended the restore within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(status.code(), Some(code), "SIG{signal}");
+        assert!(
+            names(temporary.path()).is_empty(),
+            "SIG{signal}: {:?}",
+            names(temporary.path())
+        );
+        assert!(
+            names(&target_folder).is_empty(),
+            "SIG{signal}: {:?}",
+            names(&target_folder)
+        );
+        std::fs::remove_file(&marker).unwrap();
+    }
+    // Not stopped, it restores, and leaves nothing behind either.
+    let restored = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["restore", "--from", backup.to_str().unwrap()])
+        .env("SMS_CREDIT_DATABASE", target.url())
+        .env("TMPDIR", temporary.path())
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{}", text(&restored));
+    assert!(names(temporary.path()).is_empty());
+    assert_eq!(names(&target_folder), ["sms-credit.db"]);
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 2);
 }

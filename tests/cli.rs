@@ -358,7 +358,7 @@ fn admin_tools_from_the_command_line() {
     assert_eq!(tokens.len(), 2, "{listed}");
     assert!(tokens
         .iter()
-        .all(|token| token["source"] == "admin" && !token["revoked_at_ms"].is_null()));
+        .all(|token| token["source"] == "admin" && !token["revoked_at"].is_null()));
     assert!(!listed.to_string().contains("sct_"), "never a token");
     let live = directory.number("SELECT COUNT(*) FROM account_tokens WHERE revoked_at IS NULL");
     // A number whose country has no rate: made, with a word for the operator.
@@ -942,6 +942,29 @@ fn database_locations_say_what_is_wrong() {
         "{stderr}"
     );
     assert!(!directory.path().join("mysql:").exists());
+    // A query string (sqlx's options) is refused, not made part of a file's
+    // name; so is SQLite's in-memory database, which no two processes share.
+    let (ok, stderr) = run("sqlite://x.db?mode=rwc", &["migrate"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("?mode=rwc") && stderr.contains("query"),
+        "{stderr}"
+    );
+    for memory in ["sqlite::memory:", ":memory:", "sqlite://:memory:"] {
+        let (ok, stderr) = run(memory, &["migrate"]);
+        assert!(!ok, "{memory}");
+        assert!(
+            stderr.contains("in-memory") && !stderr.contains("-wal"),
+            "{memory}: {stderr}"
+        );
+    }
+    let mut left: Vec<String> = std::fs::read_dir(directory.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains("x.db") || name.contains("memory"))
+        .collect();
+    left.sort();
+    assert!(left.is_empty(), "made {left:?}");
 }
 
 on_both_stores!(sync input_an_operator_gets_wrong_is_refused_saying_why);
@@ -1186,4 +1209,107 @@ fn output_for_people_lines_up_and_reads_as_sentences() {
         .map(|line| line.find("SMS_CREDIT_").unwrap())
         .collect();
     assert_eq!(variable_at.len(), 1, "{config}");
+}
+
+on_both_stores!(sync accounts_adjust_checks_its_texts_as_the_api_does);
+fn accounts_adjust_checks_its_texts_as_the_api_does() {
+    let directory = fresh_directory();
+    assert!(run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550405"]
+    )
+    .status
+    .success());
+    let adjust = |reason: &str, description: Option<&str>, key: &str| {
+        let mut arguments = vec![
+            "accounts",
+            "adjust",
+            "1",
+            "--amount",
+            "1",
+            "--reason",
+            reason,
+            "--idempotency-key",
+            key,
+            "--json",
+        ];
+        if let Some(description) = description {
+            arguments.extend(["--description", description]);
+        }
+        run_cli(&directory, &arguments)
+    };
+    let long = "x".repeat(501);
+    for (reason, description, named) in [
+        ("", None, "reason"),
+        ("   ", None, "reason"),
+        (long.as_str(), None, "reason"),
+        ("fine", Some(""), "description"),
+        ("fine", Some(" \t "), "description"),
+        ("fine", Some(long.as_str()), "description"),
+    ] {
+        let refused = adjust(reason, description, "refused");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{reason:?} {description:?}");
+        assert!(
+            stderr.contains(named) && stderr.contains("500"),
+            "{named}: {stderr}"
+        );
+    }
+    let shown = run_cli(&directory, &["accounts", "show", "1", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["account"]["seq"], 0, "nothing was written: {shown}");
+    // What is kept is trimmed, as the API keeps it; 500 characters pass.
+    let adjusted = adjust("  ticket 7  ", Some("  A thank-you  "), "trimmed");
+    assert!(adjusted.status.success(), "{adjusted:?}");
+    let adjusted: serde_json::Value = serde_json::from_slice(&adjusted.stdout).unwrap();
+    assert_eq!(adjusted["transaction"]["reason"], "ticket 7");
+    assert_eq!(adjusted["transaction"]["description"], "A thank-you");
+    let most = "y".repeat(500);
+    assert!(adjust(&most, None, "most").status.success());
+}
+
+on_both_stores!(sync a_closed_pipe_never_hides_an_error);
+fn a_closed_pipe_never_hides_an_error() {
+    let directory = fresh_directory();
+    let file = directory.path().join("bad.toml");
+    std::fs::write(&file, "feed_queue = \"lots\"\n").unwrap();
+    // The reader is gone before the command writes (`| head -0`).
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["config"])
+        .env("SMS_CREDIT_DATABASE", directory.url())
+        .env("SMS_CREDIT_CONFIG", &file)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("feed_queue") && stderr.contains("not a whole number"),
+        "{stderr}"
+    );
+    // A command that finds something wrong after it began printing says
+    // so by its exit code (and an error on standard error), pipe or no pipe:
+    // verify of a tampered ledger prints its problems, then fails.
+    assert!(run_cli(
+        &directory,
+        &["accounts", "create", "--phone", "+14155550406"]
+    )
+    .status
+    .success());
+    directory.execute("UPDATE account_balances SET balance = balance + 1");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["verify"])
+        .env("SMS_CREDIT_DATABASE", directory.url())
+        .env_remove("SMS_CREDIT_CONFIG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
 }

@@ -3,10 +3,14 @@
 //! server on the copy carries on where the original stopped; a target that
 //! holds data, or a source a server is running on, is refused.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use actix_web::http::StatusCode;
 use serde_json::json;
-use sms_credit_actors::adapters::{self, StoreSettings};
-use sms_credit_actors::store::copy::TABLES;
+use sms_credit_actors::adapters::{self, FillTarget, StoreSettings};
+use sms_credit_actors::clock::{Clock, SystemClock};
+use sms_credit_actors::store::copy::{self, CopyError, StillStopped, TABLES};
 
 use crate::database::{StoreKind, TestDatabase};
 use crate::fake_stripe::{EventFactory, FakeStripe};
@@ -125,7 +129,7 @@ async fn an_sqlite_database_moves_to_postgres_and_back_row_for_row() {
         "messages",
         "stripe_events",
         "disputes",
-        "failed_refunds",
+        "stripe_refunds",
     ] {
         assert!(
             original
@@ -281,4 +285,476 @@ fn after_a_crash_copy_says_it_waits_for_a_stale_heartbeat_and_leaves_nothing() {
     assert!(!refused.status.success(), "{refused:?}");
     assert_eq!(left_behind(&missing), "");
     assert_eq!(left_behind(&target), "");
+}
+
+/// A source whose last table copied holds a value this release cannot
+/// read (text in an integer column): reading it fails after every other
+/// table's rows have gone to the target. Its verify is clean.
+fn failing_source(phone: &str) -> TestDatabase {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+        .status
+        .success());
+    source.execute(
+        "INSERT INTO backups (id, taken_at, path, accounts, transactions, bytes, duration_ms)
+         VALUES (1, 'yesterday', '/backups/one.db', 1, 0, 0, 0)",
+    );
+    assert_eq!(TABLES.last().unwrap().name, "backups");
+    source
+}
+
+/// Every byte of a file, to tell whether anything changed it.
+fn bytes_of(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn a_copy_or_restore_that_fails_part_way_leaves_the_target_as_it_was() {
+    crate::watchdog::watch();
+    let source = failing_source("+14155550994");
+    let before = bytes_of(source.url());
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        // Into a target that does not exist yet: nothing is left of it.
+        let fresh = TestDatabase::of(kind);
+        let copied = copy(&source, &fresh);
+        assert!(!copied.status.success(), "{kind:?}: {copied:?}");
+        assert_eq!(left_behind(&fresh), "", "{kind:?}: a failed copy made this");
+        let restored = run_cli(&fresh, &["restore", "--from", source.url()]);
+        assert!(!restored.status.success(), "{kind:?}: {restored:?}");
+        let stderr = String::from_utf8_lossy(&restored.stderr);
+        assert!(
+            stderr.contains("nothing was restored"),
+            "{kind:?}: {stderr}"
+        );
+        assert_eq!(
+            left_behind(&fresh),
+            "",
+            "{kind:?}: a failed restore made this"
+        );
+        // Into an empty database that exists: it holds no accounts after.
+        let empty = TestDatabase::of(kind);
+        assert!(run_cli(&empty, &["migrate"]).status.success());
+        assert!(!copy(&source, &empty).status.success());
+        assert_eq!(empty.number("SELECT COUNT(*) FROM accounts"), 0, "{kind:?}");
+        let restored = run_cli(&empty, &["restore", "--from", source.url()]);
+        assert!(!restored.status.success(), "{kind:?}: {restored:?}");
+        assert_eq!(empty.number("SELECT COUNT(*) FROM accounts"), 0, "{kind:?}");
+    }
+    assert_eq!(
+        bytes_of(source.url()),
+        before,
+        "restore never changes its --from"
+    );
+}
+
+on_both_stores!(sync a_target_of_an_earlier_release_that_holds_data_is_refused_untouched);
+fn a_target_of_an_earlier_release_that_holds_data_is_refused_untouched() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550995"])
+            .status
+            .success()
+    );
+    // A target as the release before this one left it, with an account.
+    let earlier = crate::database::migration_before_the_last(crate::database::current_store());
+    let target = with_an_account(TestDatabase::at_migration(earlier), "+14155550996");
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("already holds data"), "{stderr}");
+    assert_eq!(
+        target.number("SELECT MAX(version) FROM refinery_schema_history"),
+        earlier as i64,
+        "the target was not migrated"
+    );
+    let restored = run_cli(&target, &["restore", "--from", source.url()]);
+    assert!(!restored.status.success(), "{restored:?}");
+    assert!(
+        String::from_utf8_lossy(&restored.stderr).contains("already holds data"),
+        "{restored:?}"
+    );
+    assert_eq!(
+        target.number("SELECT MAX(version) FROM refinery_schema_history"),
+        earlier as i64,
+        "the target was not migrated"
+    );
+}
+
+#[test]
+fn a_server_with_a_longer_timeout_than_copy_s_is_judged_by_its_own() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    // It beats every 50 s: between two beats it is running all the same.
+    let server = ServerProcess::start(&source, &[("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "200")]);
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    // Copy's own timeout (2 s) would call it gone 2 s after a heartbeat.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
+        .args(["copy", "--from", source.url(), "--to", target.url()])
+        .env("SMS_CREDIT_INSTANCE_TIMEOUT_SECS", "2")
+        .env_remove("SMS_CREDIT_CONFIG")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("instances are running on the source") && stderr.contains("200 s"),
+        "{stderr}"
+    );
+    assert_eq!(left_behind(&target), "");
+    drop(server);
+}
+
+/// `database` with an account written as any release writes one.
+fn with_an_account(database: TestDatabase, phone: &str) -> TestDatabase {
+    database.execute(&format!(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '{phone}', 'active', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 0, 0, 0);"
+    ));
+    database
+}
+
+/// The time now, in Unix milliseconds.
+fn now_ms() -> i64 {
+    SystemClock.now_ms()
+}
+
+on_both_stores!(sync a_source_of_an_earlier_release_is_refused_and_never_changed);
+/// `copy` only reads its --from: a source of an earlier release, its
+/// servers just stopped (a heartbeat still fresh), is refused before
+/// anything is done to it, saying to stop its servers and migrate it
+/// first; its migration history and (SQLite) every byte of it are as they
+/// were. Migrated, it copies.
+fn a_source_of_an_earlier_release_is_refused_and_never_changed() {
+    let earlier = crate::database::migration_before_the_last(crate::database::current_store());
+    let source = with_an_account(TestDatabase::at_migration(earlier), "+14155550981");
+    source.execute(&format!(
+        "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ('just-stopped', 0, {})",
+        now_ms()
+    ));
+    let sqlite_file = source.location().sqlite_path().map(|path| {
+        // One file, whose header says its journal mode.
+        source.execute("PRAGMA journal_mode = DELETE");
+        path.to_path_buf()
+    });
+    let bytes_before = sqlite_file
+        .as_deref()
+        .map(|path| std::fs::read(path).unwrap());
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("earlier release") && stderr.contains("sms-credit migrate"),
+        "{stderr}"
+    );
+    assert_eq!(
+        source.number("SELECT MAX(version) FROM refinery_schema_history"),
+        earlier as i64,
+        "the source was not migrated"
+    );
+    assert!(
+        sqlite_file
+            .as_deref()
+            .map(|path| std::fs::read(path).unwrap())
+            == bytes_before,
+        "not a byte of the source changed"
+    );
+    if let Some(path) = &sqlite_file {
+        assert!(!path.with_extension("db-wal").exists(), "no log was made");
+    }
+    assert_eq!(left_behind(&target), "");
+    // Stopped and migrated, it copies.
+    source.execute("DELETE FROM instances");
+    assert!(run_cli(&source, &["migrate"]).status.success());
+    let copied = copy(&source, &target);
+    assert!(copied.status.success(), "{copied:?}");
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 1);
+}
+
+#[test]
+fn a_read_only_source_file_is_copied_and_left_byte_for_byte() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550982", "+14155550983"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    source.execute("PRAGMA journal_mode = DELETE");
+    let path = std::path::PathBuf::from(source.url());
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    permissions.set_readonly(true);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    let before = bytes_of(source.url());
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        let target = TestDatabase::of(kind);
+        let copied = copy(&source, &target);
+        assert!(copied.status.success(), "{kind:?}: {copied:?}");
+        assert_eq!(
+            target.number("SELECT COUNT(*) FROM accounts"),
+            2,
+            "{kind:?}"
+        );
+        assert!(
+            bytes_of(source.url()) == before,
+            "{kind:?}: the source changed"
+        );
+        assert_eq!(
+            left_behind(&source),
+            "sms-credit.db",
+            "{kind:?}: nothing was made beside the source"
+        );
+    }
+}
+
+on_both_stores!(sync a_source_that_is_not_clean_is_refused_before_the_target_is_looked_at);
+/// The source is verified before the target is looked at: a source whose
+/// ledger does not sum to its balances is refused as such, whatever the
+/// target holds (here data, which would be refused too).
+fn a_source_that_is_not_clean_is_refused_before_the_target_is_looked_at() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550984"])
+            .status
+            .success()
+    );
+    source.execute("UPDATE account_balances SET balance = balance + 1");
+    let target = TestDatabase::fresh();
+    assert!(
+        run_cli(&target, &["accounts", "create", "--phone", "+14155550985"])
+            .status
+            .success()
+    );
+    let refused = copy(&source, &target);
+    assert!(!refused.status.success(), "{refused:?}");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("not clean on the source") && !stderr.contains("already holds data"),
+        "{stderr}"
+    );
+}
+
+/// Waits for a thread's answer, for at most `within`.
+fn join_within<T>(thread: std::thread::JoinHandle<T>, within: Duration, what: &str) -> T {
+    let deadline = Instant::now() + within;
+    while !thread.is_finished() {
+        assert!(Instant::now() < deadline, "{what} ended within {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    thread.join().unwrap()
+}
+
+/// Fills `target` from `source` as `copy` does, on a thread of its own;
+/// `waiting` is told if it waits for another fill.
+fn fill_on_a_thread(
+    source: copy::Source,
+    filling: impl FnOnce() -> Result<FillTarget, CopyError> + Send + 'static,
+    target: adapters::DatabaseLocation,
+) -> std::thread::JoinHandle<Result<copy::CopyReport, String>> {
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let report = copy::verify_source(&source)
+                .await
+                .map_err(|error| error.to_string())?;
+            let filling = filling().map_err(|error| error.to_string())?;
+            filling
+                .fill(&source, report, StoreSettings::new(target), None)
+                .await
+                .map_err(|error| error.to_string())
+        })
+    })
+}
+
+on_both_stores!(sync a_failed_fill_never_takes_away_one_that_succeeded);
+/// Two fills of one new target: B looks at it first (nothing there yet),
+/// then A looks and fills, and is held after its first page (or, where
+/// the store makes a second fill wait for the first, waits for B). B fills
+/// from a source that fails part-way, then A is let go: A's copy stands,
+/// whole. What B's failure takes away is only what B made.
+fn a_failed_fill_never_takes_away_one_that_succeeded() {
+    let good = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550986", "+14155550987", "+14155550988"] {
+        assert!(run_cli(&good, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let bad = failing_source("+14155550989");
+    let target = TestDatabase::fresh();
+    let location = target.location();
+    let b_filling = FillTarget::look(&location, &|| {}).unwrap();
+
+    let a_source = adapters::open_source(&good.location()).unwrap();
+    let hold = a_source.hold_after_first_page_for_testing();
+    let (waiting, a_waits) = std::sync::mpsc::channel();
+    let a_location = location.clone();
+    let a = fill_on_a_thread(
+        a_source,
+        move || {
+            FillTarget::look(&a_location, &move || {
+                let _ = waiting.send(());
+            })
+        },
+        location.clone(),
+    );
+    actix_rt::System::new().block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if a_waits.try_recv().is_ok() {
+                break;
+            }
+            let held = actix_rt::time::timeout(Duration::from_millis(20), hold.reached()).await;
+            if held.is_ok() {
+                break;
+            }
+            assert!(!a.is_finished(), "A ended before its first page");
+            assert!(
+                Instant::now() < deadline,
+                "A was held after its first page, or waited for B, within 60 s"
+            );
+        }
+    });
+    let b_source = adapters::open_source(&bad.location()).unwrap();
+    let b = fill_on_a_thread(b_source, move || Ok(b_filling), location.clone());
+    hold.release();
+    let b = join_within(b, Duration::from_secs(120), "B");
+    assert!(b.is_err(), "{b:?}");
+    let a = join_within(a, Duration::from_secs(120), "A");
+    assert!(a.is_ok(), "{a:?}");
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 3);
+    if target.location().sqlite_path().is_some() {
+        assert_eq!(left_behind(&target), "sms-credit.db");
+    }
+}
+
+on_both_stores!(an_instance_that_starts_on_the_source_during_a_copy_stops_it);
+/// `copy` checks that no instance runs on its source before it reads it,
+/// and again once it has read it all, before the target may commit: a
+/// server that started meanwhile (its heartbeat is fresh) stops the copy,
+/// and the target is left as it was.
+async fn an_instance_that_starts_on_the_source_during_a_copy_stops_it() {
+    let source = TestDatabase::fresh();
+    for phone in ["+14155550970", "+14155550971"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let reader = adapters::open_source(&source.location()).unwrap();
+    copy::check_source_stopped(&reader, now_ms(), 2_000)
+        .await
+        .unwrap();
+    let report = copy::verify_source(&reader).await.unwrap();
+    let hold = reader.hold_after_first_page_for_testing();
+    let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
+    let (filled, ()) = futures_util::join!(
+        filling.fill(
+            &reader,
+            report,
+            StoreSettings::new(target.location()),
+            Some(StillStopped {
+                clock: Arc::new(SystemClock),
+                fallback_timeout_ms: 2_000,
+            }),
+        ),
+        async {
+            hold.reached().await;
+            source.execute(&format!(
+                "INSERT INTO instances (id, started_at, heartbeat_at, timeout_ms)
+                 VALUES ('started-meanwhile', {0}, {0}, 30000)",
+                now_ms()
+            ));
+            hold.release();
+        }
+    );
+    let error = filled.unwrap_err();
+    assert!(
+        matches!(error.cause, CopyError::SourceStarted(_)),
+        "{error}"
+    );
+    assert!(error.to_string().contains("started-meanwhile"), "{error}");
+    assert_eq!(left_behind(&target), "", "the target is as it was");
+}
+
+on_both_stores!(a_fill_refused_at_its_last_check_leaves_the_target_s_sequences_as_they_were);
+/// The checks before the commit come first, then the id sequences are
+/// moved past the copied rows (Postgres' `setval`, which no rollback
+/// undoes): a copy refused at its last check leaves an existing empty
+/// target as it was, and its next account is account 1.
+async fn a_fill_refused_at_its_last_check_leaves_the_target_s_sequences_as_they_were() {
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    for phone in ["+14155550972", "+14155550973", "+14155550974"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let target = TestDatabase::fresh();
+    assert!(run_cli(&target, &["migrate"]).status.success());
+    let reader = adapters::open_source(&source.location()).unwrap();
+    let report = copy::verify_source(&reader).await.unwrap();
+    let hold = reader.hold_after_first_page_for_testing();
+    let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
+    let (filled, ()) = futures_util::join!(
+        filling.fill(&reader, report, StoreSettings::new(target.location()), None),
+        async {
+            hold.reached().await;
+            // A ledger row written behind the copy's back, after its
+            // accounts were read: what it reads no longer agrees with the
+            // verify it started from.
+            let adjusted = run_cli(
+                &source,
+                &[
+                    "accounts",
+                    "adjust",
+                    "1",
+                    "--amount",
+                    "1.00",
+                    "--reason",
+                    "behind the copy",
+                    "--idempotency-key",
+                    "behind",
+                ],
+            );
+            assert!(adjusted.status.success(), "{adjusted:?}");
+            hold.release();
+        }
+    );
+    let error = filled.unwrap_err();
+    assert!(matches!(error.cause, CopyError::Differs(_)), "{error}");
+    assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 0);
+    let created = run_cli(
+        &target,
+        &["accounts", "create", "--phone", "+14155550975", "--json"],
+    );
+    assert!(created.status.success(), "{created:?}");
+    let created: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    assert_eq!(created["id"], 1, "the id sequence was not moved: {created}");
+}
+
+#[test]
+fn another_program_s_sqlite_database_is_refused_as_a_target_untouched() {
+    crate::watchdog::watch();
+    let source = TestDatabase::of(StoreKind::Sqlite);
+    assert!(
+        run_cli(&source, &["accounts", "create", "--phone", "+14155550976"])
+            .status
+            .success()
+    );
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    target.execute(
+        "PRAGMA journal_mode = DELETE;
+         CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL);",
+    );
+    let before = bytes_of(target.url());
+    for command in [
+        vec!["copy", "--from", source.url(), "--to", target.url()],
+        vec!["restore", "--from", source.url()],
+    ] {
+        let refused = run_cli(&target, &command);
+        assert!(!refused.status.success(), "{refused:?}");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains("not an sms-credit database"), "{stderr}");
+        assert!(bytes_of(target.url()) == before, "{command:?} changed it");
+        assert_eq!(left_behind(&target), "sms-credit.db");
+    }
 }

@@ -214,6 +214,16 @@ async fn acknowledged_operations_survive_sigkill() {
                 ))
             })
             .collect();
+        // The kill lands at a random moment after the first acknowledgement,
+        // however slow a loaded machine makes the first requests.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while acknowledged.lock().unwrap().len() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cycle {cycle}: no operation acknowledged within 30 s of the start"
+            );
+            actix_rt::time::sleep(Duration::from_millis(10)).await;
+        }
         actix_rt::time::sleep(Duration::from_millis(150 + rng.below(500))).await;
         server.kill();
         stop.store(true, Ordering::Relaxed);

@@ -194,6 +194,18 @@ impl Drop for PostgresDatabase {
     }
 }
 
+/// A transaction held open on a Postgres connection of its own (holding
+/// the rows it locked) until [`HeldTransaction::end`] commits it.
+pub struct HeldTransaction {
+    session: Session,
+}
+
+impl HeldTransaction {
+    pub fn end(self) {
+        self.session.run("COMMIT").unwrap();
+    }
+}
+
 impl TestDatabase {
     /// A fresh database of the store the running test uses.
     pub fn fresh() -> TestDatabase {
@@ -303,6 +315,22 @@ impl TestDatabase {
         }
     }
 
+    /// Begins a transaction on a (Postgres) connection of its own, runs
+    /// `sql` in it (`SELECT … FOR UPDATE`: rows locked) and keeps it open.
+    pub fn hold_transaction(&self, sql: &str) -> HeldTransaction {
+        let session = Session::open(&self.session().url).unwrap();
+        session.run(&format!("BEGIN; {sql}")).unwrap();
+        HeldTransaction { session }
+    }
+
+    /// How many of this (Postgres) database's connections wait for a lock.
+    pub fn lock_waiters(&self) -> i64 {
+        self.number(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE NOT l.granted AND a.datname = current_database()",
+        )
+    }
+
     /// Lets new connections to this (Postgres) database be made, or
     /// refuses them (to superusers too); those already made stay open.
     pub fn allow_connections(&self, allowed: bool) {
@@ -352,6 +380,22 @@ impl TestDatabase {
         }
     }
 
+    /// The first column of the first row of a query, as text.
+    pub fn text(&self, sql: &str) -> String {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let connection = rusqlite::Connection::open(&self.url).unwrap();
+                connection.query_row(sql, [], |row| row.get(0)).unwrap()
+            }
+            StoreKind::Postgres => self.session().run(sql).unwrap()[0].clone().unwrap(),
+        }
+    }
+
+    /// Which store the database is.
+    pub fn kind(&self) -> StoreKind {
+        self.kind
+    }
+
     /// Writes a value the schema's CHECK constraints would refuse, as a
     /// newer release (or a hand edit) might have left it in `table`.
     pub fn tamper(&self, table: &str, sql: &str) {
@@ -374,5 +418,91 @@ impl TestDatabase {
                 self.execute(sql);
             }
         }
+    }
+}
+
+/// The repository's migration files of a store, oldest first: version and
+/// path.
+pub fn migration_files(kind: StoreKind) -> Vec<(u32, std::path::PathBuf)> {
+    let folder = match kind {
+        StoreKind::Sqlite => "sqlite",
+        StoreKind::Postgres => "postgres",
+    };
+    let mut files: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(format!(
+        "{}/migrations/{folder}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .map(|entry| entry.unwrap().path())
+    .map(|path| {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let version = name[1..name.find("__").unwrap()].parse().unwrap();
+        (version, path)
+    })
+    .collect();
+    files.sort();
+    files
+}
+
+/// The version of the migration before a store's last one: what the
+/// release before this one left a database at.
+pub fn migration_before_the_last(kind: StoreKind) -> u32 {
+    let files = migration_files(kind);
+    files[files.len() - 2].0
+}
+
+impl TestDatabase {
+    /// A database of the current store as an earlier release left it, one
+    /// whose last migration was `last`: the store's migrations up to it,
+    /// applied from the repository's files, with the history refinery keeps
+    /// of them (read from a database this release migrated).
+    pub fn at_migration(last: u32) -> TestDatabase {
+        let reference = crate::helpers::fresh_directory();
+        assert!(crate::helpers::run_cli(&reference, &["migrate"])
+            .status
+            .success());
+        let kind = reference.kind();
+        let history = reference.text(&match kind {
+            StoreKind::Sqlite => format!(
+                "SELECT group_concat(entry, ', ') FROM (
+                     SELECT printf('(%d, %Q, %Q, %Q)', version, name, applied_on, checksum) AS entry
+                       FROM refinery_schema_history WHERE version <= {last} ORDER BY version)"
+            ),
+            StoreKind::Postgres => format!(
+                "SELECT string_agg(format('(%s, %L, %L, %L)', version, name, applied_on, checksum),
+                                   ', ' ORDER BY version)
+                   FROM refinery_schema_history WHERE version <= {last}"
+            ),
+        });
+        let files: Vec<_> = migration_files(kind)
+            .into_iter()
+            .filter(|(version, _)| *version <= last)
+            .collect();
+        let versions: Vec<String> = files
+            .iter()
+            .map(|(version, _)| version.to_string())
+            .collect();
+        assert_eq!(
+            versions.join(","),
+            reference.text(&format!(
+                "SELECT {} FROM (SELECT version FROM refinery_schema_history
+                                  WHERE version <= {last} ORDER BY version) AS applied",
+                match kind {
+                    StoreKind::Sqlite => "group_concat(version, ',')",
+                    StoreKind::Postgres => "string_agg(version::text, ',' ORDER BY version)",
+                }
+            )),
+            "the repository's migration files up to {last} are the ones this release applies"
+        );
+        let database = crate::helpers::fresh_directory();
+        for (_, path) in files {
+            database.execute(&std::fs::read_to_string(path).unwrap());
+        }
+        database.execute(&format!(
+            "CREATE TABLE refinery_schema_history (version INT4 PRIMARY KEY, name VARCHAR(255),
+                                                   applied_on VARCHAR(255), checksum VARCHAR(255));
+             INSERT INTO refinery_schema_history (version, name, applied_on, checksum) VALUES {history};"
+        ));
+        database
     }
 }

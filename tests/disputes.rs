@@ -11,7 +11,7 @@ use awc::http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::auto_top_up::adjust_to;
-use crate::fake_stripe::{EventFactory, FakeStripe};
+use crate::fake_stripe::{EventFactory, FakeStripe, Listed};
 use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN};
 use crate::ledger_actors::assert_verified;
 use crate::refunds::paid_top_up;
@@ -33,14 +33,14 @@ async fn app_with_receiver() -> (FakeStripe, TestApp, Receiver) {
 }
 
 /// Delivers a Stripe event; answers what the server says became of it.
-async fn deliver(app: &TestApp, payload: &str) -> Value {
+pub(crate) async fn deliver(app: &TestApp, payload: &str) -> Value {
     let (status, answer) = app.deliver(payload).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
     answer["result"].clone()
 }
 
 /// The rows of an order in the account's ledger: (key, amount), oldest first.
-async fn rows_of(app: &TestApp, account: i64, order: i64) -> Vec<(String, i64)> {
+pub(crate) async fn rows_of(app: &TestApp, account: i64, order: i64) -> Vec<(String, i64)> {
     let (status, ledger) = app.get_transactions(account).await;
     assert_eq!(status, StatusCode::OK, "{ledger}");
     let mut rows: Vec<(i64, String, i64)> = ledger["transactions"]
@@ -63,7 +63,7 @@ async fn rows_of(app: &TestApp, account: i64, order: i64) -> Vec<(String, i64)> 
 }
 
 /// What an order's rows took back in all (negative) or gave back.
-async fn net_of(app: &TestApp, account: i64, order: i64) -> i64 {
+pub(crate) async fn net_of(app: &TestApp, account: i64, order: i64) -> i64 {
     rows_of(app, account, order)
         .await
         .iter()
@@ -522,7 +522,8 @@ async fn a_pending_refund_that_fails_gives_its_credit_back_once() {
     let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550177").await;
 
     // The admin refunds $3; Stripe takes it, pending: the request is
-    // succeeded, and Stripe's charge.refunded takes the credit back.
+    // succeeded, and Stripe's events about the refund take the credit
+    // back, once (its own event first, then the charge's, which lists it).
     fake.set_refund_status("pending");
     let (status, answer) = app
         .request(
@@ -542,18 +543,17 @@ async fn a_pending_refund_that_fails_gives_its_credit_back_once() {
         &events.refund_event("refund.created", created.clone()),
     )
     .await;
+    assert_eq!(app.balance_micros(account).await, 12_000_000);
     deliver(
         &app,
-        &events.charge_refunded("ch_pending", &intent, 1000, 300),
+        &fake.charge_refunded(&mut events, "ch_pending", &intent, 1000, Listed::All),
     )
     .await;
     assert_eq!(app.balance_micros(account).await, 12_000_000);
 
     // The refund fails: the credit comes back, once, however Stripe says
     // it; the request ends failed.
-    let mut failed = created;
-    failed["status"] = json!("failed");
-    failed["failure_reason"] = json!("expired_or_canceled_card");
+    let failed = fake.fail_refund(created["id"].as_str().unwrap());
     for event_type in [
         "refund.failed",
         "charge.refund.updated",
@@ -576,11 +576,12 @@ async fn a_pending_refund_that_fails_gives_its_credit_back_once() {
     assert_eq!(status, StatusCode::OK, "{listed}");
     assert_eq!(listed["refunds"][0]["status"], "failed", "{listed}");
 
-    // A later refund of the charge: Stripe's running total ($5) less the
-    // refund that failed ($3) is held back.
+    // A later refund of the charge, $2: it alone is held back (whatever
+    // Stripe's running total says of the one that failed).
+    fake.refund_in_dashboard(&intent, "ch_pending", 200);
     deliver(
         &app,
-        &events.charge_refunded("ch_pending", &intent, 1000, 500),
+        &fake.charge_refunded(&mut events, "ch_pending", &intent, 1000, Listed::All),
     )
     .await;
     assert_eq!(net_of(&app, account, order).await, -2_000_000);
@@ -600,29 +601,25 @@ async fn a_pending_refund_that_fails_gives_its_credit_back_once() {
     // A refund made in Stripe's dashboard (no metadata) that fails gives
     // its credit back too, before its order's later events or after.
     let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550178").await;
+    let dashboard_refund = fake.refund_in_dashboard(&intent, "ch_dash", 1000);
+    let refund_id = dashboard_refund["id"].as_str().unwrap().to_string();
     deliver(
         &app,
-        &events.charge_refunded("ch_dash", &intent, 1000, 1000),
+        &fake.charge_refunded(&mut events, "ch_dash", &intent, 1000, Listed::All),
     )
     .await;
     assert_eq!(app.balance_micros(account).await, 5_000_000);
-    let dashboard_refund = events.companion(
-        "refund.failed",
-        "refund",
-        &[
-            ("id", json!("re_dashboard")),
-            ("amount", json!(1000)),
-            ("payment_intent", json!(intent)),
-            ("status", json!("failed")),
-        ],
-    );
+    let failed = events.refund_event("refund.failed", fake.fail_refund(&refund_id));
     for _ in 0..2 {
-        deliver(&app, &dashboard_refund).await;
+        deliver(&app, &failed).await;
     }
     assert_eq!(app.balance_micros(account).await, 15_000_000);
     assert_eq!(
-        rows_of(&app, account, order).await.last().unwrap(),
-        &("stripe-refund-failed:re_dashboard".to_string(), 10_000_000)
+        rows_of(&app, account, order).await,
+        vec![
+            (format!("stripe-refund:{refund_id}"), -10_000_000),
+            (format!("stripe-refund-failed:{refund_id}"), 10_000_000)
+        ]
     );
     let directory = app.stop().await;
     assert_verified(&directory);

@@ -32,6 +32,30 @@ pub enum ChargeMode {
     Held,
 }
 
+/// What a charge's running total of refunds (`amount_refunded`) does when
+/// one of its refunds fails: Stripe's documents do not say, so the
+/// service may assume neither, and the fake serves both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedRefunds {
+    /// The failed refund stays in the total ($3 refunded and failed, then
+    /// $2 more: 500¢).
+    StayInTotal,
+    /// The failed refund leaves the total ($3 refunded and failed, then $2
+    /// more: 200¢).
+    LeaveTheTotal,
+}
+
+/// How much of a charge's refunds its `charge.refunded` event lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listed {
+    /// All of them (`has_more` false), as older API versions embed them.
+    All,
+    /// None: the field is left out, as current API versions do.
+    Absent,
+    /// The newest `n` of them, with `has_more` true when there are more.
+    Newest(usize),
+}
+
 /// The card every fake payment is made with (Stripe's example card).
 pub const SAVED_CARD: &str = "pm_card_visa_saved";
 
@@ -94,6 +118,11 @@ struct State {
     /// The status new refunds are made with (`succeeded`; `pending` for a
     /// refund that settles later, and may fail).
     refund_status: String,
+    /// What a charge's `amount_refunded` does when one of its refunds
+    /// fails (Stripe does not say; both are served).
+    failed_refunds: FailedRefunds,
+    /// Whether listing refunds fails with a 500 (the rest answers).
+    refund_lists_fail: bool,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -156,6 +185,8 @@ impl FakeStripe {
             refunds: Vec::new(),
             page_size: None,
             refund_status: "succeeded".to_string(),
+            failed_refunds: FailedRefunds::StayInTotal,
+            refund_lists_fail: false,
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -240,6 +271,90 @@ impl FakeStripe {
     /// takes the refund and settles it later).
     pub fn set_refund_status(&self, status: &str) {
         self.state.lock().unwrap().refund_status = status.to_string();
+    }
+
+    /// What a charge's `amount_refunded` does when one of its refunds
+    /// fails, from now on.
+    pub fn set_failed_refunds(&self, behaviour: FailedRefunds) {
+        self.state.lock().unwrap().failed_refunds = behaviour;
+    }
+
+    /// `GET /v1/refunds` answers 500 (or answers again); nothing else does.
+    pub fn set_refund_lists_fail(&self, fail: bool) {
+        self.state.lock().unwrap().refund_lists_fail = fail;
+    }
+
+    /// A refund made in Stripe's dashboard (no metadata of this service's)
+    /// of `cents` of a payment, `succeeded`: answers the refund object.
+    pub fn refund_in_dashboard(&self, payment_intent: &str, charge: &str, cents: i64) -> Value {
+        let mut state = self.state.lock().unwrap();
+        let id = state.next_id;
+        state.next_id += 1;
+        let mut refund = resource(&state.fixtures, "refund");
+        refund["id"] = json!(format!("re_dash{id}"));
+        refund["amount"] = json!(cents);
+        refund["charge"] = json!(charge);
+        refund["payment_intent"] = json!(payment_intent);
+        refund["metadata"] = json!({});
+        refund["status"] = json!("succeeded");
+        state.refunds.push(refund.clone());
+        refund
+    }
+
+    /// Stripe fails a refund it had made (the card was closed, say):
+    /// answers the refund object as it now stands.
+    pub fn fail_refund(&self, refund_id: &str) -> Value {
+        let mut state = self.state.lock().unwrap();
+        let refund = state
+            .refunds
+            .iter_mut()
+            .find(|refund| refund["id"] == json!(refund_id))
+            .unwrap_or_else(|| panic!("the fake made no refund {refund_id}"));
+        refund["status"] = json!("failed");
+        refund["failure_reason"] = json!("expired_or_canceled_card");
+        refund.clone()
+    }
+
+    /// A charge's `amount_refunded` as Stripe would show it now: its
+    /// refunds in all, less those that failed if failures leave the total.
+    pub fn amount_refunded(&self, payment_intent: &str) -> i64 {
+        let behaviour = self.state.lock().unwrap().failed_refunds;
+        self.refunds_of(payment_intent)
+            .iter()
+            .filter(|refund| {
+                behaviour == FailedRefunds::StayInTotal
+                    || !matches!(refund["status"].as_str(), Some("failed" | "canceled"))
+            })
+            .map(|refund| refund["amount"].as_i64().unwrap())
+            .sum()
+    }
+
+    /// `charge.refunded` of a charge of `amount` cents, as Stripe would
+    /// send it now: its running total as this fake keeps it, and as many
+    /// of its refunds (newest first) as `listed` says.
+    pub fn charge_refunded(
+        &self,
+        events: &mut EventFactory,
+        charge: &str,
+        payment_intent: &str,
+        amount: i64,
+        listed: Listed,
+    ) -> String {
+        let mut refunds = self.refunds_of(payment_intent);
+        refunds.reverse();
+        let total = refunds.len();
+        let embedded = match listed {
+            Listed::All => Some((refunds, false)),
+            Listed::Absent => None,
+            Listed::Newest(n) => Some((refunds.into_iter().take(n).collect(), total > n)),
+        };
+        events.charge_refunded_with(
+            charge,
+            payment_intent,
+            amount,
+            self.amount_refunded(payment_intent),
+            embedded,
+        )
     }
 
     /// The refunds made of a PaymentIntent, as Stripe's refund objects.
@@ -423,6 +538,15 @@ fn answer_locked(
             serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
         let query = field(&query, "query").unwrap_or_default().to_string();
         return search_intents(state, &query);
+    }
+    if request.method() == awc::http::Method::GET
+        && path == "/v1/refunds"
+        && state.refund_lists_fail
+    {
+        return (
+            500,
+            json!({"error": {"type": "api_error", "message": "fake: listing refunds failed"}}),
+        );
     }
     if request.method() == awc::http::Method::GET && path == "/v1/refunds" {
         // `GET /v1/refunds?payment_intent=pi_…`: a list, newest first, a
@@ -629,6 +753,9 @@ fn answer_locked(
 pub struct EventFactory {
     fixtures: Value,
     next_id: u64,
+    /// The refunds `charge_refunded` made of each charge, oldest first: a
+    /// refund made in Stripe's dashboard for each rise of the total.
+    refunds: HashMap<String, Vec<Value>>,
 }
 
 impl EventFactory {
@@ -636,7 +763,13 @@ impl EventFactory {
         EventFactory {
             fixtures: fixtures(),
             next_id: 1,
+            refunds: HashMap::new(),
         }
+    }
+
+    /// The refunds `charge_refunded` made of a charge, oldest first.
+    pub fn refunds_of_charge(&self, charge_id: &str) -> Vec<Value> {
+        self.refunds.get(charge_id).cloned().unwrap_or_default()
     }
 
     fn event(&mut self, event_type: &str, object: Value) -> String {
@@ -705,12 +838,53 @@ impl EventFactory {
         self.event("payment_intent.succeeded", intent)
     }
 
+    /// `charge.refunded` of a charge whose refunds now come to
+    /// `amount_refunded` cents: a rise over what this factory refunded of
+    /// the charge before is a refund of its own (made in Stripe's
+    /// dashboard), and the charge lists all its refunds, newest first.
     pub fn charge_refunded(
         &mut self,
         charge_id: &str,
         payment_intent: &str,
         amount: i64,
         amount_refunded: i64,
+    ) -> String {
+        let made = self.refunds.entry(charge_id.to_string()).or_default();
+        let before: i64 = made
+            .iter()
+            .map(|refund| refund["amount"].as_i64().unwrap())
+            .sum();
+        if amount_refunded > before {
+            let mut refund = resource(&self.fixtures, "refund");
+            refund["id"] = json!(format!("re_{charge_id}_{}", made.len() + 1));
+            refund["amount"] = json!(amount_refunded - before);
+            refund["charge"] = json!(charge_id);
+            refund["payment_intent"] = json!(payment_intent);
+            refund["metadata"] = json!({});
+            refund["status"] = json!("succeeded");
+            made.push(refund);
+        }
+        let mut listed = made.clone();
+        listed.reverse();
+        self.charge_refunded_with(
+            charge_id,
+            payment_intent,
+            amount,
+            amount_refunded,
+            Some((listed, false)),
+        )
+    }
+
+    /// `charge.refunded` of a charge: its running total, and the refunds
+    /// it embeds with whether it has more (`None`: the field left out, as
+    /// Stripe's current API versions do).
+    pub fn charge_refunded_with(
+        &mut self,
+        charge_id: &str,
+        payment_intent: &str,
+        amount: i64,
+        amount_refunded: i64,
+        refunds: Option<(Vec<Value>, bool)>,
     ) -> String {
         let mut charge = resource(&self.fixtures, "charge");
         charge["id"] = json!(charge_id);
@@ -719,6 +893,16 @@ impl EventFactory {
         charge["amount_captured"] = json!(amount);
         charge["amount_refunded"] = json!(amount_refunded);
         charge["refunded"] = json!(amount_refunded >= amount);
+        match refunds {
+            Some((data, has_more)) => {
+                charge["refunds"]["data"] = json!(data);
+                charge["refunds"]["has_more"] = json!(has_more);
+                charge["refunds"]["url"] = json!(format!("/v1/charges/{charge_id}/refunds"));
+            }
+            None => {
+                charge.as_object_mut().unwrap().remove("refunds");
+            }
+        }
         self.event("charge.refunded", charge)
     }
 
@@ -732,16 +916,13 @@ impl EventFactory {
         amount_refunded: i64,
         refunds: Vec<Value>,
     ) -> String {
-        let mut charge = resource(&self.fixtures, "charge");
-        charge["id"] = json!(charge_id);
-        charge["payment_intent"] = json!(payment_intent);
-        charge["amount"] = json!(amount);
-        charge["amount_captured"] = json!(amount);
-        charge["amount_refunded"] = json!(amount_refunded);
-        charge["refunded"] = json!(amount_refunded >= amount);
-        charge["refunds"]["data"] = json!(refunds);
-        charge["refunds"]["url"] = json!(format!("/v1/charges/{charge_id}/refunds"));
-        self.event("charge.refunded", charge)
+        self.charge_refunded_with(
+            charge_id,
+            payment_intent,
+            amount,
+            amount_refunded,
+            Some((refunds, false)),
+        )
     }
 
     /// `refund.updated` (or another `refund.*` type) of a refund object.

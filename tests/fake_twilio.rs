@@ -67,6 +67,9 @@ struct State {
     opted_out: Vec<String>,
     /// Attempts to send to an opted-out number, each refused.
     refused_opted_out: usize,
+    /// The next sends are answered with these statuses (a 5xx or a 429:
+    /// Twilio briefly unavailable), one each, first to last, and not taken.
+    failing_next: std::collections::VecDeque<u16>,
     sent: Vec<SentSms>,
     prices: HashMap<String, String>,
     next_id: u64,
@@ -93,6 +96,7 @@ impl FakeTwilio {
             refused: None,
             opted_out: Vec::new(),
             refused_opted_out: 0,
+            failing_next: std::collections::VecDeque::new(),
             sent: Vec::new(),
             prices: HashMap::new(),
             next_id: 1,
@@ -231,6 +235,13 @@ impl FakeTwilio {
         self.state.lock().unwrap().refused_opted_out
     }
 
+    /// The next sends (one each) are answered with these statuses, as
+    /// Twilio does when it is briefly unavailable (`500`, `503`) or limits
+    /// the account's rate (`429`), and are not taken.
+    pub fn fail_next_sends(&self, statuses: &[u16]) {
+        self.state.lock().unwrap().failing_next = statuses.iter().copied().collect();
+    }
+
     pub fn set_mode(&self, mode: SendMode) {
         self.state.lock().unwrap().mode = mode;
     }
@@ -298,6 +309,14 @@ async fn create_message(
         state.lock().unwrap().waiting -= 1;
     }
     let mut state = state.lock().unwrap();
+    if taken.is_none() {
+        if let Some(status) = state.failing_next.pop_front() {
+            let status = actix_web::http::StatusCode::from_u16(status).unwrap();
+            return HttpResponse::build(status).json(json!({
+                "code": 20429, "message": "Too Many Requests or Service Unavailable", "status": status.as_u16()
+            }));
+        }
+    }
     let to = form.get("To").cloned().unwrap_or_default();
     if taken.is_none() && state.opted_out.contains(&to) {
         state.refused_opted_out += 1;

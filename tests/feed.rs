@@ -111,11 +111,12 @@ async fn the_feed_sends_the_snapshot_then_each_committed_change_in_order() {
         assert_eq!(event["seq"], seq);
         assert_eq!(event["type"], "adjustment");
         assert_eq!(event["amount_micros"], amount);
-        assert_eq!(event["balance_micros"], balance);
+        // A row as the REST API lists it.
+        assert_eq!(event["balance_after_micros"], balance);
         // The holder reads the neutral description, never the reason.
         assert_eq!(event["description"], "Balance adjustment");
         assert!(event.get("reason").is_none(), "{event}");
-        assert!(event["at"].as_str().unwrap().ends_with('Z'));
+        assert!(event["created_at"].as_str().unwrap().ends_with('Z'));
     }
     feed.send(ws::Message::Close(None)).await.unwrap();
 }

@@ -939,3 +939,357 @@ async fn an_ipv6_client_is_counted_by_its_64() {
         through_the_proxy(&app, &[("X-Forwarded-For", "2001:db8:7:9::1".to_string())]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "another /64");
 }
+
+/// An IPv6 address that carries an IPv4 one is counted as that IPv4
+/// address: NAT64 (64:ff9b::/96) and IPv4-compatible (::a.b.c.d) by the
+/// address inside, 6to4 (2002::/16) by its site's address (all its /64s
+/// one client), Teredo by the client's address it hides. So two IPv4
+/// clients behind one NAT64 gateway are two clients, not one /64, and a
+/// 6to4 site cannot rotate its /64s.
+#[actix_rt::test]
+async fn an_ipv6_address_that_carries_an_ipv4_one_is_counted_as_that_one() {
+    let spawn = || async {
+        let directory = crate::helpers::fresh_directory();
+        let mut settings = crate::helpers::test_settings(&directory);
+        settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+        TestApp::spawn_with(directory, settings).await
+    };
+    let from = |client: &str| vec![("X-Forwarded-For", client.to_string())];
+
+    let app = spawn().await;
+    for attempt in 0..20 {
+        let status = through_the_proxy(&app, &from("64:ff9b::198.51.100.1")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {attempt}");
+    }
+    assert_eq!(
+        through_the_proxy(&app, &from("64:ff9b::198.51.100.2")).await,
+        StatusCode::UNAUTHORIZED,
+        "another IPv4 client behind the NAT64 gateway is another client"
+    );
+    for same in ["64:ff9b::198.51.100.1", "198.51.100.1", "::198.51.100.1"] {
+        assert_eq!(
+            through_the_proxy(&app, &from(same)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{same} is the client that guessed"
+        );
+    }
+
+    let app = spawn().await;
+    assert!(
+        counted_as_one(&app, |index| from(&format!("2002:c633:6403:{index:x}::1"))).await,
+        "a 6to4 site's /64s are one client"
+    );
+    // Teredo: the client's address is the last 32 bits, inverted
+    // (198.51.100.4 is 39cc:9bfb), whatever its port.
+    let app = spawn().await;
+    assert!(
+        counted_as_one(&app, |index| {
+            if index % 2 == 0 {
+                from("198.51.100.4")
+            } else {
+                from(&format!(
+                    "2001:0:4136:e378:8000:{:x}:39cc:9bfb",
+                    0x63bf + index
+                ))
+            }
+        })
+        .await,
+        "a Teredo client is the IPv4 address it hides"
+    );
+    assert_eq!(
+        through_the_proxy(&app, &from("2001:0:4136:e378:8000:63bf:39cc:9bfa")).await,
+        StatusCode::UNAUTHORIZED,
+        "another Teredo client of the same relay is another client"
+    );
+}
+
+/// A sign-up token for `phone`, got as a stranger gets one: a texted code,
+/// then `POST /v1/sign-in`.
+async fn sign_up_token(app: &TestApp, twilio: &FakeTwilio, phone: &str) -> String {
+    let (status, answer) = app
+        .request(
+            "POST",
+            "/v1/sign-in/code",
+            None,
+            Some(json!({ "phone": phone })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let code = crate::sign_in::code_sent_to(twilio, phone).await;
+    let (status, signed_up) = app
+        .request(
+            "POST",
+            "/v1/sign-in",
+            None,
+            Some(json!({ "phone": phone, "code": code })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{signed_up}");
+    signed_up["sign_up_token"].as_str().unwrap().to_string()
+}
+
+/// An anonymous caller with a real sign-up token gets one answer for a
+/// discount code that does not exist, one that is inactive and one used
+/// up, so it learns nothing of which codes exist; each is a wrong guess in
+/// the one limiter (and against the token, which the tenth uses up), so
+/// the 21st in a minute is `429`. Nothing is made.
+#[actix_rt::test]
+async fn wrong_discount_codes_are_answered_alike_and_counted_as_guesses() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let app = TestApp::spawn_with(directory, settings).await;
+    for (code, max_uses) in [("PAUSED", 5), ("SPENT", 1)] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                "/v1/admin/discount-codes",
+                Some(ADMIN_TOKEN),
+                Some(json!({"code": code, "type": "percent", "percent": 10, "max_uses": max_uses})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    let (status, answer) = app
+        .request(
+            "PATCH",
+            "/v1/admin/discount-codes/PAUSED",
+            Some(ADMIN_TOKEN),
+            Some(json!({"active": false})),
+        )
+        .await;
+    assert!(status.is_success(), "{answer}");
+    // The host application uses SPENT's one use.
+    let (status, answer) = app
+        .request(
+            "POST",
+            "/v1/checkout/access",
+            Some(API_KEY),
+            Some(json!({"phone": "+14155553960", "email": "a@example.com", "discount_code": "SPENT"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let sessions = stripe.requests("/v1/checkout/sessions").len();
+
+    let phone = "+14155553961";
+    let token = sign_up_token(&app, &twilio, phone).await;
+    let with_code = |code: &str| {
+        app.request(
+            "POST",
+            "/v1/checkout/access",
+            None,
+            Some(json!({"phone": phone, "email": "b@example.com", "sign_up_token": token, "discount_code": code})),
+        )
+    };
+    let mut answers = Vec::new();
+    for code in ["NOPE", "PAUSED", "SPENT"] {
+        answers.push(with_code(code).await);
+    }
+    let (status, answer) = &answers[0];
+    assert_eq!(*status, StatusCode::CONFLICT, "{answer}");
+    assert_eq!(
+        answer["error"]["code"], "discount_code_unusable",
+        "{answer}"
+    );
+    assert_eq!(
+        answer["error"]["message"], "this discount code cannot be used",
+        "{answer}"
+    );
+    assert!(
+        answers.iter().all(|other| other == &answers[0]),
+        "one answer for unknown, inactive and used-up codes: {answers:?}"
+    );
+    for guess in 4..=10 {
+        let (status, answer) = with_code(&format!("NOPE{guess}")).await;
+        assert_eq!(status, StatusCode::CONFLICT, "guess {guess}: {answer}");
+    }
+    // Ten wrong codes used the sign-up token up: a wrong token, counted
+    // as a guess too.
+    for guess in 11..=20 {
+        let (status, answer) = with_code(&format!("NOPE{guess}")).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "guess {guess}: {answer}");
+        assert_eq!(answer["error"]["code"], "sign_up_required");
+    }
+    let (status, answer) = with_code("NOPE21").await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{answer}");
+    assert_eq!(answer["error"]["code"], "too_many_attempts");
+    assert_eq!(
+        stripe.requests("/v1/checkout/sessions").len(),
+        sessions,
+        "no Checkout was opened for a wrong code"
+    );
+}
+
+/// A sign-up token for `phone`, asked for and signed in with as `client`
+/// (through the trusted proxy).
+async fn sign_up_token_as(app: &TestApp, twilio: &FakeTwilio, phone: &str, client: &str) -> String {
+    let before = crate::sign_in::texts_to(twilio, phone);
+    for (path, body) in [
+        ("/v1/sign-in/code", json!({ "phone": phone })),
+        ("/v1/sign-in", json!({ "phone": phone, "code": "" })),
+    ] {
+        let mut body = body;
+        if path == "/v1/sign-in" {
+            body["code"] = json!(crate::sign_in::code_after(twilio, phone, before).await);
+        }
+        let mut response = app
+            .client
+            .post(app.url(path))
+            .insert_header(("X-Forwarded-For", client))
+            .send_json(&body)
+            .await
+            .unwrap();
+        let answer = response.json::<Value>().await.unwrap_or(Value::Null);
+        assert!(response.status().is_success(), "{path}: {answer}");
+        if let Some(token) = answer["sign_up_token"].as_str() {
+            return token.to_string();
+        }
+    }
+    panic!("no sign-up token for {phone}");
+}
+
+/// `POST /v1/checkout/access` as an anonymous buyer at `client` (through
+/// the trusted proxy), with a sign-up token and a discount code.
+async fn access_with_code(
+    app: &TestApp,
+    phone: &str,
+    token: &str,
+    code: &str,
+    client: &str,
+) -> (StatusCode, Value) {
+    let mut response = app
+        .client
+        .post(app.url("/v1/checkout/access"))
+        .insert_header(("X-Forwarded-For", client))
+        .send_json(&json!({
+            "phone": phone, "email": "b@example.com", "sign_up_token": token, "discount_code": code
+        }))
+        .await
+        .unwrap();
+    let body = response.json::<Value>().await.unwrap_or(Value::Null);
+    (response.status(), body)
+}
+
+/// A world for discount codes: Stripe and Twilio at fakes, behind a
+/// trusted proxy (each client names its address), with these codes
+/// (code, percent off).
+async fn discount_world(codes: &[(&str, i64)]) -> (TestApp, FakeStripe, FakeTwilio) {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let mut settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    settings.access.trusted_proxies = vec!["127.0.0.1".parse().unwrap()];
+    let app = TestApp::spawn_with(directory, settings).await;
+    for (code, percent) in codes {
+        let (status, answer) = app
+            .request(
+                "POST",
+                "/v1/admin/discount-codes",
+                Some(ADMIN_TOKEN),
+                Some(json!({"code": code, "type": "percent", "percent": percent, "max_uses": 5})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+    }
+    (app, stripe, twilio)
+}
+
+on_both_stores!(ten_wrong_discount_codes_use_the_sign_up_token_up);
+/// Wrong discount codes are counted per sign-up token too, not only per
+/// address: a buyer rotating addresses (a /64 each) with one token gets
+/// ten wrong codes, then the token is used up: the next try, even with a
+/// real code, is `401 sign_up_required`, and no Checkout is opened.
+async fn ten_wrong_discount_codes_use_the_sign_up_token_up() {
+    let (app, stripe, twilio) = discount_world(&[("REAL10", 10)]).await;
+    let phone = "+14155553963";
+    let token = sign_up_token(&app, &twilio, phone).await;
+    for guess in 1..=10 {
+        let (status, answer) = access_with_code(
+            &app,
+            phone,
+            &token,
+            &format!("NOPE{guess}"),
+            &format!("2001:db8:{guess}::1"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "guess {guess}: {answer}");
+        assert_eq!(answer["error"]["code"], "discount_code_unusable");
+    }
+    let (status, answer) = access_with_code(&app, phone, &token, "REAL10", "2001:db8:99::1").await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the token is used up: {answer}"
+    );
+    assert_eq!(answer["error"]["code"], "sign_up_required");
+    assert_eq!(
+        stripe.requests("/v1/checkout/sessions").len(),
+        0,
+        "no Checkout was opened"
+    );
+    // Signing in again (from another address) gives a new token, which
+    // works.
+    let token = sign_up_token_as(&app, &twilio, phone, "203.0.113.40").await;
+    let (status, answer) = access_with_code(&app, phone, &token, "REAL10", "2001:db8:99::1").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+}
+
+on_both_stores!(a_code_that_leaves_too_little_to_charge_is_answered_as_an_unusable_one);
+/// A real code that makes access free (100 % off), or leaves less than
+/// Stripe's smallest charge, is answered to an anonymous buyer as any
+/// code that cannot be used (`409 discount_code_unusable`), not
+/// `below_minimum_charge` (which tells the code exists), and counts as a
+/// wrong code, against the sign-up token too. The host application is
+/// told `below_minimum_charge`.
+async fn a_code_that_leaves_too_little_to_charge_is_answered_as_an_unusable_one() {
+    let (app, stripe, twilio) = discount_world(&[("FREE", 100), ("NEARLY", 99)]).await;
+    let phone = "+14155553964";
+    let token = sign_up_token(&app, &twilio, phone).await;
+    let mut answers = Vec::new();
+    for (index, code) in ["NOPE", "FREE", "NEARLY"].iter().enumerate() {
+        answers.push(
+            access_with_code(&app, phone, &token, code, &format!("2001:db8:{index}::1")).await,
+        );
+    }
+    assert_eq!(answers[0].0, StatusCode::CONFLICT, "{:?}", answers[0]);
+    assert!(
+        answers.iter().all(|answer| answer == &answers[0]),
+        "one answer for an unknown code and those that leave too little: {answers:?}"
+    );
+    // Counted against the token: seven more wrong codes use it up.
+    for guess in 4..=10 {
+        let (status, answer) = access_with_code(
+            &app,
+            phone,
+            &token,
+            &format!("NOPE{guess}"),
+            &format!("2001:db8:{guess}::1"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "guess {guess}: {answer}");
+    }
+    let (status, answer) = access_with_code(&app, phone, &token, "NOPE11", "2001:db8:11::1").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{answer}");
+    let (status, answer) = app
+        .request(
+            "POST",
+            "/v1/checkout/access",
+            Some(API_KEY),
+            Some(
+                json!({"phone": "+14155553965", "email": "a@example.com", "discount_code": "FREE"}),
+            ),
+        )
+        .await;
+    assert_eq!(
+        answer["error"]["code"], "below_minimum_charge",
+        "{status}: {answer}"
+    );
+    assert_eq!(stripe.requests("/v1/checkout/sessions").len(), 0);
+}

@@ -38,6 +38,7 @@ mod outage;
 mod quick_start;
 mod quote;
 mod refunds;
+mod refunds_by_id;
 mod reservations;
 mod restart;
 mod second_writer;

@@ -168,6 +168,17 @@ async fn the_document_types_bodies_queries_and_answers() {
     };
     let view = answer("get", "/v1/admin/accounts/{id}", "200");
     assert!(view["properties"]["balance_micros"].is_object(), "{view}");
+    // Amounts are shown exactly: no answer's text says one is rounded.
+    let holder = answer("get", "/v1/accounts/me", "200");
+    let said = holder["properties"]["balance"]["description"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(said.contains("exactly"), "{holder}");
+    let text = document.to_string();
+    assert!(
+        !text.contains("rounded toward zero"),
+        "a rounded amount is documented"
+    );
     let quote = answer("post", "/v1/quote", "200");
     assert!(quote["properties"]["segments"].is_object(), "{quote}");
     let orders = answer("get", "/v1/admin/accounts/{id}/orders", "200");

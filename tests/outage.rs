@@ -164,7 +164,7 @@ async fn what_another_instance_said_while_the_listener_was_away_is_read_once_it_
     for (seq, balance) in [(2, 1_250_000), (3, 1_500_000), (4, 1_750_000)] {
         let row = next_json(&mut moving_feed).await;
         assert_eq!(row["seq"], seq, "{row}");
-        assert_eq!(row["balance_micros"], balance, "{row}");
+        assert_eq!(row["balance_after_micros"], balance, "{row}");
     }
     assert_eq!(
         close_of(&mut revoked_feed).await,
@@ -215,7 +215,7 @@ async fn rows_another_instance_wrote_that_could_not_be_read_reach_the_feed_all_t
     // later row would bring it.
     let row = next_json(&mut feed).await;
     assert_eq!(row["seq"], 1, "{row}");
-    assert_eq!(row["balance_micros"], 250_000, "{row}");
+    assert_eq!(row["balance_after_micros"], 250_000, "{row}");
     first.stop().await;
     second.stop().await;
 }

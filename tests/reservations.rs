@@ -51,7 +51,24 @@ async fn core_with_account(
 }
 
 fn start_core(directory: &TestDatabase, fake: &FakeTwilio, clock: &ManualClock) -> Core {
-    let settings = with_twilio(test_settings(directory), &fake.base_url);
+    start_core_judged_after(
+        directory,
+        fake,
+        clock,
+        Duration::from_millis(TIMEOUT_MS as u64),
+    )
+}
+
+/// A core whose instance counts as gone `timeout` after its last
+/// heartbeat (its `instance_timeout_secs`).
+fn start_core_judged_after(
+    directory: &TestDatabase,
+    fake: &FakeTwilio,
+    clock: &ManualClock,
+    timeout: Duration,
+) -> Core {
+    let mut settings = with_twilio(test_settings(directory), &fake.base_url);
+    settings.database.instance_timeout = timeout;
     Core::start(&settings, Arc::new(clock.clone())).unwrap()
 }
 
@@ -67,18 +84,31 @@ fn request(account: AccountId, body: &str, key: &str) -> OutboundRequest {
 /// One sweep by `core`, as its instance job runs it: its heartbeat first
 /// (it is alive), then the sweep with the instance timeout.
 async fn sweep(core: &Core, clock: &ManualClock) -> SweepReport {
-    let now_ms = clock.now_ms();
-    core.store
-        .instances()
-        .heartbeat(core.store.instance_id().to_string(), now_ms)
-        .await
-        .unwrap();
+    sweep_judging_by(core, clock, TIMEOUT_MS).await
+}
+
+/// A sweep by `core` whose own instance timeout is `timeout_ms`.
+async fn sweep_judging_by(core: &Core, clock: &ManualClock, timeout_ms: i64) -> SweepReport {
+    beat(core, clock).await;
     core.messaging
         .as_ref()
         .unwrap()
-        .resolve_reservations(now_ms, now_ms - TIMEOUT_MS)
+        .resolve_reservations(clock.now_ms(), timeout_ms)
         .await
         .unwrap()
+}
+
+/// `core`'s heartbeat, now.
+async fn beat(core: &Core, clock: &ManualClock) {
+    core.store
+        .instances()
+        .heartbeat(
+            core.store.instance_id().to_string(),
+            clock.now_ms(),
+            core.store.instance_timeout_ms(),
+        )
+        .await
+        .unwrap();
 }
 
 /// The account's committed balance, read from the database (another
@@ -304,6 +334,69 @@ async fn a_send_twilio_never_took_is_given_back_once_when_no_send_can_be_under_w
     assert!(matches!(again, Err(MessagingError::KeySpent)), "{again:?}");
     assert!(fake.sent().is_empty(), "never sent again");
     core.shutdown().await;
+    assert_verified(&directory);
+}
+
+on_both_stores!(an_instance_with_a_longer_timeout_is_alive_to_one_with_a_shorter_one);
+/// An instance started with a 300 s timeout (it beats every 75 s) beats,
+/// then reserves a message whose send is in flight (Twilio has not
+/// answered). 3 s on, an instance with a 2 s timeout sweeps: by its own
+/// timeout the first is gone, by the first's own it is alive, so the
+/// reservation is left to it: nothing is claimed, Twilio is not asked,
+/// nothing is given back.
+async fn an_instance_with_a_longer_timeout_is_alive_to_one_with_a_shorter_one() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let clock = ManualClock::new(START_MS);
+    fake.use_clock(Arc::new(clock.clone()));
+    let patient = start_core_judged_after(&directory, &fake, &clock, Duration::from_secs(300));
+    let account = new_account(&patient, "+14155553015").await;
+    patient
+        .registry
+        .send(account, credit(5_000_000, "seed"))
+        .await
+        .unwrap();
+    beat(&patient, &clock).await;
+    fake.set_mode(SendMode::DropUntaken);
+    let sent = patient
+        .messaging
+        .clone()
+        .unwrap()
+        .send_outbound(
+            request(account, "Storm at 3pm", "in-flight"),
+            clock.now_ms(),
+        )
+        .await;
+    assert!(
+        matches!(sent, Err(MessagingError::OutcomeUnknown(_))),
+        "{sent:?}"
+    );
+    fake.set_mode(SendMode::Accept);
+
+    clock.advance_ms(3_000);
+    let hasty = start_core_judged_after(&directory, &fake, &clock, Duration::from_secs(2));
+    assert_eq!(
+        sweep_judging_by(&hasty, &clock, 2_000).await,
+        SweepReport::default(),
+        "the reservation of a live instance is its own"
+    );
+    // An earlier release's server wrote no timeout beside its heartbeat:
+    // its name (`…-300000ms`) says it.
+    assert!(patient.store.instance_id().ends_with("-300000ms"));
+    directory.execute("UPDATE instances SET timeout_ms = NULL");
+    assert_eq!(
+        sweep_judging_by(&hasty, &clock, 2_000).await,
+        SweepReport::default(),
+        "judged by the timeout its name says"
+    );
+    assert_eq!(fake.lists_asked(), 0, "Twilio was not asked");
+    assert_eq!(
+        messages(&patient, account).await[0].state,
+        MessageState::Reserved
+    );
+    assert_eq!(balance(&patient, account).await, 5_000_000 - COST);
+    hasty.shutdown().await;
+    patient.shutdown().await;
     assert_verified(&directory);
 }
 

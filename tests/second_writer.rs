@@ -181,7 +181,7 @@ async fn a_cli_write_reaches_the_servers_balance_feed() {
     let change = next_json(&mut feed).await;
     assert_eq!(change["seq"], 2);
     assert_eq!(change["amount_micros"], 250_000);
-    assert_eq!(change["balance_micros"], 1_250_000);
+    assert_eq!(change["balance_after_micros"], 1_250_000);
     // The holder's feed: the neutral description, not the operator's reason.
     assert_eq!(change["description"], "Balance adjustment");
 }

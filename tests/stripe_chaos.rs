@@ -105,30 +105,25 @@ async fn ten_thousand_events_delivered_three_times_shuffled_credit_and_refund_ex
             ));
             unique.extend(companions(&mut events, &intent, &charge, &customer));
             *expected.entry(account).or_default() += 10_000_000;
-            let refund_created = |events: &mut EventFactory, amount: i64| {
-                events.companion(
-                    "refund.created",
-                    "refund",
-                    &[
-                        ("charge", json!(charge)),
-                        ("payment_intent", json!(intent)),
-                        ("amount", json!(amount)),
-                    ],
-                )
+            // `refund.created` of the charge's latest refund (the one its
+            // last `charge.refunded` made).
+            let refund_created = |events: &mut EventFactory| {
+                let latest = events.refunds_of_charge(&charge).pop().unwrap();
+                events.refund_event("refund.created", latest)
             };
             match top_up % 3 {
                 // Two partial refunds: 3.00 then 7.00 cumulative.
                 0 => {
                     unique.push(events.charge_refunded(&charge, &intent, 1000, 300));
-                    unique.push(refund_created(&mut events, 300));
+                    unique.push(refund_created(&mut events));
                     unique.push(events.charge_refunded(&charge, &intent, 1000, 700));
-                    unique.push(refund_created(&mut events, 400));
+                    unique.push(refund_created(&mut events));
                     *expected.entry(account).or_default() -= 7_000_000;
                 }
                 // One full refund.
                 1 => {
                     unique.push(events.charge_refunded(&charge, &intent, 1000, 1000));
-                    unique.push(refund_created(&mut events, 1000));
+                    unique.push(refund_created(&mut events));
                     *expected.entry(account).or_default() -= 10_000_000;
                 }
                 _ => {}

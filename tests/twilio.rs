@@ -1774,3 +1774,161 @@ async fn stop_is_honoured_until_start_and_twilios_21610_is_final() {
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(fake.refused_opted_out(), 1, "Twilio was asked once");
 }
+
+on_both_stores!(a_failed_status_callback_with_21610_records_the_opt_out);
+/// A signed status callback `failed` with `ErrorCode=21610` (the number
+/// said STOP to the service's number) records the opt-out, as a 21610
+/// answer to a send does: nothing more is sent to the number. Another
+/// error code records nothing.
+async fn a_failed_status_callback_with_21610_records_the_opt_out() {
+    let (app, fake) = app_with_twilio().await;
+    let stopped = "+14155552901";
+    let unreachable = "+14155552902";
+    let mut sids = Vec::new();
+    for (phone, key) in [(stopped, "opt-1"), (unreachable, "opt-2")] {
+        let account = account_with_balance(&app, phone, 2_100_000).await;
+        let (status, sent) = app
+            .post_message(json!({"account_id": account, "body": "storm", "idempotency_key": key}))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{sent}");
+        sids.push((
+            account,
+            sent["message"]["twilio_sid"].as_str().unwrap().to_string(),
+        ));
+    }
+    for ((_, sid), error_code) in sids.iter().zip(["21610", "30003"]) {
+        let (answered, body) = app
+            .post_twilio(
+                "/webhooks/twilio/status",
+                &[
+                    ("MessageSid", sid),
+                    ("MessageStatus", "failed"),
+                    ("ErrorCode", error_code),
+                    ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
+                ],
+                None,
+            )
+            .await;
+        assert_eq!(answered, StatusCode::OK, "{body}");
+    }
+    let opt_out_of = |account: i64| {
+        let app = &app;
+        async move {
+            let (status, shown) = app
+                .request(
+                    "GET",
+                    &format!("/v1/admin/accounts/{account}"),
+                    Some(crate::helpers::ADMIN_TOKEN),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{shown}");
+            shown["opt_out"].clone()
+        }
+    };
+    let shown = opt_out_of(sids[0].0).await;
+    assert_eq!(shown["via"], "carrier", "{shown}");
+    assert_eq!(
+        opt_out_of(sids[1].0).await,
+        serde_json::Value::Null,
+        "30003 is no opt-out"
+    );
+    let sent_before = fake.sent().len();
+    let (status, refused) = app
+        .post_message(json!({"account_id": sids[0].0, "body": "storm", "idempotency_key": "opt-3"}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{refused}");
+    assert_eq!(refused["error"]["code"], "recipient_opted_out");
+    assert_eq!(fake.sent().len(), sent_before, "nothing asked of Twilio");
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
+on_both_stores!(a_21610_callback_replayed_after_start_does_not_opt_the_number_out_again);
+/// A signed status callback carries no time, so one seen once can be sent
+/// again. After the number texted START, a 21610 callback about a message
+/// sent before that START (replayed, or late) records nothing: the number
+/// stays opted in. A 21610 about a message not recorded (its callback came
+/// before the send's answer) is believed only if it came from the
+/// service's own number.
+async fn a_21610_callback_replayed_after_start_does_not_opt_the_number_out_again() {
+    let fake = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(test_settings(&directory), &fake.base_url);
+    let clock = ManualClock::new(1_795_253_400_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let phone = "+14155552911";
+    let account = account_with_balance(&app, phone, 2_100_000).await;
+    let (status, sent) = app
+        .post_message(
+            json!({"account_id": account, "body": "storm", "idempotency_key": "replay-1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{sent}");
+    let sid = sent["message"]["twilio_sid"].as_str().unwrap().to_string();
+    let callback = |sid: String, from: &'static str| {
+        let app = &app;
+        async move {
+            let (status, body) = app
+                .post_twilio(
+                    "/webhooks/twilio/status",
+                    &[
+                        ("AccountSid", crate::fake_twilio::ACCOUNT_SID),
+                        ("ErrorCode", "21610"),
+                        ("From", from),
+                        ("MessageSid", &sid),
+                        ("MessageStatus", "failed"),
+                        ("To", phone),
+                    ],
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+    let opt_out = || {
+        let app = &app;
+        async move {
+            let (status, shown) = app
+                .request(
+                    "GET",
+                    &format!("/v1/admin/accounts/{account}"),
+                    Some(crate::helpers::ADMIN_TOKEN),
+                    None,
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{shown}");
+            shown["opt_out"].clone()
+        }
+    };
+
+    callback(sid.clone(), crate::fake_twilio::FROM).await;
+    assert_eq!(opt_out().await["via"], "carrier");
+    clock.advance_ms(60_000);
+    let (status, _) = app.post_twilio_sms("start-2911", phone, "START").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        opt_out().await,
+        serde_json::Value::Null,
+        "START opted it back in"
+    );
+
+    clock.advance_ms(60_000);
+    callback(sid.clone(), crate::fake_twilio::FROM).await;
+    assert_eq!(
+        opt_out().await,
+        serde_json::Value::Null,
+        "a callback about a message sent before the START records nothing"
+    );
+
+    // A message nobody recorded: believed only from the service's number.
+    let unknown = crate::helpers::twilio_sid("never-recorded-2911");
+    callback(unknown.clone(), "+15005550099").await;
+    assert_eq!(
+        opt_out().await,
+        serde_json::Value::Null,
+        "a message of another number of the account"
+    );
+    callback(unknown, crate::fake_twilio::FROM).await;
+    assert_eq!(opt_out().await["via"], "carrier");
+}

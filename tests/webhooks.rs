@@ -782,8 +782,10 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
     assert_eq!(refunded[1]["balance_micros"], 10_000_000);
 
     // Another top-up, refunded $3 then $2 ($5 in all), whose events come
-    // the other way round: the later total first. The earlier total,
-    // which takes nothing back, says nothing: no total goes down.
+    // the other way round: the later total first, which lists both
+    // refunds: one event per refund, newest first, as Stripe lists them.
+    // The earlier total, which takes nothing back, says nothing: no total
+    // goes down.
     let (later_order, later_session) = app.start_top_up(account, &token).await;
     let later_paid =
         events.checkout_completed(&later_session, later_order, &customer, 1000, "pi_hook_2");
@@ -793,10 +795,13 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
         let (status, answer) = app.deliver(payload).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
-    let refunded = data_of(&receiver.accepted("payment.refunded", 3).await);
-    assert_eq!(refunded[2]["order_id"], later_order);
-    assert_eq!(refunded[2]["refunded_micros"], 5_000_000);
-    assert_eq!(refunded[2]["total_refunded_micros"], 5_000_000);
+    let refunded = data_of(&receiver.accepted("payment.refunded", 4).await);
+    for (event, refunded_micros) in refunded[2..].iter().zip([2_000_000, 3_000_000]) {
+        assert_eq!(event["order_id"], later_order);
+        assert_eq!(event["refunded_micros"], refunded_micros);
+        assert_eq!(event["credit_taken_back_micros"], refunded_micros);
+        assert_eq!(event["total_refunded_micros"], 5_000_000);
+    }
 
     // A Checkout whose payment failed.
     let (failed_order, failed_session) = app.start_top_up(account, &token).await;
@@ -812,7 +817,7 @@ async fn payments_and_refunds_through_stripe_make_their_events() {
     let all = receiver.received();
     assert_eq!(
         all.len(),
-        8,
+        9,
         "{:?}",
         all.iter().map(|r| r.kind()).collect::<Vec<_>>()
     );

@@ -43,10 +43,24 @@ impl TokenSource {
 pub struct TokenRecord {
     pub id: i64,
     pub source: TokenSource,
-    #[serde(rename = "created_at_ms")]
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
     /// `None`: until revoked.
+    #[serde(
+        rename = "expires_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub expires_at_ms: Option<i64>,
+    #[serde(
+        rename = "revoked_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub revoked_at_ms: Option<i64>,
 }
 

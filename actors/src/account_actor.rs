@@ -28,7 +28,7 @@ use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::{Money, MoneyError};
 use crate::rating::RateTable;
 use crate::store::ports::Activation;
-use crate::store::{LedgerWrite, OrderRefunded, Outbox, Store, StoreError};
+use crate::store::{LedgerWrite, Outbox, Store, StoreError};
 use crate::webhooks::events::{payment_refunded, EventDraft};
 use crate::webhooks::{EventType, NewEvent};
 use serde_json::Map;
@@ -81,14 +81,13 @@ pub struct Refund {
 
 /// Credit taken back because (part of) an order's payment was refunded to
 /// the card or disputed, or given back because a refund failed or a
-/// dispute was won. How much is decided here, from the committed ledger,
-/// and recorded in the same transaction as its row: what the order's
-/// refunds and disputes hold back of its credit in all (what is refunded,
-/// less the refunds that failed, plus what disputes hold, up to what the
-/// order credited; see [`OrderClaims::held_back`]), less what the order's
-/// earlier rows took back; read again whenever the write is computed again
-/// (another instance wrote first). A refund's row raises the order's
-/// `amount_refunded` to `refunded` (never lowers it). A key that already
+/// dispute was won. How much is decided here, from the committed ledger:
+/// what the order's refunds and disputes hold back of its credit in all
+/// (the refunds that stand, plus what disputes hold, up to what the order
+/// credited; see [`OrderClaims::held_back`], recorded in the store before
+/// this is sent), less what the order's earlier rows took back; read again
+/// whenever the write is computed again (another instance wrote first). A
+/// refund's row takes back no more than that refund. A key that already
 /// holds a row is answered from it. May take the balance below zero.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<TakenBack, LedgerError>")]
@@ -97,25 +96,29 @@ pub struct TakeBack {
     pub order: Order,
     /// What the order credited: no more is ever taken back for it.
     pub credited: Money,
-    /// What moved: a refund (`stripe_refund(charge, refunded)`), a
+    /// What moved: a refund (`stripe_refund(refund)`), a
     /// dispute's funds (`stripe_dispute(dispute, stage)`), a refund that
     /// failed (`stripe_refund_failed(refund)`), or nothing new
-    /// (`stripe_settle`: a check after another change).
+    /// (`stripe_settle`: a check of the order).
     pub idempotency_key: IdempotencyKey,
     pub description: String,
     pub cause: TakeBackCause,
 }
 
-/// Why an order's credit is settled again. Every cause but a refund's was
-/// recorded in the store (the dispute, the failed refund) before it is sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Why an order's credit is settled again. Every cause was recorded in the
+/// store (the refund, the dispute, the failed refund) before it is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TakeBackCause {
-    /// Stripe says `refunded` is refunded of the order in all (the order
-    /// said `refunded_before` when the event arrived): the row carries
-    /// `payment.refunded` and raises the order's figure.
+    /// Stripe's refund `refund_id` of `refunded` stands (the order's
+    /// refunds came to `total_refunded` in all when it was recorded): the
+    /// row takes back no more than `refunded`, and carries
+    /// `payment.refunded`, once per refund — unless not `announce`d (the
+    /// earlier release told the host of it).
     Refund {
+        refund_id: String,
         refunded: Money,
-        refunded_before: Money,
+        total_refunded: Money,
+        announce: bool,
     },
     /// A dispute's funds were withdrawn or reinstated, a refund failed, or
     /// nothing new (a check after another change).
@@ -130,9 +133,8 @@ pub enum TakenBack {
     /// order's figure.
     Row(Receipt),
     /// The order's rows hold back what its refunds and disputes claim
-    /// already: no row. `refunded_before` is what the order said was
-    /// refunded of it.
-    Nothing { refunded_before: Money },
+    /// already: no row.
+    Nothing,
 }
 
 /// What the account holder reads of an adjustment given no description of
@@ -378,47 +380,40 @@ struct Reversal {
 }
 
 impl TakeBackPlan {
-    /// What the refund event reports refunded in all (nothing for the
-    /// other causes, which read it from the order).
-    fn refunded(&self) -> Money {
-        match self.cause {
-            TakeBackCause::Refund { refunded, .. } => refunded,
-            TakeBackCause::Claims => Money::ZERO,
-        }
-    }
-
     /// The row's amount (signed as in the ledger: negative takes credit
     /// back) that brings what the order's rows took back, `taken_before`,
-    /// to what its refunds and disputes hold back.
+    /// to what its refunds and disputes hold back. A refund's row takes
+    /// back no more than the refund, and gives nothing back (the order's
+    /// other refunds, each under its own key, take the rest; what a
+    /// failure or a dispute gives back is theirs to give).
     fn change(&self, claims: &OrderClaims, taken_before: Money) -> Result<Money, MoneyError> {
-        let held_back = claims.held_back(self.credited, self.refunded())?;
-        taken_before.checked_sub(held_back)
+        let change = taken_before.checked_sub(claims.held_back(self.credited)?)?;
+        Ok(match &self.cause {
+            TakeBackCause::Refund { refunded, .. } => change.max(-*refunded).min(Money::ZERO),
+            TakeBackCause::Claims => change,
+        })
     }
 
     /// The event a refund's row carries (`payment.refunded`, with what it
-    /// took back); the other causes' rows carry none of their own (the
-    /// caller sends a dispute's, once per dispute).
+    /// took back), if the refund is to be announced; the other causes'
+    /// rows carry none of their own (the caller sends a dispute's, once
+    /// per dispute).
     fn event(&self, taken: Money) -> Option<EventDraft> {
         let TakeBackCause::Refund {
+            refund_id,
             refunded,
-            refunded_before,
-        } = self.cause
+            total_refunded,
+            announce: true,
+        } = &self.cause
         else {
             return None;
         };
-        // A refund's row that gives credit back (a dispute reinstated on
-        // another instance at the same moment) takes nothing back itself.
-        let taken = taken.max(Money::ZERO);
-        let newly_refunded = refunded
-            .checked_sub(refunded_before)
-            .ok()
-            .filter(|newly| newly.is_positive())
-            .unwrap_or(Money::ZERO);
         Some(payment_refunded(
             &self.order,
-            newly_refunded,
-            refunded,
-            taken,
+            refund_id,
+            *refunded,
+            *total_refunded,
+            taken.max(Money::ZERO),
         ))
     }
 }
@@ -466,7 +461,7 @@ enum Answer {
     /// The row it made, or made the first time.
     Row(Receipt),
     /// A take-back found nothing left to take: no row.
-    Nothing { refunded_before: Money },
+    Nothing,
 }
 
 impl Answer {
@@ -922,9 +917,7 @@ impl AccountActor {
                 Ok((taken_before, taken, None, claims)) => match plan.change(&claims, taken_before)
                 {
                     Err(error) => Err(LedgerError::from(error)),
-                    Ok(change) if change.is_zero() => Ok(Answer::Nothing {
-                        refunded_before: claims.refunded,
-                    }),
+                    Ok(change) if change.is_zero() => Ok(Answer::Nothing),
                     Ok(change) => {
                         retry.mutation.amount = change;
                         if let Some(hints) = retry.mutation.hints.as_mut() {
@@ -934,7 +927,19 @@ impl AccountActor {
                                 plan.taken = Some(taken);
                             }
                         }
-                        actor.resume(vec![retry], ctx);
+                        let hold = actor
+                            .shared
+                            .store
+                            .take_back_hold(retry.mutation.idempotency_key.as_str());
+                        match hold {
+                            // A test's hold between the read and the write.
+                            Some(hold) => ctx.wait(
+                                async move { hold.stop_here().await }
+                                    .into_actor(actor)
+                                    .map(move |(), actor, ctx| actor.resume(vec![retry], ctx)),
+                            ),
+                            None => actor.resume(vec![retry], ctx),
+                        }
                         return;
                     }
                 },
@@ -1022,7 +1027,7 @@ impl AccountActor {
             match answer.await? {
                 Answer::Row(receipt) => Ok(receipt),
                 // Only a take-back answers this.
-                Answer::Nothing { .. } => Err(LedgerError::InvalidAmount("nothing to apply")),
+                Answer::Nothing => Err(LedgerError::InvalidAmount("nothing to apply")),
             }
         })
     }
@@ -1577,30 +1582,15 @@ impl AccountActor {
         let events = self
             .events_of(&entry, mutation.hints.as_deref())
             .map_err(LedgerError::Store)?;
-        // Credit taken back for a refund records the order's figure with
-        // its row: neither commits without the other.
-        let order_refunded = mutation
-            .hints
-            .as_ref()
-            .and_then(|hints| hints.take_back.as_ref())
-            .and_then(|plan| match plan.cause {
-                TakeBackCause::Refund { refunded, .. } => Some(OrderRefunded {
-                    order_id: plan.order.id,
-                    refunded,
-                }),
-                TakeBackCause::Claims => None,
-            });
         let outbox = (notice.is_some()
             || withdraw_warning.is_some()
             || !events.is_empty()
-            || order_refunded.is_some()
             || made.is_some())
         .then(|| {
             Box::new(Outbox {
                 notice,
                 withdraw_notice: withdraw_warning,
                 events,
-                order_refunded,
                 grant: made,
             })
         });
@@ -1710,7 +1700,7 @@ impl AccountActor {
             crossing(EventType::BalanceReplenished)?;
         }
         if let Some(draft) = hints.and_then(|hints| hints.event.as_ref()) {
-            events.push(NewEvent::of_entry(draft.kind, entry, draft.data.clone())?);
+            events.push(draft.of_entry(entry)?);
         }
         Ok(events)
     }
@@ -2186,7 +2176,7 @@ impl Handler<TakeBack> for AccountActor {
         Box::pin(async move {
             Ok(match answer.await? {
                 Answer::Row(receipt) => TakenBack::Row(receipt),
-                Answer::Nothing { refunded_before } => TakenBack::Nothing { refunded_before },
+                Answer::Nothing => TakenBack::Nothing,
             })
         })
     }

@@ -106,15 +106,12 @@ impl IdempotencyKey {
         IdempotencyKey::parse(&format!("stripe-payment:{payment_intent_id}"))
     }
 
-    /// What a refund of a charge takes back: one per charge and cumulative
-    /// refunded amount, since Stripe reports refunds as a running total.
-    pub fn stripe_refund(
-        charge_id: &str,
-        cumulative_refunded_cents: i64,
-    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
-        IdempotencyKey::parse(&format!(
-            "stripe-refund:{charge_id}:{cumulative_refunded_cents}"
-        ))
+    /// What a refund takes back: one per Stripe refund (or per order's
+    /// legacy record, whose replacement settles the order). Rows made
+    /// before refunds were counted one by one were keyed by the charge and
+    /// its running total (`stripe-refund:{charge}:{cents}`).
+    pub fn stripe_refund(refund_id: &str) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
+        IdempotencyKey::parse(&format!("stripe-refund:{refund_id}"))
     }
 
     /// What a refund that failed gives back: one per Stripe refund.
@@ -131,15 +128,16 @@ impl IdempotencyKey {
         IdempotencyKey::parse(&format!("stripe-dispute:{dispute_id}:{stage}"))
     }
 
-    /// The pass that checks an order's credit against what its refunds and
-    /// disputes claim after a change made under `after` (the `pass`th such
-    /// check): it writes a row only when another instance's change met
-    /// this one's at the same moment.
-    pub fn stripe_settle(
-        after: &IdempotencyKey,
-        pass: u32,
-    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
-        IdempotencyKey::parse(&format!("stripe-settle:{pass}:{after}"))
+    /// A check of an order's credit against what its refunds and disputes
+    /// claim, made when the account's ledger stood at `seq`: it writes a
+    /// row only where the order's rows do not hold back what its claims
+    /// hold (another instance's change met this one's, or a check failed
+    /// before). Keyed by where the ledger stood, so that a check made later
+    /// — after a row, or by a retry — is never answered from an earlier
+    /// check's row. (An earlier release keyed its checks
+    /// `stripe-settle:{pass}:{key of the change}`.)
+    pub fn stripe_settle(order_id: i64, seq: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("stripe-settle:order-{order_id}:at-{seq}"))
     }
 
     /// The debit that reserves an outbound message's cost.
@@ -319,8 +317,8 @@ mod tests {
             Ok("stripe-payment:pi_1".to_string())
         );
         assert_eq!(
-            IdempotencyKey::stripe_refund("ch_1", 500).map(|key| key.to_string()),
-            Ok("stripe-refund:ch_1:500".to_string())
+            IdempotencyKey::stripe_refund("re_1").map(|key| key.to_string()),
+            Ok("stripe-refund:re_1".to_string())
         );
         assert_eq!(IdempotencyKey::message(3).as_str(), "msg:3");
         assert_eq!(IdempotencyKey::message_void(3).as_str(), "msg-void:3");
@@ -340,8 +338,13 @@ mod tests {
         assert_eq!(IdempotencyKey::message(4).given_back_message_id(), None);
         assert!(IdempotencyKey::stripe_payment("pi with space").is_err());
         // Every constructor's prefix is reserved.
+        assert_eq!(
+            IdempotencyKey::stripe_settle(7, 12).as_str(),
+            "stripe-settle:order-7:at-12"
+        );
         for key in [
             IdempotencyKey::stripe_order(1),
+            IdempotencyKey::stripe_settle(1, 1),
             IdempotencyKey::message(1),
             IdempotencyKey::message_void(1),
             IdempotencyKey::message_refund(1),

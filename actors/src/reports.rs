@@ -12,7 +12,9 @@ use crate::billing::disputes::DisputeStatus;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HourFigures {
-    /// The hour's start, Unix milliseconds (UTC).
+    /// The hour's start (UTC).
+    #[serde(rename = "hour", serialize_with = "crate::clock::rfc3339::serialize")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub hour_ms: i64,
     /// Paid for access and credit (orders completed).
     pub payments_micros: i64,
@@ -87,6 +89,8 @@ pub struct LowBalance {
 pub struct AutoTopUpOff {
     pub account_id: i64,
     pub reason: String,
+    #[serde(rename = "since", serialize_with = "crate::clock::rfc3339::serialize")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub since_ms: i64,
 }
 
@@ -97,6 +101,11 @@ pub struct UnsentNotice {
     pub account_id: i64,
     pub state: String,
     pub error: Option<String>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 
@@ -106,6 +115,11 @@ pub struct OpenReservation {
     pub message_id: i64,
     pub account_id: Option<i64>,
     pub charged_micros: i64,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 
@@ -123,7 +137,17 @@ pub struct OpenDispute {
     pub status: DisputeStatus,
     pub reason: String,
     /// When Stripe wants the evidence by, if it said.
+    #[serde(
+        rename = "respond_by",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub respond_by_ms: Option<i64>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 
@@ -135,5 +159,10 @@ pub struct AccountActivity {
     /// Whether auto top-up is on.
     pub auto_top_up: bool,
     /// When its balance last changed (its latest ledger row, or its making).
+    #[serde(
+        rename = "last_activity_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub last_activity_ms: i64,
 }

@@ -146,20 +146,23 @@ impl BackupCommand {
 impl BackupCommand {
     fn print(&self, record: &BackupRecord, removed: &[PathBuf]) -> Result<(), String> {
         if self.json {
-            return print_json(&json!({
-                "path": record.path,
-                "taken_at": format_rfc3339_ms(record.taken_at_ms),
-                "taken_at_ms": record.taken_at_ms,
-                "accounts": record.accounts,
-                "transactions": record.transactions,
-                "bytes": record.bytes,
-                "duration_ms": record.duration_ms,
-                "verify": "clean",
-                "removed": removed.iter().map(|path| path.display().to_string()).collect::<Vec<_>>(),
-            }));
+            // The record as the API shows it (the console's last backup),
+            // with the verdict and what --keep removed.
+            let mut told = serde_json::to_value(record).map_err(|error| error.to_string())?;
+            if let Some(fields) = told.as_object_mut() {
+                fields.insert("verify".to_string(), json!("clean"));
+                fields.insert(
+                    "removed".to_string(),
+                    json!(removed
+                        .iter()
+                        .map(|path| path.display().to_string())
+                        .collect::<Vec<_>>()),
+                );
+            }
+            return print_json(&told);
         }
-        println!("backup written to {}", record.path);
-        println!(
+        say!("backup written to {}", record.path);
+        say!(
             "  holds {} and {}, as they were at {} (verify is clean)",
             counted(record.accounts.max(0) as u64, "account", "accounts"),
             counted(
@@ -169,13 +172,13 @@ impl BackupCommand {
             ),
             format_rfc3339_ms(record.taken_at_ms)
         );
-        println!(
+        say!(
             "  {} in {:.1} s",
             human_size(record.bytes),
             Duration::from_millis(u64::try_from(record.duration_ms).unwrap_or(0)).as_secs_f64()
         );
         for path in removed {
-            println!("  removed the older backup {}", path.display());
+            say!("  removed the older backup {}", path.display());
         }
         Ok(())
     }

@@ -54,9 +54,9 @@ impl ConfigCommand {
             for (setting, shown, source) in &view {
                 if section != Some(setting.section) {
                     section = Some(setting.section);
-                    println!("# {}", setting.section.title());
+                    say!("# {}", setting.section.title());
                 }
-                println!(
+                say!(
                     "{:<key_width$}  {:<value_width$}  {:<source_width$}  {}",
                     setting.key,
                     value(shown),

@@ -1,7 +1,6 @@
 //! `sms-credit discount-codes`: create, list, activate and deactivate codes.
 
 use clap::Subcommand;
-use serde_json::json;
 use sms_credit_actors::billing::discounts::{normalize_code, Discount, DiscountCode};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::Money;
@@ -80,7 +79,7 @@ fn print_code(code: &DiscountCode) {
         Discount::Percent { percent } => format!("{percent}%"),
         Discount::Fixed { amount } => amount.to_string(),
     };
-    println!(
+    say!(
         "{:<20} {:<12} {:>6} {:>8}  {}",
         code.code,
         off,
@@ -101,9 +100,12 @@ fn list(settings: &Settings, as_json: bool) -> Result<(), String> {
     if as_json {
         return print_json(&DiscountCodes::new(codes));
     }
-    println!(
+    say!(
         "{:<20} {:<12} {:>6} {:>8}  active",
-        "code", "off", "uses", "max"
+        "code",
+        "off",
+        "uses",
+        "max"
     );
     for code in codes {
         print_code(&code);
@@ -155,16 +157,17 @@ fn create(
 fn set_active(settings: &Settings, code: &str, active: bool, as_json: bool) -> Result<(), String> {
     let code = normalize_code(code)?;
     with_store(settings, |store| async move {
-        store
+        let updated = store
             .billing()
             .set_discount_code_active(code.clone(), active)
             .await
             .map_err(|error| error.to_string())?
-            .ok_or("there is no such code")?;
+            .ok_or_else(|| format!("there is no discount code {code}"))?;
         if as_json {
-            return print_json(&json!({"code": code, "active": active}));
+            // The code as the API's PATCH answers it.
+            return print_json(&updated);
         }
-        println!("{code}: {}", if active { "active" } else { "inactive" });
+        say!("{code}: {}", if active { "active" } else { "inactive" });
         Ok(())
     })
 }

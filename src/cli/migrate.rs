@@ -22,10 +22,10 @@ impl MigrateCommand {
             return print_json(&json!({"database": database.to_string(), "applied": applied}));
         }
         if applied.is_empty() {
-            println!("{database}: up to date");
+            say!("{database}: up to date");
         }
         for name in applied {
-            println!("{database}: applied {name}");
+            say!("{database}: applied {name}");
         }
         Ok(())
     }

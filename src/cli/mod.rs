@@ -2,11 +2,25 @@
 //! commands that work on the database through the same core as the
 //! server. One file per command; `output` holds what they share.
 
+/// `println!` for what a command prints: a closed pipe (`| head`) or a
+/// failing standard output never ends the command (see
+/// [`output::write_line`]), so what it does is done and an error it meets is
+/// told on standard error, whatever became of its output.
+macro_rules! say {
+    () => {
+        $crate::cli::output::write_line(format_args!(""))
+    };
+    ($($argument:tt)*) => {
+        $crate::cli::output::write_line(format_args!($($argument)*))
+    };
+}
+
 mod accounts;
 mod backup;
 mod config;
 mod copy;
 mod discount_codes;
+mod interrupt;
 mod migrate;
 mod orders;
 mod output;
@@ -103,15 +117,12 @@ impl Cli {
     }
 }
 
-/// The exit code of a command whose reader went away, as a shell reports
-/// a process ended by SIGPIPE (128 + 13).
-const CLOSED_PIPE: i32 = 141;
-
-/// Ends a command quietly when its output's reader has gone (`| head`),
-/// as other Unix tools do. Rust ignores SIGPIPE, so `println!` panics on a
-/// closed pipe; restoring the signal's default needs unsafe code, which
-/// this workspace forbids, so that one panic ends the process instead,
-/// without a word. Every other panic is reported as before.
+/// What is left of a panic on a closed pipe: the commands print with
+/// `say!`, which never panics, but anything that still prints with
+/// `println!` (a library) would panic when the reader has gone; that one
+/// panic ends the process quietly, as other Unix tools end (restoring
+/// SIGPIPE's default needs unsafe code, which this workspace forbids).
+/// Every other panic is reported as before.
 fn end_quietly_on_a_closed_pipe() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -122,16 +133,10 @@ fn end_quietly_on_a_closed_pipe() {
             .or_else(|| info.payload().downcast_ref::<&str>().copied())
             .unwrap_or_default();
         if payload.starts_with("failed printing to stdout") && payload.contains("Broken pipe") {
-            end_on_a_closed_pipe();
+            std::process::exit(141);
         }
         report(info);
     }));
-}
-
-/// Ends the process quietly: its output's reader has gone. What a command
-/// prints comes after what it did was committed, so nothing is cut short.
-pub fn end_on_a_closed_pipe() -> ! {
-    std::process::exit(CLOSED_PIPE)
 }
 
 /// Runs a parsed command line; the exit code says how it went.
@@ -155,7 +160,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(error) => return configuration_error(&error),
     };
     if let Some(Command::Config(command)) = &command {
-        return command.run(&values);
+        return output::exit_code(command.run(&values));
     }
     let settings = match Settings::check(&values) {
         Ok(settings) => settings,
@@ -167,7 +172,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let outcome = match command {
         None | Some(Command::Serve(_)) => serve::serve(settings),
         Some(Command::Config(_)) => Ok(()),
-        Some(Command::Verify(command)) => return command.run(&settings),
+        Some(Command::Verify(command)) => return output::exit_code(command.run(&settings)),
         Some(Command::Quote(command)) => command.run(&settings),
         Some(Command::Accounts(command)) => command.run(&settings),
         Some(Command::Reconcile(command)) => command.run(&settings),
@@ -182,13 +187,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Orders(command)) => command.run(&settings),
         Some(Command::SignIn(command)) => command.run(&settings),
     };
-    match outcome {
+    output::exit_code(match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::FAILURE
         }
-    }
+    })
 }
 
 fn configuration_error(error: &crate::config::ConfigError) -> ExitCode {

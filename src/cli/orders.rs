@@ -8,6 +8,7 @@ use sms_credit_actors::Money;
 
 use super::output::{print_json, with_core, with_store};
 use crate::config::Settings;
+use crate::routes::admin::orders::Refunds;
 
 #[derive(Subcommand, Debug)]
 pub enum OrdersCommand {
@@ -41,7 +42,7 @@ pub enum OrdersCommand {
 }
 
 fn print_refund(refund: &RefundRequest) {
-    println!(
+    say!(
         "order {} refund {}: {} ({}) {}  {}{}",
         refund.order_id,
         refund.n,
@@ -86,9 +87,9 @@ impl OrdersCommand {
                     }
                     print_refund(&refunded.refund);
                     if refunded.replayed {
-                        println!("(asked before with this key: not refunded again)");
+                        say!("(asked before with this key: not refunded again)");
                     }
-                    println!("the credit comes off when Stripe's refund event arrives");
+                    say!("the credit comes off when Stripe's refund event arrives");
                     Ok(())
                 })
             }
@@ -105,10 +106,10 @@ impl OrdersCommand {
                     .await
                     .map_err(|error| error.to_string())?;
                 if json {
-                    return print_json(&refunds);
+                    return print_json(&Refunds::new(id, refunds));
                 }
                 if refunds.is_empty() {
-                    println!("order {id} has no refund requests");
+                    say!("order {id} has no refund requests");
                 }
                 refunds.iter().for_each(print_refund);
                 Ok(())

@@ -2,7 +2,10 @@
 //! and printing for people or as JSON.
 
 use std::future::Future;
-use std::sync::Arc;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
 use sms_credit_actors::adapters::{self, IfMissing, StoreSettings};
@@ -85,11 +88,73 @@ where
     })
 }
 
+/// Set once standard output's reader has gone (`| head`): what is printed
+/// after is dropped, and the command carries on, so that what it does is
+/// done and an error it meets is told on standard error all the same.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+
+/// A failure to write standard output other than its reader going away
+/// (a full disk, say): told as an error once the command ends.
+static STDOUT_FAILED: Mutex<Option<String>> = Mutex::new(None);
+
+/// The exit code of a command whose reader went away, as a shell reports
+/// a process ended by SIGPIPE (128 + 13).
+const CLOSED_PIPE: u8 = 141;
+
+/// Writes one line of a command's output (the `say!` macro): `println!`,
+/// except that a closed or failing standard output never ends the command.
+pub fn write_line(arguments: std::fmt::Arguments<'_>) {
+    if STDOUT_CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{arguments}").and_then(|()| out.flush()) {
+        note_write_error(&error);
+    }
+}
+
+/// Notes why standard output could not be written.
+pub fn note_write_error(error: &std::io::Error) {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        STDOUT_CLOSED.store(true, Ordering::Relaxed);
+        return;
+    }
+    let mut failed = STDOUT_FAILED.lock().unwrap_or_else(PoisonError::into_inner);
+    failed.get_or_insert_with(|| error.to_string());
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+}
+
+/// Whether standard output's reader has gone (nothing more need be written).
+pub fn stdout_closed() -> bool {
+    STDOUT_CLOSED.load(Ordering::Relaxed)
+}
+
+/// How a command ends, its output considered: its own failure first (told
+/// already), then a failure to write its output, then a closed pipe (quietly,
+/// as other Unix tools end), else success.
+pub fn exit_code(code: ExitCode) -> ExitCode {
+    if code != ExitCode::SUCCESS {
+        return code;
+    }
+    let failed = STDOUT_FAILED
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    if let Some(error) = failed {
+        eprintln!("error: could not write the output: {error}");
+        return ExitCode::FAILURE;
+    }
+    if stdout_closed() {
+        return ExitCode::from(CLOSED_PIPE);
+    }
+    code
+}
+
 /// Prints `value` as one line of JSON (for programs), or says why it
 /// cannot.
 pub fn print_json(value: &impl Serialize) -> Result<(), String> {
     let value = serde_json::to_value(value).map_err(|error| error.to_string())?;
-    println!("{value}");
+    say!("{value}");
     Ok(())
 }
 
@@ -126,7 +191,7 @@ pub fn print_table(columns: &[(&str, Align)], rows: &[Vec<String>]) {
                 Align::Left => format!("{cell:<width$}"),
             })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        say!("{}", cells.join("  ").trim_end());
     }
 }
 

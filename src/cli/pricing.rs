@@ -1,7 +1,6 @@
 //! `sms-credit pricing`: shows or sets the pricing mode of access.
 
 use clap::Args;
-use serde_json::json;
 use sms_credit_actors::billing::pricing::{Pricing, PricingMode};
 use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::Money;
@@ -24,12 +23,9 @@ pub struct PricingCommand {
 
 fn show(pricing: &Pricing, as_json: bool) -> Result<(), String> {
     if as_json {
-        return print_json(&json!({
-            "mode": pricing.mode,
-            "price_micros": pricing.price().micros(),
-            "price": pricing.price().to_string()}));
+        return print_json(&crate::routes::admin::pricing::view(pricing));
     }
-    println!("pricing: {} at {}", pricing.mode.as_str(), pricing.price());
+    say!("pricing: {} at {}", pricing.mode.as_str(), pricing.price());
     Ok(())
 }
 

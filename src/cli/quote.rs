@@ -41,7 +41,7 @@ impl QuoteCommand {
         if self.json {
             return print_json(&quoted);
         }
-        println!(
+        say!(
             "{} ({}): {} {}, {}, at {} each = {}{}",
             quoted.to,
             quoted.country,
@@ -56,13 +56,14 @@ impl QuoteCommand {
                 ""
             }
         );
-        println!(
+        say!(
             "$10 buys {} segments to {}",
-            quoted.segments_per_10_dollars, quoted.country
+            quoted.segments_per_10_dollars,
+            quoted.country
         );
         let smart_quote = &quoted.smart_encoding;
         if !quoted.smart_encoding_applied && smart_quote.replacements > 0 {
-            println!(
+            say!(
                 "smart encoding would send {} {}, {}, for {} (saves {}; {} characters replaced)",
                 smart_quote.segments,
                 plural(smart_quote.segments),

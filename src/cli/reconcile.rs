@@ -22,7 +22,7 @@ fn margin(basis_points: Option<i64>) -> String {
 }
 
 fn print_line(name: &str, line: &ReconciliationLine) {
-    println!(
+    say!(
         "{name:<8} {:>8} {:>9} {:>14} {:>14} {:>14} {:>8}",
         line.messages,
         line.segments,
@@ -43,9 +43,15 @@ impl ReconcileCommand {
         if self.json {
             return print_json(&report);
         }
-        println!(
+        say!(
             "{:<8} {:>8} {:>9} {:>14} {:>14} {:>14} {:>8}",
-            "country", "messages", "segments", "charged", "expected cost", "actual cost", "margin"
+            "country",
+            "messages",
+            "segments",
+            "charged",
+            "expected cost",
+            "actual cost",
+            "margin"
         );
         for (country, country_line) in &report.by_country {
             print_line(country, country_line);
@@ -53,14 +59,14 @@ impl ReconcileCommand {
         print_line("all", &report.overall);
         print_line("service", &report.service);
         for (status, auto) in &report.auto_top_ups {
-            println!(
+            say!(
                 "auto top-ups {status}: {} for {}",
                 auto.attempts,
                 Money::from_micros(auto.amount_micros)
             );
         }
         for mismatch in &report.mismatches {
-            println!(
+            say!(
                 "MISMATCH message {} ({}) to {}: {} per segment charged by Twilio, {} in the rate table",
                 mismatch.message_id,
                 mismatch.twilio_sid.as_deref().unwrap_or("-"),

@@ -12,7 +12,9 @@ use crate::config::Settings;
 #[derive(Subcommand, Debug)]
 pub enum SignInCommand {
     /// Lift a phone's sign-in limits: the codes it was sent so far no
-    /// longer count against it, so it may ask for a code at once.
+    /// longer count against its total, so it may ask for a code at once,
+    /// and the wrong codes tried for it are forgotten (what each address
+    /// asked for still counts against that address).
     Lift(LiftCommand),
 }
 
@@ -39,7 +41,9 @@ impl LiftCommand {
         let lifted = with_store(settings, |store| {
             let phone = phone.clone();
             async move {
-                sign_in::lift_limits(&store, &phone)
+                let now_ms =
+                    sms_credit_actors::clock::Clock::now_ms(&sms_credit_actors::clock::SystemClock);
+                sign_in::lift_limits(&store, &phone, now_ms)
                     .await
                     .map_err(|error| error.to_string())
             }
@@ -47,7 +51,7 @@ impl LiftCommand {
         if self.json {
             return print_json(&json!({"phone": phone.as_str(), "codes_lifted": lifted}));
         }
-        println!(
+        say!(
             "{}: sign-in limits lifted ({lifted} codes no longer count against it)",
             phone.as_str()
         );

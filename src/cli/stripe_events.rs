@@ -36,12 +36,15 @@ impl StripeEventsCommand {
         if self.json {
             return print_json(&json!({ "events": events }));
         }
-        println!(
+        say!(
             "{:<28} {:<34} {:<8} {:<24} detail",
-            "received", "event", "status", "type"
+            "received",
+            "event",
+            "status",
+            "type"
         );
         for event in events {
-            println!(
+            say!(
                 "{:<28} {:<34} {:<8} {:<24} {}",
                 format_rfc3339_ms(event.received_at_ms),
                 event.event_id,

@@ -39,9 +39,9 @@ impl VerifyCommand {
             }
         } else {
             for problem in &report.problems {
-                println!("problem: {problem}");
+                say!("problem: {problem}");
             }
-            println!(
+            say!(
                 "checked {} and {}: {}",
                 counted(report.accounts_checked, "account", "accounts"),
                 counted(report.transactions_checked, "transaction", "transactions"),

@@ -118,22 +118,22 @@ fn print_endpoint(endpoint: &Endpoint) {
         (false, Some(reason)) => format!("disabled: {reason}"),
         (false, None) => "disabled".to_string(),
     };
-    println!("{}  {}", endpoint.id, endpoint.url);
-    println!("  events:  {}", endpoint.events.join(", "));
-    println!("  state:   {state}");
+    say!("{}  {}", endpoint.id, endpoint.url);
+    say!("  events:  {}", endpoint.events.join(", "));
+    say!("  state:   {state}");
     if let Some(since) = endpoint.failing_since_ms {
-        println!("  failing since {}", format_rfc3339_ms(since));
+        say!("  failing since {}", format_rfc3339_ms(since));
     }
     if !endpoint.description.is_empty() {
-        println!("  about:   {}", endpoint.description);
+        say!("  about:   {}", endpoint.description);
     }
     if let Some(undeliverable) = &endpoint.undeliverable {
-        println!("  warning: {undeliverable}");
+        say!("  warning: {undeliverable}");
     }
 }
 
 fn print_attempt(attempt: &AttemptRecord) {
-    println!(
+    say!(
         "{}  {:<28} {:<26} {:>4}  {:>6} ms  {}",
         format_rfc3339_ms(attempt.at_ms),
         attempt.event_id,
@@ -251,9 +251,9 @@ async fn add(
         return print_json(&EndpointWithSecret::new(endpoint, &secret, warnings));
     }
     print_endpoint(&endpoint);
-    println!("  secret:  {}  (shown this once: keep it)", secret.expose());
+    say!("  secret:  {}  (shown this once: keep it)", secret.expose());
     if let Some(warning) = warning {
-        println!("warning: {warning}");
+        say!("warning: {warning}");
     }
     Ok(())
 }
@@ -271,7 +271,7 @@ async fn list(store: &Store, allow_private: bool, as_json: bool) -> Result<(), S
         return print_json(&EndpointList::new(endpoints));
     }
     if endpoints.is_empty() {
-        println!("no webhook endpoints");
+        say!("no webhook endpoints");
     }
     endpoints.iter().for_each(print_endpoint);
     Ok(())
@@ -303,7 +303,7 @@ async fn deliveries(store: &Store, id: &str, limit: i64, as_json: bool) -> Resul
         return print_json(&AttemptList::new(endpoint.id, attempts));
     }
     if attempts.is_empty() {
-        println!("no tries yet");
+        say!("no tries yet");
     }
     attempts.iter().for_each(print_attempt);
     Ok(())
@@ -325,7 +325,7 @@ async fn replay(
     if as_json {
         return print_json(&json!({"endpoint_id": id, "replayed": replayed}));
     }
-    println!(
+    say!(
         "{replayed} events since {} queued again for {id}",
         when(Some(since_ms))
     );
@@ -339,11 +339,11 @@ async fn rotate_secret(store: &Store, id: &str, now_ms: i64, as_json: bool) -> R
     if as_json {
         return print_json(&EndpointWithSecret::new(endpoint, &secret, Vec::new()));
     }
-    println!(
+    say!(
         "new secret for {id}: {}  (shown this once: keep it)",
         secret.expose()
     );
-    println!(
+    say!(
         "the old one signs beside it until {}",
         when(endpoint.previous_secret_until_ms)
     );
@@ -355,7 +355,7 @@ async fn remove(store: &Store, id: &str, now_ms: i64, as_json: bool) -> Result<(
     if as_json {
         return print_json(&json!({"id": id, "removed": true}));
     }
-    println!("removed {id}");
+    say!("removed {id}");
     Ok(())
 }
 
@@ -366,7 +366,7 @@ async fn send_test(store: &Store, id: &str, now_ms: i64, as_json: bool) -> Resul
     if as_json {
         return print_json(&json!({"endpoint_id": id, "event_id": event_id}));
     }
-    println!("test event {event_id} queued for {id}");
+    say!("test event {event_id} queued for {id}");
     Ok(())
 }
 

@@ -73,6 +73,10 @@ pub(super) fn access(values: &Values) -> Result<AccessSettings, ConfigError> {
                 min_gap_ms: CodeLimits::default().min_gap_ms,
                 per_phone_per_hour: values
                     .required("sign_in_codes_per_phone_hour", number(1i64..=1_000))?,
+                per_phone_total_per_hour: values
+                    .required("sign_in_codes_per_phone_total_hour", number(1i64..=10_000))?,
+                per_phone_per_day: values
+                    .required("sign_in_codes_per_phone_day", number(1i64..=100_000))?,
                 per_address_per_hour: values
                     .required("sign_in_codes_per_address_hour", number(1i64..=1_000_000))?,
                 per_hour: values.required("sign_in_codes_per_hour", number(1i64..=1_000_000))?,

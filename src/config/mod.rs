@@ -106,6 +106,7 @@ impl DatabaseSettings {
         StoreSettings {
             checkpoints: self.checkpoints,
             if_missing: self.if_missing,
+            instance_timeout: Some(self.instance_timeout),
             ..StoreSettings::new(self.location.clone())
         }
     }

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use actix_ws::{CloseCode, CloseReason, Closed, Message, MessageStream, Session};
 use serde_json::{json, Value};
-use sms_credit_actors::clock::format_rfc3339_ms;
 use sms_credit_actors::feed::Subscription;
 use sms_credit_actors::store::TokensChanged;
 use sms_credit_actors::{access_tokens, AccountId, LedgerEntry, Store, StoreError};
 
 use super::FeedScope;
+use crate::views::TransactionView;
 
 /// Rows read from the ledger at a time while replaying.
 const PAGE: i64 = 500;
@@ -189,23 +189,16 @@ impl TokenWatch {
     }
 }
 
-/// A row as the feed sends it; the operator's reason for an adjustment
-/// only to the operator (a feed opened with the admin's token or ticket).
-fn event(entry: &LedgerEntry, operator: bool) -> Value {
-    let mut event = json!({
-        "account_id": entry.account_id,
-        "seq": entry.seq,
-        "type": entry.kind,
-        "amount_micros": entry.amount.micros(),
-        "balance_micros": entry.balance_after.micros(),
-        "description": entry.description,
-        "at": format_rfc3339_ms(entry.created_at_ms),
-        "funded_by": entry.funded_by,
-    });
-    if let (true, Some(reason)) = (operator, &entry.reason) {
-        event["reason"] = json!(reason);
+/// A row as the feed sends it: the ledger row as the REST API shows it
+/// (one shape for a ledger row everywhere), as the holder reads it, or,
+/// on a feed the operator opened (the admin's token or ticket), with the
+/// operator's reason.
+fn event(entry: &LedgerEntry, operator: bool) -> TransactionView {
+    if operator {
+        TransactionView::from(entry)
+    } else {
+        TransactionView::for_holder(entry)
     }
-    event
 }
 
 /// Sends one frame within `SEND_TIMEOUT`: a client that does not take it
@@ -295,7 +288,10 @@ impl Client {
             self.wait_until_behind(self.window - 1, READ_TIMEOUT)
                 .await?;
         }
-        self.frame(&event(entry, self.operator)).await?;
+        let row = serde_json::to_string(&event(entry, self.operator))
+            .map_err(|error| End::Store(error.to_string()))?;
+        let slow = self.too_slow();
+        within_deadline(self.session.text(row), slow).await?;
         self.sent += 1;
         // An account feed resumes from its last row; the admin feed has
         // no one place to resume from.

@@ -22,7 +22,8 @@ pub struct HolderView {
     phone: String,
     status: sms_credit_actors::accounts::AccountStatus,
     balance_micros: i64,
-    /// The balance for people, rounded toward zero to the cent.
+    /// The balance for people, exactly: two decimals, more only for a part
+    /// less than a cent (`$4.35`, `-$82.266`).
     #[schema(examples("$4.35"))]
     balance: String,
     /// The ledger position the balance is at.

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use sms_credit_actors::accounts::{Email, PhoneNumber};
 use sms_credit_actors::billing::checkout::Billing;
 use sms_credit_actors::billing::discounts::normalize_code;
+use sms_credit_actors::billing::BillingError;
 use sms_credit_actors::sign_in;
 
 use crate::auth::{bearer_token, before_judging, judged_wrong, AccountHolder, HostApplication};
@@ -52,7 +53,8 @@ fn sign_up_required() -> ApiError {
 #[utoipa::path(post, path = "/v1/checkout/access", tag = "selling", request_body = AccessRequest,
     security((), ("apiKey" = [])),
     responses((status = 200, body = sms_credit_actors::billing::checkout::CheckoutStarted),
-        (status = 401, description = "`sign_up_required`: no sign-up token for this phone (the same for every phone)")))]
+        (status = 401, description = "`sign_up_required`: no sign-up token for this phone (the same for every phone)"),
+        (status = 409, description = "`discount_code_unusable` (anonymous callers): the discount code does not exist, is inactive, is used up or takes the price below Stripe's smallest charge, which is not told; each counts as a wrong guess, against the address and the sign-up token (the tenth uses the token up). The host application is told which: `404 unknown_discount_code`, `409 inactive_discount_code`, `409 discount_code_used_up`, `422 below_minimum_charge`")))]
 pub async fn access(
     state: web::Data<AppState>,
     http: HttpRequest,
@@ -73,25 +75,77 @@ pub async fn access(
         .map(normalize_code)
         .transpose()
         .map_err(|message| ApiError::invalid("invalid_discount_code", message))?;
-    if bearer_token(&http).is_some() {
-        HostApplication::extract(&http).await?;
-    } else {
-        state.limits.anonymous_call(&http)?;
-        let token = request
-            .sign_up_token
-            .as_deref()
-            .ok_or_else(sign_up_required)?;
-        before_judging(&state, &http)?;
-        let proved = sign_in::proved_phone(&state.store, token, state.clock.now_ms()).await?;
-        if proved.as_ref() != Some(&phone) {
-            // A sign-up token that does not prove this phone is a guess.
-            return Err(judged_wrong(&state, &http, sign_up_required()));
+    // An anonymous buyer's sign-up token; the host application has none.
+    let sign_up_token = match bearer_token(&http) {
+        Some(_) => {
+            HostApplication::extract(&http).await?;
+            None
         }
-    }
+        None => {
+            state.limits.anonymous_call(&http)?;
+            let token = request
+                .sign_up_token
+                .as_deref()
+                .ok_or_else(sign_up_required)?;
+            before_judging(&state, &http)?;
+            let proved = sign_in::proved_phone(&state.store, token, state.clock.now_ms()).await?;
+            if proved.as_ref() != Some(&phone) {
+                // A sign-up token that does not prove this phone is a guess.
+                return Err(judged_wrong(&state, &http, sign_up_required()));
+            }
+            Some(token)
+        }
+    };
+    let with_code = discount_code.is_some();
     let started = billing
         .start_access_checkout(phone, email, discount_code, state.clock.now_ms())
-        .await?;
-    Ok(HttpResponse::Ok().json(started))
+        .await;
+    match (started, sign_up_token) {
+        (Ok(started), _) => Ok(HttpResponse::Ok().json(started)),
+        // A discount code is a secret of sorts: an anonymous buyer is told
+        // only that it cannot be used, whether it does not exist, is
+        // inactive, is used up or takes the price below what can be
+        // charged (which would tell that it exists), and each one counts
+        // as a wrong guess: against the address, and against the sign-up
+        // token, which so many use up (rotating addresses gets a stranger
+        // no more guesses).
+        (
+            Err(
+                BillingError::UnknownDiscountCode(_)
+                | BillingError::InactiveDiscountCode(_)
+                | BillingError::DiscountCodeUsedUp(_),
+            ),
+            Some(token),
+        ) => Err(unusable_code(&state, &http, token).await),
+        (Err(BillingError::BelowMinimumCharge(_)), Some(token)) if with_code => {
+            Err(unusable_code(&state, &http, token).await)
+        }
+        (Err(error), _) => Err(error.into()),
+    }
+}
+
+/// An anonymous buyer's discount code could not be used: counted against
+/// the sign-up token (used up at the tenth) and the address, and answered
+/// alike whatever the reason.
+async fn unusable_code(state: &AppState, http: &HttpRequest, sign_up_token: &str) -> ApiError {
+    match sign_in::wrong_discount_code(&state.store, sign_up_token).await {
+        Ok(used_up) => {
+            if used_up {
+                tracing::warn!("a sign-up token was used up by wrong discount codes");
+            }
+            judged_wrong(state, http, discount_code_unusable())
+        }
+        Err(error) => error.into(),
+    }
+}
+
+/// The answer to an anonymous caller whose discount code cannot be used,
+/// the same whatever the reason.
+fn discount_code_unusable() -> ApiError {
+    ApiError::Conflict {
+        code: "discount_code_unusable",
+        message: "this discount code cannot be used".to_string(),
+    }
 }
 
 /// Starts a Stripe Checkout for a $10 top-up (the card is saved for `BUY $10`).

@@ -119,7 +119,7 @@ fn render(state: &AppState) -> String {
         );
     }
 
-    out.push_str("# HELP sms_credit_sign_in_codes_total Sign-in codes asked for on this instance, by the destination's country and outcome (sent; opted_out and refused: Twilio would not text the number, and the caller was answered as every other).\n");
+    out.push_str("# HELP sms_credit_sign_in_codes_total Sign-in codes asked for on this instance, by the priced destination and outcome (sent; opted_out and refused: not texted, the number opted out or Twilio would not text it; failed: Twilio did not take the text; capped: a cap of the hour for phones without an account held it back; unpriced: the rate table does not price the country, the number's own here); every caller but unpriced was answered as every other.\n");
     out.push_str("# TYPE sms_credit_sign_in_codes_total counter\n");
     for (country, outcome, count) in state.sign_in_codes.counted() {
         let _ = writeln!(

@@ -136,8 +136,8 @@ pub fn verify_and_parse(
                 .map(|intent| intent.id().to_string()),
             amount_refunded_cents: charge.amount_refunded,
             // A Charge without its list of refunds (Stripe's current API
-            // versions leave it out) reports none here: nothing is settled
-            // from it, and the `refund.*` events report each refund.
+            // versions leave it out), or with the first page of a longer
+            // one, does not list them all: the core asks Stripe for them.
             refunds: charge
                 .refunds
                 .as_ref()
@@ -148,6 +148,7 @@ pub fn verify_and_parse(
                         .collect()
                 })
                 .unwrap_or_default(),
+            refunds_complete: charge.refunds.as_ref().is_some_and(|list| !list.has_more),
         },
         EventObject::RefundCreated(refund)
         | EventObject::RefundUpdated(refund)

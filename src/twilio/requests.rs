@@ -31,6 +31,10 @@ pub struct StatusReport {
     pub status: String,
     /// Twilio's error code, when it gave one (`21610`: the number said STOP).
     pub error_code: Option<String>,
+    /// The number the message went to, when the callback says.
+    pub to: Option<String>,
+    /// The number it was sent from, when the callback says.
+    pub from: Option<String>,
 }
 
 /// Whether `sid` is `prefix` followed by 32 hexadecimal characters, the
@@ -127,7 +131,8 @@ pub fn inbound(fields: &[(String, String)], account_sid: &str) -> Result<Inbound
 }
 
 /// A status callback: `MessageSid`, `AccountSid` and `MessageStatus` are
-/// always sent by Twilio; `ErrorCode` when the message failed.
+/// always sent by Twilio; `ErrorCode` when the message failed; `To` and
+/// `From`.
 pub fn status(fields: &[(String, String)], account_sid: &str) -> Result<StatusReport, NotTwilios> {
     let fields = Fields(fields);
     let message_sid = fields.message_of(account_sid)?;
@@ -136,10 +141,20 @@ pub fn status(fields: &[(String, String)], account_sid: &str) -> Result<StatusRe
         .optional("ErrorCode")?
         .filter(|code| !code.is_empty())
         .map(str::to_string);
+    let to = fields
+        .optional("To")?
+        .filter(|to| !to.is_empty())
+        .map(str::to_string);
+    let from = fields
+        .optional("From")?
+        .filter(|from| !from.is_empty())
+        .map(str::to_string);
     Ok(StatusReport {
         message_sid,
         status,
         error_code,
+        to,
+        from,
     })
 }
 

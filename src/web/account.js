@@ -18,7 +18,7 @@ const zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
 const DAY_MS = 86400000;
 
 function when(entry) {
-  const at = Date.parse(entry.at || entry.created_at || "");
+  const at = Date.parse(entry.created_at || "");
   if (Number.isNaN(at)) return "";
   return new Date(at).toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
@@ -60,8 +60,8 @@ function drawChart() {
 }
 
 function remember(entry) {
-  const at = Date.parse(entry.at || entry.created_at || "");
-  const balance = entry.balance_micros !== undefined ? entry.balance_micros : entry.balance_after_micros;
+  const at = Date.parse(entry.created_at || "");
+  const balance = entry.balance_after_micros;
   if (!Number.isNaN(at)) state.points.push({ at, balance, before: balance - entry.amount_micros });
 }
 
@@ -152,7 +152,7 @@ function addRow(entry) {
   row.dataset.seq = entry.seq;
   const cells = [entry.seq, when(entry),
     entry.description || entry.type, dollars(entry.amount_micros, true),
-    dollars(entry.balance_micros !== undefined ? entry.balance_micros : entry.balance_after_micros, false)];
+    dollars(entry.balance_after_micros, false)];
   const classes = ["seq", "when", "what", "amount", "after"];
   cells.forEach((value, index) => {
     const cell = document.createElement("td");
@@ -199,7 +199,7 @@ function showAuto(view) {
   rows.textContent = "";
   view.attempts.forEach((attempt) => {
     const row = document.createElement("tr");
-    [new Date(attempt.at).toISOString().replace("T", " ").slice(0, 16), dollars(attempt.amount_micros),
+    [attempt.at.replace("T", " ").slice(0, 16), dollars(attempt.amount_micros),
      attempt.status.replace(/_/g, " ") + (attempt.reason ? " (" + attempt.reason + ")" : "")]
       .forEach((value, index) => {
         const cell = document.createElement("td");
@@ -244,9 +244,10 @@ function connect() {
       showBalance(data.balance_micros);
       return;
     }
+    // A ledger row, as the API lists them.
     if (data.seq <= state.lastSeq) return;
     state.lastSeq = data.seq;
-    showBalance(data.balance_micros);
+    showBalance(data.balance_after_micros);
     addRow(data);
     remember(data);
     drawChart();

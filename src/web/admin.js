@@ -80,13 +80,13 @@ async function loadOverview() {
   $("webhooks-pending").textContent = overview.webhook_deliveries_pending;
   $("endpoints-disabled").textContent = overview.webhook_endpoints_disabled;
   const backup = overview.last_backup;
-  $("last-backup").textContent = backup ? when(new Date(backup.taken_at_ms).toISOString()) : "never";
+  $("last-backup").textContent = backup ? when(backup.taken_at) : "never";
   $("last-backup").title = backup ? backup.path + " · " + counted(backup.accounts, "account", "accounts") + ", "
     + counted(backup.transactions, "ledger row", "ledger rows") : "";
   const backups = $("backup-list");
   backups.textContent = "";
   attentionItem(backups, null, !overview.backup_overdue ? "None."
-    : backup ? "No backup for more than a day: the last was taken " + when(new Date(backup.taken_at_ms).toISOString()) + "."
+    : backup ? "No backup for more than a day: the last was taken " + when(backup.taken_at) + "."
     : "No backup for more than a day: none was ever taken (sms-credit backup).");
 }
 
@@ -100,7 +100,7 @@ function days(hours) {
     list.push({ start: start.getTime(), paid: 0, refunded: 0, messages: 0, segments: 0 });
   }
   hours.forEach((hour) => {
-    const day = list.slice().reverse().find((candidate) => candidate.start <= hour.hour_ms);
+    const day = list.slice().reverse().find((candidate) => candidate.start <= Date.parse(hour.hour));
     if (!day) return;
     day.paid += hour.payments_micros; day.refunded += hour.refunds_micros;
     day.messages += hour.messages; day.segments += hour.segments;
@@ -135,7 +135,8 @@ async function loadReports() {
   const now = new Date();
   const start = new Date(now); start.setHours(0, 0, 0, 0); start.setDate(start.getDate() - 29);
   const month = new Date(now.getFullYear(), now.getMonth(), 1);
-  const reports = await api("GET", "/v1/admin/reports?since_ms=" + start.getTime() + "&month_since_ms=" + month.getTime());
+  const reports = await api("GET", "/v1/admin/reports?since=" + encodeURIComponent(start.toISOString())
+    + "&month_since=" + encodeURIComponent(month.toISOString()));
   const list = days(reports.hours);
   const sum = (field) => list.reduce((total, day) => total + day[field], 0);
   bars($("money-chart"), list, [
@@ -144,7 +145,7 @@ async function loadReports() {
   $("money-chart-words").textContent = "Last 30 days: " + dollars(sum("paid")) + " paid (green), "
     + dollars(sum("refunded")) + " taken back for refunds (red).";
   $("money-chart-words").dataset.paid = sum("paid");
-  $("money-chart-words").dataset.since = start.getTime();
+  $("money-chart-words").dataset.since = start.toISOString();
   bars($("message-chart"), list, [
     { field: "messages", className: "sent", words: (value) => counted(value, "message", "messages") },
     { field: "segments", className: "segments", words: (value) => counted(value, "segment", "segments") }], 60);
@@ -200,19 +201,26 @@ async function loadAttention() {
     if (count) $(count).textContent = rows.length === 50 ? "50+" : String(rows.length);
   };
   fill("low-list", attention.low_balances, (row) => row.phone + " · " + dollars(row.balance_micros), null);
-  fill("auto-list", attention.auto_top_ups_off, (row) => row.reason + " · since " + when(new Date(row.since_ms).toISOString()), "auto-off-count");
+  fill("auto-list", attention.auto_top_ups_off, (row) => row.reason + " · since " + when(row.since), "auto-off-count");
   fill("notice-list", attention.notices_unsent, (row) => "notice " + row.notice_id + " " + row.state
     + (row.error ? ": " + row.error : ""), "notices-unsent");
   fill("reserved-list", attention.reservations_open, (row) => "message " + row.message_id + " · "
-    + dollars(row.charged_micros) + " since " + when(new Date(row.created_at_ms).toISOString()), "reservations-open");
+    + dollars(row.charged_micros) + " since " + when(row.created_at), "reservations-open");
   fill("dispute-list", attention.disputes_open, (row) => (row.status.startsWith("warning_") ? "inquiry " : "dispute ")
     + row.dispute_id + " · order " + row.order_id + " · " + dollars(row.amount_micros) + " · " + row.reason
     + " · " + row.status.replaceAll("_", " ")
-    + (row.respond_by_ms ? " · respond by " + when(new Date(row.respond_by_ms).toISOString()) : ""), "disputes-open");
-  // Codes texted at half their cap or more in the last hour: someone may
-  // be having the service text codes at its expense.
-  fill("sign-in-list", attention.sign_in_codes, (row) => (row.country ? "to " + row.country : "to every country")
-    + " · " + row.codes_last_hour + " codes in the last hour (cap " + row.cap + ")", null);
+    + (row.respond_by ? " · respond by " + when(row.respond_by) : ""), "disputes-open");
+  // Codes at half their cap or more in the last hour (with those a cap
+  // held back), and phones at half their total of the hour or the day,
+  // customers' included: someone may be having the service text codes at
+  // its expense, or keeping a customer from signing in.
+  const codeRates = attention.sign_in_codes.map((row) => ({ words: (row.country ? "to " + row.country : "to every country")
+    + " · " + row.codes_last_hour + " codes in the last hour (cap " + row.cap + ")"
+    + (row.capped_last_hour ? " · " + row.capped_last_hour + " not texted past the cap" : "") }));
+  const phoneRates = attention.sign_in_phones.map((row) => ({ words: "to " + row.phone
+    + " · " + row.codes_last_hour + " codes in the last hour (limit " + row.hour_limit + "), "
+    + row.codes_last_day + " in the last day (limit " + row.day_limit + ")" }));
+  fill("sign-in-list", codeRates.concat(phoneRates), (row) => row.words, null);
 }
 
 async function loadWaiting() {
@@ -267,13 +275,12 @@ function ledgerRow(entry, first) {
   row.dataset.type = entry.type;
   row.hidden = !!$("ledger-type").value && $("ledger-type").value !== entry.type;
   cell(row, String(entry.seq), "wide");
-  // A row from the API says `created_at`; one from the feed says `at`.
-  cell(row, when(entry.created_at || entry.at), "when");
+  cell(row, when(entry.created_at), "when");
   // The holder reads the description; the reason is the operator's alone.
   cell(row, entry.type + (entry.description ? ": " + entry.description : "")
     + (entry.reason ? " (reason: " + entry.reason + ")" : ""), "wrap");
   money(cell(row, undefined, "money"), entry.amount_micros, true);
-  money(cell(row, undefined, "money"), entry.balance_after_micros !== undefined ? entry.balance_after_micros : entry.balance_micros);
+  money(cell(row, undefined, "money"), entry.balance_after_micros);
   const rows = $("ledger-rows");
   if (first) rows.insertBefore(row, rows.firstChild); else rows.appendChild(row);
 }
@@ -328,9 +335,9 @@ async function loadTokens() {
     const row = document.createElement("tr");
     cell(row, "#" + token.id);
     cell(row, token.source === "sign_in" ? "signing in" : "the admin");
-    cell(row, when(new Date(token.created_at_ms).toISOString()));
-    cell(row, token.expires_at_ms ? when(new Date(token.expires_at_ms).toISOString()) : "never", "wide");
-    cell(row, token.revoked_at_ms ? when(new Date(token.revoked_at_ms).toISOString()) : "—");
+    cell(row, when(token.created_at));
+    cell(row, token.expires_at ? when(token.expires_at) : "never", "wide");
+    cell(row, token.revoked_at ? when(token.revoked_at) : "—");
     $("token-rows").appendChild(row);
   });
 }
@@ -378,7 +385,7 @@ async function loadNotices() {
   $("notice-rows").textContent = "";
   list.notices.forEach((notice) => {
     const row = document.createElement("tr");
-    cell(row, when(new Date(notice.created_at_ms).toISOString()));
+    cell(row, when(notice.created_at));
     cell(row, (notice.kind.kind || "").replace(/_/g, " "));
     cell(row, notice.state);
     cell(row, notice.last_error || "", "wide wrap");
@@ -403,7 +410,7 @@ async function loadAuto() {
     $("auto-attempts").textContent = "";
     (auto.attempts || []).forEach((attempt) => {
       const item = document.createElement("li");
-      item.textContent = when(new Date(attempt.at).toISOString()) + " · " + dollars(attempt.amount_micros) + " · "
+      item.textContent = when(attempt.at) + " · " + dollars(attempt.amount_micros) + " · "
         + attempt.status.replace(/_/g, " ") + (attempt.reason ? ": " + attempt.reason : "");
       $("auto-attempts").appendChild(item);
     });
@@ -500,15 +507,15 @@ async function connect() {
       if (data.type === undefined || data.account_id === undefined) return;
       if (data.account_id === state.accountId && data.seq > (state.lastSeq || 0)) {
         state.lastSeq = data.seq;
-        showBalance(data.balance_micros);
+        showBalance(data.balance_after_micros);
         ledgerRow(data, true);
         if (data.type === "refund" || data.type === "credit") loadOrders().catch(() => {});
         if (data.type === "debit" || data.type === "refund") loadMessages().catch(() => {});
       }
       const listed = document.querySelector('#account-rows tr[data-account="' + data.account_id + '"] td.balance');
       if (listed) {
-        money(listed, data.balance_micros);
-        listed.parentNode.querySelector("td.last-activity").textContent = when(data.created_at || data.at);
+        money(listed, data.balance_after_micros);
+        listed.parentNode.querySelector("td.last-activity").textContent = when(data.created_at);
       }
       clearTimeout(state.refreshing);
       state.refreshing = setTimeout(() => {

@@ -4,8 +4,12 @@
 //! database is and opens it.
 
 pub mod backup;
+mod fill;
 pub mod postgres;
 pub mod sqlite;
+
+pub(crate) use fill::check_history;
+pub use fill::{open_source, FillError, FillTarget};
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -38,7 +42,10 @@ impl DatabaseLocation {
     /// `postgres://…` or `postgresql://…` is Postgres; a file path,
     /// `sqlite://path` or `sqlite:path` (sqlx's spelling) is SQLite. Any
     /// other `scheme://` is refused, saying what is supported, rather than
-    /// made into a file of that name.
+    /// made into a file of that name; so are an SQLite URL's query string
+    /// (sqlx's `?mode=rwc`: this store takes no options, and SQLite would
+    /// make a file named with it) and SQLite's in-memory database (which
+    /// no other process, and no write-ahead log, can share).
     pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
         let text = text.trim();
         if text.is_empty() {
@@ -54,7 +61,14 @@ impl DatabaseLocation {
             if path.is_empty() {
                 return Err("names no SQLite file".to_string());
             }
-            return Ok(DatabaseLocation::Sqlite(PathBuf::from(path)));
+            if let Some((_, query)) = path.split_once('?') {
+                return Err(format!(
+                    "'?{query}' is a query string, which this store does not take: name the \
+                     SQLite file alone (sqlite:path or sqlite://path); it is made if it does \
+                     not exist"
+                ));
+            }
+            return in_a_file(path);
         }
         if let Some((scheme, _)) = text.split_once("://") {
             let is_scheme = scheme.starts_with(|first: char| first.is_ascii_alphabetic())
@@ -68,7 +82,7 @@ impl DatabaseLocation {
                 ));
             }
         }
-        Ok(DatabaseLocation::Sqlite(PathBuf::from(text)))
+        in_a_file(text)
     }
 
     /// The SQLite file, for commands that only work on one.
@@ -78,6 +92,21 @@ impl DatabaseLocation {
             DatabaseLocation::Postgres(_) => None,
         }
     }
+}
+
+/// An SQLite database at `path`, which must be a file: the in-memory
+/// database (`:memory:`) lives and dies with one connection, and the store
+/// opens several, in several processes.
+fn in_a_file(path: &str) -> Result<DatabaseLocation, String> {
+    if path.starts_with(":memory:") || path.starts_with("file::memory:") {
+        return Err(
+            "is SQLite's in-memory database, which the store cannot use: the server, its \
+             commands and its write-ahead log share one database file; name a file instead \
+             (sqlite:path)"
+                .to_string(),
+        );
+    }
+    Ok(DatabaseLocation::Sqlite(PathBuf::from(path)))
 }
 
 impl fmt::Display for DatabaseLocation {
@@ -146,6 +175,10 @@ pub struct StoreSettings {
     pub max_batch: usize,
     /// How many reader threads (or connections) answer look-ups.
     pub readers: usize,
+    /// How long after its last heartbeat this process counts as gone to
+    /// the others (the server's `instance_timeout_secs`): its heartbeat
+    /// writes it, so that each is judged by its own.
+    pub instance_timeout: Option<std::time::Duration>,
 }
 
 impl StoreSettings {
@@ -156,6 +189,7 @@ impl StoreSettings {
             checkpoints: Checkpoints::Server,
             max_batch: 8192,
             readers: 1,
+            instance_timeout: None,
         }
     }
 
@@ -168,7 +202,7 @@ impl StoreSettings {
 /// Opens (creating and migrating if needed, unless `if_missing` refuses)
 /// the database and starts the adapter's threads and connections.
 pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-    let shared = Shared::new()?;
+    let shared = Shared::new(settings.instance_timeout)?;
     let backend: Arc<dyn Backend> = match &settings.location {
         DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
             path,
@@ -199,11 +233,18 @@ pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
 }
 
 /// Test-only: the database as the release before credit grants left it
-/// (its migrations up to SQLite's V26 and Postgres's V17, and nothing
+/// (its migrations up to SQLite's V33 and Postgres's V24, and nothing
 /// after, not even the grants' backfill), to test an upgrade from it.
 pub fn migrate_as_before_grants_for_testing(location: &DatabaseLocation) -> Result<(), StoreError> {
     match location {
-        DatabaseLocation::Sqlite(path) => sqlite::migrate_until_for_testing(path, 26),
-        DatabaseLocation::Postgres(url) => postgres::migrate_until_for_testing(url, 17),
+        DatabaseLocation::Sqlite(path) => sqlite::migrate_until_for_testing(path, 33),
+        DatabaseLocation::Postgres(url) => postgres::migrate_until_for_testing(url, 24),
     }
+}
+
+/// Refuses a file that is not an sms-credit SQLite database (an empty
+/// file, another program's database, a newer release's), reading it only:
+/// what `restore` takes as a backup.
+pub fn check_backup_file(path: &Path) -> Result<(), String> {
+    sqlite::check_made_by_sms_credit(path)
 }

@@ -54,8 +54,10 @@ pub struct AutoTopUpView {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AttemptView {
-    /// When it started (Unix ms).
-    pub at: i64,
+    /// When it started.
+    #[serde(rename = "at", serialize_with = "crate::clock::rfc3339::serialize")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub at_ms: i64,
     pub amount_micros: i64,
     pub status: AttemptStatus,
     pub reason: Option<String>,
@@ -64,7 +66,7 @@ pub struct AttemptView {
 impl From<&AutoTopUpAttempt> for AttemptView {
     fn from(attempt: &AutoTopUpAttempt) -> AttemptView {
         AttemptView {
-            at: attempt.created_at_ms,
+            at_ms: attempt.created_at_ms,
             amount_micros: attempt.amount.micros(),
             status: attempt.status,
             reason: attempt.reason.clone(),

@@ -75,7 +75,8 @@ impl ConsentVia {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Consent {
-    #[serde(rename = "at")]
+    #[serde(rename = "at", serialize_with = "crate::clock::rfc3339::serialize")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub at_ms: i64,
     pub via: ConsentVia,
     pub text: String,

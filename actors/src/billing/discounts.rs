@@ -89,6 +89,11 @@ pub struct DiscountCode {
     pub current_uses: i64,
     pub active: bool,
     pub stripe_coupon_id: Option<String>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::stripe_refunds::RefundStanding;
 use crate::ledger::AccountId;
 use crate::money::{Money, MoneyError};
 
@@ -203,42 +204,54 @@ pub struct DisputeRecord {
     pub updated_at_ms: i64,
 }
 
-/// A refund Stripe reports failed (or canceled), to record once.
-#[derive(Clone, Debug)]
-pub struct FailedRefund {
-    pub refund_id: String,
-    pub order_id: i64,
-    pub amount: Money,
-    pub now_ms: i64,
-}
-
 /// What an order's refunds and disputes claim of its credit, read at one
-/// moment: the credit held back is what is refunded (less the refunds
-/// that failed) and what disputes hold, up to what the order credited.
+/// moment: the credit held back is what its refunds that stand and its
+/// disputes whose funds are withdrawn come to, up to what the order
+/// credited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OrderClaims {
-    /// What Stripe says is refunded of the order in all (the order's
-    /// figure, raised by each refund event before its credit is taken).
-    pub refunded: Money,
-    /// The refunds Stripe reported failed after they were made.
-    pub refunds_failed: Money,
+    /// What the order's refunds that stand (not failed nor canceled) come
+    /// to, each recorded once by its Stripe id (with a legacy record's).
+    pub refunds: Money,
     /// The amounts of the order's disputes whose funds are withdrawn.
     pub disputed: Money,
 }
 
+/// One claim on an order's credit as the store holds it: a refund by its
+/// standing, a dispute by where its funds stand (each read back typed, so
+/// a value this release does not know is an error, never left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredClaim {
+    Refund(Money, RefundStanding),
+    Dispute(Money, DisputeFunds),
+}
+
 impl OrderClaims {
+    /// What `claims`, all of an order's, come to.
+    pub fn of(claims: &[StoredClaim]) -> Result<OrderClaims, MoneyError> {
+        let mut totals = OrderClaims {
+            refunds: Money::ZERO,
+            disputed: Money::ZERO,
+        };
+        for claim in claims {
+            match *claim {
+                StoredClaim::Refund(amount, standing) if standing.holds_back() => {
+                    totals.refunds = totals.refunds.checked_add(amount)?;
+                }
+                StoredClaim::Dispute(amount, DisputeFunds::Withdrawn) => {
+                    totals.disputed = totals.disputed.checked_add(amount)?;
+                }
+                StoredClaim::Refund(..) | StoredClaim::Dispute(..) => {}
+            }
+        }
+        Ok(totals)
+    }
+
     /// The credit the order's refunds and disputes hold back, out of
     /// `credited`: never more than it, never less than nothing.
-    /// `refunded_at_least` is a refund total an event reports, which the
-    /// order's figure may not show yet.
-    pub fn held_back(
-        &self,
-        credited: Money,
-        refunded_at_least: Money,
-    ) -> Result<Money, MoneyError> {
-        let refunded = self.refunded.max(refunded_at_least);
-        let refunds = refunded.checked_sub(self.refunds_failed)?.max(Money::ZERO);
-        Ok(refunds
+    pub fn held_back(&self, credited: Money) -> Result<Money, MoneyError> {
+        Ok(self
+            .refunds
             .checked_add(self.disputed)?
             .min(credited)
             .max(Money::ZERO))
@@ -252,6 +265,29 @@ mod tests {
 
     fn dollars(amount: i64) -> Money {
         Money::from_micros(amount * 1_000_000)
+    }
+
+    #[test]
+    fn claims_count_the_refunds_that_stand_and_the_funds_withdrawn() {
+        use DisputeFunds::*;
+        use RefundStanding::*;
+        let claims = OrderClaims::of(&[
+            StoredClaim::Refund(dollars(3), Counted),
+            StoredClaim::Refund(dollars(4), Failed),
+            StoredClaim::Refund(dollars(2), Legacy),
+            StoredClaim::Refund(dollars(5), Replaced),
+            StoredClaim::Dispute(dollars(10), Withdrawn),
+            StoredClaim::Dispute(dollars(6), Reinstated),
+            StoredClaim::Dispute(dollars(7), None),
+        ])
+        .unwrap();
+        assert_eq!(
+            claims,
+            OrderClaims {
+                refunds: dollars(5),
+                disputed: dollars(10)
+            }
+        );
     }
 
     #[test]
@@ -301,39 +337,17 @@ mod tests {
 
     #[test]
     fn what_is_held_back_never_exceeds_the_credit_nor_goes_below_nothing() {
-        let claims = |refunded, refunds_failed, disputed| OrderClaims {
-            refunded: dollars(refunded),
-            refunds_failed: dollars(refunds_failed),
+        let claims = |refunds, disputed| OrderClaims {
+            refunds: dollars(refunds),
             disputed: dollars(disputed),
         };
         let ten = dollars(10);
-        assert_eq!(
-            claims(3, 0, 0).held_back(ten, Money::ZERO).unwrap(),
-            dollars(3)
-        );
-        assert_eq!(
-            claims(3, 0, 0).held_back(ten, dollars(5)).unwrap(),
-            dollars(5)
-        );
-        assert_eq!(claims(3, 0, 7).held_back(ten, Money::ZERO).unwrap(), ten);
-        assert_eq!(claims(10, 0, 10).held_back(ten, Money::ZERO).unwrap(), ten);
-        assert_eq!(
-            claims(10, 0, 10)
-                .held_back(dollars(5), Money::ZERO)
-                .unwrap(),
-            dollars(5)
-        );
-        assert_eq!(
-            claims(3, 3, 0).held_back(ten, Money::ZERO).unwrap(),
-            Money::ZERO
-        );
-        assert_eq!(
-            claims(0, 3, 0).held_back(ten, Money::ZERO).unwrap(),
-            Money::ZERO
-        );
-        assert_eq!(
-            claims(0, 3, 4).held_back(ten, Money::ZERO).unwrap(),
-            dollars(4)
-        );
+        assert_eq!(claims(3, 0).held_back(ten).unwrap(), dollars(3));
+        assert_eq!(claims(3, 7).held_back(ten).unwrap(), ten);
+        assert_eq!(claims(10, 10).held_back(ten).unwrap(), ten);
+        assert_eq!(claims(10, 10).held_back(dollars(5)).unwrap(), dollars(5));
+        assert_eq!(claims(0, 4).held_back(ten).unwrap(), dollars(4));
+        assert_eq!(claims(0, 0).held_back(ten).unwrap(), Money::ZERO);
+        assert_eq!(claims(3, 0).held_back(Money::ZERO).unwrap(), Money::ZERO);
     }
 }

@@ -68,6 +68,16 @@ pub struct EventRecord {
     /// The event in the core's words, as JSON.
     #[serde(skip)]
     pub payload: Option<String>,
+    #[serde(
+        rename = "received_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub received_at_ms: i64,
+    #[serde(
+        rename = "decided_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub decided_at_ms: Option<i64>,
 }

@@ -14,12 +14,12 @@ pub use super::event_log::{EventRecord, EventStatus};
 use super::gateway::{PaymentPurpose, RefundReport};
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
-use crate::account_actor::{Credit, TakeBackCause, TakenBack};
+use crate::account_actor::Credit;
 use crate::grants::GrantSource;
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
 use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
-use crate::webhooks::events::{payment_failed, payment_refunded, payment_succeeded, PaymentSource};
+use crate::webhooks::events::{payment_failed, payment_succeeded, PaymentSource};
 
 /// The Stripe events the product acts on, parsed by the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,21 +62,28 @@ pub enum StripeEvent {
     },
     /// `payment_method.detached`: the card can no longer be charged.
     PaymentMethodDetached { payment_method_id: String },
-    /// `charge.refunded`: `amount_refunded_cents` is the charge's cumulative total.
+    /// `charge.refunded`: `amount_refunded_cents` is the charge's running
+    /// total of its refunds, which decides nothing (Stripe does not say
+    /// whether a refund that fails stays in it).
     ChargeRefunded {
         charge_id: String,
         payment_intent_id: Option<String>,
         amount_refunded_cents: i64,
-        /// The charge's refunds, when the event lists them (they settle
-        /// the refund requests left `requested`).
+        /// The charge's refunds, as far as the event lists them.
         #[serde(default)]
         refunds: Vec<RefundReport>,
+        /// `refunds` is the charge's whole list (the event embeds it and
+        /// has no more). Not so for a list left out (Stripe's current API
+        /// versions) or cut short, nor for an event kept before this was
+        /// recorded: Stripe is then asked for the payment's refunds.
+        #[serde(default)]
+        refunds_complete: bool,
     },
     /// `refund.created`, `refund.updated`, `refund.failed`,
-    /// `charge.refund.updated`: settles the refund request it is, if that
-    /// was left `requested` (or ends it failed, if Stripe says the refund
-    /// failed). (The credit comes off with `charge.refunded`; a refund
-    /// that failed gives it back.)
+    /// `charge.refund.updated`: the refund is recorded as it stands (its
+    /// credit taken back, or given back if it failed), and the refund
+    /// request it is, if one was left `requested`, is settled (or ended
+    /// failed, if Stripe says the refund failed).
     RefundUpdated { refund: RefundReport },
     /// `charge.dispute.*`: a dispute (or an inquiry) of a payment.
     Dispute { dispute: DisputeReport },
@@ -683,44 +690,49 @@ impl Billing {
                 Ok(EventOutcome::Applied(format!("order {id} failed")))
             }
             StripeEvent::ChargeRefunded {
-                charge_id,
                 payment_intent_id,
                 amount_refunded_cents,
                 refunds,
+                refunds_complete,
+                ..
             } => {
-                self.settle_reported_refunds(refunds, now_ms).await?;
-                self.apply_refund(
-                    charge_id,
-                    payment_intent_id.as_deref(),
-                    *amount_refunded_cents,
+                // A list whose refunds come to less than the charge's
+                // running total (which counts every refund made, and may
+                // count those that failed) is not all of them, whatever it
+                // says.
+                let listed = refunds
+                    .iter()
+                    .filter_map(|refund| refund.amount_cents)
+                    .fold(0_i64, i64::saturating_add);
+                let all_listed = *refunds_complete && listed >= *amount_refunded_cents;
+                self.apply_refunds(payment_intent_id.as_deref(), refunds, !all_listed, now_ms)
+                    .await
+            }
+            StripeEvent::RefundUpdated { refund } => {
+                if refund.payment_intent_id.is_none() {
+                    let settled = self
+                        .settle_reported_refunds(std::slice::from_ref(refund), now_ms)
+                        .await?;
+                    return Ok(if settled == 0 {
+                        EventOutcome::Ignored(format!(
+                            "refund {} of a charge without a PaymentIntent",
+                            refund.refund_id
+                        ))
+                    } else {
+                        EventOutcome::Applied(format!(
+                            "refund request {:?} of order {:?} settled: refund {} {}",
+                            refund.number, refund.order_id, refund.refund_id, refund.status
+                        ))
+                    });
+                }
+                // Its own refund is all a refund event is about.
+                self.apply_refunds(
+                    refund.payment_intent_id.as_deref(),
+                    std::slice::from_ref(refund),
+                    false,
                     now_ms,
                 )
                 .await
-            }
-            StripeEvent::RefundUpdated { refund } => {
-                // A refund that failed gives its credit back first (or
-                // waits for its order): its request is settled with it,
-                // so Stripe's retry of a waiting event settles it then.
-                let failure = self.apply_refund_failure(refund, now_ms).await?;
-                if let Some(waiting @ EventOutcome::Waiting { .. }) = failure {
-                    return Ok(waiting);
-                }
-                let settled = self
-                    .settle_reported_refunds(std::slice::from_ref(refund), now_ms)
-                    .await?;
-                match (settled, failure) {
-                    (_, Some(outcome)) => Ok(outcome),
-                    (0, None) => Ok(EventOutcome::Ignored(format!(
-                        "refund {}: no refund request of this service waits for it",
-                        refund.refund_id
-                    ))),
-                    // Settled only a request its metadata names, so both
-                    // are there; said as Stripe sent them all the same.
-                    (_, None) => Ok(EventOutcome::Applied(format!(
-                        "refund request {:?} of order {:?} settled: refund {} {}",
-                        refund.number, refund.order_id, refund.refund_id, refund.status
-                    ))),
-                }
             }
             StripeEvent::Dispute { dispute } => self.apply_dispute(dispute, now_ms).await,
             StripeEvent::PaymentMethodDetached { payment_method_id } => {
@@ -820,97 +832,6 @@ impl Billing {
             }
         }
         Ok(EventOutcome::Applied(format!("order {order_id} completed")))
-    }
-
-    async fn apply_refund(
-        &self,
-        charge_id: &str,
-        payment_intent_id: Option<&str>,
-        amount_refunded_cents: i64,
-        now_ms: i64,
-    ) -> Result<EventOutcome, BillingError> {
-        let Some(payment_intent_id) = payment_intent_id.map(str::to_string) else {
-            return Ok(EventOutcome::Ignored(
-                "a refund of a charge without a PaymentIntent".into(),
-            ));
-        };
-        let order = self
-            .store
-            .billing()
-            .order_by_payment_intent(payment_intent_id.clone())
-            .await?;
-        let waiting = |detail: String| EventOutcome::Waiting {
-            detail,
-            on: payment_intent_key(&payment_intent_id),
-        };
-        let order = match order {
-            Some(order) if order.status != OrderStatus::Pending => order,
-            _ => {
-                return Ok(waiting(format!(
-                    "no completed order for PaymentIntent {payment_intent_id} yet"
-                )))
-            }
-        };
-        let cumulative = cents(amount_refunded_cents)?;
-        // The figure only rises: an event below it is an older one, which
-        // the later one's row covers. (One equal to it is this event again,
-        // or its retry after a failure between the figure and the row.)
-        if cumulative < order.amount_refunded {
-            return Ok(EventOutcome::Applied("no newly refunded amount".into()));
-        }
-        let Some(credited) = self.credited_by(&order).await? else {
-            return Ok(waiting(format!(
-                "order {}'s credit is not in the ledger yet",
-                order.id
-            )));
-        };
-        let (order_id, account_id) = (order.id, order.account_id);
-        let idempotency_key = IdempotencyKey::stripe_refund(charge_id, amount_refunded_cents)
-            .map_err(|_| BillingError::invalid_id("charge", charge_id))?;
-        // The figure is recorded before the credit is settled, as every
-        // claim on an order's credit is: a dispute or a failed refund of the
-        // order settled at the same moment on another instance counts it
-        // (the row raises it again, in its own transaction).
-        self.store
-            .billing()
-            .record_refunded(order_id, cumulative)
-            .await?;
-        // The account's actor decides how much comes off, from the ledger,
-        // and records it with the order's figure in one transaction.
-        let taken = self
-            .settle_credit(
-                &order,
-                credited,
-                idempotency_key,
-                format!("refund of order {order_id}"),
-                TakeBackCause::Refund {
-                    refunded: cumulative,
-                    refunded_before: order.amount_refunded,
-                },
-            )
-            .await?;
-        if let TakenBack::Nothing { refunded_before } = taken {
-            // Nothing to take back, so no row to carry the event: an event
-            // of its own, once per charge and total. A total below one the
-            // order already records (its event raced a later one, which
-            // went first) is old news: no event says a total went down.
-            if cumulative >= refunded_before {
-                let refunded = cumulative
-                    .checked_sub(order.amount_refunded)
-                    .ok()
-                    .filter(|refunded| refunded.is_positive())
-                    .unwrap_or(Money::ZERO);
-                let event = payment_refunded(&order, refunded, cumulative, Money::ZERO);
-                let dedupe_key = format!("payment.refunded:{charge_id}:{amount_refunded_cents}");
-                let event = event.standalone(account_id, dedupe_key, now_ms)?;
-                if self.store.webhooks().record_event(event).await? {
-                    self.store.webhooks_ready().notify_one();
-                }
-            }
-        }
-        Ok(EventOutcome::Applied(format!(
-            "order {order_id}: {cumulative} refunded in all"
-        )))
     }
 
     /// What an order credited when it was sold, which no refund takes back

@@ -11,9 +11,11 @@ pub mod disputes;
 pub mod event_log;
 pub mod events;
 pub mod gateway;
+pub mod legacy_refunds;
 pub mod orders;
 pub mod pricing;
 pub mod refunds;
+pub mod stripe_refunds;
 
 use crate::error::LedgerError;
 use crate::money::Money;
@@ -58,6 +60,10 @@ pub enum BillingError {
     /// refunded): a refund needs a new idempotency key.
     #[error("Stripe has no refund for refund request {0}, asked about after its key could have expired: nothing was refunded; ask again with a new idempotency key")]
     RefundNotMade(i64),
+    /// A refund Stripe reported does not match what is recorded of it
+    /// (another order, another amount): nothing was recorded.
+    #[error(transparent)]
+    RefundMismatch(#[from] stripe_refunds::RefundMismatch),
     #[error("the payment provider failed: {0}")]
     Gateway(String),
     /// Another instance is doing the same thing right now; retry shortly.

@@ -85,10 +85,22 @@ pub struct Order {
     pub stripe_session_id: Option<String>,
     pub stripe_payment_intent_id: Option<String>,
     pub discount_code_id: Option<i64>,
+    /// What the order's refunds that stand come to (not those that failed),
+    /// as recorded by their Stripe ids.
     #[serde(rename = "amount_refunded_micros")]
     pub amount_refunded: Money,
     pub status: OrderStatus,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
+    #[serde(
+        rename = "completed_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub completed_at_ms: Option<i64>,
 }
 

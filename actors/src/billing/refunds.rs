@@ -2,8 +2,9 @@
 //! `sms-credit orders refund`): recorded before Stripe is asked, with the
 //! refund's number on its order, from which Stripe's Idempotency-Key is
 //! made, so a repeated click or a retry refunds once. The credit comes off
-//! when Stripe's `charge.refunded` event arrives, exactly as for a refund
-//! made in Stripe's dashboard: one ledger row, whichever way it started.
+//! when Stripe's events about the refund arrive (its own, or the charge's),
+//! exactly as for a refund made in Stripe's dashboard: one ledger row, keyed
+//! by Stripe's refund id, whichever way it started.
 
 use std::collections::BTreeMap;
 
@@ -67,6 +68,11 @@ pub struct RefundRequest {
     pub reason: String,
     pub status: RefundStatus,
     pub stripe_refund_id: Option<String>,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
 }
 

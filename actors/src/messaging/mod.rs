@@ -103,6 +103,10 @@ pub enum MessagingError {
     InProgress,
     #[error("the message was not sent and its cost was given back: {0}")]
     NotSent(String),
+    /// Twilio was unavailable (a 5xx, a 429, no connection) and took
+    /// nothing: a service message may be sent again.
+    #[error("Twilio is unavailable, and nothing was sent: {0}")]
+    Unavailable(String),
     /// The account's number opted out of texts (it texted STOP): nothing
     /// is sent to it, nothing charged, until it texts START.
     #[error("the account's number opted out of texts (it texted STOP); nothing is sent to it until it texts START")]
@@ -434,6 +438,7 @@ impl Messaging {
                     opted_out: true,
                     detail,
                 },
+                SenderError::Unavailable(detail) => MessagingError::Unavailable(detail),
                 other => MessagingError::NotSent(other.to_string()),
             })?;
         self.record_service(account_id, to, body, kind, Some(accepted.sid), now_ms)
@@ -525,6 +530,81 @@ impl Messaging {
             }
         }
         Ok(Some(record))
+    }
+}
+
+/// Twilio's error code for a number that opted out (texted STOP to the
+/// service's number): "Attempt to send to unsubscribed recipient".
+pub const OPTED_OUT_ERROR: &str = "21610";
+
+/// What a signed Twilio status callback says of a message.
+#[derive(Clone, Copy, Debug)]
+pub struct StatusCallback<'a> {
+    pub sid: &'a str,
+    pub status: &'a str,
+    /// Twilio's error code, when it gave one (`21610`: opted out).
+    pub error_code: Option<&'a str>,
+    /// The number the message went to, when the callback says.
+    pub to: Option<&'a str>,
+    /// The number it was sent from, when the callback says.
+    pub from: Option<&'a str>,
+}
+
+impl Messaging {
+    /// A signed status callback: as [`Messaging::handle_status`]; a
+    /// message that `failed` (or was `undelivered`) with 21610 records
+    /// that its number opted out, as a 21610 answer to a send does, so that
+    /// nothing more goes to it. A callback carries no time and may be sent
+    /// again (replayed, or late): about a message sent before the number
+    /// opted back in (START), it records nothing. For a message not
+    /// recorded (its callback came before the send's answer was recorded)
+    /// the number is the callback's `To`, believed only when its `From` is
+    /// the service's number (`service_number`): another number of the
+    /// Twilio account is not this service's.
+    pub async fn handle_status_callback(
+        &self,
+        callback: StatusCallback<'_>,
+        service_number: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Option<MessageRecord>, MessagingError> {
+        let StatusCallback {
+            sid,
+            status,
+            error_code,
+            to,
+            from,
+        } = callback;
+        let record = self.handle_status(sid, status, now_ms).await?;
+        let refused = matches!(status, "failed" | "undelivered");
+        if !refused || error_code != Some(OPTED_OUT_ERROR) {
+            return Ok(record);
+        }
+        let (to, sent_at_ms) = match &record {
+            Some(record) => (record.to.as_str(), Some(record.created_at_ms)),
+            None => match to {
+                Some(to) if from.is_some() && from == service_number => (to, None),
+                _ => {
+                    tracing::warn!(
+                        sid,
+                        "Twilio said an unknown message's number opted out (21610), but not from the service's number: nothing recorded"
+                    );
+                    return Ok(record);
+                }
+            },
+        };
+        let phone = PhoneNumber::parse(to).map_err(RatingError::from)?;
+        let recorded = self
+            .store
+            .opt_outs()
+            .record_carrier_opt_out(phone, sent_at_ms, now_ms)
+            .await?;
+        if !recorded {
+            tracing::info!(
+                sid,
+                "a 21610 callback about a message sent before its number opted back in: nothing recorded"
+            );
+        }
+        Ok(record)
     }
 }
 

@@ -207,7 +207,17 @@ pub struct Notice {
     pub state: NoticeState,
     /// Tries so far, this one included when claimed.
     pub attempts: i64,
+    #[serde(
+        rename = "created_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub created_at_ms: i64,
+    #[serde(
+        rename = "sent_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub sent_at_ms: Option<i64>,
     /// Why the last try did not send it.
     pub last_error: Option<String>,

@@ -149,8 +149,12 @@ pub struct ReservationSweep {
     /// The sweeping instance: its lease holds while it is alive.
     pub instance_id: String,
     pub now_ms: i64,
-    /// Instances whose heartbeat is at or after this are alive.
-    pub alive_since_ms: i64,
+    /// An instance is alive while its last heartbeat is younger than its
+    /// own timeout (`instances.timeout_ms`, which its heartbeat writes);
+    /// this long for one that does not say (the sweeper's own timeout).
+    /// A reservation of a gone instance is taken once it is older than
+    /// this, too.
+    pub fallback_timeout_ms: i64,
     /// A live instance's reservation made before this is taken (its own
     /// send is long over); one made since is left to it.
     pub stale_before_ms: i64,
@@ -168,8 +172,9 @@ pub struct OpenReservation {
     pub body_sha256: Option<String>,
     /// Giving its cost back had begun: it is finished, never marked sent.
     pub voiding: bool,
-    /// The instance that reserved it has stopped (no heartbeat since
-    /// `alive_since_ms`, or it left): no send of it is still in flight.
+    /// The instance that reserved it has stopped (no heartbeat for longer
+    /// than its own timeout, or it left): no send of it is still in
+    /// flight.
     pub owner_gone: bool,
 }
 

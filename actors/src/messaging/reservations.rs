@@ -61,15 +61,17 @@ enum Resolution {
 
 impl Messaging {
     /// Resolves the open reservations due (see the module's doc): those of
-    /// instances that stopped (no heartbeat at or after `alive_since_ms`)
-    /// and those of live instances older than [`LOOK_AFTER_MS`]. Each is
+    /// instances that stopped (no heartbeat for longer than their own
+    /// instance timeout; `timeout_ms`, this instance's own, for one that
+    /// does not say) and those of live instances older than
+    /// [`LOOK_AFTER_MS`]. Each is
     /// taken under a lease, so that instances sweeping at once share them
     /// out; its state moves only from reserved, once, so a send answered
     /// late and the sweep never both resolve it.
     pub async fn resolve_reservations(
         &self,
         now_ms: i64,
-        alive_since_ms: i64,
+        timeout_ms: i64,
     ) -> Result<SweepReport, MessagingError> {
         let mut report = SweepReport::default();
         loop {
@@ -79,7 +81,7 @@ impl Messaging {
                 .claim_open_reservations(ReservationSweep {
                     instance_id: self.store.instance_id().to_string(),
                     now_ms,
-                    alive_since_ms,
+                    fallback_timeout_ms: timeout_ms,
                     stale_before_ms: now_ms.saturating_sub(LOOK_AFTER_MS),
                     lease_until_ms: now_ms.saturating_add(SWEEP_LEASE_MS),
                     limit: SWEEP_BATCH,

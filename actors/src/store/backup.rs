@@ -11,8 +11,13 @@ pub const BACKUP_DUE_AFTER_MS: i64 = 24 * 60 * 60 * 1000;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BackupRecord {
-    /// When its snapshot was read (Unix milliseconds): the moment of the
+    /// When its snapshot was read: the moment of the
     /// database it holds.
+    #[serde(
+        rename = "taken_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub taken_at_ms: i64,
     /// Where the file was put.
     pub path: String,

@@ -1,16 +1,25 @@
 //! `sms-credit copy`: every row of one store into another that holds no
 //! data yet (the way a user moves from the embedded SQLite file to Postgres,
-//! or back). The source is read a page at a time in key order; the target
-//! takes every page in one transaction, so a copy that fails leaves it
-//! empty. Both sides are verified afterwards and the row counts compared.
+//! or back). The source ([`Source`]) is opened to be read only, checked
+//! (no instance running on it, its verify clean) before any target is
+//! looked at, and read a page at a time in key order; the target takes
+//! every page in one transaction, and commits it only when the export says
+//! it read every table to its end ([`CopyMessage::Finished`], sent only
+//! once no instance started on the source meanwhile), as many rows of each
+//! arrived, and the target's verify, run inside that transaction, is clean
+//! and agrees with the source's: a copy that fails anywhere leaves the
+//! target empty.
 //!
 //! The tables and their columns are listed here once; both schemas have
 //! them with the same names and values (times in Unix milliseconds, money in
 //! micro-dollars, flags as 0/1), so rows move as they are.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::sync::mpsc;
 
-use super::{Store, StoreError};
+use super::{SourceStore, Store, StoreError, TestHold};
+use crate::clock::Clock;
 use crate::verify::VerifyReport;
 
 /// What a column holds.
@@ -62,8 +71,9 @@ use ColumnType::{Integer as I, Text as T};
 /// Every table with data, parents before children. Not copied: which
 /// instances are running (`instances`), SQLite's change notes for other
 /// processes (`ledger_changes`), feed tickets (`feed_tickets`: they live
-/// 30 s, and no instance runs during a copy) and the migration history
-/// (each side has its own).
+/// 30 s, and no instance runs during a copy), the legacy refund sweep's
+/// claims (`stripe_refunds.claimed_until`: a lease of an instance) and the
+/// migration history (each side has its own).
 pub const TABLES: &[Table] = &[
     Table {
         name: "accounts",
@@ -239,12 +249,16 @@ pub const TABLES: &[Table] = &[
         seeded: false,
     },
     Table {
-        name: "failed_refunds",
+        name: "stripe_refunds",
         columns: &[
             ("refund_id", T),
             ("order_id", I),
             ("amount", I),
-            ("failed_at", I),
+            ("standing", T),
+            ("stripe_status", T),
+            ("recorded_by", T),
+            ("recorded_at", I),
+            ("updated_at", I),
         ],
         key: &[0],
         has_id_sequence: false,
@@ -278,6 +292,21 @@ pub const TABLES: &[Table] = &[
             ("used_at", I),
             ("country", T),
             ("lifted", I),
+            ("customer", I),
+            ("capped", I),
+        ],
+        key: &[0],
+        has_id_sequence: true,
+        seeded: false,
+    },
+    Table {
+        name: "sign_in_wrong_codes",
+        columns: &[
+            ("id", I),
+            ("phone", T),
+            ("client_address", T),
+            ("created_at", I),
+            ("lifted", I),
         ],
         key: &[0],
         has_id_sequence: true,
@@ -302,7 +331,15 @@ pub const TABLES: &[Table] = &[
             ("phone", T),
             ("created_at", I),
             ("expires_at", I),
+            ("wrong_discount_codes", I),
         ],
+        key: &[0],
+        has_id_sequence: false,
+        seeded: false,
+    },
+    Table {
+        name: "opt_ins",
+        columns: &[("phone", T), ("opted_in_at", I)],
         key: &[0],
         has_id_sequence: false,
         seeded: false,
@@ -527,6 +564,35 @@ pub struct Page {
     pub rows: Vec<CopyRow>,
 }
 
+/// What the export hands the import.
+#[derive(Debug)]
+pub enum CopyMessage {
+    /// Rows of one table, in key order.
+    Page(Page),
+    /// The last word: every table was read to its end. Without it (the
+    /// export failed and hung up) the import writes nothing.
+    Finished(Finished),
+}
+
+/// What the export read, for the import to check before it commits.
+#[derive(Debug)]
+pub struct Finished {
+    /// Each table's row count.
+    pub tables: Vec<(&'static str, u64)>,
+    /// The source's verify report, when the target must agree with it
+    /// (a copy, a restore; a backup's snapshot is read while writers go on,
+    /// so its caller checks the file alone).
+    pub source: Option<VerifyReport>,
+}
+
+/// What the import committed: each table's row count, and the target's
+/// verify report, read in the transaction that committed them.
+#[derive(Debug)]
+pub struct Imported {
+    pub tables: Vec<(&'static str, u64)>,
+    pub target: VerifyReport,
+}
+
 /// Rows read from the source at a time.
 pub const PAGE_ROWS: i64 = 1_000;
 
@@ -535,14 +601,43 @@ pub const PAGE_ROWS: i64 = 1_000;
 pub enum CopyError {
     #[error("the target already holds data (table {0}); copy only into a database with none")]
     TargetNotEmpty(&'static str),
-    #[error("{}", source_in_use(.instances, *.now_ms, *.timeout_ms))]
+    /// An SQLite file with tables but no sms-credit migration history:
+    /// another program's database, refused before it is touched.
+    #[error(
+        "it is not an sms-credit database ({0}); copy only into a new file, an empty one, or \
+         an sms-credit database that holds no data"
+    )]
+    TargetNotOurs(String),
+    /// Another copy or restore put a new SQLite file where this one was to
+    /// go while this one ran: it stays, and this one's is removed.
+    #[error(
+        "another copy or restore made the file while this one ran; it is left as that one \
+         made it, and nothing of this one is left"
+    )]
+    TargetMadeMeanwhile,
+    #[error("{}", source_in_use(.instances, *.now_ms, *.fallback_timeout_ms))]
     SourceInUse {
-        /// Each instance's id and its last heartbeat.
-        instances: Vec<(String, i64)>,
+        /// Each running instance: its id, its last heartbeat, and how long
+        /// after it the instance counts as gone (its own timeout).
+        instances: Vec<RunningInstance>,
         now_ms: i64,
-        /// How long after its last heartbeat an instance counts as gone.
-        timeout_ms: i64,
+        /// The timeout `copy` judged an instance that does not say its own
+        /// by (an earlier release's): copy's own setting.
+        fallback_timeout_ms: i64,
     },
+    /// An instance started on the source while its rows were read: what
+    /// was read may not be one moment of it, so nothing is committed.
+    #[error(
+        "an instance started on the source during the copy ({}); nothing was written to the \
+         target: stop it, and copy again",
+        .0.iter().map(|instance| instance.id.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    SourceStarted(Vec<RunningInstance>),
+    /// The source's migration history is not this release's: its tables
+    /// may not be the ones this release copies. Refused before anything
+    /// is read or changed.
+    #[error("{0}")]
+    SourceNotCurrent(String),
     #[error(
         "table {table}: {exported} rows read from the source but {imported} written to the target"
     )]
@@ -551,10 +646,14 @@ pub enum CopyError {
         exported: u64,
         imported: u64,
     },
-    #[error("verify is not clean on the {side} after the copy: {problems} problems")]
+    #[error("verify is not clean on the {side}: {problems} problems")]
     NotClean { side: &'static str, problems: usize },
     #[error("the two sides differ after the copy: {0}")]
     Differs(String),
+    /// The export hung up before it had read every table (its own error
+    /// says why): nothing was written.
+    #[error("the source was not read to its end; nothing was written to the target")]
+    Unfinished,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -567,97 +666,211 @@ pub struct CopyReport {
     pub target: VerifyReport,
 }
 
+/// An instance that beats a heartbeat on a copy's source.
+#[derive(Debug, Clone)]
+pub struct RunningInstance {
+    pub id: String,
+    pub heartbeat_ms: i64,
+    /// How long after its heartbeat it counts as gone: its own
+    /// `instance_timeout_secs`, as its heartbeat wrote it; `None` when it
+    /// does not say (an earlier release's), and copy's own was used.
+    pub own_timeout_ms: Option<i64>,
+}
+
 /// Why a copy waits: who beats a heartbeat on the source, since when, and
 /// when each counts as gone, so that an operator after a crash knows it is
 /// a stale heartbeat, how long it lasts and what governs it.
-fn source_in_use(instances: &[(String, i64)], now_ms: i64, timeout_ms: i64) -> String {
+fn source_in_use(instances: &[RunningInstance], now_ms: i64, fallback_timeout_ms: i64) -> String {
     let seconds = |ms: i64| (ms.max(0) + 999) / 1_000;
+    let gone_at = |instance: &RunningInstance| {
+        instance
+            .heartbeat_ms
+            .saturating_add(instance.own_timeout_ms.unwrap_or(fallback_timeout_ms))
+    };
     let listed: Vec<String> = instances
         .iter()
-        .map(|(id, beat_ms)| {
+        .map(|instance| {
+            let timeout = match instance.own_timeout_ms {
+                Some(timeout) => format!("its instance_timeout_secs is {} s", timeout / 1_000),
+                None => format!(
+                    "an earlier release's, which does not say its timeout: copy's own, {} s",
+                    fallback_timeout_ms / 1_000
+                ),
+            };
             format!(
-                "{id} (last heartbeat {} s ago, at {}; counts as running for {} s more)",
-                now_ms.saturating_sub(*beat_ms).max(0) / 1_000,
-                crate::clock::format_rfc3339_ms(*beat_ms),
-                seconds(beat_ms.saturating_add(timeout_ms).saturating_sub(now_ms)),
+                "{} (last heartbeat {} s ago, at {}; {timeout}; counts as running for {} s more)",
+                instance.id,
+                now_ms.saturating_sub(instance.heartbeat_ms).max(0) / 1_000,
+                crate::clock::format_rfc3339_ms(instance.heartbeat_ms),
+                seconds(gone_at(instance).saturating_sub(now_ms)),
             )
         })
         .collect();
-    let clears_at = instances
-        .iter()
-        .map(|(_, beat_ms)| beat_ms.saturating_add(timeout_ms))
-        .max()
-        .unwrap_or(now_ms);
+    let clears_at = instances.iter().map(gone_at).max().unwrap_or(now_ms);
     format!(
         "instances are running on the source: {}. Stop them first, so that nothing changes \
          during the copy. If they are stopped already (a crash leaves its heartbeat behind), \
-         each counts as gone {} s after its last heartbeat (instance_timeout_secs, \
-         SMS_CREDIT_INSTANCE_TIMEOUT_SECS): copy again at {} (in {} s)",
+         each counts as gone once its own instance_timeout_secs \
+         (SMS_CREDIT_INSTANCE_TIMEOUT_SECS, the setting it was started with) has passed since \
+         its last heartbeat: copy again at {} (in {} s)",
         listed.join(", "),
-        timeout_ms / 1_000,
         crate::clock::format_rfc3339_ms(clears_at),
         seconds(clears_at.saturating_sub(now_ms)),
     )
 }
 
-/// Refuses a source that instances are using: one whose heartbeat is less
-/// than `timeout_ms` old (the servers' own rule for an instance that is
-/// gone). Reads the source only.
+/// A copy's source, opened to be read only (`adapters::open_source`):
+/// `copy`'s --from, or restore's copy of its backup.
+pub struct Source {
+    backend: Box<dyn SourceStore>,
+    /// Test-only: the export stops just after it handed over its first
+    /// page, until the test lets it go.
+    hold_after_first_page: Mutex<Option<Arc<TestHold>>>,
+}
+
+impl Source {
+    /// The handle to an adapter's source (made by `adapters::open_source`).
+    pub fn new(backend: Box<dyn SourceStore>) -> Source {
+        Source {
+            backend,
+            hold_after_first_page: Mutex::new(None),
+        }
+    }
+
+    /// Test-only: the next copy from this source stops just after its
+    /// first page went to the target, until the test releases the hold it
+    /// is handed (so that a test can put another fill, or a server's
+    /// start, in that moment).
+    pub fn hold_after_first_page_for_testing(&self) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .hold_after_first_page
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(&hold));
+        hold
+    }
+
+    /// Where the first page has gone: stops there while a test holds it.
+    async fn first_page_sent(&self) {
+        let hold = self
+            .hold_after_first_page
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(hold) = hold {
+            hold.reached.add_permits(1);
+            if let Ok(permit) = hold.released.acquire().await {
+                permit.forget();
+            }
+        }
+    }
+}
+
+/// Refuses a source that instances are using: one whose heartbeat is
+/// younger than its own timeout (the servers' rule for an instance that is
+/// gone, by the instance's own `instance_timeout_secs`, which its
+/// heartbeat writes; `fallback_timeout_ms` for one that does not say).
 pub async fn check_source_stopped(
-    source: &Store,
+    source: &Source,
     now_ms: i64,
-    timeout_ms: i64,
+    fallback_timeout_ms: i64,
 ) -> Result<(), CopyError> {
-    let running = source
-        .instances()
-        .alive(now_ms.saturating_sub(timeout_ms))
-        .await?;
+    let running = running_on(source, now_ms, fallback_timeout_ms).await?;
     if running.is_empty() {
         return Ok(());
     }
     Err(CopyError::SourceInUse {
         instances: running,
         now_ms,
-        timeout_ms,
+        fallback_timeout_ms,
     })
 }
 
-/// Copies every row of `source` into `target` (which must hold no data),
-/// then verifies both and compares them; refused while instances use the
-/// source (see [`check_source_stopped`]).
-pub async fn copy(
-    source: &Store,
-    target: &Store,
+/// The instances alive on `source` at `now_ms`, each by its own timeout.
+async fn running_on(
+    source: &Source,
     now_ms: i64,
-    timeout_ms: i64,
-) -> Result<CopyReport, CopyError> {
-    check_source_stopped(source, now_ms, timeout_ms).await?;
-    copy_rows(source, target).await
+    fallback_timeout_ms: i64,
+) -> Result<Vec<RunningInstance>, CopyError> {
+    Ok(source
+        .backend
+        .beats()
+        .await?
+        .into_iter()
+        .filter(|beat| beat.is_alive(now_ms, fallback_timeout_ms))
+        .map(|beat| RunningInstance {
+            own_timeout_ms: beat.timeout_ms,
+            id: beat.id,
+            heartbeat_ms: beat.heartbeat_ms,
+        })
+        .collect())
+}
+
+/// The source's verify report; a source that is not clean is refused
+/// (before any target is looked at).
+pub async fn verify_source(source: &Source) -> Result<VerifyReport, CopyError> {
+    let report = source.backend.verify().await?;
+    if !report.is_clean() {
+        return Err(CopyError::NotClean {
+            side: "source",
+            problems: report.problems.len(),
+        });
+    }
+    Ok(report)
+}
+
+/// What a copy checks of its source once every row is read, before the
+/// target may commit: that no instance started on it meanwhile (`copy`,
+/// whose source is a database servers may start on; a restore reads a
+/// copy of its own).
+pub struct StillStopped {
+    pub clock: Arc<dyn Clock>,
+    /// The timeout an instance that does not say its own is judged by.
+    pub fallback_timeout_ms: i64,
 }
 
 /// Copies every row of `source` (which nothing writes to meanwhile: a
-/// stopped database, or a backup file) into `target` (which must hold no
-/// data), then verifies both and compares them. `sms-credit restore` is
-/// this, from a backup file.
-pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, CopyError> {
-    let (pages, receiver) = mpsc::channel::<Page>(4);
+/// stopped database, or a copy of a backup file), whose verify report is
+/// `source_report` ([`verify_source`]), into `target` (which must hold no
+/// data): the target commits only once every row is in, its verify agrees,
+/// and, with `still_stopped`, no instance started on the source meanwhile.
+/// `sms-credit copy` and `restore` are this.
+pub async fn copy_rows(
+    source: &Source,
+    source_report: VerifyReport,
+    target: &Store,
+    still_stopped: Option<StillStopped>,
+) -> Result<CopyReport, CopyError> {
+    let (pages, receiver) = mpsc::channel::<CopyMessage>(4);
     let import = target.copying().import(receiver);
+    let expected = source_report.clone();
     let export = async move {
         let mut counts = Vec::new();
+        let mut first_page = true;
         for table in TABLES {
             let mut after = None;
             let mut count = 0_u64;
             loop {
                 let rows = source
-                    .copying()
+                    .backend
                     .export_page(table, after.take(), PAGE_ROWS)
                     .await?;
                 let full = rows.len() as i64 == PAGE_ROWS;
                 count += rows.len() as u64;
                 after = rows.last().map(|row| table.key_of(row));
-                if !rows.is_empty() && pages.send(Page { table, rows }).await.is_err() {
-                    // The target stopped taking pages: its error says why.
-                    return Ok(counts);
+                if !rows.is_empty() {
+                    if pages
+                        .send(CopyMessage::Page(Page { table, rows }))
+                        .await
+                        .is_err()
+                    {
+                        // The target stopped taking pages: its error says why.
+                        return Ok(counts);
+                    }
+                    if first_page {
+                        first_page = false;
+                        source.first_page_sent().await;
+                    }
                 }
                 if !full {
                     break;
@@ -665,62 +878,93 @@ pub async fn copy_rows(source: &Store, target: &Store) -> Result<CopyReport, Cop
             }
             counts.push((table.name, count));
         }
+        // Without the last word the import commits nothing.
+        if let Some(check) = &still_stopped {
+            let started =
+                running_on(source, check.clock.now_ms(), check.fallback_timeout_ms).await?;
+            if !started.is_empty() {
+                return Err(CopyError::SourceStarted(started));
+            }
+        }
+        finish(&pages, &counts, Some(expected)).await;
         Ok::<_, CopyError>(counts)
     };
     let (exported, imported) = futures_util::join!(export, import);
-    let imported = imported?;
+    // The export's error is the cause of the import's `Unfinished`.
     let exported = exported?;
-    same_counts(&exported, &imported)?;
-
-    let source_report = source.ledger().verify().await?;
-    let target_report = target.ledger().verify().await?;
-    for (side, report) in [("source", &source_report), ("target", &target_report)] {
-        if !report.is_clean() {
-            return Err(CopyError::NotClean {
-                side,
-                problems: report.problems.len(),
-            });
-        }
-    }
-    if (
-        source_report.accounts_checked,
-        source_report.transactions_checked,
-    ) != (
-        target_report.accounts_checked,
-        target_report.transactions_checked,
-    ) {
-        return Err(CopyError::Differs(format!(
-            "{} accounts and {} transactions on the source, {} and {} on the target",
-            source_report.accounts_checked,
-            source_report.transactions_checked,
-            target_report.accounts_checked,
-            target_report.transactions_checked
-        )));
-    }
+    let imported = imported?;
     Ok(CopyReport {
         tables: exported,
         source: source_report,
-        target: target_report,
+        target: imported.target,
     })
+}
+
+/// Tells the import that the export read everything (it may commit). An
+/// import that has stopped already has its own error to tell.
+async fn finish(
+    pages: &mpsc::Sender<CopyMessage>,
+    counts: &[(&'static str, u64)],
+    source: Option<VerifyReport>,
+) {
+    let _ = pages
+        .send(CopyMessage::Finished(Finished {
+            tables: counts.to_vec(),
+            source,
+        }))
+        .await;
 }
 
 /// Copies one moment of `source`, which writers may be writing to, into
 /// `target` (which must hold no data): every row read in one transaction
-/// ([`super::CopyStore::export_snapshot`]), written in one. Answers each
-/// table's row count; the caller verifies the target.
+/// ([`super::CopyStore::export_snapshot`]), written in one that commits only
+/// once the snapshot was read to its end and the target's verify is clean.
+/// Answers each table's row count.
 pub async fn copy_snapshot(
     source: &Store,
     target: &Store,
 ) -> Result<Vec<(&'static str, u64)>, CopyError> {
-    let (pages, receiver) = mpsc::channel::<Page>(4);
-    let (exported, imported) = futures_util::join!(
-        source.copying().export_snapshot(pages),
-        target.copying().import(receiver)
-    );
-    let imported = imported?;
+    let (pages, receiver) = mpsc::channel::<CopyMessage>(4);
+    let export = async move {
+        let counts = source.copying().export_snapshot(pages.clone()).await?;
+        finish(&pages, &counts, None).await;
+        Ok::<_, CopyError>(counts)
+    };
+    let (exported, imported) = futures_util::join!(export, target.copying().import(receiver));
     let exported = exported?;
-    same_counts(&exported, &imported)?;
+    imported?;
     Ok(exported)
+}
+
+/// What an import checks, in its transaction, before it commits: as many
+/// rows of each table as the export read, and a target whose verify is
+/// clean and counts what the source's did. Shared by the adapters.
+pub fn check_import(
+    finished: &Finished,
+    imported: &[(&'static str, u64)],
+    target: &VerifyReport,
+) -> Result<(), CopyError> {
+    same_counts(&finished.tables, imported)?;
+    if !target.is_clean() {
+        return Err(CopyError::NotClean {
+            side: "target",
+            problems: target.problems.len(),
+        });
+    }
+    if let Some(source) = &finished.source {
+        if (source.accounts_checked, source.transactions_checked)
+            != (target.accounts_checked, target.transactions_checked)
+        {
+            return Err(CopyError::Differs(format!(
+                "{} accounts and {} transactions on the source, {} and {} on the target",
+                source.accounts_checked,
+                source.transactions_checked,
+                target.accounts_checked,
+                target.transactions_checked
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Every table exported arrived whole: as many rows imported as exported

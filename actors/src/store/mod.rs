@@ -23,7 +23,6 @@ use crate::feed::FeedHub;
 use crate::grants::CreditGrant;
 use crate::ledger::{AccountId, LedgerEntry, Snapshot, Standing, TransactionKind};
 use crate::messaging::notices::NewNotice;
-use crate::money::Money;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 use crate::webhooks::NewEvent;
 
@@ -32,8 +31,8 @@ pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BackupStore, BillingStore,
     CopyStore, EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore,
     LedgerStore, MessageStore, OptOutStore, OrderCompletion, PriceAccess, PriceCheck,
-    ReceivedEvent, Reception, ReportStore, SignInStore, StoreFuture, StripeEventStore, TokenStore,
-    WebhookStore,
+    ReceivedEvent, Reception, ReportStore, SignInStore, SourceStore, StoreFuture, StripeEventStore,
+    TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -70,29 +69,16 @@ pub struct LedgerWrite {
 /// What a ledger write queues besides its row: a notice it makes due (a
 /// low-balance warning), a pending notice it withdraws (the warning of a
 /// message whose cost it gives back), the webhook events it causes (a
-/// balance crossing, a payment) and, for credit taken back for a refund,
-/// the order's refunded figure.
+/// balance crossing, a payment) and the grant it makes.
 #[derive(Debug, Default)]
 pub struct Outbox {
     pub notice: Option<NewNotice>,
     /// A notice still `pending` that becomes `withdrawn` with the write.
     pub withdraw_notice: Option<i64>,
     pub events: Vec<NewEvent>,
-    /// The order whose refund the row takes credit back for, raised to
-    /// what Stripe says is refunded of it in all.
-    pub order_refunded: Option<OrderRefunded>,
     /// The grant the row makes (a credit, a positive adjustment): its
     /// `credit_grants` row.
     pub grant: Option<CreditGrant>,
-}
-
-/// What Stripe says is refunded of an order in all: the order's
-/// `amount_refunded` is raised to it (never lowered), and the order is
-/// `refunded` once it reaches what was paid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct OrderRefunded {
-    pub order_id: i64,
-    pub refunded: Money,
 }
 
 impl LedgerWrite {
@@ -110,12 +96,6 @@ impl LedgerWrite {
 
     pub fn events(&self) -> &[NewEvent] {
         self.outbox.as_ref().map_or(&[], |outbox| &outbox.events)
-    }
-
-    pub fn order_refunded(&self) -> Option<OrderRefunded> {
-        self.outbox
-            .as_ref()
-            .and_then(|outbox| outbox.order_refunded)
     }
 
     pub fn grant(&self) -> Option<&CreditGrant> {
@@ -269,6 +249,11 @@ pub(crate) struct Shared {
     /// Names this store among the processes sharing the database, so that
     /// each learns only of the others' writes.
     pub(crate) origin: String,
+    /// How long after its last heartbeat this process counts as gone to
+    /// the others (the server's `instance_timeout_secs`), which its
+    /// heartbeat writes; `None` for a process that runs no instance jobs
+    /// (a command).
+    instance_timeout_ms: Option<i64>,
     /// Where the accounts that moved under this process are sent (the
     /// registry listens, so that live actors reload).
     moved: mpsc::UnboundedSender<Moved>,
@@ -317,6 +302,10 @@ pub(crate) struct Shared {
     /// Test-only: the next Stripe event found to wait stops just before
     /// it is recorded waiting, until the test lets it go.
     hold_next_waiting_mark: Mutex<Option<Arc<TestHold>>>,
+    /// Test-only: the take-back whose idempotency key this is stops once
+    /// its amount is decided, before it is written, until the test lets
+    /// it go.
+    hold_take_back: Mutex<Option<(String, Arc<TestHold>)>>,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -325,12 +314,53 @@ pub(crate) struct Shared {
     next_generation: AtomicU64,
 }
 
+/// This process's name among those sharing the database: random, and
+/// ending with how long after its last heartbeat it counts as gone
+/// (`3f9a…-200000ms`). Its heartbeat writes that timeout in a column of
+/// its own (`instances.timeout_ms`), by which every other instance judges
+/// it; the name says it too, as an earlier release's only did (the
+/// migration that added the column reads it from there for such a row).
+fn instance_name(random: &str, instance_timeout: Option<std::time::Duration>) -> String {
+    match instance_timeout {
+        Some(timeout) => format!("{random}-{}ms", crate::clock::millis(timeout)),
+        None => random.to_string(),
+    }
+}
+
+/// An instance's row: its last heartbeat, and how long after it the
+/// instance counts as gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceBeat {
+    pub id: String,
+    pub heartbeat_ms: i64,
+    /// Its own timeout, as its heartbeat wrote it (or, for an earlier
+    /// release's, as its name says); `None` when it does not say, and the
+    /// judge's own is used.
+    pub timeout_ms: Option<i64>,
+}
+
+impl InstanceBeat {
+    /// Whether it is alive at `now_ms`: its last heartbeat younger than
+    /// its own timeout (`fallback_timeout_ms`, the judge's, when it does
+    /// not say).
+    pub fn is_alive(&self, now_ms: i64, fallback_timeout_ms: i64) -> bool {
+        let timeout = self.timeout_ms.unwrap_or(fallback_timeout_ms);
+        self.heartbeat_ms >= now_ms.saturating_sub(timeout)
+    }
+}
+
 impl Shared {
-    pub(crate) fn new() -> Result<Arc<Shared>, StoreError> {
+    /// What every adapter shares; `instance_timeout` (the server's
+    /// `instance_timeout_secs`) is what this process's heartbeat writes,
+    /// and goes into its name ([`instance_name`]).
+    pub(crate) fn new(
+        instance_timeout: Option<std::time::Duration>,
+    ) -> Result<Arc<Shared>, StoreError> {
         let (moved, moved_receiver) = mpsc::unbounded_channel();
         let (auto_top_up_changed, auto_top_up_receiver) = mpsc::unbounded_channel();
         Ok(Arc::new(Shared {
-            origin: crate::random::random_secret("")?[..16].to_string(),
+            origin: instance_name(&crate::random::random_secret("")?[..16], instance_timeout),
+            instance_timeout_ms: instance_timeout.map(crate::clock::millis),
             moved,
             moved_receiver: Mutex::new(Some(moved_receiver)),
             auto_top_up_changed,
@@ -350,6 +380,7 @@ impl Shared {
             fail_write_part: Mutex::new(None),
             fail_write_part_armed: AtomicBool::new(false),
             hold_next_waiting_mark: Mutex::new(None),
+            hold_take_back: Mutex::new(None),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -512,6 +543,15 @@ impl TestHold {
     pub fn release(&self) {
         self.released.add_permits(1);
     }
+
+    /// Where the flow stops: tells the test it is there, and waits until
+    /// the test lets it go.
+    pub(crate) async fn stop_here(&self) {
+        self.reached.add_permits(1);
+        if let Ok(permit) = self.released.acquire().await {
+            permit.forget();
+        }
+    }
 }
 
 /// Counts one down from `counter`: `false` when it was already 0.
@@ -599,6 +639,12 @@ impl Store {
     /// This store's name among the instances sharing the database.
     pub fn instance_id(&self) -> &str {
         &self.shared.origin
+    }
+
+    /// How long after its last heartbeat this process counts as gone (see
+    /// [`InstanceStore::heartbeat`]).
+    pub fn instance_timeout_ms(&self) -> Option<i64> {
+        self.shared.instance_timeout_ms
     }
 
     /// The accounts other processes wrote to, as this store learns of them
@@ -761,10 +807,37 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(hold) = hold {
-            hold.reached.add_permits(1);
-            if let Ok(permit) = hold.released.acquire().await {
-                permit.forget();
-            }
+            hold.stop_here().await;
+        }
+    }
+
+    /// Test-only switch: the take-back (credit an order's refunds or
+    /// disputes take back or give back) keyed `key` stops once its amount
+    /// is decided from what it read, before it is written, until the test
+    /// releases the hold it is handed (so a test can put another
+    /// instance's work between the read and the write).
+    pub fn hold_take_back_for_testing(&self, key: &str) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .shared
+            .hold_take_back
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((key.to_string(), Arc::clone(&hold)));
+        hold
+    }
+
+    /// Where the take-back keyed `key` is about to be written: the hold a
+    /// test put there, taken (see [`Store::hold_take_back_for_testing`]).
+    pub(crate) fn take_back_hold(&self, key: &str) -> Option<Arc<TestHold>> {
+        let mut held = self
+            .shared
+            .hold_take_back
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match held.as_ref() {
+            Some((held_key, _)) if held_key == key => held.take().map(|(_, hold)| hold),
+            _ => None,
         }
     }
 

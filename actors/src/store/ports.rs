@@ -16,11 +16,12 @@ use crate::billing::auto_top_up::{
     AttemptEnd, AttemptStatus, AutoTopUpAttempt, AutoTopUpSettings, Begin, SettingChange,
 };
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, OrderClaims};
 use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::refunds::{OpenRefund, Opened, RefundRequest};
+use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
 use crate::billing::BillingError;
 use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
 use crate::grants::{CreditGrant, Funding, Remaining};
@@ -32,9 +33,8 @@ use crate::messaging::records::{
 };
 use crate::money::Money;
 use crate::opt_outs::{OptChange, OptOut, OptOutVia};
-use crate::phone::CountryCode;
 use crate::reports::{AccountActivity, Attention, CountryMargin, HourFigures};
-use crate::sign_in::{CodeOpened, CodeRequest, Redeem, Redeemed};
+use crate::sign_in::{CodeOpened, CodeRequest, CountryCodes, PhoneCodesQuery, Redeem, Redeemed};
 use crate::verify::VerifyReport;
 use crate::webhooks::delivery::Attempted;
 use crate::webhooks::{
@@ -43,8 +43,8 @@ use crate::webhooks::{
 };
 
 use super::backup::BackupRecord;
-use super::copy::{CopyError, CopyRow, Page, Table};
-use super::{CreateAccountError, LedgerWrite, StoreError};
+use super::copy::{CopyError, CopyMessage, CopyRow, Imported, Table};
+use super::{CreateAccountError, InstanceBeat, LedgerWrite, StoreError};
 
 /// What every operation returns: a future that owns what it needs, so it
 /// can be awaited on any thread.
@@ -208,24 +208,47 @@ pub trait FeedTicketStore: Send + Sync {
 
 /// Codes texted to phones and the sign-up tokens of proved phones.
 pub trait SignInStore: Send + Sync {
-    /// Stores a code unless a limit forbids it (checked in the same
-    /// transaction, against every instance's codes).
+    /// Stores a code unless a limit of the phone or the address forbids
+    /// it (checked in the same transaction, against every instance's
+    /// codes): per phone and asking address, per phone in all of the hour
+    /// and of the day (but codes the admin lifted), per address. Past a
+    /// cap of the hour (every code counts), a phone without an account
+    /// gets a code stored as never to be texted ([`CodeOpened::Capped`]).
+    /// A stored code replaces the asking address's live ones for the
+    /// phone but its newest ([`crate::sign_in::LIVE_CODES_PER_ADDRESS`]),
+    /// and past [`crate::sign_in::LIVE_CODES_PER_PHONE`] live ones the
+    /// oldest.
     fn open_code(&self, request: CodeRequest) -> StoreFuture<CodeOpened>;
     /// Checks a proof for a phone; if it holds, stores the account token
     /// (the phone has an active account) or the sign-up token (it has
-    /// none), in the same transaction that uses the code up. A wrong code
-    /// counts against the phone's live code; after
-    /// [`crate::sign_in::MAX_WRONG_CODES`] it is dead.
+    /// none), in the same transaction that uses the code up (and ends the
+    /// other codes its address asked for). A code is tried against the
+    /// phone's live codes, as far as the address's wrong codes for the
+    /// phone allow ([`crate::sign_in::WrongCodes::standing`]: all, its own
+    /// only, or none: [`Redeemed::Wait`]), and not against a code tried
+    /// [`crate::sign_in::WRONG_CODES_PER_CODE`] times but from the address
+    /// that asked for it. A wrong one counts against the address and the
+    /// codes it was tried against.
     fn redeem(&self, request: Redeem) -> StoreFuture<Redeemed>;
     /// The phone a live sign-up token (by hash) was given for.
     fn sign_up_phone(&self, token_hash: String, now_ms: i64) -> StoreFuture<Option<PhoneNumber>>;
+    /// Counts a wrong discount code against a sign-up token (by hash); at
+    /// `limit` the token is deleted (used up). Answers whether it was.
+    fn wrong_discount_code(&self, token_hash: String, limit: i64) -> StoreFuture<bool>;
     /// Lifts the phone's limits: its codes stored so far no longer count
-    /// against it (they still count against the addresses that asked and
-    /// the caps of the hour); answers how many were lifted.
-    fn lift_limits(&self, phone: PhoneNumber) -> StoreFuture<i64>;
-    /// The codes stored since `since_ms` by destination country (every
-    /// instance's), the most first.
-    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<(CountryCode, i64)>>;
+    /// against its totals (they still count against the addresses that
+    /// asked, and the caps of the hour), its live codes end, and the wrong
+    /// codes tried for it are marked lifted (they still count against
+    /// their addresses, see [`crate::sign_in::WrongCodes`]); answers how
+    /// many codes were lifted.
+    fn lift_limits(&self, phone: PhoneNumber, now_ms: i64) -> StoreFuture<i64>;
+    /// The phones with at least so many codes (of all kinds, lifted ones
+    /// too) in the last hour or day, with those counts, the most of the day
+    /// first.
+    fn codes_by_phone(&self, query: PhoneCodesQuery) -> StoreFuture<Vec<(PhoneNumber, i64, i64)>>;
+    /// The codes stored since `since_ms`, by priced destination (every
+    /// instance's), the most within the caps first.
+    fn codes_by_country(&self, since_ms: i64) -> StoreFuture<Vec<CountryCodes>>;
 }
 
 /// How the domain prices access: from the current pricing and the
@@ -337,8 +360,6 @@ pub trait BillingStore: Send + Sync {
     ) -> StoreFuture<RefundRequest>;
     /// An order's refund requests, oldest first.
     fn refunds_of(&self, order_id: i64) -> StoreFuture<Vec<RefundRequest>>;
-    /// Records the cumulative refunded amount (only ever upwards).
-    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()>;
     /// Stripe reports the refund of a refund request failed (or canceled)
     /// after it was made: the request, if it is still `requested`, or
     /// `succeeded` with this refund (or with none recorded), becomes
@@ -350,9 +371,32 @@ pub trait BillingStore: Send + Sync {
         error: String,
         now_ms: i64,
     ) -> StoreFuture<RefundRequest>;
-    /// Records a refund Stripe reports failed, once per refund; `false`
-    /// when it was recorded before.
-    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool>;
+    /// Records the refunds Stripe reported of an order, in one transaction
+    /// taken after any other on the same order (its row locked first): a
+    /// refund not known is recorded as it stands (counted, or failed); a
+    /// counted one reported failed or canceled is failed, never the other
+    /// way; with `replace_legacy`, the order's legacy record is replaced.
+    /// The order's refunded figure becomes what its refunds that stand come
+    /// to (`refunded` once that reaches what was paid, `completed` again if
+    /// a failure brings it below). A refund recorded for another order, or
+    /// with another amount, is refused (`BillingError::RefundMismatch`) and
+    /// nothing is recorded. Answers the order's refunds as they stand.
+    fn record_refunds(&self, seen: RefundsSeen) -> StoreFuture<OrderRefunds, BillingError>;
+    /// The refunds of an order recorded by their Stripe id (and its legacy
+    /// record, if it has one), oldest first.
+    fn stripe_refunds(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>>;
+    /// Orders that still hold a legacy record not claimed at `now_ms` (no
+    /// claim, or one that ran out), at most `limit`, lowest first, each
+    /// claimed until `lease_until_ms` in the same write (Postgres: rows
+    /// another instance is claiming are skipped).
+    fn claim_legacy_orders(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>>;
+    /// How many orders still hold a legacy record, claimed or not.
+    fn legacy_orders_left(&self) -> StoreFuture<i64>;
     /// Records a dispute, or moves a known one forward (its funds only
     /// forward, its status never from closed back to open nor from a
     /// chargeback back to an inquiry); answers it as it stands.
@@ -596,9 +640,12 @@ pub trait MessageStore: Send + Sync {
     /// Moves a reserved message to voided; `false` if it was not reserved.
     fn mark_voided(&self, message_id: i64) -> StoreFuture<bool>;
     /// Reservations to resolve: still reserved, not under the lease of a
-    /// sweep by a live instance, and either reserved before `stale_before_ms` or reserved
-    /// before `alive_since_ms` by an instance that is gone (no heartbeat at
-    /// or after it: a crash between the debit and the send). Each is put
+    /// sweep by a live instance, and either reserved before
+    /// `stale_before_ms` or reserved longer than `fallback_timeout_ms` ago
+    /// by an instance that is gone (a crash between the debit and the
+    /// send). An instance is gone once its last heartbeat is older than its
+    /// own timeout (`instances.timeout_ms`; `fallback_timeout_ms` for a row
+    /// without it): each is judged by its own, never by the sweeper's. Each is put
     /// under the sweeping instance's lease in the same transaction (on
     /// Postgres, rows another instance is taking are skipped), oldest
     /// first; a lease taken by an instance that stopped since lapses with
@@ -711,13 +758,38 @@ pub trait MessageStore: Send + Sync {
 
 /// The instances (processes) sharing the database.
 pub trait InstanceStore: Send + Sync {
-    /// Records this instance as alive now (at start, then every few seconds).
-    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()>;
+    /// Records this instance as alive now (at start, then every few
+    /// seconds), and how long after this heartbeat it counts as gone to the
+    /// others (its own `instance_timeout_secs`: each instance is judged by
+    /// its own, see [`MessageStore::claim_open_reservations`]).
+    fn heartbeat(
+        &self,
+        instance_id: String,
+        now_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> StoreFuture<()>;
     /// Forgets this instance (a clean stop): what it left is anyone's.
     fn leave(&self, instance_id: String) -> StoreFuture<()>;
-    /// The instances whose last heartbeat is at or after `since_ms`: each
-    /// one's id and the time of its last heartbeat.
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>>;
+}
+
+/// A copy's source (`copy`'s --from, restore's copy of its backup), opened
+/// to be read only (`adapters::open_source`): never migrated, never written,
+/// its journal mode never changed; a source whose migration history is not
+/// this release's is refused when it is opened.
+pub trait SourceStore: Send + Sync {
+    /// Every instance that has a row (its last heartbeat and own timeout):
+    /// whether it is alive is judged by its own timeout.
+    fn beats(&self) -> StoreFuture<Vec<InstanceBeat>>;
+    /// The verify report of the whole source, read in one transaction.
+    fn verify(&self) -> StoreFuture<VerifyReport>;
+    /// Up to `limit` rows of `table` whose key comes after `after` (from
+    /// the first when `None`), in key order.
+    fn export_page(
+        &self,
+        table: &'static Table,
+        after: Option<CopyRow>,
+        limit: i64,
+    ) -> StoreFuture<Vec<CopyRow>>;
 }
 
 /// Moving every row from one store to another (`sms-credit copy`).
@@ -731,18 +803,21 @@ pub trait CopyStore: Send + Sync {
         limit: i64,
     ) -> StoreFuture<Vec<CopyRow>>;
     /// Checks that this store holds no data, then writes every page it
-    /// receives, all in one transaction; answers each table's row count.
+    /// receives, all in one transaction, which commits only when the export
+    /// says it finished and [`super::copy::check_import`] passes on what
+    /// the transaction holds (its verify read inside it); without the
+    /// export's last word, or with a check that fails, nothing is written.
     fn import(
         &self,
-        pages: tokio::sync::mpsc::Receiver<Page>,
-    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
+        pages: tokio::sync::mpsc::Receiver<CopyMessage>,
+    ) -> StoreFuture<Imported, CopyError>;
     /// Every row of every copied table as one moment of the database (one
     /// read transaction: SQLite's read snapshot, Postgres' `REPEATABLE
     /// READ`), handed over a page at a time while writers go on; answers
-    /// each table's row count.
+    /// each table's row count (the caller sends the last word).
     fn export_snapshot(
         &self,
-        pages: tokio::sync::mpsc::Sender<Page>,
+        pages: tokio::sync::mpsc::Sender<CopyMessage>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError>;
     /// Writes one moment of the whole database into a new SQLite file at
     /// `path` with the database's own means, beside the writers, and
@@ -777,6 +852,16 @@ pub trait OptOutStore: Send + Sync {
         keyword: Option<String>,
         now_ms: i64,
     ) -> StoreFuture<()>;
+    /// Records that the carrier refused to text the number (Twilio's
+    /// 21610) for a message sent at `sent_at_ms` (`None`: not known),
+    /// unless the number opted back in (START) after that message was
+    /// sent: answers whether the opt-out was recorded (or already stood).
+    fn record_carrier_opt_out(
+        &self,
+        phone: PhoneNumber,
+        sent_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<bool>;
 }
 
 /// A store: every port, from one adapter.

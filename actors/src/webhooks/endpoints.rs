@@ -387,8 +387,9 @@ pub fn is_public(address: IpAddr) -> bool {
 /// The IPv4 address a packet to this IPv6 address goes to: IPv4-mapped
 /// (::ffff:0:0/96), NAT64 (RFC 6052 forbids it for addresses that are not
 /// public, but a gateway that translates them anyway would carry the
-/// delivery there) and 6to4.
-fn ipv4_behind(address: Ipv6Addr) -> Option<Ipv4Addr> {
+/// delivery there) and 6to4. The server's limits count a client written
+/// this way as that IPv4 address too (`limits::key_of`).
+pub fn ipv4_behind(address: Ipv6Addr) -> Option<Ipv4Addr> {
     if let Some(v4) = address.to_ipv4_mapped() {
         return Some(v4);
     }

@@ -159,6 +159,10 @@ impl NewEvent {
 pub struct EventDraft {
     pub kind: EventType,
     pub data: Map<String, Value>,
+    /// The key that makes the event once per something other than its row
+    /// (a refund's: once per refund, whichever row carries it, or none);
+    /// `None`: once per row.
+    pub once_per: Option<String>,
 }
 
 /// How a payment was made, as `payment.succeeded` says.
@@ -207,22 +211,28 @@ pub fn payment_succeeded(
                 ),
             ),
         ]),
+        once_per: None,
     }
 }
 
-/// `payment.refunded`: what this refund gave back to the card, the order's
-/// refunds in all, and the credit taken back for it.
+/// `payment.refunded`: what this refund (Stripe's `refund_id`) gave back
+/// to the card, the order's refunds in all (those that failed since too:
+/// the total never goes down), and the credit taken back for it. Once per
+/// refund, whether a ledger row carries it or it is an event of its own.
 pub fn payment_refunded(
     order: &Order,
+    refund_id: &str,
     refunded: Money,
     total_refunded: Money,
     credit_taken_back: Money,
 ) -> EventDraft {
     EventDraft {
         kind: EventType::PaymentRefunded,
+        once_per: Some(format!("payment.refunded:{refund_id}")),
         data: data([
             ("order_id", json!(order.id)),
             ("order_type", json!(order.order_type.as_str())),
+            ("refund_id", json!(refund_id)),
             ("refunded_micros", json!(refunded.micros())),
             ("total_refunded_micros", json!(total_refunded.micros())),
             (
@@ -421,7 +431,18 @@ impl EventDraft {
         dedupe_key: String,
         now_ms: i64,
     ) -> Result<NewEvent, StoreError> {
+        let dedupe_key = self.once_per.unwrap_or(dedupe_key);
         NewEvent::new(self.kind, Some(account_id), dedupe_key, self.data, now_ms)
+    }
+
+    /// The draft as the event of the ledger row `entry` (see
+    /// [`NewEvent::of_entry`]), once per its own key if it has one.
+    pub fn of_entry(&self, entry: &LedgerEntry) -> Result<NewEvent, StoreError> {
+        let mut event = NewEvent::of_entry(self.kind, entry, self.data.clone())?;
+        if let Some(once_per) = &self.once_per {
+            event.dedupe_key = once_per.clone();
+        }
+        Ok(event)
     }
 }
 

@@ -1,11 +1,10 @@
 //! `sms-credit accounts adjust`: a signed adjustment through the account's
 //! actor, once per idempotency key.
 
-use crate::routes::admin::adjustments::AdjustmentResponse;
+use crate::routes::admin::adjustments::{checked, AdjustmentResponse, AskedTerms};
 use clap::Args;
 use sms_credit_actors::clock::{Clock, SystemClock};
-use sms_credit_actors::grants::adjustment_terms;
-use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
+use sms_credit_actors::{AccountId, Money, Receipt};
 
 use crate::cli::output::{print_json, with_core};
 use crate::config::Settings;
@@ -17,11 +16,12 @@ pub struct AdjustCommand {
     /// Dollars to add (negative to take away), e.g. 5 or -1.50.
     #[arg(long, allow_hyphen_values = true)]
     amount: String,
-    /// Why, for the operator: kept with the ledger row, never shown to the
-    /// account holder.
+    /// Why, for the operator (1 to 500 characters): kept with the ledger
+    /// row, never shown to the account holder.
     #[arg(long)]
     reason: String,
-    /// What the account holder reads of the row (default: "Balance adjustment").
+    /// What the account holder reads of the row, 1 to 500 characters
+    /// (default: "Balance adjustment").
     #[arg(long)]
     description: Option<String>,
     /// Names this adjustment so that running the command again does not apply it twice.
@@ -45,30 +45,21 @@ pub struct AdjustCommand {
 impl AdjustCommand {
     pub fn run(self, settings: &Settings) -> Result<(), String> {
         let amount = Money::parse_dollars(&self.amount).map_err(|error| error.to_string())?;
-        let limit = settings.access.max_adjustment;
-        if amount.micros().unsigned_abs() > limit.micros().unsigned_abs() {
-            return Err(format!(
-                "an adjustment may be at most {limit} either way (this server's limit)"
-            ));
-        }
-        let (category, priority, expires_at_ms) = adjustment_terms(
+        // The API's rules, from the one place that holds them.
+        let adjustment = checked(
             amount,
-            self.category.as_deref(),
-            self.priority,
-            self.expires_at.as_deref(),
-            SystemClock.now_ms(),
+            settings.access.max_adjustment,
+            &self.reason,
+            self.description.as_deref(),
+            &self.idempotency_key,
+            AskedTerms {
+                category: self.category.as_deref(),
+                priority: self.priority,
+                expires_at: self.expires_at.as_deref(),
+                now_ms: SystemClock.now_ms(),
+            },
         )
-        .map_err(|refused| refused.to_string())?;
-        let adjustment = Adjust {
-            amount,
-            idempotency_key: IdempotencyKey::from_caller(&self.idempotency_key)
-                .map_err(|error| error.to_string())?,
-            reason: self.reason,
-            description: self.description,
-            category,
-            priority,
-            expires_at_ms,
-        };
+        .map_err(|error| error.to_string())?;
         let (id, as_json) = (self.id, self.json);
         with_core(settings, |core| async move {
             let receipt = core
@@ -86,7 +77,7 @@ impl AdjustCommand {
 }
 
 fn print_receipt(id: i64, receipt: &Receipt) {
-    println!(
+    say!(
         "account {id}: {} (ledger #{}), balance {}{}",
         super::show::signed(receipt.entry.amount),
         receipt.entry.seq,

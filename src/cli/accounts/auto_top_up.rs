@@ -84,7 +84,7 @@ impl AutoTopUpCommand {
 /// An account's auto top-up, for people.
 fn print_auto_top_up(account_id: AccountId, view: &AutoTopUpView) {
     let money = Money::from_micros;
-    println!(
+    say!(
         "account {account_id} auto top-up {}: below {} charge {} (at most {} a month; {} this month)",
         if view.enabled { "on" } else { "off" },
         money(view.threshold_micros),
@@ -93,14 +93,17 @@ fn print_auto_top_up(account_id: AccountId, view: &AutoTopUpView) {
         money(view.month_charged_micros),
     );
     match &view.card {
-        Some(card) => println!(
+        Some(card) => say!(
             "  card: {} ending {} (expires {:02}/{})",
-            card.brand, card.last4, card.exp_month, card.exp_year
+            card.brand,
+            card.last4,
+            card.exp_month,
+            card.exp_year
         ),
-        None => println!("  card: none saved"),
+        None => say!("  card: none saved"),
     }
     if let Some(consent) = &view.consent {
-        println!(
+        say!(
             "  turned on {} via {}: \"{}\"",
             format_rfc3339_ms(consent.at_ms),
             consent.via.as_str(),
@@ -108,13 +111,13 @@ fn print_auto_top_up(account_id: AccountId, view: &AutoTopUpView) {
         );
     }
     if let Some(reason) = &view.paused_reason {
-        println!("  turned itself off: {reason}");
+        say!("  turned itself off: {reason}");
     }
-    println!("  failures in a row: {}", view.consecutive_failures);
+    say!("  failures in a row: {}", view.consecutive_failures);
     for attempt in &view.attempts {
-        println!(
+        say!(
             "  {}  {:>10}  {}{}",
-            format_rfc3339_ms(attempt.at),
+            format_rfc3339_ms(attempt.at_ms),
             money(attempt.amount_micros).to_string(),
             attempt.status.as_str(),
             attempt

@@ -45,14 +45,14 @@ impl CreateCommand {
                 let warnings: Vec<String> = gap.into_iter().collect();
                 return print_json(&CreatedAccount::new(&account, warnings));
             }
-            println!(
+            say!(
                 "account {} created: {} ({})",
                 account.id,
                 account.phone,
                 account.status.as_str()
             );
             if let Some(gap) = gap {
-                println!("warning: {gap}");
+                say!("warning: {gap}");
             }
             Ok(())
         })

@@ -28,16 +28,18 @@ impl ExportCommand {
                 .map_err(|error| error.to_string())?
                 .ok_or_else(|| format!("account {id} does not exist"))?;
             let mut out = std::io::stdout().lock();
-            let mut write = |text: &str| {
-                out.write_all(text.as_bytes()).map_err(|error| {
-                    // The reader went away (`| head`): end quietly.
-                    if error.kind() == std::io::ErrorKind::BrokenPipe {
-                        crate::cli::end_on_a_closed_pipe();
-                    }
-                    error.to_string()
-                })
+            // A reader that went away (`| head`) or an output that fails
+            // ends the export; how the command ends says which.
+            let mut write = |text: &str| match out.write_all(text.as_bytes()) {
+                Ok(()) => true,
+                Err(error) => {
+                    crate::cli::output::note_write_error(&error);
+                    false
+                }
             };
-            write(export::CSV_HEADER)?;
+            if !write(export::CSV_HEADER) {
+                return Ok(());
+            }
             let mut after_seq = 0;
             loop {
                 let page = store
@@ -46,7 +48,9 @@ impl ExportCommand {
                     .await
                     .map_err(|error| error.to_string())?;
                 for entry in &page {
-                    write(&export::csv_row(entry))?;
+                    if !write(&export::csv_row(entry)) {
+                        return Ok(());
+                    }
                     after_seq = entry.seq;
                 }
                 if (page.len() as i64) < PAGE {

@@ -60,7 +60,7 @@ impl ListCommand {
             &rows,
         );
         if let Some(next) = page.next_after_id {
-            println!("(more: --after-id {next})");
+            say!("(more: --after-id {next})");
         }
         Ok(())
     }

@@ -65,7 +65,7 @@ impl ShowCommand {
                 "transactions": transactions,
             }));
         }
-        println!(
+        say!(
             "account {} {} ({}) balance {} seq {}",
             account.id,
             account.phone,
@@ -75,7 +75,7 @@ impl ShowCommand {
         );
         print_grants(&lines);
         for entry in entries.iter().rev() {
-            println!(
+            say!(
                 "  #{:<6} {} {:<10} {:>14} -> {:>14}  {}  [{}]",
                 entry.seq,
                 format_rfc3339_ms(entry.created_at_ms),

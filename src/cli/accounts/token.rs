@@ -9,6 +9,7 @@ use sms_credit_actors::{access_tokens, AccountId};
 
 use crate::cli::output::{print_json, with_store};
 use crate::config::Settings;
+use crate::routes::admin::tokens::{IssuedToken, RevokedTokens};
 
 #[derive(Args, Debug)]
 pub struct TokenCommand {
@@ -67,21 +68,25 @@ impl TokenCommand {
         }
         let now_ms = SystemClock.now_ms();
         let action = self.action;
+        let issuing = action == "issue";
         let (revoked, token) = with_store(settings, |store| async move {
             apply(store, &action, account_id, now_ms)
                 .await?
                 .ok_or_else(|| format!("account {id} does not exist"))
         })?;
         if self.json {
-            return print_json(
-                &json!({"account_id": account_id, "token": token, "revoked": revoked}),
-            );
+            // As the API answers the same: an issued token alone; what was
+            // revoked (and the new token, on rotation).
+            return match (issuing, token) {
+                (true, Some(token)) => print_json(&IssuedToken::new(account_id, token)),
+                (_, token) => print_json(&RevokedTokens::new(account_id, revoked, token)),
+            };
         }
         match &token {
             Some(token) => {
-                println!("account {account_id}: token {token} (shown once; {revoked} revoked)")
+                say!("account {account_id}: token {token} (shown once; {revoked} revoked)")
             }
-            None => println!("account {account_id}: {revoked} tokens revoked"),
+            None => say!("account {account_id}: {revoked} tokens revoked"),
         }
         Ok(())
     }
@@ -109,11 +114,11 @@ fn list(settings: &Settings, account_id: AccountId, json: bool) -> Result<(), St
         return print_json(&json!({"account_id": account_id, "tokens": tokens}));
     }
     if tokens.is_empty() {
-        println!("account {account_id}: no tokens");
+        say!("account {account_id}: no tokens");
     }
     let when = |ms: Option<i64>| ms.map_or("-".to_string(), format_rfc3339_ms);
     for token in &tokens {
-        println!(
+        say!(
             "token {}: {} · made {} · expires {} · revoked {}",
             token.id,
             token.source.as_str(),

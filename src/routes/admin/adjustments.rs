@@ -65,14 +65,54 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
     let request = body.into_inner();
-    let reason = request.reason.trim();
+    let adjustment = checked(
+        Money::from_micros(request.amount_micros),
+        state.settings.access.max_adjustment,
+        &request.reason,
+        request.description.as_deref(),
+        &request.idempotency_key,
+        AskedTerms {
+            category: request.category.as_deref(),
+            priority: request.priority,
+            expires_at: request.expires_at.as_deref(),
+            now_ms: state.clock.now_ms(),
+        },
+    )?;
+    let receipt = state.registry.send(account_id, adjustment).await?;
+    Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))
+}
+
+/// The terms of the grant a positive adjustment makes, as the operator
+/// wrote them (none on a negative one), and the time they are judged at.
+pub struct AskedTerms<'a> {
+    pub category: Option<&'a str>,
+    pub priority: Option<i64>,
+    pub expires_at: Option<&'a str>,
+    pub now_ms: i64,
+}
+
+/// An adjustment as the operator asks for it, checked by the same rules
+/// whichever door it comes through (this API, `accounts adjust`, the
+/// console): a reason of 1 to 500 characters and a description, when
+/// given, of 1 to 500, both trimmed; an amount within this server's limit
+/// either way; a key of the caller's own; its grant's terms
+/// ([`adjustment_terms`]).
+pub fn checked(
+    amount: Money,
+    limit: Money,
+    reason: &str,
+    description: Option<&str>,
+    idempotency_key: &str,
+    terms: AskedTerms<'_>,
+) -> Result<Adjust, ApiError> {
+    let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
         return Err(ApiError::invalid(
             "invalid_reason",
             "a reason of 1 to 500 characters is required",
         ));
     }
-    let description = match request.description.as_deref().map(str::trim) {
+    let description = match description.map(str::trim) {
         None => None,
         Some(text) if text.is_empty() || text.chars().count() > MAX_REASON_CHARS => {
             return Err(ApiError::invalid(
@@ -82,22 +122,20 @@ pub async fn create(
         }
         Some(text) => Some(text.to_string()),
     };
-    let limit = state.settings.access.max_adjustment;
-    if request.amount_micros.unsigned_abs() > limit.micros().unsigned_abs() {
+    if amount.micros().unsigned_abs() > limit.micros().unsigned_abs() {
         return Err(ApiError::invalid(
             "adjustment_too_large",
             format!("an adjustment may be at most {limit} either way (this server's limit)"),
         ));
     }
-    let idempotency_key = IdempotencyKey::from_caller(&request.idempotency_key)
+    let idempotency_key = IdempotencyKey::from_caller(idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
-    let amount = Money::from_micros(request.amount_micros);
     let (category, priority, expires_at_ms) = adjustment_terms(
         amount,
-        request.category.as_deref(),
-        request.priority,
-        request.expires_at.as_deref(),
-        state.clock.now_ms(),
+        terms.category,
+        terms.priority,
+        terms.expires_at,
+        terms.now_ms,
     )
     .map_err(|refused| {
         let code = match refused.field {
@@ -107,7 +145,7 @@ pub async fn create(
         };
         ApiError::invalid(code, refused.message)
     })?;
-    let adjustment = Adjust {
+    Ok(Adjust {
         amount,
         idempotency_key,
         reason: reason.to_string(),
@@ -115,9 +153,7 @@ pub async fn create(
         category,
         priority,
         expires_at_ms,
-    };
-    let receipt = state.registry.send(account_id, adjustment).await?;
-    Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))
+    })
 }
 
 impl AdjustmentResponse {

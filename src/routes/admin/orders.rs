@@ -52,6 +52,13 @@ pub struct Refunds {
     refunds: Vec<RefundRequest>,
 }
 
+impl Refunds {
+    /// The API's answer, and `orders refunds --json`'s.
+    pub fn new(order_id: i64, refunds: Vec<RefundRequest>) -> Refunds {
+        Refunds { order_id, refunds }
+    }
+}
+
 /// Asks Stripe to refund (part of) a paid order, once per idempotency key
 /// (Stripe's own key is made from the order and the refund's number). The
 /// credit comes off when Stripe's refund event arrives, as for a refund

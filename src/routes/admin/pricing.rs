@@ -30,7 +30,8 @@ pub struct PricingView {
     price_micros: i64,
 }
 
-fn view(pricing: &Pricing) -> PricingView {
+/// The API's answer, and `pricing --json`'s.
+pub fn view(pricing: &Pricing) -> PricingView {
     PricingView {
         mode: pricing.mode,
         sale_price_micros: pricing.sale_price.map(Money::micros),

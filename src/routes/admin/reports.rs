@@ -6,7 +6,7 @@
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::reports::{Attention, CountryMargin, HourFigures};
-use sms_credit_actors::sign_in::{unusual_rates, CodeRate};
+use sms_credit_actors::sign_in::{unusual_phones, unusual_rates, CodeRate, PhoneRate};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -16,21 +16,42 @@ use crate::state::AppState;
 const LONGEST_MS: i64 = 400 * 86_400_000;
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
 pub struct ReportQuery {
-    /// Hours from here (Unix milliseconds; default 30 days ago).
-    since_ms: Option<i64>,
-    /// Countries' messages from here (Unix milliseconds; default the
-    /// start of this UTC month).
-    month_since_ms: Option<i64>,
+    /// Hours from here (RFC 3339; default 30 days ago).
+    #[param(example = "2026-11-01T00:00:00Z")]
+    since: Option<String>,
+    /// Countries' messages from here (RFC 3339; default the start of this
+    /// UTC month).
+    #[param(example = "2026-12-01T00:00:00Z")]
+    month_since: Option<String>,
 }
 
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Reports {
-    since_ms: i64,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "sms_credit_actors::clock::rfc3339::serialize")]
+    since: i64,
     /// Hours with something in them, oldest first.
     hours: Vec<HourFigures>,
-    month_since_ms: i64,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "sms_credit_actors::clock::rfc3339::serialize")]
+    month_since: i64,
     margins: Vec<CountryMargin>,
+}
+
+/// A moment of the query, RFC 3339.
+fn moment(name: &str, text: Option<&str>) -> Result<Option<i64>, ApiError> {
+    text.map(|text| {
+        sms_credit_actors::clock::parse_rfc3339_ms(text).ok_or_else(|| {
+            ApiError::invalid(
+                "invalid_query",
+                format!("{name}: '{text}' is not an RFC 3339 time (2026-12-01T00:00:00Z)"),
+            )
+        })
+    })
+    .transpose()
 }
 
 /// Payments, refunds and messages by hour, and the margin per country.
@@ -43,13 +64,16 @@ pub async fn show(
     query: web::Query<ReportQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let now_ms = state.clock.now_ms();
-    let since_ms = query.since_ms.unwrap_or(now_ms - 30 * 86_400_000);
-    let month_since_ms = query.month_since_ms.unwrap_or_else(|| {
-        let (year, month, _) =
-            sms_credit_actors::clock::civil_from_days(now_ms.div_euclid(86_400_000));
-        sms_credit_actors::clock::days_from_civil(year, month, 1) * 86_400_000
-    });
-    for (name, value) in [("since_ms", since_ms), ("month_since_ms", month_since_ms)] {
+    let since_ms = moment("since", query.since.as_deref())?.unwrap_or(now_ms - 30 * 86_400_000);
+    let month_since_ms = match moment("month_since", query.month_since.as_deref())? {
+        Some(moment) => moment,
+        None => {
+            let (year, month, _) =
+                sms_credit_actors::clock::civil_from_days(now_ms.div_euclid(86_400_000));
+            sms_credit_actors::clock::days_from_civil(year, month, 1) * 86_400_000
+        }
+    };
+    for (name, value) in [("since", since_ms), ("month_since", month_since_ms)] {
         // A moment ahead of the server's clock is allowed (it finds nothing).
         if now_ms - value > LONGEST_MS {
             return Err(ApiError::invalid(
@@ -61,9 +85,9 @@ pub async fn show(
     let hours = state.store.reports().activity(since_ms).await?;
     let margins = state.store.reports().margins(month_since_ms).await?;
     Ok(HttpResponse::Ok().json(Reports {
-        since_ms,
+        since: since_ms,
         hours,
-        month_since_ms,
+        month_since: month_since_ms,
         margins,
     }))
 }
@@ -77,10 +101,16 @@ const RESERVED_FOR_LONG_MS: i64 = 10 * 60_000;
 pub struct AttentionView {
     #[serde(flatten)]
     attention: Attention,
-    /// Sign-in codes of the last hour at half their cap or more: all of
-    /// them, or a country's (someone may be texting codes at the service's
-    /// expense).
+    /// Sign-in codes of the last hour at half their cap or more (every
+    /// code counts, customers' too), with those a cap held back: all of
+    /// them, or a priced destination's (someone may be texting codes at the
+    /// service's expense).
     sign_in_codes: Vec<CodeRate>,
+    /// Phones sent codes at half their total of the hour or of the day, or
+    /// more, customers' included (someone may be texting one number at the
+    /// service's expense, or keeping a customer from signing in), the most
+    /// of the day first, 20 at most.
+    sign_in_phones: Vec<PhoneRate>,
 }
 
 /// What needs the operator's attention: the lists behind the overview's
@@ -108,8 +138,11 @@ pub async fn attention(
         .sign_in()
         .codes_by_country(now_ms - 3_600_000)
         .await?;
+    let limits = &state.settings.access.sign_in.limits;
+    let phones = unusual_phones(&state.store, limits, now_ms).await?;
     Ok(HttpResponse::Ok().json(AttentionView {
         attention,
-        sign_in_codes: unusual_rates(&codes, &state.settings.access.sign_in.limits),
+        sign_in_codes: unusual_rates(&codes, limits),
+        sign_in_phones: phones,
     }))
 }

@@ -1,6 +1,6 @@
 //! `POST /v1/admin/sign-in/lift`: lifts a phone's sign-in limits, for a
-//! customer a stranger locked out (codes of the hour used up, the live code
-//! killed by wrong guesses).
+//! customer strangers locked out (the phone's codes of the hour used up
+//! from several addresses) or who mistyped their code too often.
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
@@ -28,9 +28,12 @@ pub struct Lifted {
 }
 
 /// Lifts a phone's sign-in limits: the codes it was sent so far no longer
-/// count against it, so it may ask for a code at once (which replaces one
-/// killed by wrong guesses). The addresses that asked, and the caps of the
-/// hour, still count them.
+/// count against its totals (of the hour and of the day), so the customer
+/// may ask for a code at once, and its live codes end. What each address
+/// did still counts against that address: the codes it asked for, and its
+/// wrong codes (a stranger's addresses do not start again), but an address
+/// that mistyped may sign the phone in with a code it asks for after the
+/// lift. The caps of the hour still count the codes.
 #[utoipa::path(post, path = "/v1/admin/sign-in/lift", tag = "admin", security(("adminToken" = [])),
     request_body = LiftRequest,
     responses((status = 200, body = Lifted)))]
@@ -41,7 +44,7 @@ pub async fn lift(
 ) -> Result<HttpResponse, ApiError> {
     let phone = PhoneNumber::parse(&body.phone)
         .map_err(|error| ApiError::invalid("invalid_phone", error.to_string()))?;
-    let codes_lifted = sign_in::lift_limits(&state.store, &phone).await?;
+    let codes_lifted = sign_in::lift_limits(&state.store, &phone, state.clock.now_ms()).await?;
     tracing::info!(codes_lifted, "a phone's sign-in limits lifted by the admin");
     Ok(HttpResponse::Ok().json(Lifted {
         phone: phone.as_str().to_string(),

@@ -19,6 +19,13 @@ pub struct IssuedToken {
     token: String,
 }
 
+impl IssuedToken {
+    /// The API's answer, and `accounts token issue --json`'s.
+    pub fn new(account_id: AccountId, token: String) -> IssuedToken {
+        IssuedToken { account_id, token }
+    }
+}
+
 /// Tokens revoked (and, on rotation, the new one).
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct RevokedTokens {
@@ -26,6 +33,17 @@ pub struct RevokedTokens {
     revoked: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     token: Option<String>,
+}
+
+impl RevokedTokens {
+    /// The API's answer, and `accounts token revoke|rotate --json`'s.
+    pub fn new(account_id: AccountId, revoked: usize, token: Option<String>) -> RevokedTokens {
+        RevokedTokens {
+            account_id,
+            revoked,
+            token,
+        }
+    }
 }
 
 /// An account's tokens, newest first.

@@ -3,72 +3,17 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
-use sms_credit_actors::clock::format_rfc3339_ms;
-use sms_credit_actors::grants::Draw;
-use sms_credit_actors::{AccountId, LedgerEntry, TransactionKind};
+use sms_credit_actors::AccountId;
 
 use crate::auth::Admin;
 use crate::error::ApiError;
 use crate::state::AppState;
-
-/// A ledger row as the API shows it.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct TransactionView {
-    account_id: AccountId,
-    seq: i64,
-    #[serde(rename = "type")]
-    kind: TransactionKind,
-    amount_micros: i64,
-    balance_after_micros: i64,
-    idempotency_key: String,
-    order_id: Option<i64>,
-    /// What the account holder reads of the row.
-    description: String,
-    /// The operator's reason for an adjustment: in the admin API only,
-    /// never shown to the account holder.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<String>,
-    #[schema(format = DateTime)]
-    created_at: String,
-    /// The grants the row took credit from (positive) or gave it back to
-    /// (negative); empty when it touched none (a credit that paid down
-    /// nothing). The row's amount is the credit it made less their sum.
-    funded_by: Vec<Draw>,
-}
+pub use crate::views::TransactionView;
 
 /// Ledger rows.
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Transactions {
     pub transactions: Vec<TransactionView>,
-}
-
-impl TransactionView {
-    /// The row as its account holder reads it: without the operator's reason.
-    pub fn for_holder(entry: &LedgerEntry) -> TransactionView {
-        TransactionView {
-            reason: None,
-            ..TransactionView::from(entry)
-        }
-    }
-}
-
-/// The row as the operator reads it.
-impl From<&LedgerEntry> for TransactionView {
-    fn from(entry: &LedgerEntry) -> TransactionView {
-        TransactionView {
-            account_id: entry.account_id,
-            seq: entry.seq,
-            kind: entry.kind,
-            amount_micros: entry.amount.micros(),
-            balance_after_micros: entry.balance_after.micros(),
-            idempotency_key: entry.idempotency_key.clone(),
-            order_id: entry.order_id,
-            description: entry.description.clone(),
-            reason: entry.reason.as_deref().cloned(),
-            created_at: format_rfc3339_ms(entry.created_at_ms),
-            funded_by: entry.funded_by.draws().to_vec(),
-        }
-    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

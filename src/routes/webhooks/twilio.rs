@@ -4,6 +4,7 @@
 //! TwiML), status callbacks to messaging.
 
 use actix_web::{web, HttpRequest, HttpResponse};
+use sms_credit_actors::messaging::StatusCallback;
 use sms_credit_actors::supervisor::InboundSms;
 
 use crate::auth::judged_wrong;
@@ -118,7 +119,10 @@ pub async fn inbound_sms(
 }
 
 /// A Twilio status callback for a message sent; a message that `failed`
-/// before leaving Twilio is refunded once.
+/// before leaving Twilio is refunded once, and one that failed because its
+/// number opted out (`ErrorCode` 21610) records the opt-out, unless the
+/// number opted back in after the message was sent (a callback replayed
+/// or late).
 #[utoipa::path(post, path = "/webhooks/twilio/status", tag = "webhooks", security(("twilioSignature" = [])),
     request_body(content = String, content_type = "application/x-www-form-urlencoded",
         description = "Twilio's form: MessageSid, MessageStatus, …"),
@@ -133,8 +137,23 @@ pub async fn status(
     let report = requests::status(&form.fields, &form.account_sid)
         .map_err(|reason| not_twilios(&request, reason))?;
     if let Some(messaging) = &state.messaging {
+        let service_number = state
+            .settings
+            .twilio
+            .as_ref()
+            .and_then(|twilio| twilio.from.as_deref());
         messaging
-            .handle_status(&report.message_sid, &report.status, state.clock.now_ms())
+            .handle_status_callback(
+                StatusCallback {
+                    sid: &report.message_sid,
+                    status: &report.status,
+                    error_code: report.error_code.as_deref(),
+                    to: report.to.as_deref(),
+                    from: report.from.as_deref(),
+                },
+                service_number,
+                state.clock.now_ms(),
+            )
             .await?;
     }
     Ok(HttpResponse::Ok()

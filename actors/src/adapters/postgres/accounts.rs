@@ -1,6 +1,6 @@
 //! Accounts, account tokens and instances in Postgres.
 
-use tokio_postgres::{GenericClient, Row};
+use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::{boxed, is_unique_violation, PostgresStore};
 use crate::access_tokens::{LiveToken, TokenRecord, TokenSource};
@@ -10,8 +10,8 @@ use crate::money::Money;
 use crate::opt_outs::{OptOut, OptOutVia};
 use crate::store::change_notes;
 use crate::store::{
-    AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
-    UnknownValue,
+    AccountStore, CreateAccountError, InstanceBeat, InstanceStore, StoreError, StoreFuture,
+    TokenStore, UnknownValue,
 };
 
 /// Where an account's columns come from: its row, its balance and its
@@ -243,10 +243,13 @@ fn token_from_row(row: &Row) -> Result<TokenRecord, StoreError> {
 }
 
 async fn revoke_tokens(
-    client: &impl GenericClient,
+    client: &Transaction<'_>,
     account_id: AccountId,
     now_ms: i64,
 ) -> Result<usize, StoreError> {
+    // It deletes the phone's sign-up tokens, as sign-in writes do: the
+    // sign-in lock first (see `sign_in::lock_sign_in`).
+    super::sign_in::lock_sign_in(client).await?;
     let revoked = client
         .execute(
             "UPDATE account_tokens SET revoked_at = $2 WHERE account_id = $1 AND revoked_at IS NULL",
@@ -416,17 +419,51 @@ impl TokenStore for PostgresStore {
     }
 }
 
+/// An `instances` row's own timeout: the one its heartbeat wrote, or for a
+/// row without it (an earlier release's server) the one its name ends
+/// with (`3f9a…-30000ms`); NULL when neither says.
+pub(super) const INSTANCE_TIMEOUT: &str =
+    "COALESCE(timeout_ms, NULLIF(substring(id from '-([0-9]{1,15})ms$')::bigint, 0))";
+
+/// Every instance's row (see [`InstanceStore::beats`]).
+pub(super) async fn instance_beats(
+    client: &impl GenericClient,
+) -> Result<Vec<InstanceBeat>, StoreError> {
+    let rows = client
+        .query(
+            &format!("SELECT id, heartbeat_at, {INSTANCE_TIMEOUT} FROM instances ORDER BY id"),
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            Ok(InstanceBeat {
+                id: row.try_get(0)?,
+                heartbeat_ms: row.try_get(1)?,
+                timeout_ms: row.try_get(2)?,
+            })
+        })
+        .collect()
+}
+
 impl InstanceStore for PostgresStore {
     /// On a reader connection (one statement, committed by itself), not the
     /// writer: a heartbeat must not wait behind a backlog of ledger batches,
     /// or a busy instance would look gone and its sends be given back.
-    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()> {
+    fn heartbeat(
+        &self,
+        instance_id: String,
+        now_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> StoreFuture<()> {
         self.read(move |client| async move {
             client
                 .execute(
-                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES ($1, $2, $2)
-                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
-                    &[&instance_id, &now_ms],
+                    "INSERT INTO instances (id, started_at, heartbeat_at, timeout_ms)
+                     VALUES ($1, $2, $2, $3)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                                                    timeout_ms = excluded.timeout_ms",
+                    &[&instance_id, &now_ms, &timeout_ms],
                 )
                 .await?;
             Ok(())
@@ -442,20 +479,6 @@ impl InstanceStore for PostgresStore {
                     .await?;
                 Ok(())
             })
-        })
-    }
-
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>> {
-        self.read(move |client| async move {
-            let rows = client
-                .query(
-                    "SELECT id, heartbeat_at FROM instances WHERE heartbeat_at >= $1 ORDER BY id",
-                    &[&since_ms],
-                )
-                .await?;
-            rows.iter()
-                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-                .collect()
         })
     }
 }

@@ -10,10 +10,11 @@ use super::accounts::{
 use super::{boxed, PostgresStore};
 use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, OrderClaims};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
+use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -591,22 +592,6 @@ impl BillingStore for PostgresStore {
         })
     }
 
-    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()> {
-        self.write(move |transaction| {
-            boxed(async move {
-                transaction
-                    .execute(
-                        "UPDATE orders SET amount_refunded = $2,
-                                status = CASE WHEN $2 >= amount THEN 'refunded' ELSE status END
-                          WHERE id = $1 AND amount_refunded < $2",
-                        &[&order_id, &cumulative.micros()],
-                    )
-                    .await?;
-                Ok(())
-            })
-        })
-    }
-
     fn refund_failed_later(
         &self,
         request_id: i64,
@@ -634,8 +619,25 @@ impl BillingStore for PostgresStore {
         })
     }
 
-    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool> {
-        self.record_failed_refund_op(failed)
+    fn record_refunds(&self, seen: RefundsSeen) -> StoreFuture<OrderRefunds, BillingError> {
+        self.record_refunds_op(seen)
+    }
+
+    fn stripe_refunds(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
+        self.stripe_refunds_op(order_id)
+    }
+
+    fn claim_legacy_orders(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.claim_legacy_orders_op(now_ms, lease_until_ms, limit)
+    }
+
+    fn legacy_orders_left(&self) -> StoreFuture<i64> {
+        self.legacy_orders_left_op()
     }
 
     fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord> {
@@ -821,14 +823,12 @@ async fn open_refund(
             order.status.as_str()
         )));
     }
-    // What Stripe says is refunded, less the refunds it reported failed
-    // (their money came back), or what was asked and not failed, if more.
+    // What the order's refunds that stand come to (its figure: a refund
+    // that failed is not in it), or what was asked and not failed, if more.
     let totals = transaction
         .query_one(
             "SELECT COALESCE(SUM(CASE WHEN status <> 'failed' THEN amount ELSE 0 END), 0)::BIGINT,
-                    COALESCE(MAX(n), 0)::BIGINT,
-                    (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM failed_refunds
-                      WHERE order_id = $1)
+                    COALESCE(MAX(n), 0)::BIGINT
                FROM order_refunds WHERE order_id = $1",
             &[&refund.order_id],
         )
@@ -836,9 +836,7 @@ async fn open_refund(
         .map_err(StoreError::from)?;
     let asked: i64 = totals.try_get(0).map_err(StoreError::from)?;
     let last_n: i64 = totals.try_get(1).map_err(StoreError::from)?;
-    let failed: i64 = totals.try_get(2).map_err(StoreError::from)?;
-    let refunded = (order.amount_refunded.micros() - failed).max(0);
-    let remaining = order.amount.micros() - refunded.max(asked);
+    let remaining = order.amount.micros() - order.amount_refunded.micros().max(asked);
     let amount = refund.amount.map_or(remaining, Money::micros);
     if remaining <= 0 {
         return Err(BillingError::NotRefundable(format!(

@@ -1,8 +1,10 @@
 //! Copying in Postgres: pages read in key order on a reader; the import
 //! runs on a connection of its own, in one transaction: many rows per
-//! INSERT, then each `id` sequence moved past the copied rows. A backup's
-//! pages are read in one repeatable-read transaction; the backups taken are
-//! recorded here too.
+//! INSERT, the checks, then each `id` sequence moved past the copied rows.
+//! A backup's pages are read in one repeatable-read transaction; the
+//! backups taken are recorded here too. A fill holds an advisory lock on
+//! its target from before it looks at it until it has undone what it made
+//! (`lock_for_filling`).
 
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
@@ -11,7 +13,8 @@ use tokio_postgres::{GenericClient, Row};
 use super::{boxed, PostgresStore};
 use crate::store::backup::BackupRecord;
 use crate::store::copy::{
-    ColumnType, CopyError, CopyRow, CopyValue, Page, Table, PAGE_ROWS, TABLES,
+    check_import, ColumnType, CopyError, CopyMessage, CopyRow, CopyValue, Imported, Page, Table,
+    PAGE_ROWS, TABLES,
 };
 use crate::store::{BackupStore, CopyStore, StoreError, StoreFuture};
 
@@ -105,7 +108,7 @@ async fn insert(
 }
 
 /// Up to `limit` rows of `table` after the key `after`, in key order.
-async fn select_page(
+pub(super) async fn select_page(
     client: &impl GenericClient,
     table: &Table,
     after: Option<&CopyRow>,
@@ -156,6 +159,154 @@ async fn select_page(
     rows.iter().map(|row| read_row(table, row)).collect()
 }
 
+/// What a Postgres database holds before a copy fills it, read without
+/// changing it: whether it has a migration history (an sms-credit
+/// database), the tables of its schema, and the first copied table that
+/// holds rows (among those it has: an earlier release lacks some).
+pub(crate) struct Before {
+    pub(crate) has_history: bool,
+    pub(crate) tables: Vec<String>,
+    pub(crate) holding_rows: Option<&'static str>,
+}
+
+/// The tables in the connection's schema.
+async fn schema_tables(client: &tokio_postgres::Client) -> Result<Vec<String>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() \
+             ORDER BY tablename",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| row.try_get(0).map_err(StoreError::from))
+        .collect()
+}
+
+/// See [`Before`].
+pub(crate) fn look_before_filling(url: &super::PostgresUrl) -> Result<Before, StoreError> {
+    let (runtime, stop) = super::start_runtime()?;
+    let connector = super::Connector::new(url, runtime.clone())?;
+    let before = super::block_on(&runtime, async move {
+        let client = connector.connect(None).await?;
+        let has_history = super::migrations::has_history(&client).await?;
+        let tables = schema_tables(&client).await?;
+        let mut holding_rows = None;
+        for table in TABLES.iter().filter(|table| !table.seeded) {
+            if !tables.iter().any(|name| name == table.name) {
+                continue;
+            }
+            let holds_rows: bool = client
+                .query_one(
+                    &format!("SELECT EXISTS (SELECT 1 FROM {})", table.name),
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            if holds_rows {
+                holding_rows = Some(table.name);
+                break;
+            }
+        }
+        Ok(Before {
+            has_history,
+            tables,
+            holding_rows,
+        })
+    });
+    drop(stop);
+    before
+}
+
+/// The advisory lock a fill holds on its target: "sms_fill".
+const FILL_LOCK: i64 = 0x736d_735f_6669_6c6c;
+
+/// A fill's hold on its target database (an advisory lock on a connection
+/// of its own): another copy or restore into the same database waits for
+/// it, from before it looks at the database until it has undone what it
+/// made, so that what one fill made and takes away after a failure is never
+/// what another committed. Released when dropped (the connection closes).
+pub(crate) struct FillLock {
+    _client: tokio_postgres::Client,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl std::fmt::Debug for FillLock {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("FillLock")
+    }
+}
+
+/// Takes the fill lock of the database at `url`; `waiting` is told first
+/// if another fill holds it, and this one waits for it.
+pub(crate) fn lock_for_filling(
+    url: &super::PostgresUrl,
+    waiting: &dyn Fn(),
+) -> Result<FillLock, StoreError> {
+    let (runtime, stop) = super::start_runtime()?;
+    let connector = super::Connector::new(url, runtime.clone())?;
+    let (client, taken) = super::block_on(&runtime, async move {
+        let client = connector.connect(None).await?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&FILL_LOCK])
+            .await?
+            .try_get(0)?;
+        Ok((client, taken))
+    })?;
+    let client = if taken {
+        client
+    } else {
+        waiting();
+        super::block_on(&runtime, async move {
+            client
+                .execute("SELECT pg_advisory_lock($1)", &[&FILL_LOCK])
+                .await?;
+            Ok(client)
+        })?
+    };
+    Ok(FillLock {
+        _client: client,
+        _stop: stop,
+    })
+}
+
+/// Drops, in one transaction, every table of the schema that is not among
+/// `before` (what opening and migrating made for a fill that failed);
+/// answers their names.
+pub(crate) fn drop_tables_made(
+    url: &super::PostgresUrl,
+    before: Vec<String>,
+) -> Result<Vec<String>, StoreError> {
+    let (runtime, stop) = super::start_runtime()?;
+    let connector = super::Connector::new(url, runtime.clone())?;
+    let dropped = super::block_on(&runtime, async move {
+        let mut client = connector.connect(None).await?;
+        let made: Vec<String> = schema_tables(&client)
+            .await?
+            .into_iter()
+            .filter(|name| !before.contains(name))
+            .collect();
+        if made.is_empty() {
+            return Ok(made);
+        }
+        let transaction = client.transaction().await?;
+        let quoted: Vec<String> = made
+            .iter()
+            .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
+            .collect();
+        transaction
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {} CASCADE",
+                quoted.join(", ")
+            ))
+            .await?;
+        transaction.commit().await?;
+        Ok(made)
+    });
+    drop(stop);
+    dropped
+}
+
 impl CopyStore for PostgresStore {
     fn export_page(
         &self,
@@ -168,10 +319,7 @@ impl CopyStore for PostgresStore {
         })
     }
 
-    fn import(
-        &self,
-        mut pages: mpsc::Receiver<Page>,
-    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
+    fn import(&self, mut pages: mpsc::Receiver<CopyMessage>) -> StoreFuture<Imported, CopyError> {
         let connector = self.readers.connector.clone();
         Box::pin(async move {
             let mut client = connector.connect(None).await?;
@@ -191,7 +339,14 @@ impl CopyStore for PostgresStore {
                 }
             }
             let mut counts: Vec<(&'static str, u64)> = Vec::new();
-            while let Some(page) = pages.recv().await {
+            // Without the export's last word the transaction is dropped,
+            // and with it every row written.
+            let finished = loop {
+                let page = match pages.recv().await {
+                    Some(CopyMessage::Page(page)) => page,
+                    Some(CopyMessage::Finished(finished)) => break finished,
+                    None => return Err(CopyError::Unfinished),
+                };
                 let table = page.table;
                 let index = match counts.iter().position(|(name, _)| *name == table.name) {
                     Some(index) => index,
@@ -209,7 +364,11 @@ impl CopyStore for PostgresStore {
                 };
                 insert(&transaction, table, &page.rows).await?;
                 counts[index].1 += page.rows.len() as u64;
-            }
+            };
+            let target = super::ledger::verify_in(&transaction).await?;
+            check_import(&finished, &counts, &target)?;
+            // Last before the commit: `setval` is never rolled back, so a
+            // copy refused by its checks must not have moved a sequence.
             for table in TABLES.iter().filter(|table| table.has_id_sequence) {
                 transaction
                     .execute(
@@ -225,13 +384,16 @@ impl CopyStore for PostgresStore {
                     .map_err(StoreError::from)?;
             }
             transaction.commit().await.map_err(StoreError::from)?;
-            Ok(counts)
+            Ok(Imported {
+                tables: counts,
+                target,
+            })
         })
     }
 
     fn export_snapshot(
         &self,
-        pages: mpsc::Sender<Page>,
+        pages: mpsc::Sender<CopyMessage>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
         // One repeatable-read transaction on a connection of its own: every
         // page is read from the moment of its first statement, whatever the
@@ -255,7 +417,12 @@ impl CopyStore for PostgresStore {
                     let full = rows.len() as i64 == PAGE_ROWS;
                     count += rows.len() as u64;
                     after = rows.last().map(|row| table.key_of(row));
-                    if !rows.is_empty() && pages.send(Page { table, rows }).await.is_err() {
+                    if !rows.is_empty()
+                        && pages
+                            .send(CopyMessage::Page(Page { table, rows }))
+                            .await
+                            .is_err()
+                    {
                         // The target stopped taking pages: its error says why.
                         return Ok(counts);
                     }

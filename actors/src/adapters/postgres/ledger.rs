@@ -233,13 +233,23 @@ pub(super) async fn entries_between(
 /// Feeds every ledger row (with its account's snapshot), then every
 /// account without rows, to a [`Verifier`], all read in one snapshot of the
 /// database (a repeatable-read transaction on a connection of its own).
-async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
+pub(super) async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
     let transaction = client
         .build_transaction()
         .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
         .read_only(true)
         .start()
         .await?;
+    let report = verify_in(&transaction).await?;
+    transaction.commit().await?;
+    Ok(report)
+}
+
+/// [`verify`] inside a transaction the caller holds (a copy's import
+/// checks what it wrote before it commits).
+pub(super) async fn verify_in(
+    transaction: &tokio_postgres::Transaction<'_>,
+) -> Result<VerifyReport, StoreError> {
     let mut verifier = Verifier::new();
     let rows = transaction
         .query_raw(
@@ -288,7 +298,6 @@ async fn verify(client: &mut Client) -> Result<VerifyReport, StoreError> {
             row.try_get(3)?,
         );
     }
-    transaction.commit().await?;
     Ok(verifier.finish())
 }
 

@@ -290,7 +290,12 @@ impl MessageStore for PostgresStore {
         self.write(move |transaction| {
             let sweep = sweep.clone();
             boxed(async move {
-                const ALIVE: &str = "(SELECT id FROM instances WHERE heartbeat_at >= $2)";
+                // Each instance is alive by its own timeout (the
+                // sweeper's for a row that does not say it).
+                let alive = format!(
+                    "(SELECT id FROM instances WHERE heartbeat_at >= $1 - COALESCE({}, $7))",
+                    super::accounts::INSTANCE_TIMEOUT
+                );
                 // Picked once (`MATERIALIZED`), as the other claims are.
                 let rows = transaction
                     .query(
@@ -299,24 +304,25 @@ impl MessageStore for PostgresStore {
                                SELECT id FROM messages
                                 WHERE state = 'reserved'
                                   AND (next_sweep_at IS NULL OR next_sweep_at <= $1
-                                       OR swept_by IS NULL OR swept_by NOT IN {ALIVE})
+                                       OR swept_by IS NULL OR swept_by NOT IN {alive})
                                   AND (created_at < $3
                                        OR (created_at < $2
-                                           AND (instance_id IS NULL OR instance_id NOT IN {ALIVE})))
+                                           AND (instance_id IS NULL OR instance_id NOT IN {alive})))
                                 ORDER BY id LIMIT $5 FOR UPDATE SKIP LOCKED)
                              UPDATE messages m SET next_sweep_at = $4, swept_by = $6
                                FROM picked WHERE m.id = picked.id
                              RETURNING {RETURNED}, m.body_sha256, m.voiding,
                                        m.created_at < $2
-                                       AND (m.instance_id IS NULL OR m.instance_id NOT IN {ALIVE})"
+                                       AND (m.instance_id IS NULL OR m.instance_id NOT IN {alive})"
                         ),
                         &[
                             &sweep.now_ms,
-                            &sweep.alive_since_ms,
+                            &sweep.now_ms.saturating_sub(sweep.fallback_timeout_ms),
                             &sweep.stale_before_ms,
                             &sweep.lease_until_ms,
                             &sweep.limit,
                             &sweep.instance_id,
+                            &sweep.fallback_timeout_ms,
                         ],
                     )
                     .await?;

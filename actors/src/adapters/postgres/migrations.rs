@@ -78,8 +78,28 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V17__operator.sql"),
     ),
     (
-        "V19__credit_grants",
-        include_str!("../../../../migrations/postgres/V19__credit_grants.sql"),
+        "V18__refunds_by_id",
+        include_str!("../../../../migrations/postgres/V18__refunds_by_id.sql"),
+    ),
+    (
+        "V20__strangers_second_round",
+        include_str!("../../../../migrations/postgres/V20__strangers_second_round.sql"),
+    ),
+    (
+        "V22__strangers_third_round",
+        include_str!("../../../../migrations/postgres/V22__strangers_third_round.sql"),
+    ),
+    (
+        "V23__legacy_refund_sweep",
+        include_str!("../../../../migrations/postgres/V23__legacy_refund_sweep.sql"),
+    ),
+    (
+        "V24__instance_timeouts",
+        include_str!("../../../../migrations/postgres/V24__instance_timeouts.sql"),
+    ),
+    (
+        "V25__credit_grants",
+        include_str!("../../../../migrations/postgres/V25__credit_grants.sql"),
     ),
 ];
 
@@ -142,6 +162,24 @@ pub(super) async fn migrate_until(client: &mut Client, last: i32) -> Result<(), 
         .await
         .map_err(migration_error)?;
     Ok(())
+}
+
+/// This release's migrations, as refinery names them (`V{version}__{name}`).
+pub(super) fn names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// The migrations recorded in the database, oldest first: version and name.
+pub(super) async fn applied_migrations(client: &Client) -> Result<Vec<(i64, String)>, StoreError> {
+    let rows = client
+        .query(
+            "SELECT version::bigint, name::text FROM refinery_schema_history ORDER BY version",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+        .collect()
 }
 
 /// Whether the database has a migration history (any migration applied):

@@ -25,8 +25,13 @@ mod migrations;
 mod opt_outs;
 mod reports;
 mod sign_in;
+mod source;
+mod stripe_refunds;
 mod webhooks;
 mod writer;
+
+pub(crate) use copy::{drop_tables_made, lock_for_filling, look_before_filling, FillLock};
+pub(crate) use source::open_source;
 
 use std::any::Any;
 use std::fmt;

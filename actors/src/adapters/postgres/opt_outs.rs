@@ -65,6 +65,15 @@ pub(super) async fn apply(
             client
                 .execute("DELETE FROM opt_outs WHERE phone = $1", &[&phone.as_str()])
                 .await?;
+            // When: a carrier's opt-out about a message sent before it is
+            // old news.
+            client
+                .execute(
+                    "INSERT INTO opt_ins (phone, opted_in_at) VALUES ($1, $2)
+                     ON CONFLICT (phone) DO UPDATE SET opted_in_at = excluded.opted_in_at",
+                    &[&phone.as_str(), &now_ms],
+                )
+                .await?;
             Ok(())
         }
     }
@@ -86,6 +95,34 @@ impl OptOutStore for PostgresStore {
             let (phone, keyword) = (phone.clone(), keyword.clone());
             boxed(async move {
                 record_opt_out(transaction, &phone, via, keyword.as_deref(), now_ms).await
+            })
+        })
+    }
+
+    fn record_carrier_opt_out(
+        &self,
+        phone: PhoneNumber,
+        sent_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let phone = phone.clone();
+            boxed(async move {
+                let opted_in_at: Option<i64> = transaction
+                    .query_opt(
+                        "SELECT opted_in_at FROM opt_ins WHERE phone = $1",
+                        &[&phone.as_str()],
+                    )
+                    .await?
+                    .map(|row| row.try_get(0))
+                    .transpose()?;
+                if let (Some(sent_at), Some(opted_in_at)) = (sent_at_ms, opted_in_at) {
+                    if sent_at < opted_in_at {
+                        return Ok(false);
+                    }
+                }
+                record_opt_out(transaction, &phone, OptOutVia::Carrier, None, now_ms).await?;
+                Ok(true)
             })
         })
     }

@@ -48,7 +48,6 @@ pub(super) struct Prepared {
     insert_notices: Statement,
     notify: Statement,
     standing: Statement,
-    raise_refunded: Statement,
     insert_grants: Statement,
 }
 
@@ -83,39 +82,19 @@ SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at,
        AS n (account_id, kind, dedupe_key, payload, created_at, after_message)
 ON CONFLICT (dedupe_key) DO NOTHING";
 const NOTIFY: &str = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)";
-/// Orders raised (never lowered) to what Stripe says is refunded of them
-/// in all, with the rows that take back their credit; an order refunded in
-/// full is `refunded`.
-const RAISE_REFUNDED: &str = "UPDATE orders o
-    SET amount_refunded = u.refunded,
-        status = CASE WHEN u.refunded >= o.amount THEN 'refunded' ELSE o.status END
-   FROM (SELECT id, max(refunded) AS refunded
-           FROM unnest($1::bigint[], $2::bigint[]) AS r (id, refunded)
-          GROUP BY id) AS u
-  WHERE o.id = u.id AND o.amount_refunded < u.refunded";
 const STANDING: &str =
     "SELECT account_id, balance, seq, low_balance_warned_at, grants FROM account_balances
   WHERE account_id = ANY($1)";
 
 impl Prepared {
     pub(super) async fn new(client: &Client) -> Result<Prepared, tokio_postgres::Error> {
-        let (
-            lock,
-            update,
-            insert_rows,
-            insert_notices,
-            notify,
-            standing,
-            raise_refunded,
-            insert_grants,
-        ) = futures_util::try_join!(
+        let (lock, update, insert_rows, insert_notices, notify, standing, insert_grants) = futures_util::try_join!(
             client.prepare(LOCK),
             client.prepare(UPDATE),
             client.prepare(INSERT_ROWS),
             client.prepare(INSERT_NOTICES),
             client.prepare(NOTIFY),
             client.prepare(STANDING),
-            client.prepare(RAISE_REFUNDED),
             client.prepare(INSERT_GRANTS),
         )?;
         Ok(Prepared {
@@ -125,7 +104,6 @@ impl Prepared {
             insert_notices,
             notify,
             standing,
-            raise_refunded,
             insert_grants,
         })
     }
@@ -663,7 +641,6 @@ async fn apply_ledger(
     let mut fates = vec![Fate::Refused(StoreError::Conflict); ledger.len()];
     let mut rows = Rows::default();
     let mut notices = Notices::default();
-    let mut refunded = RefundedOrders::default();
     let mut made = Grants::default();
     let mut moved = Vec::new();
     let mut lost: Vec<(i64, usize)> = Vec::new();
@@ -680,7 +657,6 @@ async fn apply_ledger(
         for &index in indexes {
             fates[index] = Fate::Committed;
             rows.push(&ledger[index]);
-            refunded.push(&ledger[index]);
             made.push(&ledger[index]);
             notices.withdraw(&ledger[index]);
             if let Some(notice) = ledger[index].notice() {
@@ -732,10 +708,9 @@ async fn apply_ledger(
             None => Ok(()),
         }
     };
-    let (_, _, (), (), _, standing, _, (), ()) = futures_util::try_join!(
+    let (_, _, (), _, standing, _, (), ()) = futures_util::try_join!(
         rows.insert(client, prepared),
         notices.insert(client, prepared),
-        refunded.raise(client, prepared),
         made.insert(client, prepared),
         notify(client, prepared, origin, &moved),
         standing,
@@ -900,9 +875,6 @@ async fn apply_one(
         fail_at(WritePart::Notice).await?;
     }
     notices.insert(transaction, prepared).await?;
-    let mut refunded = RefundedOrders::default();
-    refunded.push(write);
-    refunded.raise(transaction, prepared).await?;
     let mut made = Grants::default();
     made.push(write);
     made.insert(transaction, prepared).await?;
@@ -945,37 +917,6 @@ async fn raise_injected(
             part.as_str()
         ))
         .await
-}
-
-/// The orders whose refunds the batch's rows take credit back for, as
-/// columns, raised with one statement in the same pipeline.
-#[derive(Default)]
-struct RefundedOrders {
-    order_id: Vec<i64>,
-    refunded: Vec<i64>,
-}
-
-impl RefundedOrders {
-    fn push(&mut self, write: &LedgerWrite) {
-        if let Some(order) = write.order_refunded() {
-            self.order_id.push(order.order_id);
-            self.refunded.push(order.refunded.micros());
-        }
-    }
-
-    async fn raise(
-        &self,
-        client: &impl GenericClient,
-        prepared: &Prepared,
-    ) -> Result<(), tokio_postgres::Error> {
-        if self.order_id.is_empty() {
-            return Ok(());
-        }
-        client
-            .execute(&prepared.raise_refunded, &[&self.order_id, &self.refunded])
-            .await?;
-        Ok(())
-    }
 }
 
 /// The grants the batch's rows make, as columns.

@@ -10,8 +10,8 @@ use crate::money::Money;
 use crate::opt_outs::{OptOut, OptOutVia};
 use crate::store::change_notes;
 use crate::store::{
-    AccountStore, CreateAccountError, InstanceStore, StoreError, StoreFuture, TokenStore,
-    UnknownValue,
+    AccountStore, CreateAccountError, InstanceBeat, InstanceStore, StoreError, StoreFuture,
+    TokenStore, UnknownValue,
 };
 
 /// Inserts an account with a zero balance. Runs inside a store write.
@@ -318,15 +318,47 @@ impl AccountStore for SqliteStore {
     }
 }
 
+/// An `instances` row's own timeout: the one its heartbeat wrote, or for a
+/// row without it (an earlier release's server) the one its name ends
+/// with (`3f9a…-30000ms`); NULL when neither says.
+pub(super) const INSTANCE_TIMEOUT: &str = "COALESCE(timeout_ms,
+    CASE WHEN id GLOB '*-[1-9]*ms'
+              AND rtrim(substr(id, instr(id, '-') + 1), 'ms') NOT GLOB '*[^0-9]*'
+         THEN CAST(rtrim(substr(id, instr(id, '-') + 1), 'ms') AS INTEGER) END)";
+
+/// Every instance's row (see [`InstanceStore::beats`]).
+pub(super) fn instance_beats(connection: &Connection) -> Result<Vec<InstanceBeat>, StoreError> {
+    let mut statement = connection.prepare_cached(&format!(
+        "SELECT id, heartbeat_at, {INSTANCE_TIMEOUT} FROM instances ORDER BY id"
+    ))?;
+    let instances = statement
+        .query_map([], |row| {
+            Ok(InstanceBeat {
+                id: row.get(0)?,
+                heartbeat_ms: row.get(1)?,
+                timeout_ms: row.get(2)?,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(instances)
+}
+
 impl InstanceStore for SqliteStore {
-    fn heartbeat(&self, instance_id: String, now_ms: i64) -> StoreFuture<()> {
+    fn heartbeat(
+        &self,
+        instance_id: String,
+        now_ms: i64,
+        timeout_ms: Option<i64>,
+    ) -> StoreFuture<()> {
         self.write(move |connection| {
             connection
                 .prepare_cached(
-                    "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (?1, ?2, ?2)
-                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
+                    "INSERT INTO instances (id, started_at, heartbeat_at, timeout_ms)
+                     VALUES (?1, ?2, ?2, ?3)
+                     ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at,
+                                                    timeout_ms = excluded.timeout_ms",
                 )?
-                .execute(params![instance_id, now_ms])?;
+                .execute(params![instance_id, now_ms, timeout_ms])?;
             Ok(())
         })
     }
@@ -337,18 +369,6 @@ impl InstanceStore for SqliteStore {
                 .prepare_cached("DELETE FROM instances WHERE id = ?1")?
                 .execute([instance_id])?;
             Ok(())
-        })
-    }
-
-    fn alive(&self, since_ms: i64) -> StoreFuture<Vec<(String, i64)>> {
-        self.read(move |connection| {
-            let mut statement = connection.prepare_cached(
-                "SELECT id, heartbeat_at FROM instances WHERE heartbeat_at >= ?1 ORDER BY id",
-            )?;
-            let instances = statement
-                .query_map([since_ms], |row| Ok((row.get(0)?, row.get(1)?)))?
-                .collect::<Result<Vec<(String, i64)>, _>>()?;
-            Ok(instances)
         })
     }
 }

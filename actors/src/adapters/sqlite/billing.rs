@@ -10,10 +10,11 @@ use super::accounts::{
 use super::SqliteStore;
 use crate::accounts::{Account, AccountStatus, Card, NewAccount};
 use crate::billing::discounts::{Discount, DiscountCode};
-use crate::billing::disputes::{DisputeRecord, DisputeUpdate, FailedRefund, OrderClaims};
+use crate::billing::disputes::{DisputeRecord, DisputeUpdate, OrderClaims};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
+use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -325,24 +326,6 @@ fn end_pending(connection: &Connection, id: i64, status: OrderStatus) -> Result<
     Ok(changed == 1)
 }
 
-/// Records the cumulative refunded amount (only ever upwards): on its own
-/// when no credit was taken back for it, or in the writer's transaction
-/// with the row that took it back.
-pub(super) fn record_refunded(
-    connection: &Connection,
-    id: i64,
-    cumulative: Money,
-) -> rusqlite::Result<()> {
-    connection
-        .prepare_cached(
-            "UPDATE orders SET amount_refunded = ?2,
-                    status = CASE WHEN ?2 >= amount THEN 'refunded' ELSE status END
-              WHERE id = ?1 AND amount_refunded < ?2",
-        )?
-        .execute(params![id, cumulative.micros()])?;
-    Ok(())
-}
-
 impl BillingStore for SqliteStore {
     fn pricing(&self) -> StoreFuture<Pricing> {
         self.read(load_pricing)
@@ -560,10 +543,6 @@ impl BillingStore for SqliteStore {
         })
     }
 
-    fn record_refunded(&self, order_id: i64, cumulative: Money) -> StoreFuture<()> {
-        self.write(move |connection| Ok(record_refunded(connection, order_id, cumulative)?))
-    }
-
     fn refund_failed_later(
         &self,
         request_id: i64,
@@ -589,8 +568,25 @@ impl BillingStore for SqliteStore {
         })
     }
 
-    fn record_failed_refund(&self, failed: FailedRefund) -> StoreFuture<bool> {
-        self.record_failed_refund_op(failed)
+    fn record_refunds(&self, seen: RefundsSeen) -> StoreFuture<OrderRefunds, BillingError> {
+        self.record_refunds_op(seen)
+    }
+
+    fn stripe_refunds(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
+        self.stripe_refunds_op(order_id)
+    }
+
+    fn claim_legacy_orders(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.claim_legacy_orders_op(now_ms, lease_until_ms, limit)
+    }
+
+    fn legacy_orders_left(&self) -> StoreFuture<i64> {
+        self.legacy_orders_left_op()
     }
 
     fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord> {
@@ -729,23 +725,19 @@ fn open_refund(connection: &Connection, refund: &OpenRefund) -> Result<Opened, B
             order.status.as_str()
         )));
     }
-    // What Stripe says is refunded, less the refunds it reported failed
-    // (their money came back), or what was asked and not failed, if more.
-    let (asked, last_n, failed): (i64, i64, i64) = connection
+    // What the order's refunds that stand come to (its figure: a refund
+    // that failed is not in it), or what was asked and not failed, if more.
+    let (asked, last_n): (i64, i64) = connection
         .prepare_cached(
             "SELECT COALESCE(SUM(CASE WHEN status <> 'failed' THEN amount ELSE 0 END), 0),
-                    COALESCE(MAX(n), 0),
-                    (SELECT COALESCE(SUM(amount), 0) FROM failed_refunds WHERE order_id = ?1)
+                    COALESCE(MAX(n), 0)
                FROM order_refunds WHERE order_id = ?1",
         )
         .and_then(|mut statement| {
-            statement.query_row([refund.order_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-            })
+            statement.query_row([refund.order_id], |row| Ok((row.get(0)?, row.get(1)?)))
         })
         .map_err(StoreError::from)?;
-    let refunded = (order.amount_refunded.micros() - failed).max(0);
-    let remaining = order.amount.micros() - refunded.max(asked);
+    let remaining = order.amount.micros() - order.amount_refunded.micros().max(asked);
     let amount = refund.amount.map_or(remaining, Money::micros);
     if remaining <= 0 {
         return Err(BillingError::NotRefundable(format!(

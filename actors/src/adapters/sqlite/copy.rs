@@ -1,10 +1,11 @@
 //! Copying in SQLite: pages read in key order on a reader; the import runs
 //! on the writer, as one write of its own (one transaction), taking pages as
-//! the source hands them over. A backup's snapshot is read on a connection
+//! the source hands them over, and ends the write (committed) only after the
+//! export's last word and the checks. A backup's snapshot is read on a connection
 //! of its own (`VACUUM INTO`, or every page in one read transaction); the
 //! backups taken are recorded here too.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension};
@@ -13,7 +14,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::SqliteStore;
 use crate::store::backup::BackupRecord;
 use crate::store::copy::{
-    ColumnType, CopyError, CopyRow, CopyValue, Page, Table, PAGE_ROWS, TABLES,
+    check_import, ColumnType, CopyError, CopyMessage, CopyRow, CopyValue, Imported, Page, Table,
+    PAGE_ROWS, TABLES,
 };
 use crate::store::{BackupStore, CopyStore, StoreError, StoreFuture};
 
@@ -43,10 +45,13 @@ fn read_row(table: &Table, row: &rusqlite::Row<'_>) -> rusqlite::Result<CopyRow>
         .collect()
 }
 
+/// Writes the pages as they come, inside the writer's transaction, and
+/// answers only once the export's last word came and the checks pass; an
+/// error rolls back everything written (the writer's savepoint).
 fn import(
     connection: &Connection,
-    mut pages: mpsc::Receiver<Page>,
-) -> Result<Vec<(&'static str, u64)>, CopyError> {
+    mut pages: mpsc::Receiver<CopyMessage>,
+) -> Result<Imported, CopyError> {
     for table in TABLES.iter().filter(|table| !table.seeded) {
         let holds_rows: bool = connection
             .query_row(
@@ -60,7 +65,19 @@ fn import(
         }
     }
     let mut counts: Vec<(&'static str, u64)> = Vec::new();
-    while let Some(page) = pages.blocking_recv() {
+    loop {
+        let page = match pages.blocking_recv() {
+            Some(CopyMessage::Page(page)) => page,
+            Some(CopyMessage::Finished(finished)) => {
+                let target = super::ledger::verify(connection)?;
+                check_import(&finished, &counts, &target)?;
+                return Ok(Imported {
+                    tables: counts,
+                    target,
+                });
+            }
+            None => return Err(CopyError::Unfinished),
+        };
         let table = page.table;
         let index = match counts.iter().position(|(name, _)| *name == table.name) {
             Some(index) => index,
@@ -90,11 +107,10 @@ fn import(
         }
         counts[index].1 += page.rows.len() as u64;
     }
-    Ok(counts)
 }
 
 /// Up to `limit` rows of `table` after the key `after`, in key order.
-fn select_page(
+pub(super) fn select_page(
     connection: &Connection,
     table: &Table,
     after: Option<&CopyRow>,
@@ -125,7 +141,7 @@ fn select_page(
 /// transaction the caller holds.
 fn export_all(
     connection: &Connection,
-    pages: &mpsc::Sender<Page>,
+    pages: &mpsc::Sender<CopyMessage>,
 ) -> Result<Vec<(&'static str, u64)>, CopyError> {
     let mut counts = Vec::new();
     for table in TABLES {
@@ -136,7 +152,11 @@ fn export_all(
             let full = rows.len() as i64 == PAGE_ROWS;
             count += rows.len() as u64;
             after = rows.last().map(|row| table.key_of(row));
-            if !rows.is_empty() && pages.blocking_send(Page { table, rows }).is_err() {
+            if !rows.is_empty()
+                && pages
+                    .blocking_send(CopyMessage::Page(Page { table, rows }))
+                    .is_err()
+            {
                 // The target stopped taking pages: its error says why.
                 return Ok(counts);
             }
@@ -149,6 +169,99 @@ fn export_all(
     Ok(counts)
 }
 
+/// Opens an existing file read-only, changing nothing (no journal mode,
+/// no migration).
+pub(super) fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
+    let flags =
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    Connection::open_with_flags(path, flags).map_err(|error| StoreError::Open {
+        path: path.display().to_string(),
+        reason: error.to_string(),
+    })
+}
+
+/// The first copied table that holds rows in the file at `path`, among
+/// those it has (a file of an earlier release lacks some); none when there
+/// is no file. Read without changing the file, so that a target that holds
+/// data is refused before anything is made or migrated.
+pub(crate) fn table_holding_rows(path: &Path) -> Result<Option<&'static str>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let connection = open_read_only(path)?;
+    for table in TABLES.iter().filter(|table| !table.seeded) {
+        let exists: bool = connection.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1)",
+            [table.name],
+            |row| row.get(0),
+        )?;
+        if !exists {
+            continue;
+        }
+        let holds_rows: bool = connection.query_row(
+            &format!("SELECT EXISTS (SELECT 1 FROM {})", table.name),
+            [],
+            |row| row.get(0),
+        )?;
+        if holds_rows {
+            return Ok(Some(table.name));
+        }
+    }
+    Ok(None)
+}
+
+/// The tables of the SQLite file at `path` when it is another program's
+/// database: it has tables, but no sms-credit migration history (refinery's,
+/// or an earlier release's `schema_migrations`). `None` for a file with no
+/// tables, or an sms-credit one. Read without changing the file.
+pub(crate) fn foreign_tables(path: &Path) -> Result<Option<Vec<String>>, StoreError> {
+    let connection = open_read_only(path)?;
+    let mut statement = connection.prepare(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' \
+         ESCAPE '\\' ORDER BY name",
+    )?;
+    let tables = statement
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let ours = tables
+        .iter()
+        .any(|name| name == "refinery_schema_history" || name == "schema_migrations");
+    Ok((!tables.is_empty() && !ours).then_some(tables))
+}
+
+/// Refuses a file that is not a database this release's migrations made
+/// (no migration history, or one naming a migration this release does not
+/// have: an empty file, another program's database, a newer release's
+/// backup). Reads it only.
+pub(crate) fn check_made_by_sms_credit(path: &Path) -> Result<(), String> {
+    let connection = open_read_only(path).map_err(|error| error.to_string())?;
+    let history: bool = connection
+        .query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+             AND name = 'refinery_schema_history')",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(|error| format!("it is not an SQLite database ({error})"))?;
+    if !history {
+        return Err("it holds no sms-credit migration history".to_string());
+    }
+    let applied =
+        super::migrations::applied_migrations(&connection).map_err(|error| error.to_string())?;
+    if applied.is_empty() {
+        return Err("its migration history is empty".to_string());
+    }
+    for (version, name) in applied {
+        if !super::migrations::is_ours(version, &name) {
+            return Err(format!(
+                "its migration {version} ({name}) is not one of this release's (a newer \
+                 release's, or another program's)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl CopyStore for SqliteStore {
     fn export_page(
         &self,
@@ -159,16 +272,13 @@ impl CopyStore for SqliteStore {
         self.read(move |connection| select_page(connection, table, after.as_ref(), limit))
     }
 
-    fn import(
-        &self,
-        pages: mpsc::Receiver<Page>,
-    ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
+    fn import(&self, pages: mpsc::Receiver<CopyMessage>) -> StoreFuture<Imported, CopyError> {
         self.write(move |connection| import(connection, pages))
     }
 
     fn export_snapshot(
         &self,
-        pages: mpsc::Sender<Page>,
+        pages: mpsc::Sender<CopyMessage>,
     ) -> StoreFuture<Vec<(&'static str, u64)>, CopyError> {
         // On a connection of its own, so that the store's readers go on
         // answering: one read transaction holds the moment it started at.

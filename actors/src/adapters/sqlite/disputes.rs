@@ -1,13 +1,14 @@
-//! Disputes, refunds that failed, and what they claim of an order's
-//! credit, in SQLite (one writer: a dispute's upsert and its reads are
-//! never interleaved with another's).
+//! Disputes, and what an order's disputes and refunds claim of its credit,
+//! in SQLite (one writer: a dispute's upsert and its reads are never
+//! interleaved with another's).
 
 use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
 use crate::billing::disputes::{
-    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, FailedRefund, OrderClaims,
+    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims, StoredClaim,
 };
+use crate::billing::stripe_refunds::RefundStanding;
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::reports::OpenDispute;
@@ -75,16 +76,16 @@ fn record_dispute_sql(placeholders: [&str; 11]) -> String {
     )
 }
 
-/// What an order's refunds and disputes claim, in one statement.
-fn claims_sql(order: &str) -> String {
-    format!(
-        "SELECT o.amount_refunded,
-                (SELECT COALESCE(SUM(amount), 0) FROM failed_refunds WHERE order_id = o.id),
-                (SELECT COALESCE(SUM(amount), 0) FROM disputes
-                  WHERE order_id = o.id AND funds = 'withdrawn')
-           FROM orders o WHERE o.id = {order}"
-    )
-}
+/// Every claim on an order's credit, in one statement (one moment): its
+/// refunds with their standing, its disputes with their funds, and a row
+/// that says the order exists.
+const CLAIMS_SQL: &str = "SELECT 'refund', refund_id, amount, standing FROM stripe_refunds
+                           WHERE order_id = ?1
+                          UNION ALL
+                          SELECT 'dispute', dispute_id, amount, funds FROM disputes
+                           WHERE order_id = ?1
+                          UNION ALL
+                          SELECT 'order', '', 0, '' FROM orders WHERE id = ?1";
 
 /// The disputes not closed, the one due first first.
 fn open_disputes_sql(limit: &str) -> String {
@@ -142,35 +143,38 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn record_failed_refund_op(&self, failed: FailedRefund) -> StoreFuture<bool> {
-        self.write(move |connection| {
-            let inserted = connection
-                .prepare_cached(
-                    "INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (refund_id) DO NOTHING",
-                )?
-                .execute(params![
-                    failed.refund_id,
-                    failed.order_id,
-                    failed.amount.micros(),
-                    failed.now_ms
-                ])?;
-            Ok(inserted == 1)
-        })
-    }
-
     pub(super) fn claims_op(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
         self.read(move |connection| {
-            let mut statement = connection.prepare_cached(&claims_sql("?1"))?;
+            let mut statement = connection.prepare_cached(CLAIMS_SQL)?;
             let mut rows = statement.query([order_id])?;
-            let Some(row) = rows.next()? else {
+            let (mut claims, mut order_found) = (Vec::new(), false);
+            while let Some(row) = rows.next()? {
+                let what: String = row.get(0)?;
+                let id: String = row.get(1)?;
+                let amount = Money::from_micros(row.get(2)?);
+                let value: String = row.get(3)?;
+                let unknown = |table, column| {
+                    StoreError::UnknownValue(UnknownValue::new(table, &id, column, value.clone()))
+                };
+                match what.as_str() {
+                    "refund" => claims.push(StoredClaim::Refund(
+                        amount,
+                        RefundStanding::parse(&value)
+                            .ok_or_else(|| unknown("stripe_refunds", "standing"))?,
+                    )),
+                    "dispute" => claims.push(StoredClaim::Dispute(
+                        amount,
+                        DisputeFunds::parse(&value).ok_or_else(|| unknown("disputes", "funds"))?,
+                    )),
+                    _ => order_found = true,
+                }
+            }
+            if !order_found {
                 return Ok(None);
-            };
-            Ok(Some(OrderClaims {
-                refunded: Money::from_micros(row.get(0)?),
-                refunds_failed: Money::from_micros(row.get(1)?),
-                disputed: Money::from_micros(row.get(2)?),
-            }))
+            }
+            OrderClaims::of(&claims).map(Some).map_err(|error| {
+                StoreError::Database(format!("order {order_id}'s claims: {error}"))
+            })
         })
     }
 }

@@ -389,7 +389,7 @@ pub(super) fn entries_between(
 
 /// Feeds every ledger row (with its account's snapshot), then every
 /// account without rows, to a [`Verifier`].
-fn verify(connection: &Connection) -> Result<VerifyReport, StoreError> {
+pub(super) fn verify(connection: &Connection) -> Result<VerifyReport, StoreError> {
     let mut verifier = Verifier::new();
     let mut rows = connection.prepare(
         "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq,

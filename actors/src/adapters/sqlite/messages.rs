@@ -218,28 +218,34 @@ fn claim_open_reservations(
     connection: &Connection,
     sweep: ReservationSweep,
 ) -> Result<Vec<OpenReservation>, StoreError> {
-    const ALIVE: &str = "(SELECT id FROM instances WHERE heartbeat_at >= ?2)";
+    // Each instance is alive by its own timeout (the sweeper's for a row
+    // that does not say it).
+    let alive = format!(
+        "(SELECT id FROM instances WHERE heartbeat_at >= ?1 - COALESCE({}, ?7))",
+        super::accounts::INSTANCE_TIMEOUT
+    );
     let mut statement = connection.prepare_cached(&format!(
         "UPDATE messages SET next_sweep_at = ?4, swept_by = ?6
           WHERE id IN (SELECT id FROM messages
                         WHERE state = 'reserved'
                           AND (next_sweep_at IS NULL OR next_sweep_at <= ?1
-                               OR swept_by IS NULL OR swept_by NOT IN {ALIVE})
+                               OR swept_by IS NULL OR swept_by NOT IN {alive})
                           AND (created_at < ?3
-                               OR (created_at < ?2 AND (instance_id IS NULL OR instance_id NOT IN {ALIVE})))
+                               OR (created_at < ?2 AND (instance_id IS NULL OR instance_id NOT IN {alive})))
                         ORDER BY id LIMIT ?5)
          RETURNING {COLUMNS}, body_sha256, voiding,
-                   created_at < ?2 AND (instance_id IS NULL OR instance_id NOT IN {ALIVE})"
+                   created_at < ?2 AND (instance_id IS NULL OR instance_id NOT IN {alive})"
     ))?;
     let mut open = statement
         .query_map(
             params![
                 sweep.now_ms,
-                sweep.alive_since_ms,
+                sweep.now_ms.saturating_sub(sweep.fallback_timeout_ms),
                 sweep.stale_before_ms,
                 sweep.lease_until_ms,
                 sweep.limit,
-                sweep.instance_id
+                sweep.instance_id,
+                sweep.fallback_timeout_ms
             ],
             |row| {
                 let message = from_row(row)?;

@@ -116,8 +116,28 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V26__operator.sql"),
     ),
     (
-        "V28__credit_grants",
-        include_str!("../../../../migrations/sqlite/V28__credit_grants.sql"),
+        "V27__refunds_by_id",
+        include_str!("../../../../migrations/sqlite/V27__refunds_by_id.sql"),
+    ),
+    (
+        "V29__strangers_second_round",
+        include_str!("../../../../migrations/sqlite/V29__strangers_second_round.sql"),
+    ),
+    (
+        "V31__strangers_third_round",
+        include_str!("../../../../migrations/sqlite/V31__strangers_third_round.sql"),
+    ),
+    (
+        "V32__legacy_refund_sweep",
+        include_str!("../../../../migrations/sqlite/V32__legacy_refund_sweep.sql"),
+    ),
+    (
+        "V33__instance_timeouts",
+        include_str!("../../../../migrations/sqlite/V33__instance_timeouts.sql"),
+    ),
+    (
+        "V34__credit_grants",
+        include_str!("../../../../migrations/sqlite/V34__credit_grants.sql"),
     ),
 ];
 
@@ -155,7 +175,7 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<String>, StoreE
         tracing::info!(migration = %name, "applied migration");
     }
     // Accounts an earlier release left without grants get them, from
-    // their ledgers (after V28; a no-op once every account has them).
+    // their ledgers (after V34; a no-op once every account has them).
     super::backfill::backfill(connection)?;
     Ok(applied)
 }
@@ -240,6 +260,30 @@ fn adopt_legacy_history(
     transaction.commit().map_err(failed)?;
     tracing::info!("adopted the migration history of an earlier release");
     Ok(())
+}
+
+/// This release's migrations, as refinery names them (`V{version}__{name}`).
+pub(super) fn names() -> impl Iterator<Item = &'static str> {
+    MIGRATIONS.iter().map(|(name, _)| *name)
+}
+
+/// Whether the database has refinery's migration history (read only).
+pub(super) fn has_history(connection: &Connection) -> Result<bool, StoreError> {
+    Ok(connection.query_row(
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '{HISTORY_TABLE}')"
+        ),
+        [],
+        |row| row.get(0),
+    )?)
+}
+
+/// Whether `version` and `name` are one of this release's migrations, as
+/// refinery records it (`V{version}__{name}`).
+pub(super) fn is_ours(version: i64, name: &str) -> bool {
+    MIGRATIONS
+        .iter()
+        .any(|(ours, _)| *ours == format!("V{version}__{name}"))
 }
 
 /// The migrations recorded in a database, oldest first: version and name.

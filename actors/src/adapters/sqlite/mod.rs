@@ -25,10 +25,15 @@ mod opt_outs;
 mod reader;
 mod reports;
 mod sign_in;
+mod source;
+mod stripe_refunds;
 mod syncer;
 mod watcher;
 mod webhooks;
 mod writer;
+
+pub(crate) use copy::{check_made_by_sms_credit, foreign_tables, table_holding_rows};
+pub(crate) use source::open_source;
 
 use std::any::Any;
 use std::future::Future;
@@ -242,7 +247,7 @@ pub(super) fn migrate_until_for_testing(path: &Path, last: i32) -> Result<(), St
 /// What is wrong with where the database is, when that is why it could
 /// not be opened: SQLite says only "unable to open database file" or names
 /// its write-ahead log. `None` when the place looks usable.
-fn unusable_location(path: &Path) -> Option<String> {
+pub(crate) fn unusable_location(path: &Path) -> Option<String> {
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -582,7 +587,7 @@ mod tests {
                 checkpoints,
                 64,
                 1,
-                Shared::new().unwrap(),
+                Shared::new(None).unwrap(),
             )
             .unwrap();
             let autocheckpoint: i64 = runtime

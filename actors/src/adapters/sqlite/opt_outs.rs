@@ -64,6 +64,14 @@ pub(super) fn apply(
             connection
                 .prepare_cached("DELETE FROM opt_outs WHERE phone = ?1")?
                 .execute([phone.as_str()])?;
+            // When: a carrier's opt-out about a message sent before it is
+            // old news.
+            connection
+                .prepare_cached(
+                    "INSERT INTO opt_ins (phone, opted_in_at) VALUES (?1, ?2)
+                     ON CONFLICT (phone) DO UPDATE SET opted_in_at = excluded.opted_in_at",
+                )?
+                .execute(params![phone.as_str(), now_ms])?;
             Ok(())
         }
     }
@@ -83,6 +91,27 @@ impl OptOutStore for SqliteStore {
     ) -> StoreFuture<()> {
         self.write(move |connection| {
             record_opt_out(connection, &phone, via, keyword.as_deref(), now_ms)
+        })
+    }
+
+    fn record_carrier_opt_out(
+        &self,
+        phone: PhoneNumber,
+        sent_at_ms: Option<i64>,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let opted_in_at: Option<i64> = connection
+                .prepare_cached("SELECT opted_in_at FROM opt_ins WHERE phone = ?1")?
+                .query_row([phone.as_str()], |row| row.get(0))
+                .optional()?;
+            if let (Some(sent_at), Some(opted_in_at)) = (sent_at_ms, opted_in_at) {
+                if sent_at < opted_in_at {
+                    return Ok(false);
+                }
+            }
+            record_opt_out(connection, &phone, OptOutVia::Carrier, None, now_ms)?;
+            Ok(true)
         })
     }
 }

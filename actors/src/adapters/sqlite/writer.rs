@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use super::syncer::{Answer, CommittedLedger, Durability, Settled, ToSyncer};
 use super::{
-    billing, ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
+    ledger, messages as notices, watcher, webhooks, CustomFailure, ErasedOp, ErasedValue,
     WriterMessage,
 };
 use crate::clock::Clock;
@@ -446,9 +446,6 @@ impl Writer {
             if !write.events().is_empty() {
                 fail_at(WritePart::Events)?;
                 webhooks::insert_events(&self.connection, write.events())?;
-            }
-            if let Some(refunded) = write.order_refunded() {
-                billing::record_refunded(&self.connection, refunded.order_id, refunded.refunded)?;
             }
             if let Some(grant) = write.grant() {
                 ledger::insert_grant(&self.connection, write.entry.account_id, grant)?;

@@ -1,0 +1,244 @@
+//! Stripe's refunds of orders' payments, each recorded once by its id, in
+//! Postgres, with the order's refunded figure they make. A recording locks
+//! the order's row first, so two instances recording refunds of one order
+//! at once record them one after the other, each seeing the other's.
+
+use tokio_postgres::{GenericClient, Row, Transaction};
+
+use super::{boxed, PostgresStore};
+use crate::billing::stripe_refunds::{
+    legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, StripeRefund,
+};
+use crate::billing::BillingError;
+use crate::money::Money;
+use crate::store::{StoreError, StoreFuture, UnknownValue};
+
+const REFUND_COLUMNS: &str =
+    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
+
+fn refund_from_row(row: &Row) -> Result<StripeRefund, StoreError> {
+    let refund_id: String = row.try_get(0)?;
+    let standing: String = row.try_get(3)?;
+    let recorded_by: String = row.try_get(5)?;
+    Ok(StripeRefund {
+        order_id: row.try_get(1)?,
+        amount: Money::from_micros(row.try_get(2)?),
+        standing: RefundStanding::parse(&standing).ok_or_else(|| {
+            StoreError::UnknownValue(UnknownValue::new(
+                "stripe_refunds",
+                &refund_id,
+                "standing",
+                standing.clone(),
+            ))
+        })?,
+        stripe_status: row.try_get(4)?,
+        recorded_by: RecordedBy::parse(&recorded_by).ok_or_else(|| {
+            StoreError::UnknownValue(UnknownValue::new(
+                "stripe_refunds",
+                &refund_id,
+                "recorded_by",
+                recorded_by.clone(),
+            ))
+        })?,
+        recorded_at_ms: row.try_get(6)?,
+        updated_at_ms: row.try_get(7)?,
+        refund_id,
+    })
+}
+
+async fn refunds_of_order(
+    client: &impl GenericClient,
+    order_id: i64,
+) -> Result<Vec<StripeRefund>, StoreError> {
+    client
+        .query(
+            &format!(
+                "SELECT {REFUND_COLUMNS} FROM stripe_refunds WHERE order_id = $1
+                  ORDER BY recorded_at, refund_id"
+            ),
+            &[&order_id],
+        )
+        .await?
+        .iter()
+        .map(refund_from_row)
+        .collect()
+}
+
+/// [`crate::store::BillingStore::record_refunds`].
+async fn record_refunds(
+    transaction: &Transaction<'_>,
+    seen: &RefundsSeen,
+) -> Result<OrderRefunds, BillingError> {
+    let order_id = seen.order_id;
+    let locked = transaction
+        .query_opt(
+            "SELECT amount FROM orders WHERE id = $1 FOR UPDATE",
+            &[&order_id],
+        )
+        .await
+        .map_err(StoreError::from)?
+        .ok_or(BillingError::OrderNotFound(order_id))?;
+    let paid: i64 = locked.try_get(0).map_err(StoreError::from)?;
+    let mut changed = Vec::new();
+    // A legacy record replaced now: the refunds recorded with its
+    // replacement that it held back are marked so.
+    let mut replaced_now = false;
+    if seen.replace_legacy {
+        let legacy = legacy_refund_id(order_id);
+        let replaced = transaction
+            .execute(
+                "UPDATE stripe_refunds SET standing = 'replaced', updated_at = $3
+                  WHERE refund_id = $1 AND order_id = $2 AND standing = 'legacy'",
+                &[&legacy, &order_id, &seen.now_ms],
+            )
+            .await
+            .map_err(StoreError::from)?;
+        if replaced == 1 {
+            changed.push(legacy);
+            replaced_now = true;
+        }
+    }
+    for refund in &seen.refunds {
+        let recorded = transaction
+            .query_opt(
+                &format!("SELECT {REFUND_COLUMNS} FROM stripe_refunds WHERE refund_id = $1"),
+                &[&refund.refund_id],
+            )
+            .await
+            .map_err(StoreError::from)?
+            .map(|row| refund_from_row(&row))
+            .transpose()?;
+        let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
+            continue;
+        };
+        let recorded_by = if replaced_now && refund.held_by_legacy {
+            RecordedBy::LegacyReplacement
+        } else {
+            RecordedBy::Event
+        };
+        let written = if recorded.is_none() {
+            transaction
+                .execute(
+                    "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing,
+                                                 stripe_status, recorded_by, recorded_at,
+                                                 updated_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                    &[
+                        &refund.refund_id,
+                        &order_id,
+                        &refund.amount.micros(),
+                        &standing.as_str(),
+                        &refund.stripe_status,
+                        &recorded_by.as_str(),
+                        &seen.now_ms,
+                    ],
+                )
+                .await
+        } else {
+            transaction
+                .execute(
+                    "UPDATE stripe_refunds SET standing = $2, stripe_status = $3, updated_at = $4
+                      WHERE refund_id = $1",
+                    &[
+                        &refund.refund_id,
+                        &standing.as_str(),
+                        &refund.stripe_status,
+                        &seen.now_ms,
+                    ],
+                )
+                .await
+        };
+        written.map_err(StoreError::from)?;
+        changed.push(refund.refund_id.clone());
+    }
+    let refunds = OrderRefunds {
+        refunds: refunds_of_order(transaction, order_id).await?,
+        changed,
+    };
+    let figure = refunds
+        .standing()
+        .map_err(|error| StoreError::Database(format!("order {order_id}'s refunds: {error}")))?;
+    // An order refunded in full is `refunded`, and `completed` again when a
+    // refund that failed brings it below.
+    let status = if figure.micros() >= paid {
+        "refunded"
+    } else {
+        "completed"
+    };
+    transaction
+        .execute(
+            "UPDATE orders SET amount_refunded = $2,
+                    status = CASE WHEN status IN ('completed', 'refunded') THEN $3 ELSE status END
+              WHERE id = $1",
+            &[&order_id, &figure.micros(), &status],
+        )
+        .await
+        .map_err(StoreError::from)?;
+    Ok(refunds)
+}
+
+impl PostgresStore {
+    pub(super) fn record_refunds_op(
+        &self,
+        seen: RefundsSeen,
+    ) -> StoreFuture<OrderRefunds, BillingError> {
+        self.write(move |transaction| {
+            let seen = seen.clone();
+            boxed(async move { record_refunds(transaction, &seen).await })
+        })
+    }
+
+    pub(super) fn stripe_refunds_op(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
+        self.read(move |client| async move { refunds_of_order(&*client, order_id).await })
+    }
+
+    pub(super) fn claim_legacy_orders_op(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let rows = transaction
+                    .query(
+                        "WITH picked AS MATERIALIZED (
+                           SELECT refund_id FROM stripe_refunds
+                            WHERE standing = 'legacy'
+                              AND (claimed_until IS NULL OR claimed_until <= $1)
+                            ORDER BY order_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         UPDATE stripe_refunds r SET claimed_until = $2
+                           FROM picked, orders o
+                          WHERE r.refund_id = picked.refund_id AND o.id = r.order_id
+                         RETURNING r.order_id, o.stripe_payment_intent_id",
+                        &[&now_ms, &lease_until_ms, &limit],
+                    )
+                    .await?;
+                let mut orders = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(LegacyOrder {
+                            order_id: row.try_get(0)?,
+                            payment_intent_id: row.try_get(1)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                orders.sort_by_key(|order| order.order_id);
+                Ok(orders)
+            })
+        })
+    }
+
+    pub(super) fn legacy_orders_left_op(&self) -> StoreFuture<i64> {
+        self.read(|client| async move {
+            Ok(client
+                .query_one(
+                    "SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'",
+                    &[],
+                )
+                .await?
+                .try_get(0)?)
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! Stripe's refunds of orders' payments, each recorded once by its id, in
+//! SQLite (one writer: a recording and its reads are never interleaved
+//! with another's), with the order's refunded figure they make.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::SqliteStore;
+use crate::billing::stripe_refunds::{
+    legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, StripeRefund,
+};
+use crate::billing::BillingError;
+use crate::money::Money;
+use crate::store::{StoreError, StoreFuture, UnknownValue};
+
+const REFUND_COLUMNS: &str =
+    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
+
+fn refund_from_row(row: &Row<'_>) -> rusqlite::Result<StripeRefund> {
+    let refund_id: String = row.get(0)?;
+    let standing: String = row.get(3)?;
+    let recorded_by: String = row.get(5)?;
+    Ok(StripeRefund {
+        order_id: row.get(1)?,
+        amount: Money::from_micros(row.get(2)?),
+        standing: RefundStanding::parse(&standing).ok_or_else(|| {
+            UnknownValue::new("stripe_refunds", &refund_id, "standing", standing.clone())
+                .into_sql_error(3)
+        })?,
+        stripe_status: row.get(4)?,
+        recorded_by: RecordedBy::parse(&recorded_by).ok_or_else(|| {
+            UnknownValue::new(
+                "stripe_refunds",
+                &refund_id,
+                "recorded_by",
+                recorded_by.clone(),
+            )
+            .into_sql_error(5)
+        })?,
+        recorded_at_ms: row.get(6)?,
+        updated_at_ms: row.get(7)?,
+        refund_id,
+    })
+}
+
+pub(super) fn refunds_of_order(
+    connection: &Connection,
+    order_id: i64,
+) -> Result<Vec<StripeRefund>, StoreError> {
+    Ok(connection
+        .prepare_cached(&format!(
+            "SELECT {REFUND_COLUMNS} FROM stripe_refunds WHERE order_id = ?1
+              ORDER BY recorded_at, rowid"
+        ))?
+        .query_map([order_id], refund_from_row)?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn refund_by_id(
+    connection: &Connection,
+    refund_id: &str,
+) -> Result<Option<StripeRefund>, StoreError> {
+    Ok(connection
+        .prepare_cached(&format!(
+            "SELECT {REFUND_COLUMNS} FROM stripe_refunds WHERE refund_id = ?1"
+        ))?
+        .query_row([refund_id], refund_from_row)
+        .optional()?)
+}
+
+/// [`crate::store::BillingStore::record_refunds`].
+fn record_refunds(
+    connection: &Connection,
+    seen: &RefundsSeen,
+) -> Result<OrderRefunds, BillingError> {
+    let order_id = seen.order_id;
+    let paid: Option<i64> = connection
+        .prepare_cached("SELECT amount FROM orders WHERE id = ?1")
+        .and_then(|mut statement| statement.query_row([order_id], |row| row.get(0)).optional())
+        .map_err(StoreError::from)?;
+    let paid = paid.ok_or(BillingError::OrderNotFound(order_id))?;
+    let mut changed = Vec::new();
+    // A legacy record replaced now: the refunds recorded with its
+    // replacement that it held back are marked so.
+    let mut replaced_now = false;
+    if seen.replace_legacy {
+        let legacy = legacy_refund_id(order_id);
+        let replaced = connection
+            .prepare_cached(
+                "UPDATE stripe_refunds SET standing = 'replaced', updated_at = ?3
+                  WHERE refund_id = ?1 AND order_id = ?2 AND standing = 'legacy'",
+            )
+            .and_then(|mut statement| statement.execute(params![legacy, order_id, seen.now_ms]))
+            .map_err(StoreError::from)?;
+        if replaced == 1 {
+            changed.push(legacy);
+            replaced_now = true;
+        }
+    }
+    for refund in &seen.refunds {
+        let recorded = refund_by_id(connection, &refund.refund_id)?;
+        let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
+            continue;
+        };
+        let recorded_by = if replaced_now && refund.held_by_legacy {
+            RecordedBy::LegacyReplacement
+        } else {
+            RecordedBy::Event
+        };
+        let written = if recorded.is_none() {
+            connection
+                .prepare_cached(
+                    "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing,
+                                                 stripe_status, recorded_by, recorded_at,
+                                                 updated_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        refund.refund_id,
+                        order_id,
+                        refund.amount.micros(),
+                        standing.as_str(),
+                        refund.stripe_status,
+                        recorded_by.as_str(),
+                        seen.now_ms
+                    ])
+                })
+        } else {
+            connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET standing = ?2, stripe_status = ?3, updated_at = ?4
+                      WHERE refund_id = ?1",
+                )
+                .and_then(|mut statement| {
+                    statement.execute(params![
+                        refund.refund_id,
+                        standing.as_str(),
+                        refund.stripe_status,
+                        seen.now_ms
+                    ])
+                })
+        };
+        written.map_err(StoreError::from)?;
+        changed.push(refund.refund_id.clone());
+    }
+    let refunds = OrderRefunds {
+        refunds: refunds_of_order(connection, order_id)?,
+        changed,
+    };
+    let figure = refunds
+        .standing()
+        .map_err(|error| StoreError::Database(format!("order {order_id}'s refunds: {error}")))?;
+    set_refunded_figure(connection, order_id, figure, paid)?;
+    Ok(refunds)
+}
+
+/// The order's refunded figure: what its refunds that stand come to. An
+/// order refunded in full is `refunded`, and `completed` again when a
+/// refund that failed brings it below.
+fn set_refunded_figure(
+    connection: &Connection,
+    order_id: i64,
+    figure: Money,
+    paid: i64,
+) -> Result<(), StoreError> {
+    let status = if figure.micros() >= paid {
+        "refunded"
+    } else {
+        "completed"
+    };
+    connection
+        .prepare_cached(
+            "UPDATE orders SET amount_refunded = ?2,
+                    status = CASE WHEN status IN ('completed', 'refunded') THEN ?3 ELSE status END
+              WHERE id = ?1",
+        )?
+        .execute(params![order_id, figure.micros(), status])?;
+    Ok(())
+}
+
+impl SqliteStore {
+    pub(super) fn record_refunds_op(
+        &self,
+        seen: RefundsSeen,
+    ) -> StoreFuture<OrderRefunds, BillingError> {
+        self.write(move |connection| record_refunds(connection, &seen))
+    }
+
+    pub(super) fn stripe_refunds_op(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
+        self.read(move |connection| refunds_of_order(connection, order_id))
+    }
+
+    pub(super) fn claim_legacy_orders_op(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.write(move |connection| {
+            let claimed: Vec<i64> = connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET claimed_until = ?2
+                      WHERE refund_id IN (SELECT refund_id FROM stripe_refunds
+                                           WHERE standing = 'legacy'
+                                             AND (claimed_until IS NULL OR claimed_until <= ?1)
+                                           ORDER BY order_id LIMIT ?3)
+                     RETURNING order_id",
+                )?
+                .query_map(params![now_ms, lease_until_ms, limit], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut orders = Vec::with_capacity(claimed.len());
+            for order_id in claimed {
+                let payment_intent_id: Option<String> = connection
+                    .prepare_cached("SELECT stripe_payment_intent_id FROM orders WHERE id = ?1")?
+                    .query_row([order_id], |row| row.get(0))?;
+                orders.push(LegacyOrder {
+                    order_id,
+                    payment_intent_id,
+                });
+            }
+            orders.sort_by_key(|order| order.order_id);
+            Ok(orders)
+        })
+    }
+
+    pub(super) fn legacy_orders_left_op(&self) -> StoreFuture<i64> {
+        self.read(|connection| {
+            Ok(connection
+                .prepare_cached("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'")?
+                .query_row([], |row| row.get(0))?)
+        })
+    }
+}

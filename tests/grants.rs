@@ -734,10 +734,24 @@ async fn an_unknown_letter_in_a_rows_funding_is_an_error_not_a_default() {
 }
 
 on_both_stores!(sync a_database_of_the_release_before_grants_gets_them_from_its_ledger);
+/// The release just before grants (SQLite V33, Postgres V24), and an older
+/// one, before refunds were kept by Stripe's id (V26, V17).
 fn a_database_of_the_release_before_grants_gets_them_from_its_ledger() {
+    for (sqlite_last, postgres_last) in [(33, 24), (26, 17)] {
+        upgraded_from(sqlite_last, postgres_last);
+    }
+}
+
+/// A database migrated up to the given versions, with rows of every kind as
+/// that release wrote them, upgraded by `migrate`.
+fn upgraded_from(sqlite_last: i32, postgres_last: i32) {
     let directory = fresh_directory();
-    sms_credit_actors::adapters::migrate_as_before_grants_for_testing(&directory.location())
-        .unwrap();
+    sms_credit_actors::adapters::migrate_until_for_testing(
+        &directory.location(),
+        sqlite_last,
+        postgres_last,
+    )
+    .unwrap();
     // Rows of every kind, as that release wrote them.
     directory.execute(
         "INSERT INTO accounts (id, phone, status, created_at) VALUES

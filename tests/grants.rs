@@ -939,3 +939,77 @@ async fn a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms
     core.shutdown().await;
     assert_verified(&directory);
 }
+
+on_both_stores!(
+    an_expiry_is_written_once_across_two_instances_and_neither_draws_on_the_expired_grant
+);
+/// Two instances on one database and one clock. A moment before its
+/// expiry, the first spends the promotional grant; at the moment, the
+/// second's debit writes the expiry row and draws on the paid credit; the
+/// first, whatever it has heard of the second's rows by then, never draws
+/// on the expired grant nor expires it again.
+async fn an_expiry_is_written_once_across_two_instances_and_neither_draws_on_the_expired_grant() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let first = core_at(&directory, &clock);
+    let second = core_at(&directory, &clock);
+    let account = new_account(&first, "+14155550413").await;
+    let expires_at = NOW_MS + 1_000;
+    first
+        .registry
+        .send(
+            account,
+            adjust(2_000_000, "welcome", None, None, Some(expires_at)),
+        )
+        .await
+        .unwrap();
+    first
+        .registry
+        .send(account, paid_credit(1_000_000, "top-up"))
+        .await
+        .unwrap();
+    clock.set_ms(expires_at - 1);
+    let before = first
+        .registry
+        .send(account, message_debit(100_000, 1))
+        .await
+        .unwrap();
+    assert_eq!(draws(&before.entry), vec![(1, "promotional", 100_000)]);
+
+    clock.set_ms(expires_at);
+    let on_second = second
+        .registry
+        .send(account, message_debit(500_000, 2))
+        .await
+        .unwrap();
+    assert_eq!(on_second.entry.seq, 5, "the expiry is row 4");
+    assert_eq!(draws(&on_second.entry), vec![(2, "paid", 500_000)]);
+    let on_first = first
+        .registry
+        .send(account, message_debit(200_000, 3))
+        .await
+        .unwrap();
+    assert_eq!(on_first.entry.seq, 6);
+    assert_eq!(draws(&on_first.entry), vec![(2, "paid", 200_000)]);
+    assert_eq!(on_first.entry.balance_after, Money::from_micros(300_000));
+    // What is left is the paid credit's, on either instance.
+    for core in [&first, &second] {
+        let refused = core.registry.send(account, message_debit(400_000, 4)).await;
+        assert!(
+            matches!(refused, Err(LedgerError::InsufficientCredit { .. })),
+            "{refused:?}"
+        );
+    }
+    first.shutdown().await;
+    second.shutdown().await;
+    assert_eq!(
+        directory.texts(&format!(
+            "SELECT seq || ':' || idempotency_key || ':' || amount FROM transactions
+              WHERE account_id = {account} AND type = 'expiry'",
+            account = account.0
+        )),
+        vec![Some("4:grant-expiry:1:4:-1900000".to_string())],
+        "one expiry row"
+    );
+    assert_verified(&directory);
+}

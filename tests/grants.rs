@@ -1013,3 +1013,70 @@ async fn an_expiry_is_written_once_across_two_instances_and_neither_draws_on_the
     );
     assert_verified(&directory);
 }
+
+on_both_stores!(a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks);
+/// `credit.granted` for each grant a row makes, on its terms;
+/// `credit.expired` for each expiry row, with what expired.
+async fn a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let settings = crate::webhooks::webhook_settings(&directory);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let receiver = crate::webhook_receiver::Receiver::start().await;
+    let (_, secret) = crate::webhooks::add_endpoint(
+        &app,
+        &receiver.url,
+        json!(["credit.granted", "credit.expired"]),
+    )
+    .await;
+    receiver.trust(&secret);
+    let account = app.create_account("+14155550414").await;
+    let expires_at = NOW_MS + DAY_MS;
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": 2_000_000, "reason": "welcome",
+                        "idempotency_key": "welcome", "priority": 10,
+                        "expires_at": sms_credit_actors::clock::format_rfc3339_ms(expires_at)})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let granted = receiver.accepted("credit.granted", 1).await;
+    assert_eq!(
+        granted[0].body["data"],
+        json!({"account_id": account, "seq": 1, "balance_micros": 2_000_000,
+               "grant_id": 1, "category": "promotional", "source": "adjustment",
+               "order_id": null, "amount_micros": 2_000_000, "priority": 10,
+               "expires_at": sms_credit_actors::clock::format_rfc3339_ms(expires_at)})
+    );
+
+    // At its expiry, the next change writes the expiry row first.
+    clock.set_ms(expires_at);
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": 1_000_000, "reason": "transfer",
+                        "idempotency_key": "transfer", "category": "paid"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["transaction"]["seq"], 3, "{answer}");
+    let expired = receiver.accepted("credit.expired", 1).await;
+    assert_eq!(
+        expired[0].body["data"],
+        json!({"account_id": account, "seq": 2, "balance_micros": 0,
+               "grant_id": 1, "expired_micros": 2_000_000})
+    );
+    let granted = receiver.accepted("credit.granted", 2).await;
+    let paid = granted
+        .iter()
+        .find(|received| received.body["data"]["grant_id"] == 3)
+        .unwrap();
+    assert_eq!(paid.body["data"]["category"], "paid");
+    assert_eq!(paid.body["data"]["expires_at"], Value::Null);
+    app.stop().await;
+}

@@ -29,7 +29,7 @@ use crate::money::{Money, MoneyError};
 use crate::rating::RateTable;
 use crate::store::ports::Activation;
 use crate::store::{LedgerWrite, Outbox, Store, StoreError};
-use crate::webhooks::events::{payment_refunded, EventDraft};
+use crate::webhooks::events::{credit_expired, credit_granted, payment_refunded, EventDraft};
 use crate::webhooks::{EventType, NewEvent};
 use serde_json::Map;
 
@@ -1580,7 +1580,7 @@ impl AccountActor {
             None
         };
         let events = self
-            .events_of(&entry, mutation.hints.as_deref())
+            .events_of(&entry, mutation.hints.as_deref(), made.as_ref())
             .map_err(LedgerError::Store)?;
         let outbox = (notice.is_some()
             || withdraw_warning.is_some()
@@ -1673,13 +1673,15 @@ impl AccountActor {
     /// balance crossing the low-balance threshold (down: `balance.low`; up:
     /// `balance.replenished`, only for an account that had the threshold
     /// before, so was announced low) or one segment's price to the
-    /// account's own number (`balance.depleted`), and the caller's own
-    /// event. A crossing is from one side to the other, so each is once
-    /// until the balance has gone back.
+    /// account's own number (`balance.depleted`), the caller's own event,
+    /// and the grant's: `credit.granted` for the grant the row makes,
+    /// `credit.expired` for an expiry row. A crossing is from one side to
+    /// the other, so each is once until the balance has gone back.
     fn events_of(
         &self,
         entry: &LedgerEntry,
         hints: Option<&Hints>,
+        made: Option<&CreditGrant>,
     ) -> Result<Vec<NewEvent>, StoreError> {
         let before = self.working.balance;
         let after = entry.balance_after;
@@ -1701,6 +1703,15 @@ impl AccountActor {
         }
         if let Some(draft) = hints.and_then(|hints| hints.event.as_ref()) {
             events.push(draft.of_entry(entry)?);
+        }
+        if let Some(grant) = made {
+            events.push(credit_granted(entry, grant)?);
+        }
+        if let Some(grant_id) = hints
+            .and_then(|hints| hints.expiring)
+            .filter(|_| entry.kind == TransactionKind::Expiry)
+        {
+            events.push(credit_expired(entry, grant_id)?);
         }
         Ok(events)
     }

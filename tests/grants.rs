@@ -392,6 +392,21 @@ fn api_draws(row: &Value) -> Vec<(i64, String, i64)> {
         .collect()
 }
 
+/// What `GET /v1/admin/orders/{id}` says is unspent of the order's credit.
+async fn unspent_of_order(app: &TestApp, order: i64) -> i64 {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["order"]["id"], order, "{body}");
+    body["unspent_credit_micros"].as_i64().unwrap()
+}
+
 async fn credit_grants(app: &TestApp, path: &str, token: &str) -> Vec<Value> {
     let (status, body) = app.request("GET", path, Some(token), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -434,6 +449,8 @@ async fn a_refund_takes_its_orders_unspent_credit_first_then_paid_then_leaves_th
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let promotional = body["transaction"]["seq"].as_i64().unwrap();
+    // The order's unspent credit, as the operator sees it before refunding.
+    assert_eq!(unspent_of_order(&app, order).await, 9_000_000);
 
     // The whole top-up refunded: its $9 unspent first, then what no paid
     // credit covers is owed; the promotional $2 stays.
@@ -451,6 +468,11 @@ async fn a_refund_takes_its_orders_unspent_credit_first_then_paid_then_leaves_th
         ]
     );
     assert_eq!(app.balance_micros(account).await, 1_000_000);
+    assert_eq!(unspent_of_order(&app, order).await, 0);
+    let (status, _) = app
+        .request("GET", "/v1/admin/orders/999999", Some(ADMIN_TOKEN), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
 
     // The operator's list and the holder's own say the same.
     let admin = credit_grants(

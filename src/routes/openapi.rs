@@ -68,6 +68,7 @@ use crate::error::{ApiError, ErrorBody};
         admin::transactions::export_csv,
         admin::credit_grants::list,
         admin::orders::list,
+        admin::orders::show,
         admin::orders::refund,
         admin::overview::show,
         admin::reports::show,

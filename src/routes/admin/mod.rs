@@ -102,6 +102,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/reconciliation/check-prices",
             web::post().to(reconciliation::check_prices),
         )
+        .route("/orders/{id}", web::get().to(orders::show))
         .route("/orders/{id}/refund", web::post().to(orders::refund))
         .route("/orders/{id}/refunds", web::get().to(orders::refunds))
         .route("/webhook-endpoints", web::post().to(webhooks::create))

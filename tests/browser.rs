@@ -1272,6 +1272,36 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             json!(false),
         )
         .await;
+        // The form offers the order's unspent credit (whole cents) first.
+        let (status, detail) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/orders/{order}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        let unspent = detail["unspent_credit_micros"].as_i64().unwrap();
+        assert!(unspent > 0, "{detail}");
+        assert_eq!(
+            page.eval("document.getElementById('refund-amount').value")
+                .await,
+            json!(format!(
+                "{}.{:02}",
+                unspent / 1_000_000,
+                unspent % 1_000_000 / 10_000
+            ))
+        );
+        assert!(page
+            .eval(&text_of("refund-what"))
+            .await
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "{} of its credit unspent",
+                format_dollars(unspent)
+            )));
         page.eval("document.getElementById('refund-amount').value = '1.00'; document.getElementById('refund-reason').value = 'trip cancelled'; { const r = document.getElementById('refund-button'); r.click(); r.click(); } true").await;
         page.wait_for(
             &text_of("refund-message"),

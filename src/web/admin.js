@@ -478,12 +478,23 @@ async function loadOrders() {
       button.className = "secondary";
       button.textContent = "Refund…";
       button.setAttribute("aria-label", "Refund order " + order.id);
-      button.addEventListener("click", () => {
+      button.addEventListener("click", async () => {
         state.refundOrder = order;
         state.refundKey = key();
+        // What is unspent of the order's credit is what a refund takes
+        // back first, and what the form offers to refund by default
+        // (whole cents, never more than is left to refund).
+        let unspent = 0;
+        try {
+          unspent = (await api("GET", "/v1/admin/orders/" + order.id)).unspent_credit_micros;
+        } catch (error) { $("refund-message").textContent = problem(error); return; }
+        const refundable = order.amount_micros - order.amount_refunded_micros;
+        const offered = Math.min(unspent - (unspent % 10000), refundable);
         $("refund-what").textContent = "Refund order #" + order.id + " (" + dollars(order.amount_micros) + " paid, "
-          + dollars(order.amount_refunded_micros) + " refunded). The credit comes off when Stripe confirms the refund; it may take the balance below zero.";
-        $("refund-amount").value = "";
+          + dollars(order.amount_refunded_micros) + " refunded, " + dollars(unspent) + " of its credit unspent). "
+          + "The refund takes the unspent credit back first; more takes other paid credit, then may take the balance below zero. "
+          + "The credit comes off when Stripe confirms the refund.";
+        $("refund-amount").value = offered > 0 ? (offered / 1000000).toFixed(2) : "";
         $("refund-reason").value = "";
         $("refund-form").hidden = false;
         $("refund-amount").focus();

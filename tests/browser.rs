@@ -458,6 +458,50 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     )
     .await;
     assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
+
+    // The balance split into purchased and bonus credit, and each grant
+    // with what is left and when it expires, kept up live.
+    page.wait_for(
+        "document.getElementById('credit-split').textContent",
+        json!("Purchased credit $0.00 · bonus credit $8.26435"),
+    )
+    .await;
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            Some(
+                json!({"amount_micros": 2_000_000, "reason": "bank transfer",
+                        "idempotency_key": "transfer", "category": "paid",
+                        "expires_at": "2027-01-31T12:00:00Z"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    page.wait_for(
+        "document.getElementById('credit-split').textContent",
+        json!("Purchased credit $2.00 · bonus credit $8.26435"),
+    )
+    .await;
+    page.wait_for("document.querySelectorAll('#grants tr').length", json!(6))
+        .await;
+    let newest = page
+        .eval("Array.from(document.querySelectorAll('#grants tr')[0].cells).map((c) => c.textContent)")
+        .await;
+    assert!(
+        newest[0].as_str().unwrap().starts_with("Purchased")
+            && newest[1] == json!("$2.00")
+            && newest[2].as_str().unwrap().contains("2027"),
+        "{newest}"
+    );
+    let oldest = page
+        .eval("Array.from(document.querySelectorAll('#grants tr')[5].cells).map((c) => c.textContent)")
+        .await;
+    assert!(
+        oldest[0].as_str().unwrap().starts_with("Bonus") && oldest[2] == json!("never"),
+        "{oldest}"
+    );
 }
 
 #[actix_rt::test]

@@ -1102,3 +1102,60 @@ async fn a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks() {
     assert_eq!(paid.body["data"]["expires_at"], Value::Null);
     app.stop().await;
 }
+
+on_both_stores!(a_partly_spent_order_refunded_from_the_console_takes_back_its_unspent_credit_once);
+/// The console's default: refund what is unspent of a partly spent order.
+/// The credit comes off with Stripe's `charge.refunded`, from that order's
+/// grant alone, in one row however often the event comes; the account
+/// keeps its promotional credit and owes nothing.
+async fn a_partly_spent_order_refunded_from_the_console_takes_back_its_unspent_credit_once() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550415").await;
+    let order_grant = grant_of_order(&app, account, order).await;
+    let (status, body) = app.post_adjustment(account, -6_000_000, "spent").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = app.post_adjustment(account, 2_000_000, "promo").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let unspent = unspent_of_order(&app, order).await;
+    assert_eq!(unspent, 9_000_000);
+
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/orders/{order}/refund"),
+            Some(ADMIN_TOKEN),
+            Some(json!({"amount_micros": unspent, "reason": "unspent credit",
+                        "idempotency_key": "console-unspent"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let refunded = fake.charge_refunded(
+        &mut events,
+        "ch_partly",
+        &intent,
+        1000,
+        crate::fake_stripe::Listed::All,
+    );
+    for _ in 0..2 {
+        assert_eq!(app.deliver(&refunded).await.0, StatusCode::OK);
+    }
+    let refunds: Vec<Value> = rows(&app, account)
+        .await
+        .into_iter()
+        .filter(|row| row["type"] == "refund")
+        .collect();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["amount_micros"], -9_000_000);
+    assert_eq!(
+        api_draws(&refunds[0]),
+        vec![(order_grant, "paid".to_string(), 9_000_000)]
+    );
+    assert_eq!(app.balance_micros(account).await, 2_000_000);
+    assert_eq!(unspent_of_order(&app, order).await, 0);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}

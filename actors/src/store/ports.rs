@@ -722,19 +722,27 @@ pub trait InstanceStore: Send + Sync {
 /// its journal mode never changed; a source whose migration history is not
 /// this release's is refused when it is opened.
 pub trait SourceStore: Send + Sync {
-    /// Every instance that has a row (its last heartbeat and own timeout):
-    /// whether it is alive is judged by its own timeout.
+    /// Every instance that has a row (its last heartbeat and own timeout),
+    /// read as it is now, outside the copy's moment (a connection of its
+    /// own): whether it is alive is judged by its own timeout.
     fn beats(&self) -> StoreFuture<Vec<InstanceBeat>>;
-    /// The verify report of the whole source, read in one transaction.
+    /// The verify report of the whole source, read in the copy's moment:
+    /// the first read of the source's rows begins one read transaction
+    /// (SQLite's read snapshot, Postgres' `REPEATABLE READ`) that every
+    /// page is read in too, until [`SourceStore::end_moment`], so that
+    /// what a copy holds is one moment of its source.
     fn verify(&self) -> StoreFuture<VerifyReport>;
     /// Up to `limit` rows of `table` whose key comes after `after` (from
-    /// the first when `None`), in key order.
+    /// the first when `None`), in key order, read in the copy's moment.
     fn export_page(
         &self,
         table: &'static Table,
         after: Option<CopyRow>,
         limit: i64,
     ) -> StoreFuture<Vec<CopyRow>>;
+    /// Ends the copy's moment (its read transaction), once every row is
+    /// read.
+    fn end_moment(&self) -> StoreFuture<()>;
 }
 
 /// Moving every row from one store to another (`sms-credit copy`).

@@ -194,6 +194,18 @@ impl Drop for PostgresDatabase {
     }
 }
 
+/// A transaction held open on a Postgres connection of its own (holding
+/// the rows it locked) until [`HeldTransaction::end`] commits it.
+pub struct HeldTransaction {
+    session: Session,
+}
+
+impl HeldTransaction {
+    pub fn end(self) {
+        self.session.run("COMMIT").unwrap();
+    }
+}
+
 impl TestDatabase {
     /// A fresh database of the store the running test uses.
     pub fn fresh() -> TestDatabase {
@@ -301,6 +313,22 @@ impl TestDatabase {
                 self.session().run(sql).unwrap();
             }
         }
+    }
+
+    /// Begins a transaction on a (Postgres) connection of its own, runs
+    /// `sql` in it (`SELECT … FOR UPDATE`: rows locked) and keeps it open.
+    pub fn hold_transaction(&self, sql: &str) -> HeldTransaction {
+        let session = Session::open(&self.session().url).unwrap();
+        session.run(&format!("BEGIN; {sql}")).unwrap();
+        HeldTransaction { session }
+    }
+
+    /// How many of this (Postgres) database's connections wait for a lock.
+    pub fn lock_waiters(&self) -> i64 {
+        self.number(
+            "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE NOT l.granted AND a.datname = current_database()",
+        )
     }
 
     /// Lets new connections to this (Postgres) database be made, or

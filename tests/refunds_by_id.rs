@@ -9,11 +9,13 @@ use awc::http::StatusCode;
 use serde_json::json;
 
 use crate::database::{StoreKind, TestDatabase};
-use crate::disputes::{deliver, net_of};
+use crate::disputes::{deliver, net_of, rows_of};
 use crate::fake_stripe::{EventFactory, FailedRefunds, FakeStripe, Listed};
-use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN};
+use crate::helpers::{fresh_directory, stripe_settings, TestApp, ADMIN_TOKEN, NOW_UNIX};
 use crate::ledger_actors::assert_verified;
 use crate::refunds::paid_top_up;
+use sms_credit_actors::billing::legacy_refunds::{LEGACY_CLAIM_LEASE_MS, LEGACY_SWEEP_EVERY_MS};
+use sms_credit_actors::clock::ManualClock;
 
 async fn app_with_fake() -> (FakeStripe, TestApp) {
     let fake = FakeStripe::start().await;
@@ -217,6 +219,193 @@ async fn refund_events_of_one_charge_on_two_instances_at_once_take_each_refund_o
 }
 on_both_stores!(refund_events_of_one_charge_on_two_instances_at_once_take_each_refund_once);
 
+/// Two instances on one database, an order of a $10 top-up refunded $3
+/// (taken back) and that refund failed since; the failure's event, and
+/// the `refund.created` of a new $2 refund made since.
+struct FailedThenNew {
+    y: TestApp,
+    x: TestApp,
+    account: i64,
+    order: i64,
+    failed_key: String,
+    failure: String,
+    created: String,
+    /// The failed $3 refund's id, and the new $2 one's.
+    three_id: String,
+    two_id: String,
+}
+
+async fn failed_then_new(phone: &str) -> (FakeStripe, FailedThenNew) {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let y = TestApp::spawn_with(directory.clone(), settings.clone()).await;
+    let x = TestApp::spawn_with(directory.clone(), settings).await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&y, &mut events, phone).await;
+    let charge = format!("ch_{order}");
+    let three = fake.refund_in_dashboard(&intent, &charge, 300);
+    let refunded = fake.charge_refunded(&mut events, &charge, &intent, 1000, Listed::All);
+    deliver(&y, &refunded).await;
+    assert_eq!(net_of(&y, account, order).await, -3_000_000);
+    let three_id = three["id"].as_str().unwrap().to_string();
+    let failure = events.refund_event("refund.failed", fake.fail_refund(&three_id));
+    let two = fake.refund_in_dashboard(&intent, &charge, 200);
+    let two_id = two["id"].as_str().unwrap().to_string();
+    let created = events.refund_event("refund.created", two);
+    let case = FailedThenNew {
+        y,
+        x,
+        account,
+        order,
+        failed_key: format!("stripe-refund-failed:{three_id}"),
+        failure,
+        created,
+        three_id,
+        two_id,
+    };
+    (fake, case)
+}
+
+impl FailedThenNew {
+    /// Y's first try failed: Stripe's retry of its event; then $2 stand
+    /// taken back, on both instances' view. The host is told of each
+    /// refund once, with what its own row took back: the $3 its row took,
+    /// and nothing for the $2, whose row found the $3 still taken (the
+    /// check of the order took the $2, as the balance shows).
+    async fn retried_and_settled(self) {
+        let FailedThenNew {
+            y,
+            x,
+            account,
+            order,
+            failure,
+            three_id,
+            two_id,
+            ..
+        } = self;
+        deliver(&y, &failure).await;
+        assert_eq!(
+            net_of(&y, account, order).await,
+            -2_000_000,
+            "the $2 that stand are taken back, the failed $3 are not"
+        );
+        assert_eq!(y.balance_micros(account).await, 13_000_000);
+        assert_eq!(x.balance_micros(account).await, 13_000_000);
+        let told = told_refunds(&y.directory);
+        assert_eq!(told.len(), 2, "{told:?}");
+        let told_of = |refund_id: &str| {
+            let event = told
+                .iter()
+                .find(|event| event["data"]["refund_id"] == refund_id)
+                .unwrap_or_else(|| panic!("the host is not told of {refund_id}: {told:?}"));
+            (
+                event["data"]["refunded_micros"].as_i64().unwrap(),
+                event["data"]["credit_taken_back_micros"].as_i64().unwrap(),
+            )
+        };
+        assert_eq!(told_of(&three_id), (3_000_000, 3_000_000));
+        assert_eq!(told_of(&two_id), (2_000_000, 0));
+        x.stop().await;
+        let directory = y.stop().await;
+        assert_verified(&directory);
+    }
+}
+
+/// A failed refund's credit given back on one instance (Y) while a new
+/// refund is recorded on another (X): Y decides its row ($3 back) before
+/// X records the new $2 refund, X reads before Y's row is written (its
+/// refund's row takes nothing: the $3 are still taken), Y's row is written
+/// after, and Y's check of the order then fails (a read error). Stripe's
+/// retry of Y's event finds its rows there and checks the order again:
+/// the $2 that stand are taken back.
+async fn a_settle_check_that_failed_is_run_again_by_the_events_retry() {
+    let (_fake, case) = failed_then_new("+14155550680").await;
+    let y_store = case.y.store.as_ref().unwrap();
+    let hold = y_store.hold_take_back_for_testing(&case.failed_key);
+    let meanwhile = async {
+        actix_rt::time::timeout(std::time::Duration::from_secs(10), hold.reached())
+            .await
+            .expect("instance Y never decided what the failed refund gives back");
+        let answered = case.x.deliver(&case.created).await;
+        y_store.fail_next_reads_for_testing(3);
+        hold.release();
+        answered
+    };
+    let ((y_status, y_answer), (x_status, x_answer)) =
+        futures_util::join!(case.y.deliver(&case.failure), meanwhile);
+    y_store.fail_next_reads_for_testing(0);
+    assert_eq!(x_status, StatusCode::OK, "{x_answer}");
+    assert!(y_status.is_server_error(), "{y_status}: {y_answer}");
+    case.retried_and_settled().await;
+}
+on_both_stores!(a_settle_check_that_failed_is_run_again_by_the_events_retry);
+
+/// The same on Postgres, Y's row held by the database: a connection of
+/// the test's holds the account's balance row locked, so Y's row waits
+/// for it while X answers (or, checking the order, waits behind it).
+async fn a_settle_check_that_failed_is_run_again_after_a_row_lock() {
+    let (_fake, case) = failed_then_new("+14155550681").await;
+    let directory = case.y.directory.clone();
+    let waiters_become = |count: i64, what: &str| {
+        let directory = directory.clone();
+        let what = what.to_string();
+        async move {
+            for _ in 0..200 {
+                if directory.lock_waiters() >= count {
+                    return;
+                }
+                actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            panic!("after 10 s, {what} does not wait for the balance row");
+        }
+    };
+    let lock = directory.hold_transaction(&format!(
+        "SELECT 1 FROM account_balances WHERE account_id = {} FOR UPDATE",
+        case.account
+    ));
+    let y_store = case.y.store.as_ref().unwrap();
+    let x_delivery = std::cell::RefCell::new(None);
+    let meanwhile = async {
+        waiters_become(1, "instance Y's row").await;
+        // X answers (writing nothing), or checks the order and waits too.
+        let x_answered = async {
+            let answered = case.x.deliver(&case.created).await;
+            *x_delivery.borrow_mut() = Some(answered);
+        };
+        let x_waits = async {
+            loop {
+                if x_delivery.borrow().is_some() || directory.lock_waiters() >= 2 {
+                    return;
+                }
+                actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let answered_or_waiting = async {
+            actix_rt::time::timeout(std::time::Duration::from_secs(10), x_waits)
+                .await
+                .expect("instance X neither answered nor waited for the balance row");
+            y_store.fail_next_reads_for_testing(3);
+            lock.end();
+        };
+        futures_util::join!(x_answered, answered_or_waiting);
+    };
+    let ((y_status, y_answer), ()) = futures_util::join!(case.y.deliver(&case.failure), meanwhile);
+    y_store.fail_next_reads_for_testing(0);
+    let (x_status, x_answer) = x_delivery.into_inner().unwrap();
+    assert_eq!(x_status, StatusCode::OK, "{x_answer}");
+    assert!(y_status.is_server_error(), "{y_status}: {y_answer}");
+    case.retried_and_settled().await;
+}
+mod a_settle_check_that_failed_is_run_again_after_a_row_lock {
+    // Postgres alone: SQLite has no row locks.
+    #[actix_rt::test]
+    async fn postgres() {
+        crate::database::use_store(crate::database::StoreKind::Postgres);
+        super::a_settle_check_that_failed_is_run_again_after_a_row_lock().await
+    }
+}
+
 async fn a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can() {
     let (fake, app) = app_with_fake().await;
     let mut events = EventFactory::new();
@@ -278,6 +467,36 @@ async fn a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can
 }
 on_both_stores!(a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can);
 
+/// Waits (10 s at most) until `done` says so, failing with `what`.
+async fn eventually<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if done().await {
+            return;
+        }
+        actix_rt::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("after 10 s, still not: {what}");
+}
+
+/// The `payment.refunded` events told to the host, oldest first.
+fn told_refunds(directory: &TestDatabase) -> Vec<serde_json::Value> {
+    let count =
+        directory.number("SELECT COUNT(*) FROM webhook_events WHERE type = 'payment.refunded'");
+    (0..count)
+        .map(|index| {
+            let payload = directory.text(&format!(
+                "SELECT payload FROM webhook_events WHERE type = 'payment.refunded'
+                  ORDER BY created_at, id LIMIT 1 OFFSET {index}"
+            ));
+            serde_json::from_str(&payload).unwrap()
+        })
+        .collect()
+}
+
 /// The last migration before refunds were kept one by one.
 fn last_migration_before(kind: StoreKind) -> u32 {
     match kind {
@@ -295,25 +514,31 @@ fn database_before_refund_ids() -> TestDatabase {
 async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held() {
     let fake = FakeStripe::start().await;
     fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
-    // Stripe's refunds of the two orders: the first's $3; the second's
-    // $3 that failed and $2.
+    // Stripe's refunds of the three orders: the first's $3; the second's
+    // $3 that failed and $2; the third's $3 that failed, and $2 made after
+    // that failure lowered Stripe's total to nothing (the earlier release,
+    // which had seen $3, took the $2 total for no new refund).
     let first_refund = fake.refund_in_dashboard("pi_legacy_1", "ch_legacy_1", 300);
     let failed = fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 300);
     let failed = fake.fail_refund(failed["id"].as_str().unwrap());
     fake.refund_in_dashboard("pi_legacy_2", "ch_legacy_2", 200);
+    let third_failed = fake.refund_in_dashboard("pi_legacy_3", "ch_legacy_3", 300);
+    let third_failed = fake.fail_refund(third_failed["id"].as_str().unwrap());
+    fake.refund_in_dashboard("pi_legacy_3", "ch_legacy_3", 200);
 
     // The database as the release before left them: each order's running
-    // total (as Stripe said it then), the refund that failed, and the
-    // rows that took back and gave back: $3 and $2 held back.
+    // total (as Stripe said it then), the refunds that failed, and the
+    // rows that took back and gave back: $3, $2 and nothing held back.
     let directory = database_before_refund_ids();
     directory.execute(&format!(
         "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550670', 'active', 0);
          INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
                              amount_refunded, status, created_at, completed_at)
               VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_legacy_1', 3000000, 'completed', 0, 0),
-                     (2, 1, 'top_up', 10000000, 10000000, 'pi_legacy_2', 5000000, 'completed', 0, 0);
+                     (2, 1, 'top_up', 10000000, 10000000, 'pi_legacy_2', 5000000, 'completed', 0, 0),
+                     (3, 1, 'top_up', 10000000, 10000000, 'pi_legacy_3', 3000000, 'completed', 0, 0);
          INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
-              VALUES ('{failed_id}', 2, 3000000, 0);
+              VALUES ('{failed_id}', 2, 3000000, 0), ('{third_failed_id}', 3, 3000000, 0);
          INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
                                    order_id, description, created_at)
               VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
@@ -321,25 +546,34 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
                      (1, 3, 'refund', -3000000, 17000000, 'stripe-refund:ch_legacy_1:300', 1, 'refund', 0),
                      (1, 4, 'refund', -3000000, 14000000, 'stripe-refund:ch_legacy_2:300', 2, 'refund', 0),
                      (1, 5, 'refund', 3000000, 17000000, 'stripe-refund-failed:{failed_id}', 2, 'failed', 0),
-                     (1, 6, 'refund', -2000000, 15000000, 'stripe-refund:ch_legacy_2:500', 2, 'refund', 0);
-         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 15000000, 6, 0);",
-        failed_id = failed["id"].as_str().unwrap()
+                     (1, 6, 'refund', -2000000, 15000000, 'stripe-refund:ch_legacy_2:500', 2, 'refund', 0),
+                     (1, 7, 'credit', 10000000, 25000000, 'stripe-order:3', 3, 'top-up', 0),
+                     (1, 8, 'refund', -3000000, 22000000, 'stripe-refund:ch_legacy_3:300', 3, 'refund', 0),
+                     (1, 9, 'refund', 3000000, 25000000, 'stripe-refund-failed:{third_failed_id}', 3, 'failed', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 25000000, 9, 0);",
+        failed_id = failed["id"].as_str().unwrap(),
+        third_failed_id = third_failed["id"].as_str().unwrap()
     ));
 
     // This release migrates it: the balance, what each order holds back
     // and its refunded figure are as they were.
     let settings = stripe_settings(&directory, &fake.base_url);
-    let app = TestApp::spawn_with(directory.clone(), settings).await;
-    assert_eq!(app.balance_micros(1).await, 15_000_000);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 25_000_000);
     let held_back = |order: i64| {
         directory.number(&format!(
             "SELECT COALESCE(SUM(amount), 0) FROM stripe_refunds
               WHERE order_id = {order} AND standing IN ('counted', 'legacy')"
         ))
     };
-    assert_eq!((held_back(1), held_back(2)), (3_000_000, 2_000_000));
+    assert_eq!(
+        (held_back(1), held_back(2), held_back(3)),
+        (3_000_000, 2_000_000, 0)
+    );
     assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
     assert_eq!(refunded_figure(&app, 1, 2).await, 2_000_000);
+    assert_eq!(refunded_figure(&app, 1, 3).await, 0);
 
     // An event about the first order's old refund (its metadata edited):
     // Stripe's list of the payment's refunds replaces the order's record
@@ -368,7 +602,7 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
     deliver(&app, &refunded).await;
     assert_eq!(net_of(&app, 1, 2).await, -6_000_000);
     assert_eq!(refunded_figure(&app, 1, 2).await, 6_000_000);
-    assert_eq!(app.balance_micros(1).await, 14_000_000);
+    assert_eq!(app.balance_micros(1).await, 24_000_000);
     // The host is told of the new refund alone: those the orders held
     // back before were told then.
     let told = |what: &str| {
@@ -381,7 +615,236 @@ async fn orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held
     assert_eq!(told["data"]["order_id"], 2);
     assert_eq!(told["data"]["refunded_micros"], 4_000_000);
     assert_eq!(told["data"]["credit_taken_back_micros"], 4_000_000);
+
+    // No event comes for the third order. The background sweep asks Stripe
+    // for its refunds a sweep's time after the start; Stripe's rate limit
+    // meets it (nothing changes), and once its claim on the order runs
+    // out, a later round replaces the record: the $2 is taken back, and
+    // the host told of it.
+    let lists = || fake.requests_with("GET", "/v1/refunds").len();
+    let lists_before = lists();
+    fake.set_rate_limited(true);
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the sweep asked Stripe for the third order's refunds",
+        || async { lists() > lists_before },
+    )
+    .await;
+    fake.set_rate_limited(false);
+    assert_eq!(net_of(&app, 1, 3).await, 0);
+    assert_eq!(
+        directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'"),
+        1
+    );
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS);
+    eventually(
+        "the sweep replaced the third order's legacy record and took its $2 back",
+        || async {
+            directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'") == 0
+                && net_of(&app, 1, 3).await == -2_000_000
+                && told_refunds(&directory).len() == 2
+        },
+    )
+    .await;
+    assert_eq!(refunded_figure(&app, 1, 3).await, 2_000_000);
+    assert_eq!(app.balance_micros(1).await, 22_000_000);
+    let told = told_refunds(&directory);
+    assert_eq!(told.len(), 2, "{told:?}");
+    assert_eq!(told[1]["data"]["order_id"], 3);
+    assert_eq!(told[1]["data"]["refunded_micros"], 2_000_000);
+    assert_eq!(told[1]["data"]["credit_taken_back_micros"], 2_000_000);
     let directory = app.stop().await;
     assert_verified(&directory);
 }
 on_both_stores!(orders_refunded_before_refunds_were_kept_by_id_hold_back_what_they_held);
+
+/// What the host is told of the refunds found when an order's legacy
+/// record is replaced: those the legacy record held back (Stripe's
+/// refunds that stand, oldest first, as far as its amount goes) were told
+/// by the earlier release and are not told again, even when their own row
+/// takes credit now; any other — one made after the upgrade — is told
+/// once, also when its row takes nothing.
+async fn refunds_found_when_a_legacy_record_is_replaced_are_told_once() {
+    let fake = FakeStripe::start().await;
+    // The first order, a $10 top-up: $3 refunded, which the earlier
+    // release recorded (its running total) and told, but whose row it never
+    // wrote (it stopped in between). The second, access paid $29.99 with $5
+    // of credit: $10 refunded before the upgrade (the $5 taken back), $3
+    // after.
+    let told_before = fake.refund_in_dashboard("pi_told_1", "ch_told_1", 300);
+    fake.refund_in_dashboard("pi_told_2", "ch_told_2", 1000);
+    let directory = database_before_refund_ids();
+    directory.execute(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550690', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                             amount_refunded, status, created_at, completed_at)
+              VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_told_1', 3000000, 'completed', 0, 0),
+                     (2, 1, 'initial_access', 29990000, 29990000, 'pi_told_2', 10000000, 'completed', 0, 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                   order_id, description, created_at)
+              VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
+                     (1, 2, 'credit', 5000000, 15000000, 'stripe-order:2', 2, 'access', 0),
+                     (1, 3, 'refund', -5000000, 10000000, 'stripe-refund:ch_told_2:1000', 2, 'refund', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 10000000, 3, 0);",
+    );
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory.clone(), settings).await;
+    let mut events = EventFactory::new();
+
+    // An event about the first order's refund: Stripe's list replaces the
+    // record, the refund's row takes its $3 now, and the host, told of it
+    // before, is not told again.
+    let updated = events.refund_event("refund.updated", told_before);
+    deliver(&app, &updated).await;
+    deliver(&app, &updated).await;
+    assert_eq!(net_of(&app, 1, 1).await, -3_000_000);
+
+    // The second order's new $3 refund: all its credit is taken back
+    // already, so its row takes nothing; the host is told of it, once.
+    let after = fake.refund_in_dashboard("pi_told_2", "ch_told_2", 300);
+    let after_id = after["id"].as_str().unwrap().to_string();
+    let created = events.refund_event("refund.created", after);
+    deliver(&app, &created).await;
+    deliver(&app, &created).await;
+    assert_eq!(net_of(&app, 1, 2).await, -5_000_000);
+    assert_eq!(app.balance_micros(1).await, 7_000_000);
+
+    let told = told_refunds(&directory);
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0]["data"]["order_id"], 2);
+    assert_eq!(told[0]["data"]["refund_id"], after_id.as_str());
+    assert_eq!(told[0]["data"]["refunded_micros"], 3_000_000);
+    assert_eq!(told[0]["data"]["credit_taken_back_micros"], 0);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(refunds_found_when_a_legacy_record_is_replaced_are_told_once);
+
+/// An event that replaces an order's legacy record (Stripe asked for the
+/// payment's refunds, all recorded) fails after the recording, before or
+/// between the refunds' rows: Stripe's retry, which need not ask Stripe
+/// again (the record is replaced), settles every refund the first try
+/// recorded — each by its own row, told to the host once — and the order
+/// holds back what they come to.
+async fn an_event_that_failed_after_replacing_a_legacy_record_settles_its_refunds_when_retried() {
+    use sms_credit_actors::store::WritePart;
+    for fails_at in ["the new refund's row", "the ignored refund's row"] {
+        let fake = FakeStripe::start().await;
+        fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
+        // Before the upgrade: $3 refunded and failed (given back), then $2
+        // refunded, which the earlier release took for no new refund (the
+        // failure had lowered Stripe's total below the $3 it had seen).
+        let failed = fake.refund_in_dashboard("pi_crash", "ch_crash", 300);
+        let failed = fake.fail_refund(failed["id"].as_str().unwrap());
+        let ignored = fake.refund_in_dashboard("pi_crash", "ch_crash", 200);
+        let ignored_id = ignored["id"].as_str().unwrap().to_string();
+        let directory = database_before_refund_ids();
+        directory.execute(&format!(
+            "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550695', 'active', 0);
+             INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                                 amount_refunded, status, created_at, completed_at)
+                  VALUES (1, 1, 'top_up', 10000000, 10000000, 'pi_crash', 3000000, 'completed', 0, 0);
+             INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
+                  VALUES ('{failed_id}', 1, 3000000, 0);
+             INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                       order_id, description, created_at)
+                  VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
+                         (1, 2, 'refund', -3000000, 7000000, 'stripe-refund:ch_crash:300', 1, 'refund', 0),
+                         (1, 3, 'refund', 3000000, 10000000, 'stripe-refund-failed:{failed_id}', 1, 'failed', 0);
+             INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 10000000, 3, 0);",
+            failed_id = failed["id"].as_str().unwrap()
+        ));
+        let settings = stripe_settings(&directory, &fake.base_url);
+        let app = TestApp::spawn_with(directory.clone(), settings).await;
+        let store = app.store.as_ref().unwrap();
+
+        // After the upgrade, $1 more; its event replaces the legacy record,
+        // and fails at one of the refunds' rows.
+        let new = fake.refund_in_dashboard("pi_crash", "ch_crash", 100);
+        let new_id = new["id"].as_str().unwrap().to_string();
+        let created = EventFactory::new().refund_event("refund.created", new);
+        let failing = match fails_at {
+            "the new refund's row" => &new_id,
+            _ => &ignored_id,
+        };
+        store.fail_ledger_write_for_testing(&format!("stripe-refund:{failing}"), WritePart::Row);
+        let (status, answer) = app.deliver(&created).await;
+        assert!(status.is_server_error(), "{fails_at}: {status} {answer}");
+        assert_eq!(
+            directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'"),
+            0,
+            "{fails_at}: the legacy record was replaced before the failure"
+        );
+        // The injected failure fired where it was put: the new refund's
+        // row comes first, so failing it leaves no row of either refund;
+        // failing the ignored refund's row leaves the new one's (and its
+        // event) in, the failure between the two.
+        let (rows_before, told_before) = match fails_at {
+            "the new refund's row" => (vec![], vec![]),
+            _ => (
+                vec![(format!("stripe-refund:{new_id}"), -1_000_000)],
+                vec![new_id.clone()],
+            ),
+        };
+        assert_eq!(
+            rows_of(&app, 1, 1).await[2..],
+            rows_before,
+            "{fails_at}: the rows the first try left"
+        );
+        let told_first: Vec<String> = told_refunds(&directory)
+            .iter()
+            .map(|event| event["data"]["refund_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(told_first, told_before, "{fails_at}: told by the first try");
+        let lists = || fake.requests_with("GET", "/v1/refunds").len();
+        assert_eq!(
+            lists(),
+            1,
+            "{fails_at}: Stripe asked for the payment's refunds"
+        );
+
+        // Stripe's retry, and another.
+        let answer = deliver(&app, &created).await;
+        assert_eq!(answer["outcome"], "applied", "{fails_at}: {answer}");
+        let answer = deliver(&app, &created).await;
+        assert_eq!(answer["outcome"], "duplicate", "{fails_at}: {answer}");
+        assert_eq!(
+            lists(),
+            1,
+            "{fails_at}: the retries did not ask Stripe again"
+        );
+        assert_eq!(
+            rows_of(&app, 1, 1).await[2..],
+            [
+                (format!("stripe-refund:{new_id}"), -1_000_000),
+                (format!("stripe-refund:{ignored_id}"), -2_000_000)
+            ],
+            "{fails_at}: each refund taken back by its own row"
+        );
+        assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
+        assert_eq!(app.balance_micros(1).await, 7_000_000);
+        let told = told_refunds(&directory);
+        let mut told: Vec<(String, i64, i64)> = told
+            .iter()
+            .map(|event| {
+                (
+                    event["data"]["refund_id"].as_str().unwrap().to_string(),
+                    event["data"]["refunded_micros"].as_i64().unwrap(),
+                    event["data"]["credit_taken_back_micros"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        told.sort();
+        let mut expected = vec![
+            (new_id.clone(), 1_000_000, 1_000_000),
+            (ignored_id.clone(), 2_000_000, 2_000_000),
+        ];
+        expected.sort();
+        assert_eq!(told, expected, "{fails_at}: each refund told once");
+        let directory = app.stop().await;
+        assert_verified(&directory);
+    }
+}
+on_both_stores!(
+    an_event_that_failed_after_replacing_a_legacy_record_settles_its_refunds_when_retried
+);

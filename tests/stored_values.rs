@@ -212,11 +212,22 @@ async fn a_feed_ticket_of_an_unknown_scope_is_an_error_not_a_feed() {
     );
 }
 
-on_both_stores!(a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts);
-async fn a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts() {
+/// A $10 top-up refunded $3 (taken back), then the refund's standing
+/// tampered to one this release does not know: the app, the Stripe fake,
+/// the events, the account, the PaymentIntent and the refund's id.
+async fn refund_of_unknown_standing(
+    phone: &str,
+) -> (
+    TestApp,
+    crate::fake_stripe::FakeStripe,
+    EventFactory,
+    i64,
+    String,
+    String,
+) {
     let (app, fake) = app_with_fake_stripe().await;
     let mut events = EventFactory::new();
-    let (account, _, intent) = crate::refunds::paid_top_up(&app, &mut events, "+14155550906").await;
+    let (account, _, intent) = crate::refunds::paid_top_up(&app, &mut events, phone).await;
     let refund = fake.refund_in_dashboard(&intent, "ch_unknown", 300);
     let refund_id = refund["id"].as_str().unwrap().to_string();
     let refunded = fake.charge_refunded(
@@ -232,10 +243,40 @@ async fn a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts() 
         "stripe_refunds",
         &format!("UPDATE stripe_refunds SET standing = 'disputed' WHERE refund_id = '{refund_id}'"),
     );
+    (app, fake, events, account, intent, refund_id)
+}
+
+on_both_stores!(a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts);
+async fn a_refund_of_an_unknown_standing_is_an_error_not_a_refund_that_counts() {
+    let (app, fake, mut events, account, _, refund_id) =
+        refund_of_unknown_standing("+14155550906").await;
     // Its failure is not taken for a refund that never counted (nothing
     // given back) nor for one that does (given back): it is an error.
     let failed = events.refund_event("refund.failed", fake.fail_refund(&refund_id));
     let (status, answer) = app.deliver(&failed).await;
+    assert_unknown_value(
+        status,
+        &answer,
+        &format!("stripe_refunds row {refund_id}: unknown standing 'disputed'"),
+    );
+    assert_eq!(app.balance_micros(account).await, 12_000_000);
+}
+
+on_both_stores!(a_refund_of_an_unknown_standing_is_an_error_to_a_dispute_of_its_order);
+/// What a dispute takes back is decided from every refund of the order:
+/// one whose standing is unknown is an error, not a refund left out.
+async fn a_refund_of_an_unknown_standing_is_an_error_to_a_dispute_of_its_order() {
+    let (app, _fake, mut events, account, intent, refund_id) =
+        refund_of_unknown_standing("+14155550907").await;
+    let withdrawn = events.dispute(
+        "charge.dispute.funds_withdrawn",
+        "dp_unknown_standing",
+        "ch_unknown",
+        &intent,
+        1000,
+        "needs_response",
+    );
+    let (status, answer) = app.deliver(&withdrawn).await;
     assert_unknown_value(
         status,
         &answer,

@@ -93,7 +93,7 @@ pub struct TakeBack {
     /// What moved: a refund (`stripe_refund(refund)`), a
     /// dispute's funds (`stripe_dispute(dispute, stage)`), a refund that
     /// failed (`stripe_refund_failed(refund)`), or nothing new
-    /// (`stripe_settle`: a check after another change).
+    /// (`stripe_settle`: a check of the order).
     pub idempotency_key: IdempotencyKey,
     pub description: String,
     pub cause: TakeBackCause,
@@ -106,11 +106,13 @@ pub enum TakeBackCause {
     /// Stripe's refund `refund_id` of `refunded` stands (the order's
     /// refunds came to `total_refunded` in all when it was recorded): the
     /// row takes back no more than `refunded`, and carries
-    /// `payment.refunded`, once per refund.
+    /// `payment.refunded`, once per refund — unless not `announce`d (the
+    /// earlier release told the host of it).
     Refund {
         refund_id: String,
         refunded: Money,
         total_refunded: Money,
+        announce: bool,
     },
     /// A dispute's funds were withdrawn or reinstated, a refund failed, or
     /// nothing new (a check after another change).
@@ -352,13 +354,15 @@ impl TakeBackPlan {
     }
 
     /// The event a refund's row carries (`payment.refunded`, with what it
-    /// took back); the other causes' rows carry none of their own (the
-    /// caller sends a dispute's, once per dispute).
+    /// took back), if the refund is to be announced; the other causes'
+    /// rows carry none of their own (the caller sends a dispute's, once
+    /// per dispute).
     fn event(&self, taken: Money) -> Option<EventDraft> {
         let TakeBackCause::Refund {
             refund_id,
             refunded,
             total_refunded,
+            announce: true,
         } = &self.cause
         else {
             return None;
@@ -761,7 +765,19 @@ impl AccountActor {
                                 plan.learnt_at = Some(at_seq);
                             }
                         }
-                        actor.resume(vec![retry], ctx);
+                        let hold = actor
+                            .shared
+                            .store
+                            .take_back_hold(retry.mutation.idempotency_key.as_str());
+                        match hold {
+                            // A test's hold between the read and the write.
+                            Some(hold) => ctx.wait(
+                                async move { hold.stop_here().await }
+                                    .into_actor(actor)
+                                    .map(move |(), actor, ctx| actor.resume(vec![retry], ctx)),
+                            ),
+                            None => actor.resume(vec![retry], ctx),
+                        }
                         return;
                     }
                 },

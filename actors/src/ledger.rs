@@ -126,15 +126,16 @@ impl IdempotencyKey {
         IdempotencyKey::parse(&format!("stripe-dispute:{dispute_id}:{stage}"))
     }
 
-    /// The pass that checks an order's credit against what its refunds and
-    /// disputes claim after a change made under `after` (the `pass`th such
-    /// check): it writes a row only when another instance's change met
-    /// this one's at the same moment.
-    pub fn stripe_settle(
-        after: &IdempotencyKey,
-        pass: u32,
-    ) -> Result<IdempotencyKey, InvalidIdempotencyKey> {
-        IdempotencyKey::parse(&format!("stripe-settle:{pass}:{after}"))
+    /// A check of an order's credit against what its refunds and disputes
+    /// claim, made when the account's ledger stood at `seq`: it writes a
+    /// row only where the order's rows do not hold back what its claims
+    /// hold (another instance's change met this one's, or a check failed
+    /// before). Keyed by where the ledger stood, so that a check made later
+    /// — after a row, or by a retry — is never answered from an earlier
+    /// check's row. (An earlier release keyed its checks
+    /// `stripe-settle:{pass}:{key of the change}`.)
+    pub fn stripe_settle(order_id: i64, seq: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("stripe-settle:order-{order_id}:at-{seq}"))
     }
 
     /// The debit that reserves an outbound message's cost.
@@ -288,8 +289,13 @@ mod tests {
         assert_eq!(IdempotencyKey::message_refund(3).as_str(), "msg-refund:3");
         assert!(IdempotencyKey::stripe_payment("pi with space").is_err());
         // Every constructor's prefix is reserved.
+        assert_eq!(
+            IdempotencyKey::stripe_settle(7, 12).as_str(),
+            "stripe-settle:order-7:at-12"
+        );
         for key in [
             IdempotencyKey::stripe_order(1),
+            IdempotencyKey::stripe_settle(1, 1),
             IdempotencyKey::message(1),
             IdempotencyKey::message_void(1),
             IdempotencyKey::message_refund(1),

@@ -15,8 +15,8 @@ use super::events::{cents, payment_intent_key, EventOutcome};
 use super::gateway::{GatewayError, RefundReport};
 use super::orders::{Order, OrderStatus};
 use super::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
-    SeenRefund, StripeRefund,
+    held_by_legacy, legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, SeenRefund, StripeRefund,
 };
 use super::BillingError;
 use crate::account_actor::{TakeBack, TakeBackCause, TakenBack};
@@ -24,9 +24,9 @@ use crate::ledger::{IdempotencyKey, LedgerEntry};
 use crate::money::Money;
 use crate::webhooks::events::{payment_dispute_closed, payment_disputed, payment_refunded};
 
-/// How many times an order is checked again after a row that settled its
-/// credit: each check that writes a row (another instance's claim met this
-/// one's) is checked once more.
+/// How many checks of an order one settling makes at most: a check that
+/// writes a row (another instance's change met this one's) is followed by
+/// another.
 const SETTLE_CHECKS: u32 = 4;
 
 /// One change of an order's claims to settle the credit by: a row keyed
@@ -38,27 +38,50 @@ pub(super) struct Settle {
     pub cause: TakeBackCause,
 }
 
+/// What settling an order's credit came to: what each keyed change's row
+/// came to, in turn, and the checks of the order that followed.
+#[derive(Debug)]
+pub(super) struct Settled {
+    pub changes: Vec<TakenBack>,
+    pub checks: Vec<TakenBack>,
+}
+
+impl Settled {
+    /// What the rows moved in all: taken back, given back (both positive).
+    fn moved(&self) -> Result<(Money, Money), BillingError> {
+        let (mut taken_back, mut given_back) = (Money::ZERO, Money::ZERO);
+        for taken in self.changes.iter().chain(&self.checks) {
+            let TakenBack::Row(receipt) = taken else {
+                continue;
+            };
+            let amount = receipt.entry.amount;
+            if amount.is_negative() {
+                taken_back = taken_back.checked_sub(amount).map_err(money_error)?;
+            } else {
+                given_back = given_back.checked_add(amount).map_err(money_error)?;
+            }
+        }
+        Ok((taken_back, given_back))
+    }
+}
+
 impl Billing {
     /// Brings what `order`'s rows took back to what its refunds and
     /// disputes hold back, by a row keyed by each change in turn (answered
-    /// from the row if the key has one), then checks the order again until
-    /// nothing is left to change. Answers what each keyed row came to.
+    /// from the row if the key has one), then checks the order (see
+    /// [`Billing::check_order`]) — whether or not a change wrote a row.
     pub(super) async fn settle_credit(
         &self,
         order: &Order,
         credited: Money,
         changes: Vec<Settle>,
-    ) -> Result<Vec<TakenBack>, BillingError> {
-        let account_id = order.account_id;
-        let Some(first_key) = changes.first().map(|change| change.key.clone()) else {
-            return Ok(Vec::new());
-        };
+    ) -> Result<Settled, BillingError> {
         let mut answers = Vec::with_capacity(changes.len());
         for change in changes {
             let taken = self
                 .registry
                 .send(
-                    account_id,
+                    order.account_id,
                     TakeBack {
                         order: order.clone(),
                         credited,
@@ -70,36 +93,58 @@ impl Billing {
                 .await?;
             answers.push(taken);
         }
-        if answers
-            .iter()
-            .any(|taken| matches!(taken, TakenBack::Row(_)))
-        {
-            let key = first_key;
-            for pass in 1..=SETTLE_CHECKS {
-                let check = IdempotencyKey::stripe_settle(&key, pass)
-                    .map_err(|_| BillingError::Invalid(format!("key {key} is too long")))?;
-                let checked = self
-                    .registry
-                    .send(
-                        account_id,
-                        TakeBack {
-                            order: order.clone(),
-                            credited,
-                            idempotency_key: check,
-                            description: format!(
-                                "order {}: credit settled with its refunds and disputes",
-                                order.id
-                            ),
-                            cause: TakeBackCause::Claims,
-                        },
-                    )
-                    .await?;
-                if matches!(checked, TakenBack::Nothing) {
-                    break;
-                }
+        let checks = self.check_order(order, credited).await?;
+        Ok(Settled {
+            changes: answers,
+            checks,
+        })
+    }
+
+    /// Brings what `order`'s rows took back to what its refunds and
+    /// disputes hold back now, by a row keyed by where the account's
+    /// ledger stood (`stripe_settle`), until a check finds nothing to
+    /// change. Every event about an order ends with it, a retry that finds
+    /// every row of its own there too: a check that failed (a crash, a
+    /// read or a commit that failed), after a row another instance's claim
+    /// met, is made again by Stripe's retry of the event. Its amount is
+    /// decided by the account's actor from what it reads, guarded by the
+    /// position it read at, so two checks at once move the credit once.
+    pub(super) async fn check_order(
+        &self,
+        order: &Order,
+        credited: Money,
+    ) -> Result<Vec<TakenBack>, BillingError> {
+        let mut checks = Vec::new();
+        for _ in 0..SETTLE_CHECKS {
+            let seq = self
+                .store
+                .ledger()
+                .snapshot(order.account_id)
+                .await?
+                .map_or(0, |snapshot| snapshot.seq);
+            let checked = self
+                .registry
+                .send(
+                    order.account_id,
+                    TakeBack {
+                        order: order.clone(),
+                        credited,
+                        idempotency_key: IdempotencyKey::stripe_settle(order.id, seq),
+                        description: format!(
+                            "order {}: credit settled with its refunds and disputes",
+                            order.id
+                        ),
+                        cause: TakeBackCause::Claims,
+                    },
+                )
+                .await?;
+            let settled = matches!(checked, TakenBack::Nothing);
+            checks.push(checked);
+            if settled {
+                break;
             }
         }
-        Ok(answers)
+        Ok(checks)
     }
 
     /// The order of a PaymentIntent, if it is completed, and what it
@@ -208,6 +253,7 @@ impl Billing {
                 }],
             )
             .await?
+            .changes
             .into_iter()
             .next()
             .unwrap_or(TakenBack::Nothing);
@@ -318,12 +364,15 @@ impl Billing {
             Err(waiting) => return Ok(waiting),
         };
         let recorded = self.store.billing().stripe_refunds(order.id).await?;
-        let has_legacy = recorded
+        let legacy = recorded
             .iter()
-            .any(|refund| refund.standing == RefundStanding::Legacy);
+            .find(|refund| refund.standing == RefundStanding::Legacy)
+            .map(|refund| refund.amount);
+        let has_legacy = legacy.is_some();
         let lacks_amount = reported.iter().any(|report| report.amount_cents.is_none());
         let ask_stripe = listed_in_part || lacks_amount || has_legacy;
         let mut reports = reported.to_vec();
+        let mut listed_by_stripe = Vec::new();
         if ask_stripe {
             let listed = self
                 .gateway
@@ -336,9 +385,13 @@ impl Billing {
                         ))
                     }
                 })?;
+            listed_by_stripe = listed.clone();
             reports.extend(listed);
         }
-        let seen = refunds_seen(&reports)?;
+        let mut seen = refunds_seen(&reports)?;
+        if let Some(held_back) = legacy {
+            mark_held_by_legacy(&mut seen, &listed_by_stripe, &recorded, held_back)?;
+        }
         let recorded = match self
             .record_seen(&order, recorded, &seen, ask_stripe && has_legacy, now_ms)
             .await?
@@ -349,23 +402,12 @@ impl Billing {
         // The refund requests the admin made that these reports settle.
         self.settle_reported_refunds(&reports, now_ms).await?;
         let changes = self.refund_changes(&order, &seen, &recorded).await?;
-        let taken = self
+        let settled = self
             .settle_credit(&order, credited, changes.clone())
             .await?;
-        self.tell_refunds_without_rows(&order, &recorded, &changes, &taken, now_ms)
+        self.tell_refunds_without_rows(&order, &changes, &settled.changes, now_ms)
             .await?;
-        let moved = |taken: &TakenBack| match taken {
-            TakenBack::Row(receipt) => receipt.entry.amount,
-            TakenBack::Nothing => Money::ZERO,
-        };
-        let (mut taken_back, mut given_back) = (Money::ZERO, Money::ZERO);
-        for amount in taken.iter().map(moved) {
-            if amount.is_negative() {
-                taken_back = taken_back.checked_sub(amount).map_err(money_error)?;
-            } else {
-                given_back = given_back.checked_add(amount).map_err(money_error)?;
-            }
-        }
+        let (taken_back, given_back) = settled.moved()?;
         Ok(EventOutcome::Applied(format!(
             "order {}: {} refunded and standing ({} refunds known, {} new or changed); \
              {taken_back} of credit taken back, {given_back} given back",
@@ -426,13 +468,18 @@ impl Billing {
     }
 
     /// The rows that settle the order's credit after its refunds were
-    /// recorded: each reported refund — those this recording made or moved
-    /// first (so that each new refund's row is its own) —, by where it
-    /// stands, then its legacy record's replacement, if this recording
+    /// recorded: each refund of the order whose row is not in the ledger
+    /// (those this recording made or moved are settled again by their key
+    /// anyway), by where it stands — so a refund recorded by an earlier
+    /// try of the event (Stripe listed it; the try stopped before its row)
+    /// is settled, and told of, by the retry, which may not ask Stripe
+    /// again —, then its legacy record's replacement, if this recording
     /// made it (what is left to bring to what the refunds Stripe lists
-    /// hold back). A refund recorded before is settled again by its key
-    /// unless its row is in the ledger (a retry after a failure between the
-    /// record and its row makes the row then).
+    /// hold back). Refunds that stand come first, those this recording
+    /// made or moved first and then newest first as reported (so that each
+    /// new refund's row takes its own credit), then refunds that failed,
+    /// then those the legacy record held back (they find their credit
+    /// held back already).
     async fn refund_changes(
         &self,
         order: &Order,
@@ -442,15 +489,27 @@ impl Billing {
         let key_error = |id: &str| BillingError::invalid_id("refund", id);
         let total_refunded = recorded.in_all().map_err(money_error)?;
         let mut changes = Vec::new();
-        // Newest first (as Stripe lists them): a refund a legacy record
-        // held back is older than one made since, so the new one's row
-        // takes its own credit and the old one's finds it held back.
-        let mut ordered: Vec<&SeenRefund> = seen.iter().collect();
-        ordered.sort_by_key(|refund| !recorded.changed.contains(&refund.refund_id));
-        for refund in ordered {
-            let Some(record) = recorded.get(&refund.refund_id) else {
-                continue;
+        let reported_at = |refund_id: &str| {
+            seen.iter()
+                .position(|refund| refund.refund_id == refund_id)
+                .unwrap_or(usize::MAX)
+        };
+        let mut ordered: Vec<(usize, &StripeRefund)> =
+            recorded.refunds.iter().enumerate().collect();
+        ordered.sort_by_key(|(recorded_at, refund)| {
+            let group = match (refund.standing, refund.recorded_by) {
+                (RefundStanding::Counted, RecordedBy::Event) => 0,
+                (RefundStanding::Failed, _) => 1,
+                _ => 2,
             };
+            (
+                group,
+                !recorded.changed.contains(&refund.refund_id),
+                reported_at(&refund.refund_id),
+                std::cmp::Reverse(*recorded_at),
+            )
+        });
+        for (_, record) in ordered {
             let id = &record.refund_id;
             let change = match record.standing {
                 RefundStanding::Counted if record.amount.is_positive() => Settle {
@@ -460,6 +519,7 @@ impl Billing {
                         refund_id: id.clone(),
                         refunded: record.amount,
                         total_refunded,
+                        announce: record.recorded_by != RecordedBy::LegacyReplacement,
                     },
                 },
                 RefundStanding::Failed => Settle {
@@ -499,15 +559,14 @@ impl Billing {
 
     /// `payment.refunded` for each refund that stands and whose row took
     /// nothing back (what it refunded was held back already: a dispute
-    /// took it, or the order credited less): an event of its own, once per
-    /// refund, as the row's would have been. Not for a refund recorded by
-    /// the replacement of the order's legacy record that took nothing: the
-    /// legacy record held it back, and the host was told of it then (by
-    /// the charge's running total).
+    /// took it, a check of the order made when two of its events met took
+    /// it, or the order credited less): an event of its own, once per
+    /// refund, as the row's would have been, saying no credit was taken
+    /// back for it. Not for a refund the order's legacy record held back:
+    /// the host was told of it then (by the charge's running total).
     async fn tell_refunds_without_rows(
         &self,
         order: &Order,
-        recorded: &OrderRefunds,
         changes: &[Settle],
         taken: &[TakenBack],
         now_ms: i64,
@@ -519,18 +578,13 @@ impl Billing {
                     refund_id,
                     refunded,
                     total_refunded,
+                    announce: true,
                 },
                 TakenBack::Nothing,
             ) = (&change.cause, taken)
             else {
                 continue;
             };
-            let held_by_legacy = recorded
-                .get(refund_id)
-                .is_some_and(|refund| refund.recorded_by == RecordedBy::LegacyReplacement);
-            if held_by_legacy {
-                continue;
-            }
             let event = payment_refunded(order, refund_id, *refunded, *total_refunded, Money::ZERO)
                 .standalone(
                     order.account_id,
@@ -550,6 +604,42 @@ fn money_error(error: crate::money::MoneyError) -> BillingError {
     BillingError::Invalid(format!("an amount out of range: {error}"))
 }
 
+/// Marks the refunds seen that the order's legacy record of `held_back`
+/// held back (see [`held_by_legacy`]), from Stripe's list of the payment's
+/// refunds; those recorded failed before (`recorded_before`: the earlier
+/// release knew, and left them out of the amount) are not counted in it.
+fn mark_held_by_legacy(
+    seen: &mut [SeenRefund],
+    listed_by_stripe: &[RefundReport],
+    recorded_before: &[StripeRefund],
+    held_back: Money,
+) -> Result<(), BillingError> {
+    let failed_before = |refund_id: &str| {
+        recorded_before
+            .iter()
+            .any(|known| known.refund_id == refund_id && known.standing == RefundStanding::Failed)
+    };
+    let mut listed = Vec::with_capacity(listed_by_stripe.len());
+    for report in listed_by_stripe {
+        let Some(cents) = report.amount_cents else {
+            continue;
+        };
+        let amount = Money::from_cents(cents).map_err(|_| {
+            BillingError::Invalid(format!("refund {}: amount out of range", report.refund_id))
+        })?;
+        listed.push((
+            report.refund_id.clone(),
+            amount,
+            !failed_before(&report.refund_id),
+        ));
+    }
+    let held = held_by_legacy(&listed, held_back);
+    for refund in seen {
+        refund.held_by_legacy = held.contains(&refund.refund_id.as_str());
+    }
+    Ok(())
+}
+
 /// The refunds the reports name, each once, in the order first reported:
 /// one any report says failed (or canceled) is failed, whatever another
 /// (older) report says. A report without its amount says nothing of it.
@@ -566,6 +656,7 @@ fn refunds_seen(reports: &[RefundReport]) -> Result<Vec<SeenRefund>, BillingErro
             })?,
             made: report.made(),
             stripe_status: report.status.clone(),
+            held_by_legacy: false,
         };
         match seen
             .iter_mut()

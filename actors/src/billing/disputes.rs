@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::stripe_refunds::RefundStanding;
 use crate::ledger::AccountId;
 use crate::money::{Money, MoneyError};
 
@@ -216,7 +217,36 @@ pub struct OrderClaims {
     pub disputed: Money,
 }
 
+/// One claim on an order's credit as the store holds it: a refund by its
+/// standing, a dispute by where its funds stand (each read back typed, so
+/// a value this release does not know is an error, never left out).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoredClaim {
+    Refund(Money, RefundStanding),
+    Dispute(Money, DisputeFunds),
+}
+
 impl OrderClaims {
+    /// What `claims`, all of an order's, come to.
+    pub fn of(claims: &[StoredClaim]) -> Result<OrderClaims, MoneyError> {
+        let mut totals = OrderClaims {
+            refunds: Money::ZERO,
+            disputed: Money::ZERO,
+        };
+        for claim in claims {
+            match *claim {
+                StoredClaim::Refund(amount, standing) if standing.holds_back() => {
+                    totals.refunds = totals.refunds.checked_add(amount)?;
+                }
+                StoredClaim::Dispute(amount, DisputeFunds::Withdrawn) => {
+                    totals.disputed = totals.disputed.checked_add(amount)?;
+                }
+                StoredClaim::Refund(..) | StoredClaim::Dispute(..) => {}
+            }
+        }
+        Ok(totals)
+    }
+
     /// The credit the order's refunds and disputes hold back, out of
     /// `credited`: never more than it, never less than nothing.
     pub fn held_back(&self, credited: Money) -> Result<Money, MoneyError> {
@@ -235,6 +265,29 @@ mod tests {
 
     fn dollars(amount: i64) -> Money {
         Money::from_micros(amount * 1_000_000)
+    }
+
+    #[test]
+    fn claims_count_the_refunds_that_stand_and_the_funds_withdrawn() {
+        use DisputeFunds::*;
+        use RefundStanding::*;
+        let claims = OrderClaims::of(&[
+            StoredClaim::Refund(dollars(3), Counted),
+            StoredClaim::Refund(dollars(4), Failed),
+            StoredClaim::Refund(dollars(2), Legacy),
+            StoredClaim::Refund(dollars(5), Replaced),
+            StoredClaim::Dispute(dollars(10), Withdrawn),
+            StoredClaim::Dispute(dollars(6), Reinstated),
+            StoredClaim::Dispute(dollars(7), None),
+        ])
+        .unwrap();
+        assert_eq!(
+            claims,
+            OrderClaims {
+                refunds: dollars(5),
+                disputed: dollars(10)
+            }
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod disputes;
 pub mod event_log;
 pub mod events;
 pub mod gateway;
+pub mod legacy_refunds;
 pub mod orders;
 pub mod pricing;
 pub mod refunds;

@@ -66,8 +66,9 @@ pub enum RecordedBy {
     /// Reported by an event, or by Stripe's list asked for one.
     Event,
     /// Found in Stripe's list of the payment's refunds that replaced the
-    /// order's legacy record: the legacy record held it back (if it is as
-    /// old as that), and the host was told of it then.
+    /// order's legacy record, within what that record held back: the host
+    /// was told of it by the earlier release's running total, and is not
+    /// told again.
     LegacyReplacement,
 }
 
@@ -94,6 +95,16 @@ pub fn legacy_refund_id(order_id: i64) -> String {
     format!("legacy-order-{order_id}")
 }
 
+/// An order that holds a legacy record, claimed by the sweep that
+/// replaces it with Stripe's list of the payment's refunds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyOrder {
+    pub order_id: i64,
+    /// The payment whose refunds Stripe is asked for (`None`: the order
+    /// has none; nothing can be asked).
+    pub payment_intent_id: Option<String>,
+}
+
 /// A refund as Stripe reported it, to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SeenRefund {
@@ -103,6 +114,40 @@ pub struct SeenRefund {
     pub made: bool,
     /// Stripe's own word for its status, kept as said.
     pub stripe_status: String,
+    /// Found in Stripe's list of the payment's refunds that replaces the
+    /// order's legacy record, within what that record held back (see
+    /// [`held_by_legacy`]): if this recording replaces it, the refund is
+    /// recorded [`RecordedBy::LegacyReplacement`].
+    pub held_by_legacy: bool,
+}
+
+/// Which refunds of Stripe's list of a payment's refunds (newest first,
+/// as Stripe lists them: id, amount, whether the legacy record's amount
+/// counts it — every refund but those recorded failed before the upgrade,
+/// which the earlier release left out of it) an order's legacy record of
+/// `held_back` held back: oldest first, as far as that amount goes (a
+/// refund only part of which fits is not one of them). The earlier release
+/// told the host of those by its running total; a refund beyond them was
+/// made after the upgrade, or was one the earlier release did not count.
+pub fn held_by_legacy(
+    listed_newest_first: &[(String, Money, bool)],
+    held_back: Money,
+) -> Vec<&str> {
+    let mut held = Vec::new();
+    let mut covered = Money::ZERO;
+    for (refund_id, amount, counted) in listed_newest_first.iter().rev() {
+        if !*counted || held.contains(&refund_id.as_str()) {
+            continue;
+        }
+        match covered.checked_add(*amount) {
+            Ok(sum) if sum <= held_back => {
+                covered = sum;
+                held.push(refund_id.as_str());
+            }
+            _ => break,
+        }
+    }
+    held
 }
 
 /// The refunds of an order that Stripe reported, to record in one
@@ -248,6 +293,7 @@ mod tests {
             amount: Money::from_cents(cents).unwrap(),
             made,
             stripe_status: if made { "succeeded" } else { "failed" }.into(),
+            held_by_legacy: false,
         }
     }
 
@@ -299,6 +345,27 @@ mod tests {
             assert_eq!(RecordedBy::parse(by.as_str()), Some(by));
         }
         assert_eq!(RefundStanding::parse("pending"), None);
+    }
+
+    #[test]
+    fn a_legacy_record_holds_the_oldest_refunds_that_stand_as_far_as_it_goes() {
+        let dollars = |amount: i64| Money::from_cents(amount * 100).unwrap();
+        let listed: Vec<(String, Money, bool)> = [
+            ("re_new", 4, true),
+            ("re_2", 2, true),
+            ("re_failed", 3, false),
+            ("re_1", 1, true),
+        ]
+        .into_iter()
+        .map(|(id, amount, made)| (id.to_string(), dollars(amount), made))
+        .collect();
+        assert_eq!(held_by_legacy(&listed, dollars(3)), ["re_1", "re_2"]);
+        assert_eq!(held_by_legacy(&listed, dollars(2)), ["re_1"]);
+        assert_eq!(
+            held_by_legacy(&listed, dollars(7)),
+            ["re_1", "re_2", "re_new"]
+        );
+        assert!(held_by_legacy(&listed, Money::ZERO).is_empty());
     }
 
     #[test]

@@ -71,8 +71,9 @@ use ColumnType::{Integer as I, Text as T};
 /// Every table with data, parents before children. Not copied: which
 /// instances are running (`instances`), SQLite's change notes for other
 /// processes (`ledger_changes`), feed tickets (`feed_tickets`: they live
-/// 30 s, and no instance runs during a copy) and the migration history
-/// (each side has its own).
+/// 30 s, and no instance runs during a copy), the legacy refund sweep's
+/// claims (`stripe_refunds.claimed_until`: a lease of an instance) and the
+/// migration history (each side has its own).
 pub const TABLES: &[Table] = &[
     Table {
         name: "accounts",
@@ -588,13 +589,16 @@ pub enum CopyError {
          an sms-credit database that holds no data"
     )]
     TargetNotOurs(String),
-    /// Another copy or restore put a new SQLite file where this one was to
-    /// go while this one ran: it stays, and this one's is removed.
+    /// Something (another copy or restore, a server, `migrate`, a command
+    /// that creates a database) put a file where this one's new SQLite
+    /// file was to go while this one ran: it stays, and this one's is
+    /// removed.
     #[error(
-        "another copy or restore made the file while this one ran; it is left as that one \
-         made it, and nothing of this one is left"
+        "{0} was made by something else while this copy ran (another copy or restore, a server, \
+         `migrate`, or a command that creates a database): it is left as it is, and nothing of \
+         this copy is left"
     )]
-    TargetMadeMeanwhile,
+    TargetMadeMeanwhile(String),
     #[error("{}", source_in_use(.instances, *.now_ms, *.fallback_timeout_ms))]
     SourceInUse {
         /// Each running instance: its id, its last heartbeat, and how long
@@ -858,6 +862,7 @@ pub async fn copy_rows(
             }
             counts.push((table.name, count));
         }
+        source.backend.end_moment().await?;
         // Without the last word the import commits nothing.
         if let Some(check) = &still_stopped {
             let started =

@@ -277,6 +277,10 @@ pub(crate) struct Shared {
     /// Test-only: the next Stripe event found to wait stops just before
     /// it is recorded waiting, until the test lets it go.
     hold_next_waiting_mark: Mutex<Option<Arc<TestHold>>>,
+    /// Test-only: the take-back whose idempotency key this is stops once
+    /// its amount is decided, before it is written, until the test lets
+    /// it go.
+    hold_take_back: Mutex<Option<(String, Arc<TestHold>)>>,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -351,6 +355,7 @@ impl Shared {
             fail_write_part: Mutex::new(None),
             fail_write_part_armed: AtomicBool::new(false),
             hold_next_waiting_mark: Mutex::new(None),
+            hold_take_back: Mutex::new(None),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -512,6 +517,15 @@ impl TestHold {
     /// Lets the flow go on.
     pub fn release(&self) {
         self.released.add_permits(1);
+    }
+
+    /// Where the flow stops: tells the test it is there, and waits until
+    /// the test lets it go.
+    pub(crate) async fn stop_here(&self) {
+        self.reached.add_permits(1);
+        if let Ok(permit) = self.released.acquire().await {
+            permit.forget();
+        }
     }
 }
 
@@ -768,10 +782,37 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
         if let Some(hold) = hold {
-            hold.reached.add_permits(1);
-            if let Ok(permit) = hold.released.acquire().await {
-                permit.forget();
-            }
+            hold.stop_here().await;
+        }
+    }
+
+    /// Test-only switch: the take-back (credit an order's refunds or
+    /// disputes take back or give back) keyed `key` stops once its amount
+    /// is decided from what it read, before it is written, until the test
+    /// releases the hold it is handed (so a test can put another
+    /// instance's work between the read and the write).
+    pub fn hold_take_back_for_testing(&self, key: &str) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .shared
+            .hold_take_back
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            Some((key.to_string(), Arc::clone(&hold)));
+        hold
+    }
+
+    /// Where the take-back keyed `key` is about to be written: the hold a
+    /// test put there, taken (see [`Store::hold_take_back_for_testing`]).
+    pub(crate) fn take_back_hold(&self, key: &str) -> Option<Arc<TestHold>> {
+        let mut held = self
+            .shared
+            .hold_take_back
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        match held.as_ref() {
+            Some((held_key, _)) if held_key == key => held.take().map(|(_, hold)| hold),
+            _ => None,
         }
     }
 

@@ -232,6 +232,7 @@ pub fn payment_refunded(
         data: data([
             ("order_id", json!(order.id)),
             ("order_type", json!(order.order_type.as_str())),
+            ("refund_id", json!(refund_id)),
             ("refunded_micros", json!(refunded.micros())),
             ("total_refunded_micros", json!(total_refunded.micros())),
             (

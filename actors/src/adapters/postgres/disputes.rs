@@ -6,8 +6,9 @@ use tokio_postgres::{GenericClient, Row};
 
 use super::{boxed, PostgresStore};
 use crate::billing::disputes::{
-    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims,
+    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims, StoredClaim,
 };
+use crate::billing::stripe_refunds::RefundStanding;
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::reports::OpenDispute;
@@ -136,25 +137,51 @@ impl PostgresStore {
         })
     }
 
+    /// Every claim on an order's credit, in one statement (one moment):
+    /// its refunds with their standing, its disputes with their funds, and
+    /// a row that says the order exists.
     pub(super) fn claims_op(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
         self.read(move |client| async move {
-            let Some(row) = client
-                .query_opt(
-                    "SELECT (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM stripe_refunds
-                              WHERE order_id = o.id AND standing IN ('counted', 'legacy')),
-                            (SELECT COALESCE(SUM(amount), 0)::BIGINT FROM disputes
-                              WHERE order_id = o.id AND funds = 'withdrawn')
-                       FROM orders o WHERE o.id = $1",
+            let rows = client
+                .query(
+                    "SELECT 'refund', refund_id, amount, standing FROM stripe_refunds
+                      WHERE order_id = $1
+                     UNION ALL
+                     SELECT 'dispute', dispute_id, amount, funds FROM disputes
+                      WHERE order_id = $1
+                     UNION ALL
+                     SELECT 'order', '', 0::BIGINT, '' FROM orders WHERE id = $1",
                     &[&order_id],
                 )
-                .await?
-            else {
+                .await?;
+            let (mut claims, mut order_found) = (Vec::new(), false);
+            for row in rows {
+                let what: &str = row.try_get(0)?;
+                let id: String = row.try_get(1)?;
+                let amount = Money::from_micros(row.try_get(2)?);
+                let value: String = row.try_get(3)?;
+                let unknown = |table, column| {
+                    StoreError::UnknownValue(UnknownValue::new(table, &id, column, value.clone()))
+                };
+                match what {
+                    "refund" => claims.push(StoredClaim::Refund(
+                        amount,
+                        RefundStanding::parse(&value)
+                            .ok_or_else(|| unknown("stripe_refunds", "standing"))?,
+                    )),
+                    "dispute" => claims.push(StoredClaim::Dispute(
+                        amount,
+                        DisputeFunds::parse(&value).ok_or_else(|| unknown("disputes", "funds"))?,
+                    )),
+                    _ => order_found = true,
+                }
+            }
+            if !order_found {
                 return Ok(None);
-            };
-            Ok(Some(OrderClaims {
-                refunds: Money::from_micros(row.try_get(0)?),
-                disputed: Money::from_micros(row.try_get(1)?),
-            }))
+            }
+            OrderClaims::of(&claims).map(Some).map_err(|error| {
+                StoreError::Database(format!("order {order_id}'s claims: {error}"))
+            })
         })
     }
 }

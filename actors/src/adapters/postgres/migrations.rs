@@ -90,6 +90,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V22__strangers_third_round.sql"),
     ),
     (
+        "V23__legacy_refund_sweep",
+        include_str!("../../../../migrations/postgres/V23__legacy_refund_sweep.sql"),
+    ),
+    (
         "V24__instance_timeouts",
         include_str!("../../../../migrations/postgres/V24__instance_timeouts.sql"),
     ),

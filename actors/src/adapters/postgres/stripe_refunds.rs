@@ -7,8 +7,8 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 
 use super::{boxed, PostgresStore};
 use crate::billing::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
-    StripeRefund,
+    legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, StripeRefund,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
@@ -82,8 +82,8 @@ async fn record_refunds(
     let paid: i64 = locked.try_get(0).map_err(StoreError::from)?;
     let mut changed = Vec::new();
     // A legacy record replaced now: the refunds recorded with its
-    // replacement are marked so.
-    let mut recorded_by = RecordedBy::Event;
+    // replacement that it held back are marked so.
+    let mut replaced_now = false;
     if seen.replace_legacy {
         let legacy = legacy_refund_id(order_id);
         let replaced = transaction
@@ -96,7 +96,7 @@ async fn record_refunds(
             .map_err(StoreError::from)?;
         if replaced == 1 {
             changed.push(legacy);
-            recorded_by = RecordedBy::LegacyReplacement;
+            replaced_now = true;
         }
     }
     for refund in &seen.refunds {
@@ -111,6 +111,11 @@ async fn record_refunds(
             .transpose()?;
         let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
             continue;
+        };
+        let recorded_by = if replaced_now && refund.held_by_legacy {
+            RecordedBy::LegacyReplacement
+        } else {
+            RecordedBy::Event
         };
         let written = if recorded.is_none() {
             transaction
@@ -186,5 +191,54 @@ impl PostgresStore {
 
     pub(super) fn stripe_refunds_op(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
         self.read(move |client| async move { refunds_of_order(&*client, order_id).await })
+    }
+
+    pub(super) fn claim_legacy_orders_op(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.write(move |transaction| {
+            boxed(async move {
+                let rows = transaction
+                    .query(
+                        "WITH picked AS MATERIALIZED (
+                           SELECT refund_id FROM stripe_refunds
+                            WHERE standing = 'legacy'
+                              AND (claimed_until IS NULL OR claimed_until <= $1)
+                            ORDER BY order_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                         UPDATE stripe_refunds r SET claimed_until = $2
+                           FROM picked, orders o
+                          WHERE r.refund_id = picked.refund_id AND o.id = r.order_id
+                         RETURNING r.order_id, o.stripe_payment_intent_id",
+                        &[&now_ms, &lease_until_ms, &limit],
+                    )
+                    .await?;
+                let mut orders = rows
+                    .iter()
+                    .map(|row| {
+                        Ok(LegacyOrder {
+                            order_id: row.try_get(0)?,
+                            payment_intent_id: row.try_get(1)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                orders.sort_by_key(|order| order.order_id);
+                Ok(orders)
+            })
+        })
+    }
+
+    pub(super) fn legacy_orders_left_op(&self) -> StoreFuture<i64> {
+        self.read(|client| async move {
+            Ok(client
+                .query_one(
+                    "SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'",
+                    &[],
+                )
+                .await?
+                .try_get(0)?)
+        })
     }
 }

@@ -14,7 +14,7 @@ use crate::billing::disputes::{DisputeRecord, DisputeUpdate, OrderClaims};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
-use crate::billing::stripe_refunds::{OrderRefunds, RefundsSeen, StripeRefund};
+use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -574,6 +574,19 @@ impl BillingStore for SqliteStore {
 
     fn stripe_refunds(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
         self.stripe_refunds_op(order_id)
+    }
+
+    fn claim_legacy_orders(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.claim_legacy_orders_op(now_ms, lease_until_ms, limit)
+    }
+
+    fn legacy_orders_left(&self) -> StoreFuture<i64> {
+        self.legacy_orders_left_op()
     }
 
     fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord> {

@@ -6,8 +6,9 @@ use rusqlite::{params, Connection, Row};
 
 use super::SqliteStore;
 use crate::billing::disputes::{
-    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims,
+    DisputeFunds, DisputeRecord, DisputeStatus, DisputeUpdate, OrderClaims, StoredClaim,
 };
+use crate::billing::stripe_refunds::RefundStanding;
 use crate::ledger::AccountId;
 use crate::money::Money;
 use crate::reports::OpenDispute;
@@ -75,16 +76,16 @@ fn record_dispute_sql(placeholders: [&str; 11]) -> String {
     )
 }
 
-/// What an order's refunds and disputes claim, in one statement.
-fn claims_sql(order: &str) -> String {
-    format!(
-        "SELECT (SELECT COALESCE(SUM(amount), 0) FROM stripe_refunds
-                  WHERE order_id = o.id AND standing IN ('counted', 'legacy')),
-                (SELECT COALESCE(SUM(amount), 0) FROM disputes
-                  WHERE order_id = o.id AND funds = 'withdrawn')
-           FROM orders o WHERE o.id = {order}"
-    )
-}
+/// Every claim on an order's credit, in one statement (one moment): its
+/// refunds with their standing, its disputes with their funds, and a row
+/// that says the order exists.
+const CLAIMS_SQL: &str = "SELECT 'refund', refund_id, amount, standing FROM stripe_refunds
+                           WHERE order_id = ?1
+                          UNION ALL
+                          SELECT 'dispute', dispute_id, amount, funds FROM disputes
+                           WHERE order_id = ?1
+                          UNION ALL
+                          SELECT 'order', '', 0, '' FROM orders WHERE id = ?1";
 
 /// The disputes not closed, the one due first first.
 fn open_disputes_sql(limit: &str) -> String {
@@ -144,15 +145,36 @@ impl SqliteStore {
 
     pub(super) fn claims_op(&self, order_id: i64) -> StoreFuture<Option<OrderClaims>> {
         self.read(move |connection| {
-            let mut statement = connection.prepare_cached(&claims_sql("?1"))?;
+            let mut statement = connection.prepare_cached(CLAIMS_SQL)?;
             let mut rows = statement.query([order_id])?;
-            let Some(row) = rows.next()? else {
+            let (mut claims, mut order_found) = (Vec::new(), false);
+            while let Some(row) = rows.next()? {
+                let what: String = row.get(0)?;
+                let id: String = row.get(1)?;
+                let amount = Money::from_micros(row.get(2)?);
+                let value: String = row.get(3)?;
+                let unknown = |table, column| {
+                    StoreError::UnknownValue(UnknownValue::new(table, &id, column, value.clone()))
+                };
+                match what.as_str() {
+                    "refund" => claims.push(StoredClaim::Refund(
+                        amount,
+                        RefundStanding::parse(&value)
+                            .ok_or_else(|| unknown("stripe_refunds", "standing"))?,
+                    )),
+                    "dispute" => claims.push(StoredClaim::Dispute(
+                        amount,
+                        DisputeFunds::parse(&value).ok_or_else(|| unknown("disputes", "funds"))?,
+                    )),
+                    _ => order_found = true,
+                }
+            }
+            if !order_found {
                 return Ok(None);
-            };
-            Ok(Some(OrderClaims {
-                refunds: Money::from_micros(row.get(0)?),
-                disputed: Money::from_micros(row.get(1)?),
-            }))
+            }
+            OrderClaims::of(&claims).map(Some).map_err(|error| {
+                StoreError::Database(format!("order {order_id}'s claims: {error}"))
+            })
         })
     }
 }

@@ -128,6 +128,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V31__strangers_third_round.sql"),
     ),
     (
+        "V32__legacy_refund_sweep",
+        include_str!("../../../../migrations/sqlite/V32__legacy_refund_sweep.sql"),
+    ),
+    (
         "V33__instance_timeouts",
         include_str!("../../../../migrations/sqlite/V33__instance_timeouts.sql"),
     ),

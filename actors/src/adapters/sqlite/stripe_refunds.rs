@@ -6,8 +6,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::SqliteStore;
 use crate::billing::stripe_refunds::{
-    legacy_refund_id, standing_after, OrderRefunds, RecordedBy, RefundStanding, RefundsSeen,
-    StripeRefund,
+    legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
+    RefundsSeen, StripeRefund,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
@@ -81,8 +81,8 @@ fn record_refunds(
     let paid = paid.ok_or(BillingError::OrderNotFound(order_id))?;
     let mut changed = Vec::new();
     // A legacy record replaced now: the refunds recorded with its
-    // replacement are marked so.
-    let mut recorded_by = RecordedBy::Event;
+    // replacement that it held back are marked so.
+    let mut replaced_now = false;
     if seen.replace_legacy {
         let legacy = legacy_refund_id(order_id);
         let replaced = connection
@@ -94,13 +94,18 @@ fn record_refunds(
             .map_err(StoreError::from)?;
         if replaced == 1 {
             changed.push(legacy);
-            recorded_by = RecordedBy::LegacyReplacement;
+            replaced_now = true;
         }
     }
     for refund in &seen.refunds {
         let recorded = refund_by_id(connection, &refund.refund_id)?;
         let Some(standing) = standing_after(recorded.as_ref(), refund, order_id)? else {
             continue;
+        };
+        let recorded_by = if replaced_now && refund.held_by_legacy {
+            RecordedBy::LegacyReplacement
+        } else {
+            RecordedBy::Event
         };
         let written = if recorded.is_none() {
             connection
@@ -184,5 +189,46 @@ impl SqliteStore {
 
     pub(super) fn stripe_refunds_op(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>> {
         self.read(move |connection| refunds_of_order(connection, order_id))
+    }
+
+    pub(super) fn claim_legacy_orders_op(
+        &self,
+        now_ms: i64,
+        lease_until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<LegacyOrder>> {
+        self.write(move |connection| {
+            let claimed: Vec<i64> = connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET claimed_until = ?2
+                      WHERE refund_id IN (SELECT refund_id FROM stripe_refunds
+                                           WHERE standing = 'legacy'
+                                             AND (claimed_until IS NULL OR claimed_until <= ?1)
+                                           ORDER BY order_id LIMIT ?3)
+                     RETURNING order_id",
+                )?
+                .query_map(params![now_ms, lease_until_ms, limit], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let mut orders = Vec::with_capacity(claimed.len());
+            for order_id in claimed {
+                let payment_intent_id: Option<String> = connection
+                    .prepare_cached("SELECT stripe_payment_intent_id FROM orders WHERE id = ?1")?
+                    .query_row([order_id], |row| row.get(0))?;
+                orders.push(LegacyOrder {
+                    order_id,
+                    payment_intent_id,
+                });
+            }
+            orders.sort_by_key(|order| order.order_id);
+            Ok(orders)
+        })
+    }
+
+    pub(super) fn legacy_orders_left_op(&self) -> StoreFuture<i64> {
+        self.read(|connection| {
+            Ok(connection
+                .prepare_cached("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'")?
+                .query_row([], |row| row.get(0))?)
+        })
     }
 }

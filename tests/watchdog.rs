@@ -80,9 +80,21 @@ pub fn watch() {
 
 /// Watches the test running on this thread, which may run `times` as long
 /// as a test may (one that does a great deal of work on purpose: its bound
-/// is still a bound).
+/// is still a bound), also when it is watched already.
 pub fn watch_longer(times: u32) {
-    watch_for(limit() * times);
+    let longer = limit() * times;
+    watch_for(longer);
+    WATCHED.with(|watched| {
+        if let Some(Watched(id)) = &*watched.borrow() {
+            if let Some(entry) = running()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(id)
+            {
+                entry.2 = longer;
+            }
+        }
+    });
 }
 
 fn watch_for(limit: Duration) {

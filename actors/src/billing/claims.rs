@@ -22,6 +22,7 @@ use super::BillingError;
 use crate::account_actor::{TakeBack, TakeBackCause, TakenBack};
 use crate::ledger::{IdempotencyKey, LedgerEntry};
 use crate::money::Money;
+use crate::store::StoreError;
 use crate::webhooks::events::{payment_dispute_closed, payment_disputed, payment_refunded};
 
 /// How many checks of an order one settling makes at most: a check that
@@ -116,12 +117,21 @@ impl Billing {
     ) -> Result<Vec<TakenBack>, BillingError> {
         let mut checks = Vec::new();
         for _ in 0..SETTLE_CHECKS {
+            // A completed order's account has its balance row: without
+            // one, where its ledger stands is not known, and no check is
+            // keyed by a guess (never as a ledger at its start, `at-0`).
             let seq = self
                 .store
                 .ledger()
                 .snapshot(order.account_id)
                 .await?
-                .map_or(0, |snapshot| snapshot.seq);
+                .ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "account {} of order {} has no balance row: where its ledger stands is not known",
+                        order.account_id, order.id
+                    ))
+                })?
+                .seq;
             let checked = self
                 .registry
                 .send(

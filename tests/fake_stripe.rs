@@ -123,6 +123,11 @@ struct State {
     failed_refunds: FailedRefunds,
     /// Whether listing refunds fails with a 500 (the rest answers).
     refund_lists_fail: bool,
+    /// The PaymentIntent whose refunds Stripe refuses to list (a 404, as
+    /// for a PaymentIntent Stripe does not know), and how many times it
+    /// did.
+    refund_lists_refused_for: Option<String>,
+    refund_lists_refused: u64,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -187,6 +192,8 @@ impl FakeStripe {
             refund_status: "succeeded".to_string(),
             failed_refunds: FailedRefunds::StayInTotal,
             refund_lists_fail: false,
+            refund_lists_refused_for: None,
+            refund_lists_refused: 0,
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -282,6 +289,18 @@ impl FakeStripe {
     /// `GET /v1/refunds` answers 500 (or answers again); nothing else does.
     pub fn set_refund_lists_fail(&self, fail: bool) {
         self.state.lock().unwrap().refund_lists_fail = fail;
+    }
+
+    /// `GET /v1/refunds` of `payment_intent` answers 404 (Stripe knows no
+    /// such PaymentIntent) until set to `None`; the rest answers.
+    pub fn set_refund_lists_refused_for(&self, payment_intent: Option<&str>) {
+        self.state.lock().unwrap().refund_lists_refused_for = payment_intent.map(str::to_string);
+    }
+
+    /// How many lists of refunds were refused by
+    /// [`FakeStripe::set_refund_lists_refused_for`].
+    pub fn refund_lists_refused(&self) -> u64 {
+        self.state.lock().unwrap().refund_lists_refused
     }
 
     /// A refund made in Stripe's dashboard (no metadata of this service's)
@@ -554,6 +573,14 @@ fn answer_locked(
         let query: Vec<(String, String)> =
             serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
         let wanted = field(&query, "payment_intent").map(str::to_string);
+        if wanted.is_some() && wanted == state.refund_lists_refused_for {
+            state.refund_lists_refused += 1;
+            return (
+                404,
+                json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                       "message": format!("No such payment_intent: '{}'", wanted.unwrap_or_default())}}),
+            );
+        }
         let limit = field(&query, "limit")
             .and_then(|limit| limit.parse::<usize>().ok())
             .unwrap_or(10)

@@ -341,6 +341,54 @@ async fn a_settle_check_that_failed_is_run_again_by_the_events_retry() {
 }
 on_both_stores!(a_settle_check_that_failed_is_run_again_by_the_events_retry);
 
+/// A refund event about an order whose account has lost its balance row
+/// (a database not as this release left it), its refund settled already:
+/// the check of the order that ends the event cannot know where the
+/// account's ledger stands, so the event fails and changes nothing — it is
+/// never checked as if the ledger were at its start. With the row back,
+/// Stripe's retry is applied, and moves nothing.
+async fn a_refund_event_about_an_account_without_its_balance_row_fails_changing_nothing() {
+    let (fake, app) = app_with_fake().await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550699").await;
+    let refund = fake.refund_in_dashboard(&intent, &format!("ch_{order}"), 300);
+    deliver(&app, &events.refund_event("refund.created", refund.clone())).await;
+    assert_eq!(net_of(&app, account, order).await, -3_000_000);
+    let balance_row = |what: &str| {
+        app.directory.number(&format!(
+            "SELECT {what} FROM account_balances WHERE account_id = {account}"
+        ))
+    };
+    let (balance, seq) = (balance_row("balance"), balance_row("seq"));
+    let rows_before = app.directory.number("SELECT COUNT(*) FROM transactions");
+
+    app.directory.execute(&format!(
+        "DELETE FROM account_balances WHERE account_id = {account}"
+    ));
+    let updated = events.refund_event("refund.updated", refund);
+    let (status, answer) = app.deliver(&updated).await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    assert_eq!(
+        app.directory.number("SELECT COUNT(*) FROM transactions"),
+        rows_before
+    );
+
+    app.directory.execute(&format!(
+        "INSERT INTO account_balances (account_id, balance, seq, updated_at)
+              VALUES ({account}, {balance}, {seq}, 0)"
+    ));
+    let answer = deliver(&app, &updated).await;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    assert_eq!(net_of(&app, account, order).await, -3_000_000);
+    assert_eq!(
+        app.directory.number("SELECT COUNT(*) FROM transactions"),
+        rows_before
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_event_about_an_account_without_its_balance_row_fails_changing_nothing);
+
 /// The same on Postgres, Y's row held by the database: a connection of
 /// the test's holds the account's balance row locked, so Y's row waits
 /// for it while X answers (or, checking the order, waits behind it).

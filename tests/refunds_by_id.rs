@@ -1062,6 +1062,48 @@ async fn an_order_the_sweep_always_fails_at_does_not_hold_up_the_others() {
 }
 on_both_stores!(an_order_the_sweep_always_fails_at_does_not_hold_up_the_others);
 
+/// Stripe fails (a 500) every time it is asked for one order's refunds:
+/// that ends the round, but the orders the round did not reach are the
+/// next round's — the second order's record is replaced and its $2 taken
+/// back half a minute later, not held up until the first's claim runs
+/// out (and then again behind it).
+async fn an_order_stripe_never_answers_about_does_not_hold_up_the_others() {
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) =
+        orders_with_an_ignored_refund(&fake, &["pi_sweep_silent", "pi_sweep_after"]);
+    fake.set_refund_lists_failing_for("pi_sweep_silent");
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 20_000_000);
+
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually("the sweep asked Stripe about the first order", || async {
+        fake.refund_lists_refused() == 1
+    })
+    .await;
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the next round replaced the second order's record and took its $2 back",
+        || async { net_of(&app, 1, 2).await == -2_000_000 },
+    )
+    .await;
+    assert_eq!(
+        rows_of(&app, 1, 2).await[2..],
+        [(format!("stripe-refund:{}", ignored[1]), -2_000_000)]
+    );
+    assert_eq!(
+        fake.refund_lists_refused(),
+        1,
+        "the first order waits its claim out"
+    );
+    assert_eq!(legacy_records(&directory), 1);
+    assert_eq!(app.balance_micros(1).await, 18_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(an_order_stripe_never_answers_about_does_not_hold_up_the_others);
+
 /// Orders whose legacy record the sweep can never replace — one without a
 /// PaymentIntent, one whose refund Stripe lists with another amount than
 /// recorded — are left by the first round that takes them, with why; no

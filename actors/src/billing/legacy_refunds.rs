@@ -21,10 +21,10 @@ pub const LEGACY_SWEEP_EVERY_MS: i64 = 30_000;
 /// far above it (25 a round is 50 lists a minute, most of one page).
 const LEGACY_SWEEP_BATCH: i64 = 25;
 
-/// How long an order a round took is left to it: one the round did not
-/// get to (Stripe did not answer, the instance stopped), or that failed
-/// (its own back-off: the round goes on with the next), is taken up by a
-/// round after that.
+/// How long an order a round took is left to it: one that failed (its
+/// own back-off: Stripe did not answer about it, or anything else failed)
+/// or that the round did not get to because the instance stopped, is
+/// taken up by a round after that.
 pub const LEGACY_CLAIM_LEASE_MS: i64 = 300_000;
 
 /// What a round of the sweep came to.
@@ -51,10 +51,11 @@ impl Billing {
     /// record, each refund recorded by its id, and the credit follows (a
     /// refund the legacy record left out is taken back, one that failed
     /// since comes back). Stripe not answering (its rate limit, an outage)
-    /// ends the round with an error, nothing recorded of that order; the
-    /// orders left wait for their claim to run out. Any other failure of
-    /// an order is logged, and the order waits for its claim to run out
-    /// while the round goes on with the next.
+    /// ends the round with an error, nothing recorded of that order, which
+    /// waits for its claim to run out; the orders the round did not reach
+    /// are given up to the next round. Any other failure of an order is
+    /// logged, and the order waits for its claim to run out while the
+    /// round goes on with the next.
     pub async fn replace_legacy_records(&self, now_ms: i64) -> Result<LegacySweep, BillingError> {
         let claimed = self
             .store
@@ -74,15 +75,34 @@ impl Billing {
             });
         }
         let mut replaced = 0;
-        for legacy in claimed {
+        for (turn, legacy) in claimed.iter().enumerate() {
             let order_id = legacy.order_id;
-            match self.sweep_order(&legacy, now_ms).await {
+            match self.sweep_order(legacy, now_ms).await {
                 Ok(Ok(detail)) => {
                     replaced += 1;
                     tracing::info!(order_id, %detail, "an order's legacy refund record replaced by Stripe's list of its refunds, its credit settled");
                 }
                 Ok(Err(because)) => self.leave_order(order_id, because).await,
-                Err(error @ BillingError::GatewayUnavailable(_)) => return Err(error),
+                Err(error @ BillingError::GatewayUnavailable(_)) => {
+                    // This order waits its claim out; those not reached
+                    // are the next round's (one order Stripe never
+                    // answers about does not hold them up).
+                    let not_reached = claimed[turn + 1..]
+                        .iter()
+                        .map(|legacy| legacy.order_id)
+                        .collect::<Vec<_>>();
+                    if !not_reached.is_empty() {
+                        if let Err(release) = self
+                            .store
+                            .billing()
+                            .release_legacy_claims(not_reached)
+                            .await
+                        {
+                            tracing::warn!(%release, "could not give up the sweep's claims of the orders its round did not reach; they wait for their claims to run out");
+                        }
+                    }
+                    return Err(error);
+                }
                 Err(error) => {
                     tracing::warn!(
                         order_id,

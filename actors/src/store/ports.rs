@@ -345,6 +345,9 @@ pub trait BillingStore: Send + Sync {
     /// hold a legacy record, or whose record was replaced and not yet
     /// settled, and that the sweep has not left.
     fn legacy_orders_left(&self) -> StoreFuture<i64>;
+    /// Gives up the sweep's claims of these orders (the round ended before
+    /// it got to them): the next round may take them.
+    fn release_legacy_claims(&self, order_ids: Vec<i64>) -> StoreFuture<()>;
     /// Marks the order's replaced legacy record settled (its credit
     /// settled with every refund its replacement recorded): the sweep
     /// takes it no more. Answers whether this marked it.

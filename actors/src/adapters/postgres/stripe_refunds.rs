@@ -249,6 +249,24 @@ impl PostgresStore {
         })
     }
 
+    pub(super) fn release_legacy_claims_op(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let order_ids = order_ids.clone();
+            boxed(async move {
+                let legacy_ids: Vec<String> =
+                    order_ids.iter().copied().map(legacy_refund_id).collect();
+                transaction
+                    .execute(
+                        "UPDATE stripe_refunds SET claimed_until = NULL
+                          WHERE refund_id = ANY($1) AND order_id = ANY($2)",
+                        &[&legacy_ids, &order_ids],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
     pub(super) fn legacy_replacement_settled_op(
         &self,
         order_id: i64,

@@ -589,6 +589,10 @@ impl BillingStore for SqliteStore {
         self.legacy_orders_left_op()
     }
 
+    fn release_legacy_claims(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+        self.release_legacy_claims_op(order_ids)
+    }
+
     fn legacy_replacement_settled(&self, order_id: i64, now_ms: i64) -> StoreFuture<bool> {
         self.legacy_replacement_settled_op(order_id, now_ms)
     }

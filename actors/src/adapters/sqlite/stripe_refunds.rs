@@ -239,6 +239,19 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn release_legacy_claims_op(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+        self.write(move |connection| {
+            let mut release = connection.prepare_cached(
+                "UPDATE stripe_refunds SET claimed_until = NULL
+                  WHERE refund_id = ?1 AND order_id = ?2",
+            )?;
+            for order_id in &order_ids {
+                release.execute(params![legacy_refund_id(*order_id), order_id])?;
+            }
+            Ok(())
+        })
+    }
+
     pub(super) fn legacy_replacement_settled_op(
         &self,
         order_id: i64,

@@ -337,11 +337,14 @@ fn start_waiting_event_sweep(supervisor: Addr<StripeSupervisor>, clock: Arc<dyn 
 /// Replaces, every `LEGACY_SWEEP_EVERY_MS` of the clock (the first time
 /// that long after the start), a few more orders' legacy refund records
 /// (orders refunded before refunds were kept by id) with Stripe's lists of
-/// their refunds, settling their credit; stops once no order holds one.
+/// their refunds, settling their credit; stops once no order is the
+/// sweep's (each record replaced and settled, or left for good).
 fn start_legacy_refund_sweep(billing: Billing, clock: Arc<dyn Clock>) {
     use sms_credit_actors::billing::legacy_refunds::{LegacySweep, LEGACY_SWEEP_EVERY_MS};
+    // The start is now, not when the task is first run.
+    let started = clock.now_ms();
     actix_rt::spawn(async move {
-        let mut last_round = clock.now_ms();
+        let mut last_round = started;
         let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
         loop {
             ticks.tick().await;

@@ -240,6 +240,8 @@ pub const TABLES: &[Table] = &[
             ("recorded_by", T),
             ("recorded_at", I),
             ("updated_at", I),
+            ("settled_at", I),
+            ("sweep_left_because", T),
         ],
         key: &[0],
         has_id_sequence: false,

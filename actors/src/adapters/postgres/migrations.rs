@@ -97,6 +97,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V24__instance_timeouts",
         include_str!("../../../../migrations/postgres/V24__instance_timeouts.sql"),
     ),
+    (
+        "V25__legacy_sweep_settled",
+        include_str!("../../../../migrations/postgres/V25__legacy_sweep_settled.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

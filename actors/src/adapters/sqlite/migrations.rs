@@ -135,6 +135,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V33__instance_timeouts",
         include_str!("../../../../migrations/sqlite/V33__instance_timeouts.sql"),
     ),
+    (
+        "V34__legacy_sweep_settled",
+        include_str!("../../../../migrations/sqlite/V34__legacy_sweep_settled.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -38,6 +38,10 @@ pub struct Core {
     pub stripe_supervisor: Addr<StripeSupervisor>,
     /// Threads that run the account actors.
     arbiters: Vec<Arbiter>,
+    /// Held by each heartbeat while it writes, and by the shutdown when it
+    /// leaves the instances: once this instance has left (`true`), no
+    /// heartbeat writes its row again.
+    left: Arc<tokio::sync::Mutex<bool>>,
 }
 
 impl Core {
@@ -125,6 +129,7 @@ impl Core {
             sms_supervisor,
             stripe_supervisor,
             arbiters,
+            left: Arc::default(),
         })
     }
 
@@ -132,8 +137,13 @@ impl Core {
     /// for the last commit, then stops the actor threads.
     pub async fn shutdown(self) {
         let instance_id = self.store.instance_id().to_string();
-        if let Err(error) = self.store.instances().leave(instance_id).await {
-            tracing::warn!(%error, "could not leave the instances");
+        {
+            // No heartbeat is written meanwhile, or after.
+            let mut left = self.left.lock().await;
+            *left = true;
+            if let Err(error) = self.store.instances().leave(instance_id).await {
+                tracing::warn!(%error, "could not leave the instances");
+            }
         }
         match self.store.flush().await {
             Ok(()) => tracing::info!("the last commit is flushed; stopping"),
@@ -209,6 +219,7 @@ fn start_instance_jobs(
     messaging: Option<Messaging>,
     clock: Arc<dyn Clock>,
     timeout: std::time::Duration,
+    left: Arc<tokio::sync::Mutex<bool>>,
 ) {
     let heartbeat_clock = Arc::clone(&clock);
     let timeout_ms = sms_credit_actors::clock::millis(timeout);
@@ -216,12 +227,17 @@ fn start_instance_jobs(
         let mut ticks = actix_rt::time::interval(timeout / 4);
         loop {
             ticks.tick().await;
+            let left = left.lock().await;
+            if *left {
+                break;
+            }
             let now_ms = heartbeat_clock.now_ms();
             let instance_id = store.instance_id().to_string();
             let beaten = store
                 .instances()
                 .heartbeat(instance_id, now_ms, Some(timeout_ms))
                 .await;
+            drop(left);
             if let Err(error) = beaten {
                 tracing::warn!(%error, "could not record this instance's heartbeat");
             }
@@ -321,11 +337,14 @@ fn start_waiting_event_sweep(supervisor: Addr<StripeSupervisor>, clock: Arc<dyn 
 /// Replaces, every `LEGACY_SWEEP_EVERY_MS` of the clock (the first time
 /// that long after the start), a few more orders' legacy refund records
 /// (orders refunded before refunds were kept by id) with Stripe's lists of
-/// their refunds, settling their credit; stops once no order holds one.
+/// their refunds, settling their credit; stops once no order is the
+/// sweep's (each record replaced and settled, or left for good).
 fn start_legacy_refund_sweep(billing: Billing, clock: Arc<dyn Clock>) {
     use sms_credit_actors::billing::legacy_refunds::{LegacySweep, LEGACY_SWEEP_EVERY_MS};
+    // The start is now, not when the task is first run.
+    let started = clock.now_ms();
     actix_rt::spawn(async move {
-        let mut last_round = clock.now_ms();
+        let mut last_round = started;
         let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
         loop {
             ticks.tick().await;
@@ -637,6 +656,7 @@ impl Application {
             core.messaging.clone(),
             Arc::clone(&clock),
             state.settings.database.instance_timeout,
+            Arc::clone(&core.left),
         );
         crate::webhooks::start_delivery_worker(
             core.store.clone(),

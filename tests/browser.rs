@@ -1497,3 +1497,132 @@ fn format_dollars(micros: i64) -> String {
     let sign = if micros < 0 { "-" } else { "" };
     format!("{sign}${}.{decimals}", thousands(whole))
 }
+
+/// The API reference at `/docs` shows every operation of the server's own
+/// OpenAPI document (method, path, summary, who may call it, parameters,
+/// request body and responses with their schemas), at a desktop's and a
+/// phone's width, asking nothing of anyone but this server, with no failed
+/// request and no console error.
+#[actix_rt::test]
+async fn the_api_reference_shows_every_operation_of_the_document() {
+    let app = TestApp::spawn().await;
+    let document = sms_credit::openapi::document();
+    let mut expected: Vec<String> = document["paths"]
+        .as_object()
+        .expect("the document has paths")
+        .iter()
+        .flat_map(|(path, item)| {
+            ["get", "put", "post", "delete", "patch"]
+                .into_iter()
+                .filter(|method| item.get(*method).is_some())
+                .map(move |method| format!("{} {path}", method.to_uppercase()))
+        })
+        .collect();
+    expected.sort();
+    assert!(
+        expected.len() > 60,
+        "the document's operations: {expected:?}"
+    );
+    let origin = app.url("/");
+
+    let browser = Browser::start();
+    for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
+        let mut page = browser.page().await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.open_until(&app.url("/docs"), "operations").await;
+        page.wait_for(
+            "document.getElementById('status').dataset.operations",
+            json!(expected.len().to_string()),
+        )
+        .await;
+        let shown = page
+            .eval("Array.from(document.querySelectorAll('section.operation')).map(s => s.dataset.method + ' ' + s.dataset.path).sort()")
+            .await;
+        assert_eq!(shown, json!(expected), "at {width} px");
+        // Each operation's section says what the document says of it.
+        let section = |method: &str, path: &str| {
+            format!("document.getElementById('op-{method}-{path}').textContent")
+        };
+        let adjustments = page
+            .eval(&section("post", "/v1/admin/accounts/{id}/adjustments"))
+            .await;
+        let adjustments = adjustments.as_str().unwrap_or_default();
+        for words in [
+            "POST/v1/admin/accounts/{id}/adjustments",
+            "adminToken",
+            "Parameters",
+            "Request body",
+            "amount_micros",
+            "idempotency_key",
+            "Responses",
+            "ErrorBody",
+        ] {
+            assert!(adjustments.contains(words), "{words} in {adjustments}");
+        }
+        let summary = document["paths"]["/v1/admin/accounts/{id}/adjustments"]["post"]["summary"]
+            .as_str()
+            .expect("the adjustment has a summary");
+        assert!(adjustments.contains(summary), "{summary} in {adjustments}");
+        let messages = page.eval(&section("post", "/v1/messages")).await;
+        assert!(
+            messages.as_str().unwrap_or_default().contains("apiKey"),
+            "{messages}"
+        );
+        let healthz = page.eval(&section("get", "/healthz")).await;
+        assert!(
+            healthz
+                .as_str()
+                .unwrap_or_default()
+                .contains("Anyone may call it"),
+            "{healthz}"
+        );
+        // Every schema named is there to follow, and the contents lead to
+        // every operation.
+        assert_eq!(
+            page.eval("Array.from(document.querySelectorAll('a[href^=\"#schema-\"]')).filter(a => !document.getElementById(a.getAttribute('href').slice(1))).map(a => a.getAttribute('href'))")
+                .await,
+            json!([])
+        );
+        assert_eq!(
+            page.eval("document.querySelectorAll('#toc a').length")
+                .await,
+            json!(expected.len())
+        );
+        // The filter keeps what it names.
+        page.eval("const f = document.getElementById('filter'); f.value = 'refund'; f.dispatchEvent(new Event('input')); true")
+            .await;
+        let kept = page
+            .eval("Array.from(document.querySelectorAll('section.operation')).filter(s => !s.hidden).map(s => s.dataset.path)")
+            .await;
+        let kept = kept.as_array().cloned().unwrap_or_default();
+        assert!(
+            !kept.is_empty() && kept.len() < expected.len(),
+            "refund keeps {kept:?}"
+        );
+        assert!(
+            kept.iter()
+                .any(|path| path == "/v1/admin/orders/{id}/refund"),
+            "{kept:?}"
+        );
+        assert_eq!(
+            page.eval("document.documentElement.scrollWidth <= window.innerWidth")
+                .await,
+            json!(true),
+            "nothing wider than {width} px"
+        );
+        page.screenshot(&format!("docs-{width}")).await;
+        let elsewhere: Vec<&str> = page
+            .events
+            .iter()
+            .filter(|event| event["method"] == "Network.requestWillBeSent")
+            .filter_map(|event| event["params"]["request"]["url"].as_str())
+            .filter(|url| !url.starts_with(&origin) && !url.starts_with("data:"))
+            .collect();
+        assert!(elsewhere.is_empty(), "asked elsewhere: {elsewhere:?}");
+        page.assert_clean();
+    }
+}

@@ -608,14 +608,15 @@ fn config_prints_then_names_the_mistake() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown key 'feed_queues'"));
 }
 
-/// The variables named in the first column of the README's configuration table.
-fn readme_variables() -> std::collections::BTreeSet<String> {
-    let readme = include_str!("../README.md");
-    let section = readme
+/// The variables named in the first column of the configuration table of
+/// the operator's page, docs/operating.md.
+fn documented_variables() -> std::collections::BTreeSet<String> {
+    let page = include_str!("../docs/operating.md");
+    let section = page
         .split("\n## Configuration\n")
         .nth(1)
         .and_then(|rest| rest.split("\n## ").next())
-        .unwrap_or_default();
+        .expect("docs/operating.md has a Configuration section");
     section
         .lines()
         .filter(|line| line.starts_with("| `SMS_CREDIT_"))
@@ -625,13 +626,13 @@ fn readme_variables() -> std::collections::BTreeSet<String> {
 }
 
 #[test]
-fn every_setting_is_in_help_and_in_the_readme_and_nothing_else_is() {
+fn every_setting_is_in_help_and_in_the_operating_docs_and_nothing_else_is() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sms-credit"))
         .args(["serve", "--help"])
         .output()
         .unwrap();
     let help = stdout(&output);
-    let documented = readme_variables();
+    let documented = documented_variables();
     let mut settings = std::collections::BTreeSet::from(["SMS_CREDIT_CONFIG".to_string()]);
     for setting in sms_credit::config::SETTINGS {
         let variable = setting.variable();
@@ -646,7 +647,7 @@ fn every_setting_is_in_help_and_in_the_readme_and_nothing_else_is() {
         );
         assert!(
             documented.contains(&variable),
-            "{variable} is not in the README's table"
+            "{variable} is not in the table of docs/operating.md"
         );
         settings.insert(variable);
     }
@@ -654,7 +655,7 @@ fn every_setting_is_in_help_and_in_the_readme_and_nothing_else_is() {
     let stray: Vec<_> = documented.difference(&settings).collect();
     assert!(
         stray.is_empty(),
-        "the README's table names variables that are not settings: {stray:?}"
+        "the table of docs/operating.md names variables that are not settings: {stray:?}"
     );
 }
 
@@ -1084,7 +1085,7 @@ fn help_describes_every_argument_in_the_readmes_words() {
             }
         }
     }
-    // `accounts` says what it holds, in the README's words.
+    // `accounts` says what it holds, in the words of docs/command-line.md.
     let top = help_of(&[]);
     let accounts = top
         .lines()

@@ -676,6 +676,163 @@ async fn an_instance_that_starts_on_the_source_during_a_copy_stops_it() {
     assert_eq!(left_behind(&target), "", "the target is as it was");
 }
 
+on_both_stores!(a_copy_holds_one_moment_of_its_source);
+/// What a copy holds is one moment of its source, whatever is written on
+/// it while the copy reads (a command run on it meanwhile: servers are
+/// refused): a change to a table already read and a row in a table not yet
+/// read, both written after the copy began, are both left out.
+async fn a_copy_holds_one_moment_of_its_source() {
+    let source = TestDatabase::fresh();
+    for phone in ["+14155550960", "+14155550961"] {
+        assert!(run_cli(&source, &["accounts", "create", "--phone", phone])
+            .status
+            .success());
+    }
+    let target = TestDatabase::of(StoreKind::Sqlite);
+    let reader = adapters::open_source(&source.location()).unwrap();
+    let report = copy::verify_source(&reader).await.unwrap();
+    let hold = reader.hold_after_first_page_for_testing();
+    let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
+    let (filled, ()) = futures_util::join!(
+        filling.fill(
+            &reader,
+            report,
+            StoreSettings::new(target.location()),
+            Some(StillStopped {
+                clock: Arc::new(SystemClock),
+                fallback_timeout_ms: 2_000,
+            }),
+        ),
+        async {
+            actix_rt::time::timeout(Duration::from_secs(60), hold.reached())
+                .await
+                .expect("the copy reached its first page within 60 s");
+            source.execute(
+                "UPDATE accounts SET phone = '+14155550969' WHERE id = 1;
+                 INSERT INTO opt_outs (phone, opted_out_at, via, keyword)
+                      VALUES ('+14155550961', 0, 'keyword', 'STOP');",
+            );
+            hold.release();
+        }
+    );
+    filled.unwrap();
+    assert_eq!(
+        target.text("SELECT phone FROM accounts WHERE id = 1"),
+        "+14155550960",
+        "a change to a table already read is not in the copy"
+    );
+    assert_eq!(
+        target.number("SELECT COUNT(*) FROM opt_outs"),
+        0,
+        "a row written after the copy began is not in it"
+    );
+    drop(reader);
+    assert_eq!(source.number("SELECT COUNT(*) FROM opt_outs"), 1);
+}
+
+/// A Postgres target without sms-credit's tables, holding another
+/// program's table; a fill into it from a source that fails after every
+/// other table, held after its first page while `meanwhile` runs on the
+/// target. Answers how the fill failed.
+async fn failed_fill_into_a_shared_schema(
+    target: &TestDatabase,
+    meanwhile: impl FnOnce(),
+) -> adapters::FillError {
+    target.execute("CREATE TABLE other_before (x INTEGER)");
+    let source = failing_source("+14155550962");
+    let reader = adapters::open_source(&source.location()).unwrap();
+    let report = copy::verify_source(&reader).await.unwrap();
+    let hold = reader.hold_after_first_page_for_testing();
+    let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
+    let (filled, ()) = futures_util::join!(
+        filling.fill(&reader, report, StoreSettings::new(target.location()), None),
+        async {
+            actix_rt::time::timeout(Duration::from_secs(60), hold.reached())
+                .await
+                .expect("the fill reached its first page within 60 s");
+            meanwhile();
+            hold.release();
+        }
+    );
+    filled.unwrap_err()
+}
+
+/// The tables of the target's schema, sorted, comma-separated.
+fn schema_tables(target: &TestDatabase) -> String {
+    target.text(
+        "SELECT string_agg(tablename, ',' ORDER BY tablename) FROM pg_tables
+          WHERE schemaname = current_schema()",
+    )
+}
+
+#[actix_web::test]
+async fn a_failed_fill_takes_away_only_the_tables_its_migration_made() {
+    crate::watchdog::watch();
+    let target = TestDatabase::of(StoreKind::Postgres);
+    let error = failed_fill_into_a_shared_schema(&target, || {
+        target.execute("CREATE TABLE other_during (x INTEGER)");
+    })
+    .await;
+    assert!(error.not_undone.is_none(), "{error}");
+    assert_eq!(
+        schema_tables(&target),
+        "other_before,other_during",
+        "what the fill made is gone, and only that"
+    );
+}
+
+#[actix_web::test]
+async fn a_failed_fill_keeps_tables_something_else_wrote_to_meanwhile() {
+    crate::watchdog::watch();
+    let target = TestDatabase::of(StoreKind::Postgres);
+    let error = failed_fill_into_a_shared_schema(&target, || {
+        // A server started on the target while it was filled.
+        target.execute(
+            "INSERT INTO instances (id, started_at, heartbeat_at, timeout_ms)
+                  VALUES ('started-on-the-target', 0, 0, 30000)",
+        );
+    })
+    .await;
+    let kept = error.not_undone.as_ref().map(ToString::to_string);
+    assert!(
+        kept.as_deref()
+            .is_some_and(|kept| kept.contains("instances") && kept.contains("kept")),
+        "{error}"
+    );
+    assert_eq!(
+        target.number("SELECT COUNT(*) FROM instances"),
+        1,
+        "what the server wrote is still there"
+    );
+    assert!(schema_tables(&target).contains("other_before"));
+}
+
+#[actix_web::test]
+async fn a_fill_that_lost_its_hold_takes_nothing_away() {
+    crate::watchdog::watch();
+    let target = TestDatabase::of(StoreKind::Postgres);
+    let error = failed_fill_into_a_shared_schema(&target, || {
+        // The session holding the fill's lock ends (a restart of the
+        // server, an idle-session timeout, an operator's terminate).
+        target.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks
+              WHERE locktype = 'advisory' AND objsubid = 1
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND pid <> pg_backend_pid()",
+        );
+    })
+    .await;
+    let kept = error.not_undone.as_ref().map(ToString::to_string);
+    assert!(
+        kept.as_deref().is_some_and(|kept| kept.contains("hold")),
+        "{error}"
+    );
+    assert!(
+        schema_tables(&target).contains("accounts"),
+        "nothing was taken away unheld"
+    );
+}
+
 on_both_stores!(a_fill_refused_at_its_last_check_leaves_the_target_s_sequences_as_they_were);
 /// The checks before the commit come first, then the id sequences are
 /// moved past the copied rows (Postgres' `setval`, which no rollback
@@ -695,32 +852,31 @@ async fn a_fill_refused_at_its_last_check_leaves_the_target_s_sequences_as_they_
     let hold = reader.hold_after_first_page_for_testing();
     let filling = FillTarget::look(&target.location(), &|| {}).unwrap();
     let (filled, ()) = futures_util::join!(
-        filling.fill(&reader, report, StoreSettings::new(target.location()), None),
+        filling.fill(
+            &reader,
+            report,
+            StoreSettings::new(target.location()),
+            Some(StillStopped {
+                clock: Arc::new(SystemClock),
+                fallback_timeout_ms: 2_000,
+            }),
+        ),
         async {
             hold.reached().await;
-            // A ledger row written behind the copy's back, after its
-            // accounts were read: what it reads no longer agrees with the
-            // verify it started from.
-            let adjusted = run_cli(
-                &source,
-                &[
-                    "accounts",
-                    "adjust",
-                    "1",
-                    "--amount",
-                    "1.00",
-                    "--reason",
-                    "behind the copy",
-                    "--idempotency-key",
-                    "behind",
-                ],
-            );
-            assert!(adjusted.status.success(), "{adjusted:?}");
+            // A server started on the source meanwhile.
+            source.execute(&format!(
+                "INSERT INTO instances (id, started_at, heartbeat_at, timeout_ms)
+                 VALUES ('started-meanwhile', {0}, {0}, 30000)",
+                now_ms()
+            ));
             hold.release();
         }
     );
     let error = filled.unwrap_err();
-    assert!(matches!(error.cause, CopyError::Differs(_)), "{error}");
+    assert!(
+        matches!(error.cause, CopyError::SourceStarted(_)),
+        "{error}"
+    );
     assert_eq!(target.number("SELECT COUNT(*) FROM accounts"), 0);
     let created = run_cli(
         &target,

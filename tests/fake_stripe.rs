@@ -123,6 +123,11 @@ struct State {
     failed_refunds: FailedRefunds,
     /// Whether listing refunds fails with a 500 (the rest answers).
     refund_lists_fail: bool,
+    /// The PaymentIntent whose refunds Stripe does not list (a 404, as
+    /// for a PaymentIntent Stripe does not know, or a 500), with the
+    /// status, and how many times it did not.
+    refund_lists_refused_for: Option<(String, u16)>,
+    refund_lists_refused: u64,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -187,6 +192,8 @@ impl FakeStripe {
             refund_status: "succeeded".to_string(),
             failed_refunds: FailedRefunds::StayInTotal,
             refund_lists_fail: false,
+            refund_lists_refused_for: None,
+            refund_lists_refused: 0,
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -282,6 +289,27 @@ impl FakeStripe {
     /// `GET /v1/refunds` answers 500 (or answers again); nothing else does.
     pub fn set_refund_lists_fail(&self, fail: bool) {
         self.state.lock().unwrap().refund_lists_fail = fail;
+    }
+
+    /// `GET /v1/refunds` of `payment_intent` answers 404 (Stripe knows no
+    /// such PaymentIntent) until set to `None`; the rest answers.
+    pub fn set_refund_lists_refused_for(&self, payment_intent: Option<&str>) {
+        self.state.lock().unwrap().refund_lists_refused_for =
+            payment_intent.map(|intent| (intent.to_string(), 404));
+    }
+
+    /// `GET /v1/refunds` of `payment_intent` answers 500 (Stripe failing
+    /// for that payment alone); counted with the refusals.
+    pub fn set_refund_lists_failing_for(&self, payment_intent: &str) {
+        self.state.lock().unwrap().refund_lists_refused_for =
+            Some((payment_intent.to_string(), 500));
+    }
+
+    /// How many lists of refunds were refused by
+    /// [`FakeStripe::set_refund_lists_refused_for`] (or failed by
+    /// [`FakeStripe::set_refund_lists_failing_for`]).
+    pub fn refund_lists_refused(&self) -> u64 {
+        self.state.lock().unwrap().refund_lists_refused
     }
 
     /// A refund made in Stripe's dashboard (no metadata of this service's)
@@ -554,6 +582,22 @@ fn answer_locked(
         let query: Vec<(String, String)> =
             serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
         let wanted = field(&query, "payment_intent").map(str::to_string);
+        if let Some((refused, status)) = state.refund_lists_refused_for.clone() {
+            if wanted.as_deref() == Some(refused.as_str()) {
+                state.refund_lists_refused += 1;
+                return match status {
+                    404 => (
+                        404,
+                        json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
+                               "message": format!("No such payment_intent: '{refused}'")}}),
+                    ),
+                    _ => (
+                        status,
+                        json!({"error": {"type": "api_error", "message": "fake: this payment's refunds failed"}}),
+                    ),
+                };
+            }
+        }
         let limit = field(&query, "limit")
             .and_then(|limit| limit.parse::<usize>().ok())
             .unwrap_or(10)

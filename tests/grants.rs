@@ -756,10 +756,10 @@ async fn an_unknown_letter_in_a_rows_funding_is_an_error_not_a_default() {
 }
 
 on_both_stores!(sync a_database_of_the_release_before_grants_gets_them_from_its_ledger);
-/// The release just before grants (SQLite V33, Postgres V24), and an older
+/// The release just before grants (SQLite V34, Postgres V25), and an older
 /// one, before refunds were kept by Stripe's id (V26, V17).
 fn a_database_of_the_release_before_grants_gets_them_from_its_ledger() {
-    for (sqlite_last, postgres_last) in [(33, 24), (26, 17)] {
+    for (sqlite_last, postgres_last) in [(34, 25), (26, 17)] {
         upgraded_from(sqlite_last, postgres_last);
     }
 }

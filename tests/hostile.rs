@@ -279,6 +279,8 @@ async fn every_answer_says_nosniff_and_nothing_with_a_token_is_cached() {
         ("GET", "/healthz", None),
         ("GET", "/account", None),
         ("GET", "/account.js", None),
+        ("GET", "/docs", None),
+        ("GET", "/docs.js", None),
         ("GET", "/nowhere", None),
         ("GET", "/v1/admin/accounts", Some(ADMIN_TOKEN)),
         ("GET", "/v1/admin/accounts", Some("wrong-token-wrong-token")),
@@ -309,24 +311,26 @@ async fn every_answer_says_nosniff_and_nothing_with_a_token_is_cached() {
             );
         }
     }
-    // The page runs no inline script and cannot be framed or re-based.
-    let (_, page) = headers_of(&app, "GET", "/account", None).await;
-    let policy = page
-        .get("Content-Security-Policy")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or_default();
-    let script = policy
-        .split(';')
-        .map(str::trim)
-        .find(|directive| directive.starts_with("script-src"))
-        .unwrap_or_default();
-    assert_eq!(script, "script-src 'self'", "{policy}");
-    for directive in [
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    ] {
-        assert!(policy.contains(directive), "{directive}: {policy}");
+    // The pages run no inline script and cannot be framed or re-based.
+    for path in ["/account", "/docs"] {
+        let (_, page) = headers_of(&app, "GET", path, None).await;
+        let policy = page
+            .get("Content-Security-Policy")
+            .and_then(|value| value.to_str().ok())
+            .unwrap_or_default();
+        let script = policy
+            .split(';')
+            .map(str::trim)
+            .find(|directive| directive.starts_with("script-src"))
+            .unwrap_or_default();
+        assert_eq!(script, "script-src 'self'", "{path}: {policy}");
+        for directive in [
+            "base-uri 'none'",
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(policy.contains(directive), "{path}: {directive}: {policy}");
+        }
     }
 }
 

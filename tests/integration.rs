@@ -26,6 +26,7 @@ mod copy;
 mod crash;
 mod disk_loss;
 mod disputes;
+mod docs;
 mod feed;
 mod grants;
 mod instances;

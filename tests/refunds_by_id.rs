@@ -341,6 +341,57 @@ async fn a_settle_check_that_failed_is_run_again_by_the_events_retry() {
 }
 on_both_stores!(a_settle_check_that_failed_is_run_again_by_the_events_retry);
 
+/// A refund event about an order whose account has lost its balance row
+/// (a database not as this release left it), its refund settled already:
+/// the check of the order that ends the event cannot know where the
+/// account's ledger stands, so the event fails and changes nothing — it is
+/// never checked as if the ledger were at its start. With the row back,
+/// Stripe's retry is applied, and moves nothing.
+async fn a_refund_event_about_an_account_without_its_balance_row_fails_changing_nothing() {
+    let (fake, app) = app_with_fake().await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) = paid_top_up(&app, &mut events, "+14155550699").await;
+    let refund = fake.refund_in_dashboard(&intent, &format!("ch_{order}"), 300);
+    deliver(&app, &events.refund_event("refund.created", refund.clone())).await;
+    assert_eq!(net_of(&app, account, order).await, -3_000_000);
+    let balance_row = |what: &str| {
+        app.directory.number(&format!(
+            "SELECT {what} FROM account_balances WHERE account_id = {account}"
+        ))
+    };
+    let (balance, seq) = (balance_row("balance"), balance_row("seq"));
+    let grants = app.directory.text(&format!(
+        "SELECT grants FROM account_balances WHERE account_id = {account}"
+    ));
+    let rows_before = app.directory.number("SELECT COUNT(*) FROM transactions");
+
+    app.directory.execute(&format!(
+        "DELETE FROM account_balances WHERE account_id = {account}"
+    ));
+    let updated = events.refund_event("refund.updated", refund);
+    let (status, answer) = app.deliver(&updated).await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    assert_eq!(
+        app.directory.number("SELECT COUNT(*) FROM transactions"),
+        rows_before
+    );
+
+    app.directory.execute(&format!(
+        "INSERT INTO account_balances (account_id, balance, seq, updated_at, grants)
+              VALUES ({account}, {balance}, {seq}, 0, '{grants}')"
+    ));
+    let answer = deliver(&app, &updated).await;
+    assert_eq!(answer["outcome"], "applied", "{answer}");
+    assert_eq!(net_of(&app, account, order).await, -3_000_000);
+    assert_eq!(
+        app.directory.number("SELECT COUNT(*) FROM transactions"),
+        rows_before
+    );
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_event_about_an_account_without_its_balance_row_fails_changing_nothing);
+
 /// The same on Postgres, Y's row held by the database: a connection of
 /// the test's holds the account's balance row locked, so Y's row waits
 /// for it while X answers (or, checking the order, waits behind it).
@@ -848,3 +899,291 @@ async fn an_event_that_failed_after_replacing_a_legacy_record_settles_its_refund
 on_both_stores!(
     an_event_that_failed_after_replacing_a_legacy_record_settles_its_refunds_when_retried
 );
+
+/// How many orders hold a legacy record.
+fn legacy_records(directory: &TestDatabase) -> i64 {
+    directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'")
+}
+
+/// A database made before refunds were kept one by one, holding account
+/// 1's orders 1, 2, … — one per PaymentIntent of `payment_intents`, each a
+/// $10 top-up whose $3 refund failed (given back) and whose $2 refund the
+/// earlier release took for no new refund (the failure had lowered
+/// Stripe's total below the $3 it had seen): each holds a legacy record of
+/// nothing. Answers it, and the id of each order's $2 refund.
+fn orders_with_an_ignored_refund(
+    fake: &FakeStripe,
+    payment_intents: &[&str],
+) -> (TestDatabase, Vec<String>) {
+    fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
+    let directory = database_before_refund_ids();
+    let mut sql = String::from(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550697', 'active', 0);",
+    );
+    let mut ignored = Vec::new();
+    for (index, intent) in payment_intents.iter().enumerate() {
+        let order = index as i64 + 1;
+        let charge = format!("ch_{intent}");
+        let failed = fake.refund_in_dashboard(intent, &charge, 300);
+        let failed = fake.fail_refund(failed["id"].as_str().unwrap());
+        let failed_id = failed["id"].as_str().unwrap();
+        let refund = fake.refund_in_dashboard(intent, &charge, 200);
+        ignored.push(refund["id"].as_str().unwrap().to_string());
+        let seq = index as i64 * 3;
+        let balance = order * 10_000_000;
+        sql.push_str(&format!(
+            "INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                                 amount_refunded, status, created_at, completed_at)
+                  VALUES ({order}, 1, 'top_up', 10000000, 10000000, '{intent}', 3000000, 'completed', 0, 0);
+             INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
+                  VALUES ('{failed_id}', {order}, 3000000, 0);
+             INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                       order_id, description, created_at)
+                  VALUES (1, {credit}, 'credit', 10000000, {balance}, 'stripe-order:{order}', {order}, 'top-up', 0),
+                         (1, {taken}, 'refund', -3000000, {after}, 'stripe-refund:{charge}:300', {order}, 'refund', 0),
+                         (1, {given}, 'refund', 3000000, {balance}, 'stripe-refund-failed:{failed_id}', {order}, 'failed', 0);",
+            credit = seq + 1,
+            taken = seq + 2,
+            given = seq + 3,
+            after = balance - 3_000_000,
+        ));
+    }
+    sql.push_str(&format!(
+        "INSERT INTO account_balances (account_id, balance, seq, updated_at)
+              VALUES (1, {}, {}, 0);",
+        payment_intents.len() as i64 * 10_000_000,
+        payment_intents.len() as i64 * 3
+    ));
+    directory.execute(&sql);
+    (directory, ignored)
+}
+
+/// A round of the background sweep replaces an order's legacy record (its
+/// $2 refund, which the earlier release ignored, recorded) and fails
+/// before that refund's row, with no event ever to come about the order:
+/// the order stays the sweep's until it is settled, and a later round
+/// takes the $2 back and tells the host, once.
+async fn a_sweep_round_that_failed_after_replacing_a_legacy_record_is_settled_by_a_later_round() {
+    use sms_credit_actors::store::WritePart;
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) = orders_with_an_ignored_refund(&fake, &["pi_sweep_fails"]);
+    let ignored_id = ignored[0].clone();
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 10_000_000);
+    let store = app.store.as_ref().unwrap();
+    let key = format!("stripe-refund:{ignored_id}");
+    store.fail_ledger_write_for_testing(&key, WritePart::Row);
+
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "a sweep round replaced the legacy record and failed at the $2 refund's row",
+        || async {
+            legacy_records(&directory) == 0 && !store.ledger_write_failure_armed_for_testing()
+        },
+    )
+    .await;
+    assert_eq!(
+        directory.text(&format!(
+            "SELECT standing FROM stripe_refunds WHERE refund_id = '{ignored_id}'"
+        )),
+        "counted"
+    );
+    assert!(rows_of(&app, 1, 1).await[2..].is_empty());
+    assert!(told_refunds(&directory).is_empty());
+
+    // Once the failed round's claim runs out, a later round settles it.
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "a later sweep round took the $2 back and told the host",
+        || async {
+            rows_of(&app, 1, 1).await[2..] == [(key.clone(), -2_000_000)]
+                && told_refunds(&directory).len() == 1
+        },
+    )
+    .await;
+    assert_eq!(app.balance_micros(1).await, 8_000_000);
+    assert_eq!(refunded_figure(&app, 1, 1).await, 2_000_000);
+    let told = told_refunds(&directory);
+    assert_eq!(told[0]["data"]["refund_id"], ignored_id.as_str());
+    assert_eq!(told[0]["data"]["refunded_micros"], 2_000_000);
+    assert_eq!(told[0]["data"]["credit_taken_back_micros"], 2_000_000);
+    // The replaced record is marked settled: the order is the sweep's no
+    // more.
+    eventually("the replaced legacy record is marked settled", || async {
+        directory.number(
+            "SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'replaced' AND settled_at IS NOT NULL",
+        ) == 1
+    })
+    .await;
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(
+    a_sweep_round_that_failed_after_replacing_a_legacy_record_is_settled_by_a_later_round
+);
+
+/// Stripe refuses to list one order's refunds (a 404: it knows no such
+/// PaymentIntent) every time it is asked: the sweep carries on with the
+/// next order in the same round — its record is replaced and its $2 taken
+/// back —, and asks about the first again only after its own back-off.
+async fn an_order_the_sweep_always_fails_at_does_not_hold_up_the_others() {
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) =
+        orders_with_an_ignored_refund(&fake, &["pi_sweep_unknown", "pi_sweep_next"]);
+    fake.set_refund_lists_refused_for(Some("pi_sweep_unknown"));
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 20_000_000);
+
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the sweep replaced the second order's record and took its $2 back",
+        || async { net_of(&app, 1, 2).await == -2_000_000 },
+    )
+    .await;
+    assert_eq!(fake.refund_lists_refused(), 1);
+    assert_eq!(
+        rows_of(&app, 1, 2).await[2..],
+        [(format!("stripe-refund:{}", ignored[1]), -2_000_000)]
+    );
+    assert_eq!(legacy_records(&directory), 1);
+    assert_eq!(net_of(&app, 1, 1).await, 0);
+    assert_eq!(app.balance_micros(1).await, 18_000_000);
+
+    // The first order is asked about again once its back-off is over.
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually("the sweep asked about the first order again", || async {
+        fake.refund_lists_refused() == 2
+    })
+    .await;
+    assert_eq!(legacy_records(&directory), 1);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(an_order_the_sweep_always_fails_at_does_not_hold_up_the_others);
+
+/// Stripe fails (a 500) every time it is asked for one order's refunds:
+/// that ends the round, but the orders the round did not reach are the
+/// next round's — the second order's record is replaced and its $2 taken
+/// back half a minute later, not held up until the first's claim runs
+/// out (and then again behind it).
+async fn an_order_stripe_never_answers_about_does_not_hold_up_the_others() {
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) =
+        orders_with_an_ignored_refund(&fake, &["pi_sweep_silent", "pi_sweep_after"]);
+    fake.set_refund_lists_failing_for("pi_sweep_silent");
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 20_000_000);
+
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually("the sweep asked Stripe about the first order", || async {
+        fake.refund_lists_refused() == 1
+    })
+    .await;
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the next round replaced the second order's record and took its $2 back",
+        || async { net_of(&app, 1, 2).await == -2_000_000 },
+    )
+    .await;
+    assert_eq!(
+        rows_of(&app, 1, 2).await[2..],
+        [(format!("stripe-refund:{}", ignored[1]), -2_000_000)]
+    );
+    assert_eq!(
+        fake.refund_lists_refused(),
+        1,
+        "the first order waits its claim out"
+    );
+    assert_eq!(legacy_records(&directory), 1);
+    assert_eq!(app.balance_micros(1).await, 18_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(an_order_stripe_never_answers_about_does_not_hold_up_the_others);
+
+/// Orders whose legacy record the sweep can never replace — one without a
+/// PaymentIntent, one whose refund Stripe lists with another amount than
+/// recorded — are left by the first round that takes them, with why; no
+/// later round claims them (Stripe is asked about the second once), and
+/// their records hold back what they held. A third order, whose refunds
+/// Stripe refuses to list, is asked about again each round after its
+/// back-off (so each round is seen to have run).
+async fn orders_the_sweep_can_never_replace_are_left_for_good() {
+    let fake = FakeStripe::start().await;
+    // The second order's $3 refund was recorded failed at $1 before the
+    // upgrade; Stripe lists it made, at $3.
+    let odd = fake.refund_in_dashboard("pi_sweep_odd", "ch_sweep_odd", 300);
+    let odd_id = odd["id"].as_str().unwrap();
+    fake.set_refund_lists_refused_for(Some("pi_sweep_gone"));
+    let directory = database_before_refund_ids();
+    directory.execute(&format!(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550698', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                             amount_refunded, status, created_at, completed_at)
+              VALUES (1, 1, 'top_up', 10000000, 10000000, NULL, 3000000, 'completed', 0, 0),
+                     (2, 1, 'top_up', 10000000, 10000000, 'pi_sweep_odd', 3000000, 'completed', 0, 0),
+                     (3, 1, 'top_up', 10000000, 10000000, 'pi_sweep_gone', 3000000, 'completed', 0, 0);
+         INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
+              VALUES ('{odd_id}', 2, 1000000, 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                   order_id, description, created_at)
+              VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
+                     (1, 2, 'refund', -3000000, 7000000, 'stripe-refund:ch_none:300', 1, 'refund', 0),
+                     (1, 3, 'credit', 10000000, 17000000, 'stripe-order:2', 2, 'top-up', 0),
+                     (1, 4, 'refund', -3000000, 14000000, 'stripe-refund:ch_sweep_odd:300', 2, 'refund', 0),
+                     (1, 5, 'refund', 1000000, 15000000, 'stripe-refund-failed:{odd_id}', 2, 'failed', 0),
+                     (1, 6, 'credit', 10000000, 25000000, 'stripe-order:3', 3, 'top-up', 0),
+                     (1, 7, 'refund', -3000000, 22000000, 'stripe-refund:ch_sweep_gone:300', 3, 'refund', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 22000000, 7, 0);"
+    ));
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 22_000_000);
+    // The lists of the second order's refunds: every list asked for, less
+    // those of the third order's, refused.
+    let lists_of_the_second =
+        || fake.requests_with("GET", "/v1/refunds").len() as u64 - fake.refund_lists_refused();
+
+    // The first round, then three after the claims would have run out: the
+    // third order, last in each, is asked about in each.
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    for round in 1..=4 {
+        if round > 1 {
+            clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+        }
+        eventually(
+            &format!("sweep round {round} asked about the third order"),
+            || async { fake.refund_lists_refused() == round },
+        )
+        .await;
+        assert_eq!(
+            lists_of_the_second(),
+            1,
+            "round {round}: Stripe asked about the second order once only"
+        );
+    }
+    let why = |order: i64| {
+        directory.text(&format!(
+            "SELECT COALESCE(sweep_left_because, '') FROM stripe_refunds
+              WHERE refund_id = 'legacy-order-{order}'"
+        ))
+    };
+    assert!(why(1).contains("PaymentIntent"), "{}", why(1));
+    assert!(why(2).contains(odd_id), "{}", why(2));
+    assert_eq!(why(3), "");
+    assert_eq!(legacy_records(&directory), 3);
+    assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
+    assert_eq!(refunded_figure(&app, 1, 2).await, 2_000_000);
+    assert_eq!(refunded_figure(&app, 1, 3).await, 3_000_000);
+    assert_eq!(app.balance_micros(1).await, 22_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(orders_the_sweep_can_never_replace_are_left_for_good);

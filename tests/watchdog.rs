@@ -19,11 +19,13 @@ fn limit() -> Duration {
     Duration::from_secs(seconds)
 }
 
-/// The tests being watched: their name and when they started.
-fn running() -> &'static Mutex<HashMap<u64, (String, Instant)>> {
-    static RUNNING: OnceLock<Mutex<HashMap<u64, (String, Instant)>>> = OnceLock::new();
+/// A watched test: its name, when it started and how long it may run.
+type Running = (String, Instant, Duration);
+
+/// The tests being watched.
+fn running() -> &'static Mutex<HashMap<u64, Running>> {
+    static RUNNING: OnceLock<Mutex<HashMap<u64, Running>>> = OnceLock::new();
     RUNNING.get_or_init(|| {
-        let limit = limit();
         std::thread::Builder::new()
             .name("test watchdog".to_string())
             .spawn(move || loop {
@@ -32,10 +34,15 @@ fn running() -> &'static Mutex<HashMap<u64, (String, Instant)>> {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
                     .values()
-                    .find(|(_, started)| started.elapsed() > limit)
+                    .find(|(_, started, limit)| started.elapsed() > *limit)
                     .cloned();
-                if let Some((name, _)) = over {
-                    eprintln!(
+                if let Some((name, _, limit)) = over {
+                    // Written to the process's stderr itself: this thread was
+                    // started by a test, and `eprintln!` would go to that
+                    // test's captured output, lost with the exit.
+                    use std::io::Write;
+                    let _ = writeln!(
+                        std::io::stderr().lock(),
                         "\ntest {name} is still running after {} s: it waits on something \
                          without a bound. Ending the test run here (the other tests' results \
                          are lost; run that test alone to see where it waits).",
@@ -68,6 +75,29 @@ thread_local! {
 
 /// Watches the test running on this thread (once; later calls do nothing).
 pub fn watch() {
+    watch_for(limit());
+}
+
+/// Watches the test running on this thread, which may run `times` as long
+/// as a test may (one that does a great deal of work on purpose: its bound
+/// is still a bound), also when it is watched already.
+pub fn watch_longer(times: u32) {
+    let longer = limit() * times;
+    watch_for(longer);
+    WATCHED.with(|watched| {
+        if let Some(Watched(id)) = &*watched.borrow() {
+            if let Some(entry) = running()
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get_mut(id)
+            {
+                entry.2 = longer;
+            }
+        }
+    });
+}
+
+fn watch_for(limit: Duration) {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     WATCHED.with(|watched| {
         let mut watched = watched.borrow_mut();
@@ -82,7 +112,7 @@ pub fn watch() {
             running()
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(id, (name, Instant::now()));
+                .insert(id, (name, Instant::now(), limit));
             *watched = Some(Watched(id));
         }
     });

@@ -1,6 +1,6 @@
 //! A host application's webhook receiver on a free loopback port. It
 //! verifies every delivery's signature twice: with the `standardwebhooks`
-//! crate, and with the few lines the README gives a receiver (HMAC-SHA256
+//! crate, and with the few lines docs/integrating.md gives a receiver (HMAC-SHA256
 //! over `id.timestamp.body`). It answers as planned (a status, or a hang
 //! past the sender's timeout) and records what it was sent.
 
@@ -54,7 +54,7 @@ pub struct Receiver {
     state: Arc<Mutex<State>>,
 }
 
-/// The README's verification, for a receiver without the library.
+/// The verification docs/integrating.md gives, for a receiver without the library.
 pub fn readme_verify(secret: &str, id: &str, timestamp: &str, body: &[u8], header: &str) -> bool {
     let key = base64::engine::general_purpose::STANDARD
         .decode(secret.trim_start_matches("whsec_"))
@@ -233,7 +233,7 @@ impl Receiver {
     pub async fn accepted(&self, kind: &str, count: usize) -> Vec<Received> {
         // An event may arrive twice (a try whose lease ran out while it was
         // in flight, as when a test moves the clock by hours): a receiver
-        // dedupes on the id, as the README tells the host application to.
+        // dedupes on the id, as docs/integrating.md tells the host application to.
         let distinct = |received: &[Received]| {
             let mut seen = std::collections::HashSet::new();
             received

@@ -2001,13 +2001,15 @@ async fn the_upkeep_ends_and_prunes_in_batches() {
 }
 on_both_stores!(the_upkeep_ends_and_prunes_in_batches);
 
-/// The README's table of event types is the code's list, in its order,
+/// The table of event types in docs/integrating.md is the code's list, in its order,
 /// and the API's document takes those and `*`: a type added to one and not
 /// the other fails here.
 #[test]
-fn the_readme_and_the_api_list_every_event_type() {
-    let readme = include_str!("../README.md");
-    let table = &readme[readme.find("| type | when |").unwrap()..];
+fn the_docs_and_the_api_list_every_event_type() {
+    let page = include_str!("../docs/integrating.md");
+    let table = &page[page
+        .find("| type | when |")
+        .expect("docs/integrating.md has the table of event types")..];
     let listed: Vec<&str> = table
         .lines()
         .skip(2)

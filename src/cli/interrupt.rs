@@ -69,25 +69,39 @@ fn watch() -> bool {
                 }
             });
             if let Some(code) = code {
-                remove_all();
-                eprintln!("stopped; what the command made while it ran is removed");
+                let removed = remove_all();
+                if removed.is_empty() {
+                    eprintln!("stopped; nothing it made while it ran was left to remove");
+                } else {
+                    eprintln!(
+                        "stopped; removed what it made while it ran: {}",
+                        removed.join(", ")
+                    );
+                }
                 std::process::exit(code);
             }
         });
     started.is_ok() && listening.recv().unwrap_or(false)
 }
 
-fn remove_all() {
+/// Removes what is registered; answers what was there to remove.
+fn remove_all() -> Vec<String> {
     let paths = std::mem::take(&mut *TO_REMOVE.lock().unwrap_or_else(PoisonError::into_inner));
+    let mut removed = Vec::new();
     for (_, path) in paths {
         if path.is_dir() {
-            let _ = std::fs::remove_dir_all(&path);
+            if std::fs::remove_dir_all(&path).is_ok() {
+                removed.push(path.display().to_string());
+            }
             continue;
         }
         for suffix in ["", "-wal", "-shm", "-journal"] {
             let mut file = path.as_os_str().to_owned();
             file.push(suffix);
-            let _ = std::fs::remove_file(&file);
+            if std::fs::remove_file(&file).is_ok() {
+                removed.push(std::path::Path::new(&file).display().to_string());
+            }
         }
     }
+    removed
 }

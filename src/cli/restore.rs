@@ -104,8 +104,12 @@ impl Drop for Scratch {
 }
 
 /// Holds the import after its first page while a test asks (see
-/// [`HOLD_FOR_TESTING`]).
+/// [`HOLD_FOR_TESTING`]). Only in a build with debug assertions (the
+/// tests'): a release binary never reads the variable.
 fn hold_for_testing(source: &Source) {
+    if !cfg!(debug_assertions) {
+        return;
+    }
     if let Some(marker) = std::env::var_os(HOLD_FOR_TESTING) {
         let hold = source.hold_after_first_page_for_testing();
         actix_rt::spawn(async move {

@@ -27,6 +27,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         .route("/checkout/success", web::get().to(page::checkout_success))
         .route("/checkout/cancel", web::get().to(page::checkout_cancel))
         .route("/checkout.js", web::get().to(page::checkout_script))
+        .route("/docs", web::get().to(page::docs_page))
+        .route("/docs.js", web::get().to(page::docs_script))
         .route(
             "/v1/checkout/sessions/{session_id}",
             web::get().to(checkout::session_status),

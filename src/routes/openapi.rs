@@ -36,6 +36,8 @@ use crate::error::{ApiError, ErrorBody};
         page::checkout_success,
         page::checkout_cancel,
         page::checkout_script,
+        page::docs_page,
+        page::docs_script,
         checkout::session_status,
         metrics::metrics_with_token,
         serve,

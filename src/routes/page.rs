@@ -1,6 +1,9 @@
-//! `GET /account`: the account holder's page, static HTML and JavaScript
-//! built into the binary (no build step). It signs in with an account token
-//! and shows the live balance from the feed.
+//! The pages, static HTML and JavaScript built into the binary (no build
+//! step), each under the one Content-Security-Policy: `GET /account`, the
+//! account holder's page (signs in with an account token and shows the
+//! live balance from the feed); `GET /admin`, the operator's console; the
+//! pages Checkout sends payers back to; and `GET /docs`, the API reference
+//! rendered in the browser from the server's own `/openapi.json`.
 
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
@@ -141,4 +144,22 @@ fn script(body: &'static str) -> HttpResponse {
     responses((status = 200, description = "The page's script", content_type = "text/javascript", body = String)))]
 pub async fn account_script() -> HttpResponse {
     script(ACCOUNT_SCRIPT)
+}
+
+const DOCS_PAGE: &str = include_str!("../web/docs.html");
+const DOCS_SCRIPT: &str = include_str!("../web/docs.js");
+
+/// The API reference: every operation of `/openapi.json`, rendered in the
+/// browser by the page's own script (no library, nothing from elsewhere).
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn docs_page(state: web::Data<AppState>) -> HttpResponse {
+    page(DOCS_PAGE, &state, &[])
+}
+
+/// The API reference's script: its renderer of the OpenAPI document.
+#[utoipa::path(get, path = "/docs.js", tag = "operations",
+    responses((status = 200, description = "The API reference's script", content_type = "text/javascript", body = String)))]
+pub async fn docs_script() -> HttpResponse {
+    script(DOCS_SCRIPT)
 }

@@ -77,8 +77,9 @@ pub struct FillTarget {
     location: DatabaseLocation,
     /// What filling it makes, to take away after a failure.
     made: Made,
-    /// Postgres: the fill lock, held until this is dropped.
-    _lock: Option<postgres::FillLock>,
+    /// Postgres: the fill lock, held until this is dropped; what the fill
+    /// made is read and taken away on its connection.
+    lock: Option<postgres::FillLock>,
 }
 
 #[derive(Debug)]
@@ -172,7 +173,7 @@ impl FillTarget {
         Ok(FillTarget {
             location: location.clone(),
             made,
-            _lock: lock,
+            lock,
         })
     }
 
@@ -206,8 +207,14 @@ impl FillTarget {
             if_missing: IfMissing::Create,
             ..settings
         };
+        // The tables a Postgres database without history got from being
+        // opened and migrated, as the migration left them.
+        let mut made_tables = None;
         let filled = async {
             let target = super::open(&settings)?;
+            if let (Made::PostgresTables(before), Some(lock)) = (&self.made, &self.lock) {
+                made_tables = Some(lock.tables_made(before.clone())?);
+            }
             let copied = copy::copy_rows(source, source_report, &target, still_stopped).await;
             let flushed = target.flush().await;
             // Closed before it is put in place, or what it made is taken
@@ -223,7 +230,7 @@ impl FillTarget {
             Ok(report) => Ok(report),
             Err(cause) => Err(FillError {
                 cause,
-                not_undone: self.undo().err(),
+                not_undone: self.undo(made_tables).err(),
             }),
         }
     }
@@ -241,7 +248,7 @@ impl FillTarget {
         match std::fs::hard_link(filling, target) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(CopyError::TargetMadeMeanwhile)
+                return Err(CopyError::TargetMadeMeanwhile(target.display().to_string()))
             }
             Err(error) => {
                 return Err(CopyError::Store(StoreError::Database(format!(
@@ -258,25 +265,40 @@ impl FillTarget {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),
         };
-        std::fs::File::open(directory)
-            .and_then(|directory| directory.sync_all())
-            .map_err(|error| StoreError::Database(format!("{}: {error}", directory.display())))?;
+        // The copy is whole and in place by now: a directory that cannot
+        // be synced is told, never taken for a failed copy.
+        if let Err(error) =
+            std::fs::File::open(directory).and_then(|directory| directory.sync_all())
+        {
+            tracing::warn!(
+                %error,
+                directory = %directory.display(),
+                "the copy is in place, but its directory could not be synced: a crash of the \
+                 machine soon after could lose the new name"
+            );
+        }
         Ok(())
     }
 
     /// After a fill that failed, with the target's store closed: removes
     /// the SQLite file it filled (never what has the target's name), or
-    /// drops the tables it made in a Postgres database that had none of
-    /// sms-credit's (under the fill lock: no other fill's). Answers what it
-    /// removed.
-    fn undo(&self) -> Result<Vec<String>, StoreError> {
-        match &self.made {
-            Made::SqliteFile { filling } => Ok(remove_sqlite_files(filling)),
-            Made::PostgresTables(before) => match &self.location {
-                DatabaseLocation::Postgres(url) => postgres::drop_tables_made(url, before.clone()),
-                DatabaseLocation::Sqlite(_) => Ok(Vec::new()),
-            },
-            Made::Nothing => Ok(Vec::new()),
+    /// drops the tables its migration made in a Postgres database that had
+    /// none of sms-credit's (`made`; read now if the migration itself
+    /// failed), on the fill lock's connection, and only while each holds
+    /// the rows the migration left in it: what another program, a server
+    /// or a command made or wrote meanwhile is never taken away. Answers
+    /// what it removed.
+    fn undo(&self, made: Option<Vec<postgres::MadeTable>>) -> Result<Vec<String>, StoreError> {
+        match (&self.made, &self.lock) {
+            (Made::SqliteFile { filling }, _) => Ok(remove_sqlite_files(filling)),
+            (Made::PostgresTables(before), Some(lock)) => {
+                let made = match made {
+                    Some(made) => made,
+                    None => lock.tables_made(before.clone())?,
+                };
+                lock.drop_tables_made(made)
+            }
+            (Made::PostgresTables(_), None) | (Made::Nothing, _) => Ok(Vec::new()),
         }
     }
 }

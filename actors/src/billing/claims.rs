@@ -22,6 +22,7 @@ use super::BillingError;
 use crate::account_actor::{TakeBack, TakeBackCause, TakenBack};
 use crate::ledger::{IdempotencyKey, LedgerEntry};
 use crate::money::Money;
+use crate::store::StoreError;
 use crate::webhooks::events::{payment_dispute_closed, payment_disputed, payment_refunded};
 
 /// How many checks of an order one settling makes at most: a check that
@@ -116,12 +117,21 @@ impl Billing {
     ) -> Result<Vec<TakenBack>, BillingError> {
         let mut checks = Vec::new();
         for _ in 0..SETTLE_CHECKS {
+            // A completed order's account has its balance row: without
+            // one, where its ledger stands is not known, and no check is
+            // keyed by a guess (never as a ledger at its start, `at-0`).
             let seq = self
                 .store
                 .ledger()
                 .snapshot(order.account_id)
                 .await?
-                .map_or(0, |snapshot| snapshot.seq);
+                .ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "account {} of order {} has no balance row: where its ledger stands is not known",
+                        order.account_id, order.id
+                    ))
+                })?
+                .seq;
             let checked = self
                 .registry
                 .send(
@@ -346,7 +356,8 @@ impl Billing {
     /// list left out or cut short), a report lacks its amount, or the order
     /// holds a legacy record, Stripe is asked for the payment's refunds
     /// first: Stripe not answering fails the event, with nothing recorded,
-    /// and Stripe retries it.
+    /// and Stripe retries it. An order whose legacy record was replaced is
+    /// marked settled at the end (the sweep leaves it from then on).
     pub(super) async fn apply_refunds(
         &self,
         payment_intent_id: Option<&str>,
@@ -378,11 +389,17 @@ impl Billing {
                 .gateway
                 .refunds_of(payment_intent_id.to_string())
                 .await
-                .map_err(|error| match error {
-                    GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
-                        BillingError::Gateway(format!(
+                .map_err(|error| {
+                    let said = |message| {
+                        format!(
                             "Stripe could not list the refunds of {payment_intent_id}: {message}"
-                        ))
+                        )
+                    };
+                    match error {
+                        GatewayError::Unavailable(message) => {
+                            BillingError::GatewayUnavailable(said(message))
+                        }
+                        GatewayError::Refused(message) => BillingError::Gateway(said(message)),
                     }
                 })?;
             listed_by_stripe = listed.clone();
@@ -407,6 +424,20 @@ impl Billing {
             .await?;
         self.tell_refunds_without_rows(&order, &changes, &settled.changes, now_ms)
             .await?;
+        // Every refund recorded of the order is settled now: its legacy
+        // record's replacement, if it has one, is done with (the sweep
+        // takes it up until then).
+        let legacy = legacy_refund_id(order.id);
+        if recorded
+            .refunds
+            .iter()
+            .any(|refund| refund.refund_id == legacy && refund.standing == RefundStanding::Replaced)
+        {
+            self.store
+                .billing()
+                .legacy_replacement_settled(order.id, now_ms)
+                .await?;
+        }
         let (taken_back, given_back) = settled.moved()?;
         Ok(EventOutcome::Applied(format!(
             "order {}: {} refunded and standing ({} refunds known, {} new or changed); \

@@ -66,6 +66,10 @@ pub enum BillingError {
     RefundMismatch(#[from] stripe_refunds::RefundMismatch),
     #[error("the payment provider failed: {0}")]
     Gateway(String),
+    /// The payment provider could not be reached, or asked to be asked
+    /// later (its rate limit): nothing is known of what was asked.
+    #[error("the payment provider is unavailable: {0}")]
+    GatewayUnavailable(String),
     /// Another instance is doing the same thing right now; retry shortly.
     #[error("{0}")]
     Busy(String),

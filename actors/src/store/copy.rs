@@ -259,6 +259,8 @@ pub const TABLES: &[Table] = &[
             ("recorded_by", T),
             ("recorded_at", I),
             ("updated_at", I),
+            ("settled_at", I),
+            ("sweep_left_because", T),
         ],
         key: &[0],
         has_id_sequence: false,
@@ -608,13 +610,16 @@ pub enum CopyError {
          an sms-credit database that holds no data"
     )]
     TargetNotOurs(String),
-    /// Another copy or restore put a new SQLite file where this one was to
-    /// go while this one ran: it stays, and this one's is removed.
+    /// Something (another copy or restore, a server, `migrate`, a command
+    /// that creates a database) put a file where this one's new SQLite
+    /// file was to go while this one ran: it stays, and this one's is
+    /// removed.
     #[error(
-        "another copy or restore made the file while this one ran; it is left as that one \
-         made it, and nothing of this one is left"
+        "{0} was made by something else while this copy ran (another copy or restore, a server, \
+         `migrate`, or a command that creates a database): it is left as it is, and nothing of \
+         this copy is left"
     )]
-    TargetMadeMeanwhile,
+    TargetMadeMeanwhile(String),
     #[error("{}", source_in_use(.instances, *.now_ms, *.fallback_timeout_ms))]
     SourceInUse {
         /// Each running instance: its id, its last heartbeat, and how long
@@ -878,6 +883,7 @@ pub async fn copy_rows(
             }
             counts.push((table.name, count));
         }
+        source.backend.end_moment().await?;
         // Without the last word the import commits nothing.
         if let Some(check) = &still_stopped {
             let started =

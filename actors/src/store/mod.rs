@@ -725,6 +725,12 @@ impl Store {
             .store(true, Ordering::SeqCst);
     }
 
+    /// Test-only: whether the failure [`Store::fail_ledger_write_for_testing`]
+    /// put in is still to come (`false` once it fired).
+    pub fn ledger_write_failure_armed_for_testing(&self) -> bool {
+        self.shared.fail_write_part_armed.load(Ordering::SeqCst)
+    }
+
     /// Test-only switch: the next `count` commits fail as a full disk would,
     /// and roll back.
     pub fn fail_next_commits_for_testing(&self, count: u64) {

@@ -385,8 +385,9 @@ pub trait BillingStore: Send + Sync {
     /// The refunds of an order recorded by their Stripe id (and its legacy
     /// record, if it has one), oldest first.
     fn stripe_refunds(&self, order_id: i64) -> StoreFuture<Vec<StripeRefund>>;
-    /// Orders that still hold a legacy record not claimed at `now_ms` (no
-    /// claim, or one that ran out), at most `limit`, lowest first, each
+    /// Orders still the sweep's (see [`BillingStore::legacy_orders_left`])
+    /// not claimed at `now_ms` (no claim, or one that ran out), at most
+    /// `limit`, lowest first, each
     /// claimed until `lease_until_ms` in the same write (Postgres: rows
     /// another instance is claiming are skipped).
     fn claim_legacy_orders(
@@ -395,8 +396,21 @@ pub trait BillingStore: Send + Sync {
         lease_until_ms: i64,
         limit: i64,
     ) -> StoreFuture<Vec<LegacyOrder>>;
-    /// How many orders still hold a legacy record, claimed or not.
+    /// How many orders are still the sweep's, claimed or not: those that
+    /// hold a legacy record, or whose record was replaced and not yet
+    /// settled, and that the sweep has not left.
     fn legacy_orders_left(&self) -> StoreFuture<i64>;
+    /// Gives up the sweep's claims of these orders (the round ended before
+    /// it got to them): the next round may take them.
+    fn release_legacy_claims(&self, order_ids: Vec<i64>) -> StoreFuture<()>;
+    /// Marks the order's replaced legacy record settled (its credit
+    /// settled with every refund its replacement recorded): the sweep
+    /// takes it no more. Answers whether this marked it.
+    fn legacy_replacement_settled(&self, order_id: i64, now_ms: i64) -> StoreFuture<bool>;
+    /// Leaves the order's legacy record (or its replacement) to the sweep
+    /// no more, `because` (kept with it): it can never replace or settle
+    /// it. Answers whether this left it.
+    fn leave_legacy_record(&self, order_id: i64, because: String) -> StoreFuture<bool>;
     /// Records a dispute, or moves a known one forward (its funds only
     /// forward, its status never from closed back to open nor from a
     /// chargeback back to an inquiry); answers it as it stands.
@@ -777,19 +791,27 @@ pub trait InstanceStore: Send + Sync {
 /// its journal mode never changed; a source whose migration history is not
 /// this release's is refused when it is opened.
 pub trait SourceStore: Send + Sync {
-    /// Every instance that has a row (its last heartbeat and own timeout):
-    /// whether it is alive is judged by its own timeout.
+    /// Every instance that has a row (its last heartbeat and own timeout),
+    /// read as it is now, outside the copy's moment (a connection of its
+    /// own): whether it is alive is judged by its own timeout.
     fn beats(&self) -> StoreFuture<Vec<InstanceBeat>>;
-    /// The verify report of the whole source, read in one transaction.
+    /// The verify report of the whole source, read in the copy's moment:
+    /// the first read of the source's rows begins one read transaction
+    /// (SQLite's read snapshot, Postgres' `REPEATABLE READ`) that every
+    /// page is read in too, until [`SourceStore::end_moment`], so that
+    /// what a copy holds is one moment of its source.
     fn verify(&self) -> StoreFuture<VerifyReport>;
     /// Up to `limit` rows of `table` whose key comes after `after` (from
-    /// the first when `None`), in key order.
+    /// the first when `None`), in key order, read in the copy's moment.
     fn export_page(
         &self,
         table: &'static Table,
         after: Option<CopyRow>,
         limit: i64,
     ) -> StoreFuture<Vec<CopyRow>>;
+    /// Ends the copy's moment (its read transaction), once every row is
+    /// read.
+    fn end_moment(&self) -> StoreFuture<()>;
 }
 
 /// Moving every row from one store to another (`sms-credit copy`).

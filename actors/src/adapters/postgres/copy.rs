@@ -6,6 +6,8 @@
 //! its target from before it looks at it until it has undone what it made
 //! (`lock_for_filling`).
 
+use std::sync::Arc;
+
 use tokio::sync::mpsc;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{GenericClient, Row};
@@ -225,9 +227,13 @@ const FILL_LOCK: i64 = 0x736d_735f_6669_6c6c;
 /// of its own): another copy or restore into the same database waits for
 /// it, from before it looks at the database until it has undone what it
 /// made, so that what one fill made and takes away after a failure is never
-/// what another committed. Released when dropped (the connection closes).
+/// what another committed. What the fill made is read and taken away on
+/// this same connection: a hold lost with its connection (the session
+/// ended) makes the undo fail and say so, never run unheld. Released when
+/// dropped (the connection closes).
 pub(crate) struct FillLock {
-    _client: tokio_postgres::Client,
+    client: Arc<tokio_postgres::Client>,
+    runtime: tokio::runtime::Handle,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -265,46 +271,116 @@ pub(crate) fn lock_for_filling(
         })?
     };
     Ok(FillLock {
-        _client: client,
+        client: Arc::new(client),
+        runtime,
         _stop: stop,
     })
 }
 
-/// Drops, in one transaction, every table of the schema that is not among
-/// `before` (what opening and migrating made for a fill that failed);
-/// answers their names.
-pub(crate) fn drop_tables_made(
-    url: &super::PostgresUrl,
-    before: Vec<String>,
-) -> Result<Vec<String>, StoreError> {
-    let (runtime, stop) = super::start_runtime()?;
-    let connector = super::Connector::new(url, runtime.clone())?;
-    let dropped = super::block_on(&runtime, async move {
-        let mut client = connector.connect(None).await?;
-        let made: Vec<String> = schema_tables(&client)
-            .await?
-            .into_iter()
-            .filter(|name| !before.contains(name))
-            .collect();
+/// A table a fill's migration made, and the rows it held once migrated
+/// (a seeded table's seeds; the migration history).
+#[derive(Debug, Clone)]
+pub(crate) struct MadeTable {
+    name: String,
+    rows: i64,
+}
+
+/// The rows of `name`, a table of the schema.
+async fn rows_of(client: &tokio_postgres::Client, name: &str) -> Result<i64, StoreError> {
+    Ok(client
+        .query_one(&format!("SELECT COUNT(*) FROM {}", quoted(name)), &[])
+        .await?
+        .try_get(0)?)
+}
+
+fn quoted(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+impl FillLock {
+    /// What opening and migrating the target made: the schema's tables
+    /// that were not among `before`, each with its rows now (read on the
+    /// lock's connection, so only while the hold stands).
+    pub(crate) fn tables_made(&self, before: Vec<String>) -> Result<Vec<MadeTable>, StoreError> {
+        let client = Arc::clone(&self.client);
+        super::block_on(&self.runtime, async move {
+            let mut made = Vec::new();
+            for name in schema_tables(&client).await? {
+                if before.contains(&name) {
+                    continue;
+                }
+                let rows = rows_of(&client, &name).await?;
+                made.push(MadeTable { name, rows });
+            }
+            Ok(made)
+        })
+    }
+
+    /// Drops, in one transaction on the lock's connection, the tables a
+    /// failed fill made (`made`, as its migration left them); answers their
+    /// names. Refuses, dropping nothing, when the hold is lost (its
+    /// connection is gone) or when one of them holds rows its migration did
+    /// not write (a server or a command used the target meanwhile: what
+    /// they wrote is not the fill's to take away).
+    pub(crate) fn drop_tables_made(&self, made: Vec<MadeTable>) -> Result<Vec<String>, StoreError> {
         if made.is_empty() {
-            return Ok(made);
+            return Ok(Vec::new());
         }
-        let transaction = client.transaction().await?;
-        let quoted: Vec<String> = made
-            .iter()
-            .map(|name| format!("\"{}\"", name.replace('"', "\"\"")))
-            .collect();
-        transaction
-            .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {} CASCADE",
-                quoted.join(", ")
-            ))
-            .await?;
-        transaction.commit().await?;
-        Ok(made)
-    });
-    drop(stop);
-    dropped
+        let client = Arc::clone(&self.client);
+        super::block_on(&self.runtime, async move {
+            let held: bool = client
+                .query_one(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' \
+                     AND pid = pg_backend_pid() AND granted \
+                     AND ((classid::bigint << 32) | objid::bigint) = $1)",
+                    &[&FILL_LOCK],
+                )
+                .await
+                .map_err(|error| {
+                    StoreError::Database(format!(
+                        "the fill's hold on the target was lost ({error}): its tables are kept"
+                    ))
+                })?
+                .try_get(0)?;
+            if !held {
+                return Err(StoreError::Database(
+                    "the fill's hold on the target was lost: its tables are kept".to_string(),
+                ));
+            }
+            client.batch_execute("BEGIN").await?;
+            let dropped = async {
+                let mut names = Vec::new();
+                for table in &made {
+                    let rows = rows_of(&client, &table.name).await?;
+                    if rows != table.rows {
+                        return Err(StoreError::Database(format!(
+                            "{} holds rows the fill did not write ({} now, {} once migrated): \
+                             something used the target while it was filled, so its tables are \
+                             kept",
+                            table.name, rows, table.rows
+                        )));
+                    }
+                    names.push(table.name.clone());
+                }
+                let listed: Vec<String> = names.iter().map(|name| quoted(name)).collect();
+                client
+                    .batch_execute(&format!("DROP TABLE {}", listed.join(", ")))
+                    .await?;
+                Ok(names)
+            }
+            .await;
+            match dropped {
+                Ok(names) => {
+                    client.batch_execute("COMMIT").await?;
+                    Ok(names)
+                }
+                Err(error) => {
+                    let _ = client.batch_execute("ROLLBACK").await;
+                    Err(error)
+                }
+            }
+        })
+    }
 }
 
 impl CopyStore for PostgresStore {

@@ -248,7 +248,7 @@ pub(super) async fn verify(client: &mut Client) -> Result<VerifyReport, StoreErr
 /// [`verify`] inside a transaction the caller holds (a copy's import
 /// checks what it wrote before it commits).
 pub(super) async fn verify_in(
-    transaction: &tokio_postgres::Transaction<'_>,
+    transaction: &impl tokio_postgres::GenericClient,
 ) -> Result<VerifyReport, StoreError> {
     let mut verifier = Verifier::new();
     let rows = transaction

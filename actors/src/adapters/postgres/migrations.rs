@@ -98,8 +98,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V24__instance_timeouts.sql"),
     ),
     (
-        "V25__credit_grants",
-        include_str!("../../../../migrations/postgres/V25__credit_grants.sql"),
+        "V25__legacy_sweep_settled",
+        include_str!("../../../../migrations/postgres/V25__legacy_sweep_settled.sql"),
+    ),
+    (
+        "V26__credit_grants",
+        include_str!("../../../../migrations/postgres/V26__credit_grants.sql"),
     ),
 ];
 

@@ -30,7 +30,7 @@ mod stripe_refunds;
 mod webhooks;
 mod writer;
 
-pub(crate) use copy::{drop_tables_made, lock_for_filling, look_before_filling, FillLock};
+pub(crate) use copy::{lock_for_filling, look_before_filling, FillLock, MadeTable};
 pub(crate) use source::open_source;
 
 use std::any::Any;

@@ -14,6 +14,11 @@ use crate::billing::BillingError;
 use crate::money::Money;
 use crate::store::{StoreError, StoreFuture, UnknownValue};
 
+/// The records that make an order the legacy sweep's: a legacy record, or
+/// its replacement not yet settled, that the sweep has not left.
+const SWEPT: &str = "sweep_left_because IS NULL
+                     AND (standing = 'legacy' OR (standing = 'replaced' AND settled_at IS NULL))";
+
 const REFUND_COLUMNS: &str =
     "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
 
@@ -203,15 +208,17 @@ impl PostgresStore {
             boxed(async move {
                 let rows = transaction
                     .query(
-                        "WITH picked AS MATERIALIZED (
+                        &format!(
+                            "WITH picked AS MATERIALIZED (
                            SELECT refund_id FROM stripe_refunds
-                            WHERE standing = 'legacy'
+                            WHERE {SWEPT}
                               AND (claimed_until IS NULL OR claimed_until <= $1)
                             ORDER BY order_id LIMIT $3 FOR UPDATE SKIP LOCKED)
                          UPDATE stripe_refunds r SET claimed_until = $2
                            FROM picked, orders o
                           WHERE r.refund_id = picked.refund_id AND o.id = r.order_id
-                         RETURNING r.order_id, o.stripe_payment_intent_id",
+                         RETURNING r.order_id, o.stripe_payment_intent_id"
+                        ),
                         &[&now_ms, &lease_until_ms, &limit],
                     )
                     .await?;
@@ -234,11 +241,70 @@ impl PostgresStore {
         self.read(|client| async move {
             Ok(client
                 .query_one(
-                    "SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'",
+                    &format!("SELECT COUNT(*) FROM stripe_refunds WHERE {SWEPT}"),
                     &[],
                 )
                 .await?
                 .try_get(0)?)
+        })
+    }
+
+    pub(super) fn release_legacy_claims_op(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let order_ids = order_ids.clone();
+            boxed(async move {
+                let legacy_ids: Vec<String> =
+                    order_ids.iter().copied().map(legacy_refund_id).collect();
+                transaction
+                    .execute(
+                        "UPDATE stripe_refunds SET claimed_until = NULL
+                          WHERE refund_id = ANY($1) AND order_id = ANY($2)",
+                        &[&legacy_ids, &order_ids],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    pub(super) fn legacy_replacement_settled_op(
+        &self,
+        order_id: i64,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            boxed(async move {
+                Ok(transaction
+                    .execute(
+                        "UPDATE stripe_refunds SET settled_at = $3, claimed_until = NULL
+                          WHERE refund_id = $1 AND order_id = $2 AND standing = 'replaced'
+                            AND settled_at IS NULL",
+                        &[&legacy_refund_id(order_id), &order_id, &now_ms],
+                    )
+                    .await?
+                    == 1)
+            })
+        })
+    }
+
+    pub(super) fn leave_legacy_record_op(
+        &self,
+        order_id: i64,
+        because: String,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let because = because.clone();
+            boxed(async move {
+                Ok(transaction
+                    .execute(
+                        "UPDATE stripe_refunds SET sweep_left_because = $3, claimed_until = NULL
+                          WHERE refund_id = $1 AND order_id = $2
+                            AND standing IN ('legacy', 'replaced') AND sweep_left_because IS NULL",
+                        &[&legacy_refund_id(order_id), &order_id, &because],
+                    )
+                    .await?
+                    == 1)
+            })
         })
     }
 }

@@ -589,6 +589,18 @@ impl BillingStore for SqliteStore {
         self.legacy_orders_left_op()
     }
 
+    fn release_legacy_claims(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+        self.release_legacy_claims_op(order_ids)
+    }
+
+    fn legacy_replacement_settled(&self, order_id: i64, now_ms: i64) -> StoreFuture<bool> {
+        self.legacy_replacement_settled_op(order_id, now_ms)
+    }
+
+    fn leave_legacy_record(&self, order_id: i64, because: String) -> StoreFuture<bool> {
+        self.leave_legacy_record_op(order_id, because)
+    }
+
     fn record_dispute(&self, update: DisputeUpdate) -> StoreFuture<DisputeRecord> {
         self.record_dispute_op(update)
     }

@@ -136,8 +136,12 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V33__instance_timeouts.sql"),
     ),
     (
-        "V34__credit_grants",
-        include_str!("../../../../migrations/sqlite/V34__credit_grants.sql"),
+        "V34__legacy_sweep_settled",
+        include_str!("../../../../migrations/sqlite/V34__legacy_sweep_settled.sql"),
+    ),
+    (
+        "V35__credit_grants",
+        include_str!("../../../../migrations/sqlite/V35__credit_grants.sql"),
     ),
 ];
 

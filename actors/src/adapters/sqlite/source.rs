@@ -1,6 +1,8 @@
 //! A copy's source in SQLite, read without changing it: one connection
 //! opened read-only (no journal mode set, no migration), on a thread of its
-//! own, each read in a transaction of its own.
+//! own, whose reads are one moment (one read transaction, from the first
+//! read to `end_moment`); the instances' heartbeats are read as they are
+//! now, on a connection opened for each look.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -18,6 +20,7 @@ type SourceJob = Box<dyn FnOnce(&Connection) + Send>;
 /// The source's reader: its thread ends when this is dropped.
 pub(crate) struct SqliteSource {
     jobs: mpsc::Sender<SourceJob>,
+    path: std::path::PathBuf,
 }
 
 /// Opens the sms-credit database at `path` to be read only: refused when
@@ -38,6 +41,23 @@ pub(crate) fn open_source(path: &Path) -> Result<SqliteSource, CopyError> {
         .busy_timeout(Duration::from_secs(5))
         .map_err(StoreError::from)?;
     if !super::migrations::has_history(&connection)? {
+        let legacy: bool = connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' \
+                 AND name = 'schema_migrations')",
+                [],
+                |row| row.get(0),
+            )
+            .map_err(StoreError::from)?;
+        if legacy {
+            // The first releases kept their history in a table of their own.
+            return Err(CopyError::SourceNotCurrent(
+                "it is an early release's database (its history is in schema_migrations): \
+                 copy reads it as it stands and never changes it, so stop its servers, run \
+                 `sms-credit migrate` on it, then copy"
+                    .to_string(),
+            ));
+        }
         return Err(missing("the file holds no sms-credit tables").into());
     }
     let applied = super::migrations::applied_migrations(&connection)?;
@@ -48,12 +68,15 @@ pub(crate) fn open_source(path: &Path) -> Result<SqliteSource, CopyError> {
             job(&connection);
         }
     })?;
-    Ok(SqliteSource { jobs })
+    Ok(SqliteSource {
+        jobs,
+        path: path.to_path_buf(),
+    })
 }
 
 impl SqliteSource {
-    /// Runs `read` on the source's thread, in a read transaction of its own.
-    fn read<T, F>(&self, read: F) -> StoreFuture<T>
+    /// Runs `work` on the source's thread, with its connection.
+    fn run<T, F>(&self, work: F) -> StoreFuture<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
@@ -62,13 +85,7 @@ impl SqliteSource {
         let queued = self
             .jobs
             .send(Box::new(move |connection| {
-                let answered = (|| {
-                    connection.execute_batch("BEGIN")?;
-                    let answered = read(connection);
-                    connection.execute_batch("COMMIT")?;
-                    answered
-                })();
-                let _ = done.send(answered);
+                let _ = done.send(work(connection));
             }))
             .map_err(|_| StoreError::Closed);
         Box::pin(async move {
@@ -76,11 +93,34 @@ impl SqliteSource {
             answer.await.map_err(|_| StoreError::Closed)?
         })
     }
+
+    /// Runs `read` in the copy's moment: the read transaction the first
+    /// read begins, which stays open until `end_moment`.
+    fn read<T, F>(&self, read: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run(move |connection| {
+            if connection.is_autocommit() {
+                connection.execute_batch("BEGIN")?;
+            }
+            read(connection)
+        })
+    }
 }
 
 impl SourceStore for SqliteSource {
     fn beats(&self) -> StoreFuture<Vec<InstanceBeat>> {
-        self.read(super::accounts::instance_beats)
+        let path = self.path.clone();
+        self.run(move |_| {
+            let now = super::copy::open_read_only(&path)?;
+            now.busy_timeout(Duration::from_secs(5))?;
+            now.execute_batch("BEGIN")?;
+            let beats = super::accounts::instance_beats(&now);
+            now.execute_batch("COMMIT")?;
+            beats
+        })
     }
 
     fn verify(&self) -> StoreFuture<VerifyReport> {
@@ -95,6 +135,15 @@ impl SourceStore for SqliteSource {
     ) -> StoreFuture<Vec<CopyRow>> {
         self.read(move |connection| {
             super::copy::select_page(connection, table, after.as_ref(), limit)
+        })
+    }
+
+    fn end_moment(&self) -> StoreFuture<()> {
+        self.run(|connection| {
+            if !connection.is_autocommit() {
+                connection.execute_batch("COMMIT")?;
+            }
+            Ok(())
         })
     }
 }

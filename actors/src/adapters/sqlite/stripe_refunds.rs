@@ -13,6 +13,11 @@ use crate::billing::BillingError;
 use crate::money::Money;
 use crate::store::{StoreError, StoreFuture, UnknownValue};
 
+/// The records that make an order the legacy sweep's: a legacy record, or
+/// its replacement not yet settled, that the sweep has not left.
+const SWEPT: &str = "sweep_left_because IS NULL
+                     AND (standing = 'legacy' OR (standing = 'replaced' AND settled_at IS NULL))";
+
 const REFUND_COLUMNS: &str =
     "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
 
@@ -199,14 +204,14 @@ impl SqliteStore {
     ) -> StoreFuture<Vec<LegacyOrder>> {
         self.write(move |connection| {
             let claimed: Vec<i64> = connection
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "UPDATE stripe_refunds SET claimed_until = ?2
                       WHERE refund_id IN (SELECT refund_id FROM stripe_refunds
-                                           WHERE standing = 'legacy'
+                                           WHERE {SWEPT}
                                              AND (claimed_until IS NULL OR claimed_until <= ?1)
                                            ORDER BY order_id LIMIT ?3)
-                     RETURNING order_id",
-                )?
+                     RETURNING order_id"
+                ))?
                 .query_map(params![now_ms, lease_until_ms, limit], |row| row.get(0))?
                 .collect::<Result<_, _>>()?;
             let mut orders = Vec::with_capacity(claimed.len());
@@ -227,8 +232,57 @@ impl SqliteStore {
     pub(super) fn legacy_orders_left_op(&self) -> StoreFuture<i64> {
         self.read(|connection| {
             Ok(connection
-                .prepare_cached("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'")?
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM stripe_refunds WHERE {SWEPT}"
+                ))?
                 .query_row([], |row| row.get(0))?)
+        })
+    }
+
+    pub(super) fn release_legacy_claims_op(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+        self.write(move |connection| {
+            let mut release = connection.prepare_cached(
+                "UPDATE stripe_refunds SET claimed_until = NULL
+                  WHERE refund_id = ?1 AND order_id = ?2",
+            )?;
+            for order_id in &order_ids {
+                release.execute(params![legacy_refund_id(*order_id), order_id])?;
+            }
+            Ok(())
+        })
+    }
+
+    pub(super) fn legacy_replacement_settled_op(
+        &self,
+        order_id: i64,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET settled_at = ?3, claimed_until = NULL
+                      WHERE refund_id = ?1 AND order_id = ?2 AND standing = 'replaced'
+                        AND settled_at IS NULL",
+                )?
+                .execute(params![legacy_refund_id(order_id), order_id, now_ms])?
+                == 1)
+        })
+    }
+
+    pub(super) fn leave_legacy_record_op(
+        &self,
+        order_id: i64,
+        because: String,
+    ) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET sweep_left_because = ?3, claimed_until = NULL
+                      WHERE refund_id = ?1 AND order_id = ?2
+                        AND standing IN ('legacy', 'replaced') AND sweep_left_because IS NULL",
+                )?
+                .execute(params![legacy_refund_id(order_id), order_id, because])?
+                == 1)
         })
     }
 }

@@ -19,6 +19,7 @@ use sms_credit::config::Settings;
 use sms_credit::startup::Core;
 use sms_credit_actors::adapters::{self, DatabaseLocation, StoreSettings};
 use sms_credit_actors::clock::SystemClock;
+use sms_credit_actors::grants::{Category, Draw, Funding};
 use sms_credit_actors::store::{LedgerWrite, StoreError};
 use sms_credit_actors::{
     AccountId, Debit, IdempotencyKey, LedgerEntry, Money, Snapshot, TransactionKind,
@@ -133,7 +134,8 @@ fn fresh(options: &Options, part: &str) -> BenchDatabase {
     }
 }
 
-/// Creates the accounts, each with one opening credit, in one transaction.
+/// Creates the accounts, each with one opening credit (its grant 1), in
+/// one transaction.
 fn seed(database: &BenchDatabase, accounts: i64, opening_micros: i64) {
     match &database.location {
         DatabaseLocation::Sqlite(path) => seed_sqlite(path, accounts, opening_micros),
@@ -148,8 +150,10 @@ fn seed(database: &BenchDatabase, accounts: i64, opening_micros: i64) {
                        SELECT g, '+1415' || lpad(g::text, 7, '0'), 'active', 0 FROM generate_series(1, {accounts}) g;
                      INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, description, created_at)
                        SELECT g, 1, 'credit', {opening_micros}, {opening_micros}, 'opening', 'opening credit', 0 FROM generate_series(1, {accounts}) g;
-                     INSERT INTO account_balances (account_id, balance, seq, updated_at)
-                       SELECT g, {opening_micros}, 1, 0 FROM generate_series(1, {accounts}) g;
+                     INSERT INTO credit_grants (account_id, id, category, source, amount, priority, granted_at)
+                       SELECT g, 1, 'paid', 'migration', {opening_micros}, 50, 0 FROM generate_series(1, {accounts}) g;
+                     INSERT INTO account_balances (account_id, balance, seq, updated_at, grants)
+                       SELECT g, {opening_micros}, 1, 0, '1:{opening_micros}' FROM generate_series(1, {accounts}) g;
                      SELECT setval(pg_get_serial_sequence('accounts', 'id'), {accounts});
                      COMMIT;
                      ANALYZE;"
@@ -186,8 +190,16 @@ fn seed_sqlite(path: &std::path::Path, accounts: i64, opening_micros: i64) {
             .unwrap();
         transaction
             .execute(
-                "INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (?1, ?2, 1, 0)",
+                "INSERT INTO credit_grants (account_id, id, category, source, amount, priority, granted_at)
+                 VALUES (?1, 1, 'paid', 'migration', ?2, 50, 0)",
                 (id, opening_micros),
+            )
+            .unwrap();
+        transaction
+            .execute(
+                "INSERT INTO account_balances (account_id, balance, seq, updated_at, grants)
+                 VALUES (?1, ?2, 1, 0, ?3)",
+                (id, opening_micros, format!("1:{opening_micros}")),
             )
             .unwrap();
     }
@@ -458,6 +470,9 @@ fn store_floor(options: &Options, window: Option<usize>) -> f64 {
                 low_balance_warned_at_ms: None,
             })
             .collect();
+        let mut grants: Vec<std::sync::Arc<str>> = (0..=options.accounts)
+            .map(|_| std::sync::Arc::from("1:1000000000"))
+            .collect();
         let total = options.debits;
         let generation = store.next_generation();
         let started = Instant::now();
@@ -479,6 +494,14 @@ fn store_floor(options: &Options, window: Option<usize>) -> f64 {
                 ..previous
             };
             let (done, answer) = tokio::sync::oneshot::channel();
+            // What the actors write: the row's funding and the snapshot's
+            // grants (all from the opening credit, grant 1).
+            let grants_after: std::sync::Arc<str> =
+                std::sync::Arc::from(format!("1:{}", next.balance.micros()));
+            let previous_grants = std::mem::replace(
+                &mut grants[account as usize],
+                std::sync::Arc::clone(&grants_after),
+            );
             store
                 .ledger()
                 .submit(LedgerWrite {
@@ -493,9 +516,17 @@ fn store_floor(options: &Options, window: Option<usize>) -> f64 {
                         description: String::new(),
                         reason: None,
                         created_at_ms: 0,
+                        funded_by: Funding::new(vec![Draw {
+                            grant_id: 1,
+                            category: Category::Paid,
+                            amount: Money::from_micros(56_500),
+                        }]),
                     },
                     previous,
                     next,
+                    grants: grants_after,
+                    previous_grants,
+                    funded_by: Some("1:p:56500".to_string()),
                     generation,
                     done,
                     submitted_at: Instant::now(),

@@ -60,7 +60,7 @@ fn rss_kib(pid: &str) -> u64 {
         .unwrap()
 }
 
-/// Accounts with valid US numbers and `rows` credits each, written with
+/// Accounts with valid US numbers and `rows` credits (grants) each, written with
 /// the journal off (it is a benchmark fixture, not data).
 fn build_database(path: &Path, accounts: i64, rows: i64) {
     let connection = adapters::sqlite::raw_connection(path).unwrap();
@@ -83,8 +83,14 @@ fn build_database(path: &Path, accounts: i64, rows: i64) {
                  VALUES (?1, ?2, 'credit', 1000000, ?3, ?4, 'fixture', 0)",
             )
             .unwrap();
+        let mut grant = connection
+            .prepare(
+                "INSERT INTO credit_grants (account_id, id, category, source, amount, priority, granted_at)
+                 VALUES (?1, ?2, 'paid', 'migration', 1000000, 50, 0)",
+            )
+            .unwrap();
         let mut balance = connection
-            .prepare("INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (?1, ?2, ?3, 0)")
+            .prepare("INSERT INTO account_balances (account_id, balance, seq, updated_at, grants) VALUES (?1, ?2, ?3, 0, ?4)")
             .unwrap();
         for id in 1..=accounts {
             let phone = format!(
@@ -93,11 +99,17 @@ fn build_database(path: &Path, accounts: i64, rows: i64) {
                 (id - 1) % 10_000
             );
             account.execute((id, phone)).unwrap();
+            // Each credit is a grant of its own, none spent.
+            let mut grants = Vec::with_capacity(rows as usize);
             for seq in 1..=rows {
                 row.execute((id, seq, seq * 1_000_000, format!("k{seq}")))
                     .unwrap();
+                grant.execute((id, seq)).unwrap();
+                grants.push(format!("{seq}:1000000"));
             }
-            balance.execute((id, rows * 1_000_000, rows)).unwrap();
+            balance
+                .execute((id, rows * 1_000_000, rows, grants.join(",")))
+                .unwrap();
         }
     }
     connection.execute_batch("COMMIT").unwrap();

@@ -163,6 +163,7 @@ impl ApiError {
                 LedgerError::IdempotencyConflict { .. } => "idempotency_conflict",
                 LedgerError::InvalidKey(_) => "invalid_idempotency_key",
                 LedgerError::InvalidAmount(_) => "invalid_amount",
+                LedgerError::InvalidGrant(_) => "invalid_grant",
                 LedgerError::Overflow => "amount_out_of_range",
                 LedgerError::Busy => "busy",
                 LedgerError::Store(StoreError::CommitUnknown(_)) => "outcome_unknown",
@@ -314,6 +315,7 @@ impl ResponseError for ApiError {
                 LedgerError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
                 LedgerError::InvalidKey(_)
                 | LedgerError::InvalidAmount(_)
+                | LedgerError::InvalidGrant(_)
                 | LedgerError::Overflow => StatusCode::BAD_REQUEST,
                 LedgerError::Busy
                 | LedgerError::Store(_)

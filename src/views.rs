@@ -6,6 +6,7 @@
 use serde::Serialize;
 use sms_credit_actors::account_actor::ADJUSTMENT_DESCRIPTION;
 use sms_credit_actors::clock::format_rfc3339_ms;
+use sms_credit_actors::grants::Draw;
 use sms_credit_actors::{AccountId, LedgerEntry, TransactionKind};
 
 /// A ledger row as the API, the balance feed and `--json` show it.
@@ -30,6 +31,10 @@ pub struct TransactionView {
     reason: Option<String>,
     #[schema(format = DateTime)]
     created_at: String,
+    /// The grants the row took credit from (positive) or gave it back to
+    /// (negative); empty when it touched none (a credit that paid down
+    /// nothing). The row's amount is the credit it made less their sum.
+    funded_by: Vec<Draw>,
 }
 
 impl TransactionView {
@@ -69,6 +74,7 @@ impl From<&LedgerEntry> for TransactionView {
             description: entry.description.clone(),
             reason: entry.reason.as_deref().cloned(),
             created_at: format_rfc3339_ms(entry.created_at_ms),
+            funded_by: entry.funded_by.draws().to_vec(),
         }
     }
 }

@@ -442,13 +442,13 @@ async fn admins_list_search_export_verify_and_rotate_tokens() {
     assert!(lines[0].starts_with("account_id,seq,type,amount_micros"));
     assert!(
         lines[1].contains(",1,adjustment,2500000,2.50,2500000,2.50,csv-1,,Balance adjustment,")
-            && lines[1].ends_with(",test adjustment"),
+            && lines[1].ends_with(",test adjustment,"),
         "{}",
         lines[1]
     );
     assert!(
         lines[2].contains(",-56500,-0.0565,2443500,2.4435,csv-2,,Balance adjustment,")
-            && lines[2].ends_with(",\"'=cmd|' /C calc'!A0, oops\""),
+            && lines[2].ends_with(",\"'=cmd|' /C calc'!A0, oops\",1:promotional:56500"),
         "{}",
         lines[2]
     );

@@ -458,6 +458,50 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
     )
     .await;
     assert_eq!(page.eval("window.sameLoad").await, json!("yes"));
+
+    // The balance split into purchased and bonus credit, and each grant
+    // with what is left and when it expires, kept up live.
+    page.wait_for(
+        "document.getElementById('credit-split').textContent",
+        json!("Purchased credit $0.00 · bonus credit $8.26435"),
+    )
+    .await;
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(crate::helpers::ADMIN_TOKEN),
+            Some(
+                json!({"amount_micros": 2_000_000, "reason": "bank transfer",
+                        "idempotency_key": "transfer", "category": "paid",
+                        "expires_at": "2027-01-31T12:00:00Z"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    page.wait_for(
+        "document.getElementById('credit-split').textContent",
+        json!("Purchased credit $2.00 · bonus credit $8.26435"),
+    )
+    .await;
+    page.wait_for("document.querySelectorAll('#grants tr').length", json!(6))
+        .await;
+    let newest = page
+        .eval("Array.from(document.querySelectorAll('#grants tr')[0].cells).map((c) => c.textContent)")
+        .await;
+    assert!(
+        newest[0].as_str().unwrap().starts_with("Purchased")
+            && newest[1] == json!("$2.00")
+            && newest[2].as_str().unwrap().contains("2027"),
+        "{newest}"
+    );
+    let oldest = page
+        .eval("Array.from(document.querySelectorAll('#grants tr')[5].cells).map((c) => c.textContent)")
+        .await;
+    assert!(
+        oldest[0].as_str().unwrap().starts_with("Bonus") && oldest[2] == json!("never"),
+        "{oldest}"
+    );
 }
 
 #[actix_rt::test]
@@ -1272,6 +1316,36 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
             json!(false),
         )
         .await;
+        // The form offers the order's unspent credit (whole cents) first.
+        let (status, detail) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/orders/{order}"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{detail}");
+        let unspent = detail["unspent_credit_micros"].as_i64().unwrap();
+        assert!(unspent > 0, "{detail}");
+        assert_eq!(
+            page.eval("document.getElementById('refund-amount').value")
+                .await,
+            json!(format!(
+                "{}.{:02}",
+                unspent / 1_000_000,
+                unspent % 1_000_000 / 10_000
+            ))
+        );
+        assert!(page
+            .eval(&text_of("refund-what"))
+            .await
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "{} of its credit unspent",
+                format_dollars(unspent)
+            )));
         page.eval("document.getElementById('refund-amount').value = '1.00'; document.getElementById('refund-reason').value = 'trip cancelled'; { const r = document.getElementById('refund-button'); r.click(); r.click(); } true").await;
         page.wait_for(
             &text_of("refund-message"),

@@ -299,8 +299,8 @@ fn admin_tools_from_the_command_line() {
     // last, the operator's reason.
     assert!(
         lines[1].starts_with("1,1,adjustment,3100000,3.10,3100000,3.10,k1,,Balance adjustment,")
-            && lines[1].ends_with(",\"hello, world\"")
-            && lines[0].ends_with(",description,created_at,reason"),
+            && lines[1].ends_with(",\"hello, world\",")
+            && lines[0].ends_with(",description,created_at,reason,funded_by"),
         "{csv}"
     );
     // The operator reads the reason; a description is the holder's.

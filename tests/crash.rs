@@ -1,7 +1,9 @@
 //! The crash test: the real binary under concurrent credits, debits and
 //! outbound messages, killed with SIGKILL at random moments and restarted.
 //! Everything that got a success answer is in the ledger exactly once, the
-//! ledger verifies, and no reservation is left open after recovery.
+//! ledger verifies (every grant's remaining what the ledger says), credit
+//! added is a grant on the terms asked, no debit drew on credit that had
+//! expired, and no reservation is left open after recovery.
 //! `SMS_CREDIT_CRASH_CYCLES` (default 5) and `SMS_CREDIT_CRASH_SEED` run it
 //! longer or differently.
 
@@ -11,6 +13,8 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use serde_json::{json, Value};
+
+use sms_credit_actors::clock::format_rfc3339_ms;
 
 use crate::fake_twilio::FakeTwilio;
 use crate::helpers::{fresh_directory, process_env, run_cli, ServerProcess, ADMIN_TOKEN, API_KEY};
@@ -38,6 +42,8 @@ enum Acknowledged {
         account: i64,
         key: String,
         amount: i64,
+        /// The grant credit added asked for: its category and priority.
+        terms: Option<(String, i64)>,
     },
     Message {
         account: i64,
@@ -96,21 +102,49 @@ async fn worker(
                 _ => {}
             }
         } else {
-            // Credits and debits by adjustment: signed amounts.
+            // Credits and debits by adjustment: signed amounts. Credit
+            // added is a grant of either category, any priority, and one
+            // in four expires within seconds: its expiry row lands among
+            // the kills.
             let amount = rng.below(2_000_000) as i64 - 900_000;
+            let mut body =
+                json!({"amount_micros": amount, "reason": "crash test", "idempotency_key": key});
+            if amount > 0 {
+                body["category"] = json!(if rng.below(2) == 0 {
+                    "paid"
+                } else {
+                    "promotional"
+                });
+                body["priority"] = json!(rng.below(101));
+                if rng.below(4) == 0 {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap()
+                        .as_millis() as i64;
+                    body["expires_at"] =
+                        json!(format_rfc3339_ms(now_ms + 500 + rng.below(2_500) as i64));
+                }
+            }
             let sent = client
                 .post(format!("{base}/v1/admin/accounts/{account}/adjustments"))
                 .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
-                .send_json(&json!({"amount_micros": amount, "reason": "crash test", "idempotency_key": key}))
+                .send_json(&body)
                 .await;
             let Ok(response) = sent else {
                 return;
             };
             if response.status() == StatusCode::OK {
+                let terms = (amount > 0).then(|| {
+                    (
+                        body["category"].as_str().unwrap().to_string(),
+                        body["priority"].as_i64().unwrap(),
+                    )
+                });
                 acknowledged.lock().unwrap().push(Acknowledged::Adjustment {
                     account,
                     key,
                     amount,
+                    terms,
                 });
             }
         }
@@ -245,8 +279,19 @@ async fn acknowledged_operations_survive_sigkill() {
                 account,
                 key,
                 amount,
+                terms,
             } => {
                 assert_eq!(count_rows(*account, key, *amount), 1, "{operation:?}");
+                if let Some((category, priority)) = terms {
+                    let granted = directory.number(&format!(
+                        "SELECT COUNT(*) FROM credit_grants g JOIN transactions t
+                             ON t.account_id = g.account_id AND t.seq = g.id
+                          WHERE t.account_id = {account} AND t.idempotency_key = '{key}'
+                            AND g.category = '{category}' AND g.priority = {priority}
+                            AND g.amount = {amount}"
+                    ));
+                    assert_eq!(granted, 1, "its grant, on its terms: {operation:?}");
+                }
             }
             Acknowledged::Message {
                 account,
@@ -269,6 +314,7 @@ async fn acknowledged_operations_survive_sigkill() {
             }
         }
     }
+    no_debit_drew_on_expired_credit(&directory);
     for refusal in refused.lock().unwrap().iter() {
         let debited = directory.number(&format!(
             "SELECT COUNT(*) FROM messages m JOIN transactions t ON t.account_id = m.account_id AND t.idempotency_key = 'msg:' || m.id
@@ -280,4 +326,45 @@ async fn acknowledged_operations_survive_sigkill() {
     let open = directory.number("SELECT COUNT(*) FROM messages WHERE state = 'reserved'");
     assert_eq!(open, 0, "no reservation is left unresolved after recovery");
     assert!(messages > 0, "some messages were acknowledged");
+}
+
+/// No debit (a message's charge) took from a grant at or after its expiry,
+/// whatever the kills interrupted (verify has checked each grant's
+/// remaining against the ledger, expiry rows included).
+fn no_debit_drew_on_expired_credit(directory: &crate::database::TestDatabase) {
+    let expiries: std::collections::HashMap<(i64, i64), i64> = directory
+        .texts(
+            "SELECT account_id || ':' || id || ':' || expires_at FROM credit_grants
+              WHERE expires_at IS NOT NULL",
+        )
+        .into_iter()
+        .map(|line| {
+            let line = line.unwrap();
+            let parts: Vec<i64> = line.split(':').map(|part| part.parse().unwrap()).collect();
+            ((parts[0], parts[1]), parts[2])
+        })
+        .collect();
+    assert!(
+        !expiries.is_empty(),
+        "some credit added was to expire during the run"
+    );
+    for line in directory.texts(
+        "SELECT account_id || '|' || seq || '|' || created_at || '|' || funded_by FROM transactions
+          WHERE type = 'debit' AND funded_by IS NOT NULL",
+    ) {
+        let line = line.unwrap();
+        let parts: Vec<&str> = line.split('|').collect();
+        let (account, created_at): (i64, i64) =
+            (parts[0].parse().unwrap(), parts[2].parse().unwrap());
+        for draw in parts[3].split(';') {
+            let grant: i64 = draw.split(':').next().unwrap().parse().unwrap();
+            if let Some(expires_at) = expiries.get(&(account, grant)) {
+                assert!(
+                    created_at < *expires_at,
+                    "account {account} row {}: a debit at {created_at} drew on grant {grant}, expired at {expires_at}",
+                    parts[1]
+                );
+            }
+        }
+    }
 }

@@ -357,6 +357,29 @@ impl TestDatabase {
         }
     }
 
+    /// The first column of each row `sql` answers, as text.
+    pub fn texts(&self, sql: &str) -> Vec<Option<String>> {
+        match self.kind {
+            StoreKind::Sqlite => {
+                let connection = rusqlite::Connection::open(&self.url).unwrap();
+                let mut statement = connection.prepare(sql).unwrap();
+                let rows = statement
+                    .query_map([], |row| {
+                        let value: rusqlite::types::Value = row.get(0)?;
+                        Ok(match value {
+                            rusqlite::types::Value::Null => None,
+                            rusqlite::types::Value::Integer(number) => Some(number.to_string()),
+                            rusqlite::types::Value::Text(text) => Some(text),
+                            other => Some(format!("{other:?}")),
+                        })
+                    })
+                    .unwrap();
+                rows.collect::<Result<_, _>>().unwrap()
+            }
+            StoreKind::Postgres => self.session().run(sql).unwrap(),
+        }
+    }
+
     /// The first column of the first row of a query, as text.
     pub fn text(&self, sql: &str) -> String {
         match self.kind {

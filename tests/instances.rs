@@ -1,12 +1,13 @@
 //! Three server processes on one database, behind no sticky routing: 16
 //! writers spread over the three instances on 8 shared accounts (signed
-//! adjustments and outbound messages), each Stripe event delivered to every
+//! adjustments, credit of either category and any priority, and outbound
+//! messages), each Stripe event delivered to every
 //! instance at the same moment, each inbound `BUY` (one MessageSid) posted to
 //! two instances at once, 9 sign-ups racing for a 3-use discount code, and
 //! one instance SIGKILLed mid-run and started again. Clients fail over with the same idempotency key, as a load
 //! balancer's retry would. At the end every acknowledged operation is in the
 //! ledger exactly once, each balance is what the acknowledged operations
-//! make it, `verify` is clean, and an admin feed on one instance saw every
+//! make it, `verify` is clean (every grant's remaining what the ledger says), and an admin feed on one instance saw every
 //! change made through the others, in order, without a gap. And two
 //! instances debiting one account at once warn of low credit once.
 
@@ -182,13 +183,26 @@ async fn writer(
             });
         } else {
             let amount = (next() % 1_500_000) as i64 - 500_000;
+            // Credit added is a grant of either category and any
+            // priority: debits through other instances draw on them in
+            // order, and verify finds each grant's remaining as the
+            // ledger says.
+            let mut body = json!({"amount_micros": amount, "reason": "multi-instance", "idempotency_key": key});
+            if amount > 0 {
+                body["category"] = json!(if next() % 2 == 0 {
+                    "paid"
+                } else {
+                    "promotional"
+                });
+                body["priority"] = json!(next() % 101);
+            }
             let (status, answer) = definitive(
                 &cluster,
                 &client,
                 instance,
                 &format!("/v1/admin/accounts/{account}/adjustments"),
                 ADMIN_TOKEN,
-                &json!({"amount_micros": amount, "reason": "multi-instance", "idempotency_key": key}),
+                &body,
             )
             .await;
             assert_eq!(status, StatusCode::OK, "{answer}");

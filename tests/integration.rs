@@ -28,6 +28,7 @@ mod disk_loss;
 mod disputes;
 mod docs;
 mod feed;
+mod grants;
 mod instances;
 mod ledger_actors;
 mod ledger_properties;

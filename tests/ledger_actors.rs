@@ -38,6 +38,7 @@ pub fn credit(micros: i64, idempotency_key: &str) -> Credit {
         idempotency_key: key(idempotency_key),
         description: "credit".into(),
         order_id: None,
+        source: sms_credit_actors::grants::GrantSource::Migration,
     }
 }
 
@@ -600,7 +601,16 @@ async fn a_stale_write_is_refused_with_where_the_account_stands() {
     entry.idempotency_key = "stale".into();
     assert_eq!(
         submit_directly(&core, entry, stale, next).await,
-        Err(StoreError::MovedOn(now))
+        Err(StoreError::MovedOn(Box::new(
+            sms_credit_actors::ledger::Standing {
+                snapshot: now,
+                // The seed's credit is grant 1, none of it spent.
+                grants: Some(vec![sms_credit_actors::grants::Remaining {
+                    grant_id: 1,
+                    amount: Money::from_micros(10_000),
+                }]),
+            }
+        )))
     );
     assert_eq!(
         core.store.ledger().snapshot(account).await.unwrap(),
@@ -618,6 +628,19 @@ async fn submit_directly(
     previous: sms_credit_actors::Snapshot,
     next: sms_credit_actors::Snapshot,
 ) -> Result<(), StoreError> {
+    // The grants as they stand (a refused write leaves them so).
+    let remaining = core
+        .store
+        .ledger()
+        .account_grants(entry.account_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .remaining
+        .unwrap();
+    let grants: std::sync::Arc<str> =
+        std::sync::Arc::from(sms_credit_actors::grants::encode_remaining(&remaining));
+    let funded_by = entry.funded_by.encode();
     let (done, answer) = tokio::sync::oneshot::channel();
     core.store
         .ledger()
@@ -625,6 +648,9 @@ async fn submit_directly(
             entry,
             previous,
             next,
+            grants: std::sync::Arc::clone(&grants),
+            previous_grants: grants,
+            funded_by,
             generation: core.store.next_generation(),
             done,
             submitted_at: std::time::Instant::now(),
@@ -973,6 +999,9 @@ async fn a_failed_read_of_what_a_changes_events_need_does_not_refuse_the_change(
                 idempotency_key: key("take"),
                 reason: "correction".into(),
                 description: None,
+                category: None,
+                priority: None,
+                expires_at_ms: None,
             },
         )
         .await;

@@ -1,20 +1,27 @@
 //! Property: any sequence of credits, debits, refunds and adjustments, with
 //! repeated idempotency keys, keeps the ledger summing to the balance,
 //! never lets a debit go below zero, and makes replays change nothing. A
-//! plain in-memory model predicts every answer.
+//! plain in-memory model predicts every answer. Adjustments make grants of
+//! either category and any priority, and positive refunds give back the
+//! debits of messages (`msg-void:N` returns `msg:N`): afterwards every
+//! grant's remaining is what the ledger says (verify's check).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::future::join_all;
 use proptest::prelude::*;
+use sms_credit_actors::grants::{Category, Priority};
 use sms_credit_actors::{
     Adjust, Credit, Debit, GetBalance, LedgerError, Money, Receipt, Refund, TransactionKind,
 };
 
 use crate::database::{StoreKind, TestDatabase};
-use crate::helpers::start_core;
+use crate::helpers::test_settings;
 use crate::ledger_actors::{assert_verified, key, new_account};
+use sms_credit::startup::Core;
+use sms_credit_actors::clock::ManualClock;
+use std::sync::Arc;
 
 #[derive(Clone, Debug)]
 struct Operation {
@@ -22,6 +29,9 @@ struct Operation {
     /// Signed as it would stand in the ledger.
     amount: i64,
     key: String,
+    /// A positive adjustment's grant: paid (else promotional), priority.
+    paid: bool,
+    priority: u8,
 }
 
 fn operation() -> impl Strategy<Value = Operation> {
@@ -32,8 +42,15 @@ fn operation() -> impl Strategy<Value = Operation> {
         Just(TransactionKind::Adjustment),
     ];
     // Few keys, so that keys repeat, with the same and with other amounts.
-    (kind, 1_i64..3_000, any::<bool>(), 0_u8..10).prop_map(
-        |(kind, thousands, negative, key_index)| {
+    (
+        kind,
+        1_i64..3_000,
+        any::<bool>(),
+        0_u8..10,
+        any::<bool>(),
+        0_u8..=100,
+    )
+        .prop_map(|(kind, thousands, negative, key_index, paid, priority)| {
             let magnitude = thousands * 1_000;
             let amount = match kind {
                 TransactionKind::Credit => magnitude,
@@ -41,13 +58,22 @@ fn operation() -> impl Strategy<Value = Operation> {
                 TransactionKind::Refund | TransactionKind::Adjustment if negative => -magnitude,
                 _ => magnitude,
             };
+            // A debit is a message's and a positive refund gives one back
+            // (of the same number, debited or not), so that their keys
+            // meet; the others share a namespace of their own.
+            let key = match kind {
+                TransactionKind::Debit => format!("msg:{key_index}"),
+                TransactionKind::Refund if amount > 0 => format!("msg-void:{key_index}"),
+                _ => format!("key-{key_index}"),
+            };
             Operation {
                 kind,
                 amount,
-                key: format!("key-{key_index}"),
+                key,
+                paid,
+                priority,
             }
-        },
-    )
+        })
 }
 
 /// What the model expects of one operation.
@@ -110,7 +136,12 @@ fn observed(answer: &Result<Receipt, LedgerError>) -> Expected {
 fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
     let directory = TestDatabase::of(store);
     actix_rt::System::new().block_on(async {
-        let core = start_core(&directory, Duration::from_secs(3600));
+        // The debits are messages' (`msg:N`) with no message behind them:
+        // no low-balance warning, which would wait for its message.
+        let mut settings = test_settings(&directory);
+        settings.server.passivate_after = Duration::from_secs(3600);
+        settings.messages.low_balance_threshold = Money::ZERO;
+        let core = Core::start(&settings, Arc::new(ManualClock::new(1_795_253_400_000))).unwrap();
         let account = new_account(&core, "+14155550300").await;
         let send = |operation: Operation| {
             let registry = core.registry.clone();
@@ -128,6 +159,7 @@ fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
                                     idempotency_key,
                                     description: String::new(),
                                     order_id: None,
+                                    source: sms_credit_actors::grants::GrantSource::Migration,
                                 },
                             )
                             .await
@@ -168,10 +200,20 @@ fn run_sequence(operations: Vec<Operation>, pipelined: bool, store: StoreKind) {
                                     idempotency_key,
                                     reason: String::new(),
                                     description: None,
+                                    category: (operation.amount > 0).then_some(if operation.paid {
+                                        Category::Paid
+                                    } else {
+                                        Category::Promotional
+                                    }),
+                                    priority: (operation.amount > 0).then(|| {
+                                        Priority::new(i64::from(operation.priority)).unwrap()
+                                    }),
+                                    expires_at_ms: None,
                                 },
                             )
                             .await
                     }
+                    TransactionKind::Expiry => unreachable!("no operation is an expiry"),
                 }
             }
         };

@@ -360,6 +360,9 @@ async fn a_refund_event_about_an_account_without_its_balance_row_fails_changing_
         ))
     };
     let (balance, seq) = (balance_row("balance"), balance_row("seq"));
+    let grants = app.directory.text(&format!(
+        "SELECT grants FROM account_balances WHERE account_id = {account}"
+    ));
     let rows_before = app.directory.number("SELECT COUNT(*) FROM transactions");
 
     app.directory.execute(&format!(
@@ -374,8 +377,8 @@ async fn a_refund_event_about_an_account_without_its_balance_row_fails_changing_
     );
 
     app.directory.execute(&format!(
-        "INSERT INTO account_balances (account_id, balance, seq, updated_at)
-              VALUES ({account}, {balance}, {seq}, 0)"
+        "INSERT INTO account_balances (account_id, balance, seq, updated_at, grants)
+              VALUES ({account}, {balance}, {seq}, 0, '{grants}')"
     ));
     let answer = deliver(&app, &updated).await;
     assert_eq!(answer["outcome"], "applied", "{answer}");

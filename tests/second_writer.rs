@@ -82,6 +82,9 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
             idempotency_key: IdempotencyKey::parse("warm").unwrap(),
             reason: "ahead of the second process".into(),
             description: None,
+            category: None,
+            priority: None,
+            expires_at_ms: None,
         };
         first.registry.send(*account, adjust).await.unwrap();
     }
@@ -95,6 +98,9 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
                         .unwrap(),
                     reason: "contended".into(),
                     description: None,
+                    category: None,
+                    priority: None,
+                    expires_at_ms: None,
                 };
                 requests.push(core.registry.send(*account, adjust));
             }
@@ -127,6 +133,9 @@ async fn two_processes_writing_the_same_accounts_at_once_both_succeed_exactly() 
         idempotency_key: IdempotencyKey::parse("a-7").unwrap(),
         reason: "contended".into(),
         description: None,
+        category: None,
+        priority: None,
+        expires_at_ms: None,
     };
     let receipt = second.registry.send(accounts[0], again).await.unwrap();
     assert!(receipt.replayed);
@@ -191,6 +200,9 @@ async fn a_live_actor_learns_of_another_processs_write_without_writing() {
         idempotency_key: IdempotencyKey::parse("first-1").unwrap(),
         reason: "from the first process".into(),
         description: None,
+        category: None,
+        priority: None,
+        expires_at_ms: None,
     };
     first.registry.send(account, adjust).await.unwrap();
     // Within the watcher's poll (100 ms), the second process's actor has
@@ -215,6 +227,9 @@ async fn a_live_actor_learns_of_another_processs_write_without_writing() {
         idempotency_key: IdempotencyKey::parse("second-1").unwrap(),
         reason: "from the second process".into(),
         description: None,
+        category: None,
+        priority: None,
+        expires_at_ms: None,
     };
     let receipt = second.registry.send(account, adjust).await.unwrap();
     assert_eq!(receipt.entry.seq, 2);

@@ -20,12 +20,16 @@ use crate::billing::disputes::OrderClaims;
 use crate::billing::orders::Order;
 use crate::clock::Clock;
 use crate::error::LedgerError;
-use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
+use crate::grants::{
+    Book, Category, CreditGrant, Funding, GrantError, GrantSource, GrantTerms, Priority, Take,
+};
+use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, Standing, TransactionKind};
 use crate::messaging::notices::{NewNotice, NoticeKind};
 use crate::money::{Money, MoneyError};
 use crate::rating::RateTable;
+use crate::store::ports::Activation;
 use crate::store::{LedgerWrite, Outbox, Store, StoreError};
-use crate::webhooks::events::{payment_refunded, EventDraft};
+use crate::webhooks::events::{credit_expired, credit_granted, payment_refunded, EventDraft};
 use crate::webhooks::{EventType, NewEvent};
 use serde_json::Map;
 
@@ -39,6 +43,8 @@ pub struct Credit {
     pub idempotency_key: IdempotencyKey,
     pub description: String,
     pub order_id: Option<i64>,
+    /// What paid for it: the grant it makes is paid credit of this source.
+    pub source: GrantSource,
     /// The webhook event this credit is (`payment.succeeded`), committed
     /// with its row, which adds `seq` and `balance_micros`.
     pub event: Option<EventDraft>,
@@ -146,6 +152,13 @@ pub struct Adjust {
     pub reason: String,
     /// What the account holder reads; `None` is [`ADJUSTMENT_DESCRIPTION`].
     pub description: Option<String>,
+    /// A positive adjustment makes a grant: its category (`None`:
+    /// promotional), priority (`None`: 50) and expiry. A negative one takes
+    /// credit and makes none, so it takes none of these.
+    pub category: Option<Category>,
+    pub priority: Option<Priority>,
+    /// Unix milliseconds, after now.
+    pub expires_at_ms: Option<i64>,
 }
 
 /// The committed snapshot: balance, ledger position and warning cooldown.
@@ -298,6 +311,7 @@ impl Retry {
         if let Some(hints) = self.mutation.hints.as_mut() {
             if let Some(plan) = hints.take_back.as_mut() {
                 plan.learnt_at = None;
+                plan.taken = None;
                 hints.event = None;
                 self.mutation.amount = Money::ZERO;
             }
@@ -325,6 +339,21 @@ impl Mutation {
     fn take_back(&self) -> Option<&TakeBackPlan> {
         self.hints.as_ref()?.take_back.as_ref()
     }
+
+    /// The message whose cost this gives back, while its debit's funding
+    /// is not read yet.
+    fn reversal_unread(&self) -> Option<i64> {
+        if self.kind != TransactionKind::Refund || !self.amount.is_positive() {
+            return None;
+        }
+        let read = self
+            .hints
+            .as_ref()
+            .is_some_and(|hints| hints.reversal.is_some());
+        self.idempotency_key
+            .given_back_message_id()
+            .filter(|_| !read)
+    }
 }
 
 /// What decides a take-back's amount (see [`TakeBack`]).
@@ -336,6 +365,18 @@ struct TakeBackPlan {
     /// The account's `seq` when the ledger was read for it: the amount
     /// decided then holds only for a write guarded by that position.
     learnt_at: Option<i64>,
+    /// What the order's rows took back, grant by grant (read with the
+    /// amount): what a give-back reverses.
+    taken: Option<Reversal>,
+}
+
+/// What credit given back reverses: the funding of the rows it undoes (a
+/// message's debit, an order's take-backs) and the lasting facts of their
+/// grants, read first (a grant with nothing left is not in memory).
+#[derive(Clone, Debug, Default)]
+struct Reversal {
+    funding: Funding,
+    facts: Vec<CreditGrant>,
 }
 
 impl TakeBackPlan {
@@ -393,6 +434,13 @@ struct Hints {
     event: Option<EventDraft>,
     /// For credit taken back for a refund: what decides how much.
     take_back: Option<TakeBackPlan>,
+    /// For a row that makes a grant (a credit, a positive adjustment): its
+    /// terms and source.
+    grant: Option<(GrantTerms, GrantSource)>,
+    /// For the cost of a message given back: the funding of its debit.
+    reversal: Option<Reversal>,
+    /// For an expiry: the grant whose remainder it takes.
+    expiring: Option<i64>,
 }
 
 impl Hints {
@@ -525,6 +573,8 @@ enum ReadFirst {
     Facts(Facts),
     /// What decides a take-back's amount.
     TakeBack,
+    /// The funding of the debit of the message whose cost is given back.
+    Reversal(i64),
 }
 
 /// The actor's state. Kept small on purpose: with many accounts active,
@@ -557,6 +607,46 @@ pub struct AccountActor {
     /// Whether the account has had the low-balance threshold (counting the
     /// writes in flight): decides `balance.replenished`.
     reached: Reached,
+    /// What is left of each grant at the working state, with their terms:
+    /// what the next row's funding is decided on. Boxed (an idle actor pays
+    /// a pointer); `None` when not known (another process's write that did
+    /// not say them, a refusal, a failed read): read again before the next
+    /// mutation is computed.
+    grants: Option<Box<WorkingGrants>>,
+}
+
+/// The working grants: the book at `at_seq`, and its stored form (the
+/// next write's `previous_grants`, shared, not copied).
+struct WorkingGrants {
+    at_seq: i64,
+    book: Book,
+    encoded: Arc<str>,
+    /// Where the next stored form is written before it is shared (kept,
+    /// so that a write allocates only the shared copy).
+    scratch: String,
+}
+
+impl WorkingGrants {
+    fn new(at_seq: i64, book: Book) -> Box<WorkingGrants> {
+        let mut scratch = String::new();
+        book.encode_into(&mut scratch);
+        let encoded = Arc::from(scratch.as_str());
+        Box::new(WorkingGrants {
+            at_seq,
+            book,
+            encoded,
+            scratch,
+        })
+    }
+}
+
+/// Why an account's grants cannot be used: its snapshot names grants it
+/// cannot read, or none were made (a database the backfill has not run
+/// on); no row is decided without them.
+fn grants_unusable(account_id: AccountId, why: &str) -> StoreError {
+    StoreError::Database(format!(
+        "the credit grants of account {account_id} cannot be used ({why}); run sms-credit migrate, then sms-credit verify"
+    ))
 }
 
 /// What an actor with writes in flight keeps besides its working state.
@@ -586,6 +676,7 @@ impl AccountActor {
             last_activity_ms,
             lifecycle: Lifecycle::Ready,
             reached: Reached::Unknown,
+            grants: None,
         }
     }
 
@@ -612,6 +703,69 @@ impl AccountActor {
         } else {
             Reached::Unknown
         };
+        // Grants known at another position are not these.
+        if self
+            .grants
+            .as_ref()
+            .is_some_and(|grants| grants.at_seq != snapshot.seq)
+        {
+            self.grants = None;
+        }
+    }
+
+    /// Takes where another process's write (or the guard's refusal) says
+    /// the account stands: the grants move with it when the store said
+    /// them and every one of them is known here, made by a row at or
+    /// before `committed_through` (the last position known committed: a
+    /// grant this actor made by a write that was refused is not the one
+    /// another process made at its position); otherwise they are read
+    /// before the next mutation.
+    fn take_standing(&mut self, standing: Standing, committed_through: i64) {
+        let moved = match (&standing.grants, self.grants.as_deref()) {
+            (Some(remaining), Some(known)) => known
+                .book
+                .moved_to(remaining, committed_through)
+                .map(|book| WorkingGrants::new(standing.snapshot.seq, book)),
+            _ => None,
+        };
+        self.grants = None;
+        self.take_snapshot(standing.snapshot);
+        self.grants = moved;
+    }
+
+    /// Takes what activation (or a reload) read: the snapshot, and the
+    /// grants, which must be readable.
+    fn take_activation(&mut self, activation: Activation) -> Result<(), StoreError> {
+        self.grants = None;
+        let seq = activation.standing.snapshot.seq;
+        self.take_snapshot(activation.standing.snapshot);
+        let remaining = activation
+            .standing
+            .grants
+            .ok_or_else(|| grants_unusable(self.account_id, "they were never made"))?;
+        let book = Book::from_parts(&remaining, &activation.facts)
+            .map_err(|error| grants_unusable(self.account_id, &error.to_string()))?;
+        let sum = book
+            .balance()
+            .map_err(|error| grants_unusable(self.account_id, &error.to_string()))?;
+        if sum != activation.standing.snapshot.balance {
+            return Err(grants_unusable(
+                self.account_id,
+                &format!(
+                    "they hold {sum} in all, but the balance is {}",
+                    activation.standing.snapshot.balance
+                ),
+            ));
+        }
+        self.grants = Some(WorkingGrants::new(seq, book));
+        Ok(())
+    }
+
+    /// Whether the working grants are those of the working state.
+    fn grants_current(&self) -> bool {
+        self.grants
+            .as_ref()
+            .is_some_and(|grants| grants.at_seq == self.working.seq)
     }
 
     /// What `mutation` needs read before it is computed: whether the
@@ -747,14 +901,21 @@ impl AccountActor {
             let claims = claims.ok_or_else(|| {
                 StoreError::Database(format!("order {order_id} is not in the store"))
             })?;
-            Ok::<_, StoreError>((taken_before, existing, claims))
+            // What a give-back reverses: the grants the take-backs took from.
+            let facts = read_facts(&store, account_id, &taken_before.funding).await?;
+            let taken = Reversal {
+                funding: taken_before.funding,
+                facts,
+            };
+            Ok::<_, StoreError>((taken_before.amount, taken, existing, claims))
         };
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
                 // Money depends on it: nothing is decided without it.
                 Err(error) => Err(LedgerError::Store(error)),
-                Ok((_, Some(existing), _)) => replay(existing, &retry.mutation).map(Answer::Row),
-                Ok((taken_before, None, claims)) => match plan.change(&claims, taken_before) {
+                Ok((_, _, Some(existing), _)) => replay(existing, &retry.mutation).map(Answer::Row),
+                Ok((taken_before, taken, None, claims)) => match plan.change(&claims, taken_before)
+                {
                     Err(error) => Err(LedgerError::from(error)),
                     Ok(change) if change.is_zero() => Ok(Answer::Nothing),
                     Ok(change) => {
@@ -763,6 +924,7 @@ impl AccountActor {
                             hints.event = plan.event(-change);
                             if let Some(plan) = hints.take_back.as_mut() {
                                 plan.learnt_at = Some(at_seq);
+                                plan.taken = Some(taken);
                             }
                         }
                         let hold = actor
@@ -793,15 +955,27 @@ impl AccountActor {
     /// then computes `then` again on it. A store that cannot be read is
     /// retried, because answering from a guessed state is never right.
     fn load_snapshot(&mut self, then: Vec<Retry>, ctx: &mut Context<Self>) {
-        let load = self.shared.store.ledger().snapshot(self.account_id);
+        let load = self.shared.store.ledger().activation(self.account_id);
         ctx.wait(load.into_actor(self).map(|loaded, actor, ctx| match loaded {
-            Ok(Some(snapshot)) => {
-                if actor.lifecycle == Lifecycle::Unloaded {
-                    actor.lifecycle = Lifecycle::Ready;
-                }
-                actor.take_snapshot(snapshot);
+            Ok(Some(activation)) => {
+                let taken = actor.take_activation(activation);
                 if let Some(pipeline) = actor.in_flight.as_mut() {
                     pipeline.committed = actor.working;
+                }
+                if let Err(error) = taken {
+                    // The balance can still be told; no row can be decided.
+                    tracing::error!(account_id = actor.account_id.0, %error, "cannot use the account's grants");
+                    actor.lifecycle = Lifecycle::Unloaded;
+                    let waiting = actor.deferred.take().map(|deferred| *deferred).unwrap_or_default();
+                    for retry in then.into_iter().chain(waiting) {
+                        for waiter in retry.waiters {
+                            let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                        }
+                    }
+                    return;
+                }
+                if actor.lifecycle == Lifecycle::Unloaded {
+                    actor.lifecycle = Lifecycle::Ready;
                 }
                 // In their first order, before any later message.
                 actor.resume(then, ctx);
@@ -938,6 +1112,13 @@ impl AccountActor {
                 let _ = waiter.send(outcome.clone().map(|answer| answer.for_caller(index)));
             }
         };
+        if mutation.kind == TransactionKind::Expiry {
+            // An expiry that was not applied is not computed again as it
+            // was: the next mutation decides what is due from where the
+            // account stands then (nobody waits for an expiry).
+            answer_all(waiters, Err(LedgerError::Interrupted));
+            return Step::Done;
+        }
         if self.lifecycle == Lifecycle::Unloaded && self.in_flight.is_none() {
             // Read the snapshot again first; nothing later goes before it.
             self.last_activity_ms = self.shared.activity_ms();
@@ -978,6 +1159,26 @@ impl AccountActor {
             answer_all(waiters, Err(LedgerError::Busy));
             return Step::Done;
         }
+        if !self.grants_current() {
+            // The grants are read with the snapshot, with nothing in flight.
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            if self.in_flight.is_some() {
+                return Step::Wait(retry);
+            }
+            self.load_snapshot(vec![retry], ctx);
+            return Step::Paused;
+        }
+        // Grants that expired are taken first (their expiry rows), so that
+        // nothing is decided on credit that is gone.
+        let now_ms = self.shared.clock.now_ms();
+        if let Err(error) = self.expire_due(now_ms, ctx) {
+            answer_all(waiters, Err(error));
+            return Step::Done;
+        }
         // No read of the key first: the write goes out, and if the key was
         // used by an earlier activation (or another process), the ledger's
         // unique index refuses it (`DuplicateKey`) and only then is the row
@@ -992,7 +1193,10 @@ impl AccountActor {
         let read_first = match self.refusal(&mutation) {
             Err(refusal) => Some(ReadFirst::Key(refusal)),
             Ok(()) if self.take_back_undecided(&mutation) => Some(ReadFirst::TakeBack),
-            Ok(()) => self.facts_needed(&mutation).map(ReadFirst::Facts),
+            Ok(()) => match mutation.reversal_unread() {
+                Some(message_id) => Some(ReadFirst::Reversal(message_id)),
+                None => self.facts_needed(&mutation).map(ReadFirst::Facts),
+            },
         };
         if let Some(read_first) = read_first {
             let retry = Retry {
@@ -1007,14 +1211,242 @@ impl AccountActor {
                 ReadFirst::Key(refusal) => self.answer_from_ledger(retry, refusal, true, ctx),
                 ReadFirst::Facts(facts) => self.learn_facts(retry, facts, ctx),
                 ReadFirst::TakeBack => self.learn_take_back(retry, ctx),
+                ReadFirst::Reversal(message_id) => self.learn_reversal(retry, message_id, ctx),
             }
             return Step::Paused;
         }
-        match self.apply(mutation, attempts + 1, ctx) {
+        match self.apply(mutation, attempts + 1, now_ms, ctx) {
             Ok(in_flight) => in_flight.waiters.append(&mut waiters),
             Err(error) => answer_all(waiters, Err(error)),
         }
+        // Credit given back to a grant that has expired expires again.
+        if let Err(error) = self.expire_due(now_ms, ctx) {
+            tracing::warn!(account_id = self.account_id.0, %error, "an expiry after a give-back was not written; the next change writes it");
+        }
         Step::Done
+    }
+
+    /// Writes the expiry row of every grant expired at `now_ms` with credit
+    /// left, one after another (pipelined, like any write).
+    fn expire_due(&mut self, now_ms: i64, ctx: &mut Context<Self>) -> Result<(), LedgerError> {
+        while let Some(due) = self
+            .grants
+            .as_ref()
+            .and_then(|grants| grants.book.due_expiry(now_ms))
+            .copied()
+        {
+            let mutation = Mutation {
+                kind: TransactionKind::Expiry,
+                amount: -due.remaining,
+                idempotency_key: IdempotencyKey::grant_expiry(due.id, self.working.seq + 1),
+                description: format!("Credit expired: what was left of grant {}", due.id),
+                reason: None,
+                // Not an order's row: what an order's rows took back is
+                // read from its refund rows alone.
+                order_id: None,
+                hints: Some(Box::new(Hints {
+                    expiring: Some(due.id),
+                    ..Hints::default()
+                })),
+            };
+            self.apply(mutation, 1, now_ms, ctx)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the funding of the debit of the message whose cost `retry`
+    /// gives back, and the facts of its grants, holding every message
+    /// until it is in, then computes it again. A debit's row never changes,
+    /// so what is read holds wherever the account stands; none found (its
+    /// debit is not in the ledger) gives back to nothing (see
+    /// [`Book::restore`]).
+    fn learn_reversal(&mut self, mut retry: Retry, message_id: i64, ctx: &mut Context<Self>) {
+        let store = self.shared.store.clone();
+        let account_id = self.account_id;
+        let lookup = async move {
+            let debit = store
+                .ledger()
+                .entry_by_key(account_id, IdempotencyKey::message(message_id))
+                .await?;
+            let funding = debit
+                .filter(|entry| entry.kind == TransactionKind::Debit)
+                .map(|entry| entry.funded_by)
+                .unwrap_or_default();
+            let facts = read_facts(&store, account_id, &funding).await?;
+            Ok::<_, StoreError>(Reversal { funding, facts })
+        };
+        ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
+            match found {
+                Ok(reversal) => {
+                    retry
+                        .mutation
+                        .hints
+                        .get_or_insert_with(Box::default)
+                        .reversal = Some(reversal);
+                    actor.resume(vec![retry], ctx);
+                }
+                // Money depends on it: nothing is decided without it.
+                Err(error) => {
+                    for waiter in retry.waiters {
+                        let _ = waiter.send(Err(LedgerError::Store(error.clone())));
+                    }
+                    actor.resume(Vec::new(), ctx);
+                }
+            }
+        }));
+    }
+
+    /// The row's funding, the grant it makes, and the grants after it,
+    /// decided by the rules of [`crate::grants`] on the working grants.
+    fn decide_grants(
+        &self,
+        mutation: &Mutation,
+        seq: i64,
+        now_ms: i64,
+    ) -> Result<(Funding, Option<CreditGrant>), LedgerError> {
+        let grants = self
+            .grants
+            .as_ref()
+            .filter(|grants| grants.at_seq == self.working.seq)
+            .ok_or_else(|| {
+                LedgerError::Store(grants_unusable(self.account_id, "they are not loaded"))
+            })?;
+        let book = &grants.book;
+        let hints = mutation.hints.as_deref();
+        let amount = mutation.amount;
+        let nothing = Reversal::default();
+        let (funding, made) =
+            match mutation.kind {
+                TransactionKind::Debit => (
+                    book.debit(-amount, now_ms)
+                        .map_err(|error| grant_error(error, self.working.balance))?,
+                    None,
+                ),
+                TransactionKind::Expiry => {
+                    let grant_id = hints.and_then(|hints| hints.expiring).ok_or(
+                        LedgerError::InvalidAmount("an expiry names the grant it takes"),
+                    )?;
+                    (
+                        book.expire(grant_id)
+                            .map_err(|error| grant_error(error, self.working.balance))?,
+                        None,
+                    )
+                }
+                TransactionKind::Credit | TransactionKind::Adjustment if amount.is_positive() => {
+                    let (terms, source) =
+                        hints
+                            .and_then(|hints| hints.grant)
+                            .ok_or(LedgerError::InvalidAmount(
+                                "credit is made with its grant's terms",
+                            ))?;
+                    let grant = CreditGrant {
+                        id: seq,
+                        category: terms.category,
+                        source,
+                        order_id: mutation.order_id,
+                        amount,
+                        priority: terms.priority,
+                        granted_at_ms: now_ms,
+                        expires_at_ms: terms.expires_at_ms,
+                    };
+                    let funding = book
+                        .make(&grant)
+                        .map_err(|error| grant_error(error, self.working.balance))?;
+                    (funding, Some(grant))
+                }
+                TransactionKind::Credit => {
+                    return Err(LedgerError::InvalidAmount("a credit must be positive"))
+                }
+                TransactionKind::Adjustment => (
+                    book.take(-amount, now_ms, Take::Any)
+                        .map_err(|error| grant_error(error, self.working.balance))?,
+                    None,
+                ),
+                TransactionKind::Refund if amount.is_negative() => (
+                    book.take(
+                        -amount,
+                        now_ms,
+                        Take::Paid {
+                            order_id: mutation.order_id,
+                        },
+                    )
+                    .map_err(|error| grant_error(error, self.working.balance))?,
+                    None,
+                ),
+                TransactionKind::Refund => {
+                    let reversal = hints
+                        .and_then(|hints| {
+                            hints.reversal.as_ref().or(hints
+                                .take_back
+                                .as_ref()
+                                .and_then(|plan| plan.taken.as_ref()))
+                        })
+                        .unwrap_or(&nothing);
+                    let (funding, made) = book
+                        .restore(amount, &reversal.funding, |extra| CreditGrant {
+                            id: seq,
+                            category: Category::Paid,
+                            source: GrantSource::GiveBack,
+                            order_id: mutation.order_id,
+                            amount: extra,
+                            priority: Priority::DEFAULT,
+                            granted_at_ms: now_ms,
+                            expires_at_ms: None,
+                        })
+                        .map_err(|error| grant_error(error, self.working.balance))?;
+                    (funding, made)
+                }
+            };
+        Ok((funding, made))
+    }
+
+    /// Moves the working grants on by a row just decided (in place: no
+    /// copy), to `seq`; answers what they were stored as before. A row the
+    /// grants cannot take, or that would not leave them summing to the
+    /// balance, is refused and never written; the grants are then read
+    /// again before the next mutation.
+    fn move_grants(
+        &mut self,
+        made: Option<&CreditGrant>,
+        funding: &Funding,
+        facts: &[CreditGrant],
+        seq: i64,
+        balance_after: Money,
+    ) -> Result<Arc<str>, LedgerError> {
+        let account_id = self.account_id;
+        let balance = self.working.balance;
+        let Some(grants) = self.grants.as_mut() else {
+            return Err(LedgerError::Store(grants_unusable(
+                account_id,
+                "they are not loaded",
+            )));
+        };
+        let moved = grants
+            .book
+            .apply_in_place(made, funding, facts)
+            .map_err(|error| grant_error(error, balance))
+            .and_then(|()| {
+                let sum = grants
+                    .book
+                    .balance()
+                    .map_err(|error| grant_error(error, balance))?;
+                if sum == balance_after {
+                    Ok(())
+                } else {
+                    Err(LedgerError::Store(grants_unusable(
+                        account_id,
+                        "a row's funding would not leave them summing to the balance",
+                    )))
+                }
+            });
+        if let Err(error) = moved {
+            self.grants = None;
+            return Err(error);
+        }
+        grants.book.encode_into(&mut grants.scratch);
+        let previous = std::mem::replace(&mut grants.encoded, Arc::from(grants.scratch.as_str()));
+        grants.at_seq = seq;
+        Ok(previous)
     }
 
     /// What the working state refuses of a mutation before any write.
@@ -1075,6 +1507,7 @@ impl AccountActor {
         &mut self,
         mutation: Mutation,
         attempts: u8,
+        now_ms: i64,
         ctx: &mut Context<Self>,
     ) -> Result<&mut InFlight, LedgerError> {
         let balance_after = self.working.balance.checked_add(mutation.amount)?;
@@ -1084,7 +1517,7 @@ impl AccountActor {
                 needed: -mutation.amount,
             });
         }
-        let now_ms = self.shared.clock.now_ms();
+        let (funded_by, made) = self.decide_grants(&mutation, self.working.seq + 1, now_ms)?;
         let settings = &self.shared.settings;
         // The void of a message whose debit set off a warning still
         // pending withdraws that warning, and gives back the cooldown it
@@ -1121,6 +1554,7 @@ impl AccountActor {
             description: mutation.description,
             reason: mutation.reason.map(Box::new),
             created_at_ms: now_ms,
+            funded_by,
         };
         // What is committed, read before the working state moves on.
         let committed_before = self.committed();
@@ -1146,26 +1580,61 @@ impl AccountActor {
             None
         };
         let events = self
-            .events_of(&entry, mutation.hints.as_deref())
+            .events_of(&entry, mutation.hints.as_deref(), made.as_ref())
             .map_err(LedgerError::Store)?;
-        let outbox =
-            (notice.is_some() || withdraw_warning.is_some() || !events.is_empty()).then(|| {
-                Box::new(Outbox {
-                    notice,
-                    withdraw_notice: withdraw_warning,
-                    events,
-                })
-            });
+        let outbox = (notice.is_some()
+            || withdraw_warning.is_some()
+            || !events.is_empty()
+            || made.is_some())
+        .then(|| {
+            Box::new(Outbox {
+                notice,
+                withdraw_notice: withdraw_warning,
+                events,
+                grant: made,
+            })
+        });
+        let nothing: &[CreditGrant] = &[];
+        let facts = mutation
+            .hints
+            .as_deref()
+            .and_then(|hints| {
+                hints.reversal.as_ref().or(hints
+                    .take_back
+                    .as_ref()
+                    .and_then(|plan| plan.taken.as_ref()))
+            })
+            .map_or(nothing, |reversal| &reversal.facts[..]);
+        let made = outbox.as_ref().and_then(|outbox| outbox.grant.as_ref());
+        let previous_grants = self.move_grants(
+            made,
+            &entry.funded_by,
+            facts,
+            snapshot_after.seq,
+            balance_after,
+        )?;
+        let grants_after = self
+            .grants
+            .as_ref()
+            .map_or_else(|| Arc::from(""), |grants| Arc::clone(&grants.encoded));
         let (done, committed) = oneshot::channel();
-        self.shared.store.ledger().submit(LedgerWrite {
+        let submitted = self.shared.store.ledger().submit(LedgerWrite {
+            funded_by: entry.funded_by.encode(),
             entry: entry.clone(),
             previous: self.working.unpack(),
             next: snapshot_after.unpack(),
+            grants: grants_after,
+            previous_grants,
             generation: self.generation,
             done,
             submitted_at: Instant::now(),
             outbox,
-        })?;
+        });
+        if let Err(error) = submitted {
+            // The grants moved on, the snapshot did not: read both again.
+            self.grants = None;
+            return Err(error.into());
+        }
         self.working = snapshot_after;
         // Set only once the write is queued: a write that never left
         // reached nothing.
@@ -1204,13 +1673,15 @@ impl AccountActor {
     /// balance crossing the low-balance threshold (down: `balance.low`; up:
     /// `balance.replenished`, only for an account that had the threshold
     /// before, so was announced low) or one segment's price to the
-    /// account's own number (`balance.depleted`), and the caller's own
-    /// event. A crossing is from one side to the other, so each is once
-    /// until the balance has gone back.
+    /// account's own number (`balance.depleted`), the caller's own event,
+    /// and the grant's: `credit.granted` for the grant the row makes,
+    /// `credit.expired` for an expiry row. A crossing is from one side to
+    /// the other, so each is once until the balance has gone back.
     fn events_of(
         &self,
         entry: &LedgerEntry,
         hints: Option<&Hints>,
+        made: Option<&CreditGrant>,
     ) -> Result<Vec<NewEvent>, StoreError> {
         let before = self.working.balance;
         let after = entry.balance_after;
@@ -1232,6 +1703,15 @@ impl AccountActor {
         }
         if let Some(draft) = hints.and_then(|hints| hints.event.as_ref()) {
             events.push(draft.of_entry(entry)?);
+        }
+        if let Some(grant) = made {
+            events.push(credit_granted(entry, grant)?);
+        }
+        if let Some(grant_id) = hints
+            .and_then(|hints| hints.expiring)
+            .filter(|_| entry.kind == TransactionKind::Expiry)
+        {
+            events.push(credit_expired(entry, grant_id)?);
         }
         Ok(events)
     }
@@ -1444,6 +1924,7 @@ impl AccountActor {
             .map(|pipeline| pipeline.writes.into_iter().collect())
             .unwrap_or_default();
         later.sort_by_key(|(_, in_flight)| in_flight.entry.seq);
+        let failed_seq = failed.entry.seq;
         let mut redo = Vec::with_capacity(later.len() + 1);
         match error {
             StoreError::DuplicateKey => {
@@ -1476,9 +1957,11 @@ impl AccountActor {
             retry.attempts = retry.attempts.saturating_sub(1);
             redo.push(retry);
         }
-        if let StoreError::MovedOn(snapshot) = error {
-            // The store said where the account stands: no read back.
-            self.take_snapshot(snapshot);
+        if let StoreError::MovedOn(standing) = error {
+            // The store said where the account stands: no read back (its
+            // grants too, unless one of them is not known here).
+            // Every row from the failed one on was refused.
+            self.take_standing(*standing, failed_seq - 1);
             self.resume(redo, ctx);
             return;
         }
@@ -1516,6 +1999,37 @@ impl AccountActor {
             .remove_if(&self.account_id, |_, listed| *listed == own_address);
         ctx.stop();
     }
+}
+
+/// A decision the grant rules refused, for the callers.
+fn grant_error(error: GrantError, balance: Money) -> LedgerError {
+    match error {
+        GrantError::Overflow => LedgerError::Overflow,
+        GrantError::Insufficient { needed, .. } => {
+            LedgerError::InsufficientCredit { balance, needed }
+        }
+        other => LedgerError::Store(StoreError::Database(format!(
+            "the account's credit grants: {other}"
+        ))),
+    }
+}
+
+/// The lasting facts of the grants `funding` draws on (grant 0 has none).
+async fn read_facts(
+    store: &Store,
+    account_id: AccountId,
+    funding: &Funding,
+) -> Result<Vec<CreditGrant>, StoreError> {
+    let ids: Vec<i64> = funding
+        .draws()
+        .iter()
+        .map(|draw| draw.grant_id)
+        .filter(|id| *id != crate::grants::SHORTFALL)
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    store.ledger().grants_by_id(account_id, ids).await
 }
 
 fn conflict(existing: &LedgerEntry) -> LedgerError {
@@ -1575,7 +2089,11 @@ impl Handler<Credit> for AccountActor {
                 description: message.description,
                 reason: None,
                 order_id: message.order_id,
-                hints: Hints::boxed(None, message.event),
+                hints: Some(Box::new(Hints {
+                    event: message.event,
+                    grant: Some((GrantTerms::PAID, message.source)),
+                    ..Hints::default()
+                })),
             },
             ctx,
         )
@@ -1659,6 +2177,7 @@ impl Handler<TakeBack> for AccountActor {
                         credited: message.credited,
                         cause: message.cause,
                         learnt_at: None,
+                        taken: None,
                     }),
                     ..Hints::default()
                 })),
@@ -1683,6 +2202,26 @@ impl Handler<Adjust> for AccountActor {
                 Err(LedgerError::InvalidAmount("an adjustment must not be zero"))
             });
         }
+        let terms_given = message.category.is_some()
+            || message.priority.is_some()
+            || message.expires_at_ms.is_some();
+        if message.amount.is_negative() && terms_given {
+            return Box::pin(async {
+                Err(LedgerError::InvalidGrant(
+                    "a negative adjustment takes credit and makes no grant: it has no category, priority or expiry",
+                ))
+            });
+        }
+        let grant = message.amount.is_positive().then(|| {
+            (
+                GrantTerms {
+                    category: message.category.unwrap_or(Category::Promotional),
+                    priority: message.priority.unwrap_or_default(),
+                    expires_at_ms: message.expires_at_ms,
+                },
+                GrantSource::Adjustment,
+            )
+        });
         self.mutate(
             Mutation {
                 kind: TransactionKind::Adjustment,
@@ -1693,7 +2232,12 @@ impl Handler<Adjust> for AccountActor {
                     .unwrap_or_else(|| ADJUSTMENT_DESCRIPTION.to_string()),
                 reason: Some(message.reason),
                 order_id: None,
-                hints: None,
+                hints: grant.map(|grant| {
+                    Box::new(Hints {
+                        grant: Some(grant),
+                        ..Hints::default()
+                    })
+                }),
             },
             ctx,
         )
@@ -1754,12 +2298,13 @@ fn passivation_millis(passivate_after: Duration) -> u128 {
 /// `after` when the other process said it, else reloading. Told within a
 /// millisecond or so of the other commit, the next write is computed on
 /// where the account stands, and the guard rarely has to refuse it.
-#[derive(Message, Clone, Copy, Debug)]
+#[derive(Message, Clone, Debug)]
 #[rtype(result = "()")]
 pub(crate) struct LedgerMoved {
     pub(crate) seq: i64,
-    /// The account's snapshot at `seq`, when the note carried it.
-    pub(crate) after: Option<Snapshot>,
+    /// The account's snapshot (and grants) at `seq`, when the note carried
+    /// it.
+    pub(crate) after: Option<Standing>,
 }
 
 /// The store may have missed other processes' writes to any account (its
@@ -1790,7 +2335,11 @@ impl Handler<LedgerMoved> for AccountActor {
             && self.working.seq < message.seq
         {
             match message.after {
-                Some(after) if after.seq == message.seq => self.take_snapshot(after),
+                // Nothing in flight: the working position is committed.
+                Some(after) if after.snapshot.seq == message.seq => {
+                    let committed_through = self.working.seq;
+                    self.take_standing(after, committed_through);
+                }
                 _ => self.load_snapshot(Vec::new(), ctx),
             }
         }
@@ -1808,5 +2357,17 @@ impl Handler<PassivateIfIdle> for AccountActor {
 
     fn handle(&mut self, _message: PassivateIfIdle, ctx: &mut Context<Self>) {
         self.passivate_if_idle(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every byte of the actor is paid once per active account (see the
+    /// scale benchmark): what ARCHITECTURE.md says it is kept to.
+    #[test]
+    fn the_actor_stays_small() {
+        assert_eq!(std::mem::size_of::<AccountActor>(), 80);
     }
 }

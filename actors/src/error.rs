@@ -24,6 +24,10 @@ pub enum LedgerError {
     InvalidKey(&'static str),
     #[error("invalid amount: {0}")]
     InvalidAmount(&'static str),
+    /// A grant's terms that cannot be (a negative adjustment with a
+    /// category, say).
+    #[error("invalid grant: {0}")]
+    InvalidGrant(&'static str),
     #[error("the balance would leave the range of a 64-bit amount")]
     Overflow,
     #[error("too many operations are waiting on this account; try again shortly")]

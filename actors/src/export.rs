@@ -6,9 +6,29 @@ use crate::clock::format_rfc3339_ms;
 use crate::ledger::LedgerEntry;
 
 /// The header row. `description` is what the account holder reads;
-/// `reason`, last (so that the earlier columns keep their places), the
-/// operator's reason for an adjustment.
-pub const CSV_HEADER: &str = "account_id,seq,type,amount_micros,amount,balance_after_micros,balance_after,idempotency_key,order_id,description,created_at,reason\r\n";
+/// `reason` (after the columns earlier releases had, so that they keep
+/// their places) the operator's reason for an adjustment; `funded_by`,
+/// last, the grants the row took from (positive) or gave back to
+/// (negative): `grant:category:micros`, `;`-separated.
+pub const CSV_HEADER: &str = "account_id,seq,type,amount_micros,amount,balance_after_micros,balance_after,idempotency_key,order_id,description,created_at,reason,funded_by\r\n";
+
+/// A row's funding in its CSV cell: `12:paid:5000000;15:promotional:-20000`.
+fn funding_cell(entry: &LedgerEntry) -> String {
+    entry
+        .funded_by
+        .draws()
+        .iter()
+        .map(|draw| {
+            format!(
+                "{}:{}:{}",
+                draw.grant_id,
+                draw.category,
+                draw.amount.micros()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
 
 /// One text cell: a leading `=`, `+`, `-`, `@`, tab or CR gets a `'` so it
 /// stays text; a cell with a comma, quote or line break is quoted.
@@ -33,7 +53,7 @@ fn decimal(amount: crate::money::Money) -> String {
 /// One ledger row as a CSV line (ending in CRLF).
 pub fn csv_row(entry: &LedgerEntry) -> String {
     format!(
-        "{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
+        "{},{},{},{},{},{},{},{},{},{},{},{},{}\r\n",
         entry.account_id,
         entry.seq,
         entry.kind,
@@ -48,6 +68,7 @@ pub fn csv_row(entry: &LedgerEntry) -> String {
         // Only an adjustment carries the operator's reason: any other row
         // has none, an empty cell (not a value read back and defaulted).
         text_cell(entry.reason.as_deref().map_or("", String::as_str)),
+        funding_cell(entry),
     )
 }
 
@@ -70,10 +91,22 @@ mod tests {
             description: "=HYPERLINK(\"x\"), then more".to_string(),
             reason: None,
             created_at_ms: 0,
+            funded_by: crate::grants::Funding::new(vec![
+                crate::grants::Draw {
+                    grant_id: 2,
+                    category: crate::grants::Category::Promotional,
+                    amount: Money::from_micros(6_500),
+                },
+                crate::grants::Draw {
+                    grant_id: 5,
+                    category: crate::grants::Category::Paid,
+                    amount: Money::from_micros(50_000),
+                },
+            ]),
         };
         assert_eq!(
             csv_row(&entry),
-            "3,7,debit,-56500,-0.0565,1943500,1.9435,msg:12,,\"'=HYPERLINK(\"\"x\"\"), then more\",1970-01-01T00:00:00.000Z,\r\n"
+            "3,7,debit,-56500,-0.0565,1943500,1.9435,msg:12,,\"'=HYPERLINK(\"\"x\"\"), then more\",1970-01-01T00:00:00.000Z,,2:promotional:6500;5:paid:50000\r\n"
         );
         assert_eq!(text_cell("plain"), "plain");
         assert_eq!(text_cell("line\nbreak"), "\"line\nbreak\"");

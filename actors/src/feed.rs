@@ -230,6 +230,7 @@ mod tests {
             description: String::new(),
             reason: None,
             created_at_ms: 0,
+            funded_by: crate::grants::Funding::NONE,
         })
     }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::grants::{Funding, Remaining};
 use crate::money::Money;
 
 /// The id of an account (the `accounts.id` row id).
@@ -46,6 +47,7 @@ pub const RESERVED_KEY_PREFIXES: &[&str] = &[
     "msg:",
     "msg-void:",
     "msg-refund:",
+    "grant-expiry:",
 ];
 
 /// Why a caller's key was refused.
@@ -165,6 +167,24 @@ impl IdempotencyKey {
         IdempotencyKey::internal(format!("msg-refund:{message_id}"))
     }
 
+    /// The outbound message whose cost this key gives back, if it is a
+    /// void's or a refund's ([`IdempotencyKey::message_void`],
+    /// [`IdempotencyKey::message_refund`]).
+    pub fn given_back_message_id(&self) -> Option<i64> {
+        let text = self.as_str();
+        text.strip_prefix("msg-void:")
+            .or_else(|| text.strip_prefix("msg-refund:"))?
+            .parse()
+            .ok()
+    }
+
+    /// What is left of a grant, taken when it expires: the expiry row at
+    /// `seq` (a grant given back to after it expired expires again, at a
+    /// later position).
+    pub fn grant_expiry(grant_id: i64, seq: i64) -> IdempotencyKey {
+        IdempotencyKey::internal(format!("grant-expiry:{grant_id}:{seq}"))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -190,6 +210,8 @@ pub enum TransactionKind {
     Refund,
     /// An administrator's correction; may take the balance below zero.
     Adjustment,
+    /// What was left of a grant when it expired, taken.
+    Expiry,
 }
 
 impl TransactionKind {
@@ -199,6 +221,7 @@ impl TransactionKind {
             TransactionKind::Debit => "debit",
             TransactionKind::Refund => "refund",
             TransactionKind::Adjustment => "adjustment",
+            TransactionKind::Expiry => "expiry",
         }
     }
 
@@ -208,6 +231,7 @@ impl TransactionKind {
             "debit" => Some(TransactionKind::Debit),
             "refund" => Some(TransactionKind::Refund),
             "adjustment" => Some(TransactionKind::Adjustment),
+            "expiry" => Some(TransactionKind::Expiry),
             _ => None,
         }
     }
@@ -257,6 +281,9 @@ pub struct LedgerEntry {
     pub reason: Option<Box<String>>,
     /// Unix time in milliseconds.
     pub created_at_ms: i64,
+    /// The grants the row took from (positive) or gave back to (negative);
+    /// the row's amount is the credit it made less their sum.
+    pub funded_by: Funding,
 }
 
 /// The account actor's persisted state (`account_balances`): what the ledger
@@ -267,6 +294,15 @@ pub struct Snapshot {
     pub balance: Money,
     pub seq: i64,
     pub low_balance_warned_at_ms: Option<i64>,
+}
+
+/// Where an account stands: its snapshot and what is left of each of its
+/// grants (`None` when not known: a database whose grants the backfill has
+/// not made yet, or a note of another process that did not say them).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standing {
+    pub snapshot: Snapshot,
+    pub grants: Option<Vec<Remaining>>,
 }
 
 #[cfg(test)]
@@ -287,6 +323,19 @@ mod tests {
         assert_eq!(IdempotencyKey::message(3).as_str(), "msg:3");
         assert_eq!(IdempotencyKey::message_void(3).as_str(), "msg-void:3");
         assert_eq!(IdempotencyKey::message_refund(3).as_str(), "msg-refund:3");
+        assert_eq!(
+            IdempotencyKey::grant_expiry(12, 40).as_str(),
+            "grant-expiry:12:40"
+        );
+        assert_eq!(
+            IdempotencyKey::message_void(3).given_back_message_id(),
+            Some(3)
+        );
+        assert_eq!(
+            IdempotencyKey::message_refund(4).given_back_message_id(),
+            Some(4)
+        );
+        assert_eq!(IdempotencyKey::message(4).given_back_message_id(), None);
         assert!(IdempotencyKey::stripe_payment("pi with space").is_err());
         // Every constructor's prefix is reserved.
         assert_eq!(
@@ -299,6 +348,7 @@ mod tests {
             IdempotencyKey::message(1),
             IdempotencyKey::message_void(1),
             IdempotencyKey::message_refund(1),
+            IdempotencyKey::grant_expiry(1, 2),
         ] {
             assert!(matches!(
                 IdempotencyKey::from_caller(key.as_str()),

@@ -2,8 +2,11 @@
 //! and the snapshots disagree: what `sms-credit verify` prints. A store
 //! feeds the rows ([`Verifier`]); the rules are here.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
+use crate::grants::{decode_remaining, Category, Funding, SHORTFALL};
 use crate::ledger::{AccountId, TransactionKind};
 
 /// One disagreement between the ledger and the snapshots.
@@ -45,6 +48,57 @@ pub enum Problem {
         account_id: AccountId,
         seq: i64,
         stored: String,
+    },
+    /// A row's `funded_by` is not one this release can read.
+    UnreadableFunding {
+        account_id: AccountId,
+        seq: i64,
+        stored: String,
+    },
+    /// A row's amount is not the credit it made less what it took from
+    /// grants.
+    FundingMismatch {
+        account_id: AccountId,
+        seq: i64,
+        amount_micros: i64,
+        made_micros: i64,
+        funded_micros: i128,
+    },
+    /// A row takes from, or gives back to, a grant no row made (or with
+    /// another category than the grant's).
+    UnknownGrant {
+        account_id: AccountId,
+        seq: i64,
+        grant_id: i64,
+    },
+    /// The account's grants were never made (the backfill has not run).
+    GrantsMissing { account_id: AccountId },
+    /// The snapshot's `grants` is not one this release can read.
+    UnreadableGrants {
+        account_id: AccountId,
+        stored: String,
+    },
+    /// What the snapshot says is left of a grant is not its amount less
+    /// what the ledger's rows took from it.
+    GrantMismatch {
+        account_id: AccountId,
+        grant_id: i64,
+        ledger_micros: i128,
+        snapshot_micros: i64,
+    },
+    /// The ledger leaves a grant with less than nothing (or grant 0 with
+    /// more than nothing).
+    GrantOutOfRange {
+        account_id: AccountId,
+        grant_id: i64,
+        ledger_micros: i128,
+    },
+    /// What the snapshot says is left of the grants does not sum to its
+    /// balance.
+    GrantsSumMismatch {
+        account_id: AccountId,
+        grants_sum_micros: i128,
+        balance_micros: i64,
     },
 }
 
@@ -122,6 +176,78 @@ impl std::fmt::Display for Problem {
                 formatter,
                 "account {account_id}: row #{seq} has a type this release does not know: {stored:?}"
             ),
+            Problem::UnreadableFunding {
+                account_id,
+                seq,
+                stored,
+            } => write!(
+                formatter,
+                "account {account_id}: row #{seq} says it was funded by {stored:?}, which this release cannot read"
+            ),
+            Problem::FundingMismatch {
+                account_id,
+                seq,
+                amount_micros,
+                made_micros,
+                funded_micros,
+            } => write!(
+                formatter,
+                "account {account_id}: row #{seq} moved the balance by {}, but it made {} of credit and took {} from grants",
+                money(*amount_micros),
+                money(*made_micros),
+                wide_amount(*funded_micros)
+            ),
+            Problem::UnknownGrant {
+                account_id,
+                seq,
+                grant_id,
+            } => write!(
+                formatter,
+                "account {account_id}: row #{seq} draws on grant {grant_id}, which no row of the account made with that category"
+            ),
+            Problem::GrantsMissing { account_id } => write!(
+                formatter,
+                "account {account_id}: its credit grants were never made (run sms-credit migrate)"
+            ),
+            Problem::UnreadableGrants { account_id, stored } => write!(
+                formatter,
+                "account {account_id}: its balance row says its grants hold {stored:?}, which this release cannot read"
+            ),
+            Problem::GrantMismatch {
+                account_id,
+                grant_id,
+                ledger_micros,
+                snapshot_micros,
+            } => write!(
+                formatter,
+                "account {account_id}: grant {grant_id} has {} left by its ledger, but its balance row says {}",
+                wide_amount(*ledger_micros),
+                money(*snapshot_micros)
+            ),
+            Problem::GrantOutOfRange {
+                account_id,
+                grant_id,
+                ledger_micros,
+            } => write!(
+                formatter,
+                "account {account_id}: its ledger leaves grant {grant_id} with {}, {}",
+                wide_amount(*ledger_micros),
+                if *grant_id == SHORTFALL {
+                    "but what the account owes is never above zero"
+                } else {
+                    "but a grant never holds less than nothing"
+                }
+            ),
+            Problem::GrantsSumMismatch {
+                account_id,
+                grants_sum_micros,
+                balance_micros,
+            } => write!(
+                formatter,
+                "account {account_id}: its grants hold {} in all, but its balance says {}",
+                wide_amount(*grants_sum_micros),
+                money(*balance_micros)
+            ),
         }
     }
 }
@@ -139,6 +265,10 @@ struct AccountScan {
     last_seq: i64,
     /// The account's snapshot (balance, seq), if it has one.
     snapshot: Option<(i64, i64)>,
+    /// The snapshot's `grants`, as stored.
+    snapshot_grants: Option<String>,
+    /// Per grant: what the rows so far left of it, and its category.
+    grants: BTreeMap<i64, (i128, Category)>,
 }
 
 /// One ledger row as the verifier needs it, with its account's snapshot.
@@ -149,8 +279,15 @@ pub struct VerifyRow {
     pub kind: String,
     pub amount: i64,
     pub balance_after: i64,
+    /// The row's `funded_by`, as stored.
+    pub funded_by: Option<String>,
+    /// The grant the row made (the `credit_grants` row whose id is its
+    /// seq): its amount and category, as stored.
+    pub made: Option<(i64, String)>,
     /// The account's snapshot (balance, seq), if it has one.
     pub snapshot: Option<(i64, i64)>,
+    /// The snapshot's `grants`, as stored.
+    pub snapshot_grants: Option<String>,
 }
 
 /// Recomputes accounts from rows a store feeds it: every ledger row in
@@ -172,11 +309,15 @@ impl Verifier {
         self.report.transactions_checked += 1;
         if self.current.as_ref().map(|scan| scan.account_id) != Some(row.account_id) {
             self.finish_account();
+            let mut grants = BTreeMap::new();
+            grants.insert(SHORTFALL, (0, Category::Paid));
             self.current = Some(AccountScan {
                 account_id: row.account_id,
                 sum: 0,
                 last_seq: 0,
                 snapshot: row.snapshot,
+                snapshot_grants: row.snapshot_grants.clone(),
+                grants,
             });
         }
         let Some(scan) = self.current.as_mut() else {
@@ -212,15 +353,157 @@ impl Verifier {
             None => problems.push(Problem::UnknownType {
                 account_id: row.account_id,
                 seq: row.seq,
-                stored: row.kind,
+                stored: row.kind.clone(),
             }),
+        }
+        Self::check_funding(scan, problems, &row);
+    }
+
+    /// A row's funding: its amount is what it made less what it took, and
+    /// each grant it draws on was made (with that category) by a row.
+    fn check_funding(scan: &mut AccountScan, problems: &mut Vec<Problem>, row: &VerifyRow) {
+        let made = match &row.made {
+            Some((amount, category)) => match Category::parse(category) {
+                Some(category) => {
+                    scan.grants.insert(row.seq, (i128::from(*amount), category));
+                    *amount
+                }
+                None => {
+                    problems.push(Problem::UnknownGrant {
+                        account_id: row.account_id,
+                        seq: row.seq,
+                        grant_id: row.seq,
+                    });
+                    *amount
+                }
+            },
+            None => 0,
+        };
+        let funding = match row.funded_by.as_deref().map(Funding::decode) {
+            None => Funding::NONE,
+            Some(Ok(funding)) => funding,
+            Some(Err(_)) => {
+                problems.push(Problem::UnreadableFunding {
+                    account_id: row.account_id,
+                    seq: row.seq,
+                    stored: row.funded_by.clone().unwrap_or_default(),
+                });
+                return;
+            }
+        };
+        let mut funded: i128 = 0;
+        for draw in funding.draws() {
+            funded += i128::from(draw.amount.micros());
+            match scan.grants.get_mut(&draw.grant_id) {
+                Some((left, category)) if *category == draw.category => {
+                    *left -= i128::from(draw.amount.micros());
+                }
+                _ => problems.push(Problem::UnknownGrant {
+                    account_id: row.account_id,
+                    seq: row.seq,
+                    grant_id: draw.grant_id,
+                }),
+            }
+        }
+        if i128::from(row.amount) != i128::from(made) - funded {
+            problems.push(Problem::FundingMismatch {
+                account_id: row.account_id,
+                seq: row.seq,
+                amount_micros: row.amount,
+                made_micros: made,
+                funded_micros: funded,
+            });
+        }
+    }
+
+    /// The account's grants against its ledger: what the snapshot says is
+    /// left of each is what the rows left, and sums to the balance.
+    fn check_grants(
+        problems: &mut Vec<Problem>,
+        account_id: AccountId,
+        ledger: &BTreeMap<i64, (i128, Category)>,
+        stored: Option<&str>,
+        balance: i64,
+        balance_agrees: bool,
+    ) {
+        for (grant_id, (left, _)) in ledger {
+            let out_of_range = if *grant_id == SHORTFALL {
+                *left > 0
+            } else {
+                *left < 0
+            };
+            if out_of_range {
+                problems.push(Problem::GrantOutOfRange {
+                    account_id,
+                    grant_id: *grant_id,
+                    ledger_micros: *left,
+                });
+            }
+        }
+        let Some(stored) = stored else {
+            problems.push(Problem::GrantsMissing { account_id });
+            return;
+        };
+        let remaining = match decode_remaining(stored) {
+            Ok(remaining) => remaining,
+            Err(_) => {
+                problems.push(Problem::UnreadableGrants {
+                    account_id,
+                    stored: stored.to_string(),
+                });
+                return;
+            }
+        };
+        let snapshot: BTreeMap<i64, i64> = remaining
+            .iter()
+            .map(|grant| (grant.grant_id, grant.amount.micros()))
+            .collect();
+        let ids: std::collections::BTreeSet<i64> =
+            ledger.keys().chain(snapshot.keys()).copied().collect();
+        for grant_id in ids {
+            let by_ledger = ledger.get(&grant_id).map_or(0, |(left, _)| *left);
+            let by_snapshot = snapshot.get(&grant_id).copied().unwrap_or(0);
+            if by_ledger != i128::from(by_snapshot) {
+                problems.push(Problem::GrantMismatch {
+                    account_id,
+                    grant_id,
+                    ledger_micros: by_ledger,
+                    snapshot_micros: by_snapshot,
+                });
+            }
+        }
+        // A balance that disagrees with the ledger is said once, as that.
+        let sum: i128 = snapshot.values().map(|left| i128::from(*left)).sum();
+        if balance_agrees && sum != i128::from(balance) {
+            problems.push(Problem::GrantsSumMismatch {
+                account_id,
+                grants_sum_micros: sum,
+                balance_micros: balance,
+            });
         }
     }
 
     /// An account with no ledger row: its snapshot must be empty.
-    pub fn account_without_rows(&mut self, account_id: AccountId, snapshot: Option<(i64, i64)>) {
+    pub fn account_without_rows(
+        &mut self,
+        account_id: AccountId,
+        snapshot: Option<(i64, i64)>,
+        snapshot_grants: Option<String>,
+    ) {
         self.finish_account();
         self.report.accounts_checked += 1;
+        if let Some((balance, _)) = snapshot {
+            let mut ledger = BTreeMap::new();
+            ledger.insert(SHORTFALL, (0, Category::Paid));
+            Self::check_grants(
+                &mut self.report.problems,
+                account_id,
+                &ledger,
+                snapshot_grants.as_deref(),
+                balance,
+                balance == 0,
+            );
+        }
         match snapshot {
             Some((0, 0)) => {}
             Some((balance, seq)) => self.report.problems.push(Problem::SnapshotMismatch {
@@ -243,6 +526,16 @@ impl Verifier {
             return;
         };
         self.report.accounts_checked += 1;
+        if let Some((balance, _)) = scan.snapshot {
+            Self::check_grants(
+                &mut self.report.problems,
+                scan.account_id,
+                &scan.grants,
+                scan.snapshot_grants.as_deref(),
+                balance,
+                i128::from(balance) == scan.sum,
+            );
+        }
         match scan.snapshot {
             None => self.report.problems.push(Problem::MissingSnapshot {
                 account_id: scan.account_id,

@@ -10,6 +10,7 @@ use sms_credit_actors::{feed_tickets, AccountId};
 use crate::auth::AccountHolder;
 use crate::error::ApiError;
 use crate::feed::{FeedScope, TICKET_LIFETIME};
+use crate::routes::admin::credit_grants::{grant_lines, CreditGrantView, CreditGrants};
 use crate::routes::admin::transactions::{TransactionView, Transactions};
 use crate::state::AppState;
 
@@ -184,6 +185,26 @@ pub async fn transactions(
     };
     Ok(HttpResponse::Ok().json(Transactions {
         transactions: entries.iter().map(TransactionView::for_holder).collect(),
+    }))
+}
+
+/// The account's credit grants, newest first, with what is left of each
+/// and when it expires.
+#[utoipa::path(get, path = "/v1/accounts/{id}/credit-grants", tag = "account holders",
+    security(("accountToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = CreditGrants)))]
+pub async fn credit_grants(
+    holder: AccountHolder,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = own_account(&holder, path.into_inner())?;
+    let lines = grant_lines(&state, account_id)
+        .await?
+        .ok_or_else(|| crate::routes::admin::no_such_account(account_id))?;
+    Ok(HttpResponse::Ok().json(CreditGrants {
+        credit_grants: lines.iter().map(CreditGrantView::from).collect(),
     }))
 }
 

@@ -48,6 +48,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::get().to(account::transactions),
         )
         .route(
+            "/v1/accounts/{id}/credit-grants",
+            web::get().to(account::credit_grants),
+        )
+        .route(
             "/v1/accounts/{id}/feed-tickets",
             web::post().to(account::feed_ticket),
         )

@@ -36,6 +36,46 @@ function showBalance(micros) {
     : "Messages to your number are not available yet.";
 }
 
+// The balance split into what was bought and what was given, and each
+// grant with credit left: how much, and when it expires (if it does).
+async function loadGrants() {
+  const accountId = state.accountId;
+  const answer = await api("GET", "/v1/accounts/" + accountId + "/credit-grants");
+  if (state.accountId !== accountId) return;
+  let purchased = 0;
+  let bonus = 0;
+  $("grants").textContent = "";
+  answer.credit_grants.forEach((grant) => {
+    if (grant.status !== "active") return;
+    if (grant.category === "paid") purchased += grant.remaining_micros; else bonus += grant.remaining_micros;
+    const row = document.createElement("tr");
+    const what = document.createElement("td");
+    const granted = new Date(Date.parse(grant.granted_at)).toLocaleDateString([], { month: "short", day: "numeric", year: "numeric" });
+    what.textContent = (grant.category === "paid" ? "Purchased" : "Bonus") + ", " + granted;
+    const left = document.createElement("td");
+    left.className = "amount";
+    left.textContent = dollars(grant.remaining_micros, false);
+    const expires = document.createElement("td");
+    expires.textContent = grant.expires_at
+      ? new Date(Date.parse(grant.expires_at)).toLocaleString([], { month: "short", day: "numeric", year: "numeric", hour: "2-digit", minute: "2-digit" })
+      : "never";
+    row.append(what, left, expires);
+    $("grants").appendChild(row);
+  });
+  $("credit-split").textContent = "Purchased credit " + dollars(purchased, false) + " · bonus credit " + dollars(bonus, false);
+  $("grants-box").hidden = $("grants").childElementCount === 0;
+}
+
+// The grants again, once, after a burst of rows (a page back from the
+// background may take a thousand at once).
+function soonLoadGrants() {
+  if (state.grantsSoon) return;
+  state.grantsSoon = setTimeout(() => {
+    state.grantsSoon = null;
+    loadGrants().catch(() => {});
+  }, 500);
+}
+
 // The sparkline: the balance as a step line over the last 30 days, drawn
 // from the ledger (no chart library).
 function drawChart() {
@@ -253,6 +293,7 @@ function connect() {
     drawChart();
     // A credit may be an auto top-up: show how it went.
     if (data.amount_micros > 0 && !$("auto").hidden) loadAuto();
+    soonLoadGrants();
   };
   socket.onclose = (event) => {
     // 1008: the token was revoked or expired; signing in again is the way back.
@@ -300,6 +341,7 @@ async function signIn(token) {
     $("account").hidden = false;
     $("signin-error").textContent = "";
     connect();
+    loadGrants().catch(() => {});
     // Auto top-up needs payments; a server without them does not offer it.
     if (account.payments_available) loadAuto(); else $("auto").hidden = true;
   } catch (error) {

@@ -311,7 +311,7 @@ async function openAccount(id) {
   $("token-shown").hidden = true;
   $("token-message").textContent = "";
   $("auto-message").textContent = "";
-  await Promise.all([loadTokens(), loadNotices(), loadAuto(), loadMessages()]);
+  await Promise.all([loadTokens(), loadNotices(), loadAuto(), loadMessages(), loadGrants()]);
   $("account").hidden = false;
   $("adjust-message").textContent = "";
   $("refund-message").textContent = "";
@@ -339,6 +339,23 @@ async function loadTokens() {
     cell(row, token.expires_at ? when(token.expires_at) : "never", "wide");
     cell(row, token.revoked_at ? when(token.revoked_at) : "—");
     $("token-rows").appendChild(row);
+  });
+}
+
+// The account's credit grants, newest first: what each was, what is left.
+async function loadGrants() {
+  const list = await api("GET", "/v1/admin/accounts/" + state.accountId + "/credit-grants");
+  $("grant-rows").textContent = "";
+  list.credit_grants.forEach((grant) => {
+    const row = document.createElement("tr");
+    cell(row, grant.id === 0 ? "owed" : "#" + grant.id);
+    cell(row, grant.category + " · priority " + grant.priority);
+    cell(row, grant.source.replace(/_/g, " ") + (grant.order_id ? " (order #" + grant.order_id + ")" : ""), "wide");
+    cell(row, grant.id === 0 ? "—" : dollars(grant.amount_micros), "money");
+    cell(row, dollars(grant.remaining_micros), "money");
+    cell(row, grant.expires_at ? when(grant.expires_at) : "never", "wide");
+    cell(row, grant.status);
+    $("grant-rows").appendChild(row);
   });
 }
 
@@ -461,12 +478,23 @@ async function loadOrders() {
       button.className = "secondary";
       button.textContent = "Refund…";
       button.setAttribute("aria-label", "Refund order " + order.id);
-      button.addEventListener("click", () => {
+      button.addEventListener("click", async () => {
         state.refundOrder = order;
         state.refundKey = key();
+        // What is unspent of the order's credit is what a refund takes
+        // back first, and what the form offers to refund by default
+        // (whole cents, never more than is left to refund).
+        let unspent = 0;
+        try {
+          unspent = (await api("GET", "/v1/admin/orders/" + order.id)).unspent_credit_micros;
+        } catch (error) { $("refund-message").textContent = problem(error); return; }
+        const refundable = order.amount_micros - order.amount_refunded_micros;
+        const offered = Math.min(unspent - (unspent % 10000), refundable);
         $("refund-what").textContent = "Refund order #" + order.id + " (" + dollars(order.amount_micros) + " paid, "
-          + dollars(order.amount_refunded_micros) + " refunded). The credit comes off when Stripe confirms the refund; it may take the balance below zero.";
-        $("refund-amount").value = "";
+          + dollars(order.amount_refunded_micros) + " refunded, " + dollars(unspent) + " of its credit unspent). "
+          + "The refund takes the unspent credit back first; more takes other paid credit, then may take the balance below zero. "
+          + "The credit comes off when Stripe confirms the refund.";
+        $("refund-amount").value = offered > 0 ? (offered / 1000000).toFixed(2) : "";
         $("refund-reason").value = "";
         $("refund-form").hidden = false;
         $("refund-amount").focus();
@@ -555,7 +583,7 @@ function signOut(message) {
   ["account-rows", "ledger-rows", "order-rows", "owed", "below", "events-waiting", "events-failed",
     "webhooks-pending", "endpoints-disabled", "balance", "account-title", "account-facts",
     "adjust-message", "refund-message", "accounts-message", "money-chart", "message-chart",
-    "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows",
+    "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows", "grant-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
     "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows",
     "auto-attempts"].forEach((id) => { $(id).textContent = ""; });
@@ -592,20 +620,36 @@ $("adjust-form").addEventListener("submit", async (event) => {
   const reason = $("adjust-reason").value.trim();
   const description = $("adjust-description").value.trim();
   if (micros === null || micros === 0) { $("adjust-message").textContent = "Give an amount in dollars and cents, like 5.00 or -2.50."; return; }
-  const what = state.accountId + ":" + micros + ":" + reason + ":" + description;
+  // The grant's terms, only for credit added (the server refuses them on
+  // credit taken away).
+  const terms = {};
+  if (micros > 0) {
+    terms.category = $("adjust-category").value;
+    const priority = $("adjust-priority").value.trim();
+    if (priority !== "") {
+      if (!/^[0-9]{1,3}$/.test(priority) || Number(priority) > 100) { $("adjust-message").textContent = "A priority is a whole number from 0 to 100."; return; }
+      terms.priority = Number(priority);
+    }
+    const expires = $("adjust-expires").value;
+    if (expires) terms.expires_at = new Date(expires).toISOString();
+  }
+  const what = state.accountId + ":" + micros + ":" + reason + ":" + description + ":" + JSON.stringify(terms);
   if (state.adjustFor !== what) { state.adjustFor = what; state.adjustKey = key(); }
   if (!confirm("Adjust account #" + state.accountId + " by " + dollars(micros, true) + "?\nReason: " + reason)) return;
   $("adjust-button").disabled = true;
   try {
     const answer = await api("POST", "/v1/admin/accounts/" + state.accountId + "/adjustments",
       Object.assign({ amount_micros: micros, reason, idempotency_key: state.adjustKey },
-        description ? { description } : {}));
+        description ? { description } : {}, terms));
     $("adjust-message").textContent = (answer.replayed ? "Already applied: " : "Applied: ") + dollars(micros, true)
       + ", balance " + dollars(answer.transaction.balance_after_micros) + ".";
     state.adjustFor = null;
     $("adjust-amount").value = "";
     $("adjust-reason").value = "";
     $("adjust-description").value = "";
+    $("adjust-priority").value = "";
+    $("adjust-expires").value = "";
+    await loadGrants();
   } catch (error) {
     $("adjust-message").textContent = problem(error);
   } finally {

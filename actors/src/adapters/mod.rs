@@ -232,6 +232,21 @@ pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
     }
 }
 
+/// Test-only: the database as an earlier release left it: its migrations
+/// up to SQLite's `sqlite_last` and Postgres's `postgres_last` (inclusive),
+/// and nothing after, not even the grants' backfill, to test an upgrade
+/// from it.
+pub fn migrate_until_for_testing(
+    location: &DatabaseLocation,
+    sqlite_last: i32,
+    postgres_last: i32,
+) -> Result<(), StoreError> {
+    match location {
+        DatabaseLocation::Sqlite(path) => sqlite::migrate_until_for_testing(path, sqlite_last),
+        DatabaseLocation::Postgres(url) => postgres::migrate_until_for_testing(url, postgres_last),
+    }
+}
+
 /// Refuses a file that is not an sms-credit SQLite database (an empty
 /// file, another program's database, a newer release's), reading it only:
 /// what `restore` takes as a backup.

@@ -16,6 +16,7 @@ use super::pricing::Pricing;
 use super::BillingError;
 use crate::account_actor::{Credit, Receipt};
 use crate::accounts::{Account, Email, PhoneNumber};
+use crate::grants::GrantSource;
 use crate::ledger::{AccountId, IdempotencyKey};
 use crate::money::Money;
 use crate::registry::Registry;
@@ -645,6 +646,11 @@ impl Billing {
             idempotency_key,
             description: description.to_string(),
             order_id: Some(order_id),
+            // Off-session: `BUY`, or an auto top-up.
+            source: match order.order_type {
+                OrderType::AutoTopUp => GrantSource::AutoTopUp,
+                _ => GrantSource::Buy,
+            },
             event: Some(payment_succeeded(
                 order,
                 amount,

@@ -15,6 +15,7 @@ use super::gateway::{PaymentPurpose, RefundReport};
 use super::orders::{Order, OrderStatus, OrderType};
 use super::BillingError;
 use crate::account_actor::Credit;
+use crate::grants::GrantSource;
 use crate::ledger::IdempotencyKey;
 use crate::money::Money;
 use crate::store::{EventDecision, OrderCompletion, ReceivedEvent, Reception};
@@ -809,6 +810,11 @@ impl Billing {
                         idempotency_key: IdempotencyKey::stripe_order(order_id),
                         description: description.to_string(),
                         order_id: Some(order_id),
+                        source: match order_type {
+                            OrderType::InitialAccess => GrantSource::Access,
+                            OrderType::TopUp => GrantSource::TopUp,
+                            OrderType::AutoTopUp => GrantSource::AutoTopUp,
+                        },
                         event: Some(event),
                     },
                 )

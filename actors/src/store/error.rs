@@ -30,14 +30,14 @@ pub enum StoreError {
     Conflict,
     #[error("not applied, because an earlier write of the same account failed")]
     Aborted,
-    /// As `Conflict`, with the account's snapshot as the store found it in
-    /// the same transaction: the writer computes again from it without
-    /// reading it back.
+    /// As `Conflict`, with where the account stands as the store found it
+    /// in the same transaction (its snapshot and grants): the writer
+    /// computes again from it without reading it back.
     #[error(
         "the ledger on disk has moved on under this write (now at seq {}); nothing was applied",
-        .0.seq
+        .0.snapshot.seq
     )]
-    MovedOn(crate::ledger::Snapshot),
+    MovedOn(Box<crate::ledger::Standing>),
     /// The ledger already holds a row of this account with the write's
     /// idempotency key (the unique index decided): nothing was applied; the
     /// caller answers with what that row says.

@@ -20,7 +20,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::feed::FeedHub;
-use crate::ledger::{AccountId, LedgerEntry, Snapshot, TransactionKind};
+use crate::grants::CreditGrant;
+use crate::ledger::{AccountId, LedgerEntry, Snapshot, Standing, TransactionKind};
 use crate::messaging::notices::NewNotice;
 use crate::stats::{Histogram, KindTotals, BATCH_SIZES, LATENCY_MICROS};
 use crate::webhooks::NewEvent;
@@ -42,6 +43,17 @@ pub struct LedgerWrite {
     pub previous: Snapshot,
     /// The snapshot after this write.
     pub next: Snapshot,
+    /// What is left of each grant after this write (the snapshot's
+    /// `grants`, encoded by [`crate::grants::encode_remaining`]): moved by
+    /// the same guarded update as the balance.
+    pub grants: Arc<str>,
+    /// What was left of each grant before it, to put back should the row
+    /// fail after the snapshot moved (shared with the actor's state: no
+    /// copy).
+    pub previous_grants: Arc<str>,
+    /// The row's `funded_by` as stored, encoded by the actor (off the
+    /// writer's thread, which every write waits for).
+    pub funded_by: Option<String>,
     /// The writing actor's generation: once a write of this account fails,
     /// the store refuses its later writes of the same or an older
     /// generation, because they were computed on top of the failed one.
@@ -57,13 +69,16 @@ pub struct LedgerWrite {
 /// What a ledger write queues besides its row: a notice it makes due (a
 /// low-balance warning), a pending notice it withdraws (the warning of a
 /// message whose cost it gives back), the webhook events it causes (a
-/// balance crossing, a payment).
+/// balance crossing, a payment) and the grant it makes.
 #[derive(Debug, Default)]
 pub struct Outbox {
     pub notice: Option<NewNotice>,
     /// A notice still `pending` that becomes `withdrawn` with the write.
     pub withdraw_notice: Option<i64>,
     pub events: Vec<NewEvent>,
+    /// The grant the row makes (a credit, a positive adjustment): its
+    /// `credit_grants` row.
+    pub grant: Option<CreditGrant>,
 }
 
 impl LedgerWrite {
@@ -81,6 +96,12 @@ impl LedgerWrite {
 
     pub fn events(&self) -> &[NewEvent] {
         self.outbox.as_ref().map_or(&[], |outbox| &outbox.events)
+    }
+
+    pub fn grant(&self) -> Option<&CreditGrant> {
+        self.outbox
+            .as_ref()
+            .and_then(|outbox| outbox.grant.as_ref())
     }
 }
 
@@ -143,6 +164,7 @@ pub struct StoreStats {
     pub debits: KindTotals,
     pub refunds: KindTotals,
     pub adjustments: KindTotals,
+    pub expiries: KindTotals,
 }
 
 impl Default for StoreStats {
@@ -163,6 +185,7 @@ impl Default for StoreStats {
             debits: KindTotals::default(),
             refunds: KindTotals::default(),
             adjustments: KindTotals::default(),
+            expiries: KindTotals::default(),
         }
     }
 }
@@ -175,6 +198,7 @@ impl StoreStats {
             TransactionKind::Debit => &self.debits,
             TransactionKind::Refund => &self.refunds,
             TransactionKind::Adjustment => &self.adjustments,
+            TransactionKind::Expiry => &self.expiries,
         }
     }
 
@@ -200,9 +224,10 @@ pub enum Moved {
         account_id: AccountId,
         /// The account's seq after them.
         seq: i64,
-        /// The account's snapshot after them, when the other process said
-        /// it: the live actor takes it without reading the store.
-        after: Option<Snapshot>,
+        /// The account's snapshot (and grants) after them, when the other
+        /// process said it: the live actor takes it without reading the
+        /// store.
+        after: Option<Standing>,
     },
     /// Any account may have moved: this process may have missed what the
     /// others said (its listening connection was lost and made again).
@@ -379,7 +404,7 @@ impl Shared {
         account_id: AccountId,
         seq: i64,
         entries: Vec<LedgerEntry>,
-        after: Option<Snapshot>,
+        after: Option<Standing>,
     ) {
         if !entries.is_empty() && !self.feed.is_idle() {
             for entry in entries {
@@ -396,7 +421,7 @@ impl Shared {
     /// Another process committed rows to an account that could not be
     /// read: its live actor is told, and its feeds (and those of every
     /// account) read them from the ledger themselves.
-    pub(crate) fn external_unread(&self, account_id: AccountId, seq: i64, after: Option<Snapshot>) {
+    pub(crate) fn external_unread(&self, account_id: AccountId, seq: i64, after: Option<Standing>) {
         self.feed.resubscribe_account(account_id);
         self.external(account_id, seq, Vec::new(), after);
     }

@@ -24,7 +24,8 @@ use crate::billing::refunds::{OpenRefund, Opened, RefundRequest};
 use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
 use crate::billing::BillingError;
 use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
-use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot};
+use crate::grants::{CreditGrant, Funding, Remaining};
+use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, Standing};
 use crate::messaging::notices::{Notice, NoticeKind, NoticeState};
 use crate::messaging::records::{
     MarkSentError, MessageRecord, NewMessage, OpenReservation, ReservationSweep, SentCost,
@@ -49,6 +50,51 @@ use super::{CreateAccountError, InstanceBeat, LedgerWrite, StoreError};
 /// can be awaited on any thread.
 pub type StoreFuture<T, E = StoreError> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 
+/// What an account actor loads when it is activated: where the account
+/// stands, and the lasting facts of the grants its snapshot names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activation {
+    pub standing: Standing,
+    pub facts: Vec<CreditGrant>,
+}
+
+/// What an order's committed refund rows took back from the account in
+/// all (a positive amount), and from which grants (net, per grant).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TakenBackRows {
+    pub amount: Money,
+    pub funding: Funding,
+}
+
+impl TakenBackRows {
+    /// What an order's refund rows (each amount and funding) took back.
+    pub fn of_rows(
+        order_id: i64,
+        rows: Vec<(Money, Funding)>,
+    ) -> Result<TakenBackRows, StoreError> {
+        let out_of_range =
+            || StoreError::Database(format!("order {order_id}: refunds out of range"));
+        let amount = rows
+            .iter()
+            .try_fold(Money::ZERO, |sum, (amount, _)| sum.checked_add(*amount))
+            .map_err(|_| out_of_range())?;
+        let funding =
+            Funding::net(rows.iter().map(|(_, funding)| funding)).map_err(|_| out_of_range())?;
+        Ok(TakenBackRows {
+            amount: -amount,
+            funding,
+        })
+    }
+}
+
+/// An account's grants, for the listings: every grant's lasting facts
+/// (oldest first) and what is left of each (`None`: not backfilled yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountGrants {
+    pub grants: Vec<CreditGrant>,
+    pub remaining: Option<Vec<Remaining>>,
+}
+
 /// The ledger and the account actors' snapshots.
 pub trait LedgerStore: Send + Sync {
     /// Queues a ledger row with the snapshot it leads to. `write.done` is
@@ -59,6 +105,14 @@ pub trait LedgerStore: Send + Sync {
     fn submit(&self, write: LedgerWrite) -> Result<(), StoreError>;
     /// The committed snapshot of an account; `None` if there is no such account.
     fn snapshot(&self, account_id: AccountId) -> StoreFuture<Option<Snapshot>>;
+    /// The committed snapshot, what is left of each grant and the facts of
+    /// those grants, read at one moment; `None` if there is no such account.
+    fn activation(&self, account_id: AccountId) -> StoreFuture<Option<Activation>>;
+    /// The lasting facts of some of an account's grants (those that exist).
+    fn grants_by_id(&self, account_id: AccountId, ids: Vec<i64>) -> StoreFuture<Vec<CreditGrant>>;
+    /// Every grant of an account and what is left of each; `None` if there
+    /// is no such account.
+    fn account_grants(&self, account_id: AccountId) -> StoreFuture<Option<AccountGrants>>;
     /// The committed row of an account with this idempotency key.
     fn entry_by_key(
         &self,
@@ -85,8 +139,9 @@ pub trait LedgerStore: Send + Sync {
     /// above `amount` (has the account ever had that much).
     fn ever_reached(&self, account_id: AccountId, amount: Money) -> StoreFuture<bool>;
     /// What the committed refund rows of an order took back from the
-    /// account in all (a positive amount; zero when none did).
-    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<Money>;
+    /// account in all (a positive amount; zero when none did), and from
+    /// which grants.
+    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<TakenBackRows>;
     /// Recomputes every account from its ledger (see [`crate::verify`]).
     fn verify(&self) -> StoreFuture<VerifyReport>;
     /// Answers once everything submitted before it has committed or failed.

@@ -9,6 +9,7 @@ use crate::accounts::Card;
 use crate::billing::disputes::DisputeRecord;
 use crate::billing::orders::Order;
 use crate::clock::format_rfc3339_ms;
+use crate::grants::CreditGrant;
 use crate::ledger::{AccountId, LedgerEntry};
 use crate::money::Money;
 use crate::store::error::StoreError;
@@ -38,10 +39,15 @@ pub enum EventType {
     EndpointDisabled,
     /// Sent on demand to one endpoint, to try it.
     EndpointTest,
+    /// A row made a credit grant (a credit, a positive adjustment, credit
+    /// given back with nothing to return it to).
+    CreditGranted,
+    /// What was left of a grant expired (its `expiry` row).
+    CreditExpired,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 13] = [
+    pub const ALL: [EventType; 15] = [
         EventType::BalanceLow,
         EventType::BalanceDepleted,
         EventType::BalanceReplenished,
@@ -52,6 +58,8 @@ impl EventType {
         EventType::PaymentFailed,
         EventType::AutoTopUpFailed,
         EventType::AutoTopUpDisabled,
+        EventType::CreditGranted,
+        EventType::CreditExpired,
         EventType::AccountCreated,
         EventType::EndpointDisabled,
         EventType::EndpointTest,
@@ -72,6 +80,8 @@ impl EventType {
             EventType::AccountCreated => "account.created",
             EventType::EndpointDisabled => "webhook_endpoint.disabled",
             EventType::EndpointTest => "webhook_endpoint.test",
+            EventType::CreditGranted => "credit.granted",
+            EventType::CreditExpired => "credit.expired",
         }
     }
 
@@ -151,6 +161,40 @@ impl NewEvent {
         })
         .to_string()
     }
+}
+
+/// `credit.granted`: the grant the row `entry` made, on its terms; once
+/// per row.
+pub fn credit_granted(entry: &LedgerEntry, grant: &CreditGrant) -> Result<NewEvent, StoreError> {
+    NewEvent::of_entry(
+        EventType::CreditGranted,
+        entry,
+        data([
+            ("grant_id", json!(grant.id)),
+            ("category", json!(grant.category.as_str())),
+            ("source", json!(grant.source.as_str())),
+            ("order_id", json!(grant.order_id)),
+            ("amount_micros", json!(grant.amount.micros())),
+            ("priority", json!(grant.priority.value())),
+            (
+                "expires_at",
+                json!(grant.expires_at_ms.map(format_rfc3339_ms)),
+            ),
+        ]),
+    )
+}
+
+/// `credit.expired`: what was left of grant `grant_id`, taken by its
+/// expiry row `entry`; once per row.
+pub fn credit_expired(entry: &LedgerEntry, grant_id: i64) -> Result<NewEvent, StoreError> {
+    NewEvent::of_entry(
+        EventType::CreditExpired,
+        entry,
+        data([
+            ("grant_id", json!(grant_id)),
+            ("expired_micros", json!(-entry.amount.micros())),
+        ]),
+    )
 }
 
 /// An event a caller asks a ledger write to commit (a payment's): the row
@@ -485,6 +529,7 @@ mod tests {
             description: String::new(),
             reason: None,
             created_at_ms: 0,
+            funded_by: crate::grants::Funding::NONE,
         };
         let event = NewEvent::of_entry(EventType::BalanceLow, &entry, Map::new()).unwrap();
         let payload: Value = serde_json::from_str(&event.payload()).unwrap();

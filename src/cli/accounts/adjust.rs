@@ -1,8 +1,9 @@
 //! `sms-credit accounts adjust`: a signed adjustment through the account's
 //! actor, once per idempotency key.
 
-use crate::routes::admin::adjustments::{checked, AdjustmentResponse};
+use crate::routes::admin::adjustments::{checked, AdjustmentResponse, AskedTerms};
 use clap::Args;
+use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::{AccountId, Money, Receipt};
 
 use crate::cli::output::{print_json, with_core};
@@ -26,6 +27,16 @@ pub struct AdjustCommand {
     /// Names this adjustment so that running the command again does not apply it twice.
     #[arg(long)]
     idempotency_key: String,
+    /// The credit a positive adjustment gives: promotional (the default:
+    /// given away) or paid (money received outside Stripe).
+    #[arg(long)]
+    category: Option<String>,
+    /// 0 to 100: credit of a lower priority is spent first (default 50).
+    #[arg(long)]
+    priority: Option<i64>,
+    /// When what is left of it expires (RFC 3339, e.g. 2026-12-31T23:59:59Z).
+    #[arg(long)]
+    expires_at: Option<String>,
     /// Print JSON (for programs) instead of a summary for people.
     #[arg(long)]
     json: bool,
@@ -41,6 +52,12 @@ impl AdjustCommand {
             &self.reason,
             self.description.as_deref(),
             &self.idempotency_key,
+            AskedTerms {
+                category: self.category.as_deref(),
+                priority: self.priority,
+                expires_at: self.expires_at.as_deref(),
+                now_ms: SystemClock.now_ms(),
+            },
         )
         .map_err(|error| error.to_string())?;
         let (id, as_json) = (self.id, self.json);

@@ -3,6 +3,7 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use sms_credit_actors::grants::adjustment_terms;
 use sms_credit_actors::{AccountId, Adjust, IdempotencyKey, Money, Receipt};
 
 use super::TransactionView;
@@ -29,6 +30,18 @@ pub struct AdjustmentRequest {
     /// The service's own prefixes (`stripe-order:`, `msg:`, …) are refused.
     #[schema(pattern = "^[!-~]{1,255}$")]
     idempotency_key: String,
+    /// A positive adjustment makes a credit grant of this category:
+    /// `promotional` (the default: given away) or `paid` (money received
+    /// outside Stripe). Refused on a negative adjustment.
+    category: Option<String>,
+    /// 0 to 100, lower spent first (default 50). Refused on a negative
+    /// adjustment.
+    #[schema(minimum = 0, maximum = 100)]
+    priority: Option<i64>,
+    /// When what is left of the grant expires (RFC 3339, in the future);
+    /// none never expires. Refused on a negative adjustment.
+    #[schema(format = DateTime)]
+    expires_at: Option<String>,
 }
 
 /// The adjustment's ledger row.
@@ -58,22 +71,39 @@ pub async fn create(
         &request.reason,
         request.description.as_deref(),
         &request.idempotency_key,
+        AskedTerms {
+            category: request.category.as_deref(),
+            priority: request.priority,
+            expires_at: request.expires_at.as_deref(),
+            now_ms: state.clock.now_ms(),
+        },
     )?;
     let receipt = state.registry.send(account_id, adjustment).await?;
     Ok(HttpResponse::Ok().json(AdjustmentResponse::new(&receipt)))
 }
 
+/// The terms of the grant a positive adjustment makes, as the operator
+/// wrote them (none on a negative one), and the time they are judged at.
+pub struct AskedTerms<'a> {
+    pub category: Option<&'a str>,
+    pub priority: Option<i64>,
+    pub expires_at: Option<&'a str>,
+    pub now_ms: i64,
+}
+
 /// An adjustment as the operator asks for it, checked by the same rules
-/// whichever door it comes through (this API, `accounts adjust`): a reason
-/// of 1 to 500 characters and a description, when given, of 1 to 500, both
-/// trimmed; an amount within this server's limit either way; a key of the
-/// caller's own.
+/// whichever door it comes through (this API, `accounts adjust`, the
+/// console): a reason of 1 to 500 characters and a description, when
+/// given, of 1 to 500, both trimmed; an amount within this server's limit
+/// either way; a key of the caller's own; its grant's terms
+/// ([`adjustment_terms`]).
 pub fn checked(
     amount: Money,
     limit: Money,
     reason: &str,
     description: Option<&str>,
     idempotency_key: &str,
+    terms: AskedTerms<'_>,
 ) -> Result<Adjust, ApiError> {
     let reason = reason.trim();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
@@ -100,11 +130,29 @@ pub fn checked(
     }
     let idempotency_key = IdempotencyKey::from_caller(idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
+    let (category, priority, expires_at_ms) = adjustment_terms(
+        amount,
+        terms.category,
+        terms.priority,
+        terms.expires_at,
+        terms.now_ms,
+    )
+    .map_err(|refused| {
+        let code = match refused.field {
+            "category" => "invalid_category",
+            "priority" => "invalid_priority",
+            _ => "invalid_expires_at",
+        };
+        ApiError::invalid(code, refused.message)
+    })?;
     Ok(Adjust {
         amount,
         idempotency_key,
         reason: reason.to_string(),
         description,
+        category,
+        priority,
+        expires_at_ms,
     })
 }
 

@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod adjustments;
+pub(crate) mod credit_grants;
 pub(crate) mod discount_codes;
 pub(crate) mod notices;
 pub(crate) mod orders;
@@ -57,6 +58,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::get().to(transactions::list),
         )
         .route(
+            "/accounts/{id}/credit-grants",
+            web::get().to(credit_grants::list),
+        )
+        .route(
             "/accounts/{id}/transactions.csv",
             web::get().to(transactions::export_csv),
         )
@@ -97,6 +102,7 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/reconciliation/check-prices",
             web::post().to(reconciliation::check_prices),
         )
+        .route("/orders/{id}", web::get().to(orders::show))
         .route("/orders/{id}/refund", web::post().to(orders::refund))
         .route("/orders/{id}/refunds", web::get().to(orders::refunds))
         .route("/webhook-endpoints", web::post().to(webhooks::create))

@@ -1,10 +1,13 @@
-//! `/v1/admin/accounts/{id}/orders`: an account's orders; and
-//! `/v1/admin/orders/{id}/refund(s)`: refund a paid order through Stripe.
+//! `/v1/admin/accounts/{id}/orders`: an account's orders;
+//! `/v1/admin/orders/{id}`: one order, with what is unspent of its credit;
+//! and `/v1/admin/orders/{id}/refund(s)`: refund a paid order through
+//! Stripe.
 
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::billing::orders::Order;
 use sms_credit_actors::billing::refunds::{self, RefundRequest, Refunded};
-use sms_credit_actors::{AccountId, Money};
+use sms_credit_actors::grants::GrantStatus;
+use sms_credit_actors::{AccountId, LedgerError, Money};
 
 use crate::auth::Admin;
 use crate::error::ApiError;
@@ -29,6 +32,48 @@ pub async fn list(
     let account_id = AccountId(path.into_inner());
     let found = state.store.billing().orders_of(account_id).await?;
     Ok(HttpResponse::Ok().json(Orders { orders: found }))
+}
+
+/// One order, and what is unspent of the credit it bought.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OrderDetail {
+    order: Order,
+    /// What is left of the grants the order made that have not expired:
+    /// what a refund takes back first (see the README's *Credit grants*).
+    /// 0 for an order that credited nothing yet.
+    unspent_credit_micros: i64,
+}
+
+/// One order, and what is unspent of its credit.
+#[utoipa::path(get, path = "/v1/admin/orders/{id}", tag = "admin", security(("adminToken" = [])),
+    params(("id" = i64, Path, description = "The order")),
+    responses((status = 200, body = OrderDetail)))]
+pub async fn show(
+    _admin: Admin,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let order_id = path.into_inner();
+    let Some(order) = state.store.billing().order(order_id).await? else {
+        return Err(ApiError::NotFound(format!(
+            "order {order_id} does not exist"
+        )));
+    };
+    let lines = super::credit_grants::grant_lines(&state, order.account_id)
+        .await?
+        .unwrap_or_default();
+    let mut unspent = Money::ZERO;
+    for line in &lines {
+        if line.grant.order_id == Some(order_id) && line.status == GrantStatus::Active {
+            unspent = unspent
+                .checked_add(line.remaining)
+                .map_err(LedgerError::from)?;
+        }
+    }
+    Ok(HttpResponse::Ok().json(OrderDetail {
+        order,
+        unspent_credit_micros: unspent.micros(),
+    }))
 }
 
 /// A refund to ask Stripe for.

@@ -5,13 +5,122 @@
 use tokio_postgres::{Client, Row};
 
 use super::PostgresStore;
-use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, TransactionKind};
+use crate::grants::{
+    decode_remaining, Category, CreditGrant, Funding, GrantSource, Priority, Remaining,
+};
+use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, Standing, TransactionKind};
 use crate::money::Money;
+use crate::store::ports::{AccountGrants, Activation, TakenBackRows};
 use crate::store::{LedgerStore, LedgerWrite, StoreError, StoreFuture, UnknownValue};
 use crate::verify::{Verifier, VerifyReport, VerifyRow};
 
 const ENTRY_COLUMNS: &str =
-    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at, reason";
+    "account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at, reason, funded_by";
+
+/// A row's stored `funded_by`, read back exactly or refused.
+pub(super) fn funding_from_text(
+    text: Option<String>,
+    row_name: impl FnOnce() -> String,
+) -> Result<Funding, StoreError> {
+    match text {
+        None => Ok(Funding::NONE),
+        Some(text) => Funding::decode(&text).map_err(|_| {
+            StoreError::UnknownValue(UnknownValue::new(
+                "transactions",
+                row_name(),
+                "funded_by",
+                text,
+            ))
+        }),
+    }
+}
+
+/// A snapshot's stored `grants` (`None`: not backfilled).
+pub(super) fn remaining_from_text(
+    text: Option<String>,
+    account_id: AccountId,
+) -> Result<Option<Vec<Remaining>>, StoreError> {
+    match text {
+        None => Ok(None),
+        Some(text) => decode_remaining(&text).map(Some).map_err(|_| {
+            StoreError::UnknownValue(UnknownValue::new(
+                "account_balances",
+                account_id,
+                "grants",
+                text,
+            ))
+        }),
+    }
+}
+
+pub(super) const GRANT_COLUMNS: &str =
+    "id, category, source, order_id, amount, priority, granted_at, expires_at";
+
+/// A `credit_grants` row from the [`GRANT_COLUMNS`].
+pub(super) fn grant_from_row(row: &Row, account_id: AccountId) -> Result<CreditGrant, StoreError> {
+    let id: i64 = row.try_get(0)?;
+    let unknown = |column: &'static str, value: String| {
+        StoreError::UnknownValue(UnknownValue::new(
+            "credit_grants",
+            format!("account {account_id} grant {id}"),
+            column,
+            value,
+        ))
+    };
+    let category_text: String = row.try_get(1)?;
+    let category = Category::parse(&category_text)
+        .ok_or_else(|| unknown("category", category_text.clone()))?;
+    let source_text: String = row.try_get(2)?;
+    let source =
+        GrantSource::parse(&source_text).ok_or_else(|| unknown("source", source_text.clone()))?;
+    let priority_value: i64 = row.try_get(5)?;
+    let priority = Priority::new(priority_value)
+        .map_err(|_| unknown("priority", priority_value.to_string()))?;
+    Ok(CreditGrant {
+        id,
+        category,
+        source,
+        order_id: row.try_get(3)?,
+        amount: Money::from_micros(row.try_get(4)?),
+        priority,
+        granted_at_ms: row.try_get(6)?,
+        expires_at_ms: row.try_get(7)?,
+    })
+}
+
+/// The lasting facts of an account's grants: those of `ids`, or all.
+async fn load_grants(
+    client: &Client,
+    account_id: AccountId,
+    ids: Option<&[i64]>,
+) -> Result<Vec<CreditGrant>, StoreError> {
+    let rows = match ids {
+        Some(ids) => {
+            client
+                .query(
+                    &format!(
+                        "SELECT {GRANT_COLUMNS} FROM credit_grants
+                          WHERE account_id = $1 AND id = ANY($2) ORDER BY id"
+                    ),
+                    &[&account_id.0, &ids],
+                )
+                .await?
+        }
+        None => {
+            client
+                .query(
+                    &format!(
+                    "SELECT {GRANT_COLUMNS} FROM credit_grants WHERE account_id = $1 ORDER BY id"
+                ),
+                    &[&account_id.0],
+                )
+                .await?
+        }
+    };
+    rows.iter()
+        .map(|row| grant_from_row(row, account_id))
+        .collect()
+}
 
 fn entry_from_row(row: &Row) -> Result<LedgerEntry, StoreError> {
     entry_from_columns(row, 0)
@@ -41,6 +150,9 @@ fn entry_from_columns(row: &Row, first: usize) -> Result<LedgerEntry, StoreError
         description: row.try_get(first + 7)?,
         created_at_ms: row.try_get(first + 8)?,
         reason: row.try_get::<_, Option<String>>(first + 9)?.map(Box::new),
+        funded_by: funding_from_text(row.try_get(first + 10)?, || {
+            format!("account {account_id} seq {seq}")
+        })?,
     })
 }
 
@@ -68,6 +180,27 @@ async fn load_snapshot(
         .await?
         .map(|row| snapshot_from_row(&row))
         .transpose()
+}
+
+/// Where an account stands: its snapshot and what is left of its grants.
+async fn load_standing(
+    client: &Client,
+    account_id: AccountId,
+) -> Result<Option<Standing>, StoreError> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT balance, seq, low_balance_warned_at, grants FROM account_balances
+              WHERE account_id = $1",
+            &[&account_id.0],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Standing {
+        snapshot: snapshot_from_row(&row)?,
+        grants: remaining_from_text(row.try_get(3)?, account_id)?,
+    }))
 }
 
 async fn list_entries(
@@ -120,8 +253,11 @@ pub(super) async fn verify_in(
     let mut verifier = Verifier::new();
     let rows = transaction
         .query_raw(
-            "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq
-               FROM transactions t LEFT JOIN account_balances b ON b.account_id = t.account_id
+            "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq,
+                    t.funded_by, g.amount, g.category, b.grants
+               FROM transactions t
+               LEFT JOIN account_balances b ON b.account_id = t.account_id
+               LEFT JOIN credit_grants g ON g.account_id = t.account_id AND g.id = t.seq
               ORDER BY t.account_id, t.seq",
             std::iter::empty::<i64>(),
         )
@@ -130,18 +266,23 @@ pub(super) async fn verify_in(
     while let Some(row) = futures_util::TryStreamExt::try_next(&mut rows).await? {
         let balance: Option<i64> = row.try_get(5)?;
         let seq: Option<i64> = row.try_get(6)?;
+        let made_amount: Option<i64> = row.try_get(8)?;
+        let made_category: Option<String> = row.try_get(9)?;
         verifier.row(VerifyRow {
             account_id: AccountId(row.try_get(0)?),
             seq: row.try_get(1)?,
             kind: row.try_get(2)?,
             amount: row.try_get(3)?,
             balance_after: row.try_get(4)?,
+            funded_by: row.try_get(7)?,
+            made: made_amount.zip(made_category),
             snapshot: balance.zip(seq),
+            snapshot_grants: row.try_get(10)?,
         });
     }
     let accounts = transaction
         .query(
-            "SELECT a.id, b.balance, b.seq FROM accounts a
+            "SELECT a.id, b.balance, b.seq, b.grants FROM accounts a
                LEFT JOIN account_balances b ON b.account_id = a.id
               WHERE NOT EXISTS (SELECT 1 FROM transactions t WHERE t.account_id = a.id)
               ORDER BY a.id",
@@ -151,7 +292,11 @@ pub(super) async fn verify_in(
     for row in accounts {
         let balance: Option<i64> = row.try_get(1)?;
         let seq: Option<i64> = row.try_get(2)?;
-        verifier.account_without_rows(AccountId(row.try_get(0)?), balance.zip(seq));
+        verifier.account_without_rows(
+            AccountId(row.try_get(0)?),
+            balance.zip(seq),
+            row.try_get(3)?,
+        );
     }
     Ok(verifier.finish())
 }
@@ -159,12 +304,51 @@ pub(super) async fn verify_in(
 impl LedgerStore for PostgresStore {
     fn submit(&self, write: LedgerWrite) -> Result<(), StoreError> {
         self.writer
-            .send(super::WriterMessage::Ledger(write))
+            .send(super::WriterMessage::Ledger(Box::new(write)))
             .map_err(|_| StoreError::Closed)
     }
 
     fn snapshot(&self, account_id: AccountId) -> StoreFuture<Option<Snapshot>> {
         self.read(move |client| async move { load_snapshot(&client, account_id).await })
+    }
+
+    fn activation(&self, account_id: AccountId) -> StoreFuture<Option<Activation>> {
+        // Two statements: a grant the snapshot names was inserted in the
+        // transaction that named it first, so the second finds it.
+        self.read(move |client| async move {
+            let Some(standing) = load_standing(&client, account_id).await? else {
+                return Ok(None);
+            };
+            let ids: Vec<i64> = standing
+                .grants
+                .iter()
+                .flatten()
+                .map(|grant| grant.grant_id)
+                .filter(|id| *id != crate::grants::SHORTFALL)
+                .collect();
+            let facts = if ids.is_empty() {
+                Vec::new()
+            } else {
+                load_grants(&client, account_id, Some(&ids)).await?
+            };
+            Ok(Some(Activation { standing, facts }))
+        })
+    }
+
+    fn grants_by_id(&self, account_id: AccountId, ids: Vec<i64>) -> StoreFuture<Vec<CreditGrant>> {
+        self.read(move |client| async move { load_grants(&client, account_id, Some(&ids)).await })
+    }
+
+    fn account_grants(&self, account_id: AccountId) -> StoreFuture<Option<AccountGrants>> {
+        self.read(move |client| async move {
+            let Some(standing) = load_standing(&client, account_id).await? else {
+                return Ok(None);
+            };
+            Ok(Some(AccountGrants {
+                grants: load_grants(&client, account_id, None).await?,
+                remaining: standing.grants,
+            }))
+        })
     }
 
     fn entry_by_key(
@@ -223,19 +407,25 @@ impl LedgerStore for PostgresStore {
         })
     }
 
-    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<Money> {
+    fn taken_back(&self, account_id: AccountId, order_id: i64) -> StoreFuture<TakenBackRows> {
         self.read(move |client| async move {
-            let row = client
-                .query_one(
-                    "SELECT COALESCE(SUM(amount), 0)::bigint FROM transactions
-                      WHERE order_id = $2 AND account_id = $1 AND type = 'refund'",
+            let rows = client
+                .query(
+                    "SELECT seq, amount, funded_by FROM transactions
+                      WHERE order_id = $2 AND account_id = $1 AND type = 'refund'
+                      ORDER BY seq",
                     &[&account_id.0, &order_id],
                 )
                 .await?;
-            let sum: i64 = row.try_get(0)?;
-            Ok(Money::from_micros(sum.checked_neg().ok_or_else(|| {
-                StoreError::Database(format!("order {order_id}: refunds out of range"))
-            })?))
+            let mut taken = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let seq: i64 = row.try_get(0)?;
+                let funding = funding_from_text(row.try_get(2)?, || {
+                    format!("account {account_id} seq {seq}")
+                })?;
+                taken.push((Money::from_micros(row.try_get(1)?), funding));
+            }
+            TakenBackRows::of_rows(order_id, taken)
         })
     }
 

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use super::writer::CHANNEL;
 use super::{ledger, Connector, Readers};
-use crate::ledger::{AccountId, Snapshot};
+use crate::ledger::{AccountId, Standing};
 use crate::store::change_notes::{self, ChangeNote};
 use crate::store::Shared;
 
@@ -140,7 +140,7 @@ async fn heard(readers: &Readers, shared: &Shared, payload: &str) {
 async fn read_rows(
     readers: &Readers,
     shared: &Shared,
-    wanted: Vec<(AccountId, i64, i64, Option<Snapshot>)>,
+    wanted: Vec<(AccountId, i64, i64, Option<Standing>)>,
 ) {
     let connected = match shared.injected_external_read_failure() {
         Some(error) => Err(error),

@@ -12,6 +12,7 @@
 
 mod accounts;
 mod auto_top_up;
+mod backfill;
 mod billing;
 mod copy;
 mod disputes;
@@ -461,7 +462,10 @@ struct CustomWrite {
 }
 
 enum WriterMessage {
-    Ledger(LedgerWrite),
+    /// Boxed: a ledger write (its row, both snapshots and grants) is far
+    /// larger than the other messages, which would otherwise each take
+    /// its room in the writer's queue.
+    Ledger(Box<LedgerWrite>),
     Custom(CustomWrite),
     Flush(oneshot::Sender<()>),
 }
@@ -530,6 +534,18 @@ pub fn migrate(url: &PostgresUrl) -> Result<Vec<String>, StoreError> {
     });
     drop(stop);
     applied
+}
+
+/// Test-only: the migrations up to `last` (inclusive), and nothing else.
+pub(super) fn migrate_until_for_testing(url: &PostgresUrl, last: i32) -> Result<(), StoreError> {
+    let (runtime, stop) = start_runtime()?;
+    let connector = Connector::new(url, runtime.clone())?;
+    let done = block_on(&runtime, async move {
+        let mut client = connector.connect(None).await?;
+        migrations::migrate_until(&mut client, last).await
+    });
+    drop(stop);
+    done
 }
 
 /// Runs `work` on the adapter's runtime and waits for it on this thread

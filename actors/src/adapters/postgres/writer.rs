@@ -25,7 +25,7 @@ use super::{
     describe, is_retryable, is_unique_violation, Connector, CustomFailure, CustomWrite,
     ErasedValue, OpFailure, WriterMessage,
 };
-use crate::ledger::{AccountId, LedgerEntry, Snapshot};
+use crate::ledger::{AccountId, LedgerEntry, Snapshot, Standing};
 use crate::money::Money;
 use crate::store::change_notes;
 use crate::store::{LedgerWrite, Shared, StoreError, WritePart};
@@ -48,22 +48,30 @@ pub(super) struct Prepared {
     insert_notices: Statement,
     notify: Statement,
     standing: Statement,
+    insert_grants: Statement,
 }
 
 const LOCK: &str =
     "SELECT 1 FROM account_balances WHERE account_id = ANY($1) ORDER BY account_id FOR UPDATE";
 const UPDATE: &str = "UPDATE account_balances b
-    SET balance = u.balance, seq = u.seq, low_balance_warned_at = u.warned, updated_at = u.updated
+    SET balance = u.balance, seq = u.seq, low_balance_warned_at = u.warned, updated_at = u.updated,
+        grants = u.grants
    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[],
-               $6::bigint[], $7::bigint[])
-        AS u (account_id, previous_seq, previous_balance, balance, seq, warned, updated)
+               $6::bigint[], $7::bigint[], $8::text[])
+        AS u (account_id, previous_seq, previous_balance, balance, seq, warned, updated, grants)
   WHERE b.account_id = u.account_id AND b.seq = u.previous_seq
     AND b.balance = u.previous_balance
 RETURNING b.account_id";
 const INSERT_ROWS: &str = "INSERT INTO transactions (account_id, seq, type, amount, balance_after,
-                          idempotency_key, order_id, description, created_at, reason)
+                          idempotency_key, order_id, description, created_at, reason, funded_by)
 SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::bigint[], $5::bigint[],
-                     $6::text[], $7::bigint[], $8::text[], $9::bigint[], $10::text[])";
+                     $6::text[], $7::bigint[], $8::text[], $9::bigint[], $10::text[], $11::text[])";
+/// The grants the batch's rows make (credits, positive adjustments: rare),
+/// in the same pipeline.
+const INSERT_GRANTS: &str = "INSERT INTO credit_grants (account_id, id, category, source, order_id,
+                           amount, priority, granted_at, expires_at)
+SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::text[], $4::text[], $5::bigint[],
+                     $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])";
 /// Notices in columns (also used, one at a time, by writes that queue a
 /// notice outside the ledger path).
 pub(super) const INSERT_NOTICES: &str =
@@ -75,18 +83,19 @@ SELECT account_id, kind, dedupe_key, payload, 'pending', created_at, created_at,
 ON CONFLICT (dedupe_key) DO NOTHING";
 const NOTIFY: &str = "SELECT pg_notify($1, payload) FROM unnest($2::text[]) AS p (payload)";
 const STANDING: &str =
-    "SELECT account_id, balance, seq, low_balance_warned_at FROM account_balances
+    "SELECT account_id, balance, seq, low_balance_warned_at, grants FROM account_balances
   WHERE account_id = ANY($1)";
 
 impl Prepared {
     pub(super) async fn new(client: &Client) -> Result<Prepared, tokio_postgres::Error> {
-        let (lock, update, insert_rows, insert_notices, notify, standing) = futures_util::try_join!(
+        let (lock, update, insert_rows, insert_notices, notify, standing, insert_grants) = futures_util::try_join!(
             client.prepare(LOCK),
             client.prepare(UPDATE),
             client.prepare(INSERT_ROWS),
             client.prepare(INSERT_NOTICES),
             client.prepare(NOTIFY),
             client.prepare(STANDING),
+            client.prepare(INSERT_GRANTS),
         )?;
         Ok(Prepared {
             lock,
@@ -95,6 +104,7 @@ impl Prepared {
             insert_notices,
             notify,
             standing,
+            insert_grants,
         })
     }
 }
@@ -228,6 +238,7 @@ impl Writer {
         for message in batch {
             match message {
                 WriterMessage::Ledger(write) => {
+                    let write = *write;
                     let account_id = write.entry.account_id;
                     match self.poisoned.get(&account_id) {
                         Some(&poisoned_at) if write.generation <= poisoned_at => {
@@ -593,6 +604,7 @@ async fn apply_ledger(
     let mut seq = Vec::with_capacity(chains.len());
     let mut warned: Vec<Option<i64>> = Vec::with_capacity(chains.len());
     let mut updated = Vec::with_capacity(chains.len());
+    let mut grants: Vec<&str> = Vec::with_capacity(chains.len());
     for (_, indexes) in &chains {
         let first = &ledger[indexes[0]];
         let last = &ledger[indexes[indexes.len() - 1]];
@@ -602,12 +614,13 @@ async fn apply_ledger(
         seq.push(last.next.seq);
         warned.push(last.next.low_balance_warned_at_ms);
         updated.push(last.entry.created_at_ms);
+        grants.push(&last.grants);
     }
     // Lock in account order, so that two instances' batches never wait for
     // each other in a circle; the guarded update follows in the same round
     // trip (tokio-postgres pipelines the two).
     let lock_parameters: [&(dyn ToSql + Sync); 1] = [&accounts];
-    let update_parameters: [&(dyn ToSql + Sync); 7] = [
+    let update_parameters: [&(dyn ToSql + Sync); 8] = [
         &accounts,
         &previous_seq,
         &previous_balance,
@@ -615,6 +628,7 @@ async fn apply_ledger(
         &seq,
         &warned,
         &updated,
+        &grants,
     ];
     let lock = client.execute(&prepared.lock, &lock_parameters);
     let update = client.query(&prepared.update, &update_parameters);
@@ -627,6 +641,7 @@ async fn apply_ledger(
     let mut fates = vec![Fate::Refused(StoreError::Conflict); ledger.len()];
     let mut rows = Rows::default();
     let mut notices = Notices::default();
+    let mut made = Grants::default();
     let mut moved = Vec::new();
     let mut lost: Vec<(i64, usize)> = Vec::new();
     for (account_id, indexes) in &chains {
@@ -638,10 +653,11 @@ async fn apply_ledger(
         }
         let first = ledger[indexes[0]].entry.seq;
         let tail = &ledger[indexes[indexes.len() - 1]];
-        moved.push((*account_id, first, tail.next));
+        moved.push((*account_id, first, tail.next, &*tail.grants));
         for &index in indexes {
             fates[index] = Fate::Committed;
-            rows.push(&ledger[index].entry);
+            rows.push(&ledger[index]);
+            made.push(&ledger[index]);
             notices.withdraw(&ledger[index]);
             if let Some(notice) = ledger[index].notice() {
                 notices.push(notice);
@@ -692,9 +708,10 @@ async fn apply_ledger(
             None => Ok(()),
         }
     };
-    let (_, _, _, standing, _, (), ()) = futures_util::try_join!(
+    let (_, _, (), _, standing, _, (), ()) = futures_util::try_join!(
         rows.insert(client, prepared),
         notices.insert(client, prepared),
+        made.insert(client, prepared),
         notify(client, prepared, origin, &moved),
         standing,
         webhooks::insert_event_rows(client, events),
@@ -708,8 +725,14 @@ async fn apply_ledger(
             seq: row.try_get(2)?,
             low_balance_warned_at_ms: row.try_get(3)?,
         };
+        // Grants that cannot be read: the actor reloads, and is told why.
+        let error = match super::ledger::remaining_from_text(row.try_get(4)?, AccountId(account_id))
+        {
+            Ok(grants) => StoreError::MovedOn(Box::new(Standing { snapshot, grants })),
+            Err(_) => StoreError::Conflict,
+        };
         if let Some((_, head)) = lost.iter().find(|(lost_id, _)| *lost_id == account_id) {
-            fates[*head] = Fate::Refused(StoreError::MovedOn(snapshot));
+            fates[*head] = Fate::Refused(error);
         }
     }
     Ok((fates, end.is_some()))
@@ -745,7 +768,7 @@ async fn apply_ledger_one_by_one(
 ) -> Result<Vec<Fate>, tokio_postgres::Error> {
     let mut fates = Vec::with_capacity(ledger.len());
     let mut failed_accounts: HashSet<AccountId> = HashSet::new();
-    let mut moved: HashMap<AccountId, (i64, Snapshot)> = HashMap::new();
+    let mut moved: HashMap<AccountId, (i64, Snapshot, &str)> = HashMap::new();
     let mut accounts: Vec<i64> = ledger
         .iter()
         .map(|write| write.entry.account_id.0)
@@ -767,10 +790,12 @@ async fn apply_ledger_one_by_one(
         match applied {
             Ok(true) => {
                 savepoint.commit().await?;
-                let range = moved
-                    .entry(account_id)
-                    .or_insert((write.entry.seq, write.next));
+                let range =
+                    moved
+                        .entry(account_id)
+                        .or_insert((write.entry.seq, write.next, &write.grants));
                 range.1 = write.next;
+                range.2 = &write.grants;
                 fates.push(Fate::Committed);
             }
             Ok(false) => {
@@ -799,9 +824,9 @@ async fn apply_ledger_one_by_one(
             Err(error) => return Err(error),
         }
     }
-    let moved: Vec<(AccountId, i64, Snapshot)> = moved
+    let moved: Vec<(AccountId, i64, Snapshot, &str)> = moved
         .into_iter()
-        .map(|(account_id, (first, after))| (account_id, first, after))
+        .map(|(account_id, (first, after, grants))| (account_id, first, after, grants))
         .collect();
     notify(transaction, prepared, origin, &moved).await?;
     Ok(fates)
@@ -821,7 +846,8 @@ async fn apply_one(
     };
     let moved = transaction
         .execute(
-            "UPDATE account_balances SET balance = $2, seq = $3, low_balance_warned_at = $4, updated_at = $5
+            "UPDATE account_balances SET balance = $2, seq = $3, low_balance_warned_at = $4, updated_at = $5,
+                    grants = $8
               WHERE account_id = $1 AND seq = $6 AND balance = $7",
             &[
                 &write.entry.account_id.0,
@@ -831,6 +857,7 @@ async fn apply_one(
                 &write.entry.created_at_ms,
                 &write.previous.seq,
                 &write.previous.balance.micros(),
+                &&*write.grants,
             ],
         )
         .await?;
@@ -838,7 +865,7 @@ async fn apply_one(
         return Ok(false);
     }
     let mut rows = Rows::default();
-    rows.push(&write.entry);
+    rows.push(write);
     fail_at(WritePart::Row).await?;
     rows.insert(transaction, prepared).await?;
     let mut notices = Notices::default();
@@ -848,6 +875,9 @@ async fn apply_one(
         fail_at(WritePart::Notice).await?;
     }
     notices.insert(transaction, prepared).await?;
+    let mut made = Grants::default();
+    made.push(write);
+    made.insert(transaction, prepared).await?;
     if !write.events().is_empty() {
         fail_at(WritePart::Events).await?;
     }
@@ -889,6 +919,64 @@ async fn raise_injected(
         .await
 }
 
+/// The grants the batch's rows make, as columns.
+#[derive(Default)]
+struct Grants<'a> {
+    account_id: Vec<i64>,
+    id: Vec<i64>,
+    category: Vec<&'static str>,
+    source: Vec<&'static str>,
+    order_id: Vec<Option<i64>>,
+    amount: Vec<i64>,
+    priority: Vec<i64>,
+    granted_at: Vec<i64>,
+    expires_at: Vec<Option<i64>>,
+    _rows: std::marker::PhantomData<&'a ()>,
+}
+
+impl Grants<'_> {
+    fn push(&mut self, write: &LedgerWrite) {
+        if let Some(grant) = write.grant() {
+            self.account_id.push(write.entry.account_id.0);
+            self.id.push(grant.id);
+            self.category.push(grant.category.as_str());
+            self.source.push(grant.source.as_str());
+            self.order_id.push(grant.order_id);
+            self.amount.push(grant.amount.micros());
+            self.priority.push(i64::from(grant.priority.value()));
+            self.granted_at.push(grant.granted_at_ms);
+            self.expires_at.push(grant.expires_at_ms);
+        }
+    }
+
+    async fn insert(
+        &self,
+        client: &impl GenericClient,
+        prepared: &Prepared,
+    ) -> Result<(), tokio_postgres::Error> {
+        if self.account_id.is_empty() {
+            return Ok(());
+        }
+        client
+            .execute(
+                &prepared.insert_grants,
+                &[
+                    &self.account_id,
+                    &self.id,
+                    &self.category,
+                    &self.source,
+                    &self.order_id,
+                    &self.amount,
+                    &self.priority,
+                    &self.granted_at,
+                    &self.expires_at,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+}
+
 /// Ledger rows as columns, for one `INSERT … SELECT unnest(…)`.
 #[derive(Default)]
 struct Rows<'a> {
@@ -902,10 +990,12 @@ struct Rows<'a> {
     description: Vec<&'a str>,
     created_at: Vec<i64>,
     reason: Vec<Option<&'a str>>,
+    funded_by: Vec<Option<&'a str>>,
 }
 
 impl<'a> Rows<'a> {
-    fn push(&mut self, entry: &'a LedgerEntry) {
+    fn push(&mut self, write: &'a LedgerWrite) {
+        let entry = &write.entry;
         self.account_id.push(entry.account_id.0);
         self.seq.push(entry.seq);
         self.kind.push(entry.kind.as_str());
@@ -917,6 +1007,7 @@ impl<'a> Rows<'a> {
         self.created_at.push(entry.created_at_ms);
         self.reason
             .push(entry.reason.as_deref().map(String::as_str));
+        self.funded_by.push(write.funded_by.as_deref());
     }
 
     async fn insert(
@@ -941,6 +1032,7 @@ impl<'a> Rows<'a> {
                     &self.description,
                     &self.created_at,
                     &self.reason,
+                    &self.funded_by,
                 ],
             )
             .await?;
@@ -1035,15 +1127,18 @@ async fn notify(
     client: &impl GenericClient,
     prepared: &Prepared,
     origin: &str,
-    moved: &[(AccountId, i64, Snapshot)],
+    moved: &[(AccountId, i64, Snapshot, &str)],
 ) -> Result<(), tokio_postgres::Error> {
     if moved.is_empty() {
         return Ok(());
     }
     let mut payloads = Vec::new();
     let mut payload = String::from(origin);
-    for (account_id, first, after) in moved {
-        let pair = format!(";{}", change_notes::rows(*account_id, *first, after));
+    for (account_id, first, after, grants) in moved {
+        let pair = format!(
+            ";{}",
+            change_notes::rows(*account_id, *first, after, grants)
+        );
         if payload.len() + pair.len() > MAX_PAYLOAD {
             payloads.push(std::mem::replace(&mut payload, origin.to_string()));
         }

@@ -139,6 +139,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V34__legacy_sweep_settled",
         include_str!("../../../../migrations/sqlite/V34__legacy_sweep_settled.sql"),
     ),
+    (
+        "V35__credit_grants",
+        include_str!("../../../../migrations/sqlite/V35__credit_grants.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";
@@ -174,7 +178,21 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<String>, StoreE
     for name in &applied {
         tracing::info!(migration = %name, "applied migration");
     }
+    // Accounts an earlier release left without grants get them, from
+    // their ledgers (after V34; a no-op once every account has them).
+    super::backfill::backfill(connection)?;
     Ok(applied)
+}
+
+/// Test-only: the migrations up to `last` (inclusive), without the
+/// grants' backfill: a database as an earlier release left it.
+pub(super) fn migrate_until(connection: &mut Connection, last: i32) -> Result<(), StoreError> {
+    let migrations = embedded()?;
+    Runner::new(&migrations)
+        .set_target(refinery::Target::Version(last))
+        .run(connection)
+        .map_err(migration_error)?;
+    Ok(())
 }
 
 /// Before refinery, this release's own runner kept its history in

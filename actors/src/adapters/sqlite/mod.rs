@@ -12,6 +12,7 @@
 
 mod accounts;
 mod auto_top_up;
+mod backfill;
 mod billing;
 mod copy;
 mod disputes;
@@ -88,7 +89,10 @@ struct CustomWrite {
 }
 
 enum WriterMessage {
-    Ledger(LedgerWrite),
+    /// Boxed: a ledger write (its row, both snapshots and grants) is far
+    /// larger than the other messages, which would otherwise each take
+    /// its room in the writer's queue.
+    Ledger(Box<LedgerWrite>),
     Custom(CustomWrite),
     /// Answered once everything queued before it has committed.
     Flush(oneshot::Sender<()>),
@@ -232,6 +236,12 @@ pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
             migrations::migrate(&mut connection)
         })(),
     )
+}
+
+/// Test-only: the migrations up to `last` (inclusive), and nothing else.
+pub(super) fn migrate_until_for_testing(path: &Path, last: i32) -> Result<(), StoreError> {
+    let mut connection = open_connection(path)?;
+    migrations::migrate_until(&mut connection, last)
 }
 
 /// What is wrong with where the database is, when that is why it could

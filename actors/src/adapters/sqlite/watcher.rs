@@ -22,15 +22,15 @@ use crate::store::{Shared, StoreError};
 /// How often the watcher asks SQLite whether another connection committed.
 pub(crate) const POLL_EVERY: Duration = Duration::from_millis(100);
 
-/// `account:first-last:balance:warned` notes, `;`-separated, from each
-/// account's first row and the snapshot after its last.
-pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, Snapshot)>) -> String {
-    let mut text = String::with_capacity(moved.len() * 32);
-    for (account_id, (first, after)) in moved {
+/// `account:first-last:balance:warned:grants` notes, `;`-separated, from
+/// each account's first row and the snapshot (and grants) after its last.
+pub(super) fn encode_changes(moved: &HashMap<AccountId, (i64, Snapshot, &str)>) -> String {
+    let mut text = String::with_capacity(moved.len() * 48);
+    for (account_id, (first, after, grants)) in moved {
         if !text.is_empty() {
             text.push(';');
         }
-        text.push_str(&change_notes::rows(*account_id, *first, after));
+        text.push_str(&change_notes::rows(*account_id, *first, after, grants));
     }
     text
 }
@@ -181,9 +181,13 @@ mod tests {
             seq,
             low_balance_warned_at_ms: (seq == 3).then_some(1_700_000_000_000),
         };
+        let standing = |snapshot: Snapshot, grants: &str| crate::ledger::Standing {
+            snapshot,
+            grants: Some(crate::grants::decode_remaining(grants).unwrap()),
+        };
         let mut moved = HashMap::new();
-        moved.insert(AccountId(7), (12, after(14, 5_000)));
-        moved.insert(AccountId(9), (3, after(3, -20)));
+        moved.insert(AccountId(7), (12, after(14, 5_000), "12:5000"));
+        moved.insert(AccountId(9), (3, after(3, -20), "0:-20"));
         let mut decoded: Vec<_> = decode_changes(&encode_changes(&moved))
             .into_iter()
             .filter_map(|note| match note {
@@ -200,8 +204,13 @@ mod tests {
         assert_eq!(
             decoded,
             vec![
-                (AccountId(7), 12, 14, Some(after(14, 5_000))),
-                (AccountId(9), 3, 3, Some(after(3, -20)))
+                (
+                    AccountId(7),
+                    12,
+                    14,
+                    Some(standing(after(14, 5_000), "12:5000"))
+                ),
+                (AccountId(9), 3, 3, Some(standing(after(3, -20), "0:-20")))
             ]
         );
         assert!(decode_changes("garbage;7:1").is_empty());

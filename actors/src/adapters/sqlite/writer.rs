@@ -43,6 +43,7 @@ enum Pending {
         entry: LedgerEntry,
         /// Where the write leaves the account (told to other processes).
         next: Snapshot,
+        grants: Arc<str>,
         generation: u64,
         queued_at: Instant,
         done: oneshot::Sender<Result<(), StoreError>>,
@@ -140,7 +141,7 @@ impl Writer {
                         ));
                         continue;
                     }
-                    self.apply_ledger_write(write, &mut pending, &mut refused, &mut failure);
+                    self.apply_ledger_write(*write, &mut pending, &mut refused, &mut failure);
                 }
                 WriterMessage::Custom(custom) => {
                     if let Some(reason) = &failure {
@@ -347,6 +348,7 @@ impl Writer {
                 pending.push(Pending::Ledger {
                     entry: write.entry,
                     next: write.next,
+                    grants: write.grants,
                     generation: write.generation,
                     queued_at: write.submitted_at,
                     done: write.done,
@@ -358,8 +360,8 @@ impl Writer {
                 // Where the account stands, read in this transaction (the
                 // writer holds SQLite's write lock): the actor computes
                 // again from it without reading it back.
-                let error = match ledger::load_snapshot(&self.connection, account_id) {
-                    Ok(Some(snapshot)) => StoreError::MovedOn(snapshot),
+                let error = match ledger::load_standing(&self.connection, account_id) {
+                    Ok(Some(standing)) => StoreError::MovedOn(Box::new(standing)),
                     _ => StoreError::Conflict,
                 };
                 refused.push(Answer::Ledger(write.done, Err(error)));
@@ -403,22 +405,33 @@ impl Writer {
             Some(failing) if failing == part => Err(super::injected_failure(part)),
             _ => Ok(()),
         };
-        let moved =
-            ledger::move_snapshot(&self.connection, &write.entry, &write.previous, &write.next)
-                .map_err(WriteFailure::Statement)?;
+        let moved = ledger::move_snapshot(
+            &self.connection,
+            &write.entry,
+            &write.previous,
+            &write.next,
+            &write.grants,
+        )
+        .map_err(WriteFailure::Statement)?;
         if !moved {
             return Ok(false);
         }
-        let inserted = fail_at(WritePart::Row)
-            .and_then(|()| ledger::insert_row(&self.connection, &write.entry));
+        let inserted = fail_at(WritePart::Row).and_then(|()| {
+            ledger::insert_row(&self.connection, &write.entry, write.funded_by.as_deref())
+        });
         if let Err(error) = inserted {
             if !in_savepoint && !self.connection.is_autocommit() {
-                ledger::put_back_snapshot(&self.connection, &write.entry, &write.previous)
-                    .map_err(|undo| {
-                        WriteFailure::Batch(format!(
-                            "{error}; and putting the snapshot back failed: {undo}"
-                        ))
-                    })?;
+                ledger::put_back_snapshot(
+                    &self.connection,
+                    &write.entry,
+                    &write.previous,
+                    &write.previous_grants,
+                )
+                .map_err(|undo| {
+                    WriteFailure::Batch(format!(
+                        "{error}; and putting the snapshot back failed: {undo}"
+                    ))
+                })?;
             }
             return Err(WriteFailure::Statement(error));
         }
@@ -433,6 +446,9 @@ impl Writer {
             if !write.events().is_empty() {
                 fail_at(WritePart::Events)?;
                 webhooks::insert_events(&self.connection, write.events())?;
+            }
+            if let Some(grant) = write.grant() {
+                ledger::insert_grant(&self.connection, write.entry.account_id, grant)?;
             }
             Ok(())
         };
@@ -467,13 +483,22 @@ impl Writer {
     /// Notes, in the batch's transaction, which accounts it moved (for the
     /// other processes sharing the file), and now and then drops old notes.
     fn record_changes(&mut self, pending: &[Pending]) -> Result<(), rusqlite::Error> {
-        let mut moved: HashMap<AccountId, (i64, Snapshot)> = HashMap::new();
+        let mut moved: HashMap<AccountId, (i64, Snapshot, &str)> = HashMap::new();
         for write in pending {
-            if let Pending::Ledger { entry, next, .. } = write {
-                let (first, after) = moved.entry(entry.account_id).or_insert((entry.seq, *next));
+            if let Pending::Ledger {
+                entry,
+                next,
+                grants,
+                ..
+            } = write
+            {
+                let (first, after, after_grants) = moved
+                    .entry(entry.account_id)
+                    .or_insert((entry.seq, *next, &**grants));
                 *first = (*first).min(entry.seq);
                 if next.seq > after.seq {
                     *after = *next;
+                    *after_grants = &**grants;
                 }
             }
         }

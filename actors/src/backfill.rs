@@ -140,6 +140,11 @@ pub fn replay(
                     Some(order_id) => {
                         Funding::net(taken_for_order.get(&order_id).into_iter().flatten())?
                     }
+                    // A refund without an order gives back a message's
+                    // debit; one whose key names no debit in this ledger
+                    // gave back nothing that was taken from a grant, so it
+                    // reverses no funding (its credit goes as credit given
+                    // back with nothing to return it to).
                     None => message_debit(&row.idempotency_key)
                         .and_then(|key| debits.get(key.as_str()))
                         .cloned()

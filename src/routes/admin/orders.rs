@@ -59,9 +59,16 @@ pub async fn show(
             "order {order_id} does not exist"
         )));
     };
+    // An order's account always has its balance row: one missing is a
+    // damaged database, never "nothing unspent".
     let lines = super::credit_grants::grant_lines(&state, order.account_id)
         .await?
-        .unwrap_or_default();
+        .ok_or_else(|| {
+            ApiError::from(sms_credit_actors::StoreError::Database(format!(
+                "order {order_id}'s account {} has no balance row",
+                order.account_id
+            )))
+        })?;
     let mut unspent = Money::ZERO;
     for line in &lines {
         if line.grant.order_id == Some(order_id) && line.status == GrantStatus::Active {

@@ -404,7 +404,26 @@ async fn unspent_of_order(app: &TestApp, order: i64) -> i64 {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["order"]["id"], order, "{body}");
-    body["unspent_credit_micros"].as_i64().unwrap()
+    let unspent = body["unspent_credit_micros"].as_i64().unwrap();
+    // The account's list of orders (the console's table) says the same.
+    let account = body["order"]["account_id"].as_i64().unwrap();
+    let (status, list) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/orders"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed = list["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["id"] == order)
+        .unwrap_or_else(|| panic!("order {order} is in its account's list: {list}"));
+    assert_eq!(listed["unspent_credit_micros"], unspent, "{list}");
+    unspent
 }
 
 async fn credit_grants(app: &TestApp, path: &str, token: &str) -> Vec<Value> {

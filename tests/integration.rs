@@ -38,6 +38,7 @@ mod operations;
 mod outage;
 mod quick_start;
 mod quote;
+mod receipts;
 mod refunds;
 mod refunds_by_id;
 mod reservations;

@@ -187,6 +187,7 @@ pub const TABLES: &[Table] = &[
             ("status", T),
             ("created_at", I),
             ("completed_at", I),
+            ("receipt_url", T),
         ],
         key: &[0],
         has_id_sequence: true,

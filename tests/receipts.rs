@@ -1,0 +1,195 @@
+//! Stripe's receipts on the account holder's list of payments:
+//! `GET /v1/accounts/{id}/payments` asks Stripe for a paid order's receipt
+//! once it has been paid, keeps the one Stripe gives, and shows none (never
+//! a guess, never Stripe's error) until Stripe gives it.
+
+use awc::http::StatusCode;
+use serde_json::Value;
+
+use crate::fake_stripe::{receipt_url, EventFactory, FakeStripe};
+use crate::helpers::{fresh_directory, stripe_settings, test_settings, TestApp, ADMIN_TOKEN};
+
+/// The holder's payments, as the API lists them.
+async fn payments(app: &TestApp, account: i64, token: &str) -> Vec<Value> {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/payments"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["payments"].as_array().unwrap().clone()
+}
+
+/// How many times Stripe was asked for `intent`.
+fn asked_for(fake: &FakeStripe, intent: &str) -> usize {
+    fake.requests_with("GET", &format!("/v1/payment_intents/{intent}"))
+        .len()
+}
+
+async fn each_payment_shows_stripes_receipt_asked_once_and_kept() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let app = TestApp::spawn_with(
+        directory.clone(),
+        stripe_settings(&directory, &fake.base_url),
+    )
+    .await;
+    let mut events = EventFactory::new();
+    let (account, customer, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550871").await;
+    let access_intent = format!("pi_access_{account}");
+
+    // Stripe has no charge for the access payment yet: the payment is
+    // listed, without a receipt, and nothing is recorded.
+    fake.set_receipts_withheld(true);
+    let before = asked_for(&fake, &access_intent);
+    let listed = payments(&app, account, &token).await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["order_type"], "initial_access");
+    assert_eq!(listed[0]["amount_micros"], 29_990_000);
+    assert_eq!(listed[0]["receipt_url"], Value::Null);
+    assert_eq!(asked_for(&fake, &access_intent), before + 1);
+
+    // Stripe not answering: the same, and never its error's text.
+    fake.set_receipts_withheld(false);
+    fake.set_retrieve_fails(true);
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/payments"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["payments"][0]["receipt_url"], Value::Null);
+    assert!(!body.to_string().contains("fake outage"), "{body}");
+    fake.set_retrieve_fails(false);
+
+    // A top-up paid after it: newest first, each with its receipt.
+    let (order, session) = app.start_top_up(account, &token).await;
+    let top_up_intent = format!("pi_receipt_{order}");
+    let completed = events.checkout_completed(&session, order, &customer, 1000, &top_up_intent);
+    assert_eq!(app.deliver(&completed).await.0, StatusCode::OK);
+    let listed = payments(&app, account, &token).await;
+    let shown: Vec<(i64, &str, Option<&str>)> = listed
+        .iter()
+        .map(|payment| {
+            (
+                payment["id"].as_i64().unwrap(),
+                payment["order_type"].as_str().unwrap(),
+                payment["receipt_url"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        shown[0],
+        (order, "top_up", Some(receipt_url(&top_up_intent).as_str()))
+    );
+    assert_eq!(shown[1].1, "initial_access");
+    assert_eq!(shown[1].2, Some(receipt_url(&access_intent).as_str()));
+
+    // Kept: listing again asks Stripe for nothing, and the operator's view
+    // of the order carries it too.
+    let asked = (
+        asked_for(&fake, &access_intent),
+        asked_for(&fake, &top_up_intent),
+    );
+    assert_eq!(payments(&app, account, &token).await, listed);
+    assert_eq!(
+        (
+            asked_for(&fake, &access_intent),
+            asked_for(&fake, &top_up_intent)
+        ),
+        asked
+    );
+    let (status, detail) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert_eq!(
+        detail["order"]["receipt_url"],
+        receipt_url(&top_up_intent).as_str()
+    );
+
+    // Another account's payments are not this token's to read.
+    let (status, _) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{}/payments", account + 1),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/payments"),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // Kept across a restart, and shown by a server without payments
+    // configured (which asks nobody).
+    let directory = app.stop().await;
+    let app = TestApp::spawn_with(directory.clone(), test_settings(&directory)).await;
+    let token = app.issue_token(account).await;
+    assert_eq!(payments(&app, account, &token).await, listed);
+}
+on_both_stores!(each_payment_shows_stripes_receipt_asked_once_and_kept);
+
+async fn a_listing_asks_stripe_for_a_few_receipts_at_a_time_the_newest_first() {
+    let fake = FakeStripe::start().await;
+    let directory = fresh_directory();
+    let app = TestApp::spawn_with(
+        directory.clone(),
+        stripe_settings(&directory, &fake.base_url),
+    )
+    .await;
+    let mut events = EventFactory::new();
+    let (account, customer, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550872").await;
+    fake.set_receipts_withheld(true);
+    let mut orders = Vec::new();
+    for _ in 0..6 {
+        let (order, session) = app.start_top_up(account, &token).await;
+        let intent = format!("pi_few_{order}");
+        let completed = events.checkout_completed(&session, order, &customer, 1000, &intent);
+        assert_eq!(app.deliver(&completed).await.0, StatusCode::OK);
+        orders.push(order);
+    }
+    let listed = payments(&app, account, &token).await;
+    assert_eq!(listed.len(), 7);
+    fake.set_receipts_withheld(false);
+    // Seven payments, five asked for: the newest five get theirs first.
+    let listed = payments(&app, account, &token).await;
+    let with: Vec<bool> = listed
+        .iter()
+        .map(|payment| payment["receipt_url"].is_string())
+        .collect();
+    assert_eq!(
+        with,
+        [true, true, true, true, true, false, false],
+        "{listed:?}"
+    );
+    // The next listing asks for the other two.
+    let listed = payments(&app, account, &token).await;
+    assert!(
+        listed
+            .iter()
+            .all(|payment| payment["receipt_url"].is_string()),
+        "{listed:?}"
+    );
+}
+on_both_stores!(a_listing_asks_stripe_for_a_few_receipts_at_a_time_the_newest_first);

@@ -29,17 +29,20 @@ fn asked_for(fake: &FakeStripe, intent: &str) -> usize {
         .len()
 }
 
-async fn each_payment_shows_stripes_receipt_asked_once_and_kept() {
+/// A server with Stripe (the fake) and an account that paid for access
+/// from `phone`: (account, customer, its token).
+async fn paying(phone: &str) -> (FakeStripe, TestApp, EventFactory, (i64, String, String)) {
     let fake = FakeStripe::start().await;
     let directory = fresh_directory();
-    let app = TestApp::spawn_with(
-        directory.clone(),
-        stripe_settings(&directory, &fake.base_url),
-    )
-    .await;
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let app = TestApp::spawn_with(directory, settings).await;
     let mut events = EventFactory::new();
-    let (account, customer, token) =
-        crate::stripe::active_account(&app, &mut events, "+14155550871").await;
+    let paid = crate::stripe::active_account(&app, &mut events, phone).await;
+    (fake, app, events, paid)
+}
+
+async fn each_payment_shows_stripes_receipt_asked_once_and_kept() {
+    let (fake, app, mut events, (account, customer, token)) = paying("+14155550871").await;
     let access_intent = format!("pi_access_{account}");
 
     // Stripe has no charge for the access payment yet: the payment is
@@ -150,16 +153,7 @@ async fn each_payment_shows_stripes_receipt_asked_once_and_kept() {
 on_both_stores!(each_payment_shows_stripes_receipt_asked_once_and_kept);
 
 async fn a_listing_asks_stripe_for_a_few_receipts_at_a_time_the_newest_first() {
-    let fake = FakeStripe::start().await;
-    let directory = fresh_directory();
-    let app = TestApp::spawn_with(
-        directory.clone(),
-        stripe_settings(&directory, &fake.base_url),
-    )
-    .await;
-    let mut events = EventFactory::new();
-    let (account, customer, token) =
-        crate::stripe::active_account(&app, &mut events, "+14155550872").await;
+    let (fake, app, mut events, (account, customer, token)) = paying("+14155550872").await;
     fake.set_receipts_withheld(true);
     let mut orders = Vec::new();
     for _ in 0..6 {

@@ -903,54 +903,14 @@ async fn a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms
 
     // Another process's promotional $1 at row 2, straight to the store:
     // this process's actor is not told.
-    let before = core
-        .store
-        .ledger()
-        .snapshot(account)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut next = before;
-    next.seq = 2;
-    next.balance = Money::from_micros(1_100_000);
-    let mut entry = seed.entry.clone();
-    entry.seq = 2;
-    entry.kind = TransactionKind::Adjustment;
-    entry.amount = Money::from_micros(1_000_000);
-    entry.balance_after = next.balance;
-    entry.idempotency_key = "elsewhere".into();
-    entry.description = "Balance adjustment".into();
-    entry.reason = Some(Box::new("given elsewhere".into()));
-    entry.funded_by = grants::Funding::NONE;
-    let (done, answer) = tokio::sync::oneshot::channel();
-    core.store
-        .ledger()
-        .submit(sms_credit_actors::store::LedgerWrite {
-            funded_by: None,
-            entry,
-            previous: before,
-            next,
-            grants: Arc::from("1:100000,2:1000000"),
-            previous_grants: Arc::from("1:100000"),
-            generation: core.store.next_generation(),
-            done,
-            submitted_at: std::time::Instant::now(),
-            outbox: Some(Box::new(sms_credit_actors::store::Outbox {
-                grant: Some(grants::CreditGrant {
-                    id: 2,
-                    category: Category::Promotional,
-                    source: GrantSource::Adjustment,
-                    order_id: None,
-                    amount: Money::from_micros(1_000_000),
-                    priority: Priority::new(50).unwrap(),
-                    granted_at_ms: NOW_MS,
-                    expires_at_ms: None,
-                }),
-                ..Default::default()
-            })),
-        })
-        .unwrap();
-    answer.await.unwrap().unwrap();
+    write_elsewhere(
+        &core,
+        &seed.entry,
+        1_000_000,
+        Category::Promotional,
+        ("1:100000", "1:100000,2:1000000"),
+    )
+    .await;
 
     // The actor's paid $0.50, computed at row 2, is refused and written at
     // row 3.
@@ -977,6 +937,128 @@ async fn a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms
             (3, "paid", 100_000)
         ]
     );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+/// Another process's credit of `micros` in `category`, written straight to
+/// the store at the row after `last` (this process's actors are not told),
+/// the balance row's grants going from `grants.0` to `grants.1`.
+async fn write_elsewhere(
+    core: &Core,
+    last: &LedgerEntry,
+    micros: i64,
+    category: Category,
+    grants: (&str, &str),
+) {
+    let account = last.account_id;
+    let before = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = before;
+    next.seq = before.seq + 1;
+    next.balance = Money::from_micros(before.balance.micros() + micros);
+    let mut entry = last.clone();
+    entry.seq = next.seq;
+    entry.kind = TransactionKind::Adjustment;
+    entry.amount = Money::from_micros(micros);
+    entry.balance_after = next.balance;
+    entry.idempotency_key = format!("elsewhere-{}", next.seq).as_str().into();
+    entry.description = "Balance adjustment".into();
+    entry.reason = Some(Box::new("given elsewhere".into()));
+    entry.funded_by = grants::Funding::NONE;
+    let (done, answer) = tokio::sync::oneshot::channel();
+    core.store
+        .ledger()
+        .submit(sms_credit_actors::store::LedgerWrite {
+            funded_by: None,
+            entry,
+            previous: before,
+            next,
+            grants: Arc::from(grants.1),
+            previous_grants: Arc::from(grants.0),
+            generation: core.store.next_generation(),
+            done,
+            submitted_at: std::time::Instant::now(),
+            outbox: Some(Box::new(sms_credit_actors::store::Outbox {
+                grant: Some(grants::CreditGrant {
+                    id: next.seq,
+                    category,
+                    source: GrantSource::Adjustment,
+                    order_id: None,
+                    amount: Money::from_micros(micros),
+                    priority: Priority::new(50).unwrap(),
+                    granted_at_ms: NOW_MS,
+                    expires_at_ms: None,
+                }),
+                ..Default::default()
+            })),
+        })
+        .unwrap();
+    answer.await.unwrap().unwrap();
+}
+
+on_both_stores!(a_balance_read_after_a_failed_write_never_keeps_that_writes_grants);
+/// A write that failed, and its reload too, leaves the actor with the
+/// grants it computed for a row that never was; another process then
+/// writes its own grant at that row. A balance read (the snapshot alone)
+/// must not take the failed write's grants for the other's: the expiry
+/// the failed write's grant had is not the other grant's.
+async fn a_balance_read_after_a_failed_write_never_keeps_that_writes_grants() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550410").await;
+    let seed = core
+        .registry
+        .send(account, paid_credit(100_000, "seed"))
+        .await
+        .unwrap();
+    core.store.fail_next_commits_for_testing(1);
+    core.store.fail_next_reads_for_testing(1);
+    let failed = core
+        .registry
+        .send(
+            account,
+            adjust(
+                5_000_000,
+                "lost",
+                Some(Category::Promotional),
+                None,
+                Some(NOW_MS + 3_600_000),
+            ),
+        )
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    write_elsewhere(
+        &core,
+        &seed.entry,
+        5_000_000,
+        Category::Paid,
+        ("1:100000", "1:100000,2:5000000"),
+    )
+    .await;
+    let read = core
+        .registry
+        .send(account, sms_credit_actors::GetBalance)
+        .await
+        .unwrap();
+    assert_eq!((read.seq, read.balance.micros()), (2, 5_100_000));
+
+    // Past the failed write's expiry: nothing expires (grant 2 is paid and
+    // never expires), and the debit draws on the paid credit.
+    clock.advance_ms(2 * 3_600_000);
+    let spent = core
+        .registry
+        .send(account, message_debit(1_000, 1))
+        .await
+        .unwrap();
+    assert_eq!(spent.entry.seq, 3, "no expiry row before it");
+    assert_eq!(draws(&spent.entry), vec![(1, "paid", 1_000)]);
     core.shutdown().await;
     assert_verified(&directory);
 }

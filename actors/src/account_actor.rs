@@ -703,14 +703,11 @@ impl AccountActor {
         } else {
             Reached::Unknown
         };
-        // Grants known at another position are not these.
-        if self
-            .grants
-            .as_ref()
-            .is_some_and(|grants| grants.at_seq != snapshot.seq)
-        {
-            self.grants = None;
-        }
+        // A snapshot alone says nothing of the grants: those known here may
+        // be a refused or failed write's at the same position, or another
+        // process's write may have made others there. They are read again
+        // (the callers that know them take them after this).
+        self.grants = None;
     }
 
     /// Takes where another process's write (or the guard's refusal) says

@@ -622,6 +622,114 @@ async fn a_dispute_won_gives_back_what_its_chargeback_took_what_is_owed_first() 
     assert_verified(&directory);
 }
 
+on_both_stores!(an_adjustments_key_again_with_other_grant_terms_is_a_conflict);
+/// The grant terms are part of an adjustment's request: its key again with
+/// another category, priority or expiry is a conflict, never the first
+/// grant answered as if it were the one asked for — when the first is in
+/// the ledger, and while it is still being written.
+async fn an_adjustments_key_again_with_other_grant_terms_is_a_conflict() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550411").await;
+    let other = new_account(&core, "+14155550412").await;
+    let expires = Some(NOW_MS + DAY_MS);
+    let first = core
+        .registry
+        .send(account, adjust(5_000_000, "given", None, None, None))
+        .await
+        .unwrap();
+    for (category, priority, expires_at) in [
+        (Some(Category::Paid), None, None),
+        (None, Some(10), None),
+        (None, None, expires),
+    ] {
+        let again = core
+            .registry
+            .send(
+                account,
+                adjust(5_000_000, "given", category, priority, expires_at),
+            )
+            .await;
+        assert!(
+            matches!(again, Err(LedgerError::IdempotencyConflict { .. })),
+            "{category:?} {priority:?} {expires_at:?}: {again:?}"
+        );
+    }
+    // The same terms, said or left to their defaults: the first row.
+    let same = core
+        .registry
+        .send(
+            account,
+            adjust(
+                5_000_000,
+                "given",
+                Some(Category::Promotional),
+                Some(50),
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(same.replayed);
+    assert_eq!(same.entry.seq, first.entry.seq);
+
+    // While the first is still being written (the writer holds it until a
+    // second write comes): the second, with other terms, is not joined to it.
+    core.store.gather_next_batch_for_testing(2);
+    let registry = core.registry.clone();
+    let written = tokio::spawn(async move {
+        registry
+            .send(
+                account,
+                adjust(1_000_000, "held", Some(Category::Paid), None, None),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let registry = core.registry.clone();
+    let conflicting = tokio::spawn(async move {
+        registry
+            .send(
+                account,
+                adjust(
+                    1_000_000,
+                    "held",
+                    Some(Category::Promotional),
+                    None,
+                    expires,
+                ),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    core.registry
+        .send(
+            other,
+            adjust(1_000_000, "completes-the-batch", None, None, None),
+        )
+        .await
+        .unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(10), written)
+        .await
+        .expect("the held adjustment answered within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(!written.replayed);
+    let conflicting = tokio::time::timeout(Duration::from_secs(10), conflicting)
+        .await
+        .expect("the second adjustment answered within 10 s")
+        .unwrap();
+    assert!(
+        matches!(conflicting, Err(LedgerError::IdempotencyConflict { .. })),
+        "{conflicting:?}"
+    );
+    let found = listed(&core, account, NOW_MS).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(adjustments_refuse_grant_terms_that_cannot_be);
 async fn adjustments_refuse_grant_terms_that_cannot_be() {
     let app = TestApp::spawn().await;

@@ -6,6 +6,7 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::billing::orders::OrderType;
 use sms_credit_actors::billing::receipts;
+use sms_credit_actors::clock::Clock;
 use sms_credit_actors::opt_outs::{OptOut, OptOutVia};
 use sms_credit_actors::{feed_tickets, AccountId};
 
@@ -251,7 +252,8 @@ pub async fn payments(
         .billing
         .as_ref()
         .map(|billing| billing.gateway.as_ref());
-    let found = receipts::payments_of(&state.store, gateway, account_id).await?;
+    let found =
+        receipts::payments_of(&state.store, gateway, account_id, state.clock.now_ms()).await?;
     let payments = found
         .into_iter()
         .map(|order| {

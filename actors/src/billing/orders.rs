@@ -105,6 +105,9 @@ pub struct Order {
     /// Stripe's receipt for the payment (its charge's `receipt_url`), once
     /// learnt: asked of Stripe when the account holder lists their payments.
     pub receipt_url: Option<String>,
+    /// When Stripe was last asked for the receipt (not shown).
+    #[serde(skip)]
+    pub receipt_asked_at_ms: Option<i64>,
 }
 
 /// A limit on the off-session charges of one kind (their keys share a

@@ -1,8 +1,9 @@
 //! Stripe's receipts of paid orders: an account's payments, newest first,
 //! each with the link to its receipt (the charge's `receipt_url`) once
-//! learnt. A receipt is asked of Stripe the first time its holder lists
-//! their payments after the order completed (a few at a time), and kept:
-//! Stripe is never asked again for one it gave.
+//! learnt. A receipt is asked of Stripe when its holder lists their
+//! payments after the order completed (a few at a time), and kept: Stripe
+//! is never asked again for one it gave, and one it did not give is asked
+//! again only an hour later, for 30 days after the payment.
 
 use futures_util::future::join_all;
 
@@ -16,15 +17,25 @@ use crate::store::Store;
 /// others are asked by the next listings.
 pub const ASKED_AT_ONCE: usize = 5;
 
+/// How long after asking Stripe for a receipt it did not give it is asked
+/// again.
+pub const ASK_AGAIN_AFTER_MS: i64 = 3_600_000;
+
+/// How long after a payment its receipt is asked for.
+pub const ASK_FOR_MS: i64 = 30 * 86_400_000;
+
 /// The account's payments (orders completed, refunded or not), newest
 /// first. With a gateway, the receipts not learnt yet of the newest
-/// [`ASKED_AT_ONCE`] are asked of Stripe and recorded; one Stripe does not
-/// give (no answer, no charge yet, a link that is not `https`) is left out
-/// of this answer and asked again by a later one.
+/// [`ASKED_AT_ONCE`] that are due (never asked, or asked
+/// [`ASK_AGAIN_AFTER_MS`] ago or more, within [`ASK_FOR_MS`] of the
+/// payment) are asked of Stripe and the asking recorded; one Stripe does
+/// not give (no answer, no charge yet, a link that is not `https`) is left
+/// out of this answer and asked again by a later one once due.
 pub async fn payments_of(
     store: &Store,
     gateway: Option<&dyn PaymentGateway>,
     account_id: AccountId,
+    now_ms: i64,
 ) -> Result<Vec<Order>, StoreError> {
     let mut payments: Vec<Order> = store
         .billing()
@@ -40,7 +51,7 @@ pub async fn payments_of(
     let asked: Vec<(usize, String)> = payments
         .iter()
         .enumerate()
-        .filter(|(_, order)| order.receipt_url.is_none())
+        .filter(|(_, order)| order.receipt_url.is_none() && receipt_due(order, now_ms))
         .filter_map(|(index, order)| {
             order
                 .stripe_payment_intent_id
@@ -57,24 +68,39 @@ pub async fn payments_of(
     .await;
     for ((index, intent), answer) in asked.into_iter().zip(answers) {
         let order_id = payments[index].id;
-        match answer {
-            Ok(Some(url)) if is_receipt_link(&url) => {
-                store
-                    .billing()
-                    .record_receipt(order_id, url.clone())
-                    .await?;
-                payments[index].receipt_url = Some(url);
-            }
+        let given = match answer {
+            Ok(Some(url)) if is_receipt_link(&url) => Some(url),
             Ok(Some(url)) => {
                 tracing::warn!(order_id, payment_intent = %intent, %url, "Stripe gave a receipt link that is not https: not shown");
+                None
             }
-            Ok(None) => {}
+            Ok(None) => None,
             Err(error) => {
-                tracing::warn!(order_id, payment_intent = %intent, %error, "Stripe's receipt of the order could not be had; asked again when the payments are next listed");
+                tracing::warn!(order_id, payment_intent = %intent, %error, "Stripe's receipt of the order could not be had; asked again in an hour, when the payments are listed");
+                None
             }
-        }
+        };
+        store
+            .billing()
+            .record_receipt(order_id, given.clone(), now_ms)
+            .await?;
+        payments[index].receipt_url = given;
+        payments[index].receipt_asked_at_ms = Some(now_ms);
     }
     Ok(payments)
+}
+
+/// Whether Stripe is to be asked for the receipt of `order` (paid, none
+/// learnt) at `now_ms`: within [`ASK_FOR_MS`] of its payment, never asked
+/// or asked [`ASK_AGAIN_AFTER_MS`] ago or more.
+fn receipt_due(order: &Order, now_ms: i64) -> bool {
+    let recent = order
+        .completed_at_ms
+        .is_some_and(|paid| now_ms.saturating_sub(paid) <= ASK_FOR_MS);
+    let rested = order
+        .receipt_asked_at_ms
+        .is_none_or(|asked| now_ms.saturating_sub(asked) >= ASK_AGAIN_AFTER_MS);
+    recent && rested
 }
 
 /// A link a page may show: `https`, with a host, and nothing that would
@@ -89,7 +115,46 @@ pub fn is_receipt_link(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_receipt_link;
+    use super::{is_receipt_link, receipt_due, ASK_AGAIN_AFTER_MS, ASK_FOR_MS};
+    use crate::billing::orders::{Order, OrderStatus, OrderType};
+    use crate::ledger::AccountId;
+    use crate::money::Money;
+
+    fn paid_at(completed_at_ms: i64, receipt_asked_at_ms: Option<i64>) -> Order {
+        Order {
+            id: 1,
+            account_id: AccountId(1),
+            order_type: OrderType::TopUp,
+            amount: Money::from_micros(10_000_000),
+            list_price: Money::from_micros(10_000_000),
+            pricing_mode: None,
+            stripe_session_id: None,
+            stripe_payment_intent_id: Some("pi_1".into()),
+            discount_code_id: None,
+            amount_refunded: Money::ZERO,
+            status: OrderStatus::Completed,
+            created_at_ms: completed_at_ms,
+            completed_at_ms: Some(completed_at_ms),
+            receipt_url: None,
+            receipt_asked_at_ms,
+        }
+    }
+
+    #[test]
+    fn a_receipt_is_asked_for_hourly_within_thirty_days_of_the_payment() {
+        let paid = 1_000_000_000_000;
+        assert!(receipt_due(&paid_at(paid, None), paid));
+        assert!(!receipt_due(
+            &paid_at(paid, Some(paid)),
+            paid + ASK_AGAIN_AFTER_MS - 1
+        ));
+        assert!(receipt_due(
+            &paid_at(paid, Some(paid)),
+            paid + ASK_AGAIN_AFTER_MS
+        ));
+        assert!(receipt_due(&paid_at(paid, None), paid + ASK_FOR_MS));
+        assert!(!receipt_due(&paid_at(paid, None), paid + ASK_FOR_MS + 1));
+    }
 
     #[test]
     fn only_https_links_with_a_host_are_shown() {

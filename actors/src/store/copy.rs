@@ -188,6 +188,7 @@ pub const TABLES: &[Table] = &[
             ("created_at", I),
             ("completed_at", I),
             ("receipt_url", T),
+            ("receipt_asked_at", I),
         ],
         key: &[0],
         has_id_sequence: true,

@@ -6,7 +6,6 @@ use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use sms_credit_actors::billing::orders::OrderType;
 use sms_credit_actors::billing::receipts;
-use sms_credit_actors::clock::Clock;
 use sms_credit_actors::opt_outs::{OptOut, OptOutVia};
 use sms_credit_actors::{feed_tickets, AccountId};
 

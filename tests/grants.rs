@@ -837,6 +837,62 @@ fn verify_names_a_grant_whose_remaining_is_wrong() {
     );
 }
 
+on_both_stores!(sync verify_names_a_row_whose_funding_breaks_the_rules_though_it_adds_up);
+/// Rows whose amounts add up but whose funding the rules never decide:
+/// each is named by `verify`, in a sentence.
+fn verify_names_a_row_whose_funding_breaks_the_rules_though_it_adds_up() {
+    let directory = fresh_directory();
+    let expires = NOW_MS + 3_600_000;
+    actix_rt::System::new().block_on(async {
+        let clock = ManualClock::new(NOW_MS);
+        let core = core_at(&directory, &clock);
+        let account = new_account(&core, "+14155550413").await;
+        core.registry
+            .send(
+                account,
+                adjust(
+                    1_000_000,
+                    "given",
+                    Some(Category::Promotional),
+                    None,
+                    Some(expires),
+                ),
+            )
+            .await
+            .unwrap();
+        core.registry
+            .send(account, message_debit(250_000, 1))
+            .await
+            .unwrap();
+        core.shutdown().await;
+    });
+    assert!(run_cli(&directory, &["verify"]).status.success());
+    for (change, said) in [
+        (
+            format!("UPDATE transactions SET created_at = {expires} WHERE account_id = 1 AND seq = 2"),
+            "problem: account 1: row #2 is a debit that took from grant 1 at or after its expiry",
+        ),
+        (
+            "UPDATE transactions SET type = 'refund' WHERE account_id = 1 AND seq = 2".to_string(),
+            "problem: account 1: row #2 takes credit back for a payment from promotional grant 1, which never turns into cash",
+        ),
+        (
+            "UPDATE transactions SET type = 'expiry' WHERE account_id = 1 AND seq = 2".to_string(),
+            "problem: account 1: row #2 expires grant 1 before its expiry",
+        ),
+    ] {
+        directory.execute(&change);
+        let verified = run_cli(&directory, &["verify"]);
+        assert!(!verified.status.success(), "{change}: {verified:?}");
+        let told = String::from_utf8_lossy(&verified.stdout);
+        assert!(told.contains(said), "{change}: {told}");
+        directory.execute(&format!(
+            "UPDATE transactions SET type = 'debit', created_at = {NOW_MS} WHERE account_id = 1 AND seq = 2"
+        ));
+        assert!(run_cli(&directory, &["verify"]).status.success(), "{change}: put back");
+    }
+}
+
 on_both_stores!(an_unknown_letter_in_a_rows_funding_is_an_error_not_a_default);
 async fn an_unknown_letter_in_a_rows_funding_is_an_error_not_a_default() {
     let app = TestApp::spawn().await;

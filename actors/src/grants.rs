@@ -441,10 +441,8 @@ pub fn encode_remaining(remaining: &[Remaining]) -> String {
 /// a negative one, no `+`, no leading zero; anything else is `None`.
 fn stored_number(text: &str) -> Option<i64> {
     let number: i64 = text.parse().ok()?;
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let canonical =
-        !text.starts_with('+') && !(digits.len() > 1 && digits.starts_with('0')) && text != "-0";
-    canonical.then_some(number)
+    // Written back, it is the text itself (no '+', no leading zero, no -0).
+    (number.to_string() == text).then_some(number)
 }
 
 /// Reads the snapshot's `grants` back; anything this release did not write

@@ -335,7 +335,7 @@ fn broken_rule(
             Some(FundingRule::PromotionalTakenBack)
         }
         Some(TransactionKind::Expiry)
-            if takes && !expires_at.is_some_and(|at| row.created_at >= at) =>
+            if takes && expires_at.is_none_or(|at| row.created_at < at) =>
         {
             Some(FundingRule::ExpiredEarly)
         }

@@ -105,6 +105,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V26__credit_grants",
         include_str!("../../../../migrations/postgres/V26__credit_grants.sql"),
     ),
+    (
+        "V28__grant_expiry_sweep",
+        include_str!("../../../../migrations/postgres/V28__grant_expiry_sweep.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -215,7 +215,7 @@ async fn two_instances_sweeping_one_database_write_one_expiry_row_per_grant() {
         let expiry_of_1 = NOW_MS + DAY_MS + index as i64 * 1_000;
         let expiry_of_2 = NOW_MS + DAY_MS + 500;
         // In the order the grants expired, each dated at its expiry.
-        let mut expected = vec![(expiry_of_1, -1_000_000_i64), (expiry_of_2, -2_000_000_i64)];
+        let mut expected = [(expiry_of_1, -1_000_000_i64), (expiry_of_2, -2_000_000_i64)];
         expected.sort();
         let expected: Vec<String> = expected
             .iter()

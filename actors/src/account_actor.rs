@@ -367,10 +367,10 @@ impl Mutation {
     /// Whether this is [`ExpireDue`]'s request rather than a row.
     fn is_expire_due(&self) -> bool {
         self.kind == TransactionKind::Expiry
-            && !self
+            && self
                 .hints
                 .as_ref()
-                .is_some_and(|hints| hints.expiring.is_some())
+                .is_none_or(|hints| hints.expiring.is_none())
     }
 
     fn take_back(&self) -> Option<&TakeBackPlan> {

@@ -16,7 +16,7 @@ use sms_credit_actors::clock::{format_rfc3339_ms, ManualClock};
 use sms_credit_actors::expiry_sweep::{ExpirySweep, EXPIRY_SWEEP_EVERY_MS, HOLD_ROUNDS};
 use sms_credit_actors::grants::Category;
 use sms_credit_actors::store::ports::GrantExpiry;
-use sms_credit_actors::{ExpireDue, IdempotencyKey, LedgerError, Money, Refund};
+use sms_credit_actors::{AccountId, ExpireDue, IdempotencyKey, LedgerError, Money, Refund};
 
 use crate::database::TestDatabase;
 use crate::grants::{adjust, core_at, draws, message_debit, paid_credit, DAY_MS, NOW_MS};
@@ -462,6 +462,13 @@ async fn an_account_whose_actor_cannot_answer_holds_the_sweep_for_a_bounded_numb
             account_id: fine,
             grant_id: 1,
         })
+    );
+    // An account that does not exist is an error the sweep passes at once
+    // (no grant can name one: the schema refuses it).
+    let missing = core.registry.send(AccountId(999_999), ExpireDue).await;
+    assert!(
+        matches!(missing, Err(LedgerError::AccountNotFound(_))),
+        "{missing:?}"
     );
     // Its next change is refused too, until the operator mends it: no row
     // is decided on grants that cannot be used.

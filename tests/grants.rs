@@ -29,20 +29,20 @@ use crate::helpers::{
 use crate::ledger_actors::{assert_verified, key, new_account};
 use crate::refunds::paid_top_up;
 
-const NOW_MS: i64 = 1_795_253_400_000;
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const NOW_MS: i64 = 1_795_253_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// A core on a clock the test moves. The debits are messages' (`msg:N`)
 /// with no message behind them: no low-balance warning, which would wait
 /// for its message.
-fn core_at(directory: &TestDatabase, clock: &ManualClock) -> Core {
+pub(crate) fn core_at(directory: &TestDatabase, clock: &ManualClock) -> Core {
     let mut settings = test_settings(directory);
     settings.server.passivate_after = Duration::from_secs(3600);
     settings.messages.low_balance_threshold = Money::ZERO;
     Core::start(&settings, Arc::new(clock.clone())).unwrap()
 }
 
-fn adjust(
+pub(crate) fn adjust(
     micros: i64,
     idempotency_key: &str,
     category: Option<Category>,
@@ -60,7 +60,7 @@ fn adjust(
     }
 }
 
-fn paid_credit(micros: i64, idempotency_key: &str) -> Credit {
+pub(crate) fn paid_credit(micros: i64, idempotency_key: &str) -> Credit {
     Credit {
         amount: Money::from_micros(micros),
         idempotency_key: key(idempotency_key),
@@ -71,7 +71,7 @@ fn paid_credit(micros: i64, idempotency_key: &str) -> Credit {
     }
 }
 
-fn message_debit(micros: i64, message_id: i64) -> Debit {
+pub(crate) fn message_debit(micros: i64, message_id: i64) -> Debit {
     Debit {
         amount: Money::from_micros(micros),
         idempotency_key: IdempotencyKey::message(message_id),
@@ -81,7 +81,7 @@ fn message_debit(micros: i64, message_id: i64) -> Debit {
 }
 
 /// A row's funding as (grant, category, micro-dollars).
-fn draws(entry: &LedgerEntry) -> Vec<(i64, &'static str, i64)> {
+pub(crate) fn draws(entry: &LedgerEntry) -> Vec<(i64, &'static str, i64)> {
     entry
         .funded_by
         .draws()
@@ -1339,7 +1339,8 @@ async fn a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks() {
                "expires_at": sms_credit_actors::clock::format_rfc3339_ms(expires_at)})
     );
 
-    // At its expiry, the next change writes the expiry row first.
+    // At its expiry, the sweep or the next change, whichever comes first,
+    // writes the expiry row (before that change's own).
     clock.set_ms(expires_at);
     let (status, answer) = app
         .request(
@@ -1356,7 +1357,8 @@ async fn a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks() {
     assert_eq!(
         expired[0].body["data"],
         json!({"account_id": account, "seq": 2, "balance_micros": 0,
-               "grant_id": 1, "expired_micros": 2_000_000})
+               "grant_id": 1, "expired_micros": 2_000_000,
+               "expired_at": sms_credit_actors::clock::format_rfc3339_ms(expires_at)})
     );
     let granted = receiver.accepted("credit.granted", 2).await;
     let paid = granted

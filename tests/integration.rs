@@ -27,6 +27,7 @@ mod crash;
 mod disk_loss;
 mod disputes;
 mod docs;
+mod expiry_sweep;
 mod feed;
 mod grants;
 mod instances;

@@ -644,10 +644,15 @@ impl Book {
         Some(book)
     }
 
-    /// The first grant, by id, that has expired at `now_ms` with credit
-    /// left: its expiry row comes before anything else is decided.
+    /// The grant that expired first (then the oldest) of those expired at
+    /// `now_ms` with credit left: its expiry row comes before anything else
+    /// is decided, and the expiry rows of several follow one another in the
+    /// order the grants expired (each row dated its grant's expiry).
     pub fn due_expiry(&self, now_ms: i64) -> Option<&LiveGrant> {
-        self.grants.iter().find(|grant| grant.expired(now_ms))
+        self.grants
+            .iter()
+            .filter(|grant| grant.expired(now_ms))
+            .min_by_key(|grant| (grant.expires_at_ms, grant.id))
     }
 
     /// The grants a debit may use at `now_ms`, in consumption order.
@@ -1155,6 +1160,31 @@ mod tests {
         book.apply(None, &expiry, &[]).unwrap();
         assert_eq!(book.due_expiry(2_000), None);
         assert_eq!(book.encode(), "2:100");
+    }
+
+    #[test]
+    fn grants_expired_together_are_due_in_the_order_they_expired() {
+        let later = CreditGrant {
+            expires_at_ms: Some(2_000),
+            ..grant(1, Promotional, 300)
+        };
+        let sooner = CreditGrant {
+            expires_at_ms: Some(1_000),
+            ..grant(2, Promotional, 100)
+        };
+        let same = CreditGrant {
+            expires_at_ms: Some(1_000),
+            ..grant(3, Paid, 50)
+        };
+        let mut book = book_of(&[later, sooner, same]);
+        let mut order = Vec::new();
+        while let Some(due) = book.due_expiry(5_000).copied() {
+            order.push(due.id);
+            let expiry = book.expire(due.id).unwrap();
+            book.apply(None, &expiry, &[]).unwrap();
+        }
+        assert_eq!(order, vec![2, 3, 1]);
+        assert_eq!(book.balance(), Ok(money(0)));
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod billing;
 pub mod clock;
 pub mod commands;
 pub mod error;
+pub mod expiry_sweep;
 pub mod export;
 pub mod feed;
 pub mod feed_tickets;
@@ -36,7 +37,7 @@ pub mod verify;
 pub mod webhooks;
 
 pub use account_actor::{
-    AccountActor, AccountSettings, Adjust, Credit, Debit, GetBalance, Receipt, Refund,
+    AccountActor, AccountSettings, Adjust, Credit, Debit, ExpireDue, GetBalance, Receipt, Refund,
 };
 pub use adapters::StoreSettings;
 pub use error::LedgerError;

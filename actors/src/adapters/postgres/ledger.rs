@@ -335,7 +335,32 @@ impl LedgerStore for PostgresStore {
             } else {
                 load_grants(&client, account_id, Some(&ids)).await?
             };
-            Ok(Some(Activation { standing, facts }))
+            // When the last row was dated, only where an expiry row may
+            // follow it (a committed row never changes: any statement
+            // finds it as the snapshot's).
+            let seq = standing.snapshot.seq;
+            let last_row_at_ms =
+                if seq > 0 && facts.iter().any(|fact| fact.expires_at_ms.is_some()) {
+                    let row = client
+                        .query_opt(
+                            "SELECT created_at FROM transactions WHERE account_id = $1 AND seq = $2",
+                            &[&account_id.0, &seq],
+                        )
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::Database(format!(
+                                "account {account_id}: its snapshot is at seq {seq}, but the ledger has no such row"
+                            ))
+                        })?;
+                    Some(row.try_get::<_, i64>(0)?)
+                } else {
+                    None
+                };
+            Ok(Some(Activation {
+                standing,
+                facts,
+                last_row_at_ms,
+            }))
         })
     }
 

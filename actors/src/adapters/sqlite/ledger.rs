@@ -329,7 +329,28 @@ fn load_activation(
     } else {
         load_grants(connection, account_id, Some(&ids))?
     };
-    Ok(Some(Activation { standing, facts }))
+    // When the last row was dated, only where an expiry row may follow it.
+    let seq = standing.snapshot.seq;
+    let last_row_at_ms = if seq > 0 && facts.iter().any(|fact| fact.expires_at_ms.is_some()) {
+        let at: Option<i64> = connection
+            .prepare_cached(
+                "SELECT created_at FROM transactions WHERE account_id = ?1 AND seq = ?2",
+            )?
+            .query_row(params![account_id.0, seq], |row| row.get(0))
+            .optional()?;
+        Some(at.ok_or_else(|| {
+            StoreError::Database(format!(
+                "account {account_id}: its snapshot is at seq {seq}, but the ledger has no such row"
+            ))
+        })?)
+    } else {
+        None
+    };
+    Ok(Some(Activation {
+        standing,
+        facts,
+        last_row_at_ms,
+    }))
 }
 
 fn find_entry_by_key(

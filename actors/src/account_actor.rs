@@ -1696,7 +1696,13 @@ impl AccountActor {
         } else {
             self.working.warned_at_ms
         };
-        let warning_due = (mutation.kind == TransactionKind::Debit || withdraw_warning.is_some())
+        // A debit warns, and so does an expiry: the one drop of a balance
+        // nobody asked for.
+        let drop_warns = matches!(
+            mutation.kind,
+            TransactionKind::Debit | TransactionKind::Expiry
+        );
+        let warning_due = (drop_warns || withdraw_warning.is_some())
             && balance_after < settings.low_balance_threshold
             && (warned_at_ms == NEVER_WARNED
                 || now_ms.saturating_sub(warned_at_ms)
@@ -1964,13 +1970,18 @@ impl AccountActor {
         }
         match result {
             Ok(()) => {
-                if in_flight.entry.kind == TransactionKind::Debit {
-                    // A committed debit left the balance low: ask for an
-                    // auto top-up (once, however many debits follow).
+                if matches!(
+                    in_flight.entry.kind,
+                    TransactionKind::Debit | TransactionKind::Expiry
+                ) {
+                    // A committed debit (or expiry) left the balance low:
+                    // ask for an auto top-up (once, however many debits
+                    // follow). Asked at the clock's time: an expiry row is
+                    // dated when its grant expired.
                     self.shared.auto_top_ups.ask(
                         self.account_id,
                         in_flight.entry.balance_after,
-                        in_flight.entry.created_at_ms,
+                        self.shared.clock.now_ms(),
                     );
                 }
                 for (index, waiter) in in_flight.waiters.into_iter().enumerate() {

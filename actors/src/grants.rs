@@ -742,11 +742,12 @@ impl Book {
     /// `reversing` took (the debit of a message voided, or the net of an
     /// order's take-backs; positive draws are what is still taken). The
     /// paid part first pays down grant 0, then goes back to the paid grants
-    /// it came from; the promotional part goes back to its grants. A paid
-    /// part that grant 0 no longer needs (a credit paid it down since)
-    /// goes to the first paid grant taken from. What `reversing` does not
-    /// account for (nothing to give it back to) pays down grant 0 and makes
-    /// a paid grant of the rest, `made` (its id is the row's `seq`).
+    /// it came from (never more than each gave); the promotional part goes
+    /// back to its grants. A paid part that grant 0 no longer needs (a
+    /// credit paid it down since), and what `reversing` does not account
+    /// for (nothing to give it back to), pay down grant 0 and make a paid
+    /// grant of the rest, `made` (its id is the row's `seq`): no grant ever
+    /// holds more than it was made with.
     pub fn restore(
         &self,
         amount: Money,
@@ -775,17 +776,15 @@ impl Book {
         funding.add(SHORTFALL, Category::Paid, -paid_down)?;
         owed = owed.checked_sub(paid_down)?;
         let mut left = paid_back.checked_sub(paid_down)?;
-        let mut first_paid: Option<i64> = None;
         for draw in taken(Category::Paid).filter(|draw| draw.grant_id != SHORTFALL) {
-            first_paid.get_or_insert(draw.grant_id);
             let back = left.min(draw.amount);
             funding.add(draw.grant_id, Category::Paid, -back)?;
             left = left.checked_sub(back)?;
         }
-        match first_paid {
-            Some(grant_id) => funding.add(grant_id, Category::Paid, -left)?,
-            None => extra = extra.checked_add(left)?,
-        }
+        // What grant 0 took and no longer needs (a credit paid it down
+        // since) goes to no grant that gave nothing to it (that would leave
+        // it holding more than it was made with): it makes a paid grant.
+        extra = extra.checked_add(left)?;
         let mut left = promotional_back;
         for draw in taken(Category::Promotional) {
             let back = left.min(draw.amount);
@@ -1324,7 +1323,7 @@ mod tests {
     }
 
     #[test]
-    fn what_grant_0_no_longer_needs_goes_to_the_first_paid_grant() {
+    fn what_grant_0_no_longer_needs_makes_a_paid_grant_never_overfilling_one() {
         let mut book = book_of(&[grant(1, Paid, 100)]);
         let taken = book
             .take(money(300), 0, Take::Paid { order_id: None })
@@ -1335,10 +1334,19 @@ mod tests {
         book.apply(Some(&credit), &funding, &[]).unwrap();
         assert_eq!(book.encode(), "5:800");
         let (restore, made) = book
-            .restore(money(300), &taken, |_| unreachable!())
+            .restore(money(300), &taken, |amount| CreditGrant {
+                source: GrantSource::GiveBack,
+                ..grant(6, Paid, amount.micros())
+            })
             .unwrap();
-        assert_eq!(made, None);
-        assert_eq!(draws(&restore), vec![(1, Paid, -300)]);
+        // Grant 1 gets back the 100 taken from it, no more; the 200 grant 0
+        // took (and grant 5 paid down since) make grant 6.
+        let made = made.unwrap();
+        assert_eq!(made.amount, money(200));
+        assert_eq!(draws(&restore), vec![(1, Paid, -100)]);
+        book.apply(Some(&made), &restore, &[grant(1, Paid, 100)])
+            .unwrap();
+        assert_eq!(book.encode(), "1:100,5:800,6:200");
     }
 
     #[test]

@@ -1115,6 +1115,18 @@ async fn write_elsewhere(
     category: Category,
     grants: (&str, &str),
 ) {
+    write_elsewhere_expiring(core, last, micros, category, grants, None).await;
+}
+
+/// As [`write_elsewhere`], the grant expiring at `expires_at_ms`.
+async fn write_elsewhere_expiring(
+    core: &Core,
+    last: &LedgerEntry,
+    micros: i64,
+    category: Category,
+    grants: (&str, &str),
+    expires_at_ms: Option<i64>,
+) {
     let account = last.account_id;
     let before = core
         .store
@@ -1157,13 +1169,119 @@ async fn write_elsewhere(
                     amount: Money::from_micros(micros),
                     priority: Priority::new(50).unwrap(),
                     granted_at_ms: NOW_MS,
-                    expires_at_ms: None,
+                    expires_at_ms,
                 }),
                 ..Default::default()
             })),
         })
         .unwrap();
     answer.await.unwrap().unwrap();
+}
+
+on_both_stores!(
+    an_actor_that_missed_anothers_grant_reads_the_account_before_saying_nothing_expired
+);
+/// The sweep's question to an actor that missed another process's write
+/// (a note dropped, or ignored while a write of its own was in flight): the
+/// grant that write made has expired, and the actor, which remembers none,
+/// reads the account before it answers, so the expiry row is written.
+async fn an_actor_that_missed_anothers_grant_reads_the_account_before_saying_nothing_expired() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550414").await;
+    let seed = core
+        .registry
+        .send(account, paid_credit(100_000, "seed"))
+        .await
+        .unwrap();
+    write_elsewhere_expiring(
+        &core,
+        &seed.entry,
+        1_000_000,
+        Category::Promotional,
+        ("1:100000", "1:100000,2:1000000"),
+        Some(NOW_MS + 60_000),
+    )
+    .await;
+    clock.advance_ms(120_000);
+    core.registry
+        .send(account, sms_credit_actors::ExpireDue)
+        .await
+        .unwrap();
+    let read = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (read.seq, read.balance.micros()),
+        (3, 100_000),
+        "grant 2 expired"
+    );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+on_both_stores!(expiry_rows_a_store_keeps_refusing_are_answered_as_failed_not_tried_for_ever);
+/// A store that refuses every write: the sweep's question is answered as
+/// failed after a few tries (never retried for ever), so are the messages
+/// behind it, and once the store takes writes again the expiry is written.
+async fn expiry_rows_a_store_keeps_refusing_are_answered_as_failed_not_tried_for_ever() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550415").await;
+    core.registry
+        .send(account, paid_credit(100_000, "seed"))
+        .await
+        .unwrap();
+    core.registry
+        .send(
+            account,
+            adjust(
+                1_000_000,
+                "expiring",
+                Some(Category::Promotional),
+                None,
+                Some(NOW_MS + 60_000),
+            ),
+        )
+        .await
+        .unwrap();
+    clock.advance_ms(120_000);
+    core.store.fail_next_commits_for_testing(1_000_000);
+    let asked = tokio::time::timeout(
+        Duration::from_secs(20),
+        core.registry.send(account, sms_credit_actors::ExpireDue),
+    )
+    .await
+    .expect("ExpireDue answered within 20 s while every commit fails");
+    assert!(asked.is_err(), "{asked:?}");
+    let spent = tokio::time::timeout(
+        Duration::from_secs(20),
+        core.registry.send(account, message_debit(1_000, 1)),
+    )
+    .await
+    .expect("a debit answered within 20 s while every commit fails");
+    assert!(spent.is_err(), "{spent:?}");
+    core.store.fail_next_commits_for_testing(0);
+    core.registry
+        .send(account, sms_credit_actors::ExpireDue)
+        .await
+        .unwrap();
+    let read = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.balance.micros(), 100_000, "the promotional $1 expired");
+    core.shutdown().await;
+    assert_verified(&directory);
 }
 
 on_both_stores!(a_balance_read_after_a_failed_write_never_keeps_that_writes_grants);

@@ -348,6 +348,10 @@ struct Mutation {
     hints: Option<Box<Hints>>,
 }
 
+/// How many times [`ExpireDue`] waits for the expiry rows it caused
+/// before it is answered as failed.
+const EXPIRE_DUE_TRIES: u8 = 8;
+
 impl Mutation {
     /// The terms an adjustment asks its grant to be made with (the part
     /// of the request its key stands for beside the kind and amount).
@@ -487,6 +491,10 @@ struct Hints {
     reversal: Option<Reversal>,
     /// For an expiry row: the grant whose remainder it takes, and when.
     expiring: Option<Expiring>,
+    /// For [`ExpireDue`]: the account was read from the store for it (an
+    /// actor that missed another process's note must not answer "nothing
+    /// due" from what it remembers).
+    expire_read: bool,
 }
 
 /// The grant an expiry row takes the remainder of, and the moment the row
@@ -1278,13 +1286,48 @@ impl AccountActor {
             // Answered once every write in flight, the expiry rows among
             // them, is settled (acknowledged means durable); a row refused
             // meanwhile is decided again when this is computed again. Later
-            // messages wait behind it for as long as one commit takes.
+            // messages wait behind it for as long as one commit takes. An
+            // expiry row that keeps failing (a store that refuses writes)
+            // is answered as failed after a few tries, never tried for ever.
+            if attempts >= EXPIRE_DUE_TRIES {
+                answer_all(
+                    waiters,
+                    Err(LedgerError::Store(StoreError::CommitFailed(format!(
+                        "the expiry rows of account {} were not written in {EXPIRE_DUE_TRIES} tries",
+                        self.account_id
+                    )))),
+                );
+                return Step::Done;
+            }
             if self.in_flight.is_some() {
                 return Step::Wait(Retry {
                     mutation,
                     waiters,
-                    attempts,
+                    attempts: attempts + 1,
                 });
+            }
+            // Nothing due by what the actor knows: read the account once
+            // (it may have missed another process's write of a grant that
+            // has expired since), then decide again.
+            let read = mutation
+                .hints
+                .as_ref()
+                .is_some_and(|hints| hints.expire_read);
+            if !read {
+                let mut mutation = mutation;
+                mutation.hints = Some(Box::new(Hints {
+                    expire_read: true,
+                    ..Hints::default()
+                }));
+                self.load_snapshot(
+                    vec![Retry {
+                        mutation,
+                        waiters,
+                        attempts,
+                    }],
+                    ctx,
+                );
+                return Step::Paused;
             }
             answer_all(waiters, Ok(Answer::Nothing));
             return Step::Done;

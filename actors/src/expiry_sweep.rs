@@ -46,6 +46,9 @@ pub const EXPIRY_SWEEP_SETTLE_MS: i64 = 5_000;
 /// sweep stands, before its grant is left to the account's next change.
 pub const HOLD_ROUNDS: u32 = 10;
 
+/// How long a round waits for an account's actor to answer.
+pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The grants read at once.
 const BATCH: i64 = 500;
 
@@ -117,7 +120,17 @@ impl ExpirySweep {
             let answers: Vec<(AccountId, Result<(), LedgerError>)> = stream::iter(asked)
                 .map(|account_id| {
                     let registry = registry.clone();
-                    async move { (account_id, registry.send(account_id, ExpireDue).await) }
+                    async move {
+                        // An actor that cannot answer in time fails this
+                        // round for its account; the round goes on.
+                        let answer = tokio::time::timeout(
+                            ANSWER_WITHIN,
+                            registry.send(account_id, ExpireDue),
+                        )
+                        .await
+                        .unwrap_or(Err(LedgerError::Busy));
+                        (account_id, answer)
+                    }
                 })
                 .buffer_unordered(ASKED_AT_ONCE)
                 .collect()

@@ -105,6 +105,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V26__credit_grants",
         include_str!("../../../../migrations/postgres/V26__credit_grants.sql"),
     ),
+    (
+        "V27__refunds_told",
+        include_str!("../../../../migrations/postgres/V27__refunds_told.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

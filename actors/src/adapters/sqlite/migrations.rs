@@ -143,6 +143,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V35__credit_grants",
         include_str!("../../../../migrations/sqlite/V35__credit_grants.sql"),
     ),
+    (
+        "V36__refunds_told",
+        include_str!("../../../../migrations/sqlite/V36__refunds_told.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

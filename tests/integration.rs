@@ -39,6 +39,7 @@ mod operations;
 mod outage;
 mod quick_start;
 mod quote;
+mod receipts;
 mod refunds;
 mod refunds_by_id;
 mod refunds_told;

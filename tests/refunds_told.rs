@@ -111,7 +111,7 @@ async fn a_refund_told_on_its_own_is_not_told_again_once_its_event_is_pruned() {
 }
 on_both_stores!(a_refund_told_on_its_own_is_not_told_again_once_its_event_is_pruned);
 
-/// The release before the told mark (SQLite V35, Postgres V26), whose
+/// A release before the told mark (SQLite V35, Postgres V26), whose
 /// V34/V25 migration left an order's replaced legacy record to be swept
 /// again. The order, access that credited $5, has four refunds of Stripe's
 /// recorded: $5 taken back by its row (told by it), and three whose rows

@@ -336,6 +336,15 @@ struct Mutation {
 }
 
 impl Mutation {
+    /// The terms an adjustment asks its grant to be made with (the part
+    /// of the request its key stands for beside the kind and amount).
+    fn adjustment_terms(&self) -> Option<GrantTerms> {
+        if self.kind != TransactionKind::Adjustment {
+            return None;
+        }
+        self.hints.as_ref()?.grant.as_ref().map(|(terms, _)| *terms)
+    }
+
     fn take_back(&self) -> Option<&TakeBackPlan> {
         self.hints.as_ref()?.take_back.as_ref()
     }
@@ -703,14 +712,11 @@ impl AccountActor {
         } else {
             Reached::Unknown
         };
-        // Grants known at another position are not these.
-        if self
-            .grants
-            .as_ref()
-            .is_some_and(|grants| grants.at_seq != snapshot.seq)
-        {
-            self.grants = None;
-        }
+        // A snapshot alone says nothing of the grants: those known here may
+        // be a refused or failed write's at the same position, or another
+        // process's write may have made others there. They are read again
+        // (the callers that know them take them after this).
+        self.grants = None;
     }
 
     /// Takes where another process's write (or the guard's refusal) says
@@ -1141,8 +1147,15 @@ impl AccountActor {
         if let Some(in_flight) = joined {
             // A take-back of the same key is the same refund, whatever
             // amount it would decide now.
+            let in_flight_terms = in_flight
+                .hints
+                .as_ref()
+                .and_then(|hints| hints.grant.as_ref())
+                .map(|(terms, _)| *terms);
             if in_flight.entry.kind == mutation.kind
                 && (in_flight.entry.amount == mutation.amount || mutation.take_back().is_some())
+                && (mutation.adjustment_terms().is_none()
+                    || mutation.adjustment_terms() == in_flight_terms)
             {
                 in_flight.waiters.append(&mut waiters);
                 return Step::Done;
@@ -1476,14 +1489,52 @@ impl AccountActor {
         let Retry {
             mutation, waiters, ..
         } = retry;
-        let lookup = self
-            .shared
-            .store
+        let store = self.shared.store.clone();
+        let account_id = self.account_id;
+        let asks_terms = mutation.adjustment_terms().is_some();
+        // Asked now, before anything else this actor reads.
+        let by_key = store
             .ledger()
-            .entry_by_key(self.account_id, mutation.idempotency_key.clone());
+            .entry_by_key(account_id, mutation.idempotency_key.clone());
+        let lookup = async move {
+            let Some(existing) = by_key.await? else {
+                return Ok(None);
+            };
+            // An adjustment's grant terms are part of its request: the
+            // grant its row made is read to compare them.
+            let made = if asks_terms && existing.kind == TransactionKind::Adjustment {
+                store
+                    .ledger()
+                    .account_grants(account_id)
+                    .await?
+                    .and_then(|found| {
+                        found
+                            .grants
+                            .into_iter()
+                            .find(|grant| grant.id == existing.seq)
+                    })
+                    .map(|grant| GrantTerms {
+                        category: grant.category,
+                        priority: grant.priority,
+                        expires_at_ms: grant.expires_at_ms,
+                    })
+            } else {
+                None
+            };
+            Ok::<_, StoreError>(Some((existing, made)))
+        };
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
-                Ok(Some(existing)) => replay(existing, &mutation).map(Answer::Row),
+                Ok(Some((existing, made))) => {
+                    if mutation.adjustment_terms().is_some()
+                        && existing.kind == mutation.kind
+                        && made != mutation.adjustment_terms()
+                    {
+                        Err(conflict(&existing))
+                    } else {
+                        replay(existing, &mutation).map(Answer::Row)
+                    }
+                }
                 Ok(None) => Err(otherwise),
                 // A commit's unknown outcome stays unknown when it cannot
                 // be looked up.

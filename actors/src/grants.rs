@@ -378,17 +378,13 @@ impl Funding {
             else {
                 return Err(malformed("each part is grant:letter:micros"));
             };
-            let grant_id: i64 = id
-                .parse()
-                .ok()
+            let grant_id: i64 = stored_number(id)
                 .filter(|id| *id >= 0)
                 .ok_or_else(|| malformed("a grant id is a whole number"))?;
             let category = Category::from_letter(letter).ok_or_else(|| {
                 malformed(&format!("unknown category letter {letter:?} (p or r)"))
             })?;
-            let amount: i64 = amount
-                .parse()
-                .ok()
+            let amount: i64 = stored_number(amount)
                 .filter(|amount| *amount != 0)
                 .ok_or_else(|| malformed("an amount is whole, non-zero micro-dollars"))?;
             if grant_id == SHORTFALL && category != Category::Paid {
@@ -441,6 +437,14 @@ pub fn encode_remaining(remaining: &[Remaining]) -> String {
     text
 }
 
+/// A number as this release writes it (`push_i64`): digits with a `-` for
+/// a negative one, no `+`, no leading zero; anything else is `None`.
+fn stored_number(text: &str) -> Option<i64> {
+    let number: i64 = text.parse().ok()?;
+    // Written back, it is the text itself (no '+', no leading zero, no -0).
+    (number.to_string() == text).then_some(number)
+}
+
 /// Reads the snapshot's `grants` back; anything this release did not write
 /// is an error.
 pub fn decode_remaining(text: &str) -> Result<Vec<Remaining>, GrantError> {
@@ -453,15 +457,11 @@ pub fn decode_remaining(text: &str) -> Result<Vec<Remaining>, GrantError> {
         let Some((id, amount)) = part.split_once(':') else {
             return Err(malformed("each part is grant:micros"));
         };
-        let grant_id: i64 = id
-            .parse()
-            .ok()
+        let grant_id: i64 = stored_number(id)
             .filter(|id| *id >= 0)
             .ok_or_else(|| malformed("a grant id is a whole number"))?;
-        let amount: i64 = amount
-            .parse()
-            .ok()
-            .ok_or_else(|| malformed("an amount is whole micro-dollars"))?;
+        let amount: i64 =
+            stored_number(amount).ok_or_else(|| malformed("an amount is whole micro-dollars"))?;
         let in_range = if grant_id == SHORTFALL {
             amount < 0
         } else {
@@ -1366,6 +1366,10 @@ mod tests {
             "12:p:5;12:p:6",
             "0:r:5",
             "12:p:5,",
+            "12:p:+5",
+            "012:p:5",
+            "12:p:007",
+            "12:p:-05",
         ] {
             assert!(
                 matches!(Funding::decode(bad), Err(GrantError::Malformed(_))),
@@ -1403,6 +1407,11 @@ mod tests {
             "12",
             "x:1",
             "12:1;15:1",
+            "12:+5",
+            "+12:5",
+            "012:5",
+            "12:007",
+            "0:-05",
         ] {
             assert!(
                 matches!(decode_remaining(bad), Err(GrantError::Malformed(_))),

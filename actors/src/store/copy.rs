@@ -187,6 +187,8 @@ pub const TABLES: &[Table] = &[
             ("status", T),
             ("created_at", I),
             ("completed_at", I),
+            ("receipt_url", T),
+            ("receipt_asked_at", I),
         ],
         key: &[0],
         has_id_sequence: true,

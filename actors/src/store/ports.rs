@@ -330,6 +330,15 @@ pub trait BillingStore: Send + Sync {
     /// Records the PaymentIntent of an order that has none yet.
     fn set_order_payment_intent(&self, order_id: i64, payment_intent_id: String)
         -> StoreFuture<()>;
+    /// Records that Stripe was asked for a paid order's receipt at
+    /// `asked_at_ms`, and the receipt it gave, if it gave one (one learnt
+    /// already is kept).
+    fn record_receipt(
+        &self,
+        order_id: i64,
+        receipt_url: Option<String>,
+        asked_at_ms: i64,
+    ) -> StoreFuture<()>;
     /// Ends, as failed, up to `limit` pending orders opened before
     /// `opened_before_ms` that hold a discount code's use and never got a
     /// Checkout Session (the server stopped, or the request was dropped,

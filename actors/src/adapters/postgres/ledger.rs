@@ -254,7 +254,8 @@ pub(super) async fn verify_in(
     let rows = transaction
         .query_raw(
             "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq,
-                    t.funded_by, g.amount, g.category, b.grants
+                    t.funded_by, g.amount, g.category, b.grants,
+                g.expires_at, t.created_at, t.order_id
                FROM transactions t
                LEFT JOIN account_balances b ON b.account_id = t.account_id
                LEFT JOIN credit_grants g ON g.account_id = t.account_id AND g.id = t.seq
@@ -278,6 +279,9 @@ pub(super) async fn verify_in(
             made: made_amount.zip(made_category),
             snapshot: balance.zip(seq),
             snapshot_grants: row.try_get(10)?,
+            made_expires_at: row.try_get(11)?,
+            created_at: row.try_get(12)?,
+            order_id: row.try_get(13)?,
         });
     }
     let accounts = transaction

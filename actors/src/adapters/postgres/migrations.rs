@@ -106,8 +106,13 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/postgres/V26__credit_grants.sql"),
     ),
     (
-        "V27__refunds_told",
-        include_str!("../../../../migrations/postgres/V27__refunds_told.sql"),
+        "V27__order_receipts",
+        include_str!("../../../../migrations/postgres/V27__order_receipts.sql"),
+    ),
+    // V28 is the grant expiry sweep's (branch `expiry`).
+    (
+        "V29__refunds_told",
+        include_str!("../../../../migrations/postgres/V29__refunds_told.sql"),
     ),
 ];
 

@@ -393,7 +393,8 @@ pub(super) fn verify(connection: &Connection) -> Result<VerifyReport, StoreError
     let mut verifier = Verifier::new();
     let mut rows = connection.prepare(
         "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq,
-                t.funded_by, g.amount, g.category, b.grants
+                t.funded_by, g.amount, g.category, b.grants,
+                g.expires_at, t.created_at, t.order_id
            FROM transactions t
            LEFT JOIN account_balances b ON b.account_id = t.account_id
            LEFT JOIN credit_grants g ON g.account_id = t.account_id AND g.id = t.seq
@@ -415,6 +416,9 @@ pub(super) fn verify(connection: &Connection) -> Result<VerifyReport, StoreError
             made: made_amount.zip(made_category),
             snapshot: balance.zip(seq),
             snapshot_grants: row.get(10)?,
+            made_expires_at: row.get(11)?,
+            created_at: row.get(12)?,
+            order_id: row.get(13)?,
         });
     }
     let mut accounts = connection.prepare(

@@ -144,8 +144,13 @@ const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../../migrations/sqlite/V35__credit_grants.sql"),
     ),
     (
-        "V36__refunds_told",
-        include_str!("../../../../migrations/sqlite/V36__refunds_told.sql"),
+        "V36__order_receipts",
+        include_str!("../../../../migrations/sqlite/V36__order_receipts.sql"),
+    ),
+    // V37 is the grant expiry sweep's (branch `expiry`).
+    (
+        "V38__refunds_told",
+        include_str!("../../../../migrations/sqlite/V38__refunds_told.sql"),
     ),
 ];
 

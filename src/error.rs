@@ -200,7 +200,10 @@ impl ApiError {
                 BillingError::RefundRefused(_) => "refund_refused",
                 BillingError::RefundNotMade(_) => "refund_not_made",
                 BillingError::RefundMismatch(_) => "refund_mismatch",
-                BillingError::Gateway(_) | BillingError::GatewayUnavailable(_) => "stripe_error",
+                BillingError::Gateway(_)
+                | BillingError::GatewayUnavailable(_)
+                | BillingError::GatewayMissing(_)
+                | BillingError::GatewayKeyRefused(_) => "stripe_error",
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
             },
@@ -256,7 +259,12 @@ impl ApiError {
             ApiError::Internal(_) => "the server failed; nothing was changed".to_string(),
             // A provider's own words go to the log only (they may name keys
             // or accounts); the request id in `X-Request-Id` finds them.
-            ApiError::Billing(BillingError::Gateway(_) | BillingError::GatewayUnavailable(_)) => {
+            ApiError::Billing(
+                BillingError::Gateway(_)
+                | BillingError::GatewayUnavailable(_)
+                | BillingError::GatewayMissing(_)
+                | BillingError::GatewayKeyRefused(_),
+            ) => {
                 "the payment provider did not complete the request; the X-Request-Id header names it in the server's log".to_string()
             }
             ApiError::SignIn(SignInError::NotSent(_)) => {
@@ -348,9 +356,10 @@ impl ResponseError for ApiError {
                     StatusCode::UNPROCESSABLE_ENTITY
                 }
                 BillingError::Invalid(_) => StatusCode::BAD_REQUEST,
-                BillingError::Gateway(_) | BillingError::GatewayUnavailable(_) => {
-                    StatusCode::BAD_GATEWAY
-                }
+                BillingError::Gateway(_)
+                | BillingError::GatewayUnavailable(_)
+                | BillingError::GatewayMissing(_)
+                | BillingError::GatewayKeyRefused(_) => StatusCode::BAD_GATEWAY,
                 BillingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 BillingError::Ledger(_) | BillingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },

@@ -125,11 +125,10 @@ struct State {
     failed_refunds: FailedRefunds,
     /// Whether listing refunds fails with a 500 (the rest answers).
     refund_lists_fail: bool,
-    /// The PaymentIntent whose refunds Stripe does not list (a 404, as
-    /// for a PaymentIntent Stripe does not know, or a 500), with the
-    /// status, and how many times it did not.
-    refund_lists_refused_for: Option<(String, u16)>,
-    refund_lists_refused: u64,
+    /// The PaymentIntents whose refunds Stripe does not list, each with
+    /// the status it answers instead (see [`refusal_of_a_list`]), and how
+    /// many times it did not list them.
+    refund_lists_refused_for: HashMap<String, (u16, u64)>,
     /// Where Checkout pages are (`None`: Stripe's made-up host, which a
     /// browser cannot open; set: this fake serves them).
     checkout_base: Option<String>,
@@ -170,6 +169,40 @@ fn metadata_from(form: &[(String, String)], prefix: &str) -> Value {
     Value::Object(metadata)
 }
 
+/// What Stripe answers instead of a list of `payment_intent`'s refunds,
+/// with `status`, as its API says it: 404 `resource_missing` (it knows no
+/// such PaymentIntent), 401 (the API key is not one it knows), 403 (a
+/// restricted key without the permission), another 4xx (a refusal of the
+/// request for another reason), or a server error.
+fn refusal_of_a_list(status: u16, payment_intent: &str) -> Value {
+    let log_url = "https://dashboard.stripe.com/test/logs/req_fake_list?t=1795253400";
+    match status {
+        404 => json!({"error": {
+            "code": "resource_missing",
+            "doc_url": "https://stripe.com/docs/error-codes/resource-missing",
+            "message": format!("No such payment_intent: '{payment_intent}'"),
+            "param": "payment_intent",
+            "request_log_url": log_url,
+            "type": "invalid_request_error"}}),
+        401 => json!({"error": {
+            "message": "Invalid API Key provided: sk_test_********fake",
+            "type": "invalid_request_error"}}),
+        403 => json!({"error": {
+            "message": "The provided key 'rk_test_********fake' does not have the required \
+                        permissions for this endpoint on account 'acct_fake'. Having the \
+                        'rak_refund_read' permission would allow this request to continue.",
+            "request_log_url": log_url,
+            "type": "invalid_request_error"}}),
+        400..=499 => json!({"error": {
+            "message": "fake: this payment's refunds cannot be listed",
+            "request_log_url": log_url,
+            "type": "invalid_request_error"}}),
+        _ => {
+            json!({"error": {"type": "api_error", "message": "fake: this payment's refunds failed"}})
+        }
+    }
+}
+
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(key, _)| key == name)
@@ -201,8 +234,7 @@ impl FakeStripe {
             refund_status: "succeeded".to_string(),
             failed_refunds: FailedRefunds::StayInTotal,
             refund_lists_fail: false,
-            refund_lists_refused_for: None,
-            refund_lists_refused: 0,
+            refund_lists_refused_for: HashMap::new(),
             checkout_base: None,
         }));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -305,25 +337,58 @@ impl FakeStripe {
         self.state.lock().unwrap().refund_lists_fail = fail;
     }
 
-    /// `GET /v1/refunds` of `payment_intent` answers 404 (Stripe knows no
-    /// such PaymentIntent) until set to `None`; the rest answers.
+    /// `GET /v1/refunds` of `payment_intent` answers 404
+    /// `resource_missing` (Stripe knows no such PaymentIntent) from now on;
+    /// `None`: every PaymentIntent's refunds are listed again.
     pub fn set_refund_lists_refused_for(&self, payment_intent: Option<&str>) {
-        self.state.lock().unwrap().refund_lists_refused_for =
-            payment_intent.map(|intent| (intent.to_string(), 404));
+        match payment_intent {
+            Some(intent) => self.set_refund_lists_answer_for(intent, 404),
+            None => {
+                let mut state = self.state.lock().unwrap();
+                for (status, _) in state.refund_lists_refused_for.values_mut() {
+                    *status = 200;
+                }
+            }
+        }
     }
 
     /// `GET /v1/refunds` of `payment_intent` answers 500 (Stripe failing
     /// for that payment alone); counted with the refusals.
     pub fn set_refund_lists_failing_for(&self, payment_intent: &str) {
-        self.state.lock().unwrap().refund_lists_refused_for =
-            Some((payment_intent.to_string(), 500));
+        self.set_refund_lists_answer_for(payment_intent, 500);
     }
 
-    /// How many lists of refunds were refused by
-    /// [`FakeStripe::set_refund_lists_refused_for`] (or failed by
-    /// [`FakeStripe::set_refund_lists_failing_for`]).
+    /// `GET /v1/refunds` of `payment_intent` answers `status`, with the
+    /// body Stripe gives it (see [`refusal_of_a_list`]), from now on; 200:
+    /// its refunds are listed again.
+    pub fn set_refund_lists_answer_for(&self, payment_intent: &str, status: u16) {
+        let mut state = self.state.lock().unwrap();
+        let refused = state
+            .refund_lists_refused_for
+            .entry(payment_intent.to_string())
+            .or_insert((status, 0));
+        refused.0 = status;
+    }
+
+    /// How many lists of refunds were not given, of every PaymentIntent
+    /// (see [`FakeStripe::set_refund_lists_answer_for`]).
     pub fn refund_lists_refused(&self) -> u64 {
-        self.state.lock().unwrap().refund_lists_refused
+        let state = self.state.lock().unwrap();
+        state
+            .refund_lists_refused_for
+            .values()
+            .map(|(_, count)| count)
+            .sum()
+    }
+
+    /// How many lists of `payment_intent`'s refunds were not given (also
+    /// after it is listed again).
+    pub fn refund_lists_refused_of(&self, payment_intent: &str) -> u64 {
+        let state = self.state.lock().unwrap();
+        state
+            .refund_lists_refused_for
+            .get(payment_intent)
+            .map_or(0, |(_, count)| *count)
     }
 
     /// A refund made in Stripe's dashboard (no metadata of this service's)
@@ -596,21 +661,17 @@ fn answer_locked(
         let query: Vec<(String, String)> =
             serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
         let wanted = field(&query, "payment_intent").map(str::to_string);
-        if let Some((refused, status)) = state.refund_lists_refused_for.clone() {
-            if wanted.as_deref() == Some(refused.as_str()) {
-                state.refund_lists_refused += 1;
-                return match status {
-                    404 => (
-                        404,
-                        json!({"error": {"type": "invalid_request_error", "code": "resource_missing",
-                               "message": format!("No such payment_intent: '{refused}'")}}),
-                    ),
-                    _ => (
-                        status,
-                        json!({"error": {"type": "api_error", "message": "fake: this payment's refunds failed"}}),
-                    ),
-                };
-            }
+        if let Some((status, count)) = wanted
+            .as_deref()
+            .and_then(|intent| state.refund_lists_refused_for.get_mut(intent))
+            .filter(|(status, _)| *status != 200)
+        {
+            *count += 1;
+            let status = *status;
+            return (
+                status,
+                refusal_of_a_list(status, wanted.as_deref().unwrap_or_default()),
+            );
         }
         let limit = field(&query, "limit")
             .and_then(|limit| limit.parse::<usize>().ok())

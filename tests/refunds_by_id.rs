@@ -25,7 +25,7 @@ async fn app_with_fake() -> (FakeStripe, TestApp) {
 }
 
 /// An order's refunded figure, as the admin API shows it.
-async fn refunded_figure(app: &TestApp, account: i64, order: i64) -> i64 {
+pub(crate) async fn refunded_figure(app: &TestApp, account: i64, order: i64) -> i64 {
     let orders = app.get_orders(account).await;
     let row = orders.iter().find(|row| row["id"] == order).unwrap();
     row["amount_refunded_micros"].as_i64().unwrap()
@@ -48,6 +48,20 @@ async fn request_statuses(app: &TestApp, order: i64) -> Vec<String> {
         .iter()
         .map(|refund| refund["status"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// An order as `GET /v1/admin/orders/{id}` shows it.
+pub(crate) async fn order_detail(app: &TestApp, order: i64) -> serde_json::Value {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
 }
 
 /// A $10 top-up is refunded $3 (taken back); the refund fails (the $3 comes
@@ -519,7 +533,7 @@ async fn a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can
 on_both_stores!(a_refund_event_whose_refunds_stripe_cannot_list_is_refused_until_it_can);
 
 /// Waits (10 s at most) until `done` says so, failing with `what`.
-async fn eventually<F, Fut>(what: &str, mut done: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, mut done: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -534,7 +548,7 @@ where
 }
 
 /// The `payment.refunded` events told to the host, oldest first.
-fn told_refunds(directory: &TestDatabase) -> Vec<serde_json::Value> {
+pub(crate) fn told_refunds(directory: &TestDatabase) -> Vec<serde_json::Value> {
     let count =
         directory.number("SELECT COUNT(*) FROM webhook_events WHERE type = 'payment.refunded'");
     (0..count)
@@ -558,7 +572,7 @@ fn last_migration_before(kind: StoreKind) -> u32 {
 
 /// A database made by a release before refunds were kept one by one: the
 /// store's migrations up to `last_migration_before`.
-fn database_before_refund_ids() -> TestDatabase {
+pub(crate) fn database_before_refund_ids() -> TestDatabase {
     TestDatabase::at_migration(last_migration_before(crate::database::current_store()))
 }
 
@@ -901,7 +915,7 @@ on_both_stores!(
 );
 
 /// How many orders hold a legacy record.
-fn legacy_records(directory: &TestDatabase) -> i64 {
+pub(crate) fn legacy_records(directory: &TestDatabase) -> i64 {
     directory.number("SELECT COUNT(*) FROM stripe_refunds WHERE standing = 'legacy'")
 }
 
@@ -911,7 +925,7 @@ fn legacy_records(directory: &TestDatabase) -> i64 {
 /// earlier release took for no new refund (the failure had lowered
 /// Stripe's total below the $3 it had seen): each holds a legacy record of
 /// nothing. Answers it, and the id of each order's $2 refund.
-fn orders_with_an_ignored_refund(
+pub(crate) fn orders_with_an_ignored_refund(
     fake: &FakeStripe,
     payment_intents: &[&str],
 ) -> (TestDatabase, Vec<String>) {
@@ -1024,15 +1038,15 @@ on_both_stores!(
     a_sweep_round_that_failed_after_replacing_a_legacy_record_is_settled_by_a_later_round
 );
 
-/// Stripe refuses to list one order's refunds (a 404: it knows no such
-/// PaymentIntent) every time it is asked: the sweep carries on with the
+/// Stripe refuses to list one order's refunds (a 400, for no reason this
+/// service acts on) every time it is asked: the sweep carries on with the
 /// next order in the same round — its record is replaced and its $2 taken
 /// back —, and asks about the first again only after its own back-off.
 async fn an_order_the_sweep_always_fails_at_does_not_hold_up_the_others() {
     let fake = FakeStripe::start().await;
     let (directory, ignored) =
         orders_with_an_ignored_refund(&fake, &["pi_sweep_unknown", "pi_sweep_next"]);
-    fake.set_refund_lists_refused_for(Some("pi_sweep_unknown"));
+    fake.set_refund_lists_answer_for("pi_sweep_unknown", 400);
     let settings = stripe_settings(&directory, &fake.base_url);
     let clock = ManualClock::new(NOW_UNIX * 1000);
     let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
@@ -1109,18 +1123,31 @@ on_both_stores!(an_order_stripe_never_answers_about_does_not_hold_up_the_others)
 
 /// Orders whose legacy record the sweep can never replace — one without a
 /// PaymentIntent, one whose refund Stripe lists with another amount than
-/// recorded — are left by the first round that takes them, with why; no
-/// later round claims them (Stripe is asked about the second once), and
-/// their records hold back what they held. A third order, whose refunds
-/// Stripe refuses to list, is asked about again each round after its
-/// back-off (so each round is seen to have run).
+/// recorded, one whose PaymentIntent Stripe does not know (a 404
+/// `resource_missing`) — are left by the first round that takes them, with
+/// why in this service's words (never Stripe's), which the order's view
+/// shows; no later round claims them (Stripe is asked about each once), and
+/// their records hold back what they held. A fourth order's refunds Stripe
+/// will not list to the API key (401, then 403: the key is wrong, or may
+/// not list refunds): that says nothing of the order, which is never left;
+/// it ends its round, the order is asked about again each round once its
+/// claim runs out, and when the key may list them its record is replaced.
 async fn orders_the_sweep_can_never_replace_are_left_for_good() {
     let fake = FakeStripe::start().await;
+    fake.set_failed_refunds(FailedRefunds::LeaveTheTotal);
     // The second order's $3 refund was recorded failed at $1 before the
     // upgrade; Stripe lists it made, at $3.
     let odd = fake.refund_in_dashboard("pi_sweep_odd", "ch_sweep_odd", 300);
     let odd_id = odd["id"].as_str().unwrap();
     fake.set_refund_lists_refused_for(Some("pi_sweep_gone"));
+    // The fourth's $3 refund failed (given back); its $2 refund the earlier
+    // release took for no new refund.
+    let key_failed = fake.refund_in_dashboard("pi_sweep_key", "ch_sweep_key", 300);
+    let key_failed = fake.fail_refund(key_failed["id"].as_str().unwrap());
+    let key_failed_id = key_failed["id"].as_str().unwrap();
+    let key_ignored = fake.refund_in_dashboard("pi_sweep_key", "ch_sweep_key", 200);
+    let key_ignored_id = key_ignored["id"].as_str().unwrap();
+    fake.set_refund_lists_answer_for("pi_sweep_key", 401);
     let directory = database_before_refund_ids();
     directory.execute(&format!(
         "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550698', 'active', 0);
@@ -1128,9 +1155,10 @@ async fn orders_the_sweep_can_never_replace_are_left_for_good() {
                              amount_refunded, status, created_at, completed_at)
               VALUES (1, 1, 'top_up', 10000000, 10000000, NULL, 3000000, 'completed', 0, 0),
                      (2, 1, 'top_up', 10000000, 10000000, 'pi_sweep_odd', 3000000, 'completed', 0, 0),
-                     (3, 1, 'top_up', 10000000, 10000000, 'pi_sweep_gone', 3000000, 'completed', 0, 0);
+                     (3, 1, 'top_up', 10000000, 10000000, 'pi_sweep_gone', 3000000, 'completed', 0, 0),
+                     (4, 1, 'top_up', 10000000, 10000000, 'pi_sweep_key', 3000000, 'completed', 0, 0);
          INSERT INTO failed_refunds (refund_id, order_id, amount, failed_at)
-              VALUES ('{odd_id}', 2, 1000000, 0);
+              VALUES ('{odd_id}', 2, 1000000, 0), ('{key_failed_id}', 4, 3000000, 0);
          INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
                                    order_id, description, created_at)
               VALUES (1, 1, 'credit', 10000000, 10000000, 'stripe-order:1', 1, 'top-up', 0),
@@ -1139,34 +1167,46 @@ async fn orders_the_sweep_can_never_replace_are_left_for_good() {
                      (1, 4, 'refund', -3000000, 14000000, 'stripe-refund:ch_sweep_odd:300', 2, 'refund', 0),
                      (1, 5, 'refund', 1000000, 15000000, 'stripe-refund-failed:{odd_id}', 2, 'failed', 0),
                      (1, 6, 'credit', 10000000, 25000000, 'stripe-order:3', 3, 'top-up', 0),
-                     (1, 7, 'refund', -3000000, 22000000, 'stripe-refund:ch_sweep_gone:300', 3, 'refund', 0);
-         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 22000000, 7, 0);"
+                     (1, 7, 'refund', -3000000, 22000000, 'stripe-refund:ch_sweep_gone:300', 3, 'refund', 0),
+                     (1, 8, 'credit', 10000000, 32000000, 'stripe-order:4', 4, 'top-up', 0),
+                     (1, 9, 'refund', -3000000, 29000000, 'stripe-refund:ch_sweep_key:300', 4, 'refund', 0),
+                     (1, 10, 'refund', 3000000, 32000000, 'stripe-refund-failed:{key_failed_id}', 4, 'failed', 0);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 32000000, 10, 0);"
     ));
     let settings = stripe_settings(&directory, &fake.base_url);
     let clock = ManualClock::new(NOW_UNIX * 1000);
     let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
-    assert_eq!(app.balance_micros(1).await, 22_000_000);
-    // The lists of the second order's refunds: every list asked for, less
-    // those of the third order's, refused.
-    let lists_of_the_second =
+    assert_eq!(app.balance_micros(1).await, 32_000_000);
+    // The lists Stripe gave: every list asked for, less those refused.
+    let lists_given =
         || fake.requests_with("GET", "/v1/refunds").len() as u64 - fake.refund_lists_refused();
+    let asked_about_the_fourth = || fake.refund_lists_refused_of("pi_sweep_key");
 
-    // The first round, then three after the claims would have run out: the
-    // third order, last in each, is asked about in each.
+    // The first round, then three after the claims would have run out (the
+    // key refused with a 401 in the first three, a 403 in the last): the
+    // fourth order, last in each, is asked about in each.
     clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
     for round in 1..=4 {
         if round > 1 {
             clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
         }
+        if round == 4 {
+            fake.set_refund_lists_answer_for("pi_sweep_key", 403);
+        }
         eventually(
-            &format!("sweep round {round} asked about the third order"),
-            || async { fake.refund_lists_refused() == round },
+            &format!("sweep round {round} asked about the fourth order"),
+            || async { asked_about_the_fourth() == round },
         )
         .await;
         assert_eq!(
-            lists_of_the_second(),
+            lists_given(),
             1,
-            "round {round}: Stripe asked about the second order once only"
+            "round {round}: Stripe listed the second order's refunds once only"
+        );
+        assert_eq!(
+            fake.refund_lists_refused_of("pi_sweep_gone"),
+            1,
+            "round {round}: Stripe asked about the third order once only"
         );
     }
     let why = |order: i64| {
@@ -1177,12 +1217,60 @@ async fn orders_the_sweep_can_never_replace_are_left_for_good() {
     };
     assert!(why(1).contains("PaymentIntent"), "{}", why(1));
     assert!(why(2).contains(odd_id), "{}", why(2));
-    assert_eq!(why(3), "");
-    assert_eq!(legacy_records(&directory), 3);
+    assert!(
+        why(3).contains("pi_sweep_gone") && why(3).contains("resource_missing"),
+        "{}",
+        why(3)
+    );
+    assert!(
+        !why(3).contains("No such"),
+        "Stripe's own words: {}",
+        why(3)
+    );
+    assert_eq!(why(4), "", "the key's refusal leaves nothing");
+    assert_eq!(legacy_records(&directory), 4);
+    let sweep_of = |detail: &serde_json::Value, order: i64| {
+        detail["stripe_refunds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|refund| refund["refund_id"] == format!("legacy-order-{order}"))
+            .unwrap_or_else(|| panic!("order {order}'s legacy record is not shown: {detail}"))
+            ["sweep"]
+            .clone()
+    };
+    let third = order_detail(&app, 3).await;
+    assert_eq!(sweep_of(&third, 3)["state"], "left", "{third}");
+    assert_eq!(
+        sweep_of(&third, 3)["left_because"],
+        why(3).as_str(),
+        "{third}"
+    );
     assert_eq!(refunded_figure(&app, 1, 1).await, 3_000_000);
     assert_eq!(refunded_figure(&app, 1, 2).await, 2_000_000);
     assert_eq!(refunded_figure(&app, 1, 3).await, 3_000_000);
-    assert_eq!(app.balance_micros(1).await, 22_000_000);
+    assert_eq!(app.balance_micros(1).await, 32_000_000);
+
+    // The key may list refunds again: the next round replaces the fourth
+    // order's record and takes its $2 back; the order is settled.
+    fake.set_refund_lists_answer_for("pi_sweep_key", 200);
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the sweep replaced the fourth order's record and took its $2 back",
+        || async { net_of(&app, 1, 4).await == -2_000_000 },
+    )
+    .await;
+    assert_eq!(
+        rows_of(&app, 1, 4).await[2..],
+        [(format!("stripe-refund:{key_ignored_id}"), -2_000_000)]
+    );
+    eventually("the fourth order is settled", || async {
+        sweep_of(&order_detail(&app, 4).await, 4)["state"] == "settled"
+    })
+    .await;
+    assert_eq!(legacy_records(&directory), 3);
+    assert_eq!(asked_about_the_fourth(), 4);
+    assert_eq!(app.balance_micros(1).await, 30_000_000);
     let directory = app.stop().await;
     assert_verified(&directory);
 }

@@ -284,3 +284,87 @@ async fn a_refund_of_an_unknown_standing_is_an_error_to_a_dispute_of_its_order()
     );
     assert_eq!(app.balance_micros(account).await, 12_000_000);
 }
+
+on_both_stores!(a_refund_told_mark_this_release_does_not_know_is_an_error_not_untold);
+/// A refund whose row took nothing was told to the host on its own and
+/// marked so; a mark tampered to a value this release does not know is an
+/// error to the next event about the order (never read as "not told",
+/// which would tell the host again), and to the order's view.
+async fn a_refund_told_mark_this_release_does_not_know_is_an_error_not_untold() {
+    let (app, fake) = app_with_fake_stripe().await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) =
+        crate::refunds::paid_top_up(&app, &mut events, "+14155550908").await;
+    let disputed = events.dispute(
+        "charge.dispute.created",
+        "dp_told_mark",
+        "ch_told_mark",
+        &intent,
+        1000,
+        "needs_response",
+    );
+    assert_eq!(app.deliver(&disputed).await.0, StatusCode::OK);
+    let refund = fake.refund_in_dashboard(&intent, "ch_told_mark", 300);
+    let refund_id = refund["id"].as_str().unwrap().to_string();
+    let created = events.refund_event("refund.created", refund.clone());
+    assert_eq!(app.deliver(&created).await.0, StatusCode::OK);
+    assert_eq!(
+        app.directory.number(&format!(
+            "SELECT told FROM stripe_refunds WHERE refund_id = '{refund_id}'"
+        )),
+        1
+    );
+    app.directory.tamper(
+        "stripe_refunds",
+        &format!("UPDATE stripe_refunds SET told = 2 WHERE refund_id = '{refund_id}'"),
+    );
+    let names = format!("stripe_refunds row {refund_id}: unknown told '2'");
+    let (status, answer) = app
+        .deliver(&events.refund_event("refund.updated", refund))
+        .await;
+    assert_unknown_value(status, &answer, &names);
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_unknown_value(status, &answer, &names);
+    assert_eq!(app.balance_micros(account).await, 5_000_000);
+}
+
+on_both_stores!(a_sweep_mark_out_of_place_is_an_error_not_a_refund_that_counts);
+/// The legacy sweep's marks belong to an order's legacy record: a refund
+/// of Stripe's holding one was not written by this release, and is an
+/// error naming it, to the order's view and to the next event about it.
+async fn a_sweep_mark_out_of_place_is_an_error_not_a_refund_that_counts() {
+    let (app, fake) = app_with_fake_stripe().await;
+    let mut events = EventFactory::new();
+    let (account, order, intent) =
+        crate::refunds::paid_top_up(&app, &mut events, "+14155550909").await;
+    let refund = fake.refund_in_dashboard(&intent, "ch_sweep_mark", 300);
+    let refund_id = refund["id"].as_str().unwrap().to_string();
+    let created = events.refund_event("refund.created", refund.clone());
+    assert_eq!(app.deliver(&created).await.0, StatusCode::OK);
+    app.directory.execute(&format!(
+        "UPDATE stripe_refunds SET settled_at = 1 WHERE refund_id = '{refund_id}'"
+    ));
+    let names =
+        format!("stripe_refunds row {refund_id}: unknown settled_at '1 on a counted record'");
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_unknown_value(status, &answer, &names);
+    let (status, answer) = app
+        .deliver(&events.refund_event("refund.updated", refund))
+        .await;
+    assert_unknown_value(status, &answer, &names);
+    assert_eq!(app.balance_micros(account).await, 12_000_000);
+}

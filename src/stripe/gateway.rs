@@ -67,6 +67,11 @@ const CONFLICT: u16 = 409;
 /// held by another request) was met before the request was looked at.
 const TOO_MANY_REQUESTS: u16 = 429;
 
+/// Stripe's 401 Unauthorized (no valid API key) and 403 Forbidden (a
+/// restricted key without the permission): about the key, not the request.
+const UNAUTHORIZED: u16 = 401;
+const FORBIDDEN: u16 = 403;
+
 /// The most pages of a PaymentIntent's refunds read.
 const REFUND_PAGES: usize = 10;
 
@@ -74,7 +79,9 @@ const REFUND_PAGES: usize = 10;
 /// still in progress), a 429 (the rate limit, met before anything was
 /// done) and an `idempotency_error` (the key was used with other
 /// parameters: what its first request did is not said) decide nothing, so
-/// they are "ask again", never a refusal; any other 4xx is Stripe's
+/// they are "ask again", never a refusal; a 401 or 403 refuses the API key,
+/// whatever was asked; a 4xx whose code is `resource_missing` says Stripe
+/// knows no such object as the request names; any other 4xx is Stripe's
 /// refusal; anything else is Stripe not answering.
 fn gateway_error(error: StripeError) -> GatewayError {
     match error {
@@ -90,6 +97,25 @@ fn gateway_error(error: StripeError) -> GatewayError {
                 "Stripe did not take the request ({status}): {}",
                 api_error.message.as_deref().unwrap_or("no message")
             ))
+        }
+        StripeError::Stripe(api_error, status @ (UNAUTHORIZED | FORBIDDEN)) => {
+            GatewayError::KeyRefused(
+                api_error
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("status {status}")),
+            )
+        }
+        StripeError::Stripe(api_error, status)
+            if status < 500
+                && api_error.code == Some(stripe_shared::ApiErrorsCode::ResourceMissing) =>
+        {
+            GatewayError::Missing(
+                api_error
+                    .message
+                    .clone()
+                    .unwrap_or_else(|| format!("status {status}: resource_missing")),
+            )
         }
         StripeError::Stripe(api_error, status) if status < 500 => GatewayError::Refused(
             api_error

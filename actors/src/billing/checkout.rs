@@ -444,11 +444,7 @@ impl Billing {
                 // permission) says nothing of the charge: asked again later,
                 // as when Stripe cannot be reached, never taken as "not
                 // charged" or as a refusal of the charge.
-                .map_err(|error| match error {
-                    GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
-                        ChargeFailure::Unavailable(message)
-                    }
-                })?;
+                .map_err(|error| ChargeFailure::Unavailable(error.message().to_string()))?;
             return match found {
                 Some(outcome) => self.charge_answered(order, card, outcome, now_ms).await,
                 None => {
@@ -481,7 +477,9 @@ impl Billing {
             .await
             .map_err(|error| match error {
                 GatewayError::Unavailable(message) => ChargeFailure::Unavailable(message),
-                refused @ GatewayError::Refused(_) => ChargeFailure::Other(gateway_error(refused)),
+                refused @ (GatewayError::Refused(_)
+                | GatewayError::Missing(_)
+                | GatewayError::KeyRefused(_)) => ChargeFailure::Other(gateway_error(refused)),
             })?;
         self.charge_answered(order, card, outcome, now_ms).await
     }

@@ -400,6 +400,12 @@ impl Billing {
                             BillingError::GatewayUnavailable(said(message))
                         }
                         GatewayError::Refused(message) => BillingError::Gateway(said(message)),
+                        GatewayError::Missing(message) => {
+                            BillingError::GatewayMissing(said(message))
+                        }
+                        GatewayError::KeyRefused(message) => {
+                            BillingError::GatewayKeyRefused(said(message))
+                        }
                     }
                 })?;
             listed_by_stripe = listed.clone();
@@ -424,18 +430,20 @@ impl Billing {
             .await?;
         self.tell_refunds_without_rows(&order, &changes, &settled.changes, now_ms)
             .await?;
-        // Every refund recorded of the order is settled now: its legacy
-        // record's replacement, if it has one, is done with (the sweep
-        // takes it up until then).
+        // Every refund recorded of the order when it was read is settled
+        // now: its legacy record's replacement, if it has one, is done with
+        // (the sweep takes it up until then) — unless a refund was recorded
+        // since, which its recorder settles, or else the sweep.
         let legacy = legacy_refund_id(order.id);
         if recorded
             .refunds
             .iter()
             .any(|refund| refund.refund_id == legacy && refund.standing == RefundStanding::Replaced)
         {
+            self.store.settled_mark_point().await;
             self.store
                 .billing()
-                .legacy_replacement_settled(order.id, now_ms)
+                .legacy_replacement_settled(order.id, recorded.as_read(), now_ms)
                 .await?;
         }
         let (taken_back, given_back) = settled.moved()?;
@@ -550,7 +558,7 @@ impl Billing {
                         refund_id: id.clone(),
                         refunded: record.amount,
                         total_refunded,
-                        announce: record.recorded_by != RecordedBy::LegacyReplacement,
+                        announce: !record.told,
                     },
                 },
                 RefundStanding::Failed => Settle {
@@ -591,10 +599,12 @@ impl Billing {
     /// `payment.refunded` for each refund that stands and whose row took
     /// nothing back (what it refunded was held back already: a dispute
     /// took it, a check of the order made when two of its events met took
-    /// it, or the order credited less): an event of its own, once per
-    /// refund, as the row's would have been, saying no credit was taken
-    /// back for it. Not for a refund the order's legacy record held back:
-    /// the host was told of it then (by the charge's running total).
+    /// it, or the order credited less): an event of its own, as the row's
+    /// would have been, saying no credit was taken back for it, written
+    /// with the refund's mark that it was told — once per refund for good,
+    /// however long after the webhook retention pruned the event. Not for
+    /// a refund marked told already (the order's legacy record held it
+    /// back: the host was told of it by the charge's running total).
     async fn tell_refunds_without_rows(
         &self,
         order: &Order,
@@ -622,7 +632,11 @@ impl Billing {
                     format!("payment.refunded:{refund_id}"),
                     now_ms,
                 )?;
-            told |= self.store.webhooks().record_event(event).await?;
+            told |= self
+                .store
+                .billing()
+                .tell_refund(refund_id.clone(), event)
+                .await?;
         }
         if told {
             self.store.webhooks_ready().notify_one();

@@ -69,6 +69,28 @@ pub enum GatewayError {
     /// Stripe refused the request.
     #[error("Stripe refused the request: {0}")]
     Refused(String),
+    /// Stripe refused the request because it knows no such object as the
+    /// request names (its error code `resource_missing`): asked again, it
+    /// will not find it either.
+    #[error("Stripe knows no such object: {0}")]
+    Missing(String),
+    /// Stripe did not accept this service's API key (401), or the key may
+    /// not make the request (403): it says nothing of what was asked, and
+    /// every request the key makes meets it until the key is put right.
+    #[error("Stripe refused the API key: {0}")]
+    KeyRefused(String),
+}
+
+impl GatewayError {
+    /// Stripe's words, whatever it said.
+    pub fn message(&self) -> &str {
+        match self {
+            GatewayError::Unavailable(message)
+            | GatewayError::Refused(message)
+            | GatewayError::Missing(message)
+            | GatewayError::KeyRefused(message) => message,
+        }
+    }
 }
 
 /// A customer to create.

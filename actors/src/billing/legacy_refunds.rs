@@ -6,8 +6,9 @@
 //! until its credit is settled with the refunds the replacement recorded
 //! (a round that replaced the record and then failed leaves it to a later
 //! round), or until the sweep leaves it for good: one it can never replace
-//! (no PaymentIntent, Stripe's refunds not matching those recorded, its
-//! credit not in the ledger) keeps its record, with why, logged once.
+//! (no PaymentIntent, or one Stripe does not know, Stripe's refunds not
+//! matching those recorded, its credit not in the ledger) keeps its
+//! record, with why, logged once.
 
 use super::checkout::Billing;
 use super::events::EventOutcome;
@@ -51,20 +52,21 @@ impl Billing {
     /// record, each refund recorded by its id, and the credit follows (a
     /// refund the legacy record left out is taken back, one that failed
     /// since comes back). Stripe not answering (its rate limit, an outage)
-    /// ends the round with an error, nothing recorded of that order, which
+    /// or refusing the API key (401, 403: every order would meet it) ends
+    /// the round with an error, nothing recorded of that order, which
     /// waits for its claim to run out; the orders the round did not reach
-    /// are given up to the next round. Any other failure of an order is
-    /// logged, and the order waits for its claim to run out while the
+    /// are given up to the next round (those still claimed under this
+    /// round's lease: one whose lease ran out may be another round's by
+    /// now). An order whose PaymentIntent Stripe does not know (its
+    /// `resource_missing`) is left for good. Any other failure of an order
+    /// is logged, and the order waits for its claim to run out while the
     /// round goes on with the next.
     pub async fn replace_legacy_records(&self, now_ms: i64) -> Result<LegacySweep, BillingError> {
+        let lease_until_ms = now_ms.saturating_add(LEGACY_CLAIM_LEASE_MS);
         let claimed = self
             .store
             .billing()
-            .claim_legacy_orders(
-                now_ms,
-                now_ms.saturating_add(LEGACY_CLAIM_LEASE_MS),
-                LEGACY_SWEEP_BATCH,
-            )
+            .claim_legacy_orders(now_ms, lease_until_ms, LEGACY_SWEEP_BATCH)
             .await?;
         if claimed.is_empty() {
             let left = self.store.billing().legacy_orders_left().await?;
@@ -83,7 +85,10 @@ impl Billing {
                     tracing::info!(order_id, %detail, "an order's legacy refund record replaced by Stripe's list of its refunds, its credit settled");
                 }
                 Ok(Err(because)) => self.leave_order(order_id, because).await,
-                Err(error @ BillingError::GatewayUnavailable(_)) => {
+                Err(
+                    error @ (BillingError::GatewayUnavailable(_)
+                    | BillingError::GatewayKeyRefused(_)),
+                ) => {
                     // This order waits its claim out; those not reached
                     // are the next round's (one order Stripe never
                     // answers about does not hold them up).
@@ -95,7 +100,7 @@ impl Billing {
                         if let Err(release) = self
                             .store
                             .billing()
-                            .release_legacy_claims(not_reached)
+                            .release_legacy_claims(not_reached, lease_until_ms)
                             .await
                         {
                             tracing::warn!(%release, "could not give up the sweep's claims of the orders its round did not reach; they wait for their claims to run out");
@@ -119,31 +124,46 @@ impl Billing {
 
     /// One order's turn: Stripe's list of its payment's refunds replaces
     /// its legacy record (if it still holds one), and its credit is
-    /// settled with them (marked so by [`Billing::apply_refunds`]).
+    /// settled with them (marked so by [`Billing::apply_refunds`]). A
+    /// PaymentIntent Stripe does not know can never be asked about: why is
+    /// said in this service's words (Stripe's go to the log, once).
     async fn sweep_order(&self, legacy: &LegacyOrder, now_ms: i64) -> Result<Turn, BillingError> {
         let Some(payment_intent_id) = legacy.payment_intent_id.as_deref() else {
             return Ok(Err(
                 "the order has no PaymentIntent: Stripe cannot be asked for its refunds".into(),
             ));
         };
-        Ok(
-            match self
-                .apply_refunds(Some(payment_intent_id), &[], true, now_ms)
-                .await?
-            {
-                EventOutcome::Applied(detail) => Ok(detail),
-                // Only an event's id makes a duplicate: never answered
-                // here, and if it were, the order is taken up again.
-                EventOutcome::Duplicate => {
-                    return Err(BillingError::Invalid(
-                        "the order's refunds were answered as a duplicate event".into(),
-                    ))
-                }
-                EventOutcome::Waiting { detail, .. }
-                | EventOutcome::Ignored(detail)
-                | EventOutcome::Failed(detail) => Err(detail),
-            },
-        )
+        let applied = match self
+            .apply_refunds(Some(payment_intent_id), &[], true, now_ms)
+            .await
+        {
+            Err(BillingError::GatewayMissing(said)) => {
+                tracing::warn!(
+                    order_id = legacy.order_id,
+                    payment_intent_id,
+                    %said,
+                    "Stripe knows no PaymentIntent of an order the sweep asked about"
+                );
+                return Ok(Err(format!(
+                    "Stripe knows no PaymentIntent {payment_intent_id} (resource_missing): \
+                     its refunds can never be listed"
+                )));
+            }
+            other => other?,
+        };
+        Ok(match applied {
+            EventOutcome::Applied(detail) => Ok(detail),
+            // Only an event's id makes a duplicate: never answered
+            // here, and if it were, the order is taken up again.
+            EventOutcome::Duplicate => {
+                return Err(BillingError::Invalid(
+                    "the order's refunds were answered as a duplicate event".into(),
+                ))
+            }
+            EventOutcome::Waiting { detail, .. }
+            | EventOutcome::Ignored(detail)
+            | EventOutcome::Failed(detail) => Err(detail),
+        })
     }
 
     /// Leaves an order the sweep can never settle, `because`: logged once

@@ -71,6 +71,15 @@ pub enum BillingError {
     /// later (its rate limit): nothing is known of what was asked.
     #[error("the payment provider is unavailable: {0}")]
     GatewayUnavailable(String),
+    /// The payment provider knows no such object as the one asked about
+    /// (Stripe's `resource_missing`): asking again will not find it.
+    #[error("the payment provider knows no such object: {0}")]
+    GatewayMissing(String),
+    /// The payment provider refused this service's API key (not accepted,
+    /// or without the permission): nothing is known of what was asked, and
+    /// nothing asked with the key is answered until it is put right.
+    #[error("the payment provider refused the API key: {0}")]
+    GatewayKeyRefused(String),
     /// Another instance is doing the same thing right now; retry shortly.
     #[error("{0}")]
     Busy(String),

@@ -221,7 +221,13 @@ impl Billing {
                 tracing::info!(order_id, n = refund.n, amount = %refund.amount, "refund made by Stripe");
                 Ok(Refunded { refund, replayed })
             }
-            Err(GatewayError::Refused(message)) => {
+            // A request Stripe refused for any reason made no refund
+            // (recorded failed; a new one takes a new key).
+            Err(
+                GatewayError::Refused(message)
+                | GatewayError::Missing(message)
+                | GatewayError::KeyRefused(message),
+            ) => {
                 tracing::warn!(order_id, n = request.n, %message, "Stripe refused a refund");
                 self.store
                     .billing()
@@ -250,11 +256,7 @@ impl Billing {
             .gateway
             .refunds_of(payment_intent_id.clone())
             .await
-            .map_err(|error| match error {
-                GatewayError::Unavailable(message) | GatewayError::Refused(message) => {
-                    BillingError::Gateway(message)
-                }
-            })?;
+            .map_err(|error| BillingError::Gateway(error.message().to_string()))?;
         let found = listed
             .into_iter()
             .find(|report| report.is_for(&request, &payment_intent_id));

@@ -80,6 +80,12 @@ impl RecordedBy {
         }
     }
 
+    /// Whether the host was told of the refund before it was recorded
+    /// (by the earlier release's running total): it is recorded told.
+    pub fn told_before(self) -> bool {
+        self == RecordedBy::LegacyReplacement
+    }
+
     pub fn parse(text: &str) -> Option<RecordedBy> {
         match text {
             "event" => Some(RecordedBy::Event),
@@ -163,19 +169,134 @@ pub struct RefundsSeen {
     pub now_ms: i64,
 }
 
-/// A refund as recorded.
+/// A refund as recorded (or an order's legacy record).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StripeRefund {
+    /// Stripe's id of the refund (`legacy-order-…`: the order's legacy
+    /// record, no refund of Stripe's).
     pub refund_id: String,
     pub order_id: i64,
     #[serde(rename = "amount_micros")]
     pub amount: Money,
     pub standing: RefundStanding,
+    /// Stripe's word for the refund's status when its standing was decided.
     pub stripe_status: String,
     pub recorded_by: RecordedBy,
+    #[serde(
+        rename = "recorded_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub recorded_at_ms: i64,
+    #[serde(
+        rename = "updated_at",
+        serialize_with = "crate::clock::rfc3339::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub updated_at_ms: i64,
+    /// The host was told of it otherwise than by a ledger row of its own
+    /// (its own `payment.refunded`, written with this mark; or, held back
+    /// by its order's legacy record, the earlier release's running total):
+    /// never told again. A refund whose row is in the ledger was told by
+    /// that row. Decides; not shown (a refund told by its row is `false`).
+    #[serde(skip)]
+    pub told: bool,
+    /// Where the legacy refund sweep stands with the order's legacy
+    /// record, or its replacement; `null` for a refund of Stripe's.
+    pub sweep: Option<SweepMarks>,
+}
+
+/// Where the background sweep that replaces orders' legacy records stands
+/// with one (see [`crate::billing::legacy_refunds`]), as its marks on the
+/// record say.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SweepMarks {
+    pub state: SweepState,
+    /// A round of the sweep holds the order until then (`null`: none
+    /// does); a claim that ran out is the next round's.
+    #[serde(
+        rename = "claimed_until",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub claimed_until_ms: Option<i64>,
+    /// When the order's credit was settled with the refunds that replaced
+    /// the record (`null`: not yet, or not replaced).
+    #[serde(
+        rename = "settled_at",
+        serialize_with = "crate::clock::rfc3339::option::serialize"
+    )]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub settled_at_ms: Option<i64>,
+    /// Why the sweep left the record as it is, for good (`null`: it did
+    /// not): it holds back what it held, and a refund event about the
+    /// order may still replace it.
+    pub left_because: Option<String>,
+}
+
+/// What the sweep does with an order's legacy record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum SweepState {
+    /// It takes the order up (the record is not replaced yet, or its
+    /// replacement's refunds are not all settled).
+    Pending,
+    /// Replaced, and the order's credit settled with Stripe's refunds: it
+    /// takes the order no more.
+    Settled,
+    /// Left for good (`left_because` says why).
+    Left,
+}
+
+impl SweepMarks {
+    /// The marks a record of `standing` holds, read back: a legacy record
+    /// or its replacement has them (settled only once replaced); a refund
+    /// of Stripe's none. Any other is not a record this release wrote:
+    /// `Err` names the mark that is out of place (its column) and its value.
+    pub fn read(
+        standing: RefundStanding,
+        claimed_until_ms: Option<i64>,
+        settled_at_ms: Option<i64>,
+        left_because: Option<String>,
+    ) -> Result<Option<SweepMarks>, (&'static str, String)> {
+        let out_of_place = |column, value: String| {
+            Err((column, format!("{value} on a {} record", standing.as_str())))
+        };
+        match standing {
+            RefundStanding::Counted | RefundStanding::Failed => {
+                if let Some(until) = claimed_until_ms {
+                    return out_of_place("claimed_until", until.to_string());
+                }
+                if let Some(at) = settled_at_ms {
+                    return out_of_place("settled_at", at.to_string());
+                }
+                if let Some(because) = left_because {
+                    return out_of_place("sweep_left_because", because);
+                }
+                return Ok(None);
+            }
+            RefundStanding::Legacy => {
+                if let Some(at) = settled_at_ms {
+                    return out_of_place("settled_at", at.to_string());
+                }
+            }
+            RefundStanding::Replaced => {}
+        }
+        let state = match (settled_at_ms, &left_because) {
+            (Some(_), _) => SweepState::Settled,
+            (None, Some(_)) => SweepState::Left,
+            (None, None) => SweepState::Pending,
+        };
+        Ok(Some(SweepMarks {
+            state,
+            claimed_until_ms,
+            settled_at_ms,
+            left_because,
+        }))
+    }
 }
 
 /// An order's refunds as recorded, after a recording: all of them, and
@@ -212,12 +333,41 @@ impl OrderRefunds {
         )
     }
 
+    /// Where the order's refunds stood when they were read (see
+    /// [`RefundsAsRead`]).
+    pub fn as_read(&self) -> RefundsAsRead {
+        let count = |refunds: usize| i64::try_from(refunds).unwrap_or(i64::MAX);
+        RefundsAsRead {
+            recorded: count(self.refunds.len()),
+            failed: count(
+                self.refunds
+                    .iter()
+                    .filter(|refund| refund.standing == RefundStanding::Failed)
+                    .count(),
+            ),
+        }
+    }
+
     /// Whether the order holds back a legacy record.
     pub fn has_legacy(&self) -> bool {
         self.refunds
             .iter()
             .any(|refund| refund.standing == RefundStanding::Legacy)
     }
+}
+
+/// Where an order's refunds stood when they were read: how many are
+/// recorded (its legacy record with them), and how many of those failed.
+/// Both only grow — a refund is recorded once and moves only from counted
+/// to failed (a legacy record only to replaced, which an order whose
+/// record is replaced does no more) — so any recording since the read
+/// makes another: the mark of an order settled is written only where it
+/// still reads the same (see
+/// [`crate::store::BillingStore::legacy_replacement_settled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefundsAsRead {
+    pub recorded: i64,
+    pub failed: i64,
 }
 
 fn total<'a>(
@@ -307,6 +457,8 @@ mod tests {
             recorded_by: RecordedBy::Event,
             recorded_at_ms: 0,
             updated_at_ms: 0,
+            told: false,
+            sweep: None,
         }
     }
 
@@ -366,6 +518,73 @@ mod tests {
             ["re_1", "re_2", "re_new"]
         );
         assert!(held_by_legacy(&listed, Money::ZERO).is_empty());
+    }
+
+    #[test]
+    fn the_sweeps_marks_are_read_only_where_it_writes_them() {
+        use RefundStanding::*;
+        let left = || Some("no PaymentIntent".to_string());
+        // A refund of Stripe's has none; one that has one was not written
+        // by this release.
+        let out_of_place = |column: &'static str, value: &str| Err((column, value.to_string()));
+        assert_eq!(SweepMarks::read(Counted, None, None, None), Ok(None));
+        assert_eq!(
+            SweepMarks::read(Failed, Some(1), None, None),
+            out_of_place("claimed_until", "1 on a failed record")
+        );
+        assert_eq!(
+            SweepMarks::read(Counted, None, Some(2), None),
+            out_of_place("settled_at", "2 on a counted record")
+        );
+        assert_eq!(
+            SweepMarks::read(Counted, None, None, left()),
+            out_of_place("sweep_left_because", "no PaymentIntent on a counted record")
+        );
+        // A legacy record is settled only once replaced.
+        assert_eq!(
+            SweepMarks::read(Legacy, None, Some(3), None),
+            out_of_place("settled_at", "3 on a legacy record")
+        );
+        let state = |standing, claimed, settled, because| {
+            SweepMarks::read(standing, claimed, settled, because)
+                .unwrap()
+                .unwrap()
+                .state
+        };
+        assert_eq!(state(Legacy, Some(5), None, None), SweepState::Pending);
+        assert_eq!(state(Replaced, None, None, None), SweepState::Pending);
+        assert_eq!(state(Legacy, None, None, left()), SweepState::Left);
+        assert_eq!(state(Replaced, None, Some(7), None), SweepState::Settled);
+        // Left by the sweep, then settled by an event about the order.
+        assert_eq!(state(Replaced, None, Some(7), left()), SweepState::Settled);
+    }
+
+    #[test]
+    fn refunds_as_read_move_with_every_recording() {
+        use RefundStanding::*;
+        let refund = |id: &str, standing| StripeRefund {
+            refund_id: id.into(),
+            ..recorded(standing)
+        };
+        let mut refunds = OrderRefunds {
+            refunds: vec![refund("legacy-order-7", Replaced), refund("re_1", Counted)],
+            changed: Vec::new(),
+        };
+        let first = refunds.as_read();
+        assert_eq!(
+            first,
+            RefundsAsRead {
+                recorded: 2,
+                failed: 0
+            }
+        );
+        refunds.refunds[1].standing = Failed;
+        let failed = refunds.as_read();
+        assert_ne!(failed, first);
+        refunds.refunds.push(refund("re_2", Counted));
+        assert_ne!(refunds.as_read(), failed);
+        assert!(RecordedBy::LegacyReplacement.told_before());
+        assert!(!RecordedBy::Event.told_before());
     }
 
     #[test]

@@ -266,6 +266,7 @@ pub const TABLES: &[Table] = &[
             ("updated_at", I),
             ("settled_at", I),
             ("sweep_left_because", T),
+            ("told", I),
         ],
         key: &[0],
         has_id_sequence: false,

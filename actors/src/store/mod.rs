@@ -306,6 +306,9 @@ pub(crate) struct Shared {
     /// its amount is decided, before it is written, until the test lets
     /// it go.
     hold_take_back: Mutex<Option<(String, Arc<TestHold>)>>,
+    /// Test-only: the next mark of an order's legacy record settled stops
+    /// just before it is written, until the test releases it.
+    hold_next_settled_mark: Mutex<Option<Arc<TestHold>>>,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -381,6 +384,7 @@ impl Shared {
             fail_write_part_armed: AtomicBool::new(false),
             hold_next_waiting_mark: Mutex::new(None),
             hold_take_back: Mutex::new(None),
+            hold_next_settled_mark: Mutex::new(None),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -813,6 +817,36 @@ impl Store {
         let hold = self
             .shared
             .hold_next_waiting_mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(hold) = hold {
+            hold.stop_here().await;
+        }
+    }
+
+    /// Test-only switch: the next mark of an order's replaced legacy
+    /// record as settled (see [`BillingStore::legacy_replacement_settled`])
+    /// stops just before it is written, once the order's credit is settled,
+    /// until the test releases the hold it is handed (so a test can record
+    /// another refund of the order in that moment).
+    pub fn hold_next_settled_mark_for_testing(&self) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .shared
+            .hold_next_settled_mark
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(Arc::clone(&hold));
+        hold
+    }
+
+    /// Where an order's legacy record is about to be marked settled: stops
+    /// there while a test holds it (see
+    /// [`Store::hold_next_settled_mark_for_testing`]).
+    pub(crate) async fn settled_mark_point(&self) {
+        let hold = self
+            .shared
+            .hold_next_settled_mark
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();

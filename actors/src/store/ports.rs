@@ -21,7 +21,9 @@ use crate::billing::event_log::{EventRecord, EventStatus};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus};
 use crate::billing::pricing::Pricing;
 use crate::billing::refunds::{OpenRefund, Opened, RefundRequest};
-use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
+use crate::billing::stripe_refunds::{
+    LegacyOrder, OrderRefunds, RefundsAsRead, RefundsSeen, StripeRefund,
+};
 use crate::billing::BillingError;
 use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
 use crate::grants::{CreditGrant, Funding, Remaining};
@@ -422,7 +424,9 @@ pub trait BillingStore: Send + Sync {
     /// taken after any other on the same order (its row locked first): a
     /// refund not known is recorded as it stands (counted, or failed); a
     /// counted one reported failed or canceled is failed, never the other
-    /// way; with `replace_legacy`, the order's legacy record is replaced.
+    /// way; with `replace_legacy`, the order's legacy record is replaced; a
+    /// replaced record marked settled is marked so no more if anything was
+    /// recorded (see [`BillingStore::legacy_replacement_settled`]).
     /// The order's refunded figure becomes what its refunds that stand come
     /// to (`refunded` once that reaches what was paid, `completed` again if
     /// a failure brings it below). A refund recorded for another order, or
@@ -448,12 +452,29 @@ pub trait BillingStore: Send + Sync {
     /// settled, and that the sweep has not left.
     fn legacy_orders_left(&self) -> StoreFuture<i64>;
     /// Gives up the sweep's claims of these orders (the round ended before
-    /// it got to them): the next round may take them.
-    fn release_legacy_claims(&self, order_ids: Vec<i64>) -> StoreFuture<()>;
+    /// it got to them) where they are still the round's own, claimed
+    /// until `lease_until_ms` (a claim another round made since, once the
+    /// lease ran out, stands): the next round may take them.
+    fn release_legacy_claims(&self, order_ids: Vec<i64>, lease_until_ms: i64) -> StoreFuture<()>;
     /// Marks the order's replaced legacy record settled (its credit
-    /// settled with every refund its replacement recorded): the sweep
-    /// takes it no more. Answers whether this marked it.
-    fn legacy_replacement_settled(&self, order_id: i64, now_ms: i64) -> StoreFuture<bool>;
+    /// settled with every refund recorded of it), only if its refunds
+    /// still stand as they were read before the settling (`as_read`: a
+    /// refund recorded or failed since is not settled yet) — on Postgres
+    /// with the order's row locked, as a recording locks it —: the sweep
+    /// takes it no more, until a refund of it is recorded or fails
+    /// ([`BillingStore::record_refunds`] takes the mark away). Answers
+    /// whether this marked it.
+    fn legacy_replacement_settled(
+        &self,
+        order_id: i64,
+        as_read: RefundsAsRead,
+        now_ms: i64,
+    ) -> StoreFuture<bool>;
+    /// Tells the host application of a refund otherwise than by a ledger
+    /// row of its own (its row took nothing): marks the refund told and
+    /// records `event` (its `payment.refunded`) in one transaction, unless
+    /// it is marked told already. Answers whether this told it.
+    fn tell_refund(&self, refund_id: String, event: NewEvent) -> StoreFuture<bool>;
     /// Leaves the order's legacy record (or its replacement) to the sweep
     /// no more, `because` (kept with it): it can never replace or settle
     /// it. Answers whether this left it.

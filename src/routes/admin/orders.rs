@@ -6,6 +6,7 @@
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::billing::orders::Order;
 use sms_credit_actors::billing::refunds::{self, RefundRequest, Refunded};
+use sms_credit_actors::billing::stripe_refunds::StripeRefund;
 use sms_credit_actors::grants::{GrantLine, GrantStatus};
 use sms_credit_actors::{AccountId, LedgerError, Money};
 
@@ -86,7 +87,8 @@ fn unspent_of(lines: &[GrantLine], order_id: i64) -> Result<Money, ApiError> {
     Ok(unspent)
 }
 
-/// One order, and what is unspent of the credit it bought.
+/// One order, what is unspent of the credit it bought, and Stripe's
+/// refunds of its payment.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct OrderDetail {
     order: Order,
@@ -94,9 +96,16 @@ pub struct OrderDetail {
     /// what a refund takes back first (see the README's *Credit grants*).
     /// 0 for an order that credited nothing yet.
     unspent_credit_micros: i64,
+    /// Stripe's refunds of the order's payment, each recorded once by its
+    /// id, oldest first; for an order refunded before refunds were kept by
+    /// id, its legacy record (`legacy-order-…`) too, with where the
+    /// background sweep that replaces it stands (`sweep`).
+    stripe_refunds: Vec<StripeRefund>,
 }
 
-/// One order, and what is unspent of its credit.
+/// One order, what is unspent of its credit, and Stripe's refunds of it
+/// (with where the background sweep stands with an order refunded before
+/// refunds were kept by id).
 #[utoipa::path(get, path = "/v1/admin/orders/{id}", tag = "admin", security(("adminToken" = [])),
     params(("id" = i64, Path, description = "The order")),
     responses((status = 200, body = OrderDetail)))]
@@ -113,9 +122,11 @@ pub async fn show(
     };
     let lines = lines_of(&state, order.account_id, order_id).await?;
     let unspent = unspent_of(&lines, order_id)?;
+    let stripe_refunds = state.store.billing().stripe_refunds(order_id).await?;
     Ok(HttpResponse::Ok().json(OrderDetail {
         order,
         unspent_credit_micros: unspent.micros(),
+        stripe_refunds,
     }))
 }
 

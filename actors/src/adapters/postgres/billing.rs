@@ -14,7 +14,9 @@ use crate::billing::disputes::{DisputeRecord, DisputeUpdate, OrderClaims};
 use crate::billing::orders::{DailyCap, NewOrder, Order, OrderStatus, OrderType};
 use crate::billing::pricing::{Pricing, PricingMode};
 use crate::billing::refunds::{refundable, OpenRefund, Opened, RefundRequest, RefundStatus};
-use crate::billing::stripe_refunds::{LegacyOrder, OrderRefunds, RefundsSeen, StripeRefund};
+use crate::billing::stripe_refunds::{
+    LegacyOrder, OrderRefunds, RefundsAsRead, RefundsSeen, StripeRefund,
+};
 use crate::billing::BillingError;
 use crate::ledger::AccountId;
 use crate::money::Money;
@@ -665,12 +667,21 @@ impl BillingStore for PostgresStore {
         self.legacy_orders_left_op()
     }
 
-    fn release_legacy_claims(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
-        self.release_legacy_claims_op(order_ids)
+    fn release_legacy_claims(&self, order_ids: Vec<i64>, lease_until_ms: i64) -> StoreFuture<()> {
+        self.release_legacy_claims_op(order_ids, lease_until_ms)
     }
 
-    fn legacy_replacement_settled(&self, order_id: i64, now_ms: i64) -> StoreFuture<bool> {
-        self.legacy_replacement_settled_op(order_id, now_ms)
+    fn legacy_replacement_settled(
+        &self,
+        order_id: i64,
+        as_read: RefundsAsRead,
+        now_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.legacy_replacement_settled_op(order_id, as_read, now_ms)
+    }
+
+    fn tell_refund(&self, refund_id: String, event: NewEvent) -> StoreFuture<bool> {
+        self.tell_refund_op(refund_id, event)
     }
 
     fn leave_legacy_record(&self, order_id: i64, because: String) -> StoreFuture<bool> {

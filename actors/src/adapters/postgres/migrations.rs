@@ -113,6 +113,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V28__grant_expiry_sweep",
         include_str!("../../../../migrations/postgres/V28__grant_expiry_sweep.sql"),
     ),
+    (
+        "V29__refunds_told",
+        include_str!("../../../../migrations/postgres/V29__refunds_told.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

@@ -8,11 +8,12 @@ use tokio_postgres::{GenericClient, Row, Transaction};
 use super::{boxed, PostgresStore};
 use crate::billing::stripe_refunds::{
     legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
-    RefundsSeen, StripeRefund,
+    RefundsAsRead, RefundsSeen, StripeRefund, SweepMarks,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
 use crate::store::{StoreError, StoreFuture, UnknownValue};
+use crate::webhooks::NewEvent;
 
 /// The records that make an order the legacy sweep's: a legacy record, or
 /// its replacement not yet settled, that the sweep has not left.
@@ -20,23 +21,38 @@ const SWEPT: &str = "sweep_left_because IS NULL
                      AND (standing = 'legacy' OR (standing = 'replaced' AND settled_at IS NULL))";
 
 const REFUND_COLUMNS: &str =
-    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
+    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at,
+     told, claimed_until, settled_at, sweep_left_because";
 
 fn refund_from_row(row: &Row) -> Result<StripeRefund, StoreError> {
     let refund_id: String = row.try_get(0)?;
     let standing: String = row.try_get(3)?;
     let recorded_by: String = row.try_get(5)?;
+    let unknown = |column: &'static str, value: String| {
+        StoreError::UnknownValue(UnknownValue::new(
+            "stripe_refunds",
+            &refund_id,
+            column,
+            value,
+        ))
+    };
+    let standing =
+        RefundStanding::parse(&standing).ok_or_else(|| unknown("standing", standing.clone()))?;
+    let told = match row.try_get::<_, i64>(8)? {
+        0 => false,
+        1 => true,
+        other => return Err(unknown("told", other.to_string())),
+    };
+    let (claimed_until, settled_at, left_because): (Option<i64>, Option<i64>, Option<String>) =
+        (row.try_get(9)?, row.try_get(10)?, row.try_get(11)?);
+    let sweep = SweepMarks::read(standing, claimed_until, settled_at, left_because)
+        .map_err(|(column, value)| unknown(column, value))?;
     Ok(StripeRefund {
         order_id: row.try_get(1)?,
         amount: Money::from_micros(row.try_get(2)?),
-        standing: RefundStanding::parse(&standing).ok_or_else(|| {
-            StoreError::UnknownValue(UnknownValue::new(
-                "stripe_refunds",
-                &refund_id,
-                "standing",
-                standing.clone(),
-            ))
-        })?,
+        standing,
+        told,
+        sweep,
         stripe_status: row.try_get(4)?,
         recorded_by: RecordedBy::parse(&recorded_by).ok_or_else(|| {
             StoreError::UnknownValue(UnknownValue::new(
@@ -127,8 +143,8 @@ async fn record_refunds(
                 .execute(
                     "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing,
                                                  stripe_status, recorded_by, recorded_at,
-                                                 updated_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+                                                 updated_at, told)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)",
                     &[
                         &refund.refund_id,
                         &order_id,
@@ -137,6 +153,7 @@ async fn record_refunds(
                         &refund.stripe_status,
                         &recorded_by.as_str(),
                         &seen.now_ms,
+                        &i64::from(recorded_by.told_before()),
                     ],
                 )
                 .await
@@ -156,6 +173,20 @@ async fn record_refunds(
         };
         written.map_err(StoreError::from)?;
         changed.push(refund.refund_id.clone());
+    }
+    if !changed.is_empty() {
+        // A replaced record's order is settled with the refunds recorded
+        // when it was marked: one recorded (or failed) since is the
+        // sweep's again, until a settling after it marks it anew.
+        transaction
+            .execute(
+                "UPDATE stripe_refunds SET settled_at = NULL
+                  WHERE refund_id = $1 AND order_id = $2 AND standing = 'replaced'
+                    AND settled_at IS NOT NULL",
+                &[&legacy_refund_id(order_id), &order_id],
+            )
+            .await
+            .map_err(StoreError::from)?;
     }
     let refunds = OrderRefunds {
         refunds: refunds_of_order(transaction, order_id).await?,
@@ -249,7 +280,11 @@ impl PostgresStore {
         })
     }
 
-    pub(super) fn release_legacy_claims_op(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+    pub(super) fn release_legacy_claims_op(
+        &self,
+        order_ids: Vec<i64>,
+        lease_until_ms: i64,
+    ) -> StoreFuture<()> {
         self.write(move |transaction| {
             let order_ids = order_ids.clone();
             boxed(async move {
@@ -258,8 +293,9 @@ impl PostgresStore {
                 transaction
                     .execute(
                         "UPDATE stripe_refunds SET claimed_until = NULL
-                          WHERE refund_id = ANY($1) AND order_id = ANY($2)",
-                        &[&legacy_ids, &order_ids],
+                          WHERE refund_id = ANY($1) AND order_id = ANY($2)
+                            AND claimed_until = $3",
+                        &[&legacy_ids, &order_ids, &lease_until_ms],
                     )
                     .await?;
                 Ok(())
@@ -270,19 +306,57 @@ impl PostgresStore {
     pub(super) fn legacy_replacement_settled_op(
         &self,
         order_id: i64,
+        as_read: RefundsAsRead,
         now_ms: i64,
     ) -> StoreFuture<bool> {
         self.write(move |transaction| {
             boxed(async move {
+                // The order's row, as a recording of its refunds locks it
+                // first: one in progress commits before the counts are
+                // read, or starts after the mark.
+                transaction
+                    .query_opt(
+                        "SELECT 1 FROM orders WHERE id = $1 FOR UPDATE",
+                        &[&order_id],
+                    )
+                    .await?;
                 Ok(transaction
                     .execute(
                         "UPDATE stripe_refunds SET settled_at = $3, claimed_until = NULL
                           WHERE refund_id = $1 AND order_id = $2 AND standing = 'replaced'
-                            AND settled_at IS NULL",
-                        &[&legacy_refund_id(order_id), &order_id, &now_ms],
+                            AND settled_at IS NULL
+                            AND (SELECT COUNT(*) FROM stripe_refunds r WHERE r.order_id = $2) = $4
+                            AND (SELECT COUNT(*) FROM stripe_refunds r
+                                  WHERE r.order_id = $2 AND r.standing = 'failed') = $5",
+                        &[
+                            &legacy_refund_id(order_id),
+                            &order_id,
+                            &now_ms,
+                            &as_read.recorded,
+                            &as_read.failed,
+                        ],
                     )
                     .await?
                     == 1)
+            })
+        })
+    }
+
+    pub(super) fn tell_refund_op(&self, refund_id: String, event: NewEvent) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            let (refund_id, event) = (refund_id.clone(), event.clone());
+            boxed(async move {
+                let marked = transaction
+                    .execute(
+                        "UPDATE stripe_refunds SET told = 1 WHERE refund_id = $1 AND told = 0",
+                        &[&refund_id],
+                    )
+                    .await?;
+                if marked == 0 {
+                    return Ok(false);
+                }
+                super::webhooks::insert_events(transaction, std::slice::from_ref(&event)).await?;
+                Ok(true)
             })
         })
     }

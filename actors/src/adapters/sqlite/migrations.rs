@@ -151,6 +151,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V37__grant_expiry_sweep",
         include_str!("../../../../migrations/sqlite/V37__grant_expiry_sweep.sql"),
     ),
+    (
+        "V38__refunds_told",
+        include_str!("../../../../migrations/sqlite/V38__refunds_told.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

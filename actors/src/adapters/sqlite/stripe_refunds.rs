@@ -7,11 +7,12 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::SqliteStore;
 use crate::billing::stripe_refunds::{
     legacy_refund_id, standing_after, LegacyOrder, OrderRefunds, RecordedBy, RefundStanding,
-    RefundsSeen, StripeRefund,
+    RefundsAsRead, RefundsSeen, StripeRefund, SweepMarks,
 };
 use crate::billing::BillingError;
 use crate::money::Money;
 use crate::store::{StoreError, StoreFuture, UnknownValue};
+use crate::webhooks::NewEvent;
 
 /// The records that make an order the legacy sweep's: a legacy record, or
 /// its replacement not yet settled, that the sweep has not left.
@@ -19,19 +20,46 @@ const SWEPT: &str = "sweep_left_because IS NULL
                      AND (standing = 'legacy' OR (standing = 'replaced' AND settled_at IS NULL))";
 
 const REFUND_COLUMNS: &str =
-    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at";
+    "refund_id, order_id, amount, standing, stripe_status, recorded_by, recorded_at, updated_at,
+     told, claimed_until, settled_at, sweep_left_because";
 
 fn refund_from_row(row: &Row<'_>) -> rusqlite::Result<StripeRefund> {
     let refund_id: String = row.get(0)?;
     let standing: String = row.get(3)?;
     let recorded_by: String = row.get(5)?;
+    let standing = RefundStanding::parse(&standing).ok_or_else(|| {
+        UnknownValue::new("stripe_refunds", &refund_id, "standing", standing.clone())
+            .into_sql_error(3)
+    })?;
+    let told: i64 = row.get(8)?;
+    let told = match told {
+        0 => false,
+        1 => true,
+        other => {
+            return Err(
+                UnknownValue::new("stripe_refunds", &refund_id, "told", other.to_string())
+                    .into_sql_error(8),
+            )
+        }
+    };
+    let (claimed_until, settled_at, left_because): (Option<i64>, Option<i64>, Option<String>) =
+        (row.get(9)?, row.get(10)?, row.get(11)?);
+    let sweep = SweepMarks::read(standing, claimed_until, settled_at, left_because).map_err(
+        |(column, value)| {
+            let index = match column {
+                "claimed_until" => 9,
+                "settled_at" => 10,
+                _ => 11,
+            };
+            UnknownValue::new("stripe_refunds", &refund_id, column, value).into_sql_error(index)
+        },
+    )?;
     Ok(StripeRefund {
         order_id: row.get(1)?,
         amount: Money::from_micros(row.get(2)?),
-        standing: RefundStanding::parse(&standing).ok_or_else(|| {
-            UnknownValue::new("stripe_refunds", &refund_id, "standing", standing.clone())
-                .into_sql_error(3)
-        })?,
+        standing,
+        told,
+        sweep,
         stripe_status: row.get(4)?,
         recorded_by: RecordedBy::parse(&recorded_by).ok_or_else(|| {
             UnknownValue::new(
@@ -117,8 +145,8 @@ fn record_refunds(
                 .prepare_cached(
                     "INSERT INTO stripe_refunds (refund_id, order_id, amount, standing,
                                                  stripe_status, recorded_by, recorded_at,
-                                                 updated_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                                                 updated_at, told)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)",
                 )
                 .and_then(|mut statement| {
                     statement.execute(params![
@@ -128,7 +156,8 @@ fn record_refunds(
                         standing.as_str(),
                         refund.stripe_status,
                         recorded_by.as_str(),
-                        seen.now_ms
+                        seen.now_ms,
+                        i64::from(recorded_by.told_before())
                     ])
                 })
         } else {
@@ -148,6 +177,21 @@ fn record_refunds(
         };
         written.map_err(StoreError::from)?;
         changed.push(refund.refund_id.clone());
+    }
+    if !changed.is_empty() {
+        // A replaced record's order is settled with the refunds recorded
+        // when it was marked: one recorded (or failed) since is the
+        // sweep's again, until a settling after it marks it anew.
+        connection
+            .prepare_cached(
+                "UPDATE stripe_refunds SET settled_at = NULL
+                  WHERE refund_id = ?1 AND order_id = ?2 AND standing = 'replaced'
+                    AND settled_at IS NOT NULL",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![legacy_refund_id(order_id), order_id])
+            })
+            .map_err(StoreError::from)?;
     }
     let refunds = OrderRefunds {
         refunds: refunds_of_order(connection, order_id)?,
@@ -239,14 +283,22 @@ impl SqliteStore {
         })
     }
 
-    pub(super) fn release_legacy_claims_op(&self, order_ids: Vec<i64>) -> StoreFuture<()> {
+    pub(super) fn release_legacy_claims_op(
+        &self,
+        order_ids: Vec<i64>,
+        lease_until_ms: i64,
+    ) -> StoreFuture<()> {
         self.write(move |connection| {
             let mut release = connection.prepare_cached(
                 "UPDATE stripe_refunds SET claimed_until = NULL
-                  WHERE refund_id = ?1 AND order_id = ?2",
+                  WHERE refund_id = ?1 AND order_id = ?2 AND claimed_until = ?3",
             )?;
             for order_id in &order_ids {
-                release.execute(params![legacy_refund_id(*order_id), order_id])?;
+                release.execute(params![
+                    legacy_refund_id(*order_id),
+                    order_id,
+                    lease_until_ms
+                ])?;
             }
             Ok(())
         })
@@ -255,6 +307,7 @@ impl SqliteStore {
     pub(super) fn legacy_replacement_settled_op(
         &self,
         order_id: i64,
+        as_read: RefundsAsRead,
         now_ms: i64,
     ) -> StoreFuture<bool> {
         self.write(move |connection| {
@@ -262,10 +315,34 @@ impl SqliteStore {
                 .prepare_cached(
                     "UPDATE stripe_refunds SET settled_at = ?3, claimed_until = NULL
                       WHERE refund_id = ?1 AND order_id = ?2 AND standing = 'replaced'
-                        AND settled_at IS NULL",
+                        AND settled_at IS NULL
+                        AND (SELECT COUNT(*) FROM stripe_refunds r WHERE r.order_id = ?2) = ?4
+                        AND (SELECT COUNT(*) FROM stripe_refunds r
+                              WHERE r.order_id = ?2 AND r.standing = 'failed') = ?5",
                 )?
-                .execute(params![legacy_refund_id(order_id), order_id, now_ms])?
+                .execute(params![
+                    legacy_refund_id(order_id),
+                    order_id,
+                    now_ms,
+                    as_read.recorded,
+                    as_read.failed
+                ])?
                 == 1)
+        })
+    }
+
+    pub(super) fn tell_refund_op(&self, refund_id: String, event: NewEvent) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let marked = connection
+                .prepare_cached(
+                    "UPDATE stripe_refunds SET told = 1 WHERE refund_id = ?1 AND told = 0",
+                )?
+                .execute([&refund_id])?;
+            if marked == 0 {
+                return Ok(false);
+            }
+            super::webhooks::insert_events(connection, std::slice::from_ref(&event))?;
+            Ok(true)
         })
     }
 

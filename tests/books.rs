@@ -105,8 +105,7 @@ async fn balances_at(app: &TestApp, accounts: &[i64], to_ms: i64) -> i64 {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|row| parse_rfc3339_ms(row["created_at"].as_str().unwrap()).unwrap() < to_ms)
-            .last()
+            .rfind(|row| parse_rfc3339_ms(row["created_at"].as_str().unwrap()).unwrap() < to_ms)
             .map_or(0, |row| row["balance_after_micros"].as_i64().unwrap());
     }
     sum

@@ -171,7 +171,7 @@ async fn adjust(app: &TestApp, account: i64, body: Value) -> Value {
 }
 
 on_both_stores!(the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_expiries);
-/// Three periods, and what came before them. Before: account B gets $7 of
+/// Four periods, and what came before them. Before: account B gets $7 of
 /// paid credit. Period 1: A buys access ($5) and a $10 top-up, $6 is taken
 /// by an adjustment (the access credit and $1 of the top-up), A is given
 /// $0.50 of promotional credit that expires in period 3, one message spends
@@ -179,8 +179,10 @@ on_both_stores!(the_books_reconcile_over_periods_that_cut_through_grants_refunds
 /// message spends more of it; the top-up, partly spent, is refunded in full
 /// ($9 of its own credit, $1 owed: A's balance goes below zero); B is
 /// adjusted by −$9 ($7 of credit, $2 owed). Period 3: A's promotional
-/// credit expires (at A's next change), and $2 of paid credit pays down the
-/// $1 A owes first.
+/// credit expires (at A's next change), $2 of paid credit pays down the $1
+/// A owes first, and the access payment is disputed: $5 taken back (the $1
+/// of paid credit left, $4 owed). Period 4: the dispute is won, and the $5
+/// given back pays what is owed first.
 async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_expiries() {
     let stripe = FakeStripe::start().await;
     let twilio = FakeTwilio::start().await;
@@ -197,6 +199,7 @@ async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_ex
         NOW_MS + DAY_MS,
         NOW_MS + 2 * DAY_MS,
         NOW_MS + 3 * DAY_MS,
+        NOW_MS + 4 * DAY_MS,
     ];
 
     // Before period 1.
@@ -277,6 +280,32 @@ async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_ex
     )
     .await;
     assert_eq!(app.balance_micros(account_a).await, 1_000_000);
+    let access_intent = format!("pi_access_{account_a}");
+    let dispute = |events: &mut EventFactory, event_type: &str, status: &str| {
+        events.dispute(
+            event_type,
+            "dp_books",
+            "ch_access_books",
+            &access_intent,
+            2999,
+            status,
+        )
+    };
+    let withdrawn = dispute(
+        &mut events,
+        "charge.dispute.funds_withdrawn",
+        "needs_response",
+    );
+    let (status, answer) = app.deliver_at(&withdrawn, clock.now_ms() / 1000).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(app.balance_micros(account_a).await, -4_000_000);
+
+    // Period 4: the dispute won.
+    clock.set_ms(NOW_MS + 3 * DAY_MS + HOUR_MS);
+    let reinstated = dispute(&mut events, "charge.dispute.funds_reinstated", "won");
+    let (status, answer) = app.deliver_at(&reinstated, clock.now_ms() / 1000).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(app.balance_micros(account_a).await, 1_000_000);
     let (_, rows) = app.get_transactions(account_a).await;
     let kinds: Vec<&str> = rows["transactions"]
         .as_array()
@@ -297,7 +326,9 @@ async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_ex
             "debit",
             "refund",
             "expiry",
-            "adjustment"
+            "adjustment",
+            "refund",
+            "refund"
         ],
         "{rows}"
     );
@@ -330,7 +361,8 @@ async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_ex
             "{books}"
         );
     }
-    let [first_period, second_period, third_period] = [&periods[0], &periods[1], &periods[2]];
+    let [first_period, second_period, third_period, fourth_period] =
+        [&periods[0], &periods[1], &periods[2], &periods[3]];
     // Period 1: B's $7 is the opening; the access credit and the top-up
     // granted; the adjustment took $6; the refused message's cost was
     // given back, so only the first message is consumed.
@@ -359,23 +391,35 @@ async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_ex
         [0, 0, 2_000_000, 0, 1_000_000, -3_000_000]
     );
     // Period 3: what was left of the promotional credit expired; the $2 of
-    // paid credit paid down the $1 A owed first.
+    // paid credit paid down the $1 A owed first; the chargeback took the $1
+    // of paid credit left and left $4 owed.
     assert_eq!(
         figures(third_period, "promotional"),
         [promotional_left, 0, 0, promotional_left, 0, 0]
     );
     assert_eq!(
         figures(third_period, "paid"),
-        [0, 1_000_000, 0, 0, 0, 1_000_000]
+        [0, 1_000_000, 0, 0, 1_000_000, 0]
     );
     assert_eq!(
         figures(third_period, "owed"),
-        [-3_000_000, 1_000_000, 0, 0, 0, -2_000_000]
+        [-3_000_000, 1_000_000, 0, 0, 4_000_000, -6_000_000]
     );
+    // Period 4: the dispute won gives the $5 back, what is owed first:
+    // negative refunds.
+    assert_eq!(
+        figures(fourth_period, "paid"),
+        [0, 0, 0, 0, -1_000_000, 1_000_000]
+    );
+    assert_eq!(
+        figures(fourth_period, "owed"),
+        [-6_000_000, 0, 0, 0, -4_000_000, -2_000_000]
+    );
+    assert_eq!(figures(fourth_period, "promotional"), [0; 6]);
     // The last closing balances are what is left of the grants, category
     // by category: paid credit is what customers paid for and not used.
     let closing =
-        ["paid", "promotional", "owed"].map(|category| figures(third_period, category)[5]);
+        ["paid", "promotional", "owed"].map(|category| figures(fourth_period, category)[5]);
     assert_eq!(closing, grants_left(&app, &accounts).await);
 
     // November (UTC) holds all of it: nothing before, the same end.
@@ -387,10 +431,10 @@ async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_ex
     for category in ["paid", "promotional", "owed", "total"] {
         assert_eq!(
             figures(&november, category)[5],
-            figures(third_period, category)[5]
+            figures(fourth_period, category)[5]
         );
     }
-    assert_eq!(november["transactions_in_period"], 13);
+    assert_eq!(november["transactions_in_period"], 15);
 
     // The CSV says the same figures, in micro-dollars and in dollars.
     let csv = books_csv(&app, &period(starts[1], starts[2])).await;

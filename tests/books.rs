@@ -518,7 +518,8 @@ async fn a_period_that_is_not_one_is_refused_with_its_reason() {
 on_both_stores!(a_row_whose_funding_is_missing_is_an_error_never_counted_as_nothing);
 /// A negative adjustment whose funding is gone (as an earlier release's
 /// server writes one during an upgrade): the books refuse, naming the row,
-/// in the API and the command line.
+/// in the API and the command line; one this release cannot read is an
+/// unknown stored value.
 async fn a_row_whose_funding_is_missing_is_an_error_never_counted_as_nothing() {
     let app = TestApp::spawn().await;
     let account = app.create_account("+14155550604").await;
@@ -548,6 +549,32 @@ async fn a_row_whose_funding_is_missing_is_an_error_never_counted_as_nothing() {
             && message.contains("sms-credit verify"),
         "{message}"
     );
+    // A funding this release cannot read is an unknown value, named.
+    directory.execute(&format!(
+        "UPDATE transactions SET funded_by = '1:x:250000' WHERE account_id = {account} AND seq = 2"
+    ));
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/admin/reports/credit.csv?month=2026-11",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    assert_eq!(answer["error"]["code"], "unknown_stored_value", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "account {account} seq 2: unknown funded_by '1:x:250000'"
+            )),
+        "{answer}"
+    );
+    directory.execute(&format!(
+        "UPDATE transactions SET funded_by = NULL WHERE account_id = {account} AND seq = 2"
+    ));
     let directory = app.stop().await;
     let cli = run_cli(&directory, &["reports", "credit", "--month", "2026-11"]);
     assert!(!cli.status.success(), "{cli:?}");

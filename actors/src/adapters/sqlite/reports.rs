@@ -173,7 +173,10 @@ impl ReportStore for SqliteStore {
     }
 
     fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
-        let read = self.read(move |connection| super::books::credit_books(connection, period));
+        // A reader of its own: the whole ledger may take a while to read.
+        let read = self.read_alone("store-books", move |connection| {
+            super::books::credit_books(connection, period)
+        });
         Box::pin(async move { read.await? })
     }
 }

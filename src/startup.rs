@@ -367,6 +367,31 @@ fn start_legacy_refund_sweep(billing: Billing, clock: Arc<dyn Clock>) {
     });
 }
 
+/// Expires, every `EXPIRY_SWEEP_EVERY_MS` of the clock (and at the start,
+/// so that a grant that expired while no instance ran is expired by the
+/// first round), the grants that expired with credit left on accounts
+/// nobody touches: each one's account actor is asked to write its expiry
+/// rows (`ExpireDue`), the one path that changes a balance.
+fn start_expiry_sweep(registry: Registry, clock: Arc<dyn Clock>) {
+    use sms_credit_actors::expiry_sweep::{ExpirySweep, EXPIRY_SWEEP_EVERY_MS};
+    actix_rt::spawn(async move {
+        let mut sweep = ExpirySweep::new(registry);
+        let mut last_round = i64::MIN;
+        let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
+        loop {
+            ticks.tick().await;
+            let now_ms = clock.now_ms();
+            if now_ms.saturating_sub(last_round) < EXPIRY_SWEEP_EVERY_MS {
+                continue;
+            }
+            last_round = now_ms;
+            if let Err(error) = sweep.round(now_ms).await {
+                tracing::warn!(%error, "could not sweep the expired credit grants; the next round tries again");
+            }
+        }
+    });
+}
+
 /// How often the auto top-up worker looks for attempts to (re)charge when
 /// no actor asks.
 const AUTO_TOP_UP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -667,6 +692,7 @@ impl Application {
             Arc::clone(&state.webhook_metrics),
             state.settings.webhooks.retention,
         );
+        start_expiry_sweep(core.registry.clone(), Arc::clone(&clock));
         if let Some(messaging) = core.messaging.clone() {
             start_notice_worker(messaging.clone());
             start_messaging_jobs(messaging, Arc::clone(&clock));

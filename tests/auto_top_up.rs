@@ -1435,3 +1435,63 @@ async fn an_attempts_claim_number_guards_what_its_worker_writes() {
     );
     core.shutdown().await;
 }
+
+on_both_stores!(credit_that_expires_below_the_threshold_warns_and_tops_up_like_a_debit);
+/// An expiry is the first drop of a balance nobody asked for: one that
+/// leaves the balance below the threshold warns the holder and starts an
+/// auto top-up, as a debit would, though no message was sent.
+async fn credit_that_expires_below_the_threshold_warns_and_tops_up_like_a_debit() {
+    let Setup {
+        app,
+        stripe,
+        twilio,
+        mut events,
+        clock,
+    } = setup().await;
+    let phone = "+14155553410";
+    let (account, _, token) = active_account(&app, &mut events, phone).await;
+    let (status, body) = put_auto(&app, account, &token, json!({"enabled": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // $10 promotional, spent last (priority 100), expiring in an hour; the
+    // included $5 taken down to a cent.
+    let expires_ms = NOW_UNIX * 1000 + 3_600_000;
+    for body in [
+        json!({"amount_micros": 10_000_000, "reason": "welcome", "idempotency_key": "welcome",
+               "category": "promotional", "priority": 100,
+               "expires_at": sms_credit_actors::clock::format_rfc3339_ms(expires_ms)}),
+        json!({"amount_micros": -4_990_000, "reason": "test", "idempotency_key": "down"}),
+    ] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                &format!("/v1/admin/accounts/{account}/adjustments"),
+                Some(ADMIN_TOKEN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    assert_eq!(app.balance_micros(account).await, 10_010_000);
+    assert!(app.settle_notices(account).await.is_empty());
+
+    // Past the expiry (and a sweep's round): the $10 expires, the cent is
+    // left, the holder is warned and the card charged $10.
+    clock.advance_ms(3_600_000 + 31_000);
+    let view = wait_for_attempts(&app, account, &token, |attempts| {
+        attempts.len() == 1 && attempts[0]["status"] == "succeeded"
+    })
+    .await;
+    assert_eq!(view["attempts"][0]["amount_micros"], 10_000_000, "{view}");
+    assert_eq!(stripe.charges_made(), 1);
+    assert_eq!(app.balance_micros(account).await, 10_010_000);
+    let warnings = app.settle_notices(account).await;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        twilio
+            .sent()
+            .iter()
+            .any(|sms| sms.to == phone && sms.body.contains("credit is low")),
+        "a low-balance warning: {:?}",
+        twilio.sent()
+    );
+}

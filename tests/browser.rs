@@ -277,6 +277,16 @@ impl Page {
     }
 }
 
+/// Whether the account page's purchased and bonus credit add up to the
+/// balance it shows (read from the digits, exactly).
+const SPLIT_ADDS_UP: &str = "(() => { \
+    const micros = (text) => { const [whole, part = ''] = text.replace('$', '').split('.'); \
+      return BigInt(whole) * 1000000n + BigInt(part.padEnd(6, '0')); }; \
+    const split = document.getElementById('credit-split').textContent.match(/\\$[0-9.]+/g) || []; \
+    const balance = document.getElementById('balance').textContent; \
+    return split.length === 2 && !balance.startsWith('-') \
+      && micros(split[0]) + micros(split[1]) === micros(balance); })()";
+
 #[actix_rt::test]
 async fn the_account_page_shows_the_live_balance_without_a_reload() {
     let app = TestApp::spawn().await;
@@ -430,6 +440,9 @@ async fn the_account_page_shows_the_live_balance_without_a_reload() {
             .await,
         json!(false)
     );
+    // The split is read again after a burst of rows: before the picture,
+    // it adds up to the balance shown.
+    page.wait_for(SPLIT_ADDS_UP, json!(true)).await;
     let png = page.screenshot("account-phone").await;
     assert!(png.len() > 1_000, "a screenshot of the phone-width page");
 
@@ -991,6 +1004,30 @@ async fn a_stranger_signs_up_with_their_phone_pays_and_lands_in_their_account() 
         json!("$5.00"),
     )
     .await;
+    // The payment, with Stripe's receipt (asked of Stripe for the page).
+    page.wait_for("document.querySelectorAll('#payments tr').length", json!(1))
+        .await;
+    assert_eq!(
+        page.eval("Array.from(document.querySelectorAll('#payments tr')[0].cells).slice(1, 3).map((c) => c.textContent)")
+            .await,
+        json!(["Access", "$29.99"])
+    );
+    assert_eq!(
+        page.eval("document.querySelector('#payments a').href")
+            .await,
+        json!(crate::fake_stripe::receipt_url("pi_signup_browser"))
+    );
+    assert_eq!(
+        page.eval("document.querySelector('#payments a').rel").await,
+        json!("noopener noreferrer")
+    );
+    assert_eq!(
+        page.eval("document.documentElement.scrollWidth <= window.innerWidth")
+            .await,
+        json!(true),
+        "the payments fit a phone"
+    );
+    page.screenshot("account-payments-phone").await;
     page.assert_clean();
 
     // At a desktop's width, after signing out: the customer signs in with
@@ -1017,6 +1054,9 @@ async fn a_stranger_signs_up_with_their_phone_pays_and_lands_in_their_account() 
         page.eval("document.getElementById('signup').hidden").await,
         json!(true)
     );
+    page.wait_for("document.querySelectorAll('#payments a').length", json!(1))
+        .await;
+    page.screenshot("account-payments-desktop").await;
     page.assert_clean();
 }
 
@@ -1328,6 +1368,14 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
         assert_eq!(status, StatusCode::OK, "{detail}");
         let unspent = detail["unspent_credit_micros"].as_i64().unwrap();
         assert!(unspent > 0, "{detail}");
+        // The orders table shows it too, in the order's row.
+        assert_eq!(
+            page.eval(&format!(
+                "[...document.querySelector('button[aria-label=\"Refund order {order}\"]').closest('tr').cells].map((c) => c.textContent)[5]"
+            ))
+            .await,
+            json!(format_dollars(unspent))
+        );
         assert_eq!(
             page.eval("document.getElementById('refund-amount').value")
                 .await,

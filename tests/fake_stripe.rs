@@ -92,6 +92,8 @@ struct State {
     charges_made: u64,
     /// Whether retrieving a PaymentIntent fails (Stripe unavailable).
     retrieve_fails: bool,
+    /// PaymentIntents are answered without their charge (no receipt yet).
+    receipts_withheld: bool,
     /// Whether every request fails, with nothing done (Stripe unreachable).
     unreachable: bool,
     /// Whether the Search API answers 429 (its rate limit reached).
@@ -140,6 +142,12 @@ pub struct FakeStripe {
     gate: Arc<tokio::sync::Semaphore>,
 }
 
+/// The receipt link the fake's charge of `payment_intent` carries (shaped
+/// like Stripe's).
+pub fn receipt_url(payment_intent: &str) -> String {
+    format!("https://pay.stripe.com/receipts/payment/{payment_intent}")
+}
+
 pub fn fixtures() -> Value {
     serde_json::from_str(include_str!("fixtures/stripe/fixtures.json"))
         .expect("the Stripe fixtures in tests/fixtures/stripe are JSON")
@@ -180,6 +188,7 @@ impl FakeStripe {
             conflicts: 0,
             charges_made: 0,
             retrieve_fails: false,
+            receipts_withheld: false,
             unreachable: false,
             search_limited: false,
             rate_limited: false,
@@ -243,6 +252,11 @@ impl FakeStripe {
     /// Lets held charges answer (and every later one, until the mode changes).
     pub fn release(&self) {
         self.gate.add_permits(1_000_000);
+    }
+
+    /// PaymentIntents are answered without a charge (Stripe has none yet).
+    pub fn set_receipts_withheld(&self, withheld: bool) {
+        self.state.lock().unwrap().receipts_withheld = withheld;
     }
 
     pub fn set_retrieve_fails(&self, fails: bool) {
@@ -648,6 +662,19 @@ fn answer_locked(
                 intent["id"] = json!(intent_id);
                 intent["status"] = json!("succeeded");
                 intent["payment_method"] = method;
+                // Asked with its charge expanded (for the receipt): the
+                // charge as Stripe gives it, with its receipt's link.
+                if request.query_string().contains("latest_charge") {
+                    intent["latest_charge"] = if state.receipts_withheld {
+                        Value::Null
+                    } else {
+                        let mut charge = resource(&state.fixtures, "charge");
+                        charge["id"] = json!(format!("ch_{}", intent_id.trim_start_matches("pi_")));
+                        charge["payment_intent"] = json!(intent_id);
+                        charge["receipt_url"] = json!(receipt_url(intent_id));
+                        charge
+                    };
+                }
                 (200, intent)
             }
             None => (

@@ -29,20 +29,20 @@ use crate::helpers::{
 use crate::ledger_actors::{assert_verified, key, new_account};
 use crate::refunds::paid_top_up;
 
-const NOW_MS: i64 = 1_795_253_400_000;
-const DAY_MS: i64 = 86_400_000;
+pub(crate) const NOW_MS: i64 = 1_795_253_400_000;
+pub(crate) const DAY_MS: i64 = 86_400_000;
 
 /// A core on a clock the test moves. The debits are messages' (`msg:N`)
 /// with no message behind them: no low-balance warning, which would wait
 /// for its message.
-fn core_at(directory: &TestDatabase, clock: &ManualClock) -> Core {
+pub(crate) fn core_at(directory: &TestDatabase, clock: &ManualClock) -> Core {
     let mut settings = test_settings(directory);
     settings.server.passivate_after = Duration::from_secs(3600);
     settings.messages.low_balance_threshold = Money::ZERO;
     Core::start(&settings, Arc::new(clock.clone())).unwrap()
 }
 
-fn adjust(
+pub(crate) fn adjust(
     micros: i64,
     idempotency_key: &str,
     category: Option<Category>,
@@ -60,7 +60,7 @@ fn adjust(
     }
 }
 
-fn paid_credit(micros: i64, idempotency_key: &str) -> Credit {
+pub(crate) fn paid_credit(micros: i64, idempotency_key: &str) -> Credit {
     Credit {
         amount: Money::from_micros(micros),
         idempotency_key: key(idempotency_key),
@@ -71,7 +71,7 @@ fn paid_credit(micros: i64, idempotency_key: &str) -> Credit {
     }
 }
 
-fn message_debit(micros: i64, message_id: i64) -> Debit {
+pub(crate) fn message_debit(micros: i64, message_id: i64) -> Debit {
     Debit {
         amount: Money::from_micros(micros),
         idempotency_key: IdempotencyKey::message(message_id),
@@ -81,7 +81,7 @@ fn message_debit(micros: i64, message_id: i64) -> Debit {
 }
 
 /// A row's funding as (grant, category, micro-dollars).
-fn draws(entry: &LedgerEntry) -> Vec<(i64, &'static str, i64)> {
+pub(crate) fn draws(entry: &LedgerEntry) -> Vec<(i64, &'static str, i64)> {
     entry
         .funded_by
         .draws()
@@ -404,7 +404,26 @@ async fn unspent_of_order(app: &TestApp, order: i64) -> i64 {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["order"]["id"], order, "{body}");
-    body["unspent_credit_micros"].as_i64().unwrap()
+    let unspent = body["unspent_credit_micros"].as_i64().unwrap();
+    // The account's list of orders (the console's table) says the same.
+    let account = body["order"]["account_id"].as_i64().unwrap();
+    let (status, list) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/accounts/{account}/orders"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    let listed = list["orders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["id"] == order)
+        .unwrap_or_else(|| panic!("order {order} is in its account's list: {list}"));
+    assert_eq!(listed["unspent_credit_micros"], unspent, "{list}");
+    unspent
 }
 
 async fn credit_grants(app: &TestApp, path: &str, token: &str) -> Vec<Value> {
@@ -603,6 +622,114 @@ async fn a_dispute_won_gives_back_what_its_chargeback_took_what_is_owed_first() 
     assert_verified(&directory);
 }
 
+on_both_stores!(an_adjustments_key_again_with_other_grant_terms_is_a_conflict);
+/// The grant terms are part of an adjustment's request: its key again with
+/// another category, priority or expiry is a conflict, never the first
+/// grant answered as if it were the one asked for — when the first is in
+/// the ledger, and while it is still being written.
+async fn an_adjustments_key_again_with_other_grant_terms_is_a_conflict() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550411").await;
+    let other = new_account(&core, "+14155550412").await;
+    let expires = Some(NOW_MS + DAY_MS);
+    let first = core
+        .registry
+        .send(account, adjust(5_000_000, "given", None, None, None))
+        .await
+        .unwrap();
+    for (category, priority, expires_at) in [
+        (Some(Category::Paid), None, None),
+        (None, Some(10), None),
+        (None, None, expires),
+    ] {
+        let again = core
+            .registry
+            .send(
+                account,
+                adjust(5_000_000, "given", category, priority, expires_at),
+            )
+            .await;
+        assert!(
+            matches!(again, Err(LedgerError::IdempotencyConflict { .. })),
+            "{category:?} {priority:?} {expires_at:?}: {again:?}"
+        );
+    }
+    // The same terms, said or left to their defaults: the first row.
+    let same = core
+        .registry
+        .send(
+            account,
+            adjust(
+                5_000_000,
+                "given",
+                Some(Category::Promotional),
+                Some(50),
+                None,
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(same.replayed);
+    assert_eq!(same.entry.seq, first.entry.seq);
+
+    // While the first is still being written (the writer holds it until a
+    // second write comes): the second, with other terms, is not joined to it.
+    core.store.gather_next_batch_for_testing(2);
+    let registry = core.registry.clone();
+    let written = tokio::spawn(async move {
+        registry
+            .send(
+                account,
+                adjust(1_000_000, "held", Some(Category::Paid), None, None),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let registry = core.registry.clone();
+    let conflicting = tokio::spawn(async move {
+        registry
+            .send(
+                account,
+                adjust(
+                    1_000_000,
+                    "held",
+                    Some(Category::Promotional),
+                    None,
+                    expires,
+                ),
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    core.registry
+        .send(
+            other,
+            adjust(1_000_000, "completes-the-batch", None, None, None),
+        )
+        .await
+        .unwrap();
+    let written = tokio::time::timeout(Duration::from_secs(10), written)
+        .await
+        .expect("the held adjustment answered within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(!written.replayed);
+    let conflicting = tokio::time::timeout(Duration::from_secs(10), conflicting)
+        .await
+        .expect("the second adjustment answered within 10 s")
+        .unwrap();
+    assert!(
+        matches!(conflicting, Err(LedgerError::IdempotencyConflict { .. })),
+        "{conflicting:?}"
+    );
+    let found = listed(&core, account, NOW_MS).await;
+    assert_eq!(found.len(), 2, "{found:?}");
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(adjustments_refuse_grant_terms_that_cannot_be);
 async fn adjustments_refuse_grant_terms_that_cannot_be() {
     let app = TestApp::spawn().await;
@@ -708,6 +835,62 @@ fn verify_names_a_grant_whose_remaining_is_wrong() {
         ) && said.contains("problem: account 1: its grants hold $0.80 in all, but its balance says $0.75"),
         "{said}"
     );
+}
+
+on_both_stores!(sync verify_names_a_row_whose_funding_breaks_the_rules_though_it_adds_up);
+/// Rows whose amounts add up but whose funding the rules never decide:
+/// each is named by `verify`, in a sentence.
+fn verify_names_a_row_whose_funding_breaks_the_rules_though_it_adds_up() {
+    let directory = fresh_directory();
+    let expires = NOW_MS + 3_600_000;
+    actix_rt::System::new().block_on(async {
+        let clock = ManualClock::new(NOW_MS);
+        let core = core_at(&directory, &clock);
+        let account = new_account(&core, "+14155550413").await;
+        core.registry
+            .send(
+                account,
+                adjust(
+                    1_000_000,
+                    "given",
+                    Some(Category::Promotional),
+                    None,
+                    Some(expires),
+                ),
+            )
+            .await
+            .unwrap();
+        core.registry
+            .send(account, message_debit(250_000, 1))
+            .await
+            .unwrap();
+        core.shutdown().await;
+    });
+    assert!(run_cli(&directory, &["verify"]).status.success());
+    for (change, said) in [
+        (
+            format!("UPDATE transactions SET created_at = {expires} WHERE account_id = 1 AND seq = 2"),
+            "problem: account 1: row #2 is a debit that took from grant 1 at or after its expiry",
+        ),
+        (
+            "UPDATE transactions SET type = 'refund' WHERE account_id = 1 AND seq = 2".to_string(),
+            "problem: account 1: row #2 takes credit back for a payment from promotional grant 1, which never turns into cash",
+        ),
+        (
+            "UPDATE transactions SET type = 'expiry' WHERE account_id = 1 AND seq = 2".to_string(),
+            "problem: account 1: row #2 expires grant 1 before its expiry",
+        ),
+    ] {
+        directory.execute(&change);
+        let verified = run_cli(&directory, &["verify"]);
+        assert!(!verified.status.success(), "{change}: {verified:?}");
+        let told = String::from_utf8_lossy(&verified.stdout);
+        assert!(told.contains(said), "{change}: {told}");
+        directory.execute(&format!(
+            "UPDATE transactions SET type = 'debit', created_at = {NOW_MS} WHERE account_id = 1 AND seq = 2"
+        ));
+        assert!(run_cli(&directory, &["verify"]).status.success(), "{change}: put back");
+    }
 }
 
 on_both_stores!(an_unknown_letter_in_a_rows_funding_is_an_error_not_a_default);
@@ -884,54 +1067,14 @@ async fn a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms
 
     // Another process's promotional $1 at row 2, straight to the store:
     // this process's actor is not told.
-    let before = core
-        .store
-        .ledger()
-        .snapshot(account)
-        .await
-        .unwrap()
-        .unwrap();
-    let mut next = before;
-    next.seq = 2;
-    next.balance = Money::from_micros(1_100_000);
-    let mut entry = seed.entry.clone();
-    entry.seq = 2;
-    entry.kind = TransactionKind::Adjustment;
-    entry.amount = Money::from_micros(1_000_000);
-    entry.balance_after = next.balance;
-    entry.idempotency_key = "elsewhere".into();
-    entry.description = "Balance adjustment".into();
-    entry.reason = Some(Box::new("given elsewhere".into()));
-    entry.funded_by = grants::Funding::NONE;
-    let (done, answer) = tokio::sync::oneshot::channel();
-    core.store
-        .ledger()
-        .submit(sms_credit_actors::store::LedgerWrite {
-            funded_by: None,
-            entry,
-            previous: before,
-            next,
-            grants: Arc::from("1:100000,2:1000000"),
-            previous_grants: Arc::from("1:100000"),
-            generation: core.store.next_generation(),
-            done,
-            submitted_at: std::time::Instant::now(),
-            outbox: Some(Box::new(sms_credit_actors::store::Outbox {
-                grant: Some(grants::CreditGrant {
-                    id: 2,
-                    category: Category::Promotional,
-                    source: GrantSource::Adjustment,
-                    order_id: None,
-                    amount: Money::from_micros(1_000_000),
-                    priority: Priority::new(50).unwrap(),
-                    granted_at_ms: NOW_MS,
-                    expires_at_ms: None,
-                }),
-                ..Default::default()
-            })),
-        })
-        .unwrap();
-    answer.await.unwrap().unwrap();
+    write_elsewhere(
+        &core,
+        &seed.entry,
+        1_000_000,
+        Category::Promotional,
+        ("1:100000", "1:100000,2:1000000"),
+    )
+    .await;
 
     // The actor's paid $0.50, computed at row 2, is refused and written at
     // row 3.
@@ -958,6 +1101,128 @@ async fn a_write_refused_for_anothers_grant_at_its_place_takes_that_grants_terms
             (3, "paid", 100_000)
         ]
     );
+    core.shutdown().await;
+    assert_verified(&directory);
+}
+
+/// Another process's credit of `micros` in `category`, written straight to
+/// the store at the row after `last` (this process's actors are not told),
+/// the balance row's grants going from `grants.0` to `grants.1`.
+async fn write_elsewhere(
+    core: &Core,
+    last: &LedgerEntry,
+    micros: i64,
+    category: Category,
+    grants: (&str, &str),
+) {
+    let account = last.account_id;
+    let before = core
+        .store
+        .ledger()
+        .snapshot(account)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut next = before;
+    next.seq = before.seq + 1;
+    next.balance = Money::from_micros(before.balance.micros() + micros);
+    let mut entry = last.clone();
+    entry.seq = next.seq;
+    entry.kind = TransactionKind::Adjustment;
+    entry.amount = Money::from_micros(micros);
+    entry.balance_after = next.balance;
+    entry.idempotency_key = format!("elsewhere-{}", next.seq).as_str().into();
+    entry.description = "Balance adjustment".into();
+    entry.reason = Some(Box::new("given elsewhere".into()));
+    entry.funded_by = grants::Funding::NONE;
+    let (done, answer) = tokio::sync::oneshot::channel();
+    core.store
+        .ledger()
+        .submit(sms_credit_actors::store::LedgerWrite {
+            funded_by: None,
+            entry,
+            previous: before,
+            next,
+            grants: Arc::from(grants.1),
+            previous_grants: Arc::from(grants.0),
+            generation: core.store.next_generation(),
+            done,
+            submitted_at: std::time::Instant::now(),
+            outbox: Some(Box::new(sms_credit_actors::store::Outbox {
+                grant: Some(grants::CreditGrant {
+                    id: next.seq,
+                    category,
+                    source: GrantSource::Adjustment,
+                    order_id: None,
+                    amount: Money::from_micros(micros),
+                    priority: Priority::new(50).unwrap(),
+                    granted_at_ms: NOW_MS,
+                    expires_at_ms: None,
+                }),
+                ..Default::default()
+            })),
+        })
+        .unwrap();
+    answer.await.unwrap().unwrap();
+}
+
+on_both_stores!(a_balance_read_after_a_failed_write_never_keeps_that_writes_grants);
+/// A write that failed, and its reload too, leaves the actor with the
+/// grants it computed for a row that never was; another process then
+/// writes its own grant at that row. A balance read (the snapshot alone)
+/// must not take the failed write's grants for the other's: the expiry
+/// the failed write's grant had is not the other grant's.
+async fn a_balance_read_after_a_failed_write_never_keeps_that_writes_grants() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let account = new_account(&core, "+14155550410").await;
+    let seed = core
+        .registry
+        .send(account, paid_credit(100_000, "seed"))
+        .await
+        .unwrap();
+    core.store.fail_next_commits_for_testing(1);
+    core.store.fail_next_reads_for_testing(1);
+    let failed = core
+        .registry
+        .send(
+            account,
+            adjust(
+                5_000_000,
+                "lost",
+                Some(Category::Promotional),
+                None,
+                Some(NOW_MS + 3_600_000),
+            ),
+        )
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    write_elsewhere(
+        &core,
+        &seed.entry,
+        5_000_000,
+        Category::Paid,
+        ("1:100000", "1:100000,2:5000000"),
+    )
+    .await;
+    let read = core
+        .registry
+        .send(account, sms_credit_actors::GetBalance)
+        .await
+        .unwrap();
+    assert_eq!((read.seq, read.balance.micros()), (2, 5_100_000));
+
+    // Past the failed write's expiry: nothing expires (grant 2 is paid and
+    // never expires), and the debit draws on the paid credit.
+    clock.advance_ms(2 * 3_600_000);
+    let spent = core
+        .registry
+        .send(account, message_debit(1_000, 1))
+        .await
+        .unwrap();
+    assert_eq!(spent.entry.seq, 3, "no expiry row before it");
+    assert_eq!(draws(&spent.entry), vec![(1, "paid", 1_000)]);
     core.shutdown().await;
     assert_verified(&directory);
 }
@@ -1074,7 +1339,8 @@ async fn a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks() {
                "expires_at": sms_credit_actors::clock::format_rfc3339_ms(expires_at)})
     );
 
-    // At its expiry, the next change writes the expiry row first.
+    // At its expiry, the sweep or the next change, whichever comes first,
+    // writes the expiry row (before that change's own).
     clock.set_ms(expires_at);
     let (status, answer) = app
         .request(
@@ -1091,7 +1357,8 @@ async fn a_grant_made_and_a_grant_expired_are_told_to_the_hosts_webhooks() {
     assert_eq!(
         expired[0].body["data"],
         json!({"account_id": account, "seq": 2, "balance_micros": 0,
-               "grant_id": 1, "expired_micros": 2_000_000})
+               "grant_id": 1, "expired_micros": 2_000_000,
+               "expired_at": sms_credit_actors::clock::format_rfc3339_ms(expires_at)})
     );
     let granted = receiver.accepted("credit.granted", 2).await;
     let paid = granted

@@ -166,6 +166,19 @@ pub struct Adjust {
 #[rtype(result = "Result<Snapshot, LedgerError>")]
 pub struct GetBalance;
 
+/// Writes the expiry row of every grant of the account expired by now with
+/// credit left, through the same path as the expiry rows every change
+/// writes first (and nothing else), and answers once they are durable,
+/// with every write in flight before it: `Ok` says that nothing was due at
+/// the committed state (at the actor's clock when it last looked). Sent by
+/// the sweep of expired grants; sent twice (two instances' sweeps, a round
+/// again), the second finds nothing due: the account's snapshot, its
+/// grants with it, is guarded by every write, so a grant's remainder is
+/// taken once. An account that does not exist is `AccountNotFound`.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Result<(), LedgerError>")]
+pub struct ExpireDue;
+
 /// The answer to a mutation: the ledger row it made (or made the first
 /// time, when `replayed`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -336,6 +349,39 @@ struct Mutation {
 }
 
 impl Mutation {
+    /// The terms an adjustment asks its grant to be made with (the part
+    /// of the request its key stands for beside the kind and amount).
+    fn adjustment_terms(&self) -> Option<GrantTerms> {
+        if self.kind != TransactionKind::Adjustment {
+            return None;
+        }
+        self.hints.as_ref()?.grant.as_ref().map(|(terms, _)| *terms)
+    }
+
+    /// What [`ExpireDue`] asks: the expiry rows due, and no row of its own.
+    /// An expiry that names no grant; never written, and its key (grant 0's
+    /// expiry at position 0) is one no row can hold.
+    fn expire_due() -> Mutation {
+        Mutation {
+            kind: TransactionKind::Expiry,
+            amount: Money::ZERO,
+            idempotency_key: IdempotencyKey::grant_expiry(crate::grants::SHORTFALL, 0),
+            description: String::new(),
+            reason: None,
+            order_id: None,
+            hints: None,
+        }
+    }
+
+    /// Whether this is [`ExpireDue`]'s request rather than a row.
+    fn is_expire_due(&self) -> bool {
+        self.kind == TransactionKind::Expiry
+            && self
+                .hints
+                .as_ref()
+                .is_none_or(|hints| hints.expiring.is_none())
+    }
+
     fn take_back(&self) -> Option<&TakeBackPlan> {
         self.hints.as_ref()?.take_back.as_ref()
     }
@@ -439,8 +485,17 @@ struct Hints {
     grant: Option<(GrantTerms, GrantSource)>,
     /// For the cost of a message given back: the funding of its debit.
     reversal: Option<Reversal>,
-    /// For an expiry: the grant whose remainder it takes.
-    expiring: Option<i64>,
+    /// For an expiry row: the grant whose remainder it takes, and when.
+    expiring: Option<Expiring>,
+}
+
+/// The grant an expiry row takes the remainder of, and the moment the row
+/// is dated: when the grant expired, never before the row before it (a
+/// remainder given back after the expiry expires when it came back).
+#[derive(Clone, Copy, Debug)]
+struct Expiring {
+    grant_id: i64,
+    at_ms: i64,
 }
 
 impl Hints {
@@ -624,10 +679,15 @@ struct WorkingGrants {
     /// Where the next stored form is written before it is shared (kept,
     /// so that a write allocates only the shared copy).
     scratch: String,
+    /// When the row at `at_seq` is dated (`i64::MIN`: there is none), so
+    /// that an expiry row is never dated before it; `None` when not known
+    /// (the grants moved by another process's write): read with the
+    /// snapshot before an expiry row is written.
+    last_row_at_ms: Option<i64>,
 }
 
 impl WorkingGrants {
-    fn new(at_seq: i64, book: Book) -> Box<WorkingGrants> {
+    fn new(at_seq: i64, book: Book, last_row_at_ms: Option<i64>) -> Box<WorkingGrants> {
         let mut scratch = String::new();
         book.encode_into(&mut scratch);
         let encoded = Arc::from(scratch.as_str());
@@ -636,6 +696,7 @@ impl WorkingGrants {
             book,
             encoded,
             scratch,
+            last_row_at_ms,
         })
     }
 }
@@ -703,14 +764,11 @@ impl AccountActor {
         } else {
             Reached::Unknown
         };
-        // Grants known at another position are not these.
-        if self
-            .grants
-            .as_ref()
-            .is_some_and(|grants| grants.at_seq != snapshot.seq)
-        {
-            self.grants = None;
-        }
+        // A snapshot alone says nothing of the grants: those known here may
+        // be a refused or failed write's at the same position, or another
+        // process's write may have made others there. They are read again
+        // (the callers that know them take them after this).
+        self.grants = None;
     }
 
     /// Takes where another process's write (or the guard's refusal) says
@@ -725,7 +783,7 @@ impl AccountActor {
             (Some(remaining), Some(known)) => known
                 .book
                 .moved_to(remaining, committed_through)
-                .map(|book| WorkingGrants::new(standing.snapshot.seq, book)),
+                .map(|book| WorkingGrants::new(standing.snapshot.seq, book, None)),
             _ => None,
         };
         self.grants = None;
@@ -757,7 +815,12 @@ impl AccountActor {
                 ),
             ));
         }
-        self.grants = Some(WorkingGrants::new(seq, book));
+        let last_row_at_ms = if seq == 0 {
+            Some(i64::MIN)
+        } else {
+            activation.last_row_at_ms
+        };
+        self.grants = Some(WorkingGrants::new(seq, book, last_row_at_ms));
         Ok(())
     }
 
@@ -766,6 +829,15 @@ impl AccountActor {
         self.grants
             .as_ref()
             .is_some_and(|grants| grants.at_seq == self.working.seq)
+    }
+
+    /// Whether a grant has expired at `now_ms` with credit left while the
+    /// date of the row before its expiry row is not known (read with the
+    /// snapshot first).
+    fn expiry_undated(&self, now_ms: i64) -> bool {
+        self.grants.as_ref().is_some_and(|grants| {
+            grants.last_row_at_ms.is_none() && grants.book.due_expiry(now_ms).is_some()
+        })
     }
 
     /// What `mutation` needs read before it is computed: whether the
@@ -1112,10 +1184,11 @@ impl AccountActor {
                 let _ = waiter.send(outcome.clone().map(|answer| answer.for_caller(index)));
             }
         };
-        if mutation.kind == TransactionKind::Expiry {
-            // An expiry that was not applied is not computed again as it
-            // was: the next mutation decides what is due from where the
-            // account stands then (nobody waits for an expiry).
+        if mutation.kind == TransactionKind::Expiry && !mutation.is_expire_due() {
+            // An expiry row that was not applied is not computed again as
+            // it was: the next mutation (or the `ExpireDue` that wrote it,
+            // which waits behind it) decides what is due from where the
+            // account stands then (nobody waits for an expiry row itself).
             answer_all(waiters, Err(LedgerError::Interrupted));
             return Step::Done;
         }
@@ -1141,8 +1214,15 @@ impl AccountActor {
         if let Some(in_flight) = joined {
             // A take-back of the same key is the same refund, whatever
             // amount it would decide now.
+            let in_flight_terms = in_flight
+                .hints
+                .as_ref()
+                .and_then(|hints| hints.grant.as_ref())
+                .map(|(terms, _)| *terms);
             if in_flight.entry.kind == mutation.kind
                 && (in_flight.entry.amount == mutation.amount || mutation.take_back().is_some())
+                && (mutation.adjustment_terms().is_none()
+                    || mutation.adjustment_terms() == in_flight_terms)
             {
                 in_flight.waiters.append(&mut waiters);
                 return Step::Done;
@@ -1172,11 +1252,41 @@ impl AccountActor {
             self.load_snapshot(vec![retry], ctx);
             return Step::Paused;
         }
+        let now_ms = self.shared.clock.now_ms();
+        if self.expiry_undated(now_ms) {
+            // An expiry row is due, dated no earlier than the row before
+            // it, whose date is read with the snapshot, with nothing in
+            // flight.
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            if self.in_flight.is_some() {
+                return Step::Wait(retry);
+            }
+            self.load_snapshot(vec![retry], ctx);
+            return Step::Paused;
+        }
         // Grants that expired are taken first (their expiry rows), so that
         // nothing is decided on credit that is gone.
-        let now_ms = self.shared.clock.now_ms();
         if let Err(error) = self.expire_due(now_ms, ctx) {
             answer_all(waiters, Err(error));
+            return Step::Done;
+        }
+        if mutation.is_expire_due() {
+            // Answered once every write in flight, the expiry rows among
+            // them, is settled (acknowledged means durable); a row refused
+            // meanwhile is decided again when this is computed again. Later
+            // messages wait behind it for as long as one commit takes.
+            if self.in_flight.is_some() {
+                return Step::Wait(Retry {
+                    mutation,
+                    waiters,
+                    attempts,
+                });
+            }
+            answer_all(waiters, Ok(Answer::Nothing));
             return Step::Done;
         }
         // No read of the key first: the write goes out, and if the key was
@@ -1227,14 +1337,23 @@ impl AccountActor {
     }
 
     /// Writes the expiry row of every grant expired at `now_ms` with credit
-    /// left, one after another (pipelined, like any write).
+    /// left, one after another in the order they expired (pipelined, like
+    /// any write), each dated when its grant expired, or, if later, when
+    /// the row before it is (credit given back to a grant after its expiry
+    /// expires when it came back; the dates of an account's rows never go
+    /// back). What the books count in a period is then what happened in it,
+    /// however late the row is written.
     fn expire_due(&mut self, now_ms: i64, ctx: &mut Context<Self>) -> Result<(), LedgerError> {
-        while let Some(due) = self
-            .grants
-            .as_ref()
-            .and_then(|grants| grants.book.due_expiry(now_ms))
-            .copied()
-        {
+        while let Some((due, last_row_at_ms)) = self.grants.as_ref().and_then(|grants| {
+            grants
+                .book
+                .due_expiry(now_ms)
+                .map(|due| (*due, grants.last_row_at_ms))
+        }) {
+            // A grant due to expire has an expiry; the row before is dated
+            // (see `expiry_undated`), else no later than now.
+            let expired_at_ms = due.expires_at_ms.unwrap_or(now_ms);
+            let at_ms = expired_at_ms.max(last_row_at_ms.unwrap_or(now_ms));
             let mutation = Mutation {
                 kind: TransactionKind::Expiry,
                 amount: -due.remaining,
@@ -1245,7 +1364,10 @@ impl AccountActor {
                 // read from its refund rows alone.
                 order_id: None,
                 hints: Some(Box::new(Hints {
-                    expiring: Some(due.id),
+                    expiring: Some(Expiring {
+                        grant_id: due.id,
+                        at_ms,
+                    }),
                     ..Hints::default()
                 })),
             };
@@ -1315,102 +1437,104 @@ impl AccountActor {
         let hints = mutation.hints.as_deref();
         let amount = mutation.amount;
         let nothing = Reversal::default();
-        let (funding, made) =
-            match mutation.kind {
-                TransactionKind::Debit => (
-                    book.debit(-amount, now_ms)
-                        .map_err(|error| grant_error(error, self.working.balance))?,
-                    None,
-                ),
-                TransactionKind::Expiry => {
-                    let grant_id = hints.and_then(|hints| hints.expiring).ok_or(
-                        LedgerError::InvalidAmount("an expiry names the grant it takes"),
-                    )?;
-                    (
-                        book.expire(grant_id)
-                            .map_err(|error| grant_error(error, self.working.balance))?,
-                        None,
-                    )
-                }
-                TransactionKind::Credit | TransactionKind::Adjustment if amount.is_positive() => {
-                    let (terms, source) =
-                        hints
-                            .and_then(|hints| hints.grant)
-                            .ok_or(LedgerError::InvalidAmount(
-                                "credit is made with its grant's terms",
-                            ))?;
-                    let grant = CreditGrant {
-                        id: seq,
-                        category: terms.category,
-                        source,
-                        order_id: mutation.order_id,
-                        amount,
-                        priority: terms.priority,
-                        granted_at_ms: now_ms,
-                        expires_at_ms: terms.expires_at_ms,
-                    };
-                    let funding = book
-                        .make(&grant)
-                        .map_err(|error| grant_error(error, self.working.balance))?;
-                    (funding, Some(grant))
-                }
-                TransactionKind::Credit => {
-                    return Err(LedgerError::InvalidAmount("a credit must be positive"))
-                }
-                TransactionKind::Adjustment => (
-                    book.take(-amount, now_ms, Take::Any)
-                        .map_err(|error| grant_error(error, self.working.balance))?,
-                    None,
-                ),
-                TransactionKind::Refund if amount.is_negative() => (
-                    book.take(
-                        -amount,
-                        now_ms,
-                        Take::Paid {
-                            order_id: mutation.order_id,
-                        },
-                    )
+        let (funding, made) = match mutation.kind {
+            TransactionKind::Debit => (
+                book.debit(-amount, now_ms)
                     .map_err(|error| grant_error(error, self.working.balance))?,
+                None,
+            ),
+            TransactionKind::Expiry => {
+                let grant_id = hints
+                    .and_then(|hints| hints.expiring)
+                    .map(|expiring| expiring.grant_id)
+                    .ok_or(LedgerError::InvalidAmount(
+                        "an expiry names the grant it takes",
+                    ))?;
+                (
+                    book.expire(grant_id)
+                        .map_err(|error| grant_error(error, self.working.balance))?,
                     None,
-                ),
-                TransactionKind::Refund => {
-                    let reversal = hints
-                        .and_then(|hints| {
-                            hints.reversal.as_ref().or(hints
-                                .take_back
-                                .as_ref()
-                                .and_then(|plan| plan.taken.as_ref()))
-                        })
-                        .unwrap_or(&nothing);
-                    let (funding, made) = book
-                        .restore(amount, &reversal.funding, |extra| CreditGrant {
-                            id: seq,
-                            category: Category::Paid,
-                            source: GrantSource::GiveBack,
-                            order_id: mutation.order_id,
-                            amount: extra,
-                            priority: Priority::DEFAULT,
-                            granted_at_ms: now_ms,
-                            expires_at_ms: None,
-                        })
-                        .map_err(|error| grant_error(error, self.working.balance))?;
-                    (funding, made)
-                }
-            };
+                )
+            }
+            TransactionKind::Credit | TransactionKind::Adjustment if amount.is_positive() => {
+                let (terms, source) =
+                    hints
+                        .and_then(|hints| hints.grant)
+                        .ok_or(LedgerError::InvalidAmount(
+                            "credit is made with its grant's terms",
+                        ))?;
+                let grant = CreditGrant {
+                    id: seq,
+                    category: terms.category,
+                    source,
+                    order_id: mutation.order_id,
+                    amount,
+                    priority: terms.priority,
+                    granted_at_ms: now_ms,
+                    expires_at_ms: terms.expires_at_ms,
+                };
+                let funding = book
+                    .make(&grant)
+                    .map_err(|error| grant_error(error, self.working.balance))?;
+                (funding, Some(grant))
+            }
+            TransactionKind::Credit => {
+                return Err(LedgerError::InvalidAmount("a credit must be positive"))
+            }
+            TransactionKind::Adjustment => (
+                book.take(-amount, now_ms, Take::Any)
+                    .map_err(|error| grant_error(error, self.working.balance))?,
+                None,
+            ),
+            TransactionKind::Refund if amount.is_negative() => (
+                book.take(
+                    -amount,
+                    now_ms,
+                    Take::Paid {
+                        order_id: mutation.order_id,
+                    },
+                )
+                .map_err(|error| grant_error(error, self.working.balance))?,
+                None,
+            ),
+            TransactionKind::Refund => {
+                let reversal = hints
+                    .and_then(|hints| {
+                        hints.reversal.as_ref().or(hints
+                            .take_back
+                            .as_ref()
+                            .and_then(|plan| plan.taken.as_ref()))
+                    })
+                    .unwrap_or(&nothing);
+                let (funding, made) = book
+                    .restore(amount, &reversal.funding, |extra| CreditGrant {
+                        id: seq,
+                        category: Category::Paid,
+                        source: GrantSource::GiveBack,
+                        order_id: mutation.order_id,
+                        amount: extra,
+                        priority: Priority::DEFAULT,
+                        granted_at_ms: now_ms,
+                        expires_at_ms: None,
+                    })
+                    .map_err(|error| grant_error(error, self.working.balance))?;
+                (funding, made)
+            }
+        };
         Ok((funding, made))
     }
 
     /// Moves the working grants on by a row just decided (in place: no
-    /// copy), to `seq`; answers what they were stored as before. A row the
-    /// grants cannot take, or that would not leave them summing to the
-    /// balance, is refused and never written; the grants are then read
-    /// again before the next mutation.
+    /// copy), to the row's `seq` and date; answers what they were stored as
+    /// before. A row the grants cannot take, or that would not leave them
+    /// summing to the balance, is refused and never written; the grants
+    /// are then read again before the next mutation.
     fn move_grants(
         &mut self,
         made: Option<&CreditGrant>,
         funding: &Funding,
         facts: &[CreditGrant],
-        seq: i64,
+        (seq, dated_ms): (i64, i64),
         balance_after: Money,
     ) -> Result<Arc<str>, LedgerError> {
         let account_id = self.account_id;
@@ -1446,6 +1570,7 @@ impl AccountActor {
         grants.book.encode_into(&mut grants.scratch);
         let previous = std::mem::replace(&mut grants.encoded, Arc::from(grants.scratch.as_str()));
         grants.at_seq = seq;
+        grants.last_row_at_ms = Some(dated_ms);
         Ok(previous)
     }
 
@@ -1476,14 +1601,52 @@ impl AccountActor {
         let Retry {
             mutation, waiters, ..
         } = retry;
-        let lookup = self
-            .shared
-            .store
+        let store = self.shared.store.clone();
+        let account_id = self.account_id;
+        let asks_terms = mutation.adjustment_terms().is_some();
+        // Asked now, before anything else this actor reads.
+        let by_key = store
             .ledger()
-            .entry_by_key(self.account_id, mutation.idempotency_key.clone());
+            .entry_by_key(account_id, mutation.idempotency_key.clone());
+        let lookup = async move {
+            let Some(existing) = by_key.await? else {
+                return Ok(None);
+            };
+            // An adjustment's grant terms are part of its request: the
+            // grant its row made is read to compare them.
+            let made = if asks_terms && existing.kind == TransactionKind::Adjustment {
+                store
+                    .ledger()
+                    .account_grants(account_id)
+                    .await?
+                    .and_then(|found| {
+                        found
+                            .grants
+                            .into_iter()
+                            .find(|grant| grant.id == existing.seq)
+                    })
+                    .map(|grant| GrantTerms {
+                        category: grant.category,
+                        priority: grant.priority,
+                        expires_at_ms: grant.expires_at_ms,
+                    })
+            } else {
+                None
+            };
+            Ok::<_, StoreError>(Some((existing, made)))
+        };
         ctx.wait(lookup.into_actor(self).map(move |found, actor, ctx| {
             let outcome = match found {
-                Ok(Some(existing)) => replay(existing, &mutation).map(Answer::Row),
+                Ok(Some((existing, made))) => {
+                    if mutation.adjustment_terms().is_some()
+                        && existing.kind == mutation.kind
+                        && made != mutation.adjustment_terms()
+                    {
+                        Err(conflict(&existing))
+                    } else {
+                        replay(existing, &mutation).map(Answer::Row)
+                    }
+                }
                 Ok(None) => Err(otherwise),
                 // A commit's unknown outcome stays unknown when it cannot
                 // be looked up.
@@ -1533,7 +1696,13 @@ impl AccountActor {
         } else {
             self.working.warned_at_ms
         };
-        let warning_due = (mutation.kind == TransactionKind::Debit || withdraw_warning.is_some())
+        // A debit warns, and so does an expiry: the one drop of a balance
+        // nobody asked for.
+        let drop_warns = matches!(
+            mutation.kind,
+            TransactionKind::Debit | TransactionKind::Expiry
+        );
+        let warning_due = (drop_warns || withdraw_warning.is_some())
             && balance_after < settings.low_balance_threshold
             && (warned_at_ms == NEVER_WARNED
                 || now_ms.saturating_sub(warned_at_ms)
@@ -1543,6 +1712,13 @@ impl AccountActor {
             seq: self.working.seq + 1,
             warned_at_ms: if warning_due { now_ms } else { warned_at_ms },
         };
+        // Every row is dated when it is written, but an expiry row: when
+        // its grant expired (see `expire_due`).
+        let created_at_ms = mutation
+            .hints
+            .as_ref()
+            .and_then(|hints| hints.expiring)
+            .map_or(now_ms, |expiring| expiring.at_ms);
         let entry = LedgerEntry {
             account_id: self.account_id,
             seq: snapshot_after.seq,
@@ -1553,7 +1729,7 @@ impl AccountActor {
             order_id: mutation.order_id,
             description: mutation.description,
             reason: mutation.reason.map(Box::new),
-            created_at_ms: now_ms,
+            created_at_ms,
             funded_by,
         };
         // What is committed, read before the working state moves on.
@@ -1580,7 +1756,7 @@ impl AccountActor {
             None
         };
         let events = self
-            .events_of(&entry, mutation.hints.as_deref(), made.as_ref())
+            .events_of(&entry, mutation.hints.as_deref(), made.as_ref(), now_ms)
             .map_err(LedgerError::Store)?;
         let outbox = (notice.is_some()
             || withdraw_warning.is_some()
@@ -1610,7 +1786,7 @@ impl AccountActor {
             made,
             &entry.funded_by,
             facts,
-            snapshot_after.seq,
+            (snapshot_after.seq, entry.created_at_ms),
             balance_after,
         )?;
         let grants_after = self
@@ -1676,12 +1852,16 @@ impl AccountActor {
     /// account's own number (`balance.depleted`), the caller's own event,
     /// and the grant's: `credit.granted` for the grant the row makes,
     /// `credit.expired` for an expiry row. A crossing is from one side to
-    /// the other, so each is once until the balance has gone back.
+    /// the other, so each is once until the balance has gone back. Every
+    /// event is dated `now_ms`, when it is written (its deliveries' days
+    /// count from then), whatever its row is dated (an expiry row: when
+    /// the grant expired, which `credit.expired` says).
     fn events_of(
         &self,
         entry: &LedgerEntry,
         hints: Option<&Hints>,
         made: Option<&CreditGrant>,
+        now_ms: i64,
     ) -> Result<Vec<NewEvent>, StoreError> {
         let before = self.working.balance;
         let after = entry.balance_after;
@@ -1707,11 +1887,14 @@ impl AccountActor {
         if let Some(grant) = made {
             events.push(credit_granted(entry, grant)?);
         }
-        if let Some(grant_id) = hints
+        if let Some(expiring) = hints
             .and_then(|hints| hints.expiring)
             .filter(|_| entry.kind == TransactionKind::Expiry)
         {
-            events.push(credit_expired(entry, grant_id)?);
+            events.push(credit_expired(entry, expiring.grant_id)?);
+        }
+        for event in &mut events {
+            event.created_at_ms = now_ms;
         }
         Ok(events)
     }
@@ -1787,13 +1970,18 @@ impl AccountActor {
         }
         match result {
             Ok(()) => {
-                if in_flight.entry.kind == TransactionKind::Debit {
-                    // A committed debit left the balance low: ask for an
-                    // auto top-up (once, however many debits follow).
+                if matches!(
+                    in_flight.entry.kind,
+                    TransactionKind::Debit | TransactionKind::Expiry
+                ) {
+                    // A committed debit (or expiry) left the balance low:
+                    // ask for an auto top-up (once, however many debits
+                    // follow). Asked at the clock's time: an expiry row is
+                    // dated when its grant expired.
                     self.shared.auto_top_ups.ask(
                         self.account_id,
                         in_flight.entry.balance_after,
-                        in_flight.entry.created_at_ms,
+                        self.shared.clock.now_ms(),
                     );
                 }
                 for (index, waiter) in in_flight.waiters.into_iter().enumerate() {
@@ -2241,6 +2429,15 @@ impl Handler<Adjust> for AccountActor {
             },
             ctx,
         )
+    }
+}
+
+impl Handler<ExpireDue> for AccountActor {
+    type Result = ResponseFuture<Result<(), LedgerError>>;
+
+    fn handle(&mut self, _message: ExpireDue, ctx: &mut Context<Self>) -> Self::Result {
+        let answer = self.begin(Mutation::expire_due(), ctx);
+        Box::pin(async move { answer.await.map(|_| ()) })
     }
 }
 

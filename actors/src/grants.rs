@@ -378,17 +378,13 @@ impl Funding {
             else {
                 return Err(malformed("each part is grant:letter:micros"));
             };
-            let grant_id: i64 = id
-                .parse()
-                .ok()
+            let grant_id: i64 = stored_number(id)
                 .filter(|id| *id >= 0)
                 .ok_or_else(|| malformed("a grant id is a whole number"))?;
             let category = Category::from_letter(letter).ok_or_else(|| {
                 malformed(&format!("unknown category letter {letter:?} (p or r)"))
             })?;
-            let amount: i64 = amount
-                .parse()
-                .ok()
+            let amount: i64 = stored_number(amount)
                 .filter(|amount| *amount != 0)
                 .ok_or_else(|| malformed("an amount is whole, non-zero micro-dollars"))?;
             if grant_id == SHORTFALL && category != Category::Paid {
@@ -441,6 +437,14 @@ pub fn encode_remaining(remaining: &[Remaining]) -> String {
     text
 }
 
+/// A number as this release writes it (`push_i64`): digits with a `-` for
+/// a negative one, no `+`, no leading zero; anything else is `None`.
+fn stored_number(text: &str) -> Option<i64> {
+    let number: i64 = text.parse().ok()?;
+    // Written back, it is the text itself (no '+', no leading zero, no -0).
+    (number.to_string() == text).then_some(number)
+}
+
 /// Reads the snapshot's `grants` back; anything this release did not write
 /// is an error.
 pub fn decode_remaining(text: &str) -> Result<Vec<Remaining>, GrantError> {
@@ -453,15 +457,11 @@ pub fn decode_remaining(text: &str) -> Result<Vec<Remaining>, GrantError> {
         let Some((id, amount)) = part.split_once(':') else {
             return Err(malformed("each part is grant:micros"));
         };
-        let grant_id: i64 = id
-            .parse()
-            .ok()
+        let grant_id: i64 = stored_number(id)
             .filter(|id| *id >= 0)
             .ok_or_else(|| malformed("a grant id is a whole number"))?;
-        let amount: i64 = amount
-            .parse()
-            .ok()
-            .ok_or_else(|| malformed("an amount is whole micro-dollars"))?;
+        let amount: i64 =
+            stored_number(amount).ok_or_else(|| malformed("an amount is whole micro-dollars"))?;
         let in_range = if grant_id == SHORTFALL {
             amount < 0
         } else {
@@ -644,10 +644,15 @@ impl Book {
         Some(book)
     }
 
-    /// The first grant, by id, that has expired at `now_ms` with credit
-    /// left: its expiry row comes before anything else is decided.
+    /// The grant that expired first (then the oldest) of those expired at
+    /// `now_ms` with credit left: its expiry row comes before anything else
+    /// is decided, and the expiry rows of several follow one another in the
+    /// order the grants expired (each row dated its grant's expiry).
     pub fn due_expiry(&self, now_ms: i64) -> Option<&LiveGrant> {
-        self.grants.iter().find(|grant| grant.expired(now_ms))
+        self.grants
+            .iter()
+            .filter(|grant| grant.expired(now_ms))
+            .min_by_key(|grant| (grant.expires_at_ms, grant.id))
     }
 
     /// The grants a debit may use at `now_ms`, in consumption order.
@@ -737,11 +742,12 @@ impl Book {
     /// `reversing` took (the debit of a message voided, or the net of an
     /// order's take-backs; positive draws are what is still taken). The
     /// paid part first pays down grant 0, then goes back to the paid grants
-    /// it came from; the promotional part goes back to its grants. A paid
-    /// part that grant 0 no longer needs (a credit paid it down since)
-    /// goes to the first paid grant taken from. What `reversing` does not
-    /// account for (nothing to give it back to) pays down grant 0 and makes
-    /// a paid grant of the rest, `made` (its id is the row's `seq`).
+    /// it came from (never more than each gave); the promotional part goes
+    /// back to its grants. A paid part that grant 0 no longer needs (a
+    /// credit paid it down since), and what `reversing` does not account
+    /// for (nothing to give it back to), pay down grant 0 and make a paid
+    /// grant of the rest, `made` (its id is the row's `seq`): no grant ever
+    /// holds more than it was made with.
     pub fn restore(
         &self,
         amount: Money,
@@ -770,17 +776,15 @@ impl Book {
         funding.add(SHORTFALL, Category::Paid, -paid_down)?;
         owed = owed.checked_sub(paid_down)?;
         let mut left = paid_back.checked_sub(paid_down)?;
-        let mut first_paid: Option<i64> = None;
         for draw in taken(Category::Paid).filter(|draw| draw.grant_id != SHORTFALL) {
-            first_paid.get_or_insert(draw.grant_id);
             let back = left.min(draw.amount);
             funding.add(draw.grant_id, Category::Paid, -back)?;
             left = left.checked_sub(back)?;
         }
-        match first_paid {
-            Some(grant_id) => funding.add(grant_id, Category::Paid, -left)?,
-            None => extra = extra.checked_add(left)?,
-        }
+        // What grant 0 took and no longer needs (a credit paid it down
+        // since) goes to no grant that gave nothing to it (that would leave
+        // it holding more than it was made with): it makes a paid grant.
+        extra = extra.checked_add(left)?;
         let mut left = promotional_back;
         for draw in taken(Category::Promotional) {
             let back = left.min(draw.amount);
@@ -1158,6 +1162,31 @@ mod tests {
     }
 
     #[test]
+    fn grants_expired_together_are_due_in_the_order_they_expired() {
+        let later = CreditGrant {
+            expires_at_ms: Some(2_000),
+            ..grant(1, Promotional, 300)
+        };
+        let sooner = CreditGrant {
+            expires_at_ms: Some(1_000),
+            ..grant(2, Promotional, 100)
+        };
+        let same = CreditGrant {
+            expires_at_ms: Some(1_000),
+            ..grant(3, Paid, 50)
+        };
+        let mut book = book_of(&[later, sooner, same]);
+        let mut order = Vec::new();
+        while let Some(due) = book.due_expiry(5_000).copied() {
+            order.push(due.id);
+            let expiry = book.expire(due.id).unwrap();
+            book.apply(None, &expiry, &[]).unwrap();
+        }
+        assert_eq!(order, vec![2, 3, 1]);
+        assert_eq!(book.balance(), Ok(money(0)));
+    }
+
+    #[test]
     fn a_take_back_takes_the_orders_grant_then_paid_then_grant_0_never_promotional() {
         let mut order_grant = grant(2, Paid, 1_000);
         order_grant.order_id = Some(77);
@@ -1294,7 +1323,7 @@ mod tests {
     }
 
     #[test]
-    fn what_grant_0_no_longer_needs_goes_to_the_first_paid_grant() {
+    fn what_grant_0_no_longer_needs_makes_a_paid_grant_never_overfilling_one() {
         let mut book = book_of(&[grant(1, Paid, 100)]);
         let taken = book
             .take(money(300), 0, Take::Paid { order_id: None })
@@ -1305,10 +1334,19 @@ mod tests {
         book.apply(Some(&credit), &funding, &[]).unwrap();
         assert_eq!(book.encode(), "5:800");
         let (restore, made) = book
-            .restore(money(300), &taken, |_| unreachable!())
+            .restore(money(300), &taken, |amount| CreditGrant {
+                source: GrantSource::GiveBack,
+                ..grant(6, Paid, amount.micros())
+            })
             .unwrap();
-        assert_eq!(made, None);
-        assert_eq!(draws(&restore), vec![(1, Paid, -300)]);
+        // Grant 1 gets back the 100 taken from it, no more; the 200 grant 0
+        // took (and grant 5 paid down since) make grant 6.
+        let made = made.unwrap();
+        assert_eq!(made.amount, money(200));
+        assert_eq!(draws(&restore), vec![(1, Paid, -100)]);
+        book.apply(Some(&made), &restore, &[grant(1, Paid, 100)])
+            .unwrap();
+        assert_eq!(book.encode(), "1:100,5:800,6:200");
     }
 
     #[test]
@@ -1366,6 +1404,10 @@ mod tests {
             "12:p:5;12:p:6",
             "0:r:5",
             "12:p:5,",
+            "12:p:+5",
+            "012:p:5",
+            "12:p:007",
+            "12:p:-05",
         ] {
             assert!(
                 matches!(Funding::decode(bad), Err(GrantError::Malformed(_))),
@@ -1403,6 +1445,11 @@ mod tests {
             "12",
             "x:1",
             "12:1;15:1",
+            "12:+5",
+            "+12:5",
+            "012:5",
+            "12:007",
+            "0:-05",
         ] {
             assert!(
                 matches!(decode_remaining(bad), Err(GrantError::Malformed(_))),

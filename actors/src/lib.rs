@@ -16,6 +16,7 @@ pub mod books;
 pub mod clock;
 pub mod commands;
 pub mod error;
+pub mod expiry_sweep;
 pub mod export;
 pub mod feed;
 pub mod feed_tickets;
@@ -37,7 +38,7 @@ pub mod verify;
 pub mod webhooks;
 
 pub use account_actor::{
-    AccountActor, AccountSettings, Adjust, Credit, Debit, GetBalance, Receipt, Refund,
+    AccountActor, AccountSettings, Adjust, Credit, Debit, ExpireDue, GetBalance, Receipt, Refund,
 };
 pub use adapters::StoreSettings;
 pub use error::LedgerError;

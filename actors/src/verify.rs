@@ -93,6 +93,14 @@ pub enum Problem {
         grant_id: i64,
         ledger_micros: i128,
     },
+    /// A row takes from a grant against the rules that decide every
+    /// row's funding (the amounts may still add up).
+    FundingBreaksRule {
+        account_id: AccountId,
+        seq: i64,
+        grant_id: i64,
+        rule: FundingRule,
+    },
     /// What the snapshot says is left of the grants does not sum to its
     /// balance.
     GrantsSumMismatch {
@@ -100,6 +108,29 @@ pub enum Problem {
         grants_sum_micros: i128,
         balance_micros: i64,
     },
+}
+
+/// The rule of a row's funding that a row breaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum FundingRule {
+    /// A debit took from a grant at or after its expiry.
+    DrewOnExpired,
+    /// A debit took from what the account owes (grant 0).
+    DebitTookOwed,
+    /// Credit taken back for a refund or dispute took promotional credit.
+    PromotionalTakenBack,
+    /// An expiry row took from a grant before its expiry (or one that
+    /// never expires).
+    ExpiredEarly,
+    /// An expiry row left something of the grant it expired.
+    ExpiryLeftSome,
+    /// Credit bought through Stripe made a promotional grant.
+    PaidAsPromotional,
+    /// The row left a grant with less than nothing, or more than it was
+    /// made with (grant 0: owing less than nothing).
+    LeftOutOfRange,
 }
 
 /// What a verification found.
@@ -238,6 +269,24 @@ impl std::fmt::Display for Problem {
                     "but a grant never holds less than nothing"
                 }
             ),
+            Problem::FundingBreaksRule {
+                account_id,
+                seq,
+                grant_id,
+                rule,
+            } => write!(
+                formatter,
+                "account {account_id}: row #{seq} {}",
+                match rule {
+                    FundingRule::DrewOnExpired => format!("is a debit that took from grant {grant_id} at or after its expiry"),
+                    FundingRule::DebitTookOwed => "is a debit that took from what the account owes (grant 0)".to_string(),
+                    FundingRule::PromotionalTakenBack => format!("takes credit back for a payment from promotional grant {grant_id}, which never turns into cash"),
+                    FundingRule::ExpiredEarly => format!("expires grant {grant_id} before its expiry"),
+                    FundingRule::ExpiryLeftSome => format!("expires grant {grant_id} but leaves some of it"),
+                    FundingRule::PaidAsPromotional => format!("credits a payment as promotional grant {grant_id}"),
+                    FundingRule::LeftOutOfRange => format!("leaves grant {grant_id} with less than nothing or more than it was made with"),
+                }
+            ),
             Problem::GrantsSumMismatch {
                 account_id,
                 grants_sum_micros,
@@ -249,6 +298,49 @@ impl std::fmt::Display for Problem {
                 money(*balance_micros)
             ),
         }
+    }
+}
+
+/// The rule a row's draw on a grant breaks, if any: `left` is what the
+/// grant holds after the row, `terms` the grant's amount and expiry (none
+/// for grant 0).
+fn broken_rule(
+    row: &VerifyRow,
+    kind: Option<TransactionKind>,
+    draw: &crate::grants::Draw,
+    left: i128,
+    terms: Option<(i128, Option<i64>)>,
+) -> Option<FundingRule> {
+    let takes = draw.amount.is_positive();
+    let expires_at = terms.and_then(|(_, expires_at)| expires_at);
+    let in_range = match terms {
+        Some((amount, _)) => (0..=amount).contains(&left),
+        None => left <= 0,
+    };
+    if !in_range {
+        return Some(FundingRule::LeftOutOfRange);
+    }
+    match kind {
+        Some(TransactionKind::Debit) if takes && draw.grant_id == SHORTFALL => {
+            Some(FundingRule::DebitTookOwed)
+        }
+        Some(TransactionKind::Debit)
+            if takes && expires_at.is_some_and(|at| row.created_at >= at) =>
+        {
+            Some(FundingRule::DrewOnExpired)
+        }
+        Some(TransactionKind::Refund)
+            if takes && row.amount < 0 && draw.category == Category::Promotional =>
+        {
+            Some(FundingRule::PromotionalTakenBack)
+        }
+        Some(TransactionKind::Expiry)
+            if takes && expires_at.is_none_or(|at| row.created_at < at) =>
+        {
+            Some(FundingRule::ExpiredEarly)
+        }
+        Some(TransactionKind::Expiry) if takes && left != 0 => Some(FundingRule::ExpiryLeftSome),
+        _ => None,
     }
 }
 
@@ -269,6 +361,8 @@ struct AccountScan {
     snapshot_grants: Option<String>,
     /// Per grant: what the rows so far left of it, and its category.
     grants: BTreeMap<i64, (i128, Category)>,
+    /// Per grant made by a row: its amount and expiry.
+    terms: BTreeMap<i64, (i128, Option<i64>)>,
 }
 
 /// One ledger row as the verifier needs it, with its account's snapshot.
@@ -284,6 +378,10 @@ pub struct VerifyRow {
     /// The grant the row made (the `credit_grants` row whose id is its
     /// seq): its amount and category, as stored.
     pub made: Option<(i64, String)>,
+    /// That grant's expiry.
+    pub made_expires_at: Option<i64>,
+    pub created_at: i64,
+    pub order_id: Option<i64>,
     /// The account's snapshot (balance, seq), if it has one.
     pub snapshot: Option<(i64, i64)>,
     /// The snapshot's `grants`, as stored.
@@ -318,6 +416,7 @@ impl Verifier {
                 snapshot: row.snapshot,
                 snapshot_grants: row.snapshot_grants.clone(),
                 grants,
+                terms: BTreeMap::new(),
             });
         }
         let Some(scan) = self.current.as_mut() else {
@@ -366,6 +465,19 @@ impl Verifier {
             Some((amount, category)) => match Category::parse(category) {
                 Some(category) => {
                     scan.grants.insert(row.seq, (i128::from(*amount), category));
+                    scan.terms
+                        .insert(row.seq, (i128::from(*amount), row.made_expires_at));
+                    if category == Category::Promotional
+                        && row.kind == TransactionKind::Credit.as_str()
+                        && row.order_id.is_some()
+                    {
+                        problems.push(Problem::FundingBreaksRule {
+                            account_id: row.account_id,
+                            seq: row.seq,
+                            grant_id: row.seq,
+                            rule: FundingRule::PaidAsPromotional,
+                        });
+                    }
                     *amount
                 }
                 None => {
@@ -392,17 +504,31 @@ impl Verifier {
             }
         };
         let mut funded: i128 = 0;
+        let kind = TransactionKind::parse(&row.kind);
         for draw in funding.draws() {
             funded += i128::from(draw.amount.micros());
-            match scan.grants.get_mut(&draw.grant_id) {
+            let left = match scan.grants.get_mut(&draw.grant_id) {
                 Some((left, category)) if *category == draw.category => {
                     *left -= i128::from(draw.amount.micros());
+                    *left
                 }
-                _ => problems.push(Problem::UnknownGrant {
+                _ => {
+                    problems.push(Problem::UnknownGrant {
+                        account_id: row.account_id,
+                        seq: row.seq,
+                        grant_id: draw.grant_id,
+                    });
+                    continue;
+                }
+            };
+            let terms = scan.terms.get(&draw.grant_id).copied();
+            if let Some(rule) = broken_rule(row, kind, draw, left, terms) {
+                problems.push(Problem::FundingBreaksRule {
                     account_id: row.account_id,
                     seq: row.seq,
                     grant_id: draw.grant_id,
-                }),
+                    rule,
+                });
             }
         }
         if i128::from(row.amount) != i128::from(made) - funded {

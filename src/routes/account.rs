@@ -4,6 +4,8 @@
 
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
+use sms_credit_actors::billing::orders::OrderType;
+use sms_credit_actors::billing::receipts;
 use sms_credit_actors::opt_outs::{OptOut, OptOutVia};
 use sms_credit_actors::{feed_tickets, AccountId};
 
@@ -206,6 +208,73 @@ pub async fn credit_grants(
     Ok(HttpResponse::Ok().json(CreditGrants {
         credit_grants: lines.iter().map(CreditGrantView::from).collect(),
     }))
+}
+
+/// One of the account's payments, as its holder sees it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PaymentView {
+    /// The order the payment paid for.
+    id: i64,
+    order_type: OrderType,
+    /// What was paid.
+    amount_micros: i64,
+    /// What of it was refunded (refunds that stand).
+    amount_refunded_micros: i64,
+    #[schema(value_type = String, format = DateTime)]
+    #[serde(serialize_with = "sms_credit_actors::clock::rfc3339::serialize")]
+    completed_at: i64,
+    /// Stripe's receipt of the payment; `null` until Stripe has given it
+    /// (asked again when the payments are next listed).
+    receipt_url: Option<String>,
+}
+
+/// The account's payments.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Payments {
+    payments: Vec<PaymentView>,
+}
+
+/// The account's payments, newest first, each with Stripe's receipt link
+/// once Stripe has given it (a few are asked of Stripe per listing, the
+/// newest first, and kept).
+#[utoipa::path(get, path = "/v1/accounts/{id}/payments", tag = "account holders",
+    security(("accountToken" = [])),
+    params(("id" = i64, Path, description = "The account")),
+    responses((status = 200, body = Payments)))]
+pub async fn payments(
+    holder: AccountHolder,
+    state: web::Data<AppState>,
+    path: web::Path<i64>,
+) -> Result<HttpResponse, ApiError> {
+    let account_id = own_account(&holder, path.into_inner())?;
+    let gateway = state
+        .billing
+        .as_ref()
+        .map(|billing| billing.gateway.as_ref());
+    let found =
+        receipts::payments_of(&state.store, gateway, account_id, state.clock.now_ms()).await?;
+    let payments = found
+        .into_iter()
+        .map(|order| {
+            let completed_at = order.completed_at_ms.ok_or_else(|| {
+                ApiError::from(sms_credit_actors::StoreError::Database(format!(
+                    "order {} is paid but has no completion time",
+                    order.id
+                )))
+            })?;
+            Ok(PaymentView {
+                id: order.id,
+                order_type: order.order_type,
+                amount_micros: order.amount.micros(),
+                amount_refunded_micros: order.amount_refunded.micros(),
+                completed_at,
+                receipt_url: order
+                    .receipt_url
+                    .filter(|url| receipts::is_receipt_link(url)),
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(HttpResponse::Ok().json(Payments { payments }))
 }
 
 /// A single-use ticket (valid 30 s) to open the account's balance feed

@@ -52,6 +52,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
             web::get().to(account::credit_grants),
         )
         .route(
+            "/v1/accounts/{id}/payments",
+            web::get().to(account::payments),
+        )
+        .route(
             "/v1/accounts/{id}/feed-tickets",
             web::post().to(account::feed_ticket),
         )

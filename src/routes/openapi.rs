@@ -51,6 +51,7 @@ use crate::error::{ApiError, ErrorBody};
         account::show,
         account::transactions,
         account::credit_grants,
+        account::payments,
         account::feed_ticket,
         auto_top_up::show,
         auto_top_up::update,

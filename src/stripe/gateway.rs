@@ -296,6 +296,21 @@ impl PaymentGateway for StripeGateway {
         })
     }
 
+    fn receipt_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Option<String>> {
+        Box::pin(async move {
+            let intent = RetrievePaymentIntent::new(payment_intent_id.as_str())
+                .expand(vec!["latest_charge".to_string()])
+                .send(&self.client)
+                .await
+                .map_err(gateway_error)?;
+            Ok(intent
+                .latest_charge
+                .as_ref()
+                .and_then(|charge| charge.as_object())
+                .and_then(|charge| charge.receipt_url.clone()))
+        })
+    }
+
     /// Stripe's Search API by the order's id in the PaymentIntent's
     /// metadata (set on every charge this server makes).
     fn find_charge(&self, order_id: i64) -> GatewayFuture<'_, Option<ChargeOutcome>> {

@@ -38,10 +38,13 @@ function showBalance(micros) {
 
 // The balance split into what was bought and what was given, and each
 // grant with credit left: how much, and when it expires (if it does).
+// Loads may overlap (a burst, then a sign-in): only the newest is shown,
+// so an answer that arrives late never puts older grants back.
 async function loadGrants() {
   const accountId = state.accountId;
+  const load = (state.grantsLoad = (state.grantsLoad || 0) + 1);
   const answer = await api("GET", "/v1/accounts/" + accountId + "/credit-grants");
-  if (state.accountId !== accountId) return;
+  if (state.accountId !== accountId || state.grantsLoad !== load) return;
   let purchased = 0;
   let bonus = 0;
   $("grants").textContent = "";
@@ -66,6 +69,45 @@ async function loadGrants() {
   $("grants-box").hidden = $("grants").childElementCount === 0;
 }
 
+// What each payment bought, for people.
+const PAYMENT_KINDS = { initial_access: "Access", top_up: "Top-up", auto_top_up: "Auto top-up" };
+
+// Each payment, newest first, with Stripe's receipt once Stripe has given
+// it (the server asks for it; a later visit shows one not given yet).
+async function loadPayments() {
+  const accountId = state.accountId;
+  const load = (state.paymentsLoad = (state.paymentsLoad || 0) + 1);
+  const answer = await api("GET", "/v1/accounts/" + accountId + "/payments");
+  if (state.accountId !== accountId || state.paymentsLoad !== load) return;
+  $("payments").textContent = "";
+  answer.payments.forEach((payment) => {
+    const row = document.createElement("tr");
+    const at = document.createElement("td");
+    at.textContent = new Date(Date.parse(payment.completed_at)).toLocaleDateString([], { month: "short", day: "numeric", year: "numeric" });
+    const what = document.createElement("td");
+    what.textContent = PAYMENT_KINDS[payment.order_type] || "Payment";
+    const paid = document.createElement("td");
+    paid.className = "amount";
+    paid.textContent = dollars(payment.amount_micros, false)
+      + (payment.amount_refunded_micros > 0 ? " (" + dollars(payment.amount_refunded_micros, false) + " refunded)" : "");
+    const receipt = document.createElement("td");
+    if (payment.receipt_url) {
+      const link = document.createElement("a");
+      link.href = payment.receipt_url;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      link.textContent = "Receipt";
+      link.setAttribute("aria-label", "Receipt for the payment of " + at.textContent);
+      receipt.appendChild(link);
+    } else {
+      receipt.textContent = "not ready yet";
+    }
+    row.append(at, what, paid, receipt);
+    $("payments").appendChild(row);
+  });
+  $("payments-box").hidden = answer.payments.length === 0;
+}
+
 // The grants again, once, after a burst of rows (a page back from the
 // background may take a thousand at once).
 function soonLoadGrants() {
@@ -73,6 +115,10 @@ function soonLoadGrants() {
   state.grantsSoon = setTimeout(() => {
     state.grantsSoon = null;
     loadGrants().catch(() => {});
+    if (state.paymentsDue) {
+      state.paymentsDue = false;
+      loadPayments().catch(() => {});
+    }
   }, 500);
 }
 
@@ -293,6 +339,8 @@ function connect() {
     drawChart();
     // A credit may be an auto top-up: show how it went.
     if (data.amount_micros > 0 && !$("auto").hidden) loadAuto();
+    // A payment's credit, or a refund's: the payments again too.
+    if (data.type === "credit" || (data.type === "refund" && data.amount_micros < 0)) state.paymentsDue = true;
     soonLoadGrants();
   };
   socket.onclose = (event) => {
@@ -342,6 +390,7 @@ async function signIn(token) {
     $("signin-error").textContent = "";
     connect();
     loadGrants().catch(() => {});
+    loadPayments().catch(() => {});
     // Auto top-up needs payments; a server without them does not offer it.
     if (account.payments_available) loadAuto(); else $("auto").hidden = true;
   } catch (error) {

@@ -503,6 +503,7 @@ async function loadOrders() {
     cell(row, order.status);
     money(cell(row, undefined, "money"), order.amount_micros);
     money(cell(row, undefined, "money"), order.amount_refunded_micros);
+    money(cell(row, undefined, "money"), order.unspent_credit_micros);
     const actions = cell(row);
     if ((order.status === "completed" || order.status === "refunded") && order.amount_refunded_micros < order.amount_micros) {
       const button = document.createElement("button");

@@ -216,6 +216,10 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// by the PaymentIntent's metadata instead of sending it again (once
     /// its idempotency key may have been forgotten); `None`: none was made.
     fn find_charge(&self, order_id: i64) -> GatewayFuture<'_, Option<ChargeOutcome>>;
+    /// Stripe's receipt of a PaymentIntent's payment (its latest charge's
+    /// `receipt_url`, retrieved with the charge expanded); `None` when it
+    /// has no charge or the charge no receipt yet.
+    fn receipt_of(&self, payment_intent_id: String) -> GatewayFuture<'_, Option<String>>;
     /// Asks Stripe for a refund; answers the refund's id.
     fn refund(&self, refund: NewRefund) -> GatewayFuture<'_, String>;
     /// The refunds of a PaymentIntent, as Stripe lists them (the most

@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod legacy_refunds;
 pub mod orders;
 pub mod pricing;
+pub mod receipts;
 pub mod refunds;
 pub mod stripe_refunds;
 

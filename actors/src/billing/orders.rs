@@ -102,6 +102,12 @@ pub struct Order {
     )]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
     pub completed_at_ms: Option<i64>,
+    /// Stripe's receipt for the payment (its charge's `receipt_url`), once
+    /// learnt: asked of Stripe when the account holder lists their payments.
+    pub receipt_url: Option<String>,
+    /// When Stripe was last asked for the receipt (not shown).
+    #[serde(skip)]
+    pub receipt_asked_at_ms: Option<i64>,
 }
 
 /// A limit on the off-session charges of one kind (their keys share a

@@ -72,8 +72,11 @@ use ColumnType::{Integer as I, Text as T};
 /// instances are running (`instances`), SQLite's change notes for other
 /// processes (`ledger_changes`), feed tickets (`feed_tickets`: they live
 /// 30 s, and no instance runs during a copy), the legacy refund sweep's
-/// claims (`stripe_refunds.claimed_until`: a lease of an instance) and the
-/// migration history (each side has its own).
+/// claims (`stripe_refunds.claimed_until`: a lease of an instance), where
+/// the sweep of expired grants stands (`grant_expiry_sweep`: the copy's
+/// first round asks about every expired grant once more, which writes what
+/// is due and nothing else) and the migration history (each side has its
+/// own).
 pub const TABLES: &[Table] = &[
     Table {
         name: "accounts",
@@ -187,6 +190,8 @@ pub const TABLES: &[Table] = &[
             ("status", T),
             ("created_at", I),
             ("completed_at", I),
+            ("receipt_url", T),
+            ("receipt_asked_at", I),
         ],
         key: &[0],
         has_id_sequence: true,

@@ -29,10 +29,10 @@ use crate::webhooks::NewEvent;
 pub use error::{CreateAccountError, StoreCause, StoreError, UnknownValue};
 pub use ports::{
     AccessOrderRequest, AccountStore, AutoTopUpStore, Backend, BackupStore, BillingStore,
-    CopyStore, EventDecision, FeedTicketStore, InboundClaim, InboundRecord, InstanceStore,
-    LedgerStore, MessageStore, OptOutStore, OrderCompletion, PriceAccess, PriceCheck,
-    ReceivedEvent, Reception, ReportStore, SignInStore, SourceStore, StoreFuture, StripeEventStore,
-    TokenStore, WebhookStore,
+    CopyStore, EventDecision, FeedTicketStore, GrantExpiryStore, InboundClaim, InboundRecord,
+    InstanceStore, LedgerStore, MessageStore, OptOutStore, OrderCompletion, PriceAccess,
+    PriceCheck, ReceivedEvent, Reception, ReportStore, SignInStore, SourceStore, StoreFuture,
+    StripeEventStore, TokenStore, WebhookStore,
 };
 
 /// A ledger row with the snapshot it leads to, from an account actor.
@@ -577,6 +577,10 @@ impl Store {
     }
 
     pub fn ledger(&self) -> &dyn LedgerStore {
+        &*self.backend
+    }
+
+    pub fn grant_expiry(&self) -> &dyn GrantExpiryStore {
         &*self.backend
     }
 

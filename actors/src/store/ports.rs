@@ -57,6 +57,11 @@ pub type StoreFuture<T, E = StoreError> = Pin<Box<dyn Future<Output = Result<T, 
 pub struct Activation {
     pub standing: Standing,
     pub facts: Vec<CreditGrant>,
+    /// When the row at the snapshot's `seq` was dated (its `created_at`):
+    /// an expiry row is never dated before the row before it. Read only
+    /// when one of those grants expires (else no expiry row can be due);
+    /// `None` when not read, or when the account has no row.
+    pub last_row_at_ms: Option<i64>,
 }
 
 /// What an order's committed refund rows took back from the account in
@@ -149,6 +154,39 @@ pub trait LedgerStore: Send + Sync {
     fn flush(&self) -> StoreFuture<()>;
     /// Answers once the database answers a read (readiness).
     fn ping(&self) -> StoreFuture<()>;
+}
+
+/// A grant with an expiry, as the sweep of expired grants finds it: its
+/// place in the sweep's order (its expiry, then its account, then its id),
+/// which is also how far the sweep has gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GrantExpiry {
+    /// Unix milliseconds.
+    pub expires_at_ms: i64,
+    pub account_id: AccountId,
+    pub grant_id: i64,
+}
+
+/// The sweep of expired grants: the grants whose expiry has passed, found
+/// by an index of the grants that expire (never by the ledger), and where
+/// the sweep stands, shared by every instance.
+pub trait GrantExpiryStore: Send + Sync {
+    /// How far the sweep has gone: every grant at or before this place had
+    /// its account's actor asked (or was left to the account's next
+    /// change); `None` before the first.
+    fn swept_until(&self) -> StoreFuture<Option<GrantExpiry>>;
+    /// The grants after `after` (every one when `None`) that expire at or
+    /// before `until_ms`, in the sweep's order, at most `limit`; whether
+    /// they have credit left is the actor's to say.
+    fn expired_grants(
+        &self,
+        after: Option<GrantExpiry>,
+        until_ms: i64,
+        limit: i64,
+    ) -> StoreFuture<Vec<GrantExpiry>>;
+    /// Moves where the sweep stands forward to `to`, never back (another
+    /// instance's round may have gone further); answers where it stands.
+    fn advance_swept_until(&self, to: GrantExpiry) -> StoreFuture<Option<GrantExpiry>>;
 }
 
 /// Accounts.
@@ -329,6 +367,15 @@ pub trait BillingStore: Send + Sync {
     /// Records the PaymentIntent of an order that has none yet.
     fn set_order_payment_intent(&self, order_id: i64, payment_intent_id: String)
         -> StoreFuture<()>;
+    /// Records that Stripe was asked for a paid order's receipt at
+    /// `asked_at_ms`, and the receipt it gave, if it gave one (one learnt
+    /// already is kept).
+    fn record_receipt(
+        &self,
+        order_id: i64,
+        receipt_url: Option<String>,
+        asked_at_ms: i64,
+    ) -> StoreFuture<()>;
     /// Ends, as failed, up to `limit` pending orders opened before
     /// `opened_before_ms` that hold a discount code's use and never got a
     /// Checkout Session (the server stopped, or the request was dropped,
@@ -890,6 +937,7 @@ pub trait OptOutStore: Send + Sync {
 /// A store: every port, from one adapter.
 pub trait Backend:
     LedgerStore
+    + GrantExpiryStore
     + AccountStore
     + TokenStore
     + FeedTicketStore

@@ -185,7 +185,10 @@ pub fn credit_granted(entry: &LedgerEntry, grant: &CreditGrant) -> Result<NewEve
 }
 
 /// `credit.expired`: what was left of grant `grant_id`, taken by its
-/// expiry row `entry`; once per row.
+/// expiry row `entry`, and when it expired (the row's date: the grant's
+/// expiry, or when credit given back to it after that came back); once
+/// per row. The event itself is dated when it is written, which may be
+/// later.
 pub fn credit_expired(entry: &LedgerEntry, grant_id: i64) -> Result<NewEvent, StoreError> {
     NewEvent::of_entry(
         EventType::CreditExpired,
@@ -193,6 +196,7 @@ pub fn credit_expired(entry: &LedgerEntry, grant_id: i64) -> Result<NewEvent, St
         data([
             ("grant_id", json!(grant_id)),
             ("expired_micros", json!(-entry.amount.micros())),
+            ("expired_at", json!(format_rfc3339_ms(entry.created_at_ms))),
         ]),
     )
 }

@@ -6,7 +6,7 @@
 use actix_web::{web, HttpResponse};
 use sms_credit_actors::billing::orders::Order;
 use sms_credit_actors::billing::refunds::{self, RefundRequest, Refunded};
-use sms_credit_actors::grants::GrantStatus;
+use sms_credit_actors::grants::{GrantLine, GrantStatus};
 use sms_credit_actors::{AccountId, LedgerError, Money};
 
 use crate::auth::Admin;
@@ -16,7 +16,16 @@ use crate::state::AppState;
 /// An account's orders.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Orders {
-    orders: Vec<Order>,
+    orders: Vec<OrderLine>,
+}
+
+/// One of an account's orders, and what is unspent of its credit.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct OrderLine {
+    #[serde(flatten)]
+    order: Order,
+    /// As in `GET /v1/admin/orders/{id}`.
+    unspent_credit_micros: i64,
 }
 
 /// An account's orders: what was sold at what price and mode, and where
@@ -31,7 +40,50 @@ pub async fn list(
 ) -> Result<HttpResponse, ApiError> {
     let account_id = AccountId(path.into_inner());
     let found = state.store.billing().orders_of(account_id).await?;
-    Ok(HttpResponse::Ok().json(Orders { orders: found }))
+    if found.is_empty() {
+        return Ok(HttpResponse::Ok().json(Orders { orders: Vec::new() }));
+    }
+    let lines = lines_of(&state, account_id, found[0].id).await?;
+    let orders = found
+        .into_iter()
+        .map(|order| {
+            Ok(OrderLine {
+                unspent_credit_micros: unspent_of(&lines, order.id)?.micros(),
+                order,
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
+    Ok(HttpResponse::Ok().json(Orders { orders }))
+}
+
+/// The grants of an order's account, with what is left of each. An order's
+/// account always has its balance row: one missing is a damaged database,
+/// never "nothing unspent".
+async fn lines_of(
+    state: &AppState,
+    account_id: AccountId,
+    order_id: i64,
+) -> Result<Vec<GrantLine>, ApiError> {
+    super::credit_grants::grant_lines(state, account_id)
+        .await?
+        .ok_or_else(|| {
+            ApiError::from(sms_credit_actors::StoreError::Database(format!(
+                "order {order_id}'s account {account_id} has no balance row"
+            )))
+        })
+}
+
+/// What is left of the grants `order_id` made that have not expired.
+fn unspent_of(lines: &[GrantLine], order_id: i64) -> Result<Money, ApiError> {
+    let mut unspent = Money::ZERO;
+    for line in lines {
+        if line.grant.order_id == Some(order_id) && line.status == GrantStatus::Active {
+            unspent = unspent
+                .checked_add(line.remaining)
+                .map_err(LedgerError::from)?;
+        }
+    }
+    Ok(unspent)
 }
 
 /// One order, and what is unspent of the credit it bought.
@@ -59,24 +111,8 @@ pub async fn show(
             "order {order_id} does not exist"
         )));
     };
-    // An order's account always has its balance row: one missing is a
-    // damaged database, never "nothing unspent".
-    let lines = super::credit_grants::grant_lines(&state, order.account_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::from(sms_credit_actors::StoreError::Database(format!(
-                "order {order_id}'s account {} has no balance row",
-                order.account_id
-            )))
-        })?;
-    let mut unspent = Money::ZERO;
-    for line in &lines {
-        if line.grant.order_id == Some(order_id) && line.status == GrantStatus::Active {
-            unspent = unspent
-                .checked_add(line.remaining)
-                .map_err(LedgerError::from)?;
-        }
-    }
+    let lines = lines_of(&state, order.account_id, order_id).await?;
+    let unspent = unspent_of(&lines, order_id)?;
     Ok(HttpResponse::Ok().json(OrderDetail {
         order,
         unspent_credit_micros: unspent.micros(),

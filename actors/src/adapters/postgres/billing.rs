@@ -134,7 +134,8 @@ async fn release_code_of_order(
 }
 
 const ORDER_COLUMNS: &str = "id, account_id, order_type, amount, list_price, pricing_mode, stripe_session_id,
-                       stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at";
+                       stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at,
+                       receipt_url, receipt_asked_at";
 
 fn order_from_row(row: &Row) -> Result<Order, StoreError> {
     let id: i64 = row.try_get(0)?;
@@ -164,6 +165,8 @@ fn order_from_row(row: &Row) -> Result<Order, StoreError> {
         status: OrderStatus::parse(&status).ok_or_else(|| unknown("status", status.clone()))?,
         created_at_ms: row.try_get(11)?,
         completed_at_ms: row.try_get(12)?,
+        receipt_url: row.try_get(13)?,
+        receipt_asked_at_ms: row.try_get(14)?,
     })
 }
 
@@ -493,6 +496,28 @@ impl BillingStore for PostgresStore {
                         "UPDATE orders SET stripe_payment_intent_id = $2
                           WHERE id = $1 AND stripe_payment_intent_id IS NULL",
                         &[&order_id, &payment_intent_id],
+                    )
+                    .await?;
+                Ok(())
+            })
+        })
+    }
+
+    fn record_receipt(
+        &self,
+        order_id: i64,
+        receipt_url: Option<String>,
+        asked_at_ms: i64,
+    ) -> StoreFuture<()> {
+        self.write(move |transaction| {
+            let receipt_url = receipt_url.clone();
+            boxed(async move {
+                transaction
+                    .execute(
+                        "UPDATE orders SET receipt_url = COALESCE(receipt_url, $2),
+                                           receipt_asked_at = $3
+                          WHERE id = $1",
+                        &[&order_id, &receipt_url, &asked_at_ms],
                     )
                     .await?;
                 Ok(())

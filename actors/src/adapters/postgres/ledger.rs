@@ -254,7 +254,8 @@ pub(super) async fn verify_in(
     let rows = transaction
         .query_raw(
             "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq,
-                    t.funded_by, g.amount, g.category, b.grants
+                    t.funded_by, g.amount, g.category, b.grants,
+                g.expires_at, t.created_at, t.order_id
                FROM transactions t
                LEFT JOIN account_balances b ON b.account_id = t.account_id
                LEFT JOIN credit_grants g ON g.account_id = t.account_id AND g.id = t.seq
@@ -278,6 +279,9 @@ pub(super) async fn verify_in(
             made: made_amount.zip(made_category),
             snapshot: balance.zip(seq),
             snapshot_grants: row.try_get(10)?,
+            made_expires_at: row.try_get(11)?,
+            created_at: row.try_get(12)?,
+            order_id: row.try_get(13)?,
         });
     }
     let accounts = transaction
@@ -331,7 +335,32 @@ impl LedgerStore for PostgresStore {
             } else {
                 load_grants(&client, account_id, Some(&ids)).await?
             };
-            Ok(Some(Activation { standing, facts }))
+            // When the last row was dated, only where an expiry row may
+            // follow it (a committed row never changes: any statement
+            // finds it as the snapshot's).
+            let seq = standing.snapshot.seq;
+            let last_row_at_ms =
+                if seq > 0 && facts.iter().any(|fact| fact.expires_at_ms.is_some()) {
+                    let row = client
+                        .query_opt(
+                            "SELECT created_at FROM transactions WHERE account_id = $1 AND seq = $2",
+                            &[&account_id.0, &seq],
+                        )
+                        .await?
+                        .ok_or_else(|| {
+                            StoreError::Database(format!(
+                                "account {account_id}: its snapshot is at seq {seq}, but the ledger has no such row"
+                            ))
+                        })?;
+                    Some(row.try_get::<_, i64>(0)?)
+                } else {
+                    None
+                };
+            Ok(Some(Activation {
+                standing,
+                facts,
+                last_row_at_ms,
+            }))
         })
     }
 

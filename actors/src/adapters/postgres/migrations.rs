@@ -105,6 +105,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V26__credit_grants",
         include_str!("../../../../migrations/postgres/V26__credit_grants.sql"),
     ),
+    (
+        "V27__order_receipts",
+        include_str!("../../../../migrations/postgres/V27__order_receipts.sql"),
+    ),
+    (
+        "V28__grant_expiry_sweep",
+        include_str!("../../../../migrations/postgres/V28__grant_expiry_sweep.sql"),
+    ),
 ];
 
 /// The advisory lock's key: "sms-credit migrations".

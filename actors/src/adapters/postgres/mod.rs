@@ -19,6 +19,7 @@ mod copy;
 mod disputes;
 mod events;
 mod feed_tickets;
+mod grant_expiry;
 mod ledger;
 mod listener;
 mod messages;

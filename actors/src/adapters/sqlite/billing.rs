@@ -173,7 +173,8 @@ fn release_code_of_order(connection: &Connection, order_id: i64) -> Result<(), S
 }
 
 const ORDER_COLUMNS: &str = "id, account_id, order_type, amount, list_price, pricing_mode, stripe_session_id,
-                       stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at";
+                       stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at,
+                       receipt_url, receipt_asked_at";
 
 fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
     let id: i64 = row.get(0)?;
@@ -203,6 +204,8 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         status: OrderStatus::parse(&status).ok_or_else(|| unknown(10, "status", status.clone()))?,
         created_at_ms: row.get(11)?,
         completed_at_ms: row.get(12)?,
+        receipt_url: row.get(13)?,
+        receipt_asked_at_ms: row.get(14)?,
     })
 }
 
@@ -481,6 +484,24 @@ impl BillingStore for SqliteStore {
         payment_intent_id: String,
     ) -> StoreFuture<()> {
         self.write(move |connection| set_payment_intent(connection, order_id, &payment_intent_id))
+    }
+
+    fn record_receipt(
+        &self,
+        order_id: i64,
+        receipt_url: Option<String>,
+        asked_at_ms: i64,
+    ) -> StoreFuture<()> {
+        self.write(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE orders SET receipt_url = COALESCE(receipt_url, ?2),
+                                       receipt_asked_at = ?3
+                      WHERE id = ?1",
+                )?
+                .execute(params![order_id, receipt_url, asked_at_ms])?;
+            Ok(())
+        })
     }
 
     fn end_unopened_orders(&self, opened_before_ms: i64, limit: i64) -> StoreFuture<Vec<i64>> {

@@ -329,7 +329,28 @@ fn load_activation(
     } else {
         load_grants(connection, account_id, Some(&ids))?
     };
-    Ok(Some(Activation { standing, facts }))
+    // When the last row was dated, only where an expiry row may follow it.
+    let seq = standing.snapshot.seq;
+    let last_row_at_ms = if seq > 0 && facts.iter().any(|fact| fact.expires_at_ms.is_some()) {
+        let at: Option<i64> = connection
+            .prepare_cached(
+                "SELECT created_at FROM transactions WHERE account_id = ?1 AND seq = ?2",
+            )?
+            .query_row(params![account_id.0, seq], |row| row.get(0))
+            .optional()?;
+        Some(at.ok_or_else(|| {
+            StoreError::Database(format!(
+                "account {account_id}: its snapshot is at seq {seq}, but the ledger has no such row"
+            ))
+        })?)
+    } else {
+        None
+    };
+    Ok(Some(Activation {
+        standing,
+        facts,
+        last_row_at_ms,
+    }))
 }
 
 fn find_entry_by_key(
@@ -393,7 +414,8 @@ pub(super) fn verify(connection: &Connection) -> Result<VerifyReport, StoreError
     let mut verifier = Verifier::new();
     let mut rows = connection.prepare(
         "SELECT t.account_id, t.seq, t.type, t.amount, t.balance_after, b.balance, b.seq,
-                t.funded_by, g.amount, g.category, b.grants
+                t.funded_by, g.amount, g.category, b.grants,
+                g.expires_at, t.created_at, t.order_id
            FROM transactions t
            LEFT JOIN account_balances b ON b.account_id = t.account_id
            LEFT JOIN credit_grants g ON g.account_id = t.account_id AND g.id = t.seq
@@ -415,6 +437,9 @@ pub(super) fn verify(connection: &Connection) -> Result<VerifyReport, StoreError
             made: made_amount.zip(made_category),
             snapshot: balance.zip(seq),
             snapshot_grants: row.get(10)?,
+            made_expires_at: row.get(11)?,
+            created_at: row.get(12)?,
+            order_id: row.get(13)?,
         });
     }
     let mut accounts = connection.prepare(

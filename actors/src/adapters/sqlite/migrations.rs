@@ -143,6 +143,14 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "V35__credit_grants",
         include_str!("../../../../migrations/sqlite/V35__credit_grants.sql"),
     ),
+    (
+        "V36__order_receipts",
+        include_str!("../../../../migrations/sqlite/V36__order_receipts.sql"),
+    ),
+    (
+        "V37__grant_expiry_sweep",
+        include_str!("../../../../migrations/sqlite/V37__grant_expiry_sweep.sql"),
+    ),
 ];
 
 const HISTORY_TABLE: &str = "refinery_schema_history";

@@ -1,0 +1,188 @@
+//! The sweep of expired grants (#36): an account nobody touches gets the
+//! expiry row of a grant that expired with credit left within one round,
+//! not at its next change. Each round reads, from where the sweep stands,
+//! the grants whose expiry has passed (an index of the grants that expire,
+//! never the ledger) and asks each one's account actor, once a round,
+//! [`ExpireDue`]: the actor writes the expiry rows due through the path
+//! every change takes first (this module changes no balance), and answers
+//! once they are durable. Where the sweep stands (`swept_until`, shared by
+//! every instance) moves past a grant only once its account answered, so a
+//! restart goes on from there, and a grant that expired while no instance
+//! ran is found by the first round.
+//!
+//! Several instances may sweep at once: the same grants are then asked
+//! about twice, which writes nothing more (the account's snapshot, with
+//! what is left of each grant, is guarded by every write: the second actor
+//! finds the grant's remainder taken). An account whose actor does not
+//! answer holds the sweep's place for [`HOLD_ROUNDS`] rounds (every later
+//! grant is still asked about each round); after that, or at once for an
+//! account that does not exist, the grant is left to its account's next
+//! change (which writes the expiry row first, as every change does; no
+//! debit draws on an expired grant meanwhile) and the error is logged.
+
+use std::collections::{HashMap, HashSet};
+
+use futures_util::stream::{self, StreamExt};
+
+use crate::account_actor::ExpireDue;
+use crate::error::LedgerError;
+use crate::ledger::AccountId;
+use crate::registry::Registry;
+use crate::store::ports::GrantExpiry;
+use crate::store::StoreError;
+
+/// How often (of the clock) a round runs; the first at the start.
+pub const EXPIRY_SWEEP_EVERY_MS: i64 = 30_000;
+
+/// How long after a grant's expiry the sweep still reads it again: where
+/// the sweep stands never passes a grant that expired less than this
+/// before the round, so a grant committed a moment after a round read past
+/// its place (one made to expire within seconds, or by an instance whose
+/// clock is behind) is still found. Such a grant is asked about in two
+/// rounds; none more than that.
+pub const EXPIRY_SWEEP_SETTLE_MS: i64 = 5_000;
+
+/// How many rounds an account whose actor fails to answer holds where the
+/// sweep stands, before its grant is left to the account's next change.
+pub const HOLD_ROUNDS: u32 = 10;
+
+/// The grants read at once.
+const BATCH: i64 = 500;
+
+/// The accounts asked at once.
+const ASKED_AT_ONCE: usize = 16;
+
+/// What a round came to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExpiryRound {
+    /// The accounts asked, and that answered: nothing is due any more.
+    pub answered: Vec<AccountId>,
+    /// The accounts whose actors did not answer (logged).
+    pub failed: Vec<AccountId>,
+    /// The grants left to their accounts' next change (logged).
+    pub left: Vec<GrantExpiry>,
+    /// Where the sweep stands after the round.
+    pub swept_until: Option<GrantExpiry>,
+}
+
+/// The sweep of one instance: the registry it asks through, and how many
+/// rounds in a row each account that fails has failed.
+pub struct ExpirySweep {
+    registry: Registry,
+    failing: HashMap<AccountId, u32>,
+}
+
+impl ExpirySweep {
+    pub fn new(registry: Registry) -> ExpirySweep {
+        ExpirySweep {
+            registry,
+            failing: HashMap::new(),
+        }
+    }
+
+    /// One round at `now_ms`: every grant expired by then, from where the
+    /// sweep stands, its account asked once; then where the sweep stands
+    /// moves past the grants whose accounts answered (or that are left),
+    /// up to the first that holds it, and never past a grant that expired
+    /// within [`EXPIRY_SWEEP_SETTLE_MS`]. A store that cannot be read or
+    /// written ends the round with its error (the next round goes on).
+    pub async fn round(&mut self, now_ms: i64) -> Result<ExpiryRound, StoreError> {
+        let store = self.registry.store().clone();
+        let start = store.grant_expiry().swept_until().await?;
+        let settled_before = now_ms.saturating_sub(EXPIRY_SWEEP_SETTLE_MS);
+        let mut outcomes: HashMap<AccountId, Result<(), LedgerError>> = HashMap::new();
+        let mut round = ExpiryRound {
+            swept_until: start,
+            ..ExpiryRound::default()
+        };
+        let mut read_after = start;
+        let mut advance_to = None;
+        // Set by the first grant the sweep may not pass yet.
+        let mut held = false;
+        loop {
+            let due = store
+                .grant_expiry()
+                .expired_grants(read_after, now_ms, BATCH)
+                .await?;
+            let asked: Vec<AccountId> = {
+                let mut seen = HashSet::new();
+                due.iter()
+                    .map(|grant| grant.account_id)
+                    .filter(|account_id| {
+                        !outcomes.contains_key(account_id) && seen.insert(*account_id)
+                    })
+                    .collect()
+            };
+            let registry = self.registry.clone();
+            let answers: Vec<(AccountId, Result<(), LedgerError>)> = stream::iter(asked)
+                .map(|account_id| {
+                    let registry = registry.clone();
+                    async move { (account_id, registry.send(account_id, ExpireDue).await) }
+                })
+                .buffer_unordered(ASKED_AT_ONCE)
+                .collect()
+                .await;
+            for (account_id, answer) in answers {
+                match &answer {
+                    Ok(()) => round.answered.push(account_id),
+                    Err(error) => {
+                        round.failed.push(account_id);
+                        tracing::warn!(%account_id, %error, "could not expire an account's expired grants; the next round asks again");
+                    }
+                }
+                outcomes.insert(account_id, answer);
+            }
+            for grant in &due {
+                if held {
+                    break;
+                }
+                if grant.expires_at_ms > settled_before {
+                    held = true;
+                    break;
+                }
+                match outcomes.get(&grant.account_id) {
+                    Some(Ok(())) => advance_to = Some(*grant),
+                    // Every account read was asked (none is left out).
+                    None => held = true,
+                    Some(Err(error)) => {
+                        let rounds = self.failing.get(&grant.account_id).copied().unwrap_or(0) + 1;
+                        let missing = matches!(error, LedgerError::AccountNotFound(_));
+                        if missing || rounds >= HOLD_ROUNDS {
+                            tracing::error!(
+                                account_id = %grant.account_id,
+                                grant_id = grant.grant_id,
+                                %error,
+                                failed_rounds = rounds,
+                                "the sweep leaves an expired grant to its account's next change, which writes its expiry row first"
+                            );
+                            round.left.push(*grant);
+                            advance_to = Some(*grant);
+                        } else {
+                            held = true;
+                        }
+                    }
+                }
+            }
+            read_after = due.last().copied().or(read_after);
+            if (due.len() as i64) < BATCH {
+                break;
+            }
+        }
+        // How many rounds in a row each account has failed: only those that
+        // failed this round are remembered.
+        self.failing = round
+            .failed
+            .iter()
+            .map(|account_id| {
+                (
+                    *account_id,
+                    self.failing.get(account_id).copied().unwrap_or(0) + 1,
+                )
+            })
+            .collect();
+        if let Some(to) = advance_to.filter(|to| Some(*to) > start) {
+            round.swept_until = store.grant_expiry().advance_swept_until(to).await?;
+        }
+        Ok(round)
+    }
+}

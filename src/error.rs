@@ -7,6 +7,7 @@ use actix_web::http::{header, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use sms_credit_actors::billing::BillingError;
+use sms_credit_actors::books::BooksError;
 use sms_credit_actors::messaging::MessagingError;
 use sms_credit_actors::rating::RatingError;
 use sms_credit_actors::sign_in::SignInError;
@@ -61,6 +62,9 @@ pub enum ApiError {
     Rating(#[from] RatingError),
     #[error(transparent)]
     Billing(#[from] BillingError),
+    /// The books could not be made from the ledger.
+    #[error(transparent)]
+    Books(#[from] BooksError),
     /// A webhook whose signature does not verify.
     #[error("{0}")]
     BadSignature(String),
@@ -92,6 +96,7 @@ fn store_cause(error: &ApiError) -> Option<&StoreError> {
         | ApiError::CreateAccount(CreateAccountError::Store(store))
         | ApiError::Ledger(LedgerError::Store(store))
         | ApiError::Billing(BillingError::Store(store))
+        | ApiError::Books(BooksError::Store(store))
         | ApiError::Billing(BillingError::Ledger(LedgerError::Store(store)))
         | ApiError::Messaging(MessagingError::Store(store))
         | ApiError::Messaging(MessagingError::Ledger(LedgerError::Store(store)))
@@ -207,6 +212,11 @@ impl ApiError {
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
             },
+            ApiError::Books(error) => match error {
+                BooksError::Unbookable { .. } => "ledger_inconsistent",
+                BooksError::Overflow => "amount_out_of_range",
+                BooksError::Store(_) => "store_unavailable",
+            },
             ApiError::BadSignature(_) | ApiError::Forbidden => "bad_signature",
             ApiError::Messaging(error) => match error {
                 MessagingError::Rating(rating) => ApiError::Rating(rating.clone()).code(),
@@ -247,7 +257,9 @@ impl ApiError {
             ) => {
                 "the operation was not applied; retry it with the same idempotency key".to_string()
             }
-            ApiError::CreateAccount(CreateAccountError::Store(_)) | ApiError::Store(_) => {
+            ApiError::CreateAccount(CreateAccountError::Store(_))
+            | ApiError::Store(_)
+            | ApiError::Books(BooksError::Store(_)) => {
                 "the store is unavailable; nothing was changed".to_string()
             }
             ApiError::Billing(BillingError::Ledger(_) | BillingError::Store(_))
@@ -362,6 +374,13 @@ impl ResponseError for ApiError {
                 | BillingError::GatewayKeyRefused(_) => StatusCode::BAD_GATEWAY,
                 BillingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 BillingError::Ledger(_) | BillingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            ApiError::Books(error) => match error {
+                // What the ledger holds is at fault, not the request.
+                BooksError::Unbookable { .. } | BooksError::Overflow => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+                BooksError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
             ApiError::BadSignature(_) => StatusCode::BAD_REQUEST,
             ApiError::Forbidden => StatusCode::FORBIDDEN,

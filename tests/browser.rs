@@ -1519,6 +1519,161 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
     drop(stranger);
 }
 
+/// The console's books: a month picked, the table shows each category's
+/// figures as the API gives them (owed below zero included), and the CSV
+/// link downloads the API's own CSV; at a desktop's and a phone's width,
+/// with no failed request, no console error and nothing wider than a phone.
+#[actix_rt::test]
+async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550620").await;
+    for body in [
+        json!({"amount_micros": 10_000_000, "reason": "paid by transfer", "idempotency_key": "paid",
+               "category": "paid"}),
+        json!({"amount_micros": 2_000_000, "reason": "welcome", "idempotency_key": "promo"}),
+        json!({"amount_micros": -13_000_000, "reason": "chargeback", "idempotency_key": "take"}),
+    ] {
+        let (status, answer) = app
+            .request(
+                "POST",
+                &format!("/v1/admin/accounts/{account}/adjustments"),
+                Some(ADMIN_TOKEN),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+    let (status, books) = app
+        .request(
+            "GET",
+            "/v1/admin/reports/credit?month=2026-11",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{books}");
+    let (status, csv) = app
+        .request(
+            "GET",
+            "/v1/admin/reports/credit.csv?month=2026-11",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{csv}");
+    // The table the page should show: each line's name and figures, as the
+    // page writes money.
+    let lines: Vec<&Value> = books["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain([&books["total"]])
+        .collect();
+    let expected: Vec<Vec<String>> = lines
+        .iter()
+        .map(|line| {
+            let name = match line["category"].as_str().unwrap() {
+                "paid" => "Paid",
+                "promotional" => "Promotional",
+                "owed" => "Owed",
+                _ => "Total",
+            };
+            std::iter::once(name.to_string())
+                .chain(
+                    [
+                        "opening", "granted", "consumed", "expired", "refunded", "closing",
+                    ]
+                    .iter()
+                    .map(|figure| {
+                        format_dollars(line[format!("{figure}_micros")].as_i64().unwrap())
+                    }),
+                )
+                .collect()
+        })
+        .collect();
+    assert_eq!(expected[2][6], "-$1.00", "the account owes $1");
+
+    let browser = Browser::start();
+    for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
+        let mut page = browser.page().await;
+        page.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile}),
+        )
+        .await;
+        page.open_until(&app.url("/admin"), "admin-token").await;
+        page.eval(&format!(
+            "sessionStorage.clear(); document.getElementById('admin-token').value = '{ADMIN_TOKEN}'; document.getElementById('signin-button').click(); true"
+        ))
+        .await;
+        page.wait_for("document.getElementById('console').hidden", json!(false))
+            .await;
+        // Nothing is read until the operator asks: the books read the
+        // whole ledger.
+        assert_eq!(
+            page.eval("document.querySelectorAll('#books-rows tr').length")
+                .await,
+            json!(0)
+        );
+        assert_eq!(
+            page.eval("document.getElementById('books-csv').hidden")
+                .await,
+            json!(true)
+        );
+        page.eval(
+            "document.getElementById('books-month').value = '2026-11'; document.getElementById('books-button').click(); true",
+        )
+        .await;
+        page.wait_for(
+            &text_of("books-message"),
+            json!("2026-11 (UTC): 3 ledger rows."),
+        )
+        .await;
+        let shown = page
+            .eval("Array.from(document.querySelectorAll('#books-rows tr')).map((row) => Array.from(row.cells).map((cell) => cell.textContent))")
+            .await;
+        assert_eq!(shown, json!(expected));
+        assert_eq!(
+            page.eval(
+                "document.querySelector('#books-rows tr[data-category=\"owed\"] td.closing').title"
+            )
+            .await,
+            json!("-1,000,000 micro-dollars")
+        );
+        // The CSV link downloads the API's CSV (caught before the browser
+        // saves it).
+        page.eval(
+            "window.caught = null; URL.createObjectURL = (blob) => { window.caught = blob; return 'about:blank'; };
+             HTMLAnchorElement.prototype.click = function () { window.caughtName = this.download; };
+             document.getElementById('books-csv').dispatchEvent(new MouseEvent('click', { bubbles: true, cancelable: true })); true",
+        )
+        .await;
+        page.wait_for("window.caught !== null", json!(true)).await;
+        assert_eq!(page.eval("window.caught.text()").await, csv["raw"]);
+        assert_eq!(
+            page.eval("window.caughtName").await,
+            json!("credit-2026-11.csv")
+        );
+        if mobile {
+            assert_eq!(
+                page.eval("document.documentElement.scrollWidth <= window.innerWidth")
+                    .await,
+                json!(true),
+                "nothing wider than a phone"
+            );
+        }
+        page.assert_clean();
+        // For a person to look at: the books alone, and on a phone
+        // scrolled to their closing balances.
+        page.eval(
+            "document.querySelectorAll('section:not(#books)').forEach((section) => { section.hidden = true; });
+             document.querySelector('#books .table').scrollLeft = 1000; true",
+        )
+        .await;
+        page.screenshot(&format!("admin-books-{width}")).await;
+    }
+}
+
 /// `1234567` → `"1,234,567"`, as the page's `toLocaleString("en-US")`.
 fn thousands(value: i64) -> String {
     let digits = value.abs().to_string();

@@ -19,6 +19,7 @@ mod webhook_receiver;
 mod admin_api;
 mod auto_top_up;
 mod backup;
+mod books;
 mod browser;
 mod cli;
 mod code_shape;

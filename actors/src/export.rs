@@ -46,7 +46,7 @@ fn text_cell(value: &str) -> String {
 }
 
 /// Dollars as a plain decimal, every significant digit kept.
-fn decimal(amount: crate::money::Money) -> String {
+pub fn decimal(amount: crate::money::Money) -> String {
     amount.to_string().replacen('$', "", 1)
 }
 

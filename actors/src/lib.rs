@@ -12,6 +12,7 @@ pub mod accounts;
 pub mod adapters;
 pub mod backfill;
 pub mod billing;
+pub mod books;
 pub mod clock;
 pub mod commands;
 pub mod error;

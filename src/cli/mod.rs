@@ -27,6 +27,7 @@ mod output;
 mod pricing;
 mod quote;
 mod reconcile;
+mod reports;
 mod restore;
 mod serve;
 mod sign_in;
@@ -71,6 +72,11 @@ pub enum Command {
     /// Compare what messages were charged with what Twilio actually
     /// charged, per country and overall.
     Reconcile(reconcile::ReconcileCommand),
+    /// The books: each category of credit's opening balance, granted,
+    /// consumed, expired, refunded and closing balance, for a month or a
+    /// period.
+    #[command(subcommand)]
+    Reports(reports::ReportsCommand),
     /// The Stripe events received and what became of each (applied,
     /// ignored, waiting, expired, failed), newest first.
     StripeEvents(stripe_events::StripeEventsCommand),
@@ -176,6 +182,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Some(Command::Quote(command)) => command.run(&settings),
         Some(Command::Accounts(command)) => command.run(&settings),
         Some(Command::Reconcile(command)) => command.run(&settings),
+        Some(Command::Reports(command)) => command.run(&settings),
         Some(Command::StripeEvents(command)) => command.run(&settings),
         Some(Command::Migrate(command)) => command.run(&settings),
         Some(Command::Copy(command)) => command.run(&settings),

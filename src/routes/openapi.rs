@@ -76,6 +76,8 @@ use crate::error::{ApiError, ErrorBody};
         admin::overview::show,
         admin::reports::show,
         admin::reports::attention,
+        admin::books::show,
+        admin::books::export_csv,
         admin::orders::refunds,
         admin::notices::list,
         admin::notices::messages,

@@ -176,6 +176,38 @@ async function loadReports() {
   }
 }
 
+// The books of a month (UTC): each kind of credit's opening balance, what
+// was granted, consumed, expired and refunded, and its closing balance.
+// Asked for by the operator only: they read the whole ledger up to the
+// month's end.
+const BOOK_NAMES = { paid: "Paid", promotional: "Promotional", owed: "Owed", total: "Total" };
+const BOOK_FIGURES = ["opening", "granted", "consumed", "expired", "refunded", "closing"];
+async function loadBooks() {
+  const month = $("books-month").value;
+  if (!/^[0-9]{4}-[0-9]{2}$/.test(month)) { $("books-message").textContent = "Pick a month."; return; }
+  $("books-button").disabled = true;
+  $("books-message").textContent = "Reading the ledger…";
+  try {
+    const books = await api("GET", "/v1/admin/reports/credit?month=" + encodeURIComponent(month));
+    const rows = $("books-rows");
+    rows.textContent = "";
+    books.categories.concat([books.total]).forEach((line) => {
+      const row = document.createElement("tr");
+      row.dataset.category = line.category;
+      cell(row, BOOK_NAMES[line.category] || line.category);
+      BOOK_FIGURES.forEach((figure) => money(cell(row, undefined, "money " + figure), line[figure + "_micros"]));
+      rows.appendChild(row);
+    });
+    state.booksMonth = month;
+    $("books-message").textContent = month + " (UTC): " + counted(books.transactions_in_period, "ledger row", "ledger rows") + ".";
+    $("books-csv").hidden = false;
+  } catch (error) {
+    $("books-message").textContent = problem(error);
+  } finally {
+    $("books-button").disabled = false;
+  }
+}
+
 // One line of a "needs attention" list, linking to its account.
 function attentionItem(list, accountId, words) {
   const item = document.createElement("li");
@@ -587,7 +619,8 @@ function signOut(message) {
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows", "grant-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
     "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows",
-    "auto-attempts"].forEach((id) => { $(id).textContent = ""; });
+    "auto-attempts", "books-rows", "books-message"].forEach((id) => { $(id).textContent = ""; });
+  $("books-csv").hidden = true;
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;
@@ -681,6 +714,28 @@ $("refund-form").addEventListener("submit", async (event) => {
   }
 });
 $("refund-cancel").addEventListener("click", () => { $("refund-form").hidden = true; });
+
+$("books-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  loadBooks();
+});
+$("books-csv").addEventListener("click", async (event) => {
+  event.preventDefault();
+  try {
+    const month = state.booksMonth;
+    const response = await fetch("/v1/admin/reports/credit.csv?month=" + encodeURIComponent(month),
+      { headers: { Authorization: "Bearer " + state.token } });
+    if (!response.ok) throw Object.assign(new Error(""), { status: response.status });
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(await response.blob());
+    link.download = "credit-" + month + ".csv";
+    link.click();
+  } catch (error) {
+    $("books-message").textContent = problem(error);
+  }
+});
+// This month in UTC, the books' months.
+$("books-month").value = new Date().toISOString().slice(0, 7);
 
 $("ledger-csv").addEventListener("click", async (event) => {
   event.preventDefault();

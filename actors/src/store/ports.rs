@@ -25,6 +25,7 @@ use crate::billing::stripe_refunds::{
     LegacyOrder, OrderRefunds, RefundsAsRead, RefundsSeen, StripeRefund,
 };
 use crate::billing::BillingError;
+use crate::books::{BooksError, CreditBooks, Period};
 use crate::feed_tickets::{NewFeedTicket, RedeemedTicket};
 use crate::grants::{CreditGrant, Funding, Remaining};
 use crate::ledger::{AccountId, IdempotencyKey, LedgerEntry, Snapshot, Standing};
@@ -995,6 +996,11 @@ pub trait ReportStore: Send + Sync {
     /// Whether auto top-up is on, and the last balance change, of these
     /// accounts (those that exist).
     fn account_activity(&self, account_ids: Vec<i64>) -> StoreFuture<Vec<AccountActivity>>;
+    /// The books of `period`: every ledger row made before its end, with
+    /// its funding and the grant it made, placed by [`crate::books`] in
+    /// one read of one moment of the ledger (a row with its funding
+    /// missing, or an account whose grants were never made, is an error).
+    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError>;
 }
 
 /// Webhooks: the endpoints, the outbox of events and their deliveries.

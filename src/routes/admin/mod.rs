@@ -2,6 +2,7 @@
 
 pub(crate) mod accounts;
 pub(crate) mod adjustments;
+pub(crate) mod books;
 pub(crate) mod credit_grants;
 pub(crate) mod discount_codes;
 pub(crate) mod notices;
@@ -85,6 +86,8 @@ pub fn configure(config: &mut web::ServiceConfig) {
         )
         .route("/overview", web::get().to(overview::show))
         .route("/reports", web::get().to(reports::show))
+        .route("/reports/credit", web::get().to(books::show))
+        .route("/reports/credit.csv", web::get().to(books::export_csv))
         .route("/attention", web::get().to(reports::attention))
         .route("/verify", web::get().to(verify::show))
         .route("/sign-in/lift", web::post().to(sign_in::lift))

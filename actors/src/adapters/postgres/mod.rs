@@ -14,6 +14,7 @@ mod accounts;
 mod auto_top_up;
 mod backfill;
 mod billing;
+mod books;
 mod copy;
 mod disputes;
 mod events;

@@ -4,6 +4,7 @@
 use tokio_postgres::Row;
 
 use super::PostgresStore;
+use crate::books::{BooksError, CreditBooks, Period};
 use crate::money::Money;
 use crate::reports::{
     merge_hours, AccountActivity, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance,
@@ -168,6 +169,14 @@ impl ReportStore for PostgresStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
+        let connector = self.readers.connector.clone();
+        Box::pin(async move {
+            let mut client = connector.connect(None).await?;
+            super::books::credit_books(&mut client, period).await?
         })
     }
 }

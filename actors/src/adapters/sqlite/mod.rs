@@ -14,6 +14,7 @@ mod accounts;
 mod auto_top_up;
 mod backfill;
 mod billing;
+mod books;
 mod copy;
 mod disputes;
 mod events;
@@ -112,6 +113,8 @@ pub struct SqliteStore {
     origin: String,
     readers: Vec<mpsc::Sender<ReadJob>>,
     next_reader: AtomicUsize,
+    /// The syncer's queue, for a reader of its own (`read_alone`).
+    syncer: mpsc::Sender<syncer::ToSyncer>,
     /// What every adapter shares; here for the test switch that fails reads.
     shared: Arc<Shared>,
 }
@@ -441,6 +444,7 @@ impl SqliteStore {
             origin,
             readers: reader_senders,
             next_reader: AtomicUsize::new(0),
+            syncer: syncer_sender,
             shared,
         })
     }
@@ -502,6 +506,64 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        self.read_on(&self.readers[index], query)
+    }
+
+    /// Runs `query` as [`SqliteStore::read`] does, on a reader of its own:
+    /// a thread and a connection opened for it and closed after, so that a
+    /// long read (the books of a large ledger) holds up none of the
+    /// store's readers. What it shows is durable, as any read's.
+    fn read_alone<T, F>(&self, name: &str, query: F) -> StoreFuture<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (queue, jobs) = mpsc::channel::<ReadJob>();
+        let answer = self.read_on(&queue, query);
+        drop(queue);
+        let (opened, open_failure) = oneshot::channel::<StoreError>();
+        let path = self.path.clone();
+        let origin = self.origin.clone();
+        let durability = Arc::clone(&self.durability);
+        let syncer = self.syncer.clone();
+        let started = spawn_thread(name, move || {
+            let connection = open_connection(&path).and_then(|connection| {
+                connection.pragma_update(None, "query_only", "ON")?;
+                Ok(connection)
+            });
+            match connection {
+                Ok(connection) => reader::Reader {
+                    connection,
+                    origin,
+                    durability,
+                    syncer,
+                }
+                .run(jobs),
+                // The job is dropped unanswered: the error is told instead.
+                Err(error) => drop(opened.send(error)),
+            }
+        });
+        Box::pin(async move {
+            started?;
+            match answer.await {
+                Err(StoreError::Closed) => Err(open_failure.await.unwrap_or(StoreError::Closed)),
+                other => other,
+            }
+        })
+    }
+
+    /// Queues `query` on a reader's queue; the future waits for its answer
+    /// and for everything it saw to be durable.
+    fn read_on<T, F>(
+        &self,
+        queue: &mpsc::Sender<ReadJob>,
+        query: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
         let (done, answer) = oneshot::channel();
         let durability = Arc::clone(&self.durability);
         let injected = self.shared.injected_read_failure();
@@ -515,10 +577,7 @@ impl SqliteStore {
             // The caller may have gone away; nothing to do then.
             let _ = done.send((result, mark, awaited.cloned()));
         });
-        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
-        let queued = self.readers[index]
-            .send(job)
-            .map_err(|_| StoreError::Closed);
+        let queued = queue.send(job).map_err(|_| StoreError::Closed);
         let durability = Arc::clone(&self.durability);
         async move {
             queued?;

@@ -4,6 +4,7 @@
 use rusqlite::{params, Row};
 
 use super::SqliteStore;
+use crate::books::{BooksError, CreditBooks, Period};
 use crate::money::Money;
 use crate::reports::{
     merge_hours, AccountActivity, Attention, AutoTopUpOff, CountryMargin, HourFigures, LowBalance,
@@ -169,5 +170,13 @@ impl ReportStore for SqliteStore {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(found)
         })
+    }
+
+    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
+        // A reader of its own: the whole ledger may take a while to read.
+        let read = self.read_alone("store-books", move |connection| {
+            super::books::credit_books(connection, period)
+        });
+        Box::pin(async move { read.await? })
     }
 }

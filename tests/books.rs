@@ -1,0 +1,783 @@
+//! The books (#36): `GET /v1/admin/reports/credit` (and its CSV, and
+//! `sms-credit reports credit`) reconcile exactly for any period, on both
+//! stores: opening + granted − consumed − expired − refunded = closing for
+//! each category, each period's closing is the next one's opening, and the
+//! categories' closing balances sum to the accounts' balances at the
+//! period's end (and, category by category, to what is left of their
+//! grants). A bad period is refused with its reason; a row whose funding is
+//! missing is an error, never counted as nothing; a database of the release
+//! before grants gets right books once migrated.
+
+use awc::http::StatusCode;
+use serde_json::{json, Value};
+use sms_credit_actors::clock::{format_rfc3339_ms, parse_rfc3339_ms, Clock, ManualClock};
+
+use crate::fake_stripe::{EventFactory, FakeStripe};
+use crate::fake_twilio::FakeTwilio;
+use crate::helpers::{
+    fresh_directory, run_cli, stripe_settings, with_twilio, TestApp, ADMIN_TOKEN, NOW_UNIX,
+};
+use crate::ledger_actors::assert_verified;
+use crate::refunds::paid_top_up;
+
+const NOW_MS: i64 = NOW_UNIX * 1000;
+const HOUR_MS: i64 = 3_600_000;
+const DAY_MS: i64 = 86_400_000;
+
+/// The figures of a line, in the order of the identity.
+const FIGURES: [&str; 6] = [
+    "opening", "granted", "consumed", "expired", "refunded", "closing",
+];
+
+/// The query of the period [from, to).
+fn period(from_ms: i64, to_ms: i64) -> String {
+    format!(
+        "from={}&to={}",
+        format_rfc3339_ms(from_ms),
+        format_rfc3339_ms(to_ms)
+    )
+}
+
+async fn books(app: &TestApp, query: &str) -> Value {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/reports/credit?{query}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body
+}
+
+/// A line's figures (opening, granted, consumed, expired, refunded,
+/// closing), by its category (`total` for the total).
+fn figures(books: &Value, category: &str) -> [i64; 6] {
+    let line = if category == "total" {
+        &books["total"]
+    } else {
+        books["categories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|line| line["category"] == category)
+            .unwrap_or_else(|| panic!("no {category} line: {books}"))
+    };
+    assert_eq!(line["category"], category, "{books}");
+    FIGURES.map(|figure| line[format!("{figure}_micros")].as_i64().unwrap())
+}
+
+/// Every line reconciles, and the total is the categories summed.
+fn assert_reconciles(books: &Value) {
+    let categories: Vec<&str> = books["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|line| line["category"].as_str().unwrap())
+        .collect();
+    assert_eq!(categories, ["paid", "promotional", "owed"], "{books}");
+    for category in ["paid", "promotional", "owed", "total"] {
+        let [opening, granted, consumed, expired, refunded, closing] = figures(books, category);
+        assert_eq!(
+            opening + granted - consumed - expired - refunded,
+            closing,
+            "{category}: {books}"
+        );
+    }
+    for (index, figure) in FIGURES.iter().enumerate() {
+        let sum: i64 = ["paid", "promotional", "owed"]
+            .iter()
+            .map(|category| figures(books, category)[index])
+            .sum();
+        assert_eq!(figures(books, "total")[index], sum, "{figure}: {books}");
+    }
+}
+
+/// What the accounts' balances came to at `to_ms`: each account's last row
+/// made before it, as the ledger itself says.
+async fn balances_at(app: &TestApp, accounts: &[i64], to_ms: i64) -> i64 {
+    let mut sum = 0;
+    for account in accounts {
+        let (status, body) = app.get_transactions(*account).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        sum += body["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .rfind(|row| parse_rfc3339_ms(row["created_at"].as_str().unwrap()).unwrap() < to_ms)
+            .map_or(0, |row| row["balance_after_micros"].as_i64().unwrap());
+    }
+    sum
+}
+
+/// What is left of the accounts' grants now, by category: (paid,
+/// promotional, owed), from the grants' own listing.
+async fn grants_left(app: &TestApp, accounts: &[i64]) -> [i64; 3] {
+    let mut left = [0; 3];
+    for account in accounts {
+        let (status, body) = app
+            .request(
+                "GET",
+                &format!("/v1/admin/accounts/{account}/credit-grants"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        for grant in body["credit_grants"].as_array().unwrap() {
+            let line = match (grant["id"].as_i64(), grant["category"].as_str()) {
+                (Some(0), _) => 2,
+                (_, Some("paid")) => 0,
+                (_, Some("promotional")) => 1,
+                other => panic!("{other:?}"),
+            };
+            left[line] += grant["remaining_micros"].as_i64().unwrap();
+        }
+    }
+    left
+}
+
+/// The books of `query` as CSV (the body as text).
+async fn books_csv(app: &TestApp, query: &str) -> String {
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/reports/credit.csv?{query}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{query}: {body}");
+    body["raw"].as_str().unwrap().to_string()
+}
+
+async fn send_message(app: &TestApp, account: i64, body: &str, key: &str) -> (StatusCode, Value) {
+    app.post_message(json!({"account_id": account, "body": body, "idempotency_key": key}))
+        .await
+}
+
+async fn adjust(app: &TestApp, account: i64, body: Value) -> Value {
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{account}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    answer
+}
+
+on_both_stores!(the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_expiries);
+/// Four periods, and what came before them. Before: account B gets $7 of
+/// paid credit. Period 1: A buys access ($5) and a $10 top-up, $6 is taken
+/// by an adjustment (the access credit and $1 of the top-up), A is given
+/// $0.50 of promotional credit that expires in period 3, one message spends
+/// some of it and one Twilio refuses is given back. Period 2: another
+/// message spends more of it; the top-up, partly spent, is refunded in full
+/// ($9 of its own credit, $1 owed: A's balance goes below zero); B is
+/// adjusted by −$9 ($7 of credit, $2 owed). Period 3: A's promotional
+/// credit expires (at A's next change), $2 of paid credit pays down the $1
+/// A owes first, and the access payment is disputed: $5 taken back (the $1
+/// of paid credit left, $4 owed). Period 4: the dispute is won, and the $5
+/// given back pays what is owed first.
+async fn the_books_reconcile_over_periods_that_cut_through_grants_refunds_and_expiries() {
+    let stripe = FakeStripe::start().await;
+    let twilio = FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings = with_twilio(
+        stripe_settings(&directory, &stripe.base_url),
+        &twilio.base_url,
+    );
+    let clock = ManualClock::new(NOW_MS - 90 * 60_000);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let mut events = EventFactory::new();
+    let starts = [
+        NOW_MS - HOUR_MS,
+        NOW_MS + DAY_MS,
+        NOW_MS + 2 * DAY_MS,
+        NOW_MS + 3 * DAY_MS,
+        NOW_MS + 4 * DAY_MS,
+    ];
+
+    // Before period 1.
+    let account_b = app.create_account("+14155550602").await;
+    adjust(
+        &app,
+        account_b,
+        json!({"amount_micros": 7_000_000, "reason": "paid by bank transfer",
+               "idempotency_key": "b-paid", "category": "paid"}),
+    )
+    .await;
+
+    // Period 1 (Stripe's events are signed at the clock's time).
+    clock.set_ms(NOW_MS);
+    let (account_a, order, intent) = paid_top_up(&app, &mut events, "+14155550601").await;
+    adjust(
+        &app,
+        account_a,
+        json!({"amount_micros": -6_000_000, "reason": "correction", "idempotency_key": "a-take"}),
+    )
+    .await;
+    let expires_at = NOW_MS + 2 * DAY_MS + 6 * HOUR_MS;
+    adjust(
+        &app,
+        account_a,
+        json!({"amount_micros": 500_000, "reason": "welcome", "idempotency_key": "a-promo",
+               "category": "promotional", "expires_at": format_rfc3339_ms(expires_at)}),
+    )
+    .await;
+    let (status, first) = send_message(&app, account_a, "Storm at 3pm", "m1").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let first_cost = first["message"]["charged_micros"].as_i64().unwrap();
+    twilio.refuse(Some("unreachable"));
+    let (status, refused) = send_message(&app, account_a, "unreachable", "m2").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{refused}");
+    twilio.refuse(None);
+
+    // Period 2.
+    clock.set_ms(NOW_MS + DAY_MS + HOUR_MS);
+    let (status, second) = send_message(&app, account_a, "Storm at 4pm", "m3").await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    let second_cost = second["message"]["charged_micros"].as_i64().unwrap();
+    let promotional_left = 500_000 - first_cost - second_cost;
+    assert!(promotional_left > 0, "the messages spent part of it");
+    let (status, shown) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!(shown["unspent_credit_micros"], 9_000_000, "partly spent");
+    let refunded = events.charge_refunded("ch_books", &intent, 1000, 1000);
+    let (status, answer) = app.deliver_at(&refunded, clock.now_ms() / 1000).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        app.balance_micros(account_a).await,
+        promotional_left - 1_000_000
+    );
+    adjust(
+        &app,
+        account_b,
+        json!({"amount_micros": -9_000_000, "reason": "chargeback outside Stripe",
+               "idempotency_key": "b-take"}),
+    )
+    .await;
+    assert_eq!(app.balance_micros(account_b).await, -2_000_000);
+
+    // Period 3: the expiry is written before A's next change.
+    clock.set_ms(NOW_MS + 2 * DAY_MS + 12 * HOUR_MS);
+    adjust(
+        &app,
+        account_a,
+        json!({"amount_micros": 2_000_000, "reason": "paid by cheque",
+               "idempotency_key": "a-paid", "category": "paid"}),
+    )
+    .await;
+    assert_eq!(app.balance_micros(account_a).await, 1_000_000);
+    let access_intent = format!("pi_access_{account_a}");
+    let dispute = |events: &mut EventFactory, event_type: &str, status: &str| {
+        events.dispute(
+            event_type,
+            "dp_books",
+            "ch_access_books",
+            &access_intent,
+            2999,
+            status,
+        )
+    };
+    let withdrawn = dispute(
+        &mut events,
+        "charge.dispute.funds_withdrawn",
+        "needs_response",
+    );
+    let (status, answer) = app.deliver_at(&withdrawn, clock.now_ms() / 1000).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(app.balance_micros(account_a).await, -4_000_000);
+
+    // Period 4: the dispute won.
+    clock.set_ms(NOW_MS + 3 * DAY_MS + HOUR_MS);
+    let reinstated = dispute(&mut events, "charge.dispute.funds_reinstated", "won");
+    let (status, answer) = app.deliver_at(&reinstated, clock.now_ms() / 1000).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(app.balance_micros(account_a).await, 1_000_000);
+    let (_, rows) = app.get_transactions(account_a).await;
+    let kinds: Vec<&str> = rows["transactions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| row["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "credit",
+            "credit",
+            "adjustment",
+            "adjustment",
+            "debit",
+            "debit",
+            "refund",
+            "debit",
+            "refund",
+            "expiry",
+            "adjustment",
+            "refund",
+            "refund"
+        ],
+        "{rows}"
+    );
+
+    let accounts = [account_a, account_b];
+    let periods: Vec<Value> = {
+        let mut periods = Vec::new();
+        for bounds in starts.windows(2) {
+            periods.push(books(&app, &period(bounds[0], bounds[1])).await);
+        }
+        periods
+    };
+    for (index, books) in periods.iter().enumerate() {
+        assert_reconciles(books);
+        // Each period's closing is the next one's opening.
+        if let Some(next) = periods.get(index + 1) {
+            for category in ["paid", "promotional", "owed", "total"] {
+                assert_eq!(
+                    figures(books, category)[5],
+                    figures(next, category)[0],
+                    "{category}: {books} then {next}"
+                );
+            }
+        }
+        // The categories' closing balances sum to the accounts' balances
+        // at the period's end, as the ledger's rows say them.
+        assert_eq!(
+            figures(books, "total")[5],
+            balances_at(&app, &accounts, starts[index + 1]).await,
+            "{books}"
+        );
+    }
+    let [first_period, second_period, third_period, fourth_period] =
+        [&periods[0], &periods[1], &periods[2], &periods[3]];
+    // Period 1: B's $7 is the opening; the access credit and the top-up
+    // granted; the adjustment took $6; the refused message's cost was
+    // given back, so only the first message is consumed.
+    assert_eq!(
+        figures(first_period, "paid"),
+        [7_000_000, 15_000_000, 6_000_000, 0, 0, 16_000_000]
+    );
+    assert_eq!(
+        figures(first_period, "promotional"),
+        [0, 500_000, first_cost, 0, 0, 500_000 - first_cost]
+    );
+    assert_eq!(figures(first_period, "owed"), [0; 6]);
+    assert_eq!(first_period["transactions_in_period"], 7);
+    // Period 2: the refund takes the order's $9 and leaves $1 owed; B's
+    // adjustment takes its $7 and leaves $2 owed.
+    assert_eq!(
+        figures(second_period, "paid"),
+        [16_000_000, 0, 7_000_000, 0, 9_000_000, 0]
+    );
+    assert_eq!(
+        figures(second_period, "promotional"),
+        [500_000 - first_cost, 0, second_cost, 0, 0, promotional_left]
+    );
+    assert_eq!(
+        figures(second_period, "owed"),
+        [0, 0, 2_000_000, 0, 1_000_000, -3_000_000]
+    );
+    // Period 3: what was left of the promotional credit expired; the $2 of
+    // paid credit paid down the $1 A owed first; the chargeback took the $1
+    // of paid credit left and left $4 owed.
+    assert_eq!(
+        figures(third_period, "promotional"),
+        [promotional_left, 0, 0, promotional_left, 0, 0]
+    );
+    assert_eq!(
+        figures(third_period, "paid"),
+        [0, 1_000_000, 0, 0, 1_000_000, 0]
+    );
+    assert_eq!(
+        figures(third_period, "owed"),
+        [-3_000_000, 1_000_000, 0, 0, 4_000_000, -6_000_000]
+    );
+    // Period 4: the dispute won gives the $5 back, what is owed first:
+    // negative refunds.
+    assert_eq!(
+        figures(fourth_period, "paid"),
+        [0, 0, 0, 0, -1_000_000, 1_000_000]
+    );
+    assert_eq!(
+        figures(fourth_period, "owed"),
+        [-6_000_000, 0, 0, 0, -4_000_000, -2_000_000]
+    );
+    assert_eq!(figures(fourth_period, "promotional"), [0; 6]);
+    // The last closing balances are what is left of the grants, category
+    // by category: paid credit is what customers paid for and not used.
+    let closing =
+        ["paid", "promotional", "owed"].map(|category| figures(fourth_period, category)[5]);
+    assert_eq!(closing, grants_left(&app, &accounts).await);
+
+    // November (UTC) holds all of it: nothing before, the same end.
+    let november = books(&app, "month=2026-11").await;
+    assert_reconciles(&november);
+    assert_eq!(november["from"], "2026-11-01T00:00:00.000Z");
+    assert_eq!(november["to"], "2026-12-01T00:00:00.000Z");
+    assert_eq!(figures(&november, "total")[0], 0);
+    for category in ["paid", "promotional", "owed", "total"] {
+        assert_eq!(
+            figures(&november, category)[5],
+            figures(fourth_period, category)[5]
+        );
+    }
+    assert_eq!(november["transactions_in_period"], 15);
+
+    // The CSV says the same figures, in micro-dollars and in dollars.
+    let csv = books_csv(&app, &period(starts[1], starts[2])).await;
+    let lines: Vec<&str> = csv.split("\r\n").filter(|line| !line.is_empty()).collect();
+    assert_eq!(lines.len(), 5, "{csv}");
+    assert!(lines[0].starts_with("from,to,category,opening_micros,opening,"));
+    for (line, category) in lines[1..]
+        .iter()
+        .zip(["paid", "promotional", "owed", "total"])
+    {
+        let cells: Vec<&str> = line.split(',').collect();
+        assert_eq!(cells[2], category, "{line}");
+        let micros: Vec<i64> = (0..6)
+            .map(|at| cells[3 + 2 * at].parse().unwrap())
+            .collect();
+        assert_eq!(micros, figures(second_period, category), "{line}");
+        for at in 0..6 {
+            let dollars = sms_credit_actors::Money::from_micros(micros[at])
+                .to_string()
+                .replacen('$', "", 1);
+            assert_eq!(cells[4 + 2 * at], dollars, "{line}");
+        }
+    }
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+
+on_both_stores!(a_period_that_is_not_one_is_refused_with_its_reason);
+async fn a_period_that_is_not_one_is_refused_with_its_reason() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550603").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    for (query, says) in [
+        ("", "give the period"),
+        ("from=2026-11-01", "give the period"),
+        ("to=2026-11-01T00:00:00Z", "give the period"),
+        ("month=2026-13", "YYYY-MM"),
+        ("month=November", "YYYY-MM"),
+        ("month=2026-11&from=2026-11-01&to=2026-12-01", "not both"),
+        ("from=2026-12-01&to=2026-11-01", "is after to"),
+        ("from=yesterday&to=2026-11-01", "from: 'yesterday'"),
+        (
+            "from=2026-11-01T00:00:00.0001Z&to=2026-12-01",
+            "finer than a millisecond",
+        ),
+    ] {
+        for path in ["/v1/admin/reports/credit", "/v1/admin/reports/credit.csv"] {
+            let (status, answer) = app
+                .request("GET", &format!("{path}?{query}"), Some(ADMIN_TOKEN), None)
+                .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}?{query}: {answer}");
+            assert_eq!(answer["error"]["code"], "invalid_period", "{answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(message.contains(says), "{query}: {message}");
+        }
+    }
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/admin/reports/credit?month=2026-11&year=2026",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_query")),
+        "{answer}"
+    );
+    let (status, _) = app
+        .request("GET", "/v1/admin/reports/credit?month=2026-11", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Nothing was changed, and a good period answers.
+    assert_eq!(app.balance_micros(account).await, 1_000_000);
+    let november = books(&app, "month=2026-11").await;
+    assert_eq!(figures(&november, "promotional")[5], 1_000_000);
+    app.stop().await;
+}
+
+on_both_stores!(a_row_whose_funding_is_missing_is_an_error_never_counted_as_nothing);
+/// A negative adjustment whose funding is gone (as an earlier release's
+/// server writes one during an upgrade): the books refuse, naming the row,
+/// in the API and the command line; one this release cannot read is an
+/// unknown stored value.
+async fn a_row_whose_funding_is_missing_is_an_error_never_counted_as_nothing() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550604").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    app.post_adjustment(account, -250_000, "spent").await;
+    let directory = app.stop().await;
+    directory.execute(&format!(
+        "UPDATE transactions SET funded_by = NULL WHERE account_id = {account} AND seq = 2"
+    ));
+    let app =
+        TestApp::spawn_with(directory.clone(), crate::helpers::test_settings(&directory)).await;
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/admin/reports/credit?month=2026-11",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    assert_eq!(answer["error"]["code"], "ledger_inconsistent", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&format!(
+            "account {account}: row #2 (an adjustment of -$0.25)"
+        )) && message.contains("funding is missing or short")
+            && message.contains("sms-credit verify"),
+        "{message}"
+    );
+    // A funding this release cannot read is an unknown value, named.
+    directory.execute(&format!(
+        "UPDATE transactions SET funded_by = '1:x:250000' WHERE account_id = {account} AND seq = 2"
+    ));
+    let (status, answer) = app
+        .request(
+            "GET",
+            "/v1/admin/reports/credit.csv?month=2026-11",
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    assert_eq!(answer["error"]["code"], "unknown_stored_value", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!(
+                "account {account} seq 2: unknown funded_by '1:x:250000'"
+            )),
+        "{answer}"
+    );
+    directory.execute(&format!(
+        "UPDATE transactions SET funded_by = NULL WHERE account_id = {account} AND seq = 2"
+    ));
+    let directory = app.stop().await;
+    let cli = run_cli(&directory, &["reports", "credit", "--month", "2026-11"]);
+    assert!(!cli.status.success(), "{cli:?}");
+    assert!(
+        String::from_utf8_lossy(&cli.stderr).contains("row #2 (an adjustment of -$0.25)"),
+        "{cli:?}"
+    );
+    // Its funding back, the books are made again.
+    directory.execute(&format!(
+        "UPDATE transactions SET funded_by = '1:r:250000' WHERE account_id = {account} AND seq = 2"
+    ));
+    let cli = run_cli(
+        &directory,
+        &["reports", "credit", "--month", "2026-11", "--json"],
+    );
+    assert!(cli.status.success(), "{cli:?}");
+    let books: Value = serde_json::from_slice(&cli.stdout).unwrap();
+    assert_eq!(
+        figures(&books, "promotional"),
+        [0, 1_000_000, 250_000, 0, 0, 750_000]
+    );
+}
+
+on_both_stores!(sync the_command_line_says_the_apis_books);
+/// `reports credit` prints the API's books: `--json` its shape, `--csv`
+/// its CSV, and a table for people; `--month` is `--from`/`--to` of that
+/// month; a bad period is refused before the database is read.
+fn the_command_line_says_the_apis_books() {
+    let directory = fresh_directory();
+    let (api, csv) = actix_rt::System::new().block_on(async {
+        let app =
+            TestApp::spawn_with(directory.clone(), crate::helpers::test_settings(&directory)).await;
+        let account = app.create_account("+14155550605").await;
+        adjust(
+            &app,
+            account,
+            json!({"amount_micros": 10_000_000, "reason": "paid by transfer",
+                   "idempotency_key": "paid", "category": "paid"}),
+        )
+        .await;
+        app.post_adjustment(account, 2_000_000, "welcome").await;
+        app.post_adjustment(account, -3_000_000, "spent").await;
+        let api = books(&app, "month=2026-11").await;
+        let csv = books_csv(&app, "month=2026-11").await;
+        app.stop().await;
+        (api, csv)
+    });
+    assert_reconciles(&api);
+    assert_eq!(
+        figures(&api, "paid"),
+        [0, 10_000_000, 1_000_000, 0, 0, 9_000_000]
+    );
+    let json = run_cli(
+        &directory,
+        &["reports", "credit", "--month", "2026-11", "--json"],
+    );
+    assert!(json.status.success(), "{json:?}");
+    let printed: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(printed, api);
+    let by_moments = run_cli(
+        &directory,
+        &[
+            "reports",
+            "credit",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01T00:00:00Z",
+            "--json",
+        ],
+    );
+    assert_eq!(by_moments.stdout, json.stdout);
+    let printed_csv = run_cli(
+        &directory,
+        &["reports", "credit", "--month", "2026-11", "--csv"],
+    );
+    assert!(printed_csv.status.success(), "{printed_csv:?}");
+    assert_eq!(String::from_utf8_lossy(&printed_csv.stdout), csv);
+    let table = run_cli(&directory, &["reports", "credit", "--month", "2026-11"]);
+    assert!(table.status.success(), "{table:?}");
+    let table = String::from_utf8_lossy(&table.stdout);
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(
+        lines[0],
+        "credit from 2026-11-01T00:00:00.000Z to 2026-12-01T00:00:00.000Z (UTC; 3 ledger rows in the period)"
+    );
+    let words = |line: &str| {
+        line.split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        words(lines[1]),
+        ["category", "opening", "granted", "consumed", "expired", "refunded", "closing"]
+    );
+    assert_eq!(
+        words(lines[2]),
+        ["paid", "$0.00", "$10.00", "$1.00", "$0.00", "$0.00", "$9.00"]
+    );
+    assert_eq!(
+        words(lines[3]),
+        [
+            "promotional",
+            "$0.00",
+            "$2.00",
+            "$2.00",
+            "$0.00",
+            "$0.00",
+            "$0.00"
+        ]
+    );
+    assert_eq!(words(lines[5])[0], "total");
+    for (arguments, says) in [
+        (&["reports", "credit"][..], "give the period"),
+        (&["reports", "credit", "--month", "2026-13"][..], "YYYY-MM"),
+        (
+            &[
+                "reports",
+                "credit",
+                "--from",
+                "2026-12-01",
+                "--to",
+                "2026-11-01",
+            ][..],
+            "is after to",
+        ),
+    ] {
+        let refused = run_cli(&directory, arguments);
+        assert!(!refused.status.success(), "{refused:?}");
+        let said = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            said.contains("invalid period") && said.contains(says),
+            "{said}"
+        );
+    }
+}
+
+on_both_stores!(sync the_books_of_a_database_made_before_grants_are_right_once_migrated);
+/// The release just before grants (SQLite V34, Postgres V25), with rows of
+/// every kind as it wrote them: once `migrate` has replayed them into
+/// grants, the books place each row as the backfill funded it — a message
+/// given back as negative consumption, a refund of an order's credit as
+/// refunded, an account left owing by a refund as owed.
+fn the_books_of_a_database_made_before_grants_are_right_once_migrated() {
+    let directory = fresh_directory();
+    sms_credit_actors::adapters::migrate_until_for_testing(&directory.location(), 34, 25).unwrap();
+    directory.execute(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES
+             (1, '+14155550610', 'active', 0), (3, '+14155550612', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, status, created_at) VALUES
+             (7, 1, 'initial_access', 2999000, 2999000, 'completed', 0),
+             (8, 1, 'top_up', 10000000, 10000000, 'refunded', 0),
+             (10, 3, 'top_up', 3000000, 3000000, 'refunded', 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at, reason) VALUES
+             (1, 1, 'credit', 5000000, 5000000, 'stripe-order:7', 7, 'credit included with access', 1, NULL),
+             (1, 2, 'credit', 10000000, 15000000, 'stripe-order:8', 8, 'top-up by Checkout', 2, NULL),
+             (1, 3, 'adjustment', 1000000, 16000000, 'goodwill', NULL, 'Balance adjustment', 3, 'sorry'),
+             (1, 4, 'debit', -56500, 15943500, 'msg:1', NULL, 'SMS', 4, NULL),
+             (1, 5, 'refund', 56500, 16000000, 'msg-void:1', NULL, 'SMS not sent', 5, NULL),
+             (1, 6, 'debit', -2000000, 14000000, 'msg:2', NULL, 'SMS', 6, NULL),
+             (1, 7, 'refund', -10000000, 4000000, 'stripe-refund:ch_8:1000', 8, 'refund', 7, NULL),
+             (3, 1, 'credit', 1000000, 1000000, 'opening', NULL, 'opening', 1, NULL),
+             (3, 2, 'refund', -3000000, -2000000, 'stripe-refund:ch_10:300', 10, 'refund', 2, NULL);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES
+             (1, 4000000, 7, 0), (3, -2000000, 2, 0);",
+    );
+    let migrated = run_cli(&directory, &["migrate"]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    // Rows 1 to 4 of account 1 and both of account 3 before the period;
+    // the void, the second message and the refund within it.
+    let json = run_cli(
+        &directory,
+        &[
+            "reports",
+            "credit",
+            "--from",
+            "1970-01-01T00:00:00.005Z",
+            "--to",
+            "1970-01-01T00:00:00.010Z",
+            "--json",
+        ],
+    );
+    assert!(json.status.success(), "{json:?}");
+    let books: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_reconciles(&books);
+    assert_eq!(books["transactions_in_period"], 3);
+    // Paid: $15 of account 1 (account 3's $1 taken back by its refund);
+    // the second message took $1 of it, the refund $10.
+    assert_eq!(
+        figures(&books, "paid"),
+        [15_000_000, 0, 1_000_000, 0, 10_000_000, 4_000_000]
+    );
+    // Promotional: the $1 adjustment less the first message; the void
+    // gave that back (negative consumption) and the second message took
+    // all of it.
+    assert_eq!(
+        figures(&books, "promotional"),
+        [943_500, 0, 943_500, 0, 0, 0]
+    );
+    // Owed: what account 3's refund took beyond its credit.
+    assert_eq!(
+        figures(&books, "owed"),
+        [-2_000_000, 0, 0, 0, 0, -2_000_000]
+    );
+    assert_eq!(figures(&books, "total")[5], 4_000_000 - 2_000_000);
+}

@@ -480,6 +480,14 @@ async fn a_period_that_is_not_one_is_refused_with_its_reason() {
             "from=2026-11-01T00:00:00.0001Z&to=2026-12-01",
             "finer than a millisecond",
         ),
+        ("month=9999-12", "outside the months"),
+        ("month=1969-12", "outside the months"),
+        (
+            "from=0000-01-01T00:00:00%2B00:01&to=2026-12-01",
+            "outside the years",
+        ),
+        ("from=2026-11-01T00:00:00%2B99:99&to=2026-12-01", "from: '"),
+        ("from=2026-11-01T00:00:00-1:00&to=2026-12-01", "from: '"),
     ] {
         for path in ["/v1/admin/reports/credit", "/v1/admin/reports/credit.csv"] {
             let (status, answer) = app

@@ -88,14 +88,26 @@ enum Expected {
 struct Model {
     balance: i64,
     seq: i64,
-    /// Key → (kind, amount, seq) of the row it made.
-    used: HashMap<String, (TransactionKind, i64, i64)>,
+    /// Key → (kind, amount, seq, the grant's terms if a positive
+    /// adjustment made one) of the row it made.
+    used: HashMap<String, Used>,
+}
+
+/// What a key made: (kind, amount, seq, the grant's terms).
+type Used = (TransactionKind, i64, i64, Option<(bool, u8)>);
+
+/// The terms of the grant a positive adjustment asks for (part of what its
+/// key stands for).
+fn grant_terms(operation: &Operation) -> Option<(bool, u8)> {
+    (operation.kind == TransactionKind::Adjustment && operation.amount > 0)
+        .then_some((operation.paid, operation.priority))
 }
 
 impl Model {
     fn apply(&mut self, operation: &Operation) -> Expected {
-        if let Some((kind, amount, seq)) = self.used.get(&operation.key) {
-            return if *kind == operation.kind && *amount == operation.amount {
+        if let Some((kind, amount, seq, terms)) = self.used.get(&operation.key) {
+            let same_terms = grant_terms(operation).is_none() || *terms == grant_terms(operation);
+            return if *kind == operation.kind && *amount == operation.amount && same_terms {
                 Expected::Replayed { seq: *seq }
             } else {
                 Expected::Conflict
@@ -109,7 +121,12 @@ impl Model {
         self.balance = balance_after;
         self.used.insert(
             operation.key.clone(),
-            (operation.kind, operation.amount, self.seq),
+            (
+                operation.kind,
+                operation.amount,
+                self.seq,
+                grant_terms(operation),
+            ),
         );
         Expected::Applied {
             seq: self.seq,

@@ -140,8 +140,17 @@ fn parse_month(text: &str) -> Result<Period, PeriodRefused> {
     if !(1..=12).contains(&month) {
         return Err(refused());
     }
+    if !(1970..=9999).contains(&year) || (year, month) == (9999, 12) {
+        return Err(PeriodRefused(format!(
+            "month: '{text}' is outside the months from 1970-01 to 9999-11"
+        )));
+    }
     Ok(Period::month(year, month))
 }
+
+/// The first moment after the periods the books are made for
+/// (10000-01-01T00:00:00Z, which RFC 3339 cannot write).
+const LAST_MOMENT_MS: i64 = 253_402_300_800_000;
 
 /// A moment of a period: RFC 3339 to the millisecond (the ledger keeps
 /// times in milliseconds, so a finer one would be cut), or a date alone,
@@ -153,9 +162,20 @@ fn moment(name: &str, text: &str) -> Result<i64, PeriodRefused> {
         ))
     };
     if text.len() == 10 {
-        return parse_rfc3339_ms(&format!("{text}T00:00:00Z")).ok_or_else(refused);
+        let at = parse_rfc3339_ms(&format!("{text}T00:00:00Z")).ok_or_else(refused)?;
+        if !(0..LAST_MOMENT_MS).contains(&at) {
+            return Err(PeriodRefused(format!(
+                "{name}: '{text}' is outside the years 1970 to 9999"
+            )));
+        }
+        return Ok(at);
     }
     let at = parse_rfc3339_ms(text).ok_or_else(refused)?;
+    if !(0..LAST_MOMENT_MS).contains(&at) {
+        return Err(PeriodRefused(format!(
+            "{name}: '{text}' is outside the years 1970 to 9999"
+        )));
+    }
     // What comes after the milliseconds must be zeros: the parser keeps
     // three digits, and a bound cut short would move a row across it.
     if let Some(fraction) = text.get(20..) {

@@ -154,8 +154,15 @@ pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
                 b'-' => -1,
                 _ => return None,
             };
-            let hours: i64 = rest.get(1..3)?.parse().ok()?;
-            let minutes: i64 = rest.get(4..6)?.parse().ok()?;
+            // Two digits each, an hour of the day and a minute of the hour.
+            let digits = |part: &str| {
+                part.bytes()
+                    .all(|byte| byte.is_ascii_digit())
+                    .then(|| part.parse::<i64>().ok())
+                    .flatten()
+            };
+            let hours = digits(rest.get(1..3)?).filter(|hours| *hours <= 23)?;
+            let minutes = digits(rest.get(4..6)?).filter(|minutes| *minutes <= 59)?;
             sign * (hours * 60 + minutes) * 60_000
         }
         _ => return None,

@@ -77,9 +77,7 @@ pub(super) fn accounts_off(connection: &Connection) -> Result<Vec<AccountId>, St
         let balance: i64 = row.get(1)?;
         // A value SQLite holds in another type is off too.
         let stored: Option<String> = row.get(2).ok();
-        if stored.is_none_or(|stored| {
-            grants_off(&stored, Money::from_micros(balance))
-        }) {
+        if stored.is_none_or(|stored| grants_off(&stored, Money::from_micros(balance))) {
             accounts.push(account_id);
         }
     }

@@ -101,10 +101,12 @@ fn verified(directory: &TestDatabase) -> (Option<i32>, String) {
 
 on_both_stores!(sync an_account_whose_ledger_does_not_lead_to_its_balance_is_left_and_the_others_migrate);
 /// Account 2's balance row says $5.00 at #1, but its one credit is $4.00
-/// (a hand edit): `migrate` makes account 1's grants, leaves account 2's
-/// undone saying why, and exits 0; `verify` names account 2 (its grants
-/// and its balance); account 1 is debited, account 2 refused. Repaired by
-/// SQL, the next `migrate` makes account 2's grants and `verify` is clean.
+/// (a hand edit), and account 3's credit is of an order of a type this
+/// release does not know: `migrate` makes account 1's grants, leaves the others' undone
+/// saying why, and exits 0; `verify` names account 2 (its grants and its
+/// balance) and account 3; account 1 is debited, account 2 refused.
+/// Repaired by SQL, the next `migrate` makes their grants and `verify` is
+/// clean.
 fn an_account_whose_ledger_does_not_lead_to_its_balance_is_left_and_the_others_migrate() {
     let directory = TestDatabase::at_migration(before_grants());
     directory.execute(
@@ -116,6 +118,20 @@ fn an_account_whose_ledger_does_not_lead_to_its_balance_is_left_and_the_others_m
          INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES
              (1, 3000000, 1, 0), (2, 5000000, 1, 0);",
     );
+    // Account 3's one credit is of an order of a type this release does
+    // not know.
+    directory.execute(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (3, '+14155550425', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, status, created_at) VALUES
+             (9, 3, 'top_up', 1000000, 1000000, 'completed', 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, order_id, description, created_at) VALUES
+             (3, 1, 'credit', 1000000, 1000000, 'stripe-order:9', 9, 'top-up by Checkout', 1);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (3, 1000000, 1, 0);",
+    );
+    directory.tamper(
+        "orders",
+        "UPDATE orders SET order_type = 'gift' WHERE id = 9",
+    );
     let migrated = run_cli(&directory, &["migrate"]);
     assert!(migrated.status.success(), "{migrated:?}");
     let said = stdout(&migrated);
@@ -125,12 +141,14 @@ fn an_account_whose_ledger_does_not_lead_to_its_balance_is_left_and_the_others_m
             && said.contains(
                 "account 2: it was left without credit grants, which its ledger does not give"
             )
-            && said.contains("its ledger sums to $4.00 at #1, but its balance says $5.00 at #1"),
+            && said.contains("its ledger sums to $4.00 at #1, but its balance says $5.00 at #1")
+            && said.contains("account 3: it was left without credit grants")
+            && said.contains("orders row 9: unknown order_type 'gift'"),
         "{said}"
     );
     assert_eq!(
         directory.texts("SELECT grants FROM account_balances ORDER BY account_id"),
-        vec![Some("1:3000000".to_string()), None]
+        vec![Some("1:3000000".to_string()), None, None]
     );
     assert_eq!(
         directory.number("SELECT COUNT(*) FROM credit_grants WHERE account_id = 2"),
@@ -144,6 +162,7 @@ fn an_account_whose_ledger_does_not_lead_to_its_balance_is_left_and_the_others_m
             && said.contains(
                 "account 2: its balance says $5.00 at #1, but its ledger sums to $4.00 at #1"
             )
+            && said.contains("account 3: its credit grants were never made")
             && !said.contains("account 1:"),
         "{said}"
     );
@@ -174,20 +193,78 @@ fn an_account_whose_ledger_does_not_lead_to_its_balance_is_left_and_the_others_m
         "nothing was written to account 2"
     );
 
-    // Repaired, the next migration makes its grants.
-    directory.execute("UPDATE account_balances SET balance = 4000000 WHERE account_id = 2");
+    // Repaired, the next migration makes their grants.
+    directory.execute(
+        "UPDATE account_balances SET balance = 4000000 WHERE account_id = 2;
+         UPDATE orders SET order_type = 'top_up' WHERE id = 9;",
+    );
     let migrated = run_cli(&directory, &["migrate"]);
     assert!(migrated.status.success(), "{migrated:?}");
     assert!(
-        stdout(&migrated).contains("made the credit grants of 1 account from their ledgers"),
+        stdout(&migrated).contains("made the credit grants of 2 accounts from their ledgers"),
         "{migrated:?}"
     );
     assert_eq!(
         directory.texts("SELECT grants FROM account_balances ORDER BY account_id"),
-        vec![Some("1:2000000".to_string()), Some("1:4000000".to_string())]
+        vec![
+            Some("1:2000000".to_string()),
+            Some("1:4000000".to_string()),
+            Some("1:1000000".to_string()),
+        ]
     );
     let (code, said) = verified(&directory);
     assert_eq!(code, Some(0), "{said}");
+}
+
+on_both_stores!(sync a_row_of_a_type_no_release_writes_stops_the_migration_saying_why);
+/// A row of a type no release writes (a hand edit past the schema's
+/// check) cannot be carried into the ledger the migration to grants
+/// rebuilds: the migration stops, saying the database's own words (on
+/// Postgres too, not only "db error"), and applies nothing.
+fn a_row_of_a_type_no_release_writes_stops_the_migration_saying_why() {
+    let directory = TestDatabase::at_migration(before_grants());
+    directory.execute(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550426', 'active', 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key, description, created_at) VALUES
+             (1, 1, 'credit', 1000000, 1000000, 'opening-1', 'opening', 1);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at) VALUES (1, 1000000, 1, 0);",
+    );
+    let expected: &[&str] = match current_store() {
+        StoreKind::Sqlite => {
+            directory.tamper(
+                "transactions",
+                "UPDATE transactions SET type = 'bonus' WHERE account_id = 1",
+            );
+            &["CHECK constraint failed: type IN"]
+        }
+        StoreKind::Postgres => {
+            // The check put back as the schema has it, but not over the
+            // rows already there.
+            directory.execute(
+                "ALTER TABLE transactions DROP CONSTRAINT transactions_type_check;
+                 UPDATE transactions SET type = 'bonus' WHERE account_id = 1;
+                 ALTER TABLE transactions ADD CONSTRAINT transactions_type_check
+                     CHECK (type IN ('credit', 'debit', 'refund', 'adjustment')) NOT VALID;",
+            );
+            &[
+                grants_migration(),
+                "check constraint \"transactions_type_check\" of relation \"transactions\" is violated by some row",
+            ]
+        }
+    };
+    let refused = run_cli(&directory, &["migrate"]);
+    assert!(!refused.status.success(), "{refused:?}");
+    let said = stderr(&refused);
+    for expected in expected {
+        assert!(said.contains(expected), "{expected:?} in {said}");
+    }
+    assert_eq!(
+        directory.number(&format!(
+            "SELECT COUNT(*) FROM refinery_schema_history WHERE version > {}",
+            before_grants()
+        )),
+        0
+    );
 }
 
 on_both_stores!(sync the_migration_to_grants_waits_for_the_earlier_releases_servers_to_stop);

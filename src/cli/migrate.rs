@@ -44,7 +44,7 @@ impl MigrateCommand {
                 "left_without_grants": left_json(&migrated.left_without_grants),
                 "grants_made_again": ids(&migrated.grants_made_again),
                 "not_made_again": left_json(&migrated.not_made_again),
-                "grants_wait": migrated.remake_waits.as_ref().map(|waits| json!({
+                "grants_wait_for_instances": migrated.remake_waits.as_ref().map(|waits| json!({
                     "accounts": ids(&waits.accounts),
                     "message": waits.to_string(),
                 })),

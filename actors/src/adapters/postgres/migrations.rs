@@ -128,6 +128,23 @@ fn migration_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Migration(error.to_string())
 }
 
+/// A migration that failed, with the database's own words: tokio-postgres
+/// says only "db error", and refinery no more than that.
+fn migration_failed(error: refinery::Error) -> StoreError {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        if let Some(db) = inner.downcast_ref::<tokio_postgres::error::DbError>() {
+            text.push_str(&format!(": {} ({})", db.message(), db.code().code()));
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+        }
+        cause = inner.source();
+    }
+    StoreError::Migration(text)
+}
+
 /// The migration that makes credit grants: not applied while an earlier
 /// release's server runs on the database.
 const GRANTS_MIGRATION: (i32, &str) = (26, "V26__credit_grants");
@@ -188,7 +205,7 @@ async fn migrate_locked(
         .set_abort_divergent(true)
         .run_async(client)
         .await
-        .map_err(migration_error)?;
+        .map_err(migration_failed)?;
     // Accounts an earlier release left without grants get them, from
     // their ledgers (a no-op once every account has them).
     let backfilled = super::backfill::backfill(client).await?;

@@ -31,6 +31,7 @@ mod docs;
 mod expiry_sweep;
 mod feed;
 mod grants;
+mod grants_upgrade;
 mod instances;
 mod ledger_actors;
 mod ledger_properties;

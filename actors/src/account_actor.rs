@@ -714,7 +714,9 @@ impl WorkingGrants {
 /// on); no row is decided without them.
 fn grants_unusable(account_id: AccountId, why: &str) -> StoreError {
     StoreError::Database(format!(
-        "the credit grants of account {account_id} cannot be used ({why}); run sms-credit migrate, then sms-credit verify"
+        "the credit grants of account {account_id} cannot be used ({why}); nothing was changed: \
+         sms-credit verify names what is wrong, and sms-credit migrate, run with every server \
+         stopped, makes the grants again from the ledger"
     ))
 }
 
@@ -1433,10 +1435,26 @@ impl AccountActor {
                 .ledger()
                 .entry_by_key(account_id, IdempotencyKey::message(message_id))
                 .await?;
-            let funding = debit
-                .filter(|entry| entry.kind == TransactionKind::Debit)
-                .map(|entry| entry.funded_by)
-                .unwrap_or_default();
+            let funding = match debit.filter(|entry| entry.kind == TransactionKind::Debit) {
+                // Not in the ledger: nothing was taken from a grant.
+                None => Funding::NONE,
+                // A debit draws exactly its amount. One without its funding
+                // (an earlier release's server wrote it after the upgrade)
+                // is never read as drawing on nothing, which would make the
+                // whole give-back a new paid grant (promotional credit
+                // turned into refundable paid credit).
+                Some(entry) if entry.funded_by.total().ok() != Some(-entry.amount) => {
+                    return Err(grants_unusable(
+                        account_id,
+                        &format!(
+                            "the debit #{} of message {message_id} does not say which grants \
+                             paid its {} (an earlier release's server wrote it after the upgrade)",
+                            entry.seq, -entry.amount
+                        ),
+                    ));
+                }
+                Some(entry) => entry.funded_by,
+            };
             let facts = read_facts(&store, account_id, &funding).await?;
             Ok::<_, StoreError>(Reversal { funding, facts })
         };

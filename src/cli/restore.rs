@@ -150,8 +150,13 @@ impl RestoreCommand {
             )
         };
         adapters::check_backup_file(&copied).map_err(not_a_backup)?;
-        adapters::migrate(&DatabaseLocation::Sqlite(copied.clone()))
-            .map_err(|error| not_a_backup(error.to_string()))?;
+        // The backup's heartbeats are those of the database it was taken
+        // of: nothing but this command writes to its copy.
+        adapters::migrate(
+            &DatabaseLocation::Sqlite(copied.clone()),
+            adapters::MigrateOptions::backup_copy(),
+        )
+        .map_err(|error| not_a_backup(error.to_string()))?;
         let report = actix_rt::System::new().block_on(async {
             let source = adapters::open_source(&DatabaseLocation::Sqlite(copied))
                 .map_err(|error| not_a_backup(error.to_string()))?;

@@ -15,7 +15,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{Backend, Shared, Store, StoreError};
+use crate::backfill::AccountLeft;
+use crate::ledger::AccountId;
+use crate::store::{running_instances_told, Backend, InstanceBeat, Shared, Store, StoreError};
 
 /// Set by an adapter's transaction that inserted webhook events, taken by
 /// its writer after the commit to wake the delivery worker at once. One
@@ -203,6 +205,7 @@ impl StoreSettings {
 /// the database and starts the adapter's threads and connections.
 pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
     let shared = Shared::new(settings.instance_timeout)?;
+    let migrating = MigrateOptions::at_open(settings.instance_timeout);
     let backend: Arc<dyn Backend> = match &settings.location {
         DatabaseLocation::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(
             path,
@@ -210,6 +213,7 @@ pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
             settings.checkpoints,
             settings.max_batch.max(1),
             settings.readers.max(1),
+            migrating,
             Arc::clone(&shared),
         )?),
         DatabaseLocation::Postgres(url) => Arc::new(postgres::PostgresStore::open(
@@ -217,18 +221,165 @@ pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
             settings.if_missing,
             settings.max_batch.max(1),
             settings.readers.max(1),
+            migrating,
             Arc::clone(&shared),
         )?),
     };
     Ok(Store::new(backend, shared))
 }
 
+/// The server's default `instance_timeout_secs`: what judges an instance
+/// that does not say its own timeout where no setting is given.
+pub const DEFAULT_INSTANCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How a migration treats the instances on the database and the accounts
+/// an earlier release's server wrote to after the upgrade.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MigrateOptions {
+    /// How long after its last heartbeat an instance that does not say its
+    /// own timeout (an earlier release's) counts as gone: the setting's.
+    pub instance_timeout: std::time::Duration,
+    /// Whether the instances whose heartbeats the database holds write to
+    /// it: not for a copy of a backup, whose heartbeats are those of the
+    /// database it was taken of.
+    pub instances_write_here: bool,
+    /// Whether the grants of accounts an earlier release's server wrote to
+    /// after they were made are made again (`sms-credit migrate`, and only
+    /// while no instance is running).
+    pub remake: bool,
+}
+
+impl MigrateOptions {
+    /// As the store opens (the server, every command): the grants of
+    /// accounts that have none are made, and nothing is made again.
+    pub fn at_open(instance_timeout: Option<std::time::Duration>) -> MigrateOptions {
+        MigrateOptions {
+            instance_timeout: instance_timeout.unwrap_or(DEFAULT_INSTANCE_TIMEOUT),
+            instances_write_here: true,
+            remake: false,
+        }
+    }
+
+    /// As `sms-credit migrate` runs.
+    pub fn command(instance_timeout: std::time::Duration) -> MigrateOptions {
+        MigrateOptions {
+            instance_timeout,
+            instances_write_here: true,
+            remake: true,
+        }
+    }
+
+    /// For a copy of a backup, which nothing but this process uses.
+    pub fn backup_copy() -> MigrateOptions {
+        MigrateOptions {
+            instance_timeout: DEFAULT_INSTANCE_TIMEOUT,
+            instances_write_here: false,
+            remake: false,
+        }
+    }
+
+    fn fallback_timeout_ms(&self) -> i64 {
+        crate::clock::millis(self.instance_timeout)
+    }
+}
+
+/// What migrating a database did.
+#[derive(Debug, Default)]
+pub struct MigrationReport {
+    /// The migrations applied, as refinery names them (`V{n}__{name}`).
+    pub applied: Vec<String>,
+    /// The accounts whose credit grants were made from their ledgers.
+    pub grants_made: Vec<AccountId>,
+    /// The accounts left without credit grants, because their ledgers do
+    /// not give them (they lead elsewhere than their balance rows, or hold
+    /// a value this release does not know), and why.
+    pub left_without_grants: Vec<AccountLeft>,
+    /// The accounts an earlier release's server wrote to after their
+    /// grants were made, whose grants were made again.
+    pub grants_made_again: Vec<AccountId>,
+    /// Those whose grants could not be made again, and why.
+    pub not_made_again: Vec<AccountLeft>,
+    /// Those whose grants were not made again because instances run.
+    pub remake_waits: Option<RemakeWaits>,
+}
+
+/// Accounts whose grants `sms-credit migrate` would make again, and the
+/// instances running on the database, because of which it did not.
+#[derive(Debug)]
+pub struct RemakeWaits {
+    pub accounts: Vec<AccountId>,
+    pub instances: Vec<InstanceBeat>,
+    pub now_ms: i64,
+    pub fallback_timeout_ms: i64,
+}
+
+impl fmt::Display for RemakeWaits {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (listed, clears_at) = running_instances_told(
+            &self.instances,
+            self.now_ms,
+            self.fallback_timeout_ms,
+            "this command's instance_timeout_secs",
+        );
+        let accounts: Vec<String> = self
+            .accounts
+            .iter()
+            .map(|account| account.to_string())
+            .collect();
+        write!(
+            formatter,
+            "the credit grants of account{} {} no longer account for their ledgers (rows an \
+             earlier release's server wrote after the upgrade, or grants that do not sum to the \
+             balance), and are made again only while no instance runs on the database; \
+             instances are running: {listed}. Stop every server, then run sms-credit migrate \
+             again (a crashed one counts as gone once its own instance_timeout_secs has passed \
+             since its last heartbeat: at {})",
+            if accounts.len() == 1 { "" } else { "s" },
+            accounts.join(", "),
+            crate::clock::format_rfc3339_ms(clears_at),
+        )
+    }
+}
+
+/// Why the migration that makes credit grants is not applied: instances
+/// (an earlier release's servers, which write rows without funding and
+/// no grants) are running on the database.
+fn earlier_release_running(
+    migration: &str,
+    instances: &[InstanceBeat],
+    now_ms: i64,
+    fallback_timeout_ms: i64,
+) -> StoreError {
+    let seconds = |ms: i64| (ms.max(0) + 999) / 1_000;
+    let (listed, clears_at) = running_instances_told(
+        instances,
+        now_ms,
+        fallback_timeout_ms,
+        "this release's instance_timeout_secs",
+    );
+    StoreError::Migration(format!(
+        "instances of an earlier release are running on the database: {listed}. Stop the \
+         earlier release's servers first: {migration}, which makes every account's credit \
+         grants, is not applied while they run, because what they would write after it has no \
+         credit grants. Nothing was applied. If they are stopped already (a crash leaves its \
+         heartbeat behind), each counts as gone once its own instance_timeout_secs has passed \
+         since its last heartbeat: start this release again at {} (in {} s)",
+        crate::clock::format_rfc3339_ms(clears_at),
+        seconds(clears_at.saturating_sub(now_ms)),
+    ))
+}
+
 /// Applies the migrations the database has not had yet, without starting
-/// anything else (`sms-credit migrate`).
-pub fn migrate(location: &DatabaseLocation) -> Result<Vec<String>, StoreError> {
+/// anything else, and, while no instance runs, makes again the grants of
+/// accounts an earlier release's server wrote to after the upgrade
+/// (`sms-credit migrate`, with [`MigrateOptions::command`]).
+pub fn migrate(
+    location: &DatabaseLocation,
+    options: MigrateOptions,
+) -> Result<MigrationReport, StoreError> {
     match location {
-        DatabaseLocation::Sqlite(path) => sqlite::migrate(path),
-        DatabaseLocation::Postgres(url) => postgres::migrate(url),
+        DatabaseLocation::Sqlite(path) => sqlite::migrate(path, options),
+        DatabaseLocation::Postgres(url) => postgres::migrate(url, options),
     }
 }
 

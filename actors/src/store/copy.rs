@@ -18,7 +18,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use super::{SourceStore, Store, StoreError, TestHold};
+use super::{
+    alive_at, running_instances_told, InstanceBeat, SourceStore, Store, StoreError, TestHold,
+};
 use crate::clock::Clock;
 use crate::verify::VerifyReport;
 
@@ -630,7 +632,7 @@ pub enum CopyError {
     SourceInUse {
         /// Each running instance: its id, its last heartbeat, and how long
         /// after it the instance counts as gone (its own timeout).
-        instances: Vec<RunningInstance>,
+        instances: Vec<InstanceBeat>,
         now_ms: i64,
         /// The timeout `copy` judged an instance that does not say its own
         /// by (an earlier release's): copy's own setting.
@@ -643,7 +645,7 @@ pub enum CopyError {
          target: stop it, and copy again",
         .0.iter().map(|instance| instance.id.as_str()).collect::<Vec<_>>().join(", ")
     )]
-    SourceStarted(Vec<RunningInstance>),
+    SourceStarted(Vec<InstanceBeat>),
     /// The source's migration history is not this release's: its tables
     /// may not be the ones this release copies. Refused before anything
     /// is read or changed.
@@ -677,54 +679,19 @@ pub struct CopyReport {
     pub target: VerifyReport,
 }
 
-/// An instance that beats a heartbeat on a copy's source.
-#[derive(Debug, Clone)]
-pub struct RunningInstance {
-    pub id: String,
-    pub heartbeat_ms: i64,
-    /// How long after its heartbeat it counts as gone: its own
-    /// `instance_timeout_secs`, as its heartbeat wrote it; `None` when it
-    /// does not say (an earlier release's), and copy's own was used.
-    pub own_timeout_ms: Option<i64>,
-}
-
 /// Why a copy waits: who beats a heartbeat on the source, since when, and
 /// when each counts as gone, so that an operator after a crash knows it is
 /// a stale heartbeat, how long it lasts and what governs it.
-fn source_in_use(instances: &[RunningInstance], now_ms: i64, fallback_timeout_ms: i64) -> String {
+fn source_in_use(instances: &[InstanceBeat], now_ms: i64, fallback_timeout_ms: i64) -> String {
     let seconds = |ms: i64| (ms.max(0) + 999) / 1_000;
-    let gone_at = |instance: &RunningInstance| {
-        instance
-            .heartbeat_ms
-            .saturating_add(instance.own_timeout_ms.unwrap_or(fallback_timeout_ms))
-    };
-    let listed: Vec<String> = instances
-        .iter()
-        .map(|instance| {
-            let timeout = match instance.own_timeout_ms {
-                Some(timeout) => format!("its instance_timeout_secs is {} s", timeout / 1_000),
-                None => format!(
-                    "an earlier release's, which does not say its timeout: copy's own, {} s",
-                    fallback_timeout_ms / 1_000
-                ),
-            };
-            format!(
-                "{} (last heartbeat {} s ago, at {}; {timeout}; counts as running for {} s more)",
-                instance.id,
-                now_ms.saturating_sub(instance.heartbeat_ms).max(0) / 1_000,
-                crate::clock::format_rfc3339_ms(instance.heartbeat_ms),
-                seconds(gone_at(instance).saturating_sub(now_ms)),
-            )
-        })
-        .collect();
-    let clears_at = instances.iter().map(gone_at).max().unwrap_or(now_ms);
+    let (listed, clears_at) =
+        running_instances_told(instances, now_ms, fallback_timeout_ms, "copy's own");
     format!(
-        "instances are running on the source: {}. Stop them first, so that nothing changes \
+        "instances are running on the source: {listed}. Stop them first, so that nothing changes \
          during the copy. If they are stopped already (a crash leaves its heartbeat behind), \
          each counts as gone once its own instance_timeout_secs \
          (SMS_CREDIT_INSTANCE_TIMEOUT_SECS, the setting it was started with) has passed since \
          its last heartbeat: copy again at {} (in {} s)",
-        listed.join(", "),
         crate::clock::format_rfc3339_ms(clears_at),
         seconds(clears_at.saturating_sub(now_ms)),
     )
@@ -802,19 +769,12 @@ async fn running_on(
     source: &Source,
     now_ms: i64,
     fallback_timeout_ms: i64,
-) -> Result<Vec<RunningInstance>, CopyError> {
-    Ok(source
-        .backend
-        .beats()
-        .await?
-        .into_iter()
-        .filter(|beat| beat.is_alive(now_ms, fallback_timeout_ms))
-        .map(|beat| RunningInstance {
-            own_timeout_ms: beat.timeout_ms,
-            id: beat.id,
-            heartbeat_ms: beat.heartbeat_ms,
-        })
-        .collect())
+) -> Result<Vec<InstanceBeat>, CopyError> {
+    Ok(alive_at(
+        source.backend.beats().await?,
+        now_ms,
+        fallback_timeout_ms,
+    ))
 }
 
 /// The source's verify report; a source that is not clean is refused

@@ -350,6 +350,66 @@ impl InstanceBeat {
         let timeout = self.timeout_ms.unwrap_or(fallback_timeout_ms);
         self.heartbeat_ms >= now_ms.saturating_sub(timeout)
     }
+
+    /// When it counts as gone: its last heartbeat and its own timeout
+    /// (`fallback_timeout_ms` when it does not say).
+    pub fn gone_at(&self, fallback_timeout_ms: i64) -> i64 {
+        self.heartbeat_ms
+            .saturating_add(self.timeout_ms.unwrap_or(fallback_timeout_ms))
+    }
+}
+
+/// The instances of `beats` alive at `now_ms`, each judged by its own
+/// timeout ([`InstanceBeat::is_alive`]).
+pub fn alive_at(
+    beats: Vec<InstanceBeat>,
+    now_ms: i64,
+    fallback_timeout_ms: i64,
+) -> Vec<InstanceBeat> {
+    beats
+        .into_iter()
+        .filter(|beat| beat.is_alive(now_ms, fallback_timeout_ms))
+        .collect()
+}
+
+/// Instances that are running, for people: each one's id, its last
+/// heartbeat, the timeout it is judged by and how long it counts as
+/// running still; `fallback_named` says whose timeout judges one that does
+/// not say its own (an earlier release's). Also answers when the last of
+/// them counts as gone. What `copy` and the migration to credit grants say
+/// when they find a database in use.
+pub fn running_instances_told(
+    instances: &[InstanceBeat],
+    now_ms: i64,
+    fallback_timeout_ms: i64,
+    fallback_named: &str,
+) -> (String, i64) {
+    let seconds = |ms: i64| (ms.max(0) + 999) / 1_000;
+    let listed: Vec<String> = instances
+        .iter()
+        .map(|instance| {
+            let timeout = match instance.timeout_ms {
+                Some(timeout) => format!("its instance_timeout_secs is {} s", timeout / 1_000),
+                None => format!(
+                    "an earlier release's, which does not say its timeout: {fallback_named}, {} s",
+                    fallback_timeout_ms / 1_000
+                ),
+            };
+            format!(
+                "{} (last heartbeat {} s ago, at {}; {timeout}; counts as running for {} s more)",
+                instance.id,
+                now_ms.saturating_sub(instance.heartbeat_ms).max(0) / 1_000,
+                crate::clock::format_rfc3339_ms(instance.heartbeat_ms),
+                seconds(instance.gone_at(fallback_timeout_ms).saturating_sub(now_ms)),
+            )
+        })
+        .collect();
+    let clears_at = instances
+        .iter()
+        .map(|instance| instance.gone_at(fallback_timeout_ms))
+        .max()
+        .unwrap_or(now_ms);
+    (listed.join(", "), clears_at)
 }
 
 impl Shared {

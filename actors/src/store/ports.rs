@@ -82,6 +82,20 @@ impl TakenBackRows {
     ) -> Result<TakenBackRows, StoreError> {
         let out_of_range =
             || StoreError::Database(format!("order {order_id}: refunds out of range"));
+        // A take-back draws exactly what it takes. One without its funding
+        // (an earlier release's server wrote it after the upgrade) is never
+        // read as having taken from no grant: what is given back for it
+        // would go to no grant it came from.
+        if let Some((amount, _)) = rows.iter().find(|(amount, funding)| {
+            amount.is_negative() && funding.total().ok() != Some(-*amount)
+        }) {
+            return Err(StoreError::Database(format!(
+                "order {order_id}: a refund row took back {} without saying from which credit \
+                 grants (an earlier release's server wrote it after the upgrade); nothing was \
+                 changed: sms-credit migrate, run with every server stopped, gives it its funding",
+                -*amount
+            )));
+        }
         let amount = rows
             .iter()
             .try_fold(Money::ZERO, |sum, (amount, _)| sum.checked_add(*amount))
@@ -1088,4 +1102,43 @@ pub trait WebhookStore: Send + Sync {
     fn prune(&self, before_ms: i64, limit: i64) -> StoreFuture<Pruned>;
     /// Deliveries not yet made (pending or sending).
     fn delivery_stats(&self) -> StoreFuture<DeliveryStats>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn funding(text: &str) -> Funding {
+        Funding::decode(text).unwrap()
+    }
+
+    #[test]
+    fn an_orders_take_back_without_its_funding_is_an_error_not_nothing_taken() {
+        let taken = TakenBackRows::of_rows(
+            7,
+            vec![
+                (Money::from_micros(-4_000), funding("1:p:3000;0:p:1000")),
+                (Money::from_micros(500), funding("0:p:-500")),
+            ],
+        )
+        .unwrap();
+        assert_eq!(taken.amount, Money::from_micros(3_500));
+        assert_eq!(taken.funding, funding("1:p:3000;0:p:500"));
+        // A give-back may make a grant of what it gives: it says no more.
+        assert!(TakenBackRows::of_rows(7, vec![(Money::from_micros(500), Funding::NONE)]).is_ok());
+        let error = TakenBackRows::of_rows(
+            7,
+            vec![
+                (Money::from_micros(-4_000), funding("1:p:3000;0:p:1000")),
+                (Money::from_micros(-1_000), Funding::NONE),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            error.to_string().contains(
+                "order 7: a refund row took back $0.001 without saying from which credit grants"
+            ),
+            "{error}"
+        );
+    }
 }

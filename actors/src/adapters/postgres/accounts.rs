@@ -429,9 +429,18 @@ pub(super) const INSTANCE_TIMEOUT: &str =
 pub(super) async fn instance_beats(
     client: &impl GenericClient,
 ) -> Result<Vec<InstanceBeat>, StoreError> {
+    instance_beats_from(client, "instances").await
+}
+
+/// Every instance's row, read from `source`: the `instances` table, or a
+/// query with its columns (`id`, `heartbeat_at`, `timeout_ms`).
+pub(super) async fn instance_beats_from(
+    client: &impl GenericClient,
+    source: &str,
+) -> Result<Vec<InstanceBeat>, StoreError> {
     let rows = client
         .query(
-            &format!("SELECT id, heartbeat_at, {INSTANCE_TIMEOUT} FROM instances ORDER BY id"),
+            &format!("SELECT id, heartbeat_at, {INSTANCE_TIMEOUT} FROM {source} ORDER BY id"),
             &[],
         )
         .await?;

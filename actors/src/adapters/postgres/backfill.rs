@@ -1,20 +1,42 @@
 //! The grants of accounts an earlier release left without them (`grants`
-//! NULL): each account's ledger replayed by [`crate::backfill`], written in
-//! one transaction of its own that locks the account's snapshot row first,
-//! and only if its grants are still not made then. Run under the
-//! migrations' advisory lock, so instances starting together make them
-//! once.
+//! NULL), and, for `sms-credit migrate` alone, of accounts an earlier
+//! release's server wrote to after they were made: each account's ledger
+//! replayed by [`crate::backfill`], written in one transaction of its own
+//! that locks the account's snapshot row first, and only if what was read
+//! is still so then. Run under the migrations' advisory lock, so instances
+//! starting together make them once. An account whose ledger does not lead
+//! to its balance, or holds a value this release does not know, is left as
+//! it was and named; the others go on.
 
 use tokio_postgres::Client;
 
-use crate::backfill::{backfill_error, replay, HistoricRow};
+use crate::backfill::{grants_off, remake, AccountLeft, HistoricRow, Recorded, Unfit};
 use crate::billing::orders::OrderType;
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::Money;
 use crate::store::{StoreError, UnknownValue};
 
-/// Makes the grants of every account that has none; answers how many.
-pub(super) async fn backfill(client: &mut Client) -> Result<usize, StoreError> {
+/// What a pass over accounts did.
+#[derive(Debug, Default)]
+pub(super) struct Pass {
+    /// The accounts whose grants it made.
+    pub made: Vec<AccountId>,
+    /// The accounts it left as they were, and why.
+    pub left: Vec<AccountLeft>,
+}
+
+/// Which accounts a pass makes the grants of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    /// Those whose grants were never made.
+    Missing,
+    /// Those whose grants were made, but whose ledger they no longer
+    /// account for.
+    Off,
+}
+
+/// Makes the grants of every account that has none.
+pub(super) async fn backfill(client: &mut Client) -> Result<Pass, StoreError> {
     let accounts: Vec<i64> = client
         .query(
             "SELECT account_id FROM account_balances WHERE grants IS NULL ORDER BY account_id",
@@ -24,29 +46,143 @@ pub(super) async fn backfill(client: &mut Client) -> Result<usize, StoreError> {
         .iter()
         .map(|row| row.try_get(0))
         .collect::<Result<_, _>>()?;
-    let mut made = 0;
-    for account_id in accounts {
-        let transaction = client.transaction().await?;
-        if backfill_account(&transaction, AccountId(account_id)).await? {
-            made += 1;
-        }
-        transaction.commit().await?;
-    }
-    if made > 0 {
+    let pass = each_account(client, &accounts, Which::Missing).await?;
+    if !pass.made.is_empty() {
         tracing::info!(
-            accounts = made,
+            accounts = pass.made.len(),
             "made the credit grants of accounts from their ledgers"
         );
     }
-    Ok(made)
+    Ok(pass)
 }
 
-/// One account's grants, in the caller's transaction; `false` if they
-/// were made already.
-async fn backfill_account(
+/// The accounts whose grants were made but no longer account for their
+/// ledger: a row with an amount but neither a funding nor a grant (an
+/// earlier release's server wrote it after the upgrade), or grants that
+/// do not sum to the balance (or cannot be read).
+pub(super) async fn accounts_off(client: &Client) -> Result<Vec<AccountId>, StoreError> {
+    let mut accounts: Vec<i64> = client
+        .query(
+            "SELECT DISTINCT t.account_id FROM transactions t
+               JOIN account_balances b ON b.account_id = t.account_id AND b.grants IS NOT NULL
+              WHERE t.funded_by IS NULL AND t.amount <> 0
+                AND NOT EXISTS (SELECT 1 FROM credit_grants g
+                                 WHERE g.account_id = t.account_id AND g.id = t.seq)",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    for row in client
+        .query(
+            "SELECT account_id, balance, grants FROM account_balances WHERE grants IS NOT NULL",
+            &[],
+        )
+        .await?
+    {
+        let stored: String = row.try_get(2)?;
+        if grants_off(&stored, Money::from_micros(row.try_get(1)?)) {
+            accounts.push(row.try_get(0)?);
+        }
+    }
+    accounts.sort_unstable();
+    accounts.dedup();
+    Ok(accounts.into_iter().map(AccountId).collect())
+}
+
+/// Makes again the grants of `accounts` (found by [`accounts_off`]) from
+/// their ledgers, keeping every row's recorded funding and every grant
+/// made: only the rows without either are decided.
+pub(super) async fn remake_off(
+    client: &mut Client,
+    accounts: &[AccountId],
+) -> Result<Pass, StoreError> {
+    let ids: Vec<i64> = accounts.iter().map(|account| account.0).collect();
+    let pass = each_account(client, &ids, Which::Off).await?;
+    if !pass.made.is_empty() {
+        tracing::warn!(
+            accounts = ?pass.made.iter().map(|account| account.0).collect::<Vec<_>>(),
+            "made again the credit grants of accounts an earlier release's server wrote to after the upgrade"
+        );
+    }
+    Ok(pass)
+}
+
+/// One transaction per account: made, left as it was (and why), or found
+/// with nothing to do. A failure to read or write the database stops it.
+async fn each_account(
+    client: &mut Client,
+    accounts: &[i64],
+    which: Which,
+) -> Result<Pass, StoreError> {
+    let mut pass = Pass::default();
+    for account_id in accounts {
+        let account_id = AccountId(*account_id);
+        let transaction = client.transaction().await?;
+        match make_account(&transaction, account_id, which).await {
+            Ok(true) => {
+                transaction.commit().await?;
+                pass.made.push(account_id);
+            }
+            Ok(false) => transaction.rollback().await?,
+            Err(Refused::Unfit(why)) => {
+                transaction.rollback().await?;
+                let left = AccountLeft { account_id, why };
+                match which {
+                    Which::Missing => tracing::error!(
+                        account_id = account_id.0,
+                        why = %left.why,
+                        "{}",
+                        crate::backfill::LEFT_WITHOUT_GRANTS
+                    ),
+                    Which::Off => tracing::error!(
+                        account_id = account_id.0,
+                        why = %left.why,
+                        "{}",
+                        crate::backfill::NOT_MADE_AGAIN
+                    ),
+                }
+                pass.left.push(left);
+            }
+            Err(Refused::Store(error)) => return Err(error),
+        }
+    }
+    Ok(pass)
+}
+
+/// Why one account's grants were not made.
+enum Refused {
+    /// Its ledger does not give them: it is left, the others go on.
+    Unfit(Unfit),
+    /// The database failed: the pass stops.
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Refused {
+    fn from(error: tokio_postgres::Error) -> Refused {
+        Refused::Store(error.into())
+    }
+}
+
+impl From<StoreError> for Refused {
+    fn from(error: StoreError) -> Refused {
+        match error {
+            StoreError::UnknownValue(unknown) => {
+                Refused::Unfit(Unfit::Unknown(unknown.to_string()))
+            }
+            other => Refused::Store(other),
+        }
+    }
+}
+
+/// One account's grants, in the caller's transaction; `false` if there
+/// is nothing to make (made already, or nothing off).
+async fn make_account(
     transaction: &tokio_postgres::Transaction<'_>,
     account_id: AccountId,
-) -> Result<bool, StoreError> {
+    which: Which,
+) -> Result<bool, Refused> {
     let Some(standing) = transaction
         .query_opt(
             "SELECT balance, seq, grants FROM account_balances WHERE account_id = $1 FOR UPDATE",
@@ -58,28 +194,35 @@ async fn backfill_account(
     };
     let balance: i64 = standing.try_get(0)?;
     let seq: i64 = standing.try_get(1)?;
-    if standing.try_get::<_, Option<String>>(2)?.is_some() {
+    let stored: Option<String> = standing.try_get(2)?;
+    if (which == Which::Missing) != stored.is_none() {
         return Ok(false);
     }
+    let grants = super::ledger::load_grants(transaction, account_id, None).await?;
     let mut rows = Vec::new();
     for row in transaction
         .query(
-            "SELECT seq, type, amount, idempotency_key, order_id, created_at
+            "SELECT seq, type, amount, idempotency_key, order_id, created_at, funded_by
                FROM transactions WHERE account_id = $1 ORDER BY seq",
             &[&account_id.0],
         )
         .await?
     {
         let seq: i64 = row.try_get(0)?;
+        let row_name = || format!("account {account_id} seq {seq}");
         let kind_text: String = row.try_get(1)?;
         let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
             StoreError::UnknownValue(UnknownValue::new(
                 "transactions",
-                format!("account {account_id} seq {seq}"),
+                row_name(),
                 "type",
                 kind_text,
             ))
         })?;
+        let funding = super::ledger::funding_from_text(row.try_get(6)?, row_name)?;
+        let made = grants.iter().find(|grant| grant.id == seq).cloned();
+        let recorded =
+            (!funding.is_empty() || made.is_some()).then_some(Recorded { funding, made });
         rows.push(HistoricRow {
             seq,
             kind,
@@ -87,6 +230,7 @@ async fn backfill_account(
             idempotency_key: row.try_get(3)?,
             order_id: row.try_get(4)?,
             created_at_ms: row.try_get(5)?,
+            recorded,
         });
     }
     let mut orders: Vec<(i64, OrderType)> = Vec::new();
@@ -106,14 +250,25 @@ async fn backfill_account(
         })?;
         orders.push((id, order_type));
     }
-    let replayed = replay(&rows, |order_id| {
-        orders
-            .iter()
-            .find(|(id, _)| *id == order_id)
-            .map(|(_, order_type)| *order_type)
-    })
-    .map_err(|error| backfill_error(account_id, &error.to_string()))?
-    .fits(account_id, &rows, Money::from_micros(balance), seq)?;
+    let replayed = remake(
+        &rows,
+        |order_id| {
+            orders
+                .iter()
+                .find(|(id, _)| *id == order_id)
+                .map(|(_, order_type)| *order_type)
+        },
+        Money::from_micros(balance),
+        seq,
+    )
+    .map_err(Refused::Unfit)?;
+    let encoded = replayed.book.encode();
+    if replayed.funding.is_empty()
+        && replayed.grants.is_empty()
+        && stored.as_deref() == Some(encoded.as_str())
+    {
+        return Ok(false);
+    }
     let (seqs, fundings): (Vec<i64>, Vec<Option<String>>) = replayed
         .funding
         .iter()
@@ -123,7 +278,7 @@ async fn backfill_account(
         .execute(
             "UPDATE transactions t SET funded_by = u.funded_by
                FROM unnest($2::bigint[], $3::text[]) AS u (seq, funded_by)
-              WHERE t.account_id = $1 AND t.seq = u.seq",
+              WHERE t.account_id = $1 AND t.seq = u.seq AND t.funded_by IS NULL",
             &[&account_id.0, &seqs, &fundings],
         )
         .await?;
@@ -147,11 +302,19 @@ async fn backfill_account(
             )
             .await?;
     }
-    transaction
+    let changed = transaction
         .execute(
-            "UPDATE account_balances SET grants = $2 WHERE account_id = $1",
-            &[&account_id.0, &replayed.book.encode()],
+            "UPDATE account_balances SET grants = $4
+              WHERE account_id = $1 AND balance = $2 AND seq = $3
+                AND grants IS NOT DISTINCT FROM $5",
+            &[&account_id.0, &balance, &seq, &encoded, &stored],
         )
         .await?;
+    // The row is locked since the read: nothing else moved it.
+    if changed != 1 {
+        return Err(Refused::Store(StoreError::Database(format!(
+            "the balance row of account {account_id} changed while its credit grants were made"
+        ))));
+    }
     Ok(true)
 }

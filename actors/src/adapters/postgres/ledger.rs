@@ -89,8 +89,8 @@ pub(super) fn grant_from_row(row: &Row, account_id: AccountId) -> Result<CreditG
 }
 
 /// The lasting facts of an account's grants: those of `ids`, or all.
-async fn load_grants(
-    client: &Client,
+pub(super) async fn load_grants(
+    client: &impl tokio_postgres::GenericClient,
     account_id: AccountId,
     ids: Option<&[i64]>,
 ) -> Result<Vec<CreditGrant>, StoreError> {
@@ -333,7 +333,7 @@ impl LedgerStore for PostgresStore {
             let facts = if ids.is_empty() {
                 Vec::new()
             } else {
-                load_grants(&client, account_id, Some(&ids)).await?
+                load_grants(&*client, account_id, Some(&ids)).await?
             };
             // When the last row was dated, only where an expiry row may
             // follow it (a committed row never changes: any statement
@@ -365,7 +365,7 @@ impl LedgerStore for PostgresStore {
     }
 
     fn grants_by_id(&self, account_id: AccountId, ids: Vec<i64>) -> StoreFuture<Vec<CreditGrant>> {
-        self.read(move |client| async move { load_grants(&client, account_id, Some(&ids)).await })
+        self.read(move |client| async move { load_grants(&*client, account_id, Some(&ids)).await })
     }
 
     fn account_grants(&self, account_id: AccountId) -> StoreFuture<Option<AccountGrants>> {
@@ -374,7 +374,7 @@ impl LedgerStore for PostgresStore {
                 return Ok(None);
             };
             Ok(Some(AccountGrants {
-                grants: load_grants(&client, account_id, None).await?,
+                grants: load_grants(&*client, account_id, None).await?,
                 remaining: standing.grants,
             }))
         })

@@ -6,7 +6,9 @@
 use refinery::{Migration, Runner};
 use tokio_postgres::Client;
 
-use crate::store::StoreError;
+use super::super::{MigrateOptions, MigrationReport, RemakeWaits};
+use crate::clock::{Clock, SystemClock};
+use crate::store::{alive_at, InstanceBeat, StoreError};
 
 const MIGRATIONS: &[(&str, &str)] = &[
     (
@@ -126,7 +128,39 @@ fn migration_error(error: impl std::fmt::Display) -> StoreError {
     StoreError::Migration(error.to_string())
 }
 
-pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreError> {
+/// A migration that failed, with the database's own words: tokio-postgres
+/// says only "db error", and refinery no more than that.
+fn migration_failed(error: refinery::Error) -> StoreError {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        if let Some(db) = inner.downcast_ref::<tokio_postgres::error::DbError>() {
+            text.push_str(&format!(": {} ({})", db.message(), db.code().code()));
+            if let Some(detail) = db.detail() {
+                text.push_str(&format!("; {detail}"));
+            }
+        }
+        cause = inner.source();
+    }
+    StoreError::Migration(text)
+}
+
+/// The migration that makes credit grants: not applied while an earlier
+/// release's server runs on the database.
+const GRANTS_MIGRATION: (i32, &str) = (26, "V26__credit_grants");
+
+/// Applies the migrations the database has not had yet, then makes the
+/// credit grants of the accounts that have none (and, with
+/// `options.remake` and no instance running, makes again those an earlier
+/// release's server wrote to after they were made), all under the
+/// advisory lock; answers what it did. Applies nothing to a database on
+/// which an earlier release's server runs while its credit grants are
+/// still to be made (decided under the lock: instances of this release
+/// starting together find them made by the first).
+pub(super) async fn migrate(
+    client: &mut Client,
+    options: MigrateOptions,
+) -> Result<MigrationReport, StoreError> {
     let migrations: Vec<Migration> = MIGRATIONS
         .iter()
         .map(|(name, sql)| Migration::unapplied(name, sql).map_err(migration_error))
@@ -135,34 +169,127 @@ pub(super) async fn migrate(client: &mut Client) -> Result<Vec<String>, StoreErr
         .execute("SELECT pg_advisory_lock($1)", &[&LOCK])
         .await
         .map_err(migration_error)?;
-    let report = Runner::new(&migrations)
-        .set_abort_missing(true)
-        .set_abort_divergent(true)
-        .run_async(client)
-        .await
-        .map_err(migration_error);
-    // Accounts an earlier release left without grants get them, from
-    // their ledgers, still under the lock (a no-op once every account has
-    // them).
-    let report = match report {
-        Ok(report) => super::backfill::backfill(client).await.map(|_| report),
-        Err(error) => Err(error),
-    };
+    let migrated = migrate_locked(client, &migrations, options).await;
     let unlocked = client
         .execute("SELECT pg_advisory_unlock($1)", &[&LOCK])
         .await
         .map_err(migration_error);
-    let report = report?;
+    let migrated = migrated?;
     unlocked?;
-    let applied: Vec<String> = report
-        .applied_migrations()
-        .iter()
-        .map(ToString::to_string)
-        .collect();
-    for name in &applied {
+    for name in &migrated.applied {
         tracing::info!(migration = %name, "applied migration");
     }
-    Ok(applied)
+    Ok(migrated)
+}
+
+/// [`migrate`], once the advisory lock is held.
+async fn migrate_locked(
+    client: &mut Client,
+    migrations: &[Migration],
+    options: MigrateOptions,
+) -> Result<MigrationReport, StoreError> {
+    if options.instances_write_here && grants_pending(client).await? {
+        let now_ms = SystemClock.now_ms();
+        let running = running_instances(client, now_ms, options).await?;
+        if !running.is_empty() {
+            return Err(super::super::earlier_release_running(
+                GRANTS_MIGRATION.1,
+                &running,
+                now_ms,
+                options.fallback_timeout_ms(),
+            ));
+        }
+    }
+    let report = Runner::new(migrations)
+        .set_abort_missing(true)
+        .set_abort_divergent(true)
+        .run_async(client)
+        .await
+        .map_err(migration_failed)?;
+    // Accounts an earlier release left without grants get them, from
+    // their ledgers (a no-op once every account has them).
+    let backfilled = super::backfill::backfill(client).await?;
+    let mut migrated = MigrationReport {
+        applied: report
+            .applied_migrations()
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        grants_made: backfilled.made,
+        left_without_grants: backfilled.left,
+        ..MigrationReport::default()
+    };
+    if options.remake {
+        let off = super::backfill::accounts_off(client).await?;
+        if !off.is_empty() {
+            let now_ms = SystemClock.now_ms();
+            let running = if options.instances_write_here {
+                running_instances(client, now_ms, options).await?
+            } else {
+                Vec::new()
+            };
+            if running.is_empty() {
+                let remade = super::backfill::remake_off(client, &off).await?;
+                migrated.grants_made_again = remade.made;
+                migrated.not_made_again = remade.left;
+            } else {
+                migrated.remake_waits = Some(RemakeWaits {
+                    accounts: off,
+                    instances: running,
+                    now_ms,
+                    fallback_timeout_ms: options.fallback_timeout_ms(),
+                });
+            }
+        }
+    }
+    Ok(migrated)
+}
+
+/// Whether the migration that makes credit grants is still to be applied
+/// to a database that has a migration history (one without has no tables,
+/// and so no instances).
+async fn grants_pending(client: &Client) -> Result<bool, StoreError> {
+    if !has_history(client).await? {
+        return Ok(false);
+    }
+    let row = client
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM refinery_schema_history WHERE version = $1)",
+            &[&GRANTS_MIGRATION.0],
+        )
+        .await?;
+    Ok(!row.try_get::<_, bool>(0)?)
+}
+
+/// The instances alive on the database at `now_ms`, each judged by its own
+/// timeout (an earlier release's, which may not say it, by the setting's),
+/// as `copy` judges them. A database of a release before instances kept
+/// their timeouts has the table without the column.
+async fn running_instances(
+    client: &Client,
+    now_ms: i64,
+    options: MigrateOptions,
+) -> Result<Vec<InstanceBeat>, StoreError> {
+    let columns: Vec<String> = client
+        .query(
+            "SELECT column_name::text FROM information_schema.columns
+              WHERE table_schema = current_schema() AND table_name = 'instances'",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, _>>()?;
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let source = if columns.iter().any(|column| column == "timeout_ms") {
+        "instances"
+    } else {
+        "(SELECT id, heartbeat_at, NULL::bigint AS timeout_ms FROM instances) AS instances"
+    };
+    let beats = super::accounts::instance_beats_from(client, source).await?;
+    Ok(alive_at(beats, now_ms, options.fallback_timeout_ms()))
 }
 
 /// Test-only: the migrations up to `last` (inclusive), without the

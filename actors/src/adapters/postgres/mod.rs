@@ -526,13 +526,17 @@ fn start_runtime() -> Result<(tokio::runtime::Handle, oneshot::Sender<()>), Stor
     Ok((handle, stop))
 }
 
-/// Applies the migrations the database has not had yet; answers their names.
-pub fn migrate(url: &PostgresUrl) -> Result<Vec<String>, StoreError> {
+/// Applies the migrations the database has not had yet (see
+/// [`super::migrate`]); answers what it did.
+pub fn migrate(
+    url: &PostgresUrl,
+    options: super::MigrateOptions,
+) -> Result<super::MigrationReport, StoreError> {
     let (runtime, stop) = start_runtime()?;
     let connector = Connector::new(url, runtime.clone())?;
     let applied = block_on(&runtime, async move {
         let mut client = connector.connect(None).await?;
-        migrations::migrate(&mut client).await
+        migrations::migrate(&mut client, options).await
     });
     drop(stop);
     applied
@@ -572,6 +576,7 @@ impl PostgresStore {
         if_missing: super::IfMissing,
         max_batch: usize,
         readers: usize,
+        migrate_options: super::MigrateOptions,
         shared: Arc<Shared>,
     ) -> Result<PostgresStore, StoreError> {
         let (runtime, stop) = start_runtime()?;
@@ -594,7 +599,7 @@ impl PostgresStore {
                     reason: "the database holds no sms-credit tables".to_string(),
                 });
             }
-            migrations::migrate(&mut client).await?;
+            migrations::migrate(&mut client, migrate_options).await?;
             warming.connect_all().await?;
             let prepared = writer::Prepared::new(&client).await?;
             Ok((client, prepared))

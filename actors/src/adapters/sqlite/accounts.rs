@@ -328,8 +328,17 @@ pub(super) const INSTANCE_TIMEOUT: &str = "COALESCE(timeout_ms,
 
 /// Every instance's row (see [`InstanceStore::beats`]).
 pub(super) fn instance_beats(connection: &Connection) -> Result<Vec<InstanceBeat>, StoreError> {
+    instance_beats_from(connection, "instances")
+}
+
+/// Every instance's row, read from `source`: the `instances` table, or a
+/// query with its columns (`id`, `heartbeat_at`, `timeout_ms`).
+pub(super) fn instance_beats_from(
+    connection: &Connection,
+    source: &str,
+) -> Result<Vec<InstanceBeat>, StoreError> {
     let mut statement = connection.prepare_cached(&format!(
-        "SELECT id, heartbeat_at, {INSTANCE_TIMEOUT} FROM instances ORDER BY id"
+        "SELECT id, heartbeat_at, {INSTANCE_TIMEOUT} FROM {source} ORDER BY id"
     ))?;
     let instances = statement
         .query_map([], |row| {

@@ -1,45 +1,191 @@
 //! The grants of accounts an earlier release left without them (`grants`
-//! NULL): each account's ledger replayed by [`crate::backfill`], written in
-//! one transaction of its own, and only if its grants are still not made
-//! when that transaction holds the write lock (another process sharing
-//! the file may have made them first).
+//! NULL), and, for `sms-credit migrate` alone, of accounts an earlier
+//! release's server wrote to after they were made: each account's ledger
+//! replayed by [`crate::backfill`], written in one transaction of its own,
+//! and only if what was read is still so when that transaction holds the
+//! write lock (another process sharing the file may have made them first).
+//! An account whose ledger does not lead to its balance, or holds a value
+//! this release does not know, is left as it was and named; the others go
+//! on.
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::backfill::{backfill_error, replay, HistoricRow};
+use crate::backfill::{grants_off, remake, AccountLeft, HistoricRow, Recorded, Unfit};
 use crate::billing::orders::OrderType;
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::Money;
 use crate::store::{StoreError, UnknownValue};
 
-/// Makes the grants of every account that has none; answers how many.
-pub(super) fn backfill(connection: &mut Connection) -> Result<usize, StoreError> {
+/// What a pass over accounts did.
+#[derive(Debug, Default)]
+pub(super) struct Pass {
+    /// The accounts whose grants it made.
+    pub made: Vec<AccountId>,
+    /// The accounts it left as they were, and why.
+    pub left: Vec<AccountLeft>,
+}
+
+/// Which accounts a pass makes the grants of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    /// Those whose grants were never made.
+    Missing,
+    /// Those whose grants were made, but whose ledger they no longer
+    /// account for.
+    Off,
+}
+
+/// Makes the grants of every account that has none.
+pub(super) fn backfill(connection: &mut Connection) -> Result<Pass, StoreError> {
     let accounts: Vec<i64> = connection
         .prepare(
             "SELECT account_id FROM account_balances WHERE grants IS NULL ORDER BY account_id",
         )?
         .query_map([], |row| row.get(0))?
         .collect::<Result<_, _>>()?;
-    let mut made = 0;
-    for account_id in accounts {
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        if backfill_account(&transaction, AccountId(account_id))? {
-            made += 1;
-        }
-        transaction.commit()?;
-    }
-    if made > 0 {
+    let pass = each_account(connection, &accounts, Which::Missing)?;
+    if !pass.made.is_empty() {
         tracing::info!(
-            accounts = made,
+            accounts = pass.made.len(),
             "made the credit grants of accounts from their ledgers"
         );
     }
-    Ok(made)
+    Ok(pass)
 }
 
-/// One account's grants, in the caller's transaction; `false` if they
-/// were made already.
-fn backfill_account(connection: &Connection, account_id: AccountId) -> Result<bool, StoreError> {
+/// The accounts whose grants were made but no longer account for their
+/// ledger: a row with an amount but neither a funding nor a grant (an
+/// earlier release's server wrote it after the upgrade), or grants that
+/// do not sum to the balance (or cannot be read).
+pub(super) fn accounts_off(connection: &Connection) -> Result<Vec<AccountId>, StoreError> {
+    let mut accounts: Vec<i64> = connection
+        .prepare(
+            "SELECT DISTINCT t.account_id FROM transactions t
+               JOIN account_balances b ON b.account_id = t.account_id AND b.grants IS NOT NULL
+              WHERE t.funded_by IS NULL AND t.amount <> 0
+                AND NOT EXISTS (SELECT 1 FROM credit_grants g
+                                 WHERE g.account_id = t.account_id AND g.id = t.seq)",
+        )?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut statement = connection.prepare(
+        "SELECT account_id, balance, grants FROM account_balances WHERE grants IS NOT NULL",
+    )?;
+    let mut cursor = statement.query([])?;
+    while let Some(row) = cursor.next()? {
+        let account_id: i64 = row.get(0)?;
+        let balance: i64 = row.get(1)?;
+        // A value SQLite holds in another type is off too.
+        let stored: Option<String> = row.get(2).ok();
+        if stored.is_none_or(|stored| grants_off(&stored, Money::from_micros(balance))) {
+            accounts.push(account_id);
+        }
+    }
+    accounts.sort_unstable();
+    accounts.dedup();
+    Ok(accounts.into_iter().map(AccountId).collect())
+}
+
+/// Makes again the grants of `accounts` (found by [`accounts_off`]) from
+/// their ledgers, keeping every row's recorded funding and every grant
+/// made: only the rows without either are decided.
+pub(super) fn remake_off(
+    connection: &mut Connection,
+    accounts: &[AccountId],
+) -> Result<Pass, StoreError> {
+    let ids: Vec<i64> = accounts.iter().map(|account| account.0).collect();
+    let pass = each_account(connection, &ids, Which::Off)?;
+    if !pass.made.is_empty() {
+        tracing::warn!(
+            accounts = ?pass.made.iter().map(|account| account.0).collect::<Vec<_>>(),
+            "made again the credit grants of accounts an earlier release's server wrote to after the upgrade"
+        );
+    }
+    Ok(pass)
+}
+
+/// One transaction per account: made, left as it was (and why), or found
+/// with nothing to do. A failure to read or write the database stops it.
+fn each_account(
+    connection: &mut Connection,
+    accounts: &[i64],
+    which: Which,
+) -> Result<Pass, StoreError> {
+    let mut pass = Pass::default();
+    for account_id in accounts {
+        let account_id = AccountId(*account_id);
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        match make_account(&transaction, account_id, which) {
+            Ok(true) => {
+                transaction.commit()?;
+                pass.made.push(account_id);
+            }
+            Ok(false) => transaction.rollback()?,
+            Err(Refused::Unfit(why)) => {
+                transaction.rollback()?;
+                let left = AccountLeft { account_id, why };
+                match which {
+                    Which::Missing => tracing::error!(
+                        account_id = account_id.0,
+                        why = %left.why,
+                        "{}",
+                        crate::backfill::LEFT_WITHOUT_GRANTS
+                    ),
+                    Which::Off => tracing::error!(
+                        account_id = account_id.0,
+                        why = %left.why,
+                        "{}",
+                        crate::backfill::NOT_MADE_AGAIN
+                    ),
+                }
+                pass.left.push(left);
+            }
+            Err(Refused::Store(error)) => return Err(error),
+        }
+    }
+    Ok(pass)
+}
+
+/// Why one account's grants were not made.
+enum Refused {
+    /// Its ledger does not give them: it is left, the others go on.
+    Unfit(Unfit),
+    /// The database failed: the pass stops.
+    Store(StoreError),
+}
+
+impl From<rusqlite::Error> for Refused {
+    fn from(error: rusqlite::Error) -> Refused {
+        match error {
+            // A stored value of a type its column does not hold (a hand
+            // edit) is the account's, not the database's failure.
+            rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => {
+                Refused::Unfit(Unfit::Unknown(error.to_string()))
+            }
+            other => Refused::from(StoreError::from(other)),
+        }
+    }
+}
+
+impl From<StoreError> for Refused {
+    fn from(error: StoreError) -> Refused {
+        match error {
+            StoreError::UnknownValue(unknown) => {
+                Refused::Unfit(Unfit::Unknown(unknown.to_string()))
+            }
+            other => Refused::Store(other),
+        }
+    }
+}
+
+/// One account's grants, in the caller's transaction; `false` if there
+/// is nothing to make (made already, or nothing off).
+fn make_account(
+    connection: &Connection,
+    account_id: AccountId,
+    which: Which,
+) -> Result<bool, Refused> {
     let standing: Option<(i64, i64, Option<String>)> = connection
         .query_row(
             "SELECT balance, seq, grants FROM account_balances WHERE account_id = ?1",
@@ -47,27 +193,36 @@ fn backfill_account(connection: &Connection, account_id: AccountId) -> Result<bo
             |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
         )
         .optional()?;
-    let Some((balance, seq, None)) = standing else {
+    let Some((balance, seq, stored)) = standing else {
         return Ok(false);
     };
+    if (which == Which::Missing) != stored.is_none() {
+        return Ok(false);
+    }
+    let grants = super::ledger::load_grants(connection, account_id, None)?;
     let mut rows = Vec::new();
     {
         let mut statement = connection.prepare(
-            "SELECT seq, type, amount, idempotency_key, order_id, created_at
+            "SELECT seq, type, amount, idempotency_key, order_id, created_at, funded_by
                FROM transactions WHERE account_id = ?1 ORDER BY seq",
         )?;
         let mut cursor = statement.query([account_id.0])?;
         while let Some(row) = cursor.next()? {
             let seq: i64 = row.get(0)?;
+            let row_name = || format!("account {account_id} seq {seq}");
             let kind_text: String = row.get(1)?;
             let kind = TransactionKind::parse(&kind_text).ok_or_else(|| {
                 StoreError::UnknownValue(UnknownValue::new(
                     "transactions",
-                    format!("account {account_id} seq {seq}"),
+                    row_name(),
                     "type",
                     kind_text,
                 ))
             })?;
+            let funding = super::ledger::funding_column(row, 6, row_name)?;
+            let made = grants.iter().find(|grant| grant.id == seq).cloned();
+            let recorded =
+                (!funding.is_empty() || made.is_some()).then_some(Recorded { funding, made });
             rows.push(HistoricRow {
                 seq,
                 kind,
@@ -75,6 +230,7 @@ fn backfill_account(connection: &Connection, account_id: AccountId) -> Result<bo
                 idempotency_key: row.get(3)?,
                 order_id: row.get(4)?,
                 created_at_ms: row.get(5)?,
+                recorded,
             });
         }
     }
@@ -95,17 +251,30 @@ fn backfill_account(connection: &Connection, account_id: AccountId) -> Result<bo
             orders.push((id, order_type));
         }
     }
-    let replayed = replay(&rows, |order_id| {
-        orders
-            .iter()
-            .find(|(id, _)| *id == order_id)
-            .map(|(_, order_type)| *order_type)
-    })
-    .map_err(|error| backfill_error(account_id, &error.to_string()))?;
-    let replayed = replayed.fits(account_id, &rows, Money::from_micros(balance), seq)?;
+    let replayed = remake(
+        &rows,
+        |order_id| {
+            orders
+                .iter()
+                .find(|(id, _)| *id == order_id)
+                .map(|(_, order_type)| *order_type)
+        },
+        Money::from_micros(balance),
+        seq,
+    )
+    .map_err(Refused::Unfit)?;
+    let encoded = replayed.book.encode();
+    if replayed.funding.is_empty()
+        && replayed.grants.is_empty()
+        && stored.as_deref() == Some(encoded.as_str())
     {
-        let mut update = connection
-            .prepare("UPDATE transactions SET funded_by = ?3 WHERE account_id = ?1 AND seq = ?2")?;
+        return Ok(false);
+    }
+    {
+        let mut update = connection.prepare(
+            "UPDATE transactions SET funded_by = ?3
+              WHERE account_id = ?1 AND seq = ?2 AND funded_by IS NULL",
+        )?;
         for (seq, funding) in &replayed.funding {
             update.execute(params![account_id.0, seq, funding.encode()])?;
         }
@@ -113,9 +282,16 @@ fn backfill_account(connection: &Connection, account_id: AccountId) -> Result<bo
     for grant in &replayed.grants {
         super::ledger::insert_grant(connection, account_id, grant)?;
     }
-    connection.execute(
-        "UPDATE account_balances SET grants = ?2 WHERE account_id = ?1 AND grants IS NULL",
-        params![account_id.0, replayed.book.encode()],
+    let changed = connection.execute(
+        "UPDATE account_balances SET grants = ?4
+          WHERE account_id = ?1 AND balance = ?2 AND seq = ?3 AND grants IS ?5",
+        params![account_id.0, balance, seq, encoded, stored],
     )?;
+    // The write lock is held since the read: nothing else moved it.
+    if changed != 1 {
+        return Err(Refused::Store(StoreError::Database(format!(
+            "the balance row of account {account_id} changed while its credit grants were made"
+        ))));
+    }
     Ok(true)
 }

@@ -1,13 +1,17 @@
 //! The SQLite migrations (`migrations/sqlite/`), embedded in the binary and
 //! applied in order by refinery, each in a transaction with its row in
-//! `refinery_schema_history`. A database made before refinery (its history
-//! in `schema_migrations`) is adopted as it stands, without being rebuilt.
+//! `refinery_schema_history`, one process at a time ([`MigrationLock`]).
+//! A database made before refinery (its history in `schema_migrations`) is
+//! adopted as it stands, without being rebuilt.
+
+use std::path::{Path, PathBuf};
 
 use refinery::{Migration, Runner};
 use rusqlite::{Connection, OptionalExtension};
 
-use crate::clock::format_rfc3339_ms;
-use crate::store::StoreError;
+use super::super::{MigrateOptions, MigrationReport, RemakeWaits};
+use crate::clock::{format_rfc3339_ms, Clock, SystemClock};
+use crate::store::{alive_at, InstanceBeat, StoreError};
 
 /// Every migration: refinery's name (`V{version}__{name}`) and its SQL.
 const MIGRATIONS: &[(&str, &str)] = &[
@@ -170,13 +174,40 @@ fn embedded() -> Result<Vec<Migration>, StoreError> {
         .collect()
 }
 
-/// Applies the migrations the database has not had yet; answers their
-/// names. Refuses a database migrated by a newer release (a migration it
-/// has that this release does not know) or one whose applied migrations
-/// differ from these.
-pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<String>, StoreError> {
+/// The migration that makes credit grants: not applied while an earlier
+/// release's server runs on the database.
+const GRANTS_MIGRATION: (i64, &str) = (35, "V35__credit_grants");
+
+/// Applies the migrations the database has not had yet, then makes the
+/// credit grants of the accounts that have none (and, with
+/// `options.remake` and no instance running, makes again those an earlier
+/// release's server wrote to after they were made); answers what it did.
+/// Refuses a database migrated by a newer release (a migration it has
+/// that this release does not know) or one whose applied migrations
+/// differ from these, and applies nothing to one on which an earlier
+/// release's server runs while its credit grants are still to be made.
+pub(super) fn migrate(
+    connection: &mut Connection,
+    options: MigrateOptions,
+) -> Result<MigrationReport, StoreError> {
     let migrations = embedded()?;
+    let _lock = match connection.path() {
+        Some(path) if !path.is_empty() => Some(MigrationLock::take(Path::new(path))?),
+        _ => None,
+    };
     adopt_legacy_history(connection, &migrations)?;
+    if options.instances_write_here && grants_pending(connection)? {
+        let now_ms = SystemClock.now_ms();
+        let running = running_instances(connection, now_ms, options)?;
+        if !running.is_empty() {
+            return Err(super::super::earlier_release_running(
+                GRANTS_MIGRATION.1,
+                &running,
+                now_ms,
+                options.fallback_timeout_ms(),
+            ));
+        }
+    }
     let report = Runner::new(&migrations)
         .set_abort_missing(true)
         .set_abort_divergent(true)
@@ -192,8 +223,138 @@ pub(super) fn migrate(connection: &mut Connection) -> Result<Vec<String>, StoreE
     }
     // Accounts an earlier release left without grants get them, from
     // their ledgers (after V34; a no-op once every account has them).
-    super::backfill::backfill(connection)?;
-    Ok(applied)
+    let backfilled = super::backfill::backfill(connection)?;
+    let mut migrated = MigrationReport {
+        applied,
+        grants_made: backfilled.made,
+        left_without_grants: backfilled.left,
+        ..MigrationReport::default()
+    };
+    if options.remake {
+        let off = super::backfill::accounts_off(connection)?;
+        if !off.is_empty() {
+            let now_ms = SystemClock.now_ms();
+            let running = if options.instances_write_here {
+                running_instances(connection, now_ms, options)?
+            } else {
+                Vec::new()
+            };
+            if running.is_empty() {
+                let remade = super::backfill::remake_off(connection, &off)?;
+                migrated.grants_made_again = remade.made;
+                migrated.not_made_again = remade.left;
+            } else {
+                migrated.remake_waits = Some(RemakeWaits {
+                    accounts: off,
+                    instances: running,
+                    now_ms,
+                    fallback_timeout_ms: options.fallback_timeout_ms(),
+                });
+            }
+        }
+    }
+    Ok(migrated)
+}
+
+/// Held while a process migrates an SQLite file, as Postgres's advisory
+/// lock is: processes started together migrate one after another, the
+/// first applying what is pending and the others finding it applied (each
+/// migration and the grants' backfill once, and the check for an earlier
+/// release's servers in the same turn as what it guards). An exclusive
+/// `flock` of a file beside the database, never of the database or its
+/// log: SQLite holds POSIX locks on those, which closing another
+/// descriptor of the same file would drop. Its holder removes the file
+/// before it lets go; one that then finds it held a removed file takes
+/// the lock again.
+struct MigrationLock {
+    path: PathBuf,
+    /// Dropped after the file is removed: the lock goes with it.
+    _file: std::fs::File,
+}
+
+impl MigrationLock {
+    /// Waits for the lock of the database at `database`, as long as it
+    /// takes (another process's migration runs meanwhile).
+    fn take(database: &Path) -> Result<MigrationLock, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let name = database.file_name().map_or_else(
+            || "database".into(),
+            |name| name.to_string_lossy().into_owned(),
+        );
+        let path = database.with_file_name(format!(".{name}.migrating"));
+        let failed = |error: std::io::Error| StoreError::Open {
+            path: path.display().to_string(),
+            reason: format!("cannot take the lock that keeps migrations one at a time: {error}"),
+        };
+        loop {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(failed)?;
+            file.lock().map_err(failed)?;
+            let held = file.metadata().map_err(failed)?;
+            match std::fs::metadata(&path) {
+                Ok(there) if there.dev() == held.dev() && there.ino() == held.ino() => {
+                    return Ok(MigrationLock { path, _file: file });
+                }
+                // Its holder removed it as it let go: take the new one.
+                Ok(_) => continue,
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(error) => return Err(failed(error)),
+            }
+        }
+    }
+}
+
+impl Drop for MigrationLock {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), %error, "could not remove the migration lock's file");
+        }
+    }
+}
+
+/// Whether the migration that makes credit grants is still to be applied
+/// to a database that has a migration history (one without has no tables,
+/// and so no instances).
+fn grants_pending(connection: &Connection) -> Result<bool, StoreError> {
+    if !has_history(connection)? {
+        return Ok(false);
+    }
+    let applied: bool = connection.query_row(
+        &format!("SELECT EXISTS (SELECT 1 FROM {HISTORY_TABLE} WHERE version = ?1)"),
+        [GRANTS_MIGRATION.0],
+        |row| row.get(0),
+    )?;
+    Ok(!applied)
+}
+
+/// The instances alive on the database at `now_ms`, each judged by its own
+/// timeout (an earlier release's, which may not say it, by the setting's),
+/// as `copy` judges them. A database of a release before instances kept
+/// their timeouts has the table without the column; one before instances,
+/// no table.
+fn running_instances(
+    connection: &Connection,
+    now_ms: i64,
+    options: MigrateOptions,
+) -> Result<Vec<InstanceBeat>, StoreError> {
+    let columns: Vec<String> = connection
+        .prepare("SELECT name FROM pragma_table_info('instances')")?
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    if columns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let source = if columns.iter().any(|column| column == "timeout_ms") {
+        "instances"
+    } else {
+        "(SELECT id, heartbeat_at, NULL AS timeout_ms FROM instances)"
+    };
+    let beats = super::accounts::instance_beats_from(connection, source)?;
+    Ok(alive_at(beats, now_ms, options.fallback_timeout_ms()))
 }
 
 /// Test-only: the migrations up to `last` (inclusive), without the

@@ -154,7 +154,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 /// domain never use one: they go through the port.
 pub fn raw_connection(path: &Path) -> Result<Connection, StoreError> {
     let mut connection = open_connection(path)?;
-    migrations::migrate(&mut connection)?;
+    migrations::migrate(&mut connection, super::MigrateOptions::at_open(None))?;
     Ok(connection)
 }
 
@@ -231,13 +231,17 @@ fn existing_database(path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies the migrations the database has not had yet; answers their names.
-pub fn migrate(path: &Path) -> Result<Vec<String>, StoreError> {
+/// Applies the migrations the database has not had yet (see
+/// [`super::migrate`]); answers what it did.
+pub fn migrate(
+    path: &Path,
+    options: super::MigrateOptions,
+) -> Result<super::MigrationReport, StoreError> {
     said_plainly(
         path,
         (|| {
             let mut connection = open_connection(path)?;
-            migrations::migrate(&mut connection)
+            migrations::migrate(&mut connection, options)
         })(),
     )
 }
@@ -355,6 +359,7 @@ impl SqliteStore {
         checkpoints: super::Checkpoints,
         max_batch: usize,
         readers: usize,
+        migrating: super::MigrateOptions,
         shared: Arc<Shared>,
     ) -> Result<SqliteStore, StoreError> {
         if if_missing == super::IfMissing::Refuse {
@@ -362,7 +367,7 @@ impl SqliteStore {
         }
         said_plainly(
             path,
-            SqliteStore::start(path, checkpoints, max_batch, readers, shared),
+            SqliteStore::start(path, checkpoints, max_batch, readers, migrating, shared),
         )
     }
 
@@ -372,6 +377,7 @@ impl SqliteStore {
         checkpoints: super::Checkpoints,
         max_batch: usize,
         readers: usize,
+        migrating: super::MigrateOptions,
         shared: Arc<Shared>,
     ) -> Result<SqliteStore, StoreError> {
         // SQLite opens a file it may not write without a word (read-only,
@@ -386,7 +392,7 @@ impl SqliteStore {
             }
         }
         let mut write_connection = open_connection(path)?;
-        migrations::migrate(&mut write_connection)?;
+        migrations::migrate(&mut write_connection, migrating)?;
         // The writer's commits write the WAL without fsyncing it; the
         // syncer fsyncs it (once for every batch that committed meanwhile)
         // before anything about them is told. See `syncer`.
@@ -647,6 +653,7 @@ mod tests {
                 checkpoints,
                 64,
                 1,
+                crate::adapters::MigrateOptions::at_open(None),
                 Shared::new(None).unwrap(),
             )
             .unwrap();

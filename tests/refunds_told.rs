@@ -208,3 +208,65 @@ async fn refunds_told_before_the_mark_existed_are_not_told_again_by_the_sweep() 
     assert_verified(&directory);
 }
 on_both_stores!(refunds_told_before_the_mark_existed_are_not_told_again_by_the_sweep);
+
+/// A rolling upgrade: an earlier release's server, still running after the
+/// migration that added the mark, replaces an order's legacy record; its
+/// insert names no `told`, so the refund it found within what the record
+/// held back is stored unmarked. That refund was told by the charge's
+/// running total; a later settling of the order (the sweep) never tells it
+/// again.
+async fn a_refund_an_earlier_release_recorded_after_the_upgrade_is_not_told_again() {
+    let fake = FakeStripe::start().await;
+    let intent = "pi_rolling";
+    let charge = "ch_rolling";
+    let old = fake.refund_in_dashboard(intent, charge, 200)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let directory = fresh_directory();
+    // Migrated to the end: the earlier release's server writes into it.
+    sms_credit_actors::adapters::migrate_until_for_testing(&directory.location(), 1_000, 1_000)
+        .unwrap();
+    let now_ms = NOW_UNIX * 1000;
+    directory.execute(&format!(
+        "INSERT INTO accounts (id, phone, status, created_at) VALUES (1, '+14155550722', 'active', 0);
+         INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                             amount_refunded, status, created_at, completed_at)
+              VALUES (1, 1, 'initial_access', 29990000, 29990000, '{intent}', 2000000, 'completed', 0, 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                   order_id, description, created_at, funded_by)
+              VALUES (1, 1, 'credit', 5000000, 5000000, 'stripe-order:1', 1, 'access', 0, NULL),
+                     (1, 2, 'refund', -2000000, 3000000, 'stripe-refund:{charge}:200', 1, 'refund', 1,
+                      '1:p:2000000');
+         INSERT INTO credit_grants (account_id, id, category, source, order_id, amount, priority,
+                                    granted_at, expires_at)
+              VALUES (1, 1, 'paid', 'access', 1, 5000000, 50, 0, NULL);
+         INSERT INTO account_balances (account_id, balance, seq, updated_at, grants)
+              VALUES (1, 3000000, 2, 1, '1:3000000');
+         INSERT INTO stripe_refunds (refund_id, order_id, amount, standing, stripe_status,
+                                     recorded_by, recorded_at, updated_at)
+              VALUES ('legacy-order-1', 1, 2000000, 'replaced', 'legacy', 'event', 0, {now_ms}),
+                     ('{old}', 1, 2000000, 'counted', 'succeeded', 'legacy_replacement', {now_ms}, {now_ms});"
+    ));
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(now_ms);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 3_000_000);
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually("the sweep settled the order", || async {
+        directory.number(
+            "SELECT COUNT(*) FROM stripe_refunds WHERE refund_id = 'legacy-order-1'
+                AND settled_at IS NOT NULL",
+        ) == 1
+    })
+    .await;
+    assert_eq!(
+        told_refunds(&directory),
+        Vec::<serde_json::Value>::new(),
+        "told by the running total, never again"
+    );
+    assert_eq!(app.balance_micros(1).await, 3_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_refund_an_earlier_release_recorded_after_the_upgrade_is_not_told_again);

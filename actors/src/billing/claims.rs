@@ -558,7 +558,11 @@ impl Billing {
                         refund_id: id.clone(),
                         refunded: record.amount,
                         total_refunded,
-                        announce: !record.told,
+                        // An earlier release's server (a rolling upgrade)
+                        // records a refund its legacy record held back
+                        // without the mark: told by the running total all
+                        // the same.
+                        announce: !(record.told || record.recorded_by.told_before()),
                     },
                 },
                 RefundStanding::Failed => Settle {

@@ -368,3 +368,29 @@ async fn a_sweep_mark_out_of_place_is_an_error_not_a_refund_that_counts() {
     assert_unknown_value(status, &answer, &names);
     assert_eq!(app.balance_micros(account).await, 12_000_000);
 }
+
+on_both_stores!(a_stored_receipt_that_is_not_a_link_to_stripe_is_an_error_not_hidden);
+/// A receipt is stored only once it is an `https` link: one that is not
+/// (a hand edit) is an error naming its row, never a link on the holder's
+/// page nor quietly left out.
+async fn a_stored_receipt_that_is_not_a_link_to_stripe_is_an_error_not_hidden() {
+    let (app, _fake) = app_with_fake_stripe().await;
+    let mut events = EventFactory::new();
+    let (account, _, token) =
+        crate::stripe::active_account(&app, &mut events, "+14155550902").await;
+    app.directory.tamper(
+        "orders",
+        &format!(
+            "UPDATE orders SET receipt_url = 'javascript:alert(1)' WHERE account_id = {account}"
+        ),
+    );
+    let (status, answer) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/payments"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_unknown_value(status, &answer, "unknown receipt_url");
+}

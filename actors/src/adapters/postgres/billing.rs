@@ -167,7 +167,12 @@ fn order_from_row(row: &Row) -> Result<Order, StoreError> {
         status: OrderStatus::parse(&status).ok_or_else(|| unknown("status", status.clone()))?,
         created_at_ms: row.try_get(11)?,
         completed_at_ms: row.try_get(12)?,
-        receipt_url: row.try_get(13)?,
+        receipt_url: match row.try_get::<_, Option<String>>(13)? {
+            Some(url) if !crate::billing::receipts::is_receipt_link(&url) => {
+                return Err(unknown("receipt_url", url))
+            }
+            url => url,
+        },
         receipt_asked_at_ms: row.try_get(14)?,
     })
 }

@@ -178,6 +178,8 @@ const ORDER_COLUMNS: &str = "id, account_id, order_type, amount, list_price, pri
                        stripe_payment_intent_id, discount_code_id, amount_refunded, status, created_at, completed_at,
                        receipt_url, receipt_asked_at";
 
+use crate::billing::receipts::is_receipt_link as receipt_link;
+
 fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
     let id: i64 = row.get(0)?;
     let unknown = |index: usize, column: &'static str, value: String| {
@@ -206,7 +208,10 @@ fn order_from_row(row: &Row<'_>) -> rusqlite::Result<Order> {
         status: OrderStatus::parse(&status).ok_or_else(|| unknown(10, "status", status.clone()))?,
         created_at_ms: row.get(11)?,
         completed_at_ms: row.get(12)?,
-        receipt_url: row.get(13)?,
+        receipt_url: match row.get::<_, Option<String>>(13)? {
+            Some(url) if !receipt_link(&url) => return Err(unknown(13, "receipt_url", url)),
+            url => url,
+        },
         receipt_asked_at_ms: row.get(14)?,
     })
 }

@@ -29,6 +29,7 @@ use crate::grants::{
 };
 use crate::ledger::{AccountId, IdempotencyKey, TransactionKind};
 use crate::money::Money;
+use crate::store::error::StoreError;
 
 /// One row of an account's ledger, as the backfill needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,6 +110,58 @@ pub const LEFT_WITHOUT_GRANTS: &str = "it was left without credit grants, which 
 /// the upgrade whose grants cannot be made again from its ledger.
 pub const NOT_MADE_AGAIN: &str = "its credit grants could not be made again from its ledger, \
     and are left as they were: sms-credit verify names what is wrong";
+
+/// What a pass over accounts did (either adapter's backfill).
+#[derive(Debug, Default)]
+pub struct Pass {
+    /// The accounts whose grants it made.
+    pub made: Vec<AccountId>,
+    /// The accounts it left as they were, and why.
+    pub left: Vec<AccountLeft>,
+}
+
+impl Pass {
+    /// Leaves an account as it was, `why`: logged, and named by the pass.
+    pub fn leave(&mut self, account_id: AccountId, why: Unfit, which: Which) {
+        let left = AccountLeft { account_id, why };
+        let told = match which {
+            Which::Missing => LEFT_WITHOUT_GRANTS,
+            Which::Off => NOT_MADE_AGAIN,
+        };
+        tracing::error!(account_id = account_id.0, why = %left.why, "{told}");
+        self.left.push(left);
+    }
+}
+
+/// Which accounts a pass makes the grants of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Which {
+    /// Those whose grants were never made.
+    Missing,
+    /// Those whose grants were made, but whose ledger they no longer
+    /// account for.
+    Off,
+}
+
+/// Why one account's grants were not made (each adapter turns its
+/// driver's errors into one).
+pub enum Refused {
+    /// Its ledger does not give them: it is left, the others go on.
+    Unfit(Unfit),
+    /// The database failed: the pass stops.
+    Store(StoreError),
+}
+
+impl From<StoreError> for Refused {
+    fn from(error: StoreError) -> Refused {
+        match error {
+            StoreError::UnknownValue(unknown) => {
+                Refused::Unfit(Unfit::Unknown(unknown.to_string()))
+            }
+            other => Refused::Store(other),
+        }
+    }
+}
 
 /// An account left without the grants its ledger was to give it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,30 +10,11 @@
 
 use tokio_postgres::Client;
 
-use crate::backfill::{grants_off, remake, AccountLeft, HistoricRow, Recorded, Unfit};
+use crate::backfill::{grants_off, remake, HistoricRow, Pass, Recorded, Refused, Which};
 use crate::billing::orders::OrderType;
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::Money;
 use crate::store::{StoreError, UnknownValue};
-
-/// What a pass over accounts did.
-#[derive(Debug, Default)]
-pub(super) struct Pass {
-    /// The accounts whose grants it made.
-    pub made: Vec<AccountId>,
-    /// The accounts it left as they were, and why.
-    pub left: Vec<AccountLeft>,
-}
-
-/// Which accounts a pass makes the grants of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Which {
-    /// Those whose grants were never made.
-    Missing,
-    /// Those whose grants were made, but whose ledger they no longer
-    /// account for.
-    Off,
-}
 
 /// Makes the grants of every account that has none.
 pub(super) async fn backfill(client: &mut Client) -> Result<Pass, StoreError> {
@@ -128,22 +109,7 @@ async fn each_account(
             Ok(false) => transaction.rollback().await?,
             Err(Refused::Unfit(why)) => {
                 transaction.rollback().await?;
-                let left = AccountLeft { account_id, why };
-                match which {
-                    Which::Missing => tracing::error!(
-                        account_id = account_id.0,
-                        why = %left.why,
-                        "{}",
-                        crate::backfill::LEFT_WITHOUT_GRANTS
-                    ),
-                    Which::Off => tracing::error!(
-                        account_id = account_id.0,
-                        why = %left.why,
-                        "{}",
-                        crate::backfill::NOT_MADE_AGAIN
-                    ),
-                }
-                pass.left.push(left);
+                pass.leave(account_id, why, which);
             }
             Err(Refused::Store(error)) => return Err(error),
         }
@@ -151,28 +117,9 @@ async fn each_account(
     Ok(pass)
 }
 
-/// Why one account's grants were not made.
-enum Refused {
-    /// Its ledger does not give them: it is left, the others go on.
-    Unfit(Unfit),
-    /// The database failed: the pass stops.
-    Store(StoreError),
-}
-
 impl From<tokio_postgres::Error> for Refused {
     fn from(error: tokio_postgres::Error) -> Refused {
         Refused::Store(error.into())
-    }
-}
-
-impl From<StoreError> for Refused {
-    fn from(error: StoreError) -> Refused {
-        match error {
-            StoreError::UnknownValue(unknown) => {
-                Refused::Unfit(Unfit::Unknown(unknown.to_string()))
-            }
-            other => Refused::Store(other),
-        }
     }
 }
 

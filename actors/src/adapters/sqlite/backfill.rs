@@ -10,30 +10,11 @@
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use crate::backfill::{grants_off, remake, AccountLeft, HistoricRow, Recorded, Unfit};
+use crate::backfill::{grants_off, remake, HistoricRow, Pass, Recorded, Refused, Unfit, Which};
 use crate::billing::orders::OrderType;
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::Money;
 use crate::store::{StoreError, UnknownValue};
-
-/// What a pass over accounts did.
-#[derive(Debug, Default)]
-pub(super) struct Pass {
-    /// The accounts whose grants it made.
-    pub made: Vec<AccountId>,
-    /// The accounts it left as they were, and why.
-    pub left: Vec<AccountLeft>,
-}
-
-/// Which accounts a pass makes the grants of.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Which {
-    /// Those whose grants were never made.
-    Missing,
-    /// Those whose grants were made, but whose ledger they no longer
-    /// account for.
-    Off,
-}
 
 /// Makes the grants of every account that has none.
 pub(super) fn backfill(connection: &mut Connection) -> Result<Pass, StoreError> {
@@ -123,35 +104,12 @@ fn each_account(
             Ok(false) => transaction.rollback()?,
             Err(Refused::Unfit(why)) => {
                 transaction.rollback()?;
-                let left = AccountLeft { account_id, why };
-                match which {
-                    Which::Missing => tracing::error!(
-                        account_id = account_id.0,
-                        why = %left.why,
-                        "{}",
-                        crate::backfill::LEFT_WITHOUT_GRANTS
-                    ),
-                    Which::Off => tracing::error!(
-                        account_id = account_id.0,
-                        why = %left.why,
-                        "{}",
-                        crate::backfill::NOT_MADE_AGAIN
-                    ),
-                }
-                pass.left.push(left);
+                pass.leave(account_id, why, which);
             }
             Err(Refused::Store(error)) => return Err(error),
         }
     }
     Ok(pass)
-}
-
-/// Why one account's grants were not made.
-enum Refused {
-    /// Its ledger does not give them: it is left, the others go on.
-    Unfit(Unfit),
-    /// The database failed: the pass stops.
-    Store(StoreError),
 }
 
 impl From<rusqlite::Error> for Refused {
@@ -164,17 +122,6 @@ impl From<rusqlite::Error> for Refused {
                 Refused::Unfit(Unfit::Unknown(error.to_string()))
             }
             other => Refused::from(StoreError::from(other)),
-        }
-    }
-}
-
-impl From<StoreError> for Refused {
-    fn from(error: StoreError) -> Refused {
-        match error {
-            StoreError::UnknownValue(unknown) => {
-                Refused::Unfit(Unfit::Unknown(unknown.to_string()))
-            }
-            other => Refused::Store(other),
         }
     }
 }

@@ -76,6 +76,13 @@ pub struct ExpirySweep {
 }
 
 impl ExpirySweep {
+    /// How many rounds in a row `account_id` has failed, this one
+    /// counted: the count is this instance's memory, not a stored value,
+    /// and an account it does not hold failed none of the rounds before.
+    fn rounds_failed(&self, account_id: AccountId) -> u32 {
+        self.failing.get(&account_id).copied().unwrap_or(0) + 1
+    }
+
     pub fn new(registry: Registry) -> ExpirySweep {
         ExpirySweep {
             registry,
@@ -158,7 +165,7 @@ impl ExpirySweep {
                     // Every account read was asked (none is left out).
                     None => held = true,
                     Some(Err(error)) => {
-                        let rounds = self.failing.get(&grant.account_id).copied().unwrap_or(0) + 1;
+                        let rounds = self.rounds_failed(grant.account_id);
                         let missing = matches!(error, LedgerError::AccountNotFound(_));
                         if missing || rounds >= HOLD_ROUNDS {
                             tracing::error!(
@@ -186,12 +193,7 @@ impl ExpirySweep {
         self.failing = round
             .failed
             .iter()
-            .map(|account_id| {
-                (
-                    *account_id,
-                    self.failing.get(account_id).copied().unwrap_or(0) + 1,
-                )
-            })
+            .map(|account_id| (*account_id, self.rounds_failed(*account_id)))
             .collect();
         if let Some(to) = advance_to.filter(|to| Some(*to) > start) {
             round.swept_until = store.grant_expiry().advance_swept_until(to).await?;

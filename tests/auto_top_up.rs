@@ -1046,6 +1046,61 @@ async fn a_charge_stripe_rate_limited_is_asked_again_not_failed() {
     assert_eq!(stripe.charges_made(), 1, "charged once");
 }
 
+on_both_stores!(a_key_stripe_refuses_is_not_the_holders_failure);
+/// Stripe refuses the service's API key (a 401) when an auto top-up is
+/// charged: that is the operator's to mend, not the holder's failure — no
+/// text to the holder, no failure counted, auto top-up stays on, and the
+/// host is never handed Stripe's words —; the charge is sent again, with
+/// the same key, once the key works, and charges once.
+async fn a_key_stripe_refuses_is_not_the_holders_failure() {
+    let mut setup = setup().await;
+    let phone = "+14155553743";
+    let (account, token) = auto_top_up_sent_once(&mut setup, phone, ChargeMode::KeyRefused).await;
+    let Setup {
+        app,
+        stripe,
+        twilio,
+        clock,
+        ..
+    } = &setup;
+    let view = get_auto(app, account, &token).await;
+    assert_eq!(view["enabled"], true, "{view}");
+    assert_eq!(view["consecutive_failures"], 0, "{view}");
+    app.settle_notices(account).await;
+    let told: Vec<String> = twilio
+        .sent()
+        .into_iter()
+        .filter(|sms| sms.to == phone && sms.body.to_lowercase().contains("auto top-up"))
+        .map(|sms| sms.body)
+        .collect();
+    assert!(told.is_empty(), "the holder was told: {told:?}");
+    let stripes_words = app
+        .directory
+        .number("SELECT COUNT(*) FROM webhook_events WHERE payload LIKE '%Invalid API Key%'");
+    assert_eq!(stripes_words, 0, "Stripe's words reached the host");
+    assert_eq!(
+        app.directory
+            .number("SELECT COUNT(*) FROM webhook_events WHERE type = 'auto_top_up.failed'"),
+        0,
+        "the host was told the top-up failed"
+    );
+    stripe.set_charge_mode(ChargeMode::Succeed);
+    // Put off for the attempt's lease (a minute).
+    clock.advance_ms(61_000);
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts.first().is_some_and(|a| a["status"] == "succeeded")
+    })
+    .await;
+    assert_eq!(view["attempts"].as_array().unwrap().len(), 1, "{view}");
+    assert_eq!(stripe.charges_made(), 1, "charged once");
+    let sent = stripe.requests_with("POST", "/v1/payment_intents");
+    assert_eq!(sent.len(), 2, "sent again once the key worked");
+    assert_eq!(
+        sent[0].idempotency_key, sent[1].idempotency_key,
+        "with the same key"
+    );
+}
+
 on_both_stores!(buy_by_sms_stops_at_the_daily_limit);
 /// `BUY $10` charges at most $30 a day (UTC) per account: the fourth is
 /// refused with the way to top up on the web, charges nothing, and the

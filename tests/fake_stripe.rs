@@ -22,6 +22,8 @@ pub enum ChargeMode {
     Decline,
     RequireAuthentication,
     ServerError,
+    /// Refuses the API key (a 401, Stripe's own body): nothing charged.
+    KeyRefused,
     /// Charges, and keeps the answer for the Idempotency-Key, but the
     /// answer is lost on the way (a 500): a retry with the key gets it.
     AnswerLost,
@@ -846,6 +848,12 @@ fn answer_locked(
                     500,
                     json!({"error": {"type": "api_error", "message": "fake outage"}}),
                 ),
+                ChargeMode::KeyRefused => (
+                    401,
+                    json!({"error": {
+                        "message": "Invalid API Key provided: sk_live_********fake",
+                        "type": "invalid_request_error"}}),
+                ),
                 ChargeMode::AnswerLost => {
                     state.charges_made += 1;
                     intent["status"] = json!("succeeded");
@@ -873,8 +881,10 @@ fn answer_locked(
             json!({"error": {"type": "invalid_request_error", "message": format!("no fake for {path}")}}),
         ),
     };
+    // As Stripe: an answer is kept for its key only once the request
+    // started executing (never a server error, nor a key it refused).
     if let Some(key) = idempotency_key {
-        if status < 500 {
+        if status < 500 && status != 401 && status != 403 {
             state.answered.insert(key, (status, body.clone()));
         }
     }

@@ -296,3 +296,211 @@ async fn a_refund_recorded_after_an_order_was_settled_makes_it_the_sweeps_again(
     assert_verified(&directory);
 }
 on_both_stores!(a_refund_recorded_after_an_order_was_settled_makes_it_the_sweeps_again);
+
+/// Adds to a database of [`orders_with_an_ignored_refund`]'s, after its
+/// `orders` orders, a newer $10 top-up paid by `payment_intent`, never
+/// refunded (it holds no legacy record).
+fn add_a_newer_order(directory: &crate::database::TestDatabase, orders: i64, payment_intent: &str) {
+    let order = orders + 1;
+    let seq = orders * 3 + 1;
+    let balance = order * 10_000_000;
+    directory.execute(&format!(
+        "INSERT INTO orders (id, account_id, order_type, amount, list_price, stripe_payment_intent_id,
+                             amount_refunded, status, created_at, completed_at)
+              VALUES ({order}, 1, 'top_up', 10000000, 10000000, '{payment_intent}', 0, 'completed', 0, 0);
+         INSERT INTO transactions (account_id, seq, type, amount, balance_after, idempotency_key,
+                                   order_id, description, created_at)
+              VALUES (1, {seq}, 'credit', 10000000, {balance}, 'stripe-order:{order}', {order}, 'top-up', 0);
+         UPDATE account_balances SET balance = {balance}, seq = {seq} WHERE account_id = 1;"
+    ));
+}
+
+/// Why the sweep left an order's legacy record ('' if it did not).
+fn left_because(directory: &crate::database::TestDatabase, order: i64) -> String {
+    directory.text(&format!(
+        "SELECT COALESCE(sweep_left_because, '') FROM stripe_refunds
+          WHERE refund_id = 'legacy-order-{order}'"
+    ))
+}
+
+/// A round replaced an order's legacy record and failed before the $2
+/// refund's row; by the next round Stripe answers `resource_missing` about
+/// the payment (the key was changed, the payment is in another account):
+/// the order is settled from what was recorded — the $2 taken back, the
+/// host told once — without asking Stripe again, never left with its
+/// recorded refund never taken back.
+async fn a_replaced_record_is_settled_from_what_was_recorded_without_asking_stripe_again() {
+    use sms_credit_actors::store::WritePart;
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) = orders_with_an_ignored_refund(&fake, &["pi_replaced_gone"]);
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    let store = app.store.as_ref().unwrap();
+    let key = format!("stripe-refund:{}", ignored[0]);
+    store.fail_ledger_write_for_testing(&key, WritePart::Row);
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "a round replaced the legacy record and failed at the $2 refund's row",
+        || async {
+            legacy_records(&directory) == 0 && !store.ledger_write_failure_armed_for_testing()
+        },
+    )
+    .await;
+    assert_eq!(fake.requests_with("GET", "/v1/refunds").len(), 1);
+
+    fake.set_refund_lists_refused_for(Some("pi_replaced_gone"));
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "a later round took the $2 back, told the host and settled the order",
+        || async {
+            rows_of(&app, 1, 1).await[2..] == [(key.clone(), -2_000_000)]
+                && told_refunds(&directory).len() == 1
+                && settled_orders(&directory) == 1
+        },
+    )
+    .await;
+    assert_eq!(left_because(&directory, 1), "");
+    assert_eq!(
+        fake.refund_lists_refused_of("pi_replaced_gone"),
+        0,
+        "Stripe is not asked again about a replaced record"
+    );
+    assert_eq!(app.balance_micros(1).await, 8_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(a_replaced_record_is_settled_from_what_was_recorded_without_asking_stripe_again);
+
+/// Stripe answers `resource_missing` about every payment the sweep asks
+/// about, and about the newest payment too (the key is a test-mode key in
+/// production, or another account's: it cannot see this service's
+/// payments). No order is left for good: each round ends as the key's
+/// refusal would, its orders asked about again once their claims run out;
+/// once the key sees them, their records are replaced and the $2 of each
+/// taken back.
+async fn orders_are_not_left_while_the_key_cannot_see_the_newest_payment() {
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) =
+        orders_with_an_ignored_refund(&fake, &["pi_unseen_1", "pi_unseen_2"]);
+    add_a_newer_order(&directory, 2, "pi_unseen_newest");
+    for intent in ["pi_unseen_1", "pi_unseen_2", "pi_unseen_newest"] {
+        fake.set_refund_lists_refused_for(Some(intent));
+    }
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    assert_eq!(app.balance_micros(1).await, 30_000_000);
+
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the first round asked about both orders and the newest payment",
+        || async {
+            fake.refund_lists_refused_of("pi_unseen_1") == 1
+                && fake.refund_lists_refused_of("pi_unseen_2") == 1
+                && fake.refund_lists_refused_of("pi_unseen_newest") == 1
+        },
+    )
+    .await;
+    // A round later (claims still held), nothing more is asked.
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fake.refund_lists_refused_of("pi_unseen_1"), 1);
+    assert_eq!(
+        (left_because(&directory, 1), left_because(&directory, 2)),
+        (String::new(), String::new()),
+        "nothing left for good"
+    );
+    assert_eq!(legacy_records(&directory), 2);
+
+    // Once the claims run out, the orders are asked about again.
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS);
+    eventually("a later round asked about the orders again", || async {
+        fake.refund_lists_refused_of("pi_unseen_1") == 2
+    })
+    .await;
+    assert_eq!(left_because(&directory, 1), "");
+
+    // The key sees the payments: the records are replaced.
+    fake.set_refund_lists_refused_for(None);
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually("both orders settled, their $2 taken back", || async {
+        settled_orders(&directory) == 2
+    })
+    .await;
+    for (index, refund_id) in ignored.iter().enumerate() {
+        let order = index as i64 + 1;
+        assert_eq!(
+            rows_of(&app, 1, order).await[2..],
+            [(format!("stripe-refund:{refund_id}"), -2_000_000)]
+        );
+    }
+    assert_eq!(app.balance_micros(1).await, 26_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(orders_are_not_left_while_the_key_cannot_see_the_newest_payment);
+
+/// Stripe answers `resource_missing` about the only order the sweep has
+/// left, and no other payment can prove the key (there is none): the order
+/// is not left for good; it is asked about again once its claim runs out.
+async fn an_order_stripe_does_not_know_is_not_left_while_nothing_proves_the_key() {
+    let fake = FakeStripe::start().await;
+    let (directory, _) = orders_with_an_ignored_refund(&fake, &["pi_alone_gone"]);
+    fake.set_refund_lists_refused_for(Some("pi_alone_gone"));
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually("the first round asked about the order", || async {
+        fake.refund_lists_refused_of("pi_alone_gone") == 1
+    })
+    .await;
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually("a later round asked about it again", || async {
+        fake.refund_lists_refused_of("pi_alone_gone") == 2
+    })
+    .await;
+    assert_eq!(left_because(&directory, 1), "");
+    assert_eq!(legacy_records(&directory), 1);
+    assert_eq!(fake.requests_with("GET", "/v1/refunds").len(), 2);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(an_order_stripe_does_not_know_is_not_left_while_nothing_proves_the_key);
+
+/// Stripe answers `resource_missing` about the only order the sweep has
+/// left, and lists the refunds of the newest payment (the key sees this
+/// service's payments): that proves the order's payment is not the key's
+/// blind spot, and the order is left for good, asked about once.
+async fn an_order_stripe_does_not_know_is_left_once_the_newest_payment_proves_the_key() {
+    let fake = FakeStripe::start().await;
+    let (directory, _) = orders_with_an_ignored_refund(&fake, &["pi_proved_gone"]);
+    add_a_newer_order(&directory, 1, "pi_proved_newest");
+    fake.set_refund_lists_refused_for(Some("pi_proved_gone"));
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually("the sweep left the order", || async {
+        left_because(&directory, 1).contains("resource_missing")
+    })
+    .await;
+    assert_eq!(
+        fake.requests_with("GET", "/v1/refunds").len(),
+        2,
+        "the order's list, then the newest payment's"
+    );
+    assert_eq!(fake.refund_lists_refused_of("pi_proved_gone"), 1);
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        fake.refund_lists_refused_of("pi_proved_gone"),
+        1,
+        "asked once"
+    );
+    assert_eq!(app.balance_micros(1).await, 20_000_000);
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(an_order_stripe_does_not_know_is_left_once_the_newest_payment_proves_the_key);

@@ -384,11 +384,15 @@ impl Billing {
                     .await?;
                 Err(BillingError::Gateway(reason))
             }
-            Err(ChargeFailure::Other(BillingError::Gateway(reason))) => {
+            Err(ChargeFailure::Other(BillingError::Gateway(said))) => {
+                // Stripe's words go to the log; the attempt, the holder's
+                // view and the host's event say it in this service's.
+                tracing::warn!(account_id = attempt.account_id.0, attempt = attempt.n, %said,
+                    "Stripe refused an auto top-up's charge");
                 self.fail_attempt(
                     attempt,
                     AttemptStatus::Failed,
-                    reason,
+                    "Stripe refused the charge (the card on file could not be charged)".into(),
                     Some(AutoTopUpNotice::Failed {
                         amount: attempt.amount,
                     }),

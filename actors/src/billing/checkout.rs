@@ -477,9 +477,21 @@ impl Billing {
             .await
             .map_err(|error| match error {
                 GatewayError::Unavailable(message) => ChargeFailure::Unavailable(message),
-                refused @ (GatewayError::Refused(_)
-                | GatewayError::Missing(_)
-                | GatewayError::KeyRefused(_)) => ChargeFailure::Other(gateway_error(refused)),
+                // Stripe refused this service's API key (401, 403): the
+                // operator's to mend, and nothing was charged by this
+                // request — but an earlier one with the key may have
+                // been: asked again with the same key, as when Stripe
+                // cannot be reached, never the holder's failure.
+                GatewayError::KeyRefused(said) => {
+                    tracing::error!(order_id, %said, "Stripe refused the API key when charging a saved card: the charge is sent again with the same key later");
+                    ChargeFailure::Unavailable(
+                        "Stripe refused this service's API key (the operator must mend it)"
+                            .to_string(),
+                    )
+                }
+                refused @ (GatewayError::Refused(_) | GatewayError::Missing(_)) => {
+                    ChargeFailure::Other(gateway_error(refused))
+                }
             })?;
         self.charge_answered(order, card, outcome, now_ms).await
     }

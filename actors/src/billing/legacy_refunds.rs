@@ -5,14 +5,16 @@
 //! claimed under a lease, until none is left. An order stays the sweep's
 //! until its credit is settled with the refunds the replacement recorded
 //! (a round that replaced the record and then failed leaves it to a later
-//! round), or until the sweep leaves it for good: one it can never replace
-//! (no PaymentIntent, or one Stripe does not know, Stripe's refunds not
-//! matching those recorded, its credit not in the ledger) keeps its
-//! record, with why, logged once.
+//! round, which settles it from what was recorded), or until the sweep
+//! leaves it for good: one it can never replace (no PaymentIntent, Stripe's
+//! refunds not matching those recorded, its credit not in the ledger, or a
+//! PaymentIntent Stripe does not know — once the API key is proved to see
+//! this service's payments) keeps its record, with why, logged once.
 
 use super::checkout::Billing;
 use super::events::EventOutcome;
-use super::stripe_refunds::LegacyOrder;
+use super::gateway::GatewayError;
+use super::stripe_refunds::{LegacyOrder, RefundStanding};
 use super::BillingError;
 
 /// How often (of the clock) the sweep takes its next orders.
@@ -41,9 +43,16 @@ pub enum LegacySweep {
     Replaced(usize),
 }
 
-/// What one order's turn in a round came to: settled, or why the sweep
-/// can never replace its record.
-type Turn = Result<String, String>;
+/// What one order's turn in a round came to.
+enum Turn {
+    /// Settled.
+    Settled(String),
+    /// The sweep can never replace its record, because.
+    Leave(String),
+    /// Stripe knows no PaymentIntent of the order (`resource_missing`):
+    /// left only once the key is proved to see this service's payments.
+    Missing(String),
+}
 
 impl Billing {
     /// One round of the sweep: takes the next orders that are the sweep's
@@ -51,16 +60,25 @@ impl Billing {
     /// about it would: Stripe's list of the payment's refunds replaces the
     /// record, each refund recorded by its id, and the credit follows (a
     /// refund the legacy record left out is taken back, one that failed
-    /// since comes back). Stripe not answering (its rate limit, an outage)
-    /// or refusing the API key (401, 403: every order would meet it) ends
-    /// the round with an error, nothing recorded of that order, which
-    /// waits for its claim to run out; the orders the round did not reach
-    /// are given up to the next round (those still claimed under this
-    /// round's lease: one whose lease ran out may be another round's by
-    /// now). An order whose PaymentIntent Stripe does not know (its
-    /// `resource_missing`) is left for good. Any other failure of an order
-    /// is logged, and the order waits for its claim to run out while the
-    /// round goes on with the next.
+    /// since comes back); an order whose record was replaced already (a
+    /// round, or an event, failed after recording) is settled from what
+    /// was recorded, Stripe not asked again. Stripe not answering (its rate
+    /// limit, an outage) or refusing the API key (401, 403: every order
+    /// would meet it) ends the round with an error, nothing recorded of
+    /// that order, which waits for its claim to run out; the orders the
+    /// round did not reach are given up to the next round (those still
+    /// claimed under this round's lease: one whose lease ran out may be
+    /// another round's by now). An order whose PaymentIntent Stripe does
+    /// not know (its `resource_missing`) is left for good only once the
+    /// key is proved to see this service's payments — Stripe listed the
+    /// refunds of another order in the round, or else of the newest other
+    /// payment, asked at the end of the round —: Stripe says
+    /// `resource_missing` of every payment a key cannot see (a test-mode
+    /// key in production, another account's key). The newest payment
+    /// unknown too ends the round as the key's refusal does; no payment to
+    /// ask about leaves the orders to wait out their claims. Any other
+    /// failure of an order is logged, and the order waits for its claim to
+    /// run out while the round goes on with the next.
     pub async fn replace_legacy_records(&self, now_ms: i64) -> Result<LegacySweep, BillingError> {
         let lease_until_ms = now_ms.saturating_add(LEGACY_CLAIM_LEASE_MS);
         let claimed = self
@@ -77,14 +95,21 @@ impl Billing {
             });
         }
         let mut replaced = 0;
-        for (turn, legacy) in claimed.iter().enumerate() {
+        let mut key_proved = false;
+        let mut missing = Vec::new();
+        for (at, legacy) in claimed.iter().enumerate() {
             let order_id = legacy.order_id;
-            match self.sweep_order(legacy, now_ms).await {
-                Ok(Ok(detail)) => {
+            let swept = self.sweep_order(legacy, now_ms).await;
+            if let Ok((_, listed)) = &swept {
+                key_proved |= listed;
+            }
+            match swept.map(|(turn, _)| turn) {
+                Ok(Turn::Settled(detail)) => {
                     replaced += 1;
                     tracing::info!(order_id, %detail, "an order's legacy refund record replaced by Stripe's list of its refunds, its credit settled");
                 }
-                Ok(Err(because)) => self.leave_order(order_id, because).await,
+                Ok(Turn::Leave(because)) => self.leave_order(order_id, because).await,
+                Ok(Turn::Missing(because)) => missing.push((order_id, because)),
                 Err(
                     error @ (BillingError::GatewayUnavailable(_)
                     | BillingError::GatewayKeyRefused(_)),
@@ -92,7 +117,7 @@ impl Billing {
                     // This order waits its claim out; those not reached
                     // are the next round's (one order Stripe never
                     // answers about does not hold them up).
-                    let not_reached = claimed[turn + 1..]
+                    let not_reached = claimed[at + 1..]
                         .iter()
                         .map(|legacy| legacy.order_id)
                         .collect::<Vec<_>>();
@@ -106,6 +131,7 @@ impl Billing {
                             tracing::warn!(%release, "could not give up the sweep's claims of the orders its round did not reach; they wait for their claims to run out");
                         }
                     }
+                    self.leave_missing(missing, key_proved).await;
                     return Err(error);
                 }
                 Err(error) => {
@@ -119,22 +145,112 @@ impl Billing {
                 }
             }
         }
+        if !missing.is_empty() && !key_proved {
+            let excluding = missing.iter().map(|(order_id, _)| *order_id).collect();
+            match self.prove_key(excluding).await {
+                Ok(proved) => key_proved = proved,
+                Err(error) => {
+                    self.leave_missing(missing, false).await;
+                    return Err(error);
+                }
+            }
+        }
+        self.leave_missing(missing, key_proved).await;
         Ok(LegacySweep::Replaced(replaced))
     }
 
+    /// Whether the API key sees this service's payments: Stripe lists the
+    /// refunds of the newest payment other than `excluding` (those it said
+    /// it does not know). Not known either: the key cannot see them, an
+    /// error that ends the round as the key's refusal does. No such
+    /// payment, or Stripe refusing for another reason: not proved (the
+    /// orders wait out their claims).
+    async fn prove_key(&self, excluding: Vec<i64>) -> Result<bool, BillingError> {
+        let Some(newest) = self
+            .store
+            .billing()
+            .newest_payment_intent(excluding)
+            .await?
+        else {
+            tracing::warn!(
+                retry_after_ms = LEGACY_CLAIM_LEASE_MS,
+                "Stripe knows no PaymentIntent of orders the sweep asked about, and no other \
+                 payment can show that the API key sees this service's payments: the orders \
+                 are asked about again once their claims run out"
+            );
+            return Ok(false);
+        };
+        match self.gateway.refunds_of(newest.clone()).await {
+            Ok(_) => Ok(true),
+            Err(GatewayError::Missing(said)) => {
+                tracing::warn!(payment_intent_id = %newest, %said, "Stripe knows not even the newest payment's PaymentIntent");
+                Err(BillingError::GatewayKeyRefused(format!(
+                    "Stripe knows neither the PaymentIntents of the orders the sweep asked about \
+                     nor {newest}, the newest payment's: the API key cannot see this service's \
+                     payments (a test-mode key in live mode, or another account's key)"
+                )))
+            }
+            Err(GatewayError::Unavailable(said)) => Err(BillingError::GatewayUnavailable(format!(
+                "Stripe could not list the refunds of {newest}: {said}"
+            ))),
+            Err(GatewayError::KeyRefused(said)) => Err(BillingError::GatewayKeyRefused(format!(
+                "Stripe could not list the refunds of {newest}: {said}"
+            ))),
+            Err(GatewayError::Refused(said)) => {
+                tracing::warn!(payment_intent_id = %newest, %said, "Stripe refused to list the newest payment's refunds: the API key is not proved to see this service's payments");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Leaves for good the orders Stripe knows no PaymentIntent of, once
+    /// the key is proved; else they wait out their claims.
+    async fn leave_missing(&self, missing: Vec<(i64, String)>, key_proved: bool) {
+        for (order_id, because) in missing {
+            if key_proved {
+                self.leave_order(order_id, because).await;
+            } else {
+                tracing::warn!(
+                    order_id,
+                    retry_after_ms = LEGACY_CLAIM_LEASE_MS,
+                    "Stripe knows no PaymentIntent of an order, and the API key is not proved \
+                     to see this service's payments: the sweep asks about it again once its \
+                     claim runs out"
+                );
+            }
+        }
+    }
+
     /// One order's turn: Stripe's list of its payment's refunds replaces
-    /// its legacy record (if it still holds one), and its credit is
-    /// settled with them (marked so by [`Billing::apply_refunds`]). A
-    /// PaymentIntent Stripe does not know can never be asked about: why is
-    /// said in this service's words (Stripe's go to the log, once).
-    async fn sweep_order(&self, legacy: &LegacyOrder, now_ms: i64) -> Result<Turn, BillingError> {
+    /// its legacy record (if it still holds one; one replaced already is
+    /// settled from what was recorded), and its credit is settled with
+    /// them (marked so by [`Billing::apply_refunds`]). A PaymentIntent
+    /// Stripe does not know can never be asked about: why is said in this
+    /// service's words (Stripe's go to the log, once). Answered with
+    /// whether Stripe listed the payment's refunds (which proves the API
+    /// key sees this service's payments).
+    async fn sweep_order(
+        &self,
+        legacy: &LegacyOrder,
+        now_ms: i64,
+    ) -> Result<(Turn, bool), BillingError> {
         let Some(payment_intent_id) = legacy.payment_intent_id.as_deref() else {
-            return Ok(Err(
-                "the order has no PaymentIntent: Stripe cannot be asked for its refunds".into(),
+            return Ok((
+                Turn::Leave(
+                    "the order has no PaymentIntent: Stripe cannot be asked for its refunds".into(),
+                ),
+                false,
             ));
         };
+        let holds_legacy = self
+            .store
+            .billing()
+            .stripe_refunds(legacy.order_id)
+            .await?
+            .iter()
+            .any(|refund| refund.standing == RefundStanding::Legacy);
         let applied = match self
-            .apply_refunds(Some(payment_intent_id), &[], true, now_ms)
+            .apply_refunds(Some(payment_intent_id), &[], holds_legacy, now_ms)
             .await
         {
             Err(BillingError::GatewayMissing(said)) => {
@@ -144,15 +260,22 @@ impl Billing {
                     %said,
                     "Stripe knows no PaymentIntent of an order the sweep asked about"
                 );
-                return Ok(Err(format!(
-                    "Stripe knows no PaymentIntent {payment_intent_id} (resource_missing): \
-                     its refunds can never be listed"
-                )));
+                return Ok((
+                    Turn::Missing(format!(
+                        "Stripe knows no PaymentIntent {payment_intent_id} (resource_missing): \
+                         its refunds can never be listed"
+                    )),
+                    false,
+                ));
             }
             other => other?,
         };
         Ok(match applied {
-            EventOutcome::Applied(detail) => Ok(detail),
+            // Stripe was asked (the order held its legacy record) and
+            // listed the refunds, which were recorded, or refused as not
+            // matching those recorded.
+            EventOutcome::Applied(detail) => (Turn::Settled(detail), holds_legacy),
+            EventOutcome::Failed(detail) => (Turn::Leave(detail), holds_legacy),
             // Only an event's id makes a duplicate: never answered
             // here, and if it were, the order is taken up again.
             EventOutcome::Duplicate => {
@@ -160,9 +283,10 @@ impl Billing {
                     "the order's refunds were answered as a duplicate event".into(),
                 ))
             }
-            EventOutcome::Waiting { detail, .. }
-            | EventOutcome::Ignored(detail)
-            | EventOutcome::Failed(detail) => Err(detail),
+            // Answered before Stripe is asked.
+            EventOutcome::Waiting { detail, .. } | EventOutcome::Ignored(detail) => {
+                (Turn::Leave(detail), false)
+            }
         })
     }
 

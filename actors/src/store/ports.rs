@@ -466,6 +466,11 @@ pub trait BillingStore: Send + Sync {
     /// hold a legacy record, or whose record was replaced and not yet
     /// settled, and that the sweep has not left.
     fn legacy_orders_left(&self) -> StoreFuture<i64>;
+    /// The PaymentIntent of the newest order that has one, other than
+    /// `excluding`: the payment the sweep asks Stripe about to prove that
+    /// the API key sees this service's payments before it believes Stripe
+    /// knows no PaymentIntent of an order (`None`: no other order has one).
+    fn newest_payment_intent(&self, excluding: Vec<i64>) -> StoreFuture<Option<String>>;
     /// Gives up the sweep's claims of these orders (the round ended before
     /// it got to them) where they are still the round's own, claimed
     /// until `lease_until_ms` (a claim another round made since, once the

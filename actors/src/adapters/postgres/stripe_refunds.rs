@@ -280,6 +280,26 @@ impl PostgresStore {
         })
     }
 
+    pub(super) fn newest_payment_intent_op(
+        &self,
+        excluding: Vec<i64>,
+    ) -> StoreFuture<Option<String>> {
+        self.read(move |client| async move {
+            let row = client
+                .query_opt(
+                    "SELECT stripe_payment_intent_id FROM orders
+                      WHERE stripe_payment_intent_id IS NOT NULL AND id <> ALL($1)
+                      ORDER BY id DESC LIMIT 1",
+                    &[&excluding],
+                )
+                .await?;
+            Ok(match row {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            })
+        })
+    }
+
     pub(super) fn release_legacy_claims_op(
         &self,
         order_ids: Vec<i64>,

@@ -617,6 +617,10 @@ impl BillingStore for SqliteStore {
         self.legacy_orders_left_op()
     }
 
+    fn newest_payment_intent(&self, excluding: Vec<i64>) -> StoreFuture<Option<String>> {
+        self.newest_payment_intent_op(excluding)
+    }
+
     fn release_legacy_claims(&self, order_ids: Vec<i64>, lease_until_ms: i64) -> StoreFuture<()> {
         self.release_legacy_claims_op(order_ids, lease_until_ms)
     }

@@ -283,6 +283,34 @@ impl SqliteStore {
         })
     }
 
+    pub(super) fn newest_payment_intent_op(
+        &self,
+        excluding: Vec<i64>,
+    ) -> StoreFuture<Option<String>> {
+        self.read(move |connection| {
+            // Newest first: the few excluded are skipped in the walk down
+            // the primary key (no list of parameters to build).
+            let mut newest = connection.prepare_cached(
+                "SELECT id, stripe_payment_intent_id FROM orders
+                  WHERE stripe_payment_intent_id IS NOT NULL
+                  ORDER BY id DESC LIMIT ?1",
+            )?;
+            let wanted = i64::try_from(excluding.len())
+                .unwrap_or(i64::MAX)
+                .saturating_add(1);
+            let rows = newest.query_map([wanted], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?))
+            })?;
+            for row in rows {
+                let (order_id, payment_intent_id) = row?;
+                if !excluding.contains(&order_id) {
+                    return Ok(Some(payment_intent_id));
+                }
+            }
+            Ok(None)
+        })
+    }
+
     pub(super) fn release_legacy_claims_op(
         &self,
         order_ids: Vec<i64>,

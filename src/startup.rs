@@ -337,28 +337,35 @@ fn start_waiting_event_sweep(supervisor: Addr<StripeSupervisor>, clock: Arc<dyn 
 /// Replaces, every `LEGACY_SWEEP_EVERY_MS` of the clock (the first time
 /// that long after the start), a few more orders' legacy refund records
 /// (orders refunded before refunds were kept by id) with Stripe's lists of
-/// their refunds, settling their credit; stops once no order is the
-/// sweep's (each record replaced and settled, or left for good).
+/// their refunds, settling their credit; once no order is the sweep's
+/// (each record replaced and settled, or left for good), it looks again
+/// only every `LEGACY_WATCH_EVERY_MS` (a settled order is made the sweep's
+/// again by a refund recorded of it whose own settling failed).
 fn start_legacy_refund_sweep(billing: Billing, clock: Arc<dyn Clock>) {
-    use sms_credit_actors::billing::legacy_refunds::{LegacySweep, LEGACY_SWEEP_EVERY_MS};
+    use sms_credit_actors::billing::legacy_refunds::{
+        LegacySweep, LEGACY_SWEEP_EVERY_MS, LEGACY_WATCH_EVERY_MS,
+    };
     // The start is now, not when the task is first run.
     let started = clock.now_ms();
     actix_rt::spawn(async move {
         let mut last_round = started;
+        let mut every_ms = LEGACY_SWEEP_EVERY_MS;
         let mut ticks = actix_rt::time::interval(WAKE_SWEEP_TICK);
         loop {
             ticks.tick().await;
             let now_ms = clock.now_ms();
-            if now_ms.saturating_sub(last_round) < LEGACY_SWEEP_EVERY_MS {
+            if now_ms.saturating_sub(last_round) < every_ms {
                 continue;
             }
             last_round = now_ms;
             match billing.replace_legacy_records(now_ms).await {
                 Ok(LegacySweep::Done) => {
-                    tracing::info!("no order holds a legacy refund record: that sweep is over");
-                    return;
+                    if every_ms != LEGACY_WATCH_EVERY_MS {
+                        tracing::info!("no order holds a legacy refund record: that sweep now only looks again every five minutes");
+                    }
+                    every_ms = LEGACY_WATCH_EVERY_MS;
                 }
-                Ok(LegacySweep::Replaced(_)) => {}
+                Ok(LegacySweep::Replaced(_)) => every_ms = LEGACY_SWEEP_EVERY_MS,
                 Err(error) => {
                     tracing::warn!(%error, "could not replace orders' legacy refund records; the next round tries again")
                 }

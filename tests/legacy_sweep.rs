@@ -504,3 +504,60 @@ async fn an_order_stripe_does_not_know_is_left_once_the_newest_payment_proves_th
     assert_verified(&directory);
 }
 on_both_stores!(an_order_stripe_does_not_know_is_left_once_the_newest_payment_proves_the_key);
+
+/// The sweep has settled every order and found none left (its work done);
+/// then a new $1 refund's event fails at the refund's row and is never
+/// retried, making the order the sweep's again: the same server, without
+/// a restart, takes the $1 back within the sweep's slower watch (five
+/// minutes of the clock), tells the host once and marks it settled again.
+async fn an_order_made_the_sweeps_again_after_its_work_was_done_is_settled_without_a_restart() {
+    use sms_credit_actors::store::WritePart;
+    let fake = FakeStripe::start().await;
+    let (directory, ignored) = orders_with_an_ignored_refund(&fake, &["pi_done_then"]);
+    let settings = stripe_settings(&directory, &fake.base_url);
+    let clock = ManualClock::new(NOW_UNIX * 1000);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    eventually("the sweep settled the order", || async {
+        settled_orders(&directory) == 1
+    })
+    .await;
+    // A round that finds nothing left: the sweep's work is done (its task
+    // looks at the clock every second of real time: two and a half let
+    // it).
+    clock.advance_ms(LEGACY_SWEEP_EVERY_MS);
+    actix_rt::time::sleep(Duration::from_millis(2_500)).await;
+
+    let new = fake.refund_in_dashboard("pi_done_then", "ch_pi_done_then", 100);
+    let new_id = new["id"].as_str().unwrap().to_string();
+    let created = EventFactory::new().refund_event("refund.created", new);
+    let store = app.store.as_ref().unwrap();
+    store.fail_ledger_write_for_testing(&format!("stripe-refund:{new_id}"), WritePart::Row);
+    let (status, answer) = app.deliver(&created).await;
+    assert!(status.is_server_error(), "{status}: {answer}");
+    assert_eq!(
+        settled_orders(&directory),
+        0,
+        "the order is the sweep's again"
+    );
+
+    clock.advance_ms(LEGACY_CLAIM_LEASE_MS + LEGACY_SWEEP_EVERY_MS);
+    eventually(
+        "the same server took the $1 back and settled the order",
+        || async { net_of(&app, 1, 1).await == -3_000_000 && settled_orders(&directory) == 1 },
+    )
+    .await;
+    assert_eq!(
+        rows_of(&app, 1, 1).await[2..],
+        [
+            (format!("stripe-refund:{}", ignored[0]), -2_000_000),
+            (format!("stripe-refund:{new_id}"), -1_000_000)
+        ]
+    );
+    assert_eq!(told_refunds(&directory).len(), 2, "each refund told once");
+    let directory = app.stop().await;
+    assert_verified(&directory);
+}
+on_both_stores!(
+    an_order_made_the_sweeps_again_after_its_work_was_done_is_settled_without_a_restart
+);

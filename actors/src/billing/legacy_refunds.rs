@@ -20,6 +20,11 @@ use super::BillingError;
 /// How often (of the clock) the sweep takes its next orders.
 pub const LEGACY_SWEEP_EVERY_MS: i64 = 30_000;
 
+/// How often (of the clock) the sweep looks again once no order is its
+/// own: a refund recorded of a settled order whose own settling failed
+/// makes the order the sweep's again, and it is settled within this.
+pub const LEGACY_WATCH_EVERY_MS: i64 = LEGACY_CLAIM_LEASE_MS;
+
 /// The most orders one round asks Stripe about: Stripe's rate limit is
 /// far above it (25 a round is 50 lists a minute, most of one page).
 const LEGACY_SWEEP_BATCH: i64 = 25;
@@ -34,8 +39,10 @@ pub const LEGACY_CLAIM_LEASE_MS: i64 = 300_000;
 #[derive(Debug, PartialEq, Eq)]
 pub enum LegacySweep {
     /// No order is the sweep's any more (each legacy record replaced and
-    /// its order settled, or left for good): the sweep is over for good
-    /// (no legacy record is ever made again).
+    /// its order settled, or left for good): no legacy record is ever made
+    /// again, but a settled order is made the sweep's again by a refund
+    /// recorded of it whose settling failed, so the sweep looks again
+    /// every [`LEGACY_WATCH_EVERY_MS`].
     Done,
     /// This many orders' records were replaced and their credit settled;
     /// others may be left (for the next round, or claimed by another

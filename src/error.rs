@@ -169,6 +169,7 @@ impl ApiError {
                 LedgerError::InvalidKey(_) => "invalid_idempotency_key",
                 LedgerError::InvalidAmount(_) => "invalid_amount",
                 LedgerError::InvalidGrant(_) => "invalid_grant",
+                LedgerError::ExpiryPassed => "invalid_expires_at",
                 LedgerError::Overflow => "amount_out_of_range",
                 LedgerError::Busy => "busy",
                 LedgerError::Store(StoreError::CommitUnknown(_)) => "outcome_unknown",
@@ -336,6 +337,7 @@ impl ResponseError for ApiError {
                 LedgerError::InvalidKey(_)
                 | LedgerError::InvalidAmount(_)
                 | LedgerError::InvalidGrant(_)
+                | LedgerError::ExpiryPassed
                 | LedgerError::Overflow => StatusCode::BAD_REQUEST,
                 LedgerError::Busy
                 | LedgerError::Store(_)

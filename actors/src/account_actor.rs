@@ -157,7 +157,9 @@ pub struct Adjust {
     /// credit and makes none, so it takes none of these.
     pub category: Option<Category>,
     pub priority: Option<Priority>,
-    /// Unix milliseconds, after now.
+    /// Unix milliseconds, after now: one that is not is refused
+    /// ([`LedgerError::ExpiryPassed`]) unless the key already holds the
+    /// adjustment's row, which answers it (a retry).
     pub expires_at_ms: Option<i64>,
 }
 
@@ -1345,7 +1347,7 @@ impl AccountActor {
         // read is of the committed ledger, so the writes in flight are
         // settled first, and nothing later is written before it is in (a
         // later write of the same key must not be what the lookup finds).
-        let read_first = match self.refusal(&mutation) {
+        let read_first = match self.refusal(&mutation, now_ms) {
             Err(refusal) => Some(ReadFirst::Key(refusal)),
             Ok(()) if self.take_back_undecided(&mutation) => Some(ReadFirst::TakeBack),
             Ok(()) => match mutation.reversal_unread() {
@@ -1635,14 +1637,24 @@ impl AccountActor {
         Ok(previous)
     }
 
-    /// What the working state refuses of a mutation before any write.
-    fn refusal(&self, mutation: &Mutation) -> Result<(), LedgerError> {
+    /// What the working state (at `now_ms`) refuses of a mutation before
+    /// any write. Every refusal is answered only once its key is looked
+    /// up, so that a retry whose first try took effect gets that first
+    /// answer: no credit now, or an adjustment's expiry that has passed
+    /// since it was first asked, refuses only a request that is new.
+    fn refusal(&self, mutation: &Mutation, now_ms: i64) -> Result<(), LedgerError> {
         let balance_after = self.working.balance.checked_add(mutation.amount)?;
         if mutation.kind == TransactionKind::Debit && balance_after.is_negative() {
             return Err(LedgerError::InsufficientCredit {
                 balance: self.working.balance,
                 needed: -mutation.amount,
             });
+        }
+        let expiry = mutation
+            .adjustment_terms()
+            .and_then(|terms| terms.expires_at_ms);
+        if expiry.is_some_and(|expires_at_ms| expires_at_ms <= now_ms) {
+            return Err(LedgerError::ExpiryPassed);
         }
         Ok(())
     }

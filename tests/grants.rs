@@ -802,6 +802,67 @@ async fn a_retried_adjustment_whose_expiry_has_passed_since_is_answered_from_its
     );
 }
 
+on_both_stores!(an_account_whose_grants_cannot_be_used_says_an_operator_must_repair_it);
+/// An account whose grants cannot be used (its balance row's grants do not
+/// sum to its balance) refuses every change, and a retry never succeeds
+/// until an operator repairs it: the answer says so (`500
+/// grants_unusable`), not "retry" (`503 not_applied`), whichever door the
+/// change came through (an adjustment, a message), and names no setting.
+/// Its balance can still be read, and nothing was written or sent.
+async fn an_account_whose_grants_cannot_be_used_says_an_operator_must_repair_it() {
+    let twilio = crate::fake_twilio::FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings_of = |directory: &TestDatabase| {
+        crate::helpers::with_twilio(test_settings(directory), &twilio.base_url)
+    };
+    let app = TestApp::spawn_with(directory.clone(), settings_of(&directory)).await;
+    let account = app.create_account("+14155550416").await;
+    let (status, body) = app.post_adjustment(account, 1_000_000, "welcome").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let directory = app.stop().await;
+    directory.execute(&format!(
+        "UPDATE account_balances SET grants = '1:400000' WHERE account_id = {account}"
+    ));
+    let app = TestApp::spawn_with(directory.clone(), settings_of(&directory)).await;
+
+    for attempt in 0..2 {
+        for (door, (status, answer)) in [
+            ("adjustment", app.post_adjustment(account, 500_000, "more").await),
+            (
+                "message",
+                app.post_message(
+                    json!({"account_id": account, "body": "hi", "idempotency_key": "hi-1"}),
+                )
+                .await,
+            ),
+        ] {
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{door}, attempt {attempt}: {answer}"
+            );
+            assert_eq!(answer["error"]["code"], "grants_unusable", "{door}: {answer}");
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("an operator must repair")
+                    && !message.contains("SMS_CREDIT")
+                    && !message.to_lowercase().contains("retry it"),
+                "{door}: {message}"
+            );
+        }
+    }
+    assert_eq!(app.balance_micros(account).await, 1_000_000);
+    assert!(twilio.sent().is_empty(), "{:?}", twilio.sent());
+    let directory = app.stop().await;
+    assert_eq!(
+        directory.number(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE account_id = {account}"
+        )),
+        1,
+        "nothing was written"
+    );
+}
+
 on_both_stores!(adjustments_refuse_grant_terms_that_cannot_be);
 async fn adjustments_refuse_grant_terms_that_cannot_be() {
     let app = TestApp::spawn().await;

@@ -713,13 +713,13 @@ impl WorkingGrants {
 
 /// Why an account's grants cannot be used: its snapshot names grants it
 /// cannot read, or none were made (a database the backfill has not run
-/// on); no row is decided without them.
+/// on); no row is decided without them. Its own error, not a failure of
+/// the store: retrying cannot help until an operator repairs the account.
 fn grants_unusable(account_id: AccountId, why: &str) -> StoreError {
-    StoreError::Database(format!(
-        "the credit grants of account {account_id} cannot be used ({why}); nothing was changed: \
-         sms-credit verify names what is wrong, and sms-credit migrate, run with every server \
-         stopped, makes the grants again from the ledger"
-    ))
+    StoreError::GrantsUnusable {
+        account_id: account_id.0,
+        why: why.to_string(),
+    }
 }
 
 /// What an actor with writes in flight keeps besides its working state.

@@ -364,6 +364,18 @@ impl Mutation {
         self.hints.as_ref()?.grant.as_ref().map(|(terms, _)| *terms)
     }
 
+    /// What one segment to the account's own number costs, as far as this
+    /// mutation knows it: `Some(None)` when it was looked up and cannot be
+    /// priced; `None` when not known (a message's debit says its own).
+    fn own_segment(&self) -> Option<Option<Money>> {
+        let hints = self.hints.as_ref()?;
+        if hints.one_segment.is_some() || hints.own_segment_looked_up {
+            Some(hints.one_segment)
+        } else {
+            None
+        }
+    }
+
     /// What [`ExpireDue`] asks: the expiry rows due, and no row of its own.
     /// An expiry that names no grant; never written, and its key (grant 0's
     /// expiry at position 0) is one no row can hold.
@@ -843,6 +855,19 @@ impl AccountActor {
             .is_some_and(|grants| grants.at_seq == self.working.seq)
     }
 
+    /// Whether a grant has expired at `now_ms` with credit left while what
+    /// one segment to the account's own number costs is not known to
+    /// `mutation` (with a rate table: without one, nothing can be priced,
+    /// and no change is `balance.depleted` but a message's debit).
+    fn expiry_unpriced(&self, now_ms: i64, mutation: &Mutation) -> bool {
+        self.shared.settings.rates.is_some()
+            && mutation.own_segment().is_none()
+            && self
+                .grants
+                .as_ref()
+                .is_some_and(|grants| grants.book.due_expiry(now_ms).is_some())
+    }
+
     /// Whether a grant has expired at `now_ms` with credit left while the
     /// date of the row before its expiry row is not known (read with the
     /// snapshot first).
@@ -1280,9 +1305,31 @@ impl AccountActor {
             self.load_snapshot(vec![retry], ctx);
             return Step::Paused;
         }
+        if self.expiry_unpriced(now_ms, &mutation) {
+            // An expiry row is due, and what one segment to the account's
+            // own number costs is not known: read first (with nothing in
+            // flight), so that an expiry row that leaves less than that is
+            // `balance.depleted`, as any change that takes credit is.
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            if self.in_flight.is_some() {
+                return Step::Wait(retry);
+            }
+            let facts = Facts {
+                reached: false,
+                own_segment: true,
+                warning_of_message: None,
+            };
+            self.learn_facts(retry, facts, ctx);
+            return Step::Paused;
+        }
+        let one_segment = mutation.own_segment();
         // Grants that expired are taken first (their expiry rows), so that
         // nothing is decided on credit that is gone.
-        if let Err(error) = self.expire_due(now_ms, ctx) {
+        if let Err(error) = self.expire_due(now_ms, one_segment.flatten(), ctx) {
             answer_all(waiters, Err(error));
             return Step::Done;
         }
@@ -1376,8 +1423,11 @@ impl AccountActor {
             Ok(in_flight) => in_flight.waiters.append(&mut waiters),
             Err(error) => answer_all(waiters, Err(error)),
         }
-        // Credit given back to a grant that has expired expires again.
-        if let Err(error) = self.expire_due(now_ms, ctx) {
+        // Credit given back to a grant that has expired expires again (told
+        // `balance.depleted` only if the price was read: what it takes is
+        // what the give-back just gave, so it leaves the balance no lower
+        // than it was).
+        if let Err(error) = self.expire_due(now_ms, one_segment.flatten(), ctx) {
             tracing::warn!(account_id = self.account_id.0, %error, "an expiry after a give-back was not written; the next change writes it");
         }
         Step::Done
@@ -1389,8 +1439,15 @@ impl AccountActor {
     /// the row before it is (credit given back to a grant after its expiry
     /// expires when it came back; the dates of an account's rows never go
     /// back). What the books count in a period is then what happened in it,
-    /// however late the row is written.
-    fn expire_due(&mut self, now_ms: i64, ctx: &mut Context<Self>) -> Result<(), LedgerError> {
+    /// however late the row is written. A row that leaves the balance below
+    /// `one_segment` (what one segment to the account's own number costs,
+    /// when known) is `balance.depleted`, once, as any change's is.
+    fn expire_due(
+        &mut self,
+        now_ms: i64,
+        one_segment: Option<Money>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), LedgerError> {
         while let Some((due, last_row_at_ms)) = self.grants.as_ref().and_then(|grants| {
             grants
                 .book
@@ -1415,6 +1472,8 @@ impl AccountActor {
                         grant_id: due.id,
                         at_ms,
                     }),
+                    one_segment,
+                    own_segment_looked_up: true,
                     ..Hints::default()
                 })),
             };

@@ -181,7 +181,9 @@ async fn an_expiry_that_leaves_less_than_the_next_message_costs_tells_balance_de
     let expires_at = NOW_MS + DAY_MS;
     let mut accounts = Vec::new();
     for (index, paid) in [10_000, 0].into_iter().enumerate() {
-        let account = app.create_account(&format!("+1415555043{}", 5 + index)).await;
+        let account = app
+            .create_account(&format!("+1415555043{}", 5 + index))
+            .await;
         post_adjustment(
             &app,
             account,

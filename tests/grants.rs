@@ -827,7 +827,10 @@ async fn an_account_whose_grants_cannot_be_used_says_an_operator_must_repair_it(
 
     for attempt in 0..2 {
         for (door, (status, answer)) in [
-            ("adjustment", app.post_adjustment(account, 500_000, "more").await),
+            (
+                "adjustment",
+                app.post_adjustment(account, 500_000, "more").await,
+            ),
             (
                 "message",
                 app.post_message(
@@ -841,7 +844,10 @@ async fn an_account_whose_grants_cannot_be_used_says_an_operator_must_repair_it(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "{door}, attempt {attempt}: {answer}"
             );
-            assert_eq!(answer["error"]["code"], "grants_unusable", "{door}: {answer}");
+            assert_eq!(
+                answer["error"]["code"], "grants_unusable",
+                "{door}: {answer}"
+            );
             let message = answer["error"]["message"].as_str().unwrap();
             assert!(
                 message.contains("an operator must repair")

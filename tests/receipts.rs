@@ -10,10 +10,10 @@ use serde_json::Value;
 use sms_credit_actors::clock::{Clock, ManualClock};
 
 use crate::fake_stripe::{receipt_url, EventFactory, FakeStripe};
-use crate::refunds_by_id::eventually;
 use crate::helpers::{
     fresh_directory, stripe_settings, test_settings, TestApp, ADMIN_TOKEN, NOW_UNIX,
 };
+use crate::refunds_by_id::eventually;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -249,9 +249,10 @@ async fn two_listings_at_once_ask_stripe_once_for_a_receipt() {
     let second_answered = std::cell::Cell::new(false);
     let first = payments(&app, account, &token);
     let then = async {
-        eventually("the first listing to ask Stripe for the receipt", || async {
-            asked_for(&fake, &intent) > before
-        })
+        eventually(
+            "the first listing to ask Stripe for the receipt",
+            || async { asked_for(&fake, &intent) > before },
+        )
         .await;
         let second = async {
             let listed = payments(&app, account, &token).await;
@@ -261,9 +262,10 @@ async fn two_listings_at_once_ask_stripe_once_for_a_receipt() {
         // Stripe answers once the second listing has had its chance to ask
         // too: it answered (without waiting for Stripe), or it asked.
         let release = async {
-            eventually("the second listing to answer, or to ask Stripe too", || async {
-                second_answered.get() || asked_for(&fake, &intent) > before + 1
-            })
+            eventually(
+                "the second listing to answer, or to ask Stripe too",
+                || async { second_answered.get() || asked_for(&fake, &intent) > before + 1 },
+            )
             .await;
             fake.release_receipts();
         };

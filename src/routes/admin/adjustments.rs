@@ -131,15 +131,16 @@ pub fn checked(
     let idempotency_key = IdempotencyKey::from_caller(idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
     let (category, priority, expires_at_ms) =
-        adjustment_terms(amount, terms.category, terms.priority, terms.expires_at)
-    .map_err(|refused| {
-        let code = match refused.field {
-            "category" => "invalid_category",
-            "priority" => "invalid_priority",
-            _ => "invalid_expires_at",
-        };
-        ApiError::invalid(code, refused.message)
-    })?;
+        adjustment_terms(amount, terms.category, terms.priority, terms.expires_at).map_err(
+            |refused| {
+                let code = match refused.field {
+                    "category" => "invalid_category",
+                    "priority" => "invalid_priority",
+                    _ => "invalid_expires_at",
+                };
+                ApiError::invalid(code, refused.message)
+            },
+        )?;
     Ok(Adjust {
         amount,
         idempotency_key,

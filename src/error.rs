@@ -139,8 +139,10 @@ impl ApiError {
 
     /// The stable machine-readable code of this error.
     pub fn code(&self) -> &'static str {
-        if let Some(StoreError::UnknownValue(_)) = store_cause(self) {
-            return "unknown_stored_value";
+        match store_cause(self) {
+            Some(StoreError::UnknownValue(_)) => return "unknown_stored_value",
+            Some(StoreError::GrantsUnusable { .. }) => return "grants_unusable",
+            _ => {}
         }
         match self {
             ApiError::InvalidRequest { code, .. } => code,
@@ -169,6 +171,7 @@ impl ApiError {
                 LedgerError::InvalidKey(_) => "invalid_idempotency_key",
                 LedgerError::InvalidAmount(_) => "invalid_amount",
                 LedgerError::InvalidGrant(_) => "invalid_grant",
+                LedgerError::ExpiryPassed => "invalid_expires_at",
                 LedgerError::Overflow => "amount_out_of_range",
                 LedgerError::Busy => "busy",
                 LedgerError::Store(StoreError::CommitUnknown(_)) => "outcome_unknown",
@@ -246,10 +249,22 @@ impl ApiError {
     /// What the client is told. Store failures are told without internals;
     /// their causes go to the log.
     fn public_message(&self) -> String {
-        if let Some(StoreError::UnknownValue(unknown)) = store_cause(self) {
-            return format!(
-                "the database holds a value this release does not know ({unknown}); nothing was changed"
-            );
+        match store_cause(self) {
+            Some(StoreError::UnknownValue(unknown)) => {
+                return format!(
+                    "the database holds a value this release does not know ({unknown}); nothing was changed"
+                )
+            }
+            // Why goes to the log; the caller learns that asking again is
+            // no use until the account is repaired.
+            Some(StoreError::GrantsUnusable { account_id, .. }) => {
+                return format!(
+                    "the credit of account {account_id} cannot be used, so nothing was changed: \
+                     an operator must repair the account (sms-credit verify names what is \
+                     wrong); asking again will not help until then"
+                )
+            }
+            _ => {}
         }
         match self {
             ApiError::Ledger(
@@ -316,7 +331,11 @@ pub struct ErrorDetail<'a> {
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        if let Some(StoreError::UnknownValue(_)) = store_cause(self) {
+        // What the database holds is at fault, not the request nor the
+        // store's reach: a 500, which no client retries as a 503 invites.
+        if let Some(StoreError::UnknownValue(_) | StoreError::GrantsUnusable { .. }) =
+            store_cause(self)
+        {
             return StatusCode::INTERNAL_SERVER_ERROR;
         }
         match self {
@@ -336,6 +355,7 @@ impl ResponseError for ApiError {
                 LedgerError::InvalidKey(_)
                 | LedgerError::InvalidAmount(_)
                 | LedgerError::InvalidGrant(_)
+                | LedgerError::ExpiryPassed
                 | LedgerError::Overflow => StatusCode::BAD_REQUEST,
                 LedgerError::Busy
                 | LedgerError::Store(_)
@@ -526,6 +546,32 @@ mod tests {
             assert!(error
                 .public_message()
                 .contains("orders row 12: unknown order_type 'gift'"));
+        }
+    }
+
+    #[test]
+    fn grants_that_cannot_be_used_are_a_500_that_no_retry_mends_through_every_door() {
+        let unusable = StoreError::GrantsUnusable {
+            account_id: 7,
+            why: "they hold $5.70 in all, but the balance is $5.699".into(),
+        };
+        let ledger = LedgerError::Store(unusable.clone());
+        for error in [
+            ApiError::Ledger(ledger.clone()),
+            ApiError::Billing(BillingError::Ledger(ledger.clone())),
+            ApiError::Messaging(MessagingError::Ledger(ledger.clone())),
+            ApiError::Sms(SmsError::Ledger(ledger)),
+            ApiError::Store(unusable.clone()),
+        ] {
+            assert_eq!(error.status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert_eq!(error.code(), "grants_unusable");
+            let told = error.public_message();
+            assert!(
+                told.contains("account 7") && told.contains("an operator must repair"),
+                "{told}"
+            );
+            // Why is for the log; the caller is never told to retry.
+            assert!(!told.contains("5.699") && !told.contains("retry"), "{told}");
         }
     }
 }

@@ -163,6 +163,96 @@ async fn an_untouched_accounts_grant_is_expired_within_one_round_of_the_sweep() 
     assert_verified(&directory);
 }
 
+on_both_stores!(an_expiry_that_leaves_less_than_the_next_message_costs_tells_balance_depleted_once);
+/// An expiry row that leaves an account less than one segment to its own
+/// number costs (5.65¢ to the US) is `balance.depleted`, as an adjustment
+/// or a refund that does: one account is left 1¢ of paid credit, the other
+/// nothing. Told once: the sweep's next round and a later change that
+/// stays below make no second.
+async fn an_expiry_that_leaves_less_than_the_next_message_costs_tells_balance_depleted_once() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let settings = crate::webhooks::webhook_settings(&directory);
+    let app = TestApp::spawn_with_clock(directory.clone(), settings, clock.clone()).await;
+    let receiver = Receiver::start().await;
+    let (_, secret) =
+        crate::webhooks::add_endpoint(&app, &receiver.url, json!(["balance.depleted"])).await;
+    receiver.trust(&secret);
+    let expires_at = NOW_MS + DAY_MS;
+    let mut accounts = Vec::new();
+    for (index, paid) in [10_000, 0].into_iter().enumerate() {
+        let account = app
+            .create_account(&format!("+1415555043{}", 5 + index))
+            .await;
+        post_adjustment(
+            &app,
+            account,
+            json!({"amount_micros": 2_000_000, "reason": "welcome", "idempotency_key": "welcome",
+                   "expires_at": format_rfc3339_ms(expires_at)}),
+        )
+        .await;
+        if paid > 0 {
+            post_adjustment(
+                &app,
+                account,
+                json!({"amount_micros": paid, "reason": "paid outside Stripe",
+                       "idempotency_key": "paid", "category": "paid"}),
+            )
+            .await;
+        }
+        accounts.push((account, paid));
+    }
+
+    let written_at = expires_at + 1_000;
+    clock.set_ms(written_at);
+    let depleted = receiver.accepted("balance.depleted", accounts.len()).await;
+    let mut told: Vec<(i64, i64)> = depleted
+        .iter()
+        .map(|received| {
+            (
+                received.body["data"]["account_id"].as_i64().unwrap(),
+                received.body["data"]["balance_micros"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    told.sort_unstable();
+    let mut expected = accounts.clone();
+    expected.sort_unstable();
+    assert_eq!(told, expected, "{depleted:?}");
+    for (account, _) in &accounts {
+        let expiry = expiry_rows(&directory, *account);
+        assert_eq!(expiry.len(), 1, "account {account}: {expiry:?}");
+        let seq: i64 = expiry[0].split(':').next().unwrap().parse().unwrap();
+        let told_of = depleted
+            .iter()
+            .find(|received| received.body["data"]["account_id"] == *account)
+            .unwrap();
+        assert_eq!(told_of.body["data"]["seq"], seq, "the expiry row's");
+    }
+
+    // Once: the next round finds nothing due, and a change that stays
+    // below one segment crosses nothing.
+    clock.set_ms(written_at + EXPIRY_SWEEP_EVERY_MS);
+    let passed = format!("{expires_at}:{}:1", accounts[1].0);
+    wait_for("a second round to pass both grants", || {
+        swept_until(&directory).as_deref() == Some(passed.as_str())
+    })
+    .await;
+    let (status, answer) = app.post_adjustment(accounts[0].0, -1_000, "less").await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    for (account, _) in &accounts {
+        assert_eq!(
+            directory.number(&format!(
+                "SELECT COUNT(*) FROM webhook_events WHERE type = 'balance.depleted' AND account_id = {account}"
+            )),
+            1,
+            "one balance.depleted for account {account}"
+        );
+    }
+    app.stop().await;
+    assert_verified(&directory);
+}
+
 on_both_stores!(two_instances_sweeping_one_database_write_one_expiry_row_per_grant);
 /// Two servers on one database and one clock, each with its own sweep:
 /// both rounds find the same grants, and every grant that expired with

@@ -96,6 +96,9 @@ struct State {
     retrieve_fails: bool,
     /// PaymentIntents are answered without their charge (no receipt yet).
     receipts_withheld: bool,
+    /// Asks for a receipt (a PaymentIntent with its charge) wait for
+    /// [`FakeStripe::release_receipts`] before they are answered.
+    receipts_held: bool,
     /// Whether every request fails, with nothing done (Stripe unreachable).
     unreachable: bool,
     /// Whether the Search API answers 429 (its rate limit reached).
@@ -141,6 +144,8 @@ pub struct FakeStripe {
     pub base_url: String,
     state: Arc<Mutex<State>>,
     gate: Arc<tokio::sync::Semaphore>,
+    /// Where held asks for a receipt wait (see `hold_receipts`).
+    receipt_gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// The receipt link the fake's charge of `payment_intent` carries (shaped
@@ -224,6 +229,7 @@ impl FakeStripe {
             charges_made: 0,
             retrieve_fails: false,
             receipts_withheld: false,
+            receipts_held: false,
             unreachable: false,
             search_limited: false,
             rate_limited: false,
@@ -244,10 +250,13 @@ impl FakeStripe {
         let shared = web::Data::from(Arc::clone(&state));
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let gate_data = web::Data::from(Arc::clone(&gate));
+        let receipt_gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let receipt_gate_data = web::Data::new(ReceiptGate(Arc::clone(&receipt_gate)));
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(shared.clone())
                 .app_data(gate_data.clone())
+                .app_data(receipt_gate_data.clone())
                 .default_service(web::to(answer))
         })
         .workers(1)
@@ -259,6 +268,7 @@ impl FakeStripe {
             base_url: format!("http://127.0.0.1:{port}"),
             state,
             gate,
+            receipt_gate,
         }
     }
 
@@ -291,6 +301,18 @@ impl FakeStripe {
     /// PaymentIntents are answered without a charge (Stripe has none yet).
     pub fn set_receipts_withheld(&self, withheld: bool) {
         self.state.lock().unwrap().receipts_withheld = withheld;
+    }
+
+    /// Asks for a receipt are recorded, then wait to be answered until
+    /// [`FakeStripe::release_receipts`] (as a slow Stripe would leave them).
+    pub fn hold_receipts(&self) {
+        self.state.lock().unwrap().receipts_held = true;
+    }
+
+    /// Answers the held asks for a receipt, and every later one.
+    pub fn release_receipts(&self) {
+        self.state.lock().unwrap().receipts_held = false;
+        self.receipt_gate.add_permits(1_000_000);
     }
 
     pub fn set_retrieve_fails(&self, fails: bool) {
@@ -547,9 +569,14 @@ fn search_intents(state: &State, query: &str) -> (u16, Value) {
     )
 }
 
+/// Where held asks for a receipt wait (its own type, beside the charges'
+/// gate, so that the two are told apart in the app's data).
+struct ReceiptGate(Arc<tokio::sync::Semaphore>);
+
 async fn answer(
     state: web::Data<Mutex<State>>,
     gate: web::Data<tokio::sync::Semaphore>,
+    receipt_gate: web::Data<ReceiptGate>,
     request: HttpRequest,
     body: web::Bytes,
 ) -> HttpResponse {
@@ -567,7 +594,10 @@ async fn answer(
         .get("Idempotency-Key")
         .and_then(|value| value.to_str().ok())
         .map(str::to_string);
-    let (status, body, hold) = {
+    let asks_receipt = request.method() == awc::http::Method::GET
+        && path.starts_with("/v1/payment_intents/")
+        && request.query_string().contains("latest_charge");
+    let (status, body, hold, hold_receipt) = {
         let mut state = state.lock().unwrap();
         let charges_before = state.charges_made;
         let (status, body) =
@@ -578,8 +608,11 @@ async fn answer(
         if let (true, Some(key)) = (hold, &idempotency_key) {
             state.in_progress.insert(key.clone());
         }
-        (status, body, hold)
+        (status, body, hold, asks_receipt && state.receipts_held)
     };
+    if hold_receipt {
+        let _ = receipt_gate.0.acquire().await;
+    }
     if hold {
         let _ = gate.acquire().await;
         if let Some(key) = &idempotency_key {

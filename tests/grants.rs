@@ -730,6 +730,145 @@ async fn an_adjustments_key_again_with_other_grant_terms_is_a_conflict() {
     assert_verified(&directory);
 }
 
+on_both_stores!(a_retried_adjustment_whose_expiry_has_passed_since_is_answered_from_its_key);
+/// An adjustment's expiry is judged when it is first asked: a retry of it
+/// (the same key, the same terms) after that expiry has passed is answered
+/// from its key with the first row, never refused for an expiry in the
+/// past. A new key with that expiry is refused (400, nothing changed), and
+/// the key again with other terms is still a conflict.
+async fn a_retried_adjustment_whose_expiry_has_passed_since_is_answered_from_its_key() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let settings = test_settings(&directory);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let account = app.create_account("+14155550414").await;
+    let expires_at = sms_credit_actors::clock::format_rfc3339_ms(NOW_MS + 60_000);
+    let asked = |key: &str, micros: i64, expires_at: &str| {
+        json!({"amount_micros": micros, "reason": "welcome", "idempotency_key": key,
+               "expires_at": expires_at})
+    };
+    let post = |body: Value| {
+        let app = &app;
+        async move {
+            app.request(
+                "POST",
+                &format!("/v1/admin/accounts/{account}/adjustments"),
+                Some(ADMIN_TOKEN),
+                Some(body),
+            )
+            .await
+        }
+    };
+    let (status, first) = post(asked("welcome", 2_000_000, &expires_at)).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["replayed"], false);
+
+    // Two minutes on, the grant has expired (and its expiry row may be
+    // written); the caller, who never heard the first answer, retries.
+    clock.set_ms(NOW_MS + 120_000);
+    let (status, again) = post(asked("welcome", 2_000_000, &expires_at)).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["replayed"], true, "{again}");
+    assert_eq!(again["transaction"], first["transaction"], "{again}");
+
+    // The key again with other terms: a conflict, whether the expiry it
+    // asks is in the past or the amount differs.
+    let earlier = sms_credit_actors::clock::format_rfc3339_ms(NOW_MS + 30_000);
+    for body in [
+        asked("welcome", 2_000_000, &earlier),
+        asked("welcome", 3_000_000, &expires_at),
+    ] {
+        let (status, answer) = post(body.clone()).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}: {answer}");
+        assert_eq!(answer["error"]["code"], "idempotency_conflict", "{answer}");
+    }
+
+    // A new key with that expiry, now past: refused, and nothing changed.
+    let balance = app.balance_micros(account).await;
+    let (status, answer) = post(asked("welcome-late", 2_000_000, &expires_at)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid_expires_at", "{answer}");
+    assert_eq!(
+        answer["error"]["message"], "an expiry must be in the future",
+        "{answer}"
+    );
+    assert_eq!(app.balance_micros(account).await, balance);
+    let directory = app.stop().await;
+    assert_eq!(
+        directory.number(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE idempotency_key = 'welcome-late' AND account_id = {account}"
+        )),
+        0
+    );
+}
+
+on_both_stores!(an_account_whose_grants_cannot_be_used_says_an_operator_must_repair_it);
+/// An account whose grants cannot be used (its balance row's grants do not
+/// sum to its balance) refuses every change, and a retry never succeeds
+/// until an operator repairs it: the answer says so (`500
+/// grants_unusable`), not "retry" (`503 not_applied`), whichever door the
+/// change came through (an adjustment, a message), and names no setting.
+/// Its balance can still be read, and nothing was written or sent.
+async fn an_account_whose_grants_cannot_be_used_says_an_operator_must_repair_it() {
+    let twilio = crate::fake_twilio::FakeTwilio::start().await;
+    let directory = fresh_directory();
+    let settings_of = |directory: &TestDatabase| {
+        crate::helpers::with_twilio(test_settings(directory), &twilio.base_url)
+    };
+    let app = TestApp::spawn_with(directory.clone(), settings_of(&directory)).await;
+    let account = app.create_account("+14155550416").await;
+    let (status, body) = app.post_adjustment(account, 1_000_000, "welcome").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let directory = app.stop().await;
+    directory.execute(&format!(
+        "UPDATE account_balances SET grants = '1:400000' WHERE account_id = {account}"
+    ));
+    let app = TestApp::spawn_with(directory.clone(), settings_of(&directory)).await;
+
+    for attempt in 0..2 {
+        for (door, (status, answer)) in [
+            (
+                "adjustment",
+                app.post_adjustment(account, 500_000, "more").await,
+            ),
+            (
+                "message",
+                app.post_message(
+                    json!({"account_id": account, "body": "hi", "idempotency_key": "hi-1"}),
+                )
+                .await,
+            ),
+        ] {
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{door}, attempt {attempt}: {answer}"
+            );
+            assert_eq!(
+                answer["error"]["code"], "grants_unusable",
+                "{door}: {answer}"
+            );
+            let message = answer["error"]["message"].as_str().unwrap();
+            assert!(
+                message.contains("an operator must repair")
+                    && !message.contains("SMS_CREDIT")
+                    && !message.to_lowercase().contains("retry it"),
+                "{door}: {message}"
+            );
+        }
+    }
+    assert_eq!(app.balance_micros(account).await, 1_000_000);
+    assert!(twilio.sent().is_empty(), "{:?}", twilio.sent());
+    let directory = app.stop().await;
+    assert_eq!(
+        directory.number(&format!(
+            "SELECT COUNT(*) FROM transactions WHERE account_id = {account}"
+        )),
+        1,
+        "nothing was written"
+    );
+}
+
 on_both_stores!(adjustments_refuse_grant_terms_that_cannot_be);
 async fn adjustments_refuse_grant_terms_that_cannot_be() {
     let app = TestApp::spawn().await;

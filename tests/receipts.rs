@@ -13,6 +13,7 @@ use crate::fake_stripe::{receipt_url, EventFactory, FakeStripe};
 use crate::helpers::{
     fresh_directory, stripe_settings, test_settings, TestApp, ADMIN_TOKEN, NOW_UNIX,
 };
+use crate::refunds_by_id::eventually;
 
 const HOUR_MS: i64 = 3_600_000;
 
@@ -233,3 +234,133 @@ async fn a_listing_asks_stripe_for_a_few_receipts_at_a_time_so_older_ones_get_th
     assert_eq!(with(&listed), [true; 7], "{listed:?}");
 }
 on_both_stores!(a_listing_asks_stripe_for_a_few_receipts_at_a_time_so_older_ones_get_their_turn);
+
+on_both_stores!(two_listings_at_once_ask_stripe_once_for_a_receipt);
+/// Two listings of one account's payments at once (as two instances, or
+/// two tabs, would make them): the one that claims the receipt's ask asks
+/// Stripe; the other, which finds it claimed while Stripe has not answered
+/// yet, shows the payment without its receipt and asks nobody. Stripe is
+/// asked once, and the receipt it gave is kept and shown.
+async fn two_listings_at_once_ask_stripe_once_for_a_receipt() {
+    let (fake, app, _clock, _events, (account, _customer, token)) = paying("+14155550873").await;
+    let intent = format!("pi_access_{account}");
+    let before = asked_for(&fake, &intent);
+    fake.hold_receipts();
+    let second_answered = std::cell::Cell::new(false);
+    let first = payments(&app, account, &token);
+    let then = async {
+        eventually(
+            "the first listing to ask Stripe for the receipt",
+            || async { asked_for(&fake, &intent) > before },
+        )
+        .await;
+        let second = async {
+            let listed = payments(&app, account, &token).await;
+            second_answered.set(true);
+            listed
+        };
+        // Stripe answers once the second listing has had its chance to ask
+        // too: it answered (without waiting for Stripe), or it asked.
+        let release = async {
+            eventually(
+                "the second listing to answer, or to ask Stripe too",
+                || async { second_answered.get() || asked_for(&fake, &intent) > before + 1 },
+            )
+            .await;
+            fake.release_receipts();
+        };
+        futures_util::future::join(second, release).await.0
+    };
+    let (first, second) = futures_util::future::join(first, then).await;
+    assert_eq!(asked_for(&fake, &intent), before + 1, "Stripe asked once");
+    assert_eq!(first[0]["receipt_url"], receipt_url(&intent).as_str());
+    assert_eq!(second[0]["receipt_url"], Value::Null, "{second:?}");
+    assert_eq!(
+        payments(&app, account, &token).await[0]["receipt_url"],
+        receipt_url(&intent).as_str()
+    );
+    assert_eq!(asked_for(&fake, &intent), before + 1, "kept");
+}
+
+on_both_stores!(a_receipt_that_cannot_be_recorded_is_still_listed_and_asked_for_later);
+/// The store cannot record a listing's receipt work: the listing answers
+/// all the same. Stripe gave the receipt but it could not be kept: shown
+/// in this answer, asked for again an hour later (the ask was claimed).
+/// The ask itself could not be claimed: Stripe is not asked, the payment
+/// is shown without it, and the next listing asks.
+async fn a_receipt_that_cannot_be_recorded_is_still_listed_and_asked_for_later() {
+    let (fake, app, clock, mut events, (account, customer, token)) = paying("+14155550874").await;
+    let store = app.store.clone().unwrap();
+    let intent = format!("pi_access_{account}");
+    let before = asked_for(&fake, &intent);
+
+    // Stripe gives the receipt; its recording fails.
+    fake.hold_receipts();
+    let listing = payments(&app, account, &token);
+    let fail_the_record = async {
+        eventually("the listing to ask Stripe for the receipt", || async {
+            asked_for(&fake, &intent) > before
+        })
+        .await;
+        store.fail_next_commits_for_testing(1_000_000);
+        fake.release_receipts();
+    };
+    let (listed, ()) = futures_util::future::join(listing, fail_the_record).await;
+    store.fail_next_commits_for_testing(0);
+    assert_eq!(listed[0]["receipt_url"], receipt_url(&intent).as_str());
+    let order = listed[0]["id"].as_i64().unwrap();
+    let (status, detail) = app
+        .request(
+            "GET",
+            &format!("/v1/admin/orders/{order}"),
+            Some(ADMIN_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{detail}");
+    assert_eq!(detail["order"]["receipt_url"], Value::Null, "not kept");
+    // Not asked again at once; an hour later, asked again and kept.
+    payments(&app, account, &token).await;
+    assert_eq!(asked_for(&fake, &intent), before + 1);
+    clock.advance_ms(HOUR_MS);
+    assert_eq!(
+        payments(&app, account, &token).await[0]["receipt_url"],
+        receipt_url(&intent).as_str()
+    );
+    assert_eq!(asked_for(&fake, &intent), before + 2);
+
+    // A new payment whose ask cannot be claimed: not asked, shown without
+    // its receipt; the next listing asks.
+    let (order, top_up_intent) = top_up(
+        &app,
+        &clock,
+        &mut events,
+        (account, &customer, &token),
+        "unclaimed",
+    )
+    .await;
+    let before = asked_for(&fake, &top_up_intent);
+    store.fail_next_commits_for_testing(1_000_000);
+    let (status, body) = app
+        .request(
+            "GET",
+            &format!("/v1/accounts/{account}/payments"),
+            Some(&token),
+            None,
+        )
+        .await;
+    store.fail_next_commits_for_testing(0);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["payments"][0]["id"], order);
+    assert_eq!(body["payments"][0]["receipt_url"], Value::Null);
+    assert_eq!(
+        asked_for(&fake, &top_up_intent),
+        before,
+        "not asked unclaimed"
+    );
+    assert_eq!(
+        payments(&app, account, &token).await[0]["receipt_url"],
+        receipt_url(&top_up_intent).as_str()
+    );
+    assert_eq!(asked_for(&fake, &top_up_intent), before + 1);
+}

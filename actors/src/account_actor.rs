@@ -157,7 +157,9 @@ pub struct Adjust {
     /// credit and makes none, so it takes none of these.
     pub category: Option<Category>,
     pub priority: Option<Priority>,
-    /// Unix milliseconds, after now.
+    /// Unix milliseconds, after now: one that is not is refused
+    /// ([`LedgerError::ExpiryPassed`]) unless the key already holds the
+    /// adjustment's row, which answers it (a retry).
     pub expires_at_ms: Option<i64>,
 }
 
@@ -360,6 +362,18 @@ impl Mutation {
             return None;
         }
         self.hints.as_ref()?.grant.as_ref().map(|(terms, _)| *terms)
+    }
+
+    /// What one segment to the account's own number costs, as far as this
+    /// mutation knows it: `Some(None)` when it was looked up and cannot be
+    /// priced; `None` when not known (a message's debit says its own).
+    fn own_segment(&self) -> Option<Option<Money>> {
+        let hints = self.hints.as_ref()?;
+        if hints.one_segment.is_some() || hints.own_segment_looked_up {
+            Some(hints.one_segment)
+        } else {
+            None
+        }
     }
 
     /// What [`ExpireDue`] asks: the expiry rows due, and no row of its own.
@@ -711,13 +725,13 @@ impl WorkingGrants {
 
 /// Why an account's grants cannot be used: its snapshot names grants it
 /// cannot read, or none were made (a database the backfill has not run
-/// on); no row is decided without them.
+/// on); no row is decided without them. Its own error, not a failure of
+/// the store: retrying cannot help until an operator repairs the account.
 fn grants_unusable(account_id: AccountId, why: &str) -> StoreError {
-    StoreError::Database(format!(
-        "the credit grants of account {account_id} cannot be used ({why}); nothing was changed: \
-         sms-credit verify names what is wrong, and sms-credit migrate, run with every server \
-         stopped, makes the grants again from the ledger"
-    ))
+    StoreError::GrantsUnusable {
+        account_id: account_id.0,
+        why: why.to_string(),
+    }
 }
 
 /// What an actor with writes in flight keeps besides its working state.
@@ -839,6 +853,19 @@ impl AccountActor {
         self.grants
             .as_ref()
             .is_some_and(|grants| grants.at_seq == self.working.seq)
+    }
+
+    /// Whether a grant has expired at `now_ms` with credit left while what
+    /// one segment to the account's own number costs is not known to
+    /// `mutation` (with a rate table: without one, nothing can be priced,
+    /// and no change is `balance.depleted` but a message's debit).
+    fn expiry_unpriced(&self, now_ms: i64, mutation: &Mutation) -> bool {
+        self.shared.settings.rates.is_some()
+            && mutation.own_segment().is_none()
+            && self
+                .grants
+                .as_ref()
+                .is_some_and(|grants| grants.book.due_expiry(now_ms).is_some())
     }
 
     /// Whether a grant has expired at `now_ms` with credit left while the
@@ -1278,9 +1305,31 @@ impl AccountActor {
             self.load_snapshot(vec![retry], ctx);
             return Step::Paused;
         }
+        if self.expiry_unpriced(now_ms, &mutation) {
+            // An expiry row is due, and what one segment to the account's
+            // own number costs is not known: read first (with nothing in
+            // flight), so that an expiry row that leaves less than that is
+            // `balance.depleted`, as any change that takes credit is.
+            let retry = Retry {
+                mutation,
+                waiters,
+                attempts,
+            };
+            if self.in_flight.is_some() {
+                return Step::Wait(retry);
+            }
+            let facts = Facts {
+                reached: false,
+                own_segment: true,
+                warning_of_message: None,
+            };
+            self.learn_facts(retry, facts, ctx);
+            return Step::Paused;
+        }
+        let one_segment = mutation.own_segment();
         // Grants that expired are taken first (their expiry rows), so that
         // nothing is decided on credit that is gone.
-        if let Err(error) = self.expire_due(now_ms, ctx) {
+        if let Err(error) = self.expire_due(now_ms, one_segment.flatten(), ctx) {
             answer_all(waiters, Err(error));
             return Step::Done;
         }
@@ -1345,7 +1394,7 @@ impl AccountActor {
         // read is of the committed ledger, so the writes in flight are
         // settled first, and nothing later is written before it is in (a
         // later write of the same key must not be what the lookup finds).
-        let read_first = match self.refusal(&mutation) {
+        let read_first = match self.refusal(&mutation, now_ms) {
             Err(refusal) => Some(ReadFirst::Key(refusal)),
             Ok(()) if self.take_back_undecided(&mutation) => Some(ReadFirst::TakeBack),
             Ok(()) => match mutation.reversal_unread() {
@@ -1374,8 +1423,11 @@ impl AccountActor {
             Ok(in_flight) => in_flight.waiters.append(&mut waiters),
             Err(error) => answer_all(waiters, Err(error)),
         }
-        // Credit given back to a grant that has expired expires again.
-        if let Err(error) = self.expire_due(now_ms, ctx) {
+        // Credit given back to a grant that has expired expires again (told
+        // `balance.depleted` only if the price was read: what it takes is
+        // what the give-back just gave, so it leaves the balance no lower
+        // than it was).
+        if let Err(error) = self.expire_due(now_ms, one_segment.flatten(), ctx) {
             tracing::warn!(account_id = self.account_id.0, %error, "an expiry after a give-back was not written; the next change writes it");
         }
         Step::Done
@@ -1387,8 +1439,15 @@ impl AccountActor {
     /// the row before it is (credit given back to a grant after its expiry
     /// expires when it came back; the dates of an account's rows never go
     /// back). What the books count in a period is then what happened in it,
-    /// however late the row is written.
-    fn expire_due(&mut self, now_ms: i64, ctx: &mut Context<Self>) -> Result<(), LedgerError> {
+    /// however late the row is written. A row that leaves the balance below
+    /// `one_segment` (what one segment to the account's own number costs,
+    /// when known) is `balance.depleted`, once, as any change's is.
+    fn expire_due(
+        &mut self,
+        now_ms: i64,
+        one_segment: Option<Money>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), LedgerError> {
         while let Some((due, last_row_at_ms)) = self.grants.as_ref().and_then(|grants| {
             grants
                 .book
@@ -1413,6 +1472,8 @@ impl AccountActor {
                         grant_id: due.id,
                         at_ms,
                     }),
+                    one_segment,
+                    own_segment_looked_up: true,
                     ..Hints::default()
                 })),
             };
@@ -1635,14 +1696,24 @@ impl AccountActor {
         Ok(previous)
     }
 
-    /// What the working state refuses of a mutation before any write.
-    fn refusal(&self, mutation: &Mutation) -> Result<(), LedgerError> {
+    /// What the working state (at `now_ms`) refuses of a mutation before
+    /// any write. Every refusal is answered only once its key is looked
+    /// up, so that a retry whose first try took effect gets that first
+    /// answer: no credit now, or an adjustment's expiry that has passed
+    /// since it was first asked, refuses only a request that is new.
+    fn refusal(&self, mutation: &Mutation, now_ms: i64) -> Result<(), LedgerError> {
         let balance_after = self.working.balance.checked_add(mutation.amount)?;
         if mutation.kind == TransactionKind::Debit && balance_after.is_negative() {
             return Err(LedgerError::InsufficientCredit {
                 balance: self.working.balance,
                 needed: -mutation.amount,
             });
+        }
+        let expiry = mutation
+            .adjustment_terms()
+            .and_then(|terms| terms.expires_at_ms);
+        if expiry.is_some_and(|expires_at_ms| expires_at_ms <= now_ms) {
+            return Err(LedgerError::ExpiryPassed);
         }
         Ok(())
     }

@@ -28,6 +28,11 @@ pub enum LedgerError {
     /// category, say).
     #[error("invalid grant: {0}")]
     InvalidGrant(&'static str),
+    /// A grant asked to expire at or before now. Judged by the actor after
+    /// the request's key, so that a retry of an adjustment made before its
+    /// expiry passed is answered from its row instead.
+    #[error("an expiry must be in the future")]
+    ExpiryPassed,
     #[error("the balance would leave the range of a 64-bit amount")]
     Overflow,
     #[error("too many operations are waiting on this account; try again shortly")]

@@ -915,15 +915,17 @@ pub struct TermsRefused {
 /// The terms of the grant a positive adjustment makes, read from what the
 /// operator gave (the API's and the command line's words): a category
 /// (`paid` or `promotional`), a priority (0 to 100) and an expiry (RFC
-/// 3339, after `now_ms`). A negative adjustment makes no grant and takes
-/// none of them.
+/// 3339). A negative adjustment makes no grant and takes none of them.
+/// Whether the expiry is still to come is not judged here but by the
+/// account's actor, after the adjustment's key
+/// ([`crate::LedgerError::ExpiryPassed`]): a retry of an adjustment made
+/// before its expiry passed is answered from its row, never refused.
 #[allow(clippy::type_complexity)]
 pub fn adjustment_terms(
     amount: Money,
     category: Option<&str>,
     priority: Option<i64>,
     expires_at: Option<&str>,
-    now_ms: i64,
 ) -> Result<(Option<Category>, Option<Priority>, Option<i64>), TermsRefused> {
     let refused = |field: &'static str, message: &str| TermsRefused {
         field,
@@ -956,16 +958,12 @@ pub fn adjustment_terms(
         .transpose()?;
     let expires_at_ms = expires_at
         .map(|text| {
-            let at = crate::clock::parse_rfc3339_ms(text).ok_or_else(|| {
+            crate::clock::parse_rfc3339_ms(text).ok_or_else(|| {
                 refused(
                     "expires_at",
                     "an expiry is an RFC 3339 time, such as 2026-12-31T23:59:59Z",
                 )
-            })?;
-            if at <= now_ms {
-                return Err(refused("expires_at", "an expiry must be in the future"));
-            }
-            Ok(at)
+            })
         })
         .transpose()?;
     Ok((category, priority, expires_at_ms))
@@ -1485,7 +1483,7 @@ mod tests {
     fn an_adjustments_terms_are_refused_clearly() {
         let positive = money(1_000);
         assert_eq!(
-            adjustment_terms(positive, None, None, None, 0),
+            adjustment_terms(positive, None, None, None),
             Ok((None, None, None))
         );
         assert_eq!(
@@ -1494,7 +1492,6 @@ mod tests {
                 Some("paid"),
                 Some(10),
                 Some("2026-01-01T00:00:00Z"),
-                0
             ),
             Ok((
                 Some(Paid),
@@ -1504,33 +1501,23 @@ mod tests {
         );
         let field = |result: Result<_, TermsRefused>| result.map_err(|refused| refused.field);
         assert_eq!(
-            field(adjustment_terms(money(-1), Some("paid"), None, None, 0)),
+            field(adjustment_terms(money(-1), Some("paid"), None, None)),
             Err("category")
         );
         assert_eq!(
-            field(adjustment_terms(money(-1), None, None, Some("x"), 0)),
+            field(adjustment_terms(money(-1), None, None, Some("x"))),
             Err("expires_at")
         );
         assert_eq!(
-            field(adjustment_terms(positive, Some("gift"), None, None, 0)),
+            field(adjustment_terms(positive, Some("gift"), None, None)),
             Err("category")
         );
         assert_eq!(
-            field(adjustment_terms(positive, None, Some(101), None, 0)),
+            field(adjustment_terms(positive, None, Some(101), None)),
             Err("priority")
         );
         assert_eq!(
-            field(adjustment_terms(positive, None, None, Some("tomorrow"), 0)),
-            Err("expires_at")
-        );
-        assert_eq!(
-            field(adjustment_terms(
-                positive,
-                None,
-                None,
-                Some("2026-01-01T00:00:00Z"),
-                1_767_225_600_000
-            )),
+            field(adjustment_terms(positive, None, None, Some("tomorrow"))),
             Err("expires_at")
         );
     }

@@ -3,7 +3,11 @@
 //! learnt. A receipt is asked of Stripe when its holder lists their
 //! payments after the order completed (a few at a time), and kept: Stripe
 //! is never asked again for one it gave, and one it did not give is asked
-//! again only an hour later, for 30 days after the payment.
+//! again only an hour later, for 30 days after the payment. Each ask is
+//! claimed in the store first, so that of listings at once (one server's,
+//! or several servers') one alone asks. The receipts are a courtesy to the
+//! listing: a store that cannot record them leaves the listing answered
+//! all the same (logged, and asked again later).
 
 use futures_util::future::join_all;
 
@@ -28,9 +32,14 @@ pub const ASK_FOR_MS: i64 = 30 * 86_400_000;
 /// first. With a gateway, the receipts not learnt yet of the newest
 /// [`ASKED_AT_ONCE`] that are due (never asked, or asked
 /// [`ASK_AGAIN_AFTER_MS`] ago or more, within [`ASK_FOR_MS`] of the
-/// payment) are asked of Stripe and the asking recorded; one Stripe does
-/// not give (no answer, no charge yet, a link that is not `https`) is left
-/// out of this answer and asked again by a later one once due.
+/// payment) are claimed (the store records the ask, unless another
+/// listing claimed it first: that one asks, and this answer goes without
+/// it), then asked of Stripe; one Stripe does not give (no answer, no
+/// charge yet, a link that is not `https`) is left out of this answer and
+/// asked again by a later one once due. A claim or a receipt the store
+/// cannot record is logged and fails nothing: a receipt Stripe gave is
+/// shown all the same, and asked again once due (an ask not claimed is not
+/// made, and the next listing claims it).
 pub async fn payments_of(
     store: &Store,
     gateway: Option<&dyn PaymentGateway>,
@@ -48,7 +57,7 @@ pub async fn payments_of(
     let Some(gateway) = gateway else {
         return Ok(payments);
     };
-    let asked: Vec<(usize, String)> = payments
+    let due: Vec<(usize, String)> = payments
         .iter()
         .enumerate()
         .filter(|(_, order)| order.receipt_url.is_none() && receipt_due(order, now_ms))
@@ -60,6 +69,28 @@ pub async fn payments_of(
         })
         .take(ASKED_AT_ONCE)
         .collect();
+    let last_asked_by_ms = now_ms.saturating_sub(ASK_AGAIN_AFTER_MS);
+    let claims = join_all(due.iter().map(|(index, _)| {
+        store
+            .billing()
+            .claim_receipt_ask(payments[*index].id, now_ms, last_asked_by_ms)
+    }))
+    .await;
+    let mut asked = Vec::with_capacity(due.len());
+    for ((index, intent), claim) in due.into_iter().zip(claims) {
+        let order_id = payments[index].id;
+        match claim {
+            Ok(true) => {
+                payments[index].receipt_asked_at_ms = Some(now_ms);
+                asked.push((index, intent));
+            }
+            // Another listing asks (or learnt it): shown by the next.
+            Ok(false) => {}
+            Err(error) => {
+                tracing::warn!(order_id, %error, "the ask for the order's receipt could not be recorded; Stripe not asked, the next listing asks");
+            }
+        }
+    }
     let answers = join_all(
         asked
             .iter()
@@ -69,23 +100,25 @@ pub async fn payments_of(
     for ((index, intent), answer) in asked.into_iter().zip(answers) {
         let order_id = payments[index].id;
         let given = match answer {
-            Ok(Some(url)) if is_receipt_link(&url) => Some(url),
+            Ok(Some(url)) if is_receipt_link(&url) => url,
             Ok(Some(url)) => {
                 tracing::warn!(order_id, payment_intent = %intent, %url, "Stripe gave a receipt link that is not https: not shown");
-                None
+                continue;
             }
-            Ok(None) => None,
+            Ok(None) => continue,
             Err(error) => {
                 tracing::warn!(order_id, payment_intent = %intent, %error, "Stripe's receipt of the order could not be had; asked again in an hour, when the payments are listed");
-                None
+                continue;
             }
         };
-        store
+        if let Err(error) = store
             .billing()
-            .record_receipt(order_id, given.clone(), now_ms)
-            .await?;
-        payments[index].receipt_url = given;
-        payments[index].receipt_asked_at_ms = Some(now_ms);
+            .record_receipt(order_id, given.clone())
+            .await
+        {
+            tracing::warn!(order_id, payment_intent = %intent, %error, "the receipt Stripe gave could not be recorded; shown in this listing, asked again in an hour");
+        }
+        payments[index].receipt_url = Some(given);
     }
     Ok(payments)
 }

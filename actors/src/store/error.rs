@@ -56,6 +56,17 @@ pub enum StoreError {
     /// some default, because a default could move money.
     #[error("the database holds a value this release does not know: {0}")]
     UnknownValue(UnknownValue),
+    /// An account's credit grants cannot be used (`why`): its snapshot
+    /// names grants it cannot read, they do not sum to its balance, or
+    /// they were never made (a database the backfill has not run on). No
+    /// row is decided without them, and a retry cannot succeed until an
+    /// operator repairs the account: not a failure of the store to retry.
+    #[error(
+        "the credit grants of account {account_id} cannot be used ({why}); nothing was changed: \
+         sms-credit verify names what is wrong, and sms-credit migrate, run with every server \
+         stopped, makes the grants again from the ledger"
+    )]
+    GrantsUnusable { account_id: i64, why: String },
 }
 
 /// A stored value outside what its column may hold, with the row it is in.

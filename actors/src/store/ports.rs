@@ -383,15 +383,22 @@ pub trait BillingStore: Send + Sync {
     /// Records the PaymentIntent of an order that has none yet.
     fn set_order_payment_intent(&self, order_id: i64, payment_intent_id: String)
         -> StoreFuture<()>;
-    /// Records that Stripe was asked for a paid order's receipt at
-    /// `asked_at_ms`, and the receipt it gave, if it gave one (one learnt
-    /// already is kept).
-    fn record_receipt(
+    /// Claims the asking of Stripe for a paid order's receipt at
+    /// `asked_at_ms`, before it is asked: `true` (and `asked_at_ms`
+    /// recorded as when it was asked) only if no receipt is learnt and it
+    /// was never asked, or last asked at or before `last_asked_by_ms`;
+    /// `false` if another listing (of this instance or another) claimed it
+    /// first, or learnt it. Decided in one statement, so that of listings
+    /// at once one alone asks.
+    fn claim_receipt_ask(
         &self,
         order_id: i64,
-        receipt_url: Option<String>,
         asked_at_ms: i64,
-    ) -> StoreFuture<()>;
+        last_asked_by_ms: i64,
+    ) -> StoreFuture<bool>;
+    /// Records the receipt Stripe gave for a paid order (one learnt
+    /// already is kept).
+    fn record_receipt(&self, order_id: i64, receipt_url: String) -> StoreFuture<()>;
     /// Ends, as failed, up to `limit` pending orders opened before
     /// `opened_before_ms` that hold a discount code's use and never got a
     /// Checkout Session (the server stopped, or the request was dropped,

@@ -3,7 +3,6 @@
 
 use crate::routes::admin::adjustments::{checked, AdjustmentResponse, AskedTerms};
 use clap::Args;
-use sms_credit_actors::clock::{Clock, SystemClock};
 use sms_credit_actors::{AccountId, Money, Receipt};
 
 use crate::cli::output::{print_json, with_core};
@@ -56,7 +55,6 @@ impl AdjustCommand {
                 category: self.category.as_deref(),
                 priority: self.priority,
                 expires_at: self.expires_at.as_deref(),
-                now_ms: SystemClock.now_ms(),
             },
         )
         .map_err(|error| error.to_string())?;

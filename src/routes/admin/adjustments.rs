@@ -75,7 +75,6 @@ pub async fn create(
             category: request.category.as_deref(),
             priority: request.priority,
             expires_at: request.expires_at.as_deref(),
-            now_ms: state.clock.now_ms(),
         },
     )?;
     let receipt = state.registry.send(account_id, adjustment).await?;
@@ -83,12 +82,13 @@ pub async fn create(
 }
 
 /// The terms of the grant a positive adjustment makes, as the operator
-/// wrote them (none on a negative one), and the time they are judged at.
+/// wrote them (none on a negative one). Whether the expiry is still to come
+/// is judged by the account's actor after the key (a retry is answered from
+/// its row, whenever it comes), not here.
 pub struct AskedTerms<'a> {
     pub category: Option<&'a str>,
     pub priority: Option<i64>,
     pub expires_at: Option<&'a str>,
-    pub now_ms: i64,
 }
 
 /// An adjustment as the operator asks for it, checked by the same rules
@@ -130,21 +130,17 @@ pub fn checked(
     }
     let idempotency_key = IdempotencyKey::from_caller(idempotency_key)
         .map_err(|error| ApiError::invalid("invalid_idempotency_key", error.to_string()))?;
-    let (category, priority, expires_at_ms) = adjustment_terms(
-        amount,
-        terms.category,
-        terms.priority,
-        terms.expires_at,
-        terms.now_ms,
-    )
-    .map_err(|refused| {
-        let code = match refused.field {
-            "category" => "invalid_category",
-            "priority" => "invalid_priority",
-            _ => "invalid_expires_at",
-        };
-        ApiError::invalid(code, refused.message)
-    })?;
+    let (category, priority, expires_at_ms) =
+        adjustment_terms(amount, terms.category, terms.priority, terms.expires_at).map_err(
+            |refused| {
+                let code = match refused.field {
+                    "category" => "invalid_category",
+                    "priority" => "invalid_priority",
+                    _ => "invalid_expires_at",
+                };
+                ApiError::invalid(code, refused.message)
+            },
+        )?;
     Ok(Adjust {
         amount,
         idempotency_key,

@@ -510,21 +510,38 @@ impl BillingStore for PostgresStore {
         })
     }
 
-    fn record_receipt(
+    fn claim_receipt_ask(
         &self,
         order_id: i64,
-        receipt_url: Option<String>,
         asked_at_ms: i64,
-    ) -> StoreFuture<()> {
+        last_asked_by_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |transaction| {
+            boxed(async move {
+                // The row's lock decides between listings at once: the
+                // second re-reads the row the first updated, and finds it
+                // claimed.
+                let claimed = transaction
+                    .execute(
+                        "UPDATE orders SET receipt_asked_at = $2
+                          WHERE id = $1 AND receipt_url IS NULL
+                            AND (receipt_asked_at IS NULL OR receipt_asked_at <= $3)",
+                        &[&order_id, &asked_at_ms, &last_asked_by_ms],
+                    )
+                    .await?;
+                Ok(claimed == 1)
+            })
+        })
+    }
+
+    fn record_receipt(&self, order_id: i64, receipt_url: String) -> StoreFuture<()> {
         self.write(move |transaction| {
             let receipt_url = receipt_url.clone();
             boxed(async move {
                 transaction
                     .execute(
-                        "UPDATE orders SET receipt_url = COALESCE(receipt_url, $2),
-                                           receipt_asked_at = $3
-                          WHERE id = $1",
-                        &[&order_id, &receipt_url, &asked_at_ms],
+                        "UPDATE orders SET receipt_url = COALESCE(receipt_url, $2) WHERE id = $1",
+                        &[&order_id, &receipt_url],
                     )
                     .await?;
                 Ok(())

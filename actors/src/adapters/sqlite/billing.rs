@@ -493,20 +493,31 @@ impl BillingStore for SqliteStore {
         self.write(move |connection| set_payment_intent(connection, order_id, &payment_intent_id))
     }
 
-    fn record_receipt(
+    fn claim_receipt_ask(
         &self,
         order_id: i64,
-        receipt_url: Option<String>,
         asked_at_ms: i64,
-    ) -> StoreFuture<()> {
+        last_asked_by_ms: i64,
+    ) -> StoreFuture<bool> {
+        self.write(move |connection| {
+            let claimed = connection
+                .prepare_cached(
+                    "UPDATE orders SET receipt_asked_at = ?2
+                      WHERE id = ?1 AND receipt_url IS NULL
+                        AND (receipt_asked_at IS NULL OR receipt_asked_at <= ?3)",
+                )?
+                .execute(params![order_id, asked_at_ms, last_asked_by_ms])?;
+            Ok(claimed == 1)
+        })
+    }
+
+    fn record_receipt(&self, order_id: i64, receipt_url: String) -> StoreFuture<()> {
         self.write(move |connection| {
             connection
                 .prepare_cached(
-                    "UPDATE orders SET receipt_url = COALESCE(receipt_url, ?2),
-                                       receipt_asked_at = ?3
-                      WHERE id = ?1",
+                    "UPDATE orders SET receipt_url = COALESCE(receipt_url, ?2) WHERE id = ?1",
                 )?
-                .execute(params![order_id, receipt_url, asked_at_ms])?;
+                .execute(params![order_id, receipt_url])?;
             Ok(())
         })
     }

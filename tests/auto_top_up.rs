@@ -1036,6 +1036,17 @@ async fn a_charge_stripe_rate_limited_is_asked_again_not_failed() {
     stripe.set_rate_limited(true);
     clock.advance_ms(31_000);
     wait_for_requests(stripe, "/v1/payment_intents", 2).await;
+    // What the holder reads of it is in the server's words.
+    let view = wait_for_attempts(app, account, &token, |attempts| {
+        attempts[0]["reason"]
+            .as_str()
+            .is_some_and(|reason| reason.contains("asked again with the same key"))
+    })
+    .await;
+    assert!(
+        !view.to_string().contains("Too many requests"),
+        "Stripe's words reach the holder: {view}"
+    );
     stripe.set_rate_limited(false);
     clock.advance_ms(31_000);
     let view = wait_for_attempts(app, account, &token, |attempts| {
@@ -1066,6 +1077,11 @@ async fn a_key_stripe_refuses_is_not_the_holders_failure() {
     let view = get_auto(app, account, &token).await;
     assert_eq!(view["enabled"], true, "{view}");
     assert_eq!(view["consecutive_failures"], 0, "{view}");
+    let reason = view["attempts"][0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("refused this service's credentials") && !reason.contains("API Key"),
+        "the holder reads: {reason}"
+    );
     app.settle_notices(account).await;
     let told: Vec<String> = twilio
         .sent()
@@ -1099,6 +1115,33 @@ async fn a_key_stripe_refuses_is_not_the_holders_failure() {
         sent[0].idempotency_key, sent[1].idempotency_key,
         "with the same key"
     );
+}
+
+on_both_stores!(a_buy_stripe_refuses_the_key_for_is_refused_in_the_servers_words);
+/// `BUY $10` while Stripe refuses the server's API key (a 401): the
+/// customer is told top-ups by SMS are not available now and offered the
+/// web (nothing was charged by that request: never "could not confirm"),
+/// in the server's words; nothing is charged or credited.
+async fn a_buy_stripe_refuses_the_key_for_is_refused_in_the_servers_words() {
+    let Setup {
+        app,
+        stripe,
+        mut events,
+        ..
+    } = setup().await;
+    let phone = "+14155553751";
+    let (account, _, _) = active_account(&app, &mut events, phone).await;
+    let before = app.balance_micros(account).await;
+    stripe.set_charge_mode(ChargeMode::KeyRefused);
+    let (_, twiml) = app.post_twilio_sms("SMbuykey", phone, "BUY $10").await;
+    let reply = reply_text(&twiml);
+    assert!(
+        reply.starts_with("Top-ups by SMS are not available right now. Top up on the web:"),
+        "{reply}"
+    );
+    assert!(!reply.contains("API Key"), "{reply}");
+    assert_eq!(stripe.charges_made(), 0);
+    assert_eq!(app.balance_micros(account).await, before);
 }
 
 on_both_stores!(buy_by_sms_stops_at_the_daily_limit);

@@ -1060,6 +1060,22 @@ impl AccountActor {
         }));
     }
 
+    /// A read that must come before `retry` is decided, made with nothing
+    /// in flight: started now (the actor pauses until it is answered), or
+    /// `retry` waits for the writes in flight to be settled first.
+    fn read_first(
+        &mut self,
+        retry: Retry,
+        ctx: &mut Context<Self>,
+        read: impl FnOnce(&mut Self, Retry, &mut Context<Self>),
+    ) -> Step {
+        if self.in_flight.is_some() {
+            return Step::Wait(retry);
+        }
+        read(self, retry, ctx);
+        Step::Paused
+    }
+
     /// Loads the committed snapshot, holding every message until it is in,
     /// then computes `then` again on it. A store that cannot be read is
     /// retried, because answering from a guessed state is never right.
@@ -1283,11 +1299,9 @@ impl AccountActor {
                 waiters,
                 attempts,
             };
-            if self.in_flight.is_some() {
-                return Step::Wait(retry);
-            }
-            self.load_snapshot(vec![retry], ctx);
-            return Step::Paused;
+            return self.read_first(retry, ctx, |actor, retry, ctx| {
+                actor.load_snapshot(vec![retry], ctx)
+            });
         }
         let now_ms = self.shared.clock.now_ms();
         if self.expiry_undated(now_ms) {
@@ -1299,11 +1313,9 @@ impl AccountActor {
                 waiters,
                 attempts,
             };
-            if self.in_flight.is_some() {
-                return Step::Wait(retry);
-            }
-            self.load_snapshot(vec![retry], ctx);
-            return Step::Paused;
+            return self.read_first(retry, ctx, |actor, retry, ctx| {
+                actor.load_snapshot(vec![retry], ctx)
+            });
         }
         if self.expiry_unpriced(now_ms, &mutation) {
             // An expiry row is due, and what one segment to the account's
@@ -1315,16 +1327,14 @@ impl AccountActor {
                 waiters,
                 attempts,
             };
-            if self.in_flight.is_some() {
-                return Step::Wait(retry);
-            }
             let facts = Facts {
                 reached: false,
                 own_segment: true,
                 warning_of_message: None,
             };
-            self.learn_facts(retry, facts, ctx);
-            return Step::Paused;
+            return self.read_first(retry, ctx, |actor, retry, ctx| {
+                actor.learn_facts(retry, facts, ctx)
+            });
         }
         let one_segment = mutation.own_segment();
         // Grants that expired are taken first (their expiry rows), so that
@@ -1408,16 +1418,12 @@ impl AccountActor {
                 waiters,
                 attempts,
             };
-            if self.in_flight.is_some() {
-                return Step::Wait(retry);
-            }
-            match read_first {
-                ReadFirst::Key(refusal) => self.answer_from_ledger(retry, refusal, true, ctx),
-                ReadFirst::Facts(facts) => self.learn_facts(retry, facts, ctx),
-                ReadFirst::TakeBack => self.learn_take_back(retry, ctx),
-                ReadFirst::Reversal(message_id) => self.learn_reversal(retry, message_id, ctx),
-            }
-            return Step::Paused;
+            return self.read_first(retry, ctx, |actor, retry, ctx| match read_first {
+                ReadFirst::Key(refusal) => actor.answer_from_ledger(retry, refusal, true, ctx),
+                ReadFirst::Facts(facts) => actor.learn_facts(retry, facts, ctx),
+                ReadFirst::TakeBack => actor.learn_take_back(retry, ctx),
+                ReadFirst::Reversal(message_id) => actor.learn_reversal(retry, message_id, ctx),
+            });
         }
         match self.apply(mutation, attempts + 1, now_ms, ctx) {
             Ok(in_flight) => in_flight.waiters.append(&mut waiters),

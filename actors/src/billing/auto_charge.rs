@@ -13,6 +13,10 @@ use super::auto_top_up::{
 use super::checkout::{Billing, ChargeFailure, ChargeResult};
 use super::orders::OrderType;
 use super::BillingError;
+
+/// What an attempt Stripe did not answer about shows (Stripe's words, and
+/// what the request met, go to the log).
+const NOT_ANSWERED: &str = "Stripe did not answer; the charge is asked again with the same key";
 use crate::accounts::Card;
 use crate::ledger::AccountId;
 use crate::messaging::notices::{AutoTopUpNotice, NoticeKind};
@@ -364,25 +368,27 @@ impl Billing {
                 )
                 .await
             }
-            Err(ChargeFailure::Unavailable(reason))
+            Err(ChargeFailure::Unavailable(said) | ChargeFailure::KeyRefused(said))
                 if now_ms.saturating_sub(attempt.created_at_ms)
                     >= crate::clock::millis(self.settings.auto_top_up.undecided_after) =>
             {
-                self.give_up_unknown(attempt, &reason, now_ms, Some(attempt.claim))
+                self.give_up_unknown(attempt, &said, now_ms, Some(attempt.claim))
                     .await
             }
-            Err(ChargeFailure::Unavailable(reason)) => {
-                // Stripe may or may not have charged (or is still
-                // answering another worker's request with the key, a 409):
-                // ask again with the same key (it answers what it did),
-                // after a short wait;
-                // after a day, the key is not trusted and Stripe is asked
-                // what became of the charge instead.
-                let retry_at = now_ms.saturating_add(lease_ms);
-                store
-                    .auto_top_up_later(attempt.id, attempt.claim, retry_at, reason.clone())
-                    .await?;
-                Err(BillingError::Gateway(reason))
+            // Stripe may or may not have charged (or is still answering
+            // another worker's request with the key, a 409; or it refused
+            // this service's key, which an earlier request with the key
+            // may not have met): asked again with the same key (it
+            // answers what it did), after a short wait; after a day, the
+            // key is not trusted and Stripe is asked what became of the
+            // charge instead.
+            Err(ChargeFailure::Unavailable(said)) => {
+                self.put_off(attempt, said, NOT_ANSWERED.to_string(), now_ms, lease_ms)
+                    .await
+            }
+            Err(ChargeFailure::KeyRefused(said)) => {
+                self.put_off(attempt, said.clone(), said, now_ms, lease_ms)
+                    .await
             }
             Err(ChargeFailure::Other(BillingError::Gateway(said))) => {
                 // Stripe's words go to the log; the attempt, the holder's
@@ -434,6 +440,28 @@ impl Billing {
     /// `unknown`, auto top-up turned off with the reason where the
     /// operator sees it (the setting, the attempts, the reconciliation
     /// report), never charged blind.
+    /// Puts an attempt Stripe did not decide off for `lease_ms`, to be
+    /// sent again with the same key, showing `shown` (this service's
+    /// words; what Stripe `said` goes to the log). Answers the error the
+    /// worker logs.
+    async fn put_off(
+        &self,
+        attempt: &AutoTopUpAttempt,
+        said: String,
+        shown: String,
+        now_ms: i64,
+        lease_ms: i64,
+    ) -> Result<(), BillingError> {
+        tracing::warn!(account_id = attempt.account_id.0, attempt = attempt.n, %said,
+            "an auto top-up's charge was not decided; it is sent again with the same key");
+        let retry_at = now_ms.saturating_add(lease_ms);
+        self.store
+            .auto_top_up()
+            .auto_top_up_later(attempt.id, attempt.claim, retry_at, shown)
+            .await?;
+        Err(BillingError::Gateway(said))
+    }
+
     async fn give_up_unknown(
         &self,
         attempt: &AutoTopUpAttempt,
@@ -472,7 +500,7 @@ impl Billing {
             .end_auto_top_up(AttemptEnd {
                 attempt_id: attempt.id,
                 status: AttemptStatus::Unknown,
-                reason: Some(format!("undecided: {reason}")),
+                reason: Some(format!("undecided: {NOT_ANSWERED}")),
                 payment_intent_id: None,
                 claim,
                 after: AfterAttempt::Failure {

@@ -87,6 +87,11 @@ pub struct CheckoutStarted {
 pub(super) enum ChargeFailure {
     /// Stripe could not be reached or failed: try again with the same key.
     Unavailable(String),
+    /// Stripe refused this service's API key (401, 403): nothing was
+    /// charged by this request (an earlier one with the key may have
+    /// been); the operator's to mend, never the holder's failure. Said in
+    /// this service's words (Stripe's went to the log).
+    KeyRefused(String),
     Other(BillingError),
 }
 
@@ -156,6 +161,10 @@ pub fn checkout_expires_at(created_at_ms: i64) -> i64 {
 /// new request. A charge first sent longer ago than this is never sent
 /// again: Stripe is asked what became of it.
 pub const KEY_TRUSTED_FOR_MS: i64 = 23 * 3_600 * 1_000;
+
+/// What an attempt or a reply says of Stripe refusing this service's API
+/// key (no credential, no Stripe text).
+const KEY_REFUSED: &str = "the payment provider refused this service's credentials";
 
 fn gateway_error(error: GatewayError) -> BillingError {
     BillingError::Gateway(error.to_string())
@@ -374,6 +383,9 @@ impl Billing {
         {
             Ok(result) => Ok(ChargeAnswer::Answered(result)),
             Err(ChargeFailure::Unavailable(message)) => Ok(ChargeAnswer::Unknown(message)),
+            // Not charged by this request: refused, as before the key
+            // was told from other refusals (the reply offers the web).
+            Err(ChargeFailure::KeyRefused(message)) => Err(BillingError::Gateway(message)),
             Err(ChargeFailure::Other(error)) => Err(error),
         }
     }
@@ -483,11 +495,8 @@ impl Billing {
                 // been: asked again with the same key, as when Stripe
                 // cannot be reached, never the holder's failure.
                 GatewayError::KeyRefused(said) => {
-                    tracing::error!(order_id, %said, "Stripe refused the API key when charging a saved card: the charge is sent again with the same key later");
-                    ChargeFailure::Unavailable(
-                        "Stripe refused this service's API key (the operator must mend it)"
-                            .to_string(),
-                    )
+                    tracing::error!(order_id, %said, "Stripe refused the API key when charging a saved card");
+                    ChargeFailure::KeyRefused(KEY_REFUSED.to_string())
                 }
                 refused @ (GatewayError::Refused(_) | GatewayError::Missing(_)) => {
                     ChargeFailure::Other(gateway_error(refused))

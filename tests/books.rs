@@ -789,3 +789,38 @@ fn the_books_of_a_database_made_before_grants_are_right_once_migrated() {
     );
     assert_eq!(figures(&books, "total")[5], 4_000_000 - 2_000_000);
 }
+
+on_both_stores!(a_books_read_that_fails_is_answered_as_the_store_unavailable);
+/// The store's switch that fails reads (as on a lost connection) fails the
+/// books too, on either store: `503 store_unavailable`, saying nothing of
+/// the cause, on the JSON and the CSV route; once reads work again the
+/// books are made. (Background reads may take a failure meanwhile: the
+/// switch is armed for many, and disarmed after.)
+async fn a_books_read_that_fails_is_answered_as_the_store_unavailable() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550606").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    let store = app.store.as_ref().unwrap();
+    for path in ["/v1/admin/reports/credit", "/v1/admin/reports/credit.csv"] {
+        store.fail_next_reads_for_testing(1_000);
+        let (status, answer) = app
+            .request(
+                "GET",
+                &format!("{path}?month=2026-11"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        store.fail_next_reads_for_testing(0);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+        assert_eq!(
+            answer["error"]["message"],
+            "the store is unavailable; nothing was changed",
+            "{answer}"
+        );
+    }
+    let november = books(&app, "month=2026-11").await;
+    assert_eq!(figures(&november, "promotional")[5], 1_000_000);
+    app.stop().await;
+}

@@ -174,7 +174,14 @@ impl ReportStore for PostgresStore {
 
     fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
         let connector = self.readers.connector.clone();
+        // The books read on a connection of their own, not through
+        // `read`: the switch that fails reads is honoured here too, as
+        // SQLite's reader of its own does.
+        let injected = self.shared.injected_read_failure();
         Box::pin(async move {
+            if let Some(failure) = injected {
+                return Err(failure.into());
+            }
             let mut client = connector.connect(None).await?;
             super::books::credit_books(&mut client, period).await?
         })

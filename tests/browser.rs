@@ -1629,6 +1629,22 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
             json!("2026-11 (UTC): 3 ledger rows."),
         )
         .await;
+        // November has not ended on the test's clock: the page says the
+        // period is open, as of when, and that the closing is so far.
+        assert_eq!(books["open_because"], "period_not_ended", "{books}");
+        let as_of = books["as_of"].as_str().unwrap();
+        assert_eq!(
+            page.eval(&text_of("books-state")).await,
+            page.eval(&format!(
+                "'Open period — figures as of ' + when('{as_of}') + ' (' + zone + '): the month has not ended; the closing balances are so far.'"
+            ))
+            .await
+        );
+        assert_eq!(
+            page.eval("document.getElementById('books-closing-head').textContent")
+                .await,
+            json!("Closing so far")
+        );
         let shown = page
             .eval("Array.from(document.querySelectorAll('#books-rows tr')).map((row) => Array.from(row.cells).map((cell) => cell.textContent))")
             .await;
@@ -1654,6 +1670,49 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
             page.eval("window.caughtName").await,
             json!("credit-2026-11.csv")
         );
+        // October ended long before the test's clock: closed.
+        page.eval(
+            "document.getElementById('books-month').value = '2026-10'; document.getElementById('books-button').click(); true",
+        )
+        .await;
+        page.wait_for(
+            &text_of("books-message"),
+            json!("2026-10 (UTC): 0 ledger rows."),
+        )
+        .await;
+        let (status, october) = app
+            .request(
+                "GET",
+                "/v1/admin/reports/credit?month=2026-10",
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{october}");
+        assert_eq!(october["closed"], true, "{october}");
+        assert_eq!(
+            page.eval(&text_of("books-state")).await,
+            page.eval(&format!(
+                "'Closed: nothing more can be dated in 2026-10 (read ' + when('{}') + ', ' + zone + ').'",
+                october["as_of"].as_str().unwrap()
+            ))
+            .await
+        );
+        assert_eq!(
+            page.eval("document.getElementById('books-closing-head').textContent")
+                .await,
+            json!("Closing")
+        );
+        // November again, for the screenshot.
+        page.eval(
+            "document.getElementById('books-month').value = '2026-11'; document.getElementById('books-button').click(); true",
+        )
+        .await;
+        page.wait_for(
+            &text_of("books-message"),
+            json!("2026-11 (UTC): 3 ledger rows."),
+        )
+        .await;
         if mobile {
             assert_eq!(
                 page.eval("document.documentElement.scrollWidth <= window.innerWidth")

@@ -182,6 +182,24 @@ async function loadReports() {
 // month's end.
 const BOOK_NAMES = { paid: "Paid", promotional: "Promotional", owed: "Owed", total: "Total" };
 const BOOK_FIGURES = ["opening", "granted", "consumed", "expired", "refunded", "closing"];
+// Why a month's books may still change (the API's `open_because`).
+const BOOKS_OPEN_BECAUSE = {
+  period_not_ended: "the month has not ended",
+  settling: "the month ended moments ago, and a row dated in it may still be written",
+  expiries_not_swept: "the expiry sweep has not yet written the expiries of grants that ended in it",
+};
+// Whether the month is closed, and as of when its figures are: an open
+// one's closing balances are what they are so far.
+function showBooksState(books, month) {
+  const shown = $("books-state");
+  shown.dataset.asOf = books.as_of;
+  shown.classList.toggle("open", !books.closed);
+  $("books-closing-head").textContent = books.closed ? "Closing" : "Closing so far";
+  shown.textContent = books.closed
+    ? "Closed: nothing more can be dated in " + month + " (read " + when(books.as_of) + ", " + zone + ")."
+    : "Open period — figures as of " + when(books.as_of) + " (" + zone + "): "
+      + (BOOKS_OPEN_BECAUSE[books.open_because] || "it may still change") + "; the closing balances are so far.";
+}
 async function loadBooks() {
   const month = $("books-month").value;
   if (!/^[0-9]{4}-[0-9]{2}$/.test(month)) { $("books-message").textContent = "Pick a month."; return; }
@@ -200,12 +218,22 @@ async function loadBooks() {
     });
     state.booksMonth = month;
     $("books-message").textContent = month + " (UTC): " + counted(books.transactions_in_period, "ledger row", "ledger rows") + ".";
+    showBooksState(books, month);
     $("books-csv").hidden = false;
   } catch (error) {
+    // Another month's figures never stay under this month's failure.
+    clearBooks();
     $("books-message").textContent = problem(error);
   } finally {
     $("books-button").disabled = false;
   }
+}
+// No books shown: nothing read yet, signed out, or the read failed.
+function clearBooks() {
+  ["books-rows", "books-message", "books-state"].forEach((id) => { $(id).textContent = ""; });
+  $("books-state").classList.remove("open");
+  $("books-closing-head").textContent = "Closing";
+  $("books-csv").hidden = true;
 }
 
 // One line of a "needs attention" list, linking to its account.
@@ -619,8 +647,8 @@ function signOut(message) {
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows", "grant-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
     "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows",
-    "auto-attempts", "books-rows", "books-message"].forEach((id) => { $(id).textContent = ""; });
-  $("books-csv").hidden = true;
+    "auto-attempts"].forEach((id) => { $(id).textContent = ""; });
+  clearBooks();
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;

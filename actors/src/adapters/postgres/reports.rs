@@ -172,7 +172,7 @@ impl ReportStore for PostgresStore {
         })
     }
 
-    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
+    fn credit_books(&self, period: Period, as_of_ms: i64) -> StoreFuture<CreditBooks, BooksError> {
         let connector = self.readers.connector.clone();
         // The books read on a connection of their own, not through
         // `read`: the switch that fails reads is honoured here too, as
@@ -183,7 +183,7 @@ impl ReportStore for PostgresStore {
                 return Err(failure.into());
             }
             let mut client = connector.connect(None).await?;
-            super::books::credit_books(&mut client, period).await?
+            super::books::credit_books(&mut client, period, as_of_ms).await?
         })
     }
 }

@@ -1045,3 +1045,84 @@ fn a_period_whose_expired_grants_the_sweep_has_not_passed_is_not_closed() {
     assert_eq!(swept["closed"], true, "{swept}");
     assert_eq!(figures_alone(&swept), figures_alone(&api));
 }
+
+/// A GET of the books with the admin token: its status, its `Retry-After`
+/// (if any) and its body.
+async fn books_answer(app: &TestApp, path: &str) -> (StatusCode, Option<String>, Value) {
+    let mut response = app
+        .client
+        .get(app.url(path))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|value| value.to_str().unwrap().to_string());
+    let bytes = response.body().limit(1024 * 1024).await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (response.status(), retry_after, body)
+}
+
+on_both_stores!(books_read_beyond_two_at_once_are_refused_busy_until_one_ends);
+/// A server reads at most two books at once: with two held in flight (the
+/// store's test switch stops them once read, before they answer), a third,
+/// JSON or CSV, is `503 books_busy` at once, with `Retry-After`, reading
+/// nothing; once they answer, the books are read again.
+async fn books_read_beyond_two_at_once_are_refused_busy_until_one_ends() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550609").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    let store = app.store.as_ref().unwrap();
+    let hold = store.hold_books_for_testing(2);
+    let held = async {
+        futures_util::join!(
+            books_answer(&app, "/v1/admin/reports/credit?month=2026-11"),
+            books_answer(&app, "/v1/admin/reports/credit.csv?month=2026-10")
+        )
+    };
+    let meanwhile = async {
+        for which in ["first", "second"] {
+            actix_rt::time::timeout(std::time::Duration::from_secs(10), hold.reached())
+                .await
+                .unwrap_or_else(|_| panic!("the {which} books read was not held within 10 s"));
+        }
+        let mut refused = Vec::new();
+        for path in [
+            "/v1/admin/reports/credit?month=2026-11",
+            "/v1/admin/reports/credit.csv?month=2026-11",
+        ] {
+            refused.push(books_answer(&app, path).await);
+        }
+        hold.release();
+        hold.release();
+        refused
+    };
+    let ((first, second), refused) = futures_util::join!(held, meanwhile);
+    for (status, retry_after, answer) in refused {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(answer["error"]["code"], "books_busy", "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("2 books at once"),
+            "{answer}"
+        );
+        let seconds: u64 = retry_after
+            .expect("a Retry-After with books_busy")
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&seconds), "{seconds}");
+    }
+    assert_eq!(first.0, StatusCode::OK, "{:?}", first.2);
+    assert_eq!(figures(&first.2, "promotional")[5], 1_000_000);
+    assert_eq!(second.0, StatusCode::OK, "{:?}", second.2);
+    assert!(second.2["raw"].as_str().unwrap().starts_with("from,to,"));
+    // Both ended: the books are read again.
+    let november = books(&app, "month=2026-11").await;
+    assert_eq!(figures(&november, "promotional")[5], 1_000_000);
+    app.stop().await;
+}

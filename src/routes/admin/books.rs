@@ -50,13 +50,15 @@ impl PeriodQuery {
 /// `open_because`), its closing balances being what they are so far.
 #[utoipa::path(get, path = "/v1/admin/reports/credit", tag = "admin", security(("adminToken" = [])),
     params(PeriodQuery),
-    responses((status = 200, body = CreditBooks)))]
+    responses((status = 200, body = CreditBooks),
+        (status = 503, description = "`books_busy`: this server is reading as many books as it reads at once (2); `Retry-After` says when to try again")))]
 pub async fn show(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let period = query.period()?;
+    let _reading = state.books_reads.start()?;
     let books = state
         .store
         .reports()
@@ -71,13 +73,15 @@ pub async fn show(
 #[utoipa::path(get, path = "/v1/admin/reports/credit.csv", tag = "admin",
     security(("adminToken" = [])),
     params(PeriodQuery),
-    responses((status = 200, description = "The books", content_type = "text/csv", body = String)))]
+    responses((status = 200, description = "The books", content_type = "text/csv", body = String),
+        (status = 503, description = "`books_busy`: this server is reading as many books as it reads at once (2); `Retry-After` says when to try again")))]
 pub async fn export_csv(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let period = query.period()?;
+    let _reading = state.books_reads.start()?;
     let books = state
         .store
         .reports()

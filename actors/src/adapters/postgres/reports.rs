@@ -178,12 +178,17 @@ impl ReportStore for PostgresStore {
         // `read`: the switch that fails reads is honoured here too, as
         // SQLite's reader of its own does.
         let injected = self.shared.injected_read_failure();
+        let hold = self.shared.books_hold();
         Box::pin(async move {
             if let Some(failure) = injected {
                 return Err(failure.into());
             }
             let mut client = connector.connect(None).await?;
-            super::books::credit_books(&mut client, period, as_of_ms).await?
+            let books = super::books::credit_books(&mut client, period, as_of_ms).await;
+            if let Some(hold) = hold {
+                hold.stop_here().await;
+            }
+            books?
         })
     }
 }

@@ -177,6 +177,13 @@ impl ReportStore for SqliteStore {
         let read = self.read_alone("store-books", move |connection| {
             super::books::credit_books(connection, period, as_of_ms)
         });
-        Box::pin(async move { read.await? })
+        let hold = self.shared.books_hold();
+        Box::pin(async move {
+            let books = read.await;
+            if let Some(hold) = hold {
+                hold.stop_here().await;
+            }
+            books?
+        })
     }
 }

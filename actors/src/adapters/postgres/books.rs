@@ -1,7 +1,8 @@
 //! The books in Postgres: every ledger row made before the period's end,
 //! with the grant it made, streamed from one repeatable-read transaction
 //! (one moment of the ledger) on a connection of its own (a long read
-//! would hold up the reader connections' pipelined queries), and placed by
+//! would hold up the reader connections' pipelined queries), on a thread
+//! of the adapter's blocking pool (see `reports.rs`), and placed by
 //! [`crate::books`] as it arrives; nothing is summed in SQL, since a row's
 //! funding is text only the domain reads exactly. In the same transaction,
 //! whether the expiry sweep stands past every grant that expired before

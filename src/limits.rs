@@ -407,6 +407,39 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
     })
 }
 
+/// How many books (`GET /v1/admin/reports/credit` and its CSV) one server
+/// reads at once. Each reads every ledger row before its period's end (a
+/// second or two for a million rows, a core while it runs, on a reader of
+/// its own), so two at once leave the other core, and the store's readers,
+/// to everything else.
+pub const BOOKS_AT_ONCE: usize = 2;
+
+/// How long a books read refused for the limit is told to wait
+/// (`Retry-After`): about as long as the books of a large ledger take.
+pub const BOOKS_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The books being read by this server: at most [`BOOKS_AT_ONCE`], the
+/// one beyond refused at once (`503 books_busy`, never queued: a queue
+/// would hold the caller's connection and a worker's attention as long).
+pub struct BooksReads(tokio::sync::Semaphore);
+
+impl Default for BooksReads {
+    fn default() -> BooksReads {
+        BooksReads(tokio::sync::Semaphore::new(BOOKS_AT_ONCE))
+    }
+}
+
+impl BooksReads {
+    /// One more books read, held until the permit is dropped (its answer
+    /// made); or `503 books_busy` with [`BOOKS_RETRY_AFTER`].
+    pub fn start(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.0.try_acquire().map_err(|_| ApiError::BooksBusy {
+            at_once: BOOKS_AT_ONCE,
+            retry_after: BOOKS_RETRY_AFTER,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -520,38 +553,5 @@ mod tests {
         ] {
             assert_eq!(forwarded_for(element), expected, "{element:?}");
         }
-    }
-}
-
-/// How many books (`GET /v1/admin/reports/credit` and its CSV) one server
-/// reads at once. Each reads every ledger row before its period's end (a
-/// second or two for a million rows, a core while it runs, on a reader of
-/// its own), so two at once leave the other core, and the store's readers,
-/// to everything else.
-pub const BOOKS_AT_ONCE: usize = 2;
-
-/// How long a books read refused for the limit is told to wait
-/// (`Retry-After`): about as long as the books of a large ledger take.
-pub const BOOKS_RETRY_AFTER: Duration = Duration::from_secs(5);
-
-/// The books being read by this server: at most [`BOOKS_AT_ONCE`], the
-/// one beyond refused at once (`503 books_busy`, never queued: a queue
-/// would hold the caller's connection and a worker's attention as long).
-pub struct BooksReads(tokio::sync::Semaphore);
-
-impl Default for BooksReads {
-    fn default() -> BooksReads {
-        BooksReads(tokio::sync::Semaphore::new(BOOKS_AT_ONCE))
-    }
-}
-
-impl BooksReads {
-    /// One more books read, held until the permit is dropped (its answer
-    /// made); or `503 books_busy` with [`BOOKS_RETRY_AFTER`].
-    pub fn start(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
-        self.0.try_acquire().map_err(|_| ApiError::BooksBusy {
-            at_once: BOOKS_AT_ONCE,
-            retry_after: BOOKS_RETRY_AFTER,
-        })
     }
 }

@@ -1541,8 +1541,10 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
             "POST",
             &format!("/v1/admin/accounts/{large}/adjustments"),
             Some(ADMIN_TOKEN),
-            Some(json!({"amount_micros": (1_i64 << 53) + 1, "reason": "a large transfer",
-                        "idempotency_key": "large", "category": "paid"})),
+            Some(
+                json!({"amount_micros": (1_i64 << 53) + 1, "reason": "a large transfer",
+                        "idempotency_key": "large", "category": "paid"}),
+            ),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{answer}");

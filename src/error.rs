@@ -65,6 +65,13 @@ pub enum ApiError {
     /// The books could not be made from the ledger.
     #[error(transparent)]
     Books(#[from] BooksError),
+    /// This server is reading as many books as it reads at once: nothing
+    /// was read; try again after the wait.
+    #[error("this server is already reading {at_once} books at once, as many as it reads; nothing was read: try again in {} s", retry_after.as_secs().max(1))]
+    BooksBusy {
+        at_once: usize,
+        retry_after: std::time::Duration,
+    },
     /// A webhook whose signature does not verify.
     #[error("{0}")]
     BadSignature(String),
@@ -215,6 +222,7 @@ impl ApiError {
                 BillingError::Busy(_) => "busy",
                 BillingError::Ledger(_) | BillingError::Store(_) => "not_applied",
             },
+            ApiError::BooksBusy { .. } => "books_busy",
             ApiError::Books(error) => match error {
                 BooksError::Unbookable { .. } => "ledger_inconsistent",
                 BooksError::Overflow => "amount_out_of_range",
@@ -395,6 +403,7 @@ impl ResponseError for ApiError {
                 BillingError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
                 BillingError::Ledger(_) | BillingError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             },
+            ApiError::BooksBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Books(error) => match error {
                 // What the ledger holds is at fault, not the request.
                 BooksError::Unbookable { .. } | BooksError::Overflow => {
@@ -457,7 +466,11 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
-            ApiError::TooManyAttempts(wait) | ApiError::TooManyRequests(wait) => {
+            ApiError::TooManyAttempts(wait)
+            | ApiError::TooManyRequests(wait)
+            | ApiError::BooksBusy {
+                retry_after: wait, ..
+            } => {
                 let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 response.insert_header((header::RETRY_AFTER, seconds.max(1).to_string()));
             }

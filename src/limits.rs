@@ -10,6 +10,10 @@
 //!   checkout status): `anonymous_calls_per_minute` (60 unless set) in a
 //!   minute, in bursts as large, then `429`.
 //!
+//! And, whoever asks, the books read at once ([`BooksReads`]): each reads
+//! the whole ledger up to its period's end, so a few admins or a script
+//! asking for years of them could otherwise keep every reader busy.
+//!
 //! What must hold across instances (sign-in codes per phone and per
 //! address, `BUY` per day) is counted in the store instead.
 
@@ -401,6 +405,39 @@ fn forwarded_for(element: &str) -> Option<IpAddr> {
             .unwrap_or(value);
         parse_hop(value)
     })
+}
+
+/// How many books (`GET /v1/admin/reports/credit` and its CSV) one server
+/// reads at once. Each reads every ledger row before its period's end (a
+/// second or two for a million rows, a core while it runs, on a reader of
+/// its own), so two at once leave the other core, and the store's readers,
+/// to everything else.
+pub const BOOKS_AT_ONCE: usize = 2;
+
+/// How long a books read refused for the limit is told to wait
+/// (`Retry-After`): about as long as the books of a large ledger take.
+pub const BOOKS_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// The books being read by this server: at most [`BOOKS_AT_ONCE`], the
+/// one beyond refused at once (`503 books_busy`, never queued: a queue
+/// would hold the caller's connection and a worker's attention as long).
+pub struct BooksReads(tokio::sync::Semaphore);
+
+impl Default for BooksReads {
+    fn default() -> BooksReads {
+        BooksReads(tokio::sync::Semaphore::new(BOOKS_AT_ONCE))
+    }
+}
+
+impl BooksReads {
+    /// One more books read, held until the permit is dropped (its answer
+    /// made); or `503 books_busy` with [`BOOKS_RETRY_AFTER`].
+    pub fn start(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+        self.0.try_acquire().map_err(|_| ApiError::BooksBusy {
+            at_once: BOOKS_AT_ONCE,
+            retry_after: BOOKS_RETRY_AFTER,
+        })
+    }
 }
 
 #[cfg(test)]

@@ -680,6 +680,7 @@ impl Application {
             code_texts: Arc::clone(&code_texts),
             webhook_metrics: Arc::default(),
             limits,
+            books_reads: crate::limits::BooksReads::default(),
             feed_slots: Arc::default(),
             stopping: stopping_receiver,
         });

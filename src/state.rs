@@ -10,7 +10,7 @@ use sms_credit_actors::supervisor::{SmsSupervisor, StripeSupervisor};
 use sms_credit_actors::{Registry, Store};
 
 use crate::config::Settings;
-use crate::limits::Limits;
+use crate::limits::{BooksReads, Limits};
 use crate::telemetry::{HttpMetrics, SignInCodeCounts};
 
 /// What every request handler can reach.
@@ -36,6 +36,8 @@ pub struct AppState {
     /// Wrong tokens and guesses, and calls to the anonymous routes, by
     /// address.
     pub limits: Arc<Limits>,
+    /// The books being read by this server (at most two at once).
+    pub books_reads: BooksReads,
     /// Becomes `true` when the server starts stopping: open feeds close
     /// with 1001 and where to resume.
     pub stopping: tokio::sync::watch::Receiver<bool>,

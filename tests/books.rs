@@ -641,7 +641,17 @@ fn the_command_line_says_the_apis_books() {
     );
     assert!(json.status.success(), "{json:?}");
     let printed: Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(printed, api);
+    // The same books, read at another moment: the API's at the test's
+    // clock (November not ended), the command line's at the real time,
+    // long after November (and no grant expires: closed).
+    assert_eq!(figures_alone(&printed), figures_alone(&api));
+    assert_eq!(api["open_because"], "period_not_ended", "{api}");
+    assert_eq!(
+        (&printed["closed"], &printed["open_because"]),
+        (&json!(true), &Value::Null),
+        "{printed}"
+    );
+    let as_of = printed["as_of"].as_str().unwrap().to_string();
     let by_moments = run_cli(
         &directory,
         &[
@@ -654,13 +664,38 @@ fn the_command_line_says_the_apis_books() {
             "--json",
         ],
     );
-    assert_eq!(by_moments.stdout, json.stdout);
+    let by_moments: Value = serde_json::from_slice(&by_moments.stdout).unwrap();
+    assert_eq!(figures_alone(&by_moments), figures_alone(&printed));
     let printed_csv = run_cli(
         &directory,
         &["reports", "credit", "--month", "2026-11", "--csv"],
     );
     assert!(printed_csv.status.success(), "{printed_csv:?}");
-    assert_eq!(String::from_utf8_lossy(&printed_csv.stdout), csv);
+    // The API's CSV but for its last three columns: when it was read and
+    // whether November was closed then.
+    let without_standing = |csv: &str| -> Vec<String> {
+        csv.split("\r\n")
+            .map(|line| line.rsplitn(4, ',').last().unwrap().to_string())
+            .collect()
+    };
+    let printed_csv = String::from_utf8_lossy(&printed_csv.stdout).to_string();
+    assert_eq!(without_standing(&printed_csv), without_standing(&csv));
+    for line in printed_csv
+        .split("\r\n")
+        .skip(1)
+        .filter(|line| !line.is_empty())
+    {
+        let standing: Vec<&str> = line.rsplitn(4, ',').take(3).collect();
+        assert_eq!(standing[..2], ["", "true"], "{line}");
+        assert!(
+            parse_rfc3339_ms(standing[2]).unwrap() >= parse_rfc3339_ms(&as_of).unwrap(),
+            "{line}"
+        );
+    }
+    assert!(
+        csv.contains(",2026-11-21T09:30:00.000Z,false,period_not_ended\r\n"),
+        "{csv}"
+    );
     let table = run_cli(&directory, &["reports", "credit", "--month", "2026-11"]);
     assert!(table.status.success(), "{table:?}");
     let table = String::from_utf8_lossy(&table.stdout);
@@ -669,21 +704,29 @@ fn the_command_line_says_the_apis_books() {
         lines[0],
         "credit from 2026-11-01T00:00:00.000Z to 2026-12-01T00:00:00.000Z (UTC; 3 ledger rows in the period)"
     );
+    // Whether November is closed, and when the books were read (a moment
+    // after the `--json` run's).
+    let read_at = lines[1]
+        .strip_prefix("closed: read at ")
+        .and_then(|rest| rest.strip_suffix(", nothing more can be dated in it"))
+        .and_then(parse_rfc3339_ms)
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(read_at >= parse_rfc3339_ms(&as_of).unwrap(), "{table}");
     let words = |line: &str| {
         line.split_whitespace()
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        words(lines[1]),
+        words(lines[2]),
         ["category", "opening", "granted", "consumed", "expired", "refunded", "closing"]
     );
     assert_eq!(
-        words(lines[2]),
+        words(lines[3]),
         ["paid", "$0.00", "$10.00", "$1.00", "$0.00", "$0.00", "$9.00"]
     );
     assert_eq!(
-        words(lines[3]),
+        words(lines[4]),
         [
             "promotional",
             "$0.00",
@@ -694,7 +737,7 @@ fn the_command_line_says_the_apis_books() {
             "$0.00"
         ]
     );
-    assert_eq!(words(lines[5])[0], "total");
+    assert_eq!(words(lines[6])[0], "total");
     for (arguments, says) in [
         (&["reports", "credit"][..], "give the period"),
         (&["reports", "credit", "--month", "2026-13"][..], "YYYY-MM"),
@@ -788,4 +831,298 @@ fn the_books_of_a_database_made_before_grants_are_right_once_migrated() {
         [-2_000_000, 0, 0, 0, 0, -2_000_000]
     );
     assert_eq!(figures(&books, "total")[5], 4_000_000 - 2_000_000);
+}
+
+on_both_stores!(a_books_read_that_fails_is_answered_as_the_store_unavailable);
+/// The store's switch that fails reads (as on a lost connection) fails the
+/// books too, on either store: `503 store_unavailable`, saying nothing of
+/// the cause, on the JSON and the CSV route; once reads work again the
+/// books are made. (Background reads may take a failure meanwhile: the
+/// switch is armed for many, and disarmed after.)
+async fn a_books_read_that_fails_is_answered_as_the_store_unavailable() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550606").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    let store = app.store.as_ref().unwrap();
+    for path in ["/v1/admin/reports/credit", "/v1/admin/reports/credit.csv"] {
+        store.fail_next_reads_for_testing(1_000);
+        let (status, answer) = app
+            .request(
+                "GET",
+                &format!("{path}?month=2026-11"),
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        store.fail_next_reads_for_testing(0);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}: {answer}");
+        assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
+        assert_eq!(
+            answer["error"]["message"], "the store is unavailable; nothing was changed",
+            "{answer}"
+        );
+    }
+    let november = books(&app, "month=2026-11").await;
+    assert_eq!(figures(&november, "promotional")[5], 1_000_000);
+    app.stop().await;
+}
+
+/// The books' answer apart from when they were read and whether the
+/// period was closed then (what two reads at different moments of the
+/// same ledger share).
+fn figures_alone(books: &Value) -> Value {
+    let mut figures = books.clone();
+    for field in ["as_of", "closed", "open_because"] {
+        figures
+            .as_object_mut()
+            .unwrap()
+            .remove(field)
+            .unwrap_or_else(|| panic!("no {field}: {books}"));
+    }
+    figures
+}
+
+on_both_stores!(an_open_or_just_ended_period_is_marked_so_and_only_a_settled_one_closed);
+/// The books say when they were read (`as_of`, the app's clock) and
+/// whether the period is closed: a period that has not ended is open (its
+/// closing is what it is so far), one that ended less than the settling
+/// time (5 s) before `as_of` is open too (a row dated within it may still
+/// be committed), and one that ended that long before or more is closed;
+/// the CSV says the same on each line.
+async fn an_open_or_just_ended_period_is_marked_so_and_only_a_settled_one_closed() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let settings = crate::helpers::test_settings(&directory);
+    let app = TestApp::spawn_with_clock(directory, settings, clock.clone()).await;
+    let account = app.create_account("+14155550607").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    let now = format_rfc3339_ms(NOW_MS);
+    let standing = |books: &Value| {
+        (
+            books["as_of"].clone(),
+            books["closed"].clone(),
+            books["open_because"].clone(),
+        )
+    };
+    for (query, closed, because) in [
+        (
+            "month=2026-11".to_string(),
+            false,
+            json!("period_not_ended"),
+        ),
+        (
+            period(NOW_MS - DAY_MS, NOW_MS + 1),
+            false,
+            json!("period_not_ended"),
+        ),
+        (period(NOW_MS - DAY_MS, NOW_MS), false, json!("settling")),
+        (
+            period(NOW_MS - DAY_MS, NOW_MS - 4_999),
+            false,
+            json!("settling"),
+        ),
+        (period(NOW_MS - DAY_MS, NOW_MS - 5_000), true, Value::Null),
+        ("month=2026-10".to_string(), true, Value::Null),
+    ] {
+        let books = books(&app, &query).await;
+        assert_eq!(
+            standing(&books),
+            (json!(now), json!(closed), because.clone()),
+            "{query}: {books}"
+        );
+        // Open or closed, the figures are the ledger's as of then.
+        assert_reconciles(&books);
+        let csv = books_csv(&app, &query).await;
+        let lines: Vec<&str> = csv.split("\r\n").filter(|line| !line.is_empty()).collect();
+        assert!(
+            lines[0].ends_with(",closing_micros,closing,as_of,closed,open_because"),
+            "{csv}"
+        );
+        let end = format!(",{now},{closed},{}", because.as_str().unwrap_or(""));
+        assert_eq!(lines.len(), 5, "{csv}");
+        for line in &lines[1..] {
+            assert!(
+                line.ends_with(&end),
+                "{query}: {line} does not end with {end}"
+            );
+        }
+    }
+    // November is open until 5 s after its end, then closed.
+    let december = parse_rfc3339_ms("2026-12-01T00:00:00Z").unwrap();
+    clock.set_ms(december + 4_999);
+    let november = books(&app, "month=2026-11").await;
+    assert_eq!(
+        standing(&november),
+        (
+            json!(format_rfc3339_ms(december + 4_999)),
+            json!(false),
+            json!("settling")
+        )
+    );
+    clock.set_ms(december + 5_000);
+    let closed = books(&app, "month=2026-11").await;
+    assert_eq!(
+        standing(&closed),
+        (
+            json!(format_rfc3339_ms(december + 5_000)),
+            json!(true),
+            Value::Null
+        )
+    );
+    assert_eq!(figures_alone(&closed), figures_alone(&november));
+    assert_eq!(figures(&closed, "promotional")[5], 1_000_000);
+    app.stop().await;
+}
+
+on_both_stores!(sync a_period_whose_expired_grants_the_sweep_has_not_passed_is_not_closed);
+/// A promotional grant expires within a period that ended long ago, but
+/// no server has run the expiry sweep since: its expiry row, dated within
+/// the period, is not written yet, so the books (here the command line's,
+/// with no server running) say the period is open, `expiries_not_swept`.
+/// A server started later sweeps it at its first round; the books then
+/// count the expiry in the period and say it is closed, the command line
+/// as the API.
+fn a_period_whose_expired_grants_the_sweep_has_not_passed_is_not_closed() {
+    let directory = fresh_directory();
+    let expires_at = NOW_MS + HOUR_MS;
+    let query = [
+        "--from".to_string(),
+        format_rfc3339_ms(NOW_MS - DAY_MS),
+        "--to".to_string(),
+        format_rfc3339_ms(expires_at + 60_000),
+    ];
+    let cli_books = |directory: &crate::database::TestDatabase| {
+        let mut arguments = vec!["reports", "credit", "--json"];
+        arguments.extend(query.iter().map(String::as_str));
+        let printed = run_cli(directory, &arguments);
+        assert!(printed.status.success(), "{printed:?}");
+        serde_json::from_slice::<Value>(&printed.stdout).unwrap()
+    };
+    actix_rt::System::new().block_on(async {
+        let settings = crate::helpers::test_settings(&directory);
+        let app =
+            TestApp::spawn_with_clock(directory.clone(), settings, ManualClock::new(NOW_MS)).await;
+        let account = app.create_account("+14155550608").await;
+        adjust(
+            &app,
+            account,
+            json!({"amount_micros": 500_000, "reason": "welcome", "idempotency_key": "promo",
+                   "category": "promotional", "expires_at": format_rfc3339_ms(expires_at)}),
+        )
+        .await;
+        app.stop().await;
+    });
+    // The command line reads at the real time, long after the period.
+    let unswept = cli_books(&directory);
+    assert_eq!(unswept["closed"], false, "{unswept}");
+    assert_eq!(unswept["open_because"], "expiries_not_swept", "{unswept}");
+    assert_eq!(
+        figures(&unswept, "promotional"),
+        [0, 500_000, 0, 0, 0, 500_000],
+        "the expiry row is not written yet"
+    );
+    let api = actix_rt::System::new().block_on(async {
+        let settings = crate::helpers::test_settings(&directory);
+        let clock = ManualClock::new(NOW_MS + 2 * HOUR_MS);
+        let app = TestApp::spawn_with_clock(directory.clone(), settings, clock).await;
+        let query = period(NOW_MS - DAY_MS, expires_at + 60_000);
+        crate::refunds_by_id::eventually("the books of the period to be closed", || async {
+            books(&app, &query).await["closed"] == true
+        })
+        .await;
+        let api = books(&app, &query).await;
+        app.stop().await;
+        api
+    });
+    assert_eq!(api["open_because"], Value::Null, "{api}");
+    assert_eq!(api["as_of"], format_rfc3339_ms(NOW_MS + 2 * HOUR_MS));
+    assert_eq!(
+        figures(&api, "promotional"),
+        [0, 500_000, 0, 500_000, 0, 0],
+        "{api}"
+    );
+    let swept = cli_books(&directory);
+    assert_eq!(swept["closed"], true, "{swept}");
+    assert_eq!(figures_alone(&swept), figures_alone(&api));
+}
+
+/// A GET of the books with the admin token: its status, its `Retry-After`
+/// (if any) and its body.
+async fn books_answer(app: &TestApp, path: &str) -> (StatusCode, Option<String>, Value) {
+    let mut response = app
+        .client
+        .get(app.url(path))
+        .insert_header(("Authorization", format!("Bearer {ADMIN_TOKEN}")))
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response
+        .headers()
+        .get("Retry-After")
+        .map(|value| value.to_str().unwrap().to_string());
+    let bytes = response.body().limit(1024 * 1024).await.unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (response.status(), retry_after, body)
+}
+
+on_both_stores!(books_read_beyond_two_at_once_are_refused_busy_until_one_ends);
+/// A server reads at most two books at once: with two held in flight (the
+/// store's test switch stops them once read, before they answer), a third,
+/// JSON or CSV, is `503 books_busy` at once, with `Retry-After`, reading
+/// nothing; once they answer, the books are read again.
+async fn books_read_beyond_two_at_once_are_refused_busy_until_one_ends() {
+    let app = TestApp::spawn().await;
+    let account = app.create_account("+14155550609").await;
+    app.post_adjustment(account, 1_000_000, "welcome").await;
+    let store = app.store.as_ref().unwrap();
+    let hold = store.hold_books_for_testing(2);
+    let held = async {
+        futures_util::join!(
+            books_answer(&app, "/v1/admin/reports/credit?month=2026-11"),
+            books_answer(&app, "/v1/admin/reports/credit.csv?month=2026-10")
+        )
+    };
+    let meanwhile = async {
+        for which in ["first", "second"] {
+            actix_rt::time::timeout(std::time::Duration::from_secs(10), hold.reached())
+                .await
+                .unwrap_or_else(|_| panic!("the {which} books read was not held within 10 s"));
+        }
+        let mut refused = Vec::new();
+        for path in [
+            "/v1/admin/reports/credit?month=2026-11",
+            "/v1/admin/reports/credit.csv?month=2026-11",
+        ] {
+            refused.push(books_answer(&app, path).await);
+        }
+        hold.release();
+        hold.release();
+        refused
+    };
+    let ((first, second), refused) = futures_util::join!(held, meanwhile);
+    for (status, retry_after, answer) in refused {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+        assert_eq!(answer["error"]["code"], "books_busy", "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("2 books at once"),
+            "{answer}"
+        );
+        let seconds: u64 = retry_after
+            .expect("a Retry-After with books_busy")
+            .parse()
+            .unwrap();
+        assert!((1..=60).contains(&seconds), "{seconds}");
+    }
+    assert_eq!(first.0, StatusCode::OK, "{:?}", first.2);
+    assert_eq!(figures(&first.2, "promotional")[5], 1_000_000);
+    assert_eq!(second.0, StatusCode::OK, "{:?}", second.2);
+    assert!(second.2["raw"].as_str().unwrap().starts_with("from,to,"));
+    // Both ended: the books are read again.
+    let november = books(&app, "month=2026-11").await;
+    assert_eq!(figures(&november, "promotional")[5], 1_000_000);
+    app.stop().await;
 }

@@ -1520,12 +1520,34 @@ async fn the_operator_console_finds_an_account_adjusts_once_and_refunds_an_order
 }
 
 /// The console's books: a month picked, the table shows each category's
-/// figures as the API gives them (owed below zero included), and the CSV
-/// link downloads the API's own CSV; at a desktop's and a phone's width,
-/// with no failed request, no console error and nothing wider than a phone.
+/// figures as the API gives them (owed below zero included, and amounts
+/// beyond 2^53 micro-dollars, which a JSON number read by JavaScript
+/// would round, exactly), and the CSV link downloads the API's own CSV; at
+/// a desktop's and a phone's width, with no failed request, no console
+/// error and nothing wider than a phone.
 #[actix_rt::test]
 async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
-    let app = TestApp::spawn().await;
+    let directory = crate::helpers::fresh_directory();
+    let mut settings = crate::helpers::test_settings(&directory);
+    // Room for an adjustment beyond 2^53 micro-dollars.
+    settings.access.max_adjustment = sms_credit_actors::Money::from_micros(1 << 60);
+    let app = TestApp::spawn_with(directory, settings).await;
+    // 2^53 + 1 micro-dollars of paid credit, on an account of its own: the
+    // paid line is granted $9,007,199,264.740993, which a JSON number
+    // would show as ...740992.
+    let large = app.create_account("+14155550621").await;
+    let (status, answer) = app
+        .request(
+            "POST",
+            &format!("/v1/admin/accounts/{large}/adjustments"),
+            Some(ADMIN_TOKEN),
+            Some(
+                json!({"amount_micros": (1_i64 << 53) + 1, "reason": "a large transfer",
+                        "idempotency_key": "large", "category": "paid"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
     let account = app.create_account("+14155550620").await;
     for body in [
         json!({"amount_micros": 10_000_000, "reason": "paid by transfer", "idempotency_key": "paid",
@@ -1592,6 +1614,10 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
         })
         .collect();
     assert_eq!(expected[2][6], "-$1.00", "the account owes $1");
+    assert_eq!(
+        expected[0][2], "$9,007,199,264.740993",
+        "paid granted: $10 and 2^53 + 1 micro-dollars"
+    );
 
     let browser = Browser::start();
     for (width, height, mobile) in [(1280, 800, false), (360, 740, true)] {
@@ -1626,9 +1652,25 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
         .await;
         page.wait_for(
             &text_of("books-message"),
-            json!("2026-11 (UTC): 3 ledger rows."),
+            json!("2026-11 (UTC): 4 ledger rows."),
         )
         .await;
+        // November has not ended on the test's clock: the page says the
+        // period is open, as of when, and that the closing is so far.
+        assert_eq!(books["open_because"], "period_not_ended", "{books}");
+        let as_of = books["as_of"].as_str().unwrap();
+        assert_eq!(
+            page.eval(&text_of("books-state")).await,
+            page.eval(&format!(
+                "'Open period — figures as of ' + when('{as_of}') + ' (' + zone + '): the month has not ended; the closing balances are so far.'"
+            ))
+            .await
+        );
+        assert_eq!(
+            page.eval("document.getElementById('books-closing-head').textContent")
+                .await,
+            json!("Closing so far")
+        );
         let shown = page
             .eval("Array.from(document.querySelectorAll('#books-rows tr')).map((row) => Array.from(row.cells).map((cell) => cell.textContent))")
             .await;
@@ -1639,6 +1681,13 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
             )
             .await,
             json!("-1,000,000 micro-dollars")
+        );
+        assert_eq!(
+            page.eval(
+                "document.querySelector('#books-rows tr[data-category=\"paid\"] td.granted').title"
+            )
+            .await,
+            json!("9,007,199,264,740,993 micro-dollars")
         );
         // The CSV link downloads the API's CSV (caught before the browser
         // saves it).
@@ -1654,6 +1703,49 @@ async fn the_console_shows_the_books_of_a_month_and_downloads_them() {
             page.eval("window.caughtName").await,
             json!("credit-2026-11.csv")
         );
+        // October ended long before the test's clock: closed.
+        page.eval(
+            "document.getElementById('books-month').value = '2026-10'; document.getElementById('books-button').click(); true",
+        )
+        .await;
+        page.wait_for(
+            &text_of("books-message"),
+            json!("2026-10 (UTC): 0 ledger rows."),
+        )
+        .await;
+        let (status, october) = app
+            .request(
+                "GET",
+                "/v1/admin/reports/credit?month=2026-10",
+                Some(ADMIN_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{october}");
+        assert_eq!(october["closed"], true, "{october}");
+        assert_eq!(
+            page.eval(&text_of("books-state")).await,
+            page.eval(&format!(
+                "'Closed: nothing more can be dated in 2026-10 (read ' + when('{}') + ', ' + zone + ').'",
+                october["as_of"].as_str().unwrap()
+            ))
+            .await
+        );
+        assert_eq!(
+            page.eval("document.getElementById('books-closing-head').textContent")
+                .await,
+            json!("Closing")
+        );
+        // November again, for the screenshot.
+        page.eval(
+            "document.getElementById('books-month').value = '2026-11'; document.getElementById('books-button').click(); true",
+        )
+        .await;
+        page.wait_for(
+            &text_of("books-message"),
+            json!("2026-11 (UTC): 4 ledger rows."),
+        )
+        .await;
         if mobile {
             assert_eq!(
                 page.eval("document.documentElement.scrollWidth <= window.innerWidth")

@@ -24,16 +24,34 @@
 //! for every line and every period, and the lines' closing balances sum to
 //! the accounts' balances at the period's end. A row made before the
 //! period counts in its opening.
+//!
+//! The books say when they were read (`as_of`) and whether the period is
+//! closed then ([`OpenBecause`]): rows are dated when they are made, but
+//! one dated a moment before the period's end may be committed a moment
+//! after it, and an expiry row, dated when its grant expired, is written
+//! by the sweep up to a round later. So a period is closed only once it
+//! ended [`BOOKS_SETTLE_MS`] before `as_of` and the expiry sweep stood
+//! past every grant that expired before its end, in the same moment of
+//! the ledger the rows were read from; until then its closing balances
+//! are what they are so far.
 
 use serde::Serialize;
 
 use crate::clock::{civil_from_days, days_from_civil, format_rfc3339_ms, parse_rfc3339_ms};
+use crate::expiry_sweep::EXPIRY_SWEEP_SETTLE_MS;
 use crate::grants::{Category, Funding, SHORTFALL};
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::{Money, MoneyError};
 use crate::store::error::{StoreError, UnknownValue};
 
 const DAY_MS: i64 = 86_400_000;
+
+/// How long after a period's end its books may still change by a row
+/// committed late: a row is dated by its writer's clock when it is made
+/// and committed within moments, so one dated just before the end may
+/// land just after it. The margin the expiry sweep gives a grant committed
+/// late ([`EXPIRY_SWEEP_SETTLE_MS`], 5 s), for the same reason.
+pub const BOOKS_SETTLE_MS: i64 = EXPIRY_SWEEP_SETTLE_MS;
 
 /// The moments a report covers: rows made at or after `from_ms` and before
 /// `to_ms` (by their `created_at`, UTC).
@@ -312,6 +330,49 @@ impl Running {
     }
 }
 
+/// Why a period's books are not final when they are read: its closing
+/// balances are what they are so far.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum OpenBecause {
+    /// The period ends after `as_of`.
+    PeriodNotEnded,
+    /// It ended less than [`BOOKS_SETTLE_MS`] before `as_of`: a row dated
+    /// within it may still be committed.
+    Settling,
+    /// The expiry sweep has not yet passed every grant that expired before
+    /// the period's end: their expiry rows, dated within the period, may
+    /// still be written.
+    ExpiriesNotSwept,
+}
+
+impl OpenBecause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpenBecause::PeriodNotEnded => "period_not_ended",
+            OpenBecause::Settling => "settling",
+            OpenBecause::ExpiriesNotSwept => "expiries_not_swept",
+        }
+    }
+
+    /// Why a period read at `as_of_ms` is still open, if it is: not ended,
+    /// ended less than [`BOOKS_SETTLE_MS`] before, or with grants that
+    /// expired before its end the sweep has not passed (`expiries_swept`,
+    /// read in the moment of the ledger the books were).
+    pub fn of(period: Period, as_of_ms: i64, expiries_swept: bool) -> Option<OpenBecause> {
+        if period.to_ms > as_of_ms {
+            Some(OpenBecause::PeriodNotEnded)
+        } else if period.to_ms > as_of_ms.saturating_sub(BOOKS_SETTLE_MS) {
+            Some(OpenBecause::Settling)
+        } else if !expiries_swept {
+            Some(OpenBecause::ExpiriesNotSwept)
+        } else {
+            None
+        }
+    }
+}
+
 /// The books of a period: `paid`, `promotional` and `owed`, and their
 /// `total`, the ledger's own figures.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -325,6 +386,18 @@ pub struct CreditBooks {
     #[serde(rename = "to", serialize_with = "crate::clock::rfc3339::serialize")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub to_ms: i64,
+    /// When the books were asked of the store (the server's clock): they
+    /// hold every row committed by then.
+    #[serde(rename = "as_of", serialize_with = "crate::clock::rfc3339::serialize")]
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub as_of_ms: i64,
+    /// Whether the period was closed at `as_of`: it ended 5 s or more
+    /// before, and the expiry sweep had passed every grant that expired
+    /// before its end, so no row can be added to it any more. Until then
+    /// its closing balances are what they are so far.
+    pub closed: bool,
+    /// Why the period is not closed (`null` once it is).
+    pub open_because: Option<OpenBecause>,
     /// `paid`, `promotional`, `owed`, in that order.
     pub categories: Vec<BookLine>,
     /// The categories summed: its closing is what every account's balance
@@ -400,6 +473,11 @@ fn column(kind: TransactionKind, amount: i64, order_id: Option<i64>) -> Column {
 #[derive(Debug)]
 pub struct Bookkeeper {
     period: Period,
+    /// When the books were asked for.
+    as_of_ms: i64,
+    /// Whether the expiry sweep stands past every grant that expired
+    /// before the period's end (until told otherwise).
+    expiries_swept: bool,
     lines: [Running; 3],
     transactions_in_period: u64,
     /// The first problem by (account, seq); an account's own (its grants
@@ -408,9 +486,12 @@ pub struct Bookkeeper {
 }
 
 impl Bookkeeper {
-    pub fn new(period: Period) -> Bookkeeper {
+    /// The books of `period`, asked for at `as_of_ms`.
+    pub fn new(period: Period, as_of_ms: i64) -> Bookkeeper {
         Bookkeeper {
             period,
+            as_of_ms,
+            expiries_swept: true,
             lines: [Running::default(); 3],
             transactions_in_period: 0,
             problem: None,
@@ -434,6 +515,14 @@ impl Bookkeeper {
                 why: "its credit grants were never made, so its rows say nothing of their grants (run sms-credit migrate)".to_string(),
             },
         );
+    }
+
+    /// A grant that expired before the period's end is still ahead of
+    /// where the expiry sweep stands (read in the moment of the ledger the
+    /// rows are read from): its expiry row may yet be written into the
+    /// period, which is therefore not closed.
+    pub fn expiries_not_swept(&mut self) {
+        self.expiries_swept = false;
     }
 
     /// Places one row: in the opening if it was made before the period,
@@ -491,9 +580,13 @@ impl Bookkeeper {
         let (paid, promotional, owed) =
             (self.lines[PAID], self.lines[PROMOTIONAL], self.lines[OWED]);
         let total = paid.plus(promotional).plus(owed);
+        let open_because = OpenBecause::of(self.period, self.as_of_ms, self.expiries_swept);
         Ok(CreditBooks {
             from_ms: self.period.from_ms,
             to_ms: self.period.to_ms,
+            as_of_ms: self.as_of_ms,
+            closed: open_because.is_none(),
+            open_because,
             categories: vec![
                 paid.line(BookCategory::Paid)?,
                 promotional.line(BookCategory::Promotional)?,
@@ -572,15 +665,25 @@ fn moves(row: &BookRow, kind: TransactionKind, place: &str) -> Result<[Money; 3]
 }
 
 /// The CSV's header: one line per category after it, `paid`,
-/// `promotional`, `owed`, `total`.
-pub const CSV_HEADER: &str = "from,to,category,opening_micros,opening,granted_micros,granted,consumed_micros,consumed,expired_micros,expired,refunded_micros,refunded,closing_micros,closing\r\n";
+/// `promotional`, `owed`, `total`. When the books were read and whether
+/// the period was closed then are the last columns, on every line (as the
+/// period is), so that the figures' columns stay where they were and the
+/// file stays a plain table.
+pub const CSV_HEADER: &str = "from,to,category,opening_micros,opening,granted_micros,granted,consumed_micros,consumed,expired_micros,expired,refunded_micros,refunded,closing_micros,closing,as_of,closed,open_because\r\n";
 
 /// The books as CSV (RFC 4180): each figure in micro-dollars and in
-/// dollars, exactly.
+/// dollars, exactly; then `as_of`, `closed` (`true` or `false`) and
+/// `open_because` (empty once closed).
 pub fn csv(books: &CreditBooks) -> String {
     let mut csv = String::from(CSV_HEADER);
     let from = format_rfc3339_ms(books.from_ms);
     let to = format_rfc3339_ms(books.to_ms);
+    let standing = format!(
+        ",{},{},{}",
+        format_rfc3339_ms(books.as_of_ms),
+        books.closed,
+        books.open_because.map_or("", OpenBecause::as_str)
+    );
     for line in books.categories.iter().chain([&books.total]) {
         csv.push_str(&format!("{from},{to},{}", line.category.as_str()));
         for figure in [
@@ -597,6 +700,7 @@ pub fn csv(books: &CreditBooks) -> String {
                 crate::export::decimal(figure)
             ));
         }
+        csv.push_str(&standing);
         csv.push_str("\r\n");
     }
     csv
@@ -608,6 +712,8 @@ mod tests {
 
     const FROM: i64 = 1_000;
     const TO: i64 = 2_000;
+    /// Long after the period: closed.
+    const AS_OF: i64 = 10_000;
 
     fn row(
         seq: i64,
@@ -647,10 +753,13 @@ mod tests {
     }
 
     fn books(rows: Vec<BookRow>) -> Result<CreditBooks, BooksError> {
-        let mut keeper = Bookkeeper::new(Period {
-            from_ms: FROM,
-            to_ms: TO,
-        });
+        let mut keeper = Bookkeeper::new(
+            Period {
+                from_ms: FROM,
+                to_ms: TO,
+            },
+            AS_OF,
+        );
         for row in rows {
             keeper.row(row);
         }
@@ -864,10 +973,13 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
-        let mut keeper = Bookkeeper::new(Period {
-            from_ms: FROM,
-            to_ms: TO,
-        });
+        let mut keeper = Bookkeeper::new(
+            Period {
+                from_ms: FROM,
+                to_ms: TO,
+            },
+            AS_OF,
+        );
         keeper.row(short(1));
         keeper.grants_not_made(AccountId(1));
         assert!(matches!(
@@ -969,6 +1081,43 @@ mod tests {
     }
 
     #[test]
+    fn a_period_is_closed_only_once_settled_and_swept() {
+        let period = Period {
+            from_ms: FROM,
+            to_ms: TO,
+        };
+        for (as_of, swept, open) in [
+            (TO - 1, true, Some(OpenBecause::PeriodNotEnded)),
+            (TO - 1, false, Some(OpenBecause::PeriodNotEnded)),
+            (TO, true, Some(OpenBecause::Settling)),
+            (TO + BOOKS_SETTLE_MS - 1, true, Some(OpenBecause::Settling)),
+            (TO + BOOKS_SETTLE_MS - 1, false, Some(OpenBecause::Settling)),
+            (TO + BOOKS_SETTLE_MS, true, None),
+            (
+                TO + BOOKS_SETTLE_MS,
+                false,
+                Some(OpenBecause::ExpiriesNotSwept),
+            ),
+            (i64::MIN, true, Some(OpenBecause::PeriodNotEnded)),
+        ] {
+            assert_eq!(
+                OpenBecause::of(period, as_of, swept),
+                open,
+                "{as_of} {swept}"
+            );
+        }
+        let mut keeper = Bookkeeper::new(period, AS_OF);
+        keeper.expiries_not_swept();
+        let books = keeper.finish().unwrap();
+        assert_eq!(
+            (books.as_of_ms, books.closed, books.open_because),
+            (AS_OF, false, Some(OpenBecause::ExpiriesNotSwept))
+        );
+        let books = Bookkeeper::new(period, AS_OF).finish().unwrap();
+        assert_eq!((books.closed, books.open_because), (true, None));
+    }
+
+    #[test]
     fn the_csv_says_the_same_figures_exactly() {
         let books = books(vec![
             row(
@@ -987,8 +1136,18 @@ mod tests {
         assert_eq!(lines[0], CSV_HEADER.trim_end());
         assert_eq!(
             lines[1],
-            "1970-01-01T00:00:01.000Z,1970-01-01T00:00:02.000Z,paid,0,0.00,10000000,10.00,56500,0.0565,0,0.00,0,0.00,9943500,9.9435"
+            "1970-01-01T00:00:01.000Z,1970-01-01T00:00:02.000Z,paid,0,0.00,10000000,10.00,56500,0.0565,0,0.00,0,0.00,9943500,9.9435,1970-01-01T00:00:10.000Z,true,"
         );
+        let open = CreditBooks {
+            closed: false,
+            open_because: Some(OpenBecause::ExpiriesNotSwept),
+            ..books.clone()
+        };
+        assert!(super::csv(&open)
+            .split("\r\n")
+            .skip(1)
+            .filter(|line| !line.is_empty())
+            .all(|line| line.ends_with(",1970-01-01T00:00:10.000Z,false,expiries_not_swept")));
         assert!(lines[2]
             .starts_with("1970-01-01T00:00:01.000Z,1970-01-01T00:00:02.000Z,promotional,0,0.00,"));
         assert!(lines[3].contains(",owed,"));

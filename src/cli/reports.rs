@@ -6,8 +6,8 @@
 use std::io::Write;
 
 use clap::{Args, Subcommand};
-use sms_credit_actors::books::{self, BookLine, CreditBooks, Period};
-use sms_credit_actors::clock::format_rfc3339_ms;
+use sms_credit_actors::books::{self, BookLine, CreditBooks, OpenBecause, Period};
+use sms_credit_actors::clock::{format_rfc3339_ms, Clock, SystemClock};
 
 use super::output::{counted, print_json, print_table, with_store, Align};
 use crate::config::Settings;
@@ -60,7 +60,7 @@ impl CreditCommand {
         let books = with_store(settings, |store| async move {
             store
                 .reports()
-                .credit_books(period)
+                .credit_books(period, SystemClock.now_ms())
                 .await
                 .map_err(|error| error.to_string())
         })?;
@@ -82,7 +82,8 @@ impl CreditCommand {
     }
 }
 
-/// The books for people: the period, then a table of the lines.
+/// The books for people: the period, whether it is closed, then a table
+/// of the lines.
 fn print_books(books: &CreditBooks) {
     say!(
         "credit from {} to {} (UTC; {} in the period)",
@@ -90,6 +91,7 @@ fn print_books(books: &CreditBooks) {
         format_rfc3339_ms(books.to_ms),
         counted(books.transactions_in_period, "ledger row", "ledger rows")
     );
+    say!("{}", standing(books));
     let columns = [
         ("category", Align::Left),
         ("opening", Align::Right),
@@ -125,4 +127,21 @@ fn print_books(books: &CreditBooks) {
         .collect();
     print_table(&columns, &rows);
     say!("opening + granted - consumed - expired - refunded = closing; paid's closing is what customers have paid for and not yet used");
+}
+
+/// Whether the period is closed, for people: when the books were read, and
+/// if the period is open, why (its closing balances are so far).
+fn standing(books: &CreditBooks) -> String {
+    let as_of = format_rfc3339_ms(books.as_of_ms);
+    let why = match books.open_because {
+        None => return format!("closed: read at {as_of}, nothing more can be dated in it"),
+        Some(OpenBecause::PeriodNotEnded) => "the period has not ended",
+        Some(OpenBecause::Settling) => {
+            "the period ended less than 5 s ago, and a row dated in it may still be committed"
+        }
+        Some(OpenBecause::ExpiriesNotSwept) => {
+            "a server's expiry sweep has not yet passed every grant that expired in it, so their expiry rows may still be written"
+        }
+    };
+    format!("open period, figures as of {as_of}: {why}; the closing balances are so far")
 }

@@ -12,12 +12,26 @@ const TOKEN_KEY = "sms-credit-admin";
 // Money arrives as integer micro-dollars, shown as the server shows it:
 // exactly, from the digits, with at least two decimals and no trailing zeros
 // beyond them ($2.35, $0.0565, -$82.266), the dollars grouped by thousands;
-// the micro-dollars on hover.
+// the micro-dollars on hover. A figure may come as a number (exact below
+// 2^53, as every single amount is) or as the string of its digits (the
+// books' sums, read with exactMicros); the whole dollars, at most 13
+// digits, are exact as a number either way.
 function dollars(micros, signed) {
-  const digits = String(Math.abs(micros)).padStart(7, "0");
-  const text = "$" + Number(digits.slice(0, -6)).toLocaleString("en-US") + "."
+  const text = String(micros);
+  const negative = text.startsWith("-");
+  const digits = (negative ? text.slice(1) : text).padStart(7, "0");
+  const amount = "$" + Number(digits.slice(0, -6)).toLocaleString("en-US") + "."
     + digits.slice(-6).replace(/0+$/, "").padEnd(2, "0");
-  return (micros < 0 ? "-" : signed && micros > 0 ? "+" : "") + text;
+  return (negative ? "-" : signed && /[1-9]/.test(digits) ? "+" : "") + amount;
+}
+// A JSON answer whose `*_micros` figures are kept as the strings of their
+// digits: JavaScript reads a JSON number as a double, which is exact only
+// below 2^53 micro-dollars (about $9 billion), and the books' figures sum a
+// whole ledger. The server answers integers only, and no other text in
+// such an answer holds a quoted name followed by a colon, so the figures
+// are quoted before the text is parsed.
+function exactMicros(text) {
+  return JSON.parse(text.replace(/("[a-z_]+_micros")\s*:\s*(-?[0-9]+)/g, '$1:"$2"'));
 }
 // A count with its noun: "1 account", "2 accounts".
 function counted(count, one, many) {
@@ -25,7 +39,7 @@ function counted(count, one, many) {
 }
 function money(cell, micros, signed) {
   cell.textContent = dollars(micros, signed);
-  cell.title = micros.toLocaleString("en-US") + " micro-dollars";
+  cell.title = (typeof micros === "string" ? BigInt(micros) : micros).toLocaleString("en-US") + " micro-dollars";
   return cell;
 }
 // "12.50" → 12500000 micro-dollars, from the digits (no float).
@@ -50,11 +64,12 @@ function problem(error) {
   return error.message;
 }
 
-async function api(method, path, body) {
+// `read` parses the answer's text (exactMicros for the books).
+async function api(method, path, body, read = JSON.parse) {
   const headers = { Authorization: "Bearer " + state.token };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const answer = await response.json().catch(() => ({}));
+  const answer = await response.text().then(read).catch(() => ({}));
   if (!response.ok) {
     const message = answer.error ? answer.error.message : "";
     throw Object.assign(new Error(message), { status: response.status, code: answer.error && answer.error.code });
@@ -182,13 +197,31 @@ async function loadReports() {
 // month's end.
 const BOOK_NAMES = { paid: "Paid", promotional: "Promotional", owed: "Owed", total: "Total" };
 const BOOK_FIGURES = ["opening", "granted", "consumed", "expired", "refunded", "closing"];
+// Why a month's books may still change (the API's `open_because`).
+const BOOKS_OPEN_BECAUSE = {
+  period_not_ended: "the month has not ended",
+  settling: "the month ended moments ago, and a row dated in it may still be written",
+  expiries_not_swept: "the expiry sweep has not yet written the expiries of grants that ended in it",
+};
+// Whether the month is closed, and as of when its figures are: an open
+// one's closing balances are what they are so far.
+function showBooksState(books, month) {
+  const shown = $("books-state");
+  shown.dataset.asOf = books.as_of;
+  shown.classList.toggle("open", !books.closed);
+  $("books-closing-head").textContent = books.closed ? "Closing" : "Closing so far";
+  shown.textContent = books.closed
+    ? "Closed: nothing more can be dated in " + month + " (read " + when(books.as_of) + ", " + zone + ")."
+    : "Open period — figures as of " + when(books.as_of) + " (" + zone + "): "
+      + (BOOKS_OPEN_BECAUSE[books.open_because] || "it may still change") + "; the closing balances are so far.";
+}
 async function loadBooks() {
   const month = $("books-month").value;
   if (!/^[0-9]{4}-[0-9]{2}$/.test(month)) { $("books-message").textContent = "Pick a month."; return; }
   $("books-button").disabled = true;
   $("books-message").textContent = "Reading the ledger…";
   try {
-    const books = await api("GET", "/v1/admin/reports/credit?month=" + encodeURIComponent(month));
+    const books = await api("GET", "/v1/admin/reports/credit?month=" + encodeURIComponent(month), undefined, exactMicros);
     const rows = $("books-rows");
     rows.textContent = "";
     books.categories.concat([books.total]).forEach((line) => {
@@ -200,12 +233,22 @@ async function loadBooks() {
     });
     state.booksMonth = month;
     $("books-message").textContent = month + " (UTC): " + counted(books.transactions_in_period, "ledger row", "ledger rows") + ".";
+    showBooksState(books, month);
     $("books-csv").hidden = false;
   } catch (error) {
+    // Another month's figures never stay under this month's failure.
+    clearBooks();
     $("books-message").textContent = problem(error);
   } finally {
     $("books-button").disabled = false;
   }
+}
+// No books shown: nothing read yet, signed out, or the read failed.
+function clearBooks() {
+  ["books-rows", "books-message", "books-state"].forEach((id) => { $(id).textContent = ""; });
+  $("books-state").classList.remove("open");
+  $("books-closing-head").textContent = "Closing";
+  $("books-csv").hidden = true;
 }
 
 // One line of a "needs attention" list, linking to its account.
@@ -619,8 +662,8 @@ function signOut(message) {
     "money-chart-words", "message-chart-words", "margin-rows", "token-rows", "notice-rows", "code-rows", "grant-rows",
     "token-value", "auto-state", "pricing-message", "low-list", "auto-list", "notice-list", "reserved-list",
     "auto-off-count", "notices-unsent", "reservations-open", "stripe-list", "endpoint-list", "message-rows",
-    "auto-attempts", "books-rows", "books-message"].forEach((id) => { $(id).textContent = ""; });
-  $("books-csv").hidden = true;
+    "auto-attempts"].forEach((id) => { $(id).textContent = ""; });
+  clearBooks();
   $("owed").title = "";
   $("balance").title = "";
   state.accountId = null;

@@ -309,6 +309,9 @@ pub(crate) struct Shared {
     /// Test-only: the next mark of an order's legacy record settled stops
     /// just before it is written, until the test releases it.
     hold_next_settled_mark: Mutex<Option<Arc<TestHold>>>,
+    /// Test-only: how many of the next books reads stop once read, before
+    /// they answer, and the hold they stop at.
+    hold_books: Mutex<Option<(u64, Arc<TestHold>)>>,
     /// Told after a commit that queued notices, so they go out at once.
     pub(crate) notices_ready: Notify,
     /// Told after a commit that made webhook deliveries, so they go out at
@@ -445,6 +448,7 @@ impl Shared {
             hold_next_waiting_mark: Mutex::new(None),
             hold_take_back: Mutex::new(None),
             hold_next_settled_mark: Mutex::new(None),
+            hold_books: Mutex::new(None),
             notices_ready: Notify::new(),
             webhooks_ready: Notify::new(),
             next_generation: AtomicU64::new(1),
@@ -563,6 +567,22 @@ impl Shared {
                     remaining.checked_sub(1)
                 })
                 == Ok(1)
+    }
+
+    /// The hold a books read stops at before it answers, if a test put one
+    /// there (see [`Store::hold_books_for_testing`]), counting the read.
+    pub(crate) fn books_hold(&self) -> Option<Arc<TestHold>> {
+        let mut held = self
+            .hold_books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (remaining, hold) = held.as_mut()?;
+        let hold = Arc::clone(hold);
+        *remaining -= 1;
+        if *remaining == 0 {
+            *held = None;
+        }
+        Some(hold)
     }
 
     /// The failure of the next read, if the test switch says it fails
@@ -943,6 +963,21 @@ impl Store {
             Some((held_key, _)) if held_key == key => held.take().map(|(_, hold)| hold),
             _ => None,
         }
+    }
+
+    /// Test-only switch: each of the next `count` books reads
+    /// ([`ReportStore::credit_books`]) stops once read, before it answers,
+    /// until the test releases the hold it is handed (once per read), so a
+    /// test can keep books reads in flight.
+    pub fn hold_books_for_testing(&self, count: u64) -> Arc<TestHold> {
+        let hold = Arc::new(TestHold::default());
+        *self
+            .shared
+            .hold_books
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+            (count > 0).then(|| (count, Arc::clone(&hold)));
+        hold
     }
 
     /// Waits until everything queued before this call has committed or failed.

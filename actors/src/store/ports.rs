@@ -1025,8 +1025,12 @@ pub trait ReportStore: Send + Sync {
     /// The books of `period`: every ledger row made before its end, with
     /// its funding and the grant it made, placed by [`crate::books`] in
     /// one read of one moment of the ledger (a row with its funding
-    /// missing, or an account whose grants were never made, is an error).
-    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError>;
+    /// missing, or an account whose grants were never made, is an error),
+    /// asked for at `as_of_ms` (the caller's clock, taken just before):
+    /// with, from the same moment, whether the expiry sweep stands past
+    /// every grant that expired before the period's end, so that the books
+    /// say whether the period is closed.
+    fn credit_books(&self, period: Period, as_of_ms: i64) -> StoreFuture<CreditBooks, BooksError>;
 }
 
 /// Webhooks: the endpoints, the outbox of events and their deliveries.

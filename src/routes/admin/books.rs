@@ -44,33 +44,49 @@ impl PeriodQuery {
 /// in total: opening + granted − consumed − expired − refunded = closing,
 /// exactly, in micro-dollars. The closing `paid` balance is what customers
 /// have paid for and not yet used; the total's closing is what every
-/// account's balance came to at `to`.
+/// account's balance came to at `to`. `as_of` is when they were read;
+/// `closed` says whether the period could still change then (not ended,
+/// ended less than 5 s before, or expiries the sweep has not written yet:
+/// `open_because`), its closing balances being what they are so far.
 #[utoipa::path(get, path = "/v1/admin/reports/credit", tag = "admin", security(("adminToken" = [])),
     params(PeriodQuery),
-    responses((status = 200, body = CreditBooks)))]
+    responses((status = 200, body = CreditBooks),
+        (status = 503, description = "`books_busy`: this server is reading as many books as it reads at once (2); `Retry-After` says when to try again")))]
 pub async fn show(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let period = query.period()?;
-    let books = state.store.reports().credit_books(period).await?;
+    let _reading = state.books_reads.start()?;
+    let books = state
+        .store
+        .reports()
+        .credit_books(period, state.clock.now_ms())
+        .await?;
     Ok(HttpResponse::Ok().json(books))
 }
 
 /// The same books as CSV: a header, then one line per category and the
-/// total, each figure in micro-dollars and in dollars (exactly).
+/// total, each figure in micro-dollars and in dollars (exactly), then
+/// `as_of`, `closed` and `open_because` (empty once closed).
 #[utoipa::path(get, path = "/v1/admin/reports/credit.csv", tag = "admin",
     security(("adminToken" = [])),
     params(PeriodQuery),
-    responses((status = 200, description = "The books", content_type = "text/csv", body = String)))]
+    responses((status = 200, description = "The books", content_type = "text/csv", body = String),
+        (status = 503, description = "`books_busy`: this server is reading as many books as it reads at once (2); `Retry-After` says when to try again")))]
 pub async fn export_csv(
     _admin: Admin,
     state: web::Data<AppState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let period = query.period()?;
-    let books = state.store.reports().credit_books(period).await?;
+    let _reading = state.books_reads.start()?;
+    let books = state
+        .store
+        .reports()
+        .credit_books(period, state.clock.now_ms())
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .insert_header((

@@ -11,11 +11,11 @@ use crate::ledger::AccountId;
 use crate::store::ports::GrantExpiry;
 use crate::store::{GrantExpiryStore, StoreError, StoreFuture};
 
-const SWEPT_UNTIL: &str =
+pub(super) const SWEPT_UNTIL: &str =
     "SELECT swept_until, swept_account_id, swept_grant_id FROM grant_expiry_sweep WHERE id = 1";
 
 /// Where the sweep stands, as the one row holds it.
-fn swept_until_from(row: Option<Row>) -> Result<Option<GrantExpiry>, StoreError> {
+pub(super) fn swept_until_from(row: Option<Row>) -> Result<Option<GrantExpiry>, StoreError> {
     let found = match row {
         Some(row) => Some((
             row.try_get::<_, Option<i64>>(0)?,

@@ -172,11 +172,37 @@ impl ReportStore for PostgresStore {
         })
     }
 
-    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
+    fn credit_books(&self, period: Period, as_of_ms: i64) -> StoreFuture<CreditBooks, BooksError> {
         let connector = self.readers.connector.clone();
+        // The books read on a connection of their own, not through
+        // `read`: the switch that fails reads is honoured here too, as
+        // SQLite's reader of its own does.
+        let injected = self.shared.injected_read_failure();
+        let hold = self.shared.books_hold();
         Box::pin(async move {
-            let mut client = connector.connect(None).await?;
-            super::books::credit_books(&mut client, period).await?
+            if let Some(failure) = injected {
+                return Err(failure.into());
+            }
+            // Every row is decoded and placed on a thread of the adapter's
+            // blocking pool, never where the caller awaits: rows the
+            // connection has buffered are taken without a pause, so a long
+            // read polled there would hold the caller's thread (an HTTP
+            // worker, with every request on it) until its end. The
+            // connection itself is driven on the adapter's runtime, as
+            // every connection is.
+            let runtime = connector.runtime.clone();
+            let on_thread = runtime.clone();
+            let read = runtime.spawn_blocking(move || {
+                on_thread.block_on(async move {
+                    let mut client = connector.connect(None).await?;
+                    super::books::credit_books(&mut client, period, as_of_ms).await
+                })
+            });
+            let books = read.await.map_err(|_| StoreError::Closed);
+            if let Some(hold) = hold {
+                hold.stop_here().await;
+            }
+            books??
         })
     }
 }

@@ -11,7 +11,7 @@ use crate::store::ports::GrantExpiry;
 use crate::store::{GrantExpiryStore, StoreError, StoreFuture};
 
 /// Where the sweep stands, as the one row holds it.
-fn load_swept_until(connection: &Connection) -> Result<Option<GrantExpiry>, StoreError> {
+pub(super) fn load_swept_until(connection: &Connection) -> Result<Option<GrantExpiry>, StoreError> {
     let found = connection
         .prepare_cached(
             "SELECT swept_until, swept_account_id, swept_grant_id FROM grant_expiry_sweep WHERE id = 1",

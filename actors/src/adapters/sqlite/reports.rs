@@ -172,11 +172,18 @@ impl ReportStore for SqliteStore {
         })
     }
 
-    fn credit_books(&self, period: Period) -> StoreFuture<CreditBooks, BooksError> {
+    fn credit_books(&self, period: Period, as_of_ms: i64) -> StoreFuture<CreditBooks, BooksError> {
         // A reader of its own: the whole ledger may take a while to read.
         let read = self.read_alone("store-books", move |connection| {
-            super::books::credit_books(connection, period)
+            super::books::credit_books(connection, period, as_of_ms)
         });
-        Box::pin(async move { read.await? })
+        let hold = self.shared.books_hold();
+        Box::pin(async move {
+            let books = read.await;
+            if let Some(hold) = hold {
+                hold.stop_here().await;
+            }
+            books?
+        })
     }
 }

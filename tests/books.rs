@@ -10,6 +10,7 @@
 
 use awc::http::StatusCode;
 use serde_json::{json, Value};
+use sms_credit_actors::books::BOOKS_SETTLE_MS;
 use sms_credit_actors::clock::{format_rfc3339_ms, parse_rfc3339_ms, Clock, ManualClock};
 
 use crate::fake_stripe::{EventFactory, FakeStripe};
@@ -708,7 +709,9 @@ fn the_command_line_says_the_apis_books() {
     // after the `--json` run's).
     let read_at = lines[1]
         .strip_prefix("closed: read at ")
-        .and_then(|rest| rest.strip_suffix(", nothing more can be dated in it"))
+        .and_then(|rest| {
+            rest.strip_suffix(", nothing more can be dated in it (the servers' clocks in step)")
+        })
         .and_then(parse_rfc3339_ms)
         .unwrap_or_else(|| panic!("{table}"));
     assert!(read_at >= parse_rfc3339_ms(&as_of).unwrap(), "{table}");
@@ -886,7 +889,7 @@ on_both_stores!(an_open_or_just_ended_period_is_marked_so_and_only_a_settled_one
 /// The books say when they were read (`as_of`, the app's clock) and
 /// whether the period is closed: a period that has not ended is open (its
 /// closing is what it is so far), one that ended less than the settling
-/// time (5 s) before `as_of` is open too (a row dated within it may still
+/// time (five minutes) before `as_of` is open too (a row dated within it may still
 /// be committed), and one that ended that long before or more is closed;
 /// the CSV says the same on each line.
 async fn an_open_or_just_ended_period_is_marked_so_and_only_a_settled_one_closed() {
@@ -917,11 +920,15 @@ async fn an_open_or_just_ended_period_is_marked_so_and_only_a_settled_one_closed
         ),
         (period(NOW_MS - DAY_MS, NOW_MS), false, json!("settling")),
         (
-            period(NOW_MS - DAY_MS, NOW_MS - 4_999),
+            period(NOW_MS - DAY_MS, NOW_MS - BOOKS_SETTLE_MS + 1),
             false,
             json!("settling"),
         ),
-        (period(NOW_MS - DAY_MS, NOW_MS - 5_000), true, Value::Null),
+        (
+            period(NOW_MS - DAY_MS, NOW_MS - BOOKS_SETTLE_MS),
+            true,
+            Value::Null,
+        ),
         ("month=2026-10".to_string(), true, Value::Null),
     ] {
         let books = books(&app, &query).await;
@@ -947,24 +954,24 @@ async fn an_open_or_just_ended_period_is_marked_so_and_only_a_settled_one_closed
             );
         }
     }
-    // November is open until 5 s after its end, then closed.
+    // November is open until five minutes after its end, then closed.
     let december = parse_rfc3339_ms("2026-12-01T00:00:00Z").unwrap();
-    clock.set_ms(december + 4_999);
+    clock.set_ms(december + BOOKS_SETTLE_MS - 1);
     let november = books(&app, "month=2026-11").await;
     assert_eq!(
         standing(&november),
         (
-            json!(format_rfc3339_ms(december + 4_999)),
+            json!(format_rfc3339_ms(december + BOOKS_SETTLE_MS - 1)),
             json!(false),
             json!("settling")
         )
     );
-    clock.set_ms(december + 5_000);
+    clock.set_ms(december + BOOKS_SETTLE_MS);
     let closed = books(&app, "month=2026-11").await;
     assert_eq!(
         standing(&closed),
         (
-            json!(format_rfc3339_ms(december + 5_000)),
+            json!(format_rfc3339_ms(december + BOOKS_SETTLE_MS)),
             json!(true),
             Value::Null
         )

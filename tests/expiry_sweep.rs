@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use awc::http::StatusCode;
 use serde_json::{json, Value};
 use sms_credit_actors::clock::{format_rfc3339_ms, ManualClock};
-use sms_credit_actors::expiry_sweep::{ExpirySweep, EXPIRY_SWEEP_EVERY_MS, HOLD_ROUNDS};
+use sms_credit_actors::expiry_sweep::{
+    ExpirySweep, EXPIRY_SWEEP_EVERY_MS, HOLD_ROUNDS, LOOK_BACK_EVERY_MS, LOOK_BACK_MS,
+};
 use sms_credit_actors::grants::Category;
 use sms_credit_actors::store::ports::GrantExpiry;
 use sms_credit_actors::{AccountId, ExpireDue, IdempotencyKey, LedgerError, Money, Refund};
@@ -402,8 +404,9 @@ async fn concurrent_rounds_ask_the_same_accounts_and_take_each_remainder_once() 
 
 on_both_stores!(where_the_sweep_stands_survives_a_restart_and_what_expired_meanwhile_is_found);
 /// A round passes an expired grant; the instance stops; another grant
-/// expires while none runs. The next instance's first round asks only
-/// about that one: the grants the sweep passed are not asked about again.
+/// expires while none runs. The next instance's first round sweeps only
+/// that one: the grants the sweep passed are not swept again (its first
+/// look back asks their accounts once more, which writes nothing).
 async fn where_the_sweep_stands_survives_a_restart_and_what_expired_meanwhile_is_found() {
     let directory = fresh_directory();
     let clock = ManualClock::new(NOW_MS);
@@ -440,6 +443,7 @@ async fn where_the_sweep_stands_survives_a_restart_and_what_expired_meanwhile_is
     let mut sweep = ExpirySweep::new(core.registry.clone());
     let after_restart = sweep.round(NOW_MS + DAY_MS + 60_000).await.unwrap();
     assert_eq!(after_restart.answered, vec![late], "{after_restart:?}");
+    assert_eq!(after_restart.looked_back, vec![early], "{after_restart:?}");
     assert_eq!(
         after_restart.swept_until,
         Some(GrantExpiry {
@@ -659,5 +663,69 @@ async fn an_expiry_row_is_dated_when_its_grant_expired_never_before_the_row_befo
         )),
         900_000
     );
+    assert_verified(&directory);
+}
+
+on_both_stores!(grants_behind_where_the_sweep_stands_are_expired_by_a_look_back);
+/// Where the sweep stands has passed two grants that still hold expired
+/// credit (committed behind it by an instance whose clock was behind, or
+/// left after an account failed `HOLD_ROUNDS` rounds, or credit given back
+/// whose expiry row was then not written): the forward sweep never reads
+/// them again, but the first round's look back asks their accounts, which
+/// write the expiry rows. The next look back comes `LOOK_BACK_EVERY_MS`
+/// later, and asks only about grants that expired within `LOOK_BACK_MS`.
+async fn grants_behind_where_the_sweep_stands_are_expired_by_a_look_back() {
+    let directory = fresh_directory();
+    let clock = ManualClock::new(NOW_MS);
+    let core = core_at(&directory, &clock);
+    let first = new_account(&core, "+14155550490").await;
+    let second = new_account(&core, "+14155550491").await;
+    for (account, expires_at) in [(first, NOW_MS + 60_000), (second, NOW_MS + 120_000)] {
+        core.registry
+            .send(
+                account,
+                adjust(1_000_000, "welcome", None, None, Some(expires_at)),
+            )
+            .await
+            .unwrap();
+    }
+    core.shutdown().await;
+    // The sweep stands past both, their expiry rows never written.
+    directory.execute(&format!(
+        "UPDATE grant_expiry_sweep SET swept_until = {}, swept_account_id = {}, swept_grant_id = 1",
+        NOW_MS + 120_000,
+        second.0
+    ));
+    let now = NOW_MS + 600_000;
+    clock.set_ms(now);
+    let core = core_at(&directory, &clock);
+    let mut sweep = ExpirySweep::new(core.registry.clone());
+    let round = sweep.round(now).await.unwrap();
+    assert!(round.answered.is_empty(), "the forward sweep: {round:?}");
+    let mut looked_back = round.looked_back.clone();
+    looked_back.sort();
+    assert_eq!(looked_back, vec![first, second], "{round:?}");
+    for (account, dated) in [(first, NOW_MS + 60_000), (second, NOW_MS + 120_000)] {
+        assert_eq!(
+            expiry_rows(&directory, account.0),
+            vec![format!("2:{dated}:-1000000")],
+            "account {account}"
+        );
+    }
+    // No look back until `LOOK_BACK_EVERY_MS` later.
+    let next = sweep.round(now + EXPIRY_SWEEP_EVERY_MS).await.unwrap();
+    assert!(next.looked_back.is_empty(), "{next:?}");
+    let later = sweep.round(now + LOOK_BACK_EVERY_MS).await.unwrap();
+    assert_eq!(later.looked_back.len(), 2, "{later:?}");
+    // A grant that expired more than `LOOK_BACK_MS` before is not asked
+    // about.
+    let long_after = now + LOOK_BACK_MS + LOOK_BACK_EVERY_MS;
+    clock.set_ms(long_after);
+    let too_old = sweep.round(long_after).await.unwrap();
+    assert!(too_old.looked_back.is_empty(), "{too_old:?}");
+    for account in [first, second] {
+        assert_eq!(expiry_rows(&directory, account.0).len(), 1);
+    }
+    core.shutdown().await;
     assert_verified(&directory);
 }

@@ -38,7 +38,6 @@
 use serde::Serialize;
 
 use crate::clock::{civil_from_days, days_from_civil, format_rfc3339_ms, parse_rfc3339_ms};
-use crate::expiry_sweep::EXPIRY_SWEEP_SETTLE_MS;
 use crate::grants::{Category, Funding, SHORTFALL};
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::{Money, MoneyError};
@@ -46,12 +45,19 @@ use crate::store::error::{StoreError, UnknownValue};
 
 const DAY_MS: i64 = 86_400_000;
 
-/// How long after a period's end its books may still change by a row
-/// committed late: a row is dated by its writer's clock when it is made
-/// and committed within moments, so one dated just before the end may
-/// land just after it. The margin the expiry sweep gives a grant committed
-/// late ([`EXPIRY_SWEEP_SETTLE_MS`], 5 s), for the same reason.
-pub const BOOKS_SETTLE_MS: i64 = EXPIRY_SWEEP_SETTLE_MS;
+/// How long after a period's end (by the reader's clock) its books may
+/// still change by a row committed late: a row is dated by its writer's
+/// clock when it is decided, so one dated just before the end may be
+/// committed after it — moments later on a healthy store, later if a
+/// commit stalls, and "later" by as much as the writer's clock is behind
+/// the reader's. Five minutes: far more than the expiry sweep's margin for
+/// a grant committed late
+/// ([`crate::expiry_sweep::EXPIRY_SWEEP_SETTLE_MS`], 5 s), so that clocks
+/// kept in step (NTP) and a stalled commit stay inside it. A reader whose
+/// clock is ahead of the writers' by more, or a writer whose clock is
+/// behind by more, can see a period closed that still changes: the
+/// servers' clocks must be kept in step.
+pub const BOOKS_SETTLE_MS: i64 = 5 * 60_000;
 
 /// The moments a report covers: rows made at or after `from_ms` and before
 /// `to_ms` (by their `created_at`, UTC).
@@ -391,10 +397,14 @@ pub struct CreditBooks {
     #[serde(rename = "as_of", serialize_with = "crate::clock::rfc3339::serialize")]
     #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
     pub as_of_ms: i64,
-    /// Whether the period was closed at `as_of`: it ended 5 s or more
-    /// before, and the expiry sweep had passed every grant that expired
-    /// before its end, so no row can be added to it any more. Until then
-    /// its closing balances are what they are so far.
+    /// Whether the period was closed at `as_of`: it ended five minutes or
+    /// more before, and the expiry sweep had passed every grant that
+    /// expired before its end, so no row can be added to it any more —
+    /// provided the servers' clocks agree within those five minutes, and
+    /// but for an expiry the sweep left (logged at ERROR) or a grant
+    /// committed behind it, written later by the account's next change
+    /// or the sweep's look back. Until then its closing balances are what
+    /// they are so far.
     pub closed: bool,
     /// Why the period is not closed (`null` once it is).
     pub open_because: Option<OpenBecause>,
@@ -713,7 +723,7 @@ mod tests {
     const FROM: i64 = 1_000;
     const TO: i64 = 2_000;
     /// Long after the period: closed.
-    const AS_OF: i64 = 10_000;
+    const AS_OF: i64 = TO + BOOKS_SETTLE_MS;
 
     fn row(
         seq: i64,
@@ -1136,7 +1146,7 @@ mod tests {
         assert_eq!(lines[0], CSV_HEADER.trim_end());
         assert_eq!(
             lines[1],
-            "1970-01-01T00:00:01.000Z,1970-01-01T00:00:02.000Z,paid,0,0.00,10000000,10.00,56500,0.0565,0,0.00,0,0.00,9943500,9.9435,1970-01-01T00:00:10.000Z,true,"
+            "1970-01-01T00:00:01.000Z,1970-01-01T00:00:02.000Z,paid,0,0.00,10000000,10.00,56500,0.0565,0,0.00,0,0.00,9943500,9.9435,1970-01-01T00:05:02.000Z,true,"
         );
         let open = CreditBooks {
             closed: false,
@@ -1147,7 +1157,7 @@ mod tests {
             .split("\r\n")
             .skip(1)
             .filter(|line| !line.is_empty())
-            .all(|line| line.ends_with(",1970-01-01T00:00:10.000Z,false,expiries_not_swept")));
+            .all(|line| line.ends_with(",1970-01-01T00:05:02.000Z,false,expiries_not_swept")));
         assert!(lines[2]
             .starts_with("1970-01-01T00:00:01.000Z,1970-01-01T00:00:02.000Z,promotional,0,0.00,"));
         assert!(lines[3].contains(",owed,"));

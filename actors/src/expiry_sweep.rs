@@ -19,6 +19,15 @@
 //! account that does not exist, the grant is left to its account's next
 //! change (which writes the expiry row first, as every change does; no
 //! debit draws on an expired grant meanwhile) and the error is logged.
+//!
+//! Where the sweep stands can pass a grant that still holds expired credit:
+//! one left so, one committed behind it (by an instance whose clock is
+//! behind, or more than [`EXPIRY_SWEEP_SETTLE_MS`] late), or credit given
+//! back to an expired grant whose expiry row was then not written (a
+//! failed write, a crash). So every [`LOOK_BACK_EVERY_MS`] (and in the
+//! first round) a round also looks back: the accounts of the grants that
+//! expired in the last [`LOOK_BACK_MS`] before where the sweep stands are
+//! asked once more (an account with nothing due writes nothing).
 
 use std::collections::{HashMap, HashSet};
 
@@ -49,6 +58,13 @@ pub const HOLD_ROUNDS: u32 = 10;
 /// How long a round waits for an account's actor to answer.
 pub const ANSWER_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often (of the clock) a round also looks back behind where the
+/// sweep stands.
+pub const LOOK_BACK_EVERY_MS: i64 = 6 * 3_600_000;
+
+/// How far back (of grants' expiries) a look back goes.
+pub const LOOK_BACK_MS: i64 = 7 * 86_400_000;
+
 /// The grants read at once.
 const BATCH: i64 = 500;
 
@@ -66,6 +82,10 @@ pub struct ExpiryRound {
     pub left: Vec<GrantExpiry>,
     /// Where the sweep stands after the round.
     pub swept_until: Option<GrantExpiry>,
+    /// The accounts a look back asked (behind where the sweep stands)
+    /// that answered; those that failed are logged (and in `failed`
+    /// only if the forward part asked them too).
+    pub looked_back: Vec<AccountId>,
 }
 
 /// The sweep of one instance: the registry it asks through, and how many
@@ -73,6 +93,8 @@ pub struct ExpiryRound {
 pub struct ExpirySweep {
     registry: Registry,
     failing: HashMap<AccountId, u32>,
+    /// When this sweep last looked back (`None`: not yet).
+    looked_back_at: Option<i64>,
 }
 
 impl ExpirySweep {
@@ -87,6 +109,7 @@ impl ExpirySweep {
         ExpirySweep {
             registry,
             failing: HashMap::new(),
+            looked_back_at: None,
         }
     }
 
@@ -123,26 +146,7 @@ impl ExpirySweep {
                     })
                     .collect()
             };
-            let registry = self.registry.clone();
-            let answers: Vec<(AccountId, Result<(), LedgerError>)> = stream::iter(asked)
-                .map(|account_id| {
-                    let registry = registry.clone();
-                    async move {
-                        // An actor that cannot answer in time fails this
-                        // round for its account; the round goes on.
-                        let answer = tokio::time::timeout(
-                            ANSWER_WITHIN,
-                            registry.send(account_id, ExpireDue),
-                        )
-                        .await
-                        .unwrap_or(Err(LedgerError::Busy));
-                        (account_id, answer)
-                    }
-                })
-                .buffer_unordered(ASKED_AT_ONCE)
-                .collect()
-                .await;
-            for (account_id, answer) in answers {
+            for (account_id, answer) in self.ask(asked).await {
                 match &answer {
                     Ok(()) => round.answered.push(account_id),
                     Err(error) => {
@@ -198,6 +202,83 @@ impl ExpirySweep {
         if let Some(to) = advance_to.filter(|to| Some(*to) > start) {
             round.swept_until = store.grant_expiry().advance_swept_until(to).await?;
         }
+        let look_back_due = self
+            .looked_back_at
+            .is_none_or(|at| now_ms.saturating_sub(at) >= LOOK_BACK_EVERY_MS);
+        if let (true, Some(behind)) = (look_back_due, start) {
+            self.look_back(now_ms, behind, &mut outcomes, &mut round)
+                .await?;
+            self.looked_back_at = Some(now_ms);
+        }
         Ok(round)
+    }
+
+    /// Asks once more the accounts of the grants that expired in the last
+    /// [`LOOK_BACK_MS`] at or before `behind` (where the sweep stood when
+    /// the round began), except those the round asked already.
+    async fn look_back(
+        &mut self,
+        now_ms: i64,
+        behind: GrantExpiry,
+        outcomes: &mut HashMap<AccountId, Result<(), LedgerError>>,
+        round: &mut ExpiryRound,
+    ) -> Result<(), StoreError> {
+        let store = self.registry.store().clone();
+        let mut read_after = Some(GrantExpiry {
+            expires_at_ms: now_ms.saturating_sub(LOOK_BACK_MS),
+            account_id: AccountId(i64::MIN),
+            grant_id: i64::MIN,
+        });
+        loop {
+            let due = store
+                .grant_expiry()
+                .expired_grants(read_after, behind.expires_at_ms, BATCH)
+                .await?;
+            let within: Vec<&GrantExpiry> = due.iter().filter(|grant| **grant <= behind).collect();
+            let asked: Vec<AccountId> = {
+                let mut seen = HashSet::new();
+                within
+                    .iter()
+                    .map(|grant| grant.account_id)
+                    .filter(|account_id| {
+                        !outcomes.contains_key(account_id) && seen.insert(*account_id)
+                    })
+                    .collect()
+            };
+            for (account_id, answer) in self.ask(asked).await {
+                match &answer {
+                    Ok(()) => round.looked_back.push(account_id),
+                    Err(error) => {
+                        tracing::warn!(%account_id, %error, "could not expire an account's expired grants behind where the sweep stands; the next look back asks again")
+                    }
+                }
+                outcomes.insert(account_id, answer);
+            }
+            read_after = due.last().copied().or(read_after);
+            if (due.len() as i64) < BATCH || within.len() < due.len() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Asks each account, [`ASKED_AT_ONCE`] at a time, to write its expiry
+    /// rows due; an actor that cannot answer within [`ANSWER_WITHIN`]
+    /// fails for its account (the round goes on).
+    async fn ask(&self, accounts: Vec<AccountId>) -> Vec<(AccountId, Result<(), LedgerError>)> {
+        let registry = self.registry.clone();
+        stream::iter(accounts)
+            .map(|account_id| {
+                let registry = registry.clone();
+                async move {
+                    let answer =
+                        tokio::time::timeout(ANSWER_WITHIN, registry.send(account_id, ExpireDue))
+                            .await
+                            .unwrap_or(Err(LedgerError::Busy));
+                    (account_id, answer)
+                }
+            })
+            .buffer_unordered(ASKED_AT_ONCE)
+            .collect()
+            .await
     }
 }

@@ -134,10 +134,14 @@ fn print_books(books: &CreditBooks) {
 fn standing(books: &CreditBooks) -> String {
     let as_of = format_rfc3339_ms(books.as_of_ms);
     let why = match books.open_because {
-        None => return format!("closed: read at {as_of}, nothing more can be dated in it"),
+        None => {
+            return format!(
+                "closed: read at {as_of}, nothing more can be dated in it (the servers' clocks in step)"
+            )
+        }
         Some(OpenBecause::PeriodNotEnded) => "the period has not ended",
         Some(OpenBecause::Settling) => {
-            "the period ended less than 5 s ago, and a row dated in it may still be committed"
+            "the period ended less than five minutes ago, and a row dated in it may still be committed"
         }
         Some(OpenBecause::ExpiriesNotSwept) => {
             "a server's expiry sweep has not yet passed every grant that expired in it, so their expiry rows may still be written"

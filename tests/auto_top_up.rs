@@ -983,6 +983,12 @@ async fn a_charge_stripe_cannot_be_asked_about_for_days_is_unknown_and_never_sen
             .is_some_and(|reason| reason.contains("could not be confirmed with Stripe")),
         "{view}"
     );
+    // The attempt says why in the server's words: it is not asked again.
+    assert_eq!(
+        view["attempts"][0]["reason"],
+        "undecided: Stripe neither answered nor could be asked what became of the charge",
+        "{view}"
+    );
     let (status, report) = app
         .request("GET", "/v1/admin/reconciliation", Some(ADMIN_TOKEN), None)
         .await;

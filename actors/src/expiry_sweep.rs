@@ -24,10 +24,13 @@
 //! one left so, one committed behind it (by an instance whose clock is
 //! behind, or more than [`EXPIRY_SWEEP_SETTLE_MS`] late), or credit given
 //! back to an expired grant whose expiry row was then not written (a
-//! failed write, a crash). So every [`LOOK_BACK_EVERY_MS`] (and in the
-//! first round) a round also looks back: the accounts of the grants that
-//! expired in the last [`LOOK_BACK_MS`] before where the sweep stands are
-//! asked once more (an account with nothing due writes nothing).
+//! failed write, a crash). So every [`LOOK_BACK_EVERY_MS`] (and from the
+//! first round) the sweep also looks back: the accounts of the grants that
+//! expired within [`LOOK_BACK_MS`] before now, at or before where the sweep
+//! stood when the look back began, are asked once more (an account with
+//! nothing due writes nothing) — one page of them a round, after the
+//! round's own work, so a long look back never holds the sweep up; a page
+//! that fails is read again by the next round.
 
 use std::collections::{HashMap, HashSet};
 
@@ -93,8 +96,20 @@ pub struct ExpiryRound {
 pub struct ExpirySweep {
     registry: Registry,
     failing: HashMap<AccountId, u32>,
-    /// When this sweep last looked back (`None`: not yet).
+    /// When this sweep's last look back began (`None`: none yet).
     looked_back_at: Option<i64>,
+    /// The look back under way, if one is.
+    looking_back: Option<LookBack>,
+}
+
+/// A look back under way: where it began, how far it has read, and where
+/// it ends (where the sweep stood when it began).
+#[derive(Clone, Copy, Debug)]
+struct LookBack {
+    began_at_ms: i64,
+    read_after: GrantExpiry,
+    until: GrantExpiry,
+    asked: usize,
 }
 
 impl ExpirySweep {
@@ -110,6 +125,7 @@ impl ExpirySweep {
             registry,
             failing: HashMap::new(),
             looked_back_at: None,
+            looking_back: None,
         }
     }
 
@@ -205,60 +221,89 @@ impl ExpirySweep {
         let look_back_due = self
             .looked_back_at
             .is_none_or(|at| now_ms.saturating_sub(at) >= LOOK_BACK_EVERY_MS);
-        if let (true, Some(behind)) = (look_back_due, start) {
-            self.look_back(now_ms, behind, &mut outcomes, &mut round)
-                .await?;
+        if let (None, true, Some(until)) = (self.looking_back, look_back_due, start) {
+            self.looking_back = Some(LookBack {
+                began_at_ms: now_ms,
+                read_after: GrantExpiry {
+                    expires_at_ms: now_ms.saturating_sub(LOOK_BACK_MS),
+                    account_id: AccountId(i64::MIN),
+                    grant_id: i64::MIN,
+                },
+                until,
+                asked: 0,
+            });
             self.looked_back_at = Some(now_ms);
+        }
+        if let Some(look_back) = self.looking_back {
+            // A page that fails is read again by the next round; the
+            // round's own work stands.
+            match self.look_back(look_back, &outcomes, &mut round).await {
+                Ok(next) => self.looking_back = next,
+                Err(error) => {
+                    tracing::warn!(%error, "could not read the grants of a look back behind where the sweep stands; the next round reads them again")
+                }
+            }
         }
         Ok(round)
     }
 
-    /// Asks once more the accounts of the grants that expired in the last
-    /// [`LOOK_BACK_MS`] at or before `behind` (where the sweep stood when
-    /// the round began), except those the round asked already.
+    /// One page of a look back: the accounts of the next grants it reads
+    /// (that expired at or before where it ends) asked once more, but those
+    /// the round asked already. Answers the look back as it goes on, or
+    /// `None` once it has read every grant it looks at.
     async fn look_back(
-        &mut self,
-        now_ms: i64,
-        behind: GrantExpiry,
-        outcomes: &mut HashMap<AccountId, Result<(), LedgerError>>,
+        &self,
+        mut look_back: LookBack,
+        outcomes: &HashMap<AccountId, Result<(), LedgerError>>,
         round: &mut ExpiryRound,
-    ) -> Result<(), StoreError> {
-        let store = self.registry.store().clone();
-        let mut read_after = Some(GrantExpiry {
-            expires_at_ms: now_ms.saturating_sub(LOOK_BACK_MS),
-            account_id: AccountId(i64::MIN),
-            grant_id: i64::MIN,
-        });
-        loop {
-            let due = store
-                .grant_expiry()
-                .expired_grants(read_after, behind.expires_at_ms, BATCH)
-                .await?;
-            let within: Vec<&GrantExpiry> = due.iter().filter(|grant| **grant <= behind).collect();
-            let asked: Vec<AccountId> = {
-                let mut seen = HashSet::new();
-                within
-                    .iter()
-                    .map(|grant| grant.account_id)
-                    .filter(|account_id| {
-                        !outcomes.contains_key(account_id) && seen.insert(*account_id)
-                    })
-                    .collect()
-            };
-            for (account_id, answer) in self.ask(asked).await {
-                match &answer {
-                    Ok(()) => round.looked_back.push(account_id),
-                    Err(error) => {
-                        tracing::warn!(%account_id, %error, "could not expire an account's expired grants behind where the sweep stands; the next look back asks again")
-                    }
+    ) -> Result<Option<LookBack>, StoreError> {
+        let due = self
+            .registry
+            .store()
+            .grant_expiry()
+            .expired_grants(
+                Some(look_back.read_after),
+                look_back.until.expires_at_ms,
+                BATCH,
+            )
+            .await?;
+        let within: Vec<&GrantExpiry> = due
+            .iter()
+            .filter(|grant| **grant <= look_back.until)
+            .collect();
+        let asked: Vec<AccountId> = {
+            let mut seen = HashSet::new();
+            within
+                .iter()
+                .map(|grant| grant.account_id)
+                .filter(|account_id| !outcomes.contains_key(account_id) && seen.insert(*account_id))
+                .collect()
+        };
+        look_back.asked += asked.len();
+        for (account_id, answer) in self.ask(asked).await {
+            match answer {
+                Ok(()) => round.looked_back.push(account_id),
+                Err(error) => {
+                    tracing::warn!(%account_id, %error, "could not expire an account's expired grants behind where the sweep stands; the next look back asks again")
                 }
-                outcomes.insert(account_id, answer);
-            }
-            read_after = due.last().copied().or(read_after);
-            if (due.len() as i64) < BATCH || within.len() < due.len() {
-                return Ok(());
             }
         }
+        if let Some(last) = due.last() {
+            look_back.read_after = *last;
+        }
+        if (due.len() as i64) < BATCH || within.len() < due.len() {
+            tracing::info!(
+                accounts = look_back.asked,
+                took_ms = self
+                    .registry
+                    .clock()
+                    .now_ms()
+                    .saturating_sub(look_back.began_at_ms),
+                "the expiry sweep looked back behind where it stands"
+            );
+            return Ok(None);
+        }
+        Ok(Some(look_back))
     }
 
     /// Asks each account, [`ASKED_AT_ONCE`] at a time, to write its expiry

@@ -136,7 +136,7 @@ fn standing(books: &CreditBooks) -> String {
     let why = match books.open_because {
         None => {
             return format!(
-                "closed: read at {as_of}, nothing more can be dated in it (the servers' clocks in step)"
+                "closed: read at {as_of}, nothing more can be dated in it (the servers' clocks in step; but for an expiry the sweep passed)"
             )
         }
         Some(OpenBecause::PeriodNotEnded) => "the period has not ended",

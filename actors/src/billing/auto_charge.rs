@@ -500,7 +500,10 @@ impl Billing {
             .end_auto_top_up(AttemptEnd {
                 attempt_id: attempt.id,
                 status: AttemptStatus::Unknown,
-                reason: Some(format!("undecided: {NOT_ANSWERED}")),
+                reason: Some(
+                    "undecided: Stripe neither answered nor could be asked what became of the charge"
+                        .to_string(),
+                ),
                 payment_intent_id: None,
                 claim,
                 after: AfterAttempt::Failure {

@@ -65,6 +65,26 @@ pub struct Replayed {
     pub book: Book,
 }
 
+impl Replayed {
+    /// Whether writing this replay would change nothing: no row's funding
+    /// and no grant to write, and the balance row's stored grants
+    /// (`stored`) are `encoded` (this replay's book, encoded) already.
+    pub fn changes_nothing(&self, encoded: &str, stored: Option<&str>) -> bool {
+        self.funding.is_empty() && self.grants.is_empty() && stored == Some(encoded)
+    }
+}
+
+/// The type of an order among `orders` (as read for the account's
+/// credits), for [`remake`]'s `order_type`.
+pub fn order_type_among(orders: &[(i64, OrderType)]) -> impl Fn(i64) -> Option<OrderType> + '_ {
+    |order_id| {
+        orders
+            .iter()
+            .find(|(id, _)| *id == order_id)
+            .map(|(_, order_type)| *order_type)
+    }
+}
+
 /// Why an account's grants could not be made from its ledger: the account
 /// is left as it was (its transaction rolled back), and the rest go on.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -471,11 +491,7 @@ mod tests {
                 (9, GrantSource::GiveBack),
             ]
         );
-        let encoded: Vec<(i64, String)> = replayed
-            .funding
-            .iter()
-            .map(|(seq, funding)| (*seq, funding.encode().unwrap()))
-            .collect();
+        let encoded = encoded_funding(&replayed);
         assert_eq!(
             encoded,
             vec![
@@ -494,6 +510,15 @@ mod tests {
         assert_eq!(replayed.book.encode(), "8:300,9:100");
         let sum: i64 = rows.iter().map(|row| row.amount.micros()).sum();
         assert_eq!(replayed.book.balance(), Ok(Money::from_micros(sum)));
+    }
+
+    /// Each decided row's funding, encoded, by seq.
+    fn encoded_funding(replayed: &Replayed) -> Vec<(i64, String)> {
+        replayed
+            .funding
+            .iter()
+            .map(|(seq, funding)| (*seq, funding.encode().unwrap()))
+            .collect()
     }
 
     fn recorded(mut row: HistoricRow, funding: &str, made: Option<CreditGrant>) -> HistoricRow {
@@ -559,11 +584,7 @@ mod tests {
             62,
         )
         .unwrap();
-        let encoded: Vec<(i64, String)> = replayed
-            .funding
-            .iter()
-            .map(|(seq, funding)| (*seq, funding.encode().unwrap()))
-            .collect();
+        let encoded = encoded_funding(&replayed);
         assert_eq!(
             encoded,
             vec![

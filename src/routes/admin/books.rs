@@ -57,6 +57,17 @@ pub async fn show(
     state: web::Data<AppState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
+    answer_books(&state, &query, |_, books| HttpResponse::Ok().json(books)).await
+}
+
+/// Reads the books of the asked period, as one of the reads this server
+/// makes at once (else `books_busy`, nothing read), and answers them with
+/// `answer` while the read is still counted.
+async fn answer_books(
+    state: &AppState,
+    query: &PeriodQuery,
+    answer: impl FnOnce(Period, CreditBooks) -> HttpResponse,
+) -> Result<HttpResponse, ApiError> {
     let period = query.period()?;
     let _reading = state.books_reads.start()?;
     let books = state
@@ -64,7 +75,7 @@ pub async fn show(
         .reports()
         .credit_books(period, state.clock.now_ms())
         .await?;
-    Ok(HttpResponse::Ok().json(books))
+    Ok(answer(period, books))
 }
 
 /// The same books as CSV: a header, then one line per category and the
@@ -80,18 +91,14 @@ pub async fn export_csv(
     state: web::Data<AppState>,
     query: web::Query<PeriodQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    let period = query.period()?;
-    let _reading = state.books_reads.start()?;
-    let books = state
-        .store
-        .reports()
-        .credit_books(period, state.clock.now_ms())
-        .await?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/csv; charset=utf-8")
-        .insert_header((
-            actix_web::http::header::CONTENT_DISPOSITION,
-            format!("attachment; filename=\"credit-{}.csv\"", period.label()),
-        ))
-        .body(books::csv(&books)))
+    answer_books(&state, &query, |period, books| {
+        HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .insert_header((
+                actix_web::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"credit-{}.csv\"", period.label()),
+            ))
+            .body(books::csv(&books))
+    })
+    .await
 }

@@ -10,7 +10,9 @@
 
 use tokio_postgres::Client;
 
-use crate::backfill::{grants_off, remake, HistoricRow, Pass, Recorded, Refused, Which};
+use crate::backfill::{
+    grants_off, order_type_among, remake, HistoricRow, Pass, Recorded, Refused, Which,
+};
 use crate::billing::orders::OrderType;
 use crate::ledger::{AccountId, TransactionKind};
 use crate::money::Money;
@@ -199,21 +201,13 @@ async fn make_account(
     }
     let replayed = remake(
         &rows,
-        |order_id| {
-            orders
-                .iter()
-                .find(|(id, _)| *id == order_id)
-                .map(|(_, order_type)| *order_type)
-        },
+        order_type_among(&orders),
         Money::from_micros(balance),
         seq,
     )
     .map_err(Refused::Unfit)?;
     let encoded = replayed.book.encode();
-    if replayed.funding.is_empty()
-        && replayed.grants.is_empty()
-        && stored.as_deref() == Some(encoded.as_str())
-    {
+    if replayed.changes_nothing(&encoded, stored.as_deref()) {
         return Ok(false);
     }
     let (seqs, fundings): (Vec<i64>, Vec<Option<String>>) = replayed
